@@ -1,0 +1,275 @@
+//! Records the kernel programs write to the ring buffer. Each starts with an [`EventHeader`]
+//! whose `kind` says which struct follows.
+
+use crate::limits::{ARGS_LEN, COMM_LEN, NAMES_LEN, PATH_LEN};
+
+/// What a record is. Stored as `u32` in [`EventHeader::kind`]; also the index of the
+/// per-kind loss counter.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A process forked a new process ([`ForkEvent`]).
+    Fork = 1,
+    /// A process replaced its image ([`ExecEvent`]).
+    Exec = 2,
+    /// The argv an `execve`/`execveat` was called with ([`ExecArgsEvent`]).
+    ExecArgs = 3,
+    /// A process (thread-group leader) exited ([`ExitEvent`]).
+    Exit = 4,
+    /// An `open`/`openat`/`openat2` under a watch returned ([`FileOpenEvent`]).
+    FileOpen = 5,
+    /// An outgoing `connect()` to a watched port ([`ConnectEvent`]).
+    Connect = 6,
+    /// A TCP connection on a watched port was established or closed ([`SockStateEvent`]).
+    SockState = 7,
+}
+
+/// Number of loss counters (one per [`Kind`], index 0 unused).
+pub const KIND_COUNT: u32 = 8;
+
+impl Kind {
+    /// All kinds, in code order.
+    pub const ALL: [Kind; 7] = [
+        Kind::Fork,
+        Kind::Exec,
+        Kind::ExecArgs,
+        Kind::Exit,
+        Kind::FileOpen,
+        Kind::Connect,
+        Kind::SockState,
+    ];
+
+    /// The kind with this code, if any.
+    pub fn from_code(code: u32) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| *k as u32 == code)
+    }
+}
+
+/// `EventHeader::flags`: a field was cut to fit its buffer.
+pub const FLAG_TRUNCATED: u32 = 1;
+/// `EventHeader::flags`: the record was written from interrupt context or for another task, so
+/// the process fields are not the process the event is about (pid 0 = unknown).
+pub const FLAG_NO_PROCESS: u32 = 1 << 1;
+
+/// Common to every record: what, when, and which process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// A [`Kind`] code.
+    pub kind: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`).
+    pub boot_ns: u64,
+    /// Thread id.
+    pub pid: u32,
+    /// Process id (thread-group id).
+    pub tgid: u32,
+    /// Process id of the real parent.
+    pub ppid: u32,
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// Audit login uid: the user who logged in, unchanged by `su`/`sudo` (`u32::MAX` = unset).
+    pub loginuid: u32,
+    /// Audit session id (`u32::MAX` = unset).
+    pub sessionid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// cgroup v2 id of the task.
+    pub cgroup_id: u64,
+    /// Boot-time nanoseconds at which the process (thread-group leader) started: with `tgid`
+    /// it identifies the process even after its pid is reused.
+    pub start_boot_ns: u64,
+    /// Task name.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// [`Kind::Fork`]: the header describes the parent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    /// The parent (the forking process).
+    pub header: EventHeader,
+    /// Process id of the new process.
+    pub child_tgid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Boot-time nanoseconds at which the child started.
+    pub child_start_boot_ns: u64,
+}
+
+/// [`Kind::Exec`]: the header describes the process after the exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    /// The process with its new image.
+    pub header: EventHeader,
+    /// Thread id that called exec (differs from `pid` when a non-leader thread exec'd).
+    pub old_pid: u32,
+    /// Bytes used in `filename` (without NUL).
+    pub filename_len: u32,
+    /// The file name passed to exec, as the kernel saw it.
+    pub filename: [u8; PATH_LEN],
+}
+
+/// [`Kind::ExecArgs`]: fixed part of the argv record. `args_len` bytes of NUL-separated
+/// arguments follow it in the ring buffer record (the record is only as long as it needs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecArgsEvent {
+    /// The calling thread (before the exec).
+    pub header: EventHeader,
+    /// Arguments captured.
+    pub argc: u32,
+    /// Bytes of arguments that follow.
+    pub args_len: u32,
+}
+
+/// Scratch layout the kernel builds an argv record in before sending its used part. The
+/// array has slack beyond [`ARGS_LEN`] so the verifier can see every copy stays in bounds.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecArgsScratch {
+    /// The fixed part.
+    pub event: ExecArgsEvent,
+    /// NUL-separated arguments.
+    pub args: [u8; 2 * ARGS_LEN],
+}
+
+/// [`Kind::Exit`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    /// The exiting process.
+    pub header: EventHeader,
+    /// `task_struct.exit_code`: `status << 8` for a normal exit, the signal number otherwise.
+    pub exit_code: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// `FileOpenEvent::syscall`.
+pub mod open_syscall {
+    /// `open(2)`.
+    pub const OPEN: u32 = 1;
+    /// `openat(2)`.
+    pub const OPENAT: u32 = 2;
+    /// `openat2(2)`.
+    pub const OPENAT2: u32 = 3;
+}
+
+/// `FileOpenEvent::matched_by`: how the kernel decided the open concerns a watch.
+pub mod matched_by {
+    /// The opened file, or a directory above it, is a watched inode; `names` holds the dentry
+    /// names from the file up to (not including) the watch.
+    pub const INODE: u32 = 1;
+    /// The open failed; its relative path's base directory (cwd or dirfd) is a watched inode or
+    /// below one; `names` holds the base directory's names up to the watch.
+    pub const BASE_DIR: u32 = 2;
+    /// The open failed; its absolute path starts with a watched prefix.
+    pub const PREFIX: u32 = 3;
+    /// The open failed with a relative path whose base is not under a watch as far as the kernel
+    /// can tell (it may still climb into one with `..`): user space resolves and decides.
+    pub const UNRESOLVED: u32 = 4;
+}
+
+/// [`Kind::FileOpen`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileOpenEvent {
+    /// The opening process.
+    pub header: EventHeader,
+    /// The syscall's result: a file descriptor, or `-errno`.
+    pub ret: i64,
+    /// Open flags (`O_*`).
+    pub open_flags: u32,
+    /// Creation mode.
+    pub mode: u32,
+    /// The `dirfd` argument (`AT_FDCWD` = -100 for `open` and cwd-relative calls).
+    pub dirfd: i32,
+    /// An `open_syscall` code.
+    pub syscall: u32,
+    /// A `matched_by` code.
+    pub matched_by: u32,
+    /// Id of the watch matched ([`crate::maps::NO_WATCH`] for `UNRESOLVED`).
+    pub watch_id: u32,
+    /// Kernel `dev_t` of the opened file (0 when the open failed).
+    pub dev: u32,
+    /// Bytes used in `names`.
+    pub names_len: u32,
+    /// Inode number of the opened file (0 when the open failed).
+    pub ino: u64,
+    /// Bytes used in `path` (without NUL).
+    pub path_len: u32,
+    /// Number of names in `names`.
+    pub names_count: u32,
+    /// The path as passed by the caller.
+    pub path: [u8; PATH_LEN],
+    /// NUL-terminated dentry names, innermost first (see `matched_by`).
+    pub names: [u8; NAMES_LEN],
+}
+
+/// [`Kind::Connect`]: from `cgroup/connect4`/`connect6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectEvent {
+    /// The connecting process.
+    pub header: EventHeader,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// Socket type (`SOCK_STREAM`, …).
+    pub sock_type: u32,
+    /// Destination address (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+}
+
+/// `SockStateEvent::direction`.
+pub mod direction {
+    /// Unknown (state change of a socket we did not see being set up).
+    pub const UNKNOWN: u32 = 0;
+    /// This host connected out.
+    pub const OUTBOUND: u32 = 1;
+    /// A local listener accepted the connection.
+    pub const INBOUND: u32 = 2;
+}
+
+/// [`Kind::SockState`]: from `sock/inet_sock_set_state` for watched ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockStateEvent {
+    /// The owning process when known (else `FLAG_NO_PROCESS` is set).
+    pub header: EventHeader,
+    /// Kernel address of the socket: identifies the connection across its events.
+    pub skaddr: u64,
+    /// TCP state before (`TCP_*` numbering of the kernel).
+    pub old_state: u32,
+    /// TCP state after.
+    pub new_state: u32,
+    /// A `direction` code.
+    pub direction: u32,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Remote port, host byte order.
+    pub dport: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 6],
+    /// Local address.
+    pub saddr: [u8; 16],
+    /// Remote address.
+    pub daddr: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
+const _: () = assert!(core::mem::size_of::<ForkEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 80 + 8 + PATH_LEN);
+const _: () = assert!(core::mem::size_of::<ExecArgsEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<ExitEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<FileOpenEvent>() == 80 + 56 + PATH_LEN + NAMES_LEN);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 24);
+const _: () = assert!(core::mem::size_of::<SockStateEvent>() == 80 + 64);

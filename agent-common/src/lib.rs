@@ -1,0 +1,32 @@
+//! Types shared by phiguard's kernel programs (`agent-ebpf`) and its user space (`agent`).
+//!
+//! Every struct that crosses the ring buffer or a map is defined here once, `#[repr(C)]` with
+//! explicit padding and fixed-size arrays, so the two sides cannot drift apart. Codes are plain
+//! integers (never Rust enums or `bool`): user space converts them with `TryFrom` and rejects
+//! unknown values.
+#![no_std]
+
+pub mod event;
+pub mod limits;
+pub mod maps;
+pub mod offsets;
+
+#[cfg(feature = "user")]
+mod pod {
+    //! `aya::Pod` for every type user space reads from or writes to a map or the ring buffer.
+    use crate::{event::*, maps::*, offsets::KernelOffsets};
+
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have
+    // explicit padding fields, so every bit pattern is a valid value.
+    unsafe impl aya::Pod for EventHeader {}
+    unsafe impl aya::Pod for ForkEvent {}
+    unsafe impl aya::Pod for ExecEvent {}
+    unsafe impl aya::Pod for ExecArgsEvent {}
+    unsafe impl aya::Pod for ExitEvent {}
+    unsafe impl aya::Pod for FileOpenEvent {}
+    unsafe impl aya::Pod for ConnectEvent {}
+    unsafe impl aya::Pod for SockStateEvent {}
+    unsafe impl aya::Pod for InodeKey {}
+    unsafe impl aya::Pod for PathPrefixKey {}
+    unsafe impl aya::Pod for KernelOffsets {}
+}

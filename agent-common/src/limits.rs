@@ -1,0 +1,25 @@
+//! Fixed capacities of the kernel-side records. Anything longer is cut and marked truncated.
+
+/// Bytes of a task's `comm`.
+pub const COMM_LEN: usize = 16;
+/// Bytes of a path as the caller passed it to `open*`/`exec*` (NUL included).
+pub const PATH_LEN: usize = 256;
+/// Bytes of the NUL-separated dentry names captured between an opened file and its watch.
+pub const NAMES_LEN: usize = 512;
+/// Longest single dentry name we copy (Linux's NAME_MAX is 255).
+pub const NAME_MAX: usize = 256;
+/// Levels walked up from an opened file (or a relative open's base directory) looking for a
+/// watched directory.
+pub const MAX_WALK_DEPTH: u32 = 24;
+/// Arguments captured per exec.
+pub const MAX_ARGS: u32 = 32;
+/// Bytes of argv captured per exec (NUL-separated).
+pub const ARGS_LEN: usize = 4096;
+/// Watched directories and files (inode map entries).
+pub const MAX_WATCHED_INODES: u32 = 1024;
+/// Watched absolute path prefixes (LPM trie entries).
+pub const MAX_WATCHED_PREFIXES: u32 = 1024;
+/// Watched TCP ports.
+pub const MAX_WATCHED_PORTS: u32 = 256;
+/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const RING_BUFFER_BYTES: u32 = 16 * 1024 * 1024;

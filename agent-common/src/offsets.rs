@@ -1,0 +1,64 @@
+//! Kernel struct field offsets. aya's Rust programs have no CO-RE relocations, so user space
+//! reads these from `/sys/kernel/btf/vmlinux` at start-up and hands them to the programs as a
+//! read-only global (`EbpfLoader::set_global`).
+
+/// Byte offsets of the kernel struct fields the programs follow. All are offsets within the
+/// struct named by the field's prefix (`task_files` is `task_struct.files`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.pid`
+    pub task_pid: u32,
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `task_struct.real_parent`
+    pub task_real_parent: u32,
+    /// `task_struct.group_leader`
+    pub task_group_leader: u32,
+    /// `task_struct.start_boottime`
+    pub task_start_boottime: u32,
+    /// `task_struct.exit_code`
+    pub task_exit_code: u32,
+    /// `task_struct.loginuid` (a `kuid_t`)
+    pub task_loginuid: u32,
+    /// `task_struct.sessionid`
+    pub task_sessionid: u32,
+    /// `task_struct.comm`
+    pub task_comm: u32,
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `task_struct.fs`
+    pub task_fs: u32,
+    /// `fs_struct.pwd` (a `struct path`)
+    pub fs_pwd: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`
+    pub fdtable_max_fds: u32,
+    /// `fdtable.fd`
+    pub fdtable_fd: u32,
+    /// `file.f_path`
+    pub file_f_path: u32,
+    /// `path.dentry`
+    pub path_dentry: u32,
+    /// `dentry.d_parent`
+    pub dentry_d_parent: u32,
+    /// `dentry.d_name` (a `struct qstr`)
+    pub dentry_d_name: u32,
+    /// `dentry.d_inode`
+    pub dentry_d_inode: u32,
+    /// `dentry.d_sb`
+    pub dentry_d_sb: u32,
+    /// `qstr.name`
+    pub qstr_name: u32,
+    /// `inode.i_ino`
+    pub inode_i_ino: u32,
+    /// `super_block.s_dev`
+    pub sb_s_dev: u32,
+    /// `linux_binprm.filename`
+    pub binprm_filename: u32,
+    /// Explicit padding to a multiple of 8 bytes.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 26 * 4);
