@@ -1,1 +1,10 @@
+//! phiguard host agent: loads the kernel programs, decodes and enriches their events, and
+//! writes them to the configured sinks.
 
+pub mod config;
+pub mod enrich;
+pub mod event;
+pub mod kernel;
+pub mod paths;
+pub mod process;
+pub mod sink;

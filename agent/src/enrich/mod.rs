@@ -1,0 +1,4 @@
+//! Enrichment of decoded events.
+
+pub mod hash;
+pub mod users;

@@ -1,0 +1,1 @@
+//! Decoding ring-buffer records.

@@ -1,0 +1,3 @@
+//! Kernel side: BTF offsets, loading, attaching, reading.
+
+pub mod btf;
