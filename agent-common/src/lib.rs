@@ -27,6 +27,5 @@ mod pod {
     unsafe impl aya::Pod for ConnectEvent {}
     unsafe impl aya::Pod for SockStateEvent {}
     unsafe impl aya::Pod for InodeKey {}
-    unsafe impl aya::Pod for PathPrefixKey {}
     unsafe impl aya::Pod for KernelOffsets {}
 }

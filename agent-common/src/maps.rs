@@ -1,7 +1,5 @@
 //! Map names, keys and values, spelled once for both sides.
 
-use crate::limits::PATH_LEN;
-
 /// The one ring buffer all programs write events to.
 pub const EVENTS: &str = "EVENTS";
 /// Per-CPU `u64` counters of failed ring-buffer reservations, indexed by [`crate::event::Kind`].
@@ -28,16 +26,6 @@ pub struct InodeKey {
     pub _pad: u32,
     /// Inode number.
     pub ino: u64,
-}
-
-/// Key of [`WATCHED_PREFIXES`], laid out as the kernel's LPM trie expects.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PathPrefixKey {
-    /// Number of significant bits of `path`.
-    pub prefix_len: u32,
-    /// Path bytes, no trailing NUL needed.
-    pub path: [u8; PATH_LEN],
 }
 
 /// Watch id carried by events that matched no watch.

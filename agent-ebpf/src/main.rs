@@ -1,1 +1,26 @@
-#![no_std] #![no_main]
+//! phiguard's kernel programs. One module per hook family; maps in `maps`; how records reach
+//! the ring buffer in `emit`; kernel struct reads through BTF offsets in `kernel`.
+//!
+//! Rules every program follows: no allocation, loops bounded by constants, a bounds check
+//! before every variable index, per-CPU scratch for anything larger than the stack allows, and
+//! every failed ring-buffer write counted in `LOST`.
+#![no_std]
+#![no_main]
+
+mod emit;
+mod kernel;
+mod maps;
+mod programs;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects programs that can reach it.
+    loop {}
+}
+
+/// Kernel programs must declare a GPL-compatible license to use GPL-only helpers
+/// (`bpf_probe_read_kernel`, `bpf_get_current_task`, …).
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

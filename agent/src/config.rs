@@ -1,1 +1,353 @@
-//! (in progress)
+//! The agent's configuration (`agent.toml`): parsed strictly (unknown fields are errors),
+//! validated into plain values, with every error naming the file, line, column and field.
+
+use std::{
+    collections::BTreeSet,
+    fmt, fs, io,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::paths;
+
+/// Most ancestors an event can carry.
+pub const MAX_ANCESTRY_DEPTH: u8 = 16;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// What is watched.
+    pub watch: WatchConfig,
+    /// Where events go.
+    pub output: OutputConfig,
+    /// How events are enriched.
+    pub enrich: EnrichConfig,
+    /// The agent itself.
+    pub agent: AgentConfig,
+}
+
+/// `[watch]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// Directories (everything below) and files whose opens are reported; absolute,
+    /// normalised, existing.
+    pub paths: Vec<PathBuf>,
+    /// TCP ports whose connections are reported.
+    pub ports: Vec<u16>,
+}
+
+/// `[output]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// JSON lines on stdout.
+    pub stdout: bool,
+    /// JSON lines appended to this file.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig { stdout: true, file: None }
+    }
+}
+
+/// `[enrich]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrichConfig {
+    /// Ancestors per event (0..=16).
+    pub ancestry_depth: u8,
+    /// Binaries larger than this many bytes are not hashed.
+    pub hash_max_bytes: u64,
+    /// Exited processes kept for late events.
+    pub retain_exited: usize,
+}
+
+impl Default for EnrichConfig {
+    fn default() -> Self {
+        EnrichConfig { ancestry_depth: 4, hash_max_bytes: 256 * 1024 * 1024, retain_exited: 4096 }
+    }
+}
+
+/// `[agent]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Hostname reported in events (empty: the system's).
+    pub hostname: String,
+}
+
+/// Where a configuration error is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The file (or `command line`).
+    pub file: PathBuf,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// 1-based column (0 when unknown).
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.file.display())
+        } else {
+            write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// TOML syntax, an unknown field or a value of the wrong type.
+    #[error("{at}: {message}")]
+    Parse {
+        /// Where.
+        at: Location,
+        /// What the parser said.
+        message: String,
+    },
+    /// A well-formed value that is not acceptable.
+    #[error("{at}: {field}: {message}")]
+    Invalid {
+        /// Where.
+        at: Location,
+        /// The field, as `section.name`.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    watch: RawWatch,
+    output: OutputConfig,
+    enrich: RawEnrich,
+    agent: AgentConfig,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawWatch {
+    paths: Vec<Spanned<PathBuf>>,
+    ports: Vec<Spanned<u16>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEnrich {
+    ancestry_depth: Option<Spanned<u8>>,
+    hash_max_bytes: Option<u64>,
+    retain_exited: Option<usize>,
+}
+
+/// Converts a byte range in `text` to a 1-based line and column.
+fn locate(file: &Path, text: &str, span: Option<Range<usize>>) -> Location {
+    let Some(span) = span else {
+        return Location { file: file.to_owned(), line: 0, column: 0 };
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Location { file: file.to_owned(), line, column }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::from_toml_str(&text, path)
+    }
+
+    /// Parses and validates `text`, reporting errors against `origin`.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            at: locate(origin, text, e.span()),
+            message: e.message().trim().to_owned(),
+        })?;
+        let at = |span: Range<usize>| locate(origin, text, Some(span));
+        let mut config = Config { output: raw.output, agent: raw.agent, ..Config::default() };
+        for path in &raw.watch.paths {
+            let normalised = check_watch_path(path.get_ref()).map_err(|message| ConfigError::Invalid {
+                at: at(path.span()),
+                field: "watch.paths",
+                message,
+            })?;
+            if config.watch.paths.contains(&normalised) {
+                return Err(ConfigError::Invalid {
+                    at: at(path.span()),
+                    field: "watch.paths",
+                    message: format!("{} is listed twice", normalised.display()),
+                });
+            }
+            config.watch.paths.push(normalised);
+        }
+        let mut seen = BTreeSet::new();
+        for port in &raw.watch.ports {
+            let value = *port.get_ref();
+            let problem = if value == 0 {
+                Some("port 0 is not a port (1..=65535)".to_owned())
+            } else if !seen.insert(value) {
+                Some(format!("port {value} is listed twice"))
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                return Err(ConfigError::Invalid { at: at(port.span()), field: "watch.ports", message });
+            }
+            config.watch.ports.push(value);
+        }
+        let defaults = EnrichConfig::default();
+        if let Some(depth) = &raw.enrich.ancestry_depth {
+            if *depth.get_ref() > MAX_ANCESTRY_DEPTH {
+                return Err(ConfigError::Invalid {
+                    at: at(depth.span()),
+                    field: "enrich.ancestry_depth",
+                    message: format!("{} is more than {MAX_ANCESTRY_DEPTH}", depth.get_ref()),
+                });
+            }
+        }
+        config.enrich = EnrichConfig {
+            ancestry_depth: raw.enrich.ancestry_depth.map_or(defaults.ancestry_depth, |d| *d.get_ref()),
+            hash_max_bytes: raw.enrich.hash_max_bytes.unwrap_or(defaults.hash_max_bytes),
+            retain_exited: raw.enrich.retain_exited.unwrap_or(defaults.retain_exited),
+        };
+        Ok(config)
+    }
+
+    /// Adds the command line's `--watch` paths and `--watch-port` ports (deduplicated).
+    /// Relative paths are taken from the current directory.
+    pub fn with_overrides(mut self, watch_paths: &[PathBuf], watch_ports: &[u16]) -> Result<Config, ConfigError> {
+        let command_line = Location { file: PathBuf::from("command line"), line: 0, column: 0 };
+        for path in watch_paths {
+            let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            let normalised = check_watch_path(&absolute).map_err(|message| ConfigError::Invalid {
+                at: command_line.clone(),
+                field: "--watch",
+                message,
+            })?;
+            if !self.watch.paths.contains(&normalised) {
+                self.watch.paths.push(normalised);
+            }
+        }
+        for &port in watch_ports {
+            if port == 0 {
+                return Err(ConfigError::Invalid {
+                    at: command_line.clone(),
+                    field: "--watch-port",
+                    message: "port 0 is not a port (1..=65535)".into(),
+                });
+            }
+            if !self.watch.ports.contains(&port) {
+                self.watch.ports.push(port);
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// A watched path must be absolute and exist (the kernel matches it by inode).
+fn check_watch_path(path: &Path) -> Result<PathBuf, String> {
+    if !path.is_absolute() {
+        return Err(format!("{} is not an absolute path", path.display()));
+    }
+    let normalised = paths::normalize(path);
+    match fs::metadata(&normalised) {
+        Ok(_) => Ok(normalised),
+        Err(e) => Err(format!("{}: {e} (watched paths must exist when the agent starts)", normalised.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("agent.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert!(Config::default().output.stdout);
+    }
+
+    #[test]
+    fn full_file() {
+        let c = parse(
+            "[watch]\npaths = [\"/tmp\", \"/etc/../etc\"]\nports = [5432, 3306]\n\
+             [output]\nstdout = false\nfile = \"/var/log/phiguard.jsonl\"\n\
+             [enrich]\nancestry_depth = 2\n[agent]\nhostname = \"ehr-db-1\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.watch.paths, [PathBuf::from("/tmp"), PathBuf::from("/etc")]);
+        assert_eq!(c.watch.ports, [5432, 3306]);
+        assert_eq!(c.output, OutputConfig { stdout: false, file: Some("/var/log/phiguard.jsonl".into()) });
+        assert_eq!(c.enrich.ancestry_depth, 2);
+        assert_eq!(c.enrich.retain_exited, 4096);
+        assert_eq!(c.agent.hostname, "ehr-db-1");
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_column_and_field() {
+        let err = parse("[watch]\nports = [5432]\npathz = [\"/tmp\"]\n").unwrap_err().to_string();
+        assert!(err.starts_with("agent.toml:3:1: unknown field `pathz`"), "{err}");
+        let err = parse("[outptu]\n").unwrap_err().to_string();
+        assert!(err.starts_with("agent.toml:1:2: unknown field `outptu`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_and_syntax_are_located() {
+        let err = parse("[watch]\nports = [5432, 70000]\n").unwrap_err().to_string();
+        assert!(err.starts_with("agent.toml:2:16:"), "{err}");
+        let err = parse("[watch\n").unwrap_err().to_string();
+        assert!(err.starts_with("agent.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let err = parse("[watch]\npaths = [\"relative/dir\"]\n").unwrap_err().to_string();
+        assert_eq!(err, "agent.toml:2:10: watch.paths: relative/dir is not an absolute path");
+        let err = parse("[watch]\npaths = [\n  \"/nonexistent/phiguard\",\n]\n").unwrap_err().to_string();
+        assert!(err.starts_with("agent.toml:3:3: watch.paths: /nonexistent/phiguard: No such file"), "{err}");
+        let err = parse("[watch]\nports = [5432, 5432]\n").unwrap_err().to_string();
+        assert_eq!(err, "agent.toml:2:16: watch.ports: port 5432 is listed twice");
+        let err = parse("[watch]\nports = [0]\n").unwrap_err().to_string();
+        assert!(err.contains("watch.ports: port 0"), "{err}");
+        let err = parse("[enrich]\nancestry_depth = 17\n").unwrap_err().to_string();
+        assert_eq!(err, "agent.toml:2:18: enrich.ancestry_depth: 17 is more than 16");
+    }
+
+    #[test]
+    fn command_line_adds_and_deduplicates() {
+        let c = parse("[watch]\npaths = [\"/tmp\"]\nports = [5432]\n").unwrap();
+        let c = c.with_overrides(&[PathBuf::from("/tmp"), PathBuf::from("/etc")], &[5432, 3306]).unwrap();
+        assert_eq!(c.watch.paths, [PathBuf::from("/tmp"), PathBuf::from("/etc")]);
+        assert_eq!(c.watch.ports, [5432, 3306]);
+        let err = Config::default().with_overrides(&[PathBuf::from("/nonexistent/x")], &[]).unwrap_err();
+        assert!(err.to_string().starts_with("command line: --watch: /nonexistent/x"), "{err}");
+    }
+
+    #[test]
+    fn repository_default_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent.toml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!c.watch.paths.is_empty() && !c.watch.ports.is_empty());
+    }
+}

@@ -1,6 +1,8 @@
 //! phiguard host agent: loads the kernel programs, decodes and enriches their events, and
 //! writes them to the configured sinks.
 
+pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod enrich;
 pub mod event;
@@ -8,3 +10,4 @@ pub mod kernel;
 pub mod paths;
 pub mod process;
 pub mod sink;
+pub mod watch;

@@ -1,1 +1,109 @@
-//! (in progress)
+//! Pure path arithmetic for file-open events: lexical normalisation, resolution against a
+//! base directory, containment, and assembling the dentry names the kernel reports.
+
+use std::path::{Component, Path, PathBuf};
+
+/// Collapses `//`, `.` and `..` without touching the filesystem. `..` at `/` stays `/`; a
+/// relative input stays relative and keeps leading `..`.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out: Vec<Component<'_>> = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => match out.last() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) => {}
+                _ => out.push(component),
+            },
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() {
+        return PathBuf::from(".");
+    }
+    out.iter().collect()
+}
+
+/// An absolute path for `requested`: itself if absolute, else joined to `base`; normalised.
+/// `None` when the path is relative and there is no base.
+pub fn resolve(requested: &Path, base: Option<&Path>) -> Option<PathBuf> {
+    if requested.is_absolute() {
+        return Some(normalize(requested));
+    }
+    Some(normalize(&base?.join(requested)))
+}
+
+/// Whether `path` is `root` or below it, component by component (`/srv/ephi2` is not within
+/// `/srv/ephi`).
+pub fn is_within(path: &Path, root: &Path) -> bool {
+    path.starts_with(root)
+}
+
+/// Builds `root/…/leaf` from dentry names reported innermost first.
+pub fn join_names(root: &Path, names_innermost_first: &[&str]) -> PathBuf {
+    let mut path = root.to_path_buf();
+    for name in names_innermost_first.iter().rev() {
+        path.push(name);
+    }
+    path
+}
+
+/// Splits NUL-terminated names (lossy UTF-8), at most `count`; a missing final NUL is
+/// tolerated.
+pub fn split_names(bytes: &[u8], count: usize) -> Vec<String> {
+    if count == 0 || bytes.is_empty() {
+        return Vec::new();
+    }
+    let trimmed = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    trimmed.split(|b| *b == 0).take(count).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_lexically() {
+        for (input, expected) in [
+            ("/srv//ephi/./a", "/srv/ephi/a"),
+            ("/srv/ephi/../x", "/srv/x"),
+            ("/../..", "/"),
+            ("/", "/"),
+            ("a/../../b", "../b"),
+            ("./a/", "a"),
+            (".", "."),
+        ] {
+            assert_eq!(normalize(Path::new(input)), PathBuf::from(expected), "{input}");
+        }
+    }
+
+    #[test]
+    fn resolves_against_base() {
+        assert_eq!(resolve(Path::new("./rec.txt"), Some(Path::new("/srv/ephi"))), Some("/srv/ephi/rec.txt".into()));
+        assert_eq!(resolve(Path::new("../ephi/x"), Some(Path::new("/srv/other"))), Some("/srv/ephi/x".into()));
+        assert_eq!(resolve(Path::new("/a/../b"), None), Some("/b".into()));
+        assert_eq!(resolve(Path::new("rel"), None), None);
+    }
+
+    #[test]
+    fn containment_is_by_component() {
+        assert!(is_within(Path::new("/srv/ephi/a"), Path::new("/srv/ephi")));
+        assert!(is_within(Path::new("/srv/ephi"), Path::new("/srv/ephi")));
+        assert!(!is_within(Path::new("/srv/ephi2/a"), Path::new("/srv/ephi")));
+        assert!(is_within(Path::new("/etc/shadow"), Path::new("/")));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        let names = split_names(b"rec.txt\0sub\0", 2);
+        assert_eq!(names, ["rec.txt", "sub"]);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(join_names(Path::new("/srv/ephi"), &refs), PathBuf::from("/srv/ephi/sub/rec.txt"));
+        assert_eq!(split_names(b"a\0b", 5), ["a", "b"]);
+        assert_eq!(split_names(b"a\0b\0c\0", 2), ["a", "b"]);
+        assert!(split_names(b"", 3).is_empty());
+        assert_eq!(join_names(Path::new("/srv/ephi/f"), &[]), PathBuf::from("/srv/ephi/f"));
+    }
+}

@@ -1,1 +1,169 @@
-//! Helpers shared by the privileged test suites.
+//! Helpers shared by the privileged test suites: start the real agent in-process with a
+//! channel sink, run commands, and wait for the events they cause.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use phiguard::{
+    agent::{Agent, RunStats},
+    config::Config,
+    sink::{channel::ChannelSink, Sink},
+};
+use phiguard_proto::v1::{self, event::Body};
+use tokio::{
+    runtime::Runtime,
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+
+/// Panics (never skips) unless running as root: these tests load programs into the kernel.
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "host-tier tests load eBPF programs into the running kernel and need root: \
+             run `sudo -E cargo xtask test` (CI runs them as root)"
+        );
+    }
+}
+
+/// A running agent whose events the test reads.
+pub struct Harness {
+    runtime: Runtime,
+    agent: Option<Agent>,
+    task: Option<JoinHandle<std::io::Result<RunStats>>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    events: mpsc::UnboundedReceiver<v1::Event>,
+    /// Every event received so far.
+    pub seen: Vec<v1::Event>,
+}
+
+impl Harness {
+    /// Loads and attaches the programs watching `paths` and `ports`, and starts reading.
+    pub fn start(paths: &[PathBuf], ports: &[u16]) -> Harness {
+        let mut harness = Harness::attach_only(paths, ports);
+        harness.start_reading();
+        harness
+    }
+
+    /// Loads and attaches the programs but reads nothing yet: records wait in the ring buffer
+    /// until [`Harness::start_reading`].
+    pub fn attach_only(paths: &[PathBuf], ports: &[u16]) -> Harness {
+        require_root();
+        let config = Config::default().with_overrides(paths, ports).expect("test configuration is valid");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let (tx, events) = mpsc::unbounded_channel();
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(ChannelSink(tx))];
+        let agent = runtime.block_on(async { Agent::start(&config, sinks) }).unwrap_or_else(|e| panic!("agent failed to start: {e}"));
+        Harness { runtime, agent: Some(agent), task: None, shutdown: None, events, seen: Vec::new() }
+    }
+
+    /// Starts the event loop.
+    pub fn start_reading(&mut self) {
+        let agent = self.agent.take().expect("start_reading called once");
+        let (tx, rx) = oneshot::channel();
+        self.shutdown = Some(tx);
+        self.task = Some(self.runtime.spawn(agent.run(async {
+            let _ = rx.await;
+        })));
+    }
+
+    /// Waits up to `timeout` for an event matching `pred` (also searching events already seen).
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&v1::Event) -> bool) -> Option<v1::Event> {
+        if let Some(found) = self.seen.iter().find(|e| pred(e)) {
+            return Some(found.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let next = self.runtime.block_on(async { tokio::time::timeout(left, self.events.recv()).await });
+            match next {
+                Ok(Some(event)) => {
+                    let hit = pred(&event);
+                    self.seen.push(event.clone());
+                    if hit {
+                        return Some(event);
+                    }
+                }
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Like [`Harness::wait_for`] but panics with what was seen when nothing matches.
+    pub fn expect(&mut self, what: &str, pred: impl Fn(&v1::Event) -> bool) -> v1::Event {
+        match self.wait_for(Duration::from_secs(10), pred) {
+            Some(event) => event,
+            None => panic!("no event {what} within 10 s; saw {} events:\n{}", self.seen.len(), self.dump()),
+        }
+    }
+
+    /// The events seen so far, one JSON line each (for failure messages).
+    pub fn dump(&self) -> String {
+        self.seen.iter().rev().take(40).map(|e| format!("{e:?}")).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Stops the agent (detaching the programs) and returns its counters.
+    pub fn stop(mut self) -> RunStats {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take().expect("agent was reading");
+        let stats = self.runtime.block_on(task).expect("agent task").expect("agent run");
+        while let Ok(event) = self.events.try_recv() {
+            self.seen.push(event);
+        }
+        stats
+    }
+}
+
+/// The `FileOpen` body of an event, if it is one.
+pub fn file_open(event: &v1::Event) -> Option<&v1::FileOpen> {
+    match &event.body {
+        Some(Body::FileOpen(f)) => Some(f),
+        _ => None,
+    }
+}
+
+/// The subject process of an event.
+pub fn process(event: &v1::Event) -> &v1::Process {
+    event.process.as_ref().expect("event has a process")
+}
+
+/// A directory tree for file tests: `root/watched` (watched, world-traversable) and
+/// `root/other` (not watched), removed on drop.
+pub struct Tree {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+    /// The watched directory.
+    pub watched: PathBuf,
+    /// A directory next to it, not watched.
+    pub other: PathBuf,
+}
+
+impl Tree {
+    /// Creates the tree under /tmp.
+    pub fn new() -> Tree {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::Builder::new().prefix("phiguard-test-").tempdir().expect("tempdir");
+        let watched = dir.path().join("ephi");
+        let other = dir.path().join("other");
+        std::fs::create_dir(&watched).unwrap();
+        std::fs::create_dir(&other).unwrap();
+        for p in [dir.path(), &watched, &other] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Tree { dir, watched, other }
+    }
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree::new()
+    }
+}

@@ -1,1 +1,3 @@
-//! Decoding ring-buffer records.
+//! Ring-buffer records decoded into owned, checked values.
+
+pub mod decode;

@@ -1,3 +1,9 @@
-//! Kernel side: BTF offsets, loading, attaching, reading.
+//! Kernel side: start-up checks, BTF offsets, the program registry, loading and attaching, and
+//! reading the ring buffer.
 
 pub mod btf;
+pub mod loader;
+pub mod mounts;
+pub mod probe;
+pub mod reader;
+pub mod registry;

@@ -1,1 +1,355 @@
-//! (in progress)
+//! The process table: every process the agent knows, keyed by (pid, start time), seeded from
+//! `/proc` and kept up to date by fork/exec/exit events. Exited processes are kept (bounded)
+//! so events read after a process is gone are still enriched.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    path::Path,
+    time::Instant,
+};
+
+use super::procfs::{self, ns_to_ticks, ProcSnapshot};
+use crate::paths;
+
+/// One process incarnation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Process {
+    /// Process id.
+    pub tgid: u32,
+    /// Parent process id.
+    pub ppid: u32,
+    /// Start time, boot-time ns (tick precision when learnt from `/proc`).
+    pub start_boot_ns: u64,
+    /// Task name.
+    pub comm: String,
+    /// Executable path.
+    pub exe: Option<String>,
+    /// Arguments of the last exec.
+    pub argv: Vec<String>,
+    /// argv was cut in the kernel.
+    pub argv_truncated: bool,
+    /// Working directory (as last seen).
+    pub cwd: Option<String>,
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Audit login uid.
+    pub loginuid: Option<u32>,
+    /// Audit session id.
+    pub sessionid: Option<u32>,
+    /// cgroup v2 path.
+    pub cgroup: Option<String>,
+    /// Container id.
+    pub container_id: Option<String>,
+    /// Raw exit code, once exited.
+    pub exit_code: Option<u32>,
+    /// When the exit was seen.
+    pub exited_at: Option<Instant>,
+}
+
+/// One step of a process's ancestry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ancestor {
+    /// Process id.
+    pub pid: u32,
+    /// Executable path.
+    pub exe: Option<String>,
+    /// Task name.
+    pub comm: String,
+}
+
+/// Identity of an incarnation: pid and start time in clock ticks (what `/proc` can tell).
+type Key = (u32, u64);
+
+fn key(tgid: u32, start_ns: u64) -> Key {
+    (tgid, ns_to_ticks(start_ns))
+}
+
+impl Process {
+    fn from_snapshot(s: ProcSnapshot) -> Process {
+        Process {
+            tgid: s.tgid,
+            ppid: s.ppid,
+            start_boot_ns: s.start_ticks * (1_000_000_000 / procfs::ticks_per_second()),
+            comm: s.comm,
+            exe: s.exe,
+            argv: s.argv,
+            argv_truncated: false,
+            cwd: s.cwd,
+            uid: s.uid,
+            gid: s.gid,
+            loginuid: s.loginuid,
+            sessionid: s.sessionid,
+            cgroup: s.cgroup,
+            container_id: s.container_id,
+            exit_code: None,
+            exited_at: None,
+        }
+    }
+}
+
+/// All known processes.
+#[derive(Debug)]
+pub struct ProcessTable {
+    live: HashMap<u32, Process>,
+    exited: HashMap<Key, Process>,
+    exited_order: VecDeque<Key>,
+    retain_exited: usize,
+}
+
+impl ProcessTable {
+    /// An empty table keeping at most `retain_exited` exited processes.
+    pub fn new(retain_exited: usize) -> ProcessTable {
+        ProcessTable { live: HashMap::new(), exited: HashMap::new(), exited_order: VecDeque::new(), retain_exited }
+    }
+
+    /// Loads every process in `/proc`.
+    pub fn seed_from_proc(&mut self) {
+        for pid in procfs::list_pids() {
+            if let Ok(snapshot) = procfs::read_process(pid) {
+                self.live.insert(pid, Process::from_snapshot(snapshot));
+            }
+        }
+    }
+
+    /// Number of live processes known.
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// The incarnation `tgid` started at `start_ns`, live or exited.
+    pub fn get(&self, tgid: u32, start_ns: u64) -> Option<&Process> {
+        let k = key(tgid, start_ns);
+        match self.live.get(&tgid) {
+            Some(p) if key(p.tgid, p.start_boot_ns) == k => Some(p),
+            _ => self.exited.get(&k),
+        }
+    }
+
+    /// Like [`ProcessTable::get`], loading the process from `/proc` when it is missing but
+    /// alive with that start time (it predates the table, or its fork was missed).
+    pub fn get_or_load(&mut self, tgid: u32, start_ns: u64) -> Option<&Process> {
+        if self.get(tgid, start_ns).is_none() {
+            let snapshot = procfs::read_process(tgid).ok()?;
+            if snapshot.start_ticks != ns_to_ticks(start_ns) {
+                return None;
+            }
+            self.insert_live(Process::from_snapshot(snapshot));
+        }
+        self.get(tgid, start_ns)
+    }
+
+    /// Replaces the live entry for a pid; an older incarnation still there is dead (its pid
+    /// was reused) and moves to the exited set.
+    fn insert_live(&mut self, process: Process) {
+        if let Some(old) = self.live.insert(process.tgid, process) {
+            let (tgid, start) = (old.tgid, old.start_boot_ns);
+            if self.live.get(&tgid).is_some_and(|p| key(tgid, p.start_boot_ns) != key(tgid, start)) {
+                self.retire(old);
+            }
+        }
+    }
+
+    fn retire(&mut self, mut process: Process) {
+        if process.exited_at.is_none() {
+            process.exited_at = Some(Instant::now());
+        }
+        let k = key(process.tgid, process.start_boot_ns);
+        if self.exited.insert(k, process).is_none() {
+            self.exited_order.push_back(k);
+        }
+        while self.exited.len() > self.retain_exited {
+            let Some(oldest) = self.exited_order.pop_front() else { break };
+            self.exited.remove(&oldest);
+        }
+    }
+
+    /// `parent` forked `child_tgid`: the child starts as a copy of its parent.
+    pub fn on_fork(&mut self, parent: (u32, u64), child_tgid: u32, child_start_ns: u64) {
+        let child = match self.get_or_load(parent.0, parent.1).cloned() {
+            Some(parent_entry) => Process {
+                tgid: child_tgid,
+                ppid: parent.0,
+                start_boot_ns: child_start_ns,
+                exit_code: None,
+                exited_at: None,
+                ..parent_entry
+            },
+            None => match procfs::read_process(child_tgid) {
+                Ok(s) if s.start_ticks == ns_to_ticks(child_start_ns) => Process::from_snapshot(s),
+                _ => Process { tgid: child_tgid, ppid: parent.0, start_boot_ns: child_start_ns, ..Process::default() },
+            },
+        };
+        self.insert_live(child);
+    }
+
+    /// `tgid` exec'd `filename` with `argv`: its image fields change. `/proc` then supplies
+    /// the resolved executable, cwd and cgroup if the process is still there.
+    #[expect(clippy::too_many_arguments, reason = "mirrors the exec record's fields")]
+    pub fn on_exec(
+        &mut self,
+        tgid: u32,
+        start_ns: u64,
+        ppid: u32,
+        filename: &str,
+        argv: Vec<String>,
+        argv_truncated: bool,
+        uid: u32,
+        gid: u32,
+        loginuid: Option<u32>,
+        sessionid: Option<u32>,
+    ) {
+        let mut process = self.get(tgid, start_ns).cloned().unwrap_or(Process {
+            tgid,
+            start_boot_ns: start_ns,
+            ..Process::default()
+        });
+        process.ppid = ppid;
+        process.argv = argv;
+        process.argv_truncated = argv_truncated;
+        process.uid = uid;
+        process.gid = gid;
+        process.loginuid = loginuid;
+        process.sessionid = sessionid;
+        process.comm = Path::new(filename).file_name().map(|n| n.to_string_lossy().chars().take(15).collect()).unwrap_or_default();
+        process.exe = paths::resolve(Path::new(filename), process.cwd.as_deref().map(Path::new)).map(|p| p.display().to_string());
+        match procfs::read_process(tgid) {
+            Ok(s) if s.start_ticks == ns_to_ticks(start_ns) => {
+                process.comm = s.comm;
+                process.exe = s.exe.or(process.exe);
+                process.cwd = s.cwd.or(process.cwd);
+                process.container_id = s.container_id.or(process.container_id);
+                process.cgroup = s.cgroup.or(process.cgroup);
+            }
+            _ => {}
+        }
+        self.insert_live(process);
+    }
+
+    /// `tgid` exited: it leaves the live set but stays available for late events.
+    pub fn on_exit(&mut self, tgid: u32, start_ns: u64, exit_code: u32) {
+        let k = key(tgid, start_ns);
+        let mut process = match self.live.get(&tgid) {
+            Some(p) if key(p.tgid, p.start_boot_ns) == k => self.live.remove(&tgid).unwrap_or_default(),
+            _ => match self.exited.remove(&k) {
+                Some(p) => p,
+                None => Process { tgid, start_boot_ns: start_ns, ..Process::default() },
+            },
+        };
+        process.exit_code = Some(exit_code);
+        process.exited_at = Some(Instant::now());
+        self.retire(process);
+    }
+
+    /// Up to `depth` ancestors of the incarnation, parent first.
+    pub fn ancestry(&self, tgid: u32, start_ns: u64, depth: usize) -> Vec<Ancestor> {
+        let mut out = Vec::new();
+        let mut visited = HashSet::from([tgid]);
+        let Some(mut current) = self.get(tgid, start_ns) else { return out };
+        while out.len() < depth {
+            let ppid = current.ppid;
+            if ppid == 0 || !visited.insert(ppid) {
+                break;
+            }
+            let Some(parent) = self.live.get(&ppid) else {
+                out.push(Ancestor { pid: ppid, exe: None, comm: String::new() });
+                break;
+            };
+            out.push(Ancestor { pid: ppid, exe: parent.exe.clone(), comm: parent.comm.clone() });
+            current = parent;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK_NS: u64 = 10_000_000;
+
+    fn table() -> ProcessTable {
+        let mut t = ProcessTable::new(2);
+        // A made-up parent that is not in /proc (pid far above pid_max).
+        t.insert_live(Process {
+            tgid: 4_000_001,
+            ppid: 4_000_000,
+            start_boot_ns: 100 * TICK_NS,
+            exe: Some("/usr/bin/bash".into()),
+            cwd: Some("/srv/ephi".into()),
+            comm: "bash".into(),
+            uid: 1000,
+            ..Process::default()
+        });
+        t.insert_live(Process { tgid: 4_000_000, ppid: 1, start_boot_ns: 50 * TICK_NS, exe: Some("/usr/sbin/sshd".into()), ..Process::default() });
+        t
+    }
+
+    #[test]
+    fn fork_exec_exit() {
+        let mut t = table();
+        t.on_fork((4_000_001, 100 * TICK_NS), 4_000_002, 200 * TICK_NS);
+        let child = t.get(4_000_002, 200 * TICK_NS).unwrap();
+        assert_eq!((child.ppid, child.exe.as_deref(), child.uid), (4_000_001, Some("/usr/bin/bash"), 1000));
+        t.on_exec(4_000_002, 200 * TICK_NS, 4_000_001, "./tool", vec!["./tool".into(), "-x".into()], false, 1000, 1000, Some(1000), Some(3));
+        let child = t.get(4_000_002, 200 * TICK_NS).unwrap();
+        assert_eq!(child.exe.as_deref(), Some("/srv/ephi/tool"), "relative exec resolved against cwd");
+        assert_eq!(child.argv, ["./tool", "-x"]);
+        assert_eq!(child.comm, "tool");
+        t.on_exit(4_000_002, 200 * TICK_NS, 256);
+        let gone = t.get(4_000_002, 200 * TICK_NS).expect("exited process still known");
+        assert_eq!(gone.exit_code, Some(256));
+        assert!(gone.exited_at.is_some());
+    }
+
+    #[test]
+    fn reused_pid_does_not_inherit() {
+        let mut t = table();
+        t.on_exit(4_000_001, 100 * TICK_NS, 0);
+        t.on_exec(4_000_001, 900 * TICK_NS, 1, "/usr/bin/true", vec![], false, 0, 0, None, None);
+        let new = t.get(4_000_001, 900 * TICK_NS).unwrap();
+        assert_eq!(new.exe.as_deref(), Some("/usr/bin/true"));
+        assert_eq!(new.uid, 0);
+        assert_eq!(t.get(4_000_001, 100 * TICK_NS).unwrap().exe.as_deref(), Some("/usr/bin/bash"));
+        assert!(t.get(4_000_001, 500 * TICK_NS).is_none());
+    }
+
+    #[test]
+    fn ancestry_stops_at_depth_and_loops() {
+        let mut t = table();
+        t.on_fork((4_000_001, 100 * TICK_NS), 4_000_002, 200 * TICK_NS);
+        let a = t.ancestry(4_000_002, 200 * TICK_NS, 4);
+        assert_eq!(a[0].pid, 4_000_001);
+        assert_eq!(a[1].exe.as_deref(), Some("/usr/sbin/sshd"));
+        assert_eq!(t.ancestry(4_000_002, 200 * TICK_NS, 1).len(), 1);
+        // A loop (corrupt ppids) terminates.
+        t.insert_live(Process { tgid: 4_000_010, ppid: 4_000_011, start_boot_ns: TICK_NS, ..Process::default() });
+        t.insert_live(Process { tgid: 4_000_011, ppid: 4_000_010, start_boot_ns: TICK_NS, ..Process::default() });
+        assert!(t.ancestry(4_000_010, TICK_NS, 16).len() <= 2);
+    }
+
+    #[test]
+    fn exited_entries_are_bounded() {
+        let mut t = ProcessTable::new(2);
+        for pid in 0..5u32 {
+            let tgid = 4_100_000 + pid;
+            t.on_exec(tgid, TICK_NS, 1, "/usr/bin/true", vec![], false, 0, 0, None, None);
+            t.on_exit(tgid, TICK_NS, 0);
+        }
+        assert!(t.get(4_100_000, TICK_NS).is_none(), "oldest evicted");
+        assert!(t.get(4_100_004, TICK_NS).is_some());
+    }
+
+    #[test]
+    fn seeds_and_loads_from_proc() {
+        let mut t = ProcessTable::new(16);
+        t.seed_from_proc();
+        let me = std::process::id();
+        let start_ns = procfs::start_ticks(me).unwrap() * (1_000_000_000 / procfs::ticks_per_second());
+        assert!(t.get(me, start_ns + 3).is_some(), "kernel ns within the same tick match");
+        let mut empty = ProcessTable::new(16);
+        assert!(empty.get_or_load(me, start_ns).is_some());
+        assert!(empty.get_or_load(me, start_ns + 10 * TICK_NS).is_none(), "another incarnation");
+    }
+}

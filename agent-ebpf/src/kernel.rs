@@ -1,0 +1,214 @@
+//! Reading kernel structs through the offsets user space read from BTF.
+//!
+//! aya's Rust programs have no CO-RE relocations, so every field is reached as
+//! `base + OFFSETS.field` with `bpf_probe_read_kernel`: a wrong or stale pointer yields an
+//! error, never a fault.
+
+use agent_common::{limits::MAX_WALK_DEPTH, maps::InodeKey, offsets::KernelOffsets};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+
+use crate::maps::WATCHED_INODES;
+
+/// Struct field offsets, set by user space at load time (`EbpfLoader::set_global`).
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    task_pid: 0,
+    task_tgid: 0,
+    task_real_parent: 0,
+    task_group_leader: 0,
+    task_start_boottime: 0,
+    task_exit_code: 0,
+    task_loginuid: 0,
+    task_sessionid: 0,
+    task_comm: 0,
+    task_files: 0,
+    task_fs: 0,
+    fs_pwd: 0,
+    files_fdt: 0,
+    fdtable_max_fds: 0,
+    fdtable_fd: 0,
+    file_f_path: 0,
+    path_dentry: 0,
+    dentry_d_parent: 0,
+    dentry_d_name: 0,
+    dentry_d_inode: 0,
+    dentry_d_sb: 0,
+    qstr_name: 0,
+    inode_i_ino: 0,
+    sb_s_dev: 0,
+    binprm_filename: 0,
+    _pad: 0,
+};
+
+/// The offset of one field, read so the compiler cannot fold the load-time value away.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: OFFSETS is a plain static; volatile keeps the read in the program.
+        unsafe { core::ptr::read_volatile(&raw const OFFSETS.$field) } as usize
+    };
+}
+
+/// A failed kernel read.
+#[derive(Clone, Copy)]
+pub struct ReadError;
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+pub fn read<T>(base: usize, offset: usize) -> Result<T, ReadError> {
+    if base == 0 {
+        return Err(ReadError);
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel((base + offset) as *const T) }.map_err(|_| ReadError)
+}
+
+/// A `task_struct` in kernel memory.
+#[derive(Clone, Copy)]
+pub struct Task(pub usize);
+
+impl Task {
+    /// The task running this program.
+    #[inline(always)]
+    pub fn current() -> Task {
+        // SAFETY: helper without arguments.
+        Task(unsafe { bpf_get_current_task() } as usize)
+    }
+
+    /// Thread id.
+    #[inline(always)]
+    pub fn pid(self) -> Result<u32, ReadError> {
+        read(self.0, offset!(task_pid))
+    }
+
+    /// Thread-group (process) id.
+    #[inline(always)]
+    pub fn tgid(self) -> Result<u32, ReadError> {
+        read(self.0, offset!(task_tgid))
+    }
+
+    /// Process id of the real parent.
+    #[inline(always)]
+    pub fn parent_tgid(self) -> Result<u32, ReadError> {
+        Task(read(self.0, offset!(task_real_parent))?).tgid()
+    }
+
+    /// Start time (boot ns) of this task.
+    #[inline(always)]
+    pub fn start_boot_ns(self) -> Result<u64, ReadError> {
+        read(self.0, offset!(task_start_boottime))
+    }
+
+    /// Start time (boot ns) of the thread-group leader: the process's start.
+    #[inline(always)]
+    pub fn leader_start_boot_ns(self) -> Result<u64, ReadError> {
+        Task(read(self.0, offset!(task_group_leader))?).start_boot_ns()
+    }
+
+    /// Audit login uid.
+    #[inline(always)]
+    pub fn loginuid(self) -> Result<u32, ReadError> {
+        read(self.0, offset!(task_loginuid))
+    }
+
+    /// Audit session id.
+    #[inline(always)]
+    pub fn sessionid(self) -> Result<u32, ReadError> {
+        read(self.0, offset!(task_sessionid))
+    }
+
+    /// `task_struct.exit_code`.
+    #[inline(always)]
+    pub fn exit_code(self) -> Result<u32, ReadError> {
+        read(self.0, offset!(task_exit_code))
+    }
+
+    /// The `struct file *` behind descriptor `fd`.
+    #[inline(always)]
+    pub fn file(self, fd: u32) -> Result<usize, ReadError> {
+        let files: usize = read(self.0, offset!(task_files))?;
+        let fdt: usize = read(files, offset!(files_fdt))?;
+        let max_fds: u32 = read(fdt, offset!(fdtable_max_fds))?;
+        if fd >= max_fds {
+            return Err(ReadError);
+        }
+        let fd_array: usize = read(fdt, offset!(fdtable_fd))?;
+        read(fd_array, fd as usize * 8)
+    }
+
+    /// The dentry of the current working directory.
+    #[inline(always)]
+    pub fn cwd_dentry(self) -> Result<usize, ReadError> {
+        let fs: usize = read(self.0, offset!(task_fs))?;
+        read(fs, offset!(fs_pwd) + offset!(path_dentry))
+    }
+}
+
+/// The dentry a `struct file *` was opened through.
+#[inline(always)]
+pub fn file_dentry(file: usize) -> Result<usize, ReadError> {
+    read(file, offset!(file_f_path) + offset!(path_dentry))
+}
+
+/// Kernel `dev_t` of the super block a dentry belongs to.
+#[inline(always)]
+pub fn dentry_dev(dentry: usize) -> Result<u32, ReadError> {
+    let sb: usize = read(dentry, offset!(dentry_d_sb))?;
+    read(sb, offset!(sb_s_dev))
+}
+
+/// Inode number of a dentry (0 for a negative dentry).
+#[inline(always)]
+pub fn dentry_ino(dentry: usize) -> Result<u64, ReadError> {
+    let inode: usize = read(dentry, offset!(dentry_d_inode))?;
+    if inode == 0 {
+        return Ok(0);
+    }
+    read(inode, offset!(inode_i_ino))
+}
+
+/// Parent dentry (the dentry itself at the root of its mount).
+#[inline(always)]
+pub fn dentry_parent(dentry: usize) -> Result<usize, ReadError> {
+    read(dentry, offset!(dentry_d_parent))
+}
+
+/// Address of a dentry's name bytes (NUL-terminated).
+#[inline(always)]
+pub fn dentry_name(dentry: usize) -> Result<usize, ReadError> {
+    read(dentry, offset!(dentry_d_name) + offset!(qstr_name))
+}
+
+/// `linux_binprm.filename`.
+#[inline(always)]
+pub fn binprm_filename(bprm: usize) -> Result<usize, ReadError> {
+    read(bprm, offset!(binprm_filename))
+}
+
+/// A watched inode found above (or at) a dentry.
+#[derive(Clone, Copy)]
+pub struct WatchHit {
+    /// Watch id from `WATCHED_INODES`.
+    pub watch_id: u32,
+    /// Levels climbed from the start dentry to the watched one.
+    pub depth: u32,
+}
+
+/// Walks up from `dentry` (on device `dev`) until a watched inode, the root of the mount, or
+/// `MAX_WALK_DEPTH` levels.
+#[inline(always)]
+pub fn find_watch(mut dentry: usize, dev: u32) -> Option<WatchHit> {
+    for depth in 0..MAX_WALK_DEPTH {
+        let ino = dentry_ino(dentry).ok()?;
+        let key = InodeKey { dev, _pad: 0, ino };
+        // SAFETY: the value is a plain u32 copied out at once.
+        if let Some(watch_id) = unsafe { WATCHED_INODES.get(&key) } {
+            return Some(WatchHit { watch_id: *watch_id, depth });
+        }
+        let parent = dentry_parent(dentry).ok()?;
+        if parent == dentry {
+            return None;
+        }
+        dentry = parent;
+    }
+    None
+}

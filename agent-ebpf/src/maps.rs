@@ -1,0 +1,96 @@
+//! Every map the programs share. Names match `agent_common::maps`.
+
+use agent_common::{
+    event::{EventHeader, ExecArgsScratch, FileOpenEvent, KIND_COUNT},
+    limits::{MAX_WATCHED_INODES, MAX_WATCHED_PORTS, MAX_WATCHED_PREFIXES, PATH_LEN, RING_BUFFER_BYTES},
+    maps::InodeKey,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+
+/// The one ring buffer every program writes records to.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
+
+/// Failed ring-buffer writes per CPU, indexed by event kind.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(KIND_COUNT, 0);
+
+/// Watched directories and files by (device, inode) → watch id.
+#[map]
+pub static WATCHED_INODES: HashMap<InodeKey, u32> =
+    HashMap::with_max_entries(MAX_WATCHED_INODES, 0);
+
+/// Devices holding at least one watched inode: opens elsewhere skip the dentry walk.
+#[map]
+pub static WATCHED_DEVS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_WATCHED_INODES, 0);
+
+/// Watched absolute path prefixes, for opens that failed (no inode to compare).
+#[map]
+pub static WATCHED_PREFIXES: LpmTrie<[u8; PATH_LEN], u32> =
+    LpmTrie::with_max_entries(MAX_WATCHED_PREFIXES, 0);
+
+/// Watched TCP ports (host byte order).
+#[map]
+pub static WATCHED_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(MAX_WATCHED_PORTS, 0);
+
+/// An `open*` between its syscall entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingOpen {
+    /// User-space address of the path argument.
+    pub path: u64,
+    /// `O_*` flags.
+    pub flags: u32,
+    /// Creation mode.
+    pub mode: u32,
+    /// `dirfd` argument (`AT_FDCWD` for `open`).
+    pub dirfd: i32,
+    /// `open_syscall` code.
+    pub syscall: u32,
+}
+
+/// Opens in flight, by thread (`pid_tgid`). LRU so a thread killed mid-call cannot leak slots.
+#[map]
+pub static PENDING_OPENS: LruHashMap<u64, PendingOpen> = LruHashMap::with_max_entries(16384, 0);
+
+/// Who set up a TCP socket on a watched port: filled when the socket leaves CLOSE in process
+/// context, read when it is established or closed (often in softirq, where `current` is
+/// unrelated).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockOwner {
+    /// The owning process, as seen at set-up (`FLAG_NO_PROCESS` when unknown).
+    pub header: EventHeader,
+    /// `direction` code.
+    pub direction: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// Sockets on watched ports → their owner and direction.
+#[map]
+pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per-CPU scratch for argv records (larger than the stack).
+#[map]
+pub static EXEC_ARGS_SCRATCH: PerCpuArray<ExecArgsScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// A file-open record plus slack so name copies at a masked offset stay in bounds.
+#[repr(C)]
+pub struct FileOpenScratch {
+    /// The record sent.
+    pub event: FileOpenEvent,
+    /// Room a name copy may run into past `event.names`.
+    pub slack: [u8; agent_common::limits::NAME_MAX],
+}
+
+/// Per-CPU scratch for file-open records.
+#[map]
+pub static FILE_OPEN_SCRATCH: PerCpuArray<FileOpenScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch for LPM trie lookup keys.
+#[map]
+pub static PREFIX_KEY_SCRATCH: PerCpuArray<Key<[u8; PATH_LEN]>> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,5 @@
+//! The programs, one module per hook family.
+
+pub mod file;
+pub mod net;
+pub mod process;

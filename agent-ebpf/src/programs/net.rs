@@ -1,0 +1,164 @@
+//! TCP on watched ports: outgoing `connect()` (cgroup `connect4`/`connect6` at the cgroup v2
+//! root) and connection state changes in both directions (`sock/inet_sock_set_state`), so
+//! connections a local database *accepts* are seen too.
+
+use agent_common::event::{direction, ConnectEvent, Kind, SockStateEvent};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, tracepoint},
+    programs::{SockAddrContext, TracePointContext},
+};
+
+use crate::{
+    emit::{count_lost, fill_header, fill_header_no_process},
+    maps::{SockOwner, EVENTS, SOCK_OWNERS, WATCHED_PORTS},
+};
+
+/// `AF_INET`.
+const AF_INET: u16 = 2;
+/// `AF_INET6`.
+const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`.
+const IPPROTO_TCP: u16 = 6;
+/// Kernel TCP states (`include/net/tcp_states.h`).
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+
+/// `cgroup/connect4` (Linux 4.17+): observe only, always allows.
+#[cgroup_sock_addr(connect4)]
+pub fn net_connect4(ctx: SockAddrContext) -> i32 {
+    on_connect(&ctx, AF_INET);
+    1
+}
+
+/// `cgroup/connect6` (Linux 4.17+): observe only, always allows.
+#[cgroup_sock_addr(connect6)]
+pub fn net_connect6(ctx: SockAddrContext) -> i32 {
+    on_connect(&ctx, AF_INET6);
+    1
+}
+
+#[inline(always)]
+fn on_connect(ctx: &SockAddrContext, family: u16) {
+    // SAFETY: the context is the kernel's `struct bpf_sock_addr`, valid for this call.
+    let sa = unsafe { &*ctx.sock_addr };
+    let port = u16::from_be(sa.user_port as u16);
+    // SAFETY: value not used.
+    if unsafe { WATCHED_PORTS.get(&port) }.is_none() {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
+        count_lost(Kind::Connect);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved record of the right size, written field by field.
+    unsafe {
+        fill_header(&mut (*event).header, Kind::Connect);
+        (*event).family = family;
+        (*event).port = port;
+        (*event).sock_type = sa.type_;
+        let mut addr = [0u8; 16];
+        if family == AF_INET {
+            addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+        } else {
+            for (i, word) in sa.user_ip6.iter().enumerate() {
+                addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+            }
+        }
+        (*event).addr = addr;
+    }
+    entry.submit(0);
+}
+
+/// `sock/inet_sock_set_state` (Linux 4.16+): `skaddr` at 8, `oldstate` 16, `newstate` 20,
+/// `sport` 24, `dport` 26, `family` 28, `protocol` 30, `saddr` 32, `daddr` 36, `saddr_v6` 40,
+/// `daddr_v6` 56. Ports are in host byte order.
+#[tracepoint]
+pub fn net_inet_sock_set_state(ctx: TracePointContext) -> i32 {
+    // SAFETY: offsets from the tracepoint's format.
+    let _ = unsafe { try_set_state(&ctx) };
+    0
+}
+
+unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
+    // SAFETY: offsets from the tracepoint's format.
+    let (protocol, sport, dport) = unsafe {
+        (ctx.read_at::<u16>(30)?, ctx.read_at::<u16>(24)?, ctx.read_at::<u16>(26)?)
+    };
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    // SAFETY: values not used.
+    let watched = unsafe { WATCHED_PORTS.get(&sport).is_some() || WATCHED_PORTS.get(&dport).is_some() };
+    if !watched {
+        return Ok(());
+    }
+    // SAFETY: offsets from the tracepoint's format.
+    let (skaddr, old_state, new_state) =
+        unsafe { (ctx.read_at::<u64>(8)?, ctx.read_at::<i32>(16)?, ctx.read_at::<i32>(20)?) };
+
+    if new_state == TCP_SYN_SENT {
+        // connect() in process context: remember who.
+        // SAFETY: zeroed is a valid SockOwner (plain integers).
+        let mut owner: SockOwner = unsafe { core::mem::zeroed() };
+        fill_header(&mut owner.header, Kind::SockState);
+        owner.direction = direction::OUTBOUND;
+        return SOCK_OWNERS.insert(&skaddr, &owner, 0);
+    }
+    let owner = if new_state == TCP_ESTABLISHED && old_state == TCP_SYN_RECV {
+        // Accepted by a local listener, in softirq: no process yet.
+        // SAFETY: zeroed is a valid SockOwner (plain integers).
+        let mut owner: SockOwner = unsafe { core::mem::zeroed() };
+        fill_header_no_process(&mut owner.header, Kind::SockState);
+        owner.direction = direction::INBOUND;
+        SOCK_OWNERS.insert(&skaddr, &owner, 0)?;
+        owner
+    } else if new_state == TCP_ESTABLISHED || new_state == TCP_CLOSE {
+        // SAFETY: copied out at once.
+        match unsafe { SOCK_OWNERS.get(&skaddr) } {
+            Some(owner) => *owner,
+            None => return Ok(()),
+        }
+    } else {
+        return Ok(());
+    };
+    if new_state == TCP_CLOSE {
+        let _ = SOCK_OWNERS.remove(&skaddr);
+    }
+
+    let Some(mut entry) = EVENTS.reserve::<SockStateEvent>(0) else {
+        count_lost(Kind::SockState);
+        return Ok(());
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved record of the right size, written field by field;
+    // offsets from the tracepoint's format.
+    unsafe {
+        (*event).header = owner.header;
+        (*event).header.boot_ns = aya_ebpf::helpers::bpf_ktime_get_boot_ns();
+        (*event).skaddr = skaddr;
+        (*event).old_state = old_state as u32;
+        (*event).new_state = new_state as u32;
+        (*event).direction = owner.direction;
+        (*event).sport = sport;
+        (*event).dport = dport;
+        (*event)._pad = [0; 6];
+        let family = ctx.read_at::<u16>(28).unwrap_or(0);
+        (*event).family = family;
+        let mut saddr = [0u8; 16];
+        let mut daddr = [0u8; 16];
+        if family == AF_INET {
+            saddr[..4].copy_from_slice(&ctx.read_at::<[u8; 4]>(32).unwrap_or([0; 4]));
+            daddr[..4].copy_from_slice(&ctx.read_at::<[u8; 4]>(36).unwrap_or([0; 4]));
+        } else {
+            saddr = ctx.read_at::<[u8; 16]>(40).unwrap_or([0; 16]);
+            daddr = ctx.read_at::<[u8; 16]>(56).unwrap_or([0; 16]);
+        }
+        (*event).saddr = saddr;
+        (*event).daddr = daddr;
+    }
+    entry.submit(0);
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Process life cycle: fork, exec (with argv), exit.
+
+use core::mem::{offset_of, size_of};
+
+use agent_common::{
+    event::{
+        EventHeader, ExecArgsScratch, ExecEvent, ExitEvent, ForkEvent, Kind,
+        FLAG_TRUNCATED,
+    },
+    limits::{ARGS_LEN, MAX_ARGS, PATH_LEN},
+};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+
+use crate::{
+    emit::{count_lost, fill_header, output},
+    kernel::{binprm_filename, Task},
+    maps::{EVENTS, EXEC_ARGS_SCRATCH},
+};
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`, raw
+/// tracepoint (Linux 4.17+). Reports new processes only, not new threads.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn process_sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let _ = try_fork(&ctx);
+    0
+}
+
+fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
+    let child = Task(ctx.arg::<u64>(1) as usize);
+    let child_pid = child.pid().ok()?;
+    let child_tgid = child.tgid().ok()?;
+    if child_pid != child_tgid {
+        return None; // a thread
+    }
+    let child_start = child.start_boot_ns().unwrap_or(0);
+    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
+        count_lost(Kind::Fork);
+        return None;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved record of the right size, written field by field.
+    unsafe {
+        fill_header(&mut (*event).header, Kind::Fork);
+        (*event).child_tgid = child_tgid;
+        (*event)._pad = 0;
+        (*event).child_start_boot_ns = child_start;
+    }
+    entry.submit(0);
+    Some(())
+}
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`, raw
+/// tracepoint (Linux 4.17+). `current` is the process with its new image.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn process_sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    let _ = try_exec(&ctx);
+    0
+}
+
+fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
+    let old_pid = ctx.arg::<u64>(1) as u32;
+    let bprm = ctx.arg::<u64>(2) as usize;
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count_lost(Kind::Exec);
+        return None;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved record of the right size, written field by field.
+    unsafe {
+        fill_header(&mut (*event).header, Kind::Exec);
+        (*event).old_pid = old_pid;
+        (*event).filename_len = 0;
+        if let Ok(name) = binprm_filename(bprm) {
+            if let Ok(bytes) = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*event).filename) {
+                (*event).filename_len = bytes.len() as u32;
+                if bytes.len() + 1 >= PATH_LEN {
+                    (*event).header.flags |= FLAG_TRUNCATED;
+                }
+            }
+        }
+    }
+    entry.submit(0);
+    Some(())
+}
+
+/// `sched_process_exit(struct task_struct *p, bool group_dead)`, raw tracepoint (Linux
+/// 4.17+). Reports the thread-group leader's exit.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn process_sched_process_exit(_ctx: RawTracePointContext) -> i32 {
+    let _ = try_exit();
+    0
+}
+
+fn try_exit() -> Option<()> {
+    let task = Task::current();
+    if task.pid().ok()? != task.tgid().ok()? {
+        return None;
+    }
+    let exit_code = task.exit_code().unwrap_or(0);
+    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
+        count_lost(Kind::Exit);
+        return None;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved record of the right size, written field by field.
+    unsafe {
+        fill_header(&mut (*event).header, Kind::Exit);
+        (*event).exit_code = exit_code;
+        (*event)._pad = 0;
+    }
+    entry.submit(0);
+    Some(())
+}
+
+/// `syscalls/sys_enter_execve`: `filename` at 16, `argv` at 24 (Linux 4.7+).
+#[tracepoint]
+pub fn process_sys_enter_execve(ctx: TracePointContext) -> i32 {
+    // SAFETY: offset 24 of the sys_enter_execve record is `const char *const *argv`.
+    if let Ok(argv) = unsafe { ctx.read_at::<u64>(24) } {
+        send_argv(argv);
+    }
+    0
+}
+
+/// `syscalls/sys_enter_execveat`: `argv` at 32 (Linux 4.7+).
+#[tracepoint]
+pub fn process_sys_enter_execveat(ctx: TracePointContext) -> i32 {
+    // SAFETY: offset 32 of the sys_enter_execveat record is `const char *const *argv`.
+    if let Ok(argv) = unsafe { ctx.read_at::<u64>(32) } {
+        send_argv(argv);
+    }
+    0
+}
+
+/// Copies up to `MAX_ARGS` arguments (`ARGS_LEN` bytes) from the user `argv` array into an
+/// [`ExecArgsEvent`] record sized to what was copied.
+#[inline(always)]
+fn send_argv(argv: u64) {
+    let Some(scratch) = EXEC_ARGS_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the per-CPU scratch value is ours for the duration of this program.
+    let scratch: &mut ExecArgsScratch = unsafe { &mut *scratch };
+    let header: &mut EventHeader = &mut scratch.event.header;
+    fill_header(header, Kind::ExecArgs);
+    let mut used: usize = 0;
+    let mut argc: u32 = 0;
+    for i in 0..MAX_ARGS {
+        // SAFETY: reading a user pointer through the checked helper.
+        let arg: u64 = match unsafe { bpf_probe_read_user((argv as *const u64).wrapping_add(i as usize)) } {
+            Ok(ptr) => ptr,
+            Err(_) => break,
+        };
+        if arg == 0 {
+            break;
+        }
+        if used >= ARGS_LEN {
+            scratch.event.header.flags |= FLAG_TRUNCATED;
+            break;
+        }
+        let start = used & (ARGS_LEN - 1);
+        let room = ARGS_LEN - start;
+        // SAFETY: `start < ARGS_LEN` and the slice is ARGS_LEN long, inside the 2*ARGS_LEN array.
+        let copied = match unsafe {
+            bpf_probe_read_user_str_bytes(arg as *const u8, &mut scratch.args[start..start + ARGS_LEN])
+        } {
+            Ok(bytes) => bytes.len(),
+            Err(_) => break,
+        };
+        argc += 1;
+        if copied + 1 > room {
+            used = ARGS_LEN;
+            scratch.event.header.flags |= FLAG_TRUNCATED;
+            break;
+        }
+        used = start + copied + 1;
+        if i + 1 == MAX_ARGS {
+            // More arguments may follow: say so if there are.
+            // SAFETY: reading a user pointer through the checked helper.
+            let next = unsafe { bpf_probe_read_user((argv as *const u64).wrapping_add(MAX_ARGS as usize)) };
+            if matches!(next, Ok(p) if p != 0) {
+                scratch.event.header.flags |= FLAG_TRUNCATED;
+            }
+        }
+    }
+    scratch.event.argc = argc;
+    scratch.event.args_len = used as u32;
+    let len = offset_of!(ExecArgsScratch, args) + (used & (2 * ARGS_LEN - 1));
+    if len > size_of::<ExecArgsScratch>() {
+        return;
+    }
+    // SAFETY: `len` is within the scratch value.
+    let bytes = unsafe { core::slice::from_raw_parts((scratch as *const ExecArgsScratch).cast::<u8>(), len) };
+    output(Kind::ExecArgs, bytes);
+}

@@ -1,0 +1,200 @@
+//! The agent: start-up (checks, offsets, load, attach) and the event loop
+//! (ring buffer → decode → enrich → sinks), with loss reporting and clean shutdown.
+
+use std::{future::Future, path::Path, sync::Arc, time::Duration};
+
+use agent_common::event::{Kind, KIND_COUNT};
+use phiguard_proto::v1::{self, event::Body};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::Config,
+    enrich::{host::HostInfo, EnrichSettings, Enricher},
+    event::decode::decode,
+    kernel::{btf, loader::Sensors, mounts, probe, reader::Reader},
+    sink::Sink,
+    watch::WatchSet,
+};
+
+/// Most records handled per wake-up before other work (loss reports, shutdown) gets a turn.
+const BATCH: usize = 8192;
+/// How often kernel loss counters are read and sinks flushed.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// This system cannot run the programs.
+    #[error(transparent)]
+    Probe(#[from] probe::ProbeError),
+    /// A pseudo-filesystem is missing.
+    #[error(transparent)]
+    Mount(#[from] mounts::MountError),
+    /// Offsets could not be read.
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    /// A watched path is unusable.
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
+    /// The programs did not load or attach.
+    #[error(transparent)]
+    Load(#[from] crate::kernel::loader::LoadError),
+    /// The ring buffer could not be registered with tokio.
+    #[error("registering the ring buffer with the runtime: {0}")]
+    Reader(#[source] std::io::Error),
+}
+
+/// Counters of one run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Records read from the ring buffer.
+    pub records: u64,
+    /// Events written to the sinks.
+    pub events: u64,
+    /// Records that failed to decode.
+    pub decode_errors: u64,
+    /// Records lost in the kernel (ring buffer full).
+    pub kernel_lost: u64,
+}
+
+/// A running agent.
+pub struct Agent {
+    sensors: Sensors,
+    reader: Reader,
+    enricher: Enricher,
+    sinks: Vec<Box<dyn Sink>>,
+    lost_reported: [u64; KIND_COUNT as usize],
+    stats: RunStats,
+}
+
+impl Agent {
+    /// Checks the system, loads and attaches the programs for `config`'s watches, and seeds
+    /// the process table. Must run inside a tokio runtime.
+    pub fn start(config: &Config, sinks: Vec<Box<dyn Sink>>) -> Result<Agent, StartError> {
+        let btf_path = Path::new(btf::VMLINUX_BTF);
+        probe::check(btf_path)?;
+        for mounted in mounts::ensure_mounted()? {
+            info!(mount = mounted, "mounted missing pseudo-filesystem");
+        }
+        let offsets = btf::kernel_offsets(btf_path)?;
+        debug!(?offsets, "kernel struct offsets from BTF");
+        let watches = WatchSet::new(&config.watch.paths, &config.watch.ports)?;
+        let cgroup_root = mounts::cgroup2_root()?;
+        let mut sensors = Sensors::load(&offsets, &watches, &cgroup_root)?;
+        let reader = Reader::new(sensors.take_ring_buffer()?).map_err(StartError::Reader)?;
+        let lost_reported = sensors.lost()?;
+        let settings = EnrichSettings {
+            ancestry_depth: usize::from(config.enrich.ancestry_depth),
+            hash_max_bytes: config.enrich.hash_max_bytes,
+            retain_exited: config.enrich.retain_exited,
+        };
+        let enricher = Enricher::new(HostInfo::detect(&config.agent.hostname), Arc::new(watches.clone()), settings);
+        let paths: Vec<String> = watches.paths.iter().map(|w| w.path.display().to_string()).collect();
+        info!(
+            cgroup = %cgroup_root.display(),
+            watch_paths = ?paths,
+            watch_ports = ?watches.ports,
+            "phiguard running: {}; events are flowing",
+            sensors.summary()
+        );
+        Ok(Agent { sensors, reader, enricher, sinks, lost_reported, stats: RunStats::default() })
+    }
+
+    /// Runs until `shutdown` completes, then drains what the kernel already wrote, flushes the
+    /// sinks and detaches the programs.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> std::io::Result<RunStats> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(TICK);
+        let mut ticks: u64 = 0;
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                read = self.reader.read_batch(BATCH, |bytes| {
+                    Self::handle(&mut self.enricher, &mut self.sinks, &mut self.stats, bytes);
+                }) => {
+                    read?;
+                    self.flush()?;
+                }
+                _ = tick.tick() => {
+                    ticks += 1;
+                    self.report_losses();
+                    if ticks % 60 == 0 {
+                        self.enricher.refresh_clock();
+                    }
+                    self.flush()?;
+                }
+            }
+        }
+        let (enricher, sinks, stats) = (&mut self.enricher, &mut self.sinks, &mut self.stats);
+        self.reader.drain(|bytes| Self::handle(enricher, sinks, stats, bytes));
+        self.report_losses();
+        self.flush()?;
+        info!(
+            records = self.stats.records,
+            events = self.stats.events,
+            kernel_lost = self.stats.kernel_lost,
+            decode_errors = self.stats.decode_errors,
+            "phiguard stopped; programs detached"
+        );
+        Ok(self.stats)
+    }
+
+    fn handle(enricher: &mut Enricher, sinks: &mut [Box<dyn Sink>], stats: &mut RunStats, bytes: &[u8]) {
+        stats.records += 1;
+        let raw = match decode(bytes) {
+            Ok(raw) => raw,
+            Err(error) => {
+                stats.decode_errors += 1;
+                warn!(%error, "undecodable ring-buffer record");
+                return;
+            }
+        };
+        if let Some(event) = enricher.enrich(raw) {
+            Self::emit(sinks, stats, &event);
+        }
+    }
+
+    fn emit(sinks: &mut [Box<dyn Sink>], stats: &mut RunStats, event: &v1::Event) {
+        stats.events += 1;
+        for sink in sinks.iter_mut() {
+            if let Err(error) = sink.write(event) {
+                warn!(%error, "sink write failed");
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        for sink in &mut self.sinks {
+            sink.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Turns new kernel losses into `EventsLost` events and a warning: never silent.
+    fn report_losses(&mut self) {
+        let totals = match self.sensors.lost() {
+            Ok(totals) => totals,
+            Err(error) => {
+                warn!(%error, "cannot read kernel loss counters");
+                return;
+            }
+        };
+        for kind in Kind::ALL {
+            let i = kind as usize;
+            let new = totals[i].saturating_sub(self.lost_reported[i]);
+            if new == 0 {
+                continue;
+            }
+            self.lost_reported[i] = totals[i];
+            self.stats.kernel_lost += new;
+            warn!(kind = ?kind, lost = new, total = totals[i], "kernel ring buffer full: events lost");
+            let event = self.enricher.agent_event(Body::EventsLost(v1::EventsLost {
+                source: v1::LossSource::KernelRingBuffer as i32,
+                kind: format!("{kind:?}"),
+                count: new,
+                total: totals[i],
+            }));
+            Self::emit(&mut self.sinks, &mut self.stats, &event);
+        }
+    }
+}

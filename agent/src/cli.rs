@@ -1,0 +1,52 @@
+//! Command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// The configuration file used when `--config` is not given and it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/phiguard/agent.toml";
+
+/// phiguard: eBPF host agent that audits who opens patient-record files, who connects to the
+/// database, and what runs, on servers holding ePHI.
+#[derive(Debug, Parser)]
+#[command(name = "phiguard", version)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the kernel programs and stream events as JSON lines until SIGINT/SIGTERM.
+    Run(RunArgs),
+}
+
+/// `phiguard run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML). Default: /etc/phiguard/agent.toml when it exists, else
+    /// built-in defaults.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Also watch opens under this path (repeatable; adds to the configuration).
+    #[arg(long = "watch", value_name = "PATH")]
+    pub watch: Vec<PathBuf>,
+    /// Also watch TCP connections on this port (repeatable; adds to the configuration).
+    #[arg(long = "watch-port", value_name = "PORT")]
+    pub watch_port: Vec<u16>,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}

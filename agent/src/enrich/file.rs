@@ -1,0 +1,158 @@
+//! Turning a kernel file-open record into the absolute path it concerns, and naming its flags.
+
+use std::path::PathBuf;
+
+use agent_common::event::{matched_by, FileOpenEvent};
+
+use crate::{event::decode::text, paths, watch::WatchSet};
+
+/// `AT_FDCWD`.
+pub const AT_FDCWD: i32 = -100;
+
+/// Where a file-open record points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedOpen {
+    /// Absolute, normalised path (the requested path when it could not be resolved).
+    pub path: PathBuf,
+    /// Whether `path` is resolved.
+    pub resolved: bool,
+    /// The watched path that covers it, if any.
+    pub watch: Option<PathBuf>,
+}
+
+/// Resolves a record's path. `base_dir` supplies the directory a relative path is relative
+/// to (the process's cwd or the dirfd's path) when the kernel could not.
+/// Returns `None` when the open turns out not to concern any watch.
+pub fn resolve_open(
+    event: &FileOpenEvent,
+    watches: &WatchSet,
+    base_dir: impl FnOnce(i32) -> Option<PathBuf>,
+) -> Option<ResolvedOpen> {
+    let requested = PathBuf::from(text(&event.path, event.path_len));
+    let names = paths::split_names(&event.names[..(event.names_len as usize).min(event.names.len())], event.names_count as usize);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let watched_base = || watches.get(event.watch_id).map(|w| paths::join_names(&w.path, &names));
+    let path = match event.matched_by {
+        matched_by::INODE => watched_base()?,
+        matched_by::BASE_DIR => paths::resolve(&requested, watched_base().as_deref())?,
+        matched_by::PREFIX => paths::normalize(&requested),
+        _ => match base_dir(event.dirfd).and_then(|base| paths::resolve(&requested, Some(&base))) {
+            Some(path) => path,
+            None => return Some(ResolvedOpen { path: requested, resolved: false, watch: None }),
+        },
+    };
+    // INODE matches are exact; every other kind is re-checked here.
+    let watch = match event.matched_by {
+        matched_by::INODE => watches.get(event.watch_id).map(|w| w.path.clone()),
+        _ => watches.covering(&path).map(|w| w.path.clone()),
+    };
+    watch.as_ref()?;
+    Some(ResolvedOpen { path, resolved: true, watch })
+}
+
+/// `O_*` flag names of an open, access mode first.
+pub fn flag_names(flags: u32) -> Vec<&'static str> {
+    let flags = flags as i32;
+    let mut names = vec![match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => "O_WRONLY",
+        libc::O_RDWR => "O_RDWR",
+        _ => "O_RDONLY",
+    }];
+    const NAMED: &[(i32, &str)] = &[
+        (libc::O_CREAT, "O_CREAT"),
+        (libc::O_EXCL, "O_EXCL"),
+        (libc::O_NOCTTY, "O_NOCTTY"),
+        (libc::O_TRUNC, "O_TRUNC"),
+        (libc::O_APPEND, "O_APPEND"),
+        (libc::O_NONBLOCK, "O_NONBLOCK"),
+        (libc::O_DSYNC, "O_DSYNC"),
+        (libc::O_DIRECT, "O_DIRECT"),
+        (libc::O_LARGEFILE, "O_LARGEFILE"),
+        (libc::O_DIRECTORY, "O_DIRECTORY"),
+        (libc::O_NOFOLLOW, "O_NOFOLLOW"),
+        (libc::O_NOATIME, "O_NOATIME"),
+        (libc::O_CLOEXEC, "O_CLOEXEC"),
+        (libc::O_PATH, "O_PATH"),
+        (libc::O_TMPFILE & !libc::O_DIRECTORY, "O_TMPFILE"),
+    ];
+    names.extend(NAMED.iter().filter(|(bit, _)| flags & bit == *bit).map(|(_, name)| *name));
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::Watch;
+
+    fn watches() -> WatchSet {
+        WatchSet {
+            paths: vec![Watch {
+                id: 0,
+                path: "/srv/ephi".into(),
+                canonical: "/data/ephi".into(),
+                dev: 1,
+                ino: 2,
+                is_dir: true,
+            }],
+            ports: vec![],
+        }
+    }
+
+    fn event(matched: u32, path: &str, names: &[u8], count: u32) -> FileOpenEvent {
+        // SAFETY: all-zero is a valid record (plain integers).
+        let mut e: FileOpenEvent = unsafe { std::mem::zeroed() };
+        e.matched_by = matched;
+        e.watch_id = 0;
+        e.dirfd = AT_FDCWD;
+        e.path[..path.len()].copy_from_slice(path.as_bytes());
+        e.path_len = path.len() as u32;
+        e.names[..names.len()].copy_from_slice(names);
+        e.names_len = names.len() as u32;
+        e.names_count = count;
+        e
+    }
+
+    #[test]
+    fn inode_match_uses_dentry_names_not_the_requested_path() {
+        // `cat ./rec.txt` from /srv/ephi/sub, or through a symlink elsewhere.
+        let e = event(matched_by::INODE, "../../tmp/link", b"rec.txt\0sub\0", 2);
+        let r = resolve_open(&e, &watches(), |_| None).unwrap();
+        assert_eq!(r.path, PathBuf::from("/srv/ephi/sub/rec.txt"));
+        assert!(r.resolved);
+    }
+
+    #[test]
+    fn base_dir_match_joins_relative_path() {
+        let e = event(matched_by::BASE_DIR, "./missing.txt", b"sub\0", 1);
+        let r = resolve_open(&e, &watches(), |_| None).unwrap();
+        assert_eq!(r.path, PathBuf::from("/srv/ephi/sub/missing.txt"));
+        // `..` climbing out of the watch is not reported.
+        let e = event(matched_by::BASE_DIR, "../../etc/x", b"sub\0", 1);
+        assert!(resolve_open(&e, &watches(), |_| None).is_none());
+    }
+
+    #[test]
+    fn prefix_match_is_rechecked_exactly() {
+        let e = event(matched_by::PREFIX, "/srv/ephi//a/../b.txt", b"", 0);
+        assert_eq!(resolve_open(&e, &watches(), |_| None).unwrap().path, PathBuf::from("/srv/ephi/b.txt"));
+        let e = event(matched_by::PREFIX, "/srv/ephiX/b.txt", b"", 0);
+        assert!(resolve_open(&e, &watches(), |_| None).is_none());
+    }
+
+    #[test]
+    fn unresolved_uses_the_base_dir_or_says_unresolved() {
+        let e = event(matched_by::UNRESOLVED, "../ephi/x", b"", 0);
+        let r = resolve_open(&e, &watches(), |_| Some("/srv/other".into())).unwrap();
+        assert_eq!(r.path, PathBuf::from("/srv/ephi/x"));
+        assert!(resolve_open(&e, &watches(), |_| Some("/tmp/a".into())).is_none());
+        let r = resolve_open(&e, &watches(), |_| None).unwrap();
+        assert!(!r.resolved);
+        assert_eq!(r.path, PathBuf::from("../ephi/x"));
+    }
+
+    #[test]
+    fn flags() {
+        assert_eq!(flag_names((libc::O_RDONLY | libc::O_CLOEXEC) as u32), ["O_RDONLY", "O_CLOEXEC"]);
+        assert_eq!(flag_names((libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u32), ["O_WRONLY", "O_CREAT", "O_TRUNC"]);
+    }
+}

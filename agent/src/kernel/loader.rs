@@ -1,0 +1,224 @@
+//! Loads the embedded kernel object, fills the watch maps, attaches every program in the
+//! registry, and reports what is running.
+
+use std::{fs::File, path::Path};
+
+use agent_common::{
+    event::KIND_COUNT,
+    limits::PATH_LEN,
+    maps::{InodeKey, EVENTS, LOST, OFFSETS_GLOBAL, WATCHED_DEVS, WATCHED_INODES, WATCHED_PORTS, WATCHED_PREFIXES},
+    offsets::KernelOffsets,
+};
+use aya::{
+    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+
+use super::registry::{Hook, ProgramSpec, PROGRAMS};
+use crate::watch::WatchSet;
+
+/// The kernel object built by `agent/build.rs`, embedded in the binary.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phiguard"));
+
+/// Failure to bring the kernel programs up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The binary was built with `AYA_BUILD_SKIP`.
+    #[error("this phiguard binary was built without its eBPF programs (AYA_BUILD_SKIP was set); rebuild with `cargo xtask build`")]
+    NoObject,
+    /// The object did not load.
+    #[error("loading the eBPF object: {0}")]
+    Object(#[source] aya::EbpfError),
+    /// A program is missing from the object (a build mismatch).
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    /// A map is missing from the object (a build mismatch).
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    /// A required program did not load or attach.
+    #[error("required program {name} ({hook}) failed: {reason}")]
+    Required {
+        /// Program name.
+        name: &'static str,
+        /// Its hook.
+        hook: String,
+        /// Why.
+        reason: String,
+    },
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// Why.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The cgroup v2 root could not be opened.
+    #[error("opening cgroup v2 root {path}: {source}")]
+    Cgroup {
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How one program fared.
+#[derive(Clone, Debug)]
+pub struct ProgramStatus {
+    /// Registry entry.
+    pub spec: ProgramSpec,
+    /// `None` when attached, else why not.
+    pub error: Option<String>,
+}
+
+/// The loaded programs. Dropping it detaches them all.
+pub struct Sensors {
+    ebpf: Ebpf,
+    /// Per-program outcome, in registry order.
+    pub status: Vec<ProgramStatus>,
+}
+
+impl Sensors {
+    /// Loads the object with `offsets`, fills the watch maps from `watches`, and attaches all
+    /// programs (cgroup programs at `cgroup_root`). Optional programs that fail are reported in
+    /// `status`; a required one failing is an error.
+    pub fn load(offsets: &KernelOffsets, watches: &WatchSet, cgroup_root: &Path) -> Result<Sensors, LoadError> {
+        if OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        let ebpf = EbpfLoader::new()
+            .override_global(OFFSETS_GLOBAL, offsets, true)
+            .load(OBJECT)
+            .map_err(LoadError::Object)?;
+        let mut sensors = Sensors { ebpf, status: Vec::new() };
+        sensors.fill_watches(watches)?;
+        let cgroup = File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
+            path: cgroup_root.display().to_string(),
+            source,
+        })?;
+        for spec in PROGRAMS {
+            let error = sensors.attach(spec, &cgroup).err();
+            if let (true, Some(reason)) = (spec.required, &error) {
+                return Err(LoadError::Required { name: spec.name, hook: spec.hook.to_string(), reason: reason.clone() });
+            }
+            sensors.status.push(ProgramStatus { spec: *spec, error });
+        }
+        Ok(sensors)
+    }
+
+    fn attach(&mut self, spec: &ProgramSpec, cgroup: &File) -> Result<(), String> {
+        let program = self.ebpf.program_mut(spec.name).ok_or_else(|| LoadError::MissingProgram(spec.name).to_string())?;
+        let text = |e: &dyn std::error::Error| {
+            let mut s = e.to_string();
+            let mut source = e.source();
+            while let Some(cause) = source {
+                s.push_str(": ");
+                s.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            s
+        };
+        match spec.hook {
+            Hook::TracePoint { category, name } => {
+                let p: &mut TracePoint = program.try_into().map_err(|e| text(&e))?;
+                p.load().map_err(|e| text(&e))?;
+                p.attach(category, name).map_err(|e| text(&e))?;
+            }
+            Hook::RawTracePoint { name } => {
+                let p: &mut RawTracePoint = program.try_into().map_err(|e| text(&e))?;
+                p.load().map_err(|e| text(&e))?;
+                p.attach(name).map_err(|e| text(&e))?;
+            }
+            Hook::CgroupConnect => {
+                let p: &mut CgroupSockAddr = program.try_into().map_err(|e| text(&e))?;
+                p.load().map_err(|e| text(&e))?;
+                p.attach(cgroup, CgroupAttachMode::AllowMultiple).map_err(|e| text(&e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, LoadError> {
+        self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))
+    }
+
+    /// Writes the watch maps (inodes, devices, path prefixes, ports).
+    fn fill_watches(&mut self, watches: &WatchSet) -> Result<(), LoadError> {
+        let map_err = |map| move |source| LoadError::Map { map, source };
+        {
+            let mut inodes: HashMap<_, InodeKey, u32> =
+                HashMap::try_from(self.map_mut(WATCHED_INODES)?).map_err(map_err(WATCHED_INODES))?;
+            for w in &watches.paths {
+                inodes.insert(InodeKey { dev: w.dev, _pad: 0, ino: w.ino }, w.id, 0).map_err(map_err(WATCHED_INODES))?;
+            }
+        }
+        {
+            let mut devs: HashMap<_, u32, u32> =
+                HashMap::try_from(self.map_mut(WATCHED_DEVS)?).map_err(map_err(WATCHED_DEVS))?;
+            for w in &watches.paths {
+                let count = devs.get(&w.dev, 0).unwrap_or(0);
+                devs.insert(w.dev, count + 1, 0).map_err(map_err(WATCHED_DEVS))?;
+            }
+        }
+        {
+            let mut prefixes: LpmTrie<_, [u8; PATH_LEN], u32> =
+                LpmTrie::try_from(self.map_mut(WATCHED_PREFIXES)?).map_err(map_err(WATCHED_PREFIXES))?;
+            for w in &watches.paths {
+                // Both the configured and the canonical spelling: failed opens have no inode.
+                for path in [&w.path, &w.canonical] {
+                    let bytes = path.as_os_str().as_encoded_bytes();
+                    if bytes.len() >= PATH_LEN {
+                        continue;
+                    }
+                    let mut data = [0u8; PATH_LEN];
+                    data[..bytes.len()].copy_from_slice(bytes);
+                    let key = Key::new((bytes.len() * 8) as u32, data);
+                    prefixes.insert(&key, w.id, 0).map_err(map_err(WATCHED_PREFIXES))?;
+                }
+            }
+        }
+        let mut ports: HashMap<_, u16, u32> =
+            HashMap::try_from(self.map_mut(WATCHED_PORTS)?).map_err(map_err(WATCHED_PORTS))?;
+        for port in &watches.ports {
+            ports.insert(*port, 1, 0).map_err(map_err(WATCHED_PORTS))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the ring buffer for the reader (once).
+    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self.ebpf.take_map(EVENTS).ok_or(LoadError::MissingMap(EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| LoadError::Map { map: EVENTS, source })
+    }
+
+    /// Records lost in the kernel so far, summed over CPUs, indexed by event kind code.
+    pub fn lost(&self) -> Result<[u64; KIND_COUNT as usize], LoadError> {
+        let map = self.ebpf.map(LOST).ok_or(LoadError::MissingMap(LOST))?;
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(|source| LoadError::Map { map: LOST, source })?;
+        let mut totals = [0u64; KIND_COUNT as usize];
+        for (kind, total) in totals.iter_mut().enumerate() {
+            let values = counters.get(&(kind as u32), 0).map_err(|source| LoadError::Map { map: LOST, source })?;
+            *total = values.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// One line for the log: what is attached and what is not.
+    pub fn summary(&self) -> String {
+        let attached = self.status.iter().filter(|s| s.error.is_none()).count();
+        let missing: Vec<String> = self
+            .status
+            .iter()
+            .filter_map(|s| s.error.as_ref().map(|e| format!("{} ({}: {})", s.spec.name, s.spec.missing_means, e)))
+            .collect();
+        if missing.is_empty() {
+            format!("{attached}/{} programs attached", self.status.len())
+        } else {
+            format!("{attached}/{} programs attached; not attached: {}", self.status.len(), missing.join("; "))
+        }
+    }
+}

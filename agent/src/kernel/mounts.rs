@@ -1,0 +1,120 @@
+//! Pseudo-filesystems the agent needs, found in `/proc/self/mountinfo` (never hard-coded).
+
+use std::{fs, io, path::{Path, PathBuf}};
+
+use nix::mount::{mount, MsFlags};
+
+/// Where bpffs is expected.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// Where tracefs is expected.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Failure to find or mount a pseudo-filesystem.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// `/proc/self/mountinfo` could not be read.
+    #[error("reading /proc/self/mountinfo: {0}")]
+    MountInfo(#[source] io::Error),
+    /// No cgroup v2 hierarchy is mounted.
+    #[error("no cgroup2 filesystem is mounted (needed to watch connect()); mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup`")]
+    NoCgroup2,
+    /// Mounting failed.
+    #[error("mounting {fstype} at {target}: {source}")]
+    Mount {
+        /// Filesystem type.
+        fstype: &'static str,
+        /// Mount point.
+        target: &'static str,
+        /// Why.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// Mount points of filesystems of type `fstype` listed in mountinfo text.
+pub fn mount_points(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // Fields: id parent major:minor root mount-point options [optional…] - fstype source super-options
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            (right.split(' ').next()? == fstype).then(|| PathBuf::from(unescape(point)))
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(byte) => {
+                out.push(byte as char);
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn read_mountinfo() -> Result<String, MountError> {
+    fs::read_to_string("/proc/self/mountinfo").map_err(MountError::MountInfo)
+}
+
+/// The cgroup v2 root (`/sys/fs/cgroup` on most servers, `/sys/fs/cgroup/unified` on hybrid
+/// layouts).
+pub fn cgroup2_root() -> Result<PathBuf, MountError> {
+    mount_points(&read_mountinfo()?, "cgroup2")
+        .into_iter()
+        .min_by_key(|p| p.as_os_str().len())
+        .ok_or(MountError::NoCgroup2)
+}
+
+/// Mounts bpffs and tracefs where they are missing. Returns what it mounted.
+pub fn ensure_mounted() -> Result<Vec<&'static str>, MountError> {
+    let info = read_mountinfo()?;
+    let mut mounted = Vec::new();
+    for (fstype, target) in [("bpf", BPFFS), ("tracefs", TRACEFS)] {
+        if mount_points(&info, fstype).iter().any(|p| p == Path::new(target)) {
+            continue;
+        }
+        mount(Some(fstype), target, Some(fstype), MsFlags::empty(), None::<&str>).map_err(
+            |source| MountError::Mount { fstype: if fstype == "bpf" { "bpf" } else { "tracefs" }, target, source },
+        )?;
+        mounted.push(target);
+    }
+    Ok(mounted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+30 22 0:26 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw
+31 22 0:27 / /sys/fs/bpf rw,relatime - bpf bpf rw
+32 22 0:28 / /mnt/with\\040space rw - tmpfs none rw
+";
+
+    #[test]
+    fn finds_cgroup2_and_bpffs() {
+        assert_eq!(mount_points(SAMPLE, "cgroup2"), vec![PathBuf::from("/sys/fs/cgroup/unified")]);
+        assert_eq!(mount_points(SAMPLE, "bpf"), vec![PathBuf::from("/sys/fs/bpf")]);
+        assert!(mount_points(SAMPLE, "tracefs").is_empty());
+    }
+
+    #[test]
+    fn unescapes_spaces() {
+        assert_eq!(mount_points(SAMPLE, "tmpfs"), vec![PathBuf::from("/mnt/with space")]);
+    }
+}

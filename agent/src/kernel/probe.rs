@@ -1,0 +1,89 @@
+//! Start-up checks: can this process, on this kernel, run the programs at all? Each failure
+//! says what is missing and what to do.
+
+use std::{fs, path::Path};
+
+/// Capabilities the agent needs: load programs, read kernel memory from them, attach cgroup
+/// network programs, and mount bpffs/tracefs.
+const NEEDED_CAPS: &[(u32, &str)] = &[(39, "CAP_BPF"), (38, "CAP_PERFMON"), (12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN")];
+
+/// Oldest kernel with everything the programs use (BPF ring buffer: 5.8).
+pub const MIN_KERNEL: (u32, u32) = (5, 8);
+
+/// Why the agent cannot start here.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Missing privileges.
+    #[error("phiguard loads eBPF programs and lacks {missing}: run it as root (sudo) or grant those capabilities")]
+    NotPrivileged {
+        /// The capability names missing.
+        missing: String,
+    },
+    /// Kernel too old.
+    #[error("kernel {release} is too old: phiguard needs Linux {}.{} or newer (BPF ring buffer)", MIN_KERNEL.0, MIN_KERNEL.1)]
+    KernelTooOld {
+        /// `uname -r`.
+        release: String,
+    },
+    /// No BTF.
+    #[error("{0} is missing: the kernel was built without BTF (CONFIG_DEBUG_INFO_BTF=y is needed to find struct offsets)")]
+    NoBtf(String),
+    /// BPF syscall disabled.
+    #[error("the kernel has no bpf() syscall enabled (CONFIG_BPF_SYSCALL) or it is blocked: {0}")]
+    NoBpf(String),
+}
+
+/// Parses a kernel release such as `6.18.44-fc-v669` into (major, minor).
+pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Capability names from `NEEDED_CAPS` absent in a `CapEff` hex mask.
+pub fn missing_caps(cap_eff_hex: &str) -> Vec<&'static str> {
+    let mask = u64::from_str_radix(cap_eff_hex.trim(), 16).unwrap_or(0);
+    NEEDED_CAPS.iter().filter(|(bit, _)| mask & (1 << bit) == 0).map(|(_, name)| *name).collect()
+}
+
+/// Runs every check against the running system.
+pub fn check(btf_path: &Path) -> Result<(), ProbeError> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap_or("0");
+    let missing = missing_caps(cap_eff);
+    if !missing.is_empty() {
+        return Err(ProbeError::NotPrivileged { missing: missing.join(", ") });
+    }
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    match parse_release(&release) {
+        Some(version) if version >= MIN_KERNEL => {}
+        _ => return Err(ProbeError::KernelTooOld { release }),
+    }
+    if !btf_path.exists() {
+        return Err(ProbeError::NoBtf(btf_path.display().to_string()));
+    }
+    if !Path::new("/proc/sys/kernel/unprivileged_bpf_disabled").exists() {
+        return Err(ProbeError::NoBpf("/proc/sys/kernel/unprivileged_bpf_disabled is absent".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases() {
+        assert_eq!(parse_release("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_release("5.4.0-150-generic"), Some((5, 4)));
+        assert!(parse_release("5.4.0").unwrap() < MIN_KERNEL);
+        assert_eq!(parse_release("garbage"), None);
+    }
+
+    #[test]
+    fn capabilities() {
+        assert!(missing_caps("000001ffffffffff").is_empty());
+        assert_eq!(missing_caps("0000000000000000").len(), NEEDED_CAPS.len());
+        // Everything but CAP_BPF.
+        assert_eq!(missing_caps(&format!("{:x}", 0x1ff_ffff_ffffu64 & !(1 << 39))), vec!["CAP_BPF"]);
+    }
+}

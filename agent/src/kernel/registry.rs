@@ -1,0 +1,82 @@
+//! Every kernel program the agent knows: where it attaches, what it watches, and whether the
+//! agent can run without it. The loader attaches from this list and the start-up report and
+//! status print from it.
+
+/// Where a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// A classic tracepoint `category/name`.
+    TracePoint {
+        /// Tracepoint category (`syscalls`, `sock`, …).
+        category: &'static str,
+        /// Tracepoint name.
+        name: &'static str,
+    },
+    /// A raw tracepoint (arguments are the kernel's `TP_PROTO`).
+    RawTracePoint {
+        /// Tracepoint name.
+        name: &'static str,
+    },
+    /// `cgroup/connect4` or `connect6` at the cgroup v2 root.
+    CgroupConnect,
+}
+
+/// What a program watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Process life cycle.
+    Process,
+    /// File opens.
+    File,
+    /// Network connections.
+    Net,
+}
+
+/// One program in the kernel object.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramSpec {
+    /// Function name in `agent-ebpf` (`{family}_{hook}`).
+    pub name: &'static str,
+    /// Attach point.
+    pub hook: Hook,
+    /// What it watches.
+    pub family: Family,
+    /// The agent refuses to start without it.
+    pub required: bool,
+    /// Why it may be missing, for the start-up report.
+    pub missing_means: &'static str,
+}
+
+const fn tp(category: &'static str, name: &'static str) -> Hook {
+    Hook::TracePoint { category, name }
+}
+
+/// All programs, in attach order: map-filling exits and process tracking first, so no event
+/// meets a half-attached pipeline that matters.
+#[rustfmt::skip]
+pub const PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec { name: "process_sched_process_fork", hook: Hook::RawTracePoint { name: "sched_process_fork" }, family: Family::Process, required: true, missing_means: "" },
+    ProgramSpec { name: "process_sched_process_exec", hook: Hook::RawTracePoint { name: "sched_process_exec" }, family: Family::Process, required: true, missing_means: "" },
+    ProgramSpec { name: "process_sched_process_exit", hook: Hook::RawTracePoint { name: "sched_process_exit" }, family: Family::Process, required: true, missing_means: "" },
+    ProgramSpec { name: "process_sys_enter_execve", hook: tp("syscalls", "sys_enter_execve"), family: Family::Process, required: true, missing_means: "" },
+    ProgramSpec { name: "process_sys_enter_execveat", hook: tp("syscalls", "sys_enter_execveat"), family: Family::Process, required: false, missing_means: "argv of execveat() calls is not captured" },
+    ProgramSpec { name: "file_sys_exit_openat", hook: tp("syscalls", "sys_exit_openat"), family: Family::File, required: true, missing_means: "" },
+    ProgramSpec { name: "file_sys_exit_open", hook: tp("syscalls", "sys_exit_open"), family: Family::File, required: false, missing_means: "open() is not a syscall on this architecture" },
+    ProgramSpec { name: "file_sys_exit_openat2", hook: tp("syscalls", "sys_exit_openat2"), family: Family::File, required: false, missing_means: "openat2() needs Linux 5.6" },
+    ProgramSpec { name: "file_sys_enter_openat", hook: tp("syscalls", "sys_enter_openat"), family: Family::File, required: true, missing_means: "" },
+    ProgramSpec { name: "file_sys_enter_open", hook: tp("syscalls", "sys_enter_open"), family: Family::File, required: false, missing_means: "open() is not a syscall on this architecture" },
+    ProgramSpec { name: "file_sys_enter_openat2", hook: tp("syscalls", "sys_enter_openat2"), family: Family::File, required: false, missing_means: "openat2() needs Linux 5.6" },
+    ProgramSpec { name: "net_connect4", hook: Hook::CgroupConnect, family: Family::Net, required: true, missing_means: "" },
+    ProgramSpec { name: "net_connect6", hook: Hook::CgroupConnect, family: Family::Net, required: true, missing_means: "" },
+    ProgramSpec { name: "net_inet_sock_set_state", hook: tp("sock", "inet_sock_set_state"), family: Family::Net, required: true, missing_means: "" },
+];
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hook::TracePoint { category, name } => write!(f, "tracepoint/{category}/{name}"),
+            Hook::RawTracePoint { name } => write!(f, "raw_tracepoint/{name}"),
+            Hook::CgroupConnect => write!(f, "cgroup/connect"),
+        }
+    }
+}
