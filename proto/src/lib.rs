@@ -27,7 +27,7 @@ mod tests {
                 path: "/srv/ephi/rec.txt".into(),
                 requested_path: "./rec.txt".into(),
                 path_resolved: true,
-                result: 3,
+                result: Some(3),
                 access: v1::Access::Read as i32,
                 inode: 1234,
                 ..Default::default()

@@ -109,7 +109,7 @@ impl Harness {
     }
 
     /// Stops the agent (detaching the programs) and returns its counters.
-    pub fn stop(mut self) -> RunStats {
+    pub fn stop(&mut self) -> RunStats {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -50,6 +50,9 @@ pub fn resolve_open(
     Some(ResolvedOpen { path, resolved: true, watch })
 }
 
+/// The kernel's `O_LARGEFILE` (asm-generic); glibc defines it as 0 on 64-bit targets.
+const O_LARGEFILE_KERNEL: i32 = 0o100000;
+
 /// `O_*` flag names of an open, access mode first.
 pub fn flag_names(flags: u32) -> Vec<&'static str> {
     let flags = flags as i32;
@@ -67,7 +70,7 @@ pub fn flag_names(flags: u32) -> Vec<&'static str> {
         (libc::O_NONBLOCK, "O_NONBLOCK"),
         (libc::O_DSYNC, "O_DSYNC"),
         (libc::O_DIRECT, "O_DIRECT"),
-        (libc::O_LARGEFILE, "O_LARGEFILE"),
+        (O_LARGEFILE_KERNEL, "O_LARGEFILE"),
         (libc::O_DIRECTORY, "O_DIRECTORY"),
         (libc::O_NOFOLLOW, "O_NOFOLLOW"),
         (libc::O_NOATIME, "O_NOATIME"),
@@ -75,7 +78,7 @@ pub fn flag_names(flags: u32) -> Vec<&'static str> {
         (libc::O_PATH, "O_PATH"),
         (libc::O_TMPFILE & !libc::O_DIRECTORY, "O_TMPFILE"),
     ];
-    names.extend(NAMED.iter().filter(|(bit, _)| flags & bit == *bit).map(|(_, name)| *name));
+    names.extend(NAMED.iter().filter(|(bit, _)| *bit != 0 && flags & bit == *bit).map(|(_, name)| *name));
     names
 }
 

@@ -124,7 +124,7 @@ impl Enricher {
             RawEvent::Exit(e) => {
                 let code = e.exit_code;
                 let body = Body::Exit(v1::ProcessExit {
-                    exit_code: code,
+                    exit_code: Some(code),
                     exit_status: (code & 0x7f == 0).then_some(((code >> 8) & 0xff) as i32),
                     signal: (code & 0x7f != 0).then(|| signal_name(code & 0x7f)),
                 });
@@ -156,7 +156,7 @@ impl Enricher {
                     requested_path: text(&e.path, e.path_len),
                     path_resolved: resolved.resolved,
                     syscall: open_syscall_name(e.syscall).to_owned(),
-                    result: ret,
+                    result: Some(ret),
                     error: if ret < 0 { errno_name(-ret) } else { String::new() },
                     flags: file::flag_names(e.open_flags).into_iter().map(str::to_owned).collect(),
                     access: access as i32,
@@ -259,14 +259,14 @@ impl Enricher {
     /// process table (which survives the process's exit).
     fn process(&mut self, h: &EventHeader) -> v1::Process {
         let entry = self.processes.get_or_load(h.tgid, h.start_boot_ns).cloned();
-        let user = |users: &mut UserNames, id: u32| v1::User { id, name: users.user_name(id).unwrap_or_default() };
+        let user = |users: &mut UserNames, id: u32| v1::User { id: Some(id), name: users.user_name(id).unwrap_or_default() };
         let mut process = v1::Process {
             pid: h.tgid,
             tid: h.pid,
             ppid: h.ppid,
             comm: c_text(&h.comm),
             user: Some(user(&mut self.users, h.uid)),
-            group: Some(v1::Group { id: h.gid, name: self.users.group_name(h.gid).unwrap_or_default() }),
+            group: Some(v1::Group { id: Some(h.gid), name: self.users.group_name(h.gid).unwrap_or_default() }),
             login_user: known(h.loginuid).map(|id| user(&mut self.users, id)),
             session_id: known(h.sessionid),
             start_time: Some(self.timestamp(h.start_boot_ns)),

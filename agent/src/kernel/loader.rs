@@ -136,7 +136,9 @@ impl Sensors {
             Hook::CgroupConnect => {
                 let p: &mut CgroupSockAddr = program.try_into().map_err(|e| text(&e))?;
                 p.load().map_err(|e| text(&e))?;
-                p.attach(cgroup, CgroupAttachMode::AllowMultiple).map_err(|e| text(&e))?;
+                // A bpf_link (Linux 5.7+) coexists with other programs on the cgroup whatever the
+                // mode; link_create rejects any flag, so the mode must be the default (0).
+                p.attach(cgroup, CgroupAttachMode::Single).map_err(|e| text(&e))?;
             }
         }
         Ok(())

@@ -222,7 +222,10 @@ impl ProcessTable {
                 process.container_id = s.container_id.or(process.container_id);
                 process.cgroup = s.cgroup.or(process.cgroup);
             }
-            _ => {}
+            // Gone already: the exec'd path, with symlinks such as /bin -> usr/bin resolved.
+            _ => {
+                process.exe = process.exe.map(|exe| std::fs::canonicalize(&exe).map_or(exe, |p| p.display().to_string()));
+            }
         }
         self.insert_live(process);
     }
