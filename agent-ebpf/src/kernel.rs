@@ -202,7 +202,10 @@ pub fn find_watch(mut dentry: usize, dev: u32) -> Option<WatchHit> {
         let key = InodeKey { dev, _pad: 0, ino };
         // SAFETY: the value is a plain u32 copied out at once.
         if let Some(watch_id) = unsafe { WATCHED_INODES.get(&key) } {
-            return Some(WatchHit { watch_id: *watch_id, depth });
+            return Some(WatchHit {
+                watch_id: *watch_id,
+                depth,
+            });
         }
         let parent = dentry_parent(dentry).ok()?;
         if parent == dentry {

@@ -2,7 +2,9 @@
 
 use agent_common::{
     event::{EventHeader, ExecArgsScratch, FileOpenEvent, KIND_COUNT},
-    limits::{MAX_WATCHED_INODES, MAX_WATCHED_PORTS, MAX_WATCHED_PREFIXES, PATH_LEN, RING_BUFFER_BYTES},
+    limits::{
+        MAX_WATCHED_INODES, MAX_WATCHED_PORTS, MAX_WATCHED_PREFIXES, PATH_LEN, RING_BUFFER_BYTES,
+    },
     maps::InodeKey,
 };
 use aya_ebpf::{
@@ -93,4 +95,5 @@ pub static FILE_OPEN_SCRATCH: PerCpuArray<FileOpenScratch> = PerCpuArray::with_m
 
 /// Per-CPU scratch for LPM trie lookup keys.
 #[map]
-pub static PREFIX_KEY_SCRATCH: PerCpuArray<Key<[u8; PATH_LEN]>> = PerCpuArray::with_max_entries(1, 0);
+pub static PREFIX_KEY_SCRATCH: PerCpuArray<Key<[u8; PATH_LEN]>> =
+    PerCpuArray::with_max_entries(1, 0);

@@ -88,8 +88,16 @@ impl Agent {
             hash_max_bytes: config.enrich.hash_max_bytes,
             retain_exited: config.enrich.retain_exited,
         };
-        let enricher = Enricher::new(HostInfo::detect(&config.agent.hostname), Arc::new(watches.clone()), settings);
-        let paths: Vec<String> = watches.paths.iter().map(|w| w.path.display().to_string()).collect();
+        let enricher = Enricher::new(
+            HostInfo::detect(&config.agent.hostname),
+            Arc::new(watches.clone()),
+            settings,
+        );
+        let paths: Vec<String> = watches
+            .paths
+            .iter()
+            .map(|w| w.path.display().to_string())
+            .collect();
         info!(
             cgroup = %cgroup_root.display(),
             watch_paths = ?paths,
@@ -97,7 +105,14 @@ impl Agent {
             "phiguard running: {}; events are flowing",
             sensors.summary()
         );
-        Ok(Agent { sensors, reader, enricher, sinks, lost_reported, stats: RunStats::default() })
+        Ok(Agent {
+            sensors,
+            reader,
+            enricher,
+            sinks,
+            lost_reported,
+            stats: RunStats::default(),
+        })
     }
 
     /// Runs until `shutdown` completes, then drains what the kernel already wrote, flushes the
@@ -118,7 +133,7 @@ impl Agent {
                 _ = tick.tick() => {
                     ticks += 1;
                     self.report_losses();
-                    if ticks % 60 == 0 {
+                    if ticks.is_multiple_of(60) {
                         self.enricher.refresh_clock();
                     }
                     self.flush()?;
@@ -126,7 +141,8 @@ impl Agent {
             }
         }
         let (enricher, sinks, stats) = (&mut self.enricher, &mut self.sinks, &mut self.stats);
-        self.reader.drain(|bytes| Self::handle(enricher, sinks, stats, bytes));
+        self.reader
+            .drain(|bytes| Self::handle(enricher, sinks, stats, bytes));
         self.report_losses();
         self.flush()?;
         info!(
@@ -139,7 +155,12 @@ impl Agent {
         Ok(self.stats)
     }
 
-    fn handle(enricher: &mut Enricher, sinks: &mut [Box<dyn Sink>], stats: &mut RunStats, bytes: &[u8]) {
+    fn handle(
+        enricher: &mut Enricher,
+        sinks: &mut [Box<dyn Sink>],
+        stats: &mut RunStats,
+        bytes: &[u8],
+    ) {
         stats.records += 1;
         let raw = match decode(bytes) {
             Ok(raw) => raw,

@@ -51,7 +51,10 @@ pub struct OutputConfig {
 
 impl Default for OutputConfig {
     fn default() -> Self {
-        OutputConfig { stdout: true, file: None }
+        OutputConfig {
+            stdout: true,
+            file: None,
+        }
     }
 }
 
@@ -68,7 +71,11 @@ pub struct EnrichConfig {
 
 impl Default for EnrichConfig {
     fn default() -> Self {
-        EnrichConfig { ancestry_depth: 4, hash_max_bytes: 256 * 1024 * 1024, retain_exited: 4096 }
+        EnrichConfig {
+            ancestry_depth: 4,
+            hash_max_bytes: 256 * 1024 * 1024,
+            retain_exited: 4096,
+        }
     }
 }
 
@@ -160,18 +167,29 @@ struct RawEnrich {
 /// Converts a byte range in `text` to a 1-based line and column.
 fn locate(file: &Path, text: &str, span: Option<Range<usize>>) -> Location {
     let Some(span) = span else {
-        return Location { file: file.to_owned(), line: 0, column: 0 };
+        return Location {
+            file: file.to_owned(),
+            line: 0,
+            column: 0,
+        };
     };
     let before = &text[..span.start.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    Location { file: file.to_owned(), line, column }
+    Location {
+        file: file.to_owned(),
+        line,
+        column,
+    }
 }
 
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::from_toml_str(&text, path)
     }
 
@@ -182,13 +200,18 @@ impl Config {
             message: e.message().trim().to_owned(),
         })?;
         let at = |span: Range<usize>| locate(origin, text, Some(span));
-        let mut config = Config { output: raw.output, agent: raw.agent, ..Config::default() };
+        let mut config = Config {
+            output: raw.output,
+            agent: raw.agent,
+            ..Config::default()
+        };
         for path in &raw.watch.paths {
-            let normalised = check_watch_path(path.get_ref()).map_err(|message| ConfigError::Invalid {
-                at: at(path.span()),
-                field: "watch.paths",
-                message,
-            })?;
+            let normalised =
+                check_watch_path(path.get_ref()).map_err(|message| ConfigError::Invalid {
+                    at: at(path.span()),
+                    field: "watch.paths",
+                    message,
+                })?;
             if config.watch.paths.contains(&normalised) {
                 return Err(ConfigError::Invalid {
                     at: at(path.span()),
@@ -209,7 +232,11 @@ impl Config {
                 None
             };
             if let Some(message) = problem {
-                return Err(ConfigError::Invalid { at: at(port.span()), field: "watch.ports", message });
+                return Err(ConfigError::Invalid {
+                    at: at(port.span()),
+                    field: "watch.ports",
+                    message,
+                });
             }
             config.watch.ports.push(value);
         }
@@ -224,7 +251,10 @@ impl Config {
             }
         }
         config.enrich = EnrichConfig {
-            ancestry_depth: raw.enrich.ancestry_depth.map_or(defaults.ancestry_depth, |d| *d.get_ref()),
+            ancestry_depth: raw
+                .enrich
+                .ancestry_depth
+                .map_or(defaults.ancestry_depth, |d| *d.get_ref()),
             hash_max_bytes: raw.enrich.hash_max_bytes.unwrap_or(defaults.hash_max_bytes),
             retain_exited: raw.enrich.retain_exited.unwrap_or(defaults.retain_exited),
         };
@@ -233,15 +263,24 @@ impl Config {
 
     /// Adds the command line's `--watch` paths and `--watch-port` ports (deduplicated).
     /// Relative paths are taken from the current directory.
-    pub fn with_overrides(mut self, watch_paths: &[PathBuf], watch_ports: &[u16]) -> Result<Config, ConfigError> {
-        let command_line = Location { file: PathBuf::from("command line"), line: 0, column: 0 };
+    pub fn with_overrides(
+        mut self,
+        watch_paths: &[PathBuf],
+        watch_ports: &[u16],
+    ) -> Result<Config, ConfigError> {
+        let command_line = Location {
+            file: PathBuf::from("command line"),
+            line: 0,
+            column: 0,
+        };
         for path in watch_paths {
             let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
-            let normalised = check_watch_path(&absolute).map_err(|message| ConfigError::Invalid {
-                at: command_line.clone(),
-                field: "--watch",
-                message,
-            })?;
+            let normalised =
+                check_watch_path(&absolute).map_err(|message| ConfigError::Invalid {
+                    at: command_line.clone(),
+                    field: "--watch",
+                    message,
+                })?;
             if !self.watch.paths.contains(&normalised) {
                 self.watch.paths.push(normalised);
             }
@@ -270,7 +309,10 @@ fn check_watch_path(path: &Path) -> Result<PathBuf, String> {
     let normalised = paths::normalize(path);
     match fs::metadata(&normalised) {
         Ok(_) => Ok(normalised),
-        Err(e) => Err(format!("{}: {e} (watched paths must exist when the agent starts)", normalised.display())),
+        Err(e) => Err(format!(
+            "{}: {e} (watched paths must exist when the agent starts)",
+            normalised.display()
+        )),
     }
 }
 
@@ -296,9 +338,18 @@ mod tests {
              [enrich]\nancestry_depth = 2\n[agent]\nhostname = \"ehr-db-1\"\n",
         )
         .unwrap();
-        assert_eq!(c.watch.paths, [PathBuf::from("/tmp"), PathBuf::from("/etc")]);
+        assert_eq!(
+            c.watch.paths,
+            [PathBuf::from("/tmp"), PathBuf::from("/etc")]
+        );
         assert_eq!(c.watch.ports, [5432, 3306]);
-        assert_eq!(c.output, OutputConfig { stdout: false, file: Some("/var/log/phiguard.jsonl".into()) });
+        assert_eq!(
+            c.output,
+            OutputConfig {
+                stdout: false,
+                file: Some("/var/log/phiguard.jsonl".into())
+            }
+        );
         assert_eq!(c.enrich.ancestry_depth, 2);
         assert_eq!(c.enrich.retain_exited, 4096);
         assert_eq!(c.agent.hostname, "ehr-db-1");
@@ -306,15 +357,25 @@ mod tests {
 
     #[test]
     fn unknown_field_names_file_line_column_and_field() {
-        let err = parse("[watch]\nports = [5432]\npathz = [\"/tmp\"]\n").unwrap_err().to_string();
-        assert!(err.starts_with("agent.toml:3:1: unknown field `pathz`"), "{err}");
+        let err = parse("[watch]\nports = [5432]\npathz = [\"/tmp\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("agent.toml:3:1: unknown field `pathz`"),
+            "{err}"
+        );
         let err = parse("[outptu]\n").unwrap_err().to_string();
-        assert!(err.starts_with("agent.toml:1:2: unknown field `outptu`"), "{err}");
+        assert!(
+            err.starts_with("agent.toml:1:2: unknown field `outptu`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn wrong_types_and_syntax_are_located() {
-        let err = parse("[watch]\nports = [5432, 70000]\n").unwrap_err().to_string();
+        let err = parse("[watch]\nports = [5432, 70000]\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("agent.toml:2:16:"), "{err}");
         let err = parse("[watch\n").unwrap_err().to_string();
         assert!(err.starts_with("agent.toml:1:"), "{err}");
@@ -322,26 +383,60 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_field() {
-        let err = parse("[watch]\npaths = [\"relative/dir\"]\n").unwrap_err().to_string();
-        assert_eq!(err, "agent.toml:2:10: watch.paths: relative/dir is not an absolute path");
-        let err = parse("[watch]\npaths = [\n  \"/nonexistent/phiguard\",\n]\n").unwrap_err().to_string();
-        assert!(err.starts_with("agent.toml:3:3: watch.paths: /nonexistent/phiguard: No such file"), "{err}");
-        let err = parse("[watch]\nports = [5432, 5432]\n").unwrap_err().to_string();
-        assert_eq!(err, "agent.toml:2:16: watch.ports: port 5432 is listed twice");
+        let err = parse("[watch]\npaths = [\"relative/dir\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "agent.toml:2:10: watch.paths: relative/dir is not an absolute path"
+        );
+        let err = parse("[watch]\npaths = [\n  \"/nonexistent/phiguard\",\n]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("agent.toml:3:3: watch.paths: /nonexistent/phiguard: No such file"),
+            "{err}"
+        );
+        let err = parse("[watch]\nports = [5432, 5432]\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "agent.toml:2:16: watch.ports: port 5432 is listed twice"
+        );
         let err = parse("[watch]\nports = [0]\n").unwrap_err().to_string();
         assert!(err.contains("watch.ports: port 0"), "{err}");
-        let err = parse("[enrich]\nancestry_depth = 17\n").unwrap_err().to_string();
-        assert_eq!(err, "agent.toml:2:18: enrich.ancestry_depth: 17 is more than 16");
+        let err = parse("[enrich]\nancestry_depth = 17\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "agent.toml:2:18: enrich.ancestry_depth: 17 is more than 16"
+        );
     }
 
     #[test]
     fn command_line_adds_and_deduplicates() {
         let c = parse("[watch]\npaths = [\"/tmp\"]\nports = [5432]\n").unwrap();
-        let c = c.with_overrides(&[PathBuf::from("/tmp"), PathBuf::from("/etc")], &[5432, 3306]).unwrap();
-        assert_eq!(c.watch.paths, [PathBuf::from("/tmp"), PathBuf::from("/etc")]);
+        let c = c
+            .with_overrides(
+                &[PathBuf::from("/tmp"), PathBuf::from("/etc")],
+                &[5432, 3306],
+            )
+            .unwrap();
+        assert_eq!(
+            c.watch.paths,
+            [PathBuf::from("/tmp"), PathBuf::from("/etc")]
+        );
         assert_eq!(c.watch.ports, [5432, 3306]);
-        let err = Config::default().with_overrides(&[PathBuf::from("/nonexistent/x")], &[]).unwrap_err();
-        assert!(err.to_string().starts_with("command line: --watch: /nonexistent/x"), "{err}");
+        let err = Config::default()
+            .with_overrides(&[PathBuf::from("/nonexistent/x")], &[])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("command line: --watch: /nonexistent/x"),
+            "{err}"
+        );
     }
 
     #[test]

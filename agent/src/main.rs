@@ -31,7 +31,9 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -60,7 +62,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             sinks.push(Box::new(JsonLines::new(std::io::stdout())));
         }
         if let Some(path) = &config.output.file {
-            let sink = JsonLines::append_to(path).with_context(|| format!("opening output file {}", path.display()))?;
+            let sink = JsonLines::append_to(path)
+                .with_context(|| format!("opening output file {}", path.display()))?;
             sinks.push(Box::new(sink));
         }
         let agent = Agent::start(&config, sinks)?;

@@ -57,7 +57,11 @@ pub fn split_names(bytes: &[u8], count: usize) -> Vec<String> {
         return Vec::new();
     }
     let trimmed = bytes.strip_suffix(&[0]).unwrap_or(bytes);
-    trimmed.split(|b| *b == 0).take(count).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+    trimmed
+        .split(|b| *b == 0)
+        .take(count)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
 }
 
 #[cfg(test)]
@@ -75,14 +79,24 @@ mod tests {
             ("./a/", "a"),
             (".", "."),
         ] {
-            assert_eq!(normalize(Path::new(input)), PathBuf::from(expected), "{input}");
+            assert_eq!(
+                normalize(Path::new(input)),
+                PathBuf::from(expected),
+                "{input}"
+            );
         }
     }
 
     #[test]
     fn resolves_against_base() {
-        assert_eq!(resolve(Path::new("./rec.txt"), Some(Path::new("/srv/ephi"))), Some("/srv/ephi/rec.txt".into()));
-        assert_eq!(resolve(Path::new("../ephi/x"), Some(Path::new("/srv/other"))), Some("/srv/ephi/x".into()));
+        assert_eq!(
+            resolve(Path::new("./rec.txt"), Some(Path::new("/srv/ephi"))),
+            Some("/srv/ephi/rec.txt".into())
+        );
+        assert_eq!(
+            resolve(Path::new("../ephi/x"), Some(Path::new("/srv/other"))),
+            Some("/srv/ephi/x".into())
+        );
         assert_eq!(resolve(Path::new("/a/../b"), None), Some("/b".into()));
         assert_eq!(resolve(Path::new("rel"), None), None);
     }
@@ -91,7 +105,10 @@ mod tests {
     fn containment_is_by_component() {
         assert!(is_within(Path::new("/srv/ephi/a"), Path::new("/srv/ephi")));
         assert!(is_within(Path::new("/srv/ephi"), Path::new("/srv/ephi")));
-        assert!(!is_within(Path::new("/srv/ephi2/a"), Path::new("/srv/ephi")));
+        assert!(!is_within(
+            Path::new("/srv/ephi2/a"),
+            Path::new("/srv/ephi")
+        ));
         assert!(is_within(Path::new("/etc/shadow"), Path::new("/")));
     }
 
@@ -100,10 +117,16 @@ mod tests {
         let names = split_names(b"rec.txt\0sub\0", 2);
         assert_eq!(names, ["rec.txt", "sub"]);
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        assert_eq!(join_names(Path::new("/srv/ephi"), &refs), PathBuf::from("/srv/ephi/sub/rec.txt"));
+        assert_eq!(
+            join_names(Path::new("/srv/ephi"), &refs),
+            PathBuf::from("/srv/ephi/sub/rec.txt")
+        );
         assert_eq!(split_names(b"a\0b", 5), ["a", "b"]);
         assert_eq!(split_names(b"a\0b\0c\0", 2), ["a", "b"]);
         assert!(split_names(b"", 3).is_empty());
-        assert_eq!(join_names(Path::new("/srv/ephi/f"), &[]), PathBuf::from("/srv/ephi/f"));
+        assert_eq!(
+            join_names(Path::new("/srv/ephi/f"), &[]),
+            PathBuf::from("/srv/ephi/f")
+        );
     }
 }

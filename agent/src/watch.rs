@@ -56,9 +56,15 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
 impl WatchSet {
     /// Resolves each path to its (device, inode). Paths must exist.
     pub fn new(paths: &[PathBuf], ports: &[u16]) -> Result<WatchSet, WatchError> {
-        let mut set = WatchSet { paths: Vec::new(), ports: ports.to_vec() };
+        let mut set = WatchSet {
+            paths: Vec::new(),
+            ports: ports.to_vec(),
+        };
         for path in paths {
-            let error = |source| WatchError { path: path.clone(), source };
+            let error = |source| WatchError {
+                path: path.clone(),
+                source,
+            };
             let meta = fs::metadata(path).map_err(error)?;
             let canonical = fs::canonicalize(path).map_err(error)?;
             set.paths.push(Watch {
@@ -82,7 +88,13 @@ impl WatchSet {
     /// canonical location.
     pub fn covering(&self, path: &Path) -> Option<&Watch> {
         self.paths.iter().find(|w| {
-            let covers = |root: &Path| if w.is_dir { paths::is_within(path, root) } else { path == root };
+            let covers = |root: &Path| {
+                if w.is_dir {
+                    paths::is_within(path, root)
+                } else {
+                    path == root
+                }
+            };
             covers(&w.path) || covers(&w.canonical)
         })
     }

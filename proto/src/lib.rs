@@ -21,8 +21,14 @@ mod tests {
         v1::Event {
             id: "019ab6c3-0000-7000-8000-000000000000".into(),
             seq: 42,
-            time: Some(pbjson_types::Timestamp { seconds: 1_764_028_800, nanos: 5_000_000 }),
-            host: Some(v1::Host { hostname: "ehr-db-1".into(), ..Default::default() }),
+            time: Some(pbjson_types::Timestamp {
+                seconds: 1_764_028_800,
+                nanos: 5_000_000,
+            }),
+            host: Some(v1::Host {
+                hostname: "ehr-db-1".into(),
+                ..Default::default()
+            }),
             body: Some(Body::FileOpen(v1::FileOpen {
                 path: "/srv/ephi/rec.txt".into(),
                 requested_path: "./rec.txt".into(),
@@ -53,6 +59,9 @@ mod tests {
         let event = sample();
         let text = serde_json::to_string(&event).unwrap();
         assert_eq!(serde_json::from_str::<v1::Event>(&text).unwrap(), event);
-        assert_eq!(v1::Event::decode(event.encode_to_vec().as_slice()).unwrap(), event);
+        assert_eq!(
+            v1::Event::decode(event.encode_to_vec().as_slice()).unwrap(),
+            event
+        );
     }
 }

@@ -51,7 +51,9 @@ impl Harness {
     /// until [`Harness::start_reading`].
     pub fn attach_only(paths: &[PathBuf], ports: &[u16]) -> Harness {
         require_root();
-        let config = Config::default().with_overrides(paths, ports).expect("test configuration is valid");
+        let config = Config::default()
+            .with_overrides(paths, ports)
+            .expect("test configuration is valid");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -59,8 +61,17 @@ impl Harness {
             .expect("tokio runtime");
         let (tx, events) = mpsc::unbounded_channel();
         let sinks: Vec<Box<dyn Sink>> = vec![Box::new(ChannelSink(tx))];
-        let agent = runtime.block_on(async { Agent::start(&config, sinks) }).unwrap_or_else(|e| panic!("agent failed to start: {e}"));
-        Harness { runtime, agent: Some(agent), task: None, shutdown: None, events, seen: Vec::new() }
+        let agent = runtime
+            .block_on(async { Agent::start(&config, sinks) })
+            .unwrap_or_else(|e| panic!("agent failed to start: {e}"));
+        Harness {
+            runtime,
+            agent: Some(agent),
+            task: None,
+            shutdown: None,
+            events,
+            seen: Vec::new(),
+        }
     }
 
     /// Starts the event loop.
@@ -74,14 +85,20 @@ impl Harness {
     }
 
     /// Waits up to `timeout` for an event matching `pred` (also searching events already seen).
-    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&v1::Event) -> bool) -> Option<v1::Event> {
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&v1::Event) -> bool,
+    ) -> Option<v1::Event> {
         if let Some(found) = self.seen.iter().find(|e| pred(e)) {
             return Some(found.clone());
         }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
-            let next = self.runtime.block_on(async { tokio::time::timeout(left, self.events.recv()).await });
+            let next = self
+                .runtime
+                .block_on(async { tokio::time::timeout(left, self.events.recv()).await });
             match next {
                 Ok(Some(event)) => {
                     let hit = pred(&event);
@@ -99,13 +116,23 @@ impl Harness {
     pub fn expect(&mut self, what: &str, pred: impl Fn(&v1::Event) -> bool) -> v1::Event {
         match self.wait_for(Duration::from_secs(10), pred) {
             Some(event) => event,
-            None => panic!("no event {what} within 10 s; saw {} events:\n{}", self.seen.len(), self.dump()),
+            None => panic!(
+                "no event {what} within 10 s; saw {} events:\n{}",
+                self.seen.len(),
+                self.dump()
+            ),
         }
     }
 
     /// The events seen so far, one JSON line each (for failure messages).
     pub fn dump(&self) -> String {
-        self.seen.iter().rev().take(40).map(|e| format!("{e:?}")).collect::<Vec<_>>().join("\n")
+        self.seen
+            .iter()
+            .rev()
+            .take(40)
+            .map(|e| format!("{e:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Stops the agent (detaching the programs) and returns its counters.
@@ -114,7 +141,11 @@ impl Harness {
             let _ = tx.send(());
         }
         let task = self.task.take().expect("agent was reading");
-        let stats = self.runtime.block_on(task).expect("agent task").expect("agent run");
+        let stats = self
+            .runtime
+            .block_on(task)
+            .expect("agent task")
+            .expect("agent run");
         while let Ok(event) = self.events.try_recv() {
             self.seen.push(event);
         }
@@ -150,7 +181,10 @@ impl Tree {
     /// Creates the tree under /tmp.
     pub fn new() -> Tree {
         use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::Builder::new().prefix("phiguard-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("phiguard-test-")
+            .tempdir()
+            .expect("tempdir");
         let watched = dir.path().join("ephi");
         let other = dir.path().join("other");
         std::fs::create_dir(&watched).unwrap();
@@ -158,7 +192,11 @@ impl Tree {
         for p in [dir.path(), &watched, &other] {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        Tree { dir, watched, other }
+        Tree {
+            dir,
+            watched,
+            other,
+        }
     }
 }
 

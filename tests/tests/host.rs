@@ -15,7 +15,11 @@ use phiguard_proto::v1::{self, event::Body};
 use phiguard_tests::{file_open, process, Harness, Tree};
 
 fn run(cmd: &mut Command) {
-    let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().expect("spawn");
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("spawn");
     let _ = status;
 }
 
@@ -28,13 +32,17 @@ fn cat_of_watched_file_is_reported_with_process_and_result() {
     let tree = Tree::new();
     let file = tree.watched.join("rec.txt");
     fs::write(&file, "patient 1").unwrap();
-    let mut h = Harness::start(&[tree.watched.clone()], &[]);
+    let mut h = Harness::start(std::slice::from_ref(&tree.watched), &[]);
     run(Command::new("/usr/bin/cat").arg(&file));
     let event = h.expect("for cat of the watched file", |e| {
         file_open(e).is_some_and(|f| f.path == path_of(&file)) && process(e).exe == "/usr/bin/cat"
     });
     let open = file_open(&event).unwrap();
-    assert!(open.result.is_some_and(|r| r >= 0), "fd expected, got {:?}", open.result);
+    assert!(
+        open.result.is_some_and(|r| r >= 0),
+        "fd expected, got {:?}",
+        open.result
+    );
     assert_eq!(open.error, "");
     assert_eq!(open.access, v1::Access::Read as i32);
     assert_eq!(open.watch, path_of(&tree.watched));
@@ -54,9 +62,15 @@ fn relative_open_inside_watched_dir_resolves_to_absolute_path() {
     let tree = Tree::new();
     let file = tree.watched.join("rec.txt");
     fs::write(&file, "x").unwrap();
-    let mut h = Harness::start(&[tree.watched.clone()], &[]);
-    run(Command::new("/bin/sh").arg("-c").arg("cd \"$1\" && cat ./rec.txt").arg("sh").arg(&tree.watched));
-    let event = h.expect("for cat ./rec.txt", |e| file_open(e).is_some_and(|f| f.requested_path == "./rec.txt"));
+    let mut h = Harness::start(std::slice::from_ref(&tree.watched), &[]);
+    run(Command::new("/bin/sh")
+        .arg("-c")
+        .arg("cd \"$1\" && cat ./rec.txt")
+        .arg("sh")
+        .arg(&tree.watched));
+    let event = h.expect("for cat ./rec.txt", |e| {
+        file_open(e).is_some_and(|f| f.requested_path == "./rec.txt")
+    });
     let open = file_open(&event).unwrap();
     assert_eq!(open.path, path_of(&file));
     assert!(open.path_resolved);
@@ -71,9 +85,11 @@ fn open_through_symlink_into_watched_dir_is_caught() {
     fs::write(&file, "x").unwrap();
     let link = tree.other.join("link");
     symlink(&file, &link).unwrap();
-    let mut h = Harness::start(&[tree.watched.clone()], &[]);
+    let mut h = Harness::start(std::slice::from_ref(&tree.watched), &[]);
     run(Command::new("/usr/bin/cat").arg(&link));
-    let event = h.expect("for cat through a symlink", |e| file_open(e).is_some_and(|f| f.requested_path == path_of(&link)));
+    let event = h.expect("for cat through a symlink", |e| {
+        file_open(e).is_some_and(|f| f.requested_path == path_of(&link))
+    });
     assert_eq!(file_open(&event).unwrap().path, path_of(&file));
     h.stop();
 }
@@ -84,13 +100,24 @@ fn dirfd_relative_open_is_resolved() {
     let sub = tree.watched.join("sub");
     fs::create_dir(&sub).unwrap();
     fs::write(sub.join("rec.txt"), "x").unwrap();
-    let mut h = Harness::start(&[tree.watched.clone()], &[]);
+    let mut h = Harness::start(std::slice::from_ref(&tree.watched), &[]);
     // `find -exec` is not needed: python-free openat(dirfd, "rec.txt") via the test process.
     let dir = fs::File::open(&sub).unwrap();
-    let fd = nix::fcntl::openat(&dir, "rec.txt", nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty()).unwrap();
+    let fd = nix::fcntl::openat(
+        &dir,
+        "rec.txt",
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
     drop(fd);
-    let event = h.expect("for openat(dirfd, \"rec.txt\")", |e| file_open(e).is_some_and(|f| f.requested_path == "rec.txt"));
-    assert_eq!(file_open(&event).unwrap().path, path_of(&sub.join("rec.txt")));
+    let event = h.expect("for openat(dirfd, \"rec.txt\")", |e| {
+        file_open(e).is_some_and(|f| f.requested_path == "rec.txt")
+    });
+    assert_eq!(
+        file_open(&event).unwrap().path,
+        path_of(&sub.join("rec.txt"))
+    );
     h.stop();
 }
 
@@ -101,12 +128,19 @@ fn failed_opens_carry_errno() {
     fs::write(&secret, "x").unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
     let missing = tree.watched.join("missing.txt");
-    let mut h = Harness::start(&[tree.watched.clone()], &[]);
+    let mut h = Harness::start(std::slice::from_ref(&tree.watched), &[]);
     run(Command::new("/usr/bin/cat").arg(&missing));
     run(Command::new("/usr/bin/setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/cat"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/cat",
+        ])
         .arg(&secret));
-    let enoent = h.expect("ENOENT for the missing file", |e| file_open(e).is_some_and(|f| f.path == path_of(&missing)));
+    let enoent = h.expect("ENOENT for the missing file", |e| {
+        file_open(e).is_some_and(|f| f.path == path_of(&missing))
+    });
     let open = file_open(&enoent).unwrap();
     assert_eq!((open.result, open.error.as_str()), (Some(-2), "ENOENT"));
     let eacces = h.expect("EACCES for the 0600 file opened as nobody", |e| {
@@ -125,18 +159,23 @@ fn unwatched_open_yields_no_event() {
     let sentinel = tree.watched.join("sentinel.txt");
     fs::write(&unwatched, "x").unwrap();
     fs::write(&sentinel, "x").unwrap();
-    let mut h = Harness::start(&[tree.watched.clone()], &[]);
+    let mut h = Harness::start(std::slice::from_ref(&tree.watched), &[]);
     run(Command::new("/usr/bin/cat").arg(&unwatched));
     run(Command::new("/usr/bin/cat").arg(tree.other.join("missing")));
     // The sentinel comes after: once it is seen, anything about the unwatched files would
     // have been seen too (one ring buffer, in order).
     run(Command::new("/usr/bin/cat").arg(&sentinel));
-    h.expect("for the sentinel", |e| file_open(e).is_some_and(|f| f.path == path_of(&sentinel)));
+    h.expect("for the sentinel", |e| {
+        file_open(e).is_some_and(|f| f.path == path_of(&sentinel))
+    });
     let leaked: Vec<_> = h
         .seen
         .iter()
         .filter_map(file_open)
-        .filter(|f| f.path.starts_with(&path_of(&tree.other)) || f.requested_path.starts_with(&path_of(&tree.other)))
+        .filter(|f| {
+            f.path.starts_with(&path_of(&tree.other))
+                || f.requested_path.starts_with(&path_of(&tree.other))
+        })
         .collect();
     assert!(leaked.is_empty(), "unwatched opens reported: {leaked:?}");
     h.stop();
@@ -145,7 +184,11 @@ fn unwatched_open_yields_no_event() {
 #[test]
 fn exec_reports_argv_and_parent() {
     let mut h = Harness::start(&[], &[]);
-    let child = Command::new("/bin/sh").args(["-c", "exec /bin/echo a b c"]).stdout(Stdio::null()).spawn().unwrap();
+    let child = Command::new("/bin/sh")
+        .args(["-c", "exec /bin/echo a b c"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
@@ -156,7 +199,10 @@ fn exec_reports_argv_and_parent() {
     assert_eq!(p.argv, ["/bin/echo", "a", "b", "c"]);
     assert!(!p.argv_truncated);
     assert_eq!(p.ppid, std::process::id(), "parent is the test process");
-    assert_eq!(event.ancestry.first().map(|a| a.pid), Some(std::process::id()));
+    assert_eq!(
+        event.ancestry.first().map(|a| a.pid),
+        Some(std::process::id())
+    );
     h.stop();
 }
 
@@ -166,7 +212,8 @@ fn long_argv_is_truncated_and_marked() {
     let args: Vec<String> = (0..40).map(|i| format!("arg{i}")).collect();
     run(Command::new("/bin/echo").args(&args));
     let event = h.expect("exec of echo with 40 args", |e| {
-        matches!(&e.body, Some(Body::Exec(_))) && process(e).argv.get(1).is_some_and(|a| a == "arg0")
+        matches!(&e.body, Some(Body::Exec(_)))
+            && process(e).argv.get(1).is_some_and(|a| a == "arg0")
     });
     let p = process(&event);
     assert_eq!(p.argv.len(), 32);
@@ -180,16 +227,25 @@ fn process_that_exited_before_user_space_saw_it_is_still_enriched() {
     let file = tree.watched.join("rec.txt");
     fs::write(&file, "x").unwrap();
     // Attached but not reading: the records wait in the ring buffer while cat runs and exits.
-    let mut h = Harness::attach_only(&[tree.watched.clone()], &[]);
-    let status = Command::new("/usr/bin/cat").arg(&file).stdout(Stdio::null()).status().unwrap();
+    let mut h = Harness::attach_only(std::slice::from_ref(&tree.watched), &[]);
+    let status = Command::new("/usr/bin/cat")
+        .arg(&file)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
     assert!(status.success());
     h.start_reading();
-    let event = h.expect("for the exited cat", |e| file_open(e).is_some_and(|f| f.path == path_of(&file)));
+    let event = h.expect("for the exited cat", |e| {
+        file_open(e).is_some_and(|f| f.path == path_of(&file))
+    });
     let p = process(&event);
     assert_eq!(p.exe, "/usr/bin/cat");
     assert_eq!(p.argv, [String::from("/usr/bin/cat"), path_of(&file)]);
     assert_eq!(p.ppid, std::process::id());
-    h.expect("exit of cat", |e| matches!(&e.body, Some(Body::Exit(x)) if x.exit_status == Some(0)) && process(e).pid == p.pid);
+    h.expect("exit of cat", |e| {
+        matches!(&e.body, Some(Body::Exit(x)) if x.exit_status == Some(0))
+            && process(e).pid == p.pid
+    });
     h.stop();
 }
 
@@ -203,24 +259,36 @@ fn tcp_connect_to_watched_port_is_seen_on_both_sides() {
         let _ = stream.write_all(b"hi");
     });
     let child = Command::new("/bin/bash")
-        .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 >/dev/null")])
+        .args([
+            "-c",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 >/dev/null"),
+        ])
         .spawn()
         .unwrap();
     let pid = child.id();
     let _ = child.wait_with_output();
     accept.join().unwrap();
-    let connect = h.expect("connect to the watched port", |e| {
-        matches!(&e.body, Some(Body::Connect(c)) if c.port == u32::from(port))
-    });
+    let connect = h.expect(
+        "connect to the watched port",
+        |e| matches!(&e.body, Some(Body::Connect(c)) if c.port == u32::from(port)),
+    );
     assert_eq!(process(&connect).pid, pid);
     assert_eq!(process(&connect).exe, "/usr/bin/bash");
-    let Some(Body::Connect(c)) = &connect.body else { unreachable!() };
-    assert_eq!((c.address.as_str(), c.family.as_str(), c.protocol.as_str()), ("127.0.0.1", "inet", "tcp"));
+    let Some(Body::Connect(c)) = &connect.body else {
+        unreachable!()
+    };
+    assert_eq!(
+        (c.address.as_str(), c.family.as_str(), c.protocol.as_str()),
+        ("127.0.0.1", "inet", "tcp")
+    );
     let inbound = h.expect("accepted-side ESTABLISHED", |e| {
         matches!(&e.body, Some(Body::TcpState(t)) if t.direction == v1::Direction::Inbound as i32
             && t.new_state == "ESTABLISHED" && t.local_port == u32::from(port))
     });
-    assert!(inbound.process.is_none(), "softirq context: no process claimed");
+    assert!(
+        inbound.process.is_none(),
+        "softirq context: no process claimed"
+    );
     let outbound = h.expect("connecting-side ESTABLISHED", |e| {
         matches!(&e.body, Some(Body::TcpState(t)) if t.direction == v1::Direction::Outbound as i32
             && t.new_state == "ESTABLISHED" && t.remote_port == u32::from(port))
@@ -237,14 +305,18 @@ fn full_ring_buffer_is_counted_and_reported() {
     let tree = Tree::new();
     let file = tree.watched.join("rec.txt");
     fs::write(&file, "x").unwrap();
-    let mut h = Harness::attach_only(&[tree.watched.clone()], &[]);
+    let mut h = Harness::attach_only(std::slice::from_ref(&tree.watched), &[]);
     // ~900 bytes a record into a 16 MiB buffer nobody reads: it overflows.
     for _ in 0..40_000 {
         drop(fs::File::open(&file).unwrap());
     }
     h.start_reading();
-    let lost = h.expect("an EventsLost report", |e| matches!(&e.body, Some(Body::EventsLost(_))));
-    let Some(Body::EventsLost(l)) = &lost.body else { unreachable!() };
+    let lost = h.expect("an EventsLost report", |e| {
+        matches!(&e.body, Some(Body::EventsLost(_)))
+    });
+    let Some(Body::EventsLost(l)) = &lost.body else {
+        unreachable!()
+    };
     assert_eq!(l.kind, "FileOpen");
     assert!(l.count > 0 && l.total >= l.count);
     assert_eq!(l.source, v1::LossSource::KernelRingBuffer as i32);
@@ -252,5 +324,9 @@ fn full_ring_buffer_is_counted_and_reported() {
     let stats = h.stop();
     assert_eq!(stats.kernel_lost, l.total);
     let delivered = h.seen.iter().filter(|e| file_open(e).is_some()).count() as u64;
-    assert_eq!(delivered + stats.kernel_lost, 40_000, "every open is either delivered or counted lost");
+    assert_eq!(
+        delivered + stats.kernel_lost,
+        40_000,
+        "every open is either delivered or counted lost"
+    );
 }

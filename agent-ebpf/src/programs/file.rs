@@ -262,7 +262,9 @@ fn start_record(pending: &PendingOpen, ret: i64) -> Option<&'static mut FileOpen
     event.names_len = 0;
     event.names_count = 0;
     // SAFETY: user pointer read with the checked helper.
-    event.path_len = match unsafe { bpf_probe_read_user_str_bytes(pending.path as *const u8, &mut event.path) } {
+    event.path_len = match unsafe {
+        bpf_probe_read_user_str_bytes(pending.path as *const u8, &mut event.path)
+    } {
         Ok(bytes) => {
             if bytes.len() + 1 >= PATH_LEN {
                 event.header.flags |= FLAG_TRUNCATED;

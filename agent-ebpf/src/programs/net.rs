@@ -85,19 +85,29 @@ pub fn net_inet_sock_set_state(ctx: TracePointContext) -> i32 {
 unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: offsets from the tracepoint's format.
     let (protocol, sport, dport) = unsafe {
-        (ctx.read_at::<u16>(30)?, ctx.read_at::<u16>(24)?, ctx.read_at::<u16>(26)?)
+        (
+            ctx.read_at::<u16>(30)?,
+            ctx.read_at::<u16>(24)?,
+            ctx.read_at::<u16>(26)?,
+        )
     };
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
     // SAFETY: values not used.
-    let watched = unsafe { WATCHED_PORTS.get(&sport).is_some() || WATCHED_PORTS.get(&dport).is_some() };
+    let watched =
+        unsafe { WATCHED_PORTS.get(&sport).is_some() || WATCHED_PORTS.get(&dport).is_some() };
     if !watched {
         return Ok(());
     }
     // SAFETY: offsets from the tracepoint's format.
-    let (skaddr, old_state, new_state) =
-        unsafe { (ctx.read_at::<u64>(8)?, ctx.read_at::<i32>(16)?, ctx.read_at::<i32>(20)?) };
+    let (skaddr, old_state, new_state) = unsafe {
+        (
+            ctx.read_at::<u64>(8)?,
+            ctx.read_at::<i32>(16)?,
+            ctx.read_at::<i32>(20)?,
+        )
+    };
 
     if new_state == TCP_SYN_SENT {
         // connect() in process context: remember who.

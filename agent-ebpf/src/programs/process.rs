@@ -3,14 +3,13 @@
 use core::mem::{offset_of, size_of};
 
 use agent_common::{
-    event::{
-        EventHeader, ExecArgsScratch, ExecEvent, ExitEvent, ForkEvent, Kind,
-        FLAG_TRUNCATED,
-    },
+    event::{EventHeader, ExecArgsScratch, ExecEvent, ExitEvent, ForkEvent, Kind, FLAG_TRUNCATED},
     limits::{ARGS_LEN, MAX_ARGS, PATH_LEN},
 };
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
+    helpers::{
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+    },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -75,7 +74,9 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
         (*event).old_pid = old_pid;
         (*event).filename_len = 0;
         if let Ok(name) = binprm_filename(bprm) {
-            if let Ok(bytes) = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*event).filename) {
+            if let Ok(bytes) =
+                bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*event).filename)
+            {
                 (*event).filename_len = bytes.len() as u32;
                 if bytes.len() + 1 >= PATH_LEN {
                     (*event).header.flags |= FLAG_TRUNCATED;
@@ -151,10 +152,11 @@ fn send_argv(argv: u64) {
     let mut argc: u32 = 0;
     for i in 0..MAX_ARGS {
         // SAFETY: reading a user pointer through the checked helper.
-        let arg: u64 = match unsafe { bpf_probe_read_user((argv as *const u64).wrapping_add(i as usize)) } {
-            Ok(ptr) => ptr,
-            Err(_) => break,
-        };
+        let arg: u64 =
+            match unsafe { bpf_probe_read_user((argv as *const u64).wrapping_add(i as usize)) } {
+                Ok(ptr) => ptr,
+                Err(_) => break,
+            };
         if arg == 0 {
             break;
         }
@@ -166,7 +168,10 @@ fn send_argv(argv: u64) {
         let room = ARGS_LEN - start;
         // SAFETY: `start < ARGS_LEN` and the slice is ARGS_LEN long, inside the 2*ARGS_LEN array.
         let copied = match unsafe {
-            bpf_probe_read_user_str_bytes(arg as *const u8, &mut scratch.args[start..start + ARGS_LEN])
+            bpf_probe_read_user_str_bytes(
+                arg as *const u8,
+                &mut scratch.args[start..start + ARGS_LEN],
+            )
         } {
             Ok(bytes) => bytes.len(),
             Err(_) => break,
@@ -181,7 +186,9 @@ fn send_argv(argv: u64) {
         if i + 1 == MAX_ARGS {
             // More arguments may follow: say so if there are.
             // SAFETY: reading a user pointer through the checked helper.
-            let next = unsafe { bpf_probe_read_user((argv as *const u64).wrapping_add(MAX_ARGS as usize)) };
+            let next = unsafe {
+                bpf_probe_read_user((argv as *const u64).wrapping_add(MAX_ARGS as usize))
+            };
             if matches!(next, Ok(p) if p != 0) {
                 scratch.event.header.flags |= FLAG_TRUNCATED;
             }
@@ -194,6 +201,8 @@ fn send_argv(argv: u64) {
         return;
     }
     // SAFETY: `len` is within the scratch value.
-    let bytes = unsafe { core::slice::from_raw_parts((scratch as *const ExecArgsScratch).cast::<u8>(), len) };
+    let bytes = unsafe {
+        core::slice::from_raw_parts((scratch as *const ExecArgsScratch).cast::<u8>(), len)
+    };
     output(Kind::ExecArgs, bytes);
 }

@@ -29,16 +29,29 @@ pub fn resolve_open(
     base_dir: impl FnOnce(i32) -> Option<PathBuf>,
 ) -> Option<ResolvedOpen> {
     let requested = PathBuf::from(text(&event.path, event.path_len));
-    let names = paths::split_names(&event.names[..(event.names_len as usize).min(event.names.len())], event.names_count as usize);
+    let names = paths::split_names(
+        &event.names[..(event.names_len as usize).min(event.names.len())],
+        event.names_count as usize,
+    );
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let watched_base = || watches.get(event.watch_id).map(|w| paths::join_names(&w.path, &names));
+    let watched_base = || {
+        watches
+            .get(event.watch_id)
+            .map(|w| paths::join_names(&w.path, &names))
+    };
     let path = match event.matched_by {
         matched_by::INODE => watched_base()?,
         matched_by::BASE_DIR => paths::resolve(&requested, watched_base().as_deref())?,
         matched_by::PREFIX => paths::normalize(&requested),
         _ => match base_dir(event.dirfd).and_then(|base| paths::resolve(&requested, Some(&base))) {
             Some(path) => path,
-            None => return Some(ResolvedOpen { path: requested, resolved: false, watch: None }),
+            None => {
+                return Some(ResolvedOpen {
+                    path: requested,
+                    resolved: false,
+                    watch: None,
+                })
+            }
         },
     };
     // INODE matches are exact; every other kind is re-checked here.
@@ -47,7 +60,11 @@ pub fn resolve_open(
         _ => watches.covering(&path).map(|w| w.path.clone()),
     };
     watch.as_ref()?;
-    Some(ResolvedOpen { path, resolved: true, watch })
+    Some(ResolvedOpen {
+        path,
+        resolved: true,
+        watch,
+    })
 }
 
 /// The kernel's `O_LARGEFILE` (asm-generic); glibc defines it as 0 on 64-bit targets.
@@ -78,7 +95,12 @@ pub fn flag_names(flags: u32) -> Vec<&'static str> {
         (libc::O_PATH, "O_PATH"),
         (libc::O_TMPFILE & !libc::O_DIRECTORY, "O_TMPFILE"),
     ];
-    names.extend(NAMED.iter().filter(|(bit, _)| *bit != 0 && flags & bit == *bit).map(|(_, name)| *name));
+    names.extend(
+        NAMED
+            .iter()
+            .filter(|(bit, _)| *bit != 0 && flags & bit == *bit)
+            .map(|(_, name)| *name),
+    );
     names
 }
 
@@ -137,7 +159,10 @@ mod tests {
     #[test]
     fn prefix_match_is_rechecked_exactly() {
         let e = event(matched_by::PREFIX, "/srv/ephi//a/../b.txt", b"", 0);
-        assert_eq!(resolve_open(&e, &watches(), |_| None).unwrap().path, PathBuf::from("/srv/ephi/b.txt"));
+        assert_eq!(
+            resolve_open(&e, &watches(), |_| None).unwrap().path,
+            PathBuf::from("/srv/ephi/b.txt")
+        );
         let e = event(matched_by::PREFIX, "/srv/ephiX/b.txt", b"", 0);
         assert!(resolve_open(&e, &watches(), |_| None).is_none());
     }
@@ -155,7 +180,13 @@ mod tests {
 
     #[test]
     fn flags() {
-        assert_eq!(flag_names((libc::O_RDONLY | libc::O_CLOEXEC) as u32), ["O_RDONLY", "O_CLOEXEC"]);
-        assert_eq!(flag_names((libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u32), ["O_WRONLY", "O_CREAT", "O_TRUNC"]);
+        assert_eq!(
+            flag_names((libc::O_RDONLY | libc::O_CLOEXEC) as u32),
+            ["O_RDONLY", "O_CLOEXEC"]
+        );
+        assert_eq!(
+            flag_names((libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u32),
+            ["O_WRONLY", "O_CREAT", "O_TRUNC"]
+        );
     }
 }

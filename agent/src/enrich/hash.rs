@@ -28,7 +28,10 @@ pub struct BinaryHasher {
 impl BinaryHasher {
     /// A hasher that skips files larger than `max_bytes`.
     pub fn new(max_bytes: u64) -> BinaryHasher {
-        BinaryHasher { max_bytes, cache: HashMap::new() }
+        BinaryHasher {
+            max_bytes,
+            cache: HashMap::new(),
+        }
     }
 
     /// Hex sha256 of the file at `path` (`/proc/<pid>/exe` works), or `None` when it cannot
@@ -50,7 +53,13 @@ impl BinaryHasher {
             debug!(path = %path.display(), size = meta.size(), limit = self.max_bytes, "binary larger than hash_max_bytes: not hashed");
             return Ok(None);
         }
-        let version = (meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.size());
+        let version = (
+            meta.dev(),
+            meta.ino(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.size(),
+        );
         if let Some(hash) = self.cache.get(&version) {
             return Ok(Some(hash.clone()));
         }
@@ -87,7 +96,11 @@ mod tests {
         assert_eq!(hasher.sha256_of(&file).as_deref(), Some(abc));
         assert_eq!(hasher.cache.len(), 1);
         std::fs::write(&file, "abcd").unwrap();
-        assert_ne!(hasher.sha256_of(&file).as_deref(), Some(abc), "a changed file is hashed again");
+        assert_ne!(
+            hasher.sha256_of(&file).as_deref(),
+            Some(abc),
+            "a changed file is hashed again"
+        );
     }
 
     #[test]
@@ -96,6 +109,9 @@ mod tests {
         let file = dir.path().join("big");
         std::fs::write(&file, vec![0u8; 2048]).unwrap();
         assert_eq!(BinaryHasher::new(1024).sha256_of(&file), None);
-        assert_eq!(BinaryHasher::new(1024).sha256_of(&dir.path().join("missing")), None);
+        assert_eq!(
+            BinaryHasher::new(1024).sha256_of(&dir.path().join("missing")),
+            None
+        );
     }
 }

@@ -17,12 +17,19 @@ impl HostInfo {
     /// Reads the system's identity; `hostname_override` wins when not empty.
     pub fn detect(hostname_override: &str) -> HostInfo {
         let hostname = if hostname_override.is_empty() {
-            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
         } else {
             hostname_override.to_owned()
         };
-        let machine_id = fs::read_to_string("/etc/machine-id").map(|s| s.trim().to_owned()).unwrap_or_default();
-        HostInfo { hostname, machine_id }
+        let machine_id = fs::read_to_string("/etc/machine-id")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        HostInfo {
+            hostname,
+            machine_id,
+        }
     }
 }
 
@@ -34,7 +41,9 @@ pub struct BootClock {
 }
 
 fn now_ns(clock: ClockId) -> i128 {
-    clock_gettime(clock).map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128).unwrap_or(0)
+    clock_gettime(clock)
+        .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+        .unwrap_or(0)
 }
 
 impl BootClock {
@@ -42,13 +51,18 @@ impl BootClock {
     pub fn measure() -> BootClock {
         let boot = now_ns(ClockId::CLOCK_BOOTTIME);
         let real = now_ns(ClockId::CLOCK_REALTIME);
-        BootClock { realtime_minus_boot_ns: real - boot }
+        BootClock {
+            realtime_minus_boot_ns: real - boot,
+        }
     }
 
     /// Unix time (seconds, nanoseconds) of a boot-time stamp.
     pub fn to_unix(self, boot_ns: u64) -> (i64, i32) {
         let unix = boot_ns as i128 + self.realtime_minus_boot_ns;
-        (unix.div_euclid(1_000_000_000) as i64, unix.rem_euclid(1_000_000_000) as i32)
+        (
+            unix.div_euclid(1_000_000_000) as i64,
+            unix.rem_euclid(1_000_000_000) as i32,
+        )
     }
 }
 
@@ -60,7 +74,10 @@ mod tests {
     fn boot_time_maps_to_now() {
         let clock = BootClock::measure();
         let (secs, _) = clock.to_unix(now_ns(ClockId::CLOCK_BOOTTIME) as u64);
-        let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         assert!((secs - real).abs() <= 1, "{secs} vs {real}");
     }
 

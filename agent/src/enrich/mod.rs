@@ -63,7 +63,11 @@ impl Enricher {
         let mut processes = ProcessTable::new(settings.retain_exited);
         processes.seed_from_proc();
         Enricher {
-            host: v1::Host { hostname: host.hostname, machine_id: host.machine_id, agent_id: String::new() },
+            host: v1::Host {
+                hostname: host.hostname,
+                machine_id: host.machine_id,
+                agent_id: String::new(),
+            },
             clock: BootClock::measure(),
             processes,
             users: UserNames::default(),
@@ -93,7 +97,8 @@ impl Enricher {
             }
             RawEvent::Fork(e) => {
                 let parent = (e.header.tgid, e.header.start_boot_ns);
-                self.processes.on_fork(parent, e.child_tgid, e.child_start_boot_ns);
+                self.processes
+                    .on_fork(parent, e.child_tgid, e.child_start_boot_ns);
                 Body::Fork(v1::ProcessFork {
                     child_pid: e.child_tgid,
                     child_start_time: Some(self.timestamp(e.child_start_boot_ns)),
@@ -119,7 +124,10 @@ impl Enricher {
                     known(h.sessionid),
                 );
                 self.binary_hashes.remove(&(h.tgid, h.start_boot_ns));
-                Body::Exec(v1::ProcessExec { filename, old_pid: e.old_pid })
+                Body::Exec(v1::ProcessExec {
+                    filename,
+                    old_pid: e.old_pid,
+                })
             }
             RawEvent::Exit(e) => {
                 let code = e.exit_code;
@@ -130,16 +138,23 @@ impl Enricher {
                 });
                 // Build the event before marking the process gone, then forget its hash.
                 let event = self.finish(&header, body);
-                self.processes.on_exit(header.tgid, header.start_boot_ns, code);
-                self.binary_hashes.remove(&(header.tgid, header.start_boot_ns));
+                self.processes
+                    .on_exit(header.tgid, header.start_boot_ns, code);
+                self.binary_hashes
+                    .remove(&(header.tgid, header.start_boot_ns));
                 return Some(event);
             }
             RawEvent::FileOpen(e) => {
                 let pid = e.header.tgid;
-                let cwd = self.processes.get(pid, e.header.start_boot_ns).and_then(|p| p.cwd.clone());
+                let cwd = self
+                    .processes
+                    .get(pid, e.header.start_boot_ns)
+                    .and_then(|p| p.cwd.clone());
                 let resolved = file::resolve_open(&e, &self.watches, |dirfd| {
                     if dirfd == file::AT_FDCWD {
-                        fs::read_link(format!("/proc/{pid}/cwd")).ok().or(cwd.map(PathBuf::from))
+                        fs::read_link(format!("/proc/{pid}/cwd"))
+                            .ok()
+                            .or(cwd.map(PathBuf::from))
                     } else {
                         fs::read_link(format!("/proc/{pid}/fd/{dirfd}")).ok()
                     }
@@ -157,12 +172,22 @@ impl Enricher {
                     path_resolved: resolved.resolved,
                     syscall: open_syscall_name(e.syscall).to_owned(),
                     result: Some(ret),
-                    error: if ret < 0 { errno_name(-ret) } else { String::new() },
-                    flags: file::flag_names(e.open_flags).into_iter().map(str::to_owned).collect(),
+                    error: if ret < 0 {
+                        errno_name(-ret)
+                    } else {
+                        String::new()
+                    },
+                    flags: file::flag_names(e.open_flags)
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
                     access: access as i32,
                     mode: e.mode,
                     created: flags & libc::O_CREAT != 0,
-                    watch: resolved.watch.map(|w| w.display().to_string()).unwrap_or_default(),
+                    watch: resolved
+                        .watch
+                        .map(|w| w.display().to_string())
+                        .unwrap_or_default(),
                     device: u64::from(e.dev),
                     inode: e.ino,
                     truncated: e.header.flags & FLAG_TRUNCATED != 0,
@@ -172,7 +197,12 @@ impl Enricher {
                 family: family_name(e.family).to_owned(),
                 address: address(e.family, &e.addr),
                 port: u32::from(e.port),
-                protocol: if e.sock_type == libc::SOCK_DGRAM as u32 { "udp" } else { "tcp" }.to_owned(),
+                protocol: if e.sock_type == libc::SOCK_DGRAM as u32 {
+                    "udp"
+                } else {
+                    "tcp"
+                }
+                .to_owned(),
             }),
             RawEvent::SockState(e) => Body::TcpState(v1::TcpState {
                 direction: match e.direction {
@@ -195,12 +225,19 @@ impl Enricher {
     /// An agent-side event (no kernel record behind it), such as a loss report.
     pub fn agent_event(&mut self, body: Body) -> v1::Event {
         let mut event = self.envelope();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        event.time = Some(pbjson_types::Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() as i32 });
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        event.time = Some(pbjson_types::Timestamp {
+            seconds: now.as_secs() as i64,
+            nanos: now.subsec_nanos() as i32,
+        });
         event.process = Some(v1::Process {
             pid: std::process::id(),
             tid: std::process::id(),
-            exe: std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default(),
+            exe: std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             comm: "phiguard".into(),
             ..Default::default()
         });
@@ -246,9 +283,17 @@ impl Enricher {
             event.process = Some(self.process(header));
             event.ancestry = self
                 .processes
-                .ancestry(header.tgid, header.start_boot_ns, self.settings.ancestry_depth)
+                .ancestry(
+                    header.tgid,
+                    header.start_boot_ns,
+                    self.settings.ancestry_depth,
+                )
                 .into_iter()
-                .map(|a| v1::Ancestor { pid: a.pid, exe: a.exe.unwrap_or_default(), comm: a.comm })
+                .map(|a| v1::Ancestor {
+                    pid: a.pid,
+                    exe: a.exe.unwrap_or_default(),
+                    comm: a.comm,
+                })
                 .collect();
         }
         event.body = Some(body);
@@ -259,21 +304,32 @@ impl Enricher {
     /// process table (which survives the process's exit).
     fn process(&mut self, h: &EventHeader) -> v1::Process {
         let entry = self.processes.get_or_load(h.tgid, h.start_boot_ns).cloned();
-        let user = |users: &mut UserNames, id: u32| v1::User { id: Some(id), name: users.user_name(id).unwrap_or_default() };
+        let user = |users: &mut UserNames, id: u32| v1::User {
+            id: Some(id),
+            name: users.user_name(id).unwrap_or_default(),
+        };
         let mut process = v1::Process {
             pid: h.tgid,
             tid: h.pid,
             ppid: h.ppid,
             comm: c_text(&h.comm),
             user: Some(user(&mut self.users, h.uid)),
-            group: Some(v1::Group { id: Some(h.gid), name: self.users.group_name(h.gid).unwrap_or_default() }),
+            group: Some(v1::Group {
+                id: Some(h.gid),
+                name: self.users.group_name(h.gid).unwrap_or_default(),
+            }),
             login_user: known(h.loginuid).map(|id| user(&mut self.users, id)),
             session_id: known(h.sessionid),
             start_time: Some(self.timestamp(h.start_boot_ns)),
             ..Default::default()
         };
         if let Some(p) = entry {
-            process.binary_sha256 = self.binary_hash(h.tgid, h.start_boot_ns, p.exe.as_deref(), p.exited_at.is_some());
+            process.binary_sha256 = self.binary_hash(
+                h.tgid,
+                h.start_boot_ns,
+                p.exe.as_deref(),
+                p.exited_at.is_some(),
+            );
             process.exe = p.exe.unwrap_or_default();
             process.argv = p.argv;
             process.argv_truncated = p.argv_truncated;
@@ -324,7 +380,9 @@ fn errno_name(errno: i64) -> String {
 }
 
 fn signal_name(signal: u32) -> String {
-    nix::sys::signal::Signal::try_from(signal as i32).map(|s| s.as_str().to_owned()).unwrap_or_else(|_| format!("SIG{signal}"))
+    nix::sys::signal::Signal::try_from(signal as i32)
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_else(|_| format!("SIG{signal}"))
 }
 
 fn family_name(family: u16) -> &'static str {
@@ -345,8 +403,19 @@ fn address(family: u16, bytes: &[u8; 16]) -> String {
 
 fn tcp_state_name(state: u32) -> &'static str {
     const NAMES: [&str; 13] = [
-        "UNKNOWN", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE",
-        "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV",
+        "UNKNOWN",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+        "NEW_SYN_RECV",
     ];
     NAMES.get(state as usize).copied().unwrap_or("UNKNOWN")
 }
@@ -366,6 +435,9 @@ mod tests {
         let mut v4 = [0u8; 16];
         v4[..4].copy_from_slice(&[127, 0, 0, 1]);
         assert_eq!(address(libc::AF_INET as u16, &v4), "127.0.0.1");
-        assert_eq!(address(libc::AF_INET6 as u16, &Ipv6Addr::LOCALHOST.octets()), "::1");
+        assert_eq!(
+            address(libc::AF_INET6 as u16, &Ipv6Addr::LOCALHOST.octets()),
+            "::1"
+        );
     }
 }

@@ -19,7 +19,11 @@ pub struct UserNames {
     groups: HashMap<u32, (Option<String>, Instant)>,
 }
 
-fn cached(map: &mut HashMap<u32, (Option<String>, Instant)>, id: u32, look_up: impl FnOnce() -> Option<String>) -> Option<String> {
+fn cached(
+    map: &mut HashMap<u32, (Option<String>, Instant)>,
+    id: u32,
+    look_up: impl FnOnce() -> Option<String>,
+) -> Option<String> {
     if let Some((name, at)) = map.get(&id) {
         if at.elapsed() < TTL {
             return name.clone();
@@ -36,12 +40,22 @@ fn cached(map: &mut HashMap<u32, (Option<String>, Instant)>, id: u32, look_up: i
 impl UserNames {
     /// The name of user `uid`, if it has one.
     pub fn user_name(&mut self, uid: u32) -> Option<String> {
-        cached(&mut self.users, uid, || User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name))
+        cached(&mut self.users, uid, || {
+            User::from_uid(Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
     }
 
     /// The name of group `gid`, if it has one.
     pub fn group_name(&mut self, gid: u32) -> Option<String> {
-        cached(&mut self.groups, gid, || Group::from_gid(Gid::from_raw(gid)).ok().flatten().map(|g| g.name))
+        cached(&mut self.groups, gid, || {
+            Group::from_gid(Gid::from_raw(gid))
+                .ok()
+                .flatten()
+                .map(|g| g.name)
+        })
     }
 }
 

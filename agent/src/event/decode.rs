@@ -5,8 +5,8 @@ use std::mem::size_of;
 
 use agent_common::{
     event::{
-        ConnectEvent, EventHeader, ExecArgsEvent, ExecEvent, ExitEvent, FileOpenEvent, ForkEvent, Kind,
-        SockStateEvent, FLAG_TRUNCATED,
+        ConnectEvent, EventHeader, ExecArgsEvent, ExecEvent, ExitEvent, FileOpenEvent, ForkEvent,
+        Kind, SockStateEvent, FLAG_TRUNCATED,
     },
     limits::ARGS_LEN,
 };
@@ -80,7 +80,11 @@ impl RawEvent {
 /// Reads a `T` from the front of `bytes`.
 fn read<T: Pod>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
-        return Err(DecodeError::TooShort { kind, len: bytes.len(), expected: size_of::<T>() });
+        return Err(DecodeError::TooShort {
+            kind,
+            len: bytes.len(),
+            expected: size_of::<T>(),
+        });
     }
     // SAFETY: length checked; `T: Pod` accepts any bit pattern; unaligned read.
     Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
@@ -100,9 +104,13 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         Kind::ExecArgs => {
             let fixed: ExecArgsEvent = read(bytes, code)?;
             let len = (fixed.args_len as usize).min(ARGS_LEN);
-            let args = bytes.get(size_of::<ExecArgsEvent>()..size_of::<ExecArgsEvent>() + len).ok_or(
-                DecodeError::TooShort { kind: code, len: bytes.len(), expected: size_of::<ExecArgsEvent>() + len },
-            )?;
+            let args = bytes
+                .get(size_of::<ExecArgsEvent>()..size_of::<ExecArgsEvent>() + len)
+                .ok_or(DecodeError::TooShort {
+                    kind: code,
+                    len: bytes.len(),
+                    expected: size_of::<ExecArgsEvent>() + len,
+                })?;
             let argv = split_names(args, fixed.argc as usize);
             RawEvent::ExecArgs(ExecArgs {
                 header: fixed.header,
@@ -117,7 +125,10 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
 pub fn text(buf: &[u8], len: u32) -> String {
     let end = (len as usize).min(buf.len());
     let used = &buf[..end];
-    let used = used.iter().position(|b| *b == 0).map_or(used, |nul| &used[..nul]);
+    let used = used
+        .iter()
+        .position(|b| *b == 0)
+        .map_or(used, |nul| &used[..nul]);
     String::from_utf8_lossy(used).into_owned()
 }
 
@@ -142,12 +153,17 @@ mod tests {
 
     fn bytes_of<T: Pod>(value: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a Pod value.
-        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
     }
 
     #[test]
     fn decodes_exit() {
-        let event = ExitEvent { header: header(Kind::Exit), exit_code: 256, _pad: 0 };
+        let event = ExitEvent {
+            header: header(Kind::Exit),
+            exit_code: 256,
+            _pad: 0,
+        };
         match decode(&bytes_of(&event)).unwrap() {
             RawEvent::Exit(e) => {
                 assert_eq!(e.exit_code, 256);
@@ -159,7 +175,11 @@ mod tests {
 
     #[test]
     fn decodes_variable_length_argv() {
-        let fixed = ExecArgsEvent { header: header(Kind::ExecArgs), argc: 4, args_len: 20 };
+        let fixed = ExecArgsEvent {
+            header: header(Kind::ExecArgs),
+            argc: 4,
+            args_len: 20,
+        };
         let mut bytes = bytes_of(&fixed);
         bytes.extend_from_slice(b"/bin/echo\0a\0b\0c\0\0\0\0\0");
         match decode(&bytes).unwrap() {
@@ -173,27 +193,51 @@ mod tests {
 
     #[test]
     fn argv_truncated_flag_and_missing_final_nul() {
-        let mut fixed = ExecArgsEvent { header: header(Kind::ExecArgs), argc: 2, args_len: 7 };
+        let mut fixed = ExecArgsEvent {
+            header: header(Kind::ExecArgs),
+            argc: 2,
+            args_len: 7,
+        };
         fixed.header.flags = FLAG_TRUNCATED;
         let mut bytes = bytes_of(&fixed);
         bytes.extend_from_slice(b"ls\0-lah");
-        let RawEvent::ExecArgs(a) = decode(&bytes).unwrap() else { panic!("wrong kind") };
+        let RawEvent::ExecArgs(a) = decode(&bytes).unwrap() else {
+            panic!("wrong kind")
+        };
         assert_eq!(a.argv, ["ls", "-lah"]);
         assert!(a.truncated);
     }
 
     #[test]
     fn rejects_short_and_unknown_records() {
-        let event = ExitEvent { header: header(Kind::Exit), exit_code: 0, _pad: 0 };
+        let event = ExitEvent {
+            header: header(Kind::Exit),
+            exit_code: 0,
+            _pad: 0,
+        };
         let bytes = bytes_of(&event);
-        assert!(matches!(decode(&bytes[..40]), Err(DecodeError::TooShort { kind: 4, len: 40, .. })));
+        assert!(matches!(
+            decode(&bytes[..40]),
+            Err(DecodeError::TooShort {
+                kind: 4,
+                len: 40,
+                ..
+            })
+        ));
         let mut unknown = bytes.clone();
         unknown[0] = 99;
         assert_eq!(decode(&unknown).unwrap_err(), DecodeError::UnknownKind(99));
         assert!(decode(&[1, 0]).is_err());
         // argv longer than the record says it holds
-        let fixed = ExecArgsEvent { header: header(Kind::ExecArgs), argc: 1, args_len: 100 };
-        assert!(matches!(decode(&bytes_of(&fixed)), Err(DecodeError::TooShort { .. })));
+        let fixed = ExecArgsEvent {
+            header: header(Kind::ExecArgs),
+            argc: 1,
+            args_len: 100,
+        };
+        assert!(matches!(
+            decode(&bytes_of(&fixed)),
+            Err(DecodeError::TooShort { .. })
+        ));
     }
 
     #[test]

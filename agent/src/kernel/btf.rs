@@ -57,18 +57,42 @@ pub enum BtfError {
 
 /// Reads every offset the programs need from the BTF file at `path`.
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
-    let btf = Btf::from_file(path).map_err(|source| BtfError::Read { path: path.to_owned(), source })?;
+    let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let field = |strukt: &str, field: &str| {
         field_offset(&btf, strukt, field).map_err(|e| match e {
-            BtfError::NoField { strukt, field, .. } if field == "loginuid" || field == "sessionid" => BtfError::NoField {
+            BtfError::NoField { strukt, field, .. }
+                if field == "loginuid" || field == "sessionid" =>
+            {
+                BtfError::NoField {
+                    path: path.to_owned(),
+                    strukt,
+                    field,
+                    hint: " (kernel built without CONFIG_AUDITSYSCALL?)",
+                }
+            }
+            BtfError::NoField {
+                strukt,
+                field,
+                hint,
+                ..
+            } => BtfError::NoField {
                 path: path.to_owned(),
                 strukt,
                 field,
-                hint: " (kernel built without CONFIG_AUDITSYSCALL?)",
+                hint,
             },
-            BtfError::NoField { strukt, field, hint, .. } => BtfError::NoField { path: path.to_owned(), strukt, field, hint },
-            BtfError::NoStruct { strukt, .. } => BtfError::NoStruct { path: path.to_owned(), strukt },
-            BtfError::Bitfield { strukt, field, .. } => BtfError::Bitfield { path: path.to_owned(), strukt, field },
+            BtfError::NoStruct { strukt, .. } => BtfError::NoStruct {
+                path: path.to_owned(),
+                strukt,
+            },
+            BtfError::Bitfield { strukt, field, .. } => BtfError::Bitfield {
+                path: path.to_owned(),
+                strukt,
+                field,
+            },
             other => other,
         })
     };
@@ -104,7 +128,10 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
 
 /// Byte offset of `field` in `struct strukt`, searching nested anonymous structs and unions.
 pub fn field_offset(btf: &Btf, strukt: &str, field: &str) -> Result<u32, BtfError> {
-    let no_struct = || BtfError::NoStruct { path: PathBuf::new(), strukt: strukt.to_owned() };
+    let no_struct = || BtfError::NoStruct {
+        path: PathBuf::new(),
+        strukt: strukt.to_owned(),
+    };
     let types = btf.resolve_types_by_name(strukt).map_err(|_| no_struct())?;
     let found = types.iter().find_map(|t| match t {
         Type::Struct(s) if !s.members.is_empty() => Some(s),
@@ -113,13 +140,26 @@ pub fn field_offset(btf: &Btf, strukt: &str, field: &str) -> Result<u32, BtfErro
     let s = found.ok_or_else(no_struct)?;
     match find_member(btf, s, field)? {
         Some((bits, false)) if bits % 8 == 0 => Ok(bits / 8),
-        Some(_) => Err(BtfError::Bitfield { path: PathBuf::new(), strukt: strukt.to_owned(), field: field.to_owned() }),
-        None => Err(BtfError::NoField { path: PathBuf::new(), strukt: strukt.to_owned(), field: field.to_owned(), hint: "" }),
+        Some(_) => Err(BtfError::Bitfield {
+            path: PathBuf::new(),
+            strukt: strukt.to_owned(),
+            field: field.to_owned(),
+        }),
+        None => Err(BtfError::NoField {
+            path: PathBuf::new(),
+            strukt: strukt.to_owned(),
+            field: field.to_owned(),
+            hint: "",
+        }),
     }
 }
 
 /// Bit offset of `field` in `s` and whether it is a bitfield, recursing into anonymous members.
-fn find_member(btf: &Btf, s: &btf_rs::Struct, field: &str) -> Result<Option<(u32, bool)>, BtfError> {
+fn find_member(
+    btf: &Btf,
+    s: &btf_rs::Struct,
+    field: &str,
+) -> Result<Option<(u32, bool)>, BtfError> {
     for member in &s.members {
         let name = btf.resolve_name(member).unwrap_or_default();
         if name == field {
@@ -148,7 +188,9 @@ mod tests {
         let out = Command::new("pahole")
             .args(["-C", strukt, VMLINUX_BTF])
             .output()
-            .unwrap_or_else(|e| panic!("pahole not runnable ({e}): run `cargo xtask setup` (installs dwarves)"));
+            .unwrap_or_else(|e| {
+                panic!("pahole not runnable ({e}): run `cargo xtask setup` (installs dwarves)")
+            });
         let text = String::from_utf8_lossy(&out.stdout);
         let wanted = format!(" {field};");
         let wanted_array = format!(" {field}[");
@@ -162,7 +204,8 @@ mod tests {
 
     #[test]
     fn offsets_match_pahole() {
-        let offsets = kernel_offsets(Path::new(VMLINUX_BTF)).expect("offsets from the running kernel's BTF");
+        let offsets =
+            kernel_offsets(Path::new(VMLINUX_BTF)).expect("offsets from the running kernel's BTF");
         for (strukt, field, got) in [
             ("task_struct", "files", offsets.task_files),
             ("task_struct", "real_parent", offsets.task_real_parent),
@@ -192,8 +235,16 @@ mod tests {
     fn missing_struct_and_field_are_named() {
         let btf = Btf::from_file(VMLINUX_BTF).unwrap();
         let err = field_offset(&btf, "no_such_struct_phiguard", "x").unwrap_err();
-        assert!(err.to_string().contains("no struct no_such_struct_phiguard"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("no struct no_such_struct_phiguard"),
+            "{err}"
+        );
         let err = field_offset(&btf, "task_struct", "no_such_field").unwrap_err();
-        assert!(err.to_string().contains("task_struct has no field `no_such_field`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("task_struct has no field `no_such_field`"),
+            "{err}"
+        );
     }
 }

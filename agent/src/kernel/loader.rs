@@ -6,7 +6,10 @@ use std::{fs::File, path::Path};
 use agent_common::{
     event::KIND_COUNT,
     limits::PATH_LEN,
-    maps::{InodeKey, EVENTS, LOST, OFFSETS_GLOBAL, WATCHED_DEVS, WATCHED_INODES, WATCHED_PORTS, WATCHED_PREFIXES},
+    maps::{
+        InodeKey, EVENTS, LOST, OFFSETS_GLOBAL, WATCHED_DEVS, WATCHED_INODES, WATCHED_PORTS,
+        WATCHED_PREFIXES,
+    },
     offsets::KernelOffsets,
 };
 use aya::{
@@ -86,7 +89,11 @@ impl Sensors {
     /// Loads the object with `offsets`, fills the watch maps from `watches`, and attaches all
     /// programs (cgroup programs at `cgroup_root`). Optional programs that fail are reported in
     /// `status`; a required one failing is an error.
-    pub fn load(offsets: &KernelOffsets, watches: &WatchSet, cgroup_root: &Path) -> Result<Sensors, LoadError> {
+    pub fn load(
+        offsets: &KernelOffsets,
+        watches: &WatchSet,
+        cgroup_root: &Path,
+    ) -> Result<Sensors, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
@@ -94,7 +101,10 @@ impl Sensors {
             .override_global(OFFSETS_GLOBAL, offsets, true)
             .load(OBJECT)
             .map_err(LoadError::Object)?;
-        let mut sensors = Sensors { ebpf, status: Vec::new() };
+        let mut sensors = Sensors {
+            ebpf,
+            status: Vec::new(),
+        };
         sensors.fill_watches(watches)?;
         let cgroup = File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
             path: cgroup_root.display().to_string(),
@@ -103,7 +113,11 @@ impl Sensors {
         for spec in PROGRAMS {
             let error = sensors.attach(spec, &cgroup).err();
             if let (true, Some(reason)) = (spec.required, &error) {
-                return Err(LoadError::Required { name: spec.name, hook: spec.hook.to_string(), reason: reason.clone() });
+                return Err(LoadError::Required {
+                    name: spec.name,
+                    hook: spec.hook.to_string(),
+                    reason: reason.clone(),
+                });
             }
             sensors.status.push(ProgramStatus { spec: *spec, error });
         }
@@ -111,7 +125,10 @@ impl Sensors {
     }
 
     fn attach(&mut self, spec: &ProgramSpec, cgroup: &File) -> Result<(), String> {
-        let program = self.ebpf.program_mut(spec.name).ok_or_else(|| LoadError::MissingProgram(spec.name).to_string())?;
+        let program = self
+            .ebpf
+            .program_mut(spec.name)
+            .ok_or_else(|| LoadError::MissingProgram(spec.name).to_string())?;
         let text = |e: &dyn std::error::Error| {
             let mut s = e.to_string();
             let mut source = e.source();
@@ -138,7 +155,8 @@ impl Sensors {
                 p.load().map_err(|e| text(&e))?;
                 // A bpf_link (Linux 5.7+) coexists with other programs on the cgroup whatever the
                 // mode; link_create rejects any flag, so the mode must be the default (0).
-                p.attach(cgroup, CgroupAttachMode::Single).map_err(|e| text(&e))?;
+                p.attach(cgroup, CgroupAttachMode::Single)
+                    .map_err(|e| text(&e))?;
             }
         }
         Ok(())
@@ -153,9 +171,20 @@ impl Sensors {
         let map_err = |map| move |source| LoadError::Map { map, source };
         {
             let mut inodes: HashMap<_, InodeKey, u32> =
-                HashMap::try_from(self.map_mut(WATCHED_INODES)?).map_err(map_err(WATCHED_INODES))?;
+                HashMap::try_from(self.map_mut(WATCHED_INODES)?)
+                    .map_err(map_err(WATCHED_INODES))?;
             for w in &watches.paths {
-                inodes.insert(InodeKey { dev: w.dev, _pad: 0, ino: w.ino }, w.id, 0).map_err(map_err(WATCHED_INODES))?;
+                inodes
+                    .insert(
+                        InodeKey {
+                            dev: w.dev,
+                            _pad: 0,
+                            ino: w.ino,
+                        },
+                        w.id,
+                        0,
+                    )
+                    .map_err(map_err(WATCHED_INODES))?;
             }
         }
         {
@@ -163,12 +192,14 @@ impl Sensors {
                 HashMap::try_from(self.map_mut(WATCHED_DEVS)?).map_err(map_err(WATCHED_DEVS))?;
             for w in &watches.paths {
                 let count = devs.get(&w.dev, 0).unwrap_or(0);
-                devs.insert(w.dev, count + 1, 0).map_err(map_err(WATCHED_DEVS))?;
+                devs.insert(w.dev, count + 1, 0)
+                    .map_err(map_err(WATCHED_DEVS))?;
             }
         }
         {
             let mut prefixes: LpmTrie<_, [u8; PATH_LEN], u32> =
-                LpmTrie::try_from(self.map_mut(WATCHED_PREFIXES)?).map_err(map_err(WATCHED_PREFIXES))?;
+                LpmTrie::try_from(self.map_mut(WATCHED_PREFIXES)?)
+                    .map_err(map_err(WATCHED_PREFIXES))?;
             for w in &watches.paths {
                 // Both the configured and the canonical spelling: failed opens have no inode.
                 for path in [&w.path, &w.canonical] {
@@ -179,7 +210,9 @@ impl Sensors {
                     let mut data = [0u8; PATH_LEN];
                     data[..bytes.len()].copy_from_slice(bytes);
                     let key = Key::new((bytes.len() * 8) as u32, data);
-                    prefixes.insert(&key, w.id, 0).map_err(map_err(WATCHED_PREFIXES))?;
+                    prefixes
+                        .insert(&key, w.id, 0)
+                        .map_err(map_err(WATCHED_PREFIXES))?;
                 }
             }
         }
@@ -193,17 +226,26 @@ impl Sensors {
 
     /// Takes the ring buffer for the reader (once).
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let map = self.ebpf.take_map(EVENTS).ok_or(LoadError::MissingMap(EVENTS))?;
-        RingBuf::try_from(map).map_err(|source| LoadError::Map { map: EVENTS, source })
+        let map = self
+            .ebpf
+            .take_map(EVENTS)
+            .ok_or(LoadError::MissingMap(EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| LoadError::Map {
+            map: EVENTS,
+            source,
+        })
     }
 
     /// Records lost in the kernel so far, summed over CPUs, indexed by event kind code.
     pub fn lost(&self) -> Result<[u64; KIND_COUNT as usize], LoadError> {
         let map = self.ebpf.map(LOST).ok_or(LoadError::MissingMap(LOST))?;
-        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(|source| LoadError::Map { map: LOST, source })?;
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| LoadError::Map { map: LOST, source })?;
         let mut totals = [0u64; KIND_COUNT as usize];
         for (kind, total) in totals.iter_mut().enumerate() {
-            let values = counters.get(&(kind as u32), 0).map_err(|source| LoadError::Map { map: LOST, source })?;
+            let values = counters
+                .get(&(kind as u32), 0)
+                .map_err(|source| LoadError::Map { map: LOST, source })?;
             *total = values.iter().sum();
         }
         Ok(totals)
@@ -215,12 +257,20 @@ impl Sensors {
         let missing: Vec<String> = self
             .status
             .iter()
-            .filter_map(|s| s.error.as_ref().map(|e| format!("{} ({}: {})", s.spec.name, s.spec.missing_means, e)))
+            .filter_map(|s| {
+                s.error
+                    .as_ref()
+                    .map(|e| format!("{} ({}: {})", s.spec.name, s.spec.missing_means, e))
+            })
             .collect();
         if missing.is_empty() {
             format!("{attached}/{} programs attached", self.status.len())
         } else {
-            format!("{attached}/{} programs attached; not attached: {}", self.status.len(), missing.join("; "))
+            format!(
+                "{attached}/{} programs attached; not attached: {}",
+                self.status.len(),
+                missing.join("; ")
+            )
         }
     }
 }

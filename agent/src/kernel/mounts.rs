@@ -1,6 +1,9 @@
 //! Pseudo-filesystems the agent needs, found in `/proc/self/mountinfo` (never hard-coded).
 
-use std::{fs, io, path::{Path, PathBuf}};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use nix::mount::{mount, MsFlags};
 
@@ -50,7 +53,9 @@ fn unescape(field: &str) -> String {
     let mut rest = field;
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
         match code {
             Some(byte) => {
                 out.push(byte as char);
@@ -84,12 +89,24 @@ pub fn ensure_mounted() -> Result<Vec<&'static str>, MountError> {
     let info = read_mountinfo()?;
     let mut mounted = Vec::new();
     for (fstype, target) in [("bpf", BPFFS), ("tracefs", TRACEFS)] {
-        if mount_points(&info, fstype).iter().any(|p| p == Path::new(target)) {
+        if mount_points(&info, fstype)
+            .iter()
+            .any(|p| p == Path::new(target))
+        {
             continue;
         }
-        mount(Some(fstype), target, Some(fstype), MsFlags::empty(), None::<&str>).map_err(
-            |source| MountError::Mount { fstype: if fstype == "bpf" { "bpf" } else { "tracefs" }, target, source },
-        )?;
+        mount(
+            Some(fstype),
+            target,
+            Some(fstype),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|source| MountError::Mount {
+            fstype: if fstype == "bpf" { "bpf" } else { "tracefs" },
+            target,
+            source,
+        })?;
         mounted.push(target);
     }
     Ok(mounted)
@@ -108,13 +125,22 @@ mod tests {
 
     #[test]
     fn finds_cgroup2_and_bpffs() {
-        assert_eq!(mount_points(SAMPLE, "cgroup2"), vec![PathBuf::from("/sys/fs/cgroup/unified")]);
-        assert_eq!(mount_points(SAMPLE, "bpf"), vec![PathBuf::from("/sys/fs/bpf")]);
+        assert_eq!(
+            mount_points(SAMPLE, "cgroup2"),
+            vec![PathBuf::from("/sys/fs/cgroup/unified")]
+        );
+        assert_eq!(
+            mount_points(SAMPLE, "bpf"),
+            vec![PathBuf::from("/sys/fs/bpf")]
+        );
         assert!(mount_points(SAMPLE, "tracefs").is_empty());
     }
 
     #[test]
     fn unescapes_spaces() {
-        assert_eq!(mount_points(SAMPLE, "tmpfs"), vec![PathBuf::from("/mnt/with space")]);
+        assert_eq!(
+            mount_points(SAMPLE, "tmpfs"),
+            vec![PathBuf::from("/mnt/with space")]
+        );
     }
 }

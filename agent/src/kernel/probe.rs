@@ -5,7 +5,12 @@ use std::{fs, path::Path};
 
 /// Capabilities the agent needs: load programs, read kernel memory from them, attach cgroup
 /// network programs, and mount bpffs/tracefs.
-const NEEDED_CAPS: &[(u32, &str)] = &[(39, "CAP_BPF"), (38, "CAP_PERFMON"), (12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN")];
+const NEEDED_CAPS: &[(u32, &str)] = &[
+    (39, "CAP_BPF"),
+    (38, "CAP_PERFMON"),
+    (12, "CAP_NET_ADMIN"),
+    (21, "CAP_SYS_ADMIN"),
+];
 
 /// Oldest kernel with everything the programs use (BPF ring buffer: 5.8).
 pub const MIN_KERNEL: (u32, u32) = (5, 8);
@@ -42,18 +47,29 @@ pub fn parse_release(release: &str) -> Option<(u32, u32)> {
 /// Capability names from `NEEDED_CAPS` absent in a `CapEff` hex mask.
 pub fn missing_caps(cap_eff_hex: &str) -> Vec<&'static str> {
     let mask = u64::from_str_radix(cap_eff_hex.trim(), 16).unwrap_or(0);
-    NEEDED_CAPS.iter().filter(|(bit, _)| mask & (1 << bit) == 0).map(|(_, name)| *name).collect()
+    NEEDED_CAPS
+        .iter()
+        .filter(|(bit, _)| mask & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect()
 }
 
 /// Runs every check against the running system.
 pub fn check(btf_path: &Path) -> Result<(), ProbeError> {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let cap_eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap_or("0");
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap_or("0");
     let missing = missing_caps(cap_eff);
     if !missing.is_empty() {
-        return Err(ProbeError::NotPrivileged { missing: missing.join(", ") });
+        return Err(ProbeError::NotPrivileged {
+            missing: missing.join(", "),
+        });
     }
-    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
     match parse_release(&release) {
         Some(version) if version >= MIN_KERNEL => {}
         _ => return Err(ProbeError::KernelTooOld { release }),
@@ -62,7 +78,9 @@ pub fn check(btf_path: &Path) -> Result<(), ProbeError> {
         return Err(ProbeError::NoBtf(btf_path.display().to_string()));
     }
     if !Path::new("/proc/sys/kernel/unprivileged_bpf_disabled").exists() {
-        return Err(ProbeError::NoBpf("/proc/sys/kernel/unprivileged_bpf_disabled is absent".into()));
+        return Err(ProbeError::NoBpf(
+            "/proc/sys/kernel/unprivileged_bpf_disabled is absent".into(),
+        ));
     }
     Ok(())
 }
@@ -84,6 +102,9 @@ mod tests {
         assert!(missing_caps("000001ffffffffff").is_empty());
         assert_eq!(missing_caps("0000000000000000").len(), NEEDED_CAPS.len());
         // Everything but CAP_BPF.
-        assert_eq!(missing_caps(&format!("{:x}", 0x1ff_ffff_ffffu64 & !(1 << 39))), vec!["CAP_BPF"]);
+        assert_eq!(
+            missing_caps(&format!("{:x}", 0x1ff_ffff_ffffu64 & !(1 << 39))),
+            vec!["CAP_BPF"]
+        );
     }
 }

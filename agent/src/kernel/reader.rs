@@ -23,7 +23,11 @@ impl Reader {
 
     /// Waits until records are available, then passes each to `on_record` (at most `max`, so
     /// a flood cannot starve the rest of the agent). Returns how many were read.
-    pub async fn read_batch(&mut self, max: usize, mut on_record: impl FnMut(&[u8])) -> io::Result<usize> {
+    pub async fn read_batch(
+        &mut self,
+        max: usize,
+        mut on_record: impl FnMut(&[u8]),
+    ) -> io::Result<usize> {
         loop {
             let mut guard = self.ring.readable_mut().await?;
             let ring = guard.get_inner_mut();

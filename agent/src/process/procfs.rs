@@ -52,7 +52,11 @@ pub fn ticks_per_second() -> u64 {
     *TICKS.get_or_init(|| {
         // SAFETY: sysconf has no preconditions.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        if ticks > 0 { ticks as u64 } else { 100 }
+        if ticks > 0 {
+            ticks as u64
+        } else {
+            100
+        }
     })
 }
 
@@ -63,38 +67,63 @@ pub fn ns_to_ticks(ns: u64) -> u64 {
 
 /// Every process id in `/proc`.
 pub fn list_pids() -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 fn read(pid: u32, file: &'static str) -> Result<String, ProcError> {
-    fs::read_to_string(format!("/proc/{pid}/{file}")).map_err(|source| ProcError { pid, file, source })
+    fs::read_to_string(format!("/proc/{pid}/{file}")).map_err(|source| ProcError {
+        pid,
+        file,
+        source,
+    })
 }
 
 fn link(pid: u32, file: &str) -> Option<String> {
-    fs::read_link(format!("/proc/{pid}/{file}")).ok().map(|p| p.display().to_string())
+    fs::read_link(format!("/proc/{pid}/{file}"))
+        .ok()
+        .map(|p| p.display().to_string())
 }
 
 fn invalid(pid: u32, file: &'static str, what: &str) -> ProcError {
-    ProcError { pid, file, source: io::Error::new(io::ErrorKind::InvalidData, what.to_owned()) }
+    ProcError {
+        pid,
+        file,
+        source: io::Error::new(io::ErrorKind::InvalidData, what.to_owned()),
+    }
 }
 
 /// (comm, ppid, start ticks) from `/proc/<pid>/stat`.
 fn parse_stat(pid: u32, stat: &str) -> Result<(String, u32, u64), ProcError> {
     // comm is in parentheses and may itself contain spaces and parentheses.
-    let open = stat.find('(').ok_or_else(|| invalid(pid, "stat", "no comm"))?;
-    let close = stat.rfind(')').ok_or_else(|| invalid(pid, "stat", "no comm"))?;
+    let open = stat
+        .find('(')
+        .ok_or_else(|| invalid(pid, "stat", "no comm"))?;
+    let close = stat
+        .rfind(')')
+        .ok_or_else(|| invalid(pid, "stat", "no comm"))?;
     let comm = stat[open + 1..close].to_owned();
     let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
     // fields[0] is field 3 (state): field N is fields[N - 3].
-    let ppid = fields.get(1).and_then(|f| f.parse().ok()).ok_or_else(|| invalid(pid, "stat", "no ppid"))?;
-    let start = fields.get(19).and_then(|f| f.parse().ok()).ok_or_else(|| invalid(pid, "stat", "no starttime"))?;
+    let ppid = fields
+        .get(1)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| invalid(pid, "stat", "no ppid"))?;
+    let start = fields
+        .get(19)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| invalid(pid, "stat", "no starttime"))?;
     Ok((comm, ppid, start))
 }
 
 /// Start time (clock ticks since boot) of a live process, if it exists.
 pub fn start_ticks(pid: u32) -> Option<u64> {
-    parse_stat(pid, &read(pid, "stat").ok()?).ok().map(|(_, _, start)| start)
+    parse_stat(pid, &read(pid, "stat").ok()?)
+        .ok()
+        .map(|(_, _, start)| start)
 }
 
 /// A 64-hex-character container id in a cgroup path (`docker-<id>.scope`, `/docker/<id>`,
@@ -107,7 +136,12 @@ pub fn container_id(cgroup: &str) -> Option<String> {
 }
 
 fn audit_id(pid: u32, file: &'static str) -> Option<u32> {
-    read(pid, file).ok()?.trim().parse().ok().filter(|id| *id != u32::MAX)
+    read(pid, file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|id| *id != u32::MAX)
 }
 
 /// Reads everything the table keeps about `pid`.
@@ -123,9 +157,17 @@ pub fn read_process(pid: u32) -> Result<ProcSnapshot, ProcError> {
     };
     let (uid, gid) = (id("Uid:")?, id("Gid:")?);
     let argv = read(pid, "cmdline")
-        .map(|c| c.split('\0').filter(|a| !a.is_empty()).map(str::to_owned).collect())
+        .map(|c| {
+            c.split('\0')
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
-    let cgroup = read(pid, "cgroup").ok().and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)));
+    let cgroup = read(pid, "cgroup").ok().and_then(|c| {
+        c.lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+    });
     Ok(ProcSnapshot {
         tgid: pid,
         ppid,
@@ -153,7 +195,13 @@ mod tests {
         let p = read_process(me).unwrap();
         assert_eq!(p.tgid, me);
         assert_eq!(p.ppid, nix::unistd::getppid().as_raw() as u32);
-        assert_eq!(p.exe.as_deref(), std::env::current_exe().ok().as_deref().and_then(|p| p.to_str()));
+        assert_eq!(
+            p.exe.as_deref(),
+            std::env::current_exe()
+                .ok()
+                .as_deref()
+                .and_then(|p| p.to_str())
+        );
         assert_eq!(p.uid, nix::unistd::getuid().as_raw());
         assert!(!p.argv.is_empty() && p.start_ticks > 0);
         assert_eq!(start_ticks(me), Some(p.start_ticks));
@@ -163,21 +211,37 @@ mod tests {
     #[test]
     fn stat_with_awkward_comm() {
         let stat = "42 (a) b (c) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 0 0";
-        assert_eq!(parse_stat(42, stat).unwrap(), ("a) b (c".to_owned(), 7, 12345));
+        assert_eq!(
+            parse_stat(42, stat).unwrap(),
+            ("a) b (c".to_owned(), 7, 12345)
+        );
         assert!(parse_stat(42, "42 (x) S").is_err());
     }
 
     #[test]
     fn container_ids() {
         let id = "a".repeat(64);
-        assert_eq!(container_id(&format!("/system.slice/docker-{id}.scope")), Some(id.clone()));
-        assert_eq!(container_id(&format!("/kubepods/burstable/pod1/{id}")), Some(id));
-        assert_eq!(container_id("/user.slice/user-1000.slice/session-3.scope"), None);
+        assert_eq!(
+            container_id(&format!("/system.slice/docker-{id}.scope")),
+            Some(id.clone())
+        );
+        assert_eq!(
+            container_id(&format!("/kubepods/burstable/pod1/{id}")),
+            Some(id)
+        );
+        assert_eq!(
+            container_id("/user.slice/user-1000.slice/session-3.scope"),
+            None
+        );
     }
 
     #[test]
     fn missing_process_names_pid_and_file() {
         let err = read_process(u32::MAX - 1).unwrap_err();
-        assert!(err.to_string().starts_with(&format!("/proc/{}/stat", u32::MAX - 1)), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("/proc/{}/stat", u32::MAX - 1)),
+            "{err}"
+        );
     }
 }

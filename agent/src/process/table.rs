@@ -101,7 +101,12 @@ pub struct ProcessTable {
 impl ProcessTable {
     /// An empty table keeping at most `retain_exited` exited processes.
     pub fn new(retain_exited: usize) -> ProcessTable {
-        ProcessTable { live: HashMap::new(), exited: HashMap::new(), exited_order: VecDeque::new(), retain_exited }
+        ProcessTable {
+            live: HashMap::new(),
+            exited: HashMap::new(),
+            exited_order: VecDeque::new(),
+            retain_exited,
+        }
     }
 
     /// Loads every process in `/proc`.
@@ -145,7 +150,11 @@ impl ProcessTable {
     fn insert_live(&mut self, process: Process) {
         if let Some(old) = self.live.insert(process.tgid, process) {
             let (tgid, start) = (old.tgid, old.start_boot_ns);
-            if self.live.get(&tgid).is_some_and(|p| key(tgid, p.start_boot_ns) != key(tgid, start)) {
+            if self
+                .live
+                .get(&tgid)
+                .is_some_and(|p| key(tgid, p.start_boot_ns) != key(tgid, start))
+            {
                 self.retire(old);
             }
         }
@@ -160,7 +169,9 @@ impl ProcessTable {
             self.exited_order.push_back(k);
         }
         while self.exited.len() > self.retain_exited {
-            let Some(oldest) = self.exited_order.pop_front() else { break };
+            let Some(oldest) = self.exited_order.pop_front() else {
+                break;
+            };
             self.exited.remove(&oldest);
         }
     }
@@ -178,7 +189,12 @@ impl ProcessTable {
             },
             None => match procfs::read_process(child_tgid) {
                 Ok(s) if s.start_ticks == ns_to_ticks(child_start_ns) => Process::from_snapshot(s),
-                _ => Process { tgid: child_tgid, ppid: parent.0, start_boot_ns: child_start_ns, ..Process::default() },
+                _ => Process {
+                    tgid: child_tgid,
+                    ppid: parent.0,
+                    start_boot_ns: child_start_ns,
+                    ..Process::default()
+                },
             },
         };
         self.insert_live(child);
@@ -186,7 +202,10 @@ impl ProcessTable {
 
     /// `tgid` exec'd `filename` with `argv`: its image fields change. `/proc` then supplies
     /// the resolved executable, cwd and cgroup if the process is still there.
-    #[expect(clippy::too_many_arguments, reason = "mirrors the exec record's fields")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "mirrors the exec record's fields"
+    )]
     pub fn on_exec(
         &mut self,
         tgid: u32,
@@ -212,8 +231,12 @@ impl ProcessTable {
         process.gid = gid;
         process.loginuid = loginuid;
         process.sessionid = sessionid;
-        process.comm = Path::new(filename).file_name().map(|n| n.to_string_lossy().chars().take(15).collect()).unwrap_or_default();
-        process.exe = paths::resolve(Path::new(filename), process.cwd.as_deref().map(Path::new)).map(|p| p.display().to_string());
+        process.comm = Path::new(filename)
+            .file_name()
+            .map(|n| n.to_string_lossy().chars().take(15).collect())
+            .unwrap_or_default();
+        process.exe = paths::resolve(Path::new(filename), process.cwd.as_deref().map(Path::new))
+            .map(|p| p.display().to_string());
         match procfs::read_process(tgid) {
             Ok(s) if s.start_ticks == ns_to_ticks(start_ns) => {
                 process.comm = s.comm;
@@ -224,7 +247,9 @@ impl ProcessTable {
             }
             // Gone already: the exec'd path, with symlinks such as /bin -> usr/bin resolved.
             _ => {
-                process.exe = process.exe.map(|exe| std::fs::canonicalize(&exe).map_or(exe, |p| p.display().to_string()));
+                process.exe = process.exe.map(|exe| {
+                    std::fs::canonicalize(&exe).map_or(exe, |p| p.display().to_string())
+                });
             }
         }
         self.insert_live(process);
@@ -234,10 +259,16 @@ impl ProcessTable {
     pub fn on_exit(&mut self, tgid: u32, start_ns: u64, exit_code: u32) {
         let k = key(tgid, start_ns);
         let mut process = match self.live.get(&tgid) {
-            Some(p) if key(p.tgid, p.start_boot_ns) == k => self.live.remove(&tgid).unwrap_or_default(),
+            Some(p) if key(p.tgid, p.start_boot_ns) == k => {
+                self.live.remove(&tgid).unwrap_or_default()
+            }
             _ => match self.exited.remove(&k) {
                 Some(p) => p,
-                None => Process { tgid, start_boot_ns: start_ns, ..Process::default() },
+                None => Process {
+                    tgid,
+                    start_boot_ns: start_ns,
+                    ..Process::default()
+                },
             },
         };
         process.exit_code = Some(exit_code);
@@ -249,17 +280,27 @@ impl ProcessTable {
     pub fn ancestry(&self, tgid: u32, start_ns: u64, depth: usize) -> Vec<Ancestor> {
         let mut out = Vec::new();
         let mut visited = HashSet::from([tgid]);
-        let Some(mut current) = self.get(tgid, start_ns) else { return out };
+        let Some(mut current) = self.get(tgid, start_ns) else {
+            return out;
+        };
         while out.len() < depth {
             let ppid = current.ppid;
             if ppid == 0 || !visited.insert(ppid) {
                 break;
             }
             let Some(parent) = self.live.get(&ppid) else {
-                out.push(Ancestor { pid: ppid, exe: None, comm: String::new() });
+                out.push(Ancestor {
+                    pid: ppid,
+                    exe: None,
+                    comm: String::new(),
+                });
                 break;
             };
-            out.push(Ancestor { pid: ppid, exe: parent.exe.clone(), comm: parent.comm.clone() });
+            out.push(Ancestor {
+                pid: ppid,
+                exe: parent.exe.clone(),
+                comm: parent.comm.clone(),
+            });
             current = parent;
         }
         out
@@ -285,7 +326,13 @@ mod tests {
             uid: 1000,
             ..Process::default()
         });
-        t.insert_live(Process { tgid: 4_000_000, ppid: 1, start_boot_ns: 50 * TICK_NS, exe: Some("/usr/sbin/sshd".into()), ..Process::default() });
+        t.insert_live(Process {
+            tgid: 4_000_000,
+            ppid: 1,
+            start_boot_ns: 50 * TICK_NS,
+            exe: Some("/usr/sbin/sshd".into()),
+            ..Process::default()
+        });
         t
     }
 
@@ -294,14 +341,34 @@ mod tests {
         let mut t = table();
         t.on_fork((4_000_001, 100 * TICK_NS), 4_000_002, 200 * TICK_NS);
         let child = t.get(4_000_002, 200 * TICK_NS).unwrap();
-        assert_eq!((child.ppid, child.exe.as_deref(), child.uid), (4_000_001, Some("/usr/bin/bash"), 1000));
-        t.on_exec(4_000_002, 200 * TICK_NS, 4_000_001, "./tool", vec!["./tool".into(), "-x".into()], false, 1000, 1000, Some(1000), Some(3));
+        assert_eq!(
+            (child.ppid, child.exe.as_deref(), child.uid),
+            (4_000_001, Some("/usr/bin/bash"), 1000)
+        );
+        t.on_exec(
+            4_000_002,
+            200 * TICK_NS,
+            4_000_001,
+            "./tool",
+            vec!["./tool".into(), "-x".into()],
+            false,
+            1000,
+            1000,
+            Some(1000),
+            Some(3),
+        );
         let child = t.get(4_000_002, 200 * TICK_NS).unwrap();
-        assert_eq!(child.exe.as_deref(), Some("/srv/ephi/tool"), "relative exec resolved against cwd");
+        assert_eq!(
+            child.exe.as_deref(),
+            Some("/srv/ephi/tool"),
+            "relative exec resolved against cwd"
+        );
         assert_eq!(child.argv, ["./tool", "-x"]);
         assert_eq!(child.comm, "tool");
         t.on_exit(4_000_002, 200 * TICK_NS, 256);
-        let gone = t.get(4_000_002, 200 * TICK_NS).expect("exited process still known");
+        let gone = t
+            .get(4_000_002, 200 * TICK_NS)
+            .expect("exited process still known");
         assert_eq!(gone.exit_code, Some(256));
         assert!(gone.exited_at.is_some());
     }
@@ -310,11 +377,25 @@ mod tests {
     fn reused_pid_does_not_inherit() {
         let mut t = table();
         t.on_exit(4_000_001, 100 * TICK_NS, 0);
-        t.on_exec(4_000_001, 900 * TICK_NS, 1, "/usr/bin/true", vec![], false, 0, 0, None, None);
+        t.on_exec(
+            4_000_001,
+            900 * TICK_NS,
+            1,
+            "/usr/bin/true",
+            vec![],
+            false,
+            0,
+            0,
+            None,
+            None,
+        );
         let new = t.get(4_000_001, 900 * TICK_NS).unwrap();
         assert_eq!(new.exe.as_deref(), Some("/usr/bin/true"));
         assert_eq!(new.uid, 0);
-        assert_eq!(t.get(4_000_001, 100 * TICK_NS).unwrap().exe.as_deref(), Some("/usr/bin/bash"));
+        assert_eq!(
+            t.get(4_000_001, 100 * TICK_NS).unwrap().exe.as_deref(),
+            Some("/usr/bin/bash")
+        );
         assert!(t.get(4_000_001, 500 * TICK_NS).is_none());
     }
 
@@ -327,8 +408,18 @@ mod tests {
         assert_eq!(a[1].exe.as_deref(), Some("/usr/sbin/sshd"));
         assert_eq!(t.ancestry(4_000_002, 200 * TICK_NS, 1).len(), 1);
         // A loop (corrupt ppids) terminates.
-        t.insert_live(Process { tgid: 4_000_010, ppid: 4_000_011, start_boot_ns: TICK_NS, ..Process::default() });
-        t.insert_live(Process { tgid: 4_000_011, ppid: 4_000_010, start_boot_ns: TICK_NS, ..Process::default() });
+        t.insert_live(Process {
+            tgid: 4_000_010,
+            ppid: 4_000_011,
+            start_boot_ns: TICK_NS,
+            ..Process::default()
+        });
+        t.insert_live(Process {
+            tgid: 4_000_011,
+            ppid: 4_000_010,
+            start_boot_ns: TICK_NS,
+            ..Process::default()
+        });
         assert!(t.ancestry(4_000_010, TICK_NS, 16).len() <= 2);
     }
 
@@ -337,7 +428,18 @@ mod tests {
         let mut t = ProcessTable::new(2);
         for pid in 0..5u32 {
             let tgid = 4_100_000 + pid;
-            t.on_exec(tgid, TICK_NS, 1, "/usr/bin/true", vec![], false, 0, 0, None, None);
+            t.on_exec(
+                tgid,
+                TICK_NS,
+                1,
+                "/usr/bin/true",
+                vec![],
+                false,
+                0,
+                0,
+                None,
+                None,
+            );
             t.on_exit(tgid, TICK_NS, 0);
         }
         assert!(t.get(4_100_000, TICK_NS).is_none(), "oldest evicted");
@@ -349,10 +451,17 @@ mod tests {
         let mut t = ProcessTable::new(16);
         t.seed_from_proc();
         let me = std::process::id();
-        let start_ns = procfs::start_ticks(me).unwrap() * (1_000_000_000 / procfs::ticks_per_second());
-        assert!(t.get(me, start_ns + 3).is_some(), "kernel ns within the same tick match");
+        let start_ns =
+            procfs::start_ticks(me).unwrap() * (1_000_000_000 / procfs::ticks_per_second());
+        assert!(
+            t.get(me, start_ns + 3).is_some(),
+            "kernel ns within the same tick match"
+        );
         let mut empty = ProcessTable::new(16);
         assert!(empty.get_or_load(me, start_ns).is_some());
-        assert!(empty.get_or_load(me, start_ns + 10 * TICK_NS).is_none(), "another incarnation");
+        assert!(
+            empty.get_or_load(me, start_ns + 10 * TICK_NS).is_none(),
+            "another incarnation"
+        );
     }
 }

@@ -12,7 +12,9 @@ pub struct ChannelSink(pub UnboundedSender<v1::Event>);
 
 impl Sink for ChannelSink {
     fn write(&mut self, event: &v1::Event) -> io::Result<()> {
-        self.0.send(event.clone()).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "event channel closed"))
+        self.0
+            .send(event.clone())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "event channel closed"))
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -19,7 +19,9 @@ pub struct JsonLines<W: Write + Send> {
 impl<W: Write + Send> JsonLines<W> {
     /// Wraps `out`.
     pub fn new(out: W) -> Self {
-        JsonLines { out: BufWriter::with_capacity(64 * 1024, out) }
+        JsonLines {
+            out: BufWriter::with_capacity(64 * 1024, out),
+        }
     }
 }
 
@@ -27,7 +29,11 @@ impl JsonLines<std::fs::File> {
     /// Appends to the file at `path`, created readable by its owner only (events describe
     /// who touched patient data).
     pub fn append_to(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
         Ok(JsonLines::new(file))
     }
 }
@@ -50,7 +56,11 @@ mod tests {
     #[test]
     fn one_line_per_event_in_proto_json() {
         let mut sink = JsonLines::new(Vec::new());
-        let event = v1::Event { id: "x".into(), seq: 7, ..Default::default() };
+        let event = v1::Event {
+            id: "x".into(),
+            seq: 7,
+            ..Default::default()
+        };
         sink.write(&event).unwrap();
         sink.write(&event).unwrap();
         sink.flush().unwrap();

@@ -1,0 +1,75 @@
+//! `cargo xtask test`: every test tier, in order, stopping at the first failure.
+
+use anyhow::bail;
+
+use crate::{cmd, setup};
+
+/// Which tiers to run.
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Only formatting, clippy and unit tests (no root needed).
+    #[arg(long, conflicts_with = "host")]
+    unit: bool,
+    /// Only the host tier (root needed).
+    #[arg(long)]
+    host: bool,
+}
+
+/// Runs the selected tiers and prints a summary line.
+pub fn test(args: &TestArgs) -> anyhow::Result<()> {
+    setup::setup()?;
+    let mut tiers: Vec<(&str, Vec<&str>)> = Vec::new();
+    if !args.host {
+        tiers.push(("fmt", vec!["fmt", "--all", "--", "--check"]));
+        tiers.push((
+            "clippy",
+            vec![
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "agent-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ));
+        tiers.push((
+            "unit",
+            vec![
+                "test",
+                "--workspace",
+                "--exclude",
+                "agent-ebpf",
+                "--exclude",
+                "phiguard-tests",
+            ],
+        ));
+    }
+    if !args.unit {
+        tiers.push((
+            "host",
+            vec!["test", "-p", "phiguard-tests", "--", "--test-threads=1"],
+        ));
+    }
+    let mut summary = Vec::new();
+    for (name, cargo_args) in tiers {
+        println!("== tier {name}: cargo {}", cargo_args.join(" "));
+        if name == "host" && !cmd::is_root() {
+            summary.push(format!("{name} FAILED"));
+            println!("test summary: {}", summary.join(", "));
+            bail!("host-tier tests load eBPF programs into the kernel and need root: sudo -E env \"PATH=$PATH\" cargo xtask test");
+        }
+        let result = cmd::run(cmd::cargo().args(&cargo_args).env("RUST_BACKTRACE", "1"));
+        summary.push(format!(
+            "{name} {}",
+            if result.is_ok() { "ok" } else { "FAILED" }
+        ));
+        if let Err(error) = result {
+            println!("test summary: {}", summary.join(", "));
+            return Err(error);
+        }
+    }
+    println!("test summary: {}", summary.join(", "));
+    Ok(())
+}
