@@ -53,6 +53,7 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
         ));
     }
     let mut summary = Vec::new();
+    let mut counts = cmd::Counts::default();
     for (name, cargo_args) in tiers {
         println!("== tier {name}: cargo {}", cargo_args.join(" "));
         if name == "host" && !cmd::is_root() {
@@ -60,16 +61,28 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
             println!("test summary: {}", summary.join(", "));
             bail!("host-tier tests load eBPF programs into the kernel and need root: sudo -E env \"PATH=$PATH\" cargo xtask test");
         }
-        let result = cmd::run(cmd::cargo().args(&cargo_args).env("RUST_BACKTRACE", "1"));
+        let mut command = cmd::cargo();
+        command.args(&cargo_args).env("RUST_BACKTRACE", "1");
+        let result = if cargo_args[0] == "test" {
+            cmd::run_counting(&mut command, &mut counts)
+        } else {
+            cmd::run(&mut command)
+        };
         summary.push(format!(
             "{name} {}",
             if result.is_ok() { "ok" } else { "FAILED" }
         ));
         if let Err(error) = result {
             println!("test summary: {}", summary.join(", "));
+            println!(
+                "tests: {} passed, {} failed",
+                counts.passed,
+                counts.failed.max(1)
+            );
             return Err(error);
         }
     }
     println!("test summary: {}", summary.join(", "));
+    println!("tests: {} passed, {} failed", counts.passed, counts.failed);
     Ok(())
 }
