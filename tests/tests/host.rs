@@ -330,3 +330,36 @@ fn full_ring_buffer_is_counted_and_reported() {
         "every open is either delivered or counted lost"
     );
 }
+
+#[test]
+fn open_and_openat2_syscalls_are_watched_too() {
+    let tree = Tree::new();
+    let file = tree.watched.join("rec.txt");
+    fs::write(&file, "x").unwrap();
+    let mut h = Harness::start(std::slice::from_ref(&tree.watched), &[]);
+    let c_path = std::ffi::CString::new(path_of(&file)).unwrap();
+    // SAFETY: raw syscalls with a valid NUL-terminated path and a valid open_how.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_open, c_path.as_ptr(), libc::O_RDONLY);
+        assert!(fd >= 0, "open(2) failed");
+        libc::close(fd as i32);
+        // struct open_how { u64 flags; u64 mode; u64 resolve; }
+        let how: [u64; 3] = [libc::O_RDONLY as u64, 0, 0];
+        let fd = libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            how.as_ptr(),
+            std::mem::size_of_val(&how),
+        );
+        assert!(fd >= 0, "openat2(2) failed");
+        libc::close(fd as i32);
+    }
+    for syscall in ["open", "openat2"] {
+        let event = h.expect(&format!("from {syscall}(2)"), |e| {
+            file_open(e).is_some_and(|f| f.syscall == syscall)
+        });
+        assert_eq!(file_open(&event).unwrap().path, path_of(&file));
+    }
+    h.stop();
+}

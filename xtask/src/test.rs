@@ -63,6 +63,14 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
         }
         let mut command = cmd::cargo();
         command.args(&cargo_args).env("RUST_BACKTRACE", "1");
+        if name == "host" {
+            // The binary tests run target/debug/phiguard itself.
+            cmd::run(cmd::cargo().args(["build", "-p", "agent", "--bin", "phiguard"]))?;
+            command.env(
+                "PHIGUARD_BIN",
+                cmd::workspace_root().join("target/debug/phiguard"),
+            );
+        }
         let result = if cargo_args[0] == "test" {
             cmd::run_counting(&mut command, &mut counts)
         } else {
