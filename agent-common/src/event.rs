@@ -1,7 +1,7 @@
 //! Records the kernel programs write to the ring buffer. Each starts with an [`EventHeader`]
 //! whose `kind` says which struct follows.
 
-use crate::limits::{ARGS_LEN, COMM_LEN, NAMES_LEN, PATH_LEN};
+use crate::limits::{ARGS_LEN, COMM_LEN, NAMES_LEN, NAME_MAX, PATH_LEN};
 
 /// What a record is. Stored as `u32` in [`EventHeader::kind`]; also the index of the
 /// per-kind loss counter.
@@ -47,6 +47,9 @@ impl Kind {
 
 /// `EventHeader::flags`: a field was cut to fit its buffer.
 pub const FLAG_TRUNCATED: u32 = 1;
+/// `EventHeader::flags`: the working directory in an [`ExecEvent`] is complete (reached the
+/// root of its mount).
+pub const FLAG_CWD_COMPLETE: u32 = 1 << 2;
 /// `EventHeader::flags`: the record was written from interrupt context or for another task, so
 /// the process fields are not the process the event is about (pid 0 = unknown).
 pub const FLAG_NO_PROCESS: u32 = 1 << 1;
@@ -112,6 +115,13 @@ pub struct ExecEvent {
     pub filename_len: u32,
     /// The file name passed to exec, as the kernel saw it.
     pub filename: [u8; PATH_LEN],
+    /// Bytes used in `cwd` (names are NUL-terminated, so NULs count them).
+    pub cwd_len: u32,
+    /// Id of the mount `cwd` is relative to (as in `/proc/<pid>/mountinfo`).
+    pub cwd_mnt_id: u32,
+    /// Working directory: NUL-terminated names from the directory up to the root of its
+    /// mount, innermost first (slack after `NAMES_LEN` for the verifier; only `cwd_len` count).
+    pub cwd: [u8; NAMES_LEN + NAME_MAX],
 }
 
 /// [`Kind::ExecArgs`]: fixed part of the argv record. `args_len` bytes of NUL-separated
@@ -267,7 +277,8 @@ pub struct SockStateEvent {
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 96);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 80 + 8 + PATH_LEN);
+const _: () =
+    assert!(core::mem::size_of::<ExecEvent>() == 80 + 8 + PATH_LEN + 8 + NAMES_LEN + NAME_MAX);
 const _: () = assert!(core::mem::size_of::<ExecArgsEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<FileOpenEvent>() == 80 + 56 + PATH_LEN + NAMES_LEN);

@@ -11,6 +11,8 @@ pub const NAME_MAX: usize = 256;
 /// Levels walked up from an opened file (or a relative open's base directory) looking for a
 /// watched directory.
 pub const MAX_WALK_DEPTH: u32 = 24;
+/// Names (and mount crossings) walked to build a process's working directory.
+pub const MAX_PATH_DEPTH: u32 = 32;
 /// Arguments captured per exec.
 pub const MAX_ARGS: u32 = 32;
 /// Bytes of argv captured per exec (NUL-separated).

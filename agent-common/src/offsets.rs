@@ -57,8 +57,14 @@ pub struct KernelOffsets {
     pub sb_s_dev: u32,
     /// `linux_binprm.filename`
     pub binprm_filename: u32,
-    /// Explicit padding to a multiple of 8 bytes.
-    pub _pad: u32,
+    /// `path.mnt`
+    pub path_mnt: u32,
+    /// `vfsmount.mnt_root`
+    pub vfsmount_mnt_root: u32,
+    /// `mount.mnt` (the `vfsmount` embedded in `struct mount`)
+    pub mount_mnt: u32,
+    /// `mount.mnt_id` (the id `/proc/<pid>/mountinfo` shows first)
+    pub mount_mnt_id: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 26 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 29 * 4);

@@ -4,8 +4,14 @@
 //! `base + OFFSETS.field` with `bpf_probe_read_kernel`: a wrong or stale pointer yields an
 //! error, never a fault.
 
-use agent_common::{limits::MAX_WALK_DEPTH, maps::InodeKey, offsets::KernelOffsets};
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use agent_common::{
+    limits::{MAX_PATH_DEPTH, MAX_WALK_DEPTH, NAMES_LEN, NAME_MAX},
+    maps::InodeKey,
+    offsets::KernelOffsets,
+};
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+};
 
 use crate::maps::WATCHED_INODES;
 
@@ -37,7 +43,10 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_ino: 0,
     sb_s_dev: 0,
     binprm_filename: 0,
-    _pad: 0,
+    path_mnt: 0,
+    vfsmount_mnt_root: 0,
+    mount_mnt: 0,
+    mount_mnt_id: 0,
 };
 
 /// The offset of one field, read so the compiler cannot fold the load-time value away.
@@ -141,6 +150,15 @@ impl Task {
         let fs: usize = read(self.0, offset!(task_fs))?;
         read(fs, offset!(fs_pwd) + offset!(path_dentry))
     }
+
+    /// The current working directory as (dentry, vfsmount).
+    #[inline(always)]
+    pub fn cwd(self) -> Result<(usize, usize), ReadError> {
+        let fs: usize = read(self.0, offset!(task_fs))?;
+        let dentry = read(fs, offset!(fs_pwd) + offset!(path_dentry))?;
+        let vfsmount = read(fs, offset!(fs_pwd) + offset!(path_mnt))?;
+        Ok((dentry, vfsmount))
+    }
 }
 
 /// The dentry a `struct file *` was opened through.
@@ -214,4 +232,63 @@ pub fn find_watch(mut dentry: usize, dev: u32) -> Option<WatchHit> {
         dentry = parent;
     }
     None
+}
+
+/// Outcome of [`copy_path_names`].
+#[derive(Clone, Copy)]
+pub struct PathNames {
+    /// Bytes written (at most `NAMES_LEN`); each name ends with a NUL.
+    pub len: u32,
+    /// Id of the mount the names are relative to (`mount.mnt_id`).
+    pub mnt_id: u32,
+    /// The walk reached the root of that mount.
+    pub complete: bool,
+}
+
+/// Writes the names from `dentry` up to the root of its mount (`vfsmount`), innermost first,
+/// each NUL-terminated. User space prefixes the mount point of `mnt_id`. A linear walk (no
+/// mount crossing) keeps the verifier's work small. `buf` must hold `NAMES_LEN + NAME_MAX`
+/// bytes; at most `NAMES_LEN` are used.
+#[inline(always)]
+pub fn copy_path_names(
+    buf: &mut [u8; NAMES_LEN + NAME_MAX],
+    mut dentry: usize,
+    vfsmount: usize,
+) -> PathNames {
+    let mnt_root: usize = read(vfsmount, offset!(vfsmount_mnt_root)).unwrap_or(0);
+    let mnt_id: u32 = read(
+        vfsmount.wrapping_sub(offset!(mount_mnt)),
+        offset!(mount_mnt_id),
+    )
+    .unwrap_or(0);
+    let mut used: usize = 0;
+    let mut complete = false;
+    for _ in 0..MAX_PATH_DEPTH {
+        if dentry == mnt_root {
+            complete = true;
+            break;
+        }
+        if used >= NAMES_LEN {
+            break;
+        }
+        let Ok(name) = dentry_name(dentry) else { break };
+        let start = used & (NAMES_LEN - 1);
+        // SAFETY: kernel pointer read with the checked helper; `start + NAME_MAX` is in bounds.
+        let copied = match unsafe {
+            bpf_probe_read_kernel_str_bytes(name as *const u8, &mut buf[start..start + NAME_MAX])
+        } {
+            Ok(bytes) => bytes.len(),
+            Err(_) => break,
+        };
+        used = start + copied + 1;
+        let Ok(parent) = dentry_parent(dentry) else {
+            break;
+        };
+        dentry = parent;
+    }
+    PathNames {
+        len: used.min(NAMES_LEN) as u32,
+        mnt_id,
+        complete: complete && used <= NAMES_LEN,
+    }
 }

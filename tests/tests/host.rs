@@ -363,3 +363,42 @@ fn open_and_openat2_syscalls_are_watched_too() {
     }
     h.stop();
 }
+
+#[test]
+fn cwd_comes_from_the_kernel_even_across_mounts_and_after_exit() {
+    let tree = Tree::new();
+    let file = tree.watched.join("rec.txt");
+    fs::write(&file, "x").unwrap();
+    // Attached but not reading: both processes are gone before user space sees them, so
+    // /proc cannot help and the cwd must come from the exec record.
+    let mut h = Harness::attach_only(std::slice::from_ref(&tree.watched), &[]);
+    run(Command::new("/bin/sh")
+        .arg("-c")
+        .arg("cd \"$1\" && exec /usr/bin/cat ./rec.txt")
+        .arg("sh")
+        .arg(&tree.watched));
+    // /dev/shm is a mount of its own; /sys/kernel is a directory inside the /sys mount.
+    for dir in ["/dev/shm", "/sys/kernel"] {
+        run(Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("cd {dir} && exec /usr/bin/cat \"$1\""))
+            .arg("sh")
+            .arg(&file));
+    }
+    h.start_reading();
+    let relative = h.expect("open of ./rec.txt", |e| {
+        file_open(e).is_some_and(|f| f.requested_path == "./rec.txt")
+    });
+    assert_eq!(process(&relative).cwd, path_of(&tree.watched));
+    assert_eq!(file_open(&relative).unwrap().path, path_of(&file));
+    let from_shm = h.expect("open from /dev/shm", |e| {
+        file_open(e).is_some_and(|f| f.requested_path == path_of(&file))
+            && process(e).cwd == "/dev/shm"
+    });
+    assert_eq!(process(&from_shm).exe, "/usr/bin/cat");
+    h.expect("open from /sys/kernel", |e| {
+        file_open(e).is_some_and(|f| f.requested_path == path_of(&file))
+            && process(e).cwd == "/sys/kernel"
+    });
+    h.stop();
+}

@@ -3,7 +3,10 @@
 use core::mem::{offset_of, size_of};
 
 use agent_common::{
-    event::{EventHeader, ExecArgsScratch, ExecEvent, ExitEvent, ForkEvent, Kind, FLAG_TRUNCATED},
+    event::{
+        EventHeader, ExecArgsScratch, ExecEvent, ExitEvent, ForkEvent, Kind, FLAG_CWD_COMPLETE,
+        FLAG_TRUNCATED,
+    },
     limits::{ARGS_LEN, MAX_ARGS, PATH_LEN},
 };
 use aya_ebpf::{
@@ -16,7 +19,7 @@ use aya_ebpf::{
 
 use crate::{
     emit::{count_lost, fill_header, output},
-    kernel::{binprm_filename, Task},
+    kernel::{binprm_filename, copy_path_names, PathNames, Task},
     maps::{EVENTS, EXEC_ARGS_SCRATCH},
 };
 
@@ -82,6 +85,20 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
                     (*event).header.flags |= FLAG_TRUNCATED;
                 }
             }
+        }
+        let cwd = Task::current().cwd();
+        let names = match cwd {
+            Ok((dentry, vfsmount)) => copy_path_names(&mut (*event).cwd, dentry, vfsmount),
+            Err(_) => PathNames {
+                len: 0,
+                mnt_id: 0,
+                complete: false,
+            },
+        };
+        (*event).cwd_len = names.len;
+        (*event).cwd_mnt_id = names.mnt_id;
+        if names.complete {
+            (*event).header.flags |= FLAG_CWD_COMPLETE;
         }
     }
     entry.submit(0);

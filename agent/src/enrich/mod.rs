@@ -14,7 +14,9 @@ use std::{
     sync::Arc,
 };
 
-use agent_common::event::{direction, EventHeader, FLAG_NO_PROCESS, FLAG_TRUNCATED};
+use agent_common::event::{
+    direction, EventHeader, ExecEvent, FLAG_CWD_COMPLETE, FLAG_NO_PROCESS, FLAG_TRUNCATED,
+};
 use phiguard_proto::v1::{self, event::Body};
 
 use self::{
@@ -24,7 +26,9 @@ use self::{
 };
 use crate::{
     event::decode::{c_text, text, ExecArgs, RawEvent},
-    process::table::ProcessTable,
+    kernel::mounts::MountTable,
+    paths,
+    process::table::{ExecInfo, ProcessTable},
     watch::WatchSet,
 };
 
@@ -53,6 +57,7 @@ pub struct Enricher {
     pending_argv: HashMap<u32, ExecArgs>,
     pending_order: VecDeque<u32>,
     binary_hashes: HashMap<(u32, u64), Option<String>>,
+    mounts: MountTable,
     settings: EnrichSettings,
     seq: u64,
 }
@@ -76,6 +81,7 @@ impl Enricher {
             pending_argv: HashMap::new(),
             pending_order: VecDeque::new(),
             binary_hashes: HashMap::new(),
+            mounts: MountTable::default(),
             settings,
             seq: 0,
         }
@@ -111,18 +117,18 @@ impl Enricher {
                     None => (Vec::new(), false),
                 };
                 let h = &e.header;
-                self.processes.on_exec(
-                    h.tgid,
-                    h.start_boot_ns,
-                    h.ppid,
-                    &filename,
+                let exec = ExecInfo {
+                    ppid: h.ppid,
+                    filename: filename.clone(),
                     argv,
-                    truncated || h.flags & FLAG_TRUNCATED != 0,
-                    h.uid,
-                    h.gid,
-                    known(h.loginuid),
-                    known(h.sessionid),
-                );
+                    argv_truncated: truncated || h.flags & FLAG_TRUNCATED != 0,
+                    uid: h.uid,
+                    gid: h.gid,
+                    loginuid: known(h.loginuid),
+                    sessionid: known(h.sessionid),
+                    cwd: exec_cwd(&e, &mut self.mounts),
+                };
+                self.processes.on_exec(h.tgid, h.start_boot_ns, exec);
                 self.binary_hashes.remove(&(h.tgid, h.start_boot_ns));
                 Body::Exec(v1::ProcessExec {
                     filename,
@@ -146,6 +152,7 @@ impl Enricher {
             }
             RawEvent::FileOpen(e) => {
                 let pid = e.header.tgid;
+                self.processes.refresh_cwd(pid, e.header.start_boot_ns);
                 let cwd = self
                     .processes
                     .get(pid, e.header.start_boot_ns)
@@ -193,17 +200,21 @@ impl Enricher {
                     truncated: e.header.flags & FLAG_TRUNCATED != 0,
                 })
             }
-            RawEvent::Connect(e) => Body::Connect(v1::NetConnect {
-                family: family_name(e.family).to_owned(),
-                address: address(e.family, &e.addr),
-                port: u32::from(e.port),
-                protocol: if e.sock_type == libc::SOCK_DGRAM as u32 {
-                    "udp"
-                } else {
-                    "tcp"
-                }
-                .to_owned(),
-            }),
+            RawEvent::Connect(e) => {
+                self.processes
+                    .refresh_cwd(e.header.tgid, e.header.start_boot_ns);
+                Body::Connect(v1::NetConnect {
+                    family: family_name(e.family).to_owned(),
+                    address: address(e.family, &e.addr),
+                    port: u32::from(e.port),
+                    protocol: if e.sock_type == libc::SOCK_DGRAM as u32 {
+                        "udp"
+                    } else {
+                        "tcp"
+                    }
+                    .to_owned(),
+                })
+            }
             RawEvent::SockState(e) => Body::TcpState(v1::TcpState {
                 direction: match e.direction {
                     direction::OUTBOUND => v1::Direction::Outbound,
@@ -357,6 +368,19 @@ impl Enricher {
         self.binary_hashes.insert((tgid, start), hash.clone());
         hash.unwrap_or_default()
     }
+}
+
+/// The working directory an exec record carries: names up to the root of a mount, joined
+/// to where that mount is. `None` when the walk was cut or the mount is not visible here.
+fn exec_cwd(e: &ExecEvent, mounts: &mut MountTable) -> Option<String> {
+    if e.header.flags & FLAG_CWD_COMPLETE == 0 {
+        return None;
+    }
+    let bytes = &e.cwd[..(e.cwd_len as usize).min(e.cwd.len())];
+    let names = paths::split_names(bytes, bytes.iter().filter(|b| **b == 0).count());
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let root = mounts.mount_point(e.cwd_mnt_id)?;
+    Some(paths::join_names(root, &names).display().to_string())
 }
 
 /// `u32::MAX` means "unset" for audit ids.

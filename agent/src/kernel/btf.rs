@@ -122,7 +122,10 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         inode_i_ino: field("inode", "i_ino")?,
         sb_s_dev: field("super_block", "s_dev")?,
         binprm_filename: field("linux_binprm", "filename")?,
-        _pad: 0,
+        path_mnt: field("path", "mnt")?,
+        vfsmount_mnt_root: field("vfsmount", "mnt_root")?,
+        mount_mnt: field("mount", "mnt")?,
+        mount_mnt_id: field("mount", "mnt_id")?,
     })
 }
 
@@ -218,6 +221,9 @@ mod tests {
             ("dentry", "d_inode", offsets.dentry_d_inode),
             ("inode", "i_ino", offsets.inode_i_ino),
             ("super_block", "s_dev", offsets.sb_s_dev),
+            ("mount", "mnt", offsets.mount_mnt),
+            ("mount", "mnt_id", offsets.mount_mnt_id),
+            ("vfsmount", "mnt_root", offsets.vfsmount_mnt_root),
         ] {
             assert_eq!(got, pahole(strukt, field), "{strukt}.{field}");
         }

@@ -1,8 +1,10 @@
 //! Pseudo-filesystems the agent needs, found in `/proc/self/mountinfo` (never hard-coded).
 
 use std::{
+    collections::HashMap,
     fs, io,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use nix::mount::{mount, MsFlags};
@@ -71,6 +73,42 @@ fn unescape(field: &str) -> String {
     out
 }
 
+/// Mount point of every mount, by mount id (the first mountinfo field, `mount.mnt_id`).
+pub fn mount_points_by_id(mountinfo: &str) -> HashMap<u32, PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let id = fields.next()?.parse().ok()?;
+            Some((id, PathBuf::from(unescape(fields.nth(3)?))))
+        })
+        .collect()
+}
+
+/// Maps mount ids to mount points, re-reading mountinfo (at most once a second) when an id is
+/// unknown.
+#[derive(Debug, Default)]
+pub struct MountTable {
+    by_id: HashMap<u32, PathBuf>,
+    read_at: Option<Instant>,
+}
+
+impl MountTable {
+    /// Where mount `id` is mounted, in the agent's mount namespace.
+    pub fn mount_point(&mut self, id: u32) -> Option<&Path> {
+        let stale = self
+            .read_at
+            .is_none_or(|at| at.elapsed() > Duration::from_secs(1));
+        if !self.by_id.contains_key(&id) && stale {
+            if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
+                self.by_id = mount_points_by_id(&info);
+            }
+            self.read_at = Some(Instant::now());
+        }
+        self.by_id.get(&id).map(PathBuf::as_path)
+    }
+}
+
 fn read_mountinfo() -> Result<String, MountError> {
     fs::read_to_string("/proc/self/mountinfo").map_err(MountError::MountInfo)
 }
@@ -134,6 +172,22 @@ mod tests {
             vec![PathBuf::from("/sys/fs/bpf")]
         );
         assert!(mount_points(SAMPLE, "tracefs").is_empty());
+    }
+
+    #[test]
+    fn mount_points_by_their_id() {
+        let ids = mount_points_by_id(SAMPLE);
+        assert_eq!(ids.get(&30), Some(&PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(ids.get(&32), Some(&PathBuf::from("/mnt/with space")));
+        let mut table = MountTable::default();
+        let root_id: u32 = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some("/"))
+            .and_then(|l| l.split(' ').next()?.parse().ok())
+            .unwrap();
+        assert_eq!(table.mount_point(root_id), Some(Path::new("/")));
+        assert_eq!(table.mount_point(u32::MAX), None);
     }
 
     #[test]

@@ -59,6 +59,29 @@ pub struct Ancestor {
     pub comm: String,
 }
 
+/// What an exec record tells about the new image.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecInfo {
+    /// Parent process id.
+    pub ppid: u32,
+    /// The file name passed to exec.
+    pub filename: String,
+    /// Arguments.
+    pub argv: Vec<String>,
+    /// argv was cut in the kernel.
+    pub argv_truncated: bool,
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Audit login uid.
+    pub loginuid: Option<u32>,
+    /// Audit session id.
+    pub sessionid: Option<u32>,
+    /// Working directory at exec, as the kernel walked it (None when incomplete).
+    pub cwd: Option<String>,
+}
+
 /// Identity of an incarnation: pid and start time in clock ticks (what `/proc` can tell).
 type Key = (u32, u64);
 
@@ -200,48 +223,37 @@ impl ProcessTable {
         self.insert_live(child);
     }
 
-    /// `tgid` exec'd `filename` with `argv`: its image fields change. `/proc` then supplies
-    /// the resolved executable, cwd and cgroup if the process is still there.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "mirrors the exec record's fields"
-    )]
-    pub fn on_exec(
-        &mut self,
-        tgid: u32,
-        start_ns: u64,
-        ppid: u32,
-        filename: &str,
-        argv: Vec<String>,
-        argv_truncated: bool,
-        uid: u32,
-        gid: u32,
-        loginuid: Option<u32>,
-        sessionid: Option<u32>,
-    ) {
+    /// `tgid` exec'd: its image fields change. `/proc` then supplies the resolved executable
+    /// and cgroup if the process is still there.
+    pub fn on_exec(&mut self, tgid: u32, start_ns: u64, exec: ExecInfo) {
         let mut process = self.get(tgid, start_ns).cloned().unwrap_or(Process {
             tgid,
             start_boot_ns: start_ns,
             ..Process::default()
         });
-        process.ppid = ppid;
-        process.argv = argv;
-        process.argv_truncated = argv_truncated;
-        process.uid = uid;
-        process.gid = gid;
-        process.loginuid = loginuid;
-        process.sessionid = sessionid;
-        process.comm = Path::new(filename)
+        process.ppid = exec.ppid;
+        process.argv = exec.argv;
+        process.argv_truncated = exec.argv_truncated;
+        process.uid = exec.uid;
+        process.gid = exec.gid;
+        process.loginuid = exec.loginuid;
+        process.sessionid = exec.sessionid;
+        // The kernel's view of the cwd at exec time beats a copy inherited at fork.
+        if exec.cwd.is_some() {
+            process.cwd = exec.cwd;
+        }
+        let filename = Path::new(&exec.filename);
+        process.comm = filename
             .file_name()
             .map(|n| n.to_string_lossy().chars().take(15).collect())
             .unwrap_or_default();
-        process.exe = paths::resolve(Path::new(filename), process.cwd.as_deref().map(Path::new))
+        process.exe = paths::resolve(filename, process.cwd.as_deref().map(Path::new))
             .map(|p| p.display().to_string());
         match procfs::read_process(tgid) {
             Ok(s) if s.start_ticks == ns_to_ticks(start_ns) => {
                 process.comm = s.comm;
                 process.exe = s.exe.or(process.exe);
-                process.cwd = s.cwd.or(process.cwd);
+                process.cwd = process.cwd.or(s.cwd);
                 process.container_id = s.container_id.or(process.container_id);
                 process.cgroup = s.cgroup.or(process.cgroup);
             }
@@ -253,6 +265,22 @@ impl ProcessTable {
             }
         }
         self.insert_live(process);
+    }
+
+    /// Refreshes a live process's working directory from `/proc` (it may have changed
+    /// directory since its exec). Exited processes keep their last known one.
+    pub fn refresh_cwd(&mut self, tgid: u32, start_ns: u64) {
+        let Some(process) = self.live.get_mut(&tgid) else {
+            return;
+        };
+        if key(tgid, process.start_boot_ns) != key(tgid, start_ns) {
+            return;
+        }
+        if let Ok(cwd) = std::fs::read_link(format!("/proc/{tgid}/cwd")) {
+            if procfs::start_ticks(tgid) == Some(ns_to_ticks(start_ns)) {
+                process.cwd = Some(cwd.display().to_string());
+            }
+        }
     }
 
     /// `tgid` exited: it leaves the live set but stays available for late events.
@@ -313,6 +341,14 @@ mod tests {
 
     const TICK_NS: u64 = 10_000_000;
 
+    fn true_exec() -> ExecInfo {
+        ExecInfo {
+            ppid: 1,
+            filename: "/usr/bin/true".into(),
+            ..ExecInfo::default()
+        }
+    }
+
     fn table() -> ProcessTable {
         let mut t = ProcessTable::new(2);
         // A made-up parent that is not in /proc (pid far above pid_max).
@@ -345,18 +381,17 @@ mod tests {
             (child.ppid, child.exe.as_deref(), child.uid),
             (4_000_001, Some("/usr/bin/bash"), 1000)
         );
-        t.on_exec(
-            4_000_002,
-            200 * TICK_NS,
-            4_000_001,
-            "./tool",
-            vec!["./tool".into(), "-x".into()],
-            false,
-            1000,
-            1000,
-            Some(1000),
-            Some(3),
-        );
+        let exec = ExecInfo {
+            ppid: 4_000_001,
+            filename: "./tool".into(),
+            argv: vec!["./tool".into(), "-x".into()],
+            uid: 1000,
+            gid: 1000,
+            loginuid: Some(1000),
+            sessionid: Some(3),
+            ..ExecInfo::default()
+        };
+        t.on_exec(4_000_002, 200 * TICK_NS, exec);
         let child = t.get(4_000_002, 200 * TICK_NS).unwrap();
         assert_eq!(
             child.exe.as_deref(),
@@ -365,6 +400,16 @@ mod tests {
         );
         assert_eq!(child.argv, ["./tool", "-x"]);
         assert_eq!(child.comm, "tool");
+        // The kernel's cwd at exec wins over the one copied at fork.
+        let exec = ExecInfo {
+            cwd: Some("/srv/other".into()),
+            ..true_exec()
+        };
+        t.on_exec(4_000_002, 200 * TICK_NS, exec);
+        assert_eq!(
+            t.get(4_000_002, 200 * TICK_NS).unwrap().cwd.as_deref(),
+            Some("/srv/other")
+        );
         t.on_exit(4_000_002, 200 * TICK_NS, 256);
         let gone = t
             .get(4_000_002, 200 * TICK_NS)
@@ -377,18 +422,7 @@ mod tests {
     fn reused_pid_does_not_inherit() {
         let mut t = table();
         t.on_exit(4_000_001, 100 * TICK_NS, 0);
-        t.on_exec(
-            4_000_001,
-            900 * TICK_NS,
-            1,
-            "/usr/bin/true",
-            vec![],
-            false,
-            0,
-            0,
-            None,
-            None,
-        );
+        t.on_exec(4_000_001, 900 * TICK_NS, true_exec());
         let new = t.get(4_000_001, 900 * TICK_NS).unwrap();
         assert_eq!(new.exe.as_deref(), Some("/usr/bin/true"));
         assert_eq!(new.uid, 0);
@@ -428,18 +462,7 @@ mod tests {
         let mut t = ProcessTable::new(2);
         for pid in 0..5u32 {
             let tgid = 4_100_000 + pid;
-            t.on_exec(
-                tgid,
-                TICK_NS,
-                1,
-                "/usr/bin/true",
-                vec![],
-                false,
-                0,
-                0,
-                None,
-                None,
-            );
+            t.on_exec(tgid, TICK_NS, true_exec());
             t.on_exit(tgid, TICK_NS, 0);
         }
         assert!(t.get(4_100_000, TICK_NS).is_none(), "oldest evicted");
