@@ -1,6 +1,7 @@
 //! `cargo xtask`: what cargo alone cannot do for phiguard — set up the eBPF toolchain and
 //! test packages, run the agent as root, and run every test tier.
 
+mod bench;
 mod cmd;
 mod run;
 mod setup;
@@ -30,6 +31,8 @@ enum Task {
     },
     /// Set up, then run every test tier: fmt, clippy, unit, host (root needed).
     Test(test::TestArgs),
+    /// Measure the agent's overhead and throughput against a baseline in the same run.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Run { args } => run::run(&args),
         Task::Test(args) => test::test(&args),
+        Task::Bench(args) => bench::bench(&args),
     }
 }

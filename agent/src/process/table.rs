@@ -46,6 +46,8 @@ pub struct Process {
     pub exit_code: Option<u32>,
     /// When the exit was seen.
     pub exited_at: Option<Instant>,
+    /// When `cwd` was last read from `/proc`.
+    pub cwd_read_at: Option<Instant>,
 }
 
 /// One step of a process's ancestry.
@@ -82,6 +84,9 @@ pub struct ExecInfo {
     pub cwd: Option<String>,
 }
 
+/// How often a live process's cwd is re-read from `/proc`.
+const CWD_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Identity of an incarnation: pid and start time in clock ticks (what `/proc` can tell).
 type Key = (u32, u64);
 
@@ -108,6 +113,7 @@ impl Process {
             container_id: s.container_id,
             exit_code: None,
             exited_at: None,
+            cwd_read_at: Some(Instant::now()),
         }
     }
 }
@@ -268,14 +274,20 @@ impl ProcessTable {
     }
 
     /// Refreshes a live process's working directory from `/proc` (it may have changed
-    /// directory since its exec). Exited processes keep their last known one.
+    /// directory since its exec), at most once a second per process. Exited processes keep
+    /// their last known one.
     pub fn refresh_cwd(&mut self, tgid: u32, start_ns: u64) {
         let Some(process) = self.live.get_mut(&tgid) else {
             return;
         };
-        if key(tgid, process.start_boot_ns) != key(tgid, start_ns) {
+        if key(tgid, process.start_boot_ns) != key(tgid, start_ns)
+            || process
+                .cwd_read_at
+                .is_some_and(|at| at.elapsed() < CWD_REFRESH)
+        {
             return;
         }
+        process.cwd_read_at = Some(Instant::now());
         if let Ok(cwd) = std::fs::read_link(format!("/proc/{tgid}/cwd")) {
             if procfs::start_ticks(tgid) == Some(ns_to_ticks(start_ns)) {
                 process.cwd = Some(cwd.display().to_string());
