@@ -29,6 +29,16 @@ pub struct BenchArgs {
     quick: bool,
 }
 
+impl BenchArgs {
+    /// Every benchmark, in quick mode.
+    pub fn quick() -> BenchArgs {
+        BenchArgs {
+            name: None,
+            quick: true,
+        }
+    }
+}
+
 /// A scratch tree: `watched/rec.txt` under the agent's watch, `plain/file.txt` outside it.
 struct Scratch {
     root: PathBuf,

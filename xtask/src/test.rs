@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 
-use crate::{cmd, setup};
+use crate::{bench, cmd, setup};
 
 /// Which tiers to run.
 #[derive(Debug, clap::Args)]
@@ -87,6 +87,19 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
                 counts.passed,
                 counts.failed.max(1)
             );
+            return Err(error);
+        }
+    }
+    if !args.unit {
+        // The benchmarks must keep running (their numbers are not checked here).
+        println!("== tier bench: cargo xtask bench --quick");
+        let result = bench::bench(&bench::BenchArgs::quick());
+        summary.push(format!(
+            "bench {}",
+            if result.is_ok() { "ok" } else { "FAILED" }
+        ));
+        if let Err(error) = result {
+            println!("test summary: {}", summary.join(", "));
             return Err(error);
         }
     }
