@@ -8,6 +8,7 @@ pub mod enrich;
 pub mod event;
 pub mod kernel;
 pub mod paths;
+pub mod policy;
 pub mod process;
 pub mod sink;
 pub mod watch;
