@@ -1,7 +1,10 @@
 //! Records the kernel programs write to the ring buffer. Each starts with an [`EventHeader`]
 //! whose `kind` says which struct follows.
 
-use crate::limits::{ARGS_LEN, COMM_LEN, NAMES_LEN, NAME_MAX, PATH_LEN};
+use crate::{
+    limits::{ARGS_LEN, COMM_LEN, NAMES_LEN, NAME_MAX, PATH_LEN},
+    policy::Decision,
+};
 
 /// What a record is. Stored as `u32` in [`EventHeader::kind`]; also the index of the
 /// per-kind loss counter.
@@ -113,6 +116,8 @@ pub struct ExecEvent {
     pub old_pid: u32,
     /// Bytes used in `filename` (without NUL).
     pub filename_len: u32,
+    /// The exec allow-list's decision.
+    pub decision: Decision,
     /// The file name passed to exec, as the kernel saw it.
     pub filename: [u8; PATH_LEN],
     /// Bytes used in `cwd` (names are NUL-terminated, so NULs count them).
@@ -215,6 +220,8 @@ pub struct FileOpenEvent {
     pub path_len: u32,
     /// Number of names in `names`.
     pub names_count: u32,
+    /// The policy decision (for protected files).
+    pub decision: Decision,
     /// The path as passed by the caller.
     pub path: [u8; PATH_LEN],
     /// NUL-terminated dentry names, innermost first (see `matched_by`).
@@ -235,6 +242,8 @@ pub struct ConnectEvent {
     pub sock_type: u32,
     /// Destination address (IPv4 in the first 4 bytes).
     pub addr: [u8; 16],
+    /// The policy decision (for protected ports).
+    pub decision: Decision,
 }
 
 /// `SockStateEvent::direction`.
@@ -278,9 +287,9 @@ pub struct SockStateEvent {
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 96);
 const _: () =
-    assert!(core::mem::size_of::<ExecEvent>() == 80 + 8 + PATH_LEN + 8 + NAMES_LEN + NAME_MAX);
+    assert!(core::mem::size_of::<ExecEvent>() == 80 + 8 + 8 + PATH_LEN + 8 + NAMES_LEN + NAME_MAX);
 const _: () = assert!(core::mem::size_of::<ExecArgsEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 88);
-const _: () = assert!(core::mem::size_of::<FileOpenEvent>() == 80 + 56 + PATH_LEN + NAMES_LEN);
-const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 24);
+const _: () = assert!(core::mem::size_of::<FileOpenEvent>() == 80 + 56 + 8 + PATH_LEN + NAMES_LEN);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 24 + 8);
 const _: () = assert!(core::mem::size_of::<SockStateEvent>() == 80 + 64);

@@ -10,11 +10,12 @@ pub mod event;
 pub mod limits;
 pub mod maps;
 pub mod offsets;
+pub mod policy;
 
 #[cfg(feature = "user")]
 mod pod {
     //! `aya::Pod` for every type user space reads from or writes to a map or the ring buffer.
-    use crate::{event::*, maps::*, offsets::KernelOffsets};
+    use crate::{event::*, maps::*, offsets::KernelOffsets, policy::*};
 
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have
     // explicit padding fields, so every bit pattern is a valid value.
@@ -28,4 +29,10 @@ mod pod {
     unsafe impl aya::Pod for SockStateEvent {}
     unsafe impl aya::Pod for InodeKey {}
     unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for RuleEntry {}
+    unsafe impl aya::Pod for SubjectKey {}
+    unsafe impl aya::Pod for IdKey {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for ScopeKey {}
+    unsafe impl aya::Pod for WatchValue {}
 }

@@ -4,14 +4,33 @@
 pub const EVENTS: &str = "EVENTS";
 /// Per-CPU `u64` counters of failed ring-buffer reservations, indexed by [`crate::event::Kind`].
 pub const LOST: &str = "LOST";
-/// Watched directories/files: [`InodeKey`] → watch id (`u32`).
+/// Watched and protected directories/files: [`InodeKey`] (with the policy slot) →
+/// [`crate::policy::WatchValue`].
 pub const WATCHED_INODES: &str = "WATCHED_INODES";
 /// Devices that hold at least one watched inode: kernel `dev_t` (`u32`) → number of watches.
 pub const WATCHED_DEVS: &str = "WATCHED_DEVS";
 /// Watched absolute path prefixes for opens that failed: LPM trie over path bytes → watch id.
 pub const WATCHED_PREFIXES: &str = "WATCHED_PREFIXES";
-/// Watched TCP ports (host byte order, `u16`) → `1`.
+/// Watched and protected TCP ports: [`crate::policy::PortKey`] (with the policy slot) →
+/// kernel rule index or [`crate::policy::NO_RULE`].
 pub const WATCHED_PORTS: &str = "WATCHED_PORTS";
+/// The active policy slot (`u32`, 0 or 1), in an array of one.
+pub const POLICY_SLOT: &str = "POLICY_SLOT";
+/// Compiled rules: kernel rule index → [`crate::policy::RuleEntry`].
+pub const RULES: &str = "RULES";
+/// Rule subjects by executable (device, inode): [`crate::policy::SubjectKey`] → subject bit
+/// mask.
+pub const SUBJECT_EXE: &str = "SUBJECT_EXE";
+/// Rule subjects by parent executable: [`crate::policy::SubjectKey`] → subject bit mask.
+pub const SUBJECT_PARENT: &str = "SUBJECT_PARENT";
+/// Rule subjects by uid: [`crate::policy::IdKey`] → subject bit mask.
+pub const SUBJECT_UID: &str = "SUBJECT_UID";
+/// Rule subjects by gid: [`crate::policy::IdKey`] → subject bit mask.
+pub const SUBJECT_GID: &str = "SUBJECT_GID";
+/// Exec allow-lists in force per cgroup: [`crate::policy::ScopeKey`] → kernel rule index.
+pub const EXEC_SCOPES: &str = "EXEC_SCOPES";
+/// Directories and files an exec rule allows: [`crate::policy::SubjectKey`] → `1`.
+pub const EXEC_ALLOWED: &str = "EXEC_ALLOWED";
 /// The global holding [`crate::offsets::KernelOffsets`].
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
@@ -22,8 +41,8 @@ pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 pub struct InodeKey {
     /// Kernel `dev_t` of the inode's super block.
     pub dev: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Policy slot the entry belongs to (0 where slots do not apply).
+    pub slot: u32,
     /// Inode number.
     pub ino: u64,
 }

@@ -57,6 +57,10 @@ pub struct KernelOffsets {
     pub sb_s_dev: u32,
     /// `linux_binprm.filename`
     pub binprm_filename: u32,
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `mm_struct.exe_file`
+    pub mm_exe_file: u32,
     /// `path.mnt`
     pub path_mnt: u32,
     /// `vfsmount.mnt_root`
@@ -67,4 +71,4 @@ pub struct KernelOffsets {
     pub mount_mnt_id: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 29 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 31 * 4);

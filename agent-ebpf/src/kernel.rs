@@ -8,6 +8,7 @@ use agent_common::{
     limits::{MAX_PATH_DEPTH, MAX_WALK_DEPTH, NAMES_LEN, NAME_MAX},
     maps::InodeKey,
     offsets::KernelOffsets,
+    policy::WatchValue,
 };
 use aya_ebpf::helpers::{
     bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
@@ -43,6 +44,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_ino: 0,
     sb_s_dev: 0,
     binprm_filename: 0,
+    task_mm: 0,
+    mm_exe_file: 0,
     path_mnt: 0,
     vfsmount_mnt_root: 0,
     mount_mnt: 0,
@@ -144,6 +147,20 @@ impl Task {
         read(fd_array, fd as usize * 8)
     }
 
+    /// The dentry of the process's executable (`mm->exe_file`); an error for kernel threads.
+    #[inline(always)]
+    pub fn exe_dentry(self) -> Result<usize, ReadError> {
+        let mm: usize = read(self.0, offset!(task_mm))?;
+        let exe: usize = read(mm, offset!(mm_exe_file))?;
+        file_dentry(exe)
+    }
+
+    /// The real parent task.
+    #[inline(always)]
+    pub fn parent(self) -> Result<Task, ReadError> {
+        Ok(Task(read(self.0, offset!(task_real_parent))?))
+    }
+
     /// The dentry of the current working directory.
     #[inline(always)]
     pub fn cwd_dentry(self) -> Result<usize, ReadError> {
@@ -202,26 +219,44 @@ pub fn binprm_filename(bprm: usize) -> Result<usize, ReadError> {
     read(bprm, offset!(binprm_filename))
 }
 
+/// A file's identity: kernel `dev_t` and inode number.
+#[derive(Clone, Copy)]
+pub struct FileId {
+    /// Kernel `dev_t` of its super block.
+    pub dev: u32,
+    /// Inode number.
+    pub ino: u64,
+}
+
+/// The (device, inode) of a dentry.
+#[inline(always)]
+pub fn dentry_id(dentry: usize) -> Result<FileId, ReadError> {
+    Ok(FileId {
+        dev: dentry_dev(dentry)?,
+        ino: dentry_ino(dentry)?,
+    })
+}
+
 /// A watched inode found above (or at) a dentry.
 #[derive(Clone, Copy)]
 pub struct WatchHit {
-    /// Watch id from `WATCHED_INODES`.
-    pub watch_id: u32,
+    /// Watch id and protecting rule from `WATCHED_INODES`.
+    pub value: WatchValue,
     /// Levels climbed from the start dentry to the watched one.
     pub depth: u32,
 }
 
-/// Walks up from `dentry` (on device `dev`) until a watched inode, the root of the mount, or
-/// `MAX_WALK_DEPTH` levels.
+/// Walks up from `dentry` (on device `dev`) until an inode watched or protected in policy
+/// `slot`, the root of the mount, or `MAX_WALK_DEPTH` levels.
 #[inline(always)]
-pub fn find_watch(mut dentry: usize, dev: u32) -> Option<WatchHit> {
+pub fn find_watch(mut dentry: usize, dev: u32, slot: u32) -> Option<WatchHit> {
     for depth in 0..MAX_WALK_DEPTH {
         let ino = dentry_ino(dentry).ok()?;
-        let key = InodeKey { dev, _pad: 0, ino };
-        // SAFETY: the value is a plain u32 copied out at once.
-        if let Some(watch_id) = unsafe { WATCHED_INODES.get(&key) } {
+        let key = InodeKey { dev, slot, ino };
+        // SAFETY: the value is plain integers, copied out at once.
+        if let Some(value) = unsafe { WATCHED_INODES.get(&key) } {
             return Some(WatchHit {
-                watch_id: *watch_id,
+                value: *value,
                 depth,
             });
         }
@@ -232,6 +267,18 @@ pub fn find_watch(mut dentry: usize, dev: u32) -> Option<WatchHit> {
         dentry = parent;
     }
     None
+}
+
+impl WatchHit {
+    /// The rule protecting the file the walk started from.
+    #[inline(always)]
+    pub fn rule(&self) -> u32 {
+        if self.depth == 0 {
+            self.value.rule_here
+        } else {
+            self.value.rule_below
+        }
+    }
 }
 
 /// Outcome of [`copy_path_names`].

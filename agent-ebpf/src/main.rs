@@ -10,6 +10,7 @@
 mod emit;
 mod kernel;
 mod maps;
+mod policy;
 mod programs;
 
 #[cfg(not(test))]

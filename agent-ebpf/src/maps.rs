@@ -6,10 +6,14 @@ use agent_common::{
         MAX_WATCHED_INODES, MAX_WATCHED_PORTS, MAX_WATCHED_PREFIXES, PATH_LEN, RING_BUFFER_BYTES,
     },
     maps::InodeKey,
+    policy::{
+        IdKey, PortKey, RuleEntry, ScopeKey, SubjectKey, WatchValue, MAX_EXEC_SCOPES, MAX_RULES,
+        MAX_SUBJECT_ENTRIES,
+    },
 };
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// The one ring buffer every program writes records to.
@@ -20,10 +24,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(KIND_COUNT, 0);
 
-/// Watched directories and files by (device, inode) → watch id.
+/// Watched and protected directories and files by (device, slot, inode).
 #[map]
-pub static WATCHED_INODES: HashMap<InodeKey, u32> =
-    HashMap::with_max_entries(MAX_WATCHED_INODES, 0);
+pub static WATCHED_INODES: HashMap<InodeKey, WatchValue> =
+    HashMap::with_max_entries(2 * MAX_WATCHED_INODES, 0);
 
 /// Devices holding at least one watched inode: opens elsewhere skip the dentry walk.
 #[map]
@@ -34,9 +38,45 @@ pub static WATCHED_DEVS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_WATCH
 pub static WATCHED_PREFIXES: LpmTrie<[u8; PATH_LEN], u32> =
     LpmTrie::with_max_entries(MAX_WATCHED_PREFIXES, 0);
 
-/// Watched TCP ports (host byte order).
+/// Watched and protected TCP ports (per slot) → kernel rule index or `NO_RULE`.
 #[map]
-pub static WATCHED_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(MAX_WATCHED_PORTS, 0);
+pub static WATCHED_PORTS: HashMap<PortKey, u32> =
+    HashMap::with_max_entries(2 * MAX_WATCHED_PORTS, 0);
+
+/// The active policy slot.
+#[map]
+pub static POLICY_SLOT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Compiled rules of both slots.
+#[map]
+pub static RULES: Array<RuleEntry> = Array::with_max_entries(2 * MAX_RULES, 0);
+
+/// Subject bits by executable (per rule).
+#[map]
+pub static SUBJECT_EXE: HashMap<SubjectKey, u64> =
+    HashMap::with_max_entries(MAX_SUBJECT_ENTRIES, 0);
+
+/// Subject bits by parent executable (per rule).
+#[map]
+pub static SUBJECT_PARENT: HashMap<SubjectKey, u64> =
+    HashMap::with_max_entries(MAX_SUBJECT_ENTRIES, 0);
+
+/// Subject bits by uid (per rule).
+#[map]
+pub static SUBJECT_UID: HashMap<IdKey, u64> = HashMap::with_max_entries(MAX_SUBJECT_ENTRIES, 0);
+
+/// Subject bits by gid (per rule).
+#[map]
+pub static SUBJECT_GID: HashMap<IdKey, u64> = HashMap::with_max_entries(MAX_SUBJECT_ENTRIES, 0);
+
+/// Exec allow-list per cgroup (0: host-wide).
+#[map]
+pub static EXEC_SCOPES: HashMap<ScopeKey, u32> = HashMap::with_max_entries(2 * MAX_EXEC_SCOPES, 0);
+
+/// Directories and files exec rules allow.
+#[map]
+pub static EXEC_ALLOWED: HashMap<SubjectKey, u32> =
+    HashMap::with_max_entries(MAX_SUBJECT_ENTRIES, 0);
 
 /// An `open*` between its syscall entry and exit.
 #[repr(C)]

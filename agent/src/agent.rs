@@ -1,17 +1,24 @@
 //! The agent: start-up (checks, offsets, load, attach) and the event loop
 //! (ring buffer → decode → enrich → sinks), with loss reporting and clean shutdown.
 
-use std::{future::Future, path::Path, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use agent_common::event::{Kind, KIND_COUNT};
 use phiguard_proto::v1::{self, event::Body};
-use tracing::{debug, info, warn};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
 
 use crate::{
     config::Config,
     enrich::{host::HostInfo, EnrichSettings, Enricher},
     event::decode::decode,
     kernel::{btf, loader::Sensors, mounts, probe, reader::Reader},
+    policy::{self, compile::Compiled, watcher::PolicyWatcher, Trigger},
     sink::Sink,
     watch::WatchSet,
 };
@@ -39,6 +46,12 @@ pub enum StartError {
     /// The programs did not load or attach.
     #[error(transparent)]
     Load(#[from] crate::kernel::loader::LoadError),
+    /// The policy set is invalid.
+    #[error(transparent)]
+    Policy(#[from] policy::LoadError),
+    /// The policy directory cannot be watched for changes.
+    #[error(transparent)]
+    PolicyWatch(#[from] policy::watcher::WatchError),
     /// The ring buffer could not be registered with tokio.
     #[error("registering the ring buffer with the runtime: {0}")]
     Reader(#[source] std::io::Error),
@@ -57,9 +70,21 @@ pub struct RunStats {
     pub kernel_lost: u64,
 }
 
+/// Where policies come from and what is in force.
+struct Policies {
+    dir: Option<PathBuf>,
+    config_watches: WatchSet,
+    cgroup_root: PathBuf,
+    generation: u64,
+    requests: mpsc::Receiver<Trigger>,
+    requester: mpsc::Sender<Trigger>,
+    _watcher: Option<PolicyWatcher>,
+}
+
 /// A running agent.
 pub struct Agent {
     sensors: Sensors,
+    policies: Policies,
     reader: Reader,
     enricher: Enricher,
     sinks: Vec<Box<dyn Sink>>,
@@ -80,7 +105,10 @@ impl Agent {
         debug!(?offsets, "kernel struct offsets from BTF");
         let watches = WatchSet::new(&config.watch.paths, &config.watch.ports)?;
         let cgroup_root = mounts::cgroup2_root()?;
-        let mut sensors = Sensors::load(&offsets, &watches, &cgroup_root)?;
+        let dir = config.policy.dir.clone();
+        let compiled = Arc::new(policy::load(dir.as_deref(), &watches, &cgroup_root)?);
+        let mut sensors = Sensors::load(&offsets, &compiled, &cgroup_root)?;
+        let slot = sensors.active_slot()?;
         let reader = Reader::new(sensors.take_ring_buffer()?).map_err(StartError::Reader)?;
         let lost_reported = sensors.lost()?;
         let settings = EnrichSettings {
@@ -88,11 +116,17 @@ impl Agent {
             hash_max_bytes: config.enrich.hash_max_bytes,
             retain_exited: config.enrich.retain_exited,
         };
-        let enricher = Enricher::new(
+        let mut enricher = Enricher::new(
             HostInfo::detect(&config.agent.hostname),
             Arc::new(watches.clone()),
             settings,
         );
+        enricher.set_policy(slot, 1, Arc::clone(&compiled));
+        let (requester, requests) = mpsc::channel(4);
+        let watcher = match &dir {
+            Some(dir) => Some(PolicyWatcher::start(dir, requester.clone())?),
+            None => None,
+        };
         let paths: Vec<String> = watches
             .paths
             .iter()
@@ -105,14 +139,30 @@ impl Agent {
             "phiguard running: {}; events are flowing",
             sensors.summary()
         );
-        Ok(Agent {
+        let mut agent = Agent {
             sensors,
+            policies: Policies {
+                dir,
+                config_watches: watches,
+                cgroup_root,
+                generation: 1,
+                requests,
+                requester,
+                _watcher: watcher,
+            },
             reader,
             enricher,
             sinks,
             lost_reported,
             stats: RunStats::default(),
-        })
+        };
+        agent.report_policy(&compiled, Trigger::Start);
+        Ok(agent)
+    }
+
+    /// A handle that asks the running agent to reload its policies (SIGHUP does this).
+    pub fn reload_handle(&self) -> mpsc::Sender<Trigger> {
+        self.policies.requester.clone()
     }
 
     /// Runs until `shutdown` completes, then drains what the kernel already wrote, flushes the
@@ -128,6 +178,15 @@ impl Agent {
                     Self::handle(&mut self.enricher, &mut self.sinks, &mut self.stats, bytes);
                 }) => {
                     read?;
+                    self.flush()?;
+                }
+                Some(trigger) = self.policies.requests.recv() => {
+                    if trigger == Trigger::FileChange {
+                        // Let the editor finish writing, and fold its writes into one reload.
+                        tokio::time::sleep(policy::watcher::SETTLE).await;
+                        while self.policies.requests.try_recv().is_ok() {}
+                    }
+                    self.reload(trigger);
                     self.flush()?;
                 }
                 _ = tick.tick() => {
@@ -191,6 +250,75 @@ impl Agent {
         Ok(())
     }
 
+    /// Loads the policy directory again; the new set replaces the one in force only when it is
+    /// valid as a whole. Either way an event says what happened.
+    fn reload(&mut self, trigger: Trigger) {
+        let p = &self.policies;
+        let loaded = policy::load(p.dir.as_deref(), &p.config_watches, &p.cgroup_root);
+        let compiled = match loaded {
+            Ok(compiled) => Arc::new(compiled),
+            Err(e) => {
+                error!(trigger = trigger.as_str(), error = %e, generation = p.generation, "policy reload refused; the policies in force stay");
+                let event = self.enricher.agent_event(Body::PolicyLoad(v1::PolicyLoad {
+                    ok: false,
+                    error: e.to_string(),
+                    generation: p.generation,
+                    directory: dir_text(p.dir.as_deref()),
+                    trigger: trigger.as_str().to_owned(),
+                    ..v1::PolicyLoad::default()
+                }));
+                Self::emit(&mut self.sinks, &mut self.stats, &event);
+                return;
+            }
+        };
+        match self.sensors.install(&compiled) {
+            Ok(slot) => {
+                self.policies.generation += 1;
+                self.enricher
+                    .set_policy(slot, self.policies.generation, Arc::clone(&compiled));
+                self.report_policy(&compiled, trigger);
+            }
+            Err(e) => {
+                // A map write failed half-way: the slot being filled was not switched to.
+                error!(error = %e, "installing the reloaded policies failed; the policies in force stay");
+            }
+        }
+    }
+
+    /// Logs and reports the policy set now in force.
+    fn report_policy(&mut self, compiled: &Compiled, trigger: Trigger) {
+        let p = &self.policies;
+        let protections = compiled.protections();
+        info!(
+            trigger = trigger.as_str(),
+            generation = p.generation,
+            dir = %dir_text(p.dir.as_deref()),
+            policies = ?compiled.policies,
+            "policies in force: {} protection(s)",
+            protections.len()
+        );
+        for line in &protections {
+            info!(generation = p.generation, "protects {line}");
+        }
+        for warning in &compiled.warnings {
+            warn!(generation = p.generation, "policy: {warning}");
+        }
+        if p.dir.is_none() {
+            return; // observe only: nothing to report
+        }
+        let event = self.enricher.agent_event(Body::PolicyLoad(v1::PolicyLoad {
+            ok: true,
+            error: String::new(),
+            generation: p.generation,
+            directory: dir_text(p.dir.as_deref()),
+            policies: compiled.policies.clone(),
+            protections,
+            warnings: compiled.warnings.clone(),
+            trigger: trigger.as_str().to_owned(),
+        }));
+        Self::emit(&mut self.sinks, &mut self.stats, &event);
+    }
+
     /// Turns new kernel losses into `EventsLost` events and a warning: never silent.
     fn report_losses(&mut self) {
         let totals = match self.sensors.lost() {
@@ -218,4 +346,8 @@ impl Agent {
             Self::emit(&mut self.sinks, &mut self.stats, &event);
         }
     }
+}
+
+fn dir_text(dir: Option<&Path>) -> String {
+    dir.map(|d| d.display().to_string()).unwrap_or_default()
 }

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// The configuration file used when `--config` is not given and it exists.
 pub const DEFAULT_CONFIG: &str = "/etc/phiguard/agent.toml";
+/// The policy directory `phiguard policy check` uses when none is given or configured.
+pub const DEFAULT_POLICY_DIR: &str = "/etc/phiguard/policies";
 
 /// phiguard: eBPF host agent that audits who opens patient-record files, who connects to the
 /// database, and what runs, on servers holding ePHI.
@@ -24,7 +26,26 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the kernel programs and stream events as JSON lines until SIGINT/SIGTERM.
+    /// SIGHUP reloads the policies.
     Run(RunArgs),
+    /// Work with allow-list policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `phiguard policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy directory and print what it protects, and how on this kernel. Exits
+    /// non-zero on any error (file:line:column: field: message).
+    Check {
+        /// The directory (default: the configuration's `[policy] dir`, else
+        /// /etc/phiguard/policies).
+        dir: Option<PathBuf>,
+        /// Configuration file whose watches and policy directory to use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// `phiguard run`.
@@ -40,6 +61,10 @@ pub struct RunArgs {
     /// Also watch TCP connections on this port (repeatable; adds to the configuration).
     #[arg(long = "watch-port", value_name = "PORT")]
     pub watch_port: Vec<u16>,
+    /// Enforce the allow-list policies in this directory (replaces the configuration's
+    /// `[policy] dir`).
+    #[arg(long, value_name = "DIR")]
+    pub policies: Option<PathBuf>,
 }
 
 /// Log output format.

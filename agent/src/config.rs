@@ -27,6 +27,15 @@ pub struct Config {
     pub enrich: EnrichConfig,
     /// The agent itself.
     pub agent: AgentConfig,
+    /// Allow-list policies.
+    pub policy: PolicyConfig,
+}
+
+/// `[policy]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Directory of `*.yaml` policies (absolute); `None`: observe only, nothing enforced.
+    pub dir: Option<PathBuf>,
 }
 
 /// `[watch]`.
@@ -147,6 +156,13 @@ struct RawConfig {
     output: OutputConfig,
     enrich: RawEnrich,
     agent: AgentConfig,
+    policy: RawPolicy,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPolicy {
+    dir: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -240,6 +256,21 @@ impl Config {
             }
             config.watch.ports.push(value);
         }
+        if let Some(dir) = &raw.policy.dir {
+            // Relative to the configuration file, so a repository's agent.toml can name its
+            // policies/ directory.
+            let base = origin.parent().unwrap_or(Path::new("."));
+            let absolute = std::path::absolute(base.join(dir.get_ref()))
+                .unwrap_or_else(|_| base.join(dir.get_ref()));
+            config.policy.dir =
+                Some(
+                    check_policy_dir(&absolute).map_err(|message| ConfigError::Invalid {
+                        at: at(dir.span()),
+                        field: "policy.dir",
+                        message,
+                    })?,
+                );
+        }
         let defaults = EnrichConfig::default();
         if let Some(depth) = &raw.enrich.ancestry_depth {
             if *depth.get_ref() > MAX_ANCESTRY_DEPTH {
@@ -259,6 +290,25 @@ impl Config {
             retain_exited: raw.enrich.retain_exited.unwrap_or(defaults.retain_exited),
         };
         Ok(config)
+    }
+
+    /// Replaces the policy directory with the command line's `--policies` (relative to the
+    /// current directory).
+    pub fn with_policy_dir(mut self, dir: &Path) -> Result<Config, ConfigError> {
+        let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+        self.policy.dir =
+            Some(
+                check_policy_dir(&absolute).map_err(|message| ConfigError::Invalid {
+                    at: Location {
+                        file: PathBuf::from("command line"),
+                        line: 0,
+                        column: 0,
+                    },
+                    field: "--policies",
+                    message,
+                })?,
+            );
+        Ok(self)
     }
 
     /// Adds the command line's `--watch` paths and `--watch-port` ports (deduplicated).
@@ -298,6 +348,16 @@ impl Config {
             }
         }
         Ok(self)
+    }
+}
+
+/// The policy directory must be a directory.
+fn check_policy_dir(path: &Path) -> Result<PathBuf, String> {
+    let normalised = paths::normalize(path);
+    match fs::metadata(&normalised) {
+        Ok(meta) if meta.is_dir() => Ok(normalised),
+        Ok(_) => Err(format!("{} is not a directory", normalised.display())),
+        Err(e) => Err(format!("{}: {e}", normalised.display())),
     }
 }
 

@@ -1,15 +1,21 @@
 //! `phiguard`: the host agent binary. All logic lives in the library; this wires the command
 //! line, logging and signals to it.
 
-use std::{path::Path, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use phiguard::{
     agent::Agent,
-    cli::{Cli, Command, LogFormat, RunArgs, DEFAULT_CONFIG},
+    cli::{Cli, Command, LogFormat, PolicyCommand, RunArgs, DEFAULT_CONFIG, DEFAULT_POLICY_DIR},
     config::Config,
+    kernel::mounts,
+    policy::{self, Trigger},
     sink::{json::JsonLines, Sink},
+    watch::WatchSet,
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
@@ -19,6 +25,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Policy(PolicyCommand::Check { dir, config }) => check_policies(dir, config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -40,13 +47,51 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
-    let config = match &args.config {
+fn read_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(match path {
         Some(path) => Config::load(path)?,
         None if Path::new(DEFAULT_CONFIG).exists() => Config::load(Path::new(DEFAULT_CONFIG))?,
         None => Config::default(),
-    };
+    })
+}
+
+fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
+    let mut config = read_config(args.config.as_deref())?;
+    if let Some(dir) = &args.policies {
+        config = config.with_policy_dir(dir)?;
+    }
     Ok(config.with_overrides(&args.watch, &args.watch_port)?)
+}
+
+/// `phiguard policy check`: validates and compiles, prints what is protected and how.
+fn check_policies(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = read_config(config.as_deref())?;
+    let dir = dir
+        .or(config.policy.dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY_DIR));
+    let watches = WatchSet::new(&config.watch.paths, &config.watch.ports)?;
+    let cgroup_root = mounts::cgroup2_root()?;
+    let compiled = policy::load(Some(&dir), &watches, &cgroup_root)?;
+    println!(
+        "{}: {} policies valid: {}",
+        dir.display(),
+        compiled.policies.len(),
+        compiled.policies.join(", ")
+    );
+    println!(
+        "protected on this host ({} kernel rules):",
+        compiled.rules.len()
+    );
+    for line in compiled.protections() {
+        println!("  {line}");
+    }
+    if !compiled.warnings.is_empty() {
+        println!("cannot take effect on this host:");
+        for warning in &compiled.warnings {
+            println!("  warning: {warning}");
+        }
+    }
+    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -69,10 +114,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let agent = Agent::start(&config, sinks)?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        let reload = agent.reload_handle();
         let shutdown = async move {
-            tokio::select! {
-                _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
-                _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            loop {
+                tokio::select! {
+                    _ = interrupt.recv() => break tracing::info!("SIGINT: shutting down"),
+                    _ = terminate.recv() => break tracing::info!("SIGTERM: shutting down"),
+                    _ = hangup.recv() => {
+                        tracing::info!("SIGHUP: reloading policies");
+                        let _ = reload.try_send(Trigger::Signal);
+                    }
+                }
             }
         };
         agent.run(shutdown).await.context("event loop")?;

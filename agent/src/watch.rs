@@ -1,4 +1,7 @@
 //! What the agent watches: paths (matched in the kernel by device and inode) and TCP ports.
+//! The set holds the configured watches and, after them, every path a policy protects; a
+//! watch's id never changes while the agent runs, so events read after a reload still name
+//! the right path.
 
 use std::{
     fs, io,
@@ -23,6 +26,9 @@ pub struct Watch {
     pub ino: u64,
     /// A directory (everything below it is watched) rather than a single file.
     pub is_dir: bool,
+    /// Configured: every open below it is reported. Otherwise a path a policy protects, where
+    /// only governed accesses are.
+    pub observed: bool,
 }
 
 /// Everything watched.
@@ -74,9 +80,34 @@ impl WatchSet {
                 dev: kernel_dev(meta.dev()),
                 ino: meta.ino(),
                 is_dir: meta.is_dir(),
+                observed: true,
             });
         }
         Ok(set)
+    }
+
+    /// The id of the watch at `canonical` (a canonical path with metadata `meta`), added as a
+    /// protected (not observed) path when new.
+    pub fn id_for(&mut self, canonical: &Path, meta: &fs::Metadata) -> u32 {
+        let (dev, ino) = (kernel_dev(meta.dev()), meta.ino());
+        if let Some(w) = self
+            .paths
+            .iter()
+            .find(|w| w.canonical == canonical && w.dev == dev && w.ino == ino)
+        {
+            return w.id;
+        }
+        let id = self.paths.len() as u32;
+        self.paths.push(Watch {
+            id,
+            path: canonical.to_owned(),
+            canonical: canonical.to_owned(),
+            dev,
+            ino,
+            is_dir: meta.is_dir(),
+            observed: false,
+        });
+        id
     }
 
     /// The watch with this id.
@@ -84,10 +115,10 @@ impl WatchSet {
         self.paths.get(id as usize)
     }
 
-    /// The first watch that covers `path` (an absolute, normalised path), by configured or
-    /// canonical location.
+    /// The first configured watch that covers `path` (an absolute, normalised path), by
+    /// configured or canonical location.
     pub fn covering(&self, path: &Path) -> Option<&Watch> {
-        self.paths.iter().find(|w| {
+        self.paths.iter().filter(|w| w.observed).find(|w| {
             let covers = |root: &Path| {
                 if w.is_dir {
                     paths::is_within(path, root)

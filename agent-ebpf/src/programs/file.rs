@@ -14,6 +14,7 @@ use agent_common::{
     event::{matched_by, open_syscall, FileOpenEvent, Kind, FLAG_TRUNCATED},
     limits::{MAX_WALK_DEPTH, NAMES_LEN, NAME_MAX, PATH_LEN},
     maps::NO_WATCH,
+    policy::{access, layer, verdict, Decision},
 };
 use aya_ebpf::{
     helpers::{
@@ -31,6 +32,7 @@ use crate::{
         FileOpenScratch, PendingOpen, FILE_OPEN_SCRATCH, PENDING_OPENS, PREFIX_KEY_SCRATCH,
         WATCHED_DEVS, WATCHED_PREFIXES,
     },
+    policy::{current_slot, decide, kill_current},
 };
 
 /// `AT_FDCWD`.
@@ -174,14 +176,22 @@ fn opened(pending: &PendingOpen, ret: i64) {
     if unsafe { WATCHED_DEVS.get(&dev) }.is_none() {
         return;
     }
-    let Some(hit) = find_watch(dentry, dev) else {
+    let Some(hit) = find_watch(dentry, dev, current_slot()) else {
         return;
     };
+    let decision = decide(hit.rule(), requested_access(pending.flags), layer::SIGNAL);
+    if decision.verdict == verdict::DENY {
+        kill_current();
+    }
+    if hit.value.observed == 0 && decision.verdict == verdict::NONE {
+        return; // protected for another kind of access only, and not watched
+    }
     let Some(scratch) = start_record(pending, ret) else {
         return;
     };
+    scratch.event.decision = decision;
     scratch.event.matched_by = matched_by::INODE;
-    scratch.event.watch_id = hit.watch_id;
+    scratch.event.watch_id = hit.value.watch_id;
     scratch.event.dev = dev;
     scratch.event.ino = dentry_ino(dentry).unwrap_or(0);
     copy_names(scratch, dentry, hit.depth);
@@ -214,12 +224,12 @@ fn failed(pending: &PendingOpen, ret: i64) {
             let dev = dentry_dev(dentry).ok()?;
             // SAFETY: value not used.
             unsafe { WATCHED_DEVS.get(&dev) }?;
-            find_watch(dentry, dev).map(|hit| (dentry, hit))
+            find_watch(dentry, dev, current_slot()).map(|hit| (dentry, hit))
         });
         match hit {
             Some((dentry, hit)) => {
                 scratch.event.matched_by = matched_by::BASE_DIR;
-                scratch.event.watch_id = hit.watch_id;
+                scratch.event.watch_id = hit.value.watch_id;
                 copy_names(scratch, dentry, hit.depth);
             }
             None => {
@@ -229,6 +239,32 @@ fn failed(pending: &PendingOpen, ret: i64) {
         }
     }
     send(scratch);
+}
+
+// `O_*` flags the access decision depends on.
+const O_ACCMODE: u32 = 0o3;
+const O_WRONLY: u32 = 0o1;
+const O_CREAT: u32 = 0o100;
+const O_TRUNC: u32 = 0o1000;
+const O_APPEND: u32 = 0o2000;
+const O_PATH: u32 = 0o10000000;
+
+/// What an open with `flags` does to the file's content: `access` bits (0 for `O_PATH`, which
+/// neither reads nor writes).
+#[inline(always)]
+fn requested_access(flags: u32) -> u32 {
+    if flags & O_PATH != 0 {
+        return 0;
+    }
+    let mode = flags & O_ACCMODE;
+    let mut requested = 0;
+    if mode != O_WRONLY {
+        requested |= access::READ;
+    }
+    if mode != 0 || flags & (O_CREAT | O_TRUNC | O_APPEND) != 0 {
+        requested |= access::WRITE;
+    }
+    requested
 }
 
 /// Looks the record's absolute path up in the prefix trie.
@@ -261,6 +297,7 @@ fn start_record(pending: &PendingOpen, ret: i64) -> Option<&'static mut FileOpen
     event.ino = 0;
     event.names_len = 0;
     event.names_count = 0;
+    event.decision = Decision::NONE;
     // SAFETY: user pointer read with the checked helper.
     event.path_len = match unsafe {
         bpf_probe_read_user_str_bytes(pending.path as *const u8, &mut event.path)

@@ -2,7 +2,10 @@
 //! root) and connection state changes in both directions (`sock/inet_sock_set_state`), so
 //! connections a local database *accepts* are seen too.
 
-use agent_common::event::{direction, ConnectEvent, Kind, SockStateEvent};
+use agent_common::{
+    event::{direction, ConnectEvent, Kind, SockStateEvent},
+    policy::{access, layer, verdict, Decision, PortKey},
+};
 use aya_ebpf::{
     macros::{cgroup_sock_addr, tracepoint},
     programs::{SockAddrContext, TracePointContext},
@@ -11,8 +14,12 @@ use aya_ebpf::{
 use crate::{
     emit::{count_lost, fill_header, fill_header_no_process},
     maps::{SockOwner, EVENTS, SOCK_OWNERS, WATCHED_PORTS},
+    policy::{current_slot, decide, rule_entry},
 };
 
+/// cgroup sock_addr verdicts.
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
 /// `AF_INET`.
 const AF_INET: u16 = 2;
 /// `AF_INET6`.
@@ -25,32 +32,58 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 
-/// `cgroup/connect4` (Linux 4.17+): observe only, always allows.
+/// `cgroup/connect4` (Linux 4.17+).
 #[cgroup_sock_addr(connect4)]
 pub fn net_connect4(ctx: SockAddrContext) -> i32 {
-    on_connect(&ctx, AF_INET);
-    1
+    on_connect(&ctx, AF_INET)
 }
 
-/// `cgroup/connect6` (Linux 4.17+): observe only, always allows.
+/// `cgroup/connect6` (Linux 4.17+).
 #[cgroup_sock_addr(connect6)]
 pub fn net_connect6(ctx: SockAddrContext) -> i32 {
-    on_connect(&ctx, AF_INET6);
-    1
+    on_connect(&ctx, AF_INET6)
 }
 
+/// Reports connects to watched or protected ports, and refuses (returns 0: EPERM) those a
+/// rule denies.
 #[inline(always)]
-fn on_connect(ctx: &SockAddrContext, family: u16) {
+fn on_connect(ctx: &SockAddrContext, family: u16) -> i32 {
     // SAFETY: the context is the kernel's `struct bpf_sock_addr`, valid for this call.
     let sa = unsafe { &*ctx.sock_addr };
     let port = u16::from_be(sa.user_port as u16);
-    // SAFETY: value not used.
-    if unsafe { WATCHED_PORTS.get(&port) }.is_none() {
-        return;
+    let key = PortKey {
+        slot: current_slot(),
+        port: u32::from(port),
+    };
+    // SAFETY: the value is a plain u32 copied out at once.
+    let Some(rule) = (unsafe { WATCHED_PORTS.get(&key) }).copied() else {
+        return ALLOW;
+    };
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    } else {
+        for (i, word) in sa.user_ip6.iter().enumerate() {
+            addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
     }
+    // A rule limited to one remote address leaves connects elsewhere alone.
+    let applies = rule_entry(rule).is_some_and(|r| {
+        r.addr_family == 0 || (r.addr_family == u32::from(family) && r.addr == addr)
+    });
+    let decision = if applies {
+        decide(rule, access::CONNECT, layer::CGROUP)
+    } else {
+        Decision::NONE
+    };
+    let verdict = if decision.verdict == verdict::DENY {
+        DENY
+    } else {
+        ALLOW
+    };
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count_lost(Kind::Connect);
-        return;
+        return verdict;
     };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points to a reserved record of the right size, written field by field.
@@ -59,17 +92,11 @@ fn on_connect(ctx: &SockAddrContext, family: u16) {
         (*event).family = family;
         (*event).port = port;
         (*event).sock_type = sa.type_;
-        let mut addr = [0u8; 16];
-        if family == AF_INET {
-            addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
-        } else {
-            for (i, word) in sa.user_ip6.iter().enumerate() {
-                addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-            }
-        }
         (*event).addr = addr;
+        (*event).decision = decision;
     }
     entry.submit(0);
+    verdict
 }
 
 /// `sock/inet_sock_set_state` (Linux 4.16+): `skaddr` at 8, `oldstate` 16, `newstate` 20,
@@ -94,9 +121,16 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    // SAFETY: values not used.
-    let watched =
-        unsafe { WATCHED_PORTS.get(&sport).is_some() || WATCHED_PORTS.get(&dport).is_some() };
+    let slot = current_slot();
+    let watched = |port: u16| {
+        let key = PortKey {
+            slot,
+            port: u32::from(port),
+        };
+        // SAFETY: value not used.
+        unsafe { WATCHED_PORTS.get(&key) }.is_some()
+    };
+    let watched = watched(sport) || watched(dport);
     if !watched {
         return Ok(());
     }

@@ -8,6 +8,7 @@ use agent_common::{
         FLAG_TRUNCATED,
     },
     limits::{ARGS_LEN, MAX_ARGS, PATH_LEN},
+    policy::{layer, verdict, Decision, NO_RULE},
 };
 use aya_ebpf::{
     helpers::{
@@ -21,6 +22,7 @@ use crate::{
     emit::{count_lost, fill_header, output},
     kernel::{binprm_filename, copy_path_names, PathNames, Task},
     maps::{EVENTS, EXEC_ARGS_SCRATCH},
+    policy::{current_slot, decide_exec, exec_rule, kill_current},
 };
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`, raw
@@ -66,6 +68,10 @@ pub fn process_sched_process_exec(ctx: RawTracePointContext) -> i32 {
 fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
     let old_pid = ctx.arg::<u64>(1) as u32;
     let bprm = ctx.arg::<u64>(2) as usize;
+    let decision = exec_decision();
+    if decision.verdict == verdict::DENY {
+        kill_current();
+    }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_lost(Kind::Exec);
         return None;
@@ -75,6 +81,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
     unsafe {
         fill_header(&mut (*event).header, Kind::Exec);
         (*event).old_pid = old_pid;
+        (*event).decision = decision;
         (*event).filename_len = 0;
         if let Ok(name) = binprm_filename(bprm) {
             if let Ok(bytes) =
@@ -103,6 +110,20 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
     }
     entry.submit(0);
     Some(())
+}
+
+/// The exec allow-list's decision on the program the current process now runs. At this point
+/// the new image is in place but has not run an instruction: a SIGKILL now means it never does.
+#[inline(always)]
+fn exec_decision() -> Decision {
+    let rule = exec_rule(current_slot());
+    if rule == NO_RULE {
+        return Decision::NONE;
+    }
+    match Task::current().exe_dentry() {
+        Ok(exe) => decide_exec(rule, exe, layer::SIGNAL),
+        Err(_) => Decision::NONE,
+    }
 }
 
 /// `sched_process_exit(struct task_struct *p, bool group_dead)`, raw tracepoint (Linux

@@ -118,6 +118,7 @@ mod tests {
                 dev: 1,
                 ino: 2,
                 is_dir: true,
+                observed: true,
             }],
             ports: vec![],
         }

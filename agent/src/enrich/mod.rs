@@ -28,6 +28,7 @@ use crate::{
     event::decode::{c_text, text, ExecArgs, RawEvent},
     kernel::mounts::MountTable,
     paths,
+    policy::{compile::Compiled, decision::PolicyTables},
     process::table::{ExecInfo, ProcessTable},
     watch::WatchSet,
 };
@@ -54,6 +55,7 @@ pub struct Enricher {
     users: UserNames,
     hasher: BinaryHasher,
     watches: Arc<WatchSet>,
+    policy: PolicyTables,
     pending_argv: HashMap<u32, ExecArgs>,
     pending_order: VecDeque<u32>,
     binary_hashes: HashMap<(u32, u64), Option<String>>,
@@ -78,6 +80,7 @@ impl Enricher {
             users: UserNames::default(),
             hasher: BinaryHasher::new(settings.hash_max_bytes),
             watches,
+            policy: PolicyTables::default(),
             pending_argv: HashMap::new(),
             pending_order: VecDeque::new(),
             binary_hashes: HashMap::new(),
@@ -85,6 +88,12 @@ impl Enricher {
             settings,
             seq: 0,
         }
+    }
+
+    /// Takes a newly installed policy set (in kernel `slot`) and its watches.
+    pub fn set_policy(&mut self, slot: u32, generation: u64, compiled: Arc<Compiled>) {
+        self.watches = Arc::new(compiled.watches.clone());
+        self.policy.set(slot, generation, compiled);
     }
 
     /// Re-measures the boot-time → wall-clock offset (after NTP steps).
@@ -96,6 +105,12 @@ impl Enricher {
     /// exec) or turns out not to concern a watch.
     pub fn enrich(&mut self, raw: RawEvent) -> Option<v1::Event> {
         let header = *raw.header();
+        let decision = match &raw {
+            RawEvent::Exec(e) => self.policy.describe(&e.decision),
+            RawEvent::FileOpen(e) => self.policy.describe(&e.decision),
+            RawEvent::Connect(e) => self.policy.describe(&e.decision),
+            _ => None,
+        };
         let body = match raw {
             RawEvent::ExecArgs(args) => {
                 self.hold_argv(args);
@@ -143,7 +158,7 @@ impl Enricher {
                     signal: (code & 0x7f != 0).then(|| signal_name(code & 0x7f)),
                 });
                 // Build the event before marking the process gone, then forget its hash.
-                let event = self.finish(&header, body);
+                let event = self.finish(&header, body, None);
                 self.processes
                     .on_exit(header.tgid, header.start_boot_ns, code);
                 self.binary_hashes
@@ -230,7 +245,7 @@ impl Enricher {
                 socket_id: e.skaddr,
             }),
         };
-        Some(self.finish(&header, body))
+        Some(self.finish(&header, body, decision))
     }
 
     /// An agent-side event (no kernel record behind it), such as a loss report.
@@ -287,8 +302,14 @@ impl Enricher {
         pbjson_types::Timestamp { seconds, nanos }
     }
 
-    fn finish(&mut self, header: &EventHeader, body: Body) -> v1::Event {
+    fn finish(
+        &mut self,
+        header: &EventHeader,
+        body: Body,
+        decision: Option<v1::Decision>,
+    ) -> v1::Event {
         let mut event = self.envelope();
+        event.decision = decision;
         event.time = Some(self.timestamp(header.boot_ns));
         if header.flags & FLAG_NO_PROCESS == 0 {
             event.process = Some(self.process(header));

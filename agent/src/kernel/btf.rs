@@ -122,6 +122,8 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         inode_i_ino: field("inode", "i_ino")?,
         sb_s_dev: field("super_block", "s_dev")?,
         binprm_filename: field("linux_binprm", "filename")?,
+        task_mm: field("task_struct", "mm")?,
+        mm_exe_file: field("mm_struct", "exe_file")?,
         path_mnt: field("path", "mnt")?,
         vfsmount_mnt_root: field("vfsmount", "mnt_root")?,
         mount_mnt: field("mount", "mnt")?,

@@ -6,20 +6,20 @@ use std::{fs::File, path::Path};
 use agent_common::{
     event::KIND_COUNT,
     limits::PATH_LEN,
-    maps::{
-        InodeKey, EVENTS, LOST, OFFSETS_GLOBAL, WATCHED_DEVS, WATCHED_INODES, WATCHED_PORTS,
-        WATCHED_PREFIXES,
-    },
+    maps::{EVENTS, LOST, OFFSETS_GLOBAL, WATCHED_PREFIXES},
     offsets::KernelOffsets,
 };
 use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 
-use super::registry::{Hook, ProgramSpec, PROGRAMS};
-use crate::watch::WatchSet;
+use super::{
+    install,
+    registry::{Hook, ProgramSpec, PROGRAMS},
+};
+use crate::{policy::compile::Compiled, watch::WatchSet};
 
 /// The kernel object built by `agent/build.rs`, embedded in the binary.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phiguard"));
@@ -86,12 +86,12 @@ pub struct Sensors {
 }
 
 impl Sensors {
-    /// Loads the object with `offsets`, fills the watch maps from `watches`, and attaches all
-    /// programs (cgroup programs at `cgroup_root`). Optional programs that fail are reported in
-    /// `status`; a required one failing is an error.
+    /// Loads the object with `offsets`, installs `compiled` (watches and policies) before any
+    /// program runs, and attaches all programs (cgroup programs at `cgroup_root`). Optional
+    /// programs that fail are reported in `status`; a required one failing is an error.
     pub fn load(
         offsets: &KernelOffsets,
-        watches: &WatchSet,
+        compiled: &Compiled,
         cgroup_root: &Path,
     ) -> Result<Sensors, LoadError> {
         if OBJECT.is_empty() {
@@ -105,7 +105,8 @@ impl Sensors {
             ebpf,
             status: Vec::new(),
         };
-        sensors.fill_watches(watches)?;
+        sensors.fill_prefixes(&compiled.watches)?;
+        sensors.install(compiled)?;
         let cgroup = File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
             path: cgroup_root.display().to_string(),
             source,
@@ -166,62 +167,45 @@ impl Sensors {
         self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))
     }
 
-    /// Writes the watch maps (inodes, devices, path prefixes, ports).
-    fn fill_watches(&mut self, watches: &WatchSet) -> Result<(), LoadError> {
-        let map_err = |map| move |source| LoadError::Map { map, source };
-        {
-            let mut inodes: HashMap<_, InodeKey, u32> =
-                HashMap::try_from(self.map_mut(WATCHED_INODES)?)
-                    .map_err(map_err(WATCHED_INODES))?;
-            for w in &watches.paths {
-                inodes
-                    .insert(
-                        InodeKey {
-                            dev: w.dev,
-                            _pad: 0,
-                            ino: w.ino,
-                        },
-                        w.id,
-                        0,
-                    )
-                    .map_err(map_err(WATCHED_INODES))?;
-            }
-        }
-        {
-            let mut devs: HashMap<_, u32, u32> =
-                HashMap::try_from(self.map_mut(WATCHED_DEVS)?).map_err(map_err(WATCHED_DEVS))?;
-            for w in &watches.paths {
-                let count = devs.get(&w.dev, 0).unwrap_or(0);
-                devs.insert(w.dev, count + 1, 0)
-                    .map_err(map_err(WATCHED_DEVS))?;
-            }
-        }
-        {
-            let mut prefixes: LpmTrie<_, [u8; PATH_LEN], u32> =
-                LpmTrie::try_from(self.map_mut(WATCHED_PREFIXES)?)
-                    .map_err(map_err(WATCHED_PREFIXES))?;
-            for w in &watches.paths {
-                // Both the configured and the canonical spelling: failed opens have no inode.
-                for path in [&w.path, &w.canonical] {
-                    let bytes = path.as_os_str().as_encoded_bytes();
-                    if bytes.len() >= PATH_LEN {
-                        continue;
-                    }
-                    let mut data = [0u8; PATH_LEN];
-                    data[..bytes.len()].copy_from_slice(bytes);
-                    let key = Key::new((bytes.len() * 8) as u32, data);
-                    prefixes
-                        .insert(&key, w.id, 0)
-                        .map_err(map_err(WATCHED_PREFIXES))?;
+    /// Writes the path prefixes of the configured watches (failed opens have no inode).
+    fn fill_prefixes(&mut self, watches: &WatchSet) -> Result<(), LoadError> {
+        let mut prefixes: LpmTrie<_, [u8; PATH_LEN], u32> =
+            LpmTrie::try_from(self.map_mut(WATCHED_PREFIXES)?).map_err(|source| {
+                LoadError::Map {
+                    map: WATCHED_PREFIXES,
+                    source,
                 }
+            })?;
+        for w in watches.paths.iter().filter(|w| w.observed) {
+            // Both the configured and the canonical spelling.
+            for path in [&w.path, &w.canonical] {
+                let bytes = path.as_os_str().as_encoded_bytes();
+                if bytes.len() >= PATH_LEN {
+                    continue;
+                }
+                let mut data = [0u8; PATH_LEN];
+                data[..bytes.len()].copy_from_slice(bytes);
+                let key = Key::new((bytes.len() * 8) as u32, data);
+                prefixes
+                    .insert(&key, w.id, 0)
+                    .map_err(|source| LoadError::Map {
+                        map: WATCHED_PREFIXES,
+                        source,
+                    })?;
             }
-        }
-        let mut ports: HashMap<_, u16, u32> =
-            HashMap::try_from(self.map_mut(WATCHED_PORTS)?).map_err(map_err(WATCHED_PORTS))?;
-        for port in &watches.ports {
-            ports.insert(*port, 1, 0).map_err(map_err(WATCHED_PORTS))?;
         }
         Ok(())
+    }
+
+    /// Installs a compiled policy set (with its watches) and makes it the one in force.
+    /// Returns the slot it went into.
+    pub fn install(&mut self, compiled: &Compiled) -> Result<u32, LoadError> {
+        install::install(&mut self.ebpf, compiled)
+    }
+
+    /// The policy slot the programs read now.
+    pub fn active_slot(&mut self) -> Result<u32, LoadError> {
+        install::active_slot(&mut self.ebpf)
     }
 
     /// Takes the ring buffer for the reader (once).

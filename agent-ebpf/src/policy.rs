@@ -1,0 +1,213 @@
+//! Policy decisions: may the current process make this access to a protected resource?
+
+use agent_common::{
+    limits::MAX_WALK_DEPTH,
+    policy::{
+        access, layer, verdict, Decision, IdKey, RuleEntry, ScopeKey, SubjectKey, MAX_RULES,
+        MAX_SUBJECTS, NO_RULE, NO_SUBJECT,
+    },
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_uid_gid},
+    maps::HashMap,
+};
+
+use crate::{
+    kernel::{dentry_id, dentry_parent, FileId, Task},
+    maps::{
+        EXEC_ALLOWED, EXEC_SCOPES, POLICY_SLOT, RULES, SUBJECT_EXE, SUBJECT_GID, SUBJECT_PARENT,
+        SUBJECT_UID,
+    },
+};
+
+/// The policy slot in force. Read once per program run, so one run sees one policy set.
+#[inline(always)]
+pub fn current_slot() -> u32 {
+    POLICY_SLOT.get(0).copied().unwrap_or(0) & 1
+}
+
+/// The compiled rule at a kernel index, if that entry is in use.
+#[inline(always)]
+pub fn rule_entry(rule: u32) -> Option<RuleEntry> {
+    if rule >= 2 * MAX_RULES {
+        return None;
+    }
+    RULES.get(rule).copied().filter(|r| r.governed() != 0)
+}
+
+#[inline(always)]
+fn file_mask(map: &HashMap<SubjectKey, u64>, rule: u32, file: Option<FileId>) -> u64 {
+    match file {
+        // SAFETY: the value is a plain u64 copied out at once.
+        Some(f) => unsafe {
+            map.get(&SubjectKey {
+                rule,
+                dev: f.dev,
+                ino: f.ino,
+            })
+        }
+        .copied()
+        .unwrap_or(0),
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn id_mask(map: &HashMap<IdKey, u64>, rule: u32, id: u32) -> u64 {
+    // SAFETY: the value is a plain u64 copied out at once.
+    unsafe { map.get(&IdKey { rule, id }) }
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The executable of a task, as (device, inode).
+#[inline(always)]
+fn exe_of(task: Task) -> Option<FileId> {
+    dentry_id(task.exe_dentry().ok()?).ok()
+}
+
+/// The rule's subjects that the current process is: one bit per subject.
+#[inline(always)]
+fn matching_subjects(rule: u32, entry: &RuleEntry) -> u64 {
+    let task = Task::current();
+    let uid_gid = bpf_get_current_uid_gid();
+    let exe = entry.any_exe | file_mask(&SUBJECT_EXE, rule, exe_of(task));
+    let uid = entry.any_uid | id_mask(&SUBJECT_UID, rule, uid_gid as u32);
+    let gid = entry.any_gid | id_mask(&SUBJECT_GID, rule, (uid_gid >> 32) as u32);
+    let mut matching = exe & uid & gid;
+    if matching & !entry.any_parent != 0 {
+        let parent = task.parent().ok().and_then(exe_of);
+        matching &= entry.any_parent | file_mask(&SUBJECT_PARENT, rule, parent);
+    }
+    matching
+}
+
+/// Decides whether the current process may make the accesses `requested` (`access` bits)
+/// under kernel rule `rule`; a denial is enforced at `enforced_by`.
+#[inline(always)]
+pub fn decide(rule: u32, requested: u32, enforced_by: u8) -> Decision {
+    if rule == NO_RULE {
+        return Decision::NONE;
+    }
+    let Some(entry) = rule_entry(rule) else {
+        return Decision::NONE;
+    };
+    let governed = requested & entry.governed();
+    if governed == 0 {
+        return Decision::NONE; // an access no rule governs
+    }
+    let matching = matching_subjects(rule, &entry);
+    let mut allowed_by = u64::MAX;
+    for bit in 0..access::COUNT {
+        let want = 1u32 << bit;
+        if governed & want == 0 {
+            continue;
+        }
+        let may = matching & entry.may[bit];
+        if may == 0 {
+            let (verdict, layer) = if entry.enforce & want != 0 {
+                (verdict::DENY, enforced_by)
+            } else {
+                (verdict::WOULD_DENY, layer::NONE)
+            };
+            return Decision {
+                rule,
+                verdict,
+                layer,
+                access: want as u8,
+                subject: NO_SUBJECT,
+            };
+        }
+        allowed_by &= may;
+    }
+    Decision {
+        rule,
+        verdict: verdict::ALLOW,
+        layer: layer::NONE,
+        access: governed as u8,
+        subject: lowest_bit(allowed_by),
+    }
+}
+
+/// Index of the lowest set bit, or [`NO_SUBJECT`].
+#[inline(always)]
+fn lowest_bit(mask: u64) -> u8 {
+    if mask == 0 {
+        NO_SUBJECT
+    } else {
+        (mask.trailing_zeros() % MAX_SUBJECTS) as u8
+    }
+}
+
+/// The exec rule in force for the current process: its cgroup's, else the host-wide one.
+#[inline(always)]
+pub fn exec_rule(slot: u32) -> u32 {
+    // SAFETY: plain helper call without arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    for cgroup in [cgroup, 0] {
+        let key = ScopeKey {
+            slot,
+            _pad: 0,
+            cgroup,
+        };
+        // SAFETY: the value is a plain u32 copied out at once.
+        if let Some(rule) = unsafe { EXEC_SCOPES.get(&key) } {
+            return *rule;
+        }
+    }
+    NO_RULE
+}
+
+/// Decides whether the program the current process now runs (`dentry`, its executable) is on
+/// the exec allow-list of kernel rule `rule`: the file itself or a directory above it.
+#[inline(always)]
+pub fn decide_exec(rule: u32, mut dentry: usize, enforced_by: u8) -> Decision {
+    let Some(entry) = rule_entry(rule) else {
+        return Decision::NONE;
+    };
+    for _ in 0..MAX_WALK_DEPTH {
+        let Ok(id) = dentry_id(dentry) else { break };
+        let key = SubjectKey {
+            rule,
+            dev: id.dev,
+            ino: id.ino,
+        };
+        // SAFETY: value not used.
+        if unsafe { EXEC_ALLOWED.get(&key) }.is_some() {
+            return Decision {
+                rule,
+                verdict: verdict::ALLOW,
+                layer: layer::NONE,
+                access: access::EXEC as u8,
+                subject: NO_SUBJECT,
+            };
+        }
+        let Ok(parent) = dentry_parent(dentry) else {
+            break;
+        };
+        if parent == dentry {
+            break;
+        }
+        dentry = parent;
+    }
+    let (verdict, layer) = if entry.enforce & access::EXEC != 0 {
+        (verdict::DENY, enforced_by)
+    } else {
+        (verdict::WOULD_DENY, layer::NONE)
+    };
+    Decision {
+        rule,
+        verdict,
+        layer,
+        access: access::EXEC as u8,
+        subject: NO_SUBJECT,
+    }
+}
+
+/// Kills the current process: the fallback layer where the kernel has no BPF LSM. The signal
+/// is pending before the system call returns, so the process never uses what it obtained.
+#[inline(always)]
+pub fn kill_current() {
+    // SAFETY: helper call with a constant signal number.
+    unsafe { aya_ebpf::helpers::bpf_send_signal(9) };
+}

@@ -1,0 +1,190 @@
+//! Installing a compiled policy set into the kernel maps without a moment of no policy: the
+//! inactive slot is cleared and filled, then `POLICY_SLOT` flips to it in one map write.
+
+use std::collections::BTreeSet;
+
+use agent_common::{
+    maps::{
+        InodeKey, EXEC_ALLOWED, EXEC_SCOPES, POLICY_SLOT, RULES, SUBJECT_EXE, SUBJECT_GID,
+        SUBJECT_PARENT, SUBJECT_UID, WATCHED_DEVS, WATCHED_INODES, WATCHED_PORTS,
+    },
+    policy::{IdKey, PortKey, RuleEntry, ScopeKey, SubjectKey, WatchValue, MAX_RULES, NO_RULE},
+};
+use aya::{
+    maps::{Array, HashMap, MapData, MapError},
+    Ebpf, Pod,
+};
+
+use super::loader::LoadError;
+use crate::policy::compile::{Compiled, FileId};
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> LoadError {
+    move |source| LoadError::Map { map, source }
+}
+
+fn hash_map<'a, K: Pod, V: Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<&'a mut MapData, K, V>, LoadError> {
+    let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+    HashMap::try_from(map).map_err(map_err(name))
+}
+
+fn array<'a, V: Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<Array<&'a mut MapData, V>, LoadError> {
+    let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+    Array::try_from(map).map_err(map_err(name))
+}
+
+/// Removes every key of `name` for which `stale` holds.
+fn remove_where<K: Pod, V: Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    stale: impl Fn(&K) -> bool,
+) -> Result<(), LoadError> {
+    let mut map = hash_map::<K, V>(ebpf, name)?;
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).filter(stale).collect();
+    for key in keys {
+        map.remove(&key).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+/// The slot programs read now.
+pub fn active_slot(ebpf: &mut Ebpf) -> Result<u32, LoadError> {
+    Ok(array::<u32>(ebpf, POLICY_SLOT)?
+        .get(&0, 0)
+        .map_err(map_err(POLICY_SLOT))?
+        & 1)
+}
+
+/// Writes `compiled` into the inactive slot and makes it the active one. Returns that slot.
+pub fn install(ebpf: &mut Ebpf, compiled: &Compiled) -> Result<u32, LoadError> {
+    let slot = 1 - active_slot(ebpf)?;
+    let base = slot * MAX_RULES;
+    clear_slot(ebpf, slot)?;
+    let qualified = |rule: Option<u32>| rule.map_or(NO_RULE, |r| base + r);
+
+    {
+        let mut rules = array::<RuleEntry>(ebpf, RULES)?;
+        for (i, rule) in compiled.rules.iter().enumerate() {
+            rules
+                .set(base + i as u32, rule.entry, 0)
+                .map_err(map_err(RULES))?;
+        }
+    }
+    let subject_key = |rule: u32, id: &FileId| SubjectKey {
+        rule,
+        dev: id.dev,
+        ino: id.ino,
+    };
+    for (name, pick) in [(SUBJECT_EXE, 0), (SUBJECT_PARENT, 1)] {
+        let mut map = hash_map::<SubjectKey, u64>(ebpf, name)?;
+        for (i, rule) in compiled.rules.iter().enumerate() {
+            let masks = if pick == 0 { &rule.exe } else { &rule.parent };
+            for (id, mask) in masks {
+                map.insert(subject_key(base + i as u32, id), mask, 0)
+                    .map_err(map_err(name))?;
+            }
+        }
+    }
+    for (name, pick) in [(SUBJECT_UID, 0), (SUBJECT_GID, 1)] {
+        let mut map = hash_map::<IdKey, u64>(ebpf, name)?;
+        for (i, rule) in compiled.rules.iter().enumerate() {
+            let masks = if pick == 0 { &rule.uid } else { &rule.gid };
+            for (id, mask) in masks {
+                let key = IdKey {
+                    rule: base + i as u32,
+                    id: *id,
+                };
+                map.insert(key, mask, 0).map_err(map_err(name))?;
+            }
+        }
+    }
+    {
+        let mut map = hash_map::<SubjectKey, u32>(ebpf, EXEC_ALLOWED)?;
+        for (i, rule) in compiled.rules.iter().enumerate() {
+            for id in &rule.exec_allowed {
+                map.insert(subject_key(base + i as u32, id), 1, 0)
+                    .map_err(map_err(EXEC_ALLOWED))?;
+            }
+        }
+    }
+    {
+        let mut map = hash_map::<ScopeKey, u32>(ebpf, EXEC_SCOPES)?;
+        for (cgroup, rule) in &compiled.exec_scopes {
+            let key = ScopeKey {
+                slot,
+                _pad: 0,
+                cgroup: *cgroup,
+            };
+            map.insert(key, base + rule, 0)
+                .map_err(map_err(EXEC_SCOPES))?;
+        }
+    }
+    {
+        let mut map = hash_map::<PortKey, u32>(ebpf, WATCHED_PORTS)?;
+        for (port, rule) in &compiled.ports {
+            let key = PortKey {
+                slot,
+                port: u32::from(*port),
+            };
+            map.insert(key, qualified(*rule), 0)
+                .map_err(map_err(WATCHED_PORTS))?;
+        }
+    }
+    let devs: BTreeSet<u32> = compiled.inodes.iter().map(|e| e.id.dev).collect();
+    {
+        let mut map = hash_map::<u32, u32>(ebpf, WATCHED_DEVS)?;
+        for dev in &devs {
+            map.insert(dev, 1, 0).map_err(map_err(WATCHED_DEVS))?;
+        }
+    }
+    {
+        let mut map = hash_map::<InodeKey, WatchValue>(ebpf, WATCHED_INODES)?;
+        for entry in &compiled.inodes {
+            let key = InodeKey {
+                dev: entry.id.dev,
+                slot,
+                ino: entry.id.ino,
+            };
+            let value = WatchValue {
+                watch_id: entry.watch_id,
+                rule_here: qualified(entry.rule_here),
+                rule_below: qualified(entry.rule_below),
+                observed: u32::from(entry.observed),
+            };
+            map.insert(key, value, 0).map_err(map_err(WATCHED_INODES))?;
+        }
+    }
+
+    // The switch: from the next program run on, the new set is in force.
+    array::<u32>(ebpf, POLICY_SLOT)?
+        .set(0, slot, 0)
+        .map_err(map_err(POLICY_SLOT))?;
+
+    remove_where::<u32, u32>(ebpf, WATCHED_DEVS, |dev| !devs.contains(dev))?;
+    Ok(slot)
+}
+
+/// Empties every entry of `slot` (the inactive one).
+fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), LoadError> {
+    let in_slot = |rule: u32| rule / MAX_RULES == slot;
+    remove_where::<InodeKey, WatchValue>(ebpf, WATCHED_INODES, |k| k.slot == slot)?;
+    remove_where::<PortKey, u32>(ebpf, WATCHED_PORTS, |k| k.slot == slot)?;
+    remove_where::<ScopeKey, u32>(ebpf, EXEC_SCOPES, |k| k.slot == slot)?;
+    remove_where::<SubjectKey, u64>(ebpf, SUBJECT_EXE, |k| in_slot(k.rule))?;
+    remove_where::<SubjectKey, u64>(ebpf, SUBJECT_PARENT, |k| in_slot(k.rule))?;
+    remove_where::<IdKey, u64>(ebpf, SUBJECT_UID, |k| in_slot(k.rule))?;
+    remove_where::<IdKey, u64>(ebpf, SUBJECT_GID, |k| in_slot(k.rule))?;
+    remove_where::<SubjectKey, u32>(ebpf, EXEC_ALLOWED, |k| in_slot(k.rule))?;
+    let mut rules = array::<RuleEntry>(ebpf, RULES)?;
+    for i in 0..MAX_RULES {
+        rules
+            .set(slot * MAX_RULES + i, RuleEntry::default(), 0)
+            .map_err(map_err(RULES))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Turning the kernel's compact decisions (kernel rule, verdict, layer, access, subject) into
+//! the event's `Decision`: which policy and rule, in words.
+
+use std::sync::Arc;
+
+use agent_common::policy::{layer, verdict, Decision, MAX_RULES, NO_SUBJECT};
+use phiguard_proto::v1;
+
+use super::compile::{access_names, Compiled};
+
+/// The policy sets in both kernel slots, so events written just before a reload still name
+/// the rules they were decided under.
+#[derive(Default)]
+pub struct PolicyTables {
+    slots: [Option<(u64, Arc<Compiled>)>; 2],
+}
+
+impl PolicyTables {
+    /// Records that `compiled` (generation `generation`) is now in `slot`.
+    pub fn set(&mut self, slot: u32, generation: u64, compiled: Arc<Compiled>) {
+        self.slots[(slot & 1) as usize] = Some((generation, compiled));
+    }
+
+    /// The event form of a kernel decision; `None` when no rule applied.
+    pub fn describe(&self, decision: &Decision) -> Option<v1::Decision> {
+        if decision.verdict == verdict::NONE {
+            return None;
+        }
+        let slot = (decision.rule / MAX_RULES) as usize;
+        let index = (decision.rule % MAX_RULES) as usize;
+        let (generation, compiled) = self.slots.get(slot)?.as_ref()?;
+        let rule = compiled.rules.get(index);
+        let origin = rule.and_then(|rule| match decision.verdict {
+            verdict::ALLOW if decision.subject != NO_SUBJECT => {
+                rule.subjects.get(usize::from(decision.subject))
+            }
+            verdict::DENY => rule.denying_origin(u32::from(decision.access), true),
+            _ => rule.denying_origin(u32::from(decision.access), false),
+        });
+        Some(v1::Decision {
+            verdict: match decision.verdict {
+                verdict::ALLOW => v1::Verdict::Allow,
+                verdict::DENY => v1::Verdict::Deny,
+                verdict::WOULD_DENY => v1::Verdict::WouldDeny,
+                _ => v1::Verdict::Unspecified,
+            } as i32,
+            policy: origin.map(|o| o.policy.clone()).unwrap_or_default(),
+            rule: origin.map(|o| o.rule.clone()).unwrap_or_default(),
+            layer: match decision.layer {
+                layer::LSM => v1::EnforcementLayer::Lsm,
+                layer::CGROUP => v1::EnforcementLayer::Cgroup,
+                layer::SIGNAL => v1::EnforcementLayer::Signal,
+                _ => v1::EnforcementLayer::Unspecified,
+            } as i32,
+            access: access_names(u32::from(decision.access)),
+            policy_file: origin
+                .map(|o| o.file.display().to_string())
+                .unwrap_or_default(),
+            generation: *generation,
+        })
+    }
+}
