@@ -8,7 +8,7 @@ use agent_common::{
     },
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_uid_gid},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
     maps::HashMap,
 };
 
@@ -19,6 +19,18 @@ use crate::{
         SUBJECT_UID,
     },
 };
+
+/// The agent's own process id, set by user space at load time: no policy applies to the agent.
+#[unsafe(no_mangle)]
+static AGENT_TGID: u32 = 0;
+
+/// Whether the current process is the agent itself.
+#[inline(always)]
+fn current_is_agent() -> bool {
+    // SAFETY: a plain static; volatile keeps the load-time value from being folded away.
+    let agent = unsafe { core::ptr::read_volatile(&raw const AGENT_TGID) };
+    agent != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 == agent
+}
 
 /// The policy slot in force. Read once per program run, so one run sees one policy set.
 #[inline(always)]
@@ -86,7 +98,7 @@ fn matching_subjects(rule: u32, entry: &RuleEntry) -> u64 {
 /// under kernel rule `rule`; a denial is enforced at `enforced_by`.
 #[inline(always)]
 pub fn decide(rule: u32, requested: u32, enforced_by: u8) -> Decision {
-    if rule == NO_RULE {
+    if rule == NO_RULE || current_is_agent() {
         return Decision::NONE;
     }
     let Some(entry) = rule_entry(rule) else {
@@ -162,6 +174,9 @@ pub fn exec_rule(slot: u32) -> u32 {
 /// the exec allow-list of kernel rule `rule`: the file itself or a directory above it.
 #[inline(always)]
 pub fn decide_exec(rule: u32, mut dentry: usize, enforced_by: u8) -> Decision {
+    if current_is_agent() {
+        return Decision::NONE;
+    }
     let Some(entry) = rule_entry(rule) else {
         return Decision::NONE;
     };

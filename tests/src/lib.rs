@@ -9,6 +9,7 @@ use std::{
 use phiguard::{
     agent::{Agent, RunStats},
     config::Config,
+    policy::Trigger,
     sink::{channel::ChannelSink, Sink},
 };
 use phiguard_proto::v1::{self, event::Body};
@@ -35,6 +36,7 @@ pub struct Harness {
     task: Option<JoinHandle<std::io::Result<RunStats>>>,
     shutdown: Option<oneshot::Sender<()>>,
     events: mpsc::UnboundedReceiver<v1::Event>,
+    reload: mpsc::Sender<Trigger>,
     /// Every event received so far.
     pub seen: Vec<v1::Event>,
 }
@@ -50,10 +52,22 @@ impl Harness {
     /// Loads and attaches the programs but reads nothing yet: records wait in the ring buffer
     /// until [`Harness::start_reading`].
     pub fn attach_only(paths: &[PathBuf], ports: &[u16]) -> Harness {
-        require_root();
         let config = Config::default()
             .with_overrides(paths, ports)
             .expect("test configuration is valid");
+        Harness::attach_with(&config)
+    }
+
+    /// Loads and attaches the programs for `config` (watches and policies) and starts reading.
+    pub fn start_with(config: &Config) -> Harness {
+        let mut harness = Harness::attach_with(config);
+        harness.start_reading();
+        harness
+    }
+
+    /// Loads and attaches the programs for `config`; reads nothing yet.
+    pub fn attach_with(config: &Config) -> Harness {
+        require_root();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -62,9 +76,10 @@ impl Harness {
         let (tx, events) = mpsc::unbounded_channel();
         let sinks: Vec<Box<dyn Sink>> = vec![Box::new(ChannelSink(tx))];
         let agent = runtime
-            .block_on(async { Agent::start(&config, sinks) })
+            .block_on(async { Agent::start(config, sinks) })
             .unwrap_or_else(|e| panic!("agent failed to start: {e}"));
         Harness {
+            reload: agent.reload_handle(),
             runtime,
             agent: Some(agent),
             task: None,
@@ -72,6 +87,13 @@ impl Harness {
             events,
             seen: Vec::new(),
         }
+    }
+
+    /// Asks the agent to reload its policies, as SIGHUP does.
+    pub fn request_reload(&self) {
+        self.reload
+            .try_send(Trigger::Signal)
+            .expect("reload request queued");
     }
 
     /// Starts the event loop.

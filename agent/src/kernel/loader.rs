@@ -6,7 +6,7 @@ use std::{fs::File, path::Path};
 use agent_common::{
     event::KIND_COUNT,
     limits::PATH_LEN,
-    maps::{EVENTS, LOST, OFFSETS_GLOBAL, WATCHED_PREFIXES},
+    maps::{AGENT_TGID_GLOBAL, EVENTS, LOST, OFFSETS_GLOBAL, WATCHED_PREFIXES},
     offsets::KernelOffsets,
 };
 use aya::{
@@ -99,6 +99,7 @@ impl Sensors {
         }
         let ebpf = EbpfLoader::new()
             .override_global(OFFSETS_GLOBAL, offsets, true)
+            .override_global(AGENT_TGID_GLOBAL, &std::process::id(), true)
             .load(OBJECT)
             .map_err(LoadError::Object)?;
         let mut sensors = Sensors {

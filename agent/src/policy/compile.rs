@@ -517,8 +517,23 @@ fn compile_files(
             }
         }
     }
-    // Every protected path and every configured watch is an anchor the kernel matches by inode.
+    // Every protected path and every configured watch is an anchor the kernel matches by inode;
+    // so is every file with several hard links under a protected directory, which a link
+    // elsewhere could otherwise reach without passing through the directory.
     let mut anchors: BTreeSet<PathBuf> = sources.iter().map(|(_, s)| s.path.clone()).collect();
+    for (_, source) in sources.iter().filter(|(_, s)| s.recursive) {
+        let linked = hard_linked_files(&source.path);
+        if linked.truncated {
+            builder.resolved.warn(
+                &mut out.warnings,
+                format!(
+                    "{}: more than {MAX_LINKED_FILES} hard-linked files or {MAX_TREE_ENTRIES} entries; links to the rest are matched by path only",
+                    source.path.display()
+                ),
+            );
+        }
+        anchors.extend(linked.files);
+    }
     let configured: Vec<(PathBuf, bool)> = out
         .watches
         .paths
@@ -594,6 +609,55 @@ fn compile_files(
         });
     }
     Ok(())
+}
+
+/// Most hard-linked files protected by their own inode entry.
+pub const MAX_LINKED_FILES: usize = 512;
+/// Most directory entries visited looking for them, per protected directory.
+pub const MAX_TREE_ENTRIES: usize = 200_000;
+
+/// Regular files with more than one link below `root` (same filesystem, no symlinks followed).
+struct Linked {
+    files: Vec<PathBuf>,
+    truncated: bool,
+}
+
+fn hard_linked_files(root: &Path) -> Linked {
+    let mut found = Linked {
+        files: Vec::new(),
+        truncated: false,
+    };
+    let Ok(meta) = fs::symlink_metadata(root) else {
+        return found;
+    };
+    if !meta.is_dir() {
+        return found;
+    }
+    let dev = meta.dev();
+    let mut stack = vec![root.to_owned()];
+    let mut visited = 0;
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            visited += 1;
+            if visited > MAX_TREE_ENTRIES || found.files.len() >= MAX_LINKED_FILES {
+                found.truncated = true;
+                return found;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.dev() != dev {
+                continue;
+            }
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() && meta.nlink() > 1 {
+                found.files.push(entry.path());
+            }
+        }
+    }
+    found
 }
 
 fn compile_ports(

@@ -1,0 +1,366 @@
+//! Host tier, enforcement: allow-list policies loaded into the running kernel deny what they
+//! do not list. This kernel has no BPF LSM, so file opens and execs are enforced with SIGKILL
+//! from the tracepoint and TCP connects with the cgroup program (EPERM). Root only; one at a
+//! time (`--test-threads=1`).
+
+use std::{
+    fs,
+    io::ErrorKind,
+    net::TcpListener,
+    os::unix::{fs::symlink, process::ExitStatusExt as _},
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use phiguard::config::Config;
+use phiguard_proto::v1::{self, event::Body};
+use phiguard_tests::{file_open, process, Harness, Tree};
+
+/// A policy directory with one file, removed on drop.
+struct PolicyDir {
+    dir: tempfile::TempDir,
+}
+
+impl PolicyDir {
+    fn new(text: &str) -> PolicyDir {
+        let dir = tempfile::Builder::new()
+            .prefix("phiguard-policies-")
+            .tempdir()
+            .unwrap();
+        let policies = PolicyDir { dir };
+        policies.write(text);
+        policies
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("test.yaml")
+    }
+
+    /// Replaces the policy file in one rename, as configuration management does.
+    fn write(&self, text: &str) {
+        let tmp = self.dir.path().join(".test.yaml.tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, self.file()).unwrap();
+    }
+
+    fn config(&self) -> Config {
+        Config::default().with_policy_dir(self.dir.path()).unwrap()
+    }
+}
+
+fn records_policy(mode: &str, dir: &Path, allowed: &[&str]) -> String {
+    let allow: String = allowed
+        .iter()
+        .map(|exe| format!("      - exe: {exe}\n"))
+        .collect();
+    format!(
+        "name: records-test\ndescription: test\nmode: {mode}\nrules:\n  - name: patient-files\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n{allow}",
+        dir.display()
+    )
+}
+
+fn status_of(cmd: &mut Command) -> ExitStatus {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("spawn")
+}
+
+fn killed(status: ExitStatus) -> bool {
+    status.signal() == Some(libc::SIGKILL)
+}
+
+fn decision(event: &v1::Event) -> Option<&v1::Decision> {
+    event.decision.as_ref()
+}
+
+fn verdict_is(event: &v1::Event, verdict: v1::Verdict) -> bool {
+    decision(event).is_some_and(|d| d.verdict == verdict as i32)
+}
+
+#[test]
+fn only_listed_binaries_may_open_protected_files_by_any_path() {
+    let tree = Tree::new();
+    let file = tree.watched.join("rec.txt");
+    fs::write(&file, "patient 1").unwrap();
+    // A hard link made before the policy loads, and a symlink, both outside the directory.
+    let hard = tree.other.join("hard-link.txt");
+    fs::hard_link(&file, &hard).unwrap();
+    let soft = tree.other.join("soft-link.txt");
+    symlink(&file, &soft).unwrap();
+    let policies = PolicyDir::new(&records_policy("enforce", &tree.watched, &["/usr/bin/cat"]));
+    let mut h = Harness::start_with(&policies.config());
+
+    let status = status_of(Command::new("/usr/bin/cat").arg(&file));
+    assert!(status.success(), "cat is allowed: {status:?}");
+    let allowed = h.expect("allow decision for cat", |e| {
+        verdict_is(e, v1::Verdict::Allow) && process(e).exe == "/usr/bin/cat"
+    });
+    let d = decision(&allowed).unwrap();
+    assert_eq!(
+        (d.policy.as_str(), d.rule.as_str()),
+        ("records-test", "patient-files")
+    );
+    assert_eq!(d.access, ["read"]);
+    assert_eq!(d.generation, 1);
+    assert_eq!(d.policy_file, policies.file().display().to_string());
+
+    for (how, path, cwd) in [
+        ("absolute path", file.clone(), None),
+        (
+            "relative path",
+            PathBuf::from("./rec.txt"),
+            Some(&tree.watched),
+        ),
+        ("symlink", soft.clone(), None),
+        ("hard link", hard.clone(), None),
+    ] {
+        let mut head = Command::new("/usr/bin/head");
+        head.arg(&path);
+        if let Some(cwd) = cwd {
+            head.current_dir(cwd);
+        }
+        let status = status_of(&mut head);
+        assert!(
+            killed(status),
+            "head through a {how} must be killed: {status:?}"
+        );
+        let requested = path.display().to_string();
+        let denied = h.expect(&format!("deny decision for head via {how}"), |e| {
+            verdict_is(e, v1::Verdict::Deny)
+                && file_open(e).is_some_and(|f| f.requested_path == requested)
+        });
+        let d = decision(&denied).unwrap();
+        assert_eq!(d.rule, "patient-files");
+        assert_eq!(d.layer, v1::EnforcementLayer::Signal as i32);
+        assert_eq!(process(&denied).exe, "/usr/bin/head");
+    }
+    // Writing is governed too: cat may, tee may not.
+    let status = status_of(
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("echo x | /usr/bin/tee -a {}", file.display())),
+    );
+    assert!(!status.success(), "tee is not allowed to write");
+    h.expect("deny decision for tee's write", |e| {
+        verdict_is(e, v1::Verdict::Deny)
+            && decision(e).is_some_and(|d| d.access.contains(&"write".to_owned()))
+    });
+    assert_eq!(fs::read_to_string(&file).unwrap(), "patient 1");
+    // Files elsewhere are left alone.
+    let outside = tree.other.join("note.txt");
+    fs::write(&outside, "not ePHI").unwrap();
+    assert!(status_of(Command::new("/usr/bin/head").arg(&outside)).success());
+    h.stop();
+}
+
+#[test]
+fn audit_mode_lets_the_read_happen_and_reports_would_deny() {
+    let tree = Tree::new();
+    let file = tree.watched.join("rec.txt");
+    fs::write(&file, "patient 1").unwrap();
+    let policies = PolicyDir::new(&records_policy("audit", &tree.watched, &["/usr/bin/cat"]));
+    let mut h = Harness::start_with(&policies.config());
+    let status = status_of(Command::new("/usr/bin/head").arg(&file));
+    assert!(status.success(), "audit mode blocks nothing: {status:?}");
+    let event = h.expect("would-deny decision for head", |e| {
+        verdict_is(e, v1::Verdict::WouldDeny) && process(e).exe == "/usr/bin/head"
+    });
+    let d = decision(&event).unwrap();
+    assert_eq!(d.layer, v1::EnforcementLayer::Unspecified as i32);
+    assert_eq!(d.policy, "records-test");
+    h.stop();
+}
+
+fn bash_connect(port: u16, as_nobody: bool) -> ExitStatus {
+    let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
+    if as_nobody {
+        status_of(Command::new("/usr/bin/setpriv").args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/bash",
+            "-c",
+            &script,
+        ]))
+    } else {
+        status_of(Command::new("/bin/bash").args(["-c", &script]))
+    }
+}
+
+#[test]
+fn unlisted_process_cannot_connect_to_the_protected_database_port() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let policy = format!(
+        "name: db-test\nmode: enforce\nrules:\n  - name: clients\n    database:\n      - port: {port}\n    allow:\n      - exe: /usr/bin/bash\n        user: root\n"
+    );
+    let policies = PolicyDir::new(&policy);
+    let mut h = Harness::start_with(&policies.config());
+
+    // bash as root is the listed client; bash as nobody is not.
+    assert!(bash_connect(port, false).success(), "root's bash connects");
+    h.expect("allow decision for root's bash", |e| {
+        verdict_is(e, v1::Verdict::Allow)
+            && matches!(&e.body, Some(Body::Connect(c)) if c.port == u32::from(port))
+    });
+    assert!(
+        !bash_connect(port, true).success(),
+        "nobody's bash is refused"
+    );
+    let denied = h.expect("deny decision for nobody's connect", |e| {
+        verdict_is(e, v1::Verdict::Deny)
+            && matches!(&e.body, Some(Body::Connect(c)) if c.port == u32::from(port))
+    });
+    let p = process(&denied);
+    assert_eq!(
+        (p.exe.as_str(), p.user.as_ref().unwrap().id),
+        ("/usr/bin/bash", Some(65534))
+    );
+    let d = decision(&denied).unwrap();
+    assert_eq!(d.layer, v1::EnforcementLayer::Cgroup as i32);
+    assert_eq!((d.policy.as_str(), d.rule.as_str()), ("db-test", "clients"));
+    // Other ports are left alone.
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    assert!(bash_connect(other_port, true).success());
+    drop(listener);
+    h.stop();
+}
+
+/// A cgroup v2 directory for one test, removed on drop.
+struct TestCgroup {
+    path: PathBuf,
+    relative: PathBuf,
+}
+
+impl TestCgroup {
+    fn new() -> TestCgroup {
+        let root = phiguard::kernel::mounts::cgroup2_root().expect("cgroup v2 is mounted");
+        let name = format!("phiguard-test-{}", std::process::id());
+        let path = root.join(&name);
+        fs::create_dir(&path).expect("create test cgroup");
+        TestCgroup {
+            path,
+            relative: PathBuf::from("/").join(name),
+        }
+    }
+
+    /// Runs `script` with `sh`, moved into this cgroup first.
+    fn run(&self, script: &str) -> ExitStatus {
+        let procs = self.path.join("cgroup.procs");
+        status_of(
+            Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("echo $$ > {} && {script}", procs.display())),
+        )
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Its processes have exited; an empty cgroup can be removed.
+        for _ in 0..50 {
+            match fs::remove_dir(&self.path) {
+                Err(e) if e.kind() == ErrorKind::ResourceBusy => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+#[test]
+fn exec_allow_list_stops_unlisted_binaries_in_its_cgroup_only() {
+    let cgroup = TestCgroup::new();
+    let policy = format!(
+        "name: exec-test\nmode: enforce\nrules:\n  - name: service-binaries\n    exec:\n      allow: [/usr/bin/sh, /usr/bin/dash, /usr/bin/true]\n      cgroup: {}\n",
+        cgroup.relative.display()
+    );
+    let policies = PolicyDir::new(&policy);
+    let mut h = Harness::start_with(&policies.config());
+    assert!(cgroup.run("exec /usr/bin/true").success(), "true is listed");
+    let status = cgroup.run("exec /usr/bin/id");
+    assert!(killed(status), "id is not listed: {status:?}");
+    let denied = h.expect("deny decision for the exec of id", |e| {
+        verdict_is(e, v1::Verdict::Deny) && matches!(&e.body, Some(Body::Exec(_)))
+    });
+    assert_eq!(process(&denied).exe, "/usr/bin/id");
+    let d = decision(&denied).unwrap();
+    assert_eq!(d.access, ["exec"]);
+    assert_eq!(d.layer, v1::EnforcementLayer::Signal as i32);
+    h.expect("allow decision for true", |e| {
+        verdict_is(e, v1::Verdict::Allow) && process(e).exe == "/usr/bin/true"
+    });
+    // Outside the cgroup nothing is restricted.
+    assert!(status_of(&mut Command::new("/usr/bin/id")).success());
+    h.stop();
+}
+
+#[test]
+fn invalid_policy_is_refused_whole_and_a_valid_edit_takes_effect() {
+    let tree = Tree::new();
+    let file = tree.watched.join("rec.txt");
+    fs::write(&file, "patient 1").unwrap();
+    let policies = PolicyDir::new(&records_policy("enforce", &tree.watched, &["/usr/bin/cat"]));
+    let mut h = Harness::start_with(&policies.config());
+    assert!(killed(status_of(Command::new("/usr/bin/head").arg(&file))));
+
+    // An unknown field: refused with file:line:column, and the old policy still enforces.
+    let bad = records_policy("enforce", &tree.watched, &["/usr/bin/cat", "/usr/bin/head"])
+        .replace("    allow:\n", "    allow:\n      - colour: blue\n");
+    policies.write(&bad);
+    let refused = h.expect(
+        "refused reload",
+        |e| matches!(&e.body, Some(Body::PolicyLoad(p)) if !p.ok),
+    );
+    let Some(Body::PolicyLoad(load)) = &refused.body else {
+        unreachable!()
+    };
+    let located = format!("{}:10:9", policies.file().display());
+    assert!(
+        load.error.contains(&located),
+        "error names file:line:column: {}",
+        load.error
+    );
+    assert!(
+        load.error.contains("colour"),
+        "error names the field: {}",
+        load.error
+    );
+    assert_eq!(load.generation, 1, "generation 1 stays in force");
+    assert!(
+        killed(status_of(Command::new("/usr/bin/head").arg(&file))),
+        "the old policy still enforces"
+    );
+
+    // A valid edit allowing head takes effect without a restart.
+    let written = Instant::now();
+    policies.write(&records_policy(
+        "enforce",
+        &tree.watched,
+        &["/usr/bin/cat", "/usr/bin/head"],
+    ));
+    h.expect("accepted reload", |e| {
+        matches!(&e.body, Some(Body::PolicyLoad(p)) if p.ok && p.generation == 2 && p.trigger == "file change")
+    });
+    println!(
+        "valid edit in force {:?} after the write",
+        written.elapsed()
+    );
+    let status = status_of(Command::new("/usr/bin/head").arg(&file));
+    assert!(status.success(), "head is allowed now: {status:?}");
+    h.expect("allow decision under generation 2", |e| {
+        decision(e).is_some_and(|d| d.generation == 2 && d.verdict == v1::Verdict::Allow as i32)
+            && process(e).exe == "/usr/bin/head"
+    });
+
+    // An explicit request (SIGHUP in the binary) reloads too.
+    h.request_reload();
+    h.expect("reload on request", |e| {
+        matches!(&e.body, Some(Body::PolicyLoad(p)) if p.ok && p.generation == 3 && p.trigger == "SIGHUP")
+    });
+    h.stop();
+}
