@@ -31,9 +31,10 @@ pub const SUBJECT_GID: &str = "SUBJECT_GID";
 pub const EXEC_SCOPES: &str = "EXEC_SCOPES";
 /// Directories and files an exec rule allows: [`crate::policy::SubjectKey`] → `1`.
 pub const EXEC_ALLOWED: &str = "EXEC_ALLOWED";
-/// The global holding the agent's own process id (`u32`): policies never apply to the agent,
-/// which reads protected directories to compile them and hashes protected binaries.
-pub const AGENT_TGID_GLOBAL: &str = "AGENT_TGID";
+/// The agent's own process id (`u32`), in an array of one: policies never apply to the agent,
+/// which reads protected directories to compile them and hashes protected binaries. Pinned
+/// while enforcing, so a restarted agent exempts itself from its predecessor's programs too.
+pub const AGENT: &str = "AGENT";
 /// The global holding [`crate::offsets::KernelOffsets`].
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 

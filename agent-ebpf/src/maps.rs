@@ -43,6 +43,10 @@ pub static WATCHED_PREFIXES: LpmTrie<[u8; PATH_LEN], u32> =
 pub static WATCHED_PORTS: HashMap<PortKey, u32> =
     HashMap::with_max_entries(2 * MAX_WATCHED_PORTS, 0);
 
+/// The agent's own process id.
+#[map]
+pub static AGENT: Array<u32> = Array::with_max_entries(1, 0);
+
 /// The active policy slot.
 #[map]
 pub static POLICY_SLOT: Array<u32> = Array::with_max_entries(1, 0);

@@ -15,20 +15,15 @@ use aya_ebpf::{
 use crate::{
     kernel::{dentry_id, dentry_parent, FileId, Task},
     maps::{
-        EXEC_ALLOWED, EXEC_SCOPES, POLICY_SLOT, RULES, SUBJECT_EXE, SUBJECT_GID, SUBJECT_PARENT,
-        SUBJECT_UID,
+        AGENT, EXEC_ALLOWED, EXEC_SCOPES, POLICY_SLOT, RULES, SUBJECT_EXE, SUBJECT_GID,
+        SUBJECT_PARENT, SUBJECT_UID,
     },
 };
 
-/// The agent's own process id, set by user space at load time: no policy applies to the agent.
-#[unsafe(no_mangle)]
-static AGENT_TGID: u32 = 0;
-
-/// Whether the current process is the agent itself.
+/// Whether the current process is the agent itself: no policy applies to it.
 #[inline(always)]
 fn current_is_agent() -> bool {
-    // SAFETY: a plain static; volatile keeps the load-time value from being folded away.
-    let agent = unsafe { core::ptr::read_volatile(&raw const AGENT_TGID) };
+    let agent = AGENT.get(0).copied().unwrap_or(0);
     agent != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 == agent
 }
 

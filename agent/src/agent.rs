@@ -17,7 +17,7 @@ use crate::{
     config::Config,
     enrich::{host::HostInfo, EnrichSettings, Enricher},
     event::decode::decode,
-    kernel::{btf, loader::Sensors, mounts, probe, reader::Reader},
+    kernel::{btf, loader::Sensors, mounts, pins, probe, reader::Reader},
     policy::{self, compile::Compiled, watcher::PolicyWatcher, Trigger},
     sink::Sink,
     watch::WatchSet,
@@ -46,6 +46,9 @@ pub enum StartError {
     /// The programs did not load or attach.
     #[error(transparent)]
     Load(#[from] crate::kernel::loader::LoadError),
+    /// A previous agent's pinned programs could not be taken over.
+    #[error(transparent)]
+    Pins(#[from] pins::PinError),
     /// The policy set is invalid.
     #[error(transparent)]
     Policy(#[from] policy::LoadError),
@@ -106,8 +109,27 @@ impl Agent {
         let watches = WatchSet::new(&config.watch.paths, &config.watch.ports)?;
         let cgroup_root = mounts::cgroup2_root()?;
         let dir = config.policy.dir.clone();
+        // Enforcement outlives the agent: pinned links keep the programs attached. A
+        // predecessor's programs may still enforce: exempt this process before compiling
+        // (which reads protected directories).
+        let pin_root = dir.as_ref().map(|_| Path::new(pins::PIN_DIR));
+        if let Some(root) = pin_root {
+            if pins::claim(root)? {
+                info!(
+                    pins = pins::PIN_DIR,
+                    "found programs pinned by a previous agent: taking them over"
+                );
+            }
+        }
         let compiled = Arc::new(policy::load(dir.as_deref(), &watches, &cgroup_root)?);
-        let mut sensors = Sensors::load(&offsets, &compiled, &cgroup_root)?;
+        let mut sensors = Sensors::load(&offsets, &compiled, &cgroup_root, pin_root)?;
+        if sensors.is_pinned() {
+            info!(
+                pins = pins::PIN_DIR,
+                replaced = sensors.replaced_pins(),
+                "programs pinned: enforcement stays in force if the agent stops; `phiguard unload` removes it"
+            );
+        }
         let slot = sensors.active_slot()?;
         let reader = Reader::new(sensors.take_ring_buffer()?).map_err(StartError::Reader)?;
         let lost_reported = sensors.lost()?;
@@ -209,7 +231,13 @@ impl Agent {
             events = self.stats.events,
             kernel_lost = self.stats.kernel_lost,
             decode_errors = self.stats.decode_errors,
-            "phiguard stopped; programs detached"
+            pinned = self.sensors.is_pinned(),
+            "phiguard stopped; {}",
+            if self.sensors.is_pinned() {
+                "pinned programs stay attached and keep enforcing"
+            } else {
+                "programs detached"
+            }
         );
         Ok(self.stats)
     }

@@ -31,6 +31,9 @@ pub enum Command {
     /// Work with allow-list policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Remove the pinned programs that keep enforcing after the agent stops (run it after
+    /// stopping the agent to switch enforcement off deliberately).
+    Unload,
 }
 
 /// `phiguard policy …`.

@@ -12,7 +12,7 @@ use phiguard::{
     agent::Agent,
     cli::{Cli, Command, LogFormat, PolicyCommand, RunArgs, DEFAULT_CONFIG, DEFAULT_POLICY_DIR},
     config::Config,
-    kernel::mounts,
+    kernel::{mounts, pins},
     policy::{self, Trigger},
     sink::{json::JsonLines, Sink},
     watch::WatchSet,
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Policy(PolicyCommand::Check { dir, config }) => check_policies(dir, config),
+        Command::Unload => unload(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,6 +62,20 @@ fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
         config = config.with_policy_dir(dir)?;
     }
     Ok(config.with_overrides(&args.watch, &args.watch_port)?)
+}
+
+/// `phiguard unload`: removes the pins, so programs no running agent holds are detached.
+fn unload() -> anyhow::Result<()> {
+    let removed = pins::unload(Path::new(pins::PIN_DIR))?;
+    if removed == 0 {
+        println!("nothing pinned under {}", pins::PIN_DIR);
+    } else {
+        println!(
+            "removed {removed} pinned programs from {}; enforcement stops once no agent runs",
+            pins::PIN_DIR
+        );
+    }
+    Ok(())
 }
 
 /// `phiguard policy check`: validates and compiles, prints what is protected and how.

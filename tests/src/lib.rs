@@ -2,13 +2,14 @@
 //! channel sink, run commands, and wait for the events they cause.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use phiguard::{
     agent::{Agent, RunStats},
     config::Config,
+    kernel::pins,
     policy::Trigger,
     sink::{channel::ChannelSink, Sink},
 };
@@ -37,6 +38,8 @@ pub struct Harness {
     shutdown: Option<oneshot::Sender<()>>,
     events: mpsc::UnboundedReceiver<v1::Event>,
     reload: mpsc::Sender<Trigger>,
+    /// The agent pins its programs (policies are enforced): unpinned when the test ends.
+    pinned: bool,
     /// Every event received so far.
     pub seen: Vec<v1::Event>,
 }
@@ -79,6 +82,7 @@ impl Harness {
             .block_on(async { Agent::start(config, sinks) })
             .unwrap_or_else(|e| panic!("agent failed to start: {e}"));
         Harness {
+            pinned: config.policy.dir.is_some(),
             reload: agent.reload_handle(),
             runtime,
             agent: Some(agent),
@@ -172,6 +176,24 @@ impl Harness {
             self.seen.push(event);
         }
         stats
+    }
+}
+
+impl Drop for Harness {
+    /// Stops the agent if it still runs, and removes its pins: a test leaves no program behind.
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = self.runtime.block_on(task);
+        }
+        self.agent.take();
+        if self.pinned {
+            if let Err(e) = pins::unload(Path::new(pins::PIN_DIR)) {
+                eprintln!("removing the test's pinned programs: {e}");
+            }
+        }
     }
 }
 

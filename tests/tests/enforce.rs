@@ -364,3 +364,138 @@ fn invalid_policy_is_refused_whole_and_a_valid_edit_takes_effect() {
     });
     h.stop();
 }
+
+/// A `phiguard run` process; SIGKILLed on drop if still running.
+struct AgentProcess {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// Its stderr up to the start-up line.
+    startup: String,
+}
+
+impl AgentProcess {
+    fn start(policies: &Path) -> AgentProcess {
+        use std::io::BufRead as _;
+        let binary = std::env::var("PHIGUARD_BIN").unwrap_or_else(|_| {
+            panic!("PHIGUARD_BIN is not set: run the host tier through `cargo xtask test`")
+        });
+        let mut child = Command::new(binary)
+            .args(["run", "--log-format", "json", "--policies"])
+            .arg(policies)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut startup = String::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !startup.contains("events are flowing") {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "agent exited before it was ready: {startup}"
+            );
+            startup.push_str(&line);
+            assert!(
+                Instant::now() < deadline,
+                "not ready within 30 s: {startup}"
+            );
+        }
+        // Keep draining stderr so the agent never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        AgentProcess {
+            stdout: std::io::BufReader::new(child.stdout.take().unwrap()),
+            child,
+            startup,
+        }
+    }
+
+    /// Reads stdout until an event matches `pred`.
+    fn expect(&mut self, what: &str, pred: impl Fn(&v1::Event) -> bool) -> v1::Event {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "agent output ended without {what}"
+            );
+            let event: v1::Event = serde_json::from_str(&line).expect("a JSON event per line");
+            if pred(&event) {
+                return event;
+            }
+        }
+    }
+
+    fn kill(&mut self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Removes the pins when the test ends, pass or fail.
+struct UnloadOnDrop;
+
+impl Drop for UnloadOnDrop {
+    fn drop(&mut self) {
+        let _ = phiguard::kernel::pins::unload(Path::new(phiguard::kernel::pins::PIN_DIR));
+    }
+}
+
+#[test]
+fn enforcement_survives_sigkill_and_a_restart_adopts_the_pinned_programs() {
+    use nix::sys::signal::Signal;
+    use phiguard::kernel::pins;
+    let tree = Tree::new();
+    let file = tree.watched.join("rec.txt");
+    fs::write(&file, "patient 1").unwrap();
+    let policies = PolicyDir::new(&records_policy("enforce", &tree.watched, &["/usr/bin/cat"]));
+    // Declared after the tree: the pins go before the tree is removed.
+    let _cleanup = UnloadOnDrop;
+    let head = || status_of(Command::new("/usr/bin/head").arg(&file));
+
+    let mut first = AgentProcess::start(policies.dir.path());
+    assert!(killed(head()), "enforced while the agent runs");
+    first.kill(Signal::SIGKILL);
+    let pinned = pins::pinned_programs(Path::new(pins::PIN_DIR));
+    assert!(
+        pinned.contains(&"file_sys_exit_openat".to_owned()),
+        "pins: {pinned:?}"
+    );
+    assert!(
+        killed(head()),
+        "still enforced after the agent was SIGKILLed"
+    );
+
+    let mut second = AgentProcess::start(policies.dir.path());
+    let replaced = format!("\"replaced\":{}", pinned.len());
+    assert!(
+        second.startup.contains(&replaced),
+        "the new agent replaces every pinned program ({replaced}): {}",
+        second.startup
+    );
+    assert!(killed(head()));
+    second.expect("a deny event from the restarted agent", |e| {
+        verdict_is(e, v1::Verdict::Deny) && process(e).exe == "/usr/bin/head"
+    });
+    second.kill(Signal::SIGTERM);
+    assert!(
+        killed(head()),
+        "a clean stop leaves enforcement in force too"
+    );
+
+    let unload = Command::new(std::env::var("PHIGUARD_BIN").unwrap())
+        .arg("unload")
+        .output()
+        .unwrap();
+    assert!(unload.status.success(), "{unload:?}");
+    assert!(pins::pinned_programs(Path::new(pins::PIN_DIR)).is_empty());
+    assert!(head().success(), "after `phiguard unload` nothing enforces");
+}

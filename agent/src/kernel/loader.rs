@@ -6,17 +6,20 @@ use std::{fs::File, path::Path};
 use agent_common::{
     event::KIND_COUNT,
     limits::PATH_LEN,
-    maps::{AGENT_TGID_GLOBAL, EVENTS, LOST, OFFSETS_GLOBAL, WATCHED_PREFIXES},
+    maps::{AGENT, EVENTS, LOST, OFFSETS_GLOBAL, WATCHED_PREFIXES},
     offsets::KernelOffsets,
 };
 use aya::{
-    maps::{lpm_trie::Key, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 
 use super::{
-    install,
+    install, pins,
     registry::{Hook, ProgramSpec, PROGRAMS},
 };
 use crate::{policy::compile::Compiled, watch::WatchSet};
@@ -58,6 +61,9 @@ pub enum LoadError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// The links could not be pinned.
+    #[error(transparent)]
+    Pin(#[from] pins::PinError),
     /// The cgroup v2 root could not be opened.
     #[error("opening cgroup v2 root {path}: {source}")]
     Cgroup {
@@ -80,6 +86,11 @@ pub struct ProgramStatus {
 
 /// The loaded programs. Dropping it detaches them all.
 pub struct Sensors {
+    /// Attached links, held until pinned (or dropped: detached).
+    links: Vec<(&'static str, FdLink)>,
+    /// Pinned links (they stay attached after this process exits).
+    pinned: Vec<PinnedLink>,
+    replaced_pins: usize,
     ebpf: Ebpf,
     /// Per-program outcome, in registry order.
     pub status: Vec<ProgramStatus>,
@@ -88,24 +99,40 @@ pub struct Sensors {
 impl Sensors {
     /// Loads the object with `offsets`, installs `compiled` (watches and policies) before any
     /// program runs, and attaches all programs (cgroup programs at `cgroup_root`). Optional
-    /// programs that fail are reported in `status`; a required one failing is an error.
+    /// programs that fail are reported in `status`; a required one failing is an error. With
+    /// `pin_root`, the links are pinned there (replacing a previous agent's) and outlive this
+    /// process; see [`super::pins`].
     pub fn load(
         offsets: &KernelOffsets,
         compiled: &Compiled,
         cgroup_root: &Path,
+        pin_root: Option<&Path>,
     ) -> Result<Sensors, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
-        let ebpf = EbpfLoader::new()
-            .override_global(OFFSETS_GLOBAL, offsets, true)
-            .override_global(AGENT_TGID_GLOBAL, &std::process::id(), true)
-            .load(OBJECT)
-            .map_err(LoadError::Object)?;
+        let mut loader = EbpfLoader::new();
+        loader.override_global(OFFSETS_GLOBAL, offsets, true);
+        if let Some(root) = pin_root {
+            // Shared with the programs a previous agent pinned (see `pins::claim`).
+            pins::create_dir(root)?;
+            loader.map_pin_path(AGENT, pins::agent_map_path(root));
+        }
+        let ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         let mut sensors = Sensors {
             ebpf,
             status: Vec::new(),
+            links: Vec::new(),
+            pinned: Vec::new(),
+            replaced_pins: 0,
         };
+        {
+            let mut agent: Array<_, u32> = Array::try_from(sensors.map_mut(AGENT)?)
+                .map_err(|source| LoadError::Map { map: AGENT, source })?;
+            agent
+                .set(0, std::process::id(), 0)
+                .map_err(|source| LoadError::Map { map: AGENT, source })?;
+        }
         sensors.fill_prefixes(&compiled.watches)?;
         sensors.install(compiled)?;
         let cgroup = File::open(cgroup_root).map_err(|source| LoadError::Cgroup {
@@ -123,7 +150,23 @@ impl Sensors {
             }
             sensors.status.push(ProgramStatus { spec: *spec, error });
         }
+        if let Some(root) = pin_root {
+            let links = std::mem::take(&mut sensors.links);
+            let (pinned, replaced) = pins::pin_replacing(root, links)?;
+            sensors.pinned = pinned;
+            sensors.replaced_pins = replaced;
+        }
         Ok(sensors)
+    }
+
+    /// How many pinned programs of a previous agent this one replaced.
+    pub fn replaced_pins(&self) -> usize {
+        self.replaced_pins
+    }
+
+    /// Whether the programs are pinned (they outlive this process).
+    pub fn is_pinned(&self) -> bool {
+        !self.pinned.is_empty()
     }
 
     fn attach(&mut self, spec: &ProgramSpec, cgroup: &File) -> Result<(), String> {
@@ -145,20 +188,29 @@ impl Sensors {
             Hook::TracePoint { category, name } => {
                 let p: &mut TracePoint = program.try_into().map_err(|e| text(&e))?;
                 p.load().map_err(|e| text(&e))?;
-                p.attach(category, name).map_err(|e| text(&e))?;
+                let id = p.attach(category, name).map_err(|e| text(&e))?;
+                let link = p.take_link(id).map_err(|e| text(&e))?;
+                self.links
+                    .push((spec.name, FdLink::try_from(link).map_err(|e| text(&e))?));
             }
             Hook::RawTracePoint { name } => {
                 let p: &mut RawTracePoint = program.try_into().map_err(|e| text(&e))?;
                 p.load().map_err(|e| text(&e))?;
-                p.attach(name).map_err(|e| text(&e))?;
+                let id = p.attach(name).map_err(|e| text(&e))?;
+                let link = p.take_link(id).map_err(|e| text(&e))?;
+                self.links.push((spec.name, FdLink::from(link)));
             }
             Hook::CgroupConnect => {
                 let p: &mut CgroupSockAddr = program.try_into().map_err(|e| text(&e))?;
                 p.load().map_err(|e| text(&e))?;
                 // A bpf_link (Linux 5.7+) coexists with other programs on the cgroup whatever the
                 // mode; link_create rejects any flag, so the mode must be the default (0).
-                p.attach(cgroup, CgroupAttachMode::Single)
+                let id = p
+                    .attach(cgroup, CgroupAttachMode::Single)
                     .map_err(|e| text(&e))?;
+                let link = p.take_link(id).map_err(|e| text(&e))?;
+                self.links
+                    .push((spec.name, FdLink::try_from(link).map_err(|e| text(&e))?));
             }
         }
         Ok(())

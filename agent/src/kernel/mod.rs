@@ -5,6 +5,7 @@ pub mod btf;
 pub mod install;
 pub mod loader;
 pub mod mounts;
+pub mod pins;
 pub mod probe;
 pub mod reader;
 pub mod registry;

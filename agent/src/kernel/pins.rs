@@ -1,0 +1,172 @@
+//! Keeping enforcement in force across agent restarts: while policies are enforced, every
+//! program's link is pinned under [`PIN_DIR`], so a crash, a SIGKILL or an upgrade leaves the
+//! programs attached (with the policy maps they hold). A starting agent attaches its own
+//! programs first, pins them, and only then drops the previous ones: there is no moment
+//! without enforcement. `phiguard unload` removes the pins deliberately.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::links::{FdLink, PinnedLink},
+};
+
+/// Where links are pinned (on bpffs).
+pub const PIN_DIR: &str = "/sys/fs/bpf/phiguard";
+
+/// Suffix of a link pinned but not yet in place (bpffs refuses `.` in names).
+const STAGING: &str = "__staged";
+
+/// Pinning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// The pin directory could not be made or read.
+    #[error("{}: {source}", path.display())]
+    Dir {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A link could not be pinned.
+    #[error("pinning {name}: {reason}")]
+    Pin {
+        /// Program name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn links_dir(root: &Path) -> PathBuf {
+    root.join("links")
+}
+
+/// Creates the pin directory (mode 0700: only root reaches the pins).
+pub fn create_dir(root: &Path) -> Result<(), PinError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(links_dir(root))
+        .map_err(|source| PinError::Dir {
+            path: root.to_owned(),
+            source,
+        })
+}
+
+/// Where the map holding the agent's pid is pinned.
+pub fn agent_map_path(root: &Path) -> PathBuf {
+    root.join("agent")
+}
+
+/// Makes this process the exempt agent for programs a previous agent pinned under `root`,
+/// before it reads anything they protect. Returns whether there were such programs.
+pub fn claim(root: &Path) -> Result<bool, PinError> {
+    let path = agent_map_path(root);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let fail = |reason: String| PinError::Pin {
+        name: path.display().to_string(),
+        reason,
+    };
+    let data = MapData::from_pin(&path).map_err(|e| fail(e.to_string()))?;
+    let map = Map::from_map_data(data).map_err(|e| fail(e.to_string()))?;
+    let mut agent: Array<_, u32> = Array::try_from(map).map_err(|e| fail(e.to_string()))?;
+    agent
+        .set(0, std::process::id(), 0)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(true)
+}
+
+/// Pins `links` (program name, link) under `root`, replacing what a previous agent pinned there.
+/// The new links are pinned under temporary names first and renamed over the old ones, so
+/// each hook always has a pinned program. Returns the pinned links and how many old pins were
+/// replaced.
+pub fn pin_replacing(
+    root: &Path,
+    links: Vec<(&'static str, FdLink)>,
+) -> Result<(Vec<PinnedLink>, usize), PinError> {
+    let dir = links_dir(root);
+    create_dir(root)?;
+    let mut staged = Vec::new();
+    for (name, link) in links {
+        let path = dir.join(format!("{name}{STAGING}"));
+        let _ = fs::remove_file(&path); // a leftover from an agent that died while starting
+        let pinned = link.pin(&path).map_err(|e| PinError::Pin {
+            name: name.to_owned(),
+            reason: match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            },
+        })?;
+        staged.push((name, pinned));
+    }
+    let old = pinned_programs(root);
+    let mut replaced = 0;
+    let mut done = Vec::new();
+    for (name, pinned) in staged {
+        // (The handle keeps its staging path; the pin itself is what keeps the link alive.)
+        let final_path = dir.join(name);
+        if final_path.exists() {
+            replaced += 1;
+        }
+        // Renaming over the old pin drops the last reference to the old link: it detaches
+        // now, with the new one already attached.
+        fs::rename(dir.join(format!("{name}{STAGING}")), &final_path).map_err(|source| {
+            PinError::Dir {
+                path: final_path.clone(),
+                source,
+            }
+        })?;
+        done.push((name, pinned));
+    }
+    // Programs an older agent had that this one does not: removed, not left running blind.
+    for name in old {
+        if !done.iter().any(|(n, _)| *n == name) {
+            let _ = fs::remove_file(dir.join(&name));
+        }
+    }
+    Ok((done.into_iter().map(|(_, p)| p).collect(), replaced))
+}
+
+/// Names of the programs pinned under `root`.
+pub fn pinned_programs(root: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(links_dir(root)) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| !n.ends_with(STAGING))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Removes every pin under `root`: programs no running agent holds are detached. Returns how
+/// many pins were removed.
+pub fn unload(root: &Path) -> Result<usize, PinError> {
+    let dir = links_dir(root);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => return Err(PinError::Dir { path: dir, source }),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        fs::remove_file(entry.path()).map_err(|source| PinError::Dir {
+            path: entry.path(),
+            source,
+        })?;
+        removed += 1;
+    }
+    let _ = fs::remove_dir(&dir);
+    let _ = fs::remove_file(agent_map_path(root));
+    let _ = fs::remove_dir(root);
+    Ok(removed)
+}
