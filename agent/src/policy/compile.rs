@@ -899,7 +899,7 @@ mod tests {
         );
         let watched = dir.path().join("watched");
         fs::create_dir(&watched).unwrap();
-        let watches = WatchSet::new(&[watched.clone()], &[]).unwrap();
+        let watches = WatchSet::new(std::slice::from_ref(&watched), &[]).unwrap();
         let inner_policy = format!(
             "name: inner\nmode: enforce\nrules:\n  - name: records\n    files:\n      - path: {}/**\n        access: [read]\n    allow:\n      - exe: /usr/bin/cat\n",
             inner.display()
