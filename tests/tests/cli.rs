@@ -116,3 +116,60 @@ fn bad_config_is_rejected_with_file_line_and_field() {
         "{stderr}"
     );
 }
+
+#[test]
+fn policy_check_prints_protections_and_rejects_a_bad_file_with_its_location() {
+    let tree = Tree::new();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("records.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "name: records\nmode: enforce\nrules:\n  - name: files\n    files:\n      - path: {}/**\n        access: [read]\n    allow:\n      - exe: /usr/bin/cat\n  - name: db\n    database:\n      - port: 5432\n    allow:\n      - user: postgres-nobody-here\n",
+            tree.watched.display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(binary())
+        .args(["policy", "check"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("1 policies valid: records"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{}/** read: records/files (enforce)",
+            tree.watched.display()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("tcp port 5432 connect"), "{stdout}");
+    assert!(
+        stdout.contains("EPERM"),
+        "names the enforcement layer: {stdout}"
+    );
+    assert!(
+        stdout.contains("warning: policy records rule db: no user postgres-nobody-here"),
+        "{stdout}"
+    );
+
+    std::fs::write(
+        dir.path().join("broken.yaml"),
+        "name: broken\nmode: enforce\nrules:\n  - name: r\n    files:\n      - path: /srv/*.txt\n        access: [read]\n    allow:\n      - user: root\n",
+    )
+    .unwrap();
+    let output = Command::new(binary())
+        .args(["policy", "check"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a bad file fails the check");
+    let located = format!(
+        "{}:6:15: rules[0].files[0].path",
+        dir.path().join("broken.yaml").display()
+    );
+    assert!(stderr.contains(&located), "{stderr}");
+}
