@@ -49,9 +49,28 @@ impl Scratch {
         let root = std::env::temp_dir().join(format!("phiguard-bench-{}", std::process::id()));
         fs::create_dir_all(root.join("watched"))?;
         fs::create_dir_all(root.join("plain"))?;
+        fs::create_dir_all(root.join("protected"))?;
+        fs::create_dir_all(root.join("policies"))?;
         fs::write(root.join("watched/rec.txt"), "x")?;
         fs::write(root.join("plain/file.txt"), "x")?;
+        fs::write(root.join("protected/rec.txt"), "x")?;
+        // This process may read the protected file: the loop measures an allowed, audited open.
+        let me = std::env::current_exe()?;
+        fs::write(
+            root.join("policies/bench.yaml"),
+            format!(
+                "name: bench\nmode: enforce\nrules:\n  - name: records\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: {}\n",
+                root.join("protected").display(),
+                me.display()
+            ),
+        )?;
         Ok(Scratch { root })
+    }
+    fn policies(&self) -> PathBuf {
+        self.root.join("policies")
+    }
+    fn protected_file(&self) -> PathBuf {
+        self.root.join("protected/rec.txt")
     }
     fn watched_dir(&self) -> PathBuf {
         self.root.join("watched")
@@ -74,6 +93,20 @@ impl Drop for Scratch {
 struct Agent {
     child: Child,
     stderr: BufReader<ChildStderr>,
+    /// Enforcing: its programs are pinned and must be unloaded after it stops.
+    enforcing: bool,
+}
+
+impl Drop for Agent {
+    /// A benchmark that failed half-way leaves no agent and no enforcement behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.enforcing {
+            let binary = cmd::workspace_root().join("target/release/phiguard");
+            let _ = Command::new(binary).arg("unload").output();
+        }
+    }
 }
 
 /// The agent's own counters from its shutdown log line.
@@ -86,10 +119,20 @@ struct AgentCounters {
 
 impl Agent {
     fn start(watch: &Path) -> anyhow::Result<Agent> {
+        Agent::start_with(watch, None)
+    }
+
+    /// Starts the agent; with `policies`, enforcing them.
+    fn start_with(watch: &Path, policies: Option<&Path>) -> anyhow::Result<Agent> {
         let binary = cmd::workspace_root().join("target/release/phiguard");
-        let mut child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .args(["--log-format", "json", "run", "--watch"])
-            .arg(watch)
+            .arg(watch);
+        if let Some(dir) = policies {
+            command.arg("--policies").arg(dir);
+        }
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -102,7 +145,11 @@ impl Agent {
                 bail!("the agent exited before it was ready");
             }
         }
-        Ok(Agent { child, stderr })
+        Ok(Agent {
+            child,
+            stderr,
+            enforcing: policies.is_some(),
+        })
     }
 
     /// CPU time (user + system) the agent has used so far.
@@ -152,6 +199,12 @@ impl Agent {
             }
         }
         let status = self.child.wait()?;
+        if self.enforcing {
+            // Enforcement outlives the agent by design: remove it.
+            let binary = cmd::workspace_root().join("target/release/phiguard");
+            cmd::run(Command::new(binary).arg("unload"))?;
+            self.enforcing = false;
+        }
         if !status.success() {
             bail!("agent exited with {status}");
         }
@@ -195,6 +248,14 @@ fn bench_open(scratch: &Scratch, quick: bool) -> anyhow::Result<Value> {
         watched.push(open_loop(&scratch.watched_file(), count));
     }
     let counters = agent.stop()?;
+    let mut enforcing_plain = Vec::new();
+    let mut enforcing_protected = Vec::new();
+    let agent = Agent::start_with(&scratch.watched_dir(), Some(&scratch.policies()))?;
+    for _ in 0..rounds {
+        enforcing_plain.push(open_loop(&scratch.plain_file(), count));
+        enforcing_protected.push(open_loop(&scratch.protected_file(), count));
+    }
+    let enforcing_counters = agent.stop()?;
     for _ in 0..rounds / 2 {
         baseline.push(open_loop(&scratch.plain_file(), count));
     }
@@ -203,6 +264,8 @@ fn bench_open(scratch: &Scratch, quick: bool) -> anyhow::Result<Value> {
         ("no agent", &mut baseline),
         ("agent, unwatched path", &mut unwatched),
         ("agent, watched path (event)", &mut watched),
+        ("enforcing, unprotected path", &mut enforcing_plain),
+        ("enforcing, protected (allowed)", &mut enforcing_protected),
     ];
     println!("\nopen: open+close loop, {count} per round, {rounds} rounds, median ns/op");
     println!(
@@ -220,11 +283,14 @@ fn bench_open(scratch: &Scratch, quick: bool) -> anyhow::Result<Value> {
         results.push(json!({ "setting": name, "median_ns": m, "spread_ns": spread(values), "ratio": m / base }));
     }
     println!(
-        "agent: {} records, {} lost in the kernel",
-        counters.records, counters.kernel_lost
+        "agent: {} records, {} lost in the kernel; enforcing: {} records, {} lost",
+        counters.records,
+        counters.kernel_lost,
+        enforcing_counters.records,
+        enforcing_counters.kernel_lost
     );
     Ok(
-        json!({ "rounds": rounds, "per_round": count, "results": results, "kernel_lost": counters.kernel_lost }),
+        json!({ "rounds": rounds, "per_round": count, "results": results, "kernel_lost": counters.kernel_lost + enforcing_counters.kernel_lost }),
     )
 }
 
