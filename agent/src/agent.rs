@@ -194,12 +194,20 @@ impl Agent {
         let mut tick = tokio::time::interval(TICK);
         let mut ticks: u64 = 0;
         loop {
+            // While the ring buffer has a backlog, `read_batch` is ready at once and this task
+            // would never return to the runtime: its timer driver would not run and the tick
+            // (loss reports) would wait until the backlog is gone. Yield once per batch, and
+            // poll the tick and reload requests before the reader, so they always go first.
+            tokio::task::yield_now().await;
             tokio::select! {
+                biased;
                 () = &mut shutdown => break,
-                read = self.reader.read_batch(BATCH, |bytes| {
-                    Self::handle(&mut self.enricher, &mut self.sinks, &mut self.stats, bytes);
-                }) => {
-                    read?;
+                _ = tick.tick() => {
+                    ticks += 1;
+                    self.report_losses();
+                    if ticks.is_multiple_of(60) {
+                        self.enricher.refresh_clock();
+                    }
                     self.flush()?;
                 }
                 Some(trigger) = self.policies.requests.recv() => {
@@ -211,12 +219,10 @@ impl Agent {
                     self.reload(trigger);
                     self.flush()?;
                 }
-                _ = tick.tick() => {
-                    ticks += 1;
-                    self.report_losses();
-                    if ticks.is_multiple_of(60) {
-                        self.enricher.refresh_clock();
-                    }
+                read = self.reader.read_batch(BATCH, |bytes| {
+                    Self::handle(&mut self.enricher, &mut self.sinks, &mut self.stats, bytes);
+                }) => {
+                    read?;
                     self.flush()?;
                 }
             }
