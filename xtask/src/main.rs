@@ -1,11 +1,15 @@
 //! `cargo xtask`: what cargo alone cannot do for phiguard — set up the eBPF toolchain and
-//! test packages, run the agent as root, and run every test tier.
+//! test packages, run the agent as root, run every test tier, and run the tests again on a
+//! second kernel (with BPF LSM) in a VM.
 
 mod bench;
 mod cmd;
+mod initramfs;
 mod run;
 mod setup;
 mod test;
+mod vm;
+mod vm_kernel;
 
 use clap::{Parser, Subcommand};
 
@@ -29,8 +33,10 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test tier: fmt, clippy, unit, host (root needed).
+    /// Set up, then run every test tier: fmt, clippy, unit, host (root needed), vm, bench.
     Test(test::TestArgs),
+    /// Run the privileged tests inside QEMU on Debian's 6.12 kernel (BPF LSM).
+    Vm(vm::VmArgs),
     /// Measure the agent's overhead and throughput against a baseline in the same run.
     Bench(bench::BenchArgs),
 }
@@ -45,5 +51,6 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run::run(&args),
         Task::Test(args) => test::test(&args),
         Task::Bench(args) => bench::bench(&args),
+        Task::Vm(args) => vm::vm(&args),
     }
 }

@@ -5,14 +5,19 @@ use std::{fs, path::Path, process::Command};
 
 use anyhow::{bail, Context as _};
 
-use crate::cmd::{self, output};
+use crate::{
+    cmd::{self, output},
+    vm_kernel,
+};
 
 /// The nightly the project's eBPF objects were built and checked with.
 const EXPECTED_NIGHTLY: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)";
 
 /// Debian packages the tests and tools use: bpftool (inspect programs), dwarves (pahole,
 /// cross-checks BTF offsets), util-linux (setpriv, to open files as another user), iproute2,
-/// procps, coreutils (the commands the host tests run).
+/// procps, coreutils (the commands the host tests run); for the VM tier qemu-system-x86 (boots
+/// the second kernel), busybox-static (the VM's `/init` and its tools) and cpio (packs the
+/// initramfs).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "dwarves",
@@ -20,6 +25,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     "coreutils",
     "util-linux",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
 ];
 
 fn step(what: &str, outcome: &str) {
@@ -33,6 +41,10 @@ pub fn setup() -> anyhow::Result<()> {
     bpf_linker()?;
     debian_packages()?;
     kernel()?;
+    step(
+        "VM kernel (Debian 6.12 cloud)",
+        &vm_kernel::ensure_apt_source()?,
+    );
     Ok(())
 }
 

@@ -2,24 +2,27 @@
 
 use anyhow::bail;
 
-use crate::{bench, cmd, setup};
+use crate::{bench, cmd, setup, vm};
 
 /// Which tiers to run.
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
     /// Only formatting, clippy and unit tests (no root needed).
-    #[arg(long, conflicts_with = "host")]
+    #[arg(long, conflicts_with_all = ["host", "vm"])]
     unit: bool,
     /// Only the host tier (root needed).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "vm")]
     host: bool,
+    /// Only the VM tier: the privileged tests again, in QEMU on Debian's 6.12 kernel.
+    #[arg(long)]
+    vm: bool,
 }
 
 /// Runs the selected tiers and prints a summary line.
 pub fn test(args: &TestArgs) -> anyhow::Result<()> {
     setup::setup()?;
     let mut tiers: Vec<(&str, Vec<&str>)> = Vec::new();
-    if !args.host {
+    if !args.host && !args.vm {
         tiers.push(("fmt", vec!["fmt", "--all", "--", "--check"]));
         tiers.push((
             "clippy",
@@ -46,7 +49,7 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
             ],
         ));
     }
-    if !args.unit {
+    if !args.unit && !args.vm {
         tiers.push((
             "host",
             vec!["test", "-p", "phiguard-tests", "--", "--test-threads=1"],
@@ -90,7 +93,25 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
             return Err(error);
         }
     }
-    if !args.unit {
+    if !args.unit && !args.host {
+        // The same privileged tests on a second kernel, with BPF LSM (see vm.rs).
+        println!("== tier vm: cargo xtask vm (QEMU/TCG, Debian's 6.12 kernel)");
+        let result = vm::run_tier(&vm::VmArgs::all(), &mut counts);
+        summary.push(format!(
+            "vm {}",
+            if result.is_ok() { "ok" } else { "FAILED" }
+        ));
+        if let Err(error) = result {
+            println!("test summary: {}", summary.join(", "));
+            println!(
+                "tests: {} passed, {} failed",
+                counts.passed,
+                counts.failed.max(1)
+            );
+            return Err(error);
+        }
+    }
+    if !args.unit && !args.vm {
         // The benchmarks must keep running (their numbers are not checked here).
         println!("== tier bench: cargo xtask bench --quick");
         let result = bench::bench(&bench::BenchArgs::quick());

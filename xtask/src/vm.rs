@@ -1,0 +1,480 @@
+//! `cargo xtask vm`: the VM test tier. The privileged test binaries (the `phiguard-tests`
+//! crate: `tests/tests/*.rs`) run again inside QEMU (TCG: software emulation, since nested KVM
+//! fails on these machines) on Debian's 6.12 cloud kernel, which has BPF LSM.
+//!
+//! Steps: build the test binaries and the agent (the same debug build as the host tier), fetch
+//! the kernel once ([`vm_kernel`]), pack an initramfs ([`initramfs`]) whose `/init`
+//! (`vm_init.sh`) mounts what a server has, checks that BPF LSM is active, runs each test
+//! binary with `--test-threads=1` and prints `PHIGUARD-VM-RESULT rc=N`; then boot it and read
+//! the serial console. A missing result line, a failed test, BPF LSM not active or the time
+//! limit all fail the tier, loudly, with the console saved to `target/vm/console.log`.
+//!
+//! # Adding tests
+//!
+//! - A new file `tests/tests/NAME.rs` is picked up by itself: it runs on the host tier and here.
+//!   `cargo xtask vm --test NAME` runs only that file; `cargo xtask vm -- FILTER` passes
+//!   libtest arguments (a name filter, `--nocapture`, `--exact` …) to every test binary.
+//! - Tests for what only this kernel has (BPF LSM) can read `PHIGUARD_TIER`, which `/init`
+//!   sets to `vm`; better, check the feature itself (e.g. `/sys/kernel/security/lsm`) and fail
+//!   rather than skip where it must be there.
+//! - A test that runs another host program (`/usr/bin/head` …) needs it listed in
+//!   [`initramfs::HOST_PROGRAMS`]; its shared libraries come with it.
+//! - Inside the VM: root, hostname `phiguard-vm`, `/tmp` and `/dev/shm` are tmpfs, cgroup v2 at
+//!   `/sys/fs/cgroup`, securityfs mounted; bpffs and tracefs are not (the agent mounts them);
+//!   `lo` is up, no other network. `PHIGUARD_BIN` names the agent binary.
+
+use std::{
+    fs::{self, File},
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+
+use crate::{
+    cmd::{self, Counts},
+    initramfs, setup,
+    vm_kernel::{self, VmKernel},
+};
+
+/// The line `/init` prints last: `PHIGUARD-VM-RESULT rc=N`, N the first non-zero exit status
+/// of the test binaries (0 when all passed).
+const RESULT_MARKER: &str = "PHIGUARD-VM-RESULT rc=";
+/// The line with the active LSMs (`/sys/kernel/security/lsm`).
+const LSM_MARKER: &str = "PHIGUARD-VM-LSM ";
+/// The line with bpftool's verdict on program type `lsm`.
+const LSM_PROG_MARKER: &str = "PHIGUARD-VM-LSM-PROG ";
+/// A line `/init` prints when a mount or set-up command failed.
+const INIT_ERROR_MARKER: &str = "PHIGUARD-VM-INIT-ERROR";
+
+/// Memory and CPUs of the VM.
+const MEMORY_MIB: u32 = 2048;
+const CPUS: u32 = 2;
+/// How long QEMU may take to power off after the result line.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(30);
+
+/// Options of `cargo xtask vm`.
+#[derive(Debug, clap::Args)]
+pub struct VmArgs {
+    /// Only this test target of the phiguard-tests crate (a file in tests/tests/ without `.rs`,
+    /// e.g. `host`); repeatable. Default: all.
+    #[arg(long = "test", value_name = "NAME")]
+    tests: Vec<String>,
+    /// Fail if the VM has not reported within this many seconds (boot, tests, power-off).
+    #[arg(long, default_value_t = 900, value_name = "SECONDS")]
+    timeout: u64,
+    /// Arguments for every test binary (libtest: a name filter, `--nocapture` …), after `--`.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+impl VmArgs {
+    /// Every test, default time limit (what `cargo xtask test` runs).
+    pub fn all() -> VmArgs {
+        VmArgs {
+            tests: Vec::new(),
+            timeout: 900,
+            args: Vec::new(),
+        }
+    }
+}
+
+fn step(what: &str) {
+    println!("vm: {what}");
+}
+
+/// `cargo xtask vm`: set up, then run the tier and print its tally.
+pub fn vm(args: &VmArgs) -> anyhow::Result<()> {
+    setup::setup()?;
+    let mut counts = Counts::default();
+    let result = run_tier(args, &mut counts);
+    println!(
+        "vm: tests: {} passed, {} failed",
+        counts.passed,
+        if result.is_err() {
+            counts.failed.max(1)
+        } else {
+            counts.failed
+        }
+    );
+    result
+}
+
+/// Builds, boots and checks the VM, adding the tests run inside to `counts`.
+pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let work = cmd::workspace_root().join("target/vm");
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    step("building the test binaries and the agent");
+    let tests = test_binaries(&args.tests)?;
+    if tests.is_empty() {
+        bail!("no test binaries matched {:?}", args.tests);
+    }
+    let agent = agent_binary()?;
+
+    step("kernel: looking for Debian's 6.12 cloud kernel");
+    let kernel = vm_kernel::ensure()?;
+    step(&format!(
+        "kernel: {} {} (default LSMs: {})",
+        kernel.package,
+        kernel.version,
+        kernel.lsm.join(",")
+    ));
+
+    let names: Vec<&str> = tests.iter().map(|(n, _)| n.as_str()).collect();
+    let initrd = initramfs::build(
+        &initramfs::Contents {
+            tests: &tests,
+            agent: &agent,
+            args: &args.args,
+        },
+        &work,
+    )?;
+    let size = fs::metadata(&initrd)?.len();
+    step(&format!(
+        "initramfs: {} ({:.1} MiB; tests: {})",
+        initrd.display(),
+        size as f64 / (1024.0 * 1024.0),
+        names.join(", ")
+    ));
+
+    let log = work.join("console.log");
+    step(&format!(
+        "booting under QEMU (TCG, {CPUS} CPUs, {MEMORY_MIB} MiB; limit {} s); console below and in {}",
+        args.timeout,
+        log.display()
+    ));
+    let report = boot(&kernel, &initrd, &log, Duration::from_secs(args.timeout))?;
+    counts.passed += report.counts.passed;
+    counts.failed += report.counts.failed;
+    let verdict = report.verdict(&log);
+    step(&format!(
+        "{} in {:.0} s ({} passed, {} failed)",
+        if verdict.is_ok() { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64(),
+        report.counts.passed,
+        report.counts.failed
+    ));
+    verdict
+}
+
+/// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the
+/// library's unit tests first, then each test file by name (the order `cargo test` runs them).
+fn test_binaries(only: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut cargo = cmd::cargo();
+    cargo.args(["test", "-p", "phiguard-tests", "--no-run"]);
+    for name in only {
+        cargo.args(["--test", name]);
+    }
+    let mut found: Vec<(bool, String, PathBuf)> = artifacts(&mut cargo)?
+        .into_iter()
+        .filter(|a| a["profile"]["test"] == true)
+        .filter_map(|a| {
+            let is_lib = a["target"]["kind"].as_array()?.iter().any(|k| k == "lib");
+            Some((
+                !is_lib,
+                a["target"]["name"].as_str()?.to_owned(),
+                PathBuf::from(a["executable"].as_str()?),
+            ))
+        })
+        .collect();
+    found.sort();
+    Ok(found
+        .into_iter()
+        .map(|(_, name, path)| (name, path))
+        .collect())
+}
+
+/// Builds `target/debug/phiguard` (what the CLI tests run) and returns its path.
+fn agent_binary() -> anyhow::Result<PathBuf> {
+    let mut cargo = cmd::cargo();
+    cargo.args(["build", "-p", "agent", "--bin", "phiguard"]);
+    artifacts(&mut cargo)?
+        .into_iter()
+        .filter(|a| a["target"]["name"] == "phiguard")
+        .find_map(|a| Some(PathBuf::from(a["executable"].as_str()?)))
+        .context("cargo built no phiguard executable")
+}
+
+/// Runs a cargo build command and returns its `compiler-artifact` messages that have an
+/// executable; cargo's progress and diagnostics go to the terminal.
+fn artifacts(cargo: &mut Command) -> anyhow::Result<Vec<Value>> {
+    cargo
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit());
+    let out = cargo
+        .output()
+        .with_context(|| format!("starting {cargo:?}"))?;
+    if !out.status.success() {
+        bail!("{cargo:?} failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["executable"].is_string())
+        .collect())
+}
+
+/// QEMU, killed when dropped (every way out of [`boot`]).
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What follows `marker` in `line` (the console can put other output before it).
+fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|at| &line[at + marker.len()..])
+}
+
+/// What the console said.
+#[derive(Debug, Default)]
+struct Report {
+    /// The exit status in the result line.
+    result: Option<i32>,
+    /// The active LSMs.
+    lsm: Option<String>,
+    /// bpftool's line on program type `lsm`.
+    lsm_prog: Option<String>,
+    /// `/init` set-up failures.
+    init_errors: Vec<String>,
+    /// The tests' tally.
+    counts: Counts,
+    /// Why the console ended early, if it did.
+    cut_short: Option<String>,
+}
+
+impl Report {
+    /// Reads one console line.
+    fn add_line(&mut self, line: &str) {
+        self.counts.add_line(line);
+        if let Some(rc) = after(line, RESULT_MARKER) {
+            self.result = rc.trim().parse().ok();
+        } else if let Some(rest) = after(line, LSM_PROG_MARKER) {
+            self.lsm_prog = Some(rest.trim().to_owned());
+        } else if let Some(rest) = after(line, LSM_MARKER) {
+            self.lsm = Some(rest.trim().to_owned());
+        } else if line.contains(INIT_ERROR_MARKER) {
+            self.init_errors.push(line.to_owned());
+        }
+    }
+
+    /// Whether the tier passed: the VM reported, BPF LSM is active, every test passed.
+    fn verdict(&self, log: &Path) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        if let Some(why) = &self.cut_short {
+            problems.push(why.clone());
+        }
+        match self.result {
+            None => problems.push(format!(
+                "the VM never reported a result (no `{RESULT_MARKER}N` line): it crashed, \
+                 panicked, hung or powered off early"
+            )),
+            Some(0) => {}
+            Some(rc) => problems.push(format!(
+                "tests failed inside the VM (rc={rc}, {} failed)",
+                self.counts.failed
+            )),
+        }
+        if self.result.is_some() {
+            let lsm = self.lsm.as_deref().unwrap_or("");
+            if !lsm.split(',').any(|l| l == "bpf") {
+                problems.push(format!(
+                    "BPF LSM is not active in the VM (active LSMs: {lsm:?})"
+                ));
+            }
+            let prog = self.lsm_prog.as_deref().unwrap_or("");
+            if !prog.contains("program_type lsm is available") {
+                problems.push(format!(
+                    "the VM kernel refuses BPF LSM programs (bpftool: {prog:?})"
+                ));
+            }
+        }
+        if !self.init_errors.is_empty() {
+            problems.push(format!(
+                "/init could not set up the VM: {}",
+                self.init_errors.join("; ")
+            ));
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "the VM tier FAILED: {}; console in {}",
+            problems.join("; "),
+            log.display()
+        )
+    }
+}
+
+/// A console line without its line ending, terminal escape sequences (the firmware clears the
+/// screen) and other control characters.
+fn printable(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // CSI: ESC [ parameters final-byte; otherwise ESC and one character.
+                if chars.next() == Some('[') {
+                    for c in chars.by_ref() {
+                        if ('\u{40}'..='\u{7e}').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Boots the VM, echoing its console to the terminal and to `log`, until it powers off or
+/// `limit` passes.
+fn boot(kernel: &VmKernel, initrd: &Path, log: &Path, limit: Duration) -> anyhow::Result<Report> {
+    let mut append = String::from("console=ttyS0 quiet panic=-1");
+    if let Some(lsm) = kernel.lsm_param() {
+        append.push(' ');
+        append.push_str(&lsm);
+    }
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "tcg", "-cpu", "max"])
+        .args(["-m", &MEMORY_MIB.to_string(), "-smp", &CPUS.to_string()])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", &append])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut qemu = Qemu(
+        qemu.spawn()
+            .context("starting qemu-system-x86_64 (package qemu-system-x86)")?,
+    );
+    let stdout = qemu.0.stdout.take().context("qemu stdout")?;
+    let (tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = printable(&String::from_utf8_lossy(&buf));
+            buf.clear();
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut report = Report::default();
+    let start = Instant::now();
+    let mut deadline = start + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                println!("{line}");
+                writeln!(file, "{line}")?;
+                let had_result = report.result.is_some();
+                report.add_line(&line);
+                if !had_result && report.result.is_some() {
+                    deadline = Instant::now() + POWER_OFF_GRACE;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if report.result.is_none() {
+                    report.cut_short = Some(format!(
+                        "no result within {} s (raise it with `cargo xtask vm --timeout`)",
+                        limit.as_secs()
+                    ));
+                }
+                // Powered off too slowly after reporting: not a failure, but stop it.
+                break;
+            }
+        }
+    }
+    let status = qemu.0.try_wait().ok().flatten();
+    drop(qemu);
+    if report.result.is_none() && report.cut_short.is_none() {
+        if let Some(status) = status.filter(|s| !s.success()) {
+            report.cut_short = Some(format!("qemu exited with {status} before any result"));
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_prints_the_markers_the_runner_reads() {
+        for marker in [
+            RESULT_MARKER,
+            LSM_MARKER,
+            LSM_PROG_MARKER,
+            INIT_ERROR_MARKER,
+        ] {
+            assert!(initramfs::INIT.contains(marker.trim_end()), "{marker}");
+        }
+    }
+
+    fn report(console: &str) -> Report {
+        let mut report = Report::default();
+        for line in console.lines() {
+            report.add_line(line);
+        }
+        report
+    }
+
+    const GOOD: &str = "\
+PHIGUARD-VM-LSM lockdown,capability,landlock,yama,bpf,ipe
+PHIGUARD-VM-LSM-PROG eBPF program_type lsm is available
+test result: ok. 13 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 9.1s
+PHIGUARD-VM-RESULT rc=0
+";
+
+    #[test]
+    fn console_lines_lose_escape_sequences() {
+        assert_eq!(
+            printable("c\u{1b}[?7l\u{1b}[2J\u{1b}cPHIGUARD-VM-LSM bpf\r\n"),
+            "cPHIGUARD-VM-LSM bpf"
+        );
+    }
+
+    #[test]
+    fn a_clean_run_passes_and_is_counted() {
+        let r = report(GOOD);
+        assert!(r.verdict(Path::new("log")).is_ok());
+        assert_eq!(r.result, Some(0));
+        assert_eq!(r.counts.passed, 13);
+    }
+
+    #[test]
+    fn missing_result_failed_tests_and_no_bpf_lsm_all_fail() {
+        let log = Path::new("log");
+        let no_result = GOOD.replace("PHIGUARD-VM-RESULT rc=0", "Kernel panic");
+        assert!(report(&no_result).verdict(log).is_err());
+        let failed = GOOD.replace("rc=0", "rc=101");
+        let error = report(&failed).verdict(log).unwrap_err().to_string();
+        assert!(error.contains("rc=101"), "{error}");
+        let no_bpf = GOOD.replace(",bpf,", ",");
+        let error = report(&no_bpf).verdict(log).unwrap_err().to_string();
+        assert!(error.contains("BPF LSM is not active"), "{error}");
+        let refused = GOOD.replace("is available", "is NOT available");
+        assert!(report(&refused).verdict(log).is_err());
+    }
+}
