@@ -7,18 +7,26 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use aya::{
     maps::{Array, Map, MapData},
-    programs::links::{FdLink, PinnedLink},
+    programs::{
+        links::{FdLink, PinnedLink},
+        loaded_programs,
+    },
 };
+use tracing::warn;
 
 /// Where links are pinned (on bpffs).
 pub const PIN_DIR: &str = "/sys/fs/bpf/phiguard";
 
 /// Suffix of a link pinned but not yet in place (bpffs refuses `.` in names).
 const STAGING: &str = "__staged";
+
+/// How long [`unload`] waits for the kernel to let go of the unpinned programs.
+const DETACH_WAIT: Duration = Duration::from_secs(3);
 
 /// Pinning failed.
 #[derive(Debug, thiserror::Error)]
@@ -148,8 +156,8 @@ pub fn pinned_programs(root: &Path) -> Vec<String> {
     names
 }
 
-/// Removes every pin under `root`: programs no running agent holds are detached. Returns how
-/// many pins were removed.
+/// Removes every pin under `root`: programs no running agent holds are detached, and have been
+/// when this returns. Returns how many pins were removed.
 pub fn unload(root: &Path) -> Result<usize, PinError> {
     let dir = links_dir(root);
     let entries = match fs::read_dir(&dir) {
@@ -158,7 +166,11 @@ pub fn unload(root: &Path) -> Result<usize, PinError> {
         Err(source) => return Err(PinError::Dir { path: dir, source }),
     };
     let mut removed = 0;
+    let mut programs = Vec::new();
     for entry in entries.flatten() {
+        if let Ok(info) = PinnedLink::from_pin(entry.path()).and_then(|l| FdLink::from(l).info()) {
+            programs.push(info.program_id());
+        }
         fs::remove_file(entry.path()).map_err(|source| PinError::Dir {
             path: entry.path(),
             source,
@@ -168,5 +180,31 @@ pub fn unload(root: &Path) -> Result<usize, PinError> {
     let _ = fs::remove_dir(&dir);
     let _ = fs::remove_file(agent_map_path(root));
     let _ = fs::remove_dir(root);
+    wait_released(&programs);
     Ok(removed)
+}
+
+/// Waits (at most [`DETACH_WAIT`]) until none of `programs` is loaded. Removing a pin only
+/// schedules the link's release (bpffs frees the inode after an RCU grace period, the link goes
+/// on a workqueue); until then the program stays attached and keeps enforcing — about 80 ms
+/// under the VM tier's emulation. A program still held by a running agent stays, and says so.
+fn wait_released(programs: &[u32]) {
+    let deadline = Instant::now() + DETACH_WAIT;
+    loop {
+        let loaded: Vec<u32> = loaded_programs()
+            .filter_map(|info| Some(info.ok()?.id()))
+            .filter(|id| programs.contains(id))
+            .collect();
+        if loaded.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            warn!(
+                programs = ?loaded,
+                "unpinned programs are still loaded: a running agent holds them and enforces until it stops"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
