@@ -14,17 +14,26 @@ use anyhow::{bail, Context as _};
 use crate::cmd;
 
 /// Host programs the VM needs, copied from the host at the same paths (the tests assert on
-/// paths such as `/usr/bin/cat`). A test that runs another program must add it here.
+/// paths such as `/usr/bin/cat`). A test that runs another program must add it here; a unit
+/// test (`tests_name_no_program_the_vm_lacks`) finds those the test sources name and this list
+/// misses.
 pub const HOST_PROGRAMS: &[&str] = &[
-    // host.rs, cli.rs: the process that opens watched files.
+    // host.rs, cli.rs, enforce.rs: the allowed reader of watched and protected files.
     "/usr/bin/cat",
-    // host.rs: `sh -c "cd … && cat …"` (dash on Debian).
+    // enforce.rs: the reader the policies deny.
+    "/usr/bin/head",
+    // enforce.rs: the writer the policies deny.
+    "/usr/bin/tee",
+    // enforce.rs: the exec allow-list's listed and unlisted binaries.
+    "/usr/bin/true",
+    "/usr/bin/id",
+    // `sh -c "cd … && cat …"` and friends (dash on Debian).
     "/bin/sh",
-    // host.rs: connects through /dev/tcp.
+    // host.rs, enforce.rs: connects through /dev/tcp.
     "/bin/bash",
     // host.rs: exec events and argv.
     "/bin/echo",
-    // host.rs, cli.rs: run as nobody, without capabilities.
+    // host.rs, cli.rs, enforce.rs: run as nobody, without capabilities.
     "/usr/bin/setpriv",
     // /init: the smoke check that the kernel accepts BPF LSM programs.
     "/usr/sbin/bpftool",
@@ -343,6 +352,67 @@ mod tests {
         assert_eq!(fs::read(staged.join("usr/bin/tool")).unwrap(), b"x");
         let _ = fs::remove_dir_all(&host);
         let _ = fs::remove_dir_all(&root);
+    }
+
+    /// Absolute program paths (`/usr/bin/x`, `/bin/x`, …) named anywhere in `text`.
+    fn programs_named_in(text: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for prefix in ["/usr/sbin/", "/usr/bin/", "/sbin/", "/bin/"] {
+            let mut rest = text;
+            while let Some(at) = rest.find(prefix) {
+                let inside_longer_path = rest[..at]
+                    .chars()
+                    .last()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '/');
+                rest = &rest[at + prefix.len()..];
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || "._+-".contains(*c))
+                    .collect();
+                if !name.is_empty() && !inside_longer_path {
+                    found.push(format!("{prefix}{name}"));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn finds_program_paths_in_sources() {
+        assert_eq!(
+            programs_named_in(r#"Command::new("/usr/bin/head"); "exec /bin/true" x/usr/bin/no"#),
+            ["/usr/bin/head", "/bin/true"]
+        );
+    }
+
+    #[test]
+    fn tests_name_no_program_the_vm_lacks() {
+        let in_vm: Vec<PathBuf> = HOST_PROGRAMS
+            .iter()
+            .filter_map(|p| fs::canonicalize(p).ok())
+            .collect();
+        let dir = cmd::workspace_root().join("tests/tests");
+        let mut missing = Vec::new();
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = fs::read_to_string(&path).unwrap();
+            for program in programs_named_in(&text) {
+                // Only programs this host has can be copied (and run on the host tier).
+                let Ok(real) = fs::canonicalize(&program) else {
+                    continue;
+                };
+                if !in_vm.contains(&real) {
+                    missing.push(format!("{program} ({})", path.display()));
+                }
+            }
+        }
+        missing.sort();
+        missing.dedup();
+        assert!(
+            missing.is_empty(),
+            "tests name programs the VM tier's initramfs lacks; add them to \
+             initramfs::HOST_PROGRAMS: {missing:?}"
+        );
     }
 
     fn tempfile_dir(what: &str) -> PathBuf {
