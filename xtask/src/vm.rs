@@ -274,6 +274,7 @@ impl Report {
             problems.push(why.clone());
         }
         match self.result {
+            None if self.cut_short.is_some() => {}
             None => problems.push(format!(
                 "the VM never reported a result (no `{RESULT_MARKER}N` line): it crashed, \
                  panicked, hung or powered off early"
