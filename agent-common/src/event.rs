@@ -48,6 +48,8 @@ impl Kind {
     }
 }
 
+/// `EventHeader::flags`: the exec was refused (BPF LSM): the process keeps its old image.
+pub const FLAG_EXEC_REFUSED: u32 = 1 << 3;
 /// `EventHeader::flags`: a field was cut to fit its buffer.
 pub const FLAG_TRUNCATED: u32 = 1;
 /// `EventHeader::flags`: the working directory in an [`ExecEvent`] is complete (reached the

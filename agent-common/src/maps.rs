@@ -14,6 +14,9 @@ pub const WATCHED_PREFIXES: &str = "WATCHED_PREFIXES";
 /// Watched and protected TCP ports: [`crate::policy::PortKey`] (with the policy slot) →
 /// kernel rule index or [`crate::policy::NO_RULE`].
 pub const WATCHED_PORTS: &str = "WATCHED_PORTS";
+/// Protected unix sockets: [`InodeKey`] (with the policy slot) of the socket file → kernel
+/// rule index.
+pub const UNIX_SOCKETS: &str = "UNIX_SOCKETS";
 /// The active policy slot (`u32`, 0 or 1), in an array of one.
 pub const POLICY_SLOT: &str = "POLICY_SLOT";
 /// Compiled rules: kernel rule index → [`crate::policy::RuleEntry`].

@@ -61,6 +61,12 @@ pub struct KernelOffsets {
     pub task_mm: u32,
     /// `mm_struct.exe_file`
     pub mm_exe_file: u32,
+    /// `file.f_mode`
+    pub file_f_mode: u32,
+    /// `linux_binprm.file`
+    pub binprm_file: u32,
+    /// `unix_sock.path` (the bound path of a unix socket)
+    pub unix_sock_path: u32,
     /// `path.mnt`
     pub path_mnt: u32,
     /// `vfsmount.mnt_root`
@@ -71,4 +77,4 @@ pub struct KernelOffsets {
     pub mount_mnt_id: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 31 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 34 * 4);

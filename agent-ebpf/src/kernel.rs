@@ -46,6 +46,9 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     binprm_filename: 0,
     task_mm: 0,
     mm_exe_file: 0,
+    file_f_mode: 0,
+    binprm_file: 0,
+    unix_sock_path: 0,
     path_mnt: 0,
     vfsmount_mnt_root: 0,
     mount_mnt: 0,
@@ -217,6 +220,25 @@ pub fn dentry_name(dentry: usize) -> Result<usize, ReadError> {
 #[inline(always)]
 pub fn binprm_filename(bprm: usize) -> Result<usize, ReadError> {
     read(bprm, offset!(binprm_filename))
+}
+
+/// `linux_binprm.file`: the file being exec'd at this stage (the script, then its
+/// interpreter).
+#[inline(always)]
+pub fn binprm_file(bprm: usize) -> Result<usize, ReadError> {
+    read(bprm, offset!(binprm_file))
+}
+
+/// `file.f_mode` (`FMODE_READ` 1, `FMODE_WRITE` 2).
+#[inline(always)]
+pub fn file_mode(file: usize) -> Result<u32, ReadError> {
+    read(file, offset!(file_f_mode))
+}
+
+/// The dentry a unix socket is bound to (`unix_sock.path.dentry`; 0 for an abstract socket).
+#[inline(always)]
+pub fn unix_sock_dentry(sock: usize) -> Result<usize, ReadError> {
+    read(sock, offset!(unix_sock_path) + offset!(path_dentry))
 }
 
 /// A file's identity: kernel `dev_t` and inode number.

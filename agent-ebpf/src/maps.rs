@@ -47,6 +47,10 @@ pub static WATCHED_PORTS: HashMap<PortKey, u32> =
 #[map]
 pub static AGENT: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Protected unix sockets by (device, slot, inode) of the socket file → kernel rule.
+#[map]
+pub static UNIX_SOCKETS: HashMap<InodeKey, u32> = HashMap::with_max_entries(2 * 256, 0);
+
 /// The active policy slot.
 #[map]
 pub static POLICY_SLOT: Array<u32> = Array::with_max_entries(1, 0);
@@ -96,6 +100,8 @@ pub struct PendingOpen {
     pub dirfd: i32,
     /// `open_syscall` code.
     pub syscall: u32,
+    /// 1 when the LSM program refused this open and reported it (the exit stays silent).
+    pub refused: u32,
 }
 
 /// Opens in flight, by thread (`pid_tgid`). LRU so a thread killed mid-call cannot leak slots.

@@ -123,6 +123,15 @@ impl Agent {
         }
         let compiled = Arc::new(policy::load(dir.as_deref(), &watches, &cgroup_root)?);
         let mut sensors = Sensors::load(&offsets, &compiled, &cgroup_root, pin_root)?;
+        info!(
+            lsm = sensors.lsm_active(),
+            "enforcement layers: {}",
+            if sensors.lsm_active() {
+                "BPF LSM for file opens, execs and unix sockets (EPERM); cgroup connect4/6 for TCP (EPERM)"
+            } else {
+                "SIGKILL at open/exec for files and execs (no BPF LSM); cgroup connect4/6 for TCP (EPERM); unix sockets not enforced"
+            }
+        );
         if sensors.is_pinned() {
             info!(
                 pins = pins::PIN_DIR,
@@ -180,6 +189,11 @@ impl Agent {
         };
         agent.report_policy(&compiled, Trigger::Start);
         Ok(agent)
+    }
+
+    /// Whether the BPF LSM programs are attached (denials are `EPERM`, not SIGKILL).
+    pub fn lsm_active(&self) -> bool {
+        self.sensors.lsm_active()
     }
 
     /// A handle that asks the running agent to reload its policies (SIGHUP does this).
@@ -322,7 +336,7 @@ impl Agent {
     /// Logs and reports the policy set now in force.
     fn report_policy(&mut self, compiled: &Compiled, trigger: Trigger) {
         let p = &self.policies;
-        let protections = compiled.protections();
+        let protections = compiled.protections(self.sensors.lsm_active());
         info!(
             trigger = trigger.as_str(),
             generation = p.generation,

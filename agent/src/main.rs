@@ -12,7 +12,7 @@ use phiguard::{
     agent::Agent,
     cli::{Cli, Command, LogFormat, PolicyCommand, RunArgs, DEFAULT_CONFIG, DEFAULT_POLICY_DIR},
     config::Config,
-    kernel::{mounts, pins},
+    kernel::{loader, mounts, pins},
     policy::{self, Trigger},
     sink::{json::JsonLines, Sink},
     watch::WatchSet,
@@ -93,11 +93,19 @@ fn check_policies(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Resu
         compiled.policies.len(),
         compiled.policies.join(", ")
     );
+    let lsm = match loader::lsm_usable() {
+        Ok(lsm) => lsm,
+        Err(e) => {
+            println!("(could not probe for BPF LSM: {e}; showing the layers without it)");
+            false
+        }
+    };
     println!(
-        "protected on this host ({} kernel rules):",
-        compiled.rules.len()
+        "protected on this host ({} kernel rules; BPF LSM {}):",
+        compiled.rules.len(),
+        if lsm { "available" } else { "not available" }
     );
-    for line in compiled.protections() {
+    for line in compiled.protections(lsm) {
         println!("  {line}");
     }
     if !compiled.warnings.is_empty() {

@@ -40,6 +40,8 @@ pub struct Harness {
     reload: mpsc::Sender<Trigger>,
     /// The agent pins its programs (policies are enforced): unpinned when the test ends.
     pinned: bool,
+    /// The BPF LSM programs are attached: denials are `EPERM` rather than SIGKILL.
+    pub lsm: bool,
     /// Every event received so far.
     pub seen: Vec<v1::Event>,
 }
@@ -83,6 +85,7 @@ impl Harness {
             .unwrap_or_else(|e| panic!("agent failed to start: {e}"));
         Harness {
             pinned: config.policy.dir.is_some(),
+            lsm: agent.lsm_active(),
             reload: agent.reload_handle(),
             runtime,
             agent: Some(agent),

@@ -1,7 +1,9 @@
-//! Host tier, enforcement: allow-list policies loaded into the running kernel deny what they
-//! do not list. This kernel has no BPF LSM, so file opens and execs are enforced with SIGKILL
-//! from the tracepoint and TCP connects with the cgroup program (EPERM). Root only; one at a
-//! time (`--test-threads=1`).
+//! Host and VM tiers, enforcement: allow-list policies loaded into the running kernel deny
+//! what they do not list. Where the kernel has BPF LSM (the VM tier's 6.12) file opens, execs
+//! and unix connects fail with EPERM; without it (the host) opens and execs are enforced with
+//! SIGKILL and unix sockets are not enforced. TCP connects fail with EPERM from the cgroup
+//! program on both. The tests read which layer the agent chose and hold it to that layer's
+//! promise. Root only; one at a time (`--test-threads=1`).
 
 use std::{
     fs,
@@ -71,6 +73,33 @@ fn killed(status: ExitStatus) -> bool {
     status.signal() == Some(libc::SIGKILL)
 }
 
+/// Refused the way the enforcing layer refuses: an error exit (EPERM) under BPF LSM, SIGKILL
+/// otherwise.
+fn refused(status: ExitStatus, lsm: bool) -> bool {
+    if lsm {
+        !status.success() && status.signal().is_none()
+    } else {
+        killed(status)
+    }
+}
+
+/// On the VM tier (Debian's 6.12, BPF LSM active) the agent must have chosen BPF LSM: a
+/// fallback there would be a regression, not a skip.
+fn check_layer_choice(lsm: bool) {
+    if std::env::var("PHIGUARD_TIER").is_ok_and(|t| t == "vm") {
+        assert!(lsm, "this kernel has BPF LSM: the LSM programs must attach");
+    }
+}
+
+/// The layer file and exec denials are enforced at.
+fn file_layer(lsm: bool) -> i32 {
+    if lsm {
+        v1::EnforcementLayer::Lsm as i32
+    } else {
+        v1::EnforcementLayer::Signal as i32
+    }
+}
+
 fn decision(event: &v1::Event) -> Option<&v1::Decision> {
     event.decision.as_ref()
 }
@@ -91,6 +120,7 @@ fn only_listed_binaries_may_open_protected_files_by_any_path() {
     symlink(&file, &soft).unwrap();
     let policies = PolicyDir::new(&records_policy("enforce", &tree.watched, &["/usr/bin/cat"]));
     let mut h = Harness::start_with(&policies.config());
+    check_layer_choice(h.lsm);
 
     let status = status_of(Command::new("/usr/bin/cat").arg(&file));
     assert!(status.success(), "cat is allowed: {status:?}");
@@ -123,8 +153,8 @@ fn only_listed_binaries_may_open_protected_files_by_any_path() {
         }
         let status = status_of(&mut head);
         assert!(
-            killed(status),
-            "head through a {how} must be killed: {status:?}"
+            refused(status, h.lsm),
+            "head through a {how} must be refused: {status:?}"
         );
         let requested = path.display().to_string();
         let denied = h.expect(&format!("deny decision for head via {how}"), |e| {
@@ -133,7 +163,13 @@ fn only_listed_binaries_may_open_protected_files_by_any_path() {
         });
         let d = decision(&denied).unwrap();
         assert_eq!(d.rule, "patient-files");
-        assert_eq!(d.layer, v1::EnforcementLayer::Signal as i32);
+        assert_eq!(d.layer, file_layer(h.lsm));
+        if h.lsm {
+            assert_eq!(
+                file_open(&denied).unwrap().result,
+                Some(-i64::from(libc::EPERM))
+            );
+        }
         assert_eq!(process(&denied).exe, "/usr/bin/head");
     }
     // Writing is governed too: cat may, tee may not.
@@ -283,14 +319,21 @@ fn exec_allow_list_stops_unlisted_binaries_in_its_cgroup_only() {
     let mut h = Harness::start_with(&policies.config());
     assert!(cgroup.run("exec /usr/bin/true").success(), "true is listed");
     let status = cgroup.run("exec /usr/bin/id");
-    assert!(killed(status), "id is not listed: {status:?}");
+    assert!(refused(status, h.lsm), "id is not listed: {status:?}");
     let denied = h.expect("deny decision for the exec of id", |e| {
-        verdict_is(e, v1::Verdict::Deny) && matches!(&e.body, Some(Body::Exec(_)))
+        verdict_is(e, v1::Verdict::Deny)
+            && matches!(&e.body, Some(Body::Exec(x)) if x.filename == "/usr/bin/id")
     });
-    assert_eq!(process(&denied).exe, "/usr/bin/id");
+    // Under BPF LSM the exec never happened: the process still runs the shell.
+    let expected_exe = if h.lsm {
+        "/usr/bin/dash"
+    } else {
+        "/usr/bin/id"
+    };
+    assert_eq!(process(&denied).exe, expected_exe);
     let d = decision(&denied).unwrap();
     assert_eq!(d.access, ["exec"]);
-    assert_eq!(d.layer, v1::EnforcementLayer::Signal as i32);
+    assert_eq!(d.layer, file_layer(h.lsm));
     h.expect("allow decision for true", |e| {
         verdict_is(e, v1::Verdict::Allow) && process(e).exe == "/usr/bin/true"
     });
@@ -306,17 +349,20 @@ fn invalid_policy_is_refused_whole_and_a_valid_edit_takes_effect() {
     fs::write(&file, "patient 1").unwrap();
     let policies = PolicyDir::new(&records_policy("enforce", &tree.watched, &["/usr/bin/cat"]));
     let mut h = Harness::start_with(&policies.config());
-    assert!(killed(status_of(Command::new("/usr/bin/head").arg(&file))));
+    assert!(refused(
+        status_of(Command::new("/usr/bin/head").arg(&file)),
+        h.lsm
+    ));
 
     // An unknown field: refused with file:line:column, and the old policy still enforces.
     let bad = records_policy("enforce", &tree.watched, &["/usr/bin/cat", "/usr/bin/head"])
         .replace("    allow:\n", "    allow:\n      - colour: blue\n");
     policies.write(&bad);
-    let refused = h.expect(
+    let refusal = h.expect(
         "refused reload",
         |e| matches!(&e.body, Some(Body::PolicyLoad(p)) if !p.ok),
     );
-    let Some(Body::PolicyLoad(load)) = &refused.body else {
+    let Some(Body::PolicyLoad(load)) = &refusal.body else {
         unreachable!()
     };
     let located = format!("{}:10:9", policies.file().display());
@@ -332,7 +378,7 @@ fn invalid_policy_is_refused_whole_and_a_valid_edit_takes_effect() {
     );
     assert_eq!(load.generation, 1, "generation 1 stays in force");
     assert!(
-        killed(status_of(Command::new("/usr/bin/head").arg(&file))),
+        refused(status_of(Command::new("/usr/bin/head").arg(&file)), h.lsm),
         "the old policy still enforces"
     );
 
@@ -462,15 +508,22 @@ fn enforcement_survives_sigkill_and_a_restart_adopts_the_pinned_programs() {
     let head = || status_of(Command::new("/usr/bin/head").arg(&file));
 
     let mut first = AgentProcess::start(policies.dir.path());
-    assert!(killed(head()), "enforced while the agent runs");
+    let lsm = first.startup.contains("\"lsm\":true");
+    assert!(refused(head(), lsm), "enforced while the agent runs");
     first.kill(Signal::SIGKILL);
     let pinned = pins::pinned_programs(Path::new(pins::PIN_DIR));
     assert!(
         pinned.contains(&"file_sys_exit_openat".to_owned()),
         "pins: {pinned:?}"
     );
+    if lsm {
+        assert!(
+            pinned.contains(&"enforce_file_open".to_owned()),
+            "pins: {pinned:?}"
+        );
+    }
     assert!(
-        killed(head()),
+        refused(head(), lsm),
         "still enforced after the agent was SIGKILLed"
     );
 
@@ -481,13 +534,13 @@ fn enforcement_survives_sigkill_and_a_restart_adopts_the_pinned_programs() {
         "the new agent replaces every pinned program ({replaced}): {}",
         second.startup
     );
-    assert!(killed(head()));
+    assert!(refused(head(), lsm));
     second.expect("a deny event from the restarted agent", |e| {
         verdict_is(e, v1::Verdict::Deny) && process(e).exe == "/usr/bin/head"
     });
     second.kill(Signal::SIGTERM);
     assert!(
-        killed(head()),
+        refused(head(), lsm),
         "a clean stop leaves enforcement in force too"
     );
 
@@ -498,4 +551,101 @@ fn enforcement_survives_sigkill_and_a_restart_adopts_the_pinned_programs() {
     assert!(unload.status.success(), "{unload:?}");
     assert!(pins::pinned_programs(Path::new(pins::PIN_DIR)).is_empty());
     assert!(head().success(), "after `phiguard unload` nothing enforces");
+}
+
+/// Connects to the unix socket at `path` from a forked child (the test process itself is the
+/// agent, which policies never apply to), as root or as `nobody`. Returns the connect's errno
+/// (0: connected).
+fn unix_connect_from_child(path: &Path, as_nobody: bool) -> i32 {
+    use nix::{
+        sys::{
+            socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr},
+            wait::{waitpid, WaitStatus},
+        },
+        unistd::{fork, setresuid, ForkResult, Uid},
+    };
+    let addr = UnixAddr::new(path).unwrap();
+    // SAFETY: the child only makes system calls and exits; it allocates nothing.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            let nobody = Uid::from_raw(65534);
+            if as_nobody && setresuid(nobody, nobody, nobody).is_err() {
+                // SAFETY: exiting the forked child without running the parent's destructors.
+                unsafe { libc::_exit(100) };
+            }
+            let code = match socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::empty(),
+                None,
+            ) {
+                Ok(fd) => match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
+                    Ok(()) => 0,
+                    Err(e) => e as i32,
+                },
+                Err(_) => 101,
+            };
+            // SAFETY: as above.
+            unsafe { libc::_exit(code) };
+        }
+        ForkResult::Parent { child } => match waitpid(child, None).expect("waitpid") {
+            WaitStatus::Exited(_, code) => code,
+            other => panic!("connecting child ended with {other:?}"),
+        },
+    }
+}
+
+#[test]
+fn unix_socket_endpoint_is_enforced_where_the_kernel_has_bpf_lsm() {
+    use std::os::unix::{fs::PermissionsExt as _, net::UnixListener};
+    let dir = tempfile::Builder::new()
+        .prefix("phiguard-socket-")
+        .tempdir()
+        .unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join(".s.PGSQL.5432");
+    let listener = UnixListener::bind(&socket).unwrap();
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o777)).unwrap();
+    let me = std::env::current_exe().unwrap();
+    let policies = PolicyDir::new(&format!(
+        "name: db-socket\nmode: enforce\nrules:\n  - name: local-clients\n    database:\n      - unix: {}\n    allow:\n      - exe: {}\n        user: root\n",
+        socket.display(),
+        me.display()
+    ));
+    let mut h = Harness::start_with(&policies.config());
+    assert_eq!(
+        unix_connect_from_child(&socket, false),
+        0,
+        "root's client connects"
+    );
+    let nobody = unix_connect_from_child(&socket, true);
+    if !h.lsm {
+        // Documented limit: without BPF LSM nothing sees unix connects.
+        assert_eq!(nobody, 0, "not enforced without BPF LSM");
+        drop(listener);
+        h.stop();
+        return;
+    }
+    assert_eq!(nobody, libc::EPERM, "nobody's client is refused");
+    let denied = h.expect("deny decision for nobody's unix connect", |e| {
+        verdict_is(e, v1::Verdict::Deny)
+            && matches!(&e.body, Some(Body::Connect(c)) if c.family == "unix")
+    });
+    let Some(Body::Connect(c)) = &denied.body else {
+        unreachable!()
+    };
+    assert_eq!(c.address, socket.display().to_string());
+    assert_eq!(process(&denied).user.as_ref().unwrap().id, Some(65534));
+    let d = decision(&denied).unwrap();
+    assert_eq!(d.layer, v1::EnforcementLayer::Lsm as i32);
+    assert_eq!(
+        (d.policy.as_str(), d.rule.as_str()),
+        ("db-socket", "local-clients")
+    );
+    h.expect("allow decision for root's unix connect", |e| {
+        verdict_is(e, v1::Verdict::Allow)
+            && matches!(&e.body, Some(Body::Connect(c)) if c.family == "unix")
+    });
+    drop(listener);
+    h.stop();
 }

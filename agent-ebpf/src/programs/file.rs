@@ -105,6 +105,7 @@ unsafe fn remember(
                 None => AT_FDCWD,
             },
             syscall,
+            refused: 0,
         }
     };
     PENDING_OPENS.insert(&bpf_get_current_pid_tgid(), &pending, 0)
@@ -136,6 +137,7 @@ unsafe fn remember_openat2(ctx: &TracePointContext) -> Result<(), i32> {
         mode: how.mode as u32,
         dirfd,
         syscall: open_syscall::OPENAT2,
+        refused: 0,
     };
     PENDING_OPENS.insert(&bpf_get_current_pid_tgid(), &pending, 0)
 }
@@ -148,6 +150,9 @@ fn on_exit(ctx: &TracePointContext) {
         return;
     };
     let _ = PENDING_OPENS.remove(&id);
+    if pending.refused != 0 {
+        return; // the LSM program refused it and reported it
+    }
     // SAFETY: offset 16 of every sys_exit_* record is `long ret`.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(16) }) else {
         return;
@@ -252,7 +257,7 @@ const O_PATH: u32 = 0o10000000;
 /// What an open with `flags` does to the file's content: `access` bits (0 for `O_PATH`, which
 /// neither reads nor writes).
 #[inline(always)]
-fn requested_access(flags: u32) -> u32 {
+pub(crate) fn requested_access(flags: u32) -> u32 {
     if flags & O_PATH != 0 {
         return 0;
     }
@@ -280,7 +285,10 @@ fn prefix_match(event: &FileOpenEvent) -> Option<u32> {
 
 /// Fills the parts of a record every open shares; the path is read from user memory.
 #[inline(always)]
-fn start_record(pending: &PendingOpen, ret: i64) -> Option<&'static mut FileOpenScratch> {
+pub(crate) fn start_record(
+    pending: &PendingOpen,
+    ret: i64,
+) -> Option<&'static mut FileOpenScratch> {
     let scratch = FILE_OPEN_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the per-CPU scratch value is ours for the duration of this program.
     let scratch = unsafe { &mut *scratch };
@@ -315,7 +323,7 @@ fn start_record(pending: &PendingOpen, ret: i64) -> Option<&'static mut FileOpen
 
 /// Copies the names of `depth` dentries, from `dentry` upward, NUL-terminated.
 #[inline(always)]
-fn copy_names(scratch: &mut FileOpenScratch, mut dentry: usize, depth: u32) {
+pub(crate) fn copy_names(scratch: &mut FileOpenScratch, mut dentry: usize, depth: u32) {
     let base = offset_of!(FileOpenScratch, event) + offset_of!(FileOpenEvent, names);
     // SAFETY: the view covers `names` and the slack after it, both inside the scratch value.
     let names = unsafe {
@@ -361,7 +369,7 @@ fn copy_names(scratch: &mut FileOpenScratch, mut dentry: usize, depth: u32) {
 }
 
 #[inline(always)]
-fn send(scratch: &FileOpenScratch) {
+pub(crate) fn send(scratch: &FileOpenScratch) {
     // SAFETY: the record is the first field of the scratch value.
     let bytes = unsafe {
         core::slice::from_raw_parts(

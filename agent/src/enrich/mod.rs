@@ -15,7 +15,8 @@ use std::{
 };
 
 use agent_common::event::{
-    direction, EventHeader, ExecEvent, FLAG_CWD_COMPLETE, FLAG_NO_PROCESS, FLAG_TRUNCATED,
+    direction, EventHeader, ExecEvent, FLAG_CWD_COMPLETE, FLAG_EXEC_REFUSED, FLAG_NO_PROCESS,
+    FLAG_TRUNCATED,
 };
 use phiguard_proto::v1::{self, event::Body};
 
@@ -28,7 +29,10 @@ use crate::{
     event::decode::{c_text, text, ExecArgs, RawEvent},
     kernel::mounts::MountTable,
     paths,
-    policy::{compile::Compiled, decision::PolicyTables},
+    policy::{
+        compile::{Compiled, FileId},
+        decision::PolicyTables,
+    },
     process::table::{ExecInfo, ProcessTable},
     watch::WatchSet,
 };
@@ -143,8 +147,10 @@ impl Enricher {
                     sessionid: known(h.sessionid),
                     cwd: exec_cwd(&e, &mut self.mounts),
                 };
-                self.processes.on_exec(h.tgid, h.start_boot_ns, exec);
-                self.binary_hashes.remove(&(h.tgid, h.start_boot_ns));
+                if h.flags & FLAG_EXEC_REFUSED == 0 {
+                    self.processes.on_exec(h.tgid, h.start_boot_ns, exec);
+                    self.binary_hashes.remove(&(h.tgid, h.start_boot_ns));
+                }
                 Body::Exec(v1::ProcessExec {
                     filename,
                     old_pid: e.old_pid,
@@ -218,16 +224,31 @@ impl Enricher {
             RawEvent::Connect(e) => {
                 self.processes
                     .refresh_cwd(e.header.tgid, e.header.start_boot_ns);
+                let (address, protocol) = if i32::from(e.family) == libc::AF_UNIX {
+                    // The kernel reports the socket file's (device, inode): its path is the
+                    // protected endpoint's.
+                    let dev = u32::from_ne_bytes([e.addr[0], e.addr[1], e.addr[2], e.addr[3]]);
+                    let mut ino = [0u8; 8];
+                    ino.copy_from_slice(&e.addr[8..]);
+                    let id = FileId {
+                        dev,
+                        ino: u64::from_ne_bytes(ino),
+                    };
+                    let path = self.policy.unix_socket_path(id);
+                    (
+                        path.map(|p| p.display().to_string()).unwrap_or_default(),
+                        "unix",
+                    )
+                } else if e.sock_type == libc::SOCK_DGRAM as u32 {
+                    (address(e.family, &e.addr), "udp")
+                } else {
+                    (address(e.family, &e.addr), "tcp")
+                };
                 Body::Connect(v1::NetConnect {
                     family: family_name(e.family).to_owned(),
-                    address: address(e.family, &e.addr),
+                    address,
                     port: u32::from(e.port),
-                    protocol: if e.sock_type == libc::SOCK_DGRAM as u32 {
-                        "udp"
-                    } else {
-                        "tcp"
-                    }
-                    .to_owned(),
+                    protocol: protocol.to_owned(),
                 })
             }
             RawEvent::SockState(e) => Body::TcpState(v1::TcpState {
@@ -434,6 +455,7 @@ fn family_name(family: u16) -> &'static str {
     match i32::from(family) {
         libc::AF_INET => "inet",
         libc::AF_INET6 => "inet6",
+        libc::AF_UNIX => "unix",
         _ => "unknown",
     }
 }

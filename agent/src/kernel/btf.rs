@@ -124,6 +124,9 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         binprm_filename: field("linux_binprm", "filename")?,
         task_mm: field("task_struct", "mm")?,
         mm_exe_file: field("mm_struct", "exe_file")?,
+        file_f_mode: field("file", "f_mode")?,
+        binprm_file: field("linux_binprm", "file")?,
+        unix_sock_path: field("unix_sock", "path")?,
         path_mnt: field("path", "mnt")?,
         vfsmount_mnt_root: field("vfsmount", "mnt_root")?,
         mount_mnt: field("mount", "mnt")?,
@@ -226,6 +229,11 @@ mod tests {
             ("mount", "mnt", offsets.mount_mnt),
             ("mount", "mnt_id", offsets.mount_mnt_id),
             ("vfsmount", "mnt_root", offsets.vfsmount_mnt_root),
+            ("task_struct", "mm", offsets.task_mm),
+            ("mm_struct", "exe_file", offsets.mm_exe_file),
+            ("file", "f_mode", offsets.file_f_mode),
+            ("linux_binprm", "file", offsets.binprm_file),
+            ("unix_sock", "path", offsets.unix_sock_path),
         ] {
             assert_eq!(got, pahole(strukt, field), "{strukt}.{field}");
         }

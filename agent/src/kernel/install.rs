@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use agent_common::{
     maps::{
         InodeKey, EXEC_ALLOWED, EXEC_SCOPES, POLICY_SLOT, RULES, SUBJECT_EXE, SUBJECT_GID,
-        SUBJECT_PARENT, SUBJECT_UID, WATCHED_DEVS, WATCHED_INODES, WATCHED_PORTS,
+        SUBJECT_PARENT, SUBJECT_UID, UNIX_SOCKETS, WATCHED_DEVS, WATCHED_INODES, WATCHED_PORTS,
     },
     policy::{IdKey, PortKey, RuleEntry, ScopeKey, SubjectKey, WatchValue, MAX_RULES, NO_RULE},
 };
@@ -135,6 +135,18 @@ pub fn install(ebpf: &mut Ebpf, compiled: &Compiled) -> Result<u32, LoadError> {
                 .map_err(map_err(WATCHED_PORTS))?;
         }
     }
+    {
+        let mut map = hash_map::<InodeKey, u32>(ebpf, UNIX_SOCKETS)?;
+        for (_, id, rule) in &compiled.unix_sockets {
+            let key = InodeKey {
+                dev: id.dev,
+                slot,
+                ino: id.ino,
+            };
+            map.insert(key, base + rule, 0)
+                .map_err(map_err(UNIX_SOCKETS))?;
+        }
+    }
     let devs: BTreeSet<u32> = compiled.inodes.iter().map(|e| e.id.dev).collect();
     {
         let mut map = hash_map::<u32, u32>(ebpf, WATCHED_DEVS)?;
@@ -174,6 +186,7 @@ fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), LoadError> {
     let in_slot = |rule: u32| rule / MAX_RULES == slot;
     remove_where::<InodeKey, WatchValue>(ebpf, WATCHED_INODES, |k| k.slot == slot)?;
     remove_where::<PortKey, u32>(ebpf, WATCHED_PORTS, |k| k.slot == slot)?;
+    remove_where::<InodeKey, u32>(ebpf, UNIX_SOCKETS, |k| k.slot == slot)?;
     remove_where::<ScopeKey, u32>(ebpf, EXEC_SCOPES, |k| k.slot == slot)?;
     remove_where::<SubjectKey, u64>(ebpf, SUBJECT_EXE, |k| in_slot(k.rule))?;
     remove_where::<SubjectKey, u64>(ebpf, SUBJECT_PARENT, |k| in_slot(k.rule))?;

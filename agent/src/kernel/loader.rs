@@ -13,14 +13,14 @@ use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint,
+        CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint,
     },
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
 };
 
 use super::{
     install, pins,
-    registry::{Hook, ProgramSpec, PROGRAMS},
+    registry::{Family, Hook, ProgramSpec, PROGRAMS},
 };
 use crate::{policy::compile::Compiled, watch::WatchSet};
 
@@ -91,9 +91,30 @@ pub struct Sensors {
     /// Pinned links (they stay attached after this process exits).
     pinned: Vec<PinnedLink>,
     replaced_pins: usize,
+    /// The kernel's BTF, read once for the LSM programs.
+    btf: Option<Btf>,
     ebpf: Ebpf,
     /// Per-program outcome, in registry order.
     pub status: Vec<ProgramStatus>,
+}
+
+/// Whether this kernel accepts the BPF LSM programs (loads the object and one LSM program
+/// without attaching anything). An error when the object itself cannot load (no privileges).
+pub fn lsm_usable() -> Result<bool, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(LoadError::Object)?;
+    let Ok(btf) = Btf::from_sys_fs() else {
+        return Ok(false);
+    };
+    let program = ebpf
+        .program_mut("enforce_file_open")
+        .ok_or(LoadError::MissingProgram("enforce_file_open"))?;
+    let Ok(lsm) = <&mut Lsm>::try_from(program) else {
+        return Ok(false);
+    };
+    Ok(lsm.load("file_open", &btf).is_ok())
 }
 
 impl Sensors {
@@ -125,6 +146,7 @@ impl Sensors {
             links: Vec::new(),
             pinned: Vec::new(),
             replaced_pins: 0,
+            btf: None,
         };
         {
             let mut agent: Array<_, u32> = Array::try_from(sensors.map_mut(AGENT)?)
@@ -212,8 +234,28 @@ impl Sensors {
                 self.links
                     .push((spec.name, FdLink::try_from(link).map_err(|e| text(&e))?));
             }
+            Hook::Lsm { hook } => {
+                let btf = match &self.btf {
+                    Some(btf) => btf,
+                    None => self.btf.insert(Btf::from_sys_fs().map_err(|e| text(&e))?),
+                };
+                let p: &mut Lsm = program.try_into().map_err(|e| text(&e))?;
+                p.load(hook, btf).map_err(|e| text(&e))?;
+                let id = p.attach().map_err(|e| text(&e))?;
+                let link = p.take_link(id).map_err(|e| text(&e))?;
+                self.links.push((spec.name, FdLink::from(link)));
+            }
         }
         Ok(())
+    }
+
+    /// Whether the BPF LSM programs are attached: file opens, execs and unix connects are
+    /// refused with `EPERM`.
+    pub fn lsm_active(&self) -> bool {
+        self.status
+            .iter()
+            .filter(|s| s.spec.family == Family::Enforce)
+            .all(|s| s.error.is_none())
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, LoadError> {

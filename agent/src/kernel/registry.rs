@@ -19,6 +19,11 @@ pub enum Hook {
     },
     /// `cgroup/connect4` or `connect6` at the cgroup v2 root.
     CgroupConnect,
+    /// A BPF LSM hook.
+    Lsm {
+        /// The LSM hook's name.
+        hook: &'static str,
+    },
 }
 
 /// What a program watches.
@@ -30,6 +35,8 @@ pub enum Family {
     File,
     /// Network connections.
     Net,
+    /// Enforcement where the kernel has BPF LSM.
+    Enforce,
 }
 
 /// One program in the kernel object.
@@ -69,6 +76,9 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { name: "net_connect4", hook: Hook::CgroupConnect, family: Family::Net, required: true, missing_means: "" },
     ProgramSpec { name: "net_connect6", hook: Hook::CgroupConnect, family: Family::Net, required: true, missing_means: "" },
     ProgramSpec { name: "net_inet_sock_set_state", hook: tp("sock", "inet_sock_set_state"), family: Family::Net, required: true, missing_means: "" },
+    ProgramSpec { name: "enforce_file_open", hook: Hook::Lsm { hook: "file_open" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused opens are enforced by SIGKILL instead of EPERM" },
+    ProgramSpec { name: "enforce_bprm_check_security", hook: Hook::Lsm { hook: "bprm_check_security" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused execs are enforced by SIGKILL instead of EPERM" },
+    ProgramSpec { name: "enforce_unix_stream_connect", hook: Hook::Lsm { hook: "unix_stream_connect" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: unix-socket database endpoints are not enforced" },
 ];
 
 impl std::fmt::Display for Hook {
@@ -77,6 +87,7 @@ impl std::fmt::Display for Hook {
             Hook::TracePoint { category, name } => write!(f, "tracepoint/{category}/{name}"),
             Hook::RawTracePoint { name } => write!(f, "raw_tracepoint/{name}"),
             Hook::CgroupConnect => write!(f, "cgroup/connect"),
+            Hook::Lsm { hook } => write!(f, "lsm/{hook}"),
         }
     }
 }

@@ -161,8 +161,9 @@ pub struct Compiled {
     pub ports: BTreeMap<u16, Option<u32>>,
     /// Exec allow-lists by cgroup id (0: the whole host).
     pub exec_scopes: BTreeMap<u64, u32>,
-    /// Unix-socket endpoints the set protects (enforced only where BPF LSM is available).
-    pub unix_sockets: Vec<(PathBuf, u32)>,
+    /// Unix-socket endpoints the set protects, by the socket file's identity (enforced only
+    /// where BPF LSM is available).
+    pub unix_sockets: Vec<(PathBuf, FileId, u32)>,
     /// What cannot take effect on this host.
     pub warnings: Vec<String>,
     /// Names of the policies, in load order.
@@ -733,7 +734,10 @@ fn compile_ports(
         keys.dedup();
         let resource = format!("unix {} connect", path.display());
         let rule = builder.rule(set, ResourceKind::Unix, &keys, resource, &mut out.warnings)?;
-        out.unix_sockets.push((path, rule));
+        let what = "unix socket (not protected until it exists and the policies are reloaded)";
+        if let Some(id) = builder.resolved.file(&path, &mut out.warnings, what) {
+            out.unix_sockets.push((path, id, rule));
+        }
     }
     Ok(())
 }
@@ -793,8 +797,9 @@ fn compile_exec(set: &PolicySet, cgroup_root: &Path, out: &mut Compiled, builder
 }
 
 impl Compiled {
-    /// One line per protected resource: what, by which rules, in which mode, enforced how.
-    pub fn protections(&self) -> Vec<String> {
+    /// One line per protected resource: what, by which rules, in which mode, and how this
+    /// kernel enforces it (`lsm`: the BPF LSM programs are attached).
+    pub fn protections(&self, lsm: bool) -> Vec<String> {
         self.rules
             .iter()
             .map(|rule| {
@@ -813,7 +818,7 @@ impl Compiled {
                     "{}: {} [{}]",
                     rule.resource,
                     origins.join(", "),
-                    rule.kind.layer(false)
+                    rule.kind.layer(lsm)
                 )
             })
             .collect()
@@ -963,7 +968,12 @@ mod tests {
         let rule = &c.rules[c.ports[&5432].unwrap() as usize];
         assert_eq!((rule.entry.enforce, rule.subjects.len()), (CONNECT, 2));
         assert_eq!(c.ports[&3306], None, "a watched port stays observed only");
-        assert_eq!(c.unix_sockets.len(), 1);
+        assert!(c.unix_sockets.is_empty(), "no such socket on this host");
+        assert!(
+            c.warnings.iter().any(|w| w.contains(".s.PGSQL.5432")),
+            "{:?}",
+            c.warnings
+        );
         let c2 = "name: c\nmode: enforce\nrules:\n  - name: db\n    database:\n      - port: 5432\n        address: 10.0.0.5\n    allow:\n      - user: root\n";
         let err = compile(&set(&[a, c2]), &watches, Path::new("/")).unwrap_err();
         assert!(

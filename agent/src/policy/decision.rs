@@ -1,12 +1,12 @@
 //! Turning the kernel's compact decisions (kernel rule, verdict, layer, access, subject) into
 //! the event's `Decision`: which policy and rule, in words.
 
-use std::sync::Arc;
+use std::{path::Path, sync::Arc};
 
 use agent_common::policy::{layer, verdict, Decision, MAX_RULES, NO_SUBJECT};
 use phiguard_proto::v1;
 
-use super::compile::{access_names, Compiled};
+use super::compile::{access_names, Compiled, FileId};
 
 /// The policy sets in both kernel slots, so events written just before a reload still name
 /// the rules they were decided under.
@@ -19,6 +19,17 @@ impl PolicyTables {
     /// Records that `compiled` (generation `generation`) is now in `slot`.
     pub fn set(&mut self, slot: u32, generation: u64, compiled: Arc<Compiled>) {
         self.slots[(slot & 1) as usize] = Some((generation, compiled));
+    }
+
+    /// The path of a protected unix socket, by its file's identity.
+    pub fn unix_socket_path(&self, id: FileId) -> Option<&Path> {
+        self.slots.iter().flatten().find_map(|(_, compiled)| {
+            compiled
+                .unix_sockets
+                .iter()
+                .find(|(_, socket, _)| *socket == id)
+                .map(|(path, _, _)| path.as_path())
+        })
     }
 
     /// The event form of a kernel decision; `None` when no rule applied.
