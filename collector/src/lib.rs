@@ -1,0 +1,1 @@
+//! phiguard collector (skeleton).

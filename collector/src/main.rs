@@ -1,0 +1,2 @@
+//! `phiguard-collector` (skeleton).
+fn main() {}
