@@ -1,1 +1,20 @@
-//! phiguard collector (skeleton).
+//! phiguard collector: receives agents' events over mutual TLS 1.3 (the agent's identity is
+//! its client certificate), stores them exactly once per (agent, seq) in hash-chained,
+//! fsync'd segments, signs checkpoints of every chain, and streams stored and live events to
+//! subscribers.
+//!
+//! One module per job: [`config`] (collector.toml), [`tls`] and [`identity`] (mutual TLS and
+//! who is calling), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
+//! dedup, retention), [`checkpoint`] (signed chain heads), [`stream`] (fan-out with filters),
+//! [`verify`] (chain and checkpoint checks) and [`tail`] (the subscriber client).
+
+pub mod chain;
+pub mod checkpoint;
+pub mod config;
+pub mod identity;
+pub mod server;
+pub mod store;
+pub mod stream;
+pub mod tail;
+pub mod tls;
+pub mod verify;

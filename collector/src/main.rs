@@ -1,2 +1,309 @@
-//! `phiguard-collector` (skeleton).
-fn main() {}
+//! `phiguard-collector`: the collector binary. All logic lives in the library; this wires
+//! the command line, logging and signals to it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand, ValueEnum};
+use phiguard_collector::{
+    checkpoint::{self, Signer},
+    config::Config,
+    server::BoundCollector,
+    tail,
+    tls::TlsFiles,
+    verify::{self, VerifyOptions},
+};
+use phiguard_proto::v1::{self, subscribe_request::Start};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+/// phiguard's central collector.
+#[derive(Debug, Parser)]
+#[command(name = "phiguard-collector", version)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Receive agents' events over mutual TLS, store them and serve subscribers.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check every stored chain and the signed checkpoints; exit 1 on any problem.
+    Verify {
+        /// The configuration file (for the store directory and checkpoint settings).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Exported checkpoint files to check against (default: the configured file).
+        #[arg(long = "checkpoints")]
+        checkpoints: Vec<PathBuf>,
+        /// The trusted checkpoint public key, hex (default: configured, else derived from
+        /// the signing key).
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Follow events from a collector, one readable line each (or JSON with --json).
+    Tail(Box<TailArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+struct TailArgs {
+    /// The collector's address.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    addr: String,
+    /// TLS server name to verify (default: the address's host).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// A directory from `cargo xtask certs` (uses ca.pem, soc.pem and soc.key).
+    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
+    certs: Option<PathBuf>,
+    /// CA certificate (PEM).
+    #[arg(long, requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// Subscriber certificate (PEM).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Subscriber key (PEM).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Print the proto3 JSON of each event instead of a readable line.
+    #[arg(long)]
+    json: bool,
+    /// Only these agents (repeatable).
+    #[arg(long)]
+    host: Vec<String>,
+    /// Only these kinds: exec, fork, exit, fileOpen, connect, tcpState, eventsLost, policyLoad,
+    /// alert.
+    #[arg(long)]
+    kind: Vec<String>,
+    /// Only these verdicts: allow, deny, would-deny, unspecified.
+    #[arg(long)]
+    verdict: Vec<String>,
+    /// Only events of these users (name or uid; process user or login user).
+    #[arg(long)]
+    user: Vec<String>,
+    /// Only file opens under these paths.
+    #[arg(long)]
+    path_prefix: Vec<String>,
+    /// Replay stored events from this time (RFC 3339) before following.
+    #[arg(long, conflicts_with = "since_seq")]
+    since_time: Option<String>,
+    /// Replay each agent's stored events from this seq before following.
+    #[arg(long)]
+    since_seq: Option<u64>,
+    /// Stop after the replay instead of following live events.
+    #[arg(long)]
+    replay_only: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Verify {
+            config,
+            agent,
+            checkpoints,
+            public_key,
+        } => run_verify(&config, agent, checkpoints, public_key),
+        Command::Tail(args) => run_tail(*args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn serve(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    runtime()?.block_on(async {
+        let collector = BoundCollector::bind(config).await?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+                _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            }
+        };
+        collector.serve(shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn run_verify(
+    path: &Path,
+    agent: Option<String>,
+    checkpoint_files: Vec<PathBuf>,
+    public_key: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let checkpoint_files = if checkpoint_files.is_empty() {
+        config.checkpoint.export.file.iter().cloned().collect()
+    } else {
+        checkpoint_files
+    };
+    let trusted_hex = match public_key.or(config.checkpoint.public_key.clone()) {
+        Some(hex) => Some(hex),
+        None if config.checkpoint.key.exists() => {
+            Some(Signer::load(&config.checkpoint.key)?.public_key_hex())
+        }
+        None => None,
+    };
+    let trusted_key = trusted_hex
+        .map(|h| checkpoint::parse_public_key(&h))
+        .transpose()
+        .context("the trusted checkpoint key")?;
+    let report = verify::verify(&VerifyOptions {
+        store_dir: config.store.dir.clone(),
+        agent: agent.clone(),
+        checkpoint_files,
+        trusted_key,
+    })?;
+    if report.checkpoints_read == 0 {
+        println!(
+            "warning: no signed checkpoints: a chain rewritten from scratch would not be detected"
+        );
+    }
+    for a in &report.agents {
+        match &a.problem {
+            None => println!(
+                "ok      agent {}: {} records in {} segments from record {}, {} checkpoints matched{}",
+                a.agent,
+                a.records,
+                a.segments,
+                a.first_index,
+                a.checkpoints,
+                if a.checkpoints_pruned > 0 {
+                    format!(" ({} older than retention)", a.checkpoints_pruned)
+                } else {
+                    String::new()
+                }
+            ),
+            Some(problem) => println!("BROKEN  {problem}"),
+        }
+    }
+    for problem in &report.problems {
+        println!("BROKEN  {problem}");
+    }
+    if let Some(agent) = agent {
+        if report.agents.is_empty() {
+            bail!("no chain for agent {agent:?}");
+        }
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn verdict(name: &str) -> anyhow::Result<i32> {
+    let wanted = format!("VERDICT_{}", name.to_ascii_uppercase().replace('-', "_"));
+    v1::Verdict::from_str_name(&wanted)
+        .map(|v| v as i32)
+        .with_context(|| format!("unknown verdict {name:?} (allow, deny, would-deny, unspecified)"))
+}
+
+fn run_tail(args: TailArgs) -> anyhow::Result<ExitCode> {
+    let files = match (&args.certs, &args.ca, &args.cert, &args.key) {
+        (Some(dir), _, _, _) => TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("soc.pem"),
+            key: dir.join("soc.key"),
+        },
+        (None, Some(ca), Some(cert), Some(key)) => TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => bail!("give --certs DIR, or --ca, --cert and --key"),
+    };
+    let start = match (&args.since_time, args.since_seq) {
+        (Some(time), _) => Some(Start::SinceTime(
+            serde_json::from_value(serde_json::Value::String(time.clone()))
+                .with_context(|| format!("--since-time {time:?} is not an RFC 3339 time"))?,
+        )),
+        (None, Some(seq)) => Some(Start::SinceSeq(seq)),
+        (None, None) => None,
+    };
+    let request = v1::SubscribeRequest {
+        filter: Some(v1::EventFilter {
+            hosts: args.host,
+            kinds: args.kind,
+            verdicts: args
+                .verdict
+                .iter()
+                .map(|v| verdict(v))
+                .collect::<anyhow::Result<_>>()?,
+            users: args.user,
+            path_prefixes: args.path_prefix,
+        }),
+        start,
+        replay_only: args.replay_only,
+    };
+    runtime()?.block_on(async {
+        let mut events = tail::subscribe(
+            &args.addr,
+            args.server_name.as_deref(),
+            &files,
+            request,
+            64 * 1024 * 1024,
+        )
+        .await?;
+        use std::io::Write as _;
+        let stdout = std::io::stdout();
+        while let Some(event) = events.message().await.context("event stream")? {
+            let mut out = stdout.lock();
+            if args.json {
+                serde_json::to_writer(&mut out, &event)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{}", tail::format_line(&event))?;
+            }
+            out.flush()?;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,8 +1,9 @@
 //! `cargo xtask`: what cargo alone cannot do for phiguard — set up the eBPF toolchain and
-//! test packages, run the agent as root, run every test tier, and run the tests again on a
-//! second kernel (with BPF LSM) in a VM.
+//! test packages, run the agent as root, run every test tier, run the tests again on a
+//! second kernel (with BPF LSM) in a VM, and make development certificates.
 
 mod bench;
+mod certs;
 mod cmd;
 mod initramfs;
 mod run;
@@ -39,6 +40,8 @@ enum Task {
     Vm(vm::VmArgs),
     /// Measure the agent's overhead and throughput against a baseline in the same run.
     Bench(bench::BenchArgs),
+    /// Make a development CA, a collector certificate and agent certificates in DIR.
+    Certs(certs::CertsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,5 +55,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::test(&args),
         Task::Bench(args) => bench::bench(&args),
         Task::Vm(args) => vm::vm(&args),
+        Task::Certs(args) => certs::certs(&args),
     }
 }

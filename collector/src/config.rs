@@ -1,0 +1,464 @@
+//! The collector's configuration (`collector.toml`): parsed strictly (unknown fields are
+//! errors), validated into plain values, with every error naming the file, line, column and
+//! field. Relative paths are taken from the configuration file's directory.
+
+use std::{
+    fmt, fs, io,
+    net::SocketAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::{
+    checkpoint::{Cadence, ExportConfig},
+    identity,
+    store::StoreConfig,
+    tls::TlsFiles,
+};
+
+/// Largest gRPC message accepted when the file does not say (4 MiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Upper bound for `max_message_bytes` (64 MiB).
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Where a configuration error is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// 1-based column (0 when unknown).
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.file.display())
+        } else {
+            write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// TOML syntax, an unknown field or a value of the wrong type.
+    #[error("{at}: {message}")]
+    Parse {
+        /// Where.
+        at: Location,
+        /// What the parser said.
+        message: String,
+    },
+    /// A well-formed value that is not acceptable.
+    #[error("{at}: {field}: {message}")]
+    Invalid {
+        /// Where.
+        at: Location,
+        /// The field, as `section.name`.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// CA, certificate and key.
+    pub tls: TlsFiles,
+    /// Identities allowed to call Subscribe.
+    pub subscribers: Vec<String>,
+    /// Largest gRPC message (one batch) accepted.
+    pub max_message_bytes: usize,
+    /// Most events in one batch.
+    pub max_batch_events: usize,
+    /// Most connections at once.
+    pub max_connections: usize,
+    /// Handshakes must finish within this.
+    pub handshake_timeout: Duration,
+}
+
+/// `[checkpoint]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointConfig {
+    /// The ed25519 signing key (created when missing).
+    pub key: PathBuf,
+    /// The public key `verify` trusts (hex); None: the one derived from `key`.
+    pub public_key: Option<String>,
+    /// Export targets.
+    pub export: ExportConfig,
+    /// Cadence.
+    pub cadence: Cadence,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[store]`.
+    pub store: StoreConfig,
+    /// `[checkpoint]`.
+    pub checkpoint: CheckpointConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    store: RawStore,
+    #[serde(default)]
+    checkpoint: RawCheckpoint,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_listen")]
+    listen: Spanned<String>,
+    ca: Spanned<PathBuf>,
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+    #[serde(default)]
+    subscribers: Vec<Spanned<String>>,
+    max_message_bytes: Option<Spanned<usize>>,
+    max_batch_events: Option<Spanned<usize>>,
+    max_connections: Option<Spanned<usize>>,
+    handshake_timeout_secs: Option<Spanned<u64>>,
+}
+
+fn default_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:7443".to_owned())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    dir: Spanned<PathBuf>,
+    segment_max_bytes: Option<Spanned<u64>>,
+    segment_max_age_secs: Option<Spanned<u64>>,
+    retention_days: Option<Spanned<u64>>,
+    retention_max_bytes: Option<Spanned<u64>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheckpoint {
+    key: Option<Spanned<PathBuf>>,
+    public_key: Option<Spanned<String>>,
+    file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    syslog: bool,
+    every_records: Option<Spanned<u64>>,
+    every_secs: Option<Spanned<u64>>,
+}
+
+fn locate(file: &Path, text: &str, span: Option<Range<usize>>) -> Location {
+    let Some(span) = span.filter(|s| !(s.start == 0 && s.end == 0)) else {
+        return Location {
+            file: file.to_owned(),
+            line: 0,
+            column: 0,
+        };
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Location {
+        file: file.to_owned(),
+        line,
+        column,
+    }
+}
+
+struct Ctx<'a> {
+    origin: &'a Path,
+    text: &'a str,
+    base: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, span: Range<usize>, field: &'static str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            at: locate(self.origin, self.text, Some(span)),
+            field,
+            message,
+        }
+    }
+
+    fn path(&self, value: &Spanned<PathBuf>, field: &'static str) -> Result<PathBuf, ConfigError> {
+        let p = value.get_ref();
+        if p.as_os_str().is_empty() {
+            return Err(self.invalid(value.span(), field, "empty path".into()));
+        }
+        Ok(if p.is_absolute() {
+            p.clone()
+        } else {
+            self.base.join(p)
+        })
+    }
+
+    fn range<T: Copy + PartialOrd + fmt::Display>(
+        &self,
+        value: Option<&Spanned<T>>,
+        field: &'static str,
+        default: T,
+        min: T,
+        max: T,
+    ) -> Result<T, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let v = *value.get_ref();
+        if v < min || v > max {
+            return Err(self.invalid(value.span(), field, format!("{v} is outside {min}..={max}")));
+        }
+        Ok(v)
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text, path)
+    }
+
+    /// Parses and validates `text`, reporting errors against `origin` and resolving relative
+    /// paths against `origin`'s directory.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            at: locate(origin, text, e.span()),
+            message: e.message().trim().to_owned(),
+        })?;
+        let base = origin
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let base = std::path::absolute(&base).unwrap_or(base);
+        let cx = Ctx { origin, text, base };
+        let s = &raw.server;
+        let listen = s.listen.get_ref().parse::<SocketAddr>().map_err(|e| {
+            cx.invalid(
+                s.listen.span(),
+                "server.listen",
+                format!("{:?}: {e} (host:port)", s.listen.get_ref()),
+            )
+        })?;
+        let mut subscribers = Vec::new();
+        for name in &s.subscribers {
+            if !identity::valid_identity(name.get_ref()) {
+                return Err(cx.invalid(
+                    name.span(),
+                    "server.subscribers",
+                    format!("{:?} is not a valid identity", name.get_ref()),
+                ));
+            }
+            subscribers.push(name.get_ref().to_ascii_lowercase());
+        }
+        let server = ServerConfig {
+            listen,
+            tls: TlsFiles {
+                ca: cx.path(&s.ca, "server.ca")?,
+                cert: cx.path(&s.cert, "server.cert")?,
+                key: cx.path(&s.key, "server.key")?,
+            },
+            subscribers,
+            max_message_bytes: cx.range(
+                s.max_message_bytes.as_ref(),
+                "server.max_message_bytes",
+                DEFAULT_MAX_MESSAGE_BYTES,
+                1024,
+                MAX_MESSAGE_BYTES_LIMIT,
+            )?,
+            max_batch_events: cx.range(
+                s.max_batch_events.as_ref(),
+                "server.max_batch_events",
+                4096,
+                1,
+                65_536,
+            )?,
+            max_connections: cx.range(
+                s.max_connections.as_ref(),
+                "server.max_connections",
+                1024,
+                1,
+                65_536,
+            )?,
+            handshake_timeout: Duration::from_secs(cx.range(
+                s.handshake_timeout_secs.as_ref(),
+                "server.handshake_timeout_secs",
+                10,
+                1,
+                300,
+            )?),
+        };
+        let st = &raw.store;
+        let dir = cx.path(&st.dir, "store.dir")?;
+        let defaults = StoreConfig::new(dir.clone());
+        let retention_days = cx.range(
+            st.retention_days.as_ref(),
+            "store.retention_days",
+            defaults.retention_max_age.as_secs() / 86_400,
+            1,
+            36_500,
+        )?;
+        let retention_max_bytes = cx.range(
+            st.retention_max_bytes.as_ref(),
+            "store.retention_max_bytes",
+            0,
+            0,
+            u64::MAX,
+        )?;
+        let store = StoreConfig {
+            dir: dir.clone(),
+            segment_max_bytes: cx.range(
+                st.segment_max_bytes.as_ref(),
+                "store.segment_max_bytes",
+                defaults.segment_max_bytes,
+                4096,
+                1 << 34,
+            )?,
+            segment_max_age: Duration::from_secs(cx.range(
+                st.segment_max_age_secs.as_ref(),
+                "store.segment_max_age_secs",
+                defaults.segment_max_age.as_secs(),
+                1,
+                366 * 86_400,
+            )?),
+            retention_max_age: Duration::from_secs(retention_days * 86_400),
+            retention_max_bytes: (retention_max_bytes > 0).then_some(retention_max_bytes),
+        };
+        let c = &raw.checkpoint;
+        let public_key = match &c.public_key {
+            Some(hex_key) => {
+                crate::checkpoint::parse_public_key(hex_key.get_ref()).map_err(|e| {
+                    cx.invalid(hex_key.span(), "checkpoint.public_key", e.to_string())
+                })?;
+                Some(hex_key.get_ref().trim().to_owned())
+            }
+            None => None,
+        };
+        let checkpoint = CheckpointConfig {
+            key: match &c.key {
+                Some(key) => cx.path(key, "checkpoint.key")?,
+                None => dir.join("checkpoint.key"),
+            },
+            public_key,
+            export: ExportConfig {
+                file: Some(match &c.file {
+                    Some(file) => cx.path(file, "checkpoint.file")?,
+                    None => dir.join("checkpoints.jsonl"),
+                }),
+                syslog: c.syslog,
+            },
+            cadence: Cadence {
+                every_records: cx.range(
+                    c.every_records.as_ref(),
+                    "checkpoint.every_records",
+                    10_000,
+                    1,
+                    u64::MAX,
+                )?,
+                every: Duration::from_secs(cx.range(
+                    c.every_secs.as_ref(),
+                    "checkpoint.every_secs",
+                    60,
+                    1,
+                    86_400,
+                )?),
+            },
+        };
+        Ok(Config {
+            server,
+            store,
+            checkpoint,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[server]\nca = \"certs/ca.pem\"\ncert = \"certs/collector.pem\"\n\
+                           key = \"certs/collector.key\"\n[store]\ndir = \"/var/lib/pgc\"\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("/etc/phiguard/collector.toml"))
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults_and_resolved_paths() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:7443".parse().unwrap());
+        assert_eq!(c.server.tls.ca, Path::new("/etc/phiguard/certs/ca.pem"));
+        assert_eq!(c.store.retention_max_age.as_secs() / 86_400, 2192);
+        assert_eq!(c.checkpoint.key, Path::new("/var/lib/pgc/checkpoint.key"));
+        assert_eq!(
+            c.checkpoint.export.file.as_deref(),
+            Some(Path::new("/var/lib/pgc/checkpoints.jsonl"))
+        );
+        assert!(c.server.subscribers.is_empty());
+    }
+
+    #[test]
+    fn errors_name_file_line_column_and_field() {
+        let err = parse(&format!("{MINIMAL}colour = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/phiguard/collector.toml:7:1: unknown field `colour`"),
+            "{err}"
+        );
+        let err = parse(&MINIMAL.replace("[server]\n", "[server]\nlisten = \"nowhere\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/phiguard/collector.toml:2:10: server.listen:"),
+            "{err}"
+        );
+        let err = parse(&format!("{MINIMAL}[checkpoint]\nevery_secs = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/phiguard/collector.toml:8:14: checkpoint.every_secs: 0 is outside 1..=86400"
+        );
+        let err = parse(&MINIMAL.replace("[server]\n", "[server]\nsubscribers = [\"../soc\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":2:16: server.subscribers:"), "{err}");
+        let err = parse("[server]\n").unwrap_err().to_string();
+        assert!(err.contains("missing field"), "{err}");
+    }
+
+    #[test]
+    fn repository_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("collector.toml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.server.subscribers, ["soc"]);
+    }
+}

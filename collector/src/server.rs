@@ -1,0 +1,549 @@
+//! The gRPC services over mutual TLS: `Ingest` (agents → store, acked after fsync) and
+//! `Subscribe` (store and live records → watchers), plus the timers that sign checkpoints
+//! and apply retention.
+//!
+//! Every batch is validated before it touches the store: size (tonic's decoding limit),
+//! count, strictly increasing sequence numbers, and the host each event claims, which must be
+//! the identity in the connection's certificate. A bad batch ends that agent's stream with an
+//! error status and a log line; other streams and connections are unaffected.
+
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use phiguard_proto::v1::{
+    self,
+    collector_server::{Collector, CollectorServer},
+    subscribe_request::Start as WireStart,
+    IngestRequest, IngestResponse, SubscribeRequest,
+};
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{error, info, warn};
+
+use crate::{
+    checkpoint::{self, Checkpointer, Signer},
+    config::Config,
+    identity::Peer,
+    store::{Store, StoreError},
+    stream::{self, Filter, Hub, Start},
+    tls::{self, AcceptLimits},
+};
+
+/// Longest event id accepted.
+const MAX_ID_BYTES: usize = 128;
+/// How often checkpoint timers are checked.
+const CHECKPOINT_TICK: Duration = Duration::from_secs(1);
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+/// Records the hub buffers for slow subscribers.
+const HUB_CAPACITY: usize = 65_536;
+
+/// The collector could not start or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened.
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
+    /// TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The checkpoint key or export file is unusable.
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    /// The address could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("serving: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Why a batch was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// No events.
+    #[error("empty batch")]
+    Empty,
+    /// More events than allowed.
+    #[error("{count} events in one batch (at most {max})")]
+    TooMany {
+        /// Events sent.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A sequence number of 0.
+    #[error("event with seq 0")]
+    SeqZero,
+    /// Sequence numbers not strictly increasing.
+    #[error("seq {seq} after {previous}: sequence numbers must increase")]
+    NotIncreasing {
+        /// The previous seq.
+        previous: u64,
+        /// The offending seq.
+        seq: u64,
+    },
+    /// An event without a host.
+    #[error("event seq {seq} has no host")]
+    NoHost {
+        /// Its seq.
+        seq: u64,
+    },
+    /// An event claiming another host than the certificate's.
+    #[error("event seq {seq} claims host {claimed:?}, certificate identity is {identity:?}")]
+    HostMismatch {
+        /// Its seq.
+        seq: u64,
+        /// What it claims (hostname or agent id).
+        claimed: String,
+        /// The certificate's identity.
+        identity: String,
+    },
+    /// An event without a body, or a body only the collector may make.
+    #[error("event seq {seq}: {what}")]
+    BadBody {
+        /// Its seq.
+        seq: u64,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// An id that is too long.
+    #[error("event seq {seq}: id longer than {MAX_ID_BYTES} bytes")]
+    BadId {
+        /// Its seq.
+        seq: u64,
+    },
+}
+
+impl BatchError {
+    /// The status the agent gets.
+    pub fn status(&self) -> Status {
+        match self {
+            BatchError::HostMismatch { .. } => Status::permission_denied(self.to_string()),
+            _ => Status::invalid_argument(self.to_string()),
+        }
+    }
+}
+
+/// Checks a batch from `identity` and stamps every event's `host.agent_id` with it.
+pub fn validate_batch(
+    identity: &str,
+    batch: IngestRequest,
+    max_events: usize,
+) -> Result<Vec<v1::Event>, BatchError> {
+    let mut events = batch.events;
+    if events.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    if events.len() > max_events {
+        return Err(BatchError::TooMany {
+            count: events.len(),
+            max: max_events,
+        });
+    }
+    let mut previous = 0;
+    for event in &mut events {
+        let seq = event.seq;
+        if seq == 0 {
+            return Err(BatchError::SeqZero);
+        }
+        if seq <= previous {
+            return Err(BatchError::NotIncreasing { previous, seq });
+        }
+        previous = seq;
+        if event.id.len() > MAX_ID_BYTES {
+            return Err(BatchError::BadId { seq });
+        }
+        match &event.body {
+            None => {
+                return Err(BatchError::BadBody {
+                    seq,
+                    what: "no body",
+                })
+            }
+            Some(v1::event::Body::Alert(_)) => {
+                return Err(BatchError::BadBody {
+                    seq,
+                    what: "collector alerts cannot be sent by agents",
+                })
+            }
+            Some(_) => {}
+        }
+        let host = event.host.get_or_insert_with(Default::default);
+        let mismatch = |claimed: &str| BatchError::HostMismatch {
+            seq,
+            claimed: claimed.to_owned(),
+            identity: identity.to_owned(),
+        };
+        if host.hostname.is_empty() {
+            return Err(BatchError::NoHost { seq });
+        }
+        if !host.hostname.eq_ignore_ascii_case(identity) {
+            return Err(mismatch(&host.hostname));
+        }
+        if !host.agent_id.is_empty() && !host.agent_id.eq_ignore_ascii_case(identity) {
+            return Err(mismatch(&host.agent_id));
+        }
+        host.agent_id = identity.to_owned();
+    }
+    Ok(events)
+}
+
+/// The `Collector` service.
+#[derive(Clone)]
+pub struct CollectorService {
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    checkpoints: Arc<Checkpointer>,
+    subscribers: Arc<BTreeSet<String>>,
+    max_batch_events: usize,
+}
+
+fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
+    request
+        .extensions()
+        .get::<Peer>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no verified client certificate"))
+}
+
+impl CollectorService {
+    async fn ingest_loop(
+        self,
+        peer: Peer,
+        mut inbound: Streaming<IngestRequest>,
+        tx: mpsc::Sender<Result<IngestResponse, Status>>,
+    ) {
+        let identity = peer.identity.clone();
+        loop {
+            let batch = match inbound.message().await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => return,
+                Err(status) => {
+                    warn!(agent = %identity, peer = %peer.addr, code = ?status.code(), reason = status.message(), "ingest message refused");
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            let events = match validate_batch(&identity, batch, self.max_batch_events) {
+                Ok(events) => events,
+                Err(rejected) => {
+                    warn!(agent = %identity, peer = %peer.addr, reason = %rejected, "batch rejected");
+                    let _ = tx.send(Err(rejected.status())).await;
+                    return;
+                }
+            };
+            let this = self.clone();
+            let agent = identity.clone();
+            let appended = tokio::task::spawn_blocking(move || {
+                let hub = this.hub.clone();
+                let appended = this
+                    .store
+                    .append(&agent, events, |a| hub.publish(&a.records))?;
+                this.checkpoints.maybe(&agent, &appended.head, false);
+                Ok::<_, StoreError>(appended)
+            })
+            .await;
+            let appended = match appended {
+                Ok(Ok(appended)) => appended,
+                Ok(Err(store_error)) => {
+                    error!(agent = %identity, error = %store_error, "storing a batch failed");
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "the collector could not store the batch",
+                        )))
+                        .await;
+                    return;
+                }
+                Err(join) => {
+                    error!(agent = %identity, error = %join, "store task failed");
+                    let _ = tx.send(Err(Status::internal("store task failed"))).await;
+                    return;
+                }
+            };
+            let ack = IngestResponse {
+                acked_seq: appended.acked_seq,
+                stored: appended.stored,
+                duplicates: appended.duplicates,
+            };
+            if tx.send(Ok(ack)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Collector for CollectorService {
+    type IngestStream = ReceiverStream<Result<IngestResponse, Status>>;
+    type SubscribeStream = ReceiverStream<Result<v1::Event, Status>>;
+
+    async fn ingest(
+        &self,
+        request: Request<Streaming<IngestRequest>>,
+    ) -> Result<Response<Self::IngestStream>, Status> {
+        let peer = peer(&request)?;
+        if self.subscribers.contains(&*peer.identity) {
+            warn!(identity = %peer.identity, peer = %peer.addr, "a subscriber identity tried to ingest");
+            return Err(Status::permission_denied(
+                "subscriber identities cannot send events",
+            ));
+        }
+        let head = self.store.head(&peer.identity);
+        info!(agent = %peer.identity, peer = %peer.addr, acked_seq = head.seq, "agent stream opened");
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(Ok(IngestResponse {
+            acked_seq: head.seq,
+            ..Default::default()
+        }))
+        .await
+        .map_err(|_| Status::cancelled("stream closed"))?;
+        tokio::spawn(self.clone().ingest_loop(peer, request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = peer(&request)?;
+        if !self.subscribers.contains(&*peer.identity) {
+            warn!(identity = %peer.identity, peer = %peer.addr, "subscription refused: not a listed subscriber");
+            return Err(Status::permission_denied(
+                "this identity is not allowed to subscribe",
+            ));
+        }
+        let request = request.into_inner();
+        let filter = Filter::from_proto(&request.filter.unwrap_or_default())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let start = match request.start {
+            None => Start::Live,
+            Some(WireStart::SinceTime(t)) => Start::Time(t.seconds, t.nanos),
+            Some(WireStart::SinceSeq(seq)) => Start::Seq(seq),
+        };
+        info!(subscriber = %peer.identity, peer = %peer.addr, ?start, "subscription opened");
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(stream::run(
+            self.store.clone(),
+            self.hub.clone(),
+            filter,
+            start,
+            request.replay_only,
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// A collector ready to serve: store open, key loaded, address bound.
+pub struct BoundCollector {
+    config: Config,
+    listener: TcpListener,
+    service: CollectorService,
+}
+
+impl BoundCollector {
+    /// Opens the store (recovering every chain), loads or creates the checkpoint key, loads
+    /// the TLS files and binds the address.
+    pub async fn bind(config: Config) -> Result<BoundCollector, ServerError> {
+        // Fail early on unusable TLS files.
+        tls::server_config(&config.server.tls)?;
+        let store = Arc::new(Store::open(config.store.clone())?);
+        let signer = Signer::load_or_create(&config.checkpoint.key)?;
+        let checkpoints = Arc::new(Checkpointer::new(
+            signer,
+            config.checkpoint.export.clone(),
+            config.checkpoint.cadence,
+        )?);
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.server.listen,
+                source,
+            })?;
+        let service = CollectorService {
+            store,
+            hub: Arc::new(Hub::new(HUB_CAPACITY)),
+            checkpoints,
+            subscribers: Arc::new(config.server.subscribers.iter().cloned().collect()),
+            max_batch_events: config.server.max_batch_events,
+        };
+        Ok(BoundCollector {
+            config,
+            listener,
+            service,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then signs a final checkpoint per agent.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let BoundCollector {
+            config,
+            listener,
+            service,
+        } = self;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+        let tls_config = tls::server_config(&config.server.tls)?;
+        let incoming = tls::incoming(
+            listener,
+            tls_config,
+            AcceptLimits {
+                handshake_timeout: config.server.handshake_timeout,
+                max_connections: config.server.max_connections,
+            },
+        );
+        let timers = tokio::spawn(timers(service.clone()));
+        info!(
+            listen = %addr,
+            store = %config.store.dir.display(),
+            checkpoint_public_key = %service.checkpoints.signer().public_key_hex(),
+            "phiguard-collector listening on {addr}"
+        );
+        let max = config.server.max_message_bytes;
+        let grpc = CollectorServer::new(service.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let result = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(16))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .http2_max_pending_accept_reset_streams(Some(32))
+            .max_frame_size(Some(1 << 16))
+            .add_service(grpc)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        timers.abort();
+        for (agent, head) in service.store.heads() {
+            if let Err(error) = service.checkpoints.checkpoint(&agent, &head) {
+                warn!(agent = %agent, %error, "final checkpoint failed");
+            }
+        }
+        info!("phiguard-collector stopped");
+        Ok(result?)
+    }
+}
+
+/// Checkpoints on time, retention hourly (and once at start).
+async fn timers(service: CollectorService) {
+    let mut tick = tokio::time::interval(CHECKPOINT_TICK);
+    let mut last_retention: Option<tokio::time::Instant> = None;
+    loop {
+        tick.tick().await;
+        let svc = service.clone();
+        let run_retention = last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY);
+        if run_retention {
+            last_retention = Some(tokio::time::Instant::now());
+        }
+        let done = tokio::task::spawn_blocking(move || {
+            for (agent, head) in svc.store.heads() {
+                svc.checkpoints.maybe(&agent, &head, true);
+            }
+            if run_retention {
+                if let Err(error) = svc.store.apply_retention(SystemTime::now()) {
+                    warn!(%error, "retention failed");
+                }
+            }
+        })
+        .await;
+        if let Err(error) = done {
+            warn!(%error, "timer task failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(host: &str, seq: u64) -> v1::Event {
+        v1::Event {
+            seq,
+            host: Some(v1::Host {
+                hostname: host.into(),
+                ..Default::default()
+            }),
+            body: Some(v1::event::Body::Exec(Default::default())),
+            ..Default::default()
+        }
+    }
+
+    fn batch(events: Vec<v1::Event>) -> IngestRequest {
+        IngestRequest { events }
+    }
+
+    #[test]
+    fn batches_are_validated_and_stamped() {
+        let ok = validate_batch(
+            "ehr-1",
+            batch(vec![event("EHR-1", 1), event("ehr-1", 2)]),
+            10,
+        )
+        .unwrap();
+        assert!(ok
+            .iter()
+            .all(|e| e.host.as_ref().unwrap().agent_id == "ehr-1"));
+        let cases = [
+            (batch(vec![]), BatchError::Empty),
+            (
+                batch(vec![
+                    event("ehr-1", 1),
+                    event("ehr-1", 2),
+                    event("ehr-1", 3),
+                ]),
+                BatchError::TooMany { count: 3, max: 2 },
+            ),
+            (batch(vec![event("ehr-1", 0)]), BatchError::SeqZero),
+            (
+                batch(vec![event("ehr-1", 2), event("ehr-1", 2)]),
+                BatchError::NotIncreasing {
+                    previous: 2,
+                    seq: 2,
+                },
+            ),
+            (
+                batch(vec![event("ehr-2", 1)]),
+                BatchError::HostMismatch {
+                    seq: 1,
+                    claimed: "ehr-2".into(),
+                    identity: "ehr-1".into(),
+                },
+            ),
+            (batch(vec![event("", 1)]), BatchError::NoHost { seq: 1 }),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(validate_batch("ehr-1", input, 2).unwrap_err(), expected);
+        }
+        let mut spoofed = event("ehr-1", 1);
+        spoofed.host.as_mut().unwrap().agent_id = "ehr-2".into();
+        assert_eq!(
+            validate_batch("ehr-1", batch(vec![spoofed]), 2)
+                .unwrap_err()
+                .status()
+                .code(),
+            tonic::Code::PermissionDenied
+        );
+        let mut alert = event("ehr-1", 1);
+        alert.body = Some(v1::event::Body::Alert(Default::default()));
+        assert!(validate_batch("ehr-1", batch(vec![alert]), 2).is_err());
+    }
+}

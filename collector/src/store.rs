@@ -1,0 +1,1076 @@
+//! The collector's store: one hash chain per agent, in append-only segment files.
+//!
+//! - Every record carries sha256(previous hash ‖ record) (see [`crate::chain`]).
+//! - A batch is written and fsync'd before [`Store::append`] returns, so an ack means stored.
+//! - Dedup by (agent, seq): an event whose seq is not above the agent's highest stored seq is
+//!   a resend and is skipped (at-least-once delivery, exactly-once storage).
+//! - A seq jump (events the agent numbered that never arrived) is recorded as a
+//!   `CollectorAlert` record just before the event after the gap, and logged.
+//! - Sealed segments have a small JSON sidecar (`.idx`) with their index, seq and time
+//!   ranges: the segment index used for time-range replay and retention.
+//! - Retention removes whole sealed segments older than the maximum age, or the oldest ones
+//!   while the store is over its size limit; each removal is logged in `retention.jsonl` with
+//!   the removed segment's last hash, so `verify` can tell retention from deletion.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File, OpenOptions},
+    io::{self, BufReader, Read as _, Seek as _, SeekFrom, Write as _},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use pbjson_types::Timestamp;
+use phiguard_proto::v1::{self, event::Body};
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{
+    chain::{
+        self, encode_record, framed_len, record_hash, Hash, RecordReader, SegmentHeader, GENESIS,
+        HEADER_LEN,
+    },
+    identity,
+};
+
+/// Directory (under the store root) holding one directory per agent.
+pub const AGENTS_DIR: &str = "agents";
+/// File (under the store root) logging every segment removed by retention.
+pub const RETENTION_LOG: &str = "retention.jsonl";
+/// Extension of segment index sidecars.
+pub const INDEX_EXT: &str = "idx";
+
+/// How the store is laid out and kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Root directory.
+    pub dir: PathBuf,
+    /// A segment is sealed once it holds this many bytes.
+    pub segment_max_bytes: u64,
+    /// A segment is sealed once it is this old.
+    pub segment_max_age: Duration,
+    /// Sealed segments whose newest record is older than this are removed.
+    pub retention_max_age: Duration,
+    /// The oldest sealed segments are removed while the store is larger (None: no limit).
+    pub retention_max_bytes: Option<u64>,
+}
+
+impl StoreConfig {
+    /// Defaults for a store in `dir`: 64 MiB or one-day segments, six years' retention
+    /// (HIPAA), no size limit.
+    pub fn new(dir: PathBuf) -> StoreConfig {
+        StoreConfig {
+            dir,
+            segment_max_bytes: 64 * 1024 * 1024,
+            segment_max_age: Duration::from_secs(24 * 3600),
+            retention_max_age: Duration::from_secs(6 * 365 * 24 * 3600 + 2 * 24 * 3600),
+            retention_max_bytes: None,
+        }
+    }
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A segment could not be read.
+    #[error("{}: {source}", path.display())]
+    Chain {
+        /// The segment.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: chain::ChainError,
+    },
+    /// The stored chain does not hold together (run `phiguard-collector verify`).
+    #[error("{}: {message} (run `phiguard-collector verify`)", path.display())]
+    Broken {
+        /// The segment.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An agent directory whose name is not a valid identity.
+    #[error("{0:?} is not a valid agent identity")]
+    BadAgent(String),
+    /// A sidecar index could not be parsed.
+    #[error("{}: {source}", path.display())]
+    Index {
+        /// The sidecar.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Unix time of `t` in seconds (0 before 1970).
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `t` as a protobuf timestamp.
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// The time a record is indexed by: the event's own time, else when it was received.
+pub fn record_time(record: &v1::StoredRecord) -> i64 {
+    record
+        .event
+        .as_ref()
+        .and_then(|e| e.time.as_ref())
+        .or(record.received.as_ref())
+        .map_or(0, |t| t.seconds)
+}
+
+/// What the segment index knows about one segment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentMeta {
+    /// Index of its first record.
+    pub first_index: u64,
+    /// Index of its last record (first_index - 1 when empty).
+    pub last_index: u64,
+    /// Highest event seq stored up to and including this segment.
+    pub last_seq: u64,
+    /// Earliest record time (Unix s; event time, else received time).
+    pub min_time: i64,
+    /// Latest record time.
+    pub max_time: i64,
+    /// When its newest record was received (Unix s).
+    pub max_received: i64,
+    /// Bytes on disk (header included).
+    pub bytes: u64,
+    /// Hash of its last record (hex; the previous segment's for an empty one).
+    pub last_hash: String,
+    /// When it was created (Unix s).
+    pub created: i64,
+}
+
+impl SegmentMeta {
+    fn empty(header: &SegmentHeader, last_seq: u64) -> SegmentMeta {
+        SegmentMeta {
+            first_index: header.first_index,
+            last_index: header.first_index - 1,
+            last_seq,
+            min_time: i64::MAX,
+            max_time: i64::MIN,
+            max_received: header.created,
+            bytes: HEADER_LEN,
+            last_hash: hex::encode(header.prev_hash),
+            created: header.created,
+        }
+    }
+
+    fn add(&mut self, record: &v1::StoredRecord, framed: u64, hash: &Hash) {
+        self.last_index = record.index;
+        if let Some(event) = &record.event {
+            if event.seq > self.last_seq {
+                self.last_seq = event.seq;
+            }
+        }
+        let time = record_time(record);
+        self.min_time = self.min_time.min(time);
+        self.max_time = self.max_time.max(time);
+        if let Some(received) = &record.received {
+            self.max_received = self.max_received.max(received.seconds);
+        }
+        self.bytes += framed;
+        self.last_hash = hex::encode(hash);
+    }
+
+    fn records(&self) -> u64 {
+        self.last_index + 1 - self.first_index
+    }
+}
+
+/// The head of an agent's chain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    /// Index of the last record (0: empty chain).
+    pub index: u64,
+    /// Hash of the last record.
+    pub hash: Hash,
+    /// Highest event seq stored.
+    pub seq: u64,
+}
+
+/// One stored record, as replayed and streamed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// The agent identity.
+    pub agent: Arc<str>,
+    /// Position in the agent's chain.
+    pub index: u64,
+    /// The event (host.agent_id set from the certificate).
+    pub event: v1::Event,
+    /// When the collector received it (Unix s).
+    pub received: i64,
+}
+
+/// What one append did.
+#[derive(Clone, Debug, Default)]
+pub struct Appended {
+    /// Every event with seq <= this is stored (or recorded as missing).
+    pub acked_seq: u64,
+    /// New events stored.
+    pub stored: u64,
+    /// Resent events skipped.
+    pub duplicates: u64,
+    /// Records written (events and gap alerts), in chain order.
+    pub records: Vec<Arc<Record>>,
+    /// The chain's head afterwards.
+    pub head: Head,
+}
+
+/// The segment being appended to.
+struct Active {
+    path: PathBuf,
+    file: File,
+    meta: SegmentMeta,
+}
+
+/// One agent's chain.
+struct Chain {
+    agent: Arc<str>,
+    dir: PathBuf,
+    sealed: Vec<SegmentMeta>,
+    active: Option<Active>,
+    head: Head,
+}
+
+/// An entry of `retention.jsonl`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionEntry {
+    /// The agent.
+    pub agent: String,
+    /// First index of the removed segment.
+    pub first_index: u64,
+    /// Last index of the removed segment.
+    pub last_index: u64,
+    /// Hash of its last record (hex): the next segment's `prev_hash`.
+    pub last_hash: String,
+    /// When it was removed (Unix s).
+    pub removed: i64,
+    /// "age" or "size".
+    pub reason: String,
+}
+
+/// A position for reading an agent's chain in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    /// The agent.
+    pub agent: Arc<str>,
+    /// Next index wanted.
+    pub next_index: u64,
+    /// Segment (by first index) and byte offset where reading continues, when known.
+    position: Option<(u64, u64)>,
+}
+
+impl Cursor {
+    /// A cursor at `index` of `agent`'s chain.
+    pub fn new(agent: Arc<str>, index: u64) -> Cursor {
+        Cursor {
+            agent,
+            next_index: index.max(1),
+            position: None,
+        }
+    }
+}
+
+/// The store: every agent's chain.
+pub struct Store {
+    config: StoreConfig,
+    chains: Mutex<BTreeMap<Arc<str>, Arc<Mutex<Chain>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+fn index_path(segment: &Path) -> PathBuf {
+    segment.with_extension(INDEX_EXT)
+}
+
+/// Scans a segment file: checks the chain inside it, returns its meta, the committed length
+/// and the head. With `repair`, a torn last record (crash mid-write) is cut off.
+fn scan_segment(
+    path: &Path,
+    expected_first: Option<u64>,
+    expected_prev: Option<Hash>,
+    last_seq: u64,
+    repair: bool,
+) -> Result<(SegmentMeta, Hash), StoreError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let file_len = file.metadata().map_err(io_err(path))?.len();
+    let mut reader = BufReader::new(file);
+    let chain_err = |source| StoreError::Chain {
+        path: path.to_owned(),
+        source,
+    };
+    let header = SegmentHeader::read_from(&mut reader).map_err(chain_err)?;
+    let broken = |message: String| StoreError::Broken {
+        path: path.to_owned(),
+        message,
+    };
+    if let Some(first) = expected_first {
+        if header.first_index != first {
+            return Err(broken(format!(
+                "segment starts at index {}, {first} expected",
+                header.first_index
+            )));
+        }
+    }
+    if let Some(prev) = expected_prev {
+        if header.prev_hash != prev {
+            return Err(broken("segment does not continue the chain".into()));
+        }
+    }
+    let mut meta = SegmentMeta::empty(&header, last_seq);
+    let mut hash = header.prev_hash;
+    let records = RecordReader::new(reader, HEADER_LEN, None);
+    let mut cut = None;
+    for item in records {
+        let raw = match item {
+            Ok(raw) => raw,
+            Err(chain::ChainError::Framing { offset, reason }) if repair => {
+                warn!(segment = %path.display(), offset, %reason, "cutting a torn record at the end of the active segment");
+                cut = Some(offset);
+                break;
+            }
+            Err(e) => return Err(chain_err(e)),
+        };
+        let computed = record_hash(&hash, &raw.body);
+        let decoded = v1::StoredRecord::decode(raw.body.as_slice());
+        let at_end = raw.offset + raw.framed_len() == file_len;
+        let problem = match &decoded {
+            _ if computed != raw.hash => Some("hash mismatch".to_owned()),
+            Err(e) => Some(format!("undecodable record: {e}")),
+            Ok(r) if r.index != meta.last_index + 1 => Some(format!(
+                "record index {} where {} was expected",
+                r.index,
+                meta.last_index + 1
+            )),
+            Ok(_) => None,
+        };
+        if let Some(problem) = problem {
+            if repair && at_end {
+                warn!(segment = %path.display(), offset = raw.offset, %problem, "cutting a torn record at the end of the active segment");
+                cut = Some(raw.offset);
+                break;
+            }
+            return Err(broken(format!("offset {}: {problem}", raw.offset)));
+        }
+        let record = decoded.map_err(|e| broken(e.to_string()))?;
+        meta.add(&record, raw.framed_len(), &raw.hash);
+        hash = raw.hash;
+    }
+    if let Some(offset) = cut {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        file.set_len(offset).map_err(io_err(path))?;
+        file.sync_all().map_err(io_err(path))?;
+        meta.bytes = offset;
+    }
+    Ok((meta, hash))
+}
+
+fn write_index(path: &Path, meta: &SegmentMeta) -> Result<(), StoreError> {
+    let idx = index_path(path);
+    let tmp = idx.with_extension("idx.tmp");
+    let text = serde_json::to_vec(meta).map_err(|source| StoreError::Index {
+        path: idx.clone(),
+        source,
+    })?;
+    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+    file.write_all(&text).map_err(io_err(&tmp))?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &idx).map_err(io_err(&idx))
+}
+
+fn read_index(path: &Path) -> Result<Option<SegmentMeta>, StoreError> {
+    let idx = index_path(path);
+    match fs::read(&idx) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StoreError::Index { path: idx, source }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StoreError::Io { path: idx, source }),
+    }
+}
+
+/// The segment files of an agent directory, sorted by first index.
+pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        if let Some(first) = name.to_str().and_then(chain::parse_segment_file_name) {
+            segments.push((first, entry.path()));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+impl Chain {
+    fn open(agent: Arc<str>, dir: PathBuf) -> Result<Chain, StoreError> {
+        let segments = list_segments(&dir)?;
+        let mut chain = Chain {
+            agent,
+            dir,
+            sealed: Vec::new(),
+            active: None,
+            head: Head::default(),
+        };
+        let count = segments.len();
+        for (i, (_, path)) in segments.into_iter().enumerate() {
+            let last = i + 1 == count;
+            let expected_first = (i > 0).then_some(chain.head.index + 1);
+            let expected_prev = (i > 0).then_some(chain.head.hash);
+            let meta = match (last, read_index(&path)?) {
+                (false, Some(meta)) => {
+                    let mut hash = GENESIS;
+                    hex::decode_to_slice(&meta.last_hash, &mut hash).map_err(|e| {
+                        StoreError::Broken {
+                            path: index_path(&path),
+                            message: format!("bad last_hash: {e}"),
+                        }
+                    })?;
+                    chain.head = Head {
+                        index: meta.last_index,
+                        hash,
+                        seq: meta.last_seq,
+                    };
+                    meta
+                }
+                _ => {
+                    let (meta, hash) =
+                        scan_segment(&path, expected_first, expected_prev, chain.head.seq, last)?;
+                    if !last {
+                        write_index(&path, &meta)?;
+                    }
+                    chain.head = Head {
+                        index: meta.last_index,
+                        hash,
+                        seq: meta.last_seq,
+                    };
+                    meta
+                }
+            };
+            if last {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                chain.active = Some(Active { path, file, meta });
+            } else {
+                chain.sealed.push(meta);
+            }
+        }
+        Ok(chain)
+    }
+
+    /// Seals the active segment (sidecar written, fsync'd) and starts a new one.
+    fn rotate(&mut self, now: SystemTime) -> Result<(), StoreError> {
+        if let Some(active) = self.active.take() {
+            active.file.sync_all().map_err(io_err(&active.path))?;
+            write_index(&active.path, &active.meta)?;
+            self.sealed.push(active.meta);
+        }
+        let header = SegmentHeader {
+            first_index: self.head.index + 1,
+            prev_hash: self.head.hash,
+            created: unix_secs(now),
+        };
+        let path = self.dir.join(chain::segment_file_name(header.first_index));
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.write_all(&header.encode()).map_err(io_err(&path))?;
+        file.sync_all().map_err(io_err(&path))?;
+        fsync_dir(&self.dir)?;
+        self.active = Some(Active {
+            path,
+            file,
+            meta: SegmentMeta::empty(&header, self.head.seq),
+        });
+        Ok(())
+    }
+
+    fn needs_rotation(&self, config: &StoreConfig, now: SystemTime, next: u64) -> bool {
+        match &self.active {
+            None => true,
+            Some(active) => {
+                let has_records = active.meta.records() > 0;
+                let full = active.meta.bytes + next > config.segment_max_bytes;
+                let old = unix_secs(now) - active.meta.created
+                    >= i64::try_from(config.segment_max_age.as_secs()).unwrap_or(i64::MAX);
+                has_records && (full || old)
+            }
+        }
+    }
+
+    fn write_pending(&mut self, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let active = self.active.as_mut().expect("an active segment exists");
+        active.file.write_all(buf).map_err(io_err(&active.path))?;
+        buf.clear();
+        Ok(())
+    }
+
+    fn append(
+        &mut self,
+        config: &StoreConfig,
+        events: Vec<v1::Event>,
+        now: SystemTime,
+    ) -> Result<Appended, StoreError> {
+        let received = timestamp(now);
+        let mut out = Appended::default();
+        let mut buf = Vec::new();
+        let mut records = Vec::new();
+        for event in events {
+            if event.seq <= self.head.seq {
+                out.duplicates += 1;
+                continue;
+            }
+            if event.seq > self.head.seq + 1 {
+                let expected = self.head.seq + 1;
+                warn!(agent = %self.agent, expected, received = event.seq, "sequence gap: events never arrived");
+                records.push(gap_alert(&self.agent, expected, event.seq, &received));
+            }
+            self.head.seq = event.seq;
+            out.stored += 1;
+            records.push(event);
+        }
+        for event in records {
+            let mut record = v1::StoredRecord {
+                index: self.head.index + 1,
+                received: Some(received),
+                event: Some(event),
+            };
+            let body = record.encode_to_vec();
+            let framed = framed_len(body.len());
+            if self.needs_rotation(config, now, framed) {
+                self.write_pending(&mut buf)?;
+                self.rotate(now)?;
+            }
+            let hash = record_hash(&self.head.hash, &body);
+            encode_record(&mut buf, &body, &hash);
+            let active = self.active.as_mut().expect("an active segment exists");
+            active.meta.add(&record, framed, &hash);
+            self.head.index = record.index;
+            self.head.hash = hash;
+            out.records.push(Arc::new(Record {
+                agent: self.agent.clone(),
+                index: record.index,
+                event: record.event.take().unwrap_or_default(),
+                received: received.seconds,
+            }));
+        }
+        self.write_pending(&mut buf)?;
+        if let Some(active) = &self.active {
+            if !out.records.is_empty() {
+                active.file.sync_data().map_err(io_err(&active.path))?;
+            }
+        }
+        out.acked_seq = self.head.seq;
+        out.head = self.head;
+        Ok(out)
+    }
+
+    /// Restores the chain after a failed append: cuts the active segment back to what was
+    /// committed and reloads the head.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        let reopened = Chain::open(self.agent.clone(), self.dir.clone())?;
+        *self = reopened;
+        Ok(())
+    }
+
+    fn all_segments(&self) -> impl Iterator<Item = &SegmentMeta> {
+        self.sealed
+            .iter()
+            .chain(self.active.as_ref().map(|a| &a.meta))
+    }
+
+    fn first_index(&self) -> u64 {
+        self.all_segments().next().map_or(1, |m| m.first_index)
+    }
+}
+
+/// The alert recorded in place of events that never arrived.
+pub fn gap_alert(agent: &str, expected: u64, received: u64, at: &Timestamp) -> v1::Event {
+    v1::Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        seq: 0,
+        time: Some(*at),
+        host: Some(v1::Host {
+            hostname: agent.to_owned(),
+            agent_id: agent.to_owned(),
+            ..Default::default()
+        }),
+        body: Some(Body::Alert(v1::CollectorAlert {
+            kind: v1::AlertKind::SequenceGap as i32,
+            message: format!(
+                "agent {agent}: events {expected}..={} never arrived",
+                received - 1
+            ),
+            expected_seq: expected,
+            received_seq: received,
+        })),
+        ..Default::default()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store and recovers every agent's chain: sealed
+    /// segments from their index, the active one by scanning it (a torn last record is cut).
+    pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        let agents_dir = config.dir.join(AGENTS_DIR);
+        fs::create_dir_all(&agents_dir).map_err(io_err(&agents_dir))?;
+        let mut chains = BTreeMap::new();
+        for entry in fs::read_dir(&agents_dir).map_err(io_err(&agents_dir))? {
+            let entry = entry.map_err(io_err(&agents_dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !identity::valid_identity(&name) {
+                return Err(StoreError::BadAgent(name));
+            }
+            let agent: Arc<str> = Arc::from(name.as_str());
+            let chain = Chain::open(agent.clone(), entry.path())?;
+            info!(agent = %agent, records = chain.head.index, seq = chain.head.seq, "chain recovered");
+            chains.insert(agent, Arc::new(Mutex::new(chain)));
+        }
+        Ok(Store {
+            config,
+            chains: Mutex::new(chains),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn chain(&self, agent: &str) -> Result<Arc<Mutex<Chain>>, StoreError> {
+        if !identity::valid_identity(agent) {
+            return Err(StoreError::BadAgent(agent.to_owned()));
+        }
+        let mut chains = lock(&self.chains);
+        if let Some(chain) = chains.get(agent) {
+            return Ok(chain.clone());
+        }
+        let dir = self.config.dir.join(AGENTS_DIR).join(agent);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        fsync_dir(&self.config.dir.join(AGENTS_DIR))?;
+        let agent: Arc<str> = Arc::from(agent);
+        let chain = Arc::new(Mutex::new(Chain::open(agent.clone(), dir)?));
+        chains.insert(agent, chain.clone());
+        Ok(chain)
+    }
+
+    /// The head of `agent`'s chain (default for an unknown agent).
+    pub fn head(&self, agent: &str) -> Head {
+        let chain = lock(&self.chains).get(agent).cloned();
+        chain.map(|c| lock(&c).head).unwrap_or_default()
+    }
+
+    /// Every agent's head.
+    pub fn heads(&self) -> BTreeMap<Arc<str>, Head> {
+        let chains: Vec<_> = lock(&self.chains)
+            .iter()
+            .map(|(a, c)| (a.clone(), c.clone()))
+            .collect();
+        chains
+            .into_iter()
+            .map(|(a, c)| (a, lock(&c).head))
+            .collect()
+    }
+
+    /// Appends `events` (already validated, in seq order) to `agent`'s chain, fsyncs, and
+    /// calls `committed` with the new records while still holding the chain (so records reach
+    /// subscribers in chain order).
+    pub fn append(
+        &self,
+        agent: &str,
+        events: Vec<v1::Event>,
+        committed: impl FnOnce(&Appended),
+    ) -> Result<Appended, StoreError> {
+        let chain = self.chain(agent)?;
+        let mut chain = lock(&chain);
+        match chain.append(&self.config, events, SystemTime::now()) {
+            Ok(appended) => {
+                committed(&appended);
+                Ok(appended)
+            }
+            Err(error) => {
+                warn!(agent, %error, "append failed; restoring the chain from disk");
+                if let Err(again) = chain.recover() {
+                    warn!(agent, error = %again, "chain recovery failed");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The first index of `agent`'s chain whose segment may hold records at or after `time`
+    /// (Unix s): the segment index lookup for time-range replay.
+    pub fn first_index_since(&self, agent: &str, time: i64) -> u64 {
+        let Some(chain) = lock(&self.chains).get(agent).cloned() else {
+            return 1;
+        };
+        let chain = lock(&chain);
+        let first = chain
+            .all_segments()
+            .find(|m| m.records() > 0 && m.max_time >= time)
+            .map_or(chain.head.index + 1, |m| m.first_index);
+        first
+    }
+
+    /// Reads up to `max` records from `cursor` on, advancing it. Returns an empty vector at
+    /// the end of the chain.
+    pub fn read(&self, cursor: &mut Cursor, max: usize) -> Result<Vec<Arc<Record>>, StoreError> {
+        let Some(chain) = lock(&self.chains).get(&*cursor.agent).cloned() else {
+            return Ok(Vec::new());
+        };
+        // Snapshot which segments to read and how far they are committed.
+        let segments: Vec<(u64, u64, u64)> = {
+            let chain = lock(&chain);
+            if cursor.next_index < chain.first_index() {
+                cursor.next_index = chain.first_index();
+                cursor.position = None;
+            }
+            chain
+                .all_segments()
+                .filter(|m| m.last_index >= cursor.next_index)
+                .map(|m| (m.first_index, m.last_index, m.bytes))
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (first, last, committed) in segments {
+            if out.len() >= max {
+                break;
+            }
+            let path = self
+                .config
+                .dir
+                .join(AGENTS_DIR)
+                .join(&*cursor.agent)
+                .join(chain::segment_file_name(first));
+            let offset = match cursor.position {
+                Some((segment, offset)) if segment == first => offset,
+                _ => HEADER_LEN,
+            };
+            let mut file = match File::open(&path) {
+                Ok(file) => file,
+                // Removed by retention meanwhile.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(StoreError::Io { path, source }),
+            };
+            file.seek(SeekFrom::Start(offset)).map_err(io_err(&path))?;
+            let reader = RecordReader::new(BufReader::new(file), offset, Some(committed));
+            let mut reader = reader.peekable();
+            while out.len() < max {
+                let Some(item) = reader.next() else { break };
+                let raw = item.map_err(|source| StoreError::Chain {
+                    path: path.clone(),
+                    source,
+                })?;
+                let next_offset = raw.offset + raw.framed_len();
+                let record = v1::StoredRecord::decode(raw.body.as_slice()).map_err(|e| {
+                    StoreError::Broken {
+                        path: path.clone(),
+                        message: format!("offset {}: {e}", raw.offset),
+                    }
+                })?;
+                cursor.position = Some((first, next_offset));
+                if record.index < cursor.next_index {
+                    continue;
+                }
+                cursor.next_index = record.index + 1;
+                out.push(Arc::new(Record {
+                    agent: cursor.agent.clone(),
+                    index: record.index,
+                    received: record.received.map_or(0, |t| t.seconds),
+                    event: record.event.unwrap_or_default(),
+                }));
+            }
+            if cursor.next_index > last {
+                cursor.position = None;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes sealed segments past the retention age, then the oldest ones while the store
+    /// is over its size limit. Returns the removed segments.
+    pub fn apply_retention(&self, now: SystemTime) -> Result<Vec<RetentionEntry>, StoreError> {
+        let chains: Vec<Arc<Mutex<Chain>>> = lock(&self.chains).values().cloned().collect();
+        let max_age = i64::try_from(self.config.retention_max_age.as_secs()).unwrap_or(i64::MAX);
+        let cutoff = unix_secs(now).saturating_sub(max_age);
+        let mut removed = Vec::new();
+        for chain in &chains {
+            let mut chain = lock(chain);
+            while chain
+                .sealed
+                .first()
+                .is_some_and(|m| m.max_received < cutoff)
+            {
+                removed.push(self.remove_oldest(&mut chain, now, "age")?);
+            }
+        }
+        if let Some(limit) = self.config.retention_max_bytes {
+            loop {
+                let mut total = 0;
+                let mut oldest: Option<(i64, &Arc<Mutex<Chain>>)> = None;
+                for chain in &chains {
+                    let c = lock(chain);
+                    total += c.all_segments().map(|m| m.bytes).sum::<u64>();
+                    if let Some(first) = c.sealed.first() {
+                        if oldest.is_none_or(|(t, _)| first.max_received < t) {
+                            oldest = Some((first.max_received, chain));
+                        }
+                    }
+                }
+                match oldest {
+                    Some((_, chain)) if total > limit => {
+                        let mut chain = lock(chain);
+                        removed.push(self.remove_oldest(&mut chain, now, "size")?);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn remove_oldest(
+        &self,
+        chain: &mut Chain,
+        now: SystemTime,
+        reason: &str,
+    ) -> Result<RetentionEntry, StoreError> {
+        let meta = chain.sealed.remove(0);
+        let entry = RetentionEntry {
+            agent: chain.agent.to_string(),
+            first_index: meta.first_index,
+            last_index: meta.last_index,
+            last_hash: meta.last_hash.clone(),
+            removed: unix_secs(now),
+            reason: reason.to_owned(),
+        };
+        // Log first: a removal is never unexplained.
+        let log = self.config.dir.join(RETENTION_LOG);
+        let mut line = serde_json::to_vec(&entry).map_err(|source| StoreError::Index {
+            path: log.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(io_err(&log))?;
+        file.write_all(&line).map_err(io_err(&log))?;
+        file.sync_all().map_err(io_err(&log))?;
+        let path = chain.dir.join(chain::segment_file_name(meta.first_index));
+        fs::remove_file(&path).map_err(io_err(&path))?;
+        let _ = fs::remove_file(index_path(&path));
+        fsync_dir(&chain.dir)?;
+        info!(agent = %chain.agent, first_index = meta.first_index, last_index = meta.last_index, reason, "retention removed a segment");
+        Ok(entry)
+    }
+
+    /// The agents with a chain.
+    pub fn agents(&self) -> Vec<Arc<str>> {
+        lock(&self.chains).keys().cloned().collect()
+    }
+
+    /// Total bytes of every segment.
+    pub fn bytes(&self) -> u64 {
+        let chains: Vec<_> = lock(&self.chains).values().cloned().collect();
+        chains
+            .iter()
+            .map(|c| lock(c).all_segments().map(|m| m.bytes).sum::<u64>())
+            .sum()
+    }
+}
+
+/// Reads `retention.jsonl` (missing: empty).
+pub fn read_retention_log(store_dir: &Path) -> Result<Vec<RetentionEntry>, StoreError> {
+    let path = store_dir.join(RETENTION_LOG);
+    let mut text = String::new();
+    match File::open(&path) {
+        Ok(mut f) => {
+            f.read_to_string(&mut text).map_err(io_err(&path))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(StoreError::Io { path, source }),
+    }
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).map_err(|source| StoreError::Index {
+                path: path.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn event(agent: &str, seq: u64) -> v1::Event {
+        v1::Event {
+            id: format!("id-{seq}"),
+            seq,
+            time: Some(Timestamp {
+                seconds: 1_700_000_000 + i64::try_from(seq).unwrap(),
+                nanos: 0,
+            }),
+            host: Some(v1::Host {
+                hostname: agent.into(),
+                agent_id: agent.into(),
+                ..Default::default()
+            }),
+            body: Some(Body::FileOpen(v1::FileOpen {
+                path: format!("/srv/ephi/{seq}"),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn small(dir: &Path) -> StoreConfig {
+        StoreConfig {
+            segment_max_bytes: 1024,
+            ..StoreConfig::new(dir.to_owned())
+        }
+    }
+
+    #[test]
+    fn dedup_gaps_rotation_and_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(small(dir.path())).unwrap();
+        let a = store
+            .append("a", (1..=20).map(|s| event("a", s)).collect(), |_| {})
+            .unwrap();
+        assert_eq!((a.acked_seq, a.stored, a.duplicates), (20, 20, 0));
+        // Resend 15..=25: 15..=20 are duplicates.
+        let b = store
+            .append("a", (15..=25).map(|s| event("a", s)).collect(), |_| {})
+            .unwrap();
+        assert_eq!((b.acked_seq, b.stored, b.duplicates), (25, 5, 6));
+        // A gap: 26..=29 never arrive.
+        let c = store.append("a", vec![event("a", 30)], |_| {}).unwrap();
+        assert_eq!(c.records.len(), 2, "alert + event");
+        assert!(matches!(
+            &c.records[0].event.body,
+            Some(Body::Alert(x)) if x.expected_seq == 26 && x.received_seq == 30
+        ));
+        assert_eq!(c.head.index, 27);
+        let segments = list_segments(&dir.path().join("agents/a")).unwrap();
+        assert!(segments.len() > 2, "rotated: {segments:?}");
+        drop(store);
+        let store = Store::open(small(dir.path())).unwrap();
+        assert_eq!(store.head("a"), c.head);
+        let mut cursor = Cursor::new(Arc::from("a"), 1);
+        let mut all = Vec::new();
+        loop {
+            let chunk = store.read(&mut cursor, 7).unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            all.extend(chunk);
+        }
+        let indexes: Vec<u64> = all.iter().map(|r| r.index).collect();
+        assert_eq!(indexes, (1..=27).collect::<Vec<_>>());
+        let seqs: Vec<u64> = all.iter().map(|r| r.event.seq).filter(|&s| s > 0).collect();
+        assert_eq!(seqs, (1..=25).chain([30]).collect::<Vec<_>>());
+        let since = store.first_index_since("a", 1_700_000_020);
+        assert!(since > 1 && since <= 20, "{since}");
+    }
+
+    #[test]
+    fn torn_tail_is_cut_but_tampering_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path().to_owned())).unwrap();
+        store
+            .append("a", (1..=3).map(|s| event("a", s)).collect(), |_| {})
+            .unwrap();
+        drop(store);
+        let (_, seg) = list_segments(&dir.path().join("agents/a")).unwrap()[0].clone();
+        let len = fs::metadata(&seg).unwrap().len();
+        // Torn: half a record at the end.
+        let file = OpenOptions::new().write(true).open(&seg).unwrap();
+        file.set_len(len - 10).unwrap();
+        let store = Store::open(StoreConfig::new(dir.path().to_owned())).unwrap();
+        assert_eq!(store.head("a").seq, 2);
+        let next = store.append("a", vec![event("a", 3)], |_| {}).unwrap();
+        assert_eq!(next.head.index, 3);
+        drop(store);
+        // Tampered in the middle: refused.
+        let mut bytes = fs::read(&seg).unwrap();
+        bytes[HEADER_LEN as usize + 10] ^= 0xff;
+        fs::write(&seg, &bytes).unwrap();
+        assert!(Store::open(StoreConfig::new(dir.path().to_owned())).is_err());
+    }
+
+    #[test]
+    fn retention_by_size_logs_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            retention_max_bytes: Some(3000),
+            ..small(dir.path())
+        };
+        let store = Store::open(config).unwrap();
+        store
+            .append("a", (1..=60).map(|s| event("a", s)).collect(), |_| {})
+            .unwrap();
+        let before = store.bytes();
+        let removed = store.apply_retention(SystemTime::now()).unwrap();
+        assert!(!removed.is_empty());
+        assert!(store.bytes() <= 3000 && store.bytes() < before);
+        assert_eq!(read_retention_log(dir.path()).unwrap(), removed);
+        // Reading from index 1 starts at the oldest retained record.
+        let mut cursor = Cursor::new(Arc::from("a"), 1);
+        let first = store.read(&mut cursor, 1).unwrap();
+        assert_eq!(first[0].index, removed.last().unwrap().last_index + 1);
+        assert!(store.append("../x", vec![], |_| {}).is_err());
+    }
+}

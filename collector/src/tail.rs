@@ -1,0 +1,203 @@
+//! `phiguard-collector tail`: a subscriber client and the readable one-line form of an
+//! event.
+
+use std::fmt::Write as _;
+
+use phiguard_proto::v1::{self, collector_client::CollectorClient, event::Body, SubscribeRequest};
+use tonic::Streaming;
+
+use crate::{
+    stream::kind_name,
+    tls::{self, TlsError, TlsFiles},
+};
+
+/// A subscription that could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// TLS set-up or connection failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The collector refused.
+    #[error("subscribe refused ({:?}): {}", .0.code(), .0.message())]
+    Refused(#[from] tonic::Status),
+}
+
+/// Subscribes to the collector at `addr` (`host:port`) with the subscriber certificate in
+/// `files`.
+pub async fn subscribe(
+    addr: &str,
+    server_name: Option<&str>,
+    files: &TlsFiles,
+    request: SubscribeRequest,
+    max_message_bytes: usize,
+) -> Result<Streaming<v1::Event>, TailError> {
+    let channel = tls::connect(addr, server_name, tls::client_config(files)?).await?;
+    let mut client = CollectorClient::new(channel).max_decoding_message_size(max_message_bytes);
+    Ok(client.subscribe(request).await?.into_inner())
+}
+
+/// A timestamp as RFC 3339 (the proto3 JSON form).
+pub fn rfc3339(t: &pbjson_types::Timestamp) -> String {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{}.{:09}", t.seconds, t.nanos))
+}
+
+fn user(u: &Option<v1::User>) -> String {
+    match u {
+        Some(u) if !u.name.is_empty() => format!("{}({})", u.name, u.id.unwrap_or_default()),
+        Some(u) => u.id.map_or_else(|| "?".into(), |id| id.to_string()),
+        None => "?".into(),
+    }
+}
+
+/// One readable line: time, host, seq, kind, what happened, who did it.
+pub fn format_line(event: &v1::Event) -> String {
+    let mut line = String::new();
+    let time = event.time.map_or_else(|| "-".to_owned(), |t| rfc3339(&t));
+    let host = event.host.as_ref().map_or("?", |h| {
+        if h.agent_id.is_empty() {
+            &h.hostname
+        } else {
+            &h.agent_id
+        }
+    });
+    let _ = write!(line, "{time} {host} #{} {}", event.seq, kind_name(event));
+    match &event.body {
+        Some(Body::FileOpen(o)) => {
+            let _ = write!(line, " {} {}", o.path, o.flags.join("|"));
+            match o.result {
+                Some(r) if r < 0 => {
+                    let _ = write!(line, " -> {}", o.error);
+                }
+                Some(r) => {
+                    let _ = write!(line, " -> fd {r}");
+                }
+                None => {}
+            }
+        }
+        Some(Body::Exec(e)) => {
+            let _ = write!(line, " {}", e.filename);
+        }
+        Some(Body::Fork(f)) => {
+            let _ = write!(line, " child {}", f.child_pid);
+        }
+        Some(Body::Exit(x)) => match (&x.signal, x.exit_status) {
+            (Some(sig), _) => {
+                let _ = write!(line, " killed by {sig}");
+            }
+            (None, Some(status)) => {
+                let _ = write!(line, " status {status}");
+            }
+            _ => {}
+        },
+        Some(Body::Connect(c)) => {
+            let _ = write!(line, " {} {}:{}", c.protocol, c.address, c.port);
+        }
+        Some(Body::TcpState(t)) => {
+            let _ = write!(
+                line,
+                " {}:{} <-> {}:{} {} -> {}",
+                t.local_address,
+                t.local_port,
+                t.remote_address,
+                t.remote_port,
+                t.old_state,
+                t.new_state
+            );
+        }
+        Some(Body::EventsLost(l)) => {
+            let source = v1::LossSource::try_from(l.source)
+                .map_or("?".to_owned(), |s| s.as_str_name().to_owned());
+            let _ = write!(
+                line,
+                " {} {} lost (total {}) {source}",
+                l.count, l.kind, l.total
+            );
+        }
+        Some(Body::PolicyLoad(p)) => {
+            if p.ok {
+                let _ = write!(
+                    line,
+                    " generation {} in force ({}): {}",
+                    p.generation,
+                    p.trigger,
+                    p.policies.join(", ")
+                );
+            } else {
+                let _ = write!(line, " refused ({}): {}", p.trigger, p.error);
+            }
+        }
+        Some(Body::Alert(a)) => {
+            let _ = write!(line, " {}", a.message);
+        }
+        None => {}
+    }
+    if let Some(d) = &event.decision {
+        let verdict =
+            v1::Verdict::try_from(d.verdict).map_or("?".to_owned(), |v| v.as_str_name().to_owned());
+        let _ = write!(line, " [{verdict} {}/{}]", d.policy, d.rule);
+    }
+    if let Some(p) = &event.process {
+        let _ = write!(
+            line,
+            " by {}[{}] exe={} user={}",
+            p.comm,
+            p.pid,
+            p.exe,
+            user(&p.user)
+        );
+        if p.login_user.is_some() {
+            let _ = write!(line, " login={}", user(&p.login_user));
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readable_line() {
+        let event = v1::Event {
+            seq: 5,
+            time: Some(pbjson_types::Timestamp {
+                seconds: 1_764_028_800,
+                nanos: 0,
+            }),
+            host: Some(v1::Host {
+                hostname: "ehr-db-1".into(),
+                agent_id: "ehr-db-1".into(),
+                ..Default::default()
+            }),
+            process: Some(v1::Process {
+                pid: 42,
+                comm: "cat".into(),
+                exe: "/usr/bin/cat".into(),
+                user: Some(v1::User {
+                    id: Some(0),
+                    name: "root".into(),
+                }),
+                login_user: Some(v1::User {
+                    id: Some(1000),
+                    name: "alice".into(),
+                }),
+                ..Default::default()
+            }),
+            body: Some(Body::FileOpen(v1::FileOpen {
+                path: "/srv/ephi/p1.txt".into(),
+                flags: vec!["O_RDONLY".into()],
+                result: Some(3),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert_eq!(
+            format_line(&event),
+            "2025-11-25T00:00:00+00:00 ehr-db-1 #5 fileOpen /srv/ephi/p1.txt O_RDONLY -> fd 3 \
+             by cat[42] exe=/usr/bin/cat user=root(0) login=alice(1000)"
+        );
+    }
+}

@@ -1,0 +1,657 @@
+//! `phiguard-collector verify`: walks every agent's chain from its first segment to its
+//! last record, and reports the first broken, missing or reordered record of each agent
+//! (agent, segment, byte offset, index). It then checks the chain against the exported,
+//! signed checkpoints, so a chain rewritten from scratch — consistent in itself — still fails.
+//!
+//! What is checked, per agent:
+//! - framing (length, truncation) and that each record decodes;
+//! - each record's hash = sha256(previous hash ‖ record): an altered record fails here;
+//! - indexes run 1, 2, 3… across segments (a deleted record or segment shows as missing, a
+//!   swapped one as out of order); each segment header continues the previous segment's hash;
+//! - event seqs increase, and every seq jump is announced by a gap alert just before it;
+//! - an oldest segment that does not start at index 1 is explained by `retention.jsonl`;
+//! - every checkpoint's signature verifies under the trusted key, and the chain's hash at
+//!   the checkpoint's index equals the signed one (and the chain reaches that index).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    fs::File,
+    io::{self, BufReader},
+    path::{Path, PathBuf},
+};
+
+use phiguard_proto::v1::{self, event::Body};
+use prost::Message as _;
+
+use crate::{
+    chain::{self, record_hash, Hash, RecordReader, SegmentHeader, GENESIS, HEADER_LEN},
+    checkpoint::{self, CheckpointError},
+    identity,
+    store::{self, StoreError, AGENTS_DIR},
+};
+
+/// What `verify` could not even start on.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The store directory could not be listed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Checkpoints or the key could not be read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What to verify.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// The store's root directory.
+    pub store_dir: PathBuf,
+    /// Only this agent.
+    pub agent: Option<String>,
+    /// Exported checkpoint files (JSON lines or syslog lines).
+    pub checkpoint_files: Vec<PathBuf>,
+    /// The ed25519 public key checkpoints must be signed with (32 bytes).
+    pub trusted_key: Option<Vec<u8>>,
+}
+
+/// The first problem found in an agent's chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The agent.
+    pub agent: String,
+    /// The segment file, when the problem is in one.
+    pub segment: Option<String>,
+    /// Byte offset in the segment.
+    pub offset: Option<u64>,
+    /// The chain index concerned.
+    pub index: Option<u64>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "agent {}", self.agent)?;
+        if let Some(segment) = &self.segment {
+            write!(f, ", segment {segment}")?;
+        }
+        if let Some(offset) = self.offset {
+            write!(f, ", offset {offset}")?;
+        }
+        if let Some(index) = self.index {
+            write!(f, ", record {index}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// The result for one agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentReport {
+    /// The agent.
+    pub agent: String,
+    /// Segments read.
+    pub segments: usize,
+    /// Records that checked out.
+    pub records: u64,
+    /// Index of the first retained record.
+    pub first_index: u64,
+    /// Checkpoints matched against the chain.
+    pub checkpoints: usize,
+    /// Checkpoints older than the retained chain (removed by retention).
+    pub checkpoints_pruned: usize,
+    /// The first problem, if any.
+    pub problem: Option<Problem>,
+}
+
+/// The result of a verification.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// One entry per agent, by name.
+    pub agents: Vec<AgentReport>,
+    /// Problems not tied to a readable chain (forged checkpoints, missing chains).
+    pub problems: Vec<Problem>,
+    /// Checkpoints read.
+    pub checkpoints_read: usize,
+}
+
+impl Report {
+    /// Whether everything checked out.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty() && self.agents.iter().all(|a| a.problem.is_none())
+    }
+}
+
+struct Walk<'a> {
+    agent: String,
+    wanted: &'a BTreeSet<u64>,
+    hashes: BTreeMap<u64, Hash>,
+    report: AgentReport,
+    last_index: u64,
+}
+
+impl Walk<'_> {
+    fn fail(
+        &mut self,
+        segment: &Path,
+        offset: Option<u64>,
+        index: Option<u64>,
+        message: String,
+    ) -> Option<()> {
+        self.report.problem = Some(Problem {
+            agent: self.agent.clone(),
+            segment: segment
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned()),
+            offset,
+            index,
+            message,
+        });
+        None
+    }
+
+    /// Walks the whole chain; `None` once a problem is recorded.
+    fn run(&mut self, dir: &Path, retention: &[store::RetentionEntry]) -> Option<()> {
+        let segments = match store::list_segments(dir) {
+            Ok(s) => s,
+            Err(e) => return self.fail(dir, None, None, e.to_string()),
+        };
+        let mut hash = GENESIS;
+        let mut expected = 1;
+        let mut last_seq = 0;
+        let mut announced_gap: Option<(u64, u64)> = None;
+        for (i, (named_first, path)) in segments.iter().enumerate() {
+            self.report.segments += 1;
+            let file = match File::open(path) {
+                Ok(f) => f,
+                Err(e) => return self.fail(path, None, None, e.to_string()),
+            };
+            let mut reader = BufReader::new(file);
+            let header = match SegmentHeader::read_from(&mut reader) {
+                Ok(h) => h,
+                Err(e) => return self.fail(path, Some(0), None, e.to_string()),
+            };
+            if header.first_index != *named_first {
+                return self.fail(
+                    path,
+                    Some(0),
+                    Some(header.first_index),
+                    format!(
+                        "header says the segment starts at record {}, its name says {named_first}",
+                        header.first_index
+                    ),
+                );
+            }
+            if i == 0 {
+                self.report.first_index = header.first_index;
+                if header.first_index == 1 {
+                    if header.prev_hash != GENESIS {
+                        return self.fail(
+                            path,
+                            Some(0),
+                            Some(1),
+                            "first segment does not start the chain (previous hash not zero)"
+                                .into(),
+                        );
+                    }
+                } else {
+                    let explained = retention.iter().any(|r| {
+                        r.agent == self.agent
+                            && r.last_index + 1 == header.first_index
+                            && r.last_hash == hex::encode(header.prev_hash)
+                    });
+                    if !explained {
+                        return self.fail(
+                            path,
+                            Some(0),
+                            Some(header.first_index),
+                            format!(
+                                "records 1..{} are missing and retention removed no such segment",
+                                header.first_index
+                            ),
+                        );
+                    }
+                }
+                hash = header.prev_hash;
+                expected = header.first_index;
+            } else {
+                if header.first_index != expected {
+                    return self.fail(
+                        path,
+                        Some(0),
+                        Some(expected),
+                        format!(
+                            "segment starts at record {}, record {expected} expected: records missing",
+                            header.first_index
+                        ),
+                    );
+                }
+                if header.prev_hash != hash {
+                    return self.fail(
+                        path,
+                        Some(0),
+                        Some(expected),
+                        "segment header does not continue the previous segment's hash".into(),
+                    );
+                }
+            }
+            for item in RecordReader::new(reader, HEADER_LEN, None) {
+                let raw = match item {
+                    Ok(raw) => raw,
+                    Err(chain::ChainError::Framing { offset, reason }) => {
+                        return self.fail(path, Some(offset), Some(expected), reason)
+                    }
+                    Err(e) => return self.fail(path, None, Some(expected), e.to_string()),
+                };
+                let computed = record_hash(&hash, &raw.body);
+                let record = match v1::StoredRecord::decode(raw.body.as_slice()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return self.fail(
+                            path,
+                            Some(raw.offset),
+                            Some(expected),
+                            format!("record altered: undecodable ({e})"),
+                        )
+                    }
+                };
+                if record.index != expected {
+                    let message = if record.index > expected {
+                        format!(
+                            "record {} found where record {expected} was expected: record(s) missing or out of order",
+                            record.index
+                        )
+                    } else {
+                        format!(
+                            "record {} found after record {}: out of order",
+                            record.index,
+                            expected - 1
+                        )
+                    };
+                    return self.fail(path, Some(raw.offset), Some(expected), message);
+                }
+                if computed != raw.hash {
+                    return self.fail(
+                        path,
+                        Some(raw.offset),
+                        Some(expected),
+                        "record altered: hash mismatch (its bytes, its hash or the record before it changed)".into(),
+                    );
+                }
+                let event = record.event.unwrap_or_default();
+                if let Some(Body::Alert(alert)) = &event.body {
+                    if alert.kind == v1::AlertKind::SequenceGap as i32 {
+                        announced_gap = Some((alert.expected_seq, alert.received_seq));
+                    }
+                } else if event.seq > 0 {
+                    if event.seq <= last_seq {
+                        return self.fail(
+                            path,
+                            Some(raw.offset),
+                            Some(expected),
+                            format!("event seq {} after seq {last_seq}: out of order", event.seq),
+                        );
+                    }
+                    if event.seq > last_seq + 1
+                        && announced_gap != Some((last_seq + 1, event.seq))
+                        // The oldest retained record may follow removed ones.
+                        && !(last_seq == 0 && expected > 1)
+                    {
+                        return self.fail(
+                            path,
+                            Some(raw.offset),
+                            Some(expected),
+                            format!(
+                                "events seq {}..{} missing with no gap alert",
+                                last_seq + 1,
+                                event.seq
+                            ),
+                        );
+                    }
+                    last_seq = event.seq;
+                    announced_gap = None;
+                }
+                hash = raw.hash;
+                if self.wanted.contains(&record.index) {
+                    self.hashes.insert(record.index, hash);
+                }
+                self.report.records += 1;
+                self.last_index = record.index;
+                expected += 1;
+            }
+        }
+        Some(())
+    }
+}
+
+fn check_checkpoints(walk: &mut Walk<'_>, checkpoints: &[&v1::Checkpoint]) {
+    if walk.report.problem.is_some() {
+        return;
+    }
+    for cp in checkpoints {
+        if cp.index < walk.report.first_index {
+            walk.report.checkpoints_pruned += 1;
+            continue;
+        }
+        let problem = if cp.index > walk.last_index {
+            Some(format!(
+                "the chain ends at record {} but a signed checkpoint covers record {}: records removed from the end",
+                walk.last_index, cp.index
+            ))
+        } else if walk.hashes.get(&cp.index).map(|h| h.as_slice()) != Some(cp.chain_hash.as_slice())
+        {
+            Some(format!(
+                "record {} does not match the signed checkpoint of {}: the chain was rewritten",
+                cp.index,
+                cp.time
+                    .map_or_else(String::new, |t| crate::tail::rfc3339(&t))
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = problem {
+            walk.report.problem = Some(Problem {
+                agent: walk.agent.clone(),
+                segment: None,
+                offset: None,
+                index: Some(cp.index),
+                message,
+            });
+            return;
+        }
+        walk.report.checkpoints += 1;
+    }
+}
+
+/// Verifies the store.
+pub fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
+    let mut report = Report::default();
+    let mut checkpoints = Vec::new();
+    for file in &options.checkpoint_files {
+        checkpoints.extend(checkpoint::read_file(file)?);
+    }
+    report.checkpoints_read = checkpoints.len();
+    let mut valid: BTreeMap<String, Vec<&v1::Checkpoint>> = BTreeMap::new();
+    for cp in &checkpoints {
+        if options.agent.as_ref().is_some_and(|a| *a != cp.agent) {
+            continue;
+        }
+        let trusted = match &options.trusted_key {
+            Some(key) => key,
+            None => {
+                report.problems.push(Problem {
+                    agent: cp.agent.clone(),
+                    segment: None,
+                    offset: None,
+                    index: Some(cp.index),
+                    message: "no trusted checkpoint key to check signatures with".into(),
+                });
+                break;
+            }
+        };
+        match checkpoint::verify_signature(cp, trusted) {
+            Ok(()) => valid.entry(cp.agent.clone()).or_default().push(cp),
+            Err(e) => report.problems.push(Problem {
+                agent: cp.agent.clone(),
+                segment: None,
+                offset: None,
+                index: Some(cp.index),
+                message: e.to_string(),
+            }),
+        }
+    }
+    let retention = store::read_retention_log(&options.store_dir)?;
+    let agents_dir = options.store_dir.join(AGENTS_DIR);
+    let mut agents = BTreeSet::new();
+    match std::fs::read_dir(&agents_dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.map_err(|source| VerifyError::Io {
+                    path: agents_dir.clone(),
+                    source,
+                })?;
+                agents.insert(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(VerifyError::Io {
+                path: agents_dir,
+                source,
+            })
+        }
+    }
+    if let Some(only) = &options.agent {
+        agents.retain(|a| a == only);
+    }
+    for agent in valid.keys() {
+        if !agents.contains(agent) {
+            report.problems.push(Problem {
+                agent: agent.clone(),
+                segment: None,
+                offset: None,
+                index: None,
+                message: "signed checkpoints exist but the agent's chain is missing".into(),
+            });
+        }
+    }
+    for agent in agents {
+        if !identity::valid_identity(&agent) {
+            report.problems.push(Problem {
+                agent: agent.clone(),
+                segment: None,
+                offset: None,
+                index: None,
+                message: "not a valid agent directory name".into(),
+            });
+            continue;
+        }
+        let cps = valid.get(&agent).cloned().unwrap_or_default();
+        let wanted: BTreeSet<u64> = cps.iter().map(|c| c.index).collect();
+        let mut walk = Walk {
+            agent: agent.clone(),
+            wanted: &wanted,
+            hashes: BTreeMap::new(),
+            report: AgentReport {
+                agent: agent.clone(),
+                first_index: 1,
+                ..Default::default()
+            },
+            last_index: 0,
+        };
+        let dir = agents_dir.join(&agent);
+        if walk.run(&dir, &retention).is_some() {
+            check_checkpoints(&mut walk, &cps);
+        }
+        report.agents.push(walk.report);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, time::Duration};
+
+    use super::*;
+    use crate::{
+        checkpoint::{Cadence, Checkpointer, ExportConfig, Signer},
+        store::{Store, StoreConfig},
+    };
+
+    fn event(seq: u64) -> v1::Event {
+        v1::Event {
+            id: format!("e{seq}"),
+            seq,
+            host: Some(v1::Host {
+                hostname: "a".into(),
+                agent_id: "a".into(),
+                ..Default::default()
+            }),
+            body: Some(Body::Exec(Default::default())),
+            ..Default::default()
+        }
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        options: VerifyOptions,
+    }
+
+    fn fixture(events: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store_dir = dir.path().join("store");
+        let store = Store::open(StoreConfig {
+            segment_max_bytes: 2048,
+            ..StoreConfig::new(store_dir.clone())
+        })
+        .unwrap();
+        let signer = Signer::load_or_create(&dir.path().join("cp.key")).unwrap();
+        let trusted = signer.public_key().to_vec();
+        let cps = dir.path().join("cp.jsonl");
+        let checkpointer = Checkpointer::new(
+            signer,
+            ExportConfig {
+                file: Some(cps.clone()),
+                syslog: false,
+            },
+            Cadence {
+                every_records: 10,
+                every: Duration::from_secs(60),
+            },
+        )
+        .unwrap();
+        for seq in 1..=events {
+            let a = store.append("a", vec![event(seq)], |_| {}).unwrap();
+            checkpointer.maybe("a", &a.head, false);
+        }
+        Fixture {
+            options: VerifyOptions {
+                store_dir,
+                agent: None,
+                checkpoint_files: vec![cps],
+                trusted_key: Some(trusted),
+            },
+            dir,
+        }
+    }
+
+    fn segment(f: &Fixture, n: usize) -> PathBuf {
+        store::list_segments(&f.options.store_dir.join("agents/a")).unwrap()[n]
+            .1
+            .clone()
+    }
+
+    fn problem(f: &Fixture) -> Problem {
+        let report = verify(&f.options).unwrap();
+        assert!(!report.ok());
+        report.agents[0]
+            .problem
+            .clone()
+            .unwrap_or_else(|| report.problems[0].clone())
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        let f = fixture(40);
+        let report = verify(&f.options).unwrap();
+        assert!(report.ok(), "{report:?}");
+        assert_eq!(report.agents[0].records, 40);
+        assert!(report.agents[0].checkpoints >= 4);
+        assert!(report.agents[0].segments > 1);
+    }
+
+    #[test]
+    fn flipped_byte_is_found() {
+        let f = fixture(20);
+        let path = segment(&f, 0);
+        let mut bytes = fs::read(&path).unwrap();
+        let at = HEADER_LEN as usize + 30;
+        bytes[at] ^= 0x01;
+        fs::write(&path, bytes).unwrap();
+        let p = problem(&f);
+        assert_eq!(p.segment.as_deref(), Some("00000000000000000001.seg"));
+        assert_eq!(p.offset, Some(HEADER_LEN));
+        assert_eq!(p.index, Some(1));
+    }
+
+    fn records(path: &Path) -> (Vec<u8>, Vec<(usize, usize)>) {
+        let bytes = fs::read(path).unwrap();
+        let spans = RecordReader::new(&bytes[HEADER_LEN as usize..], HEADER_LEN, None)
+            .map(|r| {
+                let r = r.unwrap();
+                (r.offset as usize, r.framed_len() as usize)
+            })
+            .collect();
+        (bytes, spans)
+    }
+
+    #[test]
+    fn deleted_and_swapped_records_are_found() {
+        let f = fixture(20);
+        let path = segment(&f, 0);
+        let (bytes, spans) = records(&path);
+        assert!(spans.len() >= 3);
+        // Delete the second record.
+        let (off, len) = spans[1];
+        let mut deleted = bytes.clone();
+        deleted.drain(off..off + len);
+        fs::write(&path, &deleted).unwrap();
+        let p = problem(&f);
+        assert_eq!((p.offset, p.index), (Some(off as u64), Some(2)));
+        assert!(p.message.contains("missing"), "{p}");
+        // Swap the second and third.
+        let (o2, l2) = spans[1];
+        let (o3, l3) = spans[2];
+        let mut swapped = bytes[..o2].to_vec();
+        swapped.extend_from_slice(&bytes[o3..o3 + l3]);
+        swapped.extend_from_slice(&bytes[o2..o2 + l2]);
+        swapped.extend_from_slice(&bytes[o3 + l3..]);
+        fs::write(&path, &swapped).unwrap();
+        let p = problem(&f);
+        assert_eq!(p.index, Some(2));
+        assert!(
+            p.to_string().contains("segment 00000000000000000001.seg"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn rewritten_chain_fails_against_checkpoints() {
+        let f = fixture(25);
+        // Rewrite from scratch with the same events: consistent in itself.
+        let agent_dir = f.options.store_dir.join("agents/a");
+        fs::remove_dir_all(&agent_dir).unwrap();
+        let store = Store::open(StoreConfig::new(f.options.store_dir.clone())).unwrap();
+        store
+            .append("a", (1..=25).map(event).collect(), |_| {})
+            .unwrap();
+        let without = VerifyOptions {
+            checkpoint_files: vec![],
+            ..f.options.clone()
+        };
+        assert!(verify(&without).unwrap().ok(), "consistent in itself");
+        let p = problem(&f);
+        assert!(p.message.contains("rewritten"), "{p}");
+        // A forged checkpoint (other key) is reported too.
+        let forger = Signer::load_or_create(&f.dir.path().join("forged.key")).unwrap();
+        let forged = forger.sign("a", &store.head("a"), std::time::SystemTime::now());
+        let forged_file = f.dir.path().join("forged.jsonl");
+        fs::write(&forged_file, serde_json::to_string(&forged).unwrap()).unwrap();
+        let report = verify(&VerifyOptions {
+            checkpoint_files: vec![forged_file],
+            ..f.options.clone()
+        })
+        .unwrap();
+        assert!(!report.ok() && report.problems[0].message.contains("trusted"));
+    }
+}
