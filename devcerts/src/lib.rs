@@ -14,8 +14,8 @@ use std::{
 };
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -204,7 +204,9 @@ impl Ca {
         let key = KeyPair::generate().map_err(generate(&what))?;
         let mut params =
             CertificateParams::new(leaf.subject_alt_names.clone()).map_err(generate(&what))?;
-        params.distinguished_name.push(DnType::CommonName, &leaf.name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, &leaf.name);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![match leaf.role {

@@ -93,7 +93,10 @@ mod tests {
             ..Default::default()
         };
         let text = serde_json::to_string(&checkpoint).unwrap();
-        assert!(text.contains("\"chainHash\":\"q6ur"), "bytes as base64: {text}");
+        assert!(
+            text.contains("\"chainHash\":\"q6ur"),
+            "bytes as base64: {text}"
+        );
         assert_eq!(
             serde_json::from_str::<v1::Checkpoint>(&text).unwrap(),
             checkpoint
