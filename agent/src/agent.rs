@@ -158,6 +158,10 @@ impl Agent {
             Some(dir) => Some(PolicyWatcher::start(dir, requester.clone())?),
             None => None,
         };
+        // A durable sink (the spool) keeps the sequence going across restarts.
+        if let Some(seq) = sinks.iter().filter_map(|s| s.resume_seq()).max() {
+            enricher.resume_after(seq);
+        }
         let paths: Vec<String> = watches
             .paths
             .iter()
@@ -367,8 +371,32 @@ impl Agent {
         Self::emit(&mut self.sinks, &mut self.stats, &event);
     }
 
-    /// Turns new kernel losses into `EventsLost` events and a warning: never silent.
+    /// Turns new kernel and sink losses into `EventsLost` events and a warning: never silent.
     fn report_losses(&mut self) {
+        self.report_sink_losses();
+        self.report_kernel_losses();
+    }
+
+    /// Sinks that dropped events (a full spool) report them once they have room again.
+    fn report_sink_losses(&mut self) {
+        let losses: Vec<_> = self
+            .sinks
+            .iter_mut()
+            .filter_map(|s| s.take_losses())
+            .collect();
+        for loss in losses {
+            warn!(source = ?loss.source, lost = loss.count, total = loss.total, "sink dropped events");
+            let event = self.enricher.agent_event(Body::EventsLost(v1::EventsLost {
+                source: loss.source as i32,
+                kind: String::new(),
+                count: loss.count,
+                total: loss.total,
+            }));
+            Self::emit(&mut self.sinks, &mut self.stats, &event);
+        }
+    }
+
+    fn report_kernel_losses(&mut self) {
         let totals = match self.sensors.lost() {
             Ok(totals) => totals,
             Err(error) => {

@@ -13,6 +13,10 @@ use toml::Spanned;
 
 use crate::paths;
 
+pub mod collector;
+
+pub use collector::CollectorConfig;
+
 /// Most ancestors an event can carry.
 pub const MAX_ANCESTRY_DEPTH: u8 = 16;
 
@@ -29,6 +33,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// Allow-list policies.
     pub policy: PolicyConfig,
+    /// The link to a collector (`[collector]`; None: off).
+    pub collector: Option<CollectorConfig>,
 }
 
 /// `[policy]`.
@@ -157,6 +163,7 @@ struct RawConfig {
     enrich: RawEnrich,
     agent: AgentConfig,
     policy: RawPolicy,
+    collector: Option<collector::RawCollector>,
 }
 
 #[derive(Default, Deserialize)]
@@ -289,6 +296,21 @@ impl Config {
             hash_max_bytes: raw.enrich.hash_max_bytes.unwrap_or(defaults.hash_max_bytes),
             retain_exited: raw.enrich.retain_exited.unwrap_or(defaults.retain_exited),
         };
+        if let Some(link) = raw.collector {
+            let base = origin
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let base = std::path::absolute(&base).unwrap_or(base);
+            config.collector =
+                Some(
+                    link.validate(&base, |span, field, message| ConfigError::Invalid {
+                        at: at(span),
+                        field,
+                        message,
+                    })?,
+                );
+        }
         Ok(config)
     }
 

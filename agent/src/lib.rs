@@ -11,4 +11,5 @@ pub mod paths;
 pub mod policy;
 pub mod process;
 pub mod sink;
+pub mod tls;
 pub mod watch;

@@ -14,7 +14,12 @@ use phiguard::{
     config::Config,
     kernel::{loader, mounts, pins},
     policy::{self, Trigger},
-    sink::{json::JsonLines, Sink},
+    sink::{
+        json::JsonLines,
+        publish::Publisher,
+        spool::{Spool, SpoolSink},
+        Sink,
+    },
     watch::WatchSet,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -134,6 +139,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("opening output file {}", path.display()))?;
             sinks.push(Box::new(sink));
         }
+        let mut publisher = None;
+        if let Some(link) = &config.collector {
+            let spool = Spool::open(link.spool.clone()).context("opening the spool")?;
+            sinks.push(Box::new(SpoolSink(spool.clone())));
+            publisher = Some(Publisher::spawn(spool, link.publisher.clone())?);
+            tracing::info!(
+                address = %link.publisher.address,
+                spool = %link.spool.dir.display(),
+                "collector link on: events are spooled and sent over mutual TLS"
+            );
+        }
         let agent = Agent::start(&config, sinks)?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
@@ -152,6 +168,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         };
         agent.run(shutdown).await.context("event loop")?;
+        if let Some(publisher) = publisher {
+            // A short grace period to deliver the last events; what is left stays spooled.
+            let delivered = tokio::task::spawn_blocking(move || {
+                let delivered = publisher.drain(std::time::Duration::from_secs(2));
+                publisher.stop();
+                delivered
+            })
+            .await
+            .unwrap_or(false);
+            if !delivered {
+                tracing::info!("undelivered events stay in the spool for the next run");
+            }
+        }
         Ok(())
     })
 }

@@ -100,6 +100,11 @@ impl Enricher {
         self.policy.set(slot, generation, compiled);
     }
 
+    /// Numbers the next events after `seq` (a durable sink's last sequence number).
+    pub fn resume_after(&mut self, seq: u64) {
+        self.seq = self.seq.max(seq);
+    }
+
     /// Re-measures the boot-time → wall-clock offset (after NTP steps).
     pub fn refresh_clock(&mut self) {
         self.clock = BootClock::measure();

@@ -2,8 +2,21 @@
 
 pub mod channel;
 pub mod json;
+pub mod publish;
+pub mod spool;
 
 use phiguard_proto::v1;
+
+/// Events a sink had to drop, reported by the agent as an `EventsLost` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SinkLoss {
+    /// Where they were lost.
+    pub source: v1::LossSource,
+    /// Dropped since the previous report.
+    pub count: u64,
+    /// Dropped since the sink started.
+    pub total: u64,
+}
 
 /// A destination for events.
 pub trait Sink: Send {
@@ -11,4 +24,13 @@ pub trait Sink: Send {
     fn write(&mut self, event: &v1::Event) -> std::io::Result<()>;
     /// Pushes buffered events out.
     fn flush(&mut self) -> std::io::Result<()>;
+    /// Drops to report now, if any (a sink may wait until it has room for the report).
+    fn take_losses(&mut self) -> Option<SinkLoss> {
+        None
+    }
+    /// The last sequence number this sink holds from an earlier run: the agent numbers its
+    /// events after it, so (agent, seq) stays unique across restarts.
+    fn resume_seq(&self) -> Option<u64> {
+        None
+    }
 }

@@ -1,0 +1,195 @@
+//! `[collector]` in agent.toml: the link to a phiguard collector (off when the section is
+//! absent). Relative paths are taken from the configuration file's directory.
+
+use std::{
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::{
+    sink::{
+        publish::PublisherConfig,
+        spool::{FullPolicy, SpoolConfig},
+    },
+    tls::TlsFiles,
+};
+
+/// Default spool directory.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/phiguard/spool";
+/// Default spool size (256 MiB).
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The validated `[collector]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectorConfig {
+    /// How to reach the collector.
+    pub publisher: PublisherConfig,
+    /// The on-disk spool.
+    pub spool: SpoolConfig,
+}
+
+/// `[collector]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCollector {
+    address: Spanned<String>,
+    server_name: Option<Spanned<String>>,
+    ca: Spanned<PathBuf>,
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+    spool_dir: Option<Spanned<PathBuf>>,
+    spool_max_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    full_policy: FullPolicy,
+    batch_events: Option<Spanned<usize>>,
+    sync_interval_ms: Option<Spanned<u64>>,
+}
+
+impl RawCollector {
+    /// Validates the section; `invalid(span, field, message)` builds a located error;
+    /// `base` is the configuration file's directory.
+    pub(super) fn validate<E>(
+        self,
+        base: &Path,
+        invalid: impl Fn(Range<usize>, &'static str, String) -> E,
+    ) -> Result<CollectorConfig, E> {
+        let address = self.address.get_ref().trim().to_owned();
+        let port_ok = address.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            return Err(invalid(
+                self.address.span(),
+                "collector.address",
+                format!("{address:?} is not host:port"),
+            ));
+        }
+        let path = |value: &Spanned<PathBuf>, field: &'static str| {
+            let p = value.get_ref();
+            if p.as_os_str().is_empty() {
+                return Err(invalid(value.span(), field, "empty path".into()));
+            }
+            Ok(if p.is_absolute() {
+                p.clone()
+            } else {
+                base.join(p)
+            })
+        };
+        let tls = TlsFiles {
+            ca: path(&self.ca, "collector.ca")?,
+            cert: path(&self.cert, "collector.cert")?,
+            key: path(&self.key, "collector.key")?,
+        };
+        let spool_dir = match &self.spool_dir {
+            Some(dir) => path(dir, "collector.spool_dir")?,
+            None => PathBuf::from(DEFAULT_SPOOL_DIR),
+        };
+        let max_bytes = match &self.spool_max_bytes {
+            Some(v) if *v.get_ref() < 64 * 1024 => {
+                return Err(invalid(
+                    v.span(),
+                    "collector.spool_max_bytes",
+                    format!("{} is less than 65536", v.get_ref()),
+                ))
+            }
+            Some(v) => *v.get_ref(),
+            None => DEFAULT_SPOOL_MAX_BYTES,
+        };
+        let batch_events = match &self.batch_events {
+            Some(v) if !(1..=4096).contains(v.get_ref()) => {
+                return Err(invalid(
+                    v.span(),
+                    "collector.batch_events",
+                    format!("{} is outside 1..=4096", v.get_ref()),
+                ))
+            }
+            Some(v) => *v.get_ref(),
+            None => 512,
+        };
+        let sync_ms = match &self.sync_interval_ms {
+            Some(v) if *v.get_ref() > 10_000 => {
+                return Err(invalid(
+                    v.span(),
+                    "collector.sync_interval_ms",
+                    format!("{} is more than 10000", v.get_ref()),
+                ))
+            }
+            Some(v) => *v.get_ref(),
+            None => 200,
+        };
+        let mut publisher = PublisherConfig::new(address, tls);
+        publisher.server_name = self.server_name.map(Spanned::into_inner);
+        publisher.batch_events = batch_events;
+        Ok(CollectorConfig {
+            publisher,
+            spool: SpoolConfig {
+                dir: spool_dir,
+                max_bytes,
+                full: self.full_policy,
+                sync_interval: Duration::from_millis(sync_ms),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{Config, ConfigError};
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("/etc/phiguard/agent.toml"))
+    }
+
+    const LINK: &str = "[collector]\naddress = \"collector.example:7443\"\nca = \"certs/ca.pem\"\n\
+                        cert = \"certs/agent.pem\"\nkey = \"/etc/phiguard/agent.key\"\n";
+
+    #[test]
+    fn off_by_default_and_defaults_when_on() {
+        assert_eq!(parse("").unwrap().collector, None);
+        let c = parse(LINK).unwrap().collector.unwrap();
+        assert_eq!(c.publisher.address, "collector.example:7443");
+        assert_eq!(c.publisher.tls.ca, Path::new("/etc/phiguard/certs/ca.pem"));
+        assert_eq!(c.publisher.tls.key, Path::new("/etc/phiguard/agent.key"));
+        assert_eq!(c.spool.dir, Path::new(DEFAULT_SPOOL_DIR));
+        assert_eq!(c.spool.max_bytes, DEFAULT_SPOOL_MAX_BYTES);
+        assert_eq!(c.spool.full, FullPolicy::KeepOldest);
+        let c = parse(&format!(
+            "{LINK}full_policy = \"keep_newest\"\nspool_dir = \"spool\"\n"
+        ))
+        .unwrap()
+        .collector
+        .unwrap();
+        assert_eq!(c.spool.full, FullPolicy::KeepNewest);
+        assert_eq!(c.spool.dir, Path::new("/etc/phiguard/spool"));
+    }
+
+    #[test]
+    fn errors_are_located() {
+        let err = parse(&LINK.replace("collector.example:7443", "nohost"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/phiguard/agent.toml:2:11: collector.address: \"nohost\" is not host:port"
+        );
+        let err = parse(&format!("{LINK}full_policy = \"keep_all\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/phiguard/agent.toml:6:15:"), "{err}");
+        let err = parse(&format!("{LINK}spool_max_bytes = 10\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":6:19: collector.spool_max_bytes"), "{err}");
+        let err = parse(&format!("{LINK}adress = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":6:1: unknown field `adress`"), "{err}");
+    }
+}

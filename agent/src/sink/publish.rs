@@ -1,0 +1,340 @@
+//! The publisher: streams spooled events to the collector over mutual TLS 1.3 and deletes
+//! them from the spool once acknowledged.
+//!
+//! It runs on its own thread (with its own small runtime), so neither TLS nor a slow or
+//! absent collector can hold up the kernel reader. On every connection the collector first
+//! says which seq it already holds; the publisher then sends what follows from the spool,
+//! in order, in batches, keeping a bounded window of unacknowledged batches. A broken
+//! connection is retried with exponential backoff and jitter, and everything unacknowledged
+//! is sent again (the collector stores each (agent, seq) once). The certificate, key and CA
+//! are read again on every connection, and a change to any of them reconnects.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use phiguard_proto::v1::{collector_client::CollectorClient, IngestRequest};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{error, info, warn};
+
+use super::spool::{ReadCursor, Spool, SpoolError};
+use crate::tls::{self, FilesStamp, TlsError, TlsFiles};
+
+/// How the publisher talks to the collector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublisherConfig {
+    /// The collector, `host:port`.
+    pub address: String,
+    /// TLS server name to verify (default: the host part of `address`).
+    pub server_name: Option<String>,
+    /// CA, certificate and key.
+    pub tls: TlsFiles,
+    /// Most events per batch.
+    pub batch_events: usize,
+    /// About the most bytes per batch (keep below the collector's message limit).
+    pub batch_bytes: usize,
+    /// Most unacknowledged batches in flight.
+    pub window: usize,
+    /// First retry delay.
+    pub backoff_min: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// How often the TLS files are checked for changes.
+    pub reload_check: Duration,
+    /// Connection (TCP + TLS) timeout.
+    pub connect_timeout: Duration,
+}
+
+impl PublisherConfig {
+    /// Defaults for `address` with `tls`: batches of 512 events / 1 MiB, a window of 8,
+    /// backoff from 0.2 s to 30 s, files checked every 5 s.
+    pub fn new(address: String, tls: TlsFiles) -> PublisherConfig {
+        PublisherConfig {
+            address,
+            server_name: None,
+            tls,
+            batch_events: 512,
+            batch_bytes: 1024 * 1024,
+            window: 8,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            reload_check: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// TLS files or the connection.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The collector refused or the stream broke.
+    #[error("collector: {} ({:?})", .0.message(), .0.code())]
+    Status(#[from] tonic::Status),
+    /// The spool failed.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The collector closed the stream.
+    #[error("the collector closed the stream")]
+    Closed,
+    /// The publisher thread could not start.
+    #[error("starting the publisher thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// What the publisher is doing (shared with the agent and tests).
+#[derive(Debug, Default)]
+pub struct PublisherStatus {
+    /// A stream to the collector is open.
+    pub connected: AtomicBool,
+    /// Highest seq the collector acknowledged.
+    pub acked: AtomicU64,
+    /// Batches sent.
+    pub batches: AtomicU64,
+    /// Connections made.
+    pub connections: AtomicU64,
+}
+
+/// A running publisher thread.
+pub struct Publisher {
+    thread: Option<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    status: Arc<PublisherStatus>,
+    spool: Arc<Spool>,
+}
+
+enum Ended {
+    Stopped,
+    Reload,
+}
+
+/// A small xorshift generator for retry jitter (not for anything secret).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32);
+        Jitter(seed | 1)
+    }
+
+    /// `d` scaled by a factor in [0.5, 1.5).
+    fn apply(&mut self, d: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let factor = 0.5 + (self.0 % 1000) as f64 / 1000.0;
+        d.mul_f64(factor)
+    }
+}
+
+impl Publisher {
+    /// Starts publishing `spool` to the collector on a new thread.
+    pub fn spawn(spool: Arc<Spool>, config: PublisherConfig) -> Result<Publisher, PublishError> {
+        let (stop, stop_rx) = watch::channel(false);
+        let status = Arc::new(PublisherStatus::default());
+        let (s, st) = (spool.clone(), status.clone());
+        let thread = std::thread::Builder::new()
+            .name("phiguard-publish".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        error!(error = %e, "publisher runtime failed to start");
+                        return;
+                    }
+                };
+                runtime.block_on(run(s, config, st, stop_rx));
+            })
+            .map_err(PublishError::Thread)?;
+        Ok(Publisher {
+            thread: Some(thread),
+            stop,
+            status,
+            spool,
+        })
+    }
+
+    /// What the publisher is doing.
+    pub fn status(&self) -> &PublisherStatus {
+        &self.status
+    }
+
+    /// Waits up to `timeout` until the collector has acknowledged everything spooled.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let _ = self.spool.flush(true);
+            let stats = self.spool.stats();
+            if stats.acked >= stats.synced_seq {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the thread (unacknowledged events stay in the spool for the next run).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn run(
+    spool: Arc<Spool>,
+    config: PublisherConfig,
+    status: Arc<PublisherStatus>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut jitter = Jitter::new();
+    let mut backoff = config.backoff_min;
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let acked_before = status.acked.load(Ordering::Relaxed);
+        let outcome = session(&spool, &config, &status, &mut stop).await;
+        status.connected.store(false, Ordering::Relaxed);
+        if status.acked.load(Ordering::Relaxed) > acked_before {
+            backoff = config.backoff_min;
+            failures = 0;
+        }
+        match outcome {
+            Ok(Ended::Stopped) => return,
+            Ok(Ended::Reload) => {
+                info!("certificate files changed: reconnecting with the new ones");
+                continue;
+            }
+            Err(e) => {
+                failures += 1;
+                let refused = matches!(&e, PublishError::Status(s)
+                    if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::InvalidArgument | tonic::Code::Unauthenticated));
+                if refused {
+                    error!(error = %e, "the collector refused our events; retrying later");
+                    backoff = config.backoff_max;
+                } else if failures == 1 || failures.is_multiple_of(20) {
+                    warn!(error = %e, attempts = failures, address = %config.address, "collector link down; events stay in the spool; retrying");
+                }
+            }
+        }
+        let delay = jitter.apply(backoff);
+        backoff = (backoff * 2).min(config.backoff_max);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn session(
+    spool: &Spool,
+    config: &PublisherConfig,
+    status: &PublisherStatus,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Ended, PublishError> {
+    let stamp = FilesStamp::of(&config.tls);
+    let tls_config = tls::client_config(&config.tls)?;
+    let channel = tls::connect(
+        &config.address,
+        config.server_name.as_deref(),
+        tls_config,
+        config.connect_timeout,
+    )
+    .await?;
+    let limit = config.batch_bytes * 2 + 64 * 1024;
+    let mut client = CollectorClient::new(channel)
+        .max_encoding_message_size(limit)
+        .max_decoding_message_size(64 * 1024);
+    let (tx, rx) = mpsc::channel::<IngestRequest>(config.window.max(1));
+    let mut responses = client.ingest(ReceiverStream::new(rx)).await?.into_inner();
+    let hello = responses.message().await?.ok_or(PublishError::Closed)?;
+    spool.ack(hello.acked_seq)?;
+    status.acked.fetch_max(hello.acked_seq, Ordering::Relaxed);
+    status.connected.store(true, Ordering::Relaxed);
+    status.connections.fetch_add(1, Ordering::Relaxed);
+    let from = hello.acked_seq.max(spool.stats().acked);
+    info!(address = %config.address, acked = hello.acked_seq, "connected to the collector; sending from seq {}", from + 1);
+    let mut cursor = ReadCursor::after(from);
+    let mut in_flight: VecDeque<u64> = VecDeque::new();
+    let mut reload = tokio::time::interval(config.reload_check);
+    reload.tick().await;
+    loop {
+        while in_flight.len() < config.window.max(1) {
+            let batch = spool.read(&mut cursor, config.batch_events, config.batch_bytes)?;
+            let Some(last) = batch.last().map(|e| e.seq) else {
+                break;
+            };
+            tx.send(IngestRequest { events: batch })
+                .await
+                .map_err(|_| PublishError::Closed)?;
+            in_flight.push_back(last);
+            status.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::select! {
+            _ = stop.changed() => return Ok(Ended::Stopped),
+            response = responses.message() => {
+                let ack = response?.ok_or(PublishError::Closed)?;
+                spool.ack(ack.acked_seq)?;
+                status.acked.fetch_max(ack.acked_seq, Ordering::Relaxed);
+                while in_flight.front().is_some_and(|&last| last <= ack.acked_seq) {
+                    in_flight.pop_front();
+                }
+            }
+            () = spool.ready() => {}
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = reload.tick() => {
+                if FilesStamp::of(&config.tls) != stamp {
+                    return Ok(Ended::Reload);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_and_one_and_a_half() {
+        let mut j = Jitter::new();
+        let d = Duration::from_millis(1000);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let x = j.apply(d);
+            assert!(x >= Duration::from_millis(500) && x < Duration::from_millis(1500));
+            seen.insert(x);
+        }
+        assert!(seen.len() > 50, "jitter varies");
+    }
+}
