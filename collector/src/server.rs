@@ -21,7 +21,10 @@ use phiguard_proto::v1::{
     subscribe_request::Start as WireStart,
     IngestRequest, IngestResponse, SubscribeRequest,
 };
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, warn};
@@ -43,6 +46,8 @@ const CHECKPOINT_TICK: Duration = Duration::from_secs(1);
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// Records the hub buffers for slow subscribers.
 const HUB_CAPACITY: usize = 65_536;
+/// How long streams may take to close at shutdown before they are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// The collector could not start or stopped on an error.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +214,7 @@ pub struct CollectorService {
     checkpoints: Arc<Checkpointer>,
     subscribers: Arc<BTreeSet<String>>,
     max_batch_events: usize,
+    stopping: watch::Receiver<bool>,
 }
 
 fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
@@ -227,8 +233,19 @@ impl CollectorService {
         tx: mpsc::Sender<Result<IngestResponse, Status>>,
     ) {
         let identity = peer.identity.clone();
+        let mut stopping = self.stopping.clone();
         loop {
-            let batch = match inbound.message().await {
+            let message = tokio::select! {
+                message = inbound.message() => Some(message),
+                _ = stopping.wait_for(|s| *s) => None,
+            };
+            let Some(message) = message else {
+                let _ = tx
+                    .send(Err(Status::unavailable("the collector is shutting down")))
+                    .await;
+                return;
+            };
+            let batch = match message {
                 Ok(Some(batch)) => batch,
                 Ok(None) => return,
                 Err(status) => {
@@ -352,6 +369,7 @@ pub struct BoundCollector {
     config: Config,
     listener: TcpListener,
     service: CollectorService,
+    stop: watch::Sender<bool>,
 }
 
 impl BoundCollector {
@@ -373,7 +391,9 @@ impl BoundCollector {
                 addr: config.server.listen,
                 source,
             })?;
+        let (stop, stopping) = watch::channel(false);
         let service = CollectorService {
+            stopping,
             store,
             hub: Arc::new(Hub::new(HUB_CAPACITY)),
             checkpoints,
@@ -384,6 +404,7 @@ impl BoundCollector {
             config,
             listener,
             service,
+            stop,
         })
     }
 
@@ -398,6 +419,7 @@ impl BoundCollector {
             config,
             listener,
             service,
+            stop,
         } = self;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: config.server.listen,
@@ -423,15 +445,29 @@ impl BoundCollector {
         let grpc = CollectorServer::new(service.clone())
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-        let result = tonic::transport::Server::builder()
+        let mut stopping = service.stopping.clone();
+        let signal = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
+        let server = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(16))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .http2_max_pending_accept_reset_streams(Some(32))
             .max_frame_size(Some(1 << 16))
             .add_service(grpc)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+            .serve_with_incoming_shutdown(incoming, signal);
+        let result = tokio::select! {
+            result = server => result,
+            () = async {
+                let _ = stopping.wait_for(|s| *s).await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                info!("closing the streams still open after {SHUTDOWN_GRACE:?}");
+                Ok(())
+            }
+        };
         timers.abort();
         for (agent, head) in service.store.heads() {
             if let Err(error) = service.checkpoints.checkpoint(&agent, &head) {

@@ -1,5 +1,8 @@
 //! Helpers shared by the privileged test suites: start the real agent in-process with a
-//! channel sink, run commands, and wait for the events they cause.
+//! channel sink, run commands, and wait for the events they cause; and (in [`e2e`]) run the
+//! collector, agent links and subscribers over mutual TLS.
+
+pub mod e2e;
 
 use std::{
     path::{Path, PathBuf},

@@ -1,0 +1,402 @@
+//! Helpers for the e2e tier: a development PKI made by `phiguard-devcerts` (the same code as
+//! `cargo xtask certs`), the real `phiguard-collector` binary on loopback, an in-process
+//! agent link (the agent's own spool and publisher), and a subscriber.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use phiguard::{
+    sink::{
+        publish::{Publisher, PublisherConfig},
+        spool::{FullPolicy, Spool, SpoolConfig},
+    },
+    tls::TlsFiles as AgentTlsFiles,
+};
+use phiguard_collector::tls::TlsFiles;
+use phiguard_proto::v1::{self, event::Body};
+use tokio::runtime::Runtime;
+
+/// The collector binary (`cargo xtask test` builds it and sets `PHIGUARD_COLLECTOR_BIN`).
+pub fn collector_binary() -> PathBuf {
+    std::env::var_os("PHIGUARD_COLLECTOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!("PHIGUARD_COLLECTOR_BIN is not set: run the e2e tests through `cargo xtask test`, which builds target/debug/phiguard-collector")
+        })
+}
+
+/// A development PKI in a temporary directory.
+pub struct Pki {
+    /// Keeps the directory.
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// CA, collector, subscriber `soc` and one certificate per agent host.
+    pub fn new(agents: &[&str]) -> Pki {
+        let dir = tempfile::Builder::new()
+            .prefix("phiguard-pki-")
+            .tempdir()
+            .unwrap();
+        let agents: Vec<String> = agents.iter().map(|a| (*a).to_owned()).collect();
+        phiguard_devcerts::write_dir(dir.path(), &agents, &[]).expect("development PKI");
+        Pki { dir }
+    }
+
+    /// A file in the PKI directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The agent `host`'s TLS files (agent side).
+    pub fn agent(&self, host: &str) -> AgentTlsFiles {
+        AgentTlsFiles {
+            ca: self.path("ca.pem"),
+            cert: self.path(&phiguard_devcerts::agent_cert_file(host)),
+            key: self.path(&phiguard_devcerts::agent_key_file(host)),
+        }
+    }
+
+    /// The agent `host`'s TLS files (collector library form, for raw clients).
+    pub fn agent_client(&self, host: &str) -> TlsFiles {
+        let a = self.agent(host);
+        TlsFiles {
+            ca: a.ca,
+            cert: a.cert,
+            key: a.key,
+        }
+    }
+
+    /// The subscriber's TLS files.
+    pub fn subscriber(&self) -> TlsFiles {
+        TlsFiles {
+            ca: self.path("ca.pem"),
+            cert: self.path("soc.pem"),
+            key: self.path("soc.key"),
+        }
+    }
+}
+
+/// A running `phiguard-collector serve`.
+pub struct CollectorProc {
+    child: Option<Child>,
+    /// Where it listens.
+    pub addr: String,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its store directory.
+    pub store: PathBuf,
+    /// Everything it logged (all runs).
+    pub log: Arc<Mutex<String>>,
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl CollectorProc {
+    /// Writes a configuration in `work` (store `work/store`, checkpoints in
+    /// `work/checkpoints.jsonl`, `extra` appended to `[server]`) and starts the collector.
+    pub fn start(work: &Path, pki: &Pki, extra_server: &str) -> CollectorProc {
+        let store = work.join("store");
+        let config = work.join("collector.toml");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+             subscribers = [\"soc\"]\n{extra_server}\n\
+             [store]\ndir = \"{}\"\nsegment_max_bytes = 65536\n\
+             [checkpoint]\nkey = \"{}\"\nfile = \"{}\"\nevery_records = 500\nevery_secs = 1\n",
+            pki.path("ca.pem").display(),
+            pki.path("collector.pem").display(),
+            pki.path("collector.key").display(),
+            store.display(),
+            work.join("checkpoint.key").display(),
+            work.join("checkpoints.jsonl").display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut proc = CollectorProc {
+            child: None,
+            addr: String::new(),
+            config,
+            store,
+            log: Arc::new(Mutex::new(String::new())),
+        };
+        proc.spawn();
+        proc
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(collector_binary())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting phiguard-collector");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let line = strip_ansi(&line);
+                if let Some(at) = line.find("listening on ") {
+                    let addr: String = line[at + "listening on ".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(addr);
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => self.addr = addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "phiguard-collector did not start within 20 s:\n{}",
+                    self.log()
+                );
+            }
+        }
+        self.child = Some(child);
+        // Later runs keep the port, so agents reconnect to the same address.
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(
+            &self.config,
+            text.replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{}\"", self.addr),
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// SIGKILL: no final checkpoint, no clean shutdown.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait (signs a final checkpoint per agent); panics after 20 s.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(status.success(), "collector exit status {status:?}");
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "collector did not stop within 20 s of SIGTERM:\n{}",
+                        self.log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts it again on the same address and store.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill it first");
+        self.spawn();
+    }
+
+    /// Runs `phiguard-collector verify --config CONFIG ARGS…`.
+    pub fn verify(config: &Path, args: &[&str]) -> Output {
+        Command::new(collector_binary())
+            .args(["verify", "--config"])
+            .arg(config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for CollectorProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An agent link in this process: the agent's own spool and publisher.
+pub struct AgentLink {
+    /// The spool.
+    pub spool: Arc<Spool>,
+    /// The publisher (None once stopped).
+    pub publisher: Option<Publisher>,
+    /// The host name the events claim.
+    pub host: String,
+    /// Keeps the spool directory.
+    pub dir: tempfile::TempDir,
+}
+
+impl AgentLink {
+    /// Opens a spool and starts publishing to `addr` with `host`'s certificate.
+    pub fn start(pki: &Pki, cert_host: &str, addr: &str) -> AgentLink {
+        let dir = tempfile::Builder::new()
+            .prefix("phiguard-spool-")
+            .tempdir()
+            .unwrap();
+        let spool = Spool::open(SpoolConfig {
+            dir: dir.path().to_owned(),
+            max_bytes: 256 * 1024 * 1024,
+            full: FullPolicy::KeepOldest,
+            sync_interval: Duration::from_millis(20),
+        })
+        .unwrap();
+        let mut config = PublisherConfig::new(addr.to_owned(), pki.agent(cert_host));
+        config.server_name = Some("localhost".into());
+        config.backoff_max = Duration::from_millis(500);
+        config.batch_bytes = 32 * 1024;
+        config.batch_events = 200;
+        let publisher = Publisher::spawn(spool.clone(), config).unwrap();
+        AgentLink {
+            spool,
+            publisher: Some(publisher),
+            host: cert_host.to_owned(),
+            dir,
+        }
+    }
+
+    /// Spools events `seqs` claiming host `claim` (flushed to disk).
+    pub fn send(&self, claim: &str, seqs: impl IntoIterator<Item = u64>) {
+        for seq in seqs {
+            self.spool.append(&event(claim, seq)).unwrap();
+        }
+        self.spool.flush(true).unwrap();
+    }
+
+    /// Waits until the collector acknowledged `seq`.
+    pub fn wait_acked(&self, seq: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.spool.stats().acked >= seq {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+/// A file-open event from `host` with `seq`.
+pub fn event(host: &str, seq: u64) -> v1::Event {
+    v1::Event {
+        id: format!("{host}-{seq}"),
+        seq,
+        time: Some(pbjson_types_now()),
+        host: Some(v1::Host {
+            hostname: host.to_owned(),
+            ..Default::default()
+        }),
+        body: Some(Body::FileOpen(v1::FileOpen {
+            path: format!("/srv/ephi/{seq}.txt"),
+            result: Some(3),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn pbjson_types_now() -> phiguard_proto::pbjson_types::Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    phiguard_proto::pbjson_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// Replays every stored event (replay only, from seq 1) as the subscriber `soc`.
+pub fn replay_all(rt: &Runtime, pki: &Pki, addr: &str, filter: v1::EventFilter) -> Vec<v1::Event> {
+    rt.block_on(async {
+        let mut stream = phiguard_collector::tail::subscribe(
+            addr,
+            Some("localhost"),
+            &pki.subscriber(),
+            v1::SubscribeRequest {
+                filter: Some(filter),
+                start: Some(v1::subscribe_request::Start::SinceSeq(1)),
+                replay_only: true,
+            },
+            64 * 1024 * 1024,
+        )
+        .await
+        .expect("subscribe");
+        let mut out = Vec::new();
+        while let Some(event) = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("replay within 30 s")
+            .expect("event stream")
+        {
+            out.push(event);
+        }
+        out
+    })
+}
+
+/// A runtime for clients in tests.
+pub fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -1,0 +1,577 @@
+//! e2e tier: the real `phiguard-collector` binary on loopback with real mutual TLS 1.3,
+//! fed by the agent's own spool and publisher (in this process) and read by a subscriber.
+//! Certificates come from `phiguard-devcerts`, the code behind `cargo xtask certs`.
+
+use std::{
+    fs,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf as _, BufMut as _};
+use phiguard_collector::{
+    chain::{RecordReader, HEADER_LEN},
+    store::{list_segments, Store, StoreConfig},
+    tls::{self, TlsFiles},
+};
+use phiguard_devcerts::{Ca, Leaf};
+use phiguard_proto::v1::{
+    self, collector_client::CollectorClient, event::Body, IngestRequest, IngestResponse,
+};
+use phiguard_tests::e2e::{event, replay_all, runtime, AgentLink, CollectorProc, Pki};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+fn work() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("phiguard-e2e-")
+        .tempdir()
+        .unwrap()
+}
+
+fn seqs(events: &[v1::Event]) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| !matches!(e.body, Some(Body::Alert(_))))
+        .map(|e| e.seq)
+        .collect()
+}
+
+fn alerts(events: &[v1::Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e.body, Some(Body::Alert(_))))
+        .count()
+}
+
+fn host(name: &str) -> v1::EventFilter {
+    v1::EventFilter {
+        hosts: vec![name.into()],
+        ..Default::default()
+    }
+}
+
+/// Opens an Ingest stream with `config` and sends one batch; Ok once it is acknowledged.
+async fn try_ingest(
+    addr: &str,
+    config: Arc<rustls::ClientConfig>,
+    batch: Vec<v1::Event>,
+) -> Result<IngestResponse, String> {
+    let channel = tls::connect(addr, Some("localhost"), config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(IngestRequest { events: batch }).await.unwrap();
+    let mut responses = CollectorClient::new(channel)
+        .ingest(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut last = None;
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::from_secs(10), responses.message()).await {
+            Ok(Ok(Some(ack))) => last = Some(ack),
+            Ok(Ok(None)) => return Err("stream closed".into()),
+            Ok(Err(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),
+            Err(_) => return Err("no answer within 10 s".into()),
+        }
+    }
+    drop(tx);
+    last.ok_or_else(|| "no ack".into())
+}
+
+#[test]
+fn events_reach_a_live_subscriber_with_the_identity_from_the_certificate() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let rt = runtime();
+    let mut live = rt
+        .block_on(phiguard_collector::tail::subscribe(
+            &collector.addr,
+            Some("localhost"),
+            &pki.subscriber(),
+            v1::SubscribeRequest {
+                filter: Some(v1::EventFilter {
+                    kinds: vec!["fileOpen".into()],
+                    path_prefixes: vec!["/srv/ephi".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            1 << 20,
+        ))
+        .expect("subscribe");
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 1..=50);
+    let received: Vec<v1::Event> = rt.block_on(async {
+        let mut out = Vec::new();
+        while out.len() < 50 {
+            match tokio::time::timeout(Duration::from_secs(20), live.message()).await {
+                Ok(Ok(Some(e))) => out.push(e),
+                other => panic!("live stream ended after {} events: {other:?}", out.len()),
+            }
+        }
+        out
+    });
+    assert_eq!(seqs(&received), (1..=50).collect::<Vec<_>>());
+    for e in &received {
+        let h = e.host.as_ref().unwrap();
+        assert_eq!(
+            (h.hostname.as_str(), h.agent_id.as_str()),
+            ("ehr-a", "ehr-a")
+        );
+    }
+    assert!(link.wait_acked(50, Duration::from_secs(10)));
+}
+
+#[test]
+fn refuses_no_client_certificate_another_ca_and_an_expired_certificate() {
+    let (work, pki, other) = (work(), Pki::new(&["ehr-a"]), Pki::new(&["ehr-a"]));
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let rt = runtime();
+    let batch = || vec![event("ehr-a", 1)];
+    // Control: the right certificate is accepted (so the refusals below mean something).
+    let good = tls::client_config(&pki.agent_client("ehr-a")).unwrap();
+    let ack = rt
+        .block_on(try_ingest(&collector.addr, good, batch()))
+        .expect("a valid certificate is accepted");
+    assert_eq!(ack.acked_seq, 1);
+    // No client certificate.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in tls::load_certs(&pki.path("ca.pem")).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let mut anonymous = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    anonymous.alpn_protocols = vec![b"h2".to_vec()];
+    let refused = rt.block_on(try_ingest(&collector.addr, Arc::new(anonymous), batch()));
+    assert!(refused.is_err(), "no client certificate: {refused:?}");
+    // A certificate from another CA (for the same name).
+    let foreign = tls::client_config(&TlsFiles {
+        ca: pki.path("ca.pem"),
+        ..other.agent_client("ehr-a")
+    })
+    .unwrap();
+    let refused = rt.block_on(try_ingest(&collector.addr, foreign, batch()));
+    assert!(refused.is_err(), "other CA: {refused:?}");
+    // An expired certificate from the right CA.
+    let ca = Ca::load(
+        &fs::read_to_string(pki.path("ca.pem")).unwrap(),
+        &fs::read_to_string(pki.path("ca.key")).unwrap(),
+    )
+    .unwrap();
+    let expired = ca.issue(&Leaf::agent("ehr-a").expired()).unwrap();
+    phiguard_devcerts::write_issued(pki.dir.path(), "expired", &expired).unwrap();
+    let expired = tls::client_config(&TlsFiles {
+        ca: pki.path("ca.pem"),
+        cert: pki.path("expired.pem"),
+        key: pki.path("expired.key"),
+    })
+    .unwrap();
+    let refused = rt.block_on(try_ingest(&collector.addr, expired, batch()));
+    assert!(refused.is_err(), "expired: {refused:?}");
+    assert!(
+        collector.wait_log("certificate expired", Duration::from_secs(5)),
+        "{}",
+        collector.log()
+    );
+    let log = collector.log();
+    // (The client may retry a refused handshake once.)
+    assert!(
+        log.matches("TLS connection refused").count() >= 3,
+        "each refusal is logged:\n{log}"
+    );
+    assert!(log.contains("peer sent no certificates"), "{log}");
+    // Both development CAs have the same name: the signature is what fails.
+    assert!(
+        log.contains("BadSignature") || log.contains("UnknownIssuer"),
+        "{log}"
+    );
+    // Only the control batch was stored.
+    let events = replay_all(&rt, &pki, &collector.addr, Default::default());
+    assert_eq!(seqs(&events), [1]);
+}
+
+#[test]
+fn a_certificate_for_host_a_cannot_send_events_for_host_b() {
+    let (work, pki) = (work(), Pki::new(&["host-a", "host-b"]));
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let rt = runtime();
+    let a = tls::client_config(&pki.agent_client("host-a")).unwrap();
+    let refused = rt
+        .block_on(try_ingest(
+            &collector.addr,
+            a.clone(),
+            vec![event("host-b", 1)],
+        ))
+        .unwrap_err();
+    assert!(refused.starts_with("PermissionDenied"), "{refused}");
+    assert!(refused.contains("claims host \"host-b\""), "{refused}");
+    // A claimed agent id counts too.
+    let mut spoofed = event("host-a", 1);
+    spoofed.host.as_mut().unwrap().agent_id = "host-b".into();
+    let refused = rt
+        .block_on(try_ingest(&collector.addr, a.clone(), vec![spoofed]))
+        .unwrap_err();
+    assert!(refused.starts_with("PermissionDenied"), "{refused}");
+    assert!(collector.wait_log("batch rejected", Duration::from_secs(5)));
+    assert!(collector.log().contains("agent=host-a"));
+    // The agent's own events still go through.
+    let ack = rt
+        .block_on(try_ingest(&collector.addr, a, vec![event("host-a", 1)]))
+        .unwrap();
+    assert_eq!(ack.acked_seq, 1);
+    assert!(replay_all(&rt, &pki, &collector.addr, host("host-b")).is_empty());
+    assert_eq!(
+        seqs(&replay_all(&rt, &pki, &collector.addr, host("host-a"))),
+        [1]
+    );
+}
+
+#[test]
+fn collector_killed_while_events_flow_then_10000_more_every_event_once_in_order() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let mut collector = CollectorProc::start(work.path(), &pki, "");
+    let link = Arc::new(AgentLink::start(&pki, "ehr-a", &collector.addr));
+    let producer = {
+        let link = link.clone();
+        std::thread::spawn(move || {
+            for chunk in (1..=3000u64).collect::<Vec<_>>().chunks(20) {
+                link.send("ehr-a", chunk.iter().copied());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    assert!(
+        link.wait_acked(600, Duration::from_secs(30)),
+        "events flow before the kill"
+    );
+    collector.kill9();
+    let acked_at_kill = link.spool.stats().acked;
+    producer.join().unwrap();
+    assert!(acked_at_kill < 3000, "the kill happened mid-stream");
+    link.send("ehr-a", 3001..=13_000);
+    std::thread::sleep(Duration::from_millis(500));
+    collector.restart();
+    assert!(
+        link.wait_acked(13_000, Duration::from_secs(120)),
+        "all acknowledged after the restart; acked {}",
+        link.spool.stats().acked
+    );
+    let rt = runtime();
+    let events = replay_all(&rt, &pki, &collector.addr, Default::default());
+    assert_eq!(seqs(&events), (1..=13_000).collect::<Vec<_>>());
+    assert_eq!(alerts(&events), 0, "no gaps");
+    collector.stop();
+    let out = CollectorProc::verify(&collector.config, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("agent ehr-a: 13000 records"), "{stdout}");
+}
+
+/// Copies the store and a config pointing at the copy.
+fn tampered_copy(
+    collector: &CollectorProc,
+    dir: &Path,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let store = dir.join("store");
+    copy_dir(&collector.store, &store);
+    let config = dir.join("collector.toml");
+    let text = fs::read_to_string(&collector.config).unwrap().replace(
+        &format!("dir = \"{}\"", collector.store.display()),
+        &format!("dir = \"{}\"", store.display()),
+    );
+    fs::write(&config, text).unwrap();
+    (store, config)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn record_spans(path: &Path) -> (Vec<u8>, Vec<(usize, usize)>) {
+    let bytes = fs::read(path).unwrap();
+    let spans = RecordReader::new(&bytes[HEADER_LEN as usize..], HEADER_LEN, None)
+        .map(|r| {
+            let r = r.unwrap();
+            (r.offset as usize, r.framed_len() as usize)
+        })
+        .collect();
+    (bytes, spans)
+}
+
+fn assert_broken(config: &Path, expect: &str) -> String {
+    let out = CollectorProc::verify(config, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "verify must fail: {stdout}");
+    assert!(stdout.contains(expect), "expected {expect:?} in:\n{stdout}");
+    stdout
+}
+
+#[test]
+fn verify_finds_a_flipped_byte_a_deleted_record_swapped_records_and_a_rewritten_chain() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let mut collector = CollectorProc::start(work.path(), &pki, "");
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 1..=300);
+    assert!(link.wait_acked(300, Duration::from_secs(30)));
+    drop(link);
+    collector.stop();
+    let out = CollectorProc::verify(&collector.config, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "intact store: {stdout}");
+    assert!(
+        stdout.contains("ok      agent ehr-a: 300 records"),
+        "{stdout}"
+    );
+    let segment = |store: &Path| {
+        list_segments(&store.join("agents/ehr-a")).unwrap()[0]
+            .1
+            .clone()
+    };
+    let (_, spans) = record_spans(&segment(&collector.store));
+    assert!(spans.len() > 10);
+
+    // One flipped byte in record 5's body.
+    let dir = work.path().join("flip");
+    let (store, config) = tampered_copy(&collector, &dir);
+    let (mut bytes, spans) = record_spans(&segment(&store));
+    bytes[spans[4].0 + 20] ^= 0x10;
+    fs::write(segment(&store), bytes).unwrap();
+    let report = assert_broken(
+        &config,
+        &format!(
+            "BROKEN  agent ehr-a, segment 00000000000000000001.seg, offset {}, record 5",
+            spans[4].0
+        ),
+    );
+    assert!(report.contains("altered"), "{report}");
+
+    // Record 7 deleted.
+    let dir = work.path().join("delete");
+    let (store, config) = tampered_copy(&collector, &dir);
+    let (mut bytes, spans) = record_spans(&segment(&store));
+    let (off, len) = spans[6];
+    bytes.drain(off..off + len);
+    fs::write(segment(&store), bytes).unwrap();
+    assert_broken(
+        &config,
+        &format!("segment 00000000000000000001.seg, offset {off}, record 7: record 8 found where record 7 was expected"),
+    );
+
+    // Records 10 and 11 swapped.
+    let dir = work.path().join("swap");
+    let (store, config) = tampered_copy(&collector, &dir);
+    let (bytes, spans) = record_spans(&segment(&store));
+    let ((o1, l1), (o2, l2)) = (spans[9], spans[10]);
+    let mut swapped = bytes[..o1].to_vec();
+    swapped.extend_from_slice(&bytes[o2..o2 + l2]);
+    swapped.extend_from_slice(&bytes[o1..o1 + l1]);
+    swapped.extend_from_slice(&bytes[o2 + l2..]);
+    fs::write(segment(&store), swapped).unwrap();
+    assert_broken(
+        &config,
+        &format!("offset {o1}, record 10: record 11 found where record 10 was expected"),
+    );
+
+    // The whole chain rewritten from scratch (consistent in itself, hashes and all).
+    let dir = work.path().join("rewrite");
+    let (store, config) = tampered_copy(&collector, &dir);
+    let original = {
+        let s = Store::open(StoreConfig::new(collector.store.clone())).unwrap();
+        let mut cursor = phiguard_collector::store::Cursor::new(Arc::from("ehr-a"), 1);
+        s.read(&mut cursor, 10_000).unwrap()
+    };
+    fs::remove_dir_all(store.join("agents/ehr-a")).unwrap();
+    let forged = Store::open(StoreConfig::new(store.clone())).unwrap();
+    let mut events: Vec<v1::Event> = original.iter().map(|r| r.event.clone()).collect();
+    if let Some(Body::FileOpen(open)) = &mut events[41].body {
+        open.path = "/srv/ephi/nothing-to-see.txt".into();
+    }
+    forged.append("ehr-a", events, |_| {}).unwrap();
+    drop(forged);
+    let empty = dir.join("no-checkpoints.jsonl");
+    fs::write(&empty, "").unwrap();
+    let out = CollectorProc::verify(&config, &["--checkpoints", empty.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "the rewritten chain is consistent in itself: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_broken(&config, "the chain was rewritten");
+}
+
+/// Sends raw bytes as gRPC messages (for malformed input).
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct AckDecoder;
+
+impl Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for AckDecoder {
+    type Item = IngestResponse;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<IngestResponse>, tonic::Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        IngestResponse::decode(bytes)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = IngestResponse;
+    type Encoder = RawEncoder;
+    type Decoder = AckDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> AckDecoder {
+        AckDecoder
+    }
+}
+
+/// Opens an Ingest stream as `files`' identity and sends `message` raw; returns the
+/// stream's error (or the ack).
+async fn raw_ingest(addr: &str, files: &TlsFiles, message: Vec<u8>) -> Result<u64, tonic::Status> {
+    let channel = tls::connect(addr, Some("localhost"), tls::client_config(files).unwrap())
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(message).await.unwrap();
+    let mut responses = grpc
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/phiguard.v1.Collector/Ingest"),
+            RawCodec,
+        )
+        .await?
+        .into_inner();
+    let mut acked = 0;
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::from_secs(10), responses.message()).await {
+            Ok(Ok(Some(ack))) => acked = ack.acked_seq,
+            Ok(Ok(None)) => break,
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(tonic::Status::deadline_exceeded("no answer")),
+        }
+    }
+    drop(tx);
+    Ok(acked)
+}
+
+#[test]
+fn malformed_and_oversized_messages_are_refused_without_harming_another_agent() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a", "ehr-b"]));
+    let collector = CollectorProc::start(
+        work.path(),
+        &pki,
+        "max_message_bytes = 65536\nmax_batch_events = 256",
+    );
+    let link = Arc::new(AgentLink::start(&pki, "ehr-a", &collector.addr));
+    let producer = {
+        let link = link.clone();
+        std::thread::spawn(move || {
+            for chunk in (1..=4000u64).collect::<Vec<_>>().chunks(40) {
+                link.send("ehr-a", chunk.iter().copied());
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        })
+    };
+    let rt = runtime();
+    let b = pki.agent_client("ehr-b");
+    let started = Instant::now();
+    let mut refusals = Vec::new();
+    // Garbage that is not protobuf.
+    refusals.push(rt.block_on(raw_ingest(&collector.addr, &b, vec![0xff; 64])));
+    // A well-formed message larger than max_message_bytes.
+    let mut huge = event("ehr-b", 1);
+    huge.id = "x".repeat(200_000);
+    let oversized = IngestRequest { events: vec![huge] }.encode_to_vec();
+    refusals.push(rt.block_on(raw_ingest(&collector.addr, &b, oversized)));
+    // Too many events in one batch.
+    let many = IngestRequest {
+        events: (1..=300).map(|s| event("ehr-b", s)).collect(),
+    }
+    .encode_to_vec();
+    refusals.push(rt.block_on(raw_ingest(&collector.addr, &b, many)));
+    // A batch with sequence numbers going backwards.
+    let backwards = IngestRequest {
+        events: vec![event("ehr-b", 5), event("ehr-b", 4)],
+    }
+    .encode_to_vec();
+    refusals.push(rt.block_on(raw_ingest(&collector.addr, &b, backwards)));
+    for (i, r) in refusals.iter().enumerate() {
+        assert!(r.is_err(), "message {i} was not refused: {r:?}");
+    }
+    let codes: Vec<tonic::Code> = refusals
+        .iter()
+        .map(|r| r.as_ref().unwrap_err().code())
+        .collect();
+    assert!(
+        codes[1] == tonic::Code::OutOfRange || codes[1] == tonic::Code::ResourceExhausted,
+        "{codes:?}"
+    );
+    assert_eq!(codes[2], tonic::Code::InvalidArgument);
+    assert_eq!(codes[3], tonic::Code::InvalidArgument);
+    producer.join().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "refusals were quick"
+    );
+    assert!(
+        link.wait_acked(4000, Duration::from_secs(60)),
+        "agent ehr-a's stream carried on"
+    );
+    let events = replay_all(&rt, &pki, &collector.addr, host("ehr-a"));
+    assert_eq!(seqs(&events), (1..=4000).collect::<Vec<_>>());
+    assert!(replay_all(&rt, &pki, &collector.addr, host("ehr-b")).is_empty());
+    let log = collector.log();
+    assert!(
+        log.contains("ingest message refused") && log.contains("batch rejected"),
+        "{log}"
+    );
+    // ehr-b is still welcome with a proper batch.
+    let ok = rt.block_on(raw_ingest(
+        &collector.addr,
+        &b,
+        IngestRequest {
+            events: vec![event("ehr-b", 1)],
+        }
+        .encode_to_vec(),
+    ));
+    assert_eq!(ok.unwrap(), 1);
+}
