@@ -67,11 +67,25 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
         let mut command = cmd::cargo();
         command.args(&cargo_args).env("RUST_BACKTRACE", "1");
         if name == "host" {
-            // The binary tests run target/debug/phiguard itself.
-            cmd::run(cmd::cargo().args(["build", "-p", "agent", "--bin", "phiguard"]))?;
+            // The binary and e2e tests run target/debug/phiguard and phiguard-collector.
+            cmd::run(cmd::cargo().args([
+                "build",
+                "-p",
+                "agent",
+                "--bin",
+                "phiguard",
+                "-p",
+                "phiguard-collector",
+                "--bin",
+                "phiguard-collector",
+            ]))?;
             command.env(
                 "PHIGUARD_BIN",
                 cmd::workspace_root().join("target/debug/phiguard"),
+            );
+            command.env(
+                "PHIGUARD_COLLECTOR_BIN",
+                cmd::workspace_root().join("target/debug/phiguard-collector"),
             );
         }
         let result = if cargo_args[0] == "test" {

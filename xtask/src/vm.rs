@@ -11,7 +11,8 @@
 //!
 //! # Adding tests
 //!
-//! - A new file `tests/tests/NAME.rs` is picked up by itself: it runs on the host tier and here.
+//! - A new file `tests/tests/NAME.rs` is picked up by itself: it runs on the host tier and here
+//!   (except the e2e files in [`HOST_ONLY_TESTS`]).
 //!   `cargo xtask vm --test NAME` runs only that file; `cargo xtask vm -- FILTER` passes
 //!   libtest arguments (a name filter, `--nocapture`, `--exact` …) to every test binary.
 //! - Tests for what only this kernel has (BPF LSM) can read `PHIGUARD_TIER`, which `/init`
@@ -163,8 +164,13 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
     verdict
 }
 
+/// Test files of the e2e tier (agent → collector → subscriber over loopback): processes and
+/// TLS, nothing kernel-specific beyond what the host tier covers, so they run on the host only.
+const HOST_ONLY_TESTS: &[&str] = &["collector", "agent_collector"];
+
 /// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the
 /// library's unit tests first, then each test file by name (the order `cargo test` runs them).
+/// Without `only`, the e2e files ([`HOST_ONLY_TESTS`]) are left out.
 fn test_binaries(only: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut cargo = cmd::cargo();
     cargo.args(["test", "-p", "phiguard-tests", "--no-run"]);
@@ -186,6 +192,9 @@ fn test_binaries(only: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
     found.sort();
     Ok(found
         .into_iter()
+        .filter(|(is_file, name, _)| {
+            !only.is_empty() || !*is_file || !HOST_ONLY_TESTS.contains(&name.as_str())
+        })
         .map(|(_, name, path)| (name, path))
         .collect())
 }

@@ -278,6 +278,14 @@ async fn session(
     let (tx, rx) = mpsc::channel::<IngestRequest>(config.window.max(1));
     let mut responses = client.ingest(ReceiverStream::new(rx)).await?.into_inner();
     let hello = responses.message().await?.ok_or(PublishError::Closed)?;
+    if hello.acked_seq > spool.last_seq() {
+        error!(
+            collector_holds = hello.acked_seq,
+            spool_last = spool.last_seq(),
+            "the collector already holds later events of this agent: the spool was lost or reset; \
+             events numbered up to the collector's seq will be taken as resends"
+        );
+    }
     spool.ack(hello.acked_seq)?;
     status.acked.fetch_max(hello.acked_seq, Ordering::Relaxed);
     status.connected.store(true, Ordering::Relaxed);
