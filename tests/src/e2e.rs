@@ -289,6 +289,16 @@ pub struct AgentLink {
 impl AgentLink {
     /// Opens a spool and starts publishing to `addr` with `host`'s certificate.
     pub fn start(pki: &Pki, cert_host: &str, addr: &str) -> AgentLink {
+        AgentLink::start_with(pki, cert_host, addr, |_| {})
+    }
+
+    /// Like [`AgentLink::start`], with the publisher's configuration adjusted by `adjust`.
+    pub fn start_with(
+        pki: &Pki,
+        cert_host: &str,
+        addr: &str,
+        adjust: impl FnOnce(&mut PublisherConfig),
+    ) -> AgentLink {
         let dir = tempfile::Builder::new()
             .prefix("phiguard-spool-")
             .tempdir()
@@ -305,6 +315,7 @@ impl AgentLink {
         config.backoff_max = Duration::from_millis(500);
         config.batch_bytes = 32 * 1024;
         config.batch_events = 200;
+        adjust(&mut config);
         let publisher = Publisher::spawn(spool.clone(), config).unwrap();
         AgentLink {
             spool,

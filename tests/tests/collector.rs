@@ -5,7 +5,7 @@
 use std::{
     fs,
     path::Path,
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -574,4 +574,40 @@ fn malformed_and_oversized_messages_are_refused_without_harming_another_agent() 
         .encode_to_vec(),
     ));
     assert_eq!(ok.unwrap(), 1);
+}
+
+#[test]
+fn renewed_agent_certificate_is_picked_up_without_a_restart() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let link = AgentLink::start_with(&pki, "ehr-a", &collector.addr, |c| {
+        c.reload_check = Duration::from_millis(200);
+    });
+    link.send("ehr-a", 1..=10);
+    assert!(link.wait_acked(10, Duration::from_secs(20)));
+    let status = link.publisher.as_ref().unwrap().status();
+    assert_eq!(status.connections.load(Ordering::Relaxed), 1);
+    // Renew: a new key and certificate from the same CA, written over the old files.
+    let ca = Ca::load(
+        &fs::read_to_string(pki.path("ca.pem")).unwrap(),
+        &fs::read_to_string(pki.path("ca.key")).unwrap(),
+    )
+    .unwrap();
+    let renewed = ca.issue(&Leaf::agent("ehr-a")).unwrap();
+    phiguard_devcerts::write_issued(pki.dir.path(), "agent-ehr-a", &renewed).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status.connections.load(Ordering::Relaxed) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no reconnection after the renewal"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    link.send("ehr-a", 11..=20);
+    assert!(link.wait_acked(20, Duration::from_secs(20)));
+    let rt = runtime();
+    assert_eq!(
+        seqs(&replay_all(&rt, &pki, &collector.addr, host("ehr-a"))),
+        (1..=20).collect::<Vec<_>>()
+    );
 }
