@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: what the agent costs, as ratios against a baseline measured in the same
-//! invocation, and how many events per second it sustains without loss. Results print as a
-//! table and are saved as JSON under `target/bench/`.
+//! invocation, how many events per second it sustains without loss, and the collector link's
+//! ingest rate and latency. Results print as a table and are saved as JSON under
+//! `target/bench/`.
 
 use std::{
     fs::{self, File},
@@ -22,7 +23,7 @@ use crate::{cmd, run, setup};
 /// Which benchmarks.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// `open`, `throughput`, or all when omitted.
+    /// `open`, `throughput`, `e2e` (agent → collector → subscriber), or all when omitted.
     name: Option<String>,
     /// Fewer, shorter rounds (for CI: proves the benchmarks run, not what they measure).
     #[arg(long)]
@@ -313,6 +314,63 @@ fn paced_opens(path: &Path, rate: u64, seconds: f64) -> (u64, f64) {
     (done, start.elapsed().as_secs_f64())
 }
 
+/// The collector link: ingest rate with one and eight agents over loopback mutual TLS, and
+/// latency from a kernel event to a live subscriber (see `tests/src/bin/e2e_bench.rs`).
+fn bench_e2e(quick: bool) -> anyhow::Result<Value> {
+    cmd::run(cmd::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "phiguard-collector",
+        "--bin",
+        "phiguard-collector",
+        "-p",
+        "phiguard-tests",
+        "--bin",
+        "e2e-bench",
+    ]))?;
+    let release = cmd::workspace_root().join("target/release");
+    let mut command = Command::new(release.join("e2e-bench"));
+    if quick {
+        command.arg("--quick");
+    }
+    let output = command
+        .env("PHIGUARD_BIN", release.join("phiguard"))
+        .env("PHIGUARD_COLLECTOR_BIN", release.join("phiguard-collector"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running e2e-bench")?;
+    if !output.status.success() {
+        bail!("e2e-bench failed ({})", output.status);
+    }
+    let result: Value = serde_json::from_slice(&output.stdout).context("e2e-bench output")?;
+    println!(
+        "\ne2e: agent spool + publisher -> phiguard-collector (mTLS 1.3, fsync per batch) -> subscriber"
+    );
+    for key in ["ingest_1_agent", "ingest_8_agents"] {
+        let r = &result[key];
+        println!(
+            "  {key:<16} {:>7} events of {} bytes in {:>6.2} s = {:>7} events/s stored (fsync'd) and acknowledged",
+            r["events"],
+            r["event_bytes"],
+            r["seconds"].as_f64().unwrap_or(0.0),
+            r["events_per_s"]
+        );
+    }
+    for key in ["latency", "latency_fsync_every_batch"] {
+        let l = &result[key];
+        println!(
+            "  latency kernel -> subscriber ({} opens, agent spool fsync every {} ms): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            l["samples"],
+            l["spool_sync_interval_ms"],
+            l["p50_ms"].as_f64().unwrap_or(0.0),
+            l["p99_ms"].as_f64().unwrap_or(0.0),
+            l["max_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(result)
+}
+
 fn bench_throughput(scratch: &Scratch, quick: bool) -> anyhow::Result<Value> {
     let (rates, seconds): (&[u64], f64) = if quick {
         (&[20_000, 100_000], 0.5)
@@ -372,13 +430,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     let mut results = serde_json::Map::new();
     let names: Vec<&str> = match args.name.as_deref() {
-        None => vec!["open", "throughput"],
-        Some(name @ ("open" | "throughput")) => vec![name],
-        Some(other) => bail!("unknown benchmark {other}: open or throughput"),
+        None => vec!["open", "throughput", "e2e"],
+        Some(name @ ("open" | "throughput" | "e2e")) => vec![name],
+        Some(other) => bail!("unknown benchmark {other}: open, throughput or e2e"),
     };
     for name in names {
         let result = match name {
             "open" => bench_open(&scratch, args.quick)?,
+            "e2e" => bench_e2e(args.quick)?,
             _ => bench_throughput(&scratch, args.quick)?,
         };
         results.insert(name.to_owned(), result);

@@ -1,0 +1,241 @@
+//! `e2e-bench`: the collector link's numbers, run by `cargo xtask bench e2e` (root, release
+//! binaries in `PHIGUARD_BIN` and `PHIGUARD_COLLECTOR_BIN`). Prints one JSON object:
+//!
+//! - `ingest_1_agent`, `ingest_8_agents`: events/s the collector stores and acknowledges
+//!   (fsync'd) over loopback mutual TLS, fed by the agent's own spool and publisher with
+//!   events already spooled;
+//! - `latency`: from the kernel's timestamp of a file open to its arrival at a live
+//!   subscriber, through the real agent (`phiguard run` with `[collector]`, default spool
+//!   fsync interval of 200 ms, and again fsync'ing every batch), the collector's store and
+//!   its fan-out: p50, p99, max in milliseconds.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use phiguard::sink::{
+    publish::{Publisher, PublisherConfig},
+    spool::{FullPolicy, Spool, SpoolConfig},
+};
+use phiguard_proto::v1;
+use phiguard_tests::e2e::{event, CollectorProc, Pki};
+use prost::Message as _;
+use serde_json::json;
+
+fn ingest(pki: &Pki, addr: &str, hosts: &[String], per_agent: u64) -> serde_json::Value {
+    let mut links = Vec::new();
+    for host in hosts {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolConfig {
+            dir: dir.path().to_owned(),
+            max_bytes: 1 << 32,
+            full: FullPolicy::KeepOldest,
+            sync_interval: Duration::from_millis(200),
+        })
+        .unwrap();
+        for seq in 1..=per_agent {
+            spool.append(&realistic(host, seq)).unwrap();
+        }
+        spool.flush(true).unwrap();
+        links.push((dir, spool));
+    }
+    let started = Instant::now();
+    let publishers: Vec<Publisher> = links
+        .iter()
+        .zip(hosts)
+        .map(|((_, spool), host)| {
+            let mut config = PublisherConfig::new(addr.to_owned(), pki.agent(host));
+            config.server_name = Some("localhost".into());
+            Publisher::spawn(spool.clone(), config).unwrap()
+        })
+        .collect();
+    let deadline = started + Duration::from_secs(600);
+    while links.iter().any(|(_, s)| s.stats().acked < per_agent) {
+        assert!(Instant::now() < deadline, "ingest did not finish in 600 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drop(publishers);
+    let total = per_agent * hosts.len() as u64;
+    json!({
+        "agents": hosts.len(),
+        "events": total,
+        "seconds": seconds,
+        "event_bytes": realistic(&hosts[0], 1).encoded_len(),
+        "events_per_s": (total as f64 / seconds).round() as u64,
+    })
+}
+
+/// An event the size of a real file open (process, argv, ancestry: about 700 bytes).
+fn realistic(host: &str, seq: u64) -> v1::Event {
+    let mut e = event(host, seq);
+    e.id = "01a21020-65dc-74a1-afc6-794aae1e3c50".into();
+    e.host.as_mut().unwrap().machine_id = "3d1219c7c4c5404aaa1f6d2a48adfda4".into();
+    e.process = Some(v1::Process {
+        pid: 27791,
+        tid: 27791,
+        ppid: 27790,
+        comm: "cat".into(),
+        exe: "/usr/bin/cat".into(),
+        argv: vec!["cat".into(), "./p1.txt".into()],
+        cwd: "/srv/ephi/records".into(),
+        user: Some(v1::User {
+            id: Some(0),
+            name: "root".into(),
+        }),
+        group: Some(v1::Group {
+            id: Some(0),
+            name: "root".into(),
+        }),
+        cgroup: "/system.slice/ehr.service".into(),
+        start_time: e.time,
+        binary_sha256: "008f819498fe591f3cc920d543709347d8d14a139bb3482bc2cd8635c1b3162e".into(),
+        ..Default::default()
+    });
+    e.ancestry = (0..4)
+        .map(|i| v1::Ancestor {
+            pid: 27790 - i,
+            exe: "/usr/bin/bash".into(),
+            comm: "bash".into(),
+        })
+        .collect();
+    if let Some(v1::event::Body::FileOpen(open)) = &mut e.body {
+        open.requested_path = "./p1.txt".into();
+        open.syscall = "openat".into();
+        open.flags = vec!["O_RDONLY".into()];
+        open.watch = "/srv/ephi".into();
+        open.inode = 843_779;
+        open.device = 266_338_304;
+    }
+    e
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn latency(pki: &Pki, addr: &str, name: &str, samples: usize, sync_ms: u64) -> serde_json::Value {
+    let work = tempfile::tempdir().unwrap();
+    let watched = work.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    let file = watched.join("rec.txt");
+    std::fs::write(&file, "x").unwrap();
+    let files = pki.agent(name);
+    let config = work.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[watch]\npaths = [\"{}\"]\n[output]\nstdout = false\n[agent]\nhostname = \"{name}\"\n\
+             [collector]\naddress = \"{addr}\"\nserver_name = \"localhost\"\nca = \"{}\"\ncert = \"{}\"\n\
+             key = \"{}\"\nspool_dir = \"{}\"\nsync_interval_ms = {sync_ms}\n",
+            watched.display(),
+            files.ca.display(),
+            files.cert.display(),
+            files.key.display(),
+            work.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let agent_bin = std::env::var("PHIGUARD_BIN").expect("PHIGUARD_BIN");
+    let mut agent = Command::new(agent_bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(agent.stderr.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "agent exited");
+        if line.contains("events are flowing") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in stderr.lines() {});
+    let rt = phiguard_tests::e2e::runtime();
+    let mut live = rt
+        .block_on(phiguard_collector::tail::subscribe(
+            addr,
+            Some("localhost"),
+            &pki.subscriber(),
+            v1::SubscribeRequest {
+                filter: Some(v1::EventFilter {
+                    kinds: vec!["fileOpen".into()],
+                    path_prefixes: vec![watched.display().to_string()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            1 << 20,
+        ))
+        .expect("subscribe");
+    let opener = {
+        let file = file.clone();
+        std::thread::spawn(move || {
+            for _ in 0..samples {
+                drop(std::fs::File::open(&file).unwrap());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let mut latencies = Vec::new();
+    rt.block_on(async {
+        while latencies.len() < samples {
+            let next = tokio::time::timeout(Duration::from_secs(30), live.message()).await;
+            let Ok(Ok(Some(e))) = next else {
+                panic!("events stopped after {}", latencies.len())
+            };
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+            let t = e.time.unwrap();
+            let at = Duration::new(t.seconds as u64, t.nanos as u32);
+            latencies.push(now.saturating_sub(at).as_secs_f64() * 1000.0);
+        }
+    });
+    opener.join().unwrap();
+    let _ = kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM);
+    let _ = agent.wait();
+    latencies.sort_by(f64::total_cmp);
+    json!({
+        "samples": samples,
+        "spool_sync_interval_ms": sync_ms,
+        "p50_ms": percentile(&latencies, 0.5),
+        "p99_ms": percentile(&latencies, 0.99),
+        "max_ms": latencies.last().copied().unwrap_or(0.0),
+    })
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let eight: Vec<String> = (1..=8).map(|i| format!("bench-{i}")).collect();
+    let solo = vec!["bench-solo".to_owned()];
+    let mut names: Vec<&str> = eight.iter().map(String::as_str).collect();
+    names.extend(["bench-solo", "bench-agent", "bench-agent-fsync"]);
+    let pki = Pki::new(&names);
+    let work = tempfile::tempdir().unwrap();
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let events = if quick { 5_000 } else { 100_000 };
+    let one = ingest(&pki, &collector.addr, &solo, events);
+    let many = ingest(&pki, &collector.addr, &eight, events / 8);
+    let samples = if quick { 20 } else { 500 };
+    let lat = latency(&pki, &collector.addr, "bench-agent", samples, 200);
+    let lat0 = latency(&pki, &collector.addr, "bench-agent-fsync", samples, 0);
+    drop(collector);
+    println!(
+        "{}",
+        json!({
+            "ingest_1_agent": one,
+            "ingest_8_agents": many,
+            "latency": lat,
+            "latency_fsync_every_batch": lat0,
+        })
+    );
+}
