@@ -223,7 +223,12 @@ async fn run(
             return;
         }
         let acked_before = status.acked.load(Ordering::Relaxed);
-        let outcome = session(&spool, &config, &status, &mut stop).await;
+        // Stopping must not wait for a connection attempt or a silent collector.
+        let mut session_stop = stop.clone();
+        let outcome = tokio::select! {
+            outcome = session(&spool, &config, &status, &mut session_stop) => outcome,
+            _ = stop.wait_for(|stopped| *stopped) => Ok(Ended::Stopped),
+        };
         status.connected.store(false, Ordering::Relaxed);
         if status.acked.load(Ordering::Relaxed) > acked_before {
             backoff = config.backoff_min;
@@ -332,6 +337,39 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stops_promptly_while_the_collector_does_not_answer() {
+        // A listener that accepts and never speaks TLS: the handshake hangs.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(super::super::spool::SpoolConfig {
+            dir: dir.path().join("spool"),
+            max_bytes: 1 << 20,
+            full: super::super::spool::FullPolicy::KeepOldest,
+            sync_interval: Duration::ZERO,
+        })
+        .unwrap();
+        phiguard_devcerts::write_dir(dir.path(), &["a".into()], &[]).unwrap();
+        let files = TlsFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("agent-a.pem"),
+            key: dir.path().join("agent-a.key"),
+        };
+        let publisher = Publisher::spawn(spool, PublisherConfig::new(addr, files)).unwrap();
+        // Let it connect: TCP is accepted by the kernel, the TLS handshake then hangs (the
+        // connect timeout is 10 s).
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        publisher.stop();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "stop took {:?}",
+            started.elapsed()
+        );
+        drop(listener);
+    }
 
     #[test]
     fn jitter_stays_within_half_and_one_and_a_half() {
