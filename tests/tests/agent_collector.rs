@@ -264,3 +264,76 @@ fn agent_killed_mid_stream_loses_nothing_it_spooled() {
     );
     assert!(max > high, "the restarted agent continued the numbering");
 }
+
+#[test]
+fn a_full_spool_counts_what_it_drops_and_reports_it_once_there_is_room() {
+    require_root();
+    let (work, pki, tree) = (
+        tempfile::tempdir().unwrap(),
+        Pki::new(&[AGENT]),
+        Tree::new(),
+    );
+    let mut collector = CollectorProc::start(work.path(), &pki, "");
+    // The collector is down while the agent fills its (smallest possible) spool.
+    collector.kill9();
+    let file = tree.watched.join("record.txt");
+    std::fs::write(&file, "patient").unwrap();
+    let config = write_agent_config(
+        work.path(),
+        &pki,
+        &collector.addr,
+        &tree.watched,
+        &work.path().join("spool"),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}spool_max_bytes = 65536\nfull_policy = \"keep_oldest\"\n"),
+    )
+    .unwrap();
+    let mut agent = start_agent(&config);
+    let mut opener = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("while :; do read x < '{}'; done", file.display()))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = opener.kill();
+    let _ = opener.wait();
+    collector.restart();
+    // Every drop shows twice: as a sequence gap at the collector, and in the agent's own
+    // EventsLost (source spool) reports, sent once the spool had room again.
+    let rt = runtime();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (gaps, reported) = loop {
+        let events = replay_all(&rt, &pki, &collector.addr, Default::default());
+        let gaps: u64 = events
+            .iter()
+            .filter_map(|e| match &e.body {
+                Some(Body::Alert(a)) => Some(a.received_seq - a.expected_seq),
+                _ => None,
+            })
+            .sum();
+        let reported: u64 = events
+            .iter()
+            .filter_map(|e| match &e.body {
+                Some(Body::EventsLost(l)) if l.source == v1::LossSource::Spool as i32 => {
+                    Some(l.count)
+                }
+                _ => None,
+            })
+            .sum();
+        if gaps > 0 && gaps == reported {
+            break (gaps, reported);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "drops: {gaps} missing seqs at the collector, {reported} reported lost by the agent"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).unwrap();
+    let _ = agent.wait();
+    assert!(gaps > 100, "the 64 KiB spool overflowed ({gaps} dropped)");
+    assert_eq!(gaps, reported);
+}
