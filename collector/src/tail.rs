@@ -110,10 +110,11 @@ pub fn format_line(event: &v1::Event) -> String {
         Some(Body::EventsLost(l)) => {
             let source = v1::LossSource::try_from(l.source)
                 .map_or("?".to_owned(), |s| s.as_str_name().to_owned());
+            let kind = if l.kind.is_empty() { "events" } else { &l.kind };
             let _ = write!(
                 line,
-                " {} {} lost (total {}) {source}",
-                l.count, l.kind, l.total
+                " {} {kind} lost (total {}) {source}",
+                l.count, l.total
             );
         }
         Some(Body::PolicyLoad(p)) => {
