@@ -611,3 +611,51 @@ fn renewed_agent_certificate_is_picked_up_without_a_restart() {
         (1..=20).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn subscribe_replays_from_a_time_then_follows_live() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 1..=50);
+    assert!(link.wait_acked(50, Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_millis(1100));
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    link.send("ehr-a", 51..=80);
+    assert!(link.wait_acked(80, Duration::from_secs(20)));
+    let rt = runtime();
+    let mut stream = rt
+        .block_on(phiguard_collector::tail::subscribe(
+            &collector.addr,
+            Some("localhost"),
+            &pki.subscriber(),
+            v1::SubscribeRequest {
+                filter: Some(host("ehr-a")),
+                start: Some(v1::subscribe_request::Start::SinceTime(
+                    phiguard_proto::pbjson_types::Timestamp {
+                        seconds: since.as_secs() as i64,
+                        nanos: since.subsec_nanos() as i32,
+                    },
+                )),
+                replay_only: false,
+            },
+            1 << 20,
+        ))
+        .unwrap();
+    // Stored events from that time on, then live ones.
+    link.send("ehr-a", 81..=100);
+    let received = rt.block_on(async {
+        let mut out = Vec::new();
+        while out.len() < 50 {
+            match tokio::time::timeout(Duration::from_secs(20), stream.message()).await {
+                Ok(Ok(Some(e))) => out.push(e),
+                other => panic!("stream ended after {} events: {other:?}", out.len()),
+            }
+        }
+        out
+    });
+    assert_eq!(seqs(&received), (51..=100).collect::<Vec<_>>());
+}
