@@ -464,6 +464,54 @@ mod tests {
         assert!(verdicts.matches("h", &denied));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_that_falls_behind_catches_up_from_the_store_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(Store::open(crate::store::StoreConfig::new(dir.path().to_owned())).unwrap());
+        // A hub far smaller than what is published before the subscriber reads anything.
+        let hub = Arc::new(Hub::new(16));
+        let (tx, mut rx) = mpsc::channel(4);
+        tokio::spawn(run(
+            store.clone(),
+            hub.clone(),
+            Filter::default(),
+            Start::Live,
+            false,
+            tx,
+        ));
+        while hub.subscribers() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        for first in (1..=1000u64).step_by(10) {
+            let events = (first..first + 10)
+                .map(|seq| v1::Event {
+                    seq,
+                    host: Some(v1::Host {
+                        hostname: "a".into(),
+                        agent_id: "a".into(),
+                        ..Default::default()
+                    }),
+                    body: Some(Body::Exec(Default::default())),
+                    ..Default::default()
+                })
+                .collect();
+            store
+                .append("a", events, |a| hub.publish(&a.records))
+                .unwrap();
+        }
+        let mut seqs = Vec::new();
+        while seqs.len() < 1000 {
+            let event = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+                .await
+                .expect("events keep coming")
+                .expect("stream open")
+                .expect("no error");
+            seqs.push(event.seq);
+        }
+        assert_eq!(seqs, (1..=1000).collect::<Vec<_>>());
+    }
+
     #[test]
     fn bad_filters_are_refused() {
         let bad = [
