@@ -99,6 +99,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Reads a private key from a PEM file. Errors never include key material.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    warn_if_readable_by_others(path);
     PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
         rustls_pki_types::pem::Error::Io(io) => pem_err(path, io),
         _ => pem_err(path, "no usable private key in the file"),
@@ -326,4 +327,15 @@ pub async fn connect(
 pub fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Private keys should be readable by their owner only; say so (once per load) when not.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(key = %path.display(), mode = format!("{mode:o}"), "private key is readable by group or others; chmod 600 it");
+        }
+    }
 }
