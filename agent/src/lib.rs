@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod enrich;
 pub mod event;
 pub mod kernel;

@@ -1,0 +1,724 @@
+//! MySQL/MariaDB client/server protocol (protocol 10, `CLIENT_PROTOCOL_41`).
+//!
+//! Every packet is a 3-byte little-endian length, a sequence number and the payload. The
+//! server greets (Handshake v10); the client answers with a HandshakeResponse41 (user,
+//! database, `program_name` attribute) or a 32-byte SSLRequest (`CLIENT_SSL`: the session is
+//! TLS from there on). In the command phase the client sends `COM_QUERY`, `COM_STMT_PREPARE`,
+//! `COM_STMT_EXECUTE`, `COM_INIT_DB`, `COM_QUIT`; the server answers each with OK (affected
+//! rows), ERR (code and SQLSTATE; the message is not read) or a result set, whose rows are
+//! counted, never read. Compressed sessions (`CLIENT_COMPRESS`) are not decoded.
+
+use super::{
+    text, Chunk, DecodeError, Direction, Encryption, Frame, Header, Message, Reader, Statements,
+    Stream,
+};
+
+const CLIENT_CONNECT_WITH_DB: u32 = 0x0000_0008;
+const CLIENT_COMPRESS: u32 = 0x0000_0020;
+const CLIENT_PROTOCOL_41: u32 = 0x0000_0200;
+const CLIENT_SSL: u32 = 0x0000_0800;
+const CLIENT_SECURE_CONNECTION: u32 = 0x0000_8000;
+const CLIENT_PLUGIN_AUTH: u32 = 0x0008_0000;
+const CLIENT_CONNECT_ATTRS: u32 = 0x0010_0000;
+const CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA: u32 = 0x0020_0000;
+const CLIENT_DEPRECATE_EOF: u32 = 0x0100_0000;
+const CLIENT_QUERY_ATTRIBUTES: u32 = 0x0800_0000;
+
+const COM_QUIT: u8 = 0x01;
+const COM_INIT_DB: u8 = 0x02;
+const COM_QUERY: u8 = 0x03;
+const COM_STMT_PREPARE: u8 = 0x16;
+const COM_STMT_EXECUTE: u8 = 0x17;
+const COM_STMT_CLOSE: u8 = 0x19;
+
+/// `SERVER_MORE_RESULTS_EXISTS` in an OK/EOF status.
+const MORE_RESULTS: u16 = 0x0008;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the client's handshake response.
+    Handshake,
+    /// After it, until the server's OK.
+    Auth,
+    /// Commands.
+    Command,
+}
+
+/// What the server's next packets answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pending {
+    /// Nothing we read (or a command whose answer we skip).
+    None,
+    /// A query or execute: OK, ERR or a result set.
+    Result,
+    /// A prepare: OK with the statement id, or ERR. The text waits for the id.
+    Prepare(String),
+    /// Column definitions still to come before the rows.
+    Columns(u64),
+    /// Rows, counted.
+    Rows(u64),
+}
+
+/// One MySQL session, both directions.
+#[derive(Debug)]
+pub struct Decoder {
+    client: Stream,
+    server: Stream,
+    phase: Phase,
+    capabilities: u32,
+    pending: Pending,
+    encrypted: bool,
+    statements: Statements,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder {
+    /// A decoder for a session seen from its start.
+    pub fn new() -> Self {
+        Self {
+            client: Stream::default(),
+            server: Stream::default(),
+            phase: Phase::Handshake,
+            capabilities: CLIENT_PROTOCOL_41 | CLIENT_DEPRECATE_EOF,
+            pending: Pending::None,
+            encrypted: false,
+            statements: Statements::default(),
+        }
+    }
+
+    /// A decoder for a session already in its command phase (the agent started mid-session).
+    pub fn mid_session() -> Self {
+        Self {
+            phase: Phase::Command,
+            ..Self::new()
+        }
+    }
+
+    /// Whether the session switched to TLS: nothing more is decoded.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// Decodes one captured read or write.
+    pub fn feed(&mut self, chunk: Chunk<'_>) -> Vec<Message> {
+        let mut out = Vec::new();
+        if self.encrypted {
+            return out;
+        }
+        let direction = chunk.direction;
+        let stream = match direction {
+            Direction::ToServer => &mut self.client,
+            Direction::ToClient => &mut self.server,
+        };
+        stream.absorb(chunk.data, chunk.len);
+        loop {
+            let stream = match direction {
+                Direction::ToServer => &mut self.client,
+                Direction::ToClient => &mut self.server,
+            };
+            match stream.next_frame(header) {
+                Ok(Some(frame)) => {
+                    let result = match direction {
+                        Direction::ToServer => self.client_packet(&frame, &mut out),
+                        Direction::ToClient => self.server_packet(&frame, &mut out),
+                    };
+                    if let Err(reason) = result {
+                        match direction {
+                            Direction::ToServer => self.client.break_off(),
+                            Direction::ToClient => self.server.break_off(),
+                        }
+                        out.push(Message::Desync { direction, reason });
+                        break;
+                    }
+                    if self.encrypted {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(reason) => {
+                    out.push(Message::Desync { direction, reason });
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    fn client_packet(&mut self, frame: &Frame, out: &mut Vec<Message>) -> Result<(), DecodeError> {
+        let payload = frame.bytes.get(4..).unwrap_or_default();
+        let lenient = frame.truncated;
+        match self.phase {
+            Phase::Handshake => {
+                let mut r = Reader::new(payload);
+                let caps = r
+                    .u32_le()
+                    .ok_or(DecodeError::Unexpected("short handshake response"))?;
+                if caps & CLIENT_PROTOCOL_41 == 0 {
+                    return Err(DecodeError::Unsupported("protocol 320"));
+                }
+                if caps & CLIENT_SSL != 0 && payload.len() == 32 {
+                    self.encrypted = true;
+                    out.push(Message::Encrypted(Encryption::Tls));
+                    return Ok(());
+                }
+                if caps & CLIENT_COMPRESS != 0 {
+                    return Err(DecodeError::Unsupported("compression"));
+                }
+                self.capabilities = caps;
+                self.phase = Phase::Auth;
+                out.push(handshake_response(caps, r, lenient));
+            }
+            // A command starts a new sequence (0); auth switch responses continue one. A
+            // command means the server accepted the login even if its OK was not seen.
+            Phase::Auth if frame.bytes.get(3) == Some(&0) => {
+                self.phase = Phase::Command;
+                return self.client_packet(frame, out);
+            }
+            // Auth switch responses and the like: nothing to read.
+            Phase::Auth => {}
+            Phase::Command => {
+                let mut r = Reader::new(payload);
+                let Some(command) = r.u8() else { return Ok(()) };
+                self.pending = Pending::None;
+                match command {
+                    COM_QUERY => {
+                        if self.capabilities & CLIENT_QUERY_ATTRIBUTES != 0 {
+                            skip_query_attributes(&mut r);
+                        }
+                        out.push(Message::Query {
+                            text: text(r.remaining()),
+                            truncated: frame.truncated,
+                        });
+                        self.pending = Pending::Result;
+                    }
+                    COM_STMT_PREPARE => {
+                        let t = text(r.remaining());
+                        out.push(Message::Prepare {
+                            name: String::new(),
+                            text: t.clone(),
+                            truncated: frame.truncated,
+                        });
+                        self.pending = Pending::Prepare(t);
+                    }
+                    COM_STMT_EXECUTE => {
+                        if let Some(id) = r.u32_le() {
+                            let name = id.to_string();
+                            let text = self.statements.get(&name).cloned();
+                            out.push(Message::Execute { name, text });
+                            self.pending = Pending::Result;
+                        }
+                    }
+                    COM_STMT_CLOSE => {
+                        if let Some(id) = r.u32_le() {
+                            self.statements.remove(&id.to_string());
+                        }
+                    }
+                    COM_INIT_DB => {
+                        out.push(Message::Startup {
+                            user: None,
+                            database: Some(text(r.remaining())),
+                            application: None,
+                        });
+                        self.pending = Pending::Result;
+                    }
+                    COM_QUIT => out.push(Message::Terminate),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn server_packet(&mut self, frame: &Frame, out: &mut Vec<Message>) -> Result<(), DecodeError> {
+        let payload = frame.bytes.get(4..).unwrap_or_default();
+        let Some(&first) = payload.first() else {
+            return Ok(());
+        };
+        match self.phase {
+            // The greeting: nothing we need (the client's answer says what was agreed).
+            Phase::Handshake => {}
+            Phase::Auth => match first {
+                0x00 => {
+                    self.phase = Phase::Command;
+                    out.push(Message::AuthOk);
+                }
+                0xff => {
+                    out.push(err_packet(payload));
+                }
+                // Auth switch (0xfe), more data (0x01): the exchange goes on.
+                _ => {}
+            },
+            Phase::Command => self.command_answer(first, payload, out),
+        }
+        Ok(())
+    }
+
+    fn command_answer(&mut self, first: u8, payload: &[u8], out: &mut Vec<Message>) {
+        let deprecate_eof = self.capabilities & CLIENT_DEPRECATE_EOF != 0;
+        match std::mem::replace(&mut self.pending, Pending::None) {
+            Pending::None => {}
+            Pending::Prepare(t) => match first {
+                0x00 => {
+                    let mut r = Reader::new(&payload[1..]);
+                    if let Some(id) = r.u32_le() {
+                        self.statements.insert(id.to_string(), t);
+                    }
+                }
+                0xff => out.push(err_packet(payload)),
+                _ => {}
+            },
+            Pending::Result => match first {
+                0x00 => {
+                    let mut r = Reader::new(&payload[1..]);
+                    let rows = r.lenenc();
+                    let _last_insert_id = r.lenenc();
+                    let status = r.u16_le().unwrap_or(0);
+                    out.push(Message::Complete {
+                        tag: "OK".into(),
+                        rows,
+                    });
+                    if status & MORE_RESULTS != 0 {
+                        self.pending = Pending::Result;
+                    }
+                }
+                0xff => out.push(err_packet(payload)),
+                // LOCAL INFILE request: the client streams a file; not followed.
+                0xfb => {}
+                _ => {
+                    let columns = Reader::new(payload).lenenc().unwrap_or(0);
+                    self.pending = Pending::Columns(columns);
+                }
+            },
+            Pending::Columns(0) => {
+                // The EOF after the definitions (only without CLIENT_DEPRECATE_EOF).
+                self.pending = Pending::Rows(0);
+                if !is_eof(first, payload.len(), deprecate_eof) {
+                    self.command_answer(first, payload, out);
+                }
+            }
+            Pending::Columns(n) => {
+                // A column definition.
+                self.pending = if n == 1 && deprecate_eof {
+                    Pending::Rows(0)
+                } else {
+                    Pending::Columns(n - 1)
+                };
+            }
+            Pending::Rows(count) => {
+                if first == 0xff {
+                    out.push(err_packet(payload));
+                } else if is_eof(first, payload.len(), deprecate_eof) {
+                    out.push(Message::Complete {
+                        tag: "SELECT".into(),
+                        rows: Some(count),
+                    });
+                    let status = eof_status(payload, deprecate_eof);
+                    if status & MORE_RESULTS != 0 {
+                        self.pending = Pending::Result;
+                    }
+                } else {
+                    self.pending = Pending::Rows(count + 1);
+                }
+            }
+        }
+    }
+}
+
+/// The end of a result set: an EOF packet, or with `CLIENT_DEPRECATE_EOF` an OK packet with
+/// the 0xfe header (a row starting 0xfe would be a 16 MiB string).
+fn is_eof(first: u8, len: usize, deprecate_eof: bool) -> bool {
+    first == 0xfe && (len < 9 || (deprecate_eof && len < 0xff_ffff))
+}
+
+/// The status flags of an EOF (or EOF-style OK) packet.
+fn eof_status(payload: &[u8], deprecate_eof: bool) -> u16 {
+    let mut r = Reader::new(payload.get(1..).unwrap_or_default());
+    if deprecate_eof && payload.len() >= 9 {
+        let _ = (r.lenenc(), r.lenenc());
+        r.u16_le().unwrap_or(0)
+    } else {
+        let _warnings = r.u16_le();
+        r.u16_le().unwrap_or(0)
+    }
+}
+
+fn header(b: &[u8]) -> Header {
+    let Some(h) = b.get(..4) else {
+        return Header::NeedMore;
+    };
+    let len = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
+    Header::Len(len + 4)
+}
+
+/// The user, database and `program_name` of a HandshakeResponse41, after its capabilities.
+fn handshake_response(caps: u32, mut r: Reader<'_>, lenient: bool) -> Message {
+    let mut user = None;
+    let mut database = None;
+    let mut application = None;
+    // max packet size (4), character set (1), filler (23).
+    if r.skip(28).is_some() {
+        user = r.cstr(lenient).map(text);
+        let auth = if caps & CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
+            r.lenenc_bytes().map(|_| ())
+        } else if caps & CLIENT_SECURE_CONNECTION != 0 {
+            r.u8().and_then(|n| r.skip(usize::from(n)))
+        } else {
+            r.cstr(false).map(|_| ())
+        };
+        if auth.is_some() {
+            if caps & CLIENT_CONNECT_WITH_DB != 0 {
+                database = r.cstr(lenient).map(text).filter(|d| !d.is_empty());
+            }
+            let plugin = if caps & CLIENT_PLUGIN_AUTH != 0 {
+                r.cstr(lenient).map(|_| ())
+            } else {
+                Some(())
+            };
+            if plugin.is_some() && caps & CLIENT_CONNECT_ATTRS != 0 {
+                if let Some(attrs) = r.lenenc_bytes() {
+                    let mut a = Reader::new(attrs);
+                    while let (Some(k), Some(v)) = (a.lenenc_bytes(), a.lenenc_bytes()) {
+                        if k == b"program_name" {
+                            application = Some(text(v));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Message::Startup {
+        user,
+        database,
+        application,
+    }
+}
+
+/// Skips the parameter count and parameter set count a COM_QUERY carries with
+/// `CLIENT_QUERY_ATTRIBUTES`, and the (rarely sent) parameters themselves are not supported:
+/// with parameters the text is read from where the counts end.
+fn skip_query_attributes(r: &mut Reader<'_>) {
+    let _count = r.lenenc();
+    let _sets = r.lenenc();
+}
+
+/// Code and SQLSTATE of an ERR packet; the human-readable message is not read.
+fn err_packet(payload: &[u8]) -> Message {
+    let mut r = Reader::new(payload.get(1..).unwrap_or_default());
+    let code = r.u16_le();
+    let sqlstate = match r.remaining() {
+        [b'#', s @ ..] if s.len() >= 5 => Some(text(&s[..5])),
+        _ => None,
+    };
+    Message::Error {
+        sqlstate,
+        code,
+        severity: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::testutil::{mutate, split, XorShift};
+
+    fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let n = payload.len() as u32;
+        let mut v = vec![n as u8, (n >> 8) as u8, (n >> 16) as u8, seq];
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn lenenc_str(s: &[u8]) -> Vec<u8> {
+        let mut v = vec![s.len() as u8];
+        v.extend_from_slice(s);
+        v
+    }
+
+    /// A HandshakeResponse41 as the `mysql` 10.11 client sends it.
+    fn handshake_response_packet(caps: u32) -> Vec<u8> {
+        let mut p = caps.to_le_bytes().to_vec();
+        p.extend_from_slice(&16_777_216u32.to_le_bytes());
+        p.push(45);
+        p.extend_from_slice(&[0; 23]);
+        p.extend_from_slice(b"alice\0");
+        p.extend(lenenc_str(&[0xab; 20]));
+        p.extend_from_slice(b"ehr\0");
+        p.extend_from_slice(b"mysql_native_password\0");
+        let mut attrs = lenenc_str(b"_os");
+        attrs.extend(lenenc_str(b"Linux"));
+        attrs.extend(lenenc_str(b"program_name"));
+        attrs.extend(lenenc_str(b"mysql"));
+        p.extend(lenenc_str(&attrs));
+        packet(1, &p)
+    }
+
+    const CAPS: u32 = CLIENT_PROTOCOL_41
+        | CLIENT_SECURE_CONNECTION
+        | CLIENT_CONNECT_WITH_DB
+        | CLIENT_PLUGIN_AUTH
+        | CLIENT_CONNECT_ATTRS
+        | CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+        | CLIENT_DEPRECATE_EOF;
+
+    fn client_session(caps: u32) -> Vec<u8> {
+        let mut v = handshake_response_packet(caps);
+        v.extend(packet(
+            0,
+            b"\x03SELECT name FROM patients WHERE ssn = '123-45-6789'",
+        ));
+        v.extend(packet(0, b"\x03INSERT INTO notes VALUES (1, 'x')"));
+        v.extend(packet(0, b"\x16SELECT * FROM patients WHERE id = ?"));
+        v.extend(packet(0, &[COM_STMT_EXECUTE, 7, 0, 0, 0, 0, 1, 0, 0, 0]));
+        v.extend(packet(0, b"\x03SELEC oops"));
+        v.extend(packet(0, &[COM_QUIT]));
+        v
+    }
+
+    /// The server's answers, interleaved as they would be (server packets only).
+    fn server_session(deprecate_eof: bool) -> Vec<Vec<u8>> {
+        let greeting = packet(0, b"\x0a10.11.6-MariaDB\0\x01\0\0\0abcdefgh\0\xff\xf7\x2d\x02\0\xff\x81\x15\0\0\0\0\0\0\x1d\0\0\0ijklmnopqrst\0mysql_native_password\0");
+        let ok_auth = packet(2, &[0, 0, 0, 2, 0, 0, 0]);
+        let mut select = packet(1, &[1]);
+        select.extend(packet(2, b"\x03def\x03ehr\x08patients\x08patients\x04name\x04name\x0c\x2d\0\xff\0\0\0\xfd\0\0\0\0\0"));
+        if !deprecate_eof {
+            select.extend(packet(3, &[0xfe, 0, 0, 2, 0]));
+        }
+        select.extend(packet(4, b"\x08Jane Doe"));
+        select.extend(packet(5, b"\x08John Roe"));
+        if deprecate_eof {
+            select.extend(packet(6, &[0xfe, 0, 0, 2, 0, 0, 0]));
+        } else {
+            select.extend(packet(6, &[0xfe, 0, 0, 2, 0]));
+        }
+        let insert_ok = packet(1, &[0, 1, 0, 2, 0, 0, 0]);
+        let mut prepare_ok = packet(1, &[0, 7, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0]);
+        prepare_ok.extend(packet(
+            2,
+            b"\x03def\0\0\0\x01?\0\x0c\x3f\0\0\0\0\0\xfd\x80\0\0\0\0",
+        ));
+        prepare_ok.extend(packet(
+            3,
+            b"\x03def\x03ehr\x01p\x01p\x02id\x02id\x0c\x3f\0\x0b\0\0\0\x03\0\0\0\0\0",
+        ));
+        let mut exec = packet(1, &[1]);
+        exec.extend(packet(
+            2,
+            b"\x03def\x03ehr\x01p\x01p\x02id\x02id\x0c\x3f\0\x0b\0\0\0\x03\0\0\0\0\0",
+        ));
+        if !deprecate_eof {
+            exec.extend(packet(3, &[0xfe, 0, 0, 2, 0]));
+        }
+        exec.extend(packet(4, &[0, 0, 7, 0, 0, 0]));
+        exec.extend(packet(5, &[0xfe, 0, 0, 2, 0, 0, 0]));
+        let err = packet(
+            1,
+            b"\xff\x28\x04#42000You have an error in your SQL syntax near 'SELEC oops'",
+        );
+        vec![greeting, ok_auth, select, insert_ok, prepare_ok, exec, err]
+    }
+
+    fn run(caps: u32) -> Vec<Message> {
+        let client = client_session(caps);
+        let server = server_session(caps & CLIENT_DEPRECATE_EOF != 0);
+        // Split the client stream into its packets to interleave with the answers.
+        let mut packets = Vec::new();
+        let mut rest = &client[..];
+        while rest.len() >= 4 {
+            let n = header(rest);
+            let Header::Len(n) = n else { unreachable!() };
+            packets.push(rest[..n].to_vec());
+            rest = &rest[n..];
+        }
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        out.extend(d.feed(Chunk::whole(Direction::ToClient, &server[0])));
+        for (i, p) in packets.iter().enumerate() {
+            out.extend(d.feed(Chunk::whole(Direction::ToServer, p)));
+            if let Some(s) = server.get(i + 1) {
+                out.extend(d.feed(Chunk::whole(Direction::ToClient, s)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn session_decodes_with_and_without_deprecate_eof() {
+        for caps in [CAPS, CAPS & !CLIENT_DEPRECATE_EOF] {
+            let got = run(caps);
+            let want = vec![
+                Message::Startup {
+                    user: Some("alice".into()),
+                    database: Some("ehr".into()),
+                    application: Some("mysql".into()),
+                },
+                Message::AuthOk,
+                Message::Query {
+                    text: "SELECT name FROM patients WHERE ssn = '123-45-6789'".into(),
+                    truncated: false,
+                },
+                Message::Complete {
+                    tag: "SELECT".into(),
+                    rows: Some(2),
+                },
+                Message::Query {
+                    text: "INSERT INTO notes VALUES (1, 'x')".into(),
+                    truncated: false,
+                },
+                Message::Complete {
+                    tag: "OK".into(),
+                    rows: Some(1),
+                },
+                Message::Prepare {
+                    name: String::new(),
+                    text: "SELECT * FROM patients WHERE id = ?".into(),
+                    truncated: false,
+                },
+                Message::Execute {
+                    name: "7".into(),
+                    text: Some("SELECT * FROM patients WHERE id = ?".into()),
+                },
+                Message::Complete {
+                    tag: "SELECT".into(),
+                    rows: Some(1),
+                },
+                Message::Query {
+                    text: "SELEC oops".into(),
+                    truncated: false,
+                },
+                Message::Error {
+                    sqlstate: Some("42000".into()),
+                    code: Some(1064),
+                    severity: None,
+                },
+                Message::Terminate,
+            ];
+            assert_eq!(got, want, "caps {caps:#x}");
+        }
+    }
+
+    #[test]
+    fn coalesced_and_split_client_stream() {
+        let client = client_session(CAPS);
+        let mut rng = XorShift(99);
+        for _ in 0..100 {
+            let mut d = Decoder::new();
+            let got: Vec<Message> = split(&mut rng, &client)
+                .iter()
+                .flat_map(|c| d.feed(Chunk::whole(Direction::ToServer, c)))
+                .collect();
+            assert_eq!(got.len(), 7, "{got:?}");
+            assert!(matches!(&got[0], Message::Startup { user: Some(u), .. } if u == "alice"));
+            assert_eq!(got[6], Message::Terminate);
+        }
+    }
+
+    #[test]
+    fn ssl_request_marks_encrypted() {
+        let mut p = (CAPS | CLIENT_SSL).to_le_bytes().to_vec();
+        p.extend_from_slice(&16_777_216u32.to_le_bytes());
+        p.push(45);
+        p.extend_from_slice(&[0; 23]);
+        let mut d = Decoder::new();
+        assert_eq!(
+            d.feed(Chunk::whole(Direction::ToServer, &packet(1, &p))),
+            [Message::Encrypted(Encryption::Tls)]
+        );
+        assert!(d.is_encrypted());
+        assert!(d
+            .feed(Chunk::whole(Direction::ToServer, &[0x16, 3, 1, 0, 5]))
+            .is_empty());
+    }
+
+    #[test]
+    fn auth_failure_reports_the_error() {
+        let mut d = Decoder::new();
+        d.feed(Chunk::whole(
+            Direction::ToServer,
+            &handshake_response_packet(CAPS),
+        ));
+        let got = d.feed(Chunk::whole(
+            Direction::ToClient,
+            &packet(2, b"\xff\x15\x04#28000Access denied for user 'alice'"),
+        ));
+        assert_eq!(
+            got,
+            [Message::Error {
+                sqlstate: Some("28000".into()),
+                code: Some(1045),
+                severity: None
+            }]
+        );
+    }
+
+    #[test]
+    fn truncated_query_keeps_framing() {
+        let long = format!("\x03SELECT '{}'", "z".repeat(9000));
+        let q = packet(0, long.as_bytes());
+        let mut d = Decoder::mid_session();
+        let got = d.feed(Chunk {
+            direction: Direction::ToServer,
+            data: &q[..4096],
+            len: q.len(),
+        });
+        assert!(
+            matches!(
+                &got[..],
+                [Message::Query {
+                    truncated: true,
+                    ..
+                }]
+            ),
+            "{got:?}"
+        );
+        assert_eq!(
+            d.feed(Chunk::whole(Direction::ToServer, &packet(0, &[COM_QUIT]))),
+            [Message::Terminate]
+        );
+    }
+
+    #[test]
+    fn random_and_mutated_input_never_panics() {
+        let mut rng = XorShift(0xfeed_f00d_0123_4567);
+        let server: Vec<u8> = server_session(true).concat();
+        let bases = [client_session(CAPS), server];
+        for round in 0..4000 {
+            let base = &bases[round % bases.len()];
+            let input = if round % 5 == 0 {
+                {
+                    let n = rng.below(300);
+                    rng.bytes(n)
+                }
+            } else {
+                mutate(&mut rng, base)
+            };
+            let mut d = if round % 2 == 0 {
+                Decoder::new()
+            } else {
+                Decoder::mid_session()
+            };
+            for c in split(&mut rng, &input) {
+                let dir = if rng.below(2) == 0 {
+                    Direction::ToServer
+                } else {
+                    Direction::ToClient
+                };
+                let cut = rng.below(c.len() + 1);
+                let extra = if rng.below(4) == 0 {
+                    rng.below(10_000)
+                } else {
+                    0
+                };
+                let _ = d.feed(Chunk {
+                    direction: dir,
+                    data: &c[..cut],
+                    len: c.len() + extra,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,719 @@
+//! PostgreSQL frontend/backend protocol 3.0 (protocol 3.2 frames the same way).
+//!
+//! Client side: the untyped first message (SSLRequest, GSSENCRequest, CancelRequest or
+//! StartupMessage), then typed messages (`Q` Query, `P` Parse, `B` Bind, `E` Execute, `C`
+//! Close, `X` Terminate; the password message `p` and COPY data are skipped unread). Server
+//! side: the one-byte answer to SSLRequest/GSSENCRequest, then typed messages (`R`
+//! Authentication, `E` ErrorResponse, `C` CommandComplete, `Z` ReadyForQuery; rows `D` are
+//! skipped unread). A client that starts TLS directly (PostgreSQL 17 `sslnegotiation=direct`)
+//! is recognised by the TLS record header.
+
+use super::{
+    text, Chunk, DecodeError, Direction, Encryption, Frame, Header, Message, Reader, Statements,
+    Stream,
+};
+
+const SSL_REQUEST: i32 = 80_877_103;
+const GSSENC_REQUEST: i32 = 80_877_104;
+const CANCEL_REQUEST: i32 = 80_877_102;
+/// Protocol major version 3 (minor version in the low 16 bits).
+const PROTOCOL_3: i32 = 3 << 16;
+/// No message is longer (the server's own limit for most messages is 1 GiB).
+const MAX_LEN: usize = 1 << 30;
+/// A TLS handshake record starts with this byte.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// One PostgreSQL session, both directions.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    client: Stream,
+    server: Stream,
+    /// The next client message is untyped (startup phase).
+    client_started: bool,
+    /// The server's next byte answers an SSLRequest (`Some(Tls)`) or a GSSENCRequest.
+    awaiting_answer: Option<Encryption>,
+    encrypted: bool,
+    statements: Statements,
+    /// Portal name → statement name, from Bind.
+    portals: Statements,
+}
+
+impl Decoder {
+    /// A decoder for a session seen from its start.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A decoder for a session already past its startup (the agent started mid-session):
+    /// the client's messages are typed from the first byte.
+    pub fn mid_session() -> Self {
+        Self {
+            client_started: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the session switched to TLS or GSSAPI: nothing more is decoded.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// Decodes one captured read or write.
+    pub fn feed(&mut self, chunk: Chunk<'_>) -> Vec<Message> {
+        let mut out = Vec::new();
+        if self.encrypted {
+            return out;
+        }
+        match chunk.direction {
+            Direction::ToServer => {
+                if !self.client_started
+                    && self.client.is_empty_buffer()
+                    && chunk.data.first() == Some(&TLS_HANDSHAKE)
+                {
+                    self.encrypted = true;
+                    out.push(Message::Encrypted(Encryption::Tls));
+                    return out;
+                }
+                self.client.absorb(chunk.data, chunk.len);
+                loop {
+                    let started = self.client_started;
+                    match self.client.next_frame(|b| client_header(b, started)) {
+                        Ok(Some(frame)) => {
+                            self.client_message(&frame, &mut out);
+                            if self.encrypted {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(reason) => {
+                            out.push(Message::Desync {
+                                direction: Direction::ToServer,
+                                reason,
+                            });
+                            break;
+                        }
+                    }
+                }
+            }
+            Direction::ToClient => {
+                self.server.absorb(chunk.data, chunk.len);
+                loop {
+                    let answer = self.awaiting_answer.is_some();
+                    match self.server.next_frame(|b| server_header(b, answer)) {
+                        Ok(Some(frame)) => {
+                            self.server_message(&frame, &mut out);
+                            if self.encrypted {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(reason) => {
+                            out.push(Message::Desync {
+                                direction: Direction::ToClient,
+                                reason,
+                            });
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn client_message(&mut self, frame: &Frame, out: &mut Vec<Message>) {
+        let bytes = &frame.bytes;
+        if !self.client_started {
+            let mut r = Reader::new(bytes);
+            let (Some(_len), Some(code)) = (r.i32_be(), r.i32_be()) else {
+                return;
+            };
+            match code {
+                SSL_REQUEST => self.awaiting_answer = Some(Encryption::Tls),
+                GSSENC_REQUEST => self.awaiting_answer = Some(Encryption::Gss),
+                // A cancel request is a connection of its own; nothing follows.
+                CANCEL_REQUEST => {}
+                c if c & !0xffff == PROTOCOL_3 => {
+                    self.client_started = true;
+                    out.push(startup(r));
+                }
+                _ => {
+                    self.client.break_off();
+                    out.push(Message::Desync {
+                        direction: Direction::ToServer,
+                        reason: DecodeError::Unexpected("startup code"),
+                    });
+                }
+            }
+            return;
+        }
+        let Some((&kind, _)) = bytes.split_first() else {
+            return;
+        };
+        let mut r = Reader::new(bytes.get(5..).unwrap_or_default());
+        let lenient = frame.truncated;
+        match kind {
+            b'Q' => {
+                if let Some(q) = r.cstr(lenient) {
+                    out.push(Message::Query {
+                        text: text(q),
+                        truncated: frame.truncated,
+                    });
+                }
+            }
+            b'P' => {
+                let name = r.cstr(lenient).map(text).unwrap_or_default();
+                if let Some(q) = r.cstr(lenient) {
+                    let q = text(q);
+                    self.statements.insert(name.clone(), q.clone());
+                    out.push(Message::Prepare {
+                        name,
+                        text: q,
+                        truncated: frame.truncated,
+                    });
+                }
+            }
+            b'B' => {
+                if let (Some(portal), Some(stmt)) = (r.cstr(lenient), r.cstr(lenient)) {
+                    self.portals.insert(text(portal), text(stmt));
+                }
+            }
+            b'E' => {
+                if let Some(portal) = r.cstr(lenient) {
+                    let name = self.portals.get(&text(portal)).cloned().unwrap_or_default();
+                    let stmt_text = self.statements.get(&name).cloned();
+                    out.push(Message::Execute {
+                        name,
+                        text: stmt_text,
+                    });
+                }
+            }
+            b'C' => {
+                if let (Some(what), Some(name)) = (r.u8(), r.cstr(lenient)) {
+                    match what {
+                        b'S' => self.statements.remove(&text(name)),
+                        b'P' => self.portals.remove(&text(name)),
+                        _ => {}
+                    }
+                }
+            }
+            b'X' => out.push(Message::Terminate),
+            _ => {}
+        }
+    }
+
+    fn server_message(&mut self, frame: &Frame, out: &mut Vec<Message>) {
+        let bytes = &frame.bytes;
+        if let Some(method) = self.awaiting_answer.take() {
+            match bytes.first() {
+                Some(b'S') if method == Encryption::Tls => {
+                    self.encrypted = true;
+                    out.push(Message::Encrypted(method));
+                }
+                Some(b'G') if method == Encryption::Gss => {
+                    self.encrypted = true;
+                    out.push(Message::Encrypted(method));
+                }
+                // Refused: the client goes on in clear with another untyped message.
+                Some(b'N') => {}
+                // An error instead (old servers): a typed ErrorResponse follows in the frame.
+                _ => self.server_message(frame, out),
+            }
+            return;
+        }
+        let Some((&kind, _)) = bytes.split_first() else {
+            return;
+        };
+        let mut r = Reader::new(bytes.get(5..).unwrap_or_default());
+        match kind {
+            b'R' if r.i32_be() == Some(0) => out.push(Message::AuthOk),
+            b'E' => out.push(error_response(r)),
+            b'C' => {
+                if let Some(tag) = r.cstr(frame.truncated) {
+                    let tag = text(tag);
+                    let rows = command_rows(&tag);
+                    out.push(Message::Complete { tag, rows });
+                }
+            }
+            b'Z' => out.push(Message::Ready),
+            _ => {}
+        }
+    }
+}
+
+fn client_header(b: &[u8], started: bool) -> Header {
+    if started {
+        typed_header(b)
+    } else {
+        let Some(len) = b.get(..4) else {
+            return Header::NeedMore;
+        };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        // The shortest is a request code alone; startup packets are capped at 10000 bytes.
+        match usize::try_from(len) {
+            Ok(n) if (8..=10_000).contains(&n) => Header::Len(n),
+            _ => Header::Invalid(DecodeError::BadLength(len as u64)),
+        }
+    }
+}
+
+fn server_header(b: &[u8], answer: bool) -> Header {
+    if answer && matches!(b.first(), Some(b'S' | b'N' | b'G')) {
+        return Header::Len(1);
+    }
+    typed_header(b)
+}
+
+fn typed_header(b: &[u8]) -> Header {
+    let Some(h) = b.get(..5) else {
+        return Header::NeedMore;
+    };
+    let len = i32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+    match usize::try_from(len) {
+        Ok(n) if (4..=MAX_LEN).contains(&n) => Header::Len(n + 1),
+        _ => Header::Invalid(DecodeError::BadLength(len as u64)),
+    }
+}
+
+/// Parameters of a StartupMessage, after its length and protocol version.
+fn startup(mut r: Reader<'_>) -> Message {
+    let (mut user, mut database, mut application) = (None, None, None);
+    while let Some(key) = r.cstr(false) {
+        if key.is_empty() {
+            break;
+        }
+        let Some(value) = r.cstr(true) else { break };
+        match key {
+            b"user" => user = Some(text(value)),
+            b"database" => database = Some(text(value)),
+            b"application_name" => application = Some(text(value)),
+            _ => {}
+        }
+    }
+    // The database defaults to the user name.
+    if database.is_none() {
+        database.clone_from(&user);
+    }
+    Message::Startup {
+        user,
+        database,
+        application,
+    }
+}
+
+/// The SQLSTATE and severity of an ErrorResponse; the message, detail and hint fields are
+/// not read (they can quote row data: `Key (ssn)=(123-45-6789) already exists`).
+fn error_response(mut r: Reader<'_>) -> Message {
+    let (mut sqlstate, mut severity) = (None, None);
+    while let Some(field) = r.u8() {
+        if field == 0 {
+            break;
+        }
+        let Some(value) = r.cstr(true) else { break };
+        match field {
+            b'C' => sqlstate = Some(text(value)),
+            b'V' => severity = Some(text(value)),
+            b'S' if severity.is_none() => severity = Some(text(value)),
+            _ => {}
+        }
+    }
+    Message::Error {
+        sqlstate,
+        code: None,
+        severity,
+    }
+}
+
+/// Rows from a command tag: the last word of `SELECT 5`, `INSERT 0 1`, `UPDATE 3`, `COPY 7`…
+fn command_rows(tag: &str) -> Option<u64> {
+    let mut words = tag.split(' ');
+    let first = words.next()?;
+    let last = words.next_back()?;
+    if matches!(
+        first,
+        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "FETCH" | "MOVE" | "COPY"
+    ) {
+        last.parse().ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::db::testutil::{mutate, split, XorShift};
+
+    /// Builders for wire messages, byte for byte as the protocol documentation gives them.
+    pub fn typed(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![kind];
+        v.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    pub fn startup_message(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = PROTOCOL_3.to_be_bytes().to_vec();
+        for (k, v) in params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut v = (body.len() as i32 + 4).to_be_bytes().to_vec();
+        v.extend_from_slice(&body);
+        v
+    }
+
+    pub fn query(sql: &str) -> Vec<u8> {
+        let mut b = sql.as_bytes().to_vec();
+        b.push(0);
+        typed(b'Q', &b)
+    }
+
+    fn cstrs(parts: &[&str]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for p in parts {
+            b.extend_from_slice(p.as_bytes());
+            b.push(0);
+        }
+        b
+    }
+
+    fn ssl_request() -> Vec<u8> {
+        let mut v = 8i32.to_be_bytes().to_vec();
+        v.extend_from_slice(&SSL_REQUEST.to_be_bytes());
+        v
+    }
+
+    /// What psql 15 sends over a unix socket, then a simple query, an extended-protocol
+    /// round (as libpq's PQexecParams) and Terminate.
+    pub fn client_session() -> Vec<u8> {
+        let mut v = startup_message(&[
+            ("user", "alice"),
+            ("database", "ehr"),
+            ("application_name", "psql"),
+            ("client_encoding", "UTF8"),
+        ]);
+        v.extend(typed(b'p', b"s3cret\0"));
+        v.extend(query(
+            "SELECT name FROM patients WHERE ssn = '123-45-6789';",
+        ));
+        let mut parse = cstrs(&["s1", "INSERT INTO notes (pid, body) VALUES ($1, $2)"]);
+        parse.extend_from_slice(&0i16.to_be_bytes());
+        v.extend(typed(b'P', &parse));
+        let mut bind = cstrs(&["", "s1"]);
+        bind.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 1, b'7', 0, 0, 0, 2, b'h', b'i', 0, 0]);
+        v.extend(typed(b'B', &bind));
+        let mut exec = cstrs(&[""]);
+        exec.extend_from_slice(&0i32.to_be_bytes());
+        v.extend(typed(b'E', &exec));
+        v.extend(typed(b'S', b""));
+        v.extend(typed(b'X', b""));
+        v
+    }
+
+    /// The server's side of that session.
+    pub fn server_session() -> Vec<u8> {
+        let mut v = typed(b'R', &0i32.to_be_bytes());
+        v.extend(typed(b'S', b"server_version\x0015.8\0"));
+        v.extend(typed(b'K', &[0, 0, 1, 2, 3, 4, 5, 6]));
+        v.extend(typed(b'Z', b"I"));
+        v.extend(typed(
+            b'T',
+            b"\0\x01name\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0",
+        ));
+        v.extend(typed(b'D', b"\0\x01\0\0\0\x08Jane Doe"));
+        v.extend(typed(b'C', b"SELECT 1\0"));
+        v.extend(typed(b'Z', b"I"));
+        v.extend(typed(b'1', b""));
+        v.extend(typed(b'2', b""));
+        v.extend(typed(b'E', b"SERROR\0VERROR\0C23505\0Mduplicate key value violates unique constraint\0DKey (ssn)=(123-45-6789) already exists.\0\0"));
+        v.extend(typed(b'Z', b"E"));
+        v
+    }
+
+    fn expected_client() -> Vec<Message> {
+        vec![
+            Message::Startup {
+                user: Some("alice".into()),
+                database: Some("ehr".into()),
+                application: Some("psql".into()),
+            },
+            Message::Query {
+                text: "SELECT name FROM patients WHERE ssn = '123-45-6789';".into(),
+                truncated: false,
+            },
+            Message::Prepare {
+                name: "s1".into(),
+                text: "INSERT INTO notes (pid, body) VALUES ($1, $2)".into(),
+                truncated: false,
+            },
+            Message::Execute {
+                name: "s1".into(),
+                text: Some("INSERT INTO notes (pid, body) VALUES ($1, $2)".into()),
+            },
+            Message::Terminate,
+        ]
+    }
+
+    fn expected_server() -> Vec<Message> {
+        vec![
+            Message::AuthOk,
+            Message::Ready,
+            Message::Complete {
+                tag: "SELECT 1".into(),
+                rows: Some(1),
+            },
+            Message::Ready,
+            Message::Error {
+                sqlstate: Some("23505".into()),
+                code: None,
+                severity: Some("ERROR".into()),
+            },
+            Message::Ready,
+        ]
+    }
+
+    fn feed_all(d: &mut Decoder, dir: Direction, chunks: &[Vec<u8>]) -> Vec<Message> {
+        chunks
+            .iter()
+            .flat_map(|c| d.feed(Chunk::whole(dir, c)))
+            .collect()
+    }
+
+    #[test]
+    fn whole_session_in_one_read_each_way() {
+        let mut d = Decoder::new();
+        assert_eq!(
+            feed_all(&mut d, Direction::ToServer, &[client_session()]),
+            expected_client()
+        );
+        assert_eq!(
+            feed_all(&mut d, Direction::ToClient, &[server_session()]),
+            expected_server()
+        );
+    }
+
+    #[test]
+    fn byte_at_a_time_and_random_splits_decode_the_same() {
+        let c = client_session();
+        let mut d = Decoder::new();
+        let bytes: Vec<Vec<u8>> = c.iter().map(|&b| vec![b]).collect();
+        assert_eq!(
+            feed_all(&mut d, Direction::ToServer, &bytes),
+            expected_client()
+        );
+        let mut rng = XorShift(7);
+        for _ in 0..200 {
+            let mut d = Decoder::new();
+            assert_eq!(
+                feed_all(&mut d, Direction::ToServer, &split(&mut rng, &c)),
+                expected_client()
+            );
+            assert_eq!(
+                feed_all(
+                    &mut d,
+                    Direction::ToClient,
+                    &split(&mut rng, &server_session())
+                ),
+                expected_server()
+            );
+        }
+    }
+
+    #[test]
+    fn ssl_request_accepted_marks_encrypted_and_stops() {
+        let mut d = Decoder::new();
+        assert!(d
+            .feed(Chunk::whole(Direction::ToServer, &ssl_request()))
+            .is_empty());
+        assert_eq!(
+            d.feed(Chunk::whole(Direction::ToClient, b"S")),
+            [Message::Encrypted(Encryption::Tls)]
+        );
+        assert!(d.is_encrypted());
+        assert!(d
+            .feed(Chunk::whole(Direction::ToServer, &[0x16, 3, 1, 0, 200]))
+            .is_empty());
+    }
+
+    #[test]
+    fn ssl_request_refused_goes_on_in_clear() {
+        let mut d = Decoder::new();
+        d.feed(Chunk::whole(Direction::ToServer, &ssl_request()));
+        assert!(d.feed(Chunk::whole(Direction::ToClient, b"N")).is_empty());
+        let got = d.feed(Chunk::whole(
+            Direction::ToServer,
+            &startup_message(&[("user", "bob")]),
+        ));
+        assert_eq!(
+            got,
+            [Message::Startup {
+                user: Some("bob".into()),
+                database: Some("bob".into()),
+                application: None
+            }]
+        );
+    }
+
+    #[test]
+    fn gssenc_and_direct_tls() {
+        let mut d = Decoder::new();
+        let mut req = 8i32.to_be_bytes().to_vec();
+        req.extend_from_slice(&GSSENC_REQUEST.to_be_bytes());
+        d.feed(Chunk::whole(Direction::ToServer, &req));
+        assert_eq!(
+            d.feed(Chunk::whole(Direction::ToClient, b"G")),
+            [Message::Encrypted(Encryption::Gss)]
+        );
+        let mut d = Decoder::new();
+        assert_eq!(
+            d.feed(Chunk::whole(Direction::ToServer, &[0x16, 3, 1, 0, 200, 1])),
+            [Message::Encrypted(Encryption::Tls)]
+        );
+    }
+
+    #[test]
+    fn truncated_capture_emits_the_head_and_keeps_framing() {
+        // A 10 KiB query captured to 4 KiB, then a Terminate in the next write.
+        let long = format!(
+            "SELECT * FROM patients WHERE note = '{}'",
+            "x".repeat(10_000)
+        );
+        let q = query(&long);
+        let mut d = Decoder::mid_session();
+        let got = d.feed(Chunk {
+            direction: Direction::ToServer,
+            data: &q[..4096],
+            len: q.len(),
+        });
+        match &got[..] {
+            [Message::Query {
+                text,
+                truncated: true,
+            }] => assert!(long.starts_with(text.as_str()) && text.len() == 4096 - 5),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            d.feed(Chunk::whole(Direction::ToServer, &typed(b'X', b""))),
+            [Message::Terminate]
+        );
+    }
+
+    #[test]
+    fn gap_across_a_boundary_desyncs_once() {
+        let mut two = query("SELECT 1");
+        two.extend(query("SELECT 2"));
+        let mut d = Decoder::mid_session();
+        let got = d.feed(Chunk {
+            direction: Direction::ToServer,
+            data: &two[..3],
+            len: two.len(),
+        });
+        assert!(
+            matches!(
+                &got[..],
+                [Message::Desync {
+                    direction: Direction::ToServer,
+                    ..
+                }]
+            ),
+            "{got:?}"
+        );
+        assert!(d
+            .feed(Chunk::whole(Direction::ToServer, &query("SELECT 3")))
+            .is_empty());
+    }
+
+    #[test]
+    fn oversized_message_is_cut_at_the_buffer_limit() {
+        let long = "y".repeat(super::super::MAX_MESSAGE * 2);
+        let q = query(&long);
+        let mut d = Decoder::mid_session();
+        let mut got = Vec::new();
+        for c in q.chunks(4096) {
+            got.extend(d.feed(Chunk::whole(Direction::ToServer, c)));
+        }
+        got.extend(d.feed(Chunk::whole(Direction::ToServer, &typed(b'X', b""))));
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(matches!(
+            &got[0],
+            Message::Query {
+                truncated: true,
+                ..
+            }
+        ));
+        assert_eq!(got[1], Message::Terminate);
+    }
+
+    #[test]
+    fn bad_lengths_desync() {
+        let mut d = Decoder::mid_session();
+        let got = d.feed(Chunk::whole(Direction::ToServer, &[b'Q', 0, 0, 0, 2]));
+        assert!(matches!(
+            &got[..],
+            [Message::Desync {
+                reason: DecodeError::BadLength(2),
+                ..
+            }]
+        ));
+        let mut d = Decoder::new();
+        let got = d.feed(Chunk::whole(
+            Direction::ToServer,
+            &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0],
+        ));
+        assert!(matches!(&got[..], [Message::Desync { .. }]));
+    }
+
+    #[test]
+    fn command_tags() {
+        assert_eq!(command_rows("INSERT 0 3"), Some(3));
+        assert_eq!(command_rows("SELECT 0"), Some(0));
+        assert_eq!(command_rows("CREATE TABLE"), None);
+        assert_eq!(command_rows("BEGIN"), None);
+    }
+
+    /// The fuzz target in `cargo test`: mutated sessions and random bytes, split at random,
+    /// with random capture truncation, never panic.
+    #[test]
+    fn random_and_mutated_input_never_panics() {
+        let mut rng = XorShift(0x0bad_c0de_1234_5678);
+        let bases = [client_session(), server_session(), ssl_request()];
+        for round in 0..4000 {
+            let base = &bases[round % bases.len()];
+            let input = if round % 5 == 0 {
+                {
+                    let n = rng.below(300);
+                    rng.bytes(n)
+                }
+            } else {
+                mutate(&mut rng, base)
+            };
+            let mut d = if round % 2 == 0 {
+                Decoder::new()
+            } else {
+                Decoder::mid_session()
+            };
+            for c in split(&mut rng, &input) {
+                let dir = if rng.below(2) == 0 {
+                    Direction::ToServer
+                } else {
+                    Direction::ToClient
+                };
+                let cut = rng.below(c.len() + 1);
+                let extra = if rng.below(4) == 0 {
+                    rng.below(10_000)
+                } else {
+                    0
+                };
+                let _ = d.feed(Chunk {
+                    direction: dir,
+                    data: &c[..cut],
+                    len: c.len() + extra,
+                });
+            }
+        }
+    }
+}
