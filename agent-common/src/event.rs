@@ -2,7 +2,7 @@
 //! whose `kind` says which struct follows.
 
 use crate::{
-    limits::{ARGS_LEN, COMM_LEN, NAMES_LEN, NAME_MAX, PATH_LEN},
+    limits::{ARGS_LEN, COMM_LEN, DB_CAPTURE_LEN, NAMES_LEN, NAME_MAX, PATH_LEN},
     policy::Decision,
 };
 
@@ -25,14 +25,18 @@ pub enum Kind {
     Connect = 6,
     /// A TCP connection on a watched port was established or closed ([`SockStateEvent`]).
     SockState = 7,
+    /// A socket to or from a database endpoint was connected or accepted ([`DbSockEvent`]).
+    DbSock = 8,
+    /// Bytes written to or read from a tracked database socket ([`DbDataEvent`]).
+    DbData = 9,
 }
 
 /// Number of loss counters (one per [`Kind`], index 0 unused).
-pub const KIND_COUNT: u32 = 8;
+pub const KIND_COUNT: u32 = 10;
 
 impl Kind {
     /// All kinds, in code order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Fork,
         Kind::Exec,
         Kind::ExecArgs,
@@ -40,6 +44,8 @@ impl Kind {
         Kind::FileOpen,
         Kind::Connect,
         Kind::SockState,
+        Kind::DbSock,
+        Kind::DbData,
     ];
 
     /// The kind with this code, if any.
@@ -286,6 +292,101 @@ pub struct SockStateEvent {
     pub daddr: [u8; 16],
 }
 
+/// `DbSockEvent::role` and `DbDataEvent::role`: which end of the database session this host's
+/// socket is.
+pub mod db_role {
+    /// The client end (it connected to the database).
+    pub const CLIENT: u32 = 1;
+    /// The server end (a database listener accepted it).
+    pub const SERVER: u32 = 2;
+}
+
+/// `DbDataEvent::op`.
+pub mod db_op {
+    /// The process wrote (sent) the bytes.
+    pub const WRITE: u32 = 1;
+    /// The process read (received) the bytes.
+    pub const READ: u32 = 2;
+}
+
+/// `DbDataEvent::syscall`.
+pub mod db_syscall {
+    /// `write(2)`.
+    pub const WRITE: u32 = 1;
+    /// `read(2)`.
+    pub const READ: u32 = 2;
+    /// `sendto(2)` (and `send(3)`).
+    pub const SENDTO: u32 = 3;
+    /// `recvfrom(2)` (and `recv(3)`).
+    pub const RECVFROM: u32 = 4;
+}
+
+/// [`Kind::DbSock`]: a socket of a database session, when it became tracked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DbSockEvent {
+    /// The connecting or accepting process.
+    pub header: EventHeader,
+    /// Kernel address of the `struct sock`: identifies the session in [`DbDataEvent`]s (and,
+    /// for TCP, in [`SockStateEvent::skaddr`]).
+    pub sock: u64,
+    /// A `db_role` code.
+    pub role: u32,
+    /// File descriptor in the process.
+    pub fd: i32,
+    /// `AF_INET`, `AF_INET6` or `AF_UNIX`.
+    pub family: u16,
+    /// Local port (TCP), host byte order.
+    pub sport: u16,
+    /// Remote port (TCP), host byte order.
+    pub dport: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+    /// Kernel `dev_t` of the socket file (unix).
+    pub dev: u32,
+    /// Explicit padding.
+    pub _pad2: u32,
+    /// Inode of the socket file (unix).
+    pub ino: u64,
+}
+
+/// [`Kind::DbData`]: fixed part of a capture record; `captured` bytes of data follow it in
+/// the ring buffer record (the record is only as long as it needs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DbDataEvent {
+    /// The reading or writing process.
+    pub header: EventHeader,
+    /// The session's `struct sock` address (see [`DbSockEvent::sock`]).
+    pub sock: u64,
+    /// A `db_role` code.
+    pub role: u32,
+    /// A `db_op` code.
+    pub op: u32,
+    /// A `db_syscall` code.
+    pub syscall: u32,
+    /// File descriptor.
+    pub fd: i32,
+    /// Bytes the call moved (its return value; 0 = end of stream on a read).
+    pub len: u32,
+    /// Bytes captured (at most [`crate::limits::DB_CAPTURE_LEN`]); `FLAG_TRUNCATED` when fewer
+    /// than `len`.
+    pub captured: u32,
+}
+
+/// Scratch layout a capture record is built in before its used part is sent. The data array
+/// has slack so the verifier sees every copy in bounds.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DbDataScratch {
+    /// The fixed part.
+    pub event: DbDataEvent,
+    /// Captured bytes.
+    pub data: [u8; 2 * DB_CAPTURE_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<DbSockEvent>() == 80 + 40);
+const _: () = assert!(core::mem::size_of::<DbDataEvent>() == 80 + 32);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 96);
 const _: () =

@@ -27,6 +27,8 @@ mod pod {
     unsafe impl aya::Pod for FileOpenEvent {}
     unsafe impl aya::Pod for ConnectEvent {}
     unsafe impl aya::Pod for SockStateEvent {}
+    unsafe impl aya::Pod for DbSockEvent {}
+    unsafe impl aya::Pod for DbDataEvent {}
     unsafe impl aya::Pod for InodeKey {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for RuleEntry {}

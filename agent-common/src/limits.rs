@@ -25,3 +25,13 @@ pub const MAX_WATCHED_PREFIXES: u32 = 1024;
 pub const MAX_WATCHED_PORTS: u32 = 256;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const RING_BUFFER_BYTES: u32 = 16 * 1024 * 1024;
+/// Bytes captured per read or write on a tracked database socket (a power of two).
+pub const DB_CAPTURE_LEN: usize = 4096;
+/// Database ports (map entries).
+pub const MAX_DB_PORTS: u32 = 64;
+/// Database unix sockets (map entries).
+pub const MAX_DB_UNIX_SOCKETS: u32 = 64;
+/// Tracked database sockets at once.
+pub const MAX_DB_SOCKETS: u32 = 16384;
+/// Processes holding a tracked database socket at once.
+pub const MAX_DB_PROCESSES: u32 = 16384;

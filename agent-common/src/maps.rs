@@ -38,6 +38,10 @@ pub const EXEC_ALLOWED: &str = "EXEC_ALLOWED";
 /// which reads protected directories to compile them and hashes protected binaries. Pinned
 /// while enforcing, so a restarted agent exempts itself from its predecessor's programs too.
 pub const AGENT: &str = "AGENT";
+/// Database TCP ports (`u32`, host byte order) → `1`.
+pub const DB_PORTS: &str = "DB_PORTS";
+/// Database unix sockets: [`InodeKey`] (slot 0) of the socket file → `1`.
+pub const DB_UNIX_SOCKETS: &str = "DB_UNIX_SOCKETS";
 /// The global holding [`crate::offsets::KernelOffsets`].
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 

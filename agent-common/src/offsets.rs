@@ -75,6 +75,18 @@ pub struct KernelOffsets {
     pub mount_mnt: u32,
     /// `mount.mnt_id` (the id `/proc/<pid>/mountinfo` shows first)
     pub mount_mnt_id: u32,
+    /// `file.private_data` (the `struct socket` of a socket file)
+    pub file_private_data: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
+    /// `sock_common.skc_family` (`struct sock` starts with its `sock_common`)
+    pub skc_family: u32,
+    /// `sock_common.skc_num` (local port, host byte order)
+    pub skc_num: u32,
+    /// `sock_common.skc_dport` (remote port, network byte order)
+    pub skc_dport: u32,
+    /// `unix_sock.peer`
+    pub unix_sock_peer: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 34 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 40 * 4);

@@ -53,6 +53,12 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     vfsmount_mnt_root: 0,
     mount_mnt: 0,
     mount_mnt_id: 0,
+    file_private_data: 0,
+    socket_sk: 0,
+    skc_family: 0,
+    skc_num: 0,
+    skc_dport: 0,
+    unix_sock_peer: 0,
 };
 
 /// The offset of one field, read so the compiler cannot fold the load-time value away.
@@ -179,6 +185,39 @@ impl Task {
         let vfsmount = read(fs, offset!(fs_pwd) + offset!(path_mnt))?;
         Ok((dentry, vfsmount))
     }
+}
+
+/// The `struct sock *` of a socket file (`file->private_data->sk`). For other files the
+/// result is meaningless (but every read of it is checked): callers only look it up in a map
+/// of known sockets.
+#[inline(always)]
+pub fn file_sock(file: usize) -> Result<usize, ReadError> {
+    read(file_socket(file)?, offset!(socket_sk))
+}
+
+/// `file->private_data`: the `struct socket *` of a socket file.
+#[inline(always)]
+pub fn file_socket(file: usize) -> Result<usize, ReadError> {
+    read(file, offset!(file_private_data))
+}
+
+/// `sock_common.skc_family`.
+#[inline(always)]
+pub fn sock_family(sk: usize) -> Result<u16, ReadError> {
+    read(sk, offset!(skc_family))
+}
+
+/// `sock_common.skc_num` (local port, host order) and `skc_dport` (remote port, network
+/// order) of an inet socket.
+#[inline(always)]
+pub fn sock_ports(sk: usize) -> Result<(u16, u16), ReadError> {
+    Ok((read(sk, offset!(skc_num))?, read(sk, offset!(skc_dport))?))
+}
+
+/// The peer of a connected unix socket (`unix_sock.peer`).
+#[inline(always)]
+pub fn unix_sock_peer(sk: usize) -> Result<usize, ReadError> {
+    read(sk, offset!(unix_sock_peer))
 }
 
 /// The dentry a `struct file *` was opened through.

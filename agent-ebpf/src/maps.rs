@@ -147,3 +147,69 @@ pub static FILE_OPEN_SCRATCH: PerCpuArray<FileOpenScratch> = PerCpuArray::with_m
 #[map]
 pub static PREFIX_KEY_SCRATCH: PerCpuArray<Key<[u8; PATH_LEN]>> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// Database TCP ports (host byte order) → 1.
+#[map]
+pub static DB_PORTS: HashMap<u32, u32> =
+    HashMap::with_max_entries(agent_common::limits::MAX_DB_PORTS, 0);
+
+/// Database unix sockets by (device, 0, inode) of the socket file → 1.
+#[map]
+pub static DB_UNIX_SOCKETS: HashMap<InodeKey, u32> =
+    HashMap::with_max_entries(agent_common::limits::MAX_DB_UNIX_SOCKETS, 0);
+
+/// A tracked database socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DbSock {
+    /// `db_role` code.
+    pub role: u32,
+    /// Address family.
+    pub family: u32,
+    /// The `struct socket *` it was tracked with: a `struct sock` address reused by another
+    /// socket (the entry outlived its socket) does not match.
+    pub socket: u64,
+}
+
+/// Tracked database sockets by `struct sock` address. LRU: entries of closed sockets age out
+/// (and a reused address is caught by `DbSock::socket`).
+#[map]
+pub static DB_SOCKS: LruHashMap<u64, DbSock> =
+    LruHashMap::with_max_entries(agent_common::limits::MAX_DB_SOCKETS, 0);
+
+/// Processes (tgid) that hold or inherited a tracked database socket → 1: the read/write
+/// hooks of every other process stop after this one lookup.
+#[map]
+pub static DB_PROCESSES: LruHashMap<u32, u32> =
+    LruHashMap::with_max_entries(agent_common::limits::MAX_DB_PROCESSES, 0);
+
+/// A `connect()` between entry and exit: its descriptor, by thread.
+#[map]
+pub static DB_CONNECTS: LruHashMap<u64, i32> = LruHashMap::with_max_entries(4096, 0);
+
+/// A read or write on a tracked socket between entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DbIo {
+    /// The `struct sock` address.
+    pub sock: u64,
+    /// User buffer.
+    pub buf: u64,
+    /// `db_role` code.
+    pub role: u32,
+    /// `db_op` code.
+    pub op: u32,
+    /// `db_syscall` code.
+    pub syscall: u32,
+    /// Descriptor.
+    pub fd: i32,
+}
+
+/// Reads and writes on tracked sockets in flight, by thread.
+#[map]
+pub static DB_IO: LruHashMap<u64, DbIo> = LruHashMap::with_max_entries(4096, 0);
+
+/// Per-CPU scratch for capture records.
+#[map]
+pub static DB_DATA_SCRATCH: PerCpuArray<agent_common::event::DbDataScratch> =
+    PerCpuArray::with_max_entries(1, 0);

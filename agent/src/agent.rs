@@ -122,7 +122,13 @@ impl Agent {
             }
         }
         let compiled = Arc::new(policy::load(dir.as_deref(), &watches, &cgroup_root)?);
-        let mut sensors = Sensors::load(&offsets, &compiled, &cgroup_root, pin_root)?;
+        let mut sensors = Sensors::load(
+            &offsets,
+            &compiled,
+            &config.database,
+            &cgroup_root,
+            pin_root,
+        )?;
         info!(
             lsm = sensors.lsm_active(),
             "enforcement layers: {}",
@@ -146,6 +152,8 @@ impl Agent {
             ancestry_depth: usize::from(config.enrich.ancestry_depth),
             hash_max_bytes: config.enrich.hash_max_bytes,
             retain_exited: config.enrich.retain_exited,
+            full_statements: config.database.full_statements,
+            db_unix_sockets: config.database.unix_sockets.clone(),
         };
         let mut enricher = Enricher::new(
             HostInfo::detect(&config.agent.hostname),
@@ -281,7 +289,7 @@ impl Agent {
                 return;
             }
         };
-        if let Some(event) = enricher.enrich(raw) {
+        for event in enricher.enrich(raw) {
             Self::emit(sinks, stats, &event);
         }
     }

@@ -35,6 +35,28 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// The link to a collector (`[collector]`; None: off).
     pub collector: Option<CollectorConfig>,
+    /// Database session audit.
+    pub database: DatabaseConfig,
+}
+
+/// `[database]`: database endpoints whose sessions are audited statement by statement.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    /// TCP ports of database servers (client connections to them, and connections local
+    /// listeners accept on them).
+    pub ports: Vec<u16>,
+    /// Unix sockets of database servers (absolute paths, such as
+    /// `/var/run/postgresql/.s.PGSQL.5432`); resolved to (device, inode) at start.
+    pub unix_sockets: Vec<PathBuf>,
+    /// Record statements with their literals (`false`: literals become `?`).
+    pub full_statements: bool,
+}
+
+impl DatabaseConfig {
+    /// Whether any endpoint is configured (else the capture hooks stay detached).
+    pub fn is_enabled(&self) -> bool {
+        !self.ports.is_empty() || !self.unix_sockets.is_empty()
+    }
 }
 
 /// `[policy]`.
@@ -164,6 +186,15 @@ struct RawConfig {
     agent: AgentConfig,
     policy: RawPolicy,
     collector: Option<collector::RawCollector>,
+    database: RawDatabase,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    ports: Vec<Spanned<u16>>,
+    unix_sockets: Vec<Spanned<PathBuf>>,
+    full_statements: bool,
 }
 
 #[derive(Default, Deserialize)]
@@ -278,6 +309,34 @@ impl Config {
                     })?,
                 );
         }
+        let mut seen = BTreeSet::new();
+        for port in &raw.database.ports {
+            let value = *port.get_ref();
+            if value == 0 || !seen.insert(value) {
+                return Err(ConfigError::Invalid {
+                    at: at(port.span()),
+                    field: "database.ports",
+                    message: if value == 0 {
+                        "port 0 is not a port (1..=65535)".to_owned()
+                    } else {
+                        format!("port {value} is listed twice")
+                    },
+                });
+            }
+            config.database.ports.push(value);
+        }
+        for path in &raw.database.unix_sockets {
+            let p = path.get_ref();
+            if !p.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    at: at(path.span()),
+                    field: "database.unix_sockets",
+                    message: format!("{} is not an absolute path", p.display()),
+                });
+            }
+            config.database.unix_sockets.push(p.clone());
+        }
+        config.database.full_statements = raw.database.full_statements;
         let defaults = EnrichConfig::default();
         if let Some(depth) = &raw.enrich.ancestry_depth {
             if *depth.get_ref() > MAX_ANCESTRY_DEPTH {
@@ -404,6 +463,28 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, Path::new("agent.toml"))
+    }
+
+    #[test]
+    fn database_section_parses_and_validates() {
+        let config = Config::from_toml_str(
+            "[database]\nports = [5432, 3306]\nunix_sockets = [\"/run/postgresql/.s.PGSQL.5432\"]\n",
+            Path::new("agent.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.database.ports, [5432, 3306]);
+        assert!(config.database.is_enabled() && !config.database.full_statements);
+        let err = Config::from_toml_str(
+            "[database]\nunix_sockets = [\"rel\"]\n",
+            Path::new("a.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("database.unix_sockets"), "{err}");
+        let err = Config::from_toml_str("[database]\nports = [1, 1]\n", Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listed twice"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The programs, one module per hook family.
 
+pub mod db;
 pub mod enforce;
 pub mod file;
 pub mod net;

@@ -41,6 +41,9 @@ fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
         return None; // a thread
     }
     let child_start = child.start_boot_ns().unwrap_or(0);
+    // A child inherits its parent's database sockets (PostgreSQL forks a backend per
+    // accepted connection): the capture hooks must look at it too.
+    crate::programs::db::inherit(child_tgid);
     let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
         count_lost(Kind::Fork);
         return None;
@@ -140,6 +143,7 @@ fn try_exit() -> Option<()> {
         return None;
     }
     let exit_code = task.exit_code().unwrap_or(0);
+    crate::programs::db::forget(task.tgid().ok()?);
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count_lost(Kind::Exit);
         return None;

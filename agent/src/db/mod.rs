@@ -18,6 +18,7 @@
 
 pub mod mysql;
 pub mod postgres;
+pub mod session;
 pub mod sql;
 
 /// Which way the bytes went.

@@ -49,6 +49,10 @@ pub struct EnrichSettings {
     pub hash_max_bytes: u64,
     /// Exited processes kept for late events.
     pub retain_exited: usize,
+    /// Keep literals in database statements (`[database] full_statements`).
+    pub full_statements: bool,
+    /// The configured database unix sockets, to name a session's endpoint.
+    pub db_unix_sockets: Vec<std::path::PathBuf>,
 }
 
 /// Holds everything enrichment needs and numbers the events.
@@ -66,6 +70,7 @@ pub struct Enricher {
     mounts: MountTable,
     settings: EnrichSettings,
     seq: u64,
+    sessions: crate::db::session::Sessions,
 }
 
 impl Enricher {
@@ -89,6 +94,7 @@ impl Enricher {
             pending_order: VecDeque::new(),
             binary_hashes: HashMap::new(),
             mounts: MountTable::default(),
+            sessions: crate::db::session::Sessions::new(settings.full_statements),
             settings,
             seq: 0,
         }
@@ -110,9 +116,49 @@ impl Enricher {
         self.clock = BootClock::measure();
     }
 
-    /// Enriches one record. `None` when the record is bookkeeping only (argv waiting for its
-    /// exec) or turns out not to concern a watch.
-    pub fn enrich(&mut self, raw: RawEvent) -> Option<v1::Event> {
+    /// Enriches one record into the events it completes: none when the record is bookkeeping
+    /// only (argv waiting for its exec, bytes of an unfinished database message) or turns out
+    /// not to concern a watch; several when captured database bytes finish several statements
+    /// or a process exit ends database sessions.
+    pub fn enrich(&mut self, raw: RawEvent) -> Vec<v1::Event> {
+        let header = *raw.header();
+        match raw {
+            RawEvent::DbSock(e) => {
+                let path = if i32::from(e.family) == libc::AF_UNIX {
+                    self.settings
+                        .db_unix_sockets
+                        .iter()
+                        .find(|p| FileId::of(p).is_ok_and(|id| id.dev == e.dev && id.ino == e.ino))
+                        .map(|p| p.display().to_string())
+                } else {
+                    None
+                };
+                self.sessions.open(&e, path);
+                Vec::new()
+            }
+            RawEvent::DbData(d) => {
+                let bodies = self.sessions.data(&d.event, &d.data);
+                bodies
+                    .into_iter()
+                    .map(|body| self.finish(&header, body, None))
+                    .collect()
+            }
+            RawEvent::Exit(e) => {
+                let ended = self
+                    .sessions
+                    .process_exited(e.header.tgid, e.header.boot_ns);
+                let mut out: Vec<v1::Event> = ended
+                    .into_iter()
+                    .map(|body| self.finish(&header, body, None))
+                    .collect();
+                out.extend(self.enrich_one(RawEvent::Exit(e)));
+                out
+            }
+            other => self.enrich_one(other).into_iter().collect(),
+        }
+    }
+
+    fn enrich_one(&mut self, raw: RawEvent) -> Option<v1::Event> {
         let header = *raw.header();
         let decision = match &raw {
             RawEvent::Exec(e) => self.policy.describe(&e.decision),
@@ -256,6 +302,8 @@ impl Enricher {
                     protocol: protocol.to_owned(),
                 })
             }
+            // Handled by `enrich`.
+            RawEvent::DbSock(_) | RawEvent::DbData(_) => return None,
             RawEvent::SockState(e) => Body::TcpState(v1::TcpState {
                 direction: match e.direction {
                     direction::OUTBOUND => v1::Direction::Outbound,

@@ -5,10 +5,10 @@ use std::mem::size_of;
 
 use agent_common::{
     event::{
-        ConnectEvent, EventHeader, ExecArgsEvent, ExecEvent, ExitEvent, FileOpenEvent, ForkEvent,
-        Kind, SockStateEvent, FLAG_TRUNCATED,
+        ConnectEvent, DbDataEvent, DbSockEvent, EventHeader, ExecArgsEvent, ExecEvent, ExitEvent,
+        FileOpenEvent, ForkEvent, Kind, SockStateEvent, FLAG_TRUNCATED,
     },
-    limits::ARGS_LEN,
+    limits::{ARGS_LEN, DB_CAPTURE_LEN},
 };
 use aya::Pod;
 
@@ -31,6 +31,19 @@ pub enum RawEvent {
     Connect(ConnectEvent),
     /// A TCP state change on a watched port.
     SockState(SockStateEvent),
+    /// A database socket became tracked.
+    DbSock(DbSockEvent),
+    /// Bytes read or written on a tracked database socket.
+    DbData(DbData),
+}
+
+/// A capture record: its fixed part and the captured bytes.
+#[derive(Clone, Debug)]
+pub struct DbData {
+    /// The fixed part.
+    pub event: DbDataEvent,
+    /// The first bytes the call moved (`event.captured` of them).
+    pub data: Vec<u8>,
 }
 
 /// The argv captured at `execve`/`execveat` entry.
@@ -73,6 +86,8 @@ impl RawEvent {
             RawEvent::FileOpen(e) => &e.header,
             RawEvent::Connect(e) => &e.header,
             RawEvent::SockState(e) => &e.header,
+            RawEvent::DbSock(e) => &e.header,
+            RawEvent::DbData(e) => &e.event.header,
         }
     }
 }
@@ -101,6 +116,22 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         Kind::FileOpen => RawEvent::FileOpen(Box::new(read(bytes, code)?)),
         Kind::Connect => RawEvent::Connect(read(bytes, code)?),
         Kind::SockState => RawEvent::SockState(read(bytes, code)?),
+        Kind::DbSock => RawEvent::DbSock(read(bytes, code)?),
+        Kind::DbData => {
+            let event: DbDataEvent = read(bytes, code)?;
+            let len = (event.captured as usize).min(DB_CAPTURE_LEN);
+            let data = bytes
+                .get(size_of::<DbDataEvent>()..size_of::<DbDataEvent>() + len)
+                .ok_or(DecodeError::TooShort {
+                    kind: code,
+                    len: bytes.len(),
+                    expected: size_of::<DbDataEvent>() + len,
+                })?;
+            RawEvent::DbData(DbData {
+                event,
+                data: data.to_vec(),
+            })
+        }
         Kind::ExecArgs => {
             let fixed: ExecArgsEvent = read(bytes, code)?;
             let len = (fixed.args_len as usize).min(ARGS_LEN);

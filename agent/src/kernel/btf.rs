@@ -131,6 +131,12 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         vfsmount_mnt_root: field("vfsmount", "mnt_root")?,
         mount_mnt: field("mount", "mnt")?,
         mount_mnt_id: field("mount", "mnt_id")?,
+        file_private_data: field("file", "private_data")?,
+        socket_sk: field("socket", "sk")?,
+        skc_family: field("sock_common", "skc_family")?,
+        skc_num: field("sock_common", "skc_num")?,
+        skc_dport: field("sock_common", "skc_dport")?,
+        unix_sock_peer: field("unix_sock", "peer")?,
     })
 }
 
@@ -234,6 +240,12 @@ mod tests {
             ("file", "f_mode", offsets.file_f_mode),
             ("linux_binprm", "file", offsets.binprm_file),
             ("unix_sock", "path", offsets.unix_sock_path),
+            ("file", "private_data", offsets.file_private_data),
+            ("socket", "sk", offsets.socket_sk),
+            ("sock_common", "skc_family", offsets.skc_family),
+            ("sock_common", "skc_num", offsets.skc_num),
+            ("sock_common", "skc_dport", offsets.skc_dport),
+            ("unix_sock", "peer", offsets.unix_sock_peer),
         ] {
             assert_eq!(got, pahole(strukt, field), "{strukt}.{field}");
         }

@@ -6,11 +6,13 @@ use std::{fs::File, path::Path};
 use agent_common::{
     event::KIND_COUNT,
     limits::PATH_LEN,
-    maps::{AGENT, EVENTS, LOST, OFFSETS_GLOBAL, WATCHED_PREFIXES},
+    maps::{
+        InodeKey, AGENT, DB_PORTS, DB_UNIX_SOCKETS, EVENTS, LOST, OFFSETS_GLOBAL, WATCHED_PREFIXES,
+    },
     offsets::KernelOffsets,
 };
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
         CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint,
@@ -22,7 +24,11 @@ use super::{
     install, pins,
     registry::{Family, Hook, ProgramSpec, PROGRAMS},
 };
-use crate::{policy::compile::Compiled, watch::WatchSet};
+use crate::{
+    config::DatabaseConfig,
+    policy::compile::{Compiled, FileId},
+    watch::WatchSet,
+};
 
 /// The kernel object built by `agent/build.rs`, embedded in the binary.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phiguard"));
@@ -126,6 +132,7 @@ impl Sensors {
     pub fn load(
         offsets: &KernelOffsets,
         compiled: &Compiled,
+        database: &DatabaseConfig,
         cgroup_root: &Path,
         pin_root: Option<&Path>,
     ) -> Result<Sensors, LoadError> {
@@ -161,7 +168,13 @@ impl Sensors {
             path: cgroup_root.display().to_string(),
             source,
         })?;
+        sensors.fill_database(database)?;
         for spec in PROGRAMS {
+            // The capture hooks run on every read and write of the host: only with a
+            // database endpoint to watch.
+            if spec.family == Family::Db && !database.is_enabled() {
+                continue;
+            }
             let error = sensors.attach(spec, &cgroup).err();
             if let (true, Some(reason)) = (spec.required, &error) {
                 return Err(LoadError::Required {
@@ -260,6 +273,52 @@ impl Sensors {
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, LoadError> {
         self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))
+    }
+
+    /// Writes the database ports and unix sockets. A socket path that does not exist yet
+    /// (the server is not running) is skipped with a warning.
+    fn fill_database(&mut self, database: &DatabaseConfig) -> Result<(), LoadError> {
+        let mut ports: HashMap<_, u32, u32> =
+            HashMap::try_from(self.map_mut(DB_PORTS)?).map_err(|source| LoadError::Map {
+                map: DB_PORTS,
+                source,
+            })?;
+        for &port in &database.ports {
+            ports
+                .insert(u32::from(port), 1, 0)
+                .map_err(|source| LoadError::Map {
+                    map: DB_PORTS,
+                    source,
+                })?;
+        }
+        let mut sockets: HashMap<_, InodeKey, u32> =
+            HashMap::try_from(self.map_mut(DB_UNIX_SOCKETS)?).map_err(|source| LoadError::Map {
+                map: DB_UNIX_SOCKETS,
+                source,
+            })?;
+        for path in &database.unix_sockets {
+            match FileId::of(path) {
+                Ok(id) => sockets
+                    .insert(
+                        InodeKey {
+                            dev: id.dev,
+                            slot: 0,
+                            ino: id.ino,
+                        },
+                        1,
+                        0,
+                    )
+                    .map_err(|source| LoadError::Map {
+                        map: DB_UNIX_SOCKETS,
+                        source,
+                    })?,
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    "database unix socket not tracked: {e}"
+                ),
+            }
+        }
+        Ok(())
     }
 
     /// Writes the path prefixes of the configured watches (failed opens have no inode).

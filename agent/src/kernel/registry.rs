@@ -37,6 +37,8 @@ pub enum Family {
     Net,
     /// Enforcement where the kernel has BPF LSM.
     Enforce,
+    /// Database sessions: tracked sockets and what is read and written on them.
+    Db,
 }
 
 /// One program in the kernel object.
@@ -76,6 +78,18 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { name: "net_connect4", hook: Hook::CgroupConnect, family: Family::Net, required: true, missing_means: "" },
     ProgramSpec { name: "net_connect6", hook: Hook::CgroupConnect, family: Family::Net, required: true, missing_means: "" },
     ProgramSpec { name: "net_inet_sock_set_state", hook: tp("sock", "inet_sock_set_state"), family: Family::Net, required: true, missing_means: "" },
+    ProgramSpec { name: "db_sys_enter_connect", hook: tp("syscalls", "sys_enter_connect"), family: Family::Db, required: false, missing_means: "database sessions are not tracked" },
+    ProgramSpec { name: "db_sys_exit_connect", hook: tp("syscalls", "sys_exit_connect"), family: Family::Db, required: false, missing_means: "database sessions are not tracked" },
+    ProgramSpec { name: "db_sys_exit_accept", hook: tp("syscalls", "sys_exit_accept"), family: Family::Db, required: false, missing_means: "server-side database sessions accepted with accept() are not tracked" },
+    ProgramSpec { name: "db_sys_exit_accept4", hook: tp("syscalls", "sys_exit_accept4"), family: Family::Db, required: false, missing_means: "server-side database sessions are not tracked" },
+    ProgramSpec { name: "db_sys_exit_write", hook: tp("syscalls", "sys_exit_write"), family: Family::Db, required: false, missing_means: "database traffic written with write() is not captured" },
+    ProgramSpec { name: "db_sys_exit_read", hook: tp("syscalls", "sys_exit_read"), family: Family::Db, required: false, missing_means: "database traffic read with read() is not captured" },
+    ProgramSpec { name: "db_sys_exit_sendto", hook: tp("syscalls", "sys_exit_sendto"), family: Family::Db, required: false, missing_means: "database traffic sent with send()/sendto() is not captured" },
+    ProgramSpec { name: "db_sys_exit_recvfrom", hook: tp("syscalls", "sys_exit_recvfrom"), family: Family::Db, required: false, missing_means: "database traffic received with recv()/recvfrom() is not captured" },
+    ProgramSpec { name: "db_sys_enter_write", hook: tp("syscalls", "sys_enter_write"), family: Family::Db, required: false, missing_means: "database traffic written with write() is not captured" },
+    ProgramSpec { name: "db_sys_enter_read", hook: tp("syscalls", "sys_enter_read"), family: Family::Db, required: false, missing_means: "database traffic read with read() is not captured" },
+    ProgramSpec { name: "db_sys_enter_sendto", hook: tp("syscalls", "sys_enter_sendto"), family: Family::Db, required: false, missing_means: "database traffic sent with send()/sendto() is not captured" },
+    ProgramSpec { name: "db_sys_enter_recvfrom", hook: tp("syscalls", "sys_enter_recvfrom"), family: Family::Db, required: false, missing_means: "database traffic received with recv()/recvfrom() is not captured" },
     ProgramSpec { name: "enforce_file_open", hook: Hook::Lsm { hook: "file_open" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused opens are enforced by SIGKILL instead of EPERM" },
     ProgramSpec { name: "enforce_bprm_check_security", hook: Hook::Lsm { hook: "bprm_check_security" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused execs are enforced by SIGKILL instead of EPERM" },
     ProgramSpec { name: "enforce_unix_stream_connect", hook: Hook::Lsm { hook: "unix_stream_connect" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: unix-socket database endpoints are not enforced" },

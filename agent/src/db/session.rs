@@ -1,0 +1,547 @@
+//! Database sessions: from the kernel's tracked sockets and captured bytes to session-start,
+//! statement and session-end events.
+//!
+//! One [`Session`] per tracked socket (by kernel socket address) holds a protocol decoder and
+//! pairs each statement with its outcome. The protocol is recognised from the first bytes
+//! (a PostgreSQL startup packet or a MySQL server greeting), else from the port (3306 and
+//! 33060 are MySQL, anything else PostgreSQL).
+
+use std::collections::{HashMap, VecDeque};
+
+use agent_common::event::{db_op, db_role, DbDataEvent, DbSockEvent, FLAG_TRUNCATED};
+use phiguard_proto::v1::{self, event::Body};
+
+use super::{
+    mysql, postgres,
+    sql::{self, Dialect},
+    Chunk, Direction, Encryption, Message,
+};
+
+/// Most sessions followed at once; the oldest is dropped beyond it.
+pub const MAX_SESSIONS: usize = 4096;
+/// Most statements waiting for their outcome per session.
+const MAX_PENDING: usize = 64;
+
+/// The wire protocol of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// PostgreSQL frontend/backend protocol 3.
+    Postgres,
+    /// MySQL/MariaDB client/server protocol.
+    MySql,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Postgres => "postgresql",
+            Protocol::MySql => "mysql",
+        }
+    }
+
+    fn dialect(self) -> Dialect {
+        match self {
+            Protocol::Postgres => Dialect::Postgres,
+            Protocol::MySql => Dialect::MySql,
+        }
+    }
+}
+
+enum Decoder {
+    /// Not yet known: waiting for the first bytes.
+    Unknown,
+    Postgres(postgres::Decoder),
+    MySql(mysql::Decoder),
+}
+
+struct Pending {
+    text: String,
+    truncated: bool,
+    name: String,
+    prepared: bool,
+    start_ns: u64,
+}
+
+struct Session {
+    info: v1::DbSession,
+    port: u16,
+    decoder: Decoder,
+    protocol: Option<Protocol>,
+    start_ns: u64,
+    started: bool,
+    encrypted: Option<Encryption>,
+    application: String,
+    bytes_sent: u64,
+    bytes_received: u64,
+    statements: u32,
+    desync: bool,
+    pending: VecDeque<Pending>,
+    /// The process that last read or wrote the socket (a forked server backend takes over
+    /// from the process that accepted).
+    owner: u32,
+}
+
+/// Every session the agent follows.
+#[derive(Default)]
+pub struct Sessions {
+    sessions: HashMap<u64, Session>,
+    order: VecDeque<u64>,
+    full_statements: bool,
+}
+
+impl Sessions {
+    /// An empty table; `full_statements` keeps literals in statement text.
+    pub fn new(full_statements: bool) -> Self {
+        Self {
+            full_statements,
+            ..Self::default()
+        }
+    }
+
+    /// A socket became tracked. `unix_socket` is the configured path of its endpoint.
+    pub fn open(&mut self, e: &DbSockEvent, unix_socket: Option<String>) {
+        let role = if e.role == db_role::SERVER {
+            "server"
+        } else {
+            "client"
+        };
+        let (transport, port) = if i32::from(e.family) == libc::AF_UNIX {
+            ("unix", 0)
+        } else if e.role == db_role::SERVER {
+            ("tcp", e.sport)
+        } else {
+            ("tcp", e.dport)
+        };
+        let session = Session {
+            info: v1::DbSession {
+                socket_id: e.sock,
+                protocol: String::new(),
+                role: role.into(),
+                transport: transport.into(),
+                local_port: u32::from(e.sport),
+                remote_port: u32::from(e.dport),
+                unix_socket: unix_socket.unwrap_or_default(),
+                db_user: String::new(),
+                database: String::new(),
+            },
+            port,
+            decoder: Decoder::Unknown,
+            protocol: None,
+            start_ns: e.header.boot_ns,
+            started: false,
+            encrypted: None,
+            application: String::new(),
+            bytes_sent: 0,
+            bytes_received: 0,
+            statements: 0,
+            desync: false,
+            pending: VecDeque::new(),
+            owner: e.header.tgid,
+        };
+        if self.sessions.insert(e.sock, session).is_none() {
+            self.order.push_back(e.sock);
+        }
+        while self.sessions.len() > MAX_SESSIONS {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.sessions.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Bytes moved on a tracked socket. Returns the events they complete.
+    pub fn data(&mut self, e: &DbDataEvent, data: &[u8]) -> Vec<Body> {
+        let mut out = Vec::new();
+        let Some(session) = self.sessions.get_mut(&e.sock) else {
+            return out;
+        };
+        let direction = match (e.role, e.op) {
+            (db_role::SERVER, db_op::WRITE) | (db_role::CLIENT, db_op::READ) => Direction::ToClient,
+            _ => Direction::ToServer,
+        };
+        session.owner = e.header.tgid;
+        if e.op == db_op::WRITE {
+            session.bytes_sent += u64::from(e.len);
+        } else {
+            session.bytes_received += u64::from(e.len);
+        }
+        if e.op == db_op::READ && e.len == 0 {
+            // End of stream: the peer closed.
+            out.push(self.close(e.sock, "eof", e.header.boot_ns));
+            return out;
+        }
+        let len = if e.header.flags & FLAG_TRUNCATED != 0 {
+            e.len as usize
+        } else {
+            data.len()
+        };
+        let chunk = Chunk {
+            direction,
+            data,
+            len: len.max(data.len()),
+        };
+        if matches!(session.decoder, Decoder::Unknown) {
+            let protocol = sniff(direction, data, session.port);
+            session.protocol = Some(protocol);
+            session.info.protocol = protocol.name().into();
+            session.decoder = match protocol {
+                Protocol::Postgres => Decoder::Postgres(postgres::Decoder::new()),
+                Protocol::MySql => Decoder::MySql(mysql::Decoder::new()),
+            };
+        }
+        let messages = match &mut session.decoder {
+            Decoder::Postgres(d) => d.feed(chunk),
+            Decoder::MySql(d) => d.feed(chunk),
+            Decoder::Unknown => Vec::new(),
+        };
+        let mut terminated = false;
+        for m in messages {
+            session.apply(
+                m,
+                e.header.boot_ns,
+                self.full_statements,
+                &mut out,
+                &mut terminated,
+            );
+        }
+        if terminated {
+            out.push(self.close(e.sock, "terminate", e.header.boot_ns));
+        }
+        out
+    }
+
+    /// Ends every session whose socket only `tgid` held (its process exited), at kernel
+    /// time `now_ns`.
+    pub fn process_exited(&mut self, tgid: u32, now_ns: u64) -> Vec<Body> {
+        let ended: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.owner == tgid)
+            .map(|(&k, _)| k)
+            .collect();
+        ended
+            .into_iter()
+            .map(|sock| self.close(sock, "exit", now_ns))
+            .collect()
+    }
+
+    fn close(&mut self, sock: u64, reason: &str, now_ns: u64) -> Body {
+        let Some(s) = self.sessions.remove(&sock) else {
+            return Body::DbSessionEnd(v1::DbSessionEnd::default());
+        };
+        self.order.retain(|&k| k != sock);
+        Body::DbSessionEnd(v1::DbSessionEnd {
+            session: Some(s.info),
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
+            statements: s.statements,
+            duration_us: now_ns.saturating_sub(s.start_ns) / 1000,
+            encrypted: s.encrypted.is_some(),
+            reason: reason.into(),
+            desynchronised: s.desync,
+        })
+    }
+
+    /// Sessions followed now.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is followed.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
+impl Session {
+    fn apply(
+        &mut self,
+        m: Message,
+        now_ns: u64,
+        full: bool,
+        out: &mut Vec<Body>,
+        terminated: &mut bool,
+    ) {
+        let dialect = self.protocol.unwrap_or(Protocol::Postgres).dialect();
+        match m {
+            Message::Encrypted(method) => {
+                self.encrypted = Some(method);
+                if !self.started {
+                    self.started = true;
+                    out.push(self.start_event());
+                }
+            }
+            Message::Startup {
+                user,
+                database,
+                application,
+            } => {
+                if let Some(u) = user {
+                    self.info.db_user = u;
+                }
+                if let Some(d) = database {
+                    self.info.database = d;
+                }
+                if let Some(a) = application {
+                    self.application = a;
+                }
+                if !self.started {
+                    self.started = true;
+                    out.push(self.start_event());
+                }
+            }
+            Message::Query { text, truncated } => self.push(Pending {
+                text,
+                truncated,
+                name: String::new(),
+                prepared: false,
+                start_ns: now_ns,
+            }),
+            Message::Execute { name, text } => self.push(Pending {
+                text: text.unwrap_or_default(),
+                truncated: false,
+                name,
+                prepared: true,
+                start_ns: now_ns,
+            }),
+            Message::Complete { tag, rows } => {
+                if let Some(p) = self.pending.pop_front() {
+                    out.push(self.statement(p, dialect, full, now_ns, |st| {
+                        st.command_tag = tag;
+                        st.rows = rows;
+                        st.ok = true;
+                    }));
+                }
+            }
+            Message::Error { sqlstate, code, .. } => {
+                if let Some(p) = self.pending.pop_front() {
+                    out.push(self.statement(p, dialect, full, now_ns, |st| {
+                        st.sqlstate = sqlstate.unwrap_or_default();
+                        st.error_code = code.map_or(0, u32::from);
+                    }));
+                }
+            }
+            // The server is idle: whatever is still pending got no outcome of its own (the
+            // rest of an extended-protocol batch after an error).
+            Message::Ready => {
+                while let Some(p) = self.pending.pop_front() {
+                    out.push(self.statement(p, dialect, full, now_ns, |_| {}));
+                }
+            }
+            Message::Terminate => *terminated = true,
+            Message::Desync { .. } => self.desync = true,
+            Message::AuthOk | Message::Prepare { .. } => {}
+        }
+    }
+
+    fn push(&mut self, p: Pending) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+        }
+        self.pending.push_back(p);
+    }
+
+    fn start_event(&self) -> Body {
+        Body::DbSessionStart(v1::DbSessionStart {
+            session: Some(self.info.clone()),
+            application: self.application.clone(),
+            encrypted: self.encrypted.is_some(),
+            encryption: match self.encrypted {
+                Some(Encryption::Tls) => "tls".into(),
+                Some(Encryption::Gss) => "gss".into(),
+                None => String::new(),
+            },
+        })
+    }
+
+    fn statement(
+        &mut self,
+        p: Pending,
+        dialect: Dialect,
+        full: bool,
+        now_ns: u64,
+        outcome: impl FnOnce(&mut v1::DbStatement),
+    ) -> Body {
+        self.statements += 1;
+        let mut st = v1::DbStatement {
+            session: Some(self.info.clone()),
+            text: if full {
+                p.text.clone()
+            } else {
+                sql::redact(&p.text, dialect)
+            },
+            redacted: !full,
+            truncated: p.truncated,
+            kind: sql::classify(&p.text, dialect).as_str().into(),
+            tables: sql::tables(&p.text, dialect),
+            statement_name: p.name,
+            prepared: p.prepared,
+            duration_us: now_ns.saturating_sub(p.start_ns) / 1000,
+            ..Default::default()
+        };
+        outcome(&mut st);
+        Body::DbStatement(st)
+    }
+}
+
+/// Which protocol the first bytes speak.
+fn sniff(direction: Direction, data: &[u8], port: u16) -> Protocol {
+    match direction {
+        // A MySQL server greets first: length, sequence 0, protocol version 10.
+        Direction::ToClient if data.len() > 4 && data[3] == 0 && data[4] == 0x0a => Protocol::MySql,
+        // A PostgreSQL client starts with an untyped packet: length, then a protocol or
+        // request code.
+        Direction::ToServer if data.len() >= 8 => {
+            let code = i32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+            if code >> 16 == 3 || (80_877_102..=80_877_104).contains(&code) {
+                Protocol::Postgres
+            } else if matches!(port, 3306 | 33060) {
+                Protocol::MySql
+            } else {
+                Protocol::Postgres
+            }
+        }
+        _ if matches!(port, 3306 | 33060) => Protocol::MySql,
+        _ => Protocol::Postgres,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::postgres::tests::{client_session, server_session};
+
+    fn sock(role: u32) -> DbSockEvent {
+        // SAFETY: all-zero is a valid record (plain integers).
+        let mut e: DbSockEvent = unsafe { std::mem::zeroed() };
+        e.sock = 0xffff_8880_0000_1000;
+        e.role = role;
+        e.family = libc::AF_INET as u16;
+        e.sport = 40_000;
+        e.dport = 5432;
+        e
+    }
+
+    fn data(role: u32, op: u32, ns: u64, len: u32) -> DbDataEvent {
+        // SAFETY: as above.
+        let mut e: DbDataEvent = unsafe { std::mem::zeroed() };
+        e.sock = 0xffff_8880_0000_1000;
+        e.role = role;
+        e.op = op;
+        e.len = len;
+        e.captured = len;
+        e.header.boot_ns = ns;
+        e
+    }
+
+    #[test]
+    fn a_client_session_yields_start_statements_and_end() {
+        let mut s = Sessions::new(false);
+        s.open(&sock(db_role::CLIENT), None);
+        let c = client_session();
+        let srv = server_session();
+        let mut out = s.data(
+            &data(db_role::CLIENT, db_op::WRITE, 1_000, c.len() as u32),
+            &c,
+        );
+        out.extend(s.data(
+            &data(db_role::CLIENT, db_op::READ, 5_000_000, srv.len() as u32),
+            &srv,
+        ));
+        let kinds: Vec<&str> = out
+            .iter()
+            .map(|b| match b {
+                Body::DbSessionStart(_) => "start",
+                Body::DbStatement(_) => "statement",
+                Body::DbSessionEnd(_) => "end",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["start", "end"],
+            "the client wrote Terminate before the answers"
+        );
+        let Body::DbSessionStart(start) = &out[0] else {
+            unreachable!()
+        };
+        let info = start.session.as_ref().unwrap();
+        assert_eq!(
+            (info.db_user.as_str(), info.database.as_str()),
+            ("alice", "ehr")
+        );
+        assert_eq!(start.application, "psql");
+        assert_eq!(info.protocol, "postgresql");
+    }
+
+    #[test]
+    fn statements_pair_with_outcomes_and_are_redacted() {
+        use crate::db::postgres::tests::{query, startup_message, typed};
+        let mut s = Sessions::new(false);
+        s.open(&sock(db_role::SERVER), None);
+        let su = startup_message(&[("user", "alice"), ("database", "ehr")]);
+        let mut out = s.data(&data(db_role::SERVER, db_op::READ, 0, su.len() as u32), &su);
+        let q = query("SELECT name FROM patients WHERE ssn = '123-45-6789'");
+        out.extend(s.data(
+            &data(db_role::SERVER, db_op::READ, 1_000_000, q.len() as u32),
+            &q,
+        ));
+        let mut answer = typed(b'D', b"\0\x01\0\0\0\x08Jane Doe");
+        answer.extend(typed(b'C', b"SELECT 1\0"));
+        answer.extend(typed(b'Z', b"I"));
+        out.extend(s.data(
+            &data(
+                db_role::SERVER,
+                db_op::WRITE,
+                3_000_000,
+                answer.len() as u32,
+            ),
+            &answer,
+        ));
+        let q = query("INSERT INTO x VALUES (1)");
+        out.extend(s.data(
+            &data(db_role::SERVER, db_op::READ, 4_000_000, q.len() as u32),
+            &q,
+        ));
+        let mut err = typed(b'E', b"SERROR\0C42P01\0Mrelation \"x\" does not exist\0\0");
+        err.extend(typed(b'Z', b"I"));
+        out.extend(s.data(
+            &data(db_role::SERVER, db_op::WRITE, 4_500_000, err.len() as u32),
+            &err,
+        ));
+        out.extend(s.data(&data(db_role::SERVER, db_op::READ, 9_000_000, 0), &[]));
+        let statements: Vec<&v1::DbStatement> = out
+            .iter()
+            .filter_map(|b| match b {
+                Body::DbStatement(st) => Some(st),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(statements.len(), 2);
+        assert_eq!(
+            statements[0].text,
+            "SELECT name FROM patients WHERE ssn = ?"
+        );
+        assert_eq!(
+            (
+                statements[0].kind.as_str(),
+                statements[0].rows,
+                statements[0].ok
+            ),
+            ("SELECT", Some(1), true)
+        );
+        assert_eq!(statements[0].tables, ["patients"]);
+        assert_eq!(statements[0].duration_us, 2000);
+        assert_eq!(
+            (statements[1].sqlstate.as_str(), statements[1].ok),
+            ("42P01", false)
+        );
+        let Some(Body::DbSessionEnd(end)) = out.last() else {
+            panic!("no end: {out:?}")
+        };
+        assert_eq!((end.statements, end.reason.as_str()), (2, "eof"));
+        assert!(s.is_empty());
+    }
+}
