@@ -17,7 +17,8 @@ const EXPECTED_NIGHTLY: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)";
 /// cross-checks BTF offsets), util-linux (setpriv, to open files as another user), iproute2,
 /// procps, coreutils (the commands the host tests run); for the VM tier qemu-system-x86 (boots
 /// the second kernel), busybox-static (the VM's `/init` and its tools) and cpio (packs the
-/// initramfs).
+/// initramfs); postgresql (the database-audit tests' throwaway clusters, psql and pgbench, and
+/// the pgbench benchmark).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "dwarves",
@@ -28,6 +29,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    "postgresql",
 ];
 
 fn step(what: &str, outcome: &str) {

@@ -20,6 +20,10 @@
 //!   rather than skip where it must be there.
 //! - A test that runs another host program (`/usr/bin/head` …) needs it listed in
 //!   [`initramfs::HOST_PROGRAMS`]; its shared libraries come with it.
+//! - A test file that needs a whole server the initramfs cannot hold (PostgreSQL: a cluster
+//!   directory, `initdb`, the `postgres` user, share files) is host tier only: list its name
+//!   in [`HOST_ONLY_TESTS`]. It is not built into the VM run (not even with `--test NAME`),
+//!   and the initramfs program check skips it.
 //! - Inside the VM: root, hostname `phiguard-vm`, `/tmp` and `/dev/shm` are tmpfs, cgroup v2 at
 //!   `/sys/fs/cgroup`, securityfs mounted; bpffs and tracefs are not (the agent mounts them);
 //!   `lo` is up, no other network. `PHIGUARD_BIN` names the agent binary.
@@ -164,9 +168,11 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
     verdict
 }
 
-/// Test files of the e2e tier (agent → collector → subscriber over loopback): processes and
-/// TLS, nothing kernel-specific beyond what the host tier covers, so they run on the host only.
-const HOST_ONLY_TESTS: &[&str] = &["collector", "agent_collector"];
+/// Test files (`tests/tests/NAME.rs`) that run on the host tier only, and why:
+/// - `collector`, `agent_collector`: the e2e tier (agent → collector → subscriber over loopback):
+///   processes and TLS, nothing kernel-specific beyond what the host tier covers.
+/// - `db`: starts real PostgreSQL and MariaDB servers (`initdb`, `pg_ctl`, `psql`, `pgbench`).
+pub const HOST_ONLY_TESTS: &[&str] = &["collector", "agent_collector", "db"];
 
 /// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the
 /// library's unit tests first, then each test file by name (the order `cargo test` runs them).
@@ -180,6 +186,11 @@ fn test_binaries(only: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut found: Vec<(bool, String, PathBuf)> = artifacts(&mut cargo)?
         .into_iter()
         .filter(|a| a["profile"]["test"] == true)
+        .filter(|a| {
+            a["target"]["name"]
+                .as_str()
+                .is_none_or(|name| !HOST_ONLY_TESTS.contains(&name))
+        })
         .filter_map(|a| {
             let is_lib = a["target"]["kind"].as_array()?.iter().any(|k| k == "lib");
             Some((
