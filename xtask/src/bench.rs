@@ -23,7 +23,7 @@ use crate::{cmd, run, setup};
 /// Which benchmarks.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// `open`, `throughput`, `e2e` (agent → collector → subscriber), or all when omitted.
+    /// `open`, `throughput`, `e2e` (agent → collector → subscriber), `db`, or all when omitted.
     name: Option<String>,
     /// Fewer, shorter rounds (for CI: proves the benchmarks run, not what they measure).
     #[arg(long)]
@@ -430,14 +430,15 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     let mut results = serde_json::Map::new();
     let names: Vec<&str> = match args.name.as_deref() {
-        None => vec!["open", "throughput", "e2e"],
-        Some(name @ ("open" | "throughput" | "e2e")) => vec![name],
-        Some(other) => bail!("unknown benchmark {other}: open, throughput or e2e"),
+        None => vec!["open", "throughput", "e2e", "db"],
+        Some(name @ ("open" | "throughput" | "e2e" | "db")) => vec![name],
+        Some(other) => bail!("unknown benchmark {other}: open, throughput, e2e or db"),
     };
     for name in names {
         let result = match name {
             "open" => bench_open(&scratch, args.quick)?,
             "e2e" => bench_e2e(args.quick)?,
+            "db" => crate::bench_db::bench_db(&scratch.root, args.quick)?,
             _ => bench_throughput(&scratch, args.quick)?,
         };
         results.insert(name.to_owned(), result);

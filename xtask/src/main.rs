@@ -3,6 +3,7 @@
 //! second kernel (with BPF LSM) in a VM, and make development certificates.
 
 mod bench;
+mod bench_db;
 mod certs;
 mod cmd;
 mod initramfs;

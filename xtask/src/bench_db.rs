@@ -1,0 +1,290 @@
+//! `cargo xtask bench db`: what the database capture hooks cost.
+//!
+//! The hooks are syscall tracepoints on `read`, `write`, `sendto` and `recvfrom`, so they run
+//! for every such call on the host, not only on database sockets. Two measurements, each as a
+//! ratio to a baseline taken in the same invocation:
+//!
+//! - **file read/write loop**: `write(2)` then `read(2)` of 4 KiB on a plain file, with no
+//!   agent, and with the agent running with a `[database]` endpoint (hooks attached; this
+//!   process holds no database socket, so each call costs the hooks' one lookup);
+//! - **`pgbench -S`** (select-only, one client, over TCP) against a throwaway PostgreSQL
+//!   cluster: transactions per second without the agent and with it capturing and decoding
+//!   every statement on both ends.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _},
+    net::TcpListener,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _};
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use serde_json::{json, Value};
+
+use crate::cmd;
+
+/// A PostgreSQL cluster in a scratch directory, stopped and removed on drop.
+struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    uid: u32,
+    gid: u32,
+}
+
+impl Cluster {
+    fn start() -> anyhow::Result<Cluster> {
+        let bin = fs::read_dir("/usr/lib/postgresql")
+            .context("PostgreSQL not installed (cargo xtask setup installs it)")?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("initdb").exists())
+            .max()
+            .context("no initdb under /usr/lib/postgresql")?;
+        let user = nix::unistd::User::from_name("postgres")?.context("user postgres")?;
+        let dir = std::env::temp_dir().join(format!("phiguard-bench-pg-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+        nix::unistd::chown(&dir, Some(user.uid), Some(user.gid))?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let cluster = Cluster {
+            bin,
+            dir,
+            port,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        };
+        let data = cluster.dir.join("data").display().to_string();
+        cluster.run(
+            "initdb",
+            &["-D", &data, "-U", "postgres", "-A", "trust", "--no-sync"],
+        )?;
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            cluster.dir.display()
+        );
+        let log = cluster.dir.join("log").display().to_string();
+        cluster.run(
+            "pg_ctl",
+            &["-D", &data, "-o", &options, "-l", &log, "-w", "start"],
+        )?;
+        Ok(cluster)
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(self.bin.join(program))
+            .args(args)
+            .uid(self.uid)
+            .gid(self.gid)
+            .current_dir(&self.dir)
+            .output()
+            .with_context(|| format!("running {program}"))?;
+        if !out.status.success() {
+            bail!(
+                "{program} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `pgbench -S` for `seconds`: transactions per second.
+    fn pgbench_select(&self, seconds: u32) -> anyhow::Result<f64> {
+        let port = self.port.to_string();
+        let out = self.run(
+            "pgbench",
+            &[
+                "-S",
+                "-n",
+                "-c",
+                "1",
+                "-T",
+                &seconds.to_string(),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "postgres",
+            ],
+        )?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("tps = "))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .context("no tps in pgbench output")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data").display().to_string();
+        let _ = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The release agent with a `[database]` section, its events discarded.
+struct DbAgent {
+    child: Child,
+    config: PathBuf,
+}
+
+impl DbAgent {
+    /// Starts the agent; with `endpoint` (port, unix socket) the database hooks are attached,
+    /// without it they are not (everything else is the same).
+    fn start(endpoint: Option<(u16, &Path)>) -> anyhow::Result<DbAgent> {
+        let config =
+            std::env::temp_dir().join(format!("phiguard-bench-db-{}.toml", std::process::id()));
+        let text = match endpoint {
+            Some((port, socket)) => format!(
+                "[database]\nports = [{port}]\nunix_sockets = [\"{}\"]\n",
+                socket.display()
+            ),
+            None => String::new(),
+        };
+        fs::write(&config, text)?;
+        let binary = cmd::workspace_root().join("target/release/phiguard");
+        let mut child = Command::new(&binary)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut stderr = BufReader::new(child.stderr.take().context("agent stderr")?);
+        let mut line = String::new();
+        while !line.contains("events are flowing") {
+            line.clear();
+            if stderr.read_line(&mut line)? == 0 {
+                bail!("the agent exited before it was ready");
+            }
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in stderr.lines() {});
+        Ok(DbAgent { child, config })
+    }
+}
+
+impl Drop for DbAgent {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.config);
+    }
+}
+
+/// `write(2)` then `read(2)` of 4 KiB at offset 0, `count` times: ns per pair.
+fn read_write_loop(file: &mut File, count: u32) -> f64 {
+    let block = [7u8; 4096];
+    let mut back = [0u8; 4096];
+    let start = Instant::now();
+    for _ in 0..count {
+        file.seek(SeekFrom::Start(0)).expect("seek");
+        file.write_all(&block).expect("write");
+        file.seek(SeekFrom::Start(0)).expect("seek");
+        file.read_exact(&mut back).expect("read");
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(count)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Runs both measurements.
+pub fn bench_db(scratch: &Path, quick: bool) -> anyhow::Result<Value> {
+    let (rounds, count, seconds): (u32, u32, u32) = if quick {
+        (3, 20_000, 3)
+    } else {
+        (7, 200_000, 30)
+    };
+    let path = scratch.join("db-rw.bin");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    let cluster = Cluster::start()?;
+    let socket = cluster.dir.join(format!(".s.PGSQL.{}", cluster.port));
+    cluster.run(
+        "pgbench",
+        &[
+            "-i",
+            "-s",
+            "1",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "postgres",
+        ],
+    )?;
+
+    // Baseline before and after (drift shows in the spread), the agent without its database
+    // hooks (what every other hook costs), and with them.
+    let mut base_rw = Vec::new();
+    let mut plain_rw = Vec::new();
+    let mut agent_rw = Vec::new();
+    for _ in 0..rounds.div_ceil(2) {
+        base_rw.push(read_write_loop(&mut file, count));
+    }
+    let base_tps = cluster.pgbench_select(seconds)?;
+    let agent = DbAgent::start(None)?;
+    for _ in 0..rounds {
+        plain_rw.push(read_write_loop(&mut file, count));
+    }
+    drop(agent);
+    let agent = DbAgent::start(Some((cluster.port, socket.as_path())))?;
+    for _ in 0..rounds {
+        agent_rw.push(read_write_loop(&mut file, count));
+    }
+    let agent_tps = cluster.pgbench_select(seconds)?;
+    drop(agent);
+    for _ in 0..rounds / 2 {
+        base_rw.push(read_write_loop(&mut file, count));
+    }
+    let (base, plain, with_db) = (
+        median(&mut base_rw),
+        median(&mut plain_rw),
+        median(&mut agent_rw),
+    );
+    let _ = fs::remove_file(&path);
+
+    println!("\ndb: capture hooks on read/write/sendto/recvfrom");
+    println!(
+        "file: lseek+write+lseek+read of 4 KiB, {rounds} rounds of {count}, median ns per pair"
+    );
+    println!("{:<40} {:>10} {:>8}", "setting", "ns", "ratio");
+    for (name, ns) in [
+        ("no agent", base),
+        ("agent without database hooks", plain),
+        ("agent with database hooks", with_db),
+    ] {
+        println!("{name:<40} {ns:>10.0} {:>7.3}x", ns / base);
+    }
+    println!(
+        "pgbench -S, 1 client over TCP, {seconds} s: {base_tps:.0} tps without the agent, \
+         {agent_tps:.0} tps with it capturing both ends: {:.3}x slower",
+        base_tps / agent_tps
+    );
+    Ok(json!({
+        "file_rw_ns": {
+            "no_agent": base, "agent_without_db_hooks": plain, "agent_with_db_hooks": with_db,
+            "ratio_db_hooks_vs_no_agent": with_db / base, "ratio_db_hooks_vs_agent": with_db / plain,
+        },
+        "pgbench_select_tps": { "seconds": seconds, "no_agent": base_tps, "agent": agent_tps, "slowdown": base_tps / agent_tps },
+    }))
+}
