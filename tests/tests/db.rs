@@ -1,7 +1,7 @@
-//! Host tier only: database session audit against a real PostgreSQL (Debian's `postgresql`
-//! package, installed by `cargo xtask setup`). Each test starts a throwaway cluster as the
-//! `postgres` user on a free port with a private socket directory, and stops and removes it
-//! pass or fail. The VM tier's initramfs has no PostgreSQL, so `xtask/src/vm.rs` leaves this
+//! Host tier only: database session audit against a real PostgreSQL and MariaDB (Debian's
+//! `postgresql` and `mariadb-server` packages, installed by `cargo xtask setup`). Each test
+//! starts a throwaway server as the `postgres` or `mysql` user on a free port with a private
+//! socket, and stops and removes it pass or fail. The VM tier's initramfs has neither server, so `xtask/src/vm.rs` leaves this
 //! file out (`HOST_ONLY_TESTS`).
 
 use std::{
@@ -10,6 +10,7 @@ use std::{
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use phiguard::config::Config;
@@ -345,6 +346,192 @@ fn psql_over_tcp_and_unix_socket_is_audited_on_both_ends() {
 
     // Minimum necessary: no literal reached a database event. (psql's own argv, in every
     // event's process, still holds the `-c` text: argv capture is not redacted.)
+    let bodies: Vec<_> = h.seen.iter().filter_map(|e| e.body.as_ref()).collect();
+    let all = format!("{bodies:?}");
+    for secret in ["123-45-6789", "Jane Doe"] {
+        assert!(
+            !all.contains(secret),
+            "{secret} leaked into database events"
+        );
+    }
+    h.stop();
+}
+
+/// A MariaDB server in a temporary directory, stopped and removed on drop.
+struct MariaDb {
+    dir: tempfile::TempDir,
+    port: u16,
+    server: std::process::Child,
+}
+
+impl MariaDb {
+    fn start() -> MariaDb {
+        let user = nix::unistd::User::from_name("mysql")
+            .ok()
+            .flatten()
+            .expect("user mysql (Debian's mariadb-server creates it): run `cargo xtask setup`");
+        let dir = tempfile::Builder::new()
+            .prefix("phiguard-my-")
+            .tempdir()
+            .unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+        let data = dir.path().join("data");
+        let out = Command::new("/usr/bin/mariadb-install-db")
+            .args([
+                "--no-defaults",
+                "--user=mysql",
+                "--auth-root-authentication-method=normal",
+            ])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .expect("mariadb-install-db");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = Command::new("/usr/sbin/mariadbd")
+            .args(["--no-defaults", "--user=mysql", "--bind-address=127.0.0.1"])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.path().join("sock").display()))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadbd");
+        let db = MariaDb { dir, port, server };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !db.socket().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "mariadbd did not start within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        db
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    /// Runs the `mariadb` client as root over TCP (`None`) or the unix socket.
+    fn client(&self, socket: bool, database: Option<&str>, sql: &str) {
+        let mut cmd = Command::new("/usr/bin/mariadb");
+        cmd.args(["--no-defaults", "-uroot"]);
+        if socket {
+            cmd.arg(format!("--socket={}", self.socket().display()));
+        } else {
+            cmd.args(["-h", "127.0.0.1", "-P", &self.port.to_string()]);
+        }
+        if let Some(d) = database {
+            cmd.arg(d);
+        }
+        let status = cmd
+            .args(["-e", sql])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("mariadb");
+        let _ = status; // the failing statement makes the client exit non-zero
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.server.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.server.wait();
+        // The TempDir removes the directory.
+    }
+}
+
+#[test]
+fn mariadb_over_tcp_and_unix_socket_is_audited_on_both_ends() {
+    let db = MariaDb::start();
+    let mut config = Config::default();
+    config.database.ports = vec![db.port];
+    config.database.unix_sockets = vec![db.socket()];
+    let mut h = Harness::start_with(&config);
+    db.client(
+        false,
+        None,
+        "CREATE DATABASE ehr; CREATE TABLE ehr.patients (id int, name text, ssn text); \
+         INSERT INTO ehr.patients VALUES (1, 'Jane Doe', '123-45-6789'); \
+         SELECT name FROM ehr.patients WHERE ssn = '123-45-6789'; SELECT * FROM ehr.nope",
+    );
+    for want_role in ["client", "server"] {
+        let exe = if want_role == "client" {
+            "mariadb"
+        } else {
+            "mariadbd"
+        };
+        let start = h.expect(&format!("{want_role} session start"), |e| {
+            session_start(e).is_some_and(|s| role(s.session.as_ref()) == want_role)
+                && exe_name(e) == exe
+        });
+        let session = session_start(&start).unwrap().session.clone().unwrap();
+        assert_eq!(
+            (session.protocol.as_str(), session.db_user.as_str()),
+            ("mysql", "root")
+        );
+        let select = h.expect(&format!("{want_role} select"), |e| {
+            statement(e).is_some_and(|s| {
+                s.text == "SELECT name FROM ehr.patients WHERE ssn = ?"
+                    && role(s.session.as_ref()) == want_role
+            })
+        });
+        assert_eq!(exe_name(&select), exe);
+        let st = statement(&select).unwrap();
+        assert_eq!(
+            (st.kind.as_str(), st.rows, st.ok),
+            ("SELECT", Some(1), true)
+        );
+        assert_eq!(st.tables, ["ehr.patients"]);
+        let insert = h.expect(&format!("{want_role} insert"), |e| {
+            statement(e).is_some_and(|s| {
+                s.text == "INSERT INTO ehr.patients VALUES (?, ?, ?)"
+                    && role(s.session.as_ref()) == want_role
+            })
+        });
+        assert_eq!(statement(&insert).unwrap().rows, Some(1));
+        let failed = h.expect(&format!("{want_role} failed select"), |e| {
+            statement(e).is_some_and(|s| {
+                s.text == "SELECT * FROM ehr.nope" && role(s.session.as_ref()) == want_role
+            })
+        });
+        let st = statement(&failed).unwrap();
+        assert_eq!(
+            (st.sqlstate.as_str(), st.error_code, st.ok),
+            ("42S02", 1146, false)
+        );
+    }
+
+    db.client(
+        true,
+        Some("ehr"),
+        "SELECT count(*) FROM patients WHERE id = 1",
+    );
+    for want_role in ["client", "server"] {
+        let event = h.expect(&format!("{want_role} select over the unix socket"), |e| {
+            statement(e).is_some_and(|s| {
+                s.text == "SELECT count(*) FROM patients WHERE id = ?"
+                    && role(s.session.as_ref()) == want_role
+            })
+        });
+        let session = statement(&event).unwrap().session.clone().unwrap();
+        assert_eq!(session.transport, "unix");
+        assert_eq!(session.database, "ehr");
+        assert_eq!(session.unix_socket, db.socket().display().to_string());
+    }
     let bodies: Vec<_> = h.seen.iter().filter_map(|e| e.body.as_ref()).collect();
     let all = format!("{bodies:?}");
     for secret in ["123-45-6789", "Jane Doe"] {

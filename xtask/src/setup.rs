@@ -17,8 +17,8 @@ const EXPECTED_NIGHTLY: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)";
 /// cross-checks BTF offsets), util-linux (setpriv, to open files as another user), iproute2,
 /// procps, coreutils (the commands the host tests run); for the VM tier qemu-system-x86 (boots
 /// the second kernel), busybox-static (the VM's `/init` and its tools) and cpio (packs the
-/// initramfs); postgresql (the database-audit tests' throwaway clusters, psql and pgbench, and
-/// the pgbench benchmark).
+/// initramfs); postgresql and mariadb-server/mariadb-client (the database-audit tests'
+/// throwaway servers and their clients, and the pgbench benchmark).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "dwarves",
@@ -30,6 +30,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "postgresql",
+    "mariadb-server",
+    "mariadb-client",
 ];
 
 fn step(what: &str, outcome: &str) {

@@ -171,7 +171,8 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
 /// Test files (`tests/tests/NAME.rs`) that run on the host tier only, and why:
 /// - `collector`, `agent_collector`: the e2e tier (agent → collector → subscriber over loopback):
 ///   processes and TLS, nothing kernel-specific beyond what the host tier covers.
-/// - `db`: starts real PostgreSQL and MariaDB servers (`initdb`, `pg_ctl`, `psql`, `pgbench`).
+/// - `db`: starts real PostgreSQL and MariaDB servers (`initdb`, `pg_ctl`, `psql`, `pgbench`,
+///   `mariadb-install-db`, `mariadbd`, `mariadb`).
 pub const HOST_ONLY_TESTS: &[&str] = &["collector", "agent_collector", "db"];
 
 /// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the
