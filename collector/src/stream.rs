@@ -38,6 +38,9 @@ pub const KINDS: &[&str] = &[
     "eventsLost",
     "policyLoad",
     "alert",
+    "dbSessionStart",
+    "dbStatement",
+    "dbSessionEnd",
 ];
 
 /// A subscription request that cannot be served.
@@ -68,6 +71,9 @@ pub fn kind_name(event: &v1::Event) -> &'static str {
         Some(Body::EventsLost(_)) => "eventsLost",
         Some(Body::PolicyLoad(_)) => "policyLoad",
         Some(Body::Alert(_)) => "alert",
+        Some(Body::DbSessionStart(_)) => "dbSessionStart",
+        Some(Body::DbStatement(_)) => "dbStatement",
+        Some(Body::DbSessionEnd(_)) => "dbSessionEnd",
         None => "",
     }
 }

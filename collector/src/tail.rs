@@ -133,6 +133,29 @@ pub fn format_line(event: &v1::Event) -> String {
         Some(Body::Alert(a)) => {
             let _ = write!(line, " {}", a.message);
         }
+        Some(Body::DbSessionStart(s)) => {
+            let _ = write!(
+                line,
+                " {}{}",
+                s.application,
+                if s.encrypted { " (encrypted)" } else { "" }
+            );
+        }
+        Some(Body::DbStatement(s)) => {
+            let _ = write!(line, " {} {}", s.kind, s.text);
+            if !s.sqlstate.is_empty() {
+                let _ = write!(line, " -> SQLSTATE {}", s.sqlstate);
+            } else if let Some(rows) = s.rows {
+                let _ = write!(line, " -> {rows} rows");
+            }
+        }
+        Some(Body::DbSessionEnd(s)) => {
+            let _ = write!(
+                line,
+                " {} statements, {} B sent, {} B received",
+                s.statements, s.bytes_sent, s.bytes_received
+            );
+        }
         None => {}
     }
     if let Some(d) = &event.decision {
