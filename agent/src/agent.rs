@@ -18,8 +18,10 @@ use crate::{
     enrich::{host::HostInfo, EnrichSettings, Enricher},
     event::decode::decode,
     kernel::{btf, loader::Sensors, mounts, pins, probe, reader::Reader},
-    policy::{self, compile::Compiled, watcher::PolicyWatcher, Trigger},
+    metrics::{KindLabels, LayerLabels, Metrics},
+    policy::{self, compile::Compiled, compile::ResourceKind, watcher::PolicyWatcher, Trigger},
     sink::Sink,
+    status::{self, ProgramState, ReloadState, Status},
     watch::WatchSet,
 };
 
@@ -58,6 +60,9 @@ pub enum StartError {
     /// The ring buffer could not be registered with tokio.
     #[error("registering the ring buffer with the runtime: {0}")]
     Reader(#[source] std::io::Error),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Counters of one run.
@@ -93,6 +98,9 @@ pub struct Agent {
     sinks: Vec<Box<dyn Sink>>,
     lost_reported: [u64; KIND_COUNT as usize],
     stats: RunStats,
+    metrics: Metrics,
+    status: Status,
+    status_file: Option<PathBuf>,
 }
 
 impl Agent {
@@ -129,6 +137,11 @@ impl Agent {
             &cgroup_root,
             pin_root,
         )?;
+        let metrics = Metrics::new();
+        let metrics_addr = match config.metrics.listen {
+            Some(addr) => Some(metrics.clone().serve(addr)?),
+            None => None,
+        };
         info!(
             lsm = sensors.lsm_active(),
             "enforcement layers: {}",
@@ -198,9 +211,107 @@ impl Agent {
             sinks,
             lost_reported,
             stats: RunStats::default(),
+            metrics,
+            status: Status {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at: status::now(),
+                metrics: metrics_addr.map(|a| a.to_string()),
+                ..Status::default()
+            },
+            status_file: None,
         };
+        for kind in Kind::ALL {
+            // Every kind from the start, so a loss is a counter moving rather than appearing.
+            let name = format!("{kind:?}");
+            agent
+                .metrics
+                .kernel_lost
+                .get_or_create(&KindLabels { kind: name.clone() })
+                .inc_by(0);
+            let total = agent.lost_reported[kind as usize];
+            agent.status.kernel_lost.insert(name, total);
+        }
+        agent.describe_programs();
         agent.report_policy(&compiled, Trigger::Start);
         Ok(agent)
+    }
+
+    /// Makes the agent write its status to `path` now and on every tick, and remove it when it
+    /// stops (`phiguard status` reads it).
+    pub fn write_status_to(&mut self, path: &Path) {
+        self.status_file = Some(path.to_owned());
+        self.write_status();
+    }
+
+    /// The agent's metrics (shared: they keep counting while it runs).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The address the metrics endpoint listens on, when it is on.
+    pub fn metrics_addr(&self) -> Option<&str> {
+        self.status.metrics.as_deref()
+    }
+
+    /// Records the programs and the enforcement layers in the status and the metrics.
+    fn describe_programs(&mut self) {
+        let lsm = self.sensors.lsm_active();
+        self.status.programs = self
+            .sensors
+            .status
+            .iter()
+            .map(|s| ProgramState {
+                name: s.spec.name.to_owned(),
+                hook: s.spec.hook.to_string(),
+                attached: s.error.is_none(),
+                error: s.error.clone(),
+            })
+            .collect();
+        self.status.pinned = self.sensors.is_pinned();
+        let attached = self.status.programs.iter().filter(|p| p.attached).count();
+        self.metrics.programs_attached.set(attached as i64);
+        self.metrics
+            .programs_known
+            .set(self.status.programs.len() as i64);
+        self.metrics
+            .programs_pinned
+            .set(i64::from(self.status.pinned));
+        for (resource, kind) in [
+            ("file", ResourceKind::File),
+            ("exec", ResourceKind::Exec),
+            ("tcp", ResourceKind::Tcp),
+            ("unix", ResourceKind::Unix),
+        ] {
+            let layer = match (kind, lsm) {
+                (ResourceKind::Tcp, _) => "cgroup",
+                (_, true) => "lsm",
+                (ResourceKind::Unix, false) => "none",
+                (_, false) => "signal",
+            };
+            self.metrics
+                .enforcement_layer
+                .get_or_create(&LayerLabels {
+                    resource: resource.to_owned(),
+                    layer: layer.to_owned(),
+                })
+                .set(1);
+            self.status
+                .enforcement
+                .insert(resource.to_owned(), kind.layer(lsm).to_owned());
+        }
+    }
+
+    /// Writes the status file, when there is one; a failure is logged, never fatal.
+    fn write_status(&mut self) {
+        let Some(path) = &self.status_file else {
+            return;
+        };
+        self.status.updated_at = status::now();
+        self.status.events = self.stats.events;
+        if let Err(error) = self.status.write(path) {
+            warn!(%error, "cannot write the status file");
+        }
     }
 
     /// Whether the BPF LSM programs are attached (denials are `EPERM`, not SIGKILL).
@@ -235,6 +346,10 @@ impl Agent {
                         self.enricher.refresh_clock();
                     }
                     self.flush()?;
+                    self.write_status();
+                    // The service manager's watchdog: the event loop is alive (a no-op
+                    // outside systemd).
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 }
                 Some(trigger) = self.policies.requests.recv() => {
                     if trigger == Trigger::FileChange {
@@ -246,18 +361,26 @@ impl Agent {
                     self.flush()?;
                 }
                 read = self.reader.read_batch(BATCH, |bytes| {
-                    Self::handle(&mut self.enricher, &mut self.sinks, &mut self.stats, bytes);
+                    Self::handle(&mut self.enricher, &mut self.sinks, &mut self.stats, &self.metrics, bytes);
                 }) => {
                     read?;
                     self.flush()?;
                 }
             }
         }
-        let (enricher, sinks, stats) = (&mut self.enricher, &mut self.sinks, &mut self.stats);
+        let (enricher, sinks, stats, metrics) = (
+            &mut self.enricher,
+            &mut self.sinks,
+            &mut self.stats,
+            &self.metrics,
+        );
         self.reader
-            .drain(|bytes| Self::handle(enricher, sinks, stats, bytes));
+            .drain(|bytes| Self::handle(enricher, sinks, stats, metrics, bytes));
         self.report_losses();
         self.flush()?;
+        if let Some(path) = &self.status_file {
+            Status::remove(path);
+        }
         info!(
             records = self.stats.records,
             events = self.stats.events,
@@ -278,6 +401,7 @@ impl Agent {
         enricher: &mut Enricher,
         sinks: &mut [Box<dyn Sink>],
         stats: &mut RunStats,
+        metrics: &Metrics,
         bytes: &[u8],
     ) {
         stats.records += 1;
@@ -285,17 +409,29 @@ impl Agent {
             Ok(raw) => raw,
             Err(error) => {
                 stats.decode_errors += 1;
+                metrics.decode_errors.inc();
                 warn!(%error, "undecodable ring-buffer record");
                 return;
             }
         };
         for event in enricher.enrich(raw) {
-            Self::emit(sinks, stats, &event);
+            Self::emit(sinks, stats, metrics, &event);
         }
     }
 
-    fn emit(sinks: &mut [Box<dyn Sink>], stats: &mut RunStats, event: &v1::Event) {
+    fn emit(
+        sinks: &mut [Box<dyn Sink>],
+        stats: &mut RunStats,
+        metrics: &Metrics,
+        event: &v1::Event,
+    ) {
         stats.events += 1;
+        metrics
+            .events
+            .get_or_create(&KindLabels {
+                kind: body_kind(event.body.as_ref()).to_owned(),
+            })
+            .inc();
         for sink in sinks.iter_mut() {
             if let Err(error) = sink.write(event) {
                 warn!(%error, "sink write failed");
@@ -319,6 +455,13 @@ impl Agent {
             Ok(compiled) => Arc::new(compiled),
             Err(e) => {
                 error!(trigger = trigger.as_str(), error = %e, generation = p.generation, "policy reload refused; the policies in force stay");
+                self.metrics.policy_reloaded(false);
+                self.status.last_reload = Some(ReloadState {
+                    ok: false,
+                    at: status::now(),
+                    trigger: trigger.as_str().to_owned(),
+                    error: e.to_string(),
+                });
                 let event = self.enricher.agent_event(Body::PolicyLoad(v1::PolicyLoad {
                     ok: false,
                     error: e.to_string(),
@@ -327,7 +470,7 @@ impl Agent {
                     trigger: trigger.as_str().to_owned(),
                     ..v1::PolicyLoad::default()
                 }));
-                Self::emit(&mut self.sinks, &mut self.stats, &event);
+                Self::emit(&mut self.sinks, &mut self.stats, &self.metrics, &event);
                 return;
             }
         };
@@ -341,6 +484,13 @@ impl Agent {
             Err(e) => {
                 // A map write failed half-way: the slot being filled was not switched to.
                 error!(error = %e, "installing the reloaded policies failed; the policies in force stay");
+                self.metrics.policy_reloaded(false);
+                self.status.last_reload = Some(ReloadState {
+                    ok: false,
+                    at: status::now(),
+                    trigger: trigger.as_str().to_owned(),
+                    error: e.to_string(),
+                });
             }
         }
     }
@@ -366,6 +516,16 @@ impl Agent {
         if p.dir.is_none() {
             return; // observe only: nothing to report
         }
+        self.metrics.policy_reloaded(true);
+        self.metrics.policy_generation.set(p.generation as i64);
+        self.status.policy_dir = p.dir.clone();
+        self.status.policy_generation = p.generation;
+        self.status.last_reload = Some(ReloadState {
+            ok: true,
+            at: status::now(),
+            trigger: trigger.as_str().to_owned(),
+            error: String::new(),
+        });
         let event = self.enricher.agent_event(Body::PolicyLoad(v1::PolicyLoad {
             ok: true,
             error: String::new(),
@@ -376,7 +536,7 @@ impl Agent {
             warnings: compiled.warnings.clone(),
             trigger: trigger.as_str().to_owned(),
         }));
-        Self::emit(&mut self.sinks, &mut self.stats, &event);
+        Self::emit(&mut self.sinks, &mut self.stats, &self.metrics, &event);
     }
 
     /// Turns new kernel and sink losses into `EventsLost` events and a warning: never silent.
@@ -400,7 +560,7 @@ impl Agent {
                 count: loss.count,
                 total: loss.total,
             }));
-            Self::emit(&mut self.sinks, &mut self.stats, &event);
+            Self::emit(&mut self.sinks, &mut self.stats, &self.metrics, &event);
         }
     }
 
@@ -420,6 +580,15 @@ impl Agent {
             }
             self.lost_reported[i] = totals[i];
             self.stats.kernel_lost += new;
+            self.metrics
+                .kernel_lost
+                .get_or_create(&KindLabels {
+                    kind: format!("{kind:?}"),
+                })
+                .inc_by(new);
+            self.status
+                .kernel_lost
+                .insert(format!("{kind:?}"), totals[i]);
             warn!(kind = ?kind, lost = new, total = totals[i], "kernel ring buffer full: events lost");
             let event = self.enricher.agent_event(Body::EventsLost(v1::EventsLost {
                 source: v1::LossSource::KernelRingBuffer as i32,
@@ -427,8 +596,27 @@ impl Agent {
                 count: new,
                 total: totals[i],
             }));
-            Self::emit(&mut self.sinks, &mut self.stats, &event);
+            Self::emit(&mut self.sinks, &mut self.stats, &self.metrics, &event);
         }
+    }
+}
+
+/// The metrics label of an event's kind.
+fn body_kind(body: Option<&Body>) -> &'static str {
+    match body {
+        Some(Body::Exec(_)) => "exec",
+        Some(Body::Fork(_)) => "fork",
+        Some(Body::Exit(_)) => "exit",
+        Some(Body::FileOpen(_)) => "file_open",
+        Some(Body::Connect(_)) => "connect",
+        Some(Body::TcpState(_)) => "tcp_state",
+        Some(Body::EventsLost(_)) => "events_lost",
+        Some(Body::PolicyLoad(_)) => "policy_load",
+        Some(Body::Alert(_)) => "alert",
+        Some(Body::DbSessionStart(_)) => "db_session_start",
+        Some(Body::DbStatement(_)) => "db_statement",
+        Some(Body::DbSessionEnd(_)) => "db_session_end",
+        None => "none",
     }
 }
 

@@ -34,6 +34,24 @@ pub enum Command {
     /// Remove the pinned programs that keep enforcing after the agent stops (run it after
     /// stopping the agent to switch enforcement off deliberately).
     Unload,
+    /// Show what the running agent is doing: attached programs, enforcement layers, policy
+    /// generation, kernel losses, and the programs pinned in bpffs (shown also when no agent
+    /// runs). Exits 0 when an agent runs, 3 when none does or it stopped responding.
+    Status(StatusArgs),
+    /// Write the man page (roff) to stdout.
+    #[command(hide = true)]
+    Man,
+}
+
+/// `phiguard status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print the report as one JSON object (for scripts).
+    #[arg(long)]
+    pub json: bool,
+    /// The status file the agent writes.
+    #[arg(long, value_name = "FILE", env = "PHIGUARD_STATUS_FILE", default_value = crate::status::DEFAULT_STATUS_FILE)]
+    pub status_file: PathBuf,
 }
 
 /// `phiguard policy …`.
@@ -68,6 +86,10 @@ pub struct RunArgs {
     /// `[policy] dir`).
     #[arg(long, value_name = "DIR")]
     pub policies: Option<PathBuf>,
+    /// Where to write the agent's status for `phiguard status` (refreshed every second,
+    /// removed on exit).
+    #[arg(long, value_name = "FILE", env = "PHIGUARD_STATUS_FILE", default_value = crate::status::DEFAULT_STATUS_FILE)]
+    pub status_file: PathBuf,
 }
 
 /// Log output format.

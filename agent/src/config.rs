@@ -37,6 +37,8 @@ pub struct Config {
     pub collector: Option<CollectorConfig>,
     /// Database session audit.
     pub database: DatabaseConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
 }
 
 /// `[database]`: database endpoints whose sessions are audited statement by statement.
@@ -57,6 +59,13 @@ impl DatabaseConfig {
     pub fn is_enabled(&self) -> bool {
         !self.ports.is_empty() || !self.unix_sockets.is_empty()
     }
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Loopback address the Prometheus endpoint listens on; `None`: off.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[policy]`.
@@ -187,6 +196,7 @@ struct RawConfig {
     policy: RawPolicy,
     collector: Option<collector::RawCollector>,
     database: RawDatabase,
+    metrics: RawMetrics,
 }
 
 #[derive(Default, Deserialize)]
@@ -195,6 +205,12 @@ struct RawDatabase {
     ports: Vec<Spanned<u16>>,
     unix_sockets: Vec<Spanned<PathBuf>>,
     full_statements: bool,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -337,6 +353,25 @@ impl Config {
             config.database.unix_sockets.push(p.clone());
         }
         config.database.full_statements = raw.database.full_statements;
+        if let Some(listen) = &raw.metrics.listen {
+            let invalid = |message: String| ConfigError::Invalid {
+                at: at(listen.span()),
+                field: "metrics.listen",
+                message,
+            };
+            let addr: std::net::SocketAddr = listen.get_ref().parse().map_err(|_| {
+                invalid(format!(
+                    "{:?} is not an address:port such as \"127.0.0.1:9464\"",
+                    listen.get_ref()
+                ))
+            })?;
+            if !addr.ip().is_loopback() {
+                return Err(invalid(format!(
+                    "{addr} is not a loopback address: the endpoint is unauthenticated and only listens on 127.0.0.1 or ::1"
+                )));
+            }
+            config.metrics.listen = Some(addr);
+        }
         let defaults = EnrichConfig::default();
         if let Some(depth) = &raw.enrich.ancestry_depth {
             if *depth.get_ref() > MAX_ANCESTRY_DEPTH {
@@ -485,6 +520,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_loopback_only() {
+        assert_eq!(parse("").unwrap().metrics.listen, None);
+        let on = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(on.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let error = parse("[metrics]\nlisten = \"0.0.0.0:9464\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("agent.toml:2:10: metrics.listen: 0.0.0.0:9464 is not a loopback"),
+            "{error}"
+        );
     }
 
     #[test]

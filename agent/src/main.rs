@@ -10,7 +10,10 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use phiguard::{
     agent::Agent,
-    cli::{Cli, Command, LogFormat, PolicyCommand, RunArgs, DEFAULT_CONFIG, DEFAULT_POLICY_DIR},
+    cli::{
+        Cli, Command, LogFormat, PolicyCommand, RunArgs, StatusArgs, DEFAULT_CONFIG,
+        DEFAULT_POLICY_DIR,
+    },
     config::Config,
     kernel::{loader, mounts, pins},
     policy::{self, Trigger},
@@ -20,6 +23,7 @@ use phiguard::{
         spool::{Spool, SpoolSink},
         Sink,
     },
+    status::{Liveness, Report},
     watch::WatchSet,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -32,6 +36,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Policy(PolicyCommand::Check { dir, config }) => check_policies(dir, config),
         Command::Unload => unload(),
+        Command::Status(args) => return status(&args),
+        Command::Man => man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,14 +48,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs go to stderr: coloured on a terminal; under systemd (`JOURNAL_STREAM` set) plain
+/// and without a timestamp, since the journal stamps every line itself.
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    match (format, journal) {
+        (LogFormat::Text, false) => builder.init(),
+        (LogFormat::Text, true) => builder.without_time().init(),
+        (LogFormat::Json, _) => builder.json().init(),
     }
 }
 
@@ -81,6 +93,60 @@ fn unload() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `phiguard status`: exit 0 when an agent runs, 3 when none does (as `systemctl status`), 1
+/// on error.
+fn status(args: &StatusArgs) -> ExitCode {
+    let report = match Report::gather(&args.status_file, Path::new(pins::PIN_DIR)) {
+        Ok(report) => report,
+        Err(error) => {
+            tracing::error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(error) => {
+                tracing::error!("{error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", report.text());
+    }
+    if report.agent == Liveness::Running {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    }
+}
+
+/// `phiguard man`: the man page, generated from the command-line definition: the main page,
+/// then a section per subcommand with its description and options.
+fn man() -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    use std::io::Write as _;
+    let command = Cli::command();
+    let mut out = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut out)?;
+    let section = |path: String, sub: &clap::Command, out: &mut Vec<u8>| {
+        writeln!(out, ".SH \"{}\"", path.to_uppercase())?;
+        let man = clap_mangen::Man::new(sub.clone());
+        man.render_description_section(out)?;
+        man.render_options_section(out)
+    };
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        section(format!("phiguard {}", sub.get_name()), sub, &mut out)?;
+        for subsub in sub.get_subcommands() {
+            let path = format!("phiguard {} {}", sub.get_name(), subsub.get_name());
+            section(path, subsub, &mut out)?;
+        }
+    }
+    std::io::stdout()
+        .write_all(&out)
+        .context("writing the man page")
 }
 
 /// `phiguard policy check`: validates and compiles, prints what is protected and how.
@@ -150,7 +216,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 "collector link on: events are spooled and sent over mutual TLS"
             );
         }
-        let agent = Agent::start(&config, sinks)?;
+        let mut agent = Agent::start(&config, sinks)?;
+        agent.write_status_to(&args.status_file);
+        // systemd (Type=notify): ready once the programs are attached. A no-op elsewhere.
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("programs attached; events flowing"),
+        ]);
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut hangup = signal(SignalKind::hangup())?;
@@ -166,6 +238,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     }
                 }
             }
+        };
+        let shutdown = async move {
+            shutdown.await;
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         };
         agent.run(shutdown).await.context("event loop")?;
         if let Some(publisher) = publisher {

@@ -1,0 +1,308 @@
+//! Prometheus metrics: what the agent counts, and the loopback-only HTTP endpoint that
+//! serves them (`[metrics] listen`, off by default). The exposition format is written by the
+//! `prometheus-client` crate; this module only answers `GET /metrics`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicI64, AtomicU64},
+        Arc,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+use tracing::{debug, info};
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The address is not a loopback address.
+    #[error("metrics.listen: {0} is not a loopback address; the endpoint only listens on loopback (127.0.0.1 or ::1)")]
+    NotLoopback(SocketAddr),
+    /// The socket could not be bound.
+    #[error("binding the metrics endpoint to {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Labels of per-kind counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// Event kind (`exec`, `file_open`, … for events; the kernel record kind for losses).
+    pub kind: String,
+}
+
+/// Labels of the reload counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success` or `failure`.
+    pub result: String,
+}
+
+/// Labels of the enforcement-layer gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LayerLabels {
+    /// `file`, `exec`, `tcp`, `unix`.
+    pub resource: String,
+    /// `lsm`, `cgroup`, `signal`, `none`.
+    pub layer: String,
+}
+
+/// Every metric the agent exports. Cloning shares the same counters.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Events written to the sinks, by kind.
+    pub events: Family<KindLabels, Counter>,
+    /// Records the kernel could not write to the ring buffer, by record kind.
+    pub kernel_lost: Family<KindLabels, Counter>,
+    /// Ring-buffer records that did not decode.
+    pub decode_errors: Counter,
+    /// The policy generation in force (0: no policies).
+    pub policy_generation: Gauge,
+    /// Policy loads and reloads, by result.
+    pub policy_reloads: Family<ResultLabels, Counter>,
+    /// Unix time of the last policy load or reload, by result.
+    pub policy_reload_time: Family<ResultLabels, Gauge<f64, AtomicU64>>,
+    /// 1 for the layer that enforces each kind of resource on this kernel.
+    pub enforcement_layer: Family<LayerLabels, Gauge>,
+    /// Kernel programs attached.
+    pub programs_attached: Gauge,
+    /// Kernel programs the agent knows (attached or not).
+    pub programs_known: Gauge,
+    /// Whether the programs are pinned (enforcement outlives the agent).
+    pub programs_pinned: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `phiguard_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("phiguard");
+        let metrics = Metrics {
+            registry: Arc::new(Registry::default()),
+            events: Family::default(),
+            kernel_lost: Family::default(),
+            decode_errors: Counter::default(),
+            policy_generation: Gauge::default(),
+            policy_reloads: Family::default(),
+            policy_reload_time: Family::default(),
+            enforcement_layer: Family::default(),
+            programs_attached: Gauge::default(),
+            programs_known: Gauge::default(),
+            programs_pinned: Gauge::default(),
+        };
+        registry.register(
+            "events",
+            "Events written to the sinks, by kind",
+            metrics.events.clone(),
+        );
+        registry.register(
+            "kernel_events_lost",
+            "Records lost in the kernel because the ring buffer was full, by record kind",
+            metrics.kernel_lost.clone(),
+        );
+        registry.register(
+            "decode_errors",
+            "Ring-buffer records that did not decode",
+            metrics.decode_errors.clone(),
+        );
+        registry.register(
+            "policy_generation",
+            "Generation of the policy set in force (0: observe only)",
+            metrics.policy_generation.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Policy loads and reloads, by result (success, failure)",
+            metrics.policy_reloads.clone(),
+        );
+        registry.register(
+            "policy_last_reload_timestamp_seconds",
+            "Unix time of the last policy load or reload, by result",
+            metrics.policy_reload_time.clone(),
+        );
+        registry.register(
+            "enforcement_layer",
+            "1 for the layer that enforces each kind of protected resource on this kernel",
+            metrics.enforcement_layer.clone(),
+        );
+        registry.register(
+            "programs_attached",
+            "Kernel programs attached",
+            metrics.programs_attached.clone(),
+        );
+        registry.register(
+            "programs_known",
+            "Kernel programs the agent knows, attached or not",
+            metrics.programs_known.clone(),
+        );
+        registry.register(
+            "programs_pinned",
+            "1 when the programs are pinned and keep enforcing after the agent stops",
+            metrics.programs_pinned.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            ..metrics
+        }
+    }
+
+    /// Records the outcome of a policy load or reload now.
+    pub fn policy_reloaded(&self, ok: bool) {
+        let labels = ResultLabels {
+            result: if ok { "success" } else { "failure" }.to_owned(),
+        };
+        self.policy_reloads.get_or_create(&labels).inc();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.policy_reload_time.get_or_create(&labels).set(now);
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Binds `addr` (loopback only) and serves `GET /metrics` until the runtime stops. Must
+    /// be called inside a tokio runtime. Returns the bound address (port 0 picks one).
+    pub fn serve(self, addr: SocketAddr) -> Result<SocketAddr, MetricsError> {
+        if !addr.ip().is_loopback() {
+            return Err(MetricsError::NotLoopback(addr));
+        }
+        let bind = || {
+            let listener = std::net::TcpListener::bind(addr)?;
+            listener.set_nonblocking(true)?;
+            let bound = listener.local_addr()?;
+            Ok((TcpListener::from_std(listener)?, bound))
+        };
+        let (listener, bound) =
+            bind().map_err(|source: std::io::Error| MetricsError::Bind { addr, source })?;
+        info!(listen = %bound, "metrics endpoint: http://{bound}/metrics");
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let metrics = self.clone();
+                        tokio::spawn(async move {
+                            if let Err(error) = metrics.answer(stream).await {
+                                debug!(%error, "metrics request failed");
+                            }
+                        });
+                    }
+                    Err(error) => debug!(%error, "metrics accept failed"),
+                }
+            }
+        });
+        Ok(bound)
+    }
+
+    /// Answers one HTTP/1.x request and closes the connection.
+    async fn answer(&self, mut stream: TcpStream) -> std::io::Result<()> {
+        let mut request = Vec::with_capacity(1024);
+        let mut buf = [0u8; 1024];
+        // Read the request head (bounded: 8 KiB, 5 s).
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        if !matches!(read, Ok(Ok(()))) {
+            return Ok(());
+        }
+        let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+        let mut words = line.split(|&b| b == b' ');
+        let (method, path) = (words.next(), words.next());
+        let (status, content_type, body) = match (method, path) {
+            (Some(b"GET"), Some(b"/metrics")) => (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.encode(),
+            ),
+            (Some(b"GET"), _) => (
+                "404 Not Found",
+                "text/plain",
+                "only /metrics is served\n".to_owned(),
+            ),
+            _ => (
+                "405 Method Not Allowed",
+                "text/plain",
+                "GET only\n".to_owned(),
+            ),
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_metric() {
+        let metrics = Metrics::new();
+        metrics
+            .events
+            .get_or_create(&KindLabels {
+                kind: "file_open".into(),
+            })
+            .inc();
+        metrics.policy_reloaded(true);
+        metrics.policy_generation.set(3);
+        let text = metrics.encode();
+        for needle in [
+            "phiguard_events_total{kind=\"file_open\"} 1",
+            "phiguard_policy_reloads_total{result=\"success\"} 1",
+            "phiguard_policy_generation 3",
+            "phiguard_policy_last_reload_timestamp_seconds{result=\"success\"}",
+            "phiguard_programs_attached 0",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_non_loopback_address() {
+        let addr: SocketAddr = "0.0.0.0:9464".parse().unwrap();
+        assert!(matches!(
+            Metrics::new().serve(addr),
+            Err(MetricsError::NotLoopback(_))
+        ));
+    }
+}
