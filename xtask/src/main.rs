@@ -7,6 +7,7 @@ mod bench_db;
 mod certs;
 mod cmd;
 mod initramfs;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -39,6 +40,13 @@ enum Task {
     Test(test::TestArgs),
     /// Run the privileged tests inside QEMU on Debian's 6.12 kernel (BPF LSM).
     Vm(vm::VmArgs),
+    /// Build the agent's Debian package (target/package/phiguard_VERSION_ARCH.deb).
+    Package {
+        /// Then install it into a fresh root, check its layout, verify the systemd units and
+        /// remove it again (the package tier of `cargo xtask test`; root needed).
+        #[arg(long)]
+        check: bool,
+    },
     /// Measure the agent's overhead and throughput against a baseline in the same run.
     Bench(bench::BenchArgs),
     /// Make a development CA, a collector certificate and agent certificates in DIR.
@@ -55,6 +63,14 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run::run(&args),
         Task::Test(args) => test::test(&args),
         Task::Bench(args) => bench::bench(&args),
+        Task::Package { check } => {
+            setup::setup()?;
+            if check {
+                package::test()
+            } else {
+                package::package().map(|_| ())
+            }
+        }
         Task::Vm(args) => vm::vm(&args),
         Task::Certs(args) => certs::certs(&args),
     }

@@ -18,7 +18,9 @@ const EXPECTED_NIGHTLY: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)";
 /// procps, coreutils (the commands the host tests run); for the VM tier qemu-system-x86 (boots
 /// the second kernel), busybox-static (the VM's `/init` and its tools) and cpio (packs the
 /// initramfs); postgresql and mariadb-server/mariadb-client (the database-audit tests'
-/// throwaway servers and their clients, and the pgbench benchmark).
+/// throwaway servers and their clients, and the pgbench benchmark); systemd
+/// (systemd-analyze verifies the units) and man-db (renders the packaged man page) for the
+/// package tier.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "dwarves",
@@ -32,6 +34,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "postgresql",
     "mariadb-server",
     "mariadb-client",
+    "systemd",
+    "man-db",
 ];
 
 fn step(what: &str, outcome: &str) {

@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 
-use crate::{bench, cmd, setup, vm};
+use crate::{bench, cmd, package, setup, vm};
 
 /// Which tiers to run.
 #[derive(Debug, clap::Args)]
@@ -104,6 +104,19 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
                 counts.passed,
                 counts.failed.max(1)
             );
+            return Err(error);
+        }
+    }
+    if !args.unit && !args.vm {
+        // The Debian package: installed into a fresh root, units verified, removed.
+        println!("== tier package: cargo xtask package, dpkg -i/-r --root, systemd-analyze");
+        let result = package::test();
+        summary.push(format!(
+            "package {}",
+            if result.is_ok() { "ok" } else { "FAILED" }
+        ));
+        if let Err(error) = result {
+            println!("test summary: {}", summary.join(", "));
             return Err(error);
         }
     }

@@ -1,0 +1,464 @@
+//! `cargo xtask package`: the agent's Debian package, built with `dpkg-deb --build` from a
+//! staged tree (no cargo-deb: nothing to install, and every file's place is written here), and
+//! the package tier of `cargo xtask test`, which installs it into a fresh root with
+//! `dpkg --root`, checks the layout, verifies both systemd units with `systemd-analyze`, rates
+//! the agent unit's exposure, and removes the package again.
+//!
+//! Layout (documented in README.md, checked by [`test`]):
+//!
+//! | path | what |
+//! | --- | --- |
+//! | `/usr/bin/phiguard` | the agent (release build, kernel programs embedded) |
+//! | `/lib/systemd/system/phiguard.service` | the hardened unit (`packaging/phiguard.service`) |
+//! | `/etc/phiguard/agent.toml` | configuration (a conffile: upgrades keep local edits) |
+//! | `/etc/phiguard/policies/` | the live policy directory, shipped empty |
+//! | `/usr/share/doc/phiguard/examples/policies/` | the example policies (never enforced as shipped) |
+//! | `/usr/share/man/man1/phiguard.1.gz` | the man page, generated from the command line |
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, ensure, Context as _};
+
+use crate::{cmd, run};
+
+/// The package name.
+const NAME: &str = "phiguard";
+
+/// Files the package must lay out (relative to the root), checked after installing.
+pub const INSTALLED: &[&str] = &[
+    "usr/bin/phiguard",
+    "lib/systemd/system/phiguard.service",
+    "etc/phiguard/agent.toml",
+    "etc/phiguard/policies",
+    "usr/share/doc/phiguard/README.md",
+    "usr/share/doc/phiguard/policies.md",
+    "usr/share/doc/phiguard/copyright",
+    "usr/share/doc/phiguard/examples/policies",
+    "usr/share/man/man1/phiguard.1.gz",
+];
+
+const POSTINST: &str = r#"#!/bin/sh
+# phiguard postinst: make systemd see the unit. Not started or enabled here: review
+# /etc/phiguard/agent.toml, then `systemctl enable --now phiguard`.
+set -e
+if [ "$1" = configure ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
+    systemctl daemon-reload || true
+    # An upgrade restarts a running agent; pinned enforcement stays in force meanwhile.
+    if [ -n "$2" ]; then systemctl try-restart phiguard.service || true; fi
+fi
+"#;
+
+const PRERM: &str = r#"#!/bin/sh
+# phiguard prerm: on removal stop the agent and remove its pinned programs, so no enforcement
+# outlives the package (an upgrade keeps both).
+set -e
+if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ]; then
+    if [ -d /run/systemd/system ]; then systemctl disable --now phiguard.service || true; fi
+    /usr/bin/phiguard unload || true
+fi
+"#;
+
+const POSTRM: &str = r#"#!/bin/sh
+# phiguard postrm: purge removes the agent's state; the journal keeps its logs.
+set -e
+if [ -z "${DPKG_ROOT:-}" ]; then
+    if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+    if [ "$1" = purge ]; then rm -rf /var/lib/phiguard /var/log/phiguard /run/phiguard; fi
+fi
+"#;
+
+/// Builds the release binary and the package; returns the `.deb`'s path.
+pub fn package() -> anyhow::Result<PathBuf> {
+    run::build()?;
+    let root = cmd::workspace_root();
+    let binary = root.join("target/release/phiguard");
+    let out_dir = root.join("target/package");
+    let stage = out_dir.join("stage");
+    if stage.exists() {
+        fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    let arch = cmd::output(Command::new("dpkg").arg("--print-architecture"))
+        .context("dpkg --print-architecture failed: is this Debian or Ubuntu?")?
+        .trim()
+        .to_owned();
+
+    // The binary, stripped of debug information (the kernel object inside stays intact).
+    let bin = stage.join("usr/bin/phiguard");
+    copy(&binary, &bin, 0o755)?;
+    cmd::run(Command::new("strip").arg("--strip-debug").arg(&bin))?;
+
+    copy(
+        &root.join("packaging/phiguard.service"),
+        &stage.join("lib/systemd/system/phiguard.service"),
+        0o644,
+    )?;
+    write(
+        &stage.join("etc/phiguard/agent.toml"),
+        &packaged_config(&fs::read_to_string(root.join("agent.toml"))?)?,
+        0o644,
+    )?;
+    mkdir(&stage.join("etc/phiguard/policies"), 0o755)?;
+
+    let doc = stage.join("usr/share/doc/phiguard");
+    copy(&root.join("README.md"), &doc.join("README.md"), 0o644)?;
+    copy(
+        &root.join("docs/policies.md"),
+        &doc.join("policies.md"),
+        0o644,
+    )?;
+    write(
+        &doc.join("copyright"),
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
+         Upstream-Name: phiguard\n\nFiles: *\nLicense: Apache-2.0\n \
+         On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.\n",
+        0o644,
+    )?;
+    let examples = doc.join("examples/policies");
+    mkdir(&examples, 0o755)?;
+    for entry in fs::read_dir(root.join("policies"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            copy(
+                &path,
+                &examples.join(path.file_name().unwrap_or_default()),
+                0o644,
+            )?;
+        }
+    }
+
+    // The man page from clap (`phiguard man`), gzipped without a timestamp (reproducible).
+    let man = Command::new(&binary)
+        .arg("man")
+        .output()
+        .context("running phiguard man")?;
+    ensure!(man.status.success(), "phiguard man failed");
+    let man_path = stage.join("usr/share/man/man1/phiguard.1");
+    write(&man_path, &String::from_utf8(man.stdout)?, 0o644)?;
+    cmd::run(Command::new("gzip").args(["-9nf"]).arg(&man_path))?;
+
+    let debian = stage.join("DEBIAN");
+    mkdir(&debian, 0o755)?;
+    write(
+        &debian.join("conffiles"),
+        "/etc/phiguard/agent.toml\n",
+        0o644,
+    )?;
+    write(&debian.join("postinst"), POSTINST, 0o755)?;
+    write(&debian.join("prerm"), PRERM, 0o755)?;
+    write(&debian.join("postrm"), POSTRM, 0o755)?;
+    let installed_kib = cmd::output(
+        Command::new("du")
+            .args(["-sk", "--exclude=DEBIAN"])
+            .arg(&stage),
+    )
+    .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+    .unwrap_or_else(|| "0".to_owned());
+    write(
+        &debian.join("control"),
+        &format!(
+            "Package: {NAME}\n\
+             Version: {version}\n\
+             Architecture: {arch}\n\
+             Maintainer: phiguard maintainers <phiguard@localhost>\n\
+             Installed-Size: {installed_kib}\n\
+             Depends: libc6\n\
+             Section: admin\n\
+             Priority: optional\n\
+             Homepage: https://example.invalid/phiguard\n\
+             Description: eBPF host agent auditing and enforcing access to patient records\n \
+             phiguard watches file opens under protected paths, database connections and\n \
+             program execution with eBPF, enriches every event (process, ancestry, login\n \
+             user, binary hash, host) and writes JSON lines. Allow-list policies in\n \
+             /etc/phiguard/policies are enforced in the kernel.\n"
+        ),
+        0o644,
+    )?;
+
+    let deb = out_dir.join(format!("{NAME}_{version}_{arch}.deb"));
+    cmd::run(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zxz", "--build"])
+            .arg(&stage)
+            .arg(&deb),
+    )?;
+    let size = fs::metadata(&deb)?.len();
+    println!(
+        "package: {} ({} KiB; installed {installed_kib} KiB)",
+        deb.display(),
+        size / 1024
+    );
+    Ok(deb)
+}
+
+/// The repository's `agent.toml` as a server's default: events to a file under
+/// `/var/log/phiguard` (the journal gets the logs), policies from `/etc/phiguard/policies`
+/// once an administrator switches them on.
+fn packaged_config(repo: &str) -> anyhow::Result<String> {
+    let mut text = repo.to_owned();
+    for (from, to) in [
+        (
+            "# One JSON object per line on stdout (the proto3 JSON of proto/phiguard/v1/event.proto).\nstdout = true\n",
+            "# One JSON object per line on stdout (the proto3 JSON of proto/phiguard/v1/event.proto).\n# Under systemd stdout goes to the journal; the file below is the event log.\nstdout = false\n",
+        ),
+        (
+            "# file = \"/var/log/phiguard/events.jsonl\"\n",
+            "file = \"/var/log/phiguard/events.jsonl\"\n",
+        ),
+        (
+            "# The repository's policies/ are examples for an EHR server:\n# dir = \"policies\"\n",
+            "# Examples for an EHR server are in /usr/share/doc/phiguard/examples/policies: copy what\n# fits into /etc/phiguard/policies, adapt, run `phiguard policy check`, then uncomment:\n# dir = \"/etc/phiguard/policies\"\n",
+        ),
+    ] {
+        ensure!(
+            text.contains(from),
+            "agent.toml changed: the packaged configuration expects {from:?}"
+        );
+        text = text.replace(from, to);
+    }
+    text.push_str(
+        "\n[metrics]\n# Prometheus endpoint, loopback only. Unset: off.\n# listen = \"127.0.0.1:9464\"\n",
+    );
+    Ok(text)
+}
+
+fn mkdir(path: &Path, mode: u32) -> anyhow::Result<()> {
+    fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
+    if let Some(dir) = to.parent() {
+        mkdir(dir, 0o755)?;
+    }
+    fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn write(to: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
+    if let Some(dir) = to.parent() {
+        mkdir(dir, 0o755)?;
+    }
+    fs::write(to, text).with_context(|| format!("writing {}", to.display()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// A temporary directory removed when dropped, pass or fail.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a command and returns (success, stdout, stderr).
+fn capture(command: &mut Command) -> anyhow::Result<(bool, String, String)> {
+    let out = command
+        .output()
+        .with_context(|| format!("starting {command:?}"))?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// `systemd-analyze verify` of `unit` as installed under `root`: passes only when it exits 0
+/// and says nothing (it reports unknown or invalid settings as warnings, exit 0).
+fn verify_unit(root: &Path, unit: &str) -> anyhow::Result<()> {
+    let (ok, out, err) = capture(
+        Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(format!("--root={}", root.display()))
+            .arg(unit),
+    )?;
+    let said = format!("{out}{err}");
+    ensure!(
+        ok && said.trim().is_empty(),
+        "systemd-analyze verify {unit}: {}",
+        said.trim()
+    );
+    println!("package: systemd-analyze verify {unit}: ok");
+    Ok(())
+}
+
+/// The exposure score `systemd-analyze security --offline=yes` gives `unit` under `root`.
+fn exposure(root: &Path, unit: &str) -> anyhow::Result<String> {
+    let (_, out, err) = capture(
+        Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(format!("--root={}", root.display()))
+            .arg(unit),
+    )?;
+    let line = format!("{out}{err}")
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .map(|l| l.trim_start_matches('→').trim().to_owned())
+        .with_context(|| format!("systemd-analyze security {unit} printed no score"))?;
+    Ok(line)
+}
+
+/// The package tier: build, install into a fresh root, check, verify the units, remove.
+pub fn test() -> anyhow::Result<()> {
+    ensure!(
+        cmd::is_root(),
+        "the package tier installs with dpkg --root and needs root"
+    );
+    let deb = package()?;
+    let dir = TempDir(cmd::workspace_root().join("target/package/root"));
+    if dir.0.exists() {
+        fs::remove_dir_all(&dir.0)?;
+    }
+    let root = dir.0.clone();
+    // A minimal dpkg database; the maintainer scripts run chroot-less with DPKG_ROOT set and
+    // then touch nothing outside the root.
+    // Laid out like a Debian (merged /usr) root: /lib and /bin are links into /usr.
+    for dir in ["lib", "bin", "sbin"] {
+        mkdir(&root.join("usr").join(dir), 0o755)?;
+        std::os::unix::fs::symlink(format!("usr/{dir}"), root.join(dir))?;
+    }
+    mkdir(&root.join("var/lib/dpkg/info"), 0o755)?;
+    mkdir(&root.join("var/lib/dpkg/updates"), 0o755)?;
+    fs::write(root.join("var/lib/dpkg/status"), "")?;
+    fs::write(root.join("var/lib/dpkg/available"), "")?;
+    let dpkg = |args: &[&str]| -> anyhow::Result<()> {
+        cmd::run(
+            Command::new("dpkg")
+                .arg(format!("--root={}", root.display()))
+                .args([
+                    "--force-script-chrootless",
+                    "--force-depends",
+                    "--log=/dev/null",
+                ])
+                .args(args),
+        )
+    };
+    dpkg(&["-i", &deb.display().to_string()])?;
+    for path in INSTALLED {
+        ensure!(
+            root.join(path).exists(),
+            "after dpkg -i: /{path} is missing"
+        );
+    }
+    ensure!(
+        fs::read_dir(root.join("etc/phiguard/policies"))?
+            .next()
+            .is_none(),
+        "/etc/phiguard/policies must be empty: shipped example policies would be enforced"
+    );
+    ensure!(
+        fs::read_dir(root.join("usr/share/doc/phiguard/examples/policies"))?.count() > 0,
+        "no example policies in /usr/share/doc/phiguard/examples/policies"
+    );
+    // The packaged configuration and man page are valid.
+    let config = root.join("etc/phiguard/agent.toml");
+    let (ok, _, err) = capture(
+        Command::new(root.join("usr/bin/phiguard"))
+            .args(["policy", "check"])
+            .arg(root.join("etc/phiguard/policies"))
+            .arg("--config")
+            .arg(&config),
+    )?;
+    ensure!(
+        ok,
+        "phiguard policy check with the packaged agent.toml: {err}"
+    );
+    let (ok, page, err) = capture(
+        Command::new("man")
+            .arg("-l")
+            .arg(root.join("usr/share/man/man1/phiguard.1.gz"))
+            .env("MANPAGER", "cat")
+            .env("MANWIDTH", "100"),
+    )?;
+    ensure!(
+        ok && page.contains("phiguard status"),
+        "the man page does not render (or lacks `phiguard status`): {err}"
+    );
+    let conffiles = fs::read_to_string(root.join("var/lib/dpkg/info/phiguard.conffiles"))?;
+    ensure!(
+        conffiles.contains("/etc/phiguard/agent.toml"),
+        "agent.toml is not a conffile"
+    );
+
+    // systemd-analyze resolves units and ExecStart= inside --root: give the root systemd's own
+    // units (targets), /bin/kill (ExecReload=), and a stand-in for the collector binary, which
+    // another package provides.
+    let units = Path::new("/lib/systemd/system");
+    ensure!(
+        units.join("multi-user.target").exists() && Path::new("/usr/bin/systemd-analyze").exists(),
+        "systemd-analyze or systemd's units are missing (apt-get install systemd)"
+    );
+    let units_dir = root.join("usr/lib/systemd/system");
+    let mut copied = Vec::new();
+    for entry in fs::read_dir(units)? {
+        let entry = entry?;
+        let to = units_dir.join(entry.file_name());
+        if entry.file_type()?.is_file() && !to.exists() {
+            fs::copy(entry.path(), &to)?;
+            copied.push(to);
+        }
+    }
+    copy(Path::new("/bin/kill"), &root.join("bin/kill"), 0o755)?;
+    copy(
+        Path::new("/bin/true"),
+        &root.join("usr/bin/phiguard-collector"),
+        0o755,
+    )?;
+    copy(
+        &cmd::workspace_root().join("packaging/phiguard-collector.service"),
+        &root.join("etc/systemd/system/phiguard-collector.service"),
+        0o644,
+    )?;
+    verify_unit(&root, "/lib/systemd/system/phiguard.service")?;
+    verify_unit(&root, "/etc/systemd/system/phiguard-collector.service")?;
+    println!(
+        "package: systemd-analyze security phiguard.service: {}",
+        exposure(&root, "phiguard.service")?
+    );
+    println!(
+        "package: systemd-analyze security phiguard-collector.service: {}",
+        exposure(&root, "phiguard-collector.service")?
+    );
+    for extra in [
+        "usr/bin/phiguard-collector",
+        "etc/systemd/system/phiguard-collector.service",
+        "bin/kill",
+    ] {
+        fs::remove_file(root.join(extra))?;
+    }
+    for file in copied {
+        fs::remove_file(file)?;
+    }
+
+    dpkg(&["-r", NAME])?;
+    for path in INSTALLED {
+        let left = root.join(path);
+        // dpkg -r keeps conffiles (purge removes them) and the directories holding them.
+        let kept = path.starts_with("etc/phiguard/agent.toml");
+        if kept {
+            ensure!(left.exists(), "dpkg -r removed the conffile /{path}");
+        } else {
+            ensure!(!left.exists(), "after dpkg -r: /{path} is still there");
+        }
+    }
+    dpkg(&["--purge", NAME])?;
+    ensure!(
+        !root.join("etc/phiguard").exists(),
+        "after dpkg --purge: /etc/phiguard is still there"
+    );
+    if root.join("var/lib/dpkg/info/phiguard.list").exists() {
+        bail!("dpkg still lists phiguard as installed");
+    }
+    println!("package: installed into a fresh root, laid out as documented, removed and purged");
+    Ok(())
+}
