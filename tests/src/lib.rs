@@ -47,6 +47,8 @@ pub struct Harness {
     pub lsm: bool,
     /// Every event received so far.
     pub seen: Vec<v1::Event>,
+    /// Where the metrics endpoint listens (`[metrics] listen` set).
+    pub metrics_addr: Option<String>,
 }
 
 impl Harness {
@@ -90,6 +92,7 @@ impl Harness {
             pinned: config.policy.dir.is_some(),
             lsm: agent.lsm_active(),
             reload: agent.reload_handle(),
+            metrics_addr: agent.metrics_addr().map(str::to_owned),
             runtime,
             agent: Some(agent),
             task: None,
