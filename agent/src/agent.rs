@@ -76,6 +76,18 @@ pub struct RunStats {
     pub decode_errors: u64,
     /// Records lost in the kernel (ring buffer full).
     pub kernel_lost: u64,
+    /// Failed sink writes.
+    pub sink_errors: u64,
+}
+
+/// Failures that can happen once per record: logged as one line per tick with a count and
+/// the latest error, never one line per record (a broken sink must not flood the journal).
+#[derive(Debug, Default)]
+struct Problems {
+    decode_logged: u64,
+    last_decode: Option<String>,
+    sink_logged: u64,
+    last_sink: Option<String>,
 }
 
 /// Where policies come from and what is in force.
@@ -101,6 +113,7 @@ pub struct Agent {
     metrics: Metrics,
     status: Status,
     status_file: Option<PathBuf>,
+    problems: Problems,
 }
 
 impl Agent {
@@ -220,6 +233,7 @@ impl Agent {
                 ..Status::default()
             },
             status_file: None,
+            problems: Problems::default(),
         };
         for kind in Kind::ALL {
             // Every kind from the start, so a loss is a counter moving rather than appearing.
@@ -342,6 +356,7 @@ impl Agent {
                 _ = tick.tick() => {
                     ticks += 1;
                     self.report_losses();
+                    self.report_problems();
                     if ticks.is_multiple_of(60) {
                         self.enricher.refresh_clock();
                     }
@@ -361,22 +376,24 @@ impl Agent {
                     self.flush()?;
                 }
                 read = self.reader.read_batch(BATCH, |bytes| {
-                    Self::handle(&mut self.enricher, &mut self.sinks, &mut self.stats, &self.metrics, bytes);
+                    let mut out = Out { sinks: &mut self.sinks, stats: &mut self.stats, metrics: &self.metrics };
+                    Self::handle(&mut self.enricher, &mut out, &mut self.problems, bytes);
                 }) => {
                     read?;
                     self.flush()?;
                 }
             }
         }
-        let (enricher, sinks, stats, metrics) = (
-            &mut self.enricher,
-            &mut self.sinks,
-            &mut self.stats,
-            &self.metrics,
-        );
+        let mut out = Out {
+            sinks: &mut self.sinks,
+            stats: &mut self.stats,
+            metrics: &self.metrics,
+        };
+        let (enricher, problems) = (&mut self.enricher, &mut self.problems);
         self.reader
-            .drain(|bytes| Self::handle(enricher, sinks, stats, metrics, bytes));
+            .drain(|bytes| Self::handle(enricher, &mut out, problems, bytes));
         self.report_losses();
+        self.report_problems();
         self.flush()?;
         if let Some(path) = &self.status_file {
             Status::remove(path);
@@ -386,6 +403,7 @@ impl Agent {
             events = self.stats.events,
             kernel_lost = self.stats.kernel_lost,
             decode_errors = self.stats.decode_errors,
+            sink_errors = self.stats.sink_errors,
             pinned = self.sensors.is_pinned(),
             "phiguard stopped; {}",
             if self.sensors.is_pinned() {
@@ -397,34 +415,53 @@ impl Agent {
         Ok(self.stats)
     }
 
-    fn handle(
-        enricher: &mut Enricher,
-        sinks: &mut [Box<dyn Sink>],
-        stats: &mut RunStats,
-        metrics: &Metrics,
-        bytes: &[u8],
-    ) {
-        stats.records += 1;
+    fn handle(enricher: &mut Enricher, out: &mut Out<'_>, problems: &mut Problems, bytes: &[u8]) {
+        out.stats.records += 1;
         let raw = match decode(bytes) {
             Ok(raw) => raw,
             Err(error) => {
-                stats.decode_errors += 1;
-                metrics.decode_errors.inc();
-                warn!(%error, "undecodable ring-buffer record");
+                out.stats.decode_errors += 1;
+                out.metrics.decode_errors.inc();
+                debug!(%error, "undecodable ring-buffer record");
+                problems.last_decode = Some(error.to_string());
                 return;
             }
         };
         for event in enricher.enrich(raw) {
-            Self::emit(sinks, stats, metrics, &event);
+            Self::emit(out, problems, &event);
         }
     }
 
-    fn emit(
-        sinks: &mut [Box<dyn Sink>],
-        stats: &mut RunStats,
-        metrics: &Metrics,
-        event: &v1::Event,
-    ) {
+    /// Logs, once a tick, how many records did not decode and how many sink writes failed
+    /// since the last tick.
+    fn report_problems(&mut self) {
+        let (stats, p) = (&self.stats, &mut self.problems);
+        if stats.decode_errors > p.decode_logged {
+            warn!(
+                new = stats.decode_errors - p.decode_logged,
+                total = stats.decode_errors,
+                last_error = p.last_decode.as_deref().unwrap_or(""),
+                "undecodable ring-buffer records"
+            );
+            p.decode_logged = stats.decode_errors;
+        }
+        if stats.sink_errors > p.sink_logged {
+            warn!(
+                new = stats.sink_errors - p.sink_logged,
+                total = stats.sink_errors,
+                last_error = p.last_sink.as_deref().unwrap_or(""),
+                "sink writes failed: events were not written"
+            );
+            p.sink_logged = stats.sink_errors;
+        }
+    }
+
+    fn emit(out: &mut Out<'_>, problems: &mut Problems, event: &v1::Event) {
+        let Out {
+            sinks,
+            stats,
+            metrics,
+        } = out;
         stats.events += 1;
         metrics
             .events
@@ -434,9 +471,22 @@ impl Agent {
             .inc();
         for sink in sinks.iter_mut() {
             if let Err(error) = sink.write(event) {
-                warn!(%error, "sink write failed");
+                stats.sink_errors += 1;
+                metrics.sink_errors.inc();
+                debug!(%error, "sink write failed");
+                problems.last_sink = Some(error.to_string());
             }
         }
+    }
+
+    /// Emits an event of the agent's own (policy loads, losses).
+    fn emit_own(&mut self, event: &v1::Event) {
+        let mut out = Out {
+            sinks: &mut self.sinks,
+            stats: &mut self.stats,
+            metrics: &self.metrics,
+        };
+        Self::emit(&mut out, &mut self.problems, event);
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -470,7 +520,7 @@ impl Agent {
                     trigger: trigger.as_str().to_owned(),
                     ..v1::PolicyLoad::default()
                 }));
-                Self::emit(&mut self.sinks, &mut self.stats, &self.metrics, &event);
+                self.emit_own(&event);
                 return;
             }
         };
@@ -536,7 +586,7 @@ impl Agent {
             warnings: compiled.warnings.clone(),
             trigger: trigger.as_str().to_owned(),
         }));
-        Self::emit(&mut self.sinks, &mut self.stats, &self.metrics, &event);
+        self.emit_own(&event);
     }
 
     /// Turns new kernel and sink losses into `EventsLost` events and a warning: never silent.
@@ -560,7 +610,7 @@ impl Agent {
                 count: loss.count,
                 total: loss.total,
             }));
-            Self::emit(&mut self.sinks, &mut self.stats, &self.metrics, &event);
+            self.emit_own(&event);
         }
     }
 
@@ -596,9 +646,16 @@ impl Agent {
                 count: new,
                 total: totals[i],
             }));
-            Self::emit(&mut self.sinks, &mut self.stats, &self.metrics, &event);
+            self.emit_own(&event);
         }
     }
+}
+
+/// Where events go, and what counts them.
+struct Out<'a> {
+    sinks: &'a mut [Box<dyn Sink>],
+    stats: &'a mut RunStats,
+    metrics: &'a Metrics,
 }
 
 /// The metrics label of an event's kind.

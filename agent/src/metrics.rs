@@ -72,6 +72,8 @@ pub struct Metrics {
     pub kernel_lost: Family<KindLabels, Counter>,
     /// Ring-buffer records that did not decode.
     pub decode_errors: Counter,
+    /// Event writes a sink refused (the event is missing from that sink).
+    pub sink_errors: Counter,
     /// The policy generation in force (0: no policies).
     pub policy_generation: Gauge,
     /// Policy loads and reloads, by result.
@@ -103,6 +105,7 @@ impl Metrics {
             events: Family::default(),
             kernel_lost: Family::default(),
             decode_errors: Counter::default(),
+            sink_errors: Counter::default(),
             policy_generation: Gauge::default(),
             policy_reloads: Family::default(),
             policy_reload_time: Family::default(),
@@ -125,6 +128,11 @@ impl Metrics {
             "decode_errors",
             "Ring-buffer records that did not decode",
             metrics.decode_errors.clone(),
+        );
+        registry.register(
+            "sink_errors",
+            "Event writes a sink refused",
+            metrics.sink_errors.clone(),
         );
         registry.register(
             "policy_generation",
