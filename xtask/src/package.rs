@@ -221,9 +221,6 @@ fn packaged_config(repo: &str) -> anyhow::Result<String> {
         );
         text = text.replace(from, to);
     }
-    text.push_str(
-        "\n[metrics]\n# Prometheus endpoint, loopback only. Unset: off.\n# listen = \"127.0.0.1:9464\"\n",
-    );
     Ok(text)
 }
 
@@ -461,4 +458,40 @@ pub fn test() -> anyhow::Result<()> {
     }
     println!("package: installed into a fresh root, laid out as documented, removed and purged");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packaged_config_follows_the_repository_agent_toml() {
+        let repo = fs::read_to_string(cmd::workspace_root().join("agent.toml")).unwrap();
+        let packaged = packaged_config(&repo).unwrap();
+        assert!(packaged.contains("\nstdout = false\n"));
+        assert!(packaged.contains("\nfile = \"/var/log/phiguard/events.jsonl\"\n"));
+        assert!(packaged.contains("# dir = \"/etc/phiguard/policies\"\n"));
+        assert!(packaged.contains("# listen = \"127.0.0.1:9464\"\n"));
+    }
+
+    #[test]
+    fn the_unit_keeps_its_hardening() {
+        let unit =
+            fs::read_to_string(cmd::workspace_root().join("packaging/phiguard.service")).unwrap();
+        for line in [
+            "Type=notify",
+            "WatchdogSec=",
+            "ProtectSystem=strict",
+            "ProtectHome=read-only",
+            "PrivateTmp=yes",
+            "StateDirectory=phiguard",
+            "RuntimeDirectory=phiguard",
+            "LogsDirectory=phiguard",
+            "Restart=on-failure",
+            "ReadWritePaths=/sys/fs/bpf",
+            "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH\n",
+        ] {
+            assert!(unit.contains(line), "packaging/phiguard.service lacks {line}");
+        }
+    }
 }
