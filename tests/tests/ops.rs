@@ -282,3 +282,143 @@ fn ring_buffer_overflow_shows_in_the_loss_metrics() {
     assert!(sample(&metrics, "phiguard_events_total{kind=\"events_lost\"}") >= 1.0);
     h.stop();
 }
+
+/// The capabilities `packaging/phiguard.service` grants, as setpriv's `+name` list.
+fn unit_capabilities() -> Vec<String> {
+    let unit = include_str!("../../packaging/phiguard.service");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit names its capabilities");
+    line.split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect()
+}
+
+/// Removes the pins, pass or fail.
+struct Unload;
+
+impl Drop for Unload {
+    fn drop(&mut self) {
+        let _ = Command::new(binary()).arg("unload").output();
+    }
+}
+
+#[test]
+fn agent_enforces_with_only_the_units_capabilities() {
+    require_root();
+    let caps = unit_capabilities();
+    assert!(
+        !caps.iter().any(|c| c == "sys_admin"),
+        "the unit grants CAP_SYS_ADMIN again: {caps:?}"
+    );
+    let tree = Tree::new();
+    let file = tree.watched.join("rec.txt");
+    std::fs::write(&file, "x").unwrap();
+    let policies = tree.dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("records.yaml"),
+        format!(
+            "name: records\nmode: enforce\nrules:\n  - name: files\n    files:\n      - path: {}/**\n        access: [read]\n    allow:\n      - exe: /usr/bin/cat\n",
+            tree.watched.display()
+        ),
+    )
+    .unwrap();
+    let status_file = tree.dir.path().join("status.json");
+    let bounding = format!(
+        "--bounding-set=-all,{}",
+        caps.iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let _unload = Unload;
+    // Root whose bounding set is the unit's: after exec it holds exactly those capabilities,
+    // as under systemd.
+    let start = || {
+        let _ = std::fs::remove_file(&status_file);
+        let mut agent = Agent(
+            Command::new("/usr/bin/setpriv")
+                .arg(&bounding)
+                .arg(binary())
+                .args(["run", "--watch"])
+                .arg(&tree.watched)
+                .arg("--policies")
+                .arg(&policies)
+                .arg("--status-file")
+                .arg(&status_file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !status_file.exists() {
+            if let Some(exit) = agent.0.try_wait().unwrap() {
+                let mut stderr = String::new();
+                agent
+                    .0
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut stderr)
+                    .unwrap();
+                panic!("the agent did not start with {bounding} ({exit}):\n{stderr}");
+            }
+            assert!(Instant::now() < deadline, "no status file within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        agent
+    };
+    let mut agent = start();
+    let report: serde_json::Value =
+        serde_json::from_slice(&status(&status_file, true).stdout).unwrap();
+    let programs = report["status"]["programs"].as_array().unwrap();
+    // Every program a fully privileged process attaches here is attached with the unit's
+    // capabilities too: the LSM ones where the kernel has BPF LSM.
+    let lsm = phiguard::kernel::loader::lsm_usable().expect("probing for BPF LSM as root");
+    for p in programs {
+        let name = p["name"].as_str().unwrap();
+        let expected = !name.starts_with("enforce_") || lsm;
+        assert!(
+            p["attached"] == expected,
+            "{name}: attached {} with {bounding} (BPF LSM here: {lsm}): {}",
+            p["attached"],
+            p["error"]
+        );
+    }
+    assert_eq!(report["status"]["pinned"], true);
+    let read = |exe: &str| {
+        Command::new(exe)
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+    };
+    assert!(read("/usr/bin/cat").success(), "cat is allowed");
+    assert!(!read("/usr/bin/head").success(), "head is refused");
+    // Killed, the pins keep enforcing; a new agent with the same capabilities takes them over.
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+    assert!(
+        !read("/usr/bin/head").success(),
+        "head is refused with no agent"
+    );
+    let mut agent = start();
+    let report: serde_json::Value =
+        serde_json::from_slice(&status(&status_file, true).stdout).unwrap();
+    assert_eq!(report["agent"], "running");
+    assert_eq!(report["status"]["pinned"], true);
+    assert!(
+        read("/usr/bin/cat").success(),
+        "cat is allowed by the new agent"
+    );
+    assert!(
+        !read("/usr/bin/head").success(),
+        "head is refused by the new agent"
+    );
+    kill(Pid::from_raw(agent.0.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(agent.0.wait().unwrap().success());
+}

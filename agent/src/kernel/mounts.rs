@@ -24,7 +24,7 @@ pub enum MountError {
     #[error("no cgroup2 filesystem is mounted (needed to watch connect()); mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup`")]
     NoCgroup2,
     /// Mounting failed.
-    #[error("mounting {fstype} at {target}: {source}")]
+    #[error("mounting {fstype} at {target}: {source} (mounting needs CAP_SYS_ADMIN; or mount it before starting phiguard: `mount -t {fstype} {fstype} {target}`)")]
     Mount {
         /// Filesystem type.
         fstype: &'static str,

@@ -3,14 +3,12 @@
 
 use std::{fs, path::Path};
 
-/// Capabilities the agent needs: load programs, read kernel memory from them, attach cgroup
-/// network programs, and mount bpffs/tracefs.
-const NEEDED_CAPS: &[(u32, &str)] = &[
-    (39, "CAP_BPF"),
-    (38, "CAP_PERFMON"),
-    (12, "CAP_NET_ADMIN"),
-    (21, "CAP_SYS_ADMIN"),
-];
+/// Capabilities the agent cannot run without: load programs and maps, tracing programs that
+/// read kernel memory (and their tracepoints), cgroup network programs. CAP_SYS_ADMIN is
+/// needed only to mount bpffs or tracefs where they are missing (that mount says so when it
+/// fails); CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH make enrichment and policy compilation
+/// complete for other users' processes and files (see packaging/phiguard.service).
+const NEEDED_CAPS: &[(u32, &str)] = &[(39, "CAP_BPF"), (38, "CAP_PERFMON"), (12, "CAP_NET_ADMIN")];
 
 /// Oldest kernel with everything the programs use (BPF ring buffer: 5.8).
 pub const MIN_KERNEL: (u32, u32) = (5, 8);
