@@ -489,7 +489,7 @@ mod tests {
             "LogsDirectory=phiguard",
             "Restart=on-failure",
             "ReadWritePaths=/sys/fs/bpf",
-            "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH\n",
+            "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH\n",
         ] {
             assert!(unit.contains(line), "packaging/phiguard.service lacks {line}");
         }

@@ -5,10 +5,34 @@ use std::{fs, path::Path};
 
 /// Capabilities the agent cannot run without: load programs and maps, tracing programs that
 /// read kernel memory (and their tracepoints), cgroup network programs. CAP_SYS_ADMIN is
-/// needed only to mount bpffs or tracefs where they are missing (that mount says so when it
-/// fails); CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH make enrichment and policy compilation
-/// complete for other users' processes and files (see packaging/phiguard.service).
+/// needed too where `perf_event_paranoid` is above 2 (see [`CAP_SYS_ADMIN`]) and to mount
+/// bpffs or tracefs where they are missing (that mount says so when it fails);
+/// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH make enrichment and policy compilation complete for
+/// other users' processes and files (see packaging/phiguard.service).
 const NEEDED_CAPS: &[(u32, &str)] = &[(39, "CAP_BPF"), (38, "CAP_PERFMON"), (12, "CAP_NET_ADMIN")];
+
+/// CAP_SYS_ADMIN's bit. Debian and Ubuntu kernels carry a patch that, with
+/// `kernel.perf_event_paranoid` above 2 (their default is 3), refuses `perf_event_open` — how
+/// tracepoint programs attach — to any process without CAP_SYS_ADMIN, CAP_PERFMON or not.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Where the kernel's perf_event_paranoid level is.
+const PERF_EVENT_PARANOID: &str = "/proc/sys/kernel/perf_event_paranoid";
+
+/// Missing capabilities for a `CapEff` hex mask and a `perf_event_paranoid` level.
+pub fn missing_caps_for(cap_eff_hex: &str, perf_event_paranoid: Option<i32>) -> Vec<String> {
+    let mask = u64::from_str_radix(cap_eff_hex.trim(), 16).unwrap_or(0);
+    let mut missing: Vec<String> = missing_caps(cap_eff_hex)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if let Some(level) = perf_event_paranoid.filter(|&l| l > 2) {
+        if mask & (1 << CAP_SYS_ADMIN) == 0 {
+            missing.push(format!("CAP_SYS_ADMIN (kernel.perf_event_paranoid is {level}: this kernel attaches tracepoints only for CAP_SYS_ADMIN)"));
+        }
+    }
+    missing
+}
 
 /// Oldest kernel with everything the programs use (BPF ring buffer: 5.8).
 pub const MIN_KERNEL: (u32, u32) = (5, 8);
@@ -59,7 +83,10 @@ pub fn check(btf_path: &Path) -> Result<(), ProbeError> {
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .unwrap_or("0");
-    let missing = missing_caps(cap_eff);
+    let paranoid = fs::read_to_string(PERF_EVENT_PARANOID)
+        .ok()
+        .and_then(|l| l.trim().parse().ok());
+    let missing = missing_caps_for(cap_eff, paranoid);
     if !missing.is_empty() {
         return Err(ProbeError::NotPrivileged {
             missing: missing.join(", "),
@@ -93,6 +120,17 @@ mod tests {
         assert_eq!(parse_release("5.4.0-150-generic"), Some((5, 4)));
         assert!(parse_release("5.4.0").unwrap() < MIN_KERNEL);
         assert_eq!(parse_release("garbage"), None);
+    }
+
+    #[test]
+    fn perf_event_paranoid_above_2_needs_cap_sys_admin() {
+        let all_but_sys_admin = format!("{:x}", 0x1ff_ffff_ffffu64 & !(1 << 21));
+        assert!(missing_caps_for(&all_but_sys_admin, Some(2)).is_empty());
+        assert!(missing_caps_for(&all_but_sys_admin, None).is_empty());
+        let missing = missing_caps_for(&all_but_sys_admin, Some(3));
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].starts_with("CAP_SYS_ADMIN (kernel.perf_event_paranoid is 3"));
+        assert!(missing_caps_for("000001ffffffffff", Some(3)).is_empty());
     }
 
     #[test]
