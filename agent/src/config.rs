@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeSet,
-    fmt, fs, io,
+    fs, io,
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -16,6 +16,7 @@ use crate::paths;
 pub mod collector;
 
 pub use collector::CollectorConfig;
+pub use phiguard_support::location::Location;
 
 /// Most ancestors an event can carry.
 pub const MAX_ANCESTRY_DEPTH: u8 = 16;
@@ -133,27 +134,6 @@ pub struct AgentConfig {
     pub hostname: String,
 }
 
-/// Where a configuration error is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Location {
-    /// The file (or `command line`).
-    pub file: PathBuf,
-    /// 1-based line (0 when unknown).
-    pub line: usize,
-    /// 1-based column (0 when unknown).
-    pub column: usize,
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}", self.file.display())
-        } else {
-            write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
-        }
-    }
-}
-
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -234,25 +214,6 @@ struct RawEnrich {
     retain_exited: Option<usize>,
 }
 
-/// Converts a byte range in `text` to a 1-based line and column.
-fn locate(file: &Path, text: &str, span: Option<Range<usize>>) -> Location {
-    let Some(span) = span else {
-        return Location {
-            file: file.to_owned(),
-            line: 0,
-            column: 0,
-        };
-    };
-    let before = &text[..span.start.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    Location {
-        file: file.to_owned(),
-        line,
-        column,
-    }
-}
-
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -266,10 +227,10 @@ impl Config {
     /// Parses and validates `text`, reporting errors against `origin`.
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            at: locate(origin, text, e.span()),
+            at: Location::in_text(origin, text, e.span()),
             message: e.message().trim().to_owned(),
         })?;
-        let at = |span: Range<usize>| locate(origin, text, Some(span));
+        let at = |span: Range<usize>| Location::in_text(origin, text, Some(span));
         let mut config = Config {
             output: raw.output,
             agent: raw.agent,
@@ -415,11 +376,7 @@ impl Config {
         self.policy.dir =
             Some(
                 check_policy_dir(&absolute).map_err(|message| ConfigError::Invalid {
-                    at: Location {
-                        file: PathBuf::from("command line"),
-                        line: 0,
-                        column: 0,
-                    },
+                    at: Location::file(Path::new("command line")),
                     field: "--policies",
                     message,
                 })?,
@@ -434,11 +391,7 @@ impl Config {
         watch_paths: &[PathBuf],
         watch_ports: &[u16],
     ) -> Result<Config, ConfigError> {
-        let command_line = Location {
-            file: PathBuf::from("command line"),
-            line: 0,
-            column: 0,
-        };
+        let command_line = Location::file(Path::new("command line"));
         for path in watch_paths {
             let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
             let normalised =

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+pub use phiguard_support::location::Location;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -24,27 +25,6 @@ use crate::{
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Upper bound for `max_message_bytes` (64 MiB).
 pub const MAX_MESSAGE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
-
-/// Where a configuration error is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Location {
-    /// The file.
-    pub file: PathBuf,
-    /// 1-based line (0 when unknown).
-    pub line: usize,
-    /// 1-based column (0 when unknown).
-    pub column: usize,
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}", self.file.display())
-        } else {
-            write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
-        }
-    }
-}
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -172,24 +152,6 @@ struct RawCheckpoint {
     every_secs: Option<Spanned<u64>>,
 }
 
-fn locate(file: &Path, text: &str, span: Option<Range<usize>>) -> Location {
-    let Some(span) = span.filter(|s| !(s.start == 0 && s.end == 0)) else {
-        return Location {
-            file: file.to_owned(),
-            line: 0,
-            column: 0,
-        };
-    };
-    let before = &text[..span.start.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    Location {
-        file: file.to_owned(),
-        line,
-        column,
-    }
-}
-
 struct Ctx<'a> {
     origin: &'a Path,
     text: &'a str,
@@ -199,7 +161,7 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn invalid(&self, span: Range<usize>, field: &'static str, message: String) -> ConfigError {
         ConfigError::Invalid {
-            at: locate(self.origin, self.text, Some(span)),
+            at: Location::in_text(self.origin, self.text, Some(span)),
             field,
             message,
         }
@@ -250,7 +212,7 @@ impl Config {
     /// paths against `origin`'s directory.
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            at: locate(origin, text, e.span()),
+            at: Location::in_text(origin, text, e.span()),
             message: e.message().trim().to_owned(),
         })?;
         let base = origin

@@ -1,15 +1,16 @@
 //! `phiguard-collector tail`: a subscriber client and the readable one-line form of an
 //! event.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, time::Duration};
 
 use phiguard_proto::v1::{self, collector_client::CollectorClient, event::Body, SubscribeRequest};
+use phiguard_support::tls::{self, TlsError, TlsFiles};
 use tonic::Streaming;
 
-use crate::{
-    stream::kind_name,
-    tls::{self, TlsError, TlsFiles},
-};
+use crate::stream::kind_name;
+
+/// How long a subscriber waits for the collector to accept the connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A subscription that could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +32,13 @@ pub async fn subscribe(
     request: SubscribeRequest,
     max_message_bytes: usize,
 ) -> Result<Streaming<v1::Event>, TailError> {
-    let channel = tls::connect(addr, server_name, tls::client_config(files)?).await?;
+    let channel = tls::connect(
+        addr,
+        server_name,
+        tls::client_config(files)?,
+        CONNECT_TIMEOUT,
+    )
+    .await?;
     let mut client = CollectorClient::new(channel).max_decoding_message_size(max_message_bytes);
     Ok(client.subscribe(request).await?.into_inner())
 }

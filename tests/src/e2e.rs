@@ -14,15 +14,12 @@ use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
 };
-use phiguard::{
-    sink::{
-        publish::{Publisher, PublisherConfig},
-        spool::{FullPolicy, Spool, SpoolConfig},
-    },
-    tls::TlsFiles as AgentTlsFiles,
+use phiguard::sink::{
+    publish::{Publisher, PublisherConfig},
+    spool::{FullPolicy, Spool, SpoolConfig},
 };
-use phiguard_collector::tls::TlsFiles;
 use phiguard_proto::v1::{self, event::Body};
+use phiguard_support::tls::TlsFiles;
 use tokio::runtime::Runtime;
 
 /// The collector binary (`cargo xtask test` builds it and sets `PHIGUARD_COLLECTOR_BIN`).
@@ -57,22 +54,12 @@ impl Pki {
         self.dir.path().join(name)
     }
 
-    /// The agent `host`'s TLS files (agent side).
-    pub fn agent(&self, host: &str) -> AgentTlsFiles {
-        AgentTlsFiles {
+    /// The agent `host`'s TLS files.
+    pub fn agent(&self, host: &str) -> TlsFiles {
+        TlsFiles {
             ca: self.path("ca.pem"),
             cert: self.path(&phiguard_devcerts::agent_cert_file(host)),
             key: self.path(&phiguard_devcerts::agent_key_file(host)),
-        }
-    }
-
-    /// The agent `host`'s TLS files (collector library form, for raw clients).
-    pub fn agent_client(&self, host: &str) -> TlsFiles {
-        let a = self.agent(host);
-        TlsFiles {
-            ca: a.ca,
-            cert: a.cert,
-            key: a.key,
         }
     }
 

@@ -25,6 +25,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
+/// How long a test client waits for the collector to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn work() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("phiguard-e2e-")
@@ -60,7 +63,7 @@ async fn try_ingest(
     config: Arc<rustls::ClientConfig>,
     batch: Vec<v1::Event>,
 ) -> Result<IngestResponse, String> {
-    let channel = tls::connect(addr, Some("localhost"), config)
+    let channel = tls::connect(addr, Some("localhost"), config, CONNECT_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel(1);
@@ -134,14 +137,14 @@ fn refuses_no_client_certificate_another_ca_and_an_expired_certificate() {
     let rt = runtime();
     let batch = || vec![event("ehr-a", 1)];
     // Control: the right certificate is accepted (so the refusals below mean something).
-    let good = tls::client_config(&pki.agent_client("ehr-a")).unwrap();
+    let good = tls::client_config(&pki.agent("ehr-a")).unwrap();
     let ack = rt
         .block_on(try_ingest(&collector.addr, good, batch()))
         .expect("a valid certificate is accepted");
     assert_eq!(ack.acked_seq, 1);
     // No client certificate.
     let mut roots = rustls::RootCertStore::empty();
-    for cert in tls::load_certs(&pki.path("ca.pem")).unwrap() {
+    for cert in phiguard_support::pem::load_certs(&pki.path("ca.pem")).unwrap() {
         roots.add(cert).unwrap();
     }
     let mut anonymous = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -157,7 +160,7 @@ fn refuses_no_client_certificate_another_ca_and_an_expired_certificate() {
     // A certificate from another CA (for the same name).
     let foreign = tls::client_config(&TlsFiles {
         ca: pki.path("ca.pem"),
-        ..other.agent_client("ehr-a")
+        ..other.agent("ehr-a")
     })
     .unwrap();
     let refused = rt.block_on(try_ingest(&collector.addr, foreign, batch()));
@@ -205,7 +208,7 @@ fn a_certificate_for_host_a_cannot_send_events_for_host_b() {
     let (work, pki) = (work(), Pki::new(&["host-a", "host-b"]));
     let collector = CollectorProc::start(work.path(), &pki, "");
     let rt = runtime();
-    let a = tls::client_config(&pki.agent_client("host-a")).unwrap();
+    let a = tls::client_config(&pki.agent("host-a")).unwrap();
     let refused = rt
         .block_on(try_ingest(
             &collector.addr,
@@ -465,9 +468,14 @@ impl Codec for RawCodec {
 /// Opens an Ingest stream as `files`' identity and sends `message` raw; returns the
 /// stream's error (or the ack).
 async fn raw_ingest(addr: &str, files: &TlsFiles, message: Vec<u8>) -> Result<u64, tonic::Status> {
-    let channel = tls::connect(addr, Some("localhost"), tls::client_config(files).unwrap())
-        .await
-        .unwrap();
+    let channel = tls::connect(
+        addr,
+        Some("localhost"),
+        tls::client_config(files).unwrap(),
+        CONNECT_TIMEOUT,
+    )
+    .await
+    .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let (tx, rx) = mpsc::channel(1);
@@ -512,7 +520,7 @@ fn malformed_and_oversized_messages_are_refused_without_harming_another_agent() 
         })
     };
     let rt = runtime();
-    let b = pki.agent_client("ehr-b");
+    let b = pki.agent("ehr-b");
     let started = Instant::now();
     let mut refusals = Vec::new();
     // Garbage that is not protobuf.
