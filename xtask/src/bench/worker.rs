@@ -4,11 +4,7 @@
 //! from boot never does.
 
 use std::{
-    fs::File,
-    net::{Shutdown, TcpStream},
-    path::PathBuf,
-    process::Command,
-    time::Instant,
+    fs::File, io::Read as _, net::TcpStream, path::PathBuf, process::Command, time::Instant,
 };
 
 use anyhow::{bail, Context as _};
@@ -24,7 +20,7 @@ pub struct LoopArgs {
 enum Work {
     /// open+close of FILE, COUNT times.
     Open { file: PathBuf, count: u32 },
-    /// TCP connect+close to 127.0.0.1:PORT, COUNT times.
+    /// TCP connect to 127.0.0.1:PORT, wait for the listener's close, close; COUNT times.
     Connect { port: u16, count: u32 },
 }
 
@@ -41,9 +37,11 @@ pub fn bench_loop(args: &LoopArgs) -> anyhow::Result<()> {
         Work::Connect { port, count } => {
             let start = Instant::now();
             for _ in 0..*count {
-                let stream = TcpStream::connect(("127.0.0.1", *port))
+                let mut stream = TcpStream::connect(("127.0.0.1", *port))
                     .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
-                let _ = stream.shutdown(Shutdown::Both);
+                // Wait for the listener to accept and close: a listener that falls behind
+                // would overflow its accept queue and stall a connect for a SYN retry.
+                let _ = stream.read(&mut [0u8; 1]);
             }
             (*count, start)
         }

@@ -292,7 +292,8 @@ impl Drop for Listener {
     }
 }
 
-/// `connect`: TCP connect+close to a loopback listener on a watched port.
+/// `connect`: TCP connect to a loopback listener on a watched port, which accepts and closes;
+/// the client waits for that close, then closes.
 pub fn connect(scratch: &Scratch, rules: &AuditRules, quick: bool) -> anyhow::Result<Value> {
     let (rounds, count) = if quick { (2, 300) } else { (7, 3_000) };
     let listener = Listener::start()?;
