@@ -41,6 +41,10 @@ pub enum Command {
     /// Write the man page (roff) to stdout.
     #[command(hide = true)]
     Man,
+    /// Attach empty programs wherever `run` with the same arguments attaches the agent's,
+    /// until SIGINT/SIGTERM: the hook floor of `cargo xtask bench`.
+    #[command(hide = true)]
+    BenchFloor(RunArgs),
 }
 
 /// `phiguard status`.

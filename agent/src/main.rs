@@ -15,7 +15,7 @@ use phiguard::{
         DEFAULT_POLICY_DIR,
     },
     config::Config,
-    kernel::{loader, mounts, pins},
+    kernel::{floor::Floor, loader, mounts, pins},
     policy::{self, Trigger},
     sink::{
         json::JsonLines,
@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::Unload => unload(),
         Command::Status(args) => return status(&args),
         Command::Man => man(),
+        Command::BenchFloor(args) => bench_floor(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,6 +148,39 @@ fn man() -> anyhow::Result<()> {
     std::io::stdout()
         .write_all(&out)
         .context("writing the man page")
+}
+
+/// `phiguard bench-floor`: empty programs at the agent's hooks for this configuration, held
+/// until SIGINT or SIGTERM.
+fn bench_floor(args: &RunArgs) -> anyhow::Result<()> {
+    let config = load_config(args)?;
+    mounts::ensure_mounted()?;
+    let floor = Floor::attach(config.database.is_enabled(), &mounts::cgroup2_root()?)?;
+    for (name, hook, error) in &floor.status {
+        if let Some(error) = error {
+            tracing::warn!(program = name, %hook, "no empty program here: {error}");
+        }
+    }
+    tracing::info!(
+        programs = floor.attached(),
+        "hook floor attached; SIGINT or SIGTERM detaches it"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    drop(floor);
+    tracing::info!("hook floor detached");
+    Ok(())
 }
 
 /// `phiguard policy check`: validates and compiles, prints what is protected and how.

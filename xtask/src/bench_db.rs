@@ -31,16 +31,20 @@ use serde_json::{json, Value};
 use crate::cmd;
 
 /// A PostgreSQL cluster in a scratch directory, stopped and removed on drop.
-struct Cluster {
-    bin: PathBuf,
-    dir: PathBuf,
-    port: u16,
+pub(crate) struct Cluster {
+    /// The server's bin directory.
+    pub(crate) bin: PathBuf,
+    /// Its scratch directory (the data directory and the unix socket are in it).
+    pub(crate) dir: PathBuf,
+    /// Its TCP port on 127.0.0.1.
+    pub(crate) port: u16,
     uid: u32,
     gid: u32,
 }
 
 impl Cluster {
-    fn start() -> anyhow::Result<Cluster> {
+    /// `initdb` and start a cluster.
+    pub(crate) fn start() -> anyhow::Result<Cluster> {
         let bin = fs::read_dir("/usr/lib/postgresql")
             .context("PostgreSQL not installed (cargo xtask setup installs it)")?
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -78,7 +82,8 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+    /// Runs one of the server's programs as `postgres`; its stdout.
+    pub(crate) fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(self.bin.join(program))
             .args(args)
             .uid(self.uid)
@@ -96,7 +101,7 @@ impl Cluster {
     }
 
     /// `pgbench -S` for `seconds`: transactions per second.
-    fn pgbench_select(&self, seconds: u32) -> anyhow::Result<f64> {
+    pub(crate) fn pgbench_select(&self, seconds: u32) -> anyhow::Result<f64> {
         let port = self.port.to_string();
         let out = self.run(
             "pgbench",

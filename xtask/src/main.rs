@@ -49,6 +49,9 @@ enum Task {
     },
     /// Measure the agent's overhead and throughput against a baseline in the same run.
     Bench(bench::BenchArgs),
+    /// One benchmark loop in a fresh process (run by `bench`; prints ns per operation).
+    #[command(hide = true)]
+    BenchLoop(bench::LoopArgs),
     /// Make a development CA, a collector certificate and agent certificates in DIR.
     Certs(certs::CertsArgs),
 }
@@ -63,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run::run(&args),
         Task::Test(args) => test::test(&args),
         Task::Bench(args) => bench::bench(&args),
+        Task::BenchLoop(args) => bench::bench_loop(&args),
         Task::Package { check } => {
             setup::setup()?;
             if check {

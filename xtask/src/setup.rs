@@ -20,7 +20,7 @@ const EXPECTED_NIGHTLY: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)";
 /// initramfs); postgresql and mariadb-server/mariadb-client (the database-audit tests'
 /// throwaway servers and their clients, and the pgbench benchmark); systemd
 /// (systemd-analyze verifies the units) and man-db (renders the packaged man page) for the
-/// package tier.
+/// package tier; auditd (the incumbent the benchmarks compare against).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "dwarves",
@@ -36,6 +36,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "mariadb-client",
     "systemd",
     "man-db",
+    "auditd",
 ];
 
 fn step(what: &str, outcome: &str) {

@@ -3,5 +3,6 @@
 pub mod db;
 pub mod enforce;
 pub mod file;
+pub mod floor;
 pub mod net;
 pub mod process;

@@ -22,7 +22,7 @@ use aya::{
 
 use super::{
     install, pins,
-    registry::{Family, Hook, ProgramSpec, PROGRAMS},
+    registry::{self, Family, Hook, ProgramSpec},
 };
 use crate::{
     config::DatabaseConfig,
@@ -31,7 +31,8 @@ use crate::{
 };
 
 /// The kernel object built by `agent/build.rs`, embedded in the binary.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phiguard"));
+pub(super) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phiguard"));
 
 /// Failure to bring the kernel programs up.
 #[derive(Debug, thiserror::Error)]
@@ -169,12 +170,7 @@ impl Sensors {
             source,
         })?;
         sensors.fill_database(database)?;
-        for spec in PROGRAMS {
-            // The capture hooks run on every read and write of the host: only with a
-            // database endpoint to watch.
-            if spec.family == Family::Db && !database.is_enabled() {
-                continue;
-            }
+        for spec in registry::selected(database.is_enabled()) {
             let error = sensors.attach(spec, &cgroup).err();
             if let (true, Some(reason)) = (spec.required, &error) {
                 return Err(LoadError::Required {

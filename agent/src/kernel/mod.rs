@@ -2,6 +2,7 @@
 //! reading the ring buffer.
 
 pub mod btf;
+pub mod floor;
 pub mod install;
 pub mod loader;
 pub mod mounts;

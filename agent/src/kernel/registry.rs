@@ -95,6 +95,14 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { name: "enforce_unix_stream_connect", hook: Hook::Lsm { hook: "unix_stream_connect" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: unix-socket database endpoints are not enforced" },
 ];
 
+/// The programs the agent attaches: all of them, except the database capture hooks (they run
+/// on every read and write of the host) when no database endpoint is configured.
+pub fn selected(database_enabled: bool) -> impl Iterator<Item = &'static ProgramSpec> {
+    PROGRAMS
+        .iter()
+        .filter(move |spec| database_enabled || spec.family != Family::Db)
+}
+
 impl std::fmt::Display for Hook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

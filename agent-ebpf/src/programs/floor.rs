@@ -1,0 +1,39 @@
+//! The benchmark's hook floor: programs that do nothing, one per program type the agent uses.
+//! `phiguard bench-floor` attaches them wherever the registry attaches the real programs, so
+//! a benchmark can tell what the hooks cost by themselves from what the agent's work costs.
+//! The agent never attaches these.
+
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, lsm, raw_tracepoint, tracepoint},
+    programs::{LsmContext, RawTracePointContext, SockAddrContext, TracePointContext},
+};
+
+/// Any classic tracepoint: returns at once.
+#[tracepoint]
+pub fn floor_tracepoint(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+/// Any raw tracepoint: returns at once.
+#[raw_tracepoint]
+pub fn floor_raw_tracepoint(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// `cgroup/connect4`: allows every connect.
+#[cgroup_sock_addr(connect4)]
+pub fn floor_connect4(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+/// `cgroup/connect6`: allows every connect.
+#[cgroup_sock_addr(connect6)]
+pub fn floor_connect6(_ctx: SockAddrContext) -> i32 {
+    1
+}
+
+/// Any BPF LSM hook (attached to the hook named at load time): allows.
+#[lsm]
+pub fn floor_lsm(_ctx: LsmContext) -> i32 {
+    0
+}

@@ -1,0 +1,66 @@
+//! `e2e`: the collector link — ingest rate over loopback mutual TLS and latency from a kernel
+//! event to a live subscriber — measured by `tests/src/bin/e2e_bench.rs`.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+
+use crate::cmd;
+
+/// The collector link: ingest rate with one and eight agents over loopback mutual TLS, and
+/// latency from a kernel event to a live subscriber (see `tests/src/bin/e2e_bench.rs`).
+pub fn e2e(quick: bool) -> anyhow::Result<Value> {
+    cmd::run(cmd::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "phiguard-collector",
+        "--bin",
+        "phiguard-collector",
+        "-p",
+        "phiguard-tests",
+        "--bin",
+        "e2e-bench",
+    ]))?;
+    let release = cmd::workspace_root().join("target/release");
+    let mut command = Command::new(release.join("e2e-bench"));
+    if quick {
+        command.arg("--quick");
+    }
+    let output = command
+        .env("PHIGUARD_BIN", release.join("phiguard"))
+        .env("PHIGUARD_COLLECTOR_BIN", release.join("phiguard-collector"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running e2e-bench")?;
+    if !output.status.success() {
+        bail!("e2e-bench failed ({})", output.status);
+    }
+    let result: Value = serde_json::from_slice(&output.stdout).context("e2e-bench output")?;
+    println!(
+        "\ne2e: agent spool + publisher -> phiguard-collector (mTLS 1.3, fsync per batch) -> subscriber"
+    );
+    for key in ["ingest_1_agent", "ingest_8_agents"] {
+        let r = &result[key];
+        println!(
+            "  {key:<16} {:>7} events of {} bytes in {:>6.2} s = {:>7} events/s stored (fsync'd) and acknowledged",
+            r["events"],
+            r["event_bytes"],
+            r["seconds"].as_f64().unwrap_or(0.0),
+            r["events_per_s"]
+        );
+    }
+    for key in ["latency", "latency_fsync_every_batch"] {
+        let l = &result[key];
+        println!(
+            "  latency kernel -> subscriber ({} opens, agent spool fsync every {} ms): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            l["samples"],
+            l["spool_sync_interval_ms"],
+            l["p50_ms"].as_f64().unwrap_or(0.0),
+            l["p99_ms"].as_f64().unwrap_or(0.0),
+            l["max_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(result)
+}

@@ -1,0 +1,135 @@
+//! `cargo xtask bench`: what the agent costs, measured against a baseline, the hook floor and
+//! auditd in the same invocation; how many events per second it takes without loss; what it
+//! uses at a steady rate; and the collector link's ingest rate and latency. Results print as
+//! tables and are saved as JSON under `target/bench/` with the kernel, CPU count, commit and
+//! load average, so two runs can be compared.
+
+mod auditd;
+mod cleanup;
+mod compare;
+mod e2e;
+mod load;
+mod setting;
+mod worker;
+mod workloads;
+
+pub use worker::{bench_loop, LoopArgs};
+
+use std::{fs, process::Command};
+
+use anyhow::bail;
+use serde_json::json;
+
+use crate::{cmd, run, setup};
+
+/// Every benchmark, in the order a full run takes them.
+const ALL: &[&str] = &[
+    "open",
+    "exec",
+    "connect",
+    "pgbench",
+    "throughput",
+    "cost",
+    "e2e",
+    "db",
+];
+
+/// Which benchmarks.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// `open`, `exec`, `connect`, `pgbench`, `throughput`, `cost`, `e2e` (agent → collector →
+    /// subscriber), `db` (the database hooks on a file read/write loop), or all when omitted.
+    name: Option<String>,
+    /// Fewer, shorter rounds (for CI: proves the benchmarks run, not what they measure).
+    #[arg(long)]
+    quick: bool,
+}
+
+impl BenchArgs {
+    /// Every benchmark, in quick mode.
+    pub fn quick() -> BenchArgs {
+        BenchArgs {
+            name: None,
+            quick: true,
+        }
+    }
+}
+
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn commit() -> String {
+    let root = cmd::workspace_root();
+    let hash = cmd::output(
+        Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(&root),
+    )
+    .unwrap_or_default();
+    let dirty = cmd::output(
+        Command::new("git")
+            .args(["status", "--porcelain", "--untracked-files=no"])
+            .current_dir(&root),
+    )
+    .is_some_and(|s| !s.trim().is_empty());
+    format!("{}{}", hash.trim(), if dirty { "-dirty" } else { "" })
+}
+
+/// Runs the selected benchmarks and saves the results.
+pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!("benchmarks load the agent's eBPF programs: run as root (sudo -E env \"PATH=$PATH\" cargo xtask bench)");
+    }
+    let names: Vec<&str> = match args.name.as_deref() {
+        None => ALL.to_vec(),
+        Some(name) if ALL.contains(&name) => vec![name],
+        Some(other) => bail!("unknown benchmark {other}: one of {}", ALL.join(", ")),
+    };
+    setup::setup()?;
+    run::build()?;
+    // From here on, Ctrl-C restores the machine (auditd, rules, sysctls, pins) before exiting.
+    cleanup::on_signals_undo_all();
+    let started = std::time::Instant::now();
+    let load_at_start = load_average();
+    let scratch = workloads::Scratch::new()?;
+    let rules = auditd::AuditRules::equivalent_to_watches(&scratch.watched_dir());
+    let mut results = serde_json::Map::new();
+    for name in names {
+        let result = match name {
+            "open" => workloads::open(&scratch, &rules, args.quick)?,
+            "exec" => workloads::exec(&scratch, &rules, args.quick)?,
+            "connect" => workloads::connect(&scratch, &rules, args.quick)?,
+            "pgbench" => workloads::pgbench(&scratch, &rules, args.quick)?,
+            "throughput" => load::throughput(&scratch, args.quick)?,
+            "cost" => load::cost(&scratch, args.quick)?,
+            "e2e" => e2e::e2e(args.quick)?,
+            _ => crate::bench_db::bench_db(&scratch.root, args.quick)?,
+        };
+        results.insert(name.to_owned(), result);
+    }
+    let report = json!({
+        "kernel": cmd::output(Command::new("uname").arg("-r")).unwrap_or_default().trim(),
+        "cpus": std::thread::available_parallelism().map(usize::from).unwrap_or(0),
+        "commit": commit(),
+        "quick": args.quick,
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+        "seconds": started.elapsed().as_secs_f64(),
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": load_average(),
+        "benchmarks": results,
+    });
+    let dir = cmd::workspace_root().join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let file = dir.join(format!("bench-{}.json", report["unix_time"]));
+    fs::write(&file, serde_json::to_string_pretty(&report)?)?;
+    println!(
+        "\nload average (1/5/15 min) at start {load_at_start}, at end {}; {:.0} s",
+        report["load_average_at_end"].as_str().unwrap_or(""),
+        started.elapsed().as_secs_f64()
+    );
+    println!("results: {}", file.display());
+    Ok(())
+}
