@@ -504,6 +504,7 @@ fn spool_depth_and_last_publish_follow_the_collector_in_metrics_and_status() {
         assert!(Instant::now() < deadline, "status: {report}");
         std::thread::sleep(Duration::from_millis(200));
     };
+    eprintln!("phiguard status while the collector is down:\n{text}");
     let link = &report["status"]["link"];
     assert_eq!(link["connected"], false, "{report}");
     assert_eq!(link["address"], collector.addr.as_str());
@@ -629,6 +630,11 @@ fn a_killed_agent_raises_agent_silent_and_its_return_agent_reconnected_at_a_subs
     let Some(Body::Heartbeat(h)) = &beat.body else {
         unreachable!()
     };
+    eprintln!(
+        "heartbeat, {} bytes as protobuf:\n{}",
+        prost::Message::encoded_len(&beat),
+        serde_json::to_string_pretty(&beat).unwrap()
+    );
     assert_eq!(h.interval_ms, 300);
     assert!(
         h.programs_attached > 0 && h.programs_attached <= h.programs_known,
@@ -666,7 +672,11 @@ fn a_killed_agent_raises_agent_silent_and_its_return_agent_reconnected_at_a_subs
         Duration::from_secs(20),
         |e| matches!(alert_of(e), Some((v1::AlertKind::AgentSilent, _))),
     );
-    eprintln!("agent-silent alert {:?} after SIGKILL", killed.elapsed());
+    eprintln!(
+        "agent-silent alert {:?} after SIGKILL:\n{}",
+        killed.elapsed(),
+        serde_json::to_string_pretty(&silent).unwrap()
+    );
     let (_, a) = alert_of(&silent).unwrap();
     assert!(a.silent_ms > 4000, "{a:?}");
     assert_eq!(silent.host.as_ref().unwrap().agent_id, AGENT);
@@ -680,6 +690,7 @@ fn a_killed_agent_raises_agent_silent_and_its_return_agent_reconnected_at_a_subs
         Duration::from_secs(30),
         |e| alert_of(e).is_some(),
     );
+    eprintln!("{}", serde_json::to_string_pretty(&back).unwrap());
     let (kind, a) = alert_of(&back).unwrap();
     assert_eq!(kind, v1::AlertKind::AgentReconnected, "{a:?}");
     assert!(a.silent_ms > 4000, "{a:?}");
