@@ -464,8 +464,11 @@ fn spool_depth_and_last_publish_follow_the_collector_in_metrics_and_status() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    scrape_until(&addr, "connected, everything acknowledged", |m| {
-        sample(m, CONNECTED) == 1.0 && sample(m, SPOOL_EVENTS) == 0.0 && sample(m, LAST_ACK) > 0.0
+    // The agent reports every exec, fork and exit on the host: on a busy machine a few live
+    // events are always in flight, so "drained" below means the backlog was acknowledged,
+    // not a depth of exactly 0 (which a quiet host shows).
+    scrape_until(&addr, "connected, something acknowledged", |m| {
+        sample(m, CONNECTED) == 1.0 && sample(m, LAST_ACK) > 0.0
     });
 
     // The collector goes away: the depth grows with every event, the last publish stays.
@@ -506,6 +509,8 @@ fn spool_depth_and_last_publish_follow_the_collector_in_metrics_and_status() {
     };
     eprintln!("phiguard status while the collector is down:\n{text}");
     let link = &report["status"]["link"];
+    let backlog_last = link["last_seq"].as_u64().unwrap();
+    let backlog = link["spool_events"].as_u64().unwrap();
     assert_eq!(link["connected"], false, "{report}");
     assert_eq!(link["address"], collector.addr.as_str());
     assert_eq!(
@@ -517,21 +522,23 @@ fn spool_depth_and_last_publish_follow_the_collector_in_metrics_and_status() {
     assert!(text.contains("NOT CONNECTED"), "{text}");
     assert!(text.contains("events unacknowledged"), "{text}");
 
-    // The collector returns: the spool drains to 0 and the last publish moves.
+    // The collector returns: the backlog drains (everything spooled while it was down is
+    // acknowledged; what remains is live traffic in flight) and the last publish moves.
     collector.restart();
     scrape_until(&addr, "drained after the collector returned", |m| {
         sample(m, CONNECTED) == 1.0
-            && sample(m, SPOOL_EVENTS) == 0.0
+            && sample(m, SPOOL_EVENTS) < backlog as f64
             && sample(m, LAST_ACK) > last_ack
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (report, text) = agent_status(&status_file);
         let link = &report["status"]["link"];
-        if link["spool_events"] == 0 && link["connected"] == true {
+        if link["acked_seq"].as_u64() >= Some(backlog_last) && link["connected"] == true {
+            eprintln!("phiguard status after the collector returned:\n{text}");
             assert!(link["last_ack_ms"].as_f64().unwrap() / 1000.0 > last_ack);
+            assert!(link["spool_events"].as_u64() < Some(backlog), "{report}");
             assert!(text.contains(" connected ("), "{text}");
-            assert!(text.contains("0 events unacknowledged"), "{text}");
             break;
         }
         assert!(Instant::now() < deadline, "status: {report}");
