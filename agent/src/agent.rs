@@ -18,6 +18,7 @@ use crate::{
     enrich::{host::HostInfo, EnrichSettings, Enricher},
     event::decode::decode,
     kernel::{btf, loader::Sensors, mounts, pins, probe, reader::Reader},
+    link::Link,
     metrics::{KindLabels, LayerLabels, Metrics},
     policy::{self, compile::Compiled, compile::ResourceKind, watcher::PolicyWatcher, Trigger},
     sink::Sink,
@@ -114,6 +115,7 @@ pub struct Agent {
     status: Status,
     status_file: Option<PathBuf>,
     problems: Problems,
+    link: Option<Link>,
 }
 
 impl Agent {
@@ -234,6 +236,7 @@ impl Agent {
             },
             status_file: None,
             problems: Problems::default(),
+            link: None,
         };
         for kind in Kind::ALL {
             // Every kind from the start, so a loss is a counter moving rather than appearing.
@@ -256,6 +259,45 @@ impl Agent {
     pub fn write_status_to(&mut self, path: &Path) {
         self.status_file = Some(path.to_owned());
         self.write_status();
+    }
+
+    /// Makes the agent watch its collector link: spool depth and last acknowledgement in the
+    /// metrics and the status, and a heartbeat event every interval.
+    pub fn watch_link(&mut self, link: Link) {
+        self.link = Some(link);
+        self.update_link();
+    }
+
+    /// Takes a snapshot of the collector link into the metrics and the status.
+    fn update_link(&mut self) {
+        if let Some(link) = &self.link {
+            let state = link.state();
+            self.metrics.link(&state);
+            self.status.link = Some(state);
+        }
+    }
+
+    /// Spools a heartbeat for the collector: the agent is alive, and what it runs.
+    fn heartbeat(&mut self) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let state = link.state();
+        let interval_ms = link.heartbeat_interval().as_millis() as u64;
+        let attached = self.status.programs.iter().filter(|p| p.attached).count();
+        let body = Body::Heartbeat(v1::Heartbeat {
+            interval_ms,
+            programs_attached: u32::try_from(attached).unwrap_or(u32::MAX),
+            programs_known: u32::try_from(self.status.programs.len()).unwrap_or(u32::MAX),
+            policy_generation: self.status.policy_generation,
+            spool_events: state.spool_events,
+            spool_bytes: state.spool_bytes,
+            kernel_lost: self.status.kernel_lost.values().sum(),
+            spool_dropped: state.spool_dropped,
+            uptime_seconds: status::now().saturating_sub(self.status.started_at),
+        });
+        let event = self.enricher.agent_event(body);
+        self.emit_own(&event);
     }
 
     /// The agent's metrics (shared: they keep counting while it runs).
@@ -344,6 +386,12 @@ impl Agent {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(TICK);
         let mut ticks: u64 = 0;
+        // Without a collector link there is no heartbeat (the branch below is disabled).
+        let mut heartbeat = tokio::time::interval(
+            self.link
+                .as_ref()
+                .map_or(Duration::from_secs(3600), Link::heartbeat_interval),
+        );
         loop {
             // While the ring buffer has a backlog, `read_batch` is ready at once and this task
             // would never return to the runtime: its timer driver would not run and the tick
@@ -361,10 +409,15 @@ impl Agent {
                         self.enricher.refresh_clock();
                     }
                     self.flush()?;
+                    self.update_link();
                     self.write_status();
                     // The service manager's watchdog: the event loop is alive (a no-op
                     // outside systemd).
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+                _ = heartbeat.tick(), if self.link.is_some() => {
+                    self.heartbeat();
+                    self.flush()?;
                 }
                 Some(trigger) = self.policies.requests.recv() => {
                     if trigger == Trigger::FileChange {
@@ -673,6 +726,7 @@ fn body_kind(body: Option<&Body>) -> &'static str {
         Some(Body::DbSessionStart(_)) => "db_session_start",
         Some(Body::DbStatement(_)) => "db_statement",
         Some(Body::DbSessionEnd(_)) => "db_session_end",
+        Some(Body::Heartbeat(_)) => "heartbeat",
         None => "none",
     }
 }

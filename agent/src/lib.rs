@@ -8,6 +8,7 @@ pub mod db;
 pub mod enrich;
 pub mod event;
 pub mod kernel;
+pub mod link;
 pub mod metrics;
 pub mod paths;
 pub mod policy;

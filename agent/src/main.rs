@@ -16,6 +16,7 @@ use phiguard::{
     },
     config::Config,
     kernel::{floor::Floor, loader, mounts, pins},
+    link::Link,
     policy::{self, Trigger},
     sink::{
         json::JsonLines,
@@ -240,10 +241,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             sinks.push(Box::new(sink));
         }
         let mut publisher = None;
+        let mut watched = None;
         if let Some(link) = &config.collector {
             let spool = Spool::open(link.spool.clone()).context("opening the spool")?;
             sinks.push(Box::new(SpoolSink(spool.clone())));
-            publisher = Some(Publisher::spawn(spool, link.publisher.clone())?);
+            let spawned = Publisher::spawn(spool.clone(), link.publisher.clone())?;
+            watched = Some(Link::new(
+                link.publisher.address.clone(),
+                spool,
+                spawned.status_handle(),
+                link.heartbeat,
+            ));
+            publisher = Some(spawned);
             tracing::info!(
                 address = %link.publisher.address,
                 spool = %link.spool.dir.display(),
@@ -251,6 +260,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             );
         }
         let mut agent = Agent::start(&config, sinks)?;
+        if let Some(link) = watched {
+            agent.watch_link(link);
+        }
         agent.write_status_to(&args.status_file);
         // systemd (Type=notify): ready once the programs are attached. A no-op elsewhere.
         let _ = sd_notify::notify(&[

@@ -88,6 +88,14 @@ pub struct Metrics {
     pub programs_known: Gauge,
     /// Whether the programs are pinned (enforcement outlives the agent).
     pub programs_pinned: Gauge<i64, AtomicI64>,
+    /// Events spooled and not yet acknowledged by the collector (seq distance).
+    pub spool_events: Gauge,
+    /// Bytes the spool holds.
+    pub spool_bytes: Gauge,
+    /// 1 while a stream to the collector is open.
+    pub collector_connected: Gauge,
+    /// Unix time of the collector's last acknowledgement (absent until the first).
+    pub publish_last_ack: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -113,6 +121,10 @@ impl Metrics {
             programs_attached: Gauge::default(),
             programs_known: Gauge::default(),
             programs_pinned: Gauge::default(),
+            spool_events: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            collector_connected: Gauge::default(),
+            publish_last_ack: Gauge::default(),
         };
         registry.register(
             "events",
@@ -169,6 +181,26 @@ impl Metrics {
             "1 when the programs are pinned and keep enforcing after the agent stops",
             metrics.programs_pinned.clone(),
         );
+        registry.register(
+            "spool_events",
+            "Events spooled for the collector and not yet acknowledged (last spooled seq minus last acknowledged seq)",
+            metrics.spool_events.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes the spool holds",
+            metrics.spool_bytes.clone(),
+        );
+        registry.register(
+            "collector_connected",
+            "1 while a stream to the collector is open",
+            metrics.collector_connected.clone(),
+        );
+        registry.register(
+            "publish_last_ack_timestamp_seconds",
+            "Unix time the collector last acknowledged a batch (0: not since the agent started)",
+            metrics.publish_last_ack.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             ..metrics
@@ -185,6 +217,16 @@ impl Metrics {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.policy_reload_time.get_or_create(&labels).set(now);
+    }
+
+    /// Records a snapshot of the collector link.
+    pub fn link(&self, state: &crate::link::LinkState) {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.spool_events.set(gauge(state.spool_events));
+        self.spool_bytes.set(gauge(state.spool_bytes));
+        self.collector_connected.set(i64::from(state.connected));
+        self.publish_last_ack
+            .set(state.last_ack_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
     }
 
     /// The text exposition of every metric.
@@ -299,6 +341,8 @@ mod tests {
             "phiguard_policy_generation 3",
             "phiguard_policy_last_reload_timestamp_seconds{result=\"success\"}",
             "phiguard_programs_attached 0",
+            "phiguard_spool_events 0",
+            "phiguard_publish_last_ack_timestamp_seconds 0.0",
             "# EOF",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");

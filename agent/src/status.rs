@@ -110,6 +110,9 @@ pub struct Status {
     pub events: u64,
     /// Metrics endpoint, when on.
     pub metrics: Option<String>,
+    /// The collector link, when `[collector]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<crate::link::LinkState>,
 }
 
 /// Unix time now, seconds.
@@ -316,6 +319,9 @@ impl Report {
                 let _ = writeln!(out, "kernel losses: {lost} ({})", by_kind.join(", "));
             }
             let _ = writeln!(out, "events written: {}", s.events);
+            if let Some(link) = &s.link {
+                link_text(&mut out, link);
+            }
             if let Some(m) = &s.metrics {
                 let _ = writeln!(out, "metrics: http://{m}/metrics");
             }
@@ -333,6 +339,41 @@ impl Report {
         };
         out
     }
+}
+
+/// The collector link's lines of the report.
+fn link_text(out: &mut String, link: &crate::link::LinkState) {
+    let _ = writeln!(
+        out,
+        "collector: {} {} ({} connections since start, heartbeat every {} ms)",
+        link.address,
+        if link.connected {
+            "connected"
+        } else {
+            "NOT CONNECTED"
+        },
+        link.connections,
+        link.heartbeat_interval_ms
+    );
+    let _ = writeln!(
+        out,
+        "  spool: {} events unacknowledged ({} bytes; seq {} spooled, {} acknowledged); {} dropped",
+        link.spool_events, link.spool_bytes, link.last_seq, link.acked_seq, link.spool_dropped
+    );
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let _ = match link.last_ack_ms {
+        Some(ms) => writeln!(
+            out,
+            "  last acknowledged by the collector: {:.1}s ago",
+            now_ms.saturating_sub(u128::from(ms)) as f64 / 1000.0
+        ),
+        None => writeln!(
+            out,
+            "  last acknowledged by the collector: never since start"
+        ),
+    };
 }
 
 #[cfg(test)]

@@ -90,6 +90,17 @@ pub struct CheckpointConfig {
     pub cadence: Cadence,
 }
 
+/// Default silence window: three of the agents' default heartbeat intervals (30 s).
+pub const DEFAULT_SILENT_AFTER: Duration = Duration::from_secs(90);
+
+/// `[liveness]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LivenessConfig {
+    /// An agent that sends nothing (no heartbeat, no event) for longer than this is reported
+    /// silent.
+    pub silent_after: Duration,
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -99,6 +110,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[checkpoint]`.
     pub checkpoint: CheckpointConfig,
+    /// `[liveness]`.
+    pub liveness: LivenessConfig,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +121,14 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     checkpoint: RawCheckpoint,
+    #[serde(default)]
+    liveness: RawLiveness,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLiveness {
+    silent_after_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -353,10 +374,20 @@ impl Config {
                 )?),
             },
         };
+        let liveness = LivenessConfig {
+            silent_after: Duration::from_millis(cx.range(
+                raw.liveness.silent_after_ms.as_ref(),
+                "liveness.silent_after_ms",
+                DEFAULT_SILENT_AFTER.as_millis() as u64,
+                200,
+                86_400_000,
+            )?),
+        };
         Ok(Config {
             server,
             store,
             checkpoint,
+            liveness,
         })
     }
 }
@@ -384,6 +415,9 @@ mod tests {
             Some(Path::new("/var/lib/pgc/checkpoints.jsonl"))
         );
         assert!(c.server.subscribers.is_empty());
+        assert_eq!(c.liveness.silent_after, DEFAULT_SILENT_AFTER);
+        let c = parse(&format!("{MINIMAL}[liveness]\nsilent_after_ms = 1500\n")).unwrap();
+        assert_eq!(c.liveness.silent_after, Duration::from_millis(1500));
     }
 
     #[test]
@@ -413,6 +447,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains(":2:16: server.subscribers:"), "{err}");
+        let err = parse(&format!("{MINIMAL}[liveness]\nsilent_after_ms = 10\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/phiguard/collector.toml:8:19: liveness.silent_after_ms: 10 is outside 200..=86400000"
+        );
         let err = parse("[server]\n").unwrap_err().to_string();
         assert!(err.contains("missing field"), "{err}");
     }

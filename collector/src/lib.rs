@@ -4,7 +4,7 @@
 //! subscribers.
 //!
 //! One module per job: [`config`] (collector.toml), [`tls`] and [`identity`] (mutual TLS and
-//! who is calling), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
+//! who is calling), [`liveness`] (silent and returning agents), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
 //! dedup, retention), [`checkpoint`] (signed chain heads), [`stream`] (fan-out with filters),
 //! [`verify`] (chain and checkpoint checks) and [`tail`] (the subscriber client).
 
@@ -12,6 +12,7 @@ pub mod chain;
 pub mod checkpoint;
 pub mod config;
 pub mod identity;
+pub mod liveness;
 pub mod server;
 pub mod store;
 pub mod stream;

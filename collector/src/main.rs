@@ -63,6 +63,9 @@ enum Command {
     },
     /// Follow events from a collector, one readable line each (or JSON with --json).
     Tail(Box<TailArgs>),
+    /// Write the man page (roff) to stdout.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,7 +95,7 @@ struct TailArgs {
     #[arg(long)]
     host: Vec<String>,
     /// Only these kinds: exec, fork, exit, fileOpen, connect, tcpState, eventsLost, policyLoad,
-    /// alert.
+    /// alert, dbSessionStart, dbStatement, dbSessionEnd, heartbeat.
     #[arg(long)]
     kind: Vec<String>,
     /// Only these verdicts: allow, deny, would-deny, unspecified.
@@ -127,6 +130,7 @@ fn main() -> ExitCode {
             public_key,
         } => run_verify(&config, agent, checkpoints, public_key),
         Command::Tail(args) => run_tail(*args),
+        Command::Man => man(),
     };
     match result {
         Ok(code) => code,
@@ -135,6 +139,30 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `phiguard-collector man`: the man page from the command-line definition: the main page,
+/// then a section per subcommand with its description and options.
+fn man() -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory as _;
+    use std::io::Write as _;
+    let command = Cli::command();
+    let mut out = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut out)?;
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        writeln!(
+            out,
+            ".SH \"PHIGUARD-COLLECTOR {}\"",
+            sub.get_name().to_uppercase()
+        )?;
+        let page = clap_mangen::Man::new(sub.clone());
+        page.render_description_section(&mut out)?;
+        page.render_options_section(&mut out)?;
+    }
+    std::io::stdout()
+        .write_all(&out)
+        .context("writing the man page")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging(format: LogFormat) {

@@ -33,6 +33,7 @@ use crate::{
     checkpoint::{self, Checkpointer, Signer},
     config::Config,
     identity::Peer,
+    liveness::{self, Liveness},
     store::{Store, StoreError},
     stream::{self, Filter, Hub, Start},
     tls::{self, AcceptLimits},
@@ -215,6 +216,7 @@ pub struct CollectorService {
     subscribers: Arc<BTreeSet<String>>,
     max_batch_events: usize,
     stopping: watch::Receiver<bool>,
+    liveness: Arc<Liveness>,
 }
 
 fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
@@ -226,6 +228,38 @@ fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
 }
 
 impl CollectorService {
+    /// Stores a collector alert in `agent`'s chain and hands it to subscribers; logs it.
+    async fn raise(&self, agent: &str, alert: v1::Event) {
+        if let Some(v1::event::Body::Alert(a)) = &alert.body {
+            let kind = v1::AlertKind::try_from(a.kind).map_or("?", |k| k.as_str_name());
+            warn!(agent, kind, silent_ms = a.silent_ms, "alert: {}", a.message);
+        }
+        let this = self.clone();
+        let agent = agent.to_owned();
+        let stored = tokio::task::spawn_blocking(move || {
+            let hub = this.hub.clone();
+            let appended = this
+                .store
+                .append(&agent, vec![alert], |a| hub.publish(&a.records))?;
+            this.checkpoints.maybe(&agent, &appended.head, false);
+            Ok::<_, StoreError>(())
+        })
+        .await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => error!(%error, "storing an alert failed"),
+            Err(error) => error!(%error, "alert task failed"),
+        }
+    }
+
+    /// A sign of life from `agent`: raises the reconnection alert when it had been silent.
+    async fn alive(&self, agent: &str) {
+        if let Some(silent) = self.liveness.seen(agent, tokio::time::Instant::now()) {
+            self.raise(agent, liveness::reconnected_alert(agent, silent))
+                .await;
+        }
+    }
+
     async fn ingest_loop(
         self,
         peer: Peer,
@@ -254,6 +288,7 @@ impl CollectorService {
                     return;
                 }
             };
+            self.alive(&identity).await;
             let events = match validate_batch(&identity, batch, self.max_batch_events) {
                 Ok(events) => events,
                 Err(rejected) => {
@@ -318,6 +353,7 @@ impl Collector for CollectorService {
                 "subscriber identities cannot send events",
             ));
         }
+        self.alive(&peer.identity).await;
         let head = self.store.head(&peer.identity);
         info!(agent = %peer.identity, peer = %peer.addr, acked_seq = head.seq, "agent stream opened");
         let (tx, rx) = mpsc::channel(16);
@@ -399,6 +435,7 @@ impl BoundCollector {
             checkpoints,
             subscribers: Arc::new(config.server.subscribers.iter().cloned().collect()),
             max_batch_events: config.server.max_batch_events,
+            liveness: Arc::new(Liveness::new(config.liveness.silent_after)),
         };
         Ok(BoundCollector {
             config,
@@ -435,6 +472,7 @@ impl BoundCollector {
             },
         );
         let timers = tokio::spawn(timers(service.clone()));
+        let silence = tokio::spawn(watch_silence(service.clone()));
         info!(
             listen = %addr,
             store = %config.store.dir.display(),
@@ -469,6 +507,7 @@ impl BoundCollector {
             }
         };
         timers.abort();
+        silence.abort();
         for (agent, head) in service.store.heads() {
             if let Err(error) = service.checkpoints.checkpoint(&agent, &head) {
                 warn!(agent = %agent, %error, "final checkpoint failed");
@@ -476,6 +515,21 @@ impl BoundCollector {
         }
         info!("phiguard-collector stopped");
         Ok(result?)
+    }
+}
+
+/// Raises an alert for every agent that turns silent (checked four times per window).
+async fn watch_silence(service: CollectorService) {
+    let window = service.liveness.window();
+    let mut tick =
+        tokio::time::interval((window / 4).clamp(Duration::from_millis(50), CHECKPOINT_TICK));
+    loop {
+        tick.tick().await;
+        for (agent, silent) in service.liveness.newly_silent(tokio::time::Instant::now()) {
+            service
+                .raise(&agent, liveness::silent_alert(&agent, silent, window))
+                .await;
+        }
     }
 }
 

@@ -564,6 +564,12 @@ impl Chain {
         let mut buf = Vec::new();
         let mut records = Vec::new();
         for event in events {
+            // The collector's own alerts (seq 0; agents cannot send them) join the chain
+            // without touching the agent's numbering.
+            if event.seq == 0 && matches!(event.body, Some(Body::Alert(_))) {
+                records.push(event);
+                continue;
+            }
             if event.seq <= self.head.seq {
                 out.duplicates += 1;
                 continue;
@@ -651,6 +657,7 @@ pub fn gap_alert(agent: &str, expected: u64, received: u64, at: &Timestamp) -> v
             ),
             expected_seq: expected,
             received_seq: received,
+            silent_ms: 0,
         })),
         ..Default::default()
     }
@@ -981,6 +988,26 @@ mod tests {
             segment_max_bytes: 1024,
             ..StoreConfig::new(dir.to_owned())
         }
+    }
+
+    #[test]
+    fn collector_alerts_join_the_chain_without_touching_the_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(small(dir.path())).unwrap();
+        store
+            .append("a", (1..=3).map(|s| event("a", s)).collect(), |_| {})
+            .unwrap();
+        let alert = crate::liveness::silent_alert(
+            "a",
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(3),
+        );
+        let raised = store.append("a", vec![alert], |_| {}).unwrap();
+        assert_eq!((raised.acked_seq, raised.stored), (3, 0));
+        assert_eq!((raised.head.index, raised.head.seq), (4, 3));
+        let next = store.append("a", vec![event("a", 4)], |_| {}).unwrap();
+        assert_eq!(next.records.len(), 1, "no gap: the alert took no seq");
+        assert_eq!((next.head.index, next.head.seq), (5, 4));
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub const KINDS: &[&str] = &[
     "dbSessionStart",
     "dbStatement",
     "dbSessionEnd",
+    "heartbeat",
 ];
 
 /// A subscription request that cannot be served.
@@ -74,6 +75,7 @@ pub fn kind_name(event: &v1::Event) -> &'static str {
         Some(Body::DbSessionStart(_)) => "dbSessionStart",
         Some(Body::DbStatement(_)) => "dbStatement",
         Some(Body::DbSessionEnd(_)) => "dbSessionEnd",
+        Some(Body::Heartbeat(_)) => "heartbeat",
         None => "",
     }
 }

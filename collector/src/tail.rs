@@ -163,6 +163,19 @@ pub fn format_line(event: &v1::Event) -> String {
                 s.statements, s.bytes_sent, s.bytes_received
             );
         }
+        Some(Body::Heartbeat(h)) => {
+            let _ = write!(
+                line,
+                " programs {}/{} attached, policy generation {}, spool {} events ({} B), lost {} kernel + {} spool",
+                h.programs_attached,
+                h.programs_known,
+                h.policy_generation,
+                h.spool_events,
+                h.spool_bytes,
+                h.kernel_lost,
+                h.spool_dropped
+            );
+        }
         None => {}
     }
     if let Some(d) = &event.decision {

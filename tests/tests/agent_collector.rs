@@ -54,9 +54,15 @@ fn write_agent_config(dir: &Path, pki: &Pki, addr: &str, watched: &Path, spool: 
 
 /// Starts `phiguard run --config CONFIG` and waits for its start-up line.
 fn start_agent(config: &Path) -> Child {
+    start_agent_with(config, &[])
+}
+
+/// Starts `phiguard run --config CONFIG ARGS…` and waits for its start-up line.
+fn start_agent_with(config: &Path, args: &[&std::ffi::OsStr]) -> Child {
     let mut child = Command::new(agent_binary())
         .args(["run", "--config"])
         .arg(config)
+        .args(args)
         .env("NO_COLOR", "1")
         .env(
             "RUST_LOG",
@@ -336,4 +342,406 @@ fn a_full_spool_counts_what_it_drops_and_reports_it_once_there_is_room() {
     let _ = agent.wait();
     assert!(gaps > 100, "the 64 KiB spool overflowed ({gaps} dropped)");
     assert_eq!(gaps, reported);
+}
+
+/// An agent process, killed if a test fails before stopping it.
+struct AgentProc(Child);
+
+impl AgentProc {
+    /// SIGTERM and wait.
+    fn stop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET /metrics` from `addr`; the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// The value of the unlabelled sample `name`; panics when it is missing.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+}
+
+/// Scrapes `addr` until `done` holds for the metrics (or 60 s pass); returns them.
+fn scrape_until(addr: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = scrape(addr);
+        if done(&metrics) {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 60 s; last scrape:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `phiguard status --status-file FILE` (JSON and text).
+fn agent_status(file: &Path) -> (serde_json::Value, String) {
+    let run = |json: bool| {
+        let mut command = Command::new(agent_binary());
+        command.arg("status").arg("--status-file").arg(file);
+        if json {
+            command.arg("--json");
+        }
+        let out = command.output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    (serde_json::from_str(&run(true)).unwrap(), run(false))
+}
+
+const SPOOL_EVENTS: &str = "phiguard_spool_events";
+const LAST_ACK: &str = "phiguard_publish_last_ack_timestamp_seconds";
+const CONNECTED: &str = "phiguard_collector_connected";
+
+#[test]
+fn spool_depth_and_last_publish_follow_the_collector_in_metrics_and_status() {
+    require_root();
+    let (work, pki, tree) = (
+        tempfile::tempdir().unwrap(),
+        Pki::new(&[AGENT]),
+        Tree::new(),
+    );
+    let mut collector = CollectorProc::start(work.path(), &pki, "");
+    let file = tree.watched.join("record.txt");
+    std::fs::write(&file, "patient").unwrap();
+    let config = write_agent_config(
+        work.path(),
+        &pki,
+        &collector.addr,
+        &tree.watched,
+        &work.path().join("spool"),
+    );
+    // A slow heartbeat: the spool's depth here is the file opens below.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}heartbeat_interval_ms = 60000\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let status_file = work.path().join("status.json");
+    let mut agent = AgentProc(start_agent_with(
+        &config,
+        &["--status-file".as_ref(), status_file.as_os_str()],
+    ));
+    // The status file follows the start-up line.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let (report, _) = agent_status(&status_file);
+        if let Some(addr) = report["status"]["metrics"].as_str() {
+            break addr.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics endpoint in the status: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The agent reports every exec, fork and exit on the host: on a busy machine a few live
+    // events are always in flight, so "drained" below means the backlog was acknowledged,
+    // not a depth of exactly 0 (which a quiet host shows).
+    scrape_until(&addr, "connected, something acknowledged", |m| {
+        sample(m, CONNECTED) == 1.0 && sample(m, LAST_ACK) > 0.0
+    });
+
+    // The collector goes away: the depth grows with every event, the last publish stays.
+    collector.stop();
+    let down = scrape_until(&addr, "disconnected", |m| sample(m, CONNECTED) == 0.0);
+    let last_ack = sample(&down, LAST_ACK);
+    let open = || {
+        let status = Command::new("/usr/bin/cat")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    open();
+    let first = scrape_until(&addr, "spool depth after one open", |m| {
+        sample(m, SPOOL_EVENTS) >= 1.0
+    });
+    for _ in 0..5 {
+        open();
+    }
+    let depth = sample(&first, SPOOL_EVENTS);
+    let second = scrape_until(&addr, "spool depth after five more opens", |m| {
+        sample(m, SPOOL_EVENTS) >= depth + 5.0
+    });
+    assert_eq!(sample(&first, LAST_ACK), last_ack, "last publish stays");
+    assert_eq!(sample(&second, LAST_ACK), last_ack, "last publish stays");
+    assert!(sample(&second, "phiguard_spool_bytes") > 0.0);
+    // `phiguard status` says the same (written on the same tick).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (report, text) = loop {
+        let (report, text) = agent_status(&status_file);
+        if report["status"]["link"]["spool_events"].as_f64() >= Some(depth + 5.0) {
+            break (report, text);
+        }
+        assert!(Instant::now() < deadline, "status: {report}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("phiguard status while the collector is down:\n{text}");
+    let link = &report["status"]["link"];
+    let backlog_last = link["last_seq"].as_u64().unwrap();
+    let backlog = link["spool_events"].as_u64().unwrap();
+    assert_eq!(link["connected"], false, "{report}");
+    assert_eq!(link["address"], collector.addr.as_str());
+    assert_eq!(
+        link["last_ack_ms"].as_f64().unwrap() / 1000.0,
+        last_ack,
+        "{report}"
+    );
+    assert!(link["spool_bytes"].as_u64() > Some(0), "{report}");
+    assert!(text.contains("NOT CONNECTED"), "{text}");
+    assert!(text.contains("events unacknowledged"), "{text}");
+
+    // The collector returns: the backlog drains (everything spooled while it was down is
+    // acknowledged; what remains is live traffic in flight) and the last publish moves.
+    collector.restart();
+    scrape_until(&addr, "drained after the collector returned", |m| {
+        sample(m, CONNECTED) == 1.0
+            && sample(m, SPOOL_EVENTS) < backlog as f64
+            && sample(m, LAST_ACK) > last_ack
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (report, text) = agent_status(&status_file);
+        let link = &report["status"]["link"];
+        if link["acked_seq"].as_u64() >= Some(backlog_last) && link["connected"] == true {
+            eprintln!("phiguard status after the collector returned:\n{text}");
+            assert!(link["last_ack_ms"].as_f64().unwrap() / 1000.0 > last_ack);
+            assert!(link["spool_events"].as_u64() < Some(backlog), "{report}");
+            assert!(text.contains(" connected ("), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "status: {report}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    agent.stop();
+    // Every event reached the collector, the opens made while it was down too.
+    let rt = runtime();
+    assert!(
+        file_opens(
+            &replay_all(&rt, &pki, &collector.addr, Default::default()),
+            &file
+        ) >= 6
+    );
+}
+
+/// The next event on `stream` for which `want` holds, within `limit`; panics otherwise.
+fn next_matching(
+    rt: &tokio::runtime::Runtime,
+    stream: &mut tonic::Streaming<v1::Event>,
+    what: &str,
+    limit: Duration,
+    want: impl Fn(&v1::Event) -> bool,
+) -> v1::Event {
+    rt.block_on(async {
+        tokio::time::timeout(limit, async {
+            loop {
+                let event = stream
+                    .message()
+                    .await
+                    .expect("event stream")
+                    .expect("stream open");
+                if want(&event) {
+                    return event;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not at the subscriber within {limit:?}"))
+    })
+}
+
+fn alert_of(event: &v1::Event) -> Option<(v1::AlertKind, &v1::CollectorAlert)> {
+    match &event.body {
+        Some(Body::Alert(a)) => Some((v1::AlertKind::try_from(a.kind).ok()?, a)),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_killed_agent_raises_agent_silent_and_its_return_agent_reconnected_at_a_subscriber() {
+    require_root();
+    let (work, pki, tree) = (
+        tempfile::tempdir().unwrap(),
+        Pki::new(&[AGENT]),
+        Tree::new(),
+    );
+    // Short intervals through the configuration: heartbeat 300 ms, silence window 4 s (a
+    // debug agent on a busy machine can spend over a second starting up or on a backlog).
+    let mut collector =
+        CollectorProc::start(work.path(), &pki, "\n[liveness]\nsilent_after_ms = 4000\n");
+    let config = write_agent_config(
+        work.path(),
+        &pki,
+        &collector.addr,
+        &tree.watched,
+        &work.path().join("spool"),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}heartbeat_interval_ms = 300\n")).unwrap();
+    let rt = runtime();
+    let mut live = rt
+        .block_on(phiguard_collector::tail::subscribe(
+            &collector.addr,
+            Some("localhost"),
+            &pki.subscriber(),
+            v1::SubscribeRequest {
+                filter: Some(v1::EventFilter {
+                    hosts: vec![AGENT.into()],
+                    kinds: vec!["alert".into(), "heartbeat".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            1 << 20,
+        ))
+        .expect("subscribe");
+    let mut agent = AgentProc(start_agent(&config));
+    let beat = next_matching(
+        &rt,
+        &mut live,
+        "a heartbeat",
+        Duration::from_secs(30),
+        |e| matches!(e.body, Some(Body::Heartbeat(_))),
+    );
+    let Some(Body::Heartbeat(h)) = &beat.body else {
+        unreachable!()
+    };
+    eprintln!(
+        "heartbeat, {} bytes as protobuf:\n{}",
+        prost::Message::encoded_len(&beat),
+        serde_json::to_string_pretty(&beat).unwrap()
+    );
+    assert_eq!(h.interval_ms, 300);
+    assert!(
+        h.programs_attached > 0 && h.programs_attached <= h.programs_known,
+        "{h:?}"
+    );
+    // While the agent runs, heartbeats keep coming and no alert is raised (over a window).
+    let quiet_until = Instant::now() + Duration::from_secs(5);
+    let mut beats = 0;
+    while Instant::now() < quiet_until {
+        let left = quiet_until.saturating_duration_since(Instant::now());
+        let event = rt.block_on(async { tokio::time::timeout(left, live.message()).await });
+        let Ok(event) = event else { break };
+        let event = event.expect("event stream").expect("stream open");
+        eprintln!(
+            "subscriber: seq {} at {:?}: {}",
+            event.seq,
+            event.time,
+            phiguard_collector::tail::format_line(&event)
+        );
+        assert!(
+            alert_of(&event).is_none(),
+            "an alert while the agent runs: {event:?}"
+        );
+        beats += 1;
+    }
+    assert!(beats >= 5, "{beats} heartbeats in 5 s at 300 ms");
+
+    kill(Pid::from_raw(agent.0.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = agent.0.wait();
+    let killed = Instant::now();
+    let silent = next_matching(
+        &rt,
+        &mut live,
+        "agent-silent alert",
+        Duration::from_secs(20),
+        |e| matches!(alert_of(e), Some((v1::AlertKind::AgentSilent, _))),
+    );
+    eprintln!(
+        "agent-silent alert {:?} after SIGKILL:\n{}",
+        killed.elapsed(),
+        serde_json::to_string_pretty(&silent).unwrap()
+    );
+    let (_, a) = alert_of(&silent).unwrap();
+    assert!(a.silent_ms > 4000, "{a:?}");
+    assert_eq!(silent.host.as_ref().unwrap().agent_id, AGENT);
+    assert!(a.message.contains(AGENT), "{a:?}");
+
+    let mut agent = AgentProc(start_agent(&config));
+    let back = next_matching(
+        &rt,
+        &mut live,
+        "agent-reconnected alert",
+        Duration::from_secs(30),
+        |e| alert_of(e).is_some(),
+    );
+    eprintln!("{}", serde_json::to_string_pretty(&back).unwrap());
+    let (kind, a) = alert_of(&back).unwrap();
+    assert_eq!(kind, v1::AlertKind::AgentReconnected, "{a:?}");
+    assert!(a.silent_ms > 4000, "{a:?}");
+    next_matching(
+        &rt,
+        &mut live,
+        "heartbeats again",
+        Duration::from_secs(30),
+        |e| matches!(e.body, Some(Body::Heartbeat(_))),
+    );
+
+    // Stored in the agent's chain (which still verifies) and logged one line each.
+    let stored: Vec<v1::AlertKind> = replay_all(
+        &rt,
+        &pki,
+        &collector.addr,
+        v1::EventFilter {
+            kinds: vec!["alert".into()],
+            ..Default::default()
+        },
+    )
+    .iter()
+    .filter_map(|e| alert_of(e).map(|(k, _)| k))
+    .collect();
+    assert_eq!(
+        stored,
+        [v1::AlertKind::AgentSilent, v1::AlertKind::AgentReconnected]
+    );
+    let log = collector.log();
+    for kind in ["ALERT_KIND_AGENT_SILENT", "ALERT_KIND_AGENT_RECONNECTED"] {
+        assert_eq!(
+            log.lines()
+                .filter(|l| l.contains("alert:") && l.contains(kind))
+                .count(),
+            1,
+            "{kind} logged once:\n{log}"
+        );
+    }
+    agent.stop();
+    collector.stop();
+    let verify = CollectorProc::verify(&collector.config, &[]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }

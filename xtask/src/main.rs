@@ -8,6 +8,7 @@ mod certs;
 mod cmd;
 mod initramfs;
 mod package;
+mod package_collector;
 mod run;
 mod setup;
 mod test;
@@ -40,10 +41,10 @@ enum Task {
     Test(test::TestArgs),
     /// Run the privileged tests inside QEMU on Debian's 6.12 kernel (BPF LSM).
     Vm(vm::VmArgs),
-    /// Build the agent's Debian package (target/package/phiguard_VERSION_ARCH.deb).
+    /// Build the agent's and the collector's Debian packages (target/package/*.deb).
     Package {
-        /// Then install it into a fresh root, check its layout, verify the systemd units and
-        /// remove it again (the package tier of `cargo xtask test`; root needed).
+        /// Then install both into a fresh root, check their layout, verify the systemd units
+        /// and remove them again (the package tier of `cargo xtask test`; root needed).
         #[arg(long)]
         check: bool,
     },
@@ -72,7 +73,8 @@ fn main() -> anyhow::Result<()> {
             if check {
                 package::test()
             } else {
-                package::package().map(|_| ())
+                package::package()?;
+                package_collector::package().map(|_| ())
             }
         }
         Task::Vm(args) => vm::vm(&args),

@@ -1,8 +1,9 @@
-//! `cargo xtask package`: the agent's Debian package, built with `dpkg-deb --build` from a
-//! staged tree (no cargo-deb: nothing to install, and every file's place is written here), and
-//! the package tier of `cargo xtask test`, which installs it into a fresh root with
-//! `dpkg --root`, checks the layout, verifies both systemd units with `systemd-analyze`, rates
-//! the agent unit's exposure, and removes the package again.
+//! `cargo xtask package`: the agent's and the collector's ([`crate::package_collector`])
+//! Debian packages, built with `dpkg-deb --build` from staged trees (no cargo-deb: nothing to
+//! install, and every file's place is written here), and the package tier of
+//! `cargo xtask test`, which installs both into a fresh root with `dpkg --root`, checks their
+//! layout, verifies both systemd units with `systemd-analyze`, rates their exposure, and
+//! removes and purges the packages again.
 //!
 //! Layout (documented in README.md, checked by [`test`]):
 //!
@@ -24,7 +25,13 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 
-use crate::{cmd, run};
+use crate::{cmd, package_collector, run};
+
+/// The copyright file of both packages.
+pub const COPYRIGHT: &str =
+    "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
+     Upstream-Name: phiguard\n\nFiles: *\nLicense: Apache-2.0\n \
+     On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.\n";
 
 /// The package name.
 const NAME: &str = "phiguard";
@@ -112,13 +119,7 @@ pub fn package() -> anyhow::Result<PathBuf> {
         &doc.join("policies.md"),
         0o644,
     )?;
-    write(
-        &doc.join("copyright"),
-        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
-         Upstream-Name: phiguard\n\nFiles: *\nLicense: Apache-2.0\n \
-         On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.\n",
-        0o644,
-    )?;
+    write(&doc.join("copyright"), COPYRIGHT, 0o644)?;
     let examples = doc.join("examples/policies");
     mkdir(&examples, 0o755)?;
     for entry in fs::read_dir(root.join("policies"))? {
@@ -224,13 +225,15 @@ fn packaged_config(repo: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
-fn mkdir(path: &Path, mode: u32) -> anyhow::Result<()> {
+/// Creates `path` and its parents; sets its mode.
+pub(crate) fn mkdir(path: &Path, mode: u32) -> anyhow::Result<()> {
     fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
     Ok(())
 }
 
-fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
+/// Copies `from` to `to` (creating its directory) with `mode`.
+pub(crate) fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     if let Some(dir) = to.parent() {
         mkdir(dir, 0o755)?;
     }
@@ -240,7 +243,8 @@ fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write(to: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
+/// Writes `text` to `to` (creating its directory) with `mode`.
+pub(crate) fn write(to: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
     if let Some(dir) = to.parent() {
         mkdir(dir, 0o755)?;
     }
@@ -312,6 +316,7 @@ pub fn test() -> anyhow::Result<()> {
         "the package tier installs with dpkg --root and needs root"
     );
     let deb = package()?;
+    let collector_deb = package_collector::package()?;
     let dir = TempDir(cmd::workspace_root().join("target/package/root"));
     if dir.0.exists() {
         fs::remove_dir_all(&dir.0)?;
@@ -340,8 +345,12 @@ pub fn test() -> anyhow::Result<()> {
                 .args(args),
         )
     };
-    dpkg(&["-i", &deb.display().to_string()])?;
-    for path in INSTALLED {
+    dpkg(&[
+        "-i",
+        &deb.display().to_string(),
+        &collector_deb.display().to_string(),
+    ])?;
+    for path in INSTALLED.iter().chain(package_collector::INSTALLED) {
         ensure!(
             root.join(path).exists(),
             "after dpkg -i: /{path} is missing"
@@ -386,10 +395,10 @@ pub fn test() -> anyhow::Result<()> {
         conffiles.contains("/etc/phiguard/agent.toml"),
         "agent.toml is not a conffile"
     );
+    check_collector(&root)?;
 
     // systemd-analyze resolves units and ExecStart= inside --root: give the root systemd's own
-    // units (targets), /bin/kill (ExecReload=), and a stand-in for the collector binary, which
-    // another package provides.
+    // units (targets) and /bin/kill (ExecReload=).
     let units = Path::new("/lib/systemd/system");
     ensure!(
         units.join("multi-user.target").exists() && Path::new("/usr/bin/systemd-analyze").exists(),
@@ -406,18 +415,8 @@ pub fn test() -> anyhow::Result<()> {
         }
     }
     copy(Path::new("/bin/kill"), &root.join("bin/kill"), 0o755)?;
-    copy(
-        Path::new("/bin/true"),
-        &root.join("usr/bin/phiguard-collector"),
-        0o755,
-    )?;
-    copy(
-        &cmd::workspace_root().join("packaging/phiguard-collector.service"),
-        &root.join("etc/systemd/system/phiguard-collector.service"),
-        0o644,
-    )?;
     verify_unit(&root, "/lib/systemd/system/phiguard.service")?;
-    verify_unit(&root, "/etc/systemd/system/phiguard-collector.service")?;
+    verify_unit(&root, "/lib/systemd/system/phiguard-collector.service")?;
     println!(
         "package: systemd-analyze security phiguard.service: {}",
         exposure(&root, "phiguard.service")?
@@ -426,37 +425,82 @@ pub fn test() -> anyhow::Result<()> {
         "package: systemd-analyze security phiguard-collector.service: {}",
         exposure(&root, "phiguard-collector.service")?
     );
-    for extra in [
-        "usr/bin/phiguard-collector",
-        "etc/systemd/system/phiguard-collector.service",
-        "bin/kill",
-    ] {
-        fs::remove_file(root.join(extra))?;
-    }
+    fs::remove_file(root.join("bin/kill"))?;
     for file in copied {
         fs::remove_file(file)?;
     }
 
-    dpkg(&["-r", NAME])?;
-    for path in INSTALLED {
+    dpkg(&["-r", NAME, package_collector::NAME])?;
+    for path in INSTALLED.iter().chain(package_collector::INSTALLED) {
         let left = root.join(path);
         // dpkg -r keeps conffiles (purge removes them) and the directories holding them.
-        let kept = path.starts_with("etc/phiguard/agent.toml");
+        let kept = path.starts_with("etc/phiguard/agent.toml")
+            || path.starts_with("etc/phiguard/collector.toml");
         if kept {
             ensure!(left.exists(), "dpkg -r removed the conffile /{path}");
         } else {
             ensure!(!left.exists(), "after dpkg -r: /{path} is still there");
         }
     }
-    dpkg(&["--purge", NAME])?;
+    dpkg(&["--purge", NAME, package_collector::NAME])?;
     ensure!(
         !root.join("etc/phiguard").exists(),
         "after dpkg --purge: /etc/phiguard is still there"
     );
-    if root.join("var/lib/dpkg/info/phiguard.list").exists() {
-        bail!("dpkg still lists phiguard as installed");
+    for name in [NAME, package_collector::NAME] {
+        if root.join(format!("var/lib/dpkg/info/{name}.list")).exists() {
+            bail!("dpkg still lists {name} as installed");
+        }
     }
-    println!("package: installed into a fresh root, laid out as documented, removed and purged");
+    println!(
+        "package: both installed into a fresh root, laid out as documented, removed and purged"
+    );
+    Ok(())
+}
+
+/// The collector package as installed under `root`: its user and group exist, its
+/// configuration is a conffile and parses (the collector then stops at the missing TLS
+/// files, which the administrator provides), and its man page renders.
+fn check_collector(root: &Path) -> anyhow::Result<()> {
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+    let group = fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+    ensure!(
+        passwd
+            .lines()
+            .any(|l| l.starts_with("phiguard-collector:") && l.ends_with(":/usr/sbin/nologin")),
+        "postinst did not create the phiguard-collector user: {passwd}"
+    );
+    ensure!(
+        group.lines().any(|l| l.starts_with("phiguard-collector:")),
+        "postinst did not create the phiguard-collector group: {group}"
+    );
+    let conffiles =
+        fs::read_to_string(root.join("var/lib/dpkg/info/phiguard-collector.conffiles"))?;
+    ensure!(
+        conffiles.contains("/etc/phiguard/collector.toml"),
+        "collector.toml is not a conffile"
+    );
+    let (ok, _, err) = capture(
+        Command::new(root.join("usr/bin/phiguard-collector"))
+            .args(["serve", "--config"])
+            .arg(root.join("etc/phiguard/collector.toml"))
+            .env("NO_COLOR", "1"),
+    )?;
+    ensure!(
+        !ok && err.contains("/etc/phiguard/ca.pem") && !err.contains("collector.toml:"),
+        "the packaged collector.toml should parse and lead to the (missing) TLS files: {err}"
+    );
+    let (ok, page, err) = capture(
+        Command::new("man")
+            .arg("-l")
+            .arg(root.join("usr/share/man/man1/phiguard-collector.1.gz"))
+            .env("MANPAGER", "cat")
+            .env("MANWIDTH", "100"),
+    )?;
+    ensure!(
+        ok && page.contains("PHIGUARD-COLLECTOR SERVE"),
+        "the collector's man page does not render (or lacks serve): {err}"
+    );
     Ok(())
 }
 

@@ -22,6 +22,8 @@ use crate::{
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/phiguard/spool";
 /// Default spool size (256 MiB).
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Default heartbeat interval (30 s).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// The validated `[collector]` section.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +32,8 @@ pub struct CollectorConfig {
     pub publisher: PublisherConfig,
     /// The on-disk spool.
     pub spool: SpoolConfig,
+    /// How often a heartbeat event is spooled for the collector.
+    pub heartbeat: Duration,
 }
 
 /// `[collector]` as written.
@@ -47,6 +51,7 @@ pub(super) struct RawCollector {
     full_policy: FullPolicy,
     batch_events: Option<Spanned<usize>>,
     sync_interval_ms: Option<Spanned<u64>>,
+    heartbeat_interval_ms: Option<Spanned<u64>>,
 }
 
 impl RawCollector {
@@ -121,6 +126,17 @@ impl RawCollector {
             Some(v) => *v.get_ref(),
             None => 200,
         };
+        let heartbeat_ms = match &self.heartbeat_interval_ms {
+            Some(v) if !(100..=3_600_000).contains(v.get_ref()) => {
+                return Err(invalid(
+                    v.span(),
+                    "collector.heartbeat_interval_ms",
+                    format!("{} is outside 100..=3600000", v.get_ref()),
+                ))
+            }
+            Some(v) => *v.get_ref(),
+            None => DEFAULT_HEARTBEAT.as_millis() as u64,
+        };
         let mut publisher = PublisherConfig::new(address, tls);
         publisher.server_name = self.server_name.map(Spanned::into_inner);
         publisher.batch_events = batch_events;
@@ -132,6 +148,7 @@ impl RawCollector {
                 full: self.full_policy,
                 sync_interval: Duration::from_millis(sync_ms),
             },
+            heartbeat: Duration::from_millis(heartbeat_ms),
         })
     }
 }
@@ -160,6 +177,7 @@ mod tests {
         assert_eq!(c.spool.dir, Path::new(DEFAULT_SPOOL_DIR));
         assert_eq!(c.spool.max_bytes, DEFAULT_SPOOL_MAX_BYTES);
         assert_eq!(c.spool.full, FullPolicy::KeepOldest);
+        assert_eq!(c.heartbeat, DEFAULT_HEARTBEAT);
         let c = parse(&format!(
             "{LINK}full_policy = \"keep_newest\"\nspool_dir = \"spool\"\n"
         ))
@@ -187,6 +205,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains(":6:19: collector.spool_max_bytes"), "{err}");
+        let err = parse(&format!("{LINK}heartbeat_interval_ms = 5\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/phiguard/agent.toml:6:25: collector.heartbeat_interval_ms: 5 is outside 100..=3600000"
+        );
         let err = parse(&format!("{LINK}adress = \"x\"\n"))
             .unwrap_err()
             .to_string();

@@ -102,6 +102,15 @@ pub struct PublisherStatus {
     pub batches: AtomicU64,
     /// Connections made.
     pub connections: AtomicU64,
+    /// Unix time (milliseconds) the collector last acknowledged a batch (0: never).
+    pub last_ack_ms: AtomicU64,
+}
+
+/// Unix time now, milliseconds.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A running publisher thread.
@@ -172,6 +181,11 @@ impl Publisher {
     /// What the publisher is doing.
     pub fn status(&self) -> &PublisherStatus {
         &self.status
+    }
+
+    /// A shared handle on what the publisher is doing (for metrics and the status file).
+    pub fn status_handle(&self) -> Arc<PublisherStatus> {
+        self.status.clone()
     }
 
     /// Waits up to `timeout` until the collector has acknowledged everything spooled.
@@ -319,6 +333,7 @@ async fn session(
                 let ack = response?.ok_or(PublishError::Closed)?;
                 spool.ack(ack.acked_seq)?;
                 status.acked.fetch_max(ack.acked_seq, Ordering::Relaxed);
+                status.last_ack_ms.store(unix_ms(), Ordering::Relaxed);
                 while in_flight.front().is_some_and(|&last| last <= ack.acked_seq) {
                     in_flight.pop_front();
                 }

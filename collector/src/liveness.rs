@@ -1,0 +1,176 @@
+//! Which agents have gone silent: every batch (agents send a heartbeat event at least every
+//! heartbeat interval) and every new stream counts as a sign of life. An agent heard from
+//! since the collector started that sends nothing for longer than the silence window
+//! (`[liveness] silent_after_ms`) is reported silent once; when it sends again it is reported
+//! as reconnected, with how long it was silent. The reports become `CollectorAlert` events
+//! in the agent's chain (see `server`).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use phiguard_proto::v1::{self, event::Body};
+use tokio::time::Instant;
+
+use crate::store::timestamp;
+
+#[derive(Debug)]
+struct Seen {
+    last: Instant,
+    reported_silent: bool,
+}
+
+/// The last sign of life of every agent heard from since start.
+#[derive(Debug)]
+pub struct Liveness {
+    window: Duration,
+    agents: Mutex<HashMap<Arc<str>, Seen>>,
+}
+
+impl Liveness {
+    /// Agents silent for longer than `window` are reported.
+    pub fn new(window: Duration) -> Liveness {
+        Liveness {
+            window,
+            agents: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The silence window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Seen>> {
+        self.agents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that `agent` sent something at `now`. When it had been reported silent,
+    /// returns how long it was silent (it has reconnected).
+    pub fn seen(&self, agent: &str, now: Instant) -> Option<Duration> {
+        let mut agents = self.agents();
+        match agents.get_mut(agent) {
+            Some(seen) => {
+                let silent = now.saturating_duration_since(seen.last);
+                let was_reported = std::mem::take(&mut seen.reported_silent);
+                seen.last = now;
+                was_reported.then_some(silent)
+            }
+            None => {
+                agents.insert(
+                    Arc::from(agent),
+                    Seen {
+                        last: now,
+                        reported_silent: false,
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// Agents silent for longer than the window at `now` and not reported yet, with how long
+    /// they have been silent; each is marked reported.
+    pub fn newly_silent(&self, now: Instant) -> Vec<(Arc<str>, Duration)> {
+        let mut out = Vec::new();
+        for (agent, seen) in self.agents().iter_mut() {
+            let silent = now.saturating_duration_since(seen.last);
+            if !seen.reported_silent && silent > self.window {
+                seen.reported_silent = true;
+                out.push((agent.clone(), silent));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn alert(agent: &str, kind: v1::AlertKind, message: String, silent: Duration) -> v1::Event {
+    v1::Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        seq: 0,
+        time: Some(timestamp(SystemTime::now())),
+        host: Some(v1::Host {
+            hostname: agent.to_owned(),
+            agent_id: agent.to_owned(),
+            ..Default::default()
+        }),
+        body: Some(Body::Alert(v1::CollectorAlert {
+            kind: kind as i32,
+            message,
+            silent_ms: u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The alert for an agent that sent nothing for `silent` (more than `window`).
+pub fn silent_alert(agent: &str, silent: Duration, window: Duration) -> v1::Event {
+    alert(
+        agent,
+        v1::AlertKind::AgentSilent,
+        format!(
+            "agent {agent} silent: nothing received for {:.1}s (window {:.1}s): stopped, killed, cut off or down",
+            silent.as_secs_f64(),
+            window.as_secs_f64()
+        ),
+        silent,
+    )
+}
+
+/// The alert for an agent reported silent that sent again after `silent`.
+pub fn reconnected_alert(agent: &str, silent: Duration) -> v1::Event {
+    alert(
+        agent,
+        v1::AlertKind::AgentReconnected,
+        format!(
+            "agent {agent} reconnected after {:.1}s of silence",
+            silent.as_secs_f64()
+        ),
+        silent,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_is_reported_once_and_the_return_once() {
+        let liveness = Liveness::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(liveness.seen("a", t0), None);
+        assert_eq!(liveness.seen("b", t0), None);
+        assert!(liveness
+            .newly_silent(t0 + Duration::from_secs(10))
+            .is_empty());
+        liveness.seen("b", t0 + Duration::from_secs(8));
+        let silent = liveness.newly_silent(t0 + Duration::from_secs(11));
+        assert_eq!(silent.len(), 1);
+        assert_eq!(&*silent[0].0, "a");
+        assert_eq!(silent[0].1, Duration::from_secs(11));
+        assert!(
+            liveness
+                .newly_silent(t0 + Duration::from_secs(12))
+                .is_empty(),
+            "reported once"
+        );
+        assert_eq!(
+            liveness.seen("a", t0 + Duration::from_secs(15)),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(liveness.seen("a", t0 + Duration::from_secs(16)), None);
+        let silent = liveness.newly_silent(t0 + Duration::from_secs(19));
+        assert_eq!(silent.len(), 1, "b, silent since 8 s");
+        let Some(Body::Alert(a)) = silent_alert("b", silent[0].1, liveness.window()).body else {
+            panic!("an alert");
+        };
+        assert_eq!(a.kind, v1::AlertKind::AgentSilent as i32);
+        assert_eq!(a.silent_ms, 11_000);
+    }
+}
