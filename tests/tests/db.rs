@@ -357,6 +357,110 @@ fn psql_over_tcp_and_unix_socket_is_audited_on_both_ends() {
     h.stop();
 }
 
+/// A PostgreSQL client in Python that moves its bytes only with `writev`/`readv` (startup
+/// and the first query) and `sendmsg`/`recvmsg` (the second query), each message split over
+/// two iovecs: what the vectored capture hooks must see.
+const VECTORED_CLIENT: &str = r#"
+import os, socket, struct, sys
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+fd = sock.fileno()
+
+def until_ready(recv):
+    data = b""
+    while True:
+        head, body = bytearray(5), bytearray(8192)
+        n = recv([head, body])
+        if n == 0:
+            sys.exit("server closed")
+        data += bytes(head + body)[:n]
+        at = 0
+        while len(data) - at >= 5:
+            kind = data[at:at + 1]
+            size = struct.unpack("!i", data[at + 1:at + 5])[0]
+            if len(data) - at < 1 + size:
+                break
+            if kind == b"Z":
+                return
+            if kind == b"E":
+                sys.exit("server error")
+            at += 1 + size
+        data = data[at:]
+
+def query(sql):
+    body = sql.encode() + b"\0"
+    return [b"Q" + struct.pack("!i", 4 + len(body)), body]
+
+params = b"user\0postgres\0database\0postgres\0application_name\0phiguard-vectored\0\0"
+body = struct.pack("!i", 196608) + params
+os.writev(fd, [struct.pack("!i", 4 + len(body)), body])
+until_ready(lambda bufs: os.readv(fd, bufs))
+os.writev(fd, query("SELECT count(*) FROM pg_class WHERE relname = 'pg_class'"))
+until_ready(lambda bufs: os.readv(fd, bufs))
+sock.sendmsg(query("SELECT count(*) FROM pg_namespace WHERE nspname = 'public'"))
+until_ready(lambda bufs: sock.recvmsg_into(bufs)[0])
+sock.sendmsg([b"X", struct.pack("!i", 4)])
+sock.close()
+"#;
+
+#[test]
+fn vectored_reads_and_writes_are_captured() {
+    let cluster = Cluster::start();
+    let mut h = Harness::start_with(&config(&cluster));
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", VECTORED_CLIENT, &cluster.port.to_string()])
+        .output()
+        .expect("python3 (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "the vectored client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let is_client = |e: &v1::Event| exe_name(e).starts_with("python3");
+
+    // The startup message went out with writev: user, database and application are known.
+    let start = h.expect("client session start written with writev", |e| {
+        is_client(e)
+            && session_start(e).is_some_and(|s| {
+                s.application == "phiguard-vectored" && role(s.session.as_ref()) == "client"
+            })
+    });
+    let session = session_start(&start).unwrap().session.clone().unwrap();
+    assert_eq!(
+        (session.db_user.as_str(), session.database.as_str()),
+        ("postgres", "postgres")
+    );
+    // Each query's text was written (writev, sendmsg) and its row count read (readv, recvmsg)
+    // by the client.
+    for (text, calls) in [
+        (
+            "SELECT count(*) FROM pg_class WHERE relname = ?",
+            "writev/readv",
+        ),
+        (
+            "SELECT count(*) FROM pg_namespace WHERE nspname = ?",
+            "sendmsg/recvmsg",
+        ),
+    ] {
+        let event = h.expect(&format!("client statement over {calls}"), |e| {
+            is_client(e)
+                && statement(e)
+                    .is_some_and(|s| s.text == text && role(s.session.as_ref()) == "client")
+        });
+        let st = statement(&event).unwrap();
+        assert_eq!(
+            (st.kind.as_str(), st.rows, st.ok),
+            ("SELECT", Some(1), true),
+            "{calls}: the outcome was read back"
+        );
+    }
+    h.expect("client session end (Terminate sent with sendmsg)", |e| {
+        is_client(e)
+            && matches!(&e.body, Some(Body::DbSessionEnd(end))
+                if end.reason == "terminate" && end.statements == 2)
+    });
+    h.stop();
+}
+
 /// A MariaDB server in a temporary directory, stopped and removed on drop.
 struct MariaDb {
     dir: tempfile::TempDir,

@@ -18,7 +18,8 @@ const EXPECTED_NIGHTLY: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)";
 /// procps, coreutils (the commands the host tests run); for the VM tier qemu-system-x86 (boots
 /// the second kernel), busybox-static (the VM's `/init` and its tools) and cpio (packs the
 /// initramfs); postgresql and mariadb-server/mariadb-client (the database-audit tests'
-/// throwaway servers and their clients, and the pgbench benchmark); systemd
+/// throwaway servers and their clients, and the pgbench benchmark), python3 (a client that
+/// reads and writes with readv/writev/sendmsg/recvmsg); systemd
 /// (systemd-analyze verifies the units) and man-db (renders the packaged man page) for the
 /// package tier.
 pub const DEBIAN_PACKAGES: &[&str] = &[
@@ -34,6 +35,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "postgresql",
     "mariadb-server",
     "mariadb-client",
+    "python3",
     "systemd",
     "man-db",
 ];
