@@ -49,6 +49,7 @@ pub fn setup() -> anyhow::Result<()> {
     let nightly = nightly()?;
     rust_src(&nightly)?;
     bpf_linker()?;
+    cargo_fuzz()?;
     debian_packages()?;
     kernel()?;
     step(
@@ -148,6 +149,18 @@ fn bpf_linker() -> anyhow::Result<()> {
             .env("RUSTFLAGS", rustflags),
     )?;
     step("bpf-linker", "installed");
+    Ok(())
+}
+
+/// `cargo-fuzz`, for the decoder fuzz targets in `agent/fuzz` (`cargo +nightly fuzz run …`).
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if let Some(version) = output(Command::new("cargo").args(["fuzz", "--version"])) {
+        step("cargo-fuzz", &format!("ok ({})", version.trim()));
+        return Ok(());
+    }
+    step("cargo-fuzz", "installing (about a minute)");
+    cmd::run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    step("cargo-fuzz", "installed");
     Ok(())
 }
 
