@@ -319,6 +319,14 @@ pub mod db_syscall {
     pub const SENDTO: u32 = 3;
     /// `recvfrom(2)` (and `recv(3)`).
     pub const RECVFROM: u32 = 4;
+    /// `writev(2)`.
+    pub const WRITEV: u32 = 5;
+    /// `readv(2)`.
+    pub const READV: u32 = 6;
+    /// `sendmsg(2)`.
+    pub const SENDMSG: u32 = 7;
+    /// `recvmsg(2)`.
+    pub const RECVMSG: u32 = 8;
 }
 
 /// [`Kind::DbSock`]: a socket of a database session, when it became tracked.

@@ -29,6 +29,9 @@ pub const RING_BUFFER_BYTES: u32 = 16 * 1024 * 1024;
 pub const DB_CAPTURE_LEN: usize = 4096;
 /// Database ports (map entries).
 pub const MAX_DB_PORTS: u32 = 64;
+/// At most this many `iovec`s of a `readv`/`writev`/`sendmsg`/`recvmsg` are copied from (the
+/// byte count is the call's return value either way).
+pub const MAX_DB_IOVECS: usize = 8;
 /// Database unix sockets (map entries).
 pub const MAX_DB_UNIX_SOCKETS: u32 = 64;
 /// Tracked database sockets at once.

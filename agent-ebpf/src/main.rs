@@ -12,6 +12,7 @@ mod kernel;
 mod maps;
 mod policy;
 mod programs;
+mod syscall;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -183,32 +183,6 @@ pub static DB_SOCKS: LruHashMap<u64, DbSock> =
 pub static DB_PROCESSES: LruHashMap<u32, u32> =
     LruHashMap::with_max_entries(agent_common::limits::MAX_DB_PROCESSES, 0);
 
-/// A `connect()` between entry and exit: its descriptor, by thread.
-#[map]
-pub static DB_CONNECTS: LruHashMap<u64, i32> = LruHashMap::with_max_entries(4096, 0);
-
-/// A read or write on a tracked socket between entry and exit.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct DbIo {
-    /// The `struct sock` address.
-    pub sock: u64,
-    /// User buffer.
-    pub buf: u64,
-    /// `db_role` code.
-    pub role: u32,
-    /// `db_op` code.
-    pub op: u32,
-    /// `db_syscall` code.
-    pub syscall: u32,
-    /// Descriptor.
-    pub fd: i32,
-}
-
-/// Reads and writes on tracked sockets in flight, by thread.
-#[map]
-pub static DB_IO: LruHashMap<u64, DbIo> = LruHashMap::with_max_entries(4096, 0);
-
 /// Per-CPU scratch for capture records.
 #[map]
 pub static DB_DATA_SCRATCH: PerCpuArray<agent_common::event::DbDataScratch> =

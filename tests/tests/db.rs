@@ -344,16 +344,215 @@ fn psql_over_tcp_and_unix_socket_is_audited_on_both_ends() {
                 && end.session.as_ref().is_some_and(|s| s.transport == "unix" && s.role == "client"))
     });
 
-    // Minimum necessary: no literal reached a database event. (psql's own argv, in every
-    // event's process, still holds the `-c` text: argv capture is not redacted.)
-    let bodies: Vec<_> = h.seen.iter().filter_map(|e| e.body.as_ref()).collect();
-    let all = format!("{bodies:?}");
-    for secret in ["123-45-6789", "Jane Doe"] {
-        assert!(
-            !all.contains(secret),
-            "{secret} leaked into database events"
+    // Minimum necessary: no literal reached any event, neither a database event nor the
+    // argv of psql (and of Debian's Perl wrapper that starts it) in every event's process.
+    let psql_argv = h
+        .seen
+        .iter()
+        .filter_map(|e| e.process.as_ref())
+        .find(|p| {
+            p.argv
+                .iter()
+                .any(|a| a.starts_with("SELECT name FROM patients"))
+        })
+        .map(|p| p.argv.clone())
+        .expect("an event of psql with its -c arguments");
+    assert!(
+        psql_argv.contains(&"SELECT name FROM patients WHERE ssn = ?".to_owned()),
+        "statement argument redacted: {psql_argv:?}"
+    );
+    expect_no_literals(&h);
+    h.stop();
+}
+
+/// No literal of the tests' statements in any event seen (bodies, processes, ancestry).
+fn expect_no_literals(h: &Harness) {
+    for e in &h.seen {
+        let all = format!("{e:?}");
+        for secret in ["123-45-6789", "Jane Doe"] {
+            assert!(
+                !all.contains(secret),
+                "{secret} leaked into an event: {e:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sessions_carry_the_verdict_of_their_connect() {
+    let cluster = Cluster::start();
+    let policies = tempfile::Builder::new()
+        .prefix("phiguard-policies-")
+        .tempdir()
+        .unwrap();
+    // Audit mode: only pgbench is listed, psql would be denied but is let through.
+    fs::write(
+        policies.path().join("db.yaml"),
+        format!(
+            "name: db-connect\nmode: audit\nrules:\n  - name: bench-only\n    database:\n      - port: {}\n    allow:\n      - exe: {}\n",
+            cluster.port,
+            cluster.bin.join("pgbench").display()
+        ),
+    )
+    .unwrap();
+    let mut config = Config::default().with_policy_dir(policies.path()).unwrap();
+    config.database = self::config(&cluster).database;
+    let mut h = Harness::start_with(&config);
+
+    cluster.psql("127.0.0.1", &["SELECT 1"]);
+    let verdict = |s: Option<&v1::DbSession>| {
+        s.and_then(|s| s.connect_decision.as_ref())
+            .map(|d| (d.verdict, d.policy.clone(), d.rule.clone()))
+    };
+    let would_deny = Some((
+        v1::Verdict::WouldDeny as i32,
+        "db-connect".to_owned(),
+        "bench-only".to_owned(),
+    ));
+    let start = h.expect("psql's session start", |e| {
+        session_start(e).is_some_and(|s| role(s.session.as_ref()) == "client")
+            && exe_name(e) == "psql"
+    });
+    assert_eq!(
+        verdict(session_start(&start).unwrap().session.as_ref()),
+        would_deny,
+        "psql is not listed: would deny"
+    );
+    let st = h.expect("psql's statement", |e| {
+        statement(e).is_some_and(|s| s.text == "SELECT ?") && exe_name(e) == "psql"
+    });
+    assert_eq!(
+        verdict(statement(&st).unwrap().session.as_ref()),
+        would_deny
+    );
+    let end = h.expect("psql's session end", |e| {
+        matches!(&e.body, Some(Body::DbSessionEnd(_))) && exe_name(e) == "psql"
+    });
+    let Some(Body::DbSessionEnd(end)) = &end.body else {
+        unreachable!()
+    };
+    assert_eq!(verdict(end.session.as_ref()), would_deny);
+    // The server end accepted the connection: no connect of its own to judge.
+    let server = h.expect("server's statement", |e| {
+        statement(e).is_some_and(|s| s.text == "SELECT ?" && role(s.session.as_ref()) == "server")
+    });
+    assert_eq!(verdict(statement(&server).unwrap().session.as_ref()), None);
+
+    cluster.prepared("SELECT 2;\n");
+    let st = h.expect("pgbench's statement", |e| {
+        statement(e).is_some_and(|s| s.text == "SELECT ?;") && exe_name(e) == "pgbench"
+    });
+    assert_eq!(
+        verdict(statement(&st).unwrap().session.as_ref()),
+        Some((
+            v1::Verdict::Allow as i32,
+            "db-connect".to_owned(),
+            "bench-only".to_owned()
+        )),
+        "pgbench is listed"
+    );
+    h.stop();
+}
+
+/// A PostgreSQL client in Python that moves its bytes only with `writev`/`readv` (startup
+/// and the first query) and `sendmsg`/`recvmsg` (the second query), each message split over
+/// two iovecs: what the vectored capture hooks must see.
+const VECTORED_CLIENT: &str = r#"
+import os, socket, struct, sys
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+fd = sock.fileno()
+
+def until_ready(recv):
+    data = b""
+    while True:
+        head, body = bytearray(5), bytearray(8192)
+        n = recv([head, body])
+        if n == 0:
+            sys.exit("server closed")
+        data += bytes(head + body)[:n]
+        at = 0
+        while len(data) - at >= 5:
+            kind = data[at:at + 1]
+            size = struct.unpack("!i", data[at + 1:at + 5])[0]
+            if len(data) - at < 1 + size:
+                break
+            if kind == b"Z":
+                return
+            if kind == b"E":
+                sys.exit("server error")
+            at += 1 + size
+        data = data[at:]
+
+def query(sql):
+    body = sql.encode() + b"\0"
+    return [b"Q" + struct.pack("!i", 4 + len(body)), body]
+
+params = b"user\0postgres\0database\0postgres\0application_name\0phiguard-vectored\0\0"
+body = struct.pack("!i", 196608) + params
+os.writev(fd, [struct.pack("!i", 4 + len(body)), body])
+until_ready(lambda bufs: os.readv(fd, bufs))
+os.writev(fd, query("SELECT count(*) FROM pg_class WHERE relname = 'pg_class'"))
+until_ready(lambda bufs: os.readv(fd, bufs))
+sock.sendmsg(query("SELECT count(*) FROM pg_namespace WHERE nspname = 'public'"))
+until_ready(lambda bufs: sock.recvmsg_into(bufs)[0])
+sock.sendmsg([b"X", struct.pack("!i", 4)])
+sock.close()
+"#;
+
+#[test]
+fn vectored_reads_and_writes_are_captured() {
+    let cluster = Cluster::start();
+    let mut h = Harness::start_with(&config(&cluster));
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", VECTORED_CLIENT, &cluster.port.to_string()])
+        .output()
+        .expect("python3 (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "the vectored client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let is_client = |e: &v1::Event| exe_name(e).starts_with("python3");
+
+    // The startup message went out with writev: user, database and application are known.
+    let start = h.expect("client session start written with writev", |e| {
+        session_start(e).is_some_and(|s| {
+            s.application == "phiguard-vectored" && role(s.session.as_ref()) == "client"
+        }) && is_client(e)
+    });
+    let session = session_start(&start).unwrap().session.clone().unwrap();
+    assert_eq!(
+        (session.db_user.as_str(), session.database.as_str()),
+        ("postgres", "postgres")
+    );
+    // Each query's text was written (writev, sendmsg) and its row count read (readv, recvmsg)
+    // by the client.
+    for (text, calls) in [
+        (
+            "SELECT count(*) FROM pg_class WHERE relname = ?",
+            "writev/readv",
+        ),
+        (
+            "SELECT count(*) FROM pg_namespace WHERE nspname = ?",
+            "sendmsg/recvmsg",
+        ),
+    ] {
+        let event = h.expect(&format!("client statement over {calls}"), |e| {
+            statement(e).is_some_and(|s| s.text == text && role(s.session.as_ref()) == "client")
+                && is_client(e)
+        });
+        let st = statement(&event).unwrap();
+        assert_eq!(
+            (st.kind.as_str(), st.rows, st.ok),
+            ("SELECT", Some(1), true),
+            "{calls}: the outcome was read back"
         );
     }
+    h.expect("client session end (Terminate sent with sendmsg)", |e| {
+        matches!(&e.body, Some(Body::DbSessionEnd(end))
+            if end.reason == "terminate" && end.statements == 2)
+            && is_client(e)
+    });
     h.stop();
 }
 
@@ -532,13 +731,19 @@ fn mariadb_over_tcp_and_unix_socket_is_audited_on_both_ends() {
         assert_eq!(session.database, "ehr");
         assert_eq!(session.unix_socket, db.socket().display().to_string());
     }
-    let bodies: Vec<_> = h.seen.iter().filter_map(|e| e.body.as_ref()).collect();
-    let all = format!("{bodies:?}");
-    for secret in ["123-45-6789", "Jane Doe"] {
-        assert!(
-            !all.contains(secret),
-            "{secret} leaked into database events"
-        );
-    }
+    let mariadb_argv = h
+        .seen
+        .iter()
+        .filter_map(|e| e.process.as_ref())
+        .find(|p| p.exe == "/usr/bin/mariadb" && p.argv.iter().any(|a| a == "-e"))
+        .map(|p| p.argv.clone())
+        .expect("an event of the mariadb client with its -e argument");
+    assert!(
+        mariadb_argv
+            .iter()
+            .any(|a| a.contains("SELECT name FROM ehr.patients WHERE ssn = ?")),
+        "statement argument redacted: {mariadb_argv:?}"
+    );
+    expect_no_literals(&h);
     h.stop();
 }

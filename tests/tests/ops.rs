@@ -162,10 +162,19 @@ fn binary_notifies_ready_reports_status_and_serves_metrics() {
         sample(&first, "phiguard_programs_known"),
         programs.len() as f64
     );
-    assert!(
-        sample(&first, "phiguard_programs_attached") >= 14.0,
+    let listed_attached = programs.iter().filter(|p| p["attached"] == true).count();
+    assert_eq!(
+        sample(&first, "phiguard_programs_attached"),
+        listed_attached as f64,
         "{first}"
     );
+    // Every program attaches, but BPF LSM ones on a kernel without BPF LSM.
+    for p in programs.iter().filter(|p| p["attached"] != true) {
+        assert!(
+            p["hook"].as_str().is_some_and(|h| h.starts_with("lsm/")),
+            "not attached: {p}"
+        );
+    }
     assert!(
         first.contains("phiguard_kernel_events_lost_total{kind=\"FileOpen\"} 0"),
         "{first}"

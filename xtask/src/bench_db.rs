@@ -1,7 +1,8 @@
 //! `cargo xtask bench db`: what the database capture hooks cost.
 //!
-//! The hooks are syscall tracepoints on `read`, `write`, `sendto` and `recvfrom`, so they run
-//! for every such call on the host, not only on database sockets. Two measurements, each as a
+//! The hooks are `sys_exit_*` tracepoints on `read`, `write`, `sendto`, `recvfrom`, `readv`,
+//! `writev`, `sendmsg` and `recvmsg`, so they run for every such call on the host, not only on
+//! database sockets. Two measurements, each as a
 //! ratio to a baseline taken in the same invocation:
 //!
 //! - **file read/write loop**: `write(2)` then `read(2)` of 4 KiB on a plain file, with no
@@ -9,7 +10,8 @@
 //!   process holds no database socket, so each call costs the hooks' one lookup);
 //! - **`pgbench -S`** (select-only, one client, over TCP) against a throwaway PostgreSQL
 //!   cluster: transactions per second without the agent and with it capturing and decoding
-//!   every statement on both ends.
+//!   every statement on both ends; 30 s per run in full mode, interleaved (baseline, agent,
+//!   baseline) in one invocation.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -205,13 +207,29 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Runs both measurements.
+/// Mean of a non-empty slice.
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+/// The 1-minute load average, for the record (the machine is shared).
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Runs both measurements. `pgbench -S` runs `seconds` per setting, interleaved as baseline,
+/// agent, baseline (full: 30 s each; quick: 3 s), so drift shows and the ratio is against the
+/// mean of the baselines around it.
 pub fn bench_db(scratch: &Path, quick: bool) -> anyhow::Result<Value> {
     let (rounds, count, seconds): (u32, u32, u32) = if quick {
         (3, 20_000, 3)
     } else {
         (7, 200_000, 30)
     };
+    let load_before = load_average();
     let path = scratch.join("db-rw.bin");
     let mut file = OpenOptions::new()
         .read(true)
@@ -243,10 +261,11 @@ pub fn bench_db(scratch: &Path, quick: bool) -> anyhow::Result<Value> {
     let mut base_rw = Vec::new();
     let mut plain_rw = Vec::new();
     let mut agent_rw = Vec::new();
+    let mut base_tps = Vec::new();
     for _ in 0..rounds.div_ceil(2) {
         base_rw.push(read_write_loop(&mut file, count));
     }
-    let base_tps = cluster.pgbench_select(seconds)?;
+    base_tps.push(cluster.pgbench_select(seconds)?);
     let agent = DbAgent::start(None)?;
     for _ in 0..rounds {
         plain_rw.push(read_write_loop(&mut file, count));
@@ -258,6 +277,7 @@ pub fn bench_db(scratch: &Path, quick: bool) -> anyhow::Result<Value> {
     }
     let agent_tps = cluster.pgbench_select(seconds)?;
     drop(agent);
+    base_tps.push(cluster.pgbench_select(seconds)?);
     for _ in 0..rounds / 2 {
         base_rw.push(read_write_loop(&mut file, count));
     }
@@ -267,8 +287,10 @@ pub fn bench_db(scratch: &Path, quick: bool) -> anyhow::Result<Value> {
         median(&mut agent_rw),
     );
     let _ = fs::remove_file(&path);
+    let base_mean = mean(&base_tps);
+    let load_after = load_average();
 
-    println!("\ndb: capture hooks on read/write/sendto/recvfrom");
+    println!("\ndb: capture hooks on the read/write syscall family (load average {load_before} before, {load_after} after)");
     println!(
         "file: lseek+write+lseek+read of 4 KiB, {rounds} rounds of {count}, median ns per pair"
     );
@@ -281,15 +303,22 @@ pub fn bench_db(scratch: &Path, quick: bool) -> anyhow::Result<Value> {
         println!("{name:<40} {ns:>10.0} {:>7.3}x", ns / base);
     }
     println!(
-        "pgbench -S, 1 client over TCP, {seconds} s: {base_tps:.0} tps without the agent, \
-         {agent_tps:.0} tps with it capturing both ends: {:.3}x slower",
-        base_tps / agent_tps
+        "pgbench -S, 1 client over TCP, {seconds} s per run: {:.0} tps without the agent, \
+         {agent_tps:.0} with it capturing both ends, {:.0} without it again: {:.3}x slower \
+         (against the mean of the two baselines)",
+        base_tps[0],
+        base_tps[1],
+        base_mean / agent_tps
     );
     Ok(json!({
+        "load_average": { "before": load_before, "after": load_after },
         "file_rw_ns": {
             "no_agent": base, "agent_without_db_hooks": plain, "agent_with_db_hooks": with_db,
             "ratio_db_hooks_vs_no_agent": with_db / base, "ratio_db_hooks_vs_agent": with_db / plain,
         },
-        "pgbench_select_tps": { "seconds": seconds, "no_agent": base_tps, "agent": agent_tps, "slowdown": base_tps / agent_tps },
+        "pgbench_select_tps": {
+            "seconds": seconds, "no_agent": base_tps, "agent": agent_tps,
+            "slowdown": base_mean / agent_tps,
+        },
     }))
 }

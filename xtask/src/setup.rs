@@ -18,7 +18,8 @@ const EXPECTED_NIGHTLY: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)";
 /// procps, coreutils (the commands the host tests run); for the VM tier qemu-system-x86 (boots
 /// the second kernel), busybox-static (the VM's `/init` and its tools) and cpio (packs the
 /// initramfs); postgresql and mariadb-server/mariadb-client (the database-audit tests'
-/// throwaway servers and their clients, and the pgbench benchmark); systemd
+/// throwaway servers and their clients, and the pgbench benchmark), python3 (a client that
+/// reads and writes with readv/writev/sendmsg/recvmsg); systemd
 /// (systemd-analyze verifies the units) and man-db (renders the packaged man page) for the
 /// package tier; auditd (the incumbent the benchmarks compare against).
 pub const DEBIAN_PACKAGES: &[&str] = &[
@@ -34,6 +35,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "postgresql",
     "mariadb-server",
     "mariadb-client",
+    "python3",
     "systemd",
     "man-db",
     "auditd",
@@ -48,6 +50,7 @@ pub fn setup() -> anyhow::Result<()> {
     let nightly = nightly()?;
     rust_src(&nightly)?;
     bpf_linker()?;
+    cargo_fuzz()?;
     debian_packages()?;
     kernel()?;
     step(
@@ -147,6 +150,18 @@ fn bpf_linker() -> anyhow::Result<()> {
             .env("RUSTFLAGS", rustflags),
     )?;
     step("bpf-linker", "installed");
+    Ok(())
+}
+
+/// `cargo-fuzz`, for the decoder fuzz targets in `agent/fuzz` (`cargo +nightly fuzz run …`).
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if let Some(version) = output(Command::new("cargo").args(["fuzz", "--version"])) {
+        step("cargo-fuzz", &format!("ok ({})", version.trim()));
+        return Ok(());
+    }
+    step("cargo-fuzz", "installing (about a minute)");
+    cmd::run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    step("cargo-fuzz", "installed");
     Ok(())
 }
 

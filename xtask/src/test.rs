@@ -2,7 +2,10 @@
 
 use anyhow::bail;
 
-use crate::{bench, cmd, package, setup, vm};
+use crate::{bench, cmd, fuzz, package, setup, vm};
+
+/// Seconds each fuzz target runs in the fuzz tier.
+const FUZZ_SECONDS: u32 = 20;
 
 /// Which tiers to run.
 #[derive(Debug, clap::Args)]
@@ -104,6 +107,19 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
                 counts.passed,
                 counts.failed.max(1)
             );
+            return Err(error);
+        }
+    }
+    if !args.host && !args.vm {
+        // Each decoder's fuzz target, briefly: a panic on some input fails the run.
+        println!("== tier fuzz: cargo +nightly fuzz run (agent/fuzz), {FUZZ_SECONDS} s per target");
+        let result = fuzz::run(FUZZ_SECONDS);
+        summary.push(format!(
+            "fuzz {}",
+            if result.is_ok() { "ok" } else { "FAILED" }
+        ));
+        if let Err(error) = result {
+            println!("test summary: {}", summary.join(", "));
             return Err(error);
         }
     }

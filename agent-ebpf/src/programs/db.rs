@@ -6,22 +6,27 @@
 //! database listener (server side). Its process, and every child forked later (PostgreSQL
 //! forks a backend per connection), is marked in `DB_PROCESSES`.
 //!
-//! The capture hooks are syscall tracepoints, so they run for every `read`, `write`,
-//! `sendto` and `recvfrom` on the host. What they do for a process without database
-//! sockets is one hash lookup (`DB_PROCESSES`) at entry and one (`DB_IO`) at exit. For a
-//! process with some, the descriptor is followed to its `struct sock` (four kernel reads) and
-//! looked up in `DB_SOCKS`; only tracked sockets get a record, with at most
-//! `DB_CAPTURE_LEN` bytes, copied at exit (when a read's data has arrived).
+//! The capture hooks are `sys_exit_*` tracepoints only, so each runs once for every `read`,
+//! `write`, `sendto`, `recvfrom`, `readv`, `writev`, `sendmsg` and `recvmsg` on the host; the
+//! descriptor and buffer come from the saved user registers (`crate::syscall`), so there is no
+//! entry hook and no per-thread map. What they do for a process without database sockets is one
+//! hash lookup (`DB_PROCESSES`). For a process with some, the descriptor is followed to its
+//! `struct sock` (four kernel reads) and looked up in `DB_SOCKS`; only tracked sockets get a
+//! record, with at most `DB_CAPTURE_LEN` bytes (from the first `MAX_DB_IOVECS` iovecs of a
+//! vectored call).
 
 use core::mem::{offset_of, size_of};
 
 use agent_common::{
     event::{db_op, db_role, db_syscall, DbDataScratch, DbSockEvent, Kind, FLAG_TRUNCATED},
-    limits::DB_CAPTURE_LEN,
+    limits::{DB_CAPTURE_LEN, MAX_DB_IOVECS},
     maps::InodeKey,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::bpf_probe_read_user as raw_probe_read_user,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -32,10 +37,8 @@ use crate::{
         dentry_dev, dentry_ino, file_sock, sock_family, sock_ports, unix_sock_dentry,
         unix_sock_peer, Task,
     },
-    maps::{
-        DbIo, DbSock, DB_CONNECTS, DB_DATA_SCRATCH, DB_IO, DB_PORTS, DB_PROCESSES, DB_SOCKS,
-        DB_UNIX_SOCKETS, EVENTS,
-    },
+    maps::{DbSock, DB_DATA_SCRATCH, DB_PORTS, DB_PROCESSES, DB_SOCKS, DB_UNIX_SOCKETS, EVENTS},
+    syscall::SyscallArgs,
 };
 
 const AF_UNIX: u16 = 1;
@@ -60,17 +63,8 @@ pub fn forget(tgid: u32) {
     let _ = DB_PROCESSES.remove(&tgid);
 }
 
-/// `syscalls/sys_enter_connect`: `fd` at 16, `uservaddr` at 24, `addrlen` at 32.
-#[tracepoint]
-pub fn db_sys_enter_connect(ctx: TracePointContext) -> i32 {
-    // SAFETY: offset 16 of the record is the descriptor.
-    if let Ok(fd) = unsafe { ctx.read_at::<u64>(16) } {
-        let _ = DB_CONNECTS.insert(&bpf_get_current_pid_tgid(), &(fd as i32), 0);
-    }
-    0
-}
-
-/// `syscalls/sys_exit_connect`: `ret` at 16.
+/// `syscalls/sys_exit_connect`: `ret` at 16; `fd` (argument 0) from the saved registers.
+/// Needs 5.15 (`bpf_task_pt_regs`).
 #[tracepoint]
 pub fn db_sys_exit_connect(ctx: TracePointContext) -> i32 {
     let _ = try_exit_connect(&ctx);
@@ -78,16 +72,15 @@ pub fn db_sys_exit_connect(ctx: TracePointContext) -> i32 {
 }
 
 fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: copied out at once.
-    let fd = *unsafe { DB_CONNECTS.get(&id) }.ok_or(0)?;
-    let _ = DB_CONNECTS.remove(&id);
     // SAFETY: offset 16 of the record is the return value.
     let ret = unsafe { ctx.read_at::<i64>(16) }?;
     if ret != 0 && ret != -EINPROGRESS {
         return Ok(());
     }
-    track(fd, db_role::CLIENT)
+    let fd = SyscallArgs::current()
+        .and_then(SyscallArgs::arg::<0>)
+        .map_err(|_| 0i64)?;
+    track(fd as i32, db_role::CLIENT)
 }
 
 /// `syscalls/sys_exit_accept`: `ret` (the new descriptor) at 16.
@@ -194,74 +187,68 @@ fn socket_of(file: usize) -> Result<u64, i64> {
         .map_err(|_| 0)
 }
 
-/// `syscalls/sys_enter_write`: `fd` at 16, `buf` at 24, `count` at 32.
-#[tracepoint]
-pub fn db_sys_enter_write(ctx: TracePointContext) -> i32 {
-    let _ = enter_io(&ctx, db_op::WRITE, db_syscall::WRITE);
-    0
+/// How a call's second argument points at the bytes it moved.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Buffer {
+    /// A plain buffer (`read`, `write`, `sendto`, `recvfrom`).
+    Flat,
+    /// An `iovec` array, its length in argument 2 (`readv`, `writev`).
+    Vector,
+    /// A `struct user_msghdr` (`sendmsg`, `recvmsg`).
+    Message,
 }
 
-/// `syscalls/sys_enter_read`: `fd` at 16, `buf` at 24, `count` at 32.
-#[tracepoint]
-pub fn db_sys_enter_read(ctx: TracePointContext) -> i32 {
-    let _ = enter_io(&ctx, db_op::READ, db_syscall::READ);
-    0
+/// Defines one `sys_exit_*` capture program.
+macro_rules! capture {
+    ($name:ident, $call:literal, $op:ident, $syscall:ident, $buffer:ident) => {
+        #[doc = concat!("`syscalls/sys_exit_", $call, "`: `ret` at 16; `fd` and the buffer from the")]
+        #[doc = "saved registers (5.15)."]
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> i32 {
+            let _ = exit_io(&ctx, db_op::$op, db_syscall::$syscall, Buffer::$buffer);
+            0
+        }
+    };
 }
 
-/// `syscalls/sys_enter_sendto`: `fd` at 16, `buff` at 24, `len` at 32.
-#[tracepoint]
-pub fn db_sys_enter_sendto(ctx: TracePointContext) -> i32 {
-    let _ = enter_io(&ctx, db_op::WRITE, db_syscall::SENDTO);
-    0
+capture!(db_sys_exit_write, "write", WRITE, WRITE, Flat);
+capture!(db_sys_exit_read, "read", READ, READ, Flat);
+capture!(db_sys_exit_sendto, "sendto", WRITE, SENDTO, Flat);
+capture!(db_sys_exit_recvfrom, "recvfrom", READ, RECVFROM, Flat);
+capture!(db_sys_exit_writev, "writev", WRITE, WRITEV, Vector);
+capture!(db_sys_exit_readv, "readv", READ, READV, Vector);
+capture!(db_sys_exit_sendmsg, "sendmsg", WRITE, SENDMSG, Message);
+capture!(db_sys_exit_recvmsg, "recvmsg", READ, RECVMSG, Message);
+
+/// `struct user_msghdr.msg_iov` and `.msg_iovlen`.
+const MSG_IOV: u64 = 16;
+const MSG_IOVLEN: u64 = 24;
+
+/// One `struct iovec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IoVec {
+    base: u64,
+    len: u64,
 }
 
-/// `syscalls/sys_enter_recvfrom`: `fd` at 16, `ubuf` at 24, `size` at 32.
-#[tracepoint]
-pub fn db_sys_enter_recvfrom(ctx: TracePointContext) -> i32 {
-    let _ = enter_io(&ctx, db_op::READ, db_syscall::RECVFROM);
-    0
-}
-
-/// `syscalls/sys_exit_write`: `ret` at 16.
-#[tracepoint]
-pub fn db_sys_exit_write(ctx: TracePointContext) -> i32 {
-    let _ = exit_io(&ctx);
-    0
-}
-
-/// `syscalls/sys_exit_read`: `ret` at 16.
-#[tracepoint]
-pub fn db_sys_exit_read(ctx: TracePointContext) -> i32 {
-    let _ = exit_io(&ctx);
-    0
-}
-
-/// `syscalls/sys_exit_sendto`: `ret` at 16.
-#[tracepoint]
-pub fn db_sys_exit_sendto(ctx: TracePointContext) -> i32 {
-    let _ = exit_io(&ctx);
-    0
-}
-
-/// `syscalls/sys_exit_recvfrom`: `ret` at 16.
-#[tracepoint]
-pub fn db_sys_exit_recvfrom(ctx: TracePointContext) -> i32 {
-    let _ = exit_io(&ctx);
-    0
-}
-
-/// At entry: remembers the buffer when `fd` is a tracked socket. One lookup for processes
-/// without database sockets.
+/// At exit: when the calling process holds database sockets and `fd` is a tracked one, sends
+/// the first bytes the call moved. The common case, a process without database sockets,
+/// costs one hash lookup.
 #[inline(always)]
-fn enter_io(ctx: &TracePointContext, op: u32, syscall: u32) -> Result<(), i64> {
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
+fn exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -> Result<(), i64> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: value not used.
     if unsafe { DB_PROCESSES.get(&tgid) }.is_none() {
         return Ok(());
     }
-    // SAFETY: offsets from the tracepoint formats (identical for the four calls).
-    let (fd, buf) = unsafe { (ctx.read_at::<u64>(16)?, ctx.read_at::<u64>(24)?) };
+    // SAFETY: offset 16 of the record is the return value.
+    let ret = unsafe { ctx.read_at::<i64>(16) }?;
+    if ret < 0 {
+        return Ok(());
+    }
+    let args = SyscallArgs::current().map_err(|_| 0i64)?;
+    let fd = args.arg::<0>().map_err(|_| 0i64)? as i32;
     let file = Task::current().file(fd as u32).map_err(|_| 0i64)?;
     let sk = file_sock(file).map_err(|_| 0i64)?;
     // SAFETY: copied out at once.
@@ -271,62 +258,35 @@ fn enter_io(ctx: &TracePointContext, op: u32, syscall: u32) -> Result<(), i64> {
     if sock.socket != socket_of(file)? {
         return Ok(());
     }
-    let io = DbIo {
-        sock: sk as u64,
-        buf,
-        role: sock.role,
-        op,
-        syscall,
-        fd: fd as i32,
-    };
-    DB_IO.insert(&id, &io, 0).map_err(i64::from)
-}
+    let ptr = args.arg::<1>().map_err(|_| 0i64)?;
 
-/// At exit: sends the first bytes the call moved.
-#[inline(always)]
-fn exit_io(ctx: &TracePointContext) -> Result<(), i64> {
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: copied out at once.
-    let Some(io) = (unsafe { DB_IO.get(&id) }).copied() else {
-        return Ok(());
-    };
-    let _ = DB_IO.remove(&id);
-    // SAFETY: offset 16 of the record is the return value.
-    let ret = unsafe { ctx.read_at::<i64>(16) }?;
-    if ret < 0 {
-        return Ok(());
-    }
     let Some(scratch) = DB_DATA_SCRATCH.get_ptr_mut(0) else {
         return Ok(());
     };
     // SAFETY: the per-CPU scratch value is ours for the duration of this program.
     let scratch: &mut DbDataScratch = unsafe { &mut *scratch };
     fill_header(&mut scratch.event.header, Kind::DbData);
-    let mut captured: usize = 0;
-    if ret > 0 {
-        // 1..=DB_CAPTURE_LEN, in a form the verifier can bound.
-        let want = (((ret as usize).min(DB_CAPTURE_LEN) - 1) & (DB_CAPTURE_LEN - 1)) + 1;
-        // SAFETY: `want <= DB_CAPTURE_LEN` bytes into a `2 * DB_CAPTURE_LEN` array; the helper
-        // checks the user address.
-        let rc = unsafe {
-            bpf_probe_read_user(
-                scratch.data.as_mut_ptr().cast(),
-                want as u32,
-                io.buf as *const core::ffi::c_void,
-            )
-        };
-        if rc == 0 {
-            captured = want;
+    let wanted = (ret as usize).min(DB_CAPTURE_LEN);
+    let captured = match buffer {
+        Buffer::Flat => copy_user(scratch, 0, ptr, wanted),
+        Buffer::Vector => {
+            let count = args.arg::<2>().map_err(|_| 0i64)?;
+            copy_iovecs(scratch, ptr, count, wanted)
         }
-        if captured < ret as usize {
-            scratch.event.header.flags |= FLAG_TRUNCATED;
+        Buffer::Message => {
+            let iov = read_user::<u64>(ptr + MSG_IOV)?;
+            let count = read_user::<u64>(ptr + MSG_IOVLEN)?;
+            copy_iovecs(scratch, iov, count, wanted)
         }
+    };
+    if captured < ret as usize {
+        scratch.event.header.flags |= FLAG_TRUNCATED;
     }
-    scratch.event.sock = io.sock;
-    scratch.event.role = io.role;
-    scratch.event.op = io.op;
-    scratch.event.syscall = io.syscall;
-    scratch.event.fd = io.fd;
+    scratch.event.sock = sk as u64;
+    scratch.event.role = sock.role;
+    scratch.event.op = op;
+    scratch.event.syscall = syscall;
+    scratch.event.fd = fd;
     scratch.event.len = ret as u32;
     scratch.event.captured = captured as u32;
     let len = offset_of!(DbDataScratch, data) + (captured & (2 * DB_CAPTURE_LEN - 1));
@@ -338,4 +298,60 @@ fn exit_io(ctx: &TracePointContext) -> Result<(), i64> {
         unsafe { core::slice::from_raw_parts((scratch as *const DbDataScratch).cast::<u8>(), len) };
     output(Kind::DbData, bytes);
     Ok(())
+}
+
+/// Reads a `T` from user memory.
+#[inline(always)]
+fn read_user<T>(addr: u64) -> Result<T, i64> {
+    // SAFETY: the helper checks the user address and fails instead of faulting.
+    unsafe { bpf_probe_read_user(addr as *const T) }.map_err(i64::from)
+}
+
+/// Copies `min(len, DB_CAPTURE_LEN - at)` bytes from user address `src` to `data[at..]`;
+/// returns the new fill level (`at` when nothing could be copied).
+#[inline(always)]
+fn copy_user(scratch: &mut DbDataScratch, at: usize, src: u64, len: usize) -> usize {
+    if at >= DB_CAPTURE_LEN || len == 0 {
+        return at;
+    }
+    let len = len.min(DB_CAPTURE_LEN - at);
+    // 1..=DB_CAPTURE_LEN and 0..DB_CAPTURE_LEN in forms the verifier can bound.
+    let len = ((len - 1) & (DB_CAPTURE_LEN - 1)) + 1;
+    let at = at & (DB_CAPTURE_LEN - 1);
+    // SAFETY: at most `DB_CAPTURE_LEN` bytes at an offset below `DB_CAPTURE_LEN` in a
+    // `2 * DB_CAPTURE_LEN` array; the helper checks the user address.
+    let rc = unsafe {
+        raw_probe_read_user(
+            scratch.data.as_mut_ptr().add(at).cast(),
+            len as u32,
+            src as *const core::ffi::c_void,
+        )
+    };
+    if rc == 0 {
+        at + len
+    } else {
+        at
+    }
+}
+
+/// Copies the first `wanted` bytes described by `count` iovecs at user address `iov` (at most
+/// `MAX_DB_IOVECS` of them); returns the bytes copied.
+#[inline(always)]
+fn copy_iovecs(scratch: &mut DbDataScratch, iov: u64, count: u64, wanted: usize) -> usize {
+    let mut at = 0usize;
+    for i in 0..MAX_DB_IOVECS {
+        if i as u64 >= count || at >= wanted {
+            break;
+        }
+        let Ok(v) = read_user::<IoVec>(iov + (i * size_of::<IoVec>()) as u64) else {
+            break;
+        };
+        let take = (v.len as usize).min(wanted - at);
+        let next = copy_user(scratch, at, v.base, take);
+        if next != at + take {
+            break;
+        }
+        at = next;
+    }
+    at
 }

@@ -16,6 +16,8 @@
 //! only statement text (redact it with [`sql::redact`] before it leaves the agent), names,
 //! SQLSTATEs, command tags and counts.
 
+pub mod argv;
+pub mod connects;
 pub mod mysql;
 pub mod postgres;
 pub mod session;

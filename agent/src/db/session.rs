@@ -98,8 +98,15 @@ impl Sessions {
         }
     }
 
-    /// A socket became tracked. `unix_socket` is the configured path of its endpoint.
-    pub fn open(&mut self, e: &DbSockEvent, unix_socket: Option<String>) {
+    /// A socket became tracked. `unix_socket` is the configured path of its endpoint;
+    /// `connect_decision` the policy verdict on the connect that opened it, when a policy
+    /// names the endpoint.
+    pub fn open(
+        &mut self,
+        e: &DbSockEvent,
+        unix_socket: Option<String>,
+        connect_decision: Option<v1::Decision>,
+    ) {
         let role = if e.role == db_role::SERVER {
             "server"
         } else {
@@ -123,6 +130,7 @@ impl Sessions {
                 unix_socket: unix_socket.unwrap_or_default(),
                 db_user: String::new(),
                 database: String::new(),
+                connect_decision,
             },
             port,
             decoder: Decoder::Unknown,
@@ -439,7 +447,7 @@ mod tests {
     #[test]
     fn a_client_session_yields_start_statements_and_end() {
         let mut s = Sessions::new(false);
-        s.open(&sock(db_role::CLIENT), None);
+        s.open(&sock(db_role::CLIENT), None, None);
         let c = client_session();
         let srv = server_session();
         let mut out = s.data(
@@ -480,7 +488,7 @@ mod tests {
     fn statements_pair_with_outcomes_and_are_redacted() {
         use crate::db::postgres::tests::{query, startup_message, typed};
         let mut s = Sessions::new(false);
-        s.open(&sock(db_role::SERVER), None);
+        s.open(&sock(db_role::SERVER), None, None);
         let su = startup_message(&[("user", "alice"), ("database", "ehr")]);
         let mut out = s.data(&data(db_role::SERVER, db_op::READ, 0, su.len() as u32), &su);
         let q = query("SELECT name FROM patients WHERE ssn = '123-45-6789'");

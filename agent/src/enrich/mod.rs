@@ -15,8 +15,8 @@ use std::{
 };
 
 use agent_common::event::{
-    direction, EventHeader, ExecEvent, FLAG_CWD_COMPLETE, FLAG_EXEC_REFUSED, FLAG_NO_PROCESS,
-    FLAG_TRUNCATED,
+    db_role, direction, ConnectEvent, EventHeader, ExecEvent, FLAG_CWD_COMPLETE, FLAG_EXEC_REFUSED,
+    FLAG_NO_PROCESS, FLAG_TRUNCATED,
 };
 use phiguard_proto::v1::{self, event::Body};
 
@@ -26,6 +26,7 @@ use self::{
     users::UserNames,
 };
 use crate::{
+    db::connects::{ConnectDecisions, Endpoint},
     event::decode::{c_text, text, ExecArgs, RawEvent},
     kernel::mounts::MountTable,
     paths,
@@ -71,6 +72,7 @@ pub struct Enricher {
     settings: EnrichSettings,
     seq: u64,
     sessions: crate::db::session::Sessions,
+    connects: ConnectDecisions,
 }
 
 impl Enricher {
@@ -95,6 +97,7 @@ impl Enricher {
             binary_hashes: HashMap::new(),
             mounts: MountTable::default(),
             sessions: crate::db::session::Sessions::new(settings.full_statements),
+            connects: ConnectDecisions::default(),
             settings,
             seq: 0,
         }
@@ -124,7 +127,21 @@ impl Enricher {
         let header = *raw.header();
         match raw {
             RawEvent::DbSock(e) => {
-                let path = if i32::from(e.family) == libc::AF_UNIX {
+                let unix = i32::from(e.family) == libc::AF_UNIX;
+                let decision = if e.role == db_role::CLIENT {
+                    let endpoint = if unix {
+                        Endpoint::Unix {
+                            dev: e.dev,
+                            ino: e.ino,
+                        }
+                    } else {
+                        Endpoint::Tcp(e.dport)
+                    };
+                    self.connects.take(e.header.tgid, endpoint)
+                } else {
+                    None
+                };
+                let path = if unix {
                     self.settings
                         .db_unix_sockets
                         .iter()
@@ -133,7 +150,7 @@ impl Enricher {
                 } else {
                     None
                 };
-                self.sessions.open(&e, path);
+                self.sessions.open(&e, path, decision);
                 Vec::new()
             }
             RawEvent::DbData(d) => {
@@ -275,6 +292,9 @@ impl Enricher {
             RawEvent::Connect(e) => {
                 self.processes
                     .refresh_cwd(e.header.tgid, e.header.start_boot_ns);
+                if let Some(d) = &decision {
+                    self.connects.record(e.header.tgid, connect_endpoint(&e), d);
+                }
                 let (address, protocol) = if i32::from(e.family) == libc::AF_UNIX {
                     // The kernel reports the socket file's (device, inode): its path is the
                     // protected endpoint's.
@@ -437,7 +457,12 @@ impl Enricher {
                 p.exited_at.is_some(),
             );
             process.exe = p.exe.unwrap_or_default();
-            process.argv = p.argv;
+            // Minimum necessary: SQL literals and passwords in a database client's arguments.
+            process.argv = if self.settings.full_statements {
+                p.argv
+            } else {
+                crate::db::argv::redact(&process.exe, &p.argv).unwrap_or(p.argv)
+            };
             process.argv_truncated = p.argv_truncated;
             process.cwd = p.cwd.unwrap_or_default();
             process.cgroup = p.cgroup.unwrap_or_default();
@@ -502,6 +527,21 @@ fn signal_name(signal: u32) -> String {
     nix::sys::signal::Signal::try_from(signal as i32)
         .map(|s| s.as_str().to_owned())
         .unwrap_or_else(|_| format!("SIG{signal}"))
+}
+
+/// The database end a connect went to: the port, or for a unix socket the socket file's
+/// (device, inode) the kernel put in the address bytes.
+fn connect_endpoint(e: &ConnectEvent) -> Endpoint {
+    if i32::from(e.family) == libc::AF_UNIX {
+        let mut ino = [0u8; 8];
+        ino.copy_from_slice(&e.addr[8..]);
+        Endpoint::Unix {
+            dev: u32::from_ne_bytes([e.addr[0], e.addr[1], e.addr[2], e.addr[3]]),
+            ino: u64::from_ne_bytes(ino),
+        }
+    } else {
+        Endpoint::Tcp(e.port)
+    }
 }
 
 fn family_name(family: u16) -> &'static str {
