@@ -11,7 +11,8 @@ use agent_common::{
     policy::WatchValue,
 };
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated,
+    bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel,
+    bpf_probe_read_kernel_str_bytes, generated,
 };
 
 use crate::maps::WATCHED_INODES;
@@ -115,6 +116,32 @@ fn read_pair(base: usize, a: usize, b: usize) -> Result<(u64, u64), ReadError> {
         words[(a / 8) & (SPAN_WORDS - 1)],
         words[(b / 8) & (SPAN_WORDS - 1)],
     ))
+}
+
+/// Loads a `T` at `base + offset` directly, for a `base` the verifier types from BTF (the
+/// current task from `bpf_get_current_task_btf` and pointers loaded from it): the offset is a
+/// load-time constant, the load is checked against the struct's BTF and cannot fault (a bad
+/// pointer reads as 0). Saves a helper call per field over [`read`].
+#[inline(always)]
+fn load<T>(base: usize, offset: usize) -> T {
+    // SAFETY: see above; the verifier rejects the program rather than allow a wild load.
+    unsafe { core::ptr::read_volatile((base + offset) as *const T) }
+}
+
+/// The `struct file *` behind descriptor `fd` of the current task: direct loads down to the
+/// descriptor array, one helper read for its slot.
+#[inline(always)]
+pub fn current_file(fd: u32) -> Result<usize, ReadError> {
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task_btf() } as usize;
+    let files: usize = load(task, offset!(task_files));
+    let fdt: usize = load(files, offset!(files_fdt));
+    let max_fds: u32 = load(fdt, offset!(fdtable_max_fds));
+    if fd >= max_fds {
+        return Err(ReadError);
+    }
+    let fd_array: usize = load(fdt, offset!(fdtable_fd));
+    read(fd_array, fd as usize * 8)
 }
 
 /// A `task_struct` in kernel memory.

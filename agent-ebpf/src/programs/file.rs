@@ -24,11 +24,15 @@ use aya_ebpf::{
     },
     macros::tracepoint,
     programs::TracePointContext,
+    EbpfContext as _,
 };
 
 use crate::{
     emit::{fill_header, output},
-    kernel::{dentry_dev, dentry_ino, dentry_name, dentry_parent, file_dentry, find_watch, Task},
+    kernel::{
+        current_file, dentry_dev, dentry_ino, dentry_name, dentry_parent, file_dentry, find_watch,
+        Task,
+    },
     maps::{
         FileOpenScratch, FILE_OPEN_SCRATCH, PREFIX_KEY_SCRATCH, REFUSED_OPENS, WATCHED_DEVS,
         WATCHED_PREFIXES,
@@ -153,10 +157,9 @@ impl OpenCall {
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, syscall: u32) {
-    // SAFETY: offset 16 of every sys_exit_* record is `long ret`.
-    let Ok(ret) = (unsafe { ctx.read_at::<i64>(16) }) else {
-        return;
-    };
+    // SAFETY: offset 16 of every sys_exit_* record is `long ret`; a tracepoint program may
+    // load its record directly (the verifier checks the bounds), no helper call needed.
+    let ret = unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(16) as *const i64) };
     if ret >= 0 {
         opened(syscall, ret);
     } else {
@@ -168,7 +171,7 @@ fn on_exit(ctx: &TracePointContext, syscall: u32) {
 /// case, a file on a device without watches, costs the descriptor lookup and one map lookup.
 #[inline(always)]
 fn opened(syscall: u32, ret: i64) {
-    let Ok(file) = Task::current().file(ret as u32) else {
+    let Ok(file) = current_file(ret as u32) else {
         return;
     };
     let Ok(dentry) = file_dentry(file) else {
@@ -238,7 +241,7 @@ fn failed(syscall: u32, ret: i64) {
         let base = if call.dirfd == AT_FDCWD {
             task.cwd_dentry()
         } else {
-            task.file(call.dirfd as u32).and_then(file_dentry)
+            current_file(call.dirfd as u32).and_then(file_dentry)
         };
         let hit = base.ok().and_then(|dentry| {
             let dev = dentry_dev(dentry).ok()?;
