@@ -163,7 +163,8 @@ fn binary_notifies_ready_reports_status_and_serves_metrics() {
         programs.len() as f64
     );
     assert!(
-        sample(&first, "phiguard_programs_attached") >= 14.0,
+        // 14 known; all but the three LSM programs attach everywhere.
+        sample(&first, "phiguard_programs_attached") >= 11.0,
         "{first}"
     );
     assert!(
