@@ -63,31 +63,32 @@ fn check_open(file: usize) -> i32 {
         return 0;
     };
     // An open through open/openat/openat2 has its flags (O_TRUNC included, which `f_flags`
-    // no longer holds after the open); any other (exec, io_uring…) has the file's mode.
-    let call = OpenCall::current();
-    let requested = match call {
-        Some(call) => requested_access(call.flags),
-        None => {
-            let mode = file_mode(file).unwrap_or(0);
-            let mut bits = 0;
-            if mode & FMODE_READ != 0 {
-                bits |= access::READ;
-            }
-            if mode & FMODE_WRITE != 0 {
-                bits |= access::WRITE;
-            }
-            bits
+    // no longer holds after the open); any other (exec, io_uring…) has the file's mode. (No
+    // `Option<OpenCall>` is kept: its unset payload would reach the verifier as an
+    // uninitialised register.)
+    let call = OpenCall::current().unwrap_or(OpenCall::UNKNOWN);
+    let in_open_call = call.syscall != 0;
+    let requested = if in_open_call {
+        requested_access(call.flags)
+    } else {
+        let mode = file_mode(file).unwrap_or(0);
+        let mut bits = 0;
+        if mode & FMODE_READ != 0 {
+            bits |= access::READ;
         }
+        if mode & FMODE_WRITE != 0 {
+            bits |= access::WRITE;
+        }
+        bits
     };
     let decision = decide(hit.rule(), requested, layer::LSM);
     if decision.verdict != verdict::DENY {
         return 0;
     }
-    if call.is_some() {
+    if in_open_call {
         // The call's exit program must not report it a second time.
         let _ = REFUSED_OPENS.insert(&bpf_get_current_pid_tgid(), &1, 0);
     }
-    let call = call.unwrap_or(OpenCall::UNKNOWN);
     if let Some(scratch) = scratch() {
         read_path(&mut scratch.event, &call);
         start_record(scratch, &call, i64::from(EPERM));
