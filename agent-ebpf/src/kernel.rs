@@ -11,7 +11,8 @@ use agent_common::{
     policy::WatchValue,
 };
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+    bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel,
+    bpf_probe_read_kernel_str_bytes, generated,
 };
 
 use crate::maps::WATCHED_INODES;
@@ -83,6 +84,66 @@ pub fn read<T>(base: usize, offset: usize) -> Result<T, ReadError> {
     unsafe { bpf_probe_read_kernel((base + offset) as *const T) }.map_err(|_| ReadError)
 }
 
+/// Most words [`read_pair`] copies in one helper call.
+const SPAN_WORDS: usize = 8;
+
+/// Reads the two 8-byte fields at offsets `a` and `b` of the object at `base`: with one helper
+/// call covering exactly the words from one to the other when they are close (the offsets are
+/// load-time constants, so the verifier keeps one branch), else with two.
+#[inline(always)]
+fn read_pair(base: usize, a: usize, b: usize) -> Result<(u64, u64), ReadError> {
+    let low = if a < b { a } else { b };
+    let (a, b) = (a - low, b - low);
+    let span = SPAN_WORDS * 8;
+    if base == 0 || a % 8 != 0 || b % 8 != 0 || a >= span || b >= span {
+        return Ok((read(base, low + a)?, read(base, low + b)?));
+    }
+    let len = if a > b { a + 8 } else { b + 8 };
+    let mut words = [0u64; SPAN_WORDS];
+    // SAFETY: `len <= size_of_val(&words)`; the helper validates the kernel address and fails
+    // instead of faulting. Only the object's own bytes are read (never past the later field).
+    let ret = unsafe {
+        generated::bpf_probe_read_kernel(
+            words.as_mut_ptr().cast(),
+            len as u32,
+            (base + low) as *const core::ffi::c_void,
+        )
+    };
+    if ret != 0 {
+        return Err(ReadError);
+    }
+    Ok((
+        words[(a / 8) & (SPAN_WORDS - 1)],
+        words[(b / 8) & (SPAN_WORDS - 1)],
+    ))
+}
+
+/// Loads a `T` at `base + offset` directly, for a `base` the verifier types from BTF (the
+/// current task from `bpf_get_current_task_btf` and pointers loaded from it): the offset is a
+/// load-time constant, the load is checked against the struct's BTF and cannot fault (a bad
+/// pointer reads as 0). Saves a helper call per field over [`read`].
+#[inline(always)]
+fn load<T>(base: usize, offset: usize) -> T {
+    // SAFETY: see above; the verifier rejects the program rather than allow a wild load.
+    unsafe { core::ptr::read_volatile((base + offset) as *const T) }
+}
+
+/// The `struct file *` behind descriptor `fd` of the current task: direct loads down to the
+/// descriptor array, one helper read for its slot.
+#[inline(always)]
+pub fn current_file(fd: u32) -> Result<usize, ReadError> {
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task_btf() } as usize;
+    let files: usize = load(task, offset!(task_files));
+    let fdt: usize = load(files, offset!(files_fdt));
+    let max_fds: u32 = load(fdt, offset!(fdtable_max_fds));
+    if fd >= max_fds {
+        return Err(ReadError);
+    }
+    let fd_array: usize = load(fdt, offset!(fdtable_fd));
+    read(fd_array, fd as usize * 8)
+}
+
 /// A `task_struct` in kernel memory.
 #[derive(Clone, Copy)]
 pub struct Task(pub usize);
@@ -148,12 +209,12 @@ impl Task {
     pub fn file(self, fd: u32) -> Result<usize, ReadError> {
         let files: usize = read(self.0, offset!(task_files))?;
         let fdt: usize = read(files, offset!(files_fdt))?;
-        let max_fds: u32 = read(fdt, offset!(fdtable_max_fds))?;
-        if fd >= max_fds {
+        // `max_fds` is an `unsigned int`: the low half of its word (little-endian).
+        let (max_fds, fd_array) = read_pair(fdt, offset!(fdtable_max_fds), offset!(fdtable_fd))?;
+        if fd >= max_fds as u32 {
             return Err(ReadError);
         }
-        let fd_array: usize = read(fdt, offset!(fdtable_fd))?;
-        read(fd_array, fd as usize * 8)
+        read(fd_array as usize, fd as usize * 8)
     }
 
     /// The dentry of the process's executable (`mm->exe_file`); an error for kernel threads.
@@ -312,7 +373,13 @@ pub struct WatchHit {
 #[inline(always)]
 pub fn find_watch(mut dentry: usize, dev: u32, slot: u32) -> Option<WatchHit> {
     for depth in 0..MAX_WALK_DEPTH {
-        let ino = dentry_ino(dentry).ok()?;
+        let (parent, inode) =
+            read_pair(dentry, offset!(dentry_d_parent), offset!(dentry_d_inode)).ok()?;
+        let ino = if inode == 0 {
+            0 // a negative dentry
+        } else {
+            read(inode as usize, offset!(inode_i_ino)).ok()?
+        };
         let key = InodeKey { dev, slot, ino };
         // SAFETY: the value is plain integers, copied out at once.
         if let Some(value) = unsafe { WATCHED_INODES.get(&key) } {
@@ -321,7 +388,7 @@ pub fn find_watch(mut dentry: usize, dev: u32, slot: u32) -> Option<WatchHit> {
                 depth,
             });
         }
-        let parent = dentry_parent(dentry).ok()?;
+        let parent = parent as usize;
         if parent == dentry {
             return None;
         }

@@ -1,5 +1,6 @@
 //! phiguard's kernel programs. One module per hook family; maps in `maps`; how records reach
-//! the ring buffer in `emit`; kernel struct reads through BTF offsets in `kernel`.
+//! the ring buffer in `emit`; kernel struct reads through BTF offsets in `kernel`; a syscall's
+//! arguments at its exit in `syscall`.
 //!
 //! Rules every program follows: no allocation, loops bounded by constants, a bounds check
 //! before every variable index, per-CPU scratch for anything larger than the stack allows, and

@@ -86,27 +86,10 @@ pub static EXEC_SCOPES: HashMap<ScopeKey, u32> = HashMap::with_max_entries(2 * M
 pub static EXEC_ALLOWED: HashMap<SubjectKey, u32> =
     HashMap::with_max_entries(MAX_SUBJECT_ENTRIES, 0);
 
-/// An `open*` between its syscall entry and exit.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PendingOpen {
-    /// User-space address of the path argument.
-    pub path: u64,
-    /// `O_*` flags.
-    pub flags: u32,
-    /// Creation mode.
-    pub mode: u32,
-    /// `dirfd` argument (`AT_FDCWD` for `open`).
-    pub dirfd: i32,
-    /// `open_syscall` code.
-    pub syscall: u32,
-    /// 1 when the LSM program refused this open and reported it (the exit stays silent).
-    pub refused: u32,
-}
-
-/// Opens in flight, by thread (`pid_tgid`). LRU so a thread killed mid-call cannot leak slots.
+/// Threads (`pid_tgid`) whose `open*` call the LSM program refused and reported: the call's
+/// exit stays silent. Written only on a refusal; LRU so a thread killed mid-call cannot leak.
 #[map]
-pub static PENDING_OPENS: LruHashMap<u64, PendingOpen> = LruHashMap::with_max_entries(16384, 0);
+pub static REFUSED_OPENS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 
 /// Who set up a TCP socket on a watched port: filled when the socket leaves CLOSE in process
 /// context, read when it is established or closed (often in softirq, where `current` is

@@ -1,51 +1,59 @@
-//! Syscall arguments at `sys_exit_*`.
+//! The arguments of the system call the current task is in, read back at `sys_exit_*` from
+//! the user registers the kernel saved at entry, so an exit program needs no entry program
+//! and no map to carry them.
 //!
-//! A `syscalls/sys_exit_*` tracepoint record holds only the return value. The arguments are
-//! still in the user registers the kernel saved on entry (`struct pt_regs` at the top of the
-//! task's kernel stack): nothing between entry and the exit tracepoint rewrites them for the
-//! calls read here. Reading them at exit lets a hook skip the `sys_enter_*` tracepoint and the
-//! per-thread map that carried the arguments from entry to exit: one program run per call
-//! instead of two.
-//!
-//! Needs `bpf_get_current_task_btf` (5.11) and `bpf_task_pt_regs` (5.15), both offered to
-//! tracepoint programs. The register layout is x86_64's (the only architecture the agent is
-//! built for): arguments 0–5 in di, si, dx, r10, r8, r9.
+//! x86_64 only: the layout is the kernel's `struct pt_regs` (also in its uapi), arguments in
+//! `di, si, dx, r10, r8, r9` and the syscall number in `orig_ax`. Compat (ia32) calls do not
+//! fire the `syscalls/*` tracepoints on x86_64, so their register convention never shows here.
+//! Needs `bpf_get_current_task_btf` and `bpf_task_pt_regs` (Linux 5.15).
 
-use aya_ebpf::helpers::{
-    bpf_probe_read_kernel,
-    generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
 };
-
-/// Offsets of the argument registers in x86_64 `struct pt_regs`, by argument index.
-const ARG_OFFSETS: [usize; 6] = [112, 104, 96, 56, 72, 64];
 
 /// The saved user registers of the current task.
 #[derive(Clone, Copy)]
-pub struct SyscallArgs(usize);
-
-/// The registers could not be found or read.
-#[derive(Clone, Copy)]
-pub struct ArgsError;
+pub struct SyscallArgs {
+    regs: *const pt_regs,
+}
 
 impl SyscallArgs {
-    /// The registers of the syscall the current task is in.
+    /// The registers of the task running this program. Valid in any program that runs in
+    /// process context on a syscall path (syscall tracepoints, LSM hooks under a syscall).
     #[inline(always)]
-    pub fn current() -> Result<SyscallArgs, ArgsError> {
-        // SAFETY: both helpers take and return kernel pointers the verifier tracks; the result
-        // is only used as an address for checked reads.
-        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize;
-        if regs == 0 {
-            return Err(ArgsError);
+    pub fn current() -> SyscallArgs {
+        // SAFETY: helpers without user input; `bpf_task_pt_regs` takes the trusted task
+        // pointer `bpf_get_current_task_btf` returns and gives a pointer the verifier types
+        // as `struct pt_regs`.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) };
+        SyscallArgs {
+            regs: regs as *const pt_regs,
         }
-        Ok(SyscallArgs(regs))
     }
 
-    /// Argument `N` (0-based) as the raw register value.
+    /// Argument `n` (0-based) as the caller passed it; 0 for `n > 5`.
     #[inline(always)]
-    pub fn arg<const N: usize>(self) -> Result<u64, ArgsError> {
-        const { assert!(N < 6) };
-        // SAFETY: a checked kernel read inside `struct pt_regs`.
-        unsafe { bpf_probe_read_kernel((self.0 + ARG_OFFSETS[N]) as *const u64) }
-            .map_err(|_| ArgsError)
+    pub fn arg(self, n: usize) -> u64 {
+        // SAFETY: `regs` is a verifier-typed `struct pt_regs` pointer: each field load is
+        // checked against the kernel's BTF and cannot fault.
+        unsafe {
+            match n {
+                0 => (*self.regs).rdi,
+                1 => (*self.regs).rsi,
+                2 => (*self.regs).rdx,
+                3 => (*self.regs).r10,
+                4 => (*self.regs).r8,
+                5 => (*self.regs).r9,
+                _ => 0,
+            }
+        }
+    }
+
+    /// The system call's number (`orig_ax`), to tell which call an LSM hook runs under.
+    #[inline(always)]
+    pub fn nr(self) -> u64 {
+        // SAFETY: as in `arg`.
+        unsafe { (*self.regs).orig_rax }
     }
 }

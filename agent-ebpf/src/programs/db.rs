@@ -77,9 +77,7 @@ fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     if ret != 0 && ret != -EINPROGRESS {
         return Ok(());
     }
-    let fd = SyscallArgs::current()
-        .and_then(SyscallArgs::arg::<0>)
-        .map_err(|_| 0i64)?;
+    let fd = SyscallArgs::current().arg(0);
     track(fd as i32, db_role::CLIENT)
 }
 
@@ -247,8 +245,8 @@ fn exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -> Re
     if ret < 0 {
         return Ok(());
     }
-    let args = SyscallArgs::current().map_err(|_| 0i64)?;
-    let fd = args.arg::<0>().map_err(|_| 0i64)? as i32;
+    let args = SyscallArgs::current();
+    let fd = args.arg(0) as i32;
     let file = Task::current().file(fd as u32).map_err(|_| 0i64)?;
     let sk = file_sock(file).map_err(|_| 0i64)?;
     // SAFETY: copied out at once.
@@ -258,7 +256,7 @@ fn exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -> Re
     if sock.socket != socket_of(file)? {
         return Ok(());
     }
-    let ptr = args.arg::<1>().map_err(|_| 0i64)?;
+    let ptr = args.arg(1);
 
     let Some(scratch) = DB_DATA_SCRATCH.get_ptr_mut(0) else {
         return Ok(());
@@ -270,7 +268,7 @@ fn exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -> Re
     let captured = match buffer {
         Buffer::Flat => copy_user(scratch, 0, ptr, wanted),
         Buffer::Vector => {
-            let count = args.arg::<2>().map_err(|_| 0i64)?;
+            let count = args.arg(2);
             copy_iovecs(scratch, ptr, count, wanted)
         }
         Buffer::Message => {

@@ -21,9 +21,11 @@ use crate::{
         binprm_file, binprm_filename, dentry_dev, dentry_id, dentry_ino, file_dentry, file_mode,
         find_watch, unix_sock_dentry,
     },
-    maps::{PendingOpen, EVENTS, PENDING_OPENS, UNIX_SOCKETS, WATCHED_DEVS},
+    maps::{EVENTS, REFUSED_OPENS, UNIX_SOCKETS, WATCHED_DEVS},
     policy::{current_slot, decide, decide_exec, exec_rule},
-    programs::file::{copy_names, requested_access, send, start_record},
+    programs::file::{
+        copy_names, read_path, requested_access, scratch, send, start_record, OpenCall,
+    },
 };
 
 /// `-EPERM`.
@@ -60,47 +62,36 @@ fn check_open(file: usize) -> i32 {
     let Some(hit) = find_watch(dentry, dev, current_slot()) else {
         return 0;
     };
-    let id = bpf_get_current_pid_tgid();
-    // An open through open/openat/openat2 has its flags; any other (exec, io_uring…) has
-    // the file's mode.
-    let pending = PENDING_OPENS.get_ptr_mut(&id);
-    let requested = match pending {
-        // SAFETY: a live map value of this thread.
-        Some(p) => requested_access(unsafe { (*p).flags }),
-        None => {
-            let mode = file_mode(file).unwrap_or(0);
-            let mut bits = 0;
-            if mode & FMODE_READ != 0 {
-                bits |= access::READ;
-            }
-            if mode & FMODE_WRITE != 0 {
-                bits |= access::WRITE;
-            }
-            bits
+    // An open through open/openat/openat2 has its flags (O_TRUNC included, which `f_flags`
+    // no longer holds after the open); any other (exec, io_uring…) has the file's mode. (No
+    // `Option<OpenCall>` is kept: its unset payload would reach the verifier as an
+    // uninitialised register.)
+    let call = OpenCall::current().unwrap_or(OpenCall::UNKNOWN);
+    let in_open_call = call.syscall != 0;
+    let requested = if in_open_call {
+        requested_access(call.flags)
+    } else {
+        let mode = file_mode(file).unwrap_or(0);
+        let mut bits = 0;
+        if mode & FMODE_READ != 0 {
+            bits |= access::READ;
         }
+        if mode & FMODE_WRITE != 0 {
+            bits |= access::WRITE;
+        }
+        bits
     };
     let decision = decide(hit.rule(), requested, layer::LSM);
     if decision.verdict != verdict::DENY {
         return 0;
     }
-    let unknown = PendingOpen {
-        path: 0,
-        flags: 0,
-        mode: 0,
-        dirfd: 0,
-        syscall: 0,
-        refused: 1,
-    };
-    let pending: &PendingOpen = match pending {
-        Some(p) => {
-            // SAFETY: a live map value of this thread.
-            unsafe { (*p).refused = 1 };
-            // SAFETY: as above.
-            unsafe { &*p }
-        }
-        None => &unknown,
-    };
-    if let Some(scratch) = start_record(pending, i64::from(EPERM)) {
+    if in_open_call {
+        // The call's exit program must not report it a second time.
+        let _ = REFUSED_OPENS.insert(&bpf_get_current_pid_tgid(), &1, 0);
+    }
+    if let Some(scratch) = scratch() {
+        read_path(&mut scratch.event, &call);
+        start_record(scratch, &call, i64::from(EPERM));
         scratch.event.decision = decision;
         scratch.event.matched_by = agent_common::event::matched_by::INODE;
         scratch.event.watch_id = hit.value.watch_id;

@@ -1,5 +1,6 @@
-//! File opens under watched paths: `open`, `openat`, `openat2`, each paired with its exit so
-//! the record carries the result.
+//! File opens under watched paths: `open`, `openat`, `openat2`, seen once, at their exit, so
+//! the record carries the result. The call's arguments are read back from the registers the
+//! kernel saved at entry ([`SyscallArgs`]): no entry program, no map between the halves.
 //!
 //! The filter runs at exit. A successful open is matched by inode: from the returned fd to
 //! its dentry, then up the dentry tree to a watched directory — so relative paths, `..`,
@@ -23,92 +24,64 @@ use aya_ebpf::{
     },
     macros::tracepoint,
     programs::TracePointContext,
+    EbpfContext as _,
 };
 
 use crate::{
     emit::{fill_header, output},
-    kernel::{dentry_dev, dentry_ino, dentry_name, dentry_parent, file_dentry, find_watch, Task},
+    kernel::{
+        current_file, dentry_dev, dentry_ino, dentry_name, dentry_parent, file_dentry, find_watch,
+        Task,
+    },
     maps::{
-        FileOpenScratch, PendingOpen, FILE_OPEN_SCRATCH, PENDING_OPENS, PREFIX_KEY_SCRATCH,
-        WATCHED_DEVS, WATCHED_PREFIXES,
+        FileOpenScratch, FILE_OPEN_SCRATCH, PREFIX_KEY_SCRATCH, REFUSED_OPENS, WATCHED_DEVS,
+        WATCHED_PREFIXES,
     },
     policy::{current_slot, decide, kill_current},
+    syscall::SyscallArgs,
 };
 
 /// `AT_FDCWD`.
 const AT_FDCWD: i32 = -100;
+/// `-EPERM`: what an open the LSM program refused returns.
+const EPERM: i64 = -1;
 
-/// `syscalls/sys_enter_open` (x86_64): `filename` at 16, `flags` at 24, `mode` at 32.
-#[tracepoint]
-pub fn file_sys_enter_open(ctx: TracePointContext) -> i32 {
-    // SAFETY: offsets from the tracepoint's format.
-    let _ = unsafe { remember(&ctx, open_syscall::OPEN, None, 16, 24, 32) };
-    0
-}
-
-/// `syscalls/sys_enter_openat`: `dfd` at 16, `filename` at 24, `flags` at 32, `mode` at 40.
-#[tracepoint]
-pub fn file_sys_enter_openat(ctx: TracePointContext) -> i32 {
-    // SAFETY: offsets from the tracepoint's format.
-    let _ = unsafe { remember(&ctx, open_syscall::OPENAT, Some(16), 24, 32, 40) };
-    0
-}
-
-/// `syscalls/sys_enter_openat2`: `dfd` at 16, `filename` at 24, `struct open_how *how` at 32
-/// (Linux 5.6+).
-#[tracepoint]
-pub fn file_sys_enter_openat2(ctx: TracePointContext) -> i32 {
-    // SAFETY: offsets from the tracepoint's format; `how` is read from user memory.
-    let _ = unsafe { remember_openat2(&ctx) };
-    0
-}
-
-/// `syscalls/sys_exit_open`: `ret` at 16.
+/// `syscalls/sys_exit_open`: `ret` at 16; the arguments (`filename, flags, mode`) are read
+/// back from the saved registers.
 #[tracepoint]
 pub fn file_sys_exit_open(ctx: TracePointContext) -> i32 {
-    on_exit(&ctx);
+    on_exit(&ctx, open_syscall::OPEN);
     0
 }
 
-/// `syscalls/sys_exit_openat`: `ret` at 16.
+/// `syscalls/sys_exit_openat`: `ret` at 16; arguments `dfd, filename, flags, mode`.
 #[tracepoint]
 pub fn file_sys_exit_openat(ctx: TracePointContext) -> i32 {
-    on_exit(&ctx);
+    on_exit(&ctx, open_syscall::OPENAT);
     0
 }
 
-/// `syscalls/sys_exit_openat2`: `ret` at 16.
+/// `syscalls/sys_exit_openat2`: `ret` at 16; arguments `dfd, filename, struct open_how *how,
+/// size` (Linux 5.6+).
 #[tracepoint]
 pub fn file_sys_exit_openat2(ctx: TracePointContext) -> i32 {
-    on_exit(&ctx);
+    on_exit(&ctx, open_syscall::OPENAT2);
     0
 }
 
-/// Keeps the arguments until the matching exit.
-#[inline(always)]
-unsafe fn remember(
-    ctx: &TracePointContext,
-    syscall: u32,
-    dirfd_at: Option<usize>,
-    path_at: usize,
-    flags_at: usize,
-    mode_at: usize,
-) -> Result<(), i32> {
-    // SAFETY: the caller passes offsets inside the tracepoint record.
-    let pending = unsafe {
-        PendingOpen {
-            path: ctx.read_at::<u64>(path_at)?,
-            flags: ctx.read_at::<u64>(flags_at)? as u32,
-            mode: ctx.read_at::<u64>(mode_at)? as u32,
-            dirfd: match dirfd_at {
-                Some(at) => ctx.read_at::<u64>(at)? as i32,
-                None => AT_FDCWD,
-            },
-            syscall,
-            refused: 0,
-        }
-    };
-    PENDING_OPENS.insert(&bpf_get_current_pid_tgid(), &pending, 0)
+/// An `open*` call as its caller made it.
+#[derive(Clone, Copy)]
+pub(crate) struct OpenCall {
+    /// User-space address of the path argument.
+    pub path: u64,
+    /// `O_*` flags.
+    pub flags: u32,
+    /// Creation mode.
+    pub mode: u32,
+    /// `dirfd` argument (`AT_FDCWD` for `open`).
+    pub dirfd: i32,
+    /// `open_syscall` code (0: not an `open*` call).
+    pub syscall: u32,
 }
 
 /// `struct open_how`'s first two fields.
@@ -119,56 +92,86 @@ struct OpenHow {
     mode: u64,
 }
 
-#[inline(always)]
-unsafe fn remember_openat2(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: offsets from the tracepoint's format; `how` is a user pointer read with the
-    // checked helper.
-    let (dirfd, path, how) = unsafe {
-        let how: u64 = ctx.read_at(32)?;
-        (
-            ctx.read_at::<u64>(16)? as i32,
-            ctx.read_at::<u64>(24)?,
-            bpf_probe_read_user(how as *const OpenHow)?,
-        )
+// x86_64 system call numbers of the `open*` family.
+const NR_OPEN: u64 = 2;
+const NR_OPENAT: u64 = 257;
+const NR_OPENAT2: u64 = 437;
+
+impl OpenCall {
+    /// An open that did not come through an `open*` call (exec, io_uring…): nothing known.
+    pub(crate) const UNKNOWN: OpenCall = OpenCall {
+        path: 0,
+        flags: 0,
+        mode: 0,
+        dirfd: 0,
+        syscall: 0,
     };
-    let pending = PendingOpen {
-        path,
-        flags: how.flags as u32,
-        mode: how.mode as u32,
-        dirfd,
-        syscall: open_syscall::OPENAT2,
-        refused: 0,
-    };
-    PENDING_OPENS.insert(&bpf_get_current_pid_tgid(), &pending, 0)
+
+    /// The current task's `open*` call of kind `syscall` (an `open_syscall` code), read back
+    /// from its saved registers.
+    #[inline(always)]
+    pub(crate) fn read(syscall: u32) -> OpenCall {
+        let args = SyscallArgs::current();
+        match syscall {
+            open_syscall::OPEN => OpenCall {
+                path: args.arg(0),
+                flags: args.arg(1) as u32,
+                mode: args.arg(2) as u32,
+                dirfd: AT_FDCWD,
+                syscall,
+            },
+            open_syscall::OPENAT => OpenCall {
+                path: args.arg(1),
+                flags: args.arg(2) as u32,
+                mode: args.arg(3) as u32,
+                dirfd: args.arg(0) as i32,
+                syscall,
+            },
+            _ => {
+                // SAFETY: `how` is a user pointer, read with the checked helper.
+                let how = unsafe { bpf_probe_read_user(args.arg(2) as *const OpenHow) }
+                    .unwrap_or(OpenHow { flags: 0, mode: 0 });
+                OpenCall {
+                    path: args.arg(1),
+                    flags: how.flags as u32,
+                    mode: how.mode as u32,
+                    dirfd: args.arg(0) as i32,
+                    syscall,
+                }
+            }
+        }
+    }
+
+    /// The `open*` call the current task is in, if it is in one.
+    #[inline(always)]
+    pub(crate) fn current() -> Option<OpenCall> {
+        let syscall = match SyscallArgs::current().nr() {
+            NR_OPEN => open_syscall::OPEN,
+            NR_OPENAT => open_syscall::OPENAT,
+            NR_OPENAT2 => open_syscall::OPENAT2,
+            _ => return None,
+        };
+        Some(OpenCall::read(syscall))
+    }
 }
 
 #[inline(always)]
-fn on_exit(ctx: &TracePointContext) {
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: copied out at once, then removed.
-    let Some(pending) = (unsafe { PENDING_OPENS.get(&id) }).copied() else {
-        return;
-    };
-    let _ = PENDING_OPENS.remove(&id);
-    if pending.refused != 0 {
-        return; // the LSM program refused it and reported it
-    }
-    // SAFETY: offset 16 of every sys_exit_* record is `long ret`.
-    let Ok(ret) = (unsafe { ctx.read_at::<i64>(16) }) else {
-        return;
-    };
+fn on_exit(ctx: &TracePointContext, syscall: u32) {
+    // SAFETY: offset 16 of every sys_exit_* record is `long ret`; a tracepoint program may
+    // load its record directly (the verifier checks the bounds), no helper call needed.
+    let ret = unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(16) as *const i64) };
     if ret >= 0 {
-        opened(&pending, ret);
+        opened(syscall, ret);
     } else {
-        failed(&pending, ret);
+        failed(syscall, ret);
     }
 }
 
-/// A successful open: match the opened file's dentry against the watched inodes.
+/// A successful open: match the opened file's dentry against the watched inodes. The common
+/// case, a file on a device without watches, costs the descriptor lookup and one map lookup.
 #[inline(always)]
-fn opened(pending: &PendingOpen, ret: i64) {
-    let task = Task::current();
-    let Ok(file) = task.file(ret as u32) else {
+fn opened(syscall: u32, ret: i64) {
+    let Ok(file) = current_file(ret as u32) else {
         return;
     };
     let Ok(dentry) = file_dentry(file) else {
@@ -184,16 +187,19 @@ fn opened(pending: &PendingOpen, ret: i64) {
     let Some(hit) = find_watch(dentry, dev, current_slot()) else {
         return;
     };
-    let decision = decide(hit.rule(), requested_access(pending.flags), layer::SIGNAL);
+    let call = OpenCall::read(syscall);
+    let decision = decide(hit.rule(), requested_access(call.flags), layer::SIGNAL);
     if decision.verdict == verdict::DENY {
         kill_current();
     }
     if hit.value.observed == 0 && decision.verdict == verdict::NONE {
         return; // protected for another kind of access only, and not watched
     }
-    let Some(scratch) = start_record(pending, ret) else {
+    let Some(scratch) = scratch() else {
         return;
     };
+    read_path(&mut scratch.event, &call);
+    start_record(scratch, &call, ret);
     scratch.event.decision = decision;
     scratch.event.matched_by = matched_by::INODE;
     scratch.event.watch_id = hit.value.watch_id;
@@ -203,12 +209,23 @@ fn opened(pending: &PendingOpen, ret: i64) {
     send(scratch);
 }
 
-/// A failed open: match by path prefix (absolute) or by base directory (relative).
+/// A failed open: match by path prefix (absolute) or by base directory (relative). The
+/// record's header is filled only once the open matched.
 #[inline(always)]
-fn failed(pending: &PendingOpen, ret: i64) {
-    let Some(scratch) = start_record(pending, ret) else {
+fn failed(syscall: u32, ret: i64) {
+    if ret == EPERM {
+        let id = bpf_get_current_pid_tgid();
+        // SAFETY: value not used.
+        if unsafe { REFUSED_OPENS.get(&id) }.is_some() {
+            let _ = REFUSED_OPENS.remove(&id);
+            return; // the LSM program refused it and reported it
+        }
+    }
+    let call = OpenCall::read(syscall);
+    let Some(scratch) = scratch() else {
         return;
     };
+    read_path(&mut scratch.event, &call);
     if scratch.event.path_len == 0 {
         return;
     }
@@ -216,14 +233,15 @@ fn failed(pending: &PendingOpen, ret: i64) {
         let Some(watch_id) = prefix_match(&scratch.event) else {
             return;
         };
+        start_record(scratch, &call, ret);
         scratch.event.matched_by = matched_by::PREFIX;
         scratch.event.watch_id = watch_id;
     } else {
         let task = Task::current();
-        let base = if pending.dirfd == AT_FDCWD {
+        let base = if call.dirfd == AT_FDCWD {
             task.cwd_dentry()
         } else {
-            task.file(pending.dirfd as u32).and_then(file_dentry)
+            current_file(call.dirfd as u32).and_then(file_dentry)
         };
         let hit = base.ok().and_then(|dentry| {
             let dev = dentry_dev(dentry).ok()?;
@@ -231,6 +249,7 @@ fn failed(pending: &PendingOpen, ret: i64) {
             unsafe { WATCHED_DEVS.get(&dev) }?;
             find_watch(dentry, dev, current_slot()).map(|hit| (dentry, hit))
         });
+        start_record(scratch, &call, ret);
         match hit {
             Some((dentry, hit)) => {
                 scratch.event.matched_by = matched_by::BASE_DIR;
@@ -283,22 +302,38 @@ fn prefix_match(event: &FileOpenEvent) -> Option<u32> {
     WATCHED_PREFIXES.get(&*key).copied()
 }
 
-/// Fills the parts of a record every open shares; the path is read from user memory.
+/// This CPU's file-open record.
 #[inline(always)]
-pub(crate) fn start_record(
-    pending: &PendingOpen,
-    ret: i64,
-) -> Option<&'static mut FileOpenScratch> {
+pub(crate) fn scratch() -> Option<&'static mut FileOpenScratch> {
     let scratch = FILE_OPEN_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the per-CPU scratch value is ours for the duration of this program.
-    let scratch = unsafe { &mut *scratch };
+    Some(unsafe { &mut *scratch })
+}
+
+/// Reads the call's path from user memory into the record (`path_len` 0 when unreadable).
+#[inline(always)]
+pub(crate) fn read_path(event: &mut FileOpenEvent, call: &OpenCall) {
+    // SAFETY: user pointer read with the checked helper.
+    event.path_len =
+        match unsafe { bpf_probe_read_user_str_bytes(call.path as *const u8, &mut event.path) } {
+            Ok(bytes) => bytes.len() as u32,
+            Err(_) => 0,
+        };
+}
+
+/// Fills the parts of a record every open shares, after [`read_path`] (the path is kept).
+#[inline(always)]
+pub(crate) fn start_record(scratch: &mut FileOpenScratch, call: &OpenCall, ret: i64) {
     let event = &mut scratch.event;
     fill_header(&mut event.header, Kind::FileOpen);
+    if event.path_len as usize + 1 >= PATH_LEN {
+        event.header.flags |= FLAG_TRUNCATED;
+    }
     event.ret = ret;
-    event.open_flags = pending.flags;
-    event.mode = pending.mode;
-    event.dirfd = pending.dirfd;
-    event.syscall = pending.syscall;
+    event.open_flags = call.flags;
+    event.mode = call.mode;
+    event.dirfd = call.dirfd;
+    event.syscall = call.syscall;
     event.matched_by = 0;
     event.watch_id = NO_WATCH;
     event.dev = 0;
@@ -306,19 +341,6 @@ pub(crate) fn start_record(
     event.names_len = 0;
     event.names_count = 0;
     event.decision = Decision::NONE;
-    // SAFETY: user pointer read with the checked helper.
-    event.path_len = match unsafe {
-        bpf_probe_read_user_str_bytes(pending.path as *const u8, &mut event.path)
-    } {
-        Ok(bytes) => {
-            if bytes.len() + 1 >= PATH_LEN {
-                event.header.flags |= FLAG_TRUNCATED;
-            }
-            bytes.len() as u32
-        }
-        Err(_) => 0,
-    };
-    Some(scratch)
 }
 
 /// Copies the names of `depth` dentries, from `dentry` upward, NUL-terminated.
