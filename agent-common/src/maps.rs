@@ -42,6 +42,28 @@ pub const AGENT: &str = "AGENT";
 pub const DB_PORTS: &str = "DB_PORTS";
 /// Database unix sockets: [`InodeKey`] (slot 0) of the socket file → `1`.
 pub const DB_UNIX_SOCKETS: &str = "DB_UNIX_SOCKETS";
+/// The maps only user space writes: the agent's configuration in the kernel (what is watched,
+/// the policies, its own exemption, the database endpoints). No kernel program writes them, so
+/// anything that changes them other than the agent is tampering (see the agent's integrity
+/// check).
+pub const CONTROL_MAPS: &[&str] = &[
+    WATCHED_INODES,
+    WATCHED_DEVS,
+    WATCHED_PREFIXES,
+    WATCHED_PORTS,
+    UNIX_SOCKETS,
+    POLICY_SLOT,
+    RULES,
+    SUBJECT_EXE,
+    SUBJECT_PARENT,
+    SUBJECT_UID,
+    SUBJECT_GID,
+    EXEC_SCOPES,
+    EXEC_ALLOWED,
+    AGENT,
+    DB_PORTS,
+    DB_UNIX_SOCKETS,
+];
 /// The global holding [`crate::offsets::KernelOffsets`].
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 

@@ -17,12 +17,12 @@ use crate::{
     config::Config,
     enrich::{host::HostInfo, EnrichSettings, Enricher},
     event::decode::decode,
-    kernel::{btf, loader::Sensors, mounts, pins, probe, reader::Reader},
+    kernel::{btf, integrity::FindingKind, loader::Sensors, mounts, pins, probe, reader::Reader},
     link::Link,
     metrics::{KindLabels, LayerLabels, Metrics},
     policy::{self, compile::Compiled, compile::ResourceKind, watcher::PolicyWatcher, Trigger},
     sink::Sink,
-    status::{self, ProgramState, ReloadState, Status},
+    status::{self, ProgramState, ReloadState, Status, TamperState, MAX_TAMPER_SHOWN},
     watch::WatchSet,
 };
 
@@ -30,6 +30,8 @@ use crate::{
 const BATCH: usize = 8192;
 /// How often kernel loss counters are read and sinks flushed.
 const TICK: Duration = Duration::from_secs(1);
+/// Ticks between integrity checks of the agent's kernel state (links, pins, control maps).
+const INTEGRITY_TICKS: u64 = 5;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -408,6 +410,9 @@ impl Agent {
                     if ticks.is_multiple_of(60) {
                         self.enricher.refresh_clock();
                     }
+                    if ticks.is_multiple_of(INTEGRITY_TICKS) {
+                        self.check_integrity();
+                    }
                     self.flush()?;
                     self.update_link();
                     self.write_status();
@@ -642,6 +647,77 @@ impl Agent {
         self.emit_own(&event);
     }
 
+    /// Compares the kernel with what the agent installed; each change found (and repaired,
+    /// where it could be) is logged, counted and reported as a `Tamper` event.
+    fn check_integrity(&mut self) {
+        let started = std::time::Instant::now();
+        let found = self.sensors.check_integrity();
+        debug!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            findings = found.len(),
+            "integrity check"
+        );
+        if found.is_empty() {
+            return;
+        }
+        for finding in found {
+            let (kind, proto_kind) = match finding.kind {
+                FindingKind::ProgramDetached => {
+                    ("program_detached", v1::TamperKind::ProgramDetached)
+                }
+                FindingKind::PinRemoved => ("pin_removed", v1::TamperKind::PinRemoved),
+                FindingKind::MapModified => ("map_modified", v1::TamperKind::MapModified),
+            };
+            let repair_error = finding.repair.clone().err().unwrap_or_default();
+            if finding.repair.is_ok() {
+                error!(tamper = kind, object = %finding.object, "kernel state changed by something other than the agent: {}; repaired", finding.detail);
+            } else {
+                error!(tamper = kind, object = %finding.object, repair_error = %repair_error, "kernel state changed by something other than the agent: {}; NOT repaired", finding.detail);
+            }
+            self.metrics
+                .tamper
+                .get_or_create(&KindLabels {
+                    kind: kind.to_owned(),
+                })
+                .inc();
+            self.status.tamper_total += 1;
+            self.status.tamper.push(TamperState {
+                at: status::now(),
+                kind: kind.to_owned(),
+                object: finding.object.clone(),
+                detail: finding.detail.clone(),
+                repaired: finding.repair.is_ok(),
+            });
+            let excess = self.status.tamper.len().saturating_sub(MAX_TAMPER_SHOWN);
+            self.status.tamper.drain(..excess);
+            if finding.kind == FindingKind::ProgramDetached && finding.repair.is_err() {
+                if let Some(p) = self
+                    .status
+                    .programs
+                    .iter_mut()
+                    .find(|p| p.name == finding.object)
+                {
+                    p.attached = false;
+                    p.error = Some(format!(
+                        "detached by something other than the agent: {}",
+                        finding.detail
+                    ));
+                }
+                let attached = self.status.programs.iter().filter(|p| p.attached).count();
+                self.metrics.programs_attached.set(attached as i64);
+            }
+            let event = self.enricher.agent_event(Body::Tamper(v1::Tamper {
+                kind: proto_kind as i32,
+                object: finding.object,
+                detail: finding.detail,
+                repaired: repair_error.is_empty(),
+                repair_error,
+            }));
+            self.emit_own(&event);
+        }
+        self.write_status();
+    }
+
     /// Turns new kernel and sink losses into `EventsLost` events and a warning: never silent.
     fn report_losses(&mut self) {
         self.report_sink_losses();
@@ -727,6 +803,7 @@ fn body_kind(body: Option<&Body>) -> &'static str {
         Some(Body::DbStatement(_)) => "db_statement",
         Some(Body::DbSessionEnd(_)) => "db_session_end",
         Some(Body::Heartbeat(_)) => "heartbeat",
+        Some(Body::Tamper(_)) => "tamper",
         None => "none",
     }
 }

@@ -96,6 +96,8 @@ pub struct Metrics {
     pub collector_connected: Gauge,
     /// Unix time of the collector's last acknowledgement (absent until the first).
     pub publish_last_ack: Gauge<f64, AtomicU64>,
+    /// Changes to the agent's kernel state made by something else, by kind.
+    pub tamper: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -125,7 +127,13 @@ impl Metrics {
             spool_bytes: Gauge::default(),
             collector_connected: Gauge::default(),
             publish_last_ack: Gauge::default(),
+            tamper: Family::default(),
         };
+        registry.register(
+            "tamper_findings",
+            "Changes to the agent's kernel state made by something else (program_detached, pin_removed, map_modified), found by its integrity check",
+            metrics.tamper.clone(),
+        );
         registry.register(
             "events",
             "Events written to the sinks, by kind",

@@ -81,6 +81,21 @@ pub struct ReloadState {
     pub error: String,
 }
 
+/// One change to the agent's kernel state made by something else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TamperState {
+    /// Unix time it was found, seconds.
+    pub at: u64,
+    /// `program_detached`, `pin_removed` or `map_modified`.
+    pub kind: String,
+    /// The program or map.
+    pub object: String,
+    /// What differed.
+    pub detail: String,
+    /// Whether the agent put its state back.
+    pub repaired: bool,
+}
+
 /// What the agent writes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -113,7 +128,17 @@ pub struct Status {
     /// The collector link, when `[collector]` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<crate::link::LinkState>,
+    /// Changes to its kernel state the agent found since it started (the latest
+    /// [`MAX_TAMPER_SHOWN`]), and how many in all.
+    #[serde(default)]
+    pub tamper: Vec<TamperState>,
+    /// Every change found since start.
+    #[serde(default)]
+    pub tamper_total: u64,
 }
+
+/// How many tamper findings the status keeps.
+pub const MAX_TAMPER_SHOWN: usize = 8;
 
 /// Unix time now, seconds.
 pub fn now() -> u64 {
@@ -317,6 +342,33 @@ impl Report {
                     .map(|(k, n)| format!("{k} {n}"))
                     .collect();
                 let _ = writeln!(out, "kernel losses: {lost} ({})", by_kind.join(", "));
+            }
+            if s.tamper_total == 0 {
+                let _ = writeln!(
+                    out,
+                    "tamper: none found (kernel state checked every few seconds)"
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "tamper: {} change(s) to the agent's kernel state made by something else; latest:",
+                    s.tamper_total
+                );
+                for t in &s.tamper {
+                    let _ = writeln!(
+                        out,
+                        "  {}s ago  {:<16} {}: {} ({})",
+                        now().saturating_sub(t.at),
+                        t.kind,
+                        t.object,
+                        t.detail,
+                        if t.repaired {
+                            "repaired"
+                        } else {
+                            "NOT repaired"
+                        }
+                    );
+                }
             }
             let _ = writeln!(out, "events written: {}", s.events);
             if let Some(link) = &s.link {

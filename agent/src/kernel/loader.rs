@@ -1,7 +1,10 @@
 //! Loads the embedded kernel object, fills the watch maps, attaches every program in the
 //! registry, and reports what is running.
 
-use std::{fs::File, path::Path};
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
 
 use agent_common::{
     event::KIND_COUNT,
@@ -13,15 +16,12 @@ use agent_common::{
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{
-        links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint,
-    },
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 
 use super::{
-    install, pins,
+    install, integrity, pins,
     registry::{self, Family, Hook, ProgramSpec},
 };
 use crate::{
@@ -71,6 +71,9 @@ pub enum LoadError {
     /// The links could not be pinned.
     #[error(transparent)]
     Pin(#[from] pins::PinError),
+    /// The state the integrity check compares against could not be read back.
+    #[error("reading back the installed kernel state: {0}")]
+    Snapshot(#[source] std::io::Error),
     /// The cgroup v2 root could not be opened.
     #[error("opening cgroup v2 root {path}: {source}")]
     Cgroup {
@@ -91,13 +94,17 @@ pub struct ProgramStatus {
     pub error: Option<String>,
 }
 
-/// The loaded programs. Dropping it detaches them all.
+/// The loaded programs. Dropping it detaches them all, unless they are pinned.
 pub struct Sensors {
-    /// Attached links, held until pinned (or dropped: detached).
+    /// Attached links, by program name (also pinned under `pin_root` when that is set).
     links: Vec<(&'static str, FdLink)>,
-    /// Pinned links (they stay attached after this process exits).
-    pinned: Vec<PinnedLink>,
+    /// Where the links are pinned (they stay attached after this process exits).
+    pin_root: Option<PathBuf>,
     replaced_pins: usize,
+    /// Where the cgroup programs are attached.
+    cgroup_root: PathBuf,
+    /// What the integrity check compares the kernel against.
+    pub(super) expected: integrity::Expected,
     /// The kernel's BTF, read once for the LSM programs.
     btf: Option<Btf>,
     ebpf: Ebpf,
@@ -152,8 +159,10 @@ impl Sensors {
             ebpf,
             status: Vec::new(),
             links: Vec::new(),
-            pinned: Vec::new(),
+            pin_root: None,
             replaced_pins: 0,
+            cgroup_root: cgroup_root.to_owned(),
+            expected: integrity::Expected::default(),
             btf: None,
         };
         {
@@ -183,11 +192,53 @@ impl Sensors {
         }
         if let Some(root) = pin_root {
             let links = std::mem::take(&mut sensors.links);
-            let (pinned, replaced) = pins::pin_replacing(root, links)?;
-            sensors.pinned = pinned;
+            let (links, replaced) = pins::pin_replacing(root, links)?;
+            sensors.links = links;
+            sensors.pin_root = Some(root.to_owned());
             sensors.replaced_pins = replaced;
         }
+        sensors.snapshot_links().map_err(LoadError::Snapshot)?;
+        sensors.snapshot_maps().map_err(LoadError::Snapshot)?;
         Ok(sensors)
+    }
+
+    /// The loaded object.
+    pub(super) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// The attached links, by program name.
+    pub(super) fn links(&self) -> impl Iterator<Item = (&'static str, &FdLink)> {
+        self.links.iter().map(|(name, link)| (*name, link))
+    }
+
+    /// Where the cgroup programs are attached.
+    pub(super) fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
+    }
+
+    /// Where the links are pinned, when they are.
+    pub(super) fn pin_root(&self) -> Option<&Path> {
+        self.pin_root.as_deref()
+    }
+
+    /// Attaches the cgroup program `name` again with a new link (pinned in place of the old
+    /// one where links are pinned), and drops the old link.
+    pub(super) fn relink_cgroup(&mut self, name: &'static str) -> Result<(), String> {
+        let cgroup = File::open(&self.cgroup_root)
+            .map_err(|e| format!("{}: {e}", self.cgroup_root.display()))?;
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::MissingProgram(name).to_string())?;
+        let p: &mut CgroupSockAddr = program.try_into().map_err(|e| error_text(&e))?;
+        let mut link = cgroup_link(p, &cgroup)?;
+        if let Some(root) = &self.pin_root {
+            link = pins::pin_one(root, name, link).map_err(|e| error_text(&e))?;
+        }
+        self.links.retain(|(n, _)| *n != name);
+        self.links.push((name, link));
+        Ok(())
     }
 
     /// How many pinned programs of a previous agent this one replaced.
@@ -197,7 +248,7 @@ impl Sensors {
 
     /// Whether the programs are pinned (they outlive this process).
     pub fn is_pinned(&self) -> bool {
-        !self.pinned.is_empty()
+        self.pin_root.is_some()
     }
 
     fn attach(&mut self, spec: &ProgramSpec, cgroup: &File) -> Result<(), String> {
@@ -205,16 +256,7 @@ impl Sensors {
             .ebpf
             .program_mut(spec.name)
             .ok_or_else(|| LoadError::MissingProgram(spec.name).to_string())?;
-        let text = |e: &dyn std::error::Error| {
-            let mut s = e.to_string();
-            let mut source = e.source();
-            while let Some(cause) = source {
-                s.push_str(": ");
-                s.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            s
-        };
+        let text = |e: &dyn std::error::Error| error_text(e);
         match spec.hook {
             Hook::TracePoint { category, name } => {
                 let p: &mut TracePoint = program.try_into().map_err(|e| text(&e))?;
@@ -234,14 +276,8 @@ impl Sensors {
             Hook::CgroupConnect => {
                 let p: &mut CgroupSockAddr = program.try_into().map_err(|e| text(&e))?;
                 p.load().map_err(|e| text(&e))?;
-                // A bpf_link (Linux 5.7+) coexists with other programs on the cgroup whatever the
-                // mode; link_create rejects any flag, so the mode must be the default (0).
-                let id = p
-                    .attach(cgroup, CgroupAttachMode::Single)
-                    .map_err(|e| text(&e))?;
-                let link = p.take_link(id).map_err(|e| text(&e))?;
-                self.links
-                    .push((spec.name, FdLink::try_from(link).map_err(|e| text(&e))?));
+                let link = cgroup_link(p, cgroup)?;
+                self.links.push((spec.name, link));
             }
             Hook::Lsm { hook } => {
                 let btf = match &self.btf {
@@ -350,7 +386,9 @@ impl Sensors {
     /// Installs a compiled policy set (with its watches) and makes it the one in force.
     /// Returns the slot it went into.
     pub fn install(&mut self, compiled: &Compiled) -> Result<u32, LoadError> {
-        install::install(&mut self.ebpf, compiled)
+        let slot = install::install(&mut self.ebpf, compiled)?;
+        self.snapshot_maps().map_err(LoadError::Snapshot)?;
+        Ok(slot)
     }
 
     /// The policy slot the programs read now.
@@ -407,4 +445,27 @@ impl Sensors {
             )
         }
     }
+}
+
+/// An error with its chain of causes, on one line.
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// Attaches a loaded cgroup program to `cgroup` with a new link.
+fn cgroup_link(program: &mut CgroupSockAddr, cgroup: &File) -> Result<FdLink, String> {
+    // A bpf_link (Linux 5.7+) coexists with other programs on the cgroup whatever the mode;
+    // link_create rejects any flag, so the mode must be the default (0).
+    let id = program
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(|e| error_text(&e))?;
+    let link = program.take_link(id).map_err(|e| error_text(&e))?;
+    FdLink::try_from(link).map_err(|e| error_text(&e))
 }

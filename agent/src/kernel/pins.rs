@@ -6,6 +6,7 @@
 
 use std::{
     fs, io,
+    os::fd::BorrowedFd,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -92,55 +93,88 @@ pub fn claim(root: &Path) -> Result<bool, PinError> {
     Ok(true)
 }
 
+/// Links by the name of the program they attach.
+pub type NamedLinks = Vec<(&'static str, FdLink)>;
+
+/// Where `program`'s link is pinned under `root`.
+pub fn link_path(root: &Path, program: &str) -> PathBuf {
+    links_dir(root).join(program)
+}
+
+fn staging_path(root: &Path, program: &str) -> PathBuf {
+    links_dir(root).join(format!("{program}{STAGING}"))
+}
+
+/// Pins `link` under its staging name (replacing a leftover of an agent that died starting).
+fn stage(root: &Path, name: &'static str, link: FdLink) -> Result<FdLink, PinError> {
+    let path = staging_path(root, name);
+    let _ = fs::remove_file(&path);
+    let pinned = link.pin(&path).map_err(|e| PinError::Pin {
+        name: name.to_owned(),
+        reason: match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    })?;
+    // The pin itself keeps the link alive; the handle goes back to being a plain link.
+    Ok(FdLink::from(pinned))
+}
+
+/// Moves `name`'s staged pin over its final name. Renaming over an old pin drops the last
+/// reference to the old link: it detaches now, with the new one already attached.
+fn put_in_place(root: &Path, name: &str) -> Result<(), PinError> {
+    let final_path = link_path(root, name);
+    fs::rename(staging_path(root, name), &final_path).map_err(|source| PinError::Dir {
+        path: final_path,
+        source,
+    })
+}
+
 /// Pins `links` (program name, link) under `root`, replacing what a previous agent pinned there.
 /// The new links are pinned under temporary names first and renamed over the old ones, so
-/// each hook always has a pinned program. Returns the pinned links and how many old pins were
+/// each hook always has a pinned program. Returns the links and how many old pins were
 /// replaced.
-pub fn pin_replacing(
-    root: &Path,
-    links: Vec<(&'static str, FdLink)>,
-) -> Result<(Vec<PinnedLink>, usize), PinError> {
-    let dir = links_dir(root);
+pub fn pin_replacing(root: &Path, links: NamedLinks) -> Result<(NamedLinks, usize), PinError> {
     create_dir(root)?;
     let mut staged = Vec::new();
     for (name, link) in links {
-        let path = dir.join(format!("{name}{STAGING}"));
-        let _ = fs::remove_file(&path); // a leftover from an agent that died while starting
-        let pinned = link.pin(&path).map_err(|e| PinError::Pin {
-            name: name.to_owned(),
-            reason: match std::error::Error::source(&e) {
-                Some(cause) => format!("{e}: {cause}"),
-                None => e.to_string(),
-            },
-        })?;
-        staged.push((name, pinned));
+        staged.push((name, stage(root, name, link)?));
     }
     let old = pinned_programs(root);
     let mut replaced = 0;
-    let mut done = Vec::new();
-    for (name, pinned) in staged {
-        // (The handle keeps its staging path; the pin itself is what keeps the link alive.)
-        let final_path = dir.join(name);
-        if final_path.exists() {
+    for (name, _) in &staged {
+        if link_path(root, name).exists() {
             replaced += 1;
         }
-        // Renaming over the old pin drops the last reference to the old link: it detaches
-        // now, with the new one already attached.
-        fs::rename(dir.join(format!("{name}{STAGING}")), &final_path).map_err(|source| {
-            PinError::Dir {
-                path: final_path.clone(),
-                source,
-            }
-        })?;
-        done.push((name, pinned));
+        put_in_place(root, name)?;
     }
     // Programs an older agent had that this one does not: removed, not left running blind.
     for name in old {
-        if !done.iter().any(|(n, _)| *n == name) {
-            let _ = fs::remove_file(dir.join(&name));
+        if !staged.iter().any(|(n, _)| *n == name) {
+            let _ = fs::remove_file(link_path(root, &name));
         }
     }
-    Ok((done.into_iter().map(|(_, p)| p).collect(), replaced))
+    Ok((staged, replaced))
+}
+
+/// Pins one new `link` for `name` under `root` in place of the pin there (a re-attached
+/// program).
+pub fn pin_one(root: &Path, name: &'static str, link: FdLink) -> Result<FdLink, PinError> {
+    let link = stage(root, name, link)?;
+    put_in_place(root, name)?;
+    Ok(link)
+}
+
+/// Pins the agent's link `link` for `name` again (its pin was removed or replaced).
+pub fn repin(root: &Path, name: &str, link: BorrowedFd<'_>) -> Result<(), PinError> {
+    create_dir(root)?;
+    let staging = staging_path(root, name);
+    let _ = fs::remove_file(&staging);
+    super::bpf_sys::obj_pin(link, &staging).map_err(|e| PinError::Pin {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })?;
+    put_in_place(root, name)
 }
 
 /// Names of the programs pinned under `root`.
