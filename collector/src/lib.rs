@@ -4,10 +4,12 @@
 //! subscribers.
 //!
 //! One module per job: [`config`] (collector.toml), [`tls`] and [`identity`] (mutual TLS and
-//! who is calling), [`liveness`] (silent and returning agents), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
+//! who is calling), [`liveness`] (silent and returning agents), [`tamper`] (agents whose
+//! kernel state was changed behind their back), [`alert`] (the collector's own events), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
 //! dedup, retention), [`checkpoint`] (signed chain heads), [`stream`] (fan-out with filters),
 //! [`verify`] (chain and checkpoint checks) and [`tail`] (the subscriber client).
 
+pub mod alert;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;
@@ -17,5 +19,6 @@ pub mod server;
 pub mod store;
 pub mod stream;
 pub mod tail;
+pub mod tamper;
 pub mod tls;
 pub mod verify;

@@ -8,13 +8,11 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
-use phiguard_proto::v1::{self, event::Body};
+use phiguard_proto::v1;
 use tokio::time::Instant;
-
-use crate::store::timestamp;
 
 #[derive(Debug)]
 struct Seen {
@@ -90,23 +88,15 @@ impl Liveness {
 }
 
 fn alert(agent: &str, kind: v1::AlertKind, message: String, silent: Duration) -> v1::Event {
-    v1::Event {
-        id: uuid::Uuid::now_v7().to_string(),
-        seq: 0,
-        time: Some(timestamp(SystemTime::now())),
-        host: Some(v1::Host {
-            hostname: agent.to_owned(),
-            agent_id: agent.to_owned(),
-            ..Default::default()
-        }),
-        body: Some(Body::Alert(v1::CollectorAlert {
+    crate::alert::event(
+        agent,
+        v1::CollectorAlert {
             kind: kind as i32,
             message,
             silent_ms: u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
             ..Default::default()
-        })),
-        ..Default::default()
-    }
+        },
+    )
 }
 
 /// The alert for an agent that sent nothing for `silent` (more than `window`).
@@ -138,6 +128,8 @@ pub fn reconnected_alert(agent: &str, silent: Duration) -> v1::Event {
 
 #[cfg(test)]
 mod tests {
+    use phiguard_proto::v1::event::Body;
+
     use super::*;
 
     #[test]

@@ -36,6 +36,7 @@ use crate::{
     liveness::{self, Liveness},
     store::{Store, StoreError},
     stream::{self, Filter, Hub, Start},
+    tamper::TamperWatch,
     tls::{self, AcceptLimits},
 };
 
@@ -217,6 +218,7 @@ pub struct CollectorService {
     max_batch_events: usize,
     stopping: watch::Receiver<bool>,
     liveness: Arc<Liveness>,
+    tamper: Arc<TamperWatch>,
 }
 
 fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
@@ -325,6 +327,12 @@ impl CollectorService {
                     return;
                 }
             };
+            let alerts = self
+                .tamper
+                .observe(&identity, appended.records.iter().map(|r| &r.event));
+            for alert in alerts {
+                self.raise(&identity, alert).await;
+            }
             let ack = IngestResponse {
                 acked_seq: appended.acked_seq,
                 stored: appended.stored,
@@ -436,6 +444,7 @@ impl BoundCollector {
             subscribers: Arc::new(config.server.subscribers.iter().cloned().collect()),
             max_batch_events: config.server.max_batch_events,
             liveness: Arc::new(Liveness::new(config.liveness.silent_after)),
+            tamper: Arc::new(TamperWatch::new()),
         };
         Ok(BoundCollector {
             config,

@@ -657,7 +657,7 @@ pub fn gap_alert(agent: &str, expected: u64, received: u64, at: &Timestamp) -> v
             ),
             expected_seq: expected,
             received_seq: received,
-            silent_ms: 0,
+            ..Default::default()
         })),
         ..Default::default()
     }

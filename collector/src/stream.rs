@@ -42,6 +42,7 @@ pub const KINDS: &[&str] = &[
     "dbStatement",
     "dbSessionEnd",
     "heartbeat",
+    "tamper",
 ];
 
 /// A subscription request that cannot be served.
@@ -76,6 +77,7 @@ pub fn kind_name(event: &v1::Event) -> &'static str {
         Some(Body::DbStatement(_)) => "dbStatement",
         Some(Body::DbSessionEnd(_)) => "dbSessionEnd",
         Some(Body::Heartbeat(_)) => "heartbeat",
+        Some(Body::Tamper(_)) => "tamper",
         None => "",
     }
 }

@@ -176,6 +176,15 @@ pub fn format_line(event: &v1::Event) -> String {
                 h.spool_dropped
             );
         }
+        Some(Body::Tamper(t)) => {
+            let kind = v1::TamperKind::try_from(t.kind).map_or("?", |k| k.as_str_name());
+            let _ = write!(line, " {kind} {}: {}", t.object, t.detail);
+            if t.repaired {
+                line.push_str(" (repaired)");
+            } else {
+                let _ = write!(line, " (NOT repaired: {})", t.repair_error);
+            }
+        }
         None => {}
     }
     if let Some(d) = &event.decision {
