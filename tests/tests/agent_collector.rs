@@ -745,3 +745,422 @@ fn a_killed_agent_raises_agent_silent_and_its_return_agent_reconnected_at_a_subs
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+/// `bpftool ARGS… -j` parsed; panics with its output when it fails.
+fn bpftool(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("bpftool")
+        .args(args)
+        .arg("-j")
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bpftool {args:?}: {e}"))
+}
+
+/// The ids of the BPF objects the process `pid` holds descriptors to: `field` is `map_id` or
+/// `link_id` (from /proc/PID/fdinfo).
+fn held_ids(pid: u32, field: &str) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(&format!("{field}:")))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The id of the map called `name` that the agent `pid` holds.
+fn agent_map(pid: u32, name: &str) -> String {
+    held_ids(pid, "map_id")
+        .into_iter()
+        .map(|id| id.to_string())
+        .find(|id| bpftool(&["map", "show", "id", id])["name"] == name)
+        .unwrap_or_else(|| panic!("agent {pid} holds no map {name}"))
+}
+
+/// The id of the link of the program called `program` that the agent `pid` holds.
+fn agent_link(pid: u32, program: &str) -> String {
+    held_ids(pid, "link_id")
+        .into_iter()
+        .map(|id| id.to_string())
+        .find(|id| {
+            let prog = bpftool(&["link", "show", "id", id])["prog_id"].to_string();
+            // Kernel object names are cut at 15 bytes.
+            let name = bpftool(&["prog", "show", "id", &prog])["name"].clone();
+            name.as_str()
+                .is_some_and(|n| !n.is_empty() && program.starts_with(n))
+        })
+        .unwrap_or_else(|| panic!("agent {pid} holds no link of {program}"))
+}
+
+/// The pid in the exemption map `AGENT` (map id `map`).
+fn exempt_pid(map: &str) -> u32 {
+    let value = bpftool(&["map", "lookup", "id", map, "key", "0", "0", "0", "0"]);
+    let bytes: Vec<u8> = value["value"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{value}"))
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+        .collect();
+    u32::from_ne_bytes(bytes.try_into().unwrap())
+}
+
+/// `bash -c 'exec 3<>/dev/tcp/127.0.0.1/PORT'` as `nobody`: whether the connect succeeded.
+fn nobody_connects(port: u16) -> bool {
+    Command::new("/usr/bin/setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/bash",
+            "-c",
+        ])
+        .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn tamper_of(event: &v1::Event) -> Option<(v1::TamperKind, &v1::Tamper)> {
+    match &event.body {
+        Some(Body::Tamper(t)) => Some((v1::TamperKind::try_from(t.kind).ok()?, t)),
+        _ => None,
+    }
+}
+
+/// Removes the pins when the test ends, pass or fail.
+struct UnloadOnDrop;
+
+impl Drop for UnloadOnDrop {
+    fn drop(&mut self) {
+        let _ = phiguard::kernel::pins::unload(Path::new(phiguard::kernel::pins::PIN_DIR));
+    }
+}
+
+#[test]
+fn tampering_with_the_agents_kernel_state_is_repaired_and_raises_alerts_at_a_subscriber() {
+    require_root();
+    let _unload = UnloadOnDrop;
+    let (work, pki, tree) = (
+        tempfile::tempdir().unwrap(),
+        Pki::new(&[AGENT]),
+        Tree::new(),
+    );
+    let mut collector = CollectorProc::start(work.path(), &pki, "");
+    let config = write_agent_config(
+        work.path(),
+        &pki,
+        &collector.addr,
+        &tree.watched,
+        &work.path().join("spool"),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}heartbeat_interval_ms = 300\n")).unwrap();
+    // Enforcing (so the links are pinned): only root's bash may connect to a protected port.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let policies = work.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("db.yaml"),
+        format!("name: db-test\nmode: enforce\nrules:\n  - name: clients\n    database:\n      - port: {port}\n    allow:\n      - exe: /usr/bin/bash\n        user: root\n"),
+    )
+    .unwrap();
+    let status_file = work.path().join("status.json");
+    let rt = runtime();
+    let mut live = rt
+        .block_on(phiguard_collector::tail::subscribe(
+            &collector.addr,
+            Some("localhost"),
+            &pki.subscriber(),
+            v1::SubscribeRequest {
+                filter: Some(v1::EventFilter {
+                    hosts: vec![AGENT.into()],
+                    kinds: vec!["alert".into(), "tamper".into(), "heartbeat".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            1 << 20,
+        ))
+        .expect("subscribe");
+    let mut agent = AgentProc(start_agent_with(
+        &config,
+        &[
+            "--policies".as_ref(),
+            policies.as_os_str(),
+            "--status-file".as_ref(),
+            status_file.as_os_str(),
+        ],
+    ));
+    let pid = agent.0.id();
+    assert!(!nobody_connects(port), "the policy enforces");
+
+    // Untouched, the integrity check (every 5 s) finds nothing: heartbeats only.
+    let quiet_until = Instant::now() + Duration::from_secs(7);
+    let mut beats = 0;
+    while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
+        let Ok(event) = rt.block_on(async { tokio::time::timeout(left, live.message()).await })
+        else {
+            break;
+        };
+        let event = event.expect("event stream").expect("stream open");
+        assert!(
+            matches!(event.body, Some(Body::Heartbeat(_))),
+            "nothing but heartbeats while nobody tampers: {event:?}"
+        );
+        beats += 1;
+    }
+    assert!(beats > 5, "{beats} heartbeats in 7 s");
+
+    let not_heartbeat = |e: &v1::Event| !matches!(e.body, Some(Body::Heartbeat(_)));
+    // Each tampering: the agent's report, then the collector's alert naming it.
+    let mut expect_report = |what: &str,
+                             kind: v1::TamperKind,
+                             object: &str,
+                             alert: v1::AlertKind| {
+        let started = Instant::now();
+        let report = next_matching(&rt, &mut live, what, Duration::from_secs(20), not_heartbeat);
+        eprintln!(
+            "{what}: report after {:?}:\n{}",
+            started.elapsed(),
+            serde_json::to_string_pretty(&report).unwrap()
+        );
+        let (k, t) = tamper_of(&report).unwrap_or_else(|| panic!("{what}: {report:?}"));
+        assert_eq!((k, t.object.as_str()), (kind, object), "{t:?}");
+        assert!(t.repaired, "{what}: {t:?}");
+        let raised = next_matching(&rt, &mut live, what, Duration::from_secs(20), not_heartbeat);
+        eprintln!("{}", serde_json::to_string_pretty(&raised).unwrap());
+        let (k, a) = alert_of(&raised).unwrap_or_else(|| panic!("{what}: {raised:?}"));
+        assert_eq!(k, alert, "{a:?}");
+        assert_eq!(a.event_seq, report.seq, "{a:?}");
+        assert!(a.message.contains(object), "{a:?}");
+        t.detail.clone()
+    };
+
+    // 1. Another pid written into the agent's exemption (it would escape every policy).
+    let agent_map_id = agent_map(pid, "AGENT");
+    bpftool(&[
+        "map",
+        "update",
+        "id",
+        &agent_map_id,
+        "key",
+        "0",
+        "0",
+        "0",
+        "0",
+        "value",
+        "1",
+        "0",
+        "0",
+        "0",
+    ]);
+    expect_report(
+        "exemption overwritten",
+        v1::TamperKind::MapModified,
+        "AGENT",
+        v1::AlertKind::PolicyChanged,
+    );
+    let value = bpftool(&[
+        "map",
+        "lookup",
+        "id",
+        &agent_map_id,
+        "key",
+        "0",
+        "0",
+        "0",
+        "0",
+    ]);
+    let bytes: Vec<u8> = value["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+        .collect();
+    assert_eq!(bytes, pid.to_ne_bytes(), "the agent's pid is back");
+
+    // 2. An allow-list entry added: uid 65534 (nobody) allowed for every subject of rule 0 in
+    // both policy slots (key `IdKey { rule, id }`, value the subject mask).
+    let uid_map = agent_map(pid, "SUBJECT_UID");
+    for rule in [0, agent_common::policy::MAX_RULES] {
+        let key: Vec<String> = rule
+            .to_ne_bytes()
+            .iter()
+            .chain(&65534u32.to_ne_bytes())
+            .map(u8::to_string)
+            .collect();
+        let mut args = vec!["map", "update", "id", &uid_map, "key"];
+        args.extend(key.iter().map(String::as_str));
+        args.push("value");
+        args.extend(["255"; 8]);
+        bpftool(&args);
+    }
+    let detail = expect_report(
+        "allow-list entry added",
+        v1::TamperKind::MapModified,
+        "SUBJECT_UID",
+        v1::AlertKind::PolicyChanged,
+    );
+    assert_eq!(detail, "0 entries changed, 2 added, 0 removed");
+    assert!(
+        !nobody_connects(port),
+        "the entry is gone: nobody is refused again"
+    );
+
+    // 3. The cgroup connect program detached (what `bpftool link detach` can do).
+    let old_link = agent_link(pid, "net_connect4");
+    bpftool(&["link", "detach", "id", &old_link]);
+    let detail = expect_report(
+        "connect program detached",
+        v1::TamperKind::ProgramDetached,
+        "net_connect4",
+        v1::AlertKind::ProgramsDetached,
+    );
+    assert!(detail.contains("detached"), "{detail}");
+    let new_link = agent_link(pid, "net_connect4");
+    assert_ne!(new_link, old_link, "attached again with a new link");
+    let pin = format!("{}/links/net_connect4", phiguard::kernel::pins::PIN_DIR);
+    assert_eq!(
+        bpftool(&["link", "show", "pinned", &pin])["id"].to_string(),
+        new_link,
+        "the new link is pinned in place of the old"
+    );
+    assert!(!nobody_connects(port), "enforcing again");
+
+    // 4. A pin removed: enforcement would not have outlived the agent.
+    let pin = format!(
+        "{}/links/file_sys_exit_openat",
+        phiguard::kernel::pins::PIN_DIR
+    );
+    std::fs::remove_file(&pin).unwrap();
+    expect_report(
+        "pin removed",
+        v1::TamperKind::PinRemoved,
+        "file_sys_exit_openat",
+        v1::AlertKind::ProgramsDetached,
+    );
+    assert!(Path::new(&pin).exists(), "pinned again");
+
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&status_file).unwrap()).unwrap();
+    assert_eq!(status["tamper_total"], 4, "{status:#}");
+
+    // 5. A second agent takes over the pins and the exemption (as an upgrade does): the first
+    // reports it once, unrepaired, and does not fight it for them.
+    let second_config = work.path().join("second.toml");
+    std::fs::write(
+        &second_config,
+        format!(
+            "[watch]\npaths = [\"{}\"]\nports = []\n[output]\nstdout = false\n[enrich]\nhash_max_bytes = 1048576\n",
+            tree.watched.display()
+        ),
+    )
+    .unwrap();
+    let second_status = work.path().join("second-status.json");
+    let mut second = AgentProc(start_agent_with(
+        &second_config,
+        &[
+            "--policies".as_ref(),
+            policies.as_os_str(),
+            "--status-file".as_ref(),
+            second_status.as_os_str(),
+        ],
+    ));
+    let report = next_matching(
+        &rt,
+        &mut live,
+        "take-over",
+        Duration::from_secs(20),
+        not_heartbeat,
+    );
+    let (kind, t) = tamper_of(&report).unwrap_or_else(|| panic!("take-over: {report:?}"));
+    assert_eq!(
+        (kind, t.object.as_str()),
+        (v1::TamperKind::PinRemoved, "pins"),
+        "{t:?}"
+    );
+    assert!(
+        !t.repaired && t.detail.contains(&second.0.id().to_string()),
+        "{t:?}"
+    );
+    let raised = next_matching(
+        &rt,
+        &mut live,
+        "take-over alert",
+        Duration::from_secs(20),
+        not_heartbeat,
+    );
+    assert!(
+        matches!(alert_of(&raised), Some((v1::AlertKind::ProgramsDetached, a)) if a.message.contains("NOT repaired")),
+        "{raised:?}"
+    );
+    let quiet_until = Instant::now() + Duration::from_secs(7);
+    while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
+        let Ok(event) = rt.block_on(async { tokio::time::timeout(left, live.message()).await })
+        else {
+            break;
+        };
+        let event = event.expect("event stream").expect("stream open");
+        assert!(
+            !not_heartbeat(&event),
+            "nothing more once superseded: {event:?}"
+        );
+    }
+    assert_eq!(
+        exempt_pid(&agent_map_id),
+        second.0.id(),
+        "the newer agent stays exempt"
+    );
+    assert!(!nobody_connects(port), "the newer agent enforces");
+    second.stop();
+
+    // The collector stored exactly these five alerts (the heartbeats did not alert again:
+    // every program stayed attached) and its chain verifies.
+    let stored: Vec<v1::AlertKind> = replay_all(
+        &rt,
+        &pki,
+        &collector.addr,
+        v1::EventFilter {
+            kinds: vec!["alert".into()],
+            ..Default::default()
+        },
+    )
+    .iter()
+    .filter_map(|e| alert_of(e).map(|(k, _)| k))
+    .collect();
+    assert_eq!(
+        stored,
+        [
+            v1::AlertKind::PolicyChanged,
+            v1::AlertKind::PolicyChanged,
+            v1::AlertKind::ProgramsDetached,
+            v1::AlertKind::ProgramsDetached,
+            v1::AlertKind::ProgramsDetached
+        ]
+    );
+    agent.stop();
+    collector.stop();
+    let verify = CollectorProc::verify(&collector.config, &[]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    drop(listener);
+}
