@@ -24,6 +24,17 @@ use tokio::{
 };
 
 /// Panics (never skips) unless running as root: these tests load programs into the kernel.
+/// Removes the pins under [`pins::PIN_DIR`] when dropped: a test that enforces leaves no
+/// enforcement behind, pass or fail.
+pub struct UnloadOnDrop;
+
+impl Drop for UnloadOnDrop {
+    fn drop(&mut self) {
+        let _ = pins::unload(Path::new(pins::PIN_DIR));
+    }
+}
+
+/// Panics unless running as root (host-tier tests load eBPF programs).
 pub fn require_root() {
     if !nix::unistd::geteuid().is_root() {
         panic!(

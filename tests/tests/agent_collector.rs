@@ -19,7 +19,7 @@ use phiguard::sink::spool::{FullPolicy, Spool, SpoolConfig};
 use phiguard_proto::v1::{self, event::Body};
 use phiguard_tests::{
     e2e::{replay_all, runtime, CollectorProc, Pki},
-    require_root, Tree,
+    require_root, Tree, UnloadOnDrop,
 };
 
 /// The identity of the agent under test (its certificate and `[agent] hostname`).
@@ -581,6 +581,22 @@ fn next_matching(
     })
 }
 
+/// The kinds of the alerts the collector at `addr` has stored, in order.
+fn stored_alerts(rt: &tokio::runtime::Runtime, pki: &Pki, addr: &str) -> Vec<v1::AlertKind> {
+    replay_all(
+        rt,
+        pki,
+        addr,
+        v1::EventFilter {
+            kinds: vec!["alert".into()],
+            ..Default::default()
+        },
+    )
+    .iter()
+    .filter_map(|e| alert_of(e).map(|(k, _)| k))
+    .collect()
+}
+
 fn alert_of(event: &v1::Event) -> Option<(v1::AlertKind, &v1::CollectorAlert)> {
     match &event.body {
         Some(Body::Alert(a)) => Some((v1::AlertKind::try_from(a.kind).ok()?, a)),
@@ -710,18 +726,7 @@ fn a_killed_agent_raises_agent_silent_and_its_return_agent_reconnected_at_a_subs
     );
 
     // Stored in the agent's chain (which still verifies) and logged one line each.
-    let stored: Vec<v1::AlertKind> = replay_all(
-        &rt,
-        &pki,
-        &collector.addr,
-        v1::EventFilter {
-            kinds: vec!["alert".into()],
-            ..Default::default()
-        },
-    )
-    .iter()
-    .filter_map(|e| alert_of(e).map(|(k, _)| k))
-    .collect();
+    let stored = stored_alerts(&rt, &pki, &collector.addr);
     assert_eq!(
         stored,
         [v1::AlertKind::AgentSilent, v1::AlertKind::AgentReconnected]
@@ -839,15 +844,6 @@ fn tamper_of(event: &v1::Event) -> Option<(v1::TamperKind, &v1::Tamper)> {
     match &event.body {
         Some(Body::Tamper(t)) => Some((v1::TamperKind::try_from(t.kind).ok()?, t)),
         _ => None,
-    }
-}
-
-/// Removes the pins when the test ends, pass or fail.
-struct UnloadOnDrop;
-
-impl Drop for UnloadOnDrop {
-    fn drop(&mut self) {
-        let _ = phiguard::kernel::pins::unload(Path::new(phiguard::kernel::pins::PIN_DIR));
     }
 }
 
@@ -1132,18 +1128,7 @@ fn tampering_with_the_agents_kernel_state_is_repaired_and_raises_alerts_at_a_sub
 
     // The collector stored exactly these five alerts (the heartbeats did not alert again:
     // every program stayed attached) and its chain verifies.
-    let stored: Vec<v1::AlertKind> = replay_all(
-        &rt,
-        &pki,
-        &collector.addr,
-        v1::EventFilter {
-            kinds: vec!["alert".into()],
-            ..Default::default()
-        },
-    )
-    .iter()
-    .filter_map(|e| alert_of(e).map(|(k, _)| k))
-    .collect();
+    let stored = stored_alerts(&rt, &pki, &collector.addr);
     assert_eq!(
         stored,
         [

@@ -17,7 +17,7 @@ use std::{
 
 use phiguard::config::Config;
 use phiguard_proto::v1::{self, event::Body};
-use phiguard_tests::{file_open, process, Harness, Tree};
+use phiguard_tests::{file_open, process, Harness, Tree, UnloadOnDrop};
 
 /// A policy directory with one file, removed on drop.
 struct PolicyDir {
@@ -483,15 +483,6 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Removes the pins when the test ends, pass or fail.
-struct UnloadOnDrop;
-
-impl Drop for UnloadOnDrop {
-    fn drop(&mut self) {
-        let _ = phiguard::kernel::pins::unload(Path::new(phiguard::kernel::pins::PIN_DIR));
     }
 }
 
