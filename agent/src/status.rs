@@ -357,8 +357,8 @@ impl Report {
                 for t in &s.tamper {
                     let _ = writeln!(
                         out,
-                        "  {}s ago  {:<16} {}: {} ({})",
-                        now().saturating_sub(t.at),
+                        "  {:>6}  {:<16} {}: {} ({})",
+                        format!("{}s ago", now().saturating_sub(t.at)),
                         t.kind,
                         t.object,
                         t.detail,
