@@ -357,7 +357,7 @@ impl Report {
                 for t in &s.tamper {
                     let _ = writeln!(
                         out,
-                        "  {:>6}  {:<16} {}: {} ({})",
+                        "{:>9}  {:<16} {}: {} ({})",
                         format!("{}s ago", now().saturating_sub(t.at)),
                         t.kind,
                         t.object,
