@@ -180,7 +180,14 @@ impl Sensors {
         })?;
         sensors.fill_database(database)?;
         for spec in registry::selected(database.is_enabled()) {
+            let started = std::time::Instant::now();
             let error = sensors.attach(spec, &cgroup).err();
+            tracing::debug!(
+                program = spec.name,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                attached = error.is_none(),
+                "program loaded (verifier) and attached"
+            );
             if let (true, Some(reason)) = (spec.required, &error) {
                 return Err(LoadError::Required {
                     name: spec.name,
