@@ -33,9 +33,8 @@ pub const RING_BUFFER_BYTES: u32 = 16 * 1024 * 1024;
 pub const WAKEUP_BYTES: u64 = 256 * 1024;
 // A power of two (the programs divide by it), and small against the buffer: most of it stays
 // free for a burst while the woken reader is on its way.
-const _: () = assert!(
-    WAKEUP_BYTES.is_power_of_two() && WAKEUP_BYTES * 16 <= RING_BUFFER_BYTES as u64
-);
+const _: () =
+    assert!(WAKEUP_BYTES.is_power_of_two() && WAKEUP_BYTES * 16 <= RING_BUFFER_BYTES as u64);
 /// The longest the agent's reader waits between looks at the ring buffer, in milliseconds
 /// (the bound on how long a record can sit there unread when no wake-up came).
 pub const READ_INTERVAL_MS: u64 = 10;
