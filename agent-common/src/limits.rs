@@ -25,6 +25,19 @@ pub const MAX_WATCHED_PREFIXES: u32 = 1024;
 pub const MAX_WATCHED_PORTS: u32 = 256;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const RING_BUFFER_BYTES: u32 = 16 * 1024 * 1024;
+/// Records wake the agent's reader only when the backlog in the ring buffer grows past a
+/// multiple of this many bytes; below it the reader finds them on its next look, at most
+/// [`READ_INTERVAL_MS`] later. A wake-up costs the writing program an interrupt and the
+/// agent a scheduler round trip; the kernel's default (a wake-up for every record written
+/// while the reader is caught up) makes both sides pay that per record at moderate rates.
+pub const WAKEUP_BYTES: u64 = 256 * 1024;
+// A power of two (the programs divide by it), and small against the buffer: most of it stays
+// free for a burst while the woken reader is on its way.
+const _: () =
+    assert!(WAKEUP_BYTES.is_power_of_two() && WAKEUP_BYTES * 16 <= RING_BUFFER_BYTES as u64);
+/// The longest the agent's reader waits between looks at the ring buffer, in milliseconds
+/// (the bound on how long a record can sit there unread when no wake-up came).
+pub const READ_INTERVAL_MS: u64 = 10;
 /// Bytes captured per read or write on a tracked database socket (a power of two).
 pub const DB_CAPTURE_LEN: usize = 4096;
 /// Database ports (map entries).

@@ -1,9 +1,18 @@
 //! Writing records to the ring buffer, and counting the ones that did not fit.
 
-use agent_common::event::{EventHeader, Kind, FLAG_NO_PROCESS};
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+use core::mem::size_of;
+
+use agent_common::{
+    event::{EventHeader, Kind, FLAG_NO_PROCESS},
+    limits::WAKEUP_BYTES,
+};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+    },
+    maps::ring_buf::RingBufEntry,
 };
 
 use crate::{
@@ -21,10 +30,43 @@ pub fn count_lost(kind: Kind) {
     }
 }
 
+/// The notification flags for a record that moves the ring buffer's backlog from `before` to
+/// `after` bytes: wake the reader only when the backlog crosses a multiple of
+/// [`WAKEUP_BYTES`]; otherwise the reader finds the record on its next timed look (at most
+/// `READ_INTERVAL_MS` later). The kernel's default wakes it for every record written while it
+/// is caught up: an irq_work interrupt in this program and a scheduler round trip in the agent,
+/// per record. A crossing missed in a race with another CPU or the reader only delays records
+/// until that look; it never loses one.
+#[inline(always)]
+fn wakeup_flags(before: u64, after: u64) -> u64 {
+    if after / WAKEUP_BYTES != before / WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        BPF_RB_NO_WAKEUP.into()
+    }
+}
+
+/// Bytes a record of `len` bytes takes in the ring buffer (an 8-byte header, 8-byte aligned).
+#[inline(always)]
+fn ring_bytes(len: usize) -> u64 {
+    ((len as u64 + 8) + 7) & !7
+}
+
+/// Submits a reserved record, waking the reader as [`wakeup_flags`] decides.
+#[inline(always)]
+pub fn submit<T>(entry: RingBufEntry<T>) {
+    // The backlog already counts this reserved record.
+    let after = EVENTS.query(BPF_RB_AVAIL_DATA.into());
+    let before = after.saturating_sub(ring_bytes(size_of::<T>()));
+    entry.submit(wakeup_flags(before, after));
+}
+
 /// Sends `bytes` as one record; counts it lost if the ring buffer has no room.
 #[inline(always)]
 pub fn output(kind: Kind, bytes: &[u8]) {
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    let before = EVENTS.query(BPF_RB_AVAIL_DATA.into());
+    let flags = wakeup_flags(before, before + ring_bytes(bytes.len()));
+    if EVENTS.output::<[u8]>(bytes, flags).is_err() {
         count_lost(kind);
     }
 }

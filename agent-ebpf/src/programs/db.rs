@@ -32,7 +32,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    emit::{count_lost, fill_header, output},
+    emit::{count_lost, fill_header, output, submit},
     kernel::{
         dentry_dev, dentry_ino, file_sock, sock_family, sock_ports, unix_sock_dentry,
         unix_sock_peer, Task,
@@ -173,7 +173,7 @@ fn track(fd: i32, role: u32) -> Result<(), i64> {
         (*event)._pad2 = 0;
         (*event).ino = ino;
     }
-    record.submit(0);
+    submit(record);
     Ok(())
 }
 

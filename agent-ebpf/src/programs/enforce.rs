@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    emit::{count_lost, fill_header},
+    emit::{count_lost, fill_header, submit},
     kernel::{
         binprm_file, binprm_filename, dentry_dev, dentry_id, dentry_ino, file_dentry, file_mode,
         find_watch, unix_sock_dentry,
@@ -152,7 +152,7 @@ fn check_exec(bprm: usize) -> i32 {
             }
         }
     }
-    entry.submit(0);
+    submit(entry);
     EPERM
 }
 
@@ -210,6 +210,6 @@ fn check_unix_connect(other: usize) -> i32 {
         (*event).addr = addr;
         (*event).decision = decision;
     }
-    entry.submit(0);
+    submit(entry);
     ret
 }

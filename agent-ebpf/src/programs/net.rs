@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    emit::{count_lost, fill_header, fill_header_no_process},
+    emit::{count_lost, fill_header, fill_header_no_process, submit},
     maps::{SockOwner, EVENTS, SOCK_OWNERS, WATCHED_PORTS},
     policy::{current_slot, decide, rule_entry},
 };
@@ -95,7 +95,7 @@ fn on_connect(ctx: &SockAddrContext, family: u16) -> i32 {
         (*event).addr = addr;
         (*event).decision = decision;
     }
-    entry.submit(0);
+    submit(entry);
     verdict
 }
 
@@ -203,6 +203,6 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         (*event).saddr = saddr;
         (*event).daddr = daddr;
     }
-    entry.submit(0);
+    submit(entry);
     Ok(())
 }

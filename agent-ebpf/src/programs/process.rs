@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    emit::{count_lost, fill_header, output},
+    emit::{count_lost, fill_header, output, submit},
     kernel::{binprm_filename, copy_path_names, PathNames, Task},
     maps::{EVENTS, EXEC_ARGS_SCRATCH},
     policy::{current_slot, decide_exec, exec_rule, kill_current},
@@ -56,7 +56,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
         (*event)._pad = 0;
         (*event).child_start_boot_ns = child_start;
     }
-    entry.submit(0);
+    submit(entry);
     Some(())
 }
 
@@ -111,7 +111,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
             (*event).header.flags |= FLAG_CWD_COMPLETE;
         }
     }
-    entry.submit(0);
+    submit(entry);
     Some(())
 }
 
@@ -155,7 +155,7 @@ fn try_exit() -> Option<()> {
         (*event).exit_code = exit_code;
         (*event)._pad = 0;
     }
-    entry.submit(0);
+    submit(entry);
     Some(())
 }
 

@@ -160,7 +160,12 @@ pub fn text(buf: &[u8], len: u32) -> String {
         .iter()
         .position(|b| *b == 0)
         .map_or(used, |nul| &used[..nul]);
-    String::from_utf8_lossy(used).into_owned()
+    // Valid UTF-8 (nearly always) is checked by the fast validator; only invalid bytes take
+    // the lossy path.
+    match std::str::from_utf8(used) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(used).into_owned(),
+    }
 }
 
 /// A NUL-padded array (`comm`) as text.
@@ -276,5 +281,6 @@ mod tests {
         assert_eq!(text(b"abc\0def", 7), "abc");
         assert_eq!(text(b"abcdef", 3), "abc");
         assert_eq!(text(b"abc", 99), "abc");
+        assert_eq!(text(b"a\xffb\0", 4), "a\u{fffd}b");
     }
 }

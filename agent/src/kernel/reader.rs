@@ -1,14 +1,34 @@
-//! Reads ring-buffer records on tokio: waits for the buffer's fd to become readable, then hands
-//! every available record to a callback without copying.
+//! Reads ring-buffer records on tokio: waits until the buffer's fd becomes readable or the
+//! read interval has passed, then hands every available record to a callback without copying.
+//!
+//! The kernel programs wake this reader only when the backlog crosses a multiple of
+//! `WAKEUP_BYTES` (see `agent-ebpf/src/emit.rs`): records written in between are found by
+//! the timed look, so a record waits at most [`READ_INTERVAL`] (plus the time to handle what
+//! is ahead of it) before it is read, and a busy buffer is read in batches, not per record.
 
-use std::io;
+use std::{io, time::Duration};
 
+use agent_common::limits::READ_INTERVAL_MS;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{unix::AsyncFd, Interest};
+
+/// The longest a record can sit in the ring buffer unread when no wake-up came.
+pub const READ_INTERVAL: Duration = Duration::from_millis(READ_INTERVAL_MS);
 
 /// The consuming side of the kernel ring buffer.
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
+}
+
+/// Hands up to `max` records from `ring` to `on_record`; how many.
+fn take(ring: &mut RingBuf<MapData>, max: usize, on_record: &mut impl FnMut(&[u8])) -> usize {
+    let mut count = 0;
+    while count < max {
+        let Some(item) = ring.next() else { break };
+        on_record(&item);
+        count += 1;
+    }
+    count
 }
 
 impl Reader {
@@ -21,25 +41,32 @@ impl Reader {
         Ok(Reader { ring })
     }
 
-    /// Waits until records are available, then passes each to `on_record` (at most `max`, so
-    /// a flood cannot starve the rest of the agent). Returns how many were read.
+    /// Waits until records are available — woken by the kernel, or found on a look at least
+    /// every [`READ_INTERVAL`] — then passes each to `on_record` (at most `max`, so a flood
+    /// cannot starve the rest of the agent). Returns how many were read.
     pub async fn read_batch(
         &mut self,
         max: usize,
         mut on_record: impl FnMut(&[u8]),
     ) -> io::Result<usize> {
         loop {
-            let mut guard = self.ring.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            let mut count = 0;
-            while count < max {
-                let Some(item) = ring.next() else { break };
-                on_record(&item);
-                count += 1;
-            }
-            if count < max {
-                guard.clear_ready();
-            }
+            let woken = tokio::time::timeout(READ_INTERVAL, self.ring.readable_mut()).await;
+            let count = match woken {
+                Ok(guard) => {
+                    let mut guard = guard?;
+                    let count = take(guard.get_inner_mut(), max, &mut on_record);
+                    if count < max {
+                        guard.clear_ready();
+                    }
+                    Some(count)
+                }
+                // No wake-up: records below the wake-up threshold may be waiting.
+                Err(_) => None,
+            };
+            let count = match count {
+                Some(count) => count,
+                None => take(self.ring.get_mut(), max, &mut on_record),
+            };
             if count > 0 {
                 return Ok(count);
             }
@@ -48,12 +75,6 @@ impl Reader {
 
     /// Hands every record already in the buffer to `on_record`, without waiting.
     pub fn drain(&mut self, mut on_record: impl FnMut(&[u8])) -> usize {
-        let ring = self.ring.get_mut();
-        let mut count = 0;
-        while let Some(item) = ring.next() {
-            on_record(&item);
-            count += 1;
-        }
-        count
+        take(self.ring.get_mut(), usize::MAX, &mut on_record)
     }
 }

@@ -3,7 +3,7 @@
 //! so events read after a process is gone are still enriched.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     path::Path,
     time::Instant,
 };
@@ -318,14 +318,16 @@ impl ProcessTable {
 
     /// Up to `depth` ancestors of the incarnation, parent first.
     pub fn ancestry(&self, tgid: u32, start_ns: u64, depth: usize) -> Vec<Ancestor> {
-        let mut out = Vec::new();
-        let mut visited = HashSet::from([tgid]);
+        let mut out: Vec<Ancestor> = Vec::new();
         let Some(mut current) = self.get(tgid, start_ns) else {
             return out;
         };
+        out.reserve(depth.min(16));
         while out.len() < depth {
             let ppid = current.ppid;
-            if ppid == 0 || !visited.insert(ppid) {
+            // A loop in the parent links ends the walk: the pids seen so far are the process
+            // and the ancestors already in `out` (a few; no set to allocate per event).
+            if ppid == 0 || ppid == tgid || out.iter().any(|a| a.pid == ppid) {
                 break;
             }
             let Some(parent) = self.live.get(&ppid) else {

@@ -54,8 +54,10 @@ pub fn e2e(quick: bool) -> anyhow::Result<Value> {
     for key in ["latency", "latency_fsync_every_batch"] {
         let l = &result[key];
         println!(
-            "  latency kernel -> subscriber ({} opens, agent spool fsync every {} ms): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "  latency kernel -> subscriber ({} of {} opens at a steady {:.0}/s arrived, agent spool fsync every {} ms): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            l["received"],
             l["samples"],
+            l["rate_per_s"].as_f64().unwrap_or(0.0),
             l["spool_sync_interval_ms"],
             l["p50_ms"].as_f64().unwrap_or(0.0),
             l["p99_ms"].as_f64().unwrap_or(0.0),
