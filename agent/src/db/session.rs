@@ -416,17 +416,14 @@ impl Session {
         outcome: impl FnOnce(&mut v1::DbStatement),
     ) -> Body {
         self.statements += 1;
+        let analysis = sql::analyze(&p.text, dialect, !full);
         let mut st = v1::DbStatement {
             session: Some(self.info.clone()),
-            text: if full {
-                p.text.clone()
-            } else {
-                sql::redact(&p.text, dialect)
-            },
+            text: analysis.redacted.unwrap_or(p.text),
             redacted: !full,
             truncated: p.truncated,
-            kind: sql::classify(&p.text, dialect).as_str().into(),
-            tables: sql::tables(&p.text, dialect),
+            kind: analysis.kind.as_str().into(),
+            tables: analysis.tables,
             statement_name: p.name,
             prepared: p.prepared,
             duration_us: now_ns.saturating_sub(p.start_ns) / 1000,
