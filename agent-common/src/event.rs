@@ -56,6 +56,9 @@ impl Kind {
 
 /// `EventHeader::flags`: the exec was refused (BPF LSM): the process keeps its old image.
 pub const FLAG_EXEC_REFUSED: u32 = 1 << 3;
+/// `EventHeader::flags` of a [`DbSockEvent`]: the socket was connected before the agent
+/// started and joined at its first read or write since (its session's start was not seen).
+pub const FLAG_DB_JOINED: u32 = 1 << 4;
 /// `EventHeader::flags`: a field was cut to fit its buffer.
 pub const FLAG_TRUNCATED: u32 = 1;
 /// `EventHeader::flags`: the working directory in an [`ExecEvent`] is complete (reached the
@@ -356,6 +359,10 @@ pub struct DbSockEvent {
     pub _pad2: u32,
     /// Inode of the socket file (unix).
     pub ino: u64,
+    /// Local address (TCP): 4 bytes for `AF_INET`, 16 for `AF_INET6`, network byte order.
+    pub saddr: [u8; 16],
+    /// Remote address (TCP), as `saddr`.
+    pub daddr: [u8; 16],
 }
 
 /// [`Kind::DbData`]: fixed part of a capture record; `captured` bytes of data follow it in
@@ -393,7 +400,7 @@ pub struct DbDataScratch {
     pub data: [u8; 2 * DB_CAPTURE_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<DbSockEvent>() == 80 + 40);
+const _: () = assert!(core::mem::size_of::<DbSockEvent>() == 80 + 40 + 32);
 const _: () = assert!(core::mem::size_of::<DbDataEvent>() == 80 + 32);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 96);

@@ -64,6 +64,20 @@ pub const CONTROL_MAPS: &[&str] = &[
     DB_PORTS,
     DB_UNIX_SOCKETS,
 ];
+/// Database sockets connected before the agent started, to be joined at their next read or
+/// write: [`InodeKey`] (sockfs device, slot 0, the inode `/proc/PID/fd` shows as
+/// `socket:[N]`) → `db_role` code.
+pub const DB_JOIN: &str = "DB_JOIN";
+/// Processes holding database sockets: tgid → a [`db_process`] code.
+pub const DB_PROCESSES: &str = "DB_PROCESSES";
+/// Values of [`DB_PROCESSES`].
+pub mod db_process {
+    /// The process holds or inherited a tracked database socket.
+    pub const TRACKED: u32 = 1;
+    /// The process holds a socket of [`super::DB_JOIN`] too: its reads and writes on untracked
+    /// sockets look there.
+    pub const JOIN: u32 = 2;
+}
 /// The global holding [`crate::offsets::KernelOffsets`].
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 

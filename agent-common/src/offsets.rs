@@ -87,6 +87,14 @@ pub struct KernelOffsets {
     pub skc_dport: u32,
     /// `unix_sock.peer`
     pub unix_sock_peer: u32,
+    /// `sock_common.skc_daddr` (remote IPv4 address)
+    pub skc_daddr: u32,
+    /// `sock_common.skc_rcv_saddr` (local IPv4 address)
+    pub skc_rcv_saddr: u32,
+    /// `sock_common.skc_v6_daddr` (remote IPv6 address)
+    pub skc_v6_daddr: u32,
+    /// `sock_common.skc_v6_rcv_saddr` (local IPv6 address)
+    pub skc_v6_rcv_saddr: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 40 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 44 * 4);

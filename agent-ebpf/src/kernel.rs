@@ -60,6 +60,10 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     skc_num: 0,
     skc_dport: 0,
     unix_sock_peer: 0,
+    skc_daddr: 0,
+    skc_rcv_saddr: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
 };
 
 /// The offset of one field, read so the compiler cannot fold the load-time value away.
@@ -273,6 +277,25 @@ pub fn sock_family(sk: usize) -> Result<u16, ReadError> {
 #[inline(always)]
 pub fn sock_ports(sk: usize) -> Result<(u16, u16), ReadError> {
     Ok((read(sk, offset!(skc_num))?, read(sk, offset!(skc_dport))?))
+}
+
+/// Local and remote address of an inet socket (`skc_rcv_saddr`/`skc_daddr` for `AF_INET`,
+/// in the first 4 bytes; `skc_v6_rcv_saddr`/`skc_v6_daddr` otherwise), network byte order.
+#[inline(always)]
+pub fn sock_addrs(sk: usize, v6: bool) -> Result<([u8; 16], [u8; 16]), ReadError> {
+    let (mut local, mut remote) = ([0u8; 16], [0u8; 16]);
+    if v6 {
+        local = read(sk, offset!(skc_v6_rcv_saddr))?;
+        remote = read(sk, offset!(skc_v6_daddr))?;
+    } else {
+        let l: [u8; 4] = read(sk, offset!(skc_rcv_saddr))?;
+        let r: [u8; 4] = read(sk, offset!(skc_daddr))?;
+        for i in 0..4 {
+            local[i] = l[i];
+            remote[i] = r[i];
+        }
+    }
+    Ok((local, remote))
 }
 
 /// The peer of a connected unix socket (`unix_sock.peer`).

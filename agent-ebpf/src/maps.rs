@@ -160,11 +160,19 @@ pub struct DbSock {
 pub static DB_SOCKS: LruHashMap<u64, DbSock> =
     LruHashMap::with_max_entries(agent_common::limits::MAX_DB_SOCKETS, 0);
 
-/// Processes (tgid) that hold or inherited a tracked database socket → 1: the read/write
-/// hooks of every other process stop after this one lookup.
+/// Processes (tgid) that hold or inherited a tracked database socket → a
+/// `agent_common::maps::db_process` code: the read/write hooks of every other process stop
+/// after this one lookup.
 #[map]
 pub static DB_PROCESSES: LruHashMap<u32, u32> =
     LruHashMap::with_max_entries(agent_common::limits::MAX_DB_PROCESSES, 0);
+
+/// Database sockets of sessions opened before the agent started ((sockfs device, 0, socket
+/// inode) → `db_role`), written by user space at start-up and joined at their next read or
+/// write.
+#[map]
+pub static DB_JOIN: HashMap<InodeKey, u32> =
+    HashMap::with_max_entries(agent_common::limits::MAX_DB_SOCKETS, 0);
 
 /// Per-CPU scratch for capture records.
 #[map]

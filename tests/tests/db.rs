@@ -28,6 +28,12 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(false)
+    }
+
+    /// A cluster with `ssl = on` when `tls`: a certificate and key from the development CA
+    /// (`phiguard-devcerts`), written into the cluster's directory, so they go with it.
+    fn start_with(tls: bool) -> Cluster {
         let bin = fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|d| {
@@ -72,11 +78,19 @@ impl Cluster {
                 "--no-sync",
             ],
         );
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             port,
             cluster.dir.path().display()
         );
+        if tls {
+            let (cert, key) = write_server_certificate(cluster.dir.path(), user.uid, user.gid);
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            ));
+        }
         let log = cluster.dir.path().join("log").display().to_string();
         cluster.run_as_postgres(
             "pg_ctl",
@@ -172,6 +186,24 @@ impl Cluster {
             .expect("pgbench");
         assert!(status.success(), "pgbench failed");
     }
+}
+
+/// A server certificate for `localhost`/`127.0.0.1` and its key (0600), owned by the server's
+/// user, in `dir`.
+fn write_server_certificate(
+    dir: &Path,
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+) -> (PathBuf, PathBuf) {
+    let ca = phiguard_devcerts::Ca::generate("phiguard test database CA").unwrap();
+    let issued = ca.issue(&phiguard_devcerts::Leaf::collector(&[])).unwrap();
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    fs::write(&cert, &issued.cert_pem).unwrap();
+    phiguard_devcerts::write_private(&key, &issued.key_pem).unwrap();
+    for file in [&cert, &key] {
+        nix::unistd::chown(file, Some(uid), Some(gid)).unwrap();
+    }
+    (cert, key)
 }
 
 impl Drop for Cluster {
@@ -565,6 +597,12 @@ struct MariaDb {
 
 impl MariaDb {
     fn start() -> MariaDb {
+        MariaDb::start_with(false)
+    }
+
+    /// A server that, when `tls`, has a certificate and key (written into its directory) and
+    /// refuses unencrypted TCP connections (`require_secure_transport`).
+    fn start_with(tls: bool) -> MariaDb {
         let user = nix::unistd::User::from_name("mysql")
             .ok()
             .flatten()
@@ -595,8 +633,16 @@ impl MariaDb {
             .local_addr()
             .unwrap()
             .port();
-        let server = Command::new("/usr/sbin/mariadbd")
-            .args(["--no-defaults", "--user=mysql", "--bind-address=127.0.0.1"])
+        let mut server = Command::new("/usr/sbin/mariadbd");
+        server.args(["--no-defaults", "--user=mysql", "--bind-address=127.0.0.1"]);
+        if tls {
+            let (cert, key) = write_server_certificate(dir.path(), user.uid, user.gid);
+            server
+                .arg(format!("--ssl-cert={}", cert.display()))
+                .arg(format!("--ssl-key={}", key.display()))
+                .arg("--require-secure-transport=ON");
+        }
+        let server = server
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", dir.path().join("sock").display()))
             .arg(format!("--port={port}"))
@@ -745,5 +791,265 @@ fn mariadb_over_tcp_and_unix_socket_is_audited_on_both_ends() {
         "statement argument redacted: {mariadb_argv:?}"
     );
     expect_no_literals(&h);
+    h.stop();
+}
+
+fn session_end(e: &v1::Event) -> Option<&v1::DbSessionEnd> {
+    match &e.body {
+        Some(Body::DbSessionEnd(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// An encrypted session's start and end on each end (`(role, exe)`): marked encrypted, with
+/// the process, the addresses and ports, and byte counts; no statement was decoded from it
+/// and no literal reached any event.
+fn expect_encrypted_session(h: &mut Harness, port: u16, ends: [(&str, &str); 2]) {
+    for (want_role, exe) in ends {
+        let start = h.expect(&format!("{want_role} start of the TLS session"), |e| {
+            session_start(e).is_some_and(|s| role(s.session.as_ref()) == want_role)
+                && exe_name(e) == exe
+        });
+        eprintln!(
+            "{want_role} start of the TLS session: {}",
+            serde_json::to_string_pretty(&start).unwrap()
+        );
+        let s = session_start(&start).unwrap();
+        assert!(
+            s.encrypted && s.encryption == "tls",
+            "{want_role}: marked encrypted: {s:?}"
+        );
+        let session = s.session.as_ref().unwrap();
+        assert_eq!(session.transport, "tcp");
+        assert_eq!(
+            (
+                session.local_address.as_str(),
+                session.remote_address.as_str()
+            ),
+            ("127.0.0.1", "127.0.0.1"),
+            "{want_role}: addresses"
+        );
+        let db_port = if want_role == "client" {
+            session.remote_port
+        } else {
+            session.local_port
+        };
+        assert_eq!(db_port, u32::from(port), "{want_role}: the database port");
+        assert!(!session.joined);
+        let end = h.expect(&format!("{want_role} end of the TLS session"), |e| {
+            session_end(e).is_some_and(|s| role(s.session.as_ref()) == want_role)
+        });
+        eprintln!(
+            "{want_role} end of the TLS session: {}",
+            serde_json::to_string_pretty(&end).unwrap()
+        );
+        let end = session_end(&end).unwrap();
+        assert!(end.encrypted, "{want_role}: end marked encrypted");
+        assert!(
+            end.bytes_sent > 0 && end.bytes_received > 0,
+            "{want_role}: byte counts: {end:?}"
+        );
+        assert_eq!(end.statements, 0, "{want_role}: nothing decoded");
+    }
+    let decoded: Vec<&v1::Event> = h.seen.iter().filter(|e| statement(e).is_some()).collect();
+    assert!(
+        decoded.is_empty(),
+        "no statement is decoded from a TLS session: {decoded:?}"
+    );
+    expect_no_literals(h);
+}
+
+#[test]
+fn psql_over_tls_is_reported_encrypted_with_process_addresses_and_bytes() {
+    let cluster = Cluster::start_with(true);
+    let mut h = Harness::start_with(&config(&cluster));
+    let status = Command::new("/usr/bin/psql")
+        .arg(format!(
+            "sslmode=require host=127.0.0.1 port={} user=postgres dbname=postgres",
+            cluster.port
+        ))
+        .args([
+            "-X",
+            "-c",
+            "SELECT '123-45-6789' AS ssn, 'Jane Doe' AS name",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("psql");
+    assert!(status.success(), "psql with sslmode=require failed");
+    expect_encrypted_session(
+        &mut h,
+        cluster.port,
+        [("client", "psql"), ("server", "postgres")],
+    );
+    h.stop();
+}
+
+/// A `psql` reading statements from a pipe, one line of output per statement: a connection
+/// that stays open across an agent start, as a pool's does. Killed on drop.
+struct Interactive {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Interactive {
+    fn start(cluster: &Cluster, host: &str) -> Interactive {
+        // Line-buffered output (stdbuf): each result line is readable as soon as it is printed.
+        let mut child = Command::new("/usr/bin/stdbuf")
+            .args(["-oL", "/usr/bin/psql", "-X", "-A", "-t", "-h", host])
+            .args(["-p", &cluster.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("psql");
+        let stdin = child.stdin.take();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut psql = Interactive {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(psql.run("SELECT 1;"), "1", "psql is connected");
+        psql
+    }
+
+    /// Sends one statement and returns its one line of output.
+    fn run(&mut self, sql: &str) -> String {
+        use std::io::{BufRead as _, Write as _};
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{sql}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim_end().to_owned()
+    }
+
+    /// Closes its input: psql sends Terminate and exits.
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "psql exited with {status}");
+    }
+}
+
+impl Drop for Interactive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sessions_opened_before_the_agent_started_are_joined_on_both_ends() {
+    let cluster = Cluster::start();
+    let socket_dir = cluster.dir.path().display().to_string();
+    let tcp = Interactive::start(&cluster, "127.0.0.1");
+    let unix = Interactive::start(&cluster, &socket_dir);
+    let mut h = Harness::start_with(&config(&cluster));
+    let mut sessions = [("tcp", tcp), ("unix", unix)];
+    for (transport, psql) in &mut sessions {
+        assert_eq!(
+            psql.run("SELECT count(*) FROM pg_class WHERE relname = '123-45-6789';"),
+            "0"
+        );
+        for (want_role, exe) in [("client", "psql"), ("server", "postgres")] {
+            let event = h.expect(
+                &format!("{want_role} statement of the {transport} session joined mid-way"),
+                |e| {
+                    statement(e).is_some_and(|s| {
+                        s.text.trim_end_matches(';')
+                            == "SELECT count(*) FROM pg_class WHERE relname = ?"
+                            && role(s.session.as_ref()) == want_role
+                            && s.session
+                                .as_ref()
+                                .is_some_and(|x| x.transport == *transport)
+                    })
+                },
+            );
+            assert_eq!(exe_name(&event), exe, "{want_role} process");
+            eprintln!(
+                "{want_role} statement of the joined {transport} session: {}",
+                serde_json::to_string_pretty(&event).unwrap()
+            );
+            let st = statement(&event).unwrap();
+            assert_eq!(
+                (st.kind.as_str(), st.rows, st.ok),
+                ("SELECT", Some(1), true)
+            );
+            let session = st.session.as_ref().unwrap();
+            assert!(session.joined, "{want_role}: marked joined mid-session");
+            assert_eq!(session.protocol, "postgresql");
+            assert_eq!(
+                (session.db_user.as_str(), session.database.as_str()),
+                ("", ""),
+                "{want_role}: the login was not seen: nothing invented"
+            );
+            if *transport == "tcp" {
+                assert_eq!(session.remote_address, "127.0.0.1");
+            } else {
+                assert_eq!(session.unix_socket, cluster.socket().display().to_string());
+            }
+            let start = h.expect(
+                &format!("{want_role} start of the joined {transport} session"),
+                |e| {
+                    session_start(e).is_some_and(|s| {
+                        s.session.as_ref().is_some_and(|x| {
+                            x.joined && x.role == want_role && x.transport == *transport
+                        })
+                    })
+                },
+            );
+            assert_eq!(exe_name(&start), exe);
+            assert_eq!(session_start(&start).unwrap().application, "");
+        }
+    }
+    for (transport, psql) in sessions {
+        psql.finish();
+        for want_role in ["client", "server"] {
+            h.expect(
+                &format!("{want_role} end of the joined {transport} session"),
+                |e| {
+                    session_end(e).is_some_and(|s| {
+                        s.reason == "terminate"
+                            && s.statements == 1
+                            && s.session.as_ref().is_some_and(|x| {
+                                x.joined && x.role == want_role && x.transport == transport
+                            })
+                    })
+                },
+            );
+        }
+    }
+    expect_no_literals(&h);
+    h.stop();
+}
+
+#[test]
+fn mariadb_over_tls_is_reported_encrypted_with_process_addresses_and_bytes() {
+    let db = MariaDb::start_with(true);
+    let mut config = Config::default();
+    config.database.ports = vec![db.port];
+    let mut h = Harness::start_with(&config);
+    let status = Command::new("/usr/bin/mariadb")
+        .args(["--no-defaults", "-uroot", "--ssl", "-h", "127.0.0.1"])
+        .args(["-P", &db.port.to_string()])
+        .args(["-e", "SELECT '123-45-6789' AS ssn, 'Jane Doe' AS name"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("mariadb");
+    assert!(
+        status.success(),
+        "mariadb --ssl failed (the server requires secure transport)"
+    );
+    expect_encrypted_session(
+        &mut h,
+        db.port,
+        [("client", "mariadb"), ("server", "mariadbd")],
+    );
     h.stop();
 }

@@ -14,13 +14,22 @@
 //! `struct sock` (four kernel reads) and looked up in `DB_SOCKS`; only tracked sockets get a
 //! record, with at most `DB_CAPTURE_LEN` bytes (from the first `MAX_DB_IOVECS` iovecs of a
 //! vectored call).
+//!
+//! Sessions opened before the agent started are joined: user space finds their sockets at
+//! start-up (`DB_JOIN`, by the socket's device and inode) and marks their processes
+//! `db_process::JOIN`. For those processes only, a read or write on an untracked descriptor
+//! looks its (device, inode) up there (four more kernel reads and one lookup) and, when found,
+//! tracks it as `connect`/`accept` would have, with `FLAG_DB_JOINED`.
 
 use core::mem::{offset_of, size_of};
 
 use agent_common::{
-    event::{db_op, db_role, db_syscall, DbDataScratch, DbSockEvent, Kind, FLAG_TRUNCATED},
+    event::{
+        db_op, db_role, db_syscall, DbDataScratch, DbSockEvent, Kind, FLAG_DB_JOINED,
+        FLAG_TRUNCATED,
+    },
     limits::{DB_CAPTURE_LEN, MAX_DB_IOVECS},
-    maps::InodeKey,
+    maps::{db_process, InodeKey},
 };
 use aya_ebpf::{
     helpers::{
@@ -34,10 +43,12 @@ use aya_ebpf::{
 use crate::{
     emit::{count_lost, fill_header, output, submit},
     kernel::{
-        dentry_dev, dentry_ino, file_sock, sock_family, sock_ports, unix_sock_dentry,
-        unix_sock_peer, Task,
+        dentry_dev, dentry_ino, file_dentry, file_sock, sock_addrs, sock_family, sock_ports,
+        unix_sock_dentry, unix_sock_peer, Task,
     },
-    maps::{DbSock, DB_DATA_SCRATCH, DB_PORTS, DB_PROCESSES, DB_SOCKS, DB_UNIX_SOCKETS, EVENTS},
+    maps::{
+        DbSock, DB_DATA_SCRATCH, DB_JOIN, DB_PORTS, DB_PROCESSES, DB_SOCKS, DB_UNIX_SOCKETS, EVENTS,
+    },
     syscall::SyscallArgs,
 };
 
@@ -46,14 +57,16 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 /// `EINPROGRESS`: a non-blocking connect (libpq's) is under way.
 const EINPROGRESS: i64 = 115;
+/// `BPF_NOEXIST`: insert only when the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 /// Marks `child` as holding database sockets when the forking process does.
 #[inline(always)]
 pub fn inherit(child_tgid: u32) {
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: value not used.
-    if unsafe { DB_PROCESSES.get(&parent) }.is_some() {
-        let _ = DB_PROCESSES.insert(&child_tgid, &1, 0);
+    // SAFETY: copied out at once.
+    if let Some(&mark) = unsafe { DB_PROCESSES.get(&parent) } {
+        let _ = DB_PROCESSES.insert(&child_tgid, &mark, 0);
     }
 }
 
@@ -77,8 +90,9 @@ fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     if ret != 0 && ret != -EINPROGRESS {
         return Ok(());
     }
-    let fd = SyscallArgs::current().arg(0);
-    track(fd as i32, db_role::CLIENT)
+    let fd = SyscallArgs::current().arg(0) as i32;
+    let file = Task::current().file(fd as u32).map_err(|_| 0i64)?;
+    track(file, fd, db_role::CLIENT, 0)
 }
 
 /// `syscalls/sys_exit_accept`: `ret` (the new descriptor) at 16.
@@ -101,20 +115,23 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
     if ret < 0 {
         return Ok(());
     }
-    track(ret as i32, db_role::SERVER)
+    let file = Task::current().file(ret as u32).map_err(|_| 0i64)?;
+    track(file, ret as i32, db_role::SERVER, 0)
 }
 
-/// Tracks the socket behind `fd` when its database end is a configured port or unix socket.
+/// Tracks the socket `file` (descriptor `fd`) when its database end is a configured port or
+/// unix socket, and reports it with the header `flags` given.
 #[inline(always)]
-fn track(fd: i32, role: u32) -> Result<(), i64> {
-    let file = Task::current().file(fd as u32).map_err(|_| 0i64)?;
+fn track(file: usize, fd: i32, role: u32, flags: u32) -> Result<(), i64> {
     let sk = file_sock(file).map_err(|_| 0i64)?;
     let family = sock_family(sk).map_err(|_| 0i64)?;
     let (mut sport, mut dport, mut dev, mut ino) = (0u16, 0u16, 0u32, 0u64);
+    let (mut saddr, mut daddr) = ([0u8; 16], [0u8; 16]);
     if family == AF_INET || family == AF_INET6 {
         let (local, remote) = sock_ports(sk).map_err(|_| 0i64)?;
         sport = local;
         dport = u16::from_be(remote);
+        (saddr, daddr) = sock_addrs(sk, family == AF_INET6).map_err(|_| 0i64)?;
         let db_port = if role == db_role::CLIENT {
             dport
         } else {
@@ -152,7 +169,8 @@ fn track(fd: i32, role: u32) -> Result<(), i64> {
         .insert(&(sk as u64), &entry, 0)
         .map_err(i64::from)?;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    DB_PROCESSES.insert(&tgid, &1, 0).map_err(i64::from)?;
+    // A `JOIN` mark stays: the process may hold more sockets to join.
+    let _ = DB_PROCESSES.insert(&tgid, &db_process::TRACKED, BPF_NOEXIST);
 
     let Some(mut record) = EVENTS.reserve::<DbSockEvent>(0) else {
         count_lost(Kind::DbSock);
@@ -162,6 +180,7 @@ fn track(fd: i32, role: u32) -> Result<(), i64> {
     // SAFETY: `event` points to a reserved record of the right size, written field by field.
     unsafe {
         fill_header(&mut (*event).header, Kind::DbSock);
+        (*event).header.flags |= flags;
         (*event).sock = sk as u64;
         (*event).role = role;
         (*event).fd = fd;
@@ -172,6 +191,8 @@ fn track(fd: i32, role: u32) -> Result<(), i64> {
         (*event).dev = dev;
         (*event)._pad2 = 0;
         (*event).ino = ino;
+        (*event).saddr = saddr;
+        (*event).daddr = daddr;
     }
     submit(record);
     Ok(())
@@ -236,10 +257,10 @@ struct IoVec {
 #[inline(always)]
 fn exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -> Result<(), i64> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: value not used.
-    if unsafe { DB_PROCESSES.get(&tgid) }.is_none() {
+    // SAFETY: copied out at once.
+    let Some(&mark) = (unsafe { DB_PROCESSES.get(&tgid) }) else {
         return Ok(());
-    }
+    };
     // SAFETY: offset 16 of the record is the return value.
     let ret = unsafe { ctx.read_at::<i64>(16) }?;
     if ret < 0 {
@@ -250,8 +271,10 @@ fn exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -> Re
     let file = Task::current().file(fd as u32).map_err(|_| 0i64)?;
     let sk = file_sock(file).map_err(|_| 0i64)?;
     // SAFETY: copied out at once.
-    let Some(sock) = (unsafe { DB_SOCKS.get(&(sk as u64)) }).copied() else {
-        return Ok(());
+    let sock = match unsafe { DB_SOCKS.get(&(sk as u64)) }.copied() {
+        Some(sock) => sock,
+        None if mark == db_process::JOIN => join(file, fd, sk)?,
+        None => return Ok(()),
     };
     if sock.socket != socket_of(file)? {
         return Ok(());
@@ -296,6 +319,26 @@ fn exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -> Re
         unsafe { core::slice::from_raw_parts((scratch as *const DbDataScratch).cast::<u8>(), len) };
     output(Kind::DbData, bytes);
     Ok(())
+}
+
+/// A socket of a session opened before the agent started, at its first read or write since:
+/// tracked (and reported joined) when user space listed its inode in `DB_JOIN`.
+#[inline(always)]
+fn join(file: usize, fd: i32, sk: usize) -> Result<DbSock, i64> {
+    let dentry = file_dentry(file).map_err(|_| 0i64)?;
+    let key = InodeKey {
+        dev: dentry_dev(dentry).map_err(|_| 0i64)?,
+        slot: 0,
+        ino: dentry_ino(dentry).map_err(|_| 0i64)?,
+    };
+    // SAFETY: copied out at once.
+    let Some(&role) = (unsafe { DB_JOIN.get(&key) }) else {
+        return Err(0);
+    };
+    let _ = DB_JOIN.remove(&key);
+    track(file, fd, role, FLAG_DB_JOINED)?;
+    // SAFETY: copied out at once.
+    unsafe { DB_SOCKS.get(&(sk as u64)) }.copied().ok_or(0)
 }
 
 /// Reads a `T` from user memory.

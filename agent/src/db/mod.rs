@@ -18,6 +18,7 @@
 
 pub mod argv;
 pub mod connects;
+pub mod existing;
 pub mod mysql;
 pub mod postgres;
 pub mod session;

@@ -5,10 +5,22 @@
 //! pairs each statement with its outcome. The protocol is recognised from the first bytes
 //! (a PostgreSQL startup packet or a MySQL server greeting), else from the port (3306 and
 //! 33060 are MySQL, anything else PostgreSQL).
+//!
+//! A session the kernel joined mid-way (opened before the agent started, `FLAG_DB_JOINED`)
+//! starts at its first captured bytes: its protocol is recognised from how those frame
+//! (PostgreSQL's type byte and big-endian length, MySQL's little-endian length and sequence),
+//! a TLS record says it is encrypted, and its decoder takes messages from the first byte
+//! ([`postgres::Decoder::mid_session`]). Its start event is sent at once, with `joined` set
+//! and nothing invented for what the login would have said.
 
 use std::collections::{HashMap, VecDeque};
 
-use agent_common::event::{db_op, db_role, DbDataEvent, DbSockEvent, FLAG_TRUNCATED};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use agent_common::{
+    event::{db_op, db_role, DbDataEvent, DbSockEvent, FLAG_DB_JOINED, FLAG_TRUNCATED},
+    limits::DB_CAPTURE_LEN,
+};
 use phiguard_proto::v1::{self, event::Body};
 
 use super::{
@@ -112,12 +124,22 @@ impl Sessions {
         } else {
             "client"
         };
-        let (transport, port) = if i32::from(e.family) == libc::AF_UNIX {
+        let unix = i32::from(e.family) == libc::AF_UNIX;
+        let (transport, port) = if unix {
             ("unix", 0)
         } else if e.role == db_role::SERVER {
             ("tcp", e.sport)
         } else {
             ("tcp", e.dport)
+        };
+        let address = |bytes: &[u8; 16]| {
+            if unix {
+                String::new()
+            } else if i32::from(e.family) == libc::AF_INET {
+                Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()
+            } else {
+                Ipv6Addr::from(*bytes).to_string()
+            }
         };
         let session = Session {
             info: v1::DbSession {
@@ -131,6 +153,9 @@ impl Sessions {
                 db_user: String::new(),
                 database: String::new(),
                 connect_decision,
+                local_address: address(&e.saddr),
+                remote_address: address(&e.daddr),
+                joined: e.header.flags & FLAG_DB_JOINED != 0,
             },
             port,
             decoder: Decoder::Unknown,
@@ -191,13 +216,31 @@ impl Sessions {
             len: len.max(data.len()),
         };
         if matches!(session.decoder, Decoder::Unknown) {
-            let protocol = sniff(direction, data, session.port);
+            let joined = session.info.joined;
+            let protocol = if joined {
+                sniff_joined(direction, data, session.port)
+            } else {
+                sniff(direction, data, session.port)
+            };
             session.protocol = Some(protocol);
             session.info.protocol = protocol.name().into();
-            session.decoder = match protocol {
-                Protocol::Postgres => Decoder::Postgres(postgres::Decoder::new()),
-                Protocol::MySql => Decoder::MySql(mysql::Decoder::new()),
+            session.decoder = match (protocol, joined) {
+                (Protocol::Postgres, false) => Decoder::Postgres(postgres::Decoder::new()),
+                (Protocol::Postgres, true) => Decoder::Postgres(postgres::Decoder::mid_session()),
+                (Protocol::MySql, false) => Decoder::MySql(mysql::Decoder::new()),
+                (Protocol::MySql, true) => Decoder::MySql(mysql::Decoder::mid_session()),
             };
+            if joined {
+                if is_tls_record(data) {
+                    session.encrypted = Some(Encryption::Tls);
+                }
+                session.started = true;
+                out.push(session.start_event());
+            }
+        }
+        if session.info.joined && session.encrypted.is_some() {
+            // Joined inside TLS: only the byte counts are known.
+            return out;
         }
         let messages = match &mut session.decoder {
             Decoder::Postgres(d) => d.feed(chunk),
@@ -373,17 +416,14 @@ impl Session {
         outcome: impl FnOnce(&mut v1::DbStatement),
     ) -> Body {
         self.statements += 1;
+        let analysis = sql::analyze(&p.text, dialect, !full);
         let mut st = v1::DbStatement {
             session: Some(self.info.clone()),
-            text: if full {
-                p.text.clone()
-            } else {
-                sql::redact(&p.text, dialect)
-            },
+            text: analysis.redacted.unwrap_or(p.text),
             redacted: !full,
             truncated: p.truncated,
-            kind: sql::classify(&p.text, dialect).as_str().into(),
-            tables: sql::tables(&p.text, dialect),
+            kind: analysis.kind.as_str().into(),
+            tables: analysis.tables,
             statement_name: p.name,
             prepared: p.prepared,
             duration_us: now_ns.saturating_sub(p.start_ns) / 1000,
@@ -391,6 +431,38 @@ impl Session {
         };
         outcome(&mut st);
         Body::DbStatement(st)
+    }
+}
+
+/// Whether `data` starts with a TLS record header (type 20..=23, version 3.x).
+fn is_tls_record(data: &[u8]) -> bool {
+    matches!(data, [20..=23, 3, 0..=4, ..])
+}
+
+/// Which protocol the first bytes of a joined session speak: the frame each protocol's
+/// messages begin with, checked against the chunk's length, else the port.
+fn sniff_joined(direction: Direction, data: &[u8], port: u16) -> Protocol {
+    let port_guess = if matches!(port, 3306 | 33060) {
+        Protocol::MySql
+    } else {
+        Protocol::Postgres
+    };
+    let Some(head) = data.get(..5) else {
+        return port_guess;
+    };
+    // MySQL: 3-byte little-endian payload length and a sequence number; a client command
+    // starts a sequence (0). The payload fits what was captured or is cut by the capture.
+    let my_len = usize::from(head[0]) | usize::from(head[1]) << 8 | usize::from(head[2]) << 16;
+    let mysql = my_len > 0
+        && (direction == Direction::ToClient || head[3] == 0)
+        && (my_len + 4 <= data.len() || data.len() >= DB_CAPTURE_LEN);
+    // PostgreSQL: a message type letter and a 4-byte big-endian length of at least 4.
+    let pg_len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let postgres = head[0].is_ascii_alphabetic() && (4..(1 << 30)).contains(&pg_len);
+    match (postgres, mysql) {
+        (true, false) => Protocol::Postgres,
+        (false, true) => Protocol::MySql,
+        _ => port_guess,
     }
 }
 
@@ -551,5 +623,90 @@ mod tests {
         };
         assert_eq!((end.statements, end.reason.as_str()), (2, "eof"));
         assert!(s.is_empty());
+    }
+
+    fn joined(port: u16) -> DbSockEvent {
+        let mut e = sock(db_role::CLIENT);
+        e.header.flags = FLAG_DB_JOINED;
+        e.dport = port;
+        e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        e
+    }
+
+    fn feed(s: &mut Sessions, op: u32, ns: u64, bytes: &[u8]) -> Vec<Body> {
+        s.data(&data(db_role::CLIENT, op, ns, bytes.len() as u32), bytes)
+    }
+
+    #[test]
+    fn a_joined_postgres_session_starts_at_its_first_bytes_and_invents_no_login() {
+        use crate::db::postgres::tests::{query, typed};
+        let mut s = Sessions::new(false);
+        s.open(&joined(5432), None, None);
+        let mut out = feed(
+            &mut s,
+            db_op::WRITE,
+            1_000,
+            &query("SELECT * FROM p WHERE ssn = '1'"),
+        );
+        let mut answer = typed(b'C', b"SELECT 2\0");
+        answer.extend(typed(b'Z', b"I"));
+        out.extend(feed(&mut s, db_op::READ, 2_000, &answer));
+        let [Body::DbSessionStart(start), Body::DbStatement(st)] = &out[..] else {
+            panic!("start then statement: {out:?}")
+        };
+        let info = start.session.as_ref().unwrap();
+        assert!(info.joined && !start.encrypted);
+        assert_eq!(info.protocol, "postgresql");
+        assert_eq!((info.db_user.as_str(), info.database.as_str()), ("", ""));
+        assert_eq!(
+            (info.local_address.as_str(), info.remote_address.as_str()),
+            ("127.0.0.1", "10.1.2.3")
+        );
+        assert_eq!(st.text, "SELECT * FROM p WHERE ssn = ?");
+        assert_eq!(st.rows, Some(2));
+        assert!(st.session.as_ref().unwrap().joined);
+    }
+
+    #[test]
+    fn a_joined_mysql_session_on_any_port_is_recognised_by_its_framing() {
+        let mut s = Sessions::new(false);
+        s.open(&joined(13306), None, None);
+        let mut query = vec![9, 0, 0, 0, 0x03];
+        query.extend_from_slice(b"SELECT 1");
+        let mut out = feed(&mut s, db_op::WRITE, 1_000, &query);
+        out.extend(feed(
+            &mut s,
+            db_op::READ,
+            2_000,
+            &[7, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0],
+        ));
+        let [Body::DbSessionStart(start), Body::DbStatement(st)] = &out[..] else {
+            panic!("start then statement: {out:?}")
+        };
+        assert_eq!(start.session.as_ref().unwrap().protocol, "mysql");
+        assert_eq!((st.text.as_str(), st.ok), ("SELECT ?", true));
+    }
+
+    #[test]
+    fn a_session_joined_inside_tls_is_encrypted_and_only_counted() {
+        let mut s = Sessions::new(false);
+        s.open(&joined(5432), None, None);
+        let record = [23, 3, 3, 0, 40, 1, 2, 3];
+        let out = feed(&mut s, db_op::WRITE, 1_000, &record);
+        let [Body::DbSessionStart(start)] = &out[..] else {
+            panic!("a start only: {out:?}")
+        };
+        assert!(start.encrypted && start.encryption == "tls");
+        assert!(feed(&mut s, db_op::READ, 2_000, &record).is_empty());
+        let out = feed(&mut s, db_op::READ, 3_000, &[]);
+        let [Body::DbSessionEnd(end)] = &out[..] else {
+            panic!("an end: {out:?}")
+        };
+        assert!(end.encrypted && end.session.as_ref().unwrap().joined);
+        assert_eq!(
+            (end.bytes_sent, end.bytes_received, end.statements),
+            (8, 8, 0)
+        );
     }
 }

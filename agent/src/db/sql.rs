@@ -197,7 +197,8 @@ fn tokens(sql: &str, dialect: Dialect) -> Vec<(Tok, usize, usize)> {
             }
             // A typed/prefixed string: E'…', B'…', X'…', N'…', U&'…', _utf8'…'.
             let word = &sql[start..i];
-            let prefix = matches!(word.to_ascii_uppercase().as_str(), "E" | "B" | "X" | "N")
+            let prefix = (i - start == 1
+                && matches!(c.to_ascii_uppercase(), b'E' | b'B' | b'X' | b'N'))
                 || (dialect == Dialect::MySql && word.starts_with('_'));
             if prefix && i < n && b[i] == b'\'' {
                 let backslash = dialect == Dialect::MySql || word.eq_ignore_ascii_case("e");
@@ -223,9 +224,13 @@ fn tokens(sql: &str, dialect: Dialect) -> Vec<(Tok, usize, usize)> {
 ///
 /// `WHERE ssn = '123-45-6789' AND age > 40` → `WHERE ssn = ? AND age > ?`.
 pub fn redact(sql: &str, dialect: Dialect) -> String {
+    redact_tokens(sql, &tokens(sql, dialect))
+}
+
+fn redact_tokens(sql: &str, tokens: &[(Tok, usize, usize)]) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut last_literal = false;
-    for (kind, s, e) in tokens(sql, dialect) {
+    for &(kind, s, e) in tokens {
         match kind {
             Tok::Literal => {
                 // Adjacent literals ('a' 'b' continuation) collapse into one.
@@ -253,47 +258,91 @@ pub fn redact(sql: &str, dialect: Dialect) -> String {
         }
         last_literal = false;
     }
-    out.trim().to_string()
+    let trimmed = out.trim();
+    if trimmed.len() == out.len() {
+        out
+    } else {
+        trimmed.to_string()
+    }
 }
 
-/// The significant tokens (words, quoted identifiers, punctuation, literals), upper-cased
-/// words, with their original text for identifiers.
-fn significant(sql: &str, dialect: Dialect) -> Vec<(Tok, String)> {
-    tokens(sql, dialect)
-        .into_iter()
+/// A statement's redacted text, kind and tables, from one pass of the tokenizer (what
+/// [`redact`], [`classify`] and [`tables`] return one by one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Analysis {
+    /// [`redact`]'s text, when asked for.
+    pub redacted: Option<String>,
+    /// [`classify`]'s kind.
+    pub kind: StatementKind,
+    /// [`tables`]' names.
+    pub tables: Vec<String>,
+}
+
+/// Redacts (when `redact` is set), classifies and extracts the tables of `sql` at once.
+pub fn analyze(sql: &str, dialect: Dialect, redact: bool) -> Analysis {
+    let toks = tokens(sql, dialect);
+    let sig = significant_tokens(sql, &toks);
+    Analysis {
+        redacted: redact.then(|| redact_tokens(sql, &toks)),
+        kind: classify_significant(&sig),
+        tables: tables_significant(&sig),
+    }
+}
+
+/// The significant tokens (words, quoted identifiers, punctuation, literals) with their text.
+fn significant_tokens<'a>(sql: &'a str, tokens: &[(Tok, usize, usize)]) -> Vec<(Tok, &'a str)> {
+    tokens
+        .iter()
         .filter(|(k, _, _)| !matches!(k, Tok::Space | Tok::Comment))
-        .map(|(k, s, e)| (k, sql[s..e].to_string()))
+        .map(|&(k, s, e)| (k, &sql[s..e]))
         .collect()
 }
 
+/// Whether `word` is one of `list` (upper-case), ignoring ASCII case, without allocating.
+fn one_of(word: &str, list: &[&str]) -> bool {
+    list.iter().any(|w| w.eq_ignore_ascii_case(word))
+}
+
 fn kind_of(word: &str) -> Option<StatementKind> {
-    Some(match word.to_ascii_uppercase().as_str() {
-        "SELECT" | "VALUES" | "TABLE" | "SHOW" | "DESCRIBE" | "DESC" | "EXPLAIN" => {
-            StatementKind::Select
-        }
-        "INSERT" | "REPLACE" => StatementKind::Insert,
-        "UPDATE" => StatementKind::Update,
-        "DELETE" => StatementKind::Delete,
-        "CREATE" | "ALTER" | "DROP" | "TRUNCATE" | "RENAME" | "COMMENT" => StatementKind::Ddl,
-        _ => return None,
-    })
+    const KINDS: [(&[&str], StatementKind); 5] = [
+        (
+            &[
+                "SELECT", "VALUES", "TABLE", "SHOW", "DESCRIBE", "DESC", "EXPLAIN",
+            ],
+            StatementKind::Select,
+        ),
+        (&["INSERT", "REPLACE"], StatementKind::Insert),
+        (&["UPDATE"], StatementKind::Update),
+        (&["DELETE"], StatementKind::Delete),
+        (
+            &["CREATE", "ALTER", "DROP", "TRUNCATE", "RENAME", "COMMENT"],
+            StatementKind::Ddl,
+        ),
+    ];
+    KINDS
+        .iter()
+        .find(|(words, _)| one_of(word, words))
+        .map(|&(_, kind)| kind)
 }
 
 /// What the statement does, from its first keyword (for `WITH`, from the statement the
 /// common table expressions lead to).
 pub fn classify(sql: &str, dialect: Dialect) -> StatementKind {
-    let toks = significant(sql, dialect);
+    classify_significant(&significant_tokens(sql, &tokens(sql, dialect)))
+}
+
+fn classify_significant(toks: &[(Tok, &str)]) -> StatementKind {
     let mut it = toks
         .iter()
-        .skip_while(|(k, t)| *k == Tok::Punct && t == "(");
-    let Some((Tok::Word, first)) = it.next() else {
+        .skip_while(|(k, t)| *k == Tok::Punct && *t == "(");
+    let Some(&(Tok::Word, first)) = it.next() else {
         return StatementKind::Other;
     };
     if first.eq_ignore_ascii_case("WITH") {
         // The first data keyword at parenthesis depth 0 after the CTEs.
         let mut depth = 0i32;
-        for (k, t) in it {
-            match (k, t.as_str()) {
+        for &(k, t) in it {
+            match (k, t) {
                 (Tok::Punct, "(") => depth += 1,
                 (Tok::Punct, ")") => depth -= 1,
                 (Tok::Word, w) if depth == 0 => {
@@ -311,72 +360,76 @@ pub fn classify(sql: &str, dialect: Dialect) -> StatementKind {
 
 /// Words after which a table name follows.
 fn introduces_table(word: &str) -> bool {
-    matches!(
+    one_of(
         word,
-        "FROM" | "JOIN" | "INTO" | "UPDATE" | "TABLE" | "TRUNCATE"
+        &["FROM", "JOIN", "INTO", "UPDATE", "TABLE", "TRUNCATE"],
     )
 }
 
 /// Words that may sit between the introducer and the name, or that are not names.
 fn is_noise(word: &str) -> bool {
-    matches!(
+    one_of(
         word,
-        "ONLY"
-            | "LATERAL"
-            | "IF"
-            | "NOT"
-            | "EXISTS"
-            | "LOW_PRIORITY"
-            | "IGNORE"
-            | "QUICK"
-            | "DELAYED"
-            | "HIGH_PRIORITY"
+        &[
+            "ONLY",
+            "LATERAL",
+            "IF",
+            "NOT",
+            "EXISTS",
+            "LOW_PRIORITY",
+            "IGNORE",
+            "QUICK",
+            "DELAYED",
+            "HIGH_PRIORITY",
+        ],
     )
 }
 
 /// Words that end a `FROM a, b` list or cannot be an alias.
 fn is_clause(word: &str) -> bool {
-    matches!(
+    one_of(
         word,
-        "WHERE"
-            | "GROUP"
-            | "ORDER"
-            | "HAVING"
-            | "LIMIT"
-            | "OFFSET"
-            | "JOIN"
-            | "INNER"
-            | "LEFT"
-            | "RIGHT"
-            | "FULL"
-            | "CROSS"
-            | "NATURAL"
-            | "ON"
-            | "USING"
-            | "SET"
-            | "VALUES"
-            | "SELECT"
-            | "UNION"
-            | "EXCEPT"
-            | "INTERSECT"
-            | "RETURNING"
-            | "FOR"
-            | "WINDOW"
-            | "DEFAULT"
-            | "AS"
-            | "OUTER"
-            | "FETCH"
-            | "INTO"
+        &[
+            "WHERE",
+            "GROUP",
+            "ORDER",
+            "HAVING",
+            "LIMIT",
+            "OFFSET",
+            "JOIN",
+            "INNER",
+            "LEFT",
+            "RIGHT",
+            "FULL",
+            "CROSS",
+            "NATURAL",
+            "ON",
+            "USING",
+            "SET",
+            "VALUES",
+            "SELECT",
+            "UNION",
+            "EXCEPT",
+            "INTERSECT",
+            "RETURNING",
+            "FOR",
+            "WINDOW",
+            "DEFAULT",
+            "AS",
+            "OUTER",
+            "FETCH",
+            "INTO",
+        ],
     )
 }
 
-fn unquote(t: &str) -> String {
+fn unquote(t: &str) -> &str {
     for q in ['"', '`'] {
         if let Some(inner) = t.strip_prefix(q) {
-            return inner.strip_suffix(q).unwrap_or(inner).to_string();
+            return inner.strip_suffix(q).unwrap_or(inner);
         }
     }
-    t.to_string()
+    t
 }
 
 /// Tables the statement names after `FROM`, `JOIN`, `INTO`, `UPDATE`, `TABLE` and
@@ -384,30 +437,30 @@ fn unquote(t: &str) -> String {
 /// [`MAX_TABLES`]. Cheap, not a parser: sub-queries are looked into, functions in `FROM`
 /// are missed and CTE names may appear.
 pub fn tables(sql: &str, dialect: Dialect) -> Vec<String> {
-    let toks = significant(sql, dialect);
+    tables_significant(&significant_tokens(sql, &tokens(sql, dialect)))
+}
+
+fn tables_significant(toks: &[(Tok, &str)]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut i = 0;
     while i < toks.len() && out.len() < MAX_TABLES {
-        let (k, t) = &toks[i];
+        let (k, t) = toks[i];
         i += 1;
-        if *k != Tok::Word || !introduces_table(&t.to_ascii_uppercase()) {
+        if k != Tok::Word || !introduces_table(t) {
             continue;
         }
         let is_from = t.eq_ignore_ascii_case("FROM");
         loop {
-            while i < toks.len()
-                && toks[i].0 == Tok::Word
-                && is_noise(&toks[i].1.to_ascii_uppercase())
-            {
+            while i < toks.len() && toks[i].0 == Tok::Word && is_noise(toks[i].1) {
                 i += 1;
             }
             // A (possibly qualified) name: ident (. ident)*.
             let mut name = String::new();
             while i < toks.len() && matches!(toks[i].0, Tok::Word | Tok::QuotedIdent) {
-                if toks[i].0 == Tok::Word && is_clause(&toks[i].1.to_ascii_uppercase()) {
+                if toks[i].0 == Tok::Word && is_clause(toks[i].1) {
                     break;
                 }
-                name.push_str(&unquote(&toks[i].1));
+                name.push_str(unquote(toks[i].1));
                 i += 1;
                 if i + 1 < toks.len() && toks[i].0 == Tok::Punct && toks[i].1 == "." {
                     name.push('.');
@@ -439,7 +492,7 @@ pub fn tables(sql: &str, dialect: Dialect) -> Vec<String> {
             }
             if i < toks.len()
                 && matches!(toks[i].0, Tok::Word | Tok::QuotedIdent)
-                && !is_clause(&toks[i].1.to_ascii_uppercase())
+                && !is_clause(toks[i].1)
             {
                 i += 1;
             }

@@ -137,6 +137,10 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         skc_num: field("sock_common", "skc_num")?,
         skc_dport: field("sock_common", "skc_dport")?,
         unix_sock_peer: field("unix_sock", "peer")?,
+        skc_daddr: field("sock_common", "skc_daddr")?,
+        skc_rcv_saddr: field("sock_common", "skc_rcv_saddr")?,
+        skc_v6_daddr: field("sock_common", "skc_v6_daddr")?,
+        skc_v6_rcv_saddr: field("sock_common", "skc_v6_rcv_saddr")?,
     })
 }
 
@@ -246,6 +250,10 @@ mod tests {
             ("sock_common", "skc_num", offsets.skc_num),
             ("sock_common", "skc_dport", offsets.skc_dport),
             ("unix_sock", "peer", offsets.unix_sock_peer),
+            ("sock_common", "skc_daddr", offsets.skc_daddr),
+            ("sock_common", "skc_rcv_saddr", offsets.skc_rcv_saddr),
+            ("sock_common", "skc_v6_daddr", offsets.skc_v6_daddr),
+            ("sock_common", "skc_v6_rcv_saddr", offsets.skc_v6_rcv_saddr),
         ] {
             assert_eq!(got, pahole(strukt, field), "{strukt}.{field}");
         }

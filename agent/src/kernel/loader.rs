@@ -10,7 +10,8 @@ use agent_common::{
     event::KIND_COUNT,
     limits::PATH_LEN,
     maps::{
-        InodeKey, AGENT, DB_PORTS, DB_UNIX_SOCKETS, EVENTS, LOST, OFFSETS_GLOBAL, WATCHED_PREFIXES,
+        db_process, InodeKey, AGENT, DB_JOIN, DB_PORTS, DB_PROCESSES, DB_UNIX_SOCKETS, EVENTS,
+        LOST, OFFSETS_GLOBAL, WATCHED_PREFIXES,
     },
     offsets::KernelOffsets,
 };
@@ -26,6 +27,7 @@ use super::{
 };
 use crate::{
     config::DatabaseConfig,
+    db::existing::{self, Existing},
     policy::compile::{Compiled, FileId},
     watch::WatchSet,
 };
@@ -197,6 +199,23 @@ impl Sensors {
             }
             sensors.status.push(ProgramStatus { spec: *spec, error });
         }
+        if database.is_enabled() {
+            // After the capture hooks are attached: a session opened from here on is tracked
+            // at its connect or accept, one opened before is joined at its next read or write.
+            match existing::find(&database.ports, &database.unix_sockets, std::process::id()) {
+                Ok(found) => {
+                    sensors.join_sessions(&found)?;
+                    tracing::info!(
+                        sockets = found.sockets.len(),
+                        processes = found.processes.len(),
+                        "database sessions opened before the agent started: joined at their next read or write"
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    "database sessions opened before the agent started are not audited: {e}"
+                ),
+            }
+        }
         if let Some(root) = pin_root {
             let links = std::mem::take(&mut sensors.links);
             let (links, replaced) = pins::pin_replacing(root, links)?;
@@ -356,6 +375,30 @@ impl Sensors {
                     "database unix socket not tracked: {e}"
                 ),
             }
+        }
+        Ok(())
+    }
+
+    /// Hands the kernel the database sockets open at start-up (`DB_JOIN`) and marks their
+    /// processes so their next reads and writes look there.
+    fn join_sessions(&mut self, found: &Existing) -> Result<(), LoadError> {
+        let map_error = |map| move |source| LoadError::Map { map, source };
+        let mut join: HashMap<_, InodeKey, u32> =
+            HashMap::try_from(self.map_mut(DB_JOIN)?).map_err(map_error(DB_JOIN))?;
+        for s in &found.sockets {
+            let key = InodeKey {
+                dev: found.sockfs_dev,
+                slot: 0,
+                ino: s.inode,
+            };
+            join.insert(key, s.role, 0).map_err(map_error(DB_JOIN))?;
+        }
+        let mut processes: HashMap<_, u32, u32> =
+            HashMap::try_from(self.map_mut(DB_PROCESSES)?).map_err(map_error(DB_PROCESSES))?;
+        for &pid in &found.processes {
+            processes
+                .insert(pid, db_process::JOIN, 0)
+                .map_err(map_error(DB_PROCESSES))?;
         }
         Ok(())
     }
