@@ -59,6 +59,9 @@ pub const FLAG_EXEC_REFUSED: u32 = 1 << 3;
 /// `EventHeader::flags` of a [`DbSockEvent`]: the socket was connected before the agent
 /// started and joined at its first read or write since (its session's start was not seen).
 pub const FLAG_DB_JOINED: u32 = 1 << 4;
+/// `EventHeader::flags` of a [`SockStateEvent`]: the connection's port is a database port and
+/// not a watched one: the record only ends database sessions, and is not reported itself.
+pub const FLAG_SOCK_DATABASE_ONLY: u32 = 1 << 5;
 /// `EventHeader::flags`: a field was cut to fit its buffer.
 pub const FLAG_TRUNCATED: u32 = 1;
 /// `EventHeader::flags`: the working directory in an [`ExecEvent`] is complete (reached the

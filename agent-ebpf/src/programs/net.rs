@@ -3,7 +3,7 @@
 //! connections a local database *accepts* are seen too.
 
 use agent_common::{
-    event::{direction, ConnectEvent, Kind, SockStateEvent},
+    event::{direction, ConnectEvent, Kind, SockStateEvent, FLAG_SOCK_DATABASE_ONLY},
     policy::{access, layer, verdict, Decision, PortKey},
 };
 use aya_ebpf::{
@@ -13,7 +13,7 @@ use aya_ebpf::{
 
 use crate::{
     emit::{count_lost, fill_header, fill_header_no_process, submit},
-    maps::{SockOwner, EVENTS, SOCK_OWNERS, WATCHED_PORTS},
+    maps::{SockOwner, DB_PORTS, EVENTS, SOCK_OWNERS, WATCHED_PORTS},
     policy::{current_slot, decide, rule_entry},
 };
 
@@ -130,8 +130,12 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         // SAFETY: value not used.
         unsafe { WATCHED_PORTS.get(&key) }.is_some()
     };
+    // Database ports too: their closes end database sessions in user space (a TLS session's
+    // end is not in its bytes, and a threaded server such as mariadbd does not exit).
+    // SAFETY: values not used.
+    let database = |port: u16| unsafe { DB_PORTS.get(&u32::from(port)) }.is_some();
     let watched = watched(sport) || watched(dport);
-    if !watched {
+    if !watched && !database(sport) && !database(dport) {
         return Ok(());
     }
     // SAFETY: offsets from the tracepoint's format.
@@ -182,6 +186,9 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     unsafe {
         (*event).header = owner.header;
         (*event).header.boot_ns = aya_ebpf::helpers::bpf_ktime_get_boot_ns();
+        if !watched {
+            (*event).header.flags |= FLAG_SOCK_DATABASE_ONLY;
+        }
         (*event).skaddr = skaddr;
         (*event).old_state = old_state as u32;
         (*event).new_state = new_state as u32;

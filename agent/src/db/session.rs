@@ -278,6 +278,14 @@ impl Sessions {
             .collect()
     }
 
+    /// Ends the session on TCP socket `sock`, which closed at kernel time `now_ns`; `None`
+    /// when no session is followed there (or it already ended).
+    pub fn socket_closed(&mut self, sock: u64, now_ns: u64) -> Option<Body> {
+        self.sessions
+            .contains_key(&sock)
+            .then(|| self.close(sock, "close", now_ns))
+    }
+
     fn close(&mut self, sock: u64, reason: &str, now_ns: u64) -> Body {
         let Some(s) = self.sessions.remove(&sock) else {
             return Body::DbSessionEnd(v1::DbSessionEnd::default());

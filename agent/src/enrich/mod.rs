@@ -16,7 +16,7 @@ use std::{
 
 use agent_common::event::{
     db_role, direction, ConnectEvent, EventHeader, ExecEvent, FLAG_CWD_COMPLETE, FLAG_EXEC_REFUSED,
-    FLAG_NO_PROCESS, FLAG_TRUNCATED,
+    FLAG_NO_PROCESS, FLAG_SOCK_DATABASE_ONLY, FLAG_TRUNCATED,
 };
 use phiguard_proto::v1::{self, event::Body};
 
@@ -169,6 +169,20 @@ impl Enricher {
                     .map(|body| self.finish(&header, body, None))
                     .collect();
                 out.extend(self.enrich_one(RawEvent::Exit(e)));
+                out
+            }
+            RawEvent::SockState(e) => {
+                // Database ports reach here too (their closes end sessions); a TCP state event
+                // is reported only for watched and protected ports.
+                let mut out: Vec<v1::Event> = Vec::new();
+                if e.new_state == TCP_CLOSE {
+                    if let Some(body) = self.sessions.socket_closed(e.skaddr, e.header.boot_ns) {
+                        out.push(self.finish(&header, body, None));
+                    }
+                }
+                if e.header.flags & FLAG_SOCK_DATABASE_ONLY == 0 {
+                    out.extend(self.enrich_one(RawEvent::SockState(e)));
+                }
                 out
             }
             other => self.enrich_one(other).into_iter().collect(),
@@ -560,6 +574,9 @@ fn address(family: u16, bytes: &[u8; 16]) -> String {
         Ipv6Addr::from(*bytes).to_string()
     }
 }
+
+/// The kernel's `TCP_CLOSE` state.
+const TCP_CLOSE: u32 = 7;
 
 fn tcp_state_name(state: u32) -> &'static str {
     const NAMES: [&str; 13] = [
