@@ -434,7 +434,7 @@ impl AgentProcess {
             .unwrap();
         let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
         let mut startup = String::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + phiguard_tests::STARTUP_LIMIT;
         while !startup.contains("events are flowing") {
             let mut line = String::new();
             assert!(
@@ -444,7 +444,8 @@ impl AgentProcess {
             startup.push_str(&line);
             assert!(
                 Instant::now() < deadline,
-                "not ready within 30 s: {startup}"
+                "not ready within {:?}: {startup}",
+                phiguard_tests::STARTUP_LIMIT
             );
         }
         // Keep draining stderr so the agent never blocks on a full pipe.

@@ -126,7 +126,7 @@ fn binary_notifies_ready_reports_status_and_serves_metrics() {
             .spawn()
             .unwrap(),
     );
-    let ready = await_notify(&notify, "READY=1", Duration::from_secs(60));
+    let ready = await_notify(&notify, "READY=1", phiguard_tests::STARTUP_LIMIT);
     assert!(ready.contains("STATUS="), "{ready}");
     // The watchdog keep-alive comes from the event loop's tick.
     await_notify(&notify, "WATCHDOG=1", Duration::from_secs(10));
