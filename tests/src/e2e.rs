@@ -362,6 +362,26 @@ fn pbjson_types_now() -> phiguard_proto::pbjson_types::Timestamp {
     }
 }
 
+/// Subscribes as the subscriber `soc` to the events matching `filter` from now on.
+pub fn subscribe_live(
+    rt: &Runtime,
+    pki: &Pki,
+    addr: &str,
+    filter: v1::EventFilter,
+) -> tonic::Streaming<v1::Event> {
+    rt.block_on(phiguard_collector::tail::subscribe(
+        addr,
+        Some("localhost"),
+        &pki.subscriber(),
+        v1::SubscribeRequest {
+            filter: Some(filter),
+            ..Default::default()
+        },
+        1 << 20,
+    ))
+    .expect("subscribe")
+}
+
 /// Replays every stored event (replay only, from seq 1) as the subscriber `soc`.
 pub fn replay_all(rt: &Runtime, pki: &Pki, addr: &str, filter: v1::EventFilter) -> Vec<v1::Event> {
     rt.block_on(async {

@@ -18,7 +18,7 @@ use nix::{
 use phiguard::sink::spool::{FullPolicy, Spool, SpoolConfig};
 use phiguard_proto::v1::{self, event::Body};
 use phiguard_tests::{
-    e2e::{replay_all, runtime, CollectorProc, Pki},
+    e2e::{replay_all, runtime, subscribe_live, CollectorProc, Pki},
     require_root, Tree, UnloadOnDrop,
 };
 
@@ -124,22 +124,16 @@ fn a_file_open_reaches_a_subscriber_with_the_agents_certificate_identity() {
     );
     let mut agent = start_agent(&config);
     let rt = runtime();
-    let mut live = rt
-        .block_on(phiguard_collector::tail::subscribe(
-            &collector.addr,
-            Some("localhost"),
-            &pki.subscriber(),
-            v1::SubscribeRequest {
-                filter: Some(v1::EventFilter {
-                    kinds: vec!["fileOpen".into()],
-                    path_prefixes: vec![tree.watched.display().to_string()],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            1 << 20,
-        ))
-        .expect("subscribe");
+    let mut live = subscribe_live(
+        &rt,
+        &pki,
+        &collector.addr,
+        v1::EventFilter {
+            kinds: vec!["fileOpen".into()],
+            path_prefixes: vec![tree.watched.display().to_string()],
+            ..Default::default()
+        },
+    );
     let status = Command::new("/usr/bin/cat")
         .arg(&file)
         .stdout(Stdio::null())
@@ -626,22 +620,16 @@ fn a_killed_agent_raises_agent_silent_and_its_return_agent_reconnected_at_a_subs
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("{text}heartbeat_interval_ms = 300\n")).unwrap();
     let rt = runtime();
-    let mut live = rt
-        .block_on(phiguard_collector::tail::subscribe(
-            &collector.addr,
-            Some("localhost"),
-            &pki.subscriber(),
-            v1::SubscribeRequest {
-                filter: Some(v1::EventFilter {
-                    hosts: vec![AGENT.into()],
-                    kinds: vec!["alert".into(), "heartbeat".into()],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            1 << 20,
-        ))
-        .expect("subscribe");
+    let mut live = subscribe_live(
+        &rt,
+        &pki,
+        &collector.addr,
+        v1::EventFilter {
+            hosts: vec![AGENT.into()],
+            kinds: vec!["alert".into(), "heartbeat".into()],
+            ..Default::default()
+        },
+    );
     let mut agent = AgentProc(start_agent(&config));
     let beat = next_matching(
         &rt,
@@ -878,22 +866,16 @@ fn tampering_with_the_agents_kernel_state_is_repaired_and_raises_alerts_at_a_sub
     .unwrap();
     let status_file = work.path().join("status.json");
     let rt = runtime();
-    let mut live = rt
-        .block_on(phiguard_collector::tail::subscribe(
-            &collector.addr,
-            Some("localhost"),
-            &pki.subscriber(),
-            v1::SubscribeRequest {
-                filter: Some(v1::EventFilter {
-                    hosts: vec![AGENT.into()],
-                    kinds: vec!["alert".into(), "tamper".into(), "heartbeat".into()],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            1 << 20,
-        ))
-        .expect("subscribe");
+    let mut live = subscribe_live(
+        &rt,
+        &pki,
+        &collector.addr,
+        v1::EventFilter {
+            hosts: vec![AGENT.into()],
+            kinds: vec!["alert".into(), "tamper".into(), "heartbeat".into()],
+            ..Default::default()
+        },
+    );
     let mut agent = AgentProc(start_agent_with(
         &config,
         &[

@@ -19,7 +19,9 @@ use phiguard_devcerts::{Ca, Leaf};
 use phiguard_proto::v1::{
     self, collector_client::CollectorClient, event::Body, IngestRequest, IngestResponse,
 };
-use phiguard_tests::e2e::{event, replay_all, runtime, AgentLink, CollectorProc, Pki};
+use phiguard_tests::e2e::{
+    event, replay_all, runtime, subscribe_live, AgentLink, CollectorProc, Pki,
+};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -91,22 +93,16 @@ fn events_reach_a_live_subscriber_with_the_identity_from_the_certificate() {
     let (work, pki) = (work(), Pki::new(&["ehr-a"]));
     let collector = CollectorProc::start(work.path(), &pki, "");
     let rt = runtime();
-    let mut live = rt
-        .block_on(phiguard_collector::tail::subscribe(
-            &collector.addr,
-            Some("localhost"),
-            &pki.subscriber(),
-            v1::SubscribeRequest {
-                filter: Some(v1::EventFilter {
-                    kinds: vec!["fileOpen".into()],
-                    path_prefixes: vec!["/srv/ephi".into()],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            1 << 20,
-        ))
-        .expect("subscribe");
+    let mut live = subscribe_live(
+        &rt,
+        &pki,
+        &collector.addr,
+        v1::EventFilter {
+            kinds: vec!["fileOpen".into()],
+            path_prefixes: vec!["/srv/ephi".into()],
+            ..Default::default()
+        },
+    );
     let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
     link.send("ehr-a", 1..=50);
     let received: Vec<v1::Event> = rt.block_on(async {
