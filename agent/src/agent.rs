@@ -246,7 +246,9 @@ impl Agent {
             agent
                 .metrics
                 .kernel_lost
-                .get_or_create(&KindLabels { kind: name.clone() })
+                .get_or_create(&KindLabels {
+                    kind: name.clone().into(),
+                })
                 .inc_by(0);
             let total = agent.lost_reported[kind as usize];
             agent.status.kernel_lost.insert(name, total);
@@ -400,6 +402,10 @@ impl Agent {
             // (loss reports) would wait until the backlog is gone. Yield once per batch, and
             // poll the tick and reload requests before the reader, so they always go first.
             tokio::task::yield_now().await;
+            let flush_due = self.sinks.iter().filter_map(|sink| sink.flush_due()).min();
+            let flush_timer = tokio::time::sleep_until(
+                flush_due.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std),
+            );
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -433,6 +439,7 @@ impl Agent {
                     self.reload(trigger);
                     self.flush()?;
                 }
+                () = flush_timer, if flush_due.is_some() => self.flush()?,
                 read = self.reader.read_batch(BATCH, |bytes| {
                     let mut out = Out { sinks: &mut self.sinks, stats: &mut self.stats, metrics: &self.metrics };
                     Self::handle(&mut self.enricher, &mut out, &mut self.problems, bytes);
@@ -524,7 +531,7 @@ impl Agent {
         metrics
             .events
             .get_or_create(&KindLabels {
-                kind: body_kind(event.body.as_ref()).to_owned(),
+                kind: body_kind(event.body.as_ref()).into(),
             })
             .inc();
         for sink in sinks.iter_mut() {
@@ -676,9 +683,7 @@ impl Agent {
             }
             self.metrics
                 .tamper
-                .get_or_create(&KindLabels {
-                    kind: kind.to_owned(),
-                })
+                .get_or_create(&KindLabels { kind: kind.into() })
                 .inc();
             self.status.tamper_total += 1;
             self.status.tamper.push(TamperState {
@@ -762,7 +767,7 @@ impl Agent {
             self.metrics
                 .kernel_lost
                 .get_or_create(&KindLabels {
-                    kind: format!("{kind:?}"),
+                    kind: format!("{kind:?}").into(),
                 })
                 .inc_by(new);
             self.status

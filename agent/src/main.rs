@@ -225,8 +225,10 @@ fn check_policies(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Resu
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // One thread: the event loop, its timers and the metrics endpoint share it, so a timed
+    // look at the ring buffer wakes one thread, not a timer thread that then wakes the loop.
+    // The collector link runs on a thread of its own (`Publisher::spawn`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;

@@ -24,6 +24,11 @@ pub trait Sink: Send {
     fn write(&mut self, event: &v1::Event) -> std::io::Result<()>;
     /// Pushes buffered events out.
     fn flush(&mut self) -> std::io::Result<()>;
+    /// When `flush` must next be called although no event came, if at all (a sink that
+    /// batches its flushes in time).
+    fn flush_due(&self) -> Option<std::time::Instant> {
+        None
+    }
     /// Drops to report now, if any (a sink may wait until it has room for the report).
     fn take_losses(&mut self) -> Option<SinkLoss> {
         None

@@ -552,6 +552,19 @@ impl Spool {
         Ok(())
     }
 
+    /// When the events spooled but not yet fsync'd are due to be fsync'd (`sync_interval`
+    /// after the last fsync), if there are any: the agent flushes then even if no other event
+    /// comes, so the last events of a burst do not wait for its next tick.
+    pub fn sync_due(&self) -> Option<Instant> {
+        let inner = lock(&self.inner);
+        let unsynced = !inner.buffer.is_empty()
+            || inner
+                .segments
+                .back()
+                .is_some_and(|segment| segment.synced < segment.written);
+        unsynced.then(|| inner.last_sync + inner.config.sync_interval)
+    }
+
     /// Waits until new durable events may be available.
     pub async fn ready(&self) {
         self.ready.notified().await;
@@ -687,6 +700,10 @@ impl Sink for SpoolSink {
         self.0.flush(false).map_err(io::Error::other)
     }
 
+    fn flush_due(&self) -> Option<Instant> {
+        self.0.sync_due()
+    }
+
     fn take_losses(&mut self) -> Option<SinkLoss> {
         self.0.take_losses().map(|(count, total)| SinkLoss {
             source: v1::LossSource::Spool,
@@ -761,6 +778,34 @@ mod tests {
         drop(spool);
         let spool = Spool::open(config(dir.path(), 1 << 20, FullPolicy::KeepOldest)).unwrap();
         assert_eq!(spool.last_seq(), 10, "the acked seq survives a restart");
+    }
+
+    #[test]
+    fn unsynced_events_are_due_one_interval_after_the_last_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = config(dir.path(), 1 << 20, FullPolicy::KeepOldest);
+        settings.sync_interval = Duration::from_secs(3600);
+        let spool = Spool::open(settings).unwrap();
+        assert_eq!(spool.sync_due(), None, "nothing to fsync");
+        let before = Instant::now();
+        spool.append(&event(1, 10)).unwrap();
+        let after = Instant::now();
+        let due = spool.sync_due().expect("a buffered event is due");
+        let hour = Duration::from_secs(3600);
+        assert!(due >= before + hour && due <= after + hour);
+        spool.flush(false).unwrap();
+        assert!(
+            read_all(&spool, 0).is_empty(),
+            "written out, not yet fsync'd"
+        );
+        assert_eq!(
+            spool.sync_due(),
+            Some(due),
+            "written but not fsync'd is still due"
+        );
+        spool.flush(true).unwrap();
+        assert_eq!(spool.sync_due(), None);
+        assert_eq!(read_all(&spool, 0), vec![1]);
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //!   (fsync'd) over loopback mutual TLS, fed by the agent's own spool and publisher with
 //!   events already spooled;
 //! - `latency`: from the kernel's timestamp of a file open to its arrival at a live
-//!   subscriber, through the real agent (`phiguard run` with `[collector]`, default spool
-//!   fsync interval of 200 ms, and again fsync'ing every batch), the collector's store and
+//!   subscriber, through the real agent (`phiguard run` with `[collector]`, the default spool
+//!   fsync interval, and again fsync'ing every batch), the collector's store and
 //!   its fan-out, for every event of a steady 10,000 opens per second (10 s; 1 s in quick
 //!   mode): p50, p99, max in milliseconds, and how many of the events arrived.
 
@@ -20,9 +20,12 @@ use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
 };
-use phiguard::sink::{
-    publish::{Publisher, PublisherConfig},
-    spool::{FullPolicy, Spool, SpoolConfig},
+use phiguard::{
+    config::collector::DEFAULT_SYNC_INTERVAL_MS,
+    sink::{
+        publish::{Publisher, PublisherConfig},
+        spool::{FullPolicy, Spool, SpoolConfig},
+    },
 };
 use phiguard_proto::v1;
 use phiguard_tests::e2e::{event, CollectorProc, Pki};
@@ -253,7 +256,13 @@ fn main() {
     let one = ingest(&pki, &collector.addr, &solo, events);
     let many = ingest(&pki, &collector.addr, &eight, events / 8);
     let seconds = if quick { 1 } else { 10 };
-    let lat = latency(&pki, &collector.addr, "bench-agent", seconds, 200);
+    let lat = latency(
+        &pki,
+        &collector.addr,
+        "bench-agent",
+        seconds,
+        DEFAULT_SYNC_INTERVAL_MS,
+    );
     let lat0 = latency(&pki, &collector.addr, "bench-agent-fsync", seconds, 0);
     drop(collector);
     println!(
