@@ -8,9 +8,8 @@ use serde_json::Value;
 
 use crate::cmd;
 
-/// The collector link: ingest rate with one and eight agents over loopback mutual TLS, and
-/// latency from a kernel event to a live subscriber (see `tests/src/bin/e2e_bench.rs`).
-pub fn e2e(quick: bool) -> anyhow::Result<Value> {
+/// Builds the collector and `e2e-bench` (release), before the benchmarks' clock starts.
+pub fn build() -> anyhow::Result<()> {
     cmd::run(cmd::cargo().args([
         "build",
         "--release",
@@ -22,7 +21,12 @@ pub fn e2e(quick: bool) -> anyhow::Result<Value> {
         "phiguard-tests",
         "--bin",
         "e2e-bench",
-    ]))?;
+    ]))
+}
+
+/// The collector link: ingest rate with one and eight agents over loopback mutual TLS, and
+/// latency from a kernel event to a live subscriber (see `tests/src/bin/e2e_bench.rs`).
+pub fn e2e(quick: bool) -> anyhow::Result<Value> {
     let release = cmd::workspace_root().join("target/release");
     let mut command = Command::new(release.join("e2e-bench"));
     if quick {

@@ -90,6 +90,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     };
     setup::setup()?;
     run::build()?;
+    if names.contains(&"e2e") {
+        e2e::build()?;
+    }
     // From here on, Ctrl-C restores the machine (auditd, rules, sysctls, pins) before exiting.
     cleanup::on_signals_undo_all();
     let started = std::time::Instant::now();
@@ -97,8 +100,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let scratch = workloads::Scratch::new()?;
     let rules = auditd::AuditRules::equivalent_to_watches(&scratch.watched_dir());
     let mut results = serde_json::Map::new();
+    let mut took = Vec::new();
     for name in names {
-        let result = match name {
+        let began = std::time::Instant::now();
+        let mut result = match name {
             "open" => workloads::open(&scratch, &rules, args.quick)?,
             "exec" => workloads::exec(&scratch, &rules, args.quick)?,
             "connect" => workloads::connect(&scratch, &rules, args.quick)?,
@@ -108,6 +113,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             "e2e" => e2e::e2e(args.quick)?,
             _ => crate::bench_db::bench_db(&scratch.root, args.quick)?,
         };
+        let seconds = began.elapsed().as_secs_f64();
+        result["wall_seconds"] = json!(seconds);
+        took.push(format!("{name} {seconds:.0} s"));
         results.insert(name.to_owned(), result);
     }
     let report = json!({
@@ -126,9 +134,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let file = dir.join(format!("bench-{}.json", report["unix_time"]));
     fs::write(&file, serde_json::to_string_pretty(&report)?)?;
     println!(
-        "\nload average (1/5/15 min) at start {load_at_start}, at end {}; {:.0} s",
+        "\nload average (1/5/15 min) at start {load_at_start}, at end {}; {:.0} s ({})",
         report["load_average_at_end"].as_str().unwrap_or(""),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        took.join(", ")
     );
     println!("results: {}", file.display());
     Ok(())
