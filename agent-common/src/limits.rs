@@ -35,9 +35,13 @@ pub const WAKEUP_BYTES: u64 = 256 * 1024;
 // free for a burst while the woken reader is on its way.
 const _: () =
     assert!(WAKEUP_BYTES.is_power_of_two() && WAKEUP_BYTES * 16 <= RING_BUFFER_BYTES as u64);
-/// The longest the agent's reader waits between looks at the ring buffer, in milliseconds
-/// (the bound on how long a record can sit there unread when no wake-up came).
+/// The longest the agent's reader waits between looks at the ring buffer while records come,
+/// in milliseconds (the bound on how long a record can sit there unread when no wake-up came).
 pub const READ_INTERVAL_MS: u64 = 10;
+/// The same bound once looks have found the buffer empty: each empty look doubles the wait,
+/// up to this, so an idle agent looks 20 times a second instead of 100; the first record
+/// found resets it to [`READ_INTERVAL_MS`].
+pub const IDLE_READ_INTERVAL_MS: u64 = 50;
 /// Bytes captured per read or write on a tracked database socket (a power of two).
 pub const DB_CAPTURE_LEN: usize = 4096;
 /// Database ports (map entries).

@@ -33,7 +33,7 @@ pub fn count_lost(kind: Kind) {
 /// The notification flags for a record that moves the ring buffer's backlog from `before` to
 /// `after` bytes: wake the reader only when the backlog crosses a multiple of
 /// [`WAKEUP_BYTES`]; otherwise the reader finds the record on its next timed look (at most
-/// `READ_INTERVAL_MS` later). The kernel's default wakes it for every record written while it
+/// `READ_INTERVAL_MS` later, `IDLE_READ_INTERVAL_MS` after a quiet spell). The kernel's default wakes it for every record written while it
 /// is caught up: an irq_work interrupt in this program and a scheduler round trip in the agent,
 /// per record. A crossing missed in a race with another CPU or the reader only delays records
 /// until that look; it never loses one.
