@@ -104,16 +104,40 @@ fn strip_ansi(line: &str) -> String {
 }
 
 impl CollectorProc {
-    /// Writes a configuration in `work` (store `work/store`, checkpoints in
-    /// `work/checkpoints.jsonl`, `extra` appended to `[server]`) and starts the collector.
+    /// Writes a configuration in `work` (store `work/store` in small segments of 64 KiB and a
+    /// checkpoint every 500 records or second, so tests see rotation and checkpoints;
+    /// checkpoints in `work/checkpoints.jsonl`, `extra` appended to `[server]`) and starts the
+    /// collector.
     pub fn start(work: &Path, pki: &Pki, extra_server: &str) -> CollectorProc {
+        Self::configure(
+            work,
+            pki,
+            extra_server,
+            "segment_max_bytes = 65536\n",
+            "every_records = 500\nevery_secs = 1\n",
+        )
+    }
+
+    /// The same with the collector's default segment size and checkpoint cadence, as a
+    /// benchmark should measure it.
+    pub fn start_with_defaults(work: &Path, pki: &Pki) -> CollectorProc {
+        Self::configure(work, pki, "", "", "")
+    }
+
+    fn configure(
+        work: &Path,
+        pki: &Pki,
+        extra_server: &str,
+        extra_store: &str,
+        extra_checkpoint: &str,
+    ) -> CollectorProc {
         let store = work.join("store");
         let config = work.join("collector.toml");
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
              subscribers = [\"soc\"]\n{extra_server}\n\
-             [store]\ndir = \"{}\"\nsegment_max_bytes = 65536\n\
-             [checkpoint]\nkey = \"{}\"\nfile = \"{}\"\nevery_records = 500\nevery_secs = 1\n",
+             [store]\ndir = \"{}\"\n{extra_store}\
+             [checkpoint]\nkey = \"{}\"\nfile = \"{}\"\n{extra_checkpoint}",
             pki.path("ca.pem").display(),
             pki.path("collector.pem").display(),
             pki.path("collector.key").display(),
@@ -131,6 +155,11 @@ impl CollectorProc {
         };
         proc.spawn();
         proc
+    }
+
+    /// The running collector's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     fn spawn(&mut self) {

@@ -3,7 +3,8 @@
 //!
 //! - `ingest_1_agent`, `ingest_8_agents`: events/s the collector stores and acknowledges
 //!   (fsync'd) over loopback mutual TLS, fed by the agent's own spool and publisher with
-//!   events already spooled;
+//!   events already spooled, and per second of the collector's own CPU time (all its threads,
+//!   from `/proc/PID/task/*/schedstat`: the load generator shares the machine);
 //! - `latency`: from the kernel's timestamp of a file open to its arrival at a live
 //!   subscriber, through the real agent (`phiguard run` with `[collector]`, the default spool
 //!   fsync interval, and again fsync'ing every batch), the collector's store and
@@ -32,7 +33,30 @@ use phiguard_tests::e2e::{event, CollectorProc, Pki};
 use prost::Message as _;
 use serde_json::json;
 
-fn ingest(pki: &Pki, addr: &str, hosts: &[String], per_agent: u64) -> serde_json::Value {
+/// CPU time used so far by every thread of process `pid` (`/proc/PID/task/*/schedstat`).
+fn cpu_time(pid: u32) -> Duration {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("collector's threads") {
+        let path = task.expect("a thread").path().join("schedstat");
+        if let Ok(text) = std::fs::read_to_string(path) {
+            ns += text
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+fn ingest(
+    pki: &Pki,
+    collector: &CollectorProc,
+    hosts: &[String],
+    per_agent: u64,
+) -> serde_json::Value {
+    let addr = &collector.addr;
+    let pid = collector.pid().expect("the collector runs");
     let mut links = Vec::new();
     for host in hosts {
         let dir = tempfile::tempdir().unwrap();
@@ -49,6 +73,7 @@ fn ingest(pki: &Pki, addr: &str, hosts: &[String], per_agent: u64) -> serde_json
         spool.flush(true).unwrap();
         links.push((dir, spool));
     }
+    let cpu_before = cpu_time(pid);
     let started = Instant::now();
     let publishers: Vec<Publisher> = links
         .iter()
@@ -65,12 +90,15 @@ fn ingest(pki: &Pki, addr: &str, hosts: &[String], per_agent: u64) -> serde_json
         std::thread::sleep(Duration::from_millis(5));
     }
     let seconds = started.elapsed().as_secs_f64();
+    let collector_cpu = (cpu_time(pid) - cpu_before).as_secs_f64();
     drop(publishers);
     let total = per_agent * hosts.len() as u64;
     json!({
         "agents": hosts.len(),
         "events": total,
         "seconds": seconds,
+        "collector_cpu_seconds": collector_cpu,
+        "events_per_collector_cpu_second": (total as f64 / collector_cpu).round() as u64,
         "event_bytes": realistic(&hosts[0], 1).encoded_len(),
         "events_per_s": (total as f64 / seconds).round() as u64,
     })
@@ -251,10 +279,10 @@ fn main() {
     names.extend(["bench-solo", "bench-agent", "bench-agent-fsync"]);
     let pki = Pki::new(&names);
     let work = tempfile::tempdir().unwrap();
-    let collector = CollectorProc::start(work.path(), &pki, "");
+    let collector = CollectorProc::start_with_defaults(work.path(), &pki);
     let events = if quick { 5_000 } else { 100_000 };
-    let one = ingest(&pki, &collector.addr, &solo, events);
-    let many = ingest(&pki, &collector.addr, &eight, events / 8);
+    let one = ingest(&pki, &collector, &solo, events);
+    let many = ingest(&pki, &collector, &eight, events / 8);
     let seconds = if quick { 1 } else { 10 };
     let lat = latency(
         &pki,

@@ -48,11 +48,13 @@ pub fn e2e(quick: bool) -> anyhow::Result<Value> {
     for key in ["ingest_1_agent", "ingest_8_agents"] {
         let r = &result[key];
         println!(
-            "  {key:<16} {:>7} events of {} bytes in {:>6.2} s = {:>7} events/s stored (fsync'd) and acknowledged",
+            "  {key:<16} {:>7} events of {} bytes in {:>6.2} s = {:>7} events/s stored (fsync'd) and acknowledged; collector CPU {:.2} s = {} events per CPU-second",
             r["events"],
             r["event_bytes"],
             r["seconds"].as_f64().unwrap_or(0.0),
-            r["events_per_s"]
+            r["events_per_s"],
+            r["collector_cpu_seconds"].as_f64().unwrap_or(0.0),
+            r["events_per_collector_cpu_second"]
         );
     }
     for key in ["latency", "latency_fsync_every_batch"] {
