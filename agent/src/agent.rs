@@ -402,6 +402,8 @@ impl Agent {
             // (loss reports) would wait until the backlog is gone. Yield once per batch, and
             // poll the tick and reload requests before the reader, so they always go first.
             tokio::task::yield_now().await;
+            // A sink that batches its flushes in time (the spool's fsync) is flushed when its
+            // batch is due, even if no other event or tick comes before.
             let flush_due = self.sinks.iter().filter_map(|sink| sink.flush_due()).min();
             let flush_timer = tokio::time::sleep_until(
                 flush_due.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std),
