@@ -14,7 +14,8 @@ use agent_common::limits::{IDLE_READ_INTERVAL_MS, READ_INTERVAL_MS};
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{unix::AsyncFd, Interest};
 
-/// The longest a record can sit in the ring buffer unread when no wake-up came.
+/// The longest a record can sit in the ring buffer unread when no wake-up came, while records
+/// come.
 pub const READ_INTERVAL: Duration = Duration::from_millis(READ_INTERVAL_MS);
 /// The longest a record can sit there unread after looks have found the buffer empty.
 pub const IDLE_READ_INTERVAL: Duration = Duration::from_millis(IDLE_READ_INTERVAL_MS);
