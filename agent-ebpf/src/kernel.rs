@@ -10,9 +10,12 @@ use agent_common::{
     offsets::KernelOffsets,
     policy::WatchValue,
 };
-use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel,
-    bpf_probe_read_kernel_str_bytes, generated,
+use aya_ebpf::{
+    cty::{c_long, c_void},
+    helpers::{
+        bpf_get_current_task, bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes, generated,
+    },
 };
 
 use crate::maps::WATCHED_INODES;
@@ -391,33 +394,83 @@ pub struct WatchHit {
     pub depth: u32,
 }
 
+/// State of a [`find_watch`] walk, shared with its [`find_watch_level`] callback.
+#[repr(C)]
+struct WatchWalk {
+    /// The dentry the next level looks at.
+    dentry: usize,
+    dev: u32,
+    slot: u32,
+    /// 1 once a watched inode was found (then `value` and `depth` are set).
+    found: u32,
+    depth: u32,
+    value: WatchValue,
+}
+
 /// Walks up from `dentry` (on device `dev`) until an inode watched or protected in policy
-/// `slot`, the root of the mount, or `MAX_WALK_DEPTH` levels.
+/// `slot`, the root of the mount, or `MAX_WALK_DEPTH` levels. The levels run in `bpf_loop`,
+/// so the verifier checks one level once instead of every level of every caller.
 #[inline(always)]
-pub fn find_watch(mut dentry: usize, dev: u32, slot: u32) -> Option<WatchHit> {
-    for depth in 0..MAX_WALK_DEPTH {
-        let (parent, inode) =
-            read_pair(dentry, offset!(dentry_d_parent), offset!(dentry_d_inode)).ok()?;
-        let ino = if inode == 0 {
-            0 // a negative dentry
-        } else {
-            read(inode as usize, offset!(inode_i_ino)).ok()?
-        };
-        let key = InodeKey { dev, slot, ino };
-        // SAFETY: the value is plain integers, copied out at once.
-        if let Some(value) = unsafe { WATCHED_INODES.get(&key) } {
-            return Some(WatchHit {
-                value: *value,
-                depth,
-            });
+pub fn find_watch(dentry: usize, dev: u32, slot: u32) -> Option<WatchHit> {
+    let mut walk = WatchWalk {
+        dentry,
+        dev,
+        slot,
+        found: 0,
+        depth: 0,
+        value: WatchValue::default(),
+    };
+    // SAFETY: the callback is a static function; the context is this frame's `walk`, which
+    // outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_WALK_DEPTH,
+            find_watch_level as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        )
+    };
+    (walk.found != 0).then_some(WatchHit {
+        value: walk.value,
+        depth: walk.depth,
+    })
+}
+
+/// One level of [`find_watch`], `depth` levels above the start: 1 ends the walk.
+extern "C" fn find_watch_level(depth: u64, ctx: *mut c_void) -> c_long {
+    // SAFETY: `bpf_loop` passes the `WatchWalk` that `find_watch` gave it.
+    let walk = unsafe { &mut *ctx.cast::<WatchWalk>() };
+    let dentry = walk.dentry;
+    let Ok((parent, inode)) = read_pair(dentry, offset!(dentry_d_parent), offset!(dentry_d_inode))
+    else {
+        return 1;
+    };
+    let ino = if inode == 0 {
+        0 // a negative dentry
+    } else {
+        match read(inode as usize, offset!(inode_i_ino)) {
+            Ok(ino) => ino,
+            Err(_) => return 1,
         }
-        let parent = parent as usize;
-        if parent == dentry {
-            return None;
-        }
-        dentry = parent;
+    };
+    let key = InodeKey {
+        dev: walk.dev,
+        slot: walk.slot,
+        ino,
+    };
+    // SAFETY: the value is plain integers, copied out at once.
+    if let Some(value) = unsafe { WATCHED_INODES.get(&key) } {
+        walk.value = *value;
+        walk.depth = depth as u32;
+        walk.found = 1;
+        return 1;
     }
-    None
+    let parent = parent as usize;
+    if parent == dentry {
+        return 1;
+    }
+    walk.dentry = parent;
+    0
 }
 
 impl WatchHit {

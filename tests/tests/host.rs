@@ -153,6 +153,56 @@ fn failed_opens_carry_errno() {
 }
 
 #[test]
+fn deep_opens_resolve_name_by_name_and_overlong_ones_are_marked_truncated() {
+    let tree = Tree::new();
+    // Twelve levels below the watch: every name between the file and the watch is copied.
+    let deep = (1..=12).fold(tree.watched.clone(), |dir, level| {
+        dir.join(format!("d{level}"))
+    });
+    fs::create_dir_all(&deep).unwrap();
+    let file = deep.join("rec.txt");
+    fs::write(&file, "x").unwrap();
+    // Three 200-byte names: more than the record's 512 bytes of names.
+    let long = (0..3).fold(tree.watched.clone(), |dir, i| {
+        dir.join(format!("{i}{}", "n".repeat(199)))
+    });
+    fs::create_dir_all(&long).unwrap();
+    let long_file = long.join("rec.txt");
+    fs::write(&long_file, "x").unwrap();
+    let mut h = Harness::start(std::slice::from_ref(&tree.watched), &[]);
+    run(Command::new("/usr/bin/cat").arg(&file));
+    // A failed relative open is matched by its base directory, the same walk from the cwd.
+    run(Command::new("/bin/sh")
+        .arg("-c")
+        .arg("cd \"$1\" && cat ./missing.txt")
+        .arg("sh")
+        .arg(&deep));
+    run(Command::new("/usr/bin/cat").arg(&long_file));
+    let open = h.expect("for the file twelve levels down", |e| {
+        file_open(e).is_some_and(|f| f.requested_path == path_of(&file))
+    });
+    let open = file_open(&open).unwrap();
+    assert_eq!(open.path, path_of(&file));
+    assert!(!open.truncated);
+    let missing = h.expect("for ./missing.txt twelve levels down", |e| {
+        file_open(e).is_some_and(|f| f.requested_path == "./missing.txt")
+    });
+    let missing = file_open(&missing).unwrap();
+    assert_eq!(missing.path, path_of(&deep.join("missing.txt")));
+    assert_eq!(missing.error, "ENOENT");
+    // The requested path is cut too (256 bytes): find the open by its start.
+    let overlong = h.expect("for the file below three long names", |e| {
+        file_open(e).is_some_and(|f| {
+            !f.requested_path.is_empty() && path_of(&long_file).starts_with(&f.requested_path)
+        }) && process(e).exe == "/usr/bin/cat"
+    });
+    let overlong = file_open(&overlong).unwrap();
+    assert!(overlong.truncated, "names past 512 bytes: {overlong:?}");
+    assert_eq!(overlong.watch, path_of(&tree.watched));
+    h.stop();
+}
+
+#[test]
 fn unwatched_open_yields_no_event() {
     let tree = Tree::new();
     let unwatched = tree.other.join("plain.txt");

@@ -18,8 +18,9 @@ use agent_common::{
     policy::{access, layer, verdict, Decision},
 };
 use aya_ebpf::{
+    cty::{c_long, c_void},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_loop, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
         bpf_probe_read_user_str_bytes,
     },
     macros::tracepoint,
@@ -343,51 +344,91 @@ pub(crate) fn start_record(scratch: &mut FileOpenScratch, call: &OpenCall, ret: 
     event.decision = Decision::NONE;
 }
 
-/// Copies the names of `depth` dentries, from `dentry` upward, NUL-terminated.
+/// State of a [`copy_names`] walk, shared with its [`copy_name`] callback.
+#[repr(C)]
+struct NamesCopy {
+    /// The record's `names` and the slack after it (`NAMES_LEN + NAME_MAX` bytes).
+    names: *mut u8,
+    /// The dentry whose name comes next.
+    dentry: usize,
+    /// Bytes written so far (may pass `NAMES_LEN` by one name: the slack holds it).
+    used: u64,
+    /// Names written.
+    count: u32,
+    /// Names to write.
+    depth: u32,
+    /// 1 when `names` filled up before `depth` names.
+    truncated: u32,
+}
+
+/// Copies the names of `depth` dentries, from `dentry` upward, NUL-terminated. The levels run
+/// in `bpf_loop`, so the verifier checks one copy once.
 #[inline(always)]
-pub(crate) fn copy_names(scratch: &mut FileOpenScratch, mut dentry: usize, depth: u32) {
+pub(crate) fn copy_names(scratch: &mut FileOpenScratch, dentry: usize, depth: u32) {
     let base = offset_of!(FileOpenScratch, event) + offset_of!(FileOpenEvent, names);
-    // SAFETY: the view covers `names` and the slack after it, both inside the scratch value.
-    let names = unsafe {
-        core::slice::from_raw_parts_mut(
-            (scratch as *mut FileOpenScratch).cast::<u8>().add(base),
-            NAMES_LEN + NAME_MAX,
+    let mut copy = NamesCopy {
+        // SAFETY: `base` is inside the scratch value, which holds `NAME_MAX` bytes of slack
+        // after `names`.
+        names: unsafe { (scratch as *mut FileOpenScratch).cast::<u8>().add(base) },
+        dentry,
+        used: 0,
+        count: 0,
+        depth,
+        truncated: 0,
+    };
+    // SAFETY: the callback is a static function; the context is this frame's `copy`, which
+    // outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_WALK_DEPTH,
+            copy_name as *mut c_void,
+            (&raw mut copy).cast(),
+            0,
         )
     };
-    let mut used: usize = 0;
-    let mut count: u32 = 0;
-    for level in 0..MAX_WALK_DEPTH {
-        if level >= depth {
-            break;
-        }
-        if used >= NAMES_LEN {
-            scratch.event.header.flags |= FLAG_TRUNCATED;
-            break;
-        }
-        let Ok(name) = dentry_name(dentry) else {
-            break;
-        };
-        let start = used & (NAMES_LEN - 1);
-        // SAFETY: kernel pointer read with the checked helper; `start + NAME_MAX` is in bounds.
-        let copied = match unsafe {
-            bpf_probe_read_kernel_str_bytes(name as *const u8, &mut names[start..start + NAME_MAX])
-        } {
-            Ok(bytes) => bytes.len(),
-            Err(_) => break,
-        };
-        used = start + copied + 1;
-        count += 1;
-        let Ok(parent) = dentry_parent(dentry) else {
-            break;
-        };
-        dentry = parent;
-    }
+    let mut used = copy.used as usize;
     if used > NAMES_LEN {
         used = NAMES_LEN;
+        copy.truncated = 1;
+    }
+    if copy.truncated != 0 {
         scratch.event.header.flags |= FLAG_TRUNCATED;
     }
     scratch.event.names_len = used as u32;
-    scratch.event.names_count = count;
+    scratch.event.names_count = copy.count;
+}
+
+/// One name of [`copy_names`], `level` levels above the start: 1 ends the walk.
+extern "C" fn copy_name(level: u64, ctx: *mut c_void) -> c_long {
+    // SAFETY: `bpf_loop` passes the `NamesCopy` that `copy_names` gave it.
+    let copy = unsafe { &mut *ctx.cast::<NamesCopy>() };
+    if level >= u64::from(copy.depth) {
+        return 1;
+    }
+    if copy.used >= NAMES_LEN as u64 {
+        copy.truncated = 1;
+        return 1;
+    }
+    let Ok(name) = dentry_name(copy.dentry) else {
+        return 1;
+    };
+    let start = copy.used as usize & (NAMES_LEN - 1);
+    // SAFETY: `names` holds `NAMES_LEN + NAME_MAX` bytes and `start < NAMES_LEN`.
+    let dest = unsafe { core::slice::from_raw_parts_mut(copy.names.add(start), NAME_MAX) };
+    // SAFETY: kernel pointer read with the checked helper.
+    let copied = match unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, dest) } {
+        Ok(bytes) => bytes.len(),
+        Err(_) => return 1,
+    };
+    copy.used = (start + copied + 1) as u64;
+    copy.count += 1;
+    match dentry_parent(copy.dentry) {
+        Ok(parent) => {
+            copy.dentry = parent;
+            0
+        }
+        Err(_) => 1,
+    }
 }
 
 #[inline(always)]
