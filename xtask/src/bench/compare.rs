@@ -10,7 +10,7 @@ use super::{
     setting::{AgentArgs, AgentCounters, Session, Setting},
 };
 
-/// Pause between starting a setting and measuring under it.
+/// Pause between starting the floor or the agent and measuring under it.
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One measured loop: returns its cost per operation (lower is better), in the plan's unit.
@@ -65,8 +65,10 @@ pub fn compare(plan: &Plan<'_>, cases: &mut [Case<'_>]) -> anyhow::Result<Value>
         for step in 0..settings.len() {
             let index = (round + step) % settings.len();
             let session = Session::start(settings[index], plan.agent, plan.rules)?;
-            // Let a new agent finish its start-up work (process table, first policy load).
-            std::thread::sleep(SETTLE);
+            if session.runs_agent() {
+                // Let a new agent finish its start-up work (process table, first policy load).
+                std::thread::sleep(SETTLE);
+            }
             for (case, sample) in cases.iter_mut().zip(samples.iter_mut()) {
                 sample[index].push((case.run)()?);
             }

@@ -8,22 +8,6 @@ use serde_json::Value;
 
 use crate::cmd;
 
-/// Builds the collector and `e2e-bench` (release), before the benchmarks' clock starts.
-pub fn build() -> anyhow::Result<()> {
-    cmd::run(cmd::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "phiguard-collector",
-        "--bin",
-        "phiguard-collector",
-        "-p",
-        "phiguard-tests",
-        "--bin",
-        "e2e-bench",
-    ]))
-}
-
 /// The collector link: ingest rate with one and eight agents over loopback mutual TLS, and
 /// latency from a kernel event to a live subscriber (see `tests/src/bin/e2e_bench.rs`).
 pub fn e2e(quick: bool) -> anyhow::Result<Value> {

@@ -20,7 +20,7 @@ use std::{fs, process::Command};
 use anyhow::bail;
 use serde_json::json;
 
-use crate::{cmd, run, setup};
+use crate::{cmd, setup};
 
 /// Every benchmark, in the order a full run takes them.
 const ALL: &[&str] = &[
@@ -78,6 +78,27 @@ fn commit() -> String {
     format!("{}{}", hash.trim(), if dirty { "-dirty" } else { "" })
 }
 
+/// Builds the release agent and, for `e2e`, the collector and `e2e-bench`, before the clock
+/// starts: in one cargo invocation, which builds what they share once and the rest in parallel
+/// (from a cold target directory 4.6 min here, against 6 min as two invocations).
+fn build(e2e: bool) -> anyhow::Result<()> {
+    let mut cargo = cmd::cargo();
+    cargo.args(["build", "--release", "-p", "agent", "--bin", "phiguard"]);
+    if e2e {
+        cargo.args([
+            "-p",
+            "phiguard-collector",
+            "--bin",
+            "phiguard-collector",
+            "-p",
+            "phiguard-tests",
+            "--bin",
+            "e2e-bench",
+        ]);
+    }
+    cmd::run(&mut cargo)
+}
+
 /// Runs the selected benchmarks and saves the results.
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if !cmd::is_root() {
@@ -89,10 +110,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         Some(other) => bail!("unknown benchmark {other}: one of {}", ALL.join(", ")),
     };
     setup::setup()?;
-    run::build()?;
-    if names.contains(&"e2e") {
-        e2e::build()?;
-    }
+    build(names.contains(&"e2e"))?;
     // From here on, Ctrl-C restores the machine (auditd, rules, sysctls, pins) before exiting.
     cleanup::on_signals_undo_all();
     let started = std::time::Instant::now();

@@ -269,6 +269,11 @@ impl Session {
         })
     }
 
+    /// Whether the floor or the agent runs (which [`super::compare`] lets settle).
+    pub fn runs_agent(&self) -> bool {
+        matches!(self, Session::Agent(_))
+    }
+
     /// Ends it; the agent's counters when an agent ran.
     pub fn stop(self) -> anyhow::Result<AgentCounters> {
         match self {
