@@ -9,11 +9,13 @@ use std::{
 
 use phiguard_proto::v1;
 
-use super::Sink;
+use super::{parts::PartCache, Sink};
 
 /// Writes events as JSON lines to any writer.
 pub struct JsonLines<W: Write + Send> {
     out: BufWriter<W>,
+    /// The JSON of each process's host, process and ancestry parts, written last.
+    parts: PartCache,
 }
 
 impl<W: Write + Send> JsonLines<W> {
@@ -21,6 +23,7 @@ impl<W: Write + Send> JsonLines<W> {
     pub fn new(out: W) -> Self {
         JsonLines {
             out: BufWriter::with_capacity(64 * 1024, out),
+            parts: PartCache::default(),
         }
     }
 }
@@ -40,7 +43,7 @@ impl JsonLines<std::fs::File> {
 
 impl<W: Write + Send> Sink for JsonLines<W> {
     fn write(&mut self, event: &v1::Event) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, event)?;
+        self.parts.write(&mut self.out, event)?;
         self.out.write_all(b"\n")
     }
 

@@ -2,6 +2,7 @@
 
 pub mod channel;
 pub mod json;
+mod parts;
 pub mod publish;
 pub mod spool;
 
