@@ -330,7 +330,7 @@ pub fn connect(scratch: &Scratch, rules: &AuditRules, quick: bool) -> anyhow::Re
 /// `pgbench`: `pgbench -S` (one client over TCP) against a throwaway PostgreSQL cluster; the
 /// agent captures the database sessions on both ends. Reported as µs per transaction.
 pub fn pgbench(scratch: &Scratch, rules: &AuditRules, quick: bool) -> anyhow::Result<Value> {
-    let (rounds, seconds) = if quick { (1, 1) } else { (5, 5) };
+    let (rounds, seconds) = if quick { (1, 1) } else { (5, 3) };
     let cluster = Cluster::start()?;
     let port = cluster.port.to_string();
     cluster.run(
