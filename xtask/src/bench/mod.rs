@@ -9,6 +9,7 @@ mod cleanup;
 mod compare;
 mod e2e;
 mod load;
+mod preflight;
 mod setting;
 mod worker;
 mod workloads;
@@ -109,6 +110,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         Some(name) if ALL.contains(&name) => vec![name],
         Some(other) => bail!("unknown benchmark {other}: one of {}", ALL.join(", ")),
     };
+    preflight::no_other_agent()?;
     setup::setup()?;
     build(names.contains(&"e2e"))?;
     // From here on, Ctrl-C restores the machine (auditd, rules, sysctls, pins) before exiting.
