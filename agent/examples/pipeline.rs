@@ -9,8 +9,11 @@
 //!
 //! Instructions per event are the difference between two runs with different counts, divided
 //! by the difference in counts (start-up, `/proc` seeding included, cancels out).
+//!
+//! A second argument `-` writes the JSON lines to stdout instead of discarding them, so a
+//! restructuring can be checked to leave the output byte-identical.
 
-use std::{io::Write as _, path::PathBuf, sync::Arc};
+use std::{io::Write, path::PathBuf, sync::Arc};
 
 use agent_common::{
     event::{matched_by, open_syscall, EventHeader, FileOpenEvent, Kind},
@@ -40,7 +43,11 @@ fn main() {
     };
     let mut enricher = Enricher::new(HostInfo::detect(""), Arc::new(watches), settings);
     let record = record(&dir);
-    let mut sink = JsonLines::new(std::io::sink());
+    let out: Box<dyn Write + Send> = match std::env::args().nth(2).as_deref() {
+        Some("-") => Box::new(std::io::stdout()),
+        _ => Box::new(std::io::sink()),
+    };
+    let mut sink = JsonLines::new(out);
     let mut events = 0u64;
     for _ in 0..count {
         let raw = decode(&record).expect("decodes");
