@@ -11,6 +11,7 @@ pub mod limits;
 pub mod maps;
 pub mod offsets;
 pub mod policy;
+pub mod program;
 
 #[cfg(feature = "user")]
 mod pod {

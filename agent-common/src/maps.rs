@@ -4,6 +4,10 @@
 pub const EVENTS: &str = "EVENTS";
 /// Per-CPU `u64` counters of failed ring-buffer reservations, indexed by [`crate::event::Kind`].
 pub const LOST: &str = "LOST";
+/// Per-CPU `u64` counters of program runs that stopped on a fault (a kernel read, a map
+/// update or a scratch lookup that failed where it should not), indexed by
+/// [`crate::program::Program`].
+pub const FAULTS: &str = "FAULTS";
 /// Watched and protected directories/files: [`InodeKey`] (with the policy slot) →
 /// [`crate::policy::WatchValue`].
 pub const WATCHED_INODES: &str = "WATCHED_INODES";

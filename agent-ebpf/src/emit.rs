@@ -16,6 +16,7 @@ use aya_ebpf::{
 };
 
 use crate::{
+    error::{ProbeError, ProbeResult},
     kernel::Task,
     maps::{EVENTS, LOST},
 };
@@ -63,12 +64,14 @@ pub fn submit<T>(entry: RingBufEntry<T>) {
 
 /// Sends `bytes` as one record; counts it lost if the ring buffer has no room.
 #[inline(always)]
-pub fn output(kind: Kind, bytes: &[u8]) {
+pub fn output(kind: Kind, bytes: &[u8]) -> ProbeResult {
     let before = EVENTS.query(BPF_RB_AVAIL_DATA.into());
     let flags = wakeup_flags(before, before + ring_bytes(bytes.len()));
     if EVENTS.output::<[u8]>(bytes, flags).is_err() {
         count_lost(kind);
+        return Err(ProbeError::Lost);
     }
+    Ok(())
 }
 
 /// Fills `header` with the current task's identity.

@@ -135,10 +135,68 @@ fn load<T>(base: usize, offset: usize) -> T {
     unsafe { core::ptr::read_volatile((base + offset) as *const T) }
 }
 
+/// Declares a typed kernel pointer: a wrapper a pointer of another struct cannot be passed
+/// as. A wrong or null pointer is harmless (every read through it is checked) but a mix-up is
+/// a compile error.
+macro_rules! kernel_pointer {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[repr(transparent)]
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        pub struct $name(usize);
+
+        #[allow(dead_code, reason = "not every pointer type needs every accessor")]
+        impl $name {
+            /// The pointer a hook received (or one read from another struct).
+            #[inline(always)]
+            pub fn from_raw(addr: usize) -> Self {
+                $name(addr)
+            }
+
+            /// The address, for map keys.
+            #[inline(always)]
+            pub fn addr(self) -> usize {
+                self.0
+            }
+
+            /// Whether the pointer is null.
+            #[inline(always)]
+            pub fn is_null(self) -> bool {
+                self.0 == 0
+            }
+        }
+    };
+}
+
+kernel_pointer!(
+    /// A `struct file *`.
+    File
+);
+kernel_pointer!(
+    /// A `struct dentry *`.
+    Dentry
+);
+kernel_pointer!(
+    /// A `struct sock *` (its `struct sock_common` head).
+    Sock
+);
+kernel_pointer!(
+    /// A `struct socket *` (a socket file's `private_data`).
+    Socket
+);
+kernel_pointer!(
+    /// A `struct vfsmount *`.
+    Vfsmount
+);
+kernel_pointer!(
+    /// A `struct linux_binprm *`.
+    Binprm
+);
+
 /// The `struct file *` behind descriptor `fd` of the current task: direct loads down to the
 /// descriptor array, one helper read for its slot.
 #[inline(always)]
-pub fn current_file(fd: u32) -> Result<usize, ReadError> {
+pub fn current_file(fd: u32) -> Result<File, ReadError> {
     // SAFETY: helper without arguments.
     let task = unsafe { bpf_get_current_task_btf() } as usize;
     let files: usize = load(task, offset!(task_files));
@@ -148,7 +206,7 @@ pub fn current_file(fd: u32) -> Result<usize, ReadError> {
         return Err(ReadError);
     }
     let fd_array: usize = load(fdt, offset!(fdtable_fd));
-    read(fd_array, fd as usize * 8)
+    Ok(File(read(fd_array, fd as usize * 8)?))
 }
 
 /// A `task_struct` in kernel memory.
@@ -213,7 +271,7 @@ impl Task {
 
     /// The `struct file *` behind descriptor `fd`.
     #[inline(always)]
-    pub fn file(self, fd: u32) -> Result<usize, ReadError> {
+    pub fn file(self, fd: u32) -> Result<File, ReadError> {
         let files: usize = read(self.0, offset!(task_files))?;
         let fdt: usize = read(files, offset!(files_fdt))?;
         // `max_fds` is an `unsigned int`: the low half of its word (little-endian).
@@ -221,15 +279,14 @@ impl Task {
         if fd >= max_fds as u32 {
             return Err(ReadError);
         }
-        read(fd_array as usize, fd as usize * 8)
+        Ok(File(read(fd_array as usize, fd as usize * 8)?))
     }
 
     /// The dentry of the process's executable (`mm->exe_file`); an error for kernel threads.
     #[inline(always)]
-    pub fn exe_dentry(self) -> Result<usize, ReadError> {
+    pub fn exe_dentry(self) -> Result<Dentry, ReadError> {
         let mm: usize = read(self.0, offset!(task_mm))?;
-        let exe: usize = read(mm, offset!(mm_exe_file))?;
-        file_dentry(exe)
+        File(read(mm, offset!(mm_exe_file))?).dentry()
     }
 
     /// The real parent task.
@@ -240,131 +297,176 @@ impl Task {
 
     /// The dentry of the current working directory.
     #[inline(always)]
-    pub fn cwd_dentry(self) -> Result<usize, ReadError> {
+    pub fn cwd_dentry(self) -> Result<Dentry, ReadError> {
         let fs: usize = read(self.0, offset!(task_fs))?;
-        read(fs, offset!(fs_pwd) + offset!(path_dentry))
+        Ok(Dentry(read(fs, offset!(fs_pwd) + offset!(path_dentry))?))
     }
 
     /// The current working directory as (dentry, vfsmount).
     #[inline(always)]
-    pub fn cwd(self) -> Result<(usize, usize), ReadError> {
+    pub fn cwd(self) -> Result<(Dentry, Vfsmount), ReadError> {
         let fs: usize = read(self.0, offset!(task_fs))?;
         let dentry = read(fs, offset!(fs_pwd) + offset!(path_dentry))?;
         let vfsmount = read(fs, offset!(fs_pwd) + offset!(path_mnt))?;
-        Ok((dentry, vfsmount))
+        Ok((Dentry(dentry), Vfsmount(vfsmount)))
     }
 }
 
-/// The `struct sock *` of a socket file (`file->private_data->sk`). For other files the
-/// result is meaningless (but every read of it is checked): callers only look it up in a map
-/// of known sockets.
-#[inline(always)]
-pub fn file_sock(file: usize) -> Result<usize, ReadError> {
-    read(file_socket(file)?, offset!(socket_sk))
+impl File {
+    /// The dentry the file was opened through (`f_path.dentry`).
+    #[inline(always)]
+    pub fn dentry(self) -> Result<Dentry, ReadError> {
+        Ok(Dentry(read(
+            self.0,
+            offset!(file_f_path) + offset!(path_dentry),
+        )?))
+    }
+
+    /// `file->private_data`: the `struct socket *` of a socket file.
+    #[inline(always)]
+    pub fn socket(self) -> Result<Socket, ReadError> {
+        Ok(Socket(read(self.0, offset!(file_private_data))?))
+    }
+
+    /// The `struct sock *` of a socket file (`file->private_data->sk`). For other files the
+    /// result is meaningless (but every read of it is checked): callers only look it up in a
+    /// map of known sockets.
+    #[inline(always)]
+    pub fn sock(self) -> Result<Sock, ReadError> {
+        Ok(Sock(read(self.socket()?.0, offset!(socket_sk))?))
+    }
+
+    /// `file.f_mode` (`FMODE_READ` 1, `FMODE_WRITE` 2).
+    #[inline(always)]
+    pub fn mode(self) -> Result<u32, ReadError> {
+        read(self.0, offset!(file_f_mode))
+    }
 }
 
-/// `file->private_data`: the `struct socket *` of a socket file.
-#[inline(always)]
-pub fn file_socket(file: usize) -> Result<usize, ReadError> {
-    read(file, offset!(file_private_data))
-}
+impl Sock {
+    /// `sock_common.skc_family`.
+    #[inline(always)]
+    pub fn family(self) -> Result<u16, ReadError> {
+        read(self.0, offset!(skc_family))
+    }
 
-/// `sock_common.skc_family`.
-#[inline(always)]
-pub fn sock_family(sk: usize) -> Result<u16, ReadError> {
-    read(sk, offset!(skc_family))
-}
+    /// `sock_common.skc_num` (local port, host order) and `skc_dport` (remote port, network
+    /// order) of an inet socket.
+    #[inline(always)]
+    pub fn ports(self) -> Result<(u16, u16), ReadError> {
+        Ok((
+            read(self.0, offset!(skc_num))?,
+            read(self.0, offset!(skc_dport))?,
+        ))
+    }
 
-/// `sock_common.skc_num` (local port, host order) and `skc_dport` (remote port, network
-/// order) of an inet socket.
-#[inline(always)]
-pub fn sock_ports(sk: usize) -> Result<(u16, u16), ReadError> {
-    Ok((read(sk, offset!(skc_num))?, read(sk, offset!(skc_dport))?))
-}
-
-/// Local and remote address of an inet socket (`skc_rcv_saddr`/`skc_daddr` for `AF_INET`,
-/// in the first 4 bytes; `skc_v6_rcv_saddr`/`skc_v6_daddr` otherwise), network byte order.
-#[inline(always)]
-pub fn sock_addrs(sk: usize, v6: bool) -> Result<([u8; 16], [u8; 16]), ReadError> {
-    let (mut local, mut remote) = ([0u8; 16], [0u8; 16]);
-    if v6 {
-        local = read(sk, offset!(skc_v6_rcv_saddr))?;
-        remote = read(sk, offset!(skc_v6_daddr))?;
-    } else {
-        let l: [u8; 4] = read(sk, offset!(skc_rcv_saddr))?;
-        let r: [u8; 4] = read(sk, offset!(skc_daddr))?;
-        for i in 0..4 {
-            local[i] = l[i];
-            remote[i] = r[i];
+    /// Local and remote address of an inet socket (`skc_rcv_saddr`/`skc_daddr` for `AF_INET`,
+    /// in the first 4 bytes; `skc_v6_rcv_saddr`/`skc_v6_daddr` otherwise), network byte order.
+    #[inline(always)]
+    pub fn addrs(self, v6: bool) -> Result<([u8; 16], [u8; 16]), ReadError> {
+        let (mut local, mut remote) = ([0u8; 16], [0u8; 16]);
+        if v6 {
+            local = read(self.0, offset!(skc_v6_rcv_saddr))?;
+            remote = read(self.0, offset!(skc_v6_daddr))?;
+        } else {
+            let l: [u8; 4] = read(self.0, offset!(skc_rcv_saddr))?;
+            let r: [u8; 4] = read(self.0, offset!(skc_daddr))?;
+            #[expect(clippy::manual_memcpy, reason = "four byte stores, no memcpy call")]
+            for i in 0..4 {
+                local[i] = l[i];
+                remote[i] = r[i];
+            }
         }
+        Ok((local, remote))
     }
-    Ok((local, remote))
-}
 
-/// The peer of a connected unix socket (`unix_sock.peer`).
-#[inline(always)]
-pub fn unix_sock_peer(sk: usize) -> Result<usize, ReadError> {
-    read(sk, offset!(unix_sock_peer))
-}
-
-/// The dentry a `struct file *` was opened through.
-#[inline(always)]
-pub fn file_dentry(file: usize) -> Result<usize, ReadError> {
-    read(file, offset!(file_f_path) + offset!(path_dentry))
-}
-
-/// Kernel `dev_t` of the super block a dentry belongs to.
-#[inline(always)]
-pub fn dentry_dev(dentry: usize) -> Result<u32, ReadError> {
-    let sb: usize = read(dentry, offset!(dentry_d_sb))?;
-    read(sb, offset!(sb_s_dev))
-}
-
-/// Inode number of a dentry (0 for a negative dentry).
-#[inline(always)]
-pub fn dentry_ino(dentry: usize) -> Result<u64, ReadError> {
-    let inode: usize = read(dentry, offset!(dentry_d_inode))?;
-    if inode == 0 {
-        return Ok(0);
+    /// The peer of a connected unix socket (`unix_sock.peer`).
+    #[inline(always)]
+    pub fn unix_peer(self) -> Result<Sock, ReadError> {
+        Ok(Sock(read(self.0, offset!(unix_sock_peer))?))
     }
-    read(inode, offset!(inode_i_ino))
+
+    /// The dentry a unix socket is bound to (`unix_sock.path.dentry`; null for an abstract
+    /// socket).
+    #[inline(always)]
+    pub fn unix_dentry(self) -> Result<Dentry, ReadError> {
+        Ok(Dentry(read(
+            self.0,
+            offset!(unix_sock_path) + offset!(path_dentry),
+        )?))
+    }
 }
 
-/// Parent dentry (the dentry itself at the root of its mount).
-#[inline(always)]
-pub fn dentry_parent(dentry: usize) -> Result<usize, ReadError> {
-    read(dentry, offset!(dentry_d_parent))
+impl Dentry {
+    /// Kernel `dev_t` of the super block the dentry belongs to.
+    #[inline(always)]
+    pub fn dev(self) -> Result<u32, ReadError> {
+        let sb: usize = read(self.0, offset!(dentry_d_sb))?;
+        read(sb, offset!(sb_s_dev))
+    }
+
+    /// Inode number (0 for a negative dentry).
+    #[inline(always)]
+    pub fn ino(self) -> Result<u64, ReadError> {
+        let inode: usize = read(self.0, offset!(dentry_d_inode))?;
+        if inode == 0 {
+            return Ok(0);
+        }
+        read(inode, offset!(inode_i_ino))
+    }
+
+    /// Parent dentry (the dentry itself at the root of its mount).
+    #[inline(always)]
+    pub fn parent(self) -> Result<Dentry, ReadError> {
+        Ok(Dentry(read(self.0, offset!(dentry_d_parent))?))
+    }
+
+    /// Address of the dentry's name bytes (NUL-terminated).
+    #[inline(always)]
+    pub fn name(self) -> Result<usize, ReadError> {
+        read(self.0, offset!(dentry_d_name) + offset!(qstr_name))
+    }
+
+    /// The (device, inode) of the dentry.
+    #[inline(always)]
+    pub fn id(self) -> Result<FileId, ReadError> {
+        Ok(FileId {
+            dev: self.dev()?,
+            ino: self.ino()?,
+        })
+    }
 }
 
-/// Address of a dentry's name bytes (NUL-terminated).
-#[inline(always)]
-pub fn dentry_name(dentry: usize) -> Result<usize, ReadError> {
-    read(dentry, offset!(dentry_d_name) + offset!(qstr_name))
+impl Binprm {
+    /// `linux_binprm.filename`.
+    #[inline(always)]
+    pub fn filename(self) -> Result<usize, ReadError> {
+        read(self.0, offset!(binprm_filename))
+    }
+
+    /// `linux_binprm.file`: the file being exec'd at this stage (the script, then its
+    /// interpreter).
+    #[inline(always)]
+    pub fn file(self) -> Result<File, ReadError> {
+        Ok(File(read(self.0, offset!(binprm_file))?))
+    }
 }
 
-/// `linux_binprm.filename`.
-#[inline(always)]
-pub fn binprm_filename(bprm: usize) -> Result<usize, ReadError> {
-    read(bprm, offset!(binprm_filename))
-}
+impl Vfsmount {
+    /// `vfsmount.mnt_root`: the dentry at the root of the mount.
+    #[inline(always)]
+    fn root(self) -> Result<Dentry, ReadError> {
+        Ok(Dentry(read(self.0, offset!(vfsmount_mnt_root))?))
+    }
 
-/// `linux_binprm.file`: the file being exec'd at this stage (the script, then its
-/// interpreter).
-#[inline(always)]
-pub fn binprm_file(bprm: usize) -> Result<usize, ReadError> {
-    read(bprm, offset!(binprm_file))
-}
-
-/// `file.f_mode` (`FMODE_READ` 1, `FMODE_WRITE` 2).
-#[inline(always)]
-pub fn file_mode(file: usize) -> Result<u32, ReadError> {
-    read(file, offset!(file_f_mode))
-}
-
-/// The dentry a unix socket is bound to (`unix_sock.path.dentry`; 0 for an abstract socket).
-#[inline(always)]
-pub fn unix_sock_dentry(sock: usize) -> Result<usize, ReadError> {
-    read(sock, offset!(unix_sock_path) + offset!(path_dentry))
+    /// `mount.mnt_id` of the `struct mount` holding this `vfsmount`.
+    #[inline(always)]
+    fn mnt_id(self) -> Result<u32, ReadError> {
+        read(
+            self.0.wrapping_sub(offset!(mount_mnt)),
+            offset!(mount_mnt_id),
+        )
+    }
 }
 
 /// A file's identity: kernel `dev_t` and inode number.
@@ -374,15 +476,6 @@ pub struct FileId {
     pub dev: u32,
     /// Inode number.
     pub ino: u64,
-}
-
-/// The (device, inode) of a dentry.
-#[inline(always)]
-pub fn dentry_id(dentry: usize) -> Result<FileId, ReadError> {
-    Ok(FileId {
-        dev: dentry_dev(dentry)?,
-        ino: dentry_ino(dentry)?,
-    })
 }
 
 /// A watched inode found above (or at) a dentry.
@@ -398,7 +491,7 @@ pub struct WatchHit {
 #[repr(C)]
 struct WatchWalk {
     /// The dentry the next level looks at.
-    dentry: usize,
+    dentry: Dentry,
     dev: u32,
     slot: u32,
     /// 1 once a watched inode was found (then `value` and `depth` are set).
@@ -411,7 +504,7 @@ struct WatchWalk {
 /// `slot`, the root of the mount, or `MAX_WALK_DEPTH` levels. The levels run in `bpf_loop`,
 /// so the verifier checks one level once instead of every level of every caller.
 #[inline(always)]
-pub fn find_watch(dentry: usize, dev: u32, slot: u32) -> Option<WatchHit> {
+pub fn find_watch(dentry: Dentry, dev: u32, slot: u32) -> Option<WatchHit> {
     let mut walk = WatchWalk {
         dentry,
         dev,
@@ -441,7 +534,8 @@ extern "C" fn find_watch_level(depth: u64, ctx: *mut c_void) -> c_long {
     // SAFETY: `bpf_loop` passes the `WatchWalk` that `find_watch` gave it.
     let walk = unsafe { &mut *ctx.cast::<WatchWalk>() };
     let dentry = walk.dentry;
-    let Ok((parent, inode)) = read_pair(dentry, offset!(dentry_d_parent), offset!(dentry_d_inode))
+    let Ok((parent, inode)) =
+        read_pair(dentry.0, offset!(dentry_d_parent), offset!(dentry_d_inode))
     else {
         return 1;
     };
@@ -459,13 +553,13 @@ extern "C" fn find_watch_level(depth: u64, ctx: *mut c_void) -> c_long {
         ino,
     };
     // SAFETY: the value is plain integers, copied out at once.
-    if let Some(value) = unsafe { WATCHED_INODES.get(&key) } {
+    if let Some(value) = unsafe { WATCHED_INODES.get(key) } {
         walk.value = *value;
         walk.depth = depth as u32;
         walk.found = 1;
         return 1;
     }
-    let parent = parent as usize;
+    let parent = Dentry(parent as usize);
     if parent == dentry {
         return 1;
     }
@@ -503,15 +597,11 @@ pub struct PathNames {
 #[inline(always)]
 pub fn copy_path_names(
     buf: &mut [u8; NAMES_LEN + NAME_MAX],
-    mut dentry: usize,
-    vfsmount: usize,
+    mut dentry: Dentry,
+    vfsmount: Vfsmount,
 ) -> PathNames {
-    let mnt_root: usize = read(vfsmount, offset!(vfsmount_mnt_root)).unwrap_or(0);
-    let mnt_id: u32 = read(
-        vfsmount.wrapping_sub(offset!(mount_mnt)),
-        offset!(mount_mnt_id),
-    )
-    .unwrap_or(0);
+    let mnt_root = vfsmount.root().unwrap_or(Dentry(0));
+    let mnt_id = vfsmount.mnt_id().unwrap_or(0);
     let mut used: usize = 0;
     let mut complete = false;
     for _ in 0..MAX_PATH_DEPTH {
@@ -522,7 +612,7 @@ pub fn copy_path_names(
         if used >= NAMES_LEN {
             break;
         }
-        let Ok(name) = dentry_name(dentry) else { break };
+        let Ok(name) = dentry.name() else { break };
         let start = used & (NAMES_LEN - 1);
         // SAFETY: kernel pointer read with the checked helper; `start + NAME_MAX` is in bounds.
         let copied = match unsafe {
@@ -532,7 +622,7 @@ pub fn copy_path_names(
             Err(_) => break,
         };
         used = start + copied + 1;
-        let Ok(parent) = dentry_parent(dentry) else {
+        let Ok(parent) = dentry.parent() else {
             break;
         };
         dentry = parent;

@@ -3,12 +3,15 @@
 //! arguments at its exit in `syscall`.
 //!
 //! Rules every program follows: no allocation, loops bounded by constants, a bounds check
-//! before every variable index, per-CPU scratch for anything larger than the stack allows, and
-//! every failed ring-buffer write counted in `LOST`.
+//! before every variable index, per-CPU scratch for anything larger than the stack allows,
+//! every failed ring-buffer write counted in `LOST`, and every fault counted in `FAULTS`
+//! (`error`): an entry point is a few lines that hand a `try_*` function's result to
+//! `error::finish`.
 #![no_std]
 #![no_main]
 
 mod emit;
+mod error;
 mod kernel;
 mod maps;
 mod policy;

@@ -10,6 +10,7 @@ use agent_common::{
         IdKey, PortKey, RuleEntry, ScopeKey, SubjectKey, WatchValue, MAX_EXEC_SCOPES, MAX_RULES,
         MAX_SUBJECT_ENTRIES,
     },
+    program::PROGRAM_COUNT,
 };
 use aya_ebpf::{
     macros::map,
@@ -23,6 +24,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
 /// Failed ring-buffer writes per CPU, indexed by event kind.
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(KIND_COUNT, 0);
+
+/// Program runs that stopped on a fault, per CPU, indexed by `agent_common::program::Program`.
+#[map]
+pub static FAULTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROGRAM_COUNT, 0);
 
 /// Watched and protected directories and files by (device, slot, inode).
 #[map]

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{dentry_id, dentry_parent, FileId, Task},
+    kernel::{Dentry, FileId, Task},
     maps::{
         AGENT, EXEC_ALLOWED, EXEC_SCOPES, POLICY_SLOT, RULES, SUBJECT_EXE, SUBJECT_GID,
         SUBJECT_PARENT, SUBJECT_UID,
@@ -47,7 +47,7 @@ fn file_mask(map: &HashMap<SubjectKey, u64>, rule: u32, file: Option<FileId>) ->
     match file {
         // SAFETY: the value is a plain u64 copied out at once.
         Some(f) => unsafe {
-            map.get(&SubjectKey {
+            map.get(SubjectKey {
                 rule,
                 dev: f.dev,
                 ino: f.ino,
@@ -62,15 +62,13 @@ fn file_mask(map: &HashMap<SubjectKey, u64>, rule: u32, file: Option<FileId>) ->
 #[inline(always)]
 fn id_mask(map: &HashMap<IdKey, u64>, rule: u32, id: u32) -> u64 {
     // SAFETY: the value is a plain u64 copied out at once.
-    unsafe { map.get(&IdKey { rule, id }) }
-        .copied()
-        .unwrap_or(0)
+    unsafe { map.get(IdKey { rule, id }) }.copied().unwrap_or(0)
 }
 
 /// The executable of a task, as (device, inode).
 #[inline(always)]
 fn exe_of(task: Task) -> Option<FileId> {
-    dentry_id(task.exe_dentry().ok()?).ok()
+    task.exe_dentry().ok()?.id().ok()
 }
 
 /// The rule's subjects that the current process is: one bit per subject.
@@ -158,7 +156,7 @@ pub fn exec_rule(slot: u32) -> u32 {
             cgroup,
         };
         // SAFETY: the value is a plain u32 copied out at once.
-        if let Some(rule) = unsafe { EXEC_SCOPES.get(&key) } {
+        if let Some(rule) = unsafe { EXEC_SCOPES.get(key) } {
             return *rule;
         }
     }
@@ -168,7 +166,7 @@ pub fn exec_rule(slot: u32) -> u32 {
 /// Decides whether the program the current process now runs (`dentry`, its executable) is on
 /// the exec allow-list of kernel rule `rule`: the file itself or a directory above it.
 #[inline(always)]
-pub fn decide_exec(rule: u32, mut dentry: usize, enforced_by: u8) -> Decision {
+pub fn decide_exec(rule: u32, mut dentry: Dentry, enforced_by: u8) -> Decision {
     if current_is_agent() {
         return Decision::NONE;
     }
@@ -176,14 +174,14 @@ pub fn decide_exec(rule: u32, mut dentry: usize, enforced_by: u8) -> Decision {
         return Decision::NONE;
     };
     for _ in 0..MAX_WALK_DEPTH {
-        let Ok(id) = dentry_id(dentry) else { break };
+        let Ok(id) = dentry.id() else { break };
         let key = SubjectKey {
             rule,
             dev: id.dev,
             ino: id.ino,
         };
         // SAFETY: value not used.
-        if unsafe { EXEC_ALLOWED.get(&key) }.is_some() {
+        if unsafe { EXEC_ALLOWED.get(key) }.is_some() {
             return Decision {
                 rule,
                 verdict: verdict::ALLOW,
@@ -192,7 +190,7 @@ pub fn decide_exec(rule: u32, mut dentry: usize, enforced_by: u8) -> Decision {
                 subject: NO_SUBJECT,
             };
         }
-        let Ok(parent) = dentry_parent(dentry) else {
+        let Ok(parent) = dentry.parent() else {
             break;
         };
         if parent == dentry {

@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use agent_common::event::{Kind, KIND_COUNT};
+use agent_common::{
+    event::{Kind, KIND_COUNT},
+    program::{Program, PROGRAM_COUNT},
+};
 use phiguard_proto::v1::{self, event::Body};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -19,7 +22,7 @@ use crate::{
     event::decode::decode,
     kernel::{btf, integrity::FindingKind, loader::Sensors, mounts, pins, probe, reader::Reader},
     link::Link,
-    metrics::{KindLabels, LayerLabels, Metrics},
+    metrics::{KindLabels, LayerLabels, Metrics, ProgramLabels},
     policy::{self, compile::Compiled, compile::ResourceKind, watcher::PolicyWatcher, Trigger},
     sink::Sink,
     status::{self, ProgramState, ReloadState, Status, TamperState, MAX_TAMPER_SHOWN},
@@ -112,6 +115,7 @@ pub struct Agent {
     enricher: Enricher,
     sinks: Vec<Box<dyn Sink>>,
     lost_reported: [u64; KIND_COUNT as usize],
+    faults_reported: [u64; PROGRAM_COUNT as usize],
     stats: RunStats,
     metrics: Metrics,
     status: Status,
@@ -178,6 +182,7 @@ impl Agent {
         let slot = sensors.active_slot()?;
         let reader = Reader::new(sensors.take_ring_buffer()?).map_err(StartError::Reader)?;
         let lost_reported = sensors.lost()?;
+        let faults_reported = sensors.faults()?;
         let settings = EnrichSettings {
             ancestry_depth: usize::from(config.enrich.ancestry_depth),
             hash_max_bytes: config.enrich.hash_max_bytes,
@@ -227,6 +232,7 @@ impl Agent {
             enricher,
             sinks,
             lost_reported,
+            faults_reported,
             stats: RunStats::default(),
             metrics,
             status: Status {
@@ -252,6 +258,20 @@ impl Agent {
                 .inc_by(0);
             let total = agent.lost_reported[kind as usize];
             agent.status.kernel_lost.insert(name, total);
+        }
+        for program in Program::ALL {
+            agent
+                .metrics
+                .kernel_faults
+                .get_or_create(&ProgramLabels {
+                    program: program.name().into(),
+                })
+                .inc_by(0);
+            let total = agent.faults_reported[program as usize];
+            agent
+                .status
+                .kernel_faults
+                .insert(program.name().to_owned(), total);
         }
         agent.describe_programs();
         agent.report_policy(&compiled, Trigger::Start);
@@ -729,6 +749,42 @@ impl Agent {
     fn report_losses(&mut self) {
         self.report_sink_losses();
         self.report_kernel_losses();
+        self.report_kernel_faults();
+    }
+
+    /// Turns new kernel faults into the metric, the status and a warning (no event: a fault
+    /// says the agent saw less, not what it missed).
+    fn report_kernel_faults(&mut self) {
+        let totals = match self.sensors.faults() {
+            Ok(totals) => totals,
+            Err(error) => {
+                warn!(%error, "cannot read kernel fault counters");
+                return;
+            }
+        };
+        for program in Program::ALL {
+            let i = program as usize;
+            let new = totals[i].saturating_sub(self.faults_reported[i]);
+            if new == 0 {
+                continue;
+            }
+            self.faults_reported[i] = totals[i];
+            self.metrics
+                .kernel_faults
+                .get_or_create(&ProgramLabels {
+                    program: program.name().into(),
+                })
+                .inc_by(new);
+            self.status
+                .kernel_faults
+                .insert(program.name().to_owned(), totals[i]);
+            warn!(
+                program = program.name(),
+                faults = new,
+                total = totals[i],
+                "kernel program runs stopped on a failed read"
+            );
+        }
     }
 
     /// Sinks that dropped events (a full spool) report them once they have room again.

@@ -48,6 +48,13 @@ pub struct KindLabels {
     pub kind: Cow<'static, str>,
 }
 
+/// Labels of per-program counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabels {
+    /// The kernel program's name (`file_sys_exit_openat`, …).
+    pub program: Cow<'static, str>,
+}
+
 /// Labels of the reload counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -72,6 +79,9 @@ pub struct Metrics {
     pub events: Family<KindLabels, Counter>,
     /// Records the kernel could not write to the ring buffer, by record kind.
     pub kernel_lost: Family<KindLabels, Counter>,
+    /// Kernel program runs that stopped on a fault (a read or map update that failed), by
+    /// program.
+    pub kernel_faults: Family<ProgramLabels, Counter>,
     /// Ring-buffer records that did not decode.
     pub decode_errors: Counter,
     /// Event writes a sink refused (the event is missing from that sink).
@@ -116,6 +126,7 @@ impl Metrics {
             registry: Arc::new(Registry::default()),
             events: Family::default(),
             kernel_lost: Family::default(),
+            kernel_faults: Family::default(),
             decode_errors: Counter::default(),
             sink_errors: Counter::default(),
             policy_generation: Gauge::default(),
@@ -145,6 +156,11 @@ impl Metrics {
             "kernel_events_lost",
             "Records lost in the kernel because the ring buffer was full, by record kind",
             metrics.kernel_lost.clone(),
+        );
+        registry.register(
+            "kernel_faults",
+            "Kernel program runs that stopped because a read or map update failed where it should not, by program",
+            metrics.kernel_faults.clone(),
         );
         registry.register(
             "decode_errors",

@@ -121,6 +121,10 @@ pub struct Status {
     pub last_reload: Option<ReloadState>,
     /// Records lost in the kernel, by kind (totals since the programs loaded).
     pub kernel_lost: BTreeMap<String, u64>,
+    /// Kernel program runs that stopped on a fault, by program (totals since the programs
+    /// loaded).
+    #[serde(default)]
+    pub kernel_faults: BTreeMap<String, u64>,
     /// Events written since start.
     pub events: u64,
     /// Metrics endpoint, when on.
@@ -342,6 +346,22 @@ impl Report {
                     .map(|(k, n)| format!("{k} {n}"))
                     .collect();
                 let _ = writeln!(out, "kernel losses: {lost} ({})", by_kind.join(", "));
+            }
+            let faults: u64 = s.kernel_faults.values().sum();
+            if faults == 0 {
+                let _ = writeln!(out, "kernel faults: none");
+            } else {
+                let by_program: Vec<String> = s
+                    .kernel_faults
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(p, n)| format!("{p} {n}"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "kernel faults: {faults} ({}): program runs that stopped on a failed read",
+                    by_program.join(", ")
+                );
             }
             if s.tamper_total == 0 {
                 let _ = writeln!(

@@ -40,6 +40,22 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
                 "warnings",
             ],
         ));
+        // The kernel programs build only for the BPF target, with nightly's `build-std`.
+        tiers.push((
+            "clippy-ebpf",
+            vec![
+                "clippy",
+                "-p",
+                "agent-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ));
         tiers.push((
             "unit",
             vec![
@@ -67,7 +83,19 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
             println!("test summary: {}", summary.join(", "));
             bail!("host-tier tests load eBPF programs into the kernel and need root: sudo -E env \"PATH=$PATH\" cargo xtask test");
         }
-        let mut command = cmd::cargo();
+        let mut command = if name == "clippy-ebpf" {
+            let mut nightly = std::process::Command::new("rustup");
+            nightly
+                .args(["run", "nightly", "cargo"])
+                .current_dir(cmd::workspace_root().join("agent-ebpf"))
+                // The stable toolchain's, set by the cargo that runs xtask.
+                .env_remove("RUSTC")
+                .env_remove("RUSTC_WORKSPACE_WRAPPER")
+                .env_remove("RUSTUP_TOOLCHAIN");
+            nightly
+        } else {
+            cmd::cargo()
+        };
         command.args(&cargo_args).env("RUST_BACKTRACE", "1");
         if name == "host" {
             // The binary and e2e tests run target/debug/phiguard and phiguard-collector.

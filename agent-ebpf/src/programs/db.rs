@@ -30,6 +30,7 @@ use agent_common::{
     },
     limits::{DB_CAPTURE_LEN, MAX_DB_IOVECS},
     maps::{db_process, InodeKey},
+    program::Program,
 };
 use aya_ebpf::{
     helpers::{
@@ -42,10 +43,8 @@ use aya_ebpf::{
 
 use crate::{
     emit::{count_lost, fill_header, output, submit},
-    kernel::{
-        dentry_dev, dentry_ino, file_dentry, file_sock, sock_addrs, sock_family, sock_ports,
-        unix_sock_dentry, unix_sock_peer, Task,
-    },
+    error::{finish, or_fault, or_skip, ProbeError, ProbeResult},
+    kernel::{File, Sock, Task},
     maps::{
         DbSock, DB_DATA_SCRATCH, DB_JOIN, DB_PORTS, DB_PROCESSES, DB_SOCKS, DB_UNIX_SOCKETS, EVENTS,
     },
@@ -65,123 +64,130 @@ const BPF_NOEXIST: u64 = 1;
 pub fn inherit(child_tgid: u32) {
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: copied out at once.
-    if let Some(&mark) = unsafe { DB_PROCESSES.get(&parent) } {
-        let _ = DB_PROCESSES.insert(&child_tgid, &mark, 0);
+    if let Some(&mark) = unsafe { DB_PROCESSES.get(parent) } {
+        let _ = DB_PROCESSES.insert(child_tgid, mark, 0);
     }
 }
 
 /// Forgets an exiting process.
 #[inline(always)]
 pub fn forget(tgid: u32) {
-    let _ = DB_PROCESSES.remove(&tgid);
+    let _ = DB_PROCESSES.remove(tgid);
 }
 
 /// `syscalls/sys_exit_connect`: `ret` at 16; `fd` (argument 0) from the saved registers.
 /// Needs 5.15 (`bpf_task_pt_regs`).
 #[tracepoint]
 pub fn db_sys_exit_connect(ctx: TracePointContext) -> i32 {
-    let _ = try_exit_connect(&ctx);
+    finish(Program::DbSysExitConnect, try_exit_connect(&ctx));
     0
 }
 
-fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
+/// The return value of a `sys_exit_*` call (offset 16 of the record).
+#[inline(always)]
+fn ret_of(ctx: &TracePointContext) -> ProbeResult<i64> {
     // SAFETY: offset 16 of the record is the return value.
-    let ret = unsafe { ctx.read_at::<i64>(16) }?;
+    unsafe { ctx.read_at::<i64>(16) }.map_err(|_| ProbeError::Fault)
+}
+
+fn try_exit_connect(ctx: &TracePointContext) -> ProbeResult {
+    let ret = ret_of(ctx)?;
     if ret != 0 && ret != -EINPROGRESS {
-        return Ok(());
+        return Err(ProbeError::Skip);
     }
     let fd = SyscallArgs::current().arg(0) as i32;
-    let file = Task::current().file(fd as u32).map_err(|_| 0i64)?;
+    let file = Task::current().file(fd as u32)?;
     track(file, fd, db_role::CLIENT, 0)
 }
 
 /// `syscalls/sys_exit_accept`: `ret` (the new descriptor) at 16.
 #[tracepoint]
 pub fn db_sys_exit_accept(ctx: TracePointContext) -> i32 {
-    let _ = try_exit_accept(&ctx);
+    finish(Program::DbSysExitAccept, try_exit_accept(&ctx));
     0
 }
 
 /// `syscalls/sys_exit_accept4`: `ret` (the new descriptor) at 16.
 #[tracepoint]
 pub fn db_sys_exit_accept4(ctx: TracePointContext) -> i32 {
-    let _ = try_exit_accept(&ctx);
+    finish(Program::DbSysExitAccept4, try_exit_accept(&ctx));
     0
 }
 
-fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
-    // SAFETY: offset 16 of the record is the return value.
-    let ret = unsafe { ctx.read_at::<i64>(16) }?;
+fn try_exit_accept(ctx: &TracePointContext) -> ProbeResult {
+    let ret = ret_of(ctx)?;
     if ret < 0 {
-        return Ok(());
+        return Err(ProbeError::Skip);
     }
-    let file = Task::current().file(ret as u32).map_err(|_| 0i64)?;
+    let file = Task::current().file(ret as u32)?;
     track(file, ret as i32, db_role::SERVER, 0)
 }
 
 /// Tracks the socket `file` (descriptor `fd`) when its database end is a configured port or
 /// unix socket, and reports it with the header `flags` given.
 #[inline(always)]
-fn track(file: usize, fd: i32, role: u32, flags: u32) -> Result<(), i64> {
-    let sk = file_sock(file).map_err(|_| 0i64)?;
-    let family = sock_family(sk).map_err(|_| 0i64)?;
+fn track(file: File, fd: i32, role: u32, flags: u32) -> ProbeResult {
+    let sk = file.sock()?;
+    let family = sk.family()?;
     let (mut sport, mut dport, mut dev, mut ino) = (0u16, 0u16, 0u32, 0u64);
     let (mut saddr, mut daddr) = ([0u8; 16], [0u8; 16]);
     if family == AF_INET || family == AF_INET6 {
-        let (local, remote) = sock_ports(sk).map_err(|_| 0i64)?;
+        let (local, remote) = sk.ports()?;
         sport = local;
         dport = u16::from_be(remote);
-        (saddr, daddr) = sock_addrs(sk, family == AF_INET6).map_err(|_| 0i64)?;
+        (saddr, daddr) = sk.addrs(family == AF_INET6)?;
         let db_port = if role == db_role::CLIENT {
             dport
         } else {
             sport
         };
         // SAFETY: value not used.
-        if unsafe { DB_PORTS.get(&u32::from(db_port)) }.is_none() {
-            return Ok(());
+        if unsafe { DB_PORTS.get(u32::from(db_port)) }.is_none() {
+            return Err(ProbeError::Skip);
         }
     } else if family == AF_UNIX {
         // The accepted socket shares its listener's path; the client's peer is that socket.
         let bound = if role == db_role::CLIENT {
-            unix_sock_peer(sk).map_err(|_| 0i64)?
+            sk.unix_peer()?
         } else {
             sk
         };
-        let dentry = unix_sock_dentry(bound).map_err(|_| 0i64)?;
-        dev = dentry_dev(dentry).map_err(|_| 0i64)?;
-        ino = dentry_ino(dentry).map_err(|_| 0i64)?;
+        let dentry = bound.unix_dentry()?;
+        if dentry.is_null() {
+            return Err(ProbeError::Skip); // an abstract socket
+        }
+        dev = dentry.dev()?;
+        ino = dentry.ino()?;
         let key = InodeKey { dev, slot: 0, ino };
         // SAFETY: value not used.
-        if unsafe { DB_UNIX_SOCKETS.get(&key) }.is_none() {
-            return Ok(());
+        if unsafe { DB_UNIX_SOCKETS.get(key) }.is_none() {
+            return Err(ProbeError::Skip);
         }
     } else {
-        return Ok(());
+        return Err(ProbeError::Skip);
     }
-    let socket_ptr = socket_of(file)?;
     let entry = DbSock {
         role,
         family: u32::from(family),
-        socket: socket_ptr,
+        socket: file.socket()?.addr() as u64,
     };
     DB_SOCKS
-        .insert(&(sk as u64), &entry, 0)
-        .map_err(i64::from)?;
+        .insert(sk.addr() as u64, entry, 0)
+        .map_err(|_| ProbeError::Fault)?;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // A `JOIN` mark stays: the process may hold more sockets to join.
-    let _ = DB_PROCESSES.insert(&tgid, &db_process::TRACKED, BPF_NOEXIST);
+    let _ = DB_PROCESSES.insert(tgid, db_process::TRACKED, BPF_NOEXIST);
 
     let Some(mut record) = EVENTS.reserve::<DbSockEvent>(0) else {
         count_lost(Kind::DbSock);
-        return Ok(());
+        return Err(ProbeError::Lost);
     };
     let event = record.as_mut_ptr();
     // SAFETY: `event` points to a reserved record of the right size, written field by field.
     unsafe {
         fill_header(&mut (*event).header, Kind::DbSock);
         (*event).header.flags |= flags;
-        (*event).sock = sk as u64;
+        (*event).sock = sk.addr() as u64;
         (*event).role = role;
         (*event).fd = fd;
         (*event).family = family;
@@ -198,14 +204,6 @@ fn track(file: usize, fd: i32, role: u32, flags: u32) -> Result<(), i64> {
     Ok(())
 }
 
-/// `file->private_data`: the `struct socket *`.
-#[inline(always)]
-fn socket_of(file: usize) -> Result<u64, i64> {
-    crate::kernel::file_socket(file)
-        .map(|s| s as u64)
-        .map_err(|_| 0)
-}
-
 /// How a call's second argument points at the bytes it moved.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Buffer {
@@ -219,25 +217,75 @@ enum Buffer {
 
 /// Defines one `sys_exit_*` capture program.
 macro_rules! capture {
-    ($name:ident, $call:literal, $op:ident, $syscall:ident, $buffer:ident) => {
+    ($name:ident, $program:ident, $call:literal, $op:ident, $syscall:ident, $buffer:ident) => {
         #[doc = concat!("`syscalls/sys_exit_", $call, "`: `ret` at 16; `fd` and the buffer from the")]
         #[doc = "saved registers (5.15)."]
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> i32 {
-            let _ = exit_io(&ctx, db_op::$op, db_syscall::$syscall, Buffer::$buffer);
+            let result = try_exit_io(&ctx, db_op::$op, db_syscall::$syscall, Buffer::$buffer);
+            finish(Program::$program, result);
             0
         }
     };
 }
 
-capture!(db_sys_exit_write, "write", WRITE, WRITE, Flat);
-capture!(db_sys_exit_read, "read", READ, READ, Flat);
-capture!(db_sys_exit_sendto, "sendto", WRITE, SENDTO, Flat);
-capture!(db_sys_exit_recvfrom, "recvfrom", READ, RECVFROM, Flat);
-capture!(db_sys_exit_writev, "writev", WRITE, WRITEV, Vector);
-capture!(db_sys_exit_readv, "readv", READ, READV, Vector);
-capture!(db_sys_exit_sendmsg, "sendmsg", WRITE, SENDMSG, Message);
-capture!(db_sys_exit_recvmsg, "recvmsg", READ, RECVMSG, Message);
+capture!(
+    db_sys_exit_write,
+    DbSysExitWrite,
+    "write",
+    WRITE,
+    WRITE,
+    Flat
+);
+capture!(db_sys_exit_read, DbSysExitRead, "read", READ, READ, Flat);
+capture!(
+    db_sys_exit_sendto,
+    DbSysExitSendto,
+    "sendto",
+    WRITE,
+    SENDTO,
+    Flat
+);
+capture!(
+    db_sys_exit_recvfrom,
+    DbSysExitRecvfrom,
+    "recvfrom",
+    READ,
+    RECVFROM,
+    Flat
+);
+capture!(
+    db_sys_exit_writev,
+    DbSysExitWritev,
+    "writev",
+    WRITE,
+    WRITEV,
+    Vector
+);
+capture!(
+    db_sys_exit_readv,
+    DbSysExitReadv,
+    "readv",
+    READ,
+    READV,
+    Vector
+);
+capture!(
+    db_sys_exit_sendmsg,
+    DbSysExitSendmsg,
+    "sendmsg",
+    WRITE,
+    SENDMSG,
+    Message
+);
+capture!(
+    db_sys_exit_recvmsg,
+    DbSysExitRecvmsg,
+    "recvmsg",
+    READ,
+    RECVMSG,
+    Message
+);
 
 /// `struct user_msghdr.msg_iov` and `.msg_iovlen`.
 const MSG_IOV: u64 = 16;
@@ -253,37 +301,33 @@ struct IoVec {
 
 /// At exit: when the calling process holds database sockets and `fd` is a tracked one, sends
 /// the first bytes the call moved. The common case, a process without database sockets,
-/// costs one hash lookup.
+/// costs one hash lookup. A descriptor that is not a socket (its `sock` unreadable) is
+/// skipped, not a fault: database processes read files too.
 #[inline(always)]
-fn exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -> Result<(), i64> {
+fn try_exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -> ProbeResult {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: copied out at once.
-    let Some(&mark) = (unsafe { DB_PROCESSES.get(&tgid) }) else {
-        return Ok(());
-    };
-    // SAFETY: offset 16 of the record is the return value.
-    let ret = unsafe { ctx.read_at::<i64>(16) }?;
+    let mark = or_skip(unsafe { DB_PROCESSES.get(tgid) }.copied())?;
+    let ret = ret_of(ctx)?;
     if ret < 0 {
-        return Ok(());
+        return Err(ProbeError::Skip);
     }
     let args = SyscallArgs::current();
     let fd = args.arg(0) as i32;
-    let file = Task::current().file(fd as u32).map_err(|_| 0i64)?;
-    let sk = file_sock(file).map_err(|_| 0i64)?;
+    let file = Task::current().file(fd as u32)?;
+    let sk = file.sock().map_err(|_| ProbeError::Skip)?;
     // SAFETY: copied out at once.
-    let sock = match unsafe { DB_SOCKS.get(&(sk as u64)) }.copied() {
+    let sock = match unsafe { DB_SOCKS.get(sk.addr() as u64) }.copied() {
         Some(sock) => sock,
         None if mark == db_process::JOIN => join(file, fd, sk)?,
-        None => return Ok(()),
+        None => return Err(ProbeError::Skip),
     };
-    if sock.socket != socket_of(file)? {
-        return Ok(());
+    if sock.socket != file.socket()?.addr() as u64 {
+        return Err(ProbeError::Skip);
     }
     let ptr = args.arg(1);
 
-    let Some(scratch) = DB_DATA_SCRATCH.get_ptr_mut(0) else {
-        return Ok(());
-    };
+    let scratch = or_fault(DB_DATA_SCRATCH.get_ptr_mut(0))?;
     // SAFETY: the per-CPU scratch value is ours for the duration of this program.
     let scratch: &mut DbDataScratch = unsafe { &mut *scratch };
     fill_header(&mut scratch.event.header, Kind::DbData);
@@ -303,7 +347,7 @@ fn exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -> Re
     if captured < ret as usize {
         scratch.event.header.flags |= FLAG_TRUNCATED;
     }
-    scratch.event.sock = sk as u64;
+    scratch.event.sock = sk.addr() as u64;
     scratch.event.role = sock.role;
     scratch.event.op = op;
     scratch.event.syscall = syscall;
@@ -312,40 +356,41 @@ fn exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -> Re
     scratch.event.captured = captured as u32;
     let len = offset_of!(DbDataScratch, data) + (captured & (2 * DB_CAPTURE_LEN - 1));
     if len > size_of::<DbDataScratch>() {
-        return Ok(());
+        return Err(ProbeError::Fault);
     }
     // SAFETY: `len` is within the scratch value.
     let bytes =
         unsafe { core::slice::from_raw_parts((scratch as *const DbDataScratch).cast::<u8>(), len) };
-    output(Kind::DbData, bytes);
-    Ok(())
+    output(Kind::DbData, bytes)
 }
 
 /// A socket of a session opened before the agent started, at its first read or write since:
 /// tracked (and reported joined) when user space listed its inode in `DB_JOIN`.
 #[inline(always)]
-fn join(file: usize, fd: i32, sk: usize) -> Result<DbSock, i64> {
-    let dentry = file_dentry(file).map_err(|_| 0i64)?;
+fn join(file: File, fd: i32, sk: Sock) -> ProbeResult<DbSock> {
+    let dentry = file.dentry()?;
     let key = InodeKey {
-        dev: dentry_dev(dentry).map_err(|_| 0i64)?,
+        dev: dentry.dev()?,
         slot: 0,
-        ino: dentry_ino(dentry).map_err(|_| 0i64)?,
+        ino: dentry.ino()?,
     };
     // SAFETY: copied out at once.
-    let Some(&role) = (unsafe { DB_JOIN.get(&key) }) else {
-        return Err(0);
-    };
-    let _ = DB_JOIN.remove(&key);
-    track(file, fd, role, FLAG_DB_JOINED)?;
+    let role = or_skip(unsafe { DB_JOIN.get(key) }.copied())?;
+    let _ = DB_JOIN.remove(key);
+    match track(file, fd, role, FLAG_DB_JOINED) {
+        // Tracked even when its record was lost: capture goes on.
+        Ok(()) | Err(ProbeError::Lost) => {}
+        Err(error) => return Err(error),
+    }
     // SAFETY: copied out at once.
-    unsafe { DB_SOCKS.get(&(sk as u64)) }.copied().ok_or(0)
+    or_fault(unsafe { DB_SOCKS.get(sk.addr() as u64) }.copied())
 }
 
-/// Reads a `T` from user memory.
+/// Reads a `T` from user memory (a failure, after the call itself succeeded, is a fault).
 #[inline(always)]
-fn read_user<T>(addr: u64) -> Result<T, i64> {
+fn read_user<T>(addr: u64) -> ProbeResult<T> {
     // SAFETY: the helper checks the user address and fails instead of faulting.
-    unsafe { bpf_probe_read_user(addr as *const T) }.map_err(i64::from)
+    unsafe { bpf_probe_read_user(addr as *const T) }.map_err(|_| ProbeError::Fault)
 }
 
 /// Copies `min(len, DB_CAPTURE_LEN - at)` bytes from user address `src` to `data[at..]`;

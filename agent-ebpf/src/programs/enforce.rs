@@ -8,6 +8,7 @@ use agent_common::{
     limits::PATH_LEN,
     maps::InodeKey,
     policy::{access, layer, verdict, Decision},
+    program::Program,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
@@ -17,10 +18,8 @@ use aya_ebpf::{
 
 use crate::{
     emit::{count_lost, fill_header, submit},
-    kernel::{
-        binprm_file, binprm_filename, dentry_dev, dentry_id, dentry_ino, file_dentry, file_mode,
-        find_watch, unix_sock_dentry,
-    },
+    error::{count_fault, or_skip, ProbeError, ProbeResult},
+    kernel::{find_watch, Binprm, File, Sock},
     maps::{EVENTS, REFUSED_OPENS, UNIX_SOCKETS, WATCHED_DEVS},
     policy::{current_slot, decide, decide_exec, exec_rule},
     programs::file::{
@@ -44,24 +43,37 @@ pub fn enforce_file_open(ctx: LsmContext) -> i32 {
     if earlier != 0 {
         return earlier;
     }
-    check_open(ctx.arg::<u64>(0) as usize)
+    verdict_of(
+        Program::EnforceFileOpen,
+        try_open(File::from_raw(ctx.arg::<u64>(0) as usize)),
+    )
 }
 
+/// The hook's return value for a `try_*` result: its own, or 0 (allow) when it stopped early
+/// (a fault counted against `program`).
 #[inline(always)]
-fn check_open(file: usize) -> i32 {
-    let Ok(dentry) = file_dentry(file) else {
-        return 0;
-    };
-    let Ok(dev) = dentry_dev(dentry) else {
-        return 0;
-    };
-    // SAFETY: value not used.
-    if unsafe { WATCHED_DEVS.get(&dev) }.is_none() {
-        return 0;
+fn verdict_of(program: Program, result: ProbeResult<i32>) -> i32 {
+    match result {
+        Ok(ret) => ret,
+        Err(error) => {
+            if error == ProbeError::Fault {
+                count_fault(program);
+            }
+            0
+        }
     }
-    let Some(hit) = find_watch(dentry, dev, current_slot()) else {
-        return 0;
-    };
+}
+
+/// `EPERM` when a rule denies the current process this open, else 0.
+#[inline(always)]
+fn try_open(file: File) -> ProbeResult<i32> {
+    let dentry = file.dentry()?;
+    let dev = dentry.dev()?;
+    // SAFETY: value not used.
+    if unsafe { WATCHED_DEVS.get(dev) }.is_none() {
+        return Err(ProbeError::Skip);
+    }
+    let hit = or_skip(find_watch(dentry, dev, current_slot()))?;
     // An open through open/openat/openat2 has its flags (O_TRUNC included, which `f_flags`
     // no longer holds after the open); any other (exec, io_uring…) has the file's mode. (No
     // `Option<OpenCall>` is kept: its unset payload would reach the verifier as an
@@ -71,7 +83,7 @@ fn check_open(file: usize) -> i32 {
     let requested = if in_open_call {
         requested_access(call.flags)
     } else {
-        let mode = file_mode(file).unwrap_or(0);
+        let mode = file.mode().unwrap_or(0);
         let mut bits = 0;
         if mode & FMODE_READ != 0 {
             bits |= access::READ;
@@ -83,24 +95,28 @@ fn check_open(file: usize) -> i32 {
     };
     let decision = decide(hit.rule(), requested, layer::LSM);
     if decision.verdict != verdict::DENY {
-        return 0;
+        return Ok(0);
     }
     if in_open_call {
         // The call's exit program must not report it a second time.
-        let _ = REFUSED_OPENS.insert(&bpf_get_current_pid_tgid(), &1, 0);
+        let _ = REFUSED_OPENS.insert(bpf_get_current_pid_tgid(), 1, 0);
     }
-    if let Some(scratch) = scratch() {
-        read_path(&mut scratch.event, &call);
-        start_record(scratch, &call, i64::from(EPERM));
-        scratch.event.decision = decision;
-        scratch.event.matched_by = agent_common::event::matched_by::INODE;
-        scratch.event.watch_id = hit.value.watch_id;
-        scratch.event.dev = dev;
-        scratch.event.ino = dentry_ino(dentry).unwrap_or(0);
-        copy_names(scratch, dentry, hit.depth);
-        send(scratch);
+    // The refusal stands whether or not its record goes out.
+    match scratch() {
+        Some(scratch) => {
+            read_path(&mut scratch.event, &call);
+            start_record(scratch, &call, i64::from(EPERM));
+            scratch.event.decision = decision;
+            scratch.event.matched_by = agent_common::event::matched_by::INODE;
+            scratch.event.watch_id = hit.value.watch_id;
+            scratch.event.dev = dev;
+            scratch.event.ino = dentry.ino().unwrap_or(0);
+            copy_names(scratch, dentry, hit.depth);
+            let _ = send(scratch); // a loss is counted in `LOST`
+        }
+        None => count_fault(Program::EnforceFileOpen),
     }
-    EPERM
+    Ok(EPERM)
 }
 
 /// `int bprm_check_security(struct linux_binprm *bprm)`: once per stage of an exec (a script,
@@ -111,25 +127,27 @@ pub fn enforce_bprm_check_security(ctx: LsmContext) -> i32 {
     if earlier != 0 {
         return earlier;
     }
-    check_exec(ctx.arg::<u64>(0) as usize)
+    verdict_of(
+        Program::EnforceBprmCheckSecurity,
+        try_exec(Binprm::from_raw(ctx.arg::<u64>(0) as usize)),
+    )
 }
 
+/// `EPERM` when the exec allow-list refuses the program being exec'd, else 0.
 #[inline(always)]
-fn check_exec(bprm: usize) -> i32 {
+fn try_exec(bprm: Binprm) -> ProbeResult<i32> {
     let rule = exec_rule(current_slot());
     if rule == agent_common::policy::NO_RULE {
-        return 0;
+        return Err(ProbeError::Skip);
     }
-    let Ok(dentry) = binprm_file(bprm).and_then(file_dentry) else {
-        return 0;
-    };
+    let dentry = bprm.file()?.dentry()?;
     let decision = decide_exec(rule, dentry, layer::LSM);
     if decision.verdict != verdict::DENY {
-        return 0;
+        return Ok(0);
     }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_lost(Kind::Exec);
-        return EPERM;
+        return Ok(EPERM);
     };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points to a reserved record of the right size, written field by field.
@@ -141,7 +159,7 @@ fn check_exec(bprm: usize) -> i32 {
         (*event).filename_len = 0;
         (*event).cwd_len = 0;
         (*event).cwd_mnt_id = 0;
-        if let Ok(name) = binprm_filename(bprm) {
+        if let Ok(name) = bprm.filename() {
             if let Ok(bytes) =
                 bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*event).filename)
             {
@@ -153,7 +171,7 @@ fn check_exec(bprm: usize) -> i32 {
         }
     }
     submit(entry);
-    EPERM
+    Ok(EPERM)
 }
 
 /// `int unix_stream_connect(struct sock *sock, struct sock *other, struct sock *newsk)`: the
@@ -166,26 +184,28 @@ pub fn enforce_unix_stream_connect(ctx: LsmContext) -> i32 {
     if earlier != 0 {
         return earlier;
     }
-    check_unix_connect(ctx.arg::<u64>(1) as usize)
+    verdict_of(
+        Program::EnforceUnixStreamConnect,
+        try_unix_connect(Sock::from_raw(ctx.arg::<u64>(1) as usize)),
+    )
 }
 
+/// `EPERM` when a rule denies the current process a connect to the listening socket `other`,
+/// else 0.
 #[inline(always)]
-fn check_unix_connect(other: usize) -> i32 {
-    let Ok(dentry) = unix_sock_dentry(other) else {
-        return 0;
-    };
-    let Ok(file) = dentry_id(dentry) else {
-        return 0;
-    };
+fn try_unix_connect(other: Sock) -> ProbeResult<i32> {
+    let dentry = other.unix_dentry()?;
+    if dentry.is_null() {
+        return Err(ProbeError::Skip); // an abstract socket: no file to protect
+    }
+    let file = dentry.id()?;
     let key = InodeKey {
         dev: file.dev,
         slot: current_slot(),
         ino: file.ino,
     };
     // SAFETY: the value is a plain u32 copied out at once.
-    let Some(rule) = (unsafe { UNIX_SOCKETS.get(&key) }).copied() else {
-        return 0;
-    };
+    let rule = or_skip(unsafe { UNIX_SOCKETS.get(key) }.copied())?;
     let decision: Decision = decide(rule, access::CONNECT, layer::LSM);
     let ret = if decision.verdict == verdict::DENY {
         EPERM
@@ -194,7 +214,7 @@ fn check_unix_connect(other: usize) -> i32 {
     };
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count_lost(Kind::Connect);
-        return ret;
+        return Ok(ret);
     };
     // The socket file's identity travels in `addr`; user space turns it back into the path.
     let mut addr = [0u8; 16];
@@ -211,5 +231,5 @@ fn check_unix_connect(other: usize) -> i32 {
         (*event).decision = decision;
     }
     submit(entry);
-    ret
+    Ok(ret)
 }

@@ -16,6 +16,7 @@ use agent_common::{
     limits::{MAX_WALK_DEPTH, NAMES_LEN, NAME_MAX, PATH_LEN},
     maps::NO_WATCH,
     policy::{access, layer, verdict, Decision},
+    program::Program,
 };
 use aya_ebpf::{
     cty::{c_long, c_void},
@@ -30,10 +31,8 @@ use aya_ebpf::{
 
 use crate::{
     emit::{fill_header, output},
-    kernel::{
-        current_file, dentry_dev, dentry_ino, dentry_name, dentry_parent, file_dentry, find_watch,
-        Task,
-    },
+    error::{finish, or_fault, or_skip, ProbeError, ProbeResult},
+    kernel::{current_file, find_watch, Dentry, Task},
     maps::{
         FileOpenScratch, FILE_OPEN_SCRATCH, PREFIX_KEY_SCRATCH, REFUSED_OPENS, WATCHED_DEVS,
         WATCHED_PREFIXES,
@@ -51,14 +50,17 @@ const EPERM: i64 = -1;
 /// back from the saved registers.
 #[tracepoint]
 pub fn file_sys_exit_open(ctx: TracePointContext) -> i32 {
-    on_exit(&ctx, open_syscall::OPEN);
+    finish(Program::FileSysExitOpen, try_exit(&ctx, open_syscall::OPEN));
     0
 }
 
 /// `syscalls/sys_exit_openat`: `ret` at 16; arguments `dfd, filename, flags, mode`.
 #[tracepoint]
 pub fn file_sys_exit_openat(ctx: TracePointContext) -> i32 {
-    on_exit(&ctx, open_syscall::OPENAT);
+    finish(
+        Program::FileSysExitOpenat,
+        try_exit(&ctx, open_syscall::OPENAT),
+    );
     0
 }
 
@@ -66,7 +68,10 @@ pub fn file_sys_exit_openat(ctx: TracePointContext) -> i32 {
 /// size` (Linux 5.6+).
 #[tracepoint]
 pub fn file_sys_exit_openat2(ctx: TracePointContext) -> i32 {
-    on_exit(&ctx, open_syscall::OPENAT2);
+    finish(
+        Program::FileSysExitOpenat2,
+        try_exit(&ctx, open_syscall::OPENAT2),
+    );
     0
 }
 
@@ -157,83 +162,70 @@ impl OpenCall {
 }
 
 #[inline(always)]
-fn on_exit(ctx: &TracePointContext, syscall: u32) {
+fn try_exit(ctx: &TracePointContext, syscall: u32) -> ProbeResult {
     // SAFETY: offset 16 of every sys_exit_* record is `long ret`; a tracepoint program may
     // load its record directly (the verifier checks the bounds), no helper call needed.
     let ret = unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(16) as *const i64) };
     if ret >= 0 {
-        opened(syscall, ret);
+        opened(syscall, ret)
     } else {
-        failed(syscall, ret);
+        failed(syscall, ret)
     }
 }
 
 /// A successful open: match the opened file's dentry against the watched inodes. The common
 /// case, a file on a device without watches, costs the descriptor lookup and one map lookup.
+/// (A descriptor another thread closed before this exit reads as a fault.)
 #[inline(always)]
-fn opened(syscall: u32, ret: i64) {
-    let Ok(file) = current_file(ret as u32) else {
-        return;
-    };
-    let Ok(dentry) = file_dentry(file) else {
-        return;
-    };
-    let Ok(dev) = dentry_dev(dentry) else {
-        return;
-    };
+fn opened(syscall: u32, ret: i64) -> ProbeResult {
+    let dentry = current_file(ret as u32)?.dentry()?;
+    let dev = dentry.dev()?;
     // SAFETY: value not used.
-    if unsafe { WATCHED_DEVS.get(&dev) }.is_none() {
-        return;
+    if unsafe { WATCHED_DEVS.get(dev) }.is_none() {
+        return Err(ProbeError::Skip);
     }
-    let Some(hit) = find_watch(dentry, dev, current_slot()) else {
-        return;
-    };
+    let hit = or_skip(find_watch(dentry, dev, current_slot()))?;
     let call = OpenCall::read(syscall);
     let decision = decide(hit.rule(), requested_access(call.flags), layer::SIGNAL);
     if decision.verdict == verdict::DENY {
         kill_current();
     }
     if hit.value.observed == 0 && decision.verdict == verdict::NONE {
-        return; // protected for another kind of access only, and not watched
+        // protected for another kind of access only, and not watched
+        return Err(ProbeError::Skip);
     }
-    let Some(scratch) = scratch() else {
-        return;
-    };
+    let scratch = or_fault(scratch())?;
     read_path(&mut scratch.event, &call);
     start_record(scratch, &call, ret);
     scratch.event.decision = decision;
     scratch.event.matched_by = matched_by::INODE;
     scratch.event.watch_id = hit.value.watch_id;
     scratch.event.dev = dev;
-    scratch.event.ino = dentry_ino(dentry).unwrap_or(0);
+    scratch.event.ino = dentry.ino().unwrap_or(0);
     copy_names(scratch, dentry, hit.depth);
-    send(scratch);
+    send(scratch)
 }
 
 /// A failed open: match by path prefix (absolute) or by base directory (relative). The
 /// record's header is filled only once the open matched.
 #[inline(always)]
-fn failed(syscall: u32, ret: i64) {
+fn failed(syscall: u32, ret: i64) -> ProbeResult {
     if ret == EPERM {
         let id = bpf_get_current_pid_tgid();
         // SAFETY: value not used.
-        if unsafe { REFUSED_OPENS.get(&id) }.is_some() {
-            let _ = REFUSED_OPENS.remove(&id);
-            return; // the LSM program refused it and reported it
+        if unsafe { REFUSED_OPENS.get(id) }.is_some() {
+            let _ = REFUSED_OPENS.remove(id);
+            return Err(ProbeError::Skip); // the LSM program refused it and reported it
         }
     }
     let call = OpenCall::read(syscall);
-    let Some(scratch) = scratch() else {
-        return;
-    };
+    let scratch = or_fault(scratch())?;
     read_path(&mut scratch.event, &call);
     if scratch.event.path_len == 0 {
-        return;
+        return Err(ProbeError::Skip); // no readable path: the call failed on it
     }
     if scratch.event.path[0] == b'/' {
-        let Some(watch_id) = prefix_match(&scratch.event) else {
-            return;
-        };
+        let watch_id = or_skip(prefix_match(&scratch.event))?;
         start_record(scratch, &call, ret);
         scratch.event.matched_by = matched_by::PREFIX;
         scratch.event.watch_id = watch_id;
@@ -242,12 +234,12 @@ fn failed(syscall: u32, ret: i64) {
         let base = if call.dirfd == AT_FDCWD {
             task.cwd_dentry()
         } else {
-            current_file(call.dirfd as u32).and_then(file_dentry)
+            current_file(call.dirfd as u32).and_then(|file| file.dentry())
         };
         let hit = base.ok().and_then(|dentry| {
-            let dev = dentry_dev(dentry).ok()?;
+            let dev = dentry.dev().ok()?;
             // SAFETY: value not used.
-            unsafe { WATCHED_DEVS.get(&dev) }?;
+            unsafe { WATCHED_DEVS.get(dev) }?;
             find_watch(dentry, dev, current_slot()).map(|hit| (dentry, hit))
         });
         start_record(scratch, &call, ret);
@@ -263,7 +255,7 @@ fn failed(syscall: u32, ret: i64) {
             }
         }
     }
-    send(scratch);
+    send(scratch)
 }
 
 // `O_*` flags the access decision depends on.
@@ -350,7 +342,7 @@ struct NamesCopy {
     /// The record's `names` and the slack after it (`NAMES_LEN + NAME_MAX` bytes).
     names: *mut u8,
     /// The dentry whose name comes next.
-    dentry: usize,
+    dentry: Dentry,
     /// Bytes written so far (may pass `NAMES_LEN` by one name: the slack holds it).
     used: u64,
     /// Names written.
@@ -364,7 +356,7 @@ struct NamesCopy {
 /// Copies the names of `depth` dentries, from `dentry` upward, NUL-terminated. The levels run
 /// in `bpf_loop`, so the verifier checks one copy once.
 #[inline(always)]
-pub(crate) fn copy_names(scratch: &mut FileOpenScratch, dentry: usize, depth: u32) {
+pub(crate) fn copy_names(scratch: &mut FileOpenScratch, dentry: Dentry, depth: u32) {
     let base = offset_of!(FileOpenScratch, event) + offset_of!(FileOpenEvent, names);
     let mut copy = NamesCopy {
         // SAFETY: `base` is inside the scratch value, which holds `NAME_MAX` bytes of slack
@@ -409,7 +401,7 @@ extern "C" fn copy_name(level: u64, ctx: *mut c_void) -> c_long {
         copy.truncated = 1;
         return 1;
     }
-    let Ok(name) = dentry_name(copy.dentry) else {
+    let Ok(name) = copy.dentry.name() else {
         return 1;
     };
     let start = copy.used as usize & (NAMES_LEN - 1);
@@ -422,7 +414,7 @@ extern "C" fn copy_name(level: u64, ctx: *mut c_void) -> c_long {
     };
     copy.used = (start + copied + 1) as u64;
     copy.count += 1;
-    match dentry_parent(copy.dentry) {
+    match copy.dentry.parent() {
         Ok(parent) => {
             copy.dentry = parent;
             0
@@ -431,8 +423,9 @@ extern "C" fn copy_name(level: u64, ctx: *mut c_void) -> c_long {
     }
 }
 
+/// Sends the scratch's record.
 #[inline(always)]
-pub(crate) fn send(scratch: &FileOpenScratch) {
+pub(crate) fn send(scratch: &FileOpenScratch) -> ProbeResult {
     // SAFETY: the record is the first field of the scratch value.
     let bytes = unsafe {
         core::slice::from_raw_parts(
@@ -440,5 +433,5 @@ pub(crate) fn send(scratch: &FileOpenScratch) {
             core::mem::size_of::<FileOpenEvent>(),
         )
     };
-    output(Kind::FileOpen, bytes);
+    output(Kind::FileOpen, bytes)
 }

@@ -5,6 +5,7 @@
 use agent_common::{
     event::{direction, ConnectEvent, Kind, SockStateEvent, FLAG_SOCK_DATABASE_ONLY},
     policy::{access, layer, verdict, Decision, PortKey},
+    program::Program,
 };
 use aya_ebpf::{
     macros::{cgroup_sock_addr, tracepoint},
@@ -13,6 +14,7 @@ use aya_ebpf::{
 
 use crate::{
     emit::{count_lost, fill_header, fill_header_no_process, submit},
+    error::{finish, ProbeError, ProbeResult},
     maps::{SockOwner, DB_PORTS, EVENTS, SOCK_OWNERS, WATCHED_PORTS},
     policy::{current_slot, decide, rule_entry},
 };
@@ -45,7 +47,8 @@ pub fn net_connect6(ctx: SockAddrContext) -> i32 {
 }
 
 /// Reports connects to watched or protected ports, and refuses (returns 0: EPERM) those a
-/// rule denies.
+/// rule denies. Nothing here can fault (the context is read directly), so it returns the
+/// verdict itself.
 #[inline(always)]
 fn on_connect(ctx: &SockAddrContext, family: u16) -> i32 {
     // SAFETY: the context is the kernel's `struct bpf_sock_addr`, valid for this call.
@@ -56,7 +59,7 @@ fn on_connect(ctx: &SockAddrContext, family: u16) -> i32 {
         port: u32::from(port),
     };
     // SAFETY: the value is a plain u32 copied out at once.
-    let Some(rule) = (unsafe { WATCHED_PORTS.get(&key) }).copied() else {
+    let Some(rule) = (unsafe { WATCHED_PORTS.get(key) }).copied() else {
         return ALLOW;
     };
     let mut addr = [0u8; 16];
@@ -104,22 +107,25 @@ fn on_connect(ctx: &SockAddrContext, family: u16) -> i32 {
 /// `daddr_v6` 56. Ports are in host byte order.
 #[tracepoint]
 pub fn net_inet_sock_set_state(ctx: TracePointContext) -> i32 {
-    // SAFETY: offsets from the tracepoint's format.
-    let _ = unsafe { try_set_state(&ctx) };
+    finish(Program::NetInetSockSetState, try_set_state(&ctx));
     0
 }
 
-unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: offsets from the tracepoint's format.
-    let (protocol, sport, dport) = unsafe {
-        (
-            ctx.read_at::<u16>(30)?,
-            ctx.read_at::<u16>(24)?,
-            ctx.read_at::<u16>(26)?,
-        )
-    };
+/// Reads a field of the tracepoint record at `offset`.
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: usize) -> ProbeResult<T> {
+    // SAFETY: every caller's offset and type are from the tracepoint's format.
+    unsafe { ctx.read_at::<T>(offset) }.map_err(|_| ProbeError::Fault)
+}
+
+fn try_set_state(ctx: &TracePointContext) -> ProbeResult {
+    let (protocol, sport, dport) = (
+        field::<u16>(ctx, 30)?,
+        field::<u16>(ctx, 24)?,
+        field::<u16>(ctx, 26)?,
+    );
     if protocol != IPPROTO_TCP {
-        return Ok(());
+        return Err(ProbeError::Skip);
     }
     let slot = current_slot();
     let watched = |port: u16| {
@@ -128,24 +134,21 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             port: u32::from(port),
         };
         // SAFETY: value not used.
-        unsafe { WATCHED_PORTS.get(&key) }.is_some()
+        unsafe { WATCHED_PORTS.get(key) }.is_some()
     };
     // Database ports too: their closes end database sessions in user space (a TLS session's
     // end is not in its bytes, and a threaded server such as mariadbd does not exit).
     // SAFETY: values not used.
-    let database = |port: u16| unsafe { DB_PORTS.get(&u32::from(port)) }.is_some();
+    let database = |port: u16| unsafe { DB_PORTS.get(u32::from(port)) }.is_some();
     let watched = watched(sport) || watched(dport);
     if !watched && !database(sport) && !database(dport) {
-        return Ok(());
+        return Err(ProbeError::Skip);
     }
-    // SAFETY: offsets from the tracepoint's format.
-    let (skaddr, old_state, new_state) = unsafe {
-        (
-            ctx.read_at::<u64>(8)?,
-            ctx.read_at::<i32>(16)?,
-            ctx.read_at::<i32>(20)?,
-        )
-    };
+    let (skaddr, old_state, new_state) = (
+        field::<u64>(ctx, 8)?,
+        field::<i32>(ctx, 16)?,
+        field::<i32>(ctx, 20)?,
+    );
 
     if new_state == TCP_SYN_SENT {
         // connect() in process context: remember who.
@@ -153,7 +156,9 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         let mut owner: SockOwner = unsafe { core::mem::zeroed() };
         fill_header(&mut owner.header, Kind::SockState);
         owner.direction = direction::OUTBOUND;
-        return SOCK_OWNERS.insert(&skaddr, &owner, 0);
+        return SOCK_OWNERS
+            .insert(skaddr, owner, 0)
+            .map_err(|_| ProbeError::Fault);
     }
     let owner = if new_state == TCP_ESTABLISHED && old_state == TCP_SYN_RECV {
         // Accepted by a local listener, in softirq: no process yet.
@@ -161,24 +166,26 @@ unsafe fn try_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         let mut owner: SockOwner = unsafe { core::mem::zeroed() };
         fill_header_no_process(&mut owner.header, Kind::SockState);
         owner.direction = direction::INBOUND;
-        SOCK_OWNERS.insert(&skaddr, &owner, 0)?;
+        SOCK_OWNERS
+            .insert(skaddr, owner, 0)
+            .map_err(|_| ProbeError::Fault)?;
         owner
     } else if new_state == TCP_ESTABLISHED || new_state == TCP_CLOSE {
         // SAFETY: copied out at once.
-        match unsafe { SOCK_OWNERS.get(&skaddr) } {
+        match unsafe { SOCK_OWNERS.get(skaddr) } {
             Some(owner) => *owner,
-            None => return Ok(()),
+            None => return Err(ProbeError::Skip),
         }
     } else {
-        return Ok(());
+        return Err(ProbeError::Skip);
     };
     if new_state == TCP_CLOSE {
-        let _ = SOCK_OWNERS.remove(&skaddr);
+        let _ = SOCK_OWNERS.remove(skaddr);
     }
 
     let Some(mut entry) = EVENTS.reserve::<SockStateEvent>(0) else {
         count_lost(Kind::SockState);
-        return Ok(());
+        return Err(ProbeError::Lost);
     };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points to a reserved record of the right size, written field by field;

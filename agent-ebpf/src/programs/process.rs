@@ -9,6 +9,7 @@ use agent_common::{
     },
     limits::{ARGS_LEN, MAX_ARGS, PATH_LEN},
     policy::{layer, verdict, Decision, NO_RULE},
+    program::Program,
 };
 use aya_ebpf::{
     helpers::{
@@ -20,7 +21,8 @@ use aya_ebpf::{
 
 use crate::{
     emit::{count_lost, fill_header, output, submit},
-    kernel::{binprm_filename, copy_path_names, PathNames, Task},
+    error::{finish, or_fault, ProbeError, ProbeResult},
+    kernel::{copy_path_names, Binprm, PathNames, Task},
     maps::{EVENTS, EXEC_ARGS_SCRATCH},
     policy::{current_slot, decide_exec, exec_rule, kill_current},
 };
@@ -29,16 +31,16 @@ use crate::{
 /// tracepoint (Linux 4.17+). Reports new processes only, not new threads.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn process_sched_process_fork(ctx: RawTracePointContext) -> i32 {
-    let _ = try_fork(&ctx);
+    finish(Program::ProcessSchedProcessFork, try_fork(&ctx));
     0
 }
 
-fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
+fn try_fork(ctx: &RawTracePointContext) -> ProbeResult {
     let child = Task(ctx.arg::<u64>(1) as usize);
-    let child_pid = child.pid().ok()?;
-    let child_tgid = child.tgid().ok()?;
+    let child_pid = child.pid()?;
+    let child_tgid = child.tgid()?;
     if child_pid != child_tgid {
-        return None; // a thread
+        return Err(ProbeError::Skip); // a thread
     }
     let child_start = child.start_boot_ns().unwrap_or(0);
     // A child inherits its parent's database sockets (PostgreSQL forks a backend per
@@ -46,7 +48,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
     crate::programs::db::inherit(child_tgid);
     let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
         count_lost(Kind::Fork);
-        return None;
+        return Err(ProbeError::Lost);
     };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points to a reserved record of the right size, written field by field.
@@ -57,27 +59,27 @@ fn try_fork(ctx: &RawTracePointContext) -> Option<()> {
         (*event).child_start_boot_ns = child_start;
     }
     submit(entry);
-    Some(())
+    Ok(())
 }
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`, raw
 /// tracepoint (Linux 4.17+). `current` is the process with its new image.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn process_sched_process_exec(ctx: RawTracePointContext) -> i32 {
-    let _ = try_exec(&ctx);
+    finish(Program::ProcessSchedProcessExec, try_exec(&ctx));
     0
 }
 
-fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
+fn try_exec(ctx: &RawTracePointContext) -> ProbeResult {
     let old_pid = ctx.arg::<u64>(1) as u32;
-    let bprm = ctx.arg::<u64>(2) as usize;
+    let bprm = Binprm::from_raw(ctx.arg::<u64>(2) as usize);
     let decision = exec_decision();
     if decision.verdict == verdict::DENY {
         kill_current();
     }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_lost(Kind::Exec);
-        return None;
+        return Err(ProbeError::Lost);
     };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points to a reserved record of the right size, written field by field.
@@ -86,7 +88,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
         (*event).old_pid = old_pid;
         (*event).decision = decision;
         (*event).filename_len = 0;
-        if let Ok(name) = binprm_filename(bprm) {
+        if let Ok(name) = bprm.filename() {
             if let Ok(bytes) =
                 bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*event).filename)
             {
@@ -112,7 +114,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
         }
     }
     submit(entry);
-    Some(())
+    Ok(())
 }
 
 /// The exec allow-list's decision on the program the current process now runs. At this point
@@ -133,20 +135,20 @@ fn exec_decision() -> Decision {
 /// 4.17+). Reports the thread-group leader's exit.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn process_sched_process_exit(_ctx: RawTracePointContext) -> i32 {
-    let _ = try_exit();
+    finish(Program::ProcessSchedProcessExit, try_exit());
     0
 }
 
-fn try_exit() -> Option<()> {
+fn try_exit() -> ProbeResult {
     let task = Task::current();
-    if task.pid().ok()? != task.tgid().ok()? {
-        return None;
+    if task.pid()? != task.tgid()? {
+        return Err(ProbeError::Skip); // a thread
     }
     let exit_code = task.exit_code().unwrap_or(0);
-    crate::programs::db::forget(task.tgid().ok()?);
+    crate::programs::db::forget(task.tgid()?);
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count_lost(Kind::Exit);
-        return None;
+        return Err(ProbeError::Lost);
     };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points to a reserved record of the right size, written field by field.
@@ -156,36 +158,36 @@ fn try_exit() -> Option<()> {
         (*event)._pad = 0;
     }
     submit(entry);
-    Some(())
+    Ok(())
 }
 
 /// `syscalls/sys_enter_execve`: `filename` at 16, `argv` at 24 (Linux 4.7+).
 #[tracepoint]
 pub fn process_sys_enter_execve(ctx: TracePointContext) -> i32 {
-    // SAFETY: offset 24 of the sys_enter_execve record is `const char *const *argv`.
-    if let Ok(argv) = unsafe { ctx.read_at::<u64>(24) } {
-        send_argv(argv);
-    }
+    finish(Program::ProcessSysEnterExecve, try_argv(&ctx, 24));
     0
 }
 
 /// `syscalls/sys_enter_execveat`: `argv` at 32 (Linux 4.7+).
 #[tracepoint]
 pub fn process_sys_enter_execveat(ctx: TracePointContext) -> i32 {
-    // SAFETY: offset 32 of the sys_enter_execveat record is `const char *const *argv`.
-    if let Ok(argv) = unsafe { ctx.read_at::<u64>(32) } {
-        send_argv(argv);
-    }
+    finish(Program::ProcessSysEnterExecveat, try_argv(&ctx, 32));
     0
+}
+
+/// Sends the argv whose user address is at `offset` of the tracepoint record.
+#[inline(always)]
+fn try_argv(ctx: &TracePointContext, offset: usize) -> ProbeResult {
+    // SAFETY: `offset` is that of `const char *const *argv` in the record.
+    let argv = unsafe { ctx.read_at::<u64>(offset) }.map_err(|_| ProbeError::Fault)?;
+    send_argv(argv)
 }
 
 /// Copies up to `MAX_ARGS` arguments (`ARGS_LEN` bytes) from the user `argv` array into an
 /// [`ExecArgsEvent`] record sized to what was copied.
 #[inline(always)]
-fn send_argv(argv: u64) {
-    let Some(scratch) = EXEC_ARGS_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
+fn send_argv(argv: u64) -> ProbeResult {
+    let scratch = or_fault(EXEC_ARGS_SCRATCH.get_ptr_mut(0))?;
     // SAFETY: the per-CPU scratch value is ours for the duration of this program.
     let scratch: &mut ExecArgsScratch = unsafe { &mut *scratch };
     let header: &mut EventHeader = &mut scratch.event.header;
@@ -240,11 +242,11 @@ fn send_argv(argv: u64) {
     scratch.event.args_len = used as u32;
     let len = offset_of!(ExecArgsScratch, args) + (used & (2 * ARGS_LEN - 1));
     if len > size_of::<ExecArgsScratch>() {
-        return;
+        return Err(ProbeError::Fault);
     }
     // SAFETY: `len` is within the scratch value.
     let bytes = unsafe {
         core::slice::from_raw_parts((scratch as *const ExecArgsScratch).cast::<u8>(), len)
     };
-    output(Kind::ExecArgs, bytes);
+    output(Kind::ExecArgs, bytes)
 }

@@ -11,9 +11,10 @@ use agent_common::{
     limits::PATH_LEN,
     maps::{
         db_process, InodeKey, AGENT, DB_JOIN, DB_PORTS, DB_PROCESSES, DB_UNIX_SOCKETS, EVENTS,
-        LOST, OFFSETS_GLOBAL, WATCHED_PREFIXES,
+        FAULTS, LOST, OFFSETS_GLOBAL, WATCHED_PREFIXES,
     },
     offsets::KernelOffsets,
+    program::PROGRAM_COUNT,
 };
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
@@ -468,6 +469,28 @@ impl Sensors {
             let values = counters
                 .get(&(kind as u32), 0)
                 .map_err(|source| LoadError::Map { map: LOST, source })?;
+            *total = values.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// Program runs that stopped on a fault so far, summed over CPUs, indexed by
+    /// [`agent_common::program::Program`].
+    pub fn faults(&self) -> Result<[u64; PROGRAM_COUNT as usize], LoadError> {
+        let map = self.ebpf.map(FAULTS).ok_or(LoadError::MissingMap(FAULTS))?;
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| LoadError::Map {
+                map: FAULTS,
+                source,
+            })?;
+        let mut totals = [0u64; PROGRAM_COUNT as usize];
+        for (program, total) in totals.iter_mut().enumerate() {
+            let values = counters
+                .get(&(program as u32), 0)
+                .map_err(|source| LoadError::Map {
+                    map: FAULTS,
+                    source,
+                })?;
             *total = values.iter().sum();
         }
         Ok(totals)

@@ -109,3 +109,18 @@ impl std::fmt::Display for Hook {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use agent_common::program::Program;
+
+    use super::PROGRAMS;
+
+    #[test]
+    fn every_registered_program_has_a_fault_counter_of_its_own_name_and_index() {
+        assert_eq!(PROGRAMS.len(), Program::ALL.len());
+        for (spec, program) in PROGRAMS.iter().zip(Program::ALL) {
+            assert_eq!(spec.name, program.name(), "index {}", program as u32);
+        }
+    }
+}

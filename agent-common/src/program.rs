@@ -1,0 +1,132 @@
+//! The kernel programs by index, spelled once for both sides: the fault counters (`FAULTS`)
+//! are kept per program, and user space names each counter after its program.
+
+/// One kernel program of the product object. The names are the programs' symbol names (and
+/// the registry's); the order is the index of its fault counter.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// `process_sched_process_fork`.
+    ProcessSchedProcessFork = 0,
+    /// `process_sched_process_exec`.
+    ProcessSchedProcessExec,
+    /// `process_sched_process_exit`.
+    ProcessSchedProcessExit,
+    /// `process_sys_enter_execve`.
+    ProcessSysEnterExecve,
+    /// `process_sys_enter_execveat`.
+    ProcessSysEnterExecveat,
+    /// `file_sys_exit_openat`.
+    FileSysExitOpenat,
+    /// `file_sys_exit_open`.
+    FileSysExitOpen,
+    /// `file_sys_exit_openat2`.
+    FileSysExitOpenat2,
+    /// `net_connect4`.
+    NetConnect4,
+    /// `net_connect6`.
+    NetConnect6,
+    /// `net_inet_sock_set_state`.
+    NetInetSockSetState,
+    /// `db_sys_exit_connect`.
+    DbSysExitConnect,
+    /// `db_sys_exit_accept`.
+    DbSysExitAccept,
+    /// `db_sys_exit_accept4`.
+    DbSysExitAccept4,
+    /// `db_sys_exit_write`.
+    DbSysExitWrite,
+    /// `db_sys_exit_read`.
+    DbSysExitRead,
+    /// `db_sys_exit_sendto`.
+    DbSysExitSendto,
+    /// `db_sys_exit_recvfrom`.
+    DbSysExitRecvfrom,
+    /// `db_sys_exit_writev`.
+    DbSysExitWritev,
+    /// `db_sys_exit_readv`.
+    DbSysExitReadv,
+    /// `db_sys_exit_sendmsg`.
+    DbSysExitSendmsg,
+    /// `db_sys_exit_recvmsg`.
+    DbSysExitRecvmsg,
+    /// `enforce_file_open`.
+    EnforceFileOpen,
+    /// `enforce_bprm_check_security`.
+    EnforceBprmCheckSecurity,
+    /// `enforce_unix_stream_connect`.
+    EnforceUnixStreamConnect,
+}
+
+/// Number of programs (entries of the `FAULTS` map).
+pub const PROGRAM_COUNT: u32 = 25;
+
+impl Program {
+    /// Every program, in index order.
+    pub const ALL: [Program; PROGRAM_COUNT as usize] = [
+        Program::ProcessSchedProcessFork,
+        Program::ProcessSchedProcessExec,
+        Program::ProcessSchedProcessExit,
+        Program::ProcessSysEnterExecve,
+        Program::ProcessSysEnterExecveat,
+        Program::FileSysExitOpenat,
+        Program::FileSysExitOpen,
+        Program::FileSysExitOpenat2,
+        Program::NetConnect4,
+        Program::NetConnect6,
+        Program::NetInetSockSetState,
+        Program::DbSysExitConnect,
+        Program::DbSysExitAccept,
+        Program::DbSysExitAccept4,
+        Program::DbSysExitWrite,
+        Program::DbSysExitRead,
+        Program::DbSysExitSendto,
+        Program::DbSysExitRecvfrom,
+        Program::DbSysExitWritev,
+        Program::DbSysExitReadv,
+        Program::DbSysExitSendmsg,
+        Program::DbSysExitRecvmsg,
+        Program::EnforceFileOpen,
+        Program::EnforceBprmCheckSecurity,
+        Program::EnforceUnixStreamConnect,
+    ];
+
+    /// The program's symbol name in the object.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Program::ProcessSchedProcessFork => "process_sched_process_fork",
+            Program::ProcessSchedProcessExec => "process_sched_process_exec",
+            Program::ProcessSchedProcessExit => "process_sched_process_exit",
+            Program::ProcessSysEnterExecve => "process_sys_enter_execve",
+            Program::ProcessSysEnterExecveat => "process_sys_enter_execveat",
+            Program::FileSysExitOpenat => "file_sys_exit_openat",
+            Program::FileSysExitOpen => "file_sys_exit_open",
+            Program::FileSysExitOpenat2 => "file_sys_exit_openat2",
+            Program::NetConnect4 => "net_connect4",
+            Program::NetConnect6 => "net_connect6",
+            Program::NetInetSockSetState => "net_inet_sock_set_state",
+            Program::DbSysExitConnect => "db_sys_exit_connect",
+            Program::DbSysExitAccept => "db_sys_exit_accept",
+            Program::DbSysExitAccept4 => "db_sys_exit_accept4",
+            Program::DbSysExitWrite => "db_sys_exit_write",
+            Program::DbSysExitRead => "db_sys_exit_read",
+            Program::DbSysExitSendto => "db_sys_exit_sendto",
+            Program::DbSysExitRecvfrom => "db_sys_exit_recvfrom",
+            Program::DbSysExitWritev => "db_sys_exit_writev",
+            Program::DbSysExitReadv => "db_sys_exit_readv",
+            Program::DbSysExitSendmsg => "db_sys_exit_sendmsg",
+            Program::DbSysExitRecvmsg => "db_sys_exit_recvmsg",
+            Program::EnforceFileOpen => "enforce_file_open",
+            Program::EnforceBprmCheckSecurity => "enforce_bprm_check_security",
+            Program::EnforceUnixStreamConnect => "enforce_unix_stream_connect",
+        }
+    }
+}
+
+const _: () = {
+    let mut i = 0;
+    while i < Program::ALL.len() {
+        assert!(Program::ALL[i] as usize == i);
+        i += 1;
+    }
+};
