@@ -3,6 +3,5 @@
 pub mod db;
 pub mod enforce;
 pub mod file;
-pub mod floor;
 pub mod net;
 pub mod process;

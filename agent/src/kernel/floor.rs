@@ -4,6 +4,9 @@
 //!
 //! The attach points come from the registry ([`registry::selected`]), never from a list of
 //! its own: when the agent changes hooks, the floor follows.
+//!
+//! The empty programs are an object of their own, embedded only when the agent is built with
+//! the `bench-floor` feature (as `cargo xtask bench` does); the product object has none.
 
 use std::{fs::File, path::Path};
 
@@ -18,7 +21,11 @@ use super::{
     registry::{self, Hook, ProgramSpec},
 };
 
-/// Empty program for classic tracepoints (`agent-ebpf/src/programs/floor.rs`).
+/// The floor object (`agent-ebpf/src/floor.rs`); empty without the `bench-floor` feature.
+static FLOOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phiguard-floor"));
+
+/// Empty program for classic tracepoints.
 const FLOOR_TRACEPOINT: &str = "floor_tracepoint";
 /// Empty program for raw tracepoints.
 const FLOOR_RAW_TRACEPOINT: &str = "floor_raw_tracepoint";
@@ -35,6 +42,9 @@ pub enum FloorError {
     /// The binary was built with `AYA_BUILD_SKIP`.
     #[error("this phiguard binary was built without its eBPF programs")]
     NoObject,
+    /// The binary was built without the `bench-floor` feature.
+    #[error("this phiguard binary was built without the benchmark floor (build it with `--features bench-floor`, as `cargo xtask bench` does)")]
+    NoFloor,
     /// The object did not parse or load.
     #[error("loading the eBPF object: {0}")]
     Object(String),
@@ -61,7 +71,7 @@ pub enum FloorError {
 
 /// The attached floor. Dropping it detaches every program.
 pub struct Floor {
-    /// The object holding the shared tracepoint, raw tracepoint and cgroup programs, then one
+    /// The floor object holding the shared tracepoint, raw tracepoint and cgroup programs, then one
     /// object per LSM hook (an LSM program is bound to its hook when it loads).
     objects: Vec<Ebpf>,
     /// Per registry program: `None` when its hook has an empty program, else why not.
@@ -76,6 +86,9 @@ impl Floor {
     pub fn attach(database_enabled: bool, cgroup_root: &Path) -> Result<Floor, FloorError> {
         if OBJECT.is_empty() {
             return Err(FloorError::NoObject);
+        }
+        if FLOOR_OBJECT.is_empty() {
+            return Err(FloorError::NoFloor);
         }
         let cgroup = File::open(cgroup_root).map_err(|source| FloorError::Cgroup {
             path: cgroup_root.display().to_string(),
@@ -181,5 +194,5 @@ impl Floor {
 }
 
 fn load() -> Result<Ebpf, FloorError> {
-    Ebpf::load(OBJECT).map_err(|e| FloorError::Object(e.to_string()))
+    Ebpf::load(FLOOR_OBJECT).map_err(|e| FloorError::Object(e.to_string()))
 }

@@ -1,7 +1,12 @@
 //! The benchmark's hook floor: programs that do nothing, one per program type the agent uses.
 //! `phiguard bench-floor` attaches them wherever the registry attaches the real programs, so
 //! a benchmark can tell what the hooks cost by themselves from what the agent's work costs.
-//! The agent never attaches these.
+//!
+//! An object of its own (`phiguard-floor`), built only with the `floor` feature (the agent's
+//! `bench-floor` feature, which `cargo xtask bench` turns on): the product object carries no
+//! benchmark programs.
+#![no_std]
+#![no_main]
 
 use aya_ebpf::{
     macros::{cgroup_sock_addr, lsm, raw_tracepoint, tracepoint},
@@ -37,3 +42,15 @@ pub fn floor_connect6(_ctx: SockAddrContext) -> i32 {
 pub fn floor_lsm(_ctx: LsmContext) -> i32 {
     0
 }
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable: these programs cannot panic.
+    loop {}
+}
+
+/// GPL-compatible, like the product object.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
