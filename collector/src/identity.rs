@@ -22,15 +22,9 @@ pub enum IdentityError {
     Invalid(String),
 }
 
-/// Whether `name` can be an identity (and so a directory name in the store).
-pub fn valid_identity(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-}
+/// Whether `name` can be an identity (and so a directory name in the store): the rule the
+/// development PKI issues by too.
+pub use phiguard_support::identity::valid_identity;
 
 /// The identity named by a DER certificate (already verified by TLS).
 pub fn identity_from_cert(der: &[u8]) -> Result<String, IdentityError> {

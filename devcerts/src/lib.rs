@@ -64,16 +64,8 @@ pub enum CertError {
     BadName(String),
 }
 
-/// Whether `name` can be a phiguard identity: a DNS-like name that is also safe as a file
-/// name (no '/', no leading '.').
-pub fn valid_identity(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-}
+/// Whether `name` can be a phiguard identity: the collector's rule, from one place.
+pub use phiguard_support::identity::valid_identity;
 
 /// What a leaf certificate is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
