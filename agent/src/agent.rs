@@ -53,7 +53,7 @@ pub enum StartError {
     Watch(#[from] crate::watch::WatchError),
     /// The programs did not load or attach.
     #[error(transparent)]
-    Load(#[from] crate::kernel::loader::LoadError),
+    Load(#[from] crate::kernel::error::LoadError),
     /// A previous agent's pinned programs could not be taken over.
     #[error(transparent)]
     Pins(#[from] pins::PinError),

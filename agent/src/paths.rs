@@ -1,7 +1,41 @@
-//! Pure path arithmetic for file-open events: lexical normalisation, resolution against a
-//! base directory, containment, and assembling the dentry names the kernel reports.
+//! Paths and file identities. Pure path arithmetic for file-open events (lexical
+//! normalisation, resolution against a base directory, containment, assembling the dentry
+//! names the kernel reports), and a file's identity as the kernel sees it ([`FileId`]: the
+//! kernel's device encoding and the inode), which watches, policies and events share.
 
-use std::path::{Component, Path, PathBuf};
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Component, Path, PathBuf},
+};
+
+/// A file's identity as the kernel sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileId {
+    /// Kernel `dev_t` (`MAJOR << 20 | MINOR`).
+    pub dev: u32,
+    /// Inode number.
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The (device, inode) of `path`, following symlinks.
+    pub fn of(path: &Path) -> std::io::Result<FileId> {
+        let meta = fs::metadata(path)?;
+        Ok(FileId {
+            dev: kernel_dev(meta.dev()),
+            ino: meta.ino(),
+        })
+    }
+}
+
+/// Converts a user-space `st_dev` to the kernel's internal `dev_t` encoding, which is what
+/// `super_block.s_dev` holds.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let major = libc::major(st_dev);
+    let minor = libc::minor(st_dev);
+    (major << 20) | (minor & 0xfffff)
+}
 
 /// Collapses `//`, `.` and `..` without touching the filesystem. `..` at `/` stays `/`; a
 /// relative input stays relative and keeps leading `..`.
@@ -67,6 +101,12 @@ pub fn split_names(bytes: &[u8], count: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_dev_encoding() {
+        // 8:1 (sda1) in user-space encoding is 0x801; the kernel keeps major << 20.
+        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
+    }
 
     #[test]
     fn normalizes_lexically() {

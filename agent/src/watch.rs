@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::paths;
+use crate::paths::{self, kernel_dev};
 
 /// One watched path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,14 +49,6 @@ pub struct WatchError {
     /// Why.
     #[source]
     pub source: io::Error,
-}
-
-/// Converts a user-space `st_dev` to the kernel's internal `dev_t` encoding, which is what
-/// `super_block.s_dev` holds.
-pub fn kernel_dev(st_dev: u64) -> u32 {
-    let major = libc::major(st_dev);
-    let minor = libc::minor(st_dev);
-    (major << 20) | (minor & 0xfffff)
 }
 
 impl WatchSet {
@@ -158,11 +150,5 @@ mod tests {
     fn missing_path_is_an_error_naming_it() {
         let err = WatchSet::new(&[PathBuf::from("/nonexistent/phiguard")], &[]).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/phiguard"), "{err}");
-    }
-
-    #[test]
-    fn kernel_dev_encoding() {
-        // 8:1 (sda1) in user-space encoding is 0x801; the kernel keeps major << 20.
-        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
     }
 }

@@ -19,7 +19,7 @@ use std::{
 
 use agent_common::event::db_role;
 
-use crate::policy::compile::FileId;
+use crate::paths::FileId;
 
 /// Why the sockets open at start-up could not be listed.
 #[derive(Debug, thiserror::Error)]

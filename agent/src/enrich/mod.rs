@@ -29,11 +29,8 @@ use crate::{
     db::connects::{ConnectDecisions, Endpoint},
     event::decode::{c_text, text, ExecArgs, RawEvent},
     kernel::mounts::MountTable,
-    paths,
-    policy::{
-        compile::{Compiled, FileId},
-        decision::PolicyTables,
-    },
+    paths::{self, FileId},
+    policy::{compile::Compiled, decision::PolicyTables},
     process::table::{ExecInfo, ProcessTable},
     watch::WatchSet,
 };

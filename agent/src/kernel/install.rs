@@ -15,8 +15,8 @@ use aya::{
     Ebpf, Pod,
 };
 
-use super::loader::LoadError;
-use crate::policy::compile::{Compiled, FileId};
+use super::error::LoadError;
+use crate::{paths::FileId, policy::compile::Compiled};
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> LoadError {
     move |source| LoadError::Map { map, source }

@@ -2,7 +2,7 @@
 //! behind its back: detach or replace a cgroup link (`bpftool link detach`, BPF_LINK_UPDATE),
 //! remove a pin (enforcement then dies with the agent), or write a policy map (allow itself,
 //! exempt its own pid, unwatch a path). After every load and policy install the agent
-//! snapshots what it wrote; [`Sensors::check_integrity`] compares the kernel with it, puts its
+//! snapshots what it wrote; `Sensors::check_integrity` (in `loader`) compares the kernel with it, puts its
 //! own state back where it can, and returns what it found, to be reported as `Tamper` events.
 
 use std::{
@@ -13,10 +13,9 @@ use std::{
     path::Path,
 };
 
-use agent_common::maps::CONTROL_MAPS;
 use aya::maps::{Map, MapData};
 
-use super::{bpf_sys, loader::Sensors, pins, registry::Hook};
+use super::bpf_sys;
 
 /// A map's entries, key bytes to value bytes.
 pub type Entries = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -93,39 +92,39 @@ pub struct Finding {
 
 /// A control map as the agent left it.
 #[derive(Debug)]
-struct MapSnapshot {
-    name: &'static str,
-    key_size: usize,
-    value_size: usize,
-    max_entries: u32,
-    entries: Entries,
+pub(super) struct MapSnapshot {
+    pub(super) name: &'static str,
+    pub(super) key_size: usize,
+    pub(super) value_size: usize,
+    pub(super) max_entries: u32,
+    pub(super) entries: Entries,
 }
 
 /// A link as the agent attached it.
 #[derive(Debug)]
-struct LinkSnapshot {
-    program: &'static str,
-    link_id: u32,
-    prog_id: u32,
+pub(super) struct LinkSnapshot {
+    pub(super) program: &'static str,
+    pub(super) link_id: u32,
+    pub(super) prog_id: u32,
     /// A cgroup program (the only kind a link can be detached from).
-    cgroup: bool,
+    pub(super) cgroup: bool,
     /// The agent's own descriptor of the link, opened from its pin (to pin it again).
-    pinned: Option<OwnedFd>,
+    pub(super) pinned: Option<OwnedFd>,
 }
 
 /// Everything the check compares against.
 #[derive(Debug, Default)]
 pub(super) struct Expected {
-    maps: Vec<MapSnapshot>,
-    links: Vec<LinkSnapshot>,
+    pub(super) maps: Vec<MapSnapshot>,
+    pub(super) links: Vec<LinkSnapshot>,
     /// Another agent took over the pins and the exemption (reported once).
-    superseded_by: Option<u32>,
+    pub(super) superseded_by: Option<u32>,
 }
 
 /// The pid the shared exemption map names, when it is another live process running this
 /// agent's executable: a newer agent that took over the pins (an upgrade, or one started by
 /// hand). Its pins and exemption are its own, not to be put back.
-fn successor(agent_map: &MapData) -> Option<u32> {
+pub(super) fn successor(agent_map: &MapData) -> Option<u32> {
     let mut value = [0u8; 4];
     bpf_sys::map_lookup(agent_map.fd().as_fd(), &0u32.to_ne_bytes(), &mut value).ok()?;
     let pid = u32::from_ne_bytes(value);
@@ -138,7 +137,7 @@ fn successor(agent_map: &MapData) -> Option<u32> {
     (exe("/proc/self/exe")? == theirs).then_some(pid)
 }
 
-fn map_data(map: &Map) -> Option<&MapData> {
+pub(super) fn map_data(map: &Map) -> Option<&MapData> {
     match map {
         Map::Array(d) | Map::HashMap(d) | Map::LpmTrie(d) => Some(d),
         _ => None,
@@ -170,7 +169,7 @@ fn read_entries(
 }
 
 impl MapSnapshot {
-    fn take(name: &'static str, data: &MapData) -> io::Result<MapSnapshot> {
+    pub(super) fn take(name: &'static str, data: &MapData) -> io::Result<MapSnapshot> {
         let info = data.info().map_err(io::Error::other)?;
         let (key_size, value_size) = (info.key_size() as usize, info.value_size() as usize);
         Ok(MapSnapshot {
@@ -182,12 +181,12 @@ impl MapSnapshot {
         })
     }
 
-    fn current(&self, data: &MapData) -> io::Result<Entries> {
+    pub(super) fn current(&self, data: &MapData) -> io::Result<Entries> {
         read_entries(data, self.key_size, self.value_size, self.max_entries)
     }
 
     /// Writes back what differs and removes what was added.
-    fn restore(&self, data: &MapData, d: &MapDiff) -> io::Result<()> {
+    pub(super) fn restore(&self, data: &MapData, d: &MapDiff) -> io::Result<()> {
         let fd = data.fd().as_fd();
         for key in d.changed.iter().chain(&d.missing) {
             bpf_sys::map_update(fd, key, &self.entries[key])?;
@@ -200,7 +199,7 @@ impl MapSnapshot {
 }
 
 /// Ids of the programs attached to the cgroup at `root` for connect4 and connect6.
-fn cgroup_connect_programs(root: &Path) -> io::Result<Vec<u32>> {
+pub(super) fn cgroup_connect_programs(root: &Path) -> io::Result<Vec<u32>> {
     let cgroup = File::open(root)?;
     let mut ids = bpf_sys::cgroup_programs(cgroup.as_fd(), bpf_sys::BPF_CGROUP_INET4_CONNECT)?;
     ids.extend(bpf_sys::cgroup_programs(
@@ -211,7 +210,7 @@ fn cgroup_connect_programs(root: &Path) -> io::Result<Vec<u32>> {
 }
 
 /// What is wrong with a link's pin at `path`, if anything.
-fn pin_problem(path: &Path, link_id: u32) -> Option<String> {
+pub(super) fn pin_problem(path: &Path, link_id: u32) -> Option<String> {
     match bpf_sys::obj_get(path).and_then(|fd| bpf_sys::link_id(fd.as_fd())) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             Some(format!("{} was removed", path.display()))
@@ -222,181 +221,6 @@ fn pin_problem(path: &Path, link_id: u32) -> Option<String> {
             path.display()
         )),
         Ok(_) => None,
-    }
-}
-
-impl Sensors {
-    /// Records the control maps as they are now (after a load or a policy install).
-    pub fn snapshot_maps(&mut self) -> io::Result<()> {
-        let mut maps = Vec::new();
-        for &name in CONTROL_MAPS {
-            if let Some(data) = self.ebpf().map(name).and_then(map_data) {
-                maps.push(MapSnapshot::take(name, data)?);
-            }
-        }
-        self.expected.maps = maps;
-        Ok(())
-    }
-
-    /// Records the links as attached (and pinned) now.
-    pub(super) fn snapshot_links(&mut self) -> io::Result<()> {
-        let mut links = Vec::new();
-        for (program, link) in self.links() {
-            let info = link.info().map_err(io::Error::other)?;
-            let cgroup = self
-                .status
-                .iter()
-                .any(|s| s.spec.name == program && matches!(s.spec.hook, Hook::CgroupConnect));
-            let pinned = match self.pin_root() {
-                Some(root) => {
-                    let fd = bpf_sys::obj_get(&pins::link_path(root, program))?;
-                    if bpf_sys::link_id(fd.as_fd())? != info.id() {
-                        return Err(io::Error::other(format!(
-                            "the pin of {program} is not the link just pinned"
-                        )));
-                    }
-                    Some(fd)
-                }
-                None => None,
-            };
-            links.push(LinkSnapshot {
-                program,
-                link_id: info.id(),
-                prog_id: info.program_id(),
-                cgroup,
-                pinned,
-            });
-        }
-        self.expected.links = links;
-        Ok(())
-    }
-
-    /// Compares the kernel with what the agent installed, repairs what it can, and returns
-    /// what it found (empty: all as installed).
-    pub fn check_integrity(&mut self) -> Vec<Finding> {
-        let mut found = Vec::new();
-        let successor = self
-            .ebpf()
-            .map(agent_common::maps::AGENT)
-            .and_then(map_data)
-            .and_then(successor);
-        if let (Some(pid), None) = (successor, self.expected.superseded_by) {
-            self.expected.superseded_by = Some(pid);
-            found.push(Finding {
-                kind: FindingKind::PinRemoved,
-                object: "pins".to_owned(),
-                detail: format!(
-                    "another phiguard agent (pid {pid}) took over the pins and the exemption; this agent no longer puts them back"
-                ),
-                repair: Err("superseded by a newer agent".to_owned()),
-            });
-        }
-        let superseded = self.expected.superseded_by.is_some();
-        let detached: Vec<(&'static str, String)> = match cgroup_connect_programs(self.cgroup_root()) {
-            Ok(attached) => self
-                .expected
-                .links
-                .iter()
-                .filter(|l| l.cgroup && !attached.contains(&l.prog_id))
-                .map(|l| {
-                    let detail = format!(
-                        "program {} is no longer attached to cgroup {} (link {} detached or given another program)",
-                        l.prog_id,
-                        self.cgroup_root().display(),
-                        l.link_id
-                    );
-                    (l.program, detail)
-                })
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "integrity check cannot query the cgroup programs");
-                Vec::new()
-            }
-        };
-        for (program, detail) in detached {
-            let repair = self.reattach(program);
-            found.push(Finding {
-                kind: FindingKind::ProgramDetached,
-                object: program.to_owned(),
-                detail,
-                repair,
-            });
-        }
-        if let Some(root) = self.pin_root().filter(|_| !superseded).map(Path::to_owned) {
-            for link in &self.expected.links {
-                let path = pins::link_path(&root, link.program);
-                let Some(detail) = pin_problem(&path, link.link_id) else {
-                    continue;
-                };
-                let repair = match &link.pinned {
-                    Some(fd) => {
-                        pins::repin(&root, link.program, fd.as_fd()).map_err(|e| e.to_string())
-                    }
-                    None => Err("no descriptor of the link to pin again".to_owned()),
-                };
-                found.push(Finding {
-                    kind: FindingKind::PinRemoved,
-                    object: link.program.to_owned(),
-                    detail,
-                    repair,
-                });
-            }
-        }
-        for snapshot in &self.expected.maps {
-            if superseded && snapshot.name == agent_common::maps::AGENT {
-                continue;
-            }
-            let Some(data) = self.ebpf().map(snapshot.name).and_then(map_data) else {
-                continue;
-            };
-            let d = match snapshot.current(data) {
-                Ok(current) => diff(&snapshot.entries, &current),
-                Err(e) => {
-                    tracing::warn!(map = snapshot.name, error = %e, "integrity check cannot read map");
-                    continue;
-                }
-            };
-            if d.is_empty() {
-                continue;
-            }
-            let repair = snapshot
-                .restore(data, &d)
-                .and_then(|()| snapshot.current(data))
-                .map_err(|e| e.to_string())
-                .and_then(|now| match diff(&snapshot.entries, &now) {
-                    left if left.is_empty() => Ok(()),
-                    left => Err(format!(
-                        "still differs after rewriting: {}",
-                        left.describe()
-                    )),
-                });
-            found.push(Finding {
-                kind: FindingKind::MapModified,
-                object: snapshot.name.to_owned(),
-                detail: d.describe(),
-                repair,
-            });
-        }
-        found
-    }
-
-    /// Attaches `program` again in place of a detached or replaced link (cgroup programs:
-    /// other links cannot be detached), pins it where links are pinned, and records it.
-    fn reattach(&mut self, program: &'static str) -> Result<(), String> {
-        let spec = self
-            .status
-            .iter()
-            .find(|s| s.spec.name == program)
-            .map(|s| s.spec)
-            .ok_or_else(|| format!("{program} is not in the registry"))?;
-        if !matches!(spec.hook, Hook::CgroupConnect) {
-            return Err(format!(
-                "a {} link cannot be detached, only closed: it is gone with the agent's descriptor",
-                spec.hook
-            ));
-        }
-        self.relink_cgroup(program)?;
-        self.snapshot_links().map_err(|e| e.to_string())
     }
 }
 

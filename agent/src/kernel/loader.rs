@@ -3,6 +3,8 @@
 
 use std::{
     fs::File,
+    io,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -10,8 +12,8 @@ use agent_common::{
     event::KIND_COUNT,
     limits::PATH_LEN,
     maps::{
-        db_process, InodeKey, AGENT, DB_JOIN, DB_PORTS, DB_PROCESSES, DB_UNIX_SOCKETS, EVENTS,
-        FAULTS, LOST, OFFSETS_GLOBAL, WATCHED_PREFIXES,
+        db_process, InodeKey, AGENT, CONTROL_MAPS, DB_JOIN, DB_PORTS, DB_PROCESSES,
+        DB_UNIX_SOCKETS, EVENTS, FAULTS, LOST, OFFSETS_GLOBAL, WATCHED_PREFIXES,
     },
     offsets::KernelOffsets,
     program::PROGRAM_COUNT,
@@ -22,71 +24,27 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 
+use super::error::LoadError;
 use super::{
-    install, integrity, pins,
+    bpf_sys, install,
+    integrity::{
+        self, cgroup_connect_programs, diff, map_data, pin_problem, successor, Finding,
+        FindingKind, LinkSnapshot, MapSnapshot,
+    },
+    pins,
     registry::{self, Family, Hook, ProgramSpec},
 };
 use crate::{
     config::DatabaseConfig,
     db::existing::{self, Existing},
-    policy::compile::{Compiled, FileId},
+    paths::FileId,
+    policy::compile::Compiled,
     watch::WatchSet,
 };
 
 /// The kernel object built by `agent/build.rs`, embedded in the binary.
 pub(super) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phiguard"));
-
-/// Failure to bring the kernel programs up.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The binary was built with `AYA_BUILD_SKIP`.
-    #[error("this phiguard binary was built without its eBPF programs (AYA_BUILD_SKIP was set); rebuild with `cargo xtask build`")]
-    NoObject,
-    /// The object did not load.
-    #[error("loading the eBPF object: {0}")]
-    Object(#[source] aya::EbpfError),
-    /// A program is missing from the object (a build mismatch).
-    #[error("program {0} is missing from the eBPF object")]
-    MissingProgram(&'static str),
-    /// A map is missing from the object (a build mismatch).
-    #[error("map {0} is missing from the eBPF object")]
-    MissingMap(&'static str),
-    /// A required program did not load or attach.
-    #[error("required program {name} ({hook}) failed: {reason}")]
-    Required {
-        /// Program name.
-        name: &'static str,
-        /// Its hook.
-        hook: String,
-        /// Why.
-        reason: String,
-    },
-    /// A map operation failed.
-    #[error("map {map}: {source}")]
-    Map {
-        /// Map name.
-        map: &'static str,
-        /// Why.
-        #[source]
-        source: aya::maps::MapError,
-    },
-    /// The links could not be pinned.
-    #[error(transparent)]
-    Pin(#[from] pins::PinError),
-    /// The state the integrity check compares against could not be read back.
-    #[error("reading back the installed kernel state: {0}")]
-    Snapshot(#[source] std::io::Error),
-    /// The cgroup v2 root could not be opened.
-    #[error("opening cgroup v2 root {path}: {source}")]
-    Cgroup {
-        /// The path.
-        path: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 /// How one program fared.
 #[derive(Clone, Debug)]
@@ -541,4 +499,180 @@ fn cgroup_link(program: &mut CgroupSockAddr, cgroup: &File) -> Result<FdLink, St
         .map_err(|e| error_text(&e))?;
     let link = program.take_link(id).map_err(|e| error_text(&e))?;
     FdLink::try_from(link).map_err(|e| error_text(&e))
+}
+
+/// The integrity check's side of the sensors (its pure parts are in [`integrity`]).
+impl Sensors {
+    /// Records the control maps as they are now (after a load or a policy install).
+    pub fn snapshot_maps(&mut self) -> io::Result<()> {
+        let mut maps = Vec::new();
+        for &name in CONTROL_MAPS {
+            if let Some(data) = self.ebpf().map(name).and_then(map_data) {
+                maps.push(MapSnapshot::take(name, data)?);
+            }
+        }
+        self.expected.maps = maps;
+        Ok(())
+    }
+
+    /// Records the links as attached (and pinned) now.
+    pub(super) fn snapshot_links(&mut self) -> io::Result<()> {
+        let mut links = Vec::new();
+        for (program, link) in self.links() {
+            let info = link.info().map_err(io::Error::other)?;
+            let cgroup = self
+                .status
+                .iter()
+                .any(|s| s.spec.name == program && matches!(s.spec.hook, Hook::CgroupConnect));
+            let pinned = match self.pin_root() {
+                Some(root) => {
+                    let fd = bpf_sys::obj_get(&pins::link_path(root, program))?;
+                    if bpf_sys::link_id(fd.as_fd())? != info.id() {
+                        return Err(io::Error::other(format!(
+                            "the pin of {program} is not the link just pinned"
+                        )));
+                    }
+                    Some(fd)
+                }
+                None => None,
+            };
+            links.push(LinkSnapshot {
+                program,
+                link_id: info.id(),
+                prog_id: info.program_id(),
+                cgroup,
+                pinned,
+            });
+        }
+        self.expected.links = links;
+        Ok(())
+    }
+
+    /// Compares the kernel with what the agent installed, repairs what it can, and returns
+    /// what it found (empty: all as installed).
+    pub fn check_integrity(&mut self) -> Vec<Finding> {
+        let mut found = Vec::new();
+        let successor = self
+            .ebpf()
+            .map(agent_common::maps::AGENT)
+            .and_then(map_data)
+            .and_then(successor);
+        if let (Some(pid), None) = (successor, self.expected.superseded_by) {
+            self.expected.superseded_by = Some(pid);
+            found.push(Finding {
+                kind: FindingKind::PinRemoved,
+                object: "pins".to_owned(),
+                detail: format!(
+                    "another phiguard agent (pid {pid}) took over the pins and the exemption; this agent no longer puts them back"
+                ),
+                repair: Err("superseded by a newer agent".to_owned()),
+            });
+        }
+        let superseded = self.expected.superseded_by.is_some();
+        let detached: Vec<(&'static str, String)> = match cgroup_connect_programs(self.cgroup_root()) {
+            Ok(attached) => self
+                .expected
+                .links
+                .iter()
+                .filter(|l| l.cgroup && !attached.contains(&l.prog_id))
+                .map(|l| {
+                    let detail = format!(
+                        "program {} is no longer attached to cgroup {} (link {} detached or given another program)",
+                        l.prog_id,
+                        self.cgroup_root().display(),
+                        l.link_id
+                    );
+                    (l.program, detail)
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "integrity check cannot query the cgroup programs");
+                Vec::new()
+            }
+        };
+        for (program, detail) in detached {
+            let repair = self.reattach(program);
+            found.push(Finding {
+                kind: FindingKind::ProgramDetached,
+                object: program.to_owned(),
+                detail,
+                repair,
+            });
+        }
+        if let Some(root) = self.pin_root().filter(|_| !superseded).map(Path::to_owned) {
+            for link in &self.expected.links {
+                let path = pins::link_path(&root, link.program);
+                let Some(detail) = pin_problem(&path, link.link_id) else {
+                    continue;
+                };
+                let repair = match &link.pinned {
+                    Some(fd) => {
+                        pins::repin(&root, link.program, fd.as_fd()).map_err(|e| e.to_string())
+                    }
+                    None => Err("no descriptor of the link to pin again".to_owned()),
+                };
+                found.push(Finding {
+                    kind: FindingKind::PinRemoved,
+                    object: link.program.to_owned(),
+                    detail,
+                    repair,
+                });
+            }
+        }
+        for snapshot in &self.expected.maps {
+            if superseded && snapshot.name == agent_common::maps::AGENT {
+                continue;
+            }
+            let Some(data) = self.ebpf().map(snapshot.name).and_then(map_data) else {
+                continue;
+            };
+            let d = match snapshot.current(data) {
+                Ok(current) => diff(&snapshot.entries, &current),
+                Err(e) => {
+                    tracing::warn!(map = snapshot.name, error = %e, "integrity check cannot read map");
+                    continue;
+                }
+            };
+            if d.is_empty() {
+                continue;
+            }
+            let repair = snapshot
+                .restore(data, &d)
+                .and_then(|()| snapshot.current(data))
+                .map_err(|e| e.to_string())
+                .and_then(|now| match diff(&snapshot.entries, &now) {
+                    left if left.is_empty() => Ok(()),
+                    left => Err(format!(
+                        "still differs after rewriting: {}",
+                        left.describe()
+                    )),
+                });
+            found.push(Finding {
+                kind: FindingKind::MapModified,
+                object: snapshot.name.to_owned(),
+                detail: d.describe(),
+                repair,
+            });
+        }
+        found
+    }
+
+    /// Attaches `program` again in place of a detached or replaced link (cgroup programs:
+    /// other links cannot be detached), pins it where links are pinned, and records it.
+    fn reattach(&mut self, program: &'static str) -> Result<(), String> {
+        let spec = self
+            .status
+            .iter()
+            .find(|s| s.spec.name == program)
+            .map(|s| s.spec)
+            .ok_or_else(|| format!("{program} is not in the registry"))?;
+        if !matches!(spec.hook, Hook::CgroupConnect) {
+            return Err(format!(
+                "a {} link cannot be detached, only closed: it is gone with the agent's descriptor",
+                spec.hook
+            ));
+        }
+        self.relink_cgroup(program)?;
+        self.snapshot_links().map_err(|e| e.to_string())
+    }
 }

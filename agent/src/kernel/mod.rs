@@ -3,6 +3,7 @@
 
 pub mod bpf_sys;
 pub mod btf;
+pub mod error;
 pub mod floor;
 pub mod install;
 pub mod integrity;

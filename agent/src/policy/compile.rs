@@ -24,29 +24,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::model::{Access, Endpoint, Mode, PolicySet, Principal, Resources, Subject};
 use crate::{
-    paths,
-    watch::{kernel_dev, WatchSet},
+    paths::{self, kernel_dev, FileId},
+    watch::WatchSet,
 };
-
-/// A file's identity as the kernel sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FileId {
-    /// Kernel `dev_t` (`MAJOR << 20 | MINOR`).
-    pub dev: u32,
-    /// Inode number.
-    pub ino: u64,
-}
-
-impl FileId {
-    /// The (device, inode) of `path`, following symlinks.
-    pub fn of(path: &Path) -> std::io::Result<FileId> {
-        let meta = fs::metadata(path)?;
-        Ok(FileId {
-            dev: kernel_dev(meta.dev()),
-            ino: meta.ino(),
-        })
-    }
-}
 
 /// The policy rule a subject or a governed access comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]

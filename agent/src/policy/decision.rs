@@ -6,7 +6,8 @@ use std::{path::Path, sync::Arc};
 use agent_common::policy::{layer, verdict, Decision, MAX_RULES, NO_SUBJECT};
 use phiguard_proto::v1;
 
-use super::compile::{access_names, Compiled, FileId};
+use super::compile::{access_names, Compiled};
+use crate::paths::FileId;
 
 /// The policy sets in both kernel slots, so events written just before a reload still name
 /// the rules they were decided under.
