@@ -1,5 +1,7 @@
 //! `[collector]` in agent.toml: the link to a phiguard collector (off when the section is
-//! absent). Relative paths are taken from the configuration file's directory.
+//! absent). Relative paths are taken from the configuration file's directory. The settings
+//! types of the spool and the publisher live here, so the configuration depends on no sink
+//! (the sinks read their settings from it).
 
 use std::{
     ops::Range,
@@ -10,13 +12,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{
-    sink::{
-        publish::PublisherConfig,
-        spool::{FullPolicy, SpoolConfig},
-    },
-    tls::TlsFiles,
-};
+use phiguard_support::tls::TlsFiles;
 
 /// Default spool directory.
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/phiguard/spool";
@@ -28,6 +24,74 @@ pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 50;
 /// Default heartbeat interval (30 s).
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// How the publisher talks to the collector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublisherConfig {
+    /// The collector, `host:port`.
+    pub address: String,
+    /// TLS server name to verify (default: the host part of `address`).
+    pub server_name: Option<String>,
+    /// CA, certificate and key.
+    pub tls: TlsFiles,
+    /// Most events per batch.
+    pub batch_events: usize,
+    /// About the most bytes per batch (keep below the collector's message limit).
+    pub batch_bytes: usize,
+    /// Most unacknowledged batches in flight.
+    pub window: usize,
+    /// First retry delay.
+    pub backoff_min: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// How often the TLS files are checked for changes.
+    pub reload_check: Duration,
+    /// Connection (TCP + TLS) timeout.
+    pub connect_timeout: Duration,
+}
+
+impl PublisherConfig {
+    /// Defaults for `address` with `tls`: batches of 512 events / 1 MiB, a window of 8,
+    /// backoff from 0.2 s to 30 s, files checked every 5 s.
+    pub fn new(address: String, tls: TlsFiles) -> PublisherConfig {
+        PublisherConfig {
+            address,
+            server_name: None,
+            tls,
+            batch_events: 512,
+            batch_bytes: 1024 * 1024,
+            window: 8,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            reload_check: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What to drop when the spool is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Keep what is spooled; drop new events until there is room.
+    #[default]
+    KeepOldest,
+    /// Drop the oldest unacknowledged segment to make room for new events.
+    KeepNewest,
+}
+
+/// How the spool is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// Where the segments live (created 0700).
+    pub dir: PathBuf,
+    /// Most bytes on disk.
+    pub max_bytes: u64,
+    /// What to drop when full.
+    pub full: FullPolicy,
+    /// fsync at most this often (batched).
+    pub sync_interval: Duration,
+}
 
 /// The validated `[collector]` section.
 #[derive(Clone, Debug, PartialEq, Eq)]

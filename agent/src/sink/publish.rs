@@ -25,51 +25,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{error, info, warn};
 
 use super::spool::{ReadCursor, Spool, SpoolError};
-use crate::tls::{self, FilesStamp, TlsError, TlsFiles};
+use crate::tls::{self, FilesStamp, TlsError};
 
-/// How the publisher talks to the collector.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PublisherConfig {
-    /// The collector, `host:port`.
-    pub address: String,
-    /// TLS server name to verify (default: the host part of `address`).
-    pub server_name: Option<String>,
-    /// CA, certificate and key.
-    pub tls: TlsFiles,
-    /// Most events per batch.
-    pub batch_events: usize,
-    /// About the most bytes per batch (keep below the collector's message limit).
-    pub batch_bytes: usize,
-    /// Most unacknowledged batches in flight.
-    pub window: usize,
-    /// First retry delay.
-    pub backoff_min: Duration,
-    /// Longest retry delay.
-    pub backoff_max: Duration,
-    /// How often the TLS files are checked for changes.
-    pub reload_check: Duration,
-    /// Connection (TCP + TLS) timeout.
-    pub connect_timeout: Duration,
-}
-
-impl PublisherConfig {
-    /// Defaults for `address` with `tls`: batches of 512 events / 1 MiB, a window of 8,
-    /// backoff from 0.2 s to 30 s, files checked every 5 s.
-    pub fn new(address: String, tls: TlsFiles) -> PublisherConfig {
-        PublisherConfig {
-            address,
-            server_name: None,
-            tls,
-            batch_events: 512,
-            batch_bytes: 1024 * 1024,
-            window: 8,
-            backoff_min: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(30),
-            reload_check: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(10),
-        }
-    }
-}
+pub use crate::config::collector::PublisherConfig;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -352,6 +310,7 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::TlsFiles;
 
     #[test]
     fn stops_promptly_while_the_collector_does_not_answer() {

@@ -19,7 +19,7 @@ use std::{
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use phiguard_proto::v1;
@@ -40,34 +40,11 @@ const WRITE_BUFFER: usize = 256 * 1024;
 /// Record header: length and crc32.
 const RECORD_HEADER: u64 = 8;
 
-/// What to drop when the spool is full.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FullPolicy {
-    /// Keep what is spooled; drop new events until there is room.
-    #[default]
-    KeepOldest,
-    /// Drop the oldest unacknowledged segment to make room for new events.
-    KeepNewest,
-}
+pub use crate::config::collector::{FullPolicy, SpoolConfig};
 
-/// How the spool is kept.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpoolConfig {
-    /// Where the segments live (created 0700).
-    pub dir: PathBuf,
-    /// Most bytes on disk.
-    pub max_bytes: u64,
-    /// What to drop when full.
-    pub full: FullPolicy,
-    /// fsync at most this often (batched).
-    pub sync_interval: Duration,
-}
-
-impl SpoolConfig {
-    fn segment_bytes(&self) -> u64 {
-        (self.max_bytes / 8).clamp(4096, 16 * 1024 * 1024)
-    }
+/// Bytes per segment file for `config`: an eighth of the spool, within 4 KiB and 16 MiB.
+fn segment_bytes(config: &SpoolConfig) -> u64 {
+    (config.max_bytes / 8).clamp(4096, 16 * 1024 * 1024)
 }
 
 /// The spool failed.
@@ -390,7 +367,7 @@ impl Inner {
             _ if self.file.is_none() => true,
             None => true,
             Some(s) => {
-                s.written + self.buffer.len() as u64 + size > self.config.segment_bytes()
+                s.written + self.buffer.len() as u64 + size > segment_bytes(&self.config)
                     && s.written + self.buffer.len() as u64 > 0
             }
         };
@@ -727,6 +704,8 @@ impl Drop for SpoolSink {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn event(seq: u64, pad: usize) -> v1::Event {
