@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeSet,
-    fs, io,
+    fs,
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -134,37 +134,7 @@ pub struct AgentConfig {
     pub hostname: String,
 }
 
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// TOML syntax, an unknown field or a value of the wrong type.
-    #[error("{at}: {message}")]
-    Parse {
-        /// Where.
-        at: Location,
-        /// What the parser said.
-        message: String,
-    },
-    /// A well-formed value that is not acceptable.
-    #[error("{at}: {field}: {message}")]
-    Invalid {
-        /// Where.
-        at: Location,
-        /// The field, as `section.name`.
-        field: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
+pub use phiguard_support::config::ConfigError;
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]

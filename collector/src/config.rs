@@ -3,7 +3,7 @@
 //! field. Relative paths are taken from the configuration file's directory.
 
 use std::{
-    fmt, fs, io,
+    fmt, fs,
     net::SocketAddr,
     ops::Range,
     path::{Path, PathBuf},
@@ -26,37 +26,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Upper bound for `max_message_bytes` (64 MiB).
 pub const MAX_MESSAGE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// TOML syntax, an unknown field or a value of the wrong type.
-    #[error("{at}: {message}")]
-    Parse {
-        /// Where.
-        at: Location,
-        /// What the parser said.
-        message: String,
-    },
-    /// A well-formed value that is not acceptable.
-    #[error("{at}: {field}: {message}")]
-    Invalid {
-        /// Where.
-        at: Location,
-        /// The field, as `section.name`.
-        field: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
+pub use phiguard_support::config::ConfigError;
 
 /// `[server]`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -28,25 +28,13 @@ use tracing::{debug, warn};
 
 pub use phiguard_support::tls::{client_config, connect, host_of, TlsFiles};
 use phiguard_support::{
-    pem::{load_certs, load_key, load_roots, PemError},
+    pem::{load_certs, load_key, load_roots},
     tls::ALPN_H2,
 };
 
 use crate::identity::{identity_from_cert, Peer};
 
-/// TLS configuration that cannot be built.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A PEM file could not be read or holds nothing usable (never its contents).
-    #[error(transparent)]
-    Pem(#[from] PemError),
-    /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
-    /// The client certificate verifier could not be built.
-    #[error("client certificate verifier: {0}")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
-}
+pub use phiguard_support::tls::TlsError;
 
 /// The server side: TLS 1.3 only, client certificates required and verified against
 /// `files.ca`, ALPN h2.

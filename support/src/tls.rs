@@ -30,7 +30,8 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// Client TLS set-up or connection failed.
+/// TLS set-up or connection failed, on either side (the agent's and subscribers' client, the
+/// collector's server).
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM file could not be read or holds nothing usable (never its contents).
@@ -39,6 +40,9 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The client certificate verifier could not be built (server side).
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
     /// Not a usable server name.
     #[error("{0:?} is not a valid TLS server name")]
     ServerName(String),
