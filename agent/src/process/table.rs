@@ -255,20 +255,22 @@ impl ProcessTable {
             .unwrap_or_default();
         process.exe = paths::resolve(filename, process.cwd.as_deref().map(Path::new))
             .map(|p| p.display().to_string());
+        // The exec'd path with symlinks such as /bin -> usr/bin resolved: what `/proc/PID/exe`
+        // would have said.
+        let canonical = |exe: Option<String>| {
+            exe.map(|exe| std::fs::canonicalize(&exe).map_or(exe, |p| p.display().to_string()))
+        };
         match procfs::read_process(tgid) {
             Ok(s) if s.start_ticks == ns_to_ticks(start_ns) => {
                 process.comm = s.comm;
-                process.exe = s.exe.or(process.exe);
+                // A zombie still has its `stat` but no longer its `exe` link.
+                process.exe = s.exe.or_else(|| canonical(process.exe.take()));
                 process.cwd = process.cwd.or(s.cwd);
                 process.container_id = s.container_id.or(process.container_id);
                 process.cgroup = s.cgroup.or(process.cgroup);
             }
-            // Gone already: the exec'd path, with symlinks such as /bin -> usr/bin resolved.
-            _ => {
-                process.exe = process.exe.map(|exe| {
-                    std::fs::canonicalize(&exe).map_or(exe, |p| p.display().to_string())
-                });
-            }
+            // Gone already.
+            _ => process.exe = canonical(process.exe.take()),
         }
         self.insert_live(process);
     }
