@@ -23,7 +23,10 @@ use crate::{
     kernel::{btf, integrity::FindingKind, loader::Sensors, mounts, pins, probe, reader::Reader},
     link::Link,
     metrics::{KindLabels, LayerLabels, Metrics, ProgramLabels},
-    policy::{self, compile::Compiled, compile::ResourceKind, watcher::PolicyWatcher, Trigger},
+    policy::{
+        self, compile::Compiled, compile::ResourceKind, enforcement::EnforcementLayer,
+        watcher::PolicyWatcher, Trigger,
+    },
     sink::Sink,
     status::{self, ProgramState, ReloadState, Status, TamperState, MAX_TAMPER_SHOWN},
     watch::WatchSet,
@@ -166,11 +169,7 @@ impl Agent {
         info!(
             lsm = sensors.lsm_active(),
             "enforcement layers: {}",
-            if sensors.lsm_active() {
-                "BPF LSM for file opens, execs and unix sockets (EPERM); cgroup connect4/6 for TCP (EPERM)"
-            } else {
-                "SIGKILL at open/exec for files and execs (no BPF LSM); cgroup connect4/6 for TCP (EPERM); unix sockets not enforced"
-            }
+            EnforcementLayer::summary(sensors.lsm_active())
         );
         if sensors.is_pinned() {
             info!(
@@ -357,28 +356,18 @@ impl Agent {
         self.metrics
             .programs_pinned
             .set(i64::from(self.status.pinned));
-        for (resource, kind) in [
-            ("file", ResourceKind::File),
-            ("exec", ResourceKind::Exec),
-            ("tcp", ResourceKind::Tcp),
-            ("unix", ResourceKind::Unix),
-        ] {
-            let layer = match (kind, lsm) {
-                (ResourceKind::Tcp, _) => "cgroup",
-                (_, true) => "lsm",
-                (ResourceKind::Unix, false) => "none",
-                (_, false) => "signal",
-            };
+        for kind in ResourceKind::ALL {
+            let layer = EnforcementLayer::of(kind, lsm);
             self.metrics
                 .enforcement_layer
                 .get_or_create(&LayerLabels {
-                    resource: resource.to_owned(),
-                    layer: layer.to_owned(),
+                    resource: kind.name().to_owned(),
+                    layer: layer.label().to_owned(),
                 })
                 .set(1);
             self.status
                 .enforcement
-                .insert(resource.to_owned(), kind.layer(lsm).to_owned());
+                .insert(kind.name().to_owned(), layer.describe(kind).to_owned());
         }
     }
 

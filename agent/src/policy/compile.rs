@@ -57,26 +57,6 @@ pub enum ResourceKind {
     Exec,
 }
 
-impl ResourceKind {
-    /// How this kernel enforces a denial of this kind of resource (`lsm`: BPF LSM programs are
-    /// attached).
-    pub fn layer(self, lsm: bool) -> &'static str {
-        match (self, lsm) {
-            (ResourceKind::Tcp, _) => "cgroup connect4/6: connect() fails with EPERM",
-            (_, true) => "BPF LSM: the call fails with EPERM",
-            (ResourceKind::File, false) => {
-                "SIGKILL at open() exit (no BPF LSM here): the process dies before it can read or write"
-            }
-            (ResourceKind::Exec, false) => {
-                "SIGKILL at exec (no BPF LSM here): the new program never runs an instruction"
-            }
-            (ResourceKind::Unix, false) => {
-                "NOT ENFORCED on this kernel (needs BPF LSM socket_connect); connects are not reported either"
-            }
-        }
-    }
-}
-
 /// One protection unit, as loaded into the kernel's `RULES` and subject maps.
 #[derive(Clone, Debug, Default)]
 pub struct KernelRule {

@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod decision;
+pub mod enforcement;
 pub mod model;
 pub mod parse;
 pub mod watcher;
