@@ -1,5 +1,8 @@
 //! The agent: start-up (checks, offsets, load, attach) and the event loop
-//! (ring buffer → decode → enrich → sinks), with loss reporting and clean shutdown.
+//! (ring buffer → decode → enrich → sinks, in [`pipeline`]), with loss reporting and clean
+//! shutdown.
+
+pub mod pipeline;
 
 use std::{
     future::Future,
@@ -16,10 +19,11 @@ use phiguard_proto::v1::{self, event::Body};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use self::pipeline::Pipeline;
+pub use self::pipeline::RunStats;
 use crate::{
     config::Config,
     enrich::{host::HostInfo, EnrichSettings, Enricher},
-    event::decode::decode,
     kernel::{btf, integrity::FindingKind, loader::Sensors, mounts, pins, probe, reader::Reader},
     link::Link,
     metrics::{KindLabels, LayerLabels, Metrics, ProgramLabels},
@@ -74,31 +78,6 @@ pub enum StartError {
     Metrics(#[from] crate::metrics::MetricsError),
 }
 
-/// Counters of one run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RunStats {
-    /// Records read from the ring buffer.
-    pub records: u64,
-    /// Events written to the sinks.
-    pub events: u64,
-    /// Records that failed to decode.
-    pub decode_errors: u64,
-    /// Records lost in the kernel (ring buffer full).
-    pub kernel_lost: u64,
-    /// Failed sink writes.
-    pub sink_errors: u64,
-}
-
-/// Failures that can happen once per record: logged as one line per tick with a count and
-/// the latest error, never one line per record (a broken sink must not flood the journal).
-#[derive(Debug, Default)]
-struct Problems {
-    decode_logged: u64,
-    last_decode: Option<String>,
-    sink_logged: u64,
-    last_sink: Option<String>,
-}
-
 /// Where policies come from and what is in force.
 struct Policies {
     dir: Option<PathBuf>,
@@ -116,14 +95,12 @@ pub struct Agent {
     policies: Policies,
     reader: Reader,
     enricher: Enricher,
-    sinks: Vec<Box<dyn Sink>>,
+    pipeline: Pipeline,
     lost_reported: [u64; KIND_COUNT as usize],
     faults_reported: [u64; PROGRAM_COUNT as usize],
-    stats: RunStats,
     metrics: Metrics,
     status: Status,
     status_file: Option<PathBuf>,
-    problems: Problems,
     link: Option<Link>,
 }
 
@@ -201,7 +178,8 @@ impl Agent {
             None => None,
         };
         // A durable sink (the spool) keeps the sequence going across restarts.
-        if let Some(seq) = sinks.iter().filter_map(|s| s.resume_seq()).max() {
+        let pipeline = Pipeline::new(sinks, metrics.clone());
+        if let Some(seq) = pipeline.resume_seq() {
             enricher.resume_after(seq);
         }
         let paths: Vec<String> = watches
@@ -229,10 +207,9 @@ impl Agent {
             },
             reader,
             enricher,
-            sinks,
+            pipeline,
             lost_reported,
             faults_reported,
-            stats: RunStats::default(),
             metrics,
             status: Status {
                 pid: std::process::id(),
@@ -242,7 +219,6 @@ impl Agent {
                 ..Status::default()
             },
             status_file: None,
-            problems: Problems::default(),
             link: None,
         };
         for kind in Kind::ALL {
@@ -377,7 +353,7 @@ impl Agent {
             return;
         };
         self.status.updated_at = status::now();
-        self.status.events = self.stats.events;
+        self.status.events = self.pipeline.stats.events;
         if let Err(error) = self.status.write(path) {
             warn!(%error, "cannot write the status file");
         }
@@ -413,7 +389,7 @@ impl Agent {
             tokio::task::yield_now().await;
             // A sink that batches its flushes in time (the spool's fsync) is flushed when its
             // batch is due, even if no other event or tick comes before.
-            let flush_due = self.sinks.iter().filter_map(|sink| sink.flush_due()).min();
+            let flush_due = self.pipeline.flush_due();
             let flush_timer = tokio::time::sleep_until(
                 flush_due.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std),
             );
@@ -423,7 +399,7 @@ impl Agent {
                 _ = tick.tick() => {
                     ticks += 1;
                     self.report_losses();
-                    self.report_problems();
+                    self.pipeline.report_problems();
                     if ticks.is_multiple_of(60) {
                         self.enricher.refresh_clock();
                     }
@@ -452,34 +428,27 @@ impl Agent {
                 }
                 () = flush_timer, if flush_due.is_some() => self.flush()?,
                 read = self.reader.read_batch(BATCH, |bytes| {
-                    let mut out = Out { sinks: &mut self.sinks, stats: &mut self.stats, metrics: &self.metrics };
-                    Self::handle(&mut self.enricher, &mut out, &mut self.problems, bytes);
+                    self.pipeline.handle(&mut self.enricher, bytes);
                 }) => {
                     read?;
                     self.flush()?;
                 }
             }
         }
-        let mut out = Out {
-            sinks: &mut self.sinks,
-            stats: &mut self.stats,
-            metrics: &self.metrics,
-        };
-        let (enricher, problems) = (&mut self.enricher, &mut self.problems);
-        self.reader
-            .drain(|bytes| Self::handle(enricher, &mut out, problems, bytes));
+        let (enricher, pipeline) = (&mut self.enricher, &mut self.pipeline);
+        self.reader.drain(|bytes| pipeline.handle(enricher, bytes));
         self.report_losses();
-        self.report_problems();
+        self.pipeline.report_problems();
         self.flush()?;
         if let Some(path) = &self.status_file {
             Status::remove(path);
         }
         info!(
-            records = self.stats.records,
-            events = self.stats.events,
-            kernel_lost = self.stats.kernel_lost,
-            decode_errors = self.stats.decode_errors,
-            sink_errors = self.stats.sink_errors,
+            records = self.pipeline.stats.records,
+            events = self.pipeline.stats.events,
+            kernel_lost = self.pipeline.stats.kernel_lost,
+            decode_errors = self.pipeline.stats.decode_errors,
+            sink_errors = self.pipeline.stats.sink_errors,
             pinned = self.sensors.is_pinned(),
             "phiguard stopped; {}",
             if self.sensors.is_pinned() {
@@ -488,88 +457,16 @@ impl Agent {
                 "programs detached"
             }
         );
-        Ok(self.stats)
-    }
-
-    fn handle(enricher: &mut Enricher, out: &mut Out<'_>, problems: &mut Problems, bytes: &[u8]) {
-        out.stats.records += 1;
-        let raw = match decode(bytes) {
-            Ok(raw) => raw,
-            Err(error) => {
-                out.stats.decode_errors += 1;
-                out.metrics.decode_errors.inc();
-                debug!(%error, "undecodable ring-buffer record");
-                problems.last_decode = Some(error.to_string());
-                return;
-            }
-        };
-        for event in enricher.enrich(raw) {
-            Self::emit(out, problems, &event);
-        }
-    }
-
-    /// Logs, once a tick, how many records did not decode and how many sink writes failed
-    /// since the last tick.
-    fn report_problems(&mut self) {
-        let (stats, p) = (&self.stats, &mut self.problems);
-        if stats.decode_errors > p.decode_logged {
-            warn!(
-                new = stats.decode_errors - p.decode_logged,
-                total = stats.decode_errors,
-                last_error = p.last_decode.as_deref().unwrap_or(""),
-                "undecodable ring-buffer records"
-            );
-            p.decode_logged = stats.decode_errors;
-        }
-        if stats.sink_errors > p.sink_logged {
-            warn!(
-                new = stats.sink_errors - p.sink_logged,
-                total = stats.sink_errors,
-                last_error = p.last_sink.as_deref().unwrap_or(""),
-                "sink writes failed: events were not written"
-            );
-            p.sink_logged = stats.sink_errors;
-        }
-    }
-
-    fn emit(out: &mut Out<'_>, problems: &mut Problems, event: &v1::Event) {
-        let Out {
-            sinks,
-            stats,
-            metrics,
-        } = out;
-        stats.events += 1;
-        metrics
-            .events
-            .get_or_create(&KindLabels {
-                kind: body_kind(event.body.as_ref()).into(),
-            })
-            .inc();
-        for sink in sinks.iter_mut() {
-            if let Err(error) = sink.write(event) {
-                stats.sink_errors += 1;
-                metrics.sink_errors.inc();
-                debug!(%error, "sink write failed");
-                problems.last_sink = Some(error.to_string());
-            }
-        }
+        Ok(self.pipeline.stats)
     }
 
     /// Emits an event of the agent's own (policy loads, losses).
     fn emit_own(&mut self, event: &v1::Event) {
-        let mut out = Out {
-            sinks: &mut self.sinks,
-            stats: &mut self.stats,
-            metrics: &self.metrics,
-        };
-        Self::emit(&mut out, &mut self.problems, event);
+        self.pipeline.emit(event);
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        for sink in &mut self.sinks {
-            sink.flush()?;
-        }
-        Ok(())
+        self.pipeline.flush()
     }
 
     /// Loads the policy directory again; the new set replaces the one in force only when it is
@@ -778,11 +675,7 @@ impl Agent {
 
     /// Sinks that dropped events (a full spool) report them once they have room again.
     fn report_sink_losses(&mut self) {
-        let losses: Vec<_> = self
-            .sinks
-            .iter_mut()
-            .filter_map(|s| s.take_losses())
-            .collect();
+        let losses = self.pipeline.take_losses();
         for loss in losses {
             warn!(source = ?loss.source, lost = loss.count, total = loss.total, "sink dropped events");
             let event = self.enricher.agent_event(Body::EventsLost(v1::EventsLost {
@@ -810,7 +703,7 @@ impl Agent {
                 continue;
             }
             self.lost_reported[i] = totals[i];
-            self.stats.kernel_lost += new;
+            self.pipeline.stats.kernel_lost += new;
             self.metrics
                 .kernel_lost
                 .get_or_create(&KindLabels {
@@ -829,34 +722,6 @@ impl Agent {
             }));
             self.emit_own(&event);
         }
-    }
-}
-
-/// Where events go, and what counts them.
-struct Out<'a> {
-    sinks: &'a mut [Box<dyn Sink>],
-    stats: &'a mut RunStats,
-    metrics: &'a Metrics,
-}
-
-/// The metrics label of an event's kind.
-fn body_kind(body: Option<&Body>) -> &'static str {
-    match body {
-        Some(Body::Exec(_)) => "exec",
-        Some(Body::Fork(_)) => "fork",
-        Some(Body::Exit(_)) => "exit",
-        Some(Body::FileOpen(_)) => "file_open",
-        Some(Body::Connect(_)) => "connect",
-        Some(Body::TcpState(_)) => "tcp_state",
-        Some(Body::EventsLost(_)) => "events_lost",
-        Some(Body::PolicyLoad(_)) => "policy_load",
-        Some(Body::Alert(_)) => "alert",
-        Some(Body::DbSessionStart(_)) => "db_session_start",
-        Some(Body::DbStatement(_)) => "db_statement",
-        Some(Body::DbSessionEnd(_)) => "db_session_end",
-        Some(Body::Heartbeat(_)) => "heartbeat",
-        Some(Body::Tamper(_)) => "tamper",
-        None => "none",
     }
 }
 

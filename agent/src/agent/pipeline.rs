@@ -1,0 +1,168 @@
+//! The event pipeline of a running agent: each ring-buffer record is decoded, enriched and
+//! written to every sink ([`Pipeline::handle`]); the agent's own events join it at
+//! [`Pipeline::emit`]. It counts what went through ([`RunStats`], the metrics) and what failed,
+//! and logs failures once a tick, never once per record.
+
+use phiguard_proto::v1::{self, event::Body};
+use tracing::{debug, warn};
+
+use crate::{
+    enrich::Enricher,
+    event::decode::decode,
+    metrics::{KindLabels, Metrics},
+    sink::{Sink, SinkLoss},
+};
+
+/// Counters of one run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Records read from the ring buffer.
+    pub records: u64,
+    /// Events written to the sinks.
+    pub events: u64,
+    /// Records that failed to decode.
+    pub decode_errors: u64,
+    /// Records lost in the kernel (ring buffer full).
+    pub kernel_lost: u64,
+    /// Failed sink writes.
+    pub sink_errors: u64,
+}
+
+/// Failures that can happen once per record: logged as one line per tick with a count and
+/// the latest error, never one line per record (a broken sink must not flood the journal).
+#[derive(Debug, Default)]
+struct Problems {
+    decode_logged: u64,
+    last_decode: Option<String>,
+    sink_logged: u64,
+    last_sink: Option<String>,
+}
+
+/// Where events go, and what counts them.
+pub struct Pipeline {
+    sinks: Vec<Box<dyn Sink>>,
+    /// What went through so far.
+    pub stats: RunStats,
+    metrics: Metrics,
+    problems: Problems,
+}
+
+impl Pipeline {
+    /// Writes to `sinks`, counting in `metrics` (shared with the agent).
+    pub fn new(sinks: Vec<Box<dyn Sink>>, metrics: Metrics) -> Pipeline {
+        Pipeline {
+            sinks,
+            stats: RunStats::default(),
+            metrics,
+            problems: Problems::default(),
+        }
+    }
+
+    /// The last sequence number a durable sink (the spool) holds, to number on from.
+    pub fn resume_seq(&self) -> Option<u64> {
+        self.sinks.iter().filter_map(|s| s.resume_seq()).max()
+    }
+
+    /// When the sink that batches its flushes in time (the spool's fsync) is due next.
+    pub fn flush_due(&self) -> Option<std::time::Instant> {
+        self.sinks.iter().filter_map(|sink| sink.flush_due()).min()
+    }
+
+    /// Events the sinks dropped since the last call (a full spool), one entry per sink.
+    pub fn take_losses(&mut self) -> Vec<SinkLoss> {
+        self.sinks
+            .iter_mut()
+            .filter_map(|s| s.take_losses())
+            .collect()
+    }
+
+    /// One ring-buffer record: decoded, enriched, written.
+    pub fn handle(&mut self, enricher: &mut Enricher, bytes: &[u8]) {
+        self.stats.records += 1;
+        let raw = match decode(bytes) {
+            Ok(raw) => raw,
+            Err(error) => {
+                self.stats.decode_errors += 1;
+                self.metrics.decode_errors.inc();
+                debug!(%error, "undecodable ring-buffer record");
+                self.problems.last_decode = Some(error.to_string());
+                return;
+            }
+        };
+        for event in enricher.enrich(raw) {
+            self.emit(&event);
+        }
+    }
+
+    /// Logs, once a tick, how many records did not decode and how many sink writes failed
+    /// since the last tick.
+    pub fn report_problems(&mut self) {
+        let (stats, p) = (&self.stats, &mut self.problems);
+        if stats.decode_errors > p.decode_logged {
+            warn!(
+                new = stats.decode_errors - p.decode_logged,
+                total = stats.decode_errors,
+                last_error = p.last_decode.as_deref().unwrap_or(""),
+                "undecodable ring-buffer records"
+            );
+            p.decode_logged = stats.decode_errors;
+        }
+        if stats.sink_errors > p.sink_logged {
+            warn!(
+                new = stats.sink_errors - p.sink_logged,
+                total = stats.sink_errors,
+                last_error = p.last_sink.as_deref().unwrap_or(""),
+                "sink writes failed: events were not written"
+            );
+            p.sink_logged = stats.sink_errors;
+        }
+    }
+
+    /// Writes `event` to every sink.
+    pub fn emit(&mut self, event: &v1::Event) {
+        self.stats.events += 1;
+        self.metrics
+            .events
+            .get_or_create(&KindLabels {
+                kind: body_kind(event.body.as_ref()).into(),
+            })
+            .inc();
+        for sink in self.sinks.iter_mut() {
+            if let Err(error) = sink.write(event) {
+                self.stats.sink_errors += 1;
+                self.metrics.sink_errors.inc();
+                debug!(%error, "sink write failed");
+                self.problems.last_sink = Some(error.to_string());
+            }
+        }
+    }
+
+    /// Flushes every sink.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        for sink in &mut self.sinks {
+            sink.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// The metrics label of an event's kind.
+fn body_kind(body: Option<&Body>) -> &'static str {
+    match body {
+        Some(Body::Exec(_)) => "exec",
+        Some(Body::Fork(_)) => "fork",
+        Some(Body::Exit(_)) => "exit",
+        Some(Body::FileOpen(_)) => "file_open",
+        Some(Body::Connect(_)) => "connect",
+        Some(Body::TcpState(_)) => "tcp_state",
+        Some(Body::EventsLost(_)) => "events_lost",
+        Some(Body::PolicyLoad(_)) => "policy_load",
+        Some(Body::Alert(_)) => "alert",
+        Some(Body::DbSessionStart(_)) => "db_session_start",
+        Some(Body::DbStatement(_)) => "db_statement",
+        Some(Body::DbSessionEnd(_)) => "db_session_end",
+        Some(Body::Heartbeat(_)) => "heartbeat",
+        Some(Body::Tamper(_)) => "tamper",
+        None => "none",
+    }
+}
