@@ -1,5 +1,17 @@
 //! phiguard host agent: loads the kernel programs, decodes and enriches their events, and
 //! writes them to the configured sinks.
+//!
+//! One module per job, in the order a record meets them: [`kernel`] (start-up checks, BTF
+//! offsets, the program registry, loading and attaching, the integrity check, the ring-buffer
+//! reader), [`event`] (ring-buffer bytes decoded into checked records), [`enrich`] (process,
+//! file, network and database context, with [`process`] the process table and [`db`] the
+//! wire-protocol decoders and sessions), [`agent`] (start-up and the event loop; its
+//! `pipeline` takes each record through decode and enrichment to the sinks), [`sink`] (JSON
+//! lines, the durable spool and the publisher to the collector, with [`link`] and [`tls`]
+//! its state and credentials). Around them: [`config`] (agent.toml), [`cli`] (flags),
+//! [`policy`] (parse, validate, compile, which layer enforces what, reload), [`watch`] (what
+//! is watched), [`paths`] (path arithmetic and file identities), [`metrics`] (Prometheus) and
+//! [`status`] (`phiguard status`).
 
 pub mod agent;
 pub mod cli;
