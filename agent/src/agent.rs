@@ -1,8 +1,10 @@
 //! The agent: start-up (checks, offsets, load, attach) and the event loop
-//! (ring buffer → decode → enrich → sinks, in [`pipeline`]), with loss reporting and clean
-//! shutdown.
+//! (ring buffer → decode → enrich → sinks, in [`pipeline`]), with clean shutdown. What the
+//! agent says about itself (tamper, losses, faults, heartbeats) goes through one path,
+//! [`report`].
 
 pub mod pipeline;
+pub mod report;
 
 use std::{
     future::Future,
@@ -24,7 +26,7 @@ pub use self::pipeline::RunStats;
 use crate::{
     config::Config,
     enrich::{host::HostInfo, EnrichSettings, Enricher},
-    kernel::{btf, integrity::FindingKind, loader::Sensors, mounts, pins, probe, reader::Reader},
+    kernel::{btf, loader::Sensors, mounts, pins, probe, reader::Reader},
     link::Link,
     metrics::{KindLabels, LayerLabels, Metrics, ProgramLabels},
     policy::{
@@ -32,7 +34,7 @@ use crate::{
         watcher::PolicyWatcher, Trigger,
     },
     sink::Sink,
-    status::{self, ProgramState, ReloadState, Status, TamperState, MAX_TAMPER_SHOWN},
+    status::{self, ProgramState, ReloadState, Status},
     watch::WatchSet,
 };
 
@@ -276,29 +278,6 @@ impl Agent {
         }
     }
 
-    /// Spools a heartbeat for the collector: the agent is alive, and what it runs.
-    fn heartbeat(&mut self) {
-        let Some(link) = &self.link else {
-            return;
-        };
-        let state = link.state();
-        let interval_ms = link.heartbeat_interval().as_millis() as u64;
-        let attached = self.status.programs.iter().filter(|p| p.attached).count();
-        let body = Body::Heartbeat(v1::Heartbeat {
-            interval_ms,
-            programs_attached: u32::try_from(attached).unwrap_or(u32::MAX),
-            programs_known: u32::try_from(self.status.programs.len()).unwrap_or(u32::MAX),
-            policy_generation: self.status.policy_generation,
-            spool_events: state.spool_events,
-            spool_bytes: state.spool_bytes,
-            kernel_lost: self.status.kernel_lost.values().sum(),
-            spool_dropped: state.spool_dropped,
-            uptime_seconds: status::now().saturating_sub(self.status.started_at),
-        });
-        let event = self.enricher.agent_event(body);
-        self.emit_own(&event);
-    }
-
     /// The agent's metrics (shared: they keep counting while it runs).
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -414,7 +393,7 @@ impl Agent {
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 }
                 _ = heartbeat.tick(), if self.link.is_some() => {
-                    self.heartbeat();
+                    self.report(report::Report::Heartbeat);
                     self.flush()?;
                 }
                 Some(trigger) = self.policies.requests.recv() => {
@@ -560,168 +539,6 @@ impl Agent {
             trigger: trigger.as_str().to_owned(),
         }));
         self.emit_own(&event);
-    }
-
-    /// Compares the kernel with what the agent installed; each change found (and repaired,
-    /// where it could be) is logged, counted and reported as a `Tamper` event.
-    fn check_integrity(&mut self) {
-        let started = std::time::Instant::now();
-        let found = self.sensors.check_integrity();
-        debug!(
-            elapsed_us = started.elapsed().as_micros() as u64,
-            findings = found.len(),
-            "integrity check"
-        );
-        if found.is_empty() {
-            return;
-        }
-        for finding in found {
-            let (kind, proto_kind) = match finding.kind {
-                FindingKind::ProgramDetached => {
-                    ("program_detached", v1::TamperKind::ProgramDetached)
-                }
-                FindingKind::PinRemoved => ("pin_removed", v1::TamperKind::PinRemoved),
-                FindingKind::MapModified => ("map_modified", v1::TamperKind::MapModified),
-            };
-            let repair_error = finding.repair.clone().err().unwrap_or_default();
-            if finding.repair.is_ok() {
-                error!(tamper = kind, object = %finding.object, "kernel state changed by something other than the agent: {}; repaired", finding.detail);
-            } else {
-                error!(tamper = kind, object = %finding.object, repair_error = %repair_error, "kernel state changed by something other than the agent: {}; NOT repaired", finding.detail);
-            }
-            self.metrics
-                .tamper
-                .get_or_create(&KindLabels { kind: kind.into() })
-                .inc();
-            self.status.tamper_total += 1;
-            self.status.tamper.push(TamperState {
-                at: status::now(),
-                kind: kind.to_owned(),
-                object: finding.object.clone(),
-                detail: finding.detail.clone(),
-                repaired: finding.repair.is_ok(),
-            });
-            let excess = self.status.tamper.len().saturating_sub(MAX_TAMPER_SHOWN);
-            self.status.tamper.drain(..excess);
-            if finding.kind == FindingKind::ProgramDetached && finding.repair.is_err() {
-                if let Some(p) = self
-                    .status
-                    .programs
-                    .iter_mut()
-                    .find(|p| p.name == finding.object)
-                {
-                    p.attached = false;
-                    p.error = Some(format!(
-                        "detached by something other than the agent: {}",
-                        finding.detail
-                    ));
-                }
-                let attached = self.status.programs.iter().filter(|p| p.attached).count();
-                self.metrics.programs_attached.set(attached as i64);
-            }
-            let event = self.enricher.agent_event(Body::Tamper(v1::Tamper {
-                kind: proto_kind as i32,
-                object: finding.object,
-                detail: finding.detail,
-                repaired: repair_error.is_empty(),
-                repair_error,
-            }));
-            self.emit_own(&event);
-        }
-        self.write_status();
-    }
-
-    /// Turns new kernel and sink losses into `EventsLost` events and a warning: never silent.
-    fn report_losses(&mut self) {
-        self.report_sink_losses();
-        self.report_kernel_losses();
-        self.report_kernel_faults();
-    }
-
-    /// Turns new kernel faults into the metric, the status and a warning (no event: a fault
-    /// says the agent saw less, not what it missed).
-    fn report_kernel_faults(&mut self) {
-        let totals = match self.sensors.faults() {
-            Ok(totals) => totals,
-            Err(error) => {
-                warn!(%error, "cannot read kernel fault counters");
-                return;
-            }
-        };
-        for program in Program::ALL {
-            let i = program as usize;
-            let new = totals[i].saturating_sub(self.faults_reported[i]);
-            if new == 0 {
-                continue;
-            }
-            self.faults_reported[i] = totals[i];
-            self.metrics
-                .kernel_faults
-                .get_or_create(&ProgramLabels {
-                    program: program.name().into(),
-                })
-                .inc_by(new);
-            self.status
-                .kernel_faults
-                .insert(program.name().to_owned(), totals[i]);
-            warn!(
-                program = program.name(),
-                faults = new,
-                total = totals[i],
-                "kernel program runs stopped on a failed read"
-            );
-        }
-    }
-
-    /// Sinks that dropped events (a full spool) report them once they have room again.
-    fn report_sink_losses(&mut self) {
-        let losses = self.pipeline.take_losses();
-        for loss in losses {
-            warn!(source = ?loss.source, lost = loss.count, total = loss.total, "sink dropped events");
-            let event = self.enricher.agent_event(Body::EventsLost(v1::EventsLost {
-                source: loss.source as i32,
-                kind: String::new(),
-                count: loss.count,
-                total: loss.total,
-            }));
-            self.emit_own(&event);
-        }
-    }
-
-    fn report_kernel_losses(&mut self) {
-        let totals = match self.sensors.lost() {
-            Ok(totals) => totals,
-            Err(error) => {
-                warn!(%error, "cannot read kernel loss counters");
-                return;
-            }
-        };
-        for kind in Kind::ALL {
-            let i = kind as usize;
-            let new = totals[i].saturating_sub(self.lost_reported[i]);
-            if new == 0 {
-                continue;
-            }
-            self.lost_reported[i] = totals[i];
-            self.pipeline.stats.kernel_lost += new;
-            self.metrics
-                .kernel_lost
-                .get_or_create(&KindLabels {
-                    kind: format!("{kind:?}").into(),
-                })
-                .inc_by(new);
-            self.status
-                .kernel_lost
-                .insert(format!("{kind:?}"), totals[i]);
-            warn!(kind = ?kind, lost = new, total = totals[i], "kernel ring buffer full: events lost");
-            let event = self.enricher.agent_event(Body::EventsLost(v1::EventsLost {
-                source: v1::LossSource::KernelRingBuffer as i32,
-                kind: format!("{kind:?}"),
-                count: new,
-                total: totals[i],
-            }));
-            self.emit_own(&event);
-        }
     }
 }
 
