@@ -19,14 +19,14 @@ use agent_common::{
 };
 use phiguard_proto::v1::{self, event::Body};
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use self::pipeline::Pipeline;
 pub use self::pipeline::RunStats;
 use crate::{
     config::Config,
     enrich::{host::HostInfo, EnrichSettings, Enricher},
-    kernel::{btf, loader::Sensors, mounts, pins, probe, reader::Reader},
+    kernel::{loader::Sensors, mounts, pins, reader::Reader, startup},
     link::Link,
     metrics::{KindLabels, LayerLabels, Metrics, ProgramLabels},
     policy::{
@@ -48,15 +48,12 @@ const INTEGRITY_TICKS: u64 = 5;
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// This system cannot run the programs.
+    /// This system cannot run the programs (capabilities, kernel, mounts, BTF offsets).
     #[error(transparent)]
-    Probe(#[from] probe::ProbeError),
+    Kernel(#[from] startup::StartupError),
     /// A pseudo-filesystem is missing.
     #[error(transparent)]
     Mount(#[from] mounts::MountError),
-    /// Offsets could not be read.
-    #[error(transparent)]
-    Btf(#[from] btf::BtfError),
     /// A watched path is unusable.
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
@@ -110,13 +107,7 @@ impl Agent {
     /// Checks the system, loads and attaches the programs for `config`'s watches, and seeds
     /// the process table. Must run inside a tokio runtime.
     pub fn start(config: &Config, sinks: Vec<Box<dyn Sink>>) -> Result<Agent, StartError> {
-        let btf_path = Path::new(btf::VMLINUX_BTF);
-        probe::check(btf_path)?;
-        for mounted in mounts::ensure_mounted()? {
-            info!(mount = mounted, "mounted missing pseudo-filesystem");
-        }
-        let offsets = btf::kernel_offsets(btf_path)?;
-        debug!(?offsets, "kernel struct offsets from BTF");
+        let offsets = startup::prepare()?;
         let watches = WatchSet::new(&config.watch.paths, &config.watch.ports)?;
         let cgroup_root = mounts::cgroup2_root()?;
         let dir = config.policy.dir.clone();

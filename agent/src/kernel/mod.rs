@@ -1,5 +1,6 @@
-//! Kernel side: start-up checks, BTF offsets, the program registry, loading and attaching, and
-//! reading the ring buffer.
+//! Kernel side: start-up checks (`startup`: `probe`, `mounts`, `btf` offsets), the program
+//! registry, loading and attaching (`loader`, with `install`, `pins` and `integrity`; its
+//! errors in `error`), and reading the ring buffer (`reader`).
 
 pub mod bpf_sys;
 pub mod btf;
@@ -13,3 +14,4 @@ pub mod pins;
 pub mod probe;
 pub mod reader;
 pub mod registry;
+pub mod startup;
