@@ -1,5 +1,5 @@
 //! Replays synthetic file-open records through the agent's user-space pipeline — decode →
-//! enrich → JSON lines — without the kernel, so its cost per event can be counted
+//! enrich → number → JSON lines — without the kernel, so its cost per event can be counted
 //! deterministically:
 //!
 //! ```sh
@@ -22,7 +22,7 @@ use agent_common::{
 use phiguard::{
     enrich::{host::HostInfo, EnrichSettings, Enricher},
     event::decode::decode,
-    sink::{json::JsonLines, Sink as _},
+    sink::{json::JsonLines, numbering::Numbering, Sink as _},
     watch::WatchSet,
 };
 
@@ -48,10 +48,12 @@ fn main() {
         _ => Box::new(std::io::sink()),
     };
     let mut sink = JsonLines::new(out);
+    let mut numbering = Numbering::after(0);
     let mut events = 0u64;
     for _ in 0..count {
         let raw = decode(&record).expect("decodes");
-        for event in enricher.enrich(raw) {
+        for mut event in enricher.enrich(raw) {
+            numbering.stamp(&mut event);
             sink.write(&event).expect("sink");
             events += 1;
         }

@@ -172,9 +172,6 @@ impl Agent {
         };
         // A durable sink (the spool) keeps the sequence going across restarts.
         let pipeline = Pipeline::new(sinks, metrics.clone());
-        if let Some(seq) = pipeline.resume_seq() {
-            enricher.resume_after(seq);
-        }
         let paths: Vec<String> = watches
             .paths
             .iter()
@@ -432,7 +429,7 @@ impl Agent {
 
     /// Emits an event of the agent's own (policy loads, losses).
     fn emit_own(&mut self, event: &v1::Event) {
-        self.pipeline.emit(event);
+        self.pipeline.emit(event.clone());
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -1,6 +1,6 @@
-//! The event pipeline of a running agent: each ring-buffer record is decoded, enriched and
-//! written to every sink ([`Pipeline::handle`]); the agent's own events join it at
-//! [`Pipeline::emit`]. It counts what went through ([`RunStats`], the metrics) and what failed,
+//! The event pipeline of a running agent: each ring-buffer record is decoded, enriched,
+//! numbered and written to every sink ([`Pipeline::handle`]); the agent's own events join it
+//! at [`Pipeline::emit`]. It counts what went through ([`RunStats`], the metrics) and what failed,
 //! and logs failures once a tick, never once per record.
 
 use phiguard_proto::v1::{self, event::Body};
@@ -10,7 +10,7 @@ use crate::{
     enrich::Enricher,
     event::decode::decode,
     metrics::{KindLabels, Metrics},
-    sink::{Sink, SinkLoss},
+    sink::{numbering::Numbering, Sink, SinkLoss},
 };
 
 /// Counters of one run.
@@ -41,6 +41,7 @@ struct Problems {
 /// Where events go, and what counts them.
 pub struct Pipeline {
     sinks: Vec<Box<dyn Sink>>,
+    numbering: Numbering,
     /// What went through so far.
     pub stats: RunStats,
     metrics: Metrics,
@@ -48,19 +49,17 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Writes to `sinks`, counting in `metrics` (shared with the agent).
+    /// Writes to `sinks`, counting in `metrics` (shared with the agent); numbers events on
+    /// from the last one a durable sink (the spool) holds.
     pub fn new(sinks: Vec<Box<dyn Sink>>, metrics: Metrics) -> Pipeline {
+        let last = sinks.iter().filter_map(|s| s.resume_seq()).max();
         Pipeline {
             sinks,
+            numbering: Numbering::after(last.unwrap_or(0)),
             stats: RunStats::default(),
             metrics,
             problems: Problems::default(),
         }
-    }
-
-    /// The last sequence number a durable sink (the spool) holds, to number on from.
-    pub fn resume_seq(&self) -> Option<u64> {
-        self.sinks.iter().filter_map(|s| s.resume_seq()).max()
     }
 
     /// When the sink that batches its flushes in time (the spool's fsync) is due next.
@@ -90,7 +89,7 @@ impl Pipeline {
             }
         };
         for event in enricher.enrich(raw) {
-            self.emit(&event);
+            self.emit(event);
         }
     }
 
@@ -118,8 +117,9 @@ impl Pipeline {
         }
     }
 
-    /// Writes `event` to every sink.
-    pub fn emit(&mut self, event: &v1::Event) {
+    /// Numbers `event` and writes it to every sink.
+    pub fn emit(&mut self, mut event: v1::Event) {
+        self.numbering.stamp(&mut event);
         self.stats.events += 1;
         self.metrics
             .events
@@ -128,7 +128,7 @@ impl Pipeline {
             })
             .inc();
         for sink in self.sinks.iter_mut() {
-            if let Err(error) = sink.write(event) {
+            if let Err(error) = sink.write(&event) {
                 self.stats.sink_errors += 1;
                 self.metrics.sink_errors.inc();
                 debug!(%error, "sink write failed");

@@ -103,7 +103,7 @@ impl Agent {
         };
         if let Some(body) = body {
             let event = self.enricher.agent_event(body);
-            self.emit_own(&event);
+            self.pipeline.emit(event);
         }
     }
 

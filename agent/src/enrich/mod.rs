@@ -53,7 +53,8 @@ pub struct EnrichSettings {
     pub db_unix_sockets: Vec<std::path::PathBuf>,
 }
 
-/// Holds everything enrichment needs and numbers the events.
+/// Holds everything enrichment needs. (Events are numbered on their way to the sinks:
+/// `sink::numbering`.)
 pub struct Enricher {
     host: v1::Host,
     clock: BootClock,
@@ -67,7 +68,6 @@ pub struct Enricher {
     binary_hashes: HashMap<(u32, u64), Option<String>>,
     mounts: MountTable,
     settings: EnrichSettings,
-    seq: u64,
     sessions: crate::db::session::Sessions,
     connects: ConnectDecisions,
 }
@@ -96,7 +96,6 @@ impl Enricher {
             sessions: crate::db::session::Sessions::new(settings.full_statements),
             connects: ConnectDecisions::default(),
             settings,
-            seq: 0,
         }
     }
 
@@ -104,11 +103,6 @@ impl Enricher {
     pub fn set_policy(&mut self, slot: u32, generation: u64, compiled: Arc<Compiled>) {
         self.watches = Arc::new(compiled.watches.clone());
         self.policy.set(slot, generation, compiled);
-    }
-
-    /// Numbers the next events after `seq` (a durable sink's last sequence number).
-    pub fn resume_after(&mut self, seq: u64) {
-        self.seq = self.seq.max(seq);
     }
 
     /// Re-measures the boot-time → wall-clock offset (after NTP steps).
@@ -392,11 +386,9 @@ impl Enricher {
         }
     }
 
-    fn envelope(&mut self) -> v1::Event {
-        self.seq += 1;
+    /// An event with its host; its id and sequence number come at the sinks.
+    fn envelope(&self) -> v1::Event {
         v1::Event {
-            id: uuid::Uuid::now_v7().to_string(),
-            seq: self.seq,
             host: Some(self.host.clone()),
             ..Default::default()
         }

@@ -2,6 +2,7 @@
 
 pub mod channel;
 pub mod json;
+pub mod numbering;
 mod parts;
 pub mod publish;
 pub mod spool;
