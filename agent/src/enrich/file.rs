@@ -1,8 +1,9 @@
-//! Turning a kernel file-open record into the absolute path it concerns, and naming its flags.
+//! File-open records: the absolute path an open concerns, its flags and its outcome.
 
-use std::path::PathBuf;
+use std::{fs, path::PathBuf};
 
-use agent_common::event::{matched_by, FileOpenEvent};
+use agent_common::event::{matched_by, FileOpenEvent, FLAG_TRUNCATED};
+use phiguard_proto::v1::{self, event::Body};
 
 use crate::{event::decode::text, paths, watch::WatchSet};
 
@@ -102,6 +103,75 @@ pub fn flag_names(flags: u32) -> Vec<&'static str> {
             .map(|(_, name)| *name),
     );
     names
+}
+
+impl super::Enricher {
+    /// An open under a watch: `None` when it turns out not to concern one.
+    pub(super) fn file_open(&mut self, e: &FileOpenEvent) -> Option<Body> {
+        let pid = e.header.tgid;
+        self.processes.refresh_cwd(pid, e.header.start_boot_ns);
+        let cwd = self
+            .processes
+            .get(pid, e.header.start_boot_ns)
+            .and_then(|p| p.cwd.clone());
+        let resolved = resolve_open(e, &self.watches, |dirfd| {
+            if dirfd == AT_FDCWD {
+                fs::read_link(format!("/proc/{pid}/cwd"))
+                    .ok()
+                    .or(cwd.map(PathBuf::from))
+            } else {
+                fs::read_link(format!("/proc/{pid}/fd/{dirfd}")).ok()
+            }
+        })?;
+        let ret = e.ret;
+        let flags = e.open_flags as i32;
+        let access = match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => v1::Access::Write,
+            libc::O_RDWR => v1::Access::ReadWrite,
+            _ => v1::Access::Read,
+        };
+        Some(Body::FileOpen(v1::FileOpen {
+            path: resolved.path.display().to_string(),
+            requested_path: text(&e.path, e.path_len),
+            path_resolved: resolved.resolved,
+            syscall: open_syscall_name(e.syscall).to_owned(),
+            result: Some(ret),
+            error: if ret < 0 {
+                errno_name(-ret)
+            } else {
+                String::new()
+            },
+            flags: flag_names(e.open_flags)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            access: access as i32,
+            mode: e.mode,
+            created: flags & libc::O_CREAT != 0,
+            watch: resolved
+                .watch
+                .map(|w| w.display().to_string())
+                .unwrap_or_default(),
+            device: u64::from(e.dev),
+            inode: e.ino,
+            truncated: e.header.flags & FLAG_TRUNCATED != 0,
+        }))
+    }
+}
+
+fn open_syscall_name(code: u32) -> &'static str {
+    use agent_common::event::open_syscall::*;
+    match code {
+        OPEN => "open",
+        OPENAT => "openat",
+        OPENAT2 => "openat2",
+        _ => "unknown",
+    }
+}
+
+pub(super) fn errno_name(errno: i64) -> String {
+    let errno = nix::errno::Errno::from_raw(errno as i32);
+    format!("{errno:?}")
 }
 
 #[cfg(test)]

@@ -1,0 +1,181 @@
+//! Process records: fork, exec (with the argv that arrived before it), exit; and the subject
+//! process every event carries, from the process table.
+
+use std::path::PathBuf;
+
+use agent_common::event::{
+    EventHeader, ExecEvent, ExitEvent, ForkEvent, FLAG_CWD_COMPLETE, FLAG_EXEC_REFUSED,
+    FLAG_TRUNCATED,
+};
+use phiguard_proto::v1::{self, event::Body};
+
+use super::{users::UserNames, Enricher, MAX_PENDING_ARGV};
+use crate::{
+    event::decode::{c_text, text, ExecArgs},
+    kernel::mounts::MountTable,
+    paths,
+    process::table::ExecInfo,
+};
+
+impl Enricher {
+    /// A fork: the child joins the process table.
+    pub(super) fn fork(&mut self, e: &ForkEvent) -> Body {
+        let parent = (e.header.tgid, e.header.start_boot_ns);
+        self.processes
+            .on_fork(parent, e.child_tgid, e.child_start_boot_ns);
+        Body::Fork(v1::ProcessFork {
+            child_pid: e.child_tgid,
+            child_start_time: Some(self.timestamp(e.child_start_boot_ns)),
+        })
+    }
+
+    /// An exec: the process's new image, with the argv held for it.
+    pub(super) fn exec(&mut self, e: &ExecEvent) -> Body {
+        let filename = text(&e.filename, e.filename_len);
+        let (argv, truncated) = match self.pending_argv.remove(&e.old_pid) {
+            Some(args) => (args.argv, args.truncated),
+            None => (Vec::new(), false),
+        };
+        let h = &e.header;
+        let exec = ExecInfo {
+            ppid: h.ppid,
+            filename: filename.clone(),
+            argv,
+            argv_truncated: truncated || h.flags & FLAG_TRUNCATED != 0,
+            uid: h.uid,
+            gid: h.gid,
+            loginuid: known(h.loginuid),
+            sessionid: known(h.sessionid),
+            cwd: exec_cwd(e, &mut self.mounts),
+        };
+        if h.flags & FLAG_EXEC_REFUSED == 0 {
+            self.processes.on_exec(h.tgid, h.start_boot_ns, exec);
+            self.binary_hashes.remove(&(h.tgid, h.start_boot_ns));
+        }
+        Body::Exec(v1::ProcessExec {
+            filename,
+            old_pid: e.old_pid,
+        })
+    }
+
+    /// An exit: the event is built before the process is marked gone.
+    pub(super) fn exit(&mut self, header: &EventHeader, e: &ExitEvent) -> v1::Event {
+        let code = e.exit_code;
+        let body = Body::Exit(v1::ProcessExit {
+            exit_code: Some(code),
+            exit_status: (code & 0x7f == 0).then_some(((code >> 8) & 0xff) as i32),
+            signal: (code & 0x7f != 0).then(|| signal_name(code & 0x7f)),
+        });
+        // Build the event before marking the process gone, then forget its hash.
+        let event = self.finish(header, body, None);
+        self.processes
+            .on_exit(header.tgid, header.start_boot_ns, code);
+        self.binary_hashes
+            .remove(&(header.tgid, header.start_boot_ns));
+        event
+    }
+
+    /// Keeps an argv record until its exec arrives (bounded: a failed exec leaves one behind).
+    pub(super) fn hold_argv(&mut self, args: ExecArgs) {
+        let tid = args.header.pid;
+        if self.pending_argv.insert(tid, args).is_none() {
+            self.pending_order.push_back(tid);
+        }
+        while self.pending_order.len() > MAX_PENDING_ARGV {
+            if let Some(old) = self.pending_order.pop_front() {
+                self.pending_argv.remove(&old);
+            }
+        }
+        if self.pending_order.len() > 2 * self.pending_argv.len() + 64 {
+            let live = &self.pending_argv;
+            self.pending_order.retain(|tid| live.contains_key(tid));
+        }
+    }
+
+    /// The subject process: the kernel's view at the time of the event, completed from the
+    /// process table (which survives the process's exit).
+    pub(super) fn process(&mut self, h: &EventHeader) -> v1::Process {
+        let entry = self.processes.get_or_load(h.tgid, h.start_boot_ns).cloned();
+        let user = |users: &mut UserNames, id: u32| v1::User {
+            id: Some(id),
+            name: users.user_name(id).unwrap_or_default(),
+        };
+        let mut process = v1::Process {
+            pid: h.tgid,
+            tid: h.pid,
+            ppid: h.ppid,
+            comm: c_text(&h.comm),
+            user: Some(user(&mut self.users, h.uid)),
+            group: Some(v1::Group {
+                id: Some(h.gid),
+                name: self.users.group_name(h.gid).unwrap_or_default(),
+            }),
+            login_user: known(h.loginuid).map(|id| user(&mut self.users, id)),
+            session_id: known(h.sessionid),
+            start_time: Some(self.timestamp(h.start_boot_ns)),
+            ..Default::default()
+        };
+        if let Some(p) = entry {
+            process.binary_sha256 = self.binary_hash(
+                h.tgid,
+                h.start_boot_ns,
+                p.exe.as_deref(),
+                p.exited_at.is_some(),
+            );
+            process.exe = p.exe.unwrap_or_default();
+            // Minimum necessary: SQL literals and passwords in a database client's arguments.
+            process.argv = if self.settings.full_statements {
+                p.argv
+            } else {
+                crate::db::argv::redact(&process.exe, &p.argv).unwrap_or(p.argv)
+            };
+            process.argv_truncated = p.argv_truncated;
+            process.cwd = p.cwd.unwrap_or_default();
+            process.cgroup = p.cgroup.unwrap_or_default();
+            process.container_id = p.container_id.unwrap_or_default();
+            process.exited = p.exited_at.is_some();
+        }
+        process
+    }
+
+    /// sha256 of the process's binary, once per process incarnation.
+    fn binary_hash(&mut self, tgid: u32, start: u64, exe: Option<&str>, exited: bool) -> String {
+        if let Some(hash) = self.binary_hashes.get(&(tgid, start)) {
+            return hash.clone().unwrap_or_default();
+        }
+        // /proc/<pid>/exe is the very file even if the path was replaced since; after exit,
+        // fall back to the path.
+        let proc_exe = PathBuf::from(format!("/proc/{tgid}/exe"));
+        let hash = if !exited && proc_exe.exists() {
+            self.hasher.sha256_of(&proc_exe)
+        } else {
+            exe.and_then(|e| self.hasher.sha256_of(std::path::Path::new(e)))
+        };
+        self.binary_hashes.insert((tgid, start), hash.clone());
+        hash.unwrap_or_default()
+    }
+}
+
+/// The working directory an exec record carries: names up to the root of a mount, joined
+/// to where that mount is. `None` when the walk was cut or the mount is not visible here.
+fn exec_cwd(e: &ExecEvent, mounts: &mut MountTable) -> Option<String> {
+    if e.header.flags & FLAG_CWD_COMPLETE == 0 {
+        return None;
+    }
+    let bytes = &e.cwd[..(e.cwd_len as usize).min(e.cwd.len())];
+    let names = paths::split_names(bytes, bytes.iter().filter(|b| **b == 0).count());
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let root = mounts.mount_point(e.cwd_mnt_id)?;
+    Some(paths::join_names(root, &names).display().to_string())
+}
+
+/// `u32::MAX` means "unset" for audit ids.
+pub(super) fn known(id: u32) -> Option<u32> {
+    (id != u32::MAX).then_some(id)
+}
+
+pub(super) fn signal_name(signal: u32) -> String {
+    nix::sys::signal::Signal::try_from(signal as i32)
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_else(|_| format!("SIG{signal}"))
+}
