@@ -7,8 +7,8 @@
 //! file, network and database context, with [`process`] the process table and [`db`] the
 //! wire-protocol decoders and sessions), [`agent`] (start-up and the event loop; its
 //! `pipeline` takes each record through decode and enrichment to the sinks), [`sink`] (JSON
-//! lines, the durable spool and the publisher to the collector, with [`link`] and [`tls`]
-//! its state and credentials). Around them: [`config`] (agent.toml), [`cli`] (flags),
+//! lines, the spool) and [`link`] (the collector link: the spool, the publisher,
+//! mutual TLS and the link's state). Around them: [`config`] (agent.toml), [`cli`] (flags),
 //! [`policy`] (parse, validate, compile, which layer enforces what, reload), [`watch`] (what
 //! is watched), [`paths`] (path arithmetic and file identities), [`metrics`] (Prometheus) and
 //! [`status`] (`phiguard status`).
@@ -27,5 +27,4 @@ pub mod policy;
 pub mod process;
 pub mod sink;
 pub mod status;
-pub mod tls;
 pub mod watch;

@@ -4,8 +4,10 @@ pub mod channel;
 pub mod json;
 pub mod numbering;
 mod parts;
-pub mod publish;
-pub mod spool;
+
+/// The spool (a sink too) and the publisher live with the collector link; here for the
+/// paths callers already use.
+pub use crate::link::{publish, spool};
 
 use phiguard_proto::v1;
 

@@ -27,7 +27,7 @@ use prost::Message as _;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use super::{Sink, SinkLoss};
+use crate::sink::{Sink, SinkLoss};
 
 /// Extension of spool segment files.
 const SEGMENT_EXT: &str = "spool";

@@ -24,8 +24,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{error, info, warn};
 
-use super::spool::{ReadCursor, Spool, SpoolError};
-use crate::tls::{self, FilesStamp, TlsError};
+use super::{
+    spool::{ReadCursor, Spool, SpoolError},
+    tls::{self, FilesStamp, TlsError},
+};
 
 pub use crate::config::collector::PublisherConfig;
 
@@ -310,7 +312,7 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::TlsFiles;
+    use crate::link::tls::TlsFiles;
 
     #[test]
     fn stops_promptly_while_the_collector_does_not_answer() {
@@ -318,10 +320,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(super::super::spool::SpoolConfig {
+        let spool = Spool::open(crate::link::spool::SpoolConfig {
             dir: dir.path().join("spool"),
             max_bytes: 1 << 20,
-            full: super::super::spool::FullPolicy::KeepOldest,
+            full: crate::link::spool::FullPolicy::KeepOldest,
             sync_interval: Duration::ZERO,
         })
         .unwrap();

@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::sink::{publish::PublisherStatus, spool::Spool};
+use super::{publish::PublisherStatus, spool::Spool};
 
 /// The link as `phiguard status` shows it (a snapshot taken every tick).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,7 +88,7 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::spool::{FullPolicy, SpoolConfig};
+    use crate::link::spool::{FullPolicy, SpoolConfig};
     use phiguard_proto::v1;
 
     #[test]
