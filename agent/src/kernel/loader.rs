@@ -45,6 +45,9 @@ pub enum LoadError {
     /// The object did not load.
     #[error("loading the eBPF object: {0}")]
     Object(#[source] aya::EbpfError),
+    /// This process's global pid (the one the kernel programs compare) could not be learnt.
+    #[error("learning this process's pid as the kernel sees it (a bpf test run): {0}")]
+    GlobalPid(#[source] std::io::Error),
     /// A program is missing from the object (a build mismatch).
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(&'static str),
@@ -170,8 +173,10 @@ impl Sensors {
         {
             let mut agent: Array<_, u32> = Array::try_from(sensors.map_mut(AGENT)?)
                 .map_err(|source| LoadError::Map { map: AGENT, source })?;
+            // The kernel compares the global tgid, which differs from ours in a pid namespace.
+            let me = super::bpf_sys::global_tgid().map_err(LoadError::GlobalPid)?;
             agent
-                .set(0, std::process::id(), 0)
+                .set(0, me, 0)
                 .map_err(|source| LoadError::Map { map: AGENT, source })?;
         }
         sensors.fill_prefixes(&compiled.watches)?;
