@@ -22,7 +22,11 @@ use agent_common::{
 use phiguard::{
     enrich::{host::HostInfo, EnrichSettings, Enricher},
     event::decode::decode,
-    sink::{json::JsonLines, numbering::Numbering, Sink as _},
+    sink::{
+        json::{JsonLines, Reopen},
+        numbering::Numbering,
+        Sink as _,
+    },
     watch::WatchSet,
 };
 
@@ -43,15 +47,27 @@ fn main() {
     };
     let mut enricher = Enricher::new(HostInfo::detect(""), Arc::new(watches), settings);
     let record = record(&dir);
-    let out: Box<dyn Write + Send> = match std::env::args().nth(2).as_deref() {
-        Some("-") => Box::new(std::io::stdout()),
-        _ => Box::new(std::io::sink()),
+    let events = match std::env::args().nth(2).as_deref() {
+        Some("-") => replay(count, &record, &mut enricher, std::io::stdout()),
+        _ => replay(count, &record, &mut enricher, std::io::sink()),
     };
+    std::fs::remove_dir_all(&dir).ok();
+    writeln!(std::io::stderr(), "{count} records, {events} events").ok();
+}
+
+/// Replays `record` `count` times through decode, enrichment, numbering and a JSON-lines sink
+/// writing to `out`; returns the events written.
+fn replay<W: Write + Send + Reopen>(
+    count: u64,
+    record: &[u8],
+    enricher: &mut Enricher,
+    out: W,
+) -> u64 {
     let mut sink = JsonLines::new(out);
     let mut numbering = Numbering::after(0);
     let mut events = 0u64;
     for _ in 0..count {
-        let raw = decode(&record).expect("decodes");
+        let raw = decode(record).expect("decodes");
         for mut event in enricher.enrich(raw) {
             numbering.stamp(&mut event);
             sink.write(&event).expect("sink");
@@ -59,8 +75,7 @@ fn main() {
         }
     }
     sink.flush().expect("flush");
-    std::fs::remove_dir_all(&dir).ok();
-    writeln!(std::io::stderr(), "{count} records, {events} events").ok();
+    events
 }
 
 /// The bytes of a file-open record from this process for `<dir>/rec.txt`, matched by inode.

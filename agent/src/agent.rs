@@ -101,7 +101,12 @@ pub struct Agent {
     status: Status,
     status_file: Option<PathBuf>,
     link: Option<Link>,
+    /// The configuration in force and how to read it again (SIGHUP).
+    config: Option<(Config, ConfigSource)>,
 }
+
+/// Reads the configuration again for a reload: the file's errors as text (file, line, field).
+pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send>;
 
 impl Agent {
     /// Checks the system, loads and attaches the programs for `config`'s watches, and seeds
@@ -164,7 +169,10 @@ impl Agent {
             Arc::new(watches.clone()),
             settings,
         );
-        enricher.set_policy(slot, 1, Arc::clone(&compiled));
+        // Generation 0 means observe only (no policy directory), in the log, the metric, the
+        // status and the events alike; the first policy set in force is generation 1.
+        let generation = u64::from(dir.is_some());
+        enricher.set_policy(slot, generation, Arc::clone(&compiled));
         let (requester, requests) = mpsc::channel(4);
         let watcher = match &dir {
             Some(dir) => Some(PolicyWatcher::start(dir, requester.clone())?),
@@ -190,7 +198,7 @@ impl Agent {
                 dir,
                 config_watches: watches,
                 cgroup_root,
-                generation: 1,
+                generation,
                 requests,
                 requester,
                 _watcher: watcher,
@@ -210,6 +218,7 @@ impl Agent {
             },
             status_file: None,
             link: None,
+            config: None,
         };
         for kind in Kind::ALL {
             // Every kind from the start, so a loss is a counter moving rather than appearing.
@@ -436,9 +445,68 @@ impl Agent {
         self.pipeline.flush()
     }
 
+    /// Makes SIGHUP also read the configuration again with `source`: settings that differ
+    /// from `in_force` are named as needing a restart, and an invalid file refuses the reload.
+    pub fn reread_config_with(&mut self, in_force: Config, source: ConfigSource) {
+        self.config = Some((in_force, source));
+    }
+
+    /// A reload asked for by SIGHUP (or `systemctl reload`): the configuration is read again,
+    /// the sinks reopen their files, and the policies are reloaded. Whatever happens, the
+    /// status counts it and is written at once, so `phiguard reload` sees it finish.
+    fn reload(&mut self, trigger: Trigger) {
+        self.status.reloads += 1;
+        let mut restart_needed = Vec::new();
+        if trigger == Trigger::Signal {
+            if let Some((in_force, source)) = &self.config {
+                match source() {
+                    Ok(new) => {
+                        restart_needed = in_force.restart_needed(&new);
+                    }
+                    Err(e) => {
+                        error!(error = %e, "reload refused: the configuration file is invalid; what is in force stays");
+                        self.status.last_reload = Some(ReloadState {
+                            ok: false,
+                            at: status::now(),
+                            trigger: trigger.as_str().to_owned(),
+                            error: e,
+                            restart_needed: Vec::new(),
+                        });
+                        self.write_status();
+                        return;
+                    }
+                }
+            }
+            self.pipeline.reopen();
+        }
+        if !restart_needed.is_empty() {
+            warn!(
+                settings = restart_needed.join(", "),
+                "agent.toml changed settings that take effect only after a restart (systemctl restart phiguard)"
+            );
+        }
+        self.reload_policies(trigger);
+        match &mut self.status.last_reload {
+            Some(last) if self.policies.dir.is_some() => {
+                last.restart_needed = restart_needed.iter().map(|s| (*s).to_owned()).collect();
+            }
+            _ => {
+                // Observe only: no policies to reload, but the reload is done all the same.
+                self.status.last_reload = Some(ReloadState {
+                    ok: true,
+                    at: status::now(),
+                    trigger: trigger.as_str().to_owned(),
+                    error: String::new(),
+                    restart_needed: restart_needed.iter().map(|s| (*s).to_owned()).collect(),
+                });
+            }
+        }
+        self.write_status();
+    }
+
     /// Loads the policy directory again; the new set replaces the one in force only when it is
     /// valid as a whole. Either way an event says what happened.
-    fn reload(&mut self, trigger: Trigger) {
+    fn reload_policies(&mut self, trigger: Trigger) {
         let p = &self.policies;
         let loaded = policy::load(p.dir.as_deref(), &p.config_watches, &p.cgroup_root);
         let compiled = match loaded {
@@ -451,6 +519,7 @@ impl Agent {
                     at: status::now(),
                     trigger: trigger.as_str().to_owned(),
                     error: e.to_string(),
+                    restart_needed: Vec::new(),
                 });
                 let event = self.enricher.agent_event(Body::PolicyLoad(v1::PolicyLoad {
                     ok: false,
@@ -480,6 +549,7 @@ impl Agent {
                     at: status::now(),
                     trigger: trigger.as_str().to_owned(),
                     error: e.to_string(),
+                    restart_needed: Vec::new(),
                 });
             }
         }
@@ -515,6 +585,7 @@ impl Agent {
             at: status::now(),
             trigger: trigger.as_str().to_owned(),
             error: String::new(),
+            restart_needed: Vec::new(),
         });
         let event = self.enricher.agent_event(Body::PolicyLoad(v1::PolicyLoad {
             ok: true,

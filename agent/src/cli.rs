@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the kernel programs and stream events as JSON lines until SIGINT/SIGTERM.
-    /// SIGHUP reloads the policies.
+    /// SIGHUP reloads the policies, reopens the event file and reads agent.toml again.
     Run(RunArgs),
     /// Work with allow-list policies.
     #[command(subcommand)]
@@ -38,6 +38,11 @@ pub enum Command {
     /// generation, kernel losses, and the programs pinned in bpffs (shown also when no agent
     /// runs). Exits 0 when an agent runs, 3 when none does or it stopped responding.
     Status(StatusArgs),
+    /// Ask the running agent to reload (SIGHUP: agent.toml and the policies) and wait until
+    /// it has. Exits 0 once the new policies are in force; 1 when the reload was refused (the
+    /// old policies stay) or changed settings need a restart; 3 when no agent runs. The
+    /// service's `systemctl reload` runs this.
+    Reload(ReloadArgs),
     /// Write the man page (roff) to stdout.
     #[command(hide = true)]
     Man,
@@ -53,6 +58,20 @@ pub struct StatusArgs {
     /// Print the report as one JSON object (for scripts).
     #[arg(long)]
     pub json: bool,
+    /// The status file the agent writes.
+    #[arg(long, value_name = "FILE", env = "PHIGUARD_STATUS_FILE", default_value = crate::status::DEFAULT_STATUS_FILE)]
+    pub status_file: PathBuf,
+}
+
+/// `phiguard reload`.
+#[derive(Debug, clap::Args)]
+pub struct ReloadArgs {
+    /// The agent's pid (default: the one in the status file).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// How long to wait for the reload to finish, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
     /// The status file the agent writes.
     #[arg(long, value_name = "FILE", env = "PHIGUARD_STATUS_FILE", default_value = crate::status::DEFAULT_STATUS_FILE)]
     pub status_file: PathBuf,
@@ -74,7 +93,7 @@ pub enum PolicyCommand {
 }
 
 /// `phiguard run`.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
     /// Configuration file (TOML). Default: /etc/phiguard/agent.toml when it exists, else
     /// built-in defaults.

@@ -94,13 +94,40 @@ pub struct OutputConfig {
     pub stdout: bool,
     /// JSON lines appended to this file.
     pub file: Option<PathBuf>,
+    /// Rotate the file once it holds this many bytes (0: never by size).
+    pub file_max_bytes: u64,
+    /// Rotate the file once it has been written this many seconds (0: never by age).
+    pub file_max_age_secs: u64,
+    /// Rotated files kept, the newest (0: all; then nothing is ever deleted).
+    pub file_keep: u32,
 }
+
+/// Default size at which the event file is rotated (64 MiB).
+pub const DEFAULT_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Default age at which the event file is rotated (one day).
+pub const DEFAULT_FILE_MAX_AGE_SECS: u64 = 86_400;
+/// Default number of rotated event files kept.
+pub const DEFAULT_FILE_KEEP: u32 = 30;
 
 impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
             stdout: true,
             file: None,
+            file_max_bytes: DEFAULT_FILE_MAX_BYTES,
+            file_max_age_secs: DEFAULT_FILE_MAX_AGE_SECS,
+            file_keep: DEFAULT_FILE_KEEP,
+        }
+    }
+}
+
+impl OutputConfig {
+    /// When the event file is rotated.
+    pub fn rotation(&self) -> crate::sink::rotating::Rotation {
+        crate::sink::rotating::Rotation {
+            max_bytes: self.file_max_bytes,
+            max_age: std::time::Duration::from_secs(self.file_max_age_secs),
+            keep: self.file_keep,
         }
     }
 }
@@ -185,6 +212,70 @@ struct RawEnrich {
 }
 
 impl Config {
+    /// The settings that differ in `new` (as `section.field`): a running agent applies them
+    /// only when it starts again. (Policies are reloaded, and the event file reopened,
+    /// without a restart.)
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        // Destructured, so a new setting cannot be forgotten here.
+        let Config {
+            watch,
+            output,
+            enrich,
+            agent,
+            policy,
+            collector,
+            database,
+            metrics,
+        } = self;
+        let OutputConfig {
+            stdout,
+            file,
+            file_max_bytes,
+            file_max_age_secs,
+            file_keep,
+        } = output;
+        let EnrichConfig {
+            ancestry_depth,
+            hash_max_bytes,
+            retain_exited,
+        } = enrich;
+        [
+            (watch.paths != new.watch.paths, "watch.paths"),
+            (watch.ports != new.watch.ports, "watch.ports"),
+            (*stdout != new.output.stdout, "output.stdout"),
+            (*file != new.output.file, "output.file"),
+            (
+                *file_max_bytes != new.output.file_max_bytes,
+                "output.file_max_bytes",
+            ),
+            (
+                *file_max_age_secs != new.output.file_max_age_secs,
+                "output.file_max_age_secs",
+            ),
+            (*file_keep != new.output.file_keep, "output.file_keep"),
+            (
+                *ancestry_depth != new.enrich.ancestry_depth,
+                "enrich.ancestry_depth",
+            ),
+            (
+                *hash_max_bytes != new.enrich.hash_max_bytes,
+                "enrich.hash_max_bytes",
+            ),
+            (
+                *retain_exited != new.enrich.retain_exited,
+                "enrich.retain_exited",
+            ),
+            (*agent != new.agent, "agent.hostname"),
+            (policy.dir != new.policy.dir, "policy.dir"),
+            (*collector != new.collector, "collector"),
+            (*database != new.database, "database"),
+            (metrics.listen != new.metrics.listen, "metrics.listen"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, field)| changed.then_some(field))
+        .collect()
+    }
+
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -460,6 +551,20 @@ mod tests {
     }
 
     #[test]
+    fn restart_needed_names_each_changed_setting() {
+        let base = parse("[watch]\nports = [5432]\n").unwrap();
+        assert!(base.restart_needed(&base.clone()).is_empty());
+        let changed = parse(
+            "[watch]\nports = [5432, 3306]\n[output]\nfile_keep = 3\n[agent]\nhostname = \"x\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            base.restart_needed(&changed),
+            ["watch.ports", "output.file_keep", "agent.hostname"]
+        );
+    }
+
+    #[test]
     fn empty_file_is_the_default() {
         assert_eq!(parse("").unwrap(), Config::default());
         assert!(Config::default().output.stdout);
@@ -482,9 +587,18 @@ mod tests {
             c.output,
             OutputConfig {
                 stdout: false,
-                file: Some("/var/log/phiguard.jsonl".into())
+                file: Some("/var/log/phiguard.jsonl".into()),
+                ..OutputConfig::default()
             }
         );
+        let rotated =
+            parse("[output]\nfile_max_bytes = 1048576\nfile_max_age_secs = 0\nfile_keep = 0\n")
+                .unwrap()
+                .output
+                .rotation();
+        assert_eq!(rotated.max_bytes, 1_048_576);
+        assert!(rotated.max_age.is_zero());
+        assert_eq!(rotated.keep, 0);
         assert_eq!(c.enrich.ancestry_depth, 2);
         assert_eq!(c.enrich.retain_exited, 4096);
         assert_eq!(c.agent.hostname, "ehr-db-1");

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod paths;
 pub mod policy;
 pub mod process;
+pub mod reload;
 pub mod sink;
 pub mod status;
 pub mod watch;

@@ -11,7 +11,7 @@ use clap::Parser as _;
 use phiguard::{
     agent::Agent,
     cli::{
-        Cli, Command, LogFormat, PolicyCommand, RunArgs, StatusArgs, DEFAULT_CONFIG,
+        Cli, Command, LogFormat, PolicyCommand, ReloadArgs, RunArgs, StatusArgs, DEFAULT_CONFIG,
         DEFAULT_POLICY_DIR,
     },
     config::Config,
@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Check { dir, config }) => check_policies(dir, config),
         Command::Unload => unload(),
         Command::Status(args) => return status(&args),
+        Command::Reload(args) => return reload(&args),
         Command::Man => man(),
         Command::BenchFloor(args) => bench_floor(&args),
     };
@@ -122,6 +123,30 @@ fn status(args: &StatusArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
+    }
+}
+
+/// `phiguard reload`: exit 0 when the reload is in force, 1 when refused or incomplete, 3
+/// when no agent runs.
+fn reload(args: &ReloadArgs) -> ExitCode {
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    match phiguard::reload::request(&args.status_file, args.pid, timeout) {
+        Ok(outcome) => {
+            println!("{}", outcome.text());
+            if outcome.in_force() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error @ phiguard::reload::ReloadError::NotRunning(_)) => {
+            eprintln!("phiguard reload: {error}");
+            ExitCode::from(3)
+        }
+        Err(error) => {
+            eprintln!("phiguard reload: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -238,7 +263,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             sinks.push(Box::new(JsonLines::new(std::io::stdout())));
         }
         if let Some(path) = &config.output.file {
-            let sink = JsonLines::append_to(path)
+            let sink = JsonLines::append_to(path, config.output.rotation())
                 .with_context(|| format!("opening output file {}", path.display()))?;
             sinks.push(Box::new(sink));
         }
@@ -262,6 +287,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             );
         }
         let mut agent = Agent::start(&config, sinks)?;
+        let reread = args.clone();
+        agent.reread_config_with(
+            config.clone(),
+            Box::new(move || load_config(&reread).map_err(|e| format!("{e:#}"))),
+        );
         if let Some(link) = watched {
             agent.watch_link(link);
         }
@@ -281,7 +311,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     _ = interrupt.recv() => break tracing::info!("SIGINT: shutting down"),
                     _ = terminate.recv() => break tracing::info!("SIGTERM: shutting down"),
                     _ = hangup.recv() => {
-                        tracing::info!("SIGHUP: reloading policies");
+                        tracing::info!("SIGHUP: reloading agent.toml and the policies, reopening the event file");
                         let _ = reload.try_send(Trigger::Signal);
                     }
                 }

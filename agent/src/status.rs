@@ -79,6 +79,9 @@ pub struct ReloadState {
     /// Why it was refused, when it was.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
+    /// Settings of agent.toml that changed but take effect only at the next start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_needed: Vec<String>,
 }
 
 /// One change to the agent's kernel state made by something else.
@@ -119,6 +122,10 @@ pub struct Status {
     pub policy_generation: u64,
     /// The last load or reload.
     pub last_reload: Option<ReloadState>,
+    /// Reloads asked for since start (SIGHUP, a policy file change), finished or refused:
+    /// `phiguard reload` waits for this to move.
+    #[serde(default)]
+    pub reloads: u64,
     /// Records lost in the kernel, by kind (totals since the programs loaded).
     pub kernel_lost: BTreeMap<String, u64>,
     /// Kernel program runs that stopped on a fault, by program (totals since the programs
@@ -223,6 +230,9 @@ pub struct Report {
     pub status: Option<Status>,
     /// Programs pinned in bpffs: they enforce whether or not an agent runs.
     pub pinned_programs: Vec<String>,
+    /// Why the pins could not be listed (then `pinned_programs` says nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pins_unreadable: Option<String>,
     /// The bpffs directory looked at.
     pub pin_dir: PathBuf,
 }
@@ -238,6 +248,7 @@ impl Report {
     /// Reads the status file and the pins.
     pub fn gather(status_file: &Path, pin_dir: &Path) -> Result<Report, StatusError> {
         let status = Status::read(status_file)?;
+        let pins = crate::kernel::pins::read_pinned_programs(pin_dir);
         let now = now();
         let age_seconds = status.as_ref().map(|s| now.saturating_sub(s.updated_at));
         let agent = match (&status, age_seconds) {
@@ -255,7 +266,8 @@ impl Report {
             status_file: status_file.to_owned(),
             age_seconds,
             status,
-            pinned_programs: crate::kernel::pins::pinned_programs(pin_dir),
+            pinned_programs: pins.as_ref().cloned().unwrap_or_default(),
+            pins_unreadable: pins.err().map(|e| e.to_string()),
             pin_dir: pin_dir.to_owned(),
         })
     }
@@ -398,7 +410,13 @@ impl Report {
                 let _ = writeln!(out, "metrics: http://{m}/metrics");
             }
         }
-        let _ = if self.pinned_programs.is_empty() {
+        let _ = if let Some(error) = &self.pins_unreadable {
+            writeln!(
+                out,
+                "pinned: cannot tell ({}: {error}; as root it can)",
+                self.pin_dir.display()
+            )
+        } else if self.pinned_programs.is_empty() {
             writeln!(out, "pinned: nothing under {}", self.pin_dir.display())
         } else {
             writeln!(
@@ -468,6 +486,22 @@ mod tests {
         assert_eq!(Status::read(&path).unwrap(), Some(status));
         Status::remove(&path);
         assert_eq!(Status::read(&path).unwrap(), None);
+    }
+
+    #[test]
+    fn unreadable_pins_are_reported_as_unknown_never_as_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the links directory should be: listing it fails, as it does for a user
+        // without access to bpffs (mode 0700), which a test run as root cannot reproduce.
+        fs::write(dir.path().join("links"), "").unwrap();
+        let report = Report::gather(&dir.path().join("status.json"), dir.path()).unwrap();
+        let text = report.text();
+        assert!(text.contains("pinned: cannot tell ("), "{text}");
+        assert!(!text.contains("pinned: nothing"), "{text}");
+        assert!(report.pins_unreadable.is_some());
+        let empty = tempfile::tempdir().unwrap();
+        let report = Report::gather(&empty.path().join("status.json"), empty.path()).unwrap();
+        assert!(report.text().contains("pinned: nothing under"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the command line, logging and signals to it.
 
 use std::{
+    io::IsTerminal as _,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -167,8 +168,10 @@ fn man() -> anyhow::Result<ExitCode> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: under systemd stderr is the journal, which stores the codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -183,10 +186,33 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// The exit status of a collector that cannot start as configured (sysexits' `EX_CONFIG`):
+/// its unit does not restart it (`RestartPreventExitStatus=78`), since trying again cannot help.
+const EX_CONFIG: u8 = 78;
+
 fn serve(path: &Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path)?;
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            return Ok(ExitCode::from(EX_CONFIG));
+        }
+    };
     runtime()?.block_on(async {
-        let collector = BoundCollector::bind(config).await?;
+        let collector = match BoundCollector::bind(config).await {
+            Ok(collector) => collector,
+            // The address may come free: worth another try.
+            Err(error @ phiguard_collector::server::ServerError::Bind { .. }) => {
+                return Err(error.into())
+            }
+            // Certificates, keys, the store: the operator must act first.
+            Err(error) => {
+                tracing::error!("{error:#}");
+                return Ok(ExitCode::from(EX_CONFIG));
+            }
+        };
+        // systemd (Type=notify): started once it listens. A no-op elsewhere.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let shutdown = async move {

@@ -450,3 +450,74 @@ fn agent_enforces_with_only_the_units_capabilities() {
     kill(Pid::from_raw(agent.0.id() as i32), Signal::SIGTERM).unwrap();
     assert!(agent.0.wait().unwrap().success());
 }
+
+#[test]
+fn the_agent_knows_its_pid_as_the_kernel_sees_it_also_in_a_pid_namespace() {
+    use std::io::Read as _;
+
+    use nix::{
+        sys::wait::waitpid,
+        unistd::{fork, pipe, write, ForkResult},
+    };
+    use phiguard::kernel::bpf_sys;
+
+    require_root();
+    assert_eq!(bpf_sys::global_tgid_now().unwrap(), std::process::id());
+    // A child that enters a new pid namespace, and its first process there (pid 1 to
+    // itself): that process must learn the pid the kernel programs see, which its parent
+    // knows from fork. The exemption of an agent in a container depends on it.
+    let (read_end, write_end) = pipe().unwrap();
+    // SAFETY: the child only makes system calls and exits.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Child => {
+            let code = (|| {
+                // SAFETY: unshare(2) with a flag, no pointers.
+                if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+                    return None;
+                }
+                // SAFETY: as above.
+                match unsafe { fork() }.ok()? {
+                    ForkResult::Child => {
+                        let seen = bpf_sys::global_tgid_now().ok()?;
+                        let own = std::process::id();
+                        write(&write_end, format!("{own} {seen}\n").as_bytes()).ok()?;
+                        Some(0)
+                    }
+                    ForkResult::Parent { child } => {
+                        write(&write_end, format!("{child}\n").as_bytes()).ok()?;
+                        waitpid(child, None).ok()?;
+                        Some(0)
+                    }
+                }
+            })()
+            .unwrap_or(1);
+            // SAFETY: leaving the forked child without running the test harness's drops.
+            unsafe { libc::_exit(code) };
+        }
+        ForkResult::Parent { child } => {
+            drop(write_end);
+            waitpid(child, None).unwrap();
+            let mut text = String::new();
+            std::fs::File::from(read_end)
+                .read_to_string(&mut text)
+                .unwrap();
+            let mut global = None;
+            let mut inside = None;
+            for line in text.lines() {
+                let numbers: Vec<u32> = line.split(' ').map(|n| n.parse().unwrap()).collect();
+                match numbers[..] {
+                    [pid] => global = Some(pid),
+                    [own, seen] => inside = Some((own, seen)),
+                    _ => panic!("unexpected line {line:?}"),
+                }
+            }
+            let global = global.expect("the child's report");
+            let (own, seen) = inside.expect("the grandchild's report");
+            assert_eq!(own, 1, "the grandchild is its namespace's first process");
+            assert_eq!(
+                seen, global,
+                "the kernel's pid of a process in a pid namespace"
+            );
+        }
+    }
+}

@@ -154,7 +154,7 @@ impl DbAgent {
             None => String::new(),
         };
         fs::write(&config, text)?;
-        let binary = cmd::workspace_root().join("target/release/phiguard");
+        let binary = cmd::target_dir().join("release/phiguard");
         let mut child = Command::new(&binary)
             .args(["--log-format", "json", "run", "--config"])
             .arg(&config)

@@ -12,6 +12,7 @@ mod package;
 mod package_collector;
 mod run;
 mod setup;
+mod systemd;
 mod test;
 mod vm;
 mod vm_kernel;
@@ -49,6 +50,9 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Install both packages in a booted Debian 12 (systemd-nspawn) and run them as services:
+    /// the systemd tier of `cargo xtask test` (root needed).
+    Systemd,
     /// Measure the agent's overhead and throughput against a baseline in the same run.
     Bench(bench::BenchArgs),
     /// One benchmark loop in a fresh process (run by `bench`; prints ns per operation).
@@ -79,6 +83,13 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Task::Vm(args) => vm::vm(&args),
+        Task::Systemd => {
+            setup::setup()?;
+            let mut counts = cmd::Counts::default();
+            let result = systemd::test(&mut counts);
+            println!("tests: {} passed, {} failed", counts.passed, counts.failed);
+            result
+        }
         Task::Certs(args) => certs::certs(&args),
     }
 }

@@ -50,14 +50,22 @@ pub const INSTALLED: &[&str] = &[
 ];
 
 const POSTINST: &str = r#"#!/bin/sh
-# phiguard postinst: make systemd see the unit. Not started or enabled here: review
-# /etc/phiguard/agent.toml, then `systemctl enable --now phiguard`.
+# phiguard postinst: register the unit with systemd, as dh_installsystemd --no-enable would. Not
+# enabled or started here: review /etc/phiguard/agent.toml, then `systemctl enable --now phiguard`.
 set -e
-if [ "$1" = configure ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
-    systemctl daemon-reload || true
-    # An upgrade restarts a running agent; pinned enforcement stays in force meanwhile.
-    if [ -n "$2" ]; then systemctl try-restart phiguard.service || true; fi
-fi
+case "$1" in
+configure|abort-upgrade|abort-deconfigure|abort-remove)
+    deb-systemd-helper update-state phiguard.service >/dev/null || true
+    if [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
+        systemctl --system daemon-reload >/dev/null || true
+        # An upgrade restarts a running agent (a stopped one stays stopped); pinned enforcement
+        # stays in force meanwhile and the new agent takes it over.
+        if [ -n "$2" ] && systemctl --quiet is-active phiguard.service; then
+            deb-systemd-invoke restart phiguard.service >/dev/null || true
+        fi
+    fi
+    ;;
+esac
 "#;
 
 const PRERM: &str = r#"#!/bin/sh
@@ -65,17 +73,39 @@ const PRERM: &str = r#"#!/bin/sh
 # outlives the package (an upgrade keeps both).
 set -e
 if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ]; then
-    if [ -d /run/systemd/system ]; then systemctl disable --now phiguard.service || true; fi
+    if [ -d /run/systemd/system ]; then deb-systemd-invoke stop phiguard.service >/dev/null || true; fi
     /usr/bin/phiguard unload || true
 fi
 "#;
 
 const POSTRM: &str = r#"#!/bin/sh
-# phiguard postrm: purge removes the agent's state; the journal keeps its logs.
+# phiguard postrm, as dh_installsystemd writes it: removal masks the unit (its conffiles stay),
+# purge forgets it. Purge removes the configuration but KEEPS the local audit trail
+# (/var/log/phiguard) and the events not yet acknowledged by a collector (/var/lib/phiguard):
+# records of who touched patient data outlive the package unless the operator says otherwise
+# with PHIGUARD_PURGE_AUDIT_TRAIL=yes.
 set -e
-if [ -z "${DPKG_ROOT:-}" ]; then
-    if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
-    if [ "$1" = purge ]; then rm -rf /var/lib/phiguard /var/log/phiguard /run/phiguard; fi
+if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
+    systemctl --system daemon-reload >/dev/null || true
+fi
+if [ "$1" = remove ] && [ -x "${DPKG_ROOT:-}/usr/bin/deb-systemd-helper" ]; then
+    deb-systemd-helper mask phiguard.service >/dev/null || true
+fi
+if [ "$1" = purge ]; then
+    if [ -x "${DPKG_ROOT:-}/usr/bin/deb-systemd-helper" ]; then
+        deb-systemd-helper purge phiguard.service >/dev/null || true
+        deb-systemd-helper unmask phiguard.service >/dev/null || true
+    fi
+    rm -rf "${DPKG_ROOT:-}/run/phiguard"
+    if [ "${PHIGUARD_PURGE_AUDIT_TRAIL:-}" = yes ]; then
+        rm -rf "${DPKG_ROOT:-}/var/log/phiguard" "${DPKG_ROOT:-}/var/lib/phiguard"
+    else
+        for kept in /var/log/phiguard /var/lib/phiguard; do
+            if [ -d "${DPKG_ROOT:-}$kept" ]; then
+                echo "phiguard: $kept is kept (audit records); delete it by hand, or purge with PHIGUARD_PURGE_AUDIT_TRAIL=yes" >&2
+            fi
+        done
+    fi
 fi
 "#;
 
@@ -83,8 +113,8 @@ fi
 pub fn package() -> anyhow::Result<PathBuf> {
     run::build()?;
     let root = cmd::workspace_root();
-    let binary = root.join("target/release/phiguard");
-    let out_dir = root.join("target/package");
+    let binary = cmd::target_dir().join("release/phiguard");
+    let out_dir = cmd::target_dir().join("package");
     let stage = out_dir.join("stage");
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
@@ -153,13 +183,7 @@ pub fn package() -> anyhow::Result<PathBuf> {
     write(&debian.join("postinst"), POSTINST, 0o755)?;
     write(&debian.join("prerm"), PRERM, 0o755)?;
     write(&debian.join("postrm"), POSTRM, 0o755)?;
-    let installed_kib = cmd::output(
-        Command::new("du")
-            .args(["-sk", "--exclude=DEBIAN"])
-            .arg(&stage),
-    )
-    .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-    .unwrap_or_else(|| "0".to_owned());
+    let installed_kib = installed_kib(&stage)?;
     write(
         &debian.join("control"),
         &format!(
@@ -168,7 +192,7 @@ pub fn package() -> anyhow::Result<PathBuf> {
              Architecture: {arch}\n\
              Maintainer: phiguard maintainers <phiguard@localhost>\n\
              Installed-Size: {installed_kib}\n\
-             Depends: libc6\n\
+             Depends: libc6, init-system-helpers (>= 1.54~)\n\
              Section: admin\n\
              Priority: optional\n\
              Homepage: https://example.invalid/phiguard\n\
@@ -182,12 +206,7 @@ pub fn package() -> anyhow::Result<PathBuf> {
     )?;
 
     let deb = out_dir.join(format!("{NAME}_{version}_{arch}.deb"));
-    cmd::run(
-        Command::new("dpkg-deb")
-            .args(["--root-owner-group", "-Zxz", "--build"])
-            .arg(&stage)
-            .arg(&deb),
-    )?;
+    build_deb(&stage, &deb)?;
     let size = fs::metadata(&deb)?.len();
     println!(
         "package: {} ({} KiB; installed {installed_kib} KiB)",
@@ -223,6 +242,72 @@ fn packaged_config(repo: &str) -> anyhow::Result<String> {
         text = text.replace(from, to);
     }
     Ok(text)
+}
+
+/// The package's installed size in KiB, as dpkg-gencontrol counts it: each file's size
+/// rounded up to a KiB, one KiB for each directory and symbolic link (not what `du` says,
+/// which depends on the file system the tree was staged on).
+pub(crate) fn installed_kib(stage: &Path) -> anyhow::Result<u64> {
+    fn walk(dir: &Path, total: &mut u64) -> anyhow::Result<()> {
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                *total += 1;
+                walk(&entry.path(), total)?;
+            } else if kind.is_symlink() {
+                *total += 1;
+            } else {
+                *total += entry.metadata()?.len().div_ceil(1024);
+            }
+        }
+        Ok(())
+    }
+    let mut total = 0;
+    for entry in fs::read_dir(stage)? {
+        let entry = entry?;
+        if entry.file_name() == "DEBIAN" {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            total += 1;
+            walk(&entry.path(), &mut total)?;
+        } else {
+            total += entry.metadata()?.len().div_ceil(1024);
+        }
+    }
+    Ok(total)
+}
+
+/// The time every file in the packages is dated: `SOURCE_DATE_EPOCH` when set, else the last
+/// commit's time, so the same source makes byte-identical packages.
+fn source_date_epoch() -> String {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| {
+            cmd::output(
+                Command::new("git")
+                    .args(["log", "-1", "--format=%ct"])
+                    .current_dir(cmd::workspace_root()),
+            )
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+        })
+        .unwrap_or_else(|| "0".to_owned())
+}
+
+/// `dpkg-deb --build` of `stage` into `deb`, reproducibly: owner root, every time clamped to
+/// [`source_date_epoch`], xz.
+pub(crate) fn build_deb(stage: &Path, deb: &Path) -> anyhow::Result<()> {
+    cmd::run(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zxz", "--build"])
+            .arg(stage)
+            .arg(deb)
+            .env("SOURCE_DATE_EPOCH", source_date_epoch())
+            .stdout(std::process::Stdio::null()),
+    )
 }
 
 /// Creates `path` and its parents; sets its mode.
@@ -317,7 +402,15 @@ pub fn test() -> anyhow::Result<()> {
     );
     let deb = package()?;
     let collector_deb = package_collector::package()?;
-    let dir = TempDir(cmd::workspace_root().join("target/package/root"));
+    // The same source makes the same bytes (file times, sizes, order).
+    let first = (fs::read(&deb)?, fs::read(&collector_deb)?);
+    let again = (package()?, package_collector::package()?);
+    ensure!(
+        first.0 == fs::read(&again.0)? && first.1 == fs::read(&again.1)?,
+        "building the packages twice from the same tree gave different bytes: not reproducible"
+    );
+    println!("package: both packages are byte-identical when built again");
+    let dir = TempDir(cmd::target_dir().join("package/root"));
     if dir.0.exists() {
         fs::remove_dir_all(&dir.0)?;
     }
@@ -398,7 +491,7 @@ pub fn test() -> anyhow::Result<()> {
     check_collector(&root)?;
 
     // systemd-analyze resolves units and ExecStart= inside --root: give the root systemd's own
-    // units (targets) and /bin/kill (ExecReload=).
+    // units (targets).
     let units = Path::new("/lib/systemd/system");
     ensure!(
         units.join("multi-user.target").exists() && Path::new("/usr/bin/systemd-analyze").exists(),
@@ -414,7 +507,6 @@ pub fn test() -> anyhow::Result<()> {
             copied.push(to);
         }
     }
-    copy(Path::new("/bin/kill"), &root.join("bin/kill"), 0o755)?;
     verify_unit(&root, "/lib/systemd/system/phiguard.service")?;
     verify_unit(&root, "/lib/systemd/system/phiguard-collector.service")?;
     println!(
@@ -425,7 +517,6 @@ pub fn test() -> anyhow::Result<()> {
         "package: systemd-analyze security phiguard-collector.service: {}",
         exposure(&root, "phiguard-collector.service")?
     );
-    fs::remove_file(root.join("bin/kill"))?;
     for file in copied {
         fs::remove_file(file)?;
     }
@@ -516,6 +607,23 @@ mod tests {
         assert!(packaged.contains("\nfile = \"/var/log/phiguard/events.jsonl\"\n"));
         assert!(packaged.contains("# dir = \"/etc/phiguard/policies\"\n"));
         assert!(packaged.contains("# listen = \"127.0.0.1:9464\"\n"));
+    }
+
+    #[test]
+    fn the_unit_leaves_bpffs_writable_and_the_rest_of_sys_read_only() {
+        let unit =
+            fs::read_to_string(cmd::workspace_root().join("packaging/phiguard.service")).unwrap();
+        let settings: Vec<&str> = unit.lines().filter(|l| !l.starts_with('#')).collect();
+        // ProtectKernelTunables=yes makes /sys/fs/bpf read-only whatever ReadWritePaths says:
+        // the agent then cannot pin and crash-loops as soon as policies are set.
+        assert!(settings.contains(&"ProtectKernelTunables=no"));
+        assert!(settings.contains(&"ReadWritePaths=/sys/fs/bpf"));
+        assert!(settings
+            .iter()
+            .any(|l| l.starts_with("ReadOnlyPaths=/sys /proc/sys ")));
+        assert!(settings.contains(&"InaccessiblePaths=-/proc/kcore -/sys/kernel/debug"));
+        assert!(settings.contains(&"RuntimeDirectoryPreserve=yes"));
+        assert!(settings.contains(&"ExecReload=/usr/bin/phiguard reload --pid $MAINPID"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use anyhow::{ensure, Context as _};
 
 use crate::{
     cmd,
-    package::{copy, mkdir, write, COPYRIGHT},
+    package::{build_deb, copy, installed_kib, mkdir, write, COPYRIGHT},
 };
 
 /// The package name.
@@ -46,38 +46,56 @@ g phiguard-collector -\n\
 u phiguard-collector -:phiguard-collector \"phiguard collector\" /var/lib/phiguard-collector /usr/sbin/nologin\n";
 
 const POSTINST: &str = r#"#!/bin/sh
-# phiguard-collector postinst: create the service's user and group, make systemd see the unit.
-# Not started or enabled here: put the TLS files in place (README.md), review
-# /etc/phiguard/collector.toml, then `systemctl enable --now phiguard-collector`.
+# phiguard-collector postinst: create the service's user and group, register the unit with
+# systemd as dh_installsystemd --no-enable would. Not enabled or started here: put the TLS files
+# in place (README.md), review /etc/phiguard/collector.toml, then
+# `systemctl enable --now phiguard-collector`.
 set -e
-if [ "$1" = configure ]; then
-    systemd-sysusers ${DPKG_ROOT:+--root="$DPKG_ROOT"} phiguard-collector.conf
-    if [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
-        systemctl daemon-reload || true
-        if [ -n "$2" ]; then systemctl try-restart phiguard-collector.service || true; fi
+case "$1" in
+configure|abort-upgrade|abort-deconfigure|abort-remove)
+    if [ "$1" = configure ]; then
+        systemd-sysusers ${DPKG_ROOT:+--root="$DPKG_ROOT"} phiguard-collector.conf
     fi
-fi
+    deb-systemd-helper update-state phiguard-collector.service >/dev/null || true
+    if [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
+        systemctl --system daemon-reload >/dev/null || true
+        # An upgrade restarts a running collector; a stopped one stays stopped.
+        if [ -n "$2" ] && systemctl --quiet is-active phiguard-collector.service; then
+            deb-systemd-invoke restart phiguard-collector.service >/dev/null || true
+        fi
+    fi
+    ;;
+esac
 "#;
 
 const PRERM: &str = r#"#!/bin/sh
 # phiguard-collector prerm: on removal stop the collector (it signs a final checkpoint).
 set -e
 if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
-    systemctl disable --now phiguard-collector.service || true
+    deb-systemd-invoke stop phiguard-collector.service >/dev/null || true
 fi
 "#;
 
 const POSTRM: &str = r#"#!/bin/sh
-# phiguard-collector postrm: purge removes the configuration (dpkg) and nothing else. The
-# store in /var/lib/phiguard-collector holds audit records that retention rules may require
-# for years: delete it by hand once they are no longer needed. The system user stays (it may
-# still own those files), as Debian does for system users.
+# phiguard-collector postrm: removal masks the unit, purge forgets it and removes the
+# configuration (dpkg) and nothing else. The store in /var/lib/phiguard-collector holds audit
+# records that retention rules may require for years: delete it by hand once they are no longer
+# needed. The system user stays (it may still own those files), as Debian does for system users.
 set -e
-if [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
-    systemctl daemon-reload || true
+if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
+    systemctl --system daemon-reload >/dev/null || true
 fi
-if [ "$1" = purge ] && [ -d "${DPKG_ROOT:-}/var/lib/phiguard-collector" ]; then
-    echo "phiguard-collector: the store in /var/lib/phiguard-collector is kept (audit records)" >&2
+if [ "$1" = remove ] && [ -x "${DPKG_ROOT:-}/usr/bin/deb-systemd-helper" ]; then
+    deb-systemd-helper mask phiguard-collector.service >/dev/null || true
+fi
+if [ "$1" = purge ]; then
+    if [ -x "${DPKG_ROOT:-}/usr/bin/deb-systemd-helper" ]; then
+        deb-systemd-helper purge phiguard-collector.service >/dev/null || true
+        deb-systemd-helper unmask phiguard-collector.service >/dev/null || true
+    fi
+    if [ -d "${DPKG_ROOT:-}/var/lib/phiguard-collector" ] || [ -d "${DPKG_ROOT:-}/var/lib/private/phiguard-collector" ]; then
+        echo "phiguard-collector: the store in /var/lib/phiguard-collector is kept (audit records)" >&2
+    fi
 fi
 "#;
 
@@ -85,8 +103,8 @@ fi
 pub fn package() -> anyhow::Result<PathBuf> {
     cmd::run(cmd::cargo().args(["build", "--release", "-p", "phiguard-collector"]))?;
     let root = cmd::workspace_root();
-    let binary = root.join("target/release/phiguard-collector");
-    let out_dir = root.join("target/package");
+    let binary = cmd::target_dir().join("release/phiguard-collector");
+    let out_dir = cmd::target_dir().join("package");
     let stage = out_dir.join("stage-collector");
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
@@ -138,13 +156,7 @@ pub fn package() -> anyhow::Result<PathBuf> {
     write(&debian.join("postinst"), POSTINST, 0o755)?;
     write(&debian.join("prerm"), PRERM, 0o755)?;
     write(&debian.join("postrm"), POSTRM, 0o755)?;
-    let installed_kib = cmd::output(
-        Command::new("du")
-            .args(["-sk", "--exclude=DEBIAN"])
-            .arg(&stage),
-    )
-    .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-    .unwrap_or_else(|| "0".to_owned());
+    let installed_kib = installed_kib(&stage)?;
     write(
         &debian.join("control"),
         &format!(
@@ -153,7 +165,7 @@ pub fn package() -> anyhow::Result<PathBuf> {
              Architecture: {arch}\n\
              Maintainer: phiguard maintainers <phiguard@localhost>\n\
              Installed-Size: {installed_kib}\n\
-             Depends: libc6, systemd | systemd-sysusers\n\
+             Depends: libc6, systemd | systemd-sysusers, init-system-helpers (>= 1.54~)\n\
              Section: admin\n\
              Priority: optional\n\
              Homepage: https://example.invalid/phiguard\n\
@@ -166,12 +178,7 @@ pub fn package() -> anyhow::Result<PathBuf> {
         0o644,
     )?;
     let deb = out_dir.join(format!("{NAME}_{version}_{arch}.deb"));
-    cmd::run(
-        Command::new("dpkg-deb")
-            .args(["--root-owner-group", "-Zxz", "--build"])
-            .arg(&stage)
-            .arg(&deb),
-    )?;
+    build_deb(&stage, &deb)?;
     println!(
         "package: {} ({} KiB; installed {installed_kib} KiB)",
         deb.display(),

@@ -20,7 +20,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     setup::setup()?;
     build()?;
     let root = cmd::workspace_root();
-    let error = std::process::Command::new(root.join("target/release/phiguard"))
+    let error = std::process::Command::new(cmd::target_dir().join("release/phiguard"))
         .arg("run")
         .arg("--config")
         .arg(root.join("agent.toml"))

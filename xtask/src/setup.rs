@@ -21,7 +21,8 @@ const EXPECTED_NIGHTLY: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)";
 /// throwaway servers and their clients, and the pgbench benchmark), python3 (a client that
 /// reads and writes with readv/writev/sendmsg/recvmsg); systemd
 /// (systemd-analyze verifies the units) and man-db (renders the packaged man page) for the
-/// package tier; auditd (the incumbent the benchmarks compare against).
+/// package tier; systemd-container (systemd-nspawn) and debootstrap for the systemd tier (a
+/// booted Debian 12 running both packages as services); auditd (the incumbent the benchmarks compare against).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "dwarves",
@@ -37,6 +38,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "mariadb-client",
     "python3",
     "systemd",
+    "systemd-container",
+    "debootstrap",
     "man-db",
     "auditd",
 ];

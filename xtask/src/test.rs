@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 
-use crate::{bench, cmd, fuzz, package, setup, vm};
+use crate::{bench, cmd, fuzz, package, setup, systemd, vm};
 
 /// Seconds each fuzz target runs in the fuzz tier.
 const FUZZ_SECONDS: u32 = 20;
@@ -110,13 +110,10 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
                 "--bin",
                 "phiguard-collector",
             ]))?;
-            command.env(
-                "PHIGUARD_BIN",
-                cmd::workspace_root().join("target/debug/phiguard"),
-            );
+            command.env("PHIGUARD_BIN", cmd::target_dir().join("debug/phiguard"));
             command.env(
                 "PHIGUARD_COLLECTOR_BIN",
-                cmd::workspace_root().join("target/debug/phiguard-collector"),
+                cmd::target_dir().join("debug/phiguard-collector"),
             );
         }
         let result = if cargo_args[0] == "test" {
@@ -157,6 +154,19 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
         let result = package::test();
         summary.push(format!(
             "package {}",
+            if result.is_ok() { "ok" } else { "FAILED" }
+        ));
+        if let Err(error) = result {
+            println!("test summary: {}", summary.join(", "));
+            return Err(error);
+        }
+    }
+    if !args.unit && !args.vm {
+        // Both packages as services under a real systemd (Debian 12 in systemd-nspawn).
+        println!("== tier systemd: both packages installed and run under systemd 252 (nspawn)");
+        let result = systemd::test(&mut counts);
+        summary.push(format!(
+            "systemd {}",
             if result.is_ok() { "ok" } else { "FAILED" }
         ));
         if let Err(error) = result {

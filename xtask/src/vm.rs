@@ -117,7 +117,7 @@ pub fn vm(args: &VmArgs) -> anyhow::Result<()> {
 /// Builds, boots and checks the VM, adding the tests run inside to `counts`.
 pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
     let started = Instant::now();
-    let work = cmd::workspace_root().join("target/vm");
+    let work = cmd::target_dir().join("vm");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
     step("building the test binaries and the agent");

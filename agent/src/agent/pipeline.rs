@@ -4,7 +4,7 @@
 //! and logs failures once a tick, never once per record.
 
 use phiguard_proto::v1::{self, event::Body};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::{
     enrich::Enricher,
@@ -133,6 +133,15 @@ impl Pipeline {
                 self.metrics.sink_errors.inc();
                 debug!(%error, "sink write failed");
                 self.problems.last_sink = Some(error.to_string());
+            }
+        }
+    }
+
+    /// Reopens the sinks' files (a reload: logrotate may have moved them).
+    pub fn reopen(&mut self) {
+        for sink in &mut self.sinks {
+            if let Err(error) = sink.reopen() {
+                error!(%error, "reopening an event file on reload failed; writing on to the one open");
             }
         }
     }

@@ -1,14 +1,15 @@
 //! The few bpf(2) commands the integrity check needs and aya 0.14 does not expose: map
 //! elements as raw bytes (whatever the map's types), the programs attached to a cgroup, a
-//! link's id from a raw descriptor, and pinning one. None needs `CAP_SYS_ADMIN` (the agent
-//! may run without it): the cgroup query needs `CAP_NET_ADMIN`, the rest only the
-//! descriptors and bpffs.
+//! link's id from a raw descriptor, and pinning one; and [`global_tgid`], this process's id
+//! as the kernel's programs see it. None needs `CAP_SYS_ADMIN` (the agent may run without
+//! it): the cgroup query needs `CAP_NET_ADMIN`, `global_tgid` `CAP_BPF` and `CAP_PERFMON`,
+//! the rest only the descriptors and bpffs.
 
 use std::{
     ffi::CString,
     io,
     mem::size_of,
-    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     path::Path,
 };
 
@@ -20,6 +21,11 @@ const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+/// `BPF_PROG_TYPE_RAW_TRACEPOINT`: loads without a target, and its test run runs on the
+/// calling task (Linux 5.10+).
+const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 
 /// `bpf_attach_type` of `cgroup/connect4` programs.
 pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
@@ -72,6 +78,94 @@ struct QueryAttr {
     link_ids: u64,
     link_attach_flags: u64,
     revision: u64,
+}
+
+/// `union bpf_attr` for `BPF_PROG_LOAD` (up to `prog_name`).
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+}
+
+/// `union bpf_attr` for `BPF_PROG_TEST_RUN` (up to `batch_size`).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// This process's thread-group id in the initial pid namespace: what
+/// `bpf_get_current_pid_tgid()` gives the kernel programs, and so what they must be told the
+/// agent is. It differs from `std::process::id()` when the agent runs in a pid namespace (a
+/// container), which no file in that namespace's /proc tells. A three-instruction program
+/// (`r0 = bpf_get_current_pid_tgid() >> 32; exit`) is loaded and test-run: a raw tracepoint
+/// program's test run runs on the calling task, and returns r0.
+///
+/// Asked once; [`global_tgid_now`] asks again (after a fork).
+pub fn global_tgid() -> io::Result<u32> {
+    static CACHED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    if let Some(tgid) = CACHED.get() {
+        return Ok(*tgid);
+    }
+    let tgid = global_tgid_now()?;
+    Ok(*CACHED.get_or_init(|| tgid))
+}
+
+/// [`global_tgid`], asked of the kernel now.
+pub fn global_tgid_now() -> io::Result<u32> {
+    // struct bpf_insn: code, dst|src << 4, off (i16), imm (i32), little-endian.
+    const fn insn(code: u8, dst: u8, imm: i32) -> u64 {
+        (code as u64) | ((dst as u64) << 8) | (((imm as u32) as u64) << 32)
+    }
+    let insns: [u64; 3] = [
+        insn(0x85, 0, 14), // call bpf_get_current_pid_tgid
+        insn(0x77, 0, 32), // r0 >>= 32 (the tgid)
+        insn(0x95, 0, 0),  // exit
+    ];
+    let license = b"GPL\0";
+    let mut name = [0u8; 16];
+    name[..15].copy_from_slice(b"phiguard_whoami");
+    let mut load = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_RAW_TRACEPOINT,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name: name,
+        ..ProgLoadAttr::default()
+    };
+    let fd = bpf(BPF_PROG_LOAD, &mut load)?;
+    // SAFETY: BPF_PROG_LOAD returned a new descriptor that nothing else owns.
+    let program = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut run = TestRunAttr {
+        prog_fd: fd_u32(program.as_fd()),
+        ..TestRunAttr::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut run)?;
+    Ok(run.retval)
 }
 
 /// Runs bpf(2) `cmd` with `attr`.

@@ -13,6 +13,9 @@ pub enum LoadError {
     /// The object did not load.
     #[error("loading the eBPF object: {0}")]
     Object(#[source] aya::EbpfError),
+    /// This process's global pid (the one the kernel programs compare) could not be learnt.
+    #[error("learning this process's pid as the kernel sees it (a bpf test run): {0}")]
+    GlobalPid(#[source] std::io::Error),
     /// A program is missing from the object (a build mismatch).
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(&'static str),

@@ -128,13 +128,28 @@ pub(super) fn successor(agent_map: &MapData) -> Option<u32> {
     let mut value = [0u8; 4];
     bpf_sys::map_lookup(agent_map.fd().as_fd(), &0u32.to_ne_bytes(), &mut value).ok()?;
     let pid = u32::from_ne_bytes(value);
-    if pid == std::process::id() {
+    let me = bpf_sys::global_tgid().ok()?;
+    if pid == me {
         return None;
     }
     use std::os::unix::fs::MetadataExt as _;
     let exe = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-    let theirs = exe(&format!("/proc/{pid}/exe"))?;
-    (exe("/proc/self/exe")? == theirs).then_some(pid)
+    let mine = exe("/proc/self/exe")?;
+    if me == std::process::id() {
+        // Not in a pid namespace: the map's pid is one /proc shows.
+        return (exe(&format!("/proc/{pid}/exe"))? == mine).then_some(pid);
+    }
+    // In a pid namespace /proc cannot show a global pid: a successor is another process of
+    // this executable beside us.
+    let ours = std::process::id();
+    let other = std::fs::read_dir("/proc").ok()?.flatten().any(|entry| {
+        entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|p| p != ours && exe(&format!("/proc/{p}/exe")) == Some(mine))
+    });
+    other.then_some(pid)
 }
 
 pub(super) fn map_data(map: &Map) -> Option<&MapData> {

@@ -129,8 +129,10 @@ impl Sensors {
         {
             let mut agent: Array<_, u32> = Array::try_from(sensors.map_mut(AGENT)?)
                 .map_err(|source| LoadError::Map { map: AGENT, source })?;
+            // The kernel compares the global tgid, which differs from ours in a pid namespace.
+            let me = super::bpf_sys::global_tgid().map_err(LoadError::GlobalPid)?;
             agent
-                .set(0, std::process::id(), 0)
+                .set(0, me, 0)
                 .map_err(|source| LoadError::Map { map: AGENT, source })?;
         }
         sensors.fill_prefixes(&compiled.watches)?;

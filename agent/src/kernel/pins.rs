@@ -87,9 +87,10 @@ pub fn claim(root: &Path) -> Result<bool, PinError> {
     let data = MapData::from_pin(&path).map_err(|e| fail(e.to_string()))?;
     let map = Map::from_map_data(data).map_err(|e| fail(e.to_string()))?;
     let mut agent: Array<_, u32> = Array::try_from(map).map_err(|e| fail(e.to_string()))?;
-    agent
-        .set(0, std::process::id(), 0)
-        .map_err(|e| fail(e.to_string()))?;
+    // The kernel compares the global tgid, which differs from ours in a pid namespace.
+    let me = super::bpf_sys::global_tgid()
+        .map_err(|e| fail(format!("learning this process's global pid: {e}")))?;
+    agent.set(0, me, 0).map_err(|e| fail(e.to_string()))?;
     Ok(true)
 }
 
@@ -177,17 +178,25 @@ pub fn repin(root: &Path, name: &str, link: BorrowedFd<'_>) -> Result<(), PinErr
     put_in_place(root, name)
 }
 
-/// Names of the programs pinned under `root`.
+/// Names of the programs pinned under `root` (none when it cannot be read).
 pub fn pinned_programs(root: &Path) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(links_dir(root)) else {
-        return Vec::new();
+    read_pinned_programs(root).unwrap_or_default()
+}
+
+/// Names of the programs pinned under `root`: none when nothing was ever pinned there, an
+/// error when the directory exists but cannot be read (bpffs is mode 0700: not as a user).
+pub fn read_pinned_programs(root: &Path) -> io::Result<Vec<String>> {
+    let entries = match fs::read_dir(links_dir(root)) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| !n.ends_with(STAGING))
         .collect();
     names.sort();
-    names
+    Ok(names)
 }
 
 /// Removes every pin under `root`: programs no running agent holds are detached, and have been

@@ -1,15 +1,17 @@
 //! JSON lines: one event per line in the canonical proto3 JSON mapping.
 
 use std::{
-    fs::OpenOptions,
     io::{self, BufWriter, Write},
-    os::unix::fs::OpenOptionsExt as _,
     path::Path,
 };
 
 use phiguard_proto::v1;
 
-use super::{parts::PartCache, Sink};
+use super::{
+    parts::PartCache,
+    rotating::{RotatingFile, Rotation},
+    Sink,
+};
 
 /// Writes events as JSON lines to any writer.
 pub struct JsonLines<W: Write + Send> {
@@ -28,20 +30,33 @@ impl<W: Write + Send> JsonLines<W> {
     }
 }
 
-impl JsonLines<std::fs::File> {
-    /// Appends to the file at `path`, created readable by its owner only (events describe
-    /// who touched patient data).
-    pub fn append_to(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
-        Ok(JsonLines::new(file))
+impl JsonLines<RotatingFile> {
+    /// Appends to the file at `path` (created readable by its owner only: events describe
+    /// who touched patient data), rotated as `rotation` says.
+    pub fn append_to(path: &Path, rotation: Rotation) -> io::Result<Self> {
+        Ok(JsonLines::new(RotatingFile::open(path, rotation)?))
     }
 }
 
-impl<W: Write + Send> Sink for JsonLines<W> {
+/// A writer that can open its destination again (a file after an external rotation).
+pub trait Reopen {
+    /// Opens the destination again; a no-op where there is nothing to reopen.
+    fn reopen(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Reopen for RotatingFile {
+    fn reopen(&mut self) -> io::Result<()> {
+        RotatingFile::reopen(self)
+    }
+}
+
+impl Reopen for io::Stdout {}
+impl Reopen for io::Sink {}
+impl Reopen for Vec<u8> {}
+
+impl<W: Write + Send + Reopen> Sink for JsonLines<W> {
     fn write(&mut self, event: &v1::Event) -> io::Result<()> {
         self.parts.write(&mut self.out, event)?;
         self.out.write_all(b"\n")
@@ -49,6 +64,11 @@ impl<W: Write + Send> Sink for JsonLines<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        self.out.get_mut().reopen()
     }
 }
 

@@ -4,6 +4,7 @@ pub mod channel;
 pub mod json;
 pub mod numbering;
 mod parts;
+pub mod rotating;
 
 /// The spool (a sink too) and the publisher live with the collector link; here for the
 /// paths callers already use.
@@ -36,6 +37,11 @@ pub trait Sink: Send {
     /// Drops to report now, if any (a sink may wait until it has room for the report).
     fn take_losses(&mut self) -> Option<SinkLoss> {
         None
+    }
+    /// Opens its destination again (SIGHUP: a file renamed by logrotate); most sinks have
+    /// nothing to reopen.
+    fn reopen(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
     /// The last sequence number this sink holds from an earlier run: the agent numbers its
     /// events after it, so (agent, seq) stays unique across restarts.

@@ -11,7 +11,7 @@ use crate::cmd;
 /// The collector link: ingest rate with one and eight agents over loopback mutual TLS, and
 /// latency from a kernel event to a live subscriber (see `tests/src/bin/e2e_bench.rs`).
 pub fn e2e(quick: bool) -> anyhow::Result<Value> {
-    let release = cmd::workspace_root().join("target/release");
+    let release = cmd::target_dir().join("release");
     let mut command = Command::new(release.join("e2e-bench"));
     if quick {
         command.arg("--quick");

@@ -159,7 +159,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         "load_average_at_end": load_average(),
         "benchmarks": results,
     });
-    let dir = cmd::workspace_root().join("target/bench");
+    let dir = cmd::target_dir().join("bench");
     fs::create_dir_all(&dir)?;
     let file = dir.join(format!("bench-{}.json", report["unix_time"]));
     fs::write(&file, serde_json::to_string_pretty(&report)?)?;

@@ -90,7 +90,7 @@ impl std::ops::AddAssign for AgentCounters {
 }
 
 fn phiguard() -> PathBuf {
-    cmd::workspace_root().join("target/release/phiguard")
+    cmd::target_dir().join("release/phiguard")
 }
 
 /// A release `phiguard` (`run` or `bench-floor`) with JSON logs, its events discarded.

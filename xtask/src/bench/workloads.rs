@@ -207,7 +207,7 @@ pub fn exec(scratch: &Scratch, rules: &AuditRules, quick: bool) -> anyhow::Resul
         .iter()
         .filter_map(|d| fs::canonicalize(d).ok())
         .collect();
-    allowed.push(crate::cmd::workspace_root().join("target/release"));
+    allowed.push(crate::cmd::target_dir().join("release"));
     allowed.sort();
     allowed.dedup();
     let list: String = allowed
