@@ -1,0 +1,427 @@
+//! The fanotify decision layer: where the kernel has no BPF LSM, every open of a protected
+//! file waits in the kernel for the agent's answer and a refused one fails with `EPERM` before
+//! a descriptor exists — whatever route reached the inode (any system call ABI, io_uring, a
+//! hard link, a file handle, any depth).
+//!
+//! Jobs: [`group`] speaks fanotify; [`decide`] holds the labels and decides, purely;
+//! [`opener`] reads who is asking from `/proc`; this module runs the response loop on a thread
+//! of its own and hands each decision to the agent's event path as the same `FileOpen` record
+//! the kernel programs write, so decisions are enriched, numbered and sunk like any other.
+//!
+//! The loop decides from memory and `/proc` only and answers before it does anything else for
+//! the event (the event record is completed after the answer). The agent's own opens are
+//! allowed at once (its other threads open files on marked filesystems; this thread opens
+//! none). If the agent dies, the kernel closes the group and releases every waiting open:
+//! this layer fails open (see docs/policies.md).
+
+pub mod decide;
+pub mod group;
+pub mod opener;
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use agent_common::{
+    event::{matched_by, EventHeader, FileOpenEvent, Kind, FLAG_COMPAT_SYSCALL, FLAG_TRUNCATED},
+    limits::{COMM_LEN, NAMES_LEN, PATH_LEN},
+    policy::{verdict, Decision},
+};
+use tokio::sync::mpsc;
+
+use self::{
+    decide::{Label, Protected, Subject},
+    group::{Group, GroupError, PermissionEvent},
+    opener::OpenCall,
+};
+use crate::{
+    policy::compile::{Compiled, FileId},
+    process::procfs::{self, ProcSnapshot},
+    watch::kernel_dev,
+};
+
+/// Decision records waiting for the event loop; past this, records are counted as lost.
+pub const QUEUE: usize = 8192;
+
+/// One decision, for the agent's event path: the record the kernel programs would have written,
+/// and the opener as `/proc` showed it while it waited (the process may be gone, or its exec not
+/// yet read from the ring buffer, by the time the record is enriched).
+#[derive(Debug)]
+pub struct Record {
+    /// The `FileOpen` record, with the decision.
+    pub event: Box<FileOpenEvent>,
+    /// The opening process.
+    pub process: Option<ProcSnapshot>,
+}
+
+/// Failure to start or update the layer.
+#[derive(Debug, thiserror::Error)]
+pub enum FanotifyError {
+    /// The group or a mark failed.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// The response thread could not start.
+    #[error("starting the fanotify response thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
+/// Counters of the layer, shared with the response thread.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Permission events answered.
+    pub answered: AtomicU64,
+    /// Of them, refused.
+    pub denied: AtomicU64,
+    /// Decision records dropped because the event loop's queue was full.
+    pub lost: AtomicU64,
+    /// Answers the kernel did not take (the opener then waits for the group to close).
+    pub respond_errors: AtomicU64,
+}
+
+/// The running layer.
+pub struct FanotifyLayer {
+    group: Arc<Group>,
+    state: Arc<Mutex<Protected>>,
+    stop: Arc<AtomicBool>,
+    wake: OwnedFd,
+    thread: Option<JoinHandle<()>>,
+    /// Counters.
+    pub counters: Arc<Counters>,
+}
+
+impl FanotifyLayer {
+    /// Creates the group, labels the protected files of `compiled` (in `slot`), marks their
+    /// filesystems and starts answering. Decision records go to `records`.
+    pub fn start(
+        compiled: Arc<Compiled>,
+        slot: u32,
+        records: mpsc::Sender<Record>,
+    ) -> Result<FanotifyLayer, FanotifyError> {
+        let group = Arc::new(Group::new()?);
+        let protected = Protected::build(compiled, slot);
+        for path in protected.filesystems.values() {
+            group.mark_filesystem(path, true)?;
+        }
+        let (wake_read, wake) = nix::unistd::pipe().map_err(|e| FanotifyError::Thread(e.into()))?;
+        let state = Arc::new(Mutex::new(protected));
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let responder = Responder {
+            group: Arc::clone(&group),
+            state: Arc::clone(&state),
+            stop: Arc::clone(&stop),
+            wake: wake_read,
+            records,
+            counters: Arc::clone(&counters),
+            own_pid: std::process::id(),
+            ns_per_tick: 1_000_000_000 / procfs::ticks_per_second(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("phiguard-fanotify".into())
+            .spawn(move || responder.run())
+            .map_err(FanotifyError::Thread)?;
+        Ok(FanotifyLayer {
+            group,
+            state,
+            stop,
+            wake,
+            thread: Some(thread),
+            counters,
+        })
+    }
+
+    /// Takes a newly installed policy set: labels are rebuilt off the response loop, then
+    /// swapped in at once; filesystems no longer needed are unmarked after the swap, new ones
+    /// marked before it.
+    pub fn update(&self, compiled: Arc<Compiled>, slot: u32) -> Result<(), FanotifyError> {
+        let protected = Protected::build(compiled, slot);
+        for path in protected.filesystems.values() {
+            self.group.mark_filesystem(path, true)?;
+        }
+        let old = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::replace(&mut *state, protected)
+        };
+        let kept = self.filesystems();
+        for (dev, path) in &old.filesystems {
+            if !kept.contains(dev) {
+                if let Err(e) = self.group.mark_filesystem(path, false) {
+                    tracing::warn!("unmarking a filesystem no policy protects any more: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The filesystems (kernel `dev_t`) marked now.
+    fn filesystems(&self) -> Vec<u32> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.filesystems.keys().copied().collect()
+    }
+
+    /// One line for the log: how much is labelled and marked.
+    pub fn summary(&self) -> String {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        format!(
+            "{} protected inodes labelled{}, {} filesystem(s) marked",
+            state.labelled(),
+            if state.complete {
+                ""
+            } else {
+                " (label limit reached: the rest are looked up by name)"
+            },
+            state.filesystems.len()
+        )
+    }
+}
+
+impl Drop for FanotifyLayer {
+    /// Stops the response loop; closing the group releases any open still waiting (allowed).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = nix::unistd::write(&self.wake, &[1]);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The response loop's state.
+struct Responder {
+    group: Arc<Group>,
+    state: Arc<Mutex<Protected>>,
+    stop: Arc<AtomicBool>,
+    wake: OwnedFd,
+    records: mpsc::Sender<Record>,
+    counters: Arc<Counters>,
+    own_pid: u32,
+    ns_per_tick: u64,
+}
+
+/// What the loop learnt about one event before answering, for its record.
+struct Pending {
+    opener: opener::Opener,
+    call: OpenCall,
+    requested_path: Option<(Vec<u8>, bool)>,
+    decision: Decision,
+    label: Label,
+    file: FileId,
+    boot_ns: u64,
+    process: Option<ProcSnapshot>,
+}
+
+impl Responder {
+    fn run(self) {
+        let mut buf = vec![0u8; 64 * 1024];
+        while !self.stop.load(Ordering::SeqCst) {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.group.as_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfd.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+            if ready <= 0 || fds[1].revents != 0 {
+                continue;
+            }
+            let events = match self.group.read(&mut buf) {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::error!("reading fanotify events: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            for event in events {
+                self.answer(event);
+            }
+        }
+    }
+
+    /// Decides, answers, closes the event's descriptor, then completes and queues the record.
+    fn answer(&self, event: PermissionEvent) {
+        let pending = self.decide(&event);
+        let allow = pending
+            .as_ref()
+            .is_none_or(|p| p.decision.verdict != verdict::DENY);
+        if let Err(e) = self.group.respond(event.fd.as_raw_fd(), allow) {
+            self.counters.respond_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("answering a fanotify event: {e}");
+        }
+        self.counters.answered.fetch_add(1, Ordering::Relaxed);
+        let Some(pending) = pending else {
+            return;
+        };
+        if !allow {
+            self.counters.denied.fetch_add(1, Ordering::Relaxed);
+        }
+        let opened = std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok();
+        drop(event);
+        let record = self.record(pending, opened);
+        if self.records.try_send(record).is_err() {
+            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The decision for one event; `None` when no rule governs it (the open is allowed and not
+    /// reported by this layer).
+    fn decide(&self, event: &PermissionEvent) -> Option<Pending> {
+        // SAFETY: `stat` is plain old data; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the descriptor is open; `st` is valid for writes.
+        if unsafe { libc::fstat(event.fd.as_raw_fd(), &mut st) } != 0 {
+            return None;
+        }
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return None;
+        }
+        let file = FileId {
+            dev: kernel_dev(st.st_dev),
+            ino: st.st_ino,
+        };
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let label = match state.label(file) {
+            Some(label) => label,
+            None => {
+                let ctime_ns =
+                    i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec);
+                if !state.needs_name_lookup(ctime_ns) {
+                    return None;
+                }
+                let path =
+                    std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok()?;
+                state.label_by_path(file, &path)?
+            }
+        };
+        let opener = opener::read_opener(event.tid)?;
+        if opener.tgid == self.own_pid {
+            return None; // the agent itself (it reads protected trees to compile policies)
+        }
+        let rule = state.rule(label)?;
+        let subject = Subject {
+            exe: opener::exe_id(event.tid),
+            uid: opener.uid,
+            gid: opener.gid,
+        };
+        let call = opener::read_call(event.tid);
+        let requested = opener::requested_access(&call);
+        let ppid = opener.ppid;
+        let decision = decide::decide(
+            rule,
+            label.rule,
+            state.slot,
+            &subject,
+            || opener::exe_id(ppid),
+            requested,
+        );
+        drop(state);
+        if decision.verdict == verdict::NONE {
+            return None;
+        }
+        // While the opener still waits: its memory holds the path it asked for.
+        let requested_path = call
+            .path_addr
+            .and_then(|addr| opener::read_path(event.tid, addr));
+        let process = procfs::read_process(opener.tgid).ok();
+        Some(Pending {
+            opener,
+            call,
+            requested_path,
+            decision,
+            label,
+            file,
+            boot_ns: boot_ns(),
+            process,
+        })
+    }
+
+    /// The `FileOpen` record of a decision, as the kernel programs would have written it.
+    fn record(&self, p: Pending, opened: Option<PathBuf>) -> Record {
+        let snapshot = p.process.as_ref();
+        let mut comm = [0u8; COMM_LEN];
+        let name = snapshot.map_or(&b""[..], |s| s.comm.as_bytes());
+        let n = name.len().min(COMM_LEN - 1);
+        comm[..n].copy_from_slice(&name[..n]);
+        let mut flags = 0;
+        if p.call.compat {
+            flags |= FLAG_COMPAT_SYSCALL;
+        }
+        // SAFETY: `FileOpenEvent` is plain old data (integers and byte arrays): all zeroes is
+        // a valid value.
+        let mut event: Box<FileOpenEvent> = Box::new(unsafe { std::mem::zeroed() });
+        event.header = EventHeader {
+            kind: Kind::FileOpen as u32,
+            flags,
+            boot_ns: p.boot_ns,
+            pid: p.opener.tid,
+            tgid: p.opener.tgid,
+            ppid: p.opener.ppid,
+            uid: p.opener.uid,
+            gid: p.opener.gid,
+            loginuid: snapshot.and_then(|s| s.loginuid).unwrap_or(u32::MAX),
+            sessionid: snapshot.and_then(|s| s.sessionid).unwrap_or(u32::MAX),
+            _pad: 0,
+            cgroup_id: 0,
+            start_boot_ns: snapshot.map_or(0, |s| s.start_ticks) * self.ns_per_tick,
+            comm,
+        };
+        event.ret = if p.decision.verdict == verdict::DENY {
+            -i64::from(libc::EPERM)
+        } else {
+            0
+        };
+        event.open_flags = p.call.flags.unwrap_or(0);
+        event.mode = p.call.mode;
+        event.dirfd = p.call.dirfd;
+        event.syscall = p.call.syscall;
+        event.matched_by = matched_by::LABEL;
+        event.watch_id = p.label.watch_id;
+        event.dev = p.file.dev;
+        event.ino = p.file.ino;
+        event.decision = p.decision;
+        if let Some((path, cut)) = &p.requested_path {
+            let n = path.len().min(PATH_LEN - 1);
+            event.path[..n].copy_from_slice(&path[..n]);
+            event.path_len = n as u32;
+            if *cut {
+                event.header.flags |= FLAG_TRUNCATED;
+            }
+        }
+        if let Some(opened) = opened {
+            let bytes = opened.as_os_str().as_encoded_bytes();
+            let n = bytes.len().min(NAMES_LEN - 1);
+            event.names[..n].copy_from_slice(&bytes[..n]);
+            event.names_len = n as u32 + 1;
+            event.names_count = 1;
+            if n < bytes.len() {
+                event.header.flags |= FLAG_TRUNCATED;
+            }
+        }
+        Record {
+            event,
+            process: p.process,
+        }
+    }
+}
+
+/// `CLOCK_BOOTTIME` now, in nanoseconds (the kernel programs' time base).
+fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
