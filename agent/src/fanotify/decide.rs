@@ -129,7 +129,8 @@ impl Protected {
         protected
     }
 
-    /// Labels everything below `root` on its filesystem (symlinks not followed).
+    /// Labels everything below `root` on its filesystem, directories included (a walker opening
+    /// them is decided too; symlinks are not followed).
     fn walk(&mut self, root: &Path, label: Label) {
         let Ok(meta) = fs::symlink_metadata(root) else {
             return;
@@ -147,7 +148,6 @@ impl Protected {
                 }
                 if meta.is_dir() {
                     stack.push(entry.path());
-                    continue;
                 }
                 if self.labels.len() >= MAX_LABELS {
                     self.complete = false;
@@ -318,8 +318,8 @@ mod tests {
         assert!(p.complete);
         assert_eq!(
             p.labelled(),
-            3,
-            "two files, and the protected directory's own entry"
+            33,
+            "two files, 30 directories and the protected root"
         );
         let label = p
             .label(id(&deep.join("rec.txt")))

@@ -14,9 +14,10 @@ use std::{
     path::Path,
 };
 
-/// The events the group asks for: every open of a marked filesystem's files waits for the
-/// agent's answer (an exec's open of the program is an open too).
-pub const MASK: u64 = libc::FAN_OPEN_PERM;
+/// The events the group asks for: every open of a marked filesystem's files and directories
+/// waits for the agent's answer (an exec's open of the program is an open too; a directory
+/// walker opening a protected directory gets `EPERM` like any other refused open).
+pub const MASK: u64 = libc::FAN_OPEN_PERM | libc::FAN_ONDIR;
 
 /// Failure of a fanotify call.
 #[derive(Debug, thiserror::Error)]

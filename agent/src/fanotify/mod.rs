@@ -287,9 +287,6 @@ impl Responder {
         if unsafe { libc::fstat(event.fd.as_raw_fd(), &mut st) } != 0 {
             return None;
         }
-        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            return None;
-        }
         let file = FileId {
             dev: kernel_dev(st.st_dev),
             ino: st.st_ino,
