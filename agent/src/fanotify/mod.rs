@@ -254,8 +254,15 @@ impl Responder {
     }
 
     /// Decides, answers, closes the event's descriptor, then completes and queues the record.
+    /// Every event is answered exactly once, even if deciding panics (then it is allowed and
+    /// the panic logged): an unanswered event would hold its opener until the group closes.
     fn answer(&self, event: PermissionEvent) {
-        let pending = self.decide(&event);
+        let decided =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.decide(&event)));
+        let pending = decided.unwrap_or_else(|_| {
+            tracing::error!("deciding a fanotify event panicked: the open was allowed");
+            None
+        });
         let allow = pending
             .as_ref()
             .is_none_or(|p| p.decision.verdict != verdict::DENY);
@@ -272,7 +279,14 @@ impl Responder {
         }
         let opened = std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok();
         drop(event);
-        let record = self.record(pending, opened);
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.record(pending, opened)
+        }));
+        let Ok(record) = built else {
+            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("building a fanotify decision record panicked: the event is lost");
+            return;
+        };
         if self.records.try_send(record).is_err() {
             self.counters.lost.fetch_add(1, Ordering::Relaxed);
         }
@@ -305,7 +319,15 @@ impl Responder {
                 state.label_by_path(file, &path)?
             }
         };
-        let opener = opener::read_opener(event.tid)?;
+        // An opener whose status cannot be read (it is being killed) is nobody: a protected
+        // file is refused to it, and reported with what is known.
+        let opener = opener::read_opener(event.tid).unwrap_or(opener::Opener {
+            tid: event.tid,
+            tgid: event.tid,
+            ppid: 0,
+            uid: u32::MAX,
+            gid: u32::MAX,
+        });
         if opener.tgid == self.own_pid {
             return None; // the agent itself (it reads protected trees to compile policies)
         }
