@@ -207,9 +207,25 @@ pub fn parse_syscall(text: &str) -> OpenCall {
     }
 }
 
-/// The call a blocked thread is in.
+/// Most attempts at `/proc/<tid>/syscall` while the opener is still on its way to sleep.
+const SYSCALL_READ_TRIES: u32 = 200;
+
+/// The call a blocked thread is in. The event is queued just before the opener goes to sleep
+/// waiting for the answer; until it sleeps the kernel refuses to show its call (`EAGAIN`), so
+/// the read is retried (yielding the CPU) for a bounded number of times.
 pub fn read_call(tid: u32) -> OpenCall {
-    match fs::read_to_string(format!("/proc/{tid}/syscall")) {
+    let path = format!("/proc/{tid}/syscall");
+    let mut read = fs::read_to_string(&path);
+    for _ in 0..SYSCALL_READ_TRIES {
+        match &read {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                std::thread::yield_now();
+                read = fs::read_to_string(&path);
+            }
+            _ => break,
+        }
+    }
+    match read {
         Ok(text) => {
             let mut call = parse_syscall(&text);
             if let Some(how) = call.how_addr {
