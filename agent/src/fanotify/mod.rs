@@ -19,6 +19,7 @@ pub mod group;
 pub mod opener;
 
 use std::{
+    collections::HashMap,
     io,
     os::fd::{AsRawFd as _, OwnedFd},
     path::PathBuf,
@@ -115,6 +116,7 @@ impl FanotifyLayer {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
         let responder = Responder {
+            known: HashMap::new(),
             group: Arc::clone(&group),
             state: Arc::clone(&state),
             stop: Arc::clone(&stop),
@@ -194,8 +196,24 @@ impl Drop for FanotifyLayer {
     }
 }
 
+/// Processes whose full `/proc` snapshot already went to the event loop; past this many, the
+/// memory is dropped and rebuilt.
+const MAX_KNOWN: usize = 4096;
+
+/// What the last snapshot sent of a process said: while its start time and executable are the
+/// same, the next decision sends none (the event loop's process table has it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Known {
+    start_ticks: u64,
+    exe: Option<FileId>,
+    comm: String,
+    loginuid: u32,
+    sessionid: u32,
+}
+
 /// The response loop's state.
 struct Responder {
+    known: HashMap<u32, Known>,
     group: Arc<Group>,
     state: Arc<Mutex<Protected>>,
     stop: Arc<AtomicBool>,
@@ -216,10 +234,11 @@ struct Pending {
     file: FileId,
     boot_ns: u64,
     process: Option<ProcSnapshot>,
+    known: Option<Known>,
 }
 
 impl Responder {
-    fn run(self) {
+    fn run(mut self) {
         let mut buf = vec![0u8; 64 * 1024];
         while !self.stop.load(Ordering::SeqCst) {
             let mut fds = [
@@ -256,7 +275,7 @@ impl Responder {
     /// Decides, answers, closes the event's descriptor, then completes and queues the record.
     /// Every event is answered exactly once, even if deciding panics (then it is allowed and
     /// the panic logged): an unanswered event would hold its opener until the group closes.
-    fn answer(&self, event: PermissionEvent) {
+    fn answer(&mut self, event: PermissionEvent) {
         let decided =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.decide(&event)));
         let pending = decided.unwrap_or_else(|_| {
@@ -294,7 +313,7 @@ impl Responder {
 
     /// The decision for one event; `None` when no rule governs it (the open is allowed and not
     /// reported by this layer).
-    fn decide(&self, event: &PermissionEvent) -> Option<Pending> {
+    fn decide(&mut self, event: &PermissionEvent) -> Option<Pending> {
         // SAFETY: `stat` is plain old data; fstat fills it.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: the descriptor is open; `st` is valid for writes.
@@ -356,7 +375,34 @@ impl Responder {
         let requested_path = call
             .path_addr
             .and_then(|addr| opener::read_path(event.tid, addr));
-        let process = procfs::read_process(opener.tgid).ok();
+        // A full snapshot of the process once per (process, executable): later decisions name
+        // it from the event loop's process table.
+        let start_ticks = procfs::start_ticks(opener.tgid).unwrap_or(0);
+        let fresh = self
+            .known
+            .get(&opener.tgid)
+            .is_some_and(|k| k.start_ticks == start_ticks && k.exe == subject.exe);
+        let process = if fresh {
+            None
+        } else {
+            procfs::read_process(opener.tgid).ok()
+        };
+        if let Some(snapshot) = &process {
+            if self.known.len() >= MAX_KNOWN {
+                self.known.clear();
+            }
+            self.known.insert(
+                opener.tgid,
+                Known {
+                    start_ticks: snapshot.start_ticks,
+                    exe: subject.exe,
+                    comm: snapshot.comm.clone(),
+                    loginuid: snapshot.loginuid.unwrap_or(u32::MAX),
+                    sessionid: snapshot.sessionid.unwrap_or(u32::MAX),
+                },
+            );
+        }
+        let known = self.known.get(&opener.tgid).cloned();
         Some(Pending {
             opener,
             call,
@@ -366,14 +412,15 @@ impl Responder {
             file,
             boot_ns: boot_ns(),
             process,
+            known,
         })
     }
 
     /// The `FileOpen` record of a decision, as the kernel programs would have written it.
     fn record(&self, p: Pending, opened: Option<PathBuf>) -> Record {
-        let snapshot = p.process.as_ref();
+        let known = p.known.as_ref();
         let mut comm = [0u8; COMM_LEN];
-        let name = snapshot.map_or(&b""[..], |s| s.comm.as_bytes());
+        let name = known.map_or(&b""[..], |k| k.comm.as_bytes());
         let n = name.len().min(COMM_LEN - 1);
         comm[..n].copy_from_slice(&name[..n]);
         let mut flags = 0;
@@ -392,11 +439,11 @@ impl Responder {
             ppid: p.opener.ppid,
             uid: p.opener.uid,
             gid: p.opener.gid,
-            loginuid: snapshot.and_then(|s| s.loginuid).unwrap_or(u32::MAX),
-            sessionid: snapshot.and_then(|s| s.sessionid).unwrap_or(u32::MAX),
+            loginuid: known.map_or(u32::MAX, |k| k.loginuid),
+            sessionid: known.map_or(u32::MAX, |k| k.sessionid),
             _pad: 0,
             cgroup_id: 0,
-            start_boot_ns: snapshot.map_or(0, |s| s.start_ticks) * self.ns_per_tick,
+            start_boot_ns: known.map_or(0, |k| k.start_ticks) * self.ns_per_tick,
             comm,
         };
         event.ret = if p.decision.verdict == verdict::DENY {
