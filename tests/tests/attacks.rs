@@ -394,3 +394,30 @@ fn a_directory_walker_gets_an_error_instead_of_being_killed() {
     a.assert_allowed_still_reads();
     a.h.stop();
 }
+
+#[test]
+fn a_file_created_after_the_policy_loaded_is_protected_and_keeps_its_label_when_moved_out() {
+    let mut a = Attack::new(1);
+    // Created after the walk that labelled the tree: labelled at its first open by its name.
+    let new = a.protected.join("level0").join("admitted-today.txt");
+    fs::write(&new, SECRET).unwrap();
+    fs::set_permissions(&new, fs::Permissions::from_mode(0o666)).unwrap();
+    let out = a.open_as_nobody("read", &new);
+    let opener = a.opener.clone();
+    let file = std::mem::replace(&mut a.file, new.clone());
+    a.assert_refused("a file created after load", &out, &opener, Some(&new));
+    // Moved out of the tree (by root: the tree's directories are not the attacker's), it is
+    // still the protected inode.
+    let moved = a.attacker_dir.join("moved-out.txt");
+    fs::rename(&file, &moved).unwrap();
+    a.file = moved.clone();
+    let out = a.open_as_nobody("read", &moved);
+    a.assert_refused(
+        "a protected file renamed out of the tree",
+        &out,
+        &opener,
+        Some(&moved),
+    );
+    a.assert_allowed_still_reads();
+    a.h.stop();
+}
