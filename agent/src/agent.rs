@@ -544,6 +544,16 @@ impl Agent {
             let Fanotify {
                 layer, mut records, ..
             } = fanotify;
+            let counters = &layer.counters;
+            let load =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            info!(
+                answered = load(&counters.answered),
+                denied = load(&counters.denied),
+                lost = load(&counters.lost),
+                respond_errors = load(&counters.respond_errors),
+                "fanotify layer stopped: protected opens are no longer asked about (the open-exit programs, if pinned, kill refused ones)"
+            );
             drop(layer);
             while let Ok(record) = records.try_recv() {
                 Self::handle_record(enricher, &mut out, problems, record);
