@@ -86,10 +86,10 @@ impl ResourceKind {
             (ResourceKind::Tcp, _) => "cgroup connect4/6: connect() fails with EPERM",
             (_, FileLayer::Lsm) => "BPF LSM: the call fails with EPERM",
             (ResourceKind::File, FileLayer::Fanotify) => {
-                "fanotify permission event (no BPF LSM here): open() fails with EPERM before a descriptor exists, by any route to the inode; while the agent is down, SIGKILL at open()/openat()/openat2() exit"
+                "fanotify permission event (no BPF LSM here): open() fails with EPERM before a descriptor exists, by any route to the inode; while the agent is down, SIGKILL at open()/openat()/openat2() exit; truncate(), unlink(), rename(), link(), chmod/chown/xattrs are not governed (no open)"
             }
             (ResourceKind::File, FileLayer::Signal) => {
-                "SIGKILL at open() exit (no BPF LSM, no fanotify permission events here): the process dies before it can read or write"
+                "SIGKILL at open()/openat()/openat2() exit (no BPF LSM, no fanotify permission events here): the process dies before it can read or write; O_TRUNC has happened; the 32-bit entry, io_uring and file handles are not covered"
             }
             (ResourceKind::Exec, _) => {
                 "SIGKILL at exec (no BPF LSM here): the new program never runs an instruction"
