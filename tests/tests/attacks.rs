@@ -421,3 +421,49 @@ fn a_file_created_after_the_policy_loaded_is_protected_and_keeps_its_label_when_
     a.assert_allowed_still_reads();
     a.h.stop();
 }
+
+#[test]
+fn a_reload_moves_the_protection_at_once() {
+    let mut a = Attack::new(0);
+    // Protect a second directory instead of the first.
+    let second = a._tree.dir.path().join("second");
+    fs::create_dir(&second).unwrap();
+    fs::set_permissions(&second, fs::Permissions::from_mode(0o755)).unwrap();
+    let second_file = second.join("record.txt");
+    fs::write(&second_file, SECRET).unwrap();
+    fs::set_permissions(&second_file, fs::Permissions::from_mode(0o666)).unwrap();
+    // Replaced in one rename, as configuration management does; the change reloads it.
+    let tmp = a._policies.path().join(".attacks.yaml.tmp");
+    fs::write(
+        &tmp,
+        format!(
+            "name: attacks\nmode: enforce\nrules:\n  - name: records\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: {}\n",
+            second.display(),
+            a.allowed_cat.display()
+        ),
+    )
+    .unwrap();
+    fs::rename(&tmp, a._policies.path().join("attacks.yaml")).unwrap();
+    a.h.expect(
+        "the reloaded policy set in force",
+        |e| matches!(&e.body, Some(v1::event::Body::PolicyLoad(p)) if p.ok && p.generation == 2),
+    );
+    let old_file = a.file.clone();
+    let out = a.open_as_nobody("read", &old_file);
+    assert!(
+        out.status.success() && out.stdout == SECRET,
+        "the first directory is no longer protected: {out:?}"
+    );
+    a.file = second_file.clone();
+    let out = a.open_as_nobody("read", &second_file);
+    let opener = a.opener.clone();
+    let event = a.assert_refused(
+        "a directory protected by a reload",
+        &out,
+        &opener,
+        Some(&second_file),
+    );
+    assert_eq!(event.decision.as_ref().unwrap().generation, 2);
+    a.assert_allowed_still_reads();
+    a.h.stop();
+}
