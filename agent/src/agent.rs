@@ -212,7 +212,7 @@ impl Agent {
             "enforcement layers: {}",
             match file_layer {
                 FileLayer::Lsm => "BPF LSM for file opens, execs and unix sockets (EPERM); cgroup connect4/6 for TCP (EPERM)",
-                FileLayer::Fanotify => "fanotify permission events for file opens (EPERM, no BPF LSM); SIGKILL at exec for execs; cgroup connect4/6 for TCP (EPERM); unix sockets not enforced",
+                FileLayer::Fanotify => "fanotify permission events for file opens and execs (EPERM, no BPF LSM; SIGKILL at open/exec exit while the agent is down); cgroup connect4/6 for TCP (EPERM); unix sockets not enforced",
                 FileLayer::Signal => "SIGKILL at open/exec for files and execs (no BPF LSM, no fanotify); cgroup connect4/6 for TCP (EPERM); unix sockets not enforced",
             }
         );
@@ -227,7 +227,7 @@ impl Agent {
         let fanotify = match (file_layer, &dir) {
             (FileLayer::Fanotify, Some(_)) => {
                 let (tx, records) = mpsc::channel(crate::fanotify::QUEUE);
-                let layer = FanotifyLayer::start(Arc::clone(&compiled), slot, tx)?;
+                let layer = FanotifyLayer::start(Arc::clone(&compiled), slot, tx, &cgroup_root)?;
                 info!(
                     "fanotify layer deciding protected file opens: {}",
                     layer.summary()
@@ -414,6 +414,7 @@ impl Agent {
                 (_, FileLayer::Lsm) => "lsm",
                 (ResourceKind::Unix, _) => "none",
                 (ResourceKind::File, layer) => layer.name(),
+                (ResourceKind::Exec, FileLayer::Fanotify) => "fanotify",
                 (ResourceKind::Exec, _) => "signal",
             };
             self.metrics
@@ -610,7 +611,7 @@ impl Agent {
         if let Some(process) = record.process {
             enricher.observe_process(process);
         }
-        Self::handle_raw(enricher, out, problems, RawEvent::FileOpen(record.event));
+        Self::handle_raw(enricher, out, problems, record.event);
     }
 
     /// Enriches and emits one decoded record (from the ring buffer or the fanotify layer).

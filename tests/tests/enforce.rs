@@ -94,17 +94,8 @@ fn check_layer_choice(lsm: bool) {
     }
 }
 
-/// The layer exec denials are enforced at.
-fn exec_layer(lsm: bool) -> i32 {
-    if lsm {
-        v1::EnforcementLayer::Lsm as i32
-    } else {
-        v1::EnforcementLayer::Signal as i32
-    }
-}
-
-/// The layer file-open denials are enforced at: BPF LSM, else fanotify (both `EPERM`) where
-/// the kernel has permission events, SIGKILL only where it has neither.
+/// The layer file-open and exec denials are enforced at: BPF LSM, else fanotify (both `EPERM`)
+/// where the kernel has permission events, SIGKILL only where it has neither.
 fn file_layer(layer: FileLayer) -> i32 {
     match layer {
         FileLayer::Lsm => v1::EnforcementLayer::Lsm as i32,
@@ -345,13 +336,16 @@ fn exec_allow_list_stops_unlisted_binaries_in_its_cgroup_only() {
     let mut h = Harness::start_with(&policies.config());
     assert!(cgroup.run("exec /usr/bin/true").success(), "true is listed");
     let status = cgroup.run("exec /usr/bin/id");
-    assert!(refused(status, h.lsm), "id is not listed: {status:?}");
+    assert!(
+        refused(status, h.file_eperm()),
+        "id is not listed: {status:?}"
+    );
     let denied = h.expect("deny decision for the exec of id", |e| {
         verdict_is(e, v1::Verdict::Deny)
             && matches!(&e.body, Some(Body::Exec(x)) if x.filename == "/usr/bin/id")
     });
-    // Under BPF LSM the exec never happened: the process still runs the shell.
-    let expected_exe = if h.lsm {
+    // Under BPF LSM and fanotify the exec never happened: the process still runs the shell.
+    let expected_exe = if h.file_eperm() {
         "/usr/bin/dash"
     } else {
         "/usr/bin/id"
@@ -359,7 +353,7 @@ fn exec_allow_list_stops_unlisted_binaries_in_its_cgroup_only() {
     assert_eq!(process(&denied).exe, expected_exe);
     let d = decision(&denied).unwrap();
     assert_eq!(d.access, ["exec"]);
-    assert_eq!(d.layer, exec_layer(h.lsm));
+    assert_eq!(d.layer, file_layer(h.file_layer));
     h.expect("allow decision for true", |e| {
         verdict_is(e, v1::Verdict::Allow) && process(e).exe == "/usr/bin/true"
     });

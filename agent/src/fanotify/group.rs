@@ -14,10 +14,13 @@ use std::{
     path::Path,
 };
 
-/// The events the group asks for: every open of a marked filesystem's files and directories
-/// waits for the agent's answer (an exec's open of the program is an open too; a directory
-/// walker opening a protected directory gets `EPERM` like any other refused open).
-pub const MASK: u64 = libc::FAN_OPEN_PERM | libc::FAN_ONDIR;
+/// The events asked for on a filesystem holding protected files: every open of its files and
+/// directories waits for the agent's answer (an exec's open of the program is an open too; a
+/// directory walker opening a protected directory gets `EPERM` like any other refused open).
+pub const FILE_MASK: u64 = libc::FAN_OPEN_PERM | libc::FAN_ONDIR;
+/// The events asked for on every filesystem while an exec allow-list is in force: each open of
+/// a program (and of a script's interpreter) for `execve` waits for the agent's answer.
+pub const EXEC_MASK: u64 = libc::FAN_OPEN_EXEC_PERM;
 
 /// Failure of a fanotify call.
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +80,10 @@ impl Group {
         })
     }
 
-    /// Marks (or, with `add` false, unmarks) the whole filesystem holding `path`: every open of
-    /// any of its files, by any name, any link, from any mount, raises a permission event.
-    pub fn mark_filesystem(&self, path: &Path, add: bool) -> Result<(), GroupError> {
+    /// Marks (or, with `add` false, unmarks) the whole filesystem holding `path` for the events
+    /// of `mask`: every such open of any of its files, by any name, any link, from any mount,
+    /// raises a permission event.
+    pub fn mark_filesystem(&self, path: &Path, mask: u64, add: bool) -> Result<(), GroupError> {
         let error = |source| GroupError::Mark {
             path: path.display().to_string(),
             source,
@@ -93,7 +97,7 @@ impl Group {
         } | libc::FAN_MARK_FILESYSTEM;
         // SAFETY: `c` is a valid NUL-terminated path; the group descriptor is open.
         let rc = unsafe {
-            libc::fanotify_mark(self.fd.as_raw_fd(), flags, MASK, libc::AT_FDCWD, c.as_ptr())
+            libc::fanotify_mark(self.fd.as_raw_fd(), flags, mask, libc::AT_FDCWD, c.as_ptr())
         };
         if rc < 0 {
             return Err(error(io::Error::last_os_error()));

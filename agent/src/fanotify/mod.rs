@@ -22,7 +22,7 @@ use std::{
     collections::HashMap,
     io,
     os::fd::{AsRawFd as _, OwnedFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, PoisonError,
@@ -32,7 +32,10 @@ use std::{
 };
 
 use agent_common::{
-    event::{matched_by, EventHeader, FileOpenEvent, Kind, FLAG_COMPAT_SYSCALL, FLAG_TRUNCATED},
+    event::{
+        matched_by, EventHeader, ExecEvent, FileOpenEvent, Kind, FLAG_COMPAT_SYSCALL,
+        FLAG_EXEC_REFUSED, FLAG_TRUNCATED,
+    },
     limits::{COMM_LEN, NAMES_LEN, PATH_LEN},
     policy::{verdict, Decision},
 };
@@ -40,10 +43,11 @@ use tokio::sync::mpsc;
 
 use self::{
     decide::{Label, Protected, Subject},
-    group::{Group, GroupError, PermissionEvent},
+    group::{Group, GroupError, PermissionEvent, EXEC_MASK, FILE_MASK},
     opener::OpenCall,
 };
 use crate::{
+    event::decode::RawEvent,
     policy::compile::{Compiled, FileId},
     process::procfs::{self, ProcSnapshot},
     watch::kernel_dev,
@@ -57,8 +61,8 @@ pub const QUEUE: usize = 8192;
 /// yet read from the ring buffer, by the time the record is enriched).
 #[derive(Debug)]
 pub struct Record {
-    /// The `FileOpen` record, with the decision.
-    pub event: Box<FileOpenEvent>,
+    /// The `FileOpen` record (or, for a refused exec, the `Exec` record), with the decision.
+    pub event: RawEvent,
     /// The opening process.
     pub process: Option<ProcSnapshot>,
 }
@@ -94,6 +98,8 @@ pub struct FanotifyLayer {
     stop: Arc<AtomicBool>,
     wake: OwnedFd,
     thread: Option<JoinHandle<()>>,
+    /// Filesystems marked for exec events (while an exec allow-list is in force).
+    exec_marked: Mutex<Vec<PathBuf>>,
     /// Counters.
     pub counters: Arc<Counters>,
 }
@@ -105,12 +111,14 @@ impl FanotifyLayer {
         compiled: Arc<Compiled>,
         slot: u32,
         records: mpsc::Sender<Record>,
+        cgroup_root: &Path,
     ) -> Result<FanotifyLayer, FanotifyError> {
         let group = Arc::new(Group::new()?);
         let protected = Protected::build(compiled, slot);
         for path in protected.filesystems.values() {
-            group.mark_filesystem(path, true)?;
+            group.mark_filesystem(path, FILE_MASK, true)?;
         }
+        let exec = protected.has_exec_rules();
         let (wake_read, wake) = nix::unistd::pipe().map_err(|e| FanotifyError::Thread(e.into()))?;
         let state = Arc::new(Mutex::new(protected));
         let stop = Arc::new(AtomicBool::new(false));
@@ -125,19 +133,48 @@ impl FanotifyLayer {
             counters: Arc::clone(&counters),
             own_pid: std::process::id(),
             ns_per_tick: 1_000_000_000 / procfs::ticks_per_second(),
+            cgroup_root: cgroup_root.to_owned(),
         };
         let thread = std::thread::Builder::new()
             .name("phiguard-fanotify".into())
             .spawn(move || responder.run())
             .map_err(FanotifyError::Thread)?;
-        Ok(FanotifyLayer {
+        let layer = FanotifyLayer {
             group,
             state,
             stop,
             wake,
             thread: Some(thread),
+            exec_marked: Mutex::new(Vec::new()),
             counters,
-        })
+        };
+        layer.mark_exec(exec);
+        Ok(layer)
+    }
+
+    /// Marks every mounted filesystem for exec events (`on`), or removes those marks. A
+    /// filesystem that refuses the mark (some pseudo-filesystems) is skipped: an exec from it is
+    /// still checked by the exec tracepoint's SIGKILL.
+    fn mark_exec(&self, on: bool) {
+        let mut marked = self
+            .exec_marked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if on != marked.is_empty() {
+            return;
+        }
+        if !on {
+            for path in marked.drain(..) {
+                let _ = self.group.mark_filesystem(&path, EXEC_MASK, false);
+            }
+            return;
+        }
+        for path in filesystems_mounted() {
+            match self.group.mark_filesystem(&path, EXEC_MASK, true) {
+                Ok(()) => marked.push(path),
+                Err(e) => tracing::debug!("not marked for exec events: {e}"),
+            }
+        }
     }
 
     /// Takes a newly installed policy set: labels are rebuilt off the response loop, then
@@ -146,7 +183,11 @@ impl FanotifyLayer {
     pub fn update(&self, compiled: Arc<Compiled>, slot: u32) -> Result<(), FanotifyError> {
         let protected = Protected::build(compiled, slot);
         for path in protected.filesystems.values() {
-            self.group.mark_filesystem(path, true)?;
+            self.group.mark_filesystem(path, FILE_MASK, true)?;
+        }
+        let exec = protected.has_exec_rules();
+        if exec {
+            self.mark_exec(true);
         }
         let old = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -155,10 +196,13 @@ impl FanotifyLayer {
         let kept = self.filesystems();
         for (dev, path) in &old.filesystems {
             if !kept.contains(dev) {
-                if let Err(e) = self.group.mark_filesystem(path, false) {
+                if let Err(e) = self.group.mark_filesystem(path, FILE_MASK, false) {
                     tracing::warn!("unmarking a filesystem no policy protects any more: {e}");
                 }
             }
+        }
+        if !exec {
+            self.mark_exec(false);
         }
         Ok(())
     }
@@ -171,9 +215,10 @@ impl FanotifyLayer {
 
     /// One line for the log: how much is labelled and marked.
     pub fn summary(&self) -> String {
+        let exec = self.exec_marked.lock().map_or(0, |marked| marked.len());
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         format!(
-            "{} protected inodes labelled{}, {} filesystem(s) marked",
+            "{} protected inodes labelled{}, {} filesystem(s) marked for opens, {exec} for execs",
             state.labelled(),
             if state.complete {
                 ""
@@ -222,6 +267,7 @@ struct Responder {
     counters: Arc<Counters>,
     own_pid: u32,
     ns_per_tick: u64,
+    cgroup_root: PathBuf,
 }
 
 /// What the loop learnt about one event before answering, for its record.
@@ -230,8 +276,10 @@ struct Pending {
     call: OpenCall,
     requested_path: Option<(Vec<u8>, bool)>,
     decision: Decision,
-    label: Label,
+    /// The protected file's label (`None`: an exec decision).
+    label: Option<Label>,
     file: FileId,
+    cgroup_id: u64,
     boot_ns: u64,
     process: Option<ProcSnapshot>,
     known: Option<Known>,
@@ -314,6 +362,9 @@ impl Responder {
     /// The decision for one event; `None` when no rule governs it (the open is allowed and not
     /// reported by this layer).
     fn decide(&mut self, event: &PermissionEvent) -> Option<Pending> {
+        if event.mask & libc::FAN_OPEN_EXEC_PERM != 0 {
+            return self.decide_exec(event);
+        }
         // SAFETY: `stat` is plain old data; fstat fills it.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: the descriptor is open; `st` is valid for writes.
@@ -375,13 +426,114 @@ impl Responder {
         let requested_path = call
             .path_addr
             .and_then(|addr| opener::read_path(event.tid, addr));
+        let (process, known) = self.snapshot(&opener, subject.exe);
+        Some(Pending {
+            opener,
+            call,
+            requested_path,
+            decision,
+            label: Some(label),
+            file,
+            cgroup_id: 0,
+            boot_ns: boot_ns(),
+            process,
+            known,
+        })
+    }
+
+    /// The decision for an exec event; `None` unless it is refused (allowed and would-deny
+    /// execs are reported by the exec tracepoint's record, as without this layer).
+    fn decide_exec(&mut self, event: &PermissionEvent) -> Option<Pending> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !state.has_exec_rules() {
+            return None;
+        }
+        let opener = opener::read_opener(event.tid).unwrap_or(opener::Opener {
+            tid: event.tid,
+            tgid: event.tid,
+            ppid: 0,
+            uid: u32::MAX,
+            gid: u32::MAX,
+        });
+        if opener.tgid == self.own_pid {
+            return None;
+        }
+        let cgroup_id = cgroup_of(&self.cgroup_root, event.tid).unwrap_or(0);
+        let (index, rule) = state.exec_rule(cgroup_id)?;
+        // SAFETY: `stat` is plain old data; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the descriptor is open; `st` is valid for writes.
+        if unsafe { libc::fstat(event.fd.as_raw_fd(), &mut st) } != 0 {
+            return None;
+        }
+        let file = FileId {
+            dev: kernel_dev(st.st_dev),
+            ino: st.st_ino,
+        };
+        // The program, then each directory above it (by `stat`, which opens nothing).
+        let program = std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok();
+        let mut chain = vec![file];
+        if let Some(program) = &program {
+            chain.extend(
+                program
+                    .ancestors()
+                    .skip(1)
+                    .filter_map(|d| FileId::of(d).ok()),
+            );
+        }
+        let decision = decide::decide_exec(rule, index, state.slot, &chain);
+        drop(state);
+        if decision.verdict != verdict::DENY {
+            return None;
+        }
+        // Only the program the execve names is decided here, as BPF LSM's
+        // bprm_check_security does for its first stage. The kernel opens the ELF interpreter
+        // (ld.so) and a script's interpreter for exec too; those pass here (the exec
+        // tracepoint still checks the program that ends up running, with SIGKILL).
+        let call = opener::read_call(event.tid);
+        let requested_path = call
+            .path_addr
+            .and_then(|addr| opener::read_path(event.tid, addr));
+        if call.syscall != agent_common::event::open_syscall::EXEC {
+            return None;
+        }
+        let named = requested_path
+            .as_ref()
+            .and_then(|(path, _)| named_file(event.tid, &call, path));
+        if named != Some(file) {
+            return None;
+        }
+        let exe = opener::exe_id(event.tid);
+        let (process, known) = self.snapshot(&opener, exe);
+        Some(Pending {
+            opener,
+            call,
+            requested_path,
+            decision,
+            label: None,
+            file,
+            cgroup_id,
+            boot_ns: boot_ns(),
+            process,
+            known,
+        })
+    }
+
+    /// A full `/proc` snapshot of the opener when its (start time, executable) is new to the
+    /// event loop, and what is known of it either way.
+    fn snapshot(
+        &mut self,
+        opener: &opener::Opener,
+        exe: Option<FileId>,
+    ) -> (Option<ProcSnapshot>, Option<Known>) {
+        let subject_exe = exe;
         // A full snapshot of the process once per (process, executable): later decisions name
         // it from the event loop's process table.
         let start_ticks = procfs::start_ticks(opener.tgid).unwrap_or(0);
         let fresh = self
             .known
             .get(&opener.tgid)
-            .is_some_and(|k| k.start_ticks == start_ticks && k.exe == subject.exe);
+            .is_some_and(|k| k.start_ticks == start_ticks && k.exe == subject_exe);
         let process = if fresh {
             None
         } else {
@@ -395,7 +547,7 @@ impl Responder {
                 opener.tgid,
                 Known {
                     start_ticks: snapshot.start_ticks,
-                    exe: subject.exe,
+                    exe: subject_exe,
                     comm: snapshot.comm.clone(),
                     loginuid: snapshot.loginuid.unwrap_or(u32::MAX),
                     sessionid: snapshot.sessionid.unwrap_or(u32::MAX),
@@ -403,26 +555,14 @@ impl Responder {
             );
         }
         let known = self.known.get(&opener.tgid).cloned();
-        Some(Pending {
-            opener,
-            call,
-            requested_path,
-            decision,
-            label,
-            file,
-            boot_ns: boot_ns(),
-            process,
-            known,
-        })
+        (process, known)
     }
 
     /// The `FileOpen` record of a decision, as the kernel programs would have written it.
     fn record(&self, p: Pending, opened: Option<PathBuf>) -> Record {
-        let known = p.known.as_ref();
-        let mut comm = [0u8; COMM_LEN];
-        let name = known.map_or(&b""[..], |k| k.comm.as_bytes());
-        let n = name.len().min(COMM_LEN - 1);
-        comm[..n].copy_from_slice(&name[..n]);
+        let Some(label) = p.label else {
+            return self.exec_record(p, opened);
+        };
         let mut flags = 0;
         if p.call.compat {
             flags |= FLAG_COMPAT_SYSCALL;
@@ -430,22 +570,7 @@ impl Responder {
         // SAFETY: `FileOpenEvent` is plain old data (integers and byte arrays): all zeroes is
         // a valid value.
         let mut event: Box<FileOpenEvent> = Box::new(unsafe { std::mem::zeroed() });
-        event.header = EventHeader {
-            kind: Kind::FileOpen as u32,
-            flags,
-            boot_ns: p.boot_ns,
-            pid: p.opener.tid,
-            tgid: p.opener.tgid,
-            ppid: p.opener.ppid,
-            uid: p.opener.uid,
-            gid: p.opener.gid,
-            loginuid: known.map_or(u32::MAX, |k| k.loginuid),
-            sessionid: known.map_or(u32::MAX, |k| k.sessionid),
-            _pad: 0,
-            cgroup_id: 0,
-            start_boot_ns: known.map_or(0, |k| k.start_ticks) * self.ns_per_tick,
-            comm,
-        };
+        event.header = self.header(&p, Kind::FileOpen, flags);
         event.ret = if p.decision.verdict == verdict::DENY {
             -i64::from(libc::EPERM)
         } else {
@@ -456,7 +581,7 @@ impl Responder {
         event.dirfd = p.call.dirfd;
         event.syscall = p.call.syscall;
         event.matched_by = matched_by::LABEL;
-        event.watch_id = p.label.watch_id;
+        event.watch_id = label.watch_id;
         event.dev = p.file.dev;
         event.ino = p.file.ino;
         event.decision = p.decision;
@@ -479,7 +604,64 @@ impl Responder {
             }
         }
         Record {
-            event,
+            event: RawEvent::FileOpen(event),
+            process: p.process,
+        }
+    }
+
+    /// The header of a record about `p`'s opener.
+    fn header(&self, p: &Pending, kind: Kind, flags: u32) -> EventHeader {
+        let known = p.known.as_ref();
+        let mut comm = [0u8; COMM_LEN];
+        let name = known.map_or(&b""[..], |k| k.comm.as_bytes());
+        let n = name.len().min(COMM_LEN - 1);
+        comm[..n].copy_from_slice(&name[..n]);
+        EventHeader {
+            kind: kind as u32,
+            flags,
+            boot_ns: p.boot_ns,
+            pid: p.opener.tid,
+            tgid: p.opener.tgid,
+            ppid: p.opener.ppid,
+            uid: p.opener.uid,
+            gid: p.opener.gid,
+            loginuid: known.map_or(u32::MAX, |k| k.loginuid),
+            sessionid: known.map_or(u32::MAX, |k| k.sessionid),
+            _pad: 0,
+            cgroup_id: p.cgroup_id,
+            start_boot_ns: known.map_or(0, |k| k.start_ticks) * self.ns_per_tick,
+            comm,
+        }
+    }
+
+    /// The `Exec` record of a refused exec, as the BPF LSM program writes it: the process keeps
+    /// its old image (`FLAG_EXEC_REFUSED`).
+    fn exec_record(&self, p: Pending, program: Option<PathBuf>) -> Record {
+        // SAFETY: `ExecEvent` is plain old data (integers and byte arrays): all zeroes is a
+        // valid value.
+        let mut event: Box<ExecEvent> = Box::new(unsafe { std::mem::zeroed() });
+        let mut flags = FLAG_EXEC_REFUSED;
+        if p.call.compat {
+            flags |= FLAG_COMPAT_SYSCALL;
+        }
+        event.header = self.header(&p, Kind::Exec, flags);
+        event.old_pid = p.opener.tid;
+        event.decision = p.decision;
+        let name = match (&p.requested_path, &program) {
+            (Some((path, cut)), _) if p.call.syscall == agent_common::event::open_syscall::EXEC => {
+                if *cut {
+                    event.header.flags |= FLAG_TRUNCATED;
+                }
+                path.clone()
+            }
+            (_, Some(program)) => program.as_os_str().as_encoded_bytes().to_vec(),
+            _ => Vec::new(),
+        };
+        let n = name.len().min(PATH_LEN - 1);
+        event.filename[..n].copy_from_slice(&name[..n]);
+        event.filename_len = n as u32;
+        Record {
+            event: RawEvent::Exec(event),
             process: p.process,
         }
     }
@@ -490,4 +672,54 @@ fn boot_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
+}
+
+/// One mount point per mounted filesystem (by device), from `/proc/self/mountinfo`.
+fn filesystems_mounted() -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(dev), Some(point)) = (fields.get(2), fields.get(4)) else {
+            continue;
+        };
+        if seen.insert((*dev).to_owned()) {
+            out.push(PathBuf::from(point.replace("\\040", " ")));
+        }
+    }
+    out
+}
+
+/// The cgroup v2 id (the cgroup directory's inode number, as `bpf_get_current_cgroup_id`) of a
+/// thread, from `/proc/<tid>/cgroup` and the v2 mount at `root`.
+fn cgroup_of(root: &Path, tid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let text = std::fs::read_to_string(format!("/proc/{tid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = root.join(path.trim_start_matches('/'));
+    std::fs::metadata(dir).ok().map(|m| m.ino())
+}
+
+/// The (device, inode) of the file an `execve`/`execveat` call names: the path resolved against
+/// the caller's working directory or `dirfd` (an empty path with `AT_EMPTY_PATH`: the `dirfd`
+/// itself), through `/proc/<tid>` — by `stat`, which opens nothing.
+fn named_file(tid: u32, call: &OpenCall, path: &[u8]) -> Option<FileId> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+    let base = if call.dirfd == -100 {
+        PathBuf::from(format!("/proc/{tid}/cwd"))
+    } else {
+        PathBuf::from(format!("/proc/{tid}/fd/{}", call.dirfd))
+    };
+    let full = if path.as_os_str().is_empty() {
+        base
+    } else if path.is_absolute() {
+        PathBuf::from(format!("/proc/{tid}/root")).join(path.strip_prefix("/").ok()?)
+    } else {
+        base.join(path)
+    };
+    FileId::of(&full).ok()
 }

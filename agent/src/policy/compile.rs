@@ -91,6 +91,9 @@ impl ResourceKind {
             (ResourceKind::File, FileLayer::Signal) => {
                 "SIGKILL at open()/openat()/openat2() exit (no BPF LSM, no fanotify permission events here): the process dies before it can read or write; O_TRUNC has happened; the 32-bit entry, io_uring and file handles are not covered"
             }
+            (ResourceKind::Exec, FileLayer::Fanotify) => {
+                "fanotify exec permission event (no BPF LSM here): execve() of an unlisted program fails with EPERM and the process keeps its old image; a script's interpreter, and any exec while the agent is down, SIGKILL when the new image is in place"
+            }
             (ResourceKind::Exec, _) => {
                 "SIGKILL at exec (no BPF LSM here): the new program never runs an instruction"
             }
