@@ -16,8 +16,16 @@ use tracing::{debug, error, info, warn};
 use crate::{
     config::Config,
     enrich::{host::HostInfo, EnrichSettings, Enricher},
-    event::decode::decode,
-    kernel::{btf, integrity::FindingKind, loader::Sensors, mounts, pins, probe, reader::Reader},
+    event::decode::{decode, RawEvent},
+    fanotify::{FanotifyError, FanotifyLayer, Record},
+    kernel::{
+        btf,
+        integrity::FindingKind,
+        layer::{FileLayer, KernelLayers},
+        loader::{self, Enforcement, Sensors},
+        mounts, pins, probe,
+        reader::Reader,
+    },
     link::Link,
     metrics::{KindLabels, LayerLabels, Metrics},
     policy::{self, compile::Compiled, compile::ResourceKind, watcher::PolicyWatcher, Trigger},
@@ -66,6 +74,10 @@ pub enum StartError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The fanotify layer, chosen for file opens, could not start (the kernel programs were
+    /// told not to decide them: starting without it would leave them unenforced).
+    #[error("the fanotify layer for protected file opens: {0}")]
+    Fanotify(#[from] FanotifyError),
 }
 
 /// Counters of one run.
@@ -104,9 +116,18 @@ struct Policies {
     _watcher: Option<PolicyWatcher>,
 }
 
+/// The fanotify layer and the decision records it hands to the event loop.
+struct Fanotify {
+    layer: FanotifyLayer,
+    records: mpsc::Receiver<Record>,
+    lost_reported: u64,
+}
+
 /// A running agent.
 pub struct Agent {
     sensors: Sensors,
+    file_layer: FileLayer,
+    fanotify: Option<Fanotify>,
     policies: Policies,
     reader: Reader,
     enricher: Enricher,
@@ -134,6 +155,23 @@ impl Agent {
         for mounted in mounts::ensure_mounted()? {
             info!(mount = mounted, "mounted missing pseudo-filesystem");
         }
+        match mounts::ensure_securityfs() {
+            Ok(true) => info!(
+                mount = mounts::SECURITYFS,
+                "mounted missing pseudo-filesystem"
+            ),
+            Ok(false) => {}
+            Err(e) => warn!("{e}; the active LSM list cannot be read: BPF LSM is not assumed"),
+        }
+        // Which layer really runs: BPF LSM only when `bpf` is an active LSM (else its programs
+        // attach and never run) and its programs load; else fanotify; else SIGKILL.
+        let kernel_layers = KernelLayers::detect();
+        let planned = kernel_layers.plan(|| loader::lsm_usable().unwrap_or(false));
+        let enforcement = Enforcement {
+            lsm_inactive: (!kernel_layers.bpf_lsm_active())
+                .then(|| kernel_layers.lsm_inactive_reason()),
+            fanotify_files: planned == FileLayer::Fanotify,
+        };
         let offsets = btf::kernel_offsets(btf_path)?;
         debug!(?offsets, "kernel struct offsets from BTF");
         let watches = WatchSet::new(&config.watch.paths, &config.watch.ports)?;
@@ -158,7 +196,15 @@ impl Agent {
             &config.database,
             &cgroup_root,
             pin_root,
+            &enforcement,
         )?;
+        let file_layer = if sensors.lsm_active() {
+            FileLayer::Lsm
+        } else if enforcement.fanotify_files {
+            FileLayer::Fanotify
+        } else {
+            FileLayer::Signal
+        };
         let metrics = Metrics::new();
         let metrics_addr = match config.metrics.listen {
             Some(addr) => Some(metrics.clone().serve(addr)?),
@@ -166,11 +212,13 @@ impl Agent {
         };
         info!(
             lsm = sensors.lsm_active(),
+            files = file_layer.name(),
+            lsm_list = kernel_layers.lsm_list.as_deref().map(str::trim).unwrap_or("unreadable"),
             "enforcement layers: {}",
-            if sensors.lsm_active() {
-                "BPF LSM for file opens, execs and unix sockets (EPERM); cgroup connect4/6 for TCP (EPERM)"
-            } else {
-                "SIGKILL at open/exec for files and execs (no BPF LSM); cgroup connect4/6 for TCP (EPERM); unix sockets not enforced"
+            match file_layer {
+                FileLayer::Lsm => "BPF LSM for file opens, execs and unix sockets (EPERM); cgroup connect4/6 for TCP (EPERM)",
+                FileLayer::Fanotify => "fanotify permission events for file opens and execs (EPERM, no BPF LSM; SIGKILL at open/exec exit while the agent is down); cgroup connect4/6 for TCP (EPERM); unix sockets not enforced",
+                FileLayer::Signal => "SIGKILL at open/exec for files and execs (no BPF LSM, no fanotify); cgroup connect4/6 for TCP (EPERM); unix sockets not enforced",
             }
         );
         if sensors.is_pinned() {
@@ -181,6 +229,22 @@ impl Agent {
             );
         }
         let slot = sensors.active_slot()?;
+        let fanotify = match (file_layer, &dir) {
+            (FileLayer::Fanotify, Some(_)) => {
+                let (tx, records) = mpsc::channel(crate::fanotify::QUEUE);
+                let layer = FanotifyLayer::start(Arc::clone(&compiled), slot, tx, &cgroup_root)?;
+                info!(
+                    "fanotify layer deciding protected file opens: {}",
+                    layer.summary()
+                );
+                Some(Fanotify {
+                    layer,
+                    records,
+                    lost_reported: 0,
+                })
+            }
+            _ => None,
+        };
         let reader = Reader::new(sensors.take_ring_buffer()?).map_err(StartError::Reader)?;
         let lost_reported = sensors.lost()?;
         let settings = EnrichSettings {
@@ -222,6 +286,8 @@ impl Agent {
         );
         let mut agent = Agent {
             sensors,
+            file_layer,
+            fanotify,
             policies: Policies {
                 dir,
                 config_watches: watches,
@@ -325,7 +391,7 @@ impl Agent {
 
     /// Records the programs and the enforcement layers in the status and the metrics.
     fn describe_programs(&mut self) {
-        let lsm = self.sensors.lsm_active();
+        let files = self.file_layer;
         self.status.programs = self
             .sensors
             .status
@@ -352,11 +418,13 @@ impl Agent {
             ("tcp", ResourceKind::Tcp),
             ("unix", ResourceKind::Unix),
         ] {
-            let layer = match (kind, lsm) {
+            let layer = match (kind, files) {
                 (ResourceKind::Tcp, _) => "cgroup",
-                (_, true) => "lsm",
-                (ResourceKind::Unix, false) => "none",
-                (_, false) => "signal",
+                (_, FileLayer::Lsm) => "lsm",
+                (ResourceKind::Unix, _) => "none",
+                (ResourceKind::File, layer) => layer.name(),
+                (ResourceKind::Exec, FileLayer::Fanotify) => "fanotify",
+                (ResourceKind::Exec, _) => "signal",
             };
             self.metrics
                 .enforcement_layer
@@ -367,7 +435,7 @@ impl Agent {
                 .set(1);
             self.status
                 .enforcement
-                .insert(resource.to_owned(), kind.layer(lsm).to_owned());
+                .insert(resource.to_owned(), kind.layer(files).to_owned());
         }
     }
 
@@ -386,6 +454,11 @@ impl Agent {
     /// Whether the BPF LSM programs are attached (denials are `EPERM`, not SIGKILL).
     pub fn lsm_active(&self) -> bool {
         self.sensors.lsm_active()
+    }
+
+    /// The layer that decides opens of protected files on this kernel.
+    pub fn file_layer(&self) -> FileLayer {
+        self.file_layer
     }
 
     /// A handle that asks the running agent to reload its policies (SIGHUP does this).
@@ -451,6 +524,16 @@ impl Agent {
                     self.flush()?;
                 }
                 () = flush_timer, if flush_due.is_some() => self.flush()?,
+                Some(record) = recv_record(&mut self.fanotify) => {
+                    let mut out = Out { sinks: &mut self.sinks, stats: &mut self.stats, metrics: &self.metrics };
+                    Self::handle_record(&mut self.enricher, &mut out, &mut self.problems, record);
+                    if let Some(fanotify) = &mut self.fanotify {
+                        while let Ok(record) = fanotify.records.try_recv() {
+                            Self::handle_record(&mut self.enricher, &mut out, &mut self.problems, record);
+                        }
+                    }
+                    self.flush()?;
+                }
                 read = self.reader.read_batch(BATCH, |bytes| {
                     let mut out = Out { sinks: &mut self.sinks, stats: &mut self.stats, metrics: &self.metrics };
                     Self::handle(&mut self.enricher, &mut out, &mut self.problems, bytes);
@@ -466,6 +549,26 @@ impl Agent {
             metrics: &self.metrics,
         };
         let (enricher, problems) = (&mut self.enricher, &mut self.problems);
+        if let Some(fanotify) = self.fanotify.take() {
+            // Closing the group releases any open still waiting; then the last records.
+            let Fanotify {
+                layer, mut records, ..
+            } = fanotify;
+            let counters = &layer.counters;
+            let load =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            info!(
+                answered = load(&counters.answered),
+                denied = load(&counters.denied),
+                lost = load(&counters.lost),
+                respond_errors = load(&counters.respond_errors),
+                "fanotify layer stopped: protected opens are no longer asked about (the open-exit programs, if pinned, kill refused ones)"
+            );
+            drop(layer);
+            while let Ok(record) = records.try_recv() {
+                Self::handle_record(enricher, &mut out, problems, record);
+            }
+        }
         self.reader
             .drain(|bytes| Self::handle(enricher, &mut out, problems, bytes));
         self.report_losses();
@@ -503,6 +606,30 @@ impl Agent {
                 return;
             }
         };
+        Self::handle_raw(enricher, out, problems, raw);
+    }
+
+    /// Enriches and emits one decision of the fanotify layer, through the same path as the
+    /// kernel's records.
+    fn handle_record(
+        enricher: &mut Enricher,
+        out: &mut Out<'_>,
+        problems: &mut Problems,
+        record: Record,
+    ) {
+        if let Some(process) = record.process {
+            enricher.observe_process(process);
+        }
+        Self::handle_raw(enricher, out, problems, record.event);
+    }
+
+    /// Enriches and emits one decoded record (from the ring buffer or the fanotify layer).
+    fn handle_raw(
+        enricher: &mut Enricher,
+        out: &mut Out<'_>,
+        problems: &mut Problems,
+        raw: RawEvent,
+    ) {
         for event in enricher.enrich(raw) {
             Self::emit(out, problems, &event);
         }
@@ -666,6 +793,11 @@ impl Agent {
         };
         match self.sensors.install(&compiled) {
             Ok(slot) => {
+                if let Some(fanotify) = &self.fanotify {
+                    if let Err(e) = fanotify.layer.update(Arc::clone(&compiled), slot) {
+                        error!(error = %e, "the fanotify layer could not take the reloaded policies: it decides with the previous set");
+                    }
+                }
                 self.policies.generation += 1;
                 self.enricher
                     .set_policy(slot, self.policies.generation, Arc::clone(&compiled));
@@ -689,7 +821,7 @@ impl Agent {
     /// Logs and reports the policy set now in force.
     fn report_policy(&mut self, compiled: &Compiled, trigger: Trigger) {
         let p = &self.policies;
-        let protections = compiled.protections(self.sensors.lsm_active());
+        let protections = compiled.protections(self.file_layer);
         info!(
             trigger = trigger.as_str(),
             generation = p.generation,
@@ -804,6 +936,36 @@ impl Agent {
     fn report_losses(&mut self) {
         self.report_sink_losses();
         self.report_kernel_losses();
+        self.report_fanotify_losses();
+    }
+
+    /// Decision records the fanotify layer could not queue (the event loop fell behind): the
+    /// opens were answered, their events are lost, and that is reported.
+    fn report_fanotify_losses(&mut self) {
+        let Some(fanotify) = &mut self.fanotify else {
+            return;
+        };
+        let total = fanotify
+            .layer
+            .counters
+            .lost
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let new = total.saturating_sub(fanotify.lost_reported);
+        if new == 0 {
+            return;
+        }
+        fanotify.lost_reported = total;
+        warn!(
+            lost = new,
+            total, "fanotify decision records lost: the agent's queue was full"
+        );
+        let event = self.enricher.agent_event(Body::EventsLost(v1::EventsLost {
+            source: v1::LossSource::UserQueue as i32,
+            kind: "FileOpen".to_owned(),
+            count: new,
+            total,
+        }));
+        self.emit_own(&event);
     }
 
     /// Sinks that dropped events (a full spool) report them once they have room again.
@@ -867,6 +1029,14 @@ struct Out<'a> {
     sinks: &'a mut [Box<dyn Sink>],
     stats: &'a mut RunStats,
     metrics: &'a Metrics,
+}
+
+/// The next decision record of the fanotify layer (never ready when it does not run).
+async fn recv_record(fanotify: &mut Option<Fanotify>) -> Option<Record> {
+    match fanotify {
+        Some(f) => f.records.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The metrics label of an event's kind.

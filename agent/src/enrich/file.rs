@@ -39,6 +39,16 @@ pub fn resolve_open(
             .get(event.watch_id)
             .map(|w| paths::join_names(&w.path, &names))
     };
+    if event.matched_by == matched_by::LABEL {
+        // The fanotify layer: the inode is protected whatever its name; `names` holds the
+        // descriptor's path as the kernel names it (a hard link's own path, say).
+        let opened = names.first().map(PathBuf::from);
+        return Some(ResolvedOpen {
+            resolved: opened.is_some(),
+            path: opened.unwrap_or(requested),
+            watch: watches.get(event.watch_id).map(|w| w.path.clone()),
+        });
+    }
     let path = match event.matched_by {
         matched_by::INODE => watched_base()?,
         matched_by::BASE_DIR => paths::resolve(&requested, watched_base().as_deref())?,

@@ -15,8 +15,8 @@ use std::{
 };
 
 use agent_common::event::{
-    db_role, direction, ConnectEvent, EventHeader, ExecEvent, FLAG_CWD_COMPLETE, FLAG_EXEC_REFUSED,
-    FLAG_NO_PROCESS, FLAG_SOCK_DATABASE_ONLY, FLAG_TRUNCATED,
+    db_role, direction, ConnectEvent, EventHeader, ExecEvent, FLAG_COMPAT_SYSCALL,
+    FLAG_CWD_COMPLETE, FLAG_EXEC_REFUSED, FLAG_NO_PROCESS, FLAG_SOCK_DATABASE_ONLY, FLAG_TRUNCATED,
 };
 use phiguard_proto::v1::{self, event::Body};
 
@@ -107,6 +107,12 @@ impl Enricher {
     pub fn set_policy(&mut self, slot: u32, generation: u64, compiled: Arc<Compiled>) {
         self.watches = Arc::new(compiled.watches.clone());
         self.policy.set(slot, generation, compiled);
+    }
+
+    /// Takes what `/proc` showed of a process at the moment of an event that is enriched
+    /// later (the fanotify layer reads it while the opener waits).
+    pub fn observe_process(&mut self, snapshot: crate::process::procfs::ProcSnapshot) {
+        self.processes.observe(snapshot);
     }
 
     /// Numbers the next events after `seq` (a durable sink's last sequence number).
@@ -280,7 +286,11 @@ impl Enricher {
                     path: resolved.path.display().to_string(),
                     requested_path: text(&e.path, e.path_len),
                     path_resolved: resolved.resolved,
-                    syscall: open_syscall_name(e.syscall).to_owned(),
+                    syscall: if e.header.flags & FLAG_COMPAT_SYSCALL != 0 {
+                        format!("{} (32-bit entry)", open_syscall_name(e.syscall))
+                    } else {
+                        open_syscall_name(e.syscall).to_owned()
+                    },
                     result: Some(ret),
                     error: if ret < 0 {
                         errno_name(-ret)
@@ -528,6 +538,10 @@ fn open_syscall_name(code: u32) -> &'static str {
         OPEN => "open",
         OPENAT => "openat",
         OPENAT2 => "openat2",
+        CREAT => "creat",
+        OPEN_BY_HANDLE_AT => "open_by_handle_at",
+        EXEC => "execve",
+        OTHER => "other (io_uring or a kernel worker)",
         _ => "unknown",
     }
 }

@@ -6,6 +6,7 @@ pub mod btf;
 pub mod floor;
 pub mod install;
 pub mod integrity;
+pub mod layer;
 pub mod loader;
 pub mod mounts;
 pub mod pins;

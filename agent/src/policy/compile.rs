@@ -24,6 +24,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::model::{Access, Endpoint, Mode, PolicySet, Principal, Resources, Subject};
 use crate::{
+    kernel::layer::FileLayer,
     paths,
     watch::{kernel_dev, WatchSet},
 };
@@ -78,19 +79,25 @@ pub enum ResourceKind {
 }
 
 impl ResourceKind {
-    /// How this kernel enforces a denial of this kind of resource (`lsm`: BPF LSM programs are
-    /// attached).
-    pub fn layer(self, lsm: bool) -> &'static str {
-        match (self, lsm) {
+    /// How this kernel enforces a denial of this kind of resource, given the layer that
+    /// decides file opens (`Lsm` means the BPF LSM programs are attached and active).
+    pub fn layer(self, files: FileLayer) -> &'static str {
+        match (self, files) {
             (ResourceKind::Tcp, _) => "cgroup connect4/6: connect() fails with EPERM",
-            (_, true) => "BPF LSM: the call fails with EPERM",
-            (ResourceKind::File, false) => {
-                "SIGKILL at open() exit (no BPF LSM here): the process dies before it can read or write"
+            (_, FileLayer::Lsm) => "BPF LSM: the call fails with EPERM",
+            (ResourceKind::File, FileLayer::Fanotify) => {
+                "fanotify permission event (no BPF LSM here): open() fails with EPERM before a descriptor exists, by any route to the inode; while the agent is down, SIGKILL at open()/openat()/openat2() exit; truncate(), unlink(), rename(), link(), chmod/chown/xattrs are not governed (no open)"
             }
-            (ResourceKind::Exec, false) => {
+            (ResourceKind::File, FileLayer::Signal) => {
+                "SIGKILL at open()/openat()/openat2() exit (no BPF LSM, no fanotify permission events here): the process dies before it can read or write; O_TRUNC has happened; the 32-bit entry, io_uring and file handles are not covered"
+            }
+            (ResourceKind::Exec, FileLayer::Fanotify) => {
+                "fanotify exec permission event (no BPF LSM here): execve() of an unlisted program fails with EPERM and the process keeps its old image; a script's interpreter, and any exec while the agent is down, SIGKILL when the new image is in place"
+            }
+            (ResourceKind::Exec, _) => {
                 "SIGKILL at exec (no BPF LSM here): the new program never runs an instruction"
             }
-            (ResourceKind::Unix, false) => {
+            (ResourceKind::Unix, _) => {
                 "NOT ENFORCED on this kernel (needs BPF LSM socket_connect); connects are not reported either"
             }
         }
@@ -798,8 +805,8 @@ fn compile_exec(set: &PolicySet, cgroup_root: &Path, out: &mut Compiled, builder
 
 impl Compiled {
     /// One line per protected resource: what, by which rules, in which mode, and how this
-    /// kernel enforces it (`lsm`: the BPF LSM programs are attached).
-    pub fn protections(&self, lsm: bool) -> Vec<String> {
+    /// kernel enforces it (`files`: the layer deciding file opens).
+    pub fn protections(&self, files: FileLayer) -> Vec<String> {
         self.rules
             .iter()
             .map(|rule| {
@@ -818,7 +825,7 @@ impl Compiled {
                     "{}: {} [{}]",
                     rule.resource,
                     origins.join(", "),
-                    rule.kind.layer(lsm)
+                    rule.kind.layer(files)
                 )
             })
             .collect()
