@@ -187,7 +187,20 @@ pub mod open_syscall {
     pub const OPENAT: u32 = 2;
     /// `openat2(2)`.
     pub const OPENAT2: u32 = 3;
+    /// `creat(2)` (fanotify layer only: the kernel programs do not hook it).
+    pub const CREAT: u32 = 4;
+    /// `open_by_handle_at(2)` (fanotify layer only).
+    pub const OPEN_BY_HANDLE_AT: u32 = 5;
+    /// `execve(2)`/`execveat(2)` opening the program (fanotify layer only).
+    pub const EXEC: u32 = 6;
+    /// An open the fanotify layer saw outside any open-family call of the opener (io_uring,
+    /// a kernel worker): the path and flags are unknown.
+    pub const OTHER: u32 = 7;
 }
+
+/// `EventHeader::flags` of a [`FileOpenEvent`] from the fanotify layer: the opener used the
+/// 32-bit system call entry (`int 0x80`, a 32-bit program).
+pub const FLAG_COMPAT_SYSCALL: u32 = 1 << 6;
 
 /// `FileOpenEvent::matched_by`: how the kernel decided the open concerns a watch.
 pub mod matched_by {
@@ -202,6 +215,10 @@ pub mod matched_by {
     /// The open failed with a relative path whose base is not under a watch as far as the kernel
     /// can tell (it may still climb into one with `..`): user space resolves and decides.
     pub const UNRESOLVED: u32 = 4;
+    /// The fanotify layer found the opened inode labelled protected (whatever name reached
+    /// it: a hard link, any depth); `path` holds the absolute path of the opened descriptor
+    /// as the kernel names it, and the decision says which rule governs it.
+    pub const LABEL: u32 = 5;
 }
 
 /// [`Kind::FileOpen`].

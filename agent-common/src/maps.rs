@@ -84,6 +84,10 @@ pub mod db_process {
 }
 /// The global holding [`crate::offsets::KernelOffsets`].
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+/// The `u32` global that says whether the agent's fanotify layer decides and reports opens of
+/// protected files (1); the open-exit programs then report only the refusals they enforce
+/// themselves (SIGKILL of an open the fanotify layer did not refuse: the agent is down).
+pub const FANOTIFY_DECIDES_GLOBAL: &str = "FANOTIFY_DECIDES";
 
 /// Key of [`WATCHED_INODES`]: inode numbers repeat across filesystems, so the device is part
 /// of it. `dev` is the kernel's internal encoding (`MAJOR << 20 | MINOR`).

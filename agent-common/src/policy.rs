@@ -56,6 +56,9 @@ pub mod layer {
     pub const CGROUP: u8 = 2;
     /// SIGKILL from a tracepoint: the process died before the call returned to it.
     pub const SIGNAL: u8 = 3;
+    /// fanotify permission event answered `FAN_DENY` by the agent: the open failed with EPERM
+    /// before a descriptor existed.
+    pub const FANOTIFY: u8 = 4;
 }
 
 /// A compiled rule. Subject *i* matches the current process when bit *i* is set in each of

@@ -26,7 +26,14 @@ pub use self::pipeline::RunStats;
 use crate::{
     config::Config,
     enrich::{host::HostInfo, EnrichSettings, Enricher},
-    kernel::{loader::Sensors, mounts, pins, reader::Reader, startup},
+    fanotify::{FanotifyError, FanotifyLayer, Record},
+    kernel::{
+        layer::{FileLayer, KernelLayers},
+        loader::{self, Enforcement, Sensors},
+        mounts, pins,
+        reader::Reader,
+        startup,
+    },
     link::Link,
     metrics::{KindLabels, LayerLabels, Metrics, ProgramLabels},
     policy::{
@@ -75,6 +82,10 @@ pub enum StartError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The fanotify layer, chosen for file opens, could not start (the kernel programs were
+    /// told not to decide them: starting without it would leave them unenforced).
+    #[error("the fanotify layer for protected file opens: {0}")]
+    Fanotify(#[from] FanotifyError),
 }
 
 /// Where policies come from and what is in force.
@@ -88,9 +99,18 @@ struct Policies {
     _watcher: Option<PolicyWatcher>,
 }
 
+/// The fanotify layer and the decision records it hands to the event loop.
+struct Fanotify {
+    layer: FanotifyLayer,
+    records: mpsc::Receiver<Record>,
+    lost_reported: u64,
+}
+
 /// A running agent.
 pub struct Agent {
     sensors: Sensors,
+    file_layer: FileLayer,
+    fanotify: Option<Fanotify>,
     policies: Policies,
     reader: Reader,
     enricher: Enricher,
@@ -113,6 +133,23 @@ impl Agent {
     /// the process table. Must run inside a tokio runtime.
     pub fn start(config: &Config, sinks: Vec<Box<dyn Sink>>) -> Result<Agent, StartError> {
         let offsets = startup::prepare()?;
+        match mounts::ensure_securityfs() {
+            Ok(true) => info!(
+                mount = mounts::SECURITYFS,
+                "mounted missing pseudo-filesystem"
+            ),
+            Ok(false) => {}
+            Err(e) => warn!("{e}; the active LSM list cannot be read: BPF LSM is not assumed"),
+        }
+        // Which layer really runs: BPF LSM only when `bpf` is an active LSM (else its programs
+        // attach and never run) and its programs load; else fanotify; else SIGKILL.
+        let kernel_layers = KernelLayers::detect();
+        let planned = kernel_layers.plan(|| loader::lsm_usable().unwrap_or(false));
+        let enforcement = Enforcement {
+            lsm_inactive: (!kernel_layers.bpf_lsm_active())
+                .then(|| kernel_layers.lsm_inactive_reason()),
+            fanotify_files: planned == FileLayer::Fanotify,
+        };
         let watches = WatchSet::new(&config.watch.paths, &config.watch.ports)?;
         let cgroup_root = mounts::cgroup2_root()?;
         let dir = config.policy.dir.clone();
@@ -135,7 +172,15 @@ impl Agent {
             &config.database,
             &cgroup_root,
             pin_root,
+            &enforcement,
         )?;
+        let file_layer = if sensors.lsm_active() {
+            FileLayer::Lsm
+        } else if enforcement.fanotify_files {
+            FileLayer::Fanotify
+        } else {
+            FileLayer::Signal
+        };
         let metrics = Metrics::new();
         let metrics_addr = match config.metrics.listen {
             Some(addr) => Some(metrics.clone().serve(addr)?),
@@ -143,8 +188,14 @@ impl Agent {
         };
         info!(
             lsm = sensors.lsm_active(),
+            files = file_layer.name(),
+            lsm_list = kernel_layers.lsm_list.as_deref().map(str::trim).unwrap_or("unreadable"),
             "enforcement layers: {}",
-            EnforcementLayer::summary(sensors.lsm_active())
+            match file_layer {
+                FileLayer::Lsm => "BPF LSM for file opens, execs and unix sockets (EPERM); cgroup connect4/6 for TCP (EPERM)",
+                FileLayer::Fanotify => "fanotify permission events for file opens and execs (EPERM, no BPF LSM; SIGKILL at open/exec exit while the agent is down); cgroup connect4/6 for TCP (EPERM); unix sockets not enforced",
+                FileLayer::Signal => "SIGKILL at open/exec for files and execs (no BPF LSM, no fanotify); cgroup connect4/6 for TCP (EPERM); unix sockets not enforced",
+            }
         );
         if sensors.is_pinned() {
             info!(
@@ -154,6 +205,22 @@ impl Agent {
             );
         }
         let slot = sensors.active_slot()?;
+        let fanotify = match (file_layer, &dir) {
+            (FileLayer::Fanotify, Some(_)) => {
+                let (tx, records) = mpsc::channel(crate::fanotify::QUEUE);
+                let layer = FanotifyLayer::start(Arc::clone(&compiled), slot, tx, &cgroup_root)?;
+                info!(
+                    "fanotify layer deciding protected file opens: {}",
+                    layer.summary()
+                );
+                Some(Fanotify {
+                    layer,
+                    records,
+                    lost_reported: 0,
+                })
+            }
+            _ => None,
+        };
         let reader = Reader::new(sensors.take_ring_buffer()?).map_err(StartError::Reader)?;
         let lost_reported = sensors.lost()?;
         let faults_reported = sensors.faults()?;
@@ -194,6 +261,8 @@ impl Agent {
         );
         let mut agent = Agent {
             sensors,
+            file_layer,
+            fanotify,
             policies: Policies {
                 dir,
                 config_watches: watches,
@@ -287,7 +356,7 @@ impl Agent {
 
     /// Records the programs and the enforcement layers in the status and the metrics.
     fn describe_programs(&mut self) {
-        let lsm = self.sensors.lsm_active();
+        let files = self.file_layer;
         self.status.programs = self
             .sensors
             .status
@@ -309,7 +378,7 @@ impl Agent {
             .programs_pinned
             .set(i64::from(self.status.pinned));
         for kind in ResourceKind::ALL {
-            let layer = EnforcementLayer::of(kind, lsm);
+            let layer = EnforcementLayer::of(kind, files);
             self.metrics
                 .enforcement_layer
                 .get_or_create(&LayerLabels {
@@ -338,6 +407,11 @@ impl Agent {
     /// Whether the BPF LSM programs are attached (denials are `EPERM`, not SIGKILL).
     pub fn lsm_active(&self) -> bool {
         self.sensors.lsm_active()
+    }
+
+    /// The layer that decides opens of protected files on this kernel.
+    pub fn file_layer(&self) -> FileLayer {
+        self.file_layer
     }
 
     /// A handle that asks the running agent to reload its policies (SIGHUP does this).
@@ -403,6 +477,15 @@ impl Agent {
                     self.flush()?;
                 }
                 () = flush_timer, if flush_due.is_some() => self.flush()?,
+                Some(record) = recv_record(&mut self.fanotify) => {
+                    self.pipeline.handle_record(&mut self.enricher, record);
+                    if let Some(fanotify) = &mut self.fanotify {
+                        while let Ok(record) = fanotify.records.try_recv() {
+                            self.pipeline.handle_record(&mut self.enricher, record);
+                        }
+                    }
+                    self.flush()?;
+                }
                 read = self.reader.read_batch(BATCH, |bytes| {
                     self.pipeline.handle(&mut self.enricher, bytes);
                 }) => {
@@ -412,6 +495,26 @@ impl Agent {
             }
         }
         let (enricher, pipeline) = (&mut self.enricher, &mut self.pipeline);
+        if let Some(fanotify) = self.fanotify.take() {
+            // Closing the group releases any open still waiting; then the last records.
+            let Fanotify {
+                layer, mut records, ..
+            } = fanotify;
+            let counters = &layer.counters;
+            let load =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            info!(
+                answered = load(&counters.answered),
+                denied = load(&counters.denied),
+                lost = load(&counters.lost),
+                respond_errors = load(&counters.respond_errors),
+                "fanotify layer stopped: protected opens are no longer asked about (the open-exit programs, if pinned, kill refused ones)"
+            );
+            drop(layer);
+            while let Ok(record) = records.try_recv() {
+                pipeline.handle_record(enricher, record);
+            }
+        }
         self.reader.drain(|bytes| pipeline.handle(enricher, bytes));
         self.report_losses();
         self.pipeline.report_problems();
@@ -535,6 +638,11 @@ impl Agent {
         };
         match self.sensors.install(&compiled) {
             Ok(slot) => {
+                if let Some(fanotify) = &self.fanotify {
+                    if let Err(e) = fanotify.layer.update(Arc::clone(&compiled), slot) {
+                        error!(error = %e, "the fanotify layer could not take the reloaded policies: it decides with the previous set");
+                    }
+                }
                 self.policies.generation += 1;
                 self.enricher
                     .set_policy(slot, self.policies.generation, Arc::clone(&compiled));
@@ -558,7 +666,7 @@ impl Agent {
     /// Logs and reports the policy set now in force.
     fn report_policy(&mut self, compiled: &Compiled, trigger: Trigger) {
         let p = &self.policies;
-        let protections = compiled.protections(self.sensors.lsm_active());
+        let protections = compiled.protections(self.file_layer);
         info!(
             trigger = trigger.as_str(),
             generation = p.generation,
@@ -598,6 +706,14 @@ impl Agent {
             trigger: trigger.as_str().to_owned(),
         }));
         self.emit_own(&event);
+    }
+}
+
+/// The next decision record of the fanotify layer (never ready when it does not run).
+async fn recv_record(fanotify: &mut Option<Fanotify>) -> Option<Record> {
+    match fanotify {
+        Some(f) => f.records.recv().await,
+        None => std::future::pending().await,
     }
 }
 

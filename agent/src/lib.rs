@@ -19,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod enrich;
 pub mod event;
+pub mod fanotify;
 pub mod kernel;
 pub mod link;
 pub mod metrics;

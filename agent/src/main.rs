@@ -15,7 +15,11 @@ use phiguard::{
         DEFAULT_POLICY_DIR,
     },
     config::Config,
-    kernel::{floor::Floor, loader, mounts, pins},
+    kernel::{
+        floor::Floor,
+        layer::{FileLayer, KernelLayers},
+        loader, mounts, pins,
+    },
     link::Link,
     policy::{self, Trigger},
     sink::{
@@ -224,19 +228,30 @@ fn check_policies(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Resu
         compiled.policies.len(),
         compiled.policies.join(", ")
     );
-    let lsm = match loader::lsm_usable() {
+    // The same choice the agent makes at start (kernel::layer): BPF LSM only when `bpf` is an
+    // active LSM and its programs load, else fanotify, else SIGKILL.
+    let _ = mounts::ensure_securityfs();
+    let kernel = KernelLayers::detect();
+    let files = kernel.plan(|| match loader::lsm_usable() {
         Ok(lsm) => lsm,
         Err(e) => {
             println!("(could not probe for BPF LSM: {e}; showing the layers without it)");
             false
         }
-    };
+    });
     println!(
-        "protected on this host ({} kernel rules; BPF LSM {}):",
+        "protected on this host ({} kernel rules; BPF LSM {}; file opens decided by {}):",
         compiled.rules.len(),
-        if lsm { "available" } else { "not available" }
+        if files == FileLayer::Lsm {
+            "active"
+        } else if kernel.bpf_lsm_active() {
+            "listed but its programs do not load"
+        } else {
+            "not active"
+        },
+        files.name()
     );
-    for line in compiled.protections(lsm) {
+    for line in compiled.protections(files) {
         println!("  {line}");
     }
     if !compiled.warnings.is_empty() {

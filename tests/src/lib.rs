@@ -12,7 +12,7 @@ use std::{
 use phiguard::{
     agent::{Agent, RunStats},
     config::Config,
-    kernel::pins,
+    kernel::{layer::FileLayer, pins},
     policy::Trigger,
     sink::{channel::ChannelSink, Sink},
 };
@@ -63,6 +63,8 @@ pub struct Harness {
     pinned: bool,
     /// The BPF LSM programs are attached: denials are `EPERM` rather than SIGKILL.
     pub lsm: bool,
+    /// The layer deciding opens of protected files (LSM and fanotify refuse with `EPERM`).
+    pub file_layer: FileLayer,
     /// Every event received so far.
     pub seen: Vec<v1::Event>,
     /// Where the metrics endpoint listens (`[metrics] listen` set).
@@ -109,6 +111,7 @@ impl Harness {
         Harness {
             pinned: config.policy.dir.is_some(),
             lsm: agent.lsm_active(),
+            file_layer: agent.file_layer(),
             reload: agent.reload_handle(),
             metrics_addr: agent.metrics_addr().map(str::to_owned),
             runtime,
@@ -186,6 +189,11 @@ impl Harness {
             .map(|e| format!("{e:?}"))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Whether a refused open fails with `EPERM` (BPF LSM or fanotify) rather than killing.
+    pub fn file_eperm(&self) -> bool {
+        matches!(self.file_layer, FileLayer::Lsm | FileLayer::Fanotify)
     }
 
     /// Stops the agent (detaching the programs) and returns its counters.

@@ -154,6 +154,18 @@ fn policy_check_prints_protections_and_rejects_a_bad_file_with_its_location() {
         stdout.contains("EPERM"),
         "names the enforcement layer: {stdout}"
     );
+    // The layer that really runs: on a kernel without active BPF LSM but with fanotify
+    // permission events (the host), file opens are decided by fanotify.
+    let lsm_active = std::fs::read_to_string(phiguard::kernel::layer::LSM_LIST)
+        .is_ok_and(|l| phiguard::kernel::layer::lsm_list_has_bpf(&l))
+        && phiguard::kernel::loader::lsm_usable().unwrap_or(false);
+    if !lsm_active && phiguard::kernel::layer::fanotify_permission_events() {
+        assert!(
+            stdout.contains("file opens decided by fanotify")
+                && stdout.contains("fanotify permission event"),
+            "names the fanotify layer for files: {stdout}"
+        );
+    }
     assert!(
         stdout.contains("warning: policy records rule db: no user postgres-nobody-here"),
         "{stdout}"

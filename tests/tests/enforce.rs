@@ -15,7 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use phiguard::config::Config;
+use phiguard::{
+    config::Config,
+    kernel::layer::{fanotify_permission_events, FileLayer},
+};
 use phiguard_proto::v1::{self, event::Body};
 use phiguard_tests::{file_open, process, Harness, Tree, UnloadOnDrop};
 
@@ -73,10 +76,10 @@ fn killed(status: ExitStatus) -> bool {
     status.signal() == Some(libc::SIGKILL)
 }
 
-/// Refused the way the enforcing layer refuses: an error exit (EPERM) under BPF LSM, SIGKILL
-/// otherwise.
-fn refused(status: ExitStatus, lsm: bool) -> bool {
-    if lsm {
+/// Refused the way the enforcing layer refuses: an error exit (EPERM) under BPF LSM (and, for
+/// file opens, under fanotify), SIGKILL otherwise.
+fn refused(status: ExitStatus, eperm: bool) -> bool {
+    if eperm {
         !status.success() && status.signal().is_none()
     } else {
         killed(status)
@@ -91,12 +94,25 @@ fn check_layer_choice(lsm: bool) {
     }
 }
 
-/// The layer file and exec denials are enforced at.
-fn file_layer(lsm: bool) -> i32 {
-    if lsm {
-        v1::EnforcementLayer::Lsm as i32
-    } else {
-        v1::EnforcementLayer::Signal as i32
+/// The layer file-open and exec denials are enforced at: BPF LSM, else fanotify (both `EPERM`)
+/// where the kernel has permission events, SIGKILL only where it has neither.
+fn file_layer(layer: FileLayer) -> i32 {
+    match layer {
+        FileLayer::Lsm => v1::EnforcementLayer::Lsm as i32,
+        FileLayer::Fanotify => v1::EnforcementLayer::Fanotify as i32,
+        FileLayer::Signal => v1::EnforcementLayer::Signal as i32,
+    }
+}
+
+/// On the host (no BPF LSM, fanotify permission events available) file opens must go to the
+/// fanotify layer: SIGKILL there would be a regression, not a skip.
+fn check_file_layer(h: &Harness) {
+    if !h.lsm && fanotify_permission_events() {
+        assert_eq!(
+            h.file_layer,
+            FileLayer::Fanotify,
+            "fanotify must decide file opens"
+        );
     }
 }
 
@@ -121,6 +137,7 @@ fn only_listed_binaries_may_open_protected_files_by_any_path() {
     let policies = PolicyDir::new(&records_policy("enforce", &tree.watched, &["/usr/bin/cat"]));
     let mut h = Harness::start_with(&policies.config());
     check_layer_choice(h.lsm);
+    check_file_layer(&h);
 
     let status = status_of(Command::new("/usr/bin/cat").arg(&file));
     assert!(status.success(), "cat is allowed: {status:?}");
@@ -153,7 +170,7 @@ fn only_listed_binaries_may_open_protected_files_by_any_path() {
         }
         let status = status_of(&mut head);
         assert!(
-            refused(status, h.lsm),
+            refused(status, h.file_eperm()),
             "head through a {how} must be refused: {status:?}"
         );
         let requested = path.display().to_string();
@@ -163,8 +180,8 @@ fn only_listed_binaries_may_open_protected_files_by_any_path() {
         });
         let d = decision(&denied).unwrap();
         assert_eq!(d.rule, "patient-files");
-        assert_eq!(d.layer, file_layer(h.lsm));
-        if h.lsm {
+        assert_eq!(d.layer, file_layer(h.file_layer));
+        if h.file_eperm() {
             assert_eq!(
                 file_open(&denied).unwrap().result,
                 Some(-i64::from(libc::EPERM))
@@ -319,13 +336,16 @@ fn exec_allow_list_stops_unlisted_binaries_in_its_cgroup_only() {
     let mut h = Harness::start_with(&policies.config());
     assert!(cgroup.run("exec /usr/bin/true").success(), "true is listed");
     let status = cgroup.run("exec /usr/bin/id");
-    assert!(refused(status, h.lsm), "id is not listed: {status:?}");
+    assert!(
+        refused(status, h.file_eperm()),
+        "id is not listed: {status:?}"
+    );
     let denied = h.expect("deny decision for the exec of id", |e| {
         verdict_is(e, v1::Verdict::Deny)
             && matches!(&e.body, Some(Body::Exec(x)) if x.filename == "/usr/bin/id")
     });
-    // Under BPF LSM the exec never happened: the process still runs the shell.
-    let expected_exe = if h.lsm {
+    // Under BPF LSM and fanotify the exec never happened: the process still runs the shell.
+    let expected_exe = if h.file_eperm() {
         "/usr/bin/dash"
     } else {
         "/usr/bin/id"
@@ -333,7 +353,7 @@ fn exec_allow_list_stops_unlisted_binaries_in_its_cgroup_only() {
     assert_eq!(process(&denied).exe, expected_exe);
     let d = decision(&denied).unwrap();
     assert_eq!(d.access, ["exec"]);
-    assert_eq!(d.layer, file_layer(h.lsm));
+    assert_eq!(d.layer, file_layer(h.file_layer));
     h.expect("allow decision for true", |e| {
         verdict_is(e, v1::Verdict::Allow) && process(e).exe == "/usr/bin/true"
     });
@@ -351,7 +371,7 @@ fn invalid_policy_is_refused_whole_and_a_valid_edit_takes_effect() {
     let mut h = Harness::start_with(&policies.config());
     assert!(refused(
         status_of(Command::new("/usr/bin/head").arg(&file)),
-        h.lsm
+        h.file_eperm()
     ));
 
     // An unknown field: refused with file:line:column, and the old policy still enforces.
@@ -378,7 +398,10 @@ fn invalid_policy_is_refused_whole_and_a_valid_edit_takes_effect() {
     );
     assert_eq!(load.generation, 1, "generation 1 stays in force");
     assert!(
-        refused(status_of(Command::new("/usr/bin/head").arg(&file)), h.lsm),
+        refused(
+            status_of(Command::new("/usr/bin/head").arg(&file)),
+            h.file_eperm()
+        ),
         "the old policy still enforces"
     );
 
@@ -501,7 +524,20 @@ fn enforcement_survives_sigkill_and_a_restart_adopts_the_pinned_programs() {
 
     let mut first = AgentProcess::start(policies.dir.path());
     let lsm = first.startup.contains("\"lsm\":true");
-    assert!(refused(head(), lsm), "enforced while the agent runs");
+    // Under fanotify (the host) the running agent refuses with EPERM; once it is gone the
+    // pinned open-exit programs take over with SIGKILL.
+    let fanotify = first.startup.contains("\"files\":\"fanotify\"");
+    if !lsm && fanotify_permission_events() {
+        assert!(
+            fanotify,
+            "fanotify must decide file opens: {}",
+            first.startup
+        );
+    }
+    assert!(
+        refused(head(), lsm || fanotify),
+        "enforced while the agent runs"
+    );
     first.kill(Signal::SIGKILL);
     let pinned = pins::pinned_programs(Path::new(pins::PIN_DIR));
     assert!(
@@ -526,7 +562,7 @@ fn enforcement_survives_sigkill_and_a_restart_adopts_the_pinned_programs() {
         "the new agent replaces every pinned program ({replaced}): {}",
         second.startup
     );
-    assert!(refused(head(), lsm));
+    assert!(refused(head(), lsm || fanotify));
     second.expect("a deny event from the restarted agent", |e| {
         verdict_is(e, v1::Verdict::Deny) && process(e).exe == "/usr/bin/head"
     });

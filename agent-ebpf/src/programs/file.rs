@@ -43,6 +43,24 @@ use crate::{
 
 /// `AT_FDCWD`.
 const AT_FDCWD: i32 = -100;
+
+/// 1: the agent's fanotify layer decides opens of protected files before a descriptor exists
+/// and reports every decision; these programs then report only what they enforce themselves —
+/// a refused open that succeeded anyway, which means the fanotify layer did not answer it (the
+/// agent is down: its group closed and let the open through), and which they still kill.
+/// 0: these programs decide and report every open of a protected file. Set at load
+/// (`agent_common::maps::FANOTIFY_DECIDES_GLOBAL`).
+#[unsafe(no_mangle)]
+static FANOTIFY_DECIDES: u32 = 0;
+
+/// Whether the fanotify layer decides and reports opens (see [`FANOTIFY_DECIDES`]).
+#[inline(always)]
+fn fanotify_decides() -> bool {
+    // SAFETY: a plain static; volatile keeps the read in the program (the loader rewrites it).
+    let decides = unsafe { core::ptr::read_volatile(&raw const FANOTIFY_DECIDES) };
+    decides != 0
+}
+
 /// `-EPERM`: what an open the LSM program refused returns.
 const EPERM: i64 = -1;
 
@@ -186,12 +204,14 @@ fn opened(syscall: u32, ret: i64) -> ProbeResult {
     }
     let hit = or_skip(find_watch(dentry, dev, current_slot()))?;
     let call = OpenCall::read(syscall);
-    let decision = decide(hit.rule(), requested_access(call.flags), layer::SIGNAL);
+    let mut decision = decide(hit.rule(), requested_access(call.flags), layer::SIGNAL);
     if decision.verdict == verdict::DENY {
         kill_current();
+    } else if fanotify_decides() {
+        decision = Decision::NONE; // decided and reported by the fanotify layer
     }
     if hit.value.observed == 0 && decision.verdict == verdict::NONE {
-        // protected for another kind of access only, and not watched
+        // protected for another kind of access only (or reported elsewhere), not watched
         return Err(ProbeError::Skip);
     }
     let scratch = or_fault(scratch())?;

@@ -1,6 +1,7 @@
 //! The event pipeline of a running agent: each ring-buffer record is decoded, enriched,
-//! numbered and written to every sink ([`Pipeline::handle`]); the agent's own events join it
-//! at [`Pipeline::emit`]. It counts what went through ([`RunStats`], the metrics) and what failed,
+//! numbered and written to every sink ([`Pipeline::handle`]); the fanotify layer's decisions
+//! join it at enrichment ([`Pipeline::handle_record`]), the agent's own events at
+//! [`Pipeline::emit`]. It counts what went through ([`RunStats`], the metrics) and what failed,
 //! and logs failures once a tick, never once per record.
 
 use phiguard_proto::v1::{self, event::Body};
@@ -8,7 +9,8 @@ use tracing::{debug, error, warn};
 
 use crate::{
     enrich::Enricher,
-    event::decode::decode,
+    event::decode::{decode, RawEvent},
+    fanotify::Record,
     metrics::{KindLabels, Metrics},
     sink::{numbering::Numbering, Sink, SinkLoss},
 };
@@ -88,6 +90,20 @@ impl Pipeline {
                 return;
             }
         };
+        self.handle_raw(enricher, raw);
+    }
+
+    /// Enriches and emits one decision of the fanotify layer, through the same path as the
+    /// kernel's records.
+    pub fn handle_record(&mut self, enricher: &mut Enricher, record: Record) {
+        if let Some(process) = record.process {
+            enricher.observe_process(process);
+        }
+        self.handle_raw(enricher, record.event);
+    }
+
+    /// Enriches and emits one decoded record (from the ring buffer or the fanotify layer).
+    fn handle_raw(&mut self, enricher: &mut Enricher, raw: RawEvent) {
         for event in enricher.enrich(raw) {
             self.emit(event);
         }

@@ -42,6 +42,14 @@ pub enum Report {
         /// Faults since the programs loaded.
         total: u64,
     },
+    /// Decision records the fanotify layer could not queue (the event loop fell behind): the
+    /// opens were answered, their events are lost.
+    FanotifyLoss {
+        /// Lost since the last report.
+        new: u64,
+        /// Lost since the layer started.
+        total: u64,
+    },
     /// The agent is alive, and what it runs (an event for the collector; only with a link).
     Heartbeat,
 }
@@ -98,6 +106,18 @@ impl Agent {
                     "kernel program runs stopped on a failed read"
                 );
                 None
+            }
+            Report::FanotifyLoss { new, total } => {
+                warn!(
+                    lost = new,
+                    total, "fanotify decision records lost: the agent's queue was full"
+                );
+                Some(Body::EventsLost(v1::EventsLost {
+                    source: v1::LossSource::UserQueue as i32,
+                    kind: "FileOpen".to_owned(),
+                    count: new,
+                    total,
+                }))
             }
             Report::Heartbeat => self.heartbeat(),
         };
@@ -197,7 +217,8 @@ impl Agent {
         self.write_status();
     }
 
-    /// Reports new sink losses, kernel losses and kernel faults: never silent.
+    /// Reports new sink losses, kernel losses, the fanotify layer's losses and kernel faults:
+    /// never silent.
     pub(super) fn report_losses(&mut self) {
         for loss in self.pipeline.take_losses() {
             self.report(Report::SinkLoss(loss));
@@ -216,6 +237,18 @@ impl Agent {
                 }
             }
             Err(error) => warn!(%error, "cannot read kernel loss counters"),
+        }
+        if let Some(fanotify) = &mut self.fanotify {
+            let total = fanotify
+                .layer
+                .counters
+                .lost
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let new = total.saturating_sub(fanotify.lost_reported);
+            if new > 0 {
+                fanotify.lost_reported = total;
+                self.report(Report::FanotifyLoss { new, total });
+            }
         }
         match self.sensors.faults() {
             Ok(totals) => {

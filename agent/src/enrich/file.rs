@@ -2,7 +2,7 @@
 
 use std::{fs, path::PathBuf};
 
-use agent_common::event::{matched_by, FileOpenEvent, FLAG_TRUNCATED};
+use agent_common::event::{matched_by, FileOpenEvent, FLAG_COMPAT_SYSCALL, FLAG_TRUNCATED};
 use phiguard_proto::v1::{self, event::Body};
 
 use crate::{event::decode::text, paths, watch::WatchSet};
@@ -40,6 +40,16 @@ pub fn resolve_open(
             .get(event.watch_id)
             .map(|w| paths::join_names(&w.path, &names))
     };
+    if event.matched_by == matched_by::LABEL {
+        // The fanotify layer: the inode is protected whatever its name; `names` holds the
+        // descriptor's path as the kernel names it (a hard link's own path, say).
+        let opened = names.first().map(PathBuf::from);
+        return Some(ResolvedOpen {
+            resolved: opened.is_some(),
+            path: opened.unwrap_or(requested),
+            watch: watches.get(event.watch_id).map(|w| w.path.clone()),
+        });
+    }
     let path = match event.matched_by {
         matched_by::INODE => watched_base()?,
         matched_by::BASE_DIR => paths::resolve(&requested, watched_base().as_deref())?,
@@ -134,7 +144,11 @@ impl super::Enricher {
             path: resolved.path.display().to_string(),
             requested_path: text(&e.path, e.path_len),
             path_resolved: resolved.resolved,
-            syscall: open_syscall_name(e.syscall).to_owned(),
+            syscall: if e.header.flags & FLAG_COMPAT_SYSCALL != 0 {
+                format!("{} (32-bit entry)", open_syscall_name(e.syscall))
+            } else {
+                open_syscall_name(e.syscall).to_owned()
+            },
             result: Some(ret),
             error: if ret < 0 {
                 errno_name(-ret)
@@ -165,6 +179,10 @@ fn open_syscall_name(code: u32) -> &'static str {
         OPEN => "open",
         OPENAT => "openat",
         OPENAT2 => "openat2",
+        CREAT => "creat",
+        OPEN_BY_HANDLE_AT => "open_by_handle_at",
+        EXEC => "execve",
+        OTHER => "other (io_uring or a kernel worker)",
         _ => "unknown",
     }
 }

@@ -103,6 +103,12 @@ impl Enricher {
         self.policy.set(slot, generation, compiled);
     }
 
+    /// Takes what `/proc` showed of a process at the moment of an event that is enriched
+    /// later (the fanotify layer reads it while the opener waits).
+    pub fn observe_process(&mut self, snapshot: crate::process::procfs::ProcSnapshot) {
+        self.processes.observe(snapshot);
+    }
+
     /// Re-measures the boot-time → wall-clock offset (after NTP steps).
     pub fn refresh_clock(&mut self) {
         self.clock = BootClock::measure();

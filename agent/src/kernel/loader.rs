@@ -13,7 +13,8 @@ use agent_common::{
     limits::PATH_LEN,
     maps::{
         db_process, InodeKey, AGENT, CONTROL_MAPS, DB_JOIN, DB_PORTS, DB_PROCESSES,
-        DB_UNIX_SOCKETS, EVENTS, FAULTS, LOST, OFFSETS_GLOBAL, WATCHED_PREFIXES,
+        DB_UNIX_SOCKETS, EVENTS, FANOTIFY_DECIDES_GLOBAL, FAULTS, LOST, OFFSETS_GLOBAL,
+        WATCHED_PREFIXES,
     },
     offsets::KernelOffsets,
     program::PROGRAM_COUNT,
@@ -45,6 +46,17 @@ use crate::{
 /// The kernel object built by `agent/build.rs`, embedded in the binary.
 pub(super) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phiguard"));
+
+/// How the programs are to enforce, decided before they load (see [`super::layer`]).
+#[derive(Clone, Debug, Default)]
+pub struct Enforcement {
+    /// Why the BPF LSM programs are not to be attached (`bpf` is not an active LSM: they
+    /// would attach and never run); `None`: attach them.
+    pub lsm_inactive: Option<String>,
+    /// The fanotify layer decides and reports file opens: the open-exit programs report only
+    /// the refusals they enforce themselves (opens the layer did not answer: the agent is down).
+    pub fanotify_files: bool,
+}
 
 /// How one program fared.
 #[derive(Clone, Debug)]
@@ -104,12 +116,15 @@ impl Sensors {
         database: &DatabaseConfig,
         cgroup_root: &Path,
         pin_root: Option<&Path>,
+        enforcement: &Enforcement,
     ) -> Result<Sensors, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
         let mut loader = EbpfLoader::new();
         loader.override_global(OFFSETS_GLOBAL, offsets, true);
+        let fanotify_decides: u32 = u32::from(enforcement.fanotify_files);
+        loader.override_global(FANOTIFY_DECIDES_GLOBAL, &fanotify_decides, true);
         if let Some(root) = pin_root {
             // Shared with the programs a previous agent pinned (see `pins::claim`).
             pins::create_dir(root)?;
@@ -144,7 +159,10 @@ impl Sensors {
         sensors.fill_database(database)?;
         for spec in registry::selected(database.is_enabled()) {
             let started = std::time::Instant::now();
-            let error = sensors.attach(spec, &cgroup).err();
+            let error = match (&spec.hook, &enforcement.lsm_inactive) {
+                (Hook::Lsm { .. }, Some(reason)) => Some(reason.clone()),
+                _ => sensors.attach(spec, &cgroup).err(),
+            };
             tracing::debug!(
                 program = spec.name,
                 elapsed_ms = started.elapsed().as_millis() as u64,

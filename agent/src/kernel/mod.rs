@@ -8,6 +8,7 @@ pub mod error;
 pub mod floor;
 pub mod install;
 pub mod integrity;
+pub mod layer;
 pub mod loader;
 pub mod mounts;
 pub mod pins;

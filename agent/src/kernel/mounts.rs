@@ -13,6 +13,8 @@ use nix::mount::{mount, MsFlags};
 pub const BPFFS: &str = "/sys/fs/bpf";
 /// Where tracefs is expected.
 pub const TRACEFS: &str = "/sys/kernel/tracing";
+/// Where securityfs is expected (the active LSM list is read there).
+pub const SECURITYFS: &str = "/sys/kernel/security";
 
 /// Failure to find or mount a pseudo-filesystem.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +150,31 @@ pub fn ensure_mounted() -> Result<Vec<&'static str>, MountError> {
         mounted.push(target);
     }
     Ok(mounted)
+}
+
+/// Mounts securityfs where it is missing, so the active LSM list can be read. Not fatal: an
+/// agent that cannot read the list does not assume BPF LSM runs. Returns whether it mounted.
+pub fn ensure_securityfs() -> Result<bool, MountError> {
+    let info = read_mountinfo()?;
+    if mount_points(&info, "securityfs")
+        .iter()
+        .any(|p| p == Path::new(SECURITYFS))
+    {
+        return Ok(false);
+    }
+    mount(
+        Some("securityfs"),
+        SECURITYFS,
+        Some("securityfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| MountError::Mount {
+        fstype: "securityfs",
+        target: SECURITYFS,
+        source,
+    })?;
+    Ok(true)
 }
 
 #[cfg(test)]

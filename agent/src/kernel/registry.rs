@@ -86,7 +86,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { name: "db_sys_exit_readv", hook: tp("syscalls", "sys_exit_readv"), family: Family::Db, required: false, missing_means: "database traffic read with readv() is not captured" },
     ProgramSpec { name: "db_sys_exit_sendmsg", hook: tp("syscalls", "sys_exit_sendmsg"), family: Family::Db, required: false, missing_means: "database traffic sent with sendmsg() is not captured" },
     ProgramSpec { name: "db_sys_exit_recvmsg", hook: tp("syscalls", "sys_exit_recvmsg"), family: Family::Db, required: false, missing_means: "database traffic received with recvmsg() is not captured" },
-    ProgramSpec { name: "enforce_file_open", hook: Hook::Lsm { hook: "file_open" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused opens are enforced by SIGKILL instead of EPERM" },
+    ProgramSpec { name: "enforce_file_open", hook: Hook::Lsm { hook: "file_open" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused opens are enforced by fanotify permission events (EPERM) or, without them, by SIGKILL" },
     ProgramSpec { name: "enforce_bprm_check_security", hook: Hook::Lsm { hook: "bprm_check_security" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused execs are enforced by SIGKILL instead of EPERM" },
     ProgramSpec { name: "enforce_unix_stream_connect", hook: Hook::Lsm { hook: "unix_stream_connect" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: unix-socket database endpoints are not enforced" },
 ];

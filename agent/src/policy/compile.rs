@@ -24,6 +24,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::model::{Access, Endpoint, Mode, PolicySet, Principal, Resources, Subject};
 use crate::{
+    kernel::layer::FileLayer,
     paths::{self, kernel_dev, FileId},
     watch::WatchSet,
 };
@@ -758,8 +759,8 @@ fn compile_exec(set: &PolicySet, cgroup_root: &Path, out: &mut Compiled, builder
 
 impl Compiled {
     /// One line per protected resource: what, by which rules, in which mode, and how this
-    /// kernel enforces it (`lsm`: the BPF LSM programs are attached).
-    pub fn protections(&self, lsm: bool) -> Vec<String> {
+    /// kernel enforces it (`files`: the layer deciding file opens).
+    pub fn protections(&self, files: FileLayer) -> Vec<String> {
         self.rules
             .iter()
             .map(|rule| {
@@ -778,7 +779,7 @@ impl Compiled {
                     "{}: {} [{}]",
                     rule.resource,
                     origins.join(", "),
-                    rule.kind.layer(lsm)
+                    rule.kind.layer(files)
                 )
             })
             .collect()

@@ -62,6 +62,7 @@ impl PolicyTables {
                 layer::LSM => v1::EnforcementLayer::Lsm,
                 layer::CGROUP => v1::EnforcementLayer::Cgroup,
                 layer::SIGNAL => v1::EnforcementLayer::Signal,
+                layer::FANOTIFY => v1::EnforcementLayer::Fanotify,
                 _ => v1::EnforcementLayer::Unspecified,
             } as i32,
             access: access_names(u32::from(decision.access)),

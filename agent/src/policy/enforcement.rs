@@ -3,12 +3,15 @@
 //! (`phiguard_enforcement_layer`), the status file and the start-up log.
 
 use super::compile::ResourceKind;
+use crate::kernel::layer::FileLayer;
 
 /// How a denial is enforced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EnforcementLayer {
     /// BPF LSM programs: the call fails with `EPERM` before anything happens.
     Lsm,
+    /// fanotify permission events answered by the agent: `EPERM` before a descriptor exists.
+    Fanotify,
     /// cgroup `connect4`/`connect6`: `connect()` fails with `EPERM`.
     Cgroup,
     /// SIGKILL from the syscall tracepoint (no BPF LSM): the process dies after the call.
@@ -36,28 +39,30 @@ impl ResourceKind {
         }
     }
 
-    /// How this kernel enforces a denial of this kind of resource (`lsm`: BPF LSM programs are
-    /// attached), in words.
-    pub fn layer(self, lsm: bool) -> &'static str {
-        EnforcementLayer::of(self, lsm).describe(self)
+    /// How this kernel enforces a denial of this kind of resource, given the layer that
+    /// decides file opens (`Lsm` means the BPF LSM programs are attached and active), in words.
+    pub fn layer(self, files: FileLayer) -> &'static str {
+        EnforcementLayer::of(self, files).describe(self)
     }
 }
 
 impl EnforcementLayer {
-    /// The layer that enforces `kind` (`lsm`: BPF LSM programs are attached).
-    pub fn of(kind: ResourceKind, lsm: bool) -> EnforcementLayer {
-        match (kind, lsm) {
+    /// The layer that enforces `kind`, given the layer that decides file opens.
+    pub fn of(kind: ResourceKind, files: FileLayer) -> EnforcementLayer {
+        match (kind, files) {
             (ResourceKind::Tcp, _) => EnforcementLayer::Cgroup,
-            (_, true) => EnforcementLayer::Lsm,
-            (ResourceKind::Unix, false) => EnforcementLayer::None,
-            (_, false) => EnforcementLayer::Signal,
+            (_, FileLayer::Lsm) => EnforcementLayer::Lsm,
+            (ResourceKind::Unix, _) => EnforcementLayer::None,
+            (_, FileLayer::Fanotify) => EnforcementLayer::Fanotify,
+            (_, FileLayer::Signal) => EnforcementLayer::Signal,
         }
     }
 
-    /// The layer's label in the metrics (`lsm`, `cgroup`, `signal`, `none`).
+    /// The layer's label in the metrics (`lsm`, `fanotify`, `cgroup`, `signal`, `none`).
     pub fn label(self) -> &'static str {
         match self {
             EnforcementLayer::Lsm => "lsm",
+            EnforcementLayer::Fanotify => "fanotify",
             EnforcementLayer::Cgroup => "cgroup",
             EnforcementLayer::Signal => "signal",
             EnforcementLayer::None => "none",
@@ -69,31 +74,22 @@ impl EnforcementLayer {
         match (self, kind) {
             (EnforcementLayer::Cgroup, _) => "cgroup connect4/6: connect() fails with EPERM",
             (EnforcementLayer::Lsm, _) => "BPF LSM: the call fails with EPERM",
+            (EnforcementLayer::Fanotify, ResourceKind::Exec) => {
+                "fanotify exec permission event (no BPF LSM here): execve() of an unlisted program fails with EPERM and the process keeps its old image; a script's interpreter, and any exec while the agent is down, SIGKILL when the new image is in place"
+            }
+            (EnforcementLayer::Fanotify, _) => {
+                "fanotify permission event (no BPF LSM here): open() fails with EPERM before a descriptor exists, by any route to the inode; while the agent is down, SIGKILL at open()/openat()/openat2() exit; truncate(), unlink(), rename(), link(), chmod/chown/xattrs are not governed (no open)"
+            }
             (EnforcementLayer::Signal, ResourceKind::Exec) => {
                 "SIGKILL at exec (no BPF LSM here): the new program never runs an instruction"
             }
             (EnforcementLayer::Signal, _) => {
-                "SIGKILL at open() exit (no BPF LSM here): the process dies before it can read or write"
+                "SIGKILL at open()/openat()/openat2() exit (no BPF LSM, no fanotify permission events here): the process dies before it can read or write; O_TRUNC has happened; the 32-bit entry, io_uring and file handles are not covered"
             }
             (EnforcementLayer::None, _) => {
                 "NOT ENFORCED on this kernel (needs BPF LSM socket_connect); connects are not reported either"
             }
         }
-    }
-
-    /// One line for the start-up log: the layer of every kind of resource.
-    pub fn summary(lsm: bool) -> String {
-        ResourceKind::ALL
-            .iter()
-            .map(|&kind| {
-                format!(
-                    "{} {}",
-                    kind.name(),
-                    EnforcementLayer::of(kind, lsm).label()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 }
 
@@ -102,18 +98,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tcp_is_the_cgroup_layers_everywhere_and_the_rest_follows_bpf_lsm() {
+    fn tcp_is_the_cgroup_layers_everywhere_and_the_rest_follows_the_file_layer() {
+        let labels =
+            |files| ResourceKind::ALL.map(|kind| EnforcementLayer::of(kind, files).label());
+        assert_eq!(labels(FileLayer::Lsm), ["lsm", "lsm", "cgroup", "lsm"]);
         assert_eq!(
-            EnforcementLayer::summary(true),
-            "file lsm, exec lsm, tcp cgroup, unix lsm"
+            labels(FileLayer::Fanotify),
+            ["fanotify", "fanotify", "cgroup", "none"]
         );
         assert_eq!(
-            EnforcementLayer::summary(false),
-            "file signal, exec signal, tcp cgroup, unix none"
+            labels(FileLayer::Signal),
+            ["signal", "signal", "cgroup", "none"]
         );
-        assert!(ResourceKind::Unix.layer(false).starts_with("NOT ENFORCED"));
+        assert!(ResourceKind::Unix
+            .layer(FileLayer::Signal)
+            .starts_with("NOT ENFORCED"));
         assert!(ResourceKind::Exec
-            .layer(false)
+            .layer(FileLayer::Signal)
             .starts_with("SIGKILL at exec"));
     }
 }

@@ -174,6 +174,12 @@ impl ProcessTable {
         self.get(tgid, start_ns)
     }
 
+    /// Takes what `/proc` showed of a live process just now (fresher than an exec record not
+    /// yet read): it replaces the live entry of that pid.
+    pub fn observe(&mut self, snapshot: ProcSnapshot) {
+        self.insert_live(Process::from_snapshot(snapshot));
+    }
+
     /// Replaces the live entry for a pid; an older incarnation still there is dead (its pid
     /// was reused) and moves to the exited set.
     fn insert_live(&mut self, process: Process) {

@@ -178,6 +178,15 @@ fn wait_for(
     }
 }
 
+/// Whether the event log holds a deny decision.
+fn deny_logged(c: &Container) -> anyhow::Result<bool> {
+    let out = c.sh("grep -c VERDICT_DENY /var/log/phiguard/events.jsonl")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<u64>()
+        .is_ok_and(|n| n > 0))
+}
+
 /// The unit's state (`active`, `activating`, `failed`, …).
 fn state(c: &Container, unit: &str) -> anyhow::Result<String> {
     let out = c.sh(&format!("systemctl is-active {unit}"))?;
@@ -313,14 +322,7 @@ fn enforce(c: &Container) -> anyhow::Result<()> {
     wait_for(
         Duration::from_secs(10),
         "a deny decision in the event log",
-        || {
-            let out = c.sh("grep -c VERDICT_DENY /var/log/phiguard/events.jsonl")?;
-            Ok(String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse::<u64>()
-                .unwrap_or(0)
-                > 0)
-        },
+        || deny_logged(c),
     )?;
     let status: serde_json::Value = serde_json::from_str(&c.ok("phiguard status --json")?)?;
     ensure!(
@@ -462,14 +464,7 @@ fn reload(c: &Container) -> anyhow::Result<()> {
     wait_for(
         Duration::from_secs(10),
         "a decision in the reopened event file",
-        || {
-            let out = c.sh("grep -c VERDICT_DENY /var/log/phiguard/events.jsonl")?;
-            Ok(String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse::<u64>()
-                .unwrap_or(0)
-                > 0)
-        },
+        || deny_logged(c),
     )?;
     ensure_active(c, "phiguard")
 }

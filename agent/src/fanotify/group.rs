@@ -1,0 +1,171 @@
+//! The fanotify group: created once, marked per filesystem, read and answered. Nothing here
+//! decides; it only speaks the kernel's protocol (fanotify(7)).
+//!
+//! The group is `FAN_CLASS_CONTENT` with `FAN_REPORT_TID` (the event names the opening
+//! thread, whose `/proc/<tid>/syscall` shows the call it is blocked in) and an unlimited
+//! queue (a permission event is never dropped: the opener waits for an answer). Event
+//! descriptors are `O_RDONLY | O_LARGEFILE | O_CLOEXEC`; each one is closed once answered.
+
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    os::unix::ffi::OsStrExt as _,
+    path::Path,
+};
+
+/// The events asked for on a filesystem holding protected files: every open of its files and
+/// directories waits for the agent's answer (an exec's open of the program is an open too; a
+/// directory walker opening a protected directory gets `EPERM` like any other refused open).
+pub const FILE_MASK: u64 = libc::FAN_OPEN_PERM | libc::FAN_ONDIR;
+/// The events asked for on every filesystem while an exec allow-list is in force: each open of
+/// a program (and of a script's interpreter) for `execve` waits for the agent's answer.
+pub const EXEC_MASK: u64 = libc::FAN_OPEN_EXEC_PERM;
+
+/// Failure of a fanotify call.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// `fanotify_init` failed.
+    #[error("fanotify_init (permission events need CONFIG_FANOTIFY_ACCESS_PERMISSIONS and CAP_SYS_ADMIN): {0}")]
+    Init(#[source] io::Error),
+    /// `fanotify_mark` failed.
+    #[error("fanotify_mark of the filesystem holding {path}: {source}")]
+    Mark {
+        /// The path whose filesystem was (un)marked.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One fanotify group for permission events.
+#[derive(Debug)]
+pub struct Group {
+    fd: OwnedFd,
+}
+
+/// One permission event read from the group: its descriptor (closed on drop) and the thread
+/// that is waiting in its open.
+#[derive(Debug)]
+pub struct PermissionEvent {
+    /// The opened file, as the kernel opened it for the agent.
+    pub fd: OwnedFd,
+    /// The opening thread (`FAN_REPORT_TID`).
+    pub tid: u32,
+    /// `FAN_*` bits of the event.
+    pub mask: u64,
+}
+
+impl Group {
+    /// Creates the group (non-blocking reads: the response loop polls).
+    pub fn new() -> Result<Group, GroupError> {
+        // SAFETY: plain system call with constant arguments.
+        let fd = unsafe {
+            libc::fanotify_init(
+                libc::FAN_CLASS_CONTENT
+                    | libc::FAN_CLOEXEC
+                    | libc::FAN_NONBLOCK
+                    | libc::FAN_REPORT_TID
+                    | libc::FAN_UNLIMITED_QUEUE,
+                (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(GroupError::Init(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just returned to us and is owned by nobody else.
+        Ok(Group {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Marks (or, with `add` false, unmarks) the whole filesystem holding `path` for the events
+    /// of `mask`: every such open of any of its files, by any name, any link, from any mount,
+    /// raises a permission event.
+    pub fn mark_filesystem(&self, path: &Path, mask: u64, add: bool) -> Result<(), GroupError> {
+        let error = |source| GroupError::Mark {
+            path: path.display().to_string(),
+            source,
+        };
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| error(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        let flags = if add {
+            libc::FAN_MARK_ADD
+        } else {
+            libc::FAN_MARK_REMOVE
+        } | libc::FAN_MARK_FILESYSTEM;
+        // SAFETY: `c` is a valid NUL-terminated path; the group descriptor is open.
+        let rc = unsafe {
+            libc::fanotify_mark(self.fd.as_raw_fd(), flags, mask, libc::AT_FDCWD, c.as_ptr())
+        };
+        if rc < 0 {
+            return Err(error(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// The group's descriptor (to poll).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Reads the pending events (none when the queue is empty).
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<Vec<PermissionEvent>> {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(Vec::new()),
+                _ => Err(e),
+            };
+        }
+        Ok(parse(&buf[..n as usize]))
+    }
+
+    /// Answers a permission event: `allow` lets the open go on, else it fails with `EPERM`.
+    pub fn respond(&self, event_fd: RawFd, allow: bool) -> io::Result<()> {
+        let response = libc::fanotify_response {
+            fd: event_fd,
+            response: if allow {
+                libc::FAN_ALLOW
+            } else {
+                libc::FAN_DENY
+            },
+        };
+        let size = std::mem::size_of::<libc::fanotify_response>();
+        // SAFETY: `response` is a plain struct of `size` bytes.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), (&raw const response).cast(), size) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Splits a read buffer into events. Events without a descriptor (queue overflow, which an
+/// unlimited queue does not have) are skipped.
+fn parse(mut bytes: &[u8]) -> Vec<PermissionEvent> {
+    let mut events = Vec::new();
+    let header = std::mem::size_of::<libc::fanotify_event_metadata>();
+    while bytes.len() >= header {
+        // SAFETY: at least `header` bytes remain; read unaligned (the buffer is a byte slice).
+        let meta: libc::fanotify_event_metadata =
+            unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let len = meta.event_len as usize;
+        if len < header || len > bytes.len() {
+            break;
+        }
+        if meta.fd >= 0 {
+            events.push(PermissionEvent {
+                // SAFETY: the kernel installed this descriptor for us; nobody else owns it.
+                fd: unsafe { OwnedFd::from_raw_fd(meta.fd) },
+                tid: meta.pid as u32,
+                mask: meta.mask,
+            });
+        }
+        bytes = &bytes[len..];
+    }
+    events
+}

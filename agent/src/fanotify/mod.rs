@@ -1,0 +1,247 @@
+//! The fanotify decision layer: where the kernel has no BPF LSM, every open of a protected
+//! file waits in the kernel for the agent's answer and a refused one fails with `EPERM` before
+//! a descriptor exists — whatever route reached the inode (any system call ABI, io_uring, a
+//! hard link, a file handle, any depth).
+//!
+//! Jobs: [`group`] speaks fanotify; [`decide`] holds the labels and decides, purely;
+//! [`opener`] reads who is asking from `/proc`; `respond` runs the response loop on a thread of
+//! its own and hands each decision to the agent's event path as the same `FileOpen` (or
+//! refused `Exec`) record the kernel programs write, so decisions are enriched, numbered and
+//! sunk like any other; this module starts and stops the layer and manages its marks (a
+//! filesystem mark per filesystem holding protected files; exec marks on every filesystem while
+//! an exec allow-list is in force).
+//!
+//! The loop decides from memory and `/proc` only and answers before it does anything else for
+//! the event (the event record is completed after the answer). The agent's own opens are
+//! allowed at once (its other threads open files on marked filesystems; the loop's thread
+//! opens none). If the agent dies, the kernel closes the group and releases every waiting open:
+//! this layer fails open (see docs/policies.md).
+
+pub mod decide;
+pub mod group;
+pub mod opener;
+mod respond;
+
+use std::{
+    io,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    thread::JoinHandle,
+};
+
+use tokio::sync::mpsc;
+
+use self::{
+    decide::Protected,
+    group::{Group, GroupError, EXEC_MASK, FILE_MASK},
+    respond::Responder,
+};
+use crate::{event::decode::RawEvent, policy::compile::Compiled, process::procfs::ProcSnapshot};
+
+/// Decision records waiting for the event loop; past this, records are counted as lost.
+pub const QUEUE: usize = 8192;
+
+/// One decision, for the agent's event path: the record the kernel programs would have written,
+/// and the opener as `/proc` showed it while it waited (the process may be gone, or its exec not
+/// yet read from the ring buffer, by the time the record is enriched).
+#[derive(Debug)]
+pub struct Record {
+    /// The `FileOpen` record (or, for a refused exec, the `Exec` record), with the decision.
+    pub event: RawEvent,
+    /// The opening process.
+    pub process: Option<ProcSnapshot>,
+}
+
+/// Failure to start or update the layer.
+#[derive(Debug, thiserror::Error)]
+pub enum FanotifyError {
+    /// The group or a mark failed.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// The response thread could not start.
+    #[error("starting the fanotify response thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
+/// Counters of the layer, shared with the response thread.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Permission events answered.
+    pub answered: AtomicU64,
+    /// Of them, refused.
+    pub denied: AtomicU64,
+    /// Decision records dropped because the event loop's queue was full.
+    pub lost: AtomicU64,
+    /// Answers the kernel did not take (the opener then waits for the group to close).
+    pub respond_errors: AtomicU64,
+}
+
+/// The running layer.
+pub struct FanotifyLayer {
+    group: Arc<Group>,
+    state: Arc<Mutex<Protected>>,
+    stop: Arc<AtomicBool>,
+    wake: OwnedFd,
+    thread: Option<JoinHandle<()>>,
+    /// Filesystems marked for exec events (while an exec allow-list is in force).
+    exec_marked: Mutex<Vec<PathBuf>>,
+    /// Counters.
+    pub counters: Arc<Counters>,
+}
+
+impl FanotifyLayer {
+    /// Creates the group, labels the protected files of `compiled` (in `slot`), marks their
+    /// filesystems and starts answering. Decision records go to `records`.
+    pub fn start(
+        compiled: Arc<Compiled>,
+        slot: u32,
+        records: mpsc::Sender<Record>,
+        cgroup_root: &Path,
+    ) -> Result<FanotifyLayer, FanotifyError> {
+        let group = Arc::new(Group::new()?);
+        let protected = Protected::build(compiled, slot);
+        for path in protected.filesystems.values() {
+            group.mark_filesystem(path, FILE_MASK, true)?;
+        }
+        let exec = protected.has_exec_rules();
+        let (wake_read, wake) = nix::unistd::pipe().map_err(|e| FanotifyError::Thread(e.into()))?;
+        let state = Arc::new(Mutex::new(protected));
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let responder = Responder::new(
+            Arc::clone(&group),
+            Arc::clone(&state),
+            Arc::clone(&stop),
+            wake_read,
+            records,
+            Arc::clone(&counters),
+            cgroup_root,
+        );
+        let thread = std::thread::Builder::new()
+            .name("phiguard-fanotify".into())
+            .spawn(move || responder.run())
+            .map_err(FanotifyError::Thread)?;
+        let layer = FanotifyLayer {
+            group,
+            state,
+            stop,
+            wake,
+            thread: Some(thread),
+            exec_marked: Mutex::new(Vec::new()),
+            counters,
+        };
+        layer.mark_exec(exec);
+        Ok(layer)
+    }
+
+    /// Marks every mounted filesystem for exec events (`on`), or removes those marks. A
+    /// filesystem that refuses the mark (some pseudo-filesystems) is skipped: an exec from it is
+    /// still checked by the exec tracepoint's SIGKILL.
+    fn mark_exec(&self, on: bool) {
+        let mut marked = self
+            .exec_marked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if on != marked.is_empty() {
+            return;
+        }
+        if !on {
+            for path in marked.drain(..) {
+                let _ = self.group.mark_filesystem(&path, EXEC_MASK, false);
+            }
+            return;
+        }
+        for path in filesystems_mounted() {
+            match self.group.mark_filesystem(&path, EXEC_MASK, true) {
+                Ok(()) => marked.push(path),
+                Err(e) => tracing::debug!("not marked for exec events: {e}"),
+            }
+        }
+    }
+
+    /// Takes a newly installed policy set: labels are rebuilt off the response loop, then
+    /// swapped in at once; filesystems no longer needed are unmarked after the swap, new ones
+    /// marked before it.
+    pub fn update(&self, compiled: Arc<Compiled>, slot: u32) -> Result<(), FanotifyError> {
+        let protected = Protected::build(compiled, slot);
+        for path in protected.filesystems.values() {
+            self.group.mark_filesystem(path, FILE_MASK, true)?;
+        }
+        let exec = protected.has_exec_rules();
+        if exec {
+            self.mark_exec(true);
+        }
+        let old = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::replace(&mut *state, protected)
+        };
+        let kept = self.filesystems();
+        for (dev, path) in &old.filesystems {
+            if !kept.contains(dev) {
+                if let Err(e) = self.group.mark_filesystem(path, FILE_MASK, false) {
+                    tracing::warn!("unmarking a filesystem no policy protects any more: {e}");
+                }
+            }
+        }
+        if !exec {
+            self.mark_exec(false);
+        }
+        Ok(())
+    }
+
+    /// The filesystems (kernel `dev_t`) marked now.
+    fn filesystems(&self) -> Vec<u32> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.filesystems.keys().copied().collect()
+    }
+
+    /// One line for the log: how much is labelled and marked.
+    pub fn summary(&self) -> String {
+        let exec = self.exec_marked.lock().map_or(0, |marked| marked.len());
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        format!(
+            "{} protected inodes labelled{}, {} filesystem(s) marked for opens, {exec} for execs",
+            state.labelled(),
+            if state.complete {
+                ""
+            } else {
+                " (label limit reached: the rest are looked up by name)"
+            },
+            state.filesystems.len()
+        )
+    }
+}
+
+impl Drop for FanotifyLayer {
+    /// Stops the response loop; closing the group releases any open still waiting (allowed).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = nix::unistd::write(&self.wake, &[1]);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One mount point per mounted filesystem (by device), from `/proc/self/mountinfo`.
+fn filesystems_mounted() -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(dev), Some(point)) = (fields.get(2), fields.get(4)) else {
+            continue;
+        };
+        if seen.insert((*dev).to_owned()) {
+            out.push(PathBuf::from(point.replace("\\040", " ")));
+        }
+    }
+    out
+}

@@ -1,0 +1,525 @@
+//! The response loop: reads the group's permission events on a thread of its own, decides each
+//! from memory and `/proc`, answers it, and only then completes its record for the event loop.
+
+use std::{
+    collections::HashMap,
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::Duration,
+};
+
+use agent_common::{
+    event::{
+        matched_by, EventHeader, ExecEvent, FileOpenEvent, Kind, FLAG_COMPAT_SYSCALL,
+        FLAG_EXEC_REFUSED, FLAG_TRUNCATED,
+    },
+    limits::{COMM_LEN, NAMES_LEN, PATH_LEN},
+    policy::{verdict, Decision},
+};
+use tokio::sync::mpsc;
+
+use super::{
+    decide::{self, Label, Protected, Subject},
+    group::{Group, PermissionEvent},
+    opener::{self, OpenCall},
+    Counters, Record,
+};
+use crate::{
+    event::decode::RawEvent,
+    paths::{kernel_dev, FileId},
+    process::procfs::{self, ProcSnapshot},
+};
+
+/// Processes whose full `/proc` snapshot already went to the event loop; past this many, the
+/// memory is dropped and rebuilt.
+const MAX_KNOWN: usize = 4096;
+
+/// What the last snapshot sent of a process said: while its start time and executable are the
+/// same, the next decision sends none (the event loop's process table has it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Known {
+    start_ticks: u64,
+    exe: Option<FileId>,
+    comm: String,
+    loginuid: u32,
+    sessionid: u32,
+}
+
+/// The response loop's state.
+pub(super) struct Responder {
+    known: HashMap<u32, Known>,
+    group: Arc<Group>,
+    state: Arc<Mutex<Protected>>,
+    stop: Arc<AtomicBool>,
+    wake: OwnedFd,
+    records: mpsc::Sender<Record>,
+    counters: Arc<Counters>,
+    own_pid: u32,
+    ns_per_tick: u64,
+    cgroup_root: PathBuf,
+}
+
+/// What the loop learnt about one event before answering, for its record.
+struct Pending {
+    opener: opener::Opener,
+    call: OpenCall,
+    requested_path: Option<(Vec<u8>, bool)>,
+    decision: Decision,
+    /// The protected file's label (`None`: an exec decision).
+    label: Option<Label>,
+    file: FileId,
+    cgroup_id: u64,
+    boot_ns: u64,
+    process: Option<ProcSnapshot>,
+    known: Option<Known>,
+}
+
+impl Responder {
+    /// A loop answering `group`'s events from `state`; records go to `records`; `wake`
+    /// becomes readable when it is to stop (with `stop` set).
+    pub(super) fn new(
+        group: Arc<Group>,
+        state: Arc<Mutex<Protected>>,
+        stop: Arc<AtomicBool>,
+        wake: OwnedFd,
+        records: mpsc::Sender<Record>,
+        counters: Arc<Counters>,
+        cgroup_root: &Path,
+    ) -> Responder {
+        Responder {
+            known: HashMap::new(),
+            group,
+            state,
+            stop,
+            wake,
+            records,
+            counters,
+            own_pid: std::process::id(),
+            ns_per_tick: 1_000_000_000 / procfs::ticks_per_second(),
+            cgroup_root: cgroup_root.to_owned(),
+        }
+    }
+
+    /// Runs until stopped.
+    pub(super) fn run(mut self) {
+        let mut buf = vec![0u8; 64 * 1024];
+        while !self.stop.load(Ordering::SeqCst) {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.group.as_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfd.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+            if ready <= 0 || fds[1].revents != 0 {
+                continue;
+            }
+            let events = match self.group.read(&mut buf) {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::error!("reading fanotify events: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            for event in events {
+                self.answer(event);
+            }
+        }
+    }
+
+    /// Decides, answers, closes the event's descriptor, then completes and queues the record.
+    /// Every event is answered exactly once, even if deciding panics (then it is allowed and
+    /// the panic logged): an unanswered event would hold its opener until the group closes.
+    fn answer(&mut self, event: PermissionEvent) {
+        let decided =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.decide(&event)));
+        let pending = decided.unwrap_or_else(|_| {
+            tracing::error!("deciding a fanotify event panicked: the open was allowed");
+            None
+        });
+        let allow = pending
+            .as_ref()
+            .is_none_or(|p| p.decision.verdict != verdict::DENY);
+        if let Err(e) = self.group.respond(event.fd.as_raw_fd(), allow) {
+            self.counters.respond_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("answering a fanotify event: {e}");
+        }
+        self.counters.answered.fetch_add(1, Ordering::Relaxed);
+        let Some(pending) = pending else {
+            return;
+        };
+        if !allow {
+            self.counters.denied.fetch_add(1, Ordering::Relaxed);
+        }
+        let opened = std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok();
+        drop(event);
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.record(pending, opened)
+        }));
+        let Ok(record) = built else {
+            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("building a fanotify decision record panicked: the event is lost");
+            return;
+        };
+        if self.records.try_send(record).is_err() {
+            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The decision for one event; `None` when no rule governs it (the open is allowed and not
+    /// reported by this layer).
+    fn decide(&mut self, event: &PermissionEvent) -> Option<Pending> {
+        if event.mask & libc::FAN_OPEN_EXEC_PERM != 0 {
+            return self.decide_exec(event);
+        }
+        // SAFETY: `stat` is plain old data; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the descriptor is open; `st` is valid for writes.
+        if unsafe { libc::fstat(event.fd.as_raw_fd(), &mut st) } != 0 {
+            return None;
+        }
+        let file = FileId {
+            dev: kernel_dev(st.st_dev),
+            ino: st.st_ino,
+        };
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let label = match state.label(file) {
+            Some(label) => label,
+            None => {
+                let ctime_ns =
+                    i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec);
+                if !state.needs_name_lookup(ctime_ns) {
+                    return None;
+                }
+                let path =
+                    std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok()?;
+                state.label_by_path(file, &path)?
+            }
+        };
+        // An opener whose status cannot be read (it is being killed) is nobody: a protected
+        // file is refused to it, and reported with what is known.
+        let opener = opener::read_opener(event.tid).unwrap_or(opener::Opener {
+            tid: event.tid,
+            tgid: event.tid,
+            ppid: 0,
+            uid: u32::MAX,
+            gid: u32::MAX,
+        });
+        if opener.tgid == self.own_pid {
+            return None; // the agent itself (it reads protected trees to compile policies)
+        }
+        let rule = state.rule(label)?;
+        let subject = Subject {
+            exe: opener::exe_id(event.tid),
+            uid: opener.uid,
+            gid: opener.gid,
+        };
+        let call = opener::read_call(event.tid);
+        let requested = opener::requested_access(&call);
+        let ppid = opener.ppid;
+        let decision = decide::decide(
+            rule,
+            label.rule,
+            state.slot,
+            &subject,
+            || opener::exe_id(ppid),
+            requested,
+        );
+        drop(state);
+        if decision.verdict == verdict::NONE {
+            return None;
+        }
+        // While the opener still waits: its memory holds the path it asked for.
+        let requested_path = call
+            .path_addr
+            .and_then(|addr| opener::read_path(event.tid, addr));
+        let (process, known) = self.snapshot(&opener, subject.exe);
+        Some(Pending {
+            opener,
+            call,
+            requested_path,
+            decision,
+            label: Some(label),
+            file,
+            cgroup_id: 0,
+            boot_ns: boot_ns(),
+            process,
+            known,
+        })
+    }
+
+    /// The decision for an exec event; `None` unless it is refused (allowed and would-deny
+    /// execs are reported by the exec tracepoint's record, as without this layer).
+    fn decide_exec(&mut self, event: &PermissionEvent) -> Option<Pending> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !state.has_exec_rules() {
+            return None;
+        }
+        let opener = opener::read_opener(event.tid).unwrap_or(opener::Opener {
+            tid: event.tid,
+            tgid: event.tid,
+            ppid: 0,
+            uid: u32::MAX,
+            gid: u32::MAX,
+        });
+        if opener.tgid == self.own_pid {
+            return None;
+        }
+        let cgroup_id = cgroup_of(&self.cgroup_root, event.tid).unwrap_or(0);
+        let (index, rule) = state.exec_rule(cgroup_id)?;
+        // SAFETY: `stat` is plain old data; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the descriptor is open; `st` is valid for writes.
+        if unsafe { libc::fstat(event.fd.as_raw_fd(), &mut st) } != 0 {
+            return None;
+        }
+        let file = FileId {
+            dev: kernel_dev(st.st_dev),
+            ino: st.st_ino,
+        };
+        // The program, then each directory above it (by `stat`, which opens nothing).
+        let program = std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok();
+        let mut chain = vec![file];
+        if let Some(program) = &program {
+            chain.extend(
+                program
+                    .ancestors()
+                    .skip(1)
+                    .filter_map(|d| FileId::of(d).ok()),
+            );
+        }
+        let decision = decide::decide_exec(rule, index, state.slot, &chain);
+        drop(state);
+        if decision.verdict != verdict::DENY {
+            return None;
+        }
+        // Only the program the execve names is decided here, as BPF LSM's
+        // bprm_check_security does for its first stage. The kernel opens the ELF interpreter
+        // (ld.so) and a script's interpreter for exec too; those pass here (the exec
+        // tracepoint still checks the program that ends up running, with SIGKILL).
+        let call = opener::read_call(event.tid);
+        let requested_path = call
+            .path_addr
+            .and_then(|addr| opener::read_path(event.tid, addr));
+        if call.syscall != agent_common::event::open_syscall::EXEC {
+            return None;
+        }
+        let named = requested_path
+            .as_ref()
+            .and_then(|(path, _)| named_file(event.tid, &call, path));
+        if named != Some(file) {
+            return None;
+        }
+        let exe = opener::exe_id(event.tid);
+        let (process, known) = self.snapshot(&opener, exe);
+        Some(Pending {
+            opener,
+            call,
+            requested_path,
+            decision,
+            label: None,
+            file,
+            cgroup_id,
+            boot_ns: boot_ns(),
+            process,
+            known,
+        })
+    }
+
+    /// A full `/proc` snapshot of the opener when its (start time, executable) is new to the
+    /// event loop, and what is known of it either way.
+    fn snapshot(
+        &mut self,
+        opener: &opener::Opener,
+        exe: Option<FileId>,
+    ) -> (Option<ProcSnapshot>, Option<Known>) {
+        let subject_exe = exe;
+        // A full snapshot of the process once per (process, executable): later decisions name
+        // it from the event loop's process table.
+        let start_ticks = procfs::start_ticks(opener.tgid).unwrap_or(0);
+        let fresh = self
+            .known
+            .get(&opener.tgid)
+            .is_some_and(|k| k.start_ticks == start_ticks && k.exe == subject_exe);
+        let process = if fresh {
+            None
+        } else {
+            procfs::read_process(opener.tgid).ok()
+        };
+        if let Some(snapshot) = &process {
+            if self.known.len() >= MAX_KNOWN {
+                self.known.clear();
+            }
+            self.known.insert(
+                opener.tgid,
+                Known {
+                    start_ticks: snapshot.start_ticks,
+                    exe: subject_exe,
+                    comm: snapshot.comm.clone(),
+                    loginuid: snapshot.loginuid.unwrap_or(u32::MAX),
+                    sessionid: snapshot.sessionid.unwrap_or(u32::MAX),
+                },
+            );
+        }
+        let known = self.known.get(&opener.tgid).cloned();
+        (process, known)
+    }
+
+    /// The `FileOpen` record of a decision, as the kernel programs would have written it.
+    fn record(&self, p: Pending, opened: Option<PathBuf>) -> Record {
+        let Some(label) = p.label else {
+            return self.exec_record(p, opened);
+        };
+        let mut flags = 0;
+        if p.call.compat {
+            flags |= FLAG_COMPAT_SYSCALL;
+        }
+        // SAFETY: `FileOpenEvent` is plain old data (integers and byte arrays): all zeroes is
+        // a valid value.
+        let mut event: Box<FileOpenEvent> = Box::new(unsafe { std::mem::zeroed() });
+        event.header = self.header(&p, Kind::FileOpen, flags);
+        event.ret = if p.decision.verdict == verdict::DENY {
+            -i64::from(libc::EPERM)
+        } else {
+            0
+        };
+        event.open_flags = p.call.flags.unwrap_or(0);
+        event.mode = p.call.mode;
+        event.dirfd = p.call.dirfd;
+        event.syscall = p.call.syscall;
+        event.matched_by = matched_by::LABEL;
+        event.watch_id = label.watch_id;
+        event.dev = p.file.dev;
+        event.ino = p.file.ino;
+        event.decision = p.decision;
+        if let Some((path, cut)) = &p.requested_path {
+            let n = path.len().min(PATH_LEN - 1);
+            event.path[..n].copy_from_slice(&path[..n]);
+            event.path_len = n as u32;
+            if *cut {
+                event.header.flags |= FLAG_TRUNCATED;
+            }
+        }
+        if let Some(opened) = opened {
+            let bytes = opened.as_os_str().as_encoded_bytes();
+            let n = bytes.len().min(NAMES_LEN - 1);
+            event.names[..n].copy_from_slice(&bytes[..n]);
+            event.names_len = n as u32 + 1;
+            event.names_count = 1;
+            if n < bytes.len() {
+                event.header.flags |= FLAG_TRUNCATED;
+            }
+        }
+        Record {
+            event: RawEvent::FileOpen(event),
+            process: p.process,
+        }
+    }
+
+    /// The header of a record about `p`'s opener.
+    fn header(&self, p: &Pending, kind: Kind, flags: u32) -> EventHeader {
+        let known = p.known.as_ref();
+        let mut comm = [0u8; COMM_LEN];
+        let name = known.map_or(&b""[..], |k| k.comm.as_bytes());
+        let n = name.len().min(COMM_LEN - 1);
+        comm[..n].copy_from_slice(&name[..n]);
+        EventHeader {
+            kind: kind as u32,
+            flags,
+            boot_ns: p.boot_ns,
+            pid: p.opener.tid,
+            tgid: p.opener.tgid,
+            ppid: p.opener.ppid,
+            uid: p.opener.uid,
+            gid: p.opener.gid,
+            loginuid: known.map_or(u32::MAX, |k| k.loginuid),
+            sessionid: known.map_or(u32::MAX, |k| k.sessionid),
+            _pad: 0,
+            cgroup_id: p.cgroup_id,
+            start_boot_ns: known.map_or(0, |k| k.start_ticks) * self.ns_per_tick,
+            comm,
+        }
+    }
+
+    /// The `Exec` record of a refused exec, as the BPF LSM program writes it: the process keeps
+    /// its old image (`FLAG_EXEC_REFUSED`).
+    fn exec_record(&self, p: Pending, program: Option<PathBuf>) -> Record {
+        // SAFETY: `ExecEvent` is plain old data (integers and byte arrays): all zeroes is a
+        // valid value.
+        let mut event: Box<ExecEvent> = Box::new(unsafe { std::mem::zeroed() });
+        let mut flags = FLAG_EXEC_REFUSED;
+        if p.call.compat {
+            flags |= FLAG_COMPAT_SYSCALL;
+        }
+        event.header = self.header(&p, Kind::Exec, flags);
+        event.old_pid = p.opener.tid;
+        event.decision = p.decision;
+        let name = match (&p.requested_path, &program) {
+            (Some((path, cut)), _) if p.call.syscall == agent_common::event::open_syscall::EXEC => {
+                if *cut {
+                    event.header.flags |= FLAG_TRUNCATED;
+                }
+                path.clone()
+            }
+            (_, Some(program)) => program.as_os_str().as_encoded_bytes().to_vec(),
+            _ => Vec::new(),
+        };
+        let n = name.len().min(PATH_LEN - 1);
+        event.filename[..n].copy_from_slice(&name[..n]);
+        event.filename_len = n as u32;
+        Record {
+            event: RawEvent::Exec(event),
+            process: p.process,
+        }
+    }
+}
+
+/// `CLOCK_BOOTTIME` now, in nanoseconds (the kernel programs' time base).
+fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// The cgroup v2 id (the cgroup directory's inode number, as `bpf_get_current_cgroup_id`) of a
+/// thread, from `/proc/<tid>/cgroup` and the v2 mount at `root`.
+fn cgroup_of(root: &Path, tid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let text = std::fs::read_to_string(format!("/proc/{tid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = root.join(path.trim_start_matches('/'));
+    std::fs::metadata(dir).ok().map(|m| m.ino())
+}
+
+/// The (device, inode) of the file an `execve`/`execveat` call names: the path resolved against
+/// the caller's working directory or `dirfd` (an empty path with `AT_EMPTY_PATH`: the `dirfd`
+/// itself), through `/proc/<tid>` — by `stat`, which opens nothing.
+fn named_file(tid: u32, call: &OpenCall, path: &[u8]) -> Option<FileId> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+    let base = if call.dirfd == -100 {
+        PathBuf::from(format!("/proc/{tid}/cwd"))
+    } else {
+        PathBuf::from(format!("/proc/{tid}/fd/{}", call.dirfd))
+    };
+    let full = if path.as_os_str().is_empty() {
+        base
+    } else if path.is_absolute() {
+        PathBuf::from(format!("/proc/{tid}/root")).join(path.strip_prefix("/").ok()?)
+    } else {
+        base.join(path)
+    };
+    FileId::of(&full).ok()
+}
