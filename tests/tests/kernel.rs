@@ -18,7 +18,11 @@ use aya::maps::{MapData, RingBuf};
 use phiguard::{
     config::DatabaseConfig,
     event::decode::{decode, RawEvent},
-    kernel::{btf, loader::Sensors, mounts},
+    kernel::{
+        btf,
+        loader::{Enforcement, Sensors},
+        mounts,
+    },
     policy,
     watch::WatchSet,
 };
@@ -38,6 +42,7 @@ fn load(watched: &Path) -> (Sensors, RingBuf<MapData>) {
         &DatabaseConfig::default(),
         &cgroup_root,
         None,
+        &Enforcement::default(),
     )
     .unwrap_or_else(|e| panic!("programs did not load: {e}"));
     let ring = sensors.take_ring_buffer().expect("ring buffer");
