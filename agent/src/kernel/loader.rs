@@ -572,12 +572,12 @@ impl Sensors {
     /// what it found (empty: all as installed).
     pub fn check_integrity(&mut self) -> Vec<Finding> {
         let mut found = Vec::new();
-        let successor = self
+        let newer = self
             .ebpf()
             .map(agent_common::maps::AGENT)
             .and_then(map_data)
             .and_then(successor);
-        if let (Some(pid), None) = (successor, self.expected.superseded_by) {
+        if let (Some(pid), None) = (newer, self.expected.superseded_by) {
             self.expected.superseded_by = Some(pid);
             found.push(Finding {
                 kind: FindingKind::PinRemoved,
@@ -646,6 +646,11 @@ impl Sensors {
             let Some(data) = self.ebpf().map(snapshot.name).and_then(map_data) else {
                 continue;
             };
+            // A newer agent may have claimed the exemption since this check began: never
+            // write it back over a live successor (the next check reports the take-over).
+            if snapshot.name == agent_common::maps::AGENT && successor(data).is_some() {
+                continue;
+            }
             let d = match snapshot.current(data) {
                 Ok(current) => diff(&snapshot.entries, &current),
                 Err(e) => {

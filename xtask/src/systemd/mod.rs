@@ -325,6 +325,23 @@ fn enforce(c: &Container) -> anyhow::Result<()> {
         || deny_logged(c),
     )?;
     let status: serde_json::Value = serde_json::from_str(&c.ok("phiguard status --json")?)?;
+    // The layer the agent says decides file opens is the one its decisions name, and never
+    // the SIGKILL fallback where fanotify permission events exist (every kernel CI runs on).
+    let layer = status["status"]["enforcement"]["file"]
+        .as_str()
+        .context("phiguard status --json has no status.enforcement.file")?
+        .to_owned();
+    println!("systemd:     file opens decided by: {layer}");
+    ensure!(
+        layer != "signal",
+        "the packaged unit fell back to SIGKILL for files although the kernel has fanotify permission events"
+    );
+    let named = format!("ENFORCEMENT_LAYER_{}", layer.to_uppercase());
+    let decisions = c.ok("grep VERDICT_DENY /var/log/phiguard/events.jsonl")?;
+    ensure!(
+        decisions.contains(&named),
+        "the deny decisions do not name the layer in force ({named}):\n{decisions}"
+    );
     ensure!(
         status["status"]["policy_generation"].as_u64() == Some(1),
         "status policy_generation is not 1: {}",
