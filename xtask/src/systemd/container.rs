@@ -5,8 +5,9 @@
 //! copy, so a run never sees what an earlier one installed. PID 1 of this machine is not
 //! systemd: nspawn registers nothing (`--register=no`, `--keep-unit`) and runs in a cgroup
 //! made for it under every hierarchy. The container gets its own bpffs (never the host's: its
-//! pins vanish with it), tracefs and securityfs mounted as a host's systemd mounts them, `bpf`
-//! and `perf_event_open` in its system-call filter, and a private network (loopback only).
+//! pins vanish with it), tracefs and securityfs mounted as a host's systemd mounts them, the
+//! agent's system calls beyond nspawn's own filter (`bpf`, `perf_event_open`, fanotify's, and
+//! `process_vm_readv`), and a private network (loopback only).
 //!
 //! Commands run inside with `nsenter` into every namespace of the container's systemd.
 //! [`Container`] powers the container off and removes its cgroups, bpffs and files when it is
@@ -207,7 +208,8 @@ impl Container {
         let script = format!(
             "{joins}exec systemd-nspawn -D {root} --machine=phiguard-systemd-tier --boot \
              --register=no --keep-unit --private-network --capability=all \
-             --system-call-filter='bpf perf_event_open' --bind={bpffs}:/sys/fs/bpf \
+             --system-call-filter='bpf perf_event_open fanotify_init fanotify_mark process_vm_readv' \
+             --bind={bpffs}:/sys/fs/bpf \
              --console=pipe",
             root = dir.join("root").display(),
             bpffs = dir.join("bpffs").display(),

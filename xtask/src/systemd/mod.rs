@@ -331,15 +331,17 @@ fn enforce(c: &Container) -> anyhow::Result<()> {
         .as_str()
         .context("phiguard status --json has no status.enforcement.file")?
         .to_owned();
-    println!("systemd:     file opens decided by: {layer}");
-    ensure!(
-        layer != "signal",
-        "the packaged unit fell back to SIGKILL for files although the kernel has fanotify permission events"
-    );
-    let named = format!("ENFORCEMENT_LAYER_{}", layer.to_uppercase());
+    println!("systemd:     file opens: {layer}");
+    let named = if layer.starts_with("BPF LSM") {
+        "ENFORCEMENT_LAYER_LSM"
+    } else if layer.starts_with("fanotify") {
+        "ENFORCEMENT_LAYER_FANOTIFY"
+    } else {
+        bail!("the packaged unit fell back to SIGKILL for files although the kernel has fanotify permission events: {layer}")
+    };
     let decisions = c.ok("grep VERDICT_DENY /var/log/phiguard/events.jsonl")?;
     ensure!(
-        decisions.contains(&named),
+        decisions.contains(named),
         "the deny decisions do not name the layer in force ({named}):\n{decisions}"
     );
     ensure!(
