@@ -196,6 +196,29 @@ pub mod open_syscall {
     /// An open the fanotify layer saw outside any open-family call of the opener (io_uring,
     /// a kernel worker): the path and flags are unknown.
     pub const OTHER: u32 = 7;
+    /// BPF LSM `inode_setattr` changing the size (`truncate`, `ftruncate`, `O_TRUNC`).
+    pub const TRUNCATE: u32 = 8;
+    /// BPF LSM `inode_setattr` changing the mode (`chmod` family).
+    pub const CHMOD: u32 = 9;
+    /// BPF LSM `inode_setattr` changing the owner or group (`chown` family).
+    pub const CHOWN: u32 = 10;
+    /// BPF LSM `inode_setattr` changing times only (`utimes` family, `touch`).
+    pub const UTIMES: u32 = 11;
+    /// BPF LSM `inode_unlink`.
+    pub const UNLINK: u32 = 12;
+    /// BPF LSM `inode_rmdir`.
+    pub const RMDIR: u32 = 13;
+    /// BPF LSM `inode_rename` (the protected file moved, or one moved into or over it).
+    pub const RENAME: u32 = 14;
+    /// BPF LSM `inode_link` (a link to a protected file, or into a protected directory).
+    pub const LINK: u32 = 15;
+    /// BPF LSM `inode_setxattr`.
+    pub const SETXATTR: u32 = 16;
+    /// BPF LSM `inode_removexattr`.
+    pub const REMOVEXATTR: u32 = 17;
+    /// BPF LSM `inode_create`/`inode_mkdir`/`inode_mknod`/`inode_symlink` in a protected
+    /// directory.
+    pub const CREATE: u32 = 18;
 }
 
 /// `EventHeader::flags` of a [`FileOpenEvent`] from the fanotify layer: the opener used the
@@ -219,6 +242,10 @@ pub mod matched_by {
     /// it: a hard link, any depth); `path` holds the absolute path of the opened descriptor
     /// as the kernel names it, and the decision says which rule governs it.
     pub const LABEL: u32 = 5;
+    /// The BPF LSM found the inode labelled protected (`INODE_LABELS`): `names` holds the
+    /// dentry names from the inode up to the root of its filesystem, innermost first (the
+    /// root's name `/` last when the walk got there), `dev` the filesystem.
+    pub const LSM_LABEL: u32 = 6;
 }
 
 /// [`Kind::FileOpen`].

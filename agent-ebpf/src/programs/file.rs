@@ -13,7 +13,7 @@ use core::mem::offset_of;
 
 use agent_common::{
     event::{matched_by, open_syscall, FileOpenEvent, Kind, FLAG_TRUNCATED},
-    limits::{MAX_WALK_DEPTH, NAMES_LEN, NAME_MAX, PATH_LEN},
+    limits::{NAMES_LEN, NAME_MAX, PATH_LEN},
     maps::NO_WATCH,
     policy::{access, layer, verdict, Decision},
     program::Program,
@@ -38,6 +38,7 @@ use crate::{
         WATCHED_PREFIXES,
     },
     policy::{current_slot, decide, kill_current},
+    programs::label::label_of,
     syscall::SyscallArgs,
 };
 
@@ -202,15 +203,37 @@ fn opened(syscall: u32, ret: i64) -> ProbeResult {
     if unsafe { WATCHED_DEVS.get(dev) }.is_none() {
         return Err(ProbeError::Skip);
     }
-    let hit = or_skip(find_watch(dentry, dev, current_slot()))?;
+    let slot = current_slot();
+    let ino = dentry.ino().unwrap_or(0);
+    // A BPF LSM label (any depth, any name) first; else the bounded walk to a watch. Without
+    // BPF LSM the label map is empty.
+    let (rule, watch_id, observed, depth, matched) = match label_of(dev, slot, ino) {
+        Some(label) => (
+            label.rule_here,
+            label.watch_id,
+            label.observed,
+            MAX_NAMES_WALK,
+            matched_by::LSM_LABEL,
+        ),
+        None => {
+            let hit = or_skip(find_watch(dentry, dev, slot))?;
+            (
+                hit.rule(),
+                hit.value.watch_id,
+                hit.value.observed,
+                hit.depth,
+                matched_by::INODE,
+            )
+        }
+    };
     let call = OpenCall::read(syscall);
-    let mut decision = decide(hit.rule(), requested_access(call.flags), layer::SIGNAL);
+    let mut decision = decide(rule, requested_access(call.flags), layer::SIGNAL);
     if decision.verdict == verdict::DENY {
         kill_current();
     } else if fanotify_decides() {
         decision = Decision::NONE; // decided and reported by the fanotify layer
     }
-    if hit.value.observed == 0 && decision.verdict == verdict::NONE {
+    if observed == 0 && decision.verdict == verdict::NONE {
         // protected for another kind of access only (or reported elsewhere), not watched
         return Err(ProbeError::Skip);
     }
@@ -218,11 +241,11 @@ fn opened(syscall: u32, ret: i64) -> ProbeResult {
     read_path(&mut scratch.event, &call);
     start_record(scratch, &call, ret);
     scratch.event.decision = decision;
-    scratch.event.matched_by = matched_by::INODE;
-    scratch.event.watch_id = hit.value.watch_id;
+    scratch.event.matched_by = matched;
+    scratch.event.watch_id = watch_id;
     scratch.event.dev = dev;
-    scratch.event.ino = dentry.ino().unwrap_or(0);
-    copy_names(scratch, dentry, hit.depth);
+    scratch.event.ino = ino;
+    copy_names(scratch, dentry, depth);
     send(scratch)
 }
 
@@ -392,7 +415,7 @@ pub(crate) fn copy_names(scratch: &mut FileOpenScratch, dentry: Dentry, depth: u
     // outlives the call.
     unsafe {
         bpf_loop(
-            MAX_WALK_DEPTH,
+            MAX_NAMES_WALK,
             copy_name as *mut c_void,
             (&raw mut copy).cast(),
             0,
@@ -409,6 +432,9 @@ pub(crate) fn copy_names(scratch: &mut FileOpenScratch, dentry: Dentry, depth: u
     scratch.event.names_len = used as u32;
     scratch.event.names_count = copy.count;
 }
+
+/// Most names [`copy_names`] copies (`NAMES_LEN` bytes usually end it first).
+pub(crate) const MAX_NAMES_WALK: u32 = 64;
 
 /// One name of [`copy_names`], `level` levels above the start: 1 ends the walk.
 extern "C" fn copy_name(level: u64, ctx: *mut c_void) -> c_long {
@@ -435,6 +461,8 @@ extern "C" fn copy_name(level: u64, ctx: *mut c_void) -> c_long {
     copy.used = (start + copied + 1) as u64;
     copy.count += 1;
     match copy.dentry.parent() {
+        // The root of the filesystem is its own parent: its name (`/`) was the last one.
+        Ok(parent) if parent == copy.dentry => 1,
         Ok(parent) => {
             copy.dentry = parent;
             0

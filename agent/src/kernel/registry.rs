@@ -89,6 +89,18 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { name: "enforce_file_open", hook: Hook::Lsm { hook: "file_open" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused opens are enforced by fanotify permission events (EPERM) or, without them, by SIGKILL" },
     ProgramSpec { name: "enforce_bprm_check_security", hook: Hook::Lsm { hook: "bprm_check_security" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused execs are enforced by SIGKILL instead of EPERM" },
     ProgramSpec { name: "enforce_unix_stream_connect", hook: Hook::Lsm { hook: "unix_stream_connect" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: unix-socket database endpoints are not enforced" },
+    ProgramSpec { name: "enforce_d_instantiate", hook: Hook::Lsm { hook: "d_instantiate" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: files created in protected directories are labelled by the fanotify layer at their first open" },
+    ProgramSpec { name: "enforce_inode_create", hook: Hook::Lsm { hook: "inode_create" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: creating files in protected directories is not refused" },
+    ProgramSpec { name: "enforce_inode_mkdir", hook: Hook::Lsm { hook: "inode_mkdir" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: creating directories in protected directories is not refused" },
+    ProgramSpec { name: "enforce_inode_mknod", hook: Hook::Lsm { hook: "inode_mknod" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: mknod in protected directories is not refused" },
+    ProgramSpec { name: "enforce_inode_symlink", hook: Hook::Lsm { hook: "inode_symlink" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: symlinks in protected directories are not refused" },
+    ProgramSpec { name: "enforce_inode_setattr", hook: Hook::Lsm { hook: "inode_setattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: truncate, chmod, chown and utimes of protected files are not refused" },
+    ProgramSpec { name: "enforce_inode_unlink", hook: Hook::Lsm { hook: "inode_unlink" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: unlink of protected files is not refused" },
+    ProgramSpec { name: "enforce_inode_rmdir", hook: Hook::Lsm { hook: "inode_rmdir" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: rmdir of protected directories is not refused" },
+    ProgramSpec { name: "enforce_inode_rename", hook: Hook::Lsm { hook: "inode_rename" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: renames of, into and over protected files are not refused" },
+    ProgramSpec { name: "enforce_inode_link", hook: Hook::Lsm { hook: "inode_link" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: hard links to protected files are not refused" },
+    ProgramSpec { name: "enforce_inode_setxattr", hook: Hook::Lsm { hook: "inode_setxattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: setxattr on protected files is not refused" },
+    ProgramSpec { name: "enforce_inode_removexattr", hook: Hook::Lsm { hook: "inode_removexattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: removexattr on protected files is not refused" },
 ];
 
 /// The programs the agent attaches: all of them, except the database capture hooks (they run
