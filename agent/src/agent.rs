@@ -410,6 +410,23 @@ impl Agent {
         self.sensors.lsm_active()
     }
 
+    /// The programs that are not attached, each as `name (hook): why`.
+    pub fn programs_not_attached(&self) -> Vec<String> {
+        self.status
+            .programs
+            .iter()
+            .filter(|p| !p.attached)
+            .map(|p| {
+                format!(
+                    "{} ({}): {}",
+                    p.name,
+                    p.hook,
+                    p.error.as_deref().unwrap_or("?")
+                )
+            })
+            .collect()
+    }
+
     /// The layer that decides opens of protected files on this kernel.
     pub fn file_layer(&self) -> FileLayer {
         self.file_layer

@@ -24,6 +24,9 @@ pub const HOST_PROGRAMS: &[&str] = &[
     "/usr/bin/head",
     // enforce.rs: the writer the policies deny.
     "/usr/bin/tee",
+    // attacks.rs: a hard link made by the attacker, a directory walker.
+    "/usr/bin/ln",
+    "/usr/bin/find",
     // enforce.rs: the exec allow-list's listed and unlisted binaries.
     "/usr/bin/true",
     "/usr/bin/id",
@@ -71,6 +74,8 @@ pub struct Contents<'a> {
     pub tests: &'a [(String, PathBuf)],
     /// The `phiguard` binary (`PHIGUARD_BIN` in the VM).
     pub agent: &'a Path,
+    /// The attack tests' opener, built on the host (`PHIGUARD_OPENER` in the VM).
+    pub opener: &'a Path,
     /// Arguments for every test binary, after `--test-threads=1`.
     pub args: &'a [String],
 }
@@ -112,6 +117,8 @@ pub fn build(contents: &Contents, work: &Path) -> anyhow::Result<PathBuf> {
     }
     stripped_copy(contents.agent, &phiguard.join("bin/phiguard"))?;
     install_libraries(&root, contents.agent)?;
+    stripped_copy(contents.opener, &phiguard.join("bin/opener"))?;
+    install_libraries(&root, contents.opener)?;
     let list: String = contents
         .tests
         .iter()

@@ -126,6 +126,7 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
         bail!("no test binaries matched {:?}", args.tests);
     }
     let agent = agent_binary()?;
+    let opener = crate::fixtures::opener()?;
 
     step("kernel: looking for Debian's 6.12 cloud kernel");
     let kernel = vm_kernel::ensure()?;
@@ -141,6 +142,7 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
         &initramfs::Contents {
             tests: &tests,
             agent: &agent,
+            opener: &opener,
             args: &args.args,
         },
         &work,
@@ -159,12 +161,85 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
         args.timeout,
         log.display()
     ));
-    let report = boot(&kernel, &initrd, &log, Duration::from_secs(args.timeout))?;
+    let report = boot(
+        &kernel,
+        &initrd,
+        &log,
+        Duration::from_secs(args.timeout),
+        Lsm::WithBpf,
+    )?;
     counts.passed += report.counts.passed;
     counts.failed += report.counts.failed;
-    let verdict = report.verdict(&log);
+    let mut verdict = report.verdict(&log, Lsm::WithBpf);
+    if verdict.is_ok() && args.tests.is_empty() && args.args.is_empty() {
+        verdict = no_bpf_boot(&kernel, &tests, &agent, &opener, &work, counts);
+    }
     step(&format!(
         "{} in {:.0} s ({} passed, {} failed)",
+        if verdict.is_ok() { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64(),
+        report.counts.passed,
+        report.counts.failed
+    ));
+    verdict
+}
+
+/// Boots the same kernel with `bpf` left out of `lsm=` and runs [`NO_BPF_TESTS`] there.
+fn no_bpf_boot(
+    kernel: &VmKernel,
+    tests: &[(String, PathBuf)],
+    agent: &Path,
+    opener: &Path,
+    work: &Path,
+    counts: &mut Counts,
+) -> anyhow::Result<()> {
+    let attacks: Vec<(String, PathBuf)> = tests
+        .iter()
+        .filter(|(name, _)| name == "attacks")
+        .cloned()
+        .collect();
+    if attacks.is_empty() {
+        bail!("the attacks test binary was not built");
+    }
+    let work = work.join("no-bpf");
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let filters: Vec<String> = NO_BPF_TESTS.iter().map(|t| (*t).to_owned()).collect();
+    let initrd = initramfs::build(
+        &initramfs::Contents {
+            tests: &attacks,
+            agent,
+            opener,
+            args: &filters,
+        },
+        &work,
+    )?;
+    let log = work.join("console.log");
+    step(&format!(
+        "booting again with {} (no BPF LSM: the agent must fall back to fanotify); console in {}",
+        kernel.lsm_param_without_bpf(),
+        log.display()
+    ));
+    let started = Instant::now();
+    let report = boot(
+        kernel,
+        &initrd,
+        &log,
+        Duration::from_secs(DEFAULT_TIMEOUT),
+        Lsm::WithoutBpf,
+    )?;
+    counts.passed += report.counts.passed;
+    counts.failed += report.counts.failed;
+    let verdict = report.verdict(&log, Lsm::WithoutBpf);
+    if verdict.is_ok() && report.counts.passed < NO_BPF_TESTS.len() as u64 {
+        bail!(
+            "the boot without BPF LSM ran {} of the {} tests it should; console in {}",
+            report.counts.passed,
+            NO_BPF_TESTS.len(),
+            log.display()
+        );
+    }
+    step(&format!(
+        "without BPF LSM: {} in {:.0} s ({} passed, {} failed)",
         if verdict.is_ok() { "ok" } else { "FAILED" },
         started.elapsed().as_secs_f64(),
         report.counts.passed,
@@ -178,10 +253,7 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
 ///   processes and TLS, nothing kernel-specific beyond what the host tier covers.
 /// - `db`: starts real PostgreSQL and MariaDB servers (`initdb`, `pg_ctl`, `psql`, `pgbench`,
 ///   `mariadb-install-db`, `mariadbd`, `mariadb`).
-/// - `attacks`: builds its opener with `gcc` at test time (not in the initramfs), and the BPF
-///   LSM layer does not yet label inodes (a hard link made after load escapes it: issue 15,
-///   part 2). To run here once both are done.
-pub const HOST_ONLY_TESTS: &[&str] = &["collector", "agent_collector", "db", "attacks"];
+pub const HOST_ONLY_TESTS: &[&str] = &["collector", "agent_collector", "db"];
 
 /// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the
 /// library's unit tests first, then each test file by name (the order `cargo test` runs them).
@@ -249,6 +321,24 @@ fn artifacts(cargo: &mut Command) -> anyhow::Result<Vec<Value>> {
         .collect())
 }
 
+/// Which LSM list a boot gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lsm {
+    /// The kernel's default list, with `bpf` (added when the default lacks it).
+    WithBpf,
+    /// The default list without `bpf`: LSM programs load and attach but never run.
+    WithoutBpf,
+}
+
+/// The attack tests the boot without `bpf` in `lsm=` runs: enough to prove the agent sees that
+/// LSM programs would not run and falls back to fanotify (the tests fail on any other layer),
+/// that fanotify refuses an open there, and that a change without an open is not covered.
+const NO_BPF_TESTS: &[&str] = &[
+    "plain_open_by_an_unlisted_program_is_refused",
+    "a_hard_link_made_after_the_policy_loaded_is_refused",
+    "truncate_of_a_protected_file_is_refused_under_lsm",
+];
+
 /// QEMU, killed when dropped (every way out of [`boot`]).
 struct Qemu(Child);
 
@@ -296,8 +386,9 @@ impl Report {
         }
     }
 
-    /// Whether the tier passed: the VM reported, BPF LSM is active, every test passed.
-    fn verdict(&self, log: &Path) -> anyhow::Result<()> {
+    /// Whether the tier passed: the VM reported, BPF LSM is active (inactive for
+    /// [`Lsm::WithoutBpf`]), every test passed.
+    fn verdict(&self, log: &Path, lsm: Lsm) -> anyhow::Result<()> {
         let mut problems = Vec::new();
         if let Some(why) = &self.cut_short {
             problems.push(why.clone());
@@ -314,7 +405,14 @@ impl Report {
                 self.counts.failed
             )),
         }
-        if self.result.is_some() {
+        if self.result.is_some() && lsm == Lsm::WithoutBpf {
+            let active = self.lsm.as_deref().unwrap_or("");
+            if active.split(',').any(|l| l == "bpf") {
+                problems.push(format!(
+                    "BPF LSM is active although `bpf` was left out of lsm= (active LSMs: {active:?})"
+                ));
+            }
+        } else if self.result.is_some() {
             let lsm = self.lsm.as_deref().unwrap_or("");
             if !lsm.split(',').any(|l| l == "bpf") {
                 problems.push(format!(
@@ -372,11 +470,21 @@ fn printable(raw: &str) -> String {
 
 /// Boots the VM, echoing its console to the terminal and to `log`, until it powers off or
 /// `limit` passes.
-fn boot(kernel: &VmKernel, initrd: &Path, log: &Path, limit: Duration) -> anyhow::Result<Report> {
+fn boot(
+    kernel: &VmKernel,
+    initrd: &Path,
+    log: &Path,
+    limit: Duration,
+    lsm: Lsm,
+) -> anyhow::Result<Report> {
     let mut append = String::from("console=ttyS0 quiet panic=-1");
-    if let Some(lsm) = kernel.lsm_param() {
+    let param = match lsm {
+        Lsm::WithBpf => kernel.lsm_param(),
+        Lsm::WithoutBpf => Some(kernel.lsm_param_without_bpf()),
+    };
+    if let Some(param) = param {
         append.push(' ');
-        append.push_str(&lsm);
+        append.push_str(&param);
     }
     let mut qemu = Command::new("qemu-system-x86_64");
     // One host thread for both vCPUs: with multi-threaded TCG the guest kernel's live code
@@ -492,7 +600,7 @@ PHIGUARD-VM-RESULT rc=0
     #[test]
     fn a_clean_run_passes_and_is_counted() {
         let r = report(GOOD);
-        assert!(r.verdict(Path::new("log")).is_ok());
+        assert!(r.verdict(Path::new("log"), Lsm::WithBpf).is_ok());
         assert_eq!(r.result, Some(0));
         assert_eq!(r.counts.passed, 13);
     }
@@ -501,14 +609,27 @@ PHIGUARD-VM-RESULT rc=0
     fn missing_result_failed_tests_and_no_bpf_lsm_all_fail() {
         let log = Path::new("log");
         let no_result = GOOD.replace("PHIGUARD-VM-RESULT rc=0", "Kernel panic");
-        assert!(report(&no_result).verdict(log).is_err());
+        assert!(report(&no_result).verdict(log, Lsm::WithBpf).is_err());
         let failed = GOOD.replace("rc=0", "rc=101");
-        let error = report(&failed).verdict(log).unwrap_err().to_string();
+        let error = report(&failed)
+            .verdict(log, Lsm::WithBpf)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("rc=101"), "{error}");
         let no_bpf = GOOD.replace(",bpf,", ",");
-        let error = report(&no_bpf).verdict(log).unwrap_err().to_string();
+        let error = report(&no_bpf)
+            .verdict(log, Lsm::WithBpf)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("BPF LSM is not active"), "{error}");
+        let inactive = report(&no_bpf);
+        assert!(inactive.verdict(log, Lsm::WithoutBpf).is_ok());
+        let error = report(GOOD)
+            .verdict(log, Lsm::WithoutBpf)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("left out of lsm="), "{error}");
         let refused = GOOD.replace("is available", "is NOT available");
-        assert!(report(&refused).verdict(log).is_err());
+        assert!(report(&refused).verdict(log, Lsm::WithBpf).is_err());
     }
 }
