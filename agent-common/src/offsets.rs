@@ -95,6 +95,10 @@ pub struct KernelOffsets {
     pub skc_v6_daddr: u32,
     /// `sock_common.skc_v6_rcv_saddr` (local IPv6 address)
     pub skc_v6_rcv_saddr: u32,
+    /// `task_struct.signal`
+    pub task_signal: u32,
+    /// `signal_struct.live` (threads of the group not yet exiting, an `atomic_t`)
+    pub signal_live: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 44 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 46 * 4);

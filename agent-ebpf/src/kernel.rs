@@ -67,6 +67,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     skc_rcv_saddr: 0,
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
+    task_signal: 0,
+    signal_live: 0,
 };
 
 /// The offset of one field, read so the compiler cannot fold the load-time value away.
@@ -261,6 +263,14 @@ impl Task {
     #[inline(always)]
     pub fn sessionid(self) -> Result<u32, ReadError> {
         read(self.0, offset!(task_sessionid))
+    }
+
+    /// Threads of the task's thread group that have not begun exiting (`signal->live`): 0 once
+    /// the last one has.
+    #[inline(always)]
+    pub fn live_threads(self) -> Result<i32, ReadError> {
+        let signal: usize = read(self.0, offset!(task_signal))?;
+        read(signal, offset!(signal_live))
     }
 
     /// `task_struct.exit_code`.

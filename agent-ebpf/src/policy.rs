@@ -2,6 +2,7 @@
 
 use agent_common::{
     limits::MAX_WALK_DEPTH,
+    maps::NS_PER_TICK,
     policy::{
         access, layer, verdict, Decision, IdKey, RuleEntry, ScopeKey, SubjectKey, MAX_RULES,
         MAX_SUBJECTS, NO_RULE, NO_SUBJECT,
@@ -13,6 +14,7 @@ use aya_ebpf::{
 };
 
 use crate::{
+    identity::exe_of,
     kernel::{Dentry, FileId, Task},
     maps::{
         AGENT, EXEC_ALLOWED, EXEC_SCOPES, POLICY_SLOT, RULES, SUBJECT_EXE, SUBJECT_GID,
@@ -20,11 +22,18 @@ use crate::{
     },
 };
 
-/// Whether the current process is the agent itself: no policy applies to it.
+/// Whether the current process is the agent itself: no policy applies to it. Its pid alone is
+/// not enough: the process's start time must match too, so nothing outlives the agent.
 #[inline(always)]
 fn current_is_agent() -> bool {
-    let agent = AGENT.get(0).copied().unwrap_or(0);
-    agent != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 == agent
+    let Some(agent) = AGENT.get(0).copied() else {
+        return false;
+    };
+    agent.tgid != 0
+        && (bpf_get_current_pid_tgid() >> 32) as u32 == agent.tgid
+        && Task::current()
+            .leader_start_boot_ns()
+            .is_ok_and(|ns| ns / NS_PER_TICK == agent.start_ticks)
 }
 
 /// The policy slot in force. Read once per program run, so one run sees one policy set.
@@ -63,12 +72,6 @@ fn file_mask(map: &HashMap<SubjectKey, u64>, rule: u32, file: Option<FileId>) ->
 fn id_mask(map: &HashMap<IdKey, u64>, rule: u32, id: u32) -> u64 {
     // SAFETY: the value is a plain u64 copied out at once.
     unsafe { map.get(IdKey { rule, id }) }.copied().unwrap_or(0)
-}
-
-/// The executable of a task, as (device, inode).
-#[inline(always)]
-fn exe_of(task: Task) -> Option<FileId> {
-    task.exe_dentry().ok()?.id().ok()
 }
 
 /// The rule's subjects that the current process is: one bit per subject.

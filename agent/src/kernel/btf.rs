@@ -141,6 +141,8 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         skc_rcv_saddr: field("sock_common", "skc_rcv_saddr")?,
         skc_v6_daddr: field("sock_common", "skc_v6_daddr")?,
         skc_v6_rcv_saddr: field("sock_common", "skc_v6_rcv_saddr")?,
+        task_signal: field("task_struct", "signal")?,
+        signal_live: field("signal_struct", "live")?,
     })
 }
 
@@ -254,6 +256,8 @@ mod tests {
             ("sock_common", "skc_rcv_saddr", offsets.skc_rcv_saddr),
             ("sock_common", "skc_v6_daddr", offsets.skc_v6_daddr),
             ("sock_common", "skc_v6_rcv_saddr", offsets.skc_v6_rcv_saddr),
+            ("task_struct", "signal", offsets.task_signal),
+            ("signal_struct", "live", offsets.signal_live),
         ] {
             assert_eq!(got, pahole(strukt, field), "{strukt}.{field}");
         }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::procfs::{self, ns_to_ticks, ProcSnapshot};
-use crate::paths;
+use crate::paths::{self, FileId};
 
 /// One process incarnation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +24,9 @@ pub struct Process {
     pub comm: String,
     /// Executable path.
     pub exe: Option<String>,
+    /// The executable's (device, inode) as the kernel recorded it at exec (None when the exec
+    /// was not seen): `exe` names this file.
+    pub exe_id: Option<FileId>,
     /// Arguments of the last exec.
     pub argv: Vec<String>,
     /// argv was cut in the kernel.
@@ -68,6 +71,8 @@ pub struct ExecInfo {
     pub ppid: u32,
     /// The file name passed to exec.
     pub filename: String,
+    /// The (device, inode) of the file the kernel executed.
+    pub exe_id: Option<FileId>,
     /// Arguments.
     pub argv: Vec<String>,
     /// argv was cut in the kernel.
@@ -102,6 +107,7 @@ impl Process {
             start_boot_ns: s.start_ticks * (1_000_000_000 / procfs::ticks_per_second()),
             comm: s.comm,
             exe: s.exe,
+            exe_id: None,
             argv: s.argv,
             argv_truncated: false,
             cwd: s.cwd,
@@ -175,9 +181,23 @@ impl ProcessTable {
     }
 
     /// Takes what `/proc` showed of a live process just now (fresher than an exec record not
-    /// yet read): it replaces the live entry of that pid.
+    /// yet read): it replaces the live entry of that pid — except the executable, where the
+    /// exec record of the same process (the file the kernel executed) beats `/proc` (the file
+    /// its memory map names, which the process can rewrite).
+    /// A snapshot of a process that has exited since (its exit record was read first) changes
+    /// nothing.
     pub fn observe(&mut self, snapshot: ProcSnapshot) {
-        self.insert_live(Process::from_snapshot(snapshot));
+        let mut process = Process::from_snapshot(snapshot);
+        if let Some(known) = self.get(process.tgid, process.start_boot_ns) {
+            if known.exited_at.is_some() {
+                return;
+            }
+            if known.exe_id.is_some() {
+                process.exe.clone_from(&known.exe);
+                process.exe_id = known.exe_id;
+            }
+        }
+        self.insert_live(process);
     }
 
     /// Replaces the live entry for a pid; an older incarnation still there is dead (its pid
@@ -266,11 +286,17 @@ impl ProcessTable {
         let canonical = |exe: Option<String>| {
             exe.map(|exe| std::fs::canonicalize(&exe).map_or(exe, |p| p.display().to_string()))
         };
+        process.exe_id = exec.exe_id;
         match procfs::read_process(tgid) {
             Ok(s) if s.start_ticks == ns_to_ticks(start_ns) => {
                 process.comm = s.comm;
-                // A zombie still has its `stat` but no longer its `exe` link.
-                process.exe = s.exe.or_else(|| canonical(process.exe.take()));
+                // A zombie still has its `stat` but no longer its `exe` link; and a process may
+                // have pointed its link at another file since its exec.
+                let same_file = exec.exe_id.is_none() || s.exe_id == exec.exe_id;
+                process.exe = s
+                    .exe
+                    .filter(|_| same_file)
+                    .or_else(|| canonical(process.exe.take()));
                 process.cwd = process.cwd.or(s.cwd);
                 process.container_id = s.container_id.or(process.container_id);
                 process.cgroup = s.cgroup.or(process.cgroup);
@@ -392,6 +418,51 @@ mod tests {
             ..Process::default()
         });
         t
+    }
+
+    #[test]
+    fn the_executed_file_beats_what_proc_shows_later() {
+        let mut t = table();
+        let executed = FileId { dev: 7, ino: 42 };
+        let exec = ExecInfo {
+            exe_id: Some(executed),
+            ..true_exec()
+        };
+        t.on_exec(4_000_001, 100 * TICK_NS, exec);
+        assert_eq!(
+            t.get(4_000_001, 100 * TICK_NS).unwrap().exe.as_deref(),
+            Some("/usr/bin/true")
+        );
+        // The process pointed its exe link at another program: /proc now names that one.
+        t.observe(ProcSnapshot {
+            tgid: 4_000_001,
+            exe: Some("/srv/allowed".into()),
+            exe_id: Some(FileId { dev: 7, ino: 99 }),
+            comm: "renamed".into(),
+            start_ticks: 100,
+            ..ProcSnapshot::default()
+        });
+        let p = t.get(4_000_001, 100 * TICK_NS).unwrap();
+        assert_eq!(
+            (p.exe.as_deref(), p.exe_id),
+            (Some("/usr/bin/true"), Some(executed))
+        );
+        assert_eq!(p.comm, "renamed", "the rest of the snapshot is taken");
+    }
+
+    #[test]
+    fn a_snapshot_of_a_process_that_has_exited_since_changes_nothing() {
+        let mut t = table();
+        t.on_exit(4_000_001, 100 * TICK_NS, 0);
+        t.observe(ProcSnapshot {
+            tgid: 4_000_001,
+            exe: None,
+            start_ticks: 100,
+            ..ProcSnapshot::default()
+        });
+        let p = t.get(4_000_001, 100 * TICK_NS).unwrap();
+        assert!(p.exited_at.is_some(), "still exited");
+        assert_eq!(p.exe.as_deref(), Some("/usr/bin/bash"));
     }
 
     #[test]
