@@ -50,6 +50,10 @@ pub const AGENT: &str = "AGENT";
 /// `CAP_SYS_ADMIN` in a user namespace of its own). Pinned while enforcing, so every
 /// generation of programs shares it.
 pub const EXEC_IDENTITY: &str = "EXEC_IDENTITY";
+/// Programs the SIGKILL layer never kills: [`InodeKey`] (slot 0) of the executable → `1`.
+pub const NEVER_KILL: &str = "NEVER_KILL";
+/// Programs [`NEVER_KILL`] holds at most.
+pub const MAX_NEVER_KILL: u32 = 256;
 /// Database TCP ports (`u32`, host byte order) → `1`.
 pub const DB_PORTS: &str = "DB_PORTS";
 /// Database unix sockets: [`InodeKey`] (slot 0) of the socket file → `1`.
@@ -73,6 +77,7 @@ pub const CONTROL_MAPS: &[&str] = &[
     EXEC_SCOPES,
     EXEC_ALLOWED,
     AGENT,
+    NEVER_KILL,
     DB_PORTS,
     DB_UNIX_SOCKETS,
 ];

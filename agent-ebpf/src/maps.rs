@@ -5,7 +5,7 @@ use agent_common::{
     limits::{
         MAX_WATCHED_INODES, MAX_WATCHED_PORTS, MAX_WATCHED_PREFIXES, PATH_LEN, RING_BUFFER_BYTES,
     },
-    maps::{AgentId, ExecIdentity, InodeKey, MAX_PROCESSES},
+    maps::{AgentId, ExecIdentity, InodeKey, MAX_NEVER_KILL, MAX_PROCESSES},
     policy::{
         IdKey, PortKey, RuleEntry, ScopeKey, SubjectKey, WatchValue, MAX_EXEC_SCOPES, MAX_RULES,
         MAX_SUBJECT_ENTRIES,
@@ -51,6 +51,10 @@ pub static WATCHED_PORTS: HashMap<PortKey, u32> =
 /// The agent's own process (tgid and start time).
 #[map]
 pub static AGENT: Array<AgentId> = Array::with_max_entries(1, 0);
+
+/// Programs the SIGKILL layer never kills, by (device, 0, inode) of the executable.
+#[map]
+pub static NEVER_KILL: HashMap<InodeKey, u32> = HashMap::with_max_entries(MAX_NEVER_KILL, 0);
 
 /// What each process executed, by global tgid (see `agent_common::maps::EXEC_IDENTITY`).
 #[map]

@@ -152,6 +152,7 @@ impl Agent {
             lsm_inactive: (!kernel_layers.bpf_lsm_active())
                 .then(|| kernel_layers.lsm_inactive_reason()),
             fanotify_files: planned == FileLayer::Fanotify,
+            never_kill: config.policy.never_kill.clone(),
         };
         let watches = WatchSet::new(&config.watch.paths, &config.watch.ports)?;
         let cgroup_root = mounts::cgroup2_root()?;

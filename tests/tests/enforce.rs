@@ -410,6 +410,79 @@ fn exec_allow_list_stops_unlisted_binaries_in_its_cgroup_only() {
 }
 
 #[test]
+fn the_sigkill_layer_spares_never_kill_programs_and_reports_their_refusals() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cgroup = TestCgroup::new();
+    let bin = tempfile::Builder::new()
+        .prefix("phiguard-never-kill-")
+        .tempdir()
+        .unwrap();
+    fs::set_permissions(bin.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // Scripts the exec rule lists, run by interpreters it does not: the SIGKILL layer decides
+    // the interpreter once it is in place (fanotify and LSM see the script's exec).
+    let script = |name: &str| {
+        let interpreter = bin.path().join(format!("{name}-interp"));
+        fs::copy("/usr/bin/true", &interpreter).unwrap();
+        let script = bin.path().join(format!("{name}.sh"));
+        fs::write(&script, format!("#!{}\n", interpreter.display())).unwrap();
+        for p in [&interpreter, &script] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        (interpreter, script)
+    };
+    let (spared_interp, spared_script) = script("spared");
+    let (killed_interp, killed_script) = script("killed");
+    let policy = format!(
+        "name: exec-test\nmode: enforce\nrules:\n  - name: service-binaries\n    exec:\n      allow: [/usr/bin/sh, /usr/bin/dash, {}, {}]\n      cgroup: {}\n",
+        spared_script.display(),
+        killed_script.display(),
+        cgroup.relative.display()
+    );
+    let policies = PolicyDir::new(&policy);
+    let mut config = policies.config();
+    config.policy.never_kill = vec![spared_interp.clone()];
+    let mut h = Harness::start_with(&config);
+    let spared = cgroup.run(&format!("exec {}", spared_script.display()));
+    let other = cgroup.run(&format!("exec {}", killed_script.display()));
+    if h.lsm {
+        // bprm_check_security refuses the interpreter with EPERM: no one is killed.
+        assert!(
+            refused(spared, true) && refused(other, true),
+            "{spared:?} {other:?}"
+        );
+        h.stop();
+        return;
+    }
+    assert!(
+        spared.success(),
+        "the never-kill interpreter ran: {spared:?}"
+    );
+    assert!(killed(other), "the other interpreter was killed: {other:?}");
+    let report = h.expect("the spared refusal, reported", |e| {
+        process(e).exe == spared_interp.display().to_string()
+            && decision(e).is_some_and(|d| {
+                d.verdict == v1::Verdict::WouldDeny as i32
+                    && d.layer == v1::EnforcementLayer::Spared as i32
+            })
+    });
+    let d = decision(&report).unwrap();
+    assert_eq!(
+        (d.policy.as_str(), d.rule.as_str(), d.access.as_slice()),
+        (
+            "exec-test",
+            "service-binaries",
+            ["exec".to_owned()].as_slice()
+        )
+    );
+    h.expect("the enforced refusal", |e| {
+        process(e).exe == killed_interp.display().to_string()
+            && verdict_is(e, v1::Verdict::Deny)
+            && decision(e).is_some_and(|d| d.layer == v1::EnforcementLayer::Signal as i32)
+    });
+    h.stop();
+}
+
+#[test]
 fn invalid_policy_is_refused_whole_and_a_valid_edit_takes_effect() {
     let tree = Tree::new();
     let file = tree.watched.join("rec.txt");

@@ -8,7 +8,7 @@ use agent_common::{
         FLAG_TRUNCATED,
     },
     limits::{ARGS_LEN, MAX_ARGS, PATH_LEN},
-    policy::{layer, verdict, Decision, NO_RULE},
+    policy::{layer, Decision, NO_RULE},
     program::Program,
 };
 use aya_ebpf::{
@@ -25,7 +25,7 @@ use crate::{
     identity,
     kernel::{copy_path_names, Binprm, PathNames, Task},
     maps::{EVENTS, EXEC_ARGS_SCRATCH},
-    policy::{current_slot, decide_exec, exec_rule, kill_current},
+    policy::{current_slot, decide_exec, enforce_by_signal, exec_rule},
 };
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`, raw
@@ -79,10 +79,7 @@ fn try_exec(ctx: &RawTracePointContext) -> ProbeResult {
     let bprm = Binprm::from_raw(ctx.arg::<u64>(2) as usize);
     let exe = bprm.file()?.dentry()?.id()?;
     identity::record_exec(Task::current(), exe)?;
-    let decision = exec_decision();
-    if decision.verdict == verdict::DENY {
-        kill_current();
-    }
+    let decision = enforce_by_signal(exec_decision());
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_lost(Kind::Exec);
         return Err(ProbeError::Lost);

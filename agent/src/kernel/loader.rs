@@ -13,7 +13,7 @@ use agent_common::{
     limits::PATH_LEN,
     maps::{
         db_process, AgentId, InodeKey, AGENT, CONTROL_MAPS, DB_JOIN, DB_PORTS, DB_PROCESSES,
-        DB_UNIX_SOCKETS, EVENTS, EXEC_IDENTITY, FANOTIFY_DECIDES_GLOBAL, FAULTS, LOST,
+        DB_UNIX_SOCKETS, EVENTS, EXEC_IDENTITY, FANOTIFY_DECIDES_GLOBAL, FAULTS, LOST, NEVER_KILL,
         OFFSETS_GLOBAL, WATCHED_PREFIXES,
     },
     offsets::KernelOffsets,
@@ -58,6 +58,8 @@ pub struct Enforcement {
     /// The fanotify layer decides and reports file opens: the open-exit programs report only
     /// the refusals they enforce themselves (opens the layer did not answer: the agent is down).
     pub fanotify_files: bool,
+    /// Programs the SIGKILL layer never kills (`[policy] never_kill`).
+    pub never_kill: Vec<PathBuf>,
 }
 
 /// How one program fared.
@@ -160,6 +162,7 @@ impl Sensors {
             source,
         })?;
         sensors.fill_database(database)?;
+        sensors.fill_never_kill(&enforcement.never_kill)?;
         for spec in registry::selected(database.is_enabled()) {
             let started = std::time::Instant::now();
             let error = match (&spec.hook, &enforcement.lsm_inactive) {
@@ -335,6 +338,39 @@ impl Sensors {
 
     /// Writes the database ports and unix sockets. A socket path that does not exist yet
     /// (the server is not running) is skipped with a warning.
+    /// Lists the programs the SIGKILL layer never kills, by (device, inode); a path that does
+    /// not exist now is logged and left out.
+    fn fill_never_kill(&mut self, programs: &[PathBuf]) -> Result<(), LoadError> {
+        let mut map: HashMap<_, InodeKey, u32> = HashMap::try_from(self.map_mut(NEVER_KILL)?)
+            .map_err(|source| LoadError::Map {
+                map: NEVER_KILL,
+                source,
+            })?;
+        for path in programs {
+            match FileId::of(path) {
+                Ok(id) => map
+                    .insert(
+                        InodeKey {
+                            dev: id.dev,
+                            slot: 0,
+                            ino: id.ino,
+                        },
+                        1,
+                        0,
+                    )
+                    .map_err(|source| LoadError::Map {
+                        map: NEVER_KILL,
+                        source,
+                    })?,
+                Err(e) => tracing::warn!(
+                    program = %path.display(),
+                    "never-kill program not listed in the kernel: {e}"
+                ),
+            }
+        }
+        Ok(())
+    }
+
     fn fill_database(&mut self, database: &DatabaseConfig) -> Result<(), LoadError> {
         let mut ports: HashMap<_, u32, u32> =
             HashMap::try_from(self.map_mut(DB_PORTS)?).map_err(|source| LoadError::Map {

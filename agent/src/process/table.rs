@@ -281,11 +281,10 @@ impl ProcessTable {
             .unwrap_or_default();
         process.exe = paths::resolve(filename, process.cwd.as_deref().map(Path::new))
             .map(|p| p.display().to_string());
-        // The exec'd path with symlinks such as /bin -> usr/bin resolved: what `/proc/PID/exe`
-        // would have said.
-        let canonical = |exe: Option<String>| {
-            exe.map(|exe| std::fs::canonicalize(&exe).map_or(exe, |p| p.display().to_string()))
-        };
+        // The exec'd path with symlinks such as /bin -> usr/bin resolved, or a script's
+        // interpreter: what `/proc/PID/exe` would have said.
+        let exe_id = exec.exe_id;
+        let canonical = |exe: Option<String>| exe.map(|exe| executed_path(exe, exe_id));
         process.exe_id = exec.exe_id;
         match procfs::read_process(tgid) {
             Ok(s) if s.start_ticks == ns_to_ticks(start_ns) => {
@@ -383,6 +382,35 @@ impl ProcessTable {
     }
 }
 
+/// The path of the file the kernel executed for an exec of `path`, the file being `executed`
+/// (when known): `path` with symlinks resolved, or — for a script — its interpreter (from the
+/// `#!` line, one level), provided it is that file. Otherwise `path` as it was given.
+fn executed_path(path: String, executed: Option<FileId>) -> String {
+    let resolved = std::fs::canonicalize(&path).map_or(path, |p| p.display().to_string());
+    let Some(executed) = executed else {
+        return resolved;
+    };
+    let is_executed = |p: &Path| FileId::of(p).ok() == Some(executed);
+    if is_executed(Path::new(&resolved)) {
+        return resolved;
+    }
+    interpreter_of(Path::new(&resolved))
+        .and_then(|interpreter| std::fs::canonicalize(interpreter).ok())
+        .filter(|interpreter| is_executed(interpreter))
+        .map_or(resolved, |interpreter| interpreter.display().to_string())
+}
+
+/// The interpreter a script's `#!` line names.
+fn interpreter_of(script: &Path) -> Option<String> {
+    use std::io::Read as _;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(script).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let line = std::str::from_utf8(line).ok()?.trim_start();
+    line.split_whitespace().next().map(str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,6 +476,24 @@ mod tests {
             (Some("/usr/bin/true"), Some(executed))
         );
         assert_eq!(p.comm, "renamed", "the rest of the snapshot is taken");
+    }
+
+    #[test]
+    fn a_script_that_exited_is_named_by_its_interpreter() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("job.sh");
+        std::fs::write(&script, "#!/usr/bin/true -x\n").unwrap();
+        let script = script.display().to_string();
+        let true_id = FileId::of(Path::new("/usr/bin/true")).ok();
+        let true_path = std::fs::canonicalize("/usr/bin/true").unwrap();
+        assert_eq!(
+            executed_path(script.clone(), true_id),
+            true_path.display().to_string()
+        );
+        // Unknown executed file, or one the line does not name: the path as given.
+        assert_eq!(executed_path(script.clone(), None), script);
+        let other = FileId::of(Path::new("/usr/bin/env")).ok();
+        assert_eq!(executed_path(script.clone(), other), script);
     }
 
     #[test]
