@@ -141,14 +141,24 @@ pub const NS_PER_TICK: u64 = 10_000_000;
 pub struct ExecIdentity {
     /// Kernel `dev_t` of the executable's super block.
     pub dev: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// [`identity_flags`].
+    pub flags: u32,
     /// Inode number of the executable.
     pub ino: u64,
     /// Start of the process (its thread-group leader) in clock ticks since boot
     /// (`start_boottime` / [`NS_PER_TICK`], as `/proc/PID/stat` shows it), so an entry left by
     /// a process whose pid was reused never names the new one.
     pub start_ticks: u64,
+}
+
+/// [`ExecIdentity::flags`].
+pub mod identity_flags {
+    /// The process may run code it was not executed with: it mapped executable code from a
+    /// file that is not the executable's and not root's alone (a preloaded or `dlopen`ed
+    /// library of a user, a memfd), or it was traced (`ptrace`) or written to
+    /// (`process_vm_writev`) by another process. It matches no `exe` subject until its next
+    /// exec.
+    pub const TAINTED: u32 = 1;
 }
 
 /// Processes whose executable [`EXEC_IDENTITY`] holds at once (more than `pid_max` allows by

@@ -69,6 +69,9 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     skc_v6_rcv_saddr: 0,
     task_signal: 0,
     signal_live: 0,
+    task_ptrace: 0,
+    inode_i_uid: 0,
+    inode_i_mode: 0,
 };
 
 /// The offset of one field, read so the compiler cannot fold the load-time value away.
@@ -273,6 +276,12 @@ impl Task {
         read(signal, offset!(signal_live))
     }
 
+    /// Whether the task is being traced (`task_struct.ptrace` non-zero).
+    #[inline(always)]
+    pub fn is_traced(self) -> Result<bool, ReadError> {
+        Ok(read::<u32>(self.0, offset!(task_ptrace))? != 0)
+    }
+
     /// `task_struct.exit_code`.
     #[inline(always)]
     pub fn exit_code(self) -> Result<u32, ReadError> {
@@ -423,6 +432,16 @@ impl Dentry {
             return Ok(0);
         }
         read(inode, offset!(inode_i_ino))
+    }
+
+    /// The inode's owner (uid in the initial user namespace) and mode bits.
+    #[inline(always)]
+    pub fn owner_and_mode(self) -> Result<(u32, u16), ReadError> {
+        let inode: usize = read(self.0, offset!(dentry_d_inode))?;
+        Ok((
+            read(inode, offset!(inode_i_uid))?,
+            read(inode, offset!(inode_i_mode))?,
+        ))
     }
 
     /// Parent dentry (the dentry itself at the root of its mount).

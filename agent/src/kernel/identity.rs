@@ -7,7 +7,7 @@ use std::{
     os::fd::{AsFd as _, OwnedFd},
 };
 
-use agent_common::maps::{AgentId, ExecIdentity};
+use agent_common::maps::{identity_flags::TAINTED, AgentId, ExecIdentity};
 
 use super::bpf_sys;
 use crate::{paths::FileId, process::procfs};
@@ -49,7 +49,8 @@ impl ExecIdentities {
     }
 
     /// The executable the kernel recorded for process `tgid` (a global pid), provided the record
-    /// is that of the process started at `start_ticks` (clock ticks, `/proc/PID/stat`).
+    /// is that of the process started at `start_ticks` (clock ticks, `/proc/PID/stat`) and the
+    /// process is not tainted (it may run code it was not executed with).
     pub fn exe_of(&self, tgid: u32, start_ticks: u64) -> Option<FileId> {
         let mut value = [0u8; size_of::<ExecIdentity>()];
         if !bpf_sys::map_lookup(self.map.as_fd(), &tgid.to_ne_bytes(), &mut value).ok()? {
@@ -57,7 +58,7 @@ impl ExecIdentities {
         }
         // SAFETY: `ExecIdentity` is plain `repr(C)` integers; any bytes are a valid value.
         let recorded: ExecIdentity = unsafe { std::ptr::read_unaligned(value.as_ptr().cast()) };
-        (recorded.start_ticks == start_ticks).then_some(FileId {
+        (recorded.start_ticks == start_ticks && recorded.flags & TAINTED == 0).then_some(FileId {
             dev: recorded.dev,
             ino: recorded.ino,
         })
@@ -89,7 +90,7 @@ impl ExecIdentities {
             };
             let value = ExecIdentity {
                 dev: exe.dev,
-                _pad: 0,
+                flags: 0,
                 ino: exe.ino,
                 start_ticks,
             };
