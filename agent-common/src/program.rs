@@ -56,6 +56,12 @@ pub enum Program {
     EnforceBprmCheckSecurity,
     /// `enforce_unix_stream_connect`.
     EnforceUnixStreamConnect,
+    /// `taint_sys_enter_mmap`.
+    TaintSysEnterMmap,
+    /// `taint_sys_enter_ptrace`.
+    TaintSysEnterPtrace,
+    /// `taint_sys_enter_process_vm_writev`.
+    TaintSysEnterProcessVmWritev,
     /// `enforce_d_instantiate`.
     EnforceDInstantiate,
     /// `enforce_inode_create`.
@@ -83,7 +89,7 @@ pub enum Program {
 }
 
 /// Number of programs (entries of the `FAULTS` map).
-pub const PROGRAM_COUNT: u32 = 37;
+pub const PROGRAM_COUNT: u32 = 40;
 
 impl Program {
     /// Every program, in index order.
@@ -113,6 +119,9 @@ impl Program {
         Program::EnforceFileOpen,
         Program::EnforceBprmCheckSecurity,
         Program::EnforceUnixStreamConnect,
+        Program::TaintSysEnterMmap,
+        Program::TaintSysEnterPtrace,
+        Program::TaintSysEnterProcessVmWritev,
         Program::EnforceDInstantiate,
         Program::EnforceInodeCreate,
         Program::EnforceInodeMkdir,
@@ -155,6 +164,9 @@ impl Program {
             Program::EnforceFileOpen => "enforce_file_open",
             Program::EnforceBprmCheckSecurity => "enforce_bprm_check_security",
             Program::EnforceUnixStreamConnect => "enforce_unix_stream_connect",
+            Program::TaintSysEnterMmap => "taint_sys_enter_mmap",
+            Program::TaintSysEnterPtrace => "taint_sys_enter_ptrace",
+            Program::TaintSysEnterProcessVmWritev => "taint_sys_enter_process_vm_writev",
             Program::EnforceDInstantiate => "enforce_d_instantiate",
             Program::EnforceInodeCreate => "enforce_inode_create",
             Program::EnforceInodeMkdir => "enforce_inode_mkdir",

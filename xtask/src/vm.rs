@@ -253,7 +253,9 @@ fn no_bpf_boot(
 ///   processes and TLS, nothing kernel-specific beyond what the host tier covers.
 /// - `db`: starts real PostgreSQL and MariaDB servers (`initdb`, `pg_ctl`, `psql`, `pgbench`,
 ///   `mariadb-install-db`, `mariadbd`, `mariadb`).
-pub const HOST_ONLY_TESTS: &[&str] = &["collector", "agent_collector", "db"];
+/// - `subjects`: builds its fixtures with `gcc` at test time (not in the initramfs); to run
+///   here once xtask builds them ahead of time, as it does the attack tests' opener.
+pub const HOST_ONLY_TESTS: &[&str] = &["collector", "agent_collector", "db", "subjects"];
 
 /// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the
 /// library's unit tests first, then each test file by name (the order `cargo test` runs them).

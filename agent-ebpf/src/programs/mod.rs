@@ -7,3 +7,4 @@ pub mod integrity;
 pub mod label;
 pub mod net;
 pub mod process;
+pub mod taint;
