@@ -194,7 +194,7 @@ pub mod open_syscall {
     pub const OPENAT: u32 = 2;
     /// `openat2(2)`.
     pub const OPENAT2: u32 = 3;
-    /// `creat(2)` (fanotify layer only: the kernel programs do not hook it).
+    /// `creat(2)` (the fanotify layer, and BPF LSM `file_open`; no open-exit program hooks it).
     pub const CREAT: u32 = 4;
     /// `open_by_handle_at(2)` (fanotify layer only).
     pub const OPEN_BY_HANDLE_AT: u32 = 5;

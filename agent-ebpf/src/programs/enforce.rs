@@ -118,8 +118,8 @@ fn try_open(file: File) -> ProbeResult<i32> {
     if decision.verdict != verdict::DENY {
         return Ok(0);
     }
-    if in_open_call {
-        // The call's exit program must not report it a second time.
+    if in_open_call && call.syscall != agent_common::event::open_syscall::CREAT {
+        // The call's exit program must not report it a second time (`creat` has none).
         let _ = REFUSED_OPENS.insert(bpf_get_current_pid_tgid(), 1, 0);
     }
     // The refusal stands whether or not its record goes out.

@@ -121,6 +121,9 @@ struct OpenHow {
 const NR_OPEN: u64 = 2;
 const NR_OPENAT: u64 = 257;
 const NR_OPENAT2: u64 = 437;
+const NR_CREAT: u64 = 85;
+/// The flags `creat(2)` opens with: `O_CREAT | O_WRONLY | O_TRUNC`.
+const CREAT_FLAGS: u32 = 0o1101;
 
 impl OpenCall {
     /// An open that did not come through an `open*` call (exec, io_uring…): nothing known.
@@ -152,6 +155,13 @@ impl OpenCall {
                 dirfd: args.arg(0) as i32,
                 syscall,
             },
+            open_syscall::CREAT => OpenCall {
+                path: args.arg(0),
+                flags: CREAT_FLAGS,
+                mode: args.arg(1) as u32,
+                dirfd: AT_FDCWD,
+                syscall,
+            },
             _ => {
                 // SAFETY: `how` is a user pointer, read with the checked helper.
                 let how = unsafe { bpf_probe_read_user(args.arg(2) as *const OpenHow) }
@@ -174,6 +184,7 @@ impl OpenCall {
             NR_OPEN => open_syscall::OPEN,
             NR_OPENAT => open_syscall::OPENAT,
             NR_OPENAT2 => open_syscall::OPENAT2,
+            NR_CREAT => open_syscall::CREAT,
             _ => return None,
         };
         Some(OpenCall::read(syscall))
