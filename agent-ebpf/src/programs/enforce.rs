@@ -118,8 +118,10 @@ fn try_open(file: File) -> ProbeResult<i32> {
     if decision.verdict != verdict::DENY {
         return Ok(0);
     }
-    if in_open_call && call.syscall != agent_common::event::open_syscall::CREAT {
-        // The call's exit program must not report it a second time (`creat` has none).
+    if in_open_call && call.compat == 0 && call.syscall != agent_common::event::open_syscall::CREAT
+    {
+        // The call's exit program must not report it a second time (`creat` and the 32-bit
+        // entry have none).
         let _ = REFUSED_OPENS.insert(bpf_get_current_pid_tgid(), 1, 0);
     }
     // The refusal stands whether or not its record goes out.
@@ -127,6 +129,9 @@ fn try_open(file: File) -> ProbeResult<i32> {
         Some(scratch) => {
             read_path(&mut scratch.event, &call);
             start_record(scratch, &call, i64::from(EPERM));
+            if call.compat != 0 {
+                scratch.event.header.flags |= agent_common::event::FLAG_COMPAT_SYSCALL;
+            }
             scratch.event.decision = decision;
             scratch.event.watch_id = watch_id;
             scratch.event.dev = dev;

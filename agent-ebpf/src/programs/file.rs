@@ -107,6 +107,8 @@ pub(crate) struct OpenCall {
     pub dirfd: i32,
     /// `open_syscall` code (0: not an `open*` call).
     pub syscall: u32,
+    /// 1 for a call through the 32-bit entry (`int 0x80`), else 0.
+    pub compat: u32,
 }
 
 /// `struct open_how`'s first two fields.
@@ -122,6 +124,10 @@ const NR_OPEN: u64 = 2;
 const NR_OPENAT: u64 = 257;
 const NR_OPENAT2: u64 = 437;
 const NR_CREAT: u64 = 85;
+// The same calls through the 32-bit entry (`int 0x80`).
+const NR32_OPEN: u64 = 5;
+const NR32_CREAT: u64 = 8;
+const NR32_OPENAT: u64 = 295;
 /// The flags `creat(2)` opens with: `O_CREAT | O_WRONLY | O_TRUNC`.
 const CREAT_FLAGS: u32 = 0o1101;
 
@@ -133,6 +139,7 @@ impl OpenCall {
         mode: 0,
         dirfd: 0,
         syscall: 0,
+        compat: 0,
     };
 
     /// The current task's `open*` call of kind `syscall` (an `open_syscall` code), read back
@@ -147,6 +154,7 @@ impl OpenCall {
                 mode: args.arg(2) as u32,
                 dirfd: AT_FDCWD,
                 syscall,
+                compat: 0,
             },
             open_syscall::OPENAT => OpenCall {
                 path: args.arg(1),
@@ -154,6 +162,7 @@ impl OpenCall {
                 mode: args.arg(3) as u32,
                 dirfd: args.arg(0) as i32,
                 syscall,
+                compat: 0,
             },
             open_syscall::CREAT => OpenCall {
                 path: args.arg(0),
@@ -161,6 +170,7 @@ impl OpenCall {
                 mode: args.arg(1) as u32,
                 dirfd: AT_FDCWD,
                 syscall,
+                compat: 0,
             },
             _ => {
                 // SAFETY: `how` is a user pointer, read with the checked helper.
@@ -172,19 +182,53 @@ impl OpenCall {
                     mode: how.mode as u32,
                     dirfd: args.arg(0) as i32,
                     syscall,
+                    compat: 0,
                 }
             }
         }
     }
 
-    /// The `open*` call the current task is in, if it is in one.
+    /// The `open*` call the current task is in, if it is in one. (Only for LSM hooks: the
+    /// 32-bit entry's numbers are recognised because the 64-bit calls with the same numbers —
+    /// `fstat`, `lseek`, `preadv` — never open a file.)
     #[inline(always)]
     pub(crate) fn current() -> Option<OpenCall> {
-        let syscall = match SyscallArgs::current().nr() {
+        let args = SyscallArgs::current();
+        let syscall = match args.nr() {
             NR_OPEN => open_syscall::OPEN,
             NR_OPENAT => open_syscall::OPENAT,
             NR_OPENAT2 => open_syscall::OPENAT2,
             NR_CREAT => open_syscall::CREAT,
+            NR32_OPEN => {
+                return Some(OpenCall {
+                    path: args.compat_arg(0),
+                    flags: args.compat_arg(1) as u32,
+                    mode: args.compat_arg(2) as u32,
+                    dirfd: AT_FDCWD,
+                    syscall: open_syscall::OPEN,
+                    compat: 1,
+                })
+            }
+            NR32_CREAT => {
+                return Some(OpenCall {
+                    path: args.compat_arg(0),
+                    flags: CREAT_FLAGS,
+                    mode: args.compat_arg(1) as u32,
+                    dirfd: AT_FDCWD,
+                    syscall: open_syscall::CREAT,
+                    compat: 1,
+                })
+            }
+            NR32_OPENAT => {
+                return Some(OpenCall {
+                    path: args.compat_arg(1),
+                    flags: args.compat_arg(2) as u32,
+                    mode: args.compat_arg(3) as u32,
+                    dirfd: args.compat_arg(0) as i32,
+                    syscall: open_syscall::OPENAT,
+                    compat: 1,
+                })
+            }
             _ => return None,
         };
         Some(OpenCall::read(syscall))
