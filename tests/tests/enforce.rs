@@ -757,6 +757,40 @@ fn refusals_made_while_no_agent_ran_are_reported_by_the_next_agent() {
 }
 
 #[test]
+fn an_agent_takes_over_from_one_whose_exemption_had_the_older_layout() {
+    use phiguard::kernel::pins;
+    let tree = Tree::new();
+    let policies = PolicyDir::new(&records_policy("enforce", &tree.watched, &["/usr/bin/cat"]));
+    let _cleanup = UnloadOnDrop;
+    // What an agent from before the exemption held a start time left pinned: a bare u32.
+    let root = Path::new(pins::PIN_DIR);
+    pins::create_dir(root).unwrap();
+    let agent_pin = pins::agent_map_path(root);
+    let created = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&agent_pin)
+        .args([
+            "type", "array", "key", "4", "value", "4", "entries", "1", "name", "AGENT",
+        ])
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    assert!(created.status.success(), "{created:?}");
+    let mut agent = AgentProcess::start(policies.dir.path());
+    let shown = Command::new("bpftool")
+        .args(["map", "show", "pinned"])
+        .arg(&agent_pin)
+        .arg("-j")
+        .output()
+        .unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        shown["bytes_value"], 16,
+        "the new agent pinned an exemption of its own layout: {shown}"
+    );
+    agent.kill(nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
 fn a_process_given_the_dead_agents_pid_is_not_exempt() {
     use nix::sys::signal::Signal;
     let tree = Tree::new();

@@ -12,9 +12,9 @@ use agent_common::{
     event::KIND_COUNT,
     limits::PATH_LEN,
     maps::{
-        db_process, AgentId, InodeKey, AGENT, CONTROL_MAPS, DB_JOIN, DB_PORTS, DB_PROCESSES,
-        DB_UNIX_SOCKETS, EVENTS, EXEC_IDENTITY, FANOTIFY_DECIDES_GLOBAL, FAULTS, LOST, NEVER_KILL,
-        OFFSETS_GLOBAL, WATCHED_PREFIXES,
+        db_process, AgentId, ExecIdentity, InodeKey, AGENT, CONTROL_MAPS, DB_JOIN, DB_PORTS,
+        DB_PROCESSES, DB_UNIX_SOCKETS, EVENTS, EXEC_IDENTITY, FANOTIFY_DECIDES_GLOBAL, FAULTS,
+        LOST, NEVER_KILL, OFFSETS_GLOBAL, WATCHED_PREFIXES,
     },
     offsets::KernelOffsets,
     program::PROGRAM_COUNT,
@@ -133,7 +133,9 @@ impl Sensors {
             // Shared with the programs a previous agent pinned (see `pins::claim`).
             pins::create_dir(root)?;
             loader.map_pin_path(AGENT, pins::agent_map_path(root));
-            loader.map_pin_path(EXEC_IDENTITY, pins::exec_identity_path(root));
+            let identities = pins::exec_identity_path(root);
+            pins::drop_other_layout(&identities, size_of::<ExecIdentity>());
+            loader.map_pin_path(EXEC_IDENTITY, identities);
         }
         let ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         let mut sensors = Sensors {
