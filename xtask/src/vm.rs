@@ -181,6 +181,7 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
 /// - `attacks`: builds its opener with `gcc` at test time (not in the initramfs), and the BPF
 ///   LSM layer does not yet label inodes (a hard link made after load escapes it: issue 15,
 ///   part 2). To run here once both are done.
+/// - `subjects`: builds its forger, libraries and helpers with `gcc` at test time.
 pub const HOST_ONLY_TESTS: &[&str] = &["collector", "agent_collector", "db", "attacks", "subjects"];
 
 /// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the
