@@ -319,9 +319,16 @@ impl Checkpointer {
             .as_mut()
         {
             let path = self.export.file.as_deref().unwrap_or(Path::new(""));
-            file.write_all(format!("{line}\n").as_bytes())
-                .and_then(|()| file.sync_data())
-                .map_err(io_err(path))?;
+            // On a full disk, cut a half-written line off again: one torn line would make
+            // the whole file unreadable for `verify`.
+            let before = file.metadata().map_err(io_err(path))?.len();
+            let written = file
+                .write_all(format!("{line}\n").as_bytes())
+                .and_then(|()| file.sync_data());
+            if let Err(source) = written {
+                let _ = file.set_len(before).and_then(|()| file.sync_data());
+                return Err(io_err(path)(source));
+            }
         }
         if self.export.syslog {
             if let Err(error) = send_syslog(&format!("checkpoint {line}")) {

@@ -13,6 +13,8 @@ pub mod alert;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;
+pub mod faults;
+pub mod health;
 pub mod identity;
 pub mod liveness;
 pub mod server;
