@@ -32,9 +32,10 @@ use tracing::{error, info, warn};
 use crate::{
     checkpoint::{self, Checkpointer, Signer},
     config::Config,
+    health::{self, StoreHealth},
     identity::Peer,
     liveness::{self, Liveness},
-    store::{Store, StoreError},
+    store::{Record, Store, StoreError},
     stream::{self, Filter, Hub, Start},
     tamper::TamperWatch,
     tls::{self, AcceptLimits},
@@ -219,6 +220,7 @@ pub struct CollectorService {
     stopping: watch::Receiver<bool>,
     liveness: Arc<Liveness>,
     tamper: Arc<TamperWatch>,
+    health: Arc<StoreHealth>,
 }
 
 fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
@@ -252,6 +254,32 @@ impl CollectorService {
             Ok(Err(error)) => error!(%error, "storing an alert failed"),
             Err(error) => error!(%error, "alert task failed"),
         }
+    }
+
+    /// A batch of `agent` could not be stored: the first time in an outage, subscribers get
+    /// a live alert (not stored: the store is what fails) and the log a line.
+    fn store_failed(&self, agent: &str, error: &StoreError) {
+        let Some(alert) = self
+            .health
+            .failed(agent, error, tokio::time::Instant::now())
+        else {
+            return;
+        };
+        if let Some(v1::event::Body::Alert(a)) = &alert.body {
+            warn!(
+                agent,
+                kind = "ALERT_KIND_STORE_FAILING",
+                "alert: {}",
+                a.message
+            );
+        }
+        let received = alert.time.map_or(0, |t| t.seconds);
+        self.hub.publish(&[Arc::new(Record {
+            agent: Arc::from(agent),
+            index: 0,
+            event: alert,
+            received,
+        })]);
     }
 
     /// A sign of life from `agent`: raises the reconnection alert when it had been silent.
@@ -313,12 +341,9 @@ impl CollectorService {
             let appended = match appended {
                 Ok(Ok(appended)) => appended,
                 Ok(Err(store_error)) => {
-                    error!(agent = %identity, error = %store_error, "storing a batch failed");
-                    let _ = tx
-                        .send(Err(Status::unavailable(
-                            "the collector could not store the batch",
-                        )))
-                        .await;
+                    error!(agent = %identity, error = %store_error, full = store_error.is_full(), "storing a batch failed: refused, not acknowledged");
+                    self.store_failed(&identity, &store_error);
+                    let _ = tx.send(Err(health::refusal(&store_error))).await;
                     return;
                 }
                 Err(join) => {
@@ -327,6 +352,9 @@ impl CollectorService {
                     return;
                 }
             };
+            if let Some(recovered) = self.health.stored(&identity, tokio::time::Instant::now()) {
+                self.raise(&identity, recovered).await;
+            }
             let alerts = self
                 .tamper
                 .observe(&identity, appended.records.iter().map(|r| &r.event));
@@ -445,6 +473,7 @@ impl BoundCollector {
             max_batch_events: config.server.max_batch_events,
             liveness: Arc::new(Liveness::new(config.liveness.silent_after)),
             tamper: Arc::new(TamperWatch::new()),
+            health: Arc::new(StoreHealth::new()),
         };
         Ok(BoundCollector {
             config,
@@ -480,6 +509,11 @@ impl BoundCollector {
                 max_connections: config.server.max_connections,
             },
         );
+        for repair in service.store.take_repairs() {
+            service
+                .raise(&repair.agent, health::repaired_alert(&repair))
+                .await;
+        }
         let timers = tokio::spawn(timers(service.clone()));
         let silence = tokio::spawn(watch_silence(service.clone()));
         info!(
