@@ -118,6 +118,18 @@ impl CollectorProc {
         )
     }
 
+    /// Like [`CollectorProc::start`] with `extra_store` in `[store]` instead of the 64 KiB
+    /// segments (the store directory is `work/store`, which may be a mount point).
+    pub fn start_with_store(work: &Path, pki: &Pki, extra_store: &str) -> CollectorProc {
+        Self::configure(
+            work,
+            pki,
+            "",
+            extra_store,
+            "every_records = 500\nevery_secs = 1\n",
+        )
+    }
+
     /// The same with the collector's default segment size and checkpoint cadence, as a
     /// benchmark should measure it.
     pub fn start_with_defaults(work: &Path, pki: &Pki) -> CollectorProc {
