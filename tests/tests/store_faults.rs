@@ -140,7 +140,7 @@ fn alert_kinds(events: &[v1::Event]) -> Vec<v1::AlertKind> {
         .collect()
 }
 
-/// Waits for a live alert of `kind` on `stream`.
+/// Waits for a live alert of `kind` on `stream` (printed as JSON).
 fn wait_alert(
     rt: &Runtime,
     stream: &mut tonic::Streaming<v1::Event>,
@@ -149,11 +149,14 @@ fn wait_alert(
     rt.block_on(async {
         loop {
             match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
-                Ok(Ok(Some(v1::Event {
-                    body: Some(Body::Alert(a)),
-                    ..
-                }))) if a.kind == kind as i32 => return a,
-                Ok(Ok(Some(_))) => {}
+                Ok(Ok(Some(event))) => {
+                    if let Some(Body::Alert(a)) = &event.body {
+                        if a.kind == kind as i32 {
+                            eprintln!("{}", serde_json::to_string_pretty(&event).unwrap());
+                            return a.clone();
+                        }
+                    }
+                }
                 other => panic!("no {kind:?} alert: {other:?}"),
             }
         }
@@ -241,6 +244,9 @@ fn a_full_store_disk_refuses_alerts_and_resumes_by_itself_losing_nothing_acknowl
         "every event once, in order"
     );
     let kinds = alert_kinds(&events);
+    for e in events.iter().filter(|e| matches!(&e.body, Some(Body::Alert(a)) if a.kind == v1::AlertKind::StoreRecovered as i32)) {
+        eprintln!("{}", serde_json::to_string_pretty(e).unwrap());
+    }
     assert!(!kinds.contains(&v1::AlertKind::SequenceGap), "{kinds:?}");
     assert!(
         kinds.contains(&v1::AlertKind::StoreRecovered),
