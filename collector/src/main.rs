@@ -61,6 +61,10 @@ enum Command {
         /// the signing key).
         #[arg(long)]
         public_key: Option<String>,
+        /// Check the chains alone when there is no signed checkpoint at all (otherwise that
+        /// is a failure: a chain rewritten from scratch or cut short would go unnoticed).
+        #[arg(long)]
+        allow_no_checkpoints: bool,
     },
     /// Follow events from a collector, one readable line each (or JSON with --json).
     Tail(Box<TailArgs>),
@@ -129,7 +133,14 @@ fn main() -> ExitCode {
             agent,
             checkpoints,
             public_key,
-        } => run_verify(&config, agent, checkpoints, public_key),
+            allow_no_checkpoints,
+        } => run_verify(
+            &config,
+            agent,
+            checkpoints,
+            public_key,
+            allow_no_checkpoints,
+        ),
         Command::Tail(args) => run_tail(*args),
         Command::Man => man(),
     };
@@ -215,6 +226,21 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
+        // SIGHUP (`systemctl reload`) never ends the collector: it reads the TLS files again.
+        let mut hangup = signal(SignalKind::hangup())?;
+        let reloader = collector.reloader();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                match reloader.reload() {
+                    Ok(()) => {
+                        tracing::info!("SIGHUP: TLS files read again; new connections use them")
+                    }
+                    Err(error) => tracing::error!(
+                        "SIGHUP: TLS files not reloaded, the ones in force stay: {error:#}"
+                    ),
+                }
+            }
+        });
         let shutdown = async move {
             tokio::select! {
                 _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
@@ -231,6 +257,7 @@ fn run_verify(
     agent: Option<String>,
     checkpoint_files: Vec<PathBuf>,
     public_key: Option<String>,
+    allow_no_checkpoints: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let checkpoint_files = if checkpoint_files.is_empty() {
@@ -252,13 +279,25 @@ fn run_verify(
     let report = verify::verify(&VerifyOptions {
         store_dir: config.store.dir.clone(),
         agent: agent.clone(),
-        checkpoint_files,
+        checkpoint_files: checkpoint_files.clone(),
         trusted_key,
     })?;
-    if report.checkpoints_read == 0 {
-        println!(
-            "warning: no signed checkpoints: a chain rewritten from scratch would not be detected"
-        );
+    let unanchored = report.checkpoints_read == 0;
+    if unanchored {
+        let files: Vec<String> = checkpoint_files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        let files = if files.is_empty() {
+            "(no checkpoint file configured)".to_owned()
+        } else {
+            files.join(", ")
+        };
+        if allow_no_checkpoints {
+            println!("warning: no signed checkpoints in {files}: a chain rewritten from scratch or cut short would not be detected");
+        } else {
+            println!("BROKEN  no signed checkpoints in {files}: a chain rewritten from scratch or cut short would not be detected (--allow-no-checkpoints checks the chains alone)");
+        }
     }
     for a in &report.agents {
         match &a.problem {
@@ -286,7 +325,7 @@ fn run_verify(
             bail!("no chain for agent {agent:?}");
         }
     }
-    Ok(if report.ok() {
+    Ok(if report.ok() && (!unanchored || allow_no_checkpoints) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -351,7 +390,7 @@ fn run_tail(args: TailArgs) -> anyhow::Result<ExitCode> {
         while let Some(event) = events.message().await.context("event stream")? {
             let mut out = stdout.lock();
             if args.json {
-                serde_json::to_writer(&mut out, &event)?;
+                serde_json::to_writer(&mut out, &tail::to_json(&event))?;
                 writeln!(out)?;
             } else {
                 writeln!(out, "{}", tail::format_line(&event))?;

@@ -127,6 +127,14 @@ pub enum BatchError {
         /// What is wrong.
         what: &'static str,
     },
+    /// A machine id that is not 32 lowercase hex digits.
+    #[error("event seq {seq}: host.machine_id {value:?} is not a machine id (32 lowercase hex digits, or empty)")]
+    BadMachineId {
+        /// Its seq.
+        seq: u64,
+        /// What was sent (at most 64 characters of it).
+        value: String,
+    },
     /// An id that is too long.
     #[error("event seq {seq}: id longer than {MAX_ID_BYTES} bytes")]
     BadId {
@@ -197,6 +205,12 @@ pub fn validate_batch(
         };
         if host.hostname.is_empty() {
             return Err(BatchError::NoHost { seq });
+        }
+        if !phiguard_proto::valid_machine_id(&host.machine_id) {
+            return Err(BatchError::BadMachineId {
+                seq,
+                value: host.machine_id.chars().take(64).collect(),
+            });
         }
         if !host.hostname.eq_ignore_ascii_case(identity) {
             return Err(mismatch(&host.hostname));
@@ -442,6 +456,24 @@ pub struct BoundCollector {
     listener: TcpListener,
     service: CollectorService,
     stop: watch::Sender<bool>,
+    tls: Reloader,
+}
+
+/// Reads the TLS files again (SIGHUP): new connections use them; open connections keep
+/// theirs. On any error the configuration in force stays.
+#[derive(Clone)]
+pub struct Reloader {
+    files: tls::TlsFiles,
+    config: Arc<watch::Sender<Arc<rustls::ServerConfig>>>,
+}
+
+impl Reloader {
+    /// Reads the CA, certificate and key again and puts them in force for new connections.
+    pub fn reload(&self) -> Result<(), tls::TlsError> {
+        let config = tls::server_config(&self.files)?;
+        self.config.send_replace(config);
+        Ok(())
+    }
 }
 
 impl BoundCollector {
@@ -449,7 +481,11 @@ impl BoundCollector {
     /// the TLS files and binds the address.
     pub async fn bind(config: Config) -> Result<BoundCollector, ServerError> {
         // Fail early on unusable TLS files.
-        tls::server_config(&config.server.tls)?;
+        let tls_config = tls::server_config(&config.server.tls)?;
+        let tls = Reloader {
+            files: config.server.tls.clone(),
+            config: Arc::new(watch::channel(tls_config).0),
+        };
         let store = Arc::new(Store::open(config.store.clone())?);
         let signer = Signer::load_or_create(&config.checkpoint.key)?;
         let checkpoints = Arc::new(Checkpointer::new(
@@ -480,7 +516,13 @@ impl BoundCollector {
             listener,
             service,
             stop,
+            tls,
         })
+    }
+
+    /// The handle that reloads the TLS files (for SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        self.tls.clone()
     }
 
     /// The address actually bound (useful with port 0).
@@ -495,15 +537,15 @@ impl BoundCollector {
             listener,
             service,
             stop,
+            tls,
         } = self;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: config.server.listen,
             source,
         })?;
-        let tls_config = tls::server_config(&config.server.tls)?;
         let incoming = tls::incoming(
             listener,
-            tls_config,
+            tls.config.subscribe(),
             AcceptLimits {
                 handshake_timeout: config.server.handshake_timeout,
                 max_connections: config.server.max_connections,
@@ -662,6 +704,20 @@ mod tests {
                 },
             ),
             (batch(vec![event("", 1)]), BatchError::NoHost { seq: 1 }),
+            (
+                batch(vec![v1::Event {
+                    host: Some(v1::Host {
+                        hostname: "ehr-1".into(),
+                        machine_id: "x\n2026-01-01 fake".into(),
+                        ..Default::default()
+                    }),
+                    ..event("ehr-1", 1)
+                }]),
+                BatchError::BadMachineId {
+                    seq: 1,
+                    value: "x\n2026-01-01 fake".into(),
+                },
+            ),
         ];
         for (input, expected) in cases {
             assert_eq!(validate_batch("ehr-1", input, 2).unwrap_err(), expected);

@@ -19,7 +19,7 @@ use rustls::{crypto::ring as provider, server::WebPkiClientVerifier, ServerConfi
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, Semaphore},
+    sync::{mpsc, watch, Semaphore},
 };
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tokio_stream::wrappers::ReceiverStream;
@@ -118,13 +118,15 @@ pub struct AcceptLimits {
 /// Accepts TCP connections on `listener`, runs each TLS handshake in its own task (with a
 /// timeout), and yields the authenticated connections. Failures are logged with the peer's
 /// address and reason and never reach the server.
+///
+/// Each handshake uses the configuration `config` holds at that moment (a reload takes effect
+/// for the next connection).
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    config: watch::Receiver<Arc<ServerConfig>>,
     limits: AcceptLimits,
 ) -> ReceiverStream<Result<TlsConn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(config);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
         loop {
@@ -140,7 +142,7 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = TlsAcceptor::from(config.borrow().clone());
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut conn = match handshake(acceptor, tcp, addr, limits.handshake_timeout).await
