@@ -408,11 +408,26 @@ fn verify_finds_a_flipped_byte_a_deleted_record_swapped_records_and_a_rewritten_
     drop(forged);
     let empty = dir.join("no-checkpoints.jsonl");
     fs::write(&empty, "").unwrap();
-    let out = CollectorProc::verify(&config, &["--checkpoints", empty.to_str().unwrap()]);
+    let out = CollectorProc::verify(
+        &config,
+        &[
+            "--checkpoints",
+            empty.to_str().unwrap(),
+            "--allow-no-checkpoints",
+        ],
+    );
     assert!(
         out.status.success(),
         "the rewritten chain is consistent in itself: {}",
         String::from_utf8_lossy(&out.stdout)
+    );
+    // Without a single checkpoint, verify does not call it ok.
+    let out = CollectorProc::verify(&config, &["--checkpoints", empty.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("BROKEN  no signed checkpoints in"),
+        "{stdout}"
     );
     assert_broken(&config, "the chain was rewritten");
 }
@@ -662,4 +677,186 @@ fn subscribe_replays_from_a_time_then_follows_live() {
         out
     });
     assert_eq!(seqs(&received), (51..=100).collect::<Vec<_>>());
+}
+
+/// Runs `phiguard-collector tail` against `collector` as the subscriber `soc`.
+fn tail(collector: &CollectorProc, pki: &Pki, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(phiguard_tests::e2e::collector_binary())
+        .args([
+            "tail",
+            "--addr",
+            &collector.addr,
+            "--server-name",
+            "localhost",
+            "--certs",
+        ])
+        .arg(pki.dir.path())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_forged_file_name_and_an_impossible_time_neither_forge_nor_stop_the_soc_view() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    // A file name any local user can create under a watched directory.
+    let forged = "/srv/ephi/x\n2026-01-01T00:00:00+00:00 ehr-a #2 fileOpen /srv/ephi/nothing \
+                  -> fd 3 by cat[1] exe=/usr/bin/cat user=alice(1000)\u{1b}[2K\u{1b}[1A\r";
+    let mut first = event("ehr-a", 1);
+    if let Some(Body::FileOpen(open)) = &mut first.body {
+        open.path = forged.into();
+    }
+    // A time no RFC 3339 string can carry.
+    let mut second = event("ehr-a", 2);
+    second.time = Some(phiguard_proto::pbjson_types::Timestamp {
+        seconds: i64::MAX,
+        nanos: 0,
+    });
+    link.spool.append(&first).unwrap();
+    link.spool.append(&second).unwrap();
+    link.spool.flush(true).unwrap();
+    link.send("ehr-a", 3..=3);
+    assert!(link.wait_acked(3, Duration::from_secs(20)));
+    let since = ["--since-seq", "1", "--replay-only"];
+    let text = tail(&collector, &pki, &since);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "one line per event, no forged one:\n{stdout}"
+    );
+    assert!(lines.iter().all(|l| l.contains(" ehr-a #")), "{stdout}");
+    assert!(
+        !stdout.contains('\u{1b}') && !stdout.contains('\r'),
+        "{stdout:?}"
+    );
+    assert!(
+        lines[0].contains("/srv/ephi/x\\n2026-01-01T00:00:00"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[2].contains("#3 fileOpen /srv/ephi/3.txt"),
+        "{}",
+        lines[2]
+    );
+    let mut json_args = since.to_vec();
+    json_args.push("--json");
+    let json = tail(&collector, &pki, &json_args);
+    let stdout = String::from_utf8_lossy(&json.stdout);
+    assert!(
+        json.status.success(),
+        "tail --json survives: {stdout}\n{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 3, "{stdout}");
+    assert_eq!(
+        events[0]["fileOpen"]["path"], forged,
+        "JSON keeps the value, escaped by JSON"
+    );
+    assert_eq!(events[1]["unrepresentableTimestamps"][0]["field"], "time");
+    assert_eq!(events[2]["seq"], "3");
+    // A live subscription is not ended by the impossible time either.
+    let mut live = std::process::Command::new(phiguard_tests::e2e::collector_binary())
+        .args([
+            "tail",
+            "--addr",
+            &collector.addr,
+            "--server-name",
+            "localhost",
+            "--json",
+            "--certs",
+        ])
+        .arg(pki.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = live.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut bad = event("ehr-a", 4);
+    bad.time = Some(phiguard_proto::pbjson_types::Timestamp {
+        seconds: -i64::MAX,
+        nanos: 0,
+    });
+    link.spool.append(&bad).unwrap();
+    link.spool.flush(true).unwrap();
+    link.send("ehr-a", 5..=5);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => seen.push(serde_json::from_str::<serde_json::Value>(&line).unwrap()),
+            Err(e) => panic!("live tail ended or stalled after {seen:?}: {e}"),
+        }
+    }
+    assert_eq!(seen[0]["seq"], "4");
+    assert_eq!(seen[1]["seq"], "5");
+    assert!(live.try_wait().unwrap().is_none(), "still following");
+    let _ = live.kill();
+    let _ = live.wait();
+}
+
+#[test]
+fn sighup_reloads_the_tls_files_and_never_ends_the_collector() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let pid = nix::unistd::Pid::from_raw(collector.pid().unwrap() as i32);
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(
+        collector.wait_log("SIGHUP: TLS files read again", Duration::from_secs(10)),
+        "{}",
+        collector.log()
+    );
+    // An unusable certificate file: logged, the one in force stays.
+    let cert = pki.path("collector.pem");
+    let good = fs::read(&cert).unwrap();
+    fs::write(&cert, b"not a certificate").unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(
+        collector.wait_log("SIGHUP: TLS files not reloaded", Duration::from_secs(10)),
+        "{}",
+        collector.log()
+    );
+    let line = collector
+        .log()
+        .lines()
+        .find(|l| l.contains("not reloaded"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        line.contains("collector.pem"),
+        "the error names the file: {line}"
+    );
+    // New connections are still served with the certificate in force.
+    link.send("ehr-a", 1..=20);
+    assert!(link.wait_acked(20, Duration::from_secs(20)));
+    let rt = runtime();
+    assert_eq!(
+        seqs(&replay_all(&rt, &pki, &collector.addr, host("ehr-a"))),
+        (1..=20).collect::<Vec<_>>()
+    );
+    fs::write(&cert, good).unwrap();
+    assert!(nix::sys::signal::kill(pid, None).is_ok(), "still running");
 }
