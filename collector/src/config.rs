@@ -129,6 +129,7 @@ struct RawStore {
     segment_max_age_secs: Option<Spanned<u64>>,
     retention_days: Option<Spanned<u64>>,
     retention_max_bytes: Option<Spanned<u64>>,
+    max_seq_jump: Option<Spanned<u64>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -303,6 +304,13 @@ impl Config {
             )?),
             retention_max_age: Duration::from_secs(retention_days * 86_400),
             retention_max_bytes: (retention_max_bytes > 0).then_some(retention_max_bytes),
+            max_seq_jump: cx.range(
+                st.max_seq_jump.as_ref(),
+                "store.max_seq_jump",
+                defaults.max_seq_jump,
+                1,
+                u64::MAX / 2,
+            )?,
         };
         let c = &raw.checkpoint;
         let public_key = match &c.public_key {

@@ -24,3 +24,4 @@ pub mod tail;
 pub mod tamper;
 pub mod tls;
 pub mod verify;
+pub mod window;

@@ -39,6 +39,7 @@ use crate::{
     stream::{self, Filter, Hub, Start},
     tamper::TamperWatch,
     tls::{self, AcceptLimits},
+    window::Refusals,
 };
 
 /// Longest event id accepted.
@@ -235,6 +236,7 @@ pub struct CollectorService {
     liveness: Arc<Liveness>,
     tamper: Arc<TamperWatch>,
     health: Arc<StoreHealth>,
+    refusals: Arc<Refusals>,
 }
 
 fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
@@ -354,6 +356,21 @@ impl CollectorService {
             .await;
             let appended = match appended {
                 Ok(Ok(appended)) => appended,
+                Ok(Err(StoreError::SeqJump { last, seq, .. })) => {
+                    warn!(agent = %identity, peer = %peer.addr, last, seq, max = self.store.config().max_seq_jump, "batch refused: seq too far above the last stored one");
+                    if let Some(alert) =
+                        self.refusals
+                            .refused(&identity, last, seq, tokio::time::Instant::now())
+                    {
+                        self.raise(&identity, alert).await;
+                    }
+                    let _ = tx
+                        .send(Err(Status::out_of_range(format!(
+                            "seq {seq} is too far above the last stored seq {last}: refused, not stored"
+                        ))))
+                        .await;
+                    return;
+                }
                 Ok(Err(store_error)) => {
                     error!(agent = %identity, error = %store_error, full = store_error.is_full(), "storing a batch failed: refused, not acknowledged");
                     self.store_failed(&identity, &store_error);
@@ -510,6 +527,7 @@ impl BoundCollector {
             liveness: Arc::new(Liveness::new(config.liveness.silent_after)),
             tamper: Arc::new(TamperWatch::new()),
             health: Arc::new(StoreHealth::new()),
+            refusals: Arc::new(Refusals::new()),
         };
         Ok(BoundCollector {
             config,

@@ -56,7 +56,15 @@ pub struct StoreConfig {
     pub retention_max_age: Duration,
     /// The oldest sealed segments are removed while the store is larger (None: no limit).
     pub retention_max_bytes: Option<u64>,
+    /// Largest jump accepted above an agent's last stored seq. Further is refused, never
+    /// acknowledged: one message with a huge seq (a stolen certificate) could otherwise make
+    /// every later event of the real agent look like a resend.
+    pub max_seq_jump: u64,
 }
+
+/// Default [`StoreConfig::max_seq_jump`]: more events than a full default spool (256 MiB)
+/// holds, so only events the agent numbered and then dropped can come near it.
+pub const DEFAULT_MAX_SEQ_JUMP: u64 = 10_000_000;
 
 impl StoreConfig {
     /// Defaults for a store in `dir`: 64 MiB or one-day segments, six years' retention
@@ -68,6 +76,7 @@ impl StoreConfig {
             segment_max_age: Duration::from_secs(24 * 3600),
             retention_max_age: Duration::from_secs(6 * 365 * 24 * 3600 + 2 * 24 * 3600),
             retention_max_bytes: None,
+            max_seq_jump: DEFAULT_MAX_SEQ_JUMP,
         }
     }
 }
@@ -104,6 +113,20 @@ pub enum StoreError {
     /// An agent directory whose name is not a valid identity.
     #[error("{0:?} is not a valid agent identity")]
     BadAgent(String),
+    /// A seq too far above the agent's last stored one: refused, nothing stored.
+    #[error("agent {agent}: seq {seq} is {jump} above the last stored seq {last} (at most {max} accepted): refused")]
+    SeqJump {
+        /// The agent.
+        agent: String,
+        /// The last stored seq.
+        last: u64,
+        /// The seq that arrived.
+        seq: u64,
+        /// How far above.
+        jump: u64,
+        /// The limit (`max_seq_jump`).
+        max: u64,
+    },
     /// A sidecar index could not be parsed.
     #[error("{}: {source}", path.display())]
     Index {
@@ -842,6 +865,20 @@ impl Chain {
         events: Vec<v1::Event>,
         now: SystemTime,
     ) -> Result<Appended, StoreError> {
+        // The window is checked before anything changes: a refused batch stores nothing.
+        let mut last = self.head.seq;
+        for event in events.iter().filter(|e| e.seq > 0) {
+            if event.seq > last.saturating_add(config.max_seq_jump) {
+                return Err(StoreError::SeqJump {
+                    agent: self.agent.to_string(),
+                    last: self.head.seq,
+                    seq: event.seq,
+                    jump: event.seq - self.head.seq,
+                    max: config.max_seq_jump,
+                });
+            }
+            last = last.max(event.seq);
+        }
         let received = timestamp(now);
         let mut out = Appended::default();
         let mut buf = Vec::new();
@@ -1434,6 +1471,49 @@ mod tests {
         let store = Store::open(StoreConfig::new(dir.path().to_owned())).unwrap();
         assert_eq!(store.head("a").seq, 2);
         assert_eq!(store.take_repairs().len(), 1);
+    }
+
+    #[test]
+    fn a_seq_far_above_the_last_one_is_refused_and_the_real_sequence_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            max_seq_jump: 1000,
+            ..small(dir.path())
+        };
+        let store = Store::open(config.clone()).unwrap();
+        store
+            .append("a", (1..=10).map(|s| event("a", s)).collect(), |_| {})
+            .unwrap();
+        for forged in [
+            vec![event("a", 1 << 62)],
+            vec![event("a", 11), event("a", 1012)],
+        ] {
+            let error = store
+                .append("a", forged, |_| panic!("nothing published"))
+                .unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    StoreError::SeqJump {
+                        last: 10,
+                        max: 1000,
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+        }
+        assert_eq!(store.head("a").seq, 10);
+        // Within the window: a gap, stored and announced.
+        let ok = store.append("a", vec![event("a", 1010)], |_| {}).unwrap();
+        assert_eq!((ok.acked_seq, ok.stored), (1010, 1));
+        let real = store
+            .append("a", (11..=1011).map(|s| event("a", s)).collect(), |_| {})
+            .unwrap();
+        assert_eq!((real.stored, real.acked_seq), (1, 1011));
+        drop(store);
+        let store = Store::open(config).unwrap();
+        assert_eq!(store.head("a").seq, 1011);
     }
 
     #[test]

@@ -860,3 +860,64 @@ fn sighup_reloads_the_tls_files_and_never_ends_the_collector() {
     fs::write(&cert, good).unwrap();
     assert!(nix::sys::signal::kill(pid, None).is_ok(), "still running");
 }
+
+#[test]
+fn a_huge_seq_from_a_stolen_certificate_is_refused_and_the_real_agent_keeps_storing() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let rt = runtime();
+    let mut alerts = subscribe_live(
+        &rt,
+        &pki,
+        &collector.addr,
+        v1::EventFilter {
+            kinds: vec!["alert".into()],
+            ..Default::default()
+        },
+    );
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 1..=100);
+    assert!(link.wait_acked(100, Duration::from_secs(20)));
+    // The same certificate, from a second connection: one event with a huge seq.
+    let stolen = tls::client_config(&pki.agent("ehr-a")).unwrap();
+    for seq in [1u64 << 62, 100 + 10_000_001] {
+        let refused = rt
+            .block_on(try_ingest(
+                &collector.addr,
+                stolen.clone(),
+                vec![event("ehr-a", seq)],
+            ))
+            .unwrap_err();
+        assert!(refused.starts_with("OutOfRange"), "{refused}");
+    }
+    let alert = rt.block_on(async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), alerts.message()).await {
+                Ok(Ok(Some(v1::Event {
+                    body: Some(Body::Alert(a)),
+                    ..
+                }))) if a.kind == v1::AlertKind::SequenceRefused as i32 => return a,
+                Ok(Ok(Some(_))) => {}
+                other => panic!("no SEQUENCE_REFUSED alert: {other:?}"),
+            }
+        }
+    });
+    assert_eq!((alert.expected_seq, alert.received_seq), (101, 1 << 62));
+    // The real agent's next events are stored, not taken for resends.
+    link.send("ehr-a", 101..=200);
+    assert!(link.wait_acked(200, Duration::from_secs(20)));
+    let events = replay_all(&rt, &pki, &collector.addr, host("ehr-a"));
+    assert_eq!(seqs(&events), (1..=200).collect::<Vec<_>>());
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(&e.body, Some(Body::Alert(a)) if a.kind == v1::AlertKind::SequenceRefused as i32))
+        .collect();
+    assert_eq!(refused.len(), 1, "one stored alert a minute: {refused:?}");
+    let log = collector.log();
+    assert_eq!(
+        log.matches("batch refused: seq too far above the last stored one")
+            .count(),
+        2,
+        "each refusal is logged:\n{log}"
+    );
+}
