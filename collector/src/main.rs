@@ -281,6 +281,7 @@ fn run_verify(
         agent: agent.clone(),
         checkpoint_files: checkpoint_files.clone(),
         trusted_key,
+        retention_max_age: Some(config.store.retention_max_age),
     })?;
     let unanchored = report.checkpoints_read == 0;
     if unanchored {

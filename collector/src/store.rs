@@ -339,7 +339,17 @@ pub struct RetentionEntry {
     pub removed: i64,
     /// "age" or "size".
     pub reason: String,
+    /// When the collector received the removed segment's newest record (Unix s; absent in
+    /// entries of older collectors): `verify` checks an "age" removal against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_received: Option<i64>,
 }
+
+/// How far the clock may be ahead of the newest record the store received before retention
+/// by age stops trusting it (one day). Agents send a heartbeat every 30 s by default, so a
+/// store whose newest record is older than this has no agent sending; and a clock years ahead
+/// (a wrong RTC, a bad NTP answer) must not make fresh segments look expired.
+pub const RETENTION_CLOCK_BOUND: Duration = Duration::from_secs(24 * 3600);
 
 /// A position for reading an agent's chain in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1061,9 +1071,20 @@ impl Store {
         events: Vec<v1::Event>,
         committed: impl FnOnce(&Appended),
     ) -> Result<Appended, StoreError> {
+        self.append_at(agent, events, SystemTime::now(), committed)
+    }
+
+    /// [`Store::append`] with the time of receipt given.
+    pub(crate) fn append_at(
+        &self,
+        agent: &str,
+        events: Vec<v1::Event>,
+        now: SystemTime,
+        committed: impl FnOnce(&Appended),
+    ) -> Result<Appended, StoreError> {
         let chain = self.chain(agent)?;
         let mut chain = lock(&chain);
-        match chain.append(&self.config, events, SystemTime::now()) {
+        match chain.append(&self.config, events, now) {
             Ok(appended) => {
                 committed(&appended);
                 Ok(appended)
@@ -1166,12 +1187,33 @@ impl Store {
 
     /// Removes sealed segments past the retention age, then the oldest ones while the store
     /// is over its size limit. Returns the removed segments.
+    ///
+    /// Removal by age needs a clock that agrees with the store: when the clock is more than
+    /// [`RETENTION_CLOCK_BOUND`] ahead of the newest record received, nothing is removed by
+    /// age (logged; removal by size goes on).
     pub fn apply_retention(&self, now: SystemTime) -> Result<Vec<RetentionEntry>, StoreError> {
         let chains: Vec<Arc<Mutex<Chain>>> = lock(&self.chains).values().cloned().collect();
         let max_age = i64::try_from(self.config.retention_max_age.as_secs()).unwrap_or(i64::MAX);
-        let cutoff = unix_secs(now).saturating_sub(max_age);
+        let clock = unix_secs(now);
+        let cutoff = clock.saturating_sub(max_age);
+        let newest = chains
+            .iter()
+            .filter_map(|c| lock(c).all_segments().map(|m| m.max_received).max())
+            .max();
+        let bound = i64::try_from(RETENTION_CLOCK_BOUND.as_secs()).unwrap_or(i64::MAX);
+        let trusted = match newest {
+            Some(newest) if clock > newest.saturating_add(bound) => {
+                warn!(
+                    ahead_secs = clock - newest,
+                    bound_secs = bound,
+                    "retention by age paused: the clock is further ahead of the newest stored record than the bound (a wrong clock, or no agent has sent anything since)"
+                );
+                false
+            }
+            _ => true,
+        };
         let mut removed = Vec::new();
-        for chain in &chains {
+        for chain in chains.iter().filter(|_| trusted) {
             let mut chain = lock(chain);
             while chain
                 .sealed
@@ -1220,6 +1262,7 @@ impl Store {
             last_hash: meta.last_hash.clone(),
             removed: unix_secs(now),
             reason: reason.to_owned(),
+            newest_received: Some(meta.max_received),
         };
         // Log first: a removal is never unexplained.
         let log = self.config.dir.join(RETENTION_LOG);
@@ -1235,6 +1278,13 @@ impl Store {
         fsync_dir(&chain.dir)?;
         info!(agent = %chain.agent, first_index = meta.first_index, last_index = meta.last_index, reason, "retention removed a segment");
         Ok(entry)
+    }
+
+    #[cfg(test)]
+    fn all_sealed_received_after(&self, t: i64) -> bool {
+        lock(&self.chains)
+            .values()
+            .all(|c| lock(c).sealed.iter().all(|m| m.max_received >= t))
     }
 
     /// The agents with a chain.
@@ -1602,6 +1652,63 @@ mod tests {
         bytes[HEADER_LEN as usize + 10] ^= 0xff;
         fs::write(&seg, &bytes).unwrap();
         assert!(Store::open(StoreConfig::new(dir.path().to_owned())).is_err());
+    }
+
+    #[test]
+    fn a_clock_years_ahead_removes_nothing_by_age_and_verify_refuses_such_a_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(86_400);
+        let config = StoreConfig {
+            retention_max_age: day,
+            ..small(dir.path())
+        };
+        let store = Store::open(config).unwrap();
+        let now = SystemTime::now();
+        store
+            .append_at(
+                "a",
+                (1..=30).map(|s| event("a", s)).collect(),
+                now - 3 * day,
+                |_| {},
+            )
+            .unwrap();
+        store
+            .append_at("a", (31..=60).map(|s| event("a", s)).collect(), now, |_| {})
+            .unwrap();
+        let sealed_before = lock(&store.chain("a").unwrap()).sealed.len();
+        assert!(sealed_before > 4);
+        // Three years ahead: nothing goes.
+        let ahead = store.apply_retention(now + 3 * 365 * day).unwrap();
+        assert!(ahead.is_empty(), "{ahead:?}");
+        // The right clock: only what was received three days ago goes.
+        let removed = store.apply_retention(now).unwrap();
+        assert!(!removed.is_empty());
+        let cutoff = unix_secs(now) - 86_400;
+        assert!(removed.iter().all(|r| r.newest_received.unwrap() < cutoff));
+        assert!(store.all_sealed_received_after(cutoff), "fresh segments stay");
+        let options = crate::verify::VerifyOptions {
+            store_dir: dir.path().to_owned(),
+            retention_max_age: Some(day),
+            ..Default::default()
+        };
+        let report = crate::verify::verify(&options).unwrap();
+        assert!(report.ok(), "legitimate retention: {report:?}");
+        // What an older collector with its clock ahead logged: a fresh segment "expired".
+        let fresh = lock(&store.chain("a").unwrap()).sealed[0].clone();
+        let mut forged = removed.last().unwrap().clone();
+        forged.first_index = fresh.first_index;
+        forged.last_index = fresh.last_index;
+        forged.newest_received = Some(fresh.max_received);
+        forged.removed = unix_secs(now + 3 * 365 * day);
+        append_line(
+            &dir.path().join(RETENTION_LOG),
+            format!("{}\n", serde_json::to_string(&forged).unwrap()).as_bytes(),
+        )
+        .unwrap();
+        let report = crate::verify::verify(&options).unwrap();
+        assert!(!report.ok());
+        let text = format!("{:?}", report.problems);
+        assert!(text.contains("not legitimate retention"), "{text}");
     }
 
     #[test]

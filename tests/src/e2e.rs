@@ -84,6 +84,8 @@ pub struct CollectorProc {
     pub store: PathBuf,
     /// Everything it logged (all runs).
     pub log: Arc<Mutex<String>>,
+    /// Extra environment for the next (re)start (e.g. libfaketime's).
+    pub env: Vec<(String, String)>,
 }
 
 fn strip_ansi(line: &str) -> String {
@@ -164,6 +166,7 @@ impl CollectorProc {
             config,
             store,
             log: Arc::new(Mutex::new(String::new())),
+            env: Vec::new(),
         };
         proc.spawn();
         proc
@@ -180,6 +183,7 @@ impl CollectorProc {
             .arg(&self.config)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -376,3 +376,69 @@ fn a_disk_that_fails_writes_with_eio_loses_nothing_acknowledged_across_a_crash()
     verify_ok(&collector);
     eprintln!("backing filled with {filler} bytes; {acked_while_failing} of 3000 acknowledged before the crash");
 }
+
+/// libfaketime (Debian package `faketime`): the collector alone runs on a clock moved ahead.
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+#[test]
+fn a_collector_started_with_its_clock_years_ahead_deletes_no_fresh_segment() {
+    assert!(
+        Path::new(FAKETIME_LIB).exists(),
+        "{FAKETIME_LIB} missing: apt-get install faketime"
+    );
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let mut collector = CollectorProc::start_with_store(
+        work.path(),
+        &pki,
+        "segment_max_bytes = 4096\nretention_days = 1\n",
+    );
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 1..=300);
+    assert!(link.wait_acked(300, Duration::from_secs(30)));
+    drop(link);
+    collector.stop();
+    let segments = |store: &Path| {
+        fs::read_dir(store.join("agents/ehr-a"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".seg")
+            })
+            .count()
+    };
+    let before = segments(&collector.store);
+    assert!(before > 5, "{before} segments");
+    // Three years ahead: retention runs at start and must not take the fresh segments.
+    collector.env = vec![
+        ("LD_PRELOAD".into(), FAKETIME_LIB.into()),
+        ("FAKETIME".into(), "+1095d".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ];
+    collector.restart();
+    assert!(
+        collector.wait_log("retention by age paused", Duration::from_secs(10)),
+        "{}",
+        collector.log()
+    );
+    assert!(
+        collector.log().contains("2028-")
+            || collector.log().contains("2029-")
+            || collector.log().contains("2030-"),
+        "the collector really ran on a clock years ahead:\n{}",
+        collector.log()
+    );
+    assert!(!collector.log().contains("retention removed a segment"));
+    collector.stop();
+    assert_eq!(segments(&collector.store), before, "no segment removed");
+    assert!(!collector.store.join("retention.jsonl").exists());
+    collector.env.clear();
+    collector.restart();
+    let rt = runtime();
+    let events = replay_all(&rt, &pki, &collector.addr, Default::default());
+    assert_eq!(seqs(&events), (1..=300).collect::<Vec<_>>());
+    collector.stop();
+    verify_ok(&collector);
+}
