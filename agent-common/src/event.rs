@@ -132,6 +132,13 @@ pub struct ExecEvent {
     pub filename_len: u32,
     /// The exec allow-list's decision.
     pub decision: Decision,
+    /// Kernel `dev_t` of the file the kernel executed (for a script, its interpreter): the
+    /// identity decisions use for this process (0 when unreadable).
+    pub exe_dev: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Inode number of that file.
+    pub exe_ino: u64,
     /// The file name passed to exec, as the kernel saw it.
     pub filename: [u8; PATH_LEN],
     /// Bytes used in `cwd` (names are NUL-terminated, so NULs count them).
@@ -424,8 +431,9 @@ const _: () = assert!(core::mem::size_of::<DbSockEvent>() == 80 + 40 + 32);
 const _: () = assert!(core::mem::size_of::<DbDataEvent>() == 80 + 32);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 96);
-const _: () =
-    assert!(core::mem::size_of::<ExecEvent>() == 80 + 8 + 8 + PATH_LEN + 8 + NAMES_LEN + NAME_MAX);
+const _: () = assert!(
+    core::mem::size_of::<ExecEvent>() == 80 + 8 + 8 + 16 + PATH_LEN + 8 + NAMES_LEN + NAME_MAX
+);
 const _: () = assert!(core::mem::size_of::<ExecArgsEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<FileOpenEvent>() == 80 + 56 + 8 + PATH_LEN + NAMES_LEN);

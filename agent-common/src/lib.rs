@@ -4,8 +4,9 @@
 //! explicit padding and fixed-size arrays, so the two sides cannot drift apart. Codes are plain
 //! integers (never Rust enums or `bool`): user space converts them with `TryFrom` and rejects
 //! unknown values.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
+pub mod addr;
 pub mod event;
 pub mod limits;
 pub mod maps;
@@ -31,6 +32,8 @@ mod pod {
     unsafe impl aya::Pod for DbSockEvent {}
     unsafe impl aya::Pod for DbDataEvent {}
     unsafe impl aya::Pod for InodeKey {}
+    unsafe impl aya::Pod for AgentId {}
+    unsafe impl aya::Pod for ExecIdentity {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for RuleEntry {}
     unsafe impl aya::Pod for SubjectKey {}

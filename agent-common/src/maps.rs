@@ -38,10 +38,22 @@ pub const SUBJECT_GID: &str = "SUBJECT_GID";
 pub const EXEC_SCOPES: &str = "EXEC_SCOPES";
 /// Directories and files an exec rule allows: [`crate::policy::SubjectKey`] → `1`.
 pub const EXEC_ALLOWED: &str = "EXEC_ALLOWED";
-/// The agent's own process id (`u32`), in an array of one: policies never apply to the agent,
-/// which reads protected directories to compile them and hashes protected binaries. Pinned
-/// while enforcing, so a restarted agent exempts itself from its predecessor's programs too.
+/// The agent's own process, as an [`AgentId`] in an array of one: policies never apply to the
+/// agent, which reads protected directories to compile them and hashes protected binaries.
+/// Pinned while enforcing, so a restarted agent exempts itself from its predecessor's programs
+/// too.
 pub const AGENT: &str = "AGENT";
+/// What each process executed, as the kernel executed it: global tgid (`u32`) →
+/// [`ExecIdentity`]. Written at exec, copied to a child at fork, removed when the last thread
+/// of the process exits. Decisions take the subject's executable from here, never from the
+/// process's `mm->exe_file`, which a process can rewrite (`prctl(PR_SET_MM_MAP)` needs only
+/// `CAP_SYS_ADMIN` in a user namespace of its own). Pinned while enforcing, so every
+/// generation of programs shares it.
+pub const EXEC_IDENTITY: &str = "EXEC_IDENTITY";
+/// Programs the SIGKILL layer never kills: [`InodeKey`] (slot 0) of the executable → `1`.
+pub const NEVER_KILL: &str = "NEVER_KILL";
+/// Programs [`NEVER_KILL`] holds at most.
+pub const MAX_NEVER_KILL: u32 = 256;
 /// Database TCP ports (`u32`, host byte order) → `1`.
 pub const DB_PORTS: &str = "DB_PORTS";
 /// Database unix sockets: [`InodeKey`] (slot 0) of the socket file → `1`.
@@ -65,6 +77,7 @@ pub const CONTROL_MAPS: &[&str] = &[
     EXEC_SCOPES,
     EXEC_ALLOWED,
     AGENT,
+    NEVER_KILL,
     DB_PORTS,
     DB_UNIX_SOCKETS,
 ];
@@ -101,6 +114,56 @@ pub struct InodeKey {
     /// Inode number.
     pub ino: u64,
 }
+
+/// Value of [`AGENT`]: the agent's process as the kernel sees it. Both fields must match, so
+/// the exemption dies with the agent: a later process given the same pid has another start
+/// time (pids are handed out in turn, so one comes back only after all `pid_max` of them have
+/// been used — never within one tick).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentId {
+    /// Global thread-group id (0: no agent).
+    pub tgid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Start of the agent's thread-group leader in clock ticks since boot, as the 22nd field
+    /// of `/proc/PID/stat` shows it: `start_boottime` divided by [`NS_PER_TICK`].
+    pub start_ticks: u64,
+}
+
+/// Nanoseconds per clock tick of `/proc/PID/stat` (`USER_HZ` is 100 on every Linux ABI the
+/// agent runs on).
+pub const NS_PER_TICK: u64 = 10_000_000;
+
+/// Value of [`EXEC_IDENTITY`]: the executable a process runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecIdentity {
+    /// Kernel `dev_t` of the executable's super block.
+    pub dev: u32,
+    /// [`identity_flags`].
+    pub flags: u32,
+    /// Inode number of the executable.
+    pub ino: u64,
+    /// Start of the process (its thread-group leader) in clock ticks since boot
+    /// (`start_boottime` / [`NS_PER_TICK`], as `/proc/PID/stat` shows it), so an entry left by
+    /// a process whose pid was reused never names the new one.
+    pub start_ticks: u64,
+}
+
+/// [`ExecIdentity::flags`].
+pub mod identity_flags {
+    /// The process may run code it was not executed with: it mapped executable code from a
+    /// file that is not the executable's and not root's alone (a preloaded or `dlopen`ed
+    /// library of a user, a memfd), or it was traced (`ptrace`) or written to
+    /// (`process_vm_writev`) by another process. It matches no `exe` subject until its next
+    /// exec.
+    pub const TAINTED: u32 = 1;
+}
+
+/// Processes whose executable [`EXEC_IDENTITY`] holds at once (more than `pid_max` allows by
+/// default: 4194304 on 64-bit machines is the ceiling, real servers run far fewer).
+pub const MAX_PROCESSES: u32 = 65536;
 
 /// Watch id carried by events that matched no watch.
 pub const NO_WATCH: u32 = u32::MAX;

@@ -95,6 +95,16 @@ pub struct KernelOffsets {
     pub skc_v6_daddr: u32,
     /// `sock_common.skc_v6_rcv_saddr` (local IPv6 address)
     pub skc_v6_rcv_saddr: u32,
+    /// `task_struct.signal`
+    pub task_signal: u32,
+    /// `signal_struct.live` (threads of the group not yet exiting, an `atomic_t`)
+    pub signal_live: u32,
+    /// `task_struct.ptrace` (non-zero while the task is traced)
+    pub task_ptrace: u32,
+    /// `inode.i_uid` (a `kuid_t`)
+    pub inode_i_uid: u32,
+    /// `inode.i_mode` (a `umode_t`, 16 bits)
+    pub inode_i_mode: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 44 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 49 * 4);

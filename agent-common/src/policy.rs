@@ -59,6 +59,9 @@ pub mod layer {
     /// fanotify permission event answered `FAN_DENY` by the agent: the open failed with EPERM
     /// before a descriptor existed.
     pub const FANOTIFY: u8 = 4;
+    /// Not enforced although an enforce-mode rule refused it: SIGKILL was the only layer and
+    /// the process is PID 1 or runs a program on the never-kill list (verdict `WOULD_DENY`).
+    pub const SPARED: u8 = 5;
 }
 
 /// A compiled rule. Subject *i* matches the current process when bit *i* is set in each of

@@ -56,10 +56,16 @@ pub enum Program {
     EnforceBprmCheckSecurity,
     /// `enforce_unix_stream_connect`.
     EnforceUnixStreamConnect,
+    /// `taint_sys_enter_mmap`.
+    TaintSysEnterMmap,
+    /// `taint_sys_enter_ptrace`.
+    TaintSysEnterPtrace,
+    /// `taint_sys_enter_process_vm_writev`.
+    TaintSysEnterProcessVmWritev,
 }
 
 /// Number of programs (entries of the `FAULTS` map).
-pub const PROGRAM_COUNT: u32 = 25;
+pub const PROGRAM_COUNT: u32 = 28;
 
 impl Program {
     /// Every program, in index order.
@@ -89,6 +95,9 @@ impl Program {
         Program::EnforceFileOpen,
         Program::EnforceBprmCheckSecurity,
         Program::EnforceUnixStreamConnect,
+        Program::TaintSysEnterMmap,
+        Program::TaintSysEnterPtrace,
+        Program::TaintSysEnterProcessVmWritev,
     ];
 
     /// The program's symbol name in the object.
@@ -119,6 +128,9 @@ impl Program {
             Program::EnforceFileOpen => "enforce_file_open",
             Program::EnforceBprmCheckSecurity => "enforce_bprm_check_security",
             Program::EnforceUnixStreamConnect => "enforce_unix_stream_connect",
+            Program::TaintSysEnterMmap => "taint_sys_enter_mmap",
+            Program::TaintSysEnterPtrace => "taint_sys_enter_ptrace",
+            Program::TaintSysEnterProcessVmWritev => "taint_sys_enter_process_vm_writev",
         }
     }
 }

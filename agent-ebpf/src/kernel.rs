@@ -67,6 +67,11 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     skc_rcv_saddr: 0,
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
+    task_signal: 0,
+    signal_live: 0,
+    task_ptrace: 0,
+    inode_i_uid: 0,
+    inode_i_mode: 0,
 };
 
 /// The offset of one field, read so the compiler cannot fold the load-time value away.
@@ -263,6 +268,20 @@ impl Task {
         read(self.0, offset!(task_sessionid))
     }
 
+    /// Threads of the task's thread group that have not begun exiting (`signal->live`): 0 once
+    /// the last one has.
+    #[inline(always)]
+    pub fn live_threads(self) -> Result<i32, ReadError> {
+        let signal: usize = read(self.0, offset!(task_signal))?;
+        read(signal, offset!(signal_live))
+    }
+
+    /// Whether the task is being traced (`task_struct.ptrace` non-zero).
+    #[inline(always)]
+    pub fn is_traced(self) -> Result<bool, ReadError> {
+        Ok(read::<u32>(self.0, offset!(task_ptrace))? != 0)
+    }
+
     /// `task_struct.exit_code`.
     #[inline(always)]
     pub fn exit_code(self) -> Result<u32, ReadError> {
@@ -413,6 +432,16 @@ impl Dentry {
             return Ok(0);
         }
         read(inode, offset!(inode_i_ino))
+    }
+
+    /// The inode's owner (uid in the initial user namespace) and mode bits.
+    #[inline(always)]
+    pub fn owner_and_mode(self) -> Result<(u32, u16), ReadError> {
+        let inode: usize = read(self.0, offset!(dentry_d_inode))?;
+        Ok((
+            read(inode, offset!(inode_i_uid))?,
+            read(inode, offset!(inode_i_mode))?,
+        ))
     }
 
     /// Parent dentry (the dentry itself at the root of its mount).

@@ -12,6 +12,7 @@
 
 mod emit;
 mod error;
+mod identity;
 mod kernel;
 mod maps;
 mod policy;

@@ -5,7 +5,7 @@ use agent_common::{
     limits::{
         MAX_WATCHED_INODES, MAX_WATCHED_PORTS, MAX_WATCHED_PREFIXES, PATH_LEN, RING_BUFFER_BYTES,
     },
-    maps::InodeKey,
+    maps::{AgentId, ExecIdentity, InodeKey, MAX_NEVER_KILL, MAX_PROCESSES},
     policy::{
         IdKey, PortKey, RuleEntry, ScopeKey, SubjectKey, WatchValue, MAX_EXEC_SCOPES, MAX_RULES,
         MAX_SUBJECT_ENTRIES,
@@ -48,9 +48,17 @@ pub static WATCHED_PREFIXES: LpmTrie<[u8; PATH_LEN], u32> =
 pub static WATCHED_PORTS: HashMap<PortKey, u32> =
     HashMap::with_max_entries(2 * MAX_WATCHED_PORTS, 0);
 
-/// The agent's own process id.
+/// The agent's own process (tgid and start time).
 #[map]
-pub static AGENT: Array<u32> = Array::with_max_entries(1, 0);
+pub static AGENT: Array<AgentId> = Array::with_max_entries(1, 0);
+
+/// Programs the SIGKILL layer never kills, by (device, 0, inode) of the executable.
+#[map]
+pub static NEVER_KILL: HashMap<InodeKey, u32> = HashMap::with_max_entries(MAX_NEVER_KILL, 0);
+
+/// What each process executed, by global tgid (see `agent_common::maps::EXEC_IDENTITY`).
+#[map]
+pub static EXEC_IDENTITY: HashMap<u32, ExecIdentity> = HashMap::with_max_entries(MAX_PROCESSES, 0);
 
 /// Protected unix sockets by (device, slot, inode) of the socket file → kernel rule.
 #[map]

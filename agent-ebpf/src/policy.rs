@@ -2,6 +2,7 @@
 
 use agent_common::{
     limits::MAX_WALK_DEPTH,
+    maps::{InodeKey, NS_PER_TICK},
     policy::{
         access, layer, verdict, Decision, IdKey, RuleEntry, ScopeKey, SubjectKey, MAX_RULES,
         MAX_SUBJECTS, NO_RULE, NO_SUBJECT,
@@ -13,18 +14,26 @@ use aya_ebpf::{
 };
 
 use crate::{
+    identity::exe_of,
     kernel::{Dentry, FileId, Task},
     maps::{
-        AGENT, EXEC_ALLOWED, EXEC_SCOPES, POLICY_SLOT, RULES, SUBJECT_EXE, SUBJECT_GID,
+        AGENT, EXEC_ALLOWED, EXEC_SCOPES, NEVER_KILL, POLICY_SLOT, RULES, SUBJECT_EXE, SUBJECT_GID,
         SUBJECT_PARENT, SUBJECT_UID,
     },
 };
 
-/// Whether the current process is the agent itself: no policy applies to it.
+/// Whether the current process is the agent itself: no policy applies to it. Its pid alone is
+/// not enough: the process's start time must match too, so nothing outlives the agent.
 #[inline(always)]
 fn current_is_agent() -> bool {
-    let agent = AGENT.get(0).copied().unwrap_or(0);
-    agent != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 == agent
+    let Some(agent) = AGENT.get(0).copied() else {
+        return false;
+    };
+    agent.tgid != 0
+        && (bpf_get_current_pid_tgid() >> 32) as u32 == agent.tgid
+        && Task::current()
+            .leader_start_boot_ns()
+            .is_ok_and(|ns| ns / NS_PER_TICK == agent.start_ticks)
 }
 
 /// The policy slot in force. Read once per program run, so one run sees one policy set.
@@ -63,12 +72,6 @@ fn file_mask(map: &HashMap<SubjectKey, u64>, rule: u32, file: Option<FileId>) ->
 fn id_mask(map: &HashMap<IdKey, u64>, rule: u32, id: u32) -> u64 {
     // SAFETY: the value is a plain u64 copied out at once.
     unsafe { map.get(IdKey { rule, id }) }.copied().unwrap_or(0)
-}
-
-/// The executable of a task, as (device, inode).
-#[inline(always)]
-fn exe_of(task: Task) -> Option<FileId> {
-    task.exe_dentry().ok()?.id().ok()
 }
 
 /// The rule's subjects that the current process is: one bit per subject.
@@ -212,10 +215,41 @@ pub fn decide_exec(rule: u32, mut dentry: Dentry, enforced_by: u8) -> Decision {
     }
 }
 
-/// Kills the current process: the fallback layer where the kernel has no BPF LSM. The signal
-/// is pending before the system call returns, so the process never uses what it obtained.
+/// Enforces a denial of the SIGKILL layer (where the kernel has no BPF LSM) and returns the
+/// decision to report: the current process is killed — the signal is pending before the system
+/// call returns, so it never uses what it obtained — unless it is PID 1 or runs a program on
+/// the never-kill list; then the refusal is reported, not enforced (`WOULD_DENY`, `SPARED`).
 #[inline(always)]
-pub fn kill_current() {
+pub fn enforce_by_signal(decision: Decision) -> Decision {
+    if decision.verdict != verdict::DENY {
+        return decision;
+    }
+    if spared() {
+        return Decision {
+            verdict: verdict::WOULD_DENY,
+            layer: layer::SPARED,
+            ..decision
+        };
+    }
     // SAFETY: helper call with a constant signal number.
     unsafe { aya_ebpf::helpers::bpf_send_signal(9) };
+    decision
+}
+
+/// Whether the current process must never be killed: PID 1 (of the initial pid namespace),
+/// or a process running a program on the never-kill list (by the kernel's record of its exec).
+#[inline(always)]
+fn spared() -> bool {
+    if bpf_get_current_pid_tgid() >> 32 == 1 {
+        return true;
+    }
+    exe_of(Task::current()).is_some_and(|exe| {
+        let key = InodeKey {
+            dev: exe.dev,
+            slot: 0,
+            ino: exe.ino,
+        };
+        // SAFETY: value not used.
+        unsafe { NEVER_KILL.get(key) }.is_some()
+    })
 }

@@ -86,6 +86,9 @@ pub enum StartError {
     /// told not to decide them: starting without it would leave them unenforced).
     #[error("the fanotify layer for protected file opens: {0}")]
     Fanotify(#[from] FanotifyError),
+    /// The map of what each process executed could not be opened for the fanotify layer.
+    #[error("the kernel's record of executed programs, for the fanotify layer: {0}")]
+    Identities(String),
 }
 
 /// Where policies come from and what is in force.
@@ -149,6 +152,7 @@ impl Agent {
             lsm_inactive: (!kernel_layers.bpf_lsm_active())
                 .then(|| kernel_layers.lsm_inactive_reason()),
             fanotify_files: planned == FileLayer::Fanotify,
+            never_kill: config.policy.never_kill.clone(),
         };
         let watches = WatchSet::new(&config.watch.paths, &config.watch.ports)?;
         let cgroup_root = mounts::cgroup2_root()?;
@@ -208,7 +212,26 @@ impl Agent {
         let fanotify = match (file_layer, &dir) {
             (FileLayer::Fanotify, Some(_)) => {
                 let (tx, records) = mpsc::channel(crate::fanotify::QUEUE);
-                let layer = FanotifyLayer::start(Arc::clone(&compiled), slot, tx, &cgroup_root)?;
+                // Who opens: the kernel's record of each process's exec, where this agent sees
+                // the pids it is keyed by (not from inside a pid namespace).
+                let identities = match crate::kernel::bpf_sys::global_tgid() {
+                    Ok(me) if me == std::process::id() => Some(
+                        sensors
+                            .exec_identities()
+                            .map_err(|e| StartError::Identities(e.to_string()))?,
+                    ),
+                    _ => {
+                        warn!("in a pid namespace: the fanotify layer reads who opens from /proc/PID/exe, which a process can point elsewhere");
+                        None
+                    }
+                };
+                let layer = FanotifyLayer::start(
+                    Arc::clone(&compiled),
+                    slot,
+                    tx,
+                    &cgroup_root,
+                    identities,
+                )?;
                 info!(
                     "fanotify layer deciding protected file opens: {}",
                     layer.summary()
@@ -478,6 +501,10 @@ impl Agent {
                 }
                 () = flush_timer, if flush_due.is_some() => self.flush()?,
                 Some(record) = recv_record(&mut self.fanotify) => {
+                    // What the kernel recorded before the decision goes first (the opener's
+                    // exec above all: the process table then names the program it executed).
+                    let (enricher, pipeline) = (&mut self.enricher, &mut self.pipeline);
+                    self.reader.drain(|bytes| pipeline.handle(enricher, bytes));
                     self.pipeline.handle_record(&mut self.enricher, record);
                     if let Some(fanotify) = &mut self.fanotify {
                         while let Ok(record) = fanotify.records.try_recv() {

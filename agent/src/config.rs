@@ -74,6 +74,9 @@ pub struct MetricsConfig {
 pub struct PolicyConfig {
     /// Directory of `*.yaml` policies (absolute); `None`: observe only, nothing enforced.
     pub dir: Option<PathBuf>,
+    /// Programs (absolute paths) the SIGKILL layer never kills: their refusals are reported,
+    /// not enforced. PID 1 is always spared.
+    pub never_kill: Vec<PathBuf>,
 }
 
 /// `[watch]`.
@@ -194,6 +197,7 @@ struct RawMetrics {
 #[serde(deny_unknown_fields, default)]
 struct RawPolicy {
     dir: Option<Spanned<PathBuf>>,
+    never_kill: Vec<Spanned<PathBuf>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -267,6 +271,10 @@ impl Config {
             ),
             (*agent != new.agent, "agent.hostname"),
             (policy.dir != new.policy.dir, "policy.dir"),
+            (
+                policy.never_kill != new.policy.never_kill,
+                "policy.never_kill",
+            ),
             (*collector != new.collector, "collector"),
             (*database != new.database, "database"),
             (metrics.listen != new.metrics.listen, "metrics.listen"),
@@ -346,6 +354,30 @@ impl Config {
                         message,
                     })?,
                 );
+        }
+        for program in &raw.policy.never_kill {
+            let path = program.get_ref();
+            let problem = if !path.is_absolute() {
+                Some(format!("{} is not an absolute path", path.display()))
+            } else if config.policy.never_kill.contains(path) {
+                Some(format!("{} is listed twice", path.display()))
+            } else if config.policy.never_kill.len() == agent_common::maps::MAX_NEVER_KILL as usize
+            {
+                Some(format!(
+                    "at most {} programs",
+                    agent_common::maps::MAX_NEVER_KILL
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                return Err(ConfigError::Invalid {
+                    at: at(program.span()),
+                    field: "policy.never_kill",
+                    message,
+                });
+            }
+            config.policy.never_kill.push(path.clone());
         }
         let mut seen = BTreeSet::new();
         for port in &raw.database.ports {

@@ -254,6 +254,24 @@ fn check_policies(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Resu
     for line in compiled.protections(files) {
         println!("  {line}");
     }
+    let spared: Vec<String> = std::iter::once("PID 1".to_owned())
+        .chain(
+            config
+                .policy
+                .never_kill
+                .iter()
+                .map(|p| p.display().to_string()),
+        )
+        .collect();
+    println!(
+        "never killed by the SIGKILL layer ({}): {}; a refusal of theirs there is reported (layer SPARED), not enforced",
+        if files == FileLayer::Signal {
+            "it enforces file opens and execs on this host"
+        } else {
+            "it acts while the agent is down, and on scripts' interpreters"
+        },
+        spared.join(", ")
+    );
     if !compiled.warnings.is_empty() {
         println!("cannot take effect on this host:");
         for warning in &compiled.warnings {

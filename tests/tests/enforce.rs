@@ -282,6 +282,53 @@ fn unlisted_process_cannot_connect_to_the_protected_database_port() {
     h.stop();
 }
 
+/// `bash -c 'exec 3<>/dev/tcp/HOST/PORT'` (bash resolves numeric hosts of either family) as
+/// root or as `nobody`.
+fn bash_connect_to(host: &str, port: u16, as_nobody: bool) -> ExitStatus {
+    let script = format!("exec 3<>/dev/tcp/{host}/{port}");
+    let mut cmd = Command::new("/usr/bin/setpriv");
+    if as_nobody {
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    }
+    status_of(cmd.args(["/bin/bash", "-c", &script]))
+}
+
+#[test]
+fn an_address_limited_rule_holds_for_every_form_of_the_address() {
+    // A dual-stack listener answers every form below.
+    let listener = std::net::TcpListener::bind("[::]:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let policy = format!(
+        "name: db-test\nmode: enforce\nrules:\n  - name: clients\n    database:\n      - port: {port}\n        address: 127.0.0.1\n    allow:\n      - exe: /usr/bin/bash\n        user: root\n"
+    );
+    let policies = PolicyDir::new(&policy);
+    let mut h = Harness::start_with(&policies.config());
+    for form in [
+        "127.0.0.1",
+        "::ffff:127.0.0.1",
+        "127.0.0.2",
+        "0.0.0.0",
+        "::1",
+        "::",
+    ] {
+        assert!(
+            bash_connect_to(form, port, false).success(),
+            "{form}: reaches the listener (root's bash is allowed)"
+        );
+        assert!(
+            !bash_connect_to(form, port, true).success(),
+            "{form}: nobody's bash is refused"
+        );
+        h.expect(&format!("a deny decision for {form}"), |e| {
+            verdict_is(e, v1::Verdict::Deny)
+                && matches!(&e.body, Some(Body::Connect(c)) if c.port == u32::from(port))
+                && decision(e).is_some_and(|d| d.layer == v1::EnforcementLayer::Cgroup as i32)
+        });
+    }
+    drop(listener);
+    h.stop();
+}
+
 /// A cgroup v2 directory for one test, removed on drop.
 struct TestCgroup {
     path: PathBuf,
@@ -359,6 +406,79 @@ fn exec_allow_list_stops_unlisted_binaries_in_its_cgroup_only() {
     });
     // Outside the cgroup nothing is restricted.
     assert!(status_of(&mut Command::new("/usr/bin/id")).success());
+    h.stop();
+}
+
+#[test]
+fn the_sigkill_layer_spares_never_kill_programs_and_reports_their_refusals() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cgroup = TestCgroup::new();
+    let bin = tempfile::Builder::new()
+        .prefix("phiguard-never-kill-")
+        .tempdir()
+        .unwrap();
+    fs::set_permissions(bin.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // Scripts the exec rule lists, run by interpreters it does not: the SIGKILL layer decides
+    // the interpreter once it is in place (fanotify and LSM see the script's exec).
+    let script = |name: &str| {
+        let interpreter = bin.path().join(format!("{name}-interp"));
+        fs::copy("/usr/bin/true", &interpreter).unwrap();
+        let script = bin.path().join(format!("{name}.sh"));
+        fs::write(&script, format!("#!{}\n", interpreter.display())).unwrap();
+        for p in [&interpreter, &script] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        (interpreter, script)
+    };
+    let (spared_interp, spared_script) = script("spared");
+    let (killed_interp, killed_script) = script("killed");
+    let policy = format!(
+        "name: exec-test\nmode: enforce\nrules:\n  - name: service-binaries\n    exec:\n      allow: [/usr/bin/sh, /usr/bin/dash, {}, {}]\n      cgroup: {}\n",
+        spared_script.display(),
+        killed_script.display(),
+        cgroup.relative.display()
+    );
+    let policies = PolicyDir::new(&policy);
+    let mut config = policies.config();
+    config.policy.never_kill = vec![spared_interp.clone()];
+    let mut h = Harness::start_with(&config);
+    let spared = cgroup.run(&format!("exec {}", spared_script.display()));
+    let other = cgroup.run(&format!("exec {}", killed_script.display()));
+    if h.lsm {
+        // bprm_check_security refuses the interpreter with EPERM: no one is killed.
+        assert!(
+            refused(spared, true) && refused(other, true),
+            "{spared:?} {other:?}"
+        );
+        h.stop();
+        return;
+    }
+    assert!(
+        spared.success(),
+        "the never-kill interpreter ran: {spared:?}"
+    );
+    assert!(killed(other), "the other interpreter was killed: {other:?}");
+    let report = h.expect("the spared refusal, reported", |e| {
+        process(e).exe == spared_interp.display().to_string()
+            && decision(e).is_some_and(|d| {
+                d.verdict == v1::Verdict::WouldDeny as i32
+                    && d.layer == v1::EnforcementLayer::Spared as i32
+            })
+    });
+    let d = decision(&report).unwrap();
+    assert_eq!(
+        (d.policy.as_str(), d.rule.as_str(), d.access.as_slice()),
+        (
+            "exec-test",
+            "service-binaries",
+            ["exec".to_owned()].as_slice()
+        )
+    );
+    h.expect("the enforced refusal", |e| {
+        process(e).exe == killed_interp.display().to_string()
+            && verdict_is(e, v1::Verdict::Deny)
+            && decision(e).is_some_and(|d| d.layer == v1::EnforcementLayer::Signal as i32)
+    });
     h.stop();
 }
 
@@ -579,6 +699,44 @@ fn enforcement_survives_sigkill_and_a_restart_adopts_the_pinned_programs() {
     assert!(unload.status.success(), "{unload:?}");
     assert!(pins::pinned_programs(Path::new(pins::PIN_DIR)).is_empty());
     assert!(head().success(), "after `phiguard unload` nothing enforces");
+}
+
+#[test]
+fn a_process_given_the_dead_agents_pid_is_not_exempt() {
+    use nix::sys::signal::Signal;
+    let tree = Tree::new();
+    let file = tree.watched.join("rec.txt");
+    fs::write(&file, "patient 1").unwrap();
+    let policies = PolicyDir::new(&records_policy("enforce", &tree.watched, &["/usr/bin/cat"]));
+    let _cleanup = UnloadOnDrop;
+    let mut agent = AgentProcess::start(policies.dir.path());
+    let lsm = agent.startup.contains("\"lsm\":true");
+    let dead = agent.child.id();
+    agent.kill(Signal::SIGKILL);
+    // The pinned programs keep enforcing; the exemption still names the dead agent's pid. An
+    // unprivileged user can cycle the pids until it gets that one; here root's ns_last_pid
+    // makes it deterministic.
+    let impostor = (0..50).find_map(|_| {
+        fs::write("/proc/sys/kernel/ns_last_pid", (dead - 1).to_string()).unwrap();
+        let child = Command::new("/usr/bin/head")
+            .arg(&file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        (pid == dead).then_some(out)
+    });
+    let out = impostor.expect("a process given the dead agent's pid within 50 tries");
+    assert!(
+        out.stdout.is_empty(),
+        "the process holding the dead agent's pid read the protected file: {out:?}"
+    );
+    assert!(
+        refused(out.status, lsm),
+        "refused as any unlisted program: {out:?}"
+    );
 }
 
 /// Connects to the unix socket at `path` from a forked child (the test process itself is the

@@ -189,6 +189,7 @@ pub const HOST_ONLY_TESTS: &[&str] = &[
     "store_faults",
     "db",
     "attacks",
+    "subjects",
 ];
 
 /// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the

@@ -37,7 +37,7 @@ use crate::{
         FileOpenScratch, FILE_OPEN_SCRATCH, PREFIX_KEY_SCRATCH, REFUSED_OPENS, WATCHED_DEVS,
         WATCHED_PREFIXES,
     },
-    policy::{current_slot, decide, kill_current},
+    policy::{current_slot, decide, enforce_by_signal},
     syscall::SyscallArgs,
 };
 
@@ -206,7 +206,7 @@ fn opened(syscall: u32, ret: i64) -> ProbeResult {
     let call = OpenCall::read(syscall);
     let mut decision = decide(hit.rule(), requested_access(call.flags), layer::SIGNAL);
     if decision.verdict == verdict::DENY {
-        kill_current();
+        decision = enforce_by_signal(decision);
     } else if fanotify_decides() {
         decision = Decision::NONE; // decided and reported by the fanotify layer
     }

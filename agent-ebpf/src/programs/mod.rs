@@ -5,3 +5,4 @@ pub mod enforce;
 pub mod file;
 pub mod net;
 pub mod process;
+pub mod taint;

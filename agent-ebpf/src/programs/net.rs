@@ -3,6 +3,7 @@
 //! connections a local database *accepts* are seen too.
 
 use agent_common::{
+    addr::canonical_destination,
     event::{direction, ConnectEvent, Kind, SockStateEvent, FLAG_SOCK_DATABASE_ONLY},
     policy::{access, layer, verdict, Decision, PortKey},
     program::Program,
@@ -70,9 +71,11 @@ fn on_connect(ctx: &SockAddrContext, family: u16) -> i32 {
             addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
         }
     }
-    // A rule limited to one remote address leaves connects elsewhere alone.
+    // A rule limited to one remote address leaves connects elsewhere alone; both are compared
+    // in their canonical form, so another spelling of the rule's address is that address.
+    let (canonical_family, canonical) = canonical_destination(u32::from(family), addr);
     let applies = rule_entry(rule).is_some_and(|r| {
-        r.addr_family == 0 || (r.addr_family == u32::from(family) && r.addr == addr)
+        r.addr_family == 0 || (r.addr_family == canonical_family && r.addr == canonical)
     });
     let decision = if applies {
         decide(rule, access::CONNECT, layer::CGROUP)

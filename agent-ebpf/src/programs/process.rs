@@ -8,7 +8,7 @@ use agent_common::{
         FLAG_TRUNCATED,
     },
     limits::{ARGS_LEN, MAX_ARGS, PATH_LEN},
-    policy::{layer, verdict, Decision, NO_RULE},
+    policy::{layer, Decision, NO_RULE},
     program::Program,
 };
 use aya_ebpf::{
@@ -22,9 +22,10 @@ use aya_ebpf::{
 use crate::{
     emit::{count_lost, fill_header, output, submit},
     error::{finish, or_fault, ProbeError, ProbeResult},
+    identity,
     kernel::{copy_path_names, Binprm, PathNames, Task},
     maps::{EVENTS, EXEC_ARGS_SCRATCH},
-    policy::{current_slot, decide_exec, exec_rule, kill_current},
+    policy::{current_slot, decide_exec, enforce_by_signal, exec_rule},
 };
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`, raw
@@ -36,6 +37,7 @@ pub fn process_sched_process_fork(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_fork(ctx: &RawTracePointContext) -> ProbeResult {
+    let parent = Task(ctx.arg::<u64>(0) as usize);
     let child = Task(ctx.arg::<u64>(1) as usize);
     let child_pid = child.pid()?;
     let child_tgid = child.tgid()?;
@@ -43,6 +45,8 @@ fn try_fork(ctx: &RawTracePointContext) -> ProbeResult {
         return Err(ProbeError::Skip); // a thread
     }
     let child_start = child.start_boot_ns().unwrap_or(0);
+    // Before the child can run: it must never be seen without its identity.
+    identity::inherit(parent, child, child_tgid)?;
     // A child inherits its parent's database sockets (PostgreSQL forks a backend per
     // accepted connection): the capture hooks must look at it too.
     crate::programs::db::inherit(child_tgid);
@@ -73,10 +77,9 @@ pub fn process_sched_process_exec(ctx: RawTracePointContext) -> i32 {
 fn try_exec(ctx: &RawTracePointContext) -> ProbeResult {
     let old_pid = ctx.arg::<u64>(1) as u32;
     let bprm = Binprm::from_raw(ctx.arg::<u64>(2) as usize);
-    let decision = exec_decision();
-    if decision.verdict == verdict::DENY {
-        kill_current();
-    }
+    let exe = bprm.file()?.dentry()?.id()?;
+    identity::record_exec(Task::current(), exe)?;
+    let decision = enforce_by_signal(exec_decision());
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_lost(Kind::Exec);
         return Err(ProbeError::Lost);
@@ -87,6 +90,9 @@ fn try_exec(ctx: &RawTracePointContext) -> ProbeResult {
         fill_header(&mut (*event).header, Kind::Exec);
         (*event).old_pid = old_pid;
         (*event).decision = decision;
+        (*event).exe_dev = exe.dev;
+        (*event)._pad = 0;
+        (*event).exe_ino = exe.ino;
         (*event).filename_len = 0;
         if let Ok(name) = bprm.filename() {
             if let Ok(bytes) =
@@ -141,6 +147,7 @@ pub fn process_sched_process_exit(_ctx: RawTracePointContext) -> i32 {
 
 fn try_exit() -> ProbeResult {
     let task = Task::current();
+    identity::forget_if_last(task)?;
     if task.pid()? != task.tgid()? {
         return Err(ProbeError::Skip); // a thread
     }

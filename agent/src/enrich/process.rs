@@ -1,7 +1,7 @@
 //! Process records: fork, exec (with the argv that arrived before it), exit; and the subject
 //! process every event carries, from the process table.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use agent_common::event::{
     EventHeader, ExecEvent, ExitEvent, ForkEvent, FLAG_CWD_COMPLETE, FLAG_EXEC_REFUSED,
@@ -13,8 +13,8 @@ use super::{users::UserNames, Enricher, MAX_PENDING_ARGV};
 use crate::{
     event::decode::{c_text, text, ExecArgs},
     kernel::mounts::MountTable,
-    paths,
-    process::table::ExecInfo,
+    paths::{self, FileId},
+    process::table::{ExecInfo, Process},
 };
 
 impl Enricher {
@@ -40,6 +40,10 @@ impl Enricher {
         let exec = ExecInfo {
             ppid: h.ppid,
             filename: filename.clone(),
+            exe_id: (e.exe_dev != 0 || e.exe_ino != 0).then_some(FileId {
+                dev: e.exe_dev,
+                ino: e.exe_ino,
+            }),
             argv,
             argv_truncated: truncated || h.flags & FLAG_TRUNCATED != 0,
             uid: h.uid,
@@ -116,12 +120,7 @@ impl Enricher {
             ..Default::default()
         };
         if let Some(p) = entry {
-            process.binary_sha256 = self.binary_hash(
-                h.tgid,
-                h.start_boot_ns,
-                p.exe.as_deref(),
-                p.exited_at.is_some(),
-            );
+            process.binary_sha256 = self.binary_hash(h.tgid, h.start_boot_ns, &p);
             process.exe = p.exe.unwrap_or_default();
             // Minimum necessary: SQL literals and passwords in a database client's arguments.
             process.argv = if self.settings.full_statements {
@@ -138,19 +137,25 @@ impl Enricher {
         process
     }
 
-    /// sha256 of the process's binary, once per process incarnation.
-    fn binary_hash(&mut self, tgid: u32, start: u64, exe: Option<&str>, exited: bool) -> String {
+    /// sha256 of the process's binary, once per process incarnation: of the file the kernel
+    /// executed, never of one the process named afterwards.
+    fn binary_hash(&mut self, tgid: u32, start: u64, p: &Process) -> String {
         if let Some(hash) = self.binary_hashes.get(&(tgid, start)) {
             return hash.clone().unwrap_or_default();
         }
-        // /proc/<pid>/exe is the very file even if the path was replaced since; after exit,
-        // fall back to the path.
+        // /proc/<pid>/exe is the very file even if the path was replaced since — unless the
+        // process pointed it elsewhere; after exit, fall back to the path, if it is the file.
+        let is_executed = |path: &Path| p.exe_id.is_none() || FileId::of(path).ok() == p.exe_id;
         let proc_exe = PathBuf::from(format!("/proc/{tgid}/exe"));
-        let hash = if !exited && proc_exe.exists() {
-            self.hasher.sha256_of(&proc_exe)
+        let path = if p.exited_at.is_none() && proc_exe.exists() && is_executed(&proc_exe) {
+            Some(proc_exe)
         } else {
-            exe.and_then(|e| self.hasher.sha256_of(std::path::Path::new(e)))
+            p.exe
+                .as_deref()
+                .map(PathBuf::from)
+                .filter(|e| is_executed(e))
         };
+        let hash = path.and_then(|path| self.hasher.sha256_of(&path));
         self.binary_hashes.insert((tgid, start), hash.clone());
         hash.unwrap_or_default()
     }

@@ -40,7 +40,10 @@ use self::{
     group::{Group, GroupError, EXEC_MASK, FILE_MASK},
     respond::Responder,
 };
-use crate::{event::decode::RawEvent, policy::compile::Compiled, process::procfs::ProcSnapshot};
+use crate::{
+    event::decode::RawEvent, kernel::identity::ExecIdentities, policy::compile::Compiled,
+    process::procfs::ProcSnapshot,
+};
 
 /// Decision records waiting for the event loop; past this, records are counted as lost.
 pub const QUEUE: usize = 8192;
@@ -95,12 +98,15 @@ pub struct FanotifyLayer {
 
 impl FanotifyLayer {
     /// Creates the group, labels the protected files of `compiled` (in `slot`), marks their
-    /// filesystems and starts answering. Decision records go to `records`.
+    /// filesystems and starts answering. Decision records go to `records`. Openers are
+    /// identified by the kernel's record of their exec (`identities`), or without it by
+    /// `/proc/PID/exe`.
     pub fn start(
         compiled: Arc<Compiled>,
         slot: u32,
         records: mpsc::Sender<Record>,
         cgroup_root: &Path,
+        identities: Option<ExecIdentities>,
     ) -> Result<FanotifyLayer, FanotifyError> {
         let group = Arc::new(Group::new()?);
         let protected = Protected::build(compiled, slot);
@@ -120,7 +126,8 @@ impl FanotifyLayer {
             records,
             Arc::clone(&counters),
             cgroup_root,
-        );
+        )
+        .with_identities(identities);
         let thread = std::thread::Builder::new()
             .name("phiguard-fanotify".into())
             .spawn(move || responder.run())

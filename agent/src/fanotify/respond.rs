@@ -30,6 +30,7 @@ use super::{
 };
 use crate::{
     event::decode::RawEvent,
+    kernel::identity::ExecIdentities,
     paths::{kernel_dev, FileId},
     process::procfs::{self, ProcSnapshot},
 };
@@ -61,6 +62,8 @@ pub(super) struct Responder {
     own_pid: u32,
     ns_per_tick: u64,
     cgroup_root: PathBuf,
+    /// The kernel's record of what each process executed (`None`: `/proc/PID/exe` instead).
+    identities: Option<ExecIdentities>,
 }
 
 /// What the loop learnt about one event before answering, for its record.
@@ -101,6 +104,22 @@ impl Responder {
             own_pid: std::process::id(),
             ns_per_tick: 1_000_000_000 / procfs::ticks_per_second(),
             cgroup_root: cgroup_root.to_owned(),
+            identities: None,
+        }
+    }
+
+    /// Identifies openers by the kernel's record of their exec (without it: `/proc/PID/exe`).
+    pub(super) fn with_identities(mut self, identities: Option<ExecIdentities>) -> Responder {
+        self.identities = identities;
+        self
+    }
+
+    /// The executable process `tgid` runs: the kernel's record of its exec (no record: none, so
+    /// it matches no `exe` subject), or without the records its `/proc` link.
+    fn exe_of(&self, tgid: u32) -> Option<FileId> {
+        match &self.identities {
+            Some(identities) => identities.exe_of(tgid, procfs::start_ticks(tgid)?),
+            None => opener::exe_id(tgid),
         }
     }
 
@@ -222,7 +241,7 @@ impl Responder {
         }
         let rule = state.rule(label)?;
         let subject = Subject {
-            exe: opener::exe_id(event.tid),
+            exe: self.exe_of(opener.tgid),
             uid: opener.uid,
             gid: opener.gid,
         };
@@ -234,7 +253,7 @@ impl Responder {
             label.rule,
             state.slot,
             &subject,
-            || opener::exe_id(ppid),
+            || self.exe_of(ppid),
             requested,
         );
         drop(state);
@@ -322,7 +341,7 @@ impl Responder {
         if named != Some(file) {
             return None;
         }
-        let exe = opener::exe_id(event.tid);
+        let exe = self.exe_of(opener.tgid);
         let (process, known) = self.snapshot(&opener, exe);
         Some(Pending {
             opener,
@@ -356,7 +375,14 @@ impl Responder {
         let process = if fresh {
             None
         } else {
-            procfs::read_process(opener.tgid).ok()
+            procfs::read_process(opener.tgid).ok().map(|mut snapshot| {
+                // The process pointed its `exe` link away from what it executed: the link
+                // names another program, not this one.
+                if snapshot.exe_id != subject_exe && self.identities.is_some() {
+                    snapshot.exe = None;
+                }
+                snapshot
+            })
         };
         if let Some(snapshot) = &process {
             if self.known.len() >= MAX_KNOWN {

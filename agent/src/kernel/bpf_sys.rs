@@ -224,11 +224,21 @@ pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Resu
 
 /// Sets `key` to `value` (creating it where the map allows).
 pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
+    map_update_flags(map, key, value, 0) // BPF_ANY
+}
+
+/// Sets `key` to `value` with update `flags` (`BPF_ANY` 0, `BPF_NOEXIST` 1, `BPF_EXIST` 2).
+pub fn map_update_flags(
+    map: BorrowedFd<'_>,
+    key: &[u8],
+    value: &[u8],
+    flags: u64,
+) -> io::Result<()> {
     let mut attr = ElemAttr {
         map_fd: fd_u32(map),
         key: key.as_ptr() as u64,
         value: value.as_ptr() as u64,
-        flags: 0, // BPF_ANY
+        flags,
         ..ElemAttr::default()
     };
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)

@@ -141,6 +141,11 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         skc_rcv_saddr: field("sock_common", "skc_rcv_saddr")?,
         skc_v6_daddr: field("sock_common", "skc_v6_daddr")?,
         skc_v6_rcv_saddr: field("sock_common", "skc_v6_rcv_saddr")?,
+        task_signal: field("task_struct", "signal")?,
+        signal_live: field("signal_struct", "live")?,
+        task_ptrace: field("task_struct", "ptrace")?,
+        inode_i_uid: field("inode", "i_uid")?,
+        inode_i_mode: field("inode", "i_mode")?,
     })
 }
 
@@ -254,6 +259,11 @@ mod tests {
             ("sock_common", "skc_rcv_saddr", offsets.skc_rcv_saddr),
             ("sock_common", "skc_v6_daddr", offsets.skc_v6_daddr),
             ("sock_common", "skc_v6_rcv_saddr", offsets.skc_v6_rcv_saddr),
+            ("task_struct", "signal", offsets.task_signal),
+            ("signal_struct", "live", offsets.signal_live),
+            ("task_struct", "ptrace", offsets.task_ptrace),
+            ("inode", "i_uid", offsets.inode_i_uid),
+            ("inode", "i_mode", offsets.inode_i_mode),
         ] {
             assert_eq!(got, pahole(strukt, field), "{strukt}.{field}");
         }

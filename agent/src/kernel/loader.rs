@@ -12,9 +12,9 @@ use agent_common::{
     event::KIND_COUNT,
     limits::PATH_LEN,
     maps::{
-        db_process, InodeKey, AGENT, CONTROL_MAPS, DB_JOIN, DB_PORTS, DB_PROCESSES,
-        DB_UNIX_SOCKETS, EVENTS, FANOTIFY_DECIDES_GLOBAL, FAULTS, LOST, OFFSETS_GLOBAL,
-        WATCHED_PREFIXES,
+        db_process, AgentId, InodeKey, AGENT, CONTROL_MAPS, DB_JOIN, DB_PORTS, DB_PROCESSES,
+        DB_UNIX_SOCKETS, EVENTS, EXEC_IDENTITY, FANOTIFY_DECIDES_GLOBAL, FAULTS, LOST, NEVER_KILL,
+        OFFSETS_GLOBAL, WATCHED_PREFIXES,
     },
     offsets::KernelOffsets,
     program::PROGRAM_COUNT,
@@ -27,7 +27,9 @@ use aya::{
 
 use super::error::LoadError;
 use super::{
-    bpf_sys, install,
+    bpf_sys,
+    identity::ExecIdentities,
+    install,
     integrity::{
         self, cgroup_connect_programs, diff, map_data, pin_problem, successor, Finding,
         FindingKind, LinkSnapshot, MapSnapshot,
@@ -56,6 +58,8 @@ pub struct Enforcement {
     /// The fanotify layer decides and reports file opens: the open-exit programs report only
     /// the refusals they enforce themselves (opens the layer did not answer: the agent is down).
     pub fanotify_files: bool,
+    /// Programs the SIGKILL layer never kills (`[policy] never_kill`).
+    pub never_kill: Vec<PathBuf>,
 }
 
 /// How one program fared.
@@ -129,6 +133,7 @@ impl Sensors {
             // Shared with the programs a previous agent pinned (see `pins::claim`).
             pins::create_dir(root)?;
             loader.map_pin_path(AGENT, pins::agent_map_path(root));
+            loader.map_pin_path(EXEC_IDENTITY, pins::exec_identity_path(root));
         }
         let ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         let mut sensors = Sensors {
@@ -142,10 +147,10 @@ impl Sensors {
             btf: None,
         };
         {
-            let mut agent: Array<_, u32> = Array::try_from(sensors.map_mut(AGENT)?)
+            let mut agent: Array<_, AgentId> = Array::try_from(sensors.map_mut(AGENT)?)
                 .map_err(|source| LoadError::Map { map: AGENT, source })?;
             // The kernel compares the global tgid, which differs from ours in a pid namespace.
-            let me = super::bpf_sys::global_tgid().map_err(LoadError::GlobalPid)?;
+            let me = super::identity::this_agent().map_err(LoadError::GlobalPid)?;
             agent
                 .set(0, me, 0)
                 .map_err(|source| LoadError::Map { map: AGENT, source })?;
@@ -157,6 +162,7 @@ impl Sensors {
             source,
         })?;
         sensors.fill_database(database)?;
+        sensors.fill_never_kill(&enforcement.never_kill)?;
         for spec in registry::selected(database.is_enabled()) {
             let started = std::time::Instant::now();
             let error = match (&spec.hook, &enforcement.lsm_inactive) {
@@ -177,6 +183,14 @@ impl Sensors {
                 });
             }
             sensors.status.push(ProgramStatus { spec: *spec, error });
+        }
+        // After the exec and fork programs are attached: a process started from here on gets
+        // its record there, one started before gets it now.
+        match sensors.exec_identities().and_then(|map| map.seed()) {
+            Ok(added) => tracing::debug!(added, "processes running before the agent recorded"),
+            Err(e) => tracing::warn!(
+                "recording the processes that ran before the agent: {e}; they match no `exe` subject"
+            ),
         }
         if database.is_enabled() {
             // After the capture hooks are attached: a session opened from here on is tracked
@@ -205,6 +219,16 @@ impl Sensors {
         sensors.snapshot_links().map_err(LoadError::Snapshot)?;
         sensors.snapshot_maps().map_err(LoadError::Snapshot)?;
         Ok(sensors)
+    }
+
+    /// A handle on the map of what each process executed (for the fanotify layer's decisions).
+    pub fn exec_identities(&self) -> std::io::Result<ExecIdentities> {
+        let data = self
+            .ebpf
+            .map(EXEC_IDENTITY)
+            .and_then(map_data)
+            .ok_or_else(|| std::io::Error::other("the object has no EXEC_IDENTITY hash map"))?;
+        Ok(ExecIdentities::new(data.fd().as_fd().try_clone_to_owned()?))
     }
 
     /// The loaded object.
@@ -314,6 +338,39 @@ impl Sensors {
 
     /// Writes the database ports and unix sockets. A socket path that does not exist yet
     /// (the server is not running) is skipped with a warning.
+    /// Lists the programs the SIGKILL layer never kills, by (device, inode); a path that does
+    /// not exist now is logged and left out.
+    fn fill_never_kill(&mut self, programs: &[PathBuf]) -> Result<(), LoadError> {
+        let mut map: HashMap<_, InodeKey, u32> = HashMap::try_from(self.map_mut(NEVER_KILL)?)
+            .map_err(|source| LoadError::Map {
+                map: NEVER_KILL,
+                source,
+            })?;
+        for path in programs {
+            match FileId::of(path) {
+                Ok(id) => map
+                    .insert(
+                        InodeKey {
+                            dev: id.dev,
+                            slot: 0,
+                            ino: id.ino,
+                        },
+                        1,
+                        0,
+                    )
+                    .map_err(|source| LoadError::Map {
+                        map: NEVER_KILL,
+                        source,
+                    })?,
+                Err(e) => tracing::warn!(
+                    program = %path.display(),
+                    "never-kill program not listed in the kernel: {e}"
+                ),
+            }
+        }
+        Ok(())
+    }
+
     fn fill_database(&mut self, database: &DatabaseConfig) -> Result<(), LoadError> {
         let mut ports: HashMap<_, u32, u32> =
             HashMap::try_from(self.map_mut(DB_PORTS)?).map_err(|source| LoadError::Map {

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent_common::maps::AgentId;
 use aya::{
     maps::{Array, Map, MapData},
     programs::{
@@ -73,6 +74,12 @@ pub fn agent_map_path(root: &Path) -> PathBuf {
     root.join("agent")
 }
 
+/// Where the map of what each process executed is pinned (shared by every generation of
+/// programs while enforcing, so no process is ever without its record).
+pub fn exec_identity_path(root: &Path) -> PathBuf {
+    root.join("exec_identity")
+}
+
 /// Makes this process the exempt agent for programs a previous agent pinned under `root`,
 /// before it reads anything they protect. Returns whether there were such programs.
 pub fn claim(root: &Path) -> Result<bool, PinError> {
@@ -86,9 +93,9 @@ pub fn claim(root: &Path) -> Result<bool, PinError> {
     };
     let data = MapData::from_pin(&path).map_err(|e| fail(e.to_string()))?;
     let map = Map::from_map_data(data).map_err(|e| fail(e.to_string()))?;
-    let mut agent: Array<_, u32> = Array::try_from(map).map_err(|e| fail(e.to_string()))?;
+    let mut agent: Array<_, AgentId> = Array::try_from(map).map_err(|e| fail(e.to_string()))?;
     // The kernel compares the global tgid, which differs from ours in a pid namespace.
-    let me = super::bpf_sys::global_tgid()
+    let me = super::identity::this_agent()
         .map_err(|e| fail(format!("learning this process's global pid: {e}")))?;
     agent.set(0, me, 0).map_err(|e| fail(e.to_string()))?;
     Ok(true)
@@ -222,6 +229,7 @@ pub fn unload(root: &Path) -> Result<usize, PinError> {
     }
     let _ = fs::remove_dir(&dir);
     let _ = fs::remove_file(agent_map_path(root));
+    let _ = fs::remove_file(exec_identity_path(root));
     let _ = fs::remove_dir(root);
     wait_released(&programs);
     Ok(removed)

@@ -89,6 +89,9 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { name: "enforce_file_open", hook: Hook::Lsm { hook: "file_open" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused opens are enforced by fanotify permission events (EPERM) or, without them, by SIGKILL" },
     ProgramSpec { name: "enforce_bprm_check_security", hook: Hook::Lsm { hook: "bprm_check_security" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused execs are enforced by SIGKILL instead of EPERM" },
     ProgramSpec { name: "enforce_unix_stream_connect", hook: Hook::Lsm { hook: "unix_stream_connect" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: unix-socket database endpoints are not enforced" },
+    ProgramSpec { name: "taint_sys_enter_mmap", hook: tp("syscalls", "sys_enter_mmap"), family: Family::Process, required: true, missing_means: "" },
+    ProgramSpec { name: "taint_sys_enter_ptrace", hook: tp("syscalls", "sys_enter_ptrace"), family: Family::Process, required: true, missing_means: "" },
+    ProgramSpec { name: "taint_sys_enter_process_vm_writev", hook: tp("syscalls", "sys_enter_process_vm_writev"), family: Family::Process, required: true, missing_means: "" },
 ];
 
 /// The programs the agent attaches: all of them, except the database capture hooks (they run

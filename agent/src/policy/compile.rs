@@ -19,7 +19,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::policy::{access, RuleEntry, MAX_RULES, MAX_SUBJECTS};
+use agent_common::{
+    addr,
+    policy::{access, RuleEntry, MAX_RULES, MAX_SUBJECTS},
+};
 use sha2::{Digest as _, Sha256};
 
 use super::model::{Access, Endpoint, Mode, PolicySet, Principal, Resources, Subject};
@@ -677,17 +680,19 @@ fn compile_ports(
         if let Some(addr) = address {
             let entry = &mut builder.rules[rule as usize].entry;
             let mut bytes = [0u8; 16];
-            match addr {
+            let family = match addr {
                 std::net::IpAddr::V4(v4) => {
-                    entry.addr_family = libc::AF_INET as u32;
                     bytes[..4].copy_from_slice(&v4.octets());
+                    addr::AF_INET
                 }
                 std::net::IpAddr::V6(v6) => {
-                    entry.addr_family = libc::AF_INET6 as u32;
                     bytes = v6.octets();
+                    addr::AF_INET6
                 }
-            }
-            entry.addr = bytes;
+            };
+            // The kernel compares the canonical forms (a mapped or loopback spelling of the
+            // address is the address).
+            (entry.addr_family, entry.addr) = addr::canonical_destination(family, bytes);
         }
         out.ports.insert(port, Some(rule));
     }

@@ -46,7 +46,11 @@ impl PolicyTables {
             verdict::ALLOW if decision.subject != NO_SUBJECT => {
                 rule.subjects.get(usize::from(decision.subject))
             }
+            // A spared refusal came from an enforce-mode rule too.
             verdict::DENY => rule.denying_origin(u32::from(decision.access), true),
+            verdict::WOULD_DENY if decision.layer == layer::SPARED => {
+                rule.denying_origin(u32::from(decision.access), true)
+            }
             _ => rule.denying_origin(u32::from(decision.access), false),
         });
         Some(v1::Decision {
@@ -63,6 +67,7 @@ impl PolicyTables {
                 layer::CGROUP => v1::EnforcementLayer::Cgroup,
                 layer::SIGNAL => v1::EnforcementLayer::Signal,
                 layer::FANOTIFY => v1::EnforcementLayer::Fanotify,
+                layer::SPARED => v1::EnforcementLayer::Spared,
                 _ => v1::EnforcementLayer::Unspecified,
             } as i32,
             access: access_names(u32::from(decision.access)),

@@ -2,6 +2,8 @@
 
 use std::{fs, io, sync::OnceLock};
 
+use crate::paths::FileId;
+
 /// What `/proc/<pid>` says about a process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcSnapshot {
@@ -13,6 +15,10 @@ pub struct ProcSnapshot {
     pub comm: String,
     /// Executable (None for kernel threads or when unreadable).
     pub exe: Option<String>,
+    /// The executable's (device, inode), by `stat` of the `exe` link. It shows what the
+    /// process's memory map names, which the process can rewrite: decisions use the kernel's
+    /// record of its exec instead.
+    pub exe_id: Option<FileId>,
     /// Command line.
     pub argv: Vec<String>,
     /// Working directory.
@@ -173,6 +179,7 @@ pub fn read_process(pid: u32) -> Result<ProcSnapshot, ProcError> {
         ppid,
         comm,
         exe: link(pid, "exe"),
+        exe_id: FileId::of(std::path::Path::new(&format!("/proc/{pid}/exe"))).ok(),
         argv,
         cwd: link(pid, "cwd"),
         uid,

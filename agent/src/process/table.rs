@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::procfs::{self, ns_to_ticks, ProcSnapshot};
-use crate::paths;
+use crate::paths::{self, FileId};
 
 /// One process incarnation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +24,9 @@ pub struct Process {
     pub comm: String,
     /// Executable path.
     pub exe: Option<String>,
+    /// The executable's (device, inode) as the kernel recorded it at exec (None when the exec
+    /// was not seen): `exe` names this file.
+    pub exe_id: Option<FileId>,
     /// Arguments of the last exec.
     pub argv: Vec<String>,
     /// argv was cut in the kernel.
@@ -68,6 +71,8 @@ pub struct ExecInfo {
     pub ppid: u32,
     /// The file name passed to exec.
     pub filename: String,
+    /// The (device, inode) of the file the kernel executed.
+    pub exe_id: Option<FileId>,
     /// Arguments.
     pub argv: Vec<String>,
     /// argv was cut in the kernel.
@@ -102,6 +107,7 @@ impl Process {
             start_boot_ns: s.start_ticks * (1_000_000_000 / procfs::ticks_per_second()),
             comm: s.comm,
             exe: s.exe,
+            exe_id: None,
             argv: s.argv,
             argv_truncated: false,
             cwd: s.cwd,
@@ -175,9 +181,23 @@ impl ProcessTable {
     }
 
     /// Takes what `/proc` showed of a live process just now (fresher than an exec record not
-    /// yet read): it replaces the live entry of that pid.
+    /// yet read): it replaces the live entry of that pid — except the executable, where the
+    /// exec record of the same process (the file the kernel executed) beats `/proc` (the file
+    /// its memory map names, which the process can rewrite).
+    /// A snapshot of a process that has exited since (its exit record was read first) changes
+    /// nothing.
     pub fn observe(&mut self, snapshot: ProcSnapshot) {
-        self.insert_live(Process::from_snapshot(snapshot));
+        let mut process = Process::from_snapshot(snapshot);
+        if let Some(known) = self.get(process.tgid, process.start_boot_ns) {
+            if known.exited_at.is_some() {
+                return;
+            }
+            if known.exe_id.is_some() {
+                process.exe.clone_from(&known.exe);
+                process.exe_id = known.exe_id;
+            }
+        }
+        self.insert_live(process);
     }
 
     /// Replaces the live entry for a pid; an older incarnation still there is dead (its pid
@@ -261,16 +281,21 @@ impl ProcessTable {
             .unwrap_or_default();
         process.exe = paths::resolve(filename, process.cwd.as_deref().map(Path::new))
             .map(|p| p.display().to_string());
-        // The exec'd path with symlinks such as /bin -> usr/bin resolved: what `/proc/PID/exe`
-        // would have said.
-        let canonical = |exe: Option<String>| {
-            exe.map(|exe| std::fs::canonicalize(&exe).map_or(exe, |p| p.display().to_string()))
-        };
+        // The exec'd path with symlinks such as /bin -> usr/bin resolved, or a script's
+        // interpreter: what `/proc/PID/exe` would have said.
+        let exe_id = exec.exe_id;
+        let canonical = |exe: Option<String>| exe.map(|exe| executed_path(exe, exe_id));
+        process.exe_id = exec.exe_id;
         match procfs::read_process(tgid) {
             Ok(s) if s.start_ticks == ns_to_ticks(start_ns) => {
                 process.comm = s.comm;
-                // A zombie still has its `stat` but no longer its `exe` link.
-                process.exe = s.exe.or_else(|| canonical(process.exe.take()));
+                // A zombie still has its `stat` but no longer its `exe` link; and a process may
+                // have pointed its link at another file since its exec.
+                let same_file = exec.exe_id.is_none() || s.exe_id == exec.exe_id;
+                process.exe = s
+                    .exe
+                    .filter(|_| same_file)
+                    .or_else(|| canonical(process.exe.take()));
                 process.cwd = process.cwd.or(s.cwd);
                 process.container_id = s.container_id.or(process.container_id);
                 process.cgroup = s.cgroup.or(process.cgroup);
@@ -357,6 +382,35 @@ impl ProcessTable {
     }
 }
 
+/// The path of the file the kernel executed for an exec of `path`, the file being `executed`
+/// (when known): `path` with symlinks resolved, or — for a script — its interpreter (from the
+/// `#!` line, one level), provided it is that file. Otherwise `path` as it was given.
+fn executed_path(path: String, executed: Option<FileId>) -> String {
+    let resolved = std::fs::canonicalize(&path).map_or(path, |p| p.display().to_string());
+    let Some(executed) = executed else {
+        return resolved;
+    };
+    let is_executed = |p: &Path| FileId::of(p).ok() == Some(executed);
+    if is_executed(Path::new(&resolved)) {
+        return resolved;
+    }
+    interpreter_of(Path::new(&resolved))
+        .and_then(|interpreter| std::fs::canonicalize(interpreter).ok())
+        .filter(|interpreter| is_executed(interpreter))
+        .map_or(resolved, |interpreter| interpreter.display().to_string())
+}
+
+/// The interpreter a script's `#!` line names.
+fn interpreter_of(script: &Path) -> Option<String> {
+    use std::io::Read as _;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(script).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let line = std::str::from_utf8(line).ok()?.trim_start();
+    line.split_whitespace().next().map(str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +446,69 @@ mod tests {
             ..Process::default()
         });
         t
+    }
+
+    #[test]
+    fn the_executed_file_beats_what_proc_shows_later() {
+        let mut t = table();
+        let executed = FileId { dev: 7, ino: 42 };
+        let exec = ExecInfo {
+            exe_id: Some(executed),
+            ..true_exec()
+        };
+        t.on_exec(4_000_001, 100 * TICK_NS, exec);
+        assert_eq!(
+            t.get(4_000_001, 100 * TICK_NS).unwrap().exe.as_deref(),
+            Some("/usr/bin/true")
+        );
+        // The process pointed its exe link at another program: /proc now names that one.
+        t.observe(ProcSnapshot {
+            tgid: 4_000_001,
+            exe: Some("/srv/allowed".into()),
+            exe_id: Some(FileId { dev: 7, ino: 99 }),
+            comm: "renamed".into(),
+            start_ticks: 100,
+            ..ProcSnapshot::default()
+        });
+        let p = t.get(4_000_001, 100 * TICK_NS).unwrap();
+        assert_eq!(
+            (p.exe.as_deref(), p.exe_id),
+            (Some("/usr/bin/true"), Some(executed))
+        );
+        assert_eq!(p.comm, "renamed", "the rest of the snapshot is taken");
+    }
+
+    #[test]
+    fn a_script_that_exited_is_named_by_its_interpreter() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("job.sh");
+        std::fs::write(&script, "#!/usr/bin/true -x\n").unwrap();
+        let script = script.display().to_string();
+        let true_id = FileId::of(Path::new("/usr/bin/true")).ok();
+        let true_path = std::fs::canonicalize("/usr/bin/true").unwrap();
+        assert_eq!(
+            executed_path(script.clone(), true_id),
+            true_path.display().to_string()
+        );
+        // Unknown executed file, or one the line does not name: the path as given.
+        assert_eq!(executed_path(script.clone(), None), script);
+        let other = FileId::of(Path::new("/usr/bin/env")).ok();
+        assert_eq!(executed_path(script.clone(), other), script);
+    }
+
+    #[test]
+    fn a_snapshot_of_a_process_that_has_exited_since_changes_nothing() {
+        let mut t = table();
+        t.on_exit(4_000_001, 100 * TICK_NS, 0);
+        t.observe(ProcSnapshot {
+            tgid: 4_000_001,
+            exe: None,
+            start_ticks: 100,
+            ..ProcSnapshot::default()
+        });
+        let p = t.get(4_000_001, 100 * TICK_NS).unwrap();
+        assert!(p.exited_at.is_some(), "still exited");
+        assert_eq!(p.exe.as_deref(), Some("/usr/bin/bash"));
     }
 
     #[test]

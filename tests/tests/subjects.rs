@@ -1,0 +1,326 @@
+//! Subjects tier: who is allowed must be unforgeable. A policy lists one program (a copy of
+//! `cat`) for one protected directory; an unprivileged process (`nobody`; the files are mode
+//! 0666, so only the policy stands in the way) tries to pass for that program. Each test
+//! asserts that the data was not obtained and that the decision event names the real program.
+//!
+//! Root only; one at a time (`--test-threads=1`), under the shared kernel lock.
+
+use std::{
+    fs,
+    os::unix::{
+        fs::{chown, PermissionsExt as _},
+        process::{CommandExt as _, ExitStatusExt as _},
+    },
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use phiguard::{config::Config, kernel::layer::FileLayer};
+use phiguard_proto::v1;
+use phiguard_tests::{file_open, process, Harness, Tree};
+
+/// The forger's source (`forge EXE PATH`).
+const FORGE_C: &str = include_str!("../fixtures/forge.c");
+/// A library whose constructor reads `PHIGUARD_TARGET`.
+const PRELOAD_C: &str = include_str!("../fixtures/preload.c");
+/// An allowed program that loads a plugin from a memfd (`plugin_host SO`).
+const PLUGIN_HOST_C: &str = include_str!("../fixtures/plugin_host.c");
+/// Runs a program traced (`ptracer PROGRAM ARGS...`).
+const PTRACER_C: &str = include_str!("../fixtures/ptracer.c");
+/// The unprivileged attacker.
+const NOBODY: u32 = 65534;
+/// What the protected file holds.
+const SECRET: &[u8] = b"patient 2: results confidential\n";
+/// The forger's exit status when the forge itself failed: 100 + the step.
+const FORGE_FAILED: std::ops::RangeInclusive<i32> = 100..=104;
+
+/// The agent enforcing a policy that lists only `allowed` for `tree.watched`, a protected file
+/// in it, and a directory of test programs. Fields drop in order: the agent first.
+struct Setup {
+    h: Harness,
+    file: PathBuf,
+    allowed: PathBuf,
+    /// A second listed program, built here: it loads plugins from a memfd.
+    plugin_host: PathBuf,
+    bin: tempfile::TempDir,
+    _policies: tempfile::TempDir,
+    _tree: Tree,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let bin = tempfile::Builder::new()
+            .prefix("phiguard-subjects-bin-")
+            .tempdir()
+            .unwrap();
+        fs::set_permissions(bin.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let allowed = bin.path().join("allowed-cat");
+        fs::copy("/usr/bin/cat", &allowed).unwrap();
+        fs::set_permissions(&allowed, fs::Permissions::from_mode(0o755)).unwrap();
+        let plugin_host = build(bin.path(), "plugin_host", PLUGIN_HOST_C, &["-ldl"]);
+        let tree = Tree::new();
+        let file = tree.watched.join("results.txt");
+        fs::write(&file, SECRET).unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o666)).unwrap();
+        chown(&tree.other, Some(NOBODY), Some(NOBODY)).unwrap();
+        let policies = tempfile::Builder::new()
+            .prefix("phiguard-policies-")
+            .tempdir()
+            .unwrap();
+        fs::write(
+            policies.path().join("subjects.yaml"),
+            format!(
+                "name: subjects\nmode: enforce\nrules:\n  - name: results\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: {}\n      - exe: {}\n",
+                tree.watched.display(),
+                allowed.display(),
+                plugin_host.display()
+            ),
+        )
+        .unwrap();
+        let config = Config::default().with_policy_dir(policies.path()).unwrap();
+        let h = Harness::start_with(&config);
+        Setup {
+            h,
+            file,
+            allowed,
+            plugin_host,
+            bin,
+            _policies: policies,
+            _tree: tree,
+        }
+    }
+
+    /// Builds a fixture into the bin directory with extra `gcc` arguments.
+    fn build(&self, name: &str, source: &str, args: &[&str]) -> PathBuf {
+        build(self.bin.path(), name, source, args)
+    }
+
+    /// Runs `program args` as the attacker with `env`.
+    fn as_nobody(&self, program: &Path, args: &[&Path], env: &[(&str, &Path)]) -> Output {
+        let mut cmd = Command::new(program);
+        cmd.args(args).uid(NOBODY).gid(NOBODY);
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        cmd.output().expect("spawn")
+    }
+
+    /// The route failed the way this kernel's layer refuses, without the data, and a deny
+    /// decision on the protected file names `exe`.
+    fn assert_refused(&mut self, route: &str, out: &Output, exe: &Path) -> v1::Event {
+        assert!(
+            !out.stdout.windows(16).any(|w| w == &SECRET[..16]),
+            "{route}: the protected data came out: {out:?}"
+        );
+        if self.h.file_eperm() {
+            assert_eq!(
+                out.status.code(),
+                Some(libc::EPERM),
+                "{route}: refused: {out:?}"
+            );
+        } else {
+            assert_eq!(
+                out.status.signal(),
+                Some(libc::SIGKILL),
+                "{route}: killed: {out:?}"
+            );
+        }
+        let (exe, file) = (exe.display().to_string(), self.file.display().to_string());
+        let event = self
+            .h
+            .wait_for(Duration::from_secs(10), |e| {
+                e.decision
+                    .as_ref()
+                    .is_some_and(|d| d.verdict == v1::Verdict::Deny as i32)
+                    && file_open(e).is_some_and(|f| f.path == file)
+                    && process(e).exe == exe
+            })
+            .unwrap_or_else(|| panic!("{route}: no deny decision naming {exe}: {}", self.h.dump()));
+        assert_eq!(
+            event.decision.as_ref().unwrap().layer,
+            self.layer(),
+            "{route}"
+        );
+        event
+    }
+
+    /// The allowed program, on its own, still reads.
+    fn assert_allowed_still_reads(&self) {
+        let out = self.as_nobody(&self.allowed, &[&self.file], &[]);
+        assert_eq!(out.stdout, SECRET, "the allowed program reads: {out:?}");
+    }
+
+    /// sha256 of a file, as the agent writes it.
+    fn sha256_of(path: &Path) -> String {
+        let out = Command::new("sha256sum").arg(path).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The layer file-open denials carry on this kernel.
+    fn layer(&self) -> i32 {
+        match self.h.file_layer {
+            FileLayer::Lsm => v1::EnforcementLayer::Lsm as i32,
+            FileLayer::Fanotify => v1::EnforcementLayer::Fanotify as i32,
+            FileLayer::Signal => v1::EnforcementLayer::Signal as i32,
+        }
+    }
+}
+
+#[test]
+fn a_process_that_points_its_exe_link_at_the_allowed_program_is_still_refused() {
+    let mut s = Setup::new();
+    let forge = s.build(
+        "forge",
+        FORGE_C,
+        &["-static", "-fno-stack-protector", "-fcf-protection=none"],
+    );
+    let out = Command::new(&forge)
+        .arg(&s.allowed)
+        .arg(&s.file)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("spawn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The forge must have worked, or the test proves nothing.
+    assert!(
+        !out.status.code().is_some_and(|c| FORGE_FAILED.contains(&c)),
+        "the forge itself failed (user namespaces or PR_SET_MM_MAP refused?): {out:?}"
+    );
+    assert_eq!(
+        stderr.lines().next(),
+        Some(s.allowed.display().to_string().as_str()),
+        "after the forge /proc/self/exe names the allowed program: {out:?}"
+    );
+    assert!(
+        !out.stdout.windows(16).any(|w| w == &SECRET[..16]),
+        "the protected data came out: {out:?}"
+    );
+    if s.h.file_eperm() {
+        assert_eq!(out.status.code(), Some(libc::EPERM), "refused: {out:?}");
+    } else {
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "killed: {out:?}");
+    }
+    let forge_path = forge.display().to_string();
+    let file = s.file.display().to_string();
+    let event =
+        s.h.wait_for(Duration::from_secs(10), |e| {
+            e.decision
+                .as_ref()
+                .is_some_and(|d| d.verdict == v1::Verdict::Deny as i32)
+                && file_open(e).is_some_and(|f| f.path == file)
+        })
+        .unwrap_or_else(|| panic!("no deny decision for {file}: {}", s.h.dump()));
+    let p = process(&event);
+    assert_eq!(
+        p.exe,
+        forge_path,
+        "the decision names the program that ran, not the one it claimed: {event:?}\n{}",
+        s.h.dump()
+    );
+    assert_ne!(
+        p.binary_sha256,
+        Setup::sha256_of(&s.allowed),
+        "the hash is not the allowed program's"
+    );
+    assert_eq!(event.decision.as_ref().unwrap().layer, s.layer());
+
+    // The allowed program itself still reads.
+    let out = Command::new(&s.allowed)
+        .arg(&s.file)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, SECRET, "the allowed program reads: {out:?}");
+    s.h.stop();
+}
+
+/// Builds a fixture into `dir` with extra `gcc` arguments.
+fn build(dir: &Path, name: &str, source: &str, args: &[&str]) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    fs::write(&src, source).unwrap();
+    let out = dir.join(name);
+    let built = Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(args)
+        .output()
+        .expect("gcc runs (the subject tests build their fixtures with it)");
+    assert!(built.status.success(), "building {name}: {built:?}");
+    out
+}
+
+#[test]
+fn a_library_preloaded_into_the_allowed_program_makes_it_an_unlisted_subject() {
+    let mut s = Setup::new();
+    let lib = s.build("preload.so", PRELOAD_C, &["-shared", "-fPIC"]);
+    // The attacker's own file.
+    chown(&lib, Some(NOBODY), Some(NOBODY)).unwrap();
+    let (allowed, file) = (s.allowed.clone(), s.file.clone());
+    let out = s.as_nobody(
+        &allowed,
+        &[Path::new("/dev/null")],
+        &[("LD_PRELOAD", &lib), ("PHIGUARD_TARGET", &file)],
+    );
+    s.assert_refused("LD_PRELOAD of a user's library", &out, &allowed);
+    // A library root installed is code the administrator allowed: preloading it changes
+    // nothing.
+    let system_lib = fs::canonicalize("/lib/x86_64-linux-gnu/libm.so.6").unwrap();
+    let out = s.as_nobody(&allowed, &[&file], &[("LD_PRELOAD", &system_lib)]);
+    assert_eq!(out.stdout, SECRET, "root's library preloaded: {out:?}");
+    s.assert_allowed_still_reads();
+    s.h.stop();
+}
+
+#[test]
+fn a_plugin_loaded_from_a_memfd_makes_the_allowed_program_an_unlisted_subject() {
+    let mut s = Setup::new();
+    let lib = s.build("plugin.so", PRELOAD_C, &["-shared", "-fPIC"]);
+    let (host, file) = (s.plugin_host.clone(), s.file.clone());
+    let out = s.as_nobody(&host, &[&lib], &[("PHIGUARD_TARGET", &file)]);
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "the plugin did not load: {out:?}"
+    );
+    s.assert_refused("a plugin mapped from a memfd", &out, &host);
+    s.assert_allowed_still_reads();
+    s.h.stop();
+}
+
+#[test]
+fn the_allowed_program_run_under_a_tracer_is_an_unlisted_subject() {
+    let mut s = Setup::new();
+    let tracer = s.build("ptracer", PTRACER_C, &[]);
+    let (allowed, file) = (s.allowed.clone(), s.file.clone());
+    let out = s.as_nobody(&tracer, &[&allowed, &file], &[]);
+    // cat reports the refused open and exits 1; the tracer passes that on.
+    assert!(
+        !out.stdout.windows(16).any(|w| w == &SECRET[..16]),
+        "the protected data came out: {out:?}"
+    );
+    let refused = if s.h.file_eperm() {
+        out.status.code() == Some(1)
+    } else {
+        out.status.code() == Some(128 + libc::SIGKILL)
+    };
+    assert!(refused, "the traced program was refused: {out:?}");
+    let (exe, path) = (allowed.display().to_string(), file.display().to_string());
+    s.h.wait_for(Duration::from_secs(10), |e| {
+        e.decision
+            .as_ref()
+            .is_some_and(|d| d.verdict == v1::Verdict::Deny as i32)
+            && file_open(e).is_some_and(|f| f.path == path)
+            && process(e).exe == exe
+    })
+    .unwrap_or_else(|| panic!("no deny decision naming {exe}: {}", s.h.dump()));
+    s.assert_allowed_still_reads();
+    s.h.stop();
+}
