@@ -17,6 +17,7 @@ pub mod faults;
 pub mod health;
 pub mod identity;
 pub mod liveness;
+pub mod revocation;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -229,12 +229,24 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         // SIGHUP (`systemctl reload`) never ends the collector: it reads the TLS files again.
         let mut hangup = signal(SignalKind::hangup())?;
         let reloader = collector.reloader();
+        let path = path.to_owned();
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
-                match reloader.reload() {
-                    Ok(()) => {
-                        tracing::info!("SIGHUP: TLS files read again; new connections use them")
+                let config = match Config::load(&path) {
+                    Ok(config) => config,
+                    Err(error) => {
+                        tracing::error!(
+                            "SIGHUP: {} not reloaded, the settings in force stay: {error:#}",
+                            path.display()
+                        );
+                        continue;
                     }
+                };
+                match reloader.reload(&config) {
+                    Ok(()) => tracing::info!(
+                        revoked = config.server.revoked.len(),
+                        "SIGHUP: TLS files read again, and the revoked certificates; new connections use them"
+                    ),
                     Err(error) => tracing::error!(
                         "SIGHUP: TLS files not reloaded, the ones in force stay: {error:#}"
                     ),

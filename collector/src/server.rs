@@ -35,6 +35,7 @@ use crate::{
     health::{self, StoreHealth},
     identity::Peer,
     liveness::{self, Liveness},
+    revocation::Revocation,
     store::{Record, Store, StoreError},
     stream::{self, Filter, Hub, Start},
     tamper::TamperWatch,
@@ -237,6 +238,7 @@ pub struct CollectorService {
     tamper: Arc<TamperWatch>,
     health: Arc<StoreHealth>,
     refusals: Arc<Refusals>,
+    revocation: Arc<Revocation>,
 }
 
 fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
@@ -298,6 +300,19 @@ impl CollectorService {
         })]);
     }
 
+    /// Refuses a call from a revoked certificate (logged).
+    fn not_revoked(&self, peer: &Peer, call: &str) -> Result<(), Status> {
+        match self.revocation.current().denies(&peer.credential) {
+            None => Ok(()),
+            Some(entry) => {
+                warn!(identity = %peer.identity, peer = %peer.addr, revoked = %entry, call, "call refused: certificate revoked");
+                Err(Status::permission_denied(format!(
+                    "certificate revoked ({entry})"
+                )))
+            }
+        }
+    }
+
     /// A sign of life from `agent`: raises the reconnection alert when it had been silent.
     async fn alive(&self, agent: &str) {
         if let Some(silent) = self.liveness.seen(agent, tokio::time::Instant::now()) {
@@ -314,10 +329,26 @@ impl CollectorService {
     ) {
         let identity = peer.identity.clone();
         let mut stopping = self.stopping.clone();
+        let mut revoked = self.revocation.subscribe();
         loop {
             let message = tokio::select! {
-                message = inbound.message() => Some(message),
+                message = inbound.message() => Some(Some(message)),
                 _ = stopping.wait_for(|s| *s) => None,
+                () = async {
+                    let _ = revoked
+                        .wait_for(|list| list.denies(&peer.credential).is_some())
+                        .await;
+                } => Some(None),
+            };
+            let message = match message {
+                Some(Some(message)) => Some(message),
+                Some(None) => {
+                    if let Err(status) = self.not_revoked(&peer, "ingest (open stream cut)") {
+                        let _ = tx.send(Err(status)).await;
+                    }
+                    return;
+                }
+                None => None,
             };
             let Some(message) = message else {
                 let _ = tx
@@ -414,6 +445,7 @@ impl Collector for CollectorService {
         request: Request<Streaming<IngestRequest>>,
     ) -> Result<Response<Self::IngestStream>, Status> {
         let peer = peer(&request)?;
+        self.not_revoked(&peer, "ingest")?;
         if self.subscribers.contains(&*peer.identity) {
             warn!(identity = %peer.identity, peer = %peer.addr, "a subscriber identity tried to ingest");
             return Err(Status::permission_denied(
@@ -439,6 +471,7 @@ impl Collector for CollectorService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let peer = peer(&request)?;
+        self.not_revoked(&peer, "subscribe")?;
         if !self.subscribers.contains(&*peer.identity) {
             warn!(identity = %peer.identity, peer = %peer.addr, "subscription refused: not a listed subscriber");
             return Err(Status::permission_denied(
@@ -455,14 +488,28 @@ impl Collector for CollectorService {
         };
         info!(subscriber = %peer.identity, peer = %peer.addr, ?start, "subscription opened");
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(stream::run(
+        let mut run = tokio::spawn(stream::run(
             self.store.clone(),
             self.hub.clone(),
             filter,
             start,
             request.replay_only,
-            tx,
+            tx.clone(),
         ));
+        // A certificate revoked while the subscription is open ends it.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut revoked = this.revocation.subscribe();
+            tokio::select! {
+                _ = &mut run => {}
+                () = async { let _ = revoked.wait_for(|list| list.denies(&peer.credential).is_some()).await; } => {
+                    run.abort();
+                    if let Err(status) = this.not_revoked(&peer, "subscribe (open stream cut)") {
+                        let _ = tx.send(Err(status)).await;
+                    }
+                }
+            }
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -480,15 +527,18 @@ pub struct BoundCollector {
 /// theirs. On any error the configuration in force stays.
 #[derive(Clone)]
 pub struct Reloader {
-    files: tls::TlsFiles,
     config: Arc<watch::Sender<Arc<rustls::ServerConfig>>>,
+    revocation: Arc<Revocation>,
 }
 
 impl Reloader {
-    /// Reads the CA, certificate and key again and puts them in force for new connections.
-    pub fn reload(&self) -> Result<(), tls::TlsError> {
-        let config = tls::server_config(&self.files)?;
-        self.config.send_replace(config);
+    /// Reads the CA, certificate and key `config` names and puts them in force for new
+    /// connections, with its deny list (which also cuts open connections of newly revoked
+    /// certificates). Nothing changes if the TLS files do not load.
+    pub fn reload(&self, config: &Config) -> Result<(), tls::TlsError> {
+        let tls_config = tls::server_config(&config.server.tls)?;
+        self.config.send_replace(tls_config);
+        self.revocation.set(config.server.revoked.clone());
         Ok(())
     }
 }
@@ -499,9 +549,10 @@ impl BoundCollector {
     pub async fn bind(config: Config) -> Result<BoundCollector, ServerError> {
         // Fail early on unusable TLS files.
         let tls_config = tls::server_config(&config.server.tls)?;
+        let revocation = Arc::new(Revocation::new(config.server.revoked.clone()));
         let tls = Reloader {
-            files: config.server.tls.clone(),
             config: Arc::new(watch::channel(tls_config).0),
+            revocation: revocation.clone(),
         };
         let store = Arc::new(Store::open(config.store.clone())?);
         let signer = Signer::load_or_create(&config.checkpoint.key)?;
@@ -528,6 +579,7 @@ impl BoundCollector {
             tamper: Arc::new(TamperWatch::new()),
             health: Arc::new(StoreHealth::new()),
             refusals: Arc::new(Refusals::new()),
+            revocation: revocation.clone(),
         };
         Ok(BoundCollector {
             config,
@@ -564,6 +616,7 @@ impl BoundCollector {
         let incoming = tls::incoming(
             listener,
             tls.config.subscribe(),
+            tls.revocation.clone(),
             AcceptLimits {
                 handshake_timeout: config.server.handshake_timeout,
                 max_connections: config.server.max_connections,

@@ -1685,7 +1685,10 @@ mod tests {
         assert!(!removed.is_empty());
         let cutoff = unix_secs(now) - 86_400;
         assert!(removed.iter().all(|r| r.newest_received.unwrap() < cutoff));
-        assert!(store.all_sealed_received_after(cutoff), "fresh segments stay");
+        assert!(
+            store.all_sealed_received_after(cutoff),
+            "fresh segments stay"
+        );
         let options = crate::verify::VerifyOptions {
             store_dir: dir.path().to_owned(),
             retention_max_age: Some(day),

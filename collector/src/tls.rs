@@ -32,7 +32,10 @@ use phiguard_support::{
     tls::ALPN_H2,
 };
 
-use crate::identity::{identity_from_cert, Peer};
+use crate::{
+    identity::{identity_from_cert, Peer},
+    revocation::{Credential, Revocation},
+};
 
 pub use phiguard_support::tls::TlsError;
 
@@ -124,6 +127,7 @@ pub struct AcceptLimits {
 pub fn incoming(
     listener: TcpListener,
     config: watch::Receiver<Arc<ServerConfig>>,
+    revocation: Arc<Revocation>,
     limits: AcceptLimits,
 ) -> ReceiverStream<Result<TlsConn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
@@ -144,6 +148,7 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(config.borrow().clone());
             let tx = tx.clone();
+            let revocation = revocation.clone();
             tokio::spawn(async move {
                 let mut conn = match handshake(acceptor, tcp, addr, limits.handshake_timeout).await
                 {
@@ -153,6 +158,10 @@ pub fn incoming(
                         return;
                     }
                 };
+                if let Some(entry) = revocation.current().denies(&conn.peer.credential) {
+                    warn!(peer = %addr, identity = %conn.peer.identity, revoked = %entry, "TLS connection refused: certificate revoked");
+                    return;
+                }
                 debug!(peer = %addr, identity = %conn.peer.identity, "TLS connection accepted");
                 conn._slot = Some(permit);
                 if tx.send(Ok(conn)).await.is_err() {
@@ -183,11 +192,13 @@ async fn handshake(
         .and_then(|c| c.first())
         .ok_or("no client certificate")?;
     let identity = identity_from_cert(cert.as_ref()).map_err(|e| e.to_string())?;
+    let credential = Credential::from_der(cert.as_ref())?;
     Ok(TlsConn {
         inner: stream,
         peer: Peer {
             identity: Arc::from(identity.as_str()),
             addr,
+            credential,
         },
         _slot: None,
     })

@@ -921,3 +921,125 @@ fn a_huge_seq_from_a_stolen_certificate_is_refused_and_the_real_agent_keeps_stor
         "each refusal is logged:\n{log}"
     );
 }
+
+/// The `sha256:` fingerprint of the PEM certificate at `path`, as `[server] revoked` takes it.
+fn fingerprint(path: &Path) -> String {
+    let certs = phiguard_support::pem::load_certs(path).unwrap();
+    let credential =
+        phiguard_collector::revocation::Credential::from_der(certs[0].as_ref()).unwrap();
+    format!("sha256:{}", hex_string(&credential.fingerprint))
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn revoked_certificates_are_refused_new_and_cut_live_without_a_restart() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a", "ehr-b"]));
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let pid = nix::unistd::Pid::from_raw(collector.pid().unwrap() as i32);
+    let rt = runtime();
+    // A live subscriber with the certificate about to be stolen, and two agents.
+    let mut live = subscribe_live(&rt, &pki, &collector.addr, host("ehr-b"));
+    let a = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    let b = AgentLink::start(&pki, "ehr-b", &collector.addr);
+    a.send("ehr-a", 1..=10);
+    b.send("ehr-b", 1..=10);
+    assert!(a.wait_acked(10, Duration::from_secs(20)) && b.wait_acked(10, Duration::from_secs(20)));
+    // Revoke the subscriber's certificate (by fingerprint) and ehr-a's (by serial).
+    let serial = {
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(pki.agent("ehr-a").cert)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .trim_start_matches("serial=")
+            .to_owned()
+    };
+    let text = fs::read_to_string(&collector.config).unwrap().replace(
+        "subscribers = [\"soc\"]\n",
+        &format!(
+            "subscribers = [\"soc\"]\nrevoked = [\"{}\", \"serial:{serial}\"]\n",
+            fingerprint(&pki.path("soc.pem"))
+        ),
+    );
+    fs::write(&collector.config, text).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(
+        collector.wait_log("revoked=2", Duration::from_secs(10)),
+        "{}",
+        collector.log()
+    );
+    // The open subscription ends with PERMISSION_DENIED.
+    let ended = rt.block_on(async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), live.message()).await {
+                Ok(Ok(Some(_))) => {}
+                other => return other,
+            }
+        }
+    });
+    match ended {
+        Ok(Err(status)) => {
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+            assert!(
+                status.message().contains("certificate revoked"),
+                "{status:?}"
+            );
+        }
+        other => panic!("the live subscription was not cut: {other:?}"),
+    }
+    // A new subscription with it is refused.
+    let again = rt.block_on(phiguard_collector::tail::subscribe(
+        &collector.addr,
+        Some("localhost"),
+        &pki.subscriber(),
+        v1::SubscribeRequest::default(),
+        1 << 20,
+    ));
+    assert!(again.is_err(), "a revoked subscriber is refused");
+    // ehr-a's events are no longer taken; ehr-b's are.
+    a.send("ehr-a", 11..=20);
+    b.send("ehr-b", 11..=20);
+    assert!(
+        b.wait_acked(20, Duration::from_secs(20)),
+        "the other agent keeps storing"
+    );
+    assert!(
+        !a.wait_acked(11, Duration::from_secs(3)),
+        "the revoked agent is refused"
+    );
+    // A renewed subscriber certificate (same identity, new key) is welcome.
+    let ca = Ca::load(
+        &fs::read_to_string(pki.path("ca.pem")).unwrap(),
+        &fs::read_to_string(pki.path("ca.key")).unwrap(),
+    )
+    .unwrap();
+    let renewed = ca.issue(&Leaf::subscriber("soc")).unwrap();
+    phiguard_devcerts::write_issued(pki.dir.path(), "soc", &renewed).unwrap();
+    let events = replay_all(&rt, &pki, &collector.addr, Default::default());
+    assert_eq!(
+        seqs(&events).iter().filter(|s| **s > 10).count(),
+        10,
+        "ehr-b's 11..=20 only"
+    );
+    let log = collector.log();
+    assert!(log.contains("certificate revoked"), "{log}");
+    assert!(
+        log.contains("identity=ehr-a")
+            && log.contains(&format!(
+                "revoked=serial:{}",
+                serial.to_ascii_lowercase().trim_start_matches('0')
+            )),
+        "{log}"
+    );
+    assert!(log.contains("identity=soc"), "{log}");
+    assert!(
+        log.contains("subscribe (open stream cut)") && log.contains("ingest (open stream cut)"),
+        "both open streams were cut at the reload:\n{log}"
+    );
+}
