@@ -76,6 +76,16 @@ pub enum CheckpointError {
     /// A public key that is not 32 bytes of hex.
     #[error("public key: {0}")]
     PublicKey(String),
+    /// The chain is shorter than a checkpoint this key signed before: it is not signed again.
+    #[error("agent {agent}: the chain ends at record {head} but record {signed} was signed before: records were removed; not signing a shortened chain (run `phiguard-collector verify`)")]
+    Shortened {
+        /// The agent.
+        agent: String,
+        /// The chain's head now.
+        head: u64,
+        /// The highest index signed before.
+        signed: u64,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
@@ -238,6 +248,37 @@ pub struct Checkpointer {
     /// Per agent: index last checkpointed and when.
     last: Mutex<BTreeMap<String, (u64, Instant)>>,
     file: Mutex<Option<File>>,
+    /// Per agent: the highest index signed with this key (from the export file at start).
+    signed: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Per agent, the highest index signed by `key` in the export file at `path`. Unreadable
+/// lines are skipped (logged): this only guards against signing a shortened chain, `verify`
+/// reports the file's problems.
+fn highest_signed(path: &Path, key: &[u8]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(text) = fs::read_to_string(path) else {
+        return out;
+    };
+    for (i, line) in text.lines().enumerate() {
+        let json = line
+            .find("checkpoint {")
+            .map_or(line.trim(), |at| &line[at + 11..]);
+        if json.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<v1::Checkpoint>(json) {
+            Ok(cp) if verify_signature(&cp, key).is_ok() => {
+                let max = out.entry(cp.agent).or_insert(0);
+                *max = cp.index.max(*max);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                warn!(file = %path.display(), line = i + 1, %error, "unreadable checkpoint line skipped")
+            }
+        }
+    }
+    out
 }
 
 impl Checkpointer {
@@ -263,13 +304,36 @@ impl Checkpointer {
             }
             None => None,
         };
+        let signed = match &export.file {
+            Some(path) => highest_signed(path, signer.public_key()),
+            None => BTreeMap::new(),
+        };
         Ok(Checkpointer {
             signer,
             export,
             cadence,
             last: Mutex::new(BTreeMap::new()),
+            signed: Mutex::new(signed),
             file: Mutex::new(file),
         })
+    }
+
+    /// Fails when `agent`'s chain, at `head`, is shorter than what this key signed before.
+    pub fn not_shortened(&self, agent: &str, head: u64) -> Result<(), CheckpointError> {
+        let signed = self
+            .signed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(agent)
+            .copied();
+        match signed {
+            Some(signed) if signed > head => Err(CheckpointError::Shortened {
+                agent: agent.to_owned(),
+                head,
+                signed,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The signing key.
@@ -296,7 +360,8 @@ impl Checkpointer {
                 }
             }
         };
-        if !due {
+        // A shortened chain was reported once at start; it is simply not signed.
+        if !due || self.not_shortened(agent, head.index).is_err() {
             return None;
         }
         match self.checkpoint(agent, head) {
@@ -310,6 +375,7 @@ impl Checkpointer {
 
     /// Signs and exports a checkpoint of `agent`'s head now.
     pub fn checkpoint(&self, agent: &str, head: &Head) -> Result<v1::Checkpoint, CheckpointError> {
+        self.not_shortened(agent, head.index)?;
         let cp = self.signer.sign(agent, head, SystemTime::now());
         let line = serde_json::to_string(&cp).expect("checkpoints serialise");
         if let Some(file) = self
@@ -339,6 +405,12 @@ impl Checkpointer {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(agent.to_owned(), (head.index, Instant::now()));
+        let mut signed = self
+            .signed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let max = signed.entry(agent.to_owned()).or_insert(0);
+        *max = head.index.max(*max);
         Ok(cp)
     }
 }
@@ -429,6 +501,34 @@ mod tests {
         let mut forged = read[1].clone();
         forged.chain_hash = vec![9; 32];
         assert!(verify_signature(&forged, &trusted).is_err());
+        // Started again on the same file: a shorter chain is never signed.
+        let again = Checkpointer::new(
+            Signer::load(&key).unwrap(),
+            ExportConfig {
+                file: Some(file.clone()),
+                syslog: false,
+            },
+            Cadence {
+                every_records: 10,
+                every: Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        let error = again.checkpoint("a", &head(7)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                CheckpointError::Shortened {
+                    head: 7,
+                    signed: 11,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(again.maybe("a", &head(7), true).is_none());
+        assert_eq!(read_file(&file).unwrap().len(), 2, "nothing signed");
+        assert!(again.checkpoint("a", &head(12)).is_ok());
         let other = Signer::load_or_create(&dir.path().join("other.key")).unwrap();
         let foreign = other.sign("a", &head(11), SystemTime::now());
         assert!(verify_signature(&foreign, &trusted).is_err());

@@ -627,6 +627,24 @@ impl BoundCollector {
                 .raise(&repair.agent, health::repaired_alert(&repair))
                 .await;
         }
+        for (agent, head) in service.store.heads() {
+            if let Err(error @ checkpoint::CheckpointError::Shortened { signed, .. }) =
+                service.checkpoints.not_shortened(&agent, head.index)
+            {
+                error!(agent = %agent, "{error}");
+                let alert = crate::alert::event(
+                    &agent,
+                    v1::CollectorAlert {
+                        kind: v1::AlertKind::ChainShortened as i32,
+                        message: error.to_string(),
+                        expected_seq: signed,
+                        received_seq: head.index,
+                        ..Default::default()
+                    },
+                );
+                service.raise(&agent, alert).await;
+            }
+        }
         let timers = tokio::spawn(timers(service.clone()));
         let silence = tokio::spawn(watch_silence(service.clone()));
         info!(

@@ -1043,3 +1043,49 @@ fn revoked_certificates_are_refused_new_and_cut_live_without_a_restart() {
         "both open streams were cut at the reload:\n{log}"
     );
 }
+
+#[test]
+fn records_cut_off_the_end_behind_the_collectors_back_are_reported_and_never_signed() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let mut collector = CollectorProc::start(work.path(), &pki, "");
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 1..=300);
+    assert!(link.wait_acked(300, Duration::from_secs(30)));
+    drop(link);
+    collector.stop();
+    let checkpoints = work.path().join("checkpoints.jsonl");
+    let signed_before = fs::read_to_string(&checkpoints).unwrap().lines().count();
+    // Whole records removed from the end of the newest segment: framing intact, no torn write.
+    let segments = list_segments(&collector.store.join("agents/ehr-a")).unwrap();
+    let newest = &segments.last().unwrap().1;
+    let (bytes, spans) = record_spans(newest);
+    assert!(spans.len() > 20);
+    let cut = spans[spans.len() - 20].0;
+    fs::write(newest, &bytes[..cut]).unwrap();
+    collector.restart();
+    assert!(
+        collector.wait_log("not signing a shortened chain", Duration::from_secs(10)),
+        "{}",
+        collector.log()
+    );
+    let rt = runtime();
+    let events = replay_all(&rt, &pki, &collector.addr, Default::default());
+    let shortened: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::Alert(a)) if a.kind == v1::AlertKind::ChainShortened as i32 => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shortened.len(), 1, "recorded in the chain: {events:?}");
+    assert!(shortened[0].expected_seq > shortened[0].received_seq);
+    std::thread::sleep(Duration::from_millis(1500));
+    collector.stop();
+    let lines = fs::read_to_string(&checkpoints).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        signed_before,
+        "nothing was signed over the shortened chain:\n{lines}"
+    );
+    assert_broken(&collector.config, "records removed from the end");
+}
