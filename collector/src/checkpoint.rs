@@ -129,6 +129,17 @@ pub fn verify_signature(cp: &v1::Checkpoint, trusted: &[u8]) -> Result<(), Check
         .map_err(|_| fail("signature does not verify"))
 }
 
+/// Checks a retention entry's signature under `trusted`.
+pub fn verify_retention(entry: &store::RetentionEntry, trusted: &[u8]) -> Result<(), &'static str> {
+    if entry.signature.is_empty() {
+        return Err("not signed");
+    }
+    let signature = hex::decode(&entry.signature).map_err(|_| "signature is not hex")?;
+    UnparsedPublicKey::new(&ED25519, trusted)
+        .verify(&entry.signed_bytes(), &signature)
+        .map_err(|_| "signature does not verify under the trusted checkpoint key")
+}
+
 /// Parses a hex public key.
 pub fn parse_public_key(hex_text: &str) -> Result<Vec<u8>, CheckpointError> {
     let bytes =
@@ -198,6 +209,11 @@ impl Signer {
     /// The public key, hex.
     pub fn public_key_hex(&self) -> String {
         hex::encode(self.public_key())
+    }
+
+    /// Signs `bytes` (a retention entry's [`crate::store::RetentionEntry::signed_bytes`]).
+    pub fn sign_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        self.key.sign(bytes).as_ref().to_vec()
     }
 
     /// Signs the head of `agent`'s chain.

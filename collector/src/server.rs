@@ -561,6 +561,8 @@ impl BoundCollector {
             config.checkpoint.export.clone(),
             config.checkpoint.cadence,
         )?);
+        let signing = checkpoints.clone();
+        store.set_retention_signer(Box::new(move |bytes| signing.signer().sign_bytes(bytes)));
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(|source| ServerError::Bind {

@@ -343,7 +343,34 @@ pub struct RetentionEntry {
     /// entries of older collectors): `verify` checks an "age" removal against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest_received: Option<i64>,
+    /// ed25519 signature (hex) of [`RetentionEntry::signed_bytes`] with the checkpoint key;
+    /// `verify` accepts only signed entries as retention when it has the trusted key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signature: String,
 }
+
+impl RetentionEntry {
+    /// The bytes the signature covers: `"phiguard.v1.Retention\0" | agent | "\0" |
+    /// first_index u64 BE | last_index u64 BE | last_hash | "\0" | removed i64 BE | reason |
+    /// "\0" | newest_received i64 BE (i64::MIN when absent)`.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = b"phiguard.v1.Retention\0".to_vec();
+        out.extend_from_slice(self.agent.as_bytes());
+        out.push(0);
+        out.extend_from_slice(&self.first_index.to_be_bytes());
+        out.extend_from_slice(&self.last_index.to_be_bytes());
+        out.extend_from_slice(self.last_hash.as_bytes());
+        out.push(0);
+        out.extend_from_slice(&self.removed.to_be_bytes());
+        out.extend_from_slice(self.reason.as_bytes());
+        out.push(0);
+        out.extend_from_slice(&self.newest_received.unwrap_or(i64::MIN).to_be_bytes());
+        out
+    }
+}
+
+/// Signs retention entries (the checkpoint key).
+pub type RetentionSigner = Box<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
 
 /// How far the clock may be ahead of the newest record the store received before retention
 /// by age stops trusting it (one day). Agents send a heartbeat every 30 s by default, so a
@@ -378,6 +405,7 @@ pub struct Store {
     config: StoreConfig,
     chains: Mutex<BTreeMap<Arc<str>, Arc<Mutex<Chain>>>>,
     repairs: Mutex<Vec<Repair>>,
+    retention_signer: Mutex<Option<RetentionSigner>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1011,7 +1039,13 @@ impl Store {
             config,
             chains: Mutex::new(chains),
             repairs: Mutex::new(repairs),
+            retention_signer: Mutex::new(None),
         })
+    }
+
+    /// Signs every retention entry from now on with `sign`.
+    pub fn set_retention_signer(&self, sign: RetentionSigner) {
+        *lock(&self.retention_signer) = Some(sign);
     }
 
     /// The repairs made while opening (each cut a torn, never acknowledged write), handed
@@ -1254,8 +1288,8 @@ impl Store {
         now: SystemTime,
         reason: &str,
     ) -> Result<RetentionEntry, StoreError> {
-        let meta = chain.sealed.remove(0);
-        let entry = RetentionEntry {
+        let meta = chain.sealed[0].clone();
+        let mut entry = RetentionEntry {
             agent: chain.agent.to_string(),
             first_index: meta.first_index,
             last_index: meta.last_index,
@@ -1263,8 +1297,13 @@ impl Store {
             removed: unix_secs(now),
             reason: reason.to_owned(),
             newest_received: Some(meta.max_received),
+            signature: String::new(),
         };
-        // Log first: a removal is never unexplained.
+        if let Some(sign) = lock(&self.retention_signer).as_ref() {
+            entry.signature = hex::encode(sign(&entry.signed_bytes()));
+        }
+        // Log first: a removal is never unexplained. The segment leaves the chain in memory
+        // only once it is gone from the disk.
         let log = self.config.dir.join(RETENTION_LOG);
         let mut line = serde_json::to_vec(&entry).map_err(|source| StoreError::Index {
             path: log.clone(),
@@ -1274,6 +1313,7 @@ impl Store {
         append_line(&log, &line)?;
         let path = chain.dir.join(chain::segment_file_name(meta.first_index));
         fs::remove_file(&path).map_err(io_err(&path))?;
+        chain.sealed.remove(0);
         let _ = fs::remove_file(index_path(&path));
         fsync_dir(&chain.dir)?;
         info!(agent = %chain.agent, first_index = meta.first_index, last_index = meta.last_index, reason, "retention removed a segment");
@@ -1712,6 +1752,69 @@ mod tests {
         assert!(!report.ok());
         let text = format!("{:?}", report.problems);
         assert!(text.contains("not legitimate retention"), "{text}");
+    }
+
+    #[test]
+    fn retention_entries_are_signed_and_verify_takes_no_forged_or_unsigned_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Arc::new(
+            crate::checkpoint::Signer::load_or_create(&dir.path().join("keys/cp.key")).unwrap(),
+        );
+        let trusted = signer.public_key().to_vec();
+        let store_dir = dir.path().join("store");
+        let store = Store::open(StoreConfig {
+            retention_max_bytes: Some(3000),
+            ..small(&store_dir)
+        })
+        .unwrap();
+        let s = signer.clone();
+        store.set_retention_signer(Box::new(move |b| s.sign_bytes(b)));
+        store
+            .append("a", (1..=60).map(|s| event("a", s)).collect(), |_| {})
+            .unwrap();
+        let removed = store.apply_retention(SystemTime::now()).unwrap();
+        assert!(!removed.is_empty());
+        let options = crate::verify::VerifyOptions {
+            store_dir: store_dir.clone(),
+            trusted_key: Some(trusted),
+            ..Default::default()
+        };
+        let report = crate::verify::verify(&options).unwrap();
+        assert!(
+            report.ok(),
+            "signed retention explains the removal: {report:?}"
+        );
+        // Someone deletes the next segment and appends an entry for it, unsigned, then one
+        // copied from a real entry with the indexes changed.
+        let oldest = lock(&store.chain("a").unwrap()).sealed[0].clone();
+        drop(store);
+        fs::remove_file(
+            store_dir
+                .join("agents/a")
+                .join(chain::segment_file_name(oldest.first_index)),
+        )
+        .unwrap();
+        let mut forged = removed.last().unwrap().clone();
+        forged.first_index = oldest.first_index;
+        forged.last_index = oldest.last_index;
+        forged.last_hash = oldest.last_hash.clone();
+        let mut unsigned = forged.clone();
+        unsigned.signature.clear();
+        for entry in [&forged, &unsigned] {
+            append_line(
+                &store_dir.join(RETENTION_LOG),
+                format!("{}\n", serde_json::to_string(entry).unwrap()).as_bytes(),
+            )
+            .unwrap();
+        }
+        let report = crate::verify::verify(&options).unwrap();
+        let text = format!("{report:?}");
+        assert!(text.contains("signature does not verify"), "{text}");
+        assert!(text.contains("not signed"), "{text}");
+        assert!(
+            text.contains("retention removed no such segment"),
+            "the deletion stays unexplained: {text}"
+        );
     }
 
     #[test]

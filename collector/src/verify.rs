@@ -419,7 +419,29 @@ pub fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
             }),
         }
     }
-    let retention = store::read_retention_log(&options.store_dir)?;
+    let mut retention = store::read_retention_log(&options.store_dir)?;
+    if let Some(trusted) = &options.trusted_key {
+        // Only signed entries explain removed records: anyone who can delete a segment can
+        // also append a line.
+        retention.retain(|r| match checkpoint::verify_retention(r, trusted) {
+            Ok(()) => true,
+            Err(why) => {
+                report.problems.push(Problem {
+                    agent: r.agent.clone(),
+                    segment: Some(chain::segment_file_name(r.first_index)),
+                    offset: None,
+                    index: Some(r.first_index),
+                    message: format!(
+                        "{}: retention entry for records {}..={}: {why} (forged, or written by a collector before signed retention)",
+                        store::RETENTION_LOG,
+                        r.first_index,
+                        r.last_index
+                    ),
+                });
+                false
+            }
+        });
+    }
     let agents_dir = options.store_dir.join(AGENTS_DIR);
     let mut agents = BTreeSet::new();
     match std::fs::read_dir(&agents_dir) {

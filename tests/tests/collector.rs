@@ -1089,3 +1089,52 @@ fn records_cut_off_the_end_behind_the_collectors_back_are_reported_and_never_sig
     );
     assert_broken(&collector.config, "records removed from the end");
 }
+
+#[test]
+fn retention_entries_are_signed_and_a_forged_one_fails_verify() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let mut collector = CollectorProc::start_with_store(
+        work.path(),
+        &pki,
+        "segment_max_bytes = 4096\nretention_max_bytes = 20000\n",
+    );
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 1..=300);
+    assert!(link.wait_acked(300, Duration::from_secs(30)));
+    drop(link);
+    collector.stop();
+    // Retention runs at start.
+    collector.restart();
+    assert!(collector.wait_log("retention removed a segment", Duration::from_secs(10)));
+    collector.stop();
+    let log_path = collector.store.join("retention.jsonl");
+    let entries = fs::read_to_string(&log_path).unwrap();
+    assert!(
+        entries.lines().all(|l| l.contains("\"signature\":\"")),
+        "{entries}"
+    );
+    let out = CollectorProc::verify(&collector.config, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The oldest remaining segment deleted, and explained by a copied, edited entry.
+    let segments = list_segments(&collector.store.join("agents/ehr-a")).unwrap();
+    let (first, path) = segments[0].clone();
+    let (_, spans) = record_spans(&segments[1].1);
+    assert!(!spans.is_empty());
+    fs::remove_file(&path).unwrap();
+    let last: serde_json::Value = serde_json::from_str(entries.lines().last().unwrap()).unwrap();
+    let mut forged = last.clone();
+    forged["first_index"] = first.into();
+    forged["last_index"] = (segments[1].0 - 1).into();
+    let mut text = entries.clone();
+    text.push_str(&format!("{forged}\n"));
+    fs::write(&log_path, text).unwrap();
+    let report = assert_broken(&collector.config, "signature does not verify");
+    assert!(
+        report.contains("retention removed no such segment"),
+        "{report}"
+    );
+}
