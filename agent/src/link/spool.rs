@@ -811,6 +811,30 @@ mod tests {
         drop(first);
         Spool::open(config(dir.path(), 1 << 20, FullPolicy::KeepOldest))
             .expect("free again once the first agent is gone");
+        // Another process holding the lock (flock(1), as a second agent would).
+        let mut holder = std::process::Command::new("flock")
+            .arg(dir.path().join(LOCK_FILE))
+            .args(["sleep", "30"])
+            .spawn()
+            .expect("flock(1)");
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let refused = loop {
+            match Spool::open(config(dir.path(), 1 << 20, FullPolicy::KeepOldest)) {
+                Err(e @ SpoolError::Locked { .. }) => break e,
+                Ok(spool) => drop(spool),
+                Err(e) => panic!("{e}"),
+            }
+            assert!(Instant::now() < deadline, "flock(1) never took the lock");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert!(
+            refused
+                .to_string()
+                .contains(&dir.path().display().to_string()),
+            "{refused}"
+        );
     }
 
     #[test]
