@@ -203,6 +203,9 @@ pub mod open_syscall {
     /// An open the fanotify layer saw outside any open-family call of the opener (io_uring,
     /// a kernel worker): the path and flags are unknown.
     pub const OTHER: u32 = 7;
+    /// A descriptor taken from another process (`pidfd_getfd(2)`) or, under BPF LSM, received
+    /// over a unix socket (`SCM_RIGHTS`): decided as an open with the descriptor's mode.
+    pub const RECEIVE: u32 = 8;
 }
 
 /// `EventHeader::flags` of a [`FileOpenEvent`] from the fanotify layer: the opener used the

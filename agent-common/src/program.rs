@@ -62,10 +62,14 @@ pub enum Program {
     TaintSysEnterPtrace,
     /// `taint_sys_enter_process_vm_writev`.
     TaintSysEnterProcessVmWritev,
+    /// `enforce_file_receive`.
+    EnforceFileReceive,
+    /// `file_sys_exit_pidfd_getfd`.
+    FileSysExitPidfdGetfd,
 }
 
 /// Number of programs (entries of the `FAULTS` map).
-pub const PROGRAM_COUNT: u32 = 28;
+pub const PROGRAM_COUNT: u32 = 30;
 
 impl Program {
     /// Every program, in index order.
@@ -98,6 +102,8 @@ impl Program {
         Program::TaintSysEnterMmap,
         Program::TaintSysEnterPtrace,
         Program::TaintSysEnterProcessVmWritev,
+        Program::EnforceFileReceive,
+        Program::FileSysExitPidfdGetfd,
     ];
 
     /// The program's symbol name in the object.
@@ -131,6 +137,8 @@ impl Program {
             Program::TaintSysEnterMmap => "taint_sys_enter_mmap",
             Program::TaintSysEnterPtrace => "taint_sys_enter_ptrace",
             Program::TaintSysEnterProcessVmWritev => "taint_sys_enter_process_vm_writev",
+            Program::EnforceFileReceive => "enforce_file_receive",
+            Program::FileSysExitPidfdGetfd => "file_sys_exit_pidfd_getfd",
         }
     }
 }

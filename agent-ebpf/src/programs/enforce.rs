@@ -4,7 +4,7 @@
 //! without LSM. Every hook first honours an earlier LSM's refusal (the `ret` argument).
 
 use agent_common::{
-    event::{ConnectEvent, ExecEvent, Kind, FLAG_EXEC_REFUSED, FLAG_TRUNCATED},
+    event::{open_syscall, ConnectEvent, ExecEvent, Kind, FLAG_EXEC_REFUSED, FLAG_TRUNCATED},
     limits::PATH_LEN,
     maps::InodeKey,
     policy::{access, layer, verdict, Decision},
@@ -43,9 +43,30 @@ pub fn enforce_file_open(ctx: LsmContext) -> i32 {
     if earlier != 0 {
         return earlier;
     }
+    let call = OpenCall::current().unwrap_or(OpenCall::UNKNOWN);
     verdict_of(
         Program::EnforceFileOpen,
-        try_open(File::from_raw(ctx.arg::<u64>(0) as usize)),
+        try_open(File::from_raw(ctx.arg::<u64>(0) as usize), call),
+    )
+}
+
+/// `int file_receive(struct file *file)` (BPF LSM): a descriptor arriving in the current
+/// process from another — `pidfd_getfd` or `SCM_RIGHTS`. A protected file's descriptor is
+/// decided like an open of it with the descriptor's mode: a refused process cannot take the
+/// allowed service's descriptor, nor be handed one.
+#[lsm(hook = "file_receive")]
+pub fn enforce_file_receive(ctx: LsmContext) -> i32 {
+    let earlier: i32 = ctx.arg(1);
+    if earlier != 0 {
+        return earlier;
+    }
+    let call = OpenCall {
+        syscall: open_syscall::RECEIVE,
+        ..OpenCall::UNKNOWN
+    };
+    verdict_of(
+        Program::EnforceFileReceive,
+        try_open(File::from_raw(ctx.arg::<u64>(0) as usize), call),
     )
 }
 
@@ -64,9 +85,9 @@ fn verdict_of(program: Program, result: ProbeResult<i32>) -> i32 {
     }
 }
 
-/// `EPERM` when a rule denies the current process this open, else 0.
+/// `EPERM` when a rule denies the current process this open (made by `call`), else 0.
 #[inline(always)]
-fn try_open(file: File) -> ProbeResult<i32> {
+fn try_open(file: File, call: OpenCall) -> ProbeResult<i32> {
     let dentry = file.dentry()?;
     let dev = dentry.dev()?;
     // SAFETY: value not used.
@@ -75,11 +96,13 @@ fn try_open(file: File) -> ProbeResult<i32> {
     }
     let hit = or_skip(find_watch(dentry, dev, current_slot()))?;
     // An open through open/openat/openat2 has its flags (O_TRUNC included, which `f_flags`
-    // no longer holds after the open); any other (exec, io_uring…) has the file's mode. (No
-    // `Option<OpenCall>` is kept: its unset payload would reach the verifier as an
-    // uninitialised register.)
-    let call = OpenCall::current().unwrap_or(OpenCall::UNKNOWN);
-    let in_open_call = call.syscall != 0;
+    // no longer holds after the open); any other (exec, io_uring, a received descriptor…)
+    // has the file's mode. (No `Option<OpenCall>` is kept: its unset payload would reach the
+    // verifier as an uninitialised register.)
+    let in_open_call = matches!(
+        call.syscall,
+        open_syscall::OPEN | open_syscall::OPENAT | open_syscall::OPENAT2
+    );
     let requested = if in_open_call {
         requested_access(call.flags)
     } else {

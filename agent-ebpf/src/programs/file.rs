@@ -226,6 +226,64 @@ fn opened(syscall: u32, ret: i64) -> ProbeResult {
     send(scratch)
 }
 
+/// `syscalls/sys_exit_pidfd_getfd` (Linux 5.6+): `ret` at 16, a descriptor taken from another
+/// process. A protected file's descriptor is decided like an open of it with the descriptor's
+/// mode, so a refused process cannot take the allowed service's; the SIGKILL layer kills it
+/// before the call returns (BPF LSM refuses it earlier, in `file_receive`). Reported either way.
+#[tracepoint]
+pub fn file_sys_exit_pidfd_getfd(ctx: TracePointContext) -> i32 {
+    finish(Program::FileSysExitPidfdGetfd, try_getfd(&ctx));
+    0
+}
+
+#[inline(always)]
+fn try_getfd(ctx: &TracePointContext) -> ProbeResult {
+    // SAFETY: `ret` is the long at 16 of every syscall exit record.
+    let ret = unsafe { ctx.read_at::<i64>(16) }.map_err(|_| ProbeError::Fault)?;
+    if ret < 0 {
+        return Err(ProbeError::Skip);
+    }
+    let file = current_file(ret as u32)?;
+    let dentry = file.dentry()?;
+    let dev = dentry.dev()?;
+    // SAFETY: value not used.
+    if unsafe { WATCHED_DEVS.get(dev) }.is_none() {
+        return Err(ProbeError::Skip);
+    }
+    let hit = or_skip(find_watch(dentry, dev, current_slot()))?;
+    let mode = file.mode().unwrap_or(0);
+    let mut requested = 0;
+    if mode & FMODE_READ != 0 {
+        requested |= access::READ;
+    }
+    if mode & FMODE_WRITE != 0 {
+        requested |= access::WRITE;
+    }
+    // No other layer sees a taken descriptor: decided here even with fanotify deciding opens.
+    let decision = enforce_by_signal(decide(hit.rule(), requested, layer::SIGNAL));
+    if hit.value.observed == 0 && decision.verdict == verdict::NONE {
+        return Err(ProbeError::Skip);
+    }
+    let call = OpenCall {
+        syscall: open_syscall::RECEIVE,
+        ..OpenCall::UNKNOWN
+    };
+    let scratch = or_fault(scratch())?;
+    read_path(&mut scratch.event, &call);
+    start_record(scratch, &call, ret);
+    scratch.event.decision = decision;
+    scratch.event.matched_by = matched_by::INODE;
+    scratch.event.watch_id = hit.value.watch_id;
+    scratch.event.dev = dev;
+    scratch.event.ino = dentry.ino().unwrap_or(0);
+    copy_names(scratch, dentry, hit.depth);
+    send(scratch)
+}
+
+/// `FMODE_READ`, `FMODE_WRITE`.
+const FMODE_READ: u32 = 1;
+const FMODE_WRITE: u32 = 2;
+
 /// A failed open: match by path prefix (absolute) or by base directory (relative). The
 /// record's header is filled only once the open matched.
 #[inline(always)]
