@@ -222,8 +222,6 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(EX_CONFIG));
             }
         };
-        // systemd (Type=notify): started once it listens. A no-op elsewhere.
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         // SIGHUP (`systemctl reload`) never ends the collector: it reads the TLS files again.
@@ -253,6 +251,9 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
                 }
             }
         });
+        // systemd (Type=notify): started once it listens and handles its signals (a reload
+        // right after start must not end it). A no-op elsewhere.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let shutdown = async move {
             tokio::select! {
                 _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
