@@ -913,6 +913,7 @@ fn a_huge_seq_from_a_stolen_certificate_is_refused_and_the_real_agent_keeps_stor
         .filter(|e| matches!(&e.body, Some(Body::Alert(a)) if a.kind == v1::AlertKind::SequenceRefused as i32))
         .collect();
     assert_eq!(refused.len(), 1, "one stored alert a minute: {refused:?}");
+    eprintln!("{}", serde_json::to_string_pretty(refused[0]).unwrap());
     let log = collector.log();
     assert_eq!(
         log.matches("batch refused: seq too far above the last stored one")
