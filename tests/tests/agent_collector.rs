@@ -799,7 +799,8 @@ fn agent_link(pid: u32, program: &str) -> String {
         .unwrap_or_else(|| panic!("agent {pid} holds no link of {program}"))
 }
 
-/// The pid in the exemption map `AGENT` (map id `map`).
+/// The pid in the exemption map `AGENT` (map id `map`): the `tgid` that starts its
+/// `AgentId` value.
 fn exempt_pid(map: &str) -> u32 {
     let value = bpftool(&["map", "lookup", "id", map, "key", "0", "0", "0", "0"]);
     let bytes: Vec<u8> = value["value"]
@@ -808,7 +809,7 @@ fn exempt_pid(map: &str) -> u32 {
         .iter()
         .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
         .collect();
-    u32::from_ne_bytes(bytes.try_into().unwrap())
+    u32::from_ne_bytes(bytes[..4].try_into().unwrap())
 }
 
 /// `bash -c 'exec 3<>/dev/tcp/127.0.0.1/PORT'` as `nobody`: whether the connect succeeded.

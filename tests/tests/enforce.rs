@@ -702,6 +702,61 @@ fn enforcement_survives_sigkill_and_a_restart_adopts_the_pinned_programs() {
 }
 
 #[test]
+fn refusals_made_while_no_agent_ran_are_reported_by_the_next_agent() {
+    use nix::sys::signal::Signal;
+    let tree = Tree::new();
+    let file = tree.watched.join("rec.txt");
+    fs::write(&file, "patient 1").unwrap();
+    let policies = PolicyDir::new(&records_policy("enforce", &tree.watched, &["/usr/bin/cat"]));
+    let _cleanup = UnloadOnDrop;
+    let mut first = AgentProcess::start(policies.dir.path());
+    let lsm = first.startup.contains("\"lsm\":true");
+    first.kill(Signal::SIGKILL);
+    // The pinned programs refuse while no agent runs.
+    const WHILE_DOWN: usize = 5;
+    for _ in 0..WHILE_DOWN {
+        assert!(refused(
+            status_of(Command::new("/usr/bin/head").arg(&file)),
+            lsm
+        ));
+    }
+    let mut second = AgentProcess::start(policies.dir.path());
+    // One refusal while the new agent runs marks the end of what came before.
+    let eperm = lsm || second.startup.contains("\"files\":\"fanotify\"");
+    assert!(refused(
+        status_of(Command::new("/usr/bin/tail").arg(&file)),
+        eperm
+    ));
+    let path = file.display().to_string();
+    let refusal = |e: &v1::Event, exe: &str| {
+        verdict_is(e, v1::Verdict::Deny)
+            && process(e).exe == exe
+            && file_open(e).is_some_and(|f| f.path == path)
+    };
+    let mut drained = 0;
+    loop {
+        let event = second.expect("the refusals, then the marker", |e| {
+            refusal(e, "/usr/bin/head") || refusal(e, "/usr/bin/tail")
+        });
+        if process(&event).exe == "/usr/bin/tail" {
+            break;
+        }
+        let d = decision(&event).unwrap();
+        assert_eq!(
+            (d.policy.as_str(), d.rule.as_str()),
+            ("records-test", "patient-files"),
+            "named after the unchanged policy set: {event:?}"
+        );
+        drained += 1;
+    }
+    assert_eq!(
+        drained, WHILE_DOWN,
+        "every refusal made while no agent ran is an event, once"
+    );
+    second.kill(Signal::SIGTERM);
+}
+
+#[test]
 fn a_process_given_the_dead_agents_pid_is_not_exempt() {
     use nix::sys::signal::Signal;
     let tree = Tree::new();

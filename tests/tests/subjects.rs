@@ -135,9 +135,19 @@ impl Setup {
                 "{route}: killed: {out:?}"
             );
         }
+        let event = self.expect_deny(route, exe);
+        assert_eq!(
+            event.decision.as_ref().unwrap().layer,
+            self.layer(),
+            "{route}"
+        );
+        event
+    }
+
+    /// The deny decision on the protected file naming `exe` (within 10 s).
+    fn expect_deny(&mut self, route: &str, exe: &Path) -> v1::Event {
         let (exe, file) = (exe.display().to_string(), self.file.display().to_string());
-        let event = self
-            .h
+        self.h
             .wait_for(Duration::from_secs(10), |e| {
                 e.decision
                     .as_ref()
@@ -145,13 +155,7 @@ impl Setup {
                     && file_open(e).is_some_and(|f| f.path == file)
                     && process(e).exe == exe
             })
-            .unwrap_or_else(|| panic!("{route}: no deny decision naming {exe}: {}", self.h.dump()));
-        assert_eq!(
-            event.decision.as_ref().unwrap().layer,
-            self.layer(),
-            "{route}"
-        );
-        event
+            .unwrap_or_else(|| panic!("{route}: no deny decision naming {exe}: {}", self.h.dump()))
     }
 
     /// The allowed program, on its own, still reads.
@@ -321,15 +325,7 @@ fn the_allowed_program_run_under_a_tracer_is_an_unlisted_subject() {
         out.status.code() == Some(128 + libc::SIGKILL)
     };
     assert!(refused, "the traced program was refused: {out:?}");
-    let (exe, path) = (allowed.display().to_string(), file.display().to_string());
-    s.h.wait_for(Duration::from_secs(10), |e| {
-        e.decision
-            .as_ref()
-            .is_some_and(|d| d.verdict == v1::Verdict::Deny as i32)
-            && file_open(e).is_some_and(|f| f.path == path)
-            && process(e).exe == exe
-    })
-    .unwrap_or_else(|| panic!("no deny decision naming {exe}: {}", s.h.dump()));
+    s.expect_deny("the traced program", &allowed);
     s.assert_allowed_still_reads();
     s.h.stop();
 }
@@ -376,16 +372,7 @@ fn a_refused_process_cannot_take_the_allowed_services_descriptor() {
         )
     };
     assert!(refused, "the thief was refused: {out:?}");
-    let (exe, path) = (thief.display().to_string(), s.file.display().to_string());
-    let event =
-        s.h.wait_for(Duration::from_secs(10), |e| {
-            e.decision
-                .as_ref()
-                .is_some_and(|d| d.verdict == v1::Verdict::Deny as i32)
-                && file_open(e).is_some_and(|f| f.path == path)
-                && process(e).exe == exe
-        })
-        .unwrap_or_else(|| panic!("no deny decision naming {exe}: {}", s.h.dump()));
+    let event = s.expect_deny("pidfd_getfd", &thief);
     assert_eq!(event.decision.as_ref().unwrap().layer, layer as i32);
     assert_eq!(
         file_open(&event).unwrap().syscall,

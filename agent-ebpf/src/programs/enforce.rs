@@ -23,15 +23,12 @@ use crate::{
     maps::{EVENTS, REFUSED_OPENS, UNIX_SOCKETS, WATCHED_DEVS},
     policy::{current_slot, decide, decide_exec, exec_rule},
     programs::file::{
-        copy_names, read_path, requested_access, scratch, send, start_record, OpenCall,
+        copy_names, mode_access, read_path, requested_access, scratch, send, start_record, OpenCall,
     },
 };
 
 /// `-EPERM`.
 const EPERM: i32 = -1;
-/// `FMODE_READ`, `FMODE_WRITE`.
-const FMODE_READ: u32 = 1;
-const FMODE_WRITE: u32 = 2;
 /// `AF_UNIX`, `SOCK_STREAM`.
 const AF_UNIX: u16 = 1;
 const SOCK_STREAM: u32 = 1;
@@ -106,15 +103,7 @@ fn try_open(file: File, call: OpenCall) -> ProbeResult<i32> {
     let requested = if in_open_call {
         requested_access(call.flags)
     } else {
-        let mode = file.mode().unwrap_or(0);
-        let mut bits = 0;
-        if mode & FMODE_READ != 0 {
-            bits |= access::READ;
-        }
-        if mode & FMODE_WRITE != 0 {
-            bits |= access::WRITE;
-        }
-        bits
+        mode_access(file.mode().unwrap_or(0))
     };
     let decision = decide(hit.rule(), requested, layer::LSM);
     if decision.verdict != verdict::DENY {

@@ -32,7 +32,7 @@ use aya_ebpf::{
 use crate::{
     emit::{fill_header, output},
     error::{finish, or_fault, or_skip, ProbeError, ProbeResult},
-    kernel::{current_file, find_watch, Dentry, Task},
+    kernel::{current_file, find_watch, Dentry, Task, WatchHit},
     maps::{
         FileOpenScratch, FILE_OPEN_SCRATCH, PREFIX_KEY_SCRATCH, REFUSED_OPENS, WATCHED_DEVS,
         WATCHED_PREFIXES,
@@ -214,16 +214,7 @@ fn opened(syscall: u32, ret: i64) -> ProbeResult {
         // protected for another kind of access only (or reported elsewhere), not watched
         return Err(ProbeError::Skip);
     }
-    let scratch = or_fault(scratch())?;
-    read_path(&mut scratch.event, &call);
-    start_record(scratch, &call, ret);
-    scratch.event.decision = decision;
-    scratch.event.matched_by = matched_by::INODE;
-    scratch.event.watch_id = hit.value.watch_id;
-    scratch.event.dev = dev;
-    scratch.event.ino = dentry.ino().unwrap_or(0);
-    copy_names(scratch, dentry, hit.depth);
-    send(scratch)
+    send_inode_record(&call, ret, decision, &hit, dentry, dev)
 }
 
 /// `syscalls/sys_exit_pidfd_getfd` (Linux 5.6+): `ret` at 16, a descriptor taken from another
@@ -251,14 +242,7 @@ fn try_getfd(ctx: &TracePointContext) -> ProbeResult {
         return Err(ProbeError::Skip);
     }
     let hit = or_skip(find_watch(dentry, dev, current_slot()))?;
-    let mode = file.mode().unwrap_or(0);
-    let mut requested = 0;
-    if mode & FMODE_READ != 0 {
-        requested |= access::READ;
-    }
-    if mode & FMODE_WRITE != 0 {
-        requested |= access::WRITE;
-    }
+    let requested = mode_access(file.mode().unwrap_or(0));
     // No other layer sees a taken descriptor: decided here even with fanotify deciding opens.
     let decision = enforce_by_signal(decide(hit.rule(), requested, layer::SIGNAL));
     if hit.value.observed == 0 && decision.verdict == verdict::NONE {
@@ -268,9 +252,23 @@ fn try_getfd(ctx: &TracePointContext) -> ProbeResult {
         syscall: open_syscall::RECEIVE,
         ..OpenCall::UNKNOWN
     };
+    send_inode_record(&call, ret, decision, &hit, dentry, dev)
+}
+
+/// The record of a decision on watched inode `dentry` (of device `dev`, found as `hit`),
+/// reached by `call` with result `ret`.
+#[inline(always)]
+fn send_inode_record(
+    call: &OpenCall,
+    ret: i64,
+    decision: Decision,
+    hit: &WatchHit,
+    dentry: Dentry,
+    dev: u32,
+) -> ProbeResult {
     let scratch = or_fault(scratch())?;
-    read_path(&mut scratch.event, &call);
-    start_record(scratch, &call, ret);
+    read_path(&mut scratch.event, call);
+    start_record(scratch, call, ret);
     scratch.event.decision = decision;
     scratch.event.matched_by = matched_by::INODE;
     scratch.event.watch_id = hit.value.watch_id;
@@ -283,6 +281,20 @@ fn try_getfd(ctx: &TracePointContext) -> ProbeResult {
 /// `FMODE_READ`, `FMODE_WRITE`.
 const FMODE_READ: u32 = 1;
 const FMODE_WRITE: u32 = 2;
+
+/// What a descriptor of mode `mode` (`file.f_mode`) can do to the file's content: `access`
+/// bits.
+#[inline(always)]
+pub(crate) fn mode_access(mode: u32) -> u32 {
+    let mut bits = 0;
+    if mode & FMODE_READ != 0 {
+        bits |= access::READ;
+    }
+    if mode & FMODE_WRITE != 0 {
+        bits |= access::WRITE;
+    }
+    bits
+}
 
 /// A failed open: match by path prefix (absolute) or by base directory (relative). The
 /// record's header is filled only once the open matched.

@@ -341,34 +341,11 @@ impl Sensors {
     /// Lists the programs the SIGKILL layer never kills, by (device, inode); a path that does
     /// not exist now is logged and left out.
     fn fill_never_kill(&mut self, programs: &[PathBuf]) -> Result<(), LoadError> {
-        let mut map: HashMap<_, InodeKey, u32> = HashMap::try_from(self.map_mut(NEVER_KILL)?)
-            .map_err(|source| LoadError::Map {
-                map: NEVER_KILL,
-                source,
-            })?;
-        for path in programs {
-            match FileId::of(path) {
-                Ok(id) => map
-                    .insert(
-                        InodeKey {
-                            dev: id.dev,
-                            slot: 0,
-                            ino: id.ino,
-                        },
-                        1,
-                        0,
-                    )
-                    .map_err(|source| LoadError::Map {
-                        map: NEVER_KILL,
-                        source,
-                    })?,
-                Err(e) => tracing::warn!(
-                    program = %path.display(),
-                    "never-kill program not listed in the kernel: {e}"
-                ),
-            }
-        }
-        Ok(())
+        self.fill_inode_set(
+            NEVER_KILL,
+            programs,
+            "never-kill program not listed in the kernel",
+        )
     }
 
     fn fill_database(&mut self, database: &DatabaseConfig) -> Result<(), LoadError> {
@@ -385,31 +362,35 @@ impl Sensors {
                     source,
                 })?;
         }
-        let mut sockets: HashMap<_, InodeKey, u32> =
-            HashMap::try_from(self.map_mut(DB_UNIX_SOCKETS)?).map_err(|source| LoadError::Map {
-                map: DB_UNIX_SOCKETS,
-                source,
-            })?;
-        for path in &database.unix_sockets {
+        self.fill_inode_set(
+            DB_UNIX_SOCKETS,
+            &database.unix_sockets,
+            "database unix socket not tracked",
+        )
+    }
+
+    /// Puts the files at `paths` into the set map `name` (`InodeKey` with slot 0 → 1); a path
+    /// that cannot be resolved now is logged with `missing` and left out.
+    fn fill_inode_set(
+        &mut self,
+        name: &'static str,
+        paths: &[PathBuf],
+        missing: &str,
+    ) -> Result<(), LoadError> {
+        let map_error = |source| LoadError::Map { map: name, source };
+        let mut set: HashMap<_, InodeKey, u32> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_error)?;
+        for path in paths {
             match FileId::of(path) {
-                Ok(id) => sockets
-                    .insert(
-                        InodeKey {
-                            dev: id.dev,
-                            slot: 0,
-                            ino: id.ino,
-                        },
-                        1,
-                        0,
-                    )
-                    .map_err(|source| LoadError::Map {
-                        map: DB_UNIX_SOCKETS,
-                        source,
-                    })?,
-                Err(e) => tracing::warn!(
-                    path = %path.display(),
-                    "database unix socket not tracked: {e}"
-                ),
+                Ok(id) => {
+                    let key = InodeKey {
+                        dev: id.dev,
+                        slot: 0,
+                        ino: id.ino,
+                    };
+                    set.insert(key, 1, 0).map_err(map_error)?;
+                }
+                Err(e) => tracing::warn!(path = %path.display(), "{missing}: {e}"),
             }
         }
         Ok(())

@@ -104,6 +104,20 @@ pub fn claim(root: &Path) -> Result<bool, PinError> {
 /// Links by the name of the program they attach.
 pub type NamedLinks = Vec<(&'static str, FdLink)>;
 
+/// The ids of the programs whose links are pinned under `root`.
+pub fn pinned_program_ids(root: &Path) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir(links_dir(root)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let link = PinnedLink::from_pin(entry.path()).ok()?;
+            Some(FdLink::from(link).info().ok()?.program_id())
+        })
+        .collect()
+}
+
 /// Where `program`'s link is pinned under `root`.
 pub fn link_path(root: &Path, program: &str) -> PathBuf {
     links_dir(root).join(program)
@@ -239,7 +253,7 @@ pub fn unload(root: &Path) -> Result<usize, PinError> {
 /// schedules the link's release (bpffs frees the inode after an RCU grace period, the link goes
 /// on a workqueue); until then the program stays attached and keeps enforcing — about 80 ms
 /// under the VM tier's emulation. A program still held by a running agent stays, and says so.
-fn wait_released(programs: &[u32]) {
+pub(super) fn wait_released(programs: &[u32]) {
     let deadline = Instant::now() + DETACH_WAIT;
     loop {
         let loaded: Vec<u32> = loaded_programs()
