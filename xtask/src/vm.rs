@@ -176,13 +176,24 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
 /// Test files (`tests/tests/NAME.rs`) that run on the host tier only, and why:
 /// - `collector`, `agent_collector`: the e2e tier (agent → collector → subscriber over loopback):
 ///   processes and TLS, nothing kernel-specific beyond what the host tier covers.
+/// - `store_faults`: the collector's store on a full tmpfs and on a loop device that fails
+///   writes (mount, losetup, mkfs.ext4 on the host).
 /// - `db`: starts real PostgreSQL and MariaDB servers (`initdb`, `pg_ctl`, `psql`, `pgbench`,
 ///   `mariadb-install-db`, `mariadbd`, `mariadb`).
 /// - `attacks`: builds its opener with `gcc` at test time (not in the initramfs), and the BPF
 ///   LSM layer does not yet label inodes (a hard link made after load escapes it: issue 15,
 ///   part 2). To run here once both are done.
 /// - `subjects`: builds its forger, libraries and helpers with `gcc` at test time.
-pub const HOST_ONLY_TESTS: &[&str] = &["collector", "agent_collector", "db", "attacks", "subjects"];
+/// - `store_faults`: the collector on full and failing filesystems (tmpfs, loop devices,
+///   `mkfs.ext4`, libfaketime), none of which the initramfs holds.
+pub const HOST_ONLY_TESTS: &[&str] = &[
+    "collector",
+    "agent_collector",
+    "store_faults",
+    "db",
+    "attacks",
+    "subjects",
+];
 
 /// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the
 /// library's unit tests first, then each test file by name (the order `cargo test` runs them).
