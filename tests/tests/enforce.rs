@@ -617,10 +617,28 @@ impl AgentProcess {
         }
     }
 
+    /// SIGKILLs the agent after `limit` unless the returned guard is dropped first: a test
+    /// reading its output never waits forever for an event that does not come.
+    fn kill_after(&self, limit: Duration) -> Watchdog {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if wait.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        });
+        Watchdog { _done: done }
+    }
+
     fn kill(&mut self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
         let _ = self.child.wait();
     }
+}
+
+/// Disarms [`AgentProcess::kill_after`] when dropped.
+struct Watchdog {
+    _done: std::sync::mpsc::Sender<()>,
 }
 
 impl Drop for AgentProcess {
@@ -707,6 +725,8 @@ fn refusals_made_while_no_agent_ran_are_reported_by_the_next_agent() {
     let tree = Tree::new();
     let file = tree.watched.join("rec.txt");
     fs::write(&file, "patient 1").unwrap();
+    let marker = tree.watched.join("marker.txt");
+    fs::write(&marker, "patient 2").unwrap();
     let policies = PolicyDir::new(&records_policy("enforce", &tree.watched, &["/usr/bin/cat"]));
     let _cleanup = UnloadOnDrop;
     let mut first = AgentProcess::start(policies.dir.path());
@@ -721,24 +741,24 @@ fn refusals_made_while_no_agent_ran_are_reported_by_the_next_agent() {
         ));
     }
     let mut second = AgentProcess::start(policies.dir.path());
+    let _watchdog = second.kill_after(Duration::from_secs(120));
     // One refusal while the new agent runs marks the end of what came before.
     let eperm = lsm || second.startup.contains("\"files\":\"fanotify\"");
     assert!(refused(
-        status_of(Command::new("/usr/bin/tail").arg(&file)),
+        status_of(Command::new("/usr/bin/head").arg(&marker)),
         eperm
     ));
-    let path = file.display().to_string();
-    let refusal = |e: &v1::Event, exe: &str| {
+    let refusal_of = |e: &v1::Event, path: &Path| {
         verdict_is(e, v1::Verdict::Deny)
-            && process(e).exe == exe
-            && file_open(e).is_some_and(|f| f.path == path)
+            && process(e).exe == "/usr/bin/head"
+            && file_open(e).is_some_and(|f| f.path == path.display().to_string())
     };
     let mut drained = 0;
     loop {
         let event = second.expect("the refusals, then the marker", |e| {
-            refusal(e, "/usr/bin/head") || refusal(e, "/usr/bin/tail")
+            refusal_of(e, &file) || refusal_of(e, &marker)
         });
-        if process(&event).exe == "/usr/bin/tail" {
+        if refusal_of(&event, &marker) {
             break;
         }
         let d = decision(&event).unwrap();

@@ -20,9 +20,8 @@ use crate::cmd;
 pub const HOST_PROGRAMS: &[&str] = &[
     // host.rs, cli.rs, enforce.rs: the allowed reader of watched and protected files.
     "/usr/bin/cat",
-    // enforce.rs: the reader the policies deny (and, after a take-over, the marker reader).
+    // enforce.rs: the reader the policies deny.
     "/usr/bin/head",
-    "/usr/bin/tail",
     // enforce.rs: the writer the policies deny.
     "/usr/bin/tee",
     // enforce.rs: the exec allow-list's listed and unlisted binaries.
