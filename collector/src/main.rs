@@ -68,6 +68,13 @@ enum Command {
     },
     /// Follow events from a collector, one readable line each (or JSON with --json).
     Tail(Box<TailArgs>),
+    /// Ask a running collector to reload its TLS files and revoked list (SIGHUP to `--pid`;
+    /// the unit's `ExecReload`).
+    Reload {
+        /// The collector's process id.
+        #[arg(long)]
+        pid: i32,
+    },
     /// Write the man page (roff) to stdout.
     #[command(hide = true)]
     Man,
@@ -123,6 +130,16 @@ struct TailArgs {
     replay_only: bool,
 }
 
+/// `phiguard-collector reload --pid PID`: SIGHUP to a running collector.
+fn reload(pid: i32) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(pid > 0, "--pid {pid} is not a process id");
+    // SAFETY: kill(2) with a checked positive pid and a constant signal.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        anyhow::bail!("signalling {pid}: {}", std::io::Error::last_os_error());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -142,6 +159,7 @@ fn main() -> ExitCode {
             allow_no_checkpoints,
         ),
         Command::Tail(args) => run_tail(*args),
+        Command::Reload { pid } => reload(pid),
         Command::Man => man(),
     };
     match result {

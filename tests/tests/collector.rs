@@ -823,7 +823,12 @@ fn sighup_reloads_the_tls_files_and_never_ends_the_collector() {
     let collector = CollectorProc::start(work.path(), &pki, "");
     let pid = nix::unistd::Pid::from_raw(collector.pid().unwrap() as i32);
     let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    // As the unit's ExecReload does it.
+    let reload = std::process::Command::new(phiguard_tests::e2e::collector_binary())
+        .args(["reload", "--pid", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(reload.status.success(), "{reload:?}");
     assert!(
         collector.wait_log("SIGHUP: TLS files read again", Duration::from_secs(10)),
         "{}",
