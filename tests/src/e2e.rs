@@ -427,6 +427,19 @@ pub fn subscribe_live(
     .expect("subscribe")
 }
 
+/// A live subscription to alerts only, as the subscriber `soc`.
+pub fn subscribe_alerts(rt: &Runtime, pki: &Pki, addr: &str) -> tonic::Streaming<v1::Event> {
+    subscribe_live(
+        rt,
+        pki,
+        addr,
+        v1::EventFilter {
+            kinds: vec!["alert".into()],
+            ..Default::default()
+        },
+    )
+}
+
 /// Replays every stored event (replay only, from seq 1) as the subscriber `soc`.
 pub fn replay_all(rt: &Runtime, pki: &Pki, addr: &str, filter: v1::EventFilter) -> Vec<v1::Event> {
     rt.block_on(async {

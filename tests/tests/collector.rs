@@ -20,7 +20,7 @@ use phiguard_proto::v1::{
     self, collector_client::CollectorClient, event::Body, IngestRequest, IngestResponse,
 };
 use phiguard_tests::e2e::{
-    event, replay_all, runtime, subscribe_live, AgentLink, CollectorProc, Pki,
+    event, replay_all, runtime, subscribe_alerts, subscribe_live, AgentLink, CollectorProc, Pki,
 };
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -871,15 +871,7 @@ fn a_huge_seq_from_a_stolen_certificate_is_refused_and_the_real_agent_keeps_stor
     let (work, pki) = (work(), Pki::new(&["ehr-a"]));
     let collector = CollectorProc::start(work.path(), &pki, "");
     let rt = runtime();
-    let mut alerts = subscribe_live(
-        &rt,
-        &pki,
-        &collector.addr,
-        v1::EventFilter {
-            kinds: vec!["alert".into()],
-            ..Default::default()
-        },
-    );
+    let mut alerts = subscribe_alerts(&rt, &pki, &collector.addr);
     let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
     link.send("ehr-a", 1..=100);
     assert!(link.wait_acked(100, Duration::from_secs(20)));

@@ -17,7 +17,7 @@ use std::{
 
 use phiguard_collector::chain::{segment_file_name, HEADER_LEN};
 use phiguard_proto::v1::{self, event::Body};
-use phiguard_tests::e2e::{replay_all, runtime, subscribe_live, AgentLink, CollectorProc, Pki};
+use phiguard_tests::e2e::{replay_all, runtime, subscribe_alerts, AgentLink, CollectorProc, Pki};
 use tokio::runtime::Runtime;
 
 fn run(cmd: &mut Command) -> String {
@@ -194,15 +194,7 @@ fn a_full_store_disk_refuses_alerts_and_resumes_by_itself_losing_nothing_acknowl
     let mut collector =
         CollectorProc::start_with_store(work.path(), &pki, "segment_max_bytes = 4096\n");
     let rt = runtime();
-    let mut alerts = subscribe_live(
-        &rt,
-        &pki,
-        &collector.addr,
-        v1::EventFilter {
-            kinds: vec!["alert".into()],
-            ..Default::default()
-        },
-    );
+    let mut alerts = subscribe_alerts(&rt, &pki, &collector.addr);
     let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
     link.send("ehr-a", 1..=500);
     assert!(link.wait_acked(500, Duration::from_secs(30)));
@@ -325,15 +317,7 @@ fn a_disk_that_fails_writes_with_eio_loses_nothing_acknowledged_across_a_crash()
     let mut collector =
         CollectorProc::start_with_store(work.path(), &pki, "segment_max_bytes = 16384\n");
     let rt = runtime();
-    let mut alerts = subscribe_live(
-        &rt,
-        &pki,
-        &collector.addr,
-        v1::EventFilter {
-            kinds: vec!["alert".into()],
-            ..Default::default()
-        },
-    );
+    let mut alerts = subscribe_alerts(&rt, &pki, &collector.addr);
     let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
     link.send("ehr-a", 1..=500);
     assert!(link.wait_acked(500, Duration::from_secs(30)));
