@@ -203,29 +203,32 @@ pub mod open_syscall {
     /// An open the fanotify layer saw outside any open-family call of the opener (io_uring,
     /// a kernel worker): the path and flags are unknown.
     pub const OTHER: u32 = 7;
+    /// A descriptor taken from another process (`pidfd_getfd(2)`) or, under BPF LSM, received
+    /// over a unix socket (`SCM_RIGHTS`): decided as an open with the descriptor's mode.
+    pub const RECEIVE: u32 = 8;
     /// BPF LSM `inode_setattr` changing the size (`truncate`, `ftruncate`, `O_TRUNC`).
-    pub const TRUNCATE: u32 = 8;
+    pub const TRUNCATE: u32 = 9;
     /// BPF LSM `inode_setattr` changing the mode (`chmod` family).
-    pub const CHMOD: u32 = 9;
+    pub const CHMOD: u32 = 10;
     /// BPF LSM `inode_setattr` changing the owner or group (`chown` family).
-    pub const CHOWN: u32 = 10;
+    pub const CHOWN: u32 = 11;
     /// BPF LSM `inode_setattr` changing times only (`utimes` family, `touch`).
-    pub const UTIMES: u32 = 11;
+    pub const UTIMES: u32 = 12;
     /// BPF LSM `inode_unlink`.
-    pub const UNLINK: u32 = 12;
+    pub const UNLINK: u32 = 13;
     /// BPF LSM `inode_rmdir`.
-    pub const RMDIR: u32 = 13;
+    pub const RMDIR: u32 = 14;
     /// BPF LSM `inode_rename` (the protected file moved, or one moved into or over it).
-    pub const RENAME: u32 = 14;
+    pub const RENAME: u32 = 15;
     /// BPF LSM `inode_link` (a link to a protected file, or into a protected directory).
-    pub const LINK: u32 = 15;
+    pub const LINK: u32 = 16;
     /// BPF LSM `inode_setxattr`.
-    pub const SETXATTR: u32 = 16;
+    pub const SETXATTR: u32 = 17;
     /// BPF LSM `inode_removexattr`.
-    pub const REMOVEXATTR: u32 = 17;
+    pub const REMOVEXATTR: u32 = 18;
     /// BPF LSM `inode_create`/`inode_mkdir`/`inode_mknod`/`inode_symlink` in a protected
     /// directory.
-    pub const CREATE: u32 = 18;
+    pub const CREATE: u32 = 19;
 }
 
 /// `EventHeader::flags` of a [`FileOpenEvent`] from the fanotify layer: the opener used the

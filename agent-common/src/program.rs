@@ -62,6 +62,10 @@ pub enum Program {
     TaintSysEnterPtrace,
     /// `taint_sys_enter_process_vm_writev`.
     TaintSysEnterProcessVmWritev,
+    /// `enforce_file_receive`.
+    EnforceFileReceive,
+    /// `file_sys_exit_pidfd_getfd`.
+    FileSysExitPidfdGetfd,
     /// `enforce_d_instantiate`.
     EnforceDInstantiate,
     /// `enforce_inode_create`.
@@ -89,7 +93,7 @@ pub enum Program {
 }
 
 /// Number of programs (entries of the `FAULTS` map).
-pub const PROGRAM_COUNT: u32 = 40;
+pub const PROGRAM_COUNT: u32 = 42;
 
 impl Program {
     /// Every program, in index order.
@@ -122,6 +126,8 @@ impl Program {
         Program::TaintSysEnterMmap,
         Program::TaintSysEnterPtrace,
         Program::TaintSysEnterProcessVmWritev,
+        Program::EnforceFileReceive,
+        Program::FileSysExitPidfdGetfd,
         Program::EnforceDInstantiate,
         Program::EnforceInodeCreate,
         Program::EnforceInodeMkdir,
@@ -167,6 +173,8 @@ impl Program {
             Program::TaintSysEnterMmap => "taint_sys_enter_mmap",
             Program::TaintSysEnterPtrace => "taint_sys_enter_ptrace",
             Program::TaintSysEnterProcessVmWritev => "taint_sys_enter_process_vm_writev",
+            Program::EnforceFileReceive => "enforce_file_receive",
+            Program::FileSysExitPidfdGetfd => "file_sys_exit_pidfd_getfd",
             Program::EnforceDInstantiate => "enforce_d_instantiate",
             Program::EnforceInodeCreate => "enforce_inode_create",
             Program::EnforceInodeMkdir => "enforce_inode_mkdir",

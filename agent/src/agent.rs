@@ -5,6 +5,7 @@
 
 pub mod pipeline;
 pub mod report;
+mod takeover;
 
 use std::{
     future::Future,
@@ -123,6 +124,8 @@ pub struct Agent {
     metrics: Metrics,
     status: Status,
     status_file: Option<PathBuf>,
+    /// The previous agent's programs' records, to drain once this agent runs.
+    previous: Option<takeover::Handover>,
     link: Option<Link>,
     /// The configuration in force and how to read it again (SIGHUP).
     config: Option<(Config, ConfigSource)>,
@@ -162,12 +165,16 @@ impl Agent {
         // predecessor's programs may still enforce: exempt this process before compiling
         // (which reads protected directories).
         let pin_root = dir.as_ref().map(|_| Path::new(pins::PIN_DIR));
+        let mut previous = None;
         if let Some(root) = pin_root {
             if pins::claim(root)? {
                 info!(
                     pins = pins::PIN_DIR,
                     "found programs pinned by a previous agent: taking them over"
                 );
+                // Before they are replaced: their ring buffer holds what they decided while no
+                // agent read it.
+                previous = takeover::find_previous(root);
             }
         }
         let compiled = Arc::new(policy::load(dir.as_deref(), &watches, &cgroup_root)?);
@@ -310,6 +317,7 @@ impl Agent {
                 ..Status::default()
             },
             status_file: None,
+            previous: previous.map(|found| takeover::Handover::new(found, slot, &compiled)),
             link: None,
             config: None,
         };
@@ -348,6 +356,10 @@ impl Agent {
     /// Makes the agent write its status to `path` now and on every tick, and remove it when it
     /// stops (`phiguard status` reads it).
     pub fn write_status_to(&mut self, path: &Path) {
+        if let Some(previous) = &mut self.previous {
+            // What the previous agent last reported, before this one writes over it.
+            previous.reported_by_previous(path);
+        }
         self.status_file = Some(path.to_owned());
         self.write_status();
     }
@@ -464,6 +476,10 @@ impl Agent {
     /// sinks and detaches the programs.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> std::io::Result<RunStats> {
         tokio::pin!(shutdown);
+        if let Some(previous) = self.previous.take() {
+            self.take_over(previous);
+            self.flush()?;
+        }
         let mut tick = tokio::time::interval(TICK);
         let mut ticks: u64 = 0;
         // Without a collector link there is no heartbeat (the branch below is disabled).

@@ -76,6 +76,16 @@ pub enum CheckpointError {
     /// A public key that is not 32 bytes of hex.
     #[error("public key: {0}")]
     PublicKey(String),
+    /// The chain is shorter than a checkpoint this key signed before: it is not signed again.
+    #[error("agent {agent}: the chain ends at record {head} but record {signed} was signed before: records were removed; not signing a shortened chain (run `phiguard-collector verify`)")]
+    Shortened {
+        /// The agent.
+        agent: String,
+        /// The chain's head now.
+        head: u64,
+        /// The highest index signed before.
+        signed: u64,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
@@ -117,6 +127,17 @@ pub fn verify_signature(cp: &v1::Checkpoint, trusted: &[u8]) -> Result<(), Check
     UnparsedPublicKey::new(&ED25519, trusted)
         .verify(&canonical_bytes(cp), &cp.signature)
         .map_err(|_| fail("signature does not verify"))
+}
+
+/// Checks a retention entry's signature under `trusted`.
+pub fn verify_retention(entry: &store::RetentionEntry, trusted: &[u8]) -> Result<(), &'static str> {
+    if entry.signature.is_empty() {
+        return Err("not signed");
+    }
+    let signature = hex::decode(&entry.signature).map_err(|_| "signature is not hex")?;
+    UnparsedPublicKey::new(&ED25519, trusted)
+        .verify(&entry.signed_bytes(), &signature)
+        .map_err(|_| "signature does not verify under the trusted checkpoint key")
 }
 
 /// Parses a hex public key.
@@ -190,6 +211,11 @@ impl Signer {
         hex::encode(self.public_key())
     }
 
+    /// Signs `bytes` (a retention entry's [`crate::store::RetentionEntry::signed_bytes`]).
+    pub fn sign_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        self.key.sign(bytes).as_ref().to_vec()
+    }
+
     /// Signs the head of `agent`'s chain.
     pub fn sign(&self, agent: &str, head: &Head, time: SystemTime) -> v1::Checkpoint {
         let mut cp = v1::Checkpoint {
@@ -238,6 +264,37 @@ pub struct Checkpointer {
     /// Per agent: index last checkpointed and when.
     last: Mutex<BTreeMap<String, (u64, Instant)>>,
     file: Mutex<Option<File>>,
+    /// Per agent: the highest index signed with this key (from the export file at start).
+    signed: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Per agent, the highest index signed by `key` in the export file at `path`. Unreadable
+/// lines are skipped (logged): this only guards against signing a shortened chain, `verify`
+/// reports the file's problems.
+fn highest_signed(path: &Path, key: &[u8]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(text) = fs::read_to_string(path) else {
+        return out;
+    };
+    for (i, line) in text.lines().enumerate() {
+        let json = line
+            .find("checkpoint {")
+            .map_or(line.trim(), |at| &line[at + 11..]);
+        if json.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<v1::Checkpoint>(json) {
+            Ok(cp) if verify_signature(&cp, key).is_ok() => {
+                let max = out.entry(cp.agent).or_insert(0);
+                *max = cp.index.max(*max);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                warn!(file = %path.display(), line = i + 1, %error, "unreadable checkpoint line skipped")
+            }
+        }
+    }
+    out
 }
 
 impl Checkpointer {
@@ -263,13 +320,36 @@ impl Checkpointer {
             }
             None => None,
         };
+        let signed = match &export.file {
+            Some(path) => highest_signed(path, signer.public_key()),
+            None => BTreeMap::new(),
+        };
         Ok(Checkpointer {
             signer,
             export,
             cadence,
             last: Mutex::new(BTreeMap::new()),
+            signed: Mutex::new(signed),
             file: Mutex::new(file),
         })
+    }
+
+    /// Fails when `agent`'s chain, at `head`, is shorter than what this key signed before.
+    pub fn not_shortened(&self, agent: &str, head: u64) -> Result<(), CheckpointError> {
+        let signed = self
+            .signed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(agent)
+            .copied();
+        match signed {
+            Some(signed) if signed > head => Err(CheckpointError::Shortened {
+                agent: agent.to_owned(),
+                head,
+                signed,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The signing key.
@@ -296,7 +376,8 @@ impl Checkpointer {
                 }
             }
         };
-        if !due {
+        // A shortened chain was reported once at start; it is simply not signed.
+        if !due || self.not_shortened(agent, head.index).is_err() {
             return None;
         }
         match self.checkpoint(agent, head) {
@@ -310,6 +391,7 @@ impl Checkpointer {
 
     /// Signs and exports a checkpoint of `agent`'s head now.
     pub fn checkpoint(&self, agent: &str, head: &Head) -> Result<v1::Checkpoint, CheckpointError> {
+        self.not_shortened(agent, head.index)?;
         let cp = self.signer.sign(agent, head, SystemTime::now());
         let line = serde_json::to_string(&cp).expect("checkpoints serialise");
         if let Some(file) = self
@@ -319,9 +401,16 @@ impl Checkpointer {
             .as_mut()
         {
             let path = self.export.file.as_deref().unwrap_or(Path::new(""));
-            file.write_all(format!("{line}\n").as_bytes())
-                .and_then(|()| file.sync_data())
-                .map_err(io_err(path))?;
+            // On a full disk, cut a half-written line off again: one torn line would make
+            // the whole file unreadable for `verify`.
+            let before = file.metadata().map_err(io_err(path))?.len();
+            let written = file
+                .write_all(format!("{line}\n").as_bytes())
+                .and_then(|()| file.sync_data());
+            if let Err(source) = written {
+                let _ = file.set_len(before).and_then(|()| file.sync_data());
+                return Err(io_err(path)(source));
+            }
         }
         if self.export.syslog {
             if let Err(error) = send_syslog(&format!("checkpoint {line}")) {
@@ -332,6 +421,12 @@ impl Checkpointer {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(agent.to_owned(), (head.index, Instant::now()));
+        let mut signed = self
+            .signed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let max = signed.entry(agent.to_owned()).or_insert(0);
+        *max = head.index.max(*max);
         Ok(cp)
     }
 }
@@ -422,6 +517,34 @@ mod tests {
         let mut forged = read[1].clone();
         forged.chain_hash = vec![9; 32];
         assert!(verify_signature(&forged, &trusted).is_err());
+        // Started again on the same file: a shorter chain is never signed.
+        let again = Checkpointer::new(
+            Signer::load(&key).unwrap(),
+            ExportConfig {
+                file: Some(file.clone()),
+                syslog: false,
+            },
+            Cadence {
+                every_records: 10,
+                every: Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        let error = again.checkpoint("a", &head(7)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                CheckpointError::Shortened {
+                    head: 7,
+                    signed: 11,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(again.maybe("a", &head(7), true).is_none());
+        assert_eq!(read_file(&file).unwrap().len(), 2, "nothing signed");
+        assert!(again.checkpoint("a", &head(12)).is_ok());
         let other = Signer::load_or_create(&dir.path().join("other.key")).unwrap();
         let foreign = other.sign("a", &head(11), SystemTime::now());
         assert!(verify_signature(&foreign, &trusted).is_err());

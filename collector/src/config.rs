@@ -17,6 +17,7 @@ use toml::Spanned;
 use crate::{
     checkpoint::{Cadence, ExportConfig},
     identity,
+    revocation::{DenyList, Entry},
     store::StoreConfig,
     tls::TlsFiles,
 };
@@ -45,6 +46,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Handshakes must finish within this.
     pub handshake_timeout: Duration,
+    /// Revoked certificates.
+    pub revoked: DenyList,
 }
 
 /// `[checkpoint]`.
@@ -115,6 +118,8 @@ struct RawServer {
     max_batch_events: Option<Spanned<usize>>,
     max_connections: Option<Spanned<usize>>,
     handshake_timeout_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    revoked: Vec<Spanned<String>>,
 }
 
 fn default_listen() -> Spanned<String> {
@@ -129,6 +134,7 @@ struct RawStore {
     segment_max_age_secs: Option<Spanned<u64>>,
     retention_days: Option<Spanned<u64>>,
     retention_max_bytes: Option<Spanned<u64>>,
+    max_seq_jump: Option<Spanned<u64>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -231,7 +237,15 @@ impl Config {
             }
             subscribers.push(name.get_ref().to_ascii_lowercase());
         }
+        let mut revoked = Vec::new();
+        for entry in &s.revoked {
+            revoked.push(
+                Entry::parse(entry.get_ref())
+                    .map_err(|message| cx.invalid(entry.span(), "server.revoked", message))?,
+            );
+        }
         let server = ServerConfig {
+            revoked: DenyList::new(revoked),
             listen,
             tls: TlsFiles {
                 ca: cx.path(&s.ca, "server.ca")?,
@@ -303,6 +317,13 @@ impl Config {
             )?),
             retention_max_age: Duration::from_secs(retention_days * 86_400),
             retention_max_bytes: (retention_max_bytes > 0).then_some(retention_max_bytes),
+            max_seq_jump: cx.range(
+                st.max_seq_jump.as_ref(),
+                "store.max_seq_jump",
+                defaults.max_seq_jump,
+                1,
+                u64::MAX / 2,
+            )?,
         };
         let c = &raw.checkpoint;
         let public_key = match &c.public_key {
@@ -423,6 +444,16 @@ mod tests {
         assert_eq!(
             err,
             "/etc/phiguard/collector.toml:8:19: liveness.silent_after_ms: 10 is outside 200..=86400000"
+        );
+        let err = parse(&MINIMAL.replace(
+            "[server]\n",
+            "[server]\nrevoked = [\"serial:01\", \"sha256:abcd\"]\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("/etc/phiguard/collector.toml:2:25: server.revoked: \"sha256:abcd\""),
+            "{err}"
         );
         let err = parse("[server]\n").unwrap_err().to_string();
         assert!(err.contains("missing field"), "{err}");

@@ -64,6 +64,8 @@ pub struct Peer {
     pub identity: Arc<str>,
     /// Its address.
     pub addr: SocketAddr,
+    /// Its certificate, as the deny list names certificates.
+    pub credential: crate::revocation::Credential,
 }
 
 #[cfg(test)]

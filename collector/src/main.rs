@@ -61,9 +61,20 @@ enum Command {
         /// the signing key).
         #[arg(long)]
         public_key: Option<String>,
+        /// Check the chains alone when there is no signed checkpoint at all (otherwise that
+        /// is a failure: a chain rewritten from scratch or cut short would go unnoticed).
+        #[arg(long)]
+        allow_no_checkpoints: bool,
     },
     /// Follow events from a collector, one readable line each (or JSON with --json).
     Tail(Box<TailArgs>),
+    /// Ask a running collector to reload its TLS files and revoked list (SIGHUP to `--pid`;
+    /// the unit's `ExecReload`).
+    Reload {
+        /// The collector's process id.
+        #[arg(long)]
+        pid: i32,
+    },
     /// Write the man page (roff) to stdout.
     #[command(hide = true)]
     Man,
@@ -119,6 +130,16 @@ struct TailArgs {
     replay_only: bool,
 }
 
+/// `phiguard-collector reload --pid PID`: SIGHUP to a running collector.
+fn reload(pid: i32) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(pid > 0, "--pid {pid} is not a process id");
+    // SAFETY: kill(2) with a checked positive pid and a constant signal.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        anyhow::bail!("signalling {pid}: {}", std::io::Error::last_os_error());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -129,8 +150,16 @@ fn main() -> ExitCode {
             agent,
             checkpoints,
             public_key,
-        } => run_verify(&config, agent, checkpoints, public_key),
+            allow_no_checkpoints,
+        } => run_verify(
+            &config,
+            agent,
+            checkpoints,
+            public_key,
+            allow_no_checkpoints,
+        ),
         Command::Tail(args) => run_tail(*args),
+        Command::Reload { pid } => reload(pid),
         Command::Man => man(),
     };
     match result {
@@ -211,10 +240,38 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(EX_CONFIG));
             }
         };
-        // systemd (Type=notify): started once it listens. A no-op elsewhere.
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
+        // SIGHUP (`systemctl reload`) never ends the collector: it reads the TLS files again.
+        let mut hangup = signal(SignalKind::hangup())?;
+        let reloader = collector.reloader();
+        let path = path.to_owned();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                let config = match Config::load(&path) {
+                    Ok(config) => config,
+                    Err(error) => {
+                        tracing::error!(
+                            "SIGHUP: {} not reloaded, the settings in force stay: {error:#}",
+                            path.display()
+                        );
+                        continue;
+                    }
+                };
+                match reloader.reload(&config) {
+                    Ok(()) => tracing::info!(
+                        revoked = config.server.revoked.len(),
+                        "SIGHUP: TLS files read again, and the revoked certificates; new connections use them"
+                    ),
+                    Err(error) => tracing::error!(
+                        "SIGHUP: TLS files not reloaded, the ones in force stay: {error:#}"
+                    ),
+                }
+            }
+        });
+        // systemd (Type=notify): started once it listens and handles its signals (a reload
+        // right after start must not end it). A no-op elsewhere.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let shutdown = async move {
             tokio::select! {
                 _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
@@ -231,6 +288,7 @@ fn run_verify(
     agent: Option<String>,
     checkpoint_files: Vec<PathBuf>,
     public_key: Option<String>,
+    allow_no_checkpoints: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let checkpoint_files = if checkpoint_files.is_empty() {
@@ -252,13 +310,26 @@ fn run_verify(
     let report = verify::verify(&VerifyOptions {
         store_dir: config.store.dir.clone(),
         agent: agent.clone(),
-        checkpoint_files,
+        checkpoint_files: checkpoint_files.clone(),
         trusted_key,
+        retention_max_age: Some(config.store.retention_max_age),
     })?;
-    if report.checkpoints_read == 0 {
-        println!(
-            "warning: no signed checkpoints: a chain rewritten from scratch would not be detected"
-        );
+    let unanchored = report.checkpoints_read == 0;
+    if unanchored {
+        let files: Vec<String> = checkpoint_files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        let files = if files.is_empty() {
+            "(no checkpoint file configured)".to_owned()
+        } else {
+            files.join(", ")
+        };
+        if allow_no_checkpoints {
+            println!("warning: no signed checkpoints in {files}: a chain rewritten from scratch or cut short would not be detected");
+        } else {
+            println!("BROKEN  no signed checkpoints in {files}: a chain rewritten from scratch or cut short would not be detected (--allow-no-checkpoints checks the chains alone)");
+        }
     }
     for a in &report.agents {
         match &a.problem {
@@ -286,7 +357,7 @@ fn run_verify(
             bail!("no chain for agent {agent:?}");
         }
     }
-    Ok(if report.ok() {
+    Ok(if report.ok() && (!unanchored || allow_no_checkpoints) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -351,7 +422,7 @@ fn run_tail(args: TailArgs) -> anyhow::Result<ExitCode> {
         while let Some(event) = events.message().await.context("event stream")? {
             let mut out = stdout.lock();
             if args.json {
-                serde_json::to_writer(&mut out, &event)?;
+                serde_json::to_writer(&mut out, &tail::to_json(&event))?;
                 writeln!(out)?;
             } else {
                 writeln!(out, "{}", tail::format_line(&event))?;

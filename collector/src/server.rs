@@ -32,12 +32,15 @@ use tracing::{error, info, warn};
 use crate::{
     checkpoint::{self, Checkpointer, Signer},
     config::Config,
+    health::{self, StoreHealth},
     identity::Peer,
     liveness::{self, Liveness},
-    store::{Store, StoreError},
+    revocation::Revocation,
+    store::{Record, Store, StoreError},
     stream::{self, Filter, Hub, Start},
     tamper::TamperWatch,
     tls::{self, AcceptLimits},
+    window::Refusals,
 };
 
 /// Longest event id accepted.
@@ -126,6 +129,14 @@ pub enum BatchError {
         /// What is wrong.
         what: &'static str,
     },
+    /// A machine id that is not 32 lowercase hex digits.
+    #[error("event seq {seq}: host.machine_id {value:?} is not a machine id (32 lowercase hex digits, or empty)")]
+    BadMachineId {
+        /// Its seq.
+        seq: u64,
+        /// What was sent (at most 64 characters of it).
+        value: String,
+    },
     /// An id that is too long.
     #[error("event seq {seq}: id longer than {MAX_ID_BYTES} bytes")]
     BadId {
@@ -197,6 +208,12 @@ pub fn validate_batch(
         if host.hostname.is_empty() {
             return Err(BatchError::NoHost { seq });
         }
+        if !phiguard_proto::valid_machine_id(&host.machine_id) {
+            return Err(BatchError::BadMachineId {
+                seq,
+                value: host.machine_id.chars().take(64).collect(),
+            });
+        }
         if !host.hostname.eq_ignore_ascii_case(identity) {
             return Err(mismatch(&host.hostname));
         }
@@ -219,6 +236,9 @@ pub struct CollectorService {
     stopping: watch::Receiver<bool>,
     liveness: Arc<Liveness>,
     tamper: Arc<TamperWatch>,
+    health: Arc<StoreHealth>,
+    refusals: Arc<Refusals>,
+    revocation: Arc<Revocation>,
 }
 
 fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
@@ -254,6 +274,45 @@ impl CollectorService {
         }
     }
 
+    /// A batch of `agent` could not be stored: the first time in an outage, subscribers get
+    /// a live alert (not stored: the store is what fails) and the log a line.
+    fn store_failed(&self, agent: &str, error: &StoreError) {
+        let Some(alert) = self
+            .health
+            .failed(agent, error, tokio::time::Instant::now())
+        else {
+            return;
+        };
+        if let Some(v1::event::Body::Alert(a)) = &alert.body {
+            warn!(
+                agent,
+                kind = "ALERT_KIND_STORE_FAILING",
+                "alert: {}",
+                a.message
+            );
+        }
+        let received = alert.time.map_or(0, |t| t.seconds);
+        self.hub.publish(&[Arc::new(Record {
+            agent: Arc::from(agent),
+            index: 0,
+            event: alert,
+            received,
+        })]);
+    }
+
+    /// Refuses a call from a revoked certificate (logged).
+    fn not_revoked(&self, peer: &Peer, call: &str) -> Result<(), Status> {
+        match self.revocation.current().denies(&peer.credential) {
+            None => Ok(()),
+            Some(entry) => {
+                warn!(identity = %peer.identity, peer = %peer.addr, revoked = %entry, call, "call refused: certificate revoked");
+                Err(Status::permission_denied(format!(
+                    "certificate revoked ({entry})"
+                )))
+            }
+        }
+    }
+
     /// A sign of life from `agent`: raises the reconnection alert when it had been silent.
     async fn alive(&self, agent: &str) {
         if let Some(silent) = self.liveness.seen(agent, tokio::time::Instant::now()) {
@@ -270,10 +329,26 @@ impl CollectorService {
     ) {
         let identity = peer.identity.clone();
         let mut stopping = self.stopping.clone();
+        let mut revoked = self.revocation.subscribe();
         loop {
             let message = tokio::select! {
-                message = inbound.message() => Some(message),
+                message = inbound.message() => Some(Some(message)),
                 _ = stopping.wait_for(|s| *s) => None,
+                () = async {
+                    let _ = revoked
+                        .wait_for(|list| list.denies(&peer.credential).is_some())
+                        .await;
+                } => Some(None),
+            };
+            let message = match message {
+                Some(Some(message)) => Some(message),
+                Some(None) => {
+                    if let Err(status) = self.not_revoked(&peer, "ingest (open stream cut)") {
+                        let _ = tx.send(Err(status)).await;
+                    }
+                    return;
+                }
+                None => None,
             };
             let Some(message) = message else {
                 let _ = tx
@@ -312,13 +387,25 @@ impl CollectorService {
             .await;
             let appended = match appended {
                 Ok(Ok(appended)) => appended,
-                Ok(Err(store_error)) => {
-                    error!(agent = %identity, error = %store_error, "storing a batch failed");
+                Ok(Err(StoreError::SeqJump { last, seq, .. })) => {
+                    warn!(agent = %identity, peer = %peer.addr, last, seq, max = self.store.config().max_seq_jump, "batch refused: seq too far above the last stored one");
+                    if let Some(alert) =
+                        self.refusals
+                            .refused(&identity, last, seq, tokio::time::Instant::now())
+                    {
+                        self.raise(&identity, alert).await;
+                    }
                     let _ = tx
-                        .send(Err(Status::unavailable(
-                            "the collector could not store the batch",
-                        )))
+                        .send(Err(Status::out_of_range(format!(
+                            "seq {seq} is too far above the last stored seq {last}: refused, not stored"
+                        ))))
                         .await;
+                    return;
+                }
+                Ok(Err(store_error)) => {
+                    error!(agent = %identity, error = %store_error, full = store_error.is_full(), "storing a batch failed: refused, not acknowledged");
+                    self.store_failed(&identity, &store_error);
+                    let _ = tx.send(Err(health::refusal(&store_error))).await;
                     return;
                 }
                 Err(join) => {
@@ -327,6 +414,9 @@ impl CollectorService {
                     return;
                 }
             };
+            if let Some(recovered) = self.health.stored(&identity, tokio::time::Instant::now()) {
+                self.raise(&identity, recovered).await;
+            }
             let alerts = self
                 .tamper
                 .observe(&identity, appended.records.iter().map(|r| &r.event));
@@ -355,6 +445,7 @@ impl Collector for CollectorService {
         request: Request<Streaming<IngestRequest>>,
     ) -> Result<Response<Self::IngestStream>, Status> {
         let peer = peer(&request)?;
+        self.not_revoked(&peer, "ingest")?;
         if self.subscribers.contains(&*peer.identity) {
             warn!(identity = %peer.identity, peer = %peer.addr, "a subscriber identity tried to ingest");
             return Err(Status::permission_denied(
@@ -380,6 +471,7 @@ impl Collector for CollectorService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let peer = peer(&request)?;
+        self.not_revoked(&peer, "subscribe")?;
         if !self.subscribers.contains(&*peer.identity) {
             warn!(identity = %peer.identity, peer = %peer.addr, "subscription refused: not a listed subscriber");
             return Err(Status::permission_denied(
@@ -396,14 +488,28 @@ impl Collector for CollectorService {
         };
         info!(subscriber = %peer.identity, peer = %peer.addr, ?start, "subscription opened");
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(stream::run(
+        let mut run = tokio::spawn(stream::run(
             self.store.clone(),
             self.hub.clone(),
             filter,
             start,
             request.replay_only,
-            tx,
+            tx.clone(),
         ));
+        // A certificate revoked while the subscription is open ends it.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut revoked = this.revocation.subscribe();
+            tokio::select! {
+                _ = &mut run => {}
+                () = async { let _ = revoked.wait_for(|list| list.denies(&peer.credential).is_some()).await; } => {
+                    run.abort();
+                    if let Err(status) = this.not_revoked(&peer, "subscribe (open stream cut)") {
+                        let _ = tx.send(Err(status)).await;
+                    }
+                }
+            }
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -414,6 +520,27 @@ pub struct BoundCollector {
     listener: TcpListener,
     service: CollectorService,
     stop: watch::Sender<bool>,
+    tls: Reloader,
+}
+
+/// Reads the TLS files again (SIGHUP): new connections use them; open connections keep
+/// theirs. On any error the configuration in force stays.
+#[derive(Clone)]
+pub struct Reloader {
+    config: Arc<watch::Sender<Arc<rustls::ServerConfig>>>,
+    revocation: Arc<Revocation>,
+}
+
+impl Reloader {
+    /// Reads the CA, certificate and key `config` names and puts them in force for new
+    /// connections, with its deny list (which also cuts open connections of newly revoked
+    /// certificates). Nothing changes if the TLS files do not load.
+    pub fn reload(&self, config: &Config) -> Result<(), tls::TlsError> {
+        let tls_config = tls::server_config(&config.server.tls)?;
+        self.config.send_replace(tls_config);
+        self.revocation.set(config.server.revoked.clone());
+        Ok(())
+    }
 }
 
 impl BoundCollector {
@@ -421,7 +548,12 @@ impl BoundCollector {
     /// the TLS files and binds the address.
     pub async fn bind(config: Config) -> Result<BoundCollector, ServerError> {
         // Fail early on unusable TLS files.
-        tls::server_config(&config.server.tls)?;
+        let tls_config = tls::server_config(&config.server.tls)?;
+        let revocation = Arc::new(Revocation::new(config.server.revoked.clone()));
+        let tls = Reloader {
+            config: Arc::new(watch::channel(tls_config).0),
+            revocation: revocation.clone(),
+        };
         let store = Arc::new(Store::open(config.store.clone())?);
         let signer = Signer::load_or_create(&config.checkpoint.key)?;
         let checkpoints = Arc::new(Checkpointer::new(
@@ -429,6 +561,8 @@ impl BoundCollector {
             config.checkpoint.export.clone(),
             config.checkpoint.cadence,
         )?);
+        let signing = checkpoints.clone();
+        store.set_retention_signer(Box::new(move |bytes| signing.signer().sign_bytes(bytes)));
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -445,13 +579,22 @@ impl BoundCollector {
             max_batch_events: config.server.max_batch_events,
             liveness: Arc::new(Liveness::new(config.liveness.silent_after)),
             tamper: Arc::new(TamperWatch::new()),
+            health: Arc::new(StoreHealth::new()),
+            refusals: Arc::new(Refusals::new()),
+            revocation: revocation.clone(),
         };
         Ok(BoundCollector {
             config,
             listener,
             service,
             stop,
+            tls,
         })
+    }
+
+    /// The handle that reloads the TLS files (for SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        self.tls.clone()
     }
 
     /// The address actually bound (useful with port 0).
@@ -466,20 +609,44 @@ impl BoundCollector {
             listener,
             service,
             stop,
+            tls,
         } = self;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: config.server.listen,
             source,
         })?;
-        let tls_config = tls::server_config(&config.server.tls)?;
         let incoming = tls::incoming(
             listener,
-            tls_config,
+            tls.config.subscribe(),
+            tls.revocation.clone(),
             AcceptLimits {
                 handshake_timeout: config.server.handshake_timeout,
                 max_connections: config.server.max_connections,
             },
         );
+        for repair in service.store.take_repairs() {
+            service
+                .raise(&repair.agent, health::repaired_alert(&repair))
+                .await;
+        }
+        for (agent, head) in service.store.heads() {
+            if let Err(error @ checkpoint::CheckpointError::Shortened { signed, .. }) =
+                service.checkpoints.not_shortened(&agent, head.index)
+            {
+                error!(agent = %agent, "{error}");
+                let alert = crate::alert::event(
+                    &agent,
+                    v1::CollectorAlert {
+                        kind: v1::AlertKind::ChainShortened as i32,
+                        message: error.to_string(),
+                        expected_seq: signed,
+                        received_seq: head.index,
+                        ..Default::default()
+                    },
+                );
+                service.raise(&agent, alert).await;
+            }
+        }
         let timers = tokio::spawn(timers(service.clone()));
         let silence = tokio::spawn(watch_silence(service.clone()));
         info!(
@@ -628,6 +795,20 @@ mod tests {
                 },
             ),
             (batch(vec![event("", 1)]), BatchError::NoHost { seq: 1 }),
+            (
+                batch(vec![v1::Event {
+                    host: Some(v1::Host {
+                        hostname: "ehr-1".into(),
+                        machine_id: "x\n2026-01-01 fake".into(),
+                        ..Default::default()
+                    }),
+                    ..event("ehr-1", 1)
+                }]),
+                BatchError::BadMachineId {
+                    seq: 1,
+                    value: "x\n2026-01-01 fake".into(),
+                },
+            ),
         ];
         for (input, expected) in cases {
             assert_eq!(validate_batch("ehr-1", input, 2).unwrap_err(), expected);

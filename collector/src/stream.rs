@@ -6,7 +6,8 @@
 //! at or below it is a duplicate of the replay and is skipped; a record beyond the next
 //! index (the subscription fell behind, or the agent is new) makes it read the missing part
 //! from the store first. So a slow subscriber loses nothing and sees each agent's records in
-//! chain order, exactly once.
+//! chain order, exactly once. Records with index 0 are live notices that are in no chain
+//! (an alert that the store cannot be written): passed on to live subscribers as they come.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -301,6 +302,17 @@ impl Subscription {
         Ok(())
     }
 
+    /// Sends a live notice that is not stored (index 0): filtered, and not a position.
+    async fn notice(&mut self, record: &Record) -> Result<(), Gone> {
+        if self.filter.matches(&record.agent, &record.event) {
+            self.tx
+                .send(Ok(record.event.clone()))
+                .await
+                .map_err(|_| Gone)?;
+        }
+        Ok(())
+    }
+
     /// Sends `agent`'s stored records from `from` to the current end of its chain.
     async fn replay(&mut self, agent: Arc<str>, from: u64) -> Result<(), Gone> {
         let mut cursor = Cursor::new(agent.clone(), from);
@@ -393,6 +405,12 @@ pub async fn run(
     }
     loop {
         match live.recv().await {
+            Ok(record) if record.index == 0 => {
+                // A live notice that is not in any chain (the store could not be written).
+                if sub.notice(&record).await.is_err() {
+                    return;
+                }
+            }
             Ok(record) => {
                 let position = sub.position(&record.agent);
                 if record.index <= position {

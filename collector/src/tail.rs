@@ -59,8 +59,75 @@ fn user(u: &Option<v1::User>) -> String {
     }
 }
 
-/// One readable line: time, host, seq, kind, what happened, who did it.
+/// `text` with every control character (newline, carriage return, escape, C1 controls,
+/// DEL), every bidirectional override or isolate, and the backslash itself written as an
+/// escape (`\n`, `\u{1b}`, `\\`): a file name, command line or SQL text an unprivileged user
+/// chose can then neither start a fake line nor move or recolour what the terminal shows.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || c == '\\'
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The proto3 JSON of `event`, always: a timestamp that JSON cannot represent (out of the
+/// RFC 3339 range, or nanos out of range) is left out of its field and listed, as sent,
+/// under `"unrepresentableTimestamps"`, so one bad event never ends `tail --json`.
+pub fn to_json(event: &v1::Event) -> serde_json::Value {
+    if let Ok(value) = serde_json::to_value(event) {
+        return value;
+    }
+    let mut event = event.clone();
+    let mut bad = Vec::new();
+    let mut check = |field: &str, t: &mut Option<pbjson_types::Timestamp>| {
+        if let Some(ts) = t {
+            if serde_json::to_value(*ts).is_err() {
+                bad.push(serde_json::json!({"field": field, "seconds": ts.seconds.to_string(), "nanos": ts.nanos}));
+                *t = None;
+            }
+        }
+    };
+    check("time", &mut event.time);
+    if let Some(p) = &mut event.process {
+        check("process.startTime", &mut p.start_time);
+    }
+    if let Some(Body::Fork(f)) = &mut event.body {
+        check("fork.childStartTime", &mut f.child_start_time);
+    }
+    let mut value = serde_json::to_value(&event).unwrap_or_else(
+        |e| serde_json::json!({"id": event.id, "seq": event.seq.to_string(), "unserializable": e.to_string()}),
+    );
+    if let Some(object) = value.as_object_mut() {
+        object.insert("unrepresentableTimestamps".into(), bad.into());
+    }
+    value
+}
+
+/// One readable line: time, host, seq, kind, what happened, who did it. Every string from
+/// the event is escaped ([`escape`]): the line is one line, whatever the event holds.
 pub fn format_line(event: &v1::Event) -> String {
+    escape(&format_raw(event)).into_owned()
+}
+
+fn format_raw(event: &v1::Event) -> String {
     let mut line = String::new();
     let time = event.time.map_or_else(|| "-".to_owned(), |t| rfc3339(&t));
     let host = event.host.as_ref().map_or("?", |h| {
@@ -211,6 +278,73 @@ pub fn format_line(event: &v1::Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forged_file_name_stays_on_its_line_and_cannot_drive_the_terminal() {
+        let forged = "/srv/ephi/x\n2026-01-01T00:00:00+00:00 ehr-db-1 #1 fileOpen /etc/fake \u{1b}[2K\u{1b}[1A\u{202e}txt.exe\\n";
+        let event = v1::Event {
+            seq: 7,
+            body: Some(Body::FileOpen(v1::FileOpen {
+                path: forged.into(),
+                ..Default::default()
+            })),
+            process: Some(v1::Process {
+                comm: "evil\r".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let line = format_line(&event);
+        assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
+        assert!(!line.contains('\u{202e}'), "{line:?}");
+        assert!(
+            line.contains("/srv/ephi/x\\n2026-01-01T00:00:00+00:00"),
+            "{line}"
+        );
+        assert!(line.contains("\\u{1b}[2K"), "{line}");
+        assert!(
+            line.contains("txt.exe\\\\n"),
+            "a literal backslash-n stays distinguishable: {line}"
+        );
+        assert!(line.contains("evil\\r["), "{line}");
+        assert_eq!(escape("/srv/ephi/plain"), "/srv/ephi/plain");
+    }
+
+    #[test]
+    fn an_out_of_range_timestamp_still_gives_json() {
+        let mut event = v1::Event {
+            id: "x".into(),
+            seq: 3,
+            time: Some(pbjson_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 0,
+            }),
+            body: Some(Body::Fork(v1::ProcessFork {
+                child_start_time: Some(pbjson_types::Timestamp {
+                    seconds: 1,
+                    nanos: -5,
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(serde_json::to_value(&event).is_err(), "the case is real");
+        let json = to_json(&event);
+        assert_eq!(json["seq"], "3");
+        assert_eq!(json["unrepresentableTimestamps"][0]["field"], "time");
+        assert_eq!(
+            json["unrepresentableTimestamps"][0]["seconds"],
+            i64::MAX.to_string()
+        );
+        assert_eq!(
+            json["unrepresentableTimestamps"][1]["field"],
+            "fork.childStartTime"
+        );
+        assert!(!format_line(&event).is_empty());
+        event.time = None;
+        event.body = None;
+        assert!(to_json(&event).get("unrepresentableTimestamps").is_none());
+    }
 
     #[test]
     fn readable_line() {

@@ -19,7 +19,7 @@ use rustls::{crypto::ring as provider, server::WebPkiClientVerifier, ServerConfi
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, Semaphore},
+    sync::{mpsc, watch, Semaphore},
 };
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,7 +32,10 @@ use phiguard_support::{
     tls::ALPN_H2,
 };
 
-use crate::identity::{identity_from_cert, Peer};
+use crate::{
+    identity::{identity_from_cert, Peer},
+    revocation::{Credential, Revocation},
+};
 
 pub use phiguard_support::tls::TlsError;
 
@@ -118,13 +121,16 @@ pub struct AcceptLimits {
 /// Accepts TCP connections on `listener`, runs each TLS handshake in its own task (with a
 /// timeout), and yields the authenticated connections. Failures are logged with the peer's
 /// address and reason and never reach the server.
+///
+/// Each handshake uses the configuration `config` holds at that moment (a reload takes effect
+/// for the next connection).
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    config: watch::Receiver<Arc<ServerConfig>>,
+    revocation: Arc<Revocation>,
     limits: AcceptLimits,
 ) -> ReceiverStream<Result<TlsConn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(config);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
         loop {
@@ -140,8 +146,9 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = TlsAcceptor::from(config.borrow().clone());
             let tx = tx.clone();
+            let revocation = revocation.clone();
             tokio::spawn(async move {
                 let mut conn = match handshake(acceptor, tcp, addr, limits.handshake_timeout).await
                 {
@@ -151,6 +158,10 @@ pub fn incoming(
                         return;
                     }
                 };
+                if let Some(entry) = revocation.current().denies(&conn.peer.credential) {
+                    warn!(peer = %addr, identity = %conn.peer.identity, revoked = %entry, "TLS connection refused: certificate revoked");
+                    return;
+                }
                 debug!(peer = %addr, identity = %conn.peer.identity, "TLS connection accepted");
                 conn._slot = Some(permit);
                 if tx.send(Ok(conn)).await.is_err() {
@@ -181,11 +192,13 @@ async fn handshake(
         .and_then(|c| c.first())
         .ok_or("no client certificate")?;
     let identity = identity_from_cert(cert.as_ref()).map_err(|e| e.to_string())?;
+    let credential = Credential::from_der(cert.as_ref())?;
     Ok(TlsConn {
         inner: stream,
         peer: Peer {
             identity: Arc::from(identity.as_str()),
             addr,
+            credential,
         },
         _slot: None,
     })

@@ -62,6 +62,10 @@ pub struct VerifyOptions {
     pub checkpoint_files: Vec<PathBuf>,
     /// The ed25519 public key checkpoints must be signed with (32 bytes).
     pub trusted_key: Option<Vec<u8>>,
+    /// The configured retention age: removals by age in `retention.jsonl` are checked against
+    /// it and the newest stored record (a removal made on a clock far ahead is not
+    /// legitimate retention).
+    pub retention_max_age: Option<std::time::Duration>,
 }
 
 /// The first problem found in an agent's chain.
@@ -110,6 +114,8 @@ pub struct AgentReport {
     pub checkpoints: usize,
     /// Checkpoints older than the retained chain (removed by retention).
     pub checkpoints_pruned: usize,
+    /// When the collector received the newest record (Unix s; 0 without records).
+    pub newest_received: i64,
     /// The first problem, if any.
     pub problem: Option<Problem>,
 }
@@ -288,6 +294,9 @@ impl Walk<'_> {
                         "record altered: hash mismatch (its bytes, its hash or the record before it changed)".into(),
                     );
                 }
+                if let Some(received) = &record.received {
+                    self.report.newest_received = self.report.newest_received.max(received.seconds);
+                }
                 let event = record.event.unwrap_or_default();
                 if let Some(Body::Alert(alert)) = &event.body {
                     if alert.kind == v1::AlertKind::SequenceGap as i32 {
@@ -410,7 +419,29 @@ pub fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
             }),
         }
     }
-    let retention = store::read_retention_log(&options.store_dir)?;
+    let mut retention = store::read_retention_log(&options.store_dir)?;
+    if let Some(trusted) = &options.trusted_key {
+        // Only signed entries explain removed records: anyone who can delete a segment can
+        // also append a line.
+        retention.retain(|r| match checkpoint::verify_retention(r, trusted) {
+            Ok(()) => true,
+            Err(why) => {
+                report.problems.push(Problem {
+                    agent: r.agent.clone(),
+                    segment: Some(chain::segment_file_name(r.first_index)),
+                    offset: None,
+                    index: Some(r.first_index),
+                    message: format!(
+                        "{}: retention entry for records {}..={}: {why} (forged, or written by a collector before signed retention)",
+                        store::RETENTION_LOG,
+                        r.first_index,
+                        r.last_index
+                    ),
+                });
+                false
+            }
+        });
+    }
     let agents_dir = options.store_dir.join(AGENTS_DIR);
     let mut agents = BTreeSet::new();
     match std::fs::read_dir(&agents_dir) {
@@ -475,7 +506,59 @@ pub fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
         }
         report.agents.push(walk.report);
     }
+    if options.agent.is_none() {
+        if let Some(max_age) = options.retention_max_age {
+            let newest = report.agents.iter().map(|a| a.newest_received).max();
+            if let Some(newest) = newest.filter(|n| *n > 0) {
+                check_retention_times(&mut report, &retention, max_age, newest);
+            }
+        }
+    }
     Ok(report)
+}
+
+/// Every removal by age must be one the store's own time allows: the removed segment's
+/// newest record older than the retention age, and the removal made no further than
+/// [`store::RETENTION_CLOCK_BOUND`] past, measured from the newest record stored (the
+/// collector pauses retention by age beyond that). A removal made on a clock years ahead
+/// fails here.
+fn check_retention_times(
+    report: &mut Report,
+    retention: &[store::RetentionEntry],
+    max_age: std::time::Duration,
+    newest: i64,
+) {
+    let bound = i64::try_from(store::RETENTION_CLOCK_BOUND.as_secs()).unwrap_or(i64::MAX);
+    let max_age = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+    for r in retention.iter().filter(|r| r.reason == "age") {
+        // A segment too young to expire, relative to the store's own newest record.
+        let too_young = r
+            .newest_received
+            .map(|t| newest.saturating_sub(t))
+            .filter(|age| (*age).max(0).saturating_add(bound) < max_age);
+        let why = match too_young {
+            Some(age) => format!(
+                "its newest record was received {:.1} days before the newest stored record, {} days are kept",
+                age as f64 / 86_400.0,
+                max_age / 86_400
+            ),
+            None if r.removed > newest.saturating_add(bound) => format!(
+                "it was removed {:.1} days after the newest stored record was received",
+                (r.removed - newest) as f64 / 86_400.0
+            ),
+            None => continue,
+        };
+        report.problems.push(Problem {
+            agent: r.agent.clone(),
+            segment: Some(chain::segment_file_name(r.first_index)),
+            offset: None,
+            index: Some(r.first_index),
+            message: format!(
+                "retention removed records {}..={} as expired, but {why}: not legitimate retention (was the clock ahead?)",
+                r.first_index, r.last_index
+            ),
+        });
+    }
 }
 
 #[cfg(test)]
@@ -540,6 +623,7 @@ mod tests {
                 agent: None,
                 checkpoint_files: vec![cps],
                 trusted_key: Some(trusted),
+                retention_max_age: None,
             },
             dir,
         }

@@ -12,11 +12,32 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/phiguard.v1.serde.rs"));
 }
 
+/// Whether `id` is a valid `Host.machine_id`: empty (unknown), or what machine-id(5)
+/// specifies — 32 lowercase hexadecimal digits. The agent sends nothing else and the
+/// collector refuses anything else, so the field can never carry text a reader did not expect.
+pub fn valid_machine_id(id: &str) -> bool {
+    id.is_empty() || (id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
 
     use super::v1::{self, event::Body};
+
+    #[test]
+    fn machine_ids() {
+        assert!(super::valid_machine_id(""));
+        assert!(super::valid_machine_id("3d1219c7c4c5404aaa1f6d2a48adfda4"));
+        for bad in [
+            "3D1219C7C4C5404AAA1F6D2A48ADFDA4",
+            "3d1219c7",
+            "3d1219c7c4c5404aaa1f6d2a48adfda4\n",
+            "\u{1b}[2J3d1219c7c4c5404aaa1f6d2a48adf",
+        ] {
+            assert!(!super::valid_machine_id(bad), "{bad:?}");
+        }
+    }
 
     fn sample() -> v1::Event {
         v1::Event {

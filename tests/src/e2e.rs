@@ -84,6 +84,8 @@ pub struct CollectorProc {
     pub store: PathBuf,
     /// Everything it logged (all runs).
     pub log: Arc<Mutex<String>>,
+    /// Extra environment for the next (re)start (e.g. libfaketime's).
+    pub env: Vec<(String, String)>,
 }
 
 fn strip_ansi(line: &str) -> String {
@@ -114,6 +116,18 @@ impl CollectorProc {
             pki,
             extra_server,
             "segment_max_bytes = 65536\n",
+            "every_records = 500\nevery_secs = 1\n",
+        )
+    }
+
+    /// Like [`CollectorProc::start`] with `extra_store` in `[store]` instead of the 64 KiB
+    /// segments (the store directory is `work/store`, which may be a mount point).
+    pub fn start_with_store(work: &Path, pki: &Pki, extra_store: &str) -> CollectorProc {
+        Self::configure(
+            work,
+            pki,
+            "",
+            extra_store,
             "every_records = 500\nevery_secs = 1\n",
         )
     }
@@ -152,6 +166,7 @@ impl CollectorProc {
             config,
             store,
             log: Arc::new(Mutex::new(String::new())),
+            env: Vec::new(),
         };
         proc.spawn();
         proc
@@ -168,6 +183,7 @@ impl CollectorProc {
             .arg(&self.config)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -409,6 +425,19 @@ pub fn subscribe_live(
         1 << 20,
     ))
     .expect("subscribe")
+}
+
+/// A live subscription to alerts only, as the subscriber `soc`.
+pub fn subscribe_alerts(rt: &Runtime, pki: &Pki, addr: &str) -> tonic::Streaming<v1::Event> {
+    subscribe_live(
+        rt,
+        pki,
+        addr,
+        v1::EventFilter {
+            kinds: vec!["alert".into()],
+            ..Default::default()
+        },
+    )
 }
 
 /// Replays every stored event (replay only, from seq 1) as the subscriber `soc`.

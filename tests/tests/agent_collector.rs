@@ -799,7 +799,8 @@ fn agent_link(pid: u32, program: &str) -> String {
         .unwrap_or_else(|| panic!("agent {pid} holds no link of {program}"))
 }
 
-/// The pid in the exemption map `AGENT` (map id `map`).
+/// The pid in the exemption map `AGENT` (map id `map`): the `tgid` that starts its
+/// `AgentId` value.
 fn exempt_pid(map: &str) -> u32 {
     let value = bpftool(&["map", "lookup", "id", map, "key", "0", "0", "0", "0"]);
     let bytes: Vec<u8> = value["value"]
@@ -808,7 +809,7 @@ fn exempt_pid(map: &str) -> u32 {
         .iter()
         .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
         .collect();
-    u32::from_ne_bytes(bytes.try_into().unwrap())
+    u32::from_ne_bytes(bytes[..4].try_into().unwrap())
 }
 
 /// `bash -c 'exec 3<>/dev/tcp/127.0.0.1/PORT'` as `nobody`: whether the connect succeeded.
@@ -930,9 +931,10 @@ fn tampering_with_the_agents_kernel_state_is_repaired_and_raises_alerts_at_a_sub
         t.detail.clone()
     };
 
-    // 1. Another pid written into the agent's exemption (it would escape every policy).
+    // 1. Another process written into the agent's exemption (it would escape every policy):
+    // `AgentId { tgid: 1, start_ticks: 0 }`.
     let agent_map_id = agent_map(pid, "AGENT");
-    bpftool(&[
+    let mut update = vec![
         "map",
         "update",
         "id",
@@ -942,12 +944,11 @@ fn tampering_with_the_agents_kernel_state_is_repaired_and_raises_alerts_at_a_sub
         "0",
         "0",
         "0",
-        "value",
-        "1",
-        "0",
-        "0",
-        "0",
-    ]);
+    ];
+    update.push("value");
+    update.push("1");
+    update.extend(["0"; 15]);
+    bpftool(&update);
     expect_report(
         "exemption overwritten",
         v1::TamperKind::MapModified,
@@ -971,7 +972,9 @@ fn tampering_with_the_agents_kernel_state_is_repaired_and_raises_alerts_at_a_sub
         .iter()
         .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
         .collect();
-    assert_eq!(bytes, pid.to_ne_bytes(), "the agent's pid is back");
+    assert_eq!(bytes[..4], pid.to_ne_bytes(), "the agent's pid is back");
+    let start = phiguard::process::procfs::start_ticks(pid).unwrap();
+    assert_eq!(bytes[8..], start.to_ne_bytes(), "with its start time");
 
     // 2. An allow-list entry added: uid 65534 (nobody) allowed for every subject of rule 0 in
     // both policy slots (key `IdKey { rule, id }`, value the subject mask).

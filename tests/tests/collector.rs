@@ -20,7 +20,7 @@ use phiguard_proto::v1::{
     self, collector_client::CollectorClient, event::Body, IngestRequest, IngestResponse,
 };
 use phiguard_tests::e2e::{
-    event, replay_all, runtime, subscribe_live, AgentLink, CollectorProc, Pki,
+    event, replay_all, runtime, subscribe_alerts, subscribe_live, AgentLink, CollectorProc, Pki,
 };
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -408,11 +408,26 @@ fn verify_finds_a_flipped_byte_a_deleted_record_swapped_records_and_a_rewritten_
     drop(forged);
     let empty = dir.join("no-checkpoints.jsonl");
     fs::write(&empty, "").unwrap();
-    let out = CollectorProc::verify(&config, &["--checkpoints", empty.to_str().unwrap()]);
+    let out = CollectorProc::verify(
+        &config,
+        &[
+            "--checkpoints",
+            empty.to_str().unwrap(),
+            "--allow-no-checkpoints",
+        ],
+    );
     assert!(
         out.status.success(),
         "the rewritten chain is consistent in itself: {}",
         String::from_utf8_lossy(&out.stdout)
+    );
+    // Without a single checkpoint, verify does not call it ok.
+    let out = CollectorProc::verify(&config, &["--checkpoints", empty.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("BROKEN  no signed checkpoints in"),
+        "{stdout}"
     );
     assert_broken(&config, "the chain was rewritten");
 }
@@ -662,4 +677,462 @@ fn subscribe_replays_from_a_time_then_follows_live() {
         out
     });
     assert_eq!(seqs(&received), (51..=100).collect::<Vec<_>>());
+}
+
+/// Runs `phiguard-collector tail` against `collector` as the subscriber `soc`.
+fn tail(collector: &CollectorProc, pki: &Pki, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(phiguard_tests::e2e::collector_binary())
+        .args([
+            "tail",
+            "--addr",
+            &collector.addr,
+            "--server-name",
+            "localhost",
+            "--certs",
+        ])
+        .arg(pki.dir.path())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_forged_file_name_and_an_impossible_time_neither_forge_nor_stop_the_soc_view() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    // A file name any local user can create under a watched directory.
+    let forged = "/srv/ephi/x\n2026-01-01T00:00:00+00:00 ehr-a #2 fileOpen /srv/ephi/nothing \
+                  -> fd 3 by cat[1] exe=/usr/bin/cat user=alice(1000)\u{1b}[2K\u{1b}[1A\r";
+    let mut first = event("ehr-a", 1);
+    if let Some(Body::FileOpen(open)) = &mut first.body {
+        open.path = forged.into();
+    }
+    // A time no RFC 3339 string can carry.
+    let mut second = event("ehr-a", 2);
+    second.time = Some(phiguard_proto::pbjson_types::Timestamp {
+        seconds: i64::MAX,
+        nanos: 0,
+    });
+    link.spool.append(&first).unwrap();
+    link.spool.append(&second).unwrap();
+    link.spool.flush(true).unwrap();
+    link.send("ehr-a", 3..=3);
+    assert!(link.wait_acked(3, Duration::from_secs(20)));
+    let since = ["--since-seq", "1", "--replay-only"];
+    let text = tail(&collector, &pki, &since);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "one line per event, no forged one:\n{stdout}"
+    );
+    assert!(lines.iter().all(|l| l.contains(" ehr-a #")), "{stdout}");
+    assert!(
+        !stdout.contains('\u{1b}') && !stdout.contains('\r'),
+        "{stdout:?}"
+    );
+    assert!(
+        lines[0].contains("/srv/ephi/x\\n2026-01-01T00:00:00"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[2].contains("#3 fileOpen /srv/ephi/3.txt"),
+        "{}",
+        lines[2]
+    );
+    let mut json_args = since.to_vec();
+    json_args.push("--json");
+    let json = tail(&collector, &pki, &json_args);
+    let stdout = String::from_utf8_lossy(&json.stdout);
+    assert!(
+        json.status.success(),
+        "tail --json survives: {stdout}\n{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 3, "{stdout}");
+    assert_eq!(
+        events[0]["fileOpen"]["path"], forged,
+        "JSON keeps the value, escaped by JSON"
+    );
+    assert_eq!(events[1]["unrepresentableTimestamps"][0]["field"], "time");
+    assert_eq!(events[2]["seq"], "3");
+    // A live subscription is not ended by the impossible time either.
+    let mut live = std::process::Command::new(phiguard_tests::e2e::collector_binary())
+        .args([
+            "tail",
+            "--addr",
+            &collector.addr,
+            "--server-name",
+            "localhost",
+            "--json",
+            "--certs",
+        ])
+        .arg(pki.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = live.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut bad = event("ehr-a", 4);
+    bad.time = Some(phiguard_proto::pbjson_types::Timestamp {
+        seconds: -i64::MAX,
+        nanos: 0,
+    });
+    link.spool.append(&bad).unwrap();
+    link.spool.flush(true).unwrap();
+    link.send("ehr-a", 5..=5);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => seen.push(serde_json::from_str::<serde_json::Value>(&line).unwrap()),
+            Err(e) => panic!("live tail ended or stalled after {seen:?}: {e}"),
+        }
+    }
+    assert_eq!(seen[0]["seq"], "4");
+    assert_eq!(seen[1]["seq"], "5");
+    assert!(live.try_wait().unwrap().is_none(), "still following");
+    let _ = live.kill();
+    let _ = live.wait();
+}
+
+#[test]
+fn sighup_reloads_the_tls_files_and_never_ends_the_collector() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let pid = nix::unistd::Pid::from_raw(collector.pid().unwrap() as i32);
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    // As the unit's ExecReload does it.
+    let reload = std::process::Command::new(phiguard_tests::e2e::collector_binary())
+        .args(["reload", "--pid", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(reload.status.success(), "{reload:?}");
+    assert!(
+        collector.wait_log("SIGHUP: TLS files read again", Duration::from_secs(10)),
+        "{}",
+        collector.log()
+    );
+    // An unusable certificate file: logged, the one in force stays.
+    let cert = pki.path("collector.pem");
+    let good = fs::read(&cert).unwrap();
+    fs::write(&cert, b"not a certificate").unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(
+        collector.wait_log("SIGHUP: TLS files not reloaded", Duration::from_secs(10)),
+        "{}",
+        collector.log()
+    );
+    let line = collector
+        .log()
+        .lines()
+        .find(|l| l.contains("not reloaded"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        line.contains("collector.pem"),
+        "the error names the file: {line}"
+    );
+    // New connections are still served with the certificate in force.
+    link.send("ehr-a", 1..=20);
+    assert!(link.wait_acked(20, Duration::from_secs(20)));
+    let rt = runtime();
+    assert_eq!(
+        seqs(&replay_all(&rt, &pki, &collector.addr, host("ehr-a"))),
+        (1..=20).collect::<Vec<_>>()
+    );
+    fs::write(&cert, good).unwrap();
+    assert!(nix::sys::signal::kill(pid, None).is_ok(), "still running");
+}
+
+#[test]
+fn a_huge_seq_from_a_stolen_certificate_is_refused_and_the_real_agent_keeps_storing() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let rt = runtime();
+    let mut alerts = subscribe_alerts(&rt, &pki, &collector.addr);
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 1..=100);
+    assert!(link.wait_acked(100, Duration::from_secs(20)));
+    // The same certificate, from a second connection: one event with a huge seq.
+    let stolen = tls::client_config(&pki.agent("ehr-a")).unwrap();
+    for seq in [1u64 << 62, 100 + 10_000_001] {
+        let refused = rt
+            .block_on(try_ingest(
+                &collector.addr,
+                stolen.clone(),
+                vec![event("ehr-a", seq)],
+            ))
+            .unwrap_err();
+        assert!(refused.starts_with("OutOfRange"), "{refused}");
+    }
+    let alert = rt.block_on(async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), alerts.message()).await {
+                Ok(Ok(Some(v1::Event {
+                    body: Some(Body::Alert(a)),
+                    ..
+                }))) if a.kind == v1::AlertKind::SequenceRefused as i32 => return a,
+                Ok(Ok(Some(_))) => {}
+                other => panic!("no SEQUENCE_REFUSED alert: {other:?}"),
+            }
+        }
+    });
+    assert_eq!((alert.expected_seq, alert.received_seq), (101, 1 << 62));
+    // The real agent's next events are stored, not taken for resends.
+    link.send("ehr-a", 101..=200);
+    assert!(link.wait_acked(200, Duration::from_secs(20)));
+    let events = replay_all(&rt, &pki, &collector.addr, host("ehr-a"));
+    assert_eq!(seqs(&events), (1..=200).collect::<Vec<_>>());
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(&e.body, Some(Body::Alert(a)) if a.kind == v1::AlertKind::SequenceRefused as i32))
+        .collect();
+    assert_eq!(refused.len(), 1, "one stored alert a minute: {refused:?}");
+    eprintln!("{}", serde_json::to_string_pretty(refused[0]).unwrap());
+    let log = collector.log();
+    assert_eq!(
+        log.matches("batch refused: seq too far above the last stored one")
+            .count(),
+        2,
+        "each refusal is logged:\n{log}"
+    );
+}
+
+/// The `sha256:` fingerprint of the PEM certificate at `path`, as `[server] revoked` takes it.
+fn fingerprint(path: &Path) -> String {
+    let certs = phiguard_support::pem::load_certs(path).unwrap();
+    let credential =
+        phiguard_collector::revocation::Credential::from_der(certs[0].as_ref()).unwrap();
+    format!("sha256:{}", hex_string(&credential.fingerprint))
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn revoked_certificates_are_refused_new_and_cut_live_without_a_restart() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a", "ehr-b"]));
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let pid = nix::unistd::Pid::from_raw(collector.pid().unwrap() as i32);
+    let rt = runtime();
+    // A live subscriber with the certificate about to be stolen, and two agents.
+    let mut live = subscribe_live(&rt, &pki, &collector.addr, host("ehr-b"));
+    let a = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    let b = AgentLink::start(&pki, "ehr-b", &collector.addr);
+    a.send("ehr-a", 1..=10);
+    b.send("ehr-b", 1..=10);
+    assert!(a.wait_acked(10, Duration::from_secs(20)) && b.wait_acked(10, Duration::from_secs(20)));
+    // Revoke the subscriber's certificate (by fingerprint) and ehr-a's (by serial).
+    let serial = {
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(pki.agent("ehr-a").cert)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .trim_start_matches("serial=")
+            .to_owned()
+    };
+    let text = fs::read_to_string(&collector.config).unwrap().replace(
+        "subscribers = [\"soc\"]\n",
+        &format!(
+            "subscribers = [\"soc\"]\nrevoked = [\"{}\", \"serial:{serial}\"]\n",
+            fingerprint(&pki.path("soc.pem"))
+        ),
+    );
+    fs::write(&collector.config, text).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(
+        collector.wait_log("revoked=2", Duration::from_secs(10)),
+        "{}",
+        collector.log()
+    );
+    // The open subscription ends with PERMISSION_DENIED.
+    let ended = rt.block_on(async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), live.message()).await {
+                Ok(Ok(Some(_))) => {}
+                other => return other,
+            }
+        }
+    });
+    match ended {
+        Ok(Err(status)) => {
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+            assert!(
+                status.message().contains("certificate revoked"),
+                "{status:?}"
+            );
+        }
+        other => panic!("the live subscription was not cut: {other:?}"),
+    }
+    // A new subscription with it is refused.
+    let again = rt.block_on(phiguard_collector::tail::subscribe(
+        &collector.addr,
+        Some("localhost"),
+        &pki.subscriber(),
+        v1::SubscribeRequest::default(),
+        1 << 20,
+    ));
+    assert!(again.is_err(), "a revoked subscriber is refused");
+    // ehr-a's events are no longer taken; ehr-b's are.
+    a.send("ehr-a", 11..=20);
+    b.send("ehr-b", 11..=20);
+    assert!(
+        b.wait_acked(20, Duration::from_secs(20)),
+        "the other agent keeps storing"
+    );
+    assert!(
+        !a.wait_acked(11, Duration::from_secs(3)),
+        "the revoked agent is refused"
+    );
+    // A renewed subscriber certificate (same identity, new key) is welcome.
+    let ca = Ca::load(
+        &fs::read_to_string(pki.path("ca.pem")).unwrap(),
+        &fs::read_to_string(pki.path("ca.key")).unwrap(),
+    )
+    .unwrap();
+    let renewed = ca.issue(&Leaf::subscriber("soc")).unwrap();
+    phiguard_devcerts::write_issued(pki.dir.path(), "soc", &renewed).unwrap();
+    let events = replay_all(&rt, &pki, &collector.addr, Default::default());
+    assert_eq!(
+        seqs(&events).iter().filter(|s| **s > 10).count(),
+        10,
+        "ehr-b's 11..=20 only"
+    );
+    let log = collector.log();
+    assert!(log.contains("certificate revoked"), "{log}");
+    assert!(
+        log.contains("identity=ehr-a")
+            && log.contains(&format!(
+                "revoked=serial:{}",
+                serial.to_ascii_lowercase().trim_start_matches('0')
+            )),
+        "{log}"
+    );
+    assert!(log.contains("identity=soc"), "{log}");
+    assert!(
+        log.contains("subscribe (open stream cut)") && log.contains("ingest (open stream cut)"),
+        "both open streams were cut at the reload:\n{log}"
+    );
+}
+
+#[test]
+fn records_cut_off_the_end_behind_the_collectors_back_are_reported_and_never_signed() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let mut collector = CollectorProc::start(work.path(), &pki, "");
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 1..=300);
+    assert!(link.wait_acked(300, Duration::from_secs(30)));
+    drop(link);
+    collector.stop();
+    let checkpoints = work.path().join("checkpoints.jsonl");
+    let signed_before = fs::read_to_string(&checkpoints).unwrap().lines().count();
+    // Whole records removed from the end of the newest segment: framing intact, no torn write.
+    let segments = list_segments(&collector.store.join("agents/ehr-a")).unwrap();
+    let newest = &segments.last().unwrap().1;
+    let (bytes, spans) = record_spans(newest);
+    assert!(spans.len() > 20);
+    let cut = spans[spans.len() - 20].0;
+    fs::write(newest, &bytes[..cut]).unwrap();
+    collector.restart();
+    assert!(
+        collector.wait_log("not signing a shortened chain", Duration::from_secs(10)),
+        "{}",
+        collector.log()
+    );
+    let rt = runtime();
+    let events = replay_all(&rt, &pki, &collector.addr, Default::default());
+    let shortened: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::Alert(a)) if a.kind == v1::AlertKind::ChainShortened as i32 => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shortened.len(), 1, "recorded in the chain: {events:?}");
+    assert!(shortened[0].expected_seq > shortened[0].received_seq);
+    std::thread::sleep(Duration::from_millis(1500));
+    collector.stop();
+    let lines = fs::read_to_string(&checkpoints).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        signed_before,
+        "nothing was signed over the shortened chain:\n{lines}"
+    );
+    assert_broken(&collector.config, "records removed from the end");
+}
+
+#[test]
+fn retention_entries_are_signed_and_a_forged_one_fails_verify() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let mut collector = CollectorProc::start_with_store(
+        work.path(),
+        &pki,
+        "segment_max_bytes = 4096\nretention_max_bytes = 20000\n",
+    );
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 1..=300);
+    assert!(link.wait_acked(300, Duration::from_secs(30)));
+    drop(link);
+    collector.stop();
+    // Retention runs at start.
+    collector.restart();
+    assert!(collector.wait_log("retention removed a segment", Duration::from_secs(10)));
+    collector.stop();
+    let log_path = collector.store.join("retention.jsonl");
+    let entries = fs::read_to_string(&log_path).unwrap();
+    assert!(
+        entries.lines().all(|l| l.contains("\"signature\":\"")),
+        "{entries}"
+    );
+    let out = CollectorProc::verify(&collector.config, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The oldest remaining segment deleted, and explained by a copied, edited entry.
+    let segments = list_segments(&collector.store.join("agents/ehr-a")).unwrap();
+    let (first, path) = segments[0].clone();
+    let (_, spans) = record_spans(&segments[1].1);
+    assert!(!spans.is_empty());
+    fs::remove_file(&path).unwrap();
+    let last: serde_json::Value = serde_json::from_str(entries.lines().last().unwrap()).unwrap();
+    let mut forged = last.clone();
+    forged["first_index"] = first.into();
+    forged["last_index"] = (segments[1].0 - 1).into();
+    let mut text = entries.clone();
+    text.push_str(&format!("{forged}\n"));
+    fs::write(&log_path, text).unwrap();
+    let report = assert_broken(&collector.config, "signature does not verify");
+    assert!(
+        report.contains("retention removed no such segment"),
+        "{report}"
+    );
 }

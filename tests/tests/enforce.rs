@@ -617,10 +617,28 @@ impl AgentProcess {
         }
     }
 
+    /// SIGKILLs the agent after `limit` unless the returned guard is dropped first: a test
+    /// reading its output never waits forever for an event that does not come.
+    fn kill_after(&self, limit: Duration) -> Watchdog {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if wait.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        });
+        Watchdog { _done: done }
+    }
+
     fn kill(&mut self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
         let _ = self.child.wait();
     }
+}
+
+/// Disarms [`AgentProcess::kill_after`] when dropped.
+struct Watchdog {
+    _done: std::sync::mpsc::Sender<()>,
 }
 
 impl Drop for AgentProcess {
@@ -699,6 +717,97 @@ fn enforcement_survives_sigkill_and_a_restart_adopts_the_pinned_programs() {
     assert!(unload.status.success(), "{unload:?}");
     assert!(pins::pinned_programs(Path::new(pins::PIN_DIR)).is_empty());
     assert!(head().success(), "after `phiguard unload` nothing enforces");
+}
+
+#[test]
+fn refusals_made_while_no_agent_ran_are_reported_by_the_next_agent() {
+    use nix::sys::signal::Signal;
+    let tree = Tree::new();
+    let file = tree.watched.join("rec.txt");
+    fs::write(&file, "patient 1").unwrap();
+    let marker = tree.watched.join("marker.txt");
+    fs::write(&marker, "patient 2").unwrap();
+    let policies = PolicyDir::new(&records_policy("enforce", &tree.watched, &["/usr/bin/cat"]));
+    let _cleanup = UnloadOnDrop;
+    let mut first = AgentProcess::start(policies.dir.path());
+    let lsm = first.startup.contains("\"lsm\":true");
+    first.kill(Signal::SIGKILL);
+    // The pinned programs refuse while no agent runs.
+    const WHILE_DOWN: usize = 5;
+    for _ in 0..WHILE_DOWN {
+        assert!(refused(
+            status_of(Command::new("/usr/bin/head").arg(&file)),
+            lsm
+        ));
+    }
+    let mut second = AgentProcess::start(policies.dir.path());
+    let _watchdog = second.kill_after(Duration::from_secs(120));
+    // One refusal while the new agent runs marks the end of what came before.
+    let eperm = lsm || second.startup.contains("\"files\":\"fanotify\"");
+    assert!(refused(
+        status_of(Command::new("/usr/bin/head").arg(&marker)),
+        eperm
+    ));
+    let refusal_of = |e: &v1::Event, path: &Path| {
+        verdict_is(e, v1::Verdict::Deny)
+            && process(e).exe == "/usr/bin/head"
+            && file_open(e).is_some_and(|f| f.path == path.display().to_string())
+    };
+    let mut drained = 0;
+    loop {
+        let event = second.expect("the refusals, then the marker", |e| {
+            refusal_of(e, &file) || refusal_of(e, &marker)
+        });
+        if refusal_of(&event, &marker) {
+            break;
+        }
+        let d = decision(&event).unwrap();
+        assert_eq!(
+            (d.policy.as_str(), d.rule.as_str()),
+            ("records-test", "patient-files"),
+            "named after the unchanged policy set: {event:?}"
+        );
+        drained += 1;
+    }
+    assert_eq!(
+        drained, WHILE_DOWN,
+        "every refusal made while no agent ran is an event, once"
+    );
+    second.kill(Signal::SIGTERM);
+}
+
+#[test]
+fn an_agent_takes_over_from_one_whose_exemption_had_the_older_layout() {
+    use phiguard::kernel::pins;
+    let tree = Tree::new();
+    let policies = PolicyDir::new(&records_policy("enforce", &tree.watched, &["/usr/bin/cat"]));
+    let _cleanup = UnloadOnDrop;
+    // What an agent from before the exemption held a start time left pinned: a bare u32.
+    let root = Path::new(pins::PIN_DIR);
+    pins::create_dir(root).unwrap();
+    let agent_pin = pins::agent_map_path(root);
+    let created = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&agent_pin)
+        .args([
+            "type", "array", "key", "4", "value", "4", "entries", "1", "name", "AGENT",
+        ])
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    assert!(created.status.success(), "{created:?}");
+    let mut agent = AgentProcess::start(policies.dir.path());
+    let shown = Command::new("bpftool")
+        .args(["map", "show", "pinned"])
+        .arg(&agent_pin)
+        .arg("-j")
+        .output()
+        .unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        shown["bytes_value"], 16,
+        "the new agent pinned an exemption of its own layout: {shown}"
+    );
+    agent.kill(nix::sys::signal::Signal::SIGTERM);
 }
 
 #[test]

@@ -26,6 +26,10 @@ const FORGE_C: &str = include_str!("../fixtures/forge.c");
 const PRELOAD_C: &str = include_str!("../fixtures/preload.c");
 /// An allowed program that loads a plugin from a memfd (`plugin_host SO`).
 const PLUGIN_HOST_C: &str = include_str!("../fixtures/plugin_host.c");
+/// An allowed service holding a protected file open (`holder PATH`).
+const HOLDER_C: &str = include_str!("../fixtures/holder.c");
+/// Takes another process's descriptor (`thief PID FD`).
+const THIEF_C: &str = include_str!("../fixtures/thief.c");
 /// Runs a program traced (`ptracer PROGRAM ARGS...`).
 const PTRACER_C: &str = include_str!("../fixtures/ptracer.c");
 /// The unprivileged attacker.
@@ -43,6 +47,8 @@ struct Setup {
     allowed: PathBuf,
     /// A second listed program, built here: it loads plugins from a memfd.
     plugin_host: PathBuf,
+    /// A third, built here: it holds the protected file open.
+    holder: PathBuf,
     bin: tempfile::TempDir,
     _policies: tempfile::TempDir,
     _tree: Tree,
@@ -59,6 +65,7 @@ impl Setup {
         fs::copy("/usr/bin/cat", &allowed).unwrap();
         fs::set_permissions(&allowed, fs::Permissions::from_mode(0o755)).unwrap();
         let plugin_host = build(bin.path(), "plugin_host", PLUGIN_HOST_C, &["-ldl"]);
+        let holder = build(bin.path(), "holder", HOLDER_C, &[]);
         let tree = Tree::new();
         let file = tree.watched.join("results.txt");
         fs::write(&file, SECRET).unwrap();
@@ -71,10 +78,11 @@ impl Setup {
         fs::write(
             policies.path().join("subjects.yaml"),
             format!(
-                "name: subjects\nmode: enforce\nrules:\n  - name: results\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: {}\n      - exe: {}\n",
+                "name: subjects\nmode: enforce\nrules:\n  - name: results\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: {}\n      - exe: {}\n      - exe: {}\n",
                 tree.watched.display(),
                 allowed.display(),
-                plugin_host.display()
+                plugin_host.display(),
+                holder.display()
             ),
         )
         .unwrap();
@@ -85,6 +93,7 @@ impl Setup {
             file,
             allowed,
             plugin_host,
+            holder,
             bin,
             _policies: policies,
             _tree: tree,
@@ -126,9 +135,19 @@ impl Setup {
                 "{route}: killed: {out:?}"
             );
         }
+        let event = self.expect_deny(route, exe);
+        assert_eq!(
+            event.decision.as_ref().unwrap().layer,
+            self.layer(),
+            "{route}"
+        );
+        event
+    }
+
+    /// The deny decision on the protected file naming `exe` (within 10 s).
+    fn expect_deny(&mut self, route: &str, exe: &Path) -> v1::Event {
         let (exe, file) = (exe.display().to_string(), self.file.display().to_string());
-        let event = self
-            .h
+        self.h
             .wait_for(Duration::from_secs(10), |e| {
                 e.decision
                     .as_ref()
@@ -136,13 +155,7 @@ impl Setup {
                     && file_open(e).is_some_and(|f| f.path == file)
                     && process(e).exe == exe
             })
-            .unwrap_or_else(|| panic!("{route}: no deny decision naming {exe}: {}", self.h.dump()));
-        assert_eq!(
-            event.decision.as_ref().unwrap().layer,
-            self.layer(),
-            "{route}"
-        );
-        event
+            .unwrap_or_else(|| panic!("{route}: no deny decision naming {exe}: {}", self.h.dump()))
     }
 
     /// The allowed program, on its own, still reads.
@@ -312,15 +325,59 @@ fn the_allowed_program_run_under_a_tracer_is_an_unlisted_subject() {
         out.status.code() == Some(128 + libc::SIGKILL)
     };
     assert!(refused, "the traced program was refused: {out:?}");
-    let (exe, path) = (allowed.display().to_string(), file.display().to_string());
-    s.h.wait_for(Duration::from_secs(10), |e| {
-        e.decision
-            .as_ref()
-            .is_some_and(|d| d.verdict == v1::Verdict::Deny as i32)
-            && file_open(e).is_some_and(|f| f.path == path)
-            && process(e).exe == exe
-    })
-    .unwrap_or_else(|| panic!("no deny decision naming {exe}: {}", s.h.dump()));
+    s.expect_deny("the traced program", &allowed);
+    s.assert_allowed_still_reads();
+    s.h.stop();
+}
+
+#[test]
+fn a_refused_process_cannot_take_the_allowed_services_descriptor() {
+    use std::io::{BufRead as _, BufReader};
+    let mut s = Setup::new();
+    let thief = s.build("thief", THIEF_C, &[]);
+    // The allowed service, as the attacker's own user (so pidfd_getfd's ptrace check passes).
+    let mut holder = Command::new(&s.holder)
+        .arg(&s.file)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let fd = PathBuf::from(line.trim());
+    assert!(!line.trim().is_empty(), "the holder opened the file");
+    let pid = PathBuf::from(holder.id().to_string());
+    let out = s.as_nobody(&thief, &[&pid, &fd], &[]);
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    assert_ne!(out.status.code(), Some(100), "pidfd_open failed: {out:?}");
+    assert!(
+        !out.stdout.windows(16).any(|w| w == &SECRET[..16]),
+        "the taken descriptor gave the data: {out:?}"
+    );
+    let (layer, refused) = if s.h.lsm {
+        (
+            v1::EnforcementLayer::Lsm,
+            out.status.code() == Some(libc::EPERM),
+        )
+    } else {
+        // No other layer sees a taken descriptor: SIGKILL before the call returns.
+        (
+            v1::EnforcementLayer::Signal,
+            out.status.signal() == Some(libc::SIGKILL),
+        )
+    };
+    assert!(refused, "the thief was refused: {out:?}");
+    let event = s.expect_deny("pidfd_getfd", &thief);
+    assert_eq!(event.decision.as_ref().unwrap().layer, layer as i32);
+    assert_eq!(
+        file_open(&event).unwrap().syscall,
+        "pidfd_getfd or SCM_RIGHTS (a descriptor received)"
+    );
     s.assert_allowed_still_reads();
     s.h.stop();
 }

@@ -22,7 +22,9 @@ const EXPECTED_NIGHTLY: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)";
 /// reads and writes with readv/writev/sendmsg/recvmsg); systemd
 /// (systemd-analyze verifies the units) and man-db (renders the packaged man page) for the
 /// package tier; systemd-container (systemd-nspawn) and debootstrap for the systemd tier (a
-/// booted Debian 12 running both packages as services); auditd (the incumbent the benchmarks compare against).
+/// booted Debian 12 running both packages as services); auditd (the incumbent the benchmarks compare against);
+/// faketime and e2fsprogs (the store-fault tests: a collector on a clock years ahead, ext4 on a
+/// loop device that fails writes).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "dwarves",
@@ -42,6 +44,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "debootstrap",
     "man-db",
     "auditd",
+    "faketime",
+    "e2fsprogs",
 ];
 
 fn step(what: &str, outcome: &str) {

@@ -119,7 +119,11 @@ pub fn vm(args: &VmArgs) -> anyhow::Result<()> {
     result
 }
 
-/// Builds, boots and checks the VM, adding the tests run inside to `counts`.
+/// Builds, boots and checks the VMs, adding the tests run inside to `counts`.
+///
+/// The tests are split into boots ([`plan`]) that run side by side, as many at a time as the
+/// host has CPUs: each QEMU runs its guest on one host thread (`tcg,thread=single`), so one
+/// boot leaves the other CPUs idle.
 pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
     let started = Instant::now();
     let work = cmd::target_dir().join("vm");
@@ -147,128 +151,237 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
         kernel.lsm.join(",")
     ));
 
-    if args.no_bpf {
-        return no_bpf_boot(&kernel, &tests, &agent, &opener, &work, counts);
-    }
-    let names: Vec<&str> = tests.iter().map(|(n, _)| n.as_str()).collect();
-    let initrd = initramfs::build(
-        &initramfs::Contents {
-            tests: &tests,
-            agent: &agent,
-            opener: &opener,
-            args: &args.args,
-        },
-        &work,
-    )?;
-    let size = fs::metadata(&initrd)?.len();
+    let boots = plan(args, &tests)?;
+    let parallel = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(boots.len());
     step(&format!(
-        "initramfs: {} ({:.1} MiB; tests: {})",
-        initrd.display(),
-        size as f64 / (1024.0 * 1024.0),
-        names.join(", ")
+        "{} boot(s), {parallel} at a time: {}",
+        boots.len(),
+        boots
+            .iter()
+            .map(|b| format!("{} ({})", b.name, b.describe()))
+            .collect::<Vec<_>>()
+            .join("; ")
     ));
-
-    let log = work.join("console.log");
-    step(&format!(
-        "booting under QEMU (TCG, {CPUS} CPUs, {MEMORY_MIB} MiB; limit {} s); console below and in {}",
-        args.timeout,
-        log.display()
-    ));
-    let report = boot(
-        &kernel,
-        &initrd,
-        &log,
-        Duration::from_secs(args.timeout),
-        Lsm::WithBpf,
-    )?;
-    counts.passed += report.counts.passed;
-    counts.failed += report.counts.failed;
-    let mut verdict = report.verdict(&log, Lsm::WithBpf);
-    if verdict.is_ok() && args.tests.is_empty() && args.args.is_empty() {
-        verdict = no_bpf_boot(&kernel, &tests, &agent, &opener, &work, counts);
+    let shared = Shared {
+        kernel: &kernel,
+        agent: &agent,
+        opener: &opener,
+        work: &work,
+        timeout: Duration::from_secs(args.timeout),
+        tagged: boots.len() > 1,
+    };
+    let queue = std::sync::Mutex::new(boots.iter());
+    let outcomes = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..parallel {
+            scope.spawn(|| loop {
+                let next = queue.lock().expect("boot queue").next();
+                let Some(boot) = next else { break };
+                let outcome = boot.run(&shared);
+                outcomes
+                    .lock()
+                    .expect("boot outcomes")
+                    .push((boot.name.as_str(), outcome));
+            });
+        }
+    });
+    let mut problems = Vec::new();
+    for (name, outcome) in outcomes.into_inner().expect("boot outcomes") {
+        match outcome {
+            Ok(boot_counts) => {
+                counts.passed += boot_counts.passed;
+                counts.failed += boot_counts.failed;
+            }
+            Err(error) => {
+                counts.failed += 1;
+                problems.push(format!("{name}: {error:#}"));
+            }
+        }
     }
     step(&format!(
         "{} in {:.0} s ({} passed, {} failed)",
-        if verdict.is_ok() { "ok" } else { "FAILED" },
+        if problems.is_empty() { "ok" } else { "FAILED" },
         started.elapsed().as_secs_f64(),
-        report.counts.passed,
-        report.counts.failed
+        counts.passed,
+        counts.failed
     ));
-    verdict
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    Ok(())
 }
 
-/// Boots the same kernel with `bpf` left out of `lsm=` and runs [`NO_BPF_TESTS`] there.
-fn no_bpf_boot(
-    kernel: &VmKernel,
-    tests: &[(String, PathBuf)],
-    agent: &Path,
-    opener: &Path,
-    work: &Path,
-    counts: &mut Counts,
-) -> anyhow::Result<()> {
-    let attacks: Vec<(String, PathBuf)> = tests
+/// Test files that get a boot of their own, beside the boot of all the others: the longest
+/// (`attacks`: 21 tests, each starting an agent that verifies every BPF LSM program under
+/// emulation).
+const OWN_BOOT: &[&str] = &["attacks"];
+
+/// The boots for `args`, longest first: with a full run, the files of [`OWN_BOOT`] each alone,
+/// the others together, then the boot without `bpf` in `lsm=`; with `--no-bpf`, that one
+/// alone.
+fn plan(args: &VmArgs, tests: &[(String, PathBuf)]) -> anyhow::Result<Vec<Boot>> {
+    if args.no_bpf {
+        return Ok(vec![Boot::without_bpf(tests)?]);
+    }
+    let mut boots = Vec::new();
+    let (alone, together): (Vec<_>, Vec<_>) = tests
         .iter()
-        .filter(|(name, _)| name == "attacks")
         .cloned()
-        .collect();
-    if attacks.is_empty() {
-        bail!("the attacks test binary was not built");
+        .partition(|(name, _)| OWN_BOOT.contains(&name.as_str()));
+    for test in alone {
+        boots.push(Boot {
+            name: test.0.clone(),
+            tests: vec![test],
+            lsm: Lsm::WithBpf,
+            args: args.args.clone(),
+        });
     }
-    let work = work.join("no-bpf");
-    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let filters: Vec<String> = NO_BPF_TESTS.iter().map(|t| (*t).to_owned()).collect();
-    let initrd = initramfs::build(
-        &initramfs::Contents {
-            tests: &attacks,
-            agent,
-            opener,
-            args: &filters,
-        },
-        &work,
-    )?;
-    let log = work.join("console.log");
-    step(&format!(
-        "booting again with {} (no BPF LSM: the agent must fall back to fanotify); console in {}",
-        kernel.lsm_param_without_bpf(),
-        log.display()
-    ));
-    let started = Instant::now();
-    let report = boot(
-        kernel,
-        &initrd,
-        &log,
-        Duration::from_secs(DEFAULT_TIMEOUT),
-        Lsm::WithoutBpf,
-    )?;
-    counts.passed += report.counts.passed;
-    counts.failed += report.counts.failed;
-    let verdict = report.verdict(&log, Lsm::WithoutBpf);
-    if verdict.is_ok() && report.counts.passed < NO_BPF_TESTS.len() as u64 {
-        bail!(
-            "the boot without BPF LSM ran {} of the {} tests it should; console in {}",
-            report.counts.passed,
-            NO_BPF_TESTS.len(),
+    if !together.is_empty() {
+        boots.push(Boot {
+            name: "main".to_owned(),
+            tests: together,
+            lsm: Lsm::WithBpf,
+            args: args.args.clone(),
+        });
+    }
+    if args.tests.is_empty() && args.args.is_empty() {
+        boots.push(Boot::without_bpf(tests)?);
+    }
+    Ok(boots)
+}
+
+/// What every boot shares.
+struct Shared<'a> {
+    kernel: &'a VmKernel,
+    agent: &'a Path,
+    opener: &'a Path,
+    /// `target/vm`: the boot named `main` writes here, the others in a folder of their name.
+    work: &'a Path,
+    timeout: Duration,
+    /// Whether console lines get the boot's name in front (more than one boot runs).
+    tagged: bool,
+}
+
+/// One boot of the VM: an initramfs with `tests`, run under `lsm`.
+struct Boot {
+    /// `main`, a test file's name, or `no-bpf`.
+    name: String,
+    tests: Vec<(String, PathBuf)>,
+    lsm: Lsm,
+    /// libtest arguments for every test binary.
+    args: Vec<String>,
+}
+
+impl Boot {
+    /// The boot with `bpf` left out of `lsm=`, running [`NO_BPF_TESTS`] of `attacks`.
+    fn without_bpf(tests: &[(String, PathBuf)]) -> anyhow::Result<Boot> {
+        let attacks: Vec<(String, PathBuf)> = tests
+            .iter()
+            .filter(|(name, _)| name == "attacks")
+            .cloned()
+            .collect();
+        if attacks.is_empty() {
+            bail!("the attacks test binary was not built");
+        }
+        Ok(Boot {
+            name: "no-bpf".to_owned(),
+            tests: attacks,
+            lsm: Lsm::WithoutBpf,
+            args: NO_BPF_TESTS.iter().map(|t| (*t).to_owned()).collect(),
+        })
+    }
+
+    /// The test files, for the plan's line.
+    fn describe(&self) -> String {
+        let names: Vec<&str> = self.tests.iter().map(|(n, _)| n.as_str()).collect();
+        match self.lsm {
+            Lsm::WithBpf => names.join(", "),
+            Lsm::WithoutBpf => format!("{} without bpf in lsm=", names.join(", ")),
+        }
+    }
+
+    /// Packs, boots and checks this boot: its test counts, or why it failed.
+    fn run(&self, shared: &Shared) -> anyhow::Result<Counts> {
+        let started = Instant::now();
+        let work = if self.name == "main" {
+            shared.work.to_path_buf()
+        } else {
+            shared.work.join(&self.name)
+        };
+        fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        let initrd = initramfs::build(
+            &initramfs::Contents {
+                tests: &self.tests,
+                agent: shared.agent,
+                opener: shared.opener,
+                args: &self.args,
+            },
+            &work,
+        )?;
+        let size = fs::metadata(&initrd)?.len();
+        let log = work.join("console.log");
+        step(&format!(
+            "{}: initramfs {} ({:.1} MiB); booting under QEMU (TCG, {CPUS} CPUs, {MEMORY_MIB} \
+             MiB, {}; limit {} s); console in {}",
+            self.name,
+            initrd.display(),
+            size as f64 / (1024.0 * 1024.0),
+            match self.lsm {
+                Lsm::WithBpf => "BPF LSM".to_owned(),
+                Lsm::WithoutBpf => shared.kernel.lsm_param_without_bpf(),
+            },
+            shared.timeout.as_secs(),
             log.display()
-        );
+        ));
+        let tag = if shared.tagged {
+            format!("[{}] ", self.name)
+        } else {
+            String::new()
+        };
+        let report = boot(shared.kernel, &initrd, &log, &tag, shared.timeout, self.lsm)?;
+        let mut verdict = report.verdict(&log, self.lsm);
+        if verdict.is_ok()
+            && self.lsm == Lsm::WithoutBpf
+            && report.counts.passed < NO_BPF_TESTS.len() as u64
+        {
+            verdict = Err(anyhow::anyhow!(
+                "the boot without BPF LSM ran {} of the {} tests it should; console in {}",
+                report.counts.passed,
+                NO_BPF_TESTS.len(),
+                log.display()
+            ));
+        }
+        step(&format!(
+            "{}: {} in {:.0} s ({} passed, {} failed)",
+            self.name,
+            if verdict.is_ok() { "ok" } else { "FAILED" },
+            started.elapsed().as_secs_f64(),
+            report.counts.passed,
+            report.counts.failed
+        ));
+        verdict.map(|()| report.counts)
     }
-    step(&format!(
-        "without BPF LSM: {} in {:.0} s ({} passed, {} failed)",
-        if verdict.is_ok() { "ok" } else { "FAILED" },
-        started.elapsed().as_secs_f64(),
-        report.counts.passed,
-        report.counts.failed
-    ));
-    verdict
 }
 
 /// Test files (`tests/tests/NAME.rs`) that run on the host tier only, and why:
 /// - `collector`, `agent_collector`: the e2e tier (agent → collector → subscriber over loopback):
 ///   processes and TLS, nothing kernel-specific beyond what the host tier covers.
+/// - `store_faults`: the collector's store on a full tmpfs and on a loop device that fails
+///   writes (mount, losetup, mkfs.ext4 on the host).
 /// - `db`: starts real PostgreSQL and MariaDB servers (`initdb`, `pg_ctl`, `psql`, `pgbench`,
 ///   `mariadb-install-db`, `mariadbd`, `mariadb`).
-/// - `subjects`: builds its fixtures with `gcc` at test time (not in the initramfs); to run
-///   here once xtask builds them ahead of time, as it does the attack tests' opener.
-pub const HOST_ONLY_TESTS: &[&str] = &["collector", "agent_collector", "db", "subjects"];
+/// - `subjects`: builds its forger, libraries and helpers with `gcc` at test time (not in the
+///   initramfs); to run here once xtask builds them ahead of time, as it does the attack
+///   tests' opener.
+pub const HOST_ONLY_TESTS: &[&str] = &[
+    "collector",
+    "agent_collector",
+    "store_faults",
+    "db",
+    "subjects",
+];
 
 /// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the
 /// library's unit tests first, then each test file by name (the order `cargo test` runs them).
@@ -483,12 +596,13 @@ fn printable(raw: &str) -> String {
     out
 }
 
-/// Boots the VM, echoing its console to the terminal and to `log`, until it powers off or
-/// `limit` passes.
+/// Boots the VM, echoing its console to the terminal (each line after `tag`) and to `log`,
+/// until it powers off or `limit` passes.
 fn boot(
     kernel: &VmKernel,
     initrd: &Path,
     log: &Path,
+    tag: &str,
     limit: Duration,
     lsm: Lsm,
 ) -> anyhow::Result<Report> {
@@ -542,7 +656,7 @@ fn boot(
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
             Ok(line) => {
-                println!("{line}");
+                println!("{tag}{line}");
                 writeln!(file, "{line}")?;
                 let had_result = report.result.is_some();
                 report.add_line(&line);

@@ -4,7 +4,7 @@
 //! without LSM. Every hook first honours an earlier LSM's refusal (the `ret` argument).
 
 use agent_common::{
-    event::{ConnectEvent, ExecEvent, Kind, FLAG_EXEC_REFUSED, FLAG_TRUNCATED},
+    event::{open_syscall, ConnectEvent, ExecEvent, Kind, FLAG_EXEC_REFUSED, FLAG_TRUNCATED},
     limits::PATH_LEN,
     maps::InodeKey,
     policy::{access, layer, verdict, Decision},
@@ -24,8 +24,8 @@ use crate::{
     policy::{current_slot, decide, decide_exec, exec_rule},
     programs::{
         file::{
-            copy_names, read_path, requested_access, scratch, send, start_record, OpenCall,
-            MAX_NAMES_WALK,
+            copy_names, mode_access, read_path, requested_access, scratch, send, start_record,
+            OpenCall, MAX_NAMES_WALK,
         },
         label::{inherit, label_of, on_protected_fs},
     },
@@ -33,9 +33,6 @@ use crate::{
 
 /// `-EPERM`.
 const EPERM: i32 = -1;
-/// `FMODE_READ`, `FMODE_WRITE`.
-const FMODE_READ: u32 = 1;
-const FMODE_WRITE: u32 = 2;
 /// `AF_UNIX`, `SOCK_STREAM`.
 const AF_UNIX: u16 = 1;
 const SOCK_STREAM: u32 = 1;
@@ -47,9 +44,30 @@ pub fn enforce_file_open(ctx: LsmContext) -> i32 {
     if earlier != 0 {
         return earlier;
     }
+    let call = OpenCall::current().unwrap_or(OpenCall::UNKNOWN);
     verdict_of(
         Program::EnforceFileOpen,
-        try_open(File::from_raw(ctx.arg::<u64>(0) as usize)),
+        try_open(File::from_raw(ctx.arg::<u64>(0) as usize), call),
+    )
+}
+
+/// `int file_receive(struct file *file)` (BPF LSM): a descriptor arriving in the current
+/// process from another — `pidfd_getfd` or `SCM_RIGHTS`. A protected file's descriptor is
+/// decided like an open of it with the descriptor's mode: a refused process cannot take the
+/// allowed service's descriptor, nor be handed one.
+#[lsm(hook = "file_receive")]
+pub fn enforce_file_receive(ctx: LsmContext) -> i32 {
+    let earlier: i32 = ctx.arg(1);
+    if earlier != 0 {
+        return earlier;
+    }
+    let call = OpenCall {
+        syscall: open_syscall::RECEIVE,
+        ..OpenCall::UNKNOWN
+    };
+    verdict_of(
+        Program::EnforceFileReceive,
+        try_open(File::from_raw(ctx.arg::<u64>(0) as usize), call),
     )
 }
 
@@ -68,11 +86,11 @@ fn verdict_of(program: Program, result: ProbeResult<i32>) -> i32 {
     }
 }
 
-/// `EPERM` when a rule denies the current process this open, else 0. The inode's label
-/// decides (any depth, any name); an unlabelled inode is looked for below a protected
-/// directory by its dentries (bounded walk) and labelled when found there.
+/// `EPERM` when a rule denies the current process this open (made by `call`), else 0. The
+/// inode's label decides (any depth, any name); an unlabelled inode is looked for below a
+/// protected directory by its dentries (bounded walk) and labelled when found there.
 #[inline(always)]
-fn try_open(file: File) -> ProbeResult<i32> {
+fn try_open(file: File, call: OpenCall) -> ProbeResult<i32> {
     let dentry = file.dentry()?;
     let dev = dentry.dev()?;
     if !on_protected_fs(dev) {
@@ -95,31 +113,24 @@ fn try_open(file: File) -> ProbeResult<i32> {
     if rule == agent_common::policy::NO_RULE {
         return Err(ProbeError::Skip);
     }
-    // An open through open/openat/openat2 has its flags (O_TRUNC included, which `f_flags`
-    // no longer holds after the open); any other (exec, io_uring…) has the file's mode. (No
-    // `Option<OpenCall>` is kept: its unset payload would reach the verifier as an
-    // uninitialised register.)
-    let call = OpenCall::current().unwrap_or(OpenCall::UNKNOWN);
-    let in_open_call = call.syscall != 0;
+    // An open through open/openat/openat2/creat (either ABI) has its flags (O_TRUNC included,
+    // which `f_flags` no longer holds after the open); any other (exec, io_uring, a received
+    // descriptor…) has the file's mode. (No `Option<OpenCall>` is kept: its unset payload
+    // would reach the verifier as an uninitialised register.)
+    let in_open_call = matches!(
+        call.syscall,
+        open_syscall::OPEN | open_syscall::OPENAT | open_syscall::OPENAT2 | open_syscall::CREAT
+    );
     let requested = if in_open_call {
         requested_access(call.flags)
     } else {
-        let mode = file.mode().unwrap_or(0);
-        let mut bits = 0;
-        if mode & FMODE_READ != 0 {
-            bits |= access::READ;
-        }
-        if mode & FMODE_WRITE != 0 {
-            bits |= access::WRITE;
-        }
-        bits
+        mode_access(file.mode().unwrap_or(0))
     };
     let decision = decide(rule, requested, layer::LSM);
     if decision.verdict != verdict::DENY {
         return Ok(0);
     }
-    if in_open_call && call.compat == 0 && call.syscall != agent_common::event::open_syscall::CREAT
-    {
+    if in_open_call && call.compat == 0 && call.syscall != open_syscall::CREAT {
         // The call's exit program must not report it a second time (`creat` and the 32-bit
         // entry have none).
         let _ = REFUSED_OPENS.insert(bpf_get_current_pid_tgid(), 1, 0);

@@ -258,50 +258,137 @@ fn opened(syscall: u32, ret: i64) -> ProbeResult {
     if unsafe { WATCHED_DEVS.get(dev) }.is_none() {
         return Err(ProbeError::Skip);
     }
-    let slot = current_slot();
-    let ino = dentry.ino().unwrap_or(0);
-    // A BPF LSM label (any depth, any name) first; else the bounded walk to a watch. Without
-    // BPF LSM the label map is empty.
-    let (rule, watch_id, observed, depth, matched) = match label_of(dev, slot, ino) {
-        Some(label) => (
-            label.rule_here,
-            label.watch_id,
-            label.observed,
-            MAX_NAMES_WALK,
-            matched_by::LSM_LABEL,
-        ),
-        None => {
-            let hit = or_skip(find_watch(dentry, dev, slot))?;
-            (
-                hit.rule(),
-                hit.value.watch_id,
-                hit.value.observed,
-                hit.depth,
-                matched_by::INODE,
-            )
-        }
-    };
+    let found = match_inode(dentry, dev)?;
     let call = OpenCall::read(syscall);
-    let mut decision = decide(rule, requested_access(call.flags), layer::SIGNAL);
+    let mut decision = decide(found.rule, requested_access(call.flags), layer::SIGNAL);
     if decision.verdict == verdict::DENY {
         decision = enforce_by_signal(decision);
     } else if fanotify_decides() {
         decision = Decision::NONE; // decided and reported by the fanotify layer
     }
-    if observed == 0 && decision.verdict == verdict::NONE {
+    if found.observed == 0 && decision.verdict == verdict::NONE {
         // protected for another kind of access only (or reported elsewhere), not watched
         return Err(ProbeError::Skip);
     }
+    send_inode_record(&call, ret, decision, &found, dentry, dev)
+}
+
+/// `syscalls/sys_exit_pidfd_getfd` (Linux 5.6+): `ret` at 16, a descriptor taken from another
+/// process. A protected file's descriptor is decided like an open of it with the descriptor's
+/// mode, so a refused process cannot take the allowed service's; the SIGKILL layer kills it
+/// before the call returns (BPF LSM refuses it earlier, in `file_receive`). Reported either way.
+#[tracepoint]
+pub fn file_sys_exit_pidfd_getfd(ctx: TracePointContext) -> i32 {
+    finish(Program::FileSysExitPidfdGetfd, try_getfd(&ctx));
+    0
+}
+
+#[inline(always)]
+fn try_getfd(ctx: &TracePointContext) -> ProbeResult {
+    // SAFETY: `ret` is the long at 16 of every syscall exit record.
+    let ret = unsafe { ctx.read_at::<i64>(16) }.map_err(|_| ProbeError::Fault)?;
+    if ret < 0 {
+        return Err(ProbeError::Skip);
+    }
+    let file = current_file(ret as u32)?;
+    let dentry = file.dentry()?;
+    let dev = dentry.dev()?;
+    // SAFETY: value not used.
+    if unsafe { WATCHED_DEVS.get(dev) }.is_none() {
+        return Err(ProbeError::Skip);
+    }
+    let found = match_inode(dentry, dev)?;
+    let requested = mode_access(file.mode().unwrap_or(0));
+    // No other layer sees a taken descriptor: decided here even with fanotify deciding opens.
+    let decision = enforce_by_signal(decide(found.rule, requested, layer::SIGNAL));
+    if found.observed == 0 && decision.verdict == verdict::NONE {
+        return Err(ProbeError::Skip);
+    }
+    let call = OpenCall {
+        syscall: open_syscall::RECEIVE,
+        ..OpenCall::UNKNOWN
+    };
+    send_inode_record(&call, ret, decision, &found, dentry, dev)
+}
+
+/// What protects a watched inode, and how it was found.
+struct InodeMatch {
+    ino: u64,
+    rule: u32,
+    watch_id: u32,
+    observed: u32,
+    /// Names to copy up to the watch.
+    depth: u32,
+    /// `matched_by` value.
+    matched: u32,
+}
+
+/// The watch over inode `dentry` of device `dev`: its BPF LSM label (any depth, any name)
+/// first; else the bounded walk to a watch. Without BPF LSM the label map is empty.
+#[inline(always)]
+fn match_inode(dentry: Dentry, dev: u32) -> ProbeResult<InodeMatch> {
+    let slot = current_slot();
+    let ino = dentry.ino().unwrap_or(0);
+    if let Some(label) = label_of(dev, slot, ino) {
+        return Ok(InodeMatch {
+            ino,
+            rule: label.rule_here,
+            watch_id: label.watch_id,
+            observed: label.observed,
+            depth: MAX_NAMES_WALK,
+            matched: matched_by::LSM_LABEL,
+        });
+    }
+    let hit = or_skip(find_watch(dentry, dev, slot))?;
+    Ok(InodeMatch {
+        ino,
+        rule: hit.rule(),
+        watch_id: hit.value.watch_id,
+        observed: hit.value.observed,
+        depth: hit.depth,
+        matched: matched_by::INODE,
+    })
+}
+
+/// The record of a decision on watched inode `dentry` (of device `dev`, found as `found`),
+/// reached by `call` with result `ret`.
+#[inline(always)]
+fn send_inode_record(
+    call: &OpenCall,
+    ret: i64,
+    decision: Decision,
+    found: &InodeMatch,
+    dentry: Dentry,
+    dev: u32,
+) -> ProbeResult {
     let scratch = or_fault(scratch())?;
-    read_path(&mut scratch.event, &call);
-    start_record(scratch, &call, ret);
+    read_path(&mut scratch.event, call);
+    start_record(scratch, call, ret);
     scratch.event.decision = decision;
-    scratch.event.matched_by = matched;
-    scratch.event.watch_id = watch_id;
+    scratch.event.matched_by = found.matched;
+    scratch.event.watch_id = found.watch_id;
     scratch.event.dev = dev;
-    scratch.event.ino = ino;
-    copy_names(scratch, dentry, depth);
+    scratch.event.ino = found.ino;
+    copy_names(scratch, dentry, found.depth);
     send(scratch)
+}
+
+/// `FMODE_READ`, `FMODE_WRITE`.
+const FMODE_READ: u32 = 1;
+const FMODE_WRITE: u32 = 2;
+
+/// What a descriptor of mode `mode` (`file.f_mode`) can do to the file's content: `access`
+/// bits.
+#[inline(always)]
+pub(crate) fn mode_access(mode: u32) -> u32 {
+    let mut bits = 0;
+    if mode & FMODE_READ != 0 {
+        bits |= access::READ;
+    }
+    if mode & FMODE_WRITE != 0 {
+        bits |= access::WRITE;
+    }
+    bits
 }
 
 /// A failed open: match by path prefix (absolute) or by base directory (relative). The

@@ -4,6 +4,7 @@
 //! [`Pipeline::emit`]. It counts what went through ([`RunStats`], the metrics) and what failed,
 //! and logs failures once a tick, never once per record.
 
+use agent_common::policy::NO_RULE;
 use phiguard_proto::v1::{self, event::Body};
 use tracing::{debug, error, warn};
 
@@ -79,17 +80,42 @@ impl Pipeline {
 
     /// One ring-buffer record: decoded, enriched, written.
     pub fn handle(&mut self, enricher: &mut Enricher, bytes: &[u8]) {
+        if let Some(raw) = self.decode_counted(bytes) {
+            self.handle_raw(enricher, raw);
+        }
+    }
+
+    /// Decodes a ring-buffer record, counting it (and, when it does not decode, the error).
+    fn decode_counted(&mut self, bytes: &[u8]) -> Option<RawEvent> {
         self.stats.records += 1;
-        let raw = match decode(bytes) {
-            Ok(raw) => raw,
+        match decode(bytes) {
+            Ok(raw) => Some(raw),
             Err(error) => {
                 self.stats.decode_errors += 1;
                 self.metrics.decode_errors.inc();
                 debug!(%error, "undecodable ring-buffer record");
                 self.problems.last_decode = Some(error.to_string());
-                return;
+                None
             }
+        }
+    }
+
+    /// Like [`Pipeline::handle`], for a record another agent's programs wrote: the kernel rule
+    /// index of its decision is first translated by `rule` into this agent's tables.
+    pub fn handle_translated(
+        &mut self,
+        enricher: &mut Enricher,
+        bytes: &[u8],
+        rule: impl Fn(u32) -> u32,
+    ) {
+        let Some(mut raw) = self.decode_counted(bytes) else {
+            return;
         };
+        if let Some(decision) = raw.decision_mut() {
+            if decision.rule != NO_RULE {
+                decision.rule = rule(decision.rule);
+            }
+        }
         self.handle_raw(enricher, raw);
     }
 

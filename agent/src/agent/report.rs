@@ -30,6 +30,14 @@ pub enum Report {
         /// Lost since the programs loaded.
         total: u64,
     },
+    /// Records of `kind` a previous agent's programs could not write (its ring buffer was
+    /// full) after that agent's last report: found by the agent that took over from it.
+    PreviousLoss {
+        /// The record kind.
+        kind: Kind,
+        /// How many.
+        count: u64,
+    },
     /// Events a sink dropped (a full spool).
     SinkLoss(SinkLoss),
     /// Runs of `program` that stopped on a fault (no event: a fault says the agent saw less,
@@ -74,6 +82,22 @@ impl Agent {
                     kind: format!("{kind:?}"),
                     count: new,
                     total,
+                }))
+            }
+            Report::PreviousLoss { kind, count } => {
+                self.pipeline.stats.kernel_lost += count;
+                self.metrics
+                    .kernel_lost
+                    .get_or_create(&KindLabels {
+                        kind: format!("{kind:?}").into(),
+                    })
+                    .inc_by(count);
+                warn!(kind = ?kind, lost = count, "the previous agent's programs lost records after its last report (ring buffer full)");
+                Some(Body::EventsLost(v1::EventsLost {
+                    source: v1::LossSource::KernelRingBuffer as i32,
+                    kind: format!("{kind:?}"),
+                    count,
+                    total: count,
                 }))
             }
             Report::SinkLoss(loss) => {

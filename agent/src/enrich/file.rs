@@ -207,6 +207,7 @@ fn open_syscall_name(code: u32) -> &'static str {
         OPEN_BY_HANDLE_AT => "open_by_handle_at",
         EXEC => "execve",
         OTHER => "other (io_uring or a kernel worker)",
+        RECEIVE => "pidfd_getfd or SCM_RIGHTS (a descriptor received)",
         TRUNCATE => "truncate",
         CHMOD => "chmod",
         CHOWN => "chown",

@@ -9,7 +9,7 @@ use nix::time::{clock_gettime, ClockId};
 pub struct HostInfo {
     /// Hostname (configured override, else the system's).
     pub hostname: String,
-    /// `/etc/machine-id` (empty when absent).
+    /// `/etc/machine-id` (empty when absent or not 32 lowercase hex digits).
     pub machine_id: String,
 }
 
@@ -26,6 +26,15 @@ impl HostInfo {
         let machine_id = fs::read_to_string("/etc/machine-id")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
+        let machine_id = if phiguard_proto::valid_machine_id(&machine_id) {
+            machine_id
+        } else {
+            tracing::warn!(
+                file = "/etc/machine-id",
+                "not a machine id (32 lowercase hex digits): events carry none"
+            );
+            String::new()
+        };
         HostInfo {
             hostname,
             machine_id,

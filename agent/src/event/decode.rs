@@ -90,6 +90,16 @@ impl RawEvent {
             RawEvent::DbData(e) => &e.event.header,
         }
     }
+
+    /// The policy decision the record carries, if its kind carries one.
+    pub fn decision_mut(&mut self) -> Option<&mut agent_common::policy::Decision> {
+        match self {
+            RawEvent::Exec(e) => Some(&mut e.decision),
+            RawEvent::FileOpen(e) => Some(&mut e.decision),
+            RawEvent::Connect(e) => Some(&mut e.decision),
+            _ => None,
+        }
+    }
 }
 
 /// Reads a `T` from the front of `bytes`.

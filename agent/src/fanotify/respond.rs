@@ -203,16 +203,7 @@ impl Responder {
         if event.mask & libc::FAN_OPEN_EXEC_PERM != 0 {
             return self.decide_exec(event);
         }
-        // SAFETY: `stat` is plain old data; fstat fills it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: the descriptor is open; `st` is valid for writes.
-        if unsafe { libc::fstat(event.fd.as_raw_fd(), &mut st) } != 0 {
-            return None;
-        }
-        let file = FileId {
-            dev: kernel_dev(st.st_dev),
-            ino: st.st_ino,
-        };
+        let (file, st) = event_file(event)?;
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let label = match state.label(file) {
             Some(label) => label,
@@ -227,15 +218,7 @@ impl Responder {
                 state.label_by_path(file, &path)?
             }
         };
-        // An opener whose status cannot be read (it is being killed) is nobody: a protected
-        // file is refused to it, and reported with what is known.
-        let opener = opener::read_opener(event.tid).unwrap_or(opener::Opener {
-            tid: event.tid,
-            tgid: event.tid,
-            ppid: 0,
-            uid: u32::MAX,
-            gid: u32::MAX,
-        });
+        let opener = opener_of(event);
         if opener.tgid == self.own_pid {
             return None; // the agent itself (it reads protected trees to compile policies)
         }
@@ -286,28 +269,13 @@ impl Responder {
         if !state.has_exec_rules() {
             return None;
         }
-        let opener = opener::read_opener(event.tid).unwrap_or(opener::Opener {
-            tid: event.tid,
-            tgid: event.tid,
-            ppid: 0,
-            uid: u32::MAX,
-            gid: u32::MAX,
-        });
+        let opener = opener_of(event);
         if opener.tgid == self.own_pid {
             return None;
         }
         let cgroup_id = cgroup_of(&self.cgroup_root, event.tid).unwrap_or(0);
         let (index, rule) = state.exec_rule(cgroup_id)?;
-        // SAFETY: `stat` is plain old data; fstat fills it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: the descriptor is open; `st` is valid for writes.
-        if unsafe { libc::fstat(event.fd.as_raw_fd(), &mut st) } != 0 {
-            return None;
-        }
-        let file = FileId {
-            dev: kernel_dev(st.st_dev),
-            ino: st.st_ino,
-        };
+        let (file, _) = event_file(event)?;
         // The program, then each directory above it (by `stat`, which opens nothing).
         let program = std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok();
         let mut chain = vec![file];
@@ -548,4 +516,31 @@ fn named_file(tid: u32, call: &OpenCall, path: &[u8]) -> Option<FileId> {
         base.join(path)
     };
     FileId::of(&full).ok()
+}
+
+/// The (device, inode) of the event's file, and its `stat`.
+fn event_file(event: &PermissionEvent) -> Option<(FileId, libc::stat)> {
+    // SAFETY: `stat` is plain old data; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open; `st` is valid for writes.
+    if unsafe { libc::fstat(event.fd.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    let file = FileId {
+        dev: kernel_dev(st.st_dev),
+        ino: st.st_ino,
+    };
+    Some((file, st))
+}
+
+/// Who is asking. An opener whose status cannot be read (it is being killed) is nobody: a
+/// protected file is refused to it, and reported with what is known.
+fn opener_of(event: &PermissionEvent) -> opener::Opener {
+    opener::read_opener(event.tid).unwrap_or(opener::Opener {
+        tid: event.tid,
+        tgid: event.tid,
+        ppid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    })
 }

@@ -12,9 +12,9 @@ use agent_common::{
     event::KIND_COUNT,
     limits::PATH_LEN,
     maps::{
-        db_process, AgentId, InodeKey, AGENT, CONTROL_MAPS, DB_JOIN, DB_PORTS, DB_PROCESSES,
-        DB_UNIX_SOCKETS, EVENTS, EXEC_IDENTITY, FANOTIFY_DECIDES_GLOBAL, FAULTS, LOST, NEVER_KILL,
-        OFFSETS_GLOBAL, WATCHED_PREFIXES,
+        db_process, AgentId, ExecIdentity, InodeKey, AGENT, CONTROL_MAPS, DB_JOIN, DB_PORTS,
+        DB_PROCESSES, DB_UNIX_SOCKETS, EVENTS, EXEC_IDENTITY, FANOTIFY_DECIDES_GLOBAL, FAULTS,
+        LOST, NEVER_KILL, OFFSETS_GLOBAL, WATCHED_PREFIXES,
     },
     offsets::KernelOffsets,
     program::PROGRAM_COUNT,
@@ -138,7 +138,9 @@ impl Sensors {
             // Shared with the programs a previous agent pinned (see `pins::claim`).
             pins::create_dir(root)?;
             loader.map_pin_path(AGENT, pins::agent_map_path(root));
-            loader.map_pin_path(EXEC_IDENTITY, pins::exec_identity_path(root));
+            let identities = pins::exec_identity_path(root);
+            pins::drop_other_layout(&identities, size_of::<ExecIdentity>());
+            loader.map_pin_path(EXEC_IDENTITY, identities);
         }
         let ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         let mut sensors = Sensors {
@@ -347,34 +349,11 @@ impl Sensors {
     /// Lists the programs the SIGKILL layer never kills, by (device, inode); a path that does
     /// not exist now is logged and left out.
     fn fill_never_kill(&mut self, programs: &[PathBuf]) -> Result<(), LoadError> {
-        let mut map: HashMap<_, InodeKey, u32> = HashMap::try_from(self.map_mut(NEVER_KILL)?)
-            .map_err(|source| LoadError::Map {
-                map: NEVER_KILL,
-                source,
-            })?;
-        for path in programs {
-            match FileId::of(path) {
-                Ok(id) => map
-                    .insert(
-                        InodeKey {
-                            dev: id.dev,
-                            slot: 0,
-                            ino: id.ino,
-                        },
-                        1,
-                        0,
-                    )
-                    .map_err(|source| LoadError::Map {
-                        map: NEVER_KILL,
-                        source,
-                    })?,
-                Err(e) => tracing::warn!(
-                    program = %path.display(),
-                    "never-kill program not listed in the kernel: {e}"
-                ),
-            }
-        }
-        Ok(())
+        self.fill_inode_set(
+            NEVER_KILL,
+            programs,
+            "never-kill program not listed in the kernel",
+        )
     }
 
     fn fill_database(&mut self, database: &DatabaseConfig) -> Result<(), LoadError> {
@@ -391,31 +370,35 @@ impl Sensors {
                     source,
                 })?;
         }
-        let mut sockets: HashMap<_, InodeKey, u32> =
-            HashMap::try_from(self.map_mut(DB_UNIX_SOCKETS)?).map_err(|source| LoadError::Map {
-                map: DB_UNIX_SOCKETS,
-                source,
-            })?;
-        for path in &database.unix_sockets {
+        self.fill_inode_set(
+            DB_UNIX_SOCKETS,
+            &database.unix_sockets,
+            "database unix socket not tracked",
+        )
+    }
+
+    /// Puts the files at `paths` into the set map `name` (`InodeKey` with slot 0 → 1); a path
+    /// that cannot be resolved now is logged with `missing` and left out.
+    fn fill_inode_set(
+        &mut self,
+        name: &'static str,
+        paths: &[PathBuf],
+        missing: &str,
+    ) -> Result<(), LoadError> {
+        let map_error = |source| LoadError::Map { map: name, source };
+        let mut set: HashMap<_, InodeKey, u32> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_error)?;
+        for path in paths {
             match FileId::of(path) {
-                Ok(id) => sockets
-                    .insert(
-                        InodeKey {
-                            dev: id.dev,
-                            slot: 0,
-                            ino: id.ino,
-                        },
-                        1,
-                        0,
-                    )
-                    .map_err(|source| LoadError::Map {
-                        map: DB_UNIX_SOCKETS,
-                        source,
-                    })?,
-                Err(e) => tracing::warn!(
-                    path = %path.display(),
-                    "database unix socket not tracked: {e}"
-                ),
+                Ok(id) => {
+                    let key = InodeKey {
+                        dev: id.dev,
+                        slot: 0,
+                        ino: id.ino,
+                    };
+                    set.insert(key, 1, 0).map_err(map_error)?;
+                }
+                Err(e) => tracing::warn!(path = %path.display(), "{missing}: {e}"),
             }
         }
         Ok(())

@@ -6,6 +6,7 @@ pub mod bpf_sys;
 pub mod btf;
 pub mod error;
 pub mod floor;
+pub mod handover;
 pub mod identity;
 pub mod install;
 pub mod integrity;

@@ -6,14 +6,14 @@
 
 use std::{
     fs, io,
-    os::fd::BorrowedFd,
+    os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use agent_common::maps::AgentId;
 use aya::{
-    maps::{Array, Map, MapData},
+    maps::{Array, Map, MapData, MapInfo},
     programs::{
         links::{FdLink, PinnedLink},
         loaded_programs,
@@ -91,18 +91,58 @@ pub fn claim(root: &Path) -> Result<bool, PinError> {
         name: path.display().to_string(),
         reason,
     };
-    let data = MapData::from_pin(&path).map_err(|e| fail(e.to_string()))?;
-    let map = Map::from_map_data(data).map_err(|e| fail(e.to_string()))?;
-    let mut agent: Array<_, AgentId> = Array::try_from(map).map_err(|e| fail(e.to_string()))?;
     // The kernel compares the global tgid, which differs from ours in a pid namespace.
     let me = super::identity::this_agent()
         .map_err(|e| fail(format!("learning this process's global pid: {e}")))?;
+    let info = MapInfo::from_pin(&path).map_err(|e| fail(e.to_string()))?;
+    let data = MapData::from_pin(&path).map_err(|e| fail(e.to_string()))?;
+    if info.value_size() as usize == size_of::<u32>() {
+        // An agent from before the exemption held a start time: its programs compare the bare
+        // tgid. Exempt this process from them, and let this agent pin a map of its own layout
+        // (theirs keeps its map until they are replaced).
+        super::bpf_sys::map_update(
+            data.fd().as_fd(),
+            &0u32.to_ne_bytes(),
+            &me.tgid.to_ne_bytes(),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        fs::remove_file(&path).map_err(|e| fail(e.to_string()))?;
+        return Ok(true);
+    }
+    let map = Map::from_map_data(data).map_err(|e| fail(e.to_string()))?;
+    let mut agent: Array<_, AgentId> = Array::try_from(map).map_err(|e| fail(e.to_string()))?;
     agent.set(0, me, 0).map_err(|e| fail(e.to_string()))?;
     Ok(true)
 }
 
+/// Unpins the map at `path` when its values are not `value_size` bytes (pinned by an agent
+/// with another layout): this agent then creates its own. Programs holding the old map keep it
+/// until they are replaced.
+pub fn drop_other_layout(path: &Path, value_size: usize) {
+    if let Ok(info) = MapInfo::from_pin(path) {
+        if info.value_size() as usize != value_size {
+            warn!(map = %path.display(), "pinned map of another layout (an older agent's): replaced");
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
 /// Links by the name of the program they attach.
 pub type NamedLinks = Vec<(&'static str, FdLink)>;
+
+/// The ids of the programs whose links are pinned under `root`.
+pub fn pinned_program_ids(root: &Path) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir(links_dir(root)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let link = PinnedLink::from_pin(entry.path()).ok()?;
+            Some(FdLink::from(link).info().ok()?.program_id())
+        })
+        .collect()
+}
 
 /// Where `program`'s link is pinned under `root`.
 pub fn link_path(root: &Path, program: &str) -> PathBuf {
@@ -239,7 +279,7 @@ pub fn unload(root: &Path) -> Result<usize, PinError> {
 /// schedules the link's release (bpffs frees the inode after an RCU grace period, the link goes
 /// on a workqueue); until then the program stays attached and keeps enforcing — about 80 ms
 /// under the VM tier's emulation. A program still held by a running agent stays, and says so.
-fn wait_released(programs: &[u32]) {
+pub(super) fn wait_released(programs: &[u32]) {
     let deadline = Instant::now() + DETACH_WAIT;
     loop {
         let loaded: Vec<u32> = loaded_programs()

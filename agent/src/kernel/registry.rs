@@ -92,6 +92,8 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { name: "taint_sys_enter_mmap", hook: tp("syscalls", "sys_enter_mmap"), family: Family::Process, required: true, missing_means: "" },
     ProgramSpec { name: "taint_sys_enter_ptrace", hook: tp("syscalls", "sys_enter_ptrace"), family: Family::Process, required: true, missing_means: "" },
     ProgramSpec { name: "taint_sys_enter_process_vm_writev", hook: tp("syscalls", "sys_enter_process_vm_writev"), family: Family::Process, required: true, missing_means: "" },
+    ProgramSpec { name: "enforce_file_receive", hook: Hook::Lsm { hook: "file_receive" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: descriptors received with pidfd_getfd are refused by SIGKILL, SCM_RIGHTS ones not at all" },
+    ProgramSpec { name: "file_sys_exit_pidfd_getfd", hook: tp("syscalls", "sys_exit_pidfd_getfd"), family: Family::File, required: false, missing_means: "pidfd_getfd() needs Linux 5.6: descriptors cannot be taken either" },
     ProgramSpec { name: "enforce_d_instantiate", hook: Hook::Lsm { hook: "d_instantiate" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: files created in protected directories are labelled by the fanotify layer at their first open" },
     ProgramSpec { name: "enforce_inode_create", hook: Hook::Lsm { hook: "inode_create" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: creating files in protected directories is not refused" },
     ProgramSpec { name: "enforce_inode_mkdir", hook: Hook::Lsm { hook: "inode_mkdir" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: creating directories in protected directories is not refused" },

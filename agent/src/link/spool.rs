@@ -67,6 +67,14 @@ pub enum SpoolError {
         /// Its size.
         bytes: usize,
     },
+    /// Another process (another agent) holds the spool directory.
+    #[error("spool directory {} is in use by another phiguard agent ({holder}): two agents cannot share one spool (give each its own `spool_dir`)", dir.display())]
+    Locked {
+        /// The spool directory.
+        dir: PathBuf,
+        /// Who holds it, as far as the lock file says.
+        holder: String,
+    },
     /// An event whose seq does not follow the spooled ones.
     #[error("event seq {seq} is not after the spool's last seq {last}")]
     OutOfOrder {
@@ -148,6 +156,53 @@ pub struct Spool {
     inner: Mutex<Inner>,
     /// Woken when newly fsync'd events are available.
     ready: Notify,
+    /// The exclusive lock on the directory, held as long as the spool is open.
+    _lock: nix::fcntl::Flock<File>,
+}
+
+/// File (in the spool directory) whose exclusive `flock` the open spool holds.
+pub const LOCK_FILE: &str = "lock";
+
+/// Takes the spool directory's lock (non-blocking) and writes our pid into the lock file.
+/// The spool is the agent's sequence memory: two agents appending to one would number their
+/// events over each other, and the collector would drop one's as resends.
+fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<File>, SpoolError> {
+    use std::io::Read as _;
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            let pid = format!("{}\n", std::process::id());
+            lock.set_len(0)
+                .and_then(|()| lock.seek(io::SeekFrom::Start(0)))
+                .and_then(|_| lock.write_all(pid.as_bytes()))
+                .map_err(io_err(&path))?;
+            Ok(lock)
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "pid unknown".to_owned(),
+                pid => format!("pid {pid}"),
+            };
+            Err(SpoolError::Locked {
+                dir: dir.to_owned(),
+                holder,
+            })
+        }
+        Err((_, errno)) => Err(SpoolError::Io {
+            path,
+            source: io::Error::from(errno),
+        }),
+    }
 }
 
 /// Where a reader is in the spool.
@@ -396,6 +451,7 @@ impl Spool {
             .mode(0o700)
             .create(&config.dir)
             .map_err(io_err(&config.dir))?;
+        let lock = lock_dir(&config.dir)?;
         let acked_path = config.dir.join(ACKED_FILE);
         let acked = match fs::read_to_string(&acked_path) {
             Ok(text) => text.trim().parse::<u64>().unwrap_or_else(|_| {
@@ -480,6 +536,7 @@ impl Spool {
                 dropped_total: 0,
             }),
             ready: Notify::new(),
+            _lock: lock,
         }))
     }
 
@@ -735,6 +792,49 @@ mod tests {
             }
             seqs.extend(chunk.iter().map(|e| e.seq));
         }
+    }
+
+    #[test]
+    fn two_agents_cannot_share_one_spool_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Spool::open(config(dir.path(), 1 << 20, FullPolicy::KeepOldest)).unwrap();
+        let error = Spool::open(config(dir.path(), 1 << 20, FullPolicy::KeepOldest))
+            .err()
+            .expect("the second open is refused");
+        let text = error.to_string();
+        assert!(matches!(error, SpoolError::Locked { .. }), "{text}");
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        drop(first);
+        Spool::open(config(dir.path(), 1 << 20, FullPolicy::KeepOldest))
+            .expect("free again once the first agent is gone");
+        // Another process holding the lock (flock(1), as a second agent would).
+        let mut holder = std::process::Command::new("flock")
+            .arg(dir.path().join(LOCK_FILE))
+            .args(["sleep", "30"])
+            .spawn()
+            .expect("flock(1)");
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let refused = loop {
+            match Spool::open(config(dir.path(), 1 << 20, FullPolicy::KeepOldest)) {
+                Err(e @ SpoolError::Locked { .. }) => break e,
+                Ok(spool) => drop(spool),
+                Err(e) => panic!("{e}"),
+            }
+            assert!(Instant::now() < deadline, "flock(1) never took the lock");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert!(
+            refused
+                .to_string()
+                .contains(&dir.path().display().to_string()),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -33,14 +33,36 @@ impl PolicyTables {
         })
     }
 
-    /// The event form of a kernel decision; `None` when no rule applied.
+    /// The event form of a kernel decision; `None` when no rule applied. A rule this agent has
+    /// no table for (a previous agent's, changed since: see `agent::takeover`) gives the
+    /// verdict, layer and access without policy and rule names.
     pub fn describe(&self, decision: &Decision) -> Option<v1::Decision> {
         if decision.verdict == verdict::NONE {
             return None;
         }
+        let mut described = v1::Decision {
+            verdict: match decision.verdict {
+                verdict::ALLOW => v1::Verdict::Allow,
+                verdict::DENY => v1::Verdict::Deny,
+                verdict::WOULD_DENY => v1::Verdict::WouldDeny,
+                _ => v1::Verdict::Unspecified,
+            } as i32,
+            layer: match decision.layer {
+                layer::LSM => v1::EnforcementLayer::Lsm,
+                layer::CGROUP => v1::EnforcementLayer::Cgroup,
+                layer::SIGNAL => v1::EnforcementLayer::Signal,
+                layer::FANOTIFY => v1::EnforcementLayer::Fanotify,
+                layer::SPARED => v1::EnforcementLayer::Spared,
+                _ => v1::EnforcementLayer::Unspecified,
+            } as i32,
+            access: access_names(u32::from(decision.access)),
+            ..v1::Decision::default()
+        };
         let slot = (decision.rule / MAX_RULES) as usize;
         let index = (decision.rule % MAX_RULES) as usize;
-        let (generation, compiled) = self.slots.get(slot)?.as_ref()?;
+        let Some((generation, compiled)) = self.slots.get(slot).and_then(Option::as_ref) else {
+            return Some(described);
+        };
         let rule = compiled.rules.get(index);
         let origin = rule.and_then(|rule| match decision.verdict {
             verdict::ALLOW if decision.subject != NO_SUBJECT => {
@@ -53,28 +75,12 @@ impl PolicyTables {
             }
             _ => rule.denying_origin(u32::from(decision.access), false),
         });
-        Some(v1::Decision {
-            verdict: match decision.verdict {
-                verdict::ALLOW => v1::Verdict::Allow,
-                verdict::DENY => v1::Verdict::Deny,
-                verdict::WOULD_DENY => v1::Verdict::WouldDeny,
-                _ => v1::Verdict::Unspecified,
-            } as i32,
-            policy: origin.map(|o| o.policy.clone()).unwrap_or_default(),
-            rule: origin.map(|o| o.rule.clone()).unwrap_or_default(),
-            layer: match decision.layer {
-                layer::LSM => v1::EnforcementLayer::Lsm,
-                layer::CGROUP => v1::EnforcementLayer::Cgroup,
-                layer::SIGNAL => v1::EnforcementLayer::Signal,
-                layer::FANOTIFY => v1::EnforcementLayer::Fanotify,
-                layer::SPARED => v1::EnforcementLayer::Spared,
-                _ => v1::EnforcementLayer::Unspecified,
-            } as i32,
-            access: access_names(u32::from(decision.access)),
-            policy_file: origin
-                .map(|o| o.file.display().to_string())
-                .unwrap_or_default(),
-            generation: *generation,
-        })
+        if let Some(origin) = origin {
+            described.policy.clone_from(&origin.policy);
+            described.rule.clone_from(&origin.rule);
+            described.policy_file = origin.file.display().to_string();
+        }
+        described.generation = *generation;
+        Some(described)
     }
 }
