@@ -76,6 +76,9 @@ pub struct Contents<'a> {
     pub agent: &'a Path,
     /// The attack tests' opener, built on the host (`PHIGUARD_OPENER` in the VM).
     pub opener: &'a Path,
+    /// The subject tests' fixtures, built on the host: a directory copied whole
+    /// (`PHIGUARD_FIXTURES` in the VM).
+    pub fixtures: &'a Path,
     /// Arguments for every test binary, after `--test-threads=1`.
     pub args: &'a [String],
 }
@@ -119,6 +122,17 @@ pub fn build(contents: &Contents, work: &Path) -> anyhow::Result<PathBuf> {
     install_libraries(&root, contents.agent)?;
     stripped_copy(contents.opener, &phiguard.join("bin/opener"))?;
     install_libraries(&root, contents.opener)?;
+    let fixtures = phiguard.join("fixtures");
+    fs::create_dir_all(&fixtures)?;
+    for entry in fs::read_dir(contents.fixtures)
+        .with_context(|| format!("reading {}", contents.fixtures.display()))?
+    {
+        let path = entry?.path();
+        let name = path.file_name().context("fixture without a name")?;
+        fs::copy(&path, fixtures.join(name))
+            .with_context(|| format!("copying {}", path.display()))?;
+        install_libraries(&root, &path)?;
+    }
     let list: String = contents
         .tests
         .iter()

@@ -112,6 +112,7 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
             ]))?;
             command.env("PHIGUARD_BIN", cmd::target_dir().join("debug/phiguard"));
             command.env(fixtures::OPENER_ENV, fixtures::opener()?);
+            command.env(fixtures::SUBJECTS_ENV, fixtures::subjects()?);
             command.env(
                 "PHIGUARD_COLLECTOR_BIN",
                 cmd::target_dir().join("debug/phiguard-collector"),

@@ -141,6 +141,7 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
     }
     let agent = agent_binary()?;
     let opener = crate::fixtures::opener()?;
+    let fixtures = crate::fixtures::subjects()?;
 
     step("kernel: looking for Debian's 6.12 cloud kernel");
     let kernel = vm_kernel::ensure()?;
@@ -168,6 +169,7 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
         kernel: &kernel,
         agent: &agent,
         opener: &opener,
+        fixtures: &fixtures,
         work: &work,
         timeout: Duration::from_secs(args.timeout),
         tagged: boots.len() > 1,
@@ -257,6 +259,7 @@ struct Shared<'a> {
     kernel: &'a VmKernel,
     agent: &'a Path,
     opener: &'a Path,
+    fixtures: &'a Path,
     /// `target/vm`: the boot named `main` writes here, the others in a folder of their name.
     work: &'a Path,
     timeout: Duration,
@@ -316,6 +319,7 @@ impl Boot {
                 tests: &self.tests,
                 agent: shared.agent,
                 opener: shared.opener,
+                fixtures: shared.fixtures,
                 args: &self.args,
             },
             &work,
@@ -372,16 +376,7 @@ impl Boot {
 ///   writes (mount, losetup, mkfs.ext4 on the host).
 /// - `db`: starts real PostgreSQL and MariaDB servers (`initdb`, `pg_ctl`, `psql`, `pgbench`,
 ///   `mariadb-install-db`, `mariadbd`, `mariadb`).
-/// - `subjects`: builds its forger, libraries and helpers with `gcc` at test time (not in the
-///   initramfs); to run here once xtask builds them ahead of time, as it does the attack
-///   tests' opener.
-pub const HOST_ONLY_TESTS: &[&str] = &[
-    "collector",
-    "agent_collector",
-    "store_faults",
-    "db",
-    "subjects",
-];
+pub const HOST_ONLY_TESTS: &[&str] = &["collector", "agent_collector", "store_faults", "db"];
 
 /// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the
 /// library's unit tests first, then each test file by name (the order `cargo test` runs them).

@@ -11,6 +11,8 @@ export RUST_BACKTRACE=1
 export PHIGUARD_BIN=/phiguard/bin/phiguard
 # The attack tests' opener, built on the host (no compiler here).
 export PHIGUARD_OPENER=/phiguard/bin/opener
+# The subject tests' fixtures, built on the host too.
+export PHIGUARD_FIXTURES=/phiguard/fixtures
 # Tests that only make sense in the VM (BPF LSM) can tell where they run.
 export PHIGUARD_TIER=vm
 
