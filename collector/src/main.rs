@@ -352,6 +352,9 @@ fn run_verify(
     for problem in &report.problems {
         println!("BROKEN  {problem}");
     }
+    for note in &report.notes {
+        println!("note    {note}");
+    }
     if let Some(agent) = agent {
         if report.agents.is_empty() {
             bail!("no chain for agent {agent:?}");

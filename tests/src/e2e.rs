@@ -132,6 +132,11 @@ impl CollectorProc {
         )
     }
 
+    /// Like [`CollectorProc::start`] with `checkpoint` as the `[checkpoint]` cadence lines.
+    pub fn start_with_checkpoint(work: &Path, pki: &Pki, checkpoint: &str) -> CollectorProc {
+        Self::configure(work, pki, "", "segment_max_bytes = 65536\n", checkpoint)
+    }
+
     /// The same with the collector's default segment size and checkpoint cadence, as a
     /// benchmark should measure it.
     pub fn start_with_defaults(work: &Path, pki: &Pki) -> CollectorProc {

@@ -1136,3 +1136,108 @@ fn retention_entries_are_signed_and_a_forged_one_fails_verify() {
         "{report}"
     );
 }
+
+/// The signed checkpoints in `work/checkpoints.jsonl`: (index, JSON) per line.
+fn signed(work: &Path) -> Vec<(u64, serde_json::Value)> {
+    fs::read_to_string(work.join("checkpoints.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let cp: serde_json::Value = serde_json::from_str(line).unwrap();
+            let index = cp["index"].as_str().unwrap().parse().unwrap();
+            (index, cp)
+        })
+        .collect()
+}
+
+/// Cuts `agent`'s chain so that it ends just before record `from` (whole records off the
+/// end of the newest segment, as someone with write access to the store could).
+fn cut_from(store: &Path, agent: &str, from: u64) {
+    let segments = list_segments(&store.join("agents").join(agent)).unwrap();
+    let (first, newest) = segments.last().unwrap().clone();
+    assert!(from > first, "record {from} is in the newest segment");
+    let (bytes, spans) = record_spans(&newest);
+    let cut = spans[(from - first) as usize].0;
+    fs::write(&newest, &bytes[..cut]).unwrap();
+}
+
+#[test]
+fn a_checkpoint_every_n_records_bounds_the_end_that_can_be_cut_unnoticed() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let mut collector = CollectorProc::start_with_checkpoint(
+        work.path(),
+        &pki,
+        "every_records = 50\nevery_secs = 3600\n",
+    );
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    for batch in [1..=10, 11..=70, 71..=100] {
+        let last = *batch.end();
+        link.send("ehr-a", batch);
+        assert!(link.wait_acked(last, Duration::from_secs(30)));
+    }
+    drop(link);
+    // No final checkpoint: only the periodic ones are signed.
+    collector.kill9();
+    let signed = signed(work.path());
+    let newest = signed.iter().map(|(index, _)| *index).max().unwrap();
+    assert!(
+        (60..=70).contains(&newest),
+        "a checkpoint at least every 50 records: {signed:?}"
+    );
+    assert!(
+        signed[0].1["clock"]["bootId"]
+            .as_str()
+            .is_some_and(|b| !b.is_empty())
+            && signed[0].1["clock"]["boottimeNs"].as_str().is_some(),
+        "the collector's clocks are in the checkpoint: {}",
+        signed[0].1
+    );
+    let out = CollectorProc::verify(&collector.config, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // At most every_records - 1 records are unsigned; cutting into the signed part fails.
+    assert!(100 - newest < 50);
+    cut_from(&collector.store, "ehr-a", newest - 5);
+    assert_broken(
+        &collector.config,
+        &format!(
+            "the chain ends at record {} but a signed checkpoint covers record {newest}: records removed from the end",
+            newest - 6
+        ),
+    );
+}
+
+#[test]
+fn a_quiet_agent_still_gets_a_checkpoint_after_every_secs() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let mut collector = CollectorProc::start_with_checkpoint(
+        work.path(),
+        &pki,
+        "every_records = 100000\nevery_secs = 1\n",
+    );
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 1..=5);
+    assert!(link.wait_acked(5, Duration::from_secs(30)));
+    link.send("ehr-a", 6..=8);
+    assert!(link.wait_acked(8, Duration::from_secs(30)));
+    // Three records, far below every_records: signed once every_secs has passed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !signed(work.path()).iter().any(|(index, _)| *index == 8) {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of record 8: {:?}",
+            signed(work.path())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(link);
+    collector.kill9();
+    cut_from(&collector.store, "ehr-a", 8);
+    assert_broken(
+        &collector.config,
+        "the chain ends at record 7 but a signed checkpoint covers record 8",
+    );
+}
