@@ -3,6 +3,7 @@
 //! field. Relative paths are taken from the configuration file's directory.
 
 use std::{
+    collections::BTreeMap,
     fmt, fs,
     net::SocketAddr,
     ops::Range,
@@ -15,10 +16,13 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
+    audit::AUDIT_CHAIN,
     checkpoint::{Cadence, ExportConfig},
     identity,
     revocation::{DenyList, Entry},
+    scope::{Grant, Scope, Scopes, ALL},
     store::StoreConfig,
+    stream::canonical_kind,
     tls::TlsFiles,
 };
 
@@ -85,6 +89,8 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     /// `[liveness]`.
     pub liveness: LivenessConfig,
+    /// `[scope.NAME]`: what each subscriber may see.
+    pub scopes: Scopes,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +102,15 @@ struct RawConfig {
     checkpoint: RawCheckpoint,
     #[serde(default)]
     liveness: RawLiveness,
+    #[serde(default)]
+    scope: BTreeMap<String, Spanned<RawScope>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    hosts: Spanned<Vec<Spanned<String>>>,
+    kinds: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -233,6 +248,13 @@ impl Config {
                     name.span(),
                     "server.subscribers",
                     format!("{:?} is not a valid identity", name.get_ref()),
+                ));
+            }
+            if name.get_ref().eq_ignore_ascii_case(AUDIT_CHAIN) {
+                return Err(cx.invalid(
+                    name.span(),
+                    "server.subscribers",
+                    format!("{AUDIT_CHAIN:?} is the collector's own audit chain"),
                 ));
             }
             subscribers.push(name.get_ref().to_ascii_lowercase());
@@ -374,12 +396,87 @@ impl Config {
                 86_400_000,
             )?),
         };
+        let scopes = cx.scopes(&raw.scope, &server.subscribers)?;
         Ok(Config {
             server,
             store,
             checkpoint,
             liveness,
+            scopes,
         })
+    }
+}
+
+impl Ctx<'_> {
+    /// `[scope.NAME]` tables: each for a listed subscriber, each field given explicitly.
+    fn scopes(
+        &self,
+        raw: &BTreeMap<String, Spanned<RawScope>>,
+        subscribers: &[String],
+    ) -> Result<Scopes, ConfigError> {
+        let mut out = Vec::new();
+        for (name, table) in raw {
+            let identity = name.to_ascii_lowercase();
+            if !subscribers.contains(&identity) {
+                return Err(self.invalid(
+                    table.span(),
+                    "scope",
+                    format!(
+                        "[scope.{name}]: {name:?} is not listed in server.subscribers (a scope grants nothing to an identity that may not subscribe)"
+                    ),
+                ));
+            }
+            let t = table.get_ref();
+            let hosts = self.grant(&t.hosts, "scope.hosts", |h| {
+                identity::valid_identity(h)
+                    .then(|| h.to_ascii_lowercase())
+                    .ok_or_else(|| format!("{h:?} is neither an agent identity nor a machine id"))
+            })?;
+            let kinds = self.grant(&t.kinds, "scope.kinds", |k| {
+                canonical_kind(k).map(str::to_owned).ok_or_else(|| {
+                    format!(
+                        "unknown kind {k:?} (one of {})",
+                        crate::stream::KINDS.join(", ")
+                    )
+                })
+            })?;
+            out.push((identity, Scope { hosts, kinds }));
+        }
+        Ok(Scopes::new(out))
+    }
+
+    fn grant(
+        &self,
+        values: &Spanned<Vec<Spanned<String>>>,
+        field: &'static str,
+        parse: impl Fn(&str) -> Result<String, String>,
+    ) -> Result<Grant, ConfigError> {
+        if values.get_ref().is_empty() {
+            return Err(self.invalid(
+                values.span(),
+                field,
+                format!("grants nothing: list what is granted, or [\"{ALL}\"] for all"),
+            ));
+        }
+        if values.get_ref().iter().any(|v| v.get_ref() == ALL) {
+            if values.get_ref().len() > 1 {
+                return Err(self.invalid(
+                    values.span(),
+                    field,
+                    format!("\"{ALL}\" grants all: it stands alone"),
+                ));
+            }
+            return Ok(Grant::All);
+        }
+        let mut granted = Vec::new();
+        for value in values.get_ref() {
+            let parsed = parse(value.get_ref())
+                .map_err(|message| self.invalid(value.span(), field, message))?;
+            if !granted.contains(&parsed) {
+                granted.push(parsed);
+            }
+        }
+        Ok(Grant::Only(granted))
     }
 }
 
@@ -460,9 +557,79 @@ mod tests {
     }
 
     #[test]
+    fn scopes_are_explicit_and_errors_name_the_line() {
+        let with = |scope: &str| {
+            parse(&format!(
+                "{}{scope}",
+                MINIMAL.replace(
+                    "[server]\n",
+                    "[server]\nsubscribers = [\"soc\", \"ward-7\"]\n"
+                )
+            ))
+        };
+        let c = with(
+            "[scope.soc]\nhosts = [\"*\"]\nkinds = [\"*\"]\n\
+             [scope.ward-7]\nhosts = [\"EHR-A\", \"0123456789abcdef0123456789abcdef\"]\nkinds = [\"file_open\", \"alert\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.scopes.get("soc").unwrap().hosts, Grant::All);
+        let ward = c.scopes.get("ward-7").unwrap();
+        assert_eq!(
+            ward.hosts,
+            Grant::Only(vec![
+                "ehr-a".into(),
+                "0123456789abcdef0123456789abcdef".into()
+            ])
+        );
+        assert_eq!(
+            ward.kinds,
+            Grant::Only(vec!["fileOpen".into(), "alert".into()])
+        );
+        // A listed subscriber without a scope: valid, and it sees nothing.
+        assert!(with("").unwrap().scopes.get("soc").is_none());
+        let err = with("[scope.soc]\nhosts = [\"*\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `kinds`"), "{err}");
+        let err = with("[scope.soc]\nhosts = [\"*\"]\nkinds = [\"exec\", \"nope\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "/etc/phiguard/collector.toml:10:18: scope.kinds: unknown kind \"nope\""
+            ),
+            "{err}"
+        );
+        let err = with("[scope.soc]\nhosts = []\nkinds = [\"*\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":9:9: scope.hosts: grants nothing"), "{err}");
+        let err = with("[scope.soc]\nhosts = [\"*\", \"ehr-a\"]\nkinds = [\"*\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":9:9: scope.hosts: \"*\" grants all"), "{err}");
+        let err = with("[scope.mallory]\nhosts = [\"*\"]\nkinds = [\"*\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("scope: [scope.mallory]: \"mallory\" is not listed in server.subscribers"),
+            "{err}"
+        );
+        let err =
+            parse(&MINIMAL.replace("[server]\n", "[server]\nsubscribers = [\"_collector\"]\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("server.subscribers: \"_collector\" is the collector's own audit chain"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn repository_example_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("collector.toml");
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.server.subscribers, ["soc"]);
+        assert_eq!(c.scopes.get("soc").unwrap().hosts, Grant::All);
     }
 }

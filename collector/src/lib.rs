@@ -7,9 +7,11 @@
 //! who is calling), [`liveness`] (silent and returning agents), [`tamper`] (agents whose
 //! kernel state was changed behind their back), [`alert`] (the collector's own events), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
 //! dedup, retention), [`checkpoint`] (signed chain heads), [`stream`] (fan-out with filters),
+//! [`scope`] (what each subscriber may see), [`audit`] (every subscription in the trail),
 //! [`verify`] (chain and checkpoint checks) and [`tail`] (the subscriber client).
 
 pub mod alert;
+pub mod audit;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;
@@ -18,6 +20,7 @@ pub mod health;
 pub mod identity;
 pub mod liveness;
 pub mod revocation;
+pub mod scope;
 pub mod server;
 pub mod store;
 pub mod stream;

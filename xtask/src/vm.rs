@@ -193,6 +193,7 @@ pub const HOST_ONLY_TESTS: &[&str] = &[
     "db",
     "attacks",
     "subjects",
+    "subscribers",
 ];
 
 /// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the
