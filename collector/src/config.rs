@@ -28,6 +28,8 @@ use crate::{
 
 /// Largest gRPC message accepted when the file does not say (4 MiB).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Most connections in their TLS handshake at once when the file does not say.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
 /// Upper bound for `max_message_bytes` (64 MiB).
 pub const MAX_MESSAGE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 
@@ -46,8 +48,10 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Most events in one batch.
     pub max_batch_events: usize,
-    /// Most connections at once.
+    /// Most authenticated connections at once.
     pub max_connections: usize,
+    /// Most connections in their TLS handshake (unauthenticated) at once.
+    pub max_handshakes: usize,
     /// Handshakes must finish within this.
     pub handshake_timeout: Duration,
     /// Revoked certificates.
@@ -132,6 +136,7 @@ struct RawServer {
     max_message_bytes: Option<Spanned<usize>>,
     max_batch_events: Option<Spanned<usize>>,
     max_connections: Option<Spanned<usize>>,
+    max_handshakes: Option<Spanned<usize>>,
     handshake_timeout_secs: Option<Spanned<u64>>,
     #[serde(default)]
     revoked: Vec<Spanned<String>>,
@@ -293,6 +298,13 @@ impl Config {
                 s.max_connections.as_ref(),
                 "server.max_connections",
                 1024,
+                1,
+                65_536,
+            )?,
+            max_handshakes: cx.range(
+                s.max_handshakes.as_ref(),
+                "server.max_handshakes",
+                DEFAULT_MAX_HANDSHAKES,
                 1,
                 65_536,
             )?,
@@ -504,6 +516,7 @@ mod tests {
         );
         assert!(c.server.subscribers.is_empty());
         assert_eq!(c.liveness.silent_after, DEFAULT_SILENT_AFTER);
+        assert_eq!(c.server.max_handshakes, DEFAULT_MAX_HANDSHAKES);
         let c = parse(&format!("{MINIMAL}[liveness]\nsilent_after_ms = 1500\n")).unwrap();
         assert_eq!(c.liveness.silent_after, Duration::from_millis(1500));
     }

@@ -790,6 +790,7 @@ impl BoundCollector {
             AcceptLimits {
                 handshake_timeout: config.server.handshake_timeout,
                 max_connections: config.server.max_connections,
+                max_handshakes: config.server.max_handshakes,
             },
         );
         for repair in service.store.take_repairs() {

@@ -1251,3 +1251,48 @@ fn a_quiet_agent_still_gets_a_checkpoint_after_every_secs() {
         "the chain ends at record 7 but a signed checkpoint covers record 8",
     );
 }
+
+#[test]
+fn a_flood_of_idle_connections_neither_locks_out_a_real_agent_nor_stays_open() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    // Fewer slots than idle connections: were they held until the handshake timeout (10 s),
+    // the agent below would queue behind all of them.
+    let collector = CollectorProc::start(
+        work.path(),
+        &pki,
+        "max_connections = 50\nmax_handshakes = 16\nhandshake_timeout_secs = 10\n",
+    );
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(&collector.addr).unwrap())
+        .collect();
+    let rt = runtime();
+    let config = tls::client_config(&pki.agent("ehr-a")).unwrap();
+    let ack = rt
+        .block_on(try_ingest(&collector.addr, config, vec![event("ehr-a", 1)]))
+        .expect("a real agent is served during the flood");
+    assert_eq!(ack.acked_seq, 1);
+    assert_eq!(
+        seqs(&replay_all(&rt, &pki, &collector.addr, host("ehr-a"))),
+        [1],
+        "and a subscriber"
+    );
+    // Every idle connection is closed by the collector: the oldest to make room, the rest
+    // at the handshake timeout.
+    for (i, mut conn) in idle.into_iter().enumerate() {
+        use std::io::Read as _;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        match conn.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("idle connection {i} not closed by the collector: {other:?}"),
+        }
+    }
+    let log = collector.log();
+    assert!(
+        log.contains("unfinished TLS handshakes closed to make room"),
+        "{log}"
+    );
+    assert!(log.contains("handshake not finished within 10s"), "{log}");
+}
