@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Revoked certificates.
     pub revoked: DenyList,
+    /// The CA's revocation lists (PEM), if any.
+    pub crl: Option<PathBuf>,
 }
 
 /// `[checkpoint]`.
@@ -140,6 +142,7 @@ struct RawServer {
     handshake_timeout_secs: Option<Spanned<u64>>,
     #[serde(default)]
     revoked: Vec<Spanned<String>>,
+    crl: Option<Spanned<PathBuf>>,
 }
 
 fn default_listen() -> Spanned<String> {
@@ -273,6 +276,11 @@ impl Config {
         }
         let server = ServerConfig {
             revoked: DenyList::new(revoked),
+            crl: s
+                .crl
+                .as_ref()
+                .map(|crl| cx.path(crl, "server.crl"))
+                .transpose()?,
             listen,
             tls: TlsFiles {
                 ca: cx.path(&s.ca, "server.ca")?,
@@ -517,6 +525,12 @@ mod tests {
         assert!(c.server.subscribers.is_empty());
         assert_eq!(c.liveness.silent_after, DEFAULT_SILENT_AFTER);
         assert_eq!(c.server.max_handshakes, DEFAULT_MAX_HANDSHAKES);
+        assert_eq!(c.server.crl, None);
+        let c = parse(&MINIMAL.replace("[server]\n", "[server]\ncrl = \"pki/crl.pem\"\n")).unwrap();
+        assert_eq!(
+            c.server.crl.as_deref(),
+            Some(Path::new("/etc/phiguard/pki/crl.pem"))
+        );
         let c = parse(&format!("{MINIMAL}[liveness]\nsilent_after_ms = 1500\n")).unwrap();
         assert_eq!(c.liveness.silent_after, Duration::from_millis(1500));
     }

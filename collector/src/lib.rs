@@ -4,7 +4,7 @@
 //! subscribers.
 //!
 //! One module per job: [`config`] (collector.toml), [`tls`] and [`identity`] (mutual TLS and
-//! who is calling), [`liveness`] (silent and returning agents), [`tamper`] (agents whose
+//! who is calling), [`revocation`] and [`crl`] (revoked certificates), [`liveness`] (silent and returning agents), [`tamper`] (agents whose
 //! kernel state was changed behind their back), [`alert`] (the collector's own events), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
 //! dedup, retention), [`checkpoint`] (signed chain heads), [`stream`] (fan-out with filters),
 //! [`scope`] (what each subscriber may see), [`audit`] (every subscription in the trail),
@@ -15,6 +15,7 @@ pub mod audit;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;
+pub mod crl;
 pub mod faults;
 pub mod health;
 pub mod identity;

@@ -68,6 +68,9 @@ pub enum ServerError {
     /// TLS files are unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The CRL file is unusable.
+    #[error(transparent)]
+    Crl(#[from] crate::crl::CrlError),
     /// The checkpoint key or export file is unusable.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
@@ -685,15 +688,15 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Reads the CA, certificate and key `config` names and puts them in force for new
-    /// connections, with its deny list (which also cuts open connections of newly revoked
+    /// Reads the CA, certificate, key and CRL file `config` names and puts them in force for
+    /// new connections, with its deny list and the CRLs' revocations (which also cuts open connections of newly revoked
     /// certificates) and its subscribers and scopes (a subscription whose access changed is
     /// cut; it may subscribe again under the new scope). Nothing changes if the TLS files do
     /// not load.
-    pub fn reload(&self, config: &Config) -> Result<(), tls::TlsError> {
-        let tls_config = tls::server_config(&config.server.tls)?;
+    pub fn reload(&self, config: &Config) -> Result<(), ServerError> {
+        let (tls_config, revoked) = tls_and_revoked(config)?;
         self.config.send_replace(tls_config);
-        self.revocation.set(config.server.revoked.clone());
+        self.revocation.set(revoked);
         let access = Access::from_config(config);
         self.access.send_if_modified(|current| {
             let changed = **current != access;
@@ -712,8 +715,8 @@ impl BoundCollector {
     /// the TLS files and binds the address.
     pub async fn bind(config: Config) -> Result<BoundCollector, ServerError> {
         // Fail early on unusable TLS files.
-        let tls_config = tls::server_config(&config.server.tls)?;
-        let revocation = Arc::new(Revocation::new(config.server.revoked.clone()));
+        let (tls_config, revoked) = tls_and_revoked(&config)?;
+        let revocation = Arc::new(Revocation::new(revoked));
         let access = Arc::new(watch::channel(Arc::new(Access::from_config(&config))).0);
         let tls = Reloader {
             config: Arc::new(watch::channel(tls_config).0),
@@ -870,6 +873,26 @@ impl BoundCollector {
         info!("phiguard-collector stopped");
         Ok(result?)
     }
+}
+
+/// The TLS configuration and the deny list in force under `config`: `[server] revoked` and
+/// every certificate its CRL file revokes.
+fn tls_and_revoked(
+    config: &Config,
+) -> Result<(Arc<rustls::ServerConfig>, crate::revocation::DenyList), ServerError> {
+    let crls = config
+        .server
+        .crl
+        .as_deref()
+        .map(crate::crl::load)
+        .transpose()?;
+    let tls_config = tls::server_config(&config.server.tls, crls.as_ref())?;
+    let revoked = config
+        .server
+        .revoked
+        .clone()
+        .with(crls.map(|c| c.entries).unwrap_or_default());
+    Ok((tls_config, revoked))
 }
 
 /// Logs every listed subscriber without a scope: it is refused until one is configured.

@@ -42,6 +42,7 @@ use phiguard_support::{
 };
 
 use crate::{
+    crl::Crls,
     identity::{identity_from_cert, Peer},
     revocation::{Credential, Revocation},
 };
@@ -49,11 +50,19 @@ use crate::{
 pub use phiguard_support::tls::TlsError;
 
 /// The server side: TLS 1.3 only, client certificates required and verified against
-/// `files.ca`, ALPN h2.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+/// `files.ca` (and, given CRLs, not revoked by them: see [`crate::crl`]), ALPN h2.
+pub fn server_config(files: &TlsFiles, crls: Option<&Crls>) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(provider::default_provider());
     let roots = Arc::new(load_roots(&files.ca)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    if let Some(crls) = crls {
+        // End-entity certificates only: the CA file's roots are trusted as they are; a
+        // client whose issuer has no CRL in the file is refused (unknown status).
+        builder = builder
+            .with_crls(crls.ders.iter().cloned())
+            .only_check_end_entity_revocation();
+    }
+    let verifier = builder.build()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)

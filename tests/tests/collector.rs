@@ -1296,3 +1296,119 @@ fn a_flood_of_idle_connections_neither_locks_out_a_real_agent_nor_stays_open() {
     );
     assert!(log.contains("handshake not finished within 10s"), "{log}");
 }
+
+/// Sends SIGHUP through `phiguard-collector reload` and waits for the `reloaded` log line to
+/// appear once more.
+fn reload_and_wait(collector: &CollectorProc, needle: &str) {
+    let before = collector.log().matches(needle).count();
+    let out = std::process::Command::new(phiguard_tests::e2e::collector_binary())
+        .args(["reload", "--pid", &collector.pid().unwrap().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while collector.log().matches(needle).count() == before {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?}:\n{}",
+            collector.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_crl_refuses_revoked_certificates_and_cuts_their_open_streams_at_a_reload() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a", "ehr-b"]));
+    let ca = Ca::load(
+        &fs::read_to_string(pki.path("ca.pem")).unwrap(),
+        &fs::read_to_string(pki.path("ca.key")).unwrap(),
+    )
+    .unwrap();
+    let files = |name: &str, issued: &phiguard_devcerts::Issued| {
+        phiguard_devcerts::write_issued(pki.dir.path(), name, issued).unwrap();
+        TlsFiles {
+            ca: pki.path("ca.pem"),
+            cert: pki.path(&format!("{name}.pem")),
+            key: pki.path(&format!("{name}.key")),
+        }
+    };
+    let stolen = ca.issue(&Leaf::agent("ehr-a")).unwrap();
+    let stolen_files = files("stolen", &stolen);
+    let old_soc = ca.issue(&Leaf::subscriber("soc")).unwrap();
+    let old_soc_files = files("old-soc", &old_soc);
+    let crl = pki.path("crl.pem");
+    fs::write(&crl, ca.crl(1, &[]).unwrap()).unwrap();
+    let collector =
+        CollectorProc::start(work.path(), &pki, &format!("crl = \"{}\"\n", crl.display()));
+    let rt = runtime();
+    let ingest = |files: &TlsFiles, seq: u64| {
+        rt.block_on(try_ingest(
+            &collector.addr,
+            tls::client_config(files).unwrap(),
+            vec![event("ehr-a", seq)],
+        ))
+    };
+    // Not revoked yet: served.
+    assert_eq!(ingest(&stolen_files, 1).unwrap().acked_seq, 1);
+    let mut live = rt
+        .block_on(phiguard_collector::tail::subscribe(
+            &collector.addr,
+            Some("localhost"),
+            &old_soc_files,
+            v1::SubscribeRequest {
+                filter: Some(host("ehr-b")),
+                ..Default::default()
+            },
+            1 << 20,
+        ))
+        .unwrap();
+    // The CA revokes both; the collector reloads.
+    fs::write(&crl, ca.crl(2, &[&stolen, &old_soc]).unwrap()).unwrap();
+    reload_and_wait(&collector, "SIGHUP: TLS files read again");
+    let ended =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), live.message()).await });
+    let status = ended
+        .expect("the open subscription is cut within 10 s")
+        .expect_err("with a status");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status
+            .message()
+            .contains("certificate revoked (CRL serial:"),
+        "{status:?}"
+    );
+    let refused = ingest(&stolen_files, 2);
+    assert!(
+        refused.is_err(),
+        "a revoked certificate is refused: {refused:?}"
+    );
+    assert!(
+        collector.wait_log("Revoked", Duration::from_secs(5)),
+        "{}",
+        collector.log()
+    );
+    // The host's other certificate, and the other subscriber certificate, are not revoked.
+    assert_eq!(ingest(&pki.agent("ehr-a"), 2).unwrap().acked_seq, 2);
+    assert_eq!(
+        seqs(&replay_all(&rt, &pki, &collector.addr, host("ehr-a"))),
+        [1, 2]
+    );
+    // An unusable CRL file at a reload: logged with its path; the lists in force stay.
+    fs::write(&crl, "not a CRL").unwrap();
+    reload_and_wait(&collector, "SIGHUP: TLS files not reloaded");
+    assert!(collector.log().contains(&format!("{}: ", crl.display())));
+    assert!(ingest(&stolen_files, 3).is_err());
+    assert_eq!(ingest(&pki.agent("ehr-a"), 3).unwrap().acked_seq, 3);
+    // A CRL of another CA covers none of these certificates: every client is refused
+    // (unknown revocation status) rather than none checked.
+    let other = Ca::generate("another CA").unwrap();
+    fs::write(&crl, other.crl(1, &[]).unwrap()).unwrap();
+    reload_and_wait(&collector, "SIGHUP: TLS files read again");
+    assert!(ingest(&pki.agent("ehr-a"), 4).is_err());
+    assert!(
+        collector.wait_log("UnknownRevocationStatus", Duration::from_secs(5)),
+        "{}",
+        collector.log()
+    );
+}
