@@ -7,9 +7,10 @@
 //! who is calling), [`revocation`] and [`crl`] (revoked certificates), [`liveness`] (silent and returning agents), [`tamper`] (agents whose
 //! kernel state was changed behind their back), [`alert`] (the collector's own events), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
 //! dedup, retention), [`checkpoint`] (signed chain heads), [`stream`] (fan-out with filters),
-//! [`scope`] (what each subscriber may see), [`audit`] (every subscription in the trail),
+//! [`scope`] and [`access`] (who may see what), [`audit`] (every subscription in the trail),
 //! [`verify`] (chain and checkpoint checks) and [`tail`] (the subscriber client).
 
+pub mod access;
 pub mod alert;
 pub mod audit;
 pub mod chain;

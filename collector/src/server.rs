@@ -8,7 +8,6 @@
 //! error status and a log line; other streams and connections are unaffected.
 
 use std::{
-    collections::BTreeSet,
     future::Future,
     net::SocketAddr,
     sync::{
@@ -33,6 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, warn};
 
 use crate::{
+    access::{warn_unscoped, Access},
     audit::{Asked, Audit, AUDIT_CHAIN},
     checkpoint::{self, Checkpointer, Signer},
     config::Config,
@@ -40,7 +40,7 @@ use crate::{
     identity::Peer,
     liveness::{self, Liveness},
     revocation::Revocation,
-    scope::{Scope, Scopes},
+    scope::Scope,
     store::{Record, Store, StoreError},
     stream::{self, Filter, Hub, Start},
     tamper::TamperWatch,
@@ -239,25 +239,6 @@ pub fn validate_batch(
     Ok(events)
 }
 
-/// Who may subscribe, and to what (reloaded on SIGHUP).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Access {
-    /// Identities allowed to call Subscribe.
-    pub subscribers: BTreeSet<String>,
-    /// What each may see.
-    pub scopes: Scopes,
-}
-
-impl Access {
-    /// The access `config` grants.
-    pub fn from_config(config: &Config) -> Access {
-        Access {
-            subscribers: config.server.subscribers.iter().cloned().collect(),
-            scopes: config.scopes.clone(),
-        }
-    }
-}
-
 /// Why a subscription was ended by the collector rather than by its own course.
 enum Cut {
     Revoked,
@@ -339,19 +320,7 @@ impl CollectorService {
     fn admit(&self, peer: &Peer, request: &SubscribeRequest) -> Result<(Filter, Scope), Status> {
         self.not_revoked(peer, "subscribe")?;
         let access = self.access.borrow().clone();
-        if !access.subscribers.contains(&*peer.identity) {
-            return Err(Status::permission_denied(
-                "this identity is not allowed to subscribe",
-            ));
-        }
-        let wire = request.filter.clone().unwrap_or_default();
-        let filter =
-            Filter::from_proto(&wire).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let scope = access
-            .scopes
-            .check(&peer.identity, &wire)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
-        Ok((filter.within(scope.clone()), scope))
+        access.admit(&peer.identity, request)
     }
 
     /// Follows a running subscription: cuts it when its certificate is revoked, its access
@@ -374,7 +343,7 @@ impl CollectorService {
             () = async { let _ = revoked.wait_for(|list| list.denies(&peer.credential).is_some()).await; } => Ok(Cut::Revoked),
             () = async {
                 let _ = access
-                    .wait_for(|a| !a.subscribers.contains(&identity) || a.scopes.get(&identity) != Some(&scope))
+                    .wait_for(|a| !a.still_grants(&identity, &scope))
                     .await;
             } => Ok(Cut::AccessChanged),
             _ = stopping.wait_for(|s| *s) => Ok(Cut::Stopping),
@@ -893,15 +862,6 @@ fn tls_and_revoked(
         .clone()
         .with(crls.map(|c| c.entries).unwrap_or_default());
     Ok((tls_config, revoked))
-}
-
-/// Logs every listed subscriber without a scope: it is refused until one is configured.
-fn warn_unscoped(config: &Config) {
-    for identity in &config.server.subscribers {
-        if config.scopes.get(identity).is_none() {
-            warn!(subscriber = %identity, "subscriber has no [scope.{identity}] in the configuration: its subscriptions are refused (hosts = [\"*\"], kinds = [\"*\"] grants everything)");
-        }
-    }
 }
 
 /// Raises an alert for every agent that turns silent (checked four times per window).
