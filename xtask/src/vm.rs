@@ -381,7 +381,15 @@ impl Boot {
 ///   writes (mount, losetup, mkfs.ext4 on the host).
 /// - `db`: starts real PostgreSQL and MariaDB servers (`initdb`, `pg_ctl`, `psql`, `pgbench`,
 ///   `mariadb-install-db`, `mariadbd`, `mariadb`).
-pub const HOST_ONLY_TESTS: &[&str] = &["collector", "agent_collector", "store_faults", "db"];
+/// - `subscribers`: the collector's subscriber scopes and audited subscriptions (processes and
+///   TLS, like `collector`).
+pub const HOST_ONLY_TESTS: &[&str] = &[
+    "collector",
+    "agent_collector",
+    "store_faults",
+    "db",
+    "subscribers",
+];
 
 /// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the
 /// library's unit tests first, then each test file by name (the order `cargo test` runs them).
