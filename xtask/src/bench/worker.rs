@@ -20,6 +20,9 @@ pub struct LoopArgs {
 enum Work {
     /// open+close of FILE, COUNT times.
     Open { file: PathBuf, count: u32 },
+    /// An open of FILE that succeeds (then close) or is refused with `EPERM`, COUNT times;
+    /// any other error ends the loop.
+    OpenOrRefused { file: PathBuf, count: u32 },
     /// TCP connect to 127.0.0.1:PORT, wait for the listener's close, close; COUNT times.
     Connect { port: u16, count: u32 },
 }
@@ -31,6 +34,17 @@ pub fn bench_loop(args: &LoopArgs) -> anyhow::Result<()> {
             let start = Instant::now();
             for _ in 0..*count {
                 drop(File::open(file).with_context(|| format!("opening {}", file.display()))?);
+            }
+            (*count, start)
+        }
+        Work::OpenOrRefused { file, count } => {
+            let start = Instant::now();
+            for _ in 0..*count {
+                match File::open(file) {
+                    Ok(opened) => drop(opened),
+                    Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EPERM as i32) => {}
+                    Err(e) => bail!("opening {}: {e}", file.display()),
+                }
             }
             (*count, start)
         }

@@ -28,8 +28,9 @@ use super::{
 use crate::bench_db::Cluster;
 
 /// A scratch tree under the temporary directory, removed on drop: `watched/rec.txt` (watched
-/// and, enforcing, protected), `plain/file.txt` (neither), an empty agent configuration and
-/// one policy directory per workload.
+/// and, enforcing, protected), `refused/rec.txt` (enforcing, protected from this process),
+/// `plain/file.txt` (neither), an empty agent configuration and one policy directory per
+/// workload.
 pub struct Scratch {
     /// Its root.
     pub root: PathBuf,
@@ -42,7 +43,9 @@ impl Scratch {
         let scratch = Scratch { root };
         fs::create_dir_all(scratch.root.join("watched"))?;
         fs::create_dir_all(scratch.root.join("plain"))?;
+        fs::create_dir_all(scratch.root.join("refused"))?;
         fs::write(scratch.watched_file(), "x")?;
+        fs::write(scratch.refused_file(), "x")?;
         fs::write(scratch.plain_file(), "x")?;
         fs::write(scratch.root.join("agent.toml"), "")?;
         Ok(scratch)
@@ -56,6 +59,12 @@ impl Scratch {
     /// A file in it.
     pub fn watched_file(&self) -> PathBuf {
         self.root.join("watched/rec.txt")
+    }
+
+    /// A file the `open` workload's policy protects from this process (only `/usr/bin/false`
+    /// may read it).
+    pub fn refused_file(&self) -> PathBuf {
+        self.root.join("refused/rec.txt")
     }
 
     /// A file no watch or policy covers.
@@ -107,13 +116,17 @@ fn per_op(count: u32, mut op: impl FnMut() -> anyhow::Result<()>) -> anyhow::Res
     Ok(start.elapsed().as_nanos() as f64 / f64::from(count))
 }
 
-/// `open`: open+close of an unwatched file and of a watched one (each open an event).
+/// `open`: open+close of an unwatched file and of a watched one (each open an event), and an
+/// open of a file the policy protects from this process: enforcing, the layer refuses it
+/// (`EPERM`: fanotify or BPF LSM; the SIGKILL layer would end the loop, so the refused case
+/// fails there rather than measure something else), in the other settings it is a plain open.
 pub fn open(scratch: &Scratch, rules: &AuditRules, quick: bool) -> anyhow::Result<Value> {
     let (rounds, count) = if quick { (2, 5_000) } else { (7, 100_000) };
     let policy = format!(
-        "name: bench\nmode: enforce\nrules:\n  - name: records\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: {}\n",
+        "name: bench\nmode: enforce\nrules:\n  - name: records\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: {}\n  - name: refused\n    files:\n      - path: {}/**\n        access: [read]\n    allow:\n      - exe: /usr/bin/false\n",
         scratch.watched_dir().display(),
-        me()?
+        me()?,
+        scratch.refused_file().parent().unwrap_or(&scratch.root).display(),
     );
     let agent = scratch.agent_args(
         "open",
@@ -137,6 +150,16 @@ pub fn open(scratch: &Scratch, rules: &AuditRules, quick: bool) -> anyhow::Resul
         Case {
             name: "watched path (allowed)",
             run: Box::new(open(scratch.watched_file())),
+        },
+        Case {
+            name: "protected path (refused)",
+            run: Box::new(move || {
+                spawn_loop(&[
+                    "open-or-refused".to_owned(),
+                    scratch.refused_file().display().to_string(),
+                    count.to_string(),
+                ])
+            }),
         },
     ];
     compare(
