@@ -16,12 +16,8 @@ pub enum Program {
     ProcessSysEnterExecve,
     /// `process_sys_enter_execveat`.
     ProcessSysEnterExecveat,
-    /// `file_sys_exit_openat`.
-    FileSysExitOpenat,
-    /// `file_sys_exit_open`.
-    FileSysExitOpen,
-    /// `file_sys_exit_openat2`.
-    FileSysExitOpenat2,
+    /// `file_sys_exit_opens`: one program at the exits of `open`, `openat` and `openat2`.
+    FileSysExitOpens,
     /// `net_connect4`.
     NetConnect4,
     /// `net_connect6`.
@@ -93,7 +89,7 @@ pub enum Program {
 }
 
 /// Number of programs (entries of the `FAULTS` map).
-pub const PROGRAM_COUNT: u32 = 42;
+pub const PROGRAM_COUNT: u32 = 40;
 
 impl Program {
     /// Every program, in index order.
@@ -103,9 +99,7 @@ impl Program {
         Program::ProcessSchedProcessExit,
         Program::ProcessSysEnterExecve,
         Program::ProcessSysEnterExecveat,
-        Program::FileSysExitOpenat,
-        Program::FileSysExitOpen,
-        Program::FileSysExitOpenat2,
+        Program::FileSysExitOpens,
         Program::NetConnect4,
         Program::NetConnect6,
         Program::NetInetSockSetState,
@@ -150,9 +144,7 @@ impl Program {
             Program::ProcessSchedProcessExit => "process_sched_process_exit",
             Program::ProcessSysEnterExecve => "process_sys_enter_execve",
             Program::ProcessSysEnterExecveat => "process_sys_enter_execveat",
-            Program::FileSysExitOpenat => "file_sys_exit_openat",
-            Program::FileSysExitOpen => "file_sys_exit_open",
-            Program::FileSysExitOpenat2 => "file_sys_exit_openat2",
+            Program::FileSysExitOpens => "file_sys_exit_opens",
             Program::NetConnect4 => "net_connect4",
             Program::NetConnect6 => "net_connect6",
             Program::NetInetSockSetState => "net_inet_sock_set_state",

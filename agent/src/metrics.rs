@@ -51,7 +51,7 @@ pub struct KindLabels {
 /// Labels of per-program counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProgramLabels {
-    /// The kernel program's name (`file_sys_exit_openat`, …).
+    /// The kernel program's name (`file_sys_exit_opens`, …).
     pub program: Cow<'static, str>,
 }
 

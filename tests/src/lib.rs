@@ -23,13 +23,13 @@ use tokio::{
     task::JoinHandle,
 };
 
-/// Panics (never skips) unless running as root: these tests load programs into the kernel.
 /// How long a test waits for a started agent to say it is ready: a guard against a hang, not
-/// a measure of speed. Starting runs the kernel's verifier over every program: about 1.4 s on
-/// the host tier's kernel (0.9 s of it for the three open-exit programs, about 300 ms each;
+/// a measure of speed. Starting runs the kernel's verifier over every program: about 0.7 s on
+/// the host tier's kernel (0.45 s of it for the one open-exit program;
 /// `RUST_LOG=phiguard=debug` prints each program's load time), 30 s and more under the VM
-/// tier's software emulation.
-pub const STARTUP_LIMIT: Duration = Duration::from_secs(120);
+/// tier's software emulation, where it went past 120 s once while four VMs shared the two
+/// CPUs of the test machine.
+pub const STARTUP_LIMIT: Duration = Duration::from_secs(300);
 
 /// Removes the pins under [`pins::PIN_DIR`] when dropped: a test that enforces leaves no
 /// enforcement behind, pass or fail.

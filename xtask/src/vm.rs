@@ -83,7 +83,7 @@ pub struct VmArgs {
 
 /// Each boot's hang guard, seconds. The longest boot took 1672 s on a loaded machine (the
 /// kernel's verifier is slow under emulation: every agent start verifies every program, and
-/// the three open-exit programs take about 300 ms each on the host already).
+/// the open-exit program takes about 450 ms on the host already).
 const DEFAULT_TIMEOUT: u64 = 2400;
 
 impl VmArgs {

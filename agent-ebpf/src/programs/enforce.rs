@@ -74,7 +74,7 @@ pub fn enforce_file_receive(ctx: LsmContext) -> i32 {
 /// The hook's return value for a `try_*` result: its own, or 0 (allow) when it stopped early
 /// (a fault counted against `program`).
 #[inline(always)]
-fn verdict_of(program: Program, result: ProbeResult<i32>) -> i32 {
+pub(crate) fn verdict_of(program: Program, result: ProbeResult<i32>) -> i32 {
     match result {
         Ok(ret) => ret,
         Err(error) => {

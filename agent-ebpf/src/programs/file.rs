@@ -65,32 +65,23 @@ fn fanotify_decides() -> bool {
 /// `-EPERM`: what an open the LSM program refused returns.
 const EPERM: i64 = -1;
 
-/// `syscalls/sys_exit_open`: `ret` at 16; the arguments (`filename, flags, mode`) are read
-/// back from the saved registers.
+/// `syscalls/sys_exit_open`, `sys_exit_openat` and `sys_exit_openat2` (Linux 5.6+), one
+/// program attached at all three: `__syscall_nr` at 8 says which call, `ret` at 16; the
+/// arguments (`filename, flags, mode`; `dfd, filename, flags, mode`; `dfd, filename, struct
+/// open_how *how, size`) are read back from the saved registers. One program instead of
+/// three: the verifier checks it once per agent start, as long as one of the three took.
 #[tracepoint]
-pub fn file_sys_exit_open(ctx: TracePointContext) -> i32 {
-    finish(Program::FileSysExitOpen, try_exit(&ctx, open_syscall::OPEN));
-    0
-}
-
-/// `syscalls/sys_exit_openat`: `ret` at 16; arguments `dfd, filename, flags, mode`.
-#[tracepoint]
-pub fn file_sys_exit_openat(ctx: TracePointContext) -> i32 {
-    finish(
-        Program::FileSysExitOpenat,
-        try_exit(&ctx, open_syscall::OPENAT),
-    );
-    0
-}
-
-/// `syscalls/sys_exit_openat2`: `ret` at 16; arguments `dfd, filename, struct open_how *how,
-/// size` (Linux 5.6+).
-#[tracepoint]
-pub fn file_sys_exit_openat2(ctx: TracePointContext) -> i32 {
-    finish(
-        Program::FileSysExitOpenat2,
-        try_exit(&ctx, open_syscall::OPENAT2),
-    );
+pub fn file_sys_exit_opens(ctx: TracePointContext) -> i32 {
+    // SAFETY: offset 8 of every sys_exit_* record is `int __syscall_nr`; a tracepoint program
+    // may load its record directly (the verifier checks the bounds).
+    let nr = unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(8) as *const i32) };
+    let syscall = match nr as u64 {
+        NR_OPEN => open_syscall::OPEN,
+        NR_OPENAT => open_syscall::OPENAT,
+        NR_OPENAT2 => open_syscall::OPENAT2,
+        _ => return 0, // attached only at those three
+    };
+    finish(Program::FileSysExitOpens, try_exit(&ctx, syscall));
     0
 }
 

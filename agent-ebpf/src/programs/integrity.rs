@@ -20,6 +20,7 @@ use crate::{
     kernel::{read, Dentry},
     policy::{current_slot, decide},
     programs::{
+        enforce::verdict_of,
         file::{copy_names, scratch, send, start_record, OpenCall, MAX_NAMES_WALK},
         label::{inherit, label_at, label_of, note_creation, on_protected_fs},
     },
@@ -43,20 +44,6 @@ enum Scope {
     Itself,
     /// Something is added to or removed from the directory (`rule_below`).
     Contents,
-}
-
-/// The hook's return value for a `try_*` result (a fault counted against `program`, then 0).
-#[inline(always)]
-fn verdict_of(program: Program, result: ProbeResult<i32>) -> i32 {
-    match result {
-        Ok(ret) => ret,
-        Err(error) => {
-            if error == ProbeError::Fault {
-                count_fault(program);
-            }
-            0
-        }
-    }
 }
 
 /// Decides a `write` by the current process on the inode behind `dentry` (`scope` picks the

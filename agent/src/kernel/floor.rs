@@ -103,7 +103,7 @@ impl Floor {
         };
         let mut loaded = Vec::new();
         for spec in registry::selected(database_enabled) {
-            let section = sections.get(spec.name).map(|p| &p.section);
+            let section = sections.get(spec.program.name()).map(|p| &p.section);
             let error = floor.attach_one(spec, section, &cgroup, &mut loaded).err();
             if let (true, Some(reason)) = (spec.required, &error) {
                 return Err(FloorError::Required {

@@ -289,15 +289,19 @@ impl Sensors {
     }
 
     fn attach(&mut self, spec: &ProgramSpec, cgroup: &File) -> Result<(), String> {
+        let symbol = spec.program.name();
         let program = self
             .ebpf
-            .program_mut(spec.name)
-            .ok_or_else(|| LoadError::MissingProgram(spec.name).to_string())?;
+            .program_mut(symbol)
+            .ok_or_else(|| LoadError::MissingProgram(symbol).to_string())?;
         let text = |e: &dyn std::error::Error| error_text(e);
         match spec.hook {
             Hook::TracePoint { category, name } => {
                 let p: &mut TracePoint = program.try_into().map_err(|e| text(&e))?;
-                p.load().map_err(|e| text(&e))?;
+                // A program serving several tracepoints is loaded (verified) at its first.
+                if p.fd().is_err() {
+                    p.load().map_err(|e| text(&e))?;
+                }
                 let id = p.attach(category, name).map_err(|e| text(&e))?;
                 let link = p.take_link(id).map_err(|e| text(&e))?;
                 self.links

@@ -2,6 +2,8 @@
 //! agent can run without it. The loader attaches from this list and the start-up report and
 //! status print from it.
 
+use agent_common::program::Program;
+
 /// Where a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -41,11 +43,15 @@ pub enum Family {
     Db,
 }
 
-/// One program in the kernel object.
+/// One attachment of a program in the kernel object.
 #[derive(Clone, Copy, Debug)]
 pub struct ProgramSpec {
-    /// Function name in `agent-ebpf` (`{family}_{hook}`).
+    /// The attachment's name (`{family}_{hook}`): in the start-up report, `status` and the
+    /// link's pin.
     pub name: &'static str,
+    /// The program attached (its function in `agent-ebpf`); one program may serve several
+    /// hooks, loaded (verified) once.
+    pub program: Program,
     /// Attach point.
     pub hook: Hook,
     /// What it watches.
@@ -64,48 +70,48 @@ const fn tp(category: &'static str, name: &'static str) -> Hook {
 /// meets a half-attached pipeline that matters.
 #[rustfmt::skip]
 pub const PROGRAMS: &[ProgramSpec] = &[
-    ProgramSpec { name: "process_sched_process_fork", hook: Hook::RawTracePoint { name: "sched_process_fork" }, family: Family::Process, required: true, missing_means: "" },
-    ProgramSpec { name: "process_sched_process_exec", hook: Hook::RawTracePoint { name: "sched_process_exec" }, family: Family::Process, required: true, missing_means: "" },
-    ProgramSpec { name: "process_sched_process_exit", hook: Hook::RawTracePoint { name: "sched_process_exit" }, family: Family::Process, required: true, missing_means: "" },
-    ProgramSpec { name: "process_sys_enter_execve", hook: tp("syscalls", "sys_enter_execve"), family: Family::Process, required: true, missing_means: "" },
-    ProgramSpec { name: "process_sys_enter_execveat", hook: tp("syscalls", "sys_enter_execveat"), family: Family::Process, required: false, missing_means: "argv of execveat() calls is not captured" },
-    ProgramSpec { name: "file_sys_exit_openat", hook: tp("syscalls", "sys_exit_openat"), family: Family::File, required: true, missing_means: "" },
-    ProgramSpec { name: "file_sys_exit_open", hook: tp("syscalls", "sys_exit_open"), family: Family::File, required: false, missing_means: "open() is not a syscall on this architecture" },
-    ProgramSpec { name: "file_sys_exit_openat2", hook: tp("syscalls", "sys_exit_openat2"), family: Family::File, required: false, missing_means: "openat2() needs Linux 5.6" },
-    ProgramSpec { name: "net_connect4", hook: Hook::CgroupConnect, family: Family::Net, required: true, missing_means: "" },
-    ProgramSpec { name: "net_connect6", hook: Hook::CgroupConnect, family: Family::Net, required: true, missing_means: "" },
-    ProgramSpec { name: "net_inet_sock_set_state", hook: tp("sock", "inet_sock_set_state"), family: Family::Net, required: true, missing_means: "" },
-    ProgramSpec { name: "db_sys_exit_connect", hook: tp("syscalls", "sys_exit_connect"), family: Family::Db, required: false, missing_means: "database sessions are not tracked" },
-    ProgramSpec { name: "db_sys_exit_accept", hook: tp("syscalls", "sys_exit_accept"), family: Family::Db, required: false, missing_means: "server-side database sessions accepted with accept() are not tracked" },
-    ProgramSpec { name: "db_sys_exit_accept4", hook: tp("syscalls", "sys_exit_accept4"), family: Family::Db, required: false, missing_means: "server-side database sessions are not tracked" },
-    ProgramSpec { name: "db_sys_exit_write", hook: tp("syscalls", "sys_exit_write"), family: Family::Db, required: false, missing_means: "database traffic written with write() is not captured" },
-    ProgramSpec { name: "db_sys_exit_read", hook: tp("syscalls", "sys_exit_read"), family: Family::Db, required: false, missing_means: "database traffic read with read() is not captured" },
-    ProgramSpec { name: "db_sys_exit_sendto", hook: tp("syscalls", "sys_exit_sendto"), family: Family::Db, required: false, missing_means: "database traffic sent with send()/sendto() is not captured" },
-    ProgramSpec { name: "db_sys_exit_recvfrom", hook: tp("syscalls", "sys_exit_recvfrom"), family: Family::Db, required: false, missing_means: "database traffic received with recv()/recvfrom() is not captured" },
-    ProgramSpec { name: "db_sys_exit_writev", hook: tp("syscalls", "sys_exit_writev"), family: Family::Db, required: false, missing_means: "database traffic written with writev() is not captured" },
-    ProgramSpec { name: "db_sys_exit_readv", hook: tp("syscalls", "sys_exit_readv"), family: Family::Db, required: false, missing_means: "database traffic read with readv() is not captured" },
-    ProgramSpec { name: "db_sys_exit_sendmsg", hook: tp("syscalls", "sys_exit_sendmsg"), family: Family::Db, required: false, missing_means: "database traffic sent with sendmsg() is not captured" },
-    ProgramSpec { name: "db_sys_exit_recvmsg", hook: tp("syscalls", "sys_exit_recvmsg"), family: Family::Db, required: false, missing_means: "database traffic received with recvmsg() is not captured" },
-    ProgramSpec { name: "enforce_file_open", hook: Hook::Lsm { hook: "file_open" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused opens are enforced by fanotify permission events (EPERM) or, without them, by SIGKILL" },
-    ProgramSpec { name: "enforce_bprm_check_security", hook: Hook::Lsm { hook: "bprm_check_security" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused execs are enforced by SIGKILL instead of EPERM" },
-    ProgramSpec { name: "enforce_unix_stream_connect", hook: Hook::Lsm { hook: "unix_stream_connect" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: unix-socket database endpoints are not enforced" },
-    ProgramSpec { name: "taint_sys_enter_mmap", hook: tp("syscalls", "sys_enter_mmap"), family: Family::Process, required: true, missing_means: "" },
-    ProgramSpec { name: "taint_sys_enter_ptrace", hook: tp("syscalls", "sys_enter_ptrace"), family: Family::Process, required: true, missing_means: "" },
-    ProgramSpec { name: "taint_sys_enter_process_vm_writev", hook: tp("syscalls", "sys_enter_process_vm_writev"), family: Family::Process, required: true, missing_means: "" },
-    ProgramSpec { name: "enforce_file_receive", hook: Hook::Lsm { hook: "file_receive" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: descriptors received with pidfd_getfd are refused by SIGKILL, SCM_RIGHTS ones not at all" },
-    ProgramSpec { name: "file_sys_exit_pidfd_getfd", hook: tp("syscalls", "sys_exit_pidfd_getfd"), family: Family::File, required: false, missing_means: "pidfd_getfd() needs Linux 5.6: descriptors cannot be taken either" },
-    ProgramSpec { name: "enforce_d_instantiate", hook: Hook::Lsm { hook: "d_instantiate" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: files created in protected directories are labelled by the fanotify layer at their first open" },
-    ProgramSpec { name: "enforce_inode_create", hook: Hook::Lsm { hook: "inode_create" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: creating files in protected directories is not refused" },
-    ProgramSpec { name: "enforce_inode_mkdir", hook: Hook::Lsm { hook: "inode_mkdir" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: creating directories in protected directories is not refused" },
-    ProgramSpec { name: "enforce_inode_mknod", hook: Hook::Lsm { hook: "inode_mknod" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: mknod in protected directories is not refused" },
-    ProgramSpec { name: "enforce_inode_symlink", hook: Hook::Lsm { hook: "inode_symlink" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: symlinks in protected directories are not refused" },
-    ProgramSpec { name: "enforce_inode_setattr", hook: Hook::Lsm { hook: "inode_setattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: truncate, chmod, chown and utimes of protected files are not refused" },
-    ProgramSpec { name: "enforce_inode_unlink", hook: Hook::Lsm { hook: "inode_unlink" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: unlink of protected files is not refused" },
-    ProgramSpec { name: "enforce_inode_rmdir", hook: Hook::Lsm { hook: "inode_rmdir" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: rmdir of protected directories is not refused" },
-    ProgramSpec { name: "enforce_inode_rename", hook: Hook::Lsm { hook: "inode_rename" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: renames of, into and over protected files are not refused" },
-    ProgramSpec { name: "enforce_inode_link", hook: Hook::Lsm { hook: "inode_link" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: hard links to protected files are not refused" },
-    ProgramSpec { name: "enforce_inode_setxattr", hook: Hook::Lsm { hook: "inode_setxattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: setxattr on protected files is not refused" },
-    ProgramSpec { name: "enforce_inode_removexattr", hook: Hook::Lsm { hook: "inode_removexattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: removexattr on protected files is not refused" },
+    ProgramSpec { name: "process_sched_process_fork", program: Program::ProcessSchedProcessFork, hook: Hook::RawTracePoint { name: "sched_process_fork" }, family: Family::Process, required: true, missing_means: "" },
+    ProgramSpec { name: "process_sched_process_exec", program: Program::ProcessSchedProcessExec, hook: Hook::RawTracePoint { name: "sched_process_exec" }, family: Family::Process, required: true, missing_means: "" },
+    ProgramSpec { name: "process_sched_process_exit", program: Program::ProcessSchedProcessExit, hook: Hook::RawTracePoint { name: "sched_process_exit" }, family: Family::Process, required: true, missing_means: "" },
+    ProgramSpec { name: "process_sys_enter_execve", program: Program::ProcessSysEnterExecve, hook: tp("syscalls", "sys_enter_execve"), family: Family::Process, required: true, missing_means: "" },
+    ProgramSpec { name: "process_sys_enter_execveat", program: Program::ProcessSysEnterExecveat, hook: tp("syscalls", "sys_enter_execveat"), family: Family::Process, required: false, missing_means: "argv of execveat() calls is not captured" },
+    ProgramSpec { name: "file_sys_exit_openat", program: Program::FileSysExitOpens, hook: tp("syscalls", "sys_exit_openat"), family: Family::File, required: true, missing_means: "" },
+    ProgramSpec { name: "file_sys_exit_open", program: Program::FileSysExitOpens, hook: tp("syscalls", "sys_exit_open"), family: Family::File, required: false, missing_means: "open() is not a syscall on this architecture" },
+    ProgramSpec { name: "file_sys_exit_openat2", program: Program::FileSysExitOpens, hook: tp("syscalls", "sys_exit_openat2"), family: Family::File, required: false, missing_means: "openat2() needs Linux 5.6" },
+    ProgramSpec { name: "net_connect4", program: Program::NetConnect4, hook: Hook::CgroupConnect, family: Family::Net, required: true, missing_means: "" },
+    ProgramSpec { name: "net_connect6", program: Program::NetConnect6, hook: Hook::CgroupConnect, family: Family::Net, required: true, missing_means: "" },
+    ProgramSpec { name: "net_inet_sock_set_state", program: Program::NetInetSockSetState, hook: tp("sock", "inet_sock_set_state"), family: Family::Net, required: true, missing_means: "" },
+    ProgramSpec { name: "db_sys_exit_connect", program: Program::DbSysExitConnect, hook: tp("syscalls", "sys_exit_connect"), family: Family::Db, required: false, missing_means: "database sessions are not tracked" },
+    ProgramSpec { name: "db_sys_exit_accept", program: Program::DbSysExitAccept, hook: tp("syscalls", "sys_exit_accept"), family: Family::Db, required: false, missing_means: "server-side database sessions accepted with accept() are not tracked" },
+    ProgramSpec { name: "db_sys_exit_accept4", program: Program::DbSysExitAccept4, hook: tp("syscalls", "sys_exit_accept4"), family: Family::Db, required: false, missing_means: "server-side database sessions are not tracked" },
+    ProgramSpec { name: "db_sys_exit_write", program: Program::DbSysExitWrite, hook: tp("syscalls", "sys_exit_write"), family: Family::Db, required: false, missing_means: "database traffic written with write() is not captured" },
+    ProgramSpec { name: "db_sys_exit_read", program: Program::DbSysExitRead, hook: tp("syscalls", "sys_exit_read"), family: Family::Db, required: false, missing_means: "database traffic read with read() is not captured" },
+    ProgramSpec { name: "db_sys_exit_sendto", program: Program::DbSysExitSendto, hook: tp("syscalls", "sys_exit_sendto"), family: Family::Db, required: false, missing_means: "database traffic sent with send()/sendto() is not captured" },
+    ProgramSpec { name: "db_sys_exit_recvfrom", program: Program::DbSysExitRecvfrom, hook: tp("syscalls", "sys_exit_recvfrom"), family: Family::Db, required: false, missing_means: "database traffic received with recv()/recvfrom() is not captured" },
+    ProgramSpec { name: "db_sys_exit_writev", program: Program::DbSysExitWritev, hook: tp("syscalls", "sys_exit_writev"), family: Family::Db, required: false, missing_means: "database traffic written with writev() is not captured" },
+    ProgramSpec { name: "db_sys_exit_readv", program: Program::DbSysExitReadv, hook: tp("syscalls", "sys_exit_readv"), family: Family::Db, required: false, missing_means: "database traffic read with readv() is not captured" },
+    ProgramSpec { name: "db_sys_exit_sendmsg", program: Program::DbSysExitSendmsg, hook: tp("syscalls", "sys_exit_sendmsg"), family: Family::Db, required: false, missing_means: "database traffic sent with sendmsg() is not captured" },
+    ProgramSpec { name: "db_sys_exit_recvmsg", program: Program::DbSysExitRecvmsg, hook: tp("syscalls", "sys_exit_recvmsg"), family: Family::Db, required: false, missing_means: "database traffic received with recvmsg() is not captured" },
+    ProgramSpec { name: "enforce_file_open", program: Program::EnforceFileOpen, hook: Hook::Lsm { hook: "file_open" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused opens are enforced by fanotify permission events (EPERM) or, without them, by SIGKILL" },
+    ProgramSpec { name: "enforce_bprm_check_security", program: Program::EnforceBprmCheckSecurity, hook: Hook::Lsm { hook: "bprm_check_security" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: refused execs are enforced by SIGKILL instead of EPERM" },
+    ProgramSpec { name: "enforce_unix_stream_connect", program: Program::EnforceUnixStreamConnect, hook: Hook::Lsm { hook: "unix_stream_connect" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: unix-socket database endpoints are not enforced" },
+    ProgramSpec { name: "taint_sys_enter_mmap", program: Program::TaintSysEnterMmap, hook: tp("syscalls", "sys_enter_mmap"), family: Family::Process, required: true, missing_means: "" },
+    ProgramSpec { name: "taint_sys_enter_ptrace", program: Program::TaintSysEnterPtrace, hook: tp("syscalls", "sys_enter_ptrace"), family: Family::Process, required: true, missing_means: "" },
+    ProgramSpec { name: "taint_sys_enter_process_vm_writev", program: Program::TaintSysEnterProcessVmWritev, hook: tp("syscalls", "sys_enter_process_vm_writev"), family: Family::Process, required: true, missing_means: "" },
+    ProgramSpec { name: "enforce_file_receive", program: Program::EnforceFileReceive, hook: Hook::Lsm { hook: "file_receive" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: descriptors received with pidfd_getfd are refused by SIGKILL, SCM_RIGHTS ones not at all" },
+    ProgramSpec { name: "file_sys_exit_pidfd_getfd", program: Program::FileSysExitPidfdGetfd, hook: tp("syscalls", "sys_exit_pidfd_getfd"), family: Family::File, required: false, missing_means: "pidfd_getfd() needs Linux 5.6: descriptors cannot be taken either" },
+    ProgramSpec { name: "enforce_d_instantiate", program: Program::EnforceDInstantiate, hook: Hook::Lsm { hook: "d_instantiate" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: files created in protected directories are labelled by the fanotify layer at their first open" },
+    ProgramSpec { name: "enforce_inode_create", program: Program::EnforceInodeCreate, hook: Hook::Lsm { hook: "inode_create" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: creating files in protected directories is not refused" },
+    ProgramSpec { name: "enforce_inode_mkdir", program: Program::EnforceInodeMkdir, hook: Hook::Lsm { hook: "inode_mkdir" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: creating directories in protected directories is not refused" },
+    ProgramSpec { name: "enforce_inode_mknod", program: Program::EnforceInodeMknod, hook: Hook::Lsm { hook: "inode_mknod" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: mknod in protected directories is not refused" },
+    ProgramSpec { name: "enforce_inode_symlink", program: Program::EnforceInodeSymlink, hook: Hook::Lsm { hook: "inode_symlink" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: symlinks in protected directories are not refused" },
+    ProgramSpec { name: "enforce_inode_setattr", program: Program::EnforceInodeSetattr, hook: Hook::Lsm { hook: "inode_setattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: truncate, chmod, chown and utimes of protected files are not refused" },
+    ProgramSpec { name: "enforce_inode_unlink", program: Program::EnforceInodeUnlink, hook: Hook::Lsm { hook: "inode_unlink" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: unlink of protected files is not refused" },
+    ProgramSpec { name: "enforce_inode_rmdir", program: Program::EnforceInodeRmdir, hook: Hook::Lsm { hook: "inode_rmdir" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: rmdir of protected directories is not refused" },
+    ProgramSpec { name: "enforce_inode_rename", program: Program::EnforceInodeRename, hook: Hook::Lsm { hook: "inode_rename" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: renames of, into and over protected files are not refused" },
+    ProgramSpec { name: "enforce_inode_link", program: Program::EnforceInodeLink, hook: Hook::Lsm { hook: "inode_link" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: hard links to protected files are not refused" },
+    ProgramSpec { name: "enforce_inode_setxattr", program: Program::EnforceInodeSetxattr, hook: Hook::Lsm { hook: "inode_setxattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: setxattr on protected files is not refused" },
+    ProgramSpec { name: "enforce_inode_removexattr", program: Program::EnforceInodeRemovexattr, hook: Hook::Lsm { hook: "inode_removexattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: removexattr on protected files is not refused" },
 ];
 
 /// The programs the agent attaches: all of them, except the database capture hooks (they run
@@ -129,15 +135,36 @@ impl std::fmt::Display for Hook {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use agent_common::program::Program;
 
     use super::PROGRAMS;
 
     #[test]
-    fn every_registered_program_has_a_fault_counter_of_its_own_name_and_index() {
-        assert_eq!(PROGRAMS.len(), Program::ALL.len());
-        for (spec, program) in PROGRAMS.iter().zip(Program::ALL) {
-            assert_eq!(spec.name, program.name(), "index {}", program as u32);
+    fn every_program_is_attached_somewhere_and_every_attachment_has_its_own_name() {
+        for program in Program::ALL {
+            assert!(
+                PROGRAMS.iter().any(|spec| spec.program == program),
+                "{} is attached nowhere",
+                program.name()
+            );
+        }
+        let names: HashSet<&str> = PROGRAMS.iter().map(|spec| spec.name).collect();
+        assert_eq!(names.len(), PROGRAMS.len(), "two attachments share a name");
+    }
+
+    #[test]
+    fn an_attachment_of_its_own_program_is_named_after_it() {
+        for spec in PROGRAMS {
+            let shared = PROGRAMS
+                .iter()
+                .filter(|s| s.program == spec.program)
+                .count()
+                > 1;
+            if !shared {
+                assert_eq!(spec.name, spec.program.name());
+            }
         }
     }
 }
