@@ -5,11 +5,13 @@
 //!
 //! One module per job: [`config`] (collector.toml), [`tls`] and [`identity`] (mutual TLS and
 //! who is calling), [`liveness`] (silent and returning agents), [`tamper`] (agents whose
-//! kernel state was changed behind their back), [`alert`] (the collector's own events), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
+//! kernel state was changed behind their back), [`breakglass`] (an alert for each break-glass
+//! grant), [`alert`] (the collector's own events), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
 //! dedup, retention), [`checkpoint`] (signed chain heads), [`stream`] (fan-out with filters),
 //! [`verify`] (chain and checkpoint checks) and [`tail`] (the subscriber client).
 
 pub mod alert;
+pub mod breakglass;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;

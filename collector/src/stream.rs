@@ -79,6 +79,7 @@ pub fn kind_name(event: &v1::Event) -> &'static str {
         Some(Body::DbSessionEnd(_)) => "dbSessionEnd",
         Some(Body::Heartbeat(_)) => "heartbeat",
         Some(Body::Tamper(_)) => "tamper",
+        Some(Body::BreakGlass(_)) => "breakGlass",
         None => "",
     }
 }
