@@ -1201,6 +1201,7 @@ fn a_break_glass_grant_raises_an_alert_at_a_subscriber() {
         Duration::from_secs(30),
         |e| alert_of(e).is_some_and(|(k, _)| k == v1::AlertKind::BreakGlass),
     );
+    eprintln!("{}", serde_json::to_string_pretty(&raised).unwrap());
     let (_, a) = alert_of(&raised).unwrap();
     assert!(a.message.contains(&id), "{a:?}");
     assert!(a.message.contains("EHR outage, ticket 4711"), "{a:?}");
