@@ -21,13 +21,16 @@ pub fn alerts<'a>(agent: &str, events: impl IntoIterator<Item = &'a v1::Event>) 
                 Some(user) => format!("uid {}", user.id.unwrap_or_default()),
                 None => format!("program {}", grant.exe),
             };
-            let by = grant.granted_by.as_ref().map_or("an unknown login".to_owned(), |u| {
-                if u.name.is_empty() {
-                    format!("login uid {}", u.id.unwrap_or_default())
-                } else {
-                    u.name.clone()
-                }
-            });
+            let by = grant
+                .granted_by
+                .as_ref()
+                .map_or("an unknown login".to_owned(), |u| {
+                    if u.name.is_empty() {
+                        format!("login uid {}", u.id.unwrap_or_default())
+                    } else {
+                        u.name.clone()
+                    }
+                });
             Some(crate::alert::event(
                 agent,
                 v1::CollectorAlert {
@@ -80,7 +83,11 @@ mod tests {
             .map(|a| match &a.body {
                 Some(Body::Alert(a)) => {
                     assert_eq!(a.kind, v1::AlertKind::BreakGlass as i32);
-                    assert!(a.message.contains("bg-0123456789ab for user nobody"), "{}", a.message);
+                    assert!(
+                        a.message.contains("bg-0123456789ab for user nobody"),
+                        "{}",
+                        a.message
+                    );
                     assert!(a.message.contains("EHR down"), "{}", a.message);
                     a.event_seq
                 }

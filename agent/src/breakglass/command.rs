@@ -174,10 +174,9 @@ pub fn run(request: Request, dir: &Path) -> Result<String, CommandError> {
             let _lock = store.lock()?;
             let (grants, _) = store.list()?;
             let (boot, now) = (boot_id(), boot_ns());
-            if let Some(live) = grants
-                .iter()
-                .find(|g| g.scope.key() == scope.key() && g.revoked.is_none() && !g.expired(&boot, now))
-            {
+            if let Some(live) = grants.iter().find(|g| {
+                g.scope.key() == scope.key() && g.revoked.is_none() && !g.expired(&boot, now)
+            }) {
                 return Err(CommandError::Duplicate {
                     scope: scope.describe(),
                     id: live.id.clone(),
@@ -253,7 +252,15 @@ mod tests {
 
     #[test]
     fn a_grant_needs_a_reason_a_duration_and_exactly_one_subject() {
-        let ok = parse(false, None, Some("EHR down"), Some("5m"), Some("root"), None).unwrap();
+        let ok = parse(
+            false,
+            None,
+            Some("EHR down"),
+            Some("5m"),
+            Some("root"),
+            None,
+        )
+        .unwrap();
         assert!(matches!(
             ok,
             Request::Grant {
@@ -262,18 +269,40 @@ mod tests {
             }
         ));
         let field = |r: Result<Request, InvalidField>| r.unwrap_err().field;
-        assert_eq!(field(parse(false, None, None, Some("5m"), Some("root"), None)), "reason");
-        assert_eq!(field(parse(false, None, Some("x"), None, Some("root"), None)), "for");
-        assert_eq!(field(parse(false, None, Some("x"), Some("5m"), None, None)), "user");
         assert_eq!(
-            field(parse(false, None, Some("x"), Some("5m"), Some("root"), Some(Path::new("/bin/sh")))),
+            field(parse(false, None, None, Some("5m"), Some("root"), None)),
+            "reason"
+        );
+        assert_eq!(
+            field(parse(false, None, Some("x"), None, Some("root"), None)),
+            "for"
+        );
+        assert_eq!(
+            field(parse(false, None, Some("x"), Some("5m"), None, None)),
             "user"
         );
-        assert_eq!(field(parse(false, Some("../x"), None, None, None, None)), "revoke");
+        assert_eq!(
+            field(parse(
+                false,
+                None,
+                Some("x"),
+                Some("5m"),
+                Some("root"),
+                Some(Path::new("/bin/sh"))
+            )),
+            "user"
+        );
+        assert_eq!(
+            field(parse(false, Some("../x"), None, None, None, None)),
+            "revoke"
+        );
         assert!(matches!(
             parse(false, Some("bg-0123456789ab"), None, None, None, None),
             Ok(Request::Revoke(_))
         ));
-        assert!(matches!(parse(true, None, None, None, None, None), Ok(Request::List)));
+        assert!(matches!(
+            parse(true, None, None, None, None, None),
+            Ok(Request::List)
+        ));
     }
 }

@@ -280,7 +280,9 @@ pub fn new_id() -> String {
 pub fn valid_id(id: &str) -> bool {
     id.len() == 15
         && id.starts_with("bg-")
-        && id[3..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && id[3..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 #[cfg(test)]
@@ -295,7 +297,16 @@ mod tests {
         assert_eq!(parse_duration(" 2h "), Ok(7200));
         assert_eq!(parse_duration("24h"), Ok(86_400));
         for bad in [
-            "", "0s", "25h", "24h1s", "30", "m", "5d", "1.5h", "-5m", "99999999999999999999h",
+            "",
+            "0s",
+            "25h",
+            "24h1s",
+            "30",
+            "m",
+            "5d",
+            "1.5h",
+            "-5m",
+            "99999999999999999999h",
         ] {
             let e = parse_duration(bad).unwrap_err();
             assert_eq!(e.field, "for", "{bad:?}");
@@ -352,11 +363,7 @@ mod tests {
         };
         assert_eq!(path, std::fs::canonicalize(&file).unwrap());
         assert_eq!(ino, std::fs::metadata(&file).unwrap().ino());
-        for bad in [
-            Path::new("tool"),
-            dir.path(),
-            &dir.path().join("missing"),
-        ] {
+        for bad in [Path::new("tool"), dir.path(), &dir.path().join("missing")] {
             assert_eq!(parse_exe(bad).unwrap_err().field, "exe", "{bad:?}");
         }
     }
@@ -366,7 +373,13 @@ mod tests {
         let id = new_id();
         assert!(valid_id(&id), "{id}");
         assert_ne!(new_id(), id);
-        for bad in ["", "bg-", "bg-../../etc/x", "bg-ABCDEF012345", "xx-0123456789ab"] {
+        for bad in [
+            "",
+            "bg-",
+            "bg-../../etc/x",
+            "bg-ABCDEF012345",
+            "xx-0123456789ab",
+        ] {
             assert!(!valid_id(bad), "{bad}");
         }
     }

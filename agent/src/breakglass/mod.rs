@@ -88,8 +88,12 @@ impl GrantMap {
         let mut next = [0u8; size_of::<GrantKey>()];
         let mut current: Option<[u8; size_of::<GrantKey>()]> = None;
         while keys.len() <= MAX_GRANTS as usize
-            && bpf_sys::map_next_key(self.map.as_fd(), current.as_ref().map(|k| &k[..]), &mut next)
-                .unwrap_or(false)
+            && bpf_sys::map_next_key(
+                self.map.as_fd(),
+                current.as_ref().map(|k| &k[..]),
+                &mut next,
+            )
+            .unwrap_or(false)
         {
             // SAFETY: as in `get`.
             keys.push(unsafe { std::ptr::read_unaligned(next.as_ptr().cast()) });
@@ -101,7 +105,12 @@ impl GrantMap {
     /// The slot of an unexpired grant covering a process with real uid `uid` running `exe`,
     /// `margin_ns` before its expiry at the latest: the kernel's rule
     /// (`agent-ebpf/src/policy.rs`, `break_glass_slot`), for the fanotify layer.
-    pub fn slot_for(&self, uid: u32, exe: Option<crate::paths::FileId>, margin_ns: u64) -> Option<u8> {
+    pub fn slot_for(
+        &self,
+        uid: u32,
+        exe: Option<crate::paths::FileId>,
+        margin_ns: u64,
+    ) -> Option<u8> {
         let by_user = Scope::User {
             uid,
             name: String::new(),

@@ -68,8 +68,9 @@ pub fn now_ms() -> u64 {
 
 /// `CLOCK_BOOTTIME` nanoseconds now: the clock of `bpf_ktime_get_boot_ns`.
 pub fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map_or(0, |t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
 }
 
 /// This boot's id.
@@ -290,7 +291,7 @@ mod tests {
         fs::write(store.dir().join("bg-000000000000.json"), "{").unwrap();
         fs::write(store.dir().join("notes.txt"), "ignored").unwrap();
         let (grants, bad) = store.list().unwrap();
-        assert_eq!(grants, [first.clone()]);
+        assert_eq!(grants, std::slice::from_ref(&first));
         assert_eq!(bad.len(), 1, "{bad:?}");
         assert_eq!(Store::free_slot(&grants).unwrap(), 1);
         store.remove(&first.id).unwrap();

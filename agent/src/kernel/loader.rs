@@ -12,9 +12,9 @@ use agent_common::{
     event::KIND_COUNT,
     limits::PATH_LEN,
     maps::{
-        db_process, AgentId, ExecIdentity, GrantValue, InodeKey, AGENT, BREAK_GLASS, CONTROL_MAPS, DB_JOIN, DB_PORTS,
-        DB_PROCESSES, DB_UNIX_SOCKETS, EVENTS, EXEC_IDENTITY, FANOTIFY_DECIDES_GLOBAL, FAULTS,
-        LOST, NEVER_KILL, OFFSETS_GLOBAL, WATCHED_PREFIXES,
+        db_process, AgentId, ExecIdentity, GrantValue, InodeKey, AGENT, BREAK_GLASS, CONTROL_MAPS,
+        DB_JOIN, DB_PORTS, DB_PROCESSES, DB_UNIX_SOCKETS, EVENTS, EXEC_IDENTITY,
+        FANOTIFY_DECIDES_GLOBAL, FAULTS, LOST, NEVER_KILL, OFFSETS_GLOBAL, WATCHED_PREFIXES,
     },
     offsets::KernelOffsets,
     program::PROGRAM_COUNT,
