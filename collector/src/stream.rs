@@ -44,6 +44,7 @@ pub const KINDS: &[&str] = &[
     "dbSessionEnd",
     "heartbeat",
     "tamper",
+    "breakGlass",
 ];
 
 /// A subscription request that cannot be served.

@@ -1138,12 +1138,13 @@ fn tampering_with_the_agents_kernel_state_is_repaired_and_raises_alerts_at_a_sub
 #[test]
 fn a_break_glass_grant_raises_an_alert_at_a_subscriber() {
     require_root();
-    let _unload = UnloadOnDrop;
     let (work, pki, tree) = (
         tempfile::tempdir().unwrap(),
         Pki::new(&[AGENT]),
         Tree::new(),
     );
+    // After the tree: the pins go before it is removed (this process is not allowed to read it).
+    let _unload = UnloadOnDrop;
     let collector = CollectorProc::start(work.path(), &pki, "");
     let config = write_agent_config(
         work.path(),
