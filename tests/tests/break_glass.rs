@@ -225,6 +225,26 @@ fn allowed_by_grant(event: &v1::Event, file: &Path, id: &str) -> bool {
         && process(event).user.as_ref().and_then(|u| u.id) == Some(NOBODY)
 }
 
+/// When a grant ends, by the wall clock (the kernel's boot-time expiry was taken a little
+/// earlier, by the same command).
+fn expiry(grant: &v1::BreakGlass) -> std::time::SystemTime {
+    let t = grant
+        .expires_at
+        .as_ref()
+        .unwrap_or_else(|| panic!("no expiry: {grant:?}"));
+    std::time::UNIX_EPOCH
+        + Duration::from_secs(t.seconds as u64)
+        + Duration::from_nanos(t.nanos as u64)
+}
+
+/// Sleeps until a little after `at`.
+fn sleep_past(at: std::time::SystemTime) {
+    if let Ok(left) = at.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(left);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+}
+
 /// How long the grant that outlives an agent restart lasts: long enough for the restart (a
 /// debug agent starts in seconds here, in tens of seconds under the VM tier's emulation).
 fn restart_grant() -> (&'static str, Duration) {
@@ -270,7 +290,8 @@ fn a_grant_allows_survives_an_agent_restart_and_ends_by_itself() {
     assert_eq!(b.reason, "EHR outage, ticket 4711");
     assert_eq!(b.user.as_ref().and_then(|u| u.id), Some(NOBODY));
     assert_eq!(b.duration_seconds, lasts.as_secs());
-    assert!(b.expires_at.is_some() && b.granted_at.is_some(), "{b:?}");
+    assert!(b.granted_at.is_some(), "{b:?}");
+    let expires_at = expiry(b);
 
     let read = setup.read_as_nobody();
     assert!(read.status.success(), "allowed under the grant: {read:?}");
@@ -311,9 +332,7 @@ fn a_grant_allows_survives_an_agent_restart_and_ends_by_itself() {
 
     // Its time runs out: the kernel refuses at once (it checks the expiry itself) and the
     // agent reports the end.
-    if let Some(left) = lasts.checked_sub(granted_at.elapsed()) {
-        std::thread::sleep(left + Duration::from_millis(200));
-    }
+    sleep_past(expires_at);
     assert!(
         refused(setup.read_as_nobody().status, eperm),
         "refused once the grant's time is up"
@@ -355,11 +374,13 @@ fn a_revoked_grant_ends_at_once_and_one_that_ran_out_while_no_agent_ran_is_repor
 
     // A grant that runs out while no agent runs: the kernel ends it; the next agent says so.
     let short = setup.grant("short", "3s");
-    agent.expect("the short grant's event", |e| {
+    let granted = agent.expect("the short grant's event", |e| {
         break_glass_event(e, &short, v1::BreakGlassAction::Granted).is_some()
     });
+    let expires_at =
+        expiry(break_glass_event(&granted, &short, v1::BreakGlassAction::Granted).unwrap());
     agent.kill(Signal::SIGKILL);
-    std::thread::sleep(Duration::from_secs(4));
+    sleep_past(expires_at);
     assert!(
         !setup.read_as_nobody().status.success(),
         "the pinned programs refuse once the grant ran out"
