@@ -194,7 +194,7 @@ pub mod open_syscall {
     pub const OPENAT: u32 = 2;
     /// `openat2(2)`.
     pub const OPENAT2: u32 = 3;
-    /// `creat(2)` (fanotify layer only: the kernel programs do not hook it).
+    /// `creat(2)` (the fanotify layer, and BPF LSM `file_open`; no open-exit program hooks it).
     pub const CREAT: u32 = 4;
     /// `open_by_handle_at(2)` (fanotify layer only).
     pub const OPEN_BY_HANDLE_AT: u32 = 5;
@@ -206,6 +206,29 @@ pub mod open_syscall {
     /// A descriptor taken from another process (`pidfd_getfd(2)`) or, under BPF LSM, received
     /// over a unix socket (`SCM_RIGHTS`): decided as an open with the descriptor's mode.
     pub const RECEIVE: u32 = 8;
+    /// BPF LSM `inode_setattr` changing the size (`truncate`, `ftruncate`, `O_TRUNC`).
+    pub const TRUNCATE: u32 = 9;
+    /// BPF LSM `inode_setattr` changing the mode (`chmod` family).
+    pub const CHMOD: u32 = 10;
+    /// BPF LSM `inode_setattr` changing the owner or group (`chown` family).
+    pub const CHOWN: u32 = 11;
+    /// BPF LSM `inode_setattr` changing times only (`utimes` family, `touch`).
+    pub const UTIMES: u32 = 12;
+    /// BPF LSM `inode_unlink`.
+    pub const UNLINK: u32 = 13;
+    /// BPF LSM `inode_rmdir`.
+    pub const RMDIR: u32 = 14;
+    /// BPF LSM `inode_rename` (the protected file moved, or one moved into or over it).
+    pub const RENAME: u32 = 15;
+    /// BPF LSM `inode_link` (a link to a protected file, or into a protected directory).
+    pub const LINK: u32 = 16;
+    /// BPF LSM `inode_setxattr`.
+    pub const SETXATTR: u32 = 17;
+    /// BPF LSM `inode_removexattr`.
+    pub const REMOVEXATTR: u32 = 18;
+    /// BPF LSM `inode_create`/`inode_mkdir`/`inode_mknod`/`inode_symlink` in a protected
+    /// directory.
+    pub const CREATE: u32 = 19;
 }
 
 /// `EventHeader::flags` of a [`FileOpenEvent`] from the fanotify layer: the opener used the
@@ -229,6 +252,10 @@ pub mod matched_by {
     /// it: a hard link, any depth); `path` holds the absolute path of the opened descriptor
     /// as the kernel names it, and the decision says which rule governs it.
     pub const LABEL: u32 = 5;
+    /// The BPF LSM found the inode labelled protected (`INODE_LABELS`): `names` holds the
+    /// dentry names from the inode up to the root of its filesystem, innermost first (the
+    /// root's name `/` last when the walk got there), `dev` the filesystem.
+    pub const LSM_LABEL: u32 = 6;
 }
 
 /// [`Kind::FileOpen`].

@@ -19,6 +19,13 @@ pub const MAX_ARGS: u32 = 32;
 pub const ARGS_LEN: usize = 4096;
 /// Watched directories and files (inode map entries).
 pub const MAX_WATCHED_INODES: u32 = 1024;
+/// Labelled inodes under BPF LSM (`INODE_LABELS` entries), both policy slots together: a
+/// million protected files and directories per slot. The map is not preallocated; an entry
+/// costs about 100 bytes of kernel memory (key, value, hash element), so 100 MB at a million
+/// labelled inodes, twice that for a moment during a reload.
+pub const MAX_INODE_LABELS: u32 = 2 * 1024 * 1024;
+/// Creations in flight on filesystems holding protected inodes (`CREATING` entries).
+pub const MAX_CREATING: u32 = 4096;
 /// Watched absolute path prefixes (LPM trie entries).
 pub const MAX_WATCHED_PREFIXES: u32 = 1024;
 /// Watched TCP ports.

@@ -11,6 +11,16 @@ pub const FAULTS: &str = "FAULTS";
 /// Watched and protected directories/files: [`InodeKey`] (with the policy slot) →
 /// [`crate::policy::WatchValue`].
 pub const WATCHED_INODES: &str = "WATCHED_INODES";
+/// Labels of protected inodes under BPF LSM: [`InodeKey`] (with the policy slot) →
+/// [`crate::policy::WatchValue`] (`rule_here` protects the inode, `rule_below` what is created
+/// in it). Filled by the agent from the same tree walk the fanotify layer labels with, and by
+/// the kernel: a file or directory created (or first looked up) in a labelled directory takes
+/// its `rule_below`. Not a control map: the kernel writes it too.
+pub const INODE_LABELS: &str = "INODE_LABELS";
+/// Dentries being created on a filesystem with protected inodes, between the creation hook and
+/// `d_instantiate`: dentry address → 1. A new inode that reuses the number of a deleted
+/// labelled one loses the stale label there.
+pub const CREATING: &str = "CREATING";
 /// Devices that hold at least one watched inode: kernel `dev_t` (`u32`) → number of watches.
 pub const WATCHED_DEVS: &str = "WATCHED_DEVS";
 /// Watched absolute path prefixes for opens that failed: LPM trie over path bytes → watch id.

@@ -66,10 +66,34 @@ pub enum Program {
     EnforceFileReceive,
     /// `file_sys_exit_pidfd_getfd`.
     FileSysExitPidfdGetfd,
+    /// `enforce_d_instantiate`.
+    EnforceDInstantiate,
+    /// `enforce_inode_create`.
+    EnforceInodeCreate,
+    /// `enforce_inode_mkdir`.
+    EnforceInodeMkdir,
+    /// `enforce_inode_mknod`.
+    EnforceInodeMknod,
+    /// `enforce_inode_symlink`.
+    EnforceInodeSymlink,
+    /// `enforce_inode_setattr`.
+    EnforceInodeSetattr,
+    /// `enforce_inode_unlink`.
+    EnforceInodeUnlink,
+    /// `enforce_inode_rmdir`.
+    EnforceInodeRmdir,
+    /// `enforce_inode_rename`.
+    EnforceInodeRename,
+    /// `enforce_inode_link`.
+    EnforceInodeLink,
+    /// `enforce_inode_setxattr`.
+    EnforceInodeSetxattr,
+    /// `enforce_inode_removexattr`.
+    EnforceInodeRemovexattr,
 }
 
 /// Number of programs (entries of the `FAULTS` map).
-pub const PROGRAM_COUNT: u32 = 30;
+pub const PROGRAM_COUNT: u32 = 42;
 
 impl Program {
     /// Every program, in index order.
@@ -104,6 +128,18 @@ impl Program {
         Program::TaintSysEnterProcessVmWritev,
         Program::EnforceFileReceive,
         Program::FileSysExitPidfdGetfd,
+        Program::EnforceDInstantiate,
+        Program::EnforceInodeCreate,
+        Program::EnforceInodeMkdir,
+        Program::EnforceInodeMknod,
+        Program::EnforceInodeSymlink,
+        Program::EnforceInodeSetattr,
+        Program::EnforceInodeUnlink,
+        Program::EnforceInodeRmdir,
+        Program::EnforceInodeRename,
+        Program::EnforceInodeLink,
+        Program::EnforceInodeSetxattr,
+        Program::EnforceInodeRemovexattr,
     ];
 
     /// The program's symbol name in the object.
@@ -139,6 +175,18 @@ impl Program {
             Program::TaintSysEnterProcessVmWritev => "taint_sys_enter_process_vm_writev",
             Program::EnforceFileReceive => "enforce_file_receive",
             Program::FileSysExitPidfdGetfd => "file_sys_exit_pidfd_getfd",
+            Program::EnforceDInstantiate => "enforce_d_instantiate",
+            Program::EnforceInodeCreate => "enforce_inode_create",
+            Program::EnforceInodeMkdir => "enforce_inode_mkdir",
+            Program::EnforceInodeMknod => "enforce_inode_mknod",
+            Program::EnforceInodeSymlink => "enforce_inode_symlink",
+            Program::EnforceInodeSetattr => "enforce_inode_setattr",
+            Program::EnforceInodeUnlink => "enforce_inode_unlink",
+            Program::EnforceInodeRmdir => "enforce_inode_rmdir",
+            Program::EnforceInodeRename => "enforce_inode_rename",
+            Program::EnforceInodeLink => "enforce_inode_link",
+            Program::EnforceInodeSetxattr => "enforce_inode_setxattr",
+            Program::EnforceInodeRemovexattr => "enforce_inode_removexattr",
         }
     }
 }

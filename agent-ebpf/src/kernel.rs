@@ -466,6 +466,13 @@ impl Dentry {
     }
 }
 
+/// The inode number of a `struct inode *` (for a hook that has the inode before the dentry
+/// points to it: `d_instantiate`).
+#[inline(always)]
+pub fn inode_ino(inode: usize) -> Result<u64, ReadError> {
+    read(inode, offset!(inode_i_ino))
+}
+
 impl Binprm {
     /// `linux_binprm.filename`.
     #[inline(always)]

@@ -3,7 +3,8 @@
 use agent_common::{
     event::{EventHeader, ExecArgsScratch, FileOpenEvent, KIND_COUNT},
     limits::{
-        MAX_WATCHED_INODES, MAX_WATCHED_PORTS, MAX_WATCHED_PREFIXES, PATH_LEN, RING_BUFFER_BYTES,
+        MAX_CREATING, MAX_INODE_LABELS, MAX_WATCHED_INODES, MAX_WATCHED_PORTS,
+        MAX_WATCHED_PREFIXES, PATH_LEN, RING_BUFFER_BYTES,
     },
     maps::{
         AgentId, ExecIdentity, GrantKey, GrantValue, InodeKey, MAX_GRANTS, MAX_NEVER_KILL,
@@ -36,6 +37,17 @@ pub static FAULTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROGRAM_COUN
 #[map]
 pub static WATCHED_INODES: HashMap<InodeKey, WatchValue> =
     HashMap::with_max_entries(2 * MAX_WATCHED_INODES, 0);
+
+/// Labels of protected inodes under BPF LSM by (device, slot, inode). Not preallocated (see
+/// `MAX_INODE_LABELS`): it holds what is labelled, not its capacity.
+#[map]
+pub static INODE_LABELS: HashMap<InodeKey, WatchValue> =
+    HashMap::with_max_entries(MAX_INODE_LABELS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Dentries being created on a filesystem with protected inodes (dentry address → 1), from
+/// the creation hook to `d_instantiate`.
+#[map]
+pub static CREATING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_CREATING, 0);
 
 /// Devices holding at least one watched inode: opens elsewhere skip the dentry walk.
 #[map]

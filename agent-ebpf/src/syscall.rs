@@ -50,6 +50,25 @@ impl SyscallArgs {
         }
     }
 
+    /// Argument `n` (0-based) of a 32-bit (`int 0x80`) call: `bx, cx, dx, si, di, bp`,
+    /// zero-extended; 0 for `n > 5`.
+    #[inline(always)]
+    pub fn compat_arg(self, n: usize) -> u64 {
+        // SAFETY: as in `arg`.
+        unsafe {
+            let value = match n {
+                0 => (*self.regs).rbx,
+                1 => (*self.regs).rcx,
+                2 => (*self.regs).rdx,
+                3 => (*self.regs).rsi,
+                4 => (*self.regs).rdi,
+                5 => (*self.regs).rbp,
+                _ => 0,
+            };
+            value & 0xffff_ffff
+        }
+    }
+
     /// The system call's number (`orig_ax`), to tell which call an LSM hook runs under.
     #[inline(always)]
     pub fn nr(self) -> u64 {

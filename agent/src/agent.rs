@@ -161,6 +161,7 @@ impl Agent {
                 .then(|| kernel_layers.lsm_inactive_reason()),
             fanotify_files: planned == FileLayer::Fanotify,
             never_kill: config.policy.never_kill.clone(),
+            lsm_labels: planned == FileLayer::Lsm,
         };
         let watches = WatchSet::new(&config.watch.paths, &config.watch.ports)?;
         let cgroup_root = mounts::cgroup2_root()?;
@@ -493,6 +494,23 @@ impl Agent {
     /// Whether the BPF LSM programs are attached (denials are `EPERM`, not SIGKILL).
     pub fn lsm_active(&self) -> bool {
         self.sensors.lsm_active()
+    }
+
+    /// The programs that are not attached, each as `name (hook): why`.
+    pub fn programs_not_attached(&self) -> Vec<String> {
+        self.status
+            .programs
+            .iter()
+            .filter(|p| !p.attached)
+            .map(|p| {
+                format!(
+                    "{} ({}): {}",
+                    p.name,
+                    p.hook,
+                    p.error.as_deref().unwrap_or("?")
+                )
+            })
+            .collect()
     }
 
     /// The layer that decides opens of protected files on this kernel.

@@ -7,7 +7,12 @@
 //!
 //! ```text
 //! "phiguard.v1.Checkpoint\0" | agent | "\0" | index u64 BE | chain_hash [32] | seconds i64 BE | nanos i32 BE
+//!   [ | "clock\0" | boottime_ns u64 BE | monotonic_ns u64 BE | boot_id ]   (when `clock` is set)
 //! ```
+//!
+//! Each checkpoint also records the collector's own clocks ([`ClockState`](v1::ClockState)):
+//! the wall clock can be set by root, the boot-time clock cannot be set back, so `verify` can
+//! tell a wall-clock step between two checkpoints of the same boot.
 
 use std::{
     collections::BTreeMap,
@@ -106,7 +111,41 @@ pub fn canonical_bytes(cp: &v1::Checkpoint) -> Vec<u8> {
     let time = cp.time.unwrap_or_default();
     out.extend_from_slice(&time.seconds.to_be_bytes());
     out.extend_from_slice(&time.nanos.to_be_bytes());
+    if let Some(clock) = &cp.clock {
+        out.extend_from_slice(b"clock\0");
+        out.extend_from_slice(&clock.boottime_ns.to_be_bytes());
+        out.extend_from_slice(&clock.monotonic_ns.to_be_bytes());
+        out.extend_from_slice(clock.boot_id.as_bytes());
+    }
     out
+}
+
+/// Where the kernel tells which boot this is.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; the clock ids are constants.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// The collector's clocks now (boot time, monotonic time, boot id).
+pub fn clock_state() -> v1::ClockState {
+    v1::ClockState {
+        boottime_ns: clock_ns(libc::CLOCK_BOOTTIME),
+        monotonic_ns: clock_ns(libc::CLOCK_MONOTONIC),
+        boot_id: fs::read_to_string(BOOT_ID)
+            .map(|id| id.trim().to_owned())
+            .unwrap_or_default(),
+    }
 }
 
 /// Checks `cp`'s signature under `trusted` (32-byte ed25519 public key).
@@ -216,8 +255,14 @@ impl Signer {
         self.key.sign(bytes).as_ref().to_vec()
     }
 
-    /// Signs the head of `agent`'s chain.
-    pub fn sign(&self, agent: &str, head: &Head, time: SystemTime) -> v1::Checkpoint {
+    /// Signs the head of `agent`'s chain at wall-clock `time`, with the clocks `clock`.
+    pub fn sign(
+        &self,
+        agent: &str,
+        head: &Head,
+        time: SystemTime,
+        clock: v1::ClockState,
+    ) -> v1::Checkpoint {
         let mut cp = v1::Checkpoint {
             agent: agent.to_owned(),
             index: head.index,
@@ -225,6 +270,7 @@ impl Signer {
             time: Some(store::timestamp(time)),
             public_key: self.public_key().to_vec(),
             signature: Vec::new(),
+            clock: Some(clock),
         };
         cp.signature = self.key.sign(&canonical_bytes(&cp)).as_ref().to_vec();
         cp
@@ -392,7 +438,9 @@ impl Checkpointer {
     /// Signs and exports a checkpoint of `agent`'s head now.
     pub fn checkpoint(&self, agent: &str, head: &Head) -> Result<v1::Checkpoint, CheckpointError> {
         self.not_shortened(agent, head.index)?;
-        let cp = self.signer.sign(agent, head, SystemTime::now());
+        let cp = self
+            .signer
+            .sign(agent, head, SystemTime::now(), clock_state());
         let line = serde_json::to_string(&cp).expect("checkpoints serialise");
         if let Some(file) = self
             .file
@@ -546,7 +594,15 @@ mod tests {
         assert_eq!(read_file(&file).unwrap().len(), 2, "nothing signed");
         assert!(again.checkpoint("a", &head(12)).is_ok());
         let other = Signer::load_or_create(&dir.path().join("other.key")).unwrap();
-        let foreign = other.sign("a", &head(11), SystemTime::now());
+        let foreign = other.sign("a", &head(11), SystemTime::now(), clock_state());
         assert!(verify_signature(&foreign, &trusted).is_err());
+        // The clocks are signed: changed or removed, the signature fails.
+        let mut clockless = read[1].clone();
+        assert!(clockless.clock.as_ref().unwrap().boottime_ns > 0);
+        clockless.clock = None;
+        assert!(verify_signature(&clockless, &trusted).is_err());
+        let mut earlier = read[1].clone();
+        earlier.clock.as_mut().unwrap().boottime_ns -= 1;
+        assert!(verify_signature(&earlier, &trusted).is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! field. Relative paths are taken from the configuration file's directory.
 
 use std::{
+    collections::BTreeMap,
     fmt, fs,
     net::SocketAddr,
     ops::Range,
@@ -15,15 +16,20 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
+    audit::AUDIT_CHAIN,
     checkpoint::{Cadence, ExportConfig},
     identity,
     revocation::{DenyList, Entry},
+    scope::{Grant, Scope, Scopes, ALL},
     store::StoreConfig,
+    stream::canonical_kind,
     tls::TlsFiles,
 };
 
 /// Largest gRPC message accepted when the file does not say (4 MiB).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Most connections in their TLS handshake at once when the file does not say.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
 /// Upper bound for `max_message_bytes` (64 MiB).
 pub const MAX_MESSAGE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 
@@ -42,12 +48,16 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Most events in one batch.
     pub max_batch_events: usize,
-    /// Most connections at once.
+    /// Most authenticated connections at once.
     pub max_connections: usize,
+    /// Most connections in their TLS handshake (unauthenticated) at once.
+    pub max_handshakes: usize,
     /// Handshakes must finish within this.
     pub handshake_timeout: Duration,
     /// Revoked certificates.
     pub revoked: DenyList,
+    /// The CA's revocation lists (PEM), if any.
+    pub crl: Option<PathBuf>,
 }
 
 /// `[checkpoint]`.
@@ -85,6 +95,8 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     /// `[liveness]`.
     pub liveness: LivenessConfig,
+    /// `[scope.NAME]`: what each subscriber may see.
+    pub scopes: Scopes,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +108,15 @@ struct RawConfig {
     checkpoint: RawCheckpoint,
     #[serde(default)]
     liveness: RawLiveness,
+    #[serde(default)]
+    scope: BTreeMap<String, Spanned<RawScope>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    hosts: Spanned<Vec<Spanned<String>>>,
+    kinds: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -117,9 +138,11 @@ struct RawServer {
     max_message_bytes: Option<Spanned<usize>>,
     max_batch_events: Option<Spanned<usize>>,
     max_connections: Option<Spanned<usize>>,
+    max_handshakes: Option<Spanned<usize>>,
     handshake_timeout_secs: Option<Spanned<u64>>,
     #[serde(default)]
     revoked: Vec<Spanned<String>>,
+    crl: Option<Spanned<PathBuf>>,
 }
 
 fn default_listen() -> Spanned<String> {
@@ -235,6 +258,13 @@ impl Config {
                     format!("{:?} is not a valid identity", name.get_ref()),
                 ));
             }
+            if name.get_ref().eq_ignore_ascii_case(AUDIT_CHAIN) {
+                return Err(cx.invalid(
+                    name.span(),
+                    "server.subscribers",
+                    format!("{AUDIT_CHAIN:?} is the collector's own audit chain"),
+                ));
+            }
             subscribers.push(name.get_ref().to_ascii_lowercase());
         }
         let mut revoked = Vec::new();
@@ -246,6 +276,11 @@ impl Config {
         }
         let server = ServerConfig {
             revoked: DenyList::new(revoked),
+            crl: s
+                .crl
+                .as_ref()
+                .map(|crl| cx.path(crl, "server.crl"))
+                .transpose()?,
             listen,
             tls: TlsFiles {
                 ca: cx.path(&s.ca, "server.ca")?,
@@ -271,6 +306,13 @@ impl Config {
                 s.max_connections.as_ref(),
                 "server.max_connections",
                 1024,
+                1,
+                65_536,
+            )?,
+            max_handshakes: cx.range(
+                s.max_handshakes.as_ref(),
+                "server.max_handshakes",
+                DEFAULT_MAX_HANDSHAKES,
                 1,
                 65_536,
             )?,
@@ -374,12 +416,87 @@ impl Config {
                 86_400_000,
             )?),
         };
+        let scopes = cx.scopes(&raw.scope, &server.subscribers)?;
         Ok(Config {
             server,
             store,
             checkpoint,
             liveness,
+            scopes,
         })
+    }
+}
+
+impl Ctx<'_> {
+    /// `[scope.NAME]` tables: each for a listed subscriber, each field given explicitly.
+    fn scopes(
+        &self,
+        raw: &BTreeMap<String, Spanned<RawScope>>,
+        subscribers: &[String],
+    ) -> Result<Scopes, ConfigError> {
+        let mut out = Vec::new();
+        for (name, table) in raw {
+            let identity = name.to_ascii_lowercase();
+            if !subscribers.contains(&identity) {
+                return Err(self.invalid(
+                    table.span(),
+                    "scope",
+                    format!(
+                        "[scope.{name}]: {name:?} is not listed in server.subscribers (a scope grants nothing to an identity that may not subscribe)"
+                    ),
+                ));
+            }
+            let t = table.get_ref();
+            let hosts = self.grant(&t.hosts, "scope.hosts", |h| {
+                identity::valid_identity(h)
+                    .then(|| h.to_ascii_lowercase())
+                    .ok_or_else(|| format!("{h:?} is neither an agent identity nor a machine id"))
+            })?;
+            let kinds = self.grant(&t.kinds, "scope.kinds", |k| {
+                canonical_kind(k).map(str::to_owned).ok_or_else(|| {
+                    format!(
+                        "unknown kind {k:?} (one of {})",
+                        crate::stream::KINDS.join(", ")
+                    )
+                })
+            })?;
+            out.push((identity, Scope { hosts, kinds }));
+        }
+        Ok(Scopes::new(out))
+    }
+
+    fn grant(
+        &self,
+        values: &Spanned<Vec<Spanned<String>>>,
+        field: &'static str,
+        parse: impl Fn(&str) -> Result<String, String>,
+    ) -> Result<Grant, ConfigError> {
+        if values.get_ref().is_empty() {
+            return Err(self.invalid(
+                values.span(),
+                field,
+                format!("grants nothing: list what is granted, or [\"{ALL}\"] for all"),
+            ));
+        }
+        if values.get_ref().iter().any(|v| v.get_ref() == ALL) {
+            if values.get_ref().len() > 1 {
+                return Err(self.invalid(
+                    values.span(),
+                    field,
+                    format!("\"{ALL}\" grants all: it stands alone"),
+                ));
+            }
+            return Ok(Grant::All);
+        }
+        let mut granted = Vec::new();
+        for value in values.get_ref() {
+            let parsed = parse(value.get_ref())
+                .map_err(|message| self.invalid(value.span(), field, message))?;
+            if !granted.contains(&parsed) {
+                granted.push(parsed);
+            }
+        }
+        Ok(Grant::Only(granted))
     }
 }
 
@@ -407,6 +524,13 @@ mod tests {
         );
         assert!(c.server.subscribers.is_empty());
         assert_eq!(c.liveness.silent_after, DEFAULT_SILENT_AFTER);
+        assert_eq!(c.server.max_handshakes, DEFAULT_MAX_HANDSHAKES);
+        assert_eq!(c.server.crl, None);
+        let c = parse(&MINIMAL.replace("[server]\n", "[server]\ncrl = \"pki/crl.pem\"\n")).unwrap();
+        assert_eq!(
+            c.server.crl.as_deref(),
+            Some(Path::new("/etc/phiguard/pki/crl.pem"))
+        );
         let c = parse(&format!("{MINIMAL}[liveness]\nsilent_after_ms = 1500\n")).unwrap();
         assert_eq!(c.liveness.silent_after, Duration::from_millis(1500));
     }
@@ -460,9 +584,79 @@ mod tests {
     }
 
     #[test]
+    fn scopes_are_explicit_and_errors_name_the_line() {
+        let with = |scope: &str| {
+            parse(&format!(
+                "{}{scope}",
+                MINIMAL.replace(
+                    "[server]\n",
+                    "[server]\nsubscribers = [\"soc\", \"ward-7\"]\n"
+                )
+            ))
+        };
+        let c = with(
+            "[scope.soc]\nhosts = [\"*\"]\nkinds = [\"*\"]\n\
+             [scope.ward-7]\nhosts = [\"EHR-A\", \"0123456789abcdef0123456789abcdef\"]\nkinds = [\"file_open\", \"alert\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.scopes.get("soc").unwrap().hosts, Grant::All);
+        let ward = c.scopes.get("ward-7").unwrap();
+        assert_eq!(
+            ward.hosts,
+            Grant::Only(vec![
+                "ehr-a".into(),
+                "0123456789abcdef0123456789abcdef".into()
+            ])
+        );
+        assert_eq!(
+            ward.kinds,
+            Grant::Only(vec!["fileOpen".into(), "alert".into()])
+        );
+        // A listed subscriber without a scope: valid, and it sees nothing.
+        assert!(with("").unwrap().scopes.get("soc").is_none());
+        let err = with("[scope.soc]\nhosts = [\"*\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `kinds`"), "{err}");
+        let err = with("[scope.soc]\nhosts = [\"*\"]\nkinds = [\"exec\", \"nope\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "/etc/phiguard/collector.toml:10:18: scope.kinds: unknown kind \"nope\""
+            ),
+            "{err}"
+        );
+        let err = with("[scope.soc]\nhosts = []\nkinds = [\"*\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":9:9: scope.hosts: grants nothing"), "{err}");
+        let err = with("[scope.soc]\nhosts = [\"*\", \"ehr-a\"]\nkinds = [\"*\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":9:9: scope.hosts: \"*\" grants all"), "{err}");
+        let err = with("[scope.mallory]\nhosts = [\"*\"]\nkinds = [\"*\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("scope: [scope.mallory]: \"mallory\" is not listed in server.subscribers"),
+            "{err}"
+        );
+        let err =
+            parse(&MINIMAL.replace("[server]\n", "[server]\nsubscribers = [\"_collector\"]\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("server.subscribers: \"_collector\" is the collector's own audit chain"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn repository_example_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("collector.toml");
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.server.subscribers, ["soc"]);
+        assert_eq!(c.scopes.get("soc").unwrap().hosts, Grant::All);
     }
 }

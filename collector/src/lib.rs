@@ -4,22 +4,27 @@
 //! subscribers.
 //!
 //! One module per job: [`config`] (collector.toml), [`tls`] and [`identity`] (mutual TLS and
-//! who is calling), [`liveness`] (silent and returning agents), [`tamper`] (agents whose
+//! who is calling), [`revocation`] and [`crl`] (revoked certificates), [`liveness`] (silent and returning agents), [`tamper`] (agents whose
 //! kernel state was changed behind their back), [`breakglass`] (an alert for each break-glass
 //! grant), [`alert`] (the collector's own events), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
 //! dedup, retention), [`checkpoint`] (signed chain heads), [`stream`] (fan-out with filters),
+//! [`scope`] and [`access`] (who may see what), [`audit`] (every subscription in the trail),
 //! [`verify`] (chain and checkpoint checks) and [`tail`] (the subscriber client).
 
+pub mod access;
 pub mod alert;
+pub mod audit;
 pub mod breakglass;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;
+pub mod crl;
 pub mod faults;
 pub mod health;
 pub mod identity;
 pub mod liveness;
 pub mod revocation;
+pub mod scope;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -261,10 +261,11 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
                 match reloader.reload(&config) {
                     Ok(()) => tracing::info!(
                         revoked = config.server.revoked.len(),
-                        "SIGHUP: TLS files read again, and the revoked certificates; new connections use them"
+                        crl = ?config.server.crl,
+                        "SIGHUP: TLS files read again, and the revoked certificates, CRL and scopes; new connections use them"
                     ),
                     Err(error) => tracing::error!(
-                        "SIGHUP: TLS files not reloaded, the ones in force stay: {error:#}"
+                        "SIGHUP: TLS files not reloaded, the ones in force stay (and the revoked certificates, CRL and scopes): {error:#}"
                     ),
                 }
             }
@@ -351,6 +352,9 @@ fn run_verify(
     }
     for problem in &report.problems {
         println!("BROKEN  {problem}");
+    }
+    for note in &report.notes {
+        println!("note    {note}");
     }
     if let Some(agent) = agent {
         if report.agents.is_empty() {

@@ -20,6 +20,8 @@ pub struct Credential {
     pub fingerprint: [u8; 32],
     /// The serial number, lower-case hex without leading zeros.
     pub serial: String,
+    /// The issuer's name (DER), which a CRL's serials belong to.
+    pub issuer: Vec<u8>,
 }
 
 impl Credential {
@@ -30,6 +32,7 @@ impl Credential {
         Ok(Credential {
             fingerprint: Sha256::digest(der).into(),
             serial: normal_serial(&hex::encode(cert.raw_serial())),
+            issuer: cert.issuer().as_raw().to_vec(),
         })
     }
 }
@@ -45,7 +48,8 @@ impl fmt::Display for Credential {
     }
 }
 
-fn normal_serial(hex_text: &str) -> String {
+/// A serial number as the deny list compares them: lower-case hex without leading zeros.
+pub fn normal_serial(hex_text: &str) -> String {
     let trimmed = hex_text.trim_start_matches('0');
     if trimmed.is_empty() {
         "0".into()
@@ -62,6 +66,13 @@ pub enum Entry {
     Fingerprint([u8; 32]),
     /// `serial:` and hex digits (colons allowed).
     Serial(String),
+    /// Revoked by a CRL (`[server] crl`): a serial of one issuer.
+    Crl {
+        /// The issuer's name (DER).
+        issuer: Vec<u8>,
+        /// The serial, as [`normal_serial`] writes it.
+        serial: String,
+    },
 }
 
 impl Entry {
@@ -97,6 +108,7 @@ impl fmt::Display for Entry {
         match self {
             Entry::Fingerprint(fp) => write!(f, "sha256:{}", hex::encode(fp)),
             Entry::Serial(serial) => write!(f, "serial:{serial}"),
+            Entry::Crl { serial, .. } => write!(f, "CRL serial:{serial}"),
         }
     }
 }
@@ -108,6 +120,12 @@ pub struct DenyList {
 }
 
 impl DenyList {
+    /// The same list with `more` entries (a CRL's).
+    pub fn with(mut self, more: impl IntoIterator<Item = Entry>) -> DenyList {
+        self.entries.extend(more);
+        self
+    }
+
     /// A list of `entries`.
     pub fn new(entries: impl IntoIterator<Item = Entry>) -> DenyList {
         DenyList {
@@ -130,6 +148,9 @@ impl DenyList {
         self.entries.iter().find(|e| match e {
             Entry::Fingerprint(fp) => *fp == credential.fingerprint,
             Entry::Serial(serial) => *serial == credential.serial,
+            Entry::Crl { issuer, serial } => {
+                *serial == credential.serial && *issuer == credential.issuer
+            }
         })
     }
 }
@@ -173,6 +194,7 @@ mod tests {
         let cred = Credential {
             fingerprint: [0xab; 32],
             serial: "1f00".into(),
+            issuer: Vec::new(),
         };
         let by_fp = Entry::parse(&format!("SHA256:{}", ["AB"; 32].join(":"))).unwrap();
         let by_serial = Entry::parse("serial:00:1F:00").unwrap();

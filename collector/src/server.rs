@@ -8,10 +8,12 @@
 //! error status and a log line; other streams and connections are unaffected.
 
 use std::{
-    collections::BTreeSet,
     future::Future,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, SystemTime},
 };
 
@@ -30,12 +32,15 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, warn};
 
 use crate::{
+    access::{warn_unscoped, Access},
+    audit::{Asked, Audit, AUDIT_CHAIN},
     checkpoint::{self, Checkpointer, Signer},
     config::Config,
     health::{self, StoreHealth},
     identity::Peer,
     liveness::{self, Liveness},
     revocation::Revocation,
+    scope::Scope,
     store::{Record, Store, StoreError},
     stream::{self, Filter, Hub, Start},
     tamper::TamperWatch,
@@ -63,6 +68,9 @@ pub enum ServerError {
     /// TLS files are unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The CRL file is unusable.
+    #[error(transparent)]
+    Crl(#[from] crate::crl::CrlError),
     /// The checkpoint key or export file is unusable.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
@@ -197,6 +205,12 @@ pub fn validate_batch(
                     what: "collector alerts cannot be sent by agents",
                 })
             }
+            Some(v1::event::Body::Subscription(_)) => {
+                return Err(BatchError::BadBody {
+                    seq,
+                    what: "subscription audit records cannot be sent by agents",
+                })
+            }
             Some(_) => {}
         }
         let host = event.host.get_or_insert_with(Default::default);
@@ -225,13 +239,22 @@ pub fn validate_batch(
     Ok(events)
 }
 
+/// Why a subscription was ended by the collector rather than by its own course.
+enum Cut {
+    Revoked,
+    AccessChanged,
+    Stopping,
+}
+
 /// The `Collector` service.
 #[derive(Clone)]
 pub struct CollectorService {
     store: Arc<Store>,
     hub: Arc<Hub>,
     checkpoints: Arc<Checkpointer>,
-    subscribers: Arc<BTreeSet<String>>,
+    access: Arc<watch::Sender<Arc<Access>>>,
+    audit: Arc<Audit>,
+    open_subscriptions: Arc<AtomicUsize>,
     max_batch_events: usize,
     stopping: watch::Receiver<bool>,
     liveness: Arc<Liveness>,
@@ -256,22 +279,121 @@ impl CollectorService {
             let kind = v1::AlertKind::try_from(a.kind).map_or("?", |k| k.as_str_name());
             warn!(agent, kind, silent_ms = a.silent_ms, "alert: {}", a.message);
         }
+        if let Err(error) = self.store_own(agent, alert).await {
+            error!(%error, "storing an alert failed");
+        }
+    }
+
+    /// Stores an event the collector made itself in `chain` and hands it to subscribers.
+    async fn store_own(&self, chain: &str, event: v1::Event) -> Result<(), String> {
         let this = self.clone();
-        let agent = agent.to_owned();
+        let chain = chain.to_owned();
         let stored = tokio::task::spawn_blocking(move || {
             let hub = this.hub.clone();
             let appended = this
                 .store
-                .append(&agent, vec![alert], |a| hub.publish(&a.records))?;
-            this.checkpoints.maybe(&agent, &appended.head, false);
+                .append(&chain, vec![event], |a| hub.publish(&a.records))?;
+            this.checkpoints.maybe(&chain, &appended.head, false);
             Ok::<_, StoreError>(())
         })
         .await;
         match stored {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => error!(%error, "storing an alert failed"),
-            Err(error) => error!(%error, "alert task failed"),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(error) => Err(format!("store task failed: {error}")),
         }
+    }
+
+    /// Audits a refused subscription (logged too) and returns `status` for the caller.
+    async fn refuse_subscription(&self, asked: &Asked, peer: &Peer, status: Status) -> Status {
+        warn!(subscriber = %peer.identity, peer = %peer.addr, subscription = asked.id(), code = ?status.code(), reason = status.message(), "subscription refused");
+        if let Err(error) = self
+            .store_own(AUDIT_CHAIN, asked.refused(status.message()))
+            .await
+        {
+            error!(%error, "auditing a refused subscription failed");
+        }
+        status
+    }
+
+    /// Checks a Subscribe call: who, and whether its scope grants what it asks for.
+    fn admit(&self, peer: &Peer, request: &SubscribeRequest) -> Result<(Filter, Scope), Status> {
+        self.not_revoked(peer, "subscribe")?;
+        let access = self.access.borrow().clone();
+        access.admit(&peer.identity, request)
+    }
+
+    /// Follows a running subscription: cuts it when its certificate is revoked, its access
+    /// changes at a reload or the collector stops; then audits how it closed.
+    async fn watch_subscription(
+        self,
+        peer: Peer,
+        asked: Asked,
+        scope: Scope,
+        mut run: tokio::task::JoinHandle<stream::Closed>,
+        cancel: watch::Sender<bool>,
+        tx: mpsc::Sender<Result<v1::Event, Status>>,
+    ) {
+        let mut revoked = self.revocation.subscribe();
+        let mut access = self.access.subscribe();
+        let mut stopping = self.stopping.clone();
+        let identity = peer.identity.to_string();
+        let cut = tokio::select! {
+            ended = &mut run => Err(ended),
+            () = async { let _ = revoked.wait_for(|list| list.denies(&peer.credential).is_some()).await; } => Ok(Cut::Revoked),
+            () = async {
+                let _ = access
+                    .wait_for(|a| !a.still_grants(&identity, &scope))
+                    .await;
+            } => Ok(Cut::AccessChanged),
+            _ = stopping.wait_for(|s| *s) => Ok(Cut::Stopping),
+        };
+        let (ended, reason, status) = match cut {
+            Err(ended) => {
+                let reason = ended.as_ref().map_or_else(
+                    |e| format!("subscription task failed: {e}"),
+                    |c| c.end.as_str().to_owned(),
+                );
+                (ended, reason, None)
+            }
+            Ok(cut) => {
+                let _ = cancel.send(true);
+                let (reason, status) = match cut {
+                    Cut::Revoked => (
+                        "certificate revoked".to_owned(),
+                        self.not_revoked(&peer, "subscribe (open stream cut)").err(),
+                    ),
+                    Cut::AccessChanged => (
+                        "its access changed at a reload".to_owned(),
+                        Some(Status::permission_denied(
+                            "this subscriber's scope changed at a reload: subscribe again",
+                        )),
+                    ),
+                    Cut::Stopping => (
+                        "the collector is shutting down".to_owned(),
+                        Some(Status::unavailable("the collector is shutting down")),
+                    ),
+                };
+                (run.await, reason, status)
+            }
+        };
+        if let Some(status) = status {
+            // The subscriber may not read: never wait for it long.
+            let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Err(status))).await;
+        }
+        drop(tx);
+        let closed = ended.unwrap_or(stream::Closed {
+            end: stream::End::Cancelled,
+            sent: 0,
+        });
+        info!(subscriber = %peer.identity, peer = %peer.addr, subscription = asked.id(), sent = closed.sent, reason, "subscription closed");
+        if let Err(error) = self
+            .store_own(AUDIT_CHAIN, asked.closed(closed, &reason))
+            .await
+        {
+            error!(%error, subscription = asked.id(), "auditing a closed subscription failed");
+        }
+        self.open_subscriptions.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// A batch of `agent` could not be stored: the first time in an outage, subscribers get
@@ -450,7 +572,13 @@ impl Collector for CollectorService {
     ) -> Result<Response<Self::IngestStream>, Status> {
         let peer = peer(&request)?;
         self.not_revoked(&peer, "ingest")?;
-        if self.subscribers.contains(&*peer.identity) {
+        if peer.identity.eq_ignore_ascii_case(AUDIT_CHAIN) {
+            warn!(identity = %peer.identity, peer = %peer.addr, "a certificate named after the collector's audit chain tried to ingest");
+            return Err(Status::permission_denied(
+                "this identity is reserved for the collector's own audit chain",
+            ));
+        }
+        if self.access.borrow().subscribers.contains(&*peer.identity) {
             warn!(identity = %peer.identity, peer = %peer.addr, "a subscriber identity tried to ingest");
             return Err(Status::permission_denied(
                 "subscriber identities cannot send events",
@@ -475,45 +603,41 @@ impl Collector for CollectorService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let peer = peer(&request)?;
-        self.not_revoked(&peer, "subscribe")?;
-        if !self.subscribers.contains(&*peer.identity) {
-            warn!(identity = %peer.identity, peer = %peer.addr, "subscription refused: not a listed subscriber");
-            return Err(Status::permission_denied(
-                "this identity is not allowed to subscribe",
-            ));
-        }
         let request = request.into_inner();
-        let filter = Filter::from_proto(&request.filter.unwrap_or_default())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut asked = self.audit.asked(&peer, &request);
+        let (filter, scope) = match self.admit(&peer, &request) {
+            Ok(admitted) => admitted,
+            Err(status) => return Err(self.refuse_subscription(&asked, &peer, status).await),
+        };
         let start = match request.start {
             None => Start::Live,
             Some(WireStart::SinceTime(t)) => Start::Time(t.seconds, t.nanos),
             Some(WireStart::SinceSeq(seq)) => Start::Seq(seq),
         };
-        info!(subscriber = %peer.identity, peer = %peer.addr, ?start, "subscription opened");
+        // No ePHI leaves without its audit record: one that cannot be stored refuses.
+        if let Err(error) = self.store_own(AUDIT_CHAIN, asked.opened(&scope)).await {
+            error!(subscriber = %peer.identity, %error, "auditing a subscription failed: refused");
+            return Err(Status::unavailable(
+                "the subscription could not be recorded in the audit trail",
+            ));
+        }
+        info!(subscriber = %peer.identity, peer = %peer.addr, subscription = asked.id(), ?start, %scope, "subscription opened");
+        self.open_subscriptions.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel(1024);
-        let mut run = tokio::spawn(stream::run(
+        let (cancel, cancelled) = watch::channel(false);
+        let run = tokio::spawn(stream::run(
             self.store.clone(),
             self.hub.clone(),
             filter,
             start,
             request.replay_only,
             tx.clone(),
+            cancelled,
         ));
-        // A certificate revoked while the subscription is open ends it.
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut revoked = this.revocation.subscribe();
-            tokio::select! {
-                _ = &mut run => {}
-                () = async { let _ = revoked.wait_for(|list| list.denies(&peer.credential).is_some()).await; } => {
-                    run.abort();
-                    if let Err(status) = this.not_revoked(&peer, "subscribe (open stream cut)") {
-                        let _ = tx.send(Err(status)).await;
-                    }
-                }
-            }
-        });
+        tokio::spawn(
+            self.clone()
+                .watch_subscription(peer, asked, scope, run, cancel, tx),
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -533,16 +657,28 @@ pub struct BoundCollector {
 pub struct Reloader {
     config: Arc<watch::Sender<Arc<rustls::ServerConfig>>>,
     revocation: Arc<Revocation>,
+    access: Arc<watch::Sender<Arc<Access>>>,
 }
 
 impl Reloader {
-    /// Reads the CA, certificate and key `config` names and puts them in force for new
-    /// connections, with its deny list (which also cuts open connections of newly revoked
-    /// certificates). Nothing changes if the TLS files do not load.
-    pub fn reload(&self, config: &Config) -> Result<(), tls::TlsError> {
-        let tls_config = tls::server_config(&config.server.tls)?;
+    /// Reads the CA, certificate, key and CRL file `config` names and puts them in force for
+    /// new connections, with its deny list and the CRLs' revocations (which also cuts open connections of newly revoked
+    /// certificates) and its subscribers and scopes (a subscription whose access changed is
+    /// cut; it may subscribe again under the new scope). Nothing changes if the TLS files do
+    /// not load.
+    pub fn reload(&self, config: &Config) -> Result<(), ServerError> {
+        let (tls_config, revoked) = tls_and_revoked(config)?;
         self.config.send_replace(tls_config);
-        self.revocation.set(config.server.revoked.clone());
+        self.revocation.set(revoked);
+        let access = Access::from_config(config);
+        self.access.send_if_modified(|current| {
+            let changed = **current != access;
+            if changed {
+                *current = Arc::new(access);
+            }
+            changed
+        });
+        warn_unscoped(config);
         Ok(())
     }
 }
@@ -552,11 +688,13 @@ impl BoundCollector {
     /// the TLS files and binds the address.
     pub async fn bind(config: Config) -> Result<BoundCollector, ServerError> {
         // Fail early on unusable TLS files.
-        let tls_config = tls::server_config(&config.server.tls)?;
-        let revocation = Arc::new(Revocation::new(config.server.revoked.clone()));
+        let (tls_config, revoked) = tls_and_revoked(&config)?;
+        let revocation = Arc::new(Revocation::new(revoked));
+        let access = Arc::new(watch::channel(Arc::new(Access::from_config(&config))).0);
         let tls = Reloader {
             config: Arc::new(watch::channel(tls_config).0),
             revocation: revocation.clone(),
+            access: access.clone(),
         };
         let store = Arc::new(Store::open(config.store.clone())?);
         let signer = Signer::load_or_create(&config.checkpoint.key)?;
@@ -579,7 +717,9 @@ impl BoundCollector {
             store,
             hub: Arc::new(Hub::new(HUB_CAPACITY)),
             checkpoints,
-            subscribers: Arc::new(config.server.subscribers.iter().cloned().collect()),
+            access,
+            audit: Arc::new(Audit::new()),
+            open_subscriptions: Arc::new(AtomicUsize::new(0)),
             max_batch_events: config.server.max_batch_events,
             liveness: Arc::new(Liveness::new(config.liveness.silent_after)),
             tamper: Arc::new(TamperWatch::new()),
@@ -626,6 +766,7 @@ impl BoundCollector {
             AcceptLimits {
                 handshake_timeout: config.server.handshake_timeout,
                 max_connections: config.server.max_connections,
+                max_handshakes: config.server.max_handshakes,
             },
         );
         for repair in service.store.take_repairs() {
@@ -651,6 +792,7 @@ impl BoundCollector {
                 service.raise(&agent, alert).await;
             }
         }
+        warn_unscoped(&config);
         let timers = tokio::spawn(timers(service.clone()));
         let silence = tokio::spawn(watch_silence(service.clone()));
         info!(
@@ -686,6 +828,14 @@ impl BoundCollector {
                 Ok(())
             }
         };
+        // Open subscriptions end at the stop; their closing records go in before the final
+        // checkpoints.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while service.open_subscriptions.load(Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         timers.abort();
         silence.abort();
         for (agent, head) in service.store.heads() {
@@ -696,6 +846,26 @@ impl BoundCollector {
         info!("phiguard-collector stopped");
         Ok(result?)
     }
+}
+
+/// The TLS configuration and the deny list in force under `config`: `[server] revoked` and
+/// every certificate its CRL file revokes.
+fn tls_and_revoked(
+    config: &Config,
+) -> Result<(Arc<rustls::ServerConfig>, crate::revocation::DenyList), ServerError> {
+    let crls = config
+        .server
+        .crl
+        .as_deref()
+        .map(crate::crl::load)
+        .transpose()?;
+    let tls_config = tls::server_config(&config.server.tls, crls.as_ref())?;
+    let revoked = config
+        .server
+        .revoked
+        .clone()
+        .with(crls.map(|c| c.entries).unwrap_or_default());
+    Ok((tls_config, revoked))
 }
 
 /// Raises an alert for every agent that turns silent (checked four times per window).

@@ -922,9 +922,10 @@ impl Chain {
         let mut buf = Vec::new();
         let mut records = Vec::new();
         for event in events {
-            // The collector's own alerts (seq 0; agents cannot send them) join the chain
-            // without touching the agent's numbering.
-            if event.seq == 0 && matches!(event.body, Some(Body::Alert(_))) {
+            // The collector's own alerts and audit records (seq 0; agents cannot send them)
+            // join the chain without touching the agent's numbering.
+            if event.seq == 0 && matches!(event.body, Some(Body::Alert(_) | Body::Subscription(_)))
+            {
                 records.push(event);
                 continue;
             }

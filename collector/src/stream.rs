@@ -15,11 +15,15 @@ use std::{
 };
 
 use phiguard_proto::v1::{self, event::Body};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
 use tracing::{debug, warn};
 
-use crate::store::{Cursor, Record, Store, StoreError};
+use crate::{
+    audit::AUDIT_CHAIN,
+    scope::Scope,
+    store::{Cursor, Record, Store, StoreError},
+};
 
 /// Most values per filter field.
 pub const MAX_FILTER_VALUES: usize = 64;
@@ -44,6 +48,7 @@ pub const KINDS: &[&str] = &[
     "dbSessionEnd",
     "heartbeat",
     "tamper",
+    "subscription",
     "breakGlass",
 ];
 
@@ -80,6 +85,7 @@ pub fn kind_name(event: &v1::Event) -> &'static str {
         Some(Body::DbSessionEnd(_)) => "dbSessionEnd",
         Some(Body::Heartbeat(_)) => "heartbeat",
         Some(Body::Tamper(_)) => "tamper",
+        Some(Body::Subscription(_)) => "subscription",
         Some(Body::BreakGlass(_)) => "breakGlass",
         None => "",
     }
@@ -92,6 +98,12 @@ fn normalise_kind(kind: &str) -> String {
         .collect()
 }
 
+/// The kind `kind` names (`file_open`, `FileOpen` and `fileOpen` are all `fileOpen`).
+pub fn canonical_kind(kind: &str) -> Option<&'static str> {
+    let wanted = normalise_kind(kind);
+    KINDS.iter().find(|k| normalise_kind(k) == wanted).copied()
+}
+
 /// A validated filter.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -100,6 +112,8 @@ pub struct Filter {
     verdicts: BTreeSet<i32>,
     users: BTreeSet<String>,
     path_prefixes: Vec<String>,
+    /// What the subscriber may see at all (None: no limit, for the collector's own use).
+    scope: Option<Scope>,
 }
 
 impl Filter {
@@ -129,15 +143,11 @@ impl Filter {
         check("path_prefixes", &filter.path_prefixes)?;
         let mut kinds = BTreeSet::new();
         for kind in &filter.kinds {
-            let wanted = normalise_kind(kind);
-            let found = KINDS
-                .iter()
-                .find(|k| normalise_kind(k) == wanted)
-                .ok_or_else(|| StreamError::Filter {
-                    field: "kinds",
-                    message: format!("unknown kind {kind:?} (one of {})", KINDS.join(", ")),
-                })?;
-            kinds.insert(*found);
+            let found = canonical_kind(kind).ok_or_else(|| StreamError::Filter {
+                field: "kinds",
+                message: format!("unknown kind {kind:?} (one of {})", KINDS.join(", ")),
+            })?;
+            kinds.insert(found);
         }
         if filter.verdicts.len() > MAX_FILTER_VALUES {
             return Err(StreamError::Filter {
@@ -163,12 +173,30 @@ impl Filter {
             verdicts: filter.verdicts.iter().copied().collect(),
             users: filter.users.iter().cloned().collect(),
             path_prefixes: filter.path_prefixes.clone(),
+            scope: None,
         })
+    }
+
+    /// The same filter, passing only what `scope` allows.
+    pub fn within(self, scope: Scope) -> Filter {
+        Filter {
+            scope: Some(scope),
+            ..self
+        }
     }
 
     /// Whether `agent`'s `event` passes.
     pub fn matches(&self, agent: &str, event: &v1::Event) -> bool {
-        if !self.hosts.is_empty() && !self.hosts.contains(agent) {
+        if self.scope.as_ref().is_some_and(|s| !s.allows(agent, event)) {
+            return false;
+        }
+        if !self.hosts.is_empty()
+            && !self.hosts.contains(agent)
+            && !event
+                .host
+                .as_ref()
+                .is_some_and(|h| !h.machine_id.is_empty() && self.hosts.contains(&h.machine_id))
+        {
             return false;
         }
         if !self.kinds.is_empty() && !self.kinds.contains(kind_name(event)) {
@@ -264,10 +292,44 @@ struct Subscription {
     positions: BTreeMap<Arc<str>, u64>,
     started: BTreeSet<Arc<str>>,
     tx: mpsc::Sender<Result<v1::Event, Status>>,
+    sent: u64,
 }
 
 /// The subscriber went away.
 struct Gone;
+
+/// How a subscription ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The subscriber closed its stream or went away (or a store read failed, logged).
+    Left,
+    /// A replay-only subscription has sent everything stored.
+    ReplayDone,
+    /// Ended by the collector (`cancel`).
+    Cancelled,
+}
+
+impl End {
+    /// As the audit record says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Left => {
+                "the stream ended (the subscriber left, or the store could not be read: logged)"
+            }
+            End::ReplayDone => "replay finished",
+            End::Cancelled => "ended by the collector",
+        }
+    }
+}
+
+/// How a subscription ended and how many events it was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Closed {
+    /// Why it ended.
+    pub end: End,
+    /// Events sent to it.
+    pub sent: u64,
+}
 
 impl Subscription {
     fn wanted_by_start(&mut self, record: &Record) -> bool {
@@ -281,7 +343,8 @@ impl Subscription {
                 t >= (seconds, nanos)
             }
             Start::Seq(seq) => {
-                if self.started.contains(&record.agent) {
+                // The collector's audit records have no seq: its chain is replayed whole.
+                if self.started.contains(&record.agent) || *record.agent == *AUDIT_CHAIN {
                     return true;
                 }
                 if record.event.seq >= seq {
@@ -300,6 +363,7 @@ impl Subscription {
                 .send(Ok(record.event.clone()))
                 .await
                 .map_err(|_| Gone)?;
+            self.sent += 1;
         }
         Ok(())
     }
@@ -311,6 +375,7 @@ impl Subscription {
                 .send(Ok(record.event.clone()))
                 .await
                 .map_err(|_| Gone)?;
+            self.sent += 1;
         }
         Ok(())
     }
@@ -362,8 +427,9 @@ impl Subscription {
     }
 }
 
-/// Serves one subscription until the subscriber goes away (or, with `replay_only`, until
-/// the replay is done). Events go to `tx`.
+/// Serves one subscription until the subscriber goes away, `cancel` turns true (or, with
+/// `replay_only`, until the replay is done). Events go to `tx`; says how it ended and how
+/// many events it sent.
 pub async fn run(
     store: Arc<Store>,
     hub: Arc<Hub>,
@@ -371,7 +437,8 @@ pub async fn run(
     start: Start,
     replay_only: bool,
     tx: mpsc::Sender<Result<v1::Event, Status>>,
-) {
+    mut cancel: watch::Receiver<bool>,
+) -> Closed {
     let mut sub = Subscription {
         store: store.clone(),
         filter,
@@ -379,7 +446,25 @@ pub async fn run(
         positions: BTreeMap::new(),
         started: BTreeSet::new(),
         tx,
+        sent: 0,
     };
+    let end = tokio::select! {
+        end = serve(&mut sub, &store, &hub, start, replay_only) => end,
+        _ = cancel.wait_for(|c| *c) => End::Cancelled,
+    };
+    Closed {
+        end,
+        sent: sub.sent,
+    }
+}
+
+async fn serve(
+    sub: &mut Subscription,
+    store: &Arc<Store>,
+    hub: &Hub,
+    start: Start,
+    replay_only: bool,
+) -> End {
     if start == Start::Live {
         // Heads before subscribing: anything appended in between is caught up below.
         sub.positions = store
@@ -399,18 +484,23 @@ pub async fn run(
             sub.positions.insert(agent.clone(), from - 1);
         }
         if sub.replay(agent, from).await.is_err() {
-            return;
+            return End::Left;
         }
     }
     if replay_only {
-        return;
+        return End::ReplayDone;
     }
     loop {
-        match live.recv().await {
+        let received = tokio::select! {
+            received = live.recv() => received,
+            // Gone while nothing matched: noticed now, not at the next matching event.
+            () = sub.tx.closed() => return End::Left,
+        };
+        match received {
             Ok(record) if record.index == 0 => {
                 // A live notice that is not in any chain (the store could not be written).
                 if sub.notice(&record).await.is_err() {
-                    return;
+                    return End::Left;
                 }
             }
             Ok(record) => {
@@ -424,7 +514,7 @@ pub async fn run(
                     sub.replay(record.agent.clone(), position + 1).await
                 };
                 if result.is_err() {
-                    return;
+                    return End::Left;
                 }
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -432,11 +522,11 @@ pub async fn run(
                 for agent in store.agents() {
                     let from = sub.position(&agent) + 1;
                     if sub.replay(agent, from).await.is_err() {
-                        return;
+                        return End::Left;
                     }
                 }
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Closed) => return End::Cancelled,
         }
     }
 }
@@ -502,6 +592,7 @@ mod tests {
         // A hub far smaller than what is published before the subscriber reads anything.
         let hub = Arc::new(Hub::new(16));
         let (tx, mut rx) = mpsc::channel(4);
+        let (_cancel, cancel) = watch::channel(false);
         tokio::spawn(run(
             store.clone(),
             hub.clone(),
@@ -509,6 +600,7 @@ mod tests {
             Start::Live,
             false,
             tx,
+            cancel,
         ));
         while hub.subscribers() == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;

@@ -260,6 +260,7 @@ fn format_raw(event: &v1::Event) -> String {
                 let _ = write!(line, " (NOT repaired: {})", t.repair_error);
             }
         }
+        Some(Body::Subscription(s)) => crate::audit::describe(&mut line, s),
         None => {}
     }
     if let Some(d) = &event.decision {

@@ -129,6 +129,9 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// Checkpoints read.
     pub checkpoints_read: usize,
+    /// Findings that are not failures: the collector's wall clock stepped between two
+    /// checkpoints of one boot (see [`clock_steps`]).
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -419,6 +422,7 @@ pub fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
             }),
         }
     }
+    report.notes = clock_steps(valid.values().flatten().copied());
     let mut retention = store::read_retention_log(&options.store_dir)?;
     if let Some(trusted) = &options.trusted_key {
         // Only signed entries explain removed records: anyone who can delete a segment can
@@ -515,6 +519,55 @@ pub fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
         }
     }
     Ok(report)
+}
+
+/// Largest difference between the wall clock's and the boot-time clock's advance, between
+/// two checkpoints, that is not reported (signing takes time, NTP slews).
+pub const CLOCK_STEP_TOLERANCE_NS: i128 = 2_000_000_000;
+
+/// The wall-clock steps the signed clock states show: between consecutive checkpoints (all
+/// agents, by boot time) of the same boot, the wall clock should advance as the boot-time
+/// clock did. One line per step larger than [`CLOCK_STEP_TOLERANCE_NS`].
+pub fn clock_steps<'a>(checkpoints: impl IntoIterator<Item = &'a v1::Checkpoint>) -> Vec<String> {
+    let mut by_boot: BTreeMap<&str, Vec<(u64, i128, &v1::Checkpoint)>> = BTreeMap::new();
+    for cp in checkpoints {
+        let (Some(clock), Some(time)) = (&cp.clock, &cp.time) else {
+            continue;
+        };
+        if clock.boot_id.is_empty() || clock.boottime_ns == 0 {
+            continue;
+        }
+        let wall = i128::from(time.seconds) * 1_000_000_000 + i128::from(time.nanos);
+        by_boot
+            .entry(clock.boot_id.as_str())
+            .or_default()
+            .push((clock.boottime_ns, wall, cp));
+    }
+    let mut out = Vec::new();
+    for (boot, mut cps) in by_boot {
+        cps.sort_by_key(|(boottime, wall, _)| (*boottime, *wall));
+        for pair in cps.windows(2) {
+            let ((b0, w0, c0), (b1, w1, c1)) = (pair[0], pair[1]);
+            let step = (w1 - w0) - i128::from(b1 - b0);
+            if step.abs() > CLOCK_STEP_TOLERANCE_NS {
+                let at = |c: &v1::Checkpoint| {
+                    c.time
+                        .map_or_else(String::new, |t| crate::tail::rfc3339(&t))
+                };
+                out.push(format!(
+                    "the collector's wall clock stepped {:+.1} s (boot {boot}) between the checkpoint of {} record {} signed at {} and that of {} record {} signed at {}",
+                    step as f64 / 1e9,
+                    c0.agent,
+                    c0.index,
+                    at(c0),
+                    c1.agent,
+                    c1.index,
+                    at(c1),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Every removal by age must be one the store's own time allows: the removed segment's
@@ -655,6 +708,40 @@ mod tests {
     }
 
     #[test]
+    fn a_wall_clock_step_between_checkpoints_of_one_boot_is_noted() {
+        let cp = |index: u64, wall_s: i64, boot_s: u64, boot: &str| v1::Checkpoint {
+            agent: "a".into(),
+            index,
+            time: Some(pbjson_types::Timestamp {
+                seconds: wall_s,
+                nanos: 0,
+            }),
+            clock: Some(v1::ClockState {
+                boottime_ns: boot_s * 1_000_000_000,
+                monotonic_ns: boot_s * 1_000_000_000,
+                boot_id: boot.into(),
+            }),
+            ..Default::default()
+        };
+        let steady = [cp(1, 1000, 10, "b1"), cp(2, 1060, 70, "b1")];
+        assert!(clock_steps(&steady).is_empty());
+        // A reboot starts boot time again: not a step.
+        let rebooted = [cp(1, 1000, 10, "b1"), cp(2, 5000, 5, "b2")];
+        assert!(clock_steps(&rebooted).is_empty());
+        let stepped = [
+            cp(1, 1000, 10, "b1"),
+            cp(2, 1060, 70, "b1"),
+            cp(3, 1060 + 3600 + 60, 130, "b1"),
+        ];
+        let notes = clock_steps(&stepped);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains("stepped +3600.0 s") && notes[0].contains("a record 2"),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
     fn flipped_byte_is_found() {
         let f = fixture(20);
         let path = segment(&f, 0);
@@ -728,7 +815,12 @@ mod tests {
         assert!(p.message.contains("rewritten"), "{p}");
         // A forged checkpoint (other key) is reported too.
         let forger = Signer::load_or_create(&f.dir.path().join("forged.key")).unwrap();
-        let forged = forger.sign("a", &store.head("a"), std::time::SystemTime::now());
+        let forged = forger.sign(
+            "a",
+            &store.head("a"),
+            std::time::SystemTime::now(),
+            checkpoint::clock_state(),
+        );
         let forged_file = f.dir.path().join("forged.jsonl");
         fs::write(&forged_file, serde_json::to_string(&forged).unwrap()).unwrap();
         let report = verify(&VerifyOptions {

@@ -14,8 +14,9 @@ use std::{
 };
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -137,6 +138,24 @@ pub struct Issued {
     pub cert_pem: String,
     /// The PKCS#8 private key.
     pub key_pem: String,
+    /// The serial number (big-endian, positive), as a CRL names the certificate.
+    pub serial: Vec<u8>,
+}
+
+/// A serial number unique in this process and across runs: time, a counter and the pid, 16
+/// bytes, positive and minimally encoded in DER (first byte 0x40..=0x7f).
+fn fresh_serial() -> Vec<u8> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut serial = Vec::with_capacity(16);
+    serial.extend_from_slice(&nanos.to_be_bytes());
+    serial.extend_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    serial.extend_from_slice(&std::process::id().to_be_bytes());
+    serial[0] = 0x40 | (serial[0] & 0x3f);
+    serial
 }
 
 /// A certificate authority that can issue leaves.
@@ -208,13 +227,43 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         params.not_before = leaf.not_before;
         params.not_after = leaf.not_after;
+        let serial = fresh_serial();
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(generate(&what))?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
         })
+    }
+
+    /// A certificate revocation list (PEM), numbered `number`, valid a week, revoking the
+    /// certificates `revoked` (issued by this CA).
+    pub fn crl(&self, number: u64, revoked: &[&Issued]) -> Result<String, CertError> {
+        let now = OffsetDateTime::now_utc();
+        let mut revoked_certs = Vec::new();
+        for issued in revoked {
+            revoked_certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&issued.serial),
+                revocation_time: now - Duration::minutes(1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::minutes(1),
+            next_update: now + Duration::days(7),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer)
+            .map_err(generate("the CRL"))?;
+        crl.pem().map_err(generate("the CRL"))
     }
 }
 

@@ -107,7 +107,8 @@ fn strip_ansi(line: &str) -> String {
 
 impl CollectorProc {
     /// Writes a configuration in `work` (store `work/store` in small segments of 64 KiB and a
-    /// checkpoint every 500 records or second, so tests see rotation and checkpoints;
+    /// checkpoint every 500 records or second, so tests see rotation and checkpoints; the
+    /// subscriber `soc` sees every host and kind;
     /// checkpoints in `work/checkpoints.jsonl`, `extra` appended to `[server]`) and starts the
     /// collector.
     pub fn start(work: &Path, pki: &Pki, extra_server: &str) -> CollectorProc {
@@ -132,6 +133,11 @@ impl CollectorProc {
         )
     }
 
+    /// Like [`CollectorProc::start`] with `checkpoint` as the `[checkpoint]` cadence lines.
+    pub fn start_with_checkpoint(work: &Path, pki: &Pki, checkpoint: &str) -> CollectorProc {
+        Self::configure(work, pki, "", "segment_max_bytes = 65536\n", checkpoint)
+    }
+
     /// The same with the collector's default segment size and checkpoint cadence, as a
     /// benchmark should measure it.
     pub fn start_with_defaults(work: &Path, pki: &Pki) -> CollectorProc {
@@ -151,7 +157,8 @@ impl CollectorProc {
             "[server]\nlisten = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
              subscribers = [\"soc\"]\n{extra_server}\n\
              [store]\ndir = \"{}\"\n{extra_store}\
-             [checkpoint]\nkey = \"{}\"\nfile = \"{}\"\n{extra_checkpoint}",
+             [checkpoint]\nkey = \"{}\"\nfile = \"{}\"\n{extra_checkpoint}\n\
+             [scope.soc]\nhosts = [\"*\"]\nkinds = [\"*\"]\n",
             pki.path("ca.pem").display(),
             pki.path("collector.pem").display(),
             pki.path("collector.key").display(),
@@ -440,13 +447,48 @@ pub fn subscribe_alerts(rt: &Runtime, pki: &Pki, addr: &str) -> tonic::Streaming
     )
 }
 
-/// Replays every stored event (replay only, from seq 1) as the subscriber `soc`.
+/// Replays every stored event of the agents' chains (replay only, from seq 1) as the
+/// subscriber `soc`: the collector's audit records of subscriptions ([`replay_audit`]) are
+/// left out, so each replay does not change what the next one returns.
 pub fn replay_all(rt: &Runtime, pki: &Pki, addr: &str, filter: v1::EventFilter) -> Vec<v1::Event> {
+    let mut events = replay_with(rt, &pki.subscriber(), addr, filter).expect("subscribe");
+    events.retain(|e| !matches!(e.body, Some(Body::Subscription(_))));
+    events
+}
+
+/// The collector's audit records of subscriptions, stored so far (as `soc`, who sees all).
+pub fn replay_audit(rt: &Runtime, pki: &Pki, addr: &str) -> Vec<v1::SubscriptionAudit> {
+    replay_with(
+        rt,
+        &pki.subscriber(),
+        addr,
+        v1::EventFilter {
+            kinds: vec!["subscription".into()],
+            ..Default::default()
+        },
+    )
+    .expect("subscribe")
+    .into_iter()
+    .filter_map(|e| match e.body {
+        Some(Body::Subscription(s)) => Some(s),
+        _ => None,
+    })
+    .collect()
+}
+
+/// Replays stored events matching `filter` (replay only, from seq 1) with the subscriber
+/// certificate `files`; the status if the collector refuses.
+pub fn replay_with(
+    rt: &Runtime,
+    files: &TlsFiles,
+    addr: &str,
+    filter: v1::EventFilter,
+) -> Result<Vec<v1::Event>, tonic::Status> {
     rt.block_on(async {
         let mut stream = phiguard_collector::tail::subscribe(
             addr,
             Some("localhost"),
-            &pki.subscriber(),
+            files,
             v1::SubscribeRequest {
                 filter: Some(filter),
                 start: Some(v1::subscribe_request::Start::SinceSeq(1)),
@@ -455,16 +497,18 @@ pub fn replay_all(rt: &Runtime, pki: &Pki, addr: &str, filter: v1::EventFilter) 
             64 * 1024 * 1024,
         )
         .await
-        .expect("subscribe");
+        .map_err(|e| match e {
+            phiguard_collector::tail::TailError::Refused(status) => status,
+            other => panic!("subscribe: {other}"),
+        })?;
         let mut out = Vec::new();
         while let Some(event) = tokio::time::timeout(Duration::from_secs(30), stream.message())
             .await
-            .expect("replay within 30 s")
-            .expect("event stream")
+            .expect("replay within 30 s")?
         {
             out.push(event);
         }
-        out
+        Ok(out)
     })
 }
 

@@ -67,6 +67,8 @@ pub struct Harness {
     pub file_layer: FileLayer,
     /// Every event received so far.
     pub seen: Vec<v1::Event>,
+    /// The programs that did not attach, each as `name (hook): why`.
+    pub not_attached: Vec<String>,
     /// Where the metrics endpoint listens (`[metrics] listen` set).
     pub metrics_addr: Option<String>,
 }
@@ -112,6 +114,7 @@ impl Harness {
             pinned: config.policy.dir.is_some(),
             lsm: agent.lsm_active(),
             file_layer: agent.file_layer(),
+            not_attached: agent.programs_not_attached(),
             reload: agent.reload_handle(),
             metrics_addr: agent.metrics_addr().map(str::to_owned),
             runtime,

@@ -720,7 +720,8 @@ fn a_forged_file_name_and_an_impossible_time_neither_forge_nor_stop_the_soc_view
     link.spool.flush(true).unwrap();
     link.send("ehr-a", 3..=3);
     assert!(link.wait_acked(3, Duration::from_secs(20)));
-    let since = ["--since-seq", "1", "--replay-only"];
+    // ehr-a's chain (the collector's own chain holds the record of each tail below).
+    let since = ["--since-seq", "1", "--replay-only", "--host", "ehr-a"];
     let text = tail(&collector, &pki, &since);
     let stdout = String::from_utf8_lossy(&text.stdout);
     assert!(
@@ -778,6 +779,8 @@ fn a_forged_file_name_and_an_impossible_time_neither_forge_nor_stop_the_soc_view
             "--server-name",
             "localhost",
             "--json",
+            "--host",
+            "ehr-a",
             "--certs",
         ])
         .arg(pki.dir.path())
@@ -1052,7 +1055,14 @@ fn records_cut_off_the_end_behind_the_collectors_back_are_reported_and_never_sig
     drop(link);
     collector.stop();
     let checkpoints = work.path().join("checkpoints.jsonl");
-    let signed_before = fs::read_to_string(&checkpoints).unwrap().lines().count();
+    // Checkpoints of ehr-a's chain (the replay below is audited in the collector's own chain,
+    // which is signed as usual).
+    let of_agent = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains("\"agent\":\"ehr-a\""))
+            .count()
+    };
+    let signed_before = of_agent(&fs::read_to_string(&checkpoints).unwrap());
     // Whole records removed from the end of the newest segment: framing intact, no torn write.
     let segments = list_segments(&collector.store.join("agents/ehr-a")).unwrap();
     let newest = &segments.last().unwrap().1;
@@ -1081,7 +1091,7 @@ fn records_cut_off_the_end_behind_the_collectors_back_are_reported_and_never_sig
     collector.stop();
     let lines = fs::read_to_string(&checkpoints).unwrap();
     assert_eq!(
-        lines.lines().count(),
+        of_agent(&lines),
         signed_before,
         "nothing was signed over the shortened chain:\n{lines}"
     );
@@ -1134,5 +1144,271 @@ fn retention_entries_are_signed_and_a_forged_one_fails_verify() {
     assert!(
         report.contains("retention removed no such segment"),
         "{report}"
+    );
+}
+
+/// The signed checkpoints in `work/checkpoints.jsonl`: (index, JSON) per line.
+fn signed(work: &Path) -> Vec<(u64, serde_json::Value)> {
+    fs::read_to_string(work.join("checkpoints.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let cp: serde_json::Value = serde_json::from_str(line).unwrap();
+            let index = cp["index"].as_str().unwrap().parse().unwrap();
+            (index, cp)
+        })
+        .collect()
+}
+
+/// Cuts `agent`'s chain so that it ends just before record `from` (whole records off the
+/// end of the newest segment, as someone with write access to the store could).
+fn cut_from(store: &Path, agent: &str, from: u64) {
+    let segments = list_segments(&store.join("agents").join(agent)).unwrap();
+    let (first, newest) = segments.last().unwrap().clone();
+    assert!(from > first, "record {from} is in the newest segment");
+    let (bytes, spans) = record_spans(&newest);
+    let cut = spans[(from - first) as usize].0;
+    fs::write(&newest, &bytes[..cut]).unwrap();
+}
+
+#[test]
+fn a_checkpoint_every_n_records_bounds_the_end_that_can_be_cut_unnoticed() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let mut collector = CollectorProc::start_with_checkpoint(
+        work.path(),
+        &pki,
+        "every_records = 50\nevery_secs = 3600\n",
+    );
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    for batch in [1..=10, 11..=70, 71..=100] {
+        let last = *batch.end();
+        link.send("ehr-a", batch);
+        assert!(link.wait_acked(last, Duration::from_secs(30)));
+    }
+    drop(link);
+    // No final checkpoint: only the periodic ones are signed.
+    collector.kill9();
+    let signed = signed(work.path());
+    let newest = signed.iter().map(|(index, _)| *index).max().unwrap();
+    assert!(
+        (60..=70).contains(&newest),
+        "a checkpoint at least every 50 records: {signed:?}"
+    );
+    assert!(
+        signed[0].1["clock"]["bootId"]
+            .as_str()
+            .is_some_and(|b| !b.is_empty())
+            && signed[0].1["clock"]["boottimeNs"].as_str().is_some(),
+        "the collector's clocks are in the checkpoint: {}",
+        signed[0].1
+    );
+    let out = CollectorProc::verify(&collector.config, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // At most every_records - 1 records are unsigned; cutting into the signed part fails.
+    assert!(100 - newest < 50);
+    cut_from(&collector.store, "ehr-a", newest - 5);
+    assert_broken(
+        &collector.config,
+        &format!(
+            "the chain ends at record {} but a signed checkpoint covers record {newest}: records removed from the end",
+            newest - 6
+        ),
+    );
+}
+
+#[test]
+fn a_quiet_agent_still_gets_a_checkpoint_after_every_secs() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let mut collector = CollectorProc::start_with_checkpoint(
+        work.path(),
+        &pki,
+        "every_records = 100000\nevery_secs = 1\n",
+    );
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 1..=5);
+    assert!(link.wait_acked(5, Duration::from_secs(30)));
+    link.send("ehr-a", 6..=8);
+    assert!(link.wait_acked(8, Duration::from_secs(30)));
+    // Three records, far below every_records: signed once every_secs has passed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !signed(work.path()).iter().any(|(index, _)| *index == 8) {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of record 8: {:?}",
+            signed(work.path())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(link);
+    collector.kill9();
+    cut_from(&collector.store, "ehr-a", 8);
+    assert_broken(
+        &collector.config,
+        "the chain ends at record 7 but a signed checkpoint covers record 8",
+    );
+}
+
+#[test]
+fn a_flood_of_idle_connections_neither_locks_out_a_real_agent_nor_stays_open() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    // Fewer slots than idle connections: were they held until the handshake timeout (10 s),
+    // the agent below would queue behind all of them.
+    let collector = CollectorProc::start(
+        work.path(),
+        &pki,
+        "max_connections = 50\nmax_handshakes = 16\nhandshake_timeout_secs = 10\n",
+    );
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(&collector.addr).unwrap())
+        .collect();
+    let rt = runtime();
+    let config = tls::client_config(&pki.agent("ehr-a")).unwrap();
+    let ack = rt
+        .block_on(try_ingest(&collector.addr, config, vec![event("ehr-a", 1)]))
+        .expect("a real agent is served during the flood");
+    assert_eq!(ack.acked_seq, 1);
+    assert_eq!(
+        seqs(&replay_all(&rt, &pki, &collector.addr, host("ehr-a"))),
+        [1],
+        "and a subscriber"
+    );
+    // Every idle connection is closed by the collector: the oldest to make room, the rest
+    // at the handshake timeout.
+    for (i, mut conn) in idle.into_iter().enumerate() {
+        use std::io::Read as _;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        match conn.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("idle connection {i} not closed by the collector: {other:?}"),
+        }
+    }
+    let log = collector.log();
+    assert!(
+        log.contains("unfinished TLS handshakes closed to make room"),
+        "{log}"
+    );
+    assert!(log.contains("handshake not finished within 10s"), "{log}");
+}
+
+/// Sends SIGHUP through `phiguard-collector reload` and waits for the `reloaded` log line to
+/// appear once more.
+fn reload_and_wait(collector: &CollectorProc, needle: &str) {
+    let before = collector.log().matches(needle).count();
+    let out = std::process::Command::new(phiguard_tests::e2e::collector_binary())
+        .args(["reload", "--pid", &collector.pid().unwrap().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while collector.log().matches(needle).count() == before {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?}:\n{}",
+            collector.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_crl_refuses_revoked_certificates_and_cuts_their_open_streams_at_a_reload() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a", "ehr-b"]));
+    let ca = Ca::load(
+        &fs::read_to_string(pki.path("ca.pem")).unwrap(),
+        &fs::read_to_string(pki.path("ca.key")).unwrap(),
+    )
+    .unwrap();
+    let files = |name: &str, issued: &phiguard_devcerts::Issued| {
+        phiguard_devcerts::write_issued(pki.dir.path(), name, issued).unwrap();
+        TlsFiles {
+            ca: pki.path("ca.pem"),
+            cert: pki.path(&format!("{name}.pem")),
+            key: pki.path(&format!("{name}.key")),
+        }
+    };
+    let stolen = ca.issue(&Leaf::agent("ehr-a")).unwrap();
+    let stolen_files = files("stolen", &stolen);
+    let old_soc = ca.issue(&Leaf::subscriber("soc")).unwrap();
+    let old_soc_files = files("old-soc", &old_soc);
+    let crl = pki.path("crl.pem");
+    fs::write(&crl, ca.crl(1, &[]).unwrap()).unwrap();
+    let collector =
+        CollectorProc::start(work.path(), &pki, &format!("crl = \"{}\"\n", crl.display()));
+    let rt = runtime();
+    let ingest = |files: &TlsFiles, seq: u64| {
+        rt.block_on(try_ingest(
+            &collector.addr,
+            tls::client_config(files).unwrap(),
+            vec![event("ehr-a", seq)],
+        ))
+    };
+    // Not revoked yet: served.
+    assert_eq!(ingest(&stolen_files, 1).unwrap().acked_seq, 1);
+    let mut live = rt
+        .block_on(phiguard_collector::tail::subscribe(
+            &collector.addr,
+            Some("localhost"),
+            &old_soc_files,
+            v1::SubscribeRequest {
+                filter: Some(host("ehr-b")),
+                ..Default::default()
+            },
+            1 << 20,
+        ))
+        .unwrap();
+    // The CA revokes both; the collector reloads.
+    fs::write(&crl, ca.crl(2, &[&stolen, &old_soc]).unwrap()).unwrap();
+    reload_and_wait(&collector, "SIGHUP: TLS files read again");
+    let ended =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), live.message()).await });
+    let status = ended
+        .expect("the open subscription is cut within 10 s")
+        .expect_err("with a status");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status
+            .message()
+            .contains("certificate revoked (CRL serial:"),
+        "{status:?}"
+    );
+    let refused = ingest(&stolen_files, 2);
+    assert!(
+        refused.is_err(),
+        "a revoked certificate is refused: {refused:?}"
+    );
+    assert!(
+        collector.wait_log("Revoked", Duration::from_secs(5)),
+        "{}",
+        collector.log()
+    );
+    // The host's other certificate, and the other subscriber certificate, are not revoked.
+    assert_eq!(ingest(&pki.agent("ehr-a"), 2).unwrap().acked_seq, 2);
+    assert_eq!(
+        seqs(&replay_all(&rt, &pki, &collector.addr, host("ehr-a"))),
+        [1, 2]
+    );
+    // An unusable CRL file at a reload: logged with its path; the lists in force stay.
+    fs::write(&crl, "not a CRL").unwrap();
+    reload_and_wait(&collector, "SIGHUP: TLS files not reloaded");
+    assert!(collector.log().contains(&format!("{}: ", crl.display())));
+    assert!(ingest(&stolen_files, 3).is_err());
+    assert_eq!(ingest(&pki.agent("ehr-a"), 3).unwrap().acked_seq, 3);
+    // A CRL of another CA covers none of these certificates: every client is refused
+    // (unknown revocation status) rather than none checked.
+    let other = Ca::generate("another CA").unwrap();
+    fs::write(&crl, other.crl(1, &[]).unwrap()).unwrap();
+    reload_and_wait(&collector, "SIGHUP: TLS files read again");
+    assert!(ingest(&pki.agent("ehr-a"), 4).is_err());
+    assert!(
+        collector.wait_log("UnknownRevocationStatus", Duration::from_secs(5)),
+        "{}",
+        collector.log()
     );
 }

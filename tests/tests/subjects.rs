@@ -3,7 +3,9 @@
 //! 0666, so only the policy stands in the way) tries to pass for that program. Each test
 //! asserts that the data was not obtained and that the decision event names the real program.
 //!
-//! Root only; one at a time (`--test-threads=1`), under the shared kernel lock.
+//! The fixtures (`tests/fixtures/*.c`) are built ahead of time by xtask (`PHIGUARD_FIXTURES`), or
+//! here with `gcc` when that is unset. Root only; one at a time (`--test-threads=1`), under the
+//! shared kernel lock.
 
 use std::{
     fs,
@@ -254,11 +256,19 @@ fn a_process_that_points_its_exe_link_at_the_allowed_program_is_still_refused() 
     s.h.stop();
 }
 
-/// Builds a fixture into `dir` with extra `gcc` arguments.
+/// A fixture in `dir`: copied from the directory `PHIGUARD_FIXTURES` names (built ahead of time
+/// by xtask, from the same sources with the same arguments: the VM has no compiler), or built
+/// here from `source` with extra `gcc` arguments when that is unset.
 fn build(dir: &Path, name: &str, source: &str, args: &[&str]) -> PathBuf {
+    let out = dir.join(name);
+    if let Some(built) = std::env::var_os("PHIGUARD_FIXTURES") {
+        let built = Path::new(&built).join(name);
+        fs::copy(&built, &out)
+            .unwrap_or_else(|e| panic!("copying the fixture {}: {e}", built.display()));
+        return out;
+    }
     let src = dir.join(format!("{name}.c"));
     fs::write(&src, source).unwrap();
-    let out = dir.join(name);
     let built = Command::new("gcc")
         .args(["-O2", "-o"])
         .arg(&out)

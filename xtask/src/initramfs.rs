@@ -24,6 +24,9 @@ pub const HOST_PROGRAMS: &[&str] = &[
     "/usr/bin/head",
     // enforce.rs: the writer the policies deny.
     "/usr/bin/tee",
+    // attacks.rs: a hard link made by the attacker, a directory walker.
+    "/usr/bin/ln",
+    "/usr/bin/find",
     // enforce.rs: the exec allow-list's listed and unlisted binaries.
     "/usr/bin/true",
     "/usr/bin/id",
@@ -71,6 +74,11 @@ pub struct Contents<'a> {
     pub tests: &'a [(String, PathBuf)],
     /// The `phiguard` binary (`PHIGUARD_BIN` in the VM).
     pub agent: &'a Path,
+    /// The attack tests' opener, built on the host (`PHIGUARD_OPENER` in the VM).
+    pub opener: &'a Path,
+    /// The subject tests' fixtures, built on the host: a directory copied whole
+    /// (`PHIGUARD_FIXTURES` in the VM).
+    pub fixtures: &'a Path,
     /// Arguments for every test binary, after `--test-threads=1`.
     pub args: &'a [String],
 }
@@ -112,6 +120,19 @@ pub fn build(contents: &Contents, work: &Path) -> anyhow::Result<PathBuf> {
     }
     stripped_copy(contents.agent, &phiguard.join("bin/phiguard"))?;
     install_libraries(&root, contents.agent)?;
+    stripped_copy(contents.opener, &phiguard.join("bin/opener"))?;
+    install_libraries(&root, contents.opener)?;
+    let fixtures = phiguard.join("fixtures");
+    fs::create_dir_all(&fixtures)?;
+    for entry in fs::read_dir(contents.fixtures)
+        .with_context(|| format!("reading {}", contents.fixtures.display()))?
+    {
+        let path = entry?.path();
+        let name = path.file_name().context("fixture without a name")?;
+        fs::copy(&path, fixtures.join(name))
+            .with_context(|| format!("copying {}", path.display()))?;
+        install_libraries(&root, &path)?;
+    }
     let list: String = contents
         .tests
         .iter()

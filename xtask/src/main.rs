@@ -6,6 +6,7 @@ mod bench;
 mod bench_db;
 mod certs;
 mod cmd;
+mod fixtures;
 mod fuzz;
 mod initramfs;
 mod package;

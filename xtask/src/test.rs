@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 
-use crate::{bench, cmd, fuzz, package, setup, systemd, vm};
+use crate::{bench, cmd, fixtures, fuzz, package, setup, systemd, vm};
 
 /// Seconds each fuzz target runs in the fuzz tier.
 const FUZZ_SECONDS: u32 = 20;
@@ -111,6 +111,8 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
                 "phiguard-collector",
             ]))?;
             command.env("PHIGUARD_BIN", cmd::target_dir().join("debug/phiguard"));
+            command.env(fixtures::OPENER_ENV, fixtures::opener()?);
+            command.env(fixtures::SUBJECTS_ENV, fixtures::subjects()?);
             command.env(
                 "PHIGUARD_COLLECTOR_BIN",
                 cmd::target_dir().join("debug/phiguard-collector"),

@@ -72,15 +72,19 @@ pub struct VmArgs {
     /// Fail if the VM has not reported within this many seconds (boot, tests, power-off).
     #[arg(long, default_value_t = DEFAULT_TIMEOUT, value_name = "SECONDS")]
     timeout: u64,
+    /// Only the boot without `bpf` in `lsm=` (the attack tests that must find the fanotify
+    /// layer there); the full tier runs it after the main boot.
+    #[arg(long, conflicts_with_all = ["tests", "args"])]
+    no_bpf: bool,
     /// Arguments for every test binary (libtest: a name filter, `--nocapture` …), after `--`.
     #[arg(last = true)]
     args: Vec<String>,
 }
 
-/// The VM tier's hang guard, seconds. A full run took 803 s on a quiet machine (28 tests; the
-/// kernel's verifier is slow under emulation: every agent start verifies the three open-exit
-/// programs, about 300 ms each on the host), so 900 s left too little room.
-const DEFAULT_TIMEOUT: u64 = 1800;
+/// Each boot's hang guard, seconds. The longest boot took 1672 s on a loaded machine (the
+/// kernel's verifier is slow under emulation: every agent start verifies every program, and
+/// the three open-exit programs take about 300 ms each on the host already).
+const DEFAULT_TIMEOUT: u64 = 2400;
 
 impl VmArgs {
     /// Every test, default time limit (what `cargo xtask test` runs).
@@ -88,6 +92,7 @@ impl VmArgs {
         VmArgs {
             tests: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            no_bpf: false,
             args: Vec::new(),
         }
     }
@@ -114,18 +119,29 @@ pub fn vm(args: &VmArgs) -> anyhow::Result<()> {
     result
 }
 
-/// Builds, boots and checks the VM, adding the tests run inside to `counts`.
+/// Builds, boots and checks the VMs, adding the tests run inside to `counts`.
+///
+/// The tests are split into boots ([`plan`]) that run side by side, as many at a time as the
+/// host has CPUs: each QEMU runs its guest on one host thread (`tcg,thread=single`), so one
+/// boot leaves the other CPUs idle.
 pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
     let started = Instant::now();
     let work = cmd::target_dir().join("vm");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
     step("building the test binaries and the agent");
-    let tests = test_binaries(&args.tests)?;
+    let only_attacks = ["attacks".to_owned()];
+    let tests = test_binaries(if args.no_bpf {
+        &only_attacks
+    } else {
+        &args.tests
+    })?;
     if tests.is_empty() {
         bail!("no test binaries matched {:?}", args.tests);
     }
     let agent = agent_binary()?;
+    let opener = crate::fixtures::opener()?;
+    let fixtures = crate::fixtures::subjects()?;
 
     step("kernel: looking for Debian's 6.12 cloud kernel");
     let kernel = vm_kernel::ensure()?;
@@ -136,41 +152,226 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
         kernel.lsm.join(",")
     ));
 
-    let names: Vec<&str> = tests.iter().map(|(n, _)| n.as_str()).collect();
-    let initrd = initramfs::build(
-        &initramfs::Contents {
-            tests: &tests,
-            agent: &agent,
-            args: &args.args,
-        },
-        &work,
-    )?;
-    let size = fs::metadata(&initrd)?.len();
+    let boots = plan(args, &tests)?;
+    let parallel = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(boots.len());
     step(&format!(
-        "initramfs: {} ({:.1} MiB; tests: {})",
-        initrd.display(),
-        size as f64 / (1024.0 * 1024.0),
-        names.join(", ")
+        "{} boot(s), {parallel} at a time: {}",
+        boots.len(),
+        boots
+            .iter()
+            .map(|b| format!("{} ({})", b.name, b.describe()))
+            .collect::<Vec<_>>()
+            .join("; ")
     ));
-
-    let log = work.join("console.log");
-    step(&format!(
-        "booting under QEMU (TCG, {CPUS} CPUs, {MEMORY_MIB} MiB; limit {} s); console below and in {}",
-        args.timeout,
-        log.display()
-    ));
-    let report = boot(&kernel, &initrd, &log, Duration::from_secs(args.timeout))?;
-    counts.passed += report.counts.passed;
-    counts.failed += report.counts.failed;
-    let verdict = report.verdict(&log);
+    let shared = Shared {
+        kernel: &kernel,
+        agent: &agent,
+        opener: &opener,
+        fixtures: &fixtures,
+        work: &work,
+        timeout: Duration::from_secs(args.timeout),
+        tagged: boots.len() > 1,
+    };
+    let queue = std::sync::Mutex::new(boots.iter());
+    let outcomes = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..parallel {
+            scope.spawn(|| loop {
+                let next = queue.lock().expect("boot queue").next();
+                let Some(boot) = next else { break };
+                let outcome = boot.run(&shared);
+                outcomes
+                    .lock()
+                    .expect("boot outcomes")
+                    .push((boot.name.as_str(), outcome));
+            });
+        }
+    });
+    let mut problems = Vec::new();
+    for (name, outcome) in outcomes.into_inner().expect("boot outcomes") {
+        match outcome {
+            Ok(boot_counts) => {
+                counts.passed += boot_counts.passed;
+                counts.failed += boot_counts.failed;
+            }
+            Err(error) => {
+                counts.failed += 1;
+                problems.push(format!("{name}: {error:#}"));
+            }
+        }
+    }
     step(&format!(
         "{} in {:.0} s ({} passed, {} failed)",
-        if verdict.is_ok() { "ok" } else { "FAILED" },
+        if problems.is_empty() { "ok" } else { "FAILED" },
         started.elapsed().as_secs_f64(),
-        report.counts.passed,
-        report.counts.failed
+        counts.passed,
+        counts.failed
     ));
-    verdict
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    Ok(())
+}
+
+/// Groups of test files that get a boot of their own, beside the boot of all the others
+/// (`main`), so that the boots take about as long. Measured in one run under load (seconds):
+/// `attacks` 977 for 21 tests (each starting an agent that verifies every BPF LSM program
+/// under emulation), `enforce` 653, `host` 632, `ops` about 230, `cli` 81, `kernel` 72;
+/// `subjects` about 250; the boot without `bpf` in `lsm=` 71, queued after the others.
+const OWN_BOOTS: &[&[&str]] = &[&["attacks", "subjects", "cli", "kernel"]];
+
+/// The boots for `args`: with a full run, each group of [`OWN_BOOTS`] alone, the other files
+/// together, then the boot without `bpf` in `lsm=`; with `--no-bpf`, that one alone.
+fn plan(args: &VmArgs, tests: &[(String, PathBuf)]) -> anyhow::Result<Vec<Boot>> {
+    if args.no_bpf {
+        return Ok(vec![Boot::without_bpf(tests)?]);
+    }
+    let boot = |name: String, tests: Vec<(String, PathBuf)>| Boot {
+        name,
+        tests,
+        lsm: Lsm::WithBpf,
+        args: args.args.clone(),
+    };
+    let mut boots = Vec::new();
+    let mut rest: Vec<(String, PathBuf)> = tests.to_vec();
+    for group in OWN_BOOTS {
+        let (own, others): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|(name, _)| group.contains(&name.as_str()));
+        rest = others;
+        if !own.is_empty() {
+            let name = own
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join("+");
+            boots.push(boot(name, own));
+        }
+    }
+    if !rest.is_empty() {
+        boots.push(boot("main".to_owned(), rest));
+    }
+    if args.tests.is_empty() && args.args.is_empty() {
+        boots.push(Boot::without_bpf(tests)?);
+    }
+    Ok(boots)
+}
+
+/// What every boot shares.
+struct Shared<'a> {
+    kernel: &'a VmKernel,
+    agent: &'a Path,
+    opener: &'a Path,
+    fixtures: &'a Path,
+    /// `target/vm`: the boot named `main` writes here, the others in a folder of their name.
+    work: &'a Path,
+    timeout: Duration,
+    /// Whether console lines get the boot's name in front (more than one boot runs).
+    tagged: bool,
+}
+
+/// One boot of the VM: an initramfs with `tests`, run under `lsm`.
+struct Boot {
+    /// `main`, a test file's name, or `no-bpf`.
+    name: String,
+    tests: Vec<(String, PathBuf)>,
+    lsm: Lsm,
+    /// libtest arguments for every test binary.
+    args: Vec<String>,
+}
+
+impl Boot {
+    /// The boot with `bpf` left out of `lsm=`, running [`NO_BPF_TESTS`] of `attacks`.
+    fn without_bpf(tests: &[(String, PathBuf)]) -> anyhow::Result<Boot> {
+        let attacks: Vec<(String, PathBuf)> = tests
+            .iter()
+            .filter(|(name, _)| name == "attacks")
+            .cloned()
+            .collect();
+        if attacks.is_empty() {
+            bail!("the attacks test binary was not built");
+        }
+        Ok(Boot {
+            name: "no-bpf".to_owned(),
+            tests: attacks,
+            lsm: Lsm::WithoutBpf,
+            args: NO_BPF_TESTS.iter().map(|t| (*t).to_owned()).collect(),
+        })
+    }
+
+    /// The test files, for the plan's line.
+    fn describe(&self) -> String {
+        let names: Vec<&str> = self.tests.iter().map(|(n, _)| n.as_str()).collect();
+        match self.lsm {
+            Lsm::WithBpf => names.join(", "),
+            Lsm::WithoutBpf => format!("{} without bpf in lsm=", names.join(", ")),
+        }
+    }
+
+    /// Packs, boots and checks this boot: its test counts, or why it failed.
+    fn run(&self, shared: &Shared) -> anyhow::Result<Counts> {
+        let started = Instant::now();
+        let work = if self.name == "main" {
+            shared.work.to_path_buf()
+        } else {
+            shared.work.join(&self.name)
+        };
+        fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        let initrd = initramfs::build(
+            &initramfs::Contents {
+                tests: &self.tests,
+                agent: shared.agent,
+                opener: shared.opener,
+                fixtures: shared.fixtures,
+                args: &self.args,
+            },
+            &work,
+        )?;
+        let size = fs::metadata(&initrd)?.len();
+        let log = work.join("console.log");
+        step(&format!(
+            "{}: initramfs {} ({:.1} MiB); booting under QEMU (TCG, {CPUS} CPUs, {MEMORY_MIB} \
+             MiB, {}; limit {} s); console in {}",
+            self.name,
+            initrd.display(),
+            size as f64 / (1024.0 * 1024.0),
+            match self.lsm {
+                Lsm::WithBpf => "BPF LSM".to_owned(),
+                Lsm::WithoutBpf => shared.kernel.lsm_param_without_bpf(),
+            },
+            shared.timeout.as_secs(),
+            log.display()
+        ));
+        let tag = if shared.tagged {
+            format!("[{}] ", self.name)
+        } else {
+            String::new()
+        };
+        let report = boot(shared.kernel, &initrd, &log, &tag, shared.timeout, self.lsm)?;
+        let mut verdict = report.verdict(&log, self.lsm);
+        if verdict.is_ok()
+            && self.lsm == Lsm::WithoutBpf
+            && report.counts.passed < NO_BPF_TESTS.len() as u64
+        {
+            verdict = Err(anyhow::anyhow!(
+                "the boot without BPF LSM ran {} of the {} tests it should; console in {}",
+                report.counts.passed,
+                NO_BPF_TESTS.len(),
+                log.display()
+            ));
+        }
+        step(&format!(
+            "{}: {} in {:.0} s ({} passed, {} failed)",
+            self.name,
+            if verdict.is_ok() { "ok" } else { "FAILED" },
+            started.elapsed().as_secs_f64(),
+            report.counts.passed,
+            report.counts.failed
+        ));
+        verdict.map(|()| report.counts)
+    }
 }
 
 /// Test files (`tests/tests/NAME.rs`) that run on the host tier only, and why:
@@ -180,19 +381,14 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
 ///   writes (mount, losetup, mkfs.ext4 on the host).
 /// - `db`: starts real PostgreSQL and MariaDB servers (`initdb`, `pg_ctl`, `psql`, `pgbench`,
 ///   `mariadb-install-db`, `mariadbd`, `mariadb`).
-/// - `attacks`: builds its opener with `gcc` at test time (not in the initramfs), and the BPF
-///   LSM layer does not yet label inodes (a hard link made after load escapes it: issue 15,
-///   part 2). To run here once both are done.
-/// - `subjects`: builds its forger, libraries and helpers with `gcc` at test time.
-/// - `store_faults`: the collector on full and failing filesystems (tmpfs, loop devices,
-///   `mkfs.ext4`, libfaketime), none of which the initramfs holds.
+/// - `subscribers`: the collector's subscriber scopes and audited subscriptions (processes and
+///   TLS, like `collector`).
 pub const HOST_ONLY_TESTS: &[&str] = &[
     "collector",
     "agent_collector",
     "store_faults",
     "db",
-    "attacks",
-    "subjects",
+    "subscribers",
 ];
 
 /// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the
@@ -261,6 +457,24 @@ fn artifacts(cargo: &mut Command) -> anyhow::Result<Vec<Value>> {
         .collect())
 }
 
+/// Which LSM list a boot gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lsm {
+    /// The kernel's default list, with `bpf` (added when the default lacks it).
+    WithBpf,
+    /// The default list without `bpf`: LSM programs load and attach but never run.
+    WithoutBpf,
+}
+
+/// The attack tests the boot without `bpf` in `lsm=` runs: enough to prove the agent sees that
+/// LSM programs would not run and falls back to fanotify (the tests fail on any other layer),
+/// that fanotify refuses an open there, and that a change without an open is not covered.
+const NO_BPF_TESTS: &[&str] = &[
+    "plain_open_by_an_unlisted_program_is_refused",
+    "a_hard_link_made_after_the_policy_loaded_is_refused",
+    "truncate_of_a_protected_file_is_refused_under_lsm",
+];
+
 /// QEMU, killed when dropped (every way out of [`boot`]).
 struct Qemu(Child);
 
@@ -308,8 +522,9 @@ impl Report {
         }
     }
 
-    /// Whether the tier passed: the VM reported, BPF LSM is active, every test passed.
-    fn verdict(&self, log: &Path) -> anyhow::Result<()> {
+    /// Whether the tier passed: the VM reported, BPF LSM is active (inactive for
+    /// [`Lsm::WithoutBpf`]), every test passed.
+    fn verdict(&self, log: &Path, lsm: Lsm) -> anyhow::Result<()> {
         let mut problems = Vec::new();
         if let Some(why) = &self.cut_short {
             problems.push(why.clone());
@@ -326,7 +541,14 @@ impl Report {
                 self.counts.failed
             )),
         }
-        if self.result.is_some() {
+        if self.result.is_some() && lsm == Lsm::WithoutBpf {
+            let active = self.lsm.as_deref().unwrap_or("");
+            if active.split(',').any(|l| l == "bpf") {
+                problems.push(format!(
+                    "BPF LSM is active although `bpf` was left out of lsm= (active LSMs: {active:?})"
+                ));
+            }
+        } else if self.result.is_some() {
             let lsm = self.lsm.as_deref().unwrap_or("");
             if !lsm.split(',').any(|l| l == "bpf") {
                 problems.push(format!(
@@ -382,13 +604,24 @@ fn printable(raw: &str) -> String {
     out
 }
 
-/// Boots the VM, echoing its console to the terminal and to `log`, until it powers off or
-/// `limit` passes.
-fn boot(kernel: &VmKernel, initrd: &Path, log: &Path, limit: Duration) -> anyhow::Result<Report> {
+/// Boots the VM, echoing its console to the terminal (each line after `tag`) and to `log`,
+/// until it powers off or `limit` passes.
+fn boot(
+    kernel: &VmKernel,
+    initrd: &Path,
+    log: &Path,
+    tag: &str,
+    limit: Duration,
+    lsm: Lsm,
+) -> anyhow::Result<Report> {
     let mut append = String::from("console=ttyS0 quiet panic=-1");
-    if let Some(lsm) = kernel.lsm_param() {
+    let param = match lsm {
+        Lsm::WithBpf => kernel.lsm_param(),
+        Lsm::WithoutBpf => Some(kernel.lsm_param_without_bpf()),
+    };
+    if let Some(param) = param {
         append.push(' ');
-        append.push_str(&lsm);
+        append.push_str(&param);
     }
     let mut qemu = Command::new("qemu-system-x86_64");
     // One host thread for both vCPUs: with multi-threaded TCG the guest kernel's live code
@@ -431,7 +664,7 @@ fn boot(kernel: &VmKernel, initrd: &Path, log: &Path, limit: Duration) -> anyhow
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
             Ok(line) => {
-                println!("{line}");
+                println!("{tag}{line}");
                 writeln!(file, "{line}")?;
                 let had_result = report.result.is_some();
                 report.add_line(&line);
@@ -504,7 +737,7 @@ PHIGUARD-VM-RESULT rc=0
     #[test]
     fn a_clean_run_passes_and_is_counted() {
         let r = report(GOOD);
-        assert!(r.verdict(Path::new("log")).is_ok());
+        assert!(r.verdict(Path::new("log"), Lsm::WithBpf).is_ok());
         assert_eq!(r.result, Some(0));
         assert_eq!(r.counts.passed, 13);
     }
@@ -513,14 +746,27 @@ PHIGUARD-VM-RESULT rc=0
     fn missing_result_failed_tests_and_no_bpf_lsm_all_fail() {
         let log = Path::new("log");
         let no_result = GOOD.replace("PHIGUARD-VM-RESULT rc=0", "Kernel panic");
-        assert!(report(&no_result).verdict(log).is_err());
+        assert!(report(&no_result).verdict(log, Lsm::WithBpf).is_err());
         let failed = GOOD.replace("rc=0", "rc=101");
-        let error = report(&failed).verdict(log).unwrap_err().to_string();
+        let error = report(&failed)
+            .verdict(log, Lsm::WithBpf)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("rc=101"), "{error}");
         let no_bpf = GOOD.replace(",bpf,", ",");
-        let error = report(&no_bpf).verdict(log).unwrap_err().to_string();
+        let error = report(&no_bpf)
+            .verdict(log, Lsm::WithBpf)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("BPF LSM is not active"), "{error}");
+        let inactive = report(&no_bpf);
+        assert!(inactive.verdict(log, Lsm::WithoutBpf).is_ok());
+        let error = report(GOOD)
+            .verdict(log, Lsm::WithoutBpf)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("left out of lsm="), "{error}");
         let refused = GOOD.replace("is available", "is NOT available");
-        assert!(report(&refused).verdict(log).is_err());
+        assert!(report(&refused).verdict(log, Lsm::WithBpf).is_err());
     }
 }

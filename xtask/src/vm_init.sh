@@ -9,6 +9,10 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 export RUST_BACKTRACE=1
 export PHIGUARD_BIN=/phiguard/bin/phiguard
+# The attack tests' opener, built on the host (no compiler here).
+export PHIGUARD_OPENER=/phiguard/bin/opener
+# The subject tests' fixtures, built on the host too.
+export PHIGUARD_FIXTURES=/phiguard/fixtures
 # Tests that only make sense in the VM (BPF LSM) can tell where they run.
 export PHIGUARD_TIER=vm
 
@@ -38,6 +42,11 @@ tr -d '-' < /proc/sys/kernel/random/uuid > /etc/machine-id
 # Smoke check, independent of the agent: the bpf LSM is active and the kernel accepts programs of
 # type lsm (bpftool loads a probe program; the host kernel refuses it).
 echo "PHIGUARD-VM-LSM $(cat /sys/kernel/security/lsm)"
+# The layer the tests must find deciding file opens: a weaker one is a failure, not a skip.
+case ",$(cat /sys/kernel/security/lsm)," in
+    *,bpf,*) export PHIGUARD_EXPECT_FILE_LAYER=lsm ;;
+    *) export PHIGUARD_EXPECT_FILE_LAYER=fanotify ;;
+esac
 echo "PHIGUARD-VM-LSM-PROG $(bpftool feature probe kernel 2>/dev/null | grep 'program_type lsm ')"
 
 # Arguments for every test binary, one a line (libtest filters and flags).

@@ -70,6 +70,20 @@ impl VmKernel {
     }
 }
 
+impl VmKernel {
+    /// The `lsm=` boot parameter naming the default list without `bpf`: a stock distribution
+    /// kernel on which BPF LSM programs load and attach but never run.
+    pub fn lsm_param_without_bpf(&self) -> String {
+        let list: Vec<&str> = self
+            .lsm
+            .iter()
+            .map(String::as_str)
+            .filter(|l| *l != "bpf")
+            .collect();
+        format!("lsm={}", list.join(","))
+    }
+}
+
 /// Where kernels are cached.
 fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
@@ -372,5 +386,6 @@ linux-image-6.12-cloud-amd64 - Linux for x86-64 cloud (meta-package)
         assert_eq!(kernel.lsm_param(), None);
         kernel.lsm = vec!["lockdown".into(), "yama".into()];
         assert_eq!(kernel.lsm_param().as_deref(), Some("lsm=lockdown,yama,bpf"));
+        assert_eq!(kernel.lsm_param_without_bpf(), "lsm=lockdown,yama");
     }
 }

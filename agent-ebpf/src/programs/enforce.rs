@@ -20,10 +20,14 @@ use crate::{
     emit::{count_lost, fill_header, submit},
     error::{count_fault, or_skip, ProbeError, ProbeResult},
     kernel::{find_watch, Binprm, File, Sock},
-    maps::{EVENTS, REFUSED_OPENS, UNIX_SOCKETS, WATCHED_DEVS},
+    maps::{EVENTS, REFUSED_OPENS, UNIX_SOCKETS},
     policy::{current_slot, decide, decide_exec, exec_rule},
-    programs::file::{
-        copy_names, mode_access, read_path, requested_access, scratch, send, start_record, OpenCall,
+    programs::{
+        file::{
+            copy_names, mode_access, read_path, requested_access, scratch, send, start_record,
+            OpenCall, MAX_NAMES_WALK,
+        },
+        label::{inherit, label_of, on_protected_fs},
     },
 };
 
@@ -82,35 +86,53 @@ fn verdict_of(program: Program, result: ProbeResult<i32>) -> i32 {
     }
 }
 
-/// `EPERM` when a rule denies the current process this open (made by `call`), else 0.
+/// `EPERM` when a rule denies the current process this open (made by `call`), else 0. The
+/// inode's label decides (any depth, any name); an unlabelled inode is looked for below a
+/// protected directory by its dentries (bounded walk) and labelled when found there.
 #[inline(always)]
 fn try_open(file: File, call: OpenCall) -> ProbeResult<i32> {
     let dentry = file.dentry()?;
     let dev = dentry.dev()?;
-    // SAFETY: value not used.
-    if unsafe { WATCHED_DEVS.get(dev) }.is_none() {
+    if !on_protected_fs(dev) {
         return Err(ProbeError::Skip);
     }
-    let hit = or_skip(find_watch(dentry, dev, current_slot()))?;
-    // An open through open/openat/openat2 has its flags (O_TRUNC included, which `f_flags`
-    // no longer holds after the open); any other (exec, io_uring, a received descriptor…)
-    // has the file's mode. (No `Option<OpenCall>` is kept: its unset payload would reach the
-    // verifier as an uninitialised register.)
+    let slot = current_slot();
+    let ino = dentry.ino()?;
+    let (rule, watch_id, depth) = match label_of(dev, slot, ino) {
+        Some(label) => (label.rule_here, label.watch_id, None),
+        None => {
+            let hit = or_skip(find_watch(dentry, dev, slot))?;
+            if hit.depth > 0 {
+                // Moved into the tree by an exempt process, or created before the labels:
+                // from now on the label goes wherever the inode goes.
+                inherit(dev, slot, ino, &hit.value, false);
+            }
+            (hit.rule(), hit.value.watch_id, Some(hit.depth))
+        }
+    };
+    if rule == agent_common::policy::NO_RULE {
+        return Err(ProbeError::Skip);
+    }
+    // An open through open/openat/openat2/creat (either ABI) has its flags (O_TRUNC included,
+    // which `f_flags` no longer holds after the open); any other (exec, io_uring, a received
+    // descriptor…) has the file's mode. (No `Option<OpenCall>` is kept: its unset payload
+    // would reach the verifier as an uninitialised register.)
     let in_open_call = matches!(
         call.syscall,
-        open_syscall::OPEN | open_syscall::OPENAT | open_syscall::OPENAT2
+        open_syscall::OPEN | open_syscall::OPENAT | open_syscall::OPENAT2 | open_syscall::CREAT
     );
     let requested = if in_open_call {
         requested_access(call.flags)
     } else {
         mode_access(file.mode().unwrap_or(0))
     };
-    let decision = decide(hit.rule(), requested, layer::LSM);
+    let decision = decide(rule, requested, layer::LSM);
     if decision.verdict != verdict::DENY {
         return Ok(0);
     }
-    if in_open_call {
-        // The call's exit program must not report it a second time.
+    if in_open_call && call.compat == 0 && call.syscall != open_syscall::CREAT {
+        // The call's exit program must not report it a second time (`creat` and the 32-bit
+        // entry have none).
         let _ = REFUSED_OPENS.insert(bpf_get_current_pid_tgid(), 1, 0);
     }
     // The refusal stands whether or not its record goes out.
@@ -118,12 +140,26 @@ fn try_open(file: File, call: OpenCall) -> ProbeResult<i32> {
         Some(scratch) => {
             read_path(&mut scratch.event, &call);
             start_record(scratch, &call, i64::from(EPERM));
+            if call.compat != 0 {
+                scratch.event.header.flags |= agent_common::event::FLAG_COMPAT_SYSCALL;
+            }
             scratch.event.decision = decision;
-            scratch.event.matched_by = agent_common::event::matched_by::INODE;
-            scratch.event.watch_id = hit.value.watch_id;
+            scratch.event.watch_id = watch_id;
             scratch.event.dev = dev;
-            scratch.event.ino = dentry.ino().unwrap_or(0);
-            copy_names(scratch, dentry, hit.depth);
+            scratch.event.ino = ino;
+            match depth {
+                // Names up to the watch, as the observing programs report them.
+                Some(depth) => {
+                    scratch.event.matched_by = agent_common::event::matched_by::INODE;
+                    copy_names(scratch, dentry, depth);
+                }
+                // Names up to the root of the filesystem: the label holds at any depth and
+                // outside the tree.
+                None => {
+                    scratch.event.matched_by = agent_common::event::matched_by::LSM_LABEL;
+                    copy_names(scratch, dentry, MAX_NAMES_WALK);
+                }
+            }
             let _ = send(scratch); // a loss is counted in `LOST`
         }
         None => count_fault(Program::EnforceFileOpen),

@@ -13,7 +13,7 @@ use core::mem::offset_of;
 
 use agent_common::{
     event::{matched_by, open_syscall, FileOpenEvent, Kind, FLAG_TRUNCATED},
-    limits::{MAX_WALK_DEPTH, NAMES_LEN, NAME_MAX, PATH_LEN},
+    limits::{NAMES_LEN, NAME_MAX, PATH_LEN},
     maps::NO_WATCH,
     policy::{access, layer, verdict, Decision},
     program::Program,
@@ -32,12 +32,13 @@ use aya_ebpf::{
 use crate::{
     emit::{fill_header, output},
     error::{finish, or_fault, or_skip, ProbeError, ProbeResult},
-    kernel::{current_file, find_watch, Dentry, Task, WatchHit},
+    kernel::{current_file, find_watch, Dentry, Task},
     maps::{
         FileOpenScratch, FILE_OPEN_SCRATCH, PREFIX_KEY_SCRATCH, REFUSED_OPENS, WATCHED_DEVS,
         WATCHED_PREFIXES,
     },
     policy::{current_slot, decide, enforce_by_signal},
+    programs::label::label_of,
     syscall::SyscallArgs,
 };
 
@@ -106,6 +107,8 @@ pub(crate) struct OpenCall {
     pub dirfd: i32,
     /// `open_syscall` code (0: not an `open*` call).
     pub syscall: u32,
+    /// 1 for a call through the 32-bit entry (`int 0x80`), else 0.
+    pub compat: u32,
 }
 
 /// `struct open_how`'s first two fields.
@@ -120,6 +123,13 @@ struct OpenHow {
 const NR_OPEN: u64 = 2;
 const NR_OPENAT: u64 = 257;
 const NR_OPENAT2: u64 = 437;
+const NR_CREAT: u64 = 85;
+// The same calls through the 32-bit entry (`int 0x80`).
+const NR32_OPEN: u64 = 5;
+const NR32_CREAT: u64 = 8;
+const NR32_OPENAT: u64 = 295;
+/// The flags `creat(2)` opens with: `O_CREAT | O_WRONLY | O_TRUNC`.
+const CREAT_FLAGS: u32 = 0o1101;
 
 impl OpenCall {
     /// An open that did not come through an `open*` call (exec, io_uring…): nothing known.
@@ -129,6 +139,7 @@ impl OpenCall {
         mode: 0,
         dirfd: 0,
         syscall: 0,
+        compat: 0,
     };
 
     /// The current task's `open*` call of kind `syscall` (an `open_syscall` code), read back
@@ -143,6 +154,7 @@ impl OpenCall {
                 mode: args.arg(2) as u32,
                 dirfd: AT_FDCWD,
                 syscall,
+                compat: 0,
             },
             open_syscall::OPENAT => OpenCall {
                 path: args.arg(1),
@@ -150,6 +162,15 @@ impl OpenCall {
                 mode: args.arg(3) as u32,
                 dirfd: args.arg(0) as i32,
                 syscall,
+                compat: 0,
+            },
+            open_syscall::CREAT => OpenCall {
+                path: args.arg(0),
+                flags: CREAT_FLAGS,
+                mode: args.arg(1) as u32,
+                dirfd: AT_FDCWD,
+                syscall,
+                compat: 0,
             },
             _ => {
                 // SAFETY: `how` is a user pointer, read with the checked helper.
@@ -161,18 +182,53 @@ impl OpenCall {
                     mode: how.mode as u32,
                     dirfd: args.arg(0) as i32,
                     syscall,
+                    compat: 0,
                 }
             }
         }
     }
 
-    /// The `open*` call the current task is in, if it is in one.
+    /// The `open*` call the current task is in, if it is in one. (Only for LSM hooks: the
+    /// 32-bit entry's numbers are recognised because the 64-bit calls with the same numbers —
+    /// `fstat`, `lseek`, `preadv` — never open a file.)
     #[inline(always)]
     pub(crate) fn current() -> Option<OpenCall> {
-        let syscall = match SyscallArgs::current().nr() {
+        let args = SyscallArgs::current();
+        let syscall = match args.nr() {
             NR_OPEN => open_syscall::OPEN,
             NR_OPENAT => open_syscall::OPENAT,
             NR_OPENAT2 => open_syscall::OPENAT2,
+            NR_CREAT => open_syscall::CREAT,
+            NR32_OPEN => {
+                return Some(OpenCall {
+                    path: args.compat_arg(0),
+                    flags: args.compat_arg(1) as u32,
+                    mode: args.compat_arg(2) as u32,
+                    dirfd: AT_FDCWD,
+                    syscall: open_syscall::OPEN,
+                    compat: 1,
+                })
+            }
+            NR32_CREAT => {
+                return Some(OpenCall {
+                    path: args.compat_arg(0),
+                    flags: CREAT_FLAGS,
+                    mode: args.compat_arg(1) as u32,
+                    dirfd: AT_FDCWD,
+                    syscall: open_syscall::CREAT,
+                    compat: 1,
+                })
+            }
+            NR32_OPENAT => {
+                return Some(OpenCall {
+                    path: args.compat_arg(1),
+                    flags: args.compat_arg(2) as u32,
+                    mode: args.compat_arg(3) as u32,
+                    dirfd: args.compat_arg(0) as i32,
+                    syscall: open_syscall::OPENAT,
+                    compat: 1,
+                })
+            }
             _ => return None,
         };
         Some(OpenCall::read(syscall))
@@ -202,19 +258,19 @@ fn opened(syscall: u32, ret: i64) -> ProbeResult {
     if unsafe { WATCHED_DEVS.get(dev) }.is_none() {
         return Err(ProbeError::Skip);
     }
-    let hit = or_skip(find_watch(dentry, dev, current_slot()))?;
+    let found = match_inode(dentry, dev)?;
     let call = OpenCall::read(syscall);
-    let mut decision = decide(hit.rule(), requested_access(call.flags), layer::SIGNAL);
+    let mut decision = decide(found.rule, requested_access(call.flags), layer::SIGNAL);
     if decision.verdict == verdict::DENY {
         decision = enforce_by_signal(decision);
     } else if fanotify_decides() {
         decision = Decision::NONE; // decided and reported by the fanotify layer
     }
-    if hit.value.observed == 0 && decision.verdict == verdict::NONE {
+    if found.observed == 0 && decision.verdict == verdict::NONE {
         // protected for another kind of access only (or reported elsewhere), not watched
         return Err(ProbeError::Skip);
     }
-    send_inode_record(&call, ret, decision, &hit, dentry, dev)
+    send_inode_record(&call, ret, decision, &found, dentry, dev)
 }
 
 /// `syscalls/sys_exit_pidfd_getfd` (Linux 5.6+): `ret` at 16, a descriptor taken from another
@@ -241,28 +297,67 @@ fn try_getfd(ctx: &TracePointContext) -> ProbeResult {
     if unsafe { WATCHED_DEVS.get(dev) }.is_none() {
         return Err(ProbeError::Skip);
     }
-    let hit = or_skip(find_watch(dentry, dev, current_slot()))?;
+    let found = match_inode(dentry, dev)?;
     let requested = mode_access(file.mode().unwrap_or(0));
     // No other layer sees a taken descriptor: decided here even with fanotify deciding opens.
-    let decision = enforce_by_signal(decide(hit.rule(), requested, layer::SIGNAL));
-    if hit.value.observed == 0 && decision.verdict == verdict::NONE {
+    let decision = enforce_by_signal(decide(found.rule, requested, layer::SIGNAL));
+    if found.observed == 0 && decision.verdict == verdict::NONE {
         return Err(ProbeError::Skip);
     }
     let call = OpenCall {
         syscall: open_syscall::RECEIVE,
         ..OpenCall::UNKNOWN
     };
-    send_inode_record(&call, ret, decision, &hit, dentry, dev)
+    send_inode_record(&call, ret, decision, &found, dentry, dev)
 }
 
-/// The record of a decision on watched inode `dentry` (of device `dev`, found as `hit`),
+/// What protects a watched inode, and how it was found.
+struct InodeMatch {
+    ino: u64,
+    rule: u32,
+    watch_id: u32,
+    observed: u32,
+    /// Names to copy up to the watch.
+    depth: u32,
+    /// `matched_by` value.
+    matched: u32,
+}
+
+/// The watch over inode `dentry` of device `dev`: its BPF LSM label (any depth, any name)
+/// first; else the bounded walk to a watch. Without BPF LSM the label map is empty.
+#[inline(always)]
+fn match_inode(dentry: Dentry, dev: u32) -> ProbeResult<InodeMatch> {
+    let slot = current_slot();
+    let ino = dentry.ino().unwrap_or(0);
+    if let Some(label) = label_of(dev, slot, ino) {
+        return Ok(InodeMatch {
+            ino,
+            rule: label.rule_here,
+            watch_id: label.watch_id,
+            observed: label.observed,
+            depth: MAX_NAMES_WALK,
+            matched: matched_by::LSM_LABEL,
+        });
+    }
+    let hit = or_skip(find_watch(dentry, dev, slot))?;
+    Ok(InodeMatch {
+        ino,
+        rule: hit.rule(),
+        watch_id: hit.value.watch_id,
+        observed: hit.value.observed,
+        depth: hit.depth,
+        matched: matched_by::INODE,
+    })
+}
+
+/// The record of a decision on watched inode `dentry` (of device `dev`, found as `found`),
 /// reached by `call` with result `ret`.
 #[inline(always)]
 fn send_inode_record(
     call: &OpenCall,
     ret: i64,
     decision: Decision,
-    hit: &WatchHit,
+    found: &InodeMatch,
     dentry: Dentry,
     dev: u32,
 ) -> ProbeResult {
@@ -270,11 +365,11 @@ fn send_inode_record(
     read_path(&mut scratch.event, call);
     start_record(scratch, call, ret);
     scratch.event.decision = decision;
-    scratch.event.matched_by = matched_by::INODE;
-    scratch.event.watch_id = hit.value.watch_id;
+    scratch.event.matched_by = found.matched;
+    scratch.event.watch_id = found.watch_id;
     scratch.event.dev = dev;
-    scratch.event.ino = dentry.ino().unwrap_or(0);
-    copy_names(scratch, dentry, hit.depth);
+    scratch.event.ino = found.ino;
+    copy_names(scratch, dentry, found.depth);
     send(scratch)
 }
 
@@ -462,7 +557,7 @@ pub(crate) fn copy_names(scratch: &mut FileOpenScratch, dentry: Dentry, depth: u
     // outlives the call.
     unsafe {
         bpf_loop(
-            MAX_WALK_DEPTH,
+            MAX_NAMES_WALK,
             copy_name as *mut c_void,
             (&raw mut copy).cast(),
             0,
@@ -479,6 +574,9 @@ pub(crate) fn copy_names(scratch: &mut FileOpenScratch, dentry: Dentry, depth: u
     scratch.event.names_len = used as u32;
     scratch.event.names_count = copy.count;
 }
+
+/// Most names [`copy_names`] copies (`NAMES_LEN` bytes usually end it first).
+pub(crate) const MAX_NAMES_WALK: u32 = 64;
 
 /// One name of [`copy_names`], `level` levels above the start: 1 ends the walk.
 extern "C" fn copy_name(level: u64, ctx: *mut c_void) -> c_long {
@@ -505,6 +603,8 @@ extern "C" fn copy_name(level: u64, ctx: *mut c_void) -> c_long {
     copy.used = (start + copied + 1) as u64;
     copy.count += 1;
     match copy.dentry.parent() {
+        // The root of the filesystem is its own parent: its name (`/`) was the last one.
+        Ok(parent) if parent == copy.dentry => 1,
         Ok(parent) => {
             copy.dentry = parent;
             0

@@ -3,6 +3,8 @@
 pub mod db;
 pub mod enforce;
 pub mod file;
+pub mod integrity;
+pub mod label;
 pub mod net;
 pub mod process;
 pub mod taint;

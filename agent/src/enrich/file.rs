@@ -50,6 +50,23 @@ pub fn resolve_open(
             watch: watches.get(event.watch_id).map(|w| w.path.clone()),
         });
     }
+    if event.matched_by == matched_by::LSM_LABEL {
+        // A BPF LSM label: the inode is protected whatever its name; `names` runs up to the
+        // root of its filesystem (`/` last) unless cut short.
+        let complete = names.last() == Some(&"/");
+        let names: Vec<&str> = names.into_iter().filter(|n| *n != "/").collect();
+        let mount = complete
+            .then(|| fs::read_to_string("/proc/self/mountinfo").ok())
+            .flatten()
+            .and_then(|info| crate::kernel::mounts::mount_point_of_dev(&info, event.dev));
+        let resolved = mount.is_some();
+        let base = mount.unwrap_or_else(|| PathBuf::from("..."));
+        return Some(ResolvedOpen {
+            path: paths::join_names(&base, &names),
+            resolved,
+            watch: watches.get(event.watch_id).map(|w| w.path.clone()),
+        });
+    }
     let path = match event.matched_by {
         matched_by::INODE => watched_base()?,
         matched_by::BASE_DIR => paths::resolve(&requested, watched_base().as_deref())?,
@@ -135,7 +152,10 @@ impl super::Enricher {
         })?;
         let ret = e.ret;
         let flags = e.open_flags as i32;
+        // A change without an open (truncate, unlink, rename…, BPF LSM only): no flags.
+        let operation = e.syscall >= agent_common::event::open_syscall::TRUNCATE;
         let access = match flags & libc::O_ACCMODE {
+            _ if operation => v1::Access::Write,
             libc::O_WRONLY => v1::Access::Write,
             libc::O_RDWR => v1::Access::ReadWrite,
             _ => v1::Access::Read,
@@ -155,10 +175,14 @@ impl super::Enricher {
             } else {
                 String::new()
             },
-            flags: flag_names(e.open_flags)
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
+            flags: if operation {
+                Vec::new()
+            } else {
+                flag_names(e.open_flags)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect()
+            },
             access: access as i32,
             mode: e.mode,
             created: flags & libc::O_CREAT != 0,
@@ -184,6 +208,17 @@ fn open_syscall_name(code: u32) -> &'static str {
         EXEC => "execve",
         OTHER => "other (io_uring or a kernel worker)",
         RECEIVE => "pidfd_getfd or SCM_RIGHTS (a descriptor received)",
+        TRUNCATE => "truncate",
+        CHMOD => "chmod",
+        CHOWN => "chown",
+        UTIMES => "utimes",
+        UNLINK => "unlink",
+        RMDIR => "rmdir",
+        RENAME => "rename",
+        LINK => "link",
+        SETXATTR => "setxattr",
+        REMOVEXATTR => "removexattr",
+        CREATE => "create",
         _ => "unknown",
     }
 }

@@ -169,6 +169,11 @@ impl Protected {
         self.labels.len()
     }
 
+    /// Every label, for the BPF LSM layer's kernel map (`INODE_LABELS`).
+    pub fn labels(&self) -> impl Iterator<Item = (&FileId, &Label)> {
+        self.labels.iter()
+    }
+
     /// The label of an inode, if it has one.
     pub fn label(&self, id: FileId) -> Option<Label> {
         self.labels.get(&id).copied()

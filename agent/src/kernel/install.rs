@@ -1,12 +1,16 @@
 //! Installing a compiled policy set into the kernel maps without a moment of no policy: the
 //! inactive slot is cleared and filled, then `POLICY_SLOT` flips to it in one map write.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use agent_common::{
     maps::{
-        InodeKey, EXEC_ALLOWED, EXEC_SCOPES, POLICY_SLOT, RULES, SUBJECT_EXE, SUBJECT_GID,
-        SUBJECT_PARENT, SUBJECT_UID, UNIX_SOCKETS, WATCHED_DEVS, WATCHED_INODES, WATCHED_PORTS,
+        InodeKey, EXEC_ALLOWED, EXEC_SCOPES, INODE_LABELS, POLICY_SLOT, RULES, SUBJECT_EXE,
+        SUBJECT_GID, SUBJECT_PARENT, SUBJECT_UID, UNIX_SOCKETS, WATCHED_DEVS, WATCHED_INODES,
+        WATCHED_PORTS,
     },
     policy::{IdKey, PortKey, RuleEntry, ScopeKey, SubjectKey, WatchValue, MAX_RULES, NO_RULE},
 };
@@ -16,7 +20,7 @@ use aya::{
 };
 
 use super::error::LoadError;
-use crate::{paths::FileId, policy::compile::Compiled};
+use crate::{fanotify::decide::Protected, paths::FileId, policy::compile::Compiled};
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> LoadError {
     move |source| LoadError::Map { map, source }
@@ -61,11 +65,16 @@ pub fn active_slot(ebpf: &mut Ebpf) -> Result<u32, LoadError> {
 }
 
 /// Writes `compiled` into the inactive slot and makes it the active one. Returns that slot.
-pub fn install(ebpf: &mut Ebpf, compiled: &Compiled) -> Result<u32, LoadError> {
+/// With `labels` (the BPF LSM layer), every inode of the protected trees is labelled in
+/// `INODE_LABELS` too (a walk of the trees: see [`crate::fanotify::decide::Protected`]).
+pub fn install(ebpf: &mut Ebpf, compiled: &Compiled, labels: bool) -> Result<u32, LoadError> {
     let slot = 1 - active_slot(ebpf)?;
     let base = slot * MAX_RULES;
     clear_slot(ebpf, slot)?;
     let qualified = |rule: Option<u32>| rule.map_or(NO_RULE, |r| base + r);
+    if labels {
+        install_labels(ebpf, compiled, slot)?;
+    }
 
     {
         let mut rules = array::<RuleEntry>(ebpf, RULES)?;
@@ -181,9 +190,72 @@ pub fn install(ebpf: &mut Ebpf, compiled: &Compiled) -> Result<u32, LoadError> {
     Ok(slot)
 }
 
+/// Labels every inode of `compiled`'s protected trees in `slot` of `INODE_LABELS`: what lies
+/// below a protected directory with the rule protecting it, the protected paths themselves
+/// with their own rules (`rule_here`, and `rule_below` for what is created in them). A full
+/// map stops the labelling with a warning: the kernel's path walk still decides what is left.
+fn install_labels(ebpf: &mut Ebpf, compiled: &Compiled, slot: u32) -> Result<(), LoadError> {
+    let base = slot * MAX_RULES;
+    let qualified = |rule: Option<u32>| rule.map_or(NO_RULE, |r| base + r);
+    let protected = Protected::build(Arc::new(compiled.clone()), slot);
+    let mut map = hash_map::<InodeKey, WatchValue>(ebpf, INODE_LABELS)?;
+    let mut values: BTreeMap<FileId, WatchValue> = protected
+        .labels()
+        .map(|(id, label)| {
+            let rule = base + label.rule;
+            (
+                *id,
+                WatchValue {
+                    watch_id: label.watch_id,
+                    rule_here: rule,
+                    rule_below: rule,
+                    observed: 0,
+                },
+            )
+        })
+        .collect();
+    for entry in &compiled.inodes {
+        if entry.rule_here.is_none() && entry.rule_below.is_none() {
+            continue; // watched only
+        }
+        values.insert(
+            entry.id,
+            WatchValue {
+                watch_id: entry.watch_id,
+                rule_here: qualified(entry.rule_here),
+                rule_below: qualified(entry.rule_below),
+                observed: u32::from(entry.observed),
+            },
+        );
+    }
+    let total = values.len();
+    for (done, (id, value)) in values.into_iter().enumerate() {
+        let key = InodeKey {
+            dev: id.dev,
+            slot,
+            ino: id.ino,
+        };
+        if let Err(e) = map.insert(key, value, 0) {
+            tracing::warn!(
+                labelled = done,
+                total,
+                error = %e,
+                "the BPF LSM label map is full: the remaining protected inodes are decided by a bounded path walk"
+            );
+            break;
+        }
+    }
+    if !protected.complete {
+        tracing::warn!("more protected inodes than the label walk takes: the rest are decided by a bounded path walk");
+    }
+    tracing::debug!(labelled = total, slot, "BPF LSM labels installed");
+    Ok(())
+}
+
 /// Empties every entry of `slot` (the inactive one).
 fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), LoadError> {
     let in_slot = |rule: u32| rule / MAX_RULES == slot;
+    remove_where::<InodeKey, WatchValue>(ebpf, INODE_LABELS, |k| k.slot == slot)?;
     remove_where::<InodeKey, WatchValue>(ebpf, WATCHED_INODES, |k| k.slot == slot)?;
     remove_where::<PortKey, u32>(ebpf, WATCHED_PORTS, |k| k.slot == slot)?;
     remove_where::<InodeKey, u32>(ebpf, UNIX_SOCKETS, |k| k.slot == slot)?;

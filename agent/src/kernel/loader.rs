@@ -60,6 +60,9 @@ pub struct Enforcement {
     pub fanotify_files: bool,
     /// Programs the SIGKILL layer never kills (`[policy] never_kill`).
     pub never_kill: Vec<PathBuf>,
+    /// The BPF LSM layer is planned: protected inodes are labelled in the kernel
+    /// (`INODE_LABELS`) at each install.
+    pub lsm_labels: bool,
 }
 
 /// How one program fared.
@@ -84,6 +87,8 @@ pub struct Sensors {
     pub(super) expected: integrity::Expected,
     /// The kernel's BTF, read once for the LSM programs.
     btf: Option<Btf>,
+    /// Protected inodes are labelled in `INODE_LABELS` (the BPF LSM layer is planned).
+    lsm_labels: bool,
     ebpf: Ebpf,
     /// Per-program outcome, in registry order.
     pub status: Vec<ProgramStatus>,
@@ -150,6 +155,7 @@ impl Sensors {
             cgroup_root: cgroup_root.to_owned(),
             expected: integrity::Expected::default(),
             btf: None,
+            lsm_labels: enforcement.lsm_labels,
         };
         {
             let mut agent: Array<_, AgentId> = Array::try_from(sensors.map_mut(AGENT)?)
@@ -468,7 +474,7 @@ impl Sensors {
     /// Installs a compiled policy set (with its watches) and makes it the one in force.
     /// Returns the slot it went into.
     pub fn install(&mut self, compiled: &Compiled) -> Result<u32, LoadError> {
-        let slot = install::install(&mut self.ebpf, compiled)?;
+        let slot = install::install(&mut self.ebpf, compiled, self.lsm_labels)?;
         self.snapshot_maps().map_err(LoadError::Snapshot)?;
         Ok(slot)
     }

@@ -75,6 +75,19 @@ fn unescape(field: &str) -> String {
     out
 }
 
+/// Mount point of the first mount of the whole filesystem on device `dev` (kernel encoding,
+/// `MAJOR << 20 | MINOR`) listed in mountinfo text: a mount whose root is `/`.
+pub fn mount_point_of_dev(mountinfo: &str, dev: u32) -> Option<PathBuf> {
+    let wanted = format!("{}:{}", dev >> 20, dev & 0xfffff);
+    mountinfo.lines().find_map(|line| {
+        let mut fields = line.split(' ');
+        let numbers = fields.nth(2)?;
+        let root = fields.next()?;
+        let point = fields.next()?;
+        (numbers == wanted && root == "/").then(|| PathBuf::from(unescape(point)))
+    })
+}
+
 /// Mount point of every mount, by mount id (the first mountinfo field, `mount.mnt_id`).
 pub fn mount_points_by_id(mountinfo: &str) -> HashMap<u32, PathBuf> {
     mountinfo
@@ -180,6 +193,19 @@ pub fn ensure_securityfs() -> Result<bool, MountError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_is_found_at_the_mount_of_its_whole_filesystem() {
+        let info = "22 1 259:1 / / rw - ext4 /dev/root rw\n\
+                    30 22 0:31 /sub /bind rw - tmpfs tmpfs rw\n\
+                    31 22 0:31 / /tmp rw - tmpfs tmpfs rw\n";
+        assert_eq!(mount_point_of_dev(info, 31), Some(PathBuf::from("/tmp")));
+        assert_eq!(
+            mount_point_of_dev(info, (259 << 20) | 1),
+            Some(PathBuf::from("/"))
+        );
+        assert_eq!(mount_point_of_dev(info, 32), None);
+    }
 
     const SAMPLE: &str = "\
 22 1 254:0 / / rw,relatime - ext4 /dev/vda rw

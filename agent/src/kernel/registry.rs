@@ -94,6 +94,18 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { name: "taint_sys_enter_process_vm_writev", hook: tp("syscalls", "sys_enter_process_vm_writev"), family: Family::Process, required: true, missing_means: "" },
     ProgramSpec { name: "enforce_file_receive", hook: Hook::Lsm { hook: "file_receive" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: descriptors received with pidfd_getfd are refused by SIGKILL, SCM_RIGHTS ones not at all" },
     ProgramSpec { name: "file_sys_exit_pidfd_getfd", hook: tp("syscalls", "sys_exit_pidfd_getfd"), family: Family::File, required: false, missing_means: "pidfd_getfd() needs Linux 5.6: descriptors cannot be taken either" },
+    ProgramSpec { name: "enforce_d_instantiate", hook: Hook::Lsm { hook: "d_instantiate" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: files created in protected directories are labelled by the fanotify layer at their first open" },
+    ProgramSpec { name: "enforce_inode_create", hook: Hook::Lsm { hook: "inode_create" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: creating files in protected directories is not refused" },
+    ProgramSpec { name: "enforce_inode_mkdir", hook: Hook::Lsm { hook: "inode_mkdir" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: creating directories in protected directories is not refused" },
+    ProgramSpec { name: "enforce_inode_mknod", hook: Hook::Lsm { hook: "inode_mknod" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: mknod in protected directories is not refused" },
+    ProgramSpec { name: "enforce_inode_symlink", hook: Hook::Lsm { hook: "inode_symlink" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: symlinks in protected directories are not refused" },
+    ProgramSpec { name: "enforce_inode_setattr", hook: Hook::Lsm { hook: "inode_setattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: truncate, chmod, chown and utimes of protected files are not refused" },
+    ProgramSpec { name: "enforce_inode_unlink", hook: Hook::Lsm { hook: "inode_unlink" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: unlink of protected files is not refused" },
+    ProgramSpec { name: "enforce_inode_rmdir", hook: Hook::Lsm { hook: "inode_rmdir" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: rmdir of protected directories is not refused" },
+    ProgramSpec { name: "enforce_inode_rename", hook: Hook::Lsm { hook: "inode_rename" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: renames of, into and over protected files are not refused" },
+    ProgramSpec { name: "enforce_inode_link", hook: Hook::Lsm { hook: "inode_link" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: hard links to protected files are not refused" },
+    ProgramSpec { name: "enforce_inode_setxattr", hook: Hook::Lsm { hook: "inode_setxattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: setxattr on protected files is not refused" },
+    ProgramSpec { name: "enforce_inode_removexattr", hook: Hook::Lsm { hook: "inode_removexattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: removexattr on protected files is not refused" },
 ];
 
 /// The programs the agent attaches: all of them, except the database capture hooks (they run

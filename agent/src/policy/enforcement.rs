@@ -73,6 +73,9 @@ impl EnforcementLayer {
     pub fn describe(self, kind: ResourceKind) -> &'static str {
         match (self, kind) {
             (EnforcementLayer::Cgroup, _) => "cgroup connect4/6: connect() fails with EPERM",
+            (EnforcementLayer::Lsm, ResourceKind::File) => {
+                "BPF LSM on the inode's label (any depth, any name): open() fails with EPERM, and so do truncate, unlink, rename, link, chmod, chown, utimes and xattr changes by a subject without write"
+            }
             (EnforcementLayer::Lsm, _) => "BPF LSM: the call fails with EPERM",
             (EnforcementLayer::Fanotify, ResourceKind::Exec) => {
                 "fanotify exec permission event (no BPF LSM here): execve() of an unlisted program fails with EPERM and the process keeps its old image; a script's interpreter, and any exec while the agent is down, SIGKILL when the new image is in place"
@@ -84,7 +87,7 @@ impl EnforcementLayer {
                 "SIGKILL at exec (no BPF LSM here): the new program never runs an instruction"
             }
             (EnforcementLayer::Signal, _) => {
-                "SIGKILL at open()/openat()/openat2() exit (no BPF LSM, no fanotify permission events here): the process dies before it can read or write; O_TRUNC has happened; the 32-bit entry, io_uring and file handles are not covered"
+                "SIGKILL at open()/openat()/openat2() exit (no BPF LSM, no fanotify permission events here): the process dies before it can read or write; O_TRUNC has happened; the 32-bit entry, io_uring and file handles are not covered; truncate(), unlink(), rename(), link(), chmod/chown/xattrs are not governed (no open)"
             }
             (EnforcementLayer::None, _) => {
                 "NOT ENFORCED on this kernel (needs BPF LSM socket_connect); connects are not reported either"
@@ -116,5 +119,11 @@ mod tests {
         assert!(ResourceKind::Exec
             .layer(FileLayer::Signal)
             .starts_with("SIGKILL at exec"));
+        assert!(ResourceKind::File
+            .layer(FileLayer::Lsm)
+            .contains("truncate, unlink, rename, link"));
+        assert!(ResourceKind::File
+            .layer(FileLayer::Fanotify)
+            .contains("not governed"));
     }
 }

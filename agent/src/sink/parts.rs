@@ -157,6 +157,7 @@ impl Serialize for WithParts<'_> {
             Some(Body::DbSessionEnd(v)) => s.serialize_field("dbSessionEnd", v)?,
             Some(Body::Heartbeat(v)) => s.serialize_field("heartbeat", v)?,
             Some(Body::Tamper(v)) => s.serialize_field("tamper", v)?,
+            Some(Body::Subscription(v)) => s.serialize_field("subscription", v)?,
             Some(Body::BreakGlass(v)) => s.serialize_field("breakGlass", v)?,
         }
         s.end()
