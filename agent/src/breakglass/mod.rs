@@ -195,6 +195,10 @@ pub struct BreakGlass {
     in_force: BTreeMap<String, Grant>,
     /// Files already reported as unreadable (reported once).
     reported_bad: BTreeSet<String>,
+    /// Grants this agent reported granted (so a file it could not mark is not reported again).
+    announced: BTreeSet<String>,
+    /// Grants this agent reported ended whose files it could not remove (reported once).
+    ended: BTreeSet<String>,
 }
 
 impl BreakGlass {
@@ -209,6 +213,8 @@ impl BreakGlass {
             boot_id: boot_id(),
             in_force: BTreeMap::new(),
             reported_bad: BTreeSet::new(),
+            announced: BTreeSet::new(),
+            ended: BTreeSet::new(),
         }
     }
 
@@ -246,7 +252,11 @@ impl BreakGlass {
             } else {
                 None
             };
-            if !grant.announced {
+            if self.ended.contains(&grant.id) {
+                let _ = self.store.remove(&grant.id);
+                continue;
+            }
+            if !grant.announced && self.announced.insert(grant.id.clone()) {
                 info!(
                     grant = %grant.id,
                     scope = %grant.scope.describe(),
@@ -270,8 +280,10 @@ impl BreakGlass {
                     self.in_force.remove(&grant.id);
                     info!(grant = %grant.id, scope = %grant.scope.describe(), "break-glass grant ended: {}", action.as_str_name());
                     events.push(event(&grant, action));
+                    self.announced.remove(&grant.id);
                     if let Err(e) = self.store.remove(&grant.id) {
                         warn!("break-glass: {e}");
+                        self.ended.insert(grant.id.clone());
                     }
                 }
                 None => {
