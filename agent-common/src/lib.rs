@@ -34,6 +34,8 @@ mod pod {
     unsafe impl aya::Pod for InodeKey {}
     unsafe impl aya::Pod for AgentId {}
     unsafe impl aya::Pod for ExecIdentity {}
+    unsafe impl aya::Pod for GrantKey {}
+    unsafe impl aya::Pod for GrantValue {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for RuleEntry {}
     unsafe impl aya::Pod for SubjectKey {}

@@ -64,6 +64,52 @@ pub const EXEC_IDENTITY: &str = "EXEC_IDENTITY";
 pub const NEVER_KILL: &str = "NEVER_KILL";
 /// Programs [`NEVER_KILL`] holds at most.
 pub const MAX_NEVER_KILL: u32 = 256;
+/// Break-glass grants in force: [`GrantKey`] (a uid, or an executable's device and inode) →
+/// [`GrantValue`] (when it expires, and its slot). Decisions that would refuse an access let
+/// it go ahead when the process is covered by a grant that has not expired
+/// (`bpf_ktime_get_boot_ns() < expires_boot_ns`: the kernel ends it by itself, agent or not).
+/// Written by the agent from the break-glass directory; pinned while enforcing, so every
+/// generation of programs shares it.
+pub const BREAK_GLASS: &str = "BREAK_GLASS";
+/// Grants [`BREAK_GLASS`] holds at once (also the number of slots).
+pub const MAX_GRANTS: u32 = 64;
+
+/// [`GrantKey::kind`].
+pub mod grant_kind {
+    /// A user: `id` is the real uid, `dev` 0.
+    pub const USER: u32 = 1;
+    /// A program: `dev` and `id` are the executable's kernel `dev_t` and inode (as in
+    /// [`super::EXEC_IDENTITY`]).
+    pub const EXE: u32 = 2;
+}
+
+/// Key of [`BREAK_GLASS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GrantKey {
+    /// A [`grant_kind`] code.
+    pub kind: u32,
+    /// Kernel `dev_t` of the executable (0 for a user).
+    pub dev: u32,
+    /// uid, or inode number of the executable.
+    pub id: u64,
+}
+
+/// Value of [`BREAK_GLASS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GrantValue {
+    /// `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`) at which the grant ends.
+    pub expires_boot_ns: u64,
+    /// The grant's slot (below [`MAX_GRANTS`]): decisions it allows carry it as their subject.
+    pub slot: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<GrantKey>() == 16);
+const _: () = assert!(core::mem::size_of::<GrantValue>() == 16);
+
 /// Database TCP ports (`u32`, host byte order) → `1`.
 pub const DB_PORTS: &str = "DB_PORTS";
 /// Database unix sockets: [`InodeKey`] (slot 0) of the socket file → `1`.

@@ -62,6 +62,10 @@ pub mod layer {
     /// Not enforced although an enforce-mode rule refused it: SIGKILL was the only layer and
     /// the process is PID 1 or runs a program on the never-kill list (verdict `WOULD_DENY`).
     pub const SPARED: u8 = 5;
+    /// Allowed although a rule refused it: a break-glass grant covers the process (verdict
+    /// `ALLOW`; [`super::Decision::subject`] is the grant's slot, see
+    /// `crate::maps::BREAK_GLASS`).
+    pub const BREAK_GLASS: u8 = 6;
 }
 
 /// A compiled rule. Subject *i* matches the current process when bit *i* is set in each of
@@ -171,7 +175,8 @@ pub struct Decision {
     pub layer: u8,
     /// The access bits decided: for a denial the one refused, else every governed bit asked.
     pub access: u8,
-    /// The subject that allowed it, or [`NO_SUBJECT`].
+    /// The subject that allowed it, or [`NO_SUBJECT`]; with layer [`layer::BREAK_GLASS`], the
+    /// slot of the grant that allowed it.
     pub subject: u8,
 }
 

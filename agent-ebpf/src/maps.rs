@@ -6,7 +6,10 @@ use agent_common::{
         MAX_CREATING, MAX_INODE_LABELS, MAX_WATCHED_INODES, MAX_WATCHED_PORTS,
         MAX_WATCHED_PREFIXES, PATH_LEN, RING_BUFFER_BYTES,
     },
-    maps::{AgentId, ExecIdentity, InodeKey, MAX_NEVER_KILL, MAX_PROCESSES},
+    maps::{
+        AgentId, ExecIdentity, GrantKey, GrantValue, InodeKey, MAX_GRANTS, MAX_NEVER_KILL,
+        MAX_PROCESSES,
+    },
     policy::{
         IdKey, PortKey, RuleEntry, ScopeKey, SubjectKey, WatchValue, MAX_EXEC_SCOPES, MAX_RULES,
         MAX_SUBJECT_ENTRIES,
@@ -67,6 +70,10 @@ pub static AGENT: Array<AgentId> = Array::with_max_entries(1, 0);
 /// Programs the SIGKILL layer never kills, by (device, 0, inode) of the executable.
 #[map]
 pub static NEVER_KILL: HashMap<InodeKey, u32> = HashMap::with_max_entries(MAX_NEVER_KILL, 0);
+
+/// Break-glass grants by user or executable (see `agent_common::maps::BREAK_GLASS`).
+#[map]
+pub static BREAK_GLASS: HashMap<GrantKey, GrantValue> = HashMap::with_max_entries(MAX_GRANTS, 0);
 
 /// What each process executed, by global tgid (see `agent_common::maps::EXEC_IDENTITY`).
 #[map]

@@ -2,14 +2,17 @@
 
 use agent_common::{
     limits::MAX_WALK_DEPTH,
-    maps::{InodeKey, NS_PER_TICK},
+    maps::{grant_kind, GrantKey, InodeKey, MAX_GRANTS, NS_PER_TICK},
     policy::{
         access, layer, verdict, Decision, IdKey, RuleEntry, ScopeKey, SubjectKey, MAX_RULES,
         MAX_SUBJECTS, NO_RULE, NO_SUBJECT,
     },
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns,
+    },
     maps::HashMap,
 };
 
@@ -17,8 +20,8 @@ use crate::{
     identity::exe_of,
     kernel::{Dentry, FileId, Task},
     maps::{
-        AGENT, EXEC_ALLOWED, EXEC_SCOPES, NEVER_KILL, POLICY_SLOT, RULES, SUBJECT_EXE, SUBJECT_GID,
-        SUBJECT_PARENT, SUBJECT_UID,
+        AGENT, BREAK_GLASS, EXEC_ALLOWED, EXEC_SCOPES, NEVER_KILL, POLICY_SLOT, RULES, SUBJECT_EXE,
+        SUBJECT_GID, SUBJECT_PARENT, SUBJECT_UID,
     },
 };
 
@@ -113,6 +116,9 @@ pub fn decide(rule: u32, requested: u32, enforced_by: u8) -> Decision {
         }
         let may = matching & entry.may[bit];
         if may == 0 {
+            if let Some(slot) = break_glass_slot() {
+                return broken_glass(rule, governed, slot);
+            }
             let (verdict, layer) = if entry.enforce & want != 0 {
                 (verdict::DENY, enforced_by)
             } else {
@@ -134,6 +140,49 @@ pub fn decide(rule: u32, requested: u32, enforced_by: u8) -> Decision {
         layer: layer::NONE,
         access: governed as u8,
         subject: lowest_bit(allowed_by),
+    }
+}
+
+/// The slot of a break-glass grant covering the current process — its real uid's, else its
+/// executable's (the kernel's record of its exec) — that has not expired. The kernel checks the
+/// expiry itself, so a grant ends on time whether or not an agent runs.
+#[inline(always)]
+fn break_glass_slot() -> Option<u8> {
+    let uid = bpf_get_current_uid_gid() as u32;
+    let by_user = GrantKey {
+        kind: grant_kind::USER,
+        dev: 0,
+        id: u64::from(uid),
+    };
+    // SAFETY: the value is plain integers copied out at once.
+    let mut grant = unsafe { BREAK_GLASS.get(by_user) }.copied();
+    if grant.is_none() {
+        if let Some(exe) = exe_of(Task::current()) {
+            let by_exe = GrantKey {
+                kind: grant_kind::EXE,
+                dev: exe.dev,
+                id: exe.ino,
+            };
+            // SAFETY: as above.
+            grant = unsafe { BREAK_GLASS.get(by_exe) }.copied();
+        }
+    }
+    let grant = grant?;
+    // SAFETY: helper call without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    (now < grant.expires_boot_ns && grant.slot < MAX_GRANTS).then_some(grant.slot as u8)
+}
+
+/// The decision for accesses `governed` under kernel rule `rule` that the rule refuses and
+/// break-glass grant `slot` allows.
+#[inline(always)]
+fn broken_glass(rule: u32, governed: u32, slot: u8) -> Decision {
+    Decision {
+        rule,
+        verdict: verdict::ALLOW,
+        layer: layer::BREAK_GLASS,
+        access: governed as u8,
+        subject: slot,
     }
 }
 
@@ -200,6 +249,9 @@ pub fn decide_exec(rule: u32, mut dentry: Dentry, enforced_by: u8) -> Decision {
             break;
         }
         dentry = parent;
+    }
+    if let Some(slot) = break_glass_slot() {
+        return broken_glass(rule, access::EXEC, slot);
     }
     let (verdict, layer) = if entry.enforce & access::EXEC != 0 {
         (verdict::DENY, enforced_by)

@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 use self::pipeline::Pipeline;
 pub use self::pipeline::RunStats;
 use crate::{
+    breakglass::{store::Store, BreakGlass, GrantMap},
     config::Config,
     enrich::{host::HostInfo, EnrichSettings, Enricher},
     fanotify::{FanotifyError, FanotifyLayer, Record},
@@ -129,6 +130,10 @@ pub struct Agent {
     link: Option<Link>,
     /// The configuration in force and how to read it again (SIGHUP).
     config: Option<(Config, ConfigSource)>,
+    /// The kernel's break-glass map (while policies are enforced), and the grants mirrored
+    /// into it once [`Agent::honour_break_glass`] named their directory.
+    grant_map: Option<GrantMap>,
+    break_glass: Option<BreakGlass>,
 }
 
 /// Reads the configuration again for a reload: the file's errors as text (file, line, field).
@@ -217,6 +222,16 @@ impl Agent {
             );
         }
         let slot = sensors.active_slot()?;
+        let grant_map = match &dir {
+            Some(_) => match sensors.break_glass_map() {
+                Ok(map) => Some(GrantMap::new(map)),
+                Err(e) => {
+                    warn!("the kernel's break-glass map: {e}; no break-glass grant is honoured");
+                    None
+                }
+            },
+            None => None,
+        };
         let fanotify = match (file_layer, &dir) {
             (FileLayer::Fanotify, Some(_)) => {
                 let (tx, records) = mpsc::channel(crate::fanotify::QUEUE);
@@ -239,6 +254,7 @@ impl Agent {
                     tx,
                     &cgroup_root,
                     identities,
+                    grant_map.as_ref().and_then(|m| m.try_clone().ok()),
                 )?;
                 info!(
                     "fanotify layer deciding protected file opens: {}",
@@ -320,6 +336,8 @@ impl Agent {
             previous: previous.map(|found| takeover::Handover::new(found, slot, &compiled)),
             link: None,
             config: None,
+            grant_map,
+            break_glass: None,
         };
         for kind in Kind::ALL {
             // Every kind from the start, so a loss is a counter moving rather than appearing.
@@ -362,6 +380,39 @@ impl Agent {
         }
         self.status_file = Some(path.to_owned());
         self.write_status();
+    }
+
+    /// Honours the break-glass grants in `dir` (see [`crate::breakglass`]); only while
+    /// policies are enforced (without them nothing is refused). Grants already there are
+    /// named in decisions at once — a predecessor's records may carry them — and brought in
+    /// line with the kernel when the event loop starts.
+    pub fn honour_break_glass(&mut self, dir: &Path) {
+        let Some(map) = self.grant_map.as_ref().and_then(|m| m.try_clone().ok()) else {
+            return;
+        };
+        let store = Store::new(dir);
+        if let Ok((grants, _)) = store.list() {
+            for grant in &grants {
+                self.enricher.set_break_glass(grant);
+            }
+        }
+        info!(dir = %dir.display(), "break-glass grants are read from this directory every second");
+        self.break_glass = Some(BreakGlass::new(store, map));
+    }
+
+    /// Brings the break-glass grants in line with their directory and reports what changed.
+    fn refresh_break_glass(&mut self) {
+        let Some(break_glass) = &mut self.break_glass else {
+            return;
+        };
+        let (events, grants) = break_glass.refresh();
+        for grant in &grants {
+            self.enricher.set_break_glass(grant);
+        }
+        for body in events {
+            let event = self.enricher.agent_event(Body::BreakGlass(body));
+            self.emit_own(&event);
+        }
     }
 
     /// Makes the agent watch its collector link: spool depth and last acknowledgement in the
@@ -480,6 +531,8 @@ impl Agent {
             self.take_over(previous);
             self.flush()?;
         }
+        self.refresh_break_glass();
+        self.flush()?;
         let mut tick = tokio::time::interval(TICK);
         let mut ticks: u64 = 0;
         // Without a collector link there is no heartbeat (the branch below is disabled).
@@ -505,6 +558,7 @@ impl Agent {
                 () = &mut shutdown => break,
                 _ = tick.tick() => {
                     ticks += 1;
+                    self.refresh_break_glass();
                     self.report_losses();
                     self.pipeline.report_problems();
                     if ticks.is_multiple_of(60) {

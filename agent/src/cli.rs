@@ -43,6 +43,12 @@ pub enum Command {
     /// old policies stay) or changed settings need a restart; 3 when no agent runs. The
     /// service's `systemctl reload` runs this.
     Reload(ReloadArgs),
+    /// Break-glass emergency access (root only): lift the allow-lists for one user or one
+    /// program for a limited time. The grant, every access it allows and its end are reported;
+    /// the collector alerts on each grant. It ends by itself (the kernel checks its expiry),
+    /// survives an agent restart and never a reboot. `--list` shows the grants, `--revoke ID`
+    /// ends one early.
+    BreakGlass(BreakGlassArgs),
     /// Write the man page (roff) to stdout.
     #[command(hide = true)]
     Man,
@@ -61,6 +67,35 @@ pub struct StatusArgs {
     /// The status file the agent writes.
     #[arg(long, value_name = "FILE", env = "PHIGUARD_STATUS_FILE", default_value = crate::status::DEFAULT_STATUS_FILE)]
     pub status_file: PathBuf,
+}
+
+/// `phiguard break-glass`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("action").args(["list", "revoke", "reason"]).required(true)))]
+#[command(group(clap::ArgGroup::new("subject").args(["user", "exe"])))]
+pub struct BreakGlassArgs {
+    /// Why (required for a grant; printable, at most 500 bytes). Goes into every event.
+    #[arg(long, requires = "duration", requires = "subject")]
+    pub reason: Option<String>,
+    /// How long: e.g. 30m, 2h, 1h30m (at most 24h).
+    #[arg(long = "for", value_name = "DURATION", requires = "reason")]
+    pub duration: Option<String>,
+    /// The user it covers (name or uid; the process's real uid).
+    #[arg(long, requires = "reason")]
+    pub user: Option<String>,
+    /// The program it covers (absolute path; matched by device and inode of the file the
+    /// kernel executed, as `exe` subjects are).
+    #[arg(long, value_name = "PATH", requires = "reason")]
+    pub exe: Option<PathBuf>,
+    /// List the grants.
+    #[arg(long)]
+    pub list: bool,
+    /// End grant ID now.
+    #[arg(long, value_name = "ID")]
+    pub revoke: Option<String>,
+    /// The break-glass directory (the agent's `run --break-glass-dir`).
+    #[arg(long, value_name = "DIR", env = "PHIGUARD_BREAK_GLASS_DIR", default_value = crate::breakglass::store::DEFAULT_DIR)]
+    pub dir: PathBuf,
 }
 
 /// `phiguard reload`.
@@ -113,6 +148,10 @@ pub struct RunArgs {
     /// removed on exit).
     #[arg(long, value_name = "FILE", env = "PHIGUARD_STATUS_FILE", default_value = crate::status::DEFAULT_STATUS_FILE)]
     pub status_file: PathBuf,
+    /// The directory `phiguard break-glass` writes grants to (used while policies are
+    /// enforced).
+    #[arg(long, value_name = "DIR", env = "PHIGUARD_BREAK_GLASS_DIR", default_value = crate::breakglass::store::DEFAULT_DIR)]
+    pub break_glass_dir: PathBuf,
 }
 
 /// Log output format.

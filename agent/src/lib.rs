@@ -10,10 +10,12 @@
 //! lines, the spool) and [`link`] (the collector link: the spool, the publisher,
 //! mutual TLS and the link's state). Around them: [`config`] (agent.toml), [`cli`] (flags),
 //! [`policy`] (parse, validate, compile, which layer enforces what, reload), [`watch`] (what
-//! is watched), [`paths`] (path arithmetic and file identities), [`metrics`] (Prometheus) and
+//! is watched), [`paths`] (path arithmetic and file identities), [`breakglass`] (time-limited emergency
+//! exceptions), [`metrics`] (Prometheus) and
 //! [`status`] (`phiguard status`).
 
 pub mod agent;
+pub mod breakglass;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -10,9 +10,10 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use phiguard::{
     agent::Agent,
+    breakglass,
     cli::{
-        Cli, Command, LogFormat, PolicyCommand, ReloadArgs, RunArgs, StatusArgs, DEFAULT_CONFIG,
-        DEFAULT_POLICY_DIR,
+        BreakGlassArgs, Cli, Command, LogFormat, PolicyCommand, ReloadArgs, RunArgs, StatusArgs,
+        DEFAULT_CONFIG, DEFAULT_POLICY_DIR,
     },
     config::Config,
     kernel::{
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         Command::Unload => unload(),
         Command::Status(args) => return status(&args),
         Command::Reload(args) => return reload(&args),
+        Command::BreakGlass(args) => return break_glass(&args),
         Command::Man => man(),
         Command::BenchFloor(args) => bench_floor(&args),
     };
@@ -156,6 +158,35 @@ fn reload(args: &ReloadArgs) -> ExitCode {
 
 /// `phiguard man`: the man page, generated from the command-line definition: the main page,
 /// then a section per subcommand with its description and options.
+/// `phiguard break-glass`: exits 0 when done, 2 when a flag's value is unusable (the message
+/// names it), 1 on any other refusal.
+fn break_glass(args: &BreakGlassArgs) -> ExitCode {
+    let request = match breakglass::command::parse(
+        args.list,
+        args.revoke.as_deref(),
+        args.reason.as_deref(),
+        args.duration.as_deref(),
+        args.user.as_deref(),
+        args.exe.as_deref(),
+    ) {
+        Ok(request) => request,
+        Err(e) => {
+            eprintln!("phiguard break-glass: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match breakglass::command::run(request, &args.dir) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("phiguard break-glass: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn man() -> anyhow::Result<()> {
     use clap::CommandFactory as _;
     use std::io::Write as _;
@@ -329,6 +360,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             agent.watch_link(link);
         }
         agent.write_status_to(&args.status_file);
+        agent.honour_break_glass(&args.break_glass_dir);
         // systemd (Type=notify): ready once the programs are attached. A no-op elsewhere.
         let _ = sd_notify::notify(&[
             sd_notify::NotifyState::Ready,

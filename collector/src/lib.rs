@@ -5,7 +5,8 @@
 //!
 //! One module per job: [`config`] (collector.toml), [`tls`] and [`identity`] (mutual TLS and
 //! who is calling), [`revocation`] and [`crl`] (revoked certificates), [`liveness`] (silent and returning agents), [`tamper`] (agents whose
-//! kernel state was changed behind their back), [`alert`] (the collector's own events), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
+//! kernel state was changed behind their back), [`breakglass`] (an alert for each break-glass
+//! grant), [`alert`] (the collector's own events), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
 //! dedup, retention), [`checkpoint`] (signed chain heads), [`stream`] (fan-out with filters),
 //! [`scope`] and [`access`] (who may see what), [`audit`] (every subscription in the trail),
 //! [`verify`] (chain and checkpoint checks) and [`tail`] (the subscriber client).
@@ -13,6 +14,7 @@
 pub mod access;
 pub mod alert;
 pub mod audit;
+pub mod breakglass;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;

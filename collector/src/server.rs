@@ -539,9 +539,13 @@ impl CollectorService {
             if let Some(recovered) = self.health.stored(&identity, tokio::time::Instant::now()) {
                 self.raise(&identity, recovered).await;
             }
-            let alerts = self
+            let mut alerts = self
                 .tamper
                 .observe(&identity, appended.records.iter().map(|r| &r.event));
+            alerts.extend(crate::breakglass::alerts(
+                &identity,
+                appended.records.iter().map(|r| &r.event),
+            ));
             for alert in alerts {
                 self.raise(&identity, alert).await;
             }

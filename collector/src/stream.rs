@@ -49,6 +49,7 @@ pub const KINDS: &[&str] = &[
     "heartbeat",
     "tamper",
     "subscription",
+    "breakGlass",
 ];
 
 /// A subscription request that cannot be served.
@@ -85,6 +86,7 @@ pub fn kind_name(event: &v1::Event) -> &'static str {
         Some(Body::Heartbeat(_)) => "heartbeat",
         Some(Body::Tamper(_)) => "tamper",
         Some(Body::Subscription(_)) => "subscription",
+        Some(Body::BreakGlass(_)) => "breakGlass",
         None => "",
     }
 }

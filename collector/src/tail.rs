@@ -243,6 +243,14 @@ fn format_raw(event: &v1::Event) -> String {
                 h.spool_dropped
             );
         }
+        Some(Body::BreakGlass(b)) => {
+            let action = v1::BreakGlassAction::try_from(b.action).map_or("?", |a| a.as_str_name());
+            let whom = match &b.user {
+                Some(u) => format!("user {}", u.name),
+                None => format!("exe {}", b.exe),
+            };
+            let _ = write!(line, " {action} {} for {whom}: {}", b.grant_id, b.reason);
+        }
         Some(Body::Tamper(t)) => {
             let kind = v1::TamperKind::try_from(t.kind).map_or("?", |k| k.as_str_name());
             let _ = write!(line, " {kind} {}: {}", t.object, t.detail);

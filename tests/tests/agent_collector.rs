@@ -1134,3 +1134,100 @@ fn tampering_with_the_agents_kernel_state_is_repaired_and_raises_alerts_at_a_sub
     );
     drop(listener);
 }
+
+#[test]
+fn a_break_glass_grant_raises_an_alert_at_a_subscriber() {
+    require_root();
+    let (work, pki, tree) = (
+        tempfile::tempdir().unwrap(),
+        Pki::new(&[AGENT]),
+        Tree::new(),
+    );
+    // After the tree: the pins go before it is removed (this process is not allowed to read it).
+    let _unload = UnloadOnDrop;
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let config = write_agent_config(
+        work.path(),
+        &pki,
+        &collector.addr,
+        &tree.watched,
+        &work.path().join("spool"),
+    );
+    let policies = work.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("records.yaml"),
+        format!(
+            "name: records-test\nmode: enforce\nrules:\n  - name: patient-files\n    files:\n      - path: {}/**\n        access: [read]\n    allow:\n      - exe: /usr/bin/cat\n",
+            tree.watched.display()
+        ),
+    )
+    .unwrap();
+    let grants = work.path().join("break-glass");
+    let rt = runtime();
+    let mut alerts = phiguard_tests::e2e::subscribe_alerts(&rt, &pki, &collector.addr);
+    let mut agent = AgentProc(start_agent_with(
+        &config,
+        &[
+            "--policies".as_ref(),
+            policies.as_os_str(),
+            "--break-glass-dir".as_ref(),
+            grants.as_os_str(),
+        ],
+    ));
+    let out = Command::new(agent_binary())
+        .args([
+            "break-glass",
+            "--reason",
+            "EHR outage, ticket 4711",
+            "--for",
+            "10m",
+            "--user",
+            "65534",
+        ])
+        .env("PHIGUARD_BREAK_GLASS_DIR", &grants)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let raised = next_matching(
+        &rt,
+        &mut alerts,
+        "the break-glass alert",
+        Duration::from_secs(30),
+        |e| alert_of(e).is_some_and(|(k, _)| k == v1::AlertKind::BreakGlass),
+    );
+    eprintln!("{}", serde_json::to_string_pretty(&raised).unwrap());
+    let (_, a) = alert_of(&raised).unwrap();
+    assert!(a.message.contains(&id), "{a:?}");
+    assert!(a.message.contains("EHR outage, ticket 4711"), "{a:?}");
+    assert!(a.event_seq > 0, "names the agent's event: {a:?}");
+    // Stored in the agent's chain too, next to the agent's own event.
+    let stored = replay_all(
+        &rt,
+        &pki,
+        &collector.addr,
+        v1::EventFilter {
+            kinds: vec!["breakGlass".into()],
+            ..Default::default()
+        },
+    );
+    assert!(
+        stored.iter().any(|e| e.seq == a.event_seq
+            && matches!(&e.body, Some(Body::BreakGlass(b)) if b.grant_id == id)),
+        "{stored:?}"
+    );
+    // Revoked at the end, so nothing outlives the test (the pins go with `_unload`).
+    let out = Command::new(agent_binary())
+        .args(["break-glass", "--revoke", &id])
+        .env("PHIGUARD_BREAK_GLASS_DIR", &grants)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    agent.stop();
+}

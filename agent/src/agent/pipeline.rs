@@ -215,6 +215,7 @@ fn body_kind(body: Option<&Body>) -> &'static str {
         Some(Body::Heartbeat(_)) => "heartbeat",
         Some(Body::Tamper(_)) => "tamper",
         Some(Body::Subscription(_)) => "subscription",
+        Some(Body::BreakGlass(_)) => "break_glass",
         None => "none",
     }
 }

@@ -103,6 +103,12 @@ impl Enricher {
         self.policy.set(slot, generation, compiled);
     }
 
+    /// Names break-glass grant `grant` in the decisions it allows (by its slot).
+    pub fn set_break_glass(&mut self, grant: &crate::breakglass::grant::Grant) {
+        self.policy
+            .set_grant(grant.slot, crate::breakglass::grant_use(grant));
+    }
+
     /// Takes what `/proc` showed of a process at the moment of an event that is enriched
     /// later (the fanotify layer reads it while the opener waits).
     pub fn observe_process(&mut self, snapshot: crate::process::procfs::ProcSnapshot) {

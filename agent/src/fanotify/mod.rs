@@ -107,6 +107,7 @@ impl FanotifyLayer {
         records: mpsc::Sender<Record>,
         cgroup_root: &Path,
         identities: Option<ExecIdentities>,
+        grants: Option<crate::breakglass::GrantMap>,
     ) -> Result<FanotifyLayer, FanotifyError> {
         let group = Arc::new(Group::new()?);
         let protected = Protected::build(compiled, slot);
@@ -127,7 +128,8 @@ impl FanotifyLayer {
             Arc::clone(&counters),
             cgroup_root,
         )
-        .with_identities(identities);
+        .with_identities(identities)
+        .with_grants(grants);
         let thread = std::thread::Builder::new()
             .name("phiguard-fanotify".into())
             .spawn(move || responder.run())

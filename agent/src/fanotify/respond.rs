@@ -18,7 +18,7 @@ use agent_common::{
         FLAG_EXEC_REFUSED, FLAG_TRUNCATED,
     },
     limits::{COMM_LEN, NAMES_LEN, PATH_LEN},
-    policy::{verdict, Decision},
+    policy::{access, layer, verdict, Decision},
 };
 use tokio::sync::mpsc;
 
@@ -29,6 +29,7 @@ use super::{
     Counters, Record,
 };
 use crate::{
+    breakglass::{GrantMap, FANOTIFY_MARGIN_NS},
     event::decode::RawEvent,
     kernel::identity::ExecIdentities,
     paths::{kernel_dev, FileId},
@@ -64,6 +65,8 @@ pub(super) struct Responder {
     cgroup_root: PathBuf,
     /// The kernel's record of what each process executed (`None`: `/proc/PID/exe` instead).
     identities: Option<ExecIdentities>,
+    /// The kernel's break-glass grants (`None`: none are honoured).
+    grants: Option<GrantMap>,
 }
 
 /// What the loop learnt about one event before answering, for its record.
@@ -105,6 +108,36 @@ impl Responder {
             ns_per_tick: 1_000_000_000 / procfs::ticks_per_second(),
             cgroup_root: cgroup_root.to_owned(),
             identities: None,
+            grants: None,
+        }
+    }
+
+    /// Honours the break-glass grants in `grants` (the kernel's map) as the kernel does.
+    pub(super) fn with_grants(mut self, grants: Option<GrantMap>) -> Responder {
+        self.grants = grants;
+        self
+    }
+
+    /// `decision` with a refusal turned into an allow when a break-glass grant covers the
+    /// subject (stopping [`FANOTIFY_MARGIN_NS`] before the grant's expiry, so the open completes
+    /// before the kernel's own check at its exit sees it expired).
+    fn break_glass(&self, decision: Decision, governed: u32, subject: &Subject) -> Decision {
+        if decision.verdict != verdict::DENY && decision.verdict != verdict::WOULD_DENY {
+            return decision;
+        }
+        let Some(slot) = self
+            .grants
+            .as_ref()
+            .and_then(|g| g.slot_for(subject.uid, subject.exe, FANOTIFY_MARGIN_NS))
+        else {
+            return decision;
+        };
+        Decision {
+            verdict: verdict::ALLOW,
+            layer: layer::BREAK_GLASS,
+            access: governed as u8,
+            subject: slot,
+            ..decision
         }
     }
 
@@ -239,6 +272,7 @@ impl Responder {
             || self.exe_of(ppid),
             requested,
         );
+        let decision = self.break_glass(decision, requested & rule.entry.governed(), &subject);
         drop(state);
         if decision.verdict == verdict::NONE {
             return None;
@@ -292,6 +326,16 @@ impl Responder {
         if decision.verdict != verdict::DENY {
             return None;
         }
+        let exe = self.exe_of(opener.tgid);
+        let subject = Subject {
+            exe,
+            uid: opener.uid,
+            gid: opener.gid,
+        };
+        if self.break_glass(decision, access::EXEC, &subject).verdict == verdict::ALLOW {
+            // Allowed by a grant: the exec tracepoint reports it, deciding the same way.
+            return None;
+        }
         // Only the program the execve names is decided here, as BPF LSM's
         // bprm_check_security does for its first stage. The kernel opens the ELF interpreter
         // (ld.so) and a script's interpreter for exec too; those pass here (the exec
@@ -309,7 +353,6 @@ impl Responder {
         if named != Some(file) {
             return None;
         }
-        let exe = self.exe_of(opener.tgid);
         let (process, known) = self.snapshot(&opener, exe);
         Some(Pending {
             opener,

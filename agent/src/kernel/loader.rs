@@ -12,9 +12,9 @@ use agent_common::{
     event::KIND_COUNT,
     limits::PATH_LEN,
     maps::{
-        db_process, AgentId, ExecIdentity, InodeKey, AGENT, CONTROL_MAPS, DB_JOIN, DB_PORTS,
-        DB_PROCESSES, DB_UNIX_SOCKETS, EVENTS, EXEC_IDENTITY, FANOTIFY_DECIDES_GLOBAL, FAULTS,
-        LOST, NEVER_KILL, OFFSETS_GLOBAL, WATCHED_PREFIXES,
+        db_process, AgentId, ExecIdentity, GrantValue, InodeKey, AGENT, BREAK_GLASS, CONTROL_MAPS,
+        DB_JOIN, DB_PORTS, DB_PROCESSES, DB_UNIX_SOCKETS, EVENTS, EXEC_IDENTITY,
+        FANOTIFY_DECIDES_GLOBAL, FAULTS, LOST, NEVER_KILL, OFFSETS_GLOBAL, WATCHED_PREFIXES,
     },
     offsets::KernelOffsets,
     program::PROGRAM_COUNT,
@@ -141,6 +141,9 @@ impl Sensors {
             let identities = pins::exec_identity_path(root);
             pins::drop_other_layout(&identities, size_of::<ExecIdentity>());
             loader.map_pin_path(EXEC_IDENTITY, identities);
+            let grants = pins::break_glass_path(root);
+            pins::drop_other_layout(&grants, size_of::<GrantValue>());
+            loader.map_pin_path(BREAK_GLASS, grants);
         }
         let ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         let mut sensors = Sensors {
@@ -237,6 +240,16 @@ impl Sensors {
             .and_then(map_data)
             .ok_or_else(|| std::io::Error::other("the object has no EXEC_IDENTITY hash map"))?;
         Ok(ExecIdentities::new(data.fd().as_fd().try_clone_to_owned()?))
+    }
+
+    /// A descriptor of the break-glass map (the pinned one while enforcing).
+    pub fn break_glass_map(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        let data = self
+            .ebpf
+            .map(BREAK_GLASS)
+            .and_then(map_data)
+            .ok_or_else(|| std::io::Error::other("the object has no BREAK_GLASS hash map"))?;
+        data.fd().as_fd().try_clone_to_owned()
     }
 
     /// The loaded object.

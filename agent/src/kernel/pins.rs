@@ -80,6 +80,12 @@ pub fn exec_identity_path(root: &Path) -> PathBuf {
     root.join("exec_identity")
 }
 
+/// Where the break-glass grants are pinned (shared by every generation of programs while
+/// enforcing, so a grant holds — and ends — while the agent restarts).
+pub fn break_glass_path(root: &Path) -> PathBuf {
+    root.join("break_glass")
+}
+
 /// Makes this process the exempt agent for programs a previous agent pinned under `root`,
 /// before it reads anything they protect. Returns whether there were such programs.
 pub fn claim(root: &Path) -> Result<bool, PinError> {
@@ -270,6 +276,7 @@ pub fn unload(root: &Path) -> Result<usize, PinError> {
     let _ = fs::remove_dir(&dir);
     let _ = fs::remove_file(agent_map_path(root));
     let _ = fs::remove_file(exec_identity_path(root));
+    let _ = fs::remove_file(break_glass_path(root));
     let _ = fs::remove_dir(root);
     wait_released(&programs);
     Ok(removed)

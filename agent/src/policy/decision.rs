@@ -1,7 +1,7 @@
 //! Turning the kernel's compact decisions (kernel rule, verdict, layer, access, subject) into
 //! the event's `Decision`: which policy and rule, in words.
 
-use std::{path::Path, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use agent_common::policy::{layer, verdict, Decision, MAX_RULES, NO_SUBJECT};
 use phiguard_proto::v1;
@@ -14,12 +14,19 @@ use crate::paths::FileId;
 #[derive(Default)]
 pub struct PolicyTables {
     slots: [Option<(u64, Arc<Compiled>)>; 2],
+    /// Break-glass grants by slot (the last grant seen in each).
+    grants: HashMap<u32, v1::BreakGlassUse>,
 }
 
 impl PolicyTables {
     /// Records that `compiled` (generation `generation`) is now in `slot`.
     pub fn set(&mut self, slot: u32, generation: u64, compiled: Arc<Compiled>) {
         self.slots[(slot & 1) as usize] = Some((generation, compiled));
+    }
+
+    /// Records that break-glass grant `grant` holds `slot`.
+    pub fn set_grant(&mut self, slot: u32, grant: v1::BreakGlassUse) {
+        self.grants.insert(slot, grant);
     }
 
     /// The path of a protected unix socket, by its file's identity.
@@ -53,11 +60,20 @@ impl PolicyTables {
                 layer::SIGNAL => v1::EnforcementLayer::Signal,
                 layer::FANOTIFY => v1::EnforcementLayer::Fanotify,
                 layer::SPARED => v1::EnforcementLayer::Spared,
+                layer::BREAK_GLASS => v1::EnforcementLayer::BreakGlass,
                 _ => v1::EnforcementLayer::Unspecified,
             } as i32,
             access: access_names(u32::from(decision.access)),
             ..v1::Decision::default()
         };
+        if decision.layer == layer::BREAK_GLASS {
+            described.break_glass = Some(
+                self.grants
+                    .get(&u32::from(decision.subject))
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+        }
         let slot = (decision.rule / MAX_RULES) as usize;
         let index = (decision.rule % MAX_RULES) as usize;
         let Some((generation, compiled)) = self.slots.get(slot).and_then(Option::as_ref) else {
@@ -65,6 +81,10 @@ impl PolicyTables {
         };
         let rule = compiled.rules.get(index);
         let origin = rule.and_then(|rule| match decision.verdict {
+            // The rule that refused what the grant allowed.
+            verdict::ALLOW if decision.layer == layer::BREAK_GLASS => {
+                rule.denying_origin(u32::from(decision.access), true)
+            }
             verdict::ALLOW if decision.subject != NO_SUBJECT => {
                 rule.subjects.get(usize::from(decision.subject))
             }

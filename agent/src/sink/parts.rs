@@ -158,6 +158,7 @@ impl Serialize for WithParts<'_> {
             Some(Body::Heartbeat(v)) => s.serialize_field("heartbeat", v)?,
             Some(Body::Tamper(v)) => s.serialize_field("tamper", v)?,
             Some(Body::Subscription(v)) => s.serialize_field("subscription", v)?,
+            Some(Body::BreakGlass(v)) => s.serialize_field("breakGlass", v)?,
         }
         s.end()
     }
@@ -244,6 +245,7 @@ mod tests {
             Some(Body::DbSessionEnd(Default::default())),
             Some(Body::Heartbeat(Default::default())),
             Some(Body::Tamper(Default::default())),
+            Some(Body::BreakGlass(Default::default())),
         ]
     }
 

@@ -1,0 +1,435 @@
+//! Host and VM tiers, break-glass emergency access: `phiguard break-glass` lifts the
+//! allow-lists for one user for a limited time. A real agent binary enforces a real policy
+//! against a real unprivileged process (`nobody` running `head`): refused, allowed under the
+//! grant (the event names it), still allowed while the agent restarts and after, refused again
+//! once the grant's time is up — the kernel ends it by itself — and the end is reported. Root
+//! only; one at a time (`--test-threads=1`).
+
+use std::{
+    fs,
+    io::BufRead as _,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use phiguard_proto::v1::{self, event::Body};
+use phiguard_tests::{file_open, process, require_root, Tree, UnloadOnDrop};
+
+const NOBODY: u32 = 65534;
+
+fn binary() -> String {
+    std::env::var("PHIGUARD_BIN").unwrap_or_else(|_| {
+        panic!("PHIGUARD_BIN is not set: run the host tier through `cargo xtask test`")
+    })
+}
+
+/// `phiguard run --policies POLICIES` with grants in `grants`, its JSON events on stdout.
+struct AgentProcess {
+    child: Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    startup: String,
+}
+
+impl AgentProcess {
+    fn start(policies: &Path, grants: &Path) -> AgentProcess {
+        let mut child = Command::new(binary())
+            .args(["run", "--log-format", "json", "--policies"])
+            .arg(policies)
+            .arg("--break-glass-dir")
+            .arg(grants)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut startup = String::new();
+        let deadline = Instant::now() + phiguard_tests::STARTUP_LIMIT;
+        while !startup.contains("events are flowing") {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "agent exited before it was ready: {startup}"
+            );
+            startup.push_str(&line);
+            assert!(Instant::now() < deadline, "not ready: {startup}");
+        }
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("agent: {line}");
+            }
+        });
+        AgentProcess {
+            stdout: std::io::BufReader::new(child.stdout.take().unwrap()),
+            child,
+            startup,
+        }
+    }
+
+    /// Whether refusals are `EPERM` (BPF LSM, fanotify) rather than SIGKILL.
+    fn eperm(&self) -> bool {
+        self.startup.contains("\"lsm\":true") || self.startup.contains("\"files\":\"fanotify\"")
+    }
+
+    /// Reads events until one matches `pred`; a watchdog ends the agent after two minutes so a
+    /// missing event fails the test instead of hanging it.
+    fn expect(&mut self, what: &str, pred: impl Fn(&v1::Event) -> bool) -> v1::Event {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if wait.recv_timeout(Duration::from_secs(120))
+                == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            }
+        });
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "agent output ended without {what}"
+            );
+            let event: v1::Event = serde_json::from_str(&line).expect("a JSON event per line");
+            if pred(&event) {
+                drop(done);
+                return event;
+            }
+        }
+    }
+
+    /// Signals the agent and waits for it, reading what it still writes (a clean stop flushes
+    /// its last events: with nobody reading, it would block on the full pipe).
+    fn kill(mut self, signal: Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
+        let mut rest = String::new();
+        while self.stdout.read_line(&mut rest).is_ok_and(|n| n > 0) {
+            rest.clear();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A protected file `nobody` may read by its mode, a policy that lets only `cat` read it, and a
+/// root-only break-glass directory.
+struct Setup {
+    /// Removed last (after the pins: the test process is not on the allow-list).
+    _tree: Tree,
+    file: PathBuf,
+    policies: tempfile::TempDir,
+    grants: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        require_root();
+        let tree = Tree::new();
+        let file = tree.watched.join("rec.txt");
+        fs::write(&file, "patient 1\n").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        let policies = tempfile::Builder::new()
+            .prefix("phiguard-policies-")
+            .tempdir()
+            .unwrap();
+        fs::write(
+            policies.path().join("test.yaml"),
+            format!(
+                "name: records-test\nmode: enforce\nrules:\n  - name: patient-files\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: /usr/bin/cat\n",
+                tree.watched.display()
+            ),
+        )
+        .unwrap();
+        let grants = tree.dir.path().join("break-glass");
+        Setup {
+            _tree: tree,
+            file,
+            policies,
+            grants,
+        }
+    }
+
+    fn agent(&self) -> AgentProcess {
+        AgentProcess::start(self.policies.path(), &self.grants)
+    }
+
+    /// `head FILE` as `nobody`.
+    fn read_as_nobody(&self) -> Output {
+        Command::new("/usr/bin/head")
+            .arg(&self.file)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stderr(Stdio::null())
+            .output()
+            .expect("spawn head")
+    }
+
+    /// `phiguard break-glass ARGS` against this directory.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .arg("break-glass")
+            .args(args)
+            .env("PHIGUARD_BREAK_GLASS_DIR", &self.grants)
+            .output()
+            .unwrap()
+    }
+
+    /// A grant for `nobody`; returns its id.
+    fn grant(&self, reason: &str, duration: &str) -> String {
+        let out = self.cli(&["--reason", reason, "--for", duration, "--user", "65534"]);
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let id = text.lines().next().unwrap().to_owned();
+        assert!(id.starts_with("bg-"), "{text}");
+        id
+    }
+}
+
+fn refused(status: ExitStatus, eperm: bool) -> bool {
+    use std::os::unix::process::ExitStatusExt as _;
+    if eperm {
+        !status.success() && status.signal().is_none()
+    } else {
+        status.signal() == Some(libc::SIGKILL)
+    }
+}
+
+fn break_glass_event<'a>(
+    event: &'a v1::Event,
+    id: &str,
+    action: v1::BreakGlassAction,
+) -> Option<&'a v1::BreakGlass> {
+    match &event.body {
+        Some(Body::BreakGlass(b)) if b.grant_id == id && b.action == action as i32 => Some(b),
+        _ => None,
+    }
+}
+
+/// An open of `file` by `nobody` that grant `id` allowed.
+fn allowed_by_grant(event: &v1::Event, file: &Path, id: &str) -> bool {
+    let Some(d) = &event.decision else {
+        return false;
+    };
+    d.verdict == v1::Verdict::Allow as i32
+        && d.layer == v1::EnforcementLayer::BreakGlass as i32
+        && d.break_glass.as_ref().is_some_and(|b| b.grant_id == id)
+        && file_open(event).is_some_and(|f| f.path == file.display().to_string())
+        && process(event).user.as_ref().and_then(|u| u.id) == Some(NOBODY)
+}
+
+/// When a grant ends, by the wall clock (the kernel's boot-time expiry was taken a little
+/// earlier, by the same command).
+fn expiry(grant: &v1::BreakGlass) -> std::time::SystemTime {
+    let t = grant
+        .expires_at
+        .as_ref()
+        .unwrap_or_else(|| panic!("no expiry: {grant:?}"));
+    std::time::UNIX_EPOCH
+        + Duration::from_secs(t.seconds as u64)
+        + Duration::from_nanos(t.nanos as u64)
+}
+
+/// Sleeps until a little after `at`.
+fn sleep_past(at: std::time::SystemTime) {
+    if let Ok(left) = at.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(left);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// How long the grant that outlives an agent restart lasts: long enough for the restart (a
+/// debug agent starts in seconds here, in tens of seconds under the VM tier's emulation).
+fn restart_grant() -> (&'static str, Duration) {
+    if std::env::var("PHIGUARD_TIER").is_ok_and(|t| t == "vm") {
+        ("150s", Duration::from_secs(150))
+    } else {
+        ("20s", Duration::from_secs(20))
+    }
+}
+
+#[test]
+fn a_grant_allows_survives_an_agent_restart_and_ends_by_itself() {
+    let setup = Setup::new();
+    let _unload = UnloadOnDrop;
+    let mut first = setup.agent();
+    let eperm = first.eperm();
+    assert!(
+        refused(setup.read_as_nobody().status, eperm),
+        "nobody is refused without a grant"
+    );
+    first.expect("the refusal", |e| {
+        e.decision
+            .as_ref()
+            .is_some_and(|d| d.verdict == v1::Verdict::Deny as i32)
+            && process(e).user.as_ref().and_then(|u| u.id) == Some(NOBODY)
+    });
+
+    let (duration, lasts) = restart_grant();
+    let granted_at = Instant::now();
+    let id = setup.grant("EHR outage, ticket 4711", duration);
+    let dir_mode = fs::metadata(&setup.grants).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700, "the grants are root's alone");
+    let file_mode = fs::metadata(setup.grants.join(format!("{id}.json")))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(file_mode, 0o600);
+    let granted = first.expect("the grant event", |e| {
+        break_glass_event(e, &id, v1::BreakGlassAction::Granted).is_some()
+    });
+    let b = break_glass_event(&granted, &id, v1::BreakGlassAction::Granted).unwrap();
+    assert_eq!(b.reason, "EHR outage, ticket 4711");
+    assert_eq!(b.user.as_ref().and_then(|u| u.id), Some(NOBODY));
+    assert_eq!(b.duration_seconds, lasts.as_secs());
+    assert!(b.granted_at.is_some(), "{b:?}");
+    let expires_at = expiry(b);
+
+    let read = setup.read_as_nobody();
+    assert!(read.status.success(), "allowed under the grant: {read:?}");
+    assert_eq!(read.stdout, b"patient 1\n");
+    let allowed = first.expect("the access the grant allowed", |e| {
+        allowed_by_grant(e, &setup.file, &id)
+    });
+    let d = allowed.decision.as_ref().unwrap();
+    assert_eq!(
+        (d.policy.as_str(), d.rule.as_str()),
+        ("records-test", "patient-files"),
+        "names the rule that would have refused"
+    );
+    assert_eq!(
+        d.break_glass.as_ref().unwrap().reason,
+        "EHR outage, ticket 4711"
+    );
+
+    // The agent dies: the pinned programs keep enforcing, and keep honouring the grant.
+    first.kill(Signal::SIGKILL);
+    assert!(
+        setup.read_as_nobody().status.success(),
+        "the grant holds while no agent runs"
+    );
+    let mut second = setup.agent();
+    let read = setup.read_as_nobody();
+    assert!(
+        read.status.success(),
+        "the grant holds after the restart: {read:?}"
+    );
+    second.expect("the access under the restarted agent", |e| {
+        allowed_by_grant(e, &setup.file, &id)
+    });
+    assert!(
+        granted_at.elapsed() < lasts,
+        "the restart took longer than the grant lasts: the test proves nothing"
+    );
+
+    // Its time runs out: the kernel refuses at once (it checks the expiry itself) and the
+    // agent reports the end.
+    sleep_past(expires_at);
+    assert!(
+        refused(setup.read_as_nobody().status, eperm),
+        "refused once the grant's time is up"
+    );
+    second.expect("the expiry event", |e| {
+        break_glass_event(e, &id, v1::BreakGlassAction::Expired).is_some()
+    });
+    let list = setup.cli(&["--list"]);
+    assert!(list.status.success(), "{list:?}");
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&id),
+        "the expired grant's file is gone: {list:?}"
+    );
+    second.kill(Signal::SIGTERM);
+}
+
+#[test]
+fn a_revoked_grant_ends_at_once_and_one_that_ran_out_while_no_agent_ran_is_reported() {
+    let setup = Setup::new();
+    let _unload = UnloadOnDrop;
+    let mut agent = setup.agent();
+    let eperm = agent.eperm();
+    let id = setup.grant("restore from backup", "10m");
+    agent.expect("the grant event", |e| {
+        break_glass_event(e, &id, v1::BreakGlassAction::Granted).is_some()
+    });
+    assert!(setup.read_as_nobody().status.success());
+    let out = setup.cli(&["--revoke", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let revoked = agent.expect("the revocation event", |e| {
+        break_glass_event(e, &id, v1::BreakGlassAction::Revoked).is_some()
+    });
+    let b = break_glass_event(&revoked, &id, v1::BreakGlassAction::Revoked).unwrap();
+    assert!(b.revoked_at.is_some(), "{b:?}");
+    assert!(
+        refused(setup.read_as_nobody().status, eperm),
+        "refused once revoked"
+    );
+
+    // A grant that runs out while no agent runs: the kernel ends it; the next agent says so.
+    let short = setup.grant("short", "3s");
+    let granted = agent.expect("the short grant's event", |e| {
+        break_glass_event(e, &short, v1::BreakGlassAction::Granted).is_some()
+    });
+    let expires_at =
+        expiry(break_glass_event(&granted, &short, v1::BreakGlassAction::Granted).unwrap());
+    agent.kill(Signal::SIGKILL);
+    sleep_past(expires_at);
+    assert!(
+        !setup.read_as_nobody().status.success(),
+        "the pinned programs refuse once the grant ran out"
+    );
+    let mut next = setup.agent();
+    next.expect(
+        "the expiry of the grant that ran out while no agent ran",
+        |e| break_glass_event(e, &short, v1::BreakGlassAction::Expired).is_some(),
+    );
+    next.kill(Signal::SIGTERM);
+}
+
+#[test]
+fn break_glass_refuses_bad_values_naming_the_field_and_anyone_but_root() {
+    let setup = Setup::new();
+    for (args, field) in [
+        (vec!["--reason", "x", "--for", "2d", "--user", "0"], "for:"),
+        (vec!["--reason", "x", "--for", "25h", "--user", "0"], "for:"),
+        (
+            vec!["--reason", " ", "--for", "5m", "--user", "0"],
+            "reason:",
+        ),
+        (
+            vec!["--reason", "x", "--for", "5m", "--user", "no-such-user-xyz"],
+            "user:",
+        ),
+        (
+            vec!["--reason", "x", "--for", "5m", "--exe", "bin/sh"],
+            "exe:",
+        ),
+        (vec!["--revoke", "../../etc/passwd"], "revoke:"),
+    ] {
+        let out = setup.cli(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(field), "{args:?} names {field}: {stderr}");
+    }
+    assert!(!setup.grants.exists(), "nothing written");
+    let out = Command::new(binary())
+        .args(["break-glass", "--reason", "x", "--for", "5m", "--user", "0"])
+        .env("PHIGUARD_BREAK_GLASS_DIR", &setup.grants)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("root"),
+        "{out:?}"
+    );
+    assert!(!setup.grants.exists(), "nothing written");
+}
