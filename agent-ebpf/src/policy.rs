@@ -2,7 +2,7 @@
 
 use agent_common::{
     limits::MAX_WALK_DEPTH,
-    maps::{grant_kind, GrantKey, InodeKey, MAX_GRANTS, NS_PER_TICK},
+    maps::{grant_kind, GrantKey, GrantValue, InodeKey, MAX_GRANTS, NS_PER_TICK},
     policy::{
         access, layer, verdict, Decision, IdKey, RuleEntry, ScopeKey, SubjectKey, MAX_RULES,
         MAX_SUBJECTS, NO_RULE, NO_SUBJECT,
@@ -145,32 +145,35 @@ pub fn decide(rule: u32, requested: u32, enforced_by: u8) -> Decision {
 
 /// The slot of a break-glass grant covering the current process — its real uid's, else its
 /// executable's (the kernel's record of its exec) — that has not expired. The kernel checks the
-/// expiry itself, so a grant ends on time whether or not an agent runs.
+/// expiry itself, so a grant ends on time whether or not an agent runs; an expired grant left
+/// in the map (no agent to remove it) hides no live one of the other kind.
 #[inline(always)]
 fn break_glass_slot() -> Option<u8> {
+    // SAFETY: helper call without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let live = |grant: Option<&GrantValue>| {
+        grant
+            .filter(|g| now < g.expires_boot_ns && g.slot < MAX_GRANTS)
+            .map(|g| g.slot as u8)
+    };
     let uid = bpf_get_current_uid_gid() as u32;
     let by_user = GrantKey {
         kind: grant_kind::USER,
         dev: 0,
         id: u64::from(uid),
     };
-    // SAFETY: the value is plain integers copied out at once.
-    let mut grant = unsafe { BREAK_GLASS.get(by_user) }.copied();
-    if grant.is_none() {
-        if let Some(exe) = exe_of(Task::current()) {
-            let by_exe = GrantKey {
-                kind: grant_kind::EXE,
-                dev: exe.dev,
-                id: exe.ino,
-            };
-            // SAFETY: as above.
-            grant = unsafe { BREAK_GLASS.get(by_exe) }.copied();
-        }
+    // SAFETY: the value is plain integers, read at once.
+    if let Some(slot) = live(unsafe { BREAK_GLASS.get(by_user) }) {
+        return Some(slot);
     }
-    let grant = grant?;
-    // SAFETY: helper call without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    (now < grant.expires_boot_ns && grant.slot < MAX_GRANTS).then_some(grant.slot as u8)
+    let exe = exe_of(Task::current())?;
+    let by_exe = GrantKey {
+        kind: grant_kind::EXE,
+        dev: exe.dev,
+        id: exe.ino,
+    };
+    // SAFETY: as above.
+    live(unsafe { BREAK_GLASS.get(by_exe) })
 }
 
 /// The decision for accesses `governed` under kernel rule `rule` that the rule refuses and

@@ -393,6 +393,42 @@ fn a_revoked_grant_ends_at_once_and_one_that_ran_out_while_no_agent_ran_is_repor
     next.kill(Signal::SIGTERM);
 }
 
+/// The kernel decides alone while no agent runs: a user's grant that ran out then stays in the
+/// map (nobody removes it), and must not hide a live grant for the program.
+#[test]
+fn an_expired_user_grant_left_in_the_kernel_hides_no_live_program_grant() {
+    let setup = Setup::new();
+    let _unload = UnloadOnDrop;
+    let mut agent = setup.agent();
+    let short = setup.grant("short", "3s");
+    let granted = agent.expect("the user's grant event", |e| {
+        break_glass_event(e, &short, v1::BreakGlassAction::Granted).is_some()
+    });
+    let expires_at =
+        expiry(break_glass_event(&granted, &short, v1::BreakGlassAction::Granted).unwrap());
+    let out = setup.cli(&[
+        "--reason",
+        "chart review tool",
+        "--for",
+        "10m",
+        "--exe",
+        "/usr/bin/head",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let program = String::from_utf8(out.stdout).unwrap();
+    let program = program.lines().next().unwrap().to_owned();
+    agent.expect("the program's grant event", |e| {
+        break_glass_event(e, &program, v1::BreakGlassAction::Granted).is_some()
+    });
+    agent.kill(Signal::SIGKILL);
+    sleep_past(expires_at);
+    let out = setup.read_as_nobody();
+    assert!(
+        out.status.success(),
+        "head, under a live grant of its own, reads although nobody's grant ran out: {out:?}"
+    );
+}
+
 #[test]
 fn break_glass_refuses_bad_values_naming_the_field_and_anyone_but_root() {
     let setup = Setup::new();
