@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     let root = root.to_str().context("non-UTF-8 path to agent-ebpf")?;
     aya_build::build_ebpf(
         [aya_build::Package {
-            name: "agent-ebpf",
+            name: "phiguard-ebpf",
             root_dir: root,
             features: if with_floor { &["floor"] } else { &[] },
             ..Default::default()

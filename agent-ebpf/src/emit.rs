@@ -2,10 +2,6 @@
 
 use core::mem::size_of;
 
-use agent_common::{
-    event::{EventHeader, Kind, FLAG_NO_PROCESS},
-    limits::WAKEUP_BYTES,
-};
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
@@ -13,6 +9,10 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
     },
     maps::ring_buf::RingBufEntry,
+};
+use phiguard_common::{
+    event::{EventHeader, Kind, FLAG_NO_PROCESS},
+    limits::WAKEUP_BYTES,
 };
 
 use crate::{

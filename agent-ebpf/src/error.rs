@@ -7,7 +7,7 @@
 //! it should not) is counted per program in `FAULTS`, which user space exports. A fault is
 //! never dropped silently.
 
-use agent_common::program::Program;
+use phiguard_common::program::Program;
 
 use crate::{kernel::ReadError, maps::FAULTS};
 

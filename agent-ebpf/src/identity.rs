@@ -8,7 +8,7 @@
 //! record (the map was full, or it started before the programs and the agent's start-up
 //! seeding missed it): no `exe` subject matches it.
 
-use agent_common::maps::{identity_flags::TAINTED, ExecIdentity, NS_PER_TICK};
+use phiguard_common::maps::{identity_flags::TAINTED, ExecIdentity, NS_PER_TICK};
 
 use crate::{
     error::{ProbeError, ProbeResult},

@@ -4,18 +4,18 @@
 //! `base + OFFSETS.field` with `bpf_probe_read_kernel`: a wrong or stale pointer yields an
 //! error, never a fault.
 
-use agent_common::{
-    limits::{MAX_PATH_DEPTH, MAX_WALK_DEPTH, NAMES_LEN, NAME_MAX},
-    maps::InodeKey,
-    offsets::KernelOffsets,
-    policy::WatchValue,
-};
 use aya_ebpf::{
     cty::{c_long, c_void},
     helpers::{
         bpf_get_current_task, bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes, generated,
     },
+};
+use phiguard_common::{
+    limits::{MAX_PATH_DEPTH, MAX_WALK_DEPTH, NAMES_LEN, NAME_MAX},
+    maps::InodeKey,
+    offsets::KernelOffsets,
+    policy::WatchValue,
 };
 
 use crate::maps::WATCHED_INODES;

@@ -1,6 +1,10 @@
-//! Every map the programs share. Names match `agent_common::maps`.
+//! Every map the programs share. Names match `phiguard_common::maps`.
 
-use agent_common::{
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use phiguard_common::{
     event::{EventHeader, ExecArgsScratch, FileOpenEvent, KIND_COUNT},
     limits::{
         MAX_CREATING, MAX_INODE_LABELS, MAX_WATCHED_INODES, MAX_WATCHED_PORTS,
@@ -16,10 +20,6 @@ use agent_common::{
     },
     program::PROGRAM_COUNT,
 };
-use aya_ebpf::{
-    macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
-};
 
 /// The one ring buffer every program writes records to.
 #[map]
@@ -29,7 +29,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(KIND_COUNT, 0);
 
-/// Program runs that stopped on a fault, per CPU, indexed by `agent_common::program::Program`.
+/// Program runs that stopped on a fault, per CPU, indexed by `phiguard_common::program::Program`.
 #[map]
 pub static FAULTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROGRAM_COUNT, 0);
 
@@ -71,11 +71,11 @@ pub static AGENT: Array<AgentId> = Array::with_max_entries(1, 0);
 #[map]
 pub static NEVER_KILL: HashMap<InodeKey, u32> = HashMap::with_max_entries(MAX_NEVER_KILL, 0);
 
-/// Break-glass grants by user or executable (see `agent_common::maps::BREAK_GLASS`).
+/// Break-glass grants by user or executable (see `phiguard_common::maps::BREAK_GLASS`).
 #[map]
 pub static BREAK_GLASS: HashMap<GrantKey, GrantValue> = HashMap::with_max_entries(MAX_GRANTS, 0);
 
-/// What each process executed, by global tgid (see `agent_common::maps::EXEC_IDENTITY`).
+/// What each process executed, by global tgid (see `phiguard_common::maps::EXEC_IDENTITY`).
 #[map]
 pub static EXEC_IDENTITY: HashMap<u32, ExecIdentity> = HashMap::with_max_entries(MAX_PROCESSES, 0);
 
@@ -151,7 +151,7 @@ pub struct FileOpenScratch {
     /// The record sent.
     pub event: FileOpenEvent,
     /// Room a name copy may run into past `event.names`.
-    pub slack: [u8; agent_common::limits::NAME_MAX],
+    pub slack: [u8; phiguard_common::limits::NAME_MAX],
 }
 
 /// Per-CPU scratch for file-open records.
@@ -166,12 +166,12 @@ pub static PREFIX_KEY_SCRATCH: PerCpuArray<Key<[u8; PATH_LEN]>> =
 /// Database TCP ports (host byte order) → 1.
 #[map]
 pub static DB_PORTS: HashMap<u32, u32> =
-    HashMap::with_max_entries(agent_common::limits::MAX_DB_PORTS, 0);
+    HashMap::with_max_entries(phiguard_common::limits::MAX_DB_PORTS, 0);
 
 /// Database unix sockets by (device, 0, inode) of the socket file → 1.
 #[map]
 pub static DB_UNIX_SOCKETS: HashMap<InodeKey, u32> =
-    HashMap::with_max_entries(agent_common::limits::MAX_DB_UNIX_SOCKETS, 0);
+    HashMap::with_max_entries(phiguard_common::limits::MAX_DB_UNIX_SOCKETS, 0);
 
 /// A tracked database socket.
 #[repr(C)]
@@ -190,23 +190,23 @@ pub struct DbSock {
 /// (and a reused address is caught by `DbSock::socket`).
 #[map]
 pub static DB_SOCKS: LruHashMap<u64, DbSock> =
-    LruHashMap::with_max_entries(agent_common::limits::MAX_DB_SOCKETS, 0);
+    LruHashMap::with_max_entries(phiguard_common::limits::MAX_DB_SOCKETS, 0);
 
 /// Processes (tgid) that hold or inherited a tracked database socket → a
-/// `agent_common::maps::db_process` code: the read/write hooks of every other process stop
+/// `phiguard_common::maps::db_process` code: the read/write hooks of every other process stop
 /// after this one lookup.
 #[map]
 pub static DB_PROCESSES: LruHashMap<u32, u32> =
-    LruHashMap::with_max_entries(agent_common::limits::MAX_DB_PROCESSES, 0);
+    LruHashMap::with_max_entries(phiguard_common::limits::MAX_DB_PROCESSES, 0);
 
 /// Database sockets of sessions opened before the agent started ((sockfs device, 0, socket
 /// inode) → `db_role`), written by user space at start-up and joined at their next read or
 /// write.
 #[map]
 pub static DB_JOIN: HashMap<InodeKey, u32> =
-    HashMap::with_max_entries(agent_common::limits::MAX_DB_SOCKETS, 0);
+    HashMap::with_max_entries(phiguard_common::limits::MAX_DB_SOCKETS, 0);
 
 /// Per-CPU scratch for capture records.
 #[map]
-pub static DB_DATA_SCRATCH: PerCpuArray<agent_common::event::DbDataScratch> =
+pub static DB_DATA_SCRATCH: PerCpuArray<phiguard_common::event::DbDataScratch> =
     PerCpuArray::with_max_entries(1, 0);

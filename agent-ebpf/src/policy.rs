@@ -1,19 +1,19 @@
 //! Policy decisions: may the current process make this access to a protected resource?
 
-use agent_common::{
-    limits::MAX_WALK_DEPTH,
-    maps::{grant_kind, GrantKey, GrantValue, InodeKey, MAX_GRANTS, NS_PER_TICK},
-    policy::{
-        access, layer, verdict, Decision, IdKey, RuleEntry, ScopeKey, SubjectKey, MAX_RULES,
-        MAX_SUBJECTS, NO_RULE, NO_SUBJECT,
-    },
-};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns,
     },
     maps::HashMap,
+};
+use phiguard_common::{
+    limits::MAX_WALK_DEPTH,
+    maps::{grant_kind, GrantKey, GrantValue, InodeKey, MAX_GRANTS, NS_PER_TICK},
+    policy::{
+        access, layer, verdict, Decision, IdKey, RuleEntry, ScopeKey, SubjectKey, MAX_RULES,
+        MAX_SUBJECTS, NO_RULE, NO_SUBJECT,
+    },
 };
 
 use crate::{

@@ -3,12 +3,12 @@
 //! per transaction (client write and read, server read and write) through
 //! `phiguard::db::session::Sessions`, as the enricher does.
 //!
-//! `cargo build --release -p agent --example db_profile && valgrind --tool=callgrind
+//! `cargo build --release -p phiguard-agent --example db_profile && valgrind --tool=callgrind
 //! target/release/examples/db_profile 20000` gives instructions per transaction (deterministic,
 //! unlike time on a shared machine); the argument is the number of transactions.
 
-use agent_common::event::{db_op, db_role, DbDataEvent, DbSockEvent};
 use phiguard::db::session::Sessions;
+use phiguard_common::event::{db_op, db_role, DbDataEvent, DbSockEvent};
 
 fn typed(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![kind];

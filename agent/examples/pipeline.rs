@@ -3,7 +3,7 @@
 //! deterministically:
 //!
 //! ```sh
-//! cargo build --release -p agent --example pipeline
+//! cargo build --release -p phiguard-agent --example pipeline
 //! valgrind --tool=callgrind target/release/examples/pipeline 20000
 //! ```
 //!
@@ -15,10 +15,6 @@
 
 use std::{io::Write, path::PathBuf, sync::Arc};
 
-use agent_common::{
-    event::{matched_by, open_syscall, EventHeader, FileOpenEvent, Kind},
-    policy::Decision,
-};
 use phiguard::{
     enrich::{host::HostInfo, EnrichSettings, Enricher},
     event::decode::decode,
@@ -28,6 +24,10 @@ use phiguard::{
         Sink as _,
     },
     watch::WatchSet,
+};
+use phiguard_common::{
+    event::{matched_by, open_syscall, EventHeader, FileOpenEvent, Kind},
+    policy::Decision,
 };
 
 fn main() {

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{
+use phiguard_common::{
     event::{Kind, KIND_COUNT},
     program::{Program, PROGRAM_COUNT},
 };

@@ -361,11 +361,12 @@ impl Config {
                 Some(format!("{} is not an absolute path", path.display()))
             } else if config.policy.never_kill.contains(path) {
                 Some(format!("{} is listed twice", path.display()))
-            } else if config.policy.never_kill.len() == agent_common::maps::MAX_NEVER_KILL as usize
+            } else if config.policy.never_kill.len()
+                == phiguard_common::maps::MAX_NEVER_KILL as usize
             {
                 Some(format!(
                     "at most {} programs",
-                    agent_common::maps::MAX_NEVER_KILL
+                    phiguard_common::maps::MAX_NEVER_KILL
                 ))
             } else {
                 None

@@ -979,7 +979,7 @@ fn tampering_with_the_agents_kernel_state_is_repaired_and_raises_alerts_at_a_sub
     // 2. An allow-list entry added: uid 65534 (nobody) allowed for every subject of rule 0 in
     // both policy slots (key `IdKey { rule, id }`, value the subject mask).
     let uid_map = agent_map(pid, "SUBJECT_UID");
-    for rule in [0, agent_common::policy::MAX_RULES] {
+    for rule in [0, phiguard_common::policy::MAX_RULES] {
         let key: Vec<String> = rule
             .to_ne_bytes()
             .iter()

@@ -9,11 +9,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{
-    event::{FileOpenEvent, Kind},
-    limits::RING_BUFFER_BYTES,
-    program::Program,
-};
 use aya::maps::{MapData, RingBuf};
 use phiguard::{
     config::DatabaseConfig,
@@ -25,6 +20,11 @@ use phiguard::{
     },
     policy,
     watch::WatchSet,
+};
+use phiguard_common::{
+    event::{FileOpenEvent, Kind},
+    limits::RING_BUFFER_BYTES,
+    program::Program,
 };
 use phiguard_tests::{require_root, Tree};
 

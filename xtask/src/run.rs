@@ -8,7 +8,7 @@ use crate::{cmd, setup};
 
 /// Builds the agent (and, through its build script, the eBPF programs) in release mode.
 pub fn build() -> anyhow::Result<()> {
-    cmd::run(cmd::cargo().args(["build", "--release", "-p", "agent"]))
+    cmd::run(cmd::cargo().args(["build", "--release", "-p", "phiguard-agent"]))
 }
 
 /// Sets up, builds and replaces this process with `phiguard run --config agent.toml ARGS`, so

@@ -430,7 +430,7 @@ fn test_binaries(only: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
 /// Builds `target/debug/phiguard` (what the CLI tests run) and returns its path.
 fn agent_binary() -> anyhow::Result<PathBuf> {
     let mut cargo = cmd::cargo();
-    cargo.args(["build", "-p", "agent", "--bin", "phiguard"]);
+    cargo.args(["build", "-p", "phiguard-agent", "--bin", "phiguard"]);
     artifacts(&mut cargo)?
         .into_iter()
         .filter(|a| a["target"]["name"] == "phiguard")

@@ -23,15 +23,6 @@
 
 use core::mem::{offset_of, size_of};
 
-use agent_common::{
-    event::{
-        db_op, db_role, db_syscall, DbDataScratch, DbSockEvent, Kind, FLAG_DB_JOINED,
-        FLAG_TRUNCATED,
-    },
-    limits::{DB_CAPTURE_LEN, MAX_DB_IOVECS},
-    maps::{db_process, InodeKey},
-    program::Program,
-};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user,
@@ -39,6 +30,15 @@ use aya_ebpf::{
     },
     macros::tracepoint,
     programs::TracePointContext,
+};
+use phiguard_common::{
+    event::{
+        db_op, db_role, db_syscall, DbDataScratch, DbSockEvent, Kind, FLAG_DB_JOINED,
+        FLAG_TRUNCATED,
+    },
+    limits::{DB_CAPTURE_LEN, MAX_DB_IOVECS},
+    maps::{db_process, InodeKey},
+    program::Program,
 };
 
 use crate::{

@@ -3,17 +3,17 @@
 //! the refusals. Allowed and would-deny accesses are reported by the observing programs, as
 //! without LSM. Every hook first honours an earlier LSM's refusal (the `ret` argument).
 
-use agent_common::{
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
+    macros::lsm,
+    programs::LsmContext,
+};
+use phiguard_common::{
     event::{open_syscall, ConnectEvent, ExecEvent, Kind, FLAG_EXEC_REFUSED, FLAG_TRUNCATED},
     limits::PATH_LEN,
     maps::InodeKey,
     policy::{access, layer, verdict, Decision},
     program::Program,
-};
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
-    macros::lsm,
-    programs::LsmContext,
 };
 
 use crate::{
@@ -110,7 +110,7 @@ fn try_open(file: File, call: OpenCall) -> ProbeResult<i32> {
             (hit.rule(), hit.value.watch_id, Some(hit.depth))
         }
     };
-    if rule == agent_common::policy::NO_RULE {
+    if rule == phiguard_common::policy::NO_RULE {
         return Err(ProbeError::Skip);
     }
     // An open through open/openat/openat2/creat (either ABI) has its flags (O_TRUNC included,
@@ -141,7 +141,7 @@ fn try_open(file: File, call: OpenCall) -> ProbeResult<i32> {
             read_path(&mut scratch.event, &call);
             start_record(scratch, &call, i64::from(EPERM));
             if call.compat != 0 {
-                scratch.event.header.flags |= agent_common::event::FLAG_COMPAT_SYSCALL;
+                scratch.event.header.flags |= phiguard_common::event::FLAG_COMPAT_SYSCALL;
             }
             scratch.event.decision = decision;
             scratch.event.watch_id = watch_id;
@@ -150,13 +150,13 @@ fn try_open(file: File, call: OpenCall) -> ProbeResult<i32> {
             match depth {
                 // Names up to the watch, as the observing programs report them.
                 Some(depth) => {
-                    scratch.event.matched_by = agent_common::event::matched_by::INODE;
+                    scratch.event.matched_by = phiguard_common::event::matched_by::INODE;
                     copy_names(scratch, dentry, depth);
                 }
                 // Names up to the root of the filesystem: the label holds at any depth and
                 // outside the tree.
                 None => {
-                    scratch.event.matched_by = agent_common::event::matched_by::LSM_LABEL;
+                    scratch.event.matched_by = phiguard_common::event::matched_by::LSM_LABEL;
                     copy_names(scratch, dentry, MAX_NAMES_WALK);
                 }
             }
@@ -185,7 +185,7 @@ pub fn enforce_bprm_check_security(ctx: LsmContext) -> i32 {
 #[inline(always)]
 fn try_exec(bprm: Binprm) -> ProbeResult<i32> {
     let rule = exec_rule(current_slot());
-    if rule == agent_common::policy::NO_RULE {
+    if rule == phiguard_common::policy::NO_RULE {
         return Err(ProbeError::Skip);
     }
     let dentry = bprm.file()?.dentry()?;

@@ -11,13 +11,6 @@
 
 use core::mem::offset_of;
 
-use agent_common::{
-    event::{matched_by, open_syscall, FileOpenEvent, Kind, FLAG_TRUNCATED},
-    limits::{NAMES_LEN, NAME_MAX, PATH_LEN},
-    maps::NO_WATCH,
-    policy::{access, layer, verdict, Decision},
-    program::Program,
-};
 use aya_ebpf::{
     cty::{c_long, c_void},
     helpers::{
@@ -27,6 +20,13 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
     EbpfContext as _,
+};
+use phiguard_common::{
+    event::{matched_by, open_syscall, FileOpenEvent, Kind, FLAG_TRUNCATED},
+    limits::{NAMES_LEN, NAME_MAX, PATH_LEN},
+    maps::NO_WATCH,
+    policy::{access, layer, verdict, Decision},
+    program::Program,
 };
 
 use crate::{
@@ -50,7 +50,7 @@ const AT_FDCWD: i32 = -100;
 /// a refused open that succeeded anyway, which means the fanotify layer did not answer it (the
 /// agent is down: its group closed and let the open through), and which they still kill.
 /// 0: these programs decide and report every open of a protected file. Set at load
-/// (`agent_common::maps::FANOTIFY_DECIDES_GLOBAL`).
+/// (`phiguard_common::maps::FANOTIFY_DECIDES_GLOBAL`).
 #[unsafe(no_mangle)]
 static FANOTIFY_DECIDES: u32 = 0;
 

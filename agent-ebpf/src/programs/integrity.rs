@@ -8,12 +8,12 @@
 //! other). The `inode_*` hooks run after the kernel's own permission checks, so a change the
 //! file's permissions already refuse is not reported.
 
-use agent_common::{
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+use phiguard_common::{
     event::{matched_by, open_syscall},
     policy::{access, layer, verdict, WatchValue, NO_RULE},
     program::Program,
 };
-use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
     error::{count_fault, ProbeError, ProbeResult},

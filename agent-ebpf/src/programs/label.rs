@@ -10,12 +10,12 @@
 //! outside any labelled directory clears a stale label its inode number may carry (a deleted
 //! labelled file's number reused).
 
-use agent_common::{
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+use phiguard_common::{
     maps::InodeKey,
     policy::{WatchValue, NO_RULE},
     program::Program,
 };
-use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
     error::{finish, or_skip, ProbeError, ProbeResult},

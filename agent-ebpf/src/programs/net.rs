@@ -2,15 +2,15 @@
 //! root) and connection state changes in both directions (`sock/inet_sock_set_state`), so
 //! connections a local database *accepts* are seen too.
 
-use agent_common::{
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, tracepoint},
+    programs::{SockAddrContext, TracePointContext},
+};
+use phiguard_common::{
     addr::canonical_destination,
     event::{direction, ConnectEvent, Kind, SockStateEvent, FLAG_SOCK_DATABASE_ONLY},
     policy::{access, layer, verdict, Decision, PortKey},
     program::Program,
-};
-use aya_ebpf::{
-    macros::{cgroup_sock_addr, tracepoint},
-    programs::{SockAddrContext, TracePointContext},
 };
 
 use crate::{

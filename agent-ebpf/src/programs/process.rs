@@ -2,7 +2,14 @@
 
 use core::mem::{offset_of, size_of};
 
-use agent_common::{
+use aya_ebpf::{
+    helpers::{
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+    },
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use phiguard_common::{
     event::{
         EventHeader, ExecArgsScratch, ExecEvent, ExitEvent, ForkEvent, Kind, FLAG_CWD_COMPLETE,
         FLAG_TRUNCATED,
@@ -10,13 +17,6 @@ use agent_common::{
     limits::{ARGS_LEN, MAX_ARGS, PATH_LEN},
     policy::{layer, Decision, NO_RULE},
     program::Program,
-};
-use aya_ebpf::{
-    helpers::{
-        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
-    },
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
 };
 
 use crate::{

@@ -5,10 +5,10 @@
 //! entry only (the syscall tracepoints do not see the 32-bit one; the dynamic loader of a
 //! 64-bit program uses the 64-bit entry).
 
-use agent_common::program::Program;
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
+use phiguard_common::program::Program;
 
 use crate::{
     error::{finish, ProbeError, ProbeResult},

@@ -4,7 +4,7 @@
 //! [`Pipeline::emit`]. It counts what went through ([`RunStats`], the metrics) and what failed,
 //! and logs failures once a tick, never once per record.
 
-use agent_common::policy::NO_RULE;
+use phiguard_common::policy::NO_RULE;
 use phiguard_proto::v1::{self, event::Body};
 use tracing::{debug, error, warn};
 

@@ -3,7 +3,7 @@
 //! log line, the metric, the status and the event — so no kind of report can forget one.
 //! Policy loads are reported by `report_policy` in `agent.rs`.
 
-use agent_common::{event::Kind, program::Program};
+use phiguard_common::{event::Kind, program::Program};
 use phiguard_proto::v1::{self, event::Body};
 use tracing::{debug, error, warn};
 

@@ -7,7 +7,7 @@ use std::{
     path::Path,
 };
 
-use agent_common::{event::Kind, policy::MAX_RULES};
+use phiguard_common::{event::Kind, policy::MAX_RULES};
 use tracing::{info, warn};
 
 use super::{report::Report, Agent};

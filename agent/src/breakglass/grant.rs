@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::maps::{grant_kind, GrantKey};
+use phiguard_common::maps::{grant_kind, GrantKey};
 use serde::{Deserialize, Serialize};
 
 use crate::paths::{kernel_dev, FileId};

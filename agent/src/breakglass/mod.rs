@@ -24,7 +24,7 @@ use std::{
     os::fd::{AsFd as _, OwnedFd},
 };
 
-use agent_common::maps::{GrantKey, GrantValue, MAX_GRANTS};
+use phiguard_common::maps::{GrantKey, GrantValue, MAX_GRANTS};
 use phiguard_proto::v1;
 use tracing::{info, warn};
 
@@ -119,7 +119,7 @@ impl GrantMap {
         let grant = self.get(&by_user).or_else(|| {
             let exe = exe?;
             self.get(&GrantKey {
-                kind: agent_common::maps::grant_kind::EXE,
+                kind: phiguard_common::maps::grant_kind::EXE,
                 dev: exe.dev,
                 id: exe.ino,
             })

@@ -11,7 +11,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use agent_common::maps::MAX_GRANTS;
+use phiguard_common::maps::MAX_GRANTS;
 
 use super::grant::{valid_id, Grant};
 

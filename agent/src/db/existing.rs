@@ -17,7 +17,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::event::db_role;
+use phiguard_common::event::db_role;
 
 use crate::paths::FileId;
 

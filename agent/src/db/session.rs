@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use agent_common::{
+use phiguard_common::{
     event::{db_op, db_role, DbDataEvent, DbSockEvent, FLAG_DB_JOINED, FLAG_TRUNCATED},
     limits::DB_CAPTURE_LEN,
 };

@@ -1,7 +1,7 @@
 //! Database records: a socket became tracked (a session opens), bytes moved on one (the
 //! session's decoder turns them into statements).
 
-use agent_common::event::{db_role, DbSockEvent, EventHeader};
+use phiguard_common::event::{db_role, DbSockEvent, EventHeader};
 use phiguard_proto::v1;
 
 use super::Enricher;

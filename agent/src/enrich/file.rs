@@ -2,7 +2,7 @@
 
 use std::{fs, path::PathBuf};
 
-use agent_common::event::{matched_by, FileOpenEvent, FLAG_COMPAT_SYSCALL, FLAG_TRUNCATED};
+use phiguard_common::event::{matched_by, FileOpenEvent, FLAG_COMPAT_SYSCALL, FLAG_TRUNCATED};
 use phiguard_proto::v1::{self, event::Body};
 
 use crate::{event::decode::text, paths, watch::WatchSet};
@@ -153,7 +153,7 @@ impl super::Enricher {
         let ret = e.ret;
         let flags = e.open_flags as i32;
         // A change without an open (truncate, unlink, rename…, BPF LSM only): no flags.
-        let operation = e.syscall >= agent_common::event::open_syscall::TRUNCATE;
+        let operation = e.syscall >= phiguard_common::event::open_syscall::TRUNCATE;
         let access = match flags & libc::O_ACCMODE {
             _ if operation => v1::Access::Write,
             libc::O_WRONLY => v1::Access::Write,
@@ -198,7 +198,7 @@ impl super::Enricher {
 }
 
 fn open_syscall_name(code: u32) -> &'static str {
-    use agent_common::event::open_syscall::*;
+    use phiguard_common::event::open_syscall::*;
     match code {
         OPEN => "open",
         OPENAT => "openat",

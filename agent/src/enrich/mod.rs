@@ -16,7 +16,7 @@ use std::{
     sync::Arc,
 };
 
-use agent_common::event::{EventHeader, FLAG_NO_PROCESS, FLAG_SOCK_DATABASE_ONLY};
+use phiguard_common::event::{EventHeader, FLAG_NO_PROCESS, FLAG_SOCK_DATABASE_ONLY};
 use phiguard_proto::v1::{self, event::Body};
 
 use self::{

@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use agent_common::event::{direction, ConnectEvent, SockStateEvent};
+use phiguard_common::event::{direction, ConnectEvent, SockStateEvent};
 use phiguard_proto::v1::{self, event::Body};
 
 use super::Enricher;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agent_common::event::{
+use phiguard_common::event::{
     EventHeader, ExecEvent, ExitEvent, ForkEvent, FLAG_CWD_COMPLETE, FLAG_EXEC_REFUSED,
     FLAG_TRUNCATED,
 };

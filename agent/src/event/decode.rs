@@ -3,14 +3,14 @@
 
 use std::mem::size_of;
 
-use agent_common::{
+use aya::Pod;
+use phiguard_common::{
     event::{
         ConnectEvent, DbDataEvent, DbSockEvent, EventHeader, ExecArgsEvent, ExecEvent, ExitEvent,
         FileOpenEvent, ForkEvent, Kind, SockStateEvent, FLAG_TRUNCATED,
     },
     limits::{ARGS_LEN, DB_CAPTURE_LEN},
 };
-use aya::Pod;
 
 use crate::paths::split_names;
 
@@ -92,7 +92,7 @@ impl RawEvent {
     }
 
     /// The policy decision the record carries, if its kind carries one.
-    pub fn decision_mut(&mut self) -> Option<&mut agent_common::policy::Decision> {
+    pub fn decision_mut(&mut self) -> Option<&mut phiguard_common::policy::Decision> {
         match self {
             RawEvent::Exec(e) => Some(&mut e.decision),
             RawEvent::FileOpen(e) => Some(&mut e.decision),

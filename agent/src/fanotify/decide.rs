@@ -17,7 +17,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use agent_common::policy::{access, layer, verdict, Decision, MAX_RULES, NO_SUBJECT};
+use phiguard_common::policy::{access, layer, verdict, Decision, MAX_RULES, NO_SUBJECT};
 
 use crate::{
     paths,
@@ -334,7 +334,7 @@ pub fn decide(
 mod tests {
     use std::path::Path;
 
-    use agent_common::policy::access::{READ, WRITE};
+    use phiguard_common::policy::access::{READ, WRITE};
 
     use super::*;
     use crate::{

@@ -12,7 +12,7 @@
 
 use std::{fs, io, os::unix::fs::MetadataExt as _};
 
-use agent_common::{event::open_syscall, limits::PATH_LEN, policy::access};
+use phiguard_common::{event::open_syscall, limits::PATH_LEN, policy::access};
 
 use crate::paths::{kernel_dev, FileId};
 

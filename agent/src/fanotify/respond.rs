@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{
+use phiguard_common::{
     event::{
         matched_by, EventHeader, ExecEvent, FileOpenEvent, Kind, FLAG_COMPAT_SYSCALL,
         FLAG_EXEC_REFUSED, FLAG_TRUNCATED,
@@ -344,7 +344,7 @@ impl Responder {
         let requested_path = call
             .path_addr
             .and_then(|addr| opener::read_path(event.tid, addr));
-        if call.syscall != agent_common::event::open_syscall::EXEC {
+        if call.syscall != phiguard_common::event::open_syscall::EXEC {
             return None;
         }
         let named = requested_path
@@ -504,7 +504,9 @@ impl Responder {
         event.old_pid = p.opener.tid;
         event.decision = p.decision;
         let name = match (&p.requested_path, &program) {
-            (Some((path, cut)), _) if p.call.syscall == agent_common::event::open_syscall::EXEC => {
+            (Some((path, cut)), _)
+                if p.call.syscall == phiguard_common::event::open_syscall::EXEC =>
+            {
                 if *cut {
                     event.header.flags |= FLAG_TRUNCATED;
                 }

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use agent_common::offsets::KernelOffsets;
 use btf_rs::{Btf, Type};
+use phiguard_common::offsets::KernelOffsets;
 
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";

@@ -11,14 +11,14 @@
 
 use std::path::Path;
 
-use agent_common::{
-    event::KIND_COUNT,
-    maps::{EVENTS, LOST, RULES},
-    policy::RuleEntry,
-};
 use aya::{
     maps::{Array, Map, MapData, MapInfo, PerCpuArray, RingBuf},
     programs::loaded_programs,
+};
+use phiguard_common::{
+    event::KIND_COUNT,
+    maps::{EVENTS, LOST, RULES},
+    policy::RuleEntry,
 };
 
 use super::pins;

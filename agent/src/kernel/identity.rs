@@ -7,7 +7,7 @@ use std::{
     os::fd::{AsFd as _, OwnedFd},
 };
 
-use agent_common::maps::{identity_flags::TAINTED, AgentId, ExecIdentity};
+use phiguard_common::maps::{identity_flags::TAINTED, AgentId, ExecIdentity};
 
 use super::bpf_sys;
 use crate::{paths::FileId, process::procfs};

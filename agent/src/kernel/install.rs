@@ -6,17 +6,17 @@ use std::{
     sync::Arc,
 };
 
-use agent_common::{
+use aya::{
+    maps::{Array, HashMap, MapData, MapError},
+    Ebpf, Pod,
+};
+use phiguard_common::{
     maps::{
         InodeKey, EXEC_ALLOWED, EXEC_SCOPES, INODE_LABELS, POLICY_SLOT, RULES, SUBJECT_EXE,
         SUBJECT_GID, SUBJECT_PARENT, SUBJECT_UID, UNIX_SOCKETS, WATCHED_DEVS, WATCHED_INODES,
         WATCHED_PORTS,
     },
     policy::{IdKey, PortKey, RuleEntry, ScopeKey, SubjectKey, WatchValue, MAX_RULES, NO_RULE},
-};
-use aya::{
-    maps::{Array, HashMap, MapData, MapError},
-    Ebpf, Pod,
 };
 
 use super::error::LoadError;

@@ -125,7 +125,7 @@ pub(super) struct Expected {
 /// agent's executable: a newer agent that took over the pins (an upgrade, or one started by
 /// hand). Its pins and exemption are its own, not to be put back.
 pub(super) fn successor(agent_map: &MapData) -> Option<u32> {
-    let mut value = [0u8; size_of::<agent_common::maps::AgentId>()];
+    let mut value = [0u8; size_of::<phiguard_common::maps::AgentId>()];
     bpf_sys::map_lookup(agent_map.fd().as_fd(), &0u32.to_ne_bytes(), &mut value).ok()?;
     // `AgentId.tgid` comes first.
     let pid = u32::from_ne_bytes(value[..4].try_into().ok()?);

@@ -8,7 +8,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
+use phiguard_common::{
     event::KIND_COUNT,
     limits::PATH_LEN,
     maps::{
@@ -18,11 +23,6 @@ use agent_common::{
     },
     offsets::KernelOffsets,
     program::PROGRAM_COUNT,
-};
-use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint},
-    Btf, Ebpf, EbpfLoader,
 };
 
 use super::error::LoadError;
@@ -516,7 +516,7 @@ impl Sensors {
     }
 
     /// Program runs that stopped on a fault so far, summed over CPUs, indexed by
-    /// [`agent_common::program::Program`].
+    /// [`phiguard_common::program::Program`].
     pub fn faults(&self) -> Result<[u64; PROGRAM_COUNT as usize], LoadError> {
         let map = self.ebpf.map(FAULTS).ok_or(LoadError::MissingMap(FAULTS))?;
         let counters: PerCpuArray<_, u64> =
@@ -637,7 +637,7 @@ impl Sensors {
         let mut found = Vec::new();
         let newer = self
             .ebpf()
-            .map(agent_common::maps::AGENT)
+            .map(phiguard_common::maps::AGENT)
             .and_then(map_data)
             .and_then(successor);
         if let (Some(pid), None) = (newer, self.expected.superseded_by) {
@@ -703,7 +703,7 @@ impl Sensors {
             }
         }
         for snapshot in &self.expected.maps {
-            if superseded && snapshot.name == agent_common::maps::AGENT {
+            if superseded && snapshot.name == phiguard_common::maps::AGENT {
                 continue;
             }
             let Some(data) = self.ebpf().map(snapshot.name).and_then(map_data) else {
@@ -711,7 +711,7 @@ impl Sensors {
             };
             // A newer agent may have claimed the exemption since this check began: never
             // write it back over a live successor (the next check reports the take-over).
-            if snapshot.name == agent_common::maps::AGENT && successor(data).is_some() {
+            if snapshot.name == phiguard_common::maps::AGENT && successor(data).is_some() {
                 continue;
             }
             let d = match snapshot.current(data) {

@@ -11,7 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::maps::AgentId;
 use aya::{
     maps::{Array, Map, MapData, MapInfo},
     programs::{
@@ -19,6 +18,7 @@ use aya::{
         loaded_programs,
     },
 };
+use phiguard_common::maps::AgentId;
 use tracing::warn;
 
 /// Where links are pinned (on bpffs).

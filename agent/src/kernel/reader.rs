@@ -10,8 +10,8 @@
 
 use std::{io, time::Duration};
 
-use agent_common::limits::{IDLE_READ_INTERVAL_MS, READ_INTERVAL_MS};
 use aya::maps::{MapData, RingBuf};
+use phiguard_common::limits::{IDLE_READ_INTERVAL_MS, READ_INTERVAL_MS};
 use tokio::io::{unix::AsyncFd, Interest};
 
 /// The longest a record can sit in the ring buffer unread when no wake-up came, while records

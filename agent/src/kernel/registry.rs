@@ -2,7 +2,7 @@
 //! agent can run without it. The loader attaches from this list and the start-up report and
 //! status print from it.
 
-use agent_common::program::Program;
+use phiguard_common::program::Program;
 
 /// Where a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +137,7 @@ impl std::fmt::Display for Hook {
 mod tests {
     use std::collections::HashSet;
 
-    use agent_common::program::Program;
+    use phiguard_common::program::Program;
 
     use super::PROGRAMS;
 

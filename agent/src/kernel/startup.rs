@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use agent_common::offsets::KernelOffsets;
+use phiguard_common::offsets::KernelOffsets;
 use tracing::{debug, info};
 
 use super::{btf, mounts, probe};

@@ -19,7 +19,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{
+use phiguard_common::{
     addr,
     policy::{access, RuleEntry, MAX_RULES, MAX_SUBJECTS},
 };
@@ -795,7 +795,7 @@ impl Compiled {
 mod tests {
     use std::fs;
 
-    use agent_common::policy::access::{CONNECT, EXEC, READ, WRITE};
+    use phiguard_common::policy::access::{CONNECT, EXEC, READ, WRITE};
 
     use super::*;
     use crate::policy::parse::parse_policy;

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
-use agent_common::policy::{layer, verdict, Decision, MAX_RULES, NO_SUBJECT};
+use phiguard_common::policy::{layer, verdict, Decision, MAX_RULES, NO_SUBJECT};
 use phiguard_proto::v1;
 
 use super::compile::{access_names, Compiled};

@@ -89,11 +89,11 @@ fn build(e2e: bool) -> anyhow::Result<()> {
         "build",
         "--release",
         "-p",
-        "agent",
+        "phiguard-agent",
         "--bin",
         "phiguard",
         "--features",
-        "agent/bench-floor",
+        "phiguard-agent/bench-floor",
     ]);
     if e2e {
         cargo.args([
