@@ -22,8 +22,11 @@ use phiguard_proto::v1::{self, event::Body};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use self::pipeline::Pipeline;
 pub use self::pipeline::RunStats;
+use self::{
+    pipeline::Pipeline,
+    report::{Refusal, Report},
+};
 use crate::{
     breakglass::{store::Store, BreakGlass, GrantMap},
     config::Config,
@@ -39,8 +42,7 @@ use crate::{
     link::Link,
     metrics::{KindLabels, LayerLabels, Metrics, ProgramLabels},
     policy::{
-        self, compile::Compiled, compile::ResourceKind, enforcement::EnforcementLayer,
-        watcher::PolicyWatcher, Trigger,
+        self, compile::ResourceKind, enforcement::EnforcementLayer, watcher::PolicyWatcher, Trigger,
     },
     sink::Sink,
     status::{self, ProgramState, ReloadState, Status},
@@ -367,7 +369,10 @@ impl Agent {
                 .insert(program.name().to_owned(), total);
         }
         agent.describe_programs();
-        agent.report_policy(&compiled, Trigger::Start);
+        agent.report(Report::PolicyInForce {
+            compiled,
+            trigger: Trigger::Start,
+        });
         Ok(agent)
     }
 
@@ -575,7 +580,7 @@ impl Agent {
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 }
                 _ = heartbeat.tick(), if self.link.is_some() => {
-                    self.report(report::Report::Heartbeat);
+                    self.report(Report::Heartbeat);
                     self.flush()?;
                 }
                 Some(trigger) = self.policies.requests.recv() => {
@@ -681,14 +686,11 @@ impl Agent {
                     Ok(new) => {
                         restart_needed = in_force.restart_needed(&new);
                     }
-                    Err(e) => {
-                        error!(error = %e, "reload refused: the configuration file is invalid; what is in force stays");
-                        self.status.last_reload = Some(ReloadState {
-                            ok: false,
-                            at: status::now(),
-                            trigger: trigger.as_str().to_owned(),
-                            error: e,
-                            restart_needed: Vec::new(),
+                    Err(error) => {
+                        self.report(Report::ReloadRefused {
+                            trigger,
+                            refusal: Refusal::Config,
+                            error,
                         });
                         self.write_status();
                         return;
@@ -723,32 +725,17 @@ impl Agent {
     }
 
     /// Loads the policy directory again; the new set replaces the one in force only when it is
-    /// valid as a whole. Either way an event says what happened.
+    /// valid as a whole and installed in the kernel. Either way an event says what happened.
     fn reload_policies(&mut self, trigger: Trigger) {
         let p = &self.policies;
-        let loaded = policy::load(p.dir.as_deref(), &p.config_watches, &p.cgroup_root);
-        let compiled = match loaded {
+        let compiled = match policy::load(p.dir.as_deref(), &p.config_watches, &p.cgroup_root) {
             Ok(compiled) => Arc::new(compiled),
             Err(e) => {
-                error!(trigger = trigger.as_str(), error = %e, generation = p.generation, "policy reload refused; the policies in force stay");
-                self.metrics.policy_reloaded(false);
-                self.status.last_reload = Some(ReloadState {
-                    ok: false,
-                    at: status::now(),
-                    trigger: trigger.as_str().to_owned(),
+                return self.report(Report::ReloadRefused {
+                    trigger,
+                    refusal: Refusal::Policy,
                     error: e.to_string(),
-                    restart_needed: Vec::new(),
-                });
-                let event = self.enricher.agent_event(Body::PolicyLoad(v1::PolicyLoad {
-                    ok: false,
-                    error: e.to_string(),
-                    generation: p.generation,
-                    directory: dir_text(p.dir.as_deref()),
-                    trigger: trigger.as_str().to_owned(),
-                    ..v1::PolicyLoad::default()
-                }));
-                self.emit_own(&event);
-                return;
+                })
             }
         };
         match self.sensors.install(&compiled) {
@@ -761,66 +748,15 @@ impl Agent {
                 self.policies.generation += 1;
                 self.enricher
                     .set_policy(slot, self.policies.generation, Arc::clone(&compiled));
-                self.report_policy(&compiled, trigger);
+                self.report(Report::PolicyInForce { compiled, trigger });
             }
-            Err(e) => {
-                // A map write failed half-way: the slot being filled was not switched to.
-                error!(error = %e, "installing the reloaded policies failed; the policies in force stay");
-                self.metrics.policy_reloaded(false);
-                self.status.last_reload = Some(ReloadState {
-                    ok: false,
-                    at: status::now(),
-                    trigger: trigger.as_str().to_owned(),
-                    error: e.to_string(),
-                    restart_needed: Vec::new(),
-                });
-            }
+            // A map write failed half-way: the slot being filled was not switched to.
+            Err(e) => self.report(Report::ReloadRefused {
+                trigger,
+                refusal: Refusal::Install,
+                error: e.to_string(),
+            }),
         }
-    }
-
-    /// Logs and reports the policy set now in force.
-    fn report_policy(&mut self, compiled: &Compiled, trigger: Trigger) {
-        let p = &self.policies;
-        let protections = compiled.protections(self.file_layer);
-        info!(
-            trigger = trigger.as_str(),
-            generation = p.generation,
-            dir = %dir_text(p.dir.as_deref()),
-            policies = ?compiled.policies,
-            "policies in force: {} protection(s)",
-            protections.len()
-        );
-        for line in &protections {
-            info!(generation = p.generation, "protects {line}");
-        }
-        for warning in &compiled.warnings {
-            warn!(generation = p.generation, "policy: {warning}");
-        }
-        if p.dir.is_none() {
-            return; // observe only: nothing to report
-        }
-        self.metrics.policy_reloaded(true);
-        self.metrics.policy_generation.set(p.generation as i64);
-        self.status.policy_dir = p.dir.clone();
-        self.status.policy_generation = p.generation;
-        self.status.last_reload = Some(ReloadState {
-            ok: true,
-            at: status::now(),
-            trigger: trigger.as_str().to_owned(),
-            error: String::new(),
-            restart_needed: Vec::new(),
-        });
-        let event = self.enricher.agent_event(Body::PolicyLoad(v1::PolicyLoad {
-            ok: true,
-            error: String::new(),
-            generation: p.generation,
-            directory: dir_text(p.dir.as_deref()),
-            policies: compiled.policies.clone(),
-            protections,
-            warnings: compiled.warnings.clone(),
-            trigger: trigger.as_str().to_owned(),
-        }));
-        self.emit_own(&event);
     }
 }
 
@@ -830,8 +766,4 @@ async fn recv_record(fanotify: &mut Option<Fanotify>) -> Option<Record> {
         Some(f) => f.records.recv().await,
         None => std::future::pending().await,
     }
-}
-
-fn dir_text(dir: Option<&Path>) -> String {
-    dir.map(|d| d.display().to_string()).unwrap_or_default()
 }

@@ -1,22 +1,53 @@
 //! What the agent says about itself, through one path: [`Agent::report`] takes a [`Report`]
-//! (a tamper finding, a loss, a fault, a heartbeat) and does everything a report does — the
-//! log line, the metric, the status and the event — so no kind of report can forget one.
-//! Policy loads are reported by `report_policy` in `agent.rs`.
+//! (a policy set in force or a reload refused, a tamper finding, a loss, a fault, a
+//! heartbeat) and does everything a report does — the log line, the metric, the status and
+//! the event — so no kind of report can forget one.
+
+use std::{path::Path, sync::Arc};
 
 use phiguard_common::{event::Kind, program::Program};
 use phiguard_proto::v1::{self, event::Body};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Agent;
 use crate::{
     kernel::integrity::{Finding, FindingKind},
     metrics::{KindLabels, ProgramLabels},
+    policy::{compile::Compiled, Trigger},
     sink::SinkLoss,
-    status::{self, TamperState, MAX_TAMPER_SHOWN},
+    status::{self, ReloadState, TamperState, MAX_TAMPER_SHOWN},
 };
+
+/// Why a reload was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The configuration file is invalid.
+    Config,
+    /// The policy directory is invalid.
+    Policy,
+    /// Writing the policies into the kernel maps failed half-way (the slot being filled was
+    /// not switched to).
+    Install,
+}
 
 /// Something the agent reports about itself.
 pub enum Report {
+    /// A policy set is in force, at start or after a reload.
+    PolicyInForce {
+        /// The set.
+        compiled: Arc<Compiled>,
+        /// What loaded it.
+        trigger: Trigger,
+    },
+    /// A reload was refused; what is in force stays.
+    ReloadRefused {
+        /// What asked for the reload.
+        trigger: Trigger,
+        /// What was wrong.
+        refusal: Refusal,
+        /// The error, naming the file, line and field where there is one.
+        error: String,
+    },
     /// A change to the agent's kernel state made by something else (and whether it was
     /// repaired).
     Tamper(Finding),
@@ -66,6 +97,12 @@ impl Agent {
     /// Logs, counts, records in the status and emits as an event what `report` says.
     pub(super) fn report(&mut self, report: Report) {
         let body = match report {
+            Report::PolicyInForce { compiled, trigger } => self.policy_in_force(&compiled, trigger),
+            Report::ReloadRefused {
+                trigger,
+                refusal,
+                error,
+            } => self.reload_refused(trigger, refusal, error),
             Report::Tamper(finding) => self.tamper(finding),
             Report::KernelLoss { kind, new, total } => {
                 self.pipeline.stats.kernel_lost += new;
@@ -149,6 +186,92 @@ impl Agent {
             let event = self.enricher.agent_event(body);
             self.pipeline.emit(event);
         }
+    }
+
+    /// The log lines, metrics and status of the policy set now in force; its event's body
+    /// (none when only observing: no policy directory).
+    fn policy_in_force(&mut self, compiled: &Compiled, trigger: Trigger) -> Option<Body> {
+        let p = &self.policies;
+        let protections = compiled.protections(self.file_layer);
+        info!(
+            trigger = trigger.as_str(),
+            generation = p.generation,
+            dir = %dir_text(p.dir.as_deref()),
+            policies = ?compiled.policies,
+            "policies in force: {} protection(s)",
+            protections.len()
+        );
+        for line in &protections {
+            info!(generation = p.generation, "protects {line}");
+        }
+        for warning in &compiled.warnings {
+            warn!(generation = p.generation, "policy: {warning}");
+        }
+        p.dir.as_ref()?; // observe only: nothing to report
+        self.metrics.policy_reloaded(true);
+        self.metrics.policy_generation.set(p.generation as i64);
+        self.status.policy_dir = p.dir.clone();
+        self.status.policy_generation = p.generation;
+        self.status.last_reload = Some(ReloadState {
+            ok: true,
+            at: status::now(),
+            trigger: trigger.as_str().to_owned(),
+            error: String::new(),
+            restart_needed: Vec::new(),
+        });
+        Some(Body::PolicyLoad(v1::PolicyLoad {
+            ok: true,
+            error: String::new(),
+            generation: p.generation,
+            directory: dir_text(p.dir.as_deref()),
+            policies: compiled.policies.clone(),
+            protections,
+            warnings: compiled.warnings.clone(),
+            trigger: trigger.as_str().to_owned(),
+        }))
+    }
+
+    /// A refused reload's log line, metric and status; its event's body (a refused policy
+    /// set, or one the kernel could not take, is reported to the collector: a configuration
+    /// file that does not parse is the host's business and only logged).
+    fn reload_refused(
+        &mut self,
+        trigger: Trigger,
+        refusal: Refusal,
+        error: String,
+    ) -> Option<Body> {
+        let generation = self.policies.generation;
+        match refusal {
+            Refusal::Config => {
+                error!(error = %error, "reload refused: the configuration file is invalid; what is in force stays")
+            }
+            Refusal::Policy => {
+                error!(trigger = trigger.as_str(), error = %error, generation, "policy reload refused; the policies in force stay")
+            }
+            Refusal::Install => {
+                error!(error = %error, "installing the reloaded policies failed; the policies in force stay")
+            }
+        }
+        if refusal != Refusal::Config {
+            self.metrics.policy_reloaded(false);
+        }
+        self.status.last_reload = Some(ReloadState {
+            ok: false,
+            at: status::now(),
+            trigger: trigger.as_str().to_owned(),
+            error: error.clone(),
+            restart_needed: Vec::new(),
+        });
+        (refusal != Refusal::Config).then(|| {
+            Body::PolicyLoad(v1::PolicyLoad {
+                ok: false,
+                error,
+                generation,
+                directory: dir_text(self.policies.dir.as_deref()),
+                trigger: trigger.as_str().to_owned(),
+                ..v1::PolicyLoad::default()
+            })
+        })
     }
 
     /// A tamper finding's log line, metric and status entry; its event's body.
@@ -294,4 +417,9 @@ impl Agent {
             Err(error) => warn!(%error, "cannot read kernel fault counters"),
         }
     }
+}
+
+/// A policy directory as event text (empty when only observing).
+fn dir_text(dir: Option<&Path>) -> String {
+    dir.map(|d| d.display().to_string()).unwrap_or_default()
 }
