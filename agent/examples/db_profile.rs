@@ -7,7 +7,7 @@
 //! target/release/examples/db_profile 20000` gives instructions per transaction (deterministic,
 //! unlike time on a shared machine); the argument is the number of transactions.
 
-use phiguard::db::session::Sessions;
+use phiguard::{db::session::Sessions, event::net::DbSock};
 use phiguard_common::event::{db_op, db_role, DbDataEvent, DbSockEvent};
 
 fn typed(kind: u8, body: &[u8]) -> Vec<u8> {
@@ -35,7 +35,7 @@ fn startup() -> Vec<u8> {
     v
 }
 
-fn sock(sock: u64, role: u32) -> DbSockEvent {
+fn sock(sock: u64, role: u32) -> DbSock {
     // SAFETY: all-zero is a valid record (plain integers and arrays).
     let mut e: DbSockEvent = unsafe { std::mem::zeroed() };
     e.sock = sock;
@@ -53,7 +53,7 @@ fn sock(sock: u64, role: u32) -> DbSockEvent {
     };
     e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
     e.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-    e
+    DbSock::decode(&e)
 }
 
 fn data(sock: u64, role: u32, op: u32, ns: u64, len: usize) -> DbDataEvent {

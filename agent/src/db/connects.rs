@@ -10,6 +10,8 @@ use std::collections::VecDeque;
 
 use phiguard_proto::v1;
 
+use crate::paths::FileId;
+
 /// Most decisions held at once; the oldest is dropped beyond it (a connect that failed for
 /// another reason leaves its decision behind).
 const MAX_HELD: usize = 1024;
@@ -19,13 +21,8 @@ const MAX_HELD: usize = 1024;
 pub enum Endpoint {
     /// A TCP port (host byte order).
     Tcp(u16),
-    /// A unix socket file by device and inode.
-    Unix {
-        /// Kernel `dev_t` of the socket file.
-        dev: u32,
-        /// Its inode.
-        ino: u64,
-    },
+    /// A unix socket file.
+    Unix(FileId),
 }
 
 /// Decisions waiting for their session, oldest first.
@@ -91,7 +88,7 @@ mod tests {
             Endpoint::Tcp(5432),
             &decision(v1::Verdict::Allow, "other pid"),
         );
-        let unix = Endpoint::Unix { dev: 3, ino: 7 };
+        let unix = Endpoint::Unix(FileId { dev: 3, ino: 7 });
         d.record(10, unix, &decision(v1::Verdict::Allow, "unix"));
         assert_eq!(d.take(10, Endpoint::Tcp(5432)).unwrap().policy, "new");
         assert!(

@@ -13,12 +13,13 @@
 //! ([`postgres::Decoder::mid_session`]). Its start event is sent at once, with `joined` set
 //! and nothing invented for what the login would have said.
 
-use std::collections::{HashMap, VecDeque};
-
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
 
 use phiguard_common::{
-    event::{db_op, db_role, DbDataEvent, DbSockEvent, FLAG_DB_JOINED, FLAG_TRUNCATED},
+    event::{db_op, db_role, DbDataEvent, FLAG_DB_JOINED, FLAG_TRUNCATED},
     limits::DB_CAPTURE_LEN,
 };
 use phiguard_proto::v1::{self, event::Body};
@@ -28,6 +29,7 @@ use super::{
     sql::{self, Dialect},
     Chunk, Direction, Encryption, Message,
 };
+use crate::event::net::{DbEnds, DbRole, DbSock};
 
 /// Most sessions followed at once; the oldest is dropped beyond it.
 pub const MAX_SESSIONS: usize = 4096;
@@ -115,46 +117,38 @@ impl Sessions {
     /// names the endpoint.
     pub fn open(
         &mut self,
-        e: &DbSockEvent,
+        e: &DbSock,
         unix_socket: Option<String>,
         connect_decision: Option<v1::Decision>,
     ) {
-        let role = if e.role == db_role::SERVER {
-            "server"
-        } else {
-            "client"
+        let role = match e.role {
+            DbRole::Server => "server",
+            DbRole::Client => "client",
         };
-        let unix = i32::from(e.family) == libc::AF_UNIX;
-        let (transport, port) = if unix {
-            ("unix", 0)
-        } else if e.role == db_role::SERVER {
-            ("tcp", e.sport)
-        } else {
-            ("tcp", e.dport)
+        let (transport, port, local, remote) = match e.ends {
+            DbEnds::Unix(_) => ("unix", 0, None, None),
+            DbEnds::Tcp { local, remote } => (
+                "tcp",
+                e.server_port().unwrap_or(0),
+                Some(local),
+                Some(remote),
+            ),
         };
-        let address = |bytes: &[u8; 16]| {
-            if unix {
-                String::new()
-            } else if i32::from(e.family) == libc::AF_INET {
-                Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string()
-            } else {
-                Ipv6Addr::from(*bytes).to_string()
-            }
-        };
+        let address = |end: Option<SocketAddr>| end.map(|a| a.ip().to_string()).unwrap_or_default();
         let session = Session {
             info: v1::DbSession {
-                socket_id: e.sock,
+                socket_id: e.socket_id,
                 protocol: String::new(),
                 role: role.into(),
                 transport: transport.into(),
-                local_port: u32::from(e.sport),
-                remote_port: u32::from(e.dport),
+                local_port: u32::from(local.map_or(0, |a| a.port())),
+                remote_port: u32::from(remote.map_or(0, |a| a.port())),
                 unix_socket: unix_socket.unwrap_or_default(),
                 db_user: String::new(),
                 database: String::new(),
                 connect_decision,
-                local_address: address(&e.saddr),
-                remote_address: address(&e.daddr),
+                local_address: address(local),
+                remote_address: address(remote),
                 joined: e.header.flags & FLAG_DB_JOINED != 0,
             },
             port,
@@ -171,8 +165,8 @@ impl Sessions {
             pending: VecDeque::new(),
             owner: e.header.tgid,
         };
-        if self.sessions.insert(e.sock, session).is_none() {
-            self.order.push_back(e.sock);
+        if self.sessions.insert(e.socket_id, session).is_none() {
+            self.order.push_back(e.socket_id);
         }
         while self.sessions.len() > MAX_SESSIONS {
             match self.order.pop_front() {
@@ -501,15 +495,19 @@ mod tests {
     use super::*;
     use crate::db::postgres::tests::{client_session, server_session};
 
-    fn sock(role: u32) -> DbSockEvent {
+    fn sock_record(role: u32) -> phiguard_common::event::DbSockEvent {
         // SAFETY: all-zero is a valid record (plain integers).
-        let mut e: DbSockEvent = unsafe { std::mem::zeroed() };
+        let mut e: phiguard_common::event::DbSockEvent = unsafe { std::mem::zeroed() };
         e.sock = 0xffff_8880_0000_1000;
         e.role = role;
         e.family = libc::AF_INET as u16;
         e.sport = 40_000;
         e.dport = 5432;
         e
+    }
+
+    fn sock(role: u32) -> DbSock {
+        DbSock::decode(&sock_record(role))
     }
 
     fn data(role: u32, op: u32, ns: u64, len: u32) -> DbDataEvent {
@@ -633,13 +631,13 @@ mod tests {
         assert!(s.is_empty());
     }
 
-    fn joined(port: u16) -> DbSockEvent {
-        let mut e = sock(db_role::CLIENT);
+    fn joined(port: u16) -> DbSock {
+        let mut e = sock_record(db_role::CLIENT);
         e.header.flags = FLAG_DB_JOINED;
         e.dport = port;
         e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         e.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
-        e
+        DbSock::decode(&e)
     }
 
     fn feed(s: &mut Sessions, op: u32, ns: u64, bytes: &[u8]) -> Vec<Body> {

@@ -6,12 +6,13 @@ use std::mem::size_of;
 use aya::Pod;
 use phiguard_common::{
     event::{
-        ConnectEvent, DbDataEvent, DbSockEvent, EventHeader, ExecArgsEvent, ExecEvent, ExitEvent,
-        FileOpenEvent, ForkEvent, Kind, SockStateEvent, FLAG_TRUNCATED,
+        DbDataEvent, EventHeader, ExecArgsEvent, ExecEvent, ExitEvent, FileOpenEvent, ForkEvent,
+        Kind, FLAG_TRUNCATED,
     },
     limits::{ARGS_LEN, DB_CAPTURE_LEN},
 };
 
+use super::net::{Connect, DbSock, TcpState};
 use crate::paths::split_names;
 
 /// A decoded record.
@@ -28,11 +29,11 @@ pub enum RawEvent {
     /// A watched open returned.
     FileOpen(Box<FileOpenEvent>),
     /// A connect() to a watched port.
-    Connect(ConnectEvent),
+    Connect(Connect),
     /// A TCP state change on a watched port.
-    SockState(SockStateEvent),
+    SockState(TcpState),
     /// A database socket became tracked.
-    DbSock(DbSockEvent),
+    DbSock(DbSock),
     /// Bytes read or written on a tracked database socket.
     DbData(DbData),
 }
@@ -124,9 +125,9 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         Kind::Exec => RawEvent::Exec(Box::new(read(bytes, code)?)),
         Kind::Exit => RawEvent::Exit(read(bytes, code)?),
         Kind::FileOpen => RawEvent::FileOpen(Box::new(read(bytes, code)?)),
-        Kind::Connect => RawEvent::Connect(read(bytes, code)?),
-        Kind::SockState => RawEvent::SockState(read(bytes, code)?),
-        Kind::DbSock => RawEvent::DbSock(read(bytes, code)?),
+        Kind::Connect => RawEvent::Connect(Connect::decode(&read(bytes, code)?)),
+        Kind::SockState => RawEvent::SockState(TcpState::decode(&read(bytes, code)?)),
+        Kind::DbSock => RawEvent::DbSock(DbSock::decode(&read(bytes, code)?)),
         Kind::DbData => {
             let event: DbDataEvent = read(bytes, code)?;
             let len = (event.captured as usize).min(DB_CAPTURE_LEN);
