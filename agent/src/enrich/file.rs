@@ -2,10 +2,10 @@
 
 use std::{fs, path::PathBuf};
 
-use phiguard_common::event::{matched_by, FileOpenEvent, FLAG_COMPAT_SYSCALL, FLAG_TRUNCATED};
+use phiguard_common::event::{matched_by, FLAG_COMPAT_SYSCALL, FLAG_TRUNCATED};
 use phiguard_proto::v1::{self, event::Body};
 
-use crate::{event::decode::text, paths, watch::WatchSet};
+use crate::{event::file::FileOpen, paths, watch::WatchSet};
 
 /// `AT_FDCWD`.
 pub const AT_FDCWD: i32 = -100;
@@ -25,16 +25,12 @@ pub struct ResolvedOpen {
 /// to (the process's cwd or the dirfd's path) when the kernel could not.
 /// Returns `None` when the open turns out not to concern any watch.
 pub fn resolve_open(
-    event: &FileOpenEvent,
+    event: &FileOpen,
     watches: &WatchSet,
     base_dir: impl FnOnce(i32) -> Option<PathBuf>,
 ) -> Option<ResolvedOpen> {
-    let requested = PathBuf::from(text(&event.path, event.path_len));
-    let names = paths::split_names(
-        &event.names[..(event.names_len as usize).min(event.names.len())],
-        event.names_count as usize,
-    );
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let requested = PathBuf::from(&event.requested);
+    let names: Vec<&str> = event.names.iter().map(String::as_str).collect();
     let watched_base = || {
         watches
             .get(event.watch_id)
@@ -58,7 +54,7 @@ pub fn resolve_open(
         let mount = complete
             .then(|| fs::read_to_string("/proc/self/mountinfo").ok())
             .flatten()
-            .and_then(|info| crate::kernel::mounts::mount_point_of_dev(&info, event.dev));
+            .and_then(|info| crate::kernel::mounts::mount_point_of_dev(&info, event.file.dev));
         let resolved = mount.is_some();
         let base = mount.unwrap_or_else(|| PathBuf::from("..."));
         return Some(ResolvedOpen {
@@ -134,7 +130,7 @@ pub fn flag_names(flags: u32) -> Vec<&'static str> {
 
 impl super::Enricher {
     /// An open under a watch: `None` when it turns out not to concern one.
-    pub(super) fn file_open(&mut self, e: &FileOpenEvent) -> Option<Body> {
+    pub(super) fn file_open(&mut self, e: &FileOpen) -> Option<Body> {
         let pid = e.header.tgid;
         self.processes.refresh_cwd(pid, e.header.start_boot_ns);
         let cwd = self
@@ -162,7 +158,7 @@ impl super::Enricher {
         };
         Some(Body::FileOpen(v1::FileOpen {
             path: resolved.path.display().to_string(),
-            requested_path: text(&e.path, e.path_len),
+            requested_path: e.requested.clone(),
             path_resolved: resolved.resolved,
             syscall: if e.header.flags & FLAG_COMPAT_SYSCALL != 0 {
                 format!("{} (32-bit entry)", open_syscall_name(e.syscall))
@@ -190,8 +186,8 @@ impl super::Enricher {
                 .watch
                 .map(|w| w.display().to_string())
                 .unwrap_or_default(),
-            device: u64::from(e.dev),
-            inode: e.ino,
+            device: u64::from(e.file.dev),
+            inode: e.file.ino,
             truncated: e.header.flags & FLAG_TRUNCATED != 0,
         }))
     }
@@ -248,9 +244,9 @@ mod tests {
         }
     }
 
-    fn event(matched: u32, path: &str, names: &[u8], count: u32) -> FileOpenEvent {
+    fn event(matched: u32, path: &str, names: &[u8], count: u32) -> FileOpen {
         // SAFETY: all-zero is a valid record (plain integers).
-        let mut e: FileOpenEvent = unsafe { std::mem::zeroed() };
+        let mut e: phiguard_common::event::FileOpenEvent = unsafe { std::mem::zeroed() };
         e.matched_by = matched;
         e.watch_id = 0;
         e.dirfd = AT_FDCWD;
@@ -259,7 +255,7 @@ mod tests {
         e.names[..names.len()].copy_from_slice(names);
         e.names_len = names.len() as u32;
         e.names_count = count;
-        e
+        FileOpen::decode(&e)
     }
 
     #[test]

@@ -4,14 +4,16 @@
 use std::path::{Path, PathBuf};
 
 use phiguard_common::event::{
-    EventHeader, ExecEvent, ExitEvent, ForkEvent, FLAG_CWD_COMPLETE, FLAG_EXEC_REFUSED,
-    FLAG_TRUNCATED,
+    EventHeader, ExitEvent, ForkEvent, FLAG_EXEC_REFUSED, FLAG_TRUNCATED,
 };
 use phiguard_proto::v1::{self, event::Body};
 
 use super::{users::UserNames, Enricher, MAX_PENDING_ARGV};
 use crate::{
-    event::decode::{c_text, text, ExecArgs},
+    event::{
+        decode::{c_text, ExecArgs},
+        process::Exec,
+    },
     kernel::mounts::MountTable,
     paths::{self, FileId},
     process::table::{ExecInfo, Process},
@@ -30,8 +32,8 @@ impl Enricher {
     }
 
     /// An exec: the process's new image, with the argv held for it.
-    pub(super) fn exec(&mut self, e: &ExecEvent) -> Body {
-        let filename = text(&e.filename, e.filename_len);
+    pub(super) fn exec(&mut self, e: &Exec) -> Body {
+        let filename = e.filename.clone();
         let (argv, truncated) = match self.pending_argv.remove(&e.old_pid) {
             Some(args) => (args.argv, args.truncated),
             None => (Vec::new(), false),
@@ -40,10 +42,7 @@ impl Enricher {
         let exec = ExecInfo {
             ppid: h.ppid,
             filename: filename.clone(),
-            exe_id: (e.exe_dev != 0 || e.exe_ino != 0).then_some(FileId {
-                dev: e.exe_dev,
-                ino: e.exe_ino,
-            }),
+            exe_id: e.exe,
             argv,
             argv_truncated: truncated || h.flags & FLAG_TRUNCATED != 0,
             uid: h.uid,
@@ -163,14 +162,10 @@ impl Enricher {
 
 /// The working directory an exec record carries: names up to the root of a mount, joined
 /// to where that mount is. `None` when the walk was cut or the mount is not visible here.
-fn exec_cwd(e: &ExecEvent, mounts: &mut MountTable) -> Option<String> {
-    if e.header.flags & FLAG_CWD_COMPLETE == 0 {
-        return None;
-    }
-    let bytes = &e.cwd[..(e.cwd_len as usize).min(e.cwd.len())];
-    let names = paths::split_names(bytes, bytes.iter().filter(|b| **b == 0).count());
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let root = mounts.mount_point(e.cwd_mnt_id)?;
+fn exec_cwd(e: &Exec, mounts: &mut MountTable) -> Option<String> {
+    let cwd = e.cwd.as_ref()?;
+    let names: Vec<&str> = cwd.names.iter().map(String::as_str).collect();
+    let root = mounts.mount_point(cwd.mount_id)?;
     Some(paths::join_names(root, &names).display().to_string())
 }
 

@@ -1,33 +1,36 @@
 //! Decoding of ring-buffer records. Every record is checked for its kind and length before
 //! it is read; an unknown kind or a short record is an error, never undefined behaviour.
+//! Text, file identities and socket addresses are decoded here (with [`super::file`],
+//! [`super::net`] and [`super::process`]), so enrichment only adds context.
 
 use std::mem::size_of;
 
 use aya::Pod;
 use phiguard_common::{
-    event::{
-        DbDataEvent, EventHeader, ExecArgsEvent, ExecEvent, ExitEvent, FileOpenEvent, ForkEvent,
-        Kind, FLAG_TRUNCATED,
-    },
+    event::{DbDataEvent, EventHeader, ExecArgsEvent, ExitEvent, ForkEvent, Kind, FLAG_TRUNCATED},
     limits::{ARGS_LEN, DB_CAPTURE_LEN},
 };
 
-use super::net::{Connect, DbSock, TcpState};
+use super::{
+    file::FileOpen,
+    net::{Connect, DbSock, TcpState},
+    process::Exec,
+};
 use crate::paths::split_names;
 
-/// A decoded record.
+/// A decoded record: owned, its fields typed (only the common header stays the kernel's).
 #[derive(Clone, Debug)]
 pub enum RawEvent {
     /// A process forked.
     Fork(ForkEvent),
     /// A process exec'd.
-    Exec(Box<ExecEvent>),
+    Exec(Exec),
     /// The argv of an exec call.
     ExecArgs(ExecArgs),
     /// A process exited.
     Exit(ExitEvent),
     /// A watched open returned.
-    FileOpen(Box<FileOpenEvent>),
+    FileOpen(FileOpen),
     /// A connect() to a watched port.
     Connect(Connect),
     /// A TCP state change on a watched port.
@@ -122,9 +125,9 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     let kind = Kind::from_code(code).ok_or(DecodeError::UnknownKind(code))?;
     Ok(match kind {
         Kind::Fork => RawEvent::Fork(read(bytes, code)?),
-        Kind::Exec => RawEvent::Exec(Box::new(read(bytes, code)?)),
+        Kind::Exec => RawEvent::Exec(Exec::decode(&read(bytes, code)?)),
         Kind::Exit => RawEvent::Exit(read(bytes, code)?),
-        Kind::FileOpen => RawEvent::FileOpen(Box::new(read(bytes, code)?)),
+        Kind::FileOpen => RawEvent::FileOpen(FileOpen::decode(&read(bytes, code)?)),
         Kind::Connect => RawEvent::Connect(Connect::decode(&read(bytes, code)?)),
         Kind::SockState => RawEvent::SockState(TcpState::decode(&read(bytes, code)?)),
         Kind::DbSock => RawEvent::DbSock(DbSock::decode(&read(bytes, code)?)),

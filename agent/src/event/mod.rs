@@ -1,5 +1,8 @@
 //! Ring-buffer records decoded into owned, checked values: [`decode`] checks each record's
-//! kind and length; [`net`] unpacks socket addresses and endpoints.
+//! kind and length; [`process`], [`file`] and [`net`] turn process, file and socket records
+//! into text, file identities, addresses and endpoints.
 
 pub mod decode;
+pub mod file;
 pub mod net;
+pub mod process;

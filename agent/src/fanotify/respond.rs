@@ -14,8 +14,7 @@ use std::{
 
 use phiguard_common::{
     event::{
-        matched_by, EventHeader, ExecEvent, FileOpenEvent, Kind, FLAG_COMPAT_SYSCALL,
-        FLAG_EXEC_REFUSED, FLAG_TRUNCATED,
+        matched_by, EventHeader, Kind, FLAG_COMPAT_SYSCALL, FLAG_EXEC_REFUSED, FLAG_TRUNCATED,
     },
     limits::{COMM_LEN, NAMES_LEN, PATH_LEN},
     policy::{access, layer, verdict, Decision},
@@ -30,7 +29,11 @@ use super::{
 };
 use crate::{
     breakglass::{GrantMap, FANOTIFY_MARGIN_NS},
-    event::decode::RawEvent,
+    event::{
+        decode::{text, RawEvent},
+        file::FileOpen,
+        process::Exec,
+    },
     kernel::identity::ExecIdentities,
     paths::{kernel_dev, FileId},
     process::procfs::{self, ProcSnapshot},
@@ -423,42 +426,46 @@ impl Responder {
         if p.call.compat {
             flags |= FLAG_COMPAT_SYSCALL;
         }
-        // SAFETY: `FileOpenEvent` is plain old data (integers and byte arrays): all zeroes is
-        // a valid value.
-        let mut event: Box<FileOpenEvent> = Box::new(unsafe { std::mem::zeroed() });
-        event.header = self.header(&p, Kind::FileOpen, flags);
-        event.ret = if p.decision.verdict == verdict::DENY {
-            -i64::from(libc::EPERM)
-        } else {
-            0
+        let mut header = self.header(&p, Kind::FileOpen, flags);
+        // Cut where the kernel programs' records cut, and marked the same way.
+        let requested = match &p.requested_path {
+            Some((path, cut)) => {
+                if *cut {
+                    header.flags |= FLAG_TRUNCATED;
+                }
+                text(path, (PATH_LEN - 1) as u32)
+            }
+            None => String::new(),
         };
-        event.open_flags = p.call.flags.unwrap_or(0);
-        event.mode = p.call.mode;
-        event.dirfd = p.call.dirfd;
-        event.syscall = p.call.syscall;
-        event.matched_by = matched_by::LABEL;
-        event.watch_id = label.watch_id;
-        event.dev = p.file.dev;
-        event.ino = p.file.ino;
-        event.decision = p.decision;
-        if let Some((path, cut)) = &p.requested_path {
-            let n = path.len().min(PATH_LEN - 1);
-            event.path[..n].copy_from_slice(&path[..n]);
-            event.path_len = n as u32;
-            if *cut {
-                event.header.flags |= FLAG_TRUNCATED;
+        let names = match opened {
+            Some(opened) => {
+                let bytes = opened.as_os_str().as_encoded_bytes();
+                let n = bytes.len().min(NAMES_LEN - 1);
+                if n < bytes.len() {
+                    header.flags |= FLAG_TRUNCATED;
+                }
+                vec![String::from_utf8_lossy(&bytes[..n]).into_owned()]
             }
-        }
-        if let Some(opened) = opened {
-            let bytes = opened.as_os_str().as_encoded_bytes();
-            let n = bytes.len().min(NAMES_LEN - 1);
-            event.names[..n].copy_from_slice(&bytes[..n]);
-            event.names_len = n as u32 + 1;
-            event.names_count = 1;
-            if n < bytes.len() {
-                event.header.flags |= FLAG_TRUNCATED;
-            }
-        }
+            None => Vec::new(),
+        };
+        let event = FileOpen {
+            header,
+            ret: if p.decision.verdict == verdict::DENY {
+                -i64::from(libc::EPERM)
+            } else {
+                0
+            },
+            open_flags: p.call.flags.unwrap_or(0),
+            mode: p.call.mode,
+            dirfd: p.call.dirfd,
+            syscall: p.call.syscall,
+            matched_by: matched_by::LABEL,
+            watch_id: label.watch_id,
+            file: p.file,
+            requested,
+            names,
+            decision: p.decision,
+        };
         Record {
             event: RawEvent::FileOpen(event),
             process: p.process,
@@ -493,31 +500,32 @@ impl Responder {
     /// The `Exec` record of a refused exec, as the BPF LSM program writes it: the process keeps
     /// its old image (`FLAG_EXEC_REFUSED`).
     fn exec_record(&self, p: Pending, program: Option<PathBuf>) -> Record {
-        // SAFETY: `ExecEvent` is plain old data (integers and byte arrays): all zeroes is a
-        // valid value.
-        let mut event: Box<ExecEvent> = Box::new(unsafe { std::mem::zeroed() });
         let mut flags = FLAG_EXEC_REFUSED;
         if p.call.compat {
             flags |= FLAG_COMPAT_SYSCALL;
         }
-        event.header = self.header(&p, Kind::Exec, flags);
-        event.old_pid = p.opener.tid;
-        event.decision = p.decision;
+        let mut header = self.header(&p, Kind::Exec, flags);
         let name = match (&p.requested_path, &program) {
             (Some((path, cut)), _)
                 if p.call.syscall == phiguard_common::event::open_syscall::EXEC =>
             {
                 if *cut {
-                    event.header.flags |= FLAG_TRUNCATED;
+                    header.flags |= FLAG_TRUNCATED;
                 }
-                path.clone()
+                path.as_slice()
             }
-            (_, Some(program)) => program.as_os_str().as_encoded_bytes().to_vec(),
-            _ => Vec::new(),
+            (_, Some(program)) => program.as_os_str().as_encoded_bytes(),
+            _ => &[],
         };
-        let n = name.len().min(PATH_LEN - 1);
-        event.filename[..n].copy_from_slice(&name[..n]);
-        event.filename_len = n as u32;
+        let event = Exec {
+            old_pid: p.opener.tid,
+            decision: p.decision,
+            exe: None,
+            // Cut where the kernel programs' records cut.
+            filename: text(name, (PATH_LEN - 1) as u32),
+            cwd: None,
+            header,
+        };
         Record {
             event: RawEvent::Exec(event),
             process: p.process,

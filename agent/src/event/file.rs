@@ -1,0 +1,64 @@
+//! File records decoded: the requested path and the kernel's dentry names as text, the
+//! file's identity as a [`FileId`].
+
+use phiguard_common::{
+    event::{EventHeader, FileOpenEvent},
+    policy::Decision,
+};
+
+use super::decode::text;
+use crate::paths::{split_names, FileId};
+
+/// An open (or, under BPF LSM, a change) of a watched or protected file.
+#[derive(Clone, Debug)]
+pub struct FileOpen {
+    /// The opening thread.
+    pub header: EventHeader,
+    /// The call's return value (a descriptor, or `-errno`).
+    pub ret: i64,
+    /// The `open` flags.
+    pub open_flags: u32,
+    /// The mode for a created file.
+    pub mode: u32,
+    /// The directory descriptor a relative path is relative to.
+    pub dirfd: i32,
+    /// An `open_syscall` code.
+    pub syscall: u32,
+    /// A `matched_by` code: how the kernel matched the file to a watch.
+    pub matched_by: u32,
+    /// The watch matched.
+    pub watch_id: u32,
+    /// The file opened (zero when the open failed before there was one).
+    pub file: FileId,
+    /// The path as the caller gave it (cut at the kernel's limit: `FLAG_TRUNCATED`).
+    pub requested: String,
+    /// The dentry names the kernel collected, innermost first (or, from the fanotify layer,
+    /// the descriptor's path as one name).
+    pub names: Vec<String>,
+    /// The policy decision.
+    pub decision: Decision,
+}
+
+impl FileOpen {
+    /// Decodes a file-open record.
+    pub fn decode(e: &FileOpenEvent) -> FileOpen {
+        let names_len = (e.names_len as usize).min(e.names.len());
+        FileOpen {
+            header: e.header,
+            ret: e.ret,
+            open_flags: e.open_flags,
+            mode: e.mode,
+            dirfd: e.dirfd,
+            syscall: e.syscall,
+            matched_by: e.matched_by,
+            watch_id: e.watch_id,
+            file: FileId {
+                dev: e.dev,
+                ino: e.ino,
+            },
+            requested: text(&e.path, e.path_len),
+            names: split_names(&e.names[..names_len], e.names_count as usize),
+            decision: e.decision,
+        }
+    }
+}
