@@ -697,7 +697,7 @@ impl BoundCollector {
             access: access.clone(),
         };
         let store = Arc::new(Store::open(config.store.clone())?);
-        let signer = Signer::load_or_create(&config.checkpoint.key)?;
+        let signer = Signer::open_in_custody(&config.checkpoint.key, &config.store.dir)?;
         let checkpoints = Arc::new(Checkpointer::new(
             signer,
             config.checkpoint.export.clone(),
