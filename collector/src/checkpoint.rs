@@ -489,6 +489,10 @@ pub struct Checkpointer {
     file: Mutex<Option<File>>,
     /// The exported copy (in [`ExportConfig::dir`]) and whether its last write was torn.
     exported: Mutex<Option<(File, bool)>>,
+    /// When the newest checkpoint was signed (for the metrics).
+    latest: Mutex<Option<(SystemTime, Instant)>>,
+    /// Counts signed and unexported checkpoints, when set.
+    metrics: Option<crate::metrics::Metrics>,
     /// Per agent: the highest index signed with this key (from the checkpoint file and the
     /// exported copy at start).
     signed: Mutex<BTreeMap<String, u64>>,
@@ -564,7 +568,24 @@ impl Checkpointer {
             signed: Mutex::new(signed),
             file: Mutex::new(file),
             exported: Mutex::new(exported),
+            latest: Mutex::new(None),
+            metrics: None,
         })
+    }
+
+    /// Counts checkpoints (signed, not exported) in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Checkpointer {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// When the newest checkpoint was signed by this checkpointer (wall clock, and monotonic
+    /// for its age); None before the first.
+    pub fn latest(&self) -> Option<(SystemTime, Instant)> {
+        *self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Fails when `agent`'s chain, at `head`, is shorter than what this key signed before.
@@ -658,6 +679,9 @@ impl Checkpointer {
         ) {
             if let Err(error) = append_line(file, &export_file(dir), &line, torn) {
                 warn!(%error, agent, index = head.index, "checkpoint not exported to the second copy");
+                if let Some(metrics) = &self.metrics {
+                    metrics.checkpoint_export_failures.inc();
+                }
             }
         }
         if self.export.syslog {
@@ -669,6 +693,14 @@ impl Checkpointer {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(agent.to_owned(), (head.index, Instant::now()));
+        *self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((SystemTime::now(), Instant::now()));
+        if let Some(metrics) = &self.metrics {
+            metrics.checkpoints.inc();
+        }
         let mut signed = self
             .signed
             .lock()
