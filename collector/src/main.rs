@@ -64,8 +64,9 @@ enum Command {
         /// the signing key).
         #[arg(long)]
         public_key: Option<String>,
-        /// Check the chains alone when there is no signed checkpoint at all (otherwise that
-        /// is a failure: a chain rewritten from scratch or cut short would go unnoticed).
+        /// Check the chains alone when there is no signed checkpoint at all, or none of a
+        /// chain (otherwise that is a failure: a chain rewritten from scratch or cut short
+        /// would go unnoticed).
         #[arg(long)]
         allow_no_checkpoints: bool,
     },
@@ -323,6 +324,7 @@ fn run_verify(
         agent: agent.clone(),
         checkpoint_files: checkpoint_files.clone(),
         store_checkpoints: config.checkpoint.export.file.clone(),
+        require_checkpoints: !allow_no_checkpoints,
         trusted_key,
         retention_max_age: Some(config.store.retention_max_age),
     })?;

@@ -66,6 +66,11 @@ pub struct VerifyOptions {
     pub store_checkpoints: Option<PathBuf>,
     /// The ed25519 public key checkpoints must be signed with (32 bytes).
     pub trusted_key: Option<Vec<u8>>,
+    /// A chain with records that no signed checkpoint covers is a problem (when any
+    /// checkpoint was read at all): its checkpoints were removed from every copy given, or
+    /// a chain was added behind the collector's back. Every chain is signed at its first
+    /// record, so only a collector killed in that instant leaves one legitimately.
+    pub require_checkpoints: bool,
     /// The configured retention age: removals by age in `retention.jsonl` are checked against
     /// it and the newest stored record (a removal made on a clock far ahead is not
     /// legitimate retention).
@@ -523,6 +528,25 @@ pub fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
         if walk.run(&dir, &retention).is_some() {
             check_checkpoints(&mut walk, &cps);
         }
+        let r = &mut walk.report;
+        if options.require_checkpoints
+            && report.checkpoints_read > 0
+            && r.problem.is_none()
+            && r.records > 0
+            && r.checkpoints == 0
+            && r.checkpoints_pruned == 0
+        {
+            r.problem = Some(Problem {
+                agent: agent.clone(),
+                segment: None,
+                offset: None,
+                index: Some(r.first_index),
+                message: format!(
+                    "{} records and no signed checkpoint covers any of them: its checkpoints were removed from every copy read, or the chain was added behind the collector's back (--allow-no-checkpoints checks it alone)",
+                    r.records
+                ),
+            });
+        }
         report.agents.push(walk.report);
     }
     if options.agent.is_none() {
@@ -767,6 +791,7 @@ mod tests {
                 agent: None,
                 checkpoint_files: vec![cps],
                 store_checkpoints: None,
+                require_checkpoints: true,
                 trusted_key: Some(trusted),
                 retention_max_age: None,
             },
@@ -952,6 +977,36 @@ mod tests {
         assert!(verify(&VerifyOptions {
             checkpoint_files: vec![store_file.clone()],
             store_checkpoints: Some(store_file),
+            ..f.options.clone()
+        })
+        .unwrap()
+        .ok());
+    }
+
+    #[test]
+    fn a_chain_no_checkpoint_covers_is_a_problem_when_checkpoints_are_required() {
+        let f = fixture(25);
+        // A second chain added behind the collector's back (no checkpoint of it anywhere).
+        let store = Store::open(StoreConfig::new(f.options.store_dir.clone())).unwrap();
+        store.append("b", vec![event(1), event(2)], |_| {}).unwrap();
+        let report = verify(&f.options).unwrap();
+        assert!(!report.ok());
+        let b = report.agents.iter().find(|a| a.agent == "b").unwrap();
+        let p = b.problem.as_ref().unwrap();
+        assert!(
+            p.message
+                .starts_with("2 records and no signed checkpoint covers any of them"),
+            "{p}"
+        );
+        assert!(report
+            .agents
+            .iter()
+            .find(|a| a.agent == "a")
+            .unwrap()
+            .problem
+            .is_none());
+        assert!(verify(&VerifyOptions {
+            require_checkpoints: false,
             ..f.options.clone()
         })
         .unwrap()

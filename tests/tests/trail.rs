@@ -350,7 +350,27 @@ fn the_exported_checkpoints_catch_a_chain_re_signed_with_the_stolen_key_deleted_
         "{out}"
     );
 
-    // 4. No checkpoint anywhere is not "ok".
+    // 4. A whole chain added behind the collector's back: no checkpoint covers it.
+    restore();
+    let store = Store::open(StoreConfig::new(collector.store.clone())).unwrap();
+    store
+        .append(
+            "ehr-b",
+            (1..=5).map(|seq| event("ehr-b", seq)).collect(),
+            |_| {},
+        )
+        .unwrap();
+    drop(store);
+    let (code, out) = verify(&config, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(
+            "BROKEN  agent ehr-b, record 1: 5 records and no signed checkpoint covers any of them"
+        ),
+        "{out}"
+    );
+
+    // 5. No checkpoint anywhere is not "ok".
     restore();
     let empty = work.path().join("empty-export");
     fs::create_dir_all(&empty).unwrap();
