@@ -395,8 +395,7 @@ pub fn export_file(dir: &Path) -> PathBuf {
     dir.join(EXPORT_FILE_NAME)
 }
 
-/// `FS_IOC_GETFLAGS` (`_IOR('f', 1, long)`) and its append-only flag.
-const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+/// The append-only inode flag of `FS_IOC_GETFLAGS` (`FS_APPEND_FL` in linux/fs.h).
 const FS_APPEND_FL: libc::c_long = 0x20;
 
 /// Whether the file system says `file` is append-only (`chattr +a`); None when it cannot
@@ -406,7 +405,7 @@ pub fn append_only(file: &File) -> Option<bool> {
     let mut flags: libc::c_long = 0;
     // SAFETY: FS_IOC_GETFLAGS writes one long into `flags`, which we own; the descriptor is
     // open for the whole call.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) };
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
     (rc == 0).then_some(flags & FS_APPEND_FL != 0)
 }
 

@@ -103,13 +103,12 @@ fn the_checkpoint_key_is_refused_in_the_store_readable_by_others_owned_by_anothe
         "{log}"
     );
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-    // Owned by another user (the tests run as root).
-    if nix::unistd::geteuid().is_root() {
-        std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
-        let log = refused_to_start(&config(&key));
-        assert!(log.contains("owned by uid 65534"), "{log}");
-        std::os::unix::fs::chown(&key, Some(0), None).unwrap();
-    }
+    // Owned by another user (chown needs root: the e2e tier runs as root).
+    assert!(nix::unistd::geteuid().is_root(), "chown needs root");
+    std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+    let log = refused_to_start(&config(&key));
+    assert!(log.contains("owned by uid 65534"), "{log}");
+    std::os::unix::fs::chown(&key, Some(0), None).unwrap();
     // An upgrade that set the new path but left the old key in the store.
     fs::copy(&key, store.join("checkpoint.key")).unwrap();
     let log = refused_to_start(&config(&key));
@@ -502,4 +501,73 @@ fn metrics_count_events_connections_subscribers_checkpoints_window_refusals_and_
         v == 0.0
     });
     collector.stop();
+}
+
+/// `chattr -a` on drop, so the temporary directory can be removed even when a test fails.
+struct AppendOnly(std::path::PathBuf);
+
+impl AppendOnly {
+    fn set(path: &Path) -> AppendOnly {
+        let status = Command::new("chattr").arg("+a").arg(path).status().unwrap();
+        assert!(status.success(), "chattr +a {}", path.display());
+        AppendOnly(path.to_owned())
+    }
+}
+
+impl Drop for AppendOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-a").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_append_only_export_keeps_growing_and_nobody_can_rewrite_it() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "chattr +a needs root: the e2e tier runs as root (as store_faults.rs does for its mounts)"
+    );
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let export = work.path().join("export");
+    let mut collector = CollectorProc::start_with_checkpoint(
+        work.path(),
+        &pki,
+        &format!("every_records = 5\nexport_dir = \"{}\"\n", export.display()),
+    );
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 1..=20);
+    assert!(link.wait_acked(20, Duration::from_secs(30)));
+    drop(link);
+    collector.stop();
+    let exported = export.join("checkpoints.jsonl");
+    let before = checkpoint::read_file(&exported).unwrap().len();
+    let _guard = AppendOnly::set(&exported);
+    collector.restart();
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 21..=40);
+    assert!(link.wait_acked(40, Duration::from_secs(30)));
+    drop(link);
+    collector.stop();
+    assert_eq!(
+        collector
+            .log()
+            .matches("the exported checkpoint file is not append-only")
+            .count(),
+        1,
+        "warned at the first start only:\n{}",
+        collector.log()
+    );
+    let after = checkpoint::read_file(&exported).unwrap();
+    assert!(after.len() > before, "{} then {}", before, after.len());
+    assert_eq!(
+        after,
+        checkpoint::read_file(&work.path().join("checkpoints.jsonl")).unwrap()
+    );
+    // Not even root can rewrite or remove it now.
+    assert!(fs::write(&exported, "").is_err());
+    assert!(fs::remove_file(&exported).is_err());
+    let (code, out) = verify(
+        &collector.config,
+        &["--checkpoints", export.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{out}");
 }
