@@ -862,6 +862,9 @@ mod tests {
         let err = custody(&dir.path().join("alias/cp.key"));
         assert!(err.contains("inside the store directory"), "{err}");
 
+        // A sibling whose name starts with the store's is not inside it (the packaged
+        // layout: /var/lib/phiguard-collector and /var/lib/phiguard-collector-key).
+        Signer::open_in_custody(&dir.path().join("store-key/cp.key"), &store).unwrap();
         let key = dir.path().join("keys/cp.key");
         let signer = Signer::open_in_custody(&key, &store).unwrap();
         assert_eq!(fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
