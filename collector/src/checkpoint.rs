@@ -18,7 +18,10 @@ use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
-    os::unix::{fs::OpenOptionsExt as _, net::UnixDatagram},
+    os::unix::{
+        fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
+        net::UnixDatagram,
+    },
     path::{Path, PathBuf},
     sync::Mutex,
     time::{Duration, Instant, SystemTime},
@@ -35,6 +38,12 @@ use crate::store::{self, Head};
 
 /// Domain separation prefix of the signed bytes.
 const DOMAIN: &[u8] = b"phiguard.v1.Checkpoint\0";
+/// The key's file name where collectors before key custody created it, in the store
+/// directory.
+pub const LEGACY_KEY_NAME: &str = "checkpoint.key";
+/// The signing key's default path: its own state directory beside the store's (the packaged
+/// unit's `StateDirectory=phiguard-collector-key`), never inside it.
+pub const DEFAULT_KEY: &str = "/var/lib/phiguard-collector-key/checkpoint.key";
 /// Where syslog listens.
 const SYSLOG_SOCKET: &str = "/dev/log";
 
@@ -81,6 +90,15 @@ pub enum CheckpointError {
     /// A public key that is not 32 bytes of hex.
     #[error("public key: {0}")]
     PublicKey(String),
+    /// The signing key is kept where it would not protect anything (in the store directory,
+    /// readable by others, owned by someone else): the collector does not start.
+    #[error("checkpoint signing key {}: {problem}", path.display())]
+    Custody {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        problem: String,
+    },
     /// The chain is shorter than a checkpoint this key signed before: it is not signed again.
     #[error("agent {agent}: the chain ends at record {head} but record {signed} was signed before: records were removed; not signing a shortened chain (run `phiguard-collector verify`)")]
     Shortened {
@@ -240,6 +258,79 @@ impl Signer {
         Ok(signer)
     }
 
+    /// Loads (or creates) the key at `path` for a collector whose store is `store_dir`, after
+    /// checking its custody: the key must be outside the store directory (a tamperer with the
+    /// store would otherwise re-sign a rewritten chain), and the file must be mode 0600 (no
+    /// group or other bits) and owned by the user the collector runs as. A key file left in
+    /// the store by older collectors (`<store_dir>/checkpoint.key`) is refused too, so an
+    /// upgrade never silently signs with a new key while the old one stays beside the data.
+    pub fn open_in_custody(path: &Path, store_dir: &Path) -> Result<Signer, CheckpointError> {
+        let custody = |problem: String| CheckpointError::Custody {
+            path: path.to_owned(),
+            problem,
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err(dir))?;
+        }
+        let store = fs::canonicalize(store_dir).map_err(io_err(store_dir))?;
+        let real_dir = fs::canonicalize(dir).map_err(io_err(dir))?;
+        let real_key = match fs::canonicalize(path) {
+            Ok(real) => real,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                real_dir.join(path.file_name().unwrap_or_default())
+            }
+            Err(source) => return Err(io_err(path)(source)),
+        };
+        if real_key.starts_with(&store) || real_dir.starts_with(&store) {
+            return Err(custody(format!(
+                "it is inside the store directory {}: anyone able to rewrite the store could re-sign a rewritten chain with it. Set [checkpoint] key to a path outside the store (default {})",
+                store.display(),
+                DEFAULT_KEY
+            )));
+        }
+        let legacy = store_dir.join(LEGACY_KEY_NAME);
+        if legacy.exists() {
+            return Err(CheckpointError::Custody {
+                path: legacy.clone(),
+                problem: format!(
+                    "a checkpoint key is in the store directory {} (where collectors before key custody created it): anyone able to rewrite the store could re-sign it. Move it and its .pub file to the configured key path {} (`mv {} {}; mv {}.pub {}.pub`), owned by the collector's user, mode 0600; see docs/collector.md, \"Upgrading: the key out of the store\"",
+                    store_dir.display(),
+                    path.display(),
+                    legacy.display(),
+                    path.display(),
+                    legacy.display(),
+                    path.display(),
+                ),
+            });
+        }
+        let signer = Signer::load_or_create(path)?;
+        let meta = fs::metadata(path).map_err(io_err(path))?;
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(custody(format!(
+                "mode {mode:04o} lets its group or others read or change it; it must be 0600 (`chmod 600 {}`)",
+                path.display()
+            )));
+        }
+        // SAFETY: geteuid cannot fail and has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return Err(custody(format!(
+                "owned by uid {}, but the collector runs as uid {me}: the key must be owned by the collector's own user (`chown` it to that user)",
+                meta.uid()
+            )));
+        }
+        Ok(signer)
+    }
+
     /// The public key.
     pub fn public_key(&self) -> &[u8] {
         self.key.public_key().as_ref()
@@ -291,6 +382,91 @@ pub struct ExportConfig {
     pub file: Option<PathBuf>,
     /// Also send each as a syslog line (authpriv.info) to /dev/log.
     pub syslog: bool,
+    /// Also append each to [`EXPORT_FILE_NAME`] in this directory: meant for another file
+    /// system the store's writer cannot rewrite (the file append-only, `chattr +a`).
+    pub dir: Option<PathBuf>,
+}
+
+/// The file checkpoints are appended to in [`ExportConfig::dir`].
+pub const EXPORT_FILE_NAME: &str = "checkpoints.jsonl";
+
+/// The exported copy's file in `dir`.
+pub fn export_file(dir: &Path) -> PathBuf {
+    dir.join(EXPORT_FILE_NAME)
+}
+
+/// The append-only inode flag of `FS_IOC_GETFLAGS` (`FS_APPEND_FL` in linux/fs.h).
+const FS_APPEND_FL: libc::c_long = 0x20;
+
+/// Whether the file system says `file` is append-only (`chattr +a`); None when it cannot
+/// tell (a file system without attributes).
+pub fn append_only(file: &File) -> Option<bool> {
+    use std::os::fd::AsRawFd as _;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one long into `flags`, which we own; the descriptor is
+    // open for the whole call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    (rc == 0).then_some(flags & FS_APPEND_FL != 0)
+}
+
+/// Opens (creating) an append-only JSON-lines checkpoint file: `O_APPEND`, so an
+/// append-only attribute on it never stops the collector, and never truncated.
+fn open_append(path: &Path) -> Result<File, CheckpointError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let created = !path.exists();
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(io_err(path))?;
+    if created {
+        // The new name must survive a crash as well as the lines written to it.
+        if let Some(dir) = path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir))?;
+        }
+    }
+    Ok(file)
+}
+
+/// Appends `line` and a newline to `file` and fsyncs it. On failure the partial line is cut
+/// off again when the file allows it (an append-only file does not: the next line then
+/// starts on a new line, so only the torn one is unreadable).
+fn append_line(
+    file: &mut File,
+    path: &Path,
+    line: &str,
+    torn: &mut bool,
+) -> Result<(), CheckpointError> {
+    let before = file.metadata().map_err(io_err(path))?.len();
+    let text = if *torn {
+        format!("\n{line}\n")
+    } else {
+        format!("{line}\n")
+    };
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_data());
+    match written {
+        Ok(()) => {
+            *torn = false;
+            Ok(())
+        }
+        Err(source) => {
+            if file
+                .set_len(before)
+                .and_then(|()| file.sync_data())
+                .is_err()
+            {
+                *torn = true;
+            }
+            Err(io_err(path)(source))
+        }
+    }
 }
 
 /// When to checkpoint.
@@ -310,7 +486,14 @@ pub struct Checkpointer {
     /// Per agent: index last checkpointed and when.
     last: Mutex<BTreeMap<String, (u64, Instant)>>,
     file: Mutex<Option<File>>,
-    /// Per agent: the highest index signed with this key (from the export file at start).
+    /// The exported copy (in [`ExportConfig::dir`]) and whether its last write was torn.
+    exported: Mutex<Option<(File, bool)>>,
+    /// When the newest checkpoint was signed (for the metrics).
+    latest: Mutex<Option<(SystemTime, Instant)>>,
+    /// Counts signed and unexported checkpoints, when set.
+    metrics: Option<crate::metrics::Metrics>,
+    /// Per agent: the highest index signed with this key (from the checkpoint file and the
+    /// exported copy at start).
     signed: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -350,26 +533,32 @@ impl Checkpointer {
         export: ExportConfig,
         cadence: Cadence,
     ) -> Result<Checkpointer, CheckpointError> {
-        let file = match &export.file {
-            Some(path) => {
-                if let Some(dir) = path.parent() {
-                    fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let file = export.file.as_deref().map(open_append).transpose()?;
+        let exported = match &export.dir {
+            Some(dir) => {
+                let path = export_file(dir);
+                let file = open_append(&path)?;
+                if append_only(&file) != Some(true) {
+                    warn!(file = %path.display(), "the exported checkpoint file is not append-only: as root, `chattr +a` it (and keep it on another file system than the store) so the collector's user cannot rewrite it");
                 }
-                Some(
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .mode(0o640)
-                        .open(path)
-                        .map_err(io_err(path))?,
-                )
+                Some((file, false))
             }
             None => None,
         };
-        let signed = match &export.file {
-            Some(path) => highest_signed(path, signer.public_key()),
-            None => BTreeMap::new(),
-        };
+        // What this key signed before, from every copy: deleting checkpoints from the store's
+        // file does not make a shortened chain signable again.
+        let mut signed = BTreeMap::new();
+        let copies = export
+            .file
+            .iter()
+            .cloned()
+            .chain(export.dir.as_deref().map(export_file));
+        for path in copies {
+            for (agent, index) in highest_signed(&path, signer.public_key()) {
+                let max = signed.entry(agent).or_insert(0);
+                *max = index.max(*max);
+            }
+        }
         Ok(Checkpointer {
             signer,
             export,
@@ -377,7 +566,25 @@ impl Checkpointer {
             last: Mutex::new(BTreeMap::new()),
             signed: Mutex::new(signed),
             file: Mutex::new(file),
+            exported: Mutex::new(exported),
+            latest: Mutex::new(None),
+            metrics: None,
         })
+    }
+
+    /// Counts checkpoints (signed, not exported) in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Checkpointer {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// When the newest checkpoint was signed by this checkpointer (wall clock, and monotonic
+    /// for its age); None before the first.
+    pub fn latest(&self) -> Option<(SystemTime, Instant)> {
+        *self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Fails when `agent`'s chain, at `head`, is shorter than what this key signed before.
@@ -460,6 +667,22 @@ impl Checkpointer {
                 return Err(io_err(path)(source));
             }
         }
+        // Exported only once in the store's file: the copy never holds a checkpoint the
+        // store's file lacks, so `verify` can tell checkpoints deleted from the store.
+        if let (Some((file, torn)), Some(dir)) = (
+            self.exported
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_mut(),
+            self.export.dir.as_deref(),
+        ) {
+            if let Err(error) = append_line(file, &export_file(dir), &line, torn) {
+                warn!(%error, agent, index = head.index, "checkpoint not exported to the second copy");
+                if let Some(metrics) = &self.metrics {
+                    metrics.checkpoint_export_failures.inc();
+                }
+            }
+        }
         if self.export.syslog {
             if let Err(error) = send_syslog(&format!("checkpoint {line}")) {
                 warn!(%error, "checkpoint syslog line not sent");
@@ -469,6 +692,14 @@ impl Checkpointer {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(agent.to_owned(), (head.index, Instant::now()));
+        *self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((SystemTime::now(), Instant::now()));
+        if let Some(metrics) = &self.metrics {
+            metrics.checkpoints.inc();
+        }
         let mut signed = self
             .signed
             .lock()
@@ -541,6 +772,7 @@ mod tests {
             ExportConfig {
                 file: Some(file.clone()),
                 syslog: false,
+                dir: None,
             },
             Cadence {
                 every_records: 10,
@@ -571,6 +803,7 @@ mod tests {
             ExportConfig {
                 file: Some(file.clone()),
                 syslog: false,
+                dir: None,
             },
             Cadence {
                 every_records: 10,
@@ -604,5 +837,123 @@ mod tests {
         let mut earlier = read[1].clone();
         earlier.clock.as_mut().unwrap().boottime_ns -= 1;
         assert!(verify_signature(&earlier, &trusted).is_err());
+    }
+
+    #[test]
+    fn the_key_is_refused_inside_the_store_readable_by_others_or_owned_by_another() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        fs::create_dir_all(&store).unwrap();
+        let custody = |key: &Path| match Signer::open_in_custody(key, &store) {
+            Err(e @ CheckpointError::Custody { .. }) => e.to_string(),
+            Err(e) => panic!("not a custody error: {e}"),
+            Ok(_) => panic!("{} accepted", key.display()),
+        };
+        let inside = store.join("keys/cp.key");
+        let err = custody(&inside);
+        assert!(
+            err.contains("cp.key: it is inside the store directory"),
+            "{err}"
+        );
+        assert!(!inside.exists(), "no key created inside the store");
+        // Through a symlinked directory it is still inside.
+        std::os::unix::fs::symlink(&store, dir.path().join("alias")).unwrap();
+        let err = custody(&dir.path().join("alias/cp.key"));
+        assert!(err.contains("inside the store directory"), "{err}");
+
+        // A sibling whose name starts with the store's is not inside it (the packaged
+        // layout: /var/lib/phiguard-collector and /var/lib/phiguard-collector-key).
+        Signer::open_in_custody(&dir.path().join("store-key/cp.key"), &store).unwrap();
+        let key = dir.path().join("keys/cp.key");
+        let signer = Signer::open_in_custody(&key, &store).unwrap();
+        assert_eq!(fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(key.parent().unwrap()).unwrap().mode() & 0o777,
+            0o700
+        );
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o640)).unwrap();
+        let err = custody(&key);
+        assert!(
+            err.contains("mode 0640") && err.contains("chmod 600"),
+            "{err}"
+        );
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            Signer::open_in_custody(&key, &store).unwrap().public_key(),
+            signer.public_key()
+        );
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+            let err = custody(&key);
+            assert!(
+                err.contains("owned by uid 65534, but the collector runs as uid 0"),
+                "{err}"
+            );
+            std::os::unix::fs::chown(&key, Some(0), None).unwrap();
+        }
+        // The key older collectors left in the store: refused, naming both paths.
+        fs::write(store.join(LEGACY_KEY_NAME), "x").unwrap();
+        let err = custody(&key);
+        assert!(
+            err.contains("store/checkpoint.key: a checkpoint key is in the store directory")
+                && err.contains(&format!("mv {}", store.join(LEGACY_KEY_NAME).display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn checkpoints_are_exported_to_a_second_directory_after_the_store_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::load_or_create(&dir.path().join("cp.key")).unwrap();
+        let file = dir.path().join("store/cp.jsonl");
+        let export = dir.path().join("export");
+        let cp = Checkpointer::new(
+            signer,
+            ExportConfig {
+                file: Some(file.clone()),
+                syslog: false,
+                dir: Some(export.clone()),
+            },
+            Cadence {
+                every_records: 10,
+                every: Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        let head = |index| Head {
+            index,
+            hash: [index as u8; 32],
+            seq: index,
+        };
+        cp.checkpoint("a", &head(3)).unwrap();
+        cp.checkpoint("a", &head(9)).unwrap();
+        assert_eq!(
+            read_file(&file).unwrap(),
+            read_file(&export_file(&export)).unwrap()
+        );
+        assert_eq!(read_file(&export_file(&export)).unwrap().len(), 2);
+        // The store's file emptied behind the collector's back: the exported copy still
+        // stops it from signing a shortened chain.
+        drop(cp);
+        fs::write(&file, "").unwrap();
+        let again = Checkpointer::new(
+            Signer::load(&dir.path().join("cp.key")).unwrap(),
+            ExportConfig {
+                file: Some(file.clone()),
+                syslog: false,
+                dir: Some(export.clone()),
+            },
+            Cadence {
+                every_records: 10,
+                every: Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            again.checkpoint("a", &head(5)),
+            Err(CheckpointError::Shortened { signed: 9, .. })
+        ));
     }
 }

@@ -63,7 +63,8 @@ pub struct ServerConfig {
 /// `[checkpoint]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointConfig {
-    /// The ed25519 signing key (created when missing).
+    /// The ed25519 signing key (created when missing); outside the store directory, mode
+    /// 0600, owned by the collector's user (checked at start).
     pub key: PathBuf,
     /// The public key `verify` trusts (hex); None: the one derived from `key`.
     pub public_key: Option<String>,
@@ -84,6 +85,13 @@ pub struct LivenessConfig {
     pub silent_after: Duration,
 }
 
+/// `[metrics]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Loopback address of the Prometheus endpoint (`GET /metrics`); None: off.
+    pub listen: Option<SocketAddr>,
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -97,6 +105,8 @@ pub struct Config {
     pub liveness: LivenessConfig,
     /// `[scope.NAME]`: what each subscriber may see.
     pub scopes: Scopes,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +120,14 @@ struct RawConfig {
     liveness: RawLiveness,
     #[serde(default)]
     scope: BTreeMap<String, Spanned<RawScope>>,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +184,7 @@ struct RawCheckpoint {
     key: Option<Spanned<PathBuf>>,
     public_key: Option<Spanned<String>>,
     file: Option<Spanned<PathBuf>>,
+    export_dir: Option<Spanned<PathBuf>>,
     #[serde(default)]
     syslog: bool,
     every_records: Option<Spanned<u64>>,
@@ -380,7 +399,7 @@ impl Config {
         let checkpoint = CheckpointConfig {
             key: match &c.key {
                 Some(key) => cx.path(key, "checkpoint.key")?,
-                None => dir.join("checkpoint.key"),
+                None => PathBuf::from(crate::checkpoint::DEFAULT_KEY),
             },
             public_key,
             export: ExportConfig {
@@ -389,6 +408,11 @@ impl Config {
                     None => dir.join("checkpoints.jsonl"),
                 }),
                 syslog: c.syslog,
+                dir: c
+                    .export_dir
+                    .as_ref()
+                    .map(|d| cx.path(d, "checkpoint.export_dir"))
+                    .transpose()?,
             },
             cadence: Cadence {
                 every_records: cx.range(
@@ -417,12 +441,35 @@ impl Config {
             )?),
         };
         let scopes = cx.scopes(&raw.scope, &server.subscribers)?;
+        let metrics = MetricsConfig {
+            listen: match &raw.metrics.listen {
+                Some(listen) => {
+                    let addr = listen.get_ref().parse::<SocketAddr>().map_err(|e| {
+                        cx.invalid(
+                            listen.span(),
+                            "metrics.listen",
+                            format!("{:?}: {e} (host:port)", listen.get_ref()),
+                        )
+                    })?;
+                    if !addr.ip().is_loopback() {
+                        return Err(cx.invalid(
+                            listen.span(),
+                            "metrics.listen",
+                            format!("{addr} is not a loopback address: the endpoint is plain HTTP without authentication, so it only listens on 127.0.0.1 or ::1"),
+                        ));
+                    }
+                    Some(addr)
+                }
+                None => None,
+            },
+        };
         Ok(Config {
             server,
             store,
             checkpoint,
             liveness,
             scopes,
+            metrics,
         })
     }
 }
@@ -517,7 +564,13 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:7443".parse().unwrap());
         assert_eq!(c.server.tls.ca, Path::new("/etc/phiguard/certs/ca.pem"));
         assert_eq!(c.store.retention_max_age.as_secs() / 86_400, 2192);
-        assert_eq!(c.checkpoint.key, Path::new("/var/lib/pgc/checkpoint.key"));
+        assert_eq!(
+            c.checkpoint.key,
+            Path::new("/var/lib/phiguard-collector-key/checkpoint.key"),
+            "the key's default is outside the store"
+        );
+        assert_eq!(c.checkpoint.export.dir, None);
+        assert_eq!(c.metrics.listen, None);
         assert_eq!(
             c.checkpoint.export.file.as_deref(),
             Some(Path::new("/var/lib/pgc/checkpoints.jsonl"))
@@ -530,6 +583,22 @@ mod tests {
         assert_eq!(
             c.server.crl.as_deref(),
             Some(Path::new("/etc/phiguard/pki/crl.pem"))
+        );
+        let c = parse(&format!(
+            "{MINIMAL}[checkpoint]\nexport_dir = \"/mnt/worm/pgc\"\n[metrics]\nlisten = \"127.0.0.1:9465\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.checkpoint.export.dir.as_deref(),
+            Some(Path::new("/mnt/worm/pgc"))
+        );
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9465".parse().unwrap()));
+        let err = parse(&format!("{MINIMAL}[metrics]\nlisten = \"0.0.0.0:9465\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/phiguard/collector.toml:8:10: metrics.listen: 0.0.0.0:9465 is not a loopback address"),
+            "{err}"
         );
         let c = parse(&format!("{MINIMAL}[liveness]\nsilent_after_ms = 1500\n")).unwrap();
         assert_eq!(c.liveness.silent_after, Duration::from_millis(1500));

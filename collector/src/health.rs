@@ -29,6 +29,7 @@ struct Outage {
     since: Instant,
     cause: String,
     refused: u64,
+    full: bool,
 }
 
 /// The store's write health per agent chain.
@@ -96,6 +97,7 @@ impl StoreHealth {
         let mut outages = self.outages();
         if let Some(outage) = outages.get_mut(agent) {
             outage.refused += 1;
+            outage.full = error.is_full();
             return None;
         }
         let cause = if error.is_full() {
@@ -112,6 +114,7 @@ impl StoreHealth {
                 since: now,
                 cause,
                 refused: 1,
+                full: error.is_full(),
             },
         );
         Some(alert_event(
@@ -143,6 +146,12 @@ impl StoreHealth {
     pub fn failing(&self) -> bool {
         !self.outages().is_empty()
     }
+
+    /// Whether any agent's chain cannot be written now because the store's file system is
+    /// full (its last refused batch failed with ENOSPC).
+    pub fn full(&self) -> bool {
+        self.outages().values().any(|o| o.full)
+    }
 }
 
 #[cfg(test)]
@@ -172,6 +181,7 @@ mod tests {
         assert_eq!(kind(&first), v1::AlertKind::StoreFailing);
         assert!(health.failed("a", &full, t0).is_none(), "once per outage");
         assert!(health.failing());
+        assert!(health.full());
         assert_eq!(refusal(&full).code(), tonic::Code::ResourceExhausted);
         let back = health
             .stored("a", t0 + Duration::from_secs(3))
@@ -183,5 +193,12 @@ mod tests {
         assert_eq!(a.silent_ms, 3000);
         assert!(a.message.contains("2 batches refused"), "{}", a.message);
         assert!(!health.failing());
+        assert!(!health.full());
+        let eio = StoreError::Io {
+            path: "/store/agents/a/x.seg".into(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        };
+        health.failed("a", &eio, t0);
+        assert!(health.failing() && !health.full(), "failing, not full");
     }
 }

@@ -9,7 +9,8 @@
 //! grant), [`alert`] (the collector's own events), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
 //! dedup, retention), [`checkpoint`] (signed chain heads), [`stream`] (fan-out with filters),
 //! [`scope`] and [`access`] (who may see what), [`audit`] (every subscription in the trail),
-//! [`verify`] (chain and checkpoint checks) and [`tail`] (the subscriber client).
+//! [`verify`] (chain and checkpoint checks), [`metrics`] (the Prometheus endpoint) and
+//! [`tail`] (the subscriber client).
 
 pub mod access;
 pub mod alert;
@@ -23,6 +24,7 @@ pub mod faults;
 pub mod health;
 pub mod identity;
 pub mod liveness;
+pub mod metrics;
 pub mod revocation;
 pub mod scope;
 pub mod server;

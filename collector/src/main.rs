@@ -54,15 +54,19 @@ enum Command {
         /// Only this agent.
         #[arg(long)]
         agent: Option<String>,
-        /// Exported checkpoint files to check against (default: the configured file).
+        /// Checkpoint files, or directories of them, to check against (repeatable). Default:
+        /// the configured `file` and the `export_dir` copy. Give the exported copy
+        /// (`--checkpoints EXPORT_DIR`) to check the store against what its writer cannot
+        /// rewrite; checkpoints found there but missing from the store's `file` are reported.
         #[arg(long = "checkpoints")]
         checkpoints: Vec<PathBuf>,
         /// The trusted checkpoint public key, hex (default: configured, else derived from
         /// the signing key).
         #[arg(long)]
         public_key: Option<String>,
-        /// Check the chains alone when there is no signed checkpoint at all (otherwise that
-        /// is a failure: a chain rewritten from scratch or cut short would go unnoticed).
+        /// Check the chains alone when there is no signed checkpoint at all, or none of a
+        /// chain (otherwise that is a failure: a chain rewritten from scratch or cut short
+        /// would go unnoticed).
         #[arg(long)]
         allow_no_checkpoints: bool,
     },
@@ -293,7 +297,14 @@ fn run_verify(
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let checkpoint_files = if checkpoint_files.is_empty() {
-        config.checkpoint.export.file.iter().cloned().collect()
+        config
+            .checkpoint
+            .export
+            .file
+            .iter()
+            .cloned()
+            .chain(config.checkpoint.export.dir.clone())
+            .collect()
     } else {
         checkpoint_files
     };
@@ -312,6 +323,8 @@ fn run_verify(
         store_dir: config.store.dir.clone(),
         agent: agent.clone(),
         checkpoint_files: checkpoint_files.clone(),
+        store_checkpoints: config.checkpoint.export.file.clone(),
+        require_checkpoints: !allow_no_checkpoints,
         trusted_key,
         retention_max_age: Some(config.store.retention_max_age),
     })?;

@@ -39,6 +39,7 @@ use crate::{
     health::{self, StoreHealth},
     identity::Peer,
     liveness::{self, Liveness},
+    metrics::{Metrics, RefusedReason, Snapshot},
     revocation::Revocation,
     scope::Scope,
     store::{Record, Store, StoreError},
@@ -71,6 +72,9 @@ pub enum ServerError {
     /// The CRL file is unusable.
     #[error(transparent)]
     Crl(#[from] crate::crl::CrlError),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The checkpoint key or export file is unusable.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
@@ -262,6 +266,24 @@ pub struct CollectorService {
     health: Arc<StoreHealth>,
     refusals: Arc<Refusals>,
     revocation: Arc<Revocation>,
+    metrics: Metrics,
+    agents_connected: Arc<AtomicUsize>,
+}
+
+/// Counts an open agent stream for as long as it lives.
+struct Connected(Arc<AtomicUsize>);
+
+impl Connected {
+    fn new(count: &Arc<AtomicUsize>) -> Connected {
+        count.fetch_add(1, Ordering::SeqCst);
+        Connected(count.clone())
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
@@ -452,6 +474,7 @@ impl CollectorService {
         let identity = peer.identity.clone();
         let mut stopping = self.stopping.clone();
         let mut revoked = self.revocation.subscribe();
+        let _connected = Connected::new(&self.agents_connected);
         loop {
             let message = tokio::select! {
                 message = inbound.message() => Some(Some(message)),
@@ -488,9 +511,11 @@ impl CollectorService {
                 }
             };
             self.alive(&identity).await;
+            let count = batch.events.len();
             let events = match validate_batch(&identity, batch, self.max_batch_events) {
                 Ok(events) => events,
                 Err(rejected) => {
+                    self.metrics.refused(RefusedReason::InvalidBatch, count);
                     warn!(agent = %identity, peer = %peer.addr, reason = %rejected, "batch rejected");
                     let _ = tx.send(Err(rejected.status())).await;
                     return;
@@ -510,6 +535,8 @@ impl CollectorService {
             let appended = match appended {
                 Ok(Ok(appended)) => appended,
                 Ok(Err(StoreError::SeqJump { last, seq, .. })) => {
+                    self.metrics.refused(RefusedReason::SequenceWindow, count);
+                    self.metrics.sequence_window_refusals.inc();
                     warn!(agent = %identity, peer = %peer.addr, last, seq, max = self.store.config().max_seq_jump, "batch refused: seq too far above the last stored one");
                     if let Some(alert) =
                         self.refusals
@@ -525,6 +552,14 @@ impl CollectorService {
                     return;
                 }
                 Ok(Err(store_error)) => {
+                    self.metrics.refused(
+                        if store_error.is_full() {
+                            RefusedReason::StoreFull
+                        } else {
+                            RefusedReason::StoreFailed
+                        },
+                        count,
+                    );
                     error!(agent = %identity, error = %store_error, full = store_error.is_full(), "storing a batch failed: refused, not acknowledged");
                     self.store_failed(&identity, &store_error);
                     let _ = tx.send(Err(health::refusal(&store_error))).await;
@@ -536,6 +571,8 @@ impl CollectorService {
                     return;
                 }
             };
+            self.metrics.events_stored.inc_by(appended.stored);
+            self.metrics.events_duplicate.inc_by(appended.duplicates);
             if let Some(recovered) = self.health.stored(&identity, tokio::time::Instant::now()) {
                 self.raise(&identity, recovered).await;
             }
@@ -658,6 +695,7 @@ pub struct Reloader {
     config: Arc<watch::Sender<Arc<rustls::ServerConfig>>>,
     revocation: Arc<Revocation>,
     access: Arc<watch::Sender<Arc<Access>>>,
+    metrics: Metrics,
 }
 
 impl Reloader {
@@ -667,7 +705,11 @@ impl Reloader {
     /// cut; it may subscribe again under the new scope). Nothing changes if the TLS files do
     /// not load.
     pub fn reload(&self, config: &Config) -> Result<(), ServerError> {
-        let (tls_config, revoked) = tls_and_revoked(config)?;
+        let loaded = tls_and_revoked(config);
+        if config.server.crl.is_some() {
+            self.metrics.crl_reloaded(loaded.is_ok());
+        }
+        let (tls_config, revoked) = loaded?;
         self.config.send_replace(tls_config);
         self.revocation.set(revoked);
         let access = Access::from_config(config);
@@ -691,18 +733,23 @@ impl BoundCollector {
         let (tls_config, revoked) = tls_and_revoked(&config)?;
         let revocation = Arc::new(Revocation::new(revoked));
         let access = Arc::new(watch::channel(Arc::new(Access::from_config(&config))).0);
+        let metrics = Metrics::new();
         let tls = Reloader {
             config: Arc::new(watch::channel(tls_config).0),
             revocation: revocation.clone(),
             access: access.clone(),
+            metrics: metrics.clone(),
         };
         let store = Arc::new(Store::open(config.store.clone())?);
-        let signer = Signer::load_or_create(&config.checkpoint.key)?;
-        let checkpoints = Arc::new(Checkpointer::new(
-            signer,
-            config.checkpoint.export.clone(),
-            config.checkpoint.cadence,
-        )?);
+        let signer = Signer::open_in_custody(&config.checkpoint.key, &config.store.dir)?;
+        let checkpoints = Arc::new(
+            Checkpointer::new(
+                signer,
+                config.checkpoint.export.clone(),
+                config.checkpoint.cadence,
+            )?
+            .with_metrics(metrics.clone()),
+        );
         let signing = checkpoints.clone();
         store.set_retention_signer(Box::new(move |bytes| signing.signer().sign_bytes(bytes)));
         let listener = TcpListener::bind(config.server.listen)
@@ -726,7 +773,27 @@ impl BoundCollector {
             health: Arc::new(StoreHealth::new()),
             refusals: Arc::new(Refusals::new()),
             revocation: revocation.clone(),
+            metrics: metrics.clone(),
+            agents_connected: Arc::new(AtomicUsize::new(0)),
         };
+        let svc = service.clone();
+        metrics.set_source(move || {
+            let latest = svc.checkpoints.latest();
+            Snapshot {
+                agents_connected: svc.agents_connected.load(Ordering::SeqCst) as u64,
+                subscribers: svc.open_subscriptions.load(Ordering::SeqCst) as u64,
+                store_full: svc.health.full(),
+                store_failing: svc.health.failing(),
+                last_checkpoint_unix: latest.map(|(wall, _)| {
+                    wall.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64())
+                }),
+                last_checkpoint_age: latest.map(|(_, at)| at.elapsed().as_secs_f64()),
+            }
+        });
+        if let Some(addr) = config.metrics.listen {
+            metrics.serve(addr)?;
+        }
         Ok(BoundCollector {
             config,
             listener,

@@ -58,10 +58,19 @@ pub struct VerifyOptions {
     pub store_dir: PathBuf,
     /// Only this agent.
     pub agent: Option<String>,
-    /// Exported checkpoint files (JSON lines or syslog lines).
+    /// Checkpoint files (JSON lines or syslog lines) or directories of them (every regular
+    /// file in it, e.g. an `export_dir`): the chains are checked against all of them.
     pub checkpoint_files: Vec<PathBuf>,
+    /// The store's own checkpoint file (`[checkpoint] file`): every checkpoint found in the
+    /// other copies must also be in it, or checkpoints were deleted from the store's file.
+    pub store_checkpoints: Option<PathBuf>,
     /// The ed25519 public key checkpoints must be signed with (32 bytes).
     pub trusted_key: Option<Vec<u8>>,
+    /// A chain with records that no signed checkpoint covers is a problem (when any
+    /// checkpoint was read at all): its checkpoints were removed from every copy given, or
+    /// a chain was added behind the collector's back. Every chain is signed at its first
+    /// record, so only a collector killed in that instant leaves one legitimately.
+    pub require_checkpoints: bool,
     /// The configured retention age: removals by age in `retention.jsonl` are checked against
     /// it and the newest stored record (a removal made on a clock far ahead is not
     /// legitimate retention).
@@ -389,12 +398,17 @@ fn check_checkpoints(walk: &mut Walk<'_>, checkpoints: &[&v1::Checkpoint]) {
 pub fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
     let mut report = Report::default();
     let mut checkpoints = Vec::new();
-    for file in &options.checkpoint_files {
-        checkpoints.extend(checkpoint::read_file(file)?);
+    let mut sources = Vec::new();
+    for file in checkpoint_sources(&options.checkpoint_files)? {
+        for cp in checkpoint::read_file(&file)? {
+            checkpoints.push(cp);
+            sources.push(file.clone());
+        }
     }
     report.checkpoints_read = checkpoints.len();
     let mut valid: BTreeMap<String, Vec<&v1::Checkpoint>> = BTreeMap::new();
-    for cp in &checkpoints {
+    let mut exported: BTreeMap<&str, Vec<(&v1::Checkpoint, &Path)>> = BTreeMap::new();
+    for (cp, source) in checkpoints.iter().zip(&sources) {
         if options.agent.as_ref().is_some_and(|a| *a != cp.agent) {
             continue;
         }
@@ -412,7 +426,10 @@ pub fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
             }
         };
         match checkpoint::verify_signature(cp, trusted) {
-            Ok(()) => valid.entry(cp.agent.clone()).or_default().push(cp),
+            Ok(()) => {
+                valid.entry(cp.agent.clone()).or_default().push(cp);
+                exported.entry(&cp.agent).or_default().push((cp, source));
+            }
             Err(e) => report.problems.push(Problem {
                 agent: cp.agent.clone(),
                 segment: None,
@@ -421,6 +438,9 @@ pub fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
                 message: e.to_string(),
             }),
         }
+    }
+    if let Some(store_file) = &options.store_checkpoints {
+        check_store_copy(&mut report, store_file, &exported)?;
     }
     report.notes = clock_steps(valid.values().flatten().copied());
     let mut retention = store::read_retention_log(&options.store_dir)?;
@@ -508,6 +528,25 @@ pub fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
         if walk.run(&dir, &retention).is_some() {
             check_checkpoints(&mut walk, &cps);
         }
+        let r = &mut walk.report;
+        if options.require_checkpoints
+            && report.checkpoints_read > 0
+            && r.problem.is_none()
+            && r.records > 0
+            && r.checkpoints == 0
+            && r.checkpoints_pruned == 0
+        {
+            r.problem = Some(Problem {
+                agent: agent.clone(),
+                segment: None,
+                offset: None,
+                index: Some(r.first_index),
+                message: format!(
+                    "{} records and no signed checkpoint covers any of them: its checkpoints were removed from every copy read, or the chain was added behind the collector's back (--allow-no-checkpoints checks it alone)",
+                    r.records
+                ),
+            });
+        }
         report.agents.push(walk.report);
     }
     if options.agent.is_none() {
@@ -519,6 +558,81 @@ pub fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
         }
     }
     Ok(report)
+}
+
+/// The files behind `paths`: a file as it is, a directory's regular files by name.
+fn checkpoint_sources(paths: &[PathBuf]) -> Result<Vec<PathBuf>, VerifyError> {
+    let mut out = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            out.push(path.clone());
+            continue;
+        }
+        let io = |source| VerifyError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if entry.file_type().map_err(io)?.is_file() {
+                files.push(entry.path());
+            }
+        }
+        files.sort();
+        out.extend(files);
+    }
+    Ok(out)
+}
+
+/// Every signed checkpoint in a copy other than the store's own file must also be in that
+/// file: the collector writes the store's file first and exports only what it holds, so one
+/// missing there was deleted from it (and a rewritten file would have hidden it).
+fn check_store_copy(
+    report: &mut Report,
+    store_file: &Path,
+    copies: &BTreeMap<&str, Vec<(&v1::Checkpoint, &Path)>>,
+) -> Result<(), VerifyError> {
+    let same = |a: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(store_file)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == store_file,
+    };
+    let in_store: BTreeSet<(String, u64, Vec<u8>)> = checkpoint::read_file(store_file)?
+        .into_iter()
+        .map(|cp| (cp.agent, cp.index, cp.signature))
+        .collect();
+    for (agent, cps) in copies {
+        let mut missing: Vec<(&v1::Checkpoint, &Path)> = cps
+            .iter()
+            .filter(|(cp, source)| {
+                !same(source)
+                    && !in_store.contains(&(cp.agent.clone(), cp.index, cp.signature.clone()))
+            })
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        missing.sort_by_key(|(cp, _)| cp.index);
+        missing.dedup_by_key(|(cp, _)| (cp.index, cp.signature.clone()));
+        let (first, source) = missing[0];
+        let last = missing[missing.len() - 1].0;
+        report.problems.push(Problem {
+            agent: (*agent).to_owned(),
+            segment: None,
+            offset: None,
+            index: Some(first.index),
+            message: format!(
+                "{} signed checkpoint(s) (records {}..={}) are in {} but not in the store's checkpoint file {}: checkpoints were deleted from the store",
+                missing.len(),
+                first.index,
+                last.index,
+                source.display(),
+                store_file.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Largest difference between the wall clock's and the boot-time clock's advance, between
@@ -659,6 +773,7 @@ mod tests {
             ExportConfig {
                 file: Some(cps.clone()),
                 syslog: false,
+                dir: None,
             },
             Cadence {
                 every_records: 10,
@@ -675,6 +790,8 @@ mod tests {
                 store_dir,
                 agent: None,
                 checkpoint_files: vec![cps],
+                store_checkpoints: None,
+                require_checkpoints: true,
                 trusted_key: Some(trusted),
                 retention_max_age: None,
             },
@@ -829,5 +946,70 @@ mod tests {
         })
         .unwrap();
         assert!(!report.ok() && report.problems[0].message.contains("trusted"));
+    }
+
+    #[test]
+    fn checkpoints_deleted_from_the_store_file_are_found_from_the_exported_copy() {
+        let f = fixture(25);
+        let store_file = f.options.checkpoint_files[0].clone();
+        let export = f.dir.path().join("export");
+        fs::create_dir_all(&export).unwrap();
+        fs::copy(&store_file, export.join("checkpoints.jsonl")).unwrap();
+        let with_export = VerifyOptions {
+            checkpoint_files: vec![export.clone()],
+            store_checkpoints: Some(store_file.clone()),
+            ..f.options.clone()
+        };
+        assert!(verify(&with_export).unwrap().ok());
+        // Keep only the first line of the store's file.
+        let text = fs::read_to_string(&store_file).unwrap();
+        fs::write(&store_file, format!("{}\n", text.lines().next().unwrap())).unwrap();
+        let report = verify(&with_export).unwrap();
+        assert!(!report.ok());
+        let p = &report.problems[0];
+        assert!(
+            p.message.contains("not in the store's checkpoint file")
+                && p.message
+                    .contains("checkpoints were deleted from the store"),
+            "{p}"
+        );
+        // The store's file alone sees nothing wrong.
+        assert!(verify(&VerifyOptions {
+            checkpoint_files: vec![store_file.clone()],
+            store_checkpoints: Some(store_file),
+            ..f.options.clone()
+        })
+        .unwrap()
+        .ok());
+    }
+
+    #[test]
+    fn a_chain_no_checkpoint_covers_is_a_problem_when_checkpoints_are_required() {
+        let f = fixture(25);
+        // A second chain added behind the collector's back (no checkpoint of it anywhere).
+        let store = Store::open(StoreConfig::new(f.options.store_dir.clone())).unwrap();
+        store.append("b", vec![event(1), event(2)], |_| {}).unwrap();
+        let report = verify(&f.options).unwrap();
+        assert!(!report.ok());
+        let b = report.agents.iter().find(|a| a.agent == "b").unwrap();
+        let p = b.problem.as_ref().unwrap();
+        assert!(
+            p.message
+                .starts_with("2 records and no signed checkpoint covers any of them"),
+            "{p}"
+        );
+        assert!(report
+            .agents
+            .iter()
+            .find(|a| a.agent == "a")
+            .unwrap()
+            .problem
+            .is_none());
+        assert!(verify(&VerifyOptions {
+            require_checkpoints: false,
+            ..f.options.clone()
+        })
+        .unwrap()
+        .ok());
     }
 }

@@ -144,13 +144,39 @@ impl CollectorProc {
         Self::configure(work, pki, "", "", "")
     }
 
-    fn configure(
+    /// Like [`CollectorProc::start`] with `extra_store` in `[store]`, `checkpoint` as the
+    /// `[checkpoint]` lines beyond key and file, and `sections` (whole tables, e.g.
+    /// `[metrics]`) at the end.
+    pub fn start_with_sections(
         work: &Path,
         pki: &Pki,
+        extra_store: &str,
+        checkpoint: &str,
+        sections: &str,
+    ) -> CollectorProc {
+        let config = Self::write_config(
+            work,
+            pki,
+            &work.join("checkpoint.key"),
+            "",
+            extra_store,
+            checkpoint,
+            sections,
+        );
+        Self::start_config(config, work.join("store"))
+    }
+
+    /// Writes `work/collector.toml` as [`CollectorProc::start`] does, with the checkpoint key
+    /// at `key`, and returns its path (nothing is started).
+    pub fn write_config(
+        work: &Path,
+        pki: &Pki,
+        key: &Path,
         extra_server: &str,
         extra_store: &str,
         extra_checkpoint: &str,
-    ) -> CollectorProc {
+        sections: &str,
+    ) -> PathBuf {
         let store = work.join("store");
         let config = work.join("collector.toml");
         let text = format!(
@@ -158,15 +184,40 @@ impl CollectorProc {
              subscribers = [\"soc\"]\n{extra_server}\n\
              [store]\ndir = \"{}\"\n{extra_store}\
              [checkpoint]\nkey = \"{}\"\nfile = \"{}\"\n{extra_checkpoint}\n\
-             [scope.soc]\nhosts = [\"*\"]\nkinds = [\"*\"]\n",
+             [scope.soc]\nhosts = [\"*\"]\nkinds = [\"*\"]\n{sections}",
             pki.path("ca.pem").display(),
             pki.path("collector.pem").display(),
             pki.path("collector.key").display(),
             store.display(),
-            work.join("checkpoint.key").display(),
+            key.display(),
             work.join("checkpoints.jsonl").display(),
         );
         std::fs::write(&config, text).unwrap();
+        config
+    }
+
+    fn configure(
+        work: &Path,
+        pki: &Pki,
+        extra_server: &str,
+        extra_store: &str,
+        extra_checkpoint: &str,
+    ) -> CollectorProc {
+        let config = Self::write_config(
+            work,
+            pki,
+            &work.join("checkpoint.key"),
+            extra_server,
+            extra_store,
+            extra_checkpoint,
+            "",
+        );
+        Self::start_config(config, work.join("store"))
+    }
+
+    /// Starts the collector on an existing configuration file whose store is `store` (its
+    /// `listen` must be `127.0.0.1:0`: the port is read from the log).
+    pub fn start_config(config: PathBuf, store: PathBuf) -> CollectorProc {
         let mut proc = CollectorProc {
             child: None,
             addr: String::new(),
@@ -236,6 +287,40 @@ impl CollectorProc {
             ),
         )
         .unwrap();
+    }
+
+    /// The metrics endpoint's address, from the log (`[metrics] listen` must be set).
+    pub fn metrics_addr(&self) -> String {
+        assert!(
+            self.wait_log("metrics endpoint: http://", Duration::from_secs(10)),
+            "no metrics endpoint:\n{}",
+            self.log()
+        );
+        let log = self.log();
+        let at =
+            log.rfind("metrics endpoint: http://").unwrap() + "metrics endpoint: http://".len();
+        log[at..].split('/').next().unwrap().to_owned()
+    }
+
+    /// `GET /metrics` from the collector's endpoint: the exposition text.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(self.metrics_addr()).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        response
+    }
+
+    /// The value of the sample `name` (with its labels, as exposed) in `text`.
+    pub fn sample(text: &str, name: &str) -> Option<f64> {
+        text.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
     }
 
     /// Everything logged so far.

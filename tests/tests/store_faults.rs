@@ -254,6 +254,56 @@ fn a_full_store_disk_refuses_alerts_and_resumes_by_itself_losing_nothing_acknowl
 }
 
 #[test]
+fn a_full_store_disk_raises_the_store_full_metric_until_space_returns() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    // Declared first, dropped last: the collector is gone before the unmount.
+    let disk = Mounted::tmpfs(&work.path().join("store"), "2m");
+    let mut collector = CollectorProc::start_with_sections(
+        work.path(),
+        &pki,
+        "segment_max_bytes = 4096\n",
+        "every_records = 500\nevery_secs = 1\n",
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let sample = |name: &str| {
+        let text = collector.scrape();
+        CollectorProc::sample(&text, name).unwrap_or_else(|| panic!("no {name}:\n{text}"))
+    };
+    let wait = |name: &str, wanted: f64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sample(name) != wanted {
+            assert!(
+                Instant::now() < deadline,
+                "{name} never {wanted}:\n{}",
+                collector.scrape()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    link.send("ehr-a", 1..=300);
+    assert!(link.wait_acked(300, Duration::from_secs(30)));
+    assert_eq!(sample("phiguard_collector_store_full"), 0.0);
+    assert_eq!(sample("phiguard_collector_events_stored_total"), 300.0);
+    fill(&disk.path);
+    link.send("ehr-a", 301..=2000);
+    wait("phiguard_collector_store_full", 1.0);
+    assert_eq!(sample("phiguard_collector_store_failing"), 1.0);
+    assert!(
+        sample("phiguard_collector_events_refused_total{reason=\"store_full\"}") > 0.0,
+        "{}",
+        collector.scrape()
+    );
+    fs::remove_file(disk.path.join("filler")).unwrap();
+    assert!(link.wait_acked(2000, Duration::from_secs(60)));
+    wait("phiguard_collector_store_full", 0.0);
+    assert_eq!(sample("phiguard_collector_store_failing"), 0.0);
+    assert_eq!(sample("phiguard_collector_events_stored_total"), 2000.0);
+    drop(link);
+    collector.stop();
+}
+
+#[test]
 fn a_segment_cut_short_by_an_older_collector_is_repaired_and_recorded_at_start() {
     let (work, pki) = (work(), Pki::new(&["ehr-a"]));
     let mut collector = CollectorProc::start(work.path(), &pki, "");

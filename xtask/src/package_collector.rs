@@ -189,7 +189,8 @@ pub fn package() -> anyhow::Result<PathBuf> {
 
 /// The repository's `collector.toml` as a server's default: TLS files under `/etc/phiguard`
 /// (the key readable by the `phiguard-collector` group), the store in the unit's state
-/// directory.
+/// directory, the checkpoint key in the unit's second state directory (outside the store)
+/// and the exported checkpoints in its logs directory.
 fn packaged_config(repo: &str) -> anyhow::Result<String> {
     let mut text = repo.to_owned();
     for (from, to) in [
@@ -205,6 +206,14 @@ fn packaged_config(repo: &str) -> anyhow::Result<String> {
         (
             "dir = \"../target/collector-store\"\n",
             "dir = \"/var/lib/phiguard-collector\"\n",
+        ),
+        (
+            "key = \"../target/collector-key/checkpoint.key\"\n",
+            "key = \"/var/lib/phiguard-collector-key/checkpoint.key\"\n",
+        ),
+        (
+            "export_dir = \"../target/collector-checkpoints\"\n",
+            "export_dir = \"/var/log/phiguard-collector\"\n",
         ),
     ] {
         ensure!(
@@ -228,6 +237,8 @@ mod tests {
         assert!(packaged.contains("\nca = \"/etc/phiguard/ca.pem\"\n"));
         assert!(packaged.contains("\nkey = \"/etc/phiguard/collector.key\"\n"));
         assert!(packaged.contains("\ndir = \"/var/lib/phiguard-collector\"\n"));
+        assert!(packaged.contains("\nkey = \"/var/lib/phiguard-collector-key/checkpoint.key\"\n"));
+        assert!(packaged.contains("\nexport_dir = \"/var/log/phiguard-collector\"\n"));
         assert!(!packaged.contains("../"), "no repository paths: {packaged}");
     }
 
@@ -240,7 +251,8 @@ mod tests {
             "ExecStart=/usr/bin/phiguard-collector serve --config /etc/phiguard/collector.toml",
             "DynamicUser=yes",
             "SupplementaryGroups=phiguard-collector",
-            "StateDirectory=phiguard-collector",
+            "StateDirectory=phiguard-collector phiguard-collector-key",
+            "LogsDirectory=phiguard-collector",
             "CapabilityBoundingSet=\n",
             "ProtectSystem=strict",
         ] {
