@@ -10,7 +10,11 @@
 //! marked filesystem from the thread that answers the events. Reading another user's
 //! `/proc/<tid>/exe`, `syscall` and memory needs `CAP_SYS_PTRACE` (the packaged unit grants it).
 
-use std::{fs, io, os::unix::fs::MetadataExt as _};
+use std::{
+    fs, io,
+    os::unix::fs::MetadataExt as _,
+    time::{Duration, Instant},
+};
 
 use phiguard_common::{event::open_syscall, limits::PATH_LEN, policy::access};
 
@@ -207,23 +211,37 @@ pub fn parse_syscall(text: &str) -> OpenCall {
     }
 }
 
-/// Most attempts at `/proc/<tid>/syscall` while the opener is still on its way to sleep.
-const SYSCALL_READ_TRIES: u32 = 200;
+/// Attempts at `/proc/<tid>/syscall` that only yield the CPU, while the opener is still on its
+/// way to sleep (enough on an idle machine).
+const SYSCALL_READ_YIELDS: u32 = 200;
+/// How long the read is retried in all: on a loaded machine the opener can be preempted
+/// between queueing the event and sleeping, for longer than 200 yields take. Past this the
+/// call counts as unknown (its flags as read and write).
+const SYSCALL_READ_PATIENCE: Duration = Duration::from_millis(50);
+/// The pause between attempts after the yields.
+const SYSCALL_READ_PAUSE: Duration = Duration::from_micros(50);
 
 /// The call a blocked thread is in. The event is queued just before the opener goes to sleep
-/// waiting for the answer; until it sleeps the kernel refuses to show its call (`EAGAIN`), so
-/// the read is retried (yielding the CPU) for a bounded number of times.
+/// waiting for the answer; until it sleeps the kernel cannot show its call (the file reads
+/// `running`; `EAGAIN` is retried too), so the read is retried, yielding the CPU, then
+/// pausing, for a bounded time.
 pub fn read_call(tid: u32) -> OpenCall {
     let path = format!("/proc/{tid}/syscall");
+    let not_asleep_yet = |read: &io::Result<String>| match read {
+        Ok(text) => text.trim_end() == "running",
+        Err(e) => e.raw_os_error() == Some(libc::EAGAIN),
+    };
+    let started = Instant::now();
+    let mut tries = 0u32;
     let mut read = fs::read_to_string(&path);
-    for _ in 0..SYSCALL_READ_TRIES {
-        match &read {
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                std::thread::yield_now();
-                read = fs::read_to_string(&path);
-            }
-            _ => break,
+    while not_asleep_yet(&read) && started.elapsed() < SYSCALL_READ_PATIENCE {
+        if tries < SYSCALL_READ_YIELDS {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(SYSCALL_READ_PAUSE);
         }
+        tries += 1;
+        read = fs::read_to_string(&path);
     }
     match read {
         Ok(text) => {
@@ -314,6 +332,45 @@ pub fn read_path(tid: u32, addr: u64) -> Option<(Vec<u8>, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_that_never_sleeps_costs_at_most_the_patience_and_counts_as_unknown() {
+        use std::sync::{
+            atomic::{AtomicBool, AtomicU32, Ordering},
+            Arc,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let tid = Arc::new(AtomicU32::new(0));
+        let spinner = {
+            let (stop, tid) = (Arc::clone(&stop), Arc::clone(&tid));
+            std::thread::spawn(move || {
+                tid.store(nix::unistd::gettid().as_raw() as u32, Ordering::SeqCst);
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        while tid.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let started = Instant::now();
+        let call = read_call(tid.load(Ordering::SeqCst));
+        let took = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
+        // A running thread shows no call ("running"): waited for, then unknown, its flags
+        // unknown (counted as read and write).
+        assert_eq!(call.syscall, open_syscall::OTHER);
+        assert_eq!(call.flags, None);
+        assert!(
+            took >= SYSCALL_READ_PATIENCE,
+            "gave up after {took:?}, before the opener could fall asleep"
+        );
+        assert!(
+            took < SYSCALL_READ_PATIENCE + Duration::from_millis(200),
+            "read_call took {took:?}"
+        );
+    }
 
     #[test]
     fn status_gives_real_ids_and_the_process() {
