@@ -230,6 +230,10 @@ impl BreakGlass {
     /// decisions' names).
     pub fn refresh(&mut self) -> (Vec<v1::BreakGlass>, Vec<Grant>) {
         let mut events = Vec::new();
+        // The writers' lock: a `--revoke` (which removes the kernel entry itself) cannot land
+        // between this look at the files and the map update below, which would put the entry
+        // back for up to a second. Without the directory there is nothing to lock.
+        let _lock = self.store.lock().ok();
         let grants = match self.store.check().and_then(|()| self.store.list()) {
             Ok((grants, bad)) => {
                 for e in bad {
