@@ -462,10 +462,10 @@ const _: () = assert!(core::mem::size_of::<DbDataEvent>() == 80 + 32);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 96);
 const _: () = assert!(
-    core::mem::size_of::<ExecEvent>() == 80 + 8 + 8 + 16 + PATH_LEN + 8 + NAMES_LEN + NAME_MAX
+    core::mem::size_of::<ExecEvent>() == 80 + 8 + 16 + 16 + PATH_LEN + 8 + NAMES_LEN + NAME_MAX
 );
 const _: () = assert!(core::mem::size_of::<ExecArgsEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 88);
-const _: () = assert!(core::mem::size_of::<FileOpenEvent>() == 80 + 56 + 8 + PATH_LEN + NAMES_LEN);
-const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 24 + 8);
+const _: () = assert!(core::mem::size_of::<FileOpenEvent>() == 80 + 56 + 16 + PATH_LEN + NAMES_LEN);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 24 + 16);
 const _: () = assert!(core::mem::size_of::<SockStateEvent>() == 80 + 64);

@@ -103,8 +103,10 @@ pub struct GrantValue {
     pub expires_boot_ns: u64,
     /// The grant's slot (below [`MAX_GRANTS`]): decisions it allows carry it as their subject.
     pub slot: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// The grant's generation, unique among the grants of one break-glass directory (never 0
+    /// for a grant written since generations exist): decisions it allows carry it too, so a
+    /// record read after the slot passed to a later grant still names the right one.
+    pub generation: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<GrantKey>() == 16);

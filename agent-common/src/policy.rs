@@ -178,6 +178,12 @@ pub struct Decision {
     /// The subject that allowed it, or [`NO_SUBJECT`]; with layer [`layer::BREAK_GLASS`], the
     /// slot of the grant that allowed it.
     pub subject: u8,
+    /// With layer [`layer::BREAK_GLASS`], the generation of the grant that allowed it
+    /// (`crate::maps::GrantValue::generation`): slots are reused, so the slot alone could name
+    /// a later grant in a record read late. 0 otherwise.
+    pub grant: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 impl Decision {
@@ -188,9 +194,11 @@ impl Decision {
         layer: layer::NONE,
         access: 0,
         subject: NO_SUBJECT,
+        grant: 0,
+        _pad: 0,
     };
 }
 
 const _: () = assert!(core::mem::size_of::<RuleEntry>() == 96);
-const _: () = assert!(core::mem::size_of::<Decision>() == 8);
+const _: () = assert!(core::mem::size_of::<Decision>() == 16);
 const _: () = assert!(core::mem::size_of::<WatchValue>() == 16);

@@ -116,8 +116,8 @@ pub fn decide(rule: u32, requested: u32, enforced_by: u8) -> Decision {
         }
         let may = matching & entry.may[bit];
         if may == 0 {
-            if let Some(slot) = break_glass_slot() {
-                return broken_glass(rule, governed, slot);
+            if let Some(grant) = break_glass_grant() {
+                return broken_glass(rule, governed, grant);
             }
             let (verdict, layer) = if entry.enforce & want != 0 {
                 (verdict::DENY, enforced_by)
@@ -130,6 +130,7 @@ pub fn decide(rule: u32, requested: u32, enforced_by: u8) -> Decision {
                 layer,
                 access: want as u8,
                 subject: NO_SUBJECT,
+                ..Decision::NONE
             };
         }
         allowed_by &= may;
@@ -140,21 +141,22 @@ pub fn decide(rule: u32, requested: u32, enforced_by: u8) -> Decision {
         layer: layer::NONE,
         access: governed as u8,
         subject: lowest_bit(allowed_by),
+        ..Decision::NONE
     }
 }
 
-/// The slot of a break-glass grant covering the current process — its real uid's, else its
+/// The slot and generation of a break-glass grant covering the current process — its real uid's, else its
 /// executable's (the kernel's record of its exec) — that has not expired. The kernel checks the
 /// expiry itself, so a grant ends on time whether or not an agent runs; an expired grant left
 /// in the map (no agent to remove it) hides no live one of the other kind.
 #[inline(always)]
-fn break_glass_slot() -> Option<u8> {
+fn break_glass_grant() -> Option<(u8, u32)> {
     // SAFETY: helper call without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let live = |grant: Option<&GrantValue>| {
         grant
             .filter(|g| now < g.expires_boot_ns && g.slot < MAX_GRANTS)
-            .map(|g| g.slot as u8)
+            .map(|g| (g.slot as u8, g.generation))
     };
     let uid = bpf_get_current_uid_gid() as u32;
     let by_user = GrantKey {
@@ -163,8 +165,8 @@ fn break_glass_slot() -> Option<u8> {
         id: u64::from(uid),
     };
     // SAFETY: the value is plain integers, read at once.
-    if let Some(slot) = live(unsafe { BREAK_GLASS.get(by_user) }) {
-        return Some(slot);
+    if let Some(grant) = live(unsafe { BREAK_GLASS.get(by_user) }) {
+        return Some(grant);
     }
     let exe = exe_of(Task::current())?;
     let by_exe = GrantKey {
@@ -177,15 +179,17 @@ fn break_glass_slot() -> Option<u8> {
 }
 
 /// The decision for accesses `governed` under kernel rule `rule` that the rule refuses and
-/// break-glass grant `slot` allows.
+/// the break-glass grant `(slot, generation)` allows.
 #[inline(always)]
-fn broken_glass(rule: u32, governed: u32, slot: u8) -> Decision {
+fn broken_glass(rule: u32, governed: u32, (slot, generation): (u8, u32)) -> Decision {
     Decision {
         rule,
         verdict: verdict::ALLOW,
         layer: layer::BREAK_GLASS,
         access: governed as u8,
         subject: slot,
+        grant: generation,
+        _pad: 0,
     }
 }
 
@@ -243,6 +247,7 @@ pub fn decide_exec(rule: u32, mut dentry: Dentry, enforced_by: u8) -> Decision {
                 layer: layer::NONE,
                 access: access::EXEC as u8,
                 subject: NO_SUBJECT,
+                ..Decision::NONE
             };
         }
         let Ok(parent) = dentry.parent() else {
@@ -253,8 +258,8 @@ pub fn decide_exec(rule: u32, mut dentry: Dentry, enforced_by: u8) -> Decision {
         }
         dentry = parent;
     }
-    if let Some(slot) = break_glass_slot() {
-        return broken_glass(rule, access::EXEC, slot);
+    if let Some(grant) = break_glass_grant() {
+        return broken_glass(rule, access::EXEC, grant);
     }
     let (verdict, layer) = if entry.enforce & access::EXEC != 0 {
         (verdict::DENY, enforced_by)
@@ -267,6 +272,7 @@ pub fn decide_exec(rule: u32, mut dentry: Dentry, enforced_by: u8) -> Decision {
         layer,
         access: access::EXEC as u8,
         subject: NO_SUBJECT,
+        ..Decision::NONE
     }
 }
 

@@ -411,6 +411,15 @@ impl Agent {
             return;
         };
         let (events, grants) = break_glass.refresh();
+        let in_force: Vec<status::GrantState> = break_glass
+            .in_force()
+            .map(|g| status::GrantState {
+                id: g.id.clone(),
+                who: g.scope.describe(),
+                expires_at: g.expires_at_ms / 1000,
+                reason: g.reason.clone(),
+            })
+            .collect();
         for grant in &grants {
             self.enricher.set_break_glass(grant);
         }
@@ -418,6 +427,10 @@ impl Agent {
             let event = self.enricher.agent_event(Body::BreakGlass(body));
             self.emit_own(&event);
         }
+        self.metrics
+            .break_glass_grants
+            .set(i64::try_from(in_force.len()).unwrap_or(i64::MAX));
+        self.status.break_glass = in_force;
     }
 
     /// Makes the agent watch its collector link: spool depth and last acknowledgement in the

@@ -175,7 +175,7 @@ fn break_glass(args: &BreakGlassArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match breakglass::command::run(request, &args.dir) {
+    match breakglass::command::run(request, &args.dir, Path::new(pins::PIN_DIR)) {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS

@@ -110,6 +110,8 @@ pub struct Metrics {
     pub publish_last_ack: Gauge<f64, AtomicU64>,
     /// Changes to the agent's kernel state made by something else, by kind.
     pub tamper: Family<KindLabels, Counter>,
+    /// Break-glass grants in force (in the kernel's map).
+    pub break_glass_grants: Gauge,
 }
 
 impl Default for Metrics {
@@ -141,6 +143,7 @@ impl Metrics {
             collector_connected: Gauge::default(),
             publish_last_ack: Gauge::default(),
             tamper: Family::default(),
+            break_glass_grants: Gauge::default(),
         };
         registry.register(
             "tamper_findings",
@@ -226,6 +229,11 @@ impl Metrics {
             "publish_last_ack_timestamp_seconds",
             "Unix time the collector last acknowledged a batch (0: not since the agent started)",
             metrics.publish_last_ack.clone(),
+        );
+        registry.register(
+            "break_glass_grants",
+            "Break-glass grants in force: each lifts the allow-lists for one user or program until it expires",
+            metrics.break_glass_grants.clone(),
         );
         Metrics {
             registry: Arc::new(registry),
@@ -368,6 +376,7 @@ mod tests {
             "phiguard_policy_last_reload_timestamp_seconds{result=\"success\"}",
             "phiguard_programs_attached 0",
             "phiguard_spool_events 0",
+            "phiguard_break_glass_grants 0",
             "phiguard_publish_last_ack_timestamp_seconds 0.0",
             "# EOF",
         ] {

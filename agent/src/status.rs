@@ -99,6 +99,19 @@ pub struct TamperState {
     pub repaired: bool,
 }
 
+/// A break-glass grant in force, as the status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantState {
+    /// The grant's id (`bg-…`).
+    pub id: String,
+    /// Whom it covers (`user NAME (uid N)` or `program PATH`).
+    pub who: String,
+    /// Unix time it expires, seconds.
+    pub expires_at: u64,
+    /// Why it was granted.
+    pub reason: String,
+}
+
 /// What the agent writes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -146,6 +159,9 @@ pub struct Status {
     /// Every change found since start.
     #[serde(default)]
     pub tamper_total: u64,
+    /// Break-glass grants in force, by id.
+    #[serde(default)]
+    pub break_glass: Vec<GrantState>,
 }
 
 /// How many tamper findings the status keeps.
@@ -399,6 +415,25 @@ impl Report {
                         } else {
                             "NOT repaired"
                         }
+                    );
+                }
+            }
+            if s.break_glass.is_empty() {
+                let _ = writeln!(out, "break-glass grants in force: none");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "BREAK-GLASS grants in force: {} (the allow-lists do not refuse these until they expire)",
+                    s.break_glass.len()
+                );
+                for g in &s.break_glass {
+                    let _ = writeln!(
+                        out,
+                        "  {}  {}  expires in {}s  reason: {}",
+                        g.id,
+                        g.who,
+                        g.expires_at.saturating_sub(now()),
+                        g.reason
                     );
                 }
             }

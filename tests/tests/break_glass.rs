@@ -34,12 +34,14 @@ struct AgentProcess {
 }
 
 impl AgentProcess {
-    fn start(policies: &Path, grants: &Path) -> AgentProcess {
+    fn start(policies: &Path, grants: &Path, status_file: &Path) -> AgentProcess {
         let mut child = Command::new(binary())
             .args(["run", "--log-format", "json", "--policies"])
             .arg(policies)
             .arg("--break-glass-dir")
             .arg(grants)
+            .arg("--status-file")
+            .arg(status_file)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -127,6 +129,8 @@ struct Setup {
     file: PathBuf,
     policies: tempfile::TempDir,
     grants: PathBuf,
+    /// The agent's status file (its own, not the system's).
+    status_file: PathBuf,
 }
 
 impl Setup {
@@ -149,16 +153,18 @@ impl Setup {
         )
         .unwrap();
         let grants = tree.dir.path().join("break-glass");
+        let status_file = tree.dir.path().join("status.json");
         Setup {
             _tree: tree,
             file,
             policies,
             grants,
+            status_file,
         }
     }
 
     fn agent(&self) -> AgentProcess {
-        AgentProcess::start(self.policies.path(), &self.grants)
+        AgentProcess::start(self.policies.path(), &self.grants, &self.status_file)
     }
 
     /// `head FILE` as `nobody`.
@@ -178,6 +184,17 @@ impl Setup {
             .arg("break-glass")
             .args(args)
             .env("PHIGUARD_BREAK_GLASS_DIR", &self.grants)
+            .output()
+            .unwrap()
+    }
+
+    /// `phiguard status ARGS` against this agent's status file.
+    fn status(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .arg("status")
+            .args(args)
+            .arg("--status-file")
+            .arg(&self.status_file)
             .output()
             .unwrap()
     }
@@ -391,6 +408,154 @@ fn a_revoked_grant_ends_at_once_and_one_that_ran_out_while_no_agent_ran_is_repor
         |e| break_glass_event(e, &short, v1::BreakGlassAction::Expired).is_some(),
     );
     next.kill(Signal::SIGTERM);
+}
+
+/// Without an agent the pinned programs still honour the grants in the pinned map: a revocation
+/// must take the grant out of the kernel itself, at once, not wait for the next agent.
+#[test]
+fn a_revocation_while_no_agent_runs_ends_the_grant_in_the_kernel_at_once() {
+    let setup = Setup::new();
+    let _unload = UnloadOnDrop;
+    let mut agent = setup.agent();
+    let eperm = agent.eperm();
+    let id = setup.grant("EHR outage", "10m");
+    agent.expect("the grant event", |e| {
+        break_glass_event(e, &id, v1::BreakGlassAction::Granted).is_some()
+    });
+    assert!(
+        setup.read_as_nobody().status.success(),
+        "allowed under the grant"
+    );
+    agent.kill(Signal::SIGKILL);
+    assert!(
+        setup.read_as_nobody().status.success(),
+        "the pinned programs honour the grant while no agent runs"
+    );
+    let out = setup.cli(&["--revoke", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("the kernel no longer honours it"), "{text}");
+    // Without an agent the host's fanotify layer is gone: the pinned programs refuse (SIGKILL
+    // there, EPERM under BPF LSM).
+    assert!(
+        !setup.read_as_nobody().status.success(),
+        "refused at once after the revocation, with no agent running"
+    );
+    let mut next = setup.agent();
+    next.expect("the revocation, reported by the next agent", |e| {
+        break_glass_event(e, &id, v1::BreakGlassAction::Revoked).is_some()
+    });
+    assert!(
+        refused(setup.read_as_nobody().status, eperm),
+        "still refused under the next agent"
+    );
+    next.kill(Signal::SIGTERM);
+}
+
+/// Slots are reused: a grant that takes over the slot of an ended one is named in the
+/// decisions it allows by its own generation, which the kernel carries in the decision (a
+/// decision without it names no grant at all).
+#[test]
+fn a_grant_in_a_reused_slot_is_named_by_its_generation() {
+    let setup = Setup::new();
+    let _unload = UnloadOnDrop;
+    let mut agent = setup.agent();
+    let first = setup.grant("first", "10m");
+    agent.expect("the first grant", |e| {
+        break_glass_event(e, &first, v1::BreakGlassAction::Granted).is_some()
+    });
+    assert!(setup.read_as_nobody().status.success());
+    agent.expect("the access the first grant allowed", |e| {
+        allowed_by_grant(e, &setup.file, &first)
+    });
+    assert!(setup.cli(&["--revoke", &first]).status.success());
+    agent.expect("the first grant's end", |e| {
+        break_glass_event(e, &first, v1::BreakGlassAction::Revoked).is_some()
+    });
+    // The agent removes the ended grant's file right after reporting it: then its slot is free.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while setup.grants.join(format!("{first}.json")).exists() {
+        assert!(Instant::now() < deadline, "the ended grant's file stays");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = setup.grant("second", "10m");
+    let file = |id: &str| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(setup.grants.join(format!("{id}.json"))).unwrap()).unwrap()
+    };
+    let second_grant = file(&second);
+    assert_eq!(
+        second_grant["slot"], 0,
+        "the slot is reused: {second_grant}"
+    );
+    assert!(
+        second_grant["generation"].as_u64() > Some(0),
+        "{second_grant}"
+    );
+    agent.expect("the second grant", |e| {
+        break_glass_event(e, &second, v1::BreakGlassAction::Granted).is_some()
+    });
+    assert!(setup.read_as_nobody().status.success());
+    agent.expect("the access the second grant allowed, named by it", |e| {
+        allowed_by_grant(e, &setup.file, &second)
+    });
+    agent.kill(Signal::SIGTERM);
+}
+
+/// `phiguard status` names each grant in force (id, whom, expiry, reason) and counts them.
+#[test]
+fn status_lists_the_grants_in_force() {
+    let setup = Setup::new();
+    let _unload = UnloadOnDrop;
+    let mut agent = setup.agent();
+    let id = setup.grant("ticket 4712: lab results backlog", "10m");
+    agent.expect("the grant event", |e| {
+        break_glass_event(e, &id, v1::BreakGlassAction::Granted).is_some()
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let out = setup.status(&[]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains(&id) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(text.contains("BREAK-GLASS grants in force: 1"), "{text}");
+    let line = text.lines().find(|l| l.contains(&id)).unwrap_or_default();
+    assert!(line.contains("65534"), "names whom it covers: {line}");
+    assert!(line.contains("expires in"), "gives its expiry: {line}");
+    assert!(
+        line.contains("ticket 4712: lab results backlog"),
+        "gives its reason: {line}"
+    );
+    let json = setup.status(&["--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON report");
+    let grants = &report["status"]["break_glass"];
+    assert_eq!(grants.as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(grants[0]["id"], id.as_str());
+    assert!(
+        grants[0]["expires_at"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+
+    // Revoked: the status no longer lists it.
+    assert!(setup.cli(&["--revoke", &id]).status.success());
+    agent.expect("the revocation event", |e| {
+        break_glass_event(e, &id, v1::BreakGlassAction::Revoked).is_some()
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = String::from_utf8_lossy(&setup.status(&[]).stdout).into_owned();
+        if text.contains("break-glass grants in force: none") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revoked grant is still listed: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    agent.kill(Signal::SIGTERM);
 }
 
 /// The kernel decides alone while no agent runs: a user's grant that ran out then stays in the

@@ -130,9 +130,9 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
     step("building the test binaries and the agent");
-    let only_attacks = ["attacks".to_owned()];
+    let no_bpf_binaries: Vec<String> = NO_BPF_BINARIES.iter().map(|b| (*b).to_owned()).collect();
     let tests = test_binaries(if args.no_bpf {
-        &only_attacks
+        &no_bpf_binaries
     } else {
         &args.tests
     })?;
@@ -284,19 +284,22 @@ struct Boot {
 }
 
 impl Boot {
-    /// The boot with `bpf` left out of `lsm=`, running [`NO_BPF_TESTS`] of `attacks`.
+    /// The boot with `bpf` left out of `lsm=`, running [`NO_BPF_TESTS`] of
+    /// [`NO_BPF_BINARIES`].
     fn without_bpf(tests: &[(String, PathBuf)]) -> anyhow::Result<Boot> {
-        let attacks: Vec<(String, PathBuf)> = tests
+        let chosen: Vec<(String, PathBuf)> = tests
             .iter()
-            .filter(|(name, _)| name == "attacks")
+            .filter(|(name, _)| NO_BPF_BINARIES.contains(&name.as_str()))
             .cloned()
             .collect();
-        if attacks.is_empty() {
-            bail!("the attacks test binary was not built");
+        for binary in NO_BPF_BINARIES {
+            if !chosen.iter().any(|(name, _)| name == binary) {
+                bail!("the {binary} test binary was not built");
+            }
         }
         Ok(Boot {
             name: "no-bpf".to_owned(),
-            tests: attacks,
+            tests: chosen,
             lsm: Lsm::WithoutBpf,
             args: NO_BPF_TESTS.iter().map(|t| (*t).to_owned()).collect(),
         })
@@ -467,13 +470,24 @@ enum Lsm {
     WithoutBpf,
 }
 
-/// The attack tests the boot without `bpf` in `lsm=` runs: enough to prove the agent sees that
-/// LSM programs would not run and falls back to fanotify (the tests fail on any other layer),
-/// that fanotify refuses an open there, and that a change without an open is not covered.
+/// The test files the boot without `bpf` in `lsm=` runs (filtered by [`NO_BPF_TESTS`]).
+const NO_BPF_BINARIES: &[&str] = &["attacks", "subjects"];
+
+/// The tests the boot without `bpf` in `lsm=` runs (libtest filters, OR'ed, given to each of
+/// [`NO_BPF_BINARIES`]; each name belongs to one file). From `attacks`: enough to prove the
+/// agent sees that LSM programs would not run and falls back to fanotify (the tests fail on
+/// any other layer), that fanotify refuses an open there, and that a change without an open is
+/// not covered. From `subjects`: every forged-identity and code-injection route, as issue 16
+/// asks for every kernel of the tier (a distribution kernel whose BPF LSM is off).
 const NO_BPF_TESTS: &[&str] = &[
     "plain_open_by_an_unlisted_program_is_refused",
     "a_hard_link_made_after_the_policy_loaded_is_refused",
     "truncate_of_a_protected_file_is_refused_under_lsm",
+    "a_process_that_points_its_exe_link_at_the_allowed_program_is_still_refused",
+    "a_library_preloaded_into_the_allowed_program_makes_it_an_unlisted_subject",
+    "a_plugin_loaded_from_a_memfd_makes_the_allowed_program_an_unlisted_subject",
+    "the_allowed_program_run_under_a_tracer_is_an_unlisted_subject",
+    "a_refused_process_cannot_take_the_allowed_services_descriptor",
 ];
 
 /// QEMU, killed when dropped (every way out of [`boot`]).

@@ -95,8 +95,9 @@ pub fn parse(
     })
 }
 
-/// Runs `request` against the directory `dir`; returns what to print.
-pub fn run(request: Request, dir: &Path) -> Result<String, CommandError> {
+/// Runs `request` against the directory `dir` and, for a revocation, the kernel's pinned
+/// grants under `pin_root`; returns what to print.
+pub fn run(request: Request, dir: &Path, pin_root: &Path) -> Result<String, CommandError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(CommandError::NotRoot);
     }
@@ -160,9 +161,15 @@ pub fn run(request: Request, dir: &Path) -> Result<String, CommandError> {
                 });
                 store.write(&grant)?;
             }
+            let ended = end_in_kernel(&grant, pin_root);
             Ok(format!(
-                "revoked {id} ({}); a running agent ends it within a second\n",
-                grant.scope.describe()
+                "revoked {id} ({}); {}; a running agent reports it within a second, else the next one does\n",
+                grant.scope.describe(),
+                match ended {
+                    Ok(true) => "the kernel no longer honours it",
+                    Ok(false) => "the kernel did not hold it",
+                    Err(_) => "no pinned grants to remove it from (no enforcement in force)",
+                }
             ))
         }
         Request::Grant {
@@ -186,6 +193,7 @@ pub fn run(request: Request, dir: &Path) -> Result<String, CommandError> {
             let grant = Grant {
                 id: grant::new_id(),
                 slot: Store::free_slot(&grants)?,
+                generation: store.next_generation(&grants)?,
                 reason,
                 scope,
                 granted_by_loginuid: own_loginuid(),
@@ -206,6 +214,25 @@ pub fn run(request: Request, dir: &Path) -> Result<String, CommandError> {
                 rfc3339(grant.expires_at_ms)
             ))
         }
+    }
+}
+
+/// Removes `grant`'s entry from the kernel's pinned `BREAK_GLASS` map under `pin_root` at
+/// once, so a revocation takes effect whether or not an agent runs (the pinned programs keep
+/// enforcing without one). Only the entry this grant wrote goes (same key, same slot and
+/// generation): a newer grant for the same user or program stays. Returns whether an entry was
+/// removed.
+fn end_in_kernel(grant: &Grant, pin_root: &Path) -> std::io::Result<bool> {
+    let map = super::GrantMap::new(crate::kernel::bpf_sys::obj_get(
+        &crate::kernel::pins::break_glass_path(pin_root),
+    )?);
+    let key = grant.scope.key();
+    match map.get(&key) {
+        Some(value) if value.slot == grant.slot && value.generation == grant.generation => {
+            map.delete(&key);
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }
 

@@ -102,6 +102,11 @@ pub struct Grant {
     pub id: String,
     /// Below `MAX_GRANTS`, unique among the grant files: decisions it allows carry it.
     pub slot: u32,
+    /// Unique among the grants ever written to the directory (slots are reused): decisions it
+    /// allows carry it beside the slot, so a late record names this grant and not a later one
+    /// in the same slot. 0 in grant files written before generations existed.
+    #[serde(default)]
+    pub generation: u32,
     /// Why.
     pub reason: String,
     /// Whom it covers.
@@ -389,6 +394,7 @@ mod tests {
         let grant = Grant {
             id: new_id(),
             slot: 0,
+            generation: 1,
             reason: "r".into(),
             scope: Scope::User {
                 uid: 1,

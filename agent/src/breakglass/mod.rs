@@ -102,15 +102,15 @@ impl GrantMap {
         keys
     }
 
-    /// The slot of an unexpired grant covering a process with real uid `uid` running `exe`,
-    /// `margin_ns` before its expiry at the latest: the kernel's rule
-    /// (`agent-ebpf/src/policy.rs`, `break_glass_slot`), for the fanotify layer.
+    /// The slot and generation of an unexpired grant covering a process with real uid `uid`
+    /// running `exe`, `margin_ns` before its expiry at the latest: the kernel's rule
+    /// (`agent-ebpf/src/policy.rs`, `break_glass_grant`), for the fanotify layer.
     pub fn slot_for(
         &self,
         uid: u32,
         exe: Option<crate::paths::FileId>,
         margin_ns: u64,
-    ) -> Option<u8> {
+    ) -> Option<(u8, u32)> {
         let by_user = Scope::User {
             uid,
             name: String::new(),
@@ -125,7 +125,7 @@ impl GrantMap {
             })
         })?;
         (boot_ns().saturating_add(margin_ns) < grant.expires_boot_ns && grant.slot < MAX_GRANTS)
-            .then_some(grant.slot as u8)
+            .then_some((grant.slot as u8, grant.generation))
     }
 }
 
@@ -218,6 +218,11 @@ impl BreakGlass {
         }
     }
 
+    /// The grants in force (in the kernel map), by id.
+    pub fn in_force(&self) -> impl Iterator<Item = &Grant> {
+        self.in_force.values()
+    }
+
     /// Reads the directory and brings the kernel map in line: new grants come into force,
     /// expired and revoked ones end (their files are removed), anything else in the map is
     /// removed. Returns the events to report (grants that ended before this agent saw them —
@@ -225,6 +230,10 @@ impl BreakGlass {
     /// decisions' names).
     pub fn refresh(&mut self) -> (Vec<v1::BreakGlass>, Vec<Grant>) {
         let mut events = Vec::new();
+        // The writers' lock: a `--revoke` (which removes the kernel entry itself) cannot land
+        // between this look at the files and the map update below, which would put the entry
+        // back for up to a second. Without the directory there is nothing to lock.
+        let _lock = self.store.lock().ok();
         let grants = match self.store.check().and_then(|()| self.store.list()) {
             Ok((grants, bad)) => {
                 for e in bad {
@@ -290,7 +299,7 @@ impl BreakGlass {
                     let value = GrantValue {
                         expires_boot_ns: grant.expires_boot_ns,
                         slot: grant.slot,
-                        _pad: 0,
+                        generation: grant.generation,
                     };
                     let key = grant.scope.key();
                     if self.map.get(&key) != Some(value) {

@@ -18,6 +18,8 @@ use super::grant::{valid_id, Grant};
 /// Where grants are kept unless `--break-glass-dir` (or `PHIGUARD_BREAK_GLASS_DIR`) says
 /// otherwise.
 pub const DEFAULT_DIR: &str = "/var/lib/phiguard/break-glass";
+/// The file in the directory that keeps the last grant generation handed out.
+pub const GENERATION_FILE: &str = "generation";
 
 /// A problem with the break-glass directory or one of its files.
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +239,26 @@ impl Store {
         dir.sync_all().map_err(io_error(&self.dir))
     }
 
+    /// The next grant generation (call with the lock held): one more than the last one handed
+    /// out (kept in the directory's `generation` file) and than any grant file's, never 0.
+    pub fn next_generation(&self, grants: &[Grant]) -> Result<u32, StoreError> {
+        let path = self.dir.join(GENERATION_FILE);
+        let last = match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<u32>().unwrap_or(0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io_error(&path)(e)),
+        };
+        let last = grants.iter().map(|g| g.generation).fold(last, u32::max);
+        let next = last.checked_add(1).unwrap_or(1);
+        let tmp = self.dir.join(".generation.tmp");
+        fs::write(&tmp, format!("{next}\n"))
+            .and_then(|()| fs::File::open(&tmp)?.sync_all())
+            .map_err(io_error(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_error(&path))?;
+        self.sync_dir()?;
+        Ok(next)
+    }
+
     /// The lowest slot no grant file holds (call with the lock held).
     pub fn free_slot(grants: &[Grant]) -> Result<u32, StoreError> {
         (0..MAX_GRANTS)
@@ -254,6 +276,7 @@ mod tests {
         Grant {
             id: new_id(),
             slot,
+            generation: slot + 1,
             reason: "test".into(),
             scope: Scope::User {
                 uid: 65534,
@@ -297,6 +320,21 @@ mod tests {
         store.remove(&first.id).unwrap();
         store.remove(&first.id).unwrap();
         assert!(store.list().unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn generations_never_repeat_when_a_slot_is_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let first = store.next_generation(&[]).unwrap();
+        let second = store.next_generation(&[]).unwrap();
+        assert!(first > 0 && second > first, "{first} {second}");
+        // A grant file newer than the counter (the counter file lost): still above it.
+        let mut newer = grant(0);
+        newer.generation = 40;
+        assert_eq!(store.next_generation(&[newer]).unwrap(), 41);
+        fs::remove_file(tmp.path().join(GENERATION_FILE)).unwrap();
+        assert_eq!(store.next_generation(&[]).unwrap(), 1);
     }
 
     #[test]

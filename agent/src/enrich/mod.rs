@@ -103,10 +103,13 @@ impl Enricher {
         self.policy.set(slot, generation, compiled);
     }
 
-    /// Names break-glass grant `grant` in the decisions it allows (by its slot).
+    /// Names break-glass grant `grant` in the decisions it allows (by its slot and generation).
     pub fn set_break_glass(&mut self, grant: &crate::breakglass::grant::Grant) {
-        self.policy
-            .set_grant(grant.slot, crate::breakglass::grant_use(grant));
+        self.policy.set_grant(
+            grant.slot,
+            grant.generation,
+            crate::breakglass::grant_use(grant),
+        );
     }
 
     /// Takes what `/proc` showed of a process at the moment of an event that is enriched

@@ -239,6 +239,7 @@ pub fn decide_exec(rule: &KernelRule, index: u32, slot: u32, chain: &[FileId]) -
             layer: layer::FANOTIFY,
             access: access::EXEC as u8,
             subject: NO_SUBJECT,
+            ..Decision::NONE
         };
     }
     let (verdict, layer) = if rule.entry.enforce & access::EXEC != 0 {
@@ -252,6 +253,7 @@ pub fn decide_exec(rule: &KernelRule, index: u32, slot: u32, chain: &[FileId]) -
         layer,
         access: access::EXEC as u8,
         subject: NO_SUBJECT,
+        ..Decision::NONE
     }
 }
 
@@ -313,6 +315,7 @@ pub fn decide(
                 layer,
                 access: want as u8,
                 subject: NO_SUBJECT,
+                ..Decision::NONE
             };
         }
         allowed_by &= may;
@@ -327,6 +330,7 @@ pub fn decide(
         } else {
             allowed_by.trailing_zeros() as u8
         },
+        ..Decision::NONE
     }
 }
 

@@ -128,7 +128,7 @@ impl Responder {
         if decision.verdict != verdict::DENY && decision.verdict != verdict::WOULD_DENY {
             return decision;
         }
-        let Some(slot) = self
+        let Some((slot, generation)) = self
             .grants
             .as_ref()
             .and_then(|g| g.slot_for(subject.uid, subject.exe, FANOTIFY_MARGIN_NS))
@@ -140,6 +140,7 @@ impl Responder {
             layer: layer::BREAK_GLASS,
             access: governed as u8,
             subject: slot,
+            grant: generation,
             ..decision
         }
     }

@@ -14,8 +14,9 @@ use crate::paths::FileId;
 #[derive(Default)]
 pub struct PolicyTables {
     slots: [Option<(u64, Arc<Compiled>)>; 2],
-    /// Break-glass grants by slot (the last grant seen in each).
-    grants: HashMap<u32, v1::BreakGlassUse>,
+    /// Break-glass grants by slot and generation (a slot passes to later grants; the
+    /// generation tells them apart in records read late).
+    grants: HashMap<(u32, u32), v1::BreakGlassUse>,
 }
 
 impl PolicyTables {
@@ -24,9 +25,9 @@ impl PolicyTables {
         self.slots[(slot & 1) as usize] = Some((generation, compiled));
     }
 
-    /// Records that break-glass grant `grant` holds `slot`.
-    pub fn set_grant(&mut self, slot: u32, grant: v1::BreakGlassUse) {
-        self.grants.insert(slot, grant);
+    /// Records that break-glass grant `grant` holds `slot` with `generation`.
+    pub fn set_grant(&mut self, slot: u32, generation: u32, grant: v1::BreakGlassUse) {
+        self.grants.insert((slot, generation), grant);
     }
 
     /// The path of a protected unix socket, by its file's identity.
@@ -69,7 +70,7 @@ impl PolicyTables {
         if decision.layer == layer::BREAK_GLASS {
             described.break_glass = Some(
                 self.grants
-                    .get(&u32::from(decision.subject))
+                    .get(&(u32::from(decision.subject), decision.grant))
                     .cloned()
                     .unwrap_or_default(),
             );
@@ -102,5 +103,46 @@ impl PolicyTables {
         }
         described.generation = *generation;
         Some(described)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed_by_grant(slot: u8, generation: u32) -> Decision {
+        Decision {
+            rule: 0,
+            verdict: verdict::ALLOW,
+            layer: layer::BREAK_GLASS,
+            access: 1,
+            subject: slot,
+            grant: generation,
+            _pad: 0,
+        }
+    }
+
+    fn named(tables: &PolicyTables, decision: &Decision) -> String {
+        tables
+            .describe(decision)
+            .and_then(|d| d.break_glass)
+            .map(|b| b.grant_id)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_late_record_names_the_grant_that_allowed_it_not_the_next_one_in_its_slot() {
+        let mut tables = PolicyTables::default();
+        let grant = |id: &str| v1::BreakGlassUse {
+            grant_id: id.into(),
+            reason: "r".into(),
+        };
+        tables.set_grant(0, 7, grant("bg-000000000007"));
+        // The slot passes to a later grant before the first one's record is read.
+        tables.set_grant(0, 8, grant("bg-000000000008"));
+        assert_eq!(named(&tables, &allowed_by_grant(0, 7)), "bg-000000000007");
+        assert_eq!(named(&tables, &allowed_by_grant(0, 8)), "bg-000000000008");
+        // A grant this agent never saw is named by nobody rather than by the wrong one.
+        assert_eq!(named(&tables, &allowed_by_grant(0, 9)), "");
     }
 }
