@@ -12,7 +12,10 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use phiguard::{
     config::DatabaseConfig,
-    event::decode::{decode, RawEvent},
+    event::{
+        decode::{decode, RawEvent},
+        file::FileOpen,
+    },
     kernel::{
         btf,
         loader::{Enforcement, Sensors},
@@ -51,15 +54,13 @@ fn load(watched: &Path) -> (Sensors, RingBuf<MapData>) {
 
 /// Reads every record now in the ring buffer; returns the file-open records of this process
 /// for paths under `dir` (other processes' records — forks, execs — are consumed and dropped).
-fn drain_opens(ring: &mut RingBuf<MapData>, dir: &Path) -> Vec<FileOpenEvent> {
+fn drain_opens(ring: &mut RingBuf<MapData>, dir: &Path) -> Vec<FileOpen> {
     let pid = std::process::id();
-    let prefix = dir.as_os_str().as_encoded_bytes();
     let mut opens = Vec::new();
     while let Some(record) = ring.next() {
         if let Ok(RawEvent::FileOpen(open)) = decode(&record) {
-            let path = &open.path[..open.path_len as usize];
-            if open.header.tgid == pid && path.starts_with(prefix) {
-                opens.push(*open);
+            if open.header.tgid == pid && Path::new(&open.requested).starts_with(dir) {
+                opens.push(open);
             }
         }
     }
@@ -105,9 +106,7 @@ fn opens_from_this_thread_give_exactly_one_record_each_and_unwatched_opens_none(
     );
     let opens = drain_opens(&mut ring, tree.dir.path());
 
-    let path_of = |e: &FileOpenEvent| {
-        PathBuf::from(String::from_utf8_lossy(&e.path[..e.path_len as usize]).into_owned())
-    };
+    let path_of = |e: &FileOpen| PathBuf::from(&e.requested);
     let to_watched = opens.iter().filter(|e| path_of(e) == watched_file).count();
     let to_missing = opens.iter().filter(|e| path_of(e) == missing).count();
     let to_other = opens.iter().filter(|e| path_of(e) == other_file).count();
