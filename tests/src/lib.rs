@@ -2,6 +2,7 @@
 //! channel sink, run commands, and wait for the events they cause; and (in [`e2e`]) run the
 //! collector, agent links and subscribers over mutual TLS.
 
+pub mod agent;
 pub mod e2e;
 
 use std::{

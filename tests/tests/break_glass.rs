@@ -6,119 +6,33 @@
 //! only; one at a time (`--test-threads=1`).
 
 use std::{
+    ffi::OsStr,
     fs,
-    io::BufRead as _,
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
+    process::{Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use nix::sys::signal::Signal;
 use phiguard_proto::v1::{self, event::Body};
-use phiguard_tests::{file_open, process, require_root, Tree, UnloadOnDrop};
+use phiguard_tests::{
+    agent::{binary, AgentProcess},
+    file_open, process, require_root, Tree, UnloadOnDrop,
+};
 
 const NOBODY: u32 = 65534;
 
-fn binary() -> String {
-    std::env::var("PHIGUARD_BIN").unwrap_or_else(|_| {
-        panic!("PHIGUARD_BIN is not set: run the host tier through `cargo xtask test`")
-    })
-}
-
-/// `phiguard run --policies POLICIES` with grants in `grants`, its JSON events on stdout.
-struct AgentProcess {
-    child: Child,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-    startup: String,
-}
-
-impl AgentProcess {
-    fn start(policies: &Path, grants: &Path, status_file: &Path) -> AgentProcess {
-        let mut child = Command::new(binary())
-            .args(["run", "--log-format", "json", "--policies"])
-            .arg(policies)
-            .arg("--break-glass-dir")
-            .arg(grants)
-            .arg("--status-file")
-            .arg(status_file)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut startup = String::new();
-        let deadline = Instant::now() + phiguard_tests::STARTUP_LIMIT;
-        while !startup.contains("events are flowing") {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "agent exited before it was ready: {startup}"
-            );
-            startup.push_str(&line);
-            assert!(Instant::now() < deadline, "not ready: {startup}");
-        }
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                eprintln!("agent: {line}");
-            }
-        });
-        AgentProcess {
-            stdout: std::io::BufReader::new(child.stdout.take().unwrap()),
-            child,
-            startup,
-        }
-    }
-
-    /// Whether refusals are `EPERM` (BPF LSM, fanotify) rather than SIGKILL.
-    fn eperm(&self) -> bool {
-        self.startup.contains("\"lsm\":true") || self.startup.contains("\"files\":\"fanotify\"")
-    }
-
-    /// Reads events until one matches `pred`; a watchdog ends the agent after two minutes so a
-    /// missing event fails the test instead of hanging it.
-    fn expect(&mut self, what: &str, pred: impl Fn(&v1::Event) -> bool) -> v1::Event {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let (done, wait) = std::sync::mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            if wait.recv_timeout(Duration::from_secs(120))
-                == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-            {
-                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-            }
-        });
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                self.stdout.read_line(&mut line).unwrap() > 0,
-                "agent output ended without {what}"
-            );
-            let event: v1::Event = serde_json::from_str(&line).expect("a JSON event per line");
-            if pred(&event) {
-                drop(done);
-                return event;
-            }
-        }
-    }
-
-    /// Signals the agent and waits for it, reading what it still writes (a clean stop flushes
-    /// its last events: with nobody reading, it would block on the full pipe).
-    fn kill(mut self, signal: Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
-        let mut rest = String::new();
-        while self.stdout.read_line(&mut rest).is_ok_and(|n| n > 0) {
-            rest.clear();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `phiguard run --policies POLICIES` with grants in `grants` and its own status file.
+fn start_agent(policies: &Path, grants: &Path, status_file: &Path) -> AgentProcess {
+    AgentProcess::start([
+        OsStr::new("--policies"),
+        policies.as_os_str(),
+        OsStr::new("--break-glass-dir"),
+        grants.as_os_str(),
+        OsStr::new("--status-file"),
+        status_file.as_os_str(),
+    ])
 }
 
 /// A protected file `nobody` may read by its mode, a policy that lets only `cat` read it, and a
@@ -164,7 +78,7 @@ impl Setup {
     }
 
     fn agent(&self) -> AgentProcess {
-        AgentProcess::start(self.policies.path(), &self.grants, &self.status_file)
+        start_agent(self.policies.path(), &self.grants, &self.status_file)
     }
 
     /// `head FILE` as `nobody`.

@@ -6,6 +6,7 @@
 //! promise. Root only; one at a time (`--test-threads=1`).
 
 use std::{
+    ffi::OsStr,
     fs,
     io::ErrorKind,
     net::TcpListener,
@@ -20,7 +21,7 @@ use phiguard::{
     kernel::layer::{fanotify_permission_events, FileLayer},
 };
 use phiguard_proto::v1::{self, event::Body};
-use phiguard_tests::{file_open, process, Harness, Tree, UnloadOnDrop};
+use phiguard_tests::{agent::AgentProcess, file_open, process, Harness, Tree, UnloadOnDrop};
 
 /// A policy directory with one file, removed on drop.
 struct PolicyDir {
@@ -554,98 +555,9 @@ fn invalid_policy_is_refused_whole_and_a_valid_edit_takes_effect() {
     h.stop();
 }
 
-/// A `phiguard run` process; SIGKILLed on drop if still running.
-struct AgentProcess {
-    child: std::process::Child,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-    /// Its stderr up to the start-up line.
-    startup: String,
-}
-
-impl AgentProcess {
-    fn start(policies: &Path) -> AgentProcess {
-        use std::io::BufRead as _;
-        let binary = std::env::var("PHIGUARD_BIN").unwrap_or_else(|_| {
-            panic!("PHIGUARD_BIN is not set: run the host tier through `cargo xtask test`")
-        });
-        let mut child = Command::new(binary)
-            .args(["run", "--log-format", "json", "--policies"])
-            .arg(policies)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut startup = String::new();
-        let deadline = Instant::now() + phiguard_tests::STARTUP_LIMIT;
-        while !startup.contains("events are flowing") {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "agent exited before it was ready: {startup}"
-            );
-            startup.push_str(&line);
-            assert!(
-                Instant::now() < deadline,
-                "not ready within {:?}: {startup}",
-                phiguard_tests::STARTUP_LIMIT
-            );
-        }
-        // Keep draining stderr so the agent never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        AgentProcess {
-            stdout: std::io::BufReader::new(child.stdout.take().unwrap()),
-            child,
-            startup,
-        }
-    }
-
-    /// Reads stdout until an event matches `pred`.
-    fn expect(&mut self, what: &str, pred: impl Fn(&v1::Event) -> bool) -> v1::Event {
-        use std::io::BufRead as _;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                self.stdout.read_line(&mut line).unwrap() > 0,
-                "agent output ended without {what}"
-            );
-            let event: v1::Event = serde_json::from_str(&line).expect("a JSON event per line");
-            if pred(&event) {
-                return event;
-            }
-        }
-    }
-
-    /// SIGKILLs the agent after `limit` unless the returned guard is dropped first: a test
-    /// reading its output never waits forever for an event that does not come.
-    fn kill_after(&self, limit: Duration) -> Watchdog {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let (done, wait) = std::sync::mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            if wait.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            }
-        });
-        Watchdog { _done: done }
-    }
-
-    fn kill(&mut self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
-        let _ = self.child.wait();
-    }
-}
-
-/// Disarms [`AgentProcess::kill_after`] when dropped.
-struct Watchdog {
-    _done: std::sync::mpsc::Sender<()>,
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `phiguard run --policies POLICIES`.
+fn start_agent(policies: &Path) -> AgentProcess {
+    AgentProcess::start([OsStr::new("--policies"), policies.as_os_str()])
 }
 
 #[test]
@@ -660,7 +572,7 @@ fn enforcement_survives_sigkill_and_a_restart_adopts_the_pinned_programs() {
     let _cleanup = UnloadOnDrop;
     let head = || status_of(Command::new("/usr/bin/head").arg(&file));
 
-    let mut first = AgentProcess::start(policies.dir.path());
+    let mut first = start_agent(policies.dir.path());
     let lsm = first.startup.contains("\"lsm\":true");
     // Under fanotify (the host) the running agent refuses with EPERM; once it is gone the
     // pinned open-exit programs take over with SIGKILL.
@@ -693,7 +605,7 @@ fn enforcement_survives_sigkill_and_a_restart_adopts_the_pinned_programs() {
         "still enforced after the agent was SIGKILLed"
     );
 
-    let mut second = AgentProcess::start(policies.dir.path());
+    let mut second = start_agent(policies.dir.path());
     let replaced = format!("\"replaced\":{}", pinned.len());
     assert!(
         second.startup.contains(&replaced),
@@ -729,7 +641,7 @@ fn refusals_made_while_no_agent_ran_are_reported_by_the_next_agent() {
     fs::write(&marker, "patient 2").unwrap();
     let policies = PolicyDir::new(&records_policy("enforce", &tree.watched, &["/usr/bin/cat"]));
     let _cleanup = UnloadOnDrop;
-    let mut first = AgentProcess::start(policies.dir.path());
+    let mut first = start_agent(policies.dir.path());
     let lsm = first.startup.contains("\"lsm\":true");
     first.kill(Signal::SIGKILL);
     // The pinned programs refuse while no agent runs.
@@ -740,7 +652,7 @@ fn refusals_made_while_no_agent_ran_are_reported_by_the_next_agent() {
             lsm
         ));
     }
-    let mut second = AgentProcess::start(policies.dir.path());
+    let mut second = start_agent(policies.dir.path());
     let _watchdog = second.kill_after(Duration::from_secs(120));
     // One refusal while the new agent runs marks the end of what came before.
     let eperm = lsm || second.startup.contains("\"files\":\"fanotify\"");
@@ -795,7 +707,7 @@ fn an_agent_takes_over_from_one_whose_exemption_had_the_older_layout() {
         .output()
         .expect("bpftool (cargo xtask setup installs it)");
     assert!(created.status.success(), "{created:?}");
-    let mut agent = AgentProcess::start(policies.dir.path());
+    let mut agent = start_agent(policies.dir.path());
     let shown = Command::new("bpftool")
         .args(["map", "show", "pinned"])
         .arg(&agent_pin)
@@ -818,9 +730,9 @@ fn a_process_given_the_dead_agents_pid_is_not_exempt() {
     fs::write(&file, "patient 1").unwrap();
     let policies = PolicyDir::new(&records_policy("enforce", &tree.watched, &["/usr/bin/cat"]));
     let _cleanup = UnloadOnDrop;
-    let mut agent = AgentProcess::start(policies.dir.path());
+    let mut agent = start_agent(policies.dir.path());
     let lsm = agent.startup.contains("\"lsm\":true");
-    let dead = agent.child.id();
+    let dead = agent.pid().as_raw() as u32;
     agent.kill(Signal::SIGKILL);
     // The pinned programs keep enforcing; the exemption still names the dead agent's pid. An
     // unprivileged user can cycle the pids until it gets that one; here root's ns_last_pid
