@@ -330,6 +330,27 @@ pub fn syslog_frame(hostname: &str, app_name: &str, record: &Record, ocsf: &str)
     out
 }
 
+/// Whether the server closed the connection. What it sent meanwhile (TLS 1.3 session
+/// tickets, a close_notify) is read through the TLS state first.
+fn closed_by_peer(stream: &mut StreamOwned<ClientConnection, TcpStream>) -> bool {
+    if stream.sock.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let closed = loop {
+        match stream.conn.read_tls(&mut stream.sock) {
+            Ok(0) => break true,
+            Ok(_) => match stream.conn.process_new_packets() {
+                Ok(state) if state.peer_has_closed() => break true,
+                Ok(_) => continue,
+                Err(_) => break true,
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    stream.sock.set_nonblocking(false).is_err() || closed
+}
+
 /// RFC 5424 PARAM-VALUE escaping.
 fn sd_escape(s: &str) -> String {
     s.replace('\\', "\\\\")
@@ -339,6 +360,11 @@ fn sd_escape(s: &str) -> String {
 
 impl Sink for SyslogSink {
     fn send(&mut self, lines: &[(Arc<Record>, String)]) -> Result<(), ExportError> {
+        // A server that closed the connection (a stop, a restart) would swallow what is
+        // written next without a word: TLS syslog has no acknowledgement. Look first.
+        if self.stream.as_mut().is_some_and(closed_by_peer) {
+            self.stream = None;
+        }
         if self.stream.is_none() {
             self.stream = Some(self.connect()?);
         }
