@@ -82,7 +82,7 @@ fn export_files(dir: &Path, name: &str) -> String {
         })
         .collect();
     // Oldest first: the highest number.
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
     let mut text = String::new();
     for (_, path) in rotated {
         text.push_str(&fs::read_to_string(path).unwrap());
