@@ -160,7 +160,7 @@ fn a_file_export_killed_mid_export_resumes_without_loss_and_validates_as_ocsf() 
     b.send("ehr-b", 1..=4000);
     // Kill it while the export is under way: some lines out, not all.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while export_files(&out, "ocsf.jsonl").lines().count() < 500 {
+    while export_files(&out, "ocsf.jsonl").lines().count() < 2000 {
         assert!(Instant::now() < deadline, "no export:\n{}", collector.log());
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -221,6 +221,15 @@ fn a_file_export_killed_mid_export_resumes_without_loss_and_validates_as_ocsf() 
     fs::write(&all, &text).unwrap();
     validate(&all).unwrap_or_else(|e| panic!("invalid OCSF:\n{e}"));
     collector.stop();
+    // The export's positions file in the store directory is no chain: the store verifies.
+    assert!(collector.store.join("export-siem.position").exists());
+    let verify = CollectorProc::verify(&collector.config, &[]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 #[test]
@@ -416,7 +425,8 @@ fn a_syslog_export_to_rsyslog_over_tls_survives_rsyslog_down_without_blocking_in
             "phiguard_collector_export_failures_total{export=\"soc\"}",
         );
         let lag = sample(&m, "phiguard_collector_export_lag_events{export=\"soc\"}");
-        if failures > 0.0 && lag > 0.0 {
+        let seconds = sample(&m, "phiguard_collector_export_lag_seconds{export=\"soc\"}");
+        if failures > 0.0 && lag > 0.0 && seconds >= 1.0 {
             break;
         }
         assert!(Instant::now() < deadline, "no failure or lag counted:\n{m}");
