@@ -463,6 +463,19 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// Sleeps `time`, or less when `stop` turns true (a collector stopping does not wait for a
+/// back-off).
+fn nap(stop: &AtomicBool, time: Duration) {
+    let until = std::time::Instant::now() + time;
+    while !stop.load(Ordering::SeqCst) {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
 struct Run {
     name: String,
     store: Arc<Store>,
@@ -481,12 +494,12 @@ impl Run {
                 Ok(true) => backoff = IDLE,
                 Ok(false) => {
                     backoff = IDLE;
-                    std::thread::sleep(IDLE);
+                    nap(stop, IDLE);
                 }
                 Err(error) => {
                     self.failures.inc();
                     warn!(export = %self.name, %error, "export failed; trying again in {backoff:?} (nothing is skipped)");
-                    std::thread::sleep(backoff);
+                    nap(stop, backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }

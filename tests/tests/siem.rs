@@ -758,3 +758,51 @@ fn every_event_kind_maps_to_valid_ocsf() {
     fs::write(&file, &text).unwrap();
     validate(&file).unwrap_or_else(|e| panic!("invalid OCSF:\n{e}"));
 }
+
+#[test]
+fn a_collector_whose_syslog_target_is_unreachable_still_stops_at_once() {
+    let work = work();
+    let pki = Pki::new(&["ehr-a"]);
+    let soc = pki.subscriber();
+    // Nobody listens there.
+    let port = free_port();
+    let mut collector = CollectorProc::start_with_sections(
+        work.path(),
+        &pki,
+        "",
+        "",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{}\"\n\
+             [export.soc]\ntarget = \"syslog\"\naddress = \"127.0.0.1:{port}\"\n\
+             ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            free_port(),
+            soc.ca.display(),
+            soc.cert.display(),
+            soc.key.display()
+        ),
+    );
+    let a = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    a.send("ehr-a", 1..=50);
+    assert!(
+        a.wait_acked(50, Duration::from_secs(30)),
+        "ingest held up by an unreachable syslog target"
+    );
+    // Six failures (after 0.2, 0.4, 0.8, 1.6 and 3.2 s of back-off): the export now waits
+    // 6.4 s before its next try.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sample(
+        &collector.scrape(),
+        "phiguard_collector_export_failures_total{export=\"soc\"}",
+    ) < 6.0
+    {
+        assert!(Instant::now() < deadline, "{}", collector.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    collector.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stopping took {:?}: the export's back-off held it up",
+        started.elapsed()
+    );
+}
