@@ -632,12 +632,35 @@ impl Ctx<'_> {
                     ))
                 }
             };
+            let position = match &t.position {
+                Some(p) => self.path(p, "export.position")?,
+                None => store_dir.join(format!("export-{name}.position")),
+            };
+            // Two exports on one file would interleave, or move each other's positions.
+            for other in &out {
+                let ExportConfig {
+                    name: other_name,
+                    position: other_position,
+                    target: other_target,
+                } = other;
+                let same_file = matches!(
+                    (&target, other_target),
+                    (Target::File { path: a, .. }, Target::File { path: b, .. }) if a == b
+                );
+                if same_file || *other_position == position {
+                    return Err(self.invalid(
+                        table.span(),
+                        "export",
+                        format!(
+                            "[export.{name}] writes the same {} as [export.{other_name}]",
+                            if same_file { "file" } else { "positions file" }
+                        ),
+                    ));
+                }
+            }
             out.push(ExportConfig {
                 name: name.clone(),
-                position: match &t.position {
-                    Some(p) => self.path(p, "export.position")?,
-                    None => store_dir.join(format!("export-{name}.position")),
-                },
+                position,
                 target,
             });
         }
@@ -918,6 +941,15 @@ mod tests {
         let soc = c.exports.iter().find(|e| e.name == "soc").unwrap();
         assert!(
             matches!(&soc.target, crate::export::Target::Syslog { server_name, .. } if server_name == "siem.example")
+        );
+        let err = parse(&format!(
+            "{MINIMAL}[export.a]\ntarget = \"file\"\npath = \"o.jsonl\"\n[export.b]\ntarget = \"file\"\npath = \"o.jsonl\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("export: [export.b] writes the same file as [export.a]"),
+            "{err}"
         );
         let err = parse(&format!("{MINIMAL}[export.x]\ntarget = \"kafka\"\n"))
             .unwrap_err()
