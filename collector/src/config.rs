@@ -524,13 +524,17 @@ impl Ctx<'_> {
                 ));
             }
             let t = table.get_ref();
-            if t.format.get_ref() != "ocsf" {
-                return Err(self.invalid(
-                    t.format.span(),
-                    "export.format",
-                    format!("{:?}: the one format is \"ocsf\"", t.format.get_ref()),
-                ));
-            }
+            let format = match t.format.get_ref().as_str() {
+                "ocsf" => crate::export::Format::Ocsf,
+                "cef" => crate::export::Format::Cef,
+                other => {
+                    return Err(self.invalid(
+                        t.format.span(),
+                        "export.format",
+                        format!("{other:?}: one of \"ocsf\", \"cef\""),
+                    ))
+                }
+            };
             let file_only = [
                 ("export.path", t.path.as_ref().map(Spanned::span)),
                 ("export.max_bytes", t.max_bytes.as_ref().map(Spanned::span)),
@@ -642,6 +646,7 @@ impl Ctx<'_> {
                     name: other_name,
                     position: other_position,
                     target: other_target,
+                    ..
                 } = other;
                 let same_file = matches!(
                     (&target, other_target),
@@ -660,6 +665,7 @@ impl Ctx<'_> {
             }
             out.push(ExportConfig {
                 name: name.clone(),
+                format,
                 position,
                 target,
             });
@@ -972,7 +978,7 @@ mod tests {
             "{err}"
         );
         let err = parse(&format!(
-            "{MINIMAL}[export.x]\nformat = \"cef\"\ntarget = \"file\"\npath = \"a\"\n"
+            "{MINIMAL}[export.x]\nformat = \"xml\"\ntarget = \"file\"\npath = \"a\"\n"
         ))
         .unwrap_err()
         .to_string();

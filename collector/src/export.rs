@@ -39,11 +39,32 @@ const CHUNK: usize = 512;
 const IDLE: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// The format of the exported records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OCSF JSON ([`crate::ocsf`]).
+    Ocsf,
+    /// ArcSight CEF ([`crate::cef`]).
+    Cef,
+}
+
+impl Format {
+    /// One record in this format (one line).
+    pub fn line(self, record: &Record) -> String {
+        match self {
+            Format::Ocsf => ocsf::record(record).to_string(),
+            Format::Cef => crate::cef::record(record),
+        }
+    }
+}
+
 /// One `[export.NAME]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportConfig {
     /// The NAME.
     pub name: String,
+    /// The records' format.
+    pub format: Format,
     /// Where the positions are kept.
     pub position: PathBuf,
     /// Where the records go.
@@ -432,13 +453,15 @@ pub fn spawn_all(
         let failures = metrics.export_failures(&config.name);
         let delivered = metrics.export_delivered(&config.name);
         let (store, stop, name) = (store.clone(), stop.clone(), config.name.clone());
-        info!(export = %name, target = ?config.target, "export started (OCSF {})", ocsf::OCSF_VERSION);
+        let format = config.format;
+        info!(export = %name, target = ?config.target, format = ?config.format, "export started (OCSF {})", ocsf::OCSF_VERSION);
         handles.push(
             std::thread::Builder::new()
                 .name(format!("export-{name}"))
                 .spawn(move || {
                     let mut run = Run {
                         name,
+                        format,
                         store,
                         positions,
                         sink,
@@ -478,6 +501,7 @@ fn nap(stop: &AtomicBool, time: Duration) {
 
 struct Run {
     name: String,
+    format: Format,
     store: Arc<Store>,
     positions: Positions,
     sink: Box<dyn Sink + Send>,
@@ -541,7 +565,7 @@ impl Run {
             let lines: Vec<_> = chunk
                 .into_iter()
                 .map(|r| {
-                    let line = ocsf::record(&r).to_string();
+                    let line = self.format.line(&r);
                     (r, line)
                 })
                 .collect();

@@ -16,6 +16,7 @@ pub mod access;
 pub mod alert;
 pub mod audit;
 pub mod breakglass;
+pub mod cef;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;

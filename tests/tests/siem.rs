@@ -95,7 +95,9 @@ fn sample(text: &str, name: &str) -> f64 {
     CollectorProc::sample(text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
-fn wait_caught_up(collector: &CollectorProc, export: &str, timeout: Duration) {
+/// Waits until export `export` delivered at least `delivered` records (in this run of the
+/// collector) and has nothing left (the lag gauges are those of its last step).
+fn wait_caught_up(collector: &CollectorProc, export: &str, delivered: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let text = collector.scrape();
@@ -103,7 +105,12 @@ fn wait_caught_up(collector: &CollectorProc, export: &str, timeout: Duration) {
             &text,
             &format!("phiguard_collector_export_lag_events{{export=\"{export}\"}}"),
         );
-        if lag == Some(0.0) {
+        let sent = CollectorProc::sample(
+            &text,
+            &format!("phiguard_collector_export_delivered_total{{export=\"{export}\"}}"),
+        )
+        .unwrap_or(0.0);
+        if lag == Some(0.0) && sent >= delivered as f64 {
             return;
         }
         assert!(
@@ -169,7 +176,12 @@ fn a_file_export_killed_mid_export_resumes_without_loss_and_validates_as_ocsf() 
     collector.restart();
     assert!(a.wait_acked(4000, Duration::from_secs(60)));
     assert!(b.wait_acked(4000, Duration::from_secs(60)));
-    wait_caught_up(&collector, "siem", Duration::from_secs(60));
+    wait_caught_up(
+        &collector,
+        "siem",
+        8000 - before as u64,
+        Duration::from_secs(60),
+    );
     let metrics = collector.scrape();
     assert_eq!(
         sample(
@@ -441,7 +453,7 @@ fn a_syslog_export_to_rsyslog_over_tls_survives_rsyslog_down_without_blocking_in
         keys.len()
     );
     assert!(heads["ehr-a"] >= 1300);
-    wait_caught_up(&collector, "soc", Duration::from_secs(30));
+    wait_caught_up(&collector, "soc", 1300, Duration::from_secs(30));
     let received = rsyslog.received();
     let first = received.lines().next().unwrap();
     let v: serde_json::Value = serde_json::from_str(first).unwrap();
@@ -805,4 +817,54 @@ fn a_collector_whose_syslog_target_is_unreachable_still_stops_at_once() {
         "stopping took {:?}: the export's back-off held it up",
         started.elapsed()
     );
+}
+
+#[test]
+fn a_cef_file_export_has_every_stored_record_once_per_line() {
+    let work = work();
+    let pki = Pki::new(&["ehr-a"]);
+    let out = work.path().join("cef.log");
+    let mut collector = CollectorProc::start_with_sections(
+        work.path(),
+        &pki,
+        "",
+        "",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{}\"\n\
+             [export.arcsight]\nformat = \"cef\"\ntarget = \"file\"\npath = \"{}\"\n",
+            free_port(),
+            out.display()
+        ),
+    );
+    let a = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    a.send("ehr-a", 1..=1000);
+    assert!(a.wait_acked(1000, Duration::from_secs(30)));
+    wait_caught_up(&collector, "arcsight", 1000, Duration::from_secs(30));
+    collector.stop();
+    let text = fs::read_to_string(&out)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", out.display(), collector.log()));
+    let mut indexes = Vec::new();
+    for line in text.lines() {
+        assert!(line.starts_with("CEF:0|phiguard|phiguard|"), "{line}");
+        let chain = line
+            .split(" cs2=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap();
+        if chain != "ehr-a" {
+            continue;
+        }
+        let index: u64 = line
+            .split(" cn1=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no cn1 in {line}"));
+        indexes.push(index);
+    }
+    indexes.sort_unstable();
+    indexes.dedup();
+    assert!(indexes.len() >= 1000, "{} indexes", indexes.len());
+    assert_eq!(indexes, (1..=indexes.len() as u64).collect::<Vec<_>>());
+    assert!(text.contains("|fileOpen|phiguard fileOpen|"));
 }
