@@ -462,6 +462,7 @@ pub fn spawn_all(
                     let mut run = Run {
                         name,
                         format,
+                        cursors: BTreeMap::new(),
                         store,
                         positions,
                         sink,
@@ -502,6 +503,8 @@ fn nap(stop: &AtomicBool, time: Duration) {
 struct Run {
     name: String,
     format: Format,
+    /// Per chain, where the last delivered chunk ended (kept only once it was delivered).
+    cursors: BTreeMap<Arc<str>, Cursor>,
     store: Arc<Store>,
     positions: Positions,
     sink: Box<dyn Sink + Send>,
@@ -554,7 +557,12 @@ impl Run {
             if head.index <= from {
                 continue;
             }
-            let mut cursor = Cursor::new(agent.clone(), from + 1);
+            // The cursor of the last chunk, if it ends where this one starts: reading goes on
+            // from its byte offset instead of scanning the segment from its start again.
+            let mut cursor = match self.cursors.get(&agent) {
+                Some(c) if c.next_index == from + 1 => c.clone(),
+                _ => Cursor::new(agent.clone(), from + 1),
+            };
             let chunk = self.store.read(&mut cursor, CHUNK)?;
             let Some(last) = chunk.last() else {
                 continue;
@@ -572,6 +580,7 @@ impl Run {
             self.sink.send(&lines)?;
             self.delivered.inc_by(lines.len() as u64);
             self.positions.set_and_save(&agent, last)?;
+            self.cursors.insert(agent, cursor);
             any = true;
         }
         Ok(any)
