@@ -179,7 +179,7 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 
 /// An open target.
 trait Sink {
-    /// Delivers the lines (each one OCSF JSON object) and flushes them.
+    /// Delivers the lines (one record each, in the export's format) and flushes them.
     fn send(&mut self, lines: &[(Arc<Record>, String)]) -> Result<(), ExportError>;
 }
 
@@ -254,7 +254,9 @@ impl Sink for FileSink {
             match written {
                 Ok(()) => *len = size,
                 Err(e) => {
-                    // Reopened next time: the length is read again.
+                    // No half line left behind (a full disk): the chunk is written whole
+                    // again on the next try. Reopened then, its length read again.
+                    let _ = file.set_len(*len);
                     self.file = None;
                     return Err(self.io(e));
                 }
