@@ -868,3 +868,85 @@ fn a_cef_file_export_has_every_stored_record_once_per_line() {
     assert_eq!(indexes, (1..=indexes.len() as u64).collect::<Vec<_>>());
     assert!(text.contains("|fileOpen|phiguard fileOpen|"));
 }
+
+/// A tmpfs mounted at `path` for the test's duration (unmounted on drop, even on a panic).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs at {}", path.display());
+        Tmpfs(path.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if !Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+#[test]
+fn a_full_export_disk_holds_up_no_agent_leaves_no_half_line_and_catches_up() {
+    use std::io::Write as _;
+    let work = work();
+    let pki = Pki::new(&["ehr-a"]);
+    let dir = work.path().join("siem");
+    let _tmpfs = Tmpfs::mount(&dir, "8m");
+    // Full but for one page: the first chunk is written in part, then ENOSPC.
+    let filler_path = dir.join("filler");
+    let mut filler = fs::File::create(&filler_path).unwrap();
+    let page = vec![0u8; 4096];
+    while filler.write_all(&page).is_ok() {}
+    let _ = filler.sync_all();
+    let len = filler.metadata().unwrap().len();
+    filler.set_len(len.saturating_sub(4096)).unwrap();
+    drop(filler);
+    let out = dir.join("ocsf.jsonl");
+    let mut collector = CollectorProc::start_with_sections(
+        work.path(),
+        &pki,
+        "",
+        "",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{}\"\n\
+             [export.siem]\ntarget = \"file\"\npath = \"{}\"\nposition = \"{}\"\n",
+            free_port(),
+            out.display(),
+            work.path().join("siem.position").display()
+        ),
+    );
+    let a = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    a.send("ehr-a", 1..=2000);
+    assert!(
+        a.wait_acked(2000, Duration::from_secs(30)),
+        "ingest held up by a full export disk"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sample(
+        &collector.scrape(),
+        "phiguard_collector_export_failures_total{export=\"siem\"}",
+    ) < 2.0
+    {
+        assert!(Instant::now() < deadline, "{}", collector.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs::remove_file(&filler_path).unwrap();
+    wait_caught_up(&collector, "siem", 2000, Duration::from_secs(60));
+    collector.stop();
+    // keys() parses every line: a half line left by the full disk would fail it.
+    let (heads, duplicates) = check_complete(&keys(&fs::read_to_string(&out).unwrap()));
+    assert!(heads["ehr-a"] >= 2000, "{heads:?}");
+    assert_eq!(duplicates, 0);
+}
