@@ -107,6 +107,8 @@ pub struct Config {
     pub scopes: Scopes,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[export.NAME]`: SIEM exports (none by default).
+    pub exports: Vec<crate::export::ExportConfig>,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +124,30 @@ struct RawConfig {
     scope: BTreeMap<String, Spanned<RawScope>>,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    export: BTreeMap<String, Spanned<RawExport>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExport {
+    #[serde(default = "default_format")]
+    format: Spanned<String>,
+    target: Spanned<String>,
+    position: Option<Spanned<PathBuf>>,
+    path: Option<Spanned<PathBuf>>,
+    max_bytes: Option<Spanned<u64>>,
+    keep: Option<Spanned<u32>>,
+    address: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
+    ca: Option<Spanned<PathBuf>>,
+    cert: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
+    app_name: Option<Spanned<String>>,
+}
+
+fn default_format() -> Spanned<String> {
+    Spanned::new(0..0, "ocsf".to_owned())
 }
 
 #[derive(Default, Deserialize)]
@@ -463,6 +489,7 @@ impl Config {
                 None => None,
             },
         };
+        let exports = cx.exports(&raw.export, &dir)?;
         Ok(Config {
             server,
             store,
@@ -470,11 +497,182 @@ impl Config {
             liveness,
             scopes,
             metrics,
+            exports,
         })
     }
 }
 
 impl Ctx<'_> {
+    /// `[export.NAME]` tables.
+    fn exports(
+        &self,
+        raw: &BTreeMap<String, Spanned<RawExport>>,
+        store_dir: &Path,
+    ) -> Result<Vec<crate::export::ExportConfig>, ConfigError> {
+        use crate::export::{ExportConfig, Target};
+        let mut out = Vec::new();
+        for (name, table) in raw {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(self.invalid(
+                    table.span(),
+                    "export",
+                    format!("[export.{name}]: a name is letters, digits, - and _"),
+                ));
+            }
+            let t = table.get_ref();
+            let format = match t.format.get_ref().as_str() {
+                "ocsf" => crate::export::Format::Ocsf,
+                "cef" => crate::export::Format::Cef,
+                other => {
+                    return Err(self.invalid(
+                        t.format.span(),
+                        "export.format",
+                        format!("{other:?}: one of \"ocsf\", \"cef\""),
+                    ))
+                }
+            };
+            let file_only = [
+                ("export.path", t.path.as_ref().map(Spanned::span)),
+                ("export.max_bytes", t.max_bytes.as_ref().map(Spanned::span)),
+                ("export.keep", t.keep.as_ref().map(Spanned::span)),
+            ];
+            let syslog_only = [
+                ("export.address", t.address.as_ref().map(Spanned::span)),
+                (
+                    "export.server_name",
+                    t.server_name.as_ref().map(Spanned::span),
+                ),
+                ("export.ca", t.ca.as_ref().map(Spanned::span)),
+                ("export.cert", t.cert.as_ref().map(Spanned::span)),
+                ("export.key", t.key.as_ref().map(Spanned::span)),
+                ("export.app_name", t.app_name.as_ref().map(Spanned::span)),
+            ];
+            let refuse = |fields: &[(&'static str, Option<Range<usize>>)], target: &str| {
+                for (field, span) in fields {
+                    if let Some(span) = span {
+                        return Err(self.invalid(
+                            span.clone(),
+                            field,
+                            format!("not a setting of target = \"{target}\""),
+                        ));
+                    }
+                }
+                Ok(())
+            };
+            let missing = |field: &'static str| {
+                self.invalid(
+                    t.target.span(),
+                    field,
+                    format!("[export.{name}] needs {field} for this target"),
+                )
+            };
+            let target = match t.target.get_ref().as_str() {
+                "file" => {
+                    refuse(&syslog_only, "file")?;
+                    Target::File {
+                        path: self.path(
+                            t.path.as_ref().ok_or_else(|| missing("export.path"))?,
+                            "export.path",
+                        )?,
+                        max_bytes: self.range(
+                            t.max_bytes.as_ref(),
+                            "export.max_bytes",
+                            64 << 20,
+                            4096,
+                            1 << 40,
+                        )?,
+                        keep: self.range(t.keep.as_ref(), "export.keep", 10, 0, 10_000)?,
+                    }
+                }
+                "syslog" => {
+                    refuse(&file_only, "syslog")?;
+                    let address = t
+                        .address
+                        .as_ref()
+                        .ok_or_else(|| missing("export.address"))?;
+                    let (host, port) = address.get_ref().rsplit_once(':').unwrap_or(("", ""));
+                    if host.is_empty() || port.parse::<u16>().is_err() {
+                        return Err(self.invalid(
+                            address.span(),
+                            "export.address",
+                            format!("{:?} is not host:port", address.get_ref()),
+                        ));
+                    }
+                    Target::Syslog {
+                        address: address.get_ref().clone(),
+                        server_name: t.server_name.as_ref().map_or_else(
+                            || crate::tls::host_of(address.get_ref()).to_owned(),
+                            |s| s.get_ref().clone(),
+                        ),
+                        tls: TlsFiles {
+                            ca: self.path(
+                                t.ca.as_ref().ok_or_else(|| missing("export.ca"))?,
+                                "export.ca",
+                            )?,
+                            cert: self.path(
+                                t.cert.as_ref().ok_or_else(|| missing("export.cert"))?,
+                                "export.cert",
+                            )?,
+                            key: self.path(
+                                t.key.as_ref().ok_or_else(|| missing("export.key"))?,
+                                "export.key",
+                            )?,
+                        },
+                        app_name: t
+                            .app_name
+                            .as_ref()
+                            .map_or_else(|| "phiguard".to_owned(), |a| a.get_ref().clone()),
+                    }
+                }
+                other => {
+                    return Err(self.invalid(
+                        t.target.span(),
+                        "export.target",
+                        format!("{other:?}: one of \"file\", \"syslog\""),
+                    ))
+                }
+            };
+            let position = match &t.position {
+                Some(p) => self.path(p, "export.position")?,
+                None => store_dir.join(format!("export-{name}.position")),
+            };
+            // Two exports on one file would interleave, or move each other's positions.
+            for other in &out {
+                let ExportConfig {
+                    name: other_name,
+                    position: other_position,
+                    target: other_target,
+                    ..
+                } = other;
+                let same_file = matches!(
+                    (&target, other_target),
+                    (Target::File { path: a, .. }, Target::File { path: b, .. }) if a == b
+                );
+                if same_file || *other_position == position {
+                    return Err(self.invalid(
+                        table.span(),
+                        "export",
+                        format!(
+                            "[export.{name}] writes the same {} as [export.{other_name}]",
+                            if same_file { "file" } else { "positions file" }
+                        ),
+                    ));
+                }
+            }
+            out.push(ExportConfig {
+                name: name.clone(),
+                format,
+                position,
+                target,
+            });
+        }
+        Ok(out)
+    }
+
     /// `[scope.NAME]` tables: each for a listed subscriber, each field given explicitly.
     fn scopes(
         &self,
@@ -717,6 +915,84 @@ mod tests {
                 .to_string();
         assert!(
             err.contains("server.subscribers: \"_collector\" is the collector's own audit chain"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn exports_are_validated_and_errors_name_the_line() {
+        assert!(
+            parse(MINIMAL).unwrap().exports.is_empty(),
+            "no export by default"
+        );
+        let c = parse(&format!(
+            "{MINIMAL}[export.siem]\ntarget = \"file\"\npath = \"ocsf/events.jsonl\"\nmax_bytes = 8192\n\
+             [export.soc]\ntarget = \"syslog\"\naddress = \"siem.example:6514\"\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.exports.len(), 2);
+        let siem = c.exports.iter().find(|e| e.name == "siem").unwrap();
+        assert_eq!(
+            siem.position,
+            Path::new("/var/lib/pgc/export-siem.position")
+        );
+        assert_eq!(
+            siem.target,
+            crate::export::Target::File {
+                path: "/etc/phiguard/ocsf/events.jsonl".into(),
+                max_bytes: 8192,
+                keep: 10
+            }
+        );
+        let soc = c.exports.iter().find(|e| e.name == "soc").unwrap();
+        assert!(
+            matches!(&soc.target, crate::export::Target::Syslog { server_name, .. } if server_name == "siem.example")
+        );
+        let err = parse(&format!(
+            "{MINIMAL}[export.a]\ntarget = \"file\"\npath = \"o.jsonl\"\n[export.b]\ntarget = \"file\"\npath = \"o.jsonl\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("export: [export.b] writes the same file as [export.a]"),
+            "{err}"
+        );
+        let err = parse(&format!("{MINIMAL}[export.x]\ntarget = \"kafka\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/phiguard/collector.toml:8:10: export.target: \"kafka\""),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{MINIMAL}[export.x]\ntarget = \"file\"\npath = \"a\"\naddress = \"h:1\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("/etc/phiguard/collector.toml:10:11: export.address: not a setting of target = \"file\""), "{err}");
+        let err = parse(&format!("{MINIMAL}[export.x]\ntarget = \"file\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("export.path: [export.x] needs export.path"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{MINIMAL}[export.x]\nformat = \"xml\"\ntarget = \"file\"\npath = \"a\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("/etc/phiguard/collector.toml:8:10: export.format:"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{MINIMAL}[export.x]\ntarget = \"file\"\npath = \"a\"\nmax_bytes = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(":10:13: export.max_bytes: 1 is outside"),
             "{err}"
         );
     }

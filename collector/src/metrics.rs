@@ -81,6 +81,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels of the export metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExportLabels {
+    /// The export's NAME (`[export.NAME]`).
+    pub export: String,
+}
+
 /// The state read at each scrape.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Snapshot {
@@ -119,6 +126,10 @@ pub struct Metrics {
     pub checkpoints: Counter,
     /// Checkpoints that could not be written to the exported copy (`export_dir`).
     pub checkpoint_export_failures: Counter,
+    export_lag_events: Family<ExportLabels, Gauge>,
+    export_lag_seconds: Family<ExportLabels, Gauge>,
+    export_failures: Family<ExportLabels, Counter>,
+    export_delivered: Family<ExportLabels, Counter>,
     agents_connected: Gauge,
     subscribers: Gauge,
     store_full: Gauge,
@@ -147,6 +158,10 @@ impl Metrics {
             crl_reloads: Family::default(),
             checkpoints: Counter::default(),
             checkpoint_export_failures: Counter::default(),
+            export_lag_events: Family::default(),
+            export_lag_seconds: Family::default(),
+            export_failures: Family::default(),
+            export_delivered: Family::default(),
             agents_connected: Gauge::default(),
             subscribers: Gauge::default(),
             store_full: Gauge::default(),
@@ -199,6 +214,26 @@ impl Metrics {
             m.checkpoint_export_failures.clone(),
         );
         registry.register(
+            "export_lag_events",
+            "Stored records an export ([export.NAME]) has not delivered yet",
+            m.export_lag_events.clone(),
+        );
+        registry.register(
+            "export_lag_seconds",
+            "Seconds since the collector received the oldest record an export has not delivered yet (0: caught up)",
+            m.export_lag_seconds.clone(),
+        );
+        registry.register(
+            "export_failures",
+            "Failed export steps (target unreachable or unwritable; the chunk is tried again, nothing is skipped)",
+            m.export_failures.clone(),
+        );
+        registry.register(
+            "export_delivered",
+            "Records an export delivered (written and flushed; resends after a restart count again)",
+            m.export_delivered.clone(),
+        );
+        registry.register(
             "agents_connected",
             "Agent ingest streams open",
             m.agents_connected.clone(),
@@ -246,6 +281,35 @@ impl Metrics {
                 reason: reason.as_str(),
             })
             .inc_by(n as u64);
+    }
+
+    /// The lag gauges of export `name` (shown from now on).
+    pub fn export_lag(&self, name: &str) -> crate::export::Lag {
+        let labels = ExportLabels {
+            export: name.to_owned(),
+        };
+        crate::export::Lag {
+            events: self.export_lag_events.get_or_create(&labels).clone(),
+            seconds: self.export_lag_seconds.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// The failure counter of export `name` (shown from now on, at 0).
+    pub fn export_failures(&self, name: &str) -> Counter {
+        self.export_failures
+            .get_or_create(&ExportLabels {
+                export: name.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The delivered counter of export `name`.
+    pub fn export_delivered(&self, name: &str) -> Counter {
+        self.export_delivered
+            .get_or_create(&ExportLabels {
+                export: name.to_owned(),
+            })
+            .clone()
     }
 
     /// Counts a reload of the CRL file.

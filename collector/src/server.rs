@@ -75,6 +75,9 @@ pub enum ServerError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// An export could not start (its positions file is unreadable).
+    #[error("export: {0}")]
+    Export(#[from] crate::export::ExportError),
     /// The checkpoint key or export file is unusable.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
@@ -860,6 +863,15 @@ impl BoundCollector {
             }
         }
         warn_unscoped(&config);
+        // SIEM exports read the store in their own threads: a slow or unreachable target
+        // never holds up ingest.
+        let exports_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let exports = crate::export::spawn_all(
+            &config.exports,
+            service.store.clone(),
+            service.metrics.clone(),
+            exports_stop.clone(),
+        )?;
         let timers = tokio::spawn(timers(service.clone()));
         let silence = tokio::spawn(watch_silence(service.clone()));
         info!(
@@ -909,6 +921,10 @@ impl BoundCollector {
             if let Err(error) = service.checkpoints.checkpoint(&agent, &head) {
                 warn!(agent = %agent, %error, "final checkpoint failed");
             }
+        }
+        exports_stop.store(true, Ordering::SeqCst);
+        for export in exports {
+            let _ = tokio::task::spawn_blocking(move || export.join()).await;
         }
         info!("phiguard-collector stopped");
         Ok(result?)

@@ -24,7 +24,8 @@ const EXPECTED_NIGHTLY: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)";
 /// package tier; systemd-container (systemd-nspawn) and debootstrap for the systemd tier (a
 /// booted Debian 12 running both packages as services); auditd (the incumbent the benchmarks compare against);
 /// faketime and e2fsprogs (the store-fault tests: a collector on a clock years ahead, ext4 on a
-/// loop device that fails writes).
+/// loop device that fails writes); rsyslog and rsyslog-gnutls (the SIEM export test's private
+/// rsyslogd, receiving syslog over TLS).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "dwarves",
@@ -46,6 +47,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "auditd",
     "faketime",
     "e2fsprogs",
+    "rsyslog",
+    "rsyslog-gnutls",
 ];
 
 fn step(what: &str, outcome: &str) {
