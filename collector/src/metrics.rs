@@ -19,28 +19,8 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-};
-use tracing::{debug, info};
 
-/// Why the metrics endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    /// The address is not a loopback address.
-    #[error("metrics.listen: {0} is not a loopback address; the endpoint only listens on loopback (127.0.0.1 or ::1)")]
-    NotLoopback(SocketAddr),
-    /// The socket could not be bound.
-    #[error("binding the metrics endpoint to {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
+pub use phiguard_support::metrics_http::MetricsError;
 
 /// Why events were refused (never acknowledged: they stay in the agent's spool).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -349,82 +329,7 @@ impl Metrics {
     /// Binds `addr` (loopback only) and serves `GET /metrics` until the runtime stops. Must
     /// be called inside a tokio runtime. Returns the bound address (port 0 picks one).
     pub fn serve(self, addr: SocketAddr) -> Result<SocketAddr, MetricsError> {
-        if !addr.ip().is_loopback() {
-            return Err(MetricsError::NotLoopback(addr));
-        }
-        let bind = || {
-            let listener = std::net::TcpListener::bind(addr)?;
-            listener.set_nonblocking(true)?;
-            let bound = listener.local_addr()?;
-            Ok((TcpListener::from_std(listener)?, bound))
-        };
-        let (listener, bound) =
-            bind().map_err(|source: std::io::Error| MetricsError::Bind { addr, source })?;
-        info!(listen = %bound, "metrics endpoint: http://{bound}/metrics");
-        tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => {
-                        let metrics = self.clone();
-                        tokio::spawn(async move {
-                            if let Err(error) = metrics.answer(stream).await {
-                                debug!(%error, "metrics request failed");
-                            }
-                        });
-                    }
-                    Err(error) => debug!(%error, "metrics accept failed"),
-                }
-            }
-        });
-        Ok(bound)
-    }
-
-    /// Answers one HTTP/1.x request and closes the connection.
-    async fn answer(&self, mut stream: TcpStream) -> std::io::Result<()> {
-        let mut request = Vec::with_capacity(1024);
-        let mut buf = [0u8; 1024];
-        // Read the request head (bounded: 8 KiB, 5 s).
-        let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-                let n = stream.read(&mut buf).await?;
-                if n == 0 {
-                    break;
-                }
-                request.extend_from_slice(&buf[..n]);
-            }
-            Ok::<(), std::io::Error>(())
-        })
-        .await;
-        if !matches!(read, Ok(Ok(()))) {
-            return Ok(());
-        }
-        let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
-        let mut words = line.split(|&b| b == b' ');
-        let (method, path) = (words.next(), words.next());
-        let (status, content_type, body) = match (method, path) {
-            (Some(b"GET"), Some(b"/metrics")) => (
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.encode(),
-            ),
-            (Some(b"GET"), _) => (
-                "404 Not Found",
-                "text/plain",
-                "only /metrics is served\n".to_owned(),
-            ),
-            _ => (
-                "405 Method Not Allowed",
-                "text/plain",
-                "GET only\n".to_owned(),
-            ),
-        };
-        let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
-        stream.shutdown().await
+        phiguard_support::metrics_http::serve(addr, move || self.encode())
     }
 }
 
