@@ -88,6 +88,9 @@ struct Session {
     statements: u32,
     desync: bool,
     pending: VecDeque<Pending>,
+    /// The settings that change how this session's statements are lexed, once its protocol
+    /// is known.
+    lexing: Option<sql::Settings>,
     /// The process that last read or wrote the socket (a forked server backend takes over
     /// from the process that accepted).
     owner: u32,
@@ -169,6 +172,7 @@ impl Sessions {
             statements: 0,
             desync: false,
             pending: VecDeque::new(),
+            lexing: None,
             owner: e.header.tgid,
         };
         if self.sessions.insert(e.sock, session).is_none() {
@@ -391,6 +395,17 @@ impl Session {
             }
             Message::Terminate => *terminated = true,
             Message::Desync { .. } => self.desync = true,
+            Message::Setting { name, value } => {
+                let settings = self
+                    .lexing
+                    .get_or_insert_with(|| sql::Settings::unknown(dialect));
+                match name.as_str() {
+                    "no_backslash_escapes" => {
+                        settings.server_no_backslash_escapes(value == "on");
+                    }
+                    _ => settings.server_parameter(&name, &value),
+                }
+            }
             Message::AuthOk | Message::Prepare { .. } => {}
         }
     }
@@ -424,7 +439,11 @@ impl Session {
         outcome: impl FnOnce(&mut v1::DbStatement),
     ) -> Body {
         self.statements += 1;
-        let analysis = sql::analyze(&p.text, dialect, !full);
+        let settings = self
+            .lexing
+            .get_or_insert_with(|| sql::Settings::unknown(dialect));
+        let analysis = sql::analyze_with(&p.text, settings, !full);
+        let learn = analysis.touches_settings.then(|| p.text.clone());
         let mut st = v1::DbStatement {
             session: Some(self.info.clone()),
             text: analysis.redacted.unwrap_or(p.text),
@@ -438,6 +457,9 @@ impl Session {
             ..Default::default()
         };
         outcome(&mut st);
+        if let Some(text) = learn.filter(|_| st.ok) {
+            settings.statement_succeeded(&text);
+        }
         Body::DbStatement(st)
     }
 }
