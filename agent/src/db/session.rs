@@ -102,6 +102,8 @@ pub struct Sessions {
     sessions: HashMap<u64, Session>,
     order: VecDeque<u64>,
     full_statements: bool,
+    /// Configured local-identifier patterns, hidden in redacted statement text too.
+    extra_patterns: Vec<regex::Regex>,
 }
 
 impl Sessions {
@@ -111,6 +113,12 @@ impl Sessions {
             full_statements,
             ..Self::default()
         }
+    }
+
+    /// Also hides every match of `patterns` (`***`) in redacted statement text.
+    pub fn with_extra_patterns(mut self, patterns: Vec<regex::Regex>) -> Self {
+        self.extra_patterns = patterns;
+        self
     }
 
     /// A socket became tracked. `unix_socket` is the configured path of its endpoint;
@@ -263,6 +271,17 @@ impl Sessions {
         }
         if terminated {
             out.push(self.close(e.sock, "terminate", e.header.boot_ns));
+        }
+        for body in &mut out {
+            if let Body::DbStatement(st) = body {
+                if st.redacted {
+                    for re in &self.extra_patterns {
+                        if let std::borrow::Cow::Owned(t) = re.replace_all(&st.text, "***") {
+                            st.text = t;
+                        }
+                    }
+                }
+            }
         }
         out
     }
