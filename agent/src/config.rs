@@ -613,6 +613,31 @@ mod tests {
     }
 
     #[test]
+    fn redact_patterns_are_validated_with_file_line_and_field() {
+        let config =
+            parse("[database]\nredact_patterns = [\"MRN-[0-9]{8}\", \"\\\\bH\\\\d{6}\\\\b\"]\n")
+                .unwrap();
+        assert_eq!(config.database.redact_patterns.len(), 2);
+        assert!(config.database.redact_patterns[0]
+            .0
+            .is_match("see MRN-12345678"));
+        assert!(config.database.redact_patterns[1].0.is_match("x H123456 y"));
+        let err = parse(
+            "[database]\nports = [5432]\nredact_patterns = [\n  \"ok\",\n  \"MRN-[0-9\",\n]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("agent.toml:5:3: database.redact_patterns: \"MRN-[0-9\" is not a regular expression"),
+            "{err}"
+        );
+        let err = parse("[database]\nredact_patterns = [\"x*\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("matches the empty string"), "{err}");
+    }
+
+    #[test]
     fn metrics_are_off_by_default_and_loopback_only() {
         assert_eq!(parse("").unwrap().metrics.listen, None);
         let on = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
