@@ -615,8 +615,10 @@ pub fn analyze(sql: &str, dialect: Dialect, redact: bool) -> Analysis {
 /// (`SET sql_mode = …; SELECT …`) is lexed with every setting doubted.
 pub fn analyze_with(sql: &str, settings: &Settings, redact: bool) -> Analysis {
     let mut toks = tokens(sql, settings);
+    // Every setting word starts with s, r or d: most words are rejected on one byte.
     let touches_settings = toks.iter().any(|&(k, s, e)| {
         k == Tok::Word
+            && matches!(sql.as_bytes()[s] | 0x20, b's' | b'r' | b'd')
             && SETTING_WORDS
                 .iter()
                 .any(|w| w.eq_ignore_ascii_case(&sql[s..e]))
