@@ -44,6 +44,7 @@ fn main() {
         retain_exited: 1024,
         full_statements: false,
         db_unix_sockets: Vec::new(),
+        argv_redactor: Default::default(),
     };
     let mut enricher = Enricher::new(HostInfo::detect(""), Arc::new(watches), settings);
     let record = record(&dir);

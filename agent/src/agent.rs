@@ -279,6 +279,14 @@ impl Agent {
             retain_exited: config.enrich.retain_exited,
             full_statements: config.database.full_statements,
             db_unix_sockets: config.database.unix_sockets.clone(),
+            argv_redactor: crate::db::argv::ArgvRedactor::new(
+                config
+                    .database
+                    .redact_patterns
+                    .iter()
+                    .map(|p| p.0.clone())
+                    .collect(),
+            ),
         };
         let mut enricher = Enricher::new(
             HostInfo::detect(&config.agent.hostname),

@@ -53,7 +53,23 @@ pub struct DatabaseConfig {
     pub unix_sockets: Vec<PathBuf>,
     /// Record statements with their literals (`false`: literals become `?`).
     pub full_statements: bool,
+    /// Extra patterns for local identifiers (MRN formats…): every match in a process's argv
+    /// or a redacted statement becomes `***` (`[database] redact_patterns`, regular
+    /// expressions in the `regex` crate's syntax).
+    pub redact_patterns: Vec<RedactPattern>,
 }
+
+/// A validated `redact_patterns` entry.
+#[derive(Clone, Debug)]
+pub struct RedactPattern(pub regex::Regex);
+
+impl PartialEq for RedactPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for RedactPattern {}
 
 impl DatabaseConfig {
     /// Whether any endpoint is configured (else the capture hooks stay detached).
@@ -185,6 +201,7 @@ struct RawDatabase {
     ports: Vec<Spanned<u16>>,
     unix_sockets: Vec<Spanned<PathBuf>>,
     full_statements: bool,
+    redact_patterns: Vec<Spanned<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -408,6 +425,32 @@ impl Config {
             config.database.unix_sockets.push(p.clone());
         }
         config.database.full_statements = raw.database.full_statements;
+        for pattern in &raw.database.redact_patterns {
+            let invalid = |message: String| ConfigError::Invalid {
+                at: at(pattern.span()),
+                field: "database.redact_patterns",
+                message,
+            };
+            if pattern.get_ref().is_empty() {
+                return Err(invalid("an empty pattern matches everywhere".to_owned()));
+            }
+            let re = regex::RegexBuilder::new(pattern.get_ref())
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| {
+                    invalid(format!(
+                        "{:?} is not a regular expression: {e}",
+                        pattern.get_ref()
+                    ))
+                })?;
+            if re.is_match("") {
+                return Err(invalid(format!(
+                    "{:?} matches the empty string",
+                    pattern.get_ref()
+                )));
+            }
+            config.database.redact_patterns.push(RedactPattern(re));
+        }
         if let Some(listen) = &raw.metrics.listen {
             let invalid = |message: String| ConfigError::Invalid {
                 at: at(listen.span()),
@@ -567,6 +610,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn redact_patterns_are_validated_with_file_line_and_field() {
+        let config =
+            parse("[database]\nredact_patterns = [\"MRN-[0-9]{8}\", \"\\\\bH\\\\d{6}\\\\b\"]\n")
+                .unwrap();
+        assert_eq!(config.database.redact_patterns.len(), 2);
+        assert!(config.database.redact_patterns[0]
+            .0
+            .is_match("see MRN-12345678"));
+        assert!(config.database.redact_patterns[1].0.is_match("x H123456 y"));
+        let err = parse(
+            "[database]\nports = [5432]\nredact_patterns = [\n  \"ok\",\n  \"MRN-[0-9\",\n]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("agent.toml:5:3: database.redact_patterns: \"MRN-[0-9\" is not a regular expression"),
+            "{err}"
+        );
+        let err = parse("[database]\nredact_patterns = [\"x*\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("matches the empty string"), "{err}");
     }
 
     #[test]

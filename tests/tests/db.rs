@@ -1053,3 +1053,285 @@ fn mariadb_over_tls_is_reported_encrypted_with_process_addresses_and_bytes() {
     );
     h.stop();
 }
+
+/// Every marker value of the redaction tests starts with this; none may appear in any event.
+const MARKER: &str = "PHIMARK";
+
+/// No event seen (bodies, processes, argv, ancestry) contains [`MARKER`] or `extra`.
+fn expect_no_marker(h: &Harness, extra: &[&str]) {
+    for e in &h.seen {
+        let all = format!("{e:?}");
+        for m in std::iter::once(MARKER).chain(extra.iter().copied()) {
+            assert!(!all.contains(m), "{m} leaked into an event: {e:?}");
+        }
+    }
+}
+
+/// Runs `argv` (a wrapper or a client) to completion, output discarded; its exit status does
+/// not matter (a wrong password is the point of some).
+fn run_quietly(argv: &[&str]) {
+    let _ = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("{}: {e}", argv[0]));
+}
+
+/// The argv of the first event whose process's argv starts with `first` and contains an
+/// argument containing `needle`.
+fn argv_of(h: &mut Harness, first: &str, needle: &str) -> Vec<String> {
+    let event = h.expect(&format!("an event of {first} with {needle:?}"), |e| {
+        e.process.as_ref().is_some_and(|p| {
+            p.argv.first().is_some_and(|a| a == first) && p.argv.iter().any(|a| a.contains(needle))
+        })
+    });
+    event.process.unwrap().argv
+}
+
+/// Statement events with `text` per end (client, server).
+fn statements_per_end(h: &Harness, text: &str) -> [usize; 2] {
+    ["client", "server"].map(|want| {
+        h.seen
+            .iter()
+            .filter_map(statement)
+            .filter(|s| s.text == text && role(s.session.as_ref()) == want)
+            .count()
+    })
+}
+
+#[test]
+fn postgres_redaction_corners_and_command_lines_leave_no_marker() {
+    let cluster = Cluster::start();
+    let mut config = config(&cluster);
+    config.database.redact_patterns = vec![phiguard::config::RedactPattern(
+        regex::Regex::new("MRN-[0-9]{8}").unwrap(),
+    )];
+    let mut h = Harness::start_with(&config);
+    let port = cluster.port.to_string();
+    let sock = cluster.dir.path().display().to_string();
+    let conn = [
+        "-X", "-h", &sock, "-p", &port, "-U", "postgres", "-d", "postgres",
+    ];
+    // The lexical corners, each its own Query (psql sends one per -c).
+    let mut psql: Vec<&str> = vec!["timeout", "60", "/usr/bin/psql"];
+    psql.extend(conn);
+    psql.extend([
+        "-v",
+        "mrn=PHIMARK_V1",
+        "--set=note=PHIMARK_V2",
+        "-c",
+        "SELECT /* outer /* PHIMARK_C1 */ PHIMARK_C2 */ 1 -- PHIMARK_C3",
+        "-c",
+        "SELECT $tag$PHIMARK_D1$tag$, $_x1$PHIMARK_D2$_x1$, $ü$PHIMARK_D3$ü$",
+        "-c",
+        "SELECT X'4D', B'101', N'PHIMARK_N1', U&'PHIMARK_U1', E'x\\' PHIMARK_E1 '",
+        "-c",
+        "SET standard_conforming_strings = off",
+        "-c",
+        "SELECT 'a\\' PHIMARK_B1 ' AS scs_off",
+        "-c",
+        "SELECT 424242 AS sentinel_pg",
+    ]);
+    run_quietly(&psql);
+    for (text, count) in [
+        ("SELECT ?", 1),
+        ("SELECT ?, ?, ?", 1),
+        ("SELECT ?, ?, ?, U&?, ?", 1),
+        ("SET standard_conforming_strings = off", 1),
+        ("SELECT ? AS scs_off", 1),
+    ] {
+        for want in ["client", "server"] {
+            h.expect(&format!("{want} {text:?}"), |e| {
+                statement(e).is_some_and(|s| s.text == text && role(s.session.as_ref()) == want)
+            });
+        }
+        let _ = count;
+    }
+    for want in ["client", "server"] {
+        h.expect(&format!("{want} sentinel"), |e| {
+            statement(e).is_some_and(|s| {
+                s.text == "SELECT ? AS sentinel_pg" && role(s.session.as_ref()) == want
+            })
+        });
+    }
+    assert_eq!(statements_per_end(&h, "SELECT ? AS scs_off"), [1, 1]);
+    assert_eq!(statements_per_end(&h, "SELECT ?, ?, ?, U&?, ?"), [1, 1]);
+
+    // Command lines: credentials, abbreviations, clusters, wrappers, shell strings.
+    let uri = format!("postgresql://postgres:PHIMARK_PW1@127.0.0.1:{port}/postgres");
+    let conninfo =
+        format!("host={sock} port={port} user=postgres password=PHIMARK_PW2 dbname=postgres");
+    let shell = format!(
+        "PGPASSWORD=PHIMARK_PW3 psql -X -h {sock} -p {port} -U postgres -d postgres -c \"SELECT 'PHIMARK_SH1' AS via_shell\""
+    );
+    let su =
+        format!("psql -X -h {sock} -p {port} -d postgres -c \"SELECT 'PHIMARK_SU1' AS via_su\"");
+    run_quietly(&[
+        "/usr/bin/psql",
+        "-X",
+        &uri,
+        "--comm=SELECT 'PHIMARK_A1' AS abbreviated",
+    ]);
+    run_quietly(&[
+        "env",
+        "PATIENT=MRN-12345678",
+        "/usr/bin/psql",
+        &conninfo,
+        "-XcSELECT 'PHIMARK_A2' AS clustered",
+    ]);
+    run_quietly(&["sh", "-c", &shell]);
+    run_quietly(&["su", "postgres", "-s", "/bin/sh", "-c", &su]);
+    run_quietly(&[
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        "/usr/bin/psql",
+        "-X",
+        "-h",
+        &sock,
+        "-p",
+        &port,
+        "-d",
+        "postgres",
+        "--co",
+        "SELECT 'PHIMARK_RU1' AS via_runuser",
+    ]);
+    for (text, first) in [
+        ("SELECT ? AS abbreviated", "/usr/bin/psql"),
+        ("SELECT ? AS clustered", "env"),
+        ("SELECT ? AS via_shell", "sh"),
+        ("SELECT ? AS via_su", "su"),
+        ("SELECT ? AS via_runuser", "runuser"),
+    ] {
+        for want in ["client", "server"] {
+            h.expect(&format!("{want} {text:?} (started by {first})"), |e| {
+                statement(e).is_some_and(|s| s.text == text && role(s.session.as_ref()) == want)
+            });
+        }
+    }
+    let argv = argv_of(&mut h, "timeout", "sentinel_pg");
+    assert!(argv.contains(&"mrn=***".to_owned()), "{argv:?}");
+    let argv = argv_of(&mut h, "env", "clustered");
+    assert!(argv.contains(&"PATIENT=***".to_owned()), "{argv:?}");
+    assert!(
+        argv.contains(&"-XcSELECT ? AS clustered".to_owned()),
+        "{argv:?}"
+    );
+    let argv = argv_of(&mut h, "sh", "via_shell");
+    assert!(argv[2].contains("-c 'SELECT ? AS via_shell'"), "{argv:?}");
+    expect_no_marker(&h, &["MRN-12345678"]);
+    h.stop();
+}
+
+#[test]
+fn mariadb_redaction_corners_and_command_lines_leave_no_marker() {
+    let db = MariaDb::start();
+    let mut config = Config::default();
+    config.database.ports = vec![db.port];
+    config.database.unix_sockets = vec![db.socket()];
+    let mut h = Harness::start_with(&config);
+    let port = db.port.to_string();
+    let socket = format!("--socket={}", db.socket().display());
+    db.client(
+        true,
+        None,
+        "CREATE DATABASE ehr; CREATE TABLE ehr.patients (id int, name text, ssn text); \
+         INSERT INTO ehr.patients VALUES (1, 'PHIMARK_ROW', '123-45-6789')",
+    );
+    // The lexical corners; the mariadb client sends each statement as its own COM_QUERY.
+    db.client(
+        false,
+        Some("ehr"),
+        "SELECT /* a /* PHIMARK_C1 */ 1 AS c1 # PHIMARK_C2\n; \
+         SELECT 2 AS c2 -- PHIMARK_C3\n; \
+         /*!50001 SELECT name FROM ehr.patients WHERE ssn = 'PHIMARK_X1' */; \
+         SELECT \"PHIMARK_DQ1\" AS dq; \
+         SELECT X'50', 0x50, b'1', N'PHIMARK_N1', _utf8mb4'PHIMARK_U1', _latin1 X'41' AS hex; \
+         SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES'; \
+         SELECT 'a\\', 'PHIMARK_NB1' AS nbe; \
+         SET sql_mode = 'ANSI_QUOTES'; \
+         SELECT 'PHIMARK_AQ1' AS \"aq\"; \
+         SELECT 7 AS sentinel_my",
+    );
+    for (text, tables) in [
+        ("SELECT ? AS c1", &[][..]),
+        ("SELECT ? AS c2", &[]),
+        (
+            "SELECT name FROM ehr.patients WHERE ssn = ?",
+            &["ehr.patients"],
+        ),
+        ("SELECT ? AS dq", &[]),
+        ("SELECT ?, ?, ?, ?, ?, _latin1 ? AS hex", &[]),
+        ("SELECT ?, ? AS nbe", &[]),
+        ("SELECT ? AS \"aq\"", &[]),
+        ("SELECT ? AS sentinel_my", &[]),
+    ] {
+        for want in ["client", "server"] {
+            let e = h.expect(&format!("{want} {text:?}"), |e| {
+                statement(e).is_some_and(|s| s.text == text && role(s.session.as_ref()) == want)
+            });
+            assert_eq!(statement(&e).unwrap().tables, tables, "{text}");
+        }
+        assert_eq!(statements_per_end(&h, text), [1, 1], "{text}");
+    }
+
+    // Command lines: password spellings my_getopt accepts, statements, wrappers.
+    let tcp = ["-h", "127.0.0.1", "-P", &port];
+    let mut wrong: Vec<&str> = vec!["/usr/bin/mariadb", "--no-defaults", "-uroot"];
+    wrong.extend(tcp);
+    wrong.extend([
+        "-pPHIMARK_P1",
+        "--pass=PHIMARK_P2",
+        "--PASSWORD=PHIMARK_P3",
+        "--loose-password=PHIMARK_P4",
+        "-vpPHIMARK_P5",
+        "-e",
+        "SELECT 'PHIMARK_E1' AS wrong_password",
+    ]);
+    run_quietly(&wrong);
+    run_quietly(&[
+        "timeout",
+        "60",
+        "/usr/bin/mariadb-dump",
+        "--no-defaults",
+        "-uroot",
+        &socket,
+        "--where=ssn='PHIMARK_W1'",
+        "ehr",
+        "patients",
+    ]);
+    run_quietly(&[
+        "/usr/bin/mariadb-admin",
+        "--no-defaults",
+        "-uroot",
+        "--pas=PHIMARK_P6",
+        &socket,
+        "password",
+        "PHIMARK_NEW",
+    ]);
+    let sh = format!(
+        "env MYSQL_PWD=PHIMARK_P7 /usr/bin/mariadb --no-defaults -uroot {socket} -e \"SELECT 'PHIMARK_SH1' AS via_shell\"; \
+         /usr/bin/mariadb --no-defaults -uroot {socket} --exec=\"SELECT 'PHIMARK_SH2' AS via_exec\""
+    );
+    run_quietly(&["sh", "-c", &sh]);
+    for want in ["client", "server"] {
+        h.expect(&format!("{want} statement run through sh -c"), |e| {
+            statement(e).is_some_and(|s| {
+                s.text == "SELECT ? AS via_exec" && role(s.session.as_ref()) == want
+            })
+        });
+    }
+    let argv = argv_of(&mut h, "/usr/bin/mariadb", "wrong_password");
+    assert!(argv.contains(&"--pass=***".to_owned()), "{argv:?}");
+    assert!(argv.contains(&"-vp***".to_owned()), "{argv:?}");
+    let argv = argv_of(&mut h, "/usr/bin/mariadb-admin", "--pas=");
+    assert_eq!(argv.last().map(String::as_str), Some("***"), "{argv:?}");
+    let argv = argv_of(&mut h, "timeout", "--where=");
+    assert!(argv.contains(&"--where=ssn=?".to_owned()), "{argv:?}");
+    argv_of(&mut h, "sh", "via_exec");
+    expect_no_marker(&h, &["123-45-6789"]);
+    h.stop();
+}

@@ -8,8 +8,8 @@ use std::process::Command;
 
 use crate::cmd;
 
-/// The targets, one per decoder: PostgreSQL, MySQL, and the SQL redactor.
-pub const TARGETS: &[&str] = &["postgres", "mysql", "sql"];
+/// The targets, one per decoder: PostgreSQL, MySQL, the SQL lexers and the argv redactor.
+pub const TARGETS: &[&str] = &["postgres", "mysql", "sql", "argv"];
 
 /// Runs every target for `seconds`; fails at the first crash.
 pub fn run(seconds: u32) -> anyhow::Result<()> {

@@ -1,25 +1,61 @@
-//! SQL redaction, classification and table extraction never panic, in either dialect; and a
-//! string literal appended to text without quotes or comments never survives redaction.
+//! SQL redaction, classification and table extraction never panic, in either dialect and under
+//! every combination of the session settings that change lexing (known on, known off,
+//! doubted); and a string literal appended to text without quotes or comments never survives
+//! redaction under any of them.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use phiguard::db::sql::{classify, redact, tables, Dialect};
+use phiguard::db::sql::{analyze_with, classify, redact, redact_with, tables, Dialect, Settings};
 
 /// Characters that open quotes, comments or escapes: text with none of them cannot hide the
 /// appended literal inside one of its own constructs.
 const OPENERS: &[char] = &['\'', '"', '`', '$', '\\', '#', '-', '/'];
 
+/// The settings the first byte picks: dialect, backslash escapes and ANSI_QUOTES, each
+/// unknown, off or on.
+fn settings(b: u8) -> Settings {
+    let tri = |v: u8| match v % 3 {
+        0 => None,
+        1 => Some(false),
+        _ => Some(true),
+    };
+    Settings {
+        dialect: if b & 1 == 0 {
+            Dialect::Postgres
+        } else {
+            Dialect::MySql
+        },
+        backslash_escapes: tri(b >> 1),
+        ansi_quotes: tri(b >> 3),
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
-    let text = String::from_utf8_lossy(input);
+    let Some((&first, rest)) = input.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    let s = settings(first);
+    let _ = redact_with(&text, &s);
+    let a = analyze_with(&text, &s, true);
+    if a.touches_settings {
+        let mut learned = s;
+        learned.statement_succeeded(&text);
+    }
     for dialect in [Dialect::Postgres, Dialect::MySql] {
         let _ = redact(&text, dialect);
         let _ = classify(&text, dialect);
         let _ = tables(&text, dialect);
-        if !text.contains(OPENERS) {
-            let with_literal = format!("{text} WHERE x = 'fuzz-secret-7c1e'");
+    }
+    if !text.contains(OPENERS) {
+        let with_literal = format!("{text} WHERE x = 'fuzz-secret-7c1e' AND y = 0x5ec7");
+        for out in [
+            redact_with(&with_literal, &s),
+            redact(&with_literal, s.dialect),
+        ] {
             assert!(
-                !redact(&with_literal, dialect).contains("fuzz-secret"),
-                "literal kept in {with_literal:?}"
+                !out.contains("fuzz-secret") && !out.contains("5ec7"),
+                "literal kept in {with_literal:?} under {s:?}: {out:?}"
             );
         }
     }

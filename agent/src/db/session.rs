@@ -90,6 +90,9 @@ struct Session {
     statements: u32,
     desync: bool,
     pending: VecDeque<Pending>,
+    /// The settings that change how this session's statements are lexed, once its protocol
+    /// is known.
+    lexing: Option<sql::Settings>,
     /// The process that last read or wrote the socket (a forked server backend takes over
     /// from the process that accepted).
     owner: u32,
@@ -101,6 +104,8 @@ pub struct Sessions {
     sessions: HashMap<u64, Session>,
     order: VecDeque<u64>,
     full_statements: bool,
+    /// Configured local-identifier patterns, hidden in redacted statement text too.
+    extra_patterns: Vec<regex::Regex>,
 }
 
 impl Sessions {
@@ -110,6 +115,12 @@ impl Sessions {
             full_statements,
             ..Self::default()
         }
+    }
+
+    /// Also hides every match of `patterns` (`***`) in redacted statement text.
+    pub fn with_extra_patterns(mut self, patterns: Vec<regex::Regex>) -> Self {
+        self.extra_patterns = patterns;
+        self
     }
 
     /// A socket became tracked. `unix_socket` is the configured path of its endpoint;
@@ -163,6 +174,7 @@ impl Sessions {
             statements: 0,
             desync: false,
             pending: VecDeque::new(),
+            lexing: None,
             owner: e.header.tgid,
         };
         if self.sessions.insert(e.socket_id, session).is_none() {
@@ -253,6 +265,17 @@ impl Sessions {
         }
         if terminated {
             out.push(self.close(e.sock, "terminate", e.header.boot_ns));
+        }
+        for body in &mut out {
+            if let Body::DbStatement(st) = body {
+                if st.redacted {
+                    for re in &self.extra_patterns {
+                        if let std::borrow::Cow::Owned(t) = re.replace_all(&st.text, "***") {
+                            st.text = t;
+                        }
+                    }
+                }
+            }
         }
         out
     }
@@ -385,6 +408,17 @@ impl Session {
             }
             Message::Terminate => *terminated = true,
             Message::Desync { .. } => self.desync = true,
+            Message::Setting { name, value } => {
+                let settings = self
+                    .lexing
+                    .get_or_insert_with(|| sql::Settings::unknown(dialect));
+                match name.as_str() {
+                    "no_backslash_escapes" => {
+                        settings.server_no_backslash_escapes(value == "on");
+                    }
+                    _ => settings.server_parameter(&name, &value),
+                }
+            }
             Message::AuthOk | Message::Prepare { .. } => {}
         }
     }
@@ -418,7 +452,11 @@ impl Session {
         outcome: impl FnOnce(&mut v1::DbStatement),
     ) -> Body {
         self.statements += 1;
-        let analysis = sql::analyze(&p.text, dialect, !full);
+        let settings = self
+            .lexing
+            .get_or_insert_with(|| sql::Settings::unknown(dialect));
+        let analysis = sql::analyze_with(&p.text, settings, !full);
+        let learn = analysis.touches_settings.then(|| p.text.clone());
         let mut st = v1::DbStatement {
             session: Some(self.info.clone()),
             text: analysis.redacted.unwrap_or(p.text),
@@ -432,6 +470,9 @@ impl Session {
             ..Default::default()
         };
         outcome(&mut st);
+        if let Some(text) = learn.filter(|_| st.ok) {
+            settings.statement_succeeded(&text);
+        }
         Body::DbStatement(st)
     }
 }

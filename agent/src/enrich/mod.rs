@@ -49,6 +49,9 @@ pub struct EnrichSettings {
     pub full_statements: bool,
     /// The configured database unix sockets, to name a session's endpoint.
     pub db_unix_sockets: Vec<std::path::PathBuf>,
+    /// Redacts every process's argv (unless `full_statements`), with the configured extra
+    /// patterns.
+    pub argv_redactor: crate::db::argv::ArgvRedactor,
 }
 
 /// Holds everything enrichment needs. (Events are numbered on their way to the sinks:
@@ -91,7 +94,8 @@ impl Enricher {
             pending_order: VecDeque::new(),
             binary_hashes: HashMap::new(),
             mounts: MountTable::default(),
-            sessions: crate::db::session::Sessions::new(settings.full_statements),
+            sessions: crate::db::session::Sessions::new(settings.full_statements)
+                .with_extra_patterns(settings.argv_redactor.patterns().to_vec()),
             connects: ConnectDecisions::default(),
             settings,
         }

@@ -121,11 +121,15 @@ impl Enricher {
         if let Some(p) = entry {
             process.binary_sha256 = self.binary_hash(h.tgid, h.start_boot_ns, &p);
             process.exe = p.exe.unwrap_or_default();
-            // Minimum necessary: SQL literals and passwords in a database client's arguments.
+            // Minimum necessary: credentials in any argument, SQL literals and passwords in
+            // database clients' options, local identifier patterns.
             process.argv = if self.settings.full_statements {
                 p.argv
             } else {
-                crate::db::argv::redact(&process.exe, &p.argv).unwrap_or(p.argv)
+                self.settings
+                    .argv_redactor
+                    .redact(&process.exe, &p.argv)
+                    .unwrap_or(p.argv)
             };
             process.argv_truncated = p.argv_truncated;
             process.cwd = p.cwd.unwrap_or_default();

@@ -118,6 +118,16 @@ pub enum Message {
     },
     /// The server is idle again (PostgreSQL ReadyForQuery).
     Ready,
+    /// The server reported a setting that changes how statements are lexed: PostgreSQL's
+    /// ParameterStatus `standard_conforming_strings` (`on`/`off`), or MySQL's
+    /// `SERVER_STATUS_NO_BACKSLASH_ESCAPES` flag as `no_backslash_escapes` (`on`/`off`, sent
+    /// when it changes).
+    Setting {
+        /// Setting name.
+        name: String,
+        /// Its value.
+        value: String,
+    },
     /// The client ended the session (PostgreSQL Terminate, MySQL COM_QUIT).
     Terminate,
     /// The framing of one direction was lost (malformed bytes, or an uncaptured gap across a

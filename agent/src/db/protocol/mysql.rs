@@ -33,6 +33,8 @@ const COM_STMT_CLOSE: u8 = 0x19;
 
 /// `SERVER_MORE_RESULTS_EXISTS` in an OK/EOF status.
 const MORE_RESULTS: u16 = 0x0008;
+/// Server status flag: `NO_BACKSLASH_ESCAPES` is in the session's `sql_mode`.
+const NO_BACKSLASH_ESCAPES: u16 = 0x0200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -69,6 +71,8 @@ pub struct Decoder {
     pending: Pending,
     encrypted: bool,
     statements: Statements,
+    /// The last `NO_BACKSLASH_ESCAPES` status the server reported.
+    no_backslash_escapes: Option<bool>,
 }
 
 impl Default for Decoder {
@@ -88,6 +92,7 @@ impl Decoder {
             pending: Pending::None,
             encrypted: false,
             statements: Statements::default(),
+            no_backslash_escapes: None,
         }
     }
 
@@ -258,6 +263,18 @@ impl Decoder {
         Ok(())
     }
 
+    /// Reports a change of the server's `NO_BACKSLASH_ESCAPES` status flag.
+    fn status(&mut self, status: u16, out: &mut Vec<Message>) {
+        let on = status & NO_BACKSLASH_ESCAPES != 0;
+        if self.no_backslash_escapes != Some(on) {
+            self.no_backslash_escapes = Some(on);
+            out.push(Message::Setting {
+                name: "no_backslash_escapes".into(),
+                value: if on { "on" } else { "off" }.into(),
+            });
+        }
+    }
+
     fn command_answer(&mut self, first: u8, payload: &[u8], out: &mut Vec<Message>) {
         let deprecate_eof = self.capabilities & CLIENT_DEPRECATE_EOF != 0;
         match std::mem::replace(&mut self.pending, Pending::None) {
@@ -278,6 +295,7 @@ impl Decoder {
                     let rows = r.lenenc();
                     let _last_insert_id = r.lenenc();
                     let status = r.u16_le().unwrap_or(0);
+                    self.status(status, out);
                     out.push(Message::Complete {
                         tag: "OK".into(),
                         rows,
@@ -318,6 +336,7 @@ impl Decoder {
                         rows: Some(count),
                     });
                     let status = eof_status(payload, deprecate_eof);
+                    self.status(status, out);
                     if status & MORE_RESULTS != 0 {
                         self.pending = Pending::Result;
                     }
@@ -564,6 +583,11 @@ mod tests {
                 Message::Complete {
                     tag: "SELECT".into(),
                     rows: Some(2),
+                },
+                // The server's backslash mode, reported once (then on change).
+                Message::Setting {
+                    name: "no_backslash_escapes".into(),
+                    value: "off".into(),
                 },
                 Message::Query {
                     text: "INSERT INTO notes VALUES (1, 'x')".into(),

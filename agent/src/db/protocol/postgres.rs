@@ -236,6 +236,15 @@ impl Decoder {
                 }
             }
             b'Z' => out.push(Message::Ready),
+            // ParameterStatus: only the setting that changes lexing.
+            b'S' if r.cstr(false) == Some(b"standard_conforming_strings") => {
+                if let Some(value) = r.cstr(true) {
+                    out.push(Message::Setting {
+                        name: "standard_conforming_strings".into(),
+                        value: text(value),
+                    });
+                }
+            }
             _ => {}
         }
     }

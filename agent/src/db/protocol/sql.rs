@@ -1,11 +1,28 @@
 //! Statement text: literal redaction, a statement-kind classifier and cheap table extraction.
 //!
-//! One small tokenizer serves all three. It knows quoted strings (`'…'` with `''` and, for
-//! `E'…'` and MySQL, backslash escapes), dollar quoting (`$tag$…$tag$`), quoted identifiers
-//! (`"…"` in PostgreSQL, `` `…` `` in MySQL, where `"…"` is a string), numbers, comments and
-//! placeholders (`$1`, `?`, `:name`). Redaction replaces every string and number literal with
-//! `?` and drops comments (they can carry data too); identifiers, keywords, operators and
-//! placeholders stay. It never fails: unterminated literals are redacted to the end.
+//! One lexer per dialect serves all three. It classifies every token of the text: words
+//! (keywords and identifiers), quoted identifiers, literals (strings in every quoting the
+//! dialect knows, numbers, bit/hex/national strings), placeholders (`$1`, `?`, `:name`),
+//! punctuation, whitespace and comments. Redaction replaces every literal with `?`, drops
+//! comments (they can carry data too) and keeps identifiers, keywords, operators and
+//! placeholders. A byte the lexer cannot classify is redacted like a literal: nothing leaves
+//! verbatim unless the lexer knows it is code.
+//!
+//! The dialects differ where it matters for secrets:
+//!
+//! | | PostgreSQL | MySQL / MariaDB |
+//! | --- | --- | --- |
+//! | `"…"` | identifier | string, identifier under `ANSI_QUOTES` |
+//! | `\` in `'…'` | escape only when `standard_conforming_strings` is off, and in `E'…'` | escape unless `NO_BACKSLASH_ESCAPES` |
+//! | `/* */` | nests | does not nest; `/*! … */`, `/*!50001 … */`, `/*M! … */` are executable: their contents are lexed as the statement's |
+//! | line comments | `--` | `-- ` (with a space or control character), `#` |
+//! | other quoting | `$tag$…$tag$` (tag of any identifier characters), `E'…'`, `U&'…'` | `` `…` `` identifiers, `_charset'…'` |
+//!
+//! The session settings that change lexing are tracked by [`Settings`] (from the statements
+//! the session sends and, for PostgreSQL, the server's ParameterStatus). A setting that is not
+//! known is *doubted*: the text is lexed both ways and whatever either way reads as a literal
+//! or a comment is redacted. The lexer never fails: unterminated literals and comments run
+//! to the end of the text.
 
 /// Which SQL dialect the text is in (they differ in what `"` and `\` mean).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +67,199 @@ impl StatementKind {
 /// Most tables [`tables`] returns.
 pub const MAX_TABLES: usize = 16;
 
+/// The session settings that change how statement text is lexed; `None` where a setting
+/// is not known, which makes the lexer doubt it (lex both ways, redact the union).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The dialect.
+    pub dialect: Dialect,
+    /// Whether a backslash escapes the next character in a plain `'…'` string: PostgreSQL
+    /// with `standard_conforming_strings` off, MySQL without `NO_BACKSLASH_ESCAPES`.
+    pub backslash_escapes: Option<bool>,
+    /// MySQL `ANSI_QUOTES`: `"…"` is an identifier rather than a string. Ignored for
+    /// PostgreSQL. Anything but `Some(true)` lexes `"…"` as a string (redacted).
+    pub ansi_quotes: Option<bool>,
+}
+
+/// Words whose presence in a statement means it may change a lexing setting.
+const SETTING_WORDS: [&str; 5] = [
+    "standard_conforming_strings",
+    "sql_mode",
+    "set_config",
+    "RESET",
+    "DISCARD",
+];
+
+/// MariaDB/MySQL `sql_mode` values that include `ANSI_QUOTES`.
+const ANSI_QUOTES_MODES: [&str; 7] = [
+    "ANSI_QUOTES",
+    "ANSI",
+    "DB2",
+    "MAXDB",
+    "MSSQL",
+    "ORACLE",
+    "POSTGRESQL",
+];
+
+impl Settings {
+    /// Nothing known: every setting doubted.
+    pub fn unknown(dialect: Dialect) -> Self {
+        Self {
+            dialect,
+            backslash_escapes: None,
+            ansi_quotes: None,
+        }
+    }
+
+    /// A PostgreSQL ParameterStatus from the server (it reports `standard_conforming_strings`
+    /// at login and whenever it changes).
+    pub fn server_parameter(&mut self, name: &str, value: &str) {
+        if self.dialect == Dialect::Postgres && name == "standard_conforming_strings" {
+            self.backslash_escapes = match value {
+                "on" => Some(false),
+                "off" => Some(true),
+                _ => None,
+            };
+        }
+    }
+
+    /// A MySQL server status (OK or EOF packet): `SERVER_STATUS_NO_BACKSLASH_ESCAPES` is the
+    /// server's own word on backslashes.
+    pub fn server_no_backslash_escapes(&mut self, on: bool) {
+        if self.dialect == Dialect::MySql {
+            self.backslash_escapes = Some(!on);
+        }
+    }
+
+    /// A statement that may change a setting (see [`Analysis::touches_settings`]) succeeded:
+    /// learn the new value when it is set plainly, else doubt the setting from here on.
+    pub fn statement_succeeded(&mut self, sql: &str) {
+        let doubted = Settings::unknown(self.dialect);
+        let toks = tokens(sql, &doubted);
+        let sig = significant_tokens(sql, &toks);
+        for stmt in sig.split(|&(k, t)| k == Tok::Punct && t == ";") {
+            match self.dialect {
+                Dialect::Postgres => self.postgres_statement(stmt),
+                Dialect::MySql => self.mysql_statement(stmt),
+            }
+        }
+    }
+
+    fn postgres_statement(&mut self, stmt: &[(Tok, &str)]) {
+        let words = |w: &str| {
+            stmt.iter()
+                .any(|&(k, t)| k == Tok::Word && t.eq_ignore_ascii_case(w))
+        };
+        let Some(&(Tok::Word, first)) = stmt.first() else {
+            return;
+        };
+        if first.eq_ignore_ascii_case("SHOW") {
+            return;
+        }
+        if !SETTING_WORDS.iter().any(|w| *w != "sql_mode" && words(w)) {
+            return;
+        }
+        // SET [SESSION] standard_conforming_strings {TO | =} value
+        let rest = match stmt {
+            [(Tok::Word, set), (Tok::Word, session), rest @ ..]
+                if set.eq_ignore_ascii_case("SET") && session.eq_ignore_ascii_case("SESSION") =>
+            {
+                rest
+            }
+            [(Tok::Word, set), rest @ ..] if set.eq_ignore_ascii_case("SET") => rest,
+            _ => &[][..],
+        };
+        self.backslash_escapes = match rest {
+            [(Tok::Word, name), (k, to), (vk, v)]
+                if name.eq_ignore_ascii_case("standard_conforming_strings")
+                    && ((*k == Tok::Word && to.eq_ignore_ascii_case("TO"))
+                        || (*k == Tok::Punct && *to == "=")) =>
+            {
+                let v = if *vk == Tok::Literal {
+                    v.strip_prefix('\'').and_then(|v| v.strip_suffix('\''))
+                } else {
+                    Some(*v)
+                };
+                match v.map(str::to_ascii_lowercase).as_deref() {
+                    Some("on" | "true" | "yes" | "1") => Some(false),
+                    Some("off" | "false" | "no" | "0") => Some(true),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+    }
+
+    fn mysql_statement(&mut self, stmt: &[(Tok, &str)]) {
+        let Some(&(Tok::Word, first)) = stmt.first() else {
+            return;
+        };
+        if !first.eq_ignore_ascii_case("SET") {
+            return;
+        }
+        // MariaDB's SET STATEMENT … FOR: for that statement only.
+        if stmt
+            .get(1)
+            .is_some_and(|&(k, t)| k == Tok::Word && t.eq_ignore_ascii_case("STATEMENT"))
+        {
+            return;
+        }
+        for (at, &(k, t)) in stmt.iter().enumerate() {
+            if k != Tok::Word || !t.eq_ignore_ascii_case("sql_mode") {
+                continue;
+            }
+            // `SET GLOBAL sql_mode` / `@@global.sql_mode` leave this session alone.
+            let global = stmt[..at]
+                .iter()
+                .rev()
+                .take(3)
+                .take_while(|&&(k, t)| k != Tok::Punct || t != ",")
+                .any(|&(k, t)| k == Tok::Word && t.eq_ignore_ascii_case("GLOBAL"));
+            if global {
+                continue;
+            }
+            let mut after = &stmt[at + 1..];
+            if let [(Tok::Punct, ":"), rest @ ..] = after {
+                after = rest;
+            }
+            let modes = match after {
+                [(Tok::Punct, "="), (Tok::Literal, v), tail @ ..]
+                    if tail
+                        .first()
+                        .is_none_or(|&(k, t)| k == Tok::Punct && t == ",") =>
+                {
+                    plain_string(v)
+                }
+                _ => None,
+            };
+            match modes {
+                Some(modes) => {
+                    let has = |list: &[&str]| {
+                        modes
+                            .split(',')
+                            .any(|m| list.iter().any(|l| l.eq_ignore_ascii_case(m.trim())))
+                    };
+                    self.backslash_escapes = Some(!has(&["NO_BACKSLASH_ESCAPES"]));
+                    self.ansi_quotes = Some(has(&ANSI_QUOTES_MODES));
+                }
+                None => {
+                    self.backslash_escapes = None;
+                    self.ansi_quotes = None;
+                }
+            }
+        }
+    }
+}
+
+/// The contents of a string literal without escapes or doubled quotes in it (`'a,b'`,
+/// `_utf8'a'`), else `None`.
+fn plain_string(lit: &str) -> Option<&str> {
+    let open = lit.find(['\'', '"'])?;
+    let q = &lit[open..=open];
+    let inner = lit[open + 1..].strip_suffix(q)?;
+    (!inner.contains(['\\', '\'', '"'])).then_some(inner)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tok {
     Word,
@@ -59,6 +269,8 @@ enum Tok {
     Space,
     Comment,
     Punct,
+    /// A byte the lexer cannot classify: redacted like a literal.
+    Unknown,
 }
 
 /// A quoted identifier, unless unterminated: then it may swallow literals, so it is redacted.
@@ -70,12 +282,64 @@ fn ident_or_literal(b: &[u8], start: usize, end: usize) -> Tok {
     }
 }
 
-/// Splits `sql` into (kind, byte range) tokens. Ranges always lie on char boundaries.
-fn tokens(sql: &str, dialect: Dialect) -> Vec<(Tok, usize, usize)> {
+/// Whitespace to both servers (space, tab, newline, carriage return, form feed, vertical tab).
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')
+}
+
+/// Characters that may continue an identifier (and a dollar-quote tag, without `$`).
+fn is_ident_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
+}
+
+/// Splits `sql` into (kind, byte range) tokens under `settings`, doubting what is unknown.
+/// Ranges always lie on char boundaries.
+fn tokens(sql: &str, settings: &Settings) -> Vec<(Tok, usize, usize)> {
+    let ansi = settings.ansi_quotes == Some(true);
+    match settings.backslash_escapes {
+        Some(escapes) => lex(sql, settings.dialect, escapes, ansi),
+        None if !sql.as_bytes().contains(&b'\\') => lex(sql, settings.dialect, false, ansi),
+        None => {
+            let mut with = lex(sql, settings.dialect, true, ansi);
+            let without = lex(sql, settings.dialect, false, ansi);
+            doubt(&mut with, &without);
+            with
+        }
+    }
+}
+
+/// Turns every token of `primary` that `other` reads (partly) as a literal, comment or
+/// unknown byte into a literal.
+fn doubt(primary: &mut [(Tok, usize, usize)], other: &[(Tok, usize, usize)]) {
+    let mut hidden = other
+        .iter()
+        .filter(|t| matches!(t.0, Tok::Literal | Tok::Comment | Tok::Unknown))
+        .peekable();
+    for t in primary.iter_mut() {
+        if matches!(t.0, Tok::Space | Tok::Comment | Tok::Literal | Tok::Unknown) {
+            continue;
+        }
+        while hidden.next_if(|h| h.2 <= t.1).is_some() {}
+        if hidden.peek().is_some_and(|h| h.1 < t.2) {
+            t.0 = Tok::Literal;
+        }
+    }
+}
+
+/// One lexing pass with every setting fixed.
+fn lex(
+    sql: &str,
+    dialect: Dialect,
+    backslash: bool,
+    ansi_quotes: bool,
+) -> Vec<(Tok, usize, usize)> {
     let b = sql.as_bytes();
     let n = b.len();
-    let mut out = Vec::new();
+    let my = dialect == Dialect::MySql;
+    let mut out = Vec::with_capacity(n / 4 + 1);
     let mut i = 0;
+    // Inside a MySQL executable comment (`/*! … */`): its closing `*/` is whitespace.
+    let mut executable = false;
     // Finds the end of a quoted run starting after the opening quote `q` at `start`.
     let quoted_end = |start: usize, q: u8, backslash: bool| -> usize {
         let mut j = start;
@@ -98,27 +362,69 @@ fn tokens(sql: &str, dialect: Dialect) -> Vec<(Tok, usize, usize)> {
     while i < n {
         let c = b[i];
         let start = i;
-        let kind = if c.is_ascii_whitespace() {
-            while i < n && b[i].is_ascii_whitespace() {
+        let kind = if is_space(c) {
+            while i < n && is_space(b[i]) {
                 i += 1;
             }
             Tok::Space
-        } else if c == b'-' && b.get(i + 1) == Some(&b'-')
-            || (c == b'#' && dialect == Dialect::MySql)
+        } else if (c == b'-'
+            && b.get(i + 1) == Some(&b'-')
+            // MySQL needs whitespace or a control character after `--` (`5--3` is 5 - -3).
+            && (!my || b.get(i + 2).is_none_or(|&d| d <= b' ')))
+            || (c == b'#' && my)
         {
             while i < n && b[i] != b'\n' {
                 i += 1;
             }
             Tok::Comment
         } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            i = sql[i + 2..].find("*/").map_or(n, |p| i + 2 + p + 2);
-            Tok::Comment
+            if my {
+                let mut j = i + 2;
+                if b.get(j) == Some(&b'M') && b.get(j + 1) == Some(&b'!') {
+                    j += 1;
+                }
+                if b.get(j) == Some(&b'!') && !executable {
+                    // `/*!`, `/*!50001`, `/*M!100101`: the contents are the statement's.
+                    j += 1;
+                    while j < n && b[j].is_ascii_digit() {
+                        j += 1;
+                    }
+                    executable = true;
+                    i = j;
+                    Tok::Space
+                } else {
+                    // MySQL comments do not nest: the first `*/` ends it.
+                    i = sql[i + 2..].find("*/").map_or(n, |p| i + 2 + p + 2);
+                    Tok::Comment
+                }
+            } else {
+                // PostgreSQL comments nest.
+                let mut depth = 1usize;
+                let mut j = i + 2;
+                while j < n && depth > 0 {
+                    if b[j] == b'/' && b.get(j + 1) == Some(&b'*') {
+                        depth += 1;
+                        j += 2;
+                    } else if b[j] == b'*' && b.get(j + 1) == Some(&b'/') {
+                        depth -= 1;
+                        j += 2;
+                    } else {
+                        j += 1;
+                    }
+                }
+                i = j;
+                Tok::Comment
+            }
+        } else if executable && c == b'*' && b.get(i + 1) == Some(&b'/') {
+            executable = false;
+            i += 2;
+            Tok::Space
         } else if c == b'\'' {
-            i = quoted_end(i + 1, b'\'', dialect == Dialect::MySql);
+            i = quoted_end(i + 1, b'\'', backslash);
             Tok::Literal
         } else if c == b'"' {
-            if dialect == Dialect::MySql {
-                i = quoted_end(i + 1, b'"', true);
+            if my && !ansi_quotes {
+                i = quoted_end(i + 1, b'"', backslash);
                 Tok::Literal
             } else {
                 i = quoted_end(i + 1, b'"', false);
@@ -126,8 +432,13 @@ fn tokens(sql: &str, dialect: Dialect) -> Vec<(Tok, usize, usize)> {
             }
         } else if c == b'`' {
             i = quoted_end(i + 1, b'`', false);
-            ident_or_literal(b, start, i)
-        } else if c == b'$' {
+            if my {
+                ident_or_literal(b, start, i)
+            } else {
+                // Not PostgreSQL syntax: whatever it quotes is not shown.
+                Tok::Literal
+            }
+        } else if c == b'$' && !my {
             if b.get(i + 1).is_some_and(u8::is_ascii_digit) {
                 i += 1;
                 while i < n && b[i].is_ascii_digit() {
@@ -135,18 +446,19 @@ fn tokens(sql: &str, dialect: Dialect) -> Vec<(Tok, usize, usize)> {
                 }
                 Tok::Placeholder
             } else {
-                // A dollar quote: $$ or $tag$ (tag: identifier characters).
+                // A dollar quote: `$$` or `$tag$`, the tag of identifier characters not
+                // starting with a digit.
                 let mut j = i + 1;
-                while j < n && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+                while j < n && is_ident_char(b[j]) {
                     j += 1;
                 }
-                if j < n && b[j] == b'$' && dialect == Dialect::Postgres {
+                if j < n && b[j] == b'$' {
                     let tag = &sql[i..=j];
                     i = sql[j + 1..].find(tag).map_or(n, |p| j + 1 + p + tag.len());
                     Tok::Literal
                 } else {
                     i += 1;
-                    Tok::Punct
+                    Tok::Unknown
                 }
             }
         } else if c == b'?' {
@@ -168,9 +480,6 @@ fn tokens(sql: &str, dialect: Dialect) -> Vec<(Tok, usize, usize)> {
         {
             if c == b'0' && matches!(b.get(i + 1), Some(b'x' | b'X' | b'b' | b'B' | b'o' | b'O')) {
                 i += 2;
-                while i < n && (b[i].is_ascii_hexdigit() || b[i] == b'_') {
-                    i += 1;
-                }
             } else {
                 while i < n && (b[i].is_ascii_digit() || b[i] == b'.' || b[i] == b'_') {
                     i += 1;
@@ -182,35 +491,39 @@ fn tokens(sql: &str, dialect: Dialect) -> Vec<(Tok, usize, usize)> {
                     }
                     if j < n && b[j].is_ascii_digit() {
                         i = j;
-                        while i < n && b[i].is_ascii_digit() {
-                            i += 1;
-                        }
                     }
                 }
             }
-            Tok::Literal
-        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
-            while i < n
-                && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
-            {
+            // Digits and whatever identifier characters follow (`0x1F`, `1e5`, MySQL's
+            // `1abc`): one literal.
+            while i < n && (is_ident_char(b[i]) || b[i] == b'.') {
                 i += 1;
             }
-            // A typed/prefixed string: E'…', B'…', X'…', N'…', U&'…', _utf8'…'.
+            Tok::Literal
+        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            while i < n && (is_ident_char(b[i]) || b[i] == b'$') {
+                i += 1;
+            }
+            // A prefixed string: E'…', B'…', X'…', N'…', MySQL _charset'…'.
             let word = &sql[start..i];
             let prefix = (i - start == 1
                 && matches!(c.to_ascii_uppercase(), b'E' | b'B' | b'X' | b'N'))
-                || (dialect == Dialect::MySql && word.starts_with('_'));
-            if prefix && i < n && b[i] == b'\'' {
-                let backslash = dialect == Dialect::MySql || word.eq_ignore_ascii_case("e");
-                i = quoted_end(i + 1, b'\'', backslash);
+                || (my && word.starts_with('_'));
+            let quote = b.get(i).copied();
+            if prefix && (quote == Some(b'\'') || (my && !ansi_quotes && quote == Some(b'"'))) {
+                let escapes = backslash || (!my && word.eq_ignore_ascii_case("e"));
+                i = quoted_end(i + 1, b[i], escapes);
                 Tok::Literal
             } else {
                 Tok::Word
             }
-        } else {
-            // One character (of whatever UTF-8 length).
-            i += sql[i..].chars().next().map_or(1, char::len_utf8);
+        } else if c.is_ascii_punctuation() && c != b'\\' {
+            i += 1;
             Tok::Punct
+        } else {
+            // A backslash outside a string, a control character, MySQL's `$`.
+            i += 1;
+            Tok::Unknown
         };
         // Escapes can step past the end.
         let end = i.min(n);
@@ -222,9 +535,15 @@ fn tokens(sql: &str, dialect: Dialect) -> Vec<(Tok, usize, usize)> {
 
 /// The statement with every literal replaced by `?` and comments removed.
 ///
-/// `WHERE ssn = '123-45-6789' AND age > 40` → `WHERE ssn = ? AND age > ?`.
+/// `WHERE ssn = '123-45-6789' AND age > 40` → `WHERE ssn = ? AND age > ?`. No session
+/// setting is known: those that change lexing are doubted ([`Settings::unknown`]).
 pub fn redact(sql: &str, dialect: Dialect) -> String {
-    redact_tokens(sql, &tokens(sql, dialect))
+    redact_tokens(sql, &tokens(sql, &Settings::unknown(dialect)))
+}
+
+/// [`redact`] under a session's known settings.
+pub fn redact_with(sql: &str, settings: &Settings) -> String {
+    redact_tokens(sql, &tokens(sql, settings))
 }
 
 fn redact_tokens(sql: &str, tokens: &[(Tok, usize, usize)]) -> String {
@@ -232,7 +551,7 @@ fn redact_tokens(sql: &str, tokens: &[(Tok, usize, usize)]) -> String {
     let mut last_literal = false;
     for &(kind, s, e) in tokens {
         match kind {
-            Tok::Literal => {
+            Tok::Literal | Tok::Unknown => {
                 // Adjacent literals ('a' 'b' continuation) collapse into one.
                 if !last_literal {
                     out.push('?');
@@ -253,6 +572,11 @@ fn redact_tokens(sql: &str, tokens: &[(Tok, usize, usize)]) -> String {
                     out.push(' ');
                 }
                 continue;
+            }
+            Tok::Punct if &sql[s..e] == "-" && out.ends_with('-') => {
+                // MySQL's `5--3` (minus minus three): kept apart so that the output never
+                // reads as a `--` comment.
+                out.push_str(" -");
             }
             _ => out.push_str(&sql[s..e]),
         }
@@ -276,16 +600,38 @@ pub struct Analysis {
     pub kind: StatementKind,
     /// [`tables`]' names.
     pub tables: Vec<String>,
+    /// The statement names a setting that changes lexing: pass it to
+    /// [`Settings::statement_succeeded`] once the server accepted it.
+    pub touches_settings: bool,
 }
 
-/// Redacts (when `redact` is set), classifies and extracts the tables of `sql` at once.
+/// Redacts (when `redact` is set), classifies and extracts the tables of `sql` at once, with
+/// every lexing setting doubted.
 pub fn analyze(sql: &str, dialect: Dialect, redact: bool) -> Analysis {
-    let toks = tokens(sql, dialect);
+    analyze_with(sql, &Settings::unknown(dialect), redact)
+}
+
+/// [`analyze`] under a session's settings. A statement that itself names a lexing setting
+/// (`SET sql_mode = …; SELECT …`) is lexed with every setting doubted.
+pub fn analyze_with(sql: &str, settings: &Settings, redact: bool) -> Analysis {
+    let mut toks = tokens(sql, settings);
+    // Every setting word starts with s, r or d: most words are rejected on one byte.
+    let touches_settings = toks.iter().any(|&(k, s, e)| {
+        k == Tok::Word
+            && matches!(sql.as_bytes()[s] | 0x20, b's' | b'r' | b'd')
+            && SETTING_WORDS
+                .iter()
+                .any(|w| w.eq_ignore_ascii_case(&sql[s..e]))
+    });
+    if touches_settings {
+        toks = tokens(sql, &Settings::unknown(settings.dialect));
+    }
     let sig = significant_tokens(sql, &toks);
     Analysis {
         redacted: redact.then(|| redact_tokens(sql, &toks)),
         kind: classify_significant(&sig),
         tables: tables_significant(&sig),
+        touches_settings,
     }
 }
 
@@ -328,7 +674,10 @@ fn kind_of(word: &str) -> Option<StatementKind> {
 /// What the statement does, from its first keyword (for `WITH`, from the statement the
 /// common table expressions lead to).
 pub fn classify(sql: &str, dialect: Dialect) -> StatementKind {
-    classify_significant(&significant_tokens(sql, &tokens(sql, dialect)))
+    classify_significant(&significant_tokens(
+        sql,
+        &tokens(sql, &Settings::unknown(dialect)),
+    ))
 }
 
 fn classify_significant(toks: &[(Tok, &str)]) -> StatementKind {
@@ -437,7 +786,10 @@ fn unquote(t: &str) -> &str {
 /// [`MAX_TABLES`]. Cheap, not a parser: sub-queries are looked into, functions in `FROM`
 /// are missed and CTE names may appear.
 pub fn tables(sql: &str, dialect: Dialect) -> Vec<String> {
-    tables_significant(&significant_tokens(sql, &tokens(sql, dialect)))
+    tables_significant(&significant_tokens(
+        sql,
+        &tokens(sql, &Settings::unknown(dialect)),
+    ))
 }
 
 fn tables_significant(toks: &[(Tok, &str)]) -> Vec<String> {
@@ -635,6 +987,260 @@ mod tests {
         assert_eq!(tables("SELECT 1", PG), Vec::<String>::new());
     }
 
+    /// `SECRET` must not survive redaction of any of `cases` under `settings`.
+    fn hidden(settings: &Settings, cases: &[&str]) {
+        for sql in cases {
+            let r = redact_with(sql, settings);
+            assert!(
+                !r.to_ascii_lowercase().contains("secret"),
+                "{sql:?} -> {r:?} under {settings:?}"
+            );
+        }
+    }
+
+    fn pg(backslash: Option<bool>) -> Settings {
+        Settings {
+            backslash_escapes: backslash,
+            ..Settings::unknown(PG)
+        }
+    }
+
+    fn my(backslash: Option<bool>, ansi: Option<bool>) -> Settings {
+        Settings {
+            dialect: MY,
+            backslash_escapes: backslash,
+            ansi_quotes: ansi,
+        }
+    }
+
+    #[test]
+    fn postgres_comments_nest_and_mysql_comments_do_not() {
+        assert_eq!(
+            redact("SELECT /* a /* secret */ secret */ x FROM t", PG),
+            "SELECT x FROM t"
+        );
+        // MySQL: the first `*/` ends the comment; what follows is code.
+        assert_eq!(
+            redact("SELECT /* a /* b */ c FROM t", MY),
+            "SELECT c FROM t"
+        );
+        hidden(
+            &pg(None),
+            &["SELECT 1 /* /* secret */", "SELECT a -- secret"],
+        );
+        hidden(
+            &my(None, None),
+            &[
+                "SELECT a # secret",
+                "SELECT a -- secret",
+                "SELECT a --\tsecret",
+                "SELECT a /* secret",
+            ],
+        );
+        // MySQL `--` without a space is two minus signs.
+        assert_eq!(redact("SELECT 5--3 FROM t", MY), "SELECT ?- -? FROM t");
+        assert_eq!(redact("SELECT 5--3 FROM t", PG), "SELECT ?");
+    }
+
+    #[test]
+    fn dollar_quote_tags_of_any_identifier_characters() {
+        for sql in [
+            "SELECT $$secret$$ FROM t",
+            "SELECT $tag$secret$tag$ FROM t",
+            "SELECT $_x1$secret $ $x1$ $_x1$ FROM t",
+            "SELECT $ü$secret$ü$ FROM t",
+            "SELECT $日本$it's secret$日本$ FROM t",
+        ] {
+            assert_eq!(redact(sql, PG), "SELECT ? FROM t", "{sql}");
+        }
+        hidden(
+            &pg(Some(false)),
+            &["SELECT $a$ secret", "SELECT $ü$ secret $u$"],
+        );
+        assert_eq!(
+            redact("SELECT a FROM t WHERE b = $12", PG),
+            "SELECT a FROM t WHERE b = $12"
+        );
+    }
+
+    #[test]
+    fn standard_conforming_strings_decide_what_a_backslash_does() {
+        let sql = r"SELECT 'a\' secret ' FROM t";
+        // Off: the backslash escapes the quote, the string runs to the last quote.
+        assert_eq!(redact_with(sql, &pg(Some(true))), "SELECT ? FROM t");
+        // On: 'a\' is a string, then `secret` would be an identifier.
+        assert_eq!(redact_with(sql, &pg(Some(false))), "SELECT ? secret ?");
+        // Unknown: redacted both ways.
+        hidden(&pg(None), &[sql, r"SELECT 'x\', 'secret' secret2 'y'"]);
+        // E'…' always has escapes.
+        hidden(
+            &pg(Some(false)),
+            &[r"SELECT E'a\' secret ' FROM t", r"SELECT e'\\\' secret'"],
+        );
+    }
+
+    #[test]
+    fn mysql_backslashes_and_ansi_quotes_follow_sql_mode() {
+        hidden(
+            &my(Some(true), None),
+            &[
+                r#"SELECT 'a\' secret ' FROM t"#,
+                r#"SELECT "a\" secret " FROM t"#,
+            ],
+        );
+        hidden(&my(Some(false), None), &[r#"SELECT 'a\', 'secret'"#]);
+        hidden(
+            &my(None, None),
+            &[
+                r#"SELECT 'a\' secret ' FROM t"#,
+                r#"SELECT 'x\', 'secret' secret2 'y'"#,
+            ],
+        );
+        // "…" is a string unless ANSI_QUOTES is known on.
+        assert_eq!(
+            redact_with(r#"SELECT "secret" FROM t"#, &my(None, None)),
+            "SELECT ? FROM t"
+        );
+        assert_eq!(
+            redact_with(r#"SELECT "col" FROM "t""#, &my(Some(true), Some(true))),
+            r#"SELECT "col" FROM "t""#
+        );
+    }
+
+    #[test]
+    fn mysql_executable_comments_are_part_of_the_statement() {
+        let a = analyze_with(
+            "/*!50001 SELECT name FROM patients WHERE ssn = 'secret' */",
+            &my(None, None),
+            true,
+        );
+        assert_eq!(
+            a.redacted.as_deref(),
+            Some("SELECT name FROM patients WHERE ssn = ?")
+        );
+        assert_eq!(a.kind, StatementKind::Select);
+        assert_eq!(a.tables, ["patients"]);
+        let a = analyze_with(
+            "SELECT * FROM a /*! JOIN b ON b.x = 'secret' */ /*M!100101 , c */ WHERE z = 1",
+            &my(None, None),
+            true,
+        );
+        assert_eq!(
+            a.redacted.as_deref(),
+            Some("SELECT * FROM a JOIN b ON b.x = ? , c WHERE z = ?")
+        );
+        assert_eq!(a.tables, ["a", "b"]);
+        hidden(
+            &my(None, None),
+            &[
+                "/*! SELECT 'secret'",
+                "/*!40101 SET x = 'secret' */ /* secret */",
+            ],
+        );
+    }
+
+    #[test]
+    fn hex_bit_national_and_charset_strings_and_numbers() {
+        for d in [PG, MY] {
+            assert_eq!(
+                redact("SELECT X'5345', x'00', B'101', b'1', N'secret', 0x5345, 0b1, 12, 1.5, .5, 1e-3, 7e+2", d),
+                "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+            );
+        }
+        assert_eq!(
+            redact(
+                "SELECT _utf8'secret', _binary\"secret\", _latin1 X'41', U&'d\\0061t\\+000061'",
+                MY
+            ),
+            "SELECT ?, ?, _latin1 ?, U&?"
+        );
+        assert_eq!(
+            redact("SELECT U&'d\\0061ta' FROM t", PG),
+            "SELECT U&? FROM t"
+        );
+        // A number that runs into identifier characters is one literal.
+        assert_eq!(redact("SELECT 123secret, 0x1Fsecret", MY), "SELECT ?, ?");
+    }
+
+    #[test]
+    fn bytes_the_lexer_cannot_classify_are_redacted() {
+        assert_eq!(redact("SELECT a \\ b", PG), "SELECT a ? b");
+        assert_eq!(redact("SELECT a \u{1} b", PG), "SELECT a ? b");
+        assert_eq!(redact("SELECT $ b", PG), "SELECT ? b");
+        assert_eq!(redact("SELECT `secret`", PG), "SELECT ?");
+    }
+
+    #[test]
+    fn session_settings_are_learned_from_statements_and_the_server() {
+        let mut s = Settings::unknown(PG);
+        s.server_parameter("standard_conforming_strings", "on");
+        assert_eq!(s.backslash_escapes, Some(false));
+        for (sql, expect) in [
+            ("SET standard_conforming_strings = off", Some(true)),
+            (
+                "set session standard_conforming_strings to 'on'",
+                Some(false),
+            ),
+            ("SET standard_conforming_strings TO false", Some(true)),
+            ("SET LOCAL standard_conforming_strings = on", None),
+            ("SET standard_conforming_strings = on; RESET ALL", None),
+            (
+                "SELECT set_config('standard_conforming_strings', 'off', false)",
+                None,
+            ),
+        ] {
+            s.backslash_escapes = Some(false);
+            let a = analyze_with(sql, &s, true);
+            assert!(a.touches_settings, "{sql}");
+            s.statement_succeeded(sql);
+            assert_eq!(s.backslash_escapes, expect, "{sql}");
+        }
+        let mut s = Settings::unknown(MY);
+        for (sql, nbe, ansi) in [
+            (
+                "SET sql_mode = 'NO_BACKSLASH_ESCAPES'",
+                Some(false),
+                Some(false),
+            ),
+            (
+                "SET SESSION sql_mode='ANSI_QUOTES,STRICT_TRANS_TABLES'",
+                Some(true),
+                Some(true),
+            ),
+            ("SET @@session.sql_mode := 'ANSI'", Some(true), Some(true)),
+            ("SET @@sql_mode = ''", Some(true), Some(false)),
+            (
+                "SET GLOBAL sql_mode = 'ANSI_QUOTES'",
+                Some(true),
+                Some(false),
+            ),
+            (
+                "SET sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')",
+                None,
+                None,
+            ),
+            ("SET sql_mode = DEFAULT", None, None),
+            (
+                "SET sql_mode = 'ORACLE,NO_BACKSLASH_ESCAPES'",
+                Some(false),
+                Some(true),
+            ),
+        ] {
+            s.statement_succeeded(sql);
+            assert_eq!((s.backslash_escapes, s.ansi_quotes), (nbe, ansi), "{sql}");
+        }
+        s.server_no_backslash_escapes(true);
+        assert_eq!(s.backslash_escapes, Some(false));
+        // A statement that changes a setting is lexed with every setting doubted.
+        let known = my(Some(false), Some(true));
+        let a = analyze_with(
+            r#"SET sql_mode = ''; SELECT "secret", 'a\' secret2 '"#,
+            &known,
+            true,
+        );
+        assert!(!a.redacted.unwrap().contains("secret"));
+    }
+
     #[test]
     fn random_text_never_panics() {
         let mut rng = XorShift(0x5eed_1234_abcd);
@@ -653,9 +1259,9 @@ mod tests {
                 let r = redact(&s, d);
                 // Nothing in the redacted text reads as a literal or a comment.
                 assert!(
-                    tokens(&r, d)
+                    tokens(&r, &Settings::unknown(d))
                         .iter()
-                        .all(|t| !matches!(t.0, Tok::Literal | Tok::Comment)),
+                        .all(|t| !matches!(t.0, Tok::Literal | Tok::Comment | Tok::Unknown)),
                     "{s:?} -> {r:?}"
                 );
                 let _ = (classify(&s, d), tables(&s, d));
