@@ -387,12 +387,18 @@ impl Boot {
 ///   `mariadb-install-db`, `mariadbd`, `mariadb`).
 /// - `subscribers`: the collector's subscriber scopes and audited subscriptions (processes and
 ///   TLS, like `collector`).
+/// - `trail`: the collector's key custody, exported checkpoints and metrics (processes, TLS
+///   and files, like `collector`).
+/// - `siem`: the collector's OCSF and CEF export, to files and to a real `rsyslogd` over TLS
+///   (validated by a Python script).
 pub const HOST_ONLY_TESTS: &[&str] = &[
     "collector",
     "agent_collector",
     "store_faults",
     "db",
     "subscribers",
+    "trail",
+    "siem",
 ];
 
 /// The `phiguard-tests` executables `cargo test --no-run` builds, as (name, path): the
