@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Makes schema-1.8.0.json.gz from a compiled OCSF schema.
+"""Makes schema-1.8.0.json from a compiled OCSF schema.
 
     pip install ocsf-lib==0.10.4
     git clone <the ocsf-schema repository>; git -C ocsf-schema checkout 3dcb905d  # v1.8.0 prep
@@ -10,7 +10,6 @@ Keeps what validate.py reads: the version; per class its uid and attributes, per
 attributes (each with type, requirement, is_array, enum values, profile); the types' parents.
 """
 
-import gzip
 import json
 import os
 import sys
@@ -35,9 +34,9 @@ def main(path):
         "objects": {name: {"attributes": {k: slim(a) for k, a in o["attributes"].items()}} for name, o in s["objects"].items()},
         "types": {k: {"type": v.get("type")} if isinstance(v, dict) else {} for k, v in s["types"].items()},
     }
-    data = json.dumps(out, sort_keys=True, separators=(",", ":")).encode()
-    target = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"schema-{s['version']}.json.gz")
-    with gzip.GzipFile(target, "wb", mtime=0) as f:
+    data = (json.dumps(out, sort_keys=True, indent=1) + "\n").encode()
+    target = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"schema-{s['version']}.json")
+    with open(target, "wb") as f:
         f.write(data)
     print(f"{target}: {len(data)} bytes of schema")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Validates OCSF events (one JSON object per line) against the OCSF 1.8.0 schema.
 
-The schema is schema-1.8.0.json.gz beside this file: the schema as the `ocsf-lib` package
+The schema is schema-1.8.0.json beside this file: the schema as the `ocsf-lib` package
 (PyPI, `python3 -m ocsf.compile`) compiles it from the ocsf-schema repository at its v1.8.0
 release, cut down to what validation reads (classes, objects, types; for each attribute its
 type, requirement, array-ness, enum values and profile).
@@ -15,14 +15,13 @@ are free-form, as OCSF says). Exit status 1 with one line per problem; 0 when ev
 valid.
 """
 
-import gzip
 import json
 import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-with gzip.open(os.path.join(HERE, "schema-1.8.0.json.gz"), "rt") as f:
+with open(os.path.join(HERE, "schema-1.8.0.json"), encoding="utf-8") as f:
     SCHEMA = json.load(f)
 
 CLASSES = {c["uid"]: (name, c) for name, c in SCHEMA["classes"].items()}
