@@ -87,6 +87,7 @@ pub fn kind_name(event: &v1::Event) -> &'static str {
         Some(Body::Tamper(_)) => "tamper",
         Some(Body::Subscription(_)) => "subscription",
         Some(Body::BreakGlass(_)) => "breakGlass",
+        Some(Body::DbLogin(_)) => "dbLogin",
         None => "",
     }
 }

@@ -223,6 +223,25 @@ fn format_raw(event: &v1::Event) -> String {
                 let _ = write!(line, " -> {rows} rows");
             }
         }
+        Some(Body::DbLogin(l)) => {
+            let what = if l.change_user {
+                "change user"
+            } else {
+                "login"
+            };
+            let _ = write!(line, " {what} {} ({})", l.user, l.method);
+            if l.ok {
+                let _ = write!(line, " ok");
+            } else {
+                let _ = write!(line, " FAILED");
+                if !l.sqlstate.is_empty() {
+                    let _ = write!(line, " SQLSTATE {}", l.sqlstate);
+                }
+                if l.error_code != 0 {
+                    let _ = write!(line, " error {}", l.error_code);
+                }
+            }
+        }
         Some(Body::DbSessionEnd(s)) => {
             let _ = write!(
                 line,
