@@ -1459,7 +1459,12 @@ fn postgres_logins_report_outcome_method_and_sqlstate_and_set_role_the_effective
     // A trusted login, then a role taken: the statement after it carries the role.
     cluster.psql(
         "127.0.0.1",
-        &["SET ROLE auditor", "SELECT current_user, session_user"],
+        &[
+            "SET ROLE auditor",
+            "SELECT current_user, session_user",
+            "SET SESSION AUTHORIZATION clerk",
+            "SELECT current_user",
+        ],
     );
     expect_login_on_both_ends(&mut h, "tcp", "postgres", true);
     for end in ["client", "server"] {
@@ -1487,11 +1492,29 @@ fn postgres_logins_report_outcome_method_and_sqlstate_and_set_role_the_effective
             "",
             "the SET ROLE itself ran before the role was taken"
         );
+        let after = h.expect(
+            &format!("{end} statement after SET SESSION AUTHORIZATION"),
+            |e| {
+                statement(e).is_some_and(|s| {
+                    s.text == "SELECT current_user" && role(s.session.as_ref()) == end
+                })
+            },
+        );
+        let session = statement(&after).unwrap().session.clone().unwrap();
+        assert_eq!(
+            (
+                session.db_user.as_str(),
+                session.effective_user.as_str(),
+                session.db_role.as_str()
+            ),
+            ("postgres", "clerk", ""),
+            "{end}: the login user kept, the session user beside it, the role reset"
+        );
     }
     for end in ["client", "server"] {
         h.expect(&format!("{end} end of the SET ROLE session"), |e| {
             session_end(e).is_some_and(|s| {
-                s.statements == 2 && s.session.as_ref().is_some_and(|x| x.role == end)
+                s.statements == 4 && s.session.as_ref().is_some_and(|x| x.role == end)
             })
         });
     }
