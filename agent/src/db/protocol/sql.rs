@@ -274,14 +274,16 @@ pub enum IdentityChange {
 /// (`SECURITY DEFINER`).
 pub fn identity_changes(sql: &str, settings: &Settings) -> Vec<IdentityChange> {
     let mut out = Vec::new();
-    // Cheap test first: nearly every statement names none of these.
-    let upper = sql.len() < 4096 && {
-        let u = sql.to_ascii_uppercase();
-        ["ROLE", "AUTHORIZATION", "RESET", "DISCARD"]
-            .iter()
-            .any(|w| u.contains(w))
+    // Cheap test first, without allocating: nearly every statement names none of these.
+    let mentions = |w: &str| {
+        sql.as_bytes()
+            .windows(w.len())
+            .any(|b| b.eq_ignore_ascii_case(w.as_bytes()))
     };
-    if !upper {
+    if !["ROLE", "AUTHORIZATION", "RESET", "DISCARD"]
+        .iter()
+        .any(|w| mentions(w))
+    {
         return out;
     }
     let toks = tokens(sql, settings);
@@ -1430,6 +1432,11 @@ mod tests {
         assert_eq!(pg("RESET SESSION AUTHORIZATION"), [ResetAuthorization]);
         assert_eq!(pg("DISCARD ALL"), [ResetAuthorization]);
         assert_eq!(pg("RESET ALL"), [ResetAuthorization]);
+        // However long the statement.
+        assert_eq!(
+            pg(&format!("/* {} */ SET ROLE auditor", "x".repeat(70_000))),
+            [Role("auditor".into())]
+        );
         // For the transaction only, or not a change of identity: not followed.
         assert_eq!(pg("SET LOCAL ROLE auditor"), []);
         assert_eq!(pg("SELECT role FROM staff"), []);
