@@ -44,6 +44,7 @@ pub const KINDS: &[&str] = &[
     "policyLoad",
     "alert",
     "dbSessionStart",
+    "dbLogin",
     "dbStatement",
     "dbSessionEnd",
     "heartbeat",
