@@ -415,4 +415,37 @@ mod tests {
              by cat[42] exe=/usr/bin/cat user=root(0) login=alice(1000)"
         );
     }
+
+    #[test]
+    fn login_lines() {
+        let refused = v1::Event {
+            seq: 9,
+            body: Some(Body::DbLogin(v1::DbLogin {
+                user: "mallory".into(),
+                method: "scram-sha-256".into(),
+                sqlstate: "28P01".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert_eq!(
+            format_line(&refused),
+            "- ? #9 dbLogin login mallory (scram-sha-256) FAILED SQLSTATE 28P01"
+        );
+        let changed = v1::Event {
+            seq: 10,
+            body: Some(Body::DbLogin(v1::DbLogin {
+                user: "clerk".into(),
+                method: "mysql_native_password".into(),
+                ok: true,
+                change_user: true,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert_eq!(
+            format_line(&changed),
+            "- ? #10 dbLogin change user clerk (mysql_native_password) ok"
+        );
+    }
 }
