@@ -37,6 +37,8 @@ pub fn record(record: &Record) -> String {
     let severity = match &event.body {
         Some(Body::Tamper(_) | Body::BreakGlass(_) | Body::Alert(_)) => 8,
         Some(Body::EventsLost(_)) => 6,
+        // A refused database login: someone tried credentials on a patient-records server.
+        Some(Body::DbLogin(l)) if !l.ok => severity.max(5),
         _ => severity,
     };
     let mut ext: Vec<(&str, String)> = Vec::new();
@@ -103,6 +105,13 @@ pub fn record(record: &Record) -> String {
                 ext.push(("cs3Label", "database".into()));
                 ext.push(("cs3", session.database.clone()));
             }
+        }
+        Some(Body::DbLogin(l)) => {
+            ext.push(("duser", l.user.clone()));
+            ext.push(("cs3Label", "database".into()));
+            ext.push(("cs3", l.database.clone()));
+            ext.push(("outcome", if l.ok { "success" } else { "failure" }.into()));
+            ext.push(("reason", l.sqlstate.clone()));
         }
         Some(
             Body::DbSessionStart(v1::DbSessionStart {

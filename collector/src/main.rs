@@ -111,7 +111,7 @@ struct TailArgs {
     #[arg(long)]
     host: Vec<String>,
     /// Only these kinds: exec, fork, exit, fileOpen, connect, tcpState, eventsLost, policyLoad,
-    /// alert, dbSessionStart, dbStatement, dbSessionEnd, heartbeat.
+    /// alert, dbSessionStart, dbLogin, dbStatement, dbSessionEnd, heartbeat.
     #[arg(long)]
     kind: Vec<String>,
     /// Only these verdicts: allow, deny, would-deny, unspecified.

@@ -334,6 +334,47 @@ fn map_body(event: &v1::Event) -> Mapped {
             body.insert("status_id".into(), (if failed { 2 } else { 1 }).into());
             (class::AUTHENTICATION, 1, body, severity(failed))
         }
+        Some(Body::DbLogin(l)) => {
+            let session = l.session.clone().unwrap_or_default();
+            let mut body = db_common(event, &session);
+            body.insert(
+                "user".into(),
+                json!({"name": if l.user.is_empty() { "unknown" } else { &l.user }}),
+            );
+            body.insert(
+                "service".into(),
+                json!({"name": session.protocol, "uid": l.database}),
+            );
+            if !l.method.is_empty() {
+                body.insert("auth_protocol".into(), l.method.clone().into());
+            }
+            body.insert(
+                "auth_protocol_id".into(),
+                auth_protocol_id(&l.method).into(),
+            );
+            body.insert("status_id".into(), (if l.ok { 1 } else { 2 }).into());
+            let code = if !l.sqlstate.is_empty() {
+                l.sqlstate.clone()
+            } else if l.error_code != 0 {
+                l.error_code.to_string()
+            } else {
+                String::new()
+            };
+            if !code.is_empty() {
+                body.insert("status_code".into(), code.into());
+            }
+            let what = if l.change_user {
+                "change of user"
+            } else {
+                "login"
+            };
+            let verdict = if l.ok { "accepted" } else { "refused" };
+            body.insert(
+                "message".into(),
+                format!("database {what} {verdict}").into(),
+            );
+            (class::AUTHENTICATION, 1, body, severity(denied || !l.ok))
+        }
         Some(Body::DbSessionEnd(s)) => {
             let session = s.session.clone().unwrap_or_default();
             let mut body = db_common(event, &session);
@@ -433,6 +474,17 @@ fn actor_parent(event: &v1::Event) -> Value {
     a
 }
 
+/// OCSF `auth_protocol_id` for a login method: Kerberos (2), PAP for a cleartext password
+/// (7), Other (99) for the rest (MD5, SCRAM, MySQL plugins), Unknown (0) when none was seen.
+fn auth_protocol_id(method: &str) -> u32 {
+    match method {
+        "" => 0,
+        "kerberos5" | "gss" | "sspi" | "auth_gssapi_client" => 2,
+        "password" | "mysql_clear_password" => 7,
+        _ => 99,
+    }
+}
+
 fn db_type(protocol: &str) -> u32 {
     match protocol {
         "postgres" | "postgresql" => 5,
@@ -510,6 +562,49 @@ mod tests {
             v["unmapped"]["phiguard"]["event"]["fileOpen"]["path"],
             "/srv/ephi/a"
         );
+    }
+
+    #[test]
+    fn a_refused_database_login_is_a_failed_authentication_with_its_method() {
+        let v = record(&rec(
+            Body::DbLogin(v1::DbLogin {
+                session: Some(v1::DbSession {
+                    protocol: "postgresql".into(),
+                    role: "server".into(),
+                    ..Default::default()
+                }),
+                user: "mallory".into(),
+                database: "ehr".into(),
+                method: "scram-sha-256".into(),
+                sqlstate: "28P01".into(),
+                ..Default::default()
+            }),
+            None,
+        ));
+        assert_eq!(
+            (v["class_uid"].clone(), v["activity_id"].clone()),
+            (3002.into(), 1.into())
+        );
+        assert_eq!(v["status_id"], 2);
+        assert_eq!(v["status_code"], "28P01");
+        assert_eq!(v["user"]["name"], "mallory");
+        assert_eq!(v["auth_protocol"], "scram-sha-256");
+        assert_eq!(v["auth_protocol_id"], 99);
+        assert_eq!(v["severity_id"], MEDIUM);
+        let ok = record(&rec(
+            Body::DbLogin(v1::DbLogin {
+                user: "clerk".into(),
+                method: "password".into(),
+                ok: true,
+                ..Default::default()
+            }),
+            None,
+        ));
+        assert_eq!(
+            (ok["status_id"].clone(), ok["auth_protocol_id"].clone()),
+            (1.into(), 7.into())
+        );
+        assert_eq!(ok["severity_id"], INFORMATIONAL);
     }
 
     #[test]

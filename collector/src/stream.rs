@@ -44,6 +44,7 @@ pub const KINDS: &[&str] = &[
     "policyLoad",
     "alert",
     "dbSessionStart",
+    "dbLogin",
     "dbStatement",
     "dbSessionEnd",
     "heartbeat",
@@ -87,6 +88,7 @@ pub fn kind_name(event: &v1::Event) -> &'static str {
         Some(Body::Tamper(_)) => "tamper",
         Some(Body::Subscription(_)) => "subscription",
         Some(Body::BreakGlass(_)) => "breakGlass",
+        Some(Body::DbLogin(_)) => "dbLogin",
         None => "",
     }
 }

@@ -223,6 +223,25 @@ fn format_raw(event: &v1::Event) -> String {
                 let _ = write!(line, " -> {rows} rows");
             }
         }
+        Some(Body::DbLogin(l)) => {
+            let what = if l.change_user {
+                "change user"
+            } else {
+                "login"
+            };
+            let _ = write!(line, " {what} {} ({})", l.user, l.method);
+            if l.ok {
+                let _ = write!(line, " ok");
+            } else {
+                let _ = write!(line, " FAILED");
+                if !l.sqlstate.is_empty() {
+                    let _ = write!(line, " SQLSTATE {}", l.sqlstate);
+                }
+                if l.error_code != 0 {
+                    let _ = write!(line, " error {}", l.error_code);
+                }
+            }
+        }
         Some(Body::DbSessionEnd(s)) => {
             let _ = write!(
                 line,
@@ -394,6 +413,39 @@ mod tests {
             format_line(&event),
             "2025-11-25T00:00:00+00:00 ehr-db-1 #5 fileOpen /srv/ephi/p1.txt O_RDONLY -> fd 3 \
              by cat[42] exe=/usr/bin/cat user=root(0) login=alice(1000)"
+        );
+    }
+
+    #[test]
+    fn login_lines() {
+        let refused = v1::Event {
+            seq: 9,
+            body: Some(Body::DbLogin(v1::DbLogin {
+                user: "mallory".into(),
+                method: "scram-sha-256".into(),
+                sqlstate: "28P01".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert_eq!(
+            format_line(&refused),
+            "- ? #9 dbLogin login mallory (scram-sha-256) FAILED SQLSTATE 28P01"
+        );
+        let changed = v1::Event {
+            seq: 10,
+            body: Some(Body::DbLogin(v1::DbLogin {
+                user: "clerk".into(),
+                method: "mysql_native_password".into(),
+                ok: true,
+                change_user: true,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert_eq!(
+            format_line(&changed),
+            "- ? #10 dbLogin change user clerk (mysql_native_password) ok"
         );
     }
 }

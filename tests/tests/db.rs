@@ -1335,3 +1335,442 @@ fn mariadb_redaction_corners_and_command_lines_leave_no_marker() {
     expect_no_marker(&h, &["123-45-6789"]);
     h.stop();
 }
+
+fn login(e: &v1::Event) -> Option<&v1::DbLogin> {
+    match &e.body {
+        Some(Body::DbLogin(l)) => Some(l),
+        _ => None,
+    }
+}
+
+/// Every login event seen, as (end, transport, user, method, ok, SQLSTATE, error code,
+/// change of user), sorted.
+type LoginRow = (String, String, String, String, bool, String, u32, bool);
+
+fn login_rows(h: &Harness) -> Vec<LoginRow> {
+    let mut rows: Vec<LoginRow> = h
+        .seen
+        .iter()
+        .filter_map(login)
+        .map(|l| {
+            let s = l.session.clone().unwrap_or_default();
+            (
+                s.role,
+                s.transport,
+                l.user.clone(),
+                l.method.clone(),
+                l.ok,
+                l.sqlstate.clone(),
+                l.error_code,
+                l.change_user,
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    end: &str,
+    transport: &str,
+    user: &str,
+    method: &str,
+    ok: bool,
+    sqlstate: &str,
+    code: u32,
+    change_user: bool,
+) -> LoginRow {
+    (
+        end.into(),
+        transport.into(),
+        user.into(),
+        method.into(),
+        ok,
+        sqlstate.into(),
+        code,
+        change_user,
+    )
+}
+
+/// Waits for the login event of `user` with outcome `ok` on both ends over `transport`.
+fn expect_login_on_both_ends(h: &mut Harness, transport: &str, user: &str, ok: bool) {
+    for end in ["client", "server"] {
+        h.expect(
+            &format!("{end} login of {user} over {transport}, ok {ok}"),
+            |e| {
+                login(e).is_some_and(|l| {
+                    l.user == user
+                        && l.ok == ok
+                        && l.session
+                            .as_ref()
+                            .is_some_and(|s| s.role == end && s.transport == transport)
+                })
+            },
+        );
+    }
+}
+
+#[test]
+fn postgres_logins_report_outcome_method_and_sqlstate_and_set_role_the_effective_role() {
+    let cluster = Cluster::start();
+    let socket_dir = cluster.dir.path().display().to_string();
+    // Set up before the agent runs: the right password is in this statement.
+    cluster.psql(
+        &socket_dir,
+        &[
+            "CREATE ROLE clerk LOGIN PASSWORD 'PHIMARKright'",
+            "CREATE ROLE auditor NOLOGIN",
+        ],
+    );
+    // clerk: a cleartext password over the unix socket, SCRAM over TCP (the password is
+    // stored as a SCRAM verifier, PostgreSQL 15's default); everyone else: trust.
+    let hba = Path::new(&cluster.data()).join("pg_hba.conf");
+    let rest = fs::read_to_string(&hba).unwrap();
+    fs::write(
+        &hba,
+        format!("local all clerk password\nhost all clerk 127.0.0.1/32 scram-sha-256\n{rest}"),
+    )
+    .unwrap();
+    cluster.run_as_postgres("pg_ctl", &["-D", &cluster.data(), "reload"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut h = Harness::start_with(&config(&cluster));
+
+    let clerk = |host: &str, password: &str| {
+        let _ = Command::new("/usr/bin/psql")
+            .args(["-X", "-w", "-h", host, "-p", &cluster.port.to_string()])
+            .args(["-U", "clerk", "-d", "postgres", "-c", "SELECT 1"])
+            .env("PGPASSWORD", password)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("psql");
+    };
+    clerk("127.0.0.1", "PHIMARKwrong");
+    expect_login_on_both_ends(&mut h, "tcp", "clerk", false);
+    clerk(&socket_dir, "PHIMARKwrong");
+    expect_login_on_both_ends(&mut h, "unix", "clerk", false);
+    clerk("127.0.0.1", "PHIMARKright");
+    expect_login_on_both_ends(&mut h, "tcp", "clerk", true);
+    clerk(&socket_dir, "PHIMARKright");
+    expect_login_on_both_ends(&mut h, "unix", "clerk", true);
+
+    // A trusted login, then a role taken: the statement after it carries the role.
+    cluster.psql(
+        "127.0.0.1",
+        &[
+            "SET ROLE auditor",
+            "SELECT current_user, session_user",
+            "SET SESSION AUTHORIZATION clerk",
+            "SELECT current_user",
+        ],
+    );
+    expect_login_on_both_ends(&mut h, "tcp", "postgres", true);
+    for end in ["client", "server"] {
+        let event = h.expect(&format!("{end} statement after SET ROLE"), |e| {
+            statement(e).is_some_and(|s| {
+                s.text == "SELECT current_user, session_user" && role(s.session.as_ref()) == end
+            })
+        });
+        let session = statement(&event).unwrap().session.clone().unwrap();
+        assert_eq!(
+            (
+                session.db_user.as_str(),
+                session.effective_user.as_str(),
+                session.db_role.as_str()
+            ),
+            ("postgres", "", "auditor"),
+            "{end}"
+        );
+        let set = h.expect(&format!("{end} SET ROLE"), |e| {
+            statement(e)
+                .is_some_and(|s| s.text == "SET ROLE auditor" && role(s.session.as_ref()) == end)
+        });
+        assert_eq!(
+            statement(&set).unwrap().session.as_ref().unwrap().db_role,
+            "",
+            "the SET ROLE itself ran before the role was taken"
+        );
+        let after = h.expect(
+            &format!("{end} statement after SET SESSION AUTHORIZATION"),
+            |e| {
+                statement(e).is_some_and(|s| {
+                    s.text == "SELECT current_user" && role(s.session.as_ref()) == end
+                })
+            },
+        );
+        let session = statement(&after).unwrap().session.clone().unwrap();
+        assert_eq!(
+            (
+                session.db_user.as_str(),
+                session.effective_user.as_str(),
+                session.db_role.as_str()
+            ),
+            ("postgres", "clerk", ""),
+            "{end}: the login user kept, the session user beside it, the role reset"
+        );
+    }
+    for end in ["client", "server"] {
+        h.expect(&format!("{end} end of the SET ROLE session"), |e| {
+            session_end(e).is_some_and(|s| {
+                s.statements == 4 && s.session.as_ref().is_some_and(|x| x.role == end)
+            })
+        });
+    }
+    h.stop();
+
+    let mut want = Vec::new();
+    for end in ["client", "server"] {
+        want.extend([
+            row(
+                end,
+                "tcp",
+                "clerk",
+                "scram-sha-256",
+                false,
+                "28P01",
+                0,
+                false,
+            ),
+            row(end, "unix", "clerk", "password", false, "28P01", 0, false),
+            row(end, "tcp", "clerk", "scram-sha-256", true, "", 0, false),
+            row(end, "unix", "clerk", "password", true, "", 0, false),
+            row(end, "tcp", "postgres", "none", true, "", 0, false),
+        ]);
+    }
+    want.sort();
+    assert_eq!(
+        login_rows(&h),
+        want,
+        "exactly one login event per attempt and end"
+    );
+    // Neither password reached any event: not the cleartext one on the unix socket, not the
+    // SCRAM exchange, not psql's environment.
+    expect_no_marker(&h, &[]);
+}
+
+/// A minimal MySQL client speaking the wire protocol itself, to send COM_CHANGE_USER (no
+/// installed client library exposes it to a script). Users without a password only: an empty
+/// auth response.
+struct RawMysql {
+    stream: std::net::TcpStream,
+}
+
+impl RawMysql {
+    fn read_packet(&mut self) -> (u8, Vec<u8>) {
+        use std::io::Read as _;
+        let mut head = [0u8; 4];
+        self.stream.read_exact(&mut head).expect("packet header");
+        let len = usize::from(head[0]) | usize::from(head[1]) << 8 | usize::from(head[2]) << 16;
+        let mut payload = vec![0u8; len];
+        self.stream
+            .read_exact(&mut payload)
+            .expect("packet payload");
+        (head[3], payload)
+    }
+
+    fn write_packet(&mut self, seq: u8, payload: &[u8]) {
+        use std::io::Write as _;
+        let n = payload.len();
+        let mut p = vec![n as u8, (n >> 8) as u8, (n >> 16) as u8, seq];
+        p.extend_from_slice(payload);
+        self.stream.write_all(&p).expect("write packet");
+    }
+
+    /// Reads the server's verdict on a login or change of user, answering auth switches
+    /// with an empty response: the first byte of its OK (0x00) or ERR (0xff).
+    fn verdict(&mut self) -> u8 {
+        loop {
+            let (seq, payload) = self.read_packet();
+            match payload.first() {
+                Some(0xfe | 0x01) => self.write_packet(seq.wrapping_add(1), &[]),
+                Some(&b) => return b,
+                None => panic!("empty packet"),
+            }
+        }
+    }
+
+    const CAPS: u32 = 0x0000_0001 | 0x0000_0200 | 0x0000_2000 | 0x0000_8000 | 0x0008_0000;
+
+    fn login(port: u16, user: &str) -> RawMysql {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let mut c = RawMysql { stream };
+        let (_, greeting) = c.read_packet();
+        assert_eq!(greeting.first(), Some(&10), "protocol 10 greeting");
+        let mut p = Self::CAPS.to_le_bytes().to_vec();
+        p.extend_from_slice(&16_777_216u32.to_le_bytes());
+        p.push(45);
+        p.extend_from_slice(&[0; 23]);
+        p.extend_from_slice(user.as_bytes());
+        p.push(0);
+        p.push(0); // empty auth response
+        p.extend_from_slice(b"mysql_native_password\0");
+        c.write_packet(1, &p);
+        assert_eq!(c.verdict(), 0, "login as {user}");
+        c
+    }
+
+    fn query(&mut self, sql: &str) -> u8 {
+        let mut p = vec![0x03];
+        p.extend_from_slice(sql.as_bytes());
+        self.write_packet(0, &p);
+        self.read_packet().1[0]
+    }
+
+    fn change_user(&mut self, user: &str) -> u8 {
+        let mut p = vec![0x11];
+        p.extend_from_slice(user.as_bytes());
+        p.push(0);
+        p.push(0); // empty auth response
+        p.push(0); // no database
+        p.extend_from_slice(&45u16.to_le_bytes());
+        p.extend_from_slice(b"mysql_native_password\0");
+        self.write_packet(0, &p);
+        self.verdict()
+    }
+
+    /// COM_QUIT; the server may have closed already.
+    fn quit(mut self) {
+        use std::io::Write as _;
+        let _ = self.stream.write_all(&[1, 0, 0, 0, 0x01]);
+    }
+}
+
+#[test]
+fn mariadb_logins_and_change_user_report_outcome_and_the_new_user() {
+    let db = MariaDb::start();
+    // Before the agent runs: the password is in these statements.
+    db.client(
+        true,
+        None,
+        "CREATE USER clerk@localhost IDENTIFIED BY 'PHIMARKright'; \
+         CREATE USER clerk@'127.0.0.1' IDENTIFIED BY 'PHIMARKright'; \
+         CREATE USER pooled@localhost; CREATE USER pooled@'127.0.0.1'; \
+         CREATE ROLE auditor; GRANT auditor TO root@localhost",
+    );
+    let mut config = Config::default();
+    config.database.ports = vec![db.port];
+    config.database.unix_sockets = vec![db.socket()];
+    let mut h = Harness::start_with(&config);
+
+    let clerk = |socket: bool, password: &str| {
+        let mut cmd = Command::new("/usr/bin/mariadb");
+        cmd.args(["--no-defaults", "-uclerk", &format!("-p{password}")]);
+        if socket {
+            cmd.arg(format!("--socket={}", db.socket().display()));
+        } else {
+            cmd.args(["-h", "127.0.0.1", "-P", &db.port.to_string()]);
+        }
+        let _ = cmd
+            .args(["-e", "SELECT 1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("mariadb");
+    };
+    clerk(false, "PHIMARKwrong");
+    expect_login_on_both_ends(&mut h, "tcp", "clerk", false);
+    clerk(true, "PHIMARKwrong");
+    expect_login_on_both_ends(&mut h, "unix", "clerk", false);
+    clerk(false, "PHIMARKright");
+    expect_login_on_both_ends(&mut h, "tcp", "clerk", true);
+    clerk(true, "PHIMARKright");
+    expect_login_on_both_ends(&mut h, "unix", "clerk", true);
+
+    // A role taken with SET ROLE: the statement after it carries it.
+    db.client(true, None, "SET ROLE auditor; SELECT CURRENT_ROLE()");
+    expect_login_on_both_ends(&mut h, "unix", "root", true);
+    for end in ["client", "server"] {
+        let event = h.expect(&format!("{end} statement after SET ROLE"), |e| {
+            statement(e).is_some_and(|s| {
+                s.text == "SELECT CURRENT_ROLE()" && role(s.session.as_ref()) == end
+            })
+        });
+        let session = statement(&event).unwrap().session.clone().unwrap();
+        assert_eq!(
+            (session.db_user.as_str(), session.db_role.as_str()),
+            ("root", "auditor"),
+            "{end}"
+        );
+    }
+
+    // A pooled connection re-authenticated with COM_CHANGE_USER: later statements carry
+    // the new user; a refused change is a failed login. (The raw client is this test
+    // process, where the agent runs: only the server's end is asserted.)
+    let mut c = RawMysql::login(db.port, "root");
+    assert_eq!(c.query("DO 1"), 0);
+    assert_eq!(c.change_user("pooled"), 0, "change to pooled");
+    assert_eq!(c.query("DO LENGTH(CURRENT_USER())"), 0);
+    assert_eq!(c.change_user("clerk"), 0xff, "clerk needs a password");
+    c.quit();
+    let is_server = |e: &v1::Event| exe_name(e) == "mariadbd";
+    let before = h.expect("server statement before the change", |e| {
+        statement(e).is_some_and(|s| s.text == "DO ?") && is_server(e)
+    });
+    assert_eq!(
+        statement(&before)
+            .unwrap()
+            .session
+            .as_ref()
+            .unwrap()
+            .db_user,
+        "root"
+    );
+    let after = h.expect("server statement after the change", |e| {
+        statement(e).is_some_and(|s| s.text == "DO LENGTH(CURRENT_USER())") && is_server(e)
+    });
+    assert_eq!(
+        statement(&after).unwrap().session.as_ref().unwrap().db_user,
+        "pooled"
+    );
+    let refused = h.expect("server's refused change of user", |e| {
+        login(e).is_some_and(|l| l.change_user && !l.ok) && is_server(e)
+    });
+    let refused = login(&refused).unwrap();
+    assert_eq!(
+        (
+            refused.user.as_str(),
+            refused.error_code,
+            refused.sqlstate.as_str()
+        ),
+        ("clerk", 1045, "28000")
+    );
+    assert_eq!(
+        refused.session.as_ref().unwrap().db_user,
+        "pooled",
+        "a refused change keeps the user in effect"
+    );
+    h.stop();
+
+    let native = "mysql_native_password";
+    let mut want = Vec::new();
+    for end in ["client", "server"] {
+        want.extend([
+            row(end, "tcp", "clerk", native, false, "28000", 1045, false),
+            row(end, "unix", "clerk", native, false, "28000", 1045, false),
+            row(end, "tcp", "clerk", native, true, "", 0, false),
+            row(end, "unix", "clerk", native, true, "", 0, false),
+            row(end, "unix", "root", native, true, "", 0, false),
+        ]);
+    }
+    want.extend([
+        row("server", "tcp", "root", native, true, "", 0, false),
+        row("server", "tcp", "pooled", native, true, "", 0, true),
+        row("server", "tcp", "clerk", native, false, "28000", 1045, true),
+    ]);
+    want.sort();
+    let got: Vec<LoginRow> = login_rows(&h)
+        .into_iter()
+        .filter(|r| {
+            // The raw client's own end (this process), if the agent reports it, is not
+            // asserted.
+            !(r.0 == "client"
+                && r.1 == "tcp"
+                && (r.2 == "root" || r.2 == "pooled" || (r.2 == "clerk" && r.7)))
+        })
+        .collect();
+    assert_eq!(got, want, "exactly one login event per attempt and end");
+    expect_no_marker(&h, &[]);
+}

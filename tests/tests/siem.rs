@@ -626,6 +626,28 @@ fn every_kind() -> Vec<phiguard_proto::v1::Event> {
             would.clone(),
         ),
         (
+            Body::DbLogin(v1::DbLogin {
+                session: Some(session.clone()),
+                user: "mallory".into(),
+                database: "ehr".into(),
+                method: "scram-sha-256".into(),
+                sqlstate: "28P01".into(),
+                ..Default::default()
+            }),
+            None,
+        ),
+        (
+            Body::DbLogin(v1::DbLogin {
+                session: Some(session.clone()),
+                user: "clerk".into(),
+                method: "mysql_native_password".into(),
+                ok: true,
+                change_user: true,
+                ..Default::default()
+            }),
+            None,
+        ),
+        (
             Body::DbSessionEnd(v1::DbSessionEnd {
                 session: Some(session),
                 statements: 2,

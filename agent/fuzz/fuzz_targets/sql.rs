@@ -1,11 +1,14 @@
-//! SQL redaction, classification and table extraction never panic, in either dialect and under
+//! SQL redaction, classification, table extraction and identity changes (`SET ROLE`, …)
+//! never panic, in either dialect and under
 //! every combination of the session settings that change lexing (known on, known off,
 //! doubted); and a string literal appended to text without quotes or comments never survives
 //! redaction under any of them.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use phiguard::db::sql::{analyze_with, classify, redact, redact_with, tables, Dialect, Settings};
+use phiguard::db::sql::{
+    analyze_with, classify, identity_changes, redact, redact_with, tables, Dialect, Settings,
+};
 
 /// Characters that open quotes, comments or escapes: text with none of them cannot hide the
 /// appended literal inside one of its own constructs.
@@ -38,6 +41,7 @@ fuzz_target!(|input: &[u8]| {
     let s = settings(first);
     let _ = redact_with(&text, &s);
     let a = analyze_with(&text, &s, true);
+    let _ = identity_changes(&text, &s);
     if a.touches_settings {
         let mut learned = s;
         learned.statement_succeeded(&text);

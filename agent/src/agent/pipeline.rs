@@ -216,6 +216,7 @@ fn body_kind(body: Option<&Body>) -> &'static str {
         Some(Body::Tamper(_)) => "tamper",
         Some(Body::Subscription(_)) => "subscription",
         Some(Body::BreakGlass(_)) => "break_glass",
+        Some(Body::DbLogin(_)) => "db_login",
         None => "none",
     }
 }

@@ -76,8 +76,18 @@ struct Pending {
     start_ns: u64,
 }
 
+/// A login (or MySQL COM_CHANGE_USER) waiting for the server's verdict.
+struct Attempt {
+    user: String,
+    database: String,
+    method: String,
+    change_user: bool,
+}
+
 struct Session {
     info: v1::DbSession,
+    /// The login or change of user whose outcome is still to come.
+    attempt: Option<Attempt>,
     port: u16,
     decoder: Decoder,
     protocol: Option<Protocol>,
@@ -161,7 +171,10 @@ impl Sessions {
                 local_address: address(local),
                 remote_address: address(remote),
                 joined: e.header.flags & FLAG_DB_JOINED != 0,
+                effective_user: String::new(),
+                db_role: String::new(),
             },
+            attempt: None,
             port,
             decoder: Decoder::Unknown,
             protocol: None,
@@ -354,6 +367,16 @@ impl Session {
                 database,
                 application,
             } => {
+                // The session's first login request (not MySQL's COM_INIT_DB, which names a
+                // database only): its outcome is a login event.
+                if !self.started && !self.info.joined {
+                    self.attempt = Some(Attempt {
+                        user: user.clone().unwrap_or_default(),
+                        database: database.clone().unwrap_or_default(),
+                        method: String::new(),
+                        change_user: false,
+                    });
+                }
                 if let Some(u) = user {
                     self.info.db_user = u;
                 }
@@ -366,6 +389,36 @@ impl Session {
                 if !self.started {
                     self.started = true;
                     out.push(self.start_event());
+                }
+            }
+            Message::AuthMethod { method } => {
+                if let Some(a) = &mut self.attempt {
+                    a.method = method;
+                }
+            }
+            Message::ChangeUser { user, database } => {
+                self.attempt = Some(Attempt {
+                    user,
+                    database: database.unwrap_or_default(),
+                    method: String::new(),
+                    change_user: true,
+                });
+            }
+            Message::AuthOk => {
+                if let Some(a) = self.attempt.take() {
+                    if a.change_user {
+                        // A new login on the same connection: a new identity for what follows.
+                        self.info.db_user.clone_from(&a.user);
+                        self.info.database.clone_from(&a.database);
+                        self.info.effective_user.clear();
+                        self.info.db_role.clear();
+                    }
+                    out.push(self.login(a, true, None, None));
+                }
+            }
+            Message::Error { sqlstate, code, .. } if self.attempt.is_some() => {
+                if let Some(a) = self.attempt.take() {
+                    out.push(self.login(a, false, sqlstate, code));
                 }
             }
             Message::Query { text, truncated } => self.push(Pending {
@@ -419,11 +472,40 @@ impl Session {
                     _ => settings.server_parameter(&name, &value),
                 }
             }
-            Message::AuthOk | Message::Prepare { .. } => {}
+            Message::Prepare { .. } => {}
         }
     }
 
+    /// A login event for `attempt` with the server's verdict.
+    fn login(
+        &self,
+        attempt: Attempt,
+        ok: bool,
+        sqlstate: Option<String>,
+        code: Option<u16>,
+    ) -> Body {
+        // PostgreSQL accepted without asking for a credential: trust, peer or ident.
+        let method = if ok && attempt.method.is_empty() && self.protocol == Some(Protocol::Postgres)
+        {
+            "none".into()
+        } else {
+            attempt.method
+        };
+        Body::DbLogin(v1::DbLogin {
+            session: Some(self.info.clone()),
+            user: attempt.user,
+            database: attempt.database,
+            method,
+            ok,
+            sqlstate: sqlstate.unwrap_or_default(),
+            error_code: code.map_or(0, u32::from),
+            change_user: attempt.change_user,
+        })
+    }
+
     fn push(&mut self, p: Pending) {
+        // A statement means the login went through even if its outcome was not seen.
+        self.attempt = None;
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
         }
@@ -457,6 +539,7 @@ impl Session {
             .get_or_insert_with(|| sql::Settings::unknown(dialect));
         let analysis = sql::analyze_with(&p.text, settings, !full);
         let learn = analysis.touches_settings.then(|| p.text.clone());
+        let identity = sql::identity_changes(&p.text, settings);
         let mut st = v1::DbStatement {
             session: Some(self.info.clone()),
             text: analysis.redacted.unwrap_or(p.text),
@@ -470,10 +553,37 @@ impl Session {
             ..Default::default()
         };
         outcome(&mut st);
+        if st.ok {
+            // Later events carry an identity the server accepted; this one ran before it.
+            for change in identity {
+                apply_identity(&mut self.info, change);
+            }
+        }
         if let Some(text) = learn.filter(|_| st.ok) {
             settings.statement_succeeded(&text);
         }
         Body::DbStatement(st)
+    }
+}
+
+/// Records an identity change the server accepted: the login user (`db_user`) stays, the
+/// session user and role beside it change.
+fn apply_identity(info: &mut v1::DbSession, change: sql::IdentityChange) {
+    match change {
+        sql::IdentityChange::Role(role) => info.db_role = role,
+        sql::IdentityChange::ResetRole => info.db_role.clear(),
+        sql::IdentityChange::SessionAuthorization(user) => {
+            info.effective_user = if user == info.db_user {
+                String::new()
+            } else {
+                user
+            };
+            info.db_role.clear();
+        }
+        sql::IdentityChange::ResetAuthorization => {
+            info.effective_user.clear();
+            info.db_role.clear();
+        }
     }
 }
 
@@ -755,5 +865,195 @@ mod tests {
             (end.bytes_sent, end.bytes_received, end.statements),
             (8, 8, 0)
         );
+    }
+
+    fn server_feed(s: &mut Sessions, op: u32, ns: u64, bytes: &[u8]) -> Vec<Body> {
+        s.data(&data(db_role::SERVER, op, ns, bytes.len() as u32), bytes)
+    }
+
+    fn logins(out: &[Body]) -> Vec<&v1::DbLogin> {
+        out.iter()
+            .filter_map(|b| match b {
+                Body::DbLogin(l) => Some(l),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_refused_password_is_one_failed_login_without_the_password() {
+        use crate::db::postgres::tests::{auth_request, login_refused, startup_message, typed};
+        let mut s = Sessions::new(false);
+        s.open(&sock(db_role::SERVER), None, None);
+        let su = startup_message(&[("user", "clerk"), ("database", "ehr")]);
+        let mut out = server_feed(&mut s, db_op::READ, 0, &su);
+        out.extend(server_feed(&mut s, db_op::WRITE, 1, &auth_request(3, b"")));
+        out.extend(server_feed(
+            &mut s,
+            db_op::READ,
+            2,
+            &typed(b'p', b"PHIMARKpassword\0"),
+        ));
+        out.extend(server_feed(
+            &mut s,
+            db_op::WRITE,
+            3,
+            &login_refused("28P01"),
+        ));
+        out.extend(server_feed(&mut s, db_op::READ, 4, &[]));
+        assert!(matches!(
+            &out[..],
+            [
+                Body::DbSessionStart(_),
+                Body::DbLogin(_),
+                Body::DbSessionEnd(_)
+            ]
+        ));
+        let [login] = logins(&out)[..] else {
+            unreachable!()
+        };
+        assert_eq!(
+            (
+                login.user.as_str(),
+                login.database.as_str(),
+                login.method.as_str(),
+                login.ok,
+                login.sqlstate.as_str(),
+                login.change_user
+            ),
+            ("clerk", "ehr", "password", false, "28P01", false)
+        );
+        assert!(!format!("{out:?}").contains("PHIMARK"));
+    }
+
+    #[test]
+    fn an_accepted_set_role_is_carried_by_later_statements() {
+        use crate::db::postgres::tests::{auth_request, query, startup_message, typed};
+        let mut s = Sessions::new(false);
+        s.open(&sock(db_role::SERVER), None, None);
+        let su = startup_message(&[("user", "postgres")]);
+        let mut out = server_feed(&mut s, db_op::READ, 0, &su);
+        let mut ok = auth_request(0, b"");
+        ok.extend(typed(b'S', b"session_authorization\0postgres\0"));
+        ok.extend(typed(b'Z', b"I"));
+        out.extend(server_feed(&mut s, db_op::WRITE, 1, &ok));
+        let exchanges: [(&str, Vec<u8>); 5] = [
+            ("SET ROLE auditor", typed(b'C', b"SET\0")),
+            ("SELECT 1", typed(b'C', b"SELECT 1\0")),
+            (
+                "SET ROLE nobody",
+                typed(b'E', b"SERROR\0C42704\0Mrole does not exist\0\0"),
+            ),
+            ("SET SESSION AUTHORIZATION clerk", typed(b'C', b"SET\0")),
+            ("SELECT 2", typed(b'C', b"SELECT 1\0")),
+        ];
+        for (i, (sql, mut answer)) in exchanges.into_iter().enumerate() {
+            let ns = 10 + 2 * i as u64;
+            out.extend(server_feed(&mut s, db_op::READ, ns, &query(sql)));
+            answer.extend(typed(b'Z', b"I"));
+            out.extend(server_feed(&mut s, db_op::WRITE, ns + 1, &answer));
+        }
+        let [login] = logins(&out)[..] else {
+            panic!("one login: {out:?}")
+        };
+        assert_eq!((login.method.as_str(), login.ok), ("none", true));
+        let identities: Vec<(String, &str, &str, &str)> = out
+            .iter()
+            .filter_map(|b| match b {
+                Body::DbStatement(st) => {
+                    let info = st.session.as_ref().unwrap();
+                    Some((
+                        st.text.clone(),
+                        info.db_user.as_str(),
+                        info.effective_user.as_str(),
+                        info.db_role.as_str(),
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            identities,
+            [
+                ("SET ROLE auditor".into(), "postgres", "", ""),
+                ("SELECT ?".into(), "postgres", "", "auditor"),
+                ("SET ROLE nobody".into(), "postgres", "", "auditor"),
+                (
+                    "SET SESSION AUTHORIZATION clerk".into(),
+                    "postgres",
+                    "",
+                    "auditor"
+                ),
+                ("SELECT ?".into(), "postgres", "clerk", ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_accepted_change_user_is_a_login_and_the_new_user_of_later_statements() {
+        use crate::db::mysql::tests::change_user_packet;
+        let mut s = Sessions::new(false);
+        s.open(&joined(3306), None, None);
+        let mut out = feed(
+            &mut s,
+            db_op::WRITE,
+            1,
+            &change_user_packet("mallory", "ehr"),
+        );
+        out.extend(feed(
+            &mut s,
+            db_op::READ,
+            2,
+            &[
+                15, 0, 0, 1, 0xff, 0x15, 0x04, b'#', b'2', b'8', b'0', b'0', b'0', b'd', b'e',
+                b'n', b'i', b'e', b'd',
+            ],
+        ));
+        out.extend(feed(
+            &mut s,
+            db_op::WRITE,
+            3,
+            &change_user_packet("clerk", "ehr"),
+        ));
+        out.extend(feed(
+            &mut s,
+            db_op::READ,
+            4,
+            &[7, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0],
+        ));
+        let mut query = vec![9, 0, 0, 0, 0x03];
+        query.extend_from_slice(b"SELECT 1");
+        out.extend(feed(&mut s, db_op::WRITE, 5, &query));
+        out.extend(feed(
+            &mut s,
+            db_op::READ,
+            6,
+            &[7, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0],
+        ));
+        let got: Vec<(&str, bool, &str, u32, &str)> = logins(&out)
+            .iter()
+            .map(|l| {
+                (
+                    l.user.as_str(),
+                    l.ok,
+                    l.method.as_str(),
+                    l.error_code,
+                    l.session.as_ref().unwrap().db_user.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("mallory", false, "mysql_native_password", 1045, ""),
+                ("clerk", true, "mysql_native_password", 0, "clerk"),
+            ]
+        );
+        assert!(logins(&out).iter().all(|l| l.change_user));
+        let Some(Body::DbStatement(st)) = out.last() else {
+            panic!("a statement last: {out:?}")
+        };
+        assert_eq!(st.session.as_ref().unwrap().db_user, "clerk");
+        assert!(!format!("{out:?}").contains("PHIMARK"));
     }
 }

@@ -159,6 +159,7 @@ impl Serialize for WithParts<'_> {
             Some(Body::Tamper(v)) => s.serialize_field("tamper", v)?,
             Some(Body::Subscription(v)) => s.serialize_field("subscription", v)?,
             Some(Body::BreakGlass(v)) => s.serialize_field("breakGlass", v)?,
+            Some(Body::DbLogin(v)) => s.serialize_field("dbLogin", v)?,
         }
         s.end()
     }
@@ -246,6 +247,12 @@ mod tests {
             Some(Body::Heartbeat(Default::default())),
             Some(Body::Tamper(Default::default())),
             Some(Body::BreakGlass(Default::default())),
+            Some(Body::DbLogin(v1::DbLogin {
+                user: "alice".into(),
+                method: "scram-sha-256".into(),
+                sqlstate: "28P01".into(),
+                ..Default::default()
+            })),
         ]
     }
 

@@ -74,7 +74,23 @@ pub enum Message {
         /// Application name (`application_name`, MySQL `program_name` attribute).
         application: Option<String>,
     },
-    /// The server accepted the login.
+    /// How the login (or a MySQL COM_CHANGE_USER) authenticates, as the exchange names it:
+    /// PostgreSQL's AuthenticationRequest type (`password`, `md5`, `scram-sha-256`, …),
+    /// refined by the SASL mechanism the client chose; MySQL's client plugin, then any auth
+    /// switch. Only the name: never a password, scramble or SASL payload.
+    AuthMethod {
+        /// The method's name.
+        method: String,
+    },
+    /// MySQL COM_CHANGE_USER: the client re-authenticates the open session as another user.
+    /// The server's OK ([`Message::AuthOk`]) or ERR ([`Message::Error`]) follows.
+    ChangeUser {
+        /// The new database user.
+        user: String,
+        /// The database (schema) asked for, when one was.
+        database: Option<String>,
+    },
+    /// The server accepted the login (or a COM_CHANGE_USER).
     AuthOk,
     /// A statement sent for immediate execution (PostgreSQL Query, MySQL COM_QUERY).
     Query {
@@ -383,6 +399,22 @@ impl<'a> Reader<'a> {
     pub fn lenenc_bytes(&mut self) -> Option<&'a [u8]> {
         let n = usize::try_from(self.lenenc()?).ok()?;
         self.take(n)
+    }
+}
+
+/// An authentication method's name as the wire gives it, when it looks like one (letters,
+/// digits, `_`, `-`, `.`; at most 64 bytes), else `unknown`: a name is all an event may carry
+/// from the credential exchange.
+pub(crate) fn method_name(bytes: &[u8]) -> String {
+    let plausible = !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if plausible {
+        String::from_utf8_lossy(bytes).into_owned()
+    } else {
+        "unknown".into()
     }
 }
 

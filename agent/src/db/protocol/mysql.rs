@@ -9,8 +9,8 @@
 //! counted, never read. Compressed sessions (`CLIENT_COMPRESS`) are not decoded.
 
 use super::{
-    text, Chunk, DecodeError, Direction, Encryption, Frame, Header, Message, Reader, Statements,
-    Stream,
+    method_name, text, Chunk, DecodeError, Direction, Encryption, Frame, Header, Message, Reader,
+    Statements, Stream,
 };
 
 const CLIENT_CONNECT_WITH_DB: u32 = 0x0000_0008;
@@ -27,6 +27,7 @@ const CLIENT_QUERY_ATTRIBUTES: u32 = 0x0800_0000;
 const COM_QUIT: u8 = 0x01;
 const COM_INIT_DB: u8 = 0x02;
 const COM_QUERY: u8 = 0x03;
+const COM_CHANGE_USER: u8 = 0x11;
 const COM_STMT_PREPARE: u8 = 0x16;
 const COM_STMT_EXECUTE: u8 = 0x17;
 const COM_STMT_CLOSE: u8 = 0x19;
@@ -40,7 +41,7 @@ const NO_BACKSLASH_ESCAPES: u16 = 0x0200;
 enum Phase {
     /// Before the client's handshake response.
     Handshake,
-    /// After it, until the server's OK.
+    /// After it (or after a COM_CHANGE_USER), until the server's OK.
     Auth,
     /// Commands.
     Command,
@@ -88,7 +89,12 @@ impl Decoder {
             client: Stream::default(),
             server: Stream::default(),
             phase: Phase::Handshake,
-            capabilities: CLIENT_PROTOCOL_41 | CLIENT_DEPRECATE_EOF,
+            // Until the client's handshake response says (never, for a session joined
+            // mid-way): what every client since MySQL 5.5 sends.
+            capabilities: CLIENT_PROTOCOL_41
+                | CLIENT_DEPRECATE_EOF
+                | CLIENT_SECURE_CONNECTION
+                | CLIENT_PLUGIN_AUTH,
             pending: Pending::None,
             encrypted: false,
             statements: Statements::default(),
@@ -176,7 +182,11 @@ impl Decoder {
                 }
                 self.capabilities = caps;
                 self.phase = Phase::Auth;
-                out.push(handshake_response(caps, r, lenient));
+                let (startup, plugin) = handshake_response(caps, r, lenient);
+                out.push(startup);
+                if let Some(method) = plugin {
+                    out.push(Message::AuthMethod { method });
+                }
             }
             // A command starts a new sequence (0); auth switch responses continue one. A
             // command means the server accepted the login even if its OK was not seen.
@@ -232,6 +242,15 @@ impl Decoder {
                         self.pending = Pending::Result;
                     }
                     COM_QUIT => out.push(Message::Terminate),
+                    COM_CHANGE_USER => {
+                        let (change, plugin) = change_user(self.capabilities, r, lenient);
+                        out.push(change);
+                        if let Some(method) = plugin {
+                            out.push(Message::AuthMethod { method });
+                        }
+                        // The server answers as to a login: OK, ERR or an auth switch.
+                        self.phase = Phase::Auth;
+                    }
                     _ => {}
                 }
             }
@@ -255,7 +274,18 @@ impl Decoder {
                 0xff => {
                     out.push(err_packet(payload));
                 }
-                // Auth switch (0xfe), more data (0x01): the exchange goes on.
+                // AuthSwitchRequest: the plugin the server wants instead (the data after its
+                // name is a scramble, never read); a bare 0xfe is the pre-4.1 switch.
+                0xfe => {
+                    let method = match payload.get(1..) {
+                        Some([]) | None => "mysql_old_password".into(),
+                        Some(rest) => Reader::new(rest)
+                            .cstr(true)
+                            .map_or_else(|| "unknown".into(), method_name),
+                    };
+                    out.push(Message::AuthMethod { method });
+                }
+                // More data (0x01): the exchange goes on.
                 _ => {}
             },
             Phase::Command => self.command_answer(first, payload, out),
@@ -374,11 +404,13 @@ fn header(b: &[u8]) -> Header {
     Header::Len(len + 4)
 }
 
-/// The user, database and `program_name` of a HandshakeResponse41, after its capabilities.
-fn handshake_response(caps: u32, mut r: Reader<'_>, lenient: bool) -> Message {
+/// The user, database and `program_name` of a HandshakeResponse41, after its capabilities,
+/// and its auth plugin's name.
+fn handshake_response(caps: u32, mut r: Reader<'_>, lenient: bool) -> (Message, Option<String>) {
     let mut user = None;
     let mut database = None;
     let mut application = None;
+    let mut method = None;
     // max packet size (4), character set (1), filler (23).
     if r.skip(28).is_some() {
         user = r.cstr(lenient).map(text);
@@ -394,7 +426,11 @@ fn handshake_response(caps: u32, mut r: Reader<'_>, lenient: bool) -> Message {
                 database = r.cstr(lenient).map(text).filter(|d| !d.is_empty());
             }
             let plugin = if caps & CLIENT_PLUGIN_AUTH != 0 {
-                r.cstr(lenient).map(|_| ())
+                r.cstr(lenient).map(|p| {
+                    if !p.is_empty() {
+                        method = Some(method_name(p));
+                    }
+                })
             } else {
                 Some(())
             };
@@ -410,11 +446,35 @@ fn handshake_response(caps: u32, mut r: Reader<'_>, lenient: bool) -> Message {
             }
         }
     }
-    Message::Startup {
-        user,
-        database,
-        application,
+    (
+        Message::Startup {
+            user,
+            database,
+            application,
+        },
+        method,
+    )
+}
+
+/// The user, database and auth plugin of a COM_CHANGE_USER, after its command byte; the
+/// auth response between the user and the database is skipped unread.
+fn change_user(caps: u32, mut r: Reader<'_>, lenient: bool) -> (Message, Option<String>) {
+    let user = r.cstr(lenient).map(text).unwrap_or_default();
+    let mut database = None;
+    let mut method = None;
+    let auth = if caps & CLIENT_SECURE_CONNECTION != 0 {
+        r.u8().and_then(|n| r.skip(usize::from(n)))
+    } else {
+        r.cstr(false).map(|_| ())
+    };
+    if auth.is_some() {
+        database = r.cstr(lenient).map(text).filter(|d| !d.is_empty());
+        // Character set (2 bytes), then the plugin name.
+        if caps & CLIENT_PLUGIN_AUTH != 0 && r.skip(2).is_some() {
+            method = r.cstr(lenient).filter(|p| !p.is_empty()).map(method_name);
+        }
     }
+    (Message::ChangeUser { user, database }, method)
 }
 
 /// Skips the parameter count and parameter set count a COM_QUERY carries with
@@ -441,7 +501,7 @@ fn err_packet(payload: &[u8]) -> Message {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::db::testutil::{mutate, split, XorShift};
 
@@ -575,6 +635,9 @@ mod tests {
                     database: Some("ehr".into()),
                     application: Some("mysql".into()),
                 },
+                Message::AuthMethod {
+                    method: "mysql_native_password".into(),
+                },
                 Message::AuthOk,
                 Message::Query {
                     text: "SELECT name FROM patients WHERE ssn = '123-45-6789'".into(),
@@ -635,9 +698,9 @@ mod tests {
                 .iter()
                 .flat_map(|c| d.feed(Chunk::whole(Direction::ToServer, c)))
                 .collect();
-            assert_eq!(got.len(), 7, "{got:?}");
+            assert_eq!(got.len(), 8, "{got:?}");
             assert!(matches!(&got[0], Message::Startup { user: Some(u), .. } if u == "alice"));
-            assert_eq!(got[6], Message::Terminate);
+            assert_eq!(got[7], Message::Terminate);
         }
     }
 
@@ -680,6 +743,124 @@ mod tests {
     }
 
     #[test]
+    fn auth_switch_names_the_plugin_in_use() {
+        let mut d = Decoder::new();
+        let mut got = d.feed(Chunk::whole(
+            Direction::ToServer,
+            &handshake_response_packet(CAPS),
+        ));
+        got.extend(d.feed(Chunk::whole(
+            Direction::ToClient,
+            &packet(2, b"\xfeclient_ed25519\0PHIMARKscramble0123456789ab"),
+        )));
+        // The client's signature: a continuation (sequence 3), never read.
+        got.extend(d.feed(Chunk::whole(
+            Direction::ToServer,
+            &packet(3, b"PHIMARKsignature"),
+        )));
+        got.extend(d.feed(Chunk::whole(
+            Direction::ToClient,
+            &packet(
+                4,
+                b"\xff\x15\x04#28000Access denied for user 'alice'@'localhost'",
+            ),
+        )));
+        assert_eq!(
+            got[1..],
+            [
+                Message::AuthMethod {
+                    method: "mysql_native_password".into()
+                },
+                Message::AuthMethod {
+                    method: "client_ed25519".into()
+                },
+                Message::Error {
+                    sqlstate: Some("28000".into()),
+                    code: Some(1045),
+                    severity: None
+                },
+            ]
+        );
+        assert!(!format!("{got:?}").contains("PHIMARK"));
+    }
+
+    /// A COM_CHANGE_USER as libmariadb's `mysql_change_user` sends it.
+    pub(crate) fn change_user_packet(user: &str, database: &str) -> Vec<u8> {
+        let mut p = vec![COM_CHANGE_USER];
+        p.extend_from_slice(user.as_bytes());
+        p.push(0);
+        p.push(20);
+        p.extend_from_slice(b"PHIMARKscrambled-pwd");
+        p.extend_from_slice(database.as_bytes());
+        p.push(0);
+        p.extend_from_slice(&45u16.to_le_bytes());
+        p.extend_from_slice(b"mysql_native_password\0");
+        p.extend(lenenc_str(&[]));
+        packet(0, &p)
+    }
+
+    #[test]
+    fn change_user_then_ok_or_err() {
+        let mut d = Decoder::mid_session();
+        d.capabilities = CAPS;
+        let mut got = d.feed(Chunk::whole(
+            Direction::ToServer,
+            &change_user_packet("clerk", "ehr"),
+        ));
+        got.extend(d.feed(Chunk::whole(
+            Direction::ToClient,
+            &packet(1, &[0, 0, 0, 2, 0, 0, 0]),
+        )));
+        got.extend(d.feed(Chunk::whole(
+            Direction::ToServer,
+            &packet(0, b"\x03SELECT 1"),
+        )));
+        assert_eq!(
+            got,
+            [
+                Message::ChangeUser {
+                    user: "clerk".into(),
+                    database: Some("ehr".into())
+                },
+                Message::AuthMethod {
+                    method: "mysql_native_password".into()
+                },
+                Message::AuthOk,
+                Message::Query {
+                    text: "SELECT 1".into(),
+                    truncated: false
+                },
+            ]
+        );
+        let mut got = d.feed(Chunk::whole(
+            Direction::ToServer,
+            &change_user_packet("mallory", ""),
+        ));
+        got.extend(d.feed(Chunk::whole(
+            Direction::ToClient,
+            &packet(1, b"\xff\x15\x04#28000Access denied"),
+        )));
+        assert_eq!(
+            got,
+            [
+                Message::ChangeUser {
+                    user: "mallory".into(),
+                    database: None
+                },
+                Message::AuthMethod {
+                    method: "mysql_native_password".into()
+                },
+                Message::Error {
+                    sqlstate: Some("28000".into()),
+                    code: Some(1045),
+                    severity: None
+                },
+            ]
+        );
+        assert!(!format!("{got:?}").contains("PHIMARK"));
+    }
+
+    #[test]
     fn truncated_query_keeps_framing() {
         let long = format!("\x03SELECT '{}'", "z".repeat(9000));
         let q = packet(0, long.as_bytes());
@@ -709,7 +890,11 @@ mod tests {
     fn random_and_mutated_input_never_panics() {
         let mut rng = XorShift(0xfeed_f00d_0123_4567);
         let server: Vec<u8> = server_session(true).concat();
-        let bases = [client_session(CAPS), server];
+        let mut with_change = client_session(CAPS);
+        with_change.extend(change_user_packet("clerk", "ehr"));
+        let mut auth_server = packet(2, b"\xfeclient_ed25519\0scramble");
+        auth_server.extend(packet(4, b"\xff\x15\x04#28000Access denied"));
+        let bases = [client_session(CAPS), server, with_change, auth_server];
         for round in 0..4000 {
             let base = &bases[round % bases.len()];
             let input = if round % 5 == 0 {

@@ -9,8 +9,8 @@
 //! is recognised by the TLS record header.
 
 use super::{
-    text, Chunk, DecodeError, Direction, Encryption, Frame, Header, Message, Reader, Statements,
-    Stream,
+    method_name, text, Chunk, DecodeError, Direction, Encryption, Frame, Header, Message, Reader,
+    Statements, Stream,
 };
 
 const SSL_REQUEST: i32 = 80_877_103;
@@ -36,6 +36,9 @@ pub struct Decoder {
     statements: Statements,
     /// Portal name → statement name, from Bind.
     portals: Statements,
+    /// The SASL mechanisms the server offered (AuthenticationSASL), until the client's
+    /// SASLInitialResponse names the one it chose.
+    sasl_offered: Option<Vec<String>>,
 }
 
 impl Decoder {
@@ -198,6 +201,19 @@ impl Decoder {
                 }
             }
             b'X' => out.push(Message::Terminate),
+            // SASLInitialResponse: only the mechanism's name, and only one the server
+            // offered; the payload after it is never read. Other password messages (the
+            // cleartext or MD5 password, SASL continuations) are skipped unread.
+            b'p' => {
+                if let Some(offered) = self.sasl_offered.take() {
+                    if let Some(name) = r.cstr(false) {
+                        let name = method_name(name).to_ascii_lowercase();
+                        if offered.contains(&name) {
+                            out.push(Message::AuthMethod { method: name });
+                        }
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -226,7 +242,36 @@ impl Decoder {
         };
         let mut r = Reader::new(bytes.get(5..).unwrap_or_default());
         match kind {
-            b'R' if r.i32_be() == Some(0) => out.push(Message::AuthOk),
+            b'R' => match r.i32_be() {
+                Some(0) => {
+                    self.sasl_offered = None;
+                    out.push(Message::AuthOk);
+                }
+                Some(10) => {
+                    // AuthenticationSASL: the mechanisms offered, most preferred first.
+                    let mut offered = Vec::new();
+                    while let Some(name) = r.cstr(false) {
+                        if name.is_empty() {
+                            break;
+                        }
+                        offered.push(method_name(name).to_ascii_lowercase());
+                    }
+                    if let Some(first) = offered.first() {
+                        out.push(Message::AuthMethod {
+                            method: first.clone(),
+                        });
+                    }
+                    self.sasl_offered = Some(offered);
+                }
+                Some(code) => {
+                    if let Some(method) = auth_method(code) {
+                        out.push(Message::AuthMethod {
+                            method: method.into(),
+                        });
+                    }
+                }
+                None => {}
+            },
             b'E' => out.push(error_response(r)),
             b'C' => {
                 if let Some(tag) = r.cstr(frame.truncated) {
@@ -247,6 +292,19 @@ impl Decoder {
             }
             _ => {}
         }
+    }
+}
+
+/// The method an AuthenticationRequest asks for; `None` for the continuations (GSS
+/// continue 8, SASL continue 11 and final 12) and for what this decoder does not name.
+fn auth_method(code: i32) -> Option<&'static str> {
+    match code {
+        2 => Some("kerberos5"),
+        3 => Some("password"),
+        5 => Some("md5"),
+        7 => Some("gss"),
+        9 => Some("sspi"),
+        _ => None,
     }
 }
 
@@ -676,6 +734,117 @@ pub(crate) mod tests {
         assert!(matches!(&got[..], [Message::Desync { .. }]));
     }
 
+    /// What a server asking for `code` (3 cleartext, 5 MD5 with a salt) sends.
+    pub fn auth_request(code: i32, extra: &[u8]) -> Vec<u8> {
+        let mut body = code.to_be_bytes().to_vec();
+        body.extend_from_slice(extra);
+        typed(b'R', &body)
+    }
+
+    /// The FATAL ErrorResponse of a refused login, as PostgreSQL 15 sends it.
+    pub fn login_refused(sqlstate: &str) -> Vec<u8> {
+        typed(
+            b'E',
+            format!("SFATAL\0VFATAL\0C{sqlstate}\0Mpassword authentication failed for user \"clerk\"\0Fauth.c\0L326\0Rauth_failed\0\0")
+                .as_bytes(),
+        )
+    }
+
+    fn both(d: &mut Decoder, exchange: &[(Direction, Vec<u8>)]) -> Vec<Message> {
+        exchange
+            .iter()
+            .flat_map(|(dir, bytes)| d.feed(Chunk::whole(*dir, bytes)))
+            .collect()
+    }
+
+    #[test]
+    fn scram_login_refused_names_the_mechanism_and_sqlstate_never_the_payload() {
+        let mut initial = cstrs(&["SCRAM-SHA-256"]);
+        let first = b"n,,n=,r=PHIMARKnonce";
+        initial.extend_from_slice(&(first.len() as i32).to_be_bytes());
+        initial.extend_from_slice(first);
+        let exchange = [
+            (
+                Direction::ToServer,
+                startup_message(&[("user", "clerk"), ("database", "ehr")]),
+            ),
+            (
+                Direction::ToClient,
+                auth_request(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"),
+            ),
+            (Direction::ToServer, typed(b'p', &initial)),
+            (
+                Direction::ToClient,
+                auth_request(11, b"r=PHIMARKnonce,s=c2FsdA==,i=4096"),
+            ),
+            (
+                Direction::ToServer,
+                typed(b'p', b"c=biws,r=PHIMARKnonce,p=PHIMARKproof"),
+            ),
+            (Direction::ToClient, login_refused("28P01")),
+        ];
+        let got = both(&mut Decoder::new(), &exchange);
+        assert_eq!(
+            got[1..],
+            [
+                // Offered first, then the one the client chose.
+                Message::AuthMethod {
+                    method: "scram-sha-256-plus".into()
+                },
+                Message::AuthMethod {
+                    method: "scram-sha-256".into()
+                },
+                Message::Error {
+                    sqlstate: Some("28P01".into()),
+                    code: None,
+                    severity: Some("FATAL".into())
+                },
+            ]
+        );
+        assert!(!format!("{got:?}").contains("PHIMARK"));
+    }
+
+    #[test]
+    fn cleartext_and_md5_requests_and_the_password_unread() {
+        for (code, extra, method) in [(3, &b""[..], "password"), (5, &b"salt"[..], "md5")] {
+            let exchange = [
+                (Direction::ToServer, startup_message(&[("user", "clerk")])),
+                (Direction::ToClient, auth_request(code, extra)),
+                (Direction::ToServer, typed(b'p', b"PHIMARKsecret\0")),
+                (Direction::ToClient, auth_request(0, b"")),
+            ];
+            let got = both(&mut Decoder::new(), &exchange);
+            assert_eq!(
+                got[1..],
+                [
+                    Message::AuthMethod {
+                        method: method.into()
+                    },
+                    Message::AuthOk
+                ]
+            );
+            assert!(!format!("{got:?}").contains("PHIMARK"));
+        }
+    }
+
+    #[test]
+    fn a_sasl_mechanism_the_server_did_not_offer_is_not_echoed() {
+        let mut initial = cstrs(&["PHIMARK-not-a-mechanism"]);
+        initial.extend_from_slice(&0i32.to_be_bytes());
+        let exchange = [
+            (Direction::ToServer, startup_message(&[("user", "clerk")])),
+            (Direction::ToClient, auth_request(10, b"SCRAM-SHA-256\0\0")),
+            (Direction::ToServer, typed(b'p', &initial)),
+        ];
+        let got = both(&mut Decoder::new(), &exchange);
+        assert_eq!(
+            got[1..],
+            [Message::AuthMethod {
+                method: "scram-sha-256".into()
+            }]
+        );
+    }
+
     #[test]
     fn command_tags() {
         assert_eq!(command_rows("INSERT 0 3"), Some(3));
@@ -689,7 +858,18 @@ pub(crate) mod tests {
     #[test]
     fn random_and_mutated_input_never_panics() {
         let mut rng = XorShift(0x0bad_c0de_1234_5678);
-        let bases = [client_session(), server_session(), ssl_request()];
+        let mut login = auth_request(10, b"SCRAM-SHA-256\0\0");
+        login.extend(auth_request(3, b""));
+        login.extend(login_refused("28P01"));
+        let mut sasl = startup_message(&[("user", "clerk")]);
+        sasl.extend(typed(b'p', b"SCRAM-SHA-256\0\0\0\0\x04n,,x"));
+        let bases = [
+            client_session(),
+            server_session(),
+            ssl_request(),
+            login,
+            sasl,
+        ];
         for round in 0..4000 {
             let base = &bases[round % bases.len()];
             let input = if round % 5 == 0 {

@@ -251,6 +251,145 @@ impl Settings {
     }
 }
 
+/// A change of the session's identity a statement makes, to apply once the server accepted
+/// it (see [`identity_changes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityChange {
+    /// `SET [SESSION] ROLE name` (PostgreSQL), `SET ROLE name[, …]` (MySQL / MariaDB): the
+    /// role (or roles, or MySQL's `ALL` / `DEFAULT`) in effect from now on.
+    Role(String),
+    /// `SET ROLE NONE`, `RESET ROLE`: no role set any more.
+    ResetRole,
+    /// PostgreSQL `SET [SESSION] SESSION AUTHORIZATION name`: the session user from now on
+    /// (which also resets the role).
+    SessionAuthorization(String),
+    /// PostgreSQL `SET SESSION AUTHORIZATION DEFAULT`, `RESET SESSION AUTHORIZATION`,
+    /// `RESET ALL`, `DISCARD ALL`: back to the login user, no role.
+    ResetAuthorization,
+}
+
+/// The identity changes in `sql`, statement by statement, lexed under `settings`. Not
+/// followed: `SET LOCAL` (for the transaction only), `set_config('role', …)`, a
+/// transaction's rollback undoing a `SET ROLE`, and roles a function runs as
+/// (`SECURITY DEFINER`).
+pub fn identity_changes(sql: &str, settings: &Settings) -> Vec<IdentityChange> {
+    let mut out = Vec::new();
+    // Cheap test first, without allocating: nearly every statement names none of these.
+    let mentions = |w: &str| {
+        sql.as_bytes()
+            .windows(w.len())
+            .any(|b| b.eq_ignore_ascii_case(w.as_bytes()))
+    };
+    if !["ROLE", "AUTHORIZATION", "RESET", "DISCARD"]
+        .iter()
+        .any(|w| mentions(w))
+    {
+        return out;
+    }
+    let toks = tokens(sql, settings);
+    let sig = significant_tokens(sql, &toks);
+    let dialect = settings.dialect;
+    let word = |t: &(Tok, &str), w: &str| t.0 == Tok::Word && t.1.eq_ignore_ascii_case(w);
+    for stmt in sig.split(|&(k, t)| k == Tok::Punct && t == ";") {
+        let change = match (dialect, stmt) {
+            (_, [set, role, rest @ ..]) if word(set, "SET") && word(role, "ROLE") => {
+                role_names(rest, dialect)
+            }
+            (Dialect::Postgres, [set, session, role, rest @ ..])
+                if word(set, "SET") && word(session, "SESSION") && word(role, "ROLE") =>
+            {
+                role_names(rest, dialect)
+            }
+            (Dialect::Postgres, [reset, role]) if word(reset, "RESET") && word(role, "ROLE") => {
+                Some(IdentityChange::ResetRole)
+            }
+            (Dialect::Postgres, [reset, all]) if word(reset, "RESET") && word(all, "ALL") => {
+                Some(IdentityChange::ResetAuthorization)
+            }
+            (Dialect::Postgres, [discard, all]) if word(discard, "DISCARD") && word(all, "ALL") => {
+                Some(IdentityChange::ResetAuthorization)
+            }
+            (Dialect::Postgres, [reset, session, auth])
+                if word(reset, "RESET")
+                    && word(session, "SESSION")
+                    && word(auth, "AUTHORIZATION") =>
+            {
+                Some(IdentityChange::ResetAuthorization)
+            }
+            (Dialect::Postgres, [set, rest @ ..]) if word(set, "SET") => {
+                // `SET SESSION SESSION AUTHORIZATION …`: the first SESSION is the scope.
+                let rest = match rest {
+                    [scope, session, ..] if word(scope, "SESSION") && word(session, "SESSION") => {
+                        &rest[1..]
+                    }
+                    _ => rest,
+                };
+                match rest {
+                    [session, auth, name]
+                        if word(session, "SESSION") && word(auth, "AUTHORIZATION") =>
+                    {
+                        if word(name, "DEFAULT") {
+                            Some(IdentityChange::ResetAuthorization)
+                        } else {
+                            identifier(*name, dialect).map(IdentityChange::SessionAuthorization)
+                        }
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        out.extend(change);
+    }
+    out
+}
+
+/// The role list after `SET ROLE`: `NONE`, one name (PostgreSQL), or MySQL's names, `ALL`,
+/// `ALL EXCEPT …`, `DEFAULT`, kept as written (names unquoted).
+fn role_names(rest: &[(Tok, &str)], dialect: Dialect) -> Option<IdentityChange> {
+    match rest {
+        [] => None,
+        [(Tok::Word, none)] if none.eq_ignore_ascii_case("NONE") => Some(IdentityChange::ResetRole),
+        [one] if dialect == Dialect::Postgres => {
+            identifier(*one, dialect).map(IdentityChange::Role)
+        }
+        _ if dialect == Dialect::Postgres => None,
+        _ => {
+            let mut names = String::new();
+            let mut sep = "";
+            for &t in rest {
+                match t {
+                    (Tok::Punct, ",") => sep = ", ",
+                    // MySQL's `role@host`.
+                    (Tok::Punct, "@") => sep = "@",
+                    _ => {
+                        names.push_str(sep);
+                        names.push_str(&identifier(t, dialect)?);
+                        sep = " ";
+                    }
+                }
+            }
+            Some(IdentityChange::Role(names))
+        }
+    }
+}
+
+/// A name as the server reads it: a word (folded to lower case by PostgreSQL), a quoted
+/// identifier without its quotes, or a plain string literal's contents.
+fn identifier((kind, text): (Tok, &str), dialect: Dialect) -> Option<String> {
+    match kind {
+        Tok::Word if dialect == Dialect::Postgres => Some(text.to_lowercase()),
+        Tok::Word => Some(text.to_owned()),
+        Tok::QuotedIdent => {
+            let q = &text[..1];
+            let inner = text.get(1..text.len() - 1)?;
+            Some(inner.replace(&format!("{q}{q}"), q))
+        }
+        Tok::Literal => plain_string(text).map(str::to_owned),
+        _ => None,
+    }
+}
+
 /// The contents of a string literal without escapes or doubled quotes in it (`'a,b'`,
 /// `_utf8'a'`), else `None`.
 fn plain_string(lit: &str) -> Option<&str> {
@@ -1267,5 +1406,48 @@ mod tests {
                 let _ = (classify(&s, d), tables(&s, d));
             }
         }
+    }
+
+    #[test]
+    fn identity_changes_per_dialect() {
+        use IdentityChange::*;
+        let pg = |sql: &str| identity_changes(sql, &Settings::unknown(PG));
+        let my = |sql: &str| identity_changes(sql, &Settings::unknown(MY));
+        assert_eq!(pg("SET ROLE Auditor"), [Role("auditor".into())]);
+        assert_eq!(
+            pg("set session role \"Billing Clerk\";"),
+            [Role("Billing Clerk".into())]
+        );
+        assert_eq!(pg("SET ROLE 'reader'"), [Role("reader".into())]);
+        assert_eq!(pg("SET ROLE NONE"), [ResetRole]);
+        assert_eq!(pg("RESET ROLE"), [ResetRole]);
+        assert_eq!(
+            pg("SET SESSION AUTHORIZATION clerk; SELECT 1"),
+            [SessionAuthorization("clerk".into())]
+        );
+        assert_eq!(
+            pg("/* pool */ SET SESSION SESSION AUTHORIZATION DEFAULT"),
+            [ResetAuthorization]
+        );
+        assert_eq!(pg("RESET SESSION AUTHORIZATION"), [ResetAuthorization]);
+        assert_eq!(pg("DISCARD ALL"), [ResetAuthorization]);
+        assert_eq!(pg("RESET ALL"), [ResetAuthorization]);
+        // However long the statement.
+        assert_eq!(
+            pg(&format!("/* {} */ SET ROLE auditor", "x".repeat(70_000))),
+            [Role("auditor".into())]
+        );
+        // For the transaction only, or not a change of identity: not followed.
+        assert_eq!(pg("SET LOCAL ROLE auditor"), []);
+        assert_eq!(pg("SELECT role FROM staff"), []);
+        assert_eq!(pg("SELECT 'SET ROLE x'"), []);
+        assert_eq!(pg("GRANT auditor TO clerk"), []);
+        assert_eq!(my("SET ROLE auditor"), [Role("auditor".into())]);
+        assert_eq!(my("SET ROLE `Audit`"), [Role("Audit".into())]);
+        assert_eq!(my("SET ROLE r1, r2"), [Role("r1, r2".into())]);
+        assert_eq!(my("SET ROLE NONE"), [ResetRole]);
+        assert_eq!(my("SET ROLE ALL EXCEPT r1"), [Role("ALL EXCEPT r1".into())]);
+        assert_eq!(my("SET DEFAULT ROLE auditor FOR clerk"), []);
+        assert_eq!(my("RESET ROLE"), []);
     }
 }
