@@ -774,8 +774,11 @@ fn a_forged_file_name_and_an_impossible_time_neither_forge_nor_stop_the_soc_view
         "{}",
         lines[0]
     );
+    // The agent instance in short form follows the kind.
+    let instance = link.instance();
+    let short = &instance[..8];
     assert!(
-        lines[2].contains("#3 fileOpen /srv/ephi/3.txt"),
+        lines[2].contains(&format!("#3 fileOpen [{short}] /srv/ephi/3.txt")),
         "{}",
         lines[2]
     );
