@@ -1675,6 +1675,35 @@ mod tests {
     }
 
     #[test]
+    fn verify_fails_a_change_of_instance_no_alert_announces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(small(dir.path())).unwrap();
+        store.append("a", vec![of("i1", 1)], |_| {}).unwrap();
+        // Not what the server does (it stamps a batch with one instance): a record of another
+        // instance slipped in without the alert, as a rewrite of the store might.
+        store
+            .append("a", vec![of("i1", 2), of("i2", 3)], |_| {})
+            .unwrap();
+        let report = crate::verify::verify(&crate::verify::VerifyOptions {
+            store_dir: dir.path().to_owned(),
+            agent: None,
+            checkpoint_files: vec![],
+            store_checkpoints: None,
+            trusted_key: None,
+            require_checkpoints: false,
+            retention_max_age: None,
+        })
+        .unwrap();
+        let problem = report.agents[0].problem.as_ref().expect("a problem");
+        assert!(
+            problem
+                .message
+                .contains("of instance i2 follows instance i1 with no instance alert"),
+            "{problem}"
+        );
+    }
+
+    #[test]
     fn new_instances_are_bounded_per_hour() {
         let dir = tempfile::tempdir().unwrap();
         let config = StoreConfig {

@@ -904,6 +904,33 @@ mod tests {
     }
 
     #[test]
+    fn a_spool_keeps_its_instance_and_a_new_spool_makes_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = config(dir.path(), 1 << 20, FullPolicy::KeepOldest);
+        let first = Spool::open(settings.clone())
+            .unwrap()
+            .instance_id()
+            .to_owned();
+        assert!(uuid::Uuid::parse_str(&first).is_ok(), "{first}");
+        let on_disk = fs::read_to_string(dir.path().join(INSTANCE_FILE)).unwrap();
+        assert_eq!(on_disk.trim(), first);
+        assert!(!dir.path().join("instance.tmp").exists());
+        assert_eq!(
+            Spool::open(settings).unwrap().instance_id(),
+            first,
+            "reopened"
+        );
+        let other = tempfile::tempdir().unwrap();
+        let second = Spool::open(config(other.path(), 1 << 20, FullPolicy::KeepOldest)).unwrap();
+        assert_ne!(second.instance_id(), first, "a new spool, a new instance");
+        // An unreadable instance file is replaced by a new instance.
+        drop(second);
+        fs::write(other.path().join(INSTANCE_FILE), "garbage").unwrap();
+        let third = Spool::open(config(other.path(), 1 << 20, FullPolicy::KeepOldest)).unwrap();
+        assert!(uuid::Uuid::parse_str(third.instance_id()).is_ok());
+    }
+
+    #[test]
     fn unsynced_events_are_due_one_interval_after_the_last_fsync() {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = config(dir.path(), 1 << 20, FullPolicy::KeepOldest);
