@@ -41,7 +41,7 @@ use self::{
     respond::Responder,
 };
 use crate::{
-    event::decode::RawEvent, kernel::identity::ExecIdentities, policy::compile::Compiled,
+    event::decode::DecodedEvent, kernel::identity::ExecIdentities, policy::compile::Compiled,
     process::procfs::ProcSnapshot,
 };
 
@@ -54,7 +54,7 @@ pub const QUEUE: usize = 8192;
 #[derive(Debug)]
 pub struct Record {
     /// The `FileOpen` record (or, for a refused exec, the `Exec` record), with the decision.
-    pub event: RawEvent,
+    pub event: DecodedEvent,
     /// The opening process.
     pub process: Option<ProcSnapshot>,
 }

@@ -13,9 +13,7 @@ use std::{
 };
 
 use phiguard_common::{
-    event::{
-        matched_by, EventHeader, Kind, FLAG_COMPAT_SYSCALL, FLAG_EXEC_REFUSED, FLAG_TRUNCATED,
-    },
+    event::{matched_by, FLAG_COMPAT_SYSCALL, FLAG_EXEC_REFUSED, FLAG_TRUNCATED},
     limits::{COMM_LEN, NAMES_LEN, PATH_LEN},
     policy::{access, layer, verdict, Decision},
 };
@@ -30,8 +28,9 @@ use super::{
 use crate::{
     breakglass::{GrantMap, FANOTIFY_MARGIN_NS},
     event::{
-        decode::{text, RawEvent},
+        decode::{text, DecodedEvent},
         file::FileOpen,
+        header::{audit_id, Header},
         process::Exec,
     },
     kernel::identity::ExecIdentities,
@@ -50,8 +49,8 @@ struct Known {
     start_ticks: u64,
     exe: Option<FileId>,
     comm: String,
-    loginuid: u32,
-    sessionid: u32,
+    loginuid: Option<u32>,
+    sessionid: Option<u32>,
 }
 
 /// The response loop's state.
@@ -409,8 +408,8 @@ impl Responder {
                     start_ticks: snapshot.start_ticks,
                     exe: subject_exe,
                     comm: snapshot.comm.clone(),
-                    loginuid: snapshot.loginuid.unwrap_or(u32::MAX),
-                    sessionid: snapshot.sessionid.unwrap_or(u32::MAX),
+                    loginuid: snapshot.loginuid.and_then(audit_id),
+                    sessionid: snapshot.sessionid.and_then(audit_id),
                 },
             );
         }
@@ -427,7 +426,7 @@ impl Responder {
         if p.call.compat {
             flags |= FLAG_COMPAT_SYSCALL;
         }
-        let mut header = self.header(&p, Kind::FileOpen, flags);
+        let mut header = self.header(&p, flags);
         // Cut where the kernel programs' records cut, and marked the same way.
         let requested = match &p.requested_path {
             Some((path, cut)) => {
@@ -468,33 +467,29 @@ impl Responder {
             decision: p.decision,
         };
         Record {
-            event: RawEvent::FileOpen(event),
+            event: DecodedEvent::FileOpen(event),
             process: p.process,
         }
     }
 
-    /// The header of a record about `p`'s opener.
-    fn header(&self, p: &Pending, kind: Kind, flags: u32) -> EventHeader {
+    /// The header of a record about `p`'s opener, as decoding the kernel programs' header
+    /// would give it (the task name cut where the kernel cuts it).
+    fn header(&self, p: &Pending, flags: u32) -> Header {
         let known = p.known.as_ref();
-        let mut comm = [0u8; COMM_LEN];
         let name = known.map_or(&b""[..], |k| k.comm.as_bytes());
-        let n = name.len().min(COMM_LEN - 1);
-        comm[..n].copy_from_slice(&name[..n]);
-        EventHeader {
-            kind: kind as u32,
+        Header {
             flags,
             boot_ns: p.boot_ns,
-            pid: p.opener.tid,
-            tgid: p.opener.tgid,
+            tid: p.opener.tid,
+            pid: p.opener.tgid,
             ppid: p.opener.ppid,
             uid: p.opener.uid,
             gid: p.opener.gid,
-            loginuid: known.map_or(u32::MAX, |k| k.loginuid),
-            sessionid: known.map_or(u32::MAX, |k| k.sessionid),
-            _pad: 0,
+            loginuid: known.and_then(|k| k.loginuid),
+            sessionid: known.and_then(|k| k.sessionid),
             cgroup_id: p.cgroup_id,
             start_boot_ns: known.map_or(0, |k| k.start_ticks) * self.ns_per_tick,
-            comm,
+            comm: text(name, (COMM_LEN - 1) as u32),
         }
     }
 
@@ -505,7 +500,7 @@ impl Responder {
         if p.call.compat {
             flags |= FLAG_COMPAT_SYSCALL;
         }
-        let mut header = self.header(&p, Kind::Exec, flags);
+        let mut header = self.header(&p, flags);
         let name = match (&p.requested_path, &program) {
             (Some((path, cut)), _)
                 if p.call.syscall == phiguard_common::event::open_syscall::EXEC =>
@@ -528,7 +523,7 @@ impl Responder {
             header,
         };
         Record {
-            event: RawEvent::Exec(event),
+            event: DecodedEvent::Exec(event),
             process: p.process,
         }
     }
