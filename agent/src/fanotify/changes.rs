@@ -82,10 +82,13 @@ const MAX_FOLDED: usize = 4096;
 /// Repeats of one (process, inode, operation) within this are one report.
 const FOLD: Duration = Duration::from_secs(1);
 
-/// `FILEID_INO32_GEN` and `FILEID_INO32_GEN_PARENT`: handles that start with the 32-bit inode
-/// number (ext2/3/4, and others using the kernel's generic encoder).
+/// `FILEID_INO32_GEN` and `FILEID_INO32_GEN_PARENT`: on ext2/3/4 (the kernel's generic
+/// encoder) handles that start with the 32-bit inode number. Other filesystems reuse these
+/// type numbers with other layouts (tmpfs puts the generation first).
 const FILEID_INO32_GEN: i32 = 1;
 const FILEID_INO32_GEN_PARENT: i32 = 2;
+/// `statfs.f_type` of ext2/3/4, whose handles [`Handle::ino_hint`] may read.
+const EXT_SUPER_MAGIC: u32 = 0xEF53;
 
 /// A file handle as fanotify reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,7 +102,8 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// The inode number the handle names, where its type says it leads with it.
+    /// The inode number the handle names, where its type says it leads with it — on ext2/3/4
+    /// only (see [`FILEID_INO32_GEN`]).
     pub fn ino_hint(&self) -> Option<u64> {
         if self.handle_type != FILEID_INO32_GEN && self.handle_type != FILEID_INO32_GEN_PARENT {
             return None;
@@ -365,6 +369,8 @@ pub enum ChangeError {
 struct Mount {
     fd: OwnedFd,
     dev: u32,
+    /// ext2/3/4: a handle's leading bytes are its inode number.
+    ext: bool,
 }
 
 /// The change reporter: its group, marks and thread.
@@ -471,7 +477,10 @@ impl ChangeWatcher {
             }
             self.mark(path, true)?;
             let mount = fs::File::open(path)
-                .and_then(|f| Ok((fsid_of(&f)?, OwnedFd::from(f))))
+                .and_then(|f| {
+                    let (fsid, ext) = fsid_of(&f)?;
+                    Ok((fsid, OwnedFd::from(f), ext))
+                })
                 .map_err(|source| ChangeError::Mark {
                     path: path.display().to_string(),
                     source,
@@ -484,6 +493,7 @@ impl ChangeWatcher {
                     Mount {
                         fd: mount.1,
                         dev: *dev,
+                        ext: mount.2,
                     },
                 );
             marked.insert(*dev, path.clone());
@@ -609,8 +619,9 @@ fn xattr_count(path: &Path, follow: bool) -> Option<usize> {
     Some(buf[..n as usize].iter().filter(|b| **b == 0).count())
 }
 
-/// The `fsid` of the filesystem holding `file`, as fanotify reports it.
-fn fsid_of(file: &fs::File) -> io::Result<[u8; 8]> {
+/// The `fsid` of the filesystem holding `file`, as fanotify reports it, and whether it is
+/// ext2/3/4.
+fn fsid_of(file: &fs::File) -> io::Result<([u8; 8], bool)> {
     // SAFETY: plain old data; fstatfs fills it.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: the descriptor is open; `st` is valid for writes.
@@ -618,7 +629,11 @@ fn fsid_of(file: &fs::File) -> io::Result<[u8; 8]> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fsid_t` is two `int`s: eight bytes.
-    Ok(unsafe { std::ptr::read_unaligned((&raw const st.f_fsid).cast::<[u8; 8]>()) })
+    let fsid = unsafe { std::ptr::read_unaligned((&raw const st.f_fsid).cast::<[u8; 8]>()) };
+    Ok((
+        fsid,
+        u32::try_from(st.f_type).is_ok_and(|t| t == EXT_SUPER_MAGIC),
+    ))
 }
 
 /// Opens the inode a handle names (`O_PATH`: no open event, no access to its data).
@@ -742,14 +757,16 @@ impl Reporter {
     }
 
     /// The marked filesystem a handle belongs to.
-    fn mount_of(&self, handle: &Handle) -> Option<(RawFd, u32)> {
+    fn mount_of(&self, handle: &Handle) -> Option<(RawFd, u32, bool)> {
         let mounts = self.mounts.lock().unwrap_or_else(PoisonError::into_inner);
-        mounts.get(&handle.fsid).map(|m| (m.fd.as_raw_fd(), m.dev))
+        mounts
+            .get(&handle.fsid)
+            .map(|m| (m.fd.as_raw_fd(), m.dev, m.ext))
     }
 
     /// Opens a handle and reads its inode, `stat` and path.
     fn open(&self, handle: &Handle) -> Option<Opened> {
-        let (mount, _) = self.mount_of(handle)?;
+        let (mount, _, _) = self.mount_of(handle)?;
         let fd = open_handle(mount, handle)?;
         let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let meta = fs::metadata(&proc_path).ok()?;
@@ -788,8 +805,11 @@ impl Reporter {
     /// Whether an inode is labelled (cheaply by the handle's inode number where it has one:
     /// most changes on a marked filesystem are not to protected files).
     fn labelled_hint(&self, handle: &Handle) -> Option<bool> {
+        let (_, dev, ext) = self.mount_of(handle)?;
+        if !ext {
+            return None;
+        }
         let ino = handle.ino_hint()?;
-        let (_, dev) = self.mount_of(handle)?;
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         Some(state.label(FileId { dev, ino }).is_some())
     }
