@@ -321,8 +321,9 @@ pub fn classify_modify(before: Option<&Attrs>, after: &Attrs) -> u32 {
     }
 }
 
-/// The operation of a directory entry event.
-pub fn classify_entry(mask: u64, object_labelled: bool) -> Option<u32> {
+/// The operation of a directory entry event (`linked`: the entry is a further name of a
+/// protected inode).
+pub fn classify_entry(mask: u64, linked: bool) -> Option<u32> {
     let dir = mask & libc::FAN_ONDIR != 0;
     Some(if mask & libc::FAN_RENAME != 0 {
         open_syscall::RENAME
@@ -334,7 +335,7 @@ pub fn classify_entry(mask: u64, object_labelled: bool) -> Option<u32> {
         }
     } else if mask & libc::FAN_CREATE != 0 {
         // A new name for an inode already protected is a link to it.
-        if object_labelled && !dir {
+        if linked && !dir {
             open_syscall::LINK
         } else {
             open_syscall::CREATE
@@ -819,76 +820,103 @@ impl Reporter {
         state.label(id)
     }
 
-    /// Finds what the change is about, and whether it concerns a protected inode.
-    fn find(&self, change: &Change) -> Option<Found> {
-        let inode_change = change.mask & (libc::FAN_ATTRIB | libc::FAN_MODIFY) != 0;
-        if inode_change && change.old.is_none() {
-            let handle = change.object.as_ref()?;
-            if self.labelled_hint(handle) == Some(false) {
-                return None;
-            }
-            let object = self.open(handle)?;
-            let label = self.label_of(object.id)?;
-            let xattrs = if change.mask & libc::FAN_ATTRIB != 0 {
-                xattr_count(
-                    Path::new(&format!("/proc/self/fd/{}", object.fd.as_raw_fd())),
-                    true,
-                )
-            } else {
-                None
-            };
-            let after = Attrs {
-                xattrs,
-                ..object.attrs
-            };
-            let before = {
-                let mut attrs = self.attrs.lock().unwrap_or_else(PoisonError::into_inner);
-                if attrs.len() >= MAX_ATTRS {
-                    attrs.clear();
-                }
-                let mut kept = after;
-                if kept.xattrs.is_none() {
-                    kept.xattrs = attrs.get(&object.id).and_then(|a| a.xattrs);
-                }
-                attrs.insert(object.id, kept)
-            };
-            let op = if change.mask & libc::FAN_MODIFY != 0 {
-                classify_modify(before.as_ref(), &after)
-            } else {
-                classify_attrib(before.as_ref(), &after)?
-            };
-            // A modification whose size did not shrink and also an attribute change: the
-            // attribute change names it.
-            let op = if op == open_syscall::WRITE && change.mask & libc::FAN_ATTRIB != 0 {
-                classify_attrib(before.as_ref(), &after)?
-            } else {
-                op
-            };
-            return Some(Found {
-                op,
-                label,
-                file: object.id,
-                path: object.path,
-                other: None,
-            });
+    /// Finds what the change is about, where it concerns a protected inode: an event the kernel
+    /// merged (a creation and an attribute change of one file) may be two reports.
+    fn find(&self, change: &Change) -> Vec<Found> {
+        let mut found = Vec::new();
+        if change.mask & (libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_RENAME) != 0 {
+            found.extend(self.find_entry(change));
         }
-        // Directory entries: created, deleted, renamed.
+        if change.mask & (libc::FAN_ATTRIB | libc::FAN_MODIFY) != 0 && change.old.is_none() {
+            found.extend(self.find_inode(change));
+        }
+        found
+    }
+
+    /// An attribute change or modification of a protected inode.
+    fn find_inode(&self, change: &Change) -> Option<Found> {
+        let handle = change.object.as_ref()?;
+        // A directory may be a protected root, which has no label of its own.
+        let dir = change.mask & libc::FAN_ONDIR != 0;
+        if !dir && self.labelled_hint(handle) == Some(false) {
+            return None;
+        }
+        let object = self.open(handle)?;
+        let label = if dir {
+            let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.label_of_dir(object.id, object.path.as_deref())?
+        } else {
+            self.label_of(object.id)?
+        };
+        let xattrs = if change.mask & libc::FAN_ATTRIB != 0 {
+            xattr_count(
+                Path::new(&format!("/proc/self/fd/{}", object.fd.as_raw_fd())),
+                true,
+            )
+        } else {
+            None
+        };
+        let after = Attrs {
+            xattrs,
+            ..object.attrs
+        };
+        let before = {
+            let mut attrs = self.attrs.lock().unwrap_or_else(PoisonError::into_inner);
+            if attrs.len() >= MAX_ATTRS {
+                attrs.clear();
+            }
+            let mut kept = after;
+            if kept.xattrs.is_none() {
+                kept.xattrs = attrs.get(&object.id).and_then(|a| a.xattrs);
+            }
+            attrs.insert(object.id, kept)
+        };
+        let op = if change.mask & libc::FAN_MODIFY != 0 {
+            classify_modify(before.as_ref(), &after)
+        } else {
+            classify_attrib(before.as_ref(), &after)?
+        };
+        // A modification whose size did not shrink and also an attribute change: the
+        // attribute change names it.
+        let op = if op == open_syscall::WRITE && change.mask & libc::FAN_ATTRIB != 0 {
+            classify_attrib(before.as_ref(), &after)?
+        } else {
+            op
+        };
+        Some(Found {
+            op,
+            label,
+            file: object.id,
+            path: object.path,
+            other: None,
+        })
+    }
+
+    /// A directory entry created, deleted or renamed, of a protected inode or in a protected
+    /// directory.
+    fn find_entry(&self, change: &Change) -> Option<Found> {
         let object = change.object.as_ref().and_then(|h| self.open(h));
         let object_label = object.as_ref().and_then(|o| self.label_of(o.id));
-        let op = classify_entry(change.mask, object_label.is_some())?;
+        // A new name of a protected inode with other names is a link to it (not a new file
+        // that an open labelled since).
+        let linked = object_label.is_some() && object.as_ref().is_some_and(|o| o.attrs.nlink > 1);
+        let op = classify_entry(change.mask, linked)?;
         let file = object.as_ref().map(|o| o.id);
         if op == open_syscall::RENAME {
             let (old_path, old_label) = change.old.as_ref().map_or((None, None), |n| self.entry(n));
             let (new_path, new_label) = change.new.as_ref().map_or((None, None), |n| self.entry(n));
-            // As BPF LSM decides a rename: the protected file itself, else the protected
-            // directory it lands in, else the one it leaves.
-            let (label, path, other) = if let Some(label) = object_label {
-                (label, old_path, new_path)
-            } else if let Some(label) = new_label {
-                (label, new_path, old_path)
+            // The side named: the one in a protected directory, the old one first (the
+            // protected file moved out of or within its tree); else the new one (moved into or
+            // over a protected file); neither: the old name (of a protected file's other
+            // link). Not by the object's label, which an open of the new name since may have
+            // given it.
+            let leaving = old_label.is_some() || new_label.is_none();
+            let (path, other, dir_label) = if leaving {
+                (old_path, new_path, old_label)
             } else {
-                (old_label?, old_path, new_path)
+                (new_path, old_path, new_label)
             };
+            let label = object_label.or(dir_label)?;
             return Some(Found {
                 op,
                 label,
@@ -915,11 +943,9 @@ impl Reporter {
     fn handle(&mut self, change: &Change) {
         let pid = change.pid;
         // Found first, so the agent's own changes still refresh the `stat` remembered.
-        let Some(found) = self.find(change) else {
-            return;
-        };
-        if pid == self.own_pid {
-            return; // the agent itself
+        let found = self.find(change);
+        if found.is_empty() || pid == self.own_pid {
+            return; // nothing protected, or the agent itself
         }
         let actor = opener::read_opener(pid).unwrap_or(opener::Opener {
             tid: pid,
@@ -939,6 +965,22 @@ impl Reporter {
             uid: actor.uid,
             gid: actor.gid,
         };
+        let mut process = None;
+        for found in found {
+            self.report(&actor, &subject, start_ticks, &mut process, found);
+        }
+    }
+
+    /// Decides one change of `actor` and queues its report (`process`: its `/proc` snapshot,
+    /// read once per event).
+    fn report(
+        &mut self,
+        actor: &opener::Opener,
+        subject: &Subject,
+        start_ticks: Option<u64>,
+        process: &mut Option<Option<procfs::ProcSnapshot>>,
+        found: Found,
+    ) {
         let decision = {
             let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(rule) = state.rule(found.label) else {
@@ -949,7 +991,7 @@ impl Reporter {
                 rule,
                 found.label.rule,
                 state.slot,
-                &subject,
+                subject,
                 || opener::exe_id(ppid),
                 access::WRITE,
             )
@@ -980,10 +1022,14 @@ impl Reporter {
             }
             self.folded.insert(key, now);
         }
-        let process = procfs::read_process(actor.tgid)
-            .ok()
-            .filter(|p| Some(p.start_ticks) == start_ticks);
-        let record = self.record(&actor, process, start_ticks, found, decision);
+        let process = process
+            .get_or_insert_with(|| {
+                procfs::read_process(actor.tgid)
+                    .ok()
+                    .filter(|p| Some(p.start_ticks) == start_ticks)
+            })
+            .clone();
+        let record = self.record(actor, process, start_ticks, found, decision);
         if self.records.try_send(record).is_err() {
             self.counters.lost.fetch_add(1, Ordering::Relaxed);
         }

@@ -418,6 +418,19 @@ mod tests {
             !p.needs_name_lookup(0),
             "files unchanged since the walk are known"
         );
+        // What a directory's entries are governed by, without labelling anything.
+        let made = deep.join("made");
+        fs::create_dir(&made).unwrap();
+        let before = p.labelled();
+        assert_eq!(p.label_of_dir(id(&made), Some(&made)), Some(label));
+        assert_eq!(p.label_of_dir(id(&deep), None), Some(label), "by its label");
+        assert_eq!(p.label_of_dir(id(&made), None), None, "no label, no path");
+        assert_eq!(
+            p.label_of_dir(id(Path::new("/etc")), Some(Path::new("/etc"))),
+            None
+        );
+        assert_eq!(p.labelled(), before);
+        assert_eq!(p.roots().collect::<Vec<_>>(), [dir.path()]);
     }
 
     #[test]
