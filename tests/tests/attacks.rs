@@ -7,8 +7,9 @@
 //!
 //! On the host (no BPF LSM) the fanotify layer decides: a refused open fails with `EPERM`
 //! before a descriptor exists; changes that open nothing (truncate, unlink, rename, link,
-//! chmod, chown, xattrs, utimes) are not covered there, and the tests assert that they happen,
-//! as docs/policies.md says. In the VM tier (BPF LSM) the same tests assert that each change is
+//! chmod, chown, xattrs, utimes) cannot be refused there: the tests assert that they happen and
+//! that each is reported after the fact (`would_deny`, layer fanotify, naming the process and
+//! the operation), as docs/policies.md says. In the VM tier (BPF LSM) the same tests assert that each change is
 //! refused with `EPERM` and reported. `PHIGUARD_EXPECT_FILE_LAYER` (set by the VM's `/init`)
 //! names the layer that must decide: a weaker one is a failure. The opener is built ahead of
 //! time by xtask (`PHIGUARD_OPENER`), or here with `gcc` when that is unset. Root only; one at
@@ -302,6 +303,66 @@ impl Attack {
         event
     }
 
+    /// Whether this kernel's layer reports the changes it cannot refuse (fanotify's change
+    /// group).
+    fn reports_changes(&self) -> bool {
+        self.h.file_layer == FileLayer::Fanotify
+    }
+
+    /// The change happened (fanotify cannot refuse it) and a `would_deny` decision of the
+    /// fanotify layer names the opener, the operation `op` and a path `path` accepts.
+    fn assert_change_reported(
+        &mut self,
+        route: &str,
+        out: &Output,
+        op: &str,
+        path: impl Fn(&str) -> bool,
+    ) -> v1::Event {
+        assert!(out.status.success(), "{route}: the change happens: {out:?}");
+        let exe = self.opener.display().to_string();
+        let found = self.h.wait_for(Duration::from_secs(10), |e| {
+            e.decision
+                .as_ref()
+                .is_some_and(|d| d.verdict == v1::Verdict::WouldDeny as i32)
+                && process(e).exe == exe
+                && file_open(e).is_some_and(|f| f.syscall == op && path(&f.path))
+        });
+        let Some(event) = found else {
+            let changes: Vec<String> = self
+                .h
+                .seen
+                .iter()
+                .filter(|e| e.decision.is_some())
+                .map(|e| format!("{e:?}"))
+                .collect();
+            panic!(
+                "{route}: no would_deny report of {op} by {exe} within 10 s; decisions seen:\n{}",
+                changes.join("\n")
+            );
+        };
+        let d = event.decision.as_ref().unwrap();
+        assert_eq!(
+            d.layer,
+            v1::EnforcementLayer::Fanotify as i32,
+            "{route}: {event:?}"
+        );
+        assert_eq!(d.access, ["write"], "{route}");
+        assert_eq!((d.policy.as_str(), d.rule.as_str()), ("attacks", "records"));
+        let p = process(&event);
+        assert_eq!(
+            p.user.as_ref().and_then(|u| u.id),
+            Some(NOBODY),
+            "{route}: {event:?}"
+        );
+        event
+    }
+
+    /// [`Attack::assert_change_reported`] for a change to the protected file, named by its path.
+    fn assert_file_change_reported(&mut self, route: &str, out: &Output, op: &str) -> v1::Event {
+        let path = self.file.display().to_string();
+        self.assert_change_reported(route, out, op, |p| p == path)
+    }
+
     /// Makes the protected file's directory writable by everyone (unlink, rename need it).
     fn open_directory(&self) {
         let dir = self.file.parent().unwrap();
@@ -311,6 +372,15 @@ impl Attack {
     /// Gives the protected file to the attacker (chmod and chown need the owner).
     fn give_file_to_attacker(&self) {
         chown(&self.file, Some(NOBODY), Some(NOBODY)).unwrap();
+        self.settle();
+    }
+
+    /// Lets the fanotify change reports take in a change this process made to set a test up
+    /// (they name the attacker's change by comparing the file's `stat` with the last one seen).
+    fn settle(&self) {
+        if self.reports_changes() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     /// The allowed program still reads the file (as the attacker's uid: the policy lists
@@ -590,9 +660,12 @@ fn truncate_of_a_protected_file_is_refused_under_lsm() {
         a.assert_change_refused("truncate", &out, "truncate");
         a.assert_allowed_still_reads();
     } else {
-        // Not covered: truncate(2) opens nothing, so fanotify is never asked.
+        // Not refused: truncate(2) opens nothing, so fanotify is never asked; it is reported.
         assert!(out.status.success(), "{out:?}");
         assert!(fs::read(&file).unwrap().is_empty(), "truncated");
+        if a.reports_changes() {
+            a.assert_file_change_reported("truncate", &out, "truncate");
+        }
     }
     a.h.stop();
 }
@@ -606,8 +679,11 @@ fn truncate_thirty_levels_deep_is_refused_under_lsm() {
         a.assert_change_refused("truncate 30 levels deep", &out, "truncate");
         a.assert_allowed_still_reads();
     } else {
-        assert!(out.status.success(), "not covered: {out:?}");
+        assert!(out.status.success(), "not refused: {out:?}");
         assert!(fs::read(&file).unwrap().is_empty(), "truncated");
+        if a.reports_changes() {
+            a.assert_file_change_reported("truncate 30 levels deep", &out, "truncate");
+        }
     }
     a.h.stop();
 }
@@ -622,8 +698,11 @@ fn unlink_of_a_protected_file_is_refused_under_lsm() {
         a.assert_change_refused("unlink", &out, "unlink");
         a.assert_allowed_still_reads();
     } else {
-        assert!(out.status.success(), "not covered: {out:?}");
+        assert!(out.status.success(), "not refused: {out:?}");
         assert!(!file.exists(), "unlinked");
+        if a.reports_changes() {
+            a.assert_file_change_reported("unlink", &out, "unlink");
+        }
     }
     a.h.stop();
 }
@@ -639,9 +718,17 @@ fn rename_out_of_the_tree_is_refused_under_lsm_and_the_label_follows_elsewhere()
         a.assert_change_refused("rename out of the tree", &out, "rename");
         assert!(!stolen.exists());
     } else {
-        // Not covered (the rename happens, unreported), but the label moves with the inode:
-        // reading it at its new place is still refused and reported.
+        // Not refused (the rename happens, and is reported), and the label moves with the
+        // inode: reading it at its new place is still refused and reported.
         assert!(out.status.success(), "{out:?}");
+        if a.reports_changes() {
+            let event = a.assert_file_change_reported("rename out of the tree", &out, "rename");
+            assert_eq!(
+                file_open(&event).unwrap().requested_path,
+                stolen.display().to_string(),
+                "the report names where it went"
+            );
+        }
         a.file = stolen.clone();
         let opener = a.opener.clone();
         let read = a.open_as_nobody("read", &stolen);
@@ -671,8 +758,11 @@ fn rename_over_a_protected_file_is_refused_under_lsm() {
         assert!(fake.exists());
         a.assert_allowed_still_reads();
     } else {
-        assert!(out.status.success(), "not covered: {out:?}");
+        assert!(out.status.success(), "not refused: {out:?}");
         assert_eq!(fs::read(&file).unwrap(), b"forged\n", "replaced");
+        if a.reports_changes() {
+            a.assert_file_change_reported("rename over", &out, "rename");
+        }
     }
     a.h.stop();
 }
@@ -687,8 +777,12 @@ fn link_of_a_protected_file_is_refused_under_lsm() {
         a.assert_change_refused("link", &out, "link");
         assert!(!link.exists());
     } else {
-        // Not covered (the link is made, unreported); reading through it is refused.
+        // Not refused (the link is made, and reported); reading through it is refused.
         assert!(out.status.success(), "{out:?}");
+        if a.reports_changes() {
+            let names = [file.display().to_string(), link.display().to_string()];
+            a.assert_change_reported("link", &out, "link", |p| names.iter().any(|n| n == p));
+        }
         let opener = a.opener.clone();
         let read = a.open_as_nobody("read", &link);
         a.assert_refused("a read through the link", &read, &opener, Some(&link));
@@ -709,8 +803,11 @@ fn chmod_of_a_protected_file_is_refused_under_lsm() {
         assert_eq!(mode, 0o666, "mode unchanged");
         a.assert_allowed_still_reads();
     } else {
-        assert!(out.status.success(), "not covered: {out:?}");
+        assert!(out.status.success(), "not refused: {out:?}");
         assert_eq!(mode, 0o777, "mode changed");
+        if a.reports_changes() {
+            a.assert_file_change_reported("chmod", &out, "chmod");
+        }
     }
     a.h.stop();
 }
@@ -720,12 +817,20 @@ fn chown_of_a_protected_file_is_refused_under_lsm() {
     let mut a = Attack::new(0);
     a.give_file_to_attacker();
     let file = a.file.clone();
+    // Group root, so the attacker's chown to its own group changes something (a chown to
+    // what it was changes nothing a report could name, but the change time).
+    chown(&file, None, Some(0)).unwrap();
+    a.settle();
     let out = a.open_as_nobody("chown", &file);
     if a.governs_changes() {
         a.assert_change_refused("chown", &out, "chown");
         a.assert_allowed_still_reads();
     } else {
-        assert!(out.status.success(), "not covered: {out:?}");
+        assert!(out.status.success(), "not refused: {out:?}");
+        assert_eq!(fs::metadata(&file).unwrap().gid(), NOBODY, "group changed");
+        if a.reports_changes() {
+            a.assert_file_change_reported("chown", &out, "chown");
+        }
     }
     a.h.stop();
 }
@@ -739,7 +844,10 @@ fn setxattr_on_a_protected_file_is_refused_under_lsm() {
         a.assert_change_refused("setxattr", &out, "setxattr");
         a.assert_allowed_still_reads();
     } else {
-        assert!(out.status.success(), "not covered: {out:?}");
+        assert!(out.status.success(), "not refused: {out:?}");
+        if a.reports_changes() {
+            a.assert_file_change_reported("setxattr", &out, "setxattr");
+        }
     }
     a.h.stop();
 }
@@ -759,8 +867,89 @@ fn utimes_of_a_protected_file_is_refused_under_lsm() {
         assert!(unchanged, "times unchanged");
         a.assert_allowed_still_reads();
     } else {
-        assert!(out.status.success(), "not covered: {out:?}");
+        assert!(out.status.success(), "not refused: {out:?}");
         assert!(!unchanged, "times changed");
+        if a.reports_changes() {
+            a.assert_file_change_reported("utimes", &out, "utimes");
+        }
+    }
+    a.h.stop();
+}
+
+#[test]
+fn removexattr_on_a_protected_file_is_refused_under_lsm_and_reported_on_the_host() {
+    let mut a = Attack::new(0);
+    let file = a.file.clone();
+    // The attribute to remove, set by this process (the agent's: exempt, and not reported).
+    let c = std::ffi::CString::new(file.display().to_string()).unwrap();
+    // SAFETY: valid NUL-terminated strings and a one-byte value.
+    let rc = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            c"user.phiguard".as_ptr(),
+            c"x".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    a.settle();
+    let out = a.open_as_nobody("removexattr", &file);
+    if a.governs_changes() {
+        a.assert_change_refused("removexattr", &out, "removexattr");
+        a.assert_allowed_still_reads();
+    } else {
+        assert!(out.status.success(), "not refused: {out:?}");
+        if a.reports_changes() {
+            a.assert_file_change_reported("removexattr", &out, "removexattr");
+        }
+    }
+    a.h.stop();
+}
+
+#[test]
+fn mkdir_in_a_protected_directory_is_refused_under_lsm_and_reported_on_the_host() {
+    let mut a = Attack::new(0);
+    a.open_directory();
+    let made = a.protected.join("drop");
+    let out = a.open_as_nobody("mkdir", &made);
+    if a.governs_changes() {
+        assert_eq!(out.status.code(), Some(libc::EPERM), "refused: {out:?}");
+        assert!(!made.exists());
+        let exe = a.opener.display().to_string();
+        let event = a.h.expect("a deny decision for the mkdir", |e| {
+            e.decision
+                .as_ref()
+                .is_some_and(|d| d.verdict == v1::Verdict::Deny as i32)
+                && process(e).exe == exe
+                && file_open(e).is_some_and(|f| f.syscall == "create")
+        });
+        let d = event.decision.as_ref().unwrap();
+        assert_eq!(d.layer, v1::EnforcementLayer::Lsm as i32, "{event:?}");
+    } else {
+        assert!(made.is_dir(), "not refused: {out:?}");
+        if a.reports_changes() {
+            let path = made.display().to_string();
+            a.assert_change_reported("mkdir", &out, "create", |p| p == path);
+        }
+    }
+    a.h.stop();
+}
+
+#[test]
+fn an_io_uring_unlinkat_is_refused_under_lsm_and_reported_on_the_host() {
+    let mut a = Attack::new(0);
+    a.open_directory();
+    let file = a.file.clone();
+    let out = a.open_as_nobody("uring-unlink", &file);
+    if a.governs_changes() {
+        a.assert_change_refused("IORING_OP_UNLINKAT", &out, "unlink");
+        a.assert_allowed_still_reads();
+    } else {
+        assert!(!file.exists(), "not refused: {out:?}");
+        if a.reports_changes() {
+            a.assert_file_change_reported("IORING_OP_UNLINKAT", &out, "unlink");
+        }
     }
     a.h.stop();
 }

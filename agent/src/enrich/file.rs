@@ -215,6 +215,8 @@ fn open_syscall_name(code: u32) -> &'static str {
         SETXATTR => "setxattr",
         REMOVEXATTR => "removexattr",
         CREATE => "create",
+        ATTRIB => "attrib",
+        WRITE => "write",
         _ => "unknown",
     }
 }

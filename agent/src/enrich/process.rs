@@ -117,6 +117,24 @@ impl Enricher {
             ..Default::default()
         };
         if let Some(p) = entry {
+            // A change reported after its process was gone (the fanotify change group) knows
+            // none of these: the process table's record does.
+            if h.uid == u32::MAX && h.gid == u32::MAX {
+                process.user = Some(user(&mut self.users, p.uid));
+                process.group = Some(v1::Group {
+                    id: Some(p.gid),
+                    name: self.users.group_name(p.gid).unwrap_or_default(),
+                });
+            }
+            if process.comm.is_empty() {
+                process.comm.clone_from(&p.comm);
+            }
+            if process.ppid == 0 {
+                process.ppid = p.ppid;
+            }
+            if h.start_boot_ns == 0 {
+                process.start_time = Some(self.timestamp(p.start_boot_ns));
+            }
             process.binary_sha256 = self.binary_hash(h.pid, h.start_boot_ns, &p);
             process.exe = p.exe.unwrap_or_default();
             // Minimum necessary: credentials in any argument, SQL literals and passwords in

@@ -9,7 +9,9 @@
 //! refused `Exec`) record the kernel programs write, so decisions are enriched, numbered and
 //! sunk like any other; this module starts and stops the layer and manages its marks (a
 //! filesystem mark per filesystem holding protected files; exec marks on every filesystem while
-//! an exec allow-list is in force).
+//! an exec allow-list is in force). [`changes`] reports what fanotify cannot refuse (truncate,
+//! unlink, rename, link, chmod, chown, utimes, xattrs, entries made in a protected directory)
+//! from a second, notification-class group, after the fact.
 //!
 //! The loop decides from memory and `/proc` only and answers before it does anything else for
 //! the event (the event record is completed after the answer). The agent's own opens are
@@ -17,6 +19,7 @@
 //! opens none). If the agent dies, the kernel closes the group and releases every waiting open:
 //! this layer fails open (see docs/policies.md).
 
+pub mod changes;
 pub mod decide;
 pub mod group;
 pub mod opener;
@@ -92,6 +95,8 @@ pub struct FanotifyLayer {
     thread: Option<JoinHandle<()>>,
     /// Filesystems marked for exec events (while an exec allow-list is in force).
     exec_marked: Mutex<Vec<PathBuf>>,
+    /// The change reports (`None`: this kernel's fanotify cannot give them).
+    changes: Option<changes::ChangeWatcher>,
     /// Counters.
     pub counters: Arc<Counters>,
 }
@@ -119,6 +124,8 @@ impl FanotifyLayer {
         let state = Arc::new(Mutex::new(protected));
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
+        let change_records = records.clone();
+        let change_identities = identities.as_ref().and_then(|i| i.try_clone().ok());
         let responder = Responder::new(
             Arc::clone(&group),
             Arc::clone(&state),
@@ -134,6 +141,20 @@ impl FanotifyLayer {
             .name("phiguard-fanotify".into())
             .spawn(move || responder.run())
             .map_err(FanotifyError::Thread)?;
+        // Once opens are answered: the change group opens the marked filesystems' roots and
+        // walks the protected trees.
+        let changes = match changes::ChangeWatcher::start(
+            Arc::clone(&state),
+            change_records,
+            Arc::clone(&counters),
+            change_identities,
+        ) {
+            Ok(watcher) => Some(watcher),
+            Err(e) => {
+                tracing::warn!("changes to protected files that open nothing (truncate, unlink, rename, chmod…) go unreported: {e}");
+                None
+            }
+        };
         let layer = FanotifyLayer {
             group,
             state,
@@ -141,6 +162,7 @@ impl FanotifyLayer {
             wake,
             thread: Some(thread),
             exec_marked: Mutex::new(Vec::new()),
+            changes,
             counters,
         };
         layer.mark_exec(exec);
@@ -184,6 +206,11 @@ impl FanotifyLayer {
         if exec {
             self.mark_exec(true);
         }
+        if let Some(changes) = &self.changes {
+            if let Err(e) = changes.update(&protected) {
+                tracing::warn!("changes on a newly protected filesystem go unreported: {e}");
+            }
+        }
         let old = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             std::mem::replace(&mut *state, protected)
@@ -213,14 +240,19 @@ impl FanotifyLayer {
         let exec = self.exec_marked.lock().map_or(0, |marked| marked.len());
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         format!(
-            "{} protected inodes labelled{}, {} filesystem(s) marked for opens, {exec} for execs",
+            "{} protected inodes labelled{}, {} filesystem(s) marked for opens, {exec} for execs, changes {}",
             state.labelled(),
             if state.complete {
                 ""
             } else {
                 " (label limit reached: the rest are looked up by name)"
             },
-            state.filesystems.len()
+            state.filesystems.len(),
+            if self.changes.is_some() {
+                "reported"
+            } else {
+                "not reported"
+            }
         )
     }
 }
