@@ -395,7 +395,7 @@ impl ChangeWatcher {
     pub(super) fn start(
         state: Arc<Mutex<Protected>>,
         records: mpsc::Sender<Record>,
-        counters: Arc<Counters>,
+        counters: Counters,
         identities: Option<ExecIdentities>,
     ) -> Result<ChangeWatcher, ChangeError> {
         // SAFETY: plain system call with constant arguments.
@@ -677,7 +677,7 @@ struct Reporter {
     stop: Arc<AtomicBool>,
     wake: OwnedFd,
     records: mpsc::Sender<Record>,
-    counters: Arc<Counters>,
+    counters: Counters,
     overflows: Arc<AtomicU64>,
     identities: Option<ExecIdentities>,
     own_pid: u32,
@@ -740,7 +740,7 @@ impl Reporter {
                 match notice {
                     Notice::Overflow => {
                         self.overflows.fetch_add(1, Ordering::Relaxed);
-                        self.counters.lost.fetch_add(1, Ordering::Relaxed);
+                        self.counters.lost.inc();
                         tracing::warn!("the fanotify change queue overflowed: changes to protected files went unreported");
                     }
                     Notice::Change(change) => {
@@ -749,7 +749,7 @@ impl Reporter {
                                 self.handle(&change)
                             }));
                         if handled.is_err() {
-                            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+                            self.counters.lost.inc();
                             tracing::error!("reporting a fanotify change panicked: it is lost");
                         }
                     }
@@ -1032,7 +1032,7 @@ impl Reporter {
             .clone();
         let record = self.record(actor, process, start_ticks, found, decision);
         if self.records.try_send(record).is_err() {
-            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            self.counters.lost.inc();
         }
     }
 

@@ -105,6 +105,65 @@ impl Group {
         Ok(())
     }
 
+    /// Stops asking about opens of `file`'s inode (an unprotected one): an evictable ignore
+    /// mark, so the kernel answers its later opens itself and the inode cache may still drop
+    /// it (memory stays bounded; an evicted inode is asked about again at its next open). The
+    /// mark is cleared when the file is modified and by [`Group::forget_ignored`]; exec
+    /// events are still asked (the ignore covers opens only).
+    pub fn ignore_opens(&self, file: BorrowedFd<'_>, is_dir: bool) -> io::Result<()> {
+        let mask = libc::FAN_OPEN_PERM | if is_dir { libc::FAN_ONDIR } else { 0 };
+        self.mark_inode(
+            file,
+            libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORE | libc::FAN_MARK_EVICTABLE,
+            mask,
+        )
+    }
+
+    /// Asks again about opens of `file`'s inode (removes its ignore mark, if any).
+    pub fn ask_again(&self, file: BorrowedFd<'_>, is_dir: bool) -> io::Result<()> {
+        let mask = libc::FAN_OPEN_PERM | if is_dir { libc::FAN_ONDIR } else { 0 };
+        match self.mark_inode(file, libc::FAN_MARK_REMOVE | libc::FAN_MARK_IGNORE, mask) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()), // it had none
+            other => other,
+        }
+    }
+
+    /// Drops every ignore mark (the group's only inode marks; its filesystem marks stay).
+    pub fn forget_ignored(&self) -> io::Result<()> {
+        // SAFETY: plain system call; with FAN_MARK_FLUSH the path is not read.
+        let rc = unsafe {
+            libc::fanotify_mark(
+                self.fd.as_raw_fd(),
+                libc::FAN_MARK_FLUSH,
+                0,
+                libc::AT_FDCWD,
+                std::ptr::null(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// One inode mark change on the inode `file` refers to.
+    fn mark_inode(&self, file: BorrowedFd<'_>, flags: libc::c_uint, mask: u64) -> io::Result<()> {
+        // SAFETY: with a null path the mark is placed on `file`'s inode; both are open.
+        let rc = unsafe {
+            libc::fanotify_mark(
+                self.fd.as_raw_fd(),
+                flags,
+                mask,
+                file.as_raw_fd(),
+                std::ptr::null(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// The group's descriptor (to poll).
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
