@@ -661,17 +661,20 @@ fn a_reload_moves_the_protection_at_once() {
 fn ignore_marked(path: &Path) -> bool {
     let meta = fs::metadata(path).unwrap();
     let ino = format!("ino:{:x} ", meta.ino());
-    fs::read_dir("/proc/self/fdinfo").unwrap().flatten().any(|fd| {
-        fs::read_to_string(fd.path()).is_ok_and(|info| {
-            info.lines().any(|l| {
-                l.starts_with("fanotify ino:")
-                    && l.contains(&ino)
-                    && l.split(' ')
-                        .find_map(|f| f.strip_prefix("ignored_mask:"))
-                        .is_some_and(|m| u64::from_str_radix(m, 16).unwrap_or(0) != 0)
+    fs::read_dir("/proc/self/fdinfo")
+        .unwrap()
+        .flatten()
+        .any(|fd| {
+            fs::read_to_string(fd.path()).is_ok_and(|info| {
+                info.lines().any(|l| {
+                    l.starts_with("fanotify ino:")
+                        && l.contains(&ino)
+                        && l.split(' ')
+                            .find_map(|f| f.strip_prefix("ignored_mask:"))
+                            .is_some_and(|m| u64::from_str_radix(m, 16).unwrap_or(0) != 0)
+                })
             })
         })
-    })
 }
 
 #[test]
