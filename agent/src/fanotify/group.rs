@@ -121,11 +121,38 @@ impl Group {
 
     /// Asks again about opens of `file`'s inode (removes its ignore mark, if any).
     pub fn ask_again(&self, file: BorrowedFd<'_>, is_dir: bool) -> io::Result<()> {
+        self.ask_again_at(
+            &Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())),
+            is_dir,
+        )
+    }
+
+    /// Asks again about opens of the inode at `path` (followed if a symbolic link, so a
+    /// `/proc/self/fd/N` of an `O_PATH` descriptor works): removes its ignore mark, if any.
+    pub fn ask_again_at(&self, path: &Path, is_dir: bool) -> io::Result<()> {
         let mask = libc::FAN_OPEN_PERM | if is_dir { libc::FAN_ONDIR } else { 0 };
-        match self.mark_inode(file, libc::FAN_MARK_REMOVE | libc::FAN_MARK_IGNORE, mask) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()), // it had none
-            other => other,
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `c` is a valid NUL-terminated path; the group descriptor is open.
+        let rc = unsafe {
+            libc::fanotify_mark(
+                self.fd.as_raw_fd(),
+                libc::FAN_MARK_REMOVE | libc::FAN_MARK_IGNORE,
+                mask,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            // ENOENT: it had no mark.
+            return if e.raw_os_error() == Some(libc::ENOENT) {
+                Ok(())
+            } else {
+                Err(e)
+            };
         }
+        Ok(())
     }
 
     /// Drops every ignore mark (the group's only inode marks; its filesystem marks stay).

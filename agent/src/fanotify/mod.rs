@@ -154,6 +154,7 @@ impl FanotifyLayer {
         // Once opens are answered: the change group opens the marked filesystems' roots and
         // walks the protected trees.
         let changes = match changes::ChangeWatcher::start(
+            Arc::clone(&group),
             Arc::clone(&state),
             change_records,
             counters.clone(),
