@@ -54,6 +54,7 @@ use tokio::sync::mpsc;
 
 use super::{
     decide::{self, Label, Protected, Subject},
+    group::Group,
     opener, Counters, Record,
 };
 use crate::{
@@ -391,11 +392,13 @@ pub struct ChangeWatcher {
 
 impl ChangeWatcher {
     /// Creates the group, marks the filesystems of `protected`, remembers the `stat` of what
-    /// lies below its roots, and starts reporting to `records`.
+    /// lies below its roots, and starts reporting to `records`; inodes arriving in a protected
+    /// directory are labelled and the permission group `group` asks about them again.
     pub(super) fn start(
+        group: Arc<Group>,
         state: Arc<Mutex<Protected>>,
         records: mpsc::Sender<Record>,
-        counters: Arc<Counters>,
+        counters: Counters,
         identities: Option<ExecIdentities>,
     ) -> Result<ChangeWatcher, ChangeError> {
         // SAFETY: plain system call with constant arguments.
@@ -438,6 +441,7 @@ impl ChangeWatcher {
         watcher.follow(&filesystems, &roots)?;
         let reporter = Reporter {
             fd,
+            group,
             mounts: Arc::clone(&watcher.mounts),
             attrs: Arc::clone(&watcher.attrs),
             state,
@@ -660,6 +664,31 @@ fn open_handle(mount: RawFd, handle: &Handle) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Everything below directory `dir` on device `dev` (kernel numbering), as (inode, path, is a
+/// directory), at most [`decide::MAX_LABELS`] entries; symbolic links are not followed.
+fn walk_below(dir: &Path, dev: u32, out: &mut Vec<(FileId, PathBuf, bool)>) {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if kernel_dev(meta.dev()) != dev || out.len() >= decide::MAX_LABELS {
+                continue;
+            }
+            let id = FileId {
+                dev,
+                ino: meta.ino(),
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+            out.push((id, entry.path(), meta.is_dir()));
+        }
+    }
+}
+
 /// An opened handle: its inode, `stat` and path.
 struct Opened {
     id: FileId,
@@ -671,13 +700,15 @@ struct Opened {
 /// The reporting loop's state.
 struct Reporter {
     fd: Arc<OwnedFd>,
+    /// The permission group (to drop the ignore marks of inodes that become protected).
+    group: Arc<Group>,
     mounts: Arc<Mutex<HashMap<[u8; 8], Mount>>>,
     attrs: Arc<Mutex<HashMap<FileId, Attrs>>>,
     state: Arc<Mutex<Protected>>,
     stop: Arc<AtomicBool>,
     wake: OwnedFd,
     records: mpsc::Sender<Record>,
-    counters: Arc<Counters>,
+    counters: Counters,
     overflows: Arc<AtomicU64>,
     identities: Option<ExecIdentities>,
     own_pid: u32,
@@ -740,7 +771,7 @@ impl Reporter {
                 match notice {
                     Notice::Overflow => {
                         self.overflows.fetch_add(1, Ordering::Relaxed);
-                        self.counters.lost.fetch_add(1, Ordering::Relaxed);
+                        self.counters.lost.inc();
                         tracing::warn!("the fanotify change queue overflowed: changes to protected files went unreported");
                     }
                     Notice::Change(change) => {
@@ -749,7 +780,7 @@ impl Reporter {
                                 self.handle(&change)
                             }));
                         if handled.is_err() {
-                            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+                            self.counters.lost.inc();
                             tracing::error!("reporting a fanotify change panicked: it is lost");
                         }
                     }
@@ -911,6 +942,9 @@ impl Reporter {
             // over a protected file); neither: the old name (of a protected file's other
             // link). Not by the object's label, which an open of the new name since may have
             // given it.
+            if let (Some(label), Some(object)) = (new_label, object.as_ref()) {
+                self.arrived(object, label);
+            }
             let leaving = old_label.is_some() || new_label.is_none();
             let (path, other, dir_label) = if leaving {
                 (old_path, new_path, old_label)
@@ -930,6 +964,11 @@ impl Reporter {
             .entry
             .as_ref()
             .map_or((None, None), |n| self.entry(n));
+        if change.mask & libc::FAN_CREATE != 0 {
+            if let (Some(label), Some(object)) = (dir_label, object.as_ref()) {
+                self.arrived(object, label);
+            }
+        }
         let label = object_label.or(dir_label)?;
         Some(Found {
             op,
@@ -938,6 +977,32 @@ impl Reporter {
             path,
             other: None,
         })
+    }
+
+    /// An inode created, moved or linked into a protected directory takes the directory's
+    /// `label` (as BPF LSM's hooks give it), and the permission group asks about it again: an
+    /// ignore mark from when it was unprotected is dropped. A directory brings everything
+    /// below it on its filesystem. Between the move and this (the change queue's latency) an
+    /// open by the new name of a formerly unprotected file may still be answered by its mark.
+    fn arrived(&self, object: &Opened, label: Label) {
+        let proc_path = PathBuf::from(format!("/proc/self/fd/{}", object.fd.as_raw_fd()));
+        let is_dir = object.attrs.mode & libc::S_IFMT == libc::S_IFDIR;
+        let mut arrivals = vec![(object.id, proc_path.clone(), is_dir)];
+        if is_dir {
+            // Not under the labels' lock: listing directories opens them.
+            walk_below(&proc_path, object.id.dev, &mut arrivals);
+        }
+        {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, _, _) in &arrivals {
+                state.label_arrival(*id, label);
+            }
+        }
+        for (_, path, is_dir) in &arrivals {
+            if let Err(e) = self.group.ask_again_at(path, *is_dir) {
+                tracing::warn!("dropping the ignore mark of {}: {e}", path.display());
+            }
+        }
     }
 
     /// Decides one change for its process and queues its report.
@@ -1032,7 +1097,7 @@ impl Reporter {
             .clone();
         let record = self.record(actor, process, start_ticks, found, decision);
         if self.records.try_send(record).is_err() {
-            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            self.counters.lost.inc();
         }
     }
 

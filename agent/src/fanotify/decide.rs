@@ -217,6 +217,16 @@ impl Protected {
         Some(label)
     }
 
+    /// Labels an inode that arrived in a protected directory (created, moved or linked in)
+    /// with that directory's `label`, unless it has a label. Whether it was labelled.
+    pub fn label_arrival(&mut self, id: FileId, label: Label) -> bool {
+        if self.labels.contains_key(&id) || self.labels.len() >= MAX_LABELS {
+            return false;
+        }
+        self.labels.insert(id, label);
+        true
+    }
+
     /// The kernel rule of a label.
     pub fn rule(&self, label: Label) -> Option<&KernelRule> {
         self.compiled.rules.get(label.rule as usize)

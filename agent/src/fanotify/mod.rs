@@ -30,12 +30,13 @@ use std::{
     os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex, PoisonError,
     },
     thread::JoinHandle,
 };
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use self::{
@@ -68,22 +69,31 @@ pub enum FanotifyError {
     /// The group or a mark failed.
     #[error(transparent)]
     Group(#[from] GroupError),
+    /// The ignore marks of the previous policy set could not be dropped (the set was not
+    /// taken: it could leave newly protected files unasked).
+    #[error("dropping the fanotify ignore marks of the previous policy set: {0}")]
+    Flush(#[source] io::Error),
     /// The response thread could not start.
     #[error("starting the fanotify response thread: {0}")]
     Thread(#[source] io::Error),
 }
 
-/// Counters of the layer, shared with the response thread.
-#[derive(Debug, Default)]
+/// Counters of the layer, shared with the response thread and exported as metrics (cloning
+/// shares them).
+#[derive(Clone, Debug, Default)]
 pub struct Counters {
     /// Permission events answered.
-    pub answered: AtomicU64,
+    pub answered: Counter,
     /// Of them, refused.
-    pub denied: AtomicU64,
+    pub denied: Counter,
     /// Decision records dropped because the event loop's queue was full.
-    pub lost: AtomicU64,
+    pub lost: Counter,
     /// Answers the kernel did not take (the opener then waits for the group to close).
-    pub respond_errors: AtomicU64,
+    pub respond_errors: Counter,
+    /// Unprotected inodes the kernel was told to stop asking about (evictable ignore marks).
+    pub ignore_marks: Counter,
+    /// Ignore marks the kernel refused (those inodes keep being asked about).
+    pub ignore_mark_failures: Counter,
 }
 
 /// The running layer.
@@ -98,18 +108,19 @@ pub struct FanotifyLayer {
     /// The change reports (`None`: this kernel's fanotify cannot give them).
     changes: Option<changes::ChangeWatcher>,
     /// Counters.
-    pub counters: Arc<Counters>,
+    pub counters: Counters,
 }
 
 impl FanotifyLayer {
     /// Creates the group, labels the protected files of `compiled` (in `slot`), marks their
-    /// filesystems and starts answering. Decision records go to `records`. Openers are
-    /// identified by the kernel's record of their exec (`identities`), or without it by
-    /// `/proc/PID/exe`.
+    /// filesystems and starts answering. Decision records go to `records`, counts to `counters`.
+    /// Openers are identified by the kernel's record of their exec (`identities`), or without it
+    /// by `/proc/PID/exe`.
     pub fn start(
         compiled: Arc<Compiled>,
         slot: u32,
         records: mpsc::Sender<Record>,
+        counters: Counters,
         cgroup_root: &Path,
         identities: Option<ExecIdentities>,
         grants: Option<crate::breakglass::GrantMap>,
@@ -123,7 +134,6 @@ impl FanotifyLayer {
         let (wake_read, wake) = nix::unistd::pipe().map_err(|e| FanotifyError::Thread(e.into()))?;
         let state = Arc::new(Mutex::new(protected));
         let stop = Arc::new(AtomicBool::new(false));
-        let counters = Arc::new(Counters::default());
         let change_records = records.clone();
         let change_identities = identities.as_ref().and_then(|i| i.try_clone().ok());
         let responder = Responder::new(
@@ -132,7 +142,7 @@ impl FanotifyLayer {
             Arc::clone(&stop),
             wake_read,
             records,
-            Arc::clone(&counters),
+            counters.clone(),
             cgroup_root,
         )
         .with_identities(identities)
@@ -144,9 +154,10 @@ impl FanotifyLayer {
         // Once opens are answered: the change group opens the marked filesystems' roots and
         // walks the protected trees.
         let changes = match changes::ChangeWatcher::start(
+            Arc::clone(&group),
             Arc::clone(&state),
             change_records,
-            Arc::clone(&counters),
+            counters.clone(),
             change_identities,
         ) {
             Ok(watcher) => Some(watcher),
@@ -213,7 +224,14 @@ impl FanotifyLayer {
         }
         let old = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            std::mem::replace(&mut *state, protected)
+            let old = std::mem::replace(&mut *state, protected);
+            // Inodes the old set left unprotected may be protected now: ask about every one
+            // again. Under the lock, which the response loop holds while it places a mark.
+            if let Err(e) = self.group.forget_ignored() {
+                *state = old;
+                return Err(FanotifyError::Flush(e));
+            }
+            old
         };
         let kept = self.filesystems();
         for (dev, path) in &old.filesystems {

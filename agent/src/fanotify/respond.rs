@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -61,7 +61,7 @@ pub(super) struct Responder {
     stop: Arc<AtomicBool>,
     wake: OwnedFd,
     records: mpsc::Sender<Record>,
-    counters: Arc<Counters>,
+    counters: Counters,
     own_pid: u32,
     ns_per_tick: u64,
     cgroup_root: PathBuf,
@@ -69,6 +69,8 @@ pub(super) struct Responder {
     identities: Option<ExecIdentities>,
     /// The kernel's break-glass grants (`None`: none are honoured).
     grants: Option<GrantMap>,
+    /// Whether unprotected inodes get ignore marks (off once the kernel refused one).
+    ignore_marks: std::cell::Cell<bool>,
 }
 
 /// What the loop learnt about one event before answering, for its record.
@@ -95,7 +97,7 @@ impl Responder {
         stop: Arc<AtomicBool>,
         wake: OwnedFd,
         records: mpsc::Sender<Record>,
-        counters: Arc<Counters>,
+        counters: Counters,
         cgroup_root: &Path,
     ) -> Responder {
         Responder {
@@ -111,6 +113,7 @@ impl Responder {
             cgroup_root: cgroup_root.to_owned(),
             identities: None,
             grants: None,
+            ignore_marks: std::cell::Cell::new(true),
         }
     }
 
@@ -208,28 +211,28 @@ impl Responder {
             .as_ref()
             .is_none_or(|p| p.decision.verdict != verdict::DENY);
         if let Err(e) = self.group.respond(event.fd.as_raw_fd(), allow) {
-            self.counters.respond_errors.fetch_add(1, Ordering::Relaxed);
+            self.counters.respond_errors.inc();
             tracing::debug!("answering a fanotify event: {e}");
         }
-        self.counters.answered.fetch_add(1, Ordering::Relaxed);
+        self.counters.answered.inc();
         let Some(pending) = pending else {
             return;
         };
         if !allow {
-            self.counters.denied.fetch_add(1, Ordering::Relaxed);
+            self.counters.denied.inc();
         }
-        let opened = std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok();
+        let opened = opened_path(&event);
         drop(event);
         let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.record(pending, opened)
         }));
         let Ok(record) = built else {
-            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            self.counters.lost.inc();
             tracing::error!("building a fanotify decision record panicked: the event is lost");
             return;
         };
         if self.records.try_send(record).is_err() {
-            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            self.counters.lost.inc();
         }
     }
 
@@ -247,11 +250,31 @@ impl Responder {
                 let ctime_ns =
                     i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec);
                 if !state.needs_name_lookup(ctime_ns) {
+                    // Unprotected under the set in force whichever name reaches it (it has no
+                    // name inside a protected tree: that would have changed its ctime). Set
+                    // while the state is locked, so a reload's flush cannot miss it.
+                    self.stop_asking(event, &st);
                     return None;
                 }
-                let path =
-                    std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok()?;
-                state.label_by_path(file, &path)?
+                let path = opened_path(event)?;
+                match state.label_by_path(file, &path) {
+                    Some(label) => label,
+                    None => {
+                        // Its one name (a directory's, or a file's with no other link) is
+                        // outside every protected tree: unprotected until it moves.
+                        if st.st_nlink == 1 || st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                            self.stop_asking(event, &st);
+                            // Moved into a tree meanwhile: ask again (a later move is
+                            // caught by its rename event).
+                            if opened_path(event)
+                                .is_some_and(|now| state.label_by_path(file, &now).is_some())
+                            {
+                                self.ask_again(event, &st);
+                            }
+                        }
+                        return None;
+                    }
+                }
             }
         };
         let opener = opener_of(event);
@@ -299,6 +322,38 @@ impl Responder {
         })
     }
 
+    /// Tells the kernel to answer later opens of the event's (unprotected) inode itself, so
+    /// an unprotected file costs one round trip to the agent, not one per open. A kernel that
+    /// refuses the mark (before Linux 6.0: no `FAN_MARK_IGNORE`) is not asked again.
+    fn stop_asking(&self, event: &PermissionEvent, st: &libc::stat) {
+        if !self.ignore_marks.get() {
+            return;
+        }
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        match self.group.ignore_opens(event.fd.as_fd(), is_dir) {
+            Ok(()) => {
+                self.counters.ignore_marks.inc();
+            }
+            Err(e) => {
+                self.counters.ignore_mark_failures.inc();
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    tracing::warn!("this kernel refuses evictable ignore marks ({e}): every open on a filesystem holding protected files keeps waiting for the agent");
+                    self.ignore_marks.set(false);
+                } else {
+                    tracing::debug!("ignore mark refused: {e}");
+                }
+            }
+        }
+    }
+
+    /// Removes the event's inode's ignore mark (it may be protected after all).
+    fn ask_again(&self, event: &PermissionEvent, st: &libc::stat) {
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if let Err(e) = self.group.ask_again(event.fd.as_fd(), is_dir) {
+            tracing::warn!("removing an ignore mark: {e}");
+        }
+    }
+
     /// The decision for an exec event; `None` unless it is refused (allowed and would-deny
     /// execs are reported by the exec tracepoint's record, as without this layer).
     fn decide_exec(&mut self, event: &PermissionEvent) -> Option<Pending> {
@@ -314,7 +369,7 @@ impl Responder {
         let (index, rule) = state.exec_rule(cgroup_id)?;
         let (file, _) = event_file(event)?;
         // The program, then each directory above it (by `stat`, which opens nothing).
-        let program = std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok();
+        let program = opened_path(event);
         let mut chain = vec![file];
         if let Some(program) = &program {
             chain.extend(
@@ -565,6 +620,11 @@ fn named_file(tid: u32, call: &OpenCall, path: &[u8]) -> Option<FileId> {
         base.join(path)
     };
     FileId::of(&full).ok()
+}
+
+/// The path the kernel shows for the event's file now.
+fn opened_path(event: &PermissionEvent) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok()
 }
 
 /// The (device, inode) of the event's file, and its `stat`.
