@@ -968,7 +968,14 @@ impl Chain {
         let known = self
             .latest()
             .is_some_and(|m| m.instances.contains_key(&instance));
-        let stored_seq = self.instance_seq(&instance);
+        // A new instance's sequence space starts at its first event: an agent upgraded on a
+        // spool numbered from before instances keeps its numbering, and whatever a forged
+        // instance starts at, it numbers only its own space (its start is recorded).
+        let first_seq = events.iter().map(|e| e.seq).filter(|s| *s > 0).min();
+        let stored_seq = match first_seq {
+            Some(first) if !known && !instance.is_empty() => first - 1,
+            _ => self.instance_seq(&instance),
+        };
         // The window is checked before anything changes: a refused batch stores nothing.
         // Each instance has its own sequence space, so its own window.
         let mut last = stored_seq;
@@ -1635,12 +1642,15 @@ mod tests {
             "{}",
             alert.message
         );
-        // The window is per instance: a huge seq in a new instance is refused.
+        // The window is per instance: a new instance's space starts at its first event, and
+        // a jump past the window from there is refused.
+        let a = store.append("a", vec![of("i3", 1 << 40)], |_| {}).unwrap();
+        assert_eq!((a.acked_seq, a.stored), (1 << 40, 1));
         let refused = store
-            .append("a", vec![of("i3", 1 << 40)], |_| {})
+            .append("a", vec![of("i3", (1 << 40) + (1 << 30))], |_| {})
             .unwrap_err();
         assert!(
-            matches!(refused, StoreError::SeqJump { last: 0, .. }),
+            matches!(refused, StoreError::SeqJump { last, .. } if last == 1 << 40),
             "{refused}"
         );
         // Back to the first one: it continues where it was.

@@ -1068,26 +1068,27 @@ fn a_stolen_certificate_inventing_instances_cannot_make_the_real_agents_events_r
     link.send("ehr-a", 1..=100);
     assert!(link.wait_acked(100, Duration::from_secs(20)));
     let stolen = tls::client_config(&pki.agent("ehr-a")).unwrap();
-    // A new instance with a huge seq: outside that instance's window (it starts at 0).
-    let refused = rt
+    // A new instance starts its own sequence space where its first event is (an agent
+    // upgraded on an old spool keeps its numbering): a huge seq numbers only that space.
+    let ack = rt
         .block_on(try_ingest_as(
             &collector.addr,
             stolen.clone(),
             &uuid_like(1),
             vec![event("ehr-a", 1 << 62)],
         ))
-        .unwrap_err();
-    assert!(refused.starts_with("OutOfRange"), "{refused}");
-    // Within the window: stored, in its own sequence space, announced.
-    let ack = rt
+        .unwrap();
+    assert_eq!(ack.acked_seq, 1 << 62);
+    // From there, its window holds: a jump past it is refused.
+    let refused = rt
         .block_on(try_ingest_as(
             &collector.addr,
             stolen.clone(),
             &uuid_like(1),
-            vec![event("ehr-a", 5_000_000)],
+            vec![event("ehr-a", (1 << 62) + 20_000_000)],
         ))
-        .unwrap();
-    assert_eq!(ack.acked_seq, 5_000_000);
+        .unwrap_err();
+    assert!(refused.starts_with("OutOfRange"), "{refused}");
     // The real agent's next events are stored, not acknowledged as resends.
     link.send("ehr-a", 101..=200);
     assert!(link.wait_acked(200, Duration::from_secs(20)));
@@ -1145,7 +1146,7 @@ fn a_stolen_certificate_inventing_instances_cannot_make_the_real_agents_events_r
     assert!(link.wait_acked(210, Duration::from_secs(20)));
     let events = replay_all(&rt, &pki, &collector.addr, host("ehr-a"));
     assert_eq!(seqs_of(&events, &real), (1..=210).collect::<Vec<_>>());
-    assert_eq!(seqs_of(&events, &uuid_like(1)), vec![5_000_000]);
+    assert_eq!(seqs_of(&events, &uuid_like(1)), vec![1 << 62]);
     let started = instance_alerts(&events, v1::AlertKind::InstanceStarted);
     assert!(
         started.iter().any(|(i, _)| *i == uuid_like(1)),
