@@ -485,6 +485,9 @@ fn link_text(out: &mut String, link: &crate::link::LinkState) {
         "  spool: {} events unacknowledged ({} bytes; seq {} spooled, {} acknowledged); {} dropped",
         link.spool_events, link.spool_bytes, link.last_seq, link.acked_seq, link.spool_dropped
     );
+    if !link.instance_id.is_empty() {
+        let _ = writeln!(out, "  instance: {}", link.instance_id);
+    }
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());

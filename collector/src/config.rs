@@ -202,6 +202,7 @@ struct RawStore {
     retention_days: Option<Spanned<u64>>,
     retention_max_bytes: Option<Spanned<u64>>,
     max_seq_jump: Option<Spanned<u64>>,
+    max_new_instances_per_hour: Option<Spanned<u64>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -411,6 +412,13 @@ impl Config {
                 1,
                 u64::MAX / 2,
             )?,
+            max_new_instances_per_hour: cx.range(
+                st.max_new_instances_per_hour.as_ref(),
+                "store.max_new_instances_per_hour",
+                u64::from(defaults.max_new_instances_per_hour),
+                1,
+                1000,
+            )? as u32,
         };
         let c = &raw.checkpoint;
         let public_key = match &c.public_key {

@@ -31,6 +31,8 @@ pub enum RefusedReason {
     StoreFailed,
     /// A seq too far above the agent's last stored one (`[store] max_seq_jump`).
     SequenceWindow,
+    /// A new instance beyond `[store] max_new_instances_per_hour`.
+    InstanceLimit,
     /// The batch failed validation (count, seq order, host, machine id, …).
     InvalidBatch,
 }
@@ -42,6 +44,7 @@ impl RefusedReason {
             RefusedReason::StoreFull => "store_full",
             RefusedReason::StoreFailed => "store_failed",
             RefusedReason::SequenceWindow => "sequence_window",
+            RefusedReason::InstanceLimit => "instance_limit",
             RefusedReason::InvalidBatch => "invalid_batch",
         }
     }
@@ -100,6 +103,10 @@ pub struct Metrics {
     pub events_duplicate: Counter,
     /// Batches refused because a seq was outside the agent's sequence window.
     pub sequence_window_refusals: Counter,
+    /// Streams of a new agent instance refused (`[store] max_new_instances_per_hour`).
+    pub instance_refusals: Counter,
+    /// Changes of an agent's instance recorded (ALERT_KIND_INSTANCE_STARTED).
+    pub instances_started: Counter,
     /// Reloads of the CRL file (SIGHUP), by result.
     pub crl_reloads: Family<ResultLabels, Counter>,
     /// Checkpoints signed and written to the store's checkpoint file.
@@ -135,6 +142,8 @@ impl Metrics {
             events_refused: Family::default(),
             events_duplicate: Counter::default(),
             sequence_window_refusals: Counter::default(),
+            instance_refusals: Counter::default(),
+            instances_started: Counter::default(),
             crl_reloads: Family::default(),
             checkpoints: Counter::default(),
             checkpoint_export_failures: Counter::default(),
@@ -154,6 +163,7 @@ impl Metrics {
             RefusedReason::StoreFull,
             RefusedReason::StoreFailed,
             RefusedReason::SequenceWindow,
+            RefusedReason::InstanceLimit,
             RefusedReason::InvalidBatch,
         ] {
             m.refused(reason, 0);
@@ -177,6 +187,16 @@ impl Metrics {
             "sequence_window_refusals",
             "Batches refused because a seq was too far above the agent's last stored one ([store] max_seq_jump)",
             m.sequence_window_refusals.clone(),
+        );
+        registry.register(
+            "instance_refusals",
+            "Streams of a new agent instance refused ([store] max_new_instances_per_hour)",
+            m.instance_refusals.clone(),
+        );
+        registry.register(
+            "instances_started",
+            "Changes of an agent's instance recorded in its chain (a spool reset, a reinstall, or a stolen certificate)",
+            m.instances_started.clone(),
         );
         registry.register(
             "crl_reloads",

@@ -529,6 +529,7 @@ mod tests {
                     hostname: "ehr-a".into(),
                     machine_id: "m".into(),
                     agent_id: "ehr-a".into(),
+                    ..Default::default()
                 }),
                 body: Some(body),
                 decision,

@@ -170,6 +170,7 @@ mod tests {
                 hostname: agent.into(),
                 agent_id: agent.into(),
                 machine_id: machine_id.into(),
+                ..Default::default()
             }),
             body: Some(body),
             ..Default::default()

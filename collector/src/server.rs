@@ -42,7 +42,7 @@ use crate::{
     metrics::{Metrics, RefusedReason, Snapshot},
     revocation::Revocation,
     scope::Scope,
-    store::{Record, Store, StoreError},
+    store::{short_instance, Record, Store, StoreError},
     stream::{self, Filter, Hub, Start},
     tamper::TamperWatch,
     tls::{self, AcceptLimits},
@@ -170,7 +170,28 @@ impl BatchError {
     }
 }
 
-/// Checks a batch from `identity` and stamps every event's `host.agent_id` with it.
+/// The request header carrying the agent's instance id on an `Ingest` call.
+pub const INSTANCE_HEADER: &str = "phiguard-instance";
+
+/// An `Ingest` call's instance id (its [`INSTANCE_HEADER`]): empty for an agent that sends
+/// none (its legacy stream), else a UUID in its canonical lowercase hyphenated form.
+pub fn instance_of<T>(request: &Request<T>) -> Result<String, Status> {
+    let Some(value) = request.metadata().get(INSTANCE_HEADER) else {
+        return Ok(String::new());
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| Status::invalid_argument("the instance id is not text"))?;
+    match uuid::Uuid::parse_str(text) {
+        Ok(id) if id.hyphenated().to_string() == text && !id.is_nil() => Ok(text.to_owned()),
+        _ => Err(Status::invalid_argument(
+            "the instance id must be a UUID (lowercase, hyphenated, not nil)",
+        )),
+    }
+}
+
+/// Checks a batch from `identity` and stamps every event's `host.agent_id` with it and
+/// `host.instance_id` with the batch's instance.
 pub fn validate_batch(
     identity: &str,
     batch: IngestRequest,
@@ -242,6 +263,7 @@ pub fn validate_batch(
             return Err(mismatch(&host.agent_id));
         }
         host.agent_id = identity.to_owned();
+        host.instance_id.clone_from(&batch.instance_id);
     }
     Ok(events)
 }
@@ -471,6 +493,7 @@ impl CollectorService {
     async fn ingest_loop(
         self,
         peer: Peer,
+        instance: String,
         mut inbound: Streaming<IngestRequest>,
         tx: mpsc::Sender<Result<IngestResponse, Status>>,
     ) {
@@ -515,6 +538,16 @@ impl CollectorService {
             };
             self.alive(&identity).await;
             let count = batch.events.len();
+            if batch.instance_id != instance {
+                self.metrics.refused(RefusedReason::InvalidBatch, count);
+                warn!(agent = %identity, peer = %peer.addr, stream = %instance, batch = %batch.instance_id, "batch rejected: its instance is not the stream's");
+                let _ = tx
+                    .send(Err(Status::invalid_argument(
+                        "the batch's instance id differs from the stream's (phiguard-instance header)",
+                    )))
+                    .await;
+                return;
+            }
             let events = match validate_batch(&identity, batch, self.max_batch_events) {
                 Ok(events) => events,
                 Err(rejected) => {
@@ -554,6 +587,25 @@ impl CollectorService {
                         .await;
                     return;
                 }
+                Ok(Err(StoreError::InstanceLimit { started, max, .. })) => {
+                    self.metrics.refused(RefusedReason::InstanceLimit, count);
+                    self.metrics.instance_refusals.inc();
+                    warn!(agent = %identity, peer = %peer.addr, instance = %instance, started, max, "batch refused: too many new instances of this agent within an hour");
+                    if let Some(alert) = self.refusals.instance_refused(
+                        &identity,
+                        &instance,
+                        started,
+                        tokio::time::Instant::now(),
+                    ) {
+                        self.raise(&identity, alert).await;
+                    }
+                    let _ = tx
+                        .send(Err(Status::resource_exhausted(format!(
+                            "this agent started {started} new instances within the last hour (at most {max}): instance {instance} refused, not stored"
+                        ))))
+                        .await;
+                    return;
+                }
                 Ok(Err(store_error)) => {
                     self.metrics.refused(
                         if store_error.is_full() {
@@ -576,6 +628,12 @@ impl CollectorService {
             };
             self.metrics.events_stored.inc_by(appended.stored);
             self.metrics.events_duplicate.inc_by(appended.duplicates);
+            let started = appended
+                .records
+                .iter()
+                .filter(|r| matches!(&r.event.body, Some(v1::event::Body::Alert(a)) if a.kind == v1::AlertKind::InstanceStarted as i32))
+                .count();
+            self.metrics.instances_started.inc_by(started as u64);
             if let Some(recovered) = self.health.stored(&identity, tokio::time::Instant::now()) {
                 self.raise(&identity, recovered).await;
             }
@@ -593,6 +651,7 @@ impl CollectorService {
                 acked_seq: appended.acked_seq,
                 stored: appended.stored,
                 duplicates: appended.duplicates,
+                instance_id: instance.clone(),
             };
             if tx.send(Ok(ack)).await.is_err() {
                 return;
@@ -624,17 +683,24 @@ impl Collector for CollectorService {
                 "subscriber identities cannot send events",
             ));
         }
+        let instance = instance_of(&request).inspect_err(|status| {
+            warn!(agent = %peer.identity, peer = %peer.addr, reason = status.message(), "ingest refused: bad instance id");
+        })?;
         self.alive(&peer.identity).await;
-        let head = self.store.head(&peer.identity);
-        info!(agent = %peer.identity, peer = %peer.addr, acked_seq = head.seq, "agent stream opened");
+        let acked_seq = self.store.instance_seq(&peer.identity, &instance);
+        info!(agent = %peer.identity, peer = %peer.addr, instance = %short_instance(&instance), acked_seq, "agent stream opened");
         let (tx, rx) = mpsc::channel(16);
         tx.send(Ok(IngestResponse {
-            acked_seq: head.seq,
+            acked_seq,
+            instance_id: instance.clone(),
             ..Default::default()
         }))
         .await
         .map_err(|_| Status::cancelled("stream closed"))?;
-        tokio::spawn(self.clone().ingest_loop(peer, request.into_inner(), tx));
+        tokio::spawn(
+            self.clone()
+                .ingest_loop(peer, instance, request.into_inner(), tx),
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -1011,7 +1077,10 @@ mod tests {
     }
 
     fn batch(events: Vec<v1::Event>) -> IngestRequest {
-        IngestRequest { events }
+        IngestRequest {
+            events,
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -60,7 +60,15 @@ pub struct StoreConfig {
     /// acknowledged: one message with a huge seq (a stolen certificate) could otherwise make
     /// every later event of the real agent look like a resend.
     pub max_seq_jump: u64,
+    /// Most new instances (streams with an instance id the agent's chain has not seen) one
+    /// agent certificate may start in an hour; more are refused, never acknowledged. A real
+    /// agent starts one per spool reset or reinstall; a stolen certificate inventing instance
+    /// ids cannot open sequence spaces without bound.
+    pub max_new_instances_per_hour: u32,
 }
+
+/// Default [`StoreConfig::max_new_instances_per_hour`].
+pub const DEFAULT_MAX_NEW_INSTANCES_PER_HOUR: u32 = 4;
 
 /// Default [`StoreConfig::max_seq_jump`]: more events than a full default spool (256 MiB)
 /// holds, so only events the agent numbered and then dropped can come near it.
@@ -77,6 +85,7 @@ impl StoreConfig {
             retention_max_age: Duration::from_secs(6 * 365 * 24 * 3600 + 2 * 24 * 3600),
             retention_max_bytes: None,
             max_seq_jump: DEFAULT_MAX_SEQ_JUMP,
+            max_new_instances_per_hour: DEFAULT_MAX_NEW_INSTANCES_PER_HOUR,
         }
     }
 }
@@ -126,6 +135,19 @@ pub enum StoreError {
         jump: u64,
         /// The limit (`max_seq_jump`).
         max: u64,
+    },
+    /// A stream of a new instance beyond [`StoreConfig::max_new_instances_per_hour`]:
+    /// refused, nothing stored.
+    #[error("agent {agent}: new instance {instance} refused: {started} new instances started within the last hour (at most {max})")]
+    InstanceLimit {
+        /// The agent.
+        agent: String,
+        /// The instance that was refused.
+        instance: String,
+        /// New instances started within the last hour.
+        started: usize,
+        /// The limit.
+        max: u32,
     },
     /// A sidecar index could not be parsed.
     #[error("{}: {source}", path.display())]
@@ -186,8 +208,17 @@ pub struct SegmentMeta {
     pub first_index: u64,
     /// Index of its last record (first_index - 1 when empty).
     pub last_index: u64,
-    /// Highest event seq stored up to and including this segment.
+    /// Highest event seq of the current instance (`instance`) stored up to and including this
+    /// segment.
     pub last_seq: u64,
+    /// Each agent instance's highest seq stored up to and including this segment ("" for the
+    /// legacy stream of agents that send no instance). Absent from sidecars written before
+    /// instances existed: their chains hold only the legacy stream, whose seq is `last_seq`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub instances: BTreeMap<String, u64>,
+    /// The instance whose events were stored last ("" for the legacy stream).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
     /// Earliest record time (Unix s; event time, else received time).
     pub min_time: i64,
     /// Latest record time.
@@ -203,11 +234,13 @@ pub struct SegmentMeta {
 }
 
 impl SegmentMeta {
-    fn empty(header: &SegmentHeader, last_seq: u64) -> SegmentMeta {
+    fn empty(header: &SegmentHeader, prev: Option<&SegmentMeta>) -> SegmentMeta {
         SegmentMeta {
             first_index: header.first_index,
             last_index: header.first_index - 1,
-            last_seq,
+            last_seq: prev.map_or(0, |p| p.last_seq),
+            instances: prev.map(|p| p.instances.clone()).unwrap_or_default(),
+            instance: prev.map(|p| p.instance.clone()).unwrap_or_default(),
             min_time: i64::MAX,
             max_time: i64::MIN,
             max_received: header.created,
@@ -220,8 +253,15 @@ impl SegmentMeta {
     fn add(&mut self, record: &v1::StoredRecord, framed: u64, hash: &Hash) {
         self.last_index = record.index;
         if let Some(event) = &record.event {
-            if event.seq > self.last_seq {
-                self.last_seq = event.seq;
+            let instance = event.host.as_ref().map_or("", |h| h.instance_id.as_str());
+            let started = matches!(&event.body, Some(Body::Alert(a)) if a.kind == v1::AlertKind::InstanceStarted as i32);
+            if event.seq > 0 || started {
+                if self.instance != instance {
+                    self.instance = instance.to_owned();
+                }
+                let last = self.instances.entry(instance.to_owned()).or_default();
+                *last = (*last).max(event.seq);
+                self.last_seq = *last;
             }
         }
         let time = record_time(record);
@@ -237,6 +277,13 @@ impl SegmentMeta {
     fn records(&self) -> u64 {
         self.last_index + 1 - self.first_index
     }
+
+    /// A sidecar from before instances: its chain held only the legacy stream.
+    fn upgrade(&mut self) {
+        if self.instances.is_empty() && self.last_seq > 0 {
+            self.instances.insert(String::new(), self.last_seq);
+        }
+    }
 }
 
 /// The head of an agent's chain.
@@ -246,7 +293,7 @@ pub struct Head {
     pub index: u64,
     /// Hash of the last record.
     pub hash: Hash,
-    /// Highest event seq stored.
+    /// Highest event seq stored of the instance that stored last (see [`Store::instance_seq`]).
     pub seq: u64,
 }
 
@@ -306,6 +353,8 @@ struct Chain {
     /// A failed batch whose bytes could not yet be cut off the disk (tried again before the
     /// next batch).
     rollback: Option<Snapshot>,
+    /// When new instances were started (within the last hour; in memory only).
+    instance_starts: Vec<SystemTime>,
 }
 
 /// A repair the store made while opening: bytes that provably never held an acknowledged
@@ -450,7 +499,7 @@ fn scan_segment(
     path: &Path,
     expected_first: Option<u64>,
     expected_prev: Option<Hash>,
-    last_seq: u64,
+    prev: Option<&SegmentMeta>,
     repair: bool,
 ) -> Result<(SegmentMeta, Hash, Option<Cut>), StoreError> {
     let file = File::open(path).map_err(io_err(path))?;
@@ -478,7 +527,7 @@ fn scan_segment(
             return Err(broken("segment does not continue the chain".into()));
         }
     }
-    let mut meta = SegmentMeta::empty(&header, last_seq);
+    let mut meta = SegmentMeta::empty(&header, prev);
     let mut hash = header.prev_hash;
     let records = RecordReader::new(reader, HEADER_LEN, None);
     let mut cut = None;
@@ -648,6 +697,7 @@ impl Chain {
             head: Head::default(),
             created: Vec::new(),
             rollback: None,
+            instance_starts: Vec::new(),
         };
         let count = segments.len();
         for (i, (_, path)) in segments.into_iter().enumerate() {
@@ -657,7 +707,8 @@ impl Chain {
             let len = fs::metadata(&path).map_err(io_err(&path))?.len();
             let sidecar = read_index(&path)?.filter(|m| !last && m.bytes == len);
             let meta = match sidecar {
-                Some(meta) => {
+                Some(mut meta) => {
+                    meta.upgrade();
                     let mut hash = GENESIS;
                     hex::decode_to_slice(&meta.last_hash, &mut hash).map_err(|e| {
                         StoreError::Broken {
@@ -673,8 +724,13 @@ impl Chain {
                     meta
                 }
                 None => {
-                    let (meta, hash, cut) =
-                        scan_segment(&path, expected_first, expected_prev, chain.head.seq, last)?;
+                    let (meta, hash, cut) = scan_segment(
+                        &path,
+                        expected_first,
+                        expected_prev,
+                        chain.sealed.last(),
+                        last,
+                    )?;
                     if let Some((offset, bytes, reason)) = cut {
                         repairs.push(Repair {
                             agent: chain.agent.clone(),
@@ -772,7 +828,7 @@ impl Chain {
         self.active = Some(Active {
             path,
             file,
-            meta: SegmentMeta::empty(&header, self.head.seq),
+            meta: SegmentMeta::empty(&header, self.latest()),
         });
         Ok(())
     }
@@ -903,24 +959,80 @@ impl Chain {
         events: Vec<v1::Event>,
         now: SystemTime,
     ) -> Result<Appended, StoreError> {
+        // The batch's instance: validation stamped every agent event with its stream's.
+        let instance = events
+            .iter()
+            .find(|e| e.seq > 0)
+            .and_then(|e| e.host.as_ref())
+            .map_or(String::new(), |h| h.instance_id.clone());
+        let known = self
+            .latest()
+            .is_some_and(|m| m.instances.contains_key(&instance));
+        // A new instance's sequence space starts at its first event: an agent upgraded on a
+        // spool numbered from before instances keeps its numbering, and whatever a forged
+        // instance starts at, it numbers only its own space (its start is recorded).
+        let first_seq = events.iter().map(|e| e.seq).filter(|s| *s > 0).min();
+        let stored_seq = match first_seq {
+            Some(first) if !known && !instance.is_empty() => first - 1,
+            _ => self.instance_seq(&instance),
+        };
         // The window is checked before anything changes: a refused batch stores nothing.
-        let mut last = self.head.seq;
+        // Each instance has its own sequence space, so its own window.
+        let mut last = stored_seq;
         for event in events.iter().filter(|e| e.seq > 0) {
             if event.seq > last.saturating_add(config.max_seq_jump) {
                 return Err(StoreError::SeqJump {
                     agent: self.agent.to_string(),
-                    last: self.head.seq,
+                    last: stored_seq,
                     seq: event.seq,
-                    jump: event.seq - self.head.seq,
+                    jump: event.seq - stored_seq,
                     max: config.max_seq_jump,
                 });
             }
             last = last.max(event.seq);
         }
+        let new_events = events.iter().any(|e| e.seq > stored_seq);
+        let current = self.latest().map_or(String::new(), |m| m.instance.clone());
+        // The first instance of a chain starts silently (its events name it); any later
+        // change of instance is recorded before the first event it stores.
+        let before = self.latest().is_some_and(|m| !m.instances.is_empty());
+        let switch = new_events && instance != current && before;
+        if new_events && !known && !instance.is_empty() {
+            let hour = Duration::from_secs(3600);
+            self.instance_starts
+                .retain(|t| now.duration_since(*t).unwrap_or_default() < hour);
+            if self.instance_starts.len() >= config.max_new_instances_per_hour as usize {
+                return Err(StoreError::InstanceLimit {
+                    agent: self.agent.to_string(),
+                    instance,
+                    started: self.instance_starts.len(),
+                    max: config.max_new_instances_per_hour,
+                });
+            }
+            self.instance_starts.push(now);
+        }
         let received = timestamp(now);
         let mut out = Appended::default();
         let mut buf = Vec::new();
         let mut records = Vec::new();
+        if switch {
+            let since = self.latest().map(|m| m.max_received);
+            let previous = self.latest().and_then(|m| {
+                m.instances
+                    .get(&m.instance)
+                    .map(|seq| (m.instance.clone(), *seq))
+            });
+            warn!(agent = %self.agent, instance = %instance, previous = ?previous, known, "another instance of the agent stores now");
+            records.push(instance_alert(
+                &self.agent,
+                &instance,
+                known,
+                previous,
+                since.map(|t| received.seconds.saturating_sub(t)),
+                &received,
+            ));
+        }
+        let mut head_seq = stored_seq;
         for event in events {
             // The collector's own alerts and audit records (seq 0; agents cannot send them)
             // join the chain without touching the agent's numbering.
@@ -929,16 +1041,20 @@ impl Chain {
                 records.push(event);
                 continue;
             }
-            if event.seq <= self.head.seq {
+            if event.seq <= head_seq {
                 out.duplicates += 1;
                 continue;
             }
-            if event.seq > self.head.seq + 1 {
-                let expected = self.head.seq + 1;
-                warn!(agent = %self.agent, expected, received = event.seq, "sequence gap: events never arrived");
-                records.push(gap_alert(&self.agent, expected, event.seq, &received));
+            if event.seq > head_seq + 1 {
+                let expected = head_seq + 1;
+                warn!(agent = %self.agent, instance = %instance, expected, received = event.seq, "sequence gap: events never arrived");
+                let mut gap = gap_alert(&self.agent, expected, event.seq, &received);
+                if let Some(host) = gap.host.as_mut() {
+                    host.instance_id.clone_from(&instance);
+                }
+                records.push(gap);
             }
-            self.head.seq = event.seq;
+            head_seq = event.seq;
             out.stored += 1;
             records.push(event);
         }
@@ -975,7 +1091,8 @@ impl Chain {
                     .map_err(io_err(&active.path))?;
             }
         }
-        out.acked_seq = self.head.seq;
+        self.head.seq = self.latest().map_or(0, |m| m.last_seq);
+        out.acked_seq = head_seq;
         out.head = self.head;
         Ok(out)
     }
@@ -986,8 +1103,76 @@ impl Chain {
             .chain(self.active.as_ref().map(|a| &a.meta))
     }
 
+    /// The newest segment's meta: the agent's instances as of the chain's head.
+    fn latest(&self) -> Option<&SegmentMeta> {
+        self.active
+            .as_ref()
+            .map(|a| &a.meta)
+            .or_else(|| self.sealed.last())
+    }
+
+    /// The highest seq stored of `instance` ("" for the legacy stream).
+    fn instance_seq(&self, instance: &str) -> u64 {
+        self.latest()
+            .and_then(|m| m.instances.get(instance).copied())
+            .unwrap_or(0)
+    }
+
     fn first_index(&self) -> u64 {
         self.all_segments().next().map_or(1, |m| m.first_index)
+    }
+}
+
+/// The alert recorded when another instance of `agent` starts storing: `known` when it stored
+/// before (the agent switched back), `previous` the instance that stored last and its last
+/// seq, `since` seconds since the previous instance last stored.
+pub fn instance_alert(
+    agent: &str,
+    instance: &str,
+    known: bool,
+    previous: Option<(String, u64)>,
+    since: Option<i64>,
+    at: &Timestamp,
+) -> v1::Event {
+    let what = if known { "resumed" } else { "started" };
+    let previous = match (previous, since) {
+        (Some((old, seq)), Some(since)) => format!(
+            " after instance {} (last seq {seq}, last stored {since} s ago)",
+            short_instance(&old)
+        ),
+        (Some((old, seq)), None) => {
+            format!(" after instance {} (last seq {seq})", short_instance(&old))
+        }
+        _ => String::new(),
+    };
+    v1::Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        seq: 0,
+        time: Some(*at),
+        host: Some(v1::Host {
+            hostname: agent.to_owned(),
+            agent_id: agent.to_owned(),
+            instance_id: instance.to_owned(),
+            ..Default::default()
+        }),
+        body: Some(Body::Alert(v1::CollectorAlert {
+            kind: v1::AlertKind::InstanceStarted as i32,
+            message: format!(
+                "agent {agent}: instance {} {what}{previous}; its seqs count anew. A spool reset or reinstall does this; if the agent was not reset, someone may hold its certificate",
+                short_instance(instance)
+            ),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// An instance id in short form (its first 8 characters; `legacy` for the empty one).
+pub fn short_instance(instance: &str) -> &str {
+    if instance.is_empty() {
+        "legacy"
+    } else {
+        instance.get(..8).unwrap_or(instance)
     }
 }
 
@@ -1083,6 +1268,13 @@ impl Store {
     pub fn head(&self, agent: &str) -> Head {
         let chain = lock(&self.chains).get(agent).cloned();
         chain.map(|c| lock(&c).head).unwrap_or_default()
+    }
+
+    /// The highest seq stored of `agent`'s `instance` ("" for the legacy stream): what the
+    /// opening response of that instance's stream acknowledges.
+    pub fn instance_seq(&self, agent: &str, instance: &str) -> u64 {
+        let chain = lock(&self.chains).get(agent).cloned();
+        chain.map_or(0, |c| lock(&c).instance_seq(instance))
     }
 
     /// Every agent's head.
@@ -1408,6 +1600,151 @@ mod tests {
             })),
             ..Default::default()
         }
+    }
+
+    fn of(instance: &str, seq: u64) -> v1::Event {
+        let mut e = event("a", seq);
+        e.host.as_mut().unwrap().instance_id = instance.into();
+        e
+    }
+
+    #[test]
+    fn each_instance_counts_its_own_seqs_and_a_change_is_recorded_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small(dir.path());
+        let store = Store::open(config.clone()).unwrap();
+        let a = store
+            .append("a", (1..=5).map(|s| of("i1", s)).collect(), |_| {})
+            .unwrap();
+        assert_eq!(
+            (a.acked_seq, a.stored, a.records.len()),
+            (5, 5, 5),
+            "the first instance starts silently"
+        );
+        // A resend of the same instance: duplicates, acknowledged once.
+        let a = store
+            .append("a", (3..=5).map(|s| of("i1", s)).collect(), |_| {})
+            .unwrap();
+        assert_eq!((a.acked_seq, a.stored, a.duplicates), (5, 0, 3));
+        // A new instance starts at 1: stored, after an alert naming both.
+        let a = store
+            .append("a", (1..=2).map(|s| of("i2", s)).collect(), |_| {})
+            .unwrap();
+        assert_eq!((a.acked_seq, a.stored, a.duplicates), (2, 2, 0));
+        let Some(Body::Alert(alert)) = &a.records[0].event.body else {
+            panic!("{:?}", a.records[0])
+        };
+        assert_eq!(alert.kind, v1::AlertKind::InstanceStarted as i32);
+        assert!(
+            alert
+                .message
+                .contains("instance i2 started after instance i1 (last seq 5"),
+            "{}",
+            alert.message
+        );
+        // The window is per instance: a new instance's space starts at its first event, and
+        // a jump past the window from there is refused.
+        let a = store.append("a", vec![of("i3", 1 << 40)], |_| {}).unwrap();
+        assert_eq!((a.acked_seq, a.stored), (1 << 40, 1));
+        let refused = store
+            .append("a", vec![of("i3", (1 << 40) + (1 << 30))], |_| {})
+            .unwrap_err();
+        assert!(
+            matches!(refused, StoreError::SeqJump { last, .. } if last == 1 << 40),
+            "{refused}"
+        );
+        // Back to the first one: it continues where it was.
+        let a = store.append("a", vec![of("i1", 6)], |_| {}).unwrap();
+        assert_eq!((a.acked_seq, a.stored, a.records.len()), (6, 1, 2));
+        assert!(a.records[0].event.host.as_ref().unwrap().instance_id == "i1");
+        drop(store);
+        let store = Store::open(config).unwrap();
+        assert_eq!(
+            (store.instance_seq("a", "i1"), store.instance_seq("a", "i2")),
+            (6, 2)
+        );
+        assert_eq!(store.instance_seq("a", ""), 0);
+        let a = store
+            .append("a", vec![of("i2", 2), of("i2", 3)], |_| {})
+            .unwrap();
+        assert_eq!((a.acked_seq, a.stored, a.duplicates), (3, 1, 1));
+        // Legacy (no instance) is one more sequence space of its own.
+        let a = store.append("a", vec![event("a", 1)], |_| {}).unwrap();
+        assert_eq!((a.acked_seq, a.stored), (1, 1));
+        let report = crate::verify::verify(&crate::verify::VerifyOptions {
+            store_dir: dir.path().to_owned(),
+            agent: None,
+            checkpoint_files: vec![],
+            store_checkpoints: None,
+            trusted_key: None,
+            require_checkpoints: false,
+            retention_max_age: None,
+        })
+        .unwrap();
+        assert!(report.ok(), "{report:?}");
+    }
+
+    #[test]
+    fn verify_fails_a_change_of_instance_no_alert_announces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(small(dir.path())).unwrap();
+        store.append("a", vec![of("i1", 1)], |_| {}).unwrap();
+        // Not what the server does (it stamps a batch with one instance): a record of another
+        // instance slipped in without the alert, as a rewrite of the store might.
+        store
+            .append("a", vec![of("i1", 2), of("i2", 3)], |_| {})
+            .unwrap();
+        let report = crate::verify::verify(&crate::verify::VerifyOptions {
+            store_dir: dir.path().to_owned(),
+            agent: None,
+            checkpoint_files: vec![],
+            store_checkpoints: None,
+            trusted_key: None,
+            require_checkpoints: false,
+            retention_max_age: None,
+        })
+        .unwrap();
+        let problem = report.agents[0].problem.as_ref().expect("a problem");
+        assert!(
+            problem
+                .message
+                .contains("of instance i2 follows instance i1 with no instance alert"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn new_instances_are_bounded_per_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            max_new_instances_per_hour: 2,
+            ..small(dir.path())
+        };
+        let store = Store::open(config).unwrap();
+        let t0 = SystemTime::now();
+        store.append_at("a", vec![of("i1", 1)], t0, |_| {}).unwrap();
+        store.append_at("a", vec![of("i2", 1)], t0, |_| {}).unwrap();
+        let refused = store
+            .append_at("a", vec![of("i3", 1)], t0, |_| {})
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                StoreError::InstanceLimit {
+                    started: 2,
+                    max: 2,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        // Known instances go on; an hour later a new one is accepted.
+        store.append_at("a", vec![of("i1", 2)], t0, |_| {}).unwrap();
+        let later = t0 + Duration::from_secs(3601);
+        store
+            .append_at("a", vec![of("i3", 1)], later, |_| {})
+            .unwrap();
+        assert_eq!(store.instance_seq("a", "i3"), 1);
     }
 
     fn small(dir: &Path) -> StoreConfig {

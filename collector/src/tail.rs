@@ -138,6 +138,12 @@ fn format_raw(event: &v1::Event) -> String {
         }
     });
     let _ = write!(line, "{time} {host} #{} {}", event.seq, kind_name(event));
+    // The agent instance (short form) where the stream has one: seqs count per instance.
+    if let Some(instance) = event.host.as_ref().map(|h| h.instance_id.as_str()) {
+        if !instance.is_empty() {
+            let _ = write!(line, " [{}]", crate::store::short_instance(instance));
+        }
+    }
     match &event.body {
         Some(Body::FileOpen(o)) => {
             let _ = write!(line, " {} {}", o.path, o.flags.join("|"));

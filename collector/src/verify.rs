@@ -8,7 +8,9 @@
 //! - each record's hash = sha256(previous hash ‖ record): an altered record fails here;
 //! - indexes run 1, 2, 3… across segments (a deleted record or segment shows as missing, a
 //!   swapped one as out of order); each segment header continues the previous segment's hash;
-//! - event seqs increase, and every seq jump is announced by a gap alert just before it;
+//! - event seqs increase within each agent instance (`host.instance_id`; "" for agents that
+//!   send none), every seq jump is announced by a gap alert just before it, and every change
+//!   of instance by an ALERT_KIND_INSTANCE_STARTED alert naming the new instance;
 //! - an oldest segment that does not start at index 1 is explained by `retention.jsonl`;
 //! - every checkpoint's signature verifies under the trusted key, and the chain's hash at
 //!   the checkpoint's index equals the signed one (and the chain reaches that index).
@@ -186,7 +188,10 @@ impl Walk<'_> {
         };
         let mut hash = GENESIS;
         let mut expected = 1;
-        let mut last_seq = 0;
+        // Each instance's last seq, the instance that stored last, an announced change.
+        let mut last_seqs: BTreeMap<String, u64> = BTreeMap::new();
+        let mut current = String::new();
+        let mut announced_instance: Option<String> = None;
         let mut announced_gap: Option<(u64, u64)> = None;
         for (i, (named_first, path)) in segments.iter().enumerate() {
             self.report.segments += 1;
@@ -310,11 +315,36 @@ impl Walk<'_> {
                     self.report.newest_received = self.report.newest_received.max(received.seconds);
                 }
                 let event = record.event.unwrap_or_default();
+                let instance = event.host.as_ref().map_or("", |h| h.instance_id.as_str());
                 if let Some(Body::Alert(alert)) = &event.body {
                     if alert.kind == v1::AlertKind::SequenceGap as i32 {
                         announced_gap = Some((alert.expected_seq, alert.received_seq));
                     }
+                    if alert.kind == v1::AlertKind::InstanceStarted as i32 {
+                        announced_instance = Some(instance.to_owned());
+                    }
                 } else if event.seq > 0 {
+                    if instance != current {
+                        // The first instance met (the chain's start or what retention left)
+                        // needs no announcement; any later change does.
+                        if !last_seqs.is_empty() && announced_instance.as_deref() != Some(instance)
+                        {
+                            return self.fail(
+                                path,
+                                Some(raw.offset),
+                                Some(expected),
+                                format!(
+                                    "event seq {} of instance {} follows instance {} with no instance alert",
+                                    event.seq,
+                                    store::short_instance(instance),
+                                    store::short_instance(&current)
+                                ),
+                            );
+                        }
+                        instance.clone_into(&mut current);
+                    }
+                    announced_instance = None;
+                    let last_seq = last_seqs.get(instance).copied().unwrap_or(0);
                     if event.seq <= last_seq {
                         return self.fail(
                             path,
@@ -339,7 +369,7 @@ impl Walk<'_> {
                             ),
                         );
                     }
-                    last_seq = event.seq;
+                    last_seqs.insert(instance.to_owned(), event.seq);
                     announced_gap = None;
                 }
                 hash = raw.hash;

@@ -60,6 +60,53 @@ impl Refusals {
             },
         ))
     }
+
+    /// A stream of `agent` with the new `instance` was refused after `started` new instances
+    /// within the hour. Returns the alert to store, at most once per [`ALERT_EVERY`] per
+    /// agent (counted apart from sequence refusals).
+    pub fn instance_refused(
+        &self,
+        agent: &str,
+        instance: &str,
+        started: usize,
+        now: Instant,
+    ) -> Option<v1::Event> {
+        let key = format!("{agent}\u{0}instances");
+        let mut map = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let suppressed = match map.get_mut(&key) {
+            Some((when, count)) if now.saturating_duration_since(*when) < ALERT_EVERY => {
+                *count += 1;
+                return None;
+            }
+            Some((_, count)) => *count,
+            None => 0,
+        };
+        map.insert(key, (now, 0));
+        let more = if suppressed > 0 {
+            format!(" ({suppressed} more refused since the last alert)")
+        } else {
+            String::new()
+        };
+        let mut event = alert::event(
+            agent,
+            v1::CollectorAlert {
+                kind: v1::AlertKind::InstanceRefused as i32,
+                message: format!(
+                    "agent {agent}: a stream of new instance {} was refused, not stored, after {started} new instances within the last hour{more}: someone may hold this agent's certificate",
+                    crate::store::short_instance(instance)
+                ),
+                ..Default::default()
+            },
+        );
+        if let Some(host) = event.host.as_mut() {
+            // Not `instance_id`: the refused instance stored nothing, so it is named in words.
+            host.instance_id.clear();
+        }
+        Some(event)
+    }
 }
 
 #[cfg(test)]

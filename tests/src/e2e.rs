@@ -277,13 +277,15 @@ impl CollectorProc {
             }
         }
         self.child = Some(child);
-        // Later runs keep the port, so agents reconnect to the same address.
+        // Later runs keep the port, so agents reconnect to the same address ([server] comes
+        // first; a `[metrics] listen` on port 0 stays on port 0).
         let text = std::fs::read_to_string(&self.config).unwrap();
         std::fs::write(
             &self.config,
-            text.replace(
+            text.replacen(
                 "listen = \"127.0.0.1:0\"",
                 &format!("listen = \"{}\"", self.addr),
+                1,
             ),
         )
         .unwrap();
@@ -427,6 +429,37 @@ impl AgentLink {
             .prefix("phiguard-spool-")
             .tempdir()
             .unwrap();
+        AgentLink::open_in(pki, cert_host, addr, dir, adjust)
+    }
+
+    /// Stops the publisher and opens the same spool directory again, as an agent restarted
+    /// with its spool kept does (same instance, unacknowledged events resent).
+    pub fn restart(self, pki: &Pki, addr: &str) -> AgentLink {
+        let AgentLink {
+            spool,
+            publisher,
+            host,
+            dir,
+        } = self;
+        if let Some(publisher) = publisher {
+            publisher.stop();
+        }
+        drop(spool);
+        AgentLink::open_in(pki, &host, addr, dir, |_| {})
+    }
+
+    /// The spool's instance id.
+    pub fn instance(&self) -> String {
+        self.spool.instance_id().to_owned()
+    }
+
+    fn open_in(
+        pki: &Pki,
+        cert_host: &str,
+        addr: &str,
+        dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut PublisherConfig),
+    ) -> AgentLink {
         let spool = Spool::open(SpoolConfig {
             dir: dir.path().to_owned(),
             max_bytes: 256 * 1024 * 1024,

@@ -1231,3 +1231,144 @@ fn a_break_glass_grant_raises_an_alert_at_a_subscriber() {
     assert!(out.status.success(), "{out:?}");
     agent.stop();
 }
+
+/// The instance id an event carries.
+fn instance_of(event: &v1::Event) -> &str {
+    event.host.as_ref().map_or("", |h| h.instance_id.as_str())
+}
+
+#[test]
+fn a_deleted_spool_starts_a_new_instance_whose_events_are_stored_and_recorded() {
+    require_root();
+    let (work, pki, tree) = (
+        tempfile::tempdir().unwrap(),
+        Pki::new(&[AGENT]),
+        Tree::new(),
+    );
+    let collector = CollectorProc::start(work.path(), &pki, "");
+    let file = tree.watched.join("record.txt");
+    std::fs::write(&file, "patient").unwrap();
+    let spool_dir = work.path().join("spool");
+    let config = write_agent_config(
+        work.path(),
+        &pki,
+        &collector.addr,
+        &tree.watched,
+        &spool_dir,
+    );
+    let status_file = work.path().join("status.json");
+    let rt = runtime();
+    let opened_and_stored = |instance: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = Command::new("/usr/bin/cat")
+                .arg(&file)
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let events = replay_all(&rt, &pki, &collector.addr, Default::default());
+            let mine: Vec<v1::Event> = events
+                .iter()
+                .filter(|e| instance_of(e) == instance)
+                .cloned()
+                .collect();
+            if file_opens(&mine, &file) > 0 {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no file open of instance {instance} stored within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let mut agent = AgentProc(start_agent_with(
+        &config,
+        &["--status-file".as_ref(), status_file.as_os_str()],
+    ));
+    let old = std::fs::read_to_string(spool_dir.join("instance"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (report, text) = agent_status(&status_file);
+        if report["status"]["link"]["instance_id"].as_str() == Some(old.as_str()) {
+            assert!(text.contains(&format!("instance: {old}")), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no instance in the status: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = opened_and_stored(&old);
+    let old_high = before
+        .iter()
+        .filter(|e| instance_of(e) == old)
+        .map(|e| e.seq)
+        .max()
+        .unwrap();
+    kill(Pid::from_raw(agent.0.id() as i32), Signal::SIGTERM).unwrap();
+    let _ = agent.0.wait();
+    // The spool is lost (a reset, a reinstall): numbering starts at 1 again.
+    std::fs::remove_dir_all(&spool_dir).unwrap();
+    let mut agent = AgentProc(start_agent(&config));
+    let new = std::fs::read_to_string(spool_dir.join("instance"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_ne!(new, old, "a new spool, a new instance");
+    let events = opened_and_stored(&new);
+    kill(Pid::from_raw(agent.0.id() as i32), Signal::SIGTERM).unwrap();
+    let _ = agent.0.wait();
+    let new_seqs: Vec<u64> = events
+        .iter()
+        .filter(|e| e.seq > 0 && instance_of(e) == new)
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(
+        new_seqs.first(),
+        Some(&1),
+        "the new instance's seq 1 is stored"
+    );
+    assert!(
+        new_seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "each seq once, in order"
+    );
+    assert!(old_high > 0, "the first instance stored");
+    let started: Vec<&v1::CollectorAlert> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::Alert(a)) if a.kind == v1::AlertKind::InstanceStarted as i32 => {
+                assert_eq!(instance_of(e), new);
+                Some(a)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert!(
+        started[0].message.contains(&old[..8]),
+        "{}",
+        started[0].message
+    );
+    eprintln!(
+        "{}",
+        phiguard_collector::tail::format_line(
+            events
+                .iter()
+                .find(|e| instance_of(e) == new && e.seq == 1)
+                .unwrap()
+        )
+    );
+    let out = CollectorProc::verify(&collector.config, &[]);
+    assert!(
+        out.status.success(),
+        "verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

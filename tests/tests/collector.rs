@@ -60,18 +60,40 @@ fn host(name: &str) -> v1::EventFilter {
 }
 
 /// Opens an Ingest stream with `config` and sends one batch; Ok once it is acknowledged.
+/// No instance id: the agent's legacy stream, as agents from before instances open.
 async fn try_ingest(
     addr: &str,
     config: Arc<rustls::ClientConfig>,
+    batch: Vec<v1::Event>,
+) -> Result<IngestResponse, String> {
+    try_ingest_as(addr, config, "", batch).await
+}
+
+/// [`try_ingest`] as agent instance `instance` (header and batch field; "" for none).
+async fn try_ingest_as(
+    addr: &str,
+    config: Arc<rustls::ClientConfig>,
+    instance: &str,
     batch: Vec<v1::Event>,
 ) -> Result<IngestResponse, String> {
     let channel = tls::connect(addr, Some("localhost"), config, CONNECT_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel(1);
-    tx.send(IngestRequest { events: batch }).await.unwrap();
+    tx.send(IngestRequest {
+        events: batch,
+        instance_id: instance.to_owned(),
+    })
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if !instance.is_empty() {
+        request
+            .metadata_mut()
+            .insert("phiguard-instance", instance.parse().unwrap());
+    }
     let mut responses = CollectorClient::new(channel)
-        .ingest(ReceiverStream::new(rx))
+        .ingest(request)
         .await
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
@@ -539,17 +561,23 @@ fn malformed_and_oversized_messages_are_refused_without_harming_another_agent() 
     // A well-formed message larger than max_message_bytes.
     let mut huge = event("ehr-b", 1);
     huge.id = "x".repeat(200_000);
-    let oversized = IngestRequest { events: vec![huge] }.encode_to_vec();
+    let oversized = IngestRequest {
+        events: vec![huge],
+        ..Default::default()
+    }
+    .encode_to_vec();
     refusals.push(rt.block_on(raw_ingest(&collector.addr, &b, oversized)));
     // Too many events in one batch.
     let many = IngestRequest {
         events: (1..=300).map(|s| event("ehr-b", s)).collect(),
+        ..Default::default()
     }
     .encode_to_vec();
     refusals.push(rt.block_on(raw_ingest(&collector.addr, &b, many)));
     // A batch with sequence numbers going backwards.
     let backwards = IngestRequest {
         events: vec![event("ehr-b", 5), event("ehr-b", 4)],
+        ..Default::default()
     }
     .encode_to_vec();
     refusals.push(rt.block_on(raw_ingest(&collector.addr, &b, backwards)));
@@ -589,6 +617,7 @@ fn malformed_and_oversized_messages_are_refused_without_harming_another_agent() 
         &b,
         IngestRequest {
             events: vec![event("ehr-b", 1)],
+            ..Default::default()
         }
         .encode_to_vec(),
     ));
@@ -745,8 +774,11 @@ fn a_forged_file_name_and_an_impossible_time_neither_forge_nor_stop_the_soc_view
         "{}",
         lines[0]
     );
+    // The agent instance in short form follows the kind.
+    let instance = link.instance();
+    let short = &instance[..8];
     assert!(
-        lines[2].contains("#3 fileOpen /srv/ephi/3.txt"),
+        lines[2].contains(&format!("#3 fileOpen [{short}] /srv/ephi/3.txt")),
         "{}",
         lines[2]
     );
@@ -880,11 +912,15 @@ fn a_huge_seq_from_a_stolen_certificate_is_refused_and_the_real_agent_keeps_stor
     assert!(link.wait_acked(100, Duration::from_secs(20)));
     // The same certificate, from a second connection: one event with a huge seq.
     let stolen = tls::client_config(&pki.agent("ehr-a")).unwrap();
+    // The thief claims the real agent's own instance (it can read it off the wire format
+    // only with the agent's spool, but assume the worst).
+    let instance = link.instance();
     for seq in [1u64 << 62, 100 + 10_000_001] {
         let refused = rt
-            .block_on(try_ingest(
+            .block_on(try_ingest_as(
                 &collector.addr,
                 stolen.clone(),
+                &instance,
                 vec![event("ehr-a", seq)],
             ))
             .unwrap_err();
@@ -921,6 +957,243 @@ fn a_huge_seq_from_a_stolen_certificate_is_refused_and_the_real_agent_keeps_stor
         2,
         "each refusal is logged:\n{log}"
     );
+}
+
+/// The instance id events and alerts carry.
+fn instance_of(event: &v1::Event) -> &str {
+    event.host.as_ref().map_or("", |h| h.instance_id.as_str())
+}
+
+fn instance_alerts(events: &[v1::Event], kind: v1::AlertKind) -> Vec<(&str, &v1::CollectorAlert)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::Alert(a)) if a.kind == kind as i32 => Some((instance_of(e), a)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The seqs stored of `instance`, in chain order.
+fn seqs_of(events: &[v1::Event], instance: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e.seq > 0 && instance_of(e) == instance)
+        .map(|e| e.seq)
+        .collect()
+}
+
+#[test]
+fn a_reset_spool_starts_a_new_instance_whose_events_are_stored_and_a_kept_one_resends_once() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let collector = with_metrics(work.path(), &pki);
+    let rt = runtime();
+    // First spool: 1..=50.
+    let first = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    let old = first.instance();
+    first.send("ehr-a", 1..=50);
+    assert!(first.wait_acked(50, Duration::from_secs(20)));
+    // The same spool after a restart keeps its instance; nothing is stored twice.
+    let first = first.restart(&pki, &collector.addr);
+    assert_eq!(first.instance(), old, "a kept spool keeps its instance");
+    first.send("ehr-a", 51..=60);
+    assert!(first.wait_acked(60, Duration::from_secs(20)));
+    drop(first);
+    // The spool is deleted (a reset, a reinstall): numbering starts at 1 again, in a new
+    // instance, and is stored, not acknowledged as resends.
+    let second = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    let new = second.instance();
+    assert_ne!(new, old);
+    second.send("ehr-a", 1..=30);
+    assert!(second.wait_acked(30, Duration::from_secs(20)));
+    let events = replay_all(&rt, &pki, &collector.addr, host("ehr-a"));
+    assert_eq!(seqs_of(&events, &old), (1..=60).collect::<Vec<_>>());
+    assert_eq!(seqs_of(&events, &new), (1..=30).collect::<Vec<_>>());
+    let started = instance_alerts(&events, v1::AlertKind::InstanceStarted);
+    assert_eq!(started.len(), 1, "one instance change: {started:?}");
+    assert_eq!(started[0].0, new);
+    assert!(
+        started[0].1.message.contains(&old[..8]) && started[0].1.message.contains("last seq 60"),
+        "{}",
+        started[0].1.message
+    );
+    // The change sits just before the new instance's first event.
+    let at = events
+        .iter()
+        .position(|e| matches!(&e.body, Some(Body::Alert(a)) if a.kind == v1::AlertKind::InstanceStarted as i32))
+        .unwrap();
+    assert_eq!(
+        (events[at + 1].seq, instance_of(&events[at + 1])),
+        (1, &*new)
+    );
+    let text = collector.scrape();
+    assert_eq!(
+        CollectorProc::sample(&text, "phiguard_collector_instances_started_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        CollectorProc::sample(&text, "phiguard_collector_events_duplicate_total"),
+        Some(0.0),
+        "nothing was taken for a resend"
+    );
+    let out = CollectorProc::verify(&collector.config, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "verify: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And after a restart of the collector, each instance continues where it was.
+    let mut collector = collector;
+    collector.stop();
+    collector.restart();
+    let second = second.restart(&pki, &collector.addr);
+    second.send("ehr-a", 31..=40);
+    assert!(second.wait_acked(40, Duration::from_secs(20)));
+    let events = replay_all(&rt, &pki, &collector.addr, host("ehr-a"));
+    assert_eq!(seqs_of(&events, &new), (1..=40).collect::<Vec<_>>());
+    assert_eq!(
+        instance_alerts(&events, v1::AlertKind::InstanceStarted).len(),
+        1
+    );
+}
+
+#[test]
+fn a_stolen_certificate_inventing_instances_cannot_make_the_real_agents_events_resends() {
+    let (work, pki) = (work(), Pki::new(&["ehr-a"]));
+    let collector = with_metrics(work.path(), &pki);
+    let rt = runtime();
+    let link = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    let real = link.instance();
+    link.send("ehr-a", 1..=100);
+    assert!(link.wait_acked(100, Duration::from_secs(20)));
+    let stolen = tls::client_config(&pki.agent("ehr-a")).unwrap();
+    // A new instance starts its own sequence space where its first event is (an agent
+    // upgraded on an old spool keeps its numbering): a huge seq numbers only that space.
+    let ack = rt
+        .block_on(try_ingest_as(
+            &collector.addr,
+            stolen.clone(),
+            &uuid_like(1),
+            vec![event("ehr-a", 1 << 62)],
+        ))
+        .unwrap();
+    assert_eq!(ack.acked_seq, 1 << 62);
+    // From there, its window holds: a jump past it is refused.
+    let refused = rt
+        .block_on(try_ingest_as(
+            &collector.addr,
+            stolen.clone(),
+            &uuid_like(1),
+            vec![event("ehr-a", (1 << 62) + 20_000_000)],
+        ))
+        .unwrap_err();
+    assert!(refused.starts_with("OutOfRange"), "{refused}");
+    // The real agent's next events are stored, not acknowledged as resends.
+    link.send("ehr-a", 101..=200);
+    assert!(link.wait_acked(200, Duration::from_secs(20)));
+    // New instances are bounded: the real one and the forged one count; two more are allowed
+    // within the hour (default 4), the next is refused.
+    for n in 2..=3 {
+        rt.block_on(try_ingest_as(
+            &collector.addr,
+            stolen.clone(),
+            &uuid_like(n),
+            vec![event("ehr-a", 1)],
+        ))
+        .unwrap();
+    }
+    let refused = rt
+        .block_on(try_ingest_as(
+            &collector.addr,
+            stolen.clone(),
+            &uuid_like(4),
+            vec![event("ehr-a", 1)],
+        ))
+        .unwrap_err();
+    assert!(refused.starts_with("ResourceExhausted"), "{refused}");
+    // A batch naming another instance than its stream is refused.
+    let refused = rt.block_on(async {
+        let channel = tls::connect(
+            &collector.addr,
+            Some("localhost"),
+            stolen.clone(),
+            CONNECT_TIMEOUT,
+        )
+        .await
+        .unwrap();
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(IngestRequest {
+            events: vec![event("ehr-a", 1)],
+            instance_id: real.clone(),
+        })
+        .await
+        .unwrap();
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("phiguard-instance", uuid_like(2).parse().unwrap());
+        let mut responses = CollectorClient::new(channel)
+            .ingest(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let _hello = responses.message().await.unwrap();
+        responses.message().await.unwrap_err()
+    });
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    link.send("ehr-a", 201..=210);
+    assert!(link.wait_acked(210, Duration::from_secs(20)));
+    let events = replay_all(&rt, &pki, &collector.addr, host("ehr-a"));
+    assert_eq!(seqs_of(&events, &real), (1..=210).collect::<Vec<_>>());
+    assert_eq!(seqs_of(&events, &uuid_like(1)), vec![1 << 62]);
+    let started = instance_alerts(&events, v1::AlertKind::InstanceStarted);
+    assert!(
+        started.iter().any(|(i, _)| *i == uuid_like(1)),
+        "the forged instance is announced: {started:?}"
+    );
+    let limit = instance_alerts(&events, v1::AlertKind::InstanceRefused);
+    assert_eq!(limit.len(), 1, "{limit:?}");
+    let text = collector.scrape();
+    assert_eq!(
+        CollectorProc::sample(&text, "phiguard_collector_instance_refusals_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        CollectorProc::sample(&text, "phiguard_collector_events_duplicate_total"),
+        Some(0.0),
+    );
+    let out = CollectorProc::verify(&collector.config, &[]);
+    assert!(
+        out.status.success(),
+        "verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A collector as [`CollectorProc::start`] starts one, serving metrics.
+fn with_metrics(work: &Path, pki: &Pki) -> CollectorProc {
+    CollectorProc::start_with_sections(
+        work,
+        pki,
+        "segment_max_bytes = 65536\n",
+        "every_records = 500\nevery_secs = 1\n",
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    )
+}
+
+/// A made-up instance id (a well-formed UUID).
+fn uuid_like(n: u128) -> String {
+    let hex = format!("{:032x}", (0x4242_u128 << 112) | n);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// The `sha256:` fingerprint of the PEM certificate at `path`, as `[server] revoked` takes it.

@@ -732,6 +732,7 @@ fn every_kind() -> Vec<phiguard_proto::v1::Event> {
                 hostname: "ehr-a".into(),
                 machine_id: "0123456789abcdef0123456789abcdef".into(),
                 agent_id: "ehr-a".into(),
+                ..Default::default()
             }),
             process: Some(v1::Process {
                 pid: 100,

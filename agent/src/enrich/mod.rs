@@ -86,6 +86,7 @@ impl Enricher {
                 hostname: host.hostname,
                 machine_id: host.machine_id,
                 agent_id: String::new(),
+                instance_id: String::new(),
             },
             clock: BootClock::measure(),
             processes,

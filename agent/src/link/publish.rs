@@ -235,6 +235,9 @@ async fn run(
     }
 }
 
+/// The request header naming the spool's instance on the `Ingest` call.
+pub const INSTANCE_HEADER: &str = "phiguard-instance";
+
 async fn session(
     spool: &Spool,
     config: &PublisherConfig,
@@ -255,7 +258,11 @@ async fn session(
         .max_encoding_message_size(limit)
         .max_decoding_message_size(64 * 1024);
     let (tx, rx) = mpsc::channel::<IngestRequest>(config.window.max(1));
-    let mut responses = client.ingest(ReceiverStream::new(rx)).await?.into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let instance = tonic::metadata::MetadataValue::try_from(spool.instance_id())
+        .expect("a UUID is a valid header value");
+    request.metadata_mut().insert(INSTANCE_HEADER, instance);
+    let mut responses = client.ingest(request).await?.into_inner();
     let hello = responses.message().await?.ok_or(PublishError::Closed)?;
     if hello.acked_seq > spool.last_seq() {
         error!(
@@ -281,9 +288,12 @@ async fn session(
             let Some(last) = batch.last().map(|e| e.seq) else {
                 break;
             };
-            tx.send(IngestRequest { events: batch })
-                .await
-                .map_err(|_| PublishError::Closed)?;
+            tx.send(IngestRequest {
+                events: batch,
+                instance_id: spool.instance_id().to_owned(),
+            })
+            .await
+            .map_err(|_| PublishError::Closed)?;
             in_flight.push_back(last);
             status.batches.fetch_add(1, Ordering::Relaxed);
         }

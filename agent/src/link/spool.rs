@@ -33,6 +33,40 @@ use crate::sink::{Sink, SinkLoss};
 const SEGMENT_EXT: &str = "spool";
 /// File holding the highest acknowledged seq.
 const ACKED_FILE: &str = "acked";
+/// File (in the spool directory) holding the spool's instance id: made once, when the spool
+/// has none (a new spool, a deleted or reset one, a reinstall), and sent on every stream.
+pub const INSTANCE_FILE: &str = "instance";
+
+/// Reads the spool's instance id from `dir`, making (and durably writing: temporary file,
+/// fsync, rename, fsync of the directory) a new random one when there is none or it is not
+/// a UUID. The collector keeps one sequence space per instance: a new spool starts a new
+/// stream instead of looking like resends of the old one.
+fn instance_id(dir: &Path) -> Result<String, SpoolError> {
+    let path = dir.join(INSTANCE_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => match uuid::Uuid::parse_str(text.trim()) {
+            Ok(id) if !id.is_nil() => return Ok(id.hyphenated().to_string()),
+            _ => warn!(file = %path.display(), "unreadable instance id; starting a new instance"),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(SpoolError::Io { path, source }),
+    }
+    let id = uuid::Uuid::now_v7().hyphenated().to_string();
+    let tmp = dir.join("instance.tmp");
+    let written = File::create(&tmp)
+        .and_then(|mut file| {
+            file.write_all(format!("{id}\n").as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, &path))
+        .and_then(|()| File::open(dir)?.sync_all());
+    if let Err(source) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(SpoolError::Io { path, source });
+    }
+    info!(instance = %id, "new spool instance");
+    Ok(id)
+}
 /// Largest record accepted (one event).
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Bytes buffered in memory before they are written out.
@@ -158,6 +192,8 @@ pub struct Spool {
     ready: Notify,
     /// The exclusive lock on the directory, held as long as the spool is open.
     _lock: nix::fcntl::Flock<File>,
+    /// The spool's instance id ([`INSTANCE_FILE`]).
+    instance: String,
 }
 
 /// File (in the spool directory) whose exclusive `flock` the open spool holds.
@@ -452,6 +488,7 @@ impl Spool {
             .create(&config.dir)
             .map_err(io_err(&config.dir))?;
         let lock = lock_dir(&config.dir)?;
+        let instance = instance_id(&config.dir)?;
         let acked_path = config.dir.join(ACKED_FILE);
         let acked = match fs::read_to_string(&acked_path) {
             Ok(text) => text.trim().parse::<u64>().unwrap_or_else(|_| {
@@ -537,7 +574,14 @@ impl Spool {
             }),
             ready: Notify::new(),
             _lock: lock,
+            instance,
         }))
+    }
+
+    /// The spool's instance id: sent on every stream to the collector, which counts seqs
+    /// per instance.
+    pub fn instance_id(&self) -> &str {
+        &self.instance
     }
 
     /// Appends one event (buffered; see [`Spool::flush`]). Never waits for the network.
@@ -857,6 +901,33 @@ mod tests {
         drop(spool);
         let spool = Spool::open(config(dir.path(), 1 << 20, FullPolicy::KeepOldest)).unwrap();
         assert_eq!(spool.last_seq(), 10, "the acked seq survives a restart");
+    }
+
+    #[test]
+    fn a_spool_keeps_its_instance_and_a_new_spool_makes_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = config(dir.path(), 1 << 20, FullPolicy::KeepOldest);
+        let first = Spool::open(settings.clone())
+            .unwrap()
+            .instance_id()
+            .to_owned();
+        assert!(uuid::Uuid::parse_str(&first).is_ok(), "{first}");
+        let on_disk = fs::read_to_string(dir.path().join(INSTANCE_FILE)).unwrap();
+        assert_eq!(on_disk.trim(), first);
+        assert!(!dir.path().join("instance.tmp").exists());
+        assert_eq!(
+            Spool::open(settings).unwrap().instance_id(),
+            first,
+            "reopened"
+        );
+        let other = tempfile::tempdir().unwrap();
+        let second = Spool::open(config(other.path(), 1 << 20, FullPolicy::KeepOldest)).unwrap();
+        assert_ne!(second.instance_id(), first, "a new spool, a new instance");
+        // An unreadable instance file is replaced by a new instance.
+        drop(second);
+        fs::write(other.path().join(INSTANCE_FILE), "garbage").unwrap();
+        let third = Spool::open(config(other.path(), 1 << 20, FullPolicy::KeepOldest)).unwrap();
+        assert!(uuid::Uuid::parse_str(third.instance_id()).is_ok());
     }
 
     #[test]

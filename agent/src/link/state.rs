@@ -35,6 +35,10 @@ pub struct LinkState {
     pub connections: u64,
     /// The heartbeat interval, milliseconds.
     pub heartbeat_interval_ms: u64,
+    /// The spool's instance id, sent on every stream (the collector counts seqs per
+    /// instance; a new spool makes a new one).
+    #[serde(default)]
+    pub instance_id: String,
 }
 
 /// The agent's handle on its collector link.
@@ -76,6 +80,7 @@ impl Link {
             last_ack_ms: (last_ack > 0).then_some(last_ack),
             connections: self.publisher.connections.load(Ordering::Relaxed),
             heartbeat_interval_ms: self.heartbeat.as_millis() as u64,
+            instance_id: self.spool.instance_id().to_owned(),
         }
     }
 

@@ -204,6 +204,7 @@ mod tests {
                 hostname: "db1".into(),
                 machine_id: "3d1219c7c4c5404aaa1f6d2a48adfda4".into(),
                 agent_id: "agent-1".into(),
+                ..Default::default()
             }),
             process,
             ancestry: vec![
