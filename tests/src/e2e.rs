@@ -432,6 +432,21 @@ impl AgentLink {
         AgentLink::open_in(pki, cert_host, addr, dir, adjust)
     }
 
+    /// Like [`AgentLink::start`], claiming instance `instance` (as a thief who read the real
+    /// agent's spool would).
+    pub fn start_claiming(pki: &Pki, cert_host: &str, addr: &str, instance: &str) -> AgentLink {
+        let dir = tempfile::Builder::new()
+            .prefix("phiguard-spool-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(
+            dir.path().join(phiguard::link::spool::INSTANCE_FILE),
+            instance,
+        )
+        .unwrap();
+        AgentLink::open_in(pki, cert_host, addr, dir, |_| {})
+    }
+
     /// Stops the publisher and opens the same spool directory again, as an agent restarted
     /// with its spool kept does (same instance, unacknowledged events resent).
     pub fn restart(self, pki: &Pki, addr: &str) -> AgentLink {

@@ -446,8 +446,9 @@ fn metrics_count_events_connections_subscribers_checkpoints_window_refusals_and_
         |v| v >= 0.0,
     );
     assert!(age < 5.0, "a checkpoint every second at most: {age}");
-    // A second stream with the same certificate claims a seq far beyond the window.
-    let thief = AgentLink::start(&pki, "ehr-a", &collector.addr);
+    // A second stream with the same certificate and the agent's instance claims a seq far
+    // beyond the window.
+    let thief = AgentLink::start_claiming(&pki, "ehr-a", &collector.addr, &link.instance());
     thief.send("ehr-a", [1_000_000]);
     wait_sample(
         &collector,
