@@ -11,7 +11,7 @@ use std::{
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
     os::unix::ffi::OsStrExt as _,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 /// The events asked for on a filesystem holding protected files: every open of its files and
@@ -78,6 +78,72 @@ impl Group {
         Ok(Group {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
+    }
+
+    /// Takes a group kept across a restart (systemd's file descriptor store,
+    /// [`crate::fdstore`]): created by a previous agent with the flags of [`Group::new`], its
+    /// marks and its queue of waiting opens are kept. Its inode and mount marks (this agent
+    /// makes none) are flushed; filesystem marks are reset by the caller
+    /// ([`Group::unmark_stale`]) once the new ones are in place.
+    pub fn adopt(fd: OwnedFd) -> Group {
+        let group = Group { fd };
+        for flags in [
+            libc::FAN_MARK_FLUSH,
+            libc::FAN_MARK_FLUSH | libc::FAN_MARK_MOUNT,
+        ] {
+            // SAFETY: FAN_MARK_FLUSH takes no path; the group descriptor is open.
+            let rc = unsafe {
+                libc::fanotify_mark(
+                    group.fd.as_raw_fd(),
+                    flags,
+                    0,
+                    libc::AT_FDCWD,
+                    std::ptr::null(),
+                )
+            };
+            if rc < 0 {
+                tracing::debug!(
+                    "flushing the kept group's marks: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+        group
+    }
+
+    /// After adoption: removes the kept group's filesystem marks this agent's policies no
+    /// longer need. `mounted` is one path per mounted filesystem; the open mark is removed
+    /// from those not in `needed` (paths on the filesystems marked now), the exec mark from
+    /// all of them unless `exec`. Marks that do not exist are no error.
+    pub fn unmark_stale(&self, needed: &[&Path], exec: bool, mounted: &[PathBuf]) {
+        use std::os::unix::fs::MetadataExt as _;
+        let keep: Vec<u64> = needed
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.dev())
+            .collect();
+        for path in mounted {
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            if !keep.contains(&meta.dev()) {
+                let _ = self.mark_filesystem(path, FILE_MASK, false);
+            }
+            if !exec {
+                let _ = self.mark_filesystem(path, EXEC_MASK, false);
+            }
+        }
+    }
+
+    /// After adoption: refuses the opens the previous agent had read but not answered when it
+    /// died (they wait on the group's list of read events, answered by their descriptor
+    /// number in the dead agent, which no one knows now): every number below `limit` is
+    /// tried; the kernel takes only those of such events. Must run before this agent reads
+    /// any event. Returns how many were refused.
+    pub fn deny_unanswered(&self, limit: RawFd) -> usize {
+        (0..limit)
+            .filter(|&fd| self.respond(fd, false).is_ok())
+            .count()
     }
 
     /// Marks (or, with `add` false, unmarks) the whole filesystem holding `path` for the events

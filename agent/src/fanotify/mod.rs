@@ -24,7 +24,7 @@ mod respond;
 
 use std::{
     io,
-    os::fd::OwnedFd,
+    os::fd::{BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -108,13 +108,32 @@ impl FanotifyLayer {
         cgroup_root: &Path,
         identities: Option<ExecIdentities>,
         grants: Option<crate::breakglass::GrantMap>,
+        kept: Option<OwnedFd>,
     ) -> Result<FanotifyLayer, FanotifyError> {
-        let group = Arc::new(Group::new()?);
+        let adopted = kept.is_some();
+        let group = Arc::new(match kept {
+            // A group systemd kept across a restart (`[policy] while_restarting = "wait"`).
+            Some(fd) => Group::adopt(fd),
+            None => Group::new()?,
+        });
         let protected = Protected::build(compiled, slot);
         for path in protected.filesystems.values() {
             group.mark_filesystem(path, FILE_MASK, true)?;
         }
         let exec = protected.has_exec_rules();
+        if adopted {
+            let needed: Vec<&Path> = protected
+                .filesystems
+                .values()
+                .map(PathBuf::as_path)
+                .collect();
+            group.unmark_stale(&needed, exec, &filesystems_mounted());
+            let refused = group.deny_unanswered(descriptor_limit());
+            tracing::info!(
+                refused_in_flight = refused,
+                "adopted the fanotify group systemd kept across the restart: opens that waited while no agent ran are answered now (those the previous agent had read but not answered are refused)"
+            );
+        }
         let (wake_read, wake) = nix::unistd::pipe().map_err(|e| FanotifyError::Thread(e.into()))?;
         let state = Arc::new(Mutex::new(protected));
         let stop = Arc::new(AtomicBool::new(false));
@@ -202,6 +221,11 @@ impl FanotifyLayer {
         Ok(())
     }
 
+    /// The group's descriptor (to hand a duplicate to systemd's store).
+    pub fn group_fd(&self) -> BorrowedFd<'_> {
+        self.group.as_fd()
+    }
+
     /// The filesystems (kernel `dev_t`) marked now.
     fn filesystems(&self) -> Vec<u32> {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -234,6 +258,20 @@ impl Drop for FanotifyLayer {
             let _ = thread.join();
         }
     }
+}
+
+/// The descriptor numbers a previous agent in this unit could have used: its soft
+/// `RLIMIT_NOFILE` (the same as this one's), at most 65536.
+fn descriptor_limit() -> std::os::fd::RawFd {
+    let mut limit = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
+    // SAFETY: `limit` is valid for writes.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_cur.min(65536) as std::os::fd::RawFd
 }
 
 /// One mount point per mounted filesystem (by device), from `/proc/self/mountinfo`.
