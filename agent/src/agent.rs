@@ -29,7 +29,7 @@ use self::{
 };
 use crate::{
     breakglass::{store::Store, BreakGlass, GrantMap},
-    config::Config,
+    config::{Config, WhileRestarting},
     enrich::{host::HostInfo, EnrichSettings, Enricher},
     fanotify::{FanotifyError, FanotifyLayer, Record},
     kernel::{
@@ -234,6 +234,9 @@ impl Agent {
             },
             None => None,
         };
+        // A fanotify group systemd kept across a restart (`[policy] while_restarting`).
+        let kept = crate::fdstore::take_stored();
+        let mut while_restarting = None;
         let fanotify = match (file_layer, &dir) {
             (FileLayer::Fanotify, Some(_)) => {
                 let (tx, records) = mpsc::channel(crate::fanotify::QUEUE);
@@ -257,7 +260,12 @@ impl Agent {
                     &cgroup_root,
                     identities,
                     grant_map.as_ref().and_then(|m| m.try_clone().ok()),
+                    match config.policy.while_restarting {
+                        WhileRestarting::Wait => kept,
+                        WhileRestarting::Pass => release_kept(kept),
+                    },
                 )?;
+                while_restarting = Some(keep_group(config.policy.while_restarting, &layer));
                 info!(
                     "fanotify layer deciding protected file opens: {}",
                     layer.summary()
@@ -268,7 +276,10 @@ impl Agent {
                     lost_reported: 0,
                 })
             }
-            _ => None,
+            _ => {
+                release_kept(kept);
+                None
+            }
         };
         let reader = Reader::new(sensors.take_ring_buffer()?).map_err(StartError::Reader)?;
         let lost_reported = sensors.lost()?;
@@ -340,6 +351,7 @@ impl Agent {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 started_at: status::now(),
                 metrics: metrics_addr.map(|a| a.to_string()),
+                while_restarting,
                 ..Status::default()
             },
             status_file: None,
@@ -779,6 +791,44 @@ impl Agent {
             }),
         }
     }
+}
+
+/// Hands the fanotify group to systemd's file descriptor store when `setting` asks opens to
+/// wait while the agent is down, and says (log, status) what happens to them.
+fn keep_group(setting: WhileRestarting, layer: &FanotifyLayer) -> String {
+    match setting {
+        WhileRestarting::Pass => {
+            info!("while_restarting = \"pass\": while the agent is down, protected opens pass (only the pinned open-exit programs, if any, kill refused ones)");
+            "pass (protected opens go on while no agent answers)".to_owned()
+        }
+        WhileRestarting::Wait => match crate::fdstore::store(layer.group_fd()) {
+            Ok(true) => {
+                info!("fanotify group handed to systemd's file descriptor store: while the agent restarts, protected opens wait for it (until the unit stops or fails)");
+                "wait (systemd keeps the fanotify group; opens wait until the agent is back or the unit stops or fails)".to_owned()
+            }
+            Ok(false) => {
+                warn!("while_restarting = \"wait\" cannot apply without systemd (no NOTIFY_SOCKET): while the agent is down, protected opens pass");
+                "pass: \"wait\" asked, but no systemd to keep the fanotify group (no NOTIFY_SOCKET)"
+                    .to_owned()
+            }
+            Err(e) => {
+                warn!("handing the fanotify group to systemd's file descriptor store: {e}; while the agent is down, protected opens pass");
+                format!("pass: \"wait\" asked, but systemd did not take the fanotify group: {e}")
+            }
+        },
+    }
+}
+
+/// Closes a kept fanotify group this agent does not use, and has systemd close its copy, so
+/// opens stop waiting for it.
+fn release_kept(kept: Option<std::os::fd::OwnedFd>) -> Option<std::os::fd::OwnedFd> {
+    if kept.is_some() {
+        if let Err(e) = crate::fdstore::remove() {
+            warn!("asking systemd to close the fanotify group it kept: {e}");
+        }
+        info!("released the fanotify group systemd kept: opens that waited for it go on");
+    }
+    None
 }
 
 /// The next decision record of the fanotify layer (never ready when it does not run).
