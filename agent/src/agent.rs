@@ -145,6 +145,13 @@ impl Agent {
     /// Checks the system, loads and attaches the programs for `config`'s watches, and seeds
     /// the process table. Must run inside a tokio runtime.
     pub fn start(config: &Config, sinks: Vec<Box<dyn Sink>>) -> Result<Agent, StartError> {
+        // A fanotify group systemd kept across a restart (`[policy] while_restarting`), taken
+        // first thing so that the bound on how long opens wait holds even for a start that
+        // hangs or fails below.
+        let kept = match config.policy.while_restarting {
+            WhileRestarting::Wait => crate::fdstore::bounded(crate::fdstore::take_stored()),
+            WhileRestarting::Pass => release_kept(crate::fdstore::take_stored()),
+        };
         let offsets = startup::prepare()?;
         match mounts::ensure_securityfs() {
             Ok(true) => info!(
@@ -234,8 +241,6 @@ impl Agent {
             },
             None => None,
         };
-        // A fanotify group systemd kept across a restart (`[policy] while_restarting`).
-        let kept = crate::fdstore::take_stored();
         let mut while_restarting = None;
         let fanotify = match (file_layer, &dir) {
             (FileLayer::Fanotify, Some(_)) => {
@@ -260,11 +265,9 @@ impl Agent {
                     &cgroup_root,
                     identities,
                     grant_map.as_ref().and_then(|m| m.try_clone().ok()),
-                    match config.policy.while_restarting {
-                        WhileRestarting::Wait => kept,
-                        WhileRestarting::Pass => release_kept(kept),
-                    },
+                    kept,
                 )?;
+                crate::fdstore::answered();
                 while_restarting = Some(keep_group(config.policy.while_restarting, &layer));
                 info!(
                     "fanotify layer deciding protected file opens: {}",

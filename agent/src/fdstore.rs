@@ -28,6 +28,63 @@ const LISTEN_FDS_START: RawFd = 3;
 /// Set once the passed descriptors were taken (they are owned once).
 static TAKEN: AtomicBool = AtomicBool::new(false);
 
+/// How long opens may wait for agents that do not come up: an agent starting with a kept
+/// group more than this after the first start that found it unanswered releases the group
+/// instead of adopting it (the waiting opens go on). A crash loop, or a start hanging until
+/// `TimeoutStartSec=`, therefore holds opens for at most this (or one start timeout) plus a
+/// restart delay.
+pub const WAIT_BOUND_SECS: u64 = 30;
+
+/// The file in `$RUNTIME_DIRECTORY` holding when (unix seconds) a start first found the kept
+/// group with no agent answering it; removed once an agent answers it.
+const MARKER: &str = "fanotify-unanswered-since";
+
+/// Whether opens have waited too long: `since` is when a start first found the group
+/// unanswered (`None`: this start is the first).
+pub fn bound_exceeded(since: Option<u64>, now: u64) -> bool {
+    since.is_some_and(|since| now.saturating_sub(since) > WAIT_BOUND_SECS)
+}
+
+/// Applies [`WAIT_BOUND_SECS`] to a kept group at the very start of an agent: keeps it (and
+/// notes when opens started waiting on it, in `$RUNTIME_DIRECTORY`), or, once the bound is
+/// past, has systemd close it and closes it here. Without a kept group, forgets the note.
+pub fn bounded(kept: Option<OwnedFd>) -> Option<OwnedFd> {
+    let marker = std::env::var_os("RUNTIME_DIRECTORY")
+        .filter(|d| !d.is_empty())
+        .map(|d| std::path::PathBuf::from(d).join(MARKER));
+    let Some(marker) = marker else {
+        return kept;
+    };
+    if kept.is_none() {
+        let _ = std::fs::remove_file(&marker);
+        return None;
+    }
+    let now = crate::status::now();
+    let since = std::fs::read_to_string(&marker)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    if bound_exceeded(since, now) {
+        tracing::warn!(
+            waited_secs = now.saturating_sub(since.unwrap_or(now)),
+            "no agent has answered the fanotify group systemd kept for more than {WAIT_BOUND_SECS} s: releasing it, waiting opens go on (the pinned open-exit programs still kill refused ones)"
+        );
+        let _ = remove();
+        let _ = std::fs::remove_file(&marker);
+        return None;
+    }
+    if since.is_none() {
+        let _ = std::fs::write(&marker, format!("{now}\n"));
+    }
+    kept
+}
+
+/// An agent answers the group now: the outage is over.
+pub fn answered() {
+    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
+        let _ = std::fs::remove_file(std::path::PathBuf::from(dir).join(MARKER));
+    }
+}
+
 /// Whether a service manager listens (`$NOTIFY_SOCKET` set): without it the group cannot be
 /// kept and `while_restarting = "wait"` cannot apply.
 pub fn available() -> bool {
@@ -198,6 +255,15 @@ mod tests {
             parse_listen_fds(Some("7"), Some("1"), None, 7),
             [(3, "unknown".to_owned())]
         );
+    }
+
+    #[test]
+    fn the_wait_is_bounded() {
+        assert!(!bound_exceeded(None, 1_000));
+        assert!(!bound_exceeded(Some(1_000), 1_000 + WAIT_BOUND_SECS));
+        assert!(bound_exceeded(Some(1_000), 1_001 + WAIT_BOUND_SECS));
+        // A clock stepped back never releases early.
+        assert!(!bound_exceeded(Some(2_000), 1_000));
     }
 
     #[test]
