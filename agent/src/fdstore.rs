@@ -187,7 +187,13 @@ fn send(message: &str, fds: &[RawFd]) -> io::Result<bool> {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()) else {
         return Ok(false);
     };
-    let socket = connect(&path)?;
+    send_to(&path, message, fds)?;
+    Ok(true)
+}
+
+/// Sends `message` (and `fds`, `SCM_RIGHTS`) to the datagram socket at `path`.
+fn send_to(path: &std::ffi::OsStr, message: &str, fds: &[RawFd]) -> io::Result<()> {
+    let socket = connect(path)?;
     let rights = [nix::sys::socket::ControlMessage::ScmRights(fds)];
     let cmsg: &[nix::sys::socket::ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
     let sent = nix::sys::socket::sendmsg::<()>(
@@ -204,7 +210,7 @@ fn send(message: &str, fds: &[RawFd]) -> io::Result<bool> {
             "short write to NOTIFY_SOCKET",
         ));
     }
-    Ok(true)
+    Ok(())
 }
 
 /// A datagram socket connected to `$NOTIFY_SOCKET` (a path, or `@name`: abstract).
@@ -255,6 +261,48 @@ mod tests {
             parse_listen_fds(Some("7"), Some("1"), None, 7),
             [(3, "unknown".to_owned())]
         );
+    }
+
+    #[test]
+    fn the_group_goes_to_the_socket_with_scm_rights() {
+        use std::os::fd::AsFd as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let receiver = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        send_to(
+            path.as_os_str(),
+            &format!("FDSTORE=1\nFDNAME={NAME}\n"),
+            &[file.as_fd().as_raw_fd()],
+        )
+        .unwrap();
+        let mut buf = [0u8; 64];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let msg = nix::sys::socket::recvmsg::<()>(
+            receiver.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
+        let mut received = Vec::new();
+        for cmsg in msg.cmsgs().unwrap() {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = cmsg {
+                received.extend(fds);
+            }
+        }
+        let len = msg.bytes;
+        assert_eq!(&buf[..len], b"FDSTORE=1\nFDNAME=fanotify\n");
+        assert_eq!(received.len(), 1);
+        // SAFETY: the descriptor was just received; nobody else owns it.
+        let got = unsafe { OwnedFd::from_raw_fd(received[0]) };
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", got.as_raw_fd())).unwrap();
+        assert_eq!(link, std::path::Path::new("/dev/null"));
+        // Removal: no descriptor attached.
+        send_to(path.as_os_str(), "FDSTOREREMOVE=1\nFDNAME=fanotify\n", &[]).unwrap();
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"FDSTOREREMOVE=1\nFDNAME=fanotify\n");
     }
 
     #[test]
