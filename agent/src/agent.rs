@@ -268,7 +268,7 @@ impl Agent {
                     kept,
                 )?;
                 crate::fdstore::answered();
-                while_restarting = Some(keep_group(config.policy.while_restarting, &layer));
+                while_restarting = Some(keep_group(config, &layer));
                 info!(
                     "fanotify layer deciding protected file opens: {}",
                     layer.summary()
@@ -780,6 +780,11 @@ impl Agent {
                     if let Err(e) = fanotify.layer.update(Arc::clone(&compiled), slot) {
                         error!(error = %e, "the fanotify layer could not take the reloaded policies: it decides with the previous set");
                     }
+                    // The filesystems marked may have changed: keep the group, or stop
+                    // keeping it where the restart would wait for itself.
+                    if let Some((config, _)) = &self.config {
+                        self.status.while_restarting = Some(keep_group(config, &fanotify.layer));
+                    }
                 }
                 self.policies.generation += 1;
                 self.enricher
@@ -798,7 +803,29 @@ impl Agent {
 
 /// Hands the fanotify group to systemd's file descriptor store when `setting` asks opens to
 /// wait while the agent is down, and says (log, status) what happens to them.
-fn keep_group(setting: WhileRestarting, layer: &FanotifyLayer) -> String {
+/// Not when the restart itself would have to open files on a marked filesystem (the group
+/// is then released from the store, and the opens pass while the agent is down).
+fn keep_group(config: &Config, layer: &FanotifyLayer) -> String {
+    let (marked, exec) = layer.marked();
+    let mut own: Vec<&Path> = Vec::new();
+    if let Some(dir) = &config.policy.dir {
+        own.push(dir);
+    }
+    let blocked = crate::fdstore::restart_blocked_by(&marked, exec, &own);
+    match (config.policy.while_restarting, blocked) {
+        (WhileRestarting::Wait, Some(why)) => {
+            if let Err(e) = crate::fdstore::remove() {
+                warn!("asking systemd to close the fanotify group it kept: {e}");
+            }
+            warn!("while_restarting = \"wait\" cannot apply: {why}; while the agent is down, protected opens pass (put protected files on their own filesystem to keep them waiting)");
+            format!("pass: \"wait\" asked, but {why}")
+        }
+        (setting, _) => keep_group_as(setting, layer),
+    }
+}
+
+/// [`keep_group`] once the restart cannot deadlock.
+fn keep_group_as(setting: WhileRestarting, layer: &FanotifyLayer) -> String {
     match setting {
         WhileRestarting::Pass => {
             info!("while_restarting = \"pass\": while the agent is down, protected opens pass (only the pinned open-exit programs, if any, kill refused ones)");

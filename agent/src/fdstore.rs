@@ -85,6 +85,69 @@ pub fn answered() {
     }
 }
 
+/// What systemd and the agent open on their way back up: keeping the group while one of these
+/// is on a marked filesystem would make the restart wait for itself (exec of the agent, its
+/// libraries, its configuration, the unit's directories): a deadlock, not a wait.
+const RESTART_NEEDS: &[&str] = &[
+    "/",
+    "/usr",
+    "/etc",
+    "/run",
+    "/var",
+    "/var/lib/phiguard",
+    "/var/log/phiguard",
+    "/tmp",
+    "/var/tmp",
+    "/dev",
+    "/sys/fs/bpf",
+    "/sys/kernel/btf/vmlinux",
+];
+
+/// Why keeping the group would stall the agent's own restart (`None`: it would not). `marked`
+/// are paths on the filesystems marked for opens, `exec` whether every filesystem is marked
+/// for execs; `own` are this agent's files beyond [`RESTART_NEEDS`] (its configuration,
+/// its policy directory). The agent's executable and every file it maps are checked too.
+pub fn restart_blocked_by(
+    marked: &[std::path::PathBuf],
+    exec: bool,
+    own: &[&std::path::Path],
+) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    if exec {
+        return Some(
+            "an exec allow-list is in force: the exec of the restarted agent would wait for itself"
+                .to_owned(),
+        );
+    }
+    let devs: Vec<u64> = marked
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.dev())
+        .collect();
+    let mut needed: Vec<std::path::PathBuf> = RESTART_NEEDS.iter().map(Into::into).collect();
+    needed.extend(own.iter().map(|p| p.to_path_buf()));
+    if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
+        needed.push(exe);
+    }
+    if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
+        needed.extend(
+            maps.lines()
+                .filter_map(|l| l.split_whitespace().nth(5))
+                .filter(|p| p.starts_with('/'))
+                .map(Into::into),
+        );
+    }
+    needed.into_iter().find_map(|path| {
+        let dev = std::fs::metadata(&path).ok()?.dev();
+        devs.contains(&dev).then(|| {
+            format!(
+                "{} is on a filesystem holding protected files: the restarted agent (and systemd starting it) would wait for itself",
+                path.display()
+            )
+        })
+    })
+}
+
 /// Whether a service manager listens (`$NOTIFY_SOCKET` set): without it the group cannot be
 /// kept and `while_restarting = "wait"` cannot apply.
 pub fn available() -> bool {
@@ -303,6 +366,21 @@ mod tests {
         send_to(path.as_os_str(), "FDSTOREREMOVE=1\nFDNAME=fanotify\n", &[]).unwrap();
         let n = receiver.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"FDSTOREREMOVE=1\nFDNAME=fanotify\n");
+    }
+
+    #[test]
+    fn the_group_is_not_kept_where_the_restart_would_wait_for_itself() {
+        assert_eq!(restart_blocked_by(&[], false, &[]), None);
+        assert!(restart_blocked_by(&[], true, &[])
+            .unwrap()
+            .contains("exec allow-list"));
+        // Protected files on the root filesystem: the agent's own binary and libraries are
+        // there (or /etc, /usr...): keeping the group would deadlock the restart.
+        let why = restart_blocked_by(&["/".into()], false, &[]).unwrap();
+        assert!(why.contains("would wait for itself"), "{why}");
+        // Its own files are checked too.
+        let dir = tempfile::tempdir().unwrap();
+        assert!(restart_blocked_by(&[dir.path().to_path_buf()], false, &[dir.path()]).is_some());
     }
 
     #[test]

@@ -226,6 +226,14 @@ impl FanotifyLayer {
         self.group.as_fd()
     }
 
+    /// One path on each filesystem marked for opens now, and whether every filesystem is
+    /// marked for execs too.
+    pub fn marked(&self) -> (Vec<PathBuf>, bool) {
+        let exec = self.exec_marked.lock().is_ok_and(|m| !m.is_empty());
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (state.filesystems.values().cloned().collect(), exec)
+    }
+
     /// The filesystems (kernel `dev_t`) marked now.
     fn filesystems(&self) -> Vec<u32> {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
