@@ -229,6 +229,12 @@ pub mod open_syscall {
     /// BPF LSM `inode_create`/`inode_mkdir`/`inode_mknod`/`inode_symlink` in a protected
     /// directory.
     pub const CREATE: u32 = 19;
+    /// The fanotify change reports: an attribute change of a protected inode the agent could
+    /// not name more precisely (no earlier `stat` of it to compare with).
+    pub const ATTRIB: u32 = 20;
+    /// The fanotify change reports: a write to a protected file through a descriptor no
+    /// decision of this agent let the writer have (opened before the agent, or passed to it).
+    pub const WRITE: u32 = 21;
 }
 
 /// `EventHeader::flags` of a [`FileOpenEvent`] from the fanotify layer: the opener used the

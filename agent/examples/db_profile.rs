@@ -7,7 +7,10 @@
 //! target/release/examples/db_profile 20000` gives instructions per transaction (deterministic,
 //! unlike time on a shared machine); the argument is the number of transactions.
 
-use phiguard::{db::session::Sessions, event::net::DbSock};
+use phiguard::{
+    db::session::Sessions,
+    event::net::{DbSock, DbTransfer},
+};
 use phiguard_common::event::{db_op, db_role, DbDataEvent, DbSockEvent};
 
 fn typed(kind: u8, body: &[u8]) -> Vec<u8> {
@@ -56,7 +59,7 @@ fn sock(sock: u64, role: u32) -> DbSock {
     DbSock::decode(&e)
 }
 
-fn data(sock: u64, role: u32, op: u32, ns: u64, len: usize) -> DbDataEvent {
+fn data(sock: u64, role: u32, op: u32, ns: u64, len: usize) -> DbTransfer {
     // SAFETY: as above.
     let mut e: DbDataEvent = unsafe { std::mem::zeroed() };
     e.sock = sock;
@@ -65,7 +68,7 @@ fn data(sock: u64, role: u32, op: u32, ns: u64, len: usize) -> DbDataEvent {
     e.len = len as u32;
     e.captured = len as u32;
     e.header.boot_ns = ns;
-    e
+    DbTransfer::decode(&e)
 }
 
 fn main() {

@@ -68,8 +68,8 @@ fn replay<W: Write + Send + Reopen>(
     let mut numbering = Numbering::after(0);
     let mut events = 0u64;
     for _ in 0..count {
-        let raw = decode(record).expect("decodes");
-        for mut event in enricher.enrich(raw) {
+        let decoded = decode(record).expect("decodes");
+        for mut event in enricher.enrich(decoded) {
             numbering.stamp(&mut event);
             sink.write(&event).expect("sink");
             events += 1;

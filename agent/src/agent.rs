@@ -262,6 +262,7 @@ impl Agent {
                     Arc::clone(&compiled),
                     slot,
                     tx,
+                    metrics.fanotify.clone(),
                     &cgroup_root,
                     identities,
                     grant_map.as_ref().and_then(|m| m.try_clone().ok()),
@@ -657,13 +658,12 @@ impl Agent {
                 layer, mut records, ..
             } = fanotify;
             let counters = &layer.counters;
-            let load =
-                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
             info!(
-                answered = load(&counters.answered),
-                denied = load(&counters.denied),
-                lost = load(&counters.lost),
-                respond_errors = load(&counters.respond_errors),
+                answered = counters.answered.get(),
+                denied = counters.denied.get(),
+                lost = counters.lost.get(),
+                respond_errors = counters.respond_errors.get(),
+                ignore_marks = counters.ignore_marks.get(),
                 "fanotify layer stopped: protected opens are no longer asked about (the open-exit programs, if pinned, kill refused ones)"
             );
             drop(layer);

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub tamper: Family<KindLabels, Counter>,
     /// Break-glass grants in force (in the kernel's map).
     pub break_glass_grants: Gauge,
+    /// The fanotify layer's counters (zero where another layer decides).
+    pub fanotify: crate::fanotify::Counters,
 }
 
 impl Default for Metrics {
@@ -124,6 +126,7 @@ impl Metrics {
             publish_last_ack: Gauge::default(),
             tamper: Family::default(),
             break_glass_grants: Gauge::default(),
+            fanotify: crate::fanotify::Counters::default(),
         };
         registry.register(
             "tamper_findings",
@@ -215,6 +218,17 @@ impl Metrics {
             "Break-glass grants in force: each lifts the allow-lists for one user or program until it expires",
             metrics.break_glass_grants.clone(),
         );
+        let fanotify = &metrics.fanotify;
+        for (name, help, counter) in [
+            ("fanotify_permission_events", "Permission events the fanotify layer answered (opens and execs the kernel asked the agent about)", &fanotify.answered),
+            ("fanotify_denied", "Permission events the fanotify layer refused", &fanotify.denied),
+            ("fanotify_records_lost", "Fanotify decision records lost because the agent's queue was full", &fanotify.lost),
+            ("fanotify_answer_errors", "Fanotify answers the kernel did not take", &fanotify.respond_errors),
+            ("fanotify_ignore_marks", "Unprotected inodes whose later opens the kernel answers itself (evictable ignore marks placed)", &fanotify.ignore_marks),
+            ("fanotify_ignore_mark_failures", "Ignore marks the kernel refused (those inodes keep being asked about)", &fanotify.ignore_mark_failures),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         Metrics {
             registry: Arc::new(registry),
             ..metrics
@@ -282,6 +296,8 @@ mod tests {
             "phiguard_programs_attached 0",
             "phiguard_spool_events 0",
             "phiguard_break_glass_grants 0",
+            "phiguard_fanotify_permission_events_total 0",
+            "phiguard_fanotify_ignore_marks_total 0",
             "phiguard_publish_last_ack_timestamp_seconds 0.0",
             "# EOF",
         ] {

@@ -72,6 +72,8 @@ pub struct Harness {
     pub not_attached: Vec<String>,
     /// Where the metrics endpoint listens (`[metrics] listen` set).
     pub metrics_addr: Option<String>,
+    /// The agent's metrics (shared with it: they keep counting while it runs).
+    pub metrics: phiguard::metrics::Metrics,
 }
 
 impl Harness {
@@ -118,6 +120,7 @@ impl Harness {
             not_attached: agent.programs_not_attached(),
             reload: agent.reload_handle(),
             metrics_addr: agent.metrics_addr().map(str::to_owned),
+            metrics: agent.metrics().clone(),
             runtime,
             agent: Some(agent),
             task: None,

@@ -13,7 +13,7 @@ use aya::maps::{MapData, RingBuf};
 use phiguard::{
     config::DatabaseConfig,
     event::{
-        decode::{decode, RawEvent},
+        decode::{decode, DecodedEvent},
         file::FileOpen,
     },
     kernel::{
@@ -58,8 +58,8 @@ fn drain_opens(ring: &mut RingBuf<MapData>, dir: &Path) -> Vec<FileOpen> {
     let pid = std::process::id();
     let mut opens = Vec::new();
     while let Some(record) = ring.next() {
-        if let Ok(RawEvent::FileOpen(open)) = decode(&record) {
-            if open.header.tgid == pid && Path::new(&open.requested).starts_with(dir) {
+        if let Ok(DecodedEvent::FileOpen(open)) = decode(&record) {
+            if open.header.pid == pid && Path::new(&open.requested).starts_with(dir) {
                 opens.push(open);
             }
         }

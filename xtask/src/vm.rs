@@ -482,13 +482,15 @@ const NO_BPF_BINARIES: &[&str] = &["attacks", "subjects"];
 /// The tests the boot without `bpf` in `lsm=` runs (libtest filters, OR'ed, given to each of
 /// [`NO_BPF_BINARIES`]; each name belongs to one file). From `attacks`: enough to prove the
 /// agent sees that LSM programs would not run and falls back to fanotify (the tests fail on
-/// any other layer), that fanotify refuses an open there, and that a change without an open is
-/// not covered. From `subjects`: every forged-identity and code-injection route, as issue 16
+/// any other layer), that fanotify refuses an open there, that a change without an open is
+/// reported, and that files the layer stopped asking about are asked about again once they
+/// move into the protected tree (tmpfs here, ext4 on the host). From `subjects`: every forged-identity and code-injection route, as issue 16
 /// asks for every kernel of the tier (a distribution kernel whose BPF LSM is off).
 const NO_BPF_TESTS: &[&str] = &[
     "plain_open_by_an_unlisted_program_is_refused",
     "a_hard_link_made_after_the_policy_loaded_is_refused",
     "truncate_of_a_protected_file_is_refused_under_lsm",
+    "unprotected_files_waved_through_then_moved_or_linked_into_the_tree_are_protected",
     "a_process_that_points_its_exe_link_at_the_allowed_program_is_still_refused",
     "a_library_preloaded_into_the_allowed_program_makes_it_an_unlisted_subject",
     "a_plugin_loaded_from_a_memfd_makes_the_allowed_program_an_unlisted_subject",

@@ -10,7 +10,7 @@ use tracing::{debug, error, warn};
 
 use crate::{
     enrich::Enricher,
-    event::decode::{decode, RawEvent},
+    event::decode::{decode, DecodedEvent},
     fanotify::Record,
     metrics::{KindLabels, Metrics},
     sink::{numbering::Numbering, Sink, SinkLoss},
@@ -80,16 +80,16 @@ impl Pipeline {
 
     /// One ring-buffer record: decoded, enriched, written.
     pub fn handle(&mut self, enricher: &mut Enricher, bytes: &[u8]) {
-        if let Some(raw) = self.decode_counted(bytes) {
-            self.handle_raw(enricher, raw);
+        if let Some(event) = self.decode_counted(bytes) {
+            self.handle_decoded(enricher, event);
         }
     }
 
     /// Decodes a ring-buffer record, counting it (and, when it does not decode, the error).
-    fn decode_counted(&mut self, bytes: &[u8]) -> Option<RawEvent> {
+    fn decode_counted(&mut self, bytes: &[u8]) -> Option<DecodedEvent> {
         self.stats.records += 1;
         match decode(bytes) {
-            Ok(raw) => Some(raw),
+            Ok(event) => Some(event),
             Err(error) => {
                 self.stats.decode_errors += 1;
                 self.metrics.decode_errors.inc();
@@ -108,15 +108,15 @@ impl Pipeline {
         bytes: &[u8],
         rule: impl Fn(u32) -> u32,
     ) {
-        let Some(mut raw) = self.decode_counted(bytes) else {
+        let Some(mut event) = self.decode_counted(bytes) else {
             return;
         };
-        if let Some(decision) = raw.decision_mut() {
+        if let Some(decision) = event.decision_mut() {
             if decision.rule != NO_RULE {
                 decision.rule = rule(decision.rule);
             }
         }
-        self.handle_raw(enricher, raw);
+        self.handle_decoded(enricher, event);
     }
 
     /// Enriches and emits one decision of the fanotify layer, through the same path as the
@@ -125,12 +125,12 @@ impl Pipeline {
         if let Some(process) = record.process {
             enricher.observe_process(process);
         }
-        self.handle_raw(enricher, record.event);
+        self.handle_decoded(enricher, record.event);
     }
 
     /// Enriches and emits one decoded record (from the ring buffer or the fanotify layer).
-    fn handle_raw(&mut self, enricher: &mut Enricher, raw: RawEvent) {
-        for event in enricher.enrich(raw) {
+    fn handle_decoded(&mut self, enricher: &mut Enricher, decoded: DecodedEvent) {
+        for event in enricher.enrich(decoded) {
             self.emit(event);
         }
     }

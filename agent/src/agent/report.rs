@@ -386,11 +386,7 @@ impl Agent {
             Err(error) => warn!(%error, "cannot read kernel loss counters"),
         }
         if let Some(fanotify) = &mut self.fanotify {
-            let total = fanotify
-                .layer
-                .counters
-                .lost
-                .load(std::sync::atomic::Ordering::Relaxed);
+            let total = fanotify.layer.counters.lost.get();
             let new = total.saturating_sub(fanotify.lost_reported);
             if new > 0 {
                 fanotify.lost_reported = total;

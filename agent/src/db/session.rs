@@ -19,7 +19,7 @@ use std::{
 };
 
 use phiguard_common::{
-    event::{db_op, db_role, DbDataEvent, FLAG_DB_JOINED, FLAG_TRUNCATED},
+    event::{db_op, db_role, FLAG_DB_JOINED, FLAG_TRUNCATED},
     limits::DB_CAPTURE_LEN,
 };
 use phiguard_proto::v1::{self, event::Body};
@@ -29,7 +29,7 @@ use super::{
     sql::{self, Dialect},
     Chunk, Direction, Encryption, Message,
 };
-use crate::event::net::{DbEnds, DbRole, DbSock};
+use crate::event::net::{DbEnds, DbRole, DbSock, DbTransfer};
 
 /// Most sessions followed at once; the oldest is dropped beyond it.
 pub const MAX_SESSIONS: usize = 4096;
@@ -188,7 +188,7 @@ impl Sessions {
             desync: false,
             pending: VecDeque::new(),
             lexing: None,
-            owner: e.header.tgid,
+            owner: e.header.pid,
         };
         if self.sessions.insert(e.socket_id, session).is_none() {
             self.order.push_back(e.socket_id);
@@ -204,16 +204,16 @@ impl Sessions {
     }
 
     /// Bytes moved on a tracked socket. Returns the events they complete.
-    pub fn data(&mut self, e: &DbDataEvent, data: &[u8]) -> Vec<Body> {
+    pub fn data(&mut self, e: &DbTransfer, data: &[u8]) -> Vec<Body> {
         let mut out = Vec::new();
-        let Some(session) = self.sessions.get_mut(&e.sock) else {
+        let Some(session) = self.sessions.get_mut(&e.socket_id) else {
             return out;
         };
         let direction = match (e.role, e.op) {
             (db_role::SERVER, db_op::WRITE) | (db_role::CLIENT, db_op::READ) => Direction::ToClient,
             _ => Direction::ToServer,
         };
-        session.owner = e.header.tgid;
+        session.owner = e.header.pid;
         if e.op == db_op::WRITE {
             session.bytes_sent += u64::from(e.len);
         } else {
@@ -221,7 +221,7 @@ impl Sessions {
         }
         if e.op == db_op::READ && e.len == 0 {
             // End of stream: the peer closed.
-            out.push(self.close(e.sock, "eof", e.header.boot_ns));
+            out.push(self.close(e.socket_id, "eof", e.header.boot_ns));
             return out;
         }
         let len = if e.header.flags & FLAG_TRUNCATED != 0 {
@@ -277,7 +277,7 @@ impl Sessions {
             );
         }
         if terminated {
-            out.push(self.close(e.sock, "terminate", e.header.boot_ns));
+            out.push(self.close(e.socket_id, "terminate", e.header.boot_ns));
         }
         for body in &mut out {
             if let Body::DbStatement(st) = body {
@@ -661,16 +661,16 @@ mod tests {
         DbSock::decode(&sock_record(role))
     }
 
-    fn data(role: u32, op: u32, ns: u64, len: u32) -> DbDataEvent {
+    fn data(role: u32, op: u32, ns: u64, len: u32) -> DbTransfer {
         // SAFETY: as above.
-        let mut e: DbDataEvent = unsafe { std::mem::zeroed() };
+        let mut e: phiguard_common::event::DbDataEvent = unsafe { std::mem::zeroed() };
         e.sock = 0xffff_8880_0000_1000;
         e.role = role;
         e.op = op;
         e.len = len;
         e.captured = len;
         e.header.boot_ns = ns;
-        e
+        DbTransfer::decode(&e)
     }
 
     #[test]

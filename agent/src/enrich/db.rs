@@ -1,7 +1,6 @@
 //! Database records: a socket became tracked (a session opens), bytes moved on one (the
 //! session's decoder turns them into statements).
 
-use phiguard_common::event::EventHeader;
 use phiguard_proto::v1;
 
 use super::Enricher;
@@ -19,11 +18,11 @@ impl Enricher {
     pub(super) fn db_sock(&mut self, e: &DbSock) {
         let decision = match (e.role, e.ends) {
             (DbRole::Client, DbEnds::Unix(id)) => {
-                self.connects.take(e.header.tgid, Endpoint::Unix(id))
+                self.connects.take(e.header.pid, Endpoint::Unix(id))
             }
             (DbRole::Client, DbEnds::Tcp { remote, .. }) => self
                 .connects
-                .take(e.header.tgid, Endpoint::Tcp(remote.port())),
+                .take(e.header.pid, Endpoint::Tcp(remote.port())),
             (DbRole::Server, _) => None,
         };
         let path = match e.ends {
@@ -39,11 +38,11 @@ impl Enricher {
     }
 
     /// Captured bytes: the statements (and session ends) they complete.
-    pub(super) fn db_data(&mut self, header: &EventHeader, d: &DbData) -> Vec<v1::Event> {
-        let bodies = self.sessions.data(&d.event, &d.data);
+    pub(super) fn db_data(&mut self, d: &DbData) -> Vec<v1::Event> {
+        let bodies = self.sessions.data(&d.transfer, &d.data);
         bodies
             .into_iter()
-            .map(|body| self.finish(header, body, None))
+            .map(|body| self.finish(d.transfer.header.clone(), body, None))
             .collect()
     }
 }

@@ -131,7 +131,7 @@ pub fn flag_names(flags: u32) -> Vec<&'static str> {
 impl super::Enricher {
     /// An open under a watch: `None` when it turns out not to concern one.
     pub(super) fn file_open(&mut self, e: &FileOpen) -> Option<Body> {
-        let pid = e.header.tgid;
+        let pid = e.header.pid;
         self.processes.refresh_cwd(pid, e.header.start_boot_ns);
         let cwd = self
             .processes
@@ -215,6 +215,8 @@ fn open_syscall_name(code: u32) -> &'static str {
         SETXATTR => "setxattr",
         REMOVEXATTR => "removexattr",
         CREATE => "create",
+        ATTRIB => "attrib",
+        WRITE => "write",
         _ => "unknown",
     }
 }

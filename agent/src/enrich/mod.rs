@@ -16,7 +16,7 @@ use std::{
     sync::Arc,
 };
 
-use phiguard_common::event::{EventHeader, FLAG_NO_PROCESS, FLAG_SOCK_DATABASE_ONLY};
+use phiguard_common::event::{FLAG_NO_PROCESS, FLAG_SOCK_DATABASE_ONLY};
 use phiguard_proto::v1::{self, event::Body};
 
 use self::{
@@ -26,7 +26,10 @@ use self::{
 };
 use crate::{
     db::connects::ConnectDecisions,
-    event::decode::{ExecArgs, RawEvent},
+    event::{
+        decode::{DecodedEvent, ExecArgs},
+        header::Header,
+    },
     kernel::mounts::MountTable,
     policy::{compile::Compiled, decision::PolicyTables},
     process::table::ProcessTable,
@@ -131,36 +134,33 @@ impl Enricher {
     /// only (argv waiting for its exec, bytes of an unfinished database message) or turns out
     /// not to concern a watch; several when captured database bytes finish several statements
     /// or a process exit ends database sessions.
-    pub fn enrich(&mut self, raw: RawEvent) -> Vec<v1::Event> {
-        let header = *raw.header();
-        match raw {
-            RawEvent::DbSock(e) => {
+    pub fn enrich(&mut self, event: DecodedEvent) -> Vec<v1::Event> {
+        match event {
+            DecodedEvent::DbSock(e) => {
                 self.db_sock(&e);
                 Vec::new()
             }
-            RawEvent::DbData(d) => self.db_data(&header, &d),
-            RawEvent::Exit(e) => {
-                let ended = self
-                    .sessions
-                    .process_exited(e.header.tgid, e.header.boot_ns);
+            DecodedEvent::DbData(d) => self.db_data(&d),
+            DecodedEvent::Exit(e) => {
+                let ended = self.sessions.process_exited(e.header.pid, e.header.boot_ns);
                 let mut out: Vec<v1::Event> = ended
                     .into_iter()
-                    .map(|body| self.finish(&header, body, None))
+                    .map(|body| self.finish(e.header.clone(), body, None))
                     .collect();
-                out.extend(self.enrich_one(RawEvent::Exit(e)));
+                out.extend(self.enrich_one(DecodedEvent::Exit(e)));
                 out
             }
-            RawEvent::SockState(e) => {
+            DecodedEvent::SockState(e) => {
                 // Database ports reach here too (their closes end sessions); a TCP state event
                 // is reported only for watched and protected ports.
                 let mut out: Vec<v1::Event> = Vec::new();
                 if e.new_state == TCP_CLOSE {
                     if let Some(body) = self.sessions.socket_closed(e.socket_id, e.header.boot_ns) {
-                        out.push(self.finish(&header, body, None));
+                        out.push(self.finish(e.header.clone(), body, None));
                     }
                 }
                 if e.header.flags & FLAG_SOCK_DATABASE_ONLY == 0 {
-                    out.extend(self.enrich_one(RawEvent::SockState(e)));
+                    out.extend(self.enrich_one(DecodedEvent::SockState(e)));
                 }
                 out
             }
@@ -168,29 +168,44 @@ impl Enricher {
         }
     }
 
-    fn enrich_one(&mut self, raw: RawEvent) -> Option<v1::Event> {
-        let header = *raw.header();
-        let decision = match &raw {
-            RawEvent::Exec(e) => self.policy.describe(&e.decision),
-            RawEvent::FileOpen(e) => self.policy.describe(&e.decision),
-            RawEvent::Connect(e) => self.policy.describe(&e.decision),
+    fn enrich_one(&mut self, event: DecodedEvent) -> Option<v1::Event> {
+        let decision = match &event {
+            DecodedEvent::Exec(e) => self.policy.describe(&e.decision),
+            DecodedEvent::FileOpen(e) => self.policy.describe(&e.decision),
+            DecodedEvent::Connect(e) => self.policy.describe(&e.decision),
             _ => None,
         };
-        let body = match raw {
-            RawEvent::ExecArgs(args) => {
+        // Each body is built from its record before the record's header moves into the event.
+        let (header, body) = match event {
+            DecodedEvent::ExecArgs(args) => {
                 self.hold_argv(args);
                 return None;
             }
-            RawEvent::Fork(e) => self.fork(&e),
-            RawEvent::Exec(e) => self.exec(&e),
-            RawEvent::Exit(e) => return Some(self.exit(&header, &e)),
-            RawEvent::FileOpen(e) => self.file_open(&e)?,
-            RawEvent::Connect(e) => self.connect(&e, decision.as_ref()),
+            DecodedEvent::Fork(e) => {
+                let body = self.fork(&e);
+                (e.header, body)
+            }
+            DecodedEvent::Exec(e) => {
+                let body = self.exec(&e);
+                (e.header, body)
+            }
+            DecodedEvent::Exit(e) => return Some(self.exit(e)),
+            DecodedEvent::FileOpen(e) => {
+                let body = self.file_open(&e)?;
+                (e.header, body)
+            }
+            DecodedEvent::Connect(e) => {
+                let body = self.connect(&e, decision.as_ref());
+                (e.header, body)
+            }
             // Handled by `enrich`.
-            RawEvent::DbSock(_) | RawEvent::DbData(_) => return None,
-            RawEvent::SockState(e) => self.tcp_state(&e),
+            DecodedEvent::DbSock(_) | DecodedEvent::DbData(_) => return None,
+            DecodedEvent::SockState(e) => {
+                let body = self.tcp_state(&e);
+                (e.header, body)
+            }
         };
-        Some(self.finish(&header, body, decision))
+        Some(self.finish(header, body, decision))
     }
 
     /// An agent-side event (no kernel record behind it), such as a loss report.
@@ -229,24 +244,18 @@ impl Enricher {
         pbjson_types::Timestamp { seconds, nanos }
     }
 
-    fn finish(
-        &mut self,
-        header: &EventHeader,
-        body: Body,
-        decision: Option<v1::Decision>,
-    ) -> v1::Event {
+    /// The event of a record: its time, subject process and ancestry (unless the record is
+    /// about no process), decision and body.
+    fn finish(&mut self, header: Header, body: Body, decision: Option<v1::Decision>) -> v1::Event {
         let mut event = self.envelope();
         event.decision = decision;
         event.time = Some(self.timestamp(header.boot_ns));
         if header.flags & FLAG_NO_PROCESS == 0 {
+            let (pid, start_boot_ns) = (header.pid, header.start_boot_ns);
             event.process = Some(self.process(header));
             event.ancestry = self
                 .processes
-                .ancestry(
-                    header.tgid,
-                    header.start_boot_ns,
-                    self.settings.ancestry_depth,
-                )
+                .ancestry(pid, start_boot_ns, self.settings.ancestry_depth)
                 .into_iter()
                 .map(|a| v1::Ancestor {
                     pid: a.pid,

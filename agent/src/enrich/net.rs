@@ -15,9 +15,9 @@ impl Enricher {
     /// session it may open).
     pub(super) fn connect(&mut self, e: &Connect, decision: Option<&v1::Decision>) -> Body {
         self.processes
-            .refresh_cwd(e.header.tgid, e.header.start_boot_ns);
+            .refresh_cwd(e.header.pid, e.header.start_boot_ns);
         if let Some(d) = decision {
-            self.connects.record(e.header.tgid, connect_endpoint(e), d);
+            self.connects.record(e.header.pid, connect_endpoint(e), d);
         }
         let (address, protocol) = match e.target {
             // The socket file's path is the protected endpoint's.

@@ -3,16 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-use phiguard_common::event::{
-    EventHeader, ExitEvent, ForkEvent, FLAG_EXEC_REFUSED, FLAG_TRUNCATED,
-};
+use phiguard_common::event::{FLAG_EXEC_REFUSED, FLAG_TRUNCATED};
 use phiguard_proto::v1::{self, event::Body};
 
 use super::{users::UserNames, Enricher, MAX_PENDING_ARGV};
 use crate::{
     event::{
-        decode::{c_text, ExecArgs},
-        process::Exec,
+        decode::ExecArgs,
+        header::Header,
+        process::{Exec, Exit, Fork},
     },
     kernel::mounts::MountTable,
     paths::{self, FileId},
@@ -21,12 +20,12 @@ use crate::{
 
 impl Enricher {
     /// A fork: the child joins the process table.
-    pub(super) fn fork(&mut self, e: &ForkEvent) -> Body {
-        let parent = (e.header.tgid, e.header.start_boot_ns);
+    pub(super) fn fork(&mut self, e: &Fork) -> Body {
+        let parent = (e.header.pid, e.header.start_boot_ns);
         self.processes
-            .on_fork(parent, e.child_tgid, e.child_start_boot_ns);
+            .on_fork(parent, e.child_pid, e.child_start_boot_ns);
         Body::Fork(v1::ProcessFork {
-            child_pid: e.child_tgid,
+            child_pid: e.child_pid,
             child_start_time: Some(self.timestamp(e.child_start_boot_ns)),
         })
     }
@@ -47,13 +46,13 @@ impl Enricher {
             argv_truncated: truncated || h.flags & FLAG_TRUNCATED != 0,
             uid: h.uid,
             gid: h.gid,
-            loginuid: known(h.loginuid),
-            sessionid: known(h.sessionid),
+            loginuid: h.loginuid,
+            sessionid: h.sessionid,
             cwd: exec_cwd(e, &mut self.mounts),
         };
         if h.flags & FLAG_EXEC_REFUSED == 0 {
-            self.processes.on_exec(h.tgid, h.start_boot_ns, exec);
-            self.binary_hashes.remove(&(h.tgid, h.start_boot_ns));
+            self.processes.on_exec(h.pid, h.start_boot_ns, exec);
+            self.binary_hashes.remove(&(h.pid, h.start_boot_ns));
         }
         Body::Exec(v1::ProcessExec {
             filename,
@@ -62,25 +61,24 @@ impl Enricher {
     }
 
     /// An exit: the event is built before the process is marked gone.
-    pub(super) fn exit(&mut self, header: &EventHeader, e: &ExitEvent) -> v1::Event {
+    pub(super) fn exit(&mut self, e: Exit) -> v1::Event {
         let code = e.exit_code;
+        let process = (e.header.pid, e.header.start_boot_ns);
         let body = Body::Exit(v1::ProcessExit {
             exit_code: Some(code),
             exit_status: (code & 0x7f == 0).then_some(((code >> 8) & 0xff) as i32),
             signal: (code & 0x7f != 0).then(|| signal_name(code & 0x7f)),
         });
         // Build the event before marking the process gone, then forget its hash.
-        let event = self.finish(header, body, None);
-        self.processes
-            .on_exit(header.tgid, header.start_boot_ns, code);
-        self.binary_hashes
-            .remove(&(header.tgid, header.start_boot_ns));
+        let event = self.finish(e.header, body, None);
+        self.processes.on_exit(process.0, process.1, code);
+        self.binary_hashes.remove(&process);
         event
     }
 
     /// Keeps an argv record until its exec arrives (bounded: a failed exec leaves one behind).
     pub(super) fn hold_argv(&mut self, args: ExecArgs) {
-        let tid = args.header.pid;
+        let tid = args.header.tid;
         if self.pending_argv.insert(tid, args).is_none() {
             self.pending_order.push_back(tid);
         }
@@ -97,29 +95,47 @@ impl Enricher {
 
     /// The subject process: the kernel's view at the time of the event, completed from the
     /// process table (which survives the process's exit).
-    pub(super) fn process(&mut self, h: &EventHeader) -> v1::Process {
-        let entry = self.processes.get_or_load(h.tgid, h.start_boot_ns).cloned();
+    pub(super) fn process(&mut self, h: Header) -> v1::Process {
+        let entry = self.processes.get_or_load(h.pid, h.start_boot_ns).cloned();
         let user = |users: &mut UserNames, id: u32| v1::User {
             id: Some(id),
             name: users.user_name(id).unwrap_or_default(),
         };
         let mut process = v1::Process {
-            pid: h.tgid,
-            tid: h.pid,
+            pid: h.pid,
+            tid: h.tid,
             ppid: h.ppid,
-            comm: c_text(&h.comm),
+            comm: h.comm,
             user: Some(user(&mut self.users, h.uid)),
             group: Some(v1::Group {
                 id: Some(h.gid),
                 name: self.users.group_name(h.gid).unwrap_or_default(),
             }),
-            login_user: known(h.loginuid).map(|id| user(&mut self.users, id)),
-            session_id: known(h.sessionid),
+            login_user: h.loginuid.map(|id| user(&mut self.users, id)),
+            session_id: h.sessionid,
             start_time: Some(self.timestamp(h.start_boot_ns)),
             ..Default::default()
         };
         if let Some(p) = entry {
-            process.binary_sha256 = self.binary_hash(h.tgid, h.start_boot_ns, &p);
+            // A change reported after its process was gone (the fanotify change group) knows
+            // none of these: the process table's record does.
+            if h.uid == u32::MAX && h.gid == u32::MAX {
+                process.user = Some(user(&mut self.users, p.uid));
+                process.group = Some(v1::Group {
+                    id: Some(p.gid),
+                    name: self.users.group_name(p.gid).unwrap_or_default(),
+                });
+            }
+            if process.comm.is_empty() {
+                process.comm.clone_from(&p.comm);
+            }
+            if process.ppid == 0 {
+                process.ppid = p.ppid;
+            }
+            if h.start_boot_ns == 0 {
+                process.start_time = Some(self.timestamp(p.start_boot_ns));
+            }
+            process.binary_sha256 = self.binary_hash(h.pid, h.start_boot_ns, &p);
             process.exe = p.exe.unwrap_or_default();
             // Minimum necessary: credentials in any argument, SQL literals and passwords in
             // database clients' options, local identifier patterns.
@@ -171,11 +187,6 @@ fn exec_cwd(e: &Exec, mounts: &mut MountTable) -> Option<String> {
     let names: Vec<&str> = cwd.names.iter().map(String::as_str).collect();
     let root = mounts.mount_point(cwd.mount_id)?;
     Some(paths::join_names(root, &names).display().to_string())
-}
-
-/// `u32::MAX` means "unset" for audit ids.
-pub(super) fn known(id: u32) -> Option<u32> {
-    (id != u32::MAX).then_some(id)
 }
 
 pub(super) fn signal_name(signal: u32) -> String {

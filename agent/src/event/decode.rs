@@ -1,34 +1,37 @@
 //! Decoding of ring-buffer records. Every record is checked for its kind and length before
 //! it is read; an unknown kind or a short record is an error, never undefined behaviour.
-//! Text, file identities and socket addresses are decoded here (with [`super::file`],
-//! [`super::net`] and [`super::process`]), so enrichment only adds context.
+//! The header, text, file identities and socket addresses are decoded here (with
+//! [`super::header`], [`super::file`], [`super::net`] and [`super::process`]), so enrichment
+//! only adds context.
 
 use std::mem::size_of;
 
 use aya::Pod;
 use phiguard_common::{
-    event::{DbDataEvent, EventHeader, ExecArgsEvent, ExitEvent, ForkEvent, Kind, FLAG_TRUNCATED},
+    event::{DbDataEvent, ExecArgsEvent, ExitEvent, ForkEvent, Kind, FLAG_TRUNCATED},
     limits::{ARGS_LEN, DB_CAPTURE_LEN},
 };
 
 use super::{
     file::FileOpen,
-    net::{Connect, DbSock, TcpState},
-    process::Exec,
+    header::Header,
+    net::{Connect, DbSock, DbTransfer, TcpState},
+    process::{Exec, Exit, Fork},
 };
 use crate::paths::split_names;
 
-/// A decoded record: owned, its fields typed (only the common header stays the kernel's).
+/// A record decoded from the ring buffer (or built by the fanotify layer): owned, every field
+/// typed, the header included.
 #[derive(Clone, Debug)]
-pub enum RawEvent {
+pub enum DecodedEvent {
     /// A process forked.
-    Fork(ForkEvent),
+    Fork(Fork),
     /// A process exec'd.
     Exec(Exec),
     /// The argv of an exec call.
     ExecArgs(ExecArgs),
     /// A process exited.
-    Exit(ExitEvent),
+    Exit(Exit),
     /// A watched open returned.
     FileOpen(FileOpen),
     /// A connect() to a watched port.
@@ -41,12 +44,12 @@ pub enum RawEvent {
     DbData(DbData),
 }
 
-/// A capture record: its fixed part and the captured bytes.
+/// A capture record: the call and the captured bytes.
 #[derive(Clone, Debug)]
 pub struct DbData {
-    /// The fixed part.
-    pub event: DbDataEvent,
-    /// The first bytes the call moved (`event.captured` of them).
+    /// The read or write.
+    pub transfer: DbTransfer,
+    /// The first bytes the call moved (at most [`DB_CAPTURE_LEN`]).
     pub data: Vec<u8>,
 }
 
@@ -54,7 +57,7 @@ pub struct DbData {
 #[derive(Clone, Debug)]
 pub struct ExecArgs {
     /// The calling thread.
-    pub header: EventHeader,
+    pub header: Header,
     /// Arguments, lossily decoded as UTF-8.
     pub argv: Vec<String>,
     /// More arguments or bytes existed than were captured.
@@ -79,28 +82,28 @@ pub enum DecodeError {
     UnknownKind(u32),
 }
 
-impl RawEvent {
+impl DecodedEvent {
     /// The record's common header.
-    pub fn header(&self) -> &EventHeader {
+    pub fn header(&self) -> &Header {
         match self {
-            RawEvent::Fork(e) => &e.header,
-            RawEvent::Exec(e) => &e.header,
-            RawEvent::ExecArgs(e) => &e.header,
-            RawEvent::Exit(e) => &e.header,
-            RawEvent::FileOpen(e) => &e.header,
-            RawEvent::Connect(e) => &e.header,
-            RawEvent::SockState(e) => &e.header,
-            RawEvent::DbSock(e) => &e.header,
-            RawEvent::DbData(e) => &e.event.header,
+            DecodedEvent::Fork(e) => &e.header,
+            DecodedEvent::Exec(e) => &e.header,
+            DecodedEvent::ExecArgs(e) => &e.header,
+            DecodedEvent::Exit(e) => &e.header,
+            DecodedEvent::FileOpen(e) => &e.header,
+            DecodedEvent::Connect(e) => &e.header,
+            DecodedEvent::SockState(e) => &e.header,
+            DecodedEvent::DbSock(e) => &e.header,
+            DecodedEvent::DbData(e) => &e.transfer.header,
         }
     }
 
     /// The policy decision the record carries, if its kind carries one.
     pub fn decision_mut(&mut self) -> Option<&mut phiguard_common::policy::Decision> {
         match self {
-            RawEvent::Exec(e) => Some(&mut e.decision),
-            RawEvent::FileOpen(e) => Some(&mut e.decision),
-            RawEvent::Connect(e) => Some(&mut e.decision),
+            DecodedEvent::Exec(e) => Some(&mut e.decision),
+            DecodedEvent::FileOpen(e) => Some(&mut e.decision),
+            DecodedEvent::Connect(e) => Some(&mut e.decision),
             _ => None,
         }
     }
@@ -120,17 +123,17 @@ fn read<T: Pod>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
 }
 
 /// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<DecodedEvent, DecodeError> {
     let code = read::<u32>(bytes, 0)?;
     let kind = Kind::from_code(code).ok_or(DecodeError::UnknownKind(code))?;
     Ok(match kind {
-        Kind::Fork => RawEvent::Fork(read(bytes, code)?),
-        Kind::Exec => RawEvent::Exec(Exec::decode(&read(bytes, code)?)),
-        Kind::Exit => RawEvent::Exit(read(bytes, code)?),
-        Kind::FileOpen => RawEvent::FileOpen(FileOpen::decode(&read(bytes, code)?)),
-        Kind::Connect => RawEvent::Connect(Connect::decode(&read(bytes, code)?)),
-        Kind::SockState => RawEvent::SockState(TcpState::decode(&read(bytes, code)?)),
-        Kind::DbSock => RawEvent::DbSock(DbSock::decode(&read(bytes, code)?)),
+        Kind::Fork => DecodedEvent::Fork(Fork::decode(&read::<ForkEvent>(bytes, code)?)),
+        Kind::Exec => DecodedEvent::Exec(Exec::decode(&read(bytes, code)?)),
+        Kind::Exit => DecodedEvent::Exit(Exit::decode(&read::<ExitEvent>(bytes, code)?)),
+        Kind::FileOpen => DecodedEvent::FileOpen(FileOpen::decode(&read(bytes, code)?)),
+        Kind::Connect => DecodedEvent::Connect(Connect::decode(&read(bytes, code)?)),
+        Kind::SockState => DecodedEvent::SockState(TcpState::decode(&read(bytes, code)?)),
+        Kind::DbSock => DecodedEvent::DbSock(DbSock::decode(&read(bytes, code)?)),
         Kind::DbData => {
             let event: DbDataEvent = read(bytes, code)?;
             let len = (event.captured as usize).min(DB_CAPTURE_LEN);
@@ -141,8 +144,8 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                     len: bytes.len(),
                     expected: size_of::<DbDataEvent>() + len,
                 })?;
-            RawEvent::DbData(DbData {
-                event,
+            DecodedEvent::DbData(DbData {
+                transfer: DbTransfer::decode(&event),
                 data: data.to_vec(),
             })
         }
@@ -157,8 +160,8 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                     expected: size_of::<ExecArgsEvent>() + len,
                 })?;
             let argv = split_names(args, fixed.argc as usize);
-            RawEvent::ExecArgs(ExecArgs {
-                header: fixed.header,
+            DecodedEvent::ExecArgs(ExecArgs {
+                header: Header::decode(&fixed.header),
                 argv,
                 truncated: fixed.header.flags & FLAG_TRUNCATED != 0,
             })
@@ -182,13 +185,10 @@ pub fn text(buf: &[u8], len: u32) -> String {
     }
 }
 
-/// A NUL-padded array (`comm`) as text.
-pub fn c_text(buf: &[u8]) -> String {
-    text(buf, buf.len() as u32)
-}
-
 #[cfg(test)]
 mod tests {
+    use phiguard_common::event::EventHeader;
+
     use super::*;
 
     fn header(kind: Kind) -> EventHeader {
@@ -215,9 +215,9 @@ mod tests {
             _pad: 0,
         };
         match decode(&bytes_of(&event)).unwrap() {
-            RawEvent::Exit(e) => {
+            DecodedEvent::Exit(e) => {
                 assert_eq!(e.exit_code, 256);
-                assert_eq!(c_text(&e.header.comm), "cat");
+                assert_eq!(e.header.comm, "cat");
             }
             other => panic!("decoded as {other:?}"),
         }
@@ -233,7 +233,7 @@ mod tests {
         let mut bytes = bytes_of(&fixed);
         bytes.extend_from_slice(b"/bin/echo\0a\0b\0c\0\0\0\0\0");
         match decode(&bytes).unwrap() {
-            RawEvent::ExecArgs(a) => {
+            DecodedEvent::ExecArgs(a) => {
                 assert_eq!(a.argv, ["/bin/echo", "a", "b", "c"]);
                 assert!(!a.truncated);
             }
@@ -251,7 +251,7 @@ mod tests {
         fixed.header.flags = FLAG_TRUNCATED;
         let mut bytes = bytes_of(&fixed);
         bytes.extend_from_slice(b"ls\0-lah");
-        let RawEvent::ExecArgs(a) = decode(&bytes).unwrap() else {
+        let DecodedEvent::ExecArgs(a) = decode(&bytes).unwrap() else {
             panic!("wrong kind")
         };
         assert_eq!(a.argv, ["ls", "-lah"]);

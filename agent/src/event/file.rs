@@ -1,19 +1,16 @@
 //! File records decoded: the requested path and the kernel's dentry names as text, the
 //! file's identity as a [`FileId`].
 
-use phiguard_common::{
-    event::{EventHeader, FileOpenEvent},
-    policy::Decision,
-};
+use phiguard_common::{event::FileOpenEvent, policy::Decision};
 
-use super::decode::text;
+use super::{decode::text, header::Header};
 use crate::paths::{split_names, FileId};
 
 /// An open (or, under BPF LSM, a change) of a watched or protected file.
 #[derive(Clone, Debug)]
 pub struct FileOpen {
     /// The opening thread.
-    pub header: EventHeader,
+    pub header: Header,
     /// The call's return value (a descriptor, or `-errno`).
     pub ret: i64,
     /// The `open` flags.
@@ -44,7 +41,7 @@ impl FileOpen {
     pub fn decode(e: &FileOpenEvent) -> FileOpen {
         let names_len = (e.names_len as usize).min(e.names.len());
         FileOpen {
-            header: e.header,
+            header: Header::decode(&e.header),
             ret: e.ret,
             open_flags: e.open_flags,
             mode: e.mode,

@@ -4,10 +4,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use phiguard_common::{
-    event::{db_role, ConnectEvent, DbSockEvent, EventHeader, SockStateEvent},
+    event::{db_role, ConnectEvent, DbDataEvent, DbSockEvent, SockStateEvent},
     policy::Decision,
 };
 
+use super::header::Header;
 use crate::paths::FileId;
 
 /// An address family as the kernel reported it.
@@ -82,7 +83,7 @@ pub enum Target {
 #[derive(Clone, Debug)]
 pub struct Connect {
     /// The connecting thread.
-    pub header: EventHeader,
+    pub header: Header,
     /// The socket's family.
     pub family: Family,
     /// The port connected to (host byte order; 0 for a unix socket).
@@ -105,7 +106,7 @@ impl Connect {
             },
         };
         Connect {
-            header: e.header,
+            header: Header::decode(&e.header),
             family,
             port: e.port,
             target,
@@ -118,7 +119,7 @@ impl Connect {
 #[derive(Clone, Debug)]
 pub struct TcpState {
     /// The thread that caused it (often not the socket's owner).
-    pub header: EventHeader,
+    pub header: Header,
     /// Kernel address of the `struct sock`.
     pub socket_id: u64,
     /// The state before (kernel `TCP_*` code).
@@ -138,7 +139,7 @@ impl TcpState {
     pub fn decode(e: &SockStateEvent) -> TcpState {
         let family = Family::from_code(e.family);
         TcpState {
-            header: e.header,
+            header: Header::decode(&e.header),
             socket_id: e.skaddr,
             old_state: e.old_state,
             new_state: e.new_state,
@@ -176,7 +177,7 @@ pub enum DbRole {
 #[derive(Clone, Debug)]
 pub struct DbSock {
     /// The connecting or accepting thread.
-    pub header: EventHeader,
+    pub header: Header,
     /// Kernel address of the `struct sock`: names the session in later records.
     pub socket_id: u64,
     /// The end it is.
@@ -202,7 +203,7 @@ impl DbSock {
             },
         };
         DbSock {
-            header: e.header,
+            header: Header::decode(&e.header),
             socket_id: e.sock,
             role: if e.role == db_role::SERVER {
                 DbRole::Server
@@ -221,6 +222,34 @@ impl DbSock {
             (DbEnds::Tcp { remote, .. }, DbRole::Client) => Some(remote.port()),
             (DbEnds::Tcp { local, .. }, DbRole::Server) => Some(local.port()),
             (DbEnds::Unix(_), _) => None,
+        }
+    }
+}
+
+/// A read or write on a tracked database socket: the fixed part of a capture record.
+#[derive(Clone, Debug)]
+pub struct DbTransfer {
+    /// The reading or writing thread.
+    pub header: Header,
+    /// Kernel address of the `struct sock`: the session (see [`DbSock::socket_id`]).
+    pub socket_id: u64,
+    /// A `db_role` code: which end the socket is.
+    pub role: u32,
+    /// A `db_op` code: read or write.
+    pub op: u32,
+    /// Bytes the call moved (its return value; 0 = end of stream on a read).
+    pub len: u32,
+}
+
+impl DbTransfer {
+    /// Decodes the fixed part of a capture record.
+    pub fn decode(e: &DbDataEvent) -> DbTransfer {
+        DbTransfer {
+            header: Header::decode(&e.header),
+            socket_id: e.sock,
+            role: e.role,
+            op: e.op,
+            len: e.len,
         }
     }
 }

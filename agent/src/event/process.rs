@@ -1,19 +1,60 @@
 //! Process records decoded: the exec'd file name and the working directory's names as text,
-//! the executable's identity as a [`FileId`].
+//! the executable's identity as a [`FileId`]; forks and exits.
 
 use phiguard_common::{
-    event::{EventHeader, ExecEvent, FLAG_CWD_COMPLETE},
+    event::{ExecEvent, ExitEvent, ForkEvent, FLAG_CWD_COMPLETE},
     policy::Decision,
 };
 
-use super::decode::text;
+use super::{decode::text, header::Header};
 use crate::paths::{split_names, FileId};
+
+/// A fork: the header describes the parent.
+#[derive(Clone, Debug)]
+pub struct Fork {
+    /// The forking thread.
+    pub header: Header,
+    /// Process id of the new process.
+    pub child_pid: u32,
+    /// Boot-time nanoseconds at which the child started.
+    pub child_start_boot_ns: u64,
+}
+
+impl Fork {
+    /// Decodes a fork record.
+    pub fn decode(e: &ForkEvent) -> Fork {
+        Fork {
+            header: Header::decode(&e.header),
+            child_pid: e.child_tgid,
+            child_start_boot_ns: e.child_start_boot_ns,
+        }
+    }
+}
+
+/// A process exit.
+#[derive(Clone, Debug)]
+pub struct Exit {
+    /// The exiting process.
+    pub header: Header,
+    /// `task_struct.exit_code`: `status << 8` for a normal exit, the signal number otherwise.
+    pub exit_code: u32,
+}
+
+impl Exit {
+    /// Decodes an exit record.
+    pub fn decode(e: &ExitEvent) -> Exit {
+        Exit {
+            header: Header::decode(&e.header),
+            exit_code: e.exit_code,
+        }
+    }
+}
 
 /// An exec (or, from BPF LSM and the fanotify layer, a refused one: `FLAG_EXEC_REFUSED`).
 #[derive(Clone, Debug)]
 pub struct Exec {
     /// The exec'ing thread, after the exec.
-    pub header: EventHeader,
+    pub header: Header,
     /// Its thread id before the exec (a non-leader thread's exec takes the leader's id).
     pub old_pid: u32,
     /// The policy decision.
@@ -46,7 +87,7 @@ impl Exec {
             }
         });
         Exec {
-            header: e.header,
+            header: Header::decode(&e.header),
             old_pid: e.old_pid,
             decision: e.decision,
             exe: (e.exe_dev != 0 || e.exe_ino != 0).then_some(FileId {

@@ -185,6 +185,24 @@ impl Protected {
         !self.complete || ctime_ns >= self.walked_before_ns
     }
 
+    /// The protected directories (deepest first).
+    pub fn roots(&self) -> impl Iterator<Item = &Path> {
+        self.roots.iter().map(|(root, _)| root.as_path())
+    }
+
+    /// The label governing what is added to or removed from directory `id` at `path`: its own
+    /// label (a directory below a protected root), else that of the deepest protected root at or
+    /// above `path`. Unlike [`Protected::label_by_path`] it labels nothing.
+    pub fn label_of_dir(&self, id: FileId, path: Option<&Path>) -> Option<Label> {
+        self.label(id).or_else(|| {
+            let path = path?;
+            self.roots
+                .iter()
+                .find(|(root, _)| paths::is_within(path, root))
+                .map(|(_, label)| *label)
+        })
+    }
+
     /// The label a file reached by `path` gets (the deepest protected root above it), which
     /// it then keeps under any name. `None`: not protected.
     pub fn label_by_path(&mut self, id: FileId, path: &Path) -> Option<Label> {
@@ -197,6 +215,16 @@ impl Protected {
             self.labels.insert(id, label);
         }
         Some(label)
+    }
+
+    /// Labels an inode that arrived in a protected directory (created, moved or linked in)
+    /// with that directory's `label`, unless it has a label. Whether it was labelled.
+    pub fn label_arrival(&mut self, id: FileId, label: Label) -> bool {
+        if self.labels.contains_key(&id) || self.labels.len() >= MAX_LABELS {
+            return false;
+        }
+        self.labels.insert(id, label);
+        true
     }
 
     /// The kernel rule of a label.
@@ -400,6 +428,19 @@ mod tests {
             !p.needs_name_lookup(0),
             "files unchanged since the walk are known"
         );
+        // What a directory's entries are governed by, without labelling anything.
+        let made = deep.join("made");
+        fs::create_dir(&made).unwrap();
+        let before = p.labelled();
+        assert_eq!(p.label_of_dir(id(&made), Some(&made)), Some(label));
+        assert_eq!(p.label_of_dir(id(&deep), None), Some(label), "by its label");
+        assert_eq!(p.label_of_dir(id(&made), None), None, "no label, no path");
+        assert_eq!(
+            p.label_of_dir(id(Path::new("/etc")), Some(Path::new("/etc"))),
+            None
+        );
+        assert_eq!(p.labelled(), before);
+        assert_eq!(p.roots().collect::<Vec<_>>(), [dir.path()]);
     }
 
     #[test]

@@ -171,6 +171,92 @@ impl Group {
         Ok(())
     }
 
+    /// Stops asking about opens of `file`'s inode (an unprotected one): an evictable ignore
+    /// mark, so the kernel answers its later opens itself and the inode cache may still drop
+    /// it (memory stays bounded; an evicted inode is asked about again at its next open). The
+    /// mark is cleared when the file is modified and by [`Group::forget_ignored`]; exec
+    /// events are still asked (the ignore covers opens only).
+    pub fn ignore_opens(&self, file: BorrowedFd<'_>, is_dir: bool) -> io::Result<()> {
+        let mask = libc::FAN_OPEN_PERM | if is_dir { libc::FAN_ONDIR } else { 0 };
+        self.mark_inode(
+            file,
+            libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORE | libc::FAN_MARK_EVICTABLE,
+            mask,
+        )
+    }
+
+    /// Asks again about opens of `file`'s inode (removes its ignore mark, if any).
+    pub fn ask_again(&self, file: BorrowedFd<'_>, is_dir: bool) -> io::Result<()> {
+        self.ask_again_at(
+            &Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())),
+            is_dir,
+        )
+    }
+
+    /// Asks again about opens of the inode at `path` (followed if a symbolic link, so a
+    /// `/proc/self/fd/N` of an `O_PATH` descriptor works): removes its ignore mark, if any.
+    pub fn ask_again_at(&self, path: &Path, is_dir: bool) -> io::Result<()> {
+        let mask = libc::FAN_OPEN_PERM | if is_dir { libc::FAN_ONDIR } else { 0 };
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `c` is a valid NUL-terminated path; the group descriptor is open.
+        let rc = unsafe {
+            libc::fanotify_mark(
+                self.fd.as_raw_fd(),
+                libc::FAN_MARK_REMOVE | libc::FAN_MARK_IGNORE,
+                mask,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            // ENOENT: it had no mark.
+            return if e.raw_os_error() == Some(libc::ENOENT) {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        Ok(())
+    }
+
+    /// Drops every ignore mark (the group's only inode marks; its filesystem marks stay).
+    pub fn forget_ignored(&self) -> io::Result<()> {
+        // SAFETY: plain system call; with FAN_MARK_FLUSH the path is not read.
+        let rc = unsafe {
+            libc::fanotify_mark(
+                self.fd.as_raw_fd(),
+                libc::FAN_MARK_FLUSH,
+                0,
+                libc::AT_FDCWD,
+                std::ptr::null(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// One inode mark change on the inode `file` refers to.
+    fn mark_inode(&self, file: BorrowedFd<'_>, flags: libc::c_uint, mask: u64) -> io::Result<()> {
+        // SAFETY: with a null path the mark is placed on `file`'s inode; both are open.
+        let rc = unsafe {
+            libc::fanotify_mark(
+                self.fd.as_raw_fd(),
+                flags,
+                mask,
+                file.as_raw_fd(),
+                std::ptr::null(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// The group's descriptor (to poll).
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

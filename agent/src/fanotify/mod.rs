@@ -9,7 +9,9 @@
 //! refused `Exec`) record the kernel programs write, so decisions are enriched, numbered and
 //! sunk like any other; this module starts and stops the layer and manages its marks (a
 //! filesystem mark per filesystem holding protected files; exec marks on every filesystem while
-//! an exec allow-list is in force).
+//! an exec allow-list is in force). [`changes`] reports what fanotify cannot refuse (truncate,
+//! unlink, rename, link, chmod, chown, utimes, xattrs, entries made in a protected directory)
+//! from a second, notification-class group, after the fact.
 //!
 //! The loop decides from memory and `/proc` only and answers before it does anything else for
 //! the event (the event record is completed after the answer). The agent's own opens are
@@ -17,6 +19,7 @@
 //! opens none). If the agent dies, the kernel closes the group and releases every waiting open:
 //! this layer fails open (see docs/policies.md).
 
+pub mod changes;
 pub mod decide;
 pub mod group;
 pub mod opener;
@@ -27,12 +30,13 @@ use std::{
     os::fd::{BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex, PoisonError,
     },
     thread::JoinHandle,
 };
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use self::{
@@ -41,7 +45,7 @@ use self::{
     respond::Responder,
 };
 use crate::{
-    event::decode::RawEvent, kernel::identity::ExecIdentities, policy::compile::Compiled,
+    event::decode::DecodedEvent, kernel::identity::ExecIdentities, policy::compile::Compiled,
     process::procfs::ProcSnapshot,
 };
 
@@ -54,7 +58,7 @@ pub const QUEUE: usize = 8192;
 #[derive(Debug)]
 pub struct Record {
     /// The `FileOpen` record (or, for a refused exec, the `Exec` record), with the decision.
-    pub event: RawEvent,
+    pub event: DecodedEvent,
     /// The opening process.
     pub process: Option<ProcSnapshot>,
 }
@@ -65,22 +69,31 @@ pub enum FanotifyError {
     /// The group or a mark failed.
     #[error(transparent)]
     Group(#[from] GroupError),
+    /// The ignore marks of the previous policy set could not be dropped (the set was not
+    /// taken: it could leave newly protected files unasked).
+    #[error("dropping the fanotify ignore marks of the previous policy set: {0}")]
+    Flush(#[source] io::Error),
     /// The response thread could not start.
     #[error("starting the fanotify response thread: {0}")]
     Thread(#[source] io::Error),
 }
 
-/// Counters of the layer, shared with the response thread.
-#[derive(Debug, Default)]
+/// Counters of the layer, shared with the response thread and exported as metrics (cloning
+/// shares them).
+#[derive(Clone, Debug, Default)]
 pub struct Counters {
     /// Permission events answered.
-    pub answered: AtomicU64,
+    pub answered: Counter,
     /// Of them, refused.
-    pub denied: AtomicU64,
+    pub denied: Counter,
     /// Decision records dropped because the event loop's queue was full.
-    pub lost: AtomicU64,
+    pub lost: Counter,
     /// Answers the kernel did not take (the opener then waits for the group to close).
-    pub respond_errors: AtomicU64,
+    pub respond_errors: Counter,
+    /// Unprotected inodes the kernel was told to stop asking about (evictable ignore marks).
+    pub ignore_marks: Counter,
+    /// Ignore marks the kernel refused (those inodes keep being asked about).
+    pub ignore_mark_failures: Counter,
 }
 
 /// The running layer.
@@ -92,19 +105,22 @@ pub struct FanotifyLayer {
     thread: Option<JoinHandle<()>>,
     /// Filesystems marked for exec events (while an exec allow-list is in force).
     exec_marked: Mutex<Vec<PathBuf>>,
+    /// The change reports (`None`: this kernel's fanotify cannot give them).
+    changes: Option<changes::ChangeWatcher>,
     /// Counters.
-    pub counters: Arc<Counters>,
+    pub counters: Counters,
 }
 
 impl FanotifyLayer {
     /// Creates the group, labels the protected files of `compiled` (in `slot`), marks their
-    /// filesystems and starts answering. Decision records go to `records`. Openers are
-    /// identified by the kernel's record of their exec (`identities`), or without it by
-    /// `/proc/PID/exe`.
+    /// filesystems and starts answering. Decision records go to `records`, counts to `counters`.
+    /// Openers are identified by the kernel's record of their exec (`identities`), or without it
+    /// by `/proc/PID/exe`.
     pub fn start(
         compiled: Arc<Compiled>,
         slot: u32,
         records: mpsc::Sender<Record>,
+        counters: Counters,
         cgroup_root: &Path,
         identities: Option<ExecIdentities>,
         grants: Option<crate::breakglass::GrantMap>,
@@ -137,14 +153,15 @@ impl FanotifyLayer {
         let (wake_read, wake) = nix::unistd::pipe().map_err(|e| FanotifyError::Thread(e.into()))?;
         let state = Arc::new(Mutex::new(protected));
         let stop = Arc::new(AtomicBool::new(false));
-        let counters = Arc::new(Counters::default());
+        let change_records = records.clone();
+        let change_identities = identities.as_ref().and_then(|i| i.try_clone().ok());
         let responder = Responder::new(
             Arc::clone(&group),
             Arc::clone(&state),
             Arc::clone(&stop),
             wake_read,
             records,
-            Arc::clone(&counters),
+            counters.clone(),
             cgroup_root,
         )
         .with_identities(identities)
@@ -153,6 +170,21 @@ impl FanotifyLayer {
             .name("phiguard-fanotify".into())
             .spawn(move || responder.run())
             .map_err(FanotifyError::Thread)?;
+        // Once opens are answered: the change group opens the marked filesystems' roots and
+        // walks the protected trees.
+        let changes = match changes::ChangeWatcher::start(
+            Arc::clone(&group),
+            Arc::clone(&state),
+            change_records,
+            counters.clone(),
+            change_identities,
+        ) {
+            Ok(watcher) => Some(watcher),
+            Err(e) => {
+                tracing::warn!("changes to protected files that open nothing (truncate, unlink, rename, chmod…) go unreported: {e}");
+                None
+            }
+        };
         let layer = FanotifyLayer {
             group,
             state,
@@ -160,6 +192,7 @@ impl FanotifyLayer {
             wake,
             thread: Some(thread),
             exec_marked: Mutex::new(Vec::new()),
+            changes,
             counters,
         };
         layer.mark_exec(exec);
@@ -203,9 +236,21 @@ impl FanotifyLayer {
         if exec {
             self.mark_exec(true);
         }
+        if let Some(changes) = &self.changes {
+            if let Err(e) = changes.update(&protected) {
+                tracing::warn!("changes on a newly protected filesystem go unreported: {e}");
+            }
+        }
         let old = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            std::mem::replace(&mut *state, protected)
+            let old = std::mem::replace(&mut *state, protected);
+            // Inodes the old set left unprotected may be protected now: ask about every one
+            // again. Under the lock, which the response loop holds while it places a mark.
+            if let Err(e) = self.group.forget_ignored() {
+                *state = old;
+                return Err(FanotifyError::Flush(e));
+            }
+            old
         };
         let kept = self.filesystems();
         for (dev, path) in &old.filesystems {
@@ -245,14 +290,19 @@ impl FanotifyLayer {
         let exec = self.exec_marked.lock().map_or(0, |marked| marked.len());
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         format!(
-            "{} protected inodes labelled{}, {} filesystem(s) marked for opens, {exec} for execs",
+            "{} protected inodes labelled{}, {} filesystem(s) marked for opens, {exec} for execs, changes {}",
             state.labelled(),
             if state.complete {
                 ""
             } else {
                 " (label limit reached: the rest are looked up by name)"
             },
-            state.filesystems.len()
+            state.filesystems.len(),
+            if self.changes.is_some() {
+                "reported"
+            } else {
+                "not reported"
+            }
         )
     }
 }

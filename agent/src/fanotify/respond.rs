@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -13,9 +13,7 @@ use std::{
 };
 
 use phiguard_common::{
-    event::{
-        matched_by, EventHeader, Kind, FLAG_COMPAT_SYSCALL, FLAG_EXEC_REFUSED, FLAG_TRUNCATED,
-    },
+    event::{matched_by, FLAG_COMPAT_SYSCALL, FLAG_EXEC_REFUSED, FLAG_TRUNCATED},
     limits::{COMM_LEN, NAMES_LEN, PATH_LEN},
     policy::{access, layer, verdict, Decision},
 };
@@ -30,8 +28,9 @@ use super::{
 use crate::{
     breakglass::{GrantMap, FANOTIFY_MARGIN_NS},
     event::{
-        decode::{text, RawEvent},
+        decode::{text, DecodedEvent},
         file::FileOpen,
+        header::{audit_id, Header},
         process::Exec,
     },
     kernel::identity::ExecIdentities,
@@ -50,8 +49,8 @@ struct Known {
     start_ticks: u64,
     exe: Option<FileId>,
     comm: String,
-    loginuid: u32,
-    sessionid: u32,
+    loginuid: Option<u32>,
+    sessionid: Option<u32>,
 }
 
 /// The response loop's state.
@@ -62,7 +61,7 @@ pub(super) struct Responder {
     stop: Arc<AtomicBool>,
     wake: OwnedFd,
     records: mpsc::Sender<Record>,
-    counters: Arc<Counters>,
+    counters: Counters,
     own_pid: u32,
     ns_per_tick: u64,
     cgroup_root: PathBuf,
@@ -70,6 +69,8 @@ pub(super) struct Responder {
     identities: Option<ExecIdentities>,
     /// The kernel's break-glass grants (`None`: none are honoured).
     grants: Option<GrantMap>,
+    /// Whether unprotected inodes get ignore marks (off once the kernel refused one).
+    ignore_marks: std::cell::Cell<bool>,
 }
 
 /// What the loop learnt about one event before answering, for its record.
@@ -96,7 +97,7 @@ impl Responder {
         stop: Arc<AtomicBool>,
         wake: OwnedFd,
         records: mpsc::Sender<Record>,
-        counters: Arc<Counters>,
+        counters: Counters,
         cgroup_root: &Path,
     ) -> Responder {
         Responder {
@@ -112,6 +113,7 @@ impl Responder {
             cgroup_root: cgroup_root.to_owned(),
             identities: None,
             grants: None,
+            ignore_marks: std::cell::Cell::new(true),
         }
     }
 
@@ -209,28 +211,28 @@ impl Responder {
             .as_ref()
             .is_none_or(|p| p.decision.verdict != verdict::DENY);
         if let Err(e) = self.group.respond(event.fd.as_raw_fd(), allow) {
-            self.counters.respond_errors.fetch_add(1, Ordering::Relaxed);
+            self.counters.respond_errors.inc();
             tracing::debug!("answering a fanotify event: {e}");
         }
-        self.counters.answered.fetch_add(1, Ordering::Relaxed);
+        self.counters.answered.inc();
         let Some(pending) = pending else {
             return;
         };
         if !allow {
-            self.counters.denied.fetch_add(1, Ordering::Relaxed);
+            self.counters.denied.inc();
         }
-        let opened = std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok();
+        let opened = opened_path(&event);
         drop(event);
         let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.record(pending, opened)
         }));
         let Ok(record) = built else {
-            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            self.counters.lost.inc();
             tracing::error!("building a fanotify decision record panicked: the event is lost");
             return;
         };
         if self.records.try_send(record).is_err() {
-            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            self.counters.lost.inc();
         }
     }
 
@@ -248,11 +250,31 @@ impl Responder {
                 let ctime_ns =
                     i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec);
                 if !state.needs_name_lookup(ctime_ns) {
+                    // Unprotected under the set in force whichever name reaches it (it has no
+                    // name inside a protected tree: that would have changed its ctime). Set
+                    // while the state is locked, so a reload's flush cannot miss it.
+                    self.stop_asking(event, &st);
                     return None;
                 }
-                let path =
-                    std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok()?;
-                state.label_by_path(file, &path)?
+                let path = opened_path(event)?;
+                match state.label_by_path(file, &path) {
+                    Some(label) => label,
+                    None => {
+                        // Its one name (a directory's, or a file's with no other link) is
+                        // outside every protected tree: unprotected until it moves.
+                        if st.st_nlink == 1 || st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                            self.stop_asking(event, &st);
+                            // Moved into a tree meanwhile: ask again (a later move is
+                            // caught by its rename event).
+                            if opened_path(event)
+                                .is_some_and(|now| state.label_by_path(file, &now).is_some())
+                            {
+                                self.ask_again(event, &st);
+                            }
+                        }
+                        return None;
+                    }
+                }
             }
         };
         let opener = opener_of(event);
@@ -300,6 +322,38 @@ impl Responder {
         })
     }
 
+    /// Tells the kernel to answer later opens of the event's (unprotected) inode itself, so
+    /// an unprotected file costs one round trip to the agent, not one per open. A kernel that
+    /// refuses the mark (before Linux 6.0: no `FAN_MARK_IGNORE`) is not asked again.
+    fn stop_asking(&self, event: &PermissionEvent, st: &libc::stat) {
+        if !self.ignore_marks.get() {
+            return;
+        }
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        match self.group.ignore_opens(event.fd.as_fd(), is_dir) {
+            Ok(()) => {
+                self.counters.ignore_marks.inc();
+            }
+            Err(e) => {
+                self.counters.ignore_mark_failures.inc();
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    tracing::warn!("this kernel refuses evictable ignore marks ({e}): every open on a filesystem holding protected files keeps waiting for the agent");
+                    self.ignore_marks.set(false);
+                } else {
+                    tracing::debug!("ignore mark refused: {e}");
+                }
+            }
+        }
+    }
+
+    /// Removes the event's inode's ignore mark (it may be protected after all).
+    fn ask_again(&self, event: &PermissionEvent, st: &libc::stat) {
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if let Err(e) = self.group.ask_again(event.fd.as_fd(), is_dir) {
+            tracing::warn!("removing an ignore mark: {e}");
+        }
+    }
+
     /// The decision for an exec event; `None` unless it is refused (allowed and would-deny
     /// execs are reported by the exec tracepoint's record, as without this layer).
     fn decide_exec(&mut self, event: &PermissionEvent) -> Option<Pending> {
@@ -315,7 +369,7 @@ impl Responder {
         let (index, rule) = state.exec_rule(cgroup_id)?;
         let (file, _) = event_file(event)?;
         // The program, then each directory above it (by `stat`, which opens nothing).
-        let program = std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok();
+        let program = opened_path(event);
         let mut chain = vec![file];
         if let Some(program) = &program {
             chain.extend(
@@ -409,8 +463,8 @@ impl Responder {
                     start_ticks: snapshot.start_ticks,
                     exe: subject_exe,
                     comm: snapshot.comm.clone(),
-                    loginuid: snapshot.loginuid.unwrap_or(u32::MAX),
-                    sessionid: snapshot.sessionid.unwrap_or(u32::MAX),
+                    loginuid: snapshot.loginuid.and_then(audit_id),
+                    sessionid: snapshot.sessionid.and_then(audit_id),
                 },
             );
         }
@@ -427,7 +481,7 @@ impl Responder {
         if p.call.compat {
             flags |= FLAG_COMPAT_SYSCALL;
         }
-        let mut header = self.header(&p, Kind::FileOpen, flags);
+        let mut header = self.header(&p, flags);
         // Cut where the kernel programs' records cut, and marked the same way.
         let requested = match &p.requested_path {
             Some((path, cut)) => {
@@ -468,33 +522,29 @@ impl Responder {
             decision: p.decision,
         };
         Record {
-            event: RawEvent::FileOpen(event),
+            event: DecodedEvent::FileOpen(event),
             process: p.process,
         }
     }
 
-    /// The header of a record about `p`'s opener.
-    fn header(&self, p: &Pending, kind: Kind, flags: u32) -> EventHeader {
+    /// The header of a record about `p`'s opener, as decoding the kernel programs' header
+    /// would give it (the task name cut where the kernel cuts it).
+    fn header(&self, p: &Pending, flags: u32) -> Header {
         let known = p.known.as_ref();
-        let mut comm = [0u8; COMM_LEN];
         let name = known.map_or(&b""[..], |k| k.comm.as_bytes());
-        let n = name.len().min(COMM_LEN - 1);
-        comm[..n].copy_from_slice(&name[..n]);
-        EventHeader {
-            kind: kind as u32,
+        Header {
             flags,
             boot_ns: p.boot_ns,
-            pid: p.opener.tid,
-            tgid: p.opener.tgid,
+            tid: p.opener.tid,
+            pid: p.opener.tgid,
             ppid: p.opener.ppid,
             uid: p.opener.uid,
             gid: p.opener.gid,
-            loginuid: known.map_or(u32::MAX, |k| k.loginuid),
-            sessionid: known.map_or(u32::MAX, |k| k.sessionid),
-            _pad: 0,
+            loginuid: known.and_then(|k| k.loginuid),
+            sessionid: known.and_then(|k| k.sessionid),
             cgroup_id: p.cgroup_id,
             start_boot_ns: known.map_or(0, |k| k.start_ticks) * self.ns_per_tick,
-            comm,
+            comm: text(name, (COMM_LEN - 1) as u32),
         }
     }
 
@@ -505,7 +555,7 @@ impl Responder {
         if p.call.compat {
             flags |= FLAG_COMPAT_SYSCALL;
         }
-        let mut header = self.header(&p, Kind::Exec, flags);
+        let mut header = self.header(&p, flags);
         let name = match (&p.requested_path, &program) {
             (Some((path, cut)), _)
                 if p.call.syscall == phiguard_common::event::open_syscall::EXEC =>
@@ -528,7 +578,7 @@ impl Responder {
             header,
         };
         Record {
-            event: RawEvent::Exec(event),
+            event: DecodedEvent::Exec(event),
             process: p.process,
         }
     }
@@ -570,6 +620,11 @@ fn named_file(tid: u32, call: &OpenCall, path: &[u8]) -> Option<FileId> {
         base.join(path)
     };
     FileId::of(&full).ok()
+}
+
+/// The path the kernel shows for the event's file now.
+fn opened_path(event: &PermissionEvent) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", event.fd.as_raw_fd())).ok()
 }
 
 /// The (device, inode) of the event's file, and its `stat`.

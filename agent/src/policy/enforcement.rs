@@ -81,7 +81,7 @@ impl EnforcementLayer {
                 "fanotify exec permission event (no BPF LSM here): execve() of an unlisted program fails with EPERM and the process keeps its old image; a script's interpreter, and any exec while the agent is down, SIGKILL when the new image is in place"
             }
             (EnforcementLayer::Fanotify, _) => {
-                "fanotify permission event (no BPF LSM here): open() fails with EPERM before a descriptor exists, by any route to the inode; while the agent is down, SIGKILL at open()/openat()/openat2() exit; truncate(), unlink(), rename(), link(), chmod/chown/xattrs are not governed (no open)"
+                "fanotify permission event (no BPF LSM here): open() fails with EPERM before a descriptor exists, by any route to the inode; while the agent is down, SIGKILL at open()/openat()/openat2() exit; truncate(), unlink(), rename(), link(), chmod/chown/xattrs are not refused (no open) but reported after the fact (would_deny)"
             }
             (EnforcementLayer::Signal, ResourceKind::Exec) => {
                 "SIGKILL at exec (no BPF LSM here): the new program never runs an instruction"
@@ -124,6 +124,6 @@ mod tests {
             .contains("truncate, unlink, rename, link"));
         assert!(ResourceKind::File
             .layer(FileLayer::Fanotify)
-            .contains("not governed"));
+            .contains("not refused (no open) but reported after the fact"));
     }
 }

@@ -158,11 +158,19 @@ impl ProcessTable {
         self.live.len()
     }
 
-    /// The incarnation `tgid` started at `start_ns`, live or exited.
+    /// The incarnation `tgid` started at `start_ns`, live or exited. A start time of 0 is
+    /// unknown (a change reported after its process was gone): the latest incarnation.
     pub fn get(&self, tgid: u32, start_ns: u64) -> Option<&Process> {
         let k = key(tgid, start_ns);
         match self.live.get(&tgid) {
             Some(p) if key(p.tgid, p.start_boot_ns) == k => Some(p),
+            Some(p) if start_ns == 0 => Some(p),
+            _ if start_ns == 0 => self
+                .exited_order
+                .iter()
+                .rev()
+                .find(|k| k.0 == tgid)
+                .and_then(|k| self.exited.get(k)),
             _ => self.exited.get(&k),
         }
     }
@@ -494,6 +502,22 @@ mod tests {
         assert_eq!(executed_path(script.clone(), None), script);
         let other = FileId::of(Path::new("/usr/bin/env")).ok();
         assert_eq!(executed_path(script.clone(), other), script);
+    }
+
+    #[test]
+    fn an_unknown_start_time_names_the_latest_incarnation() {
+        let mut t = table();
+        t.on_exec(4_000_002, 100 * TICK_NS, true_exec());
+        assert_eq!(
+            t.get(4_000_002, 0).unwrap().exe.as_deref(),
+            Some("/usr/bin/true"),
+            "live"
+        );
+        t.on_exit(4_000_002, 100 * TICK_NS, 0);
+        let p = t.get(4_000_002, 0).unwrap();
+        assert!(p.exited_at.is_some(), "exited");
+        assert_eq!(p.exe.as_deref(), Some("/usr/bin/true"));
+        assert!(t.get(4_000_003, 0).is_none());
     }
 
     #[test]
