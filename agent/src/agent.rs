@@ -261,8 +261,10 @@ impl Agent {
                 let layer = FanotifyLayer::start(
                     Arc::clone(&compiled),
                     slot,
-                    tx,
-                    metrics.fanotify.clone(),
+                    crate::fanotify::Output {
+                        records: tx,
+                        counters: metrics.fanotify.clone(),
+                    },
                     &cgroup_root,
                     identities,
                     grant_map.as_ref().and_then(|m| m.try_clone().ok()),

@@ -188,7 +188,7 @@ impl Group {
     /// Asks again about opens of `file`'s inode (removes its ignore mark, if any).
     pub fn ask_again(&self, file: BorrowedFd<'_>, is_dir: bool) -> io::Result<()> {
         self.ask_again_at(
-            &Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())),
+            Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())),
             is_dir,
         )
     }

@@ -96,6 +96,15 @@ pub struct Counters {
     pub ignore_mark_failures: Counter,
 }
 
+/// Where the layer's decisions go: their records (for the agent's event path) and its counts.
+#[derive(Debug)]
+pub struct Output {
+    /// Decision records, for the event loop.
+    pub records: mpsc::Sender<Record>,
+    /// The layer's counters (shared with the metrics).
+    pub counters: Counters,
+}
+
 /// The running layer.
 pub struct FanotifyLayer {
     group: Arc<Group>,
@@ -112,20 +121,20 @@ pub struct FanotifyLayer {
 }
 
 impl FanotifyLayer {
-    /// Creates the group, labels the protected files of `compiled` (in `slot`), marks their
-    /// filesystems and starts answering. Decision records go to `records`, counts to `counters`.
+    /// Creates the group (or adopts `kept`), labels the protected files of `compiled` (in
+    /// `slot`), marks their filesystems and starts answering; decisions go to `output`.
     /// Openers are identified by the kernel's record of their exec (`identities`), or without it
     /// by `/proc/PID/exe`.
     pub fn start(
         compiled: Arc<Compiled>,
         slot: u32,
-        records: mpsc::Sender<Record>,
-        counters: Counters,
+        output: Output,
         cgroup_root: &Path,
         identities: Option<ExecIdentities>,
         grants: Option<crate::breakglass::GrantMap>,
         kept: Option<OwnedFd>,
     ) -> Result<FanotifyLayer, FanotifyError> {
+        let Output { records, counters } = output;
         let adopted = kept.is_some();
         let group = Arc::new(match kept {
             // A group systemd kept across a restart (`[policy] while_restarting = "wait"`).
