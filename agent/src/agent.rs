@@ -29,7 +29,7 @@ use self::{
 };
 use crate::{
     breakglass::{store::Store, BreakGlass, GrantMap},
-    config::Config,
+    config::{Config, WhileRestarting},
     enrich::{host::HostInfo, EnrichSettings, Enricher},
     fanotify::{FanotifyError, FanotifyLayer, Record},
     kernel::{
@@ -145,6 +145,13 @@ impl Agent {
     /// Checks the system, loads and attaches the programs for `config`'s watches, and seeds
     /// the process table. Must run inside a tokio runtime.
     pub fn start(config: &Config, sinks: Vec<Box<dyn Sink>>) -> Result<Agent, StartError> {
+        // A fanotify group systemd kept across a restart (`[policy] while_restarting`), taken
+        // first thing so that the bound on how long opens wait holds even for a start that
+        // hangs or fails below.
+        let kept = match config.policy.while_restarting {
+            WhileRestarting::Wait => crate::fdstore::bounded(crate::fdstore::take_stored()),
+            WhileRestarting::Pass => release_kept(crate::fdstore::take_stored()),
+        };
         let offsets = startup::prepare()?;
         match mounts::ensure_securityfs() {
             Ok(true) => info!(
@@ -234,6 +241,7 @@ impl Agent {
             },
             None => None,
         };
+        let mut while_restarting = None;
         let fanotify = match (file_layer, &dir) {
             (FileLayer::Fanotify, Some(_)) => {
                 let (tx, records) = mpsc::channel(crate::fanotify::QUEUE);
@@ -253,12 +261,17 @@ impl Agent {
                 let layer = FanotifyLayer::start(
                     Arc::clone(&compiled),
                     slot,
-                    tx,
-                    metrics.fanotify.clone(),
+                    crate::fanotify::Output {
+                        records: tx,
+                        counters: metrics.fanotify.clone(),
+                    },
                     &cgroup_root,
                     identities,
                     grant_map.as_ref().and_then(|m| m.try_clone().ok()),
+                    kept,
                 )?;
+                crate::fdstore::answered();
+                while_restarting = Some(keep_group(config, &layer));
                 info!(
                     "fanotify layer deciding protected file opens: {}",
                     layer.summary()
@@ -269,7 +282,10 @@ impl Agent {
                     lost_reported: 0,
                 })
             }
-            _ => None,
+            _ => {
+                release_kept(kept);
+                None
+            }
         };
         let reader = Reader::new(sensors.take_ring_buffer()?).map_err(StartError::Reader)?;
         let lost_reported = sensors.lost()?;
@@ -341,6 +357,7 @@ impl Agent {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 started_at: status::now(),
                 metrics: metrics_addr.map(|a| a.to_string()),
+                while_restarting,
                 ..Status::default()
             },
             status_file: None,
@@ -765,6 +782,11 @@ impl Agent {
                     if let Err(e) = fanotify.layer.update(Arc::clone(&compiled), slot) {
                         error!(error = %e, "the fanotify layer could not take the reloaded policies: it decides with the previous set");
                     }
+                    // The filesystems marked may have changed: keep the group, or stop
+                    // keeping it where the restart would wait for itself.
+                    if let Some((config, _)) = &self.config {
+                        self.status.while_restarting = Some(keep_group(config, &fanotify.layer));
+                    }
                 }
                 self.policies.generation += 1;
                 self.enricher
@@ -779,6 +801,66 @@ impl Agent {
             }),
         }
     }
+}
+
+/// Hands the fanotify group to systemd's file descriptor store when `setting` asks opens to
+/// wait while the agent is down, and says (log, status) what happens to them.
+/// Not when the restart itself would have to open files on a marked filesystem (the group
+/// is then released from the store, and the opens pass while the agent is down).
+fn keep_group(config: &Config, layer: &FanotifyLayer) -> String {
+    let (marked, exec) = layer.marked();
+    let mut own: Vec<&Path> = Vec::new();
+    if let Some(dir) = &config.policy.dir {
+        own.push(dir);
+    }
+    let blocked = crate::fdstore::restart_blocked_by(&marked, exec, &own);
+    match (config.policy.while_restarting, blocked) {
+        (WhileRestarting::Wait, Some(why)) => {
+            if let Err(e) = crate::fdstore::remove() {
+                warn!("asking systemd to close the fanotify group it kept: {e}");
+            }
+            warn!("while_restarting = \"wait\" cannot apply: {why}; while the agent is down, protected opens pass (put protected files on their own filesystem to keep them waiting)");
+            format!("pass: \"wait\" asked, but {why}")
+        }
+        (setting, _) => keep_group_as(setting, layer),
+    }
+}
+
+/// [`keep_group`] once the restart cannot deadlock.
+fn keep_group_as(setting: WhileRestarting, layer: &FanotifyLayer) -> String {
+    match setting {
+        WhileRestarting::Pass => {
+            info!("while_restarting = \"pass\": while the agent is down, protected opens pass (only the pinned open-exit programs, if any, kill refused ones)");
+            "pass (protected opens go on while no agent answers)".to_owned()
+        }
+        WhileRestarting::Wait => match crate::fdstore::store(layer.group_fd()) {
+            Ok(true) => {
+                info!("fanotify group handed to systemd's file descriptor store: while the agent restarts, protected opens wait for it (until the unit stops or fails)");
+                "wait (systemd keeps the fanotify group; opens wait until the agent is back or the unit stops or fails)".to_owned()
+            }
+            Ok(false) => {
+                warn!("while_restarting = \"wait\" cannot apply without systemd (no NOTIFY_SOCKET): while the agent is down, protected opens pass");
+                "pass: \"wait\" asked, but no systemd to keep the fanotify group (no NOTIFY_SOCKET)"
+                    .to_owned()
+            }
+            Err(e) => {
+                warn!("handing the fanotify group to systemd's file descriptor store: {e}; while the agent is down, protected opens pass");
+                format!("pass: \"wait\" asked, but systemd did not take the fanotify group: {e}")
+            }
+        },
+    }
+}
+
+/// Closes a kept fanotify group this agent does not use, and has systemd close its copy, so
+/// opens stop waiting for it.
+fn release_kept(kept: Option<std::os::fd::OwnedFd>) -> Option<std::os::fd::OwnedFd> {
+    if kept.is_some() {
+        if let Err(e) = crate::fdstore::remove() {
+            warn!("asking systemd to close the fanotify group it kept: {e}");
+        }
+        info!("released the fanotify group systemd kept: opens that waited for it go on");
+    }
+    None
 }
 
 /// The next decision record of the fanotify layer (never ready when it does not run).

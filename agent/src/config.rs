@@ -93,6 +93,32 @@ pub struct PolicyConfig {
     /// Programs (absolute paths) the SIGKILL layer never kills: their refusals are reported,
     /// not enforced. PID 1 is always spared.
     pub never_kill: Vec<PathBuf>,
+    /// What the fanotify layer's protected opens do while the agent is down or restarting
+    /// under systemd (`while_restarting`).
+    pub while_restarting: WhileRestarting,
+}
+
+/// `[policy] while_restarting`: protected opens on the fanotify layer while no agent answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhileRestarting {
+    /// `"wait"` (the default): systemd keeps the fanotify group in its file descriptor store,
+    /// so opens on the marked filesystems wait for the restarted agent's answer. Bounded:
+    /// systemd closes the store once the unit stops or fails (start limit, start timeout).
+    #[default]
+    Wait,
+    /// `"pass"`: the group closes with the agent, waiting opens go on; only the pinned
+    /// open-exit SIGKILL programs act until the agent is back.
+    Pass,
+}
+
+impl WhileRestarting {
+    /// The setting's value as written in agent.toml.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhileRestarting::Wait => "wait",
+            WhileRestarting::Pass => "pass",
+        }
+    }
 }
 
 /// `[watch]`.
@@ -215,6 +241,7 @@ struct RawMetrics {
 struct RawPolicy {
     dir: Option<Spanned<PathBuf>>,
     never_kill: Vec<Spanned<PathBuf>>,
+    while_restarting: Option<Spanned<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -291,6 +318,10 @@ impl Config {
             (
                 policy.never_kill != new.policy.never_kill,
                 "policy.never_kill",
+            ),
+            (
+                policy.while_restarting != new.policy.while_restarting,
+                "policy.while_restarting",
             ),
             (*collector != new.collector, "collector"),
             (*database != new.database, "database"),
@@ -396,6 +427,19 @@ impl Config {
                 });
             }
             config.policy.never_kill.push(path.clone());
+        }
+        if let Some(value) = &raw.policy.while_restarting {
+            config.policy.while_restarting = match value.get_ref().as_str() {
+                "wait" => WhileRestarting::Wait,
+                "pass" => WhileRestarting::Pass,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        at: at(value.span()),
+                        field: "policy.while_restarting",
+                        message: format!("{other:?}: expected \"wait\" or \"pass\""),
+                    })
+                }
+            };
         }
         let mut seen = BTreeSet::new();
         for port in &raw.database.ports {
@@ -662,6 +706,27 @@ mod tests {
         assert_eq!(
             base.restart_needed(&changed),
             ["watch.ports", "output.file_keep", "agent.hostname"]
+        );
+    }
+
+    #[test]
+    fn while_restarting_is_wait_or_pass_with_file_line_and_field() {
+        assert_eq!(
+            parse("").unwrap().policy.while_restarting,
+            WhileRestarting::Wait
+        );
+        let pass = parse("[policy]\nwhile_restarting = \"pass\"\n").unwrap();
+        assert_eq!(pass.policy.while_restarting, WhileRestarting::Pass);
+        assert_eq!(
+            parse("").unwrap().restart_needed(&pass),
+            ["policy.while_restarting"]
+        );
+        let err = parse("[policy]\n\nwhile_restarting = \"block\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("agent.toml:3:20: policy.while_restarting: \"block\": expected"),
+            "{err}"
         );
     }
 

@@ -22,6 +22,7 @@ pub mod db;
 pub mod enrich;
 pub mod event;
 pub mod fanotify;
+pub mod fdstore;
 pub mod kernel;
 pub mod link;
 pub mod metrics;

@@ -129,6 +129,11 @@ pub struct Status {
     pub pinned: bool,
     /// How each kind of resource is enforced (`file`, `exec`, `tcp`, `unix` → layer).
     pub enforcement: BTreeMap<String, String>,
+    /// What protected opens on the fanotify layer do while the agent is down or restarting
+    /// (`[policy] while_restarting` and whether it applies); `None` without the fanotify
+    /// layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub while_restarting: Option<String>,
     /// Policy directory (`None`: observe only).
     pub policy_dir: Option<PathBuf>,
     /// Policy generation in force.
@@ -339,6 +344,9 @@ impl Report {
             let _ = writeln!(out, "enforcement layers:");
             for (resource, layer) in &s.enforcement {
                 let _ = writeln!(out, "  {resource:<6} {layer}");
+            }
+            if let Some(restarting) = &s.while_restarting {
+                let _ = writeln!(out, "while the agent restarts: {restarting}");
             }
             let _ = match &s.policy_dir {
                 Some(dir) => writeln!(

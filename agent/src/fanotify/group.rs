@@ -11,7 +11,7 @@ use std::{
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
     os::unix::ffi::OsStrExt as _,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 /// The events asked for on a filesystem holding protected files: every open of its files and
@@ -78,6 +78,72 @@ impl Group {
         Ok(Group {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
+    }
+
+    /// Takes a group kept across a restart (systemd's file descriptor store,
+    /// [`crate::fdstore`]): created by a previous agent with the flags of [`Group::new`], its
+    /// marks and its queue of waiting opens are kept. Its inode and mount marks (this agent
+    /// makes none) are flushed; filesystem marks are reset by the caller
+    /// ([`Group::unmark_stale`]) once the new ones are in place.
+    pub fn adopt(fd: OwnedFd) -> Group {
+        let group = Group { fd };
+        for flags in [
+            libc::FAN_MARK_FLUSH,
+            libc::FAN_MARK_FLUSH | libc::FAN_MARK_MOUNT,
+        ] {
+            // SAFETY: FAN_MARK_FLUSH takes no path; the group descriptor is open.
+            let rc = unsafe {
+                libc::fanotify_mark(
+                    group.fd.as_raw_fd(),
+                    flags,
+                    0,
+                    libc::AT_FDCWD,
+                    std::ptr::null(),
+                )
+            };
+            if rc < 0 {
+                tracing::debug!(
+                    "flushing the kept group's marks: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+        group
+    }
+
+    /// After adoption: removes the kept group's filesystem marks this agent's policies no
+    /// longer need. `mounted` is one path per mounted filesystem; the open mark is removed
+    /// from those not in `needed` (paths on the filesystems marked now), the exec mark from
+    /// all of them unless `exec`. Marks that do not exist are no error.
+    pub fn unmark_stale(&self, needed: &[&Path], exec: bool, mounted: &[PathBuf]) {
+        use std::os::unix::fs::MetadataExt as _;
+        let keep: Vec<u64> = needed
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.dev())
+            .collect();
+        for path in mounted {
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            if !keep.contains(&meta.dev()) {
+                let _ = self.mark_filesystem(path, FILE_MASK, false);
+            }
+            if !exec {
+                let _ = self.mark_filesystem(path, EXEC_MASK, false);
+            }
+        }
+    }
+
+    /// After adoption: refuses the opens the previous agent had read but not answered when it
+    /// died (they wait on the group's list of read events, answered by their descriptor
+    /// number in the dead agent, which no one knows now): every number below `limit` is
+    /// tried; the kernel takes only those of such events. Must run before this agent reads
+    /// any event. Returns how many were refused.
+    pub fn deny_unanswered(&self, limit: RawFd) -> usize {
+        (0..limit)
+            .filter(|&fd| self.respond(fd, false).is_ok())
+            .count()
     }
 
     /// Marks (or, with `add` false, unmarks) the whole filesystem holding `path` for the events
@@ -254,4 +320,106 @@ fn parse(mut bytes: &[u8]) -> Vec<PermissionEvent> {
         bytes = &bytes[len..];
     }
     events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{
+        sync::mpsc,
+        time::{Duration, Instant},
+    };
+
+    /// Reads events until one comes (or a few seconds pass).
+    fn next_event(group: &Group) -> PermissionEvent {
+        let mut buf = vec![0u8; 4096];
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Some(event) = group.read(&mut buf).unwrap().into_iter().next() {
+                return event;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no permission event");
+    }
+
+    /// A restart with the group kept (what systemd's store does): an open the dead agent read
+    /// but never answered is refused by the adopting one, an open queued meanwhile waits and
+    /// is then answered by it. On a private tmpfs (its own mount namespace), so no other
+    /// process's opens are marked; skipped without the privileges for it.
+    #[test]
+    fn an_adopted_group_answers_what_waited_and_refuses_what_the_dead_agent_read() {
+        use nix::mount;
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: plain system call; it affects this thread (and those it spawns) only.
+        if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0
+            || mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                mount::MsFlags::MS_REC | mount::MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .is_err()
+            || mount::mount(
+                Some("tmpfs"),
+                dir.path(),
+                Some("tmpfs"),
+                mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .is_err()
+        {
+            eprintln!("skipped: no private mount namespace here");
+            return;
+        }
+        let file = dir.path().join("rec.txt");
+        std::fs::write(&file, "secret").unwrap();
+        let Ok(first) = Group::new() else {
+            eprintln!("skipped: no fanotify permission events here");
+            return;
+        };
+        first.mark_filesystem(dir.path(), FILE_MASK, true).unwrap();
+        // systemd's copy.
+        let kept = first.as_fd().try_clone_to_owned().unwrap();
+        let open = |tx: mpsc::Sender<io::Result<String>>, path: PathBuf| {
+            // Threads share this thread's mount namespace (CLONE_FS).
+            std::thread::spawn(move || {
+                let _ = tx.send(std::fs::read_to_string(path));
+            })
+        };
+        let (tx1, rx1) = mpsc::channel();
+        let read_then_lost = open(tx1, file.clone());
+        let event = next_event(&first);
+        // The agent dies: its event descriptor and its copy of the group close unanswered.
+        drop(event);
+        drop(first);
+        let (tx2, rx2) = mpsc::channel();
+        let queued = open(tx2, file.clone());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(rx1.try_recv().is_err(), "an open passed while no agent ran");
+        assert!(rx2.try_recv().is_err(), "an open passed while no agent ran");
+        // The new agent adopts the kept group.
+        let adopted = Group::adopt(kept);
+        adopted
+            .mark_filesystem(dir.path(), FILE_MASK, true)
+            .unwrap();
+        assert_eq!(adopted.deny_unanswered(1024), 1);
+        let refused = rx1.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(refused.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
+        assert!(
+            rx2.try_recv().is_err(),
+            "the queued open was answered too early"
+        );
+        let event = next_event(&adopted);
+        adopted.respond(event.fd.as_raw_fd(), true).unwrap();
+        assert_eq!(
+            rx2.recv_timeout(Duration::from_secs(5)).unwrap().unwrap(),
+            "secret"
+        );
+        read_then_lost.join().unwrap();
+        queued.join().unwrap();
+        drop(adopted);
+        let _ = mount::umount(dir.path());
+    }
 }

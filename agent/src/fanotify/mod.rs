@@ -27,7 +27,7 @@ mod respond;
 
 use std::{
     io,
-    os::fd::OwnedFd,
+    os::fd::{BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -96,6 +96,15 @@ pub struct Counters {
     pub ignore_mark_failures: Counter,
 }
 
+/// Where the layer's decisions go: their records (for the agent's event path) and its counts.
+#[derive(Debug)]
+pub struct Output {
+    /// Decision records, for the event loop.
+    pub records: mpsc::Sender<Record>,
+    /// The layer's counters (shared with the metrics).
+    pub counters: Counters,
+}
+
 /// The running layer.
 pub struct FanotifyLayer {
     group: Arc<Group>,
@@ -112,25 +121,44 @@ pub struct FanotifyLayer {
 }
 
 impl FanotifyLayer {
-    /// Creates the group, labels the protected files of `compiled` (in `slot`), marks their
-    /// filesystems and starts answering. Decision records go to `records`, counts to `counters`.
+    /// Creates the group (or adopts `kept`), labels the protected files of `compiled` (in
+    /// `slot`), marks their filesystems and starts answering; decisions go to `output`.
     /// Openers are identified by the kernel's record of their exec (`identities`), or without it
     /// by `/proc/PID/exe`.
     pub fn start(
         compiled: Arc<Compiled>,
         slot: u32,
-        records: mpsc::Sender<Record>,
-        counters: Counters,
+        output: Output,
         cgroup_root: &Path,
         identities: Option<ExecIdentities>,
         grants: Option<crate::breakglass::GrantMap>,
+        kept: Option<OwnedFd>,
     ) -> Result<FanotifyLayer, FanotifyError> {
-        let group = Arc::new(Group::new()?);
+        let Output { records, counters } = output;
+        let adopted = kept.is_some();
+        let group = Arc::new(match kept {
+            // A group systemd kept across a restart (`[policy] while_restarting = "wait"`).
+            Some(fd) => Group::adopt(fd),
+            None => Group::new()?,
+        });
         let protected = Protected::build(compiled, slot);
         for path in protected.filesystems.values() {
             group.mark_filesystem(path, FILE_MASK, true)?;
         }
         let exec = protected.has_exec_rules();
+        if adopted {
+            let needed: Vec<&Path> = protected
+                .filesystems
+                .values()
+                .map(PathBuf::as_path)
+                .collect();
+            group.unmark_stale(&needed, exec, &filesystems_mounted());
+            let refused = group.deny_unanswered(descriptor_limit());
+            tracing::info!(
+                refused_in_flight = refused,
+                "adopted the fanotify group systemd kept across the restart: opens that waited while no agent ran are answered now (those the previous agent had read but not answered are refused)"
+            );
+        }
         let (wake_read, wake) = nix::unistd::pipe().map_err(|e| FanotifyError::Thread(e.into()))?;
         let state = Arc::new(Mutex::new(protected));
         let stop = Arc::new(AtomicBool::new(false));
@@ -247,6 +275,19 @@ impl FanotifyLayer {
         Ok(())
     }
 
+    /// The group's descriptor (to hand a duplicate to systemd's store).
+    pub fn group_fd(&self) -> BorrowedFd<'_> {
+        self.group.as_fd()
+    }
+
+    /// One path on each filesystem marked for opens now, and whether every filesystem is
+    /// marked for execs too.
+    pub fn marked(&self) -> (Vec<PathBuf>, bool) {
+        let exec = self.exec_marked.lock().is_ok_and(|m| !m.is_empty());
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (state.filesystems.values().cloned().collect(), exec)
+    }
+
     /// The filesystems (kernel `dev_t`) marked now.
     fn filesystems(&self) -> Vec<u32> {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -284,6 +325,20 @@ impl Drop for FanotifyLayer {
             let _ = thread.join();
         }
     }
+}
+
+/// The descriptor numbers a previous agent in this unit could have used: its soft
+/// `RLIMIT_NOFILE` (the same as this one's), at most 65536.
+fn descriptor_limit() -> std::os::fd::RawFd {
+    let mut limit = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
+    // SAFETY: `limit` is valid for writes.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_cur.min(65536) as std::os::fd::RawFd
 }
 
 /// One mount point per mounted filesystem (by device), from `/proc/self/mountinfo`.
