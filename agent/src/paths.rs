@@ -98,6 +98,36 @@ pub fn split_names(bytes: &[u8], count: usize) -> Vec<String> {
         .collect()
 }
 
+/// Walks everything below directory `root` that lies on `root`'s own filesystem, depth first,
+/// without following symbolic links below it (`root` itself is followed, so a
+/// `/proc/self/fd/N` works), calling `visit` with each entry's path and `lstat` until it
+/// returns false.
+pub fn walk_filesystem_tree(root: &Path, mut visit: impl FnMut(&Path, &fs::Metadata) -> bool) {
+    let Ok(meta) = fs::metadata(root) else {
+        return;
+    };
+    let dev = meta.dev();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.dev() != dev {
+                continue; // another filesystem mounted inside: not this tree
+            }
+            let path = entry.path();
+            if !visit(&path, &meta) {
+                return;
+            }
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

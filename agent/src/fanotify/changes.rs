@@ -64,7 +64,7 @@ use crate::{
         header::Header,
     },
     kernel::identity::ExecIdentities,
-    paths::{kernel_dev, FileId},
+    paths::{self, kernel_dev, FileId},
     process::procfs,
 };
 
@@ -572,37 +572,21 @@ impl Drop for ChangeWatcher {
 fn baseline<'a>(roots: impl Iterator<Item = &'a Path>) -> HashMap<FileId, Attrs> {
     let mut out = HashMap::new();
     for root in roots {
-        let Ok(meta) = fs::symlink_metadata(root) else {
-            continue;
-        };
-        let dev = meta.dev();
-        let mut stack = vec![root.to_owned()];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                if meta.dev() != dev {
-                    continue;
-                }
-                if meta.is_dir() {
-                    stack.push(entry.path());
-                }
-                if out.len() >= MAX_ATTRS {
-                    return out;
-                }
-                let mut attrs = Attrs::of(&meta);
-                attrs.xattrs = xattr_count(&entry.path(), false);
-                out.insert(
-                    FileId {
-                        dev: kernel_dev(meta.dev()),
-                        ino: meta.ino(),
-                    },
-                    attrs,
-                );
+        paths::walk_filesystem_tree(root, |path, meta| {
+            if out.len() >= MAX_ATTRS {
+                return false;
             }
-        }
+            let mut attrs = Attrs::of(meta);
+            attrs.xattrs = xattr_count(path, false);
+            out.insert(
+                FileId {
+                    dev: kernel_dev(meta.dev()),
+                    ino: meta.ino(),
+                },
+                attrs,
+            );
+            true
+        });
     }
     out
 }
@@ -664,29 +648,20 @@ fn open_handle(mount: RawFd, handle: &Handle) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Everything below directory `dir` on device `dev` (kernel numbering), as (inode, path, is a
-/// directory), at most [`decide::MAX_LABELS`] entries; symbolic links are not followed.
-fn walk_below(dir: &Path, dev: u32, out: &mut Vec<(FileId, PathBuf, bool)>) {
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if kernel_dev(meta.dev()) != dev || out.len() >= decide::MAX_LABELS {
-                continue;
-            }
-            let id = FileId {
-                dev,
-                ino: meta.ino(),
-            };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            }
-            out.push((id, entry.path(), meta.is_dir()));
+/// Everything below directory `dir` on its filesystem, as (inode, path, is a directory), at
+/// most [`decide::MAX_LABELS`] entries.
+fn walk_below(dir: &Path, out: &mut Vec<(FileId, PathBuf, bool)>) {
+    paths::walk_filesystem_tree(dir, |path, meta| {
+        if out.len() >= decide::MAX_LABELS {
+            return false;
         }
-    }
+        let id = FileId {
+            dev: kernel_dev(meta.dev()),
+            ino: meta.ino(),
+        };
+        out.push((id, path.to_owned(), meta.is_dir()));
+        true
+    });
 }
 
 /// An opened handle: its inode, `stat` and path.
@@ -990,7 +965,7 @@ impl Reporter {
         let mut arrivals = vec![(object.id, proc_path.clone(), is_dir)];
         if is_dir {
             // Not under the labels' lock: listing directories opens them.
-            walk_below(&proc_path, object.id.dev, &mut arrivals);
+            walk_below(&proc_path, &mut arrivals);
         }
         {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);

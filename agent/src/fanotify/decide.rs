@@ -10,7 +10,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::Arc,
@@ -132,36 +131,22 @@ impl Protected {
     /// Labels everything below `root` on its filesystem, directories included (a walker opening
     /// them is decided too; symlinks are not followed).
     fn walk(&mut self, root: &Path, label: Label) {
-        let Ok(meta) = fs::symlink_metadata(root) else {
-            return;
-        };
-        let dev = meta.dev();
-        let mut stack = vec![root.to_owned()];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                if meta.dev() != dev {
-                    continue; // another filesystem mounted inside: not this tree
-                }
-                if meta.is_dir() {
-                    stack.push(entry.path());
-                }
-                if self.labels.len() >= MAX_LABELS {
-                    self.complete = false;
-                    return;
-                }
-                self.labels.insert(
-                    FileId {
-                        dev: kernel_dev(meta.dev()),
-                        ino: meta.ino(),
-                    },
-                    label,
-                );
+        let mut complete = true;
+        paths::walk_filesystem_tree(root, |_, meta| {
+            if self.labels.len() >= MAX_LABELS {
+                complete = false;
+                return false;
             }
-        }
+            self.labels.insert(
+                FileId {
+                    dev: kernel_dev(meta.dev()),
+                    ino: meta.ino(),
+                },
+                label,
+            );
+            true
+        });
+        self.complete &= complete;
     }
 
     /// Inodes labelled so far.
@@ -364,7 +349,7 @@ pub fn decide(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::{fs, path::Path};
 
     use phiguard_common::policy::access::{READ, WRITE};
 
