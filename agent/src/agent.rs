@@ -36,7 +36,7 @@ use crate::{
         layer::{FileLayer, KernelLayers},
         loader::{self, Enforcement, Sensors},
         mounts, pins,
-        reader::Reader,
+        reader::{Batch, Reader},
         startup,
     },
     link::Link,
@@ -49,8 +49,13 @@ use crate::{
     watch::WatchSet,
 };
 
-/// Most records handled per wake-up before other work (loss reports, shutdown) gets a turn.
-const BATCH: usize = 8192;
+/// The most of a backlog handled per wake-up before other work (loss reports, reloads,
+/// shutdown) gets a turn: a record limit, and a time limit for machines (or emulators) slow
+/// enough that the record limit alone would hold the tick back for seconds.
+const BATCH: Batch = Batch {
+    records: 8192,
+    time: Duration::from_millis(50),
+};
 /// How often kernel loss counters are read and sinks flushed.
 const TICK: Duration = Duration::from_secs(1);
 /// Ticks between integrity checks of the agent's kernel state (links, pins, control maps).
