@@ -60,6 +60,10 @@ pub fn record(record: &Record) -> String {
         if !h.machine_id.is_empty() {
             ext.push(("deviceExternalId", h.machine_id.clone()));
         }
+        if !h.instance_id.is_empty() {
+            ext.push(("cs4Label", "agentInstance".into()));
+            ext.push(("cs4", h.instance_id.clone()));
+        }
     }
     if let Some(p) = &event.process {
         ext.push(("spid", p.pid.to_string()));
@@ -158,6 +162,11 @@ mod tests {
             received: 1_700_000_000,
             event: v1::Event {
                 id: "e1".into(),
+                host: Some(v1::Host {
+                    hostname: "ehr-a".into(),
+                    instance_id: "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into(),
+                    ..Default::default()
+                }),
                 body: Some(Body::FileOpen(v1::FileOpen {
                     path: "/srv/a=b|c\nd".into(),
                     syscall: "openat".into(),
@@ -178,6 +187,10 @@ mod tests {
         assert!(line.contains(" act=deny "), "{line}");
         assert!(line.contains("filePath=/srv/a\\=b|c\\nd "), "{line}");
         assert!(line.contains("cn1=9 "), "{line}");
+        assert!(
+            line.contains(" cs4Label=agentInstance cs4=0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b "),
+            "{line}"
+        );
         assert!(line.contains("cs6Label=phiguardEvent cs6={"), "{line}");
     }
 }

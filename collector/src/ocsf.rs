@@ -28,6 +28,8 @@ mod class {
 const INFORMATIONAL: u32 = 1;
 const LOW: u32 = 2;
 const MEDIUM: u32 = 3;
+/// OCSF agent type 1, Endpoint Detection and Response: what phiguard is to the SIEM.
+const AGENT_ENDPOINT_PROTECTION: u32 = 1;
 const HIGH: u32 = 4;
 
 /// The OCSF event for a stored record.
@@ -85,12 +87,24 @@ fn time_ms(event: &v1::Event, received: i64) -> i64 {
     })
 }
 
+/// The host, and the agent on it: its certificate identity (`uid_alt`) and the instance
+/// (`uid`: one spool, so a reinstalled agent on the same host is a new instance).
 fn device(event: &v1::Event, agent: &str) -> Option<Value> {
     let host = event.host.as_ref()?;
     let mut d = json!({"type_id": 1, "hostname": if host.hostname.is_empty() { agent } else { &host.hostname }});
     if !host.machine_id.is_empty() {
         d["uid"] = host.machine_id.clone().into();
     }
+    let mut phiguard = json!({
+        "name": "phiguard",
+        "vendor_name": "phiguard",
+        "type_id": AGENT_ENDPOINT_PROTECTION,
+        "uid_alt": agent,
+    });
+    if !host.instance_id.is_empty() {
+        phiguard["uid"] = host.instance_id.clone().into();
+    }
+    d["agent_list"] = json!([phiguard]);
     Some(d)
 }
 
@@ -529,7 +543,7 @@ mod tests {
                     hostname: "ehr-a".into(),
                     machine_id: "m".into(),
                     agent_id: "ehr-a".into(),
-                    ..Default::default()
+                    instance_id: "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into(),
                 }),
                 body: Some(body),
                 decision,
@@ -558,6 +572,10 @@ mod tests {
         assert_eq!(v["action_id"], 2);
         assert_eq!(v["disposition_id"], 2);
         assert_eq!(v["metadata"]["version"], OCSF_VERSION);
+        let agent = &v["device"]["agent_list"][0];
+        assert_eq!(agent["uid"], "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b");
+        assert_eq!(agent["uid_alt"], "ehr-a");
+        assert_eq!(agent["name"], "phiguard");
         assert_eq!(v["unmapped"]["phiguard"]["index"], 7);
         assert_eq!(
             v["unmapped"]["phiguard"]["event"]["fileOpen"]["path"],
