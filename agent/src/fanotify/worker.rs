@@ -155,3 +155,43 @@ impl Stop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{os::fd::AsFd as _, sync::mpsc};
+
+    use super::*;
+
+    /// Starts a worker that, once it is (almost certainly) told to stop, serves the read end
+    /// of a non-blocking pipe holding `b"queued"`; returns what it handled.
+    fn served_after_stop(on_stop: OnStop) -> Vec<u8> {
+        let (read_end, write_end) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
+                .unwrap();
+        nix::unistd::write(&write_end, b"queued").unwrap();
+        let (tx, rx) = mpsc::channel();
+        let worker = Worker::spawn("phiguard-test", move |stop| {
+            std::thread::sleep(Duration::from_millis(500));
+            stop.serve(
+                read_end.as_fd(),
+                on_stop,
+                "a test pipe",
+                |buf| super::super::sys::read(read_end.as_fd(), buf).map(|n| buf[..n].to_vec()),
+                |byte| tx.send(byte).unwrap(),
+            );
+        })
+        .unwrap();
+        drop(worker);
+        rx.try_iter().collect()
+    }
+
+    #[test]
+    fn a_draining_worker_handles_what_is_queued_when_stopped() {
+        assert_eq!(served_after_stop(OnStop::Drain), b"queued");
+    }
+
+    #[test]
+    fn a_leaving_worker_stops_without_reading() {
+        assert!(served_after_stop(OnStop::Leave).is_empty());
+    }
+}
