@@ -14,6 +14,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::sys;
+
 /// The events asked for on a filesystem holding protected files: every open of its files and
 /// directories waits for the agent's answer (an exec's open of the program is an open too; a
 /// directory walker opening a protected directory gets `EPERM` like any other refused open).
@@ -60,24 +62,15 @@ pub struct PermissionEvent {
 impl Group {
     /// Creates the group (non-blocking reads: the response loop polls).
     pub fn new() -> Result<Group, GroupError> {
-        // SAFETY: plain system call with constant arguments.
-        let fd = unsafe {
-            libc::fanotify_init(
-                libc::FAN_CLASS_CONTENT
-                    | libc::FAN_CLOEXEC
-                    | libc::FAN_NONBLOCK
-                    | libc::FAN_REPORT_TID
-                    | libc::FAN_UNLIMITED_QUEUE,
-                (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as libc::c_uint,
-            )
-        };
-        if fd < 0 {
-            return Err(GroupError::Init(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just returned to us and is owned by nobody else.
-        Ok(Group {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = sys::init(
+            libc::FAN_CLASS_CONTENT
+                | libc::FAN_CLOEXEC
+                | libc::FAN_NONBLOCK
+                | libc::FAN_REPORT_TID
+                | libc::FAN_UNLIMITED_QUEUE,
+        )
+        .map_err(GroupError::Init)?;
+        Ok(Group { fd })
     }
 
     /// Takes a group kept across a restart (systemd's file descriptor store,
@@ -150,25 +143,10 @@ impl Group {
     /// of `mask`: every such open of any of its files, by any name, any link, from any mount,
     /// raises a permission event.
     pub fn mark_filesystem(&self, path: &Path, mask: u64, add: bool) -> Result<(), GroupError> {
-        let error = |source| GroupError::Mark {
+        sys::mark_filesystem(self.fd.as_fd(), path, mask, add).map_err(|source| GroupError::Mark {
             path: path.display().to_string(),
             source,
-        };
-        let c = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| error(io::Error::from(io::ErrorKind::InvalidInput)))?;
-        let flags = if add {
-            libc::FAN_MARK_ADD
-        } else {
-            libc::FAN_MARK_REMOVE
-        } | libc::FAN_MARK_FILESYSTEM;
-        // SAFETY: `c` is a valid NUL-terminated path; the group descriptor is open.
-        let rc = unsafe {
-            libc::fanotify_mark(self.fd.as_raw_fd(), flags, mask, libc::AT_FDCWD, c.as_ptr())
-        };
-        if rc < 0 {
-            return Err(error(io::Error::last_os_error()));
-        }
-        Ok(())
+        })
     }
 
     /// Stops asking about opens of `file`'s inode (an unprotected one): an evictable ignore
@@ -264,16 +242,8 @@ impl Group {
 
     /// Reads the pending events (none when the queue is empty).
     pub fn read(&self, buf: &mut [u8]) -> io::Result<Vec<PermissionEvent>> {
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(Vec::new()),
-                _ => Err(e),
-            };
-        }
-        Ok(parse(&buf[..n as usize]))
+        let n = sys::read(self.fd.as_fd(), buf)?;
+        Ok(parse(&buf[..n]))
     }
 
     /// Answers a permission event: `allow` lets the open go on, else it fails with `EPERM`.
@@ -298,28 +268,16 @@ impl Group {
 
 /// Splits a read buffer into events. Events without a descriptor (queue overflow, which an
 /// unlimited queue does not have) are skipped.
-fn parse(mut bytes: &[u8]) -> Vec<PermissionEvent> {
-    let mut events = Vec::new();
-    let header = std::mem::size_of::<libc::fanotify_event_metadata>();
-    while bytes.len() >= header {
-        // SAFETY: at least `header` bytes remain; read unaligned (the buffer is a byte slice).
-        let meta: libc::fanotify_event_metadata =
-            unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let len = meta.event_len as usize;
-        if len < header || len > bytes.len() {
-            break;
-        }
-        if meta.fd >= 0 {
-            events.push(PermissionEvent {
-                // SAFETY: the kernel installed this descriptor for us; nobody else owns it.
-                fd: unsafe { OwnedFd::from_raw_fd(meta.fd) },
-                tid: meta.pid as u32,
-                mask: meta.mask,
-            });
-        }
-        bytes = &bytes[len..];
-    }
-    events
+fn parse(bytes: &[u8]) -> Vec<PermissionEvent> {
+    sys::events(bytes)
+        .filter(|(meta, _)| meta.fd >= 0)
+        .map(|(meta, _)| PermissionEvent {
+            // SAFETY: the kernel installed this descriptor for us; nobody else owns it.
+            fd: unsafe { OwnedFd::from_raw_fd(meta.fd) },
+            tid: meta.pid as u32,
+            mask: meta.mask,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@
 //! filesystem mark per filesystem holding protected files; exec marks on every filesystem while
 //! an exec allow-list is in force). [`changes`] reports what fanotify cannot refuse (truncate,
 //! unlink, rename, link, chmod, chown, utimes, xattrs, entries made in a protected directory)
-//! from a second, notification-class group, after the fact.
+//! from a second, notification-class group, after the fact. Both groups share `sys` (the
+//! fanotify system calls: init, filesystem marks, reads, the events of a buffer) and `worker`
+//! (the thread that polls a group until it is stopped).
 //!
 //! The loop decides from memory and `/proc` only and answers before it does anything else for
 //! the event (the event record is completed after the answer). The agent's own opens are
@@ -24,16 +26,14 @@ pub mod decide;
 pub mod group;
 pub mod opener;
 mod respond;
+mod sys;
+mod worker;
 
 use std::{
     io,
     os::fd::{BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, PoisonError,
-    },
-    thread::JoinHandle,
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use prometheus_client::metrics::counter::Counter;
@@ -43,6 +43,7 @@ use self::{
     decide::Protected,
     group::{Group, GroupError, EXEC_MASK, FILE_MASK},
     respond::Responder,
+    worker::Worker,
 };
 use crate::{
     event::decode::DecodedEvent, kernel::identity::ExecIdentities, policy::compile::Compiled,
@@ -105,13 +106,14 @@ pub struct Output {
     pub counters: Counters,
 }
 
-/// The running layer.
+/// The running layer. Dropping it stops the response loop, then the change reports (fields
+/// drop in this order); closing the group releases any open still waiting (allowed).
 pub struct FanotifyLayer {
     group: Arc<Group>,
     state: Arc<Mutex<Protected>>,
-    stop: Arc<AtomicBool>,
-    wake: OwnedFd,
-    thread: Option<JoinHandle<()>>,
+    /// The response loop's thread.
+    #[expect(dead_code, reason = "held for its drop, which stops the thread")]
+    responder: Worker,
     /// Filesystems marked for exec events (while an exec allow-list is in force).
     exec_marked: Mutex<Vec<PathBuf>>,
     /// The change reports (`None`: this kernel's fanotify cannot give them).
@@ -159,25 +161,19 @@ impl FanotifyLayer {
                 "adopted the fanotify group systemd kept across the restart: opens that waited while no agent ran are answered now (those the previous agent had read but not answered are refused)"
             );
         }
-        let (wake_read, wake) = nix::unistd::pipe().map_err(|e| FanotifyError::Thread(e.into()))?;
         let state = Arc::new(Mutex::new(protected));
-        let stop = Arc::new(AtomicBool::new(false));
         let change_records = records.clone();
         let change_identities = identities.as_ref().and_then(|i| i.try_clone().ok());
         let responder = Responder::new(
             Arc::clone(&group),
             Arc::clone(&state),
-            Arc::clone(&stop),
-            wake_read,
             records,
             counters.clone(),
             cgroup_root,
         )
         .with_identities(identities)
         .with_grants(grants);
-        let thread = std::thread::Builder::new()
-            .name("phiguard-fanotify".into())
-            .spawn(move || responder.run())
+        let responder = Worker::spawn("phiguard-fanotify", move |stop| responder.run(&stop))
             .map_err(FanotifyError::Thread)?;
         // Once opens are answered: the change group opens the marked filesystems' roots and
         // walks the protected trees.
@@ -197,9 +193,7 @@ impl FanotifyLayer {
         let layer = FanotifyLayer {
             group,
             state,
-            stop,
-            wake,
-            thread: Some(thread),
+            responder,
             exec_marked: Mutex::new(Vec::new()),
             changes,
             counters,
@@ -316,15 +310,11 @@ impl FanotifyLayer {
     }
 }
 
-impl Drop for FanotifyLayer {
-    /// Stops the response loop; closing the group releases any open still waiting (allowed).
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = nix::unistd::write(&self.wake, &[1]);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+/// `CLOCK_BOOTTIME` now, in nanoseconds (the kernel programs' time base).
+fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// The descriptor numbers a previous agent in this unit could have used: its soft

@@ -3,13 +3,9 @@
 
 use std::{
     collections::HashMap,
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, PoisonError,
-    },
-    time::Duration,
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use phiguard_common::{
@@ -20,9 +16,11 @@ use phiguard_common::{
 use tokio::sync::mpsc;
 
 use super::{
+    boot_ns,
     decide::{self, Label, Protected, Subject},
     group::{Group, PermissionEvent},
     opener::{self, OpenCall},
+    worker::{OnStop, Stop},
     Counters, Record,
 };
 use crate::{
@@ -58,8 +56,6 @@ pub(super) struct Responder {
     known: HashMap<u32, Known>,
     group: Arc<Group>,
     state: Arc<Mutex<Protected>>,
-    stop: Arc<AtomicBool>,
-    wake: OwnedFd,
     records: mpsc::Sender<Record>,
     counters: Counters,
     own_pid: u32,
@@ -89,13 +85,10 @@ struct Pending {
 }
 
 impl Responder {
-    /// A loop answering `group`'s events from `state`; records go to `records`; `wake`
-    /// becomes readable when it is to stop (with `stop` set).
+    /// A loop answering `group`'s events from `state`; records go to `records`.
     pub(super) fn new(
         group: Arc<Group>,
         state: Arc<Mutex<Protected>>,
-        stop: Arc<AtomicBool>,
-        wake: OwnedFd,
         records: mpsc::Sender<Record>,
         counters: Counters,
         cgroup_root: &Path,
@@ -104,8 +97,6 @@ impl Responder {
             known: HashMap::new(),
             group,
             state,
-            stop,
-            wake,
             records,
             counters,
             own_pid: std::process::id(),
@@ -162,39 +153,16 @@ impl Responder {
         }
     }
 
-    /// Runs until stopped.
-    pub(super) fn run(mut self) {
-        let mut buf = vec![0u8; 64 * 1024];
-        while !self.stop.load(Ordering::SeqCst) {
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.group.as_fd().as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.wake.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: `fds` is a valid array of two pollfd.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
-            if ready <= 0 || fds[1].revents != 0 {
-                continue;
-            }
-            let events = match self.group.read(&mut buf) {
-                Ok(events) => events,
-                Err(e) => {
-                    tracing::error!("reading fanotify events: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                }
-            };
-            for event in events {
-                self.answer(event);
-            }
-        }
+    /// Runs until `stop` says so; events still queued then are left to the group's closing.
+    pub(super) fn run(mut self, stop: &Stop) {
+        let group = Arc::clone(&self.group);
+        stop.serve(
+            group.as_fd(),
+            OnStop::Leave,
+            "fanotify events",
+            |buf| group.read(buf),
+            |event| self.answer(event),
+        );
     }
 
     /// Decides, answers, closes the event's descriptor, then completes and queues the record.
@@ -582,13 +550,6 @@ impl Responder {
             process: p.process,
         }
     }
-}
-
-/// `CLOCK_BOOTTIME` now, in nanoseconds (the kernel programs' time base).
-fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
 }
 
 /// The cgroup v2 id (the cgroup directory's inode number, as `bpf_get_current_cgroup_id`) of a
