@@ -226,6 +226,7 @@ impl Metrics {
             ("fanotify_answer_errors", "Fanotify answers the kernel did not take", &fanotify.respond_errors),
             ("fanotify_ignore_marks", "Unprotected inodes whose later opens the kernel answers itself (evictable ignore marks placed)", &fanotify.ignore_marks),
             ("fanotify_ignore_mark_failures", "Ignore marks the kernel refused (those inodes keep being asked about)", &fanotify.ignore_mark_failures),
+            ("fanotify_change_notifications", "Change notifications (truncate, unlink, rename, link, attributes) the fanotify change reporter has taken in", &fanotify.changes),
         ] {
             registry.register(name, help, counter.clone());
         }

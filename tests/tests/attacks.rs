@@ -23,7 +23,7 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Command, Output},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use phiguard::{config::Config, kernel::layer::FileLayer};
@@ -391,15 +391,27 @@ impl Attack {
 
     /// Gives the protected file to the attacker (chmod and chown need the owner).
     fn give_file_to_attacker(&self) {
-        chown(&self.file, Some(NOBODY), Some(NOBODY)).unwrap();
-        self.settle();
+        self.set_up(|| chown(&self.file, Some(NOBODY), Some(NOBODY)).unwrap());
     }
 
-    /// Lets the fanotify change reports take in a change this process made to set a test up
-    /// (they name the attacker's change by comparing the file's `stat` with the last one seen).
-    fn settle(&self) {
-        if self.reports_changes() {
-            std::thread::sleep(Duration::from_millis(300));
+    /// Makes a change to set a test up, then waits until the fanotify change reports have
+    /// taken it in: they name the attacker's change by comparing the file's `stat` with the
+    /// last one seen, so a set-up change still queued would take the attacker's change in
+    /// with it.
+    fn set_up(&self, change: impl FnOnce()) {
+        let taken_in = || self.h.metrics.fanotify.changes.get();
+        let before = taken_in();
+        change();
+        if !self.reports_changes() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while taken_in() == before {
+            assert!(
+                Instant::now() < deadline,
+                "the change reports did not take in the set-up change within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -679,10 +691,10 @@ fn ignore_marked(path: &Path) -> bool {
 
 /// Waits (at most 5 s) until `path`'s inode has no ignore mark.
 fn wait_until_asked_again(path: &Path) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(5);
     while ignore_marked(path) {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "{path:?} still has its ignore mark 5 s after it arrived in the protected tree"
         );
         std::thread::sleep(Duration::from_millis(10));
@@ -1000,8 +1012,7 @@ fn chown_of_a_protected_file_is_refused_under_lsm() {
     let file = a.file.clone();
     // Group root, so the attacker's chown to its own group changes something (a chown to
     // what it was changes nothing a report could name, but the change time).
-    chown(&file, None, Some(0)).unwrap();
-    a.settle();
+    a.set_up(|| chown(&file, None, Some(0)).unwrap());
     let out = a.open_as_nobody("chown", &file);
     if a.governs_changes() {
         a.assert_change_refused("chown", &out, "chown");
@@ -1063,18 +1074,19 @@ fn removexattr_on_a_protected_file_is_refused_under_lsm_and_reported_on_the_host
     let file = a.file.clone();
     // The attribute to remove, set by this process (the agent's: exempt, and not reported).
     let c = std::ffi::CString::new(file.display().to_string()).unwrap();
-    // SAFETY: valid NUL-terminated strings and a one-byte value.
-    let rc = unsafe {
-        libc::setxattr(
-            c.as_ptr(),
-            c"user.phiguard".as_ptr(),
-            c"x".as_ptr().cast(),
-            1,
-            0,
-        )
-    };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-    a.settle();
+    a.set_up(|| {
+        // SAFETY: valid NUL-terminated strings and a one-byte value.
+        let rc = unsafe {
+            libc::setxattr(
+                c.as_ptr(),
+                c"user.phiguard".as_ptr(),
+                c"x".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    });
     let out = a.open_as_nobody("removexattr", &file);
     if a.governs_changes() {
         a.assert_change_refused("removexattr", &out, "removexattr");

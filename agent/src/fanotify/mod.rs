@@ -95,6 +95,9 @@ pub struct Counters {
     pub ignore_marks: Counter,
     /// Ignore marks the kernel refused (those inodes keep being asked about).
     pub ignore_mark_failures: Counter,
+    /// Change notifications the change reporter has taken in (each named by comparing the
+    /// file's `stat` with the one remembered, then decided and reported or passed over).
+    pub changes: Counter,
 }
 
 /// Where the layer's decisions go: their records (for the agent's event path) and its counts.

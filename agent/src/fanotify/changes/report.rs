@@ -86,6 +86,7 @@ impl Reporter {
                         self.counters.lost.inc();
                         tracing::error!("reporting a fanotify change panicked: it is lost");
                     }
+                    self.counters.changes.inc();
                 }
             },
         );
