@@ -109,18 +109,21 @@ pub struct Output {
     pub counters: Counters,
 }
 
-/// The running layer. Dropping it stops the response loop, then the change reports (fields
-/// drop in this order); closing the group releases any open still waiting (allowed).
+/// The running layer. Dropping it stops the change reports, then the response loop (fields
+/// drop in this order): the change reports handle what is still queued when they stop, and
+/// a directory moved into a protected tree is walked by opening it, an open the response
+/// loop must still be there to answer. Closing the group then releases any open still
+/// waiting (allowed).
 pub struct FanotifyLayer {
     group: Arc<Group>,
     state: Arc<Mutex<Protected>>,
+    /// The change reports (`None`: this kernel's fanotify cannot give them).
+    changes: Option<changes::ChangeWatcher>,
     /// The response loop's thread.
     #[expect(dead_code, reason = "held for its drop, which stops the thread")]
     responder: Worker,
     /// Filesystems marked for exec events (while an exec allow-list is in force).
     exec_marked: Mutex<Vec<PathBuf>>,
-    /// The change reports (`None`: this kernel's fanotify cannot give them).
-    changes: Option<changes::ChangeWatcher>,
     /// Counters.
     pub counters: Counters,
 }

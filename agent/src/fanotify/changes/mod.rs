@@ -48,7 +48,7 @@ use std::{
     io,
     os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
-    sync::{atomic::AtomicU64, Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use tokio::sync::mpsc;
@@ -99,8 +99,6 @@ pub struct ChangeWatcher {
     reporter: Worker,
     /// The group and its marks.
     marks: Marks,
-    /// Queue overflows of the change group.
-    pub overflows: Arc<AtomicU64>,
 }
 
 /// The change group, the filesystems it marks, and the `stat` remembered below the
@@ -150,7 +148,6 @@ impl ChangeWatcher {
             )
         };
         marks.follow(&filesystems, &roots)?;
-        let overflows = Arc::new(AtomicU64::new(0));
         let reporter = Reporter {
             fd: Arc::clone(&marks.fd),
             finder: Finder {
@@ -161,7 +158,6 @@ impl ChangeWatcher {
             },
             records,
             counters,
-            overflows: Arc::clone(&overflows),
             identities,
             own_pid: std::process::id(),
             ns_per_tick: 1_000_000_000 / procfs::ticks_per_second(),
@@ -169,11 +165,7 @@ impl ChangeWatcher {
         };
         let reporter = Worker::spawn("phiguard-changes", move |stop| reporter.run(&stop))
             .map_err(ChangeError::Thread)?;
-        Ok(ChangeWatcher {
-            reporter,
-            marks,
-            overflows,
-        })
+        Ok(ChangeWatcher { reporter, marks })
     }
 
     /// Follows a new label set: marks its filesystems (and unmarks those no longer needed),

@@ -5,10 +5,7 @@
 use std::{
     os::fd::{AsFd as _, OwnedFd},
     path::PathBuf,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, PoisonError,
-    },
+    sync::{Arc, PoisonError},
     time::Instant,
 };
 
@@ -51,8 +48,6 @@ pub(super) struct Reporter {
     pub(super) records: mpsc::Sender<Record>,
     /// The layer's counters.
     pub(super) counters: Counters,
-    /// Queue overflows of the change group.
-    pub(super) overflows: Arc<AtomicU64>,
     /// The kernel's record of what each process executed (`None`: `/proc/PID/exe` instead).
     pub(super) identities: Option<ExecIdentities>,
     /// The agent's own process id (its changes are not reported).
@@ -74,7 +69,6 @@ impl Reporter {
             |buf| sys::read(fd.as_fd(), buf).map(|n| parse(&buf[..n])),
             |notice| match notice {
                 Notice::Overflow => {
-                    self.overflows.fetch_add(1, Ordering::Relaxed);
                     self.counters.lost.inc();
                     tracing::warn!("the fanotify change queue overflowed: changes to protected files went unreported");
                 }
