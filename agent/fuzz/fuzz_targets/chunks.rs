@@ -25,6 +25,7 @@ pub fn for_each_chunk(mut input: &[u8], mut feed: impl FnMut(Chunk<'_>)) {
             direction,
             data,
             len: moved,
+            tail: &[],
         });
         input = tail;
     }

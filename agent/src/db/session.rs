@@ -27,7 +27,7 @@ use phiguard_proto::v1::{self, event::Body};
 use super::{
     mysql, postgres,
     sql::{self, Dialect},
-    Chunk, Direction, Encryption, Message,
+    Chunk, CopyDirection, Direction, Encryption, Message,
 };
 use crate::event::net::{DbEnds, DbRole, DbSock, DbTransfer};
 
@@ -74,6 +74,8 @@ struct Pending {
     name: String,
     prepared: bool,
     start_ns: u64,
+    /// The statement moves bulk data this way (the server said so).
+    copy: Option<CopyDirection>,
 }
 
 /// A login (or MySQL COM_CHANGE_USER) waiting for the server's verdict.
@@ -205,6 +207,12 @@ impl Sessions {
 
     /// Bytes moved on a tracked socket. Returns the events they complete.
     pub fn data(&mut self, e: &DbTransfer, data: &[u8]) -> Vec<Body> {
+        self.data_with_tail(e, data, &[])
+    }
+
+    /// Bytes moved on a tracked socket, with the call's last bytes when it moved more than
+    /// `data` and they were captured. Returns the events they complete.
+    pub fn data_with_tail(&mut self, e: &DbTransfer, data: &[u8], tail: &[u8]) -> Vec<Body> {
         let mut out = Vec::new();
         let Some(session) = self.sessions.get_mut(&e.socket_id) else {
             return out;
@@ -229,10 +237,12 @@ impl Sessions {
         } else {
             data.len()
         };
+        let len = len.max(data.len());
         let chunk = Chunk {
             direction,
             data,
-            len: len.max(data.len()),
+            len,
+            tail: if len > data.len() { tail } else { &[] },
         };
         if matches!(session.decoder, Decoder::Unknown) {
             let joined = session.info.joined;
@@ -427,6 +437,7 @@ impl Session {
                 name: String::new(),
                 prepared: false,
                 start_ns: now_ns,
+                copy: None,
             }),
             Message::Execute { name, text } => self.push(Pending {
                 text: text.unwrap_or_default(),
@@ -434,6 +445,7 @@ impl Session {
                 name,
                 prepared: true,
                 start_ns: now_ns,
+                copy: None,
             }),
             Message::Complete { tag, rows } => {
                 if let Some(p) = self.pending.pop_front() {
@@ -456,6 +468,17 @@ impl Session {
             // rest of an extended-protocol batch after an error).
             Message::Ready => {
                 while let Some(p) = self.pending.pop_front() {
+                    out.push(self.statement(p, dialect, full, now_ns, |_| {}));
+                }
+            }
+            Message::Copy { direction } => {
+                if let Some(p) = self.pending.front_mut() {
+                    p.copy = Some(direction);
+                }
+            }
+            // A COPY whose end was not captured: it ends with no outcome.
+            Message::CopyUnseen => {
+                if let Some(p) = self.pending.pop_front() {
                     out.push(self.statement(p, dialect, full, now_ns, |_| {}));
                 }
             }
@@ -550,6 +573,7 @@ impl Session {
             statement_name: p.name,
             prepared: p.prepared,
             duration_us: now_ns.saturating_sub(p.start_ns) / 1000,
+            copy_direction: p.copy.map(CopyDirection::as_str).unwrap_or_default().into(),
             ..Default::default()
         };
         outcome(&mut st);

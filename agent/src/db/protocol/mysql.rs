@@ -7,10 +7,21 @@
 //! `COM_STMT_EXECUTE`, `COM_INIT_DB`, `COM_QUIT`; the server answers each with OK (affected
 //! rows), ERR (code and SQLSTATE; the message is not read) or a result set, whose rows are
 //! counted, never read. Compressed sessions (`CLIENT_COMPRESS`) are not decoded.
+//!
+//! **LOAD DATA LOCAL.** A `LOAD DATA LOCAL INFILE` query is answered by the server's LOCAL
+//! INFILE request (0xfb and the file name). The client then sends the file as packets whose
+//! sequence ids continue the query's, ending with an empty packet; the server's OK (affected
+//! rows) or ERR closes the statement. Those packets are data: never parsed as commands, never
+//! read. The file name is not reported: it is a literal of the statement (redacted in its
+//! text). When the file's packets outrun the capture (a call larger than the kernel copies,
+//! across packet boundaries), they are skipped to the server's OK, which comes only after the
+//! empty packet, so the client's next byte starts a command. An ERR after such a skip leaves
+//! the client's framing unknown (it may still be sending the file): that direction is
+//! desynchronised.
 
 use super::{
-    method_name, text, Chunk, DecodeError, Direction, Encryption, Frame, Header, Message, Reader,
-    Statements, Stream,
+    method_name, text, Chunk, CopyDirection, DecodeError, Direction, Encryption, Frame, Header,
+    Message, Reader, Statements, Stream,
 };
 
 const CLIENT_CONNECT_WITH_DB: u32 = 0x0000_0008;
@@ -47,6 +58,17 @@ enum Phase {
     Command,
 }
 
+/// How far the client's file packets of a LOAD DATA LOCAL are followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Infile {
+    /// No file is being sent.
+    Off,
+    /// File packets until the empty one, followed packet by packet.
+    Framed,
+    /// More was sent than captured: skipped to the server's answer.
+    Skipped,
+}
+
 /// What the server's next packets answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
@@ -74,6 +96,8 @@ pub struct Decoder {
     statements: Statements,
     /// The last `NO_BACKSLASH_ESCAPES` status the server reported.
     no_backslash_escapes: Option<bool>,
+    /// The client is sending a file the server asked for (LOAD DATA LOCAL).
+    infile: Infile,
 }
 
 impl Default for Decoder {
@@ -99,6 +123,7 @@ impl Decoder {
             encrypted: false,
             statements: Statements::default(),
             no_backslash_escapes: None,
+            infile: Infile::Off,
         }
     }
 
@@ -151,6 +176,13 @@ impl Decoder {
                     }
                 }
                 Ok(None) => break,
+                Err(DecodeError::Gap(_))
+                    if direction == Direction::ToServer && self.infile == Infile::Framed =>
+                {
+                    // The file outran the capture: skipped to the server's answer.
+                    self.infile = Infile::Skipped;
+                    break;
+                }
                 Err(reason) => {
                     out.push(Message::Desync { direction, reason });
                     break;
@@ -196,6 +228,12 @@ impl Decoder {
             }
             // Auth switch responses and the like: nothing to read.
             Phase::Auth => {}
+            // A file the server asked for: data up to the empty packet, never a command.
+            Phase::Command if self.infile == Infile::Framed => {
+                if payload.is_empty() && !frame.truncated {
+                    self.infile = Infile::Off;
+                }
+            }
             Phase::Command => {
                 let mut r = Reader::new(payload);
                 let Some(command) = r.u8() else { return Ok(()) };
@@ -288,7 +326,29 @@ impl Decoder {
                 // More data (0x01): the exchange goes on.
                 _ => {}
             },
-            Phase::Command => self.command_answer(first, payload, out),
+            // MariaDB's progress report (CLIENT_PROGRESS, which its client asks for): an ERR
+            // header with code 0xFFFF while a long statement (LOAD DATA, ALTER) runs. Not an
+            // outcome: the statement's OK or ERR is still to come.
+            Phase::Command if is_progress(payload) => {}
+            Phase::Command => {
+                if self.infile == Infile::Skipped {
+                    self.infile = Infile::Off;
+                    if first == 0x00 {
+                        // Sent once the server read the empty packet: the client's next byte
+                        // starts a command.
+                        self.client.restart();
+                    } else {
+                        self.client.break_off();
+                        out.push(Message::Desync {
+                            direction: Direction::ToServer,
+                            reason: DecodeError::Unexpected(
+                                "error during a LOAD DATA LOCAL that outran the capture",
+                            ),
+                        });
+                    }
+                }
+                self.command_answer(first, payload, out);
+            }
         }
         Ok(())
     }
@@ -335,8 +395,15 @@ impl Decoder {
                     }
                 }
                 0xff => out.push(err_packet(payload)),
-                // LOCAL INFILE request: the client streams a file; not followed.
-                0xfb => {}
+                // LOCAL INFILE request (its file name is not read): the client sends the
+                // file, then the server's OK or ERR answers the statement.
+                0xfb => {
+                    self.infile = Infile::Framed;
+                    self.pending = Pending::Result;
+                    out.push(Message::Copy {
+                        direction: CopyDirection::In,
+                    });
+                }
                 _ => {
                     let columns = Reader::new(payload).lenenc().unwrap_or(0);
                     self.pending = Pending::Columns(columns);
@@ -486,6 +553,11 @@ fn skip_query_attributes(r: &mut Reader<'_>) {
 }
 
 /// Code and SQLSTATE of an ERR packet; the human-readable message is not read.
+/// A MariaDB progress report: 0xFF, then error code 0xFFFF.
+fn is_progress(payload: &[u8]) -> bool {
+    payload.starts_with(&[0xff, 0xff, 0xff])
+}
+
 fn err_packet(payload: &[u8]) -> Message {
     let mut r = Reader::new(payload.get(1..).unwrap_or_default());
     let code = r.u16_le();
@@ -869,6 +941,7 @@ pub(crate) mod tests {
             direction: Direction::ToServer,
             data: &q[..4096],
             len: q.len(),
+            tail: &[],
         });
         assert!(
             matches!(
@@ -926,6 +999,7 @@ pub(crate) mod tests {
                     direction: dir,
                     data: &c[..cut],
                     len: c.len() + extra,
+                    tail: &[],
                 });
             }
         }

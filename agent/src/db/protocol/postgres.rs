@@ -2,15 +2,32 @@
 //!
 //! Client side: the untyped first message (SSLRequest, GSSENCRequest, CancelRequest or
 //! StartupMessage), then typed messages (`Q` Query, `P` Parse, `B` Bind, `E` Execute, `C`
-//! Close, `X` Terminate; the password message `p` and COPY data are skipped unread). Server
-//! side: the one-byte answer to SSLRequest/GSSENCRequest, then typed messages (`R`
-//! Authentication, `E` ErrorResponse, `C` CommandComplete, `Z` ReadyForQuery; rows `D` are
-//! skipped unread). A client that starts TLS directly (PostgreSQL 17 `sslnegotiation=direct`)
-//! is recognised by the TLS record header.
+//! Close, `X` Terminate; the password message `p` and COPY's `d` CopyData, `c` CopyDone and
+//! `f` CopyFail are skipped unread). Server side: the one-byte answer to
+//! SSLRequest/GSSENCRequest, then typed messages (`R` Authentication, `E` ErrorResponse, `C`
+//! CommandComplete, `Z` ReadyForQuery, `G`/`H`/`W` Copy{In,Out,Both}Response; rows `D` and
+//! CopyData are skipped unread). A client that starts TLS directly (PostgreSQL 17
+//! `sslnegotiation=direct`) is recognised by the TLS record header.
+//!
+//! **COPY.** CopyData is data, never a command: its messages are skipped by their length. When
+//! a COPY's data outruns the capture (a call larger than the kernel copies, across message
+//! boundaries), the direction carrying it is not desynchronised but skipped to the copy's end,
+//! which the protocol makes a message boundary:
+//! - `COPY … FROM STDIN`: the server's CommandComplete `COPY n` is sent only once it has read
+//!   the client's CopyDone, so the client's next byte starts a message;
+//! - `COPY … TO STDOUT`: the client's next message comes once the server is idle (libpq, which
+//!   psql and pg_dump use, refuses COPY in pipeline mode), so the server's next byte starts a
+//!   message; the outcome is read backwards from the last captured bytes of the server's output
+//!   (CopyDone, CommandComplete `COPY n`, ReadyForQuery end it, in that order, so the parse is
+//!   exact), or, when they were not captured, the statement ends without an outcome
+//!   ([`Message::CopyUnseen`]).
+//!
+//! A server error during a `COPY FROM` whose data outran the capture leaves the client's
+//! framing unknown (the client may still be sending data): that direction is desynchronised.
 
 use super::{
-    method_name, text, Chunk, DecodeError, Direction, Encryption, Frame, Header, Message, Reader,
-    Statements, Stream,
+    method_name, text, Chunk, CopyDirection, DecodeError, Direction, Encryption, Frame, Header,
+    Message, Reader, Statements, Stream,
 };
 
 const SSL_REQUEST: i32 = 80_877_103;
@@ -22,6 +39,21 @@ const PROTOCOL_3: i32 = 3 << 16;
 const MAX_LEN: usize = 1 << 30;
 /// A TLS handshake record starts with this byte.
 const TLS_HANDSHAKE: u8 = 0x16;
+/// Server bytes kept while a COPY TO's data is skipped: enough for its end (CopyDone 5,
+/// CommandComplete `COPY` with a 20-digit count 31, ReadyForQuery 6).
+const COPY_END_TAIL: usize = 64;
+
+/// How far the COPY data in one direction is followed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum CopyState {
+    /// No COPY data flows this way.
+    #[default]
+    Off,
+    /// COPY data flows and its framing is followed message by message.
+    Framed,
+    /// COPY data flows, but more was moved than captured: skipped to the copy's end.
+    Skipped,
+}
 
 /// One PostgreSQL session, both directions.
 #[derive(Debug, Default)]
@@ -39,6 +71,15 @@ pub struct Decoder {
     /// The SASL mechanisms the server offered (AuthenticationSASL), until the client's
     /// SASLInitialResponse names the one it chose.
     sasl_offered: Option<Vec<String>>,
+    /// COPY data from the client (CopyInResponse until the copy ends).
+    copy_in: CopyState,
+    /// COPY data from the server (CopyOutResponse until ReadyForQuery).
+    copy_out: CopyState,
+    /// Streaming replication's CopyBothResponse: its data is followed, never skipped.
+    copy_both: bool,
+    /// The last captured server bytes while `copy_out` is skipped (only bytes captured with
+    /// everything after them: a truncated call empties it).
+    copy_tail: Vec<u8>,
 }
 
 impl Decoder {
@@ -69,6 +110,10 @@ impl Decoder {
         }
         match chunk.direction {
             Direction::ToServer => {
+                if self.copy_out == CopyState::Skipped && chunk.len > 0 {
+                    // The client speaks again: the server finished its COPY TO.
+                    self.end_skipped_copy_out(&mut out);
+                }
                 if !self.client_started
                     && self.client.is_empty_buffer()
                     && chunk.data.first() == Some(&TLS_HANDSHAKE)
@@ -88,6 +133,13 @@ impl Decoder {
                             }
                         }
                         Ok(None) => break,
+                        Err(DecodeError::Gap(_))
+                            if self.copy_in == CopyState::Framed && !self.copy_both =>
+                        {
+                            // COPY data outran the capture: skipped to the copy's end.
+                            self.copy_in = CopyState::Skipped;
+                            break;
+                        }
                         Err(reason) => {
                             out.push(Message::Desync {
                                 direction: Direction::ToServer,
@@ -99,6 +151,10 @@ impl Decoder {
                 }
             }
             Direction::ToClient => {
+                if self.copy_out == CopyState::Skipped {
+                    self.keep_copy_tail(chunk);
+                    return out;
+                }
                 self.server.absorb(chunk.data, chunk.len);
                 loop {
                     let answer = self.awaiting_answer.is_some();
@@ -110,6 +166,15 @@ impl Decoder {
                             }
                         }
                         Ok(None) => break,
+                        Err(DecodeError::Gap(_))
+                            if self.copy_out == CopyState::Framed && !self.copy_both =>
+                        {
+                            // COPY data outran the capture: skipped until the client speaks.
+                            self.copy_out = CopyState::Skipped;
+                            self.copy_tail.clear();
+                            self.keep_copy_tail(chunk);
+                            break;
+                        }
                         Err(reason) => {
                             out.push(Message::Desync {
                                 direction: Direction::ToClient,
@@ -200,6 +265,9 @@ impl Decoder {
                     }
                 }
             }
+            // CopyDone, CopyFail (its text, the client's own, is not read): the client's
+            // data ends; the server's CommandComplete or ErrorResponse closes the statement.
+            b'c' | b'f' if self.copy_in == CopyState::Framed => self.copy_in = CopyState::Off,
             b'X' => out.push(Message::Terminate),
             // SASLInitialResponse: only the mechanism's name, and only one the server
             // offered; the payload after it is never read. Other password messages (the
@@ -272,15 +340,54 @@ impl Decoder {
                 }
                 None => {}
             },
-            b'E' => out.push(error_response(r)),
+            b'E' => {
+                if self.copy_in == CopyState::Skipped {
+                    // The client may still be sending data the server now drops: no boundary
+                    // is known in its stream.
+                    self.copy_in = CopyState::Off;
+                    self.client.break_off();
+                    out.push(Message::Desync {
+                        direction: Direction::ToServer,
+                        reason: DecodeError::Unexpected(
+                            "error during a COPY that outran the capture",
+                        ),
+                    });
+                }
+                out.push(error_response(r));
+            }
             b'C' => {
+                if self.copy_in == CopyState::Skipped {
+                    // Sent once the server read CopyDone: the client's next byte starts a
+                    // message.
+                    self.client.restart();
+                }
+                self.copy_in = CopyState::Off;
                 if let Some(tag) = r.cstr(frame.truncated) {
                     let tag = text(tag);
                     let rows = command_rows(&tag);
                     out.push(Message::Complete { tag, rows });
                 }
             }
-            b'Z' => out.push(Message::Ready),
+            b'Z' => {
+                self.copy_out = CopyState::Off;
+                self.copy_both = false;
+                out.push(Message::Ready);
+            }
+            b'G' | b'H' | b'W' => {
+                let direction = match kind {
+                    b'G' => CopyDirection::In,
+                    b'H' => CopyDirection::Out,
+                    _ => CopyDirection::Both,
+                };
+                if direction != CopyDirection::Out {
+                    self.copy_in = CopyState::Framed;
+                }
+                if direction != CopyDirection::In {
+                    self.copy_out = CopyState::Framed;
+                }
+                self.copy_both = direction == CopyDirection::Both;
+                out.push(Message::Copy { direction });
+            }
             // ParameterStatus: only the setting that changes lexing.
             b'S' if r.cstr(false) == Some(b"standard_conforming_strings") => {
                 if let Some(value) = r.cstr(true) {
@@ -293,6 +400,74 @@ impl Decoder {
             _ => {}
         }
     }
+}
+
+impl Decoder {
+    /// Keeps the last captured bytes of the server's skipped COPY TO output, for its end.
+    fn keep_copy_tail(&mut self, chunk: Chunk<'_>) {
+        if chunk.len > chunk.data.len() {
+            // What was kept no longer ends the stream; the call's own last bytes do, when
+            // they were captured.
+            self.copy_tail.clear();
+            self.copy_tail.extend_from_slice(chunk.tail);
+        } else {
+            self.copy_tail.extend_from_slice(chunk.data);
+        }
+        let excess = self.copy_tail.len().saturating_sub(COPY_END_TAIL);
+        self.copy_tail.drain(..excess);
+    }
+
+    /// The server finished a COPY TO whose data was skipped: its outcome from the kept tail,
+    /// and the server's framing from its next byte.
+    fn end_skipped_copy_out(&mut self, out: &mut Vec<Message>) {
+        match copy_out_end(&self.copy_tail) {
+            Some((tag, rows)) => {
+                out.push(Message::Complete {
+                    tag,
+                    rows: Some(rows),
+                });
+                out.push(Message::Ready);
+            }
+            None => out.push(Message::CopyUnseen),
+        }
+        self.copy_out = CopyState::Off;
+        self.copy_tail = Vec::new();
+        self.server.restart();
+    }
+}
+
+/// The outcome of a COPY TO from the last bytes of the server's output, read backwards: they
+/// end with CopyDone, CommandComplete `COPY n` and ReadyForQuery. Exact: the last six bytes
+/// are the real ReadyForQuery, and only the real CommandComplete ends at it with a tag of
+/// digits (any earlier `C` would have the real header's bytes in its tag).
+fn copy_out_end(tail: &[u8]) -> Option<(String, u64)> {
+    let z = tail.len().checked_sub(6)?;
+    if tail[z..z + 5] != [b'Z', 0, 0, 0, 5] || !matches!(tail[z + 5], b'I' | b'T' | b'E') {
+        return None;
+    }
+    // "COPY 0\0" to "COPY " and 20 digits and NUL.
+    for tag_len in 7..=26usize {
+        let Some(p) = z.checked_sub(5 + tag_len) else {
+            break;
+        };
+        let len = u32::try_from(4 + tag_len).ok()?.to_be_bytes();
+        if tail[p] != b'C' || tail[p + 1..p + 5] != len || p < 5 {
+            continue;
+        }
+        let tag = &tail[p + 5..z - 1];
+        let digits = tag.strip_prefix(b"COPY ").unwrap_or_default();
+        if tail[z - 1] != 0
+            || digits.is_empty()
+            || !digits.iter().all(u8::is_ascii_digit)
+            || tail[p - 5..p] != [b'c', 0, 0, 0, 4]
+        {
+            continue;
+        }
+        let tag = text(tag);
+        let rows = command_rows(&tag)?;
+        return Some((tag, rows));
+    }
+    None
 }
 
 /// The method an AuthenticationRequest asks for; `None` for the continuations (GSS
@@ -655,6 +830,7 @@ pub(crate) mod tests {
             direction: Direction::ToServer,
             data: &q[..4096],
             len: q.len(),
+            tail: &[],
         });
         match &got[..] {
             [Message::Query {
@@ -678,6 +854,7 @@ pub(crate) mod tests {
             direction: Direction::ToServer,
             data: &two[..3],
             len: two.len(),
+            tail: &[],
         });
         assert!(
             matches!(
@@ -901,6 +1078,7 @@ pub(crate) mod tests {
                     direction: dir,
                     data: &c[..cut],
                     len: c.len() + extra,
+                    tail: &[],
                 });
             }
         }
