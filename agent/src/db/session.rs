@@ -815,6 +815,65 @@ mod tests {
         DbSock::decode(&e)
     }
 
+    #[test]
+    fn copy_statements_carry_direction_and_rows_never_the_data() {
+        use crate::db::postgres::tests::{query, startup_message, typed};
+        let mut s = Sessions::new(false);
+        s.open(&sock(db_role::CLIENT), None, None);
+        let mut out = feed(
+            &mut s,
+            db_op::WRITE,
+            0,
+            &startup_message(&[("user", "alice")]),
+        );
+        let mut ok = typed(b'R', &0i32.to_be_bytes());
+        ok.extend(typed(b'Z', b"I"));
+        out.extend(feed(&mut s, db_op::READ, 1, &ok));
+        out.extend(feed(&mut s, db_op::WRITE, 2, &query("COPY t FROM STDIN")));
+        out.extend(feed(&mut s, db_op::READ, 3, &typed(b'G', &[0, 0, 1, 0, 0])));
+        let mut rows = typed(b'd', b"1\tPHIMARK_IN\n");
+        rows.extend(typed(b'c', b""));
+        out.extend(feed(&mut s, db_op::WRITE, 4, &rows));
+        let mut done = typed(b'C', b"COPY 1\0");
+        done.extend(typed(b'Z', b"I"));
+        out.extend(feed(&mut s, db_op::READ, 5, &done));
+        out.extend(feed(&mut s, db_op::WRITE, 6, &query("COPY t TO STDOUT")));
+        // 2,000 rows in one read, captured to its first 4 KiB and last 64 bytes.
+        let mut copy_out = typed(b'H', &[0, 0, 1, 0, 0]);
+        for i in 0..2000 {
+            copy_out.extend(typed(b'd', format!("{i}\tPHIMARK_OUT\n").as_bytes()));
+        }
+        copy_out.extend(typed(b'c', b""));
+        copy_out.extend(typed(b'C', b"COPY 2000\0"));
+        copy_out.extend(typed(b'Z', b"I"));
+        let mut e = data(db_role::CLIENT, db_op::READ, 7, copy_out.len() as u32);
+        e.header.flags |= FLAG_TRUNCATED;
+        let tail = &copy_out[copy_out.len() - 64..];
+        out.extend(s.data_with_tail(&e, &copy_out[..4096], tail));
+        out.extend(feed(&mut s, db_op::WRITE, 8, &query("SELECT 1")));
+        let mut one = typed(b'C', b"SELECT 1\0");
+        one.extend(typed(b'Z', b"I"));
+        out.extend(feed(&mut s, db_op::READ, 9, &one));
+        let statements: Vec<_> = out
+            .iter()
+            .filter_map(|b| match b {
+                Body::DbStatement(st) => {
+                    Some((st.text.as_str(), st.copy_direction.as_str(), st.rows, st.ok))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            statements,
+            [
+                ("COPY t FROM STDIN", "in", Some(1), true),
+                ("COPY t TO STDOUT", "out", Some(2000), true),
+                ("SELECT ?", "", Some(1), true),
+            ]
+        );
+        assert!(!format!("{out:?}").contains("PHIMARK"));
+    }
+
     fn feed(s: &mut Sessions, op: u32, ns: u64, bytes: &[u8]) -> Vec<Body> {
         s.data(&data(db_role::CLIENT, op, ns, bytes.len() as u32), bytes)
     }

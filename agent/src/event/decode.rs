@@ -231,6 +231,33 @@ mod tests {
     }
 
     #[test]
+    fn a_capture_record_splits_into_its_head_and_its_tail() {
+        let event = DbDataEvent {
+            header: header(Kind::DbData),
+            sock: 1,
+            role: 0,
+            op: 0,
+            syscall: 0,
+            fd: 3,
+            len: 10_000,
+            captured: 5,
+            tail: 3,
+            _pad: 0,
+        };
+        let mut bytes = bytes_of(&event);
+        bytes.extend_from_slice(b"headsend");
+        match decode(&bytes).unwrap() {
+            DecodedEvent::DbData(d) => {
+                assert_eq!((&d.data[..], &d.tail[..]), (&b"heads"[..], &b"end"[..]));
+                assert_eq!(d.transfer.len, 10_000);
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+        // A record shorter than its head and tail say is refused, not read past.
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
     fn decodes_variable_length_argv() {
         let fixed = ExecArgsEvent {
             header: header(Kind::ExecArgs),

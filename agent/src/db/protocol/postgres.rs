@@ -1030,6 +1030,281 @@ pub(crate) mod tests {
         assert_eq!(command_rows("BEGIN"), None);
     }
 
+    /// Feeds a recorded exchange in order, each side's bytes cut at random when `rng` is given.
+    fn replay(
+        d: &mut Decoder,
+        exchange: &[(Direction, Vec<u8>)],
+        rng: Option<&mut XorShift>,
+    ) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut rng = rng;
+        for (dir, bytes) in exchange {
+            let chunks = match rng.as_deref_mut() {
+                Some(rng) => split(rng, bytes),
+                None => vec![bytes.clone()],
+            };
+            for c in chunks {
+                out.extend(d.feed(Chunk::whole(*dir, &c)));
+            }
+        }
+        out
+    }
+
+    /// CopyData messages of `rows` tab-separated rows with a marker, as psql sends them (one
+    /// message per row) and the server too.
+    fn copy_data(rows: usize) -> Vec<u8> {
+        (0..rows)
+            .flat_map(|i| typed(b'd', format!("{i}\tPHIMARK_{i}\tQ\0X\n").as_bytes()))
+            .collect()
+    }
+
+    /// CopyInResponse / CopyOutResponse for two text columns.
+    fn copy_response(kind: u8) -> Vec<u8> {
+        typed(kind, &[0, 0, 2, 0, 0, 0, 0])
+    }
+
+    /// psql 15: `COPY t FROM STDIN` (3 rows), `COPY t TO STDOUT`, a COPY the client abandons
+    /// (CopyFail), then a further statement.
+    fn copy_session() -> Vec<(Direction, Vec<u8>)> {
+        let mut copy_in = copy_data(3);
+        copy_in.extend(typed(b'c', b""));
+        let mut copy_out = copy_response(b'H');
+        copy_out.extend(copy_data(3));
+        copy_out.extend(typed(b'c', b""));
+        copy_out.extend(typed(b'C', b"COPY 3\0"));
+        copy_out.extend(typed(b'Z', b"I"));
+        let mut abandoned = copy_data(1);
+        abandoned.extend(typed(b'f', b"PHIMARK_reason\0"));
+        let mut refused = typed(
+            b'E',
+            b"SERROR\0VERROR\0C57014\0MCOPY from stdin failed: PHIMARK_reason\0\0",
+        );
+        refused.extend(typed(b'Z', b"I"));
+        let mut done = typed(b'C', b"COPY 3\0");
+        done.extend(typed(b'Z', b"I"));
+        let mut select = typed(b'C', b"SELECT 1\0");
+        select.extend(typed(b'Z', b"I"));
+        vec![
+            (Direction::ToServer, query("COPY t FROM STDIN")),
+            (Direction::ToClient, copy_response(b'G')),
+            (Direction::ToServer, copy_in),
+            (Direction::ToClient, done),
+            (Direction::ToServer, query("COPY t TO STDOUT")),
+            (Direction::ToClient, copy_out),
+            (Direction::ToServer, query("COPY t FROM STDIN")),
+            (Direction::ToClient, copy_response(b'G')),
+            (Direction::ToServer, abandoned),
+            (Direction::ToClient, refused),
+            (Direction::ToServer, query("SELECT 1")),
+            (Direction::ToClient, select),
+        ]
+    }
+
+    fn copy_expected() -> Vec<Message> {
+        let q = |t: &str| Message::Query {
+            text: t.into(),
+            truncated: false,
+        };
+        let copied = Message::Complete {
+            tag: "COPY 3".into(),
+            rows: Some(3),
+        };
+        let copy = |direction| Message::Copy { direction };
+        vec![
+            q("COPY t FROM STDIN"),
+            copy(CopyDirection::In),
+            copied.clone(),
+            Message::Ready,
+            q("COPY t TO STDOUT"),
+            copy(CopyDirection::Out),
+            copied,
+            Message::Ready,
+            q("COPY t FROM STDIN"),
+            copy(CopyDirection::In),
+            Message::Error {
+                sqlstate: Some("57014".into()),
+                code: None,
+                severity: Some("ERROR".into()),
+            },
+            Message::Ready,
+            q("SELECT 1"),
+            Message::Complete {
+                tag: "SELECT 1".into(),
+                rows: Some(1),
+            },
+            Message::Ready,
+        ]
+    }
+
+    #[test]
+    fn copy_both_ways_and_copy_fail_decode_as_statements_never_their_data() {
+        let got = replay(&mut Decoder::mid_session(), &copy_session(), None);
+        assert_eq!(got, copy_expected());
+        assert!(!format!("{got:?}").contains("PHIMARK"), "{got:?}");
+    }
+
+    #[test]
+    fn a_copy_session_split_anywhere_decodes_the_same() {
+        let session = copy_session();
+        let mut rng = XorShift(0xc0b7_5e55);
+        for _ in 0..300 {
+            let got = replay(&mut Decoder::mid_session(), &session, Some(&mut rng));
+            assert_eq!(got, copy_expected());
+        }
+    }
+
+    /// One call that moved `bytes` of which only the first `captured` and, when given, the
+    /// last `tail` bytes were captured.
+    fn cut(direction: Direction, bytes: &[u8], captured: usize, tail: usize) -> Chunk<'_> {
+        Chunk {
+            direction,
+            data: &bytes[..captured],
+            len: bytes.len(),
+            tail: &bytes[bytes.len() - tail..],
+        }
+    }
+
+    #[test]
+    fn copy_from_that_outruns_the_capture_is_skipped_to_the_servers_count() {
+        let mut d = Decoder::mid_session();
+        let mut got = replay(&mut d, &copy_session()[..2], None);
+        let mut data = copy_data(100);
+        data.extend(typed(b'c', b""));
+        got.extend(d.feed(cut(Direction::ToServer, &data, 40, 0)));
+        let mut done = typed(b'C', b"COPY 100\0");
+        done.extend(typed(b'Z', b"I"));
+        got.extend(d.feed(Chunk::whole(Direction::ToClient, &done)));
+        got.extend(d.feed(Chunk::whole(Direction::ToServer, &query("SELECT 1"))));
+        assert_eq!(
+            got[2..],
+            [
+                Message::Complete {
+                    tag: "COPY 100".into(),
+                    rows: Some(100)
+                },
+                Message::Ready,
+                Message::Query {
+                    text: "SELECT 1".into(),
+                    truncated: false
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn an_error_during_a_skipped_copy_from_desyncs_the_client_side() {
+        let mut d = Decoder::mid_session();
+        let mut got = replay(&mut d, &copy_session()[..2], None);
+        let data = copy_data(100);
+        got.extend(d.feed(cut(Direction::ToServer, &data, 40, 0)));
+        got.extend(d.feed(Chunk::whole(
+            Direction::ToClient,
+            &typed(b'E', b"SERROR\0C22P02\0\0"),
+        )));
+        got.extend(d.feed(Chunk::whole(Direction::ToServer, &data[40..])));
+        assert!(
+            matches!(
+                &got[2..],
+                [
+                    Message::Desync {
+                        direction: Direction::ToServer,
+                        ..
+                    },
+                    Message::Error { .. }
+                ]
+            ),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn copy_to_that_outruns_the_capture_takes_its_count_from_the_calls_tail() {
+        let mut out = copy_response(b'H');
+        out.extend(copy_data(500));
+        out.extend(typed(b'c', b""));
+        out.extend(typed(b'C', b"COPY 500\0"));
+        out.extend(typed(b'Z', b"I"));
+        let answer = {
+            let mut a = typed(b'C', b"SELECT 1\0");
+            a.extend(typed(b'Z', b"I"));
+            a
+        };
+        let copy_query = || Message::Query {
+            text: "COPY t TO STDOUT".into(),
+            truncated: false,
+        };
+        let next = [
+            Message::Query {
+                text: "SELECT 1".into(),
+                truncated: false,
+            },
+            Message::Complete {
+                tag: "SELECT 1".into(),
+                rows: Some(1),
+            },
+            Message::Ready,
+        ];
+        // The end in the call's captured tail; or in a later call captured whole; or not
+        // captured at all.
+        for (tail, split_at, outcome) in [
+            (64, out.len(), Some(500)),
+            (0, out.len() - 30, Some(500)),
+            (0, out.len() - 10, None),
+            (0, out.len(), None),
+            (8, out.len(), None),
+        ] {
+            let mut d = Decoder::mid_session();
+            let mut got = d.feed(Chunk::whole(
+                Direction::ToServer,
+                &query("COPY t TO STDOUT"),
+            ));
+            got.extend(d.feed(cut(Direction::ToClient, &out[..split_at], 100, tail)));
+            got.extend(d.feed(Chunk::whole(Direction::ToClient, &out[split_at..])));
+            got.extend(d.feed(Chunk::whole(Direction::ToServer, &query("SELECT 1"))));
+            got.extend(d.feed(Chunk::whole(Direction::ToClient, &answer)));
+            let mut want = vec![
+                copy_query(),
+                Message::Copy {
+                    direction: CopyDirection::Out,
+                },
+            ];
+            match outcome {
+                Some(n) => want.extend([
+                    Message::Complete {
+                        tag: format!("COPY {n}"),
+                        rows: Some(n),
+                    },
+                    Message::Ready,
+                ]),
+                None => want.push(Message::CopyUnseen),
+            }
+            want.extend(next.clone());
+            assert_eq!(got, want, "tail {tail}, split at {split_at}");
+            assert!(!format!("{got:?}").contains("PHIMARK"));
+        }
+    }
+
+    #[test]
+    fn a_copy_to_end_is_read_back_only_when_exact() {
+        let mut end = typed(b'd', b"C\0\0\0\x0bCOPY 9\0");
+        end.extend(typed(b'c', b""));
+        end.extend(typed(b'C', b"COPY 12\0"));
+        end.extend(typed(b'Z', b"T"));
+        assert_eq!(copy_out_end(&end), Some(("COPY 12".into(), 12)));
+        // Data shaped like an end, but not followed by ReadyForQuery; a tag that is not a
+        // count; no CopyDone before it.
+        assert_eq!(copy_out_end(&typed(b'd', &end[..end.len() - 6])), None);
+        let mut wrong = typed(b'c', b"");
+        wrong.extend(typed(b'C', b"COPY x\0"));
+        wrong.extend(typed(b'Z', b"I"));
+        assert_eq!(copy_out_end(&wrong), None);
+        let mut no_done = typed(b'd', b"12345");
+        no_done.extend(typed(b'C', b"COPY 1\0"));
+        no_done.extend(typed(b'Z', b"I"));
+        assert_eq!(copy_out_end(&no_done), None);
+        assert_eq!(copy_out_end(b"Z\0\0\0\x05I"), None);
+    }
+
     /// The fuzz target in `cargo test`: mutated sessions and random bytes, split at random,
     /// with random capture truncation, never panic.
     #[test]
@@ -1040,12 +1315,14 @@ pub(crate) mod tests {
         login.extend(login_refused("28P01"));
         let mut sasl = startup_message(&[("user", "clerk")]);
         sasl.extend(typed(b'p', b"SCRAM-SHA-256\0\0\0\0\x04n,,x"));
+        let copy: Vec<u8> = copy_session().into_iter().flat_map(|(_, b)| b).collect();
         let bases = [
             client_session(),
             server_session(),
             ssl_request(),
             login,
             sasl,
+            copy,
         ];
         for round in 0..4000 {
             let base = &bases[round % bases.len()];
