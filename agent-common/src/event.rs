@@ -450,6 +450,11 @@ pub struct DbDataEvent {
     /// Bytes captured (at most [`crate::limits::DB_CAPTURE_LEN`]); `FLAG_TRUNCATED` when fewer
     /// than `len`.
     pub captured: u32,
+    /// Bytes from the end of the call that follow the `captured` ones in the record (at most
+    /// [`crate::limits::DB_TAIL_LEN`]; only when the call moved more than was captured).
+    pub tail: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 /// Scratch layout a capture record is built in before its used part is sent. The data array
@@ -464,7 +469,7 @@ pub struct DbDataScratch {
 }
 
 const _: () = assert!(core::mem::size_of::<DbSockEvent>() == 80 + 40 + 32);
-const _: () = assert!(core::mem::size_of::<DbDataEvent>() == 80 + 32);
+const _: () = assert!(core::mem::size_of::<DbDataEvent>() == 80 + 40);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 96);
 const _: () = assert!(

@@ -51,6 +51,10 @@ pub const READ_INTERVAL_MS: u64 = 10;
 pub const IDLE_READ_INTERVAL_MS: u64 = 50;
 /// Bytes captured per read or write on a tracked database socket (a power of two).
 pub const DB_CAPTURE_LEN: usize = 4096;
+/// Bytes also captured from the end of a plain-buffer read or write longer than
+/// [`DB_CAPTURE_LEN`]: where a burst of data ends, the protocol's closing messages are (a
+/// PostgreSQL COPY TO's CommandComplete and ReadyForQuery).
+pub const DB_TAIL_LEN: usize = 64;
 /// Database ports (map entries).
 pub const MAX_DB_PORTS: u32 = 64;
 /// At most this many `iovec`s of a `readv`/`writev`/`sendmsg`/`recvmsg` are copied from (the

@@ -1774,3 +1774,242 @@ fn mariadb_logins_and_change_user_report_outcome_and_the_new_user() {
     assert_eq!(got, want, "exactly one login event per attempt and end");
     expect_no_marker(&h, &[]);
 }
+
+/// The statement events of one transport and end, in order.
+fn statements_of(h: &Harness, transport: &str, want: &str) -> Vec<v1::DbStatement> {
+    h.seen
+        .iter()
+        .filter_map(statement)
+        .filter(|s| {
+            role(s.session.as_ref()) == want
+                && s.session.as_ref().is_some_and(|x| x.transport == transport)
+        })
+        .cloned()
+        .collect()
+}
+
+/// `rows` lines of tab-separated `id`, `note` with a marker in every note: several MB for
+/// 60,000 rows, far beyond what one captured read or write holds.
+fn copy_rows(rows: usize) -> String {
+    (0..rows)
+        .map(|i| format!("{i}\tPHIMARK_ROW_{i:08}_{}\n", "z".repeat(64)))
+        .collect()
+}
+
+#[test]
+fn postgres_large_copy_both_ways_reports_rows_and_direction_never_the_data() {
+    const ROWS: usize = 60_000;
+    let cluster = Cluster::start();
+    let mut h = Harness::start_with(&config(&cluster));
+    let data = copy_rows(ROWS);
+    assert!(data.len() > 5_000_000, "several MB: {}", data.len());
+    let input = cluster.dir.path().join("copy-in.tsv");
+    fs::write(&input, &data).unwrap();
+    let socket_dir = cluster.dir.path().display().to_string();
+    for (host, transport) in [("127.0.0.1", "tcp"), (socket_dir.as_str(), "unix")] {
+        let table = format!("copy_{transport}");
+        let status = Command::new("/usr/bin/psql")
+            .args(["-X", "-h", host, "-p", &cluster.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1"])
+            .args(["-c", &format!("CREATE TABLE {table} (id int, note text)")])
+            .args(["-c", &format!("COPY {table} FROM STDIN")])
+            .args(["-c", &format!("COPY {table} TO STDOUT")])
+            // stdin is used up by then: an empty COPY, which ends at once.
+            .args(["-c", &format!("COPY {table} (id) FROM STDIN")])
+            .args(["-c", "SELECT 4242 AS after_copy"])
+            .stdin(fs::File::open(&input).unwrap())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("psql");
+        // The first COPY FROM STDIN reads all of stdin; the second gets none and copies 0 rows.
+        assert!(status.success(), "psql over {transport}: {status}");
+        for want in ["client", "server"] {
+            h.expect(
+                &format!("{want} statement after the copies over {transport}"),
+                |e| {
+                    statement(e).is_some_and(|s| {
+                        s.text == "SELECT ? AS after_copy"
+                            && role(s.session.as_ref()) == want
+                            && s.session.as_ref().is_some_and(|x| x.transport == transport)
+                    })
+                },
+            );
+            let got: Vec<_> = statements_of(&h, transport, want)
+                .into_iter()
+                .map(|s| (s.text, s.copy_direction, s.rows, s.ok))
+                .collect();
+            let rows = Some(ROWS as u64);
+            assert_eq!(
+                got,
+                [
+                    (
+                        format!("CREATE TABLE {table} (id int, note text)"),
+                        "".into(),
+                        None,
+                        true
+                    ),
+                    (format!("COPY {table} FROM STDIN"), "in".into(), rows, true),
+                    (format!("COPY {table} TO STDOUT"), "out".into(), rows, true),
+                    (
+                        format!("COPY {table} (id) FROM STDIN"),
+                        "in".into(),
+                        Some(0),
+                        true
+                    ),
+                    ("SELECT ? AS after_copy".into(), "".into(), Some(1), true),
+                ],
+                "{want} statements over {transport}"
+            );
+        }
+    }
+    expect_no_marker(&h, &[]);
+    h.stop();
+}
+
+#[test]
+fn postgres_copy_refused_by_the_server_fails_the_statement_and_the_session_goes_on() {
+    let cluster = Cluster::start();
+    let mut h = Harness::start_with(&config(&cluster));
+    let input = cluster.dir.path().join("bad.tsv");
+    fs::write(&input, "1\tPHIMARK_OK\nnot-a-number\tPHIMARK_BAD\n").unwrap();
+    let socket_dir = cluster.dir.path().display().to_string();
+    for (host, transport) in [("127.0.0.1", "tcp"), (socket_dir.as_str(), "unix")] {
+        let table = format!("bad_{transport}");
+        let _ = Command::new("/usr/bin/psql")
+            .args(["-X", "-h", host, "-p", &cluster.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres"])
+            .args(["-c", &format!("CREATE TABLE {table} (id int, note text)")])
+            .args(["-c", &format!("COPY {table} FROM STDIN")])
+            .args(["-c", "SELECT 4242 AS after_failed_copy"])
+            .stdin(fs::File::open(&input).unwrap())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("psql");
+        for want in ["client", "server"] {
+            h.expect(
+                &format!("{want} statement after the failed copy over {transport}"),
+                |e| {
+                    statement(e).is_some_and(|s| {
+                        s.text == "SELECT ? AS after_failed_copy"
+                            && role(s.session.as_ref()) == want
+                            && s.session.as_ref().is_some_and(|x| x.transport == transport)
+                    })
+                },
+            );
+            let got: Vec<_> = statements_of(&h, transport, want)
+                .into_iter()
+                .map(|s| (s.text, s.copy_direction, s.sqlstate, s.ok))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (
+                        format!("CREATE TABLE {table} (id int, note text)"),
+                        "".into(),
+                        "".into(),
+                        true
+                    ),
+                    // invalid_text_representation: the row's value is not in the event.
+                    (
+                        format!("COPY {table} FROM STDIN"),
+                        "in".into(),
+                        "22P02".into(),
+                        false
+                    ),
+                    (
+                        "SELECT ? AS after_failed_copy".into(),
+                        "".into(),
+                        "".into(),
+                        true
+                    ),
+                ],
+                "{want} statements over {transport}"
+            );
+        }
+    }
+    expect_no_marker(&h, &[]);
+    h.stop();
+}
+
+#[test]
+fn mariadb_load_data_local_reports_rows_and_the_next_statement_never_the_file() {
+    const ROWS: usize = 131;
+    let db = MariaDb::start();
+    let mut config = Config::default();
+    config.database.ports = vec![db.port];
+    config.database.unix_sockets = vec![db.socket()];
+    let mut h = Harness::start_with(&config);
+    db.client(false, None, "CREATE DATABASE ehr");
+    // 12 KB; lines that would be commands if read as packets (0x03 COM_QUERY is a tab-free
+    // byte any file can hold).
+    let data: String = (0..ROWS)
+        .map(|i| format!("{i}\t\x03SELECT 'PHIMARK_FILE_{i:04}' {}\n", "q".repeat(60)))
+        .collect();
+    assert!((12_000..13_000).contains(&data.len()), "{}", data.len());
+    // The file name is a literal of the statement: redacted like one.
+    let file = db.dir.path().join("PHIMARK_NAME.tsv");
+    fs::write(&file, &data).unwrap();
+    for (socket, transport) in [(false, "tcp"), (true, "unix")] {
+        let table = format!("ehr.load_{transport}");
+        let mut cmd = Command::new("/usr/bin/mariadb");
+        cmd.args(["--no-defaults", "-uroot", "--local-infile=1"]);
+        if socket {
+            cmd.arg(format!("--socket={}", db.socket().display()));
+        } else {
+            cmd.args(["-h", "127.0.0.1", "-P", &db.port.to_string()]);
+        }
+        let sql = format!(
+            "CREATE TABLE {table} (id int, note text); \
+             LOAD DATA LOCAL INFILE '{}' INTO TABLE {table}; \
+             SELECT 4242 AS after_load",
+            file.display()
+        );
+        let out = cmd.args(["-e", &sql]).output().expect("mariadb");
+        assert!(
+            out.status.success(),
+            "mariadb over {transport}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for want in ["client", "server"] {
+            h.expect(
+                &format!("{want} statement after the load over {transport}"),
+                |e| {
+                    statement(e).is_some_and(|s| {
+                        s.text == "SELECT ? AS after_load"
+                            && role(s.session.as_ref()) == want
+                            && s.session.as_ref().is_some_and(|x| x.transport == transport)
+                    })
+                },
+            );
+            let got: Vec<_> = statements_of(&h, transport, want)
+                .into_iter()
+                .map(|s| (s.text, s.copy_direction, s.rows, s.ok))
+                .filter(|(text, ..)| !text.starts_with("select @@"))
+                .collect();
+            let mut expected = Vec::new();
+            if transport == "tcp" {
+                expected.push(("CREATE DATABASE ehr".into(), "".into(), Some(1), true));
+            }
+            expected.extend([
+                (
+                    format!("CREATE TABLE {table} (id int, note text)"),
+                    "".into(),
+                    Some(0),
+                    true,
+                ),
+                (
+                    format!("LOAD DATA LOCAL INFILE ? INTO TABLE {table}"),
+                    "in".into(),
+                    Some(ROWS as u64),
+                    true,
+                ),
+                ("SELECT ? AS after_load".into(), "".into(), Some(1), true),
+            ]);
+            assert_eq!(got, expected, "{want} statements over {transport}");
+        }
+    }
+    expect_no_marker(&h, &[]);
+    h.stop();
+}

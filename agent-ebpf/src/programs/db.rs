@@ -36,7 +36,7 @@ use phiguard_common::{
         db_op, db_role, db_syscall, DbDataScratch, DbSockEvent, Kind, FLAG_DB_JOINED,
         FLAG_TRUNCATED,
     },
-    limits::{DB_CAPTURE_LEN, MAX_DB_IOVECS},
+    limits::{DB_CAPTURE_LEN, DB_TAIL_LEN, MAX_DB_IOVECS},
     maps::{db_process, InodeKey},
     program::Program,
 };
@@ -300,7 +300,7 @@ struct IoVec {
 }
 
 /// At exit: when the calling process holds database sockets and `fd` is a tracked one, sends
-/// the first bytes the call moved. The common case, a process without database sockets,
+/// the first bytes the call moved (and, for a long plain-buffer call, its last bytes). The common case, a process without database sockets,
 /// costs one hash lookup. A descriptor that is not a socket (its `sock` unreadable) is
 /// skipped, not a fault: database processes read files too.
 #[inline(always)]
@@ -347,6 +347,13 @@ fn try_exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -
     if captured < ret as usize {
         scratch.event.header.flags |= FLAG_TRUNCATED;
     }
+    // The end of a long plain-buffer call too: a burst's closing messages are there.
+    let tail = match buffer {
+        Buffer::Flat if captured == DB_CAPTURE_LEN && ret as usize > captured => {
+            copy_tail(scratch, ptr, ret as usize)
+        }
+        _ => 0,
+    };
     scratch.event.sock = sk.addr() as u64;
     scratch.event.role = sock.role;
     scratch.event.op = op;
@@ -354,7 +361,9 @@ fn try_exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -
     scratch.event.fd = fd;
     scratch.event.len = ret as u32;
     scratch.event.captured = captured as u32;
-    let len = offset_of!(DbDataScratch, data) + (captured & (2 * DB_CAPTURE_LEN - 1));
+    scratch.event.tail = tail as u32;
+    scratch.event._pad = 0;
+    let len = offset_of!(DbDataScratch, data) + ((captured + tail) & (2 * DB_CAPTURE_LEN - 1));
     if len > size_of::<DbDataScratch>() {
         return Err(ProbeError::Fault);
     }
@@ -417,6 +426,32 @@ fn copy_user(scratch: &mut DbDataScratch, at: usize, src: u64, len: usize) -> us
         at + len
     } else {
         at
+    }
+}
+
+/// Copies the last `min(DB_TAIL_LEN, len - DB_CAPTURE_LEN)` of the `len` bytes at user
+/// address `src` to `data[DB_CAPTURE_LEN..]`; returns how many (0 when they could not be read).
+#[inline(always)]
+fn copy_tail(scratch: &mut DbDataScratch, src: u64, len: usize) -> usize {
+    let n = len.saturating_sub(DB_CAPTURE_LEN).min(DB_TAIL_LEN);
+    if n == 0 {
+        return 0;
+    }
+    // 1..=DB_TAIL_LEN in a form the verifier can bound.
+    let n = ((n - 1) & (DB_TAIL_LEN - 1)) + 1;
+    // SAFETY: at most `DB_TAIL_LEN` bytes at offset `DB_CAPTURE_LEN` of a `2 * DB_CAPTURE_LEN`
+    // array; the helper checks the user address.
+    let rc = unsafe {
+        raw_probe_read_user(
+            scratch.data.as_mut_ptr().add(DB_CAPTURE_LEN).cast(),
+            n as u32,
+            (src + (len - n) as u64) as *const core::ffi::c_void,
+        )
+    };
+    if rc == 0 {
+        n
+    } else {
+        0
     }
 }
 

@@ -27,7 +27,7 @@ use phiguard_proto::v1::{self, event::Body};
 use super::{
     mysql, postgres,
     sql::{self, Dialect},
-    Chunk, Direction, Encryption, Message,
+    Chunk, CopyDirection, Direction, Encryption, Message,
 };
 use crate::event::net::{DbEnds, DbRole, DbSock, DbTransfer};
 
@@ -74,6 +74,8 @@ struct Pending {
     name: String,
     prepared: bool,
     start_ns: u64,
+    /// The statement moves bulk data this way (the server said so).
+    copy: Option<CopyDirection>,
 }
 
 /// A login (or MySQL COM_CHANGE_USER) waiting for the server's verdict.
@@ -205,6 +207,12 @@ impl Sessions {
 
     /// Bytes moved on a tracked socket. Returns the events they complete.
     pub fn data(&mut self, e: &DbTransfer, data: &[u8]) -> Vec<Body> {
+        self.data_with_tail(e, data, &[])
+    }
+
+    /// Bytes moved on a tracked socket, with the call's last bytes when it moved more than
+    /// `data` and they were captured. Returns the events they complete.
+    pub fn data_with_tail(&mut self, e: &DbTransfer, data: &[u8], tail: &[u8]) -> Vec<Body> {
         let mut out = Vec::new();
         let Some(session) = self.sessions.get_mut(&e.socket_id) else {
             return out;
@@ -229,10 +237,12 @@ impl Sessions {
         } else {
             data.len()
         };
+        let len = len.max(data.len());
         let chunk = Chunk {
             direction,
             data,
-            len: len.max(data.len()),
+            len,
+            tail: if len > data.len() { tail } else { &[] },
         };
         if matches!(session.decoder, Decoder::Unknown) {
             let joined = session.info.joined;
@@ -427,6 +437,7 @@ impl Session {
                 name: String::new(),
                 prepared: false,
                 start_ns: now_ns,
+                copy: None,
             }),
             Message::Execute { name, text } => self.push(Pending {
                 text: text.unwrap_or_default(),
@@ -434,6 +445,7 @@ impl Session {
                 name,
                 prepared: true,
                 start_ns: now_ns,
+                copy: None,
             }),
             Message::Complete { tag, rows } => {
                 if let Some(p) = self.pending.pop_front() {
@@ -456,6 +468,17 @@ impl Session {
             // rest of an extended-protocol batch after an error).
             Message::Ready => {
                 while let Some(p) = self.pending.pop_front() {
+                    out.push(self.statement(p, dialect, full, now_ns, |_| {}));
+                }
+            }
+            Message::Copy { direction } => {
+                if let Some(p) = self.pending.front_mut() {
+                    p.copy = Some(direction);
+                }
+            }
+            // A COPY whose end was not captured: it ends with no outcome.
+            Message::CopyUnseen => {
+                if let Some(p) = self.pending.pop_front() {
                     out.push(self.statement(p, dialect, full, now_ns, |_| {}));
                 }
             }
@@ -550,6 +573,7 @@ impl Session {
             statement_name: p.name,
             prepared: p.prepared,
             duration_us: now_ns.saturating_sub(p.start_ns) / 1000,
+            copy_direction: p.copy.map(CopyDirection::as_str).unwrap_or_default().into(),
             ..Default::default()
         };
         outcome(&mut st);
@@ -789,6 +813,65 @@ mod tests {
         e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         e.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
         DbSock::decode(&e)
+    }
+
+    #[test]
+    fn copy_statements_carry_direction_and_rows_never_the_data() {
+        use crate::db::postgres::tests::{query, startup_message, typed};
+        let mut s = Sessions::new(false);
+        s.open(&sock(db_role::CLIENT), None, None);
+        let mut out = feed(
+            &mut s,
+            db_op::WRITE,
+            0,
+            &startup_message(&[("user", "alice")]),
+        );
+        let mut ok = typed(b'R', &0i32.to_be_bytes());
+        ok.extend(typed(b'Z', b"I"));
+        out.extend(feed(&mut s, db_op::READ, 1, &ok));
+        out.extend(feed(&mut s, db_op::WRITE, 2, &query("COPY t FROM STDIN")));
+        out.extend(feed(&mut s, db_op::READ, 3, &typed(b'G', &[0, 0, 1, 0, 0])));
+        let mut rows = typed(b'd', b"1\tPHIMARK_IN\n");
+        rows.extend(typed(b'c', b""));
+        out.extend(feed(&mut s, db_op::WRITE, 4, &rows));
+        let mut done = typed(b'C', b"COPY 1\0");
+        done.extend(typed(b'Z', b"I"));
+        out.extend(feed(&mut s, db_op::READ, 5, &done));
+        out.extend(feed(&mut s, db_op::WRITE, 6, &query("COPY t TO STDOUT")));
+        // 2,000 rows in one read, captured to its first 4 KiB and last 64 bytes.
+        let mut copy_out = typed(b'H', &[0, 0, 1, 0, 0]);
+        for i in 0..2000 {
+            copy_out.extend(typed(b'd', format!("{i}\tPHIMARK_OUT\n").as_bytes()));
+        }
+        copy_out.extend(typed(b'c', b""));
+        copy_out.extend(typed(b'C', b"COPY 2000\0"));
+        copy_out.extend(typed(b'Z', b"I"));
+        let mut e = data(db_role::CLIENT, db_op::READ, 7, copy_out.len() as u32);
+        e.header.flags |= FLAG_TRUNCATED;
+        let tail = &copy_out[copy_out.len() - 64..];
+        out.extend(s.data_with_tail(&e, &copy_out[..4096], tail));
+        out.extend(feed(&mut s, db_op::WRITE, 8, &query("SELECT 1")));
+        let mut one = typed(b'C', b"SELECT 1\0");
+        one.extend(typed(b'Z', b"I"));
+        out.extend(feed(&mut s, db_op::READ, 9, &one));
+        let statements: Vec<_> = out
+            .iter()
+            .filter_map(|b| match b {
+                Body::DbStatement(st) => {
+                    Some((st.text.as_str(), st.copy_direction.as_str(), st.rows, st.ok))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            statements,
+            [
+                ("COPY t FROM STDIN", "in", Some(1), true),
+                ("COPY t TO STDOUT", "out", Some(2000), true),
+                ("SELECT ?", "", Some(1), true),
+            ]
+        );
+        assert!(!format!("{out:?}").contains("PHIMARK"));
     }
 
     fn feed(s: &mut Sessions, op: u32, ns: u64, bytes: &[u8]) -> Vec<Body> {

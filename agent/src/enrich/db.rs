@@ -39,7 +39,7 @@ impl Enricher {
 
     /// Captured bytes: the statements (and session ends) they complete.
     pub(super) fn db_data(&mut self, d: &DbData) -> Vec<v1::Event> {
-        let bodies = self.sessions.data(&d.transfer, &d.data);
+        let bodies = self.sessions.data_with_tail(&d.transfer, &d.data, &d.tail);
         bodies
             .into_iter()
             .map(|body| self.finish(d.transfer.header.clone(), body, None))

@@ -9,7 +9,7 @@ use std::mem::size_of;
 use aya::Pod;
 use phiguard_common::{
     event::{DbDataEvent, ExecArgsEvent, ExitEvent, ForkEvent, Kind, FLAG_TRUNCATED},
-    limits::{ARGS_LEN, DB_CAPTURE_LEN},
+    limits::{ARGS_LEN, DB_CAPTURE_LEN, DB_TAIL_LEN},
 };
 
 use super::{
@@ -51,6 +51,9 @@ pub struct DbData {
     pub transfer: DbTransfer,
     /// The first bytes the call moved (at most [`DB_CAPTURE_LEN`]).
     pub data: Vec<u8>,
+    /// The last bytes of a call longer than `data` (at most [`DB_TAIL_LEN`]; empty when not
+    /// captured).
+    pub tail: Vec<u8>,
 }
 
 /// The argv captured at `execve`/`execveat` entry.
@@ -137,16 +140,20 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedEvent, DecodeError> {
         Kind::DbData => {
             let event: DbDataEvent = read(bytes, code)?;
             let len = (event.captured as usize).min(DB_CAPTURE_LEN);
-            let data = bytes
-                .get(size_of::<DbDataEvent>()..size_of::<DbDataEvent>() + len)
+            let tail = (event.tail as usize).min(DB_TAIL_LEN);
+            let start = size_of::<DbDataEvent>();
+            let all = bytes
+                .get(start..start + len + tail)
                 .ok_or(DecodeError::TooShort {
                     kind: code,
                     len: bytes.len(),
-                    expected: size_of::<DbDataEvent>() + len,
+                    expected: start + len + tail,
                 })?;
+            let (data, tail) = all.split_at(len);
             DecodedEvent::DbData(DbData {
                 transfer: DbTransfer::decode(&event),
                 data: data.to_vec(),
+                tail: tail.to_vec(),
             })
         }
         Kind::ExecArgs => {
@@ -221,6 +228,33 @@ mod tests {
             }
             other => panic!("decoded as {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_capture_record_splits_into_its_head_and_its_tail() {
+        let event = DbDataEvent {
+            header: header(Kind::DbData),
+            sock: 1,
+            role: 0,
+            op: 0,
+            syscall: 0,
+            fd: 3,
+            len: 10_000,
+            captured: 5,
+            tail: 3,
+            _pad: 0,
+        };
+        let mut bytes = bytes_of(&event);
+        bytes.extend_from_slice(b"headsend");
+        match decode(&bytes).unwrap() {
+            DecodedEvent::DbData(d) => {
+                assert_eq!((&d.data[..], &d.tail[..]), (&b"heads"[..], &b"end"[..]));
+                assert_eq!(d.transfer.len, 10_000);
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+        // A record shorter than its head and tail say is refused, not read past.
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Chunk<'a> {
     pub data: &'a [u8],
     /// How many bytes the call moved; more than `data.len()` when the capture was truncated.
     pub len: usize,
+    /// The call's last bytes, when it moved more than `data` and they were captured (empty
+    /// otherwise): only where a burst of skipped data ends, never framed from.
+    pub tail: &'a [u8],
 }
 
 impl<'a> Chunk<'a> {
@@ -47,6 +50,7 @@ impl<'a> Chunk<'a> {
             direction,
             data,
             len: data.len(),
+            tail: &[],
         }
     }
 }
@@ -134,6 +138,17 @@ pub enum Message {
     },
     /// The server is idle again (PostgreSQL ReadyForQuery).
     Ready,
+    /// The running statement moves bulk data (PostgreSQL CopyInResponse, CopyOutResponse,
+    /// CopyBothResponse; MySQL's LOCAL INFILE request). The data itself is never read: only
+    /// its framing is followed, and its outcome (rows, or the error) closes the statement.
+    Copy {
+        /// Which way the data goes.
+        direction: CopyDirection,
+    },
+    /// A COPY's data outran the capture and its end was not seen (PostgreSQL COPY TO whose
+    /// last bytes were not captured): the statement ends here with no outcome, and the
+    /// direction is followed again from the next message.
+    CopyUnseen,
     /// The server reported a setting that changes how statements are lexed: PostgreSQL's
     /// ParameterStatus `standard_conforming_strings` (`on`/`off`), or MySQL's
     /// `SERVER_STATUS_NO_BACKSLASH_ESCAPES` flag as `no_backslash_escapes` (`on`/`off`, sent
@@ -154,6 +169,28 @@ pub enum Message {
         /// Why.
         reason: DecodeError,
     },
+}
+
+/// Which way a COPY (or MySQL LOAD DATA LOCAL) moves data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyDirection {
+    /// From the client into the server: `COPY … FROM STDIN`, `LOAD DATA LOCAL INFILE`.
+    In,
+    /// From the server to the client: `COPY … TO STDOUT`.
+    Out,
+    /// Both ways (PostgreSQL streaming replication's CopyBothResponse).
+    Both,
+}
+
+impl CopyDirection {
+    /// The name events carry: `in`, `out`, `both`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::In => "in",
+            Self::Out => "out",
+            Self::Both => "both",
+        }
+    }
 }
 
 /// Why a direction could not be decoded.
@@ -224,6 +261,12 @@ impl Stream {
         self.buf = Vec::new();
         self.discard = 0;
         self.pending_gap = 0;
+    }
+
+    /// Forgets the lost framing and everything buffered: the next chunk starts a message.
+    /// Only for a point the protocol makes a boundary (the other direction says so).
+    pub fn restart(&mut self) {
+        *self = Self::default();
     }
 
     /// Takes in one chunk's captured bytes and remembers its uncaptured remainder; call

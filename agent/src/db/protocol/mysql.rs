@@ -7,10 +7,21 @@
 //! `COM_STMT_EXECUTE`, `COM_INIT_DB`, `COM_QUIT`; the server answers each with OK (affected
 //! rows), ERR (code and SQLSTATE; the message is not read) or a result set, whose rows are
 //! counted, never read. Compressed sessions (`CLIENT_COMPRESS`) are not decoded.
+//!
+//! **LOAD DATA LOCAL.** A `LOAD DATA LOCAL INFILE` query is answered by the server's LOCAL
+//! INFILE request (0xfb and the file name). The client then sends the file as packets whose
+//! sequence ids continue the query's, ending with an empty packet; the server's OK (affected
+//! rows) or ERR closes the statement. Those packets are data: never parsed as commands, never
+//! read. The file name is not reported: it is a literal of the statement (redacted in its
+//! text). When the file's packets outrun the capture (a call larger than the kernel copies,
+//! across packet boundaries), they are skipped to the server's OK, which comes only after the
+//! empty packet, so the client's next byte starts a command. An ERR after such a skip leaves
+//! the client's framing unknown (it may still be sending the file): that direction is
+//! desynchronised.
 
 use super::{
-    method_name, text, Chunk, DecodeError, Direction, Encryption, Frame, Header, Message, Reader,
-    Statements, Stream,
+    method_name, text, Chunk, CopyDirection, DecodeError, Direction, Encryption, Frame, Header,
+    Message, Reader, Statements, Stream,
 };
 
 const CLIENT_CONNECT_WITH_DB: u32 = 0x0000_0008;
@@ -47,6 +58,17 @@ enum Phase {
     Command,
 }
 
+/// How far the client's file packets of a LOAD DATA LOCAL are followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Infile {
+    /// No file is being sent.
+    Off,
+    /// File packets until the empty one, followed packet by packet.
+    Framed,
+    /// More was sent than captured: skipped to the server's answer.
+    Skipped,
+}
+
 /// What the server's next packets answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
@@ -74,6 +96,8 @@ pub struct Decoder {
     statements: Statements,
     /// The last `NO_BACKSLASH_ESCAPES` status the server reported.
     no_backslash_escapes: Option<bool>,
+    /// The client is sending a file the server asked for (LOAD DATA LOCAL).
+    infile: Infile,
 }
 
 impl Default for Decoder {
@@ -99,6 +123,7 @@ impl Decoder {
             encrypted: false,
             statements: Statements::default(),
             no_backslash_escapes: None,
+            infile: Infile::Off,
         }
     }
 
@@ -151,6 +176,13 @@ impl Decoder {
                     }
                 }
                 Ok(None) => break,
+                Err(DecodeError::Gap(_))
+                    if direction == Direction::ToServer && self.infile == Infile::Framed =>
+                {
+                    // The file outran the capture: skipped to the server's answer.
+                    self.infile = Infile::Skipped;
+                    break;
+                }
                 Err(reason) => {
                     out.push(Message::Desync { direction, reason });
                     break;
@@ -196,6 +228,12 @@ impl Decoder {
             }
             // Auth switch responses and the like: nothing to read.
             Phase::Auth => {}
+            // A file the server asked for: data up to the empty packet, never a command.
+            Phase::Command if self.infile == Infile::Framed => {
+                if payload.is_empty() && !frame.truncated {
+                    self.infile = Infile::Off;
+                }
+            }
             Phase::Command => {
                 let mut r = Reader::new(payload);
                 let Some(command) = r.u8() else { return Ok(()) };
@@ -288,7 +326,29 @@ impl Decoder {
                 // More data (0x01): the exchange goes on.
                 _ => {}
             },
-            Phase::Command => self.command_answer(first, payload, out),
+            // MariaDB's progress report (CLIENT_PROGRESS, which its client asks for): an ERR
+            // header with code 0xFFFF while a long statement (LOAD DATA, ALTER) runs. Not an
+            // outcome: the statement's OK or ERR is still to come.
+            Phase::Command if is_progress(payload) => {}
+            Phase::Command => {
+                if self.infile == Infile::Skipped {
+                    self.infile = Infile::Off;
+                    if first == 0x00 {
+                        // Sent once the server read the empty packet: the client's next byte
+                        // starts a command.
+                        self.client.restart();
+                    } else {
+                        self.client.break_off();
+                        out.push(Message::Desync {
+                            direction: Direction::ToServer,
+                            reason: DecodeError::Unexpected(
+                                "error during a LOAD DATA LOCAL that outran the capture",
+                            ),
+                        });
+                    }
+                }
+                self.command_answer(first, payload, out);
+            }
         }
         Ok(())
     }
@@ -335,8 +395,15 @@ impl Decoder {
                     }
                 }
                 0xff => out.push(err_packet(payload)),
-                // LOCAL INFILE request: the client streams a file; not followed.
-                0xfb => {}
+                // LOCAL INFILE request (its file name is not read): the client sends the
+                // file, then the server's OK or ERR answers the statement.
+                0xfb => {
+                    self.infile = Infile::Framed;
+                    self.pending = Pending::Result;
+                    out.push(Message::Copy {
+                        direction: CopyDirection::In,
+                    });
+                }
                 _ => {
                     let columns = Reader::new(payload).lenenc().unwrap_or(0);
                     self.pending = Pending::Columns(columns);
@@ -486,6 +553,11 @@ fn skip_query_attributes(r: &mut Reader<'_>) {
 }
 
 /// Code and SQLSTATE of an ERR packet; the human-readable message is not read.
+/// A MariaDB progress report: 0xFF, then error code 0xFFFF.
+fn is_progress(payload: &[u8]) -> bool {
+    payload.starts_with(&[0xff, 0xff, 0xff])
+}
+
 fn err_packet(payload: &[u8]) -> Message {
     let mut r = Reader::new(payload.get(1..).unwrap_or_default());
     let code = r.u16_le();
@@ -869,6 +941,7 @@ pub(crate) mod tests {
             direction: Direction::ToServer,
             data: &q[..4096],
             len: q.len(),
+            tail: &[],
         });
         assert!(
             matches!(
@@ -886,6 +959,153 @@ pub(crate) mod tests {
         );
     }
 
+    /// Feeds a recorded exchange in order, each side's bytes cut at random when `rng` is given.
+    fn replay(
+        d: &mut Decoder,
+        exchange: &[(Direction, Vec<u8>)],
+        rng: Option<&mut XorShift>,
+    ) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut rng = rng;
+        for (dir, bytes) in exchange {
+            let chunks = match rng.as_deref_mut() {
+                Some(rng) => split(rng, bytes),
+                None => vec![bytes.clone()],
+            };
+            for c in chunks {
+                out.extend(d.feed(Chunk::whole(*dir, &c)));
+            }
+        }
+        out
+    }
+
+    /// A file whose lines would be commands if read as packets: COM_QUERY (0x03), COM_QUIT
+    /// (0x01), COM_STMT_PREPARE (0x16).
+    fn infile_packets(first_seq: u8) -> Vec<u8> {
+        let mut v = packet(first_seq, b"\x03SELECT 'PHIMARK_1'\n");
+        v.extend(packet(first_seq + 1, b"\x01\x16PHIMARK_2\tPHIMARK_3\n"));
+        v.extend(packet(first_seq + 2, b""));
+        v
+    }
+
+    /// MariaDB 10.11 answering `LOAD DATA LOCAL INFILE` (progress report, then OK), and a
+    /// further statement.
+    fn load_data_session() -> Vec<(Direction, Vec<u8>)> {
+        let mut answer = packet(5, b"\xff\xff\xff\x01\x01\x10\x27\x00\x0bLoading data");
+        answer.extend(packet(6, &[0, 2, 0, 2, 0, 0, 0]));
+        vec![
+            (
+                Direction::ToServer,
+                packet(
+                    0,
+                    b"\x03LOAD DATA LOCAL INFILE '/tmp/PHIMARK_N.tsv' INTO TABLE t",
+                ),
+            ),
+            (Direction::ToClient, packet(1, b"\xfb/tmp/PHIMARK_N.tsv")),
+            (Direction::ToServer, infile_packets(2)),
+            (Direction::ToClient, answer),
+            (Direction::ToServer, packet(0, b"\x03DO 1")),
+            (Direction::ToClient, packet(1, &[0, 0, 0, 2, 0, 0, 0])),
+        ]
+    }
+
+    fn load_data_expected() -> Vec<Message> {
+        vec![
+            Message::Query {
+                text: "LOAD DATA LOCAL INFILE '/tmp/PHIMARK_N.tsv' INTO TABLE t".into(),
+                truncated: false,
+            },
+            Message::Copy {
+                direction: CopyDirection::In,
+            },
+            Message::Setting {
+                name: "no_backslash_escapes".into(),
+                value: "off".into(),
+            },
+            Message::Complete {
+                tag: "OK".into(),
+                rows: Some(2),
+            },
+            Message::Query {
+                text: "DO 1".into(),
+                truncated: false,
+            },
+            Message::Complete {
+                tag: "OK".into(),
+                rows: Some(0),
+            },
+        ]
+    }
+
+    #[test]
+    fn load_data_local_file_packets_are_data_and_the_ok_closes_the_statement() {
+        let got = replay(&mut Decoder::mid_session(), &load_data_session(), None);
+        assert_eq!(got, load_data_expected());
+        // The file's contents and the name the server asked for: nowhere but the query text.
+        assert!(!format!("{:?}", &got[1..]).contains("PHIMARK"), "{got:?}");
+    }
+
+    #[test]
+    fn load_data_local_split_anywhere_decodes_the_same() {
+        let session = load_data_session();
+        let mut rng = XorShift(0x10ad_da7a);
+        for _ in 0..300 {
+            let got = replay(&mut Decoder::mid_session(), &session, Some(&mut rng));
+            assert_eq!(got, load_data_expected());
+        }
+    }
+
+    #[test]
+    fn a_file_that_outruns_the_capture_is_skipped_to_the_servers_answer() {
+        let file = infile_packets(2);
+        for (answer, rest) in [
+            (packet(5, &[0, 2, 0, 2, 0, 0, 0]), true),
+            (packet(5, b"\xff\x1a\x04#HY000File too large"), false),
+        ] {
+            let mut d = Decoder::mid_session();
+            let mut got = replay(&mut d, &load_data_session()[..2], None);
+            // Only the first 10 bytes of the file's packets were captured.
+            got.extend(d.feed(Chunk {
+                direction: Direction::ToServer,
+                data: &file[..10],
+                len: file.len(),
+                tail: &[],
+            }));
+            got.extend(d.feed(Chunk::whole(Direction::ToClient, &answer)));
+            got.extend(d.feed(Chunk::whole(Direction::ToServer, &packet(0, b"\x03DO 1"))));
+            assert!(!format!("{:?}", &got[1..]).contains("PHIMARK"), "{got:?}");
+            let next = Message::Query {
+                text: "DO 1".into(),
+                truncated: false,
+            };
+            if rest {
+                // The OK comes only after the empty packet: the next command is framed.
+                assert_eq!(
+                    got[got.len() - 2..],
+                    [load_data_expected()[3].clone(), next]
+                );
+            } else {
+                // An error may come while the client still sends: its framing is unknown.
+                assert!(
+                    matches!(
+                        &got[2..],
+                        [
+                            Message::Desync {
+                                direction: Direction::ToServer,
+                                ..
+                            },
+                            Message::Error {
+                                code: Some(1050),
+                                ..
+                            }
+                        ]
+                    ),
+                    "{got:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn random_and_mutated_input_never_panics() {
         let mut rng = XorShift(0xfeed_f00d_0123_4567);
@@ -894,7 +1114,17 @@ pub(crate) mod tests {
         with_change.extend(change_user_packet("clerk", "ehr"));
         let mut auth_server = packet(2, b"\xfeclient_ed25519\0scramble");
         auth_server.extend(packet(4, b"\xff\x15\x04#28000Access denied"));
-        let bases = [client_session(CAPS), server, with_change, auth_server];
+        let load_data: Vec<u8> = load_data_session()
+            .into_iter()
+            .flat_map(|(_, b)| b)
+            .collect();
+        let bases = [
+            client_session(CAPS),
+            server,
+            with_change,
+            auth_server,
+            load_data,
+        ];
         for round in 0..4000 {
             let base = &bases[round % bases.len()];
             let input = if round % 5 == 0 {
@@ -926,6 +1156,7 @@ pub(crate) mod tests {
                     direction: dir,
                     data: &c[..cut],
                     len: c.len() + extra,
+                    tail: &[],
                 });
             }
         }

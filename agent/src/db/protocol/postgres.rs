@@ -2,15 +2,32 @@
 //!
 //! Client side: the untyped first message (SSLRequest, GSSENCRequest, CancelRequest or
 //! StartupMessage), then typed messages (`Q` Query, `P` Parse, `B` Bind, `E` Execute, `C`
-//! Close, `X` Terminate; the password message `p` and COPY data are skipped unread). Server
-//! side: the one-byte answer to SSLRequest/GSSENCRequest, then typed messages (`R`
-//! Authentication, `E` ErrorResponse, `C` CommandComplete, `Z` ReadyForQuery; rows `D` are
-//! skipped unread). A client that starts TLS directly (PostgreSQL 17 `sslnegotiation=direct`)
-//! is recognised by the TLS record header.
+//! Close, `X` Terminate; the password message `p` and COPY's `d` CopyData, `c` CopyDone and
+//! `f` CopyFail are skipped unread). Server side: the one-byte answer to
+//! SSLRequest/GSSENCRequest, then typed messages (`R` Authentication, `E` ErrorResponse, `C`
+//! CommandComplete, `Z` ReadyForQuery, `G`/`H`/`W` Copy{In,Out,Both}Response; rows `D` and
+//! CopyData are skipped unread). A client that starts TLS directly (PostgreSQL 17
+//! `sslnegotiation=direct`) is recognised by the TLS record header.
+//!
+//! **COPY.** CopyData is data, never a command: its messages are skipped by their length. When
+//! a COPY's data outruns the capture (a call larger than the kernel copies, across message
+//! boundaries), the direction carrying it is not desynchronised but skipped to the copy's end,
+//! which the protocol makes a message boundary:
+//! - `COPY … FROM STDIN`: the server's CommandComplete `COPY n` is sent only once it has read
+//!   the client's CopyDone, so the client's next byte starts a message;
+//! - `COPY … TO STDOUT`: the client's next message comes once the server is idle (libpq, which
+//!   psql and pg_dump use, refuses COPY in pipeline mode), so the server's next byte starts a
+//!   message; the outcome is read backwards from the last captured bytes of the server's output
+//!   (CopyDone, CommandComplete `COPY n`, ReadyForQuery end it, in that order, so the parse is
+//!   exact), or, when they were not captured, the statement ends without an outcome
+//!   ([`Message::CopyUnseen`]).
+//!
+//! A server error during a `COPY FROM` whose data outran the capture leaves the client's
+//! framing unknown (the client may still be sending data): that direction is desynchronised.
 
 use super::{
-    method_name, text, Chunk, DecodeError, Direction, Encryption, Frame, Header, Message, Reader,
-    Statements, Stream,
+    method_name, text, Chunk, CopyDirection, DecodeError, Direction, Encryption, Frame, Header,
+    Message, Reader, Statements, Stream,
 };
 
 const SSL_REQUEST: i32 = 80_877_103;
@@ -22,6 +39,21 @@ const PROTOCOL_3: i32 = 3 << 16;
 const MAX_LEN: usize = 1 << 30;
 /// A TLS handshake record starts with this byte.
 const TLS_HANDSHAKE: u8 = 0x16;
+/// Server bytes kept while a COPY TO's data is skipped: enough for its end (CopyDone 5,
+/// CommandComplete `COPY` with a 20-digit count 31, ReadyForQuery 6).
+const COPY_END_TAIL: usize = 64;
+
+/// How far the COPY data in one direction is followed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum CopyState {
+    /// No COPY data flows this way.
+    #[default]
+    Off,
+    /// COPY data flows and its framing is followed message by message.
+    Framed,
+    /// COPY data flows, but more was moved than captured: skipped to the copy's end.
+    Skipped,
+}
 
 /// One PostgreSQL session, both directions.
 #[derive(Debug, Default)]
@@ -39,6 +71,15 @@ pub struct Decoder {
     /// The SASL mechanisms the server offered (AuthenticationSASL), until the client's
     /// SASLInitialResponse names the one it chose.
     sasl_offered: Option<Vec<String>>,
+    /// COPY data from the client (CopyInResponse until the copy ends).
+    copy_in: CopyState,
+    /// COPY data from the server (CopyOutResponse until ReadyForQuery).
+    copy_out: CopyState,
+    /// Streaming replication's CopyBothResponse: its data is followed, never skipped.
+    copy_both: bool,
+    /// The last captured server bytes while `copy_out` is skipped (only bytes captured with
+    /// everything after them: a truncated call empties it).
+    copy_tail: Vec<u8>,
 }
 
 impl Decoder {
@@ -69,6 +110,10 @@ impl Decoder {
         }
         match chunk.direction {
             Direction::ToServer => {
+                if self.copy_out == CopyState::Skipped && chunk.len > 0 {
+                    // The client speaks again: the server finished its COPY TO.
+                    self.end_skipped_copy_out(&mut out);
+                }
                 if !self.client_started
                     && self.client.is_empty_buffer()
                     && chunk.data.first() == Some(&TLS_HANDSHAKE)
@@ -88,6 +133,13 @@ impl Decoder {
                             }
                         }
                         Ok(None) => break,
+                        Err(DecodeError::Gap(_))
+                            if self.copy_in == CopyState::Framed && !self.copy_both =>
+                        {
+                            // COPY data outran the capture: skipped to the copy's end.
+                            self.copy_in = CopyState::Skipped;
+                            break;
+                        }
                         Err(reason) => {
                             out.push(Message::Desync {
                                 direction: Direction::ToServer,
@@ -99,6 +151,10 @@ impl Decoder {
                 }
             }
             Direction::ToClient => {
+                if self.copy_out == CopyState::Skipped {
+                    self.keep_copy_tail(chunk);
+                    return out;
+                }
                 self.server.absorb(chunk.data, chunk.len);
                 loop {
                     let answer = self.awaiting_answer.is_some();
@@ -110,6 +166,15 @@ impl Decoder {
                             }
                         }
                         Ok(None) => break,
+                        Err(DecodeError::Gap(_))
+                            if self.copy_out == CopyState::Framed && !self.copy_both =>
+                        {
+                            // COPY data outran the capture: skipped until the client speaks.
+                            self.copy_out = CopyState::Skipped;
+                            self.copy_tail.clear();
+                            self.keep_copy_tail(chunk);
+                            break;
+                        }
                         Err(reason) => {
                             out.push(Message::Desync {
                                 direction: Direction::ToClient,
@@ -200,6 +265,9 @@ impl Decoder {
                     }
                 }
             }
+            // CopyDone, CopyFail (its text, the client's own, is not read): the client's
+            // data ends; the server's CommandComplete or ErrorResponse closes the statement.
+            b'c' | b'f' if self.copy_in == CopyState::Framed => self.copy_in = CopyState::Off,
             b'X' => out.push(Message::Terminate),
             // SASLInitialResponse: only the mechanism's name, and only one the server
             // offered; the payload after it is never read. Other password messages (the
@@ -272,15 +340,54 @@ impl Decoder {
                 }
                 None => {}
             },
-            b'E' => out.push(error_response(r)),
+            b'E' => {
+                if self.copy_in == CopyState::Skipped {
+                    // The client may still be sending data the server now drops: no boundary
+                    // is known in its stream.
+                    self.copy_in = CopyState::Off;
+                    self.client.break_off();
+                    out.push(Message::Desync {
+                        direction: Direction::ToServer,
+                        reason: DecodeError::Unexpected(
+                            "error during a COPY that outran the capture",
+                        ),
+                    });
+                }
+                out.push(error_response(r));
+            }
             b'C' => {
+                if self.copy_in == CopyState::Skipped {
+                    // Sent once the server read CopyDone: the client's next byte starts a
+                    // message.
+                    self.client.restart();
+                }
+                self.copy_in = CopyState::Off;
                 if let Some(tag) = r.cstr(frame.truncated) {
                     let tag = text(tag);
                     let rows = command_rows(&tag);
                     out.push(Message::Complete { tag, rows });
                 }
             }
-            b'Z' => out.push(Message::Ready),
+            b'Z' => {
+                self.copy_out = CopyState::Off;
+                self.copy_both = false;
+                out.push(Message::Ready);
+            }
+            b'G' | b'H' | b'W' => {
+                let direction = match kind {
+                    b'G' => CopyDirection::In,
+                    b'H' => CopyDirection::Out,
+                    _ => CopyDirection::Both,
+                };
+                if direction != CopyDirection::Out {
+                    self.copy_in = CopyState::Framed;
+                }
+                if direction != CopyDirection::In {
+                    self.copy_out = CopyState::Framed;
+                }
+                self.copy_both = direction == CopyDirection::Both;
+                out.push(Message::Copy { direction });
+            }
             // ParameterStatus: only the setting that changes lexing.
             b'S' if r.cstr(false) == Some(b"standard_conforming_strings") => {
                 if let Some(value) = r.cstr(true) {
@@ -293,6 +400,74 @@ impl Decoder {
             _ => {}
         }
     }
+}
+
+impl Decoder {
+    /// Keeps the last captured bytes of the server's skipped COPY TO output, for its end.
+    fn keep_copy_tail(&mut self, chunk: Chunk<'_>) {
+        if chunk.len > chunk.data.len() {
+            // What was kept no longer ends the stream; the call's own last bytes do, when
+            // they were captured.
+            self.copy_tail.clear();
+            self.copy_tail.extend_from_slice(chunk.tail);
+        } else {
+            self.copy_tail.extend_from_slice(chunk.data);
+        }
+        let excess = self.copy_tail.len().saturating_sub(COPY_END_TAIL);
+        self.copy_tail.drain(..excess);
+    }
+
+    /// The server finished a COPY TO whose data was skipped: its outcome from the kept tail,
+    /// and the server's framing from its next byte.
+    fn end_skipped_copy_out(&mut self, out: &mut Vec<Message>) {
+        match copy_out_end(&self.copy_tail) {
+            Some((tag, rows)) => {
+                out.push(Message::Complete {
+                    tag,
+                    rows: Some(rows),
+                });
+                out.push(Message::Ready);
+            }
+            None => out.push(Message::CopyUnseen),
+        }
+        self.copy_out = CopyState::Off;
+        self.copy_tail = Vec::new();
+        self.server.restart();
+    }
+}
+
+/// The outcome of a COPY TO from the last bytes of the server's output, read backwards: they
+/// end with CopyDone, CommandComplete `COPY n` and ReadyForQuery. Exact: the last six bytes
+/// are the real ReadyForQuery, and only the real CommandComplete ends at it with a tag of
+/// digits (any earlier `C` would have the real header's bytes in its tag).
+fn copy_out_end(tail: &[u8]) -> Option<(String, u64)> {
+    let z = tail.len().checked_sub(6)?;
+    if tail[z..z + 5] != [b'Z', 0, 0, 0, 5] || !matches!(tail[z + 5], b'I' | b'T' | b'E') {
+        return None;
+    }
+    // "COPY 0\0" to "COPY " and 20 digits and NUL.
+    for tag_len in 7..=26usize {
+        let Some(p) = z.checked_sub(5 + tag_len) else {
+            break;
+        };
+        let len = u32::try_from(4 + tag_len).ok()?.to_be_bytes();
+        if tail[p] != b'C' || tail[p + 1..p + 5] != len || p < 5 {
+            continue;
+        }
+        let tag = &tail[p + 5..z - 1];
+        let digits = tag.strip_prefix(b"COPY ").unwrap_or_default();
+        if tail[z - 1] != 0
+            || digits.is_empty()
+            || !digits.iter().all(u8::is_ascii_digit)
+            || tail[p - 5..p] != [b'c', 0, 0, 0, 4]
+        {
+            continue;
+        }
+        let tag = text(tag);
+        let rows = command_rows(&tag)?;
+        return Some((tag, rows));
+    }
+    None
 }
 
 /// The method an AuthenticationRequest asks for; `None` for the continuations (GSS
@@ -655,6 +830,7 @@ pub(crate) mod tests {
             direction: Direction::ToServer,
             data: &q[..4096],
             len: q.len(),
+            tail: &[],
         });
         match &got[..] {
             [Message::Query {
@@ -678,6 +854,7 @@ pub(crate) mod tests {
             direction: Direction::ToServer,
             data: &two[..3],
             len: two.len(),
+            tail: &[],
         });
         assert!(
             matches!(
@@ -853,6 +1030,281 @@ pub(crate) mod tests {
         assert_eq!(command_rows("BEGIN"), None);
     }
 
+    /// Feeds a recorded exchange in order, each side's bytes cut at random when `rng` is given.
+    fn replay(
+        d: &mut Decoder,
+        exchange: &[(Direction, Vec<u8>)],
+        rng: Option<&mut XorShift>,
+    ) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut rng = rng;
+        for (dir, bytes) in exchange {
+            let chunks = match rng.as_deref_mut() {
+                Some(rng) => split(rng, bytes),
+                None => vec![bytes.clone()],
+            };
+            for c in chunks {
+                out.extend(d.feed(Chunk::whole(*dir, &c)));
+            }
+        }
+        out
+    }
+
+    /// CopyData messages of `rows` tab-separated rows with a marker, as psql sends them (one
+    /// message per row) and the server too.
+    fn copy_data(rows: usize) -> Vec<u8> {
+        (0..rows)
+            .flat_map(|i| typed(b'd', format!("{i}\tPHIMARK_{i}\tQ\0X\n").as_bytes()))
+            .collect()
+    }
+
+    /// CopyInResponse / CopyOutResponse for two text columns.
+    fn copy_response(kind: u8) -> Vec<u8> {
+        typed(kind, &[0, 0, 2, 0, 0, 0, 0])
+    }
+
+    /// psql 15: `COPY t FROM STDIN` (3 rows), `COPY t TO STDOUT`, a COPY the client abandons
+    /// (CopyFail), then a further statement.
+    fn copy_session() -> Vec<(Direction, Vec<u8>)> {
+        let mut copy_in = copy_data(3);
+        copy_in.extend(typed(b'c', b""));
+        let mut copy_out = copy_response(b'H');
+        copy_out.extend(copy_data(3));
+        copy_out.extend(typed(b'c', b""));
+        copy_out.extend(typed(b'C', b"COPY 3\0"));
+        copy_out.extend(typed(b'Z', b"I"));
+        let mut abandoned = copy_data(1);
+        abandoned.extend(typed(b'f', b"PHIMARK_reason\0"));
+        let mut refused = typed(
+            b'E',
+            b"SERROR\0VERROR\0C57014\0MCOPY from stdin failed: PHIMARK_reason\0\0",
+        );
+        refused.extend(typed(b'Z', b"I"));
+        let mut done = typed(b'C', b"COPY 3\0");
+        done.extend(typed(b'Z', b"I"));
+        let mut select = typed(b'C', b"SELECT 1\0");
+        select.extend(typed(b'Z', b"I"));
+        vec![
+            (Direction::ToServer, query("COPY t FROM STDIN")),
+            (Direction::ToClient, copy_response(b'G')),
+            (Direction::ToServer, copy_in),
+            (Direction::ToClient, done),
+            (Direction::ToServer, query("COPY t TO STDOUT")),
+            (Direction::ToClient, copy_out),
+            (Direction::ToServer, query("COPY t FROM STDIN")),
+            (Direction::ToClient, copy_response(b'G')),
+            (Direction::ToServer, abandoned),
+            (Direction::ToClient, refused),
+            (Direction::ToServer, query("SELECT 1")),
+            (Direction::ToClient, select),
+        ]
+    }
+
+    fn copy_expected() -> Vec<Message> {
+        let q = |t: &str| Message::Query {
+            text: t.into(),
+            truncated: false,
+        };
+        let copied = Message::Complete {
+            tag: "COPY 3".into(),
+            rows: Some(3),
+        };
+        let copy = |direction| Message::Copy { direction };
+        vec![
+            q("COPY t FROM STDIN"),
+            copy(CopyDirection::In),
+            copied.clone(),
+            Message::Ready,
+            q("COPY t TO STDOUT"),
+            copy(CopyDirection::Out),
+            copied,
+            Message::Ready,
+            q("COPY t FROM STDIN"),
+            copy(CopyDirection::In),
+            Message::Error {
+                sqlstate: Some("57014".into()),
+                code: None,
+                severity: Some("ERROR".into()),
+            },
+            Message::Ready,
+            q("SELECT 1"),
+            Message::Complete {
+                tag: "SELECT 1".into(),
+                rows: Some(1),
+            },
+            Message::Ready,
+        ]
+    }
+
+    #[test]
+    fn copy_both_ways_and_copy_fail_decode_as_statements_never_their_data() {
+        let got = replay(&mut Decoder::mid_session(), &copy_session(), None);
+        assert_eq!(got, copy_expected());
+        assert!(!format!("{got:?}").contains("PHIMARK"), "{got:?}");
+    }
+
+    #[test]
+    fn a_copy_session_split_anywhere_decodes_the_same() {
+        let session = copy_session();
+        let mut rng = XorShift(0xc0b7_5e55);
+        for _ in 0..300 {
+            let got = replay(&mut Decoder::mid_session(), &session, Some(&mut rng));
+            assert_eq!(got, copy_expected());
+        }
+    }
+
+    /// One call that moved `bytes` of which only the first `captured` and, when given, the
+    /// last `tail` bytes were captured.
+    fn cut(direction: Direction, bytes: &[u8], captured: usize, tail: usize) -> Chunk<'_> {
+        Chunk {
+            direction,
+            data: &bytes[..captured],
+            len: bytes.len(),
+            tail: &bytes[bytes.len() - tail..],
+        }
+    }
+
+    #[test]
+    fn copy_from_that_outruns_the_capture_is_skipped_to_the_servers_count() {
+        let mut d = Decoder::mid_session();
+        let mut got = replay(&mut d, &copy_session()[..2], None);
+        let mut data = copy_data(100);
+        data.extend(typed(b'c', b""));
+        got.extend(d.feed(cut(Direction::ToServer, &data, 40, 0)));
+        let mut done = typed(b'C', b"COPY 100\0");
+        done.extend(typed(b'Z', b"I"));
+        got.extend(d.feed(Chunk::whole(Direction::ToClient, &done)));
+        got.extend(d.feed(Chunk::whole(Direction::ToServer, &query("SELECT 1"))));
+        assert_eq!(
+            got[2..],
+            [
+                Message::Complete {
+                    tag: "COPY 100".into(),
+                    rows: Some(100)
+                },
+                Message::Ready,
+                Message::Query {
+                    text: "SELECT 1".into(),
+                    truncated: false
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn an_error_during_a_skipped_copy_from_desyncs_the_client_side() {
+        let mut d = Decoder::mid_session();
+        let mut got = replay(&mut d, &copy_session()[..2], None);
+        let data = copy_data(100);
+        got.extend(d.feed(cut(Direction::ToServer, &data, 40, 0)));
+        got.extend(d.feed(Chunk::whole(
+            Direction::ToClient,
+            &typed(b'E', b"SERROR\0C22P02\0\0"),
+        )));
+        got.extend(d.feed(Chunk::whole(Direction::ToServer, &data[40..])));
+        assert!(
+            matches!(
+                &got[2..],
+                [
+                    Message::Desync {
+                        direction: Direction::ToServer,
+                        ..
+                    },
+                    Message::Error { .. }
+                ]
+            ),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn copy_to_that_outruns_the_capture_takes_its_count_from_the_calls_tail() {
+        let mut out = copy_response(b'H');
+        out.extend(copy_data(500));
+        out.extend(typed(b'c', b""));
+        out.extend(typed(b'C', b"COPY 500\0"));
+        out.extend(typed(b'Z', b"I"));
+        let answer = {
+            let mut a = typed(b'C', b"SELECT 1\0");
+            a.extend(typed(b'Z', b"I"));
+            a
+        };
+        let copy_query = || Message::Query {
+            text: "COPY t TO STDOUT".into(),
+            truncated: false,
+        };
+        let next = [
+            Message::Query {
+                text: "SELECT 1".into(),
+                truncated: false,
+            },
+            Message::Complete {
+                tag: "SELECT 1".into(),
+                rows: Some(1),
+            },
+            Message::Ready,
+        ];
+        // The end in the call's captured tail; or in a later call captured whole; or not
+        // captured at all.
+        for (tail, split_at, outcome) in [
+            (64, out.len(), Some(500)),
+            (0, out.len() - 30, Some(500)),
+            (0, out.len() - 10, None),
+            (0, out.len(), None),
+            (8, out.len(), None),
+        ] {
+            let mut d = Decoder::mid_session();
+            let mut got = d.feed(Chunk::whole(
+                Direction::ToServer,
+                &query("COPY t TO STDOUT"),
+            ));
+            got.extend(d.feed(cut(Direction::ToClient, &out[..split_at], 100, tail)));
+            got.extend(d.feed(Chunk::whole(Direction::ToClient, &out[split_at..])));
+            got.extend(d.feed(Chunk::whole(Direction::ToServer, &query("SELECT 1"))));
+            got.extend(d.feed(Chunk::whole(Direction::ToClient, &answer)));
+            let mut want = vec![
+                copy_query(),
+                Message::Copy {
+                    direction: CopyDirection::Out,
+                },
+            ];
+            match outcome {
+                Some(n) => want.extend([
+                    Message::Complete {
+                        tag: format!("COPY {n}"),
+                        rows: Some(n),
+                    },
+                    Message::Ready,
+                ]),
+                None => want.push(Message::CopyUnseen),
+            }
+            want.extend(next.clone());
+            assert_eq!(got, want, "tail {tail}, split at {split_at}");
+            assert!(!format!("{got:?}").contains("PHIMARK"));
+        }
+    }
+
+    #[test]
+    fn a_copy_to_end_is_read_back_only_when_exact() {
+        let mut end = typed(b'd', b"C\0\0\0\x0bCOPY 9\0");
+        end.extend(typed(b'c', b""));
+        end.extend(typed(b'C', b"COPY 12\0"));
+        end.extend(typed(b'Z', b"T"));
+        assert_eq!(copy_out_end(&end), Some(("COPY 12".into(), 12)));
+        // Data shaped like an end, but not followed by ReadyForQuery; a tag that is not a
+        // count; no CopyDone before it.
+        assert_eq!(copy_out_end(&typed(b'd', &end[..end.len() - 6])), None);
+        let mut wrong = typed(b'c', b"");
+        wrong.extend(typed(b'C', b"COPY x\0"));
+        wrong.extend(typed(b'Z', b"I"));
+        assert_eq!(copy_out_end(&wrong), None);
+        let mut no_done = typed(b'd', b"12345");
+        no_done.extend(typed(b'C', b"COPY 1\0"));
+        no_done.extend(typed(b'Z', b"I"));
+        assert_eq!(copy_out_end(&no_done), None);
+        assert_eq!(copy_out_end(b"Z\0\0\0\x05I"), None);
+    }
+
     /// The fuzz target in `cargo test`: mutated sessions and random bytes, split at random,
     /// with random capture truncation, never panic.
     #[test]
@@ -863,12 +1315,14 @@ pub(crate) mod tests {
         login.extend(login_refused("28P01"));
         let mut sasl = startup_message(&[("user", "clerk")]);
         sasl.extend(typed(b'p', b"SCRAM-SHA-256\0\0\0\0\x04n,,x"));
+        let copy: Vec<u8> = copy_session().into_iter().flat_map(|(_, b)| b).collect();
         let bases = [
             client_session(),
             server_session(),
             ssl_request(),
             login,
             sasl,
+            copy,
         ];
         for round in 0..4000 {
             let base = &bases[round % bases.len()];
@@ -901,6 +1355,7 @@ pub(crate) mod tests {
                     direction: dir,
                     data: &c[..cut],
                     len: c.len() + extra,
+                    tail: &[],
                 });
             }
         }
