@@ -468,3 +468,20 @@ fn cwd_comes_from_the_kernel_even_across_mounts_and_after_exit() {
     });
     h.stop();
 }
+
+/// The database capture programs are loaded only with a `[database]` section, and the tier
+/// runs no database in the VM: this start is what proves that each of them passes this
+/// kernel's verifier and attaches.
+#[test]
+fn every_database_capture_program_loads_and_attaches_on_this_kernel() {
+    let mut config = phiguard::config::Config::default();
+    config.database.ports = vec![5432];
+    let mut h = Harness::start_with(&config);
+    let db: Vec<&String> = h
+        .not_attached
+        .iter()
+        .filter(|p| p.starts_with("db_"))
+        .collect();
+    assert!(db.is_empty(), "database programs not attached: {db:?}");
+    h.stop();
+}
