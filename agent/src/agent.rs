@@ -157,6 +157,14 @@ impl Agent {
             WhileRestarting::Wait => crate::fdstore::bounded(crate::fdstore::take_stored()),
             WhileRestarting::Pass => release_kept(crate::fdstore::take_stored()),
         };
+        if let Some(group) = &kept {
+            use std::os::fd::AsFd as _;
+            let marked = crate::fanotify::pass_directory_opens(group.as_fd());
+            info!(
+                filesystems = marked,
+                "kept fanotify group: directory opens go on until this agent answers (its start walks the protected trees); file opens wait"
+            );
+        }
         let offsets = startup::prepare()?;
         match mounts::ensure_securityfs() {
             Ok(true) => info!(

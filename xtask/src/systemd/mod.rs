@@ -10,16 +10,20 @@
 //! 3. Enforcement holds while the agent restarts, is killed with SIGKILL and is upgraded to a
 //!    newer package: a reader refused by the policy tries all the while, and not one read
 //!    gets the data.
-//! 4. After a SIGKILL and a stop, `phiguard status` still shows the last status.
-//! 5. The watchdog restarts an agent that stopped answering (SIGSTOP).
-//! 6. `systemctl reload` returns once the new policies are in force, and fails, leaving the
+//! 4. With the protected files on a filesystem of their own, opens wait across a SIGKILL for
+//!    the restarted agent, which answers them (`while_restarting = "wait"`, see [`wait`]); a
+//!    crash loop holds them only for a bounded time; a stop releases them.
+//! 5. After a SIGKILL and a stop, `phiguard status` still shows the last status.
+//! 6. The watchdog restarts an agent that stopped answering (SIGSTOP).
+//! 7. `systemctl reload` returns once the new policies are in force, and fails, leaving the
 //!    old ones in force, on an invalid one.
-//! 7. The collector refuses to start without its certificates (a clear error, no colour codes
+//! 8. The collector refuses to start without its certificates (a clear error, no colour codes
 //!    in the journal), starts with them, stores the agent's events and survives a restart.
-//! 8. `apt-get remove` stops the agent and unloads its programs (the refused read now
+//! 9. `apt-get remove` stops the agent and unloads its programs (the refused read now
 //!    succeeds); purge removes the configuration and keeps the local audit trail.
 
 mod container;
+mod wait;
 
 use std::{
     fs,
@@ -89,6 +93,9 @@ pub fn test(counts: &mut cmd::Counts) -> anyhow::Result<()> {
         "systemctl reload: in force on return, refused when invalid",
         || reload(&c),
     )?;
+    step.run("opens wait across kill -9 (own filesystem)", || {
+        wait::waits_across_kill(&c)
+    })?;
     step.run("status after kill -9 and stop", || post_mortem(&c))?;
     step.run("the watchdog restarts a stopped agent", || watchdog(&c))?;
     step.run("the collector: certificates, store, restart", || {
