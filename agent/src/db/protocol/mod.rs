@@ -544,6 +544,26 @@ pub(crate) mod testutil {
         v
     }
 
+    /// Feeds a recorded exchange in order to `feed` (a decoder), each side's bytes cut at
+    /// random when `rng` is given; what the decoder made of it.
+    pub fn replay(
+        mut feed: impl FnMut(super::Chunk<'_>) -> Vec<super::Message>,
+        exchange: &[(super::Direction, Vec<u8>)],
+        mut rng: Option<&mut XorShift>,
+    ) -> Vec<super::Message> {
+        let mut out = Vec::new();
+        for (dir, bytes) in exchange {
+            let chunks = match rng.as_deref_mut() {
+                Some(rng) => split(rng, bytes),
+                None => vec![bytes.clone()],
+            };
+            for c in chunks {
+                out.extend(feed(super::Chunk::whole(*dir, &c)));
+            }
+        }
+        out
+    }
+
     /// Splits `bytes` into random-sized chunks.
     pub fn split(rng: &mut XorShift, bytes: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();

@@ -965,18 +965,7 @@ pub(crate) mod tests {
         exchange: &[(Direction, Vec<u8>)],
         rng: Option<&mut XorShift>,
     ) -> Vec<Message> {
-        let mut out = Vec::new();
-        let mut rng = rng;
-        for (dir, bytes) in exchange {
-            let chunks = match rng.as_deref_mut() {
-                Some(rng) => split(rng, bytes),
-                None => vec![bytes.clone()],
-            };
-            for c in chunks {
-                out.extend(d.feed(Chunk::whole(*dir, &c)));
-            }
-        }
-        out
+        crate::db::testutil::replay(|chunk| d.feed(chunk), exchange, rng)
     }
 
     /// A file whose lines would be commands if read as packets: COM_QUERY (0x03), COM_QUIT
