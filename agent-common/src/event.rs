@@ -296,10 +296,31 @@ pub struct FileOpenEvent {
     pub names_count: u32,
     /// The policy decision (for protected files).
     pub decision: Decision,
+    /// With `syscall` [`open_syscall::RECEIVE`] under BPF LSM: the process that sent the
+    /// descriptor over a unix socket (`SCM_RIGHTS`); zero when unknown (`pidfd_getfd`, or a
+    /// send the kernel programs did not see).
+    pub sender: Sender,
     /// The path as passed by the caller.
     pub path: [u8; PATH_LEN],
     /// NUL-terminated dentry names, innermost first (see `matched_by`).
     pub names: [u8; NAMES_LEN],
+}
+
+/// The process that handed a descriptor over (`SCM_RIGHTS`), recorded by BPF LSM
+/// `socket_sendmsg` in the sender and read by `file_receive` in the receiver (map
+/// `SCM_SENDERS`, keyed by the `struct file` address). All zero: no sender known.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sender {
+    /// Process id (thread-group id) of the sender; 0 = none.
+    pub tgid: u32,
+    /// Kernel `dev_t` of the executable the kernel executed for the sender (`EXEC_IDENTITY`;
+    /// 0 when it has no record or is tainted).
+    pub exe_dev: u32,
+    /// Boot-time nanoseconds at which the sender started: with `tgid` it identifies it.
+    pub start_boot_ns: u64,
+    /// Inode number of that executable.
+    pub exe_ino: u64,
 }
 
 /// [`Kind::Connect`]: from `cgroup/connect4`/`connect6`.
@@ -477,6 +498,8 @@ const _: () = assert!(
 );
 const _: () = assert!(core::mem::size_of::<ExecArgsEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 88);
-const _: () = assert!(core::mem::size_of::<FileOpenEvent>() == 80 + 56 + 16 + PATH_LEN + NAMES_LEN);
+const _: () =
+    assert!(core::mem::size_of::<FileOpenEvent>() == 80 + 56 + 16 + 24 + PATH_LEN + NAMES_LEN);
+const _: () = assert!(core::mem::size_of::<Sender>() == 24);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 80 + 24 + 16);
 const _: () = assert!(core::mem::size_of::<SockStateEvent>() == 80 + 64);

@@ -60,6 +60,13 @@ pub const AGENT: &str = "AGENT";
 /// `CAP_SYS_ADMIN` in a user namespace of its own). Pinned while enforcing, so every
 /// generation of programs shares it.
 pub const EXEC_IDENTITY: &str = "EXEC_IDENTITY";
+/// Descriptors of protected files in flight over unix sockets (`SCM_RIGHTS`): `struct file`
+/// address (`u64`) → [`crate::event::Sender`], written by BPF LSM `socket_sendmsg` in the
+/// sender and read by `file_receive` in the receiver. LRU: a descriptor never received ages
+/// out; one sent by several processes names the last.
+pub const SCM_SENDERS: &str = "SCM_SENDERS";
+/// Entries [`SCM_SENDERS`] holds at most.
+pub const MAX_SCM_SENDERS: u32 = 1024;
 /// Programs the SIGKILL layer never kills: [`InodeKey`] (slot 0) of the executable → `1`.
 pub const NEVER_KILL: &str = "NEVER_KILL";
 /// Programs [`NEVER_KILL`] holds at most.

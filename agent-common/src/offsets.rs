@@ -105,6 +105,10 @@ pub struct KernelOffsets {
     pub inode_i_uid: u32,
     /// `inode.i_mode` (a `umode_t`, 16 bits)
     pub inode_i_mode: u32,
+    /// `msghdr.msg_control` (in an anonymous union with `msg_control_user`)
+    pub msghdr_msg_control: u32,
+    /// `msghdr.msg_controllen`
+    pub msghdr_msg_controllen: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 49 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 51 * 4);

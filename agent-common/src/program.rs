@@ -86,10 +86,12 @@ pub enum Program {
     EnforceInodeSetxattr,
     /// `enforce_inode_removexattr`.
     EnforceInodeRemovexattr,
+    /// `enforce_socket_sendmsg`.
+    EnforceSocketSendmsg,
 }
 
 /// Number of programs (entries of the `FAULTS` map).
-pub const PROGRAM_COUNT: u32 = 40;
+pub const PROGRAM_COUNT: u32 = 41;
 
 impl Program {
     /// Every program, in index order.
@@ -134,6 +136,7 @@ impl Program {
         Program::EnforceInodeLink,
         Program::EnforceInodeSetxattr,
         Program::EnforceInodeRemovexattr,
+        Program::EnforceSocketSendmsg,
     ];
 
     /// The program's symbol name in the object.
@@ -179,6 +182,7 @@ impl Program {
             Program::EnforceInodeLink => "enforce_inode_link",
             Program::EnforceInodeSetxattr => "enforce_inode_setxattr",
             Program::EnforceInodeRemovexattr => "enforce_inode_removexattr",
+            Program::EnforceSocketSendmsg => "enforce_socket_sendmsg",
         }
     }
 }

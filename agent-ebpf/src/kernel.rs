@@ -72,6 +72,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_ptrace: 0,
     inode_i_uid: 0,
     inode_i_mode: 0,
+    msghdr_msg_control: 0,
+    msghdr_msg_controllen: 0,
 };
 
 /// The offset of one field, read so the compiler cannot fold the load-time value away.
@@ -196,6 +198,10 @@ kernel_pointer!(
 kernel_pointer!(
     /// A `struct linux_binprm *`.
     Binprm
+);
+kernel_pointer!(
+    /// A `struct msghdr *` (a message being sent, its control part in kernel memory).
+    Msghdr
 );
 
 /// The `struct file *` behind descriptor `fd` of the current task: direct loads down to the
@@ -359,6 +365,18 @@ impl File {
     #[inline(always)]
     pub fn mode(self) -> Result<u32, ReadError> {
         read(self.0, offset!(file_f_mode))
+    }
+}
+
+impl Msghdr {
+    /// The control messages: their kernel address (`msg_control`) and length in bytes
+    /// (`msg_controllen`). Only meaningful once `____sys_sendmsg` copied them in (as at
+    /// `socket_sendmsg`); a user address there fails every read.
+    #[inline(always)]
+    pub fn control(self) -> Result<(usize, usize), ReadError> {
+        let control: usize = read(self.0, offset!(msghdr_msg_control))?;
+        let len: usize = read(self.0, offset!(msghdr_msg_controllen))?;
+        Ok((control, len))
     }
 }
 

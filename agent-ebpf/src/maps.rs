@@ -12,7 +12,7 @@ use phiguard_common::{
     },
     maps::{
         AgentId, ExecIdentity, GrantKey, GrantValue, InodeKey, MAX_GRANTS, MAX_NEVER_KILL,
-        MAX_PROCESSES,
+        MAX_PROCESSES, MAX_SCM_SENDERS,
     },
     policy::{
         IdKey, PortKey, RuleEntry, ScopeKey, SubjectKey, WatchValue, MAX_EXEC_SCOPES, MAX_RULES,
@@ -43,6 +43,12 @@ pub static WATCHED_INODES: HashMap<InodeKey, WatchValue> =
 #[map]
 pub static INODE_LABELS: HashMap<InodeKey, WatchValue> =
     HashMap::with_max_entries(MAX_INODE_LABELS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Descriptors of protected files sent over unix sockets (`struct file` address → who sent
+/// it), from `socket_sendmsg` in the sender to `file_receive` in the receiver.
+#[map]
+pub static SCM_SENDERS: LruHashMap<u64, phiguard_common::event::Sender> =
+    LruHashMap::with_max_entries(MAX_SCM_SENDERS, 0);
 
 /// Dentries being created on a filesystem with protected inodes (dentry address → 1), from
 /// the creation hook to `d_instantiate`.

@@ -32,6 +32,8 @@ const PLUGIN_HOST_C: &str = include_str!("../fixtures/plugin_host.c");
 const HOLDER_C: &str = include_str!("../fixtures/holder.c");
 /// Takes another process's descriptor (`thief PID FD`).
 const THIEF_C: &str = include_str!("../fixtures/thief.c");
+/// Receives a descriptor on a unix socket and reads it (`receiver SOCKET`).
+const RECEIVER_C: &str = include_str!("../fixtures/receiver.c");
 /// Runs a program traced (`ptracer PROGRAM ARGS...`).
 const PTRACER_C: &str = include_str!("../fixtures/ptracer.c");
 /// The unprivileged attacker.
@@ -388,6 +390,92 @@ fn a_refused_process_cannot_take_the_allowed_services_descriptor() {
         file_open(&event).unwrap().syscall,
         "pidfd_getfd or SCM_RIGHTS (a descriptor received)"
     );
+    s.assert_allowed_still_reads();
+    s.h.stop();
+}
+
+#[test]
+fn a_descriptor_handed_over_on_a_unix_socket_is_reported_with_its_sender() {
+    use std::{
+        io::{BufRead as _, BufReader, Read as _},
+        process::Stdio,
+    };
+    let mut s = Setup::new();
+    let receiver = s.build("receiver", RECEIVER_C, &[]);
+    let socket = PathBuf::from(format!("phiguard-scm-{}", std::process::id()));
+    // The refused receiver binds the socket first; the allowed holder then sends it its
+    // descriptor of the protected file (SCM_RIGHTS), both as the attacker's user.
+    let mut taker = Command::new(&receiver)
+        .arg(&socket)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut taken = BufReader::new(taker.stdout.take().unwrap());
+    let mut line = String::new();
+    taken.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "the receiver bound its socket");
+    let mut holder = Command::new(&s.holder)
+        .arg(&s.file)
+        .arg(&socket)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sent = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut sent)
+        .unwrap();
+    assert!(
+        !sent.trim().is_empty(),
+        "the holder opened and sent the file"
+    );
+    let mut data = Vec::new();
+    taken.read_to_end(&mut data).unwrap();
+    let status = taker.wait().unwrap();
+    if s.h.lsm {
+        // `file_receive` refuses the descriptor: the message arrives without it.
+        assert!(
+            !data.windows(16).any(|w| w == &SECRET[..16]),
+            "the handed-over descriptor gave the data"
+        );
+        assert_eq!(status.code(), Some(libc::EPERM), "the receiver was refused");
+        let event = s.expect_deny("SCM_RIGHTS", &receiver);
+        assert_eq!(
+            event.decision.as_ref().unwrap().layer,
+            v1::EnforcementLayer::Lsm as i32
+        );
+        let open = file_open(&event).unwrap();
+        assert_eq!(
+            open.syscall,
+            "pidfd_getfd or SCM_RIGHTS (a descriptor received)"
+        );
+        let sender = open
+            .sender
+            .as_ref()
+            .unwrap_or_else(|| panic!("the event names the sender: {event:?}"));
+        assert_eq!(sender.pid, holder.id(), "the sender's pid: {event:?}");
+        assert_eq!(
+            sender.exe,
+            s.holder.display().to_string(),
+            "the sender's exe: {event:?}"
+        );
+    } else {
+        // No hook sees a received descriptor without BPF LSM: the hand-over is the allowed
+        // program's choice (docs/policies.md, "Descriptors of protected files").
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "the receiver read the file (programs not attached: {:?})",
+            s.h.not_attached
+        );
+        assert_eq!(data, SECRET, "the handed-over descriptor reads");
+    }
+    drop(holder.stdin.take());
+    let _ = holder.wait();
     s.assert_allowed_still_reads();
     s.h.stop();
 }

@@ -31,6 +31,7 @@ const SUBJECT_FIXTURES: &[(&str, &str, &[&str])] = &[
     ("plugin_host", "plugin_host.c", &["-ldl"]),
     ("holder", "holder.c", &[]),
     ("thief", "thief.c", &[]),
+    ("receiver", "receiver.c", &[]),
     ("ptracer", "ptracer.c", &[]),
 ];
 

@@ -27,6 +27,7 @@ use crate::{
             copy_names, mode_access, read_path, requested_access, scratch, send, start_record,
             OpenCall, MAX_NAMES_WALK,
         },
+        handover::sender_of,
         label::{inherit, label_of, on_protected_fs},
     },
 };
@@ -147,6 +148,10 @@ fn try_open(file: File, call: OpenCall) -> ProbeResult<i32> {
             scratch.event.watch_id = watch_id;
             scratch.event.dev = dev;
             scratch.event.ino = ino;
+            if call.syscall == open_syscall::RECEIVE {
+                // Handed over on a unix socket: who sent it, if `socket_sendmsg` saw it.
+                scratch.event.sender = sender_of(file);
+            }
             match depth {
                 // Names up to the watch, as the observing programs report them.
                 Some(depth) => {

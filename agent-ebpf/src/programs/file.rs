@@ -510,6 +510,7 @@ pub(crate) fn start_record(scratch: &mut FileOpenScratch, call: &OpenCall, ret: 
     event.names_len = 0;
     event.names_count = 0;
     event.decision = Decision::NONE;
+    event.sender = phiguard_common::event::Sender::default();
 }
 
 /// State of a [`copy_names`] walk, shared with its [`copy_name`] callback.

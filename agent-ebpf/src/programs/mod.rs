@@ -3,6 +3,7 @@
 pub mod db;
 pub mod enforce;
 pub mod file;
+pub mod handover;
 pub mod integrity;
 pub mod label;
 pub mod net;

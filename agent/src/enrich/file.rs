@@ -2,10 +2,14 @@
 
 use std::{fs, path::PathBuf};
 
-use phiguard_common::event::{matched_by, FLAG_COMPAT_SYSCALL, FLAG_TRUNCATED};
+use phiguard_common::event::{matched_by, Sender, FLAG_COMPAT_SYSCALL, FLAG_TRUNCATED};
 use phiguard_proto::v1::{self, event::Body};
 
-use crate::{event::file::FileOpen, paths, watch::WatchSet};
+use crate::{
+    event::{file::FileOpen, header::Header},
+    paths,
+    watch::WatchSet,
+};
 
 /// `AT_FDCWD`.
 pub const AT_FDCWD: i32 = -100;
@@ -189,7 +193,33 @@ impl super::Enricher {
             device: u64::from(e.file.dev),
             inode: e.file.ino,
             truncated: e.header.flags & FLAG_TRUNCATED != 0,
+            sender: e.sender.map(|s| self.sender(s)),
         }))
+    }
+
+    /// The process that handed a descriptor over, from the process table by its pid and
+    /// start time (the kernel recorded no more): no thread id, and no user when the table
+    /// does not know it.
+    fn sender(&mut self, s: Sender) -> v1::Process {
+        let mut process = self.process(Header {
+            flags: 0,
+            boot_ns: 0,
+            tid: 0,
+            pid: s.tgid,
+            ppid: 0,
+            uid: u32::MAX,
+            gid: u32::MAX,
+            loginuid: None,
+            sessionid: None,
+            cgroup_id: 0,
+            start_boot_ns: s.start_boot_ns,
+            comm: String::new(),
+        });
+        if process.user.as_ref().and_then(|u| u.id) == Some(u32::MAX) {
+            process.user = None;
+            process.group = None;
+        }
+        process
     }
 }
 

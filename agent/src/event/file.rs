@@ -1,7 +1,10 @@
 //! File records decoded: the requested path and the kernel's dentry names as text, the
 //! file's identity as a [`FileId`].
 
-use phiguard_common::{event::FileOpenEvent, policy::Decision};
+use phiguard_common::{
+    event::{FileOpenEvent, Sender},
+    policy::Decision,
+};
 
 use super::{decode::text, header::Header};
 use crate::paths::{split_names, FileId};
@@ -34,6 +37,8 @@ pub struct FileOpen {
     pub names: Vec<String>,
     /// The policy decision.
     pub decision: Decision,
+    /// Who handed the descriptor over (`SCM_RIGHTS`, BPF LSM), when known.
+    pub sender: Option<Sender>,
 }
 
 impl FileOpen {
@@ -56,6 +61,35 @@ impl FileOpen {
             requested: text(&e.path, e.path_len),
             names: split_names(&e.names[..names_len], e.names_count as usize),
             decision: e.decision,
+            sender: (e.sender.tgid != 0).then_some(e.sender),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(sender: Sender) -> FileOpenEvent {
+        // SAFETY: all-zero is a valid record (plain integers).
+        let mut e: FileOpenEvent = unsafe { std::mem::zeroed() };
+        e.sender = sender;
+        e
+    }
+
+    #[test]
+    fn a_record_without_a_sender_names_none() {
+        assert_eq!(FileOpen::decode(&record(Sender::default())).sender, None);
+    }
+
+    #[test]
+    fn a_received_descriptor_names_its_sender() {
+        let sender = Sender {
+            tgid: 4099,
+            exe_dev: 8,
+            start_boot_ns: 1_000,
+            exe_ino: 12,
+        };
+        assert_eq!(FileOpen::decode(&record(sender)).sender, Some(sender));
     }
 }

@@ -488,6 +488,7 @@ impl Responder {
             requested,
             names,
             decision: p.decision,
+            sender: None,
         };
         Record {
             event: DecodedEvent::FileOpen(event),

@@ -146,6 +146,8 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         task_ptrace: field("task_struct", "ptrace")?,
         inode_i_uid: field("inode", "i_uid")?,
         inode_i_mode: field("inode", "i_mode")?,
+        msghdr_msg_control: field("msghdr", "msg_control")?,
+        msghdr_msg_controllen: field("msghdr", "msg_controllen")?,
     })
 }
 
@@ -264,6 +266,7 @@ mod tests {
             ("task_struct", "ptrace", offsets.task_ptrace),
             ("inode", "i_uid", offsets.inode_i_uid),
             ("inode", "i_mode", offsets.inode_i_mode),
+            ("msghdr", "msg_controllen", offsets.msghdr_msg_controllen),
         ] {
             assert_eq!(got, pahole(strukt, field), "{strukt}.{field}");
         }

@@ -112,6 +112,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { name: "enforce_inode_link", program: Program::EnforceInodeLink, hook: Hook::Lsm { hook: "inode_link" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: hard links to protected files are not refused" },
     ProgramSpec { name: "enforce_inode_setxattr", program: Program::EnforceInodeSetxattr, hook: Hook::Lsm { hook: "inode_setxattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: setxattr on protected files is not refused" },
     ProgramSpec { name: "enforce_inode_removexattr", program: Program::EnforceInodeRemovexattr, hook: Hook::Lsm { hook: "inode_removexattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: removexattr on protected files is not refused" },
+    ProgramSpec { name: "enforce_socket_sendmsg", program: Program::EnforceSocketSendmsg, hook: Hook::Lsm { hook: "socket_sendmsg" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: a received descriptor's event does not name its sender" },
 ];
 
 /// The programs the agent attaches: all of them, except the database capture hooks (they run

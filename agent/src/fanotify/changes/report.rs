@@ -225,6 +225,7 @@ impl Reporter {
             requested,
             names,
             decision,
+            sender: None,
         };
         Record {
             event: DecodedEvent::FileOpen(event),
