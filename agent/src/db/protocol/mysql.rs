@@ -575,7 +575,7 @@ fn err_packet(payload: &[u8]) -> Message {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::db::testutil::{mutate, split, XorShift};
+    use crate::db::testutil::{mutate, replay, split, XorShift};
 
     fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
         let n = payload.len() as u32;
@@ -959,15 +959,6 @@ pub(crate) mod tests {
         );
     }
 
-    /// Feeds a recorded exchange in order, each side's bytes cut at random when `rng` is given.
-    fn replay(
-        d: &mut Decoder,
-        exchange: &[(Direction, Vec<u8>)],
-        rng: Option<&mut XorShift>,
-    ) -> Vec<Message> {
-        crate::db::testutil::replay(|chunk| d.feed(chunk), exchange, rng)
-    }
-
     /// A file whose lines would be commands if read as packets: COM_QUERY (0x03), COM_QUIT
     /// (0x01), COM_STMT_PREPARE (0x16).
     fn infile_packets(first_seq: u8) -> Vec<u8> {
@@ -1028,7 +1019,8 @@ pub(crate) mod tests {
 
     #[test]
     fn load_data_local_file_packets_are_data_and_the_ok_closes_the_statement() {
-        let got = replay(&mut Decoder::mid_session(), &load_data_session(), None);
+        let mut d = Decoder::mid_session();
+        let got = replay(|c| d.feed(c), &load_data_session(), None);
         assert_eq!(got, load_data_expected());
         // The file's contents and the name the server asked for: nowhere but the query text.
         assert!(!format!("{:?}", &got[1..]).contains("PHIMARK"), "{got:?}");
@@ -1039,7 +1031,8 @@ pub(crate) mod tests {
         let session = load_data_session();
         let mut rng = XorShift(0x10ad_da7a);
         for _ in 0..300 {
-            let got = replay(&mut Decoder::mid_session(), &session, Some(&mut rng));
+            let mut d = Decoder::mid_session();
+            let got = replay(|c| d.feed(c), &session, Some(&mut rng));
             assert_eq!(got, load_data_expected());
         }
     }
@@ -1052,7 +1045,7 @@ pub(crate) mod tests {
             (packet(5, b"\xff\x1a\x04#HY000File too large"), false),
         ] {
             let mut d = Decoder::mid_session();
-            let mut got = replay(&mut d, &load_data_session()[..2], None);
+            let mut got = replay(|c| d.feed(c), &load_data_session()[..2], None);
             // Only the first 10 bytes of the file's packets were captured.
             got.extend(d.feed(Chunk {
                 direction: Direction::ToServer,

@@ -584,7 +584,7 @@ fn command_rows(tag: &str) -> Option<u64> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::db::testutil::{mutate, split, XorShift};
+    use crate::db::testutil::{mutate, replay, split, XorShift};
 
     /// Builders for wire messages, byte for byte as the protocol documentation gives them.
     pub fn typed(kind: u8, body: &[u8]) -> Vec<u8> {
@@ -1030,15 +1030,6 @@ pub(crate) mod tests {
         assert_eq!(command_rows("BEGIN"), None);
     }
 
-    /// Feeds a recorded exchange in order, each side's bytes cut at random when `rng` is given.
-    fn replay(
-        d: &mut Decoder,
-        exchange: &[(Direction, Vec<u8>)],
-        rng: Option<&mut XorShift>,
-    ) -> Vec<Message> {
-        crate::db::testutil::replay(|chunk| d.feed(chunk), exchange, rng)
-    }
-
     /// CopyData messages of `rows` tab-separated rows with a marker, as psql sends them (one
     /// message per row) and the server too.
     fn copy_data(rows: usize) -> Vec<u8> {
@@ -1127,7 +1118,8 @@ pub(crate) mod tests {
 
     #[test]
     fn copy_both_ways_and_copy_fail_decode_as_statements_never_their_data() {
-        let got = replay(&mut Decoder::mid_session(), &copy_session(), None);
+        let mut d = Decoder::mid_session();
+        let got = replay(|c| d.feed(c), &copy_session(), None);
         assert_eq!(got, copy_expected());
         assert!(!format!("{got:?}").contains("PHIMARK"), "{got:?}");
     }
@@ -1137,7 +1129,8 @@ pub(crate) mod tests {
         let session = copy_session();
         let mut rng = XorShift(0xc0b7_5e55);
         for _ in 0..300 {
-            let got = replay(&mut Decoder::mid_session(), &session, Some(&mut rng));
+            let mut d = Decoder::mid_session();
+            let got = replay(|c| d.feed(c), &session, Some(&mut rng));
             assert_eq!(got, copy_expected());
         }
     }
@@ -1156,7 +1149,7 @@ pub(crate) mod tests {
     #[test]
     fn copy_from_that_outruns_the_capture_is_skipped_to_the_servers_count() {
         let mut d = Decoder::mid_session();
-        let mut got = replay(&mut d, &copy_session()[..2], None);
+        let mut got = replay(|c| d.feed(c), &copy_session()[..2], None);
         let mut data = copy_data(100);
         data.extend(typed(b'c', b""));
         got.extend(d.feed(cut(Direction::ToServer, &data, 40, 0)));
@@ -1183,7 +1176,7 @@ pub(crate) mod tests {
     #[test]
     fn an_error_during_a_skipped_copy_from_desyncs_the_client_side() {
         let mut d = Decoder::mid_session();
-        let mut got = replay(&mut d, &copy_session()[..2], None);
+        let mut got = replay(|c| d.feed(c), &copy_session()[..2], None);
         let data = copy_data(100);
         got.extend(d.feed(cut(Direction::ToServer, &data, 40, 0)));
         got.extend(d.feed(Chunk::whole(
