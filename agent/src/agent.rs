@@ -31,7 +31,7 @@ use crate::{
     breakglass::{store::Store, BreakGlass, GrantMap},
     config::{Config, WhileRestarting},
     enrich::{host::HostInfo, EnrichSettings, Enricher},
-    fanotify::{FanotifyError, FanotifyLayer, Record},
+    fanotify::{interim::Interim, FanotifyError, FanotifyLayer, Record},
     kernel::{
         layer::{FileLayer, KernelLayers},
         loader::{self, Enforcement, Sensors},
@@ -149,22 +149,23 @@ pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send>;
 impl Agent {
     /// Checks the system, loads and attaches the programs for `config`'s watches, and seeds
     /// the process table. Must run inside a tokio runtime.
-    pub fn start(config: &Config, sinks: Vec<Box<dyn Sink>>) -> Result<Agent, StartError> {
-        // A fanotify group systemd kept across a restart (`[policy] while_restarting`), taken
-        // first thing so that the bound on how long opens wait holds even for a start that
-        // hangs or fails below.
-        let kept = match config.policy.while_restarting {
-            WhileRestarting::Wait => crate::fdstore::bounded(crate::fdstore::take_stored()),
-            WhileRestarting::Pass => release_kept(crate::fdstore::take_stored()),
+    pub fn start(
+        config: &Config,
+        sinks: Vec<Box<dyn Sink>>,
+        kept: Option<Interim>,
+    ) -> Result<Agent, StartError> {
+        // The fanotify group systemd kept across a restart (`[policy] while_restarting`), served
+        // since the process began ([`Interim::take`]): kept while opens may still wait for it,
+        // else released at once, before anything below can hang or fail.
+        let kept = match (config.policy.while_restarting, kept) {
+            (WhileRestarting::Wait, Some(interim)) if crate::fdstore::within_bound() => {
+                Some(interim)
+            }
+            (_, kept) => {
+                release_kept(kept);
+                None
+            }
         };
-        if let Some(group) = &kept {
-            use std::os::fd::AsFd as _;
-            let marked = crate::fanotify::pass_directory_opens(group.as_fd());
-            info!(
-                filesystems = marked,
-                "kept fanotify group: directory opens go on until this agent answers (its start walks the protected trees); file opens wait"
-            );
-        }
         let offsets = startup::prepare()?;
         match mounts::ensure_securityfs() {
             Ok(true) => info!(
@@ -822,11 +823,7 @@ impl Agent {
 /// is then released from the store, and the opens pass while the agent is down).
 fn keep_group(config: &Config, layer: &FanotifyLayer) -> String {
     let (marked, exec) = layer.marked();
-    let mut own: Vec<&Path> = Vec::new();
-    if let Some(dir) = &config.policy.dir {
-        own.push(dir);
-    }
-    let blocked = crate::fdstore::restart_blocked_by(&marked, exec, &own);
+    let blocked = crate::fdstore::restart_blocked_by(&marked, exec);
     match (config.policy.while_restarting, blocked) {
         (WhileRestarting::Wait, Some(why)) => {
             if let Err(e) = crate::fdstore::remove() {
@@ -864,16 +861,21 @@ fn keep_group_as(setting: WhileRestarting, layer: &FanotifyLayer) -> String {
     }
 }
 
-/// Closes a kept fanotify group this agent does not use, and has systemd close its copy, so
-/// opens stop waiting for it.
-fn release_kept(kept: Option<std::os::fd::OwnedFd>) -> Option<std::os::fd::OwnedFd> {
-    if kept.is_some() {
+/// Lets a kept fanotify group this agent does not use go: the opens it held go on, systemd
+/// closes its copy and this agent its own, so nothing waits for the group any more.
+fn release_kept(kept: Option<Interim>) {
+    // Without a kept group no opens wait: forget when they started waiting.
+    crate::fdstore::answered();
+    if let Some(interim) = kept {
         if let Err(e) = crate::fdstore::remove() {
             warn!("asking systemd to close the fanotify group it kept: {e}");
         }
-        info!("released the fanotify group systemd kept: opens that waited for it go on");
+        let passed = interim.release();
+        info!(
+            held = passed,
+            "released the fanotify group systemd kept: opens that waited for it go on"
+        );
     }
-    None
 }
 
 /// The next decision record of the fanotify layer (never ready when it does not run).

@@ -45,20 +45,13 @@ pub fn bound_exceeded(since: Option<u64>, now: u64) -> bool {
     since.is_some_and(|since| now.saturating_sub(since) > WAIT_BOUND_SECS)
 }
 
-/// Applies [`WAIT_BOUND_SECS`] to a kept group at the very start of an agent: keeps it (and
-/// notes when opens started waiting on it, in `$RUNTIME_DIRECTORY`), or, once the bound is
-/// past, has systemd close it and closes it here. Without a kept group, forgets the note.
-pub fn bounded(kept: Option<OwnedFd>) -> Option<OwnedFd> {
-    let marker = std::env::var_os("RUNTIME_DIRECTORY")
-        .filter(|d| !d.is_empty())
-        .map(|d| std::path::PathBuf::from(d).join(MARKER));
-    let Some(marker) = marker else {
-        return kept;
+/// Applies [`WAIT_BOUND_SECS`] to a kept group at the start of an agent: whether opens may
+/// go on waiting for it (noting, in `$RUNTIME_DIRECTORY`, when they started waiting), or the
+/// bound is past (the note is dropped; the caller releases the group).
+pub fn within_bound() -> bool {
+    let Some(marker) = marker() else {
+        return true;
     };
-    if kept.is_none() {
-        let _ = std::fs::remove_file(&marker);
-        return None;
-    }
     let now = crate::status::now();
     let since = std::fs::read_to_string(&marker)
         .ok()
@@ -68,26 +61,33 @@ pub fn bounded(kept: Option<OwnedFd>) -> Option<OwnedFd> {
             waited_secs = now.saturating_sub(since.unwrap_or(now)),
             "no agent has answered the fanotify group systemd kept for more than {WAIT_BOUND_SECS} s: releasing it, waiting opens go on (the pinned open-exit programs still kill refused ones)"
         );
-        let _ = remove();
         let _ = std::fs::remove_file(&marker);
-        return None;
+        return false;
     }
     if since.is_none() {
         let _ = std::fs::write(&marker, format!("{now}\n"));
     }
-    kept
+    true
+}
+
+/// The note of when opens started waiting (`None`: no `$RUNTIME_DIRECTORY`).
+fn marker() -> Option<std::path::PathBuf> {
+    std::env::var_os("RUNTIME_DIRECTORY")
+        .filter(|d| !d.is_empty())
+        .map(|d| std::path::PathBuf::from(d).join(MARKER))
 }
 
 /// An agent answers the group now: the outage is over.
 pub fn answered() {
-    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
-        let _ = std::fs::remove_file(std::path::PathBuf::from(dir).join(MARKER));
+    if let Some(marker) = marker() {
+        let _ = std::fs::remove_file(marker);
     }
 }
 
-/// What systemd and the agent open on their way back up: keeping the group while one of these
-/// is on a marked filesystem would make the restart wait for itself (exec of the agent, its
-/// libraries, its configuration, the unit's directories): a deadlock, not a wait.
+/// What systemd and the dynamic loader open for the agent before it runs (its executable, its
+/// libraries, the loader's configuration, the unit's directories): keeping the group while one
+/// of these is on a marked filesystem would make the restart wait for itself, a deadlock, not a
+/// wait. Once the agent runs, its own opens are answered ([`crate::fanotify::interim`]).
 const RESTART_NEEDS: &[&str] = &[
     "/",
     "/usr",
@@ -105,13 +105,8 @@ const RESTART_NEEDS: &[&str] = &[
 
 /// Why keeping the group would stall the agent's own restart (`None`: it would not). `marked`
 /// are paths on the filesystems marked for opens, `exec` whether every filesystem is marked
-/// for execs; `own` are this agent's files beyond [`RESTART_NEEDS`] (its configuration,
-/// its policy directory). The agent's executable and every file it maps are checked too.
-pub fn restart_blocked_by(
-    marked: &[std::path::PathBuf],
-    exec: bool,
-    own: &[&std::path::Path],
-) -> Option<String> {
+/// for execs. The agent's executable and every file it maps are checked too.
+pub fn restart_blocked_by(marked: &[std::path::PathBuf], exec: bool) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     if exec {
         return Some(
@@ -125,7 +120,6 @@ pub fn restart_blocked_by(
         .map(|m| m.dev())
         .collect();
     let mut needed: Vec<std::path::PathBuf> = RESTART_NEEDS.iter().map(Into::into).collect();
-    needed.extend(own.iter().map(|p| p.to_path_buf()));
     if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
         needed.push(exe);
     }
@@ -370,17 +364,14 @@ mod tests {
 
     #[test]
     fn the_group_is_not_kept_where_the_restart_would_wait_for_itself() {
-        assert_eq!(restart_blocked_by(&[], false, &[]), None);
-        assert!(restart_blocked_by(&[], true, &[])
+        assert_eq!(restart_blocked_by(&[], false), None);
+        assert!(restart_blocked_by(&[], true)
             .unwrap()
             .contains("exec allow-list"));
         // Protected files on the root filesystem: the agent's own binary and libraries are
         // there (or /etc, /usr...): keeping the group would deadlock the restart.
-        let why = restart_blocked_by(&["/".into()], false, &[]).unwrap();
+        let why = restart_blocked_by(&["/".into()], false).unwrap();
         assert!(why.contains("would wait for itself"), "{why}");
-        // Its own files are checked too.
-        let dir = tempfile::tempdir().unwrap();
-        assert!(restart_blocked_by(&[dir.path().to_path_buf()], false, &[dir.path()]).is_some());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use phiguard::{
         DEFAULT_CONFIG, DEFAULT_POLICY_DIR,
     },
     config::Config,
+    fanotify::interim::Interim,
     kernel::{
         floor::Floor,
         layer::{FileLayer, KernelLayers},
@@ -313,6 +314,9 @@ fn check_policies(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Resu
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    // First thing, before this process opens a file: a fanotify group systemd kept across a
+    // restart holds every open on the protected filesystems, this agent's own included.
+    let kept = Interim::take();
     let config = load_config(&args)?;
     // One thread: the event loop, its timers and the metrics endpoint share it, so a timed
     // look at the ring buffer wakes one thread, not a timer thread that then wakes the loop.
@@ -350,7 +354,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 "collector link on: events are spooled and sent over mutual TLS"
             );
         }
-        let mut agent = Agent::start(&config, sinks)?;
+        let mut agent = Agent::start(&config, sinks, kept)?;
         let reread = args.clone();
         agent.reread_config_with(
             config.clone(),

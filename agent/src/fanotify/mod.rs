@@ -24,6 +24,7 @@
 pub mod changes;
 pub mod decide;
 pub mod group;
+pub mod interim;
 pub mod opener;
 mod respond;
 mod sys;
@@ -31,7 +32,7 @@ mod worker;
 
 use std::{
     io,
-    os::fd::{BorrowedFd, OwnedFd},
+    os::fd::BorrowedFd,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
 };
@@ -42,6 +43,7 @@ use tokio::sync::mpsc;
 use self::{
     decide::Protected,
     group::{Group, GroupError, EXEC_MASK, FILE_MASK},
+    interim::Interim,
     respond::Responder,
     worker::Worker,
 };
@@ -140,15 +142,19 @@ impl FanotifyLayer {
         cgroup_root: &Path,
         identities: Option<ExecIdentities>,
         grants: Option<crate::breakglass::GrantMap>,
-        kept: Option<OwnedFd>,
+        kept: Option<Interim>,
     ) -> Result<FanotifyLayer, FanotifyError> {
         let Output { records, counters } = output;
         let adopted = kept.is_some();
-        let group = Arc::new(match kept {
-            // A group systemd kept across a restart (`[policy] while_restarting = "wait"`).
-            Some(fd) => Group::adopt(fd),
-            None => Group::new()?,
-        });
+        // A group systemd kept across a restart (`[policy] while_restarting = "wait"`), served
+        // until the responder below takes over.
+        let (group, mut held) = match kept {
+            Some(interim) => {
+                let (group, held) = interim.hand_over();
+                (group, Some(held))
+            }
+            None => (Arc::new(Group::new()?), None),
+        };
         let protected = Protected::build(compiled, slot);
         for path in protected.filesystems.values() {
             group.mark_filesystem(path, FILE_MASK, true)?;
@@ -161,11 +167,6 @@ impl FanotifyLayer {
                 .map(PathBuf::as_path)
                 .collect();
             group.unmark_stale(&needed, exec, &filesystems_mounted());
-            let refused = group.deny_unanswered(descriptor_limit());
-            tracing::info!(
-                refused_in_flight = refused,
-                "adopted the fanotify group systemd kept across the restart: opens that waited while no agent ran are answered now (those the previous agent had read but not answered are refused)"
-            );
         }
         let state = Arc::new(Mutex::new(protected));
         let change_records = records.clone();
@@ -179,8 +180,14 @@ impl FanotifyLayer {
         )
         .with_identities(identities)
         .with_grants(grants);
-        let responder = Worker::spawn("phiguard-fanotify", move |stop| responder.run(&stop))
-            .map_err(FanotifyError::Thread)?;
+        // The opens held while this agent started are decided first, in the order they came.
+        let waited = held.as_mut().map(interim::Held::take).unwrap_or_default();
+        let responder = Worker::spawn("phiguard-fanotify", move |stop| {
+            let mut responder = responder;
+            waited.into_iter().for_each(|event| responder.answer(event));
+            responder.run(&stop);
+        })
+        .map_err(FanotifyError::Thread)?;
         // Once opens are answered: the change group opens the marked filesystems' roots and
         // walks the protected trees.
         let changes = match changes::ChangeWatcher::start(
@@ -337,35 +344,6 @@ fn descriptor_limit() -> std::os::fd::RawFd {
     limit.rlim_cur.min(65536) as std::os::fd::RawFd
 }
 
-/// Before an agent compiles its policies with a group systemd kept (`while_restarting =
-/// "wait"`): compiling walks the protected trees, and with the dead agent's marks an open of a
-/// directory on a marked filesystem waits for this very agent's answer, which it gives only
-/// once the layer runs — the start hung until `TimeoutStartSec=` and the opens waited that long.
-/// Drops `FAN_ONDIR` from the kept group's filesystem marks, so directory opens go on meanwhile
-/// while file opens still wait; [`FanotifyLayer::start`] marks with [`FILE_MASK`] again.
-/// Returns how many filesystems were marked.
-pub fn pass_directory_opens(group: BorrowedFd<'_>) -> usize {
-    use std::os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _};
-    filesystems_mounted()
-        .iter()
-        .filter_map(|path| std::ffi::CString::new(path.as_os_str().as_bytes()).ok())
-        .filter(|c| {
-            // SAFETY: `c` is a valid NUL-terminated path; the group descriptor is open. A
-            // filesystem the group does not mark fails with ENOENT and is skipped.
-            let rc = unsafe {
-                libc::fanotify_mark(
-                    group.as_raw_fd(),
-                    libc::FAN_MARK_REMOVE | libc::FAN_MARK_FILESYSTEM,
-                    libc::FAN_ONDIR,
-                    libc::AT_FDCWD,
-                    c.as_ptr(),
-                )
-            };
-            rc == 0
-        })
-        .count()
-}
-
 /// One mount point per mounted filesystem (by device), from `/proc/self/mountinfo`.
 fn filesystems_mounted() -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -383,70 +361,4 @@ fn filesystems_mounted() -> Vec<PathBuf> {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The event masks of a group's filesystem marks (`mask:` of its fdinfo's `fanotify` lines).
-    fn masks(group: BorrowedFd<'_>) -> Vec<u64> {
-        use std::os::fd::AsRawFd as _;
-        let info =
-            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", group.as_raw_fd())).unwrap();
-        info.lines()
-            .filter(|l| l.starts_with("fanotify") && l.contains("sdev:"))
-            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("mask:")))
-            .map(|m| u64::from_str_radix(m, 16).unwrap())
-            .collect()
-    }
-
-    /// A tmpfs mounted on a temporary directory, unmounted when dropped.
-    struct Tmpfs(tempfile::TempDir);
-
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg(self.0.path())
-                .status();
-        }
-    }
-
-    #[test]
-    fn a_kept_group_lets_directory_opens_go_on_while_file_opens_still_wait() {
-        // A group and a private tmpfs need CAP_SYS_ADMIN (never the root filesystem: its opens
-        // would wait for this test).
-        let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "phiguard-test",
-                &dir.path().display().to_string(),
-            ])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        let Ok(group) = Group::new() else {
-            eprintln!("skipped: no fanotify group here (CAP_SYS_ADMIN needed)");
-            return;
-        };
-        if !mounted {
-            eprintln!("skipped: no tmpfs here (CAP_SYS_ADMIN needed)");
-            return;
-        }
-        let tmpfs = Tmpfs(dir);
-        group
-            .mark_filesystem(tmpfs.0.path(), FILE_MASK, true)
-            .unwrap();
-        assert_eq!(masks(group.as_fd()), [FILE_MASK]);
-        // Only the one filesystem the group marks is changed, and only FAN_ONDIR goes.
-        assert_eq!(pass_directory_opens(group.as_fd()), 1);
-        assert_eq!(masks(group.as_fd()), [libc::FAN_OPEN_PERM]);
-        // The layer marks again with the full mask once it answers.
-        group
-            .mark_filesystem(tmpfs.0.path(), FILE_MASK, true)
-            .unwrap();
-        assert_eq!(masks(group.as_fd()), [FILE_MASK]);
-    }
 }

@@ -168,7 +168,7 @@ impl Responder {
     /// Decides, answers, closes the event's descriptor, then completes and queues the record.
     /// Every event is answered exactly once, even if deciding panics (then it is allowed and
     /// the panic logged): an unanswered event would hold its opener until the group closes.
-    fn answer(&mut self, event: PermissionEvent) {
+    pub(super) fn answer(&mut self, event: PermissionEvent) {
         let decided =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.decide(&event)));
         let pending = decided.unwrap_or_else(|_| {
