@@ -135,9 +135,13 @@ impl Interim {
         })
     }
 
-    /// Stops serving; the group and the opens held, for the layer, which decides them before
-    /// any other.
-    pub(super) fn hand_over(mut self) -> (Arc<Group>, Held) {
+    /// The kept group (to mark it for this agent's policies while it is still served).
+    pub(super) fn group(&self) -> &Arc<Group> {
+        &self.group
+    }
+
+    /// Stops serving; the opens held, for the layer, which decides them before any other.
+    pub(super) fn hand_over(mut self) -> Held {
         self.worker = None;
         let events = {
             let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
@@ -149,13 +153,10 @@ impl Interim {
             held = events.len(),
             "adopted the fanotify group systemd kept across the restart: opens that waited while no agent ran are decided now (those the previous agent had read but not answered were refused)"
         );
-        (
-            Arc::clone(&self.group),
-            Held {
-                group: Arc::clone(&self.group),
-                events,
-            },
-        )
+        Held {
+            group: Arc::clone(&self.group),
+            events,
+        }
     }
 
     /// Lets every held open go on and closes this agent's copy of the group (the caller has
@@ -268,7 +269,8 @@ mod tests {
         let mut other = other_process_reads(dir);
         let own = own_read(dir);
         let waiting = still_waiting(&mut other);
-        let (adopted, mut held) = interim.hand_over();
+        let adopted = Arc::clone(interim.group());
+        let mut held = interim.hand_over();
         let events = held.take();
         for event in &events {
             adopted.respond(event.fd.as_raw_fd(), false).unwrap();

@@ -145,22 +145,20 @@ impl FanotifyLayer {
         kept: Option<Interim>,
     ) -> Result<FanotifyLayer, FanotifyError> {
         let Output { records, counters } = output;
-        let adopted = kept.is_some();
-        // A group systemd kept across a restart (`[policy] while_restarting = "wait"`), served
-        // until the responder below takes over.
-        let (group, mut held) = match kept {
-            Some(interim) => {
-                let (group, held) = interim.hand_over();
-                (group, Some(held))
-            }
-            None => (Arc::new(Group::new()?), None),
+        // A group systemd kept across a restart (`[policy] while_restarting = "wait"`): still
+        // served by the interim thread while labelling walks the protected trees (this
+        // agent's own directory opens there wait for the group too), until the responder
+        // below takes over.
+        let group = match &kept {
+            Some(interim) => Arc::clone(interim.group()),
+            None => Arc::new(Group::new()?),
         };
         let protected = Protected::build(compiled, slot);
         for path in protected.filesystems.values() {
             group.mark_filesystem(path, FILE_MASK, true)?;
         }
         let exec = protected.has_exec_rules();
-        if adopted {
+        if kept.is_some() {
             let needed: Vec<&Path> = protected
                 .filesystems
                 .values()
@@ -180,7 +178,9 @@ impl FanotifyLayer {
         )
         .with_identities(identities)
         .with_grants(grants);
-        // The opens held while this agent started are decided first, in the order they came.
+        // From here to the responder's first answer this thread opens nothing. The opens held
+        // while this agent started are decided first, in the order they came.
+        let mut held = kept.map(Interim::hand_over);
         let waited = held.as_mut().map(interim::Held::take).unwrap_or_default();
         let responder = Worker::spawn("phiguard-fanotify", move |stop| {
             let mut responder = responder;
