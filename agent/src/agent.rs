@@ -237,6 +237,15 @@ impl Agent {
                 FileLayer::Signal => "SIGKILL at open/exec for files and execs (no BPF LSM, no fanotify); cgroup connect4/6 for TCP (EPERM); unix sockets not enforced",
             }
         );
+        let gaps = sensors.lsm_gaps();
+        if file_layer == FileLayer::Lsm && !gaps.is_empty() {
+            warn!(
+                files = %ResourceKind::File.layer(file_layer, gaps),
+                execs = %ResourceKind::Exec.layer(file_layer, gaps),
+                unix = %ResourceKind::Unix.layer(file_layer, gaps),
+                "some BPF LSM programs did not load on this kernel: each loses its own hook, BPF LSM still decides the rest"
+            );
+        }
         if sensors.is_pinned() {
             info!(
                 pins = pins::PIN_DIR,
@@ -502,6 +511,7 @@ impl Agent {
     /// Records the programs and the enforcement layers in the status and the metrics.
     fn describe_programs(&mut self) {
         let files = self.file_layer;
+        let gaps = self.sensors.lsm_gaps();
         self.status.programs = self
             .sensors
             .status
@@ -523,7 +533,7 @@ impl Agent {
             .programs_pinned
             .set(i64::from(self.status.pinned));
         for kind in ResourceKind::ALL {
-            let layer = EnforcementLayer::of(kind, files);
+            let layer = EnforcementLayer::of(kind, files, gaps);
             self.metrics
                 .enforcement_layer
                 .get_or_create(&LayerLabels {
@@ -533,7 +543,7 @@ impl Agent {
                 .set(1);
             self.status
                 .enforcement
-                .insert(kind.name().to_owned(), layer.describe(kind).to_owned());
+                .insert(kind.name().to_owned(), kind.layer(files, gaps));
         }
     }
 

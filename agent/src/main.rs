@@ -23,7 +23,7 @@ use phiguard::{
         loader, mounts, pins,
     },
     link::Link,
-    policy::{self, Trigger},
+    policy::{self, enforcement::LsmGaps, Trigger},
     sink::{
         json::JsonLines,
         publish::Publisher,
@@ -283,7 +283,8 @@ fn check_policies(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Resu
         },
         files.name()
     );
-    for line in compiled.protections(files) {
+    // The hooks that load are known once the agent loads them (its start line and `status`).
+    for line in compiled.protections(files, LsmGaps::default()) {
         println!("  {line}");
     }
     let spared: Vec<String> = std::iter::once("PID 1".to_owned())

@@ -192,7 +192,7 @@ impl Agent {
     /// (none when only observing: no policy directory).
     fn policy_in_force(&mut self, compiled: &Compiled, trigger: Trigger) -> Option<Body> {
         let p = &self.policies;
-        let protections = compiled.protections(self.file_layer);
+        let protections = compiled.protections(self.file_layer, self.sensors.lsm_gaps());
         info!(
             trigger = trigger.as_str(),
             generation = p.generation,

@@ -22,7 +22,7 @@ use phiguard_common::{
         FANOTIFY_DECIDES_GLOBAL, FAULTS, LOST, NEVER_KILL, OFFSETS_GLOBAL, WATCHED_PREFIXES,
     },
     offsets::KernelOffsets,
-    program::PROGRAM_COUNT,
+    program::{Program, PROGRAM_COUNT},
 };
 
 use super::error::LoadError;
@@ -35,13 +35,13 @@ use super::{
         FindingKind, LinkSnapshot, MapSnapshot,
     },
     pins,
-    registry::{self, Family, Hook, ProgramSpec},
+    registry::{self, Hook, ProgramSpec},
 };
 use crate::{
     config::DatabaseConfig,
     db::existing::{self, Existing},
     paths::FileId,
-    policy::compile::Compiled,
+    policy::{compile::Compiled, enforcement::LsmGaps},
     watch::WatchSet,
 };
 
@@ -348,13 +348,23 @@ impl Sensors {
         Ok(())
     }
 
-    /// Whether the BPF LSM programs are attached: file opens, execs and unix connects are
-    /// refused with `EPERM`.
+    /// Whether BPF LSM decides file opens (`enforce_file_open` is attached): refused opens
+    /// fail with `EPERM`. The other BPF LSM programs each add their own hook; one that did not
+    /// attach is a gap ([`Sensors::lsm_gaps`]), not the loss of the layer.
     pub fn lsm_active(&self) -> bool {
         self.status
             .iter()
-            .filter(|s| s.spec.family == Family::Enforce)
-            .all(|s| s.error.is_none())
+            .any(|s| s.spec.program == Program::EnforceFileOpen && s.error.is_none())
+    }
+
+    /// The BPF LSM programs that did not attach, while [`Sensors::lsm_active`].
+    pub fn lsm_gaps(&self) -> LsmGaps {
+        LsmGaps::of(
+            self.status
+                .iter()
+                .filter(|s| s.error.is_some())
+                .map(|s| &s.spec),
+        )
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, LoadError> {

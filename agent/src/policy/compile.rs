@@ -25,7 +25,10 @@ use phiguard_common::{
 };
 use sha2::{Digest as _, Sha256};
 
-use super::model::{Access, Endpoint, Mode, PolicySet, Principal, Resources, Subject};
+use super::{
+    enforcement::LsmGaps,
+    model::{Access, Endpoint, Mode, PolicySet, Principal, Resources, Subject},
+};
 use crate::{
     kernel::layer::FileLayer,
     paths::{self, kernel_dev, FileId},
@@ -764,8 +767,9 @@ fn compile_exec(set: &PolicySet, cgroup_root: &Path, out: &mut Compiled, builder
 
 impl Compiled {
     /// One line per protected resource: what, by which rules, in which mode, and how this
-    /// kernel enforces it (`files`: the layer deciding file opens).
-    pub fn protections(&self, files: FileLayer) -> Vec<String> {
+    /// kernel enforces it (`files`: the layer deciding file opens; `gaps`: the BPF LSM programs
+    /// that did not attach).
+    pub fn protections(&self, files: FileLayer, gaps: LsmGaps) -> Vec<String> {
         self.rules
             .iter()
             .map(|rule| {
@@ -784,7 +788,7 @@ impl Compiled {
                     "{}: {} [{}]",
                     rule.resource,
                     origins.join(", "),
-                    rule.kind.layer(files)
+                    rule.kind.layer(files, gaps)
                 )
             })
             .collect()

@@ -2,8 +2,60 @@
 //! read by the policy report (`protects …` lines), the metrics
 //! (`phiguard_enforcement_layer`), the status file and the start-up log.
 
+use phiguard_common::program::Program;
+
 use super::compile::ResourceKind;
-use crate::kernel::layer::FileLayer;
+use crate::kernel::{layer::FileLayer, registry::ProgramSpec};
+
+/// The BPF LSM programs that did not attach although `enforce_file_open` did (BPF LSM decides
+/// file opens): each one loses what its own hook refuses, not the whole layer — an exec hook
+/// that fails leaves execs to the SIGKILL at exec, a `unix_stream_connect` that fails leaves
+/// unix sockets unenforced, an `inode_*` hook that fails leaves its operation unrefused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LsmGaps(u64);
+
+impl LsmGaps {
+    /// The gaps of a load: the BPF LSM programs among `failed` (programs that did not attach),
+    /// except `enforce_file_open` (without it BPF LSM decides nothing).
+    pub fn of<'a>(failed: impl IntoIterator<Item = &'a ProgramSpec>) -> LsmGaps {
+        let bits = failed
+            .into_iter()
+            .filter(|spec| spec.family == crate::kernel::registry::Family::Enforce)
+            .filter(|spec| spec.program != Program::EnforceFileOpen)
+            .fold(0u64, |bits, spec| bits | 1 << spec.program as u64);
+        LsmGaps(bits)
+    }
+
+    /// Whether `program` did not attach.
+    pub fn lacks(self, program: Program) -> bool {
+        self.0 & (1 << program as u64) != 0
+    }
+
+    /// Whether every BPF LSM program attached.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// What the missing file hooks leave unrefused, in words (their registry's
+    /// `missing_means`), for the file layer's description.
+    fn file_gaps(self) -> Vec<&'static str> {
+        crate::kernel::registry::PROGRAMS
+            .iter()
+            .filter(|spec| {
+                self.lacks(spec.program)
+                    && !matches!(
+                        spec.program,
+                        Program::EnforceBprmCheckSecurity | Program::EnforceUnixStreamConnect
+                    )
+            })
+            .map(|spec| {
+                spec.missing_means
+                    .strip_prefix("no BPF LSM: ")
+                    .unwrap_or(spec.missing_means)
+            })
+            .collect()
+    }
+}
 
 /// How a denial is enforced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,17 +92,39 @@ impl ResourceKind {
     }
 
     /// How this kernel enforces a denial of this kind of resource, given the layer that
-    /// decides file opens (`Lsm` means the BPF LSM programs are attached and active), in words.
-    pub fn layer(self, files: FileLayer) -> &'static str {
-        EnforcementLayer::of(self, files).describe(self)
+    /// decides file opens (`Lsm` means `enforce_file_open` is attached and BPF LSM active) and
+    /// the BPF LSM programs that did not attach, in words.
+    pub fn layer(self, files: FileLayer, gaps: LsmGaps) -> String {
+        let layer = EnforcementLayer::of(self, files, gaps);
+        let described = layer.describe(self);
+        let missing = gaps.file_gaps();
+        if layer == EnforcementLayer::Lsm && self == ResourceKind::File && !missing.is_empty() {
+            format!(
+                "{described}; BUT on this kernel some of those hooks did not load: {}",
+                missing.join("; ")
+            )
+        } else {
+            described.to_owned()
+        }
     }
 }
 
 impl EnforcementLayer {
-    /// The layer that enforces `kind`, given the layer that decides file opens.
-    pub fn of(kind: ResourceKind, files: FileLayer) -> EnforcementLayer {
+    /// The layer that enforces `kind`, given the layer that decides file opens and the BPF LSM
+    /// programs that did not attach.
+    pub fn of(kind: ResourceKind, files: FileLayer, gaps: LsmGaps) -> EnforcementLayer {
         match (kind, files) {
             (ResourceKind::Tcp, _) => EnforcementLayer::Cgroup,
+            (ResourceKind::Exec, FileLayer::Lsm)
+                if gaps.lacks(Program::EnforceBprmCheckSecurity) =>
+            {
+                EnforcementLayer::Signal
+            }
+            (ResourceKind::Unix, FileLayer::Lsm)
+                if gaps.lacks(Program::EnforceUnixStreamConnect) =>
+            {
+                EnforcementLayer::None
+            }
             (_, FileLayer::Lsm) => EnforcementLayer::Lsm,
             (ResourceKind::Unix, _) => EnforcementLayer::None,
             (_, FileLayer::Fanotify) => EnforcementLayer::Fanotify,
@@ -102,8 +176,9 @@ mod tests {
 
     #[test]
     fn tcp_is_the_cgroup_layers_everywhere_and_the_rest_follows_the_file_layer() {
+        let none = LsmGaps::default();
         let labels =
-            |files| ResourceKind::ALL.map(|kind| EnforcementLayer::of(kind, files).label());
+            |files| ResourceKind::ALL.map(|kind| EnforcementLayer::of(kind, files, none).label());
         assert_eq!(labels(FileLayer::Lsm), ["lsm", "lsm", "cgroup", "lsm"]);
         assert_eq!(
             labels(FileLayer::Fanotify),
@@ -114,16 +189,57 @@ mod tests {
             ["signal", "signal", "cgroup", "none"]
         );
         assert!(ResourceKind::Unix
-            .layer(FileLayer::Signal)
+            .layer(FileLayer::Signal, none)
             .starts_with("NOT ENFORCED"));
         assert!(ResourceKind::Exec
-            .layer(FileLayer::Signal)
+            .layer(FileLayer::Signal, none)
             .starts_with("SIGKILL at exec"));
         assert!(ResourceKind::File
-            .layer(FileLayer::Lsm)
+            .layer(FileLayer::Lsm, none)
             .contains("truncate, unlink, rename, link"));
         assert!(ResourceKind::File
-            .layer(FileLayer::Fanotify)
+            .layer(FileLayer::Fanotify, none)
             .contains("not refused (no open) but reported after the fact"));
+    }
+
+    #[test]
+    fn a_bpf_lsm_hook_that_did_not_load_loses_its_hook_not_the_layer() {
+        let failed = |programs: &[Program]| {
+            LsmGaps::of(
+                crate::kernel::registry::PROGRAMS
+                    .iter()
+                    .filter(|spec| programs.contains(&spec.program)),
+            )
+        };
+        // A tracepoint that failed is no BPF LSM gap; file_open is the layer itself.
+        assert!(failed(&[Program::FileSysExitPidfdGetfd, Program::EnforceFileOpen]).is_empty());
+
+        let gaps = failed(&[
+            Program::EnforceInodeSetattr,
+            Program::EnforceUnixStreamConnect,
+        ]);
+        let labels =
+            ResourceKind::ALL.map(|kind| EnforcementLayer::of(kind, FileLayer::Lsm, gaps).label());
+        assert_eq!(labels, ["lsm", "lsm", "cgroup", "none"]);
+        let file = ResourceKind::File.layer(FileLayer::Lsm, gaps);
+        assert!(file.starts_with("BPF LSM on the inode's label"), "{file}");
+        assert!(
+            file.contains("did not load: truncate, chmod, chown and utimes of protected files are not refused"),
+            "{file}"
+        );
+        assert!(!file.contains("unix"), "{file}");
+        assert!(ResourceKind::Unix
+            .layer(FileLayer::Lsm, gaps)
+            .starts_with("NOT ENFORCED"));
+
+        let gaps = failed(&[Program::EnforceBprmCheckSecurity]);
+        assert_eq!(
+            EnforcementLayer::of(ResourceKind::Exec, FileLayer::Lsm, gaps),
+            EnforcementLayer::Signal
+        );
+        assert_eq!(
+            ResourceKind::File.layer(FileLayer::Lsm, gaps),
+            ResourceKind::File.layer(FileLayer::Lsm, LsmGaps::default())
+        );
     }
 }
