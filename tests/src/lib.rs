@@ -111,7 +111,7 @@ impl Harness {
         let (tx, events) = mpsc::unbounded_channel();
         let sinks: Vec<Box<dyn Sink>> = vec![Box::new(ChannelSink(tx))];
         let agent = runtime
-            .block_on(async { Agent::start(config, sinks) })
+            .block_on(async { Agent::start(config, sinks, None) })
             .unwrap_or_else(|e| panic!("agent failed to start: {e}"));
         Harness {
             pinned: config.policy.dir.is_some(),
