@@ -132,8 +132,10 @@ fn try_open(file: File, call: OpenCall) -> ProbeResult<i32> {
     };
     let decision = decide(rule, requested, layer::LSM);
     let received = call.syscall == open_syscall::RECEIVE;
-    if decision.verdict != verdict::DENY && !received {
-        return Ok(0); // reported by the call's exit program
+    if decision.verdict == verdict::NONE || (decision.verdict != verdict::DENY && !received) {
+        // Not governed (another access only, or the agent itself), or an open the call's exit
+        // program reports.
+        return Ok(0);
     }
     let ret = if decision.verdict == verdict::DENY {
         EPERM
