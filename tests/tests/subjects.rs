@@ -65,6 +65,11 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with_mode("enforce")
+    }
+
+    /// The same policy in `mode` (`enforce` or `audit`).
+    fn with_mode(mode: &str) -> Setup {
         let bin = tempfile::Builder::new()
             .prefix("phiguard-subjects-bin-")
             .tempdir()
@@ -95,7 +100,7 @@ impl Setup {
         fs::write(
             policies.path().join("subjects.yaml"),
             format!(
-                "name: subjects\nmode: enforce\nrules:\n  - name: results\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: {}\n      - exe: {}\n      - exe: {}\n      - exe: {}\n      - exe: {}\n",
+                "name: subjects\nmode: {mode}\nrules:\n  - name: results\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: {}\n      - exe: {}\n      - exe: {}\n      - exe: {}\n      - exe: {}\n",
                 tree.watched.display(),
                 allowed.display(),
                 plugin_host.display(),
@@ -660,5 +665,46 @@ fn an_allowed_take_of_a_descriptor_is_reported_once() {
         "one event per taken descriptor: {}",
         s.h.dump()
     );
+    s.h.stop();
+}
+
+#[test]
+fn a_handed_over_descriptor_in_audit_mode_is_a_would_deny_with_both_ends() {
+    let mut s = Setup::with_mode("audit");
+    let receiver = s.build("receiver", RECEIVER_C, &[]);
+    let (status, data, mut holder) = hand_over(&s, &receiver);
+    // Audit mode refuses nothing.
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the receiver read the file (programs not attached: {:?})",
+        s.h.not_attached
+    );
+    assert_eq!(data, SECRET, "the handed-over descriptor reads");
+    let holder_pid = holder.id();
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    if s.h.lsm {
+        let (exe, file) = (receiver.display().to_string(), s.file.display().to_string());
+        let event =
+            s.h.wait_for(Duration::from_secs(10), |e| {
+                e.decision
+                    .as_ref()
+                    .is_some_and(|d| d.verdict == v1::Verdict::WouldDeny as i32)
+                    && file_open(e).is_some_and(|f| f.path == file && f.syscall == RECEIVED)
+                    && process(e).exe == exe
+            })
+            .unwrap_or_else(|| panic!("no would-deny decision naming {exe}: {}", s.h.dump()));
+        assert_eq!(file_open(&event).unwrap().result, Some(0), "{event:?}");
+        assert_sender(&s, &event, holder_pid);
+        s.assert_allowed_still_reads();
+        s.expect_allowed_read();
+        assert_eq!(receives(&s, &receiver).len(), 1, "{}", s.h.dump());
+    } else {
+        // Not seen without BPF LSM, as in enforce mode.
+        s.assert_allowed_still_reads();
+        s.expect_allowed_read();
+        assert!(receives(&s, &receiver).is_empty(), "{}", s.h.dump());
+    }
     s.h.stop();
 }
