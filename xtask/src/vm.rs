@@ -500,6 +500,7 @@ const NO_BPF_TESTS: &[&str] = &[
     "a_descriptor_handed_over_on_a_unix_socket_is_reported_with_its_sender",
     "an_allowed_receive_of_a_handed_over_descriptor_is_reported_with_both_ends",
     "an_allowed_take_of_a_descriptor_is_reported_once",
+    "a_handed_over_descriptor_in_audit_mode_is_a_would_deny_with_both_ends",
 ];
 
 /// QEMU, killed when dropped (every way out of [`boot`]).
