@@ -129,6 +129,12 @@ pub static EXEC_ALLOWED: HashMap<SubjectKey, u32> =
 #[map]
 pub static REFUSED_OPENS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 
+/// Threads (`pid_tgid`) in `pidfd_getfd` whose received descriptor BPF LSM `file_receive`
+/// reported (allowed, would-deny or refused): the call's exit stays silent. LRU so a thread
+/// killed mid-call, or a 32-bit call (no exit tracepoint), cannot leak.
+#[map]
+pub static RECEIVES_REPORTED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(1024, 0);
+
 /// Who set up a TCP socket on a watched port: filled when the socket leaves CLOSE in process
 /// context, read when it is established or closed (often in softirq, where `current` is
 /// unrelated).

@@ -1,7 +1,8 @@
 //! Stored records as ArcSight CEF lines (`format = "cef"` in `[export.NAME]`), the second
 //! format SIEMs read. The header names the kind; the extension carries the common fields
-//! (time, host, user, process, file, endpoints, decision) and, as `cs6` (label
-//! `phiguardEvent`), the whole phiguard event as JSON, as OCSF's `unmapped` does.
+//! (time, host, user, process, file and a received descriptor's sender, endpoints, decision)
+//! and, as `cs6` (label `phiguardEvent`), the whole phiguard event as JSON, as OCSF's
+//! `unmapped` does.
 
 use phiguard_proto::v1::{self, event::Body};
 
@@ -89,6 +90,14 @@ pub fn record(record: &Record) -> String {
             ext.push(("filePath", f.path.clone()));
             ext.push(("fname", f.path.rsplit('/').next().unwrap_or("").to_owned()));
             ext.push(("deviceAction", f.syscall.clone()));
+            if let Some(sender) = &f.sender {
+                // The other end of a hand-over (`SCM_RIGHTS`); `spid`/`sproc` stay the
+                // receiver, the subject the policy decided on.
+                ext.push(("cs5Label", "descriptorSender".into()));
+                ext.push(("cs5", sender.exe.clone()));
+                ext.push(("cn2Label", "descriptorSenderPid".into()));
+                ext.push(("cn2", sender.pid.to_string()));
+            }
         }
         Some(Body::Connect(c)) => {
             ext.push(("dst", c.address.clone()));
@@ -192,5 +201,41 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("cs6Label=phiguardEvent cs6={"), "{line}");
+        assert!(!line.contains("cs5"), "no sender, no cs5: {line}");
+    }
+
+    #[test]
+    fn a_received_descriptor_names_its_sender_in_cs5_and_cn2() {
+        let r = Record {
+            agent: Arc::from("ehr-a"),
+            index: 9,
+            received: 1_700_000_000,
+            event: v1::Event {
+                process: Some(v1::Process {
+                    pid: 77,
+                    exe: "/usr/bin/receiver".into(),
+                    ..Default::default()
+                }),
+                body: Some(Body::FileOpen(v1::FileOpen {
+                    path: "/srv/ephi/a".into(),
+                    syscall: "pidfd_getfd or SCM_RIGHTS (a descriptor received)".into(),
+                    sender: Some(v1::Process {
+                        pid: 4242,
+                        exe: "/opt/ehr/bin/ehr-server".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+        };
+        let line = record(&r);
+        assert!(line.contains(" spid=77 sproc=/usr/bin/receiver "), "{line}");
+        assert!(
+            line.contains(
+                " cs5Label=descriptorSender cs5=/opt/ehr/bin/ehr-server cn2Label=descriptorSenderPid cn2=4242 "
+            ),
+            "{line}"
+        );
     }
 }

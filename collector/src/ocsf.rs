@@ -199,6 +199,28 @@ fn actor(event: &v1::Event) -> Value {
     }
 }
 
+/// The process that handed a received descriptor over (`fileOpen.sender`, `SCM_RIGHTS`).
+/// OCSF 1.8.0 has one process per actor and no attribute for a second one in File System
+/// Activity: `actor` stays the receiver (the subject the policy decided on), the sender goes to
+/// `actor.invoked_by` as a name a SIEM can search ("EXE (pid N)"), and in full — an OCSF
+/// `process` object — to an `enrichments` entry for that attribute.
+fn sender_fields(sender: &v1::Process, body: &mut Value) {
+    let name = if sender.exe.is_empty() {
+        format!("pid {}", sender.pid)
+    } else {
+        format!("{} (pid {})", sender.exe, sender.pid)
+    };
+    body["actor"]["invoked_by"] = name.clone().into();
+    body["enrichments"] = json!([{
+        "name": "actor.invoked_by",
+        "value": name,
+        "type": "descriptor_sender",
+        "provider": "phiguard",
+        "short_desc": "the process that handed the descriptor over on a unix socket (SCM_RIGHTS)",
+        "data": {"process": process(sender)},
+    }]);
+}
+
 fn endpoint(address: &str, port: u32) -> Value {
     let mut e = Map::new();
     if address.parse::<std::net::IpAddr>().is_ok() {
@@ -248,6 +270,9 @@ fn map_body(event: &v1::Event) -> Mapped {
                 file["uid"] = format!("{}:{}", f.device, f.inode).into();
             }
             let mut body = json!({"actor": actor(event), "file": file});
+            if let Some(sender) = &f.sender {
+                sender_fields(sender, &mut body);
+            }
             if !f.error.is_empty() {
                 body["status_id"] = 2.into();
                 body["status_detail"] = f.error.clone().into();
@@ -624,6 +649,57 @@ mod tests {
             (1.into(), 7.into())
         );
         assert_eq!(ok["severity_id"], INFORMATIONAL);
+    }
+
+    #[test]
+    fn a_received_descriptor_names_its_sender_as_invoked_by_with_the_process_enriched() {
+        let v = record(&rec(
+            Body::FileOpen(v1::FileOpen {
+                path: "/srv/ephi/a".into(),
+                syscall: "pidfd_getfd or SCM_RIGHTS (a descriptor received)".into(),
+                result: Some(0),
+                sender: Some(v1::Process {
+                    pid: 4242,
+                    exe: "/opt/ehr/bin/ehr-server".into(),
+                    binary_sha256: "ab".repeat(32),
+                    user: Some(v1::User {
+                        id: Some(998),
+                        name: "ehr".into(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            Some(v1::Decision {
+                verdict: v1::Verdict::Allow as i32,
+                ..Default::default()
+            }),
+        ));
+        assert_eq!(v["activity_id"], 14);
+        assert_eq!(
+            v["actor"]["invoked_by"],
+            "/opt/ehr/bin/ehr-server (pid 4242)"
+        );
+        let enrichment = &v["enrichments"][0];
+        assert_eq!(enrichment["name"], "actor.invoked_by");
+        assert_eq!(enrichment["value"], v["actor"]["invoked_by"]);
+        assert_eq!(enrichment["type"], "descriptor_sender");
+        let sender = &enrichment["data"]["process"];
+        assert_eq!(sender["pid"], 4242);
+        assert_eq!(sender["file"]["path"], "/opt/ehr/bin/ehr-server");
+        assert_eq!(sender["file"]["hashes"][0]["value"], "ab".repeat(32));
+        assert_eq!(sender["user"]["name"], "ehr");
+        // An open has no sender: neither attribute.
+        let plain = record(&rec(
+            Body::FileOpen(v1::FileOpen {
+                path: "/srv/ephi/a".into(),
+                syscall: "openat".into(),
+                ..Default::default()
+            }),
+            None,
+        ));
+        assert!(plain["actor"].get("invoked_by").is_none(), "{plain}");
+        assert!(plain.get("enrichments").is_none(), "{plain}");
     }
 
     #[test]

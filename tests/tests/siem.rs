@@ -275,6 +275,13 @@ fn the_validator_refuses_records_that_are_not_ocsf() {
             good.replace("100114", "100115"),
             "type_uid not class*100+activity",
         ),
+        (
+            good.replace(
+                "\"time\":1",
+                "\"time\":1,\"enrichments\":[{\"name\":\"actor.invoked_by\",\"value\":\"x\"}]",
+            ),
+            "an enrichment without its required data",
+        ),
     ] {
         fs::write(&file, format!("{bad}\n")).unwrap();
         assert!(validate(&file).is_err(), "accepted with {why}: {bad}");
@@ -517,6 +524,29 @@ fn every_kind() -> Vec<phiguard_proto::v1::Event> {
         (open("chmod", false), would.clone()),
         (open("truncate", false), deny.clone()),
         (open("link", false), deny.clone()),
+        // A descriptor handed over on a unix socket: the sender is the other end.
+        (
+            Body::FileOpen(v1::FileOpen {
+                path: "/srv/ephi/a.txt".into(),
+                syscall: "pidfd_getfd or SCM_RIGHTS (a descriptor received)".into(),
+                result: Some(0),
+                device: 2049,
+                inode: 42,
+                sender: Some(v1::Process {
+                    pid: 4242,
+                    exe: "/opt/ehr/bin/ehr-server".into(),
+                    binary_sha256: "ab".repeat(32),
+                    user: user(998, "ehr"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            Some(v1::Decision {
+                verdict: v1::Verdict::Allow as i32,
+                policy: "ephi".into(),
+                ..Default::default()
+            }),
+        ),
         (
             Body::FileOpen(v1::FileOpen {
                 path: "/srv/ephi/b".into(),
@@ -790,6 +820,15 @@ fn every_event_kind_maps_to_valid_ocsf() {
         .filter(|k| !kinds.contains(*k))
         .collect();
     assert!(missing.is_empty(), "kinds not covered: {missing:?}");
+    // The received descriptor's sender is mapped, not only kept under `unmapped`.
+    assert!(
+        text.contains(r#""invoked_by":"/opt/ehr/bin/ehr-server (pid 4242)""#),
+        "the sender is actor.invoked_by"
+    );
+    assert!(
+        text.contains(r#""name":"actor.invoked_by""#),
+        "the sender is enriched"
+    );
     fs::write(&file, &text).unwrap();
     validate(&file).unwrap_or_else(|e| panic!("invalid OCSF:\n{e}"));
 }

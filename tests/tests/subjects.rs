@@ -53,6 +53,11 @@ struct Setup {
     plugin_host: PathBuf,
     /// A third, built here: it holds the protected file open.
     holder: PathBuf,
+    /// A fourth: a copy of the `receiver` fixture (another inode, so the fixture itself stays
+    /// unlisted).
+    allowed_receiver: PathBuf,
+    /// A fifth: a copy of the `thief` fixture.
+    allowed_taker: PathBuf,
     bin: tempfile::TempDir,
     _policies: tempfile::TempDir,
     _tree: Tree,
@@ -60,6 +65,11 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with_mode("enforce")
+    }
+
+    /// The same policy in `mode` (`enforce` or `audit`).
+    fn with_mode(mode: &str) -> Setup {
         let bin = tempfile::Builder::new()
             .prefix("phiguard-subjects-bin-")
             .tempdir()
@@ -70,6 +80,14 @@ impl Setup {
         fs::set_permissions(&allowed, fs::Permissions::from_mode(0o755)).unwrap();
         let plugin_host = build(bin.path(), "plugin_host", PLUGIN_HOST_C, &["-ldl"]);
         let holder = build(bin.path(), "holder", HOLDER_C, &[]);
+        let allowed_receiver = bin.path().join("allowed-receiver");
+        fs::copy(
+            build(bin.path(), "receiver", RECEIVER_C, &[]),
+            &allowed_receiver,
+        )
+        .unwrap();
+        let allowed_taker = bin.path().join("allowed-thief");
+        fs::copy(build(bin.path(), "thief", THIEF_C, &[]), &allowed_taker).unwrap();
         let tree = Tree::new();
         let file = tree.watched.join("results.txt");
         fs::write(&file, SECRET).unwrap();
@@ -82,11 +100,13 @@ impl Setup {
         fs::write(
             policies.path().join("subjects.yaml"),
             format!(
-                "name: subjects\nmode: enforce\nrules:\n  - name: results\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: {}\n      - exe: {}\n      - exe: {}\n",
+                "name: subjects\nmode: {mode}\nrules:\n  - name: results\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: {}\n      - exe: {}\n      - exe: {}\n      - exe: {}\n      - exe: {}\n",
                 tree.watched.display(),
                 allowed.display(),
                 plugin_host.display(),
-                holder.display()
+                holder.display(),
+                allowed_receiver.display(),
+                allowed_taker.display()
             ),
         )
         .unwrap();
@@ -98,6 +118,8 @@ impl Setup {
             allowed,
             plugin_host,
             holder,
+            allowed_receiver,
+            allowed_taker,
             bin,
             _policies: policies,
             _tree: tree,
@@ -166,6 +188,23 @@ impl Setup {
     fn assert_allowed_still_reads(&self) {
         let out = self.as_nobody(&self.allowed, &[&self.file], &[]);
         assert_eq!(out.stdout, SECRET, "the allowed program reads: {out:?}");
+    }
+
+    /// The allow decision on the protected file for the allowed program (within 10 s).
+    fn expect_allowed_read(&mut self) -> v1::Event {
+        let (exe, file) = (
+            self.allowed.display().to_string(),
+            self.file.display().to_string(),
+        );
+        self.h
+            .wait_for(Duration::from_secs(10), |e| {
+                e.decision
+                    .as_ref()
+                    .is_some_and(|d| d.verdict == v1::Verdict::Allow as i32)
+                    && file_open(e).is_some_and(|f| f.path == file)
+                    && process(e).exe == exe
+            })
+            .unwrap_or_else(|| panic!("no allow decision naming {exe}: {}", self.h.dump()))
     }
 
     /// sha256 of a file, as the agent writes it.
@@ -394,18 +433,20 @@ fn a_refused_process_cannot_take_the_allowed_services_descriptor() {
     s.h.stop();
 }
 
-#[test]
-fn a_descriptor_handed_over_on_a_unix_socket_is_reported_with_its_sender() {
+/// The allowed holder hands its descriptor of the protected file (`SCM_RIGHTS`) to `receiver`,
+/// which bound its socket first; both run as the attacker's user. Returns the receiver's exit
+/// status, what it read through the descriptor, and the holder (still running, holding the
+/// file until its stdin closes).
+fn hand_over(
+    s: &Setup,
+    receiver: &Path,
+) -> (std::process::ExitStatus, Vec<u8>, std::process::Child) {
     use std::{
         io::{BufRead as _, BufReader, Read as _},
         process::Stdio,
     };
-    let mut s = Setup::new();
-    let receiver = s.build("receiver", RECEIVER_C, &[]);
     let socket = PathBuf::from(format!("phiguard-scm-{}", std::process::id()));
-    // The refused receiver binds the socket first; the allowed holder then sends it its
-    // descriptor of the protected file (SCM_RIGHTS), both as the attacker's user.
-    let mut taker = Command::new(&receiver)
+    let mut taker = Command::new(receiver)
         .arg(&socket)
         .uid(NOBODY)
         .gid(NOBODY)
@@ -435,7 +476,44 @@ fn a_descriptor_handed_over_on_a_unix_socket_is_reported_with_its_sender() {
     );
     let mut data = Vec::new();
     taken.read_to_end(&mut data).unwrap();
-    let status = taker.wait().unwrap();
+    (taker.wait().unwrap(), data, holder)
+}
+
+/// The received-descriptor events (`syscall` RECEIVE) on the protected file naming `exe`.
+fn receives<'a>(s: &'a Setup, exe: &Path) -> Vec<&'a v1::Event> {
+    let (exe, file) = (exe.display().to_string(), s.file.display().to_string());
+    s.h.seen
+        .iter()
+        .filter(|e| {
+            file_open(e).is_some_and(|f| f.path == file && f.syscall == RECEIVED)
+                && process(e).exe == exe
+        })
+        .collect()
+}
+
+/// `FileOpen.syscall` of a received descriptor.
+const RECEIVED: &str = "pidfd_getfd or SCM_RIGHTS (a descriptor received)";
+
+/// Asserts that `event` names the holder (`pid`) as the sender of the descriptor.
+fn assert_sender(s: &Setup, event: &v1::Event, pid: u32) {
+    let sender = file_open(event)
+        .unwrap()
+        .sender
+        .as_ref()
+        .unwrap_or_else(|| panic!("the event names the sender: {event:?}"));
+    assert_eq!(sender.pid, pid, "the sender's pid: {event:?}");
+    assert_eq!(
+        sender.exe,
+        s.holder.display().to_string(),
+        "the sender's exe: {event:?}"
+    );
+}
+
+#[test]
+fn a_descriptor_handed_over_on_a_unix_socket_is_reported_with_its_sender() {
+    let mut s = Setup::new();
+    let receiver = s.build("receiver", RECEIVER_C, &[]);
+    let (status, data, mut holder) = hand_over(&s, &receiver);
     if s.h.lsm {
         // `file_receive` refuses the descriptor: the message arrives without it.
         assert!(
@@ -448,21 +526,8 @@ fn a_descriptor_handed_over_on_a_unix_socket_is_reported_with_its_sender() {
             event.decision.as_ref().unwrap().layer,
             v1::EnforcementLayer::Lsm as i32
         );
-        let open = file_open(&event).unwrap();
-        assert_eq!(
-            open.syscall,
-            "pidfd_getfd or SCM_RIGHTS (a descriptor received)"
-        );
-        let sender = open
-            .sender
-            .as_ref()
-            .unwrap_or_else(|| panic!("the event names the sender: {event:?}"));
-        assert_eq!(sender.pid, holder.id(), "the sender's pid: {event:?}");
-        assert_eq!(
-            sender.exe,
-            s.holder.display().to_string(),
-            "the sender's exe: {event:?}"
-        );
+        assert_eq!(file_open(&event).unwrap().syscall, RECEIVED);
+        assert_sender(&s, &event, holder.id());
     } else {
         // No hook sees a received descriptor without BPF LSM: the hand-over is the allowed
         // program's choice (docs/policies.md, "Descriptors of protected files").
@@ -477,5 +542,169 @@ fn a_descriptor_handed_over_on_a_unix_socket_is_reported_with_its_sender() {
     drop(holder.stdin.take());
     let _ = holder.wait();
     s.assert_allowed_still_reads();
+    s.h.stop();
+}
+
+#[test]
+fn an_allowed_receive_of_a_handed_over_descriptor_is_reported_with_both_ends() {
+    let mut s = Setup::new();
+    let receiver = s.allowed_receiver.clone();
+    let (status, data, mut holder) = hand_over(&s, &receiver);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the listed receiver read the file (programs not attached: {:?})",
+        s.h.not_attached
+    );
+    assert_eq!(data, SECRET, "the handed-over descriptor reads");
+    let holder_pid = holder.id();
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    if s.h.lsm {
+        let (exe, file) = (receiver.display().to_string(), s.file.display().to_string());
+        let event =
+            s.h.wait_for(Duration::from_secs(10), |e| {
+                e.decision
+                    .as_ref()
+                    .is_some_and(|d| d.verdict == v1::Verdict::Allow as i32)
+                    && file_open(e).is_some_and(|f| f.path == file && f.syscall == RECEIVED)
+                    && process(e).exe == exe
+            })
+            .unwrap_or_else(|| panic!("no allow decision naming {exe}: {}", s.h.dump()));
+        assert_eq!(
+            event.decision.as_ref().unwrap().layer,
+            v1::EnforcementLayer::Unspecified as i32,
+            "allowed: no layer enforced anything"
+        );
+        let open = file_open(&event).unwrap();
+        assert_eq!(open.access, v1::Access::Read as i32, "{event:?}");
+        // `file_receive` runs before the descriptor has a number.
+        assert_eq!(open.result, Some(0), "{event:?}");
+        assert_sender(&s, &event, holder_pid);
+        s.assert_allowed_still_reads();
+        s.expect_allowed_read();
+        assert_eq!(
+            receives(&s, &receiver).len(),
+            1,
+            "one event per received descriptor: {}",
+            s.h.dump()
+        );
+    } else {
+        // No hook sees the transfer: nothing is reported for it (docs/policies.md). The
+        // allowed program's later read is reported; the receive before it was not.
+        s.assert_allowed_still_reads();
+        s.expect_allowed_read();
+        assert!(
+            receives(&s, &receiver).is_empty(),
+            "a receive event without BPF LSM: the docs say none is seen: {}",
+            s.h.dump()
+        );
+    }
+    s.h.stop();
+}
+
+#[test]
+fn an_allowed_take_of_a_descriptor_is_reported_once() {
+    use std::io::{BufRead as _, BufReader};
+    let mut s = Setup::new();
+    let mut holder = Command::new(&s.holder)
+        .arg(&s.file)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(!line.trim().is_empty(), "the holder opened the file");
+    let (fd, pid) = (
+        PathBuf::from(line.trim()),
+        PathBuf::from(holder.id().to_string()),
+    );
+    let taker = s.allowed_taker.clone();
+    let out = s.as_nobody(&taker, &[&pid, &fd], &[]);
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    assert_eq!(
+        out.stdout, SECRET,
+        "the listed taker read the file: {out:?}"
+    );
+    let (exe, file) = (taker.display().to_string(), s.file.display().to_string());
+    let event =
+        s.h.wait_for(Duration::from_secs(10), |e| {
+            e.decision
+                .as_ref()
+                .is_some_and(|d| d.verdict == v1::Verdict::Allow as i32)
+                && file_open(e).is_some_and(|f| f.path == file && f.syscall == RECEIVED)
+                && process(e).exe == exe
+        })
+        .unwrap_or_else(|| panic!("no allow decision naming {exe}: {}", s.h.dump()));
+    // BPF LSM `file_receive` decides and reports it (before the descriptor has a number); else
+    // the call's exit program, with the number.
+    let open = file_open(&event).unwrap();
+    if s.h.lsm {
+        assert_eq!(open.result, Some(0), "{event:?}");
+    } else {
+        // After stdin, stdout, stderr and the pidfd.
+        assert!(open.result.is_some_and(|fd| fd > 3), "{event:?}");
+    }
+    // Allowed: no layer enforced anything.
+    assert_eq!(
+        event.decision.as_ref().unwrap().layer,
+        v1::EnforcementLayer::Unspecified as i32
+    );
+    assert_eq!(open.sender, None, "taken, not handed over: {event:?}");
+    s.assert_allowed_still_reads();
+    s.expect_allowed_read();
+    assert_eq!(
+        receives(&s, &taker).len(),
+        1,
+        "one event per taken descriptor: {}",
+        s.h.dump()
+    );
+    s.h.stop();
+}
+
+#[test]
+fn a_handed_over_descriptor_in_audit_mode_is_a_would_deny_with_both_ends() {
+    let mut s = Setup::with_mode("audit");
+    let receiver = s.build("receiver", RECEIVER_C, &[]);
+    let (status, data, mut holder) = hand_over(&s, &receiver);
+    // Audit mode refuses nothing.
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the receiver read the file (programs not attached: {:?})",
+        s.h.not_attached
+    );
+    assert_eq!(data, SECRET, "the handed-over descriptor reads");
+    let holder_pid = holder.id();
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    if s.h.lsm {
+        let (exe, file) = (receiver.display().to_string(), s.file.display().to_string());
+        let event =
+            s.h.wait_for(Duration::from_secs(10), |e| {
+                e.decision
+                    .as_ref()
+                    .is_some_and(|d| d.verdict == v1::Verdict::WouldDeny as i32)
+                    && file_open(e).is_some_and(|f| f.path == file && f.syscall == RECEIVED)
+                    && process(e).exe == exe
+            })
+            .unwrap_or_else(|| panic!("no would-deny decision naming {exe}: {}", s.h.dump()));
+        assert_eq!(file_open(&event).unwrap().result, Some(0), "{event:?}");
+        assert_sender(&s, &event, holder_pid);
+        s.assert_allowed_still_reads();
+        s.expect_allowed_read();
+        assert_eq!(receives(&s, &receiver).len(), 1, "{}", s.h.dump());
+    } else {
+        // Not seen without BPF LSM, as in enforce mode.
+        s.assert_allowed_still_reads();
+        s.expect_allowed_read();
+        assert!(receives(&s, &receiver).is_empty(), "{}", s.h.dump());
+    }
     s.h.stop();
 }

@@ -497,6 +497,10 @@ const NO_BPF_TESTS: &[&str] = &[
     "a_plugin_loaded_from_a_memfd_makes_the_allowed_program_an_unlisted_subject",
     "the_allowed_program_run_under_a_tracer_is_an_unlisted_subject",
     "a_refused_process_cannot_take_the_allowed_services_descriptor",
+    "a_descriptor_handed_over_on_a_unix_socket_is_reported_with_its_sender",
+    "an_allowed_receive_of_a_handed_over_descriptor_is_reported_with_both_ends",
+    "an_allowed_take_of_a_descriptor_is_reported_once",
+    "a_handed_over_descriptor_in_audit_mode_is_a_would_deny_with_both_ends",
 ];
 
 /// QEMU, killed when dropped (every way out of [`boot`]).

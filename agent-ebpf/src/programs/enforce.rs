@@ -1,7 +1,8 @@
 //! BPF LSM enforcement (where the kernel has BPF LSM: `CONFIG_BPF_LSM` and `bpf` in the active
 //! LSM list). A refused call fails with `EPERM` before anything happens; these programs report
 //! the refusals. Allowed and would-deny accesses are reported by the observing programs, as
-//! without LSM. Every hook first honours an earlier LSM's refusal (the `ret` argument).
+//! without LSM — except received descriptors, which only `file_receive` sees: it reports every
+//! decision on one. Every hook first honours an earlier LSM's refusal (the `ret` argument).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
@@ -20,7 +21,7 @@ use crate::{
     emit::{count_lost, fill_header, submit},
     error::{count_fault, or_skip, ProbeError, ProbeResult},
     kernel::{find_watch, Binprm, File, Sock},
-    maps::{EVENTS, REFUSED_OPENS, UNIX_SOCKETS},
+    maps::{EVENTS, RECEIVES_REPORTED, REFUSED_OPENS, UNIX_SOCKETS},
     policy::{current_slot, decide, decide_exec, exec_rule},
     programs::{
         file::{
@@ -30,6 +31,7 @@ use crate::{
         handover::sender_of,
         label::{inherit, label_of, on_protected_fs},
     },
+    syscall::SyscallArgs,
 };
 
 /// `-EPERM`.
@@ -55,7 +57,8 @@ pub fn enforce_file_open(ctx: LsmContext) -> i32 {
 /// `int file_receive(struct file *file)` (BPF LSM): a descriptor arriving in the current
 /// process from another — `pidfd_getfd` or `SCM_RIGHTS`. A protected file's descriptor is
 /// decided like an open of it with the descriptor's mode: a refused process cannot take the
-/// allowed service's descriptor, nor be handed one.
+/// allowed service's descriptor, nor be handed one. Every such decision is reported here
+/// (allowed, would-deny or refused): no other program sees an `SCM_RIGHTS` receive.
 #[lsm(hook = "file_receive")]
 pub fn enforce_file_receive(ctx: LsmContext) -> i32 {
     let earlier: i32 = ctx.arg(1);
@@ -128,19 +131,34 @@ fn try_open(file: File, call: OpenCall) -> ProbeResult<i32> {
         mode_access(file.mode().unwrap_or(0))
     };
     let decision = decide(rule, requested, layer::LSM);
-    if decision.verdict != verdict::DENY {
+    let received = call.syscall == open_syscall::RECEIVE;
+    if decision.verdict == verdict::NONE || (decision.verdict != verdict::DENY && !received) {
+        // Not governed (another access only, or the agent itself), or an open the call's exit
+        // program reports.
         return Ok(0);
     }
+    let ret = if decision.verdict == verdict::DENY {
+        EPERM
+    } else {
+        0 // the descriptor's number is not chosen yet
+    };
     if in_open_call && call.compat == 0 && call.syscall != open_syscall::CREAT {
         // The call's exit program must not report it a second time (`creat` and the 32-bit
         // entry have none).
         let _ = REFUSED_OPENS.insert(bpf_get_current_pid_tgid(), 1, 0);
     }
-    // The refusal stands whether or not its record goes out.
+    // `pidfd_getfd` (not `SCM_RIGHTS`): its exit program must not report it a second time,
+    // and the descriptor was taken, not handed over, so no sender recorded for the same
+    // `struct file` concerns it.
+    let taken = received && SyscallArgs::current().nr() == NR_PIDFD_GETFD;
+    if taken {
+        let _ = RECEIVES_REPORTED.insert(bpf_get_current_pid_tgid(), 1, 0);
+    }
+    // The decision stands whether or not its record goes out.
     match scratch() {
         Some(scratch) => {
             read_path(&mut scratch.event, &call);
-            start_record(scratch, &call, i64::from(EPERM));
+            start_record(scratch, &call, i64::from(ret));
             if call.compat != 0 {
                 scratch.event.header.flags |= phiguard_common::event::FLAG_COMPAT_SYSCALL;
             }
@@ -148,9 +166,14 @@ fn try_open(file: File, call: OpenCall) -> ProbeResult<i32> {
             scratch.event.watch_id = watch_id;
             scratch.event.dev = dev;
             scratch.event.ino = ino;
-            if call.syscall == open_syscall::RECEIVE {
-                // Handed over on a unix socket: who sent it, if `socket_sendmsg` saw it.
-                scratch.event.sender = sender_of(file);
+            if received {
+                // The descriptor's access mode, as `open_flags` (the received file's
+                // `O_ACCMODE`).
+                scratch.event.open_flags = mode_flags(file.mode().unwrap_or(0));
+                if !taken {
+                    // Handed over on a unix socket: who sent it, if `socket_sendmsg` saw it.
+                    scratch.event.sender = sender_of(file);
+                }
             }
             match depth {
                 // Names up to the watch, as the observing programs report them.
@@ -169,7 +192,21 @@ fn try_open(file: File, call: OpenCall) -> ProbeResult<i32> {
         }
         None => count_fault(Program::EnforceFileOpen),
     }
-    Ok(EPERM)
+    Ok(ret)
+}
+
+/// `pidfd_getfd` (the same number in both x86 entries).
+const NR_PIDFD_GETFD: u64 = 438;
+
+/// `O_ACCMODE` of a descriptor of mode `mode` (`file.f_mode`): `O_RDONLY` 0, `O_WRONLY` 1,
+/// `O_RDWR` 2.
+#[inline(always)]
+fn mode_flags(mode: u32) -> u32 {
+    match mode & 3 {
+        2 => 1,
+        3 => 2,
+        _ => 0,
+    }
 }
 
 /// `int bprm_check_security(struct linux_binprm *bprm)`: once per stage of an exec (a script,

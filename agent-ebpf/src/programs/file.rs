@@ -34,8 +34,8 @@ use crate::{
     error::{finish, or_fault, or_skip, ProbeError, ProbeResult},
     kernel::{current_file, find_watch, Dentry, Task},
     maps::{
-        FileOpenScratch, FILE_OPEN_SCRATCH, PREFIX_KEY_SCRATCH, REFUSED_OPENS, WATCHED_DEVS,
-        WATCHED_PREFIXES,
+        FileOpenScratch, FILE_OPEN_SCRATCH, PREFIX_KEY_SCRATCH, RECEIVES_REPORTED, REFUSED_OPENS,
+        WATCHED_DEVS, WATCHED_PREFIXES,
     },
     policy::{current_slot, decide, enforce_by_signal},
     programs::label::label_of,
@@ -267,7 +267,8 @@ fn opened(syscall: u32, ret: i64) -> ProbeResult {
 /// `syscalls/sys_exit_pidfd_getfd` (Linux 5.6+): `ret` at 16, a descriptor taken from another
 /// process. A protected file's descriptor is decided like an open of it with the descriptor's
 /// mode, so a refused process cannot take the allowed service's; the SIGKILL layer kills it
-/// before the call returns (BPF LSM refuses it earlier, in `file_receive`). Reported either way.
+/// before the call returns. Under BPF LSM `file_receive` decided (refused with `EPERM`) and
+/// reported it already (`RECEIVES_REPORTED`): silent here.
 #[tracepoint]
 pub fn file_sys_exit_pidfd_getfd(ctx: TracePointContext) -> i32 {
     finish(Program::FileSysExitPidfdGetfd, try_getfd(&ctx));
@@ -276,6 +277,12 @@ pub fn file_sys_exit_pidfd_getfd(ctx: TracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_getfd(ctx: &TracePointContext) -> ProbeResult {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: value not used.
+    if unsafe { RECEIVES_REPORTED.get(id) }.is_some() {
+        let _ = RECEIVES_REPORTED.remove(id);
+        return Err(ProbeError::Skip); // BPF LSM `file_receive` decided and reported it
+    }
     // SAFETY: `ret` is the long at 16 of every syscall exit record.
     let ret = unsafe { ctx.read_at::<i64>(16) }.map_err(|_| ProbeError::Fault)?;
     if ret < 0 {
