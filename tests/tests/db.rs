@@ -2118,3 +2118,61 @@ fn postgres_statement_of_a_killed_client_is_audited_with_its_outcome_on_the_serv
         assert_eq!(postgres_value(&cluster), (round + 1).to_string());
     }
 }
+
+/// Issue 17 item 2 on MariaDB: the `mariadb` client SIGKILLed while its `UPDATE` sleeps; the
+/// server finishes and commits it, and the server end's event carries the server's OK with
+/// its row count, over TCP and the unix socket.
+#[test]
+fn mariadb_statement_of_a_killed_client_is_audited_with_its_outcome_on_the_server_end() {
+    let db = MariaDb::start();
+    db.client(
+        false,
+        None,
+        "CREATE DATABASE ehr; CREATE TABLE ehr.killed (id int, n int); \
+         INSERT INTO ehr.killed VALUES (1, 0)",
+    );
+    let mut config = Config::default();
+    config.database.ports = vec![db.port];
+    config.database.unix_sockets = vec![db.socket()];
+    let mut h = Harness::start_with(&config);
+    let value = || {
+        let out = Command::new("/usr/bin/mariadb")
+            .args(["--no-defaults", "-uroot", "-N", "-B"])
+            .arg(format!("--socket={}", db.socket().display()))
+            .args(["-e", "SELECT n FROM ehr.killed WHERE id = 1"])
+            .output()
+            .expect("mariadb");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for (round, transport) in ["tcp", "unix"].into_iter().enumerate() {
+        let mut client = Command::new("/usr/bin/mariadb");
+        client.args(["--no-defaults", "-uroot"]);
+        if transport == "unix" {
+            client.arg(format!("--socket={}", db.socket().display()));
+        } else {
+            client.args(["-h", "127.0.0.1", "-P", &db.port.to_string()]);
+        }
+        client.args([
+            "-e",
+            "UPDATE ehr.killed SET n = n + 1 WHERE id = 1 AND SLEEP(2) = 0",
+        ]);
+        killed_mid_statement(&mut client, Duration::from_millis(800));
+        let event = h.expect(
+            &format!("server statement of the killed client over {transport}"),
+            |e| {
+                statement(e).is_some_and(|s| {
+                    s.text.starts_with("UPDATE ehr.killed SET")
+                        && role(s.session.as_ref()) == "server"
+                        && s.session.as_ref().is_some_and(|x| x.transport == transport)
+                })
+            },
+        );
+        let st = statement(&event).unwrap();
+        assert_eq!(exe_name(&event), "mariadbd");
+        assert!(
+            st.ok && st.command_tag == "OK" && st.rows == Some(1),
+            "the server's outcome over {transport}: {st:?}"
+        );
+        assert_eq!(value(), (round + 1).to_string());
+    }
+}
