@@ -6,7 +6,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader},
     path::PathBuf,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Child, Command, Stdio},
     thread::JoinHandle,
     time::Duration,
 };
@@ -98,7 +98,7 @@ fn phiguard() -> PathBuf {
 
 /// The `Nice=` of the packaged unit (`packaging/phiguard.service`): the agent is measured at
 /// the priority it is deployed with.
-fn unit_nice() -> Option<i32> {
+pub fn unit_nice() -> Option<i32> {
     let unit = fs::read_to_string(cmd::workspace_root().join("packaging/phiguard.service")).ok()?;
     unit.lines()
         .find_map(|l| l.trim().strip_prefix("Nice="))
@@ -144,16 +144,6 @@ impl Agent {
             all.push(args.policies.clone().into());
         }
         Agent::spawn(&all, "events are flowing", enforce, Stdio::null())
-    }
-
-    /// `phiguard run` observing, its events (JSON lines) on the returned pipe, which must be
-    /// read for as long as it runs.
-    pub fn run_piped(args: &AgentArgs) -> anyhow::Result<(Agent, ChildStdout)> {
-        let mut all: Vec<OsString> = vec!["run".into()];
-        all.extend(args.args.iter().cloned());
-        let mut agent = Agent::spawn(&all, "events are flowing", false, Stdio::piped())?;
-        let stdout = agent.child.stdout.take().context("agent stdout")?;
-        Ok((agent, stdout))
     }
 
     /// `phiguard bench-floor`: empty programs at the hooks `run` would use.

@@ -7,7 +7,7 @@ use std::{
     fs,
     net::{TcpListener, TcpStream},
     path::PathBuf,
-    process::{ChildStdout, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -370,7 +370,7 @@ pub fn pgbench(scratch: &Scratch, rules: &AuditRules, quick: bool) -> anyhow::Re
         },
         &mut cases,
     )?;
-    result["clients_8"] = pgbench_clients(&cluster, &agent, quick)?;
+    result["clients_8"] = pgbench_clients(scratch, &cluster, quick)?;
     Ok(result)
 }
 
@@ -426,39 +426,69 @@ struct DbEventCounts {
 }
 
 impl DbEventCounts {
-    /// Reads the agent's JSON lines until it exits. A substring test per line, not a parse:
-    /// this runs beside the benchmark on the same CPUs.
-    fn count(stdout: ChildStdout) -> (Arc<DbEventCounts>, std::thread::JoinHandle<()>) {
-        let counts = Arc::new(DbEventCounts::default());
-        let shared = counts.clone();
-        let thread = std::thread::spawn(move || {
-            let mut reader = std::io::BufReader::with_capacity(1 << 20, stdout);
-            let mut line = Vec::new();
-            let has = |line: &[u8], what: &[u8]| line.windows(what.len()).any(|w| w == what);
-            while std::io::BufRead::read_until(&mut reader, b'\n', &mut line).unwrap_or(0) > 0 {
-                let end = usize::from(has(&line, b"\"role\":\"server\""));
-                if has(&line, b"\"dbStatement\"") {
-                    if has(&line, b"pgbench_accounts") {
-                        shared.bench[end].fetch_add(1, Ordering::Relaxed);
-                        if !has(&line, b"\"ok\":true") {
-                            shared.bench_not_ok[end].fetch_add(1, Ordering::Relaxed);
+    /// Counts the agent's JSON lines in `file` and its rotated siblings (`file.N`), then
+    /// removes them. A substring test per line, not a parse.
+    fn count(file: &std::path::Path) -> anyhow::Result<DbEventCounts> {
+        let counts = DbEventCounts::default();
+        let dir = file.parent().context("events file directory")?;
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("events file name")?;
+        for entry in fs::read_dir(dir)?.filter_map(Result::ok) {
+            let found = entry.file_name();
+            let Some(found) = found.to_str() else {
+                continue;
+            };
+            if found != name && !found.starts_with(&format!("{name}.")) {
+                continue;
+            }
+            let path = entry.path();
+            let mut reader = std::io::BufReader::with_capacity(1 << 20, fs::File::open(&path)?);
+            let mut line = String::new();
+            while std::io::BufRead::read_line(&mut reader, &mut line)? > 0 {
+                let end = usize::from(line.contains("\"role\":\"server\""));
+                if line.contains("\"dbStatement\"") {
+                    if line.contains("pgbench_accounts") {
+                        counts.bench[end].fetch_add(1, Ordering::Relaxed);
+                        if !line.contains("\"ok\":true") {
+                            counts.bench_not_ok[end].fetch_add(1, Ordering::Relaxed);
                         }
                     } else {
-                        shared.other[end].fetch_add(1, Ordering::Relaxed);
+                        counts.other[end].fetch_add(1, Ordering::Relaxed);
                     }
-                } else if has(&line, b"\"dbSessionEnd\"") && has(&line, b"\"desynchronised\":true")
+                } else if line.contains("\"dbSessionEnd\"")
+                    && line.contains("\"desynchronised\":true")
                 {
-                    shared.desynchronised[end].fetch_add(1, Ordering::Relaxed);
+                    counts.desynchronised[end].fetch_add(1, Ordering::Relaxed);
                 }
                 line.clear();
             }
-        });
-        (counts, thread)
+            fs::remove_file(&path)?;
+        }
+        Ok(counts)
     }
+}
 
-    fn bench_total(&self) -> u64 {
-        self.bench.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
+/// Total size of `file` and its rotated siblings.
+fn events_bytes(file: &std::path::Path) -> u64 {
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str())) else {
+        return 0;
+    };
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|f| f == name || f.starts_with(&format!("{name}.")))
+                })
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn loads(counts: &[AtomicU64; 2]) -> [u64; 2] {
@@ -488,12 +518,24 @@ struct AgentRound {
 /// printed.
 /// Only the 8-client part of `pgbench` (`cargo xtask bench pgbench-clients`).
 pub fn pgbench_clients_only(scratch: &Scratch, quick: bool) -> anyhow::Result<Value> {
-    let (cluster, agent) = pgbench_cluster(scratch)?;
-    pgbench_clients(&cluster, &agent, quick)
+    let (cluster, _) = pgbench_cluster(scratch)?;
+    pgbench_clients(scratch, &cluster, quick)
 }
 
-fn pgbench_clients(cluster: &Cluster, agent: &AgentArgs, quick: bool) -> anyhow::Result<Value> {
+fn pgbench_clients(scratch: &Scratch, cluster: &Cluster, quick: bool) -> anyhow::Result<Value> {
     let (rounds, transactions) = if quick { (1, 200) } else { (5, 20_000) };
+    // The agent writes its events to a file, as the packaged configuration does (a pipe's
+    // reader would be part of what is measured, and a slow one makes the agent lose records);
+    // they are counted after each round.
+    let events = scratch.root.join("pgbench-events.jsonl");
+    let socket = cluster.dir.join(format!(".s.PGSQL.{}", cluster.port));
+    let config = format!(
+        "[database]\nports = [{}]\nunix_sockets = [\"{}\"]\n\n[output]\nstdout = false\nfile = \"{}\"\nfile_max_bytes = 17179869184\nfile_keep = 1000\n",
+        cluster.port,
+        socket.display(),
+        events.display()
+    );
+    let agent = &scratch.agent_args("pgbench-clients", Some(&config), &[], "")?;
     let socket_dir = cluster.dir.display().to_string();
     let mut cases = Vec::new();
     let mut loss_seen = false;
@@ -507,26 +549,24 @@ fn pgbench_clients(cluster: &Cluster, agent: &AgentArgs, quick: bool) -> anyhow:
                     baseline.push(tps);
                     continue;
                 }
-                let (running, stdout) = Agent::run_piped(agent)?;
-                let (counts, reader) = DbEventCounts::count(stdout);
+                let running = Agent::run(agent, false)?;
                 std::thread::sleep(std::time::Duration::from_millis(500));
                 let cpu_before = running.cpu_time();
                 let (tps, statements) =
                     cluster.pgbench_clients(host, CLIENTS, THREADS, transactions)?;
-                // Let the agent finish what is in its ring buffer: until its count stops
-                // moving for half a second (or reaches both ends of every statement).
+                // Let the agent finish what is in its ring buffer: until its output stops
+                // growing for half a second.
                 let mut last = u64::MAX;
                 let settle = Instant::now();
-                while counts.bench_total() != last
-                    && counts.bench_total() < 2 * statements
-                    && settle.elapsed() < std::time::Duration::from_secs(30)
+                while events_bytes(&events) != last
+                    && settle.elapsed() < std::time::Duration::from_secs(60)
                 {
-                    last = counts.bench_total();
+                    last = events_bytes(&events);
                     std::thread::sleep(std::time::Duration::from_millis(500));
                 }
                 let cpu = running.cpu_time().saturating_sub(cpu_before);
                 let counters = running.stop()?;
-                let _ = reader.join();
+                let counts = DbEventCounts::count(&events)?;
                 runs.push(AgentRound {
                     tps,
                     statements,
