@@ -62,6 +62,10 @@ pub const FLAG_DB_JOINED: u32 = 1 << 4;
 /// `EventHeader::flags` of a [`SockStateEvent`]: the connection's port is a database port and
 /// not a watched one: the record only ends database sessions, and is not reported itself.
 pub const FLAG_SOCK_DATABASE_ONLY: u32 = 1 << 5;
+/// `EventHeader::flags` of a `DbDataEvent`: a server's write that failed because its client is
+/// gone (`EPIPE`, `ECONNRESET`): the bytes are what the server said, and nobody received them.
+/// `len` is what the call asked to write.
+pub const FLAG_DB_UNDELIVERED: u32 = 1 << 6;
 /// `EventHeader::flags`: a field was cut to fit its buffer.
 pub const FLAG_TRUNCATED: u32 = 1;
 /// `EventHeader::flags`: the working directory in an [`ExecEvent`] is complete (reached the

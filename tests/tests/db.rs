@@ -2013,3 +2013,166 @@ fn mariadb_load_data_local_reports_rows_and_the_next_statement_never_the_file() 
     expect_no_marker(&h, &[]);
     h.stop();
 }
+
+/// Starts `psql` running `sql` over `host` (TCP address or the socket directory) and SIGKILLs
+/// it after `after`, while the server still runs the statement.
+fn psql_killed_mid_statement(cluster: &Cluster, host: &str, sql: &str, after: Duration) {
+    let mut psql = Command::new("/usr/bin/psql");
+    psql.args(["-X", "-h", host, "-p", &cluster.port.to_string()])
+        .args(["-U", "postgres", "-d", "postgres", "-c", sql]);
+    killed_mid_statement(&mut psql, after);
+}
+
+/// Starts `client` and SIGKILLs it after `after`, checking it was still running.
+fn killed_mid_statement(client: &mut Command, after: Duration) {
+    let mut child = client
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql");
+    std::thread::sleep(after);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the client ended before it was killed: the statement did not run long enough"
+    );
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+}
+
+/// `SELECT n FROM t WHERE id = 1` through psql: what the server committed.
+fn postgres_value(cluster: &Cluster) -> String {
+    let out = Command::new("/usr/bin/psql")
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+        ])
+        .args(["-U", "postgres", "-d", "postgres"])
+        .args(["-c", "SELECT n FROM killed WHERE id = 1"])
+        .output()
+        .expect("psql");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Issue 17 item 2: a client SIGKILLed while its statement runs. The server finishes and
+/// commits it after the client's socket is gone; the server end's event for that statement is
+/// there with the server's outcome (`UPDATE 1`), over TCP and the unix socket, and the session
+/// ends after it.
+#[test]
+fn postgres_statement_of_a_killed_client_is_audited_with_its_outcome_on_the_server_end() {
+    let cluster = Cluster::start();
+    cluster.psql(
+        "127.0.0.1",
+        &[
+            "CREATE TABLE killed (id int, n int)",
+            "INSERT INTO killed VALUES (1, 0)",
+        ],
+    );
+    let mut h = Harness::start_with(&config(&cluster));
+    let socket_dir = cluster.dir.path().display().to_string();
+    for (round, (host, transport)) in [("127.0.0.1", "tcp"), (socket_dir.as_str(), "unix")]
+        .into_iter()
+        .enumerate()
+    {
+        // The update runs after the sleep: the client is dead by then.
+        let sql =
+            "WITH s AS (SELECT pg_sleep(2) AS z) UPDATE killed SET n = n + 1 FROM s WHERE id = 1";
+        psql_killed_mid_statement(&cluster, host, sql, Duration::from_millis(800));
+        let text =
+            "WITH s AS (SELECT pg_sleep(?) AS z) UPDATE killed SET n = n + ? FROM s WHERE id = ?";
+        let event = h.expect(
+            &format!("server statement of the killed client over {transport}"),
+            |e| {
+                statement(e).is_some_and(|s| {
+                    s.text == text
+                        && role(s.session.as_ref()) == "server"
+                        && s.session.as_ref().is_some_and(|x| x.transport == transport)
+                })
+            },
+        );
+        let st = statement(&event).unwrap();
+        assert_eq!(exe_name(&event), "postgres");
+        assert!(
+            st.ok && st.command_tag == "UPDATE 1" && st.rows == Some(1),
+            "the server's outcome over {transport}: {st:?}"
+        );
+        let socket_id = st.session.as_ref().unwrap().socket_id;
+        h.expect(
+            &format!("server session end after the statement over {transport}"),
+            |e| {
+                session_end(e).is_some_and(|s| {
+                    s.session.as_ref().is_some_and(|x| {
+                        x.socket_id == socket_id && x.role == "server" && x.transport == transport
+                    }) && s.statements == 1
+                })
+            },
+        );
+        // The server did commit it: the audit and the data agree.
+        assert_eq!(postgres_value(&cluster), (round + 1).to_string());
+    }
+}
+
+/// Issue 17 item 2 on MariaDB: the `mariadb` client SIGKILLed while its `UPDATE` sleeps; the
+/// server finishes and commits it, and the server end's event carries the server's OK with
+/// its row count, over TCP and the unix socket.
+#[test]
+fn mariadb_statement_of_a_killed_client_is_audited_with_its_outcome_on_the_server_end() {
+    let db = MariaDb::start();
+    db.client(
+        false,
+        None,
+        "CREATE DATABASE ehr; CREATE TABLE ehr.killed (id int, n int); \
+         INSERT INTO ehr.killed VALUES (1, 0)",
+    );
+    let mut config = Config::default();
+    config.database.ports = vec![db.port];
+    config.database.unix_sockets = vec![db.socket()];
+    let mut h = Harness::start_with(&config);
+    let value = || {
+        let out = Command::new("/usr/bin/mariadb")
+            .args(["--no-defaults", "-uroot", "-N", "-B"])
+            .arg(format!("--socket={}", db.socket().display()))
+            .args(["-e", "SELECT n FROM ehr.killed WHERE id = 1"])
+            .output()
+            .expect("mariadb");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for (round, transport) in ["tcp", "unix"].into_iter().enumerate() {
+        let mut client = Command::new("/usr/bin/mariadb");
+        client.args(["--no-defaults", "-uroot"]);
+        if transport == "unix" {
+            client.arg(format!("--socket={}", db.socket().display()));
+        } else {
+            client.args(["-h", "127.0.0.1", "-P", &db.port.to_string()]);
+        }
+        client.args([
+            "-e",
+            "UPDATE ehr.killed SET n = n + 1 WHERE id = 1 AND SLEEP(2) = 0",
+        ]);
+        killed_mid_statement(&mut client, Duration::from_millis(800));
+        let event = h.expect(
+            &format!("server statement of the killed client over {transport}"),
+            |e| {
+                statement(e).is_some_and(|s| {
+                    s.text.starts_with("UPDATE ehr.killed SET")
+                        && role(s.session.as_ref()) == "server"
+                        && s.session.as_ref().is_some_and(|x| x.transport == transport)
+                })
+            },
+        );
+        let st = statement(&event).unwrap();
+        assert_eq!(exe_name(&event), "mariadbd");
+        assert!(
+            st.ok && st.command_tag == "OK" && st.rows == Some(1),
+            "the server's outcome over {transport}: {st:?}"
+        );
+        assert_eq!(value(), (round + 1).to_string());
+    }
+}

@@ -98,6 +98,43 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `pgbench -S -n -M simple` with `clients` clients on `threads` threads, `transactions`
+    /// each, over `host` (127.0.0.1 or the socket directory): transactions per second and
+    /// the transactions it processed.
+    pub(crate) fn pgbench_clients(
+        &self,
+        host: &str,
+        clients: u32,
+        threads: u32,
+        transactions: u32,
+    ) -> anyhow::Result<(f64, u64)> {
+        let port = self.port.to_string();
+        let (c, j, t) = (
+            clients.to_string(),
+            threads.to_string(),
+            transactions.to_string(),
+        );
+        let out = self.run(
+            "pgbench",
+            &[
+                "-S", "-n", "-M", "simple", "-c", &c, "-j", &j, "-t", &t, "-h", host, "-p", &port,
+                "-U", "postgres", "postgres",
+            ],
+        )?;
+        let tps = out
+            .lines()
+            .find_map(|l| l.strip_prefix("tps = "))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .context("no tps in pgbench output")?;
+        // "number of transactions actually processed: 40000/40000"
+        let processed = out
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|l| l.split('/').next()?.trim().parse().ok())
+            .context("no transaction count in pgbench output")?;
+        Ok((tps, processed))
+    }
+
     /// `pgbench -S` for `seconds`: transactions per second.
     pub(crate) fn pgbench_select(&self, seconds: u32) -> anyhow::Result<f64> {
         let port = self.port.to_string();

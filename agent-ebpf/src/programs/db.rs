@@ -34,7 +34,7 @@ use aya_ebpf::{
 use phiguard_common::{
     event::{
         db_op, db_role, db_syscall, DbDataScratch, DbSockEvent, Kind, FLAG_DB_JOINED,
-        FLAG_TRUNCATED,
+        FLAG_DB_UNDELIVERED, FLAG_TRUNCATED,
     },
     limits::{DB_CAPTURE_LEN, DB_TAIL_LEN, MAX_DB_IOVECS},
     maps::{db_process, InodeKey},
@@ -56,6 +56,9 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 /// `EINPROGRESS`: a non-blocking connect (libpq's) is under way.
 const EINPROGRESS: i64 = 115;
+/// `EPIPE`, `ECONNRESET`: a write to a connection whose peer is gone.
+const EPIPE: i64 = 32;
+const ECONNRESET: i64 = 104;
 /// `BPF_NOEXIST`: insert only when the key is absent.
 const BPF_NOEXIST: u64 = 1;
 
@@ -308,8 +311,11 @@ fn try_exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: copied out at once.
     let mark = or_skip(unsafe { DB_PROCESSES.get(tgid) }.copied())?;
-    let ret = ret_of(ctx)?;
-    if ret < 0 {
+    let mut ret = ret_of(ctx)?;
+    // A server's write refused because the client is gone is kept (below, once the socket is
+    // known to be a server's): its bytes are the outcome of the client's last statement.
+    let undelivered = op == db_op::WRITE && (ret == -EPIPE || ret == -ECONNRESET);
+    if ret < 0 && !undelivered {
         return Err(ProbeError::Skip);
     }
     let args = SyscallArgs::current();
@@ -326,6 +332,17 @@ fn try_exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -
         return Err(ProbeError::Skip);
     }
     let ptr = args.arg(1);
+    if undelivered {
+        if sock.role != db_role::SERVER {
+            return Err(ProbeError::Skip);
+        }
+        // What the call asked to write: the length of a plain buffer; for a vector or a
+        // message, what its first iovecs hold (at most the capture length).
+        ret = match buffer {
+            Buffer::Flat => (args.arg(2) as i64).clamp(0, i64::from(u32::MAX)),
+            _ => DB_CAPTURE_LEN as i64,
+        };
+    }
 
     let scratch = or_fault(DB_DATA_SCRATCH.get_ptr_mut(0))?;
     // SAFETY: the per-CPU scratch value is ours for the duration of this program.
@@ -344,6 +361,12 @@ fn try_exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -
             copy_iovecs(scratch, iov, count, wanted)
         }
     };
+    if undelivered {
+        scratch.event.header.flags |= FLAG_DB_UNDELIVERED;
+        if buffer != Buffer::Flat {
+            ret = captured as i64;
+        }
+    }
     if captured < ret as usize {
         scratch.event.header.flags |= FLAG_TRUNCATED;
     }

@@ -19,7 +19,7 @@ use std::{
 };
 
 use phiguard_common::{
-    event::{db_op, db_role, FLAG_DB_JOINED, FLAG_TRUNCATED},
+    event::{db_op, db_role, FLAG_DB_JOINED, FLAG_DB_UNDELIVERED, FLAG_TRUNCATED},
     limits::DB_CAPTURE_LEN,
 };
 use phiguard_proto::v1::{self, event::Body};
@@ -35,6 +35,11 @@ use crate::event::net::{DbEnds, DbRole, DbSock, DbTransfer};
 pub const MAX_SESSIONS: usize = 4096;
 /// Most statements waiting for their outcome per session.
 const MAX_PENDING: usize = 64;
+/// How long a session whose TCP connection closed while a statement ran waits for the
+/// statement's outcome (the server writes it when it finishes, whether or not the client is
+/// still there) before it ends without it, in kernel nanoseconds. Its process's exit or its
+/// socket's end of stream ends it sooner.
+pub const CLOSED_LINGER_NS: u64 = 600 * 1_000_000_000;
 
 /// The wire protocol of a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +113,9 @@ struct Session {
     /// The process that last read or wrote the socket (a forked server backend takes over
     /// from the process that accepted).
     owner: u32,
+    /// When its TCP connection closed while statements waited for their outcome: the
+    /// session ends once they have it (see [`CLOSED_LINGER_NS`]).
+    closed_ns: Option<u64>,
 }
 
 /// Every session the agent follows.
@@ -191,6 +199,7 @@ impl Sessions {
             pending: VecDeque::new(),
             lexing: None,
             owner: e.header.pid,
+            closed_ns: None,
         };
         if self.sessions.insert(e.socket_id, session).is_none() {
             self.order.push_back(e.socket_id);
@@ -222,14 +231,17 @@ impl Sessions {
             _ => Direction::ToServer,
         };
         session.owner = e.header.pid;
-        if e.op == db_op::WRITE {
+        if e.header.flags & FLAG_DB_UNDELIVERED != 0 {
+            // The server's write to a client that is gone: decoded, not counted as sent.
+        } else if e.op == db_op::WRITE {
             session.bytes_sent += u64::from(e.len);
         } else {
             session.bytes_received += u64::from(e.len);
         }
         if e.op == db_op::READ && e.len == 0 {
             // End of stream: the peer closed.
-            out.push(self.close(e.socket_id, "eof", e.header.boot_ns));
+            out.extend(self.close(e.socket_id, "eof", e.header.boot_ns));
+            self.hide_patterns(&mut out);
             return out;
         }
         let len = if e.header.flags & FLAG_TRUNCATED != 0 {
@@ -286,10 +298,21 @@ impl Sessions {
                 &mut terminated,
             );
         }
+        let closed = session.closed_ns.is_some() && session.pending.is_empty();
         if terminated {
-            out.push(self.close(e.socket_id, "terminate", e.header.boot_ns));
+            out.extend(self.close(e.socket_id, "terminate", e.header.boot_ns));
+        } else if closed {
+            // The connection closed while this statement ran: its outcome was the session's
+            // last message.
+            out.extend(self.close(e.socket_id, "close", e.header.boot_ns));
         }
-        for body in &mut out {
+        self.hide_patterns(&mut out);
+        out
+    }
+
+    /// Hides the configured local-identifier patterns in the redacted statements of `out`.
+    fn hide_patterns(&self, out: &mut [Body]) {
+        for body in out {
             if let Body::DbStatement(st) = body {
                 if st.redacted {
                     for re in &self.extra_patterns {
@@ -300,7 +323,6 @@ impl Sessions {
                 }
             }
         }
-        out
     }
 
     /// Ends every session whose socket only `tgid` held (its process exited), at kernel
@@ -312,26 +334,60 @@ impl Sessions {
             .filter(|(_, s)| s.owner == tgid)
             .map(|(&k, _)| k)
             .collect();
-        ended
+        let mut out: Vec<Body> = ended
             .into_iter()
-            .map(|sock| self.close(sock, "exit", now_ns))
-            .collect()
+            .flat_map(|sock| self.close(sock, "exit", now_ns))
+            .collect();
+        self.hide_patterns(&mut out);
+        out
     }
 
-    /// Ends the session on TCP socket `sock`, which closed at kernel time `now_ns`; `None`
-    /// when no session is followed there (or it already ended).
-    pub fn socket_closed(&mut self, sock: u64, now_ns: u64) -> Option<Body> {
-        self.sessions
-            .contains_key(&sock)
-            .then(|| self.close(sock, "close", now_ns))
+    /// The TCP connection of socket `sock` closed at kernel time `now_ns`: its session ends
+    /// (the events that ends it; none when no session is followed there), unless statements
+    /// still wait for their outcome. A client killed mid-statement closes its connection
+    /// while the server still runs the statement; the server's outcome comes after the close
+    /// (on loopback even the reset that closes the server's end arrives before the write that
+    /// carried the outcome returns), so the session ends after that outcome, at its owner's
+    /// exit or end of stream, or [`CLOSED_LINGER_NS`] later. Sessions that waited that long
+    /// end here too, their statements without an outcome.
+    pub fn socket_closed(&mut self, sock: u64, now_ns: u64) -> Vec<Body> {
+        let stale: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.closed_ns
+                    .is_some_and(|t| now_ns.saturating_sub(t) > CLOSED_LINGER_NS)
+            })
+            .map(|(&k, _)| k)
+            .collect();
+        let mut out: Vec<Body> = stale
+            .into_iter()
+            .flat_map(|k| self.close(k, "close", now_ns))
+            .collect();
+        match self.sessions.get_mut(&sock) {
+            Some(s) if !s.pending.is_empty() => {
+                s.closed_ns.get_or_insert(now_ns);
+            }
+            Some(_) => out.extend(self.close(sock, "close", now_ns)),
+            None => {}
+        }
+        self.hide_patterns(&mut out);
+        out
     }
 
-    fn close(&mut self, sock: u64, reason: &str, now_ns: u64) -> Body {
-        let Some(s) = self.sessions.remove(&sock) else {
-            return Body::DbSessionEnd(v1::DbSessionEnd::default());
+    /// Ends the session on `sock`: a statement still waiting for its outcome is reported
+    /// without one (never dropped), then the session's end.
+    fn close(&mut self, sock: u64, reason: &str, now_ns: u64) -> Vec<Body> {
+        let Some(mut s) = self.sessions.remove(&sock) else {
+            return Vec::new();
         };
         self.order.retain(|&k| k != sock);
-        Body::DbSessionEnd(v1::DbSessionEnd {
+        let dialect = s.protocol.unwrap_or(Protocol::Postgres).dialect();
+        let mut out = Vec::new();
+        while let Some(p) = s.pending.pop_front() {
+            out.push(s.statement(p, dialect, self.full_statements, now_ns, |_| {}));
+        }
+        out.push(Body::DbSessionEnd(v1::DbSessionEnd {
             session: Some(s.info),
             bytes_sent: s.bytes_sent,
             bytes_received: s.bytes_received,
@@ -340,7 +396,8 @@ impl Sessions {
             encrypted: s.encrypted.is_some(),
             reason: reason.into(),
             desynchronised: s.desync,
-        })
+        }));
+        out
     }
 
     /// Sessions followed now.
@@ -720,11 +777,17 @@ mod tests {
                 _ => "other",
             })
             .collect();
-        assert_eq!(
-            kinds,
-            ["start", "end"],
-            "the client wrote Terminate before the answers"
-        );
+        // The client wrote Terminate before the answers: its statements end with the session,
+        // reported without an outcome rather than dropped.
+        let statements = kinds.iter().filter(|k| **k == "statement").count();
+        assert!(statements > 0, "{kinds:?}");
+        assert_eq!(kinds.first(), Some(&"start"));
+        assert_eq!(kinds.last(), Some(&"end"));
+        for b in &out {
+            if let Body::DbStatement(st) = b {
+                assert!(!st.ok && st.command_tag.is_empty(), "{st:?}");
+            }
+        }
         let Body::DbSessionStart(start) = &out[0] else {
             unreachable!()
         };
@@ -735,6 +798,74 @@ mod tests {
         );
         assert_eq!(start.application, "psql");
         assert_eq!(info.protocol, "postgresql");
+    }
+
+    /// Issue 17 item 2: the connection of a server end closes (its client was killed) while a
+    /// statement runs; the session ends once the server's outcome is decoded, not at the close.
+    #[test]
+    fn a_closed_connection_ends_the_session_after_the_outcome_of_its_last_statement() {
+        use crate::db::postgres::tests::{query, startup_message, typed};
+        let mut s = Sessions::new(false);
+        s.open(&sock(db_role::SERVER), None, None);
+        let su = startup_message(&[("user", "alice"), ("database", "ehr")]);
+        s.data(&data(db_role::SERVER, db_op::READ, 0, su.len() as u32), &su);
+        let q = query("UPDATE t SET n = n + 1 WHERE id = 7");
+        s.data(
+            &data(db_role::SERVER, db_op::READ, 1_000, q.len() as u32),
+            &q,
+        );
+        let socket = sock(db_role::SERVER).socket_id;
+        assert!(
+            s.socket_closed(socket, 2_000).is_empty(),
+            "ended at the close"
+        );
+        assert_eq!(s.len(), 1);
+        let mut answer = typed(b'C', b"UPDATE 1\0");
+        answer.extend(typed(b'Z', b"I"));
+        // The server's write after its client is gone (EPIPE on a unix socket).
+        let mut e = data(db_role::SERVER, db_op::WRITE, 3_000, answer.len() as u32);
+        e.header.flags |= FLAG_DB_UNDELIVERED;
+        let out = s.data(&e, &answer);
+        let [Body::DbStatement(st), Body::DbSessionEnd(end)] = out.as_slice() else {
+            panic!("{out:?}");
+        };
+        assert!(st.ok && st.command_tag == "UPDATE 1" && st.rows == Some(1));
+        assert_eq!((end.reason.as_str(), end.statements), ("close", 1));
+        assert_eq!(
+            end.bytes_sent, 0,
+            "undelivered bytes are not counted as sent"
+        );
+        assert!(s.is_empty());
+    }
+
+    /// A session whose connection closed waiting for an outcome that never comes ends at the
+    /// next close after [`CLOSED_LINGER_NS`], its statement without an outcome; one with
+    /// nothing pending ends at the close itself.
+    #[test]
+    fn a_closed_connection_waits_for_its_outcome_only_so_long() {
+        use crate::db::postgres::tests::{query, startup_message};
+        let mut s = Sessions::new(false);
+        s.open(&sock(db_role::SERVER), None, None);
+        let su = startup_message(&[("user", "alice"), ("database", "ehr")]);
+        s.data(&data(db_role::SERVER, db_op::READ, 0, su.len() as u32), &su);
+        let q = query("SELECT pg_sleep(1000)");
+        s.data(
+            &data(db_role::SERVER, db_op::READ, 1_000, q.len() as u32),
+            &q,
+        );
+        let socket = sock(db_role::SERVER).socket_id;
+        assert!(s.socket_closed(socket, 2_000).is_empty());
+        assert!(s.socket_closed(1, 2_000 + CLOSED_LINGER_NS).is_empty());
+        let out = s.socket_closed(1, 3_000 + CLOSED_LINGER_NS);
+        let [Body::DbStatement(st), Body::DbSessionEnd(end)] = out.as_slice() else {
+            panic!("{out:?}");
+        };
+        assert!(!st.ok && st.command_tag.is_empty());
+        assert_eq!(end.reason, "close");
+        assert!(s.is_empty());
+        s.open(&sock(db_role::SERVER), None, None);
+        let out = s.socket_closed(socket, 5_000 + CLOSED_LINGER_NS);
+        assert!(matches!(out.as_slice(), [Body::DbSessionEnd(_)]), "{out:?}");
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl Enricher {
                 // is reported only for watched and protected ports.
                 let mut out: Vec<v1::Event> = Vec::new();
                 if e.new_state == TCP_CLOSE {
-                    if let Some(body) = self.sessions.socket_closed(e.socket_id, e.header.boot_ns) {
+                    for body in self.sessions.socket_closed(e.socket_id, e.header.boot_ns) {
                         out.push(self.finish(e.header.clone(), body, None));
                     }
                 }

@@ -39,7 +39,8 @@ const ALL: &[&str] = &[
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// `open`, `exec`, `connect`, `pgbench`, `throughput`, `cost`, `e2e` (agent → collector →
-    /// subscriber), `db` (the database hooks on a file read/write loop), or all when omitted.
+    /// subscriber), `db` (the database hooks on a file read/write loop), or all when omitted;
+    /// `pgbench-clients`: only the 8-client part of `pgbench`.
     name: Option<String>,
     /// Fewer, shorter rounds (for CI: proves the benchmarks run, not what they measure).
     #[arg(long)]
@@ -117,7 +118,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let names: Vec<&str> = match args.name.as_deref() {
         None => ALL.to_vec(),
-        Some(name) if ALL.contains(&name) => vec![name],
+        Some(name) if ALL.contains(&name) || name == "pgbench-clients" => vec![name],
         Some(other) => bail!("unknown benchmark {other}: one of {}", ALL.join(", ")),
     };
     preflight::no_other_agent()?;
@@ -138,6 +139,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             "exec" => workloads::exec(&scratch, &rules, args.quick)?,
             "connect" => workloads::connect(&scratch, &rules, args.quick)?,
             "pgbench" => workloads::pgbench(&scratch, &rules, args.quick)?,
+            "pgbench-clients" => workloads::pgbench_clients_only(&scratch, args.quick)?,
             "throughput" => load::throughput(&scratch, args.quick)?,
             "cost" => load::cost(&scratch, args.quick)?,
             "e2e" => e2e::e2e(args.quick)?,

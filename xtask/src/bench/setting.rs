@@ -77,6 +77,8 @@ pub struct AgentCounters {
     pub records: u64,
     /// Events emitted.
     pub events: u64,
+    /// Records that did not decode.
+    pub decode_errors: u64,
     /// Records lost in the kernel (ring buffer full).
     pub kernel_lost: u64,
 }
@@ -86,11 +88,40 @@ impl std::ops::AddAssign for AgentCounters {
         self.records += other.records;
         self.events += other.events;
         self.kernel_lost += other.kernel_lost;
+        self.decode_errors += other.decode_errors;
     }
 }
 
 fn phiguard() -> PathBuf {
     cmd::target_dir().join("release/phiguard")
+}
+
+/// The `Nice=` of the packaged unit (`packaging/phiguard.service`): the agent is measured at
+/// the priority it is deployed with.
+pub fn unit_nice() -> Option<i32> {
+    let unit = fs::read_to_string(cmd::workspace_root().join("packaging/phiguard.service")).ok()?;
+    unit.lines()
+        .find_map(|l| l.trim().strip_prefix("Nice="))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Sets the nice value of every thread of `pid` (as systemd's `Nice=` does from the start).
+fn set_nice(pid: u32, nice: i32) {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for task in tasks.filter_map(Result::ok) {
+        if let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        {
+            // SAFETY: a plain system call on a thread id.
+            unsafe {
+                nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid, nice);
+            }
+        }
+    }
 }
 
 /// A release `phiguard` (`run` or `bench-floor`) with JSON logs, its events discarded.
@@ -112,26 +143,34 @@ impl Agent {
             all.push("--policies".into());
             all.push(args.policies.clone().into());
         }
-        Agent::spawn(&all, "events are flowing", enforce)
+        Agent::spawn(&all, "events are flowing", enforce, Stdio::null())
     }
 
     /// `phiguard bench-floor`: empty programs at the hooks `run` would use.
     pub fn floor(args: &AgentArgs) -> anyhow::Result<Agent> {
         let mut all: Vec<OsString> = vec!["bench-floor".into()];
         all.extend(args.args.iter().cloned());
-        Agent::spawn(&all, "hook floor attached", false)
+        Agent::spawn(&all, "hook floor attached", false, Stdio::null())
     }
 
-    fn spawn(args: &[OsString], ready: &str, enforcing: bool) -> anyhow::Result<Agent> {
+    fn spawn(
+        args: &[OsString],
+        ready: &str,
+        enforcing: bool,
+        stdout: Stdio,
+    ) -> anyhow::Result<Agent> {
         let binary = phiguard();
         let mut child = Command::new(&binary)
             .args(["--log-format", "json"])
             .args(args)
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let pid = child.id();
+        if let Some(nice) = unit_nice() {
+            set_nice(pid, nice);
+        }
         let undo = Undo::register(move || {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
@@ -168,6 +207,7 @@ impl Agent {
                     counters.records = fields["records"].as_u64().unwrap_or(0);
                     counters.events = fields["events"].as_u64().unwrap_or(0);
                     counters.kernel_lost = fields["kernel_lost"].as_u64().unwrap_or(0);
+                    counters.decode_errors = fields["decode_errors"].as_u64().unwrap_or(0);
                 }
             }
             counters

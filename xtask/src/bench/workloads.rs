@@ -9,20 +9,20 @@ use std::{
     path::PathBuf,
     process::{Command, Stdio},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::Instant,
 };
 
 use anyhow::Context as _;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{
     auditd::AuditRules,
     cleanup::Undo,
-    compare::{compare, Case, Plan},
-    setting::AgentArgs,
+    compare::{compare, median, Case, Plan},
+    setting::{Agent, AgentArgs, AgentCounters},
     worker::spawn_loop,
 };
 use crate::bench_db::Cluster;
@@ -354,6 +354,28 @@ pub fn connect(scratch: &Scratch, rules: &AuditRules, quick: bool) -> anyhow::Re
 /// agent captures the database sessions on both ends. Reported as µs per transaction.
 pub fn pgbench(scratch: &Scratch, rules: &AuditRules, quick: bool) -> anyhow::Result<Value> {
     let (rounds, seconds) = if quick { (1, 1) } else { (5, 3) };
+    let (cluster, agent) = pgbench_cluster(scratch)?;
+    let mut cases = [Case {
+        name: "select-only transaction",
+        run: Box::new(|| Ok(1e6 / cluster.pgbench_select(seconds)?)),
+    }];
+    let mut result = compare(
+        &Plan {
+            name: "pgbench",
+            what: format!("pgbench -S -c 1 over TCP for {seconds} s per round"),
+            unit: "µs",
+            rounds,
+            agent: &agent,
+            rules,
+        },
+        &mut cases,
+    )?;
+    result["clients_8"] = pgbench_clients(scratch, &cluster, quick)?;
+    Ok(result)
+}
+
+/// A cluster initialised for `pgbench` (scale 1) and the agent's arguments auditing it.
+fn pgbench_cluster(scratch: &Scratch) -> anyhow::Result<(Cluster, AgentArgs)> {
     let cluster = Cluster::start()?;
     let port = cluster.port.to_string();
     cluster.run(
@@ -382,19 +404,243 @@ pub fn pgbench(scratch: &Scratch, rules: &AuditRules, quick: bool) -> anyhow::Re
         cluster.bin.join("pgbench").display()
     );
     let agent = scratch.agent_args("pgbench", Some(&config), &[], &policy)?;
-    let mut cases = [Case {
-        name: "select-only transaction",
-        run: Box::new(|| Ok(1e6 / cluster.pgbench_select(seconds)?)),
-    }];
-    compare(
-        &Plan {
-            name: "pgbench",
-            what: format!("pgbench -S -c 1 over TCP for {seconds} s per round"),
-            unit: "µs",
-            rounds,
-            agent: &agent,
-            rules,
-        },
-        &mut cases,
-    )
+    Ok((cluster, agent))
+}
+
+/// Clients, threads and transactions per client of the concurrent `pgbench` run.
+const CLIENTS: u32 = 8;
+const THREADS: u32 = 2;
+
+/// `dbStatement` events the agent wrote, by end (0 client, 1 server), counted from its
+/// output as it runs.
+#[derive(Default)]
+struct DbEventCounts {
+    /// Statements of the benchmark's script (`pgbench_accounts`).
+    bench: [AtomicU64; 2],
+    /// Of those, reported without a successful outcome.
+    bench_not_ok: [AtomicU64; 2],
+    /// Any other statement (pgbench's set-up queries).
+    other: [AtomicU64; 2],
+    /// Session ends marked desynchronised.
+    desynchronised: [AtomicU64; 2],
+}
+
+impl DbEventCounts {
+    /// Counts the agent's JSON lines in `file` and its rotated siblings (`file.N`), then
+    /// removes them. A substring test per line, not a parse.
+    fn count(file: &std::path::Path) -> anyhow::Result<DbEventCounts> {
+        let counts = DbEventCounts::default();
+        let dir = file.parent().context("events file directory")?;
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("events file name")?;
+        for entry in fs::read_dir(dir)?.filter_map(Result::ok) {
+            let found = entry.file_name();
+            let Some(found) = found.to_str() else {
+                continue;
+            };
+            if found != name && !found.starts_with(&format!("{name}.")) {
+                continue;
+            }
+            let path = entry.path();
+            let mut reader = std::io::BufReader::with_capacity(1 << 20, fs::File::open(&path)?);
+            let mut line = String::new();
+            while std::io::BufRead::read_line(&mut reader, &mut line)? > 0 {
+                let end = usize::from(line.contains("\"role\":\"server\""));
+                if line.contains("\"dbStatement\"") {
+                    if line.contains("pgbench_accounts") {
+                        counts.bench[end].fetch_add(1, Ordering::Relaxed);
+                        if !line.contains("\"ok\":true") {
+                            counts.bench_not_ok[end].fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else {
+                        counts.other[end].fetch_add(1, Ordering::Relaxed);
+                    }
+                } else if line.contains("\"dbSessionEnd\"")
+                    && line.contains("\"desynchronised\":true")
+                {
+                    counts.desynchronised[end].fetch_add(1, Ordering::Relaxed);
+                }
+                line.clear();
+            }
+            fs::remove_file(&path)?;
+        }
+        Ok(counts)
+    }
+}
+
+/// Total size of `file` and its rotated siblings.
+fn events_bytes(file: &std::path::Path) -> u64 {
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str())) else {
+        return 0;
+    };
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|f| f == name || f.starts_with(&format!("{name}.")))
+                })
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn loads(counts: &[AtomicU64; 2]) -> [u64; 2] {
+    [
+        counts[0].load(Ordering::Relaxed),
+        counts[1].load(Ordering::Relaxed),
+    ]
+}
+
+/// One round's figures under the agent.
+struct AgentRound {
+    tps: f64,
+    statements: u64,
+    reported: [u64; 2],
+    not_ok: [u64; 2],
+    other: [u64; 2],
+    desynchronised: [u64; 2],
+    cpu: std::time::Duration,
+    counters: AgentCounters,
+}
+
+/// `pgbench -S -c 8 -j 2` over TCP and the unix socket, with no agent and with the agent
+/// auditing both ends, alternating round by round: the tps ratio, the agent's CPU time
+/// (utime + stime from `/proc`) per 1,000 statements, and the loss check: every transaction
+/// of `-S` is one statement, so each end must report exactly the transactions pgbench
+/// processed; what it did not, and the agent's kernel-loss and decode-error counters, are
+/// printed.
+/// Only the 8-client part of `pgbench` (`cargo xtask bench pgbench-clients`).
+pub fn pgbench_clients_only(scratch: &Scratch, quick: bool) -> anyhow::Result<Value> {
+    let (cluster, _) = pgbench_cluster(scratch)?;
+    pgbench_clients(scratch, &cluster, quick)
+}
+
+fn pgbench_clients(scratch: &Scratch, cluster: &Cluster, quick: bool) -> anyhow::Result<Value> {
+    let (rounds, transactions) = if quick { (1, 200) } else { (5, 20_000) };
+    // The agent writes its events to a file, as the packaged configuration does (a pipe's
+    // reader would be part of what is measured, and a slow one makes the agent lose records);
+    // they are counted after each round.
+    let events = scratch.root.join("pgbench-events.jsonl");
+    let socket = cluster.dir.join(format!(".s.PGSQL.{}", cluster.port));
+    let config = format!(
+        "[database]\nports = [{}]\nunix_sockets = [\"{}\"]\n\n[output]\nstdout = false\nfile = \"{}\"\nfile_max_bytes = 17179869184\nfile_keep = 1000\n",
+        cluster.port,
+        socket.display(),
+        events.display()
+    );
+    let agent = &scratch.agent_args("pgbench-clients", Some(&config), &[], "")?;
+    let socket_dir = cluster.dir.display().to_string();
+    let mut cases = Vec::new();
+    let mut loss_seen = false;
+    for (transport, host) in [("tcp", "127.0.0.1"), ("unix", socket_dir.as_str())] {
+        let mut baseline = Vec::new();
+        let mut runs: Vec<AgentRound> = Vec::new();
+        for round in 0..rounds {
+            for with_agent in [round % 2 == 1, round % 2 == 0] {
+                if !with_agent {
+                    let (tps, _) = cluster.pgbench_clients(host, CLIENTS, THREADS, transactions)?;
+                    baseline.push(tps);
+                    continue;
+                }
+                let running = Agent::run(agent, false)?;
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let cpu_before = running.cpu_time();
+                let (tps, statements) =
+                    cluster.pgbench_clients(host, CLIENTS, THREADS, transactions)?;
+                // Let the agent finish what is in its ring buffer: until its output stops
+                // growing for half a second.
+                let mut last = u64::MAX;
+                let settle = Instant::now();
+                while events_bytes(&events) != last
+                    && settle.elapsed() < std::time::Duration::from_secs(60)
+                {
+                    last = events_bytes(&events);
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                let cpu = running.cpu_time().saturating_sub(cpu_before);
+                let counters = running.stop()?;
+                let counts = DbEventCounts::count(&events)?;
+                runs.push(AgentRound {
+                    tps,
+                    statements,
+                    reported: loads(&counts.bench),
+                    not_ok: loads(&counts.bench_not_ok),
+                    other: loads(&counts.other),
+                    desynchronised: loads(&counts.desynchronised),
+                    cpu,
+                    counters,
+                });
+            }
+        }
+        let base = median(&mut baseline.clone());
+        let with = median(&mut runs.iter().map(|r| r.tps).collect::<Vec<_>>());
+        let statements: u64 = runs.iter().map(|r| r.statements).sum();
+        let reported = [0, 1].map(|end| runs.iter().map(|r| r.reported[end]).sum::<u64>());
+        let not_ok = [0, 1].map(|end| runs.iter().map(|r| r.not_ok[end]).sum::<u64>());
+        let other = [0, 1].map(|end| runs.iter().map(|r| r.other[end]).sum::<u64>());
+        let desync = [0, 1].map(|end| runs.iter().map(|r| r.desynchronised[end]).sum::<u64>());
+        let missing = reported.map(|r| statements.saturating_sub(r));
+        let cpu: f64 = runs.iter().map(|r| r.cpu.as_secs_f64()).sum();
+        let cpu_ms_per_1000 = cpu * 1e3 / (statements as f64 / 1e3);
+        let mut counters = AgentCounters::default();
+        for r in &runs {
+            counters += r.counters;
+        }
+        let lost = missing.iter().any(|&m| m > 0)
+            || not_ok.iter().any(|&m| m > 0)
+            || counters.kernel_lost > 0
+            || desync.iter().any(|&d| d > 0);
+        loss_seen |= lost;
+        println!(
+            "\npgbench -S -c {CLIENTS} -j {THREADS} -t {transactions} over {transport}, {rounds} rounds alternating no agent / agent auditing both ends"
+        );
+        println!(
+            "  tps (median): no agent {base:.0}, agent {with:.0}: {:.3}x  (no agent {:?}, agent {:?})",
+            with / base,
+            baseline.iter().map(|t| t.round()).collect::<Vec<_>>(),
+            runs.iter().map(|r| r.tps.round()).collect::<Vec<_>>()
+        );
+        println!(
+            "  agent CPU: {:.3} s for {statements} statements = {cpu_ms_per_1000:.1} ms per 1,000 statements (both ends)",
+            cpu
+        );
+        println!(
+            "  statements executed {statements}; dbStatement reported: client {} (missing {}, without outcome {}), server {} (missing {}, without outcome {}); other statements client {} server {}",
+            reported[0], missing[0], not_ok[0], reported[1], missing[1], not_ok[1], other[0], other[1]
+        );
+        println!(
+            "  agent: {} records, {} events, {} lost in the kernel, {} decode errors; desynchronised sessions client {} server {}{}",
+            counters.records,
+            counters.events,
+            counters.kernel_lost,
+            counters.decode_errors,
+            desync[0],
+            desync[1],
+            if lost { "  <-- STATEMENTS LOST" } else { "  (no loss)" }
+        );
+        cases.push(json!({
+            "transport": transport,
+            "clients": CLIENTS, "threads": THREADS, "transactions_per_client": transactions,
+            "tps_no_agent": baseline, "tps_agent": runs.iter().map(|r| r.tps).collect::<Vec<_>>(),
+            "tps_ratio": with / base,
+            "agent_cpu_seconds": cpu, "agent_cpu_ms_per_1000_statements": cpu_ms_per_1000,
+            "statements": statements,
+            "reported": { "client": reported[0], "server": reported[1] },
+            "missing": { "client": missing[0], "server": missing[1] },
+            "without_outcome": { "client": not_ok[0], "server": not_ok[1] },
+            "other_statements": { "client": other[0], "server": other[1] },
+            "desynchronised_sessions": { "client": desync[0], "server": desync[1] },
+            "agent_records": counters.records, "agent_events": counters.events,
+            "agent_kernel_lost": counters.kernel_lost, "agent_decode_errors": counters.decode_errors,
+            "lost": lost,
+        }));
+    }
+    Ok(json!({ "cases": cases, "lost": loss_seen }))
 }
