@@ -41,6 +41,7 @@ fn free_port() -> u16 {
 /// One `nats-server` of the cluster.
 pub struct NatsNode {
     child: Option<Child>,
+    config: PathBuf,
     /// Its name (`n1` …).
     pub name: String,
     /// Client URL, `nats://127.0.0.1:PORT`.
@@ -53,6 +54,24 @@ impl NatsNode {
     /// Whether the process still runs.
     pub fn running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Starts the node again on its ports and store (after [`NatsNode::kill9`]), and waits
+    /// until it says it is ready.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill it first");
+        let (child, log) = spawn(&self.config);
+        self.child = Some(child);
+        self.log = log;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log.lock().unwrap().contains("Server is ready") {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} did not restart",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL: the node is gone without a word to its peers.
@@ -68,6 +87,34 @@ impl Drop for NatsNode {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Starts `nats-server -c CONFIG`, collecting its log.
+fn spawn(config: &Path) -> (Child, Arc<Mutex<String>>) {
+    let mut child = Command::new(nats_server_binary())
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "starting {}: {e} (cargo xtask setup installs Debian's nats-server)",
+                nats_server_binary().display()
+            )
+        });
+    let log = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    (child, log)
 }
 
 /// A JetStream cluster of `nats-server` processes with routes to each other.
@@ -110,31 +157,10 @@ impl NatsCluster {
                 ),
             )
             .unwrap();
-            let mut child = Command::new(nats_server_binary())
-                .arg("-c")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "starting {}: {e} (cargo xtask setup installs Debian's nats-server)",
-                        nats_server_binary().display()
-                    )
-                });
-            let log = Arc::new(Mutex::new(String::new()));
-            let stderr = child.stderr.take().unwrap();
-            let sink = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let mut log = sink.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
+            let (child, log) = spawn(&config);
             nodes.push(NatsNode {
                 child: Some(child),
+                config,
                 name,
                 url: format!("nats://127.0.0.1:{}", client[i]),
                 log,

@@ -57,8 +57,13 @@ fn file_opens() -> v1::EventFilter {
     }
 }
 
-/// Every (agent, seq) exactly once, and seqs 1..=last for every agent.
+/// Every (agent, seq) exactly once, and seqs 1..=last for every agent of `AGENTS`.
 fn exactly_once(what: &str, seen: &[(String, u64)], last: u64) {
+    exactly_once_of(what, &AGENTS, seen, last);
+}
+
+/// Every (agent, seq) exactly once, and seqs 1..=last for every agent of `agents`.
+fn exactly_once_of(what: &str, agents: &[&str], seen: &[(String, u64)], last: u64) {
     let mut counts: BTreeMap<(&str, u64), usize> = BTreeMap::new();
     for (agent, seq) in seen {
         *counts.entry((agent.as_str(), *seq)).or_default() += 1;
@@ -68,7 +73,7 @@ fn exactly_once(what: &str, seen: &[(String, u64)], last: u64) {
         doubled.is_empty(),
         "{what}: seen more than once: {doubled:?}"
     );
-    for agent in AGENTS {
+    for &agent in agents {
         let missing: Vec<u64> = (1..=last)
             .filter(|seq| !counts.contains_key(&(agent, *seq)))
             .take(10)
@@ -78,7 +83,101 @@ fn exactly_once(what: &str, seen: &[(String, u64)], last: u64) {
             "{what}: agent {agent} is missing seqs {missing:?}…"
         );
     }
-    assert_eq!(seen.len() as u64, last * AGENTS.len() as u64, "{what}");
+    assert_eq!(seen.len() as u64, last * agents.len() as u64, "{what}");
+}
+
+/// Replays the store of `collector` until it holds `total` file opens (or 60 s passed).
+fn stored_file_opens(
+    rt: &tokio::runtime::Runtime,
+    pki: &Pki,
+    collector: &CollectorProc,
+    total: u64,
+) -> Vec<(String, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored: Vec<(String, u64)> = replay_all(rt, pki, &collector.addr, file_opens())
+            .into_iter()
+            .map(|e| (e.host.map_or(String::new(), |h| h.agent_id), e.seq))
+            .collect();
+        if stored.len() as u64 >= total || Instant::now() > deadline {
+            return stored;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn while_jetstream_has_no_quorum_nothing_is_acknowledged_and_all_is_stored_once_it_returns() {
+    const TWO: [&str; 2] = ["fleet-a", "fleet-b"];
+    let pki = Pki::new(&TWO);
+    let mut cluster = NatsCluster::start(3);
+    let work = tempfile::Builder::new()
+        .prefix("phiguard-fleet-q-")
+        .tempdir()
+        .unwrap();
+    let collector = CollectorProc::start_with_sections(
+        work.path(),
+        &pki,
+        "",
+        "every_records = 500\nevery_secs = 1\n",
+        &fleet_section(&cluster, true),
+    );
+    assert!(
+        collector.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+        "{}",
+        collector.log()
+    );
+    let links: Vec<AgentLink> = TWO
+        .iter()
+        .map(|host| AgentLink::start(&pki, host, &collector.addr))
+        .collect();
+    for link in &links {
+        link.send(&link.host, 1..=500);
+    }
+    for link in &links {
+        assert!(
+            link.wait_acked(500, Duration::from_secs(30)),
+            "{}",
+            collector.log()
+        );
+    }
+    // Two of three nodes gone: the stream cannot commit, so no front end may acknowledge.
+    cluster.nodes[1].kill9();
+    cluster.nodes[2].kill9();
+    for link in &links {
+        link.send(&link.host, 501..=1000);
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    for link in &links {
+        assert_eq!(
+            link.spool.stats().acked,
+            500,
+            "{}: acknowledged while JetStream had no quorum",
+            link.host
+        );
+    }
+    cluster.nodes[1].restart();
+    cluster.nodes[2].restart();
+    for link in &links {
+        assert!(
+            link.wait_acked(1000, Duration::from_secs(60)),
+            "{} acknowledged up to {} only once the quorum returned:\n{}\n{}",
+            link.host,
+            link.spool.stats().acked,
+            collector.log(),
+            cluster.logs()
+        );
+    }
+    let rt = runtime();
+    let stored = stored_file_opens(&rt, &pki, &collector, 2000);
+    exactly_once_of("the store", &TWO, &stored, 1000);
+    let verified = CollectorProc::verify(&collector.config, &[]);
+    assert!(
+        verified.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    drop(links);
 }
 
 #[test]
@@ -187,17 +286,7 @@ fn a_nats_node_and_a_collector_killed_mid_stream_lose_nothing_acknowledged_and_s
     }
     // Every acknowledged event reaches the store, once.
     let total = last * AGENTS.len() as u64;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let stored = loop {
-        let stored: Vec<(String, u64)> = replay_all(&rt, &pki, &writer.addr, file_opens())
-            .into_iter()
-            .map(|e| (e.host.map_or(String::new(), |h| h.agent_id), e.seq))
-            .collect();
-        if stored.len() as u64 >= total || Instant::now() > deadline {
-            break stored;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let stored = stored_file_opens(&rt, &pki, &writer, total);
     exactly_once("the store", &stored, last);
     let verified = CollectorProc::verify(&writer.config, &[]);
     assert!(
