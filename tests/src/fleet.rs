@@ -51,6 +51,11 @@ pub struct NatsNode {
 }
 
 impl NatsNode {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process still runs.
     pub fn running(&self) -> bool {
         self.child.is_some()
