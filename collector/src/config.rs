@@ -143,6 +143,7 @@ struct RawJetStream {
     duplicate_window_secs: Option<Spanned<u64>>,
     #[serde(default)]
     store_writer: bool,
+    writer_lease_secs: Option<Spanned<u64>>,
     consumer: Option<Spanned<String>>,
     publish_timeout_ms: Option<Spanned<u64>>,
     ca: Option<Spanned<PathBuf>>,
@@ -641,6 +642,13 @@ impl Ctx<'_> {
                 86_400,
             )?),
             store_writer: j.store_writer,
+            writer_lease: Duration::from_secs(self.range(
+                j.writer_lease_secs.as_ref(),
+                "jetstream.writer_lease_secs",
+                10,
+                2,
+                300,
+            )?),
             consumer: name(&j.consumer, "jetstream.consumer", js::DEFAULT_CONSUMER)?,
             publish_timeout: Duration::from_millis(self.range(
                 j.publish_timeout_ms.as_ref(),

@@ -40,7 +40,7 @@ use crate::{
     identity::Peer,
     jetstream::{
         bus::{Bus, BusError},
-        relay, writer,
+        lease, relay, writer,
     },
     liveness::{self, Liveness},
     metrics::{Metrics, RefusedReason, Snapshot},
@@ -879,6 +879,15 @@ impl BoundCollector {
             access: access.clone(),
             metrics: metrics.clone(),
         };
+        let bus = match &config.jetstream {
+            Some(js) => Some(Bus::connect(js).await?),
+            None => None,
+        };
+        // A store writer opens the store only once it holds the writer lease (it may wait,
+        // as a standby, for another writer's lease to lapse), and keeps renewing it.
+        if let Some(bus) = bus.as_ref().filter(|b| b.config().store_writer) {
+            lease::acquire(bus, &lease::holder_name()).await?.keep();
+        }
         let store = Arc::new(Store::open(config.store.clone())?);
         let signer = Signer::open_in_custody(&config.checkpoint.key, &config.store.dir)?;
         let checkpoints = Arc::new(
@@ -897,10 +906,6 @@ impl BoundCollector {
                 addr: config.server.listen,
                 source,
             })?;
-        let bus = match &config.jetstream {
-            Some(js) => Some(Bus::connect(js).await?),
-            None => None,
-        };
         let (stop, stopping) = watch::channel(false);
         let service = CollectorService {
             bus,

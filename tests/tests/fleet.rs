@@ -31,6 +31,144 @@ fn fleet_section(cluster: &NatsCluster, writer: bool) -> String {
     )
 }
 
+#[test]
+fn the_store_writer_killed_mid_stream_is_replaced_by_its_standby_and_nothing_is_lost_or_doubled() {
+    let pki = Pki::new(&AGENTS);
+    let mut cluster = NatsCluster::start(3);
+    let w1_work = tempfile::Builder::new()
+        .prefix("phiguard-fleet-w1-")
+        .tempdir()
+        .unwrap();
+    let w2_work = tempfile::Builder::new()
+        .prefix("phiguard-fleet-w2-")
+        .tempdir()
+        .unwrap();
+    let f_work = tempfile::Builder::new()
+        .prefix("phiguard-fleet-f-")
+        .tempdir()
+        .unwrap();
+    let cadence = "every_records = 500\nevery_secs = 1\n";
+    let lease = 4;
+    let writer_section = format!(
+        "{}writer_lease_secs = {lease}\n",
+        fleet_section(&cluster, true)
+    );
+    // Both writers on one store (shared storage), key and checkpoint file.
+    let w1_config = CollectorProc::write_config(
+        w1_work.path(),
+        &pki,
+        &w1_work.path().join("checkpoint.key"),
+        "",
+        "",
+        cadence,
+        &writer_section,
+    );
+    let w2_config = w2_work.path().join("collector.toml");
+    std::fs::copy(&w1_config, &w2_config).unwrap();
+    let store = w1_work.path().join("store");
+    let mut w1 = CollectorProc::start_config(w1_config, store.clone());
+    assert!(
+        w1.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+        "{}",
+        w1.log()
+    );
+    let (mut w2, w2_listening) = CollectorProc::start_pending(w2_config.clone(), store);
+    assert!(
+        w2.wait_log(
+            "standby: another collector holds the store writer lease",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        w2.log()
+    );
+    let front = CollectorProc::start_with_sections(
+        f_work.path(),
+        &pki,
+        "",
+        cadence,
+        &fleet_section(&cluster, false),
+    );
+    assert!(
+        front.wait_log("live relay following JetStream", Duration::from_secs(30)),
+        "{}",
+        front.log()
+    );
+    let rt = runtime();
+    let live_front = collect_live(&rt, subscribe_live(&rt, &pki, &front.addr, file_opens()));
+    let links: Vec<AgentLink> = AGENTS
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let (first, other) = if i < 2 {
+                (front.addr.clone(), w1.addr.clone())
+            } else {
+                (w1.addr.clone(), front.addr.clone())
+            };
+            AgentLink::start_with(&pki, host, &first, |c| {
+                c.failover = vec![other];
+                c.backoff_min = Duration::from_millis(100);
+            })
+        })
+        .collect();
+    let mut killed_at = None;
+    for round in 0..ROUNDS {
+        for link in &links {
+            link.send(&link.host, round * PER_ROUND + 1..=(round + 1) * PER_ROUND);
+        }
+        if round == KILL_NODE_AT {
+            cluster.nodes[0].kill9();
+        }
+        if round == KILL_COLLECTOR_AT {
+            assert!(
+                !w2.log().contains("listening on"),
+                "the standby started writing while the writer held the lease:\n{}",
+                w2.log()
+            );
+            w1.kill9();
+            killed_at = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = ROUNDS * PER_ROUND;
+    for link in &links {
+        assert!(
+            link.wait_acked(last, Duration::from_secs(60)),
+            "{} acknowledged only up to {}:\nfront:\n{}",
+            link.host,
+            link.spool.stats().acked,
+            front.log()
+        );
+    }
+    w2.wait_listening(w2_listening, Duration::from_secs(60));
+    let took = killed_at.unwrap().elapsed();
+    assert!(
+        w2.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+        "{}",
+        w2.log()
+    );
+    eprintln!("the standby writer listened {took:?} after the writer's kill (lease {lease} s)");
+    let total = last * AGENTS.len() as u64;
+    let stored = stored_file_opens(&rt, &pki, &w2, total);
+    exactly_once("the store after the take-over", &stored, last);
+    let verified = CollectorProc::verify(&w2_config, &[]);
+    assert!(
+        verified.status.success(),
+        "verify: {}\n{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (live_front.lock().unwrap().len() as u64) < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    exactly_once(
+        "the front end's live subscriber",
+        &live_front.lock().unwrap(),
+        last,
+    );
+    drop(links);
+}
+
 /// (agent, seq) of every file-open event a live subscription sends, as it sends them.
 fn collect_live(
     rt: &tokio::runtime::Runtime,
@@ -107,7 +245,8 @@ fn stored_file_opens(
 }
 
 #[test]
-fn while_jetstream_has_no_quorum_nothing_is_acknowledged_and_all_is_stored_once_it_returns() {
+fn while_jetstream_has_no_quorum_nothing_is_acknowledged_the_writer_fences_itself_and_all_is_stored_once_it_returns(
+) {
     const TWO: [&str; 2] = ["fleet-a", "fleet-b"];
     let pki = Pki::new(&TWO);
     let mut cluster = NatsCluster::start(3);
@@ -115,7 +254,7 @@ fn while_jetstream_has_no_quorum_nothing_is_acknowledged_and_all_is_stored_once_
         .prefix("phiguard-fleet-q-")
         .tempdir()
         .unwrap();
-    let collector = CollectorProc::start_with_sections(
+    let mut collector = CollectorProc::start_with_sections(
         work.path(),
         &pki,
         "",
@@ -158,6 +297,19 @@ fn while_jetstream_has_no_quorum_nothing_is_acknowledged_and_all_is_stored_once_
     }
     cluster.nodes[1].restart();
     cluster.nodes[2].restart();
+    // Unable to renew its writer lease for most of its term, the writer stopped at once
+    // (another could have taken the lease); its unit restarts it, as here.
+    let status = collector.exit_status();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(75),
+        "the writer should have fenced itself off:\n{}",
+        collector.log()
+    );
+    assert!(collector
+        .log()
+        .contains("store writer lease not renewed in time"));
+    collector.restart();
     for link in &links {
         assert!(
             link.wait_acked(1000, Duration::from_secs(60)),

@@ -8,6 +8,7 @@
 //! - [`writer`]: the store writer, a durable JetStream consumer that appends what the front
 //!   ends published to the hash-chained store in stream order (the store de-duplicates by
 //!   (agent, instance, seq) as it always has), and only then acknowledges the messages.
+//! - [`lease`]: one writer at a time; a standby takes over when the writer's lease lapses.
 //! - [`relay`]: the live feed of a collector that is not the writer: every event published
 //!   by any front end, handed to this collector's subscribers.
 //!
@@ -15,6 +16,7 @@
 //! receives itself, as before.
 
 pub mod bus;
+pub mod lease;
 pub mod relay;
 pub mod writer;
 
@@ -35,8 +37,11 @@ pub struct JetStreamConfig {
     pub max_age: Duration,
     /// JetStream's de-duplication window: a resend within it is recognised by its message id.
     pub duplicate_window: Duration,
-    /// Whether this collector writes the store (exactly one collector of a fleet does).
+    /// Whether this collector may write the store: the one holding the writer lease does,
+    /// the others stand by ([`lease`]).
     pub store_writer: bool,
+    /// How long the writer lease lasts without renewal.
+    pub writer_lease: Duration,
     /// The store writer's durable consumer.
     pub consumer: String,
     /// How long a publish may wait for JetStream's acknowledgement.

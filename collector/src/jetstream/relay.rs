@@ -16,6 +16,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::bus::Bus;
+
+/// How long the relay waits for a message before it checks whether its consumer stalled.
+const STALL_CHECK: Duration = Duration::from_secs(2);
 use crate::{store::Record, stream::Hub};
 
 /// Runs until `stopping` turns true: an ordered consumer from the stream's end, into `hub`.
@@ -52,10 +55,32 @@ pub async fn run(bus: Bus, hub: Arc<Hub>, mut stopping: watch::Receiver<bool>) {
             }
         };
         info!("live relay following JetStream");
+        let mut last_seen = 0u64;
         loop {
             let next = tokio::select! {
-                next = messages.next() => next,
+                next = tokio::time::timeout(STALL_CHECK, messages.next()) => next,
                 _ = stopping.wait_for(|s| *s) => return,
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(_) => {
+                    // Quiet: is the stream quiet too, or did the consumer stall (its server
+                    // gone without a word)? A stream that moved on means the latter.
+                    match bus.ensure_stream().await {
+                        Ok(mut stream) => match stream.info().await {
+                            Ok(info) if info.state.last_sequence > last_seen && last_seen > 0 => {
+                                warn!(
+                                    last_seen,
+                                    stream_last = info.state.last_sequence,
+                                    "live relay: consumer stalled; following again"
+                                );
+                                break;
+                            }
+                            _ => continue,
+                        },
+                        Err(_) => continue,
+                    }
+                }
             };
             let message = match next {
                 Some(Ok(message)) => message,
@@ -66,6 +91,10 @@ pub async fn run(bus: Bus, hub: Arc<Hub>, mut stopping: watch::Receiver<bool>) {
                 None => break,
             };
             if let Ok(info) = message.info() {
+                if info.stream_sequence <= last_seen {
+                    continue;
+                }
+                last_seen = info.stream_sequence;
                 // Start again after the last one seen, never from the end: none skipped.
                 deliver = DeliverPolicy::ByStartSequence {
                     start_sequence: info.stream_sequence + 1,

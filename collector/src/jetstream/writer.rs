@@ -13,10 +13,11 @@
 //!   de-duplication by (agent, instance, seq).
 //! - **In order.** Messages are appended in the order of one fetch; a batch the store could
 //!   not write is retried, in place, until it is written (the stream keeps it meanwhile), so a
-//!   later event of an agent is never stored before an earlier one.
-//! - **One writer.** The consumer is durable and named (`[jetstream] consumer`): exactly one
-//!   collector of a fleet sets `store_writer = true`. Two writers would share the messages
-//!   between them (a work queue), each appending only part of each chain: see docs/fleet.md.
+//!   later event of an agent is never stored before an earlier one. At each start the
+//!   consumer is made anew from its acknowledgement floor, so what a previous writer fetched
+//!   and never acknowledged comes first, in order, not after its ack wait behind later events.
+//! - **One writer.** Only the holder of the writer lease ([`super::lease`]) runs this; a
+//!   standby takes over when the lease lapses.
 
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ use crate::server::{CollectorService, Refused};
 const FETCH_MAX: usize = 1024;
 /// How long a fetch waits for messages when the stream is quiet.
 const FETCH_WAIT: Duration = Duration::from_millis(200);
+/// Empty fetches in a row (of `FETCH_WAIT` each) before the writer checks for a stall.
+const STALL_CHECK_FETCHES: u32 = 10;
 /// Unacknowledged messages JetStream lets the writer hold.
 const MAX_ACK_PENDING: i64 = 20_000;
 /// How long a message may stay unacknowledged before JetStream delivers it again.
@@ -92,20 +95,34 @@ pub async fn run(bus: Bus, service: CollectorService, mut stopping: watch::Recei
         }
         let consumer = async {
             let stream = bus.ensure_stream().await.map_err(|e| e.to_string())?;
+            // Messages a writer fetched and never acknowledged (it died, or lost its lease)
+            // would come again only after their ack wait, behind later ones: stored out of
+            // order, the store would take them for resends. So the consumer is made anew at
+            // each start, from its acknowledgement floor: everything after it, in order.
+            let start = match stream.consumer_info(&name).await {
+                Ok(info) => {
+                    stream
+                        .delete_consumer(&name)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    info.ack_floor.stream_sequence + 1
+                }
+                Err(_) => 1,
+            };
+            info!(consumer = %name, from_stream_seq = start, "store writer: consuming from the acknowledgement floor");
             stream
-                .get_or_create_consumer(
-                    &name,
-                    pull::Config {
-                        durable_name: Some(name.clone()),
-                        description: Some("phiguard store writer".into()),
-                        ack_policy: AckPolicy::Explicit,
-                        deliver_policy: DeliverPolicy::All,
-                        ack_wait: ACK_WAIT,
-                        max_ack_pending: MAX_ACK_PENDING,
-                        filter_subject: format!("{prefix}.>"),
-                        ..Default::default()
+                .create_consumer(pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some("phiguard store writer".into()),
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: start,
                     },
-                )
+                    ack_wait: ACK_WAIT,
+                    max_ack_pending: MAX_ACK_PENDING,
+                    filter_subject: format!("{prefix}.>"),
+                    ..Default::default()
+                })
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -124,6 +141,7 @@ pub async fn run(bus: Bus, service: CollectorService, mut stopping: watch::Recei
         };
         info!(consumer = %name, "store writer consuming JetStream");
         backoff = Duration::from_millis(100);
+        let mut empty = 0u32;
         loop {
             if *stopping.borrow() {
                 return;
@@ -153,8 +171,21 @@ pub async fn run(bus: Bus, service: CollectorService, mut stopping: watch::Recei
                 }
             }
             if messages.is_empty() {
+                empty += 1;
+                // Quiet for a while: is the stream quiet too, or did the consumer stall
+                // (its server gone without a word)? Messages waiting mean the latter.
+                if empty.is_multiple_of(STALL_CHECK_FETCHES) {
+                    let mut consumer = consumer.clone();
+                    if let Ok(info) = consumer.info().await {
+                        if info.num_pending > 0 {
+                            warn!(pending = info.num_pending, "store writer: consumer stalled with messages waiting; consuming again");
+                            break;
+                        }
+                    }
+                }
                 continue;
             }
+            empty = 0;
             store_all(&service, &prefix, messages, &mut stopping).await;
         }
     }
