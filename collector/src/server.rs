@@ -685,6 +685,9 @@ impl CollectorService {
             let ack = if let Some(bus) = &self.bus {
                 match bus.publish(&events).await {
                     Ok(published) => {
+                        if published.duplicates > 0 {
+                            info!(agent = %identity, first = events.first().map_or(0, |e| e.seq), last = events.last().map_or(0, |e| e.seq), new = published.new, duplicates = published.duplicates, "resent events recognised by JetStream");
+                        }
                         self.metrics.events_published.inc_by(published.new);
                         self.metrics.events_duplicate.inc_by(published.duplicates);
                         IngestResponse {

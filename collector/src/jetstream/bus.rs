@@ -1,6 +1,6 @@
 //! The connection to NATS JetStream: connecting, the stream's definition, subjects and
-//! message ids, and publishing a batch so that it is acknowledged only once JetStream has
-//! acknowledged every event of it.
+//! message ids, and publishing a batch, in order, so that it is acknowledged only once
+//! JetStream has acknowledged every event of it.
 
 use std::time::Duration;
 
@@ -213,33 +213,35 @@ impl Bus {
         }
     }
 
-    /// Publishes `events` (validated and stamped with their agent and instance), all of
-    /// them before waiting, then waits for JetStream's acknowledgement of each: Ok only when
+    /// Publishes `events` (validated and stamped with their agent and instance) one after
+    /// the other, each only once JetStream has acknowledged the one before: Ok only when
     /// every event is in the stream (replicated as the stream says).
+    ///
+    /// One at a time, because the store writer needs each agent's events in the stream in
+    /// seq order. Pipelined publishes are not: across a stream leader's failure the first
+    /// part of a batch can be lost while the rest lands, and the resent first part then
+    /// follows the later events (found by the fleet tests: the store took the resent events
+    /// for duplicates). A publish whose acknowledgement never came may still land later, but
+    /// only as a copy of an event already in the stream (its successor was published only
+    /// once it was acknowledged), which the message id or the store recognises.
     pub async fn publish(&self, events: &[v1::Event]) -> Result<Published, BusError> {
-        let mut pending: Vec<(u64, PublishAckFuture)> = Vec::with_capacity(events.len());
+        let mut published = Published::default();
         for event in events {
             let agent = event.host.as_ref().map_or("", |h| h.agent_id.as_str());
             let subject = subject(&self.config.subject_prefix, agent, kind_name(event));
             let message = PublishMessage::build()
                 .payload(event.encode_to_vec().into())
                 .message_id(message_id(event));
-            let ack =
-                self.js
-                    .send_publish(subject, message)
-                    .await
-                    .map_err(|e| BusError::Publish {
-                        seq: event.seq,
-                        message: e.to_string(),
-                    })?;
-            pending.push((event.seq, ack));
-        }
-        let mut published = Published::default();
-        for (seq, ack) in pending {
-            let ack = ack.await.map_err(|e| BusError::Publish {
-                seq,
+            let failed = |e: &dyn std::fmt::Display| BusError::Publish {
+                seq: event.seq,
                 message: e.to_string(),
-            })?;
+            };
+            let ack: PublishAckFuture = self
+                .js
+                .send_publish(subject, message)
+                .await
+                .map_err(|e| failed(&e))?;
+            let ack = ack.await.map_err(|e| failed(&e))?;
             if ack.duplicate {
                 published.duplicates += 1;
             } else {

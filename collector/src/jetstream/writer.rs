@@ -38,6 +38,8 @@ use crate::server::{CollectorService, Refused};
 const FETCH_MAX: usize = 1024;
 /// How long a fetch waits for messages when the stream is quiet.
 const FETCH_WAIT: Duration = Duration::from_millis(200);
+/// How much longer than its expiry a fetch may take before it is given up.
+const FETCH_GRACE: Duration = Duration::from_secs(3);
 /// Empty fetches in a row (of `FETCH_WAIT` each) before the writer checks for a stall.
 const STALL_CHECK_FETCHES: u32 = 10;
 /// Unacknowledged messages JetStream lets the writer hold.
@@ -146,37 +148,47 @@ pub async fn run(bus: Bus, service: CollectorService, mut stopping: watch::Recei
             if *stopping.borrow() {
                 return;
             }
-            let batch = consumer
-                .fetch()
-                .max_messages(FETCH_MAX)
-                .expires(FETCH_WAIT)
-                .messages()
-                .await;
-            let mut batch = match batch {
-                Ok(batch) => batch,
-                Err(error) => {
-                    warn!(%error, "store writer: fetch failed; retrying");
+            // A fetch whose server went away without a word would wait forever: bounded.
+            let fetched = tokio::time::timeout(FETCH_WAIT + FETCH_GRACE, async {
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(FETCH_MAX)
+                    .expires(FETCH_WAIT)
+                    .messages()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut messages = Vec::new();
+                while let Some(message) = batch.next().await {
+                    match message {
+                        Ok(message) => messages.push(message),
+                        Err(error) => {
+                            warn!(%error, "store writer: a fetch ended early");
+                            break;
+                        }
+                    }
+                }
+                Ok::<_, String>(messages)
+            })
+            .await;
+            let messages = match fetched {
+                Ok(Ok(messages)) => messages,
+                Ok(Err(error)) => {
+                    warn!(%error, "store writer: fetch failed; consuming again");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     break;
                 }
-            };
-            let mut messages = Vec::new();
-            while let Some(message) = batch.next().await {
-                match message {
-                    Ok(message) => messages.push(message),
-                    Err(error) => {
-                        warn!(%error, "store writer: a fetch ended early");
-                        break;
-                    }
+                Err(_) => {
+                    warn!("store writer: a fetch did not end; consuming again");
+                    break;
                 }
-            }
+            };
             if messages.is_empty() {
                 empty += 1;
                 // Quiet for a while: is the stream quiet too, or did the consumer stall
                 // (its server gone without a word)? Messages waiting mean the latter.
                 if empty.is_multiple_of(STALL_CHECK_FETCHES) {
                     let mut consumer = consumer.clone();
-                    if let Ok(info) = consumer.info().await {
+                    if let Ok(Ok(info)) = tokio::time::timeout(FETCH_GRACE, consumer.info()).await {
                         if info.num_pending > 0 {
                             warn!(pending = info.num_pending, "store writer: consumer stalled with messages waiting; consuming again");
                             break;
@@ -191,25 +203,26 @@ pub async fn run(bus: Bus, service: CollectorService, mut stopping: watch::Recei
     }
 }
 
-/// Appends `messages` (one fetch, in stream order) run by run of the same agent and
-/// instance, then acknowledges each to JetStream.
+/// Appends `messages` (one fetch, in stream order), one run per agent and instance, then
+/// acknowledges each to JetStream.
 async fn store_all(
     service: &CollectorService,
     prefix: &str,
     messages: Vec<Message>,
     stopping: &mut watch::Receiver<bool>,
 ) {
+    // One run per (agent, instance), in the order of their first message; within a run the
+    // stream's order, which is each agent's seq order (see `Bus::publish`).
     let mut runs: Vec<(String, String, Vec<v1::Event>)> = Vec::new();
     let mut done = Vec::with_capacity(messages.len());
     for message in messages {
         match take(prefix, &message) {
-            Ok(taken) => match runs.last_mut() {
-                Some((agent, instance, events))
-                    if *agent == taken.agent && *instance == taken.instance =>
-                {
-                    events.push(taken.event);
-                }
-                _ => runs.push((taken.agent, taken.instance, vec![taken.event])),
+            Ok(taken) => match runs
+                .iter_mut()
+                .find(|(agent, instance, _)| *agent == taken.agent && *instance == taken.instance)
+            {
+                Some((_, _, events)) => events.push(taken.event),
+                None => runs.push((taken.agent, taken.instance, vec![taken.event])),
             },
             Err(error) => {
                 let seq = message.info().map_or(0, |i| i.stream_sequence);
@@ -225,7 +238,12 @@ async fn store_all(
                 .store_batch(&agent, "jetstream", &instance, events.clone())
                 .await
             {
-                Ok(_) => break,
+                Ok(appended) => {
+                    if appended.duplicates > 0 {
+                        info!(agent = %agent, first = events.first().map_or(0, |e| e.seq), last = events.last().map_or(0, |e| e.seq), stored = appended.stored, duplicates = appended.duplicates, "store writer: redelivered events recognised by the store");
+                    }
+                    break;
+                }
                 Err(Refused::Policy(status)) => {
                     // The store's rules refuse it for good: it stays in the stream (until
                     // its max_age) and the alert names it; the writer goes on.
