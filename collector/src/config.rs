@@ -19,6 +19,7 @@ use crate::{
     audit::AUDIT_CHAIN,
     checkpoint::{Cadence, ExportConfig},
     identity,
+    jetstream::{self as js, JetStreamConfig},
     revocation::{DenyList, Entry},
     scope::{Grant, Scope, Scopes, ALL},
     store::StoreConfig,
@@ -109,6 +110,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[export.NAME]`: SIEM exports (none by default).
     pub exports: Vec<crate::export::ExportConfig>,
+    /// `[jetstream]`: the fleet layout (None: this collector stores what it receives).
+    pub jetstream: Option<JetStreamConfig>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +129,27 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     export: BTreeMap<String, Spanned<RawExport>>,
+    jetstream: Option<Spanned<RawJetStream>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJetStream {
+    servers: Spanned<Vec<Spanned<String>>>,
+    stream: Option<Spanned<String>>,
+    subject_prefix: Option<Spanned<String>>,
+    replicas: Option<Spanned<usize>>,
+    max_age_days: Option<Spanned<u64>>,
+    duplicate_window_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    store_writer: bool,
+    writer_lease_secs: Option<Spanned<u64>>,
+    consumer: Option<Spanned<String>>,
+    publish_timeout_ms: Option<Spanned<u64>>,
+    ca: Option<Spanned<PathBuf>>,
+    cert: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
+    credentials: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -498,7 +522,13 @@ impl Config {
             },
         };
         let exports = cx.exports(&raw.export, &dir)?;
+        let jetstream = raw
+            .jetstream
+            .as_ref()
+            .map(|j| cx.jetstream(j))
+            .transpose()?;
         Ok(Config {
+            jetstream,
             server,
             store,
             checkpoint,
@@ -511,6 +541,136 @@ impl Config {
 }
 
 impl Ctx<'_> {
+    /// `[jetstream]`.
+    fn jetstream(&self, raw: &Spanned<RawJetStream>) -> Result<JetStreamConfig, ConfigError> {
+        let j = raw.get_ref();
+        if j.servers.get_ref().is_empty() {
+            return Err(self.invalid(
+                j.servers.span(),
+                "jetstream.servers",
+                "no servers: name at least one NATS server (nats://host:port)".into(),
+            ));
+        }
+        let mut servers = Vec::new();
+        for server in j.servers.get_ref() {
+            if !js::valid_server(server.get_ref()) {
+                return Err(self.invalid(
+                    server.span(),
+                    "jetstream.servers",
+                    format!(
+                        "{:?} is not a NATS server (nats://host:port, tls://host:port or host:port)",
+                        server.get_ref()
+                    ),
+                ));
+            }
+            servers.push(server.get_ref().clone());
+        }
+        let name = |value: &Option<Spanned<String>>, field: &'static str, default: &str| match value
+        {
+            None => Ok(default.to_owned()),
+            Some(v) if js::valid_name(v.get_ref()) => Ok(v.get_ref().clone()),
+            Some(v) => Err(self.invalid(
+                v.span(),
+                field,
+                format!(
+                    "{:?}: letters, digits, '-' and '_' only (at most 64)",
+                    v.get_ref()
+                ),
+            )),
+        };
+        let subject_prefix = match &j.subject_prefix {
+            None => js::DEFAULT_SUBJECT_PREFIX.to_owned(),
+            Some(v) if js::valid_subject_prefix(v.get_ref()) => v.get_ref().clone(),
+            Some(v) => {
+                return Err(self.invalid(
+                    v.span(),
+                    "jetstream.subject_prefix",
+                    format!(
+                        "{:?}: dot-separated tokens of letters, digits, '-' and '_', no wildcards",
+                        v.get_ref()
+                    ),
+                ))
+            }
+        };
+        let client_cert = match (&j.cert, &j.key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((
+                self.path(cert, "jetstream.cert")?,
+                self.path(key, "jetstream.key")?,
+            )),
+            (Some(cert), None) => {
+                return Err(self.invalid(
+                    cert.span(),
+                    "jetstream.cert",
+                    "a client certificate needs its key (jetstream.key)".into(),
+                ))
+            }
+            (None, Some(key)) => {
+                return Err(self.invalid(
+                    key.span(),
+                    "jetstream.key",
+                    "a key needs its client certificate (jetstream.cert)".into(),
+                ))
+            }
+        };
+        if client_cert.is_some() && j.ca.is_none() {
+            return Err(self.invalid(
+                raw.span(),
+                "jetstream.ca",
+                "a client certificate is only used over TLS: set jetstream.ca too".into(),
+            ));
+        }
+        Ok(JetStreamConfig {
+            servers,
+            stream: name(&j.stream, "jetstream.stream", js::DEFAULT_STREAM)?,
+            subject_prefix,
+            replicas: self.range(j.replicas.as_ref(), "jetstream.replicas", 3, 1, 5)?,
+            max_age: Duration::from_secs(
+                self.range(
+                    j.max_age_days.as_ref(),
+                    "jetstream.max_age_days",
+                    7,
+                    1,
+                    3650,
+                )? * 86_400,
+            ),
+            duplicate_window: Duration::from_secs(self.range(
+                j.duplicate_window_secs.as_ref(),
+                "jetstream.duplicate_window_secs",
+                600,
+                1,
+                86_400,
+            )?),
+            store_writer: j.store_writer,
+            writer_lease: Duration::from_secs(self.range(
+                j.writer_lease_secs.as_ref(),
+                "jetstream.writer_lease_secs",
+                10,
+                2,
+                300,
+            )?),
+            consumer: name(&j.consumer, "jetstream.consumer", js::DEFAULT_CONSUMER)?,
+            publish_timeout: Duration::from_millis(self.range(
+                j.publish_timeout_ms.as_ref(),
+                "jetstream.publish_timeout_ms",
+                5000,
+                100,
+                120_000,
+            )?),
+            ca: j
+                .ca
+                .as_ref()
+                .map(|p| self.path(p, "jetstream.ca"))
+                .transpose()?,
+            client_cert,
+            credentials: j
+                .credentials
+                .as_ref()
+                .map(|p| self.path(p, "jetstream.credentials"))
+                .transpose()?,
+        })
+    }
+
     /// `[export.NAME]` tables.
     fn exports(
         &self,
@@ -856,6 +1016,53 @@ mod tests {
         );
         let err = parse("[server]\n").unwrap_err().to_string();
         assert!(err.contains("missing field"), "{err}");
+    }
+
+    #[test]
+    fn no_jetstream_section_is_the_embedded_layout_and_its_errors_name_the_line() {
+        assert_eq!(parse(MINIMAL).unwrap().jetstream, None);
+        let c = parse(&format!(
+            "{MINIMAL}[jetstream]\nservers = [\"nats://127.0.0.1:4222\", \"nats-2:4222\"]\nstore_writer = true\n"
+        ))
+        .unwrap();
+        let j = c.jetstream.unwrap();
+        assert_eq!(j.servers.len(), 2);
+        assert_eq!(j.stream, "PHIGUARD");
+        assert_eq!(j.subject_prefix, "phiguard.events");
+        assert_eq!(j.replicas, 3);
+        assert_eq!(j.duplicate_window, Duration::from_secs(600));
+        assert!(j.store_writer);
+        assert_eq!(j.consumer, "store-writer");
+        assert_eq!(j.ca, None);
+        let err = |extra: &str| {
+            parse(&format!("{MINIMAL}[jetstream]\n{extra}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("servers = []\n"),
+            "/etc/phiguard/collector.toml:8:11: jetstream.servers: no servers: name at least one NATS server (nats://host:port)"
+        );
+        assert!(
+            err("servers = [\"nats://a:1\", \"nowhere\"]\n").starts_with(
+                "/etc/phiguard/collector.toml:8:26: jetstream.servers: \"nowhere\" is not a NATS server"
+            ),
+            "{}",
+            err("servers = [\"nats://a:1\", \"nowhere\"]\n")
+        );
+        assert_eq!(
+            err("servers = [\"a:1\"]\nreplicas = 7\n"),
+            "/etc/phiguard/collector.toml:9:12: jetstream.replicas: 7 is outside 1..=5"
+        );
+        assert!(err("servers = [\"a:1\"]\nstream = \"a.b\"\n")
+            .starts_with("/etc/phiguard/collector.toml:9:10: jetstream.stream: \"a.b\": letters"));
+        assert!(err("servers = [\"a:1\"]\nsubject_prefix = \"x.>\"\n")
+            .starts_with("/etc/phiguard/collector.toml:9:18: jetstream.subject_prefix:"));
+        assert!(err("servers = [\"a:1\"]\ncert = \"c.pem\"\n").starts_with(
+            "/etc/phiguard/collector.toml:9:8: jetstream.cert: a client certificate needs its key"
+        ));
+        assert!(err("servers = [\"a:1\"]\nreplica = 3\n")
+            .starts_with("/etc/phiguard/collector.toml:9:1: unknown field `replica`"));
     }
 
     #[test]

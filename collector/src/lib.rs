@@ -25,6 +25,7 @@ pub mod export;
 pub mod faults;
 pub mod health;
 pub mod identity;
+pub mod jetstream;
 pub mod liveness;
 pub mod metrics;
 pub mod ocsf;

@@ -101,6 +101,9 @@ pub struct Metrics {
     pub events_refused: Family<ReasonLabels, Counter>,
     /// Resent events acknowledged without being stored again.
     pub events_duplicate: Counter,
+    /// `[jetstream]`: agents' events this front end published and JetStream acknowledged as
+    /// new (resends it recognised are in `events_duplicate`).
+    pub events_published: Counter,
     /// Batches refused because a seq was outside the agent's sequence window.
     pub sequence_window_refusals: Counter,
     /// Streams of a new agent instance refused (`[store] max_new_instances_per_hour`).
@@ -141,6 +144,7 @@ impl Metrics {
             events_stored: Counter::default(),
             events_refused: Family::default(),
             events_duplicate: Counter::default(),
+            events_published: Counter::default(),
             sequence_window_refusals: Counter::default(),
             instance_refusals: Counter::default(),
             instances_started: Counter::default(),
@@ -182,6 +186,11 @@ impl Metrics {
             "events_duplicate",
             "Resent events acknowledged without being stored again",
             m.events_duplicate.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Agents' events published to JetStream and acknowledged by it as new ([jetstream] front end)",
+            m.events_published.clone(),
         );
         registry.register(
             "sequence_window_refusals",

@@ -38,6 +38,10 @@ use crate::{
     config::Config,
     health::{self, StoreHealth},
     identity::Peer,
+    jetstream::{
+        bus::{Bus, BusError},
+        lease, relay, writer,
+    },
     liveness::{self, Liveness},
     metrics::{Metrics, RefusedReason, Snapshot},
     revocation::Revocation,
@@ -90,6 +94,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// JetStream could not be reached or its stream made.
+    #[error(transparent)]
+    JetStream(#[from] BusError),
     /// The gRPC server failed.
     #[error("serving: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -166,6 +173,25 @@ impl BatchError {
         match self {
             BatchError::HostMismatch { .. } => Status::permission_denied(self.to_string()),
             _ => Status::invalid_argument(self.to_string()),
+        }
+    }
+}
+
+/// Why a batch was not stored.
+#[derive(Debug)]
+pub enum Refused {
+    /// The store's rules refused it (the seq window, the new-instance limit): sending it
+    /// again will not help until the rule changes.
+    Policy(Status),
+    /// The store could not write it (full, failing): it may be stored later.
+    Store(Status),
+}
+
+impl Refused {
+    /// The status the agent gets.
+    pub fn into_status(self) -> Status {
+        match self {
+            Refused::Policy(status) | Refused::Store(status) => status,
         }
     }
 }
@@ -293,6 +319,8 @@ pub struct CollectorService {
     revocation: Arc<Revocation>,
     metrics: Metrics,
     agents_connected: Arc<AtomicUsize>,
+    /// `[jetstream]`: batches go to JetStream, not to this collector's store.
+    bus: Option<Bus>,
 }
 
 /// Counts an open agent stream for as long as it lives.
@@ -490,6 +518,103 @@ impl CollectorService {
         }
     }
 
+    /// Appends a validated batch of `identity`'s events (instance `instance`, received from
+    /// `from`) to its chain, then does what follows a store: metrics, the store's recovery,
+    /// tamper and break-glass alerts. Used by agents' streams (the embedded layout) and by
+    /// the JetStream store writer (the fleet layout).
+    pub(crate) async fn store_batch(
+        &self,
+        identity: &str,
+        from: &str,
+        instance: &str,
+        events: Vec<v1::Event>,
+    ) -> Result<crate::store::Appended, Refused> {
+        let count = events.len();
+        let this = self.clone();
+        let agent = identity.to_owned();
+        let appended = tokio::task::spawn_blocking(move || {
+            let hub = this.hub.clone();
+            let appended = this
+                .store
+                .append(&agent, events, |a| hub.publish(&a.records))?;
+            this.checkpoints.maybe(&agent, &appended.head, false);
+            Ok::<_, StoreError>(appended)
+        })
+        .await;
+        let appended = match appended {
+            Ok(Ok(appended)) => appended,
+            Ok(Err(StoreError::SeqJump { last, seq, .. })) => {
+                self.metrics.refused(RefusedReason::SequenceWindow, count);
+                self.metrics.sequence_window_refusals.inc();
+                warn!(agent = %identity, peer = %from, last, seq, max = self.store.config().max_seq_jump, "batch refused: seq too far above the last stored one");
+                if let Some(alert) =
+                    self.refusals
+                        .refused(identity, last, seq, tokio::time::Instant::now())
+                {
+                    self.raise(identity, alert).await;
+                }
+                return Err(Refused::Policy(Status::out_of_range(format!(
+                    "seq {seq} is too far above the last stored seq {last}: refused, not stored"
+                ))));
+            }
+            Ok(Err(StoreError::InstanceLimit { started, max, .. })) => {
+                self.metrics.refused(RefusedReason::InstanceLimit, count);
+                self.metrics.instance_refusals.inc();
+                warn!(agent = %identity, peer = %from, instance = %instance, started, max, "batch refused: too many new instances of this agent within an hour");
+                if let Some(alert) = self.refusals.instance_refused(
+                    identity,
+                    instance,
+                    started,
+                    tokio::time::Instant::now(),
+                ) {
+                    self.raise(identity, alert).await;
+                }
+                return Err(Refused::Policy(Status::resource_exhausted(format!(
+                    "this agent started {started} new instances within the last hour (at most {max}): instance {instance} refused, not stored"
+                ))));
+            }
+            Ok(Err(store_error)) => {
+                self.metrics.refused(
+                    if store_error.is_full() {
+                        RefusedReason::StoreFull
+                    } else {
+                        RefusedReason::StoreFailed
+                    },
+                    count,
+                );
+                error!(agent = %identity, error = %store_error, full = store_error.is_full(), "storing a batch failed: refused, not acknowledged");
+                self.store_failed(identity, &store_error);
+                return Err(Refused::Store(health::refusal(&store_error)));
+            }
+            Err(join) => {
+                error!(agent = %identity, error = %join, "store task failed");
+                return Err(Refused::Store(Status::internal("store task failed")));
+            }
+        };
+        self.metrics.events_stored.inc_by(appended.stored);
+        self.metrics.events_duplicate.inc_by(appended.duplicates);
+        let started = appended
+            .records
+            .iter()
+            .filter(|r| matches!(&r.event.body, Some(v1::event::Body::Alert(a)) if a.kind == v1::AlertKind::InstanceStarted as i32))
+            .count();
+        self.metrics.instances_started.inc_by(started as u64);
+        if let Some(recovered) = self.health.stored(identity, tokio::time::Instant::now()) {
+            self.raise(identity, recovered).await;
+        }
+        let mut alerts = self
+            .tamper
+            .observe(identity, appended.records.iter().map(|r| &r.event));
+        alerts.extend(crate::breakglass::alerts(
+            identity,
+            appended.records.iter().map(|r| &r.event),
+        ));
+        for alert in alerts {
+            self.raise(identity, alert).await;
+        }
+        Ok(appended)
+    }
+
     async fn ingest_loop(
         self,
         peer: Peer,
@@ -557,101 +682,49 @@ impl CollectorService {
                     return;
                 }
             };
-            let this = self.clone();
-            let agent = identity.clone();
-            let appended = tokio::task::spawn_blocking(move || {
-                let hub = this.hub.clone();
-                let appended = this
-                    .store
-                    .append(&agent, events, |a| hub.publish(&a.records))?;
-                this.checkpoints.maybe(&agent, &appended.head, false);
-                Ok::<_, StoreError>(appended)
-            })
-            .await;
-            let appended = match appended {
-                Ok(Ok(appended)) => appended,
-                Ok(Err(StoreError::SeqJump { last, seq, .. })) => {
-                    self.metrics.refused(RefusedReason::SequenceWindow, count);
-                    self.metrics.sequence_window_refusals.inc();
-                    warn!(agent = %identity, peer = %peer.addr, last, seq, max = self.store.config().max_seq_jump, "batch refused: seq too far above the last stored one");
-                    if let Some(alert) =
-                        self.refusals
-                            .refused(&identity, last, seq, tokio::time::Instant::now())
-                    {
-                        self.raise(&identity, alert).await;
+            let ack = if let Some(bus) = &self.bus {
+                match bus.publish(&events).await {
+                    Ok(published) => {
+                        if published.duplicates > 0 {
+                            info!(agent = %identity, first = events.first().map_or(0, |e| e.seq), last = events.last().map_or(0, |e| e.seq), new = published.new, duplicates = published.duplicates, "resent events recognised by JetStream");
+                        }
+                        self.metrics.events_published.inc_by(published.new);
+                        self.metrics.events_duplicate.inc_by(published.duplicates);
+                        IngestResponse {
+                            acked_seq: events.last().map_or(0, |e| e.seq),
+                            stored: published.new,
+                            duplicates: published.duplicates,
+                            instance_id: instance.clone(),
+                        }
                     }
-                    let _ = tx
-                        .send(Err(Status::out_of_range(format!(
-                            "seq {seq} is too far above the last stored seq {last}: refused, not stored"
-                        ))))
-                        .await;
-                    return;
-                }
-                Ok(Err(StoreError::InstanceLimit { started, max, .. })) => {
-                    self.metrics.refused(RefusedReason::InstanceLimit, count);
-                    self.metrics.instance_refusals.inc();
-                    warn!(agent = %identity, peer = %peer.addr, instance = %instance, started, max, "batch refused: too many new instances of this agent within an hour");
-                    if let Some(alert) = self.refusals.instance_refused(
-                        &identity,
-                        &instance,
-                        started,
-                        tokio::time::Instant::now(),
-                    ) {
-                        self.raise(&identity, alert).await;
+                    Err(error) => {
+                        self.metrics.refused(RefusedReason::StoreFailed, count);
+                        error!(agent = %identity, %error, "JetStream did not take a batch: refused, not acknowledged");
+                        let _ = tx
+                            .send(Err(Status::unavailable(format!(
+                                "the collector could not write the batch to JetStream ({error}): not acknowledged, resend later"
+                            ))))
+                            .await;
+                        return;
                     }
-                    let _ = tx
-                        .send(Err(Status::resource_exhausted(format!(
-                            "this agent started {started} new instances within the last hour (at most {max}): instance {instance} refused, not stored"
-                        ))))
-                        .await;
-                    return;
                 }
-                Ok(Err(store_error)) => {
-                    self.metrics.refused(
-                        if store_error.is_full() {
-                            RefusedReason::StoreFull
-                        } else {
-                            RefusedReason::StoreFailed
-                        },
-                        count,
-                    );
-                    error!(agent = %identity, error = %store_error, full = store_error.is_full(), "storing a batch failed: refused, not acknowledged");
-                    self.store_failed(&identity, &store_error);
-                    let _ = tx.send(Err(health::refusal(&store_error))).await;
-                    return;
+            } else {
+                let appended = match self
+                    .store_batch(&identity, &peer.addr.to_string(), &instance, events)
+                    .await
+                {
+                    Ok(appended) => appended,
+                    Err(refused) => {
+                        let _ = tx.send(Err(refused.into_status())).await;
+                        return;
+                    }
+                };
+                IngestResponse {
+                    acked_seq: appended.acked_seq,
+                    stored: appended.stored,
+                    duplicates: appended.duplicates,
+                    instance_id: instance.clone(),
                 }
-                Err(join) => {
-                    error!(agent = %identity, error = %join, "store task failed");
-                    let _ = tx.send(Err(Status::internal("store task failed"))).await;
-                    return;
-                }
-            };
-            self.metrics.events_stored.inc_by(appended.stored);
-            self.metrics.events_duplicate.inc_by(appended.duplicates);
-            let started = appended
-                .records
-                .iter()
-                .filter(|r| matches!(&r.event.body, Some(v1::event::Body::Alert(a)) if a.kind == v1::AlertKind::InstanceStarted as i32))
-                .count();
-            self.metrics.instances_started.inc_by(started as u64);
-            if let Some(recovered) = self.health.stored(&identity, tokio::time::Instant::now()) {
-                self.raise(&identity, recovered).await;
-            }
-            let mut alerts = self
-                .tamper
-                .observe(&identity, appended.records.iter().map(|r| &r.event));
-            alerts.extend(crate::breakglass::alerts(
-                &identity,
-                appended.records.iter().map(|r| &r.event),
-            ));
-            for alert in alerts {
-                self.raise(&identity, alert).await;
-            }
-            let ack = IngestResponse {
-                acked_seq: appended.acked_seq,
-                stored: appended.stored,
-                duplicates: appended.duplicates,
-                instance_id: instance.clone(),
             };
             if tx.send(Ok(ack)).await.is_err() {
                 return;
@@ -809,6 +882,15 @@ impl BoundCollector {
             access: access.clone(),
             metrics: metrics.clone(),
         };
+        let bus = match &config.jetstream {
+            Some(js) => Some(Bus::connect(js).await?),
+            None => None,
+        };
+        // A store writer opens the store only once it holds the writer lease (it may wait,
+        // as a standby, for another writer's lease to lapse), and keeps renewing it.
+        if let Some(bus) = bus.as_ref().filter(|b| b.config().store_writer) {
+            lease::acquire(bus, &lease::holder_name()).await?.keep();
+        }
         let store = Arc::new(Store::open(config.store.clone())?);
         let signer = Signer::open_in_custody(&config.checkpoint.key, &config.store.dir)?;
         let checkpoints = Arc::new(
@@ -829,6 +911,7 @@ impl BoundCollector {
             })?;
         let (stop, stopping) = watch::channel(false);
         let service = CollectorService {
+            bus,
             stopping,
             store,
             hub: Arc::new(Hub::new(HUB_CAPACITY)),
@@ -939,6 +1022,19 @@ impl BoundCollector {
             exports_stop.clone(),
         )?;
         let timers = tokio::spawn(timers(service.clone()));
+        // The fleet layout: the store writer appends what every front end published; any
+        // other collector hands it to its live subscribers.
+        let fleet = service.bus.clone().map(|bus| {
+            if bus.config().store_writer {
+                tokio::spawn(writer::run(bus, service.clone(), service.stopping.clone()))
+            } else {
+                tokio::spawn(relay::run(
+                    bus,
+                    service.hub.clone(),
+                    service.stopping.clone(),
+                ))
+            }
+        });
         let silence = tokio::spawn(watch_silence(service.clone()));
         info!(
             listen = %addr,
@@ -983,6 +1079,10 @@ impl BoundCollector {
         }
         timers.abort();
         silence.abort();
+        if let Some(fleet) = fleet {
+            // The writer acknowledges messages only once stored: cutting it here loses none.
+            fleet.abort();
+        }
         for (agent, head) in service.store.heads() {
             if let Err(error) = service.checkpoints.checkpoint(&agent, &head) {
                 warn!(agent = %agent, %error, "final checkpoint failed");

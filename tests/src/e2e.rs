@@ -73,6 +73,9 @@ impl Pki {
     }
 }
 
+/// Where a collector started with [`CollectorProc::start_pending`] will report its address.
+pub struct PendingAddr(std::sync::mpsc::Receiver<String>);
+
 /// A running `phiguard-collector serve`.
 pub struct CollectorProc {
     child: Option<Child>,
@@ -236,6 +239,12 @@ impl CollectorProc {
     }
 
     fn spawn(&mut self) {
+        let addr = self.launch();
+        self.await_listening(&addr, Duration::from_secs(20));
+    }
+
+    /// Starts the process and returns where its listening address will be reported.
+    fn launch(&mut self) -> std::sync::mpsc::Receiver<String> {
         let mut child = Command::new(collector_binary())
             .args(["serve", "--config"])
             .arg(&self.config)
@@ -266,17 +275,45 @@ impl CollectorProc {
                 log.push('\n');
             }
         });
-        match rx.recv_timeout(Duration::from_secs(20)) {
+        self.child = Some(child);
+        rx
+    }
+
+    /// Starts the collector on `config` (store `store`) without waiting for it to listen: a
+    /// standby store writer listens only once it holds the writer lease. Then
+    /// [`CollectorProc::wait_listening`].
+    pub fn start_pending(config: PathBuf, store: PathBuf) -> (CollectorProc, PendingAddr) {
+        let mut proc = CollectorProc {
+            child: None,
+            addr: String::new(),
+            config,
+            store,
+            log: Arc::new(Mutex::new(String::new())),
+            env: Vec::new(),
+        };
+        let addr = proc.launch();
+        (proc, PendingAddr(addr))
+    }
+
+    /// Waits until a collector started with [`CollectorProc::start_pending`] listens.
+    pub fn wait_listening(&mut self, pending: PendingAddr, timeout: Duration) {
+        self.await_listening(&pending.0, timeout);
+    }
+
+    fn await_listening(&mut self, addr: &std::sync::mpsc::Receiver<String>, timeout: Duration) {
+        match addr.recv_timeout(timeout) {
             Ok(addr) => self.addr = addr,
             Err(_) => {
-                let _ = child.kill();
+                if let Some(mut child) = self.child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
                 panic!(
-                    "phiguard-collector did not start within 20 s:\n{}",
+                    "phiguard-collector did not start within {timeout:?}:\n{}",
                     self.log()
                 );
             }
         }
-        self.child = Some(child);
         // Later runs keep the port, so agents reconnect to the same address ([server] comes
         // first; a `[metrics] listen` on port 0 stays on port 0).
         let text = std::fs::read_to_string(&self.config).unwrap();
@@ -340,6 +377,13 @@ impl CollectorProc {
             std::thread::sleep(Duration::from_millis(50));
         }
         false
+    }
+
+    /// Its exit status once it has exited by itself (None while it runs or was stopped).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
     }
 
     /// SIGKILL: no final checkpoint, no clean shutdown.

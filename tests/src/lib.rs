@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod e2e;
+pub mod fleet;
 
 use std::{
     path::{Path, PathBuf},

@@ -25,7 +25,8 @@ const EXPECTED_NIGHTLY: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)";
 /// booted Debian 12 running both packages as services); auditd (the incumbent the benchmarks compare against);
 /// faketime and e2fsprogs (the store-fault tests: a collector on a clock years ahead, ext4 on a
 /// loop device that fails writes); rsyslog and rsyslog-gnutls (the SIEM export test's private
-/// rsyslogd, receiving syslog over TLS).
+/// rsyslogd, receiving syslog over TLS); nats-server (the fleet tier's three-node JetStream
+/// cluster, run as private processes: the package's own service is disabled and stopped).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "dwarves",
@@ -49,6 +50,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "rsyslog",
     "rsyslog-gnutls",
+    "nats-server",
 ];
 
 fn step(what: &str, outcome: &str) {
@@ -210,7 +212,29 @@ fn debian_packages() -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     step("Debian packages", "installed");
+    quiet_nats_service();
     Ok(())
+}
+
+/// The fleet tests start their own `nats-server` processes on their own ports; the package's
+/// service (enabled by its postinst where systemd runs) would hold 4222 and keep a JetStream
+/// store of its own, so it is stopped and disabled. Best effort: without systemd there is
+/// nothing to stop.
+fn quiet_nats_service() {
+    let stopped = Command::new("systemctl")
+        .args(["disable", "--now", "nats-server.service"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    step(
+        "nats-server service",
+        if stopped {
+            "disabled (tests run their own)"
+        } else {
+            "not running (no systemd here)"
+        },
+    );
 }
 
 fn kernel() -> anyhow::Result<()> {

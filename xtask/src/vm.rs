@@ -395,6 +395,7 @@ impl Boot {
 pub const HOST_ONLY_TESTS: &[&str] = &[
     "collector",
     "agent_collector",
+    "fleet",
     "store_faults",
     "db",
     "subscribers",

@@ -28,8 +28,11 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 /// How the publisher talks to the collector.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublisherConfig {
-    /// The collector, `host:port`.
+    /// The collector, `host:port`: the first one tried.
     pub address: String,
+    /// Further collectors of the same fleet (`[collector] failover`), tried in turn after
+    /// `address` when a connection fails or breaks; the spool is resent to whichever answers.
+    pub failover: Vec<String>,
     /// TLS server name to verify (default: the host part of `address`).
     pub server_name: Option<String>,
     /// CA, certificate and key.
@@ -51,11 +54,19 @@ pub struct PublisherConfig {
 }
 
 impl PublisherConfig {
+    /// Every collector address, `address` first.
+    pub fn addresses(&self) -> Vec<&str> {
+        std::iter::once(self.address.as_str())
+            .chain(self.failover.iter().map(String::as_str))
+            .collect()
+    }
+
     /// Defaults for `address` with `tls`: batches of 512 events / 1 MiB, a window of 8,
     /// backoff from 0.2 s to 30 s, files checked every 5 s.
     pub fn new(address: String, tls: TlsFiles) -> PublisherConfig {
         PublisherConfig {
             address,
+            failover: Vec::new(),
             server_name: None,
             tls,
             batch_events: 512,
@@ -109,6 +120,8 @@ pub struct CollectorConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCollector {
     address: Spanned<String>,
+    #[serde(default)]
+    failover: Vec<Spanned<String>>,
     server_name: Option<Spanned<String>>,
     ca: Spanned<PathBuf>,
     cert: Spanned<PathBuf>,
@@ -130,16 +143,33 @@ impl RawCollector {
         base: &Path,
         invalid: impl Fn(Range<usize>, &'static str, String) -> E,
     ) -> Result<CollectorConfig, E> {
-        let address = self.address.get_ref().trim().to_owned();
-        let port_ok = address.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-        });
-        if !port_ok {
-            return Err(invalid(
-                self.address.span(),
-                "collector.address",
-                format!("{address:?} is not host:port"),
-            ));
+        let host_port = |value: &Spanned<String>, field: &'static str| {
+            let address = value.get_ref().trim().to_owned();
+            let port_ok = address.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if port_ok {
+                Ok(address)
+            } else {
+                Err(invalid(
+                    value.span(),
+                    field,
+                    format!("{address:?} is not host:port"),
+                ))
+            }
+        };
+        let address = host_port(&self.address, "collector.address")?;
+        let mut failover = Vec::new();
+        for other in &self.failover {
+            let other_address = host_port(other, "collector.failover")?;
+            if other_address == address || failover.contains(&other_address) {
+                return Err(invalid(
+                    other.span(),
+                    "collector.failover",
+                    format!("{other_address:?} is listed twice"),
+                ));
+            }
+            failover.push(other_address);
         }
         let path = |value: &Spanned<PathBuf>, field: &'static str| {
             let p = value.get_ref();
@@ -206,6 +236,7 @@ impl RawCollector {
             None => DEFAULT_HEARTBEAT.as_millis() as u64,
         };
         let mut publisher = PublisherConfig::new(address, tls);
+        publisher.failover = failover;
         publisher.server_name = self.server_name.map(Spanned::into_inner);
         publisher.batch_events = batch_events;
         Ok(CollectorConfig {
@@ -254,6 +285,36 @@ mod tests {
         .unwrap();
         assert_eq!(c.spool.full, FullPolicy::KeepNewest);
         assert_eq!(c.spool.dir, Path::new("/etc/phiguard/spool"));
+    }
+
+    #[test]
+    fn failover_lists_further_collectors_checked_like_the_address() {
+        let c = parse(&format!(
+            "{LINK}failover = [\"collector-2.example:7443\", \"10.0.0.3:7443\"]\n"
+        ))
+        .unwrap()
+        .collector
+        .unwrap();
+        assert_eq!(
+            c.publisher.addresses(),
+            [
+                "collector.example:7443",
+                "collector-2.example:7443",
+                "10.0.0.3:7443"
+            ]
+        );
+        assert_eq!(
+            parse(&format!("{LINK}failover = [\"c2:7443\", \"c3\"]\n"))
+                .unwrap_err()
+                .to_string(),
+            "/etc/phiguard/agent.toml:6:24: collector.failover: \"c3\" is not host:port"
+        );
+        assert_eq!(
+            parse(&format!("{LINK}failover = [\"collector.example:7443\"]\n"))
+                .unwrap_err()
+                .to_string(),
+            "/etc/phiguard/agent.toml:6:13: collector.failover: \"collector.example:7443\" is listed twice"
+        );
     }
 
     #[test]

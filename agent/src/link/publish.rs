@@ -192,6 +192,10 @@ async fn run(
     let mut jitter = Jitter::new();
     let mut backoff = config.backoff_min;
     let mut failures = 0u32;
+    let addresses: Vec<String> = config.addresses().into_iter().map(str::to_owned).collect();
+    // Which collector is tried, and how many in a row have failed since one took events.
+    let mut current = 0usize;
+    let mut failed_in_round = 0usize;
     loop {
         if *stop.borrow() {
             return;
@@ -200,13 +204,14 @@ async fn run(
         // Stopping must not wait for a connection attempt or a silent collector.
         let mut session_stop = stop.clone();
         let outcome = tokio::select! {
-            outcome = session(&spool, &config, &status, &mut session_stop) => outcome,
+            outcome = session(&spool, &config, &addresses[current], &status, &mut session_stop) => outcome,
             _ = stop.wait_for(|stopped| *stopped) => Ok(Ended::Stopped),
         };
         status.connected.store(false, Ordering::Relaxed);
         if status.acked.load(Ordering::Relaxed) > acked_before {
             backoff = config.backoff_min;
             failures = 0;
+            failed_in_round = 0;
         }
         match outcome {
             Ok(Ended::Stopped) => return,
@@ -222,7 +227,22 @@ async fn run(
                     error!(error = %e, "the collector refused our events; retrying later");
                     backoff = config.backoff_max;
                 } else if failures == 1 || failures.is_multiple_of(20) {
-                    warn!(error = %e, attempts = failures, address = %config.address, "collector link down; events stay in the spool; retrying");
+                    warn!(error = %e, attempts = failures, address = %addresses[current], "collector link down; events stay in the spool; retrying");
+                }
+                if addresses.len() > 1 {
+                    // Fail over: the next collector at once, the back-off only once every
+                    // collector has failed in a row.
+                    failed_in_round += 1;
+                    current = (current + 1) % addresses.len();
+                    if failed_in_round < addresses.len() {
+                        info!(address = %addresses[current], "failing over to the next collector");
+                        tokio::select! {
+                            () = tokio::time::sleep(jitter.apply(config.backoff_min)) => {}
+                            _ = stop.changed() => return,
+                        }
+                        continue;
+                    }
+                    failed_in_round = 0;
                 }
             }
         }
@@ -241,13 +261,14 @@ pub const INSTANCE_HEADER: &str = "phiguard-instance";
 async fn session(
     spool: &Spool,
     config: &PublisherConfig,
+    address: &str,
     status: &PublisherStatus,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Ended, PublishError> {
     let stamp = FilesStamp::of(&config.tls);
     let tls_config = tls::client_config(&config.tls)?;
     let channel = tls::connect(
-        &config.address,
+        address,
         config.server_name.as_deref(),
         tls_config,
         config.connect_timeout,
@@ -277,7 +298,7 @@ async fn session(
     status.connected.store(true, Ordering::Relaxed);
     status.connections.fetch_add(1, Ordering::Relaxed);
     let from = hello.acked_seq.max(spool.stats().acked);
-    info!(address = %config.address, acked = hello.acked_seq, "connected to the collector; sending from seq {}", from + 1);
+    info!(address = %address, acked = hello.acked_seq, "connected to the collector; sending from seq {}", from + 1);
     let mut cursor = ReadCursor::after(from);
     let mut in_flight: VecDeque<u64> = VecDeque::new();
     let mut reload = tokio::time::interval(config.reload_check);

@@ -1,5 +1,6 @@
 //! `e2e`: the collector link — ingest rate over loopback mutual TLS and latency from a kernel
-//! event to a live subscriber — measured by `tests/src/bin/e2e_bench.rs`.
+//! event to a live subscriber, and the fleet layout against the single collector — measured
+//! by `tests/src/bin/e2e_bench.rs`.
 
 use std::process::{Command, Stdio};
 
@@ -54,5 +55,50 @@ pub fn e2e(quick: bool) -> anyhow::Result<Value> {
             l["max_ms"].as_f64().unwrap_or(0.0)
         );
     }
+    print_fleet(&result["fleet"]);
     Ok(result)
+}
+
+/// The fleet layout's lines: stored events/s, latency and CPU per event against the single
+/// collector measured in the same run.
+fn print_fleet(fleet: &Value) {
+    println!("\nfleet: agents -> collector(s) -> JetStream (3 nats-server nodes, R3) -> store writer, against one collector alone");
+    for key in [
+        "single_collector",
+        "fleet_1_collector",
+        "fleet_2_collectors",
+    ] {
+        let r = &fleet[key];
+        println!(
+            "  {key:<20} {} collector(s), {} agents: {:>6} events in {:>6.2} s = {:>6} events/s stored; CPU of every process {:.0} us/event",
+            r["collectors"],
+            r["agents"],
+            r["events"],
+            r["seconds"].as_f64().unwrap_or(0.0),
+            r["events_per_s"],
+            r["cpu_us_per_event"].as_f64().unwrap_or(0.0)
+        );
+    }
+    for key in [
+        "single_collector_latency",
+        "fleet_1_collector_latency",
+        "fleet_2_collectors_latency",
+    ] {
+        let l = &fleet[key];
+        println!(
+            "  {key:<28} agent spool -> store at {}/s ({} of {} arrived): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            l["rate_per_s"],
+            l["received"],
+            l["sent"],
+            l["p50_ms"].as_f64().unwrap_or(0.0),
+            l["p99_ms"].as_f64().unwrap_or(0.0),
+            l["max_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "  the JetStream hop costs {:.0} us of CPU per event (fleet with one collector minus the collector alone)",
+        fleet["jetstream_hop_cpu_us_per_event"]
+            .as_f64()
+            .unwrap_or(0.0)
+    );
 }

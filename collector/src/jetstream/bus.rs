@@ -1,0 +1,286 @@
+//! The connection to NATS JetStream: connecting, the stream's definition, subjects and
+//! message ids, and publishing a batch, in order, so that it is acknowledged only once
+//! JetStream has acknowledged every event of it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    context::PublishAckFuture,
+    message::PublishMessage,
+    stream::{Config as StreamConfig, DiscardPolicy, RetentionPolicy, StorageType},
+};
+use phiguard_proto::v1;
+use prost::Message as _;
+use tracing::{info, warn};
+
+use super::JetStreamConfig;
+use crate::stream::kind_name;
+
+/// How long start-up waits for the cluster to have a JetStream leader and the stream.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// Talking to JetStream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// No NATS server could be reached, or the options are unusable.
+    #[error("connecting to NATS {servers}: {source}")]
+    Connect {
+        /// The servers tried.
+        servers: String,
+        /// Why.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The credentials file could not be read.
+    #[error("reading the NATS credentials file {path}: {source}")]
+    Credentials {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stream could not be created or looked up.
+    #[error("JetStream stream {stream}: {message}")]
+    Stream {
+        /// The stream's name.
+        stream: String,
+        /// What JetStream said.
+        message: String,
+    },
+    /// An event could not be published, or its acknowledgement did not come.
+    #[error("publishing event seq {seq} to JetStream: {message}")]
+    Publish {
+        /// The event's seq.
+        seq: u64,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The NATS subject token for an agent identity: identities may hold `.`, which separates
+/// subject tokens, and never `~`, so `.` becomes `~` (one-to-one).
+pub fn agent_token(agent: &str) -> String {
+    agent.replace('.', "~")
+}
+
+/// The subject of `agent`'s event of kind `kind`: `PREFIX.AGENT.KIND`.
+pub fn subject(prefix: &str, agent: &str, kind: &str) -> String {
+    format!("{prefix}.{}.{kind}", agent_token(agent))
+}
+
+/// The message id JetStream de-duplicates on: `agent/instance/seq` for an agent's event
+/// (the same event resent, to any collector, has the same id), the event's own id for an
+/// event the collector made (seq 0).
+pub fn message_id(event: &v1::Event) -> String {
+    let host = event.host.as_ref();
+    let agent = host.map_or("", |h| h.agent_id.as_str());
+    let instance = host.map_or("", |h| h.instance_id.as_str());
+    if event.seq == 0 {
+        format!("{agent}/collector/{}", event.id)
+    } else {
+        format!("{agent}/{instance}/{}", event.seq)
+    }
+}
+
+/// What JetStream said about a published batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Events JetStream took as new.
+    pub new: u64,
+    /// Events JetStream recognised as resends (by message id) and did not store again.
+    pub duplicates: u64,
+    /// The stream sequence of the batch's last event.
+    pub last_stream_seq: u64,
+}
+
+/// A connection to JetStream and the stream's definition.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    config: JetStreamConfig,
+}
+
+impl Bus {
+    /// Connects to the servers of `config` (TLS and credentials as configured) and makes
+    /// sure the stream exists, waiting up to 30 s for the cluster to elect its JetStream
+    /// leader.
+    pub async fn connect(config: &JetStreamConfig) -> Result<Bus, BusError> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name("phiguard-collector")
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
+            .max_reconnects(None);
+        if let Some(path) = &config.credentials {
+            options =
+                options
+                    .credentials_file(path)
+                    .await
+                    .map_err(|source| BusError::Credentials {
+                        path: path.clone(),
+                        source,
+                    })?;
+        }
+        if let Some(ca) = &config.ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &config.client_cert {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        let servers = config.servers.join(",");
+        let addresses: Vec<async_nats::ServerAddr> = config
+            .servers
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| BusError::Connect {
+                servers: servers.clone(),
+                source: async_nats::ConnectError::with_source(
+                    async_nats::ConnectErrorKind::ServerParse,
+                    e,
+                ),
+            })?;
+        let client = options
+            .connect(addresses)
+            .await
+            .map_err(|source| BusError::Connect { servers, source })?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.publish_timeout)
+            .build(client.clone());
+        let bus = Bus {
+            client,
+            js,
+            config: config.clone(),
+        };
+        bus.ensure_stream().await?;
+        Ok(bus)
+    }
+
+    /// The configuration this bus was made with.
+    pub fn config(&self) -> &JetStreamConfig {
+        &self.config
+    }
+
+    /// The JetStream context.
+    pub fn context(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The stream's definition from the configuration.
+    pub fn stream_config(&self) -> StreamConfig {
+        let c = &self.config;
+        StreamConfig {
+            name: c.stream.clone(),
+            subjects: vec![format!("{}.>", c.subject_prefix)],
+            num_replicas: c.replicas,
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            max_age: c.max_age,
+            duplicate_window: c.duplicate_window,
+            ..Default::default()
+        }
+    }
+
+    /// Looks the stream up, creating it when missing; retries while the cluster has no
+    /// JetStream leader yet.
+    pub async fn ensure_stream(&self) -> Result<jetstream::stream::Stream, BusError> {
+        let deadline = tokio::time::Instant::now() + READY_WITHIN;
+        loop {
+            match self.js.get_or_create_stream(self.stream_config()).await {
+                Ok(stream) => {
+                    info!(stream = %self.config.stream, replicas = self.config.replicas, "JetStream stream ready");
+                    return Ok(stream);
+                }
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    warn!(stream = %self.config.stream, %error, "JetStream not ready yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => {
+                    return Err(BusError::Stream {
+                        stream: self.config.stream.clone(),
+                        message: error.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Publishes `events` (validated and stamped with their agent and instance) one after
+    /// the other, each only once JetStream has acknowledged the one before: Ok only when
+    /// every event is in the stream (replicated as the stream says).
+    ///
+    /// One at a time, because the store writer needs each agent's events in the stream in
+    /// seq order. Pipelined publishes are not: across a stream leader's failure the first
+    /// part of a batch can be lost while the rest lands, and the resent first part then
+    /// follows the later events (found by the fleet tests: the store took the resent events
+    /// for duplicates). A publish whose acknowledgement never came may still land later, but
+    /// only as a copy of an event already in the stream (its successor was published only
+    /// once it was acknowledged), which the message id or the store recognises.
+    pub async fn publish(&self, events: &[v1::Event]) -> Result<Published, BusError> {
+        let mut published = Published::default();
+        for event in events {
+            let agent = event.host.as_ref().map_or("", |h| h.agent_id.as_str());
+            let subject = subject(&self.config.subject_prefix, agent, kind_name(event));
+            let message = PublishMessage::build()
+                .payload(event.encode_to_vec().into())
+                .message_id(message_id(event));
+            let failed = |e: &dyn std::fmt::Display| BusError::Publish {
+                seq: event.seq,
+                message: e.to_string(),
+            };
+            let ack: PublishAckFuture = self
+                .js
+                .send_publish(subject, message)
+                .await
+                .map_err(|e| failed(&e))?;
+            let ack = ack.await.map_err(|e| failed(&e))?;
+            if ack.duplicate {
+                published.duplicates += 1;
+            } else {
+                published.new += 1;
+            }
+            published.last_stream_seq = ack.sequence;
+        }
+        Ok(published)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_and_message_ids_name_agent_instance_and_seq() {
+        assert_eq!(
+            subject("phiguard.events", "ehr-db-1.example.org", "fileOpen"),
+            "phiguard.events.ehr-db-1~example~org.fileOpen"
+        );
+        let event = v1::Event {
+            seq: 42,
+            host: Some(v1::Host {
+                agent_id: "ehr-a".into(),
+                instance_id: "0193a4c2-0000-7000-8000-000000000001".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            message_id(&event),
+            "ehr-a/0193a4c2-0000-7000-8000-000000000001/42"
+        );
+        let own = v1::Event {
+            seq: 0,
+            id: "e1".into(),
+            ..event
+        };
+        assert_eq!(message_id(&own), "ehr-a/collector/e1");
+    }
+}

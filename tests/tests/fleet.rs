@@ -1,0 +1,473 @@
+//! The fleet tier: collectors as front ends over a three-node NATS JetStream cluster (real
+//! `nats-server` processes on loopback), the store written by one collector from JetStream,
+//! agents (their own spool and publisher, in-process) with a list of collectors to fail over
+//! to, and live subscribers — with a NATS node and a collector killed mid-stream.
+//!
+//! Needs `nats-server` (`cargo xtask setup` installs Debian's) and `PHIGUARD_COLLECTOR_BIN`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use phiguard_proto::v1;
+use phiguard_tests::{
+    e2e::{replay_all, runtime, subscribe_live, AgentLink, CollectorProc, Pki},
+    fleet::NatsCluster,
+};
+
+const AGENTS: [&str; 4] = ["fleet-a", "fleet-b", "fleet-c", "fleet-d"];
+/// Rounds of sending; each round spools `PER_ROUND` events per agent.
+const ROUNDS: u64 = 30;
+const PER_ROUND: u64 = 100;
+const KILL_NODE_AT: u64 = 8;
+const KILL_COLLECTOR_AT: u64 = 15;
+
+fn fleet_section(cluster: &NatsCluster, writer: bool) -> String {
+    format!(
+        "[jetstream]\nservers = [{}]\nreplicas = 3\nstore_writer = {writer}\npublish_timeout_ms = 3000\n",
+        cluster.servers_toml()
+    )
+}
+
+#[test]
+fn the_store_writer_killed_mid_stream_is_replaced_by_its_standby_and_nothing_is_lost_or_doubled() {
+    let pki = Pki::new(&AGENTS);
+    let mut cluster = NatsCluster::start(3);
+    let w1_work = tempfile::Builder::new()
+        .prefix("phiguard-fleet-w1-")
+        .tempdir()
+        .unwrap();
+    let w2_work = tempfile::Builder::new()
+        .prefix("phiguard-fleet-w2-")
+        .tempdir()
+        .unwrap();
+    let f_work = tempfile::Builder::new()
+        .prefix("phiguard-fleet-f-")
+        .tempdir()
+        .unwrap();
+    let cadence = "every_records = 500\nevery_secs = 1\n";
+    let lease = 4;
+    let writer_section = format!(
+        "{}writer_lease_secs = {lease}\n",
+        fleet_section(&cluster, true)
+    );
+    // Both writers on one store (shared storage), key and checkpoint file.
+    let w1_config = CollectorProc::write_config(
+        w1_work.path(),
+        &pki,
+        &w1_work.path().join("checkpoint.key"),
+        "",
+        "",
+        cadence,
+        &writer_section,
+    );
+    let w2_config = w2_work.path().join("collector.toml");
+    std::fs::copy(&w1_config, &w2_config).unwrap();
+    let store = w1_work.path().join("store");
+    let mut w1 = CollectorProc::start_config(w1_config, store.clone());
+    assert!(
+        w1.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+        "{}",
+        w1.log()
+    );
+    let (mut w2, w2_listening) = CollectorProc::start_pending(w2_config.clone(), store);
+    assert!(
+        w2.wait_log(
+            "standby: another collector holds the store writer lease",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        w2.log()
+    );
+    let front = CollectorProc::start_with_sections(
+        f_work.path(),
+        &pki,
+        "",
+        cadence,
+        &fleet_section(&cluster, false),
+    );
+    assert!(
+        front.wait_log("live relay following JetStream", Duration::from_secs(30)),
+        "{}",
+        front.log()
+    );
+    let rt = runtime();
+    let live_front = collect_live(&rt, subscribe_live(&rt, &pki, &front.addr, file_opens()));
+    let links: Vec<AgentLink> = AGENTS
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let (first, other) = if i < 2 {
+                (front.addr.clone(), w1.addr.clone())
+            } else {
+                (w1.addr.clone(), front.addr.clone())
+            };
+            AgentLink::start_with(&pki, host, &first, |c| {
+                c.failover = vec![other];
+                c.backoff_min = Duration::from_millis(100);
+            })
+        })
+        .collect();
+    let mut killed_at = None;
+    for round in 0..ROUNDS {
+        for link in &links {
+            link.send(&link.host, round * PER_ROUND + 1..=(round + 1) * PER_ROUND);
+        }
+        if round == KILL_NODE_AT {
+            cluster.nodes[0].kill9();
+        }
+        if round == KILL_COLLECTOR_AT {
+            assert!(
+                !w2.log().contains("listening on"),
+                "the standby started writing while the writer held the lease:\n{}",
+                w2.log()
+            );
+            w1.kill9();
+            killed_at = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = ROUNDS * PER_ROUND;
+    for link in &links {
+        assert!(
+            link.wait_acked(last, Duration::from_secs(60)),
+            "{} acknowledged only up to {}:\nfront:\n{}",
+            link.host,
+            link.spool.stats().acked,
+            front.log()
+        );
+    }
+    w2.wait_listening(w2_listening, Duration::from_secs(60));
+    let took = killed_at.unwrap().elapsed();
+    assert!(
+        w2.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+        "{}",
+        w2.log()
+    );
+    eprintln!("the standby writer listened {took:?} after the writer's kill (lease {lease} s)");
+    let total = last * AGENTS.len() as u64;
+    let stored = stored_file_opens(&rt, &pki, &w2, total);
+    exactly_once("the store after the take-over", &stored, last);
+    let verified = CollectorProc::verify(&w2_config, &[]);
+    assert!(
+        verified.status.success(),
+        "verify: {}\n{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (live_front.lock().unwrap().len() as u64) < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    exactly_once(
+        "the front end's live subscriber",
+        &live_front.lock().unwrap(),
+        last,
+    );
+    drop(links);
+}
+
+/// (agent, seq) of every file-open event a live subscription sends, as it sends them.
+fn collect_live(
+    rt: &tokio::runtime::Runtime,
+    mut stream: tonic::Streaming<v1::Event>,
+) -> Arc<Mutex<Vec<(String, u64)>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    rt.spawn(async move {
+        while let Ok(Some(event)) = stream.message().await {
+            let agent = event
+                .host
+                .as_ref()
+                .map_or(String::new(), |h| h.agent_id.clone());
+            sink.lock().unwrap().push((agent, event.seq));
+        }
+    });
+    seen
+}
+
+fn file_opens() -> v1::EventFilter {
+    v1::EventFilter {
+        kinds: vec!["fileOpen".into()],
+        ..Default::default()
+    }
+}
+
+/// Every (agent, seq) exactly once, and seqs 1..=last for every agent of `AGENTS`.
+fn exactly_once(what: &str, seen: &[(String, u64)], last: u64) {
+    exactly_once_of(what, &AGENTS, seen, last);
+}
+
+/// Every (agent, seq) exactly once, and seqs 1..=last for every agent of `agents`.
+fn exactly_once_of(what: &str, agents: &[&str], seen: &[(String, u64)], last: u64) {
+    let mut counts: BTreeMap<(&str, u64), usize> = BTreeMap::new();
+    for (agent, seq) in seen {
+        *counts.entry((agent.as_str(), *seq)).or_default() += 1;
+    }
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
+    assert!(
+        doubled.is_empty(),
+        "{what}: seen more than once: {doubled:?}"
+    );
+    for &agent in agents {
+        let missing: Vec<u64> = (1..=last)
+            .filter(|seq| !counts.contains_key(&(agent, *seq)))
+            .take(10)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{what}: agent {agent} is missing seqs {missing:?}…"
+        );
+    }
+    assert_eq!(seen.len() as u64, last * agents.len() as u64, "{what}");
+}
+
+/// Replays the store of `collector` until it holds `total` file opens (or 60 s passed).
+fn stored_file_opens(
+    rt: &tokio::runtime::Runtime,
+    pki: &Pki,
+    collector: &CollectorProc,
+    total: u64,
+) -> Vec<(String, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored: Vec<(String, u64)> = replay_all(rt, pki, &collector.addr, file_opens())
+            .into_iter()
+            .map(|e| (e.host.map_or(String::new(), |h| h.agent_id), e.seq))
+            .collect();
+        if stored.len() as u64 >= total || Instant::now() > deadline {
+            return stored;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn while_jetstream_has_no_quorum_nothing_is_acknowledged_the_writer_fences_itself_and_all_is_stored_once_it_returns(
+) {
+    const TWO: [&str; 2] = ["fleet-a", "fleet-b"];
+    let pki = Pki::new(&TWO);
+    let mut cluster = NatsCluster::start(3);
+    let work = tempfile::Builder::new()
+        .prefix("phiguard-fleet-q-")
+        .tempdir()
+        .unwrap();
+    let mut collector = CollectorProc::start_with_sections(
+        work.path(),
+        &pki,
+        "",
+        "every_records = 500\nevery_secs = 1\n",
+        &fleet_section(&cluster, true),
+    );
+    assert!(
+        collector.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+        "{}",
+        collector.log()
+    );
+    let links: Vec<AgentLink> = TWO
+        .iter()
+        .map(|host| AgentLink::start(&pki, host, &collector.addr))
+        .collect();
+    for link in &links {
+        link.send(&link.host, 1..=500);
+    }
+    for link in &links {
+        assert!(
+            link.wait_acked(500, Duration::from_secs(30)),
+            "{}",
+            collector.log()
+        );
+    }
+    // Two of three nodes gone: the stream cannot commit, so no front end may acknowledge.
+    cluster.nodes[1].kill9();
+    cluster.nodes[2].kill9();
+    for link in &links {
+        link.send(&link.host, 501..=1000);
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    for link in &links {
+        assert_eq!(
+            link.spool.stats().acked,
+            500,
+            "{}: acknowledged while JetStream had no quorum",
+            link.host
+        );
+    }
+    cluster.nodes[1].restart();
+    cluster.nodes[2].restart();
+    // Unable to renew its writer lease for most of its term, the writer stopped at once
+    // (another could have taken the lease); its unit restarts it, as here.
+    let status = collector.exit_status();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(75),
+        "the writer should have fenced itself off:\n{}",
+        collector.log()
+    );
+    assert!(collector
+        .log()
+        .contains("store writer lease not renewed in time"));
+    collector.restart();
+    for link in &links {
+        assert!(
+            link.wait_acked(1000, Duration::from_secs(60)),
+            "{} acknowledged up to {} only once the quorum returned:\n{}\n{}",
+            link.host,
+            link.spool.stats().acked,
+            collector.log(),
+            cluster.logs()
+        );
+    }
+    let rt = runtime();
+    let stored = stored_file_opens(&rt, &pki, &collector, 2000);
+    exactly_once_of("the store", &TWO, &stored, 1000);
+    let verified = CollectorProc::verify(&collector.config, &[]);
+    assert!(
+        verified.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    drop(links);
+}
+
+#[test]
+fn a_nats_node_and_a_collector_killed_mid_stream_lose_nothing_acknowledged_and_store_it_once() {
+    let pki = Pki::new(&AGENTS);
+    let mut cluster = NatsCluster::start(3);
+    let work_writer = tempfile::Builder::new()
+        .prefix("phiguard-fleet-w-")
+        .tempdir()
+        .unwrap();
+    let work_front = tempfile::Builder::new()
+        .prefix("phiguard-fleet-f-")
+        .tempdir()
+        .unwrap();
+    let cadence = "every_records = 500\nevery_secs = 1\n";
+    let writer = CollectorProc::start_with_sections(
+        work_writer.path(),
+        &pki,
+        "",
+        cadence,
+        &fleet_section(&cluster, true),
+    );
+    let mut front = CollectorProc::start_with_sections(
+        work_front.path(),
+        &pki,
+        "",
+        cadence,
+        &fleet_section(&cluster, false),
+    );
+    assert!(
+        writer.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+        "{}",
+        writer.log()
+    );
+    assert!(
+        front.wait_log("live relay following JetStream", Duration::from_secs(30)),
+        "{}",
+        front.log()
+    );
+    let rt = runtime();
+    let live_writer = collect_live(&rt, subscribe_live(&rt, &pki, &writer.addr, file_opens()));
+    let live_front = collect_live(&rt, subscribe_live(&rt, &pki, &front.addr, file_opens()));
+    // Two agents start on the front end, two on the writer's collector; each lists the other.
+    let links: Vec<AgentLink> = AGENTS
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let (first, other) = if i < 2 {
+                (front.addr.clone(), writer.addr.clone())
+            } else {
+                (writer.addr.clone(), front.addr.clone())
+            };
+            AgentLink::start_with(&pki, host, &first, |c| {
+                c.failover = vec![other];
+                c.backoff_min = Duration::from_millis(100);
+            })
+        })
+        .collect();
+    let mut killed_at = None;
+    let mut acked_at_kill = Vec::new();
+    let mut failed_over: BTreeMap<usize, Duration> = BTreeMap::new();
+    let mut front_saw_before_kill = Vec::new();
+    for round in 0..ROUNDS {
+        for link in &links {
+            link.send(&link.host, round * PER_ROUND + 1..=(round + 1) * PER_ROUND);
+        }
+        if round == KILL_NODE_AT {
+            cluster.nodes[0].kill9();
+        }
+        if round == KILL_COLLECTOR_AT {
+            front_saw_before_kill = live_front.lock().unwrap().clone();
+            acked_at_kill = links.iter().map(|l| l.spool.stats().acked).collect();
+            front.kill9();
+            killed_at = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(at) = killed_at {
+            for (i, link) in links.iter().enumerate().take(2) {
+                if !failed_over.contains_key(&i) && link.spool.stats().acked > acked_at_kill[i] {
+                    failed_over.insert(i, at.elapsed());
+                }
+            }
+        }
+    }
+    let last = ROUNDS * PER_ROUND;
+    for (i, link) in links.iter().enumerate() {
+        assert!(
+            link.wait_acked(last, Duration::from_secs(60)),
+            "agent {} acknowledged only up to {} of {last}:\nwriter:\n{}\nNATS:\n{}",
+            AGENTS[i],
+            link.spool.stats().acked,
+            writer.log(),
+            cluster.logs()
+        );
+        if i < 2 && !failed_over.contains_key(&i) {
+            failed_over.insert(i, killed_at.unwrap().elapsed());
+        }
+    }
+    for (i, took) in &failed_over {
+        eprintln!("agent {} failed over in {took:?}", AGENTS[*i]);
+        assert!(
+            *took < Duration::from_secs(10),
+            "agent {} took {took:?} to fail over",
+            AGENTS[*i]
+        );
+    }
+    // Every acknowledged event reaches the store, once.
+    let total = last * AGENTS.len() as u64;
+    let stored = stored_file_opens(&rt, &pki, &writer, total);
+    exactly_once("the store", &stored, last);
+    let verified = CollectorProc::verify(&writer.config, &[]);
+    assert!(
+        verified.status.success(),
+        "verify: {}\n{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    // The writer's live subscriber saw each event once; the front end's, before it was
+    // killed, saw every agent's events (those sent through the other collector too), once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (live_writer.lock().unwrap().len() as u64) < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    exactly_once("the live subscriber", &live_writer.lock().unwrap(), last);
+    let agents: BTreeSet<&str> = front_saw_before_kill
+        .iter()
+        .map(|(a, _)| a.as_str())
+        .collect();
+    assert_eq!(
+        agents.len(),
+        AGENTS.len(),
+        "the front end's subscriber saw {agents:?}"
+    );
+    let once: BTreeSet<_> = front_saw_before_kill.iter().collect();
+    assert_eq!(
+        once.len(),
+        front_saw_before_kill.len(),
+        "the front end relayed an event twice"
+    );
+    drop(links);
+}
