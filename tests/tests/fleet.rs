@@ -345,12 +345,16 @@ fn a_nats_node_and_a_collector_killed_mid_stream_lose_nothing_acknowledged_and_s
         .tempdir()
         .unwrap();
     let cadence = "every_records = 500\nevery_secs = 1\n";
+    // This test is about a NATS node and a front end dying. On a loaded machine the leader
+    // election after the node's kill can outlast the default 10 s lease, and the writer then
+    // fences itself off (exit 75, proven by the no-quorum test) and its live subscription ends:
+    // a longer lease keeps this test on what it checks.
     let writer = CollectorProc::start_with_sections(
         work_writer.path(),
         &pki,
         "",
         cadence,
-        &fleet_section(&cluster, true),
+        &format!("{}writer_lease_secs = 60\n", fleet_section(&cluster, true)),
     );
     let mut front = CollectorProc::start_with_sections(
         work_front.path(),
