@@ -43,7 +43,7 @@ use serde_json::Value;
 use crate::{
     cmd::{self, Counts},
     initramfs, setup,
-    vm_kernel::{self, VmKernel},
+    vm_kernel::{self, Series, VmKernel},
 };
 
 /// The line `/init` prints last: `PHIGUARD-VM-RESULT rc=N`, N the first non-zero exit status
@@ -74,8 +74,13 @@ pub struct VmArgs {
     timeout: u64,
     /// Only the boot without `bpf` in `lsm=` (the attack tests that must find the fanotify
     /// layer there); the full tier runs it after the main boot.
-    #[arg(long, conflicts_with_all = ["tests", "args"])]
+    #[arg(long, conflicts_with_all = ["tests", "args", "kernel"])]
     no_bpf: bool,
+    /// Only one boot, on this kernel: `6.12` (Debian's backport, the main boots) or `6.1`
+    /// (Debian 12's own kernel; default tests there: [`BOOKWORM_BINARIES`]), with `--test`
+    /// and libtest arguments as given.
+    #[arg(long, value_name = "SERIES")]
+    kernel: Option<Series>,
     /// Arguments for every test binary (libtest: a name filter, `--nocapture` …), after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -94,6 +99,7 @@ impl VmArgs {
             tests: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             no_bpf: false,
+            kernel: None,
             args: Vec::new(),
         }
     }
@@ -132,8 +138,12 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
 
     step("building the test binaries and the agent");
     let no_bpf_binaries: Vec<String> = NO_BPF_BINARIES.iter().map(|b| (*b).to_owned()).collect();
+    let bookworm_binaries: Vec<String> =
+        BOOKWORM_BINARIES.iter().map(|b| (*b).to_owned()).collect();
     let tests = test_binaries(if args.no_bpf {
         &no_bpf_binaries
+    } else if args.kernel == Some(Series::V6_1) && args.tests.is_empty() {
+        &bookworm_binaries
     } else {
         &args.tests
     })?;
@@ -144,16 +154,26 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
     let opener = crate::fixtures::opener()?;
     let fixtures = crate::fixtures::subjects()?;
 
-    step("kernel: looking for Debian's 6.12 cloud kernel");
-    let kernel = vm_kernel::ensure()?;
-    step(&format!(
-        "kernel: {} {} (default LSMs: {})",
-        kernel.package,
-        kernel.version,
-        kernel.lsm.join(",")
-    ));
-
     let boots = plan(args, &tests)?;
+    let mut kernels = Vec::new();
+    for series in [Series::V6_12, Series::V6_1] {
+        if !boots.iter().any(|b| b.series == series) {
+            continue;
+        }
+        step(&format!(
+            "kernel: looking for Debian's {} cloud kernel",
+            series.name()
+        ));
+        let kernel = vm_kernel::ensure(series)?;
+        step(&format!(
+            "kernel: {} {} (default LSMs: {})",
+            kernel.package,
+            kernel.version,
+            kernel.lsm.join(",")
+        ));
+        kernels.push(kernel);
+    }
+
     let parallel = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(boots.len());
@@ -167,7 +187,7 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
             .join("; ")
     ));
     let shared = Shared {
-        kernel: &kernel,
+        kernels: &kernels,
         agent: &agent,
         opener: &opener,
         fixtures: &fixtures,
@@ -225,15 +245,33 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
 const OWN_BOOTS: &[&[&str]] = &[&["attacks", "subjects", "break_glass"]];
 
 /// The boots for `args`: with a full run, each group of [`OWN_BOOTS`] alone, the other files
-/// together, then the boot without `bpf` in `lsm=`; with `--no-bpf`, that one alone.
+/// together, then the boot on Debian 12's own 6.1 kernel, then the boot without `bpf` in
+/// `lsm=`; with `--no-bpf`, that one alone; with `--kernel`, one boot on that kernel.
+///
+/// The queue is taken in this order by as many workers as the host has CPUs: on the 2-CPU
+/// machine the 6.1 boot starts when `main` ends, beside the tail of the longest boot, and the
+/// boot without `bpf` when the longest one ends.
 fn plan(args: &VmArgs, tests: &[(String, PathBuf)]) -> anyhow::Result<Vec<Boot>> {
     if args.no_bpf {
         return Ok(vec![Boot::without_bpf(tests)?]);
+    }
+    if let Some(series) = args.kernel {
+        return Ok(vec![Boot {
+            name: match series {
+                Series::V6_12 => "main".to_owned(),
+                Series::V6_1 => BOOKWORM_BOOT.to_owned(),
+            },
+            tests: tests.to_vec(),
+            lsm: Lsm::WithBpf,
+            series,
+            args: args.args.clone(),
+        }]);
     }
     let boot = |name: String, tests: Vec<(String, PathBuf)>| Boot {
         name,
         tests,
         lsm: Lsm::WithBpf,
+        series: Series::V6_12,
         args: args.args.clone(),
     };
     let mut boots = Vec::new();
@@ -256,6 +294,7 @@ fn plan(args: &VmArgs, tests: &[(String, PathBuf)]) -> anyhow::Result<Vec<Boot>>
         boots.push(boot("main".to_owned(), rest));
     }
     if args.tests.is_empty() && args.args.is_empty() {
+        boots.push(Boot::bookworm(tests)?);
         boots.push(Boot::without_bpf(tests)?);
     }
     Ok(boots)
@@ -263,7 +302,8 @@ fn plan(args: &VmArgs, tests: &[(String, PathBuf)]) -> anyhow::Result<Vec<Boot>>
 
 /// What every boot shares.
 struct Shared<'a> {
-    kernel: &'a VmKernel,
+    /// The kernels the boots need, one per series.
+    kernels: &'a [VmKernel],
     agent: &'a Path,
     opener: &'a Path,
     fixtures: &'a Path,
@@ -280,6 +320,8 @@ struct Boot {
     name: String,
     tests: Vec<(String, PathBuf)>,
     lsm: Lsm,
+    /// Which kernel it boots.
+    series: Series,
     /// libtest arguments for every test binary.
     args: Vec<String>,
 }
@@ -302,22 +344,58 @@ impl Boot {
             name: "no-bpf".to_owned(),
             tests: chosen,
             lsm: Lsm::WithoutBpf,
+            series: Series::V6_12,
             args: NO_BPF_TESTS.iter().map(|t| (*t).to_owned()).collect(),
         })
+    }
+
+    /// The boot on Debian 12's own 6.1 kernel, BPF LSM on, running [`BOOKWORM_BINARIES`].
+    fn bookworm(tests: &[(String, PathBuf)]) -> anyhow::Result<Boot> {
+        let chosen: Vec<(String, PathBuf)> = tests
+            .iter()
+            .filter(|(name, _)| BOOKWORM_BINARIES.contains(&name.as_str()))
+            .cloned()
+            .collect();
+        for binary in BOOKWORM_BINARIES {
+            if !chosen.iter().any(|(name, _)| name == binary) {
+                bail!("the {binary} test binary was not built");
+            }
+        }
+        Ok(Boot {
+            name: BOOKWORM_BOOT.to_owned(),
+            tests: chosen,
+            lsm: Lsm::WithBpf,
+            series: Series::V6_1,
+            args: Vec::new(),
+        })
+    }
+
+    /// The kernel this boot runs.
+    fn kernel<'k>(&self, shared: &Shared<'k>) -> anyhow::Result<&'k VmKernel> {
+        shared
+            .kernels
+            .iter()
+            .find(|k| k.series == self.series)
+            .with_context(|| format!("no {} kernel was fetched", self.series.name()))
     }
 
     /// The test files, for the plan's line.
     fn describe(&self) -> String {
         let names: Vec<&str> = self.tests.iter().map(|(n, _)| n.as_str()).collect();
         match self.lsm {
-            Lsm::WithBpf => names.join(", "),
-            Lsm::WithoutBpf => format!("{} without bpf in lsm=", names.join(", ")),
+            Lsm::WithBpf => format!("{} on {}", names.join(", "), self.series.name()),
+            Lsm::WithoutBpf => format!(
+                "{} on {} without bpf in lsm=",
+                names.join(", "),
+                self.series.name()
+            ),
         }
     }
 
     /// Packs, boots and checks this boot: its test counts, or why it failed.
     fn run(&self, shared: &Shared) -> anyhow::Result<Counts> {
         let started = Instant::now();
+        let kernel = self.kernel(shared)?;
         let work = if self.name == "main" {
             shared.work.to_path_buf()
         } else {
@@ -337,14 +415,17 @@ impl Boot {
         let size = fs::metadata(&initrd)?.len();
         let log = work.join("console.log");
         step(&format!(
-            "{}: initramfs {} ({:.1} MiB); booting under QEMU (TCG, {CPUS} CPUs, {MEMORY_MIB} \
-             MiB, {}; limit {} s); console in {}",
+            "{}: initramfs {} ({:.1} MiB); booting {} under QEMU (TCG, {CPUS} CPUs, \
+             {MEMORY_MIB} MiB, {}; limit {} s); console in {}",
             self.name,
             initrd.display(),
             size as f64 / (1024.0 * 1024.0),
+            kernel.package,
             match self.lsm {
-                Lsm::WithBpf => "BPF LSM".to_owned(),
-                Lsm::WithoutBpf => shared.kernel.lsm_param_without_bpf(),
+                Lsm::WithBpf => kernel
+                    .lsm_param()
+                    .map_or_else(|| "BPF LSM".to_owned(), |p| format!("BPF LSM, {p}")),
+                Lsm::WithoutBpf => kernel.lsm_param_without_bpf(),
             },
             shared.timeout.as_secs(),
             log.display()
@@ -354,7 +435,7 @@ impl Boot {
         } else {
             String::new()
         };
-        let report = boot(shared.kernel, &initrd, &log, &tag, shared.timeout, self.lsm)?;
+        let report = boot(kernel, &initrd, &log, &tag, shared.timeout, self.lsm)?;
         let mut verdict = report.verdict(&log, self.lsm);
         if verdict.is_ok()
             && self.lsm == Lsm::WithoutBpf
@@ -476,6 +557,13 @@ enum Lsm {
     /// The default list without `bpf`: LSM programs load and attach but never run.
     WithoutBpf,
 }
+
+/// The name of the boot on Debian 12's own kernel.
+const BOOKWORM_BOOT: &str = "bookworm-6.1";
+
+/// The test files the boot on Debian 12's own 6.1 kernel runs, every test of each: the attack
+/// routes and the forged-identity routes, with the BPF LSM layer required (as on 6.12).
+const BOOKWORM_BINARIES: &[&str] = &["attacks", "subjects"];
 
 /// The test files the boot without `bpf` in `lsm=` runs (filtered by [`NO_BPF_TESTS`]).
 const NO_BPF_BINARIES: &[&str] = &["attacks", "subjects"];
