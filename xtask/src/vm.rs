@@ -2,6 +2,14 @@
 //! crate: `tests/tests/*.rs`) run again inside QEMU (TCG: software emulation, since nested KVM
 //! fails on these machines) on Debian's 6.12 cloud kernel, which has BPF LSM.
 //!
+//! The attack tests thus run on four kernels in `cargo xtask test`: the host (no BPF LSM: the
+//! fanotify layer), this 6.12 with BPF LSM, the same 6.12 with `bpf` left out of `lsm=` (the
+//! `no-bpf` boot, a subset: fanotify must decide), and Debian 12's own 6.1 kernel with BPF LSM
+//! (the `bookworm-6.1` boot: `attacks` and `subjects` in full, [`BOOKWORM_BINARIES`]; its
+//! default `CONFIG_LSM` already names `bpf`). On each, `/init` sets
+//! `PHIGUARD_EXPECT_FILE_LAYER` from the active LSMs and a weaker layer fails the tests.
+//! `cargo xtask vm --kernel 6.1` runs the 6.1 boot alone (`--test`/`-- FILTER` narrow it).
+//!
 //! Steps: build the test binaries and the agent (the same debug build as the host tier), fetch
 //! the kernel once ([`vm_kernel`]), pack an initramfs ([`initramfs`]) whose `/init`
 //! (`vm_init.sh`) mounts what a server has, checks that BPF LSM is active, runs each test
@@ -837,6 +845,32 @@ PHIGUARD-VM-LSM-PROG eBPF program_type lsm is available
 test result: ok. 13 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 9.1s
 PHIGUARD-VM-RESULT rc=0
 ";
+
+    #[test]
+    fn the_full_tier_queues_the_6_1_boot_after_main_and_before_no_bpf() {
+        let tests: Vec<(String, PathBuf)> =
+            ["lib", "attacks", "break_glass", "enforce", "subjects"]
+                .iter()
+                .map(|n| ((*n).to_owned(), PathBuf::from(n)))
+                .collect();
+        let boots = plan(&VmArgs::all(), &tests).unwrap();
+        let names: Vec<(&str, Series, Lsm)> = boots
+            .iter()
+            .map(|b| (b.name.as_str(), b.series, b.lsm))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("attacks+break_glass+subjects", Series::V6_12, Lsm::WithBpf),
+                ("main", Series::V6_12, Lsm::WithBpf),
+                (BOOKWORM_BOOT, Series::V6_1, Lsm::WithBpf),
+                ("no-bpf", Series::V6_12, Lsm::WithoutBpf),
+            ]
+        );
+        let bookworm: Vec<&str> = boots[2].tests.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(bookworm, BOOKWORM_BINARIES);
+        assert!(boots[2].args.is_empty(), "every test of each file");
+    }
 
     #[test]
     fn console_lines_lose_escape_sequences() {
