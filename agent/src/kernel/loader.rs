@@ -205,6 +205,21 @@ impl Sensors {
                     reason: reason.clone(),
                 });
             }
+            if let (Hook::Lsm { hook }, None, Some(reason)) =
+                (&spec.hook, &enforcement.lsm_inactive, &error)
+            {
+                // BPF LSM runs here, but this kernel refused this program (its verifier, a hook
+                // of another shape): say what goes unenforced, not "no BPF LSM".
+                let what = spec
+                    .missing_means
+                    .strip_prefix("no BPF LSM: ")
+                    .unwrap_or(spec.missing_means);
+                tracing::warn!(
+                    program = spec.name,
+                    "BPF LSM is active, but this kernel refused the lsm/{hook} program, so the \
+                     BPF LSM layer is not complete: {what}: {reason}"
+                );
+            }
             sensors.status.push(ProgramStatus { spec: *spec, error });
         }
         // After the exec and fork programs are attached: a process started from here on gets
