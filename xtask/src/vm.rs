@@ -575,8 +575,8 @@ const BOOKWORM_BOOT: &str = "bookworm-6.1";
 /// The test files the boots on Debian 12's own 6.1 kernel run, every test of each, one boot
 /// per file in the full tier (`bookworm-6.1-attacks`, `bookworm-6.1-subjects`; both in one
 /// boot with `--kernel 6.1`): the attack routes and the forged-identity routes, with the BPF
-/// LSM layer required (as on 6.12). Alone on the 2-CPU machine (seconds, 6.1.0-57): `attacks`
-/// 781 for 26 tests, `subjects` 194 for 6; the boot of both 996.
+/// LSM layer required (as on 6.12). Each alone on the 2-CPU machine (seconds, 6.1.0-57):
+/// `attacks` 770 for 26 tests, `subjects` 139 for 6.
 const BOOKWORM_BINARIES: &[&str] = &["attacks", "subjects"];
 
 /// The test files the boot without `bpf` in `lsm=` runs (filtered by [`NO_BPF_TESTS`]).
