@@ -14,8 +14,8 @@ use core::mem::offset_of;
 use aya_ebpf::{
     cty::{c_long, c_void},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        bpf_get_current_pid_tgid, bpf_loop, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes,
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -535,22 +535,15 @@ struct NamesCopy {
 #[inline(always)]
 pub(crate) fn copy_names(scratch: &mut FileOpenScratch, dentry: Dentry, depth: u32) {
     let base = offset_of!(FileOpenScratch, event) + offset_of!(FileOpenEvent, names);
-    // Zero at run time (the boot clock is far below 2^63 ns), but not a constant to the
-    // verifier. Before 6.7 the verifier checked a `bpf_loop` callback once, with the state of
-    // the call: counters written as the constant 0 made `copy_name`'s truncation branch dead
-    // to it, and it wired the check away (Debian 12's 6.1 would wrap a long path instead of
-    // marking it truncated).
-    // SAFETY: a helper without arguments.
-    let zero = unsafe { bpf_ktime_get_boot_ns() } >> 63;
     let mut copy = NamesCopy {
         // SAFETY: `base` is inside the scratch value, which holds `NAME_MAX` bytes of slack
         // after `names`.
         names: unsafe { (scratch as *mut FileOpenScratch).cast::<u8>().add(base) },
         dentry,
-        used: zero,
-        count: zero as u32,
+        used: 0,
+        count: 0,
         depth,
-        truncated: zero as u32,
+        truncated: 0,
     };
     // SAFETY: the callback is a static function; the context is this frame's `copy`, which
     // outlives the call.
