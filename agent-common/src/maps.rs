@@ -166,6 +166,11 @@ pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// protected files (1); the open-exit programs then report only the refusals they enforce
 /// themselves (SIGKILL of an open the fanotify layer did not refuse: the agent is down).
 pub const FANOTIFY_DECIDES_GLOBAL: &str = "FANOTIFY_DECIDES";
+/// The `u32` global that says how the kernel's `inode_setattr` LSM hook takes its arguments:
+/// 1 for `(struct mnt_idmap *, struct dentry *, struct iattr *)` (6.12), 0 for
+/// `(struct dentry *, struct iattr *)` (Debian 12's 6.1). The agent reads it from the
+/// prototype of `bpf_lsm_inode_setattr` in the kernel's BTF.
+pub const INODE_SETATTR_IDMAP_GLOBAL: &str = "INODE_SETATTR_IDMAP";
 
 /// Key of [`WATCHED_INODES`]: inode numbers repeat across filesystems, so the device is part
 /// of it. `dev` is the kernel's internal encoding (`MAJOR << 20 | MINOR`).

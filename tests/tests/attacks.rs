@@ -1074,6 +1074,7 @@ fn removexattr_on_a_protected_file_is_refused_under_lsm_and_reported_on_the_host
     let file = a.file.clone();
     // The attribute to remove, set by this process (the agent's: exempt, and not reported).
     let c = std::ffi::CString::new(file.display().to_string()).unwrap();
+    let governs = a.governs_changes();
     a.set_up(|| {
         // SAFETY: valid NUL-terminated strings and a one-byte value.
         let rc = unsafe {
@@ -1085,7 +1086,12 @@ fn removexattr_on_a_protected_file_is_refused_under_lsm_and_reported_on_the_host
                 0,
             )
         };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let error = std::io::Error::last_os_error();
+        // tmpfs has `user.*` attributes only since 6.6: on Debian 12's 6.1 (the VM tier's
+        // /tmp) there is none to set. `inode_removexattr` runs before the filesystem is asked,
+        // so under BPF LSM the removal is still refused with EPERM; elsewhere it must be set.
+        let unsupported = error.raw_os_error() == Some(libc::EOPNOTSUPP);
+        assert!(rc == 0 || (governs && unsupported), "{error}");
     });
     let out = a.open_as_nobody("removexattr", &file);
     if a.governs_changes() {

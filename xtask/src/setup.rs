@@ -69,6 +69,10 @@ pub fn setup() -> anyhow::Result<()> {
         "VM kernel (Debian 6.12 cloud)",
         &vm_kernel::ensure_apt_source()?,
     );
+    step(
+        "VM kernel (Debian 12's own 6.1 cloud)",
+        &vm_kernel::ensure_apt_source_6_1()?,
+    );
     Ok(())
 }
 

@@ -16,7 +16,8 @@ pub struct TestArgs {
     /// Only the host tier (root needed).
     #[arg(long, conflicts_with = "vm")]
     host: bool,
-    /// Only the VM tier: the privileged tests again, in QEMU on Debian's 6.12 kernel.
+    /// Only the VM tier: the privileged tests again, in QEMU on Debian's 6.12 kernel (and the
+    /// attack and subject tests on Debian 12's own 6.1).
     #[arg(long)]
     vm: bool,
 }

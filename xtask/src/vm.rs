@@ -2,6 +2,14 @@
 //! crate: `tests/tests/*.rs`) run again inside QEMU (TCG: software emulation, since nested KVM
 //! fails on these machines) on Debian's 6.12 cloud kernel, which has BPF LSM.
 //!
+//! The attack tests thus run on four kernels in `cargo xtask test`: the host (no BPF LSM: the
+//! fanotify layer), this 6.12 with BPF LSM, the same 6.12 with `bpf` left out of `lsm=` (the
+//! `no-bpf` boot, a subset: fanotify must decide), and Debian 12's own 6.1 kernel with BPF LSM
+//! (the `bookworm-6.1-*` boots: `attacks` and `subjects` in full, [`BOOKWORM_BINARIES`]; its
+//! default `CONFIG_LSM` already names `bpf`). On each, `/init` sets
+//! `PHIGUARD_EXPECT_FILE_LAYER` from the active LSMs and a weaker layer fails the tests.
+//! `cargo xtask vm --kernel 6.1` runs the 6.1 boot alone (`--test`/`-- FILTER` narrow it).
+//!
 //! Steps: build the test binaries and the agent (the same debug build as the host tier), fetch
 //! the kernel once ([`vm_kernel`]), pack an initramfs ([`initramfs`]) whose `/init`
 //! (`vm_init.sh`) mounts what a server has, checks that BPF LSM is active, runs each test
@@ -43,7 +51,7 @@ use serde_json::Value;
 use crate::{
     cmd::{self, Counts},
     initramfs, setup,
-    vm_kernel::{self, VmKernel},
+    vm_kernel::{self, Series, VmKernel},
 };
 
 /// The line `/init` prints last: `PHIGUARD-VM-RESULT rc=N`, N the first non-zero exit status
@@ -74,8 +82,13 @@ pub struct VmArgs {
     timeout: u64,
     /// Only the boot without `bpf` in `lsm=` (the attack tests that must find the fanotify
     /// layer there); the full tier runs it after the main boot.
-    #[arg(long, conflicts_with_all = ["tests", "args"])]
+    #[arg(long, conflicts_with_all = ["tests", "args", "kernel"])]
     no_bpf: bool,
+    /// Only one boot, on this kernel: `6.12` (Debian's backport, the main boots) or `6.1`
+    /// (Debian 12's own kernel; default tests there: [`BOOKWORM_BINARIES`]), with `--test`
+    /// and libtest arguments as given.
+    #[arg(long, value_name = "SERIES")]
+    kernel: Option<Series>,
     /// Arguments for every test binary (libtest: a name filter, `--nocapture` …), after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -94,6 +107,7 @@ impl VmArgs {
             tests: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             no_bpf: false,
+            kernel: None,
             args: Vec::new(),
         }
     }
@@ -132,8 +146,12 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
 
     step("building the test binaries and the agent");
     let no_bpf_binaries: Vec<String> = NO_BPF_BINARIES.iter().map(|b| (*b).to_owned()).collect();
+    let bookworm_binaries: Vec<String> =
+        BOOKWORM_BINARIES.iter().map(|b| (*b).to_owned()).collect();
     let tests = test_binaries(if args.no_bpf {
         &no_bpf_binaries
+    } else if args.kernel == Some(Series::V6_1) && args.tests.is_empty() {
+        &bookworm_binaries
     } else {
         &args.tests
     })?;
@@ -144,16 +162,26 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
     let opener = crate::fixtures::opener()?;
     let fixtures = crate::fixtures::subjects()?;
 
-    step("kernel: looking for Debian's 6.12 cloud kernel");
-    let kernel = vm_kernel::ensure()?;
-    step(&format!(
-        "kernel: {} {} (default LSMs: {})",
-        kernel.package,
-        kernel.version,
-        kernel.lsm.join(",")
-    ));
-
     let boots = plan(args, &tests)?;
+    let mut kernels = Vec::new();
+    for series in [Series::V6_12, Series::V6_1] {
+        if !boots.iter().any(|b| b.series == series) {
+            continue;
+        }
+        step(&format!(
+            "kernel: looking for Debian's {} cloud kernel",
+            series.name()
+        ));
+        let kernel = vm_kernel::ensure(series)?;
+        step(&format!(
+            "kernel: {} {} (default LSMs: {})",
+            kernel.package,
+            kernel.version,
+            kernel.lsm.join(",")
+        ));
+        kernels.push(kernel);
+    }
+
     let parallel = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(boots.len());
@@ -167,7 +195,7 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
             .join("; ")
     ));
     let shared = Shared {
-        kernel: &kernel,
+        kernels: &kernels,
         agent: &agent,
         opener: &opener,
         fixtures: &fixtures,
@@ -225,15 +253,34 @@ pub fn run_tier(args: &VmArgs, counts: &mut Counts) -> anyhow::Result<()> {
 const OWN_BOOTS: &[&[&str]] = &[&["attacks", "subjects", "break_glass"]];
 
 /// The boots for `args`: with a full run, each group of [`OWN_BOOTS`] alone, the other files
-/// together, then the boot without `bpf` in `lsm=`; with `--no-bpf`, that one alone.
+/// together, then the boots on Debian 12's own 6.1 kernel (`attacks`, then `subjects`), then
+/// the boot without `bpf` in `lsm=`; with `--no-bpf`, that one alone; with `--kernel`, one boot
+/// on that kernel.
+///
+/// The queue is taken in this order by as many workers as the host has CPUs: on the 2-CPU
+/// machine the long 6.1 boot (`attacks`) starts when `main` ends, beside the tail of the
+/// longest 6.12 boot; the short ones (6.1 `subjects`, then `no-bpf`) follow that one.
 fn plan(args: &VmArgs, tests: &[(String, PathBuf)]) -> anyhow::Result<Vec<Boot>> {
     if args.no_bpf {
         return Ok(vec![Boot::without_bpf(tests)?]);
+    }
+    if let Some(series) = args.kernel {
+        return Ok(vec![Boot {
+            name: match series {
+                Series::V6_12 => "main".to_owned(),
+                Series::V6_1 => BOOKWORM_BOOT.to_owned(),
+            },
+            tests: tests.to_vec(),
+            lsm: Lsm::WithBpf,
+            series,
+            args: args.args.clone(),
+        }]);
     }
     let boot = |name: String, tests: Vec<(String, PathBuf)>| Boot {
         name,
         tests,
         lsm: Lsm::WithBpf,
+        series: Series::V6_12,
         args: args.args.clone(),
     };
     let mut boots = Vec::new();
@@ -256,6 +303,9 @@ fn plan(args: &VmArgs, tests: &[(String, PathBuf)]) -> anyhow::Result<Vec<Boot>>
         boots.push(boot("main".to_owned(), rest));
     }
     if args.tests.is_empty() && args.args.is_empty() {
+        for binary in BOOKWORM_BINARIES {
+            boots.push(Boot::bookworm(tests, binary)?);
+        }
         boots.push(Boot::without_bpf(tests)?);
     }
     Ok(boots)
@@ -263,7 +313,8 @@ fn plan(args: &VmArgs, tests: &[(String, PathBuf)]) -> anyhow::Result<Vec<Boot>>
 
 /// What every boot shares.
 struct Shared<'a> {
-    kernel: &'a VmKernel,
+    /// The kernels the boots need, one per series.
+    kernels: &'a [VmKernel],
     agent: &'a Path,
     opener: &'a Path,
     fixtures: &'a Path,
@@ -280,6 +331,8 @@ struct Boot {
     name: String,
     tests: Vec<(String, PathBuf)>,
     lsm: Lsm,
+    /// Which kernel it boots.
+    series: Series,
     /// libtest arguments for every test binary.
     args: Vec<String>,
 }
@@ -302,22 +355,58 @@ impl Boot {
             name: "no-bpf".to_owned(),
             tests: chosen,
             lsm: Lsm::WithoutBpf,
+            series: Series::V6_12,
             args: NO_BPF_TESTS.iter().map(|t| (*t).to_owned()).collect(),
         })
+    }
+
+    /// A boot on Debian 12's own 6.1 kernel, BPF LSM on, running every test of `binary` (one
+    /// of [`BOOKWORM_BINARIES`]; a boot each, so the short one can run beside the tail of the
+    /// longest 6.12 boot while the long one follows `main`).
+    fn bookworm(tests: &[(String, PathBuf)], binary: &str) -> anyhow::Result<Boot> {
+        let chosen: Vec<(String, PathBuf)> = tests
+            .iter()
+            .filter(|(name, _)| name == binary)
+            .cloned()
+            .collect();
+        if chosen.is_empty() {
+            bail!("the {binary} test binary was not built");
+        }
+        Ok(Boot {
+            name: format!("{BOOKWORM_BOOT}-{binary}"),
+            tests: chosen,
+            lsm: Lsm::WithBpf,
+            series: Series::V6_1,
+            args: Vec::new(),
+        })
+    }
+
+    /// The kernel this boot runs.
+    fn kernel<'k>(&self, shared: &Shared<'k>) -> anyhow::Result<&'k VmKernel> {
+        shared
+            .kernels
+            .iter()
+            .find(|k| k.series == self.series)
+            .with_context(|| format!("no {} kernel was fetched", self.series.name()))
     }
 
     /// The test files, for the plan's line.
     fn describe(&self) -> String {
         let names: Vec<&str> = self.tests.iter().map(|(n, _)| n.as_str()).collect();
         match self.lsm {
-            Lsm::WithBpf => names.join(", "),
-            Lsm::WithoutBpf => format!("{} without bpf in lsm=", names.join(", ")),
+            Lsm::WithBpf => format!("{} on {}", names.join(", "), self.series.name()),
+            Lsm::WithoutBpf => format!(
+                "{} on {} without bpf in lsm=",
+                names.join(", "),
+                self.series.name()
+            ),
         }
     }
 
     /// Packs, boots and checks this boot: its test counts, or why it failed.
     fn run(&self, shared: &Shared) -> anyhow::Result<Counts> {
         let started = Instant::now();
+        let kernel = self.kernel(shared)?;
         let work = if self.name == "main" {
             shared.work.to_path_buf()
         } else {
@@ -337,14 +426,17 @@ impl Boot {
         let size = fs::metadata(&initrd)?.len();
         let log = work.join("console.log");
         step(&format!(
-            "{}: initramfs {} ({:.1} MiB); booting under QEMU (TCG, {CPUS} CPUs, {MEMORY_MIB} \
-             MiB, {}; limit {} s); console in {}",
+            "{}: initramfs {} ({:.1} MiB); booting {} under QEMU (TCG, {CPUS} CPUs, \
+             {MEMORY_MIB} MiB, {}; limit {} s); console in {}",
             self.name,
             initrd.display(),
             size as f64 / (1024.0 * 1024.0),
+            kernel.package,
             match self.lsm {
-                Lsm::WithBpf => "BPF LSM".to_owned(),
-                Lsm::WithoutBpf => shared.kernel.lsm_param_without_bpf(),
+                Lsm::WithBpf => kernel
+                    .lsm_param()
+                    .map_or_else(|| "BPF LSM".to_owned(), |p| format!("BPF LSM, {p}")),
+                Lsm::WithoutBpf => kernel.lsm_param_without_bpf(),
             },
             shared.timeout.as_secs(),
             log.display()
@@ -354,7 +446,7 @@ impl Boot {
         } else {
             String::new()
         };
-        let report = boot(shared.kernel, &initrd, &log, &tag, shared.timeout, self.lsm)?;
+        let report = boot(kernel, &initrd, &log, &tag, shared.timeout, self.lsm)?;
         let mut verdict = report.verdict(&log, self.lsm);
         if verdict.is_ok()
             && self.lsm == Lsm::WithoutBpf
@@ -477,6 +569,16 @@ enum Lsm {
     /// The default list without `bpf`: LSM programs load and attach but never run.
     WithoutBpf,
 }
+
+/// The name of the boot on Debian 12's own kernel.
+const BOOKWORM_BOOT: &str = "bookworm-6.1";
+
+/// The test files the boots on Debian 12's own 6.1 kernel run, every test of each, one boot
+/// per file in the full tier (`bookworm-6.1-attacks`, `bookworm-6.1-subjects`; both in one
+/// boot with `--kernel 6.1`): the attack routes and the forged-identity routes, with the BPF
+/// LSM layer required (as on 6.12). Each alone on the 2-CPU machine (seconds, 6.1.0-57):
+/// `attacks` 770 for 26 tests, `subjects` 139 for 6.
+const BOOKWORM_BINARIES: &[&str] = &["attacks", "subjects"];
 
 /// The test files the boot without `bpf` in `lsm=` runs (filtered by [`NO_BPF_TESTS`]).
 const NO_BPF_BINARIES: &[&str] = &["attacks", "subjects"];
@@ -754,6 +856,35 @@ PHIGUARD-VM-LSM-PROG eBPF program_type lsm is available
 test result: ok. 13 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 9.1s
 PHIGUARD-VM-RESULT rc=0
 ";
+
+    #[test]
+    fn the_full_tier_queues_the_6_1_boots_after_main_and_before_no_bpf() {
+        let tests: Vec<(String, PathBuf)> =
+            ["lib", "attacks", "break_glass", "enforce", "subjects"]
+                .iter()
+                .map(|n| ((*n).to_owned(), PathBuf::from(n)))
+                .collect();
+        let boots = plan(&VmArgs::all(), &tests).unwrap();
+        let names: Vec<(&str, Series, Lsm)> = boots
+            .iter()
+            .map(|b| (b.name.as_str(), b.series, b.lsm))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("attacks+break_glass+subjects", Series::V6_12, Lsm::WithBpf),
+                ("main", Series::V6_12, Lsm::WithBpf),
+                ("bookworm-6.1-attacks", Series::V6_1, Lsm::WithBpf),
+                ("bookworm-6.1-subjects", Series::V6_1, Lsm::WithBpf),
+                ("no-bpf", Series::V6_12, Lsm::WithoutBpf),
+            ]
+        );
+        for (boot, file) in boots[2..4].iter().zip(BOOKWORM_BINARIES) {
+            let names: Vec<&str> = boot.tests.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, [*file]);
+            assert!(boot.args.is_empty(), "every test of the file");
+        }
+    }
 
     #[test]
     fn console_lines_lose_escape_sequences() {

@@ -1,6 +1,19 @@
-//! The VM tier's second kernel: Debian's 6.12 cloud kernel (`CONFIG_BPF_LSM=y`, `bpf` in its
-//! default LSM list), fetched once with `apt-get download` and cached outside the build tree
-//! (`$XDG_CACHE_HOME/phiguard/vm`, else `~/.cache/phiguard/vm`), so `cargo clean` keeps it.
+//! The VM tier's kernels, each fetched once with `apt-get download` and cached outside the build
+//! tree (under `$XDG_CACHE_HOME/phiguard`, else `~/.cache/phiguard`), so `cargo clean` keeps them:
+//!
+//! - [`Series::V6_12`]: Debian's 6.12 cloud kernel for bookworm (a backport published through
+//!   `bookworm-security`; `linux-image-6.12.N+debM-cloud-amd64`), cached in `phiguard/vm`.
+//!   `CONFIG_BPF_LSM=y` with `bpf` in its default LSM list. Every boot but `bookworm-6.1`.
+//! - [`Series::V6_1`]: Debian 12's own kernel, 6.1 LTS (`linux-image-6.1.0-ABI-cloud-amd64`
+//!   from bookworm / bookworm-security), cached in `phiguard/vm-6.1`: what a bookworm server
+//!   runs unless its admin installed the backport. Its config (6.1.0-57, checked here) has
+//!   `CONFIG_BPF_LSM=y`, `CONFIG_DEBUG_INFO_BTF=y`, kprobes, fentry, fanotify permission events,
+//!   and `CONFIG_LSM="landlock,lockdown,yama,loadpin,safesetid,integrity,apparmor,selinux,smack,
+//!   tomoyo,bpf"`: `bpf` is in the default list, so it boots without `lsm=` (were it missing,
+//!   [`VmKernel::lsm_param`] would add it, as an admin enabling BPF LSM would).
+//!
+//! Each series is cached in its own directory because [`ensure`] prunes everything in its
+//! directory but the kernel it chose.
 
 use std::{
     fs,
@@ -12,9 +25,70 @@ use anyhow::{bail, Context as _};
 
 use crate::cmd::{self, output};
 
-/// The kernel series and Debian flavour the tier boots.
-const SERIES: &str = "6.12";
+/// The Debian flavour the tier boots.
 const FLAVOUR: &str = "cloud-amd64";
+
+/// A kernel series the tier boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Series {
+    /// Debian's 6.12 cloud kernel for bookworm (the backport).
+    #[value(name = "6.12")]
+    V6_12,
+    /// Debian 12's own 6.1 cloud kernel.
+    #[value(name = "6.1")]
+    V6_1,
+}
+
+impl Series {
+    /// `6.12`, `6.1`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Series::V6_12 => "6.12",
+            Series::V6_1 => "6.1",
+        }
+    }
+
+    /// `apt-cache search --names-only` pattern of its image packages.
+    fn pattern(self) -> String {
+        match self {
+            Series::V6_12 => format!("^linux-image-6\\.12\\.[0-9]+\\+deb[0-9]+-{FLAVOUR}$"),
+            Series::V6_1 => format!("^linux-image-6\\.1\\.0-[0-9]+-{FLAVOUR}$"),
+        }
+    }
+
+    /// The cache directory's name under `phiguard/`.
+    fn cache_name(self) -> &'static str {
+        match self {
+            // The name from before there were two series: other checkouts share it.
+            Series::V6_12 => "vm",
+            Series::V6_1 => "vm-6.1",
+        }
+    }
+
+    /// The order of an image package name of this series (higher is newer), or `None` for
+    /// any other package: `linux-image-6.12.117+deb12-cloud-amd64` → (117, 12),
+    /// `linux-image-6.1.0-57-cloud-amd64` → (57, 0).
+    fn patch_level(self, package: &str) -> Option<(u32, u32)> {
+        let rest = package.strip_prefix("linux-image-")?;
+        match self {
+            Series::V6_12 => {
+                let rest = rest
+                    .strip_prefix("6.12.")?
+                    .strip_suffix(FLAVOUR)?
+                    .strip_suffix('-')?;
+                let (patch, deb) = rest.split_once("+deb")?;
+                Some((patch.parse().ok()?, deb.parse().ok()?))
+            }
+            Series::V6_1 => {
+                let abi = rest
+                    .strip_prefix("6.1.0-")?
+                    .strip_suffix(FLAVOUR)?
+                    .strip_suffix('-')?;
+                Some((abi.parse().ok()?, 0))
+            }
+        }
+    }
+}
 
 /// Kernel options the tier relies on, and what for. A kernel without one is refused.
 const REQUIRED_CONFIG: &[(&str, &str)] = &[
@@ -48,6 +122,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 /// A cached kernel, checked and ready to boot.
 #[derive(Debug)]
 pub struct VmKernel {
+    pub series: Series,
     /// The Debian package it came from, e.g. `linux-image-6.12.117+deb12-cloud-amd64`.
     pub package: String,
     /// The package's version, e.g. `6.12.117-1~deb12u1`.
@@ -84,46 +159,35 @@ impl VmKernel {
     }
 }
 
-/// Where kernels are cached.
-fn cache_dir() -> PathBuf {
+/// Where kernels of `series` are cached.
+fn cache_dir(series: Series) -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| cmd::workspace_root().join("target"));
-    base.join("phiguard/vm")
+    base.join("phiguard").join(series.cache_name())
 }
 
-/// The patch level and Debian revision of a kernel image package name such as
-/// `linux-image-6.12.117+deb12-cloud-amd64`, or `None` for any other package.
-fn patch_level(package: &str) -> Option<(u32, u32)> {
-    let rest = package
-        .strip_prefix("linux-image-")?
-        .strip_prefix(SERIES)?
-        .strip_prefix('.')?
-        .strip_suffix(FLAVOUR)?
-        .strip_suffix('-')?;
-    let (patch, deb) = rest.split_once("+deb")?;
-    Some((patch.parse().ok()?, deb.parse().ok()?))
+/// Kernel image packages of `series` apt knows of, newest first.
+fn available(series: Series) -> Vec<String> {
+    let listing =
+        output(Command::new("apt-cache").args(["search", "--names-only", &series.pattern()]))
+            .unwrap_or_default();
+    newest_first(series, &listing)
 }
 
-/// Kernel image packages apt knows of, newest first.
-fn available() -> Vec<String> {
-    let pattern = format!(
-        "^linux-image-{}\\.[0-9]+\\+deb[0-9]+-{FLAVOUR}$",
-        SERIES.replace('.', "\\.")
-    );
-    let listing = output(Command::new("apt-cache").args(["search", "--names-only", &pattern]))
-        .unwrap_or_default();
-    newest_first(&listing)
-}
-
-/// Package names from `apt-cache search` output that are kernel images, newest first.
-fn newest_first(listing: &str) -> Vec<String> {
+/// Package names from `apt-cache search` output that are kernel images of `series`, newest
+/// first.
+fn newest_first(series: Series, listing: &str) -> Vec<String> {
     let mut names: Vec<(u32, u32, String)> = listing
         .lines()
         .filter_map(|line| line.split_whitespace().next())
-        .filter_map(|name| patch_level(name).map(|(p, d)| (p, d, name.to_owned())))
+        .filter_map(|name| {
+            series
+                .patch_level(name)
+                .map(|(p, d)| (p, d, name.to_owned()))
+        })
         .collect();
     names.sort();
     names.dedup();
@@ -142,14 +206,16 @@ fn apt_update() -> anyhow::Result<()> {
 /// and, on bookworm, adding the suite that carries it when the sources lack it. Idempotent.
 /// Returns a line for setup's report.
 pub fn ensure_apt_source() -> anyhow::Result<String> {
-    if let Some(newest) = available().first() {
+    const SERIES: &str = "6.12";
+    let series = Series::V6_12;
+    if let Some(newest) = available(series).first() {
         return Ok(format!("ok ({newest} available)"));
     }
     if !cmd::is_root() {
         bail!("apt knows no linux-image-{SERIES}.*-{FLAVOUR} package (the VM tier's kernel); run setup as root so it can refresh the package lists");
     }
     apt_update()?;
-    if let Some(newest) = available().first() {
+    if let Some(newest) = available(series).first() {
         return Ok(format!("ok ({newest} available after apt-get update)"));
     }
     let os_release = fs::read_to_string("/etc/os-release").unwrap_or_default();
@@ -168,7 +234,7 @@ pub fn ensure_apt_source() -> anyhow::Result<String> {
     fs::write(BOOKWORM_SOURCE_FILE, BOOKWORM_SOURCE)
         .with_context(|| format!("writing {BOOKWORM_SOURCE_FILE}"))?;
     apt_update()?;
-    match available().first() {
+    match available(series).first() {
         Some(newest) => Ok(format!("ok ({newest} available from bookworm-security)")),
         None => bail!(
             "still no linux-image-{SERIES}.*-{FLAVOUR} package after adding {BOOKWORM_SOURCE_FILE}"
@@ -176,16 +242,33 @@ pub fn ensure_apt_source() -> anyhow::Result<String> {
     }
 }
 
-/// The newest 6.12 cloud kernel apt offers, downloaded and unpacked on first use and checked
-/// for the options the tier needs. Offline, the newest cached kernel is used.
-pub fn ensure() -> anyhow::Result<VmKernel> {
-    let cache = cache_dir();
-    let Some(package) = available().into_iter().next() else {
-        if let Some(cached) = newest_cached(&cache) {
-            println!("vm: apt offers no {SERIES} kernel; using the cached {cached}");
-            return load(&cache.join(cached));
+/// Set-up step: makes sure apt can download bookworm's own 6.1 cloud kernel (bookworm's main
+/// suite and bookworm-security carry it; other releases need a bookworm source added by hand).
+/// Returns a line for setup's report.
+pub fn ensure_apt_source_6_1() -> anyhow::Result<String> {
+    if let Some(newest) = available(Series::V6_1).first() {
+        return Ok(format!("ok ({newest} available)"));
+    }
+    if newest_cached(Series::V6_1, &cache_dir(Series::V6_1)).is_some() {
+        return Ok("ok (none in apt; a cached one)".to_owned());
+    }
+    bail!(
+        "apt knows no linux-image-6.1.0-*-{FLAVOUR} package (Debian 12's own kernel, booted by the VM tier's \
+         `bookworm-6.1` boot): add a bookworm source (suite bookworm or bookworm-security) and run setup again"
+    )
+}
+
+/// The newest cloud kernel of `series` apt offers, downloaded and unpacked on first use and
+/// checked for the options the tier needs. Offline, the newest cached kernel is used.
+pub fn ensure(series: Series) -> anyhow::Result<VmKernel> {
+    let name = series.name();
+    let cache = cache_dir(series);
+    let Some(package) = available(series).into_iter().next() else {
+        if let Some(cached) = newest_cached(series, &cache) {
+            println!("vm: apt offers no {name} kernel; using the cached {cached}");
+            return load(series, &cache.join(cached));
         }
-        bail!("apt offers no linux-image-{SERIES}.*-{FLAVOUR} package and none is cached in {}: run `cargo xtask setup` as root", cache.display());
+        bail!("apt offers no {name} {FLAVOUR} kernel package and none is cached in {}: run `cargo xtask setup` as root", cache.display());
     };
     let fetched = fetch(&cache, &package).or_else(|first| {
         // Stale package lists can name a kernel the archive has already replaced: refresh them
@@ -195,7 +278,7 @@ pub fn ensure() -> anyhow::Result<VmKernel> {
         }
         println!("vm: downloading {package} failed ({first:#}); refreshing the apt lists");
         apt_update()?;
-        let package = available()
+        let package = available(series)
             .into_iter()
             .next()
             .context("no kernel package after apt-get update")?;
@@ -203,7 +286,7 @@ pub fn ensure() -> anyhow::Result<VmKernel> {
     });
     let dir = match fetched {
         Ok(dir) => dir,
-        Err(error) => match newest_cached(&cache) {
+        Err(error) => match newest_cached(series, &cache) {
             Some(cached) => {
                 println!("vm: WARNING: {error:#}; using the cached {cached}");
                 cache.join(cached)
@@ -212,7 +295,7 @@ pub fn ensure() -> anyhow::Result<VmKernel> {
         },
     };
     prune(&cache, &dir);
-    load(&dir)
+    load(series, &dir)
 }
 
 /// The cache directory of `package`, downloaded first if it is not there yet.
@@ -271,15 +354,15 @@ fn download(package: &str, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The newest kernel in the cache, by package name.
-fn newest_cached(cache: &Path) -> Option<String> {
+/// The newest kernel of `series` in the cache, by package name.
+fn newest_cached(series: Series, cache: &Path) -> Option<String> {
     let listing: String = fs::read_dir(cache)
         .ok()?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|name| cache.join(name).join("vmlinuz").exists())
         .collect::<Vec<_>>()
         .join("\n");
-    newest_first(&listing).into_iter().next()
+    newest_first(series, &listing).into_iter().next()
 }
 
 /// Removes everything in the cache but `keep`: older kernels (about 12 MB each) and what an
@@ -296,7 +379,7 @@ fn prune(cache: &Path, keep: &Path) {
 }
 
 /// Reads a cached kernel and checks its configuration.
-fn load(dir: &Path) -> anyhow::Result<VmKernel> {
+fn load(series: Series, dir: &Path) -> anyhow::Result<VmKernel> {
     let package = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -308,6 +391,7 @@ fn load(dir: &Path) -> anyhow::Result<VmKernel> {
     let lsm =
         check_config(&config).with_context(|| format!("{package} cannot serve the VM tier"))?;
     Ok(VmKernel {
+        series,
         version: fs::read_to_string(dir.join("version"))
             .unwrap_or_default()
             .trim()
@@ -354,12 +438,35 @@ linux-image-6.12.99+deb12-cloud-amd64 - Linux 6.12 for x86-64 cloud (signed)
 linux-image-6.12-cloud-amd64 - Linux for x86-64 cloud (meta-package)
 ";
         assert_eq!(
-            newest_first(listing),
+            newest_first(Series::V6_12, listing),
             [
                 "linux-image-6.12.117+deb12-cloud-amd64",
                 "linux-image-6.12.107+deb12-cloud-amd64",
                 "linux-image-6.12.99+deb12-cloud-amd64"
             ]
+        );
+    }
+
+    #[test]
+    fn picks_the_newest_bookworm_kernel_image() {
+        let listing = "\
+linux-image-6.1.0-9-cloud-amd64 - Linux 6.1 for x86-64 cloud (signed)
+linux-image-6.1.0-57-cloud-amd64 - Linux 6.1 for x86-64 cloud (signed)
+linux-image-6.1.0-57-cloud-amd64-dbg - Debug symbols
+linux-image-6.12.117+deb12-cloud-amd64 - Linux 6.12 for x86-64 cloud (signed)
+linux-image-6.1.0-56-cloud-amd64 - Linux 6.1 for x86-64 cloud (signed)
+";
+        assert_eq!(
+            newest_first(Series::V6_1, listing),
+            [
+                "linux-image-6.1.0-57-cloud-amd64",
+                "linux-image-6.1.0-56-cloud-amd64",
+                "linux-image-6.1.0-9-cloud-amd64"
+            ]
+        );
+        assert_eq!(
+            newest_first(Series::V6_12, listing),
+            ["linux-image-6.12.117+deb12-cloud-amd64"]
         );
     }
 
@@ -378,6 +485,7 @@ linux-image-6.12-cloud-amd64 - Linux for x86-64 cloud (meta-package)
     #[test]
     fn bpf_is_added_to_the_lsm_list_only_when_missing() {
         let mut kernel = VmKernel {
+            series: Series::V6_12,
             package: String::new(),
             version: String::new(),
             vmlinuz: PathBuf::new(),

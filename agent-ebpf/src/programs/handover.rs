@@ -84,12 +84,17 @@ fn try_sendmsg(msg: Msghdr) -> ProbeResult {
     if control == 0 || len < CMSG_HDR {
         return Err(ProbeError::Skip); // no control messages: almost every send
     }
+    // Zero at run time (the kernel caps `msg_controllen` at `INT_MAX`), but not a constant to
+    // the verifier. Before 6.7 the verifier checked a `bpf_loop` callback once, with the state
+    // of the call: a `left` written as the constant 0 made the descriptor branch of
+    // `walk_step` dead code, which it removed, and Debian 12's 6.1 never named a sender.
+    let zero = len >> 62;
     let mut walk = Walk {
         control,
         len,
-        next: 0,
-        fd_at: 0,
-        left: 0,
+        next: zero,
+        fd_at: zero,
+        left: zero,
         task: Task::current(),
         slot: current_slot(),
     };

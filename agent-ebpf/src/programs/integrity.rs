@@ -181,23 +181,40 @@ pub fn enforce_inode_symlink(ctx: LsmContext) -> i32 {
     )
 }
 
+/// 1: `inode_setattr` takes `(struct mnt_idmap *, struct dentry *, struct iattr *)` (6.12);
+/// 0: `(struct dentry *, struct iattr *)` (Debian 12's 6.1). Set at load from the hook's BTF
+/// prototype (`phiguard_common::maps::INODE_SETATTR_IDMAP_GLOBAL`). The verifier sees the
+/// value (read-only data) and drops the other layout's branch, whose context reads past the
+/// hook's arguments would be refused.
+#[unsafe(no_mangle)]
+static INODE_SETATTR_IDMAP: u32 = 1;
+
 /// `int inode_setattr(struct mnt_idmap *idmap, struct dentry *dentry, struct iattr *attr)`
-/// (6.3+ with `mnt_idmap`; the dentry and `iattr` are what this reads): truncate (also
+/// on 6.12, `int inode_setattr(struct dentry *dentry, struct iattr *attr)` on 6.1 (see
+/// [`INODE_SETATTR_IDMAP`]; the dentry and `iattr` are what this reads): truncate (also
 /// `O_TRUNC` and `ftruncate`), chmod, chown, utimes.
 #[lsm(hook = "inode_setattr")]
 pub fn enforce_inode_setattr(ctx: LsmContext) -> i32 {
-    let earlier: i32 = ctx.arg(3);
+    // SAFETY: a plain static; volatile keeps the read in the program (the loader rewrites it).
+    let idmap = unsafe { core::ptr::read_volatile(&raw const INODE_SETATTR_IDMAP) };
+    if idmap != 0 {
+        setattr_with(ctx.arg(3), ctx.arg(1), ctx.arg(2))
+    } else {
+        setattr_with(ctx.arg(2), ctx.arg(0), ctx.arg(1))
+    }
+}
+
+/// The body of [`enforce_inode_setattr`], given the earlier LSM's verdict, the dentry and the
+/// `iattr` read from the hook's context.
+#[inline(always)]
+fn setattr_with(earlier: i32, dentry: u64, attr: u64) -> i32 {
     if earlier != 0 {
         return earlier;
     }
     let program = Program::EnforceInodeSetattr;
     verdict_of(
         program,
-        try_setattr(
-            Dentry::from_raw(ctx.arg::<u64>(1) as usize),
-            ctx.arg::<u64>(2) as usize,
-            program,
-        ),
+        try_setattr(Dentry::from_raw(dentry as usize), attr as usize, program),
     )
 }
 

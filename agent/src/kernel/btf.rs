@@ -151,6 +151,22 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
     })
 }
 
+/// How many arguments the BPF LSM hook `hook` takes on the kernel whose BTF is at `path` (the
+/// prototype of `bpf_lsm_{hook}`), or `None` when the BTF has no such function (a kernel
+/// without BPF LSM, or no such hook). Hooks change shape between kernels: `inode_setattr`
+/// takes 2 on 6.1 and 3 (a `mnt_idmap` first) on 6.12.
+pub fn lsm_hook_args(path: &Path, hook: &str) -> Option<usize> {
+    let btf = Btf::from_file(path).ok()?;
+    let types = btf.resolve_types_by_name(&format!("bpf_lsm_{hook}")).ok()?;
+    types.iter().find_map(|t| match t {
+        Type::Func(func) => match btf.resolve_chained_type(func).ok()? {
+            Type::FuncProto(proto) => Some(proto.parameters.len()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
 /// Byte offset of `field` in `struct strukt`, searching nested anonymous structs and unions.
 pub fn field_offset(btf: &Btf, strukt: &str, field: &str) -> Result<u32, BtfError> {
     let no_struct = || BtfError::NoStruct {
@@ -278,6 +294,18 @@ mod tests {
         let btf = Btf::from_file(VMLINUX_BTF).unwrap();
         assert_eq!(field_offset(&btf, "qstr", "name").unwrap(), 8);
         assert_eq!(field_offset(&btf, "qstr", "len").unwrap(), 4);
+    }
+
+    #[test]
+    fn lsm_hook_prototypes_are_read() {
+        let btf = Path::new(VMLINUX_BTF);
+        if !btf.exists() {
+            return;
+        }
+        // `file_open(struct file *)` has kept its shape since BPF LSM came in (5.7).
+        assert_eq!(lsm_hook_args(btf, "file_open"), Some(1));
+        assert!(matches!(lsm_hook_args(btf, "inode_setattr"), Some(2 | 3)));
+        assert_eq!(lsm_hook_args(btf, "no_such_hook"), None);
     }
 
     #[test]

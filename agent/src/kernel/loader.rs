@@ -19,7 +19,8 @@ use phiguard_common::{
     maps::{
         db_process, AgentId, ExecIdentity, GrantValue, InodeKey, AGENT, BREAK_GLASS, CONTROL_MAPS,
         DB_JOIN, DB_PORTS, DB_PROCESSES, DB_UNIX_SOCKETS, EVENTS, EXEC_IDENTITY,
-        FANOTIFY_DECIDES_GLOBAL, FAULTS, LOST, NEVER_KILL, OFFSETS_GLOBAL, WATCHED_PREFIXES,
+        FANOTIFY_DECIDES_GLOBAL, FAULTS, INODE_SETATTR_IDMAP_GLOBAL, LOST, NEVER_KILL,
+        OFFSETS_GLOBAL, WATCHED_PREFIXES,
     },
     offsets::KernelOffsets,
     program::{Program, PROGRAM_COUNT},
@@ -94,6 +95,15 @@ pub struct Sensors {
     pub status: Vec<ProgramStatus>,
 }
 
+/// How this kernel's `inode_setattr` LSM hook takes its arguments, for the
+/// `INODE_SETATTR_IDMAP` global: 0 for `(dentry, iattr)` (6.1), 1 for `(idmap, dentry, iattr)`
+/// (6.12), and 1 when the BTF does not say (no BPF LSM: the program does not attach anyway).
+fn inode_setattr_idmap() -> u32 {
+    let args = super::btf::lsm_hook_args(Path::new(super::btf::VMLINUX_BTF), "inode_setattr");
+    tracing::debug!(?args, "inode_setattr LSM hook arguments (BTF)");
+    u32::from(args != Some(2))
+}
+
 /// Whether this kernel accepts the BPF LSM programs (loads the object and one LSM program
 /// without attaching anything). An error when the object itself cannot load (no privileges).
 pub fn lsm_usable() -> Result<bool, LoadError> {
@@ -134,6 +144,8 @@ impl Sensors {
         loader.override_global(OFFSETS_GLOBAL, offsets, true);
         let fanotify_decides: u32 = u32::from(enforcement.fanotify_files);
         loader.override_global(FANOTIFY_DECIDES_GLOBAL, &fanotify_decides, true);
+        let setattr_idmap = inode_setattr_idmap();
+        loader.override_global(INODE_SETATTR_IDMAP_GLOBAL, &setattr_idmap, true);
         if let Some(root) = pin_root {
             // Shared with the programs a previous agent pinned (see `pins::claim`).
             pins::create_dir(root)?;
@@ -192,6 +204,21 @@ impl Sensors {
                     hook: spec.hook.to_string(),
                     reason: reason.clone(),
                 });
+            }
+            if let (Hook::Lsm { hook }, None, Some(reason)) =
+                (&spec.hook, &enforcement.lsm_inactive, &error)
+            {
+                // BPF LSM runs here, but this kernel refused this program (its verifier, a hook
+                // of another shape): say what goes unenforced, not "no BPF LSM".
+                let what = spec
+                    .missing_means
+                    .strip_prefix("no BPF LSM: ")
+                    .unwrap_or(spec.missing_means);
+                tracing::warn!(
+                    program = spec.name,
+                    "BPF LSM is active, but this kernel refused the lsm/{hook} program, so the \
+                     BPF LSM layer is not complete: {what}: {reason}"
+                );
             }
             sensors.status.push(ProgramStatus { spec: *spec, error });
         }
