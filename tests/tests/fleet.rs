@@ -31,6 +31,22 @@ fn fleet_section(cluster: &NatsCluster, writer: bool) -> String {
     )
 }
 
+/// The four agents: the first two start on `a`, the others on `b`, each listing the other
+/// collector to fail over to.
+fn start_agents(pki: &Pki, a: &str, b: &str) -> Vec<AgentLink> {
+    AGENTS
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let (first, other) = if i < 2 { (a, b) } else { (b, a) };
+            AgentLink::start_with(pki, host, first, |c| {
+                c.failover = vec![other.to_owned()];
+                c.backoff_min = Duration::from_millis(100);
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn the_store_writer_killed_mid_stream_is_replaced_by_its_standby_and_nothing_is_lost_or_doubled() {
     let pki = Pki::new(&AGENTS);
@@ -95,21 +111,7 @@ fn the_store_writer_killed_mid_stream_is_replaced_by_its_standby_and_nothing_is_
     );
     let rt = runtime();
     let live_front = collect_live(&rt, subscribe_live(&rt, &pki, &front.addr, file_opens()));
-    let links: Vec<AgentLink> = AGENTS
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let (first, other) = if i < 2 {
-                (front.addr.clone(), w1.addr.clone())
-            } else {
-                (w1.addr.clone(), front.addr.clone())
-            };
-            AgentLink::start_with(&pki, host, &first, |c| {
-                c.failover = vec![other];
-                c.backoff_min = Duration::from_millis(100);
-            })
-        })
-        .collect();
+    let links = start_agents(&pki, &front.addr, &w1.addr);
     let mut killed_at = None;
     for round in 0..ROUNDS {
         for link in &links {
@@ -377,21 +379,7 @@ fn a_nats_node_and_a_collector_killed_mid_stream_lose_nothing_acknowledged_and_s
     let live_writer = collect_live(&rt, subscribe_live(&rt, &pki, &writer.addr, file_opens()));
     let live_front = collect_live(&rt, subscribe_live(&rt, &pki, &front.addr, file_opens()));
     // Two agents start on the front end, two on the writer's collector; each lists the other.
-    let links: Vec<AgentLink> = AGENTS
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let (first, other) = if i < 2 {
-                (front.addr.clone(), writer.addr.clone())
-            } else {
-                (writer.addr.clone(), front.addr.clone())
-            };
-            AgentLink::start_with(&pki, host, &first, |c| {
-                c.failover = vec![other];
-                c.backoff_min = Duration::from_millis(100);
-            })
-        })
-        .collect();
+    let links = start_agents(&pki, &front.addr, &writer.addr);
     let mut killed_at = None;
     let mut acked_at_kill = Vec::new();
     let mut failed_over: BTreeMap<usize, Duration> = BTreeMap::new();
