@@ -479,6 +479,37 @@ fn hand_over(
     (taker.wait().unwrap(), data, holder)
 }
 
+/// The decision `verdict` on a received descriptor of the protected file naming `exe`, within
+/// 10 s (a panic with the events seen otherwise).
+fn wait_for_receive(s: &mut Setup, verdict: v1::Verdict, exe: &Path) -> v1::Event {
+    let (exe, file) = (exe.display().to_string(), s.file.display().to_string());
+    s.h.wait_for(Duration::from_secs(10), |e| {
+        e.decision
+            .as_ref()
+            .is_some_and(|d| d.verdict == verdict as i32)
+            && file_open(e).is_some_and(|f| f.path == file && f.syscall == RECEIVED)
+            && process(e).exe == exe
+    })
+    .unwrap_or_else(|| panic!("no {verdict:?} decision naming {exe}: {}", s.h.dump()))
+}
+
+/// [`hand_over`] where the receiver may read: asserts it did, lets the holder go and returns
+/// its pid (the sender the events should name).
+fn hand_over_and_read(s: &Setup, receiver: &Path, who: &str) -> u32 {
+    let (status, data, mut holder) = hand_over(s, receiver);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{who} read the file (programs not attached: {:?})",
+        s.h.not_attached
+    );
+    assert_eq!(data, SECRET, "the handed-over descriptor reads");
+    let holder_pid = holder.id();
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    holder_pid
+}
+
 /// The received-descriptor events (`syscall` RECEIVE) on the protected file naming `exe`.
 fn receives<'a>(s: &'a Setup, exe: &Path) -> Vec<&'a v1::Event> {
     let (exe, file) = (exe.display().to_string(), s.file.display().to_string());
@@ -549,28 +580,9 @@ fn a_descriptor_handed_over_on_a_unix_socket_is_reported_with_its_sender() {
 fn an_allowed_receive_of_a_handed_over_descriptor_is_reported_with_both_ends() {
     let mut s = Setup::new();
     let receiver = s.allowed_receiver.clone();
-    let (status, data, mut holder) = hand_over(&s, &receiver);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "the listed receiver read the file (programs not attached: {:?})",
-        s.h.not_attached
-    );
-    assert_eq!(data, SECRET, "the handed-over descriptor reads");
-    let holder_pid = holder.id();
-    drop(holder.stdin.take());
-    let _ = holder.wait();
+    let holder_pid = hand_over_and_read(&s, &receiver, "the listed receiver");
     if s.h.lsm {
-        let (exe, file) = (receiver.display().to_string(), s.file.display().to_string());
-        let event =
-            s.h.wait_for(Duration::from_secs(10), |e| {
-                e.decision
-                    .as_ref()
-                    .is_some_and(|d| d.verdict == v1::Verdict::Allow as i32)
-                    && file_open(e).is_some_and(|f| f.path == file && f.syscall == RECEIVED)
-                    && process(e).exe == exe
-            })
-            .unwrap_or_else(|| panic!("no allow decision naming {exe}: {}", s.h.dump()));
+        let event = wait_for_receive(&mut s, v1::Verdict::Allow, &receiver);
         assert_eq!(
             event.decision.as_ref().unwrap().layer,
             v1::EnforcementLayer::Unspecified as i32,
@@ -632,16 +644,7 @@ fn an_allowed_take_of_a_descriptor_is_reported_once() {
         out.stdout, SECRET,
         "the listed taker read the file: {out:?}"
     );
-    let (exe, file) = (taker.display().to_string(), s.file.display().to_string());
-    let event =
-        s.h.wait_for(Duration::from_secs(10), |e| {
-            e.decision
-                .as_ref()
-                .is_some_and(|d| d.verdict == v1::Verdict::Allow as i32)
-                && file_open(e).is_some_and(|f| f.path == file && f.syscall == RECEIVED)
-                && process(e).exe == exe
-        })
-        .unwrap_or_else(|| panic!("no allow decision naming {exe}: {}", s.h.dump()));
+    let event = wait_for_receive(&mut s, v1::Verdict::Allow, &taker);
     // BPF LSM `file_receive` decides and reports it (before the descriptor has a number); else
     // the call's exit program, with the number.
     let open = file_open(&event).unwrap();
@@ -672,29 +675,10 @@ fn an_allowed_take_of_a_descriptor_is_reported_once() {
 fn a_handed_over_descriptor_in_audit_mode_is_a_would_deny_with_both_ends() {
     let mut s = Setup::with_mode("audit");
     let receiver = s.build("receiver", RECEIVER_C, &[]);
-    let (status, data, mut holder) = hand_over(&s, &receiver);
     // Audit mode refuses nothing.
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "the receiver read the file (programs not attached: {:?})",
-        s.h.not_attached
-    );
-    assert_eq!(data, SECRET, "the handed-over descriptor reads");
-    let holder_pid = holder.id();
-    drop(holder.stdin.take());
-    let _ = holder.wait();
+    let holder_pid = hand_over_and_read(&s, &receiver, "the receiver");
     if s.h.lsm {
-        let (exe, file) = (receiver.display().to_string(), s.file.display().to_string());
-        let event =
-            s.h.wait_for(Duration::from_secs(10), |e| {
-                e.decision
-                    .as_ref()
-                    .is_some_and(|d| d.verdict == v1::Verdict::WouldDeny as i32)
-                    && file_open(e).is_some_and(|f| f.path == file && f.syscall == RECEIVED)
-                    && process(e).exe == exe
-            })
-            .unwrap_or_else(|| panic!("no would-deny decision naming {exe}: {}", s.h.dump()));
+        let event = wait_for_receive(&mut s, v1::Verdict::WouldDeny, &receiver);
         assert_eq!(file_open(&event).unwrap().result, Some(0), "{event:?}");
         assert_sender(&s, &event, holder_pid);
         s.assert_allowed_still_reads();
