@@ -7,9 +7,9 @@
 //! who is calling), [`revocation`] and [`crl`] (revoked certificates), [`liveness`] (silent and returning agents), [`tamper`] (agents whose
 //! kernel state was changed behind their back), [`breakglass`] (an alert for each break-glass
 //! grant), [`alert`] (the collector's own events), [`server`] (the gRPC services), [`store`] and [`chain`] (segments, hashes,
-//! dedup, retention), [`checkpoint`] (signed chain heads), [`stream`] (fan-out with filters),
+//! dedup, retention), [`fence`] (one fleet store writer at a time, enforced at each append), [`checkpoint`] (signed chain heads), [`stream`] (fan-out with filters),
 //! [`scope`] and [`access`] (who may see what), [`audit`] (every subscription in the trail),
-//! [`verify`] (chain and checkpoint checks), [`metrics`] (the Prometheus endpoint) and
+//! [`verify`] (chain and checkpoint checks), [`metrics`] (the Prometheus endpoint), [`notify`] (readiness, status and watchdog for systemd) and
 //! [`tail`] (the subscriber client).
 
 pub mod access;
@@ -23,11 +23,13 @@ pub mod config;
 pub mod crl;
 pub mod export;
 pub mod faults;
+pub mod fence;
 pub mod health;
 pub mod identity;
 pub mod jetstream;
 pub mod liveness;
 pub mod metrics;
+pub mod notify;
 pub mod ocsf;
 pub mod revocation;
 pub mod scope;

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use phiguard_collector::{
     checkpoint::{self, Signer},
     config::Config,
-    server::BoundCollector,
+    fence::FenceError,
+    jetstream::lease::TakeError,
+    notify,
+    server::{BoundCollector, ServerError},
+    store::FENCED_EXIT,
     tail,
     tls::TlsFiles,
     verify::{self, VerifyOptions},
@@ -232,11 +236,18 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         }
     };
     runtime()?.block_on(async {
+        // Pinged from the start: a standby waits for the lease before it listens.
+        let _watchdog = notify::spawn_watchdog();
         let collector = match BoundCollector::bind(config).await {
             Ok(collector) => collector,
             // The address may come free: worth another try.
-            Err(error @ phiguard_collector::server::ServerError::Bind { .. }) => {
-                return Err(error.into())
+            Err(error @ ServerError::Bind { .. }) => return Err(error.into()),
+            // A newer writer took the store meanwhile: stand by again (the unit restarts it).
+            Err(
+                error @ ServerError::Take(TakeError::Fence(FenceError::Stale { .. })),
+            ) => {
+                tracing::error!("{error:#}");
+                return Ok(ExitCode::from(FENCED_EXIT as u8));
             }
             // Certificates, keys, the store: the operator must act first.
             Err(error) => {
@@ -276,7 +287,7 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         });
         // systemd (Type=notify): started once it listens and handles its signals (a reload
         // right after start must not end it). A no-op elsewhere.
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        notify::ready("listening");
         let shutdown = async move {
             tokio::select! {
                 _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),

@@ -97,6 +97,9 @@ pub enum ServerError {
     /// JetStream could not be reached or its stream made.
     #[error(transparent)]
     JetStream(#[from] BusError),
+    /// The store writer lease could not be taken or the store's fence raised.
+    #[error(transparent)]
+    Take(#[from] lease::TakeError),
     /// The gRPC server failed.
     #[error("serving: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -389,6 +392,21 @@ impl CollectorService {
             error!(%error, "auditing a refused subscription failed");
         }
         status
+    }
+
+    /// A fleet front end has no store to replay from (`start` other than live): the refusal
+    /// naming the store writer's collector, which has.
+    async fn replay_elsewhere(&self, start: &Start) -> Option<Status> {
+        let bus = self.bus.as_ref().filter(|b| !b.config().store_writer)?;
+        if matches!(start, Start::Live) {
+            return None;
+        }
+        let writer = lease::holder(bus)
+            .await
+            .unwrap_or_else(|| "(none holds the writer lease now)".to_owned());
+        Some(Status::failed_precondition(format!(
+            "replay needs the store: this collector is a fleet front end without it; ask the store writer's collector (writer lease held by {writer}: host:port/pid/id), or subscribe live here"
+        )))
     }
 
     /// Checks a Subscribe call: who, and whether its scope grants what it asks for.
@@ -793,6 +811,9 @@ impl Collector for CollectorService {
             Some(WireStart::SinceTime(t)) => Start::Time(t.seconds, t.nanos),
             Some(WireStart::SinceSeq(seq)) => Start::Seq(seq),
         };
+        if let Some(status) = self.replay_elsewhere(&start).await {
+            return Err(self.refuse_subscription(&asked, &peer, status).await);
+        }
         // No ePHI leaves without its audit record: one that cannot be stored refuses.
         if let Err(error) = self.store_own(AUDIT_CHAIN, asked.opened(&scope)).await {
             error!(subscriber = %peer.identity, %error, "auditing a subscription failed: refused");
@@ -888,10 +909,18 @@ impl BoundCollector {
         };
         // A store writer opens the store only once it holds the writer lease (it may wait,
         // as a standby, for another writer's lease to lapse), and keeps renewing it.
-        if let Some(bus) = bus.as_ref().filter(|b| b.config().store_writer) {
-            lease::acquire(bus, &lease::holder_name()).await?.keep();
-        }
+        // Then it raises the store's fence to its lease's token before opening the store, so
+        // that a writer it replaced, paused rather than dead, can append nothing more.
+        let fence = match bus.as_ref().filter(|b| b.config().store_writer) {
+            Some(bus) => {
+                Some(lease::take_store(bus, &config.store.dir, config.server.listen.port()).await?)
+            }
+            None => None,
+        };
         let store = Arc::new(Store::open(config.store.clone())?);
+        if let Some(fence) = fence {
+            store.set_fence(fence);
+        }
         let signer = Signer::open_in_custody(&config.checkpoint.key, &config.store.dir)?;
         let checkpoints = Arc::new(
             Checkpointer::new(

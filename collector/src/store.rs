@@ -17,7 +17,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, BufReader, Read as _, Seek as _, SeekFrom, Write as _},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -25,7 +25,7 @@ use pbjson_types::Timestamp;
 use phiguard_proto::v1::{self, event::Body};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     chain::{
@@ -33,6 +33,7 @@ use crate::{
         HEADER_LEN, SEGMENT_MAGIC,
     },
     faults::{self, Step},
+    fence::{Fence, FenceError, FenceHeld},
     identity,
 };
 
@@ -149,6 +150,9 @@ pub enum StoreError {
         /// The limit.
         max: u32,
     },
+    /// The fleet writer's fence could not be read ([`crate::fence`]).
+    #[error(transparent)]
+    Fence(FenceError),
     /// A sidecar index could not be parsed.
     #[error("{}: {source}", path.display())]
     Index {
@@ -455,7 +459,13 @@ pub struct Store {
     chains: Mutex<BTreeMap<Arc<str>, Arc<Mutex<Chain>>>>,
     repairs: Mutex<Vec<Repair>>,
     retention_signer: Mutex<Option<RetentionSigner>>,
+    /// The fleet writer's fence ([`crate::fence`]): every append and retention pass holds it.
+    fence: OnceLock<Fence>,
 }
+
+/// The exit status of a store writer fenced off by a newer one (as of one that lost its
+/// lease: its unit restarts it, and it comes back as a standby).
+pub const FENCED_EXIT: i32 = 75;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1226,7 +1236,38 @@ impl Store {
             chains: Mutex::new(chains),
             repairs: Mutex::new(repairs),
             retention_signer: Mutex::new(None),
+            fence: OnceLock::new(),
         })
+    }
+
+    /// Puts the store under `fence` (a fleet store writer's, raised before the store was
+    /// opened): from now on every append and retention pass holds it, and the first one
+    /// that finds it raised by another writer ends the process with [`FENCED_EXIT`] before
+    /// writing anything. Set once; a second fence is ignored.
+    pub fn set_fence(&self, fence: Fence) {
+        let token = fence.token();
+        if self.fence.set(fence).is_ok() {
+            info!(
+                token,
+                "store fenced: appends only while the fence holds this writer's token"
+            );
+        }
+    }
+
+    /// Holds the fence for one write, when there is one. A fence raised by another writer
+    /// ends the process at once: this one lost the store, and nothing may be written.
+    fn hold_fence(&self) -> Result<Option<FenceHeld>, StoreError> {
+        let Some(fence) = self.fence.get() else {
+            return Ok(None);
+        };
+        match fence.hold() {
+            Ok(held) => Ok(Some(held)),
+            Err(stale @ FenceError::Stale { .. }) => {
+                error!(error = %stale, "store writer fenced off: another collector writes the store now; stopping at once, nothing written");
+                std::process::exit(FENCED_EXIT);
+            }
+            Err(error) => Err(StoreError::Fence(error)),
+        }
     }
 
     /// Signs every retention entry from now on with `sign`.
@@ -1309,6 +1350,8 @@ impl Store {
         now: SystemTime,
         committed: impl FnOnce(&Appended),
     ) -> Result<Appended, StoreError> {
+        // Held until the batch is fsync'd: a newer writer's raise waits for it to end.
+        let _fence = self.hold_fence()?;
         let chain = self.chain(agent)?;
         let mut chain = lock(&chain);
         match chain.append(&self.config, events, now) {
@@ -1419,6 +1462,7 @@ impl Store {
     /// [`RETENTION_CLOCK_BOUND`] ahead of the newest record received, nothing is removed by
     /// age (logged; removal by size goes on).
     pub fn apply_retention(&self, now: SystemTime) -> Result<Vec<RetentionEntry>, StoreError> {
+        let _fence = self.hold_fence()?;
         let chains: Vec<Arc<Mutex<Chain>>> = lock(&self.chains).values().cloned().collect();
         let max_age = i64::try_from(self.config.retention_max_age.as_secs()).unwrap_or(i64::MAX);
         let clock = unix_secs(now);

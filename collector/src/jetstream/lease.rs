@@ -11,8 +11,19 @@
 //! the lease taken by another, it exits at once (status 75), without writing another byte,
 //! before a standby can have taken the lease. Its unacknowledged messages are delivered again
 //! to the next writer, and the store recognises what it had already stored.
+//!
+//! That is a timeout, which a writer paused past its lease (not dead) outlives: the store's
+//! fence ([`crate::fence`]) is what stops such a writer. The revision at which a writer took
+//! the lease is its fencing token, and [`take_store`] raises the fence to it before the store
+//! is opened.
+//!
+//! A standby tells systemd it is ready while it waits ([`crate::notify`]): it is up and doing
+//! its job, and a unit's start timeout must not end it.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use async_nats::jetstream::{
     kv::{self, CreateErrorKind},
@@ -21,6 +32,7 @@ use async_nats::jetstream::{
 use tracing::{error, info, warn};
 
 use super::bus::{Bus, BusError};
+use crate::fence::{Fence, FenceError};
 
 /// The key holding the writer's identity.
 const KEY: &str = "writer";
@@ -28,10 +40,39 @@ const KEY: &str = "writer";
 /// The exit status of a writer that lost its lease.
 pub const LOST_LEASE_EXIT: i32 = 75;
 
+/// Why this collector could not become the store writer.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    /// JetStream could not be asked.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The store's fence could not be raised to the lease's token.
+    #[error("raising the store's fence: {0}")]
+    Fence(#[from] FenceError),
+}
+
+/// Makes this collector (listening on `listen_port`) the store writer of the store in `dir`:
+/// waits for the lease (as a standby), keeps renewing it, then raises the store's fence to its token — waiting for a
+/// batch in progress of a writer it replaced, paused rather than dead, to end — so that
+/// such a writer can append nothing more ([`crate::fence`]). Open the store only after this.
+pub async fn take_store(bus: &Bus, dir: &Path, listen_port: u16) -> Result<Fence, TakeError> {
+    let lease = acquire(bus, &holder_name(listen_port)).await?;
+    let token = lease.token();
+    lease.keep();
+    let dir = dir.to_owned();
+    let fence = tokio::task::spawn_blocking(move || Fence::raise(&dir, token))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    info!(token, "store fence raised to this writer's token");
+    Ok(fence)
+}
+
 /// The lease, held.
 pub struct Lease {
     store: kv::Store,
     holder: String,
+    /// The key-value revision at which it was taken: this writer's fencing token.
+    token: u64,
     revision: u64,
     ttl: Duration,
 }
@@ -40,15 +81,30 @@ fn bucket(bus: &Bus) -> String {
     format!("{}_WRITER", bus.config().stream)
 }
 
-/// This process, as the lease names it: host, pid and a random part.
-pub fn holder_name() -> String {
+/// This process, as the lease names it: host and the port its collector is configured to
+/// listen on (where to ask for replay), pid and a random part.
+pub fn holder_name(listen_port: u16) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
     format!(
-        "{host}/{}/{}",
+        "{host}:{listen_port}/{}/{}",
         std::process::id(),
         &uuid::Uuid::now_v7().simple().to_string()[24..]
+    )
+}
+
+/// Who holds the lease now (its [`holder_name`]), if anyone; None too when JetStream cannot
+/// be asked. The name is another process's writing: quote it, never trust it.
+pub async fn holder(bus: &Bus) -> Option<String> {
+    let store = bus.context().get_key_value(bucket(bus)).await.ok()?;
+    let value = store.get(KEY).await.ok()??;
+    Some(
+        String::from_utf8_lossy(&value)
+            .chars()
+            .take(200)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect(),
     )
 }
 
@@ -85,7 +141,9 @@ async fn open_bucket(bus: &Bus) -> Result<kv::Store, BusError> {
         .map_err(|e| failed(&e))
 }
 
-/// Waits until this process holds the lease (as `holder`), logging once that it stands by.
+/// Waits until this process holds the lease (as `holder`). While another holds it, this one
+/// stands by: logged once, and reported to systemd as ready with a status saying so (its
+/// unit's start timeout must not end a standby).
 pub async fn acquire(bus: &Bus, holder: &str) -> Result<Lease, BusError> {
     let ttl = bus.config().writer_lease;
     let mut said = false;
@@ -102,12 +160,17 @@ pub async fn acquire(bus: &Bus, holder: &str) -> Result<Lease, BusError> {
             Ok(revision) => {
                 info!(
                     holder,
+                    token = revision,
                     lease_secs = ttl.as_secs(),
                     "store writer lease taken: this collector writes the store"
+                );
+                crate::notify::status(
+                    "store writer: lease taken; raising the store's fence and opening the store",
                 );
                 return Ok(Lease {
                     store,
                     holder: holder.to_owned(),
+                    token: revision,
                     revision,
                     ttl,
                 });
@@ -122,6 +185,9 @@ pub async fn acquire(bus: &Bus, holder: &str) -> Result<Lease, BusError> {
                         .map(|v| String::from_utf8_lossy(&v).into_owned())
                         .unwrap_or_default();
                     info!(writer = %current, "standby: another collector holds the store writer lease; waiting for it to lapse");
+                    crate::notify::ready(&format!(
+                        "standby: store writer lease held by {current}; waiting to take over"
+                    ));
                     said = true;
                 }
             }
@@ -132,6 +198,12 @@ pub async fn acquire(bus: &Bus, holder: &str) -> Result<Lease, BusError> {
 }
 
 impl Lease {
+    /// The fencing token of this writer ([`crate::fence`]): the lease's key-value revision
+    /// when it was taken. A later writer's is always larger.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
     /// Renews the lease for as long as the process lives; exits the process when it is lost.
     pub fn keep(mut self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
