@@ -283,13 +283,22 @@ impl CollectorProc {
     /// standby store writer listens only once it holds the writer lease. Then
     /// [`CollectorProc::wait_listening`].
     pub fn start_pending(config: PathBuf, store: PathBuf) -> (CollectorProc, PendingAddr) {
+        Self::start_pending_with_env(config, store, Vec::new())
+    }
+
+    /// [`CollectorProc::start_pending`] with extra environment (e.g. `NOTIFY_SOCKET`).
+    pub fn start_pending_with_env(
+        config: PathBuf,
+        store: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> (CollectorProc, PendingAddr) {
         let mut proc = CollectorProc {
             child: None,
             addr: String::new(),
             config,
             store,
             log: Arc::new(Mutex::new(String::new())),
-            env: Vec::new(),
+            env,
         };
         let addr = proc.launch();
         (proc, PendingAddr(addr))

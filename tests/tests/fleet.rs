@@ -7,13 +7,22 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+
 use phiguard_proto::v1;
 use phiguard_tests::{
-    e2e::{replay_all, runtime, subscribe_live, AgentLink, CollectorProc, Pki},
+    e2e::{
+        replay_all, replay_with, runtime, subscribe_live, AgentLink, CollectorProc, PendingAddr,
+        Pki,
+    },
     fleet::NatsCluster,
 };
 
@@ -51,52 +60,19 @@ fn start_agents(pki: &Pki, a: &str, b: &str) -> Vec<AgentLink> {
 fn the_store_writer_killed_mid_stream_is_replaced_by_its_standby_and_nothing_is_lost_or_doubled() {
     let pki = Pki::new(&AGENTS);
     let mut cluster = NatsCluster::start(3);
-    let w1_work = tempfile::Builder::new()
-        .prefix("phiguard-fleet-w1-")
-        .tempdir()
-        .unwrap();
-    let w2_work = tempfile::Builder::new()
-        .prefix("phiguard-fleet-w2-")
-        .tempdir()
-        .unwrap();
     let f_work = tempfile::Builder::new()
         .prefix("phiguard-fleet-f-")
         .tempdir()
         .unwrap();
     let cadence = "every_records = 500\nevery_secs = 1\n";
     let lease = 4;
-    let writer_section = format!(
-        "{}writer_lease_secs = {lease}\n",
-        fleet_section(&cluster, true)
-    );
-    // Both writers on one store (shared storage), key and checkpoint file.
-    let w1_config = CollectorProc::write_config(
-        w1_work.path(),
-        &pki,
-        &w1_work.path().join("checkpoint.key"),
-        "",
-        "",
-        cadence,
-        &writer_section,
-    );
-    let w2_config = w2_work.path().join("collector.toml");
-    std::fs::copy(&w1_config, &w2_config).unwrap();
-    let store = w1_work.path().join("store");
-    let mut w1 = CollectorProc::start_config(w1_config, store.clone());
-    assert!(
-        w1.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
-        "{}",
-        w1.log()
-    );
-    let (mut w2, w2_listening) = CollectorProc::start_pending(w2_config.clone(), store);
-    assert!(
-        w2.wait_log(
-            "standby: another collector holds the store writer lease",
-            Duration::from_secs(30)
-        ),
-        "{}",
-        w2.log()
-    );
+    let WriterAndStandby {
+        mut w1,
+        mut w2,
+        w2_listening,
+        w2_config,
+        work: _work,
+    } = WriterAndStandby::start(&cluster, &pki, lease, "", Vec::new());
     let front = CollectorProc::start_with_sections(
         f_work.path(),
         &pki,
@@ -169,6 +145,432 @@ fn the_store_writer_killed_mid_stream_is_replaced_by_its_standby_and_nothing_is_
         last,
     );
     drop(links);
+}
+
+/// A store writer and its standby on one store (shared storage: one store directory,
+/// checkpoint key and checkpoint file), both with a `lease_secs` writer lease and `extra`
+/// sections; the writer consumes JetStream and the standby waits for the lease (started
+/// with `standby_env`).
+struct WriterAndStandby {
+    w1: CollectorProc,
+    w2: CollectorProc,
+    w2_listening: PendingAddr,
+    w2_config: PathBuf,
+    work: [tempfile::TempDir; 2],
+}
+
+impl WriterAndStandby {
+    fn start(
+        cluster: &NatsCluster,
+        pki: &Pki,
+        lease_secs: u64,
+        extra: &str,
+        standby_env: Vec<(String, String)>,
+    ) -> WriterAndStandby {
+        let work = ["w1", "w2"].map(|name| {
+            tempfile::Builder::new()
+                .prefix(&format!("phiguard-fleet-{name}-"))
+                .tempdir()
+                .unwrap()
+        });
+        let writer_section = format!(
+            "{}writer_lease_secs = {lease_secs}\n{extra}",
+            fleet_section(cluster, true)
+        );
+        let w1_config = CollectorProc::write_config(
+            work[0].path(),
+            pki,
+            &work[0].path().join("checkpoint.key"),
+            "",
+            "",
+            "every_records = 500\nevery_secs = 1\n",
+            &writer_section,
+        );
+        let w2_config = work[1].path().join("collector.toml");
+        std::fs::copy(&w1_config, &w2_config).unwrap();
+        let store = work[0].path().join("store");
+        let w1 = CollectorProc::start_config(w1_config, store.clone());
+        assert!(
+            w1.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+            "{}",
+            w1.log()
+        );
+        let (w2, w2_listening) =
+            CollectorProc::start_pending_with_env(w2_config.clone(), store, standby_env);
+        assert!(
+            w2.wait_log(
+                "standby: another collector holds the store writer lease",
+                Duration::from_secs(30)
+            ),
+            "{}",
+            w2.log()
+        );
+        WriterAndStandby {
+            w1,
+            w2,
+            w2_listening,
+            w2_config,
+            work,
+        }
+    }
+}
+
+/// Every file under `dir` (relative path) with its contents.
+fn files_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                files.insert(path.strip_prefix(dir).unwrap().to_owned(), bytes);
+            }
+        }
+    }
+    files
+}
+
+/// Liveness of the agents talking to a collector: silent after 2 s.
+const SILENT_AFTER_2S: &str = "[liveness]\nsilent_after_ms = 2000\n";
+
+#[test]
+fn a_writer_paused_past_its_lease_writes_nothing_after_its_standby_took_over_and_exits_75() {
+    const THREE: [&str; 3] = ["fleet-a", "fleet-b", "fleet-c"];
+    let pki = Pki::new(&THREE);
+    let cluster = NatsCluster::start(3);
+    let lease = 4;
+    let WriterAndStandby {
+        w1: mut old,
+        w2: mut new,
+        w2_listening,
+        w2_config,
+        work: _work,
+    } = WriterAndStandby::start(&cluster, &pki, lease, SILENT_AFTER_2S, Vec::new());
+    let f_work = tempfile::Builder::new()
+        .prefix("phiguard-fleet-f-")
+        .tempdir()
+        .unwrap();
+    let front = CollectorProc::start_with_sections(
+        f_work.path(),
+        &pki,
+        "",
+        "every_records = 500\nevery_secs = 1\n",
+        &fleet_section(&cluster, false),
+    );
+    assert!(
+        front.wait_log("live relay following JetStream", Duration::from_secs(30)),
+        "{}",
+        front.log()
+    );
+    // Two agents on the front end, streaming throughout; a third on the writer's own
+    // collector, which falls silent just before the writer is paused: once the writer runs
+    // again, the first thing it does without asking anyone is to record that agent's silence
+    // in the store — an append the fence must refuse.
+    let links: Vec<AgentLink> = THREE[..2]
+        .iter()
+        .map(|host| AgentLink::start(&pki, host, &front.addr))
+        .collect();
+    let quiet = AgentLink::start(&pki, THREE[2], &old.addr);
+    let mut rounds = 0;
+    let mut send_round = |links: &[AgentLink]| {
+        for link in links {
+            link.send(
+                &link.host,
+                rounds * PER_ROUND + 1..=(rounds + 1) * PER_ROUND,
+            );
+        }
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for _ in 0..5 {
+        send_round(&links);
+    }
+    quiet.send(THREE[2], 1..=PER_ROUND);
+    assert!(
+        quiet.wait_acked(PER_ROUND, Duration::from_secs(20)),
+        "{}",
+        old.log()
+    );
+    drop(quiet);
+    let old_pid = old.pid().unwrap();
+    let paused_at = pause_outside_a_batch(old_pid, &old.store.join("writer.fence"));
+    while paused_at.elapsed() < Duration::from_secs(2 * lease) {
+        send_round(&links);
+    }
+    new.wait_listening(w2_listening, Duration::from_secs(60));
+    assert!(
+        new.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+        "{}",
+        new.log()
+    );
+    let last = rounds * PER_ROUND;
+    for link in &links {
+        assert!(
+            link.wait_acked(last, Duration::from_secs(60)),
+            "{} acknowledged only up to {}:\n{}",
+            link.host,
+            link.spool.stats().acked,
+            front.log()
+        );
+    }
+    let rt = runtime();
+    let total = last * 2 + PER_ROUND;
+    let stored = stored_file_opens(&rt, &pki, &new, total);
+    let check = |what: &str, stored: &[(String, u64)]| {
+        let (quiet, streaming): (Vec<_>, Vec<_>) = stored
+            .iter()
+            .cloned()
+            .partition(|(agent, _)| agent == THREE[2]);
+        exactly_once_of(what, &THREE[..2], &streaming, last);
+        exactly_once_of(what, &THREE[2..], &quiet, PER_ROUND);
+    };
+    check("the store after the take-over", &stored);
+    // Everything is in and the new writer idle. The old one runs again, its lease lapsed,
+    // the third agent silent for longer than 2 s — and its NATS server slow to answer for a
+    // moment, so that its lease renewal cannot tell it yet that the lease is gone (as when a
+    // writer runs again before its renewal timer does): what stops it must be the fence.
+    let before = files_under(&new.store);
+    let node = cluster
+        .nodes
+        .iter()
+        .find(|n| connected_to(old_pid, &n.url))
+        .expect("the old writer's NATS server");
+    let node_pid = Pid::from_raw(node.pid().unwrap() as i32);
+    kill(node_pid, Signal::SIGSTOP).unwrap();
+    kill(Pid::from_raw(old_pid as i32), Signal::SIGCONT).unwrap();
+    let slow_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < slow_until && !old.log().contains("store writer fenced off") {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill(node_pid, Signal::SIGCONT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = old.exit_status() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the paused writer still runs 20 s after SIGCONT:\n{}",
+            old.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(75), "{}", old.log());
+    let after = files_under(&new.store);
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(path, bytes)| before.get(*path) != Some(*bytes))
+        .map(|(path, _)| path.display().to_string())
+        .chain(
+            before
+                .keys()
+                .filter(|path| !after.contains_key(*path))
+                .map(|path| format!("{} (removed)", path.display())),
+        )
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "the paused writer wrote to the store after the take-over: {changed:?}\n{}",
+        old.log()
+    );
+    assert!(
+        old.log().contains("store writer fenced off"),
+        "the paused writer was not refused by the fence:\n{}",
+        old.log()
+    );
+    check("the store", &stored_file_opens(&rt, &pki, &new, total));
+    let verified = CollectorProc::verify(&w2_config, &[]);
+    assert!(
+        verified.status.success(),
+        "verify: {}\n{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    drop(links);
+}
+
+/// SIGSTOPs `pid` at a moment it holds no lock on `fence` (a batch of its in progress holds
+/// one, and a newer writer's raise would wait for it): otherwise it is let run a little longer
+/// and paused again. Returns when it was paused.
+fn pause_outside_a_batch(pid: u32, fence: &Path) -> Instant {
+    let target = Pid::from_raw(pid as i32);
+    for _ in 0..200 {
+        kill(target, Signal::SIGSTOP).unwrap();
+        let paused_at = Instant::now();
+        // SIGSTOP is delivered asynchronously: wait until the process is stopped.
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap()
+            .rsplit(") ")
+            .next()
+            .is_some_and(|rest| rest.starts_with('T'))
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !holds_flock(pid, fence) {
+            return paused_at;
+        }
+        kill(target, Signal::SIGCONT).unwrap();
+        std::thread::sleep(Duration::from_millis(7));
+    }
+    panic!("process {pid} held {} at every pause", fence.display());
+}
+
+/// Whether process `pid` has a TCP connection to the server of `url` (`nats://HOST:PORT`).
+fn connected_to(pid: u32, url: &str) -> bool {
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let inodes: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .any(|text| {
+            text.lines().skip(1).any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 9
+                    && inodes.contains(fields[9])
+                    && fields[2]
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok())
+                        == Some(port)
+            })
+        })
+}
+
+/// Whether process `pid` holds a `flock(2)` lock on `path` (`/proc/locks`).
+fn holds_flock(pid: u32, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = std::fs::metadata(path).unwrap().ino();
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|line| !line.contains("->"))
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .any(|f| {
+            f.len() > 5
+                && f[1] == "FLOCK"
+                && f[4] == pid.to_string()
+                && f[5].rsplit(':').next() == Some(inode.to_string().as_str())
+        })
+}
+
+/// The datagrams a service manager would receive on `$NOTIFY_SOCKET`, as they come.
+fn notify_socket(dir: &Path) -> (PathBuf, Arc<Mutex<Vec<String>>>) {
+    let path = dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = socket.recv(&mut buffer) {
+            sink.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+    });
+    (path, seen)
+}
+
+/// Waits until a datagram received satisfies `wanted`; returns it.
+fn wait_datagram(
+    seen: &Mutex<Vec<String>>,
+    timeout: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(found) = seen.lock().unwrap().iter().find(|d| wanted(d)) {
+            return Some(found.clone());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn a_standby_tells_systemd_it_is_ready_and_standing_by_pings_its_watchdog_then_takes_over() {
+    let pki = Pki::new(&AGENTS[..1]);
+    let cluster = NatsCluster::start(3);
+    let sockets = tempfile::tempdir().unwrap();
+    let (socket, datagrams) = notify_socket(sockets.path());
+    let env = vec![
+        ("NOTIFY_SOCKET".to_owned(), socket.display().to_string()),
+        ("WATCHDOG_USEC".to_owned(), "400000".to_owned()),
+    ];
+    let WriterAndStandby {
+        mut w1,
+        mut w2,
+        w2_listening,
+        work: _work,
+        ..
+    } = WriterAndStandby::start(&cluster, &pki, 4, "", env);
+    let ready = wait_datagram(&datagrams, Duration::from_secs(10), |d| {
+        d.lines().any(|l| l == "READY=1")
+    })
+    .unwrap_or_else(|| panic!("no READY=1 from the standby:\n{}", w2.log()));
+    assert!(
+        ready
+            .lines()
+            .any(|l| l.starts_with("STATUS=standby: store writer lease held by ")),
+        "the standby's READY=1 came without its standby status: {ready:?}"
+    );
+    // Standing by for a while (a unit's start timeout would have run out by now), pinging
+    // its watchdog at half its 0.4 s period.
+    std::thread::sleep(Duration::from_secs(3));
+    let pings = datagrams
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|d| d.lines().any(|l| l == "WATCHDOG=1"))
+        .count();
+    assert!(pings >= 6, "{pings} watchdog pings in 3 s of standing by");
+    assert!(
+        !w2.log().contains("listening on"),
+        "the standby listened while the writer held the lease:\n{}",
+        w2.log()
+    );
+    w1.kill9();
+    w2.wait_listening(w2_listening, Duration::from_secs(30));
+    let taken = wait_datagram(&datagrams, Duration::from_secs(5), |d| {
+        d.contains("STATUS=store writer: lease taken")
+    });
+    assert!(
+        taken.is_some(),
+        "no status for the take-over: {:?}",
+        datagrams.lock().unwrap()
+    );
+    let listening = wait_datagram(&datagrams, Duration::from_secs(5), |d| {
+        d.lines().any(|l| l == "STATUS=listening")
+    })
+    .unwrap_or_else(|| panic!("no listening status: {:?}", datagrams.lock().unwrap()));
+    assert!(listening.lines().any(|l| l == "READY=1"), "{listening:?}");
+    let pings_before = datagrams
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|d| d.lines().any(|l| l == "WATCHDOG=1"))
+        .count();
+    std::thread::sleep(Duration::from_secs(1));
+    let pings_after = datagrams
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|d| d.lines().any(|l| l == "WATCHDOG=1"))
+        .count();
+    assert!(
+        pings_after > pings_before,
+        "no watchdog ping once writing the store"
+    );
+    w2.stop();
 }
 
 /// (agent, seq) of every file-open event a live subscription sends, as it sends them.
@@ -462,4 +864,78 @@ fn a_nats_node_and_a_collector_killed_mid_stream_lose_nothing_acknowledged_and_s
         "the front end relayed an event twice"
     );
     drop(links);
+}
+
+#[test]
+fn a_front_end_refuses_replay_naming_the_store_writer_which_serves_it() {
+    let pki = Pki::new(&AGENTS[..1]);
+    let cluster = NatsCluster::start(3);
+    let work = ["w", "f"].map(|name| {
+        tempfile::Builder::new()
+            .prefix(&format!("phiguard-fleet-{name}-"))
+            .tempdir()
+            .unwrap()
+    });
+    let cadence = "every_records = 500\nevery_secs = 1\n";
+    let writer = CollectorProc::start_with_sections(
+        work[0].path(),
+        &pki,
+        "",
+        cadence,
+        &fleet_section(&cluster, true),
+    );
+    let front = CollectorProc::start_with_sections(
+        work[1].path(),
+        &pki,
+        "",
+        cadence,
+        &fleet_section(&cluster, false),
+    );
+    assert!(
+        front.wait_log("live relay following JetStream", Duration::from_secs(30)),
+        "{}",
+        front.log()
+    );
+    let link = AgentLink::start(&pki, AGENTS[0], &front.addr);
+    link.send(AGENTS[0], 1..=50);
+    assert!(
+        link.wait_acked(50, Duration::from_secs(30)),
+        "{}",
+        front.log()
+    );
+    let rt = runtime();
+    let stored = stored_file_opens(&rt, &pki, &writer, 50);
+    exactly_once_of("the writer's replay", &AGENTS[..1], &stored, 50);
+    let refused = replay_with(&rt, &pki.subscriber(), &front.addr, file_opens())
+        .expect_err("a front end replayed without a store");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    // HOST:PORT/PID/ID, PORT as configured (0 here: the first start picks a free one).
+    let named = format!(":0/{}/", writer.pid().unwrap());
+    assert!(
+        refused
+            .message()
+            .contains("ask the store writer's collector")
+            && refused.message().contains(&named),
+        "the refusal does not name the writer ({named}): {}",
+        refused.message()
+    );
+    assert!(
+        front.wait_log("subscription refused", Duration::from_secs(5)),
+        "{}",
+        front.log()
+    );
+    // Live subscriptions stay served by every collector.
+    let live = collect_live(&rt, subscribe_live(&rt, &pki, &front.addr, file_opens()));
+    link.send(AGENTS[0], 51..=60);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while live.lock().unwrap().len() < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seqs: Vec<u64> = live.lock().unwrap().iter().map(|(_, seq)| *seq).collect();
+    assert_eq!(seqs, (51..=60).collect::<Vec<_>>());
+    drop(link);
 }
