@@ -536,6 +536,11 @@ impl CollectorService {
         }
     }
 
+    /// The store this service appends to.
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     /// Appends a validated batch of `identity`'s events (instance `instance`, received from
     /// `from`) to its chain, then does what follows a store: metrics, the store's recovery,
     /// tamper and break-glass alerts. Used by agents' streams (the embedded layout) and by

@@ -1254,6 +1254,13 @@ impl Store {
         }
     }
 
+    /// Checks the fence, when there is one, without writing: ends the process, as an append
+    /// would, when another writer raised it. For what a stale writer must not do outside the
+    /// store either (such as remaking the JetStream consumer its successor reads).
+    pub fn check_fence(&self) -> Result<(), StoreError> {
+        self.hold_fence().map(drop)
+    }
+
     /// Holds the fence for one write, when there is one. A fence raised by another writer
     /// ends the process at once: this one lost the store, and nothing may be written.
     fn hold_fence(&self) -> Result<Option<FenceHeld>, StoreError> {

@@ -17,7 +17,9 @@
 //!   consumer is made anew from its acknowledgement floor, so what a previous writer fetched
 //!   and never acknowledged comes first, in order, not after its ack wait behind later events.
 //! - **One writer.** Only the holder of the writer lease ([`super::lease`]) runs this; a
-//!   standby takes over when the lease lapses.
+//!   standby takes over when the lease lapses. A writer paused past its lease is stopped by
+//!   the store's fence ([`crate::fence`]) at its next append, and before it would remake the
+//!   consumer its successor reads.
 
 use std::time::Duration;
 
@@ -96,6 +98,14 @@ pub async fn run(bus: Bus, service: CollectorService, mut stopping: watch::Recei
             return;
         }
         let consumer = async {
+            // Remaking the consumer cuts off whoever reads it: a writer paused past its lease
+            // must not do that to its successor. The store's fence tells (and ends a stale
+            // writer at once, as its next append would).
+            let store = service.store().clone();
+            tokio::task::spawn_blocking(move || store.check_fence())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
             let stream = bus.ensure_stream().await.map_err(|e| e.to_string())?;
             // Messages a writer fetched and never acknowledged (it died, or lost its lease)
             // would come again only after their ack wait, behind later ones: stored out of
