@@ -23,7 +23,7 @@ use std::{
         net::UnixDatagram,
     },
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -34,7 +34,10 @@ use ring::{
 };
 use tracing::{info, warn};
 
-use crate::store::{self, Head};
+use crate::{
+    fence::{Fence, FenceError},
+    store::{self, Head},
+};
 
 /// Domain separation prefix of the signed bytes.
 const DOMAIN: &[u8] = b"phiguard.v1.Checkpoint\0";
@@ -50,6 +53,9 @@ const SYSLOG_SOCKET: &str = "/dev/log";
 /// Checkpoint signing, export or reading failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// The fleet writer's fence could not be read ([`crate::fence`]).
+    #[error(transparent)]
+    Fence(FenceError),
     /// A file operation failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -495,6 +501,8 @@ pub struct Checkpointer {
     /// Per agent: the highest index signed with this key (from the checkpoint file and the
     /// exported copy at start).
     signed: Mutex<BTreeMap<String, u64>>,
+    /// The fleet writer's fence ([`crate::fence`]): every checkpoint holds it.
+    fence: OnceLock<Arc<Fence>>,
 }
 
 /// Per agent, the highest index signed by `key` in the export file at `path`. Unreadable
@@ -569,6 +577,7 @@ impl Checkpointer {
             exported: Mutex::new(exported),
             latest: Mutex::new(None),
             metrics: None,
+            fence: OnceLock::new(),
         })
     }
 
@@ -642,8 +651,21 @@ impl Checkpointer {
         }
     }
 
+    /// Puts checkpoints under `fence` (a fleet store writer's, the store's own): from now on
+    /// each holds it, and a writer fenced off by a newer one ends at once rather than sign
+    /// again ([`Fence::hold_or_end`]). Set once; a second fence is ignored.
+    pub fn set_fence(&self, fence: Arc<Fence>) {
+        let _ = self.fence.set(fence);
+    }
+
     /// Signs and exports a checkpoint of `agent`'s head now.
     pub fn checkpoint(&self, agent: &str, head: &Head) -> Result<v1::Checkpoint, CheckpointError> {
+        let _fence = self
+            .fence
+            .get()
+            .map(|fence| fence.hold_or_end("checkpoint"))
+            .transpose()
+            .map_err(CheckpointError::Fence)?;
         self.not_shortened(agent, head.index)?;
         let cp = self
             .signer

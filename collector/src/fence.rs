@@ -10,9 +10,9 @@
 //! - A writer taking over **raises** the fence to its token (file [`FENCE_FILE`], under an
 //!   exclusive `flock`, fsync'd) before it opens the store, and refuses if the fence is
 //!   already higher.
-//! - Every append batch (and every retention pass) **holds** the fence: a shared `flock` on
-//!   a fresh descriptor, taken before anything is written and kept until the batch is
-//!   fsync'd, and a check that the fence still holds this writer's token. A raise waits for
+//! - Every append batch (and every retention pass and signed checkpoint) **holds** the fence:
+//!   a shared `flock` on a fresh descriptor, taken before anything is written and kept until
+//!   the write is fsync'd, and a check that the fence still holds this writer's token. A raise waits for
 //!   batches in progress to end, and every batch after it sees the new token and is refused.
 //!
 //! So once a new writer has raised the fence, no byte of an older writer reaches the store.
@@ -28,6 +28,10 @@ use std::{
 
 /// The fence's file name in the store directory.
 pub const FENCE_FILE: &str = "writer.fence";
+
+/// The exit status of a store writer fenced off by a newer one (as of one that lost its
+/// lease: its unit restarts it, and it comes back as a standby).
+pub const FENCED_EXIT: i32 = 75;
 
 /// A store writer's fence: the file and this writer's token.
 #[derive(Debug)]
@@ -171,6 +175,19 @@ impl Fence {
             });
         }
         Ok(FenceHeld { _file: file })
+    }
+
+    /// [`Fence::hold`] for a write of the store's (`what`): a fence raised by another writer
+    /// ends the process at once, logged — this one lost the store, and nothing may be
+    /// written. Only a fence that cannot be read is returned as an error.
+    pub fn hold_or_end(&self, what: &str) -> Result<FenceHeld, FenceError> {
+        match self.hold() {
+            Err(stale @ FenceError::Stale { .. }) => {
+                tracing::error!(error = %stale, what, "store writer fenced off: another collector writes the store now; stopping at once, nothing written");
+                std::process::exit(FENCED_EXIT);
+            }
+            held => held,
+        }
     }
 }
 

@@ -12,11 +12,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use phiguard_collector::{
     checkpoint::{self, Signer},
     config::Config,
-    fence::FenceError,
+    fence::{FenceError, FENCED_EXIT},
     jetstream::lease::TakeError,
     notify,
     server::{BoundCollector, ServerError},
-    store::FENCED_EXIT,
     tail,
     tls::TlsFiles,
     verify::{self, VerifyOptions},

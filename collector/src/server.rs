@@ -922,9 +922,10 @@ impl BoundCollector {
             }
             None => None,
         };
+        let fence = fence.map(Arc::new);
         let store = Arc::new(Store::open(config.store.clone())?);
-        if let Some(fence) = fence {
-            store.set_fence(fence);
+        if let Some(fence) = &fence {
+            store.set_fence(fence.clone());
         }
         let signer = Signer::open_in_custody(&config.checkpoint.key, &config.store.dir)?;
         let checkpoints = Arc::new(
@@ -935,6 +936,9 @@ impl BoundCollector {
             )?
             .with_metrics(metrics.clone()),
         );
+        if let Some(fence) = fence {
+            checkpoints.set_fence(fence);
+        }
         let signing = checkpoints.clone();
         store.set_retention_signer(Box::new(move |bytes| signing.signer().sign_bytes(bytes)));
         let listener = TcpListener::bind(config.server.listen)

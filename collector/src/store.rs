@@ -25,7 +25,7 @@ use pbjson_types::Timestamp;
 use phiguard_proto::v1::{self, event::Body};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     chain::{
@@ -460,12 +460,8 @@ pub struct Store {
     repairs: Mutex<Vec<Repair>>,
     retention_signer: Mutex<Option<RetentionSigner>>,
     /// The fleet writer's fence ([`crate::fence`]): every append and retention pass holds it.
-    fence: OnceLock<Fence>,
+    fence: OnceLock<Arc<Fence>>,
 }
-
-/// The exit status of a store writer fenced off by a newer one (as of one that lost its
-/// lease: its unit restarts it, and it comes back as a standby).
-pub const FENCED_EXIT: i32 = 75;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1242,9 +1238,9 @@ impl Store {
 
     /// Puts the store under `fence` (a fleet store writer's, raised before the store was
     /// opened): from now on every append and retention pass holds it, and the first one
-    /// that finds it raised by another writer ends the process with [`FENCED_EXIT`] before
-    /// writing anything. Set once; a second fence is ignored.
-    pub fn set_fence(&self, fence: Fence) {
+    /// that finds it raised by another writer ends the process before writing anything
+    /// ([`crate::fence::FENCED_EXIT`]). Set once; a second fence is ignored.
+    pub fn set_fence(&self, fence: Arc<Fence>) {
         let token = fence.token();
         if self.fence.set(fence).is_ok() {
             info!(
@@ -1264,17 +1260,11 @@ impl Store {
     /// Holds the fence for one write, when there is one. A fence raised by another writer
     /// ends the process at once: this one lost the store, and nothing may be written.
     fn hold_fence(&self) -> Result<Option<FenceHeld>, StoreError> {
-        let Some(fence) = self.fence.get() else {
-            return Ok(None);
-        };
-        match fence.hold() {
-            Ok(held) => Ok(Some(held)),
-            Err(stale @ FenceError::Stale { .. }) => {
-                error!(error = %stale, "store writer fenced off: another collector writes the store now; stopping at once, nothing written");
-                std::process::exit(FENCED_EXIT);
-            }
-            Err(error) => Err(StoreError::Fence(error)),
-        }
+        self.fence
+            .get()
+            .map(|fence| fence.hold_or_end("store"))
+            .transpose()
+            .map_err(StoreError::Fence)
     }
 
     /// Signs every retention entry from now on with `sign`.
