@@ -332,6 +332,11 @@ fn a_writer_paused_past_its_lease_writes_nothing_after_its_standby_took_over_and
     // the third agent silent for longer than 2 s — and its NATS server slow to answer for a
     // moment, so that its lease renewal cannot tell it yet that the lease is gone (as when a
     // writer runs again before its renewal timer does): what stops it must be the fence.
+    // The new writer signs a last checkpoint within a second of its last append: let it.
+    std::thread::sleep(Duration::from_millis(2500));
+    // Both writers' configuration names the first one's checkpoint file.
+    let checkpoints = old.config.parent().unwrap().join("checkpoints.jsonl");
+    let signed_before = std::fs::read_to_string(&checkpoints).unwrap();
     let before = files_under(&new.store);
     let node = cluster
         .nodes
@@ -375,6 +380,11 @@ fn a_writer_paused_past_its_lease_writes_nothing_after_its_standby_took_over_and
         changed.is_empty(),
         "the paused writer wrote to the store after the take-over: {changed:?}\n{}",
         old.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&checkpoints).unwrap(),
+        signed_before,
+        "the paused writer signed a checkpoint after the take-over"
     );
     assert!(
         old.log().contains("store writer fenced off"),
