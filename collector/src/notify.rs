@@ -24,7 +24,7 @@ pub fn status(status: &str) {
 
 /// `text` as one line of at most 200 characters: a status may quote what another process
 /// wrote (the lease holder's name), and a newline in it would add assignments of its own.
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     text.chars()
         .take(200)
         .map(|c| if c.is_control() { '?' } else { c })

@@ -99,13 +99,7 @@ pub fn holder_name(listen_port: u16) -> String {
 pub async fn holder(bus: &Bus) -> Option<String> {
     let store = bus.context().get_key_value(bucket(bus)).await.ok()?;
     let value = store.get(KEY).await.ok()??;
-    Some(
-        String::from_utf8_lossy(&value)
-            .chars()
-            .take(200)
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect(),
-    )
+    Some(crate::notify::one_line(&String::from_utf8_lossy(&value)))
 }
 
 /// The bucket, made when missing. Its backing stream is defined here as async-nats' own
@@ -177,13 +171,7 @@ pub async fn acquire(bus: &Bus, holder: &str) -> Result<Lease, BusError> {
             }
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
                 if !said {
-                    let current = store
-                        .get(KEY)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|v| String::from_utf8_lossy(&v).into_owned())
-                        .unwrap_or_default();
+                    let current = self::holder(bus).await.unwrap_or_default();
                     info!(writer = %current, "standby: another collector holds the store writer lease; waiting for it to lapse");
                     crate::notify::ready(&format!(
                         "standby: store writer lease held by {current}; waiting to take over"
