@@ -224,3 +224,27 @@ impl NatsCluster {
             .collect()
     }
 }
+
+/// Every message of the JetStream stream `stream` (the collectors' default `PHIGUARD`) as
+/// it is now, read from the node at `url` in stream order: (subject, decoded event). For
+/// checks that something did, or did not, reach the stream.
+pub fn stream_messages(url: &str, stream: &str) -> Vec<(String, phiguard_proto::v1::Event)> {
+    use prost::Message as _;
+    let rt = crate::e2e::runtime();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect to NATS");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(stream).await.expect("the stream");
+        let state = stream.info().await.expect("stream info").state.clone();
+        let mut out = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            let Ok(message) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            let event = phiguard_proto::v1::Event::decode(message.payload.as_ref())
+                .expect("every message of the stream is an event");
+            out.push((message.subject.to_string(), event));
+        }
+        out
+    })
+}
