@@ -17,7 +17,7 @@ use phiguard_tests::{
         event, replay_all, replay_audit, runtime, subscribe_live, try_ingest_as, uuid_like,
         AgentLink, CollectorProc, Pki,
     },
-    fleet::{stream_messages, NatsCluster},
+    fleet::{stream_messages, NatsCluster, NatsTls},
 };
 
 const AGENTS: [&str; 4] = ["fleet-a", "fleet-b", "fleet-c", "fleet-d"];
@@ -792,4 +792,147 @@ fn a_front_ends_subscription_audit_is_in_the_writers_store_and_liveness_follows_
         String::from_utf8_lossy(&verified.stderr)
     );
     drop(a);
+}
+
+#[test]
+fn nats_over_tls_with_a_client_certificate_carries_the_fleet_a_wrong_ca_is_refused_clearly_and_no_credential_is_logged(
+) {
+    let pki = Pki::new(&["ehr-a"]);
+    // NATS has a PKI of its own: its CA, the nodes' certificate (localhost, 127.0.0.1) and
+    // the collectors' client certificate.
+    let nats_pki = Pki::new(&["collector-nats"]);
+    let cluster = NatsCluster::start_tls(
+        3,
+        &NatsTls {
+            ca: nats_pki.path("ca.pem"),
+            cert: nats_pki.path("collector.pem"),
+            key: nats_pki.path("collector.key"),
+        },
+    );
+    let client = nats_pki.agent("collector-nats");
+    let work = tempfile::Builder::new()
+        .prefix("phiguard-fleet-tls-")
+        .tempdir()
+        .unwrap();
+    // A credentials file as NATS' tools write it: a user JWT and its nkey seed. (These
+    // nodes run without an operator, so they do not check the JWT; the collector reads the
+    // file, signs the server's nonce with the seed and must never log either.)
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
+    let jwt = "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJwaGlndWFyZCI6InRlc3QifQ.c2lnbmF0dXJlLW5vdC1jaGVja2Vk";
+    let creds = work.path().join("collector.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    )
+    .unwrap();
+    let section = |ca: &std::path::Path, with_cert: bool| {
+        let cert = if with_cert {
+            format!(
+                "cert = \"{}\"\nkey = \"{}\"\n",
+                client.cert.display(),
+                client.key.display()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "{}writer_lease_secs = 60\nca = \"{}\"\n{cert}credentials = \"{}\"\n",
+            fleet_section(&cluster, true),
+            ca.display(),
+            creds.display()
+        )
+    };
+    let writer = CollectorProc::start_with_sections(
+        work.path(),
+        &pki,
+        "",
+        "every_records = 500\nevery_secs = 1\n",
+        &section(&nats_pki.path("ca.pem"), true),
+    );
+    assert!(
+        writer.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+        "{}",
+        writer.log()
+    );
+    // Published over TLS by the front end, consumed over TLS by the writer, stored once.
+    let link = AgentLink::start(&pki, "ehr-a", &writer.addr);
+    link.send("ehr-a", 1..=300);
+    assert!(
+        link.wait_acked(300, Duration::from_secs(30)),
+        "{}",
+        writer.log()
+    );
+    let rt = runtime();
+    let stored = stored_file_opens(&rt, &pki, &writer, 300);
+    exactly_once_of("the store over TLS", &["ehr-a"], &stored, 300);
+    let verified = CollectorProc::verify(&writer.config, &[]);
+    assert!(
+        verified.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    // A collector trusting another CA (the agents') does not start, and says why; nor does
+    // one without a client certificate (the nodes require one).
+    let refused = |ca: &std::path::Path, with_cert: bool| {
+        let work = tempfile::Builder::new()
+            .prefix("phiguard-fleet-tls-refused-")
+            .tempdir()
+            .unwrap();
+        let config = CollectorProc::write_config(
+            work.path(),
+            &pki,
+            &work.path().join("checkpoint.key"),
+            "",
+            "",
+            "",
+            &section(ca, with_cert),
+        );
+        let (mut collector, _) = CollectorProc::start_pending(config, work.path().join("store"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = collector.exit_status() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a collector NATS should refuse still runs after 30 s:\n{}",
+                collector.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(!status.success(), "{}", collector.log());
+        let said = collector.log();
+        assert!(
+            said.contains("refused the connection (TLS or credentials)"),
+            "{said}"
+        );
+        said
+    };
+    let wrong_ca = refused(&pki.path("ca.pem"), true);
+    // Both development CAs bear the same name: the other CA's signature does not verify.
+    assert!(wrong_ca.contains("invalid peer certificate"), "{wrong_ca}");
+    let no_cert = refused(&nats_pki.path("ca.pem"), false);
+    eprintln!("wrong CA: {wrong_ca}\nno client certificate: {no_cert}");
+    // No credential in any log: not the seed, not the JWT, not the client key.
+    let key_pem = std::fs::read_to_string(&client.key).unwrap();
+    let key_body: Vec<&str> = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .collect();
+    assert!(!key_body.is_empty());
+    for (name, log) in [
+        ("writer", writer.log()),
+        ("wrong CA", wrong_ca),
+        ("no client certificate", no_cert),
+    ] {
+        assert!(!log.contains(seed.as_str()), "{name} logged the nkey seed");
+        assert!(!log.contains(jwt), "{name} logged the JWT");
+        for line in &key_body {
+            assert!(!log.contains(line), "{name} logged the client key");
+        }
+    }
+    drop(link);
 }

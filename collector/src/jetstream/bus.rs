@@ -33,6 +33,16 @@ pub enum BusError {
         #[source]
         source: async_nats::ConnectError,
     },
+    /// A NATS server refused this collector: TLS failed (a server certificate not from the
+    /// configured CA, a client certificate it does not accept) or its credentials.
+    #[error("NATS {servers} refused the connection (TLS or credentials): {source} (check [jetstream] ca, cert, key and credentials)")]
+    Refused {
+        /// The servers tried.
+        servers: String,
+        /// Why.
+        #[source]
+        source: async_nats::ConnectError,
+    },
     /// The credentials file could not be read.
     #[error("reading the NATS credentials file {path}: {source}")]
     Credentials {
@@ -85,6 +95,32 @@ pub fn message_id(event: &v1::Event) -> String {
     }
 }
 
+/// Whether a failed connection was refused (TLS: a certificate not trusted or not accepted;
+/// credentials) rather than not made (no server there yet). A TLS handshake's failure comes
+/// as an I/O error carrying rustls' error.
+fn refused(error: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind as Kind;
+    if matches!(
+        error.kind(),
+        Kind::Tls | Kind::Authentication | Kind::AuthorizationViolation
+    ) {
+        return true;
+    }
+    let mut cause = std::error::Error::source(error);
+    while let Some(current) = cause {
+        if current.is::<rustls::Error>()
+            || current
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
 /// What JetStream said about a published batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Published {
@@ -112,7 +148,6 @@ impl Bus {
         let mut options = async_nats::ConnectOptions::new()
             .name("phiguard-collector")
             .connection_timeout(Duration::from_secs(5))
-            .retry_on_initial_connect()
             .max_reconnects(None);
         if let Some(path) = &config.credentials {
             options =
@@ -143,10 +178,22 @@ impl Bus {
                     e,
                 ),
             })?;
-        let client = options
-            .connect(addresses)
-            .await
-            .map_err(|source| BusError::Connect { servers, source })?;
+        // One attempt at each server first: a refusal (TLS, credentials) is an error in the
+        // configuration, said at once; servers not up yet are waited for in the background.
+        let client = match options.clone().connect(addresses.clone()).await {
+            Ok(client) => client,
+            Err(source) if refused(&source) => {
+                return Err(BusError::Refused { servers, source });
+            }
+            Err(error) => {
+                warn!(%servers, %error, "no NATS server reachable yet; connecting in the background");
+                options
+                    .retry_on_initial_connect()
+                    .connect(addresses)
+                    .await
+                    .map_err(|source| BusError::Connect { servers, source })?
+            }
+        };
         let js = jetstream::ContextBuilder::new()
             .timeout(config.publish_timeout)
             .build(client.clone());
