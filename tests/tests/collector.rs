@@ -1143,8 +1143,6 @@ fn with_metrics(work: &Path, pki: &Pki) -> CollectorProc {
     )
 }
 
-/// A made-up instance id (a well-formed UUID).
-
 /// The `sha256:` fingerprint of the PEM certificate at `path`, as `[server] revoked` takes it.
 fn fingerprint(path: &Path) -> String {
     let certs = phiguard_support::pem::load_certs(path).unwrap();
