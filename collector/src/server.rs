@@ -981,11 +981,7 @@ impl BoundCollector {
             Some(js) => Some(Bus::connect(js).await?),
             None => None,
         };
-        // A store writer opens the store only once it holds the writer lease (it may wait,
-        // as a standby, for another writer's lease to lapse), and keeps renewing it.
-        if let Some(bus) = bus.as_ref().filter(|b| b.config().store_writer) {
-            lease::acquire(bus, &lease::holder_name()).await?.keep();
-        }
+        // Before the lease: a writer holding it is not held up by anything else.
         let admission = match &bus {
             Some(bus) => Some(
                 Admission::open(
@@ -999,6 +995,11 @@ impl BoundCollector {
             ),
             None => None,
         };
+        // A store writer opens the store only once it holds the writer lease (it may wait,
+        // as a standby, for another writer's lease to lapse), and keeps renewing it.
+        if let Some(bus) = bus.as_ref().filter(|b| b.config().store_writer) {
+            lease::acquire(bus, &lease::holder_name()).await?.keep();
+        }
         let store = Arc::new(Store::open(config.store.clone())?);
         let signer = Signer::open_in_custody(&config.checkpoint.key, &config.store.dir)?;
         let checkpoints = Arc::new(

@@ -262,37 +262,55 @@ impl Bus {
     }
 
     /// The key-value bucket `name` (one value per key, replicated like the stream, entries
-    /// expiring after `max_age`, or never when zero), made when missing. Its backing stream is
-    /// defined here as async-nats' own `create_key_value` would, because that call first asks
-    /// for the account's limits in a form Debian's nats-server 2.9 does not answer.
+    /// expiring after `max_age`, or never when zero), made when missing; retries for up to
+    /// 30 s while the cluster cannot answer (a leader election after a node's loss). Its
+    /// backing stream is defined here as async-nats' own `create_key_value` would, because that
+    /// call first asks for the account's limits in a form Debian's nats-server 2.9 does not
+    /// answer.
     pub async fn kv_bucket(
         &self,
         name: &str,
         description: &str,
         max_age: Duration,
     ) -> Result<kv::Store, BusError> {
-        let failed = |e: &dyn std::fmt::Display| BusError::Stream {
-            stream: format!("KV_{name}"),
-            message: e.to_string(),
+        let config = StreamConfig {
+            name: format!("KV_{name}"),
+            description: Some(description.to_owned()),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: DiscardPolicy::New,
+            num_replicas: self.config.replicas,
+            ..Default::default()
         };
-        self.js
-            .get_or_create_stream(StreamConfig {
-                name: format!("KV_{name}"),
-                description: Some(description.to_owned()),
-                subjects: vec![format!("$KV.{name}.>")],
-                max_messages_per_subject: 1,
-                max_age,
-                storage: StorageType::File,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: DiscardPolicy::New,
-                num_replicas: self.config.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed(&e))?;
-        self.js.get_key_value(name).await.map_err(|e| failed(&e))
+        let deadline = tokio::time::Instant::now() + READY_WITHIN;
+        loop {
+            let opened = async {
+                self.js
+                    .get_or_create_stream(config.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.js.get_key_value(name).await.map_err(|e| e.to_string())
+            }
+            .await;
+            match opened {
+                Ok(store) => return Ok(store),
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    warn!(bucket = %name, %error, "JetStream key-value bucket not ready yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(message) => {
+                    return Err(BusError::Stream {
+                        stream: format!("KV_{name}"),
+                        message,
+                    })
+                }
+            }
+        }
     }
 
     /// Publishes `events` (validated and stamped with their agent and instance) one after
