@@ -656,7 +656,8 @@ fn a_front_ends_subscription_audit_is_in_the_writers_store_and_liveness_follows_
             .unwrap(),
     );
     let cadence = "every_records = 500\nevery_secs = 1\n";
-    let silent_after_ms = 2000;
+    // Long enough for the writer to lag behind the stream on a loaded machine.
+    let silent_after_ms = 3000;
     let liveness = format!("\n[liveness]\nsilent_after_ms = {silent_after_ms}\n");
     let writer = CollectorProc::start_with_sections(
         w_work.path(),
