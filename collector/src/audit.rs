@@ -24,6 +24,7 @@ pub const AUDIT_CHAIN: &str = "_collector";
 #[derive(Debug, Default)]
 pub struct Audit {
     next: AtomicU64,
+    collector: String,
 }
 
 /// A subscription as asked for: the base of its audit records.
@@ -31,9 +32,13 @@ pub struct Audit {
 pub struct Asked(v1::SubscriptionAudit);
 
 impl Audit {
-    /// A fresh numbering (from 1).
-    pub fn new() -> Audit {
-        Audit::default()
+    /// A fresh numbering (from 1) of the subscriptions `collector` (host name and port)
+    /// serves.
+    pub fn new(collector: String) -> Audit {
+        Audit {
+            next: AtomicU64::new(0),
+            collector,
+        }
     }
 
     /// The audit base of a Subscribe call by `peer` with `request`.
@@ -66,6 +71,7 @@ impl Audit {
             start,
             replay_only: request.replay_only,
             opened: Some(store::timestamp(SystemTime::now())),
+            collector: self.collector.clone(),
             ..Default::default()
         })
     }

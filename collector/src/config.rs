@@ -553,6 +553,14 @@ impl Ctx<'_> {
         }
         let mut servers = Vec::new();
         for server in j.servers.get_ref() {
+            // Said without the value: it may hold a password.
+            if server.get_ref().contains('@') {
+                return Err(self.invalid(
+                    server.span(),
+                    "jetstream.servers",
+                    "a server URL must not carry a user name or password (URLs are logged): use `credentials`".into(),
+                ));
+            }
             if !js::valid_server(server.get_ref()) {
                 return Err(self.invalid(
                     server.span(),
@@ -1050,6 +1058,12 @@ mod tests {
             "{}",
             err("servers = [\"nats://a:1\", \"nowhere\"]\n")
         );
+        let with_password = err("servers = [\"tls://phiguard:s3cret@a:1\"]\n");
+        assert_eq!(
+            with_password,
+            "/etc/phiguard/collector.toml:8:12: jetstream.servers: a server URL must not carry a user name or password (URLs are logged): use `credentials`"
+        );
+        assert!(!with_password.contains("s3cret"));
         assert_eq!(
             err("servers = [\"a:1\"]\nreplicas = 7\n"),
             "/etc/phiguard/collector.toml:9:12: jetstream.replicas: 7 is outside 1..=5"

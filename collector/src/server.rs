@@ -39,6 +39,7 @@ use crate::{
     health::{self, StoreHealth},
     identity::Peer,
     jetstream::{
+        admission::{self, Admission},
         bus::{Bus, BusError},
         lease, relay, writer,
     },
@@ -50,7 +51,7 @@ use crate::{
     stream::{self, Filter, Hub, Start},
     tamper::TamperWatch,
     tls::{self, AcceptLimits},
-    window::Refusals,
+    window::{Refusals, Violation},
 };
 
 /// Longest event id accepted.
@@ -324,6 +325,9 @@ pub struct CollectorService {
     agents_connected: Arc<AtomicUsize>,
     /// `[jetstream]`: batches go to JetStream, not to this collector's store.
     bus: Option<Bus>,
+    /// `[jetstream]`: the window and instance limit every front end applies before it
+    /// publishes, with their state in JetStream.
+    admission: Option<Admission>,
 }
 
 /// Counts an open agent stream for as long as it lives.
@@ -362,8 +366,18 @@ impl CollectorService {
         }
     }
 
-    /// Stores an event the collector made itself in `chain` and hands it to subscribers.
+    /// Stores an event the collector made itself in `chain` and hands it to subscribers. A
+    /// front end of the fleet that does not write the store publishes it to JetStream instead
+    /// (subject `PREFIX.CHAIN.KIND`): the store writer stores it in the one tamper-evident
+    /// store, and every collector's live subscribers get it from there.
     async fn store_own(&self, chain: &str, event: v1::Event) -> Result<(), String> {
+        if let Some(bus) = self.bus.as_ref().filter(|b| !b.config().store_writer) {
+            return bus
+                .publish(std::slice::from_ref(&event))
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("publishing {chain}'s record to JetStream: {e}"));
+        }
         let this = self.clone();
         let chain = chain.to_owned();
         let stored = tokio::task::spawn_blocking(move || {
@@ -528,8 +542,15 @@ impl CollectorService {
         }
     }
 
+    /// Whether this collector judges agents' liveness: alone, always; in the fleet layout,
+    /// only the store writer, from the events in the stream (an agent that failed over to
+    /// another front end is not silent).
+    fn judges_liveness(&self) -> bool {
+        self.bus.as_ref().is_none_or(|b| b.config().store_writer)
+    }
+
     /// A sign of life from `agent`: raises the reconnection alert when it had been silent.
-    async fn alive(&self, agent: &str) {
+    pub(crate) async fn alive(&self, agent: &str) {
         if let Some(silent) = self.liveness.seen(agent, tokio::time::Instant::now()) {
             self.raise(agent, liveness::reconnected_alert(agent, silent))
                 .await;
@@ -539,6 +560,46 @@ impl CollectorService {
     /// The store this service appends to.
     pub(crate) fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// A batch of `count` events of `identity`'s `instance`, received from `from`, refused by
+    /// a rule of its stream: counted, logged and alerted (at most once a minute per agent).
+    async fn refuse(
+        &self,
+        identity: &str,
+        from: &str,
+        instance: &str,
+        count: usize,
+        violation: Violation,
+    ) -> Refused {
+        let now = tokio::time::Instant::now();
+        match violation {
+            Violation::SeqJump { last, seq, max } => {
+                self.metrics.refused(RefusedReason::SequenceWindow, count);
+                self.metrics.sequence_window_refusals.inc();
+                warn!(agent = %identity, peer = %from, last, seq, max, "batch refused: seq too far above the last stored one");
+                if let Some(alert) = self.refusals.refused(identity, last, seq, now) {
+                    self.raise(identity, alert).await;
+                }
+                Refused::Policy(Status::out_of_range(format!(
+                    "seq {seq} is too far above the last stored seq {last}: refused, not stored"
+                )))
+            }
+            Violation::InstanceLimit { started, max } => {
+                self.metrics.refused(RefusedReason::InstanceLimit, count);
+                self.metrics.instance_refusals.inc();
+                warn!(agent = %identity, peer = %from, instance = %instance, started, max, "batch refused: too many new instances of this agent within an hour");
+                if let Some(alert) = self
+                    .refusals
+                    .instance_refused(identity, instance, started, now)
+                {
+                    self.raise(identity, alert).await;
+                }
+                Refused::Policy(Status::resource_exhausted(format!(
+                    "this agent started {started} new instances within the last hour (at most {max}): instance {instance} refused, not stored"
+                )))
+            }
+        }
     }
 
     /// Appends a validated batch of `identity`'s events (instance `instance`, received from
@@ -566,35 +627,27 @@ impl CollectorService {
         .await;
         let appended = match appended {
             Ok(Ok(appended)) => appended,
-            Ok(Err(StoreError::SeqJump { last, seq, .. })) => {
-                self.metrics.refused(RefusedReason::SequenceWindow, count);
-                self.metrics.sequence_window_refusals.inc();
-                warn!(agent = %identity, peer = %from, last, seq, max = self.store.config().max_seq_jump, "batch refused: seq too far above the last stored one");
-                if let Some(alert) =
-                    self.refusals
-                        .refused(identity, last, seq, tokio::time::Instant::now())
-                {
-                    self.raise(identity, alert).await;
-                }
-                return Err(Refused::Policy(Status::out_of_range(format!(
-                    "seq {seq} is too far above the last stored seq {last}: refused, not stored"
-                ))));
+            Ok(Err(StoreError::SeqJump { last, seq, max, .. })) => {
+                return Err(self
+                    .refuse(
+                        identity,
+                        from,
+                        instance,
+                        count,
+                        Violation::SeqJump { last, seq, max },
+                    )
+                    .await);
             }
             Ok(Err(StoreError::InstanceLimit { started, max, .. })) => {
-                self.metrics.refused(RefusedReason::InstanceLimit, count);
-                self.metrics.instance_refusals.inc();
-                warn!(agent = %identity, peer = %from, instance = %instance, started, max, "batch refused: too many new instances of this agent within an hour");
-                if let Some(alert) = self.refusals.instance_refused(
-                    identity,
-                    instance,
-                    started,
-                    tokio::time::Instant::now(),
-                ) {
-                    self.raise(identity, alert).await;
-                }
-                return Err(Refused::Policy(Status::resource_exhausted(format!(
-                    "this agent started {started} new instances within the last hour (at most {max}): instance {instance} refused, not stored"
-                ))));
+                return Err(self
+                    .refuse(
+                        identity,
+                        from,
+                        instance,
+                        count,
+                        Violation::InstanceLimit { started, max },
+                    )
+                    .await);
             }
             Ok(Err(store_error)) => {
                 self.metrics.refused(
@@ -636,6 +689,37 @@ impl CollectorService {
             self.raise(identity, alert).await;
         }
         Ok(appended)
+    }
+
+    /// The fleet layout: applies the window and the instance limit to a validated batch
+    /// before it is published, with the state every front end shares. A refused batch, or one
+    /// that cannot be judged (JetStream unreachable), gets the status for the agent.
+    async fn admit_batch(
+        &self,
+        identity: &str,
+        from: &str,
+        instance: &str,
+        events: &[v1::Event],
+    ) -> Result<(), Status> {
+        let Some(admission) = &self.admission else {
+            return Ok(());
+        };
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        match admission.admit(identity, instance, &seqs).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(violation)) => Err(self
+                .refuse(identity, from, instance, events.len(), violation)
+                .await
+                .into_status()),
+            Err(error) => {
+                self.metrics
+                    .refused(RefusedReason::StoreFailed, events.len());
+                error!(agent = %identity, %error, "a batch could not be judged against the stream's window: refused, not acknowledged");
+                Err(Status::unavailable(format!(
+                    "the collector could not check the batch against JetStream ({error}): not acknowledged, resend later"
+                )))
+            }
+        }
     }
 
     async fn ingest_loop(
@@ -684,7 +768,9 @@ impl CollectorService {
                     return;
                 }
             };
-            self.alive(&identity).await;
+            if self.bus.is_none() {
+                self.alive(&identity).await;
+            }
             let count = batch.events.len();
             if batch.instance_id != instance {
                 self.metrics.refused(RefusedReason::InvalidBatch, count);
@@ -706,6 +792,13 @@ impl CollectorService {
                 }
             };
             let ack = if let Some(bus) = &self.bus {
+                if let Err(status) = self
+                    .admit_batch(&identity, &peer.addr.to_string(), &instance, &events)
+                    .await
+                {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 match bus.publish(&events).await {
                     Ok(published) => {
                         if published.duplicates > 0 {
@@ -782,7 +875,9 @@ impl Collector for CollectorService {
         let instance = instance_of(&request).inspect_err(|status| {
             warn!(agent = %peer.identity, peer = %peer.addr, reason = status.message(), "ingest refused: bad instance id");
         })?;
-        self.alive(&peer.identity).await;
+        if self.bus.is_none() {
+            self.alive(&peer.identity).await;
+        }
         let acked_seq = self.store.instance_seq(&peer.identity, &instance);
         info!(agent = %peer.identity, peer = %peer.addr, instance = %short_instance(&instance), acked_seq, "agent stream opened");
         let (tx, rx) = mpsc::channel(16);
@@ -912,6 +1007,20 @@ impl BoundCollector {
             Some(js) => Some(Bus::connect(js).await?),
             None => None,
         };
+        // Before the lease: a writer holding it is not held up by anything else.
+        let admission = match &bus {
+            Some(bus) => Some(
+                Admission::open(
+                    bus,
+                    admission::Limits {
+                        max_seq_jump: config.store.max_seq_jump,
+                        max_new_instances_per_hour: config.store.max_new_instances_per_hour,
+                    },
+                )
+                .await?,
+            ),
+            None => None,
+        };
         // A store writer opens the store only once it holds the writer lease (it may wait,
         // as a standby, for another writer's lease to lapse), and keeps renewing it.
         // Then it raises the store's fence to its lease's token before opening the store, so
@@ -948,14 +1057,24 @@ impl BoundCollector {
                 source,
             })?;
         let (stop, stopping) = watch::channel(false);
+        let collector_name = format!(
+            "{}:{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
+            listener
+                .local_addr()
+                .map_or(config.server.listen.port(), |a| a.port())
+        );
         let service = CollectorService {
             bus,
+            admission,
             stopping,
             store,
             hub: Arc::new(Hub::new(HUB_CAPACITY)),
             checkpoints,
             access,
-            audit: Arc::new(Audit::new()),
+            audit: Arc::new(Audit::new(collector_name)),
             open_subscriptions: Arc::new(AtomicUsize::new(0)),
             max_batch_events: config.server.max_batch_events,
             liveness: Arc::new(Liveness::new(config.liveness.silent_after)),
@@ -1073,7 +1192,9 @@ impl BoundCollector {
                 ))
             }
         });
-        let silence = tokio::spawn(watch_silence(service.clone()));
+        let silence = service
+            .judges_liveness()
+            .then(|| tokio::spawn(watch_silence(service.clone())));
         info!(
             listen = %addr,
             store = %config.store.dir.display(),
@@ -1116,7 +1237,9 @@ impl BoundCollector {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         timers.abort();
-        silence.abort();
+        if let Some(silence) = silence {
+            silence.abort();
+        }
         if let Some(fleet) = fleet {
             // The writer acknowledges messages only once stored: cutting it here loses none.
             fleet.abort();

@@ -11,6 +11,27 @@ use tokio::time::Instant;
 
 use crate::alert;
 
+/// A rule of the agent's stream that refuses a batch: nothing of it is stored or acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// A seq more than `max` above the last one (`[store] max_seq_jump`).
+    SeqJump {
+        /// The highest seq stored (or admitted) of the batch's instance.
+        last: u64,
+        /// The seq that arrived.
+        seq: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A new instance beyond `[store] max_new_instances_per_hour`.
+    InstanceLimit {
+        /// New instances started within the last hour.
+        started: usize,
+        /// The limit.
+        max: u32,
+    },
+}
+
 /// At most one stored alert per agent in this time.
 pub const ALERT_EVERY: Duration = Duration::from_secs(60);
 

@@ -706,3 +706,60 @@ pub fn runtime() -> Runtime {
         .build()
         .unwrap()
 }
+
+/// Opens an Ingest stream to `addr` with `config` as agent instance `instance` (header and
+/// batch field; "" for the legacy stream) and sends one batch; Ok with the acknowledgement,
+/// else `CODE: message` of the refusal.
+pub async fn try_ingest_as(
+    addr: &str,
+    config: Arc<rustls::ClientConfig>,
+    instance: &str,
+    batch: Vec<v1::Event>,
+) -> Result<v1::IngestResponse, String> {
+    let channel =
+        phiguard_collector::tls::connect(addr, Some("localhost"), config, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(v1::IngestRequest {
+        events: batch,
+        instance_id: instance.to_owned(),
+    })
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if !instance.is_empty() {
+        request
+            .metadata_mut()
+            .insert("phiguard-instance", instance.parse().unwrap());
+    }
+    let mut responses = v1::collector_client::CollectorClient::new(channel)
+        .ingest(request)
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut last = None;
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::from_secs(10), responses.message()).await {
+            Ok(Ok(Some(ack))) => last = Some(ack),
+            Ok(Ok(None)) => return Err("stream closed".into()),
+            Ok(Err(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),
+            Err(_) => return Err("no answer within 10 s".into()),
+        }
+    }
+    drop(tx);
+    last.ok_or_else(|| "no ack".into())
+}
+
+/// A canonical instance id (a UUID) made from `n`.
+pub fn uuid_like(n: u128) -> String {
+    let hex = format!("{:032x}", (0x4242_u128 << 112) | n);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}

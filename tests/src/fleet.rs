@@ -44,7 +44,7 @@ pub struct NatsNode {
     config: PathBuf,
     /// Its name (`n1` …).
     pub name: String,
-    /// Client URL, `nats://127.0.0.1:PORT`.
+    /// Client URL, `nats://127.0.0.1:PORT` (`tls://` with TLS).
     pub url: String,
     /// Everything it logged.
     pub log: Arc<Mutex<String>>,
@@ -122,6 +122,17 @@ fn spawn(config: &Path) -> (Child, Arc<Mutex<String>>) {
     (child, log)
 }
 
+/// TLS for clients of the cluster's nodes: their certificate and key, and the CA client
+/// certificates must chain to (every client must present one: `verify: true`).
+pub struct NatsTls {
+    /// The CA of client certificates.
+    pub ca: PathBuf,
+    /// The nodes' certificate (for `localhost` and `127.0.0.1`).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
 /// A JetStream cluster of `nats-server` processes with routes to each other.
 pub struct NatsCluster {
     /// The nodes, in start order.
@@ -134,6 +145,25 @@ impl NatsCluster {
     /// Starts `size` nodes and waits until each says it is ready and the cluster's JetStream
     /// has a leader.
     pub fn start(size: usize) -> NatsCluster {
+        NatsCluster::start_with(size, None)
+    }
+
+    /// Like [`NatsCluster::start`], with clients required to speak TLS (`tls://` URLs) and to
+    /// present a certificate from `tls.ca`. Routes between the nodes stay plain (loopback).
+    pub fn start_tls(size: usize, tls: &NatsTls) -> NatsCluster {
+        NatsCluster::start_with(size, Some(tls))
+    }
+
+    fn start_with(size: usize, tls: Option<&NatsTls>) -> NatsCluster {
+        let tls_block = tls.map_or(String::new(), |t| {
+            format!(
+                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  timeout: 5\n}}\n",
+                t.cert.display(),
+                t.key.display(),
+                t.ca.display()
+            )
+        });
+        let scheme = if tls.is_some() { "tls" } else { "nats" };
         let dir = tempfile::Builder::new()
             .prefix("phiguard-nats-")
             .tempdir()
@@ -155,7 +185,7 @@ impl NatsCluster {
                 format!(
                     "server_name: {name}\nlisten: \"127.0.0.1:{}\"\n\
                      jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 2GB\n}}\n\
-                     cluster {{\n  name: phiguard-test\n  listen: \"127.0.0.1:{}\"\n  routes: [{routes}]\n}}\n",
+                     cluster {{\n  name: phiguard-test\n  listen: \"127.0.0.1:{}\"\n  routes: [{routes}]\n}}\n{tls_block}",
                     client[i],
                     store.display(),
                     cluster[i],
@@ -167,7 +197,7 @@ impl NatsCluster {
                 child: Some(child),
                 config,
                 name,
-                url: format!("nats://127.0.0.1:{}", client[i]),
+                url: format!("{scheme}://127.0.0.1:{}", client[i]),
                 log,
             });
         }
@@ -223,4 +253,28 @@ impl NatsCluster {
             .map(|n| format!("--- {}\n{}", n.name, n.log.lock().unwrap()))
             .collect()
     }
+}
+
+/// Every message of the JetStream stream `stream` (the collectors' default `PHIGUARD`) as
+/// it is now, read from the node at `url` in stream order: (subject, decoded event). For
+/// checks that something did, or did not, reach the stream.
+pub fn stream_messages(url: &str, stream: &str) -> Vec<(String, phiguard_proto::v1::Event)> {
+    use prost::Message as _;
+    let rt = crate::e2e::runtime();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect to NATS");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(stream).await.expect("the stream");
+        let state = stream.info().await.expect("stream info").state.clone();
+        let mut out = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            let Ok(message) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            let event = phiguard_proto::v1::Event::decode(message.payload.as_ref())
+                .expect("every message of the stream is an event");
+            out.push((message.subject.to_string(), event));
+        }
+        out
+    })
 }

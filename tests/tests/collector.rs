@@ -20,7 +20,8 @@ use phiguard_proto::v1::{
     self, collector_client::CollectorClient, event::Body, IngestRequest, IngestResponse,
 };
 use phiguard_tests::e2e::{
-    event, replay_all, runtime, subscribe_alerts, subscribe_live, AgentLink, CollectorProc, Pki,
+    event, replay_all, runtime, subscribe_alerts, subscribe_live, try_ingest_as, uuid_like,
+    AgentLink, CollectorProc, Pki,
 };
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -67,47 +68,6 @@ async fn try_ingest(
     batch: Vec<v1::Event>,
 ) -> Result<IngestResponse, String> {
     try_ingest_as(addr, config, "", batch).await
-}
-
-/// [`try_ingest`] as agent instance `instance` (header and batch field; "" for none).
-async fn try_ingest_as(
-    addr: &str,
-    config: Arc<rustls::ClientConfig>,
-    instance: &str,
-    batch: Vec<v1::Event>,
-) -> Result<IngestResponse, String> {
-    let channel = tls::connect(addr, Some("localhost"), config, CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(IngestRequest {
-        events: batch,
-        instance_id: instance.to_owned(),
-    })
-    .await
-    .unwrap();
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if !instance.is_empty() {
-        request
-            .metadata_mut()
-            .insert("phiguard-instance", instance.parse().unwrap());
-    }
-    let mut responses = CollectorClient::new(channel)
-        .ingest(request)
-        .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-        .into_inner();
-    let mut last = None;
-    for _ in 0..2 {
-        match tokio::time::timeout(Duration::from_secs(10), responses.message()).await {
-            Ok(Ok(Some(ack))) => last = Some(ack),
-            Ok(Ok(None)) => return Err("stream closed".into()),
-            Ok(Err(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),
-            Err(_) => return Err("no answer within 10 s".into()),
-        }
-    }
-    drop(tx);
-    last.ok_or_else(|| "no ack".into())
 }
 
 #[test]
@@ -1180,19 +1140,6 @@ fn with_metrics(work: &Path, pki: &Pki) -> CollectorProc {
         "segment_max_bytes = 65536\n",
         "every_records = 500\nevery_secs = 1\n",
         "[metrics]\nlisten = \"127.0.0.1:0\"\n",
-    )
-}
-
-/// A made-up instance id (a well-formed UUID).
-fn uuid_like(n: u128) -> String {
-    let hex = format!("{:032x}", (0x4242_u128 << 112) | n);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
     )
 }
 

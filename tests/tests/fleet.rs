@@ -17,13 +17,13 @@ use nix::{
     unistd::Pid,
 };
 
-use phiguard_proto::v1;
+use phiguard_proto::v1::{self, event::Body};
 use phiguard_tests::{
     e2e::{
-        replay_all, replay_with, runtime, subscribe_live, AgentLink, CollectorProc, PendingAddr,
-        Pki,
+        event, replay_all, replay_audit, replay_with, runtime, subscribe_live, try_ingest_as,
+        uuid_like, AgentLink, CollectorProc, PendingAddr, Pki,
     },
-    fleet::NatsCluster,
+    fleet::{stream_messages, NatsCluster, NatsTls},
 };
 
 const AGENTS: [&str; 4] = ["fleet-a", "fleet-b", "fleet-c", "fleet-d"];
@@ -874,6 +874,477 @@ fn a_nats_node_and_a_collector_killed_mid_stream_lose_nothing_acknowledged_and_s
         "the front end relayed an event twice"
     );
     drop(links);
+}
+
+/// The alerts of `kind` among `events`.
+fn alerts_of(events: &[v1::Event], kind: v1::AlertKind) -> Vec<&v1::CollectorAlert> {
+    events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::Alert(a)) if a.kind == kind as i32 => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+fn instance_of(event: &v1::Event) -> &str {
+    event.host.as_ref().map_or("", |h| h.instance_id.as_str())
+}
+
+/// The seqs of `instance` among `events` (agent events only), in order.
+fn seqs_of(events: &[v1::Event], instance: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e.seq > 0 && instance_of(e) == instance)
+        .map(|e| e.seq)
+        .collect()
+}
+
+#[test]
+fn front_ends_refuse_out_of_window_batches_and_instance_floods_before_the_stream_and_a_failed_over_agent_is_accepted(
+) {
+    let pki = Pki::new(&["ehr-a"]);
+    let cluster = NatsCluster::start(3);
+    let (w_work, f_work) = (
+        tempfile::Builder::new()
+            .prefix("phiguard-fleet-w-")
+            .tempdir()
+            .unwrap(),
+        tempfile::Builder::new()
+            .prefix("phiguard-fleet-f-")
+            .tempdir()
+            .unwrap(),
+    );
+    let cadence = "every_records = 500\nevery_secs = 1\n";
+    let writer = CollectorProc::start_with_sections(
+        w_work.path(),
+        &pki,
+        "",
+        cadence,
+        &format!("{}writer_lease_secs = 60\n", fleet_section(&cluster, true)),
+    );
+    let mut front = CollectorProc::start_with_sections(
+        f_work.path(),
+        &pki,
+        "",
+        cadence,
+        &fleet_section(&cluster, false),
+    );
+    assert!(
+        writer.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+        "{}",
+        writer.log()
+    );
+    assert!(
+        front.wait_log("live relay following JetStream", Duration::from_secs(30)),
+        "{}",
+        front.log()
+    );
+    let rt = runtime();
+    // The real agent, on the front end, with the writer's collector to fail over to.
+    let link = AgentLink::start_with(&pki, "ehr-a", &front.addr, |c| {
+        c.failover = vec![writer.addr.clone()];
+        c.backoff_min = Duration::from_millis(100);
+    });
+    let real = link.instance();
+    link.send("ehr-a", 1..=100);
+    assert!(
+        link.wait_acked(100, Duration::from_secs(30)),
+        "{}",
+        front.log()
+    );
+    let stolen = phiguard_collector::tls::client_config(&pki.agent("ehr-a")).unwrap();
+    let ingest = |addr: &str, instance: &str, seq: u64| {
+        rt.block_on(try_ingest_as(
+            addr,
+            stolen.clone(),
+            instance,
+            vec![event("ehr-a", seq)],
+        ))
+    };
+    // A huge seq on the real agent's stream: refused by the front end.
+    let refused = ingest(&front.addr, &real, 1 << 40).unwrap_err();
+    assert!(refused.starts_with("OutOfRange"), "{refused}");
+    // A new instance starts its own space where its first event is; its window holds at the
+    // other front end too (the state is JetStream's, not the front end's).
+    let ack = ingest(&front.addr, &uuid_like(1), 1 << 62).unwrap();
+    assert_eq!(ack.acked_seq, 1 << 62);
+    let refused = ingest(&writer.addr, &uuid_like(1), (1 << 62) + 20_000_000).unwrap_err();
+    assert!(refused.starts_with("OutOfRange"), "{refused}");
+    // New instances: the real one and the forged one count; two more are allowed within the
+    // hour (default 4), across both front ends; the next is refused by either.
+    ingest(&writer.addr, &uuid_like(2), 1).unwrap();
+    ingest(&front.addr, &uuid_like(3), 1).unwrap();
+    for addr in [&front.addr, &writer.addr] {
+        let refused = ingest(addr, &uuid_like(4), 1).unwrap_err();
+        assert!(
+            refused.starts_with("ResourceExhausted"),
+            "{addr}: {refused}"
+        );
+    }
+    // The agent fails over to the other front end (its collector killed) and is accepted.
+    front.kill9();
+    link.send("ehr-a", 101..=200);
+    assert!(
+        link.wait_acked(200, Duration::from_secs(30)),
+        "acknowledged up to {} after the failover:\n{}",
+        link.spool.stats().acked,
+        writer.log()
+    );
+    // The store: the real instance whole and once, the forged one's single event; nothing
+    // refused was stored, and the writer refused nothing itself (the front ends did).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = replay_all(&rt, &pki, &writer.addr, v1::EventFilter::default());
+        if seqs_of(&events, &real).len() >= 200 || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(seqs_of(&events, &real), (1..=200).collect::<Vec<_>>());
+    assert_eq!(seqs_of(&events, &uuid_like(1)), vec![1 << 62]);
+    assert_eq!(seqs_of(&events, &uuid_like(2)), vec![1]);
+    assert_eq!(seqs_of(&events, &uuid_like(3)), vec![1]);
+    assert!(seqs_of(&events, &uuid_like(4)).is_empty());
+    assert!(
+        !writer.log().contains("refused by the store's rules"),
+        "{}",
+        writer.log()
+    );
+    // Each front end alerted its refusals (at most once a minute per agent each), and the
+    // front end's alerts reached the writer's store through the stream.
+    let seq_alerts = alerts_of(&events, v1::AlertKind::SequenceRefused);
+    let instance_alerts = alerts_of(&events, v1::AlertKind::InstanceRefused);
+    assert_eq!(seq_alerts.len(), 2, "{seq_alerts:?}");
+    assert_eq!(instance_alerts.len(), 2, "{instance_alerts:?}");
+    assert!(seq_alerts.iter().any(|a| a.received_seq == 1 << 40));
+    // Nothing refused reached the stream; what was admitted did, and so did the front end's
+    // alerts (the writer's own went straight to its store).
+    let messages = stream_messages(&cluster.nodes[0].url, "PHIGUARD");
+    let refused_in_stream: Vec<_> = messages
+        .iter()
+        .filter(|(_, e)| {
+            e.seq == 1 << 40 || e.seq == (1 << 62) + 20_000_000 || instance_of(e) == uuid_like(4)
+        })
+        .collect();
+    assert!(
+        refused_in_stream.is_empty(),
+        "refused batches in the stream: {refused_in_stream:?}"
+    );
+    assert!(messages.iter().any(|(_, e)| e.seq == 1 << 62));
+    let front_alerts: Vec<_> = messages
+        .iter()
+        .filter(|(subject, e)| {
+            subject == "phiguard.events.ehr-a.alert" && matches!(e.body, Some(Body::Alert(_)))
+        })
+        .collect();
+    assert_eq!(front_alerts.len(), 2, "{front_alerts:?}");
+    let verified = CollectorProc::verify(&writer.config, &[]);
+    assert!(
+        verified.status.success(),
+        "verify: {}\n{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    drop(link);
+}
+
+#[test]
+fn a_front_ends_subscription_audit_is_in_the_writers_store_and_liveness_follows_the_stream() {
+    const TWO: [&str; 2] = ["fleet-a", "fleet-b"];
+    let pki = Pki::new(&TWO);
+    let cluster = NatsCluster::start(3);
+    let (w_work, f_work) = (
+        tempfile::Builder::new()
+            .prefix("phiguard-fleet-w-")
+            .tempdir()
+            .unwrap(),
+        tempfile::Builder::new()
+            .prefix("phiguard-fleet-f-")
+            .tempdir()
+            .unwrap(),
+    );
+    let cadence = "every_records = 500\nevery_secs = 1\n";
+    // Long enough for the writer to lag behind the stream on a loaded machine.
+    let silent_after_ms = 3000;
+    let liveness = format!("\n[liveness]\nsilent_after_ms = {silent_after_ms}\n");
+    let writer = CollectorProc::start_with_sections(
+        w_work.path(),
+        &pki,
+        "",
+        cadence,
+        &format!(
+            "{}writer_lease_secs = 60\n{liveness}",
+            fleet_section(&cluster, true)
+        ),
+    );
+    let front = CollectorProc::start_with_sections(
+        f_work.path(),
+        &pki,
+        "",
+        cadence,
+        &format!("{}{liveness}", fleet_section(&cluster, false)),
+    );
+    assert!(
+        writer.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+        "{}",
+        writer.log()
+    );
+    assert!(
+        front.wait_log("live relay following JetStream", Duration::from_secs(30)),
+        "{}",
+        front.log()
+    );
+    let rt = runtime();
+    let front_port = front.addr.rsplit(':').next().unwrap().to_owned();
+    // A subscription to the front end, which does not write the store.
+    let live = collect_live(&rt, subscribe_live(&rt, &pki, &front.addr, file_opens()));
+    // fleet-a starts on the front end and moves to the writer's collector while the front
+    // end keeps running; fleet-b sends to the writer's collector, then stops for good.
+    let mut a = Some(AgentLink::start(&pki, "fleet-a", &front.addr));
+    let b = AgentLink::start(&pki, "fleet-b", &writer.addr);
+    let mut b = Some(b);
+    let started = Instant::now();
+    let mut seq = 0;
+    while started.elapsed() < Duration::from_millis(4 * silent_after_ms + 2000) {
+        seq += 1;
+        if let Some(a) = &a {
+            a.send("fleet-a", seq..=seq);
+        }
+        if let Some(b) = &b {
+            b.send("fleet-b", seq..=seq);
+        }
+        if seq == 8 {
+            let moved = a.take().unwrap();
+            assert!(moved.wait_acked(7, Duration::from_secs(10)));
+            a = Some(moved.restart(&pki, &writer.addr));
+        }
+        if seq == 12 {
+            b = None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let a = a.unwrap();
+    assert!(
+        a.wait_acked(seq, Duration::from_secs(20)),
+        "{}",
+        writer.log()
+    );
+    // The front end's subscriber saw both agents (relayed from the stream), then leaves.
+    let saw: BTreeSet<String> = live
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(a, _)| a.clone())
+        .collect();
+    assert_eq!(saw.len(), 2, "{saw:?}");
+    drop(live);
+    drop(rt);
+    let rt = runtime();
+    // The silence is judged at the writer from the stream: fleet-b (really silent) is
+    // reported, fleet-a (failed over, sending) is not, by either collector.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let alerts = loop {
+        let events = replay_all(&rt, &pki, &writer.addr, v1::EventFilter::default());
+        let silent: Vec<String> = events
+            .iter()
+            .filter(|e| {
+                matches!(&e.body, Some(Body::Alert(a)) if a.kind == v1::AlertKind::AgentSilent as i32)
+            })
+            .map(|e| e.host.as_ref().map_or(String::new(), |h| h.agent_id.clone()))
+            .collect();
+        if !silent.is_empty() || Instant::now() > deadline {
+            break silent;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(alerts, vec!["fleet-b".to_owned()], "{}", writer.log());
+    assert!(
+        !front.log().contains("ALERT_KIND_AGENT_SILENT"),
+        "the front end judged liveness:\n{}",
+        front.log()
+    );
+    // The front end's subscription was audited in the writer's store (opened, and closed
+    // once its subscriber left), under the front end's name.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let front_audit = loop {
+        let audit: Vec<v1::SubscriptionAudit> = replay_audit(&rt, &pki, &writer.addr)
+            .into_iter()
+            .filter(|s| s.collector.ends_with(&format!(":{front_port}")))
+            .collect();
+        let closed = audit
+            .iter()
+            .any(|s| s.phase == v1::SubscriptionPhase::Closed as i32);
+        if closed || Instant::now() > deadline {
+            break audit;
+        }
+        // The front end notices its subscriber left at its next event.
+        a.send("fleet-a", seq + 1..=seq + 1);
+        seq += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let phases: Vec<i32> = front_audit.iter().map(|s| s.phase).collect();
+    assert_eq!(
+        phases,
+        vec![
+            v1::SubscriptionPhase::Opened as i32,
+            v1::SubscriptionPhase::Closed as i32
+        ],
+        "{front_audit:?}\n{}",
+        front.log()
+    );
+    assert!(front_audit[1].events_sent > 0);
+    let verified = CollectorProc::verify(&writer.config, &[]);
+    assert!(
+        verified.status.success(),
+        "verify: {}\n{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    drop(a);
+}
+
+#[test]
+fn nats_over_tls_with_a_client_certificate_carries_the_fleet_a_wrong_ca_is_refused_clearly_and_no_credential_is_logged(
+) {
+    let pki = Pki::new(&["ehr-a"]);
+    // NATS has a PKI of its own: its CA, the nodes' certificate (localhost, 127.0.0.1) and
+    // the collectors' client certificate.
+    let nats_pki = Pki::new(&["collector-nats"]);
+    let cluster = NatsCluster::start_tls(
+        3,
+        &NatsTls {
+            ca: nats_pki.path("ca.pem"),
+            cert: nats_pki.path("collector.pem"),
+            key: nats_pki.path("collector.key"),
+        },
+    );
+    let client = nats_pki.agent("collector-nats");
+    let work = tempfile::Builder::new()
+        .prefix("phiguard-fleet-tls-")
+        .tempdir()
+        .unwrap();
+    // A credentials file as NATS' tools write it: a user JWT and its nkey seed. (These
+    // nodes run without an operator, so they do not check the JWT; the collector reads the
+    // file, signs the server's nonce with the seed and must never log either.)
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
+    let jwt = "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJwaGlndWFyZCI6InRlc3QifQ.c2lnbmF0dXJlLW5vdC1jaGVja2Vk";
+    let creds = work.path().join("collector.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    )
+    .unwrap();
+    let section = |ca: &std::path::Path, with_cert: bool| {
+        let cert = if with_cert {
+            format!(
+                "cert = \"{}\"\nkey = \"{}\"\n",
+                client.cert.display(),
+                client.key.display()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "{}writer_lease_secs = 60\nca = \"{}\"\n{cert}credentials = \"{}\"\n",
+            fleet_section(&cluster, true),
+            ca.display(),
+            creds.display()
+        )
+    };
+    let writer = CollectorProc::start_with_sections(
+        work.path(),
+        &pki,
+        "",
+        "every_records = 500\nevery_secs = 1\n",
+        &section(&nats_pki.path("ca.pem"), true),
+    );
+    assert!(
+        writer.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+        "{}",
+        writer.log()
+    );
+    // Published over TLS by the front end, consumed over TLS by the writer, stored once.
+    let link = AgentLink::start(&pki, "ehr-a", &writer.addr);
+    link.send("ehr-a", 1..=300);
+    assert!(
+        link.wait_acked(300, Duration::from_secs(30)),
+        "{}",
+        writer.log()
+    );
+    let rt = runtime();
+    let stored = stored_file_opens(&rt, &pki, &writer, 300);
+    exactly_once_of("the store over TLS", &["ehr-a"], &stored, 300);
+    let verified = CollectorProc::verify(&writer.config, &[]);
+    assert!(
+        verified.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    // A collector trusting another CA (the agents') does not start, and says why; nor does
+    // one without a client certificate (the nodes require one).
+    let refused = |ca: &std::path::Path, with_cert: bool| {
+        let work = tempfile::Builder::new()
+            .prefix("phiguard-fleet-tls-refused-")
+            .tempdir()
+            .unwrap();
+        let config = CollectorProc::write_config(
+            work.path(),
+            &pki,
+            &work.path().join("checkpoint.key"),
+            "",
+            "",
+            "",
+            &section(ca, with_cert),
+        );
+        let (mut collector, _) = CollectorProc::start_pending(config, work.path().join("store"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = collector.exit_status() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a collector NATS should refuse still runs after 30 s:\n{}",
+                collector.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(!status.success(), "{}", collector.log());
+        let said = collector.log();
+        assert!(
+            said.contains("refused the connection (TLS or credentials)"),
+            "{said}"
+        );
+        said
+    };
+    let wrong_ca = refused(&pki.path("ca.pem"), true);
+    // Both development CAs bear the same name: the other CA's signature does not verify.
+    assert!(wrong_ca.contains("invalid peer certificate"), "{wrong_ca}");
+    let no_cert = refused(&nats_pki.path("ca.pem"), false);
+    eprintln!("wrong CA: {wrong_ca}\nno client certificate: {no_cert}");
+    // No credential in any log: not the seed, not the JWT, not the client key.
+    let key_pem = std::fs::read_to_string(&client.key).unwrap();
+    let key_body: Vec<&str> = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .collect();
+    assert!(!key_body.is_empty());
+    for (name, log) in [
+        ("writer", writer.log()),
+        ("wrong CA", wrong_ca),
+        ("no client certificate", no_cert),
+    ] {
+        assert!(!log.contains(seed.as_str()), "{name} logged the nkey seed");
+        assert!(!log.contains(jwt), "{name} logged the JWT");
+        for line in &key_body {
+            assert!(!log.contains(line), "{name} logged the client key");
+        }
+    }
+    drop(link);
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::{
     self,
     context::PublishAckFuture,
+    kv,
     message::PublishMessage,
     stream::{Config as StreamConfig, DiscardPolicy, RetentionPolicy, StorageType},
 };
@@ -26,6 +27,16 @@ pub enum BusError {
     /// No NATS server could be reached, or the options are unusable.
     #[error("connecting to NATS {servers}: {source}")]
     Connect {
+        /// The servers tried.
+        servers: String,
+        /// Why.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// A NATS server refused this collector: TLS failed (a server certificate not from the
+    /// configured CA, a client certificate it does not accept) or its credentials.
+    #[error("NATS {servers} refused the connection (TLS or credentials): {source} (check [jetstream] ca, cert, key and credentials)")]
+    Refused {
         /// The servers tried.
         servers: String,
         /// Why.
@@ -84,6 +95,32 @@ pub fn message_id(event: &v1::Event) -> String {
     }
 }
 
+/// Whether a failed connection was refused (TLS: a certificate not trusted or not accepted;
+/// credentials) rather than not made (no server there yet). A TLS handshake's failure comes
+/// as an I/O error carrying rustls' error.
+fn refused(error: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind as Kind;
+    if matches!(
+        error.kind(),
+        Kind::Tls | Kind::Authentication | Kind::AuthorizationViolation
+    ) {
+        return true;
+    }
+    let mut cause = std::error::Error::source(error);
+    while let Some(current) = cause {
+        if current.is::<rustls::Error>()
+            || current
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
 /// What JetStream said about a published batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Published {
@@ -111,7 +148,6 @@ impl Bus {
         let mut options = async_nats::ConnectOptions::new()
             .name("phiguard-collector")
             .connection_timeout(Duration::from_secs(5))
-            .retry_on_initial_connect()
             .max_reconnects(None);
         if let Some(path) = &config.credentials {
             options =
@@ -142,10 +178,22 @@ impl Bus {
                     e,
                 ),
             })?;
-        let client = options
-            .connect(addresses)
-            .await
-            .map_err(|source| BusError::Connect { servers, source })?;
+        // One attempt at each server first: a refusal (TLS, credentials) is an error in the
+        // configuration, said at once; servers not up yet are waited for in the background.
+        let client = match options.clone().connect(addresses.clone()).await {
+            Ok(client) => client,
+            Err(source) if refused(&source) => {
+                return Err(BusError::Refused { servers, source });
+            }
+            Err(error) => {
+                warn!(%servers, %error, "no NATS server reachable yet; connecting in the background");
+                options
+                    .retry_on_initial_connect()
+                    .connect(addresses)
+                    .await
+                    .map_err(|source| BusError::Connect { servers, source })?
+            }
+        };
         let js = jetstream::ContextBuilder::new()
             .timeout(config.publish_timeout)
             .build(client.clone());
@@ -207,6 +255,58 @@ impl Bus {
                     return Err(BusError::Stream {
                         stream: self.config.stream.clone(),
                         message: error.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The key-value bucket `name` (one value per key, replicated like the stream, entries
+    /// expiring after `max_age`, or never when zero), made when missing; retries for up to
+    /// 30 s while the cluster cannot answer (a leader election after a node's loss). Its
+    /// backing stream is defined here as async-nats' own `create_key_value` would, because that
+    /// call first asks for the account's limits in a form Debian's nats-server 2.9 does not
+    /// answer.
+    pub async fn kv_bucket(
+        &self,
+        name: &str,
+        description: &str,
+        max_age: Duration,
+    ) -> Result<kv::Store, BusError> {
+        let config = StreamConfig {
+            name: format!("KV_{name}"),
+            description: Some(description.to_owned()),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: DiscardPolicy::New,
+            num_replicas: self.config.replicas,
+            ..Default::default()
+        };
+        let deadline = tokio::time::Instant::now() + READY_WITHIN;
+        loop {
+            let opened = async {
+                self.js
+                    .get_or_create_stream(config.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.js.get_key_value(name).await.map_err(|e| e.to_string())
+            }
+            .await;
+            match opened {
+                Ok(store) => return Ok(store),
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    warn!(bucket = %name, %error, "JetStream key-value bucket not ready yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(message) => {
+                    return Err(BusError::Stream {
+                        stream: format!("KV_{name}"),
+                        message,
                     })
                 }
             }

@@ -5,6 +5,8 @@
 //!   batch so that the agent is acknowledged only once JetStream has acknowledged every event
 //!   of it (each event's message id is `agent/instance/seq`, so JetStream's de-duplication
 //!   makes an agent's resends, to this collector or another, harmless).
+//! - [`admission`]: the sequence window and the new-instance limit, applied by every front
+//!   end before it publishes, with their state shared in a JetStream key-value bucket.
 //! - [`writer`]: the store writer, a durable JetStream consumer that appends what the front
 //!   ends published to the hash-chained store in stream order (the store de-duplicates by
 //!   (agent, instance, seq) as it always has), and only then acknowledges the messages.
@@ -15,6 +17,7 @@
 //! Without a `[jetstream]` section none of this runs and the collector stores what it
 //! receives itself, as before.
 
+pub mod admission;
 pub mod bus;
 pub mod lease;
 pub mod relay;

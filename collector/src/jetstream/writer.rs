@@ -242,6 +242,11 @@ async fn store_all(
         done.push(message);
     }
     for (agent, instance, events) in runs {
+        // Liveness follows the stream: an agent's events here are its sign of life, through
+        // whichever front end they came (the collector's own records are not).
+        if events.iter().any(|e| e.seq > 0) {
+            service.alive(&agent).await;
+        }
         let mut wait = Duration::from_millis(100);
         loop {
             match service
