@@ -279,6 +279,9 @@ pub struct Subject {
     pub uid: u32,
     /// Real gid.
     pub gid: u32,
+    /// The script it runs, as the kernel recorded it (`SCRIPT_IDENTITY`); `None` matches no
+    /// `script` subject.
+    pub script: Option<FileId>,
 }
 
 /// Decides an access (`requested`, `access` bits) to a file protected by `rule` (kernel index
@@ -308,6 +311,10 @@ pub fn decide(
     if matching & !entry.any_parent != 0 {
         let parent = parent_exe().and_then(|p| rule.parent.get(&p)).copied();
         matching &= entry.any_parent | parent.unwrap_or(0);
+    }
+    if matching & rule.script_subjects != 0 {
+        let script = subject.script.and_then(|s| rule.script.get(&s)).copied();
+        matching &= !rule.script_subjects | script.unwrap_or(0);
     }
     let mut allowed_by = u64::MAX;
     for bit in 0..access::COUNT {
@@ -463,6 +470,7 @@ mod tests {
             exe: Some(id(Path::new("/usr/bin/cat"))),
             uid: 65534,
             gid: 65534,
+            script: None,
         };
         let d = decide(rule, index, 1, &cat, || None, READ);
         assert_eq!(

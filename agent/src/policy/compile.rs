@@ -26,8 +26,9 @@ use phiguard_common::{
 use sha2::{Digest as _, Sha256};
 
 use super::{
+    script::CheckedScript,
     enforcement::LsmGaps,
-    model::{Access, Endpoint, Mode, PolicySet, Principal, Resources, Subject},
+    model::{Access, Endpoint, Mode, PolicySet, Principal, Resources, ScriptRef, Subject},
 };
 use crate::{
     kernel::layer::FileLayer,
@@ -79,6 +80,10 @@ pub struct KernelRule {
     pub uid: BTreeMap<u32, u64>,
     /// Subject masks by gid.
     pub gid: BTreeMap<u32, u64>,
+    /// Subject masks by script.
+    pub script: BTreeMap<FileId, u64>,
+    /// Subjects that name a script (they match only a process running one of `script`).
+    pub script_subjects: u64,
     /// Files and directories an exec rule allows to run.
     pub exec_allowed: BTreeSet<FileId>,
     /// The origin of each subject bit.
@@ -131,6 +136,8 @@ pub struct Compiled {
     /// Unix-socket endpoints the set protects, by the socket file's identity (enforced only
     /// where BPF LSM is available).
     pub unix_sockets: Vec<(PathBuf, FileId, u32)>,
+    /// Paths listed scripts are recognised by at exec, with the script each reaches.
+    pub script_paths: BTreeMap<PathBuf, FileId>,
     /// What cannot take effect on this host.
     pub warnings: Vec<String>,
     /// Names of the policies, in load order.
@@ -190,6 +197,7 @@ pub fn compile(
     compile_ports(set, &mut out, &mut builder)?;
     compile_exec(set, cgroup_root, &mut out, &mut builder);
     out.rules = builder.rules;
+    out.script_paths = builder.resolved.script_paths();
     if out.rules.len() > MAX_RULES as usize {
         return Err(CompileError::TooManyRules(out.rules.len()));
     }
@@ -209,10 +217,43 @@ struct Builder {
 struct Resolved {
     files: BTreeMap<PathBuf, Option<FileId>>,
     hashes: BTreeMap<PathBuf, Option<String>>,
+    scripts: BTreeMap<PathBuf, Option<CheckedScript>>,
     warned: BTreeSet<String>,
 }
 
 impl Resolved {
+    /// The script named at `script`, checked (see [`super::script::check`]); a warning and
+    /// `None` when it cannot be a subject.
+    fn script(&mut self, script: &ScriptRef, warnings: &mut Vec<String>) -> Option<FileId> {
+        if !self.scripts.contains_key(&script.path) {
+            let checked = match super::script::check(&script.path) {
+                Ok(checked) => Some(checked),
+                Err(why) => {
+                    self.warn(
+                        warnings,
+                        format!(
+                            "{}: script {}: {why}; that subject is refused",
+                            script.at,
+                            script.path.display()
+                        ),
+                    );
+                    None
+                }
+            };
+            self.scripts.insert(script.path.clone(), checked);
+        }
+        self.scripts[&script.path].as_ref().map(|c| c.id)
+    }
+
+    /// Every path a checked script is recognised by.
+    fn script_paths(&self) -> BTreeMap<PathBuf, FileId> {
+        self.scripts
+            .values()
+            .flatten()
+            .flat_map(|c| c.paths.iter().map(|p| (p.clone(), c.id)))
+            .collect()
+    }
+
     fn file(&mut self, path: &Path, warnings: &mut Vec<String>, what: &str) -> Option<FileId> {
         if let Some(id) = self.files.get(path) {
             return *id;
@@ -362,6 +403,13 @@ impl Builder {
                     Some(id) => *rule.parent.entry(id).or_default() |= mask,
                     None => usable = false,
                 }
+            }
+        }
+        if let Some(script) = &subject.script {
+            rule.script_subjects |= mask;
+            match self.resolved.script(script, warnings) {
+                Some(id) => *rule.script.entry(id).or_default() |= mask,
+                None => usable = false,
             }
         }
         match &subject.user {
