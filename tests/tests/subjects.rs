@@ -693,9 +693,16 @@ fn a_handed_over_descriptor_in_audit_mode_is_a_would_deny_with_both_ends() {
     s.h.stop();
 }
 
-/// A `#!/bin/sh` script that prints the first line of the file it is given, read by the shell
-/// itself (a redirection of a built-in: no other program runs).
-const READER_SCRIPT: &str = "#!/bin/sh\nIFS= read -r line < \"$1\" || exit 3\nprintf '%s\\n' \"$line\"\n";
+/// A `#!/bin/sh` script that prints the first line of the file it is given (`$1`), read by the
+/// shell itself (a redirection of a built-in: no other program runs), by a subshell (`$2` =
+/// `subshell`: a forked child), or by `cat` it execs (`$2` = `exec`).
+const READER_SCRIPT: &str = r#"#!/bin/sh
+case "$2" in
+  subshell) (IFS= read -r line < "$1" && printf '%s\n' "$line") ;;
+  exec) exec /bin/cat "$1" ;;
+  *) IFS= read -r line < "$1" || exit 3; printf '%s\n' "$line" ;;
+esac
+"#;
 
 /// The agent enforcing a policy that lists two scripts for `tree.watched`: `export.sh` by its
 /// link `export` with `exe: /bin/sh`, and `alone.sh` by itself; both in a directory of root's.
@@ -772,23 +779,37 @@ impl ScriptSetup {
     /// The route read the protected file, and the allow decision names the interpreter.
     fn assert_allowed(&mut self, route: &str, out: &Output) {
         assert_eq!(out.stdout, SECRET, "{route}: the script reads: {out:?}");
-        self.expect_decision(route, v1::Verdict::Allow);
+        let shell = self.shell.clone();
+        self.expect_decision(route, v1::Verdict::Allow, &shell);
     }
 
     /// The route did not get the data, and a deny decision names the interpreter.
     fn assert_refused(&mut self, route: &str, out: &Output) {
+        let shell = self.shell.clone();
+        self.assert_refused_naming(route, out, &shell);
+    }
+
+    /// [`ScriptSetup::assert_refused`], the decision naming `exe`.
+    fn assert_refused_naming(&mut self, route: &str, out: &Output, exe: &Path) {
         assert!(
             !out.stdout.windows(16).any(|w| w == &SECRET[..16]),
             "{route}: the protected data came out: {out:?}"
         );
-        self.expect_decision(route, v1::Verdict::Deny);
+        let event = self.expect_decision(route, v1::Verdict::Deny, exe);
+        let layer = match self.h.file_layer {
+            FileLayer::Lsm => v1::EnforcementLayer::Lsm,
+            FileLayer::Fanotify => v1::EnforcementLayer::Fanotify,
+            FileLayer::Signal => v1::EnforcementLayer::Signal,
+        };
+        assert_eq!(
+            event.decision.as_ref().unwrap().layer,
+            layer as i32,
+            "{route}: refused by this kernel's file layer"
+        );
     }
 
-    fn expect_decision(&mut self, route: &str, verdict: v1::Verdict) -> v1::Event {
-        let (exe, file) = (
-            self.shell.display().to_string(),
-            self.file.display().to_string(),
-        );
+    fn expect_decision(&mut self, route: &str, verdict: v1::Verdict, exe: &Path) -> v1::Event {
+        let (exe, file) = (exe.display().to_string(), self.file.display().to_string());
         let event = self
             .h
             .wait_for(Duration::from_secs(10), |e| {
@@ -863,9 +884,30 @@ fn a_listed_script_run_by_its_shebang_reads_and_every_forgery_of_it_is_refused()
         let out = cmd.output().expect("spawn");
         s.assert_refused(name, &out);
     }
-    // The identity is inherited by a child of the script's shell: a subshell reads too.
     let mut cmd = Command::new(&s.script);
     cmd.arg(&file);
     let out = s.as_nobody(cmd);
     s.assert_allowed("the script again, after the refusals", &out);
+}
+
+#[test]
+fn a_scripts_identity_passes_to_its_children_and_not_across_an_exec_or_a_tracer() {
+    let mut s = ScriptSetup::new();
+    let file = s.file.clone();
+    let mut cmd = Command::new(&s.script);
+    cmd.arg(&file).arg("subshell");
+    let out = s.as_nobody(cmd);
+    s.assert_allowed("a subshell (a forked child)", &out);
+    // `alone.sh` is listed without an `exe`: only its script identity stands between `cat`
+    // (or the traced shell) and the file.
+    let mut cmd = Command::new(&s.alone);
+    cmd.arg(&file).arg("exec");
+    let out = s.as_nobody(cmd);
+    let cat = fs::canonicalize("/bin/cat").unwrap();
+    s.assert_refused_naming("a program the script execs", &out, &cat);
+    let ptracer = build(s._bin.path(), "ptracer", PTRACER_C, &[]);
+    let mut cmd = Command::new(&ptracer);
+    cmd.arg(&s.alone).arg(&file);
+    let out = s.as_nobody(cmd);
+    s.assert_refused("the script run under a tracer", &out);
 }
