@@ -772,15 +772,18 @@ impl ScriptSetup {
 
     /// Runs `cmd` as the attacker.
     fn as_nobody(&self, mut cmd: Command) -> Output {
-        cmd.uid(NOBODY).gid(NOBODY).env_clear().env("PATH", "/usr/bin:/bin");
+        cmd.uid(NOBODY)
+            .gid(NOBODY)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
         cmd.output().expect("spawn")
     }
 
     /// The route read the protected file, and the allow decision names the interpreter.
-    fn assert_allowed(&mut self, route: &str, out: &Output) {
+    fn assert_allowed(&mut self, route: &str, out: &Output) -> v1::Event {
         assert_eq!(out.stdout, SECRET, "{route}: the script reads: {out:?}");
         let shell = self.shell.clone();
-        self.expect_decision(route, v1::Verdict::Allow, &shell);
+        self.expect_decision(route, v1::Verdict::Allow, &shell)
     }
 
     /// The route did not get the data, and a deny decision names the interpreter.
@@ -796,6 +799,11 @@ impl ScriptSetup {
             "{route}: the protected data came out: {out:?}"
         );
         let event = self.expect_decision(route, v1::Verdict::Deny, exe);
+        assert_eq!(
+            process(&event).script,
+            None,
+            "{route}: a refusal names no script"
+        );
         let layer = match self.h.file_layer {
             FileLayer::Lsm => v1::EnforcementLayer::Lsm,
             FileLayer::Fanotify => v1::EnforcementLayer::Fanotify,
@@ -834,7 +842,11 @@ fn a_listed_script_run_by_its_shebang_reads_and_every_forgery_of_it_is_refused()
     let mut cmd = Command::new(&s.link);
     cmd.arg(&file);
     let out = s.as_nobody(cmd);
-    s.assert_allowed("the listed link", &out);
+    let event = s.assert_allowed("the listed link", &out);
+    // The decision names the script whose identity allowed it, with its hash.
+    let named = process(&event).script.clone().expect("process.script");
+    assert_eq!(named.path, s.link.display().to_string());
+    assert_eq!(named.sha256, Setup::sha256_of(&s.script));
     let mut cmd = Command::new(&s.script);
     cmd.arg(&file);
     let out = s.as_nobody(cmd);
@@ -842,7 +854,9 @@ fn a_listed_script_run_by_its_shebang_reads_and_every_forgery_of_it_is_refused()
     let mut cmd = Command::new(&s.alone);
     cmd.arg(&file);
     let out = s.as_nobody(cmd);
-    s.assert_allowed("a script listed alone", &out);
+    let event = s.assert_allowed("a script listed alone", &out);
+    let named = process(&event).script.clone().expect("process.script");
+    assert_eq!(named.path, s.alone.display().to_string());
     // Refused: the interpreter run on it directly, with or without a forged argv.
     let mut cmd = Command::new("/bin/sh");
     cmd.arg(&s.script).arg(&file);
@@ -878,7 +892,10 @@ fn a_listed_script_run_by_its_shebang_reads_and_every_forgery_of_it_is_refused()
     ] {
         let mut cmd = Command::new(&s.script);
         cmd.arg(&file);
-        cmd.uid(NOBODY).gid(NOBODY).env_clear().env("PATH", "/usr/bin:/bin");
+        cmd.uid(NOBODY)
+            .gid(NOBODY)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
         // After a long variable, so the scan must cross chunk boundaries to see it.
         cmd.env("FILLER", "x".repeat(1000)).env(name, value);
         let out = cmd.output().expect("spawn");

@@ -11,12 +11,12 @@ use aya::{
     Ebpf, Pod,
 };
 use phiguard_common::{
+    limits::PATH_LEN,
     maps::{
         InodeKey, EXEC_ALLOWED, EXEC_SCOPES, INODE_LABELS, POLICY_SLOT, RULES, SCRIPT_PATHS,
         SCRIPT_SUBJECTS, SUBJECT_EXE, SUBJECT_GID, SUBJECT_PARENT, SUBJECT_SCRIPT, SUBJECT_UID,
         UNIX_SOCKETS, WATCHED_DEVS, WATCHED_INODES, WATCHED_PORTS,
     },
-    limits::PATH_LEN,
     policy::{IdKey, PortKey, RuleEntry, ScopeKey, SubjectKey, WatchValue, MAX_RULES, NO_RULE},
 };
 

@@ -26,9 +26,9 @@ use phiguard_common::{
 use sha2::{Digest as _, Sha256};
 
 use super::{
-    script::CheckedScript,
     enforcement::LsmGaps,
     model::{Access, Endpoint, Mode, PolicySet, Principal, Resources, ScriptRef, Subject},
+    script::CheckedScript,
 };
 use crate::{
     kernel::layer::FileLayer,
@@ -84,6 +84,8 @@ pub struct KernelRule {
     pub script: BTreeMap<FileId, u64>,
     /// Subjects that name a script (they match only a process running one of `script`).
     pub script_subjects: u64,
+    /// The script each such subject names, by subject bit: (path as given, sha256 at load).
+    pub subject_scripts: BTreeMap<u32, (PathBuf, String)>,
     /// Files and directories an exec rule allows to run.
     pub exec_allowed: BTreeSet<FileId>,
     /// The origin of each subject bit.
@@ -408,7 +410,12 @@ impl Builder {
         if let Some(script) = &subject.script {
             rule.script_subjects |= mask;
             match self.resolved.script(script, warnings) {
-                Some(id) => *rule.script.entry(id).or_default() |= mask,
+                Some(id) => {
+                    *rule.script.entry(id).or_default() |= mask;
+                    let sha256 = self.resolved.sha256(&script.path).unwrap_or_default();
+                    rule.subject_scripts
+                        .insert(bit, (script.path.clone(), sha256));
+                }
                 None => usable = false,
             }
         }
@@ -873,6 +880,35 @@ mod tests {
         let entry = c.inodes.iter().find(|e| e.id == id).expect("inode entry");
         let rule = &c.rules[entry.rule_below.or(entry.rule_here).unwrap() as usize];
         (entry, rule)
+    }
+
+    #[test]
+    fn a_script_another_user_could_change_is_a_located_warning_and_its_subject_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("export.sh");
+        fs::write(&script, "#!/bin/sh\n").unwrap();
+        // Writable by others: whoever may write it decides what the subject runs.
+        fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let text = format!(
+            "name: p\nmode: enforce\nrules:\n  - name: r\n    files:\n      - path: {}/**\n        access: [read]\n    allow:\n      - script: {}\n",
+            dir.path().display(),
+            script.display()
+        );
+        let c = build(&[&text], &WatchSet::default());
+        let warning = c
+            .warnings
+            .iter()
+            .find(|w| w.contains("script"))
+            .expect("a warning");
+        assert!(
+            warning.starts_with("p0.yaml:9:17: rules[0].allow[0].script: script "),
+            "{warning}"
+        );
+        assert!(warning.ends_with("that subject is refused"), "{warning}");
+        let (_, rule) = rule_of(&c, dir.path());
+        assert_eq!(rule.script_subjects, 1, "the subject still needs a script");
+        assert_eq!(rule.entry.may[0], 0, "and may nothing");
+        assert!(c.script_paths.is_empty());
     }
 
     #[test]

@@ -319,8 +319,9 @@ fn subject(loc: &Locator<'_>, raw: &RawSubject, field: &str) -> Result<Subject, 
             line: 0,
             column: 0,
             field: field.to_owned(),
-            message: "an empty subject would allow everyone: give exe, script, user, group or parent"
-                .into(),
+            message:
+                "an empty subject would allow everyone: give exe, script, user, group or parent"
+                    .into(),
         });
     }
     Ok(subject)

@@ -64,7 +64,12 @@ fn check_path(path: &Path, links: usize) -> Result<PathBuf, String> {
         let name = match component {
             Component::RootDir => continue,
             Component::Normal(name) => name,
-            _ => return Err(format!("{} is not a normalised absolute path", path.display())),
+            _ => {
+                return Err(format!(
+                    "{} is not a normalised absolute path",
+                    path.display()
+                ))
+            }
         };
         let dir_meta = fs::metadata(&at).map_err(|e| format!("{}: {e}", at.display()))?;
         let mode = dir_meta.permissions().mode();
@@ -160,7 +165,9 @@ mod tests {
         fs::create_dir(&sub).unwrap();
         fs::set_permissions(&sub, fs::Permissions::from_mode(0o777)).unwrap();
         fs::copy(&script, sub.join("s")).unwrap();
-        assert!(check(&sub.join("s")).unwrap_err().contains("not root's alone"));
+        assert!(check(&sub.join("s"))
+            .unwrap_err()
+            .contains("not root's alone"));
         let link = d.path().join("users-link");
         symlink(&script, &link).unwrap();
         std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
