@@ -142,7 +142,7 @@ mod tests {
         fs::write(&script, "#!/bin/sh\n").unwrap();
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
         let checked = check(&script).expect("root's alone");
-        assert_eq!(checked.paths, [script.clone()]);
+        assert_eq!(checked.paths, std::slice::from_ref(&script));
         assert_eq!(checked.id, FileId::of(&script).unwrap());
         let link = d.path().join("export");
         symlink("export.sh", &link).unwrap();
