@@ -453,6 +453,31 @@ mod tests {
     }
 
     #[test]
+    fn a_subject_naming_a_script_matches_only_a_process_running_it() {
+        let script = FileId { dev: 8, ino: 42 };
+        let mut rule = KernelRule::default();
+        rule.entry.enforce = READ;
+        // Subject 0 names only a script: every other field is open.
+        (rule.entry.any_exe, rule.entry.any_uid) = (1, 1);
+        (rule.entry.any_gid, rule.entry.any_parent) = (1, 1);
+        rule.entry.may[0] = 1;
+        rule.script_subjects = 1;
+        rule.script.insert(script, 1);
+        let running = |script: Option<FileId>| Subject {
+            exe: Some(FileId { dev: 8, ino: 7 }),
+            uid: 65534,
+            gid: 65534,
+            script,
+        };
+        let d = decide(&rule, 0, 0, &running(Some(script)), || None, READ);
+        assert_eq!((d.verdict, d.subject), (verdict::ALLOW, 0));
+        for other in [None, Some(FileId { dev: 8, ino: 43 })] {
+            let d = decide(&rule, 0, 0, &running(other), || None, READ);
+            assert_eq!(d.verdict, verdict::DENY, "{other:?}");
+        }
+    }
+
+    #[test]
     fn the_decision_matches_the_kernel_rule() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
