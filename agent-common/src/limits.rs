@@ -66,3 +66,35 @@ pub const MAX_DB_UNIX_SOCKETS: u32 = 64;
 pub const MAX_DB_SOCKETS: u32 = 16384;
 /// Processes holding a tracked database socket at once.
 pub const MAX_DB_PROCESSES: u32 = 16384;
+/// Environment variables that make an interpreter run code other than its script (matched at
+/// the start of each `NAME=value` string: an entry ending in `=` is one name, any other a
+/// prefix). An exec with any of them gets no script identity (`crate::maps::SCRIPT_IDENTITY`).
+/// Code loaded as a library (`LD_PRELOAD`, `LD_AUDIT`, `GCONV_PATH`) is the executable mapping
+/// taint's concern, not this list's.
+pub const CODE_INJECTING_ENV: [&[u8]; 19] = [
+    b"BASH_ENV=",
+    b"ENV=",
+    b"BASH_FUNC_",
+    b"SHELLOPTS=",
+    b"BASHOPTS=",
+    b"PS4=",
+    b"PYTHON",
+    b"PERL5",
+    b"PERLLIB=",
+    b"RUBYOPT=",
+    b"RUBYLIB=",
+    b"NODE_OPTIONS=",
+    b"NODE_PATH=",
+    b"LUA_",
+    b"PHPRC=",
+    b"PHP_INI_SCAN_DIR=",
+    b"JAVA_TOOL_OPTIONS=",
+    b"_JAVA_OPTIONS=",
+    b"JDK_JAVA_OPTIONS=",
+];
+/// Bytes of an environment string compared with [`CODE_INJECTING_ENV`] (its longest entry fits).
+pub const ENV_NAME_LEN: usize = 32;
+/// Chunks of at most [`PATH_LEN`] bytes read while scanning a new image's environment for
+/// [`CODE_INJECTING_ENV`]; an environment not scanned to its end within them gets no script
+/// identity (at least 256 KiB are always scanned: far more than an exec usually carries).
+pub const MAX_ENV_CHUNKS: u32 = 1024;

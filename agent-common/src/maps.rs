@@ -44,6 +44,13 @@ pub const SUBJECT_PARENT: &str = "SUBJECT_PARENT";
 pub const SUBJECT_UID: &str = "SUBJECT_UID";
 /// Rule subjects by gid: [`crate::policy::IdKey`] → subject bit mask.
 pub const SUBJECT_GID: &str = "SUBJECT_GID";
+/// Rule subjects by script (device, inode): [`crate::policy::SubjectKey`] → subject bit mask,
+/// matched against [`SCRIPT_IDENTITY`].
+pub const SUBJECT_SCRIPT: &str = "SUBJECT_SCRIPT";
+/// Subjects that name a script, per kernel rule: rule index → subject bit mask (an array of
+/// `2 * MAX_RULES`; 0 where no subject names one). Kept apart from
+/// [`crate::policy::RuleEntry`] so that struct keeps its layout.
+pub const SCRIPT_SUBJECTS: &str = "SCRIPT_SUBJECTS";
 /// Exec allow-lists in force per cgroup: [`crate::policy::ScopeKey`] → kernel rule index.
 pub const EXEC_SCOPES: &str = "EXEC_SCOPES";
 /// Directories and files an exec rule allows: [`crate::policy::SubjectKey`] → `1`.
@@ -60,6 +67,22 @@ pub const AGENT: &str = "AGENT";
 /// `CAP_SYS_ADMIN` in a user namespace of its own). Pinned while enforcing, so every
 /// generation of programs shares it.
 pub const EXEC_IDENTITY: &str = "EXEC_IDENTITY";
+/// The script each process runs, where it has one: global tgid (`u32`) → [`ExecIdentity`]
+/// (the script's device and inode). Written at an exec through an interpreter (`#!`) whose
+/// path is one of [`SCRIPT_PATHS`], from the initial user namespace, with no variable of
+/// [`crate::limits::CODE_INJECTING_ENV`] in the new environment and not traced; removed at any
+/// other exec and when the process ends; copied to a child at fork; removed (not flagged) by
+/// taint. A map of its own, so that [`EXEC_IDENTITY`]'s value, pinned and shared by every
+/// agent generation, keeps its layout. Pinned likewise while enforcing.
+pub const SCRIPT_IDENTITY: &str = "SCRIPT_IDENTITY";
+/// Paths by which a listed script is recognised at exec (the `script:` path as written and its
+/// canonical path, each checked at load to pass only through root's directories and links):
+/// the path's bytes, NUL-padded to [`crate::limits::PATH_LEN`] → [`InodeKey`] (slot 0) of the
+/// script. The kernel compares `linux_binprm.filename` — the path the caller asked to execute,
+/// which the interpreter opens again — byte for byte.
+pub const SCRIPT_PATHS: &str = "SCRIPT_PATHS";
+/// Paths [`SCRIPT_PATHS`] holds at most.
+pub const MAX_SCRIPT_PATHS: u32 = 512;
 /// Descriptors of protected files in flight over unix sockets (`SCM_RIGHTS`): `struct file`
 /// address (`u64`) → [`crate::event::Sender`], written by BPF LSM `socket_sendmsg` in the
 /// sender and read by `file_receive` in the receiver. LRU: a descriptor never received ages

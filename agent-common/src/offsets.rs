@@ -109,6 +109,19 @@ pub struct KernelOffsets {
     pub msghdr_msg_control: u32,
     /// `msghdr.msg_controllen`
     pub msghdr_msg_controllen: u32,
+    /// `linux_binprm.interp` (the name of the program that will run: the interpreter after
+    /// `binfmt_script`, else the same pointer as `filename`)
+    pub binprm_interp: u32,
+    /// `mm_struct.env_start` (user address of the new image's environment strings)
+    pub mm_env_start: u32,
+    /// `mm_struct.env_end`
+    pub mm_env_end: u32,
+    /// `task_struct.cred` (the subjective credentials)
+    pub task_cred: u32,
+    /// `cred.user_ns`
+    pub cred_user_ns: u32,
+    /// `user_namespace.level` (0: the initial user namespace)
+    pub user_ns_level: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 51 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 57 * 4);

@@ -65,7 +65,9 @@ pub fn forget_if_last(task: Task) -> ProbeResult {
     if task.live_threads()? != 0 {
         return Ok(());
     }
-    let _ = EXEC_IDENTITY.remove(task.tgid()?);
+    let tgid = task.tgid()?;
+    let _ = EXEC_IDENTITY.remove(tgid);
+    crate::script::forget(tgid);
     Ok(())
 }
 
@@ -73,6 +75,7 @@ pub fn forget_if_last(task: Task) -> ProbeResult {
 /// without a record is left alone: it matches no `exe` subject anyway.
 #[inline(always)]
 pub fn taint(tgid: u32) {
+    crate::script::forget(tgid); // a script identity vouches for the script's code alone
     if let Some(recorded) = EXEC_IDENTITY.get_ptr_mut(tgid) {
         // SAFETY: a map value pointer, valid for this program run; one word written.
         unsafe { (*recorded).flags |= TAINTED };

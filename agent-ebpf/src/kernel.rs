@@ -74,6 +74,12 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_mode: 0,
     msghdr_msg_control: 0,
     msghdr_msg_controllen: 0,
+    binprm_interp: 0,
+    mm_env_start: 0,
+    mm_env_end: 0,
+    task_cred: 0,
+    cred_user_ns: 0,
+    user_ns_level: 0,
 };
 
 /// The offset of one field, read so the compiler cannot fold the load-time value away.
@@ -314,6 +320,25 @@ impl Task {
         File(read(mm, offset!(mm_exe_file))?).dentry()
     }
 
+    /// The user addresses `[start, end)` of the environment strings of the task's image.
+    #[inline(always)]
+    pub fn env_range(self) -> Result<(u64, u64), ReadError> {
+        let mm: usize = read(self.0, offset!(task_mm))?;
+        Ok((
+            read(mm, offset!(mm_env_start))?,
+            read(mm, offset!(mm_env_end))?,
+        ))
+    }
+
+    /// The nesting level of the task's user namespace (`cred->user_ns->level`): 0 in the
+    /// initial one, where an unprivileged user can mount nothing.
+    #[inline(always)]
+    pub fn user_ns_level(self) -> Result<u32, ReadError> {
+        let cred: usize = read(self.0, offset!(task_cred))?;
+        let user_ns: usize = read(cred, offset!(cred_user_ns))?;
+        read(user_ns, offset!(user_ns_level))
+    }
+
     /// The real parent task.
     #[inline(always)]
     pub fn parent(self) -> Result<Task, ReadError> {
@@ -496,6 +521,13 @@ impl Binprm {
     #[inline(always)]
     pub fn filename(self) -> Result<usize, ReadError> {
         read(self.0, offset!(binprm_filename))
+    }
+
+    /// `linux_binprm.interp`: the name of the program that runs — a pointer other than
+    /// [`Binprm::filename`]'s once an interpreter took over (`binfmt_script`, `binfmt_misc`).
+    #[inline(always)]
+    pub fn interp(self) -> Result<usize, ReadError> {
+        read(self.0, offset!(binprm_interp))
     }
 
     /// `linux_binprm.file`: the file being exec'd at this stage (the script, then its

@@ -17,6 +17,7 @@ mod kernel;
 mod maps;
 mod policy;
 mod programs;
+mod script;
 mod syscall;
 
 #[cfg(not(test))]

@@ -12,7 +12,7 @@ use phiguard_common::{
     },
     maps::{
         AgentId, ExecIdentity, GrantKey, GrantValue, InodeKey, MAX_GRANTS, MAX_NEVER_KILL,
-        MAX_PROCESSES, MAX_SCM_SENDERS,
+        MAX_PROCESSES, MAX_SCM_SENDERS, MAX_SCRIPT_PATHS,
     },
     policy::{
         IdKey, PortKey, RuleEntry, ScopeKey, SubjectKey, WatchValue, MAX_EXEC_SCOPES, MAX_RULES,
@@ -85,6 +85,20 @@ pub static BREAK_GLASS: HashMap<GrantKey, GrantValue> = HashMap::with_max_entrie
 #[map]
 pub static EXEC_IDENTITY: HashMap<u32, ExecIdentity> = HashMap::with_max_entries(MAX_PROCESSES, 0);
 
+/// The script each process runs, by global tgid (see `phiguard_common::maps::SCRIPT_IDENTITY`).
+#[map]
+pub static SCRIPT_IDENTITY: HashMap<u32, ExecIdentity> =
+    HashMap::with_max_entries(MAX_PROCESSES, 0);
+
+/// Paths listed scripts are recognised by at exec → the script's (device, 0, inode).
+#[map]
+pub static SCRIPT_PATHS: HashMap<[u8; PATH_LEN], InodeKey> =
+    HashMap::with_max_entries(MAX_SCRIPT_PATHS, 0);
+
+/// Per-CPU scratch for a path looked up in `SCRIPT_PATHS`, then for environment chunks.
+#[map]
+pub static SCRIPT_SCRATCH: PerCpuArray<[u8; PATH_LEN]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Protected unix sockets by (device, slot, inode) of the socket file → kernel rule.
 #[map]
 pub static UNIX_SOCKETS: HashMap<InodeKey, u32> = HashMap::with_max_entries(2 * 256, 0);
@@ -114,6 +128,15 @@ pub static SUBJECT_UID: HashMap<IdKey, u64> = HashMap::with_max_entries(MAX_SUBJ
 /// Subject bits by gid (per rule).
 #[map]
 pub static SUBJECT_GID: HashMap<IdKey, u64> = HashMap::with_max_entries(MAX_SUBJECT_ENTRIES, 0);
+
+/// Subject bits by script (per rule).
+#[map]
+pub static SUBJECT_SCRIPT: HashMap<SubjectKey, u64> =
+    HashMap::with_max_entries(MAX_SUBJECT_ENTRIES, 0);
+
+/// Subjects naming a script, per kernel rule.
+#[map]
+pub static SCRIPT_SUBJECTS: Array<u64> = Array::with_max_entries(2 * MAX_RULES, 0);
 
 /// Exec allow-list per cgroup (0: host-wide).
 #[map]

@@ -20,9 +20,10 @@ use crate::{
     identity::exe_of,
     kernel::{Dentry, FileId, Task},
     maps::{
-        AGENT, BREAK_GLASS, EXEC_ALLOWED, EXEC_SCOPES, NEVER_KILL, POLICY_SLOT, RULES, SUBJECT_EXE,
-        SUBJECT_GID, SUBJECT_PARENT, SUBJECT_UID,
+        AGENT, BREAK_GLASS, EXEC_ALLOWED, EXEC_SCOPES, NEVER_KILL, POLICY_SLOT, RULES,
+        SCRIPT_SUBJECTS, SUBJECT_EXE, SUBJECT_GID, SUBJECT_PARENT, SUBJECT_SCRIPT, SUBJECT_UID,
     },
+    script::script_of,
 };
 
 /// Whether the current process is the agent itself: no policy applies to it. Its pid alone is
@@ -89,6 +90,10 @@ fn matching_subjects(rule: u32, entry: &RuleEntry) -> u64 {
     if matching & !entry.any_parent != 0 {
         let parent = task.parent().ok().and_then(exe_of);
         matching &= entry.any_parent | file_mask(&SUBJECT_PARENT, rule, parent);
+    }
+    let naming_a_script = SCRIPT_SUBJECTS.get(rule).copied().unwrap_or(0);
+    if matching & naming_a_script != 0 {
+        matching &= !naming_a_script | file_mask(&SUBJECT_SCRIPT, rule, script_of(task));
     }
     matching
 }

@@ -692,3 +692,239 @@ fn a_handed_over_descriptor_in_audit_mode_is_a_would_deny_with_both_ends() {
     }
     s.h.stop();
 }
+
+/// A `#!/bin/sh` script that prints the first line of the file it is given (`$1`), read by the
+/// shell itself (a redirection of a built-in: no other program runs), by a subshell (`$2` =
+/// `subshell`: a forked child), or by `cat` it execs (`$2` = `exec`).
+const READER_SCRIPT: &str = r#"#!/bin/sh
+case "$2" in
+  subshell) (IFS= read -r line < "$1" && printf '%s\n' "$line") ;;
+  exec) exec /bin/cat "$1" ;;
+  *) IFS= read -r line < "$1" || exit 3; printf '%s\n' "$line" ;;
+esac
+"#;
+
+/// The agent enforcing a policy that lists two scripts for `tree.watched`: `export.sh` by its
+/// link `export` with `exe: /bin/sh`, and `alone.sh` by itself; both in a directory of root's.
+struct ScriptSetup {
+    h: Harness,
+    file: PathBuf,
+    script: PathBuf,
+    link: PathBuf,
+    alone: PathBuf,
+    /// The interpreter as decisions name it.
+    shell: PathBuf,
+    other: PathBuf,
+    _bin: tempfile::TempDir,
+    _policies: tempfile::TempDir,
+    _tree: Tree,
+}
+
+impl ScriptSetup {
+    fn new() -> ScriptSetup {
+        let bin = tempfile::Builder::new()
+            .prefix("phiguard-scripts-")
+            .tempdir()
+            .unwrap();
+        fs::set_permissions(bin.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let script = bin.path().join("export.sh");
+        let alone = bin.path().join("alone.sh");
+        for s in [&script, &alone] {
+            fs::write(s, READER_SCRIPT).unwrap();
+            fs::set_permissions(s, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let link = bin.path().join("export");
+        std::os::unix::fs::symlink("export.sh", &link).unwrap();
+        let tree = Tree::new();
+        let file = tree.watched.join("results.txt");
+        fs::write(&file, SECRET).unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o666)).unwrap();
+        chown(&tree.other, Some(NOBODY), Some(NOBODY)).unwrap();
+        let policies = tempfile::Builder::new()
+            .prefix("phiguard-policies-")
+            .tempdir()
+            .unwrap();
+        fs::write(
+            policies.path().join("scripts.yaml"),
+            format!(
+                "name: scripts\nmode: enforce\nrules:\n  - name: results\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - script: {}\n        exe: /bin/sh\n      - script: {}\n",
+                tree.watched.display(),
+                link.display(),
+                alone.display(),
+            ),
+        )
+        .unwrap();
+        let config = Config::default().with_policy_dir(policies.path()).unwrap();
+        let h = Harness::start_with(&config);
+        ScriptSetup {
+            h,
+            file,
+            script,
+            link,
+            alone,
+            shell: fs::canonicalize("/bin/sh").unwrap(),
+            other: tree.other.clone(),
+            _bin: bin,
+            _policies: policies,
+            _tree: tree,
+        }
+    }
+
+    /// Runs `cmd` as the attacker.
+    fn as_nobody(&self, mut cmd: Command) -> Output {
+        cmd.uid(NOBODY)
+            .gid(NOBODY)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
+        cmd.output().expect("spawn")
+    }
+
+    /// The route read the protected file, and the allow decision names the interpreter.
+    fn assert_allowed(&mut self, route: &str, out: &Output) -> v1::Event {
+        assert_eq!(out.stdout, SECRET, "{route}: the script reads: {out:?}");
+        let shell = self.shell.clone();
+        self.expect_decision(route, v1::Verdict::Allow, &shell)
+    }
+
+    /// The route did not get the data, and a deny decision names the interpreter.
+    fn assert_refused(&mut self, route: &str, out: &Output) {
+        let shell = self.shell.clone();
+        self.assert_refused_naming(route, out, &shell);
+    }
+
+    /// [`ScriptSetup::assert_refused`], the decision naming `exe`.
+    fn assert_refused_naming(&mut self, route: &str, out: &Output, exe: &Path) {
+        assert!(
+            !out.stdout.windows(16).any(|w| w == &SECRET[..16]),
+            "{route}: the protected data came out: {out:?}"
+        );
+        let event = self.expect_decision(route, v1::Verdict::Deny, exe);
+        assert_eq!(
+            process(&event).script,
+            None,
+            "{route}: a refusal names no script"
+        );
+        let layer = match self.h.file_layer {
+            FileLayer::Lsm => v1::EnforcementLayer::Lsm,
+            FileLayer::Fanotify => v1::EnforcementLayer::Fanotify,
+            FileLayer::Signal => v1::EnforcementLayer::Signal,
+        };
+        assert_eq!(
+            event.decision.as_ref().unwrap().layer,
+            layer as i32,
+            "{route}: refused by this kernel's file layer"
+        );
+    }
+
+    fn expect_decision(&mut self, route: &str, verdict: v1::Verdict, exe: &Path) -> v1::Event {
+        let (exe, file) = (exe.display().to_string(), self.file.display().to_string());
+        let event = self
+            .h
+            .wait_for(Duration::from_secs(10), |e| {
+                e.decision
+                    .as_ref()
+                    .is_some_and(|d| d.verdict == verdict as i32)
+                    && file_open(e).is_some_and(|f| f.path == file)
+                    && process(e).exe == exe
+            })
+            .unwrap_or_else(|| panic!("{route}: no {verdict:?} naming {exe}: {}", self.h.dump()));
+        // The next route's decision must be its own.
+        self.h.seen.clear();
+        event
+    }
+}
+
+#[test]
+fn a_listed_script_run_by_its_shebang_reads_and_every_forgery_of_it_is_refused() {
+    let mut s = ScriptSetup::new();
+    let file = s.file.clone();
+    // Allowed: executed by its shebang, by the listed link and by its canonical path.
+    let mut cmd = Command::new(&s.link);
+    cmd.arg(&file);
+    let out = s.as_nobody(cmd);
+    let event = s.assert_allowed("the listed link", &out);
+    // The decision names the script whose identity allowed it, with its hash.
+    let named = process(&event).script.clone().expect("process.script");
+    assert_eq!(named.path, s.link.display().to_string());
+    assert_eq!(named.sha256, Setup::sha256_of(&s.script));
+    let mut cmd = Command::new(&s.script);
+    cmd.arg(&file);
+    let out = s.as_nobody(cmd);
+    s.assert_allowed("the script's own path", &out);
+    let mut cmd = Command::new(&s.alone);
+    cmd.arg(&file);
+    let out = s.as_nobody(cmd);
+    let event = s.assert_allowed("a script listed alone", &out);
+    let named = process(&event).script.clone().expect("process.script");
+    assert_eq!(named.path, s.alone.display().to_string());
+    // Refused: the interpreter run on it directly, with or without a forged argv.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg(&s.script).arg(&file);
+    let out = s.as_nobody(cmd);
+    s.assert_refused("sh SCRIPT", &out);
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg0(&s.script).arg(&s.script).arg(&file);
+    let out = s.as_nobody(cmd);
+    s.assert_refused("a forged argv[0]", &out);
+    // Refused: a copy elsewhere, and the script reached by a link the caller controls (the
+    // path the interpreter reopens could be swapped under it).
+    let copy = s.other.join("export.sh");
+    fs::copy(&s.script, &copy).unwrap();
+    chown(&copy, Some(NOBODY), Some(NOBODY)).unwrap();
+    let mut cmd = Command::new(&copy);
+    cmd.arg(&file);
+    let out = s.as_nobody(cmd);
+    s.assert_refused("a copy", &out);
+    let theirs = s.other.join("mine");
+    std::os::unix::fs::symlink(&s.script, &theirs).unwrap();
+    std::os::unix::fs::lchown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
+    let mut cmd = Command::new(&theirs);
+    cmd.arg(&file);
+    let out = s.as_nobody(cmd);
+    s.assert_refused("a link the caller controls", &out);
+    // Refused: a variable that makes an interpreter run other code.
+    for (name, value) in [
+        ("BASH_ENV", "/dev/null"),
+        ("ENV", "/dev/null"),
+        ("PYTHONPATH", "/tmp"),
+        ("PERL5OPT", "-w"),
+        ("NODE_OPTIONS", "--no-warnings"),
+    ] {
+        let mut cmd = Command::new(&s.script);
+        cmd.arg(&file);
+        cmd.uid(NOBODY)
+            .gid(NOBODY)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
+        // After a long variable, so the scan must cross chunk boundaries to see it.
+        cmd.env("FILLER", "x".repeat(1000)).env(name, value);
+        let out = cmd.output().expect("spawn");
+        s.assert_refused(name, &out);
+    }
+    let mut cmd = Command::new(&s.script);
+    cmd.arg(&file);
+    let out = s.as_nobody(cmd);
+    s.assert_allowed("the script again, after the refusals", &out);
+}
+
+#[test]
+fn a_scripts_identity_passes_to_its_children_and_not_across_an_exec_or_a_tracer() {
+    let mut s = ScriptSetup::new();
+    let file = s.file.clone();
+    let mut cmd = Command::new(&s.script);
+    cmd.arg(&file).arg("subshell");
+    let out = s.as_nobody(cmd);
+    s.assert_allowed("a subshell (a forked child)", &out);
+    // `alone.sh` is listed without an `exe`: only its script identity stands between `cat`
+    // (or the traced shell) and the file.
+    let mut cmd = Command::new(&s.alone);
+    cmd.arg(&file).arg("exec");
+    let out = s.as_nobody(cmd);
+    let cat = fs::canonicalize("/bin/cat").unwrap();
+    s.assert_refused_naming("a program the script execs", &out, &cat);
+    let ptracer = build(s._bin.path(), "ptracer", PTRACER_C, &[]);
+    let mut cmd = Command::new(&ptracer);
+    cmd.arg(&s.alone).arg(&file);
+    let out = s.as_nobody(cmd);
+    s.assert_refused("the script run under a tracer", &out);
+}

@@ -604,6 +604,8 @@ const NO_BPF_TESTS: &[&str] = &[
     "an_allowed_receive_of_a_handed_over_descriptor_is_reported_with_both_ends",
     "an_allowed_take_of_a_descriptor_is_reported_once",
     "a_handed_over_descriptor_in_audit_mode_is_a_would_deny_with_both_ends",
+    "a_listed_script_run_by_its_shebang_reads_and_every_forgery_of_it_is_refused",
+    "a_scripts_identity_passes_to_its_children_and_not_across_an_exec_or_a_tracer",
 ];
 
 /// QEMU, killed when dropped (every way out of [`boot`]).

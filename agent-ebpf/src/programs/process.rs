@@ -26,6 +26,7 @@ use crate::{
     kernel::{copy_path_names, Binprm, PathNames, Task},
     maps::{EVENTS, EXEC_ARGS_SCRATCH},
     policy::{current_slot, decide_exec, enforce_by_signal, exec_rule},
+    script,
 };
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`, raw
@@ -47,6 +48,7 @@ fn try_fork(ctx: &RawTracePointContext) -> ProbeResult {
     let child_start = child.start_boot_ns().unwrap_or(0);
     // Before the child can run: it must never be seen without its identity.
     identity::inherit(parent, child, child_tgid)?;
+    script::inherit(parent, child, child_tgid)?;
     // A child inherits its parent's database sockets (PostgreSQL forks a backend per
     // accepted connection): the capture hooks must look at it too.
     crate::programs::db::inherit(child_tgid);
@@ -79,6 +81,8 @@ fn try_exec(ctx: &RawTracePointContext) -> ProbeResult {
     let bprm = Binprm::from_raw(ctx.arg::<u64>(2) as usize);
     let exe = bprm.file()?.dentry()?.id()?;
     identity::record_exec(Task::current(), exe)?;
+    // A fault here leaves the process without a script (refused as one), not unreported.
+    let script_recorded = script::record_exec(Task::current(), bprm);
     let decision = enforce_by_signal(exec_decision());
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count_lost(Kind::Exec);
@@ -120,7 +124,7 @@ fn try_exec(ctx: &RawTracePointContext) -> ProbeResult {
         }
     }
     submit(entry);
-    Ok(())
+    script_recorded
 }
 
 /// The exec allow-list's decision on the program the current process now runs. At this point

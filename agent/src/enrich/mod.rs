@@ -176,6 +176,12 @@ impl Enricher {
             DecodedEvent::Connect(e) => self.policy.describe(&e.decision),
             _ => None,
         };
+        let script = match &event {
+            DecodedEvent::Exec(e) => self.policy.script(&e.decision),
+            DecodedEvent::FileOpen(e) => self.policy.script(&e.decision),
+            DecodedEvent::Connect(e) => self.policy.script(&e.decision),
+            _ => None,
+        };
         // Each body is built from its record before the record's header moves into the event.
         let (header, body) = match event {
             DecodedEvent::ExecArgs(args) => {
@@ -206,7 +212,11 @@ impl Enricher {
                 (e.header, body)
             }
         };
-        Some(self.finish(header, body, decision))
+        let mut event = self.finish(header, body, decision);
+        if let Some(process) = event.process.as_mut() {
+            process.script = script;
+        }
+        Some(event)
     }
 
     /// An agent-side event (no kernel record behind it), such as a loss report.

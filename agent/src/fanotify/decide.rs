@@ -279,6 +279,9 @@ pub struct Subject {
     pub uid: u32,
     /// Real gid.
     pub gid: u32,
+    /// The script it runs, as the kernel recorded it (`SCRIPT_IDENTITY`); `None` matches no
+    /// `script` subject.
+    pub script: Option<FileId>,
 }
 
 /// Decides an access (`requested`, `access` bits) to a file protected by `rule` (kernel index
@@ -308,6 +311,10 @@ pub fn decide(
     if matching & !entry.any_parent != 0 {
         let parent = parent_exe().and_then(|p| rule.parent.get(&p)).copied();
         matching &= entry.any_parent | parent.unwrap_or(0);
+    }
+    if matching & rule.script_subjects != 0 {
+        let script = subject.script.and_then(|s| rule.script.get(&s)).copied();
+        matching &= !rule.script_subjects | script.unwrap_or(0);
     }
     let mut allowed_by = u64::MAX;
     for bit in 0..access::COUNT {
@@ -446,6 +453,31 @@ mod tests {
     }
 
     #[test]
+    fn a_subject_naming_a_script_matches_only_a_process_running_it() {
+        let script = FileId { dev: 8, ino: 42 };
+        let mut rule = KernelRule::default();
+        rule.entry.enforce = READ;
+        // Subject 0 names only a script: every other field is open.
+        (rule.entry.any_exe, rule.entry.any_uid) = (1, 1);
+        (rule.entry.any_gid, rule.entry.any_parent) = (1, 1);
+        rule.entry.may[0] = 1;
+        rule.script_subjects = 1;
+        rule.script.insert(script, 1);
+        let running = |script: Option<FileId>| Subject {
+            exe: Some(FileId { dev: 8, ino: 7 }),
+            uid: 65534,
+            gid: 65534,
+            script,
+        };
+        let d = decide(&rule, 0, 0, &running(Some(script)), || None, READ);
+        assert_eq!((d.verdict, d.subject), (verdict::ALLOW, 0));
+        for other in [None, Some(FileId { dev: 8, ino: 43 })] {
+            let d = decide(&rule, 0, 0, &running(other), || None, READ);
+            assert_eq!(d.verdict, verdict::DENY, "{other:?}");
+        }
+    }
+
+    #[test]
     fn the_decision_matches_the_kernel_rule() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
@@ -463,6 +495,7 @@ mod tests {
             exe: Some(id(Path::new("/usr/bin/cat"))),
             uid: 65534,
             gid: 65534,
+            script: None,
         };
         let d = decide(rule, index, 1, &cat, || None, READ);
         assert_eq!(

@@ -153,6 +153,13 @@ impl Responder {
         }
     }
 
+    /// The script process `tgid` runs, as the kernel recorded it (without the records: none).
+    fn script_of(&self, tgid: u32) -> Option<FileId> {
+        self.identities
+            .as_ref()?
+            .script_of(tgid, procfs::start_ticks(tgid)?)
+    }
+
     /// Runs until `stop` says so; events still queued then are left to the group's closing.
     pub(super) fn run(mut self, stop: &Stop) {
         let group = Arc::clone(&self.group);
@@ -254,6 +261,7 @@ impl Responder {
             exe: self.exe_of(opener.tgid),
             uid: opener.uid,
             gid: opener.gid,
+            script: self.script_of(opener.tgid),
         };
         let call = opener::read_call(event.tid);
         let requested = opener::requested_access(&call);
@@ -357,6 +365,7 @@ impl Responder {
             exe,
             uid: opener.uid,
             gid: opener.gid,
+            script: self.script_of(opener.tgid),
         };
         if self.break_glass(decision, access::EXEC, &subject).verdict == verdict::ALLOW {
             // Allowed by a grant: the exec tracepoint reports it, deciding the same way.

@@ -148,6 +148,12 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         inode_i_mode: field("inode", "i_mode")?,
         msghdr_msg_control: field("msghdr", "msg_control")?,
         msghdr_msg_controllen: field("msghdr", "msg_controllen")?,
+        binprm_interp: field("linux_binprm", "interp")?,
+        mm_env_start: field("mm_struct", "env_start")?,
+        mm_env_end: field("mm_struct", "env_end")?,
+        task_cred: field("task_struct", "cred")?,
+        cred_user_ns: field("cred", "user_ns")?,
+        user_ns_level: field("user_namespace", "level")?,
     })
 }
 
@@ -283,6 +289,12 @@ mod tests {
             ("inode", "i_uid", offsets.inode_i_uid),
             ("inode", "i_mode", offsets.inode_i_mode),
             ("msghdr", "msg_controllen", offsets.msghdr_msg_controllen),
+            ("linux_binprm", "interp", offsets.binprm_interp),
+            ("mm_struct", "env_start", offsets.mm_env_start),
+            ("mm_struct", "env_end", offsets.mm_env_end),
+            ("task_struct", "cred", offsets.task_cred),
+            ("cred", "user_ns", offsets.cred_user_ns),
+            ("user_namespace", "level", offsets.user_ns_level),
         ] {
             assert_eq!(got, pahole(strukt, field), "{strukt}.{field}");
         }

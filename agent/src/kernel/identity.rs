@@ -33,18 +33,35 @@ pub fn this_agent() -> io::Result<AgentId> {
 #[derive(Debug)]
 pub struct ExecIdentities {
     map: OwnedFd,
+    scripts: OwnedFd,
 }
 
 impl ExecIdentities {
-    /// Wraps a descriptor of the map.
-    pub fn new(map: OwnedFd) -> ExecIdentities {
-        ExecIdentities { map }
+    /// Wraps descriptors of the map and of `SCRIPT_IDENTITY`.
+    pub fn new(map: OwnedFd, scripts: OwnedFd) -> ExecIdentities {
+        ExecIdentities { map, scripts }
     }
 
-    /// A second handle on the same map.
+    /// A second handle on the same maps.
     pub fn try_clone(&self) -> io::Result<ExecIdentities> {
         Ok(ExecIdentities {
             map: self.map.try_clone()?,
+            scripts: self.scripts.try_clone()?,
+        })
+    }
+
+    /// The script the kernel recorded for process `tgid` (see `SCRIPT_IDENTITY`), provided the
+    /// record is that of the process started at `start_ticks`.
+    pub fn script_of(&self, tgid: u32, start_ticks: u64) -> Option<FileId> {
+        let mut value = [0u8; size_of::<ExecIdentity>()];
+        if !bpf_sys::map_lookup(self.scripts.as_fd(), &tgid.to_ne_bytes(), &mut value).ok()? {
+            return None;
+        }
+        // SAFETY: `ExecIdentity` is plain `repr(C)` integers; any bytes are a valid value.
+        let recorded: ExecIdentity = unsafe { std::ptr::read_unaligned(value.as_ptr().cast()) };
+        (recorded.start_ticks == start_ticks).then_some(FileId {
+            dev: recorded.dev,
+            ino: recorded.ino,
         })
     }
 

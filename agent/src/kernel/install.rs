@@ -11,10 +11,11 @@ use aya::{
     Ebpf, Pod,
 };
 use phiguard_common::{
+    limits::PATH_LEN,
     maps::{
-        InodeKey, EXEC_ALLOWED, EXEC_SCOPES, INODE_LABELS, POLICY_SLOT, RULES, SUBJECT_EXE,
-        SUBJECT_GID, SUBJECT_PARENT, SUBJECT_UID, UNIX_SOCKETS, WATCHED_DEVS, WATCHED_INODES,
-        WATCHED_PORTS,
+        InodeKey, EXEC_ALLOWED, EXEC_SCOPES, INODE_LABELS, POLICY_SLOT, RULES, SCRIPT_PATHS,
+        SCRIPT_SUBJECTS, SUBJECT_EXE, SUBJECT_GID, SUBJECT_PARENT, SUBJECT_SCRIPT, SUBJECT_UID,
+        UNIX_SOCKETS, WATCHED_DEVS, WATCHED_INODES, WATCHED_PORTS,
     },
     policy::{IdKey, PortKey, RuleEntry, ScopeKey, SubjectKey, WatchValue, MAX_RULES, NO_RULE},
 };
@@ -84,15 +85,50 @@ pub fn install(ebpf: &mut Ebpf, compiled: &Compiled, labels: bool) -> Result<u32
                 .map_err(map_err(RULES))?;
         }
     }
+    {
+        let mut scripts = array::<u64>(ebpf, SCRIPT_SUBJECTS)?;
+        for (i, rule) in compiled.rules.iter().enumerate() {
+            scripts
+                .set(base + i as u32, rule.script_subjects, 0)
+                .map_err(map_err(SCRIPT_SUBJECTS))?;
+        }
+    }
+    let script_paths: BTreeMap<[u8; PATH_LEN], InodeKey> = compiled
+        .script_paths
+        .iter()
+        .filter_map(|(path, id)| {
+            let bytes = path.as_os_str().as_encoded_bytes();
+            let mut key = [0u8; PATH_LEN];
+            key.get_mut(..bytes.len())?.copy_from_slice(bytes);
+            (bytes.len() < PATH_LEN).then_some((
+                key,
+                InodeKey {
+                    dev: id.dev,
+                    slot: 0,
+                    ino: id.ino,
+                },
+            ))
+        })
+        .collect();
+    {
+        let mut map = hash_map::<[u8; PATH_LEN], InodeKey>(ebpf, SCRIPT_PATHS)?;
+        for (key, value) in &script_paths {
+            map.insert(key, value, 0).map_err(map_err(SCRIPT_PATHS))?;
+        }
+    }
     let subject_key = |rule: u32, id: &FileId| SubjectKey {
         rule,
         dev: id.dev,
         ino: id.ino,
     };
-    for (name, pick) in [(SUBJECT_EXE, 0), (SUBJECT_PARENT, 1)] {
+    for (name, pick) in [(SUBJECT_EXE, 0), (SUBJECT_PARENT, 1), (SUBJECT_SCRIPT, 2)] {
         let mut map = hash_map::<SubjectKey, u64>(ebpf, name)?;
         for (i, rule) in compiled.rules.iter().enumerate() {
-            let masks = if pick == 0 { &rule.exe } else { &rule.parent };
+            let masks = match pick {
+                0 => &rule.exe,
+                1 => &rule.parent,
+                _ => &rule.script,
+            };
             for (id, mask) in masks {
                 map.insert(subject_key(base + i as u32, id), mask, 0)
                     .map_err(map_err(name))?;
@@ -187,6 +223,9 @@ pub fn install(ebpf: &mut Ebpf, compiled: &Compiled, labels: bool) -> Result<u32
         .map_err(map_err(POLICY_SLOT))?;
 
     remove_where::<u32, u32>(ebpf, WATCHED_DEVS, |dev| !devs.contains(dev))?;
+    remove_where::<[u8; PATH_LEN], InodeKey>(ebpf, SCRIPT_PATHS, |path| {
+        !script_paths.contains_key(path)
+    })?;
     Ok(slot)
 }
 
@@ -262,6 +301,7 @@ fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), LoadError> {
     remove_where::<ScopeKey, u32>(ebpf, EXEC_SCOPES, |k| k.slot == slot)?;
     remove_where::<SubjectKey, u64>(ebpf, SUBJECT_EXE, |k| in_slot(k.rule))?;
     remove_where::<SubjectKey, u64>(ebpf, SUBJECT_PARENT, |k| in_slot(k.rule))?;
+    remove_where::<SubjectKey, u64>(ebpf, SUBJECT_SCRIPT, |k| in_slot(k.rule))?;
     remove_where::<IdKey, u64>(ebpf, SUBJECT_UID, |k| in_slot(k.rule))?;
     remove_where::<IdKey, u64>(ebpf, SUBJECT_GID, |k| in_slot(k.rule))?;
     remove_where::<SubjectKey, u32>(ebpf, EXEC_ALLOWED, |k| in_slot(k.rule))?;
@@ -270,6 +310,12 @@ fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), LoadError> {
         rules
             .set(slot * MAX_RULES + i, RuleEntry::default(), 0)
             .map_err(map_err(RULES))?;
+    }
+    let mut scripts = array::<u64>(ebpf, SCRIPT_SUBJECTS)?;
+    for i in 0..MAX_RULES {
+        scripts
+            .set(slot * MAX_RULES + i, 0, 0)
+            .map_err(map_err(SCRIPT_SUBJECTS))?;
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use phiguard_common::{
         db_process, AgentId, ExecIdentity, GrantValue, InodeKey, AGENT, BREAK_GLASS, CONTROL_MAPS,
         DB_JOIN, DB_PORTS, DB_PROCESSES, DB_UNIX_SOCKETS, EVENTS, EXEC_IDENTITY,
         FANOTIFY_DECIDES_GLOBAL, FAULTS, INODE_SETATTR_IDMAP_GLOBAL, LOST, NEVER_KILL,
-        OFFSETS_GLOBAL, WATCHED_PREFIXES,
+        OFFSETS_GLOBAL, SCRIPT_IDENTITY, WATCHED_PREFIXES,
     },
     offsets::KernelOffsets,
     program::{Program, PROGRAM_COUNT},
@@ -153,6 +153,9 @@ impl Sensors {
             let identities = pins::exec_identity_path(root);
             pins::drop_other_layout(&identities, size_of::<ExecIdentity>());
             loader.map_pin_path(EXEC_IDENTITY, identities);
+            let scripts = pins::script_identity_path(root);
+            pins::drop_other_layout(&scripts, size_of::<ExecIdentity>());
+            loader.map_pin_path(SCRIPT_IDENTITY, scripts);
             let grants = pins::break_glass_path(root);
             pins::drop_other_layout(&grants, size_of::<GrantValue>());
             loader.map_pin_path(BREAK_GLASS, grants);
@@ -266,7 +269,15 @@ impl Sensors {
             .map(EXEC_IDENTITY)
             .and_then(map_data)
             .ok_or_else(|| std::io::Error::other("the object has no EXEC_IDENTITY hash map"))?;
-        Ok(ExecIdentities::new(data.fd().as_fd().try_clone_to_owned()?))
+        let scripts = self
+            .ebpf
+            .map(SCRIPT_IDENTITY)
+            .and_then(map_data)
+            .ok_or_else(|| std::io::Error::other("the object has no SCRIPT_IDENTITY hash map"))?;
+        Ok(ExecIdentities::new(
+            data.fd().as_fd().try_clone_to_owned()?,
+            scripts.fd().as_fd().try_clone_to_owned()?,
+        ))
     }
 
     /// A descriptor of the break-glass map (the pinned one while enforcing).

@@ -80,6 +80,12 @@ pub fn exec_identity_path(root: &Path) -> PathBuf {
     root.join("exec_identity")
 }
 
+/// Where the map of the script each process runs is pinned (shared like
+/// [`exec_identity_path`]'s).
+pub fn script_identity_path(root: &Path) -> PathBuf {
+    root.join("script_identity")
+}
+
 /// Where the break-glass grants are pinned (shared by every generation of programs while
 /// enforcing, so a grant holds — and ends — while the agent restarts).
 pub fn break_glass_path(root: &Path) -> PathBuf {
@@ -276,6 +282,7 @@ pub fn unload(root: &Path) -> Result<usize, PinError> {
     let _ = fs::remove_dir(&dir);
     let _ = fs::remove_file(agent_map_path(root));
     let _ = fs::remove_file(exec_identity_path(root));
+    let _ = fs::remove_file(script_identity_path(root));
     let _ = fs::remove_file(break_glass_path(root));
     let _ = fs::remove_dir(root);
     wait_released(&programs);

@@ -27,7 +27,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     enforcement::LsmGaps,
-    model::{Access, Endpoint, Mode, PolicySet, Principal, Resources, Subject},
+    model::{Access, Endpoint, Mode, PolicySet, Principal, Resources, ScriptRef, Subject},
+    script::CheckedScript,
 };
 use crate::{
     kernel::layer::FileLayer,
@@ -79,6 +80,12 @@ pub struct KernelRule {
     pub uid: BTreeMap<u32, u64>,
     /// Subject masks by gid.
     pub gid: BTreeMap<u32, u64>,
+    /// Subject masks by script.
+    pub script: BTreeMap<FileId, u64>,
+    /// Subjects that name a script (they match only a process running one of `script`).
+    pub script_subjects: u64,
+    /// The script each such subject names, by subject bit: (path as given, sha256 at load).
+    pub subject_scripts: BTreeMap<u32, (PathBuf, String)>,
     /// Files and directories an exec rule allows to run.
     pub exec_allowed: BTreeSet<FileId>,
     /// The origin of each subject bit.
@@ -131,6 +138,8 @@ pub struct Compiled {
     /// Unix-socket endpoints the set protects, by the socket file's identity (enforced only
     /// where BPF LSM is available).
     pub unix_sockets: Vec<(PathBuf, FileId, u32)>,
+    /// Paths listed scripts are recognised by at exec, with the script each reaches.
+    pub script_paths: BTreeMap<PathBuf, FileId>,
     /// What cannot take effect on this host.
     pub warnings: Vec<String>,
     /// Names of the policies, in load order.
@@ -190,6 +199,7 @@ pub fn compile(
     compile_ports(set, &mut out, &mut builder)?;
     compile_exec(set, cgroup_root, &mut out, &mut builder);
     out.rules = builder.rules;
+    out.script_paths = builder.resolved.script_paths();
     if out.rules.len() > MAX_RULES as usize {
         return Err(CompileError::TooManyRules(out.rules.len()));
     }
@@ -209,10 +219,43 @@ struct Builder {
 struct Resolved {
     files: BTreeMap<PathBuf, Option<FileId>>,
     hashes: BTreeMap<PathBuf, Option<String>>,
+    scripts: BTreeMap<PathBuf, Option<CheckedScript>>,
     warned: BTreeSet<String>,
 }
 
 impl Resolved {
+    /// The script named at `script`, checked (see [`super::script::check`]); a warning and
+    /// `None` when it cannot be a subject.
+    fn script(&mut self, script: &ScriptRef, warnings: &mut Vec<String>) -> Option<FileId> {
+        if !self.scripts.contains_key(&script.path) {
+            let checked = match super::script::check(&script.path) {
+                Ok(checked) => Some(checked),
+                Err(why) => {
+                    self.warn(
+                        warnings,
+                        format!(
+                            "{}: script {}: {why}; that subject is refused",
+                            script.at,
+                            script.path.display()
+                        ),
+                    );
+                    None
+                }
+            };
+            self.scripts.insert(script.path.clone(), checked);
+        }
+        self.scripts[&script.path].as_ref().map(|c| c.id)
+    }
+
+    /// Every path a checked script is recognised by.
+    fn script_paths(&self) -> BTreeMap<PathBuf, FileId> {
+        self.scripts
+            .values()
+            .flatten()
+            .flat_map(|c| c.paths.iter().map(|p| (p.clone(), c.id)))
+            .collect()
+    }
+
     fn file(&mut self, path: &Path, warnings: &mut Vec<String>, what: &str) -> Option<FileId> {
         if let Some(id) = self.files.get(path) {
             return *id;
@@ -362,6 +405,18 @@ impl Builder {
                     Some(id) => *rule.parent.entry(id).or_default() |= mask,
                     None => usable = false,
                 }
+            }
+        }
+        if let Some(script) = &subject.script {
+            rule.script_subjects |= mask;
+            match self.resolved.script(script, warnings) {
+                Some(id) => {
+                    *rule.script.entry(id).or_default() |= mask;
+                    let sha256 = self.resolved.sha256(&script.path).unwrap_or_default();
+                    rule.subject_scripts
+                        .insert(bit, (script.path.clone(), sha256));
+                }
+                None => usable = false,
             }
         }
         match &subject.user {
@@ -825,6 +880,35 @@ mod tests {
         let entry = c.inodes.iter().find(|e| e.id == id).expect("inode entry");
         let rule = &c.rules[entry.rule_below.or(entry.rule_here).unwrap() as usize];
         (entry, rule)
+    }
+
+    #[test]
+    fn a_script_another_user_could_change_is_a_located_warning_and_its_subject_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("export.sh");
+        fs::write(&script, "#!/bin/sh\n").unwrap();
+        // Writable by others: whoever may write it decides what the subject runs.
+        fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let text = format!(
+            "name: p\nmode: enforce\nrules:\n  - name: r\n    files:\n      - path: {}/**\n        access: [read]\n    allow:\n      - script: {}\n",
+            dir.path().display(),
+            script.display()
+        );
+        let c = build(&[&text], &WatchSet::default());
+        let warning = c
+            .warnings
+            .iter()
+            .find(|w| w.contains("script"))
+            .expect("a warning");
+        assert!(
+            warning.starts_with("p0.yaml:9:17: rules[0].allow[0].script: script "),
+            "{warning}"
+        );
+        assert!(warning.ends_with("that subject is refused"), "{warning}");
+        let (_, rule) = rule_of(&c, dir.path());
+        assert_eq!(rule.script_subjects, 1, "the subject still needs a script");
+        assert_eq!(rule.entry.may[0], 0, "and may nothing");
+        assert!(c.script_paths.is_empty());
     }
 
     #[test]

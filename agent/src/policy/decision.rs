@@ -41,6 +41,26 @@ impl PolicyTables {
         })
     }
 
+    /// The script that allowed `decision`: the one the allowing subject names, if it names one.
+    pub fn script(&self, decision: &Decision) -> Option<v1::Script> {
+        if decision.verdict != verdict::ALLOW
+            || decision.layer == layer::BREAK_GLASS
+            || decision.subject == NO_SUBJECT
+        {
+            return None;
+        }
+        let (_, compiled) = self
+            .slots
+            .get((decision.rule / MAX_RULES) as usize)?
+            .as_ref()?;
+        let rule = compiled.rules.get((decision.rule % MAX_RULES) as usize)?;
+        let (path, sha256) = rule.subject_scripts.get(&u32::from(decision.subject))?;
+        Some(v1::Script {
+            path: path.display().to_string(),
+            sha256: sha256.clone(),
+        })
+    }
+
     /// The event form of a kernel decision; `None` when no rule applied. A rule this agent has
     /// no table for (a previous agent's, changed since: see `agent::takeover`) gives the
     /// verdict, layer and access without policy and rule names.

@@ -7,6 +7,7 @@ pub mod decision;
 pub mod enforcement;
 pub mod model;
 pub mod parse;
+pub mod script;
 pub mod watcher;
 
 use std::path::Path;

@@ -42,6 +42,17 @@ pub struct Subject {
     pub group: Option<Principal>,
     /// The parent process's executable.
     pub parent: Option<PathBuf>,
+    /// The script the process runs through its `#!` line (see `crate::policy::script`).
+    pub script: Option<ScriptRef>,
+}
+
+/// A `script:` path and where the policy gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptRef {
+    /// Absolute and normalised.
+    pub path: PathBuf,
+    /// `file:line:column: field`, for warnings about it.
+    pub at: String,
 }
 
 /// Protected files.

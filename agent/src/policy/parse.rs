@@ -13,7 +13,7 @@ use serde_saphyr::Spanned;
 
 use super::model::{
     Access, Endpoint, ExecAllowList, FileResource, Mode, Policy, PolicySet, Principal, Resources,
-    Rule, Subject,
+    Rule, ScriptRef, Subject,
 };
 use crate::paths;
 
@@ -101,6 +101,7 @@ struct RawSubject {
     user: Option<Spanned<NameOrId>>,
     group: Option<Spanned<NameOrId>>,
     parent: Option<Spanned<String>>,
+    script: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -272,6 +273,22 @@ fn subject(loc: &Locator<'_>, raw: &RawSubject, field: &str) -> Result<Subject, 
         .as_ref()
         .map(|p| absolute(loc, p, &format!("{field}.parent")))
         .transpose()?;
+    let script = raw
+        .script
+        .as_ref()
+        .map(|s| -> Result<ScriptRef, PolicyError> {
+            let field = format!("{field}.script");
+            Ok(ScriptRef {
+                path: absolute(loc, s, &field)?,
+                at: format!(
+                    "{}:{}:{}: {field}",
+                    loc.file.display(),
+                    s.referenced.line(),
+                    s.referenced.column()
+                ),
+            })
+        })
+        .transpose()?;
     if let Some(hash) = &raw.sha256 {
         if exe.is_none() {
             return Err(loc.at(
@@ -294,6 +311,7 @@ fn subject(loc: &Locator<'_>, raw: &RawSubject, field: &str) -> Result<Subject, 
         user: raw.user.as_ref().map(principal),
         group: raw.group.as_ref().map(principal),
         parent,
+        script,
     };
     if subject == Subject::default() {
         return Err(PolicyError::At {
@@ -301,8 +319,9 @@ fn subject(loc: &Locator<'_>, raw: &RawSubject, field: &str) -> Result<Subject, 
             line: 0,
             column: 0,
             field: field.to_owned(),
-            message: "an empty subject would allow everyone: give exe, user, group or parent"
-                .into(),
+            message:
+                "an empty subject would allow everyone: give exe, script, user, group or parent"
+                    .into(),
         });
     }
     Ok(subject)

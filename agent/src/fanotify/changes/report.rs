@@ -107,10 +107,15 @@ impl Reporter {
             (Some(_), None) => None,
             (None, _) => opener::exe_id(actor.tgid),
         };
+        let script = match (&self.identities, start_ticks) {
+            (Some(identities), Some(ticks)) => identities.script_of(actor.tgid, ticks),
+            _ => None,
+        };
         let subject = Subject {
             exe,
             uid: actor.uid,
             gid: actor.gid,
+            script,
         };
         let mut process = None;
         for found in found {
