@@ -256,10 +256,20 @@ impl NatsCluster {
 }
 
 /// Every message of the JetStream stream `stream` (the collectors' default `PHIGUARD`) as
-/// it is now, read from the node at `url` in stream order: (subject, decoded event). For
-/// checks that something did, or did not, reach the stream.
+/// it is now, read from the node at `url` in stream order: (subject, decoded event), one
+/// entry per event (a message holding a run of events gives one per event). For checks that
+/// something did, or did not, reach the stream.
 pub fn stream_messages(url: &str, stream: &str) -> Vec<(String, phiguard_proto::v1::Event)> {
-    use prost::Message as _;
+    stream_runs(url, stream)
+        .into_iter()
+        .flat_map(|(subject, events)| events.into_iter().map(move |e| (subject.clone(), e)))
+        .collect()
+}
+
+/// Every message of the JetStream stream `stream` as it is now, read from the node at `url`
+/// in stream order: (subject, the message's events: a run, or one event in the format before
+/// runs).
+pub fn stream_runs(url: &str, stream: &str) -> Vec<(String, Vec<phiguard_proto::v1::Event>)> {
     let rt = crate::e2e::runtime();
     rt.block_on(async {
         let client = async_nats::connect(url).await.expect("connect to NATS");
@@ -271,9 +281,12 @@ pub fn stream_messages(url: &str, stream: &str) -> Vec<(String, phiguard_proto::
             let Ok(message) = stream.get_raw_message(seq).await else {
                 continue;
             };
-            let event = phiguard_proto::v1::Event::decode(message.payload.as_ref())
-                .expect("every message of the stream is an event");
-            out.push((message.subject.to_string(), event));
+            let events = phiguard_collector::jetstream::run::decode(
+                Some(&message.headers),
+                message.payload.as_ref(),
+            )
+            .expect("every message of the stream holds events");
+            out.push((message.subject.to_string(), events));
         }
         out
     })

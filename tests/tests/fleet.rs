@@ -23,7 +23,7 @@ use phiguard_tests::{
         event, replay_all, replay_audit, replay_with, runtime, subscribe_live, try_ingest_as,
         uuid_like, AgentLink, CollectorProc, PendingAddr, Pki,
     },
-    fleet::{stream_messages, NatsCluster, NatsTls},
+    fleet::{stream_messages, stream_runs, NatsCluster, NatsTls},
 };
 
 const AGENTS: [&str; 4] = ["fleet-a", "fleet-b", "fleet-c", "fleet-d"];
@@ -1419,4 +1419,165 @@ fn a_front_end_refuses_replay_naming_the_store_writer_which_serves_it() {
     let seqs: Vec<u64> = live.lock().unwrap().iter().map(|(_, seq)| *seq).collect();
     assert_eq!(seqs, (51..=60).collect::<Vec<_>>());
     drop(link);
+}
+
+/// `ehr-a`'s event `seq` of instance `instance`, stamped as a front end stamps it; an exec
+/// when `exec`, else a file open.
+fn stamped(instance: &str, seq: u64, exec: bool) -> v1::Event {
+    let mut e = event("ehr-a", seq);
+    let host = e.host.as_mut().unwrap();
+    host.agent_id = "ehr-a".into();
+    host.instance_id = instance.into();
+    if exec {
+        e.body = Some(Body::Exec(v1::ProcessExec::default()));
+    }
+    e
+}
+
+#[test]
+fn runs_are_one_message_each_a_resend_cut_into_other_runs_and_messages_of_the_format_before_runs_are_stored_and_relayed_once(
+) {
+    use prost::Message as _;
+    let pki = Pki::new(&["ehr-a"]);
+    let cluster = NatsCluster::start(3);
+    let (w_work, f_work) = (
+        tempfile::Builder::new()
+            .prefix("phiguard-fleet-w-")
+            .tempdir()
+            .unwrap(),
+        tempfile::Builder::new()
+            .prefix("phiguard-fleet-f-")
+            .tempdir()
+            .unwrap(),
+    );
+    let cadence = "every_records = 500\nevery_secs = 1\n";
+    let writer = CollectorProc::start_with_sections(
+        w_work.path(),
+        &pki,
+        "",
+        cadence,
+        &format!("{}writer_lease_secs = 60\n", fleet_section(&cluster, true)),
+    );
+    let front = CollectorProc::start_with_sections(
+        f_work.path(),
+        &pki,
+        "",
+        cadence,
+        &fleet_section(&cluster, false),
+    );
+    assert!(
+        writer.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+        "{}",
+        writer.log()
+    );
+    assert!(
+        front.wait_log("live relay following JetStream", Duration::from_secs(30)),
+        "{}",
+        front.log()
+    );
+    let rt = runtime();
+    let live_front = collect_live(&rt, subscribe_live(&rt, &pki, &front.addr, file_opens()));
+    let instance = uuid_like(7);
+    // A collector from before runs (a rolling upgrade): one event per message, no format
+    // header, message id AGENT/INSTANCE/SEQ — seqs 1..=50.
+    rt.block_on(async {
+        let client = async_nats::connect(&cluster.nodes[0].url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        for seq in 1..=50 {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("ehr-a/{instance}/{seq}").as_str());
+            js.publish_with_headers(
+                "phiguard.events.ehr-a.fileOpen",
+                headers,
+                stamped(&instance, seq, false).encode_to_vec().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+    });
+    let agent = phiguard_collector::tls::client_config(&pki.agent("ehr-a")).unwrap();
+    let ingest = |addr: &str, seqs: std::ops::RangeInclusive<u64>, exec: &[u64]| {
+        let batch = seqs
+            .map(|seq| {
+                let mut e = event("ehr-a", seq);
+                if exec.contains(&seq) {
+                    e.body = Some(Body::Exec(v1::ProcessExec::default()));
+                }
+                e
+            })
+            .collect();
+        rt.block_on(try_ingest_as(addr, agent.clone(), &instance, batch))
+            .unwrap()
+    };
+    // 51..=100 through the front end; then, as after a failover, a resend of 41..=100 with
+    // 101..=120, cut differently (one run 41..=120), through the writer's collector: its
+    // message id differs, so JetStream takes it, and the store and the relay must recognise
+    // 41..=100. Then 121..=150 with execs in the middle: three runs.
+    let ack = ingest(&front.addr, 51..=100, &[]);
+    assert_eq!((ack.acked_seq, ack.stored, ack.duplicates), (100, 50, 0));
+    let ack = ingest(&writer.addr, 41..=120, &[]);
+    assert_eq!(ack.acked_seq, 120);
+    let execs: Vec<u64> = (131..=140).collect();
+    let ack = ingest(&front.addr, 121..=150, &execs);
+    assert_eq!(ack.acked_seq, 150);
+    // The same run resent through the other collector: JetStream recognises its message id.
+    let ack = ingest(&writer.addr, 51..=100, &[]);
+    assert_eq!((ack.acked_seq, ack.stored, ack.duplicates), (100, 0, 50));
+
+    // The stream: one message per run, on the subject of its kind.
+    let runs: Vec<(String, Vec<u64>)> = stream_runs(&cluster.nodes[0].url, "PHIGUARD")
+        .into_iter()
+        .filter(|(_, events)| events.iter().all(|e| instance_of(e) == instance))
+        .map(|(subject, events)| (subject, events.iter().map(|e| e.seq).collect()))
+        .collect();
+    let file = "phiguard.events.ehr-a.fileOpen".to_owned();
+    let mut expected: Vec<(String, Vec<u64>)> = (1..=50).map(|s| (file.clone(), vec![s])).collect();
+    expected.extend([
+        (file.clone(), (51..=100).collect()),
+        (file.clone(), (41..=120).collect()),
+        (file.clone(), (121..=130).collect()),
+        ("phiguard.events.ehr-a.exec".to_owned(), execs.clone()),
+        (file.clone(), (141..=150).collect()),
+    ]);
+    assert_eq!(runs, expected);
+
+    // The store: 1..=150 once each, in order, whatever the messages' format and cut.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = replay_all(&rt, &pki, &writer.addr, v1::EventFilter::default());
+        if seqs_of(&events, &instance).len() >= 150 || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(seqs_of(&events, &instance), (1..=150).collect::<Vec<_>>());
+    let execs_stored: Vec<u64> = events
+        .iter()
+        .filter(|e| instance_of(e) == instance && matches!(e.body, Some(Body::Exec(_))))
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(execs_stored, execs);
+    assert!(
+        !writer.log().contains("cannot be stored"),
+        "{}",
+        writer.log()
+    );
+    // The front end's live subscriber (the relay) saw every file open once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while live_front.lock().unwrap().len() < 140 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let seen: Vec<u64> = live_front.lock().unwrap().iter().map(|(_, s)| *s).collect();
+    let want: Vec<u64> = (1..=150).filter(|s| !execs.contains(s)).collect();
+    assert_eq!(seen, want, "the front end's live subscriber");
+    let verified = CollectorProc::verify(&writer.config, &[]);
+    assert!(
+        verified.status.success(),
+        "verify: {}\n{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
 }

@@ -1,6 +1,6 @@
-//! The connection to NATS JetStream: connecting, the stream's definition, subjects and
-//! message ids, and publishing a batch, in order, so that it is acknowledged only once
-//! JetStream has acknowledged every event of it.
+//! The connection to NATS JetStream: connecting, the stream's definition, subjects, key-value
+//! buckets, and publishing a batch as runs ([`super::run`]), in order, so that it is
+//! acknowledged only once JetStream has acknowledged every event of it.
 
 use std::time::Duration;
 
@@ -12,10 +12,12 @@ use async_nats::jetstream::{
     stream::{Config as StreamConfig, DiscardPolicy, RetentionPolicy, StorageType},
 };
 use phiguard_proto::v1;
-use prost::Message as _;
 use tracing::{info, warn};
 
-use super::JetStreamConfig;
+use super::{
+    run::{encode, message_id, runs, FORMAT_HEADER, FORMAT_RUN, MAX_RUN_BYTES},
+    JetStreamConfig,
+};
 use crate::stream::kind_name;
 
 /// How long start-up waits for the cluster to have a JetStream leader and the stream.
@@ -79,20 +81,6 @@ pub fn agent_token(agent: &str) -> String {
 /// The subject of `agent`'s event of kind `kind`: `PREFIX.AGENT.KIND`.
 pub fn subject(prefix: &str, agent: &str, kind: &str) -> String {
     format!("{prefix}.{}.{kind}", agent_token(agent))
-}
-
-/// The message id JetStream de-duplicates on: `agent/instance/seq` for an agent's event
-/// (the same event resent, to any collector, has the same id), the event's own id for an
-/// event the collector made (seq 0).
-pub fn message_id(event: &v1::Event) -> String {
-    let host = event.host.as_ref();
-    let agent = host.map_or("", |h| h.agent_id.as_str());
-    let instance = host.map_or("", |h| h.instance_id.as_str());
-    if event.seq == 0 {
-        format!("{agent}/collector/{}", event.id)
-    } else {
-        format!("{agent}/{instance}/{}", event.seq)
-    }
 }
 
 /// Whether a failed connection was refused (TLS: a certificate not trusted or not accepted;
@@ -313,27 +301,31 @@ impl Bus {
         }
     }
 
-    /// Publishes `events` (validated and stamped with their agent and instance) one after
-    /// the other, each only once JetStream has acknowledged the one before: Ok only when
-    /// every event is in the stream (replicated as the stream says).
+    /// Publishes `events` (one agent's validated batch, stamped with its agent and
+    /// instance) as runs ([`super::run`]: consecutive events of one kind, one message each),
+    /// one run after the other, each only once JetStream has acknowledged the one before: Ok
+    /// only when every event is in the stream (replicated as the stream says). A batch costs
+    /// one JetStream round trip per run, not per event.
     ///
-    /// One at a time, because the store writer needs each agent's events in the stream in
-    /// seq order. Pipelined publishes are not: across a stream leader's failure the first
+    /// One run at a time, because the store writer needs each agent's events in the stream
+    /// in seq order. Pipelined publishes are not: across a stream leader's failure the first
     /// part of a batch can be lost while the rest lands, and the resent first part then
     /// follows the later events (found by the fleet tests: the store took the resent events
     /// for duplicates). A publish whose acknowledgement never came may still land later, but
-    /// only as a copy of an event already in the stream (its successor was published only
+    /// only as a copy of events already in the stream (its successor was published only
     /// once it was acknowledged), which the message id or the store recognises.
     pub async fn publish(&self, events: &[v1::Event]) -> Result<Published, BusError> {
         let mut published = Published::default();
-        for event in events {
-            let agent = event.host.as_ref().map_or("", |h| h.agent_id.as_str());
-            let subject = subject(&self.config.subject_prefix, agent, kind_name(event));
+        for run in runs(events, MAX_RUN_BYTES) {
+            let first = &run[0];
+            let agent = first.host.as_ref().map_or("", |h| h.agent_id.as_str());
+            let subject = subject(&self.config.subject_prefix, agent, kind_name(first));
             let message = PublishMessage::build()
-                .payload(event.encode_to_vec().into())
-                .message_id(message_id(event));
+                .payload(encode(run).into())
+                .header(FORMAT_HEADER, FORMAT_RUN)
+                .message_id(message_id(run));
             let failed = |e: &dyn std::fmt::Display| BusError::Publish {
-                seq: event.seq,
+                seq: first.seq,
                 message: e.to_string(),
             };
             let ack: PublishAckFuture = self
@@ -343,9 +335,9 @@ impl Bus {
                 .map_err(|e| failed(&e))?;
             let ack = ack.await.map_err(|e| failed(&e))?;
             if ack.duplicate {
-                published.duplicates += 1;
+                published.duplicates += run.len() as u64;
             } else {
-                published.new += 1;
+                published.new += run.len() as u64;
             }
             published.last_stream_seq = ack.sequence;
         }
@@ -358,29 +350,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn subjects_and_message_ids_name_agent_instance_and_seq() {
+    fn subjects_name_agent_and_kind() {
         assert_eq!(
             subject("phiguard.events", "ehr-db-1.example.org", "fileOpen"),
             "phiguard.events.ehr-db-1~example~org.fileOpen"
         );
-        let event = v1::Event {
-            seq: 42,
-            host: Some(v1::Host {
-                agent_id: "ehr-a".into(),
-                instance_id: "0193a4c2-0000-7000-8000-000000000001".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        assert_eq!(
-            message_id(&event),
-            "ehr-a/0193a4c2-0000-7000-8000-000000000001/42"
-        );
-        let own = v1::Event {
-            seq: 0,
-            id: "e1".into(),
-            ..event
-        };
-        assert_eq!(message_id(&own), "ehr-a/collector/e1");
     }
 }

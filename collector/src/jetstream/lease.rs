@@ -25,10 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{
-    kv::{self, CreateErrorKind},
-    stream::{Config as StreamConfig, DiscardPolicy, StorageType},
-};
+use async_nats::jetstream::kv::{self, CreateErrorKind};
 use tracing::{error, info, warn};
 
 use super::bus::{Bus, BusError};
@@ -102,37 +99,14 @@ pub async fn holder(bus: &Bus) -> Option<String> {
     Some(crate::notify::one_line(&String::from_utf8_lossy(&value)))
 }
 
-/// The bucket, made when missing. Its backing stream is defined here as async-nats' own
-/// `create_key_value` would (`KV_BUCKET`, one value per key, rollups, no deletes), because
-/// that call first asks for the account's limits in a form Debian's nats-server 2.9 does not
-/// answer.
+/// The bucket (entries expiring after the lease time), made when missing.
 async fn open_bucket(bus: &Bus) -> Result<kv::Store, BusError> {
-    let name = bucket(bus);
-    let failed = |e: &dyn std::fmt::Display| BusError::Stream {
-        stream: format!("KV_{name}"),
-        message: e.to_string(),
-    };
-    bus.context()
-        .get_or_create_stream(StreamConfig {
-            name: format!("KV_{name}"),
-            description: Some("phiguard: which collector writes the store".into()),
-            subjects: vec![format!("$KV.{name}.>")],
-            max_messages_per_subject: 1,
-            max_age: bus.config().writer_lease,
-            storage: StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: DiscardPolicy::New,
-            num_replicas: bus.config().replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| failed(&e))?;
-    bus.context()
-        .get_key_value(&name)
-        .await
-        .map_err(|e| failed(&e))
+    bus.kv_bucket(
+        &bucket(bus),
+        "phiguard: which collector writes the store",
+        bus.config().writer_lease,
+    )
+    .await
 }
 
 /// Waits until this process holds the lease (as `holder`). While another holds it, this one

@@ -3,8 +3,11 @@
 //!
 //! - [`bus`]: the connection to NATS, the stream's definition, and publishing a validated
 //!   batch so that the agent is acknowledged only once JetStream has acknowledged every event
-//!   of it (each event's message id is `agent/instance/seq`, so JetStream's de-duplication
-//!   makes an agent's resends, to this collector or another, harmless).
+//!   of it.
+//! - [`run`]: the message format: a run of an agent's consecutive events of one kind per
+//!   message, message id `agent/instance/first-last`, so JetStream's de-duplication makes an
+//!   agent's resends, to this collector or another, harmless (the store's, resends cut into
+//!   other runs); messages of the format before runs (one event each) are still read.
 //! - [`admission`]: the sequence window and the new-instance limit, applied by every front
 //!   end before it publishes, with their state shared in a JetStream key-value bucket.
 //! - [`writer`]: the store writer, a durable JetStream consumer that appends what the front
@@ -21,6 +24,7 @@ pub mod admission;
 pub mod bus;
 pub mod lease;
 pub mod relay;
+pub mod run;
 pub mod writer;
 
 use std::{path::PathBuf, time::Duration};

@@ -29,14 +29,17 @@ use async_nats::jetstream::{
 };
 use futures_util::StreamExt as _;
 use phiguard_proto::v1;
-use prost::Message as _;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::bus::{agent_token, Bus};
+use super::{
+    bus::{agent_token, Bus},
+    run::{self, Unreadable},
+};
 use crate::server::{CollectorService, Refused};
 
-/// Most messages taken in one fetch (and so appended in one go per agent).
+/// Most messages taken in one fetch (and so appended in one go per agent); each holds a run
+/// of up to [`run::MAX_RUN_BYTES`] of events.
 const FETCH_MAX: usize = 1024;
 /// How long a fetch waits for messages when the stream is quiet.
 const FETCH_WAIT: Duration = Duration::from_millis(200);
@@ -49,41 +52,53 @@ const MAX_ACK_PENDING: i64 = 20_000;
 /// How long a message may stay unacknowledged before JetStream delivers it again.
 const ACK_WAIT: Duration = Duration::from_secs(60);
 
-/// One decoded message: whose chain it goes to, and the event.
+/// One decoded message: whose chain its events go to, and the events.
 struct Taken {
     agent: String,
     instance: String,
-    event: v1::Event,
+    events: Vec<v1::Event>,
 }
 
 /// Why a message cannot be stored at all.
 #[derive(Debug, thiserror::Error)]
 enum Unusable {
-    #[error("not an event: {0}")]
-    Decode(#[from] prost::DecodeError),
-    #[error("the event names no agent")]
+    #[error(transparent)]
+    Unreadable(#[from] Unreadable),
+    #[error("an event names no agent")]
     NoAgent,
     #[error("subject {subject} is not agent {agent}'s")]
     WrongSubject { subject: String, agent: String },
+    #[error("one message holds events of agent {agent}, instance {instance:?} and of another")]
+    Mixed { agent: String, instance: String },
 }
 
+/// The events of `message` (a run, or one event in the format before runs), all of one agent
+/// and instance, the agent the subject names.
 fn take(prefix: &str, message: &Message) -> Result<Taken, Unusable> {
-    let event = v1::Event::decode(message.payload.as_ref())?;
-    let host = event.host.as_ref().ok_or(Unusable::NoAgent)?;
+    let events = run::decode(message.headers.as_ref(), message.payload.as_ref())?;
+    let host = events[0].host.as_ref().ok_or(Unusable::NoAgent)?;
     if host.agent_id.is_empty() {
         return Err(Unusable::NoAgent);
     }
-    let expected = format!("{prefix}.{}.", agent_token(&host.agent_id));
+    let (agent, instance) = (host.agent_id.clone(), host.instance_id.clone());
+    let expected = format!("{prefix}.{}.", agent_token(&agent));
     if !message.subject.as_str().starts_with(&expected) {
         return Err(Unusable::WrongSubject {
             subject: message.subject.to_string(),
-            agent: host.agent_id.clone(),
+            agent,
         });
     }
+    if events.iter().any(|e| {
+        e.host
+            .as_ref()
+            .is_none_or(|h| h.agent_id != agent || h.instance_id != instance)
+    }) {
+        return Err(Unusable::Mixed { agent, instance });
+    }
     Ok(Taken {
-        agent: host.agent_id.clone(),
-        instance: host.instance_id.clone(),
-        event,
+        agent,
+        instance,
+        events,
     })
 }
 
@@ -213,8 +228,8 @@ pub async fn run(bus: Bus, service: CollectorService, mut stopping: watch::Recei
     }
 }
 
-/// Appends `messages` (one fetch, in stream order), one run per agent and instance, then
-/// acknowledges each to JetStream.
+/// Appends `messages` (one fetch, in stream order, each a run of events or one event),
+/// one run per agent and instance, then acknowledges each to JetStream.
 async fn store_all(
     service: &CollectorService,
     prefix: &str,
@@ -231,8 +246,8 @@ async fn store_all(
                 .iter_mut()
                 .find(|(agent, instance, _)| *agent == taken.agent && *instance == taken.instance)
             {
-                Some((_, _, events)) => events.push(taken.event),
-                None => runs.push((taken.agent, taken.instance, vec![taken.event])),
+                Some((_, _, events)) => events.extend(taken.events),
+                None => runs.push((taken.agent, taken.instance, taken.events)),
             },
             Err(error) => {
                 let seq = message.info().map_or(0, |i| i.stream_sequence);
