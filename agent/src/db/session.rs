@@ -19,12 +19,15 @@ use std::{
 };
 
 use phiguard_common::{
-    event::{db_op, db_role, FLAG_DB_JOINED, FLAG_DB_UNDELIVERED, FLAG_TRUNCATED},
+    event::{
+        db_op, db_role, FLAG_DB_FRAMING_LOST, FLAG_DB_JOINED, FLAG_DB_UNDELIVERED, FLAG_TRUNCATED,
+    },
     limits::DB_CAPTURE_LEN,
 };
 use phiguard_proto::v1::{self, event::Body};
 
 use super::{
+    frame::Span,
     mysql, postgres,
     sql::{self, Dialect},
     Chunk, CopyDirection, Direction, Encryption, Message,
@@ -106,6 +109,13 @@ struct Session {
     bytes_received: u64,
     statements: u32,
     desync: bool,
+    /// Framed records the kernel could not deliver, so far.
+    lost_records: u64,
+    /// Per direction (to server, to client): records were lost and the next span that starts
+    /// a message is awaited.
+    awaiting_boundary: [bool; 2],
+    /// Records were lost: outcomes are not paired with statements until the server is idle.
+    outcomes_unpaired: bool,
     pending: VecDeque<Pending>,
     /// The settings that change how this session's statements are lexed, once its protocol
     /// is known.
@@ -116,6 +126,27 @@ struct Session {
     /// When its TCP connection closed while statements waited for their outcome: the
     /// session ends once they have it (see [`CLOSED_LINGER_NS`]).
     closed_ns: Option<u64>,
+}
+
+/// What a capture record carries.
+#[derive(Clone, Copy, Debug)]
+pub enum Capture<'a> {
+    /// The call's first bytes, and its last ones when it moved more and they were captured.
+    Raw {
+        /// The first bytes.
+        data: &'a [u8],
+        /// The last bytes (empty when not captured).
+        tail: &'a [u8],
+    },
+    /// The kernel's framing walk of the call ([`crate::db::frame`]).
+    Framed {
+        /// The record's data.
+        data: &'a [u8],
+        /// Its spans.
+        spans: &'a [Span],
+        /// Records of this direction lost just before.
+        lost: u32,
+    },
 }
 
 /// Every session the agent follows.
@@ -196,6 +227,9 @@ impl Sessions {
             bytes_received: 0,
             statements: 0,
             desync: false,
+            lost_records: 0,
+            awaiting_boundary: [false; 2],
+            outcomes_unpaired: false,
             pending: VecDeque::new(),
             lexing: None,
             owner: e.header.pid,
@@ -222,6 +256,11 @@ impl Sessions {
     /// Bytes moved on a tracked socket, with the call's last bytes when it moved more than
     /// `data` and they were captured. Returns the events they complete.
     pub fn data_with_tail(&mut self, e: &DbTransfer, data: &[u8], tail: &[u8]) -> Vec<Body> {
+        self.record(e, Capture::Raw { data, tail })
+    }
+
+    /// A capture record of a tracked socket, raw or framed. Returns the events it completes.
+    pub fn record(&mut self, e: &DbTransfer, capture: Capture<'_>) -> Vec<Body> {
         let mut out = Vec::new();
         let Some(session) = self.sessions.get_mut(&e.socket_id) else {
             return out;
@@ -244,19 +283,48 @@ impl Sessions {
             self.hide_patterns(&mut out);
             return out;
         }
-        let len = if e.header.flags & FLAG_TRUNCATED != 0 {
-            e.len as usize
-        } else {
-            data.len()
+        let chunks: Vec<Chunk<'_>> = match capture {
+            Capture::Raw { data, tail } => {
+                let len = if e.header.flags & FLAG_TRUNCATED != 0 {
+                    e.len as usize
+                } else {
+                    data.len()
+                };
+                let len = len.max(data.len());
+                vec![Chunk {
+                    direction,
+                    data,
+                    len,
+                    tail: if len > data.len() { tail } else { &[] },
+                }]
+            }
+            Capture::Framed { data, spans, lost } => {
+                let dir = usize::from(direction == Direction::ToClient);
+                if lost > 0 {
+                    session.lost_records += u64::from(lost);
+                    session.awaiting_boundary[dir] = true;
+                    session.lost_outcomes(e.header.boot_ns, self.full_statements, &mut out);
+                }
+                if e.header.flags & FLAG_DB_FRAMING_LOST != 0 {
+                    session.desync = true;
+                }
+                spans
+                    .iter()
+                    .filter(|span| {
+                        if session.awaiting_boundary[dir] && span.boundary {
+                            session.awaiting_boundary[dir] = false;
+                            if let Decoder::Postgres(d) = &mut session.decoder {
+                                d.resync(direction);
+                            }
+                        }
+                        !session.awaiting_boundary[dir]
+                    })
+                    .map(|span| span.chunk(direction, data))
+                    .collect()
+            }
         };
-        let len = len.max(data.len());
-        let chunk = Chunk {
-            direction,
-            data,
-            len,
-            tail: if len > data.len() { tail } else { &[] },
-        };
-        if matches!(session.decoder, Decoder::Unknown) {
+        let data = chunks.first().map_or(&[][..], |c| c.data);
+        if matches!(session.decoder, Decoder::Unknown) && !data.is_empty() {
             let joined = session.info.joined;
             let protocol = if joined {
                 sniff_joined(direction, data, session.port)
@@ -283,11 +351,14 @@ impl Sessions {
             // Joined inside TLS: only the byte counts are known.
             return out;
         }
-        let messages = match &mut session.decoder {
-            Decoder::Postgres(d) => d.feed(chunk),
-            Decoder::MySql(d) => d.feed(chunk),
-            Decoder::Unknown => Vec::new(),
-        };
+        let mut messages = Vec::new();
+        for chunk in chunks {
+            messages.extend(match &mut session.decoder {
+                Decoder::Postgres(d) => d.feed(chunk),
+                Decoder::MySql(d) => d.feed(chunk),
+                Decoder::Unknown => Vec::new(),
+            });
+        }
         let mut terminated = false;
         for m in messages {
             session.apply(
@@ -396,6 +467,7 @@ impl Sessions {
             encrypted: s.encrypted.is_some(),
             reason: reason.into(),
             desynchronised: s.desync,
+            lost_records: s.lost_records,
         }));
         out
     }
@@ -504,6 +576,7 @@ impl Session {
                 start_ns: now_ns,
                 copy: None,
             }),
+            Message::Complete { .. } | Message::Error { .. } if self.outcomes_unpaired => {}
             Message::Complete { tag, rows } => {
                 if let Some(p) = self.pending.pop_front() {
                     out.push(self.statement(p, dialect, full, now_ns, |st| {
@@ -524,6 +597,7 @@ impl Session {
             // The server is idle: whatever is still pending got no outcome of its own (the
             // rest of an extended-protocol batch after an error).
             Message::Ready => {
+                self.outcomes_unpaired = false;
                 while let Some(p) = self.pending.pop_front() {
                     out.push(self.statement(p, dialect, full, now_ns, |_| {}));
                 }
@@ -554,6 +628,17 @@ impl Session {
             }
             Message::Prepare { .. } => {}
         }
+    }
+
+    /// Records were lost: the statements waiting for an outcome are reported without one
+    /// (theirs, or a lost statement's, may have been in the lost records), and outcomes are
+    /// not paired again until the server is idle.
+    fn lost_outcomes(&mut self, now_ns: u64, full: bool, out: &mut Vec<Body>) {
+        let dialect = self.protocol.unwrap_or(Protocol::Postgres).dialect();
+        while let Some(p) = self.pending.pop_front() {
+            out.push(self.statement(p, dialect, full, now_ns, |_| {}));
+        }
+        self.outcomes_unpaired = true;
     }
 
     /// A login event for `attempt` with the server's verdict.
@@ -631,6 +716,7 @@ impl Session {
             prepared: p.prepared,
             duration_us: now_ns.saturating_sub(p.start_ns) / 1000,
             copy_direction: p.copy.map(CopyDirection::as_str).unwrap_or_default().into(),
+            lost_records: self.lost_records,
             ..Default::default()
         };
         outcome(&mut st);

@@ -102,6 +102,15 @@ impl Decoder {
         self.encrypted
     }
 
+    /// Records of `direction` were lost and its next chunk starts a message: what was
+    /// buffered is dropped and its framing (even a lost one) starts again there.
+    pub fn resync(&mut self, direction: Direction) {
+        match direction {
+            Direction::ToServer => self.client.restart(),
+            Direction::ToClient => self.server.restart(),
+        }
+    }
+
     /// Decodes one captured read or write.
     pub fn feed(&mut self, chunk: Chunk<'_>) -> Vec<Message> {
         let mut out = Vec::new();
