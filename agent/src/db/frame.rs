@@ -85,6 +85,66 @@ pub fn parse_spans(data: &[u8], count: u32) -> Result<Vec<Span>, SpanError> {
 pub(crate) mod testutil {
     use phiguard_common::event::{DbSpan, SPAN_BOUNDARY};
 
+    /// A model of the kernel's walk (`agent-ebpf/src/programs/db_frame.rs`) over one
+    /// direction's whole PostgreSQL stream (`untyped_first`: the client's, starting with its
+    /// startup packet), cut into calls at `cuts`: each call's spans as (captured bytes, moved).
+    /// Headers are kept, bodies as far as the kernel captures them.
+    pub fn kernel_spans(
+        stream: &[u8],
+        cuts: &[usize],
+        untyped_first: bool,
+    ) -> Vec<Vec<(Vec<u8>, usize)>> {
+        let to_server = untyped_first;
+        let mut kept = vec![false; stream.len()];
+        let mut starts = vec![false; stream.len()];
+        let mut at = 0;
+        let mut untyped = untyped_first;
+        while at < stream.len() {
+            let (header, len, body_keep) = if untyped {
+                let len = u32::from_be_bytes(stream[at..at + 4].try_into().unwrap()) as usize;
+                untyped = false;
+                (8, len, (len - 8).min(4096))
+            } else {
+                let kind = stream[at];
+                let len =
+                    1 + u32::from_be_bytes(stream[at + 1..at + 5].try_into().unwrap()) as usize;
+                let limit = match (to_server, kind) {
+                    (true, b'Q' | b'P') => 4096,
+                    (true, b'B') => 128,
+                    (true, b'E' | b'C') => 72,
+                    (false, b'R') => 128,
+                    (false, b'E' | b'C' | b'S') => 64,
+                    (false, b'Z') => 1,
+                    (false, b'T') => 2,
+                    _ => 0,
+                };
+                (5, len, (len - 5).min(limit))
+            };
+            starts[at] = true;
+            kept[at..at + header + body_keep].fill(true);
+            at += len;
+        }
+        let mut calls = Vec::new();
+        let mut from = 0;
+        for &to in cuts.iter().chain(std::iter::once(&stream.len())) {
+            let mut spans: Vec<(Vec<u8>, usize)> = Vec::new();
+            for i in from..to {
+                let new = i == from || starts[i] || (kept[i] && !kept[i - 1]);
+                if new {
+                    spans.push((Vec::new(), 0));
+                }
+                let span = spans.last_mut().unwrap();
+                span.1 += 1;
+                if kept[i] {
+                    span.0.push(stream[i]);
+                }
+            }
+            calls.push(spans);
+            from = to;
+        }
+        calls
+    }
+
     /// The record data of `spans` (captured bytes, moved, boundary).
     pub fn record(spans: &[(&[u8], usize, bool)]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -774,6 +774,64 @@ pub(crate) mod tests {
         }
     }
 
+    /// Random call boundaries in `len` bytes (sorted, distinct, inside).
+    fn cuts(rng: &mut XorShift, len: usize) -> Vec<usize> {
+        let mut cuts: Vec<usize> = (0..rng.below(12)).map(|_| 1 + rng.below(len - 1)).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        cuts
+    }
+
+    /// Feeds the kernel's spans of `calls` (see `frame::testutil::kernel_spans`).
+    fn feed_spans(
+        d: &mut Decoder,
+        dir: Direction,
+        calls: &[Vec<(Vec<u8>, usize)>],
+    ) -> Vec<Message> {
+        calls
+            .iter()
+            .flatten()
+            .flat_map(|(data, moved)| {
+                d.feed(Chunk {
+                    direction: dir,
+                    data,
+                    len: *moved,
+                    tail: &[],
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_kernels_framed_spans_of_any_split_decode_as_the_whole_stream() {
+        use crate::db::frame::testutil::kernel_spans;
+        let (c, s) = (client_session(), server_session());
+        let mut rng = XorShift(11);
+        for _ in 0..500 {
+            let mut d = Decoder::new();
+            let client = kernel_spans(&c, &cuts(&mut rng, c.len()), true);
+            let server = kernel_spans(&s, &cuts(&mut rng, s.len()), false);
+            assert_eq!(
+                feed_spans(&mut d, Direction::ToServer, &client),
+                expected_client()
+            );
+            assert_eq!(
+                feed_spans(&mut d, Direction::ToClient, &server),
+                expected_server()
+            );
+            // Neither the row, the password nor the error's detail left the kernel.
+            let carried: Vec<u8> = client
+                .iter()
+                .chain(&server)
+                .flatten()
+                .flat_map(|(data, _)| data.clone())
+                .collect();
+            for secret in [&b"Jane Doe"[..], b"s3cret", b"already exists"] {
+                assert!(!carried.windows(secret.len()).any(|w| w == secret));
+            }
+        }
+    }
+
     #[test]
     fn ssl_request_accepted_marks_encrypted_and_stops() {
         let mut d = Decoder::new();
