@@ -75,6 +75,9 @@ pub const FLAG_DB_FRAMED: u32 = 1 << 7;
 /// (a length no valid message has, or more messages in one call than its walk bound): from
 /// here on it carries only byte counts for it.
 pub const FLAG_DB_FRAMING_LOST: u32 = 1 << 8;
+/// `EventHeader::flags` of a framed `DbDataEvent`: a further record of the same call (its
+/// `len` was counted with the first one, and is no end of stream).
+pub const FLAG_DB_CONTINUED: u32 = 1 << 9;
 /// `EventHeader::flags`: a field was cut to fit its buffer.
 pub const FLAG_TRUNCATED: u32 = 1;
 /// `EventHeader::flags`: the working directory in an [`ExecEvent`] is complete (reached the

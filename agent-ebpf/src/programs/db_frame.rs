@@ -33,7 +33,10 @@ use aya_ebpf::helpers::{
     bpf_loop, bpf_probe_read_user, generated::bpf_probe_read_user as raw_probe_read_user,
 };
 use phiguard_common::{
-    event::{DbDataScratch, DbSpan, Kind, FLAG_DB_FRAMED, FLAG_DB_FRAMING_LOST, SPAN_BOUNDARY},
+    event::{
+        DbDataScratch, DbSpan, Kind, FLAG_DB_CONTINUED, FLAG_DB_FRAMED, FLAG_DB_FRAMING_LOST,
+        SPAN_BOUNDARY,
+    },
     limits::{DB_CAPTURE_LEN, DB_TEXT_CAPTURE_DEFAULT, DB_TEXT_CAPTURE_MAX, DB_WALK_STEPS},
 };
 
@@ -80,6 +83,8 @@ const MAX_MESSAGE: u64 = 1 << 30;
 /// Startup packets are at most this long (the server's own limit).
 const MAX_STARTUP: u64 = 10_000;
 const SPAN_HEADER: u64 = size_of::<DbSpan>() as u64;
+/// The longest message header (an untyped request's length and code).
+const MAX_HEADER: u64 = 8;
 const CAP: u64 = DB_CAPTURE_LEN as u64;
 
 /// Statement text captured per message, in bytes. Set at load
@@ -470,6 +475,15 @@ fn read_into(hdr: &mut [u8; 8], src: u64, len: u32) -> bool {
     rc == 0
 }
 
+/// `value` read again from memory: the compiler cannot drop the mask that follows because it
+/// proved a bound the verifier does not see (6.12 refused an offset the compiler had left
+/// unmasked).
+#[inline(always)]
+fn fresh(value: &u64) -> u64 {
+    // SAFETY: a valid reference.
+    unsafe { core::ptr::read_volatile(value) }
+}
+
 /// `n` bytes of the call walked.
 #[inline(always)]
 fn advance(w: &mut Walk, n: u64) {
@@ -478,11 +492,12 @@ fn advance(w: &mut Walk, n: u64) {
     w.left -= n.min(w.left);
 }
 
-/// Opens a span (sending the record first when no room is left for one).
+/// Opens a span (sending the record first when no room is left for one and a whole header
+/// after it: a header is never cut across records).
 #[inline(always)]
 fn open_span(w: &mut Walk, s: &mut DbDataScratch, flags: u64) {
     close_span(w, s);
-    if w.used + SPAN_HEADER >= CAP {
+    if w.used + SPAN_HEADER + MAX_HEADER >= CAP {
         flush(w, s);
     }
     w.span_open = 1;
@@ -506,7 +521,7 @@ fn close_span(w: &mut Walk, s: &mut DbDataScratch) {
         captured: w.span_captured as u16,
         flags: w.span_flags as u16,
     };
-    let at = (w.span_at & (CAP - 1)) as usize;
+    let at = (fresh(&w.span_at) & (CAP - 1)) as usize;
     // SAFETY: `at < DB_CAPTURE_LEN` in a `2 * DB_CAPTURE_LEN` array.
     unsafe {
         core::ptr::write_unaligned(s.data.as_mut_ptr().add(at).cast::<DbSpan>(), span);
@@ -540,7 +555,7 @@ fn capture(w: &mut Walk, s: &mut DbDataScratch, n: u64, boundary: bool) -> u64 {
     }
     // 1..=DB_CAPTURE_LEN and 0..DB_CAPTURE_LEN in forms the verifier can bound.
     let len = ((n - 1) & (CAP - 1)) + 1;
-    let at = w.used & (CAP - 1);
+    let at = fresh(&w.used) & (CAP - 1);
     // SAFETY: at most `DB_CAPTURE_LEN` bytes at an offset below `DB_CAPTURE_LEN` in a
     // `2 * DB_CAPTURE_LEN` array; the helper checks the user address.
     let rc = unsafe {
@@ -576,7 +591,7 @@ fn flush(w: &mut Walk, scratch: &mut DbDataScratch) {
     scratch.event.captured = w.used as u32;
     scratch.event.spans = w.spans as u32;
     scratch.event.lost = w.lost as u32;
-    let len = offset_of!(DbDataScratch, data) + (w.used & (2 * CAP - 1)) as usize;
+    let len = offset_of!(DbDataScratch, data) + (fresh(&w.used) & (2 * CAP - 1)) as usize;
     if len <= size_of::<DbDataScratch>() {
         // SAFETY: `len` is within the scratch value.
         let bytes = unsafe {
@@ -590,4 +605,5 @@ fn flush(w: &mut Walk, scratch: &mut DbDataScratch) {
     }
     w.used = 0;
     w.spans = 0;
+    scratch.event.header.flags |= FLAG_DB_CONTINUED;
 }

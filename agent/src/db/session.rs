@@ -20,7 +20,8 @@ use std::{
 
 use phiguard_common::{
     event::{
-        db_op, db_role, FLAG_DB_FRAMING_LOST, FLAG_DB_JOINED, FLAG_DB_UNDELIVERED, FLAG_TRUNCATED,
+        db_op, db_role, FLAG_DB_CONTINUED, FLAG_DB_FRAMING_LOST, FLAG_DB_JOINED,
+        FLAG_DB_UNDELIVERED, FLAG_TRUNCATED,
     },
     limits::DB_CAPTURE_LEN,
 };
@@ -36,8 +37,9 @@ use crate::event::net::{DbEnds, DbRole, DbSock, DbTransfer};
 
 /// Most sessions followed at once; the oldest is dropped beyond it.
 pub const MAX_SESSIONS: usize = 4096;
-/// Most statements waiting for their outcome per session.
-const MAX_PENDING: usize = 64;
+/// Most statements waiting for their outcome per session (a pipeline of more reports its
+/// oldest without an outcome, and that outcome, when it comes, pairs with nothing).
+const MAX_PENDING: usize = 256;
 /// How long a session whose TCP connection closed while a statement ran waits for the
 /// statement's outcome (the server writes it when it finishes, whether or not the client is
 /// still there) before it ends without it, in kernel nanoseconds. Its process's exit or its
@@ -77,6 +79,9 @@ enum Decoder {
 }
 
 struct Pending {
+    /// The request cycle (a Query, or the messages up to a Sync) it was sent in: the
+    /// server's ReadyForQuery ends one cycle.
+    cycle: u64,
     text: String,
     truncated: bool,
     name: String,
@@ -116,6 +121,14 @@ struct Session {
     awaiting_boundary: [bool; 2],
     /// Records were lost: outcomes are not paired with statements until the server is idle.
     outcomes_unpaired: bool,
+    /// Outcomes still to come of statements already reported without one (the pending
+    /// queue overflowed).
+    orphaned_outcomes: usize,
+    /// Request cycles the client opened and the server ended (ReadyForQuery): a pipeline of
+    /// queries has several open at once.
+    cycles_sent: u64,
+    /// See [`Session::cycles_sent`].
+    cycles_done: u64,
     pending: VecDeque<Pending>,
     /// The settings that change how this session's statements are lexed, once its protocol
     /// is known.
@@ -230,6 +243,9 @@ impl Sessions {
             lost_records: 0,
             awaiting_boundary: [false; 2],
             outcomes_unpaired: false,
+            orphaned_outcomes: 0,
+            cycles_sent: 0,
+            cycles_done: 0,
             pending: VecDeque::new(),
             lexing: None,
             owner: e.header.pid,
@@ -270,14 +286,17 @@ impl Sessions {
             _ => Direction::ToServer,
         };
         session.owner = e.header.pid;
-        if e.header.flags & FLAG_DB_UNDELIVERED != 0 {
+        let continued = e.header.flags & FLAG_DB_CONTINUED != 0;
+        if continued {
+            // A further record of a call already counted.
+        } else if e.header.flags & FLAG_DB_UNDELIVERED != 0 {
             // The server's write to a client that is gone: decoded, not counted as sent.
         } else if e.op == db_op::WRITE {
             session.bytes_sent += u64::from(e.len);
         } else {
             session.bytes_received += u64::from(e.len);
         }
-        if e.op == db_op::READ && e.len == 0 {
+        if e.op == db_op::READ && e.len == 0 && !continued {
             // End of stream: the peer closed.
             out.extend(self.close(e.socket_id, "eof", e.header.boot_ns));
             self.hide_patterns(&mut out);
@@ -560,23 +579,43 @@ impl Session {
                     out.push(self.login(a, false, sqlstate, code));
                 }
             }
-            Message::Query { text, truncated } => self.push(Pending {
-                text,
-                truncated,
-                name: String::new(),
-                prepared: false,
-                start_ns: now_ns,
-                copy: None,
-            }),
-            Message::Execute { name, text } => self.push(Pending {
-                text: text.unwrap_or_default(),
-                truncated: false,
-                name,
-                prepared: true,
-                start_ns: now_ns,
-                copy: None,
-            }),
+            Message::Query { text, truncated } => {
+                // A Query is a cycle of its own.
+                let cycle = self.cycles_sent;
+                self.cycles_sent += 1;
+                self.push(
+                    Pending {
+                        cycle,
+                        text,
+                        truncated,
+                        name: String::new(),
+                        prepared: false,
+                        start_ns: now_ns,
+                        copy: None,
+                    },
+                    now_ns,
+                    full,
+                    out,
+                )
+            }
+            Message::Execute { name, text } => self.push(
+                Pending {
+                    cycle: self.cycles_sent,
+                    text: text.unwrap_or_default(),
+                    truncated: false,
+                    name,
+                    prepared: true,
+                    start_ns: now_ns,
+                    copy: None,
+                },
+                now_ns,
+                full,
+                out,
+            ),
             Message::Complete { .. } | Message::Error { .. } if self.outcomes_unpaired => {}
+            Message::Complete { .. } | Message::Error { .. } if self.orphaned_outcomes > 0 => {
+                self.orphaned_outcomes -= 1;
+            }
             Message::Complete { tag, rows } => {
                 if let Some(p) = self.pending.pop_front() {
                     out.push(self.statement(p, dialect, full, now_ns, |st| {
@@ -598,10 +637,24 @@ impl Session {
             // rest of an extended-protocol batch after an error).
             Message::Ready => {
                 self.outcomes_unpaired = false;
-                while let Some(p) = self.pending.pop_front() {
-                    out.push(self.statement(p, dialect, full, now_ns, |_| {}));
+                self.orphaned_outcomes = 0;
+                if self.cycles_done < self.cycles_sent {
+                    self.cycles_done += 1;
+                }
+                // The cycle that ended: what is still pending of it got no outcome of its own
+                // (the rest of an extended-protocol batch after an error). Later cycles of a
+                // pipeline wait for theirs.
+                while self
+                    .pending
+                    .front()
+                    .is_some_and(|p| p.cycle < self.cycles_done)
+                {
+                    if let Some(p) = self.pending.pop_front() {
+                        out.push(self.statement(p, dialect, full, now_ns, |_| {}));
+                    }
                 }
             }
+            Message::Sync => self.cycles_sent += 1,
             Message::Copy { direction } => {
                 if let Some(p) = self.pending.front_mut() {
                     p.copy = Some(direction);
@@ -639,6 +692,7 @@ impl Session {
             out.push(self.statement(p, dialect, full, now_ns, |_| {}));
         }
         self.outcomes_unpaired = true;
+        self.cycles_done = self.cycles_sent;
     }
 
     /// A login event for `attempt` with the server's verdict.
@@ -668,11 +722,15 @@ impl Session {
         })
     }
 
-    fn push(&mut self, p: Pending) {
+    fn push(&mut self, p: Pending, now_ns: u64, full: bool, out: &mut Vec<Body>) {
         // A statement means the login went through even if its outcome was not seen.
         self.attempt = None;
         if self.pending.len() >= MAX_PENDING {
-            self.pending.pop_front();
+            if let Some(oldest) = self.pending.pop_front() {
+                let dialect = self.protocol.unwrap_or(Protocol::Postgres).dialect();
+                out.push(self.statement(oldest, dialect, full, now_ns, |_| {}));
+                self.orphaned_outcomes += 1;
+            }
         }
         self.pending.push_back(p);
     }

@@ -278,6 +278,7 @@ impl Decoder {
             // data ends; the server's CommandComplete or ErrorResponse closes the statement.
             b'c' | b'f' if self.copy_in == CopyState::Framed => self.copy_in = CopyState::Off,
             b'X' => out.push(Message::Terminate),
+            b'S' => out.push(Message::Sync),
             // SASLInitialResponse: only the mechanism's name, and only one the server
             // offered; the payload after it is never read. Other password messages (the
             // cleartext or MD5 password, SASL continuations) are skipped unread.
@@ -705,6 +706,7 @@ pub(crate) mod tests {
                 name: "s1".into(),
                 text: Some("INSERT INTO notes (pid, body) VALUES ($1, $2)".into()),
             },
+            Message::Sync,
             Message::Terminate,
         ]
     }
