@@ -1184,6 +1184,48 @@ mod tests {
     }
 
     #[test]
+    fn pipelined_queries_each_keep_their_outcome_and_a_batch_error_ends_only_its_cycle() {
+        use crate::db::postgres::tests::{query, typed};
+        let mut s = Sessions::new(false);
+        s.open(&joined(5432), None, None);
+        // Three queries in one write, then an extended batch that fails before its Sync.
+        let mut sent: Vec<u8> = (0..3)
+            .flat_map(|i| query(&format!("SELECT {i} AS p")))
+            .collect();
+        sent.extend(typed(b'P', b"\0INSERT INTO t VALUES (1)\0\0\0"));
+        sent.extend(typed(b'B', b"\0\0\0\0\0\0\0\0"));
+        sent.extend(typed(b'E', b"\0\0\0\0\0"));
+        sent.extend(typed(b'S', b""));
+        let mut out = feed(&mut s, db_op::WRITE, 1_000, &sent);
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.extend(typed(b'C', b"SELECT 1\0"));
+            answers.extend(typed(b'Z', b"I"));
+        }
+        answers.extend(typed(b'E', b"SERROR\0VERROR\0C23505\0\0"));
+        answers.extend(typed(b'Z', b"I"));
+        out.extend(feed(&mut s, db_op::READ, 2_000, &answers));
+        let got: Vec<_> = out
+            .iter()
+            .filter_map(|b| match b {
+                Body::DbStatement(st) => {
+                    Some((st.text.as_str(), st.ok, st.rows, st.sqlstate.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("SELECT ? AS p", true, Some(1), ""),
+                ("SELECT ? AS p", true, Some(1), ""),
+                ("SELECT ? AS p", true, Some(1), ""),
+                ("INSERT INTO t VALUES (?)", false, None, "23505"),
+            ]
+        );
+    }
+
+    #[test]
     fn a_joined_mysql_session_on_any_port_is_recognised_by_its_framing() {
         let mut s = Sessions::new(false);
         s.open(&joined(13306), None, None);
