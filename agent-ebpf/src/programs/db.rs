@@ -12,7 +12,9 @@
 //! entry hook and no per-thread map. What they do for a process without database sockets is one
 //! hash lookup (`DB_PROCESSES`). For a process with some, the descriptor is followed to its
 //! `struct sock` (four kernel reads) and looked up in `DB_SOCKS`; only tracked sockets get a
-//! record, with at most `DB_CAPTURE_LEN` bytes (from the first `MAX_DB_IOVECS` iovecs of a
+//! record: for a PostgreSQL session the call's messages as the framing walk leaves them
+//! (`crate::programs::db_frame`: headers and the bodies the audit reads, never rows); for
+//! anything else at most `DB_CAPTURE_LEN` bytes (from the first `MAX_DB_IOVECS` iovecs of a
 //! vectored call).
 //!
 //! Sessions opened before the agent started are joined: user space finds their sockets at
@@ -310,7 +312,8 @@ struct IoVec {
 }
 
 /// At exit: when the calling process holds database sockets and `fd` is a tracked one, sends
-/// the first bytes the call moved (and, for a long plain-buffer call, its last bytes). The common case, a process without database sockets,
+/// the call's PostgreSQL messages (framed), or the first bytes the call moved (and, for a long
+/// plain-buffer call, its last bytes). The common case, a process without database sockets,
 /// costs one hash lookup. A descriptor that is not a socket (its `sock` unreadable) is
 /// skipped, not a fault: database processes read files too.
 #[inline(always)]
