@@ -2453,3 +2453,62 @@ fn postgres_pgbench_initialisation_is_audited_alike_on_both_ends() {
     }
     h.stop();
 }
+
+#[test]
+fn postgres_records_lost_in_the_kernel_are_counted_on_the_session_which_resynchronises() {
+    // Nothing reads the ring buffer while one session sends far more statement text than it
+    // holds (16 MiB): the kernel drops records. Then the agent reads, and the same session
+    // goes on.
+    const BATCHES: usize = 40;
+    const PER_BATCH: usize = 100;
+    let cluster = Cluster::start();
+    let mut h = Harness::attach_with(&config(&cluster));
+    let mut wire = Wire::connect(&cluster, "tcp");
+    let filler = "f".repeat(3000);
+    for b in 0..BATCHES {
+        let batch: Vec<String> = (0..PER_BATCH)
+            .map(|i| format!("SELECT '{filler}' AS flood_{b}_{i}"))
+            .collect();
+        wire.pipeline(&batch);
+    }
+    h.start_reading();
+    // The backlog drains; then the session speaks again.
+    std::thread::sleep(Duration::from_secs(3));
+    wire.pipeline(&["SELECT 4245 AS after_loss".to_string()]);
+    wire.pipeline(&["SELECT 4246 AS after_loss_again".to_string()]);
+    wire.terminate();
+    for want in ["client", "server"] {
+        let again = h.expect(&format!("{want} statement after the loss"), |e| {
+            statement(e).is_some_and(|s| {
+                s.text == "SELECT ? AS after_loss_again" && role(s.session.as_ref()) == want
+            })
+        });
+        let again = statement(&again).unwrap();
+        assert!(again.ok && again.rows == Some(1), "{again:?}");
+        assert!(
+            again.lost_records > 0,
+            "the loss is on the session's events: {again:?}"
+        );
+        let end = h.expect(&format!("{want} session end"), |e| {
+            session_end(e).is_some_and(|s| role(s.session.as_ref()) == want)
+        });
+        let end = session_end(&end).unwrap();
+        assert!(end.lost_records > 0, "{end:?}");
+    }
+    let stats = h.stop();
+    assert!(
+        stats.kernel_lost > 0,
+        "the kernel dropped records: {stats:?}"
+    );
+    let flood = ["client", "server"].map(|want| {
+        h.seen
+            .iter()
+            .filter_map(statement)
+            .filter(|s| s.text.contains(" AS flood_") && role(s.session.as_ref()) == want)
+            .count()
+    });
+    assert!(
+        flood.iter().all(|&n| n < BATCHES * PER_BATCH),
+        "some statements were lost: {flood:?}"
+    );
+}
