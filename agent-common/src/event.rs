@@ -66,6 +66,18 @@ pub const FLAG_SOCK_DATABASE_ONLY: u32 = 1 << 5;
 /// gone (`EPIPE`, `ECONNRESET`): the bytes are what the server said, and nobody received them.
 /// `len` is what the call asked to write.
 pub const FLAG_DB_UNDELIVERED: u32 = 1 << 6;
+/// `EventHeader::flags` of a `DbDataEvent`: the kernel walked the call's PostgreSQL framing;
+/// the data is a sequence of [`DbSpan`]s, each followed by its captured bytes, and no row
+/// content is in it. Without it the data is the call's first bytes (MySQL, TLS-direct and
+/// joined sessions).
+pub const FLAG_DB_FRAMED: u32 = 1 << 7;
+/// `EventHeader::flags` of a framed `DbDataEvent`: the kernel lost this direction's framing
+/// (a length no valid message has, or more messages in one call than its walk bound): from
+/// here on it carries only byte counts for it.
+pub const FLAG_DB_FRAMING_LOST: u32 = 1 << 8;
+/// `EventHeader::flags` of a framed `DbDataEvent`: a further record of the same call (its
+/// `len` was counted with the first one, and is no end of stream).
+pub const FLAG_DB_CONTINUED: u32 = 1 << 9;
 /// `EventHeader::flags`: a field was cut to fit its buffer.
 pub const FLAG_TRUNCATED: u32 = 1;
 /// `EventHeader::flags`: the working directory in an [`ExecEvent`] is complete (reached the
@@ -472,15 +484,39 @@ pub struct DbDataEvent {
     pub fd: i32,
     /// Bytes the call moved (its return value; 0 = end of stream on a read).
     pub len: u32,
-    /// Bytes captured (at most [`crate::limits::DB_CAPTURE_LEN`]); `FLAG_TRUNCATED` when fewer
-    /// than `len`.
+    /// Bytes of data in the record (at most [`crate::limits::DB_CAPTURE_LEN`]): the call's
+    /// first bytes (`FLAG_TRUNCATED` when fewer than `len`), or with `FLAG_DB_FRAMED` its
+    /// spans with their headers.
     pub captured: u32,
     /// Bytes from the end of the call that follow the `captured` ones in the record (at most
-    /// [`crate::limits::DB_TAIL_LEN`]; only when the call moved more than was captured).
+    /// [`crate::limits::DB_TAIL_LEN`]; only when the call moved more than was captured, and
+    /// never in a framed record).
     pub tail: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Framed records: the [`DbSpan`]s in the data (a long call is sent as several records).
+    pub spans: u32,
+    /// Framed records of this socket and direction the kernel could not deliver (ring buffer
+    /// full) since the last one it did: their messages are lost, and the first span that
+    /// starts a message ([`SPAN_BOUNDARY`]) resynchronises the stream.
+    pub lost: u32,
 }
+
+/// One run of a framed capture record: `moved` consecutive bytes of the stream, of which the
+/// first `captured` follow this header in the record; the rest (a body the audit does not
+/// read: rows, COPY data, passwords, or text past the statement capture) stayed in the kernel.
+/// A span never hides a message header: only a span's end is elided.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DbSpan {
+    /// Bytes of the stream the span stands for.
+    pub moved: u32,
+    /// Bytes of them captured (the record's bytes after this header).
+    pub captured: u16,
+    /// `SPAN_*` bits.
+    pub flags: u16,
+}
+
+/// `DbSpan::flags`: the span starts at a message boundary.
+pub const SPAN_BOUNDARY: u16 = 1;
 
 /// Scratch layout a capture record is built in before its used part is sent. The data array
 /// has slack so the verifier sees every copy in bounds.
@@ -494,7 +530,8 @@ pub struct DbDataScratch {
 }
 
 const _: () = assert!(core::mem::size_of::<DbSockEvent>() == 80 + 40 + 32);
-const _: () = assert!(core::mem::size_of::<DbDataEvent>() == 80 + 40);
+const _: () = assert!(core::mem::size_of::<DbDataEvent>() == 80 + 48);
+const _: () = assert!(core::mem::size_of::<DbSpan>() == 8);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 96);
 const _: () = assert!(

@@ -31,6 +31,7 @@ mod pod {
     unsafe impl aya::Pod for SockStateEvent {}
     unsafe impl aya::Pod for DbSockEvent {}
     unsafe impl aya::Pod for DbDataEvent {}
+    unsafe impl aya::Pod for DbSpan {}
     unsafe impl aya::Pod for InodeKey {}
     unsafe impl aya::Pod for AgentId {}
     unsafe impl aya::Pod for ExecIdentity {}

@@ -55,6 +55,14 @@ pub const DB_CAPTURE_LEN: usize = 4096;
 /// [`DB_CAPTURE_LEN`]: where a burst of data ends, the protocol's closing messages are (a
 /// PostgreSQL COPY TO's CommandComplete and ReadyForQuery).
 pub const DB_TAIL_LEN: usize = 64;
+/// Default statement text the kernel captures per PostgreSQL Query or Parse, in bytes.
+pub const DB_TEXT_CAPTURE_DEFAULT: u32 = 4096;
+/// Most statement text the kernel captures per message, in bytes (the decoders hold a
+/// message of at most 64 KiB whole).
+pub const DB_TEXT_CAPTURE_MAX: u32 = 64 * 1024;
+/// Steps of the kernel's framing walk per call (a step is a header or a run of body bytes):
+/// a call with more messages loses its direction's framing, counted.
+pub const DB_WALK_STEPS: u32 = 1 << 16;
 /// Database ports (map entries).
 pub const MAX_DB_PORTS: u32 = 64;
 /// At most this many `iovec`s of a `readv`/`writev`/`sendmsg`/`recvmsg` are copied from (the

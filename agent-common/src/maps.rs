@@ -189,6 +189,9 @@ pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// protected files (1); the open-exit programs then report only the refusals they enforce
 /// themselves (SIGKILL of an open the fanotify layer did not refuse: the agent is down).
 pub const FANOTIFY_DECIDES_GLOBAL: &str = "FANOTIFY_DECIDES";
+/// The `u32` global that bounds the statement text the kernel captures per PostgreSQL
+/// message (Query, Parse, the startup packet), in bytes (`[database] statement_capture_kib`).
+pub const DB_TEXT_CAPTURE_GLOBAL: &str = "DB_TEXT_CAPTURE";
 /// The `u32` global that says how the kernel's `inode_setattr` LSM hook takes its arguments:
 /// 1 for `(struct mnt_idmap *, struct dentry *, struct iattr *)` (6.12), 0 for
 /// `(struct dentry *, struct iattr *)` (Debian 12's 6.1). The agent reads it from the

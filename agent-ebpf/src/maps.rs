@@ -219,6 +219,40 @@ pub struct DbSock {
     /// The `struct socket *` it was tracked with: a `struct sock` address reused by another
     /// socket (the entry outlived its socket) does not match.
     pub socket: u64,
+    /// How its bytes are captured (`crate::programs::db_frame`).
+    pub framing: DbFraming,
+}
+
+/// How a tracked socket's bytes are captured: its mode and each direction's walk state.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct DbFraming {
+    /// A `db_frame::MODE_*` code.
+    pub mode: u32,
+    /// `db_frame::FRAMING_*` bits.
+    pub flags: u32,
+    /// To the server (index 0) and to the client (index 1).
+    pub dirs: [DbDirection; 2],
+}
+
+/// Where one direction's framing walk stands between calls.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct DbDirection {
+    /// A `db_frame::PHASE_*` code: what the next message header looks like.
+    pub phase: u32,
+    /// Header bytes already seen (a header split across calls).
+    pub hdr_have: u32,
+    /// Body bytes of the current message still to come.
+    pub rest: u32,
+    /// Of them, how many are still to be captured.
+    pub capture: u32,
+    /// Records lost since the last one delivered.
+    pub lost: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The header bytes seen so far.
+    pub hdr: [u8; 8],
 }
 
 /// Tracked database sockets by `struct sock` address. LRU: entries of closed sockets age out
@@ -240,6 +274,11 @@ pub static DB_PROCESSES: LruHashMap<u32, u32> =
 #[map]
 pub static DB_JOIN: HashMap<InodeKey, u32> =
     HashMap::with_max_entries(phiguard_common::limits::MAX_DB_SOCKETS, 0);
+
+/// Per-CPU state of the PostgreSQL framing walk (`crate::programs::db_frame::Walk`).
+#[map]
+pub static DB_WALK: PerCpuArray<crate::programs::db_frame::Walk> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch for capture records.
 #[map]

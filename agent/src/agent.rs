@@ -710,6 +710,8 @@ impl Agent {
             kernel_lost = self.pipeline.stats.kernel_lost,
             decode_errors = self.pipeline.stats.decode_errors,
             sink_errors = self.pipeline.stats.sink_errors,
+            db_records = self.pipeline.stats.db_records,
+            db_bytes = self.pipeline.stats.db_bytes,
             pinned = self.sensors.is_pinned(),
             "phiguard stopped; {}",
             if self.sensors.is_pinned() {

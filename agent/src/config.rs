@@ -11,6 +11,8 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
+use phiguard_common::limits::{DB_TEXT_CAPTURE_DEFAULT, DB_TEXT_CAPTURE_MAX};
+
 use crate::paths;
 
 pub mod collector;
@@ -53,6 +55,10 @@ pub struct DatabaseConfig {
     pub unix_sockets: Vec<PathBuf>,
     /// Record statements with their literals (`false`: literals become `?`).
     pub full_statements: bool,
+    /// Statement text the kernel captures per PostgreSQL statement, in KiB
+    /// (`[database] statement_capture_kib`, 1 to 64; 0 in a default value means 4): longer
+    /// text is cut there and the statement marked truncated.
+    pub statement_capture_kib: u32,
     /// Extra patterns for local identifiers (MRN formats…): every match in a process's argv
     /// or a redacted statement becomes `***` (`[database] redact_patterns`, regular
     /// expressions in the `regex` crate's syntax).
@@ -72,6 +78,14 @@ impl PartialEq for RedactPattern {
 impl Eq for RedactPattern {}
 
 impl DatabaseConfig {
+    /// The statement capture bound in bytes.
+    pub fn statement_capture_bytes(&self) -> u32 {
+        match self.statement_capture_kib {
+            0 => DB_TEXT_CAPTURE_DEFAULT,
+            kib => kib * 1024,
+        }
+    }
+
     /// Whether any endpoint is configured (else the capture hooks stay detached).
     pub fn is_enabled(&self) -> bool {
         !self.ports.is_empty() || !self.unix_sockets.is_empty()
@@ -227,6 +241,7 @@ struct RawDatabase {
     ports: Vec<Spanned<u16>>,
     unix_sockets: Vec<Spanned<PathBuf>>,
     full_statements: bool,
+    statement_capture_kib: Option<Spanned<u32>>,
     redact_patterns: Vec<Spanned<String>>,
 }
 
@@ -469,6 +484,20 @@ impl Config {
             config.database.unix_sockets.push(p.clone());
         }
         config.database.full_statements = raw.database.full_statements;
+        if let Some(kib) = &raw.database.statement_capture_kib {
+            if !(1..=DB_TEXT_CAPTURE_MAX / 1024).contains(kib.get_ref()) {
+                return Err(ConfigError::Invalid {
+                    at: at(kib.span()),
+                    field: "database.statement_capture_kib",
+                    message: format!(
+                        "{} is not between 1 and {}",
+                        kib.get_ref(),
+                        DB_TEXT_CAPTURE_MAX / 1024
+                    ),
+                });
+            }
+            config.database.statement_capture_kib = *kib.get_ref();
+        }
         for pattern in &raw.database.redact_patterns {
             let invalid = |message: String| ConfigError::Invalid {
                 at: at(pattern.span()),

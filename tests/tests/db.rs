@@ -2176,3 +2176,339 @@ fn mariadb_statement_of_a_killed_client_is_audited_with_its_outcome_on_the_serve
         assert_eq!(value(), (round + 1).to_string());
     }
 }
+
+/// A minimal PostgreSQL frontend over TCP or a unix socket (trust login), for what psql
+/// cannot do: many queries in one write, and a session held open across a pause.
+struct Wire {
+    stream: Box<dyn ReadWrite>,
+}
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+impl Wire {
+    /// Logs in as `postgres` and waits for the server to be ready.
+    fn connect(cluster: &Cluster, transport: &str) -> Wire {
+        let stream: Box<dyn ReadWrite> = if transport == "tcp" {
+            Box::new(std::net::TcpStream::connect(("127.0.0.1", cluster.port)).unwrap())
+        } else {
+            let path = cluster
+                .dir
+                .path()
+                .join(format!(".s.PGSQL.{}", cluster.port));
+            Box::new(std::os::unix::net::UnixStream::connect(path).unwrap())
+        };
+        let mut wire = Wire { stream };
+        let mut body = 196_608i32.to_be_bytes().to_vec();
+        for s in ["user", "postgres", "database", "postgres", ""] {
+            body.extend_from_slice(s.as_bytes());
+            body.push(0);
+        }
+        let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        startup.extend_from_slice(&body);
+        wire.stream.write_all(&startup).unwrap();
+        wire.until_ready(1);
+        wire
+    }
+
+    /// Sends every statement as a Query message in one write, then reads until each is
+    /// answered (one ReadyForQuery per Query).
+    fn pipeline(&mut self, statements: &[String]) {
+        let mut bytes = Vec::new();
+        for s in statements {
+            bytes.push(b'Q');
+            bytes.extend_from_slice(&((s.len() + 5) as i32).to_be_bytes());
+            bytes.extend_from_slice(s.as_bytes());
+            bytes.push(0);
+        }
+        self.stream.write_all(&bytes).unwrap();
+        self.until_ready(statements.len());
+    }
+
+    /// Reads server messages until `n` ReadyForQuery; panics on an ErrorResponse.
+    fn until_ready(&mut self, n: usize) {
+        let mut seen = 0;
+        while seen < n {
+            let mut header = [0u8; 5];
+            self.stream.read_exact(&mut header).unwrap();
+            let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            let mut body = vec![0u8; len - 4];
+            self.stream.read_exact(&mut body).unwrap();
+            assert_ne!(header[0], b'E', "the server refused a statement");
+            if header[0] == b'Z' {
+                seen += 1;
+            }
+        }
+    }
+
+    /// Says goodbye (Terminate) and closes.
+    fn terminate(mut self) {
+        self.stream.write_all(&[b'X', 0, 0, 0, 4]).unwrap();
+    }
+}
+
+/// Session ends per end (client, server) over `transport`.
+fn session_ends_of(h: &Harness, transport: &str) -> Vec<v1::DbSessionEnd> {
+    h.seen
+        .iter()
+        .filter_map(session_end)
+        .filter(|s| s.session.as_ref().is_some_and(|x| x.transport == transport))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn postgres_rows_of_a_large_result_never_leave_the_kernel() {
+    const ROWS: usize = 20_000;
+    const ROW_MARKER: &str = "PHIMARK_RESULT_ROW";
+    let cluster = Cluster::start();
+    let mut h = Harness::start_with(&config(&cluster));
+    let socket_dir = cluster.dir.path().display().to_string();
+    let mut row_bytes = 0;
+    for (host, transport) in [("127.0.0.1", "tcp"), (socket_dir.as_str(), "unix")] {
+        let table = format!("big_{transport}");
+        let output = Command::new("/usr/bin/psql")
+            .args(["-X", "-h", host, "-p", &cluster.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1"])
+            .args(["-c", &format!("CREATE TABLE {table} (id int, note text)")])
+            .args([
+                "-c",
+                &format!(
+                    "INSERT INTO {table} SELECT i, '{ROW_MARKER}_' || i || repeat('r', 400) FROM generate_series(1, {ROWS}) i"
+                ),
+            ])
+            .args(["-c", &format!("SELECT * FROM {table}")])
+            .args(["-c", "SELECT 4243 AS after_big"])
+            .stderr(Stdio::null())
+            .output()
+            .expect("psql");
+        assert!(output.status.success(), "psql over {transport}");
+        let shown = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            shown.matches(ROW_MARKER).count() == ROWS,
+            "every row came back"
+        );
+        row_bytes += output.stdout.len();
+        for want in ["client", "server"] {
+            h.expect(
+                &format!("{want} statement after the result over {transport}"),
+                |e| {
+                    statement(e).is_some_and(|s| {
+                        s.text == "SELECT ? AS after_big"
+                            && role(s.session.as_ref()) == want
+                            && s.session.as_ref().is_some_and(|x| x.transport == transport)
+                    })
+                },
+            );
+            let got: Vec<_> = statements_of(&h, transport, want)
+                .into_iter()
+                .map(|s| (s.text, s.rows, s.ok, s.lost_records))
+                .collect();
+            assert_eq!(
+                got[2..],
+                [
+                    (format!("SELECT * FROM {table}"), Some(ROWS as u64), true, 0),
+                    ("SELECT ? AS after_big".into(), Some(1), true, 0),
+                ],
+                "{want} statements over {transport}: {got:?}"
+            );
+            assert_eq!(got.len(), 4, "{want} statements over {transport}: {got:?}");
+        }
+    }
+    let stats = h.stop();
+    expect_no_marker(&h, &[ROW_MARKER]);
+    for end in session_ends_of(&h, "tcp")
+        .into_iter()
+        .chain(session_ends_of(&h, "unix"))
+    {
+        assert!(!end.desynchronised && end.lost_records == 0, "{end:?}");
+    }
+    // Each result crossed two sockets (the server's write, the client's read): were rows
+    // carried, the capture would be at least as large as they are.
+    eprintln!(
+        "database capture: {} records, {} bytes for {} bytes of rows shown, each crossing both ends",
+        stats.db_records, stats.db_bytes, row_bytes
+    );
+    assert!(
+        stats.db_bytes * 10 < row_bytes as u64 * 2,
+        "the capture carried {} bytes for {} bytes of rows",
+        stats.db_bytes,
+        row_bytes
+    );
+}
+
+#[test]
+fn postgres_two_hundred_queries_in_one_write_are_each_audited_on_both_ends() {
+    const QUERIES: usize = 200;
+    let cluster = Cluster::start();
+    let mut h = Harness::start_with(&config(&cluster));
+    for transport in ["tcp", "unix"] {
+        let mut wire = Wire::connect(&cluster, transport);
+        let queries: Vec<String> = (0..QUERIES)
+            .map(|i| format!("SELECT {i} AS pipelined_{transport}"))
+            .collect();
+        assert!(queries.iter().map(|q| q.len() + 6).sum::<usize>() > 4096);
+        wire.pipeline(&queries);
+        wire.pipeline(&[format!("SELECT 1 AS after_pipeline_{transport}")]);
+        wire.terminate();
+        let after = format!("SELECT ? AS after_pipeline_{transport}");
+        for want in ["client", "server"] {
+            h.expect(
+                &format!("{want} statement after the pipeline over {transport}"),
+                |e| {
+                    statement(e)
+                        .is_some_and(|s| s.text == after && role(s.session.as_ref()) == want)
+                },
+            );
+        }
+        let text = format!("SELECT ? AS pipelined_{transport}");
+        assert_eq!(
+            statements_per_end(&h, &text),
+            [QUERIES, QUERIES],
+            "{transport}"
+        );
+        for want in ["client", "server"] {
+            let all = statements_of(&h, transport, want);
+            let without: Vec<_> = all
+                .iter()
+                .filter(|s| !(s.ok && s.rows == Some(1)))
+                .map(|s| (&s.text, s.ok, s.rows, &s.command_tag))
+                .collect();
+            assert!(
+                without.is_empty(),
+                "{want} over {transport}: every one with its outcome: {without:?}"
+            );
+        }
+    }
+    h.stop();
+}
+
+#[test]
+fn postgres_pgbench_initialisation_is_audited_alike_on_both_ends() {
+    let cluster = Cluster::start();
+    let mut h = Harness::start_with(&config(&cluster));
+    let pgbench = cluster.bin.join("pgbench");
+    let socket_dir = cluster.dir.path().display().to_string();
+    for (host, transport) in [("127.0.0.1", "tcp"), (socket_dir.as_str(), "unix")] {
+        let status = Command::new(&pgbench)
+            .args([
+                "-i",
+                "-s",
+                "1",
+                "-q",
+                "-h",
+                host,
+                "-p",
+                &cluster.port.to_string(),
+            ])
+            .args(["-U", "postgres", "postgres"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("pgbench");
+        assert!(status.success(), "pgbench -i over {transport}");
+        let status = Command::new("/usr/bin/psql")
+            .args(["-X", "-h", host, "-p", &cluster.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres"])
+            .args(["-c", "SELECT 4244 AS after_pgbench"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("psql");
+        assert!(status.success());
+        for want in ["client", "server"] {
+            h.expect(
+                &format!("{want} statement after pgbench over {transport}"),
+                |e| {
+                    statement(e).is_some_and(|s| {
+                        s.text == "SELECT ? AS after_pgbench"
+                            && role(s.session.as_ref()) == want
+                            && s.session.as_ref().is_some_and(|x| x.transport == transport)
+                    })
+                },
+            );
+        }
+        let per_end = ["client", "server"].map(|want| {
+            statements_of(&h, transport, want)
+                .into_iter()
+                .map(|s| (s.text, s.rows, s.ok, s.copy_direction))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(per_end[0], per_end[1], "the same statements on both ends");
+        let copy = per_end[0]
+            .iter()
+            .find(|s| s.0.contains("pgbench_accounts") && s.3 == "in")
+            .unwrap_or_else(|| panic!("the accounts COPY over {transport}: {:?}", per_end[0]));
+        assert_eq!((copy.1, copy.2), (Some(100_000), true), "{copy:?}");
+        assert!(
+            per_end[0].iter().all(|s| s.2),
+            "every outcome seen: {:?}",
+            per_end[0]
+        );
+    }
+    for end in session_ends_of(&h, "tcp")
+        .into_iter()
+        .chain(session_ends_of(&h, "unix"))
+    {
+        assert!(!end.desynchronised && end.lost_records == 0, "{end:?}");
+    }
+    h.stop();
+}
+
+#[test]
+fn postgres_records_lost_in_the_kernel_are_counted_on_the_session_which_resynchronises() {
+    // Nothing reads the ring buffer while one session sends far more statement text than it
+    // holds (16 MiB): the kernel drops records. Then the agent reads, and the same session
+    // goes on.
+    const BATCHES: usize = 40;
+    const PER_BATCH: usize = 100;
+    let cluster = Cluster::start();
+    let mut h = Harness::attach_with(&config(&cluster));
+    let mut wire = Wire::connect(&cluster, "tcp");
+    let filler = "f".repeat(3000);
+    for b in 0..BATCHES {
+        let batch: Vec<String> = (0..PER_BATCH)
+            .map(|i| format!("SELECT '{filler}' AS flood_{b}_{i}"))
+            .collect();
+        wire.pipeline(&batch);
+    }
+    h.start_reading();
+    // The backlog drains; then the session speaks again.
+    std::thread::sleep(Duration::from_secs(3));
+    wire.pipeline(&["SELECT 4245 AS after_loss".to_string()]);
+    wire.pipeline(&["SELECT 4246 AS after_loss_again".to_string()]);
+    wire.terminate();
+    for want in ["client", "server"] {
+        let again = h.expect(&format!("{want} statement after the loss"), |e| {
+            statement(e).is_some_and(|s| {
+                s.text == "SELECT ? AS after_loss_again" && role(s.session.as_ref()) == want
+            })
+        });
+        let again = statement(&again).unwrap();
+        assert!(again.ok && again.rows == Some(1), "{again:?}");
+        assert!(
+            again.lost_records > 0,
+            "the loss is on the session's events: {again:?}"
+        );
+        let end = h.expect(&format!("{want} session end"), |e| {
+            session_end(e).is_some_and(|s| role(s.session.as_ref()) == want)
+        });
+        let end = session_end(&end).unwrap();
+        assert!(end.lost_records > 0, "{end:?}");
+    }
+    let stats = h.stop();
+    assert!(
+        stats.kernel_lost > 0,
+        "the kernel dropped records: {stats:?}"
+    );
+    let flood = ["client", "server"].map(|want| {
+        h.seen
+            .iter()
+            .filter_map(statement)
+            .filter(|s| s.text.contains(" AS flood_") && role(s.session.as_ref()) == want)
+            .count()
+    });
+    assert!(
+        flood.iter().all(|&n| n < BATCHES * PER_BATCH),
+        "some statements were lost: {flood:?}"
+    );
+}

@@ -8,8 +8,9 @@ use std::process::Command;
 
 use crate::cmd;
 
-/// The targets, one per decoder: PostgreSQL, MySQL, the SQL lexers and the argv redactor.
-pub const TARGETS: &[&str] = &["postgres", "mysql", "sql", "argv"];
+/// The targets, one per decoder: PostgreSQL, its framed capture records, MySQL, the SQL lexers
+/// and the argv redactor.
+pub const TARGETS: &[&str] = &["postgres", "framed", "mysql", "sql", "argv"];
 
 /// Runs every target for `seconds`; fails at the first crash.
 pub fn run(seconds: u32) -> anyhow::Result<()> {

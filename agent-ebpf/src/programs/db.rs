@@ -12,7 +12,9 @@
 //! entry hook and no per-thread map. What they do for a process without database sockets is one
 //! hash lookup (`DB_PROCESSES`). For a process with some, the descriptor is followed to its
 //! `struct sock` (four kernel reads) and looked up in `DB_SOCKS`; only tracked sockets get a
-//! record, with at most `DB_CAPTURE_LEN` bytes (from the first `MAX_DB_IOVECS` iovecs of a
+//! record: for a PostgreSQL session the call's messages as the framing walk leaves them
+//! (`crate::programs::db_frame`: headers and the bodies the audit reads, never rows); for
+//! anything else at most `DB_CAPTURE_LEN` bytes (from the first `MAX_DB_IOVECS` iovecs of a
 //! vectored call).
 //!
 //! Sessions opened before the agent started are joined: user space finds their sockets at
@@ -46,8 +48,10 @@ use crate::{
     error::{finish, or_fault, or_skip, ProbeError, ProbeResult},
     kernel::{File, Sock, Task},
     maps::{
-        DbSock, DB_DATA_SCRATCH, DB_JOIN, DB_PORTS, DB_PROCESSES, DB_SOCKS, DB_UNIX_SOCKETS, EVENTS,
+        DbFraming, DbSock, DB_DATA_SCRATCH, DB_JOIN, DB_PORTS, DB_PROCESSES, DB_SOCKS,
+        DB_UNIX_SOCKETS, EVENTS,
     },
+    programs::db_frame::{self, Source},
     syscall::SyscallArgs,
 };
 
@@ -169,11 +173,16 @@ fn track(file: File, fd: i32, role: u32, flags: u32) -> ProbeResult {
     } else {
         return Err(ProbeError::Skip);
     }
-    let entry = DbSock {
+    let mut entry = DbSock {
         role,
         family: u32::from(family),
         socket: file.socket()?.addr() as u64,
+        framing: DbFraming::default(),
     };
+    if flags & FLAG_DB_JOINED != 0 {
+        // Joined mid-session: no startup request to recognise PostgreSQL by.
+        entry.framing.mode = db_frame::MODE_RAW;
+    }
     DB_SOCKS
         .insert(sk.addr() as u64, entry, 0)
         .map_err(|_| ProbeError::Fault)?;
@@ -303,7 +312,8 @@ struct IoVec {
 }
 
 /// At exit: when the calling process holds database sockets and `fd` is a tracked one, sends
-/// the first bytes the call moved (and, for a long plain-buffer call, its last bytes). The common case, a process without database sockets,
+/// the call's PostgreSQL messages (framed), or the first bytes the call moved (and, for a long
+/// plain-buffer call, its last bytes). The common case, a process without database sockets,
 /// costs one hash lookup. A descriptor that is not a socket (its `sock` unreadable) is
 /// skipped, not a fault: database processes read files too.
 #[inline(always)]
@@ -348,24 +358,69 @@ fn try_exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -
     // SAFETY: the per-CPU scratch value is ours for the duration of this program.
     let scratch: &mut DbDataScratch = unsafe { &mut *scratch };
     fill_header(&mut scratch.event.header, Kind::DbData);
-    let wanted = (ret as usize).min(DB_CAPTURE_LEN);
-    let captured = match buffer {
-        Buffer::Flat => copy_user(scratch, 0, ptr, wanted),
-        Buffer::Vector => {
-            let count = args.arg(2);
-            copy_iovecs(scratch, ptr, count, wanted)
-        }
-        Buffer::Message => {
-            let iov = read_user::<u64>(ptr + MSG_IOV)?;
-            let count = read_user::<u64>(ptr + MSG_IOVLEN)?;
-            copy_iovecs(scratch, iov, count, wanted)
-        }
-    };
+    scratch.event.sock = sk.addr() as u64;
+    scratch.event.role = sock.role;
+    scratch.event.op = op;
+    scratch.event.syscall = syscall;
+    scratch.event.fd = fd;
+    scratch.event.len = ret as u32;
+    scratch.event.spans = 0;
+    scratch.event.lost = 0;
     if undelivered {
         scratch.event.header.flags |= FLAG_DB_UNDELIVERED;
-        if buffer != Buffer::Flat {
-            ret = captured as i64;
+    }
+    let source = match buffer {
+        Buffer::Flat => Source::Flat(ptr),
+        Buffer::Vector => Source::Vector {
+            iov: ptr,
+            count: args.arg(2),
+        },
+        Buffer::Message => Source::Vector {
+            iov: read_user::<u64>(ptr + MSG_IOV)?,
+            count: read_user::<u64>(ptr + MSG_IOVLEN)?,
+        },
+    };
+    if sock.framing.mode != db_frame::MODE_RAW {
+        // SAFETY: the entry was found above; a concurrent delete leaves the pointer valid
+        // (the map's memory is freed after the program).
+        let entry = or_skip(DB_SOCKS.get_ptr_mut(sk.addr() as u64))?;
+        // SAFETY: a live map value.
+        let entry = unsafe { &mut *entry };
+        let to_server = (sock.role == db_role::CLIENT) == (op == db_op::WRITE);
+        if entry.framing.mode == db_frame::MODE_UNKNOWN {
+            entry.framing.mode = match first_bytes(source, ret as u64) {
+                Some(first) if to_server && db_frame::is_startup_request(first) => {
+                    db_frame::MODE_POSTGRES
+                }
+                _ if ret == 0 => db_frame::MODE_UNKNOWN,
+                _ => db_frame::MODE_RAW,
+            };
+            if entry.framing.mode == db_frame::MODE_POSTGRES {
+                entry.framing.dirs[db_frame::TO_SERVER].phase = db_frame::PHASE_UNTYPED;
+            }
         }
+        if entry.framing.mode != db_frame::MODE_RAW {
+            let dir = if to_server {
+                db_frame::TO_SERVER
+            } else {
+                db_frame::TO_CLIENT
+            };
+            let len = if entry.framing.mode == db_frame::MODE_POSTGRES {
+                ret as u64
+            } else {
+                0 // unknown yet (an end of stream) or encrypted: the byte count only
+            };
+            db_frame::walk(scratch, entry, dir, source, len);
+            return Ok(());
+        }
+    }
+    let wanted = (ret as usize).min(DB_CAPTURE_LEN);
+    let captured = match source {
+        Source::Flat(ptr) => copy_user(scratch, 0, ptr, wanted),
+        Source::Vector { iov, count } => copy_iovecs(scratch, iov, count, wanted),
+    };
+    if undelivered && buffer != Buffer::Flat {
+        ret = captured as i64;
     }
     if captured < ret as usize {
         scratch.event.header.flags |= FLAG_TRUNCATED;
@@ -377,15 +432,9 @@ fn try_exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -
         }
         _ => 0,
     };
-    scratch.event.sock = sk.addr() as u64;
-    scratch.event.role = sock.role;
-    scratch.event.op = op;
-    scratch.event.syscall = syscall;
-    scratch.event.fd = fd;
     scratch.event.len = ret as u32;
     scratch.event.captured = captured as u32;
     scratch.event.tail = tail as u32;
-    scratch.event._pad = 0;
     let len = offset_of!(DbDataScratch, data) + ((captured + tail) & (2 * DB_CAPTURE_LEN - 1));
     if len > size_of::<DbDataScratch>() {
         return Err(ProbeError::Fault);
@@ -416,6 +465,25 @@ fn join(file: File, fd: i32, sk: Sock) -> ProbeResult<DbSock> {
     }
     // SAFETY: copied out at once.
     or_fault(unsafe { DB_SOCKS.get(sk.addr() as u64) }.copied())
+}
+
+/// The first 8 bytes of a call of `len` bytes, when its first buffer holds them.
+#[inline(always)]
+fn first_bytes(source: Source, len: u64) -> Option<[u8; 8]> {
+    if len < 8 {
+        return None;
+    }
+    let base = match source {
+        Source::Flat(ptr) => ptr,
+        Source::Vector { iov, count } => {
+            let v = read_user::<IoVec>(iov).ok()?;
+            if count == 0 || v.len < 8 {
+                return None;
+            }
+            v.base
+        }
+    };
+    read_user::<[u8; 8]>(base).ok()
 }
 
 /// Reads a `T` from user memory (a failure, after the call itself succeeded, is a fault).

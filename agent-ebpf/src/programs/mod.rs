@@ -1,6 +1,7 @@
 //! The programs, one module per hook family.
 
 pub mod db;
+pub mod db_frame;
 pub mod enforce;
 pub mod file;
 pub mod handover;

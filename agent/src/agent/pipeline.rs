@@ -4,7 +4,7 @@
 //! [`Pipeline::emit`]. It counts what went through ([`RunStats`], the metrics) and what failed,
 //! and logs failures once a tick, never once per record.
 
-use phiguard_common::policy::NO_RULE;
+use phiguard_common::{event::Kind, policy::NO_RULE};
 use phiguard_proto::v1::{self, event::Body};
 use tracing::{debug, error, warn};
 
@@ -29,6 +29,11 @@ pub struct RunStats {
     pub kernel_lost: u64,
     /// Failed sink writes.
     pub sink_errors: u64,
+    /// Database capture records read, and their bytes (what the kernel sent of database
+    /// traffic).
+    pub db_records: u64,
+    /// See [`RunStats::db_records`].
+    pub db_bytes: u64,
 }
 
 /// Failures that can happen once per record: logged as one line per tick with a count and
@@ -88,6 +93,10 @@ impl Pipeline {
     /// Decodes a ring-buffer record, counting it (and, when it does not decode, the error).
     fn decode_counted(&mut self, bytes: &[u8]) -> Option<DecodedEvent> {
         self.stats.records += 1;
+        if bytes.get(..4) == Some(&(Kind::DbData as u32).to_ne_bytes()[..]) {
+            self.stats.db_records += 1;
+            self.stats.db_bytes += bytes.len() as u64;
+        }
         match decode(bytes) {
             Ok(event) => Some(event),
             Err(error) => {

@@ -19,12 +19,16 @@ use std::{
 };
 
 use phiguard_common::{
-    event::{db_op, db_role, FLAG_DB_JOINED, FLAG_DB_UNDELIVERED, FLAG_TRUNCATED},
+    event::{
+        db_op, db_role, FLAG_DB_CONTINUED, FLAG_DB_FRAMING_LOST, FLAG_DB_JOINED,
+        FLAG_DB_UNDELIVERED, FLAG_TRUNCATED,
+    },
     limits::DB_CAPTURE_LEN,
 };
 use phiguard_proto::v1::{self, event::Body};
 
 use super::{
+    frame::Span,
     mysql, postgres,
     sql::{self, Dialect},
     Chunk, CopyDirection, Direction, Encryption, Message,
@@ -33,8 +37,9 @@ use crate::event::net::{DbEnds, DbRole, DbSock, DbTransfer};
 
 /// Most sessions followed at once; the oldest is dropped beyond it.
 pub const MAX_SESSIONS: usize = 4096;
-/// Most statements waiting for their outcome per session.
-const MAX_PENDING: usize = 64;
+/// Most statements waiting for their outcome per session (a pipeline of more reports its
+/// oldest without an outcome, and that outcome, when it comes, pairs with nothing).
+const MAX_PENDING: usize = 256;
 /// How long a session whose TCP connection closed while a statement ran waits for the
 /// statement's outcome (the server writes it when it finishes, whether or not the client is
 /// still there) before it ends without it, in kernel nanoseconds. Its process's exit or its
@@ -74,6 +79,9 @@ enum Decoder {
 }
 
 struct Pending {
+    /// The request cycle (a Query, or the messages up to a Sync) it was sent in: the
+    /// server's ReadyForQuery ends one cycle.
+    cycle: u64,
     text: String,
     truncated: bool,
     name: String,
@@ -106,6 +114,21 @@ struct Session {
     bytes_received: u64,
     statements: u32,
     desync: bool,
+    /// Framed records the kernel could not deliver, so far.
+    lost_records: u64,
+    /// Per direction (to server, to client): records were lost and the next span that starts
+    /// a message is awaited.
+    awaiting_boundary: [bool; 2],
+    /// Records were lost: outcomes are not paired with statements until the server is idle.
+    outcomes_unpaired: bool,
+    /// Outcomes still to come of statements already reported without one (the pending
+    /// queue overflowed).
+    orphaned_outcomes: usize,
+    /// Request cycles the client opened and the server ended (ReadyForQuery): a pipeline of
+    /// queries has several open at once.
+    cycles_sent: u64,
+    /// See [`Session::cycles_sent`].
+    cycles_done: u64,
     pending: VecDeque<Pending>,
     /// The settings that change how this session's statements are lexed, once its protocol
     /// is known.
@@ -116,6 +139,27 @@ struct Session {
     /// When its TCP connection closed while statements waited for their outcome: the
     /// session ends once they have it (see [`CLOSED_LINGER_NS`]).
     closed_ns: Option<u64>,
+}
+
+/// What a capture record carries.
+#[derive(Clone, Copy, Debug)]
+pub enum Capture<'a> {
+    /// The call's first bytes, and its last ones when it moved more and they were captured.
+    Raw {
+        /// The first bytes.
+        data: &'a [u8],
+        /// The last bytes (empty when not captured).
+        tail: &'a [u8],
+    },
+    /// The kernel's framing walk of the call ([`crate::db::frame`]).
+    Framed {
+        /// The record's data.
+        data: &'a [u8],
+        /// Its spans.
+        spans: &'a [Span],
+        /// Records of this direction lost just before.
+        lost: u32,
+    },
 }
 
 /// Every session the agent follows.
@@ -196,6 +240,12 @@ impl Sessions {
             bytes_received: 0,
             statements: 0,
             desync: false,
+            lost_records: 0,
+            awaiting_boundary: [false; 2],
+            outcomes_unpaired: false,
+            orphaned_outcomes: 0,
+            cycles_sent: 0,
+            cycles_done: 0,
             pending: VecDeque::new(),
             lexing: None,
             owner: e.header.pid,
@@ -222,6 +272,11 @@ impl Sessions {
     /// Bytes moved on a tracked socket, with the call's last bytes when it moved more than
     /// `data` and they were captured. Returns the events they complete.
     pub fn data_with_tail(&mut self, e: &DbTransfer, data: &[u8], tail: &[u8]) -> Vec<Body> {
+        self.record(e, Capture::Raw { data, tail })
+    }
+
+    /// A capture record of a tracked socket, raw or framed. Returns the events it completes.
+    pub fn record(&mut self, e: &DbTransfer, capture: Capture<'_>) -> Vec<Body> {
         let mut out = Vec::new();
         let Some(session) = self.sessions.get_mut(&e.socket_id) else {
             return out;
@@ -231,32 +286,64 @@ impl Sessions {
             _ => Direction::ToServer,
         };
         session.owner = e.header.pid;
-        if e.header.flags & FLAG_DB_UNDELIVERED != 0 {
+        let continued = e.header.flags & FLAG_DB_CONTINUED != 0;
+        if continued {
+            // A further record of a call already counted.
+        } else if e.header.flags & FLAG_DB_UNDELIVERED != 0 {
             // The server's write to a client that is gone: decoded, not counted as sent.
         } else if e.op == db_op::WRITE {
             session.bytes_sent += u64::from(e.len);
         } else {
             session.bytes_received += u64::from(e.len);
         }
-        if e.op == db_op::READ && e.len == 0 {
+        if e.op == db_op::READ && e.len == 0 && !continued {
             // End of stream: the peer closed.
             out.extend(self.close(e.socket_id, "eof", e.header.boot_ns));
             self.hide_patterns(&mut out);
             return out;
         }
-        let len = if e.header.flags & FLAG_TRUNCATED != 0 {
-            e.len as usize
-        } else {
-            data.len()
+        let chunks: Vec<Chunk<'_>> = match capture {
+            Capture::Raw { data, tail } => {
+                let len = if e.header.flags & FLAG_TRUNCATED != 0 {
+                    e.len as usize
+                } else {
+                    data.len()
+                };
+                let len = len.max(data.len());
+                vec![Chunk {
+                    direction,
+                    data,
+                    len,
+                    tail: if len > data.len() { tail } else { &[] },
+                }]
+            }
+            Capture::Framed { data, spans, lost } => {
+                let dir = usize::from(direction == Direction::ToClient);
+                if lost > 0 {
+                    session.lost_records += u64::from(lost);
+                    session.awaiting_boundary[dir] = true;
+                    session.lost_outcomes(e.header.boot_ns, self.full_statements, &mut out);
+                }
+                if e.header.flags & FLAG_DB_FRAMING_LOST != 0 {
+                    session.desync = true;
+                }
+                spans
+                    .iter()
+                    .filter(|span| {
+                        if session.awaiting_boundary[dir] && span.boundary {
+                            session.awaiting_boundary[dir] = false;
+                            if let Decoder::Postgres(d) = &mut session.decoder {
+                                d.resync(direction);
+                            }
+                        }
+                        !session.awaiting_boundary[dir]
+                    })
+                    .map(|span| span.chunk(direction, data))
+                    .collect()
+            }
         };
-        let len = len.max(data.len());
-        let chunk = Chunk {
-            direction,
-            data,
-            len,
-            tail: if len > data.len() { tail } else { &[] },
-        };
-        if matches!(session.decoder, Decoder::Unknown) {
+        let data = chunks.first().map_or(&[][..], |c| c.data);
+        if matches!(session.decoder, Decoder::Unknown) && !data.is_empty() {
             let joined = session.info.joined;
             let protocol = if joined {
                 sniff_joined(direction, data, session.port)
@@ -283,11 +370,14 @@ impl Sessions {
             // Joined inside TLS: only the byte counts are known.
             return out;
         }
-        let messages = match &mut session.decoder {
-            Decoder::Postgres(d) => d.feed(chunk),
-            Decoder::MySql(d) => d.feed(chunk),
-            Decoder::Unknown => Vec::new(),
-        };
+        let mut messages = Vec::new();
+        for chunk in chunks {
+            messages.extend(match &mut session.decoder {
+                Decoder::Postgres(d) => d.feed(chunk),
+                Decoder::MySql(d) => d.feed(chunk),
+                Decoder::Unknown => Vec::new(),
+            });
+        }
         let mut terminated = false;
         for m in messages {
             session.apply(
@@ -396,6 +486,7 @@ impl Sessions {
             encrypted: s.encrypted.is_some(),
             reason: reason.into(),
             desynchronised: s.desync,
+            lost_records: s.lost_records,
         }));
         out
     }
@@ -488,22 +579,43 @@ impl Session {
                     out.push(self.login(a, false, sqlstate, code));
                 }
             }
-            Message::Query { text, truncated } => self.push(Pending {
-                text,
-                truncated,
-                name: String::new(),
-                prepared: false,
-                start_ns: now_ns,
-                copy: None,
-            }),
-            Message::Execute { name, text } => self.push(Pending {
-                text: text.unwrap_or_default(),
-                truncated: false,
-                name,
-                prepared: true,
-                start_ns: now_ns,
-                copy: None,
-            }),
+            Message::Query { text, truncated } => {
+                // A Query is a cycle of its own.
+                let cycle = self.cycles_sent;
+                self.cycles_sent += 1;
+                self.push(
+                    Pending {
+                        cycle,
+                        text,
+                        truncated,
+                        name: String::new(),
+                        prepared: false,
+                        start_ns: now_ns,
+                        copy: None,
+                    },
+                    now_ns,
+                    full,
+                    out,
+                )
+            }
+            Message::Execute { name, text } => self.push(
+                Pending {
+                    cycle: self.cycles_sent,
+                    text: text.unwrap_or_default(),
+                    truncated: false,
+                    name,
+                    prepared: true,
+                    start_ns: now_ns,
+                    copy: None,
+                },
+                now_ns,
+                full,
+                out,
+            ),
+            Message::Complete { .. } | Message::Error { .. } if self.outcomes_unpaired => {}
+            Message::Complete { .. } | Message::Error { .. } if self.orphaned_outcomes > 0 => {
+                self.orphaned_outcomes -= 1;
+            }
             Message::Complete { tag, rows } => {
                 if let Some(p) = self.pending.pop_front() {
                     out.push(self.statement(p, dialect, full, now_ns, |st| {
@@ -524,10 +636,25 @@ impl Session {
             // The server is idle: whatever is still pending got no outcome of its own (the
             // rest of an extended-protocol batch after an error).
             Message::Ready => {
-                while let Some(p) = self.pending.pop_front() {
-                    out.push(self.statement(p, dialect, full, now_ns, |_| {}));
+                self.outcomes_unpaired = false;
+                self.orphaned_outcomes = 0;
+                if self.cycles_done < self.cycles_sent {
+                    self.cycles_done += 1;
+                }
+                // The cycle that ended: what is still pending of it got no outcome of its own
+                // (the rest of an extended-protocol batch after an error). Later cycles of a
+                // pipeline wait for theirs.
+                while self
+                    .pending
+                    .front()
+                    .is_some_and(|p| p.cycle < self.cycles_done)
+                {
+                    if let Some(p) = self.pending.pop_front() {
+                        out.push(self.statement(p, dialect, full, now_ns, |_| {}));
+                    }
                 }
             }
+            Message::Sync => self.cycles_sent += 1,
             Message::Copy { direction } => {
                 if let Some(p) = self.pending.front_mut() {
                     p.copy = Some(direction);
@@ -554,6 +681,18 @@ impl Session {
             }
             Message::Prepare { .. } => {}
         }
+    }
+
+    /// Records were lost: the statements waiting for an outcome are reported without one
+    /// (theirs, or a lost statement's, may have been in the lost records), and outcomes are
+    /// not paired again until the server is idle.
+    fn lost_outcomes(&mut self, now_ns: u64, full: bool, out: &mut Vec<Body>) {
+        let dialect = self.protocol.unwrap_or(Protocol::Postgres).dialect();
+        while let Some(p) = self.pending.pop_front() {
+            out.push(self.statement(p, dialect, full, now_ns, |_| {}));
+        }
+        self.outcomes_unpaired = true;
+        self.cycles_done = self.cycles_sent;
     }
 
     /// A login event for `attempt` with the server's verdict.
@@ -583,11 +722,15 @@ impl Session {
         })
     }
 
-    fn push(&mut self, p: Pending) {
+    fn push(&mut self, p: Pending, now_ns: u64, full: bool, out: &mut Vec<Body>) {
         // A statement means the login went through even if its outcome was not seen.
         self.attempt = None;
         if self.pending.len() >= MAX_PENDING {
-            self.pending.pop_front();
+            if let Some(oldest) = self.pending.pop_front() {
+                let dialect = self.protocol.unwrap_or(Protocol::Postgres).dialect();
+                out.push(self.statement(oldest, dialect, full, now_ns, |_| {}));
+                self.orphaned_outcomes += 1;
+            }
         }
         self.pending.push_back(p);
     }
@@ -631,6 +774,7 @@ impl Session {
             prepared: p.prepared,
             duration_us: now_ns.saturating_sub(p.start_ns) / 1000,
             copy_direction: p.copy.map(CopyDirection::as_str).unwrap_or_default().into(),
+            lost_records: self.lost_records,
             ..Default::default()
         };
         outcome(&mut st);
@@ -1037,6 +1181,48 @@ mod tests {
         assert_eq!(st.text, "SELECT * FROM p WHERE ssn = ?");
         assert_eq!(st.rows, Some(2));
         assert!(st.session.as_ref().unwrap().joined);
+    }
+
+    #[test]
+    fn pipelined_queries_each_keep_their_outcome_and_a_batch_error_ends_only_its_cycle() {
+        use crate::db::postgres::tests::{query, typed};
+        let mut s = Sessions::new(false);
+        s.open(&joined(5432), None, None);
+        // Three queries in one write, then an extended batch that fails before its Sync.
+        let mut sent: Vec<u8> = (0..3)
+            .flat_map(|i| query(&format!("SELECT {i} AS p")))
+            .collect();
+        sent.extend(typed(b'P', b"\0INSERT INTO t VALUES (1)\0\0\0"));
+        sent.extend(typed(b'B', b"\0\0\0\0\0\0\0\0"));
+        sent.extend(typed(b'E', b"\0\0\0\0\0"));
+        sent.extend(typed(b'S', b""));
+        let mut out = feed(&mut s, db_op::WRITE, 1_000, &sent);
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.extend(typed(b'C', b"SELECT 1\0"));
+            answers.extend(typed(b'Z', b"I"));
+        }
+        answers.extend(typed(b'E', b"SERROR\0VERROR\0C23505\0\0"));
+        answers.extend(typed(b'Z', b"I"));
+        out.extend(feed(&mut s, db_op::READ, 2_000, &answers));
+        let got: Vec<_> = out
+            .iter()
+            .filter_map(|b| match b {
+                Body::DbStatement(st) => {
+                    Some((st.text.as_str(), st.ok, st.rows, st.sqlstate.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("SELECT ? AS p", true, Some(1), ""),
+                ("SELECT ? AS p", true, Some(1), ""),
+                ("SELECT ? AS p", true, Some(1), ""),
+                ("INSERT INTO t VALUES (?)", false, None, "23505"),
+            ]
+        );
     }
 
     #[test]

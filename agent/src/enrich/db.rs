@@ -5,7 +5,7 @@ use phiguard_proto::v1;
 
 use super::Enricher;
 use crate::{
-    db::connects::Endpoint,
+    db::{connects::Endpoint, session::Capture},
     event::{
         decode::DbData,
         net::{DbEnds, DbRole, DbSock},
@@ -39,7 +39,18 @@ impl Enricher {
 
     /// Captured bytes: the statements (and session ends) they complete.
     pub(super) fn db_data(&mut self, d: &DbData) -> Vec<v1::Event> {
-        let bodies = self.sessions.data_with_tail(&d.transfer, &d.data, &d.tail);
+        let capture = match &d.spans {
+            Some(spans) => Capture::Framed {
+                data: &d.data,
+                spans,
+                lost: d.lost,
+            },
+            None => Capture::Raw {
+                data: &d.data,
+                tail: &d.tail,
+            },
+        };
+        let bodies = self.sessions.record(&d.transfer, capture);
         bodies
             .into_iter()
             .map(|body| self.finish(d.transfer.header.clone(), body, None))

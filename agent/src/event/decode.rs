@@ -8,7 +8,9 @@ use std::mem::size_of;
 
 use aya::Pod;
 use phiguard_common::{
-    event::{DbDataEvent, ExecArgsEvent, ExitEvent, ForkEvent, Kind, FLAG_TRUNCATED},
+    event::{
+        DbDataEvent, ExecArgsEvent, ExitEvent, ForkEvent, Kind, FLAG_DB_FRAMED, FLAG_TRUNCATED,
+    },
     limits::{ARGS_LEN, DB_CAPTURE_LEN, DB_TAIL_LEN},
 };
 
@@ -18,7 +20,10 @@ use super::{
     net::{Connect, DbSock, DbTransfer, TcpState},
     process::{Exec, Exit, Fork},
 };
-use crate::paths::split_names;
+use crate::{
+    db::frame::{parse_spans, Span, SpanError},
+    paths::split_names,
+};
 
 /// A record decoded from the ring buffer (or built by the fanotify layer): owned, every field
 /// typed, the header included.
@@ -54,6 +59,11 @@ pub struct DbData {
     /// The last bytes of a call longer than `data` (at most [`DB_TAIL_LEN`]; empty when not
     /// captured).
     pub tail: Vec<u8>,
+    /// A framed record (`FLAG_DB_FRAMED`): its spans over `data`; `None` for the call's first
+    /// bytes.
+    pub spans: Option<Vec<Span>>,
+    /// Framed records of this socket and direction lost in the kernel just before this one.
+    pub lost: u32,
 }
 
 /// The argv captured at `execve`/`execveat` entry.
@@ -83,6 +93,9 @@ pub enum DecodeError {
     /// Unknown kind code.
     #[error("record of unknown kind {0}")]
     UnknownKind(u32),
+    /// A framed capture record whose spans do not fit its data.
+    #[error("framed capture record: {0}")]
+    Spans(#[from] SpanError),
 }
 
 impl DecodedEvent {
@@ -150,10 +163,17 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedEvent, DecodeError> {
                     expected: start + len + tail,
                 })?;
             let (data, tail) = all.split_at(len);
+            let spans = if event.header.flags & FLAG_DB_FRAMED != 0 {
+                Some(parse_spans(data, event.spans)?)
+            } else {
+                None
+            };
             DecodedEvent::DbData(DbData {
                 transfer: DbTransfer::decode(&event),
                 data: data.to_vec(),
                 tail: tail.to_vec(),
+                spans,
+                lost: event.lost,
             })
         }
         Kind::ExecArgs => {
@@ -242,7 +262,8 @@ mod tests {
             len: 10_000,
             captured: 5,
             tail: 3,
-            _pad: 0,
+            spans: 0,
+            lost: 0,
         };
         let mut bytes = bytes_of(&event);
         bytes.extend_from_slice(b"headsend");

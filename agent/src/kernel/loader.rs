@@ -18,9 +18,9 @@ use phiguard_common::{
     limits::PATH_LEN,
     maps::{
         db_process, AgentId, ExecIdentity, GrantValue, InodeKey, AGENT, BREAK_GLASS, CONTROL_MAPS,
-        DB_JOIN, DB_PORTS, DB_PROCESSES, DB_UNIX_SOCKETS, EVENTS, EXEC_IDENTITY,
-        FANOTIFY_DECIDES_GLOBAL, FAULTS, INODE_SETATTR_IDMAP_GLOBAL, LOST, NEVER_KILL,
-        OFFSETS_GLOBAL, SCRIPT_IDENTITY, WATCHED_PREFIXES,
+        DB_JOIN, DB_PORTS, DB_PROCESSES, DB_TEXT_CAPTURE_GLOBAL, DB_UNIX_SOCKETS, EVENTS,
+        EXEC_IDENTITY, FANOTIFY_DECIDES_GLOBAL, FAULTS, INODE_SETATTR_IDMAP_GLOBAL, LOST,
+        NEVER_KILL, OFFSETS_GLOBAL, SCRIPT_IDENTITY, WATCHED_PREFIXES,
     },
     offsets::KernelOffsets,
     program::{Program, PROGRAM_COUNT},
@@ -146,6 +146,8 @@ impl Sensors {
         loader.override_global(FANOTIFY_DECIDES_GLOBAL, &fanotify_decides, true);
         let setattr_idmap = inode_setattr_idmap();
         loader.override_global(INODE_SETATTR_IDMAP_GLOBAL, &setattr_idmap, true);
+        let text_capture = database.statement_capture_bytes();
+        loader.override_global(DB_TEXT_CAPTURE_GLOBAL, &text_capture, true);
         if let Some(root) = pin_root {
             // Shared with the programs a previous agent pinned (see `pins::claim`).
             pins::create_dir(root)?;

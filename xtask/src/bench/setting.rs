@@ -81,6 +81,10 @@ pub struct AgentCounters {
     pub decode_errors: u64,
     /// Records lost in the kernel (ring buffer full).
     pub kernel_lost: u64,
+    /// Database capture records, and their bytes.
+    pub db_records: u64,
+    /// See [`AgentCounters::db_records`].
+    pub db_bytes: u64,
 }
 
 impl std::ops::AddAssign for AgentCounters {
@@ -89,6 +93,8 @@ impl std::ops::AddAssign for AgentCounters {
         self.events += other.events;
         self.kernel_lost += other.kernel_lost;
         self.decode_errors += other.decode_errors;
+        self.db_records += other.db_records;
+        self.db_bytes += other.db_bytes;
     }
 }
 
@@ -208,6 +214,8 @@ impl Agent {
                     counters.events = fields["events"].as_u64().unwrap_or(0);
                     counters.kernel_lost = fields["kernel_lost"].as_u64().unwrap_or(0);
                     counters.decode_errors = fields["decode_errors"].as_u64().unwrap_or(0);
+                    counters.db_records = fields["db_records"].as_u64().unwrap_or(0);
+                    counters.db_bytes = fields["db_bytes"].as_u64().unwrap_or(0);
                 }
             }
             counters

@@ -625,6 +625,13 @@ fn pgbench_clients(scratch: &Scratch, cluster: &Cluster, quick: bool) -> anyhow:
             desync[1],
             if lost { "  <-- STATEMENTS LOST" } else { "  (no loss)" }
         );
+        let statements_both_ends = (2 * statements).max(1) as f64;
+        println!(
+            "  database capture: {} records, {} bytes = {:.0} bytes per statement per end",
+            counters.db_records,
+            counters.db_bytes,
+            counters.db_bytes as f64 / statements_both_ends
+        );
         cases.push(json!({
             "transport": transport,
             "clients": CLIENTS, "threads": THREADS, "transactions_per_client": transactions,
@@ -639,6 +646,7 @@ fn pgbench_clients(scratch: &Scratch, cluster: &Cluster, quick: bool) -> anyhow:
             "desynchronised_sessions": { "client": desync[0], "server": desync[1] },
             "agent_records": counters.records, "agent_events": counters.events,
             "agent_kernel_lost": counters.kernel_lost, "agent_decode_errors": counters.decode_errors,
+            "db_capture_records": counters.db_records, "db_capture_bytes": counters.db_bytes,
             "lost": lost,
         }));
     }

@@ -138,6 +138,9 @@ pub enum Message {
     },
     /// The server is idle again (PostgreSQL ReadyForQuery).
     Ready,
+    /// The client closed an extended-protocol batch (PostgreSQL Sync): the server answers it
+    /// with one ReadyForQuery, as it answers each Query.
+    Sync,
     /// The running statement moves bulk data (PostgreSQL CopyInResponse, CopyOutResponse,
     /// CopyBothResponse; MySQL's LOCAL INFILE request). The data itself is never read: only
     /// its framing is followed, and its outcome (rows, or the error) closes the statement.

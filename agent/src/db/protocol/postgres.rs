@@ -102,6 +102,15 @@ impl Decoder {
         self.encrypted
     }
 
+    /// Records of `direction` were lost and its next chunk starts a message: what was
+    /// buffered is dropped and its framing (even a lost one) starts again there.
+    pub fn resync(&mut self, direction: Direction) {
+        match direction {
+            Direction::ToServer => self.client.restart(),
+            Direction::ToClient => self.server.restart(),
+        }
+    }
+
     /// Decodes one captured read or write.
     pub fn feed(&mut self, chunk: Chunk<'_>) -> Vec<Message> {
         let mut out = Vec::new();
@@ -269,6 +278,7 @@ impl Decoder {
             // data ends; the server's CommandComplete or ErrorResponse closes the statement.
             b'c' | b'f' if self.copy_in == CopyState::Framed => self.copy_in = CopyState::Off,
             b'X' => out.push(Message::Terminate),
+            b'S' => out.push(Message::Sync),
             // SASLInitialResponse: only the mechanism's name, and only one the server
             // offered; the payload after it is never read. Other password messages (the
             // cleartext or MD5 password, SASL continuations) are skipped unread.
@@ -696,6 +706,7 @@ pub(crate) mod tests {
                 name: "s1".into(),
                 text: Some("INSERT INTO notes (pid, body) VALUES ($1, $2)".into()),
             },
+            Message::Sync,
             Message::Terminate,
         ]
     }
@@ -762,6 +773,64 @@ pub(crate) mod tests {
                 ),
                 expected_server()
             );
+        }
+    }
+
+    /// Random call boundaries in `len` bytes (sorted, distinct, inside).
+    fn cuts(rng: &mut XorShift, len: usize) -> Vec<usize> {
+        let mut cuts: Vec<usize> = (0..rng.below(12)).map(|_| 1 + rng.below(len - 1)).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        cuts
+    }
+
+    /// Feeds the kernel's spans of `calls` (see `frame::testutil::kernel_spans`).
+    fn feed_spans(
+        d: &mut Decoder,
+        dir: Direction,
+        calls: &[Vec<(Vec<u8>, usize)>],
+    ) -> Vec<Message> {
+        calls
+            .iter()
+            .flatten()
+            .flat_map(|(data, moved)| {
+                d.feed(Chunk {
+                    direction: dir,
+                    data,
+                    len: *moved,
+                    tail: &[],
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_kernels_framed_spans_of_any_split_decode_as_the_whole_stream() {
+        use crate::db::frame::testutil::kernel_spans;
+        let (c, s) = (client_session(), server_session());
+        let mut rng = XorShift(11);
+        for _ in 0..500 {
+            let mut d = Decoder::new();
+            let client = kernel_spans(&c, &cuts(&mut rng, c.len()), true);
+            let server = kernel_spans(&s, &cuts(&mut rng, s.len()), false);
+            assert_eq!(
+                feed_spans(&mut d, Direction::ToServer, &client),
+                expected_client()
+            );
+            assert_eq!(
+                feed_spans(&mut d, Direction::ToClient, &server),
+                expected_server()
+            );
+            // Neither the row, the password nor the error's detail left the kernel.
+            let carried: Vec<u8> = client
+                .iter()
+                .chain(&server)
+                .flatten()
+                .flat_map(|(data, _)| data.clone())
+                .collect();
+            for secret in [&b"Jane Doe"[..], b"s3cret", b"already exists"] {
+                assert!(!carried.windows(secret.len()).any(|w| w == secret));
+            }
         }
     }
 
