@@ -746,47 +746,66 @@ fn while_jetstream_has_no_quorum_nothing_is_acknowledged_the_writer_fences_itsel
     drop(links);
 }
 
+/// A writer lease of 60 s: long enough that a leader election on a loaded machine never
+/// fences the writer off in a test about something else (fencing is the no-quorum test's).
+const LEASE_60S: &str = "writer_lease_secs = 60\n";
+
+/// A store writer and a front end over a cluster, each in a temporary directory of its own,
+/// checkpointing every 500 records or every second.
+struct WriterAndFront {
+    writer: CollectorProc,
+    front: CollectorProc,
+    _work: [tempfile::TempDir; 2],
+}
+
+impl WriterAndFront {
+    /// Starts both, with `writer_extra` and `front_extra` after their `[jetstream]` sections;
+    /// returns once the writer consumes and the front end relays.
+    fn start(pki: &Pki, cluster: &NatsCluster, writer_extra: &str, front_extra: &str) -> Self {
+        let work = ["w", "f"].map(|name| {
+            tempfile::Builder::new()
+                .prefix(&format!("phiguard-fleet-{name}-"))
+                .tempdir()
+                .unwrap()
+        });
+        let start = |work: &tempfile::TempDir, writer: bool, extra: &str| {
+            CollectorProc::start_with_sections(
+                work.path(),
+                pki,
+                "",
+                "every_records = 500\nevery_secs = 1\n",
+                &format!("{}{extra}", fleet_section(cluster, writer)),
+            )
+        };
+        let writer = start(&work[0], true, writer_extra);
+        let front = start(&work[1], false, front_extra);
+        assert!(
+            writer.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+            "{}",
+            writer.log()
+        );
+        assert!(
+            front.wait_log("live relay following JetStream", Duration::from_secs(30)),
+            "{}",
+            front.log()
+        );
+        WriterAndFront {
+            writer,
+            front,
+            _work: work,
+        }
+    }
+}
+
 #[test]
 fn a_nats_node_and_a_collector_killed_mid_stream_lose_nothing_acknowledged_and_store_it_once() {
     let pki = Pki::new(&AGENTS);
     let mut cluster = NatsCluster::start(3);
-    let work_writer = tempfile::Builder::new()
-        .prefix("phiguard-fleet-w-")
-        .tempdir()
-        .unwrap();
-    let work_front = tempfile::Builder::new()
-        .prefix("phiguard-fleet-f-")
-        .tempdir()
-        .unwrap();
-    let cadence = "every_records = 500\nevery_secs = 1\n";
-    // This test is about a NATS node and a front end dying. On a loaded machine the leader
-    // election after the node's kill can outlast the default 10 s lease, and the writer then
-    // fences itself off (exit 75, proven by the no-quorum test) and its live subscription ends:
-    // a longer lease keeps this test on what it checks.
-    let writer = CollectorProc::start_with_sections(
-        work_writer.path(),
-        &pki,
-        "",
-        cadence,
-        &format!("{}writer_lease_secs = 60\n", fleet_section(&cluster, true)),
-    );
-    let mut front = CollectorProc::start_with_sections(
-        work_front.path(),
-        &pki,
-        "",
-        cadence,
-        &fleet_section(&cluster, false),
-    );
-    assert!(
-        writer.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
-        "{}",
-        writer.log()
-    );
-    assert!(
-        front.wait_log("live relay following JetStream", Duration::from_secs(30)),
-        "{}",
-        front.log()
-    );
+    let WriterAndFront {
+        writer,
+        mut front,
+        _work,
+    } = WriterAndFront::start(&pki, &cluster, LEASE_60S, "");
     let rt = runtime();
     let live_writer = collect_live(&rt, subscribe_live(&rt, &pki, &writer.addr, file_opens()));
     let live_front = collect_live(&rt, subscribe_live(&rt, &pki, &front.addr, file_opens()));
@@ -905,41 +924,11 @@ fn front_ends_refuse_out_of_window_batches_and_instance_floods_before_the_stream
 ) {
     let pki = Pki::new(&["ehr-a"]);
     let cluster = NatsCluster::start(3);
-    let (w_work, f_work) = (
-        tempfile::Builder::new()
-            .prefix("phiguard-fleet-w-")
-            .tempdir()
-            .unwrap(),
-        tempfile::Builder::new()
-            .prefix("phiguard-fleet-f-")
-            .tempdir()
-            .unwrap(),
-    );
-    let cadence = "every_records = 500\nevery_secs = 1\n";
-    let writer = CollectorProc::start_with_sections(
-        w_work.path(),
-        &pki,
-        "",
-        cadence,
-        &format!("{}writer_lease_secs = 60\n", fleet_section(&cluster, true)),
-    );
-    let mut front = CollectorProc::start_with_sections(
-        f_work.path(),
-        &pki,
-        "",
-        cadence,
-        &fleet_section(&cluster, false),
-    );
-    assert!(
-        writer.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
-        "{}",
-        writer.log()
-    );
-    assert!(
-        front.wait_log("live relay following JetStream", Duration::from_secs(30)),
-        "{}",
-        front.log()
-    );
+    let WriterAndFront {
+        writer,
+        mut front,
+        _work,
+    } = WriterAndFront::start(&pki, &cluster, LEASE_60S, "");
     let rt = runtime();
     // The real agent, on the front end, with the writer's collector to fail over to.
     let link = AgentLink::start_with(&pki, "ehr-a", &front.addr, |c| {
@@ -1054,47 +1043,14 @@ fn a_front_ends_subscription_audit_is_in_the_writers_store_and_liveness_follows_
     const TWO: [&str; 2] = ["fleet-a", "fleet-b"];
     let pki = Pki::new(&TWO);
     let cluster = NatsCluster::start(3);
-    let (w_work, f_work) = (
-        tempfile::Builder::new()
-            .prefix("phiguard-fleet-w-")
-            .tempdir()
-            .unwrap(),
-        tempfile::Builder::new()
-            .prefix("phiguard-fleet-f-")
-            .tempdir()
-            .unwrap(),
-    );
-    let cadence = "every_records = 500\nevery_secs = 1\n";
     // Long enough for the writer to lag behind the stream on a loaded machine.
     let silent_after_ms = 3000;
     let liveness = format!("\n[liveness]\nsilent_after_ms = {silent_after_ms}\n");
-    let writer = CollectorProc::start_with_sections(
-        w_work.path(),
-        &pki,
-        "",
-        cadence,
-        &format!(
-            "{}writer_lease_secs = 60\n{liveness}",
-            fleet_section(&cluster, true)
-        ),
-    );
-    let front = CollectorProc::start_with_sections(
-        f_work.path(),
-        &pki,
-        "",
-        cadence,
-        &format!("{}{liveness}", fleet_section(&cluster, false)),
-    );
-    assert!(
-        writer.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
-        "{}",
-        writer.log()
-    );
-    assert!(
-        front.wait_log("live relay following JetStream", Duration::from_secs(30)),
-        "{}",
-        front.log()
-    );
+    let WriterAndFront {
+        writer,
+        front,
+        _work,
+    } = WriterAndFront::start(&pki, &cluster, &format!("{LEASE_60S}{liveness}"), &liveness);
     let rt = runtime();
     let front_port = front.addr.rsplit(':').next().unwrap().to_owned();
     // A subscription to the front end, which does not write the store.
@@ -1351,32 +1307,11 @@ fn nats_over_tls_with_a_client_certificate_carries_the_fleet_a_wrong_ca_is_refus
 fn a_front_end_refuses_replay_naming_the_store_writer_which_serves_it() {
     let pki = Pki::new(&AGENTS[..1]);
     let cluster = NatsCluster::start(3);
-    let work = ["w", "f"].map(|name| {
-        tempfile::Builder::new()
-            .prefix(&format!("phiguard-fleet-{name}-"))
-            .tempdir()
-            .unwrap()
-    });
-    let cadence = "every_records = 500\nevery_secs = 1\n";
-    let writer = CollectorProc::start_with_sections(
-        work[0].path(),
-        &pki,
-        "",
-        cadence,
-        &fleet_section(&cluster, true),
-    );
-    let front = CollectorProc::start_with_sections(
-        work[1].path(),
-        &pki,
-        "",
-        cadence,
-        &fleet_section(&cluster, false),
-    );
-    assert!(
-        front.wait_log("live relay following JetStream", Duration::from_secs(30)),
-        "{}",
-        front.log()
-    );
+    let WriterAndFront {
+        writer,
+        front,
+        _work,
+    } = WriterAndFront::start(&pki, &cluster, "", "");
     let link = AgentLink::start(&pki, AGENTS[0], &front.addr);
     link.send(AGENTS[0], 1..=50);
     assert!(
@@ -1440,41 +1375,11 @@ fn runs_are_one_message_each_a_resend_cut_into_other_runs_and_messages_of_the_fo
     use prost::Message as _;
     let pki = Pki::new(&["ehr-a"]);
     let cluster = NatsCluster::start(3);
-    let (w_work, f_work) = (
-        tempfile::Builder::new()
-            .prefix("phiguard-fleet-w-")
-            .tempdir()
-            .unwrap(),
-        tempfile::Builder::new()
-            .prefix("phiguard-fleet-f-")
-            .tempdir()
-            .unwrap(),
-    );
-    let cadence = "every_records = 500\nevery_secs = 1\n";
-    let writer = CollectorProc::start_with_sections(
-        w_work.path(),
-        &pki,
-        "",
-        cadence,
-        &format!("{}writer_lease_secs = 60\n", fleet_section(&cluster, true)),
-    );
-    let front = CollectorProc::start_with_sections(
-        f_work.path(),
-        &pki,
-        "",
-        cadence,
-        &fleet_section(&cluster, false),
-    );
-    assert!(
-        writer.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
-        "{}",
-        writer.log()
-    );
-    assert!(
-        front.wait_log("live relay following JetStream", Duration::from_secs(30)),
-        "{}",
-        front.log()
-    );
+    let WriterAndFront {
+        writer,
+        front,
+        _work,
+    } = WriterAndFront::start(&pki, &cluster, LEASE_60S, "");
     let rt = runtime();
     let live_front = collect_live(&rt, subscribe_live(&rt, &pki, &front.addr, file_opens()));
     let instance = uuid_like(7);
