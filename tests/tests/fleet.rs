@@ -215,6 +215,26 @@ impl WriterAndStandby {
     }
 }
 
+/// How `collector` (`what`) exited, which it must within `within`.
+fn exit_within(
+    collector: &mut CollectorProc,
+    within: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = collector.exit_status() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} still runs after {within:?}:\n{}",
+            collector.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Every file under `dir` (relative path) with its contents.
 fn files_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut files = BTreeMap::new();
@@ -351,18 +371,11 @@ fn a_writer_paused_past_its_lease_writes_nothing_after_its_standby_took_over_and
         std::thread::sleep(Duration::from_millis(10));
     }
     kill(node_pid, Signal::SIGCONT).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = old.exit_status() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the paused writer still runs 20 s after SIGCONT:\n{}",
-            old.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_within(
+        &mut old,
+        Duration::from_secs(20),
+        "the paused writer, after SIGCONT",
+    );
     assert_eq!(status.code(), Some(75), "{}", old.log());
     let after = files_under(&new.store);
     let changed: Vec<_> = after
@@ -1257,18 +1270,11 @@ fn nats_over_tls_with_a_client_certificate_carries_the_fleet_a_wrong_ca_is_refus
             &section(ca, with_cert),
         );
         let (mut collector, _) = CollectorProc::start_pending(config, work.path().join("store"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = collector.exit_status() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "a collector NATS should refuse still runs after 30 s:\n{}",
-                collector.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let status = exit_within(
+            &mut collector,
+            Duration::from_secs(30),
+            "a collector NATS should refuse",
+        );
         assert!(!status.success(), "{}", collector.log());
         let said = collector.log();
         assert!(
