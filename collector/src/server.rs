@@ -557,6 +557,12 @@ impl CollectorService {
         }
     }
 
+    /// The store writer had read every message of the stream published before `at`: silence
+    /// is judged up to then (see `liveness`).
+    pub(crate) fn stream_read_up_to(&self, at: tokio::time::Instant) {
+        self.liveness.read_up_to(at);
+    }
+
     /// The store this service appends to.
     pub(crate) fn store(&self) -> &Arc<Store> {
         &self.store
@@ -1066,6 +1072,11 @@ impl BoundCollector {
                 .local_addr()
                 .map_or(config.server.listen.port(), |a| a.port())
         );
+        let liveness = if bus.as_ref().is_some_and(|b| b.config().store_writer) {
+            Liveness::reading_a_stream(config.liveness.silent_after, tokio::time::Instant::now())
+        } else {
+            Liveness::new(config.liveness.silent_after)
+        };
         let service = CollectorService {
             bus,
             admission,
@@ -1077,7 +1088,7 @@ impl BoundCollector {
             audit: Arc::new(Audit::new(collector_name)),
             open_subscriptions: Arc::new(AtomicUsize::new(0)),
             max_batch_events: config.server.max_batch_events,
-            liveness: Arc::new(Liveness::new(config.liveness.silent_after)),
+            liveness: Arc::new(liveness),
             tamper: Arc::new(TamperWatch::new()),
             health: Arc::new(StoreHealth::new()),
             refusals: Arc::new(Refusals::new()),

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod e2e;
 pub mod fleet;
+pub mod tmpfs;
 
 use std::{
     path::{Path, PathBuf},

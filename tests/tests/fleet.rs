@@ -24,6 +24,7 @@ use phiguard_tests::{
         uuid_like, AgentLink, CollectorProc, PendingAddr, Pki,
     },
     fleet::{stream_messages, stream_runs, NatsCluster, NatsTls},
+    tmpfs::Tmpfs,
 };
 
 const AGENTS: [&str; 4] = ["fleet-a", "fleet-b", "fleet-c", "fleet-d"];
@@ -1171,6 +1172,102 @@ fn a_front_ends_subscription_audit_is_in_the_writers_store_and_liveness_follows_
         String::from_utf8_lossy(&verified.stderr)
     );
     drop(a);
+}
+
+#[test]
+fn a_store_writer_stalled_by_a_full_disk_reports_no_agent_silent_that_kept_sending() {
+    const TWO: [&str; 2] = ["fleet-a", "fleet-b"];
+    let pki = Pki::new(&TWO);
+    let cluster = NatsCluster::start(3);
+    let silent_after_ms = 2000;
+    let liveness = format!("\n[liveness]\nsilent_after_ms = {silent_after_ms}\n");
+    let work = ["w", "f"].map(|name| {
+        tempfile::Builder::new()
+            .prefix(&format!("phiguard-fleet-{name}-"))
+            .tempdir()
+            .unwrap()
+    });
+    // The writer's store (and everything else of it) on a disk the test fills.
+    let disk = Tmpfs::mount(work[0].path(), "64m");
+    let start = |work: &Path, writer: bool, extra: &str| {
+        CollectorProc::start_with_sections(
+            work,
+            &pki,
+            "",
+            "every_records = 500\nevery_secs = 1\n",
+            &format!("{}{extra}", fleet_section(&cluster, writer)),
+        )
+    };
+    let writer = start(work[0].path(), true, &format!("{LEASE_60S}{liveness}"));
+    let front = start(work[1].path(), false, &liveness);
+    assert!(writer.wait_log("store writer consuming JetStream", Duration::from_secs(30)));
+    assert!(front.wait_log("live relay following JetStream", Duration::from_secs(30)));
+    // Both agents send through the front end; fleet-b stops for good at its 8th event,
+    // fleet-a sends every 250 ms throughout, while the writer's disk is full for 4 windows.
+    let a = AgentLink::start(&pki, "fleet-a", &front.addr);
+    let mut b = Some(AgentLink::start(&pki, "fleet-b", &front.addr));
+    let mut filler = None;
+    let mut seq = 0;
+    let mut stalled_at = None;
+    loop {
+        seq += 1;
+        a.send("fleet-a", seq..=seq);
+        if let Some(b) = &b {
+            b.send("fleet-b", seq..=seq);
+        }
+        if seq == 8 {
+            assert!(b.take().unwrap().wait_acked(8, Duration::from_secs(10)));
+        }
+        if seq == 12 {
+            filler = Some(disk.fill("filler").0);
+            stalled_at = Some(Instant::now());
+        }
+        if stalled_at.is_some_and(|t| t.elapsed() > Duration::from_millis(4 * silent_after_ms)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        writer.log().contains("store not writable"),
+        "the writer never stalled:\n{}",
+        writer.log()
+    );
+    std::fs::remove_file(filler.unwrap()).unwrap();
+    assert!(a.wait_acked(seq, Duration::from_secs(20)));
+    let rt = runtime();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (stored_a, silent) = loop {
+        let events = replay_all(&rt, &pki, &writer.addr, v1::EventFilter::default());
+        let stored_a = events
+            .iter()
+            .filter(|e| e.seq > 0 && e.host.as_ref().is_some_and(|h| h.agent_id == "fleet-a"))
+            .count() as u64;
+        let silent: Vec<String> = events
+            .iter()
+            .filter(|e| {
+                matches!(&e.body, Some(Body::Alert(a)) if a.kind == v1::AlertKind::AgentSilent as i32)
+            })
+            .map(|e| e.host.as_ref().map_or(String::new(), |h| h.agent_id.clone()))
+            .collect();
+        if (stored_a >= seq && !silent.is_empty()) || Instant::now() > deadline {
+            break (stored_a, silent);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(stored_a, seq, "{}", writer.log());
+    // The really silent agent is reported once the writer has caught up; the one that kept
+    // sending while the writer could not store is not — neither in the store nor in the log
+    // (an alert raised while the disk was full is logged, its storing fails).
+    assert_eq!(silent, vec!["fleet-b".to_owned()], "{}", writer.log());
+    let log = writer.log();
+    let false_alarms: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ALERT_KIND_AGENT_SILENT") && l.contains("fleet-a"))
+        .collect();
+    assert!(false_alarms.is_empty(), "{false_alarms:#?}");
+    drop(a);
+    drop((writer, front));
+    drop(disk);
 }
 
 #[test]

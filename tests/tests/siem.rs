@@ -15,7 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use phiguard_tests::e2e::{AgentLink, CollectorProc, Pki};
+use phiguard_tests::{
+    e2e::{AgentLink, CollectorProc, Pki},
+    tmpfs::Tmpfs,
+};
 
 fn work() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -931,50 +934,20 @@ fn a_cef_file_export_has_every_stored_record_once_per_line() {
     assert!(text.contains("|fileOpen|phiguard fileOpen|"));
 }
 
-/// A tmpfs mounted at `path` for the test's duration (unmounted on drop, even on a panic).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Tmpfs {
-        fs::create_dir_all(path).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount tmpfs at {}", path.display());
-        Tmpfs(path.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if !Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 #[test]
 fn a_full_export_disk_holds_up_no_agent_leaves_no_half_line_and_catches_up() {
-    use std::io::Write as _;
     let work = work();
     let pki = Pki::new(&["ehr-a"]);
     let dir = work.path().join("siem");
-    let _tmpfs = Tmpfs::mount(&dir, "8m");
+    let tmpfs = Tmpfs::mount(&dir, "8m");
     // Full but for one page: the first chunk is written in part, then ENOSPC.
-    let filler_path = dir.join("filler");
-    let mut filler = fs::File::create(&filler_path).unwrap();
-    let page = vec![0u8; 4096];
-    while filler.write_all(&page).is_ok() {}
-    let _ = filler.sync_all();
-    let len = filler.metadata().unwrap().len();
-    filler.set_len(len.saturating_sub(4096)).unwrap();
-    drop(filler);
+    let (filler_path, len) = tmpfs.fill("filler");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&filler_path)
+        .unwrap()
+        .set_len(len.saturating_sub(4096))
+        .unwrap();
     let out = dir.join("ocsf.jsonl");
     let mut collector = CollectorProc::start_with_sections(
         work.path(),

@@ -173,6 +173,7 @@ pub async fn run(bus: Bus, service: CollectorService, mut stopping: watch::Recei
             if *stopping.borrow() {
                 return;
             }
+            let fetch_started = tokio::time::Instant::now();
             // A fetch whose server went away without a word would wait forever: bounded.
             let fetched = tokio::time::timeout(FETCH_WAIT + FETCH_GRACE, async {
                 let mut batch = consumer
@@ -208,6 +209,8 @@ pub async fn run(bus: Bus, service: CollectorService, mut stopping: watch::Recei
                 }
             };
             if messages.is_empty() {
+                // Everything published before the fetch was read.
+                service.stream_read_up_to(fetch_started);
                 empty += 1;
                 // Quiet for a while: is the stream quiet too, or did the consumer stall
                 // (its server gone without a word)? Messages waiting mean the latter.
@@ -223,7 +226,14 @@ pub async fn run(bus: Bus, service: CollectorService, mut stopping: watch::Recei
                 continue;
             }
             empty = 0;
+            let caught_up = messages
+                .last()
+                .and_then(|m| m.info().ok())
+                .is_some_and(|info| info.pending == 0);
             store_all(&service, &prefix, messages, &mut stopping).await;
+            if caught_up {
+                service.stream_read_up_to(fetch_started);
+            }
         }
     }
 }
