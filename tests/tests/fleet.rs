@@ -521,7 +521,7 @@ fn wait_datagram(
 }
 
 #[test]
-fn a_standby_tells_systemd_it_is_ready_and_standing_by_pings_its_watchdog_then_takes_over() {
+fn a_standby_tells_systemd_it_is_ready_and_standing_by_pings_its_watchdog_names_a_new_holder_then_takes_over() {
     let pki = Pki::new(&AGENTS[..1]);
     let cluster = NatsCluster::start(3);
     let sockets = tempfile::tempdir().unwrap();
@@ -562,7 +562,56 @@ fn a_standby_tells_systemd_it_is_ready_and_standing_by_pings_its_watchdog_then_t
         "the standby listened while the writer held the lease:\n{}",
         w2.log()
     );
+    // The lease changes hands while the standby waits (stopped meanwhile, so that another
+    // collector takes it): its status names the new holder.
+    let w2_pid = Pid::from_raw(w2.pid().expect("the standby runs") as i32);
+    kill(w2_pid, Signal::SIGSTOP).unwrap();
     w1.kill9();
+    let w3_work = tempfile::Builder::new()
+        .prefix("phiguard-fleet-w3-")
+        .tempdir()
+        .unwrap();
+    let w3_config = CollectorProc::write_config(
+        w3_work.path(),
+        &pki,
+        &w3_work.path().join("checkpoint.key"),
+        "",
+        "",
+        "every_records = 500\nevery_secs = 1\n",
+        &format!("{}writer_lease_secs = 4\n", fleet_section(&cluster, true)),
+    );
+    let mut w3 = CollectorProc::start_config(w3_config, w3_work.path().join("store"));
+    assert!(
+        w3.wait_log("store writer consuming JetStream", Duration::from_secs(30)),
+        "{}",
+        w3.log()
+    );
+    kill(w2_pid, Signal::SIGCONT).unwrap();
+    let holder_in = |datagram: &str| {
+        datagram.lines().find_map(|l| {
+            l.strip_prefix("STATUS=standby: store writer lease held by ")
+                .and_then(|rest| rest.split(';').next())
+                .map(str::to_owned)
+        })
+    };
+    let first = holder_in(&ready).unwrap();
+    let changed = wait_datagram(&datagrams, Duration::from_secs(10), |d| {
+        holder_in(d).is_some_and(|h| h != first)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the standby's status still names the old holder: {:?}\n{}",
+            datagrams.lock().unwrap(),
+            w2.log()
+        )
+    });
+    let now_held_by = holder_in(&changed).unwrap();
+    assert!(
+        w3.log().contains(&now_held_by),
+        "the status names {now_held_by}, not the collector that took the lease:\n{}",
+        w3.log()
+    );
+    w3.kill9();
     w2.wait_listening(w2_listening, Duration::from_secs(30));
     let taken = wait_datagram(&datagrams, Duration::from_secs(5), |d| {
         d.contains("STATUS=store writer: lease taken")

@@ -2,10 +2,11 @@
 //! (`STREAM_WRITER`, replicated like the stream, entries expiring after the lease time).
 //!
 //! A collector with `store_writer = true` takes the lease before it opens the store; while
-//! another holds it, it waits as a standby (logged once), neither opening nor touching the
-//! store. The holder renews the lease every fifth of the lease time. An entry not renewed for
-//! the lease time expires in JetStream, and a standby takes it and opens the store (on shared
-//! storage) — after a crash, `kill -9` or a partition of the holder.
+//! another holds it, it waits as a standby (logged once, and again when the lease changes
+//! hands), neither opening nor touching the store. The holder renews the lease every fifth of
+//! the lease time. An entry not renewed for the lease time expires in JetStream, and a
+//! standby takes it and opens the store (on shared storage) — after a crash, `kill -9` or a
+//! partition of the holder.
 //!
 //! The holder fences itself: when it cannot renew for four fifths of the lease time, or finds
 //! the lease taken by another, it exits at once (status 75), without writing another byte,
@@ -110,11 +111,12 @@ async fn open_bucket(bus: &Bus) -> Result<kv::Store, BusError> {
 }
 
 /// Waits until this process holds the lease (as `holder`). While another holds it, this one
-/// stands by: logged once, and reported to systemd as ready with a status saying so (its
-/// unit's start timeout must not end a standby).
+/// stands by: logged, and reported to systemd as ready (its unit's start timeout must not end
+/// a standby) with a status naming the holder, updated when the lease changes hands.
 pub async fn acquire(bus: &Bus, holder: &str) -> Result<Lease, BusError> {
     let ttl = bus.config().writer_lease;
-    let mut said = false;
+    // The holder last reported (logged, and in the unit's status).
+    let mut reported: Option<String> = None;
     loop {
         let store = match open_bucket(bus).await {
             Ok(store) => store,
@@ -144,13 +146,24 @@ pub async fn acquire(bus: &Bus, holder: &str) -> Result<Lease, BusError> {
                 });
             }
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-                if !said {
-                    let current = self::holder(bus).await.unwrap_or_default();
-                    info!(writer = %current, "standby: another collector holds the store writer lease; waiting for it to lapse");
-                    crate::notify::ready(&format!(
-                        "standby: store writer lease held by {current}; waiting to take over"
-                    ));
-                    said = true;
+                // Asked at every attempt: the lease may change hands while this one waits.
+                let current = self::holder(bus).await.filter(|h| !h.is_empty());
+                let status = |holder: &str| {
+                    format!("standby: store writer lease held by {holder}; waiting to take over")
+                };
+                match (&reported, current) {
+                    (None, current) => {
+                        let current = current.unwrap_or_default();
+                        info!(writer = %current, "standby: another collector holds the store writer lease; waiting for it to lapse");
+                        crate::notify::ready(&status(&current));
+                        reported = Some(current);
+                    }
+                    (Some(before), Some(current)) if *before != current => {
+                        info!(writer = %current, before = %before, "standby: the store writer lease changed hands; still waiting");
+                        crate::notify::status(&status(&current));
+                        reported = Some(current);
+                    }
+                    _ => {}
                 }
             }
             Err(error) => warn!(%error, "store writer lease: could not ask; retrying"),
