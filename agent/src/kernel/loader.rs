@@ -64,6 +64,9 @@ pub struct Enforcement {
     /// The BPF LSM layer is planned: protected inodes are labelled in the kernel
     /// (`INODE_LABELS`) at each install.
     pub lsm_labels: bool,
+    /// Policies may be enforced (a `[policy] dir` is configured): the BPF LSM enforcement
+    /// programs are loaded. Without it they are not ([`registry::selected`]).
+    pub enforcing: bool,
 }
 
 /// How one program fared.
@@ -191,7 +194,7 @@ impl Sensors {
         })?;
         sensors.fill_database(database)?;
         sensors.fill_never_kill(&enforcement.never_kill)?;
-        for spec in registry::selected(database.is_enabled()) {
+        for spec in registry::selected(database.is_enabled(), enforcement.enforcing) {
             let started = std::time::Instant::now();
             let error = match (&spec.hook, &enforcement.lsm_inactive) {
                 (Hook::Lsm { .. }, Some(reason)) => Some(reason.clone()),
