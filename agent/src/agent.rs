@@ -178,13 +178,17 @@ impl Agent {
         // Which layer really runs: BPF LSM only when `bpf` is an active LSM (else its programs
         // attach and never run) and its programs load; else fanotify; else SIGKILL.
         let kernel_layers = KernelLayers::detect();
-        let planned = kernel_layers.plan(|| loader::lsm_usable().unwrap_or(false));
+        // Without a policy directory nothing is ever enforced (it changes only with a
+        // restart): the BPF LSM programs are not loaded, so there is nothing to probe.
+        let enforcing = config.policy.dir.is_some();
+        let planned = kernel_layers.plan(|| enforcing && loader::lsm_usable().unwrap_or(false));
         let enforcement = Enforcement {
             lsm_inactive: (!kernel_layers.bpf_lsm_active())
                 .then(|| kernel_layers.lsm_inactive_reason()),
             fanotify_files: planned == FileLayer::Fanotify,
             never_kill: config.policy.never_kill.clone(),
             lsm_labels: planned == FileLayer::Lsm,
+            enforcing,
         };
         let watches = WatchSet::new(&config.watch.paths, &config.watch.ports)?;
         let cgroup_root = mounts::cgroup2_root()?;

@@ -217,7 +217,11 @@ fn man() -> anyhow::Result<()> {
 fn bench_floor(args: &RunArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
     mounts::ensure_mounted()?;
-    let floor = Floor::attach(config.database.is_enabled(), &mounts::cgroup2_root()?)?;
+    let floor = Floor::attach(
+        config.database.is_enabled(),
+        config.policy.dir.is_some(),
+        &mounts::cgroup2_root()?,
+    )?;
     for (name, hook, error) in &floor.status {
         if let Some(error) = error {
             tracing::warn!(program = name, %hook, "no empty program here: {error}");

@@ -3,7 +3,10 @@
 //! aya's Rust programs have no CO-RE relocations, so user space looks every field up in
 //! `/sys/kernel/btf/vmlinux` at start-up and hands the offsets to the programs.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
 
 use btf_rs::{Btf, Type};
 use phiguard_common::offsets::KernelOffsets;
@@ -55,14 +58,50 @@ pub enum BtfError {
     },
 }
 
-/// Reads every offset the programs need from the BTF file at `path`.
-pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
-    let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
+/// What the programs need from the running kernel's BTF.
+#[derive(Clone, Copy, Debug)]
+pub struct RunningKernel {
+    /// The struct field offsets.
+    pub offsets: KernelOffsets,
+    /// How many arguments the `inode_setattr` LSM hook takes (`None`: no such hook in BTF).
+    pub inode_setattr_args: Option<usize>,
+}
+
+/// Reads [`RunningKernel`] from [`VMLINUX_BTF`], parsing the file once per process: the
+/// running kernel's BTF does not change while it runs, and one parse takes about 0.25 s on
+/// the host tier's kernel and 4–5 s under the VM tier's emulation, so reading it again at
+/// each agent start in a process (the in-process test harness) or for each thing looked up
+/// only costs time.
+pub fn running_kernel() -> Result<RunningKernel, BtfError> {
+    static READ: OnceLock<RunningKernel> = OnceLock::new();
+    if let Some(kernel) = READ.get() {
+        return Ok(*kernel);
+    }
+    let path = Path::new(VMLINUX_BTF);
+    let btf = parse(path)?;
+    let kernel = RunningKernel {
+        offsets: offsets_in(&btf, path)?,
+        inode_setattr_args: hook_args_in(&btf, "inode_setattr"),
+    };
+    Ok(*READ.get_or_init(|| kernel))
+}
+
+fn parse(path: &Path) -> Result<Btf, BtfError> {
+    Btf::from_file(path).map_err(|source| BtfError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    })
+}
+
+/// Reads every offset the programs need from the BTF file at `path`.
+pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
+    offsets_in(&parse(path)?, path)
+}
+
+/// Every offset the programs need, from `btf` (read from `path`, named in errors).
+fn offsets_in(btf: &Btf, path: &Path) -> Result<KernelOffsets, BtfError> {
     let field = |strukt: &str, field: &str| {
-        field_offset(&btf, strukt, field).map_err(|e| match e {
+        field_offset(btf, strukt, field).map_err(|e| match e {
             BtfError::NoField { strukt, field, .. }
                 if field == "loginuid" || field == "sessionid" =>
             {
@@ -162,7 +201,11 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
 /// without BPF LSM, or no such hook). Hooks change shape between kernels: `inode_setattr`
 /// takes 2 on 6.1 and 3 (a `mnt_idmap` first) on 6.12.
 pub fn lsm_hook_args(path: &Path, hook: &str) -> Option<usize> {
-    let btf = Btf::from_file(path).ok()?;
+    hook_args_in(&Btf::from_file(path).ok()?, hook)
+}
+
+/// [`lsm_hook_args`] in `btf`.
+fn hook_args_in(btf: &Btf, hook: &str) -> Option<usize> {
     let types = btf.resolve_types_by_name(&format!("bpf_lsm_{hook}")).ok()?;
     types.iter().find_map(|t| match t {
         Type::Func(func) => match btf.resolve_chained_type(func).ok()? {

@@ -80,10 +80,15 @@ pub struct Floor {
 
 impl Floor {
     /// Attaches an empty program at every hook the agent attaches with the database capture
-    /// hooks on or off (`database_enabled`), cgroup programs at `cgroup_root`. An optional
+    /// hooks on or off (`database_enabled`) and policies enforced or not (`enforcing`), cgroup
+    /// programs at `cgroup_root`. An optional
     /// hook that fails is recorded in `status`, as the agent would skip it; a required one is
     /// an error.
-    pub fn attach(database_enabled: bool, cgroup_root: &Path) -> Result<Floor, FloorError> {
+    pub fn attach(
+        database_enabled: bool,
+        enforcing: bool,
+        cgroup_root: &Path,
+    ) -> Result<Floor, FloorError> {
         if OBJECT.is_empty() {
             return Err(FloorError::NoObject);
         }
@@ -102,7 +107,7 @@ impl Floor {
             status: Vec::new(),
         };
         let mut loaded = Vec::new();
-        for spec in registry::selected(database_enabled) {
+        for spec in registry::selected(database_enabled, enforcing) {
             let section = sections.get(spec.program.name()).map(|p| &p.section);
             let error = floor.attach_one(spec, section, &cgroup, &mut loaded).err();
             if let (true, Some(reason)) = (spec.required, &error) {

@@ -6,6 +6,7 @@ use std::{
     io,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
+    sync::OnceLock,
 };
 
 use aya::{
@@ -64,6 +65,9 @@ pub struct Enforcement {
     /// The BPF LSM layer is planned: protected inodes are labelled in the kernel
     /// (`INODE_LABELS`) at each install.
     pub lsm_labels: bool,
+    /// Policies may be enforced (a `[policy] dir` is configured): the BPF LSM enforcement
+    /// programs are loaded. Without it they are not ([`registry::selected`]).
+    pub enforcing: bool,
 }
 
 /// How one program fared.
@@ -86,8 +90,6 @@ pub struct Sensors {
     cgroup_root: PathBuf,
     /// What the integrity check compares the kernel against.
     pub(super) expected: integrity::Expected,
-    /// The kernel's BTF, read once for the LSM programs.
-    btf: Option<Btf>,
     /// Protected inodes are labelled in `INODE_LABELS` (the BPF LSM layer is planned).
     lsm_labels: bool,
     ebpf: Ebpf,
@@ -99,9 +101,23 @@ pub struct Sensors {
 /// `INODE_SETATTR_IDMAP` global: 0 for `(dentry, iattr)` (6.1), 1 for `(idmap, dentry, iattr)`
 /// (6.12), and 1 when the BTF does not say (no BPF LSM: the program does not attach anyway).
 fn inode_setattr_idmap() -> u32 {
-    let args = super::btf::lsm_hook_args(Path::new(super::btf::VMLINUX_BTF), "inode_setattr");
+    let args = super::btf::running_kernel()
+        .ok()
+        .and_then(|kernel| kernel.inode_setattr_args);
     tracing::debug!(?args, "inode_setattr LSM hook arguments (BTF)");
     u32::from(args != Some(2))
+}
+
+/// The running kernel's BTF as aya reads it, for the LSM programs' attach points: read once
+/// per process (it does not change while the kernel runs; each read took 1–1.3 s under the VM
+/// tier's emulation), `None` when it cannot be read.
+fn kernel_btf() -> Option<&'static Btf> {
+    static READ: OnceLock<Btf> = OnceLock::new();
+    if let Some(btf) = READ.get() {
+        return Some(btf);
+    }
+    let btf = Btf::from_sys_fs().ok()?;
+    Some(READ.get_or_init(|| btf))
 }
 
 /// Whether this kernel accepts the BPF LSM programs (loads the object and one LSM program
@@ -111,7 +127,7 @@ pub fn lsm_usable() -> Result<bool, LoadError> {
         return Err(LoadError::NoObject);
     }
     let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(LoadError::Object)?;
-    let Ok(btf) = Btf::from_sys_fs() else {
+    let Some(btf) = kernel_btf() else {
         return Ok(false);
     };
     let program = ebpf
@@ -120,7 +136,7 @@ pub fn lsm_usable() -> Result<bool, LoadError> {
     let Ok(lsm) = <&mut Lsm>::try_from(program) else {
         return Ok(false);
     };
-    Ok(lsm.load("file_open", &btf).is_ok())
+    Ok(lsm.load("file_open", btf).is_ok())
 }
 
 impl Sensors {
@@ -171,7 +187,6 @@ impl Sensors {
             replaced_pins: 0,
             cgroup_root: cgroup_root.to_owned(),
             expected: integrity::Expected::default(),
-            btf: None,
             lsm_labels: enforcement.lsm_labels,
         };
         {
@@ -191,7 +206,7 @@ impl Sensors {
         })?;
         sensors.fill_database(database)?;
         sensors.fill_never_kill(&enforcement.never_kill)?;
-        for spec in registry::selected(database.is_enabled()) {
+        for spec in registry::selected(database.is_enabled(), enforcement.enforcing) {
             let started = std::time::Instant::now();
             let error = match (&spec.hook, &enforcement.lsm_inactive) {
                 (Hook::Lsm { .. }, Some(reason)) => Some(reason.clone()),
@@ -374,10 +389,7 @@ impl Sensors {
                 self.links.push((spec.name, link));
             }
             Hook::Lsm { hook } => {
-                let btf = match &self.btf {
-                    Some(btf) => btf,
-                    None => self.btf.insert(Btf::from_sys_fs().map_err(|e| text(&e))?),
-                };
+                let btf = kernel_btf().ok_or("the kernel's BTF cannot be read")?;
                 let p: &mut Lsm = program.try_into().map_err(|e| text(&e))?;
                 p.load(hook, btf).map_err(|e| text(&e))?;
                 let id = p.attach().map_err(|e| text(&e))?;

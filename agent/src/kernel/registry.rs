@@ -116,11 +116,19 @@ pub const PROGRAMS: &[ProgramSpec] = &[
 ];
 
 /// The programs the agent attaches: all of them, except the database capture hooks (they run
-/// on every read and write of the host) when no database endpoint is configured.
-pub fn selected(database_enabled: bool) -> impl Iterator<Item = &'static ProgramSpec> {
-    PROGRAMS
-        .iter()
-        .filter(move |spec| database_enabled || spec.family != Family::Db)
+/// on every read and write of the host) when no database endpoint is configured, and the
+/// BPF LSM enforcement programs when no policy can be enforced (`enforcing` false: no
+/// `[policy] dir`, which only a restart can set). Without policies those programs decide
+/// nothing and report nothing, and each one the kernel verifies costs start-up time (seconds
+/// under emulation) and is one more program in the kernel.
+pub fn selected(
+    database_enabled: bool,
+    enforcing: bool,
+) -> impl Iterator<Item = &'static ProgramSpec> {
+    PROGRAMS.iter().filter(move |spec| {
+        (database_enabled || spec.family != Family::Db)
+            && (enforcing || spec.family != Family::Enforce)
+    })
 }
 
 impl std::fmt::Display for Hook {
@@ -153,6 +161,24 @@ mod tests {
         }
         let names: HashSet<&str> = PROGRAMS.iter().map(|spec| spec.name).collect();
         assert_eq!(names.len(), PROGRAMS.len(), "two attachments share a name");
+    }
+
+    #[test]
+    fn an_agent_without_policies_loads_no_enforcement_program_and_one_with_them_loads_all() {
+        use super::{selected, Family};
+        let observing: Vec<_> = selected(false, false).collect();
+        assert!(observing.iter().all(|s| s.family != Family::Enforce));
+        assert!(observing.iter().all(|s| s.family != Family::Db));
+        assert!(observing.iter().any(|s| s.family == Family::File));
+        let enforcing: Vec<_> = selected(false, true).collect();
+        assert_eq!(
+            enforcing.len() - observing.len(),
+            PROGRAMS
+                .iter()
+                .filter(|s| s.family == Family::Enforce)
+                .count()
+        );
+        assert_eq!(selected(true, true).count(), PROGRAMS.len());
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub fn prepare() -> Result<KernelOffsets, StartupError> {
     for mounted in mounts::ensure_mounted()? {
         info!(mount = mounted, "mounted missing pseudo-filesystem");
     }
-    let offsets = btf::kernel_offsets(btf_path)?;
+    let offsets = btf::running_kernel()?.offsets;
     debug!(?offsets, "kernel struct offsets from BTF");
     Ok(offsets)
 }
