@@ -10,7 +10,9 @@ use std::{
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint},
+    programs::{
+        links::FdLink, CgroupAttachMode, CgroupSockAddr, FExit, Lsm, RawTracePoint, TracePoint,
+    },
     Btf, Ebpf, EbpfLoader,
 };
 use phiguard_common::{
@@ -195,6 +197,11 @@ impl Sensors {
             let started = std::time::Instant::now();
             let error = match (&spec.hook, &enforcement.lsm_inactive) {
                 (Hook::Lsm { .. }, Some(reason)) => Some(reason.clone()),
+                _ if spec.program == Program::TaintPtraceMayAccess
+                    && sensors.attached(Program::TaintPtraceAccessCheck) =>
+                {
+                    Some("not needed: lsm/ptrace_access_check taints at the same check".into())
+                }
                 _ => sensors.attach(spec, &cgroup).err(),
             };
             tracing::debug!(
@@ -226,6 +233,16 @@ impl Sensors {
                 );
             }
             sensors.status.push(ProgramStatus { spec: *spec, error });
+        }
+        if !sensors.attached(Program::TaintPtraceAccessCheck)
+            && !sensors.attached(Program::TaintPtraceMayAccess)
+        {
+            tracing::warn!(
+                "neither lsm/ptrace_access_check (no BPF LSM) nor fexit/ptrace_may_access (no \
+                 fentry/fexit on this kernel) attached: a write into an allowed program's memory \
+                 through /proc/PID/mem does not make it an unlisted subject (ptrace attach and \
+                 process_vm_writev still do)"
+            );
         }
         // After the exec and fork programs are attached: a process started from here on gets
         // its record there, one started before gets it now.
@@ -384,8 +401,26 @@ impl Sensors {
                 let link = p.take_link(id).map_err(|e| text(&e))?;
                 self.links.push((spec.name, FdLink::from(link)));
             }
+            Hook::FExit { function } => {
+                let btf = match &self.btf {
+                    Some(btf) => btf,
+                    None => self.btf.insert(Btf::from_sys_fs().map_err(|e| text(&e))?),
+                };
+                let p: &mut FExit = program.try_into().map_err(|e| text(&e))?;
+                p.load(function, btf).map_err(|e| text(&e))?;
+                let id = p.attach().map_err(|e| text(&e))?;
+                let link = p.take_link(id).map_err(|e| text(&e))?;
+                self.links.push((spec.name, FdLink::from(link)));
+            }
         }
         Ok(())
+    }
+
+    /// Whether `program` is attached (so far, during the load).
+    fn attached(&self, program: Program) -> bool {
+        self.status
+            .iter()
+            .any(|s| s.spec.program == program && s.error.is_none())
     }
 
     /// Whether BPF LSM decides file opens (`enforce_file_open` is attached): refused opens
