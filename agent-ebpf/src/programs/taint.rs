@@ -16,6 +16,7 @@ use crate::{
     error::{finish, ProbeError, ProbeResult},
     identity::{recorded_exe, taint},
     kernel::{current_file, Task},
+    policy::current_is_agent,
     programs::file::OpenCall,
     syscall::SyscallArgs,
 };
@@ -104,9 +105,18 @@ const O_ACCMODE: u32 = 3;
 const O_RDONLY: u32 = 0;
 /// x86_64 numbers of the calls whose `PTRACE_MODE_ATTACH` access leaves the target's memory
 /// unchanged: `process_vm_readv` reads it, `pidfd_getfd` copies a descriptor out of it (the
-/// receiving side is decided by `file_receive` or `sys_exit_pidfd_getfd`).
-const NR_PROCESS_VM_READV: u64 = 310;
-const NR_PIDFD_GETFD: u64 = 438;
+/// receiving side is decided by `file_receive` or `sys_exit_pidfd_getfd`), and the read
+/// family, under which `/proc/PID/{syscall,stack,personality}` make their check (at read, not
+/// at open: the agent's fanotify layer reads `/proc/PID/syscall` of every process it decides).
+const READ_ONLY_CALLS: [u64; 7] = [
+    0,   // read
+    17,  // pread64
+    19,  // readv
+    295, // preadv
+    327, // preadv2
+    310, // process_vm_readv
+    438, // pidfd_getfd
+];
 
 /// `int ptrace_access_check(struct task_struct *child, unsigned int mode)` (BPF LSM, Linux
 /// 5.7+): the last step of `__ptrace_may_access`, after the same-thread-group shortcut, the
@@ -148,16 +158,16 @@ pub fn taint_ptrace_may_access(ctx: FExitContext) -> i32 {
 }
 
 /// Taints `target`'s process for a `PTRACE_MODE_ATTACH` access that can change its memory:
-/// every one except `process_vm_readv`, `pidfd_getfd` and a read-only `open` (of
-/// `/proc/PID/mem` or another `/proc/PID` file). An access in `PTRACE_MODE_READ` (`/proc/PID/
-/// status`, `environ`, `maps`…) taints nothing.
+/// every one except those made by the agent, under [`READ_ONLY_CALLS`], or by a read-only
+/// `open` (of `/proc/PID/mem` or another `/proc/PID` file). An access in `PTRACE_MODE_READ`
+/// (`/proc/PID/status`, `environ`, `maps`…) taints nothing.
 #[inline(always)]
 fn try_access(target: Task, mode: u64) -> ProbeResult {
-    if mode & PTRACE_MODE_ATTACH == 0 {
+    if mode & PTRACE_MODE_ATTACH == 0 || current_is_agent() {
         return Err(ProbeError::Skip);
     }
     let nr = SyscallArgs::current().nr();
-    if nr == NR_PROCESS_VM_READV || nr == NR_PIDFD_GETFD {
+    if READ_ONLY_CALLS.contains(&nr) {
         return Err(ProbeError::Skip);
     }
     if let Some(call) = OpenCall::current() {

@@ -88,7 +88,7 @@ pub struct Sensors {
     cgroup_root: PathBuf,
     /// What the integrity check compares the kernel against.
     pub(super) expected: integrity::Expected,
-    /// The kernel's BTF, read once for the LSM programs.
+    /// The kernel's BTF, read once for the LSM and fexit programs.
     btf: Option<Btf>,
     /// Protected inodes are labelled in `INODE_LABELS` (the BPF LSM layer is planned).
     lsm_labels: bool,
@@ -359,6 +359,10 @@ impl Sensors {
     }
 
     fn attach(&mut self, spec: &ProgramSpec, cgroup: &File) -> Result<(), String> {
+        if matches!(spec.hook, Hook::Lsm { .. } | Hook::FExit { .. }) && self.btf.is_none() {
+            // Read once, for every program bound to a kernel function at load.
+            self.btf = Some(Btf::from_sys_fs().map_err(|e| error_text(&e))?);
+        }
         let symbol = spec.program.name();
         let program = self
             .ebpf
@@ -391,10 +395,7 @@ impl Sensors {
                 self.links.push((spec.name, link));
             }
             Hook::Lsm { hook } => {
-                let btf = match &self.btf {
-                    Some(btf) => btf,
-                    None => self.btf.insert(Btf::from_sys_fs().map_err(|e| text(&e))?),
-                };
+                let btf = self.btf.as_ref().ok_or("no kernel BTF")?;
                 let p: &mut Lsm = program.try_into().map_err(|e| text(&e))?;
                 p.load(hook, btf).map_err(|e| text(&e))?;
                 let id = p.attach().map_err(|e| text(&e))?;
@@ -402,10 +403,7 @@ impl Sensors {
                 self.links.push((spec.name, FdLink::from(link)));
             }
             Hook::FExit { function } => {
-                let btf = match &self.btf {
-                    Some(btf) => btf,
-                    None => self.btf.insert(Btf::from_sys_fs().map_err(|e| text(&e))?),
-                };
+                let btf = self.btf.as_ref().ok_or("no kernel BTF")?;
                 let p: &mut FExit = program.try_into().map_err(|e| text(&e))?;
                 p.load(function, btf).map_err(|e| text(&e))?;
                 let id = p.attach().map_err(|e| text(&e))?;
