@@ -88,10 +88,14 @@ pub enum Program {
     EnforceInodeRemovexattr,
     /// `enforce_socket_sendmsg`.
     EnforceSocketSendmsg,
+    /// `taint_ptrace_access_check` (BPF LSM).
+    TaintPtraceAccessCheck,
+    /// `taint_ptrace_may_access` (fexit).
+    TaintPtraceMayAccess,
 }
 
 /// Number of programs (entries of the `FAULTS` map).
-pub const PROGRAM_COUNT: u32 = 41;
+pub const PROGRAM_COUNT: u32 = 43;
 
 impl Program {
     /// Every program, in index order.
@@ -137,6 +141,8 @@ impl Program {
         Program::EnforceInodeSetxattr,
         Program::EnforceInodeRemovexattr,
         Program::EnforceSocketSendmsg,
+        Program::TaintPtraceAccessCheck,
+        Program::TaintPtraceMayAccess,
     ];
 
     /// The program's symbol name in the object.
@@ -183,6 +189,8 @@ impl Program {
             Program::EnforceInodeSetxattr => "enforce_inode_setxattr",
             Program::EnforceInodeRemovexattr => "enforce_inode_removexattr",
             Program::EnforceSocketSendmsg => "enforce_socket_sendmsg",
+            Program::TaintPtraceAccessCheck => "taint_ptrace_access_check",
+            Program::TaintPtraceMayAccess => "taint_ptrace_may_access",
         }
     }
 }

@@ -9,8 +9,10 @@
 #![no_main]
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, lsm, raw_tracepoint, tracepoint},
-    programs::{LsmContext, RawTracePointContext, SockAddrContext, TracePointContext},
+    macros::{cgroup_sock_addr, fexit, lsm, raw_tracepoint, tracepoint},
+    programs::{
+        FExitContext, LsmContext, RawTracePointContext, SockAddrContext, TracePointContext,
+    },
 };
 
 /// Any classic tracepoint: returns at once.
@@ -40,6 +42,13 @@ pub fn floor_connect6(_ctx: SockAddrContext) -> i32 {
 /// Any BPF LSM hook (attached to the hook named at load time): allows.
 #[lsm]
 pub fn floor_lsm(_ctx: LsmContext) -> i32 {
+    0
+}
+
+/// Any kernel function's return (attached to the function named at load time): returns at
+/// once.
+#[fexit]
+pub fn floor_fexit(_ctx: FExitContext) -> i32 {
     0
 }
 

@@ -29,7 +29,7 @@ use crate::{
 /// Whether the current process is the agent itself: no policy applies to it. Its pid alone is
 /// not enough: the process's start time must match too, so nothing outlives the agent.
 #[inline(always)]
-fn current_is_agent() -> bool {
+pub fn current_is_agent() -> bool {
     let Some(agent) = AGENT.get(0).copied() else {
         return false;
     };

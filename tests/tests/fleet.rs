@@ -521,7 +521,8 @@ fn wait_datagram(
 }
 
 #[test]
-fn a_standby_tells_systemd_it_is_ready_and_standing_by_pings_its_watchdog_names_a_new_holder_then_takes_over() {
+fn a_standby_tells_systemd_it_is_ready_and_standing_by_pings_its_watchdog_names_a_new_holder_then_takes_over(
+) {
     let pki = Pki::new(&AGENTS[..1]);
     let cluster = NatsCluster::start(3);
     let sockets = tempfile::tempdir().unwrap();

@@ -36,6 +36,11 @@ const THIEF_C: &str = include_str!("../fixtures/thief.c");
 const RECEIVER_C: &str = include_str!("../fixtures/receiver.c");
 /// Runs a program traced (`ptracer PROGRAM ARGS...`).
 const PTRACER_C: &str = include_str!("../fixtures/ptracer.c");
+/// An allowed service reading the protected file on request, with a marker in its memory
+/// (`service PATH`).
+const SERVICE_C: &str = include_str!("../fixtures/service.c");
+/// Reads or writes another process's memory (`peek write|read|readv|proc PID …`).
+const PEEK_C: &str = include_str!("../fixtures/peek.c");
 /// The unprivileged attacker.
 const NOBODY: u32 = 65534;
 /// What the protected file holds.
@@ -58,6 +63,8 @@ struct Setup {
     allowed_receiver: PathBuf,
     /// A fifth: a copy of the `thief` fixture.
     allowed_taker: PathBuf,
+    /// A sixth, built here: it reads the protected file on request.
+    service: PathBuf,
     bin: tempfile::TempDir,
     _policies: tempfile::TempDir,
     _tree: Tree,
@@ -88,6 +95,7 @@ impl Setup {
         .unwrap();
         let allowed_taker = bin.path().join("allowed-thief");
         fs::copy(build(bin.path(), "thief", THIEF_C, &[]), &allowed_taker).unwrap();
+        let service = build(bin.path(), "service", SERVICE_C, &[]);
         let tree = Tree::new();
         let file = tree.watched.join("results.txt");
         fs::write(&file, SECRET).unwrap();
@@ -100,13 +108,14 @@ impl Setup {
         fs::write(
             policies.path().join("subjects.yaml"),
             format!(
-                "name: subjects\nmode: {mode}\nrules:\n  - name: results\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: {}\n      - exe: {}\n      - exe: {}\n      - exe: {}\n      - exe: {}\n",
+                "name: subjects\nmode: {mode}\nrules:\n  - name: results\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: {}\n      - exe: {}\n      - exe: {}\n      - exe: {}\n      - exe: {}\n      - exe: {}\n",
                 tree.watched.display(),
                 allowed.display(),
                 plugin_host.display(),
                 holder.display(),
                 allowed_receiver.display(),
-                allowed_taker.display()
+                allowed_taker.display(),
+                service.display()
             ),
         )
         .unwrap();
@@ -120,6 +129,7 @@ impl Setup {
             holder,
             allowed_receiver,
             allowed_taker,
+            service,
             bin,
             _policies: policies,
             _tree: tree,
@@ -378,6 +388,170 @@ fn the_allowed_program_run_under_a_tracer_is_an_unlisted_subject() {
     assert!(refused, "the traced program was refused: {out:?}");
     s.expect_deny("the traced program", &allowed);
     s.assert_allowed_still_reads();
+    s.h.stop();
+}
+
+/// The allowed `service` running as the attacker's user (so the kernel's ptrace access check
+/// lets that user reach its memory), answering one request per line on its standard input.
+struct Service {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// Its pid and its marker's address (hex), as it printed them.
+    pid: PathBuf,
+    marker: PathBuf,
+}
+
+impl Service {
+    fn start(s: &Setup) -> Service {
+        use std::io::BufRead as _;
+        let mut child = Command::new(&s.service)
+            .arg(&s.file)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let (pid, marker) = line
+            .trim()
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("the service's first line: {line:?}"));
+        let (pid, marker) = (PathBuf::from(pid), PathBuf::from(marker));
+        Service {
+            child,
+            stdout,
+            pid,
+            marker,
+        }
+    }
+
+    /// One request: its marker, and what opening the protected file gave (`read FIRST-LINE`
+    /// or `errno N`; `killed` when it died of it).
+    fn ask(&mut self) -> (String, String) {
+        use std::io::{BufRead as _, Write as _};
+        let stdin = self.child.stdin.as_mut().unwrap();
+        if stdin.write_all(b"\n").and_then(|()| stdin.flush()).is_err() {
+            return (String::new(), "killed".into());
+        }
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line).unwrap_or(0) == 0 {
+            return (String::new(), "killed".into());
+        }
+        let (marker, outcome) = line.trim_end().split_once(' ').unwrap_or(("", ""));
+        (marker.to_owned(), outcome.to_owned())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the service answers when it reads the protected file.
+fn read_outcome() -> String {
+    format!("read {}", String::from_utf8_lossy(SECRET).trim_end())
+}
+
+/// Whether a program that taints at the kernel's ptrace access check is attached, checked
+/// against what this kernel offers: BPF LSM's `ptrace_access_check` where BPF LSM runs, else
+/// an fexit on `ptrace_may_access` where the kernel can trace it; neither on a kernel without
+/// both (the host tier's), where the agent warns instead.
+fn access_check_taints(h: &Harness) -> bool {
+    let attached = |name: &str| {
+        !h.not_attached
+            .iter()
+            .any(|n| n.starts_with(&format!("{name} ")))
+    };
+    let covered = attached("taint_ptrace_access_check") || attached("taint_ptrace_may_access");
+    let traceable =
+        fs::read_to_string("/sys/kernel/tracing/available_filter_functions").is_ok_and(|all| {
+            all.lines()
+                .any(|l| l.split_whitespace().next() == Some("ptrace_may_access"))
+        });
+    assert_eq!(
+        covered,
+        h.lsm || traceable,
+        "the ptrace access check's taint is attached where the kernel allows it (BPF LSM: {}, \
+         ptrace_may_access traceable: {traceable}); not attached: {:?}",
+        h.lsm,
+        h.not_attached
+    );
+    covered
+}
+
+#[test]
+fn writing_the_allowed_services_memory_through_proc_pid_mem_makes_it_an_unlisted_subject() {
+    let mut s = Setup::new();
+    let peek = s.build("peek", PEEK_C, &[]);
+    let covered = access_check_taints(&s.h);
+    let mut service = Service::start(&s);
+    assert_eq!(
+        service.ask(),
+        ("original".into(), read_outcome()),
+        "before: the service reads"
+    );
+    let (pid, marker) = (service.pid.clone(), service.marker.clone());
+    let out = s.as_nobody(
+        &peek,
+        &[Path::new("write"), &pid, &marker, Path::new("written")],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "the write into /proc/PID/mem: {out:?}"
+    );
+    let (seen, outcome) = service.ask();
+    assert_eq!(seen, "written", "the write reached the service's memory");
+    if covered {
+        let refused = if s.h.file_eperm() {
+            format!("errno {}", libc::EPERM)
+        } else {
+            "killed".into()
+        };
+        assert_eq!(outcome, refused, "the written-into service is refused");
+        let exe = s.service.clone();
+        let event = s.expect_deny("the service after /proc/PID/mem was written", &exe);
+        assert_eq!(event.decision.as_ref().unwrap().layer, s.layer());
+    } else {
+        // Documented as not covered on a kernel with neither BPF LSM nor fexit.
+        assert_eq!(outcome, read_outcome(), "uncovered here: still reads");
+    }
+    drop(service);
+    // A process that nobody wrote into still reads.
+    s.assert_allowed_still_reads();
+    s.h.stop();
+}
+
+#[test]
+fn reading_the_allowed_services_memory_or_its_proc_files_taints_nothing() {
+    let mut s = Setup::new();
+    let peek = s.build("peek", PEEK_C, &[]);
+    access_check_taints(&s.h);
+    let mut service = Service::start(&s);
+    let (pid, marker) = (service.pid.clone(), service.marker.clone());
+    // PTRACE_MODE_READ: /proc/PID/status and environ.
+    let out = s.as_nobody(&peek, &[Path::new("proc"), &pid], &[]);
+    assert!(out.status.success(), "reading /proc/PID files: {out:?}");
+    // PTRACE_MODE_ATTACH, reads only: /proc/PID/mem opened read-only, process_vm_readv.
+    for how in ["read", "readv"] {
+        let out = s.as_nobody(&peek, &[Path::new(how), &pid, &marker], &[]);
+        assert_eq!(
+            (out.status.code(), out.stdout.as_slice()),
+            (Some(0), &b"original\n"[..]),
+            "peek {how}: {out:?}"
+        );
+    }
+    assert_eq!(
+        service.ask(),
+        ("original".into(), read_outcome()),
+        "the service read from still reads"
+    );
     s.h.stop();
 }
 

@@ -33,6 +33,8 @@ const SUBJECT_FIXTURES: &[(&str, &str, &[&str])] = &[
     ("thief", "thief.c", &[]),
     ("receiver", "receiver.c", &[]),
     ("ptracer", "ptracer.c", &[]),
+    ("service", "service.c", &[]),
+    ("peek", "peek.c", &[]),
 ];
 
 /// Builds `tests/fixtures/opener.c` (static, without PIE: see its header) into

@@ -606,6 +606,8 @@ const NO_BPF_TESTS: &[&str] = &[
     "a_handed_over_descriptor_in_audit_mode_is_a_would_deny_with_both_ends",
     "a_listed_script_run_by_its_shebang_reads_and_every_forgery_of_it_is_refused",
     "a_scripts_identity_passes_to_its_children_and_not_across_an_exec_or_a_tracer",
+    "writing_the_allowed_services_memory_through_proc_pid_mem_makes_it_an_unlisted_subject",
+    "reading_the_allowed_services_memory_or_its_proc_files_taints_nothing",
 ];
 
 /// QEMU, killed when dropped (every way out of [`boot`]).

@@ -1,19 +1,24 @@
 //! Code a process was not executed with: executable mappings of files that are neither its
 //! executable nor root's alone (a library preloaded or `dlopen`ed from a user's file, a memfd),
 //! and other processes tracing or writing into it. Each taints the process (see
-//! `crate::identity`): it matches no `exe` subject until its next exec. The 64-bit system call
-//! entry only (the syscall tracepoints do not see the 32-bit one; the dynamic loader of a
-//! 64-bit program uses the 64-bit entry).
+//! `crate::identity`): it matches no `exe` subject until its next exec. The syscall
+//! tracepoints see the 64-bit system call entry only (the dynamic loader of a 64-bit program
+//! uses the 64-bit entry); the kernel's ptrace access check (below) sees every entry.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{fexit, lsm, tracepoint},
+    programs::{FExitContext, LsmContext, TracePointContext},
 };
 use phiguard_common::program::Program;
 
 use crate::{
     error::{finish, ProbeError, ProbeResult},
     identity::{recorded_exe, taint},
-    kernel::current_file,
+    kernel::{current_file, Task},
+    policy::current_is_agent,
+    programs::file::OpenCall,
+    syscall::SyscallArgs,
 };
 
 /// `PROT_EXEC`.
@@ -88,5 +93,88 @@ pub fn taint_sys_enter_process_vm_writev(ctx: TracePointContext) -> i32 {
 
 fn try_vm_writev(ctx: &TracePointContext) -> ProbeResult {
     taint(arg(ctx, 16)? as u32);
+    Ok(())
+}
+
+/// `PTRACE_MODE_ATTACH`: the access check's mode for ptrace itself, `/proc/PID/mem`,
+/// `process_vm_readv`/`writev`, `pidfd_getfd`, `perf_event_open` of another process and a few
+/// `/proc/PID` files (`stack`, `syscall`, `personality`).
+const PTRACE_MODE_ATTACH: u64 = 0x02;
+/// `O_ACCMODE`, and its read-only value.
+const O_ACCMODE: u32 = 3;
+const O_RDONLY: u32 = 0;
+/// x86_64 numbers of the calls whose `PTRACE_MODE_ATTACH` access leaves the target's memory
+/// unchanged: `process_vm_readv` reads it, `pidfd_getfd` copies a descriptor out of it (the
+/// receiving side is decided by `file_receive` or `sys_exit_pidfd_getfd`), and the read
+/// family, under which `/proc/PID/{syscall,stack,personality}` make their check (at read, not
+/// at open: the agent's fanotify layer reads `/proc/PID/syscall` of every process it decides).
+const READ_ONLY_CALLS: [u64; 7] = [
+    0,   // read
+    17,  // pread64
+    19,  // readv
+    295, // preadv
+    327, // preadv2
+    310, // process_vm_readv
+    438, // pidfd_getfd
+];
+
+/// `int ptrace_access_check(struct task_struct *child, unsigned int mode)` (BPF LSM, Linux
+/// 5.7+): the last step of `__ptrace_may_access`, after the same-thread-group shortcut, the
+/// uid/capability and dumpable checks, and the LSMs listed before `bpf` (Yama). It runs
+/// before the decision is final — an LSM listed after `bpf`, or a caller's later check, may
+/// still refuse — so an attempt refused after this point taints too: a tainted process is
+/// only refused data, while a write that went through untainted would keep the allow-list
+/// identity. Never refuses anything itself (returns the earlier verdict).
+#[lsm(hook = "ptrace_access_check")]
+pub fn taint_ptrace_access_check(ctx: LsmContext) -> i32 {
+    let earlier: i32 = ctx.arg(2);
+    if earlier != 0 {
+        return earlier;
+    }
+    let (child, mode): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    finish(
+        Program::TaintPtraceAccessCheck,
+        try_access(Task(child as usize), mode),
+    );
+    0
+}
+
+/// `bool ptrace_may_access(struct task_struct *task, unsigned int mode)` at its return (fexit,
+/// Linux 5.5+; where BPF LSM is not active): the check `mm_access` (`/proc/PID/mem`,
+/// `process_vm_readv`/`writev`), `pidfd_getfd` and `perf_event_open` make. The return value
+/// follows the two arguments in the context (read there rather than with `bpf_get_func_ret`,
+/// Linux 5.17). Only a granted access taints. `ptrace(PTRACE_ATTACH)` calls
+/// `__ptrace_may_access` directly: `taint_sys_enter_ptrace` covers it.
+#[fexit(function = "ptrace_may_access")]
+pub fn taint_ptrace_may_access(ctx: FExitContext) -> i32 {
+    let (task, mode, granted): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    if granted & 0xff != 0 {
+        finish(
+            Program::TaintPtraceMayAccess,
+            try_access(Task(task as usize), mode),
+        );
+    }
+    0
+}
+
+/// Taints `target`'s process for a `PTRACE_MODE_ATTACH` access that can change its memory:
+/// every one except those made by the agent, under [`READ_ONLY_CALLS`], or by a read-only
+/// `open` (of `/proc/PID/mem` or another `/proc/PID` file). An access in `PTRACE_MODE_READ`
+/// (`/proc/PID/status`, `environ`, `maps`…) taints nothing.
+#[inline(always)]
+fn try_access(target: Task, mode: u64) -> ProbeResult {
+    if mode & PTRACE_MODE_ATTACH == 0 || current_is_agent() {
+        return Err(ProbeError::Skip);
+    }
+    let nr = SyscallArgs::current().nr();
+    if READ_ONLY_CALLS.contains(&nr) {
+        return Err(ProbeError::Skip);
+    }
+    if let Some(call) = OpenCall::current() {
+        if call.flags & O_ACCMODE == O_RDONLY {
+            return Err(ProbeError::Skip);
+        }
+    }
+    taint(target.tgid()?);
     Ok(())
 }

@@ -11,7 +11,7 @@
 use std::{fs::File, path::Path};
 
 use aya::{
-    programs::{CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSockAddr, FExit, Lsm, RawTracePoint, TracePoint},
     Btf, Ebpf,
 };
 use aya_obj::{programs::CgroupSockAddrAttachType, ProgramSection};
@@ -35,6 +35,8 @@ const FLOOR_CONNECT4: &str = "floor_connect4";
 const FLOOR_CONNECT6: &str = "floor_connect6";
 /// Empty BPF LSM program.
 const FLOOR_LSM: &str = "floor_lsm";
+/// Empty fexit program.
+const FLOOR_FEXIT: &str = "floor_fexit";
 
 /// Failure to attach the floor.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +74,7 @@ pub enum FloorError {
 /// The attached floor. Dropping it detaches every program.
 pub struct Floor {
     /// The floor object holding the shared tracepoint, raw tracepoint and cgroup programs, then one
-    /// object per LSM hook (an LSM program is bound to its hook when it loads).
+    /// object per LSM or fexit hook (such a program is bound to its hook when it loads).
     objects: Vec<Ebpf>,
     /// Per registry program: `None` when its hook has an empty program, else why not.
     pub status: Vec<(&'static str, Hook, Option<String>)>,
@@ -179,6 +181,13 @@ impl Floor {
                 self.objects.push(load().map_err(|e| e.to_string())?);
                 let p: &mut Lsm = self.program(self.objects.len() - 1, FLOOR_LSM)?;
                 p.load(hook, &btf).map_err(|e| text(&e))?;
+                p.attach().map_err(|e| text(&e))?;
+            }
+            Hook::FExit { function } => {
+                let btf = Btf::from_sys_fs().map_err(|e| text(&e))?;
+                self.objects.push(load().map_err(|e| e.to_string())?);
+                let p: &mut FExit = self.program(self.objects.len() - 1, FLOOR_FEXIT)?;
+                p.load(function, &btf).map_err(|e| text(&e))?;
                 p.attach().map_err(|e| text(&e))?;
             }
         }

@@ -11,7 +11,9 @@ use std::{
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, TracePoint},
+    programs::{
+        links::FdLink, CgroupAttachMode, CgroupSockAddr, FExit, Lsm, RawTracePoint, TracePoint,
+    },
     Btf, Ebpf, EbpfLoader,
 };
 use phiguard_common::{
@@ -108,7 +110,7 @@ fn inode_setattr_idmap() -> u32 {
     u32::from(args != Some(2))
 }
 
-/// The running kernel's BTF as aya reads it, for the LSM programs' attach points: read once
+/// The running kernel's BTF as aya reads it, for the LSM and fexit programs' attach points: read once
 /// per process (it does not change while the kernel runs; each read took 1–1.3 s under the VM
 /// tier's emulation), `None` when it cannot be read.
 fn kernel_btf() -> Option<&'static Btf> {
@@ -210,6 +212,11 @@ impl Sensors {
             let started = std::time::Instant::now();
             let error = match (&spec.hook, &enforcement.lsm_inactive) {
                 (Hook::Lsm { .. }, Some(reason)) => Some(reason.clone()),
+                _ if spec.program == Program::TaintPtraceMayAccess
+                    && sensors.attached(Program::TaintPtraceAccessCheck) =>
+                {
+                    Some("not needed: lsm/ptrace_access_check taints at the same check".into())
+                }
                 _ => sensors.attach(spec, &cgroup).err(),
             };
             tracing::debug!(
@@ -241,6 +248,16 @@ impl Sensors {
                 );
             }
             sensors.status.push(ProgramStatus { spec: *spec, error });
+        }
+        if !sensors.attached(Program::TaintPtraceAccessCheck)
+            && !sensors.attached(Program::TaintPtraceMayAccess)
+        {
+            tracing::warn!(
+                "neither lsm/ptrace_access_check (no BPF LSM) nor fexit/ptrace_may_access (no \
+                 fentry/fexit on this kernel) attached: a write into an allowed program's memory \
+                 through /proc/PID/mem does not make it an unlisted subject (ptrace attach and \
+                 process_vm_writev still do)"
+            );
         }
         // After the exec and fork programs are attached: a process started from here on gets
         // its record there, one started before gets it now.
@@ -396,8 +413,23 @@ impl Sensors {
                 let link = p.take_link(id).map_err(|e| text(&e))?;
                 self.links.push((spec.name, FdLink::from(link)));
             }
+            Hook::FExit { function } => {
+                let btf = kernel_btf().ok_or("the kernel's BTF cannot be read")?;
+                let p: &mut FExit = program.try_into().map_err(|e| text(&e))?;
+                p.load(function, btf).map_err(|e| text(&e))?;
+                let id = p.attach().map_err(|e| text(&e))?;
+                let link = p.take_link(id).map_err(|e| text(&e))?;
+                self.links.push((spec.name, FdLink::from(link)));
+            }
         }
         Ok(())
+    }
+
+    /// Whether `program` is attached (so far, during the load).
+    fn attached(&self, program: Program) -> bool {
+        self.status
+            .iter()
+            .any(|s| s.spec.program == program && s.error.is_none())
     }
 
     /// Whether BPF LSM decides file opens (`enforce_file_open` is attached): refused opens

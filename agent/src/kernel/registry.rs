@@ -26,6 +26,11 @@ pub enum Hook {
         /// The LSM hook's name.
         hook: &'static str,
     },
+    /// The return of a kernel function (fexit, BTF trampoline).
+    FExit {
+        /// The kernel function's name.
+        function: &'static str,
+    },
 }
 
 /// What a program watches.
@@ -112,6 +117,9 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { name: "enforce_inode_link", program: Program::EnforceInodeLink, hook: Hook::Lsm { hook: "inode_link" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: hard links to protected files are not refused" },
     ProgramSpec { name: "enforce_inode_setxattr", program: Program::EnforceInodeSetxattr, hook: Hook::Lsm { hook: "inode_setxattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: setxattr on protected files is not refused" },
     ProgramSpec { name: "enforce_inode_removexattr", program: Program::EnforceInodeRemovexattr, hook: Hook::Lsm { hook: "inode_removexattr" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: removexattr on protected files is not refused" },
+    ProgramSpec { name: "taint_ptrace_access_check", program: Program::TaintPtraceAccessCheck, hook: Hook::Lsm { hook: "ptrace_access_check" }, family: Family::Process, required: false, missing_means: "no BPF LSM: the ptrace access check taints through fexit/ptrace_may_access where that attaches" },
+    // After the LSM program: attached only where that one is not (see `Sensors::load`).
+    ProgramSpec { name: "taint_ptrace_may_access", program: Program::TaintPtraceMayAccess, hook: Hook::FExit { function: "ptrace_may_access" }, family: Family::Process, required: false, missing_means: "a write to another process's memory through /proc/PID/mem does not taint it unless lsm/ptrace_access_check is attached" },
     ProgramSpec { name: "enforce_socket_sendmsg", program: Program::EnforceSocketSendmsg, hook: Hook::Lsm { hook: "socket_sendmsg" }, family: Family::Enforce, required: false, missing_means: "no BPF LSM: a received descriptor's event does not name its sender" },
 ];
 
@@ -138,6 +146,7 @@ impl std::fmt::Display for Hook {
             Hook::RawTracePoint { name } => write!(f, "raw_tracepoint/{name}"),
             Hook::CgroupConnect => write!(f, "cgroup/connect"),
             Hook::Lsm { hook } => write!(f, "lsm/{hook}"),
+            Hook::FExit { function } => write!(f, "fexit/{function}"),
         }
     }
 }
