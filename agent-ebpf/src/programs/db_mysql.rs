@@ -257,11 +257,9 @@ extern "C" fn walk_step(_step: u64, _ctx: *mut c_void) -> c_long {
     if m.walk.rest == 0 {
         return header_step(m, s, avail);
     }
-    if m.state & u64::from(ST_PEEK) != 0 {
-        if !classify(m, avail) {
-            m.walk.phase = PHASE_LOST as u64;
-            return 1;
-        }
+    if m.state & u64::from(ST_PEEK) != 0 && !classify(m, avail) {
+        m.walk.phase = PHASE_LOST as u64;
+        return 1;
     }
     body_step(m, s, avail)
 }
@@ -460,7 +458,11 @@ fn header_step(m: &mut MysqlWalk, s: &mut DbDataScratch, avail: u64) -> c_long {
     let continues = m.state & u64::from(ST_CONT) != 0;
     // A header keeps only the server's answer state (to the client) and sets the
     // continuation bit.
-    let kept = if m.walk.to_server != 0 { 0 } else { m.state & 0xff };
+    let kept = if m.walk.to_server != 0 {
+        0
+    } else {
+        m.state & 0xff
+    };
     m.state = kept
         | if len == MAX_PACKET {
             u64::from(ST_CONT)
