@@ -249,8 +249,8 @@ pub struct DbDirection {
     pub capture: u32,
     /// Records lost since the last one delivered.
     pub lost: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// The protocol's own state of this direction (MySQL: `db_mysql::ST_*`; PostgreSQL: 0).
+    pub state: u32,
     /// The header bytes seen so far.
     pub hdr: [u8; 8],
 }
@@ -279,6 +279,15 @@ pub static DB_JOIN: HashMap<InodeKey, u32> =
 #[map]
 pub static DB_WALK: PerCpuArray<crate::programs::db_frame::Walk> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU state of the MySQL framing walk (`crate::programs::db_mysql::MysqlWalk`).
+#[map]
+pub static DB_MYSQL_WALK: PerCpuArray<crate::programs::db_mysql::MysqlWalk> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Zero bytes, never written: what stands in for a login's auth data in a MySQL record.
+#[map]
+pub static DB_ZEROS: PerCpuArray<[u8; 256]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch for capture records.
 #[map]

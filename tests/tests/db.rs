@@ -1630,6 +1630,85 @@ impl RawMysql {
         self.verdict()
     }
 
+    /// Sends `sql` as a COM_QUERY and reads its whole answer (this client never asks for
+    /// `CLIENT_DEPRECATE_EOF`): the rows of a result set, or none for an OK. Panics on an ERR.
+    fn run(&mut self, sql: &str) -> Vec<Vec<u8>> {
+        let mut p = vec![0x03];
+        p.extend_from_slice(sql.as_bytes());
+        self.write_packet(0, &p);
+        self.answer()
+    }
+
+    /// Reads one answer: OK (no rows), ERR (a panic) or a result set's rows.
+    fn answer(&mut self) -> Vec<Vec<u8>> {
+        let (_, first) = self.read_packet();
+        match first.first() {
+            Some(0x00) => return Vec::new(),
+            Some(0xff) => panic!("the server refused: {}", String::from_utf8_lossy(&first)),
+            _ => {}
+        }
+        self.skip_to_eof();
+        let mut rows = Vec::new();
+        loop {
+            let (_, row) = self.read_packet();
+            match row.first() {
+                Some(0xfe) if row.len() < 9 => return rows,
+                Some(0xff) => panic!("the server failed: {}", String::from_utf8_lossy(&row)),
+                _ => rows.push(row),
+            }
+        }
+    }
+
+    /// Reads definitions up to their EOF.
+    fn skip_to_eof(&mut self) {
+        loop {
+            let (_, p) = self.read_packet();
+            if p.first() == Some(&0xfe) && p.len() < 9 {
+                return;
+            }
+        }
+    }
+
+    /// COM_STMT_PREPARE: the statement id.
+    fn prepare(&mut self, sql: &str) -> u32 {
+        let mut p = vec![0x16];
+        p.extend_from_slice(sql.as_bytes());
+        self.write_packet(0, &p);
+        let (_, ok) = self.read_packet();
+        assert_eq!(ok.first(), Some(&0), "prepare {sql}: {ok:?}");
+        let id = u32::from_le_bytes([ok[1], ok[2], ok[3], ok[4]]);
+        let columns = u16::from_le_bytes([ok[5], ok[6]]);
+        let params = u16::from_le_bytes([ok[7], ok[8]]);
+        if params > 0 {
+            self.skip_to_eof();
+        }
+        if columns > 0 {
+            self.skip_to_eof();
+        }
+        id
+    }
+
+    /// COM_STMT_EXECUTE of statement `id` with one integer parameter: its binary rows.
+    fn execute(&mut self, id: u32, param: i32) -> Vec<Vec<u8>> {
+        let mut p = vec![0x17];
+        p.extend_from_slice(&id.to_le_bytes());
+        p.push(0); // no cursor
+        p.extend_from_slice(&1u32.to_le_bytes()); // iteration count
+        p.push(0); // NULL bitmap of one parameter
+        p.push(1); // new parameter types
+        p.extend_from_slice(&[3, 0]); // MYSQL_TYPE_LONG
+        p.extend_from_slice(&param.to_le_bytes());
+        self.write_packet(0, &p);
+        self.answer()
+    }
+
+    /// COM_STMT_CLOSE (no answer).
+    fn close_statement(&mut self, id: u32) {
+        let mut p = vec![0x19];
+        p.extend_from_slice(&id.to_le_bytes());
+        self.write_packet(0, &p);
+    }
+
     /// COM_QUIT; the server may have closed already.
     fn quit(mut self) {
         use std::io::Write as _;
@@ -2509,6 +2588,209 @@ fn postgres_records_lost_in_the_kernel_are_counted_on_the_session_which_resynchr
     });
     assert!(
         flood.iter().all(|&n| n < BATCHES * PER_BATCH),
+        "some statements were lost: {flood:?}"
+    );
+}
+
+/// The MariaDB table `ehr.big` of `rows` rows, each holding `marker` and 400 bytes more.
+fn mariadb_big_table(db: &MariaDb, rows: usize, marker: &str) {
+    db.client(
+        false,
+        None,
+        &format!(
+            "CREATE DATABASE ehr; CREATE TABLE ehr.big (id int, note text); \
+             INSERT INTO ehr.big SELECT seq, CONCAT('{marker}_', seq, REPEAT('r', 400)) \
+             FROM ehr.seq_1_to_{rows}"
+        ),
+    );
+}
+
+#[test]
+fn mariadb_rows_of_a_large_result_never_leave_the_kernel() {
+    const ROWS: usize = 20_000;
+    const ROW_MARKER: &str = "PHIMARK_RESULT_ROW";
+    let db = MariaDb::start();
+    mariadb_big_table(&db, ROWS, ROW_MARKER);
+    let mut config = Config::default();
+    config.database.ports = vec![db.port];
+    config.database.unix_sockets = vec![db.socket()];
+    let mut h = Harness::start_with(&config);
+    let mut row_bytes = 0;
+    for (socket, transport) in [(false, "tcp"), (true, "unix")] {
+        let mut cmd = Command::new("/usr/bin/mariadb");
+        cmd.args(["--no-defaults", "-uroot", "-N", "-B"]);
+        if socket {
+            cmd.arg(format!("--socket={}", db.socket().display()));
+        } else {
+            cmd.args(["-h", "127.0.0.1", "-P", &db.port.to_string()]);
+        }
+        let output = cmd
+            .args(["-e", "SELECT * FROM ehr.big; SELECT 4243 AS after_big"])
+            .stderr(Stdio::null())
+            .output()
+            .expect("mariadb");
+        assert!(output.status.success(), "mariadb over {transport}");
+        let shown = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            shown.matches(ROW_MARKER).count(),
+            ROWS,
+            "every row came back"
+        );
+        row_bytes += output.stdout.len();
+        for want in ["client", "server"] {
+            h.expect(
+                &format!("{want} statement after the result over {transport}"),
+                |e| {
+                    statement(e).is_some_and(|s| {
+                        s.text == "SELECT ? AS after_big"
+                            && role(s.session.as_ref()) == want
+                            && s.session.as_ref().is_some_and(|x| x.transport == transport)
+                    })
+                },
+            );
+            let got: Vec<_> = statements_of(&h, transport, want)
+                .into_iter()
+                .map(|s| (s.text, s.rows, s.ok, s.lost_records))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    ("SELECT * FROM ehr.big".into(), Some(ROWS as u64), true, 0),
+                    ("SELECT ? AS after_big".into(), Some(1), true, 0),
+                ],
+                "{want} statements over {transport}"
+            );
+        }
+    }
+    let stats = h.stop();
+    expect_no_marker(&h, &[ROW_MARKER]);
+    for end in session_ends_of(&h, "tcp")
+        .into_iter()
+        .chain(session_ends_of(&h, "unix"))
+    {
+        assert!(!end.desynchronised && end.lost_records == 0, "{end:?}");
+    }
+    // Each result crossed two sockets (the server's write, the client's read): were rows
+    // carried, the capture would be at least as large as they are.
+    eprintln!(
+        "database capture: {} records, {} bytes for {} bytes of rows shown, each crossing both ends",
+        stats.db_records, stats.db_bytes, row_bytes
+    );
+    assert!(
+        stats.db_bytes * 10 < row_bytes as u64 * 2,
+        "the capture carried {} bytes for {} bytes of rows",
+        stats.db_bytes,
+        row_bytes
+    );
+}
+
+#[test]
+fn mariadb_prepared_statements_report_text_rows_and_outcome_never_the_binary_rows() {
+    const ROW_MARKER: &str = "PHIMARK_BINARY_ROW";
+    let db = MariaDb::start();
+    mariadb_big_table(&db, 500, ROW_MARKER);
+    let mut config = Config::default();
+    config.database.ports = vec![db.port];
+    let mut h = Harness::start_with(&config);
+    let mut c = RawMysql::login(db.port, "root");
+    let id = c.prepare("SELECT note FROM ehr.big WHERE id <= ?");
+    let rows = c.execute(id, 300);
+    assert_eq!(rows.len(), 300);
+    assert!(rows
+        .iter()
+        .all(|r| String::from_utf8_lossy(r).contains(ROW_MARKER)));
+    let rows = c.execute(id, 7);
+    assert_eq!(rows.len(), 7);
+    c.close_statement(id);
+    assert_eq!(c.run("SELECT 4247 AS after_prepared").len(), 1);
+    c.quit();
+    let text = "SELECT note FROM ehr.big WHERE id <= ?";
+    // The client is this test process, whose own sockets the agent does not audit: the
+    // server end.
+    {
+        let want = "server";
+        h.expect(&format!("{want} statement after the executions"), |e| {
+            statement(e).is_some_and(|s| {
+                s.text == "SELECT ? AS after_prepared" && role(s.session.as_ref()) == want
+            })
+        });
+        let got: Vec<_> = statements_of(&h, "tcp", want)
+            .into_iter()
+            .map(|s| (s.text, s.prepared, s.rows, s.ok))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (text.into(), true, Some(300), true),
+                (text.into(), true, Some(7), true),
+                ("SELECT ? AS after_prepared".into(), false, Some(1), true),
+            ],
+            "{want}"
+        );
+    }
+    h.stop();
+    expect_no_marker(&h, &[ROW_MARKER]);
+}
+
+#[test]
+fn mariadb_records_lost_in_the_kernel_are_counted_on_the_session_which_resynchronises() {
+    // Nothing reads the ring buffer while one session sends far more statement text than it
+    // holds (16 MiB, each statement crossing both ends): the kernel drops records. Then the
+    // agent reads, and the same session goes on.
+    const FLOOD: usize = 4000;
+    let db = MariaDb::start();
+    let mut config = Config::default();
+    config.database.ports = vec![db.port];
+    let mut h = Harness::attach_with(&config);
+    let mut c = RawMysql::login(db.port, "root");
+    let filler = "f".repeat(3000);
+    for i in 0..FLOOD {
+        assert_eq!(c.run(&format!("SELECT '{filler}' AS flood_{i}")).len(), 1);
+    }
+    h.start_reading();
+    // The backlog drains; then the session speaks again.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.run("SELECT 4245 AS after_loss").len(), 1);
+    assert_eq!(c.run("SELECT 4246 AS after_loss_again").len(), 1);
+    c.quit();
+    // The client is this test process, whose own sockets the agent does not audit: the
+    // server end.
+    {
+        let want = "server";
+        let again = h.expect(&format!("{want} statement after the loss"), |e| {
+            statement(e).is_some_and(|s| {
+                s.text == "SELECT ? AS after_loss_again" && role(s.session.as_ref()) == want
+            })
+        });
+        let again = statement(&again).unwrap();
+        // Left (issue 17): after a loss, user space pairs outcomes again only at a PostgreSQL
+        // ReadyForQuery; MySQL has none, so the statements after the loss are reported, with
+        // the loss, but without their outcome.
+        assert!(again.rows.is_none(), "{again:?}");
+        assert!(
+            again.lost_records > 0,
+            "the loss is on the session's events: {again:?}"
+        );
+        let end = h.expect(&format!("{want} session end"), |e| {
+            session_end(e).is_some_and(|s| role(s.session.as_ref()) == want)
+        });
+        let end = session_end(&end).unwrap();
+        assert!(end.lost_records > 0 && !end.desynchronised, "{end:?}");
+    }
+    let stats = h.stop();
+    assert!(
+        stats.kernel_lost > 0,
+        "the kernel dropped records: {stats:?}"
+    );
+    let flood = ["server"].map(|want| {
+        h.seen
+            .iter()
+            .filter_map(statement)
+            .filter(|s| s.text.contains(" AS flood_") && role(s.session.as_ref()) == want)
+            .count()
+    });
+    assert!(
+        flood.iter().all(|&n| n < FLOOD),
         "some statements were lost: {flood:?}"
     );
 }

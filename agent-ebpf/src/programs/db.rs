@@ -12,9 +12,9 @@
 //! entry hook and no per-thread map. What they do for a process without database sockets is one
 //! hash lookup (`DB_PROCESSES`). For a process with some, the descriptor is followed to its
 //! `struct sock` (four kernel reads) and looked up in `DB_SOCKS`; only tracked sockets get a
-//! record: for a PostgreSQL session the call's messages as the framing walk leaves them
-//! (`crate::programs::db_frame`: headers and the bodies the audit reads, never rows); for
-//! anything else at most `DB_CAPTURE_LEN` bytes (from the first `MAX_DB_IOVECS` iovecs of a
+//! record: for a PostgreSQL or MySQL session the call's messages as the framing walk leaves
+//! them (`crate::programs::db_frame`, `crate::programs::db_mysql`: headers and the bodies the
+//! audit reads, never rows); for anything else at most `DB_CAPTURE_LEN` bytes (from the first `MAX_DB_IOVECS` iovecs of a
 //! vectored call).
 //!
 //! Sessions opened before the agent started are joined: user space finds their sockets at
@@ -51,7 +51,10 @@ use crate::{
         DbFraming, DbSock, DB_DATA_SCRATCH, DB_JOIN, DB_PORTS, DB_PROCESSES, DB_SOCKS,
         DB_UNIX_SOCKETS, EVENTS,
     },
-    programs::db_frame::{self, Source},
+    programs::{
+        db_frame::{self, Source},
+        db_mysql,
+    },
     syscall::SyscallArgs,
 };
 
@@ -312,7 +315,7 @@ struct IoVec {
 }
 
 /// At exit: when the calling process holds database sockets and `fd` is a tracked one, sends
-/// the call's PostgreSQL messages (framed), or the first bytes the call moved (and, for a long
+/// the call's PostgreSQL or MySQL messages (framed), or the first bytes the call moved (and, for a long
 /// plain-buffer call, its last bytes). The common case, a process without database sockets,
 /// costs one hash lookup. A descriptor that is not a socket (its `sock` unreadable) is
 /// skipped, not a fault: database processes read files too.
@@ -392,11 +395,15 @@ fn try_exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -
                 Some(first) if to_server && db_frame::is_startup_request(first) => {
                     db_frame::MODE_POSTGRES
                 }
+                Some(first) if !to_server && db_mysql::is_greeting(first) => db_mysql::MODE_MYSQL,
                 _ if ret == 0 => db_frame::MODE_UNKNOWN,
                 _ => db_frame::MODE_RAW,
             };
             if entry.framing.mode == db_frame::MODE_POSTGRES {
                 entry.framing.dirs[db_frame::TO_SERVER].phase = db_frame::PHASE_UNTYPED;
+            }
+            if entry.framing.mode == db_mysql::MODE_MYSQL {
+                entry.framing.flags = db_mysql::MY_AUTH;
             }
         }
         if entry.framing.mode != db_frame::MODE_RAW {
@@ -405,12 +412,14 @@ fn try_exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -
             } else {
                 db_frame::TO_CLIENT
             };
-            let len = if entry.framing.mode == db_frame::MODE_POSTGRES {
-                ret as u64
-            } else {
-                0 // unknown yet (an end of stream) or encrypted: the byte count only
-            };
-            db_frame::walk(scratch, entry, dir, source, len);
+            match entry.framing.mode {
+                db_frame::MODE_POSTGRES => {
+                    db_frame::walk(scratch, entry, dir, source, ret as u64);
+                }
+                db_mysql::MODE_MYSQL => db_mysql::walk(scratch, entry, dir, source, ret as u64),
+                // Unknown yet (an end of stream) or encrypted: the byte count only.
+                _ => db_frame::walk(scratch, entry, dir, source, 0),
+            }
             return Ok(());
         }
     }

@@ -51,8 +51,10 @@ pub const MODE_UNKNOWN: u32 = 0;
 pub const MODE_RAW: u32 = 1;
 /// PostgreSQL, walked message by message.
 pub const MODE_POSTGRES: u32 = 2;
-/// PostgreSQL switched to TLS or GSSAPI: only byte counts.
+/// PostgreSQL switched to TLS or GSSAPI, or MySQL to TLS: only byte counts.
 pub const MODE_ENCRYPTED: u32 = 3;
+/// MySQL/MariaDB, walked packet by packet (`crate::programs::db_mysql`).
+pub const MODE_MYSQL: u32 = 4;
 
 /// `DbDirection::phase`: typed messages (a type byte and a 4-byte length).
 pub const PHASE_TYPED: u32 = 0;
@@ -94,7 +96,7 @@ static DB_TEXT_CAPTURE: u32 = DB_TEXT_CAPTURE_DEFAULT;
 
 /// The statement capture bound (see [`DB_TEXT_CAPTURE`]).
 #[inline(always)]
-fn text_capture() -> u64 {
+pub(crate) fn text_capture() -> u64 {
     // SAFETY: a plain static; volatile keeps the read in the program (the loader rewrites it).
     let n = unsafe { core::ptr::read_volatile(&raw const DB_TEXT_CAPTURE) };
     u64::from(n.min(DB_TEXT_CAPTURE_MAX))
@@ -163,38 +165,38 @@ struct IoVec {
 #[derive(Clone, Copy)]
 pub struct Walk {
     /// Bytes of the call not walked yet.
-    left: u64,
+    pub(crate) left: u64,
     /// The current buffer and its bytes not walked yet.
-    seg_ptr: u64,
-    seg_left: u64,
+    pub(crate) seg_ptr: u64,
+    pub(crate) seg_left: u64,
     /// Further iovecs.
-    iov: u64,
-    iov_count: u64,
-    iov_next: u64,
+    pub(crate) iov: u64,
+    pub(crate) iov_count: u64,
+    pub(crate) iov_next: u64,
     // The direction's state (a copy, written back after the walk).
-    phase: u64,
-    hdr_have: u64,
-    rest: u64,
-    capture: u64,
-    lost: u64,
-    hdr: [u8; 8],
+    pub(crate) phase: u64,
+    pub(crate) hdr_have: u64,
+    pub(crate) rest: u64,
+    pub(crate) capture: u64,
+    pub(crate) lost: u64,
+    pub(crate) hdr: [u8; 8],
     // What the walk tells the other direction.
-    to_server: u64,
-    sasl: u64,
+    pub(crate) to_server: u64,
+    pub(crate) sasl: u64,
     /// 1: the server's answer is due in the other direction.
-    answer_due: u64,
+    pub(crate) answer_due: u64,
     /// 1: the session switched to encryption.
-    encrypted: u64,
+    pub(crate) encrypted: u64,
     // The record being built.
-    used: u64,
-    spans: u64,
-    span_open: u64,
-    span_at: u64,
-    span_moved: u64,
-    span_captured: u64,
-    span_flags: u64,
+    pub(crate) used: u64,
+    pub(crate) spans: u64,
+    pub(crate) span_open: u64,
+    pub(crate) span_at: u64,
+    pub(crate) span_moved: u64,
+    pub(crate) span_captured: u64,
+    pub(crate) span_flags: u64,
     /// 1: the walk ended at the end of the call (not at its step bound).
-    done: u64,
+    pub(crate) done: u64,
 }
 
 /// Walks one call on the PostgreSQL socket `sock` in direction `dir` (`TO_SERVER` or
@@ -326,7 +328,7 @@ extern "C" fn walk_step(_step: u64, _ctx: *mut c_void) -> c_long {
 
 /// Moves to the next iovec (bounded by the call's length); 1 when there is none.
 #[inline(always)]
-fn next_segment(w: &mut Walk) -> c_long {
+pub(crate) fn next_segment(w: &mut Walk) -> c_long {
     if w.iov_next >= w.iov_count || w.iov_next >= 1024 {
         w.done = 1;
         return 1;
@@ -479,14 +481,14 @@ fn read_into(hdr: &mut [u8; 8], src: u64, len: u32) -> bool {
 /// proved a bound the verifier does not see (6.12 refused an offset the compiler had left
 /// unmasked).
 #[inline(always)]
-fn fresh(value: &u64) -> u64 {
+pub(crate) fn fresh(value: &u64) -> u64 {
     // SAFETY: a valid reference.
     unsafe { core::ptr::read_volatile(value) }
 }
 
 /// `n` bytes of the call walked.
 #[inline(always)]
-fn advance(w: &mut Walk, n: u64) {
+pub(crate) fn advance(w: &mut Walk, n: u64) {
     w.seg_ptr += n;
     w.seg_left -= n.min(w.seg_left);
     w.left -= n.min(w.left);
@@ -495,7 +497,7 @@ fn advance(w: &mut Walk, n: u64) {
 /// Opens a span (sending the record first when no room is left for one and a whole header
 /// after it: a header is never cut across records).
 #[inline(always)]
-fn open_span(w: &mut Walk, s: &mut DbDataScratch, flags: u64) {
+pub(crate) fn open_span(w: &mut Walk, s: &mut DbDataScratch, flags: u64) {
     close_span(w, s);
     if w.used + SPAN_HEADER + MAX_HEADER >= CAP {
         flush(w, s);
@@ -511,7 +513,7 @@ fn open_span(w: &mut Walk, s: &mut DbDataScratch, flags: u64) {
 
 /// Writes the open span's header.
 #[inline(always)]
-fn close_span(w: &mut Walk, s: &mut DbDataScratch) {
+pub(crate) fn close_span(w: &mut Walk, s: &mut DbDataScratch) {
     if w.span_open == 0 {
         return;
     }
@@ -532,7 +534,7 @@ fn close_span(w: &mut Walk, s: &mut DbDataScratch) {
 /// one has elided bytes or `boundary` is set; a new record when this one is full); returns
 /// how many were copied (0 when they could not be read).
 #[inline(always)]
-fn capture(w: &mut Walk, s: &mut DbDataScratch, n: u64, boundary: bool) -> u64 {
+pub(crate) fn capture(w: &mut Walk, s: &mut DbDataScratch, n: u64, boundary: bool) -> u64 {
     if boundary || w.span_open == 0 || w.span_moved > w.span_captured {
         open_span(
             w,
@@ -576,7 +578,7 @@ fn capture(w: &mut Walk, s: &mut DbDataScratch, n: u64, boundary: bool) -> u64 {
 
 /// `n` bytes at the walk's position stay in the kernel: the open span's end.
 #[inline(always)]
-fn elide(w: &mut Walk, s: &mut DbDataScratch, n: u64) {
+pub(crate) fn elide(w: &mut Walk, s: &mut DbDataScratch, n: u64) {
     if w.span_open == 0 {
         open_span(w, s, 0);
     }
@@ -586,7 +588,7 @@ fn elide(w: &mut Walk, s: &mut DbDataScratch, n: u64) {
 /// Sends the record built so far and starts the next (the open span, if any, is closed: the
 /// next bytes open a continuation). A refused record is counted on the direction.
 #[inline(always)]
-fn flush(w: &mut Walk, scratch: &mut DbDataScratch) {
+pub(crate) fn flush(w: &mut Walk, scratch: &mut DbDataScratch) {
     close_span(w, scratch);
     scratch.event.captured = w.used as u32;
     scratch.event.spans = w.spans as u32;

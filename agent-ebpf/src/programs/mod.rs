@@ -2,6 +2,7 @@
 
 pub mod db;
 pub mod db_frame;
+pub mod db_mysql;
 pub mod enforce;
 pub mod file;
 pub mod handover;

@@ -1,4 +1,4 @@
-//! Framed capture records: the spans the kernel's PostgreSQL framing walk sends
+//! Framed capture records: the spans the kernel's PostgreSQL and MySQL framing walks send
 //! (`FLAG_DB_FRAMED`), parsed back into the chunks the decoders take.
 //!
 //! A record's data is a series of [`DbSpan`] headers, each followed by the span's captured
@@ -124,6 +124,17 @@ pub(crate) mod testutil {
             kept[at..at + header + body_keep].fill(true);
             at += len;
         }
+        cut_spans(stream, &kept, &starts, cuts)
+    }
+
+    /// Cuts one direction's `stream` into calls at `cuts`, given which bytes the kernel keeps
+    /// and where messages start: each call's spans as (captured bytes, moved).
+    pub fn cut_spans(
+        stream: &[u8],
+        kept: &[bool],
+        starts: &[bool],
+        cuts: &[usize],
+    ) -> Vec<Vec<(Vec<u8>, usize)>> {
         let mut calls = Vec::new();
         let mut from = 0;
         for &to in cuts.iter().chain(std::iter::once(&stream.len())) {

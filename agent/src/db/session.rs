@@ -332,8 +332,10 @@ impl Sessions {
                     .filter(|span| {
                         if session.awaiting_boundary[dir] && span.boundary {
                             session.awaiting_boundary[dir] = false;
-                            if let Decoder::Postgres(d) = &mut session.decoder {
-                                d.resync(direction);
+                            match &mut session.decoder {
+                                Decoder::Postgres(d) => d.resync(direction),
+                                Decoder::MySql(d) => d.resync(direction),
+                                Decoder::Unknown => {}
                             }
                         }
                         !session.awaiting_boundary[dir]

@@ -140,6 +140,22 @@ impl Decoder {
         self.encrypted
     }
 
+    /// Records of `direction` were lost in the kernel and the next chunk starts a packet:
+    /// its framing starts again there, and what the lost packets would have told is
+    /// forgotten (a pending answer, a file being sent).
+    pub fn resync(&mut self, direction: Direction) {
+        match direction {
+            Direction::ToServer => {
+                self.client.restart();
+                self.infile = Infile::Off;
+            }
+            Direction::ToClient => {
+                self.server.restart();
+                self.pending = Pending::None;
+            }
+        }
+    }
+
     /// Decodes one captured read or write.
     pub fn feed(&mut self, chunk: Chunk<'_>) -> Vec<Message> {
         let mut out = Vec::new();
@@ -299,6 +315,11 @@ impl Decoder {
     fn server_packet(&mut self, frame: &Frame, out: &mut Vec<Message>) -> Result<(), DecodeError> {
         let payload = frame.bytes.get(4..).unwrap_or_default();
         let Some(&first) = payload.first() else {
+            if frame.truncated && self.phase == Phase::Command {
+                // Only the header left the kernel (`FLAG_DB_FRAMED`): a column definition or
+                // a row, which the kernel never mistakes for an answer's control packet.
+                self.opaque_packet();
+            }
             return Ok(());
         };
         match self.phase {
@@ -363,6 +384,21 @@ impl Decoder {
                 value: if on { "on" } else { "off" }.into(),
             });
         }
+    }
+
+    /// A server packet of which only the header was captured: counted as a column
+    /// definition or a row where a result set is being read; nothing else.
+    fn opaque_packet(&mut self) {
+        let deprecate_eof = self.capabilities & CLIENT_DEPRECATE_EOF != 0;
+        self.pending = match std::mem::replace(&mut self.pending, Pending::None) {
+            // No EOF after the definitions (the kernel would have sent it): this is a row.
+            Pending::Columns(0) => Pending::Rows(1),
+            Pending::Columns(1) if deprecate_eof => Pending::Rows(0),
+            Pending::Columns(n) => Pending::Columns(n - 1),
+            Pending::Rows(count) => Pending::Rows(count + 1),
+            // A prepare's definitions, an answer the kernel could not classify.
+            Pending::None | Pending::Result | Pending::Prepare(_) => Pending::None,
+        };
     }
 
     fn command_answer(&mut self, first: u8, payload: &[u8], out: &mut Vec<Message>) {
@@ -695,6 +731,84 @@ pub(crate) mod tests {
             }
         }
         out
+    }
+
+    /// The session of [`run`] as (direction, bytes written at once), in order.
+    fn session_elements(caps: u32) -> Vec<(Direction, Vec<u8>)> {
+        let client = client_session(caps);
+        let server = server_session(caps & CLIENT_DEPRECATE_EOF != 0);
+        let mut out = vec![(Direction::ToClient, server[0].clone())];
+        let mut rest = &client[..];
+        let mut i = 1;
+        while rest.len() >= 4 {
+            let Header::Len(n) = header(rest) else {
+                unreachable!()
+            };
+            out.push((Direction::ToServer, rest[..n].to_vec()));
+            rest = &rest[n..];
+            if let Some(s) = server.get(i) {
+                out.push((Direction::ToClient, s.clone()));
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// Feeds `elements` to a decoder as the kernel's MySQL walk would send them
+    /// ([`super::kernel_model`]), each element cut into calls at random points.
+    pub(crate) fn feed_as_kernel(
+        elements: &[(Direction, Vec<u8>)],
+        rng: &mut XorShift,
+    ) -> Vec<Message> {
+        use crate::db::frame::testutil::cut_spans;
+        let mut model = super::kernel_model::Model::new();
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        for (direction, bytes) in elements {
+            let mut kept = Vec::new();
+            let mut starts = Vec::new();
+            let mut shown = Vec::new();
+            let mut rest = &bytes[..];
+            while rest.len() >= 4 {
+                let Header::Len(n) = header(rest) else {
+                    unreachable!()
+                };
+                let view = model.packet(*direction, &rest[..n]);
+                starts.push(true);
+                starts.extend(std::iter::repeat_n(false, n - 1));
+                kept.extend(view.iter().map(Option::is_some));
+                shown.extend(view.iter().map(|b| b.unwrap_or(0)));
+                rest = &rest[n..];
+            }
+            let mut cuts: Vec<usize> = (0..rng.below(4))
+                .map(|_| 1 + rng.below(shown.len().max(2) - 1))
+                .collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            for call in cut_spans(&shown, &kept, &starts, &cuts) {
+                for (captured, moved) in call {
+                    out.extend(d.feed(Chunk {
+                        direction: *direction,
+                        data: &captured,
+                        len: moved,
+                        tail: &[],
+                    }));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_kernels_walk_split_anywhere_decodes_as_the_whole_session() {
+        let mut rng = XorShift(17);
+        for caps in [CAPS, CAPS & !CLIENT_DEPRECATE_EOF] {
+            let whole = run(caps);
+            for _ in 0..200 {
+                let got = feed_as_kernel(&session_elements(caps), &mut rng);
+                assert_eq!(got, whole, "caps {caps:#x}");
+            }
+        }
     }
 
     #[test]
@@ -1142,5 +1256,186 @@ pub(crate) mod tests {
                 });
             }
         }
+    }
+}
+
+/// A model of the kernel's MySQL walk (`agent-ebpf/src/programs/db_mysql.rs`), for tests: the
+/// bytes of each packet that leave the kernel, given the session's packets in the order they
+/// are walked. Auth data is kept as zero bytes, as the kernel sends it.
+#[cfg(test)]
+pub(crate) mod kernel_model {
+    use super::Direction;
+
+    /// The socket's state, as the kernel keeps it.
+    #[derive(Default)]
+    pub struct Model {
+        greeted: bool,
+        responded: bool,
+        auth: bool,
+        infile: bool,
+        secure: bool,
+        lenenc: bool,
+        deprecate_eof: bool,
+        /// The server's next packet: 0 opaque, 1 answer, 2 prepare, 3 result (eofs left).
+        server: (u8, u8),
+        cont: [bool; 2],
+    }
+
+    impl Model {
+        /// A socket whose greeting is still to come.
+        pub fn new() -> Self {
+            Self {
+                auth: true,
+                ..Self::default()
+            }
+        }
+
+        /// The bytes of the whole `packet` (header included) that leave the kernel, with a
+        /// login's auth data as zeros; `None` bytes stay in the kernel.
+        pub fn packet(&mut self, direction: Direction, packet: &[u8]) -> Vec<Option<u8>> {
+            let len = u32::from_le_bytes([packet[0], packet[1], packet[2], 0]) as usize;
+            let seq = packet[3];
+            let body = &packet[4..];
+            let dir = usize::from(direction == Direction::ToClient);
+            let continues = self.cont[dir];
+            self.cont[dir] = len == 0xff_ffff;
+            let mut out: Vec<Option<u8>> = packet[..4].iter().map(|&b| Some(b)).collect();
+            let keep = |out: &mut Vec<Option<u8>>, n: usize| {
+                out.extend(body.iter().enumerate().map(|(i, &b)| (i < n).then_some(b)));
+            };
+            if continues || len == 0 {
+                if direction == Direction::ToServer && self.infile && len == 0 {
+                    self.infile = false;
+                    self.server = (1, 0);
+                }
+                keep(&mut out, 0);
+                return out;
+            }
+            if direction == Direction::ToServer {
+                if self.infile {
+                    keep(&mut out, 0);
+                } else if seq == 0 {
+                    let n = self.command(body);
+                    if body[0] == 0x11 {
+                        out.extend(login(body, 1, self.secure, false));
+                    } else {
+                        keep(&mut out, n);
+                    }
+                } else if !self.responded {
+                    self.responded = true;
+                    let caps = u32::from_le_bytes(body[..4].try_into().unwrap());
+                    if caps & super::CLIENT_SSL != 0 && body.len() == 32 {
+                        keep(&mut out, 32);
+                    } else {
+                        self.secure = caps & super::CLIENT_SECURE_CONNECTION != 0;
+                        self.lenenc = caps & super::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA != 0;
+                        self.deprecate_eof = caps & super::CLIENT_DEPRECATE_EOF != 0;
+                        out.extend(login(body, 32, self.secure || self.lenenc, true));
+                    }
+                } else {
+                    keep(&mut out, 0);
+                }
+                return out;
+            }
+            let n = if !self.greeted {
+                self.greeted = true;
+                1
+            } else if self.auth {
+                match body[0] {
+                    0x00 => 24,
+                    0xff => 9,
+                    0xfe => 65,
+                    _ => 1,
+                }
+            } else {
+                let (n, next) = match (self.server, body[0]) {
+                    ((1, _), 0x00 | 0xfe) => (24, (1, 0)),
+                    ((1, _), 0xff) => (9, (1, 0)),
+                    ((1, _), 0xfb) => {
+                        self.infile = true;
+                        (1, (1, 0))
+                    }
+                    ((1, _), _) => (9, (3, if self.deprecate_eof { 1 } else { 2 })),
+                    ((2, _), 0x00) => (12, (0, 0)),
+                    ((2, _), 0xff) => (9, (1, 0)),
+                    ((3, eofs), 0xfe) if len < 0xff_ffff => {
+                        (24, if eofs <= 1 { (1, 0) } else { (3, eofs - 1) })
+                    }
+                    ((3, _), 0xff) => (9, (1, 0)),
+                    ((3, eofs), _) => (0, (3, eofs)),
+                    _ => (0, (0, 0)),
+                };
+                self.server = next;
+                n
+            };
+            keep(&mut out, n);
+            out
+        }
+
+        /// A command: what of its body leaves; sets the server's next packet.
+        fn command(&mut self, body: &[u8]) -> usize {
+            self.auth = false;
+            let text = 4096 + 1;
+            match body[0] {
+                0x03 | 0x02 => {
+                    self.server = (1, 0);
+                    text
+                }
+                0x16 => {
+                    self.server = (2, 0);
+                    text
+                }
+                0x17 | 0x1a => {
+                    self.server = (1, 0);
+                    5
+                }
+                0x19 | 0x18 => 5,
+                0x1c => {
+                    self.server = (0, 0);
+                    5
+                }
+                0x11 => {
+                    self.auth = true;
+                    0
+                }
+                0x01 => 1,
+                0x0e | 0x0c | 0x1b | 0x1f | 0x07 => {
+                    self.server = (1, 0);
+                    1
+                }
+                _ => {
+                    self.server = (0, 0);
+                    1
+                }
+            }
+        }
+    }
+
+    /// A handshake response's or COM_CHANGE_USER's body: `prefix` bytes, the user name, the
+    /// auth data's length and the auth data as zeros, the rest.
+    fn login(body: &[u8], prefix: usize, one_byte: bool, _handshake: bool) -> Vec<Option<u8>> {
+        let mut out: Vec<Option<u8>> = Vec::new();
+        let mut at = prefix.min(body.len());
+        out.extend(body[..at].iter().map(|&b| Some(b)));
+        while at < body.len() {
+            out.push(Some(body[at]));
+            at += 1;
+            if body[at - 1] == 0 {
+                break;
+            }
+        }
+        if at < body.len() {
+            let n = body[at];
+            if !one_byte || n >= 0xfb {
+                out.extend(body[at..].iter().map(|_| None));
+                return out;
+            }
+            out.push(Some(n));
+            at += 1;
+            let end = (at + usize::from(n)).min(body.len());
+            out.extend(body[at..end].iter().map(|_| Some(0)));
+            out.extend(body[end..].iter().map(|&b| Some(b)));
+        }
+        out
     }
 }
