@@ -367,6 +367,31 @@ fn a_writer_paused_past_its_lease_writes_nothing_after_its_standby_took_over_and
     let node_pid = Pid::from_raw(node.pid().unwrap() as i32);
     kill(node_pid, Signal::SIGSTOP).unwrap();
     kill(Pid::from_raw(old_pid as i32), Signal::SIGCONT).unwrap();
+    // A SOC client subscribes to the paused writer as it resumes: the subscription's opening
+    // record is the old writer's first append to the store, which its fence must refuse (the
+    // subscription is refused with it; a paused writer has read nothing since its pause, so
+    // it judges no agent silent and raises nothing of its own).
+    let refused = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            phiguard_collector::tail::subscribe(
+                &old.addr,
+                Some("localhost"),
+                &pki.subscriber(),
+                v1::SubscribeRequest {
+                    filter: Some(file_opens()),
+                    ..Default::default()
+                },
+                1 << 20,
+            ),
+        )
+        .await
+    });
+    assert!(
+        !matches!(refused, Ok(Ok(_))),
+        "the paused writer opened a subscription after the take-over:\n{}",
+        old.log()
+    );
     let slow_until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < slow_until && !old.log().contains("store writer fenced off") {
         std::thread::sleep(Duration::from_millis(10));
