@@ -168,10 +168,13 @@ fn binary_notifies_ready_reports_status_and_serves_metrics() {
         listed_attached as f64,
         "{first}"
     );
-    // Every program attaches, but BPF LSM ones on a kernel without BPF LSM.
+    // Every program attaches, but BPF LSM ones on a kernel without BPF LSM and fexit ones
+    // on a kernel without trampolines (or where the LSM one does the job).
     for p in programs.iter().filter(|p| p["attached"] != true) {
         assert!(
-            p["hook"].as_str().is_some_and(|h| h.starts_with("lsm/")),
+            p["hook"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("lsm/") || h.starts_with("fexit/")),
             "not attached: {p}"
         );
     }
@@ -408,7 +411,11 @@ fn agent_enforces_with_only_the_units_capabilities() {
     let lsm = phiguard::kernel::loader::lsm_usable().expect("probing for BPF LSM as root");
     for p in programs {
         let name = p["name"].as_str().unwrap();
-        let expected = !name.starts_with("enforce_") || lsm;
+        let expected = match name {
+            "taint_ptrace_access_check" => lsm,
+            "taint_ptrace_may_access" => !lsm && traceable("ptrace_may_access"),
+            name => !name.starts_with("enforce_") || lsm,
+        };
         assert!(
             p["attached"] == expected,
             "{name}: attached {} with {bounding} (BPF LSM here: {lsm}): {}",
@@ -520,4 +527,20 @@ fn the_agent_knows_its_pid_as_the_kernel_sees_it_also_in_a_pid_namespace() {
             );
         }
     }
+}
+
+/// Whether the kernel lists `function` as traceable (what an fexit program needs; a kernel
+/// built without the function tracer lists nothing).
+fn traceable(function: &str) -> bool {
+    [
+        "/sys/kernel/tracing/available_filter_functions",
+        "/sys/kernel/debug/tracing/available_filter_functions",
+    ]
+    .iter()
+    .any(|path| {
+        std::fs::read_to_string(path).is_ok_and(|text| {
+            text.lines()
+                .any(|line| line.split_whitespace().next() == Some(function))
+        })
+    })
 }
