@@ -586,7 +586,7 @@ fn open_by_handle_at_is_refused_even_for_root_and_reported() {
 fn an_o_trunc_open_for_writing_leaves_the_file_unchanged() {
     let mut a = Attack::new(0);
     let file = a.file.clone();
-    let out = a.open_as_nobody("int80-openat2-forged", &file);
+    let out = a.open_as_nobody("trunc", &file);
     let opener = a.opener.clone();
     let event = a.assert_refused("O_WRONLY|O_TRUNC", &out, &opener, Some(&file));
     let d = event.decision.as_ref().unwrap();
