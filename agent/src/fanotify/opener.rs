@@ -372,11 +372,7 @@ pub fn read_call(tid: u32) -> OpenCall {
         tries += 1;
         read = fs::read_to_string(&path);
     }
-    let instruction = |pc: u64| {
-        let mut bytes = [0u8; 2];
-        let n = read_memory(tid, pc.checked_sub(2)?, &mut bytes).ok()?;
-        (n == 2).then_some(bytes)
-    };
+    let instruction = |pc: u64| instruction_before(tid, pc);
     let read_how = |addr: u64| {
         let mut bytes = [0u8; 16];
         if read_memory(tid, addr, &mut bytes).ok()? != bytes.len() {
@@ -417,6 +413,14 @@ fn flags_access(call: &OpenCall) -> u32 {
         requested |= access::WRITE;
     }
     requested
+}
+
+/// The two bytes before `pc` in a thread's memory: the instruction that entered the kernel, for
+/// the `pc` of `/proc/<tid>/syscall`.
+fn instruction_before(tid: u32, pc: u64) -> Option<[u8; 2]> {
+    let mut bytes = [0u8; 2];
+    let n = read_memory(tid, pc.checked_sub(2)?, &mut bytes).ok()?;
+    (n == bytes.len()).then_some(bytes)
 }
 
 /// Reads up to `buf.len()` bytes of another process's memory (`process_vm_readv`).
@@ -549,6 +553,94 @@ mod tests {
             &move |pc| (pc == 0x401010).then_some(bytes).flatten(),
             &memory,
         )
+    }
+
+    /// Blocks a new thread in `read` of an empty pipe — through `syscall` (libc), or through
+    /// `int 0x80` (i386 `read`, 3, into a buffer below 4 GiB) — and gives the entry that the
+    /// instruction before its `/proc/<tid>/syscall` `pc` names.
+    #[cfg(target_arch = "x86_64")]
+    fn entry_of_a_blocked_read(compat: bool) -> Entry {
+        use std::{
+            os::fd::AsRawFd as _,
+            sync::{
+                atomic::{AtomicU32, Ordering},
+                Arc,
+            },
+        };
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        let tid = Arc::new(AtomicU32::new(0));
+        let reader = {
+            let tid = Arc::clone(&tid);
+            std::thread::spawn(move || {
+                tid.store(nix::unistd::gettid().as_raw() as u32, Ordering::SeqCst);
+                let fd = read_end.as_raw_fd();
+                if !compat {
+                    let mut byte = [0u8; 1];
+                    // SAFETY: `byte` is valid for one byte.
+                    return unsafe { libc::read(fd, byte.as_mut_ptr().cast(), 1) } as i64;
+                }
+                // SAFETY: an anonymous mapping; the kernel checks the arguments.
+                let buf = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                        -1,
+                        0,
+                    )
+                };
+                assert_ne!(buf, libc::MAP_FAILED);
+                let ret: i64;
+                // SAFETY: i386 `read(fd, buf, 1)` into the mapping above (`fd` in `ebx`, which
+                // LLVM keeps: swapped in and back); the 32-bit entry clobbers r8-r11.
+                unsafe {
+                    std::arch::asm!(
+                        "xchg {fd}, rbx",
+                        "int 0x80",
+                        "xchg {fd}, rbx",
+                        fd = inout(reg) i64::from(fd) => _,
+                        inlateout("rax") 3i64 => ret,
+                        in("rcx") buf as i64,
+                        in("rdx") 1i64,
+                        out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                    );
+                }
+                ret
+            })
+        };
+        let expected_nr = if compat { 3 } else { 0 };
+        let started = Instant::now();
+        let line = loop {
+            let tid = tid.load(Ordering::SeqCst);
+            let text = fs::read_to_string(format!("/proc/{tid}/syscall")).unwrap_or_default();
+            match SyscallLine::parse(&text) {
+                Some(line) if tid != 0 && line.nr == expected_nr => break line,
+                _ => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(5),
+                        "never blocked: {text}"
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        let entry = instruction_before(tid.load(Ordering::SeqCst), line.pc)
+            .map_or(Entry::Unknown, Entry::of_instruction);
+        nix::unistd::write(&write_end, b"x").unwrap();
+        assert_eq!(
+            reader.join().unwrap(),
+            1,
+            "the blocked read returned its byte"
+        );
+        entry
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn a_blocked_threads_pc_follows_the_instruction_that_entered() {
+        assert_eq!(entry_of_a_blocked_read(false), Entry::Native);
+        assert_eq!(entry_of_a_blocked_read(true), Entry::Compat);
     }
 
     #[test]
