@@ -106,7 +106,8 @@ const NR_OPENAT2: i64 = 437;
 /// The system call entry a call came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
-    /// The 64-bit entry (`syscall` in 64-bit mode): arguments are whole registers.
+    /// The 64-bit entry (`syscall` in 64-bit mode), as far as the instruction bytes tell:
+    /// arguments are whole registers.
     Native,
     /// The 32-bit entry (`int 0x80`, `sysenter`, `syscall` in 32-bit mode): the kernel takes
     /// only the low 32 bits of each argument register.
@@ -117,14 +118,14 @@ pub enum Entry {
 
 impl Entry {
     /// The entry that the two bytes before the `pc` of `/proc/<tid>/syscall` name: the
-    /// instruction that entered the kernel. `cd 80` (`int 0x80`) is the 32-bit entry, and so is
-    /// every fast 32-bit call: for `sysenter` (`0f 34`) and `syscall` in 32-bit mode the kernel
-    /// sets the saved `pc` to the vDSO's landing pad just after an `int 0x80`
-    /// (`do_fast_syscall_32`), whatever the process's bitness. `0f 05` (`syscall`) left as the
-    /// `pc` shows it is therefore the 64-bit entry, from a 64-bit process or from a 32-bit one
-    /// that switched to 64-bit mode (whose call the kernel then reads in the 64-bit convention
-    /// too). The bytes are the caller's: another of its threads can rewrite them while the
-    /// call waits (see docs/policies.md).
+    /// instruction that entered the kernel, or, for a fast 32-bit call (`sysenter`, `syscall`
+    /// from 32-bit code), whatever precedes the vDSO's landing pad, where the kernel points
+    /// such a call's saved `pc` (an `int 0x80` in an untouched 32-bit vDSO). `cd 80`
+    /// (`int 0x80`) can only be the 32-bit entry: it cannot come before a 64-bit `syscall`'s
+    /// `pc`. `0f 05` (`syscall`) names the 64-bit entry, but does not prove it: the landing
+    /// pad is wherever the process's vDSO was, and it can unmap or overwrite that. The bytes
+    /// are the caller's: another of its threads can rewrite them while the call waits (see
+    /// docs/policies.md).
     pub fn of_instruction(bytes: [u8; 2]) -> Entry {
         match bytes {
             [0xcd, 0x80] | [0x0f, 0x34] => Entry::Compat,
@@ -301,9 +302,13 @@ fn with_how(mut call: OpenCall, read_how: ReadHow<'_>) -> OpenCall {
 /// Only `openat2` needs the entry (its number is the same in both tables): in the 32-bit
 /// convention its `dirfd`, path and `open_how` addresses are the low halves of their registers.
 /// When the two conventions read the same (no upper half set) the entry only marks the record.
-/// When they differ, the instruction that entered decides; when that instruction cannot be
-/// told, both readings count: the call requests what either of them requests (and an
-/// unreadable `open_how` counts as read and write).
+/// When they differ, `int 0x80` before the `pc` decides (the 32-bit entry). Nothing else does:
+/// `syscall` before the `pc` does not prove the 64-bit entry, because a fast 32-bit call
+/// (`sysenter`, `syscall` from 32-bit code — a 64-bit program can switch to it) shows the
+/// vDSO's landing pad as its `pc`, and the process can unmap or overwrite its vDSO. Both
+/// readings then count: the call requests what either requests. A reading whose `open_how`
+/// cannot be read is left out while the other can be read (the kernel has read the real one);
+/// neither readable, the flags are unknown (read and write).
 pub fn decode_call(
     text: &str,
     instruction: &dyn Fn(u64) -> Option<[u8; 2]>,
@@ -325,17 +330,21 @@ pub fn decode_call(
     let compat = read_args(&line, &openat2_layout(true));
     let same = (native.dirfd, native.path_addr, native.how_addr)
         == (compat.dirfd, compat.path_addr, compat.how_addr);
-    match entry {
-        Entry::Compat => with_how(compat, read_how),
-        Entry::Native => with_how(native, read_how),
-        Entry::Unknown if same => with_how(native, read_how),
-        Entry::Unknown => {
-            let also = requested_access(&with_how(compat, read_how));
-            OpenCall {
-                other_reading_access: also,
-                ..with_how(native, read_how)
-            }
-        }
+    if entry == Entry::Compat {
+        return with_how(compat, read_how);
+    }
+    let native = with_how(native, read_how);
+    if same {
+        return native;
+    }
+    let compat = with_how(compat, read_how);
+    match (native.flags, compat.flags) {
+        (Some(_), None) | (None, None) => native,
+        (None, Some(_)) => compat,
+        (Some(_), Some(_)) => OpenCall {
+            other_reading_access: requested_access(&compat),
+            ..native
+        },
     }
 }
 
@@ -689,18 +698,28 @@ mod tests {
 
     #[test]
     fn a_64_bit_openat2_is_read_by_its_whole_registers() {
-        let call = openat2_entered_by(Some([0x0f, 0x05]));
-        assert!(!call.compat);
-        assert_eq!(call.how_addr, Some(0x1_0804_a000));
-        assert_eq!(requested_access(&call), access::READ);
-        // The usual 64-bit call: `open_how` on the stack, far above 4 GiB.
+        // The usual 64-bit call: `open_how` on the stack, far above 4 GiB; cut to 32 bits its
+        // address is unmapped, so only the whole register can be what the kernel read.
         let stack = decode_call(
             "437 0xffffff9c 0x7ffd00002000 0x7ffd00001000 0x18 0x0 0x0 0x7ffd0 0x401010",
             &|_| Some([0x0f, 0x05]),
             &memory,
         );
+        assert!(!stack.compat);
+        assert_eq!(stack.how_addr, Some(0x7ffd_0000_1000));
         assert_eq!(stack.path_addr, Some(0x7ffd_0000_2000));
+        assert_eq!(stack.other_reading_access, 0);
         assert_eq!(requested_access(&stack), access::READ);
+    }
+
+    #[test]
+    fn syscall_before_pc_does_not_prove_the_64_bit_entry() {
+        // A fast 32-bit call's `pc` is the vDSO's landing pad, and what precedes it is the
+        // process's to choose: `0f 05` there leaves both readings standing.
+        let call = openat2_entered_by(Some([0x0f, 0x05]));
+        assert!(!call.compat);
+        assert_eq!(call.how_addr, Some(0x1_0804_a000));
+        assert_eq!(requested_access(&call), access::READ | access::WRITE);
     }
 
     #[test]
@@ -710,13 +729,23 @@ mod tests {
             assert!(!call.compat);
             assert_eq!(requested_access(&call), access::READ | access::WRITE);
         }
-        // One reading's `open_how` unreadable: read and write.
-        let unreadable = decode_call(
-            "437 0xffffff9c 0x8049000 0x7ffd00001000 0x18 0x0 0x0 0x7ffd0 0x401010",
+        // Only the 32-bit reading's `open_how` can be read: that is the call.
+        let low_only = decode_call(
+            "437 0xffffff9c 0x8049000 0x20804a000 0x18 0x0 0x0 0xffd0 0x401010",
             &|_| None,
             &memory,
         );
-        assert_eq!(requested_access(&unreadable), access::READ | access::WRITE);
+        assert!(low_only.compat);
+        assert_eq!(low_only.how_addr, Some(0x0804_a000));
+        assert_eq!(requested_access(&low_only), access::READ | access::WRITE);
+        // Neither can be read: read and write.
+        let neither = decode_call(
+            "437 0xffffff9c 0x8049000 0x7ffe00005000 0x18 0x0 0x0 0x7ffd0 0x401010",
+            &|_| Some([0x0f, 0x05]),
+            &memory,
+        );
+        assert_eq!(neither.flags, None);
+        assert_eq!(requested_access(&neither), access::READ | access::WRITE);
         // No upper half set: both readings are one; nothing is added.
         let low = decode_call(
             "437 0xffffff9c 0x8049000 0x804a000 0x18 0x0 0x0 0xffd0 0x401010",
