@@ -9,6 +9,9 @@
 pub struct KernelOffsets {
     /// `task_struct.pid`
     pub task_pid: u32,
+    /// `task_struct.thread_info.status` (x86: `TS_COMPAT` while the task is in a 32-bit
+    /// system call)
+    pub task_thread_status: u32,
     /// `task_struct.tgid`
     pub task_tgid: u32,
     /// `task_struct.real_parent`
@@ -124,4 +127,4 @@ pub struct KernelOffsets {
     pub user_ns_level: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 57 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 58 * 4);

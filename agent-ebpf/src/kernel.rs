@@ -24,6 +24,7 @@ use crate::maps::WATCHED_INODES;
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets {
     task_pid: 0,
+    task_thread_status: 0,
     task_tgid: 0,
     task_real_parent: 0,
     task_group_leader: 0,
@@ -93,6 +94,22 @@ macro_rules! offset {
 /// A failed kernel read.
 #[derive(Clone, Copy)]
 pub struct ReadError;
+
+/// `TS_COMPAT` (x86 `thread_info.status`): the task is in a system call made through the
+/// 32-bit entry (`int 0x80`, `sysenter`, a 32-bit `syscall`), from a 32-bit or a 64-bit
+/// program alike.
+const TS_COMPAT: u32 = 0x0002;
+
+/// Whether the current task's system call came through the 32-bit entry: its number and
+/// arguments then follow the i386 convention (the kernel uses only the low 32 bits of each
+/// argument register; the upper halves are whatever the caller left there).
+#[inline(always)]
+pub fn current_in_compat_syscall() -> bool {
+    // SAFETY: helper without arguments; its result is a BTF-typed task pointer.
+    let task = unsafe { bpf_get_current_task_btf() } as usize;
+    let status: u32 = load(task, offset!(task_thread_status));
+    status & TS_COMPAT != 0
+}
 
 /// Reads a `T` at `base + offset` in kernel memory.
 #[inline(always)]

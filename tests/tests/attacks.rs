@@ -58,8 +58,14 @@ struct Attack {
 
 impl Attack {
     /// Sets everything up; the protected file lies `depth` directories below the protected
-    /// root.
+    /// root, and the policy governs reads and writes of it.
     fn new(depth: usize) -> Attack {
+        Attack::governing(depth, "[read, write]")
+    }
+
+    /// As [`Attack::new`], with the policy governing only the accesses `access` lists (YAML,
+    /// e.g. `[write]`).
+    fn governing(depth: usize, access: &str) -> Attack {
         let bin = tempfile::Builder::new()
             .prefix("phiguard-attack-bin-")
             .tempdir()
@@ -114,7 +120,7 @@ impl Attack {
         fs::write(
             policies.path().join("attacks.yaml"),
             format!(
-                "name: attacks\nmode: enforce\nrules:\n  - name: records\n    files:\n      - path: {}/**\n        access: [read, write]\n    allow:\n      - exe: {}\n",
+                "name: attacks\nmode: enforce\nrules:\n  - name: records\n    files:\n      - path: {}/**\n        access: {access}\n    allow:\n      - exe: {}\n",
                 protected.display(),
                 allowed_cat.display()
             ),
@@ -457,6 +463,29 @@ fn the_32_bit_system_call_entry_is_refused() {
         assert_eq!(file_open(&event).unwrap().syscall, "open (32-bit entry)");
     }
     a.assert_allowed_still_reads();
+    a.h.stop();
+}
+
+#[test]
+fn a_32_bit_openat2_is_decided_by_the_flags_the_kernel_uses_not_a_forged_upper_register_half() {
+    // Only writes are governed: the unlisted opener may read the file, not write it. It asks
+    // for O_RDWR through the 32-bit entry, with the `open_how` register's upper half set so
+    // that, read as a 64-bit pointer, it points at a second `open_how` saying O_RDONLY.
+    let mut a = Attack::governing(0, "[write]");
+    let file = a.file.clone();
+    let out = a.open_as_nobody("int80-openat2-forged", &file);
+    let opener = a.opener.clone();
+    let event = a.assert_refused(
+        "openat2(O_RDWR) through int 0x80 with a read-only open_how in the upper half",
+        &out,
+        &opener,
+        Some(&file),
+    );
+    assert_eq!(
+        file_open(&event).unwrap().path,
+        file.display().to_string(),
+        "the path the kernel opened, not one from the 64-bit convention's registers"
+    );
     a.h.stop();
 }
 

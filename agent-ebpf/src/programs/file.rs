@@ -32,7 +32,7 @@ use phiguard_common::{
 use crate::{
     emit::{fill_header, output},
     error::{finish, or_fault, or_skip, ProbeError, ProbeResult},
-    kernel::{current_file, find_watch, Dentry, Task},
+    kernel::{current_file, current_in_compat_syscall, find_watch, Dentry, Task},
     maps::{
         FileOpenScratch, FILE_OPEN_SCRATCH, PREFIX_KEY_SCRATCH, RECEIVES_REPORTED, REFUSED_OPENS,
         WATCHED_DEVS, WATCHED_PREFIXES,
@@ -119,6 +119,7 @@ const NR_CREAT: u64 = 85;
 const NR32_OPEN: u64 = 5;
 const NR32_CREAT: u64 = 8;
 const NR32_OPENAT: u64 = 295;
+const NR32_OPENAT2: u64 = 437;
 /// The flags `creat(2)` opens with: `O_CREAT | O_WRONLY | O_TRUNC`.
 const CREAT_FLAGS: u32 = 0o1101;
 
@@ -179,50 +180,68 @@ impl OpenCall {
         }
     }
 
-    /// The `open*` call the current task is in, if it is in one. (Only for LSM hooks: the
-    /// 32-bit entry's numbers are recognised because the 64-bit calls with the same numbers —
-    /// `fstat`, `lseek`, `preadv` — never open a file.)
+    /// The `open*` call the current task is in, if it is in one (for LSM hooks and other
+    /// programs that run inside a system call). The number and the arguments are read in the
+    /// convention of the entry the call came through: a 64-bit program may make a 32-bit call
+    /// (`int 0x80`), where the kernel takes only the low halves of the argument registers —
+    /// their upper halves, and the 64-bit convention's registers, are the caller's to forge.
     #[inline(always)]
     pub(crate) fn current() -> Option<OpenCall> {
         let args = SyscallArgs::current();
-        let syscall = match args.nr() {
-            NR_OPEN => open_syscall::OPEN,
-            NR_OPENAT => open_syscall::OPENAT,
-            NR_OPENAT2 => open_syscall::OPENAT2,
-            NR_CREAT => open_syscall::CREAT,
-            NR32_OPEN => {
-                return Some(OpenCall {
-                    path: args.compat_arg(0),
-                    flags: args.compat_arg(1) as u32,
-                    mode: args.compat_arg(2) as u32,
-                    dirfd: AT_FDCWD,
-                    syscall: open_syscall::OPEN,
-                    compat: 1,
-                })
-            }
-            NR32_CREAT => {
-                return Some(OpenCall {
-                    path: args.compat_arg(0),
-                    flags: CREAT_FLAGS,
-                    mode: args.compat_arg(1) as u32,
-                    dirfd: AT_FDCWD,
-                    syscall: open_syscall::CREAT,
-                    compat: 1,
-                })
-            }
-            NR32_OPENAT => {
-                return Some(OpenCall {
-                    path: args.compat_arg(1),
-                    flags: args.compat_arg(2) as u32,
-                    mode: args.compat_arg(3) as u32,
-                    dirfd: args.compat_arg(0) as i32,
-                    syscall: open_syscall::OPENAT,
-                    compat: 1,
-                })
+        if !current_in_compat_syscall() {
+            let syscall = match args.nr() {
+                NR_OPEN => open_syscall::OPEN,
+                NR_OPENAT => open_syscall::OPENAT,
+                NR_OPENAT2 => open_syscall::OPENAT2,
+                NR_CREAT => open_syscall::CREAT,
+                _ => return None,
+            };
+            return Some(OpenCall::read(syscall));
+        }
+        let (path, flags, mode, dirfd, syscall) = match args.nr() {
+            NR32_OPEN => (
+                args.compat_arg(0),
+                args.compat_arg(1) as u32,
+                args.compat_arg(2) as u32,
+                AT_FDCWD,
+                open_syscall::OPEN,
+            ),
+            NR32_CREAT => (
+                args.compat_arg(0),
+                CREAT_FLAGS,
+                args.compat_arg(1) as u32,
+                AT_FDCWD,
+                open_syscall::CREAT,
+            ),
+            NR32_OPENAT => (
+                args.compat_arg(1),
+                args.compat_arg(2) as u32,
+                args.compat_arg(3) as u32,
+                args.compat_arg(0) as i32,
+                open_syscall::OPENAT,
+            ),
+            NR32_OPENAT2 => {
+                // SAFETY: `how` is a user pointer, read with the checked helper.
+                let how = unsafe { bpf_probe_read_user(args.compat_arg(2) as *const OpenHow) }
+                    .unwrap_or(OpenHow { flags: 0, mode: 0 });
+                (
+                    args.compat_arg(1),
+                    how.flags as u32,
+                    how.mode as u32,
+                    args.compat_arg(0) as i32,
+                    open_syscall::OPENAT2,
+                )
             }
             _ => return None,
         };
-        Some(OpenCall::read(syscall))
+        Some(OpenCall {
+            path,
+            flags,
+            mode,
+            dirfd,
+            syscall,
+            compat: 1,
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use phiguard_common::program::Program;
 use crate::{
     error::{finish, ProbeError, ProbeResult},
     identity::{recorded_exe, taint},
-    kernel::{current_file, Task},
+    kernel::{current_file, current_in_compat_syscall, Task},
     policy::current_is_agent,
     programs::file::OpenCall,
     syscall::SyscallArgs,
@@ -117,6 +117,17 @@ const READ_ONLY_CALLS: [u64; 7] = [
     310, // process_vm_readv
     438, // pidfd_getfd
 ];
+/// The same calls' numbers through the 32-bit entry (i386 numbering: 295 there is `openat`,
+/// not `preadv`).
+const READ_ONLY_CALLS_32: [u64; 7] = [
+    3,   // read
+    180, // pread64
+    145, // readv
+    333, // preadv
+    378, // preadv2
+    347, // process_vm_readv
+    438, // pidfd_getfd
+];
 
 /// `int ptrace_access_check(struct task_struct *child, unsigned int mode)` (BPF LSM, Linux
 /// 5.7+): the last step of `__ptrace_may_access`, after the same-thread-group shortcut, the
@@ -158,7 +169,8 @@ pub fn taint_ptrace_may_access(ctx: FExitContext) -> i32 {
 }
 
 /// Taints `target`'s process for a `PTRACE_MODE_ATTACH` access that can change its memory:
-/// every one except those made by the agent, under [`READ_ONLY_CALLS`], or by a read-only
+/// every one except those made by the agent, under [`READ_ONLY_CALLS`] (through the 32-bit
+/// entry: [`READ_ONLY_CALLS_32`]), or by a read-only
 /// `open` (of `/proc/PID/mem` or another `/proc/PID` file). An access in `PTRACE_MODE_READ`
 /// (`/proc/PID/status`, `environ`, `maps`…) taints nothing.
 #[inline(always)]
@@ -167,7 +179,12 @@ fn try_access(target: Task, mode: u64) -> ProbeResult {
         return Err(ProbeError::Skip);
     }
     let nr = SyscallArgs::current().nr();
-    if READ_ONLY_CALLS.contains(&nr) {
+    let read_only = if current_in_compat_syscall() {
+        READ_ONLY_CALLS_32.contains(&nr)
+    } else {
+        READ_ONLY_CALLS.contains(&nr)
+    };
+    if read_only {
         return Err(ProbeError::Skip);
     }
     if let Some(call) = OpenCall::current() {

@@ -137,6 +137,7 @@ fn offsets_in(btf: &Btf, path: &Path) -> Result<KernelOffsets, BtfError> {
     };
     Ok(KernelOffsets {
         task_pid: field("task_struct", "pid")?,
+        task_thread_status: field("task_struct", "thread_info")? + field("thread_info", "status")?,
         task_tgid: field("task_struct", "tgid")?,
         task_real_parent: field("task_struct", "real_parent")?,
         task_group_leader: field("task_struct", "group_leader")?,
@@ -341,6 +342,11 @@ mod tests {
         ] {
             assert_eq!(got, pahole(strukt, field), "{strukt}.{field}");
         }
+        assert_eq!(
+            offsets.task_thread_status,
+            pahole("task_struct", "thread_info") + pahole("thread_info", "status"),
+            "task_struct.thread_info.status"
+        );
     }
 
     #[test]
