@@ -359,8 +359,11 @@ impl Rsyslog {
         }
     }
 
+    /// The complete lines rsyslog has written so far (it may be in the middle of the last).
     fn received(&self) -> String {
-        fs::read_to_string(self.dir.join("out.log")).unwrap_or_default()
+        let mut text = fs::read_to_string(self.dir.join("out.log")).unwrap_or_default();
+        text.truncate(text.rfind('\n').map_or(0, |end| end + 1));
+        text
     }
 }
 
