@@ -216,6 +216,27 @@ impl WriterAndStandby {
     }
 }
 
+/// A fresh directory named `prefix…` holding a collector configuration (its own checkpoint
+/// key, store under it) with `checkpoint` and `sections`; nothing is started.
+fn config_in(
+    pki: &Pki,
+    prefix: &str,
+    checkpoint: &str,
+    sections: &str,
+) -> (tempfile::TempDir, PathBuf) {
+    let work = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let config = CollectorProc::write_config(
+        work.path(),
+        pki,
+        &work.path().join("checkpoint.key"),
+        "",
+        "",
+        checkpoint,
+        sections,
+    );
+    (work, config)
+}
+
 /// How `collector` (`what`) exited, which it must within `within`.
 fn exit_within(
     collector: &mut CollectorProc,
@@ -593,16 +614,9 @@ fn a_standby_tells_systemd_it_is_ready_and_standing_by_pings_its_watchdog_names_
     let w2_pid = Pid::from_raw(w2.pid().expect("the standby runs") as i32);
     kill(w2_pid, Signal::SIGSTOP).unwrap();
     w1.kill9();
-    let w3_work = tempfile::Builder::new()
-        .prefix("phiguard-fleet-w3-")
-        .tempdir()
-        .unwrap();
-    let w3_config = CollectorProc::write_config(
-        w3_work.path(),
+    let (w3_work, w3_config) = config_in(
         &pki,
-        &w3_work.path().join("checkpoint.key"),
-        "",
-        "",
+        "phiguard-fleet-w3-",
         "every_records = 500\nevery_secs = 1\n",
         &format!("{}writer_lease_secs = 4\n", fleet_section(&cluster, true)),
     );
@@ -1428,16 +1442,9 @@ fn nats_over_tls_with_a_client_certificate_carries_the_fleet_a_wrong_ca_is_refus
     // A collector trusting another CA (the agents') does not start, and says why; nor does
     // one without a client certificate (the nodes require one).
     let refused = |ca: &std::path::Path, with_cert: bool| {
-        let work = tempfile::Builder::new()
-            .prefix("phiguard-fleet-tls-refused-")
-            .tempdir()
-            .unwrap();
-        let config = CollectorProc::write_config(
-            work.path(),
+        let (work, config) = config_in(
             &pki,
-            &work.path().join("checkpoint.key"),
-            "",
-            "",
+            "phiguard-fleet-tls-refused-",
             "",
             &section(ca, with_cert),
         );
