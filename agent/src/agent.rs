@@ -182,9 +182,16 @@ impl Agent {
         // restart): the BPF LSM programs are not loaded, so there is nothing to probe.
         let enforcing = config.policy.dir.is_some();
         let planned = kernel_layers.plan(|| enforcing && loader::lsm_usable().unwrap_or(false));
+        let lsm_inactive = if !kernel_layers.bpf_lsm_active() {
+            Some(kernel_layers.lsm_inactive_reason())
+        } else if enforcing && planned != FileLayer::Lsm {
+            // Listed, but the probe's program did not load: the others would not either.
+            Some(kernel_layers.lsm_refused_reason())
+        } else {
+            None
+        };
         let enforcement = Enforcement {
-            lsm_inactive: (!kernel_layers.bpf_lsm_active())
-                .then(|| kernel_layers.lsm_inactive_reason()),
+            lsm_inactive,
             fanotify_files: planned == FileLayer::Fanotify,
             never_kill: config.policy.never_kill.clone(),
             lsm_labels: planned == FileLayer::Lsm,

@@ -36,12 +36,14 @@ fn runs_streams_json_and_exits_cleanly_on_sigterm() {
     let mut stderr = BufReader::new(agent.stderr.take().unwrap());
     let deadline = Instant::now() + phiguard_tests::STARTUP_LIMIT;
     let mut line = String::new();
+    let mut start_up = String::new();
     while !line.contains("events are flowing") {
         line.clear();
         assert!(
             stderr.read_line(&mut line).unwrap() > 0,
             "agent exited before it was ready"
         );
+        start_up.push_str(&line);
         assert!(
             Instant::now() < deadline,
             "no start-up line within {:?}",
@@ -49,6 +51,13 @@ fn runs_streams_json_and_exits_cleanly_on_sigterm() {
         );
     }
     assert!(line.contains("programs attached"), "{line}");
+    // Without a policy directory there is no BPF LSM layer to be incomplete, whatever the
+    // kernel: a refused LSM program (ptrace taint, where BPF LSM is listed but does not load)
+    // is not reported as one.
+    assert!(
+        !start_up.contains("BPF LSM layer is not complete"),
+        "an agent without policies claims a BPF LSM layer:\n{start_up}"
+    );
     let status = Command::new("/usr/bin/cat")
         .arg(&file)
         .stdout(Stdio::null())

@@ -69,6 +69,15 @@ impl KernelLayers {
         }
     }
 
+    /// Why the LSM programs are not attached when `bpf` is listed active but a BPF LSM
+    /// program does not load (a kernel built without `CONFIG_BPF_LSM` that lists it anyway).
+    pub fn lsm_refused_reason(&self) -> String {
+        format!(
+            "{LSM_LIST} lists bpf ({}), but this kernel refuses BPF LSM programs",
+            self.lsm_list.as_deref().unwrap_or_default().trim()
+        )
+    }
+
     /// The layer file opens will get, decided before the programs load: BPF LSM when `bpf` is
     /// an active LSM and `lsm_loads` (an LSM program passes the verifier), else fanotify where
     /// it works, else SIGKILL.

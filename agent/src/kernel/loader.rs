@@ -232,8 +232,11 @@ impl Sensors {
                     reason: reason.clone(),
                 });
             }
-            if let (Hook::Lsm { hook }, None, Some(reason)) =
-                (&spec.hook, &enforcement.lsm_inactive, &error)
+            // Only where the LSM layer is planned (its probe program loaded) is a refused
+            // program a gap in it; without a policy directory nothing probed, and the one LSM
+            // program left (ptrace taint) has its own fallback and warning below.
+            if let (Hook::Lsm { hook }, true, Some(reason)) =
+                (&spec.hook, enforcement.lsm_labels, &error)
             {
                 // BPF LSM runs here, but this kernel refused this program (its verifier, a hook
                 // of another shape): say what goes unenforced, not "no BPF LSM".
