@@ -70,6 +70,7 @@ pub struct Enricher {
     pending_argv: HashMap<u32, ExecArgs>,
     pending_order: VecDeque<u32>,
     binary_hashes: HashMap<(u32, u64), Option<String>>,
+    redacted_argv: process::RedactedArgvs,
     mounts: MountTable,
     settings: EnrichSettings,
     sessions: crate::db::session::Sessions,
@@ -97,6 +98,7 @@ impl Enricher {
             pending_argv: HashMap::new(),
             pending_order: VecDeque::new(),
             binary_hashes: HashMap::new(),
+            redacted_argv: process::RedactedArgvs::default(),
             mounts: MountTable::default(),
             sessions: crate::db::session::Sessions::new(settings.full_statements)
                 .with_extra_patterns(settings.argv_redactor.patterns().to_vec()),

@@ -1,13 +1,17 @@
 //! Process records: fork, exec (with the argv that arrived before it), exit; and the subject
 //! process every event carries, from the process table.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use phiguard_common::event::{FLAG_EXEC_REFUSED, FLAG_TRUNCATED};
 use phiguard_proto::v1::{self, event::Body};
 
-use super::{users::UserNames, Enricher, MAX_PENDING_ARGV};
+use super::{hash::BinaryHasher, users::UserNames, Enricher, MAX_PENDING_ARGV};
 use crate::{
+    db::argv::ArgvRedactor,
     event::{
         decode::ExecArgs,
         header::Header,
@@ -73,6 +77,7 @@ impl Enricher {
         let event = self.finish(e.header, body, None);
         self.processes.on_exit(process.0, process.1, code);
         self.binary_hashes.remove(&process);
+        self.redacted_argv.forget(process);
         event
     }
 
@@ -96,11 +101,11 @@ impl Enricher {
     /// The subject process: the kernel's view at the time of the event, completed from the
     /// process table (which survives the process's exit).
     pub(super) fn process(&mut self, h: Header) -> v1::Process {
-        let entry = self.processes.get_or_load(h.pid, h.start_boot_ns).cloned();
         let user = |users: &mut UserNames, id: u32| v1::User {
             id: Some(id),
             name: users.user_name(id).unwrap_or_default(),
         };
+        let start_time = self.timestamp(h.start_boot_ns);
         let mut process = v1::Process {
             pid: h.pid,
             tid: h.tid,
@@ -113,70 +118,144 @@ impl Enricher {
             }),
             login_user: h.loginuid.map(|id| user(&mut self.users, id)),
             session_id: h.sessionid,
-            start_time: Some(self.timestamp(h.start_boot_ns)),
+            start_time: Some(start_time),
             ..Default::default()
         };
-        if let Some(p) = entry {
-            // A change reported after its process was gone (the fanotify change group) knows
-            // none of these: the process table's record does.
-            if h.uid == u32::MAX && h.gid == u32::MAX {
-                process.user = Some(user(&mut self.users, p.uid));
-                process.group = Some(v1::Group {
-                    id: Some(p.gid),
-                    name: self.users.group_name(p.gid).unwrap_or_default(),
-                });
-            }
-            if process.comm.is_empty() {
-                process.comm.clone_from(&p.comm);
-            }
-            if process.ppid == 0 {
-                process.ppid = p.ppid;
-            }
-            if h.start_boot_ns == 0 {
-                process.start_time = Some(self.timestamp(p.start_boot_ns));
-            }
-            process.binary_sha256 = self.binary_hash(h.pid, h.start_boot_ns, &p);
-            process.exe = p.exe.unwrap_or_default();
-            // Minimum necessary: credentials in any argument, SQL literals and passwords in
-            // database clients' options, local identifier patterns.
-            process.argv = if self.settings.full_statements {
-                p.argv
-            } else {
-                self.settings
-                    .argv_redactor
-                    .redact(&process.exe, &p.argv)
-                    .unwrap_or(p.argv)
-            };
-            process.argv_truncated = p.argv_truncated;
-            process.cwd = p.cwd.unwrap_or_default();
-            process.cgroup = p.cgroup.unwrap_or_default();
-            process.container_id = p.container_id.unwrap_or_default();
-            process.exited = p.exited_at.is_some();
+        if self.processes.get_or_load(h.pid, h.start_boot_ns).is_none() {
+            return process;
         }
+        // Borrowed, not cloned: this runs for every event.
+        let Some(p) = self.processes.get(h.pid, h.start_boot_ns) else {
+            return process;
+        };
+        // A change reported after its process was gone (the fanotify change group) knows
+        // none of these: the process table's record does.
+        if h.uid == u32::MAX && h.gid == u32::MAX {
+            process.user = Some(user(&mut self.users, p.uid));
+            process.group = Some(v1::Group {
+                id: Some(p.gid),
+                name: self.users.group_name(p.gid).unwrap_or_default(),
+            });
+        }
+        if process.comm.is_empty() {
+            process.comm.clone_from(&p.comm);
+        }
+        if process.ppid == 0 {
+            process.ppid = p.ppid;
+        }
+        if h.start_boot_ns == 0 {
+            let (seconds, nanos) = self.clock.to_unix(p.start_boot_ns);
+            process.start_time = Some(pbjson_types::Timestamp { seconds, nanos });
+        }
+        process.binary_sha256 = binary_hash(
+            &mut self.binary_hashes,
+            &mut self.hasher,
+            (h.pid, h.start_boot_ns),
+            p,
+        );
+        process.exe = p.exe.clone().unwrap_or_default();
+        // Minimum necessary: credentials in any argument, SQL literals and passwords in
+        // database clients' options, local identifier patterns.
+        process.argv = if self.settings.full_statements {
+            p.argv.clone()
+        } else {
+            self.redacted_argv.redacted(
+                (h.pid, h.start_boot_ns),
+                &process.exe,
+                &p.argv,
+                &self.settings.argv_redactor,
+            )
+        };
+        process.argv_truncated = p.argv_truncated;
+        process.cwd = p.cwd.clone().unwrap_or_default();
+        process.cgroup = p.cgroup.clone().unwrap_or_default();
+        process.container_id = p.container_id.clone().unwrap_or_default();
+        process.exited = p.exited_at.is_some();
         process
     }
+}
 
-    /// sha256 of the process's binary, once per process incarnation: of the file the kernel
-    /// executed, never of one the process named afterwards.
-    fn binary_hash(&mut self, tgid: u32, start: u64, p: &Process) -> String {
-        if let Some(hash) = self.binary_hashes.get(&(tgid, start)) {
-            return hash.clone().unwrap_or_default();
+/// sha256 of the process's binary, once per process incarnation: of the file the kernel
+/// executed, never of one the process named afterwards.
+fn binary_hash(
+    hashes: &mut HashMap<(u32, u64), Option<String>>,
+    hasher: &mut BinaryHasher,
+    (tgid, start): (u32, u64),
+    p: &Process,
+) -> String {
+    if let Some(hash) = hashes.get(&(tgid, start)) {
+        return hash.clone().unwrap_or_default();
+    }
+    // /proc/<pid>/exe is the very file even if the path was replaced since — unless the
+    // process pointed it elsewhere; after exit, fall back to the path, if it is the file.
+    let is_executed = |path: &Path| p.exe_id.is_none() || FileId::of(path).ok() == p.exe_id;
+    let proc_exe = PathBuf::from(format!("/proc/{tgid}/exe"));
+    let path = if p.exited_at.is_none() && proc_exe.exists() && is_executed(&proc_exe) {
+        Some(proc_exe)
+    } else {
+        p.exe
+            .as_deref()
+            .map(PathBuf::from)
+            .filter(|e| is_executed(e))
+    };
+    let hash = path.and_then(|path| hasher.sha256_of(&path));
+    hashes.insert((tgid, start), hash.clone());
+    hash.unwrap_or_default()
+}
+
+/// Most processes whose redacted argv is remembered; past it the memory starts over.
+const MAX_REDACTED_ARGV: usize = 4096;
+
+/// Each process's redacted argv, worked out once per argv rather than once per event (the
+/// redactor parses every client's options: it was the agent's largest cost per database
+/// statement).
+#[derive(Default)]
+pub(super) struct RedactedArgvs {
+    /// By (pid, start time): the executable and argv redacted, and the result.
+    by_process: HashMap<(u32, u64), RedactedArgv>,
+}
+
+/// One process's argv as given to the redactor, and what it made of it.
+struct RedactedArgv {
+    exe: String,
+    argv: Vec<String>,
+    redacted: Vec<String>,
+}
+
+impl RedactedArgvs {
+    /// `argv` of process `key` (running `exe`) redacted by `redactor`: remembered while the
+    /// process's executable and argv stay what they were (an exec, or a process that rewrites
+    /// its title, changes them).
+    fn redacted(
+        &mut self,
+        key: (u32, u64),
+        exe: &str,
+        argv: &[String],
+        redactor: &ArgvRedactor,
+    ) -> Vec<String> {
+        if let Some(known) = self.by_process.get(&key) {
+            if known.exe == exe && known.argv == argv {
+                return known.redacted.clone();
+            }
         }
-        // /proc/<pid>/exe is the very file even if the path was replaced since — unless the
-        // process pointed it elsewhere; after exit, fall back to the path, if it is the file.
-        let is_executed = |path: &Path| p.exe_id.is_none() || FileId::of(path).ok() == p.exe_id;
-        let proc_exe = PathBuf::from(format!("/proc/{tgid}/exe"));
-        let path = if p.exited_at.is_none() && proc_exe.exists() && is_executed(&proc_exe) {
-            Some(proc_exe)
-        } else {
-            p.exe
-                .as_deref()
-                .map(PathBuf::from)
-                .filter(|e| is_executed(e))
-        };
-        let hash = path.and_then(|path| self.hasher.sha256_of(&path));
-        self.binary_hashes.insert((tgid, start), hash.clone());
-        hash.unwrap_or_default()
+        let redacted = redactor.redact(exe, argv).unwrap_or_else(|| argv.to_vec());
+        if self.by_process.len() >= MAX_REDACTED_ARGV {
+            self.by_process.clear();
+        }
+        self.by_process.insert(
+            key,
+            RedactedArgv {
+                exe: exe.to_owned(),
+                argv: argv.to_vec(),
+                redacted: redacted.clone(),
+            },
+        );
+        redacted
+    }
+
+    /// Forgets process `key` (it exited).
+    pub(super) fn forget(&mut self, key: (u32, u64)) {
+        self.by_process.remove(&key);
     }
 }
 
@@ -193,4 +272,39 @@ pub(super) fn signal_name(signal: u32) -> String {
     nix::sys::signal::Signal::try_from(signal as i32)
         .map(|s| s.as_str().to_owned())
         .unwrap_or_else(|_| format!("SIG{signal}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_remembered_argv_is_redacted_again_when_the_process_changes_it() {
+        let redactor = ArgvRedactor::default();
+        let mut memo = RedactedArgvs::default();
+        let psql = strings(&["psql", "postgresql://app:s3cret@db/x"]);
+        let first = memo.redacted((7, 1), "/usr/bin/psql", &psql, &redactor);
+        assert_eq!(Some(first.clone()), redactor.redact("/usr/bin/psql", &psql));
+        assert!(!first.concat().contains("s3cret"));
+        assert_eq!(
+            memo.redacted((7, 1), "/usr/bin/psql", &psql, &redactor),
+            first
+        );
+        // Same process, another argv (an exec, or a rewritten title): not the old answer.
+        let other = strings(&["psql", "-c", "select 'MRN-1'"]);
+        let second = memo.redacted((7, 1), "/usr/bin/psql", &other, &redactor);
+        assert!(!second.concat().contains("MRN-1"), "{second:?}");
+        // Nothing to redact: the argv as it is.
+        let plain = strings(&["sleep", "1"]);
+        assert_eq!(
+            memo.redacted((8, 1), "/usr/bin/sleep", &plain, &redactor),
+            plain
+        );
+        memo.forget((7, 1));
+        assert!(!memo.by_process.contains_key(&(7, 1)));
+    }
 }

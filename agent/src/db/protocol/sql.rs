@@ -268,22 +268,29 @@ pub enum IdentityChange {
     ResetAuthorization,
 }
 
+/// Whether `text` contains any of `words` (upper-case ASCII), in any case.
+fn mentions_any(text: &str, words: &[&str]) -> bool {
+    let text = text.as_bytes();
+    (0..text.len()).any(|at| {
+        let first = text[at].to_ascii_uppercase();
+        words.iter().any(|w| {
+            w.as_bytes()[0] == first
+                && text
+                    .get(at..at + w.len())
+                    .is_some_and(|t| t.eq_ignore_ascii_case(w.as_bytes()))
+        })
+    })
+}
+
 /// The identity changes in `sql`, statement by statement, lexed under `settings`. Not
 /// followed: `SET LOCAL` (for the transaction only), `set_config('role', …)`, a
 /// transaction's rollback undoing a `SET ROLE`, and roles a function runs as
 /// (`SECURITY DEFINER`).
 pub fn identity_changes(sql: &str, settings: &Settings) -> Vec<IdentityChange> {
     let mut out = Vec::new();
-    // Cheap test first, without allocating: nearly every statement names none of these.
-    let mentions = |w: &str| {
-        sql.as_bytes()
-            .windows(w.len())
-            .any(|b| b.eq_ignore_ascii_case(w.as_bytes()))
-    };
-    if !["ROLE", "AUTHORIZATION", "RESET", "DISCARD"]
-        .iter()
-        .any(|w| mentions(w))
-    {
+    // Cheap test first, one pass without allocating: nearly every statement names none of
+    // these.
+    if !mentions_any(sql, &["ROLE", "AUTHORIZATION", "RESET", "DISCARD"]) {
         return out;
     }
     let toks = tokens(sql, settings);
@@ -1405,6 +1412,24 @@ mod tests {
                 );
                 let _ = (classify(&s, d), tables(&s, d));
             }
+        }
+    }
+
+    #[test]
+    fn the_quick_identity_test_finds_a_word_anywhere_in_any_case() {
+        let words = ["ROLE", "AUTHORIZATION", "RESET", "DISCARD"];
+        for text in [
+            "set role x",
+            "SET ROLE",
+            "x;reSet all",
+            "dIsCaRd",
+            "é ROLE",
+            "ROLE",
+        ] {
+            assert!(mentions_any(text, &words), "{text}");
+        }
+        for text in ["", "select 1", "ROL", "rol e", "authorizatio", "é"] {
+            assert!(!mentions_any(text, &words), "{text}");
         }
     }
 
