@@ -40,6 +40,24 @@ pub(crate) struct Cluster {
     gid: u32,
 }
 
+/// How long a `pgbench` run lasts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Length {
+    /// Transactions per client (`-t`).
+    Transactions(u32),
+    /// Seconds (`-T`).
+    Seconds(u32),
+}
+
+impl std::fmt::Display for Length {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Length::Transactions(t) => write!(f, "-t {t}"),
+            Length::Seconds(s) => write!(f, "-T {s}"),
+        }
+    }
+}
+
 impl Cluster {
     /// `initdb` and start a cluster.
     pub(crate) fn start() -> anyhow::Result<Cluster> {
@@ -98,41 +116,69 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `pgbench -S -n -M simple` with `clients` clients on `threads` threads, `transactions`
-    /// each, over `host` (127.0.0.1 or the socket directory): transactions per second and
-    /// the transactions it processed.
+    /// `pgbench -S -n -M simple` with `clients` clients on `threads` threads for `length`
+    /// (transactions per client, or seconds), over `host` (127.0.0.1 or the socket
+    /// directory), in cgroup `group` when given: transactions per second and the transactions
+    /// it processed.
     pub(crate) fn pgbench_clients(
         &self,
         host: &str,
         clients: u32,
         threads: u32,
-        transactions: u32,
+        length: Length,
+        group: Option<&Path>,
     ) -> anyhow::Result<(f64, u64)> {
         let port = self.port.to_string();
-        let (c, j, t) = (
-            clients.to_string(),
-            threads.to_string(),
-            transactions.to_string(),
-        );
-        let out = self.run(
-            "pgbench",
-            &[
-                "-S", "-n", "-M", "simple", "-c", &c, "-j", &j, "-t", &t, "-h", host, "-p", &port,
+        let (c, j) = (clients.to_string(), threads.to_string());
+        let (flag, n) = match length {
+            Length::Transactions(t) => ("-t", t.to_string()),
+            Length::Seconds(s) => ("-T", s.to_string()),
+        };
+        let child = Command::new(self.bin.join("pgbench"))
+            .args([
+                "-S", "-n", "-M", "simple", "-c", &c, "-j", &j, flag, &n, "-h", host, "-p", &port,
                 "-U", "postgres", "postgres",
-            ],
-        )?;
+            ])
+            .uid(self.uid)
+            .gid(self.gid)
+            .current_dir(&self.dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running pgbench")?;
+        if let Some(group) = group {
+            crate::bench::ServiceGroups::put(group, child.id())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "pgbench failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let out = String::from_utf8_lossy(&out.stdout);
         let tps = out
             .lines()
             .find_map(|l| l.strip_prefix("tps = "))
             .and_then(|l| l.split_whitespace().next()?.parse().ok())
             .context("no tps in pgbench output")?;
-        // "number of transactions actually processed: 40000/40000"
+        // "number of transactions actually processed: 40000/40000" (with -T: "…: 40000")
         let processed = out
             .lines()
             .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
             .and_then(|l| l.split('/').next()?.trim().parse().ok())
             .context("no transaction count in pgbench output")?;
         Ok((tps, processed))
+    }
+
+    /// The postmaster's process id (the first line of `postmaster.pid`).
+    pub(crate) fn postmaster_pid(&self) -> anyhow::Result<u32> {
+        let file = self.dir.join("data/postmaster.pid");
+        fs::read_to_string(&file)?
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .with_context(|| format!("no process id in {}", file.display()))
     }
 
     /// `pgbench -S` for `seconds`: transactions per second.

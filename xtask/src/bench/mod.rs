@@ -10,10 +10,12 @@ mod compare;
 mod e2e;
 mod load;
 mod preflight;
+mod services;
 mod setting;
 mod worker;
 mod workloads;
 
+pub use services::ServiceGroups;
 pub use worker::{bench_loop, LoopArgs};
 
 use std::{fs, process::Command};

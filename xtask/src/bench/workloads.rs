@@ -22,10 +22,11 @@ use super::{
     auditd::AuditRules,
     cleanup::Undo,
     compare::{compare, median, Case, Plan},
+    services::ServiceGroups,
     setting::{Agent, AgentArgs, AgentCounters},
     worker::spawn_loop,
 };
-use crate::bench_db::Cluster;
+use crate::bench_db::{Cluster, Length};
 
 /// A scratch tree under the temporary directory, removed on drop: `watched/rec.txt` (watched
 /// and, enforcing, protected), `refused/rec.txt` (enforcing, protected from this process),
@@ -536,119 +537,173 @@ fn pgbench_clients(scratch: &Scratch, cluster: &Cluster, quick: bool) -> anyhow:
         events.display()
     );
     let agent = &scratch.agent_args("pgbench-clients", Some(&config), &[], "")?;
+    let groups = ServiceGroups::create()?;
+    ServiceGroups::put_with_children(&groups.db, cluster.postmaster_pid()?)?;
     let socket_dir = cluster.dir.display().to_string();
     let mut cases = Vec::new();
     let mut loss_seen = false;
-    for (transport, host) in [("tcp", "127.0.0.1"), ("unix", socket_dir.as_str())] {
+    let mut plan = vec![
+        (
+            "tcp",
+            "127.0.0.1",
+            Length::Transactions(transactions),
+            rounds,
+        ),
+        (
+            "unix",
+            socket_dir.as_str(),
+            Length::Transactions(transactions),
+            rounds,
+        ),
+    ];
+    if !quick {
+        // Sustained: long enough for a reader that falls behind to fill the ring buffer many
+        // times over (16 MiB is under a second of this load).
+        plan.push(("tcp", "127.0.0.1", Length::Seconds(SUSTAINED_SECONDS), 1));
+    }
+    for (transport, host, length, rounds) in plan {
         let mut baseline = Vec::new();
         let mut runs: Vec<AgentRound> = Vec::new();
         for round in 0..rounds {
             for with_agent in [round % 2 == 1, round % 2 == 0] {
                 if !with_agent {
-                    let (tps, _) = cluster.pgbench_clients(host, CLIENTS, THREADS, transactions)?;
+                    let (tps, _) = cluster.pgbench_clients(
+                        host,
+                        CLIENTS,
+                        THREADS,
+                        length,
+                        Some(&groups.clients),
+                    )?;
                     baseline.push(tps);
                     continue;
                 }
-                let running = Agent::run(agent, false)?;
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                let cpu_before = running.cpu_time();
-                let (tps, statements) =
-                    cluster.pgbench_clients(host, CLIENTS, THREADS, transactions)?;
-                // Let the agent finish what is in its ring buffer: until its output stops
-                // growing for half a second.
-                let mut last = u64::MAX;
-                let settle = Instant::now();
-                while events_bytes(&events) != last
-                    && settle.elapsed() < std::time::Duration::from_secs(60)
-                {
-                    last = events_bytes(&events);
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                }
-                let cpu = running.cpu_time().saturating_sub(cpu_before);
-                let counters = running.stop()?;
-                let counts = DbEventCounts::count(&events)?;
-                runs.push(AgentRound {
-                    tps,
-                    statements,
-                    reported: loads(&counts.bench),
-                    not_ok: loads(&counts.bench_not_ok),
-                    other: loads(&counts.other),
-                    desynchronised: loads(&counts.desynchronised),
-                    cpu,
-                    counters,
-                });
+                runs.push(agent_round(cluster, agent, &groups, &events, host, length)?);
             }
         }
-        let base = median(&mut baseline.clone());
-        let with = median(&mut runs.iter().map(|r| r.tps).collect::<Vec<_>>());
-        let statements: u64 = runs.iter().map(|r| r.statements).sum();
-        let reported = [0, 1].map(|end| runs.iter().map(|r| r.reported[end]).sum::<u64>());
-        let not_ok = [0, 1].map(|end| runs.iter().map(|r| r.not_ok[end]).sum::<u64>());
-        let other = [0, 1].map(|end| runs.iter().map(|r| r.other[end]).sum::<u64>());
-        let desync = [0, 1].map(|end| runs.iter().map(|r| r.desynchronised[end]).sum::<u64>());
-        let missing = reported.map(|r| statements.saturating_sub(r));
-        let cpu: f64 = runs.iter().map(|r| r.cpu.as_secs_f64()).sum();
-        let cpu_ms_per_1000 = cpu * 1e3 / (statements as f64 / 1e3);
-        let mut counters = AgentCounters::default();
-        for r in &runs {
-            counters += r.counters;
-        }
-        let lost = missing.iter().any(|&m| m > 0)
-            || not_ok.iter().any(|&m| m > 0)
-            || counters.kernel_lost > 0
-            || desync.iter().any(|&d| d > 0);
+        let (case, lost) = summarize(transport, length, &baseline, &runs);
         loss_seen |= lost;
-        println!(
-            "\npgbench -S -c {CLIENTS} -j {THREADS} -t {transactions} over {transport}, {rounds} rounds alternating no agent / agent auditing both ends"
-        );
-        println!(
-            "  tps (median): no agent {base:.0}, agent {with:.0}: {:.3}x  (no agent {:?}, agent {:?})",
-            with / base,
-            baseline.iter().map(|t| t.round()).collect::<Vec<_>>(),
-            runs.iter().map(|r| r.tps.round()).collect::<Vec<_>>()
-        );
-        println!(
-            "  agent CPU: {:.3} s for {statements} statements = {cpu_ms_per_1000:.1} ms per 1,000 statements (both ends)",
-            cpu
-        );
-        println!(
-            "  statements executed {statements}; dbStatement reported: client {} (missing {}, without outcome {}), server {} (missing {}, without outcome {}); other statements client {} server {}",
-            reported[0], missing[0], not_ok[0], reported[1], missing[1], not_ok[1], other[0], other[1]
-        );
-        println!(
-            "  agent: {} records, {} events, {} lost in the kernel, {} decode errors; desynchronised sessions client {} server {}{}",
-            counters.records,
-            counters.events,
-            counters.kernel_lost,
-            counters.decode_errors,
-            desync[0],
-            desync[1],
-            if lost { "  <-- STATEMENTS LOST" } else { "  (no loss)" }
-        );
-        let statements_both_ends = (2 * statements).max(1) as f64;
-        println!(
-            "  database capture: {} records, {} bytes = {:.0} bytes per statement per end",
-            counters.db_records,
-            counters.db_bytes,
-            counters.db_bytes as f64 / statements_both_ends
-        );
-        cases.push(json!({
-            "transport": transport,
-            "clients": CLIENTS, "threads": THREADS, "transactions_per_client": transactions,
-            "tps_no_agent": baseline, "tps_agent": runs.iter().map(|r| r.tps).collect::<Vec<_>>(),
-            "tps_ratio": with / base,
-            "agent_cpu_seconds": cpu, "agent_cpu_ms_per_1000_statements": cpu_ms_per_1000,
-            "statements": statements,
-            "reported": { "client": reported[0], "server": reported[1] },
-            "missing": { "client": missing[0], "server": missing[1] },
-            "without_outcome": { "client": not_ok[0], "server": not_ok[1] },
-            "other_statements": { "client": other[0], "server": other[1] },
-            "desynchronised_sessions": { "client": desync[0], "server": desync[1] },
-            "agent_records": counters.records, "agent_events": counters.events,
-            "agent_kernel_lost": counters.kernel_lost, "agent_decode_errors": counters.decode_errors,
-            "db_capture_records": counters.db_records, "db_capture_bytes": counters.db_bytes,
-            "lost": lost,
-        }));
+        cases.push(case);
     }
     Ok(json!({ "cases": cases, "lost": loss_seen }))
+}
+
+/// Seconds of the sustained 8-client run.
+const SUSTAINED_SECONDS: u32 = 30;
+
+/// One `pgbench` run with the agent auditing both ends (in its own cgroup), its events counted.
+fn agent_round(
+    cluster: &Cluster,
+    agent: &AgentArgs,
+    groups: &ServiceGroups,
+    events: &std::path::Path,
+    host: &str,
+    length: Length,
+) -> anyhow::Result<AgentRound> {
+    let running = Agent::run(agent, false)?;
+    ServiceGroups::put(&groups.agent, running.pid())?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let cpu_before = running.cpu_time();
+    let (tps, statements) =
+        cluster.pgbench_clients(host, CLIENTS, THREADS, length, Some(&groups.clients))?;
+    // Let the agent finish what is in its ring buffer: until its output stops growing for
+    // half a second.
+    let mut last = u64::MAX;
+    let settle = Instant::now();
+    while events_bytes(events) != last && settle.elapsed() < std::time::Duration::from_secs(60) {
+        last = events_bytes(events);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let cpu = running.cpu_time().saturating_sub(cpu_before);
+    let counters = running.stop()?;
+    let counts = DbEventCounts::count(events)?;
+    Ok(AgentRound {
+        tps,
+        statements,
+        reported: loads(&counts.bench),
+        not_ok: loads(&counts.bench_not_ok),
+        other: loads(&counts.other),
+        desynchronised: loads(&counts.desynchronised),
+        cpu,
+        counters,
+    })
+}
+
+/// Prints one case's figures; its JSON, and whether any statement was lost.
+fn summarize(
+    transport: &str,
+    length: Length,
+    baseline: &[f64],
+    runs: &[AgentRound],
+) -> (Value, bool) {
+    let base = median(&mut baseline.to_vec());
+    let with = median(&mut runs.iter().map(|r| r.tps).collect::<Vec<_>>());
+    let statements: u64 = runs.iter().map(|r| r.statements).sum();
+    let reported = [0, 1].map(|end| runs.iter().map(|r| r.reported[end]).sum::<u64>());
+    let not_ok = [0, 1].map(|end| runs.iter().map(|r| r.not_ok[end]).sum::<u64>());
+    let other = [0, 1].map(|end| runs.iter().map(|r| r.other[end]).sum::<u64>());
+    let desync = [0, 1].map(|end| runs.iter().map(|r| r.desynchronised[end]).sum::<u64>());
+    let missing = reported.map(|r| statements.saturating_sub(r));
+    let cpu: f64 = runs.iter().map(|r| r.cpu.as_secs_f64()).sum();
+    let cpu_ms_per_1000 = cpu * 1e3 / (statements as f64 / 1e3);
+    let mut counters = AgentCounters::default();
+    for r in runs {
+        counters += r.counters;
+    }
+    let lost = missing.iter().any(|&m| m > 0)
+        || not_ok.iter().any(|&m| m > 0)
+        || counters.kernel_lost > 0
+        || desync.iter().any(|&d| d > 0);
+    println!(
+        "\npgbench -S -c {CLIENTS} -j {THREADS} {length} over {transport}, {} rounds alternating no agent / agent auditing both ends; database, clients and agent in cgroups of their own",
+        runs.len()
+    );
+    println!(
+        "  tps (median): no agent {base:.0}, agent {with:.0}: {:.3}x  (no agent {:?}, agent {:?})",
+        with / base,
+        baseline.iter().map(|t| t.round()).collect::<Vec<_>>(),
+        runs.iter().map(|r| r.tps.round()).collect::<Vec<_>>()
+    );
+    println!(
+        "  agent CPU: {:.3} s for {statements} statements = {cpu_ms_per_1000:.1} ms per 1,000 statements (both ends)",
+        cpu
+    );
+    println!(
+        "  statements executed {statements}; dbStatement reported: client {} (missing {}, without outcome {}), server {} (missing {}, without outcome {}); other statements client {} server {}",
+        reported[0], missing[0], not_ok[0], reported[1], missing[1], not_ok[1], other[0], other[1]
+    );
+    println!(
+        "  agent: {} records, {} events, {} lost in the kernel, {} decode errors; desynchronised sessions client {} server {}{}",
+        counters.records,
+        counters.events,
+        counters.kernel_lost,
+        counters.decode_errors,
+        desync[0],
+        desync[1],
+        if lost { "  <-- STATEMENTS LOST" } else { "  (no loss)" }
+    );
+    let statements_both_ends = (2 * statements).max(1) as f64;
+    println!(
+        "  database capture: {} records, {} bytes = {:.0} bytes per statement per end",
+        counters.db_records,
+        counters.db_bytes,
+        counters.db_bytes as f64 / statements_both_ends
+    );
+    let case = json!({
+        "transport": transport,
+        "clients": CLIENTS, "threads": THREADS, "length": length.to_string(),
+        "tps_no_agent": baseline, "tps_agent": runs.iter().map(|r| r.tps).collect::<Vec<_>>(),
+        "tps_ratio": with / base,
+        "agent_cpu_seconds": cpu, "agent_cpu_ms_per_1000_statements": cpu_ms_per_1000,
+        "statements": statements,
+        "reported": { "client": reported[0], "server": reported[1] },
+        "missing": { "client": missing[0], "server": missing[1] },
+        "without_outcome": { "client": not_ok[0], "server": not_ok[1] },
+        "other_statements": { "client": other[0], "server": other[1] },
+        "desynchronised_sessions": { "client": desync[0], "server": desync[1] },
+        "agent_records": counters.records, "agent_events": counters.events,
+        "agent_kernel_lost": counters.kernel_lost, "agent_decode_errors": counters.decode_errors,
+        "db_capture_records": counters.db_records, "db_capture_bytes": counters.db_bytes,
+        "lost": lost,
+    });
+    (case, lost)
 }
