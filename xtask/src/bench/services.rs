@@ -61,6 +61,18 @@ fn cpu_root() -> anyhow::Result<PathBuf> {
     Ok(root.clone())
 }
 
+/// Gives `group` CPU weight `weight` (1–10000, 100 the default): cgroup v2's `cpu.weight`,
+/// or v1's `cpu.shares` as systemd maps it (weight × 1024 / 100).
+fn set_weight(group: &Path, weight: u64) -> anyhow::Result<()> {
+    let (file, value) = if group.join("cpu.weight").exists() {
+        ("cpu.weight", weight)
+    } else {
+        ("cpu.shares", weight * 1024 / 100)
+    };
+    fs::write(group.join(file), value.to_string())
+        .with_context(|| format!("setting {} of {}", file, group.display()))
+}
+
 /// Moves every process of `group` to `root`.
 fn empty_into(group: &Path, root: &Path) {
     for pid in fs::read_to_string(group.join("cgroup.procs"))
@@ -72,8 +84,9 @@ fn empty_into(group: &Path, root: &Path) {
 }
 
 impl ServiceGroups {
-    /// Creates the three groups, named after this process.
-    pub fn create() -> anyhow::Result<ServiceGroups> {
+    /// Creates the three groups, named after this process; the agent's at `agent_weight`
+    /// (systemd's `CPUWeight=`: 100 is every other service's) when given.
+    pub fn create(agent_weight: Option<u64>) -> anyhow::Result<ServiceGroups> {
         let root = cpu_root()?;
         let name = |part: &str| root.join(format!("phiguard-bench-{}-{part}", std::process::id()));
         let (db, clients, agent) = (name("db"), name("clients"), name("agent"));
@@ -88,6 +101,9 @@ impl ServiceGroups {
         };
         for group in [&db, &clients, &agent] {
             fs::create_dir_all(group).with_context(|| format!("creating {}", group.display()))?;
+        }
+        if let Some(weight) = agent_weight {
+            set_weight(&agent, weight)?;
         }
         Ok(ServiceGroups {
             db,

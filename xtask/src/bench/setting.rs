@@ -111,6 +111,15 @@ pub fn unit_nice() -> Option<i32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The `CPUWeight=` of the packaged unit: the benchmarks that run the agent in a cgroup of its
+/// own give that cgroup this weight, as systemd does.
+pub fn unit_cpu_weight() -> Option<u64> {
+    let unit = fs::read_to_string(cmd::workspace_root().join("packaging/phiguard.service")).ok()?;
+    unit.lines()
+        .find_map(|l| l.trim().strip_prefix("CPUWeight="))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Sets the nice value of every thread of `pid` (as systemd's `Nice=` does from the start).
 fn set_nice(pid: u32, nice: i32) {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {

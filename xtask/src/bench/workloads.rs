@@ -23,7 +23,7 @@ use super::{
     cleanup::Undo,
     compare::{compare, median, Case, Plan},
     services::ServiceGroups,
-    setting::{Agent, AgentArgs, AgentCounters},
+    setting::{unit_cpu_weight, Agent, AgentArgs, AgentCounters},
     worker::spawn_loop,
 };
 use crate::bench_db::{Cluster, Length};
@@ -537,8 +537,20 @@ fn pgbench_clients(scratch: &Scratch, cluster: &Cluster, quick: bool) -> anyhow:
         events.display()
     );
     let agent = &scratch.agent_args("pgbench-clients", Some(&config), &[], "")?;
-    let groups = ServiceGroups::create()?;
-    ServiceGroups::put_with_children(&groups.db, cluster.postmaster_pid()?)?;
+    let weight = unit_cpu_weight();
+    let groups = match ServiceGroups::create(weight) {
+        Ok(groups) => {
+            ServiceGroups::put_with_children(&groups.db, cluster.postmaster_pid()?)?;
+            Some(groups)
+        }
+        Err(e) => {
+            println!(
+                "(database, clients and agent share one cgroup: {e:#}; the agent then gets only its fair share among the database's processes)"
+            );
+            None
+        }
+    };
+    let clients = groups.as_ref().map(|g| g.clients.as_path());
     let socket_dir = cluster.dir.display().to_string();
     let mut cases = Vec::new();
     let mut loss_seen = false;
@@ -567,20 +579,22 @@ fn pgbench_clients(scratch: &Scratch, cluster: &Cluster, quick: bool) -> anyhow:
         for round in 0..rounds {
             for with_agent in [round % 2 == 1, round % 2 == 0] {
                 if !with_agent {
-                    let (tps, _) = cluster.pgbench_clients(
-                        host,
-                        CLIENTS,
-                        THREADS,
-                        length,
-                        Some(&groups.clients),
-                    )?;
+                    let (tps, _) =
+                        cluster.pgbench_clients(host, CLIENTS, THREADS, length, clients)?;
                     baseline.push(tps);
                     continue;
                 }
-                runs.push(agent_round(cluster, agent, &groups, &events, host, length)?);
+                runs.push(agent_round(
+                    cluster,
+                    agent,
+                    groups.as_ref(),
+                    &events,
+                    host,
+                    length,
+                )?);
             }
         }
-        let (case, lost) = summarize(transport, length, &baseline, &runs);
+        let (case, lost) = summarize(transport, length, &baseline, &runs, groups.is_some());
         loss_seen |= lost;
         cases.push(case);
     }
@@ -594,17 +608,24 @@ const SUSTAINED_SECONDS: u32 = 30;
 fn agent_round(
     cluster: &Cluster,
     agent: &AgentArgs,
-    groups: &ServiceGroups,
+    groups: Option<&ServiceGroups>,
     events: &std::path::Path,
     host: &str,
     length: Length,
 ) -> anyhow::Result<AgentRound> {
     let running = Agent::run(agent, false)?;
-    ServiceGroups::put(&groups.agent, running.pid())?;
+    if let Some(groups) = groups {
+        ServiceGroups::put(&groups.agent, running.pid())?;
+    }
     std::thread::sleep(std::time::Duration::from_millis(500));
     let cpu_before = running.cpu_time();
-    let (tps, statements) =
-        cluster.pgbench_clients(host, CLIENTS, THREADS, length, Some(&groups.clients))?;
+    let (tps, statements) = cluster.pgbench_clients(
+        host,
+        CLIENTS,
+        THREADS,
+        length,
+        groups.map(|g| g.clients.as_path()),
+    )?;
     // Let the agent finish what is in its ring buffer: until its output stops growing for
     // half a second.
     let mut last = u64::MAX;
@@ -634,6 +655,7 @@ fn summarize(
     length: Length,
     baseline: &[f64],
     runs: &[AgentRound],
+    separated: bool,
 ) -> (Value, bool) {
     let base = median(&mut baseline.to_vec());
     let with = median(&mut runs.iter().map(|r| r.tps).collect::<Vec<_>>());
@@ -654,8 +676,13 @@ fn summarize(
         || counters.kernel_lost > 0
         || desync.iter().any(|&d| d > 0);
     println!(
-        "\npgbench -S -c {CLIENTS} -j {THREADS} {length} over {transport}, {} rounds alternating no agent / agent auditing both ends; database, clients and agent in cgroups of their own",
-        runs.len()
+        "\npgbench -S -c {CLIENTS} -j {THREADS} {length} over {transport}, {} rounds alternating no agent / agent auditing both ends; database, clients and agent in {}",
+        runs.len(),
+        if separated {
+            "cgroups of their own (the agent's at the unit's CPUWeight=)"
+        } else {
+            "one cgroup"
+        }
     );
     println!(
         "  tps (median): no agent {base:.0}, agent {with:.0}: {:.3}x  (no agent {:?}, agent {:?})",
@@ -691,6 +718,7 @@ fn summarize(
     let case = json!({
         "transport": transport,
         "clients": CLIENTS, "threads": THREADS, "length": length.to_string(),
+        "service_cgroups": separated,
         "tps_no_agent": baseline, "tps_agent": runs.iter().map(|r| r.tps).collect::<Vec<_>>(),
         "tps_ratio": with / base,
         "agent_cpu_seconds": cpu, "agent_cpu_ms_per_1000_statements": cpu_ms_per_1000,
