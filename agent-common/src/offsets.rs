@@ -66,6 +66,9 @@ pub struct KernelOffsets {
     pub mm_exe_file: u32,
     /// `file.f_mode`
     pub file_f_mode: u32,
+    /// `file.f_flags` (the open flags the kernel took from the call; `O_TRUNC` and `O_CREAT`
+    /// are still there while `security_file_open` runs)
+    pub file_f_flags: u32,
     /// `linux_binprm.file`
     pub binprm_file: u32,
     /// `unix_sock.path` (the bound path of a unix socket)
@@ -127,4 +130,4 @@ pub struct KernelOffsets {
     pub user_ns_level: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 58 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 59 * 4);

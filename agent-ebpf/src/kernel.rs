@@ -52,6 +52,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_mm: 0,
     mm_exe_file: 0,
     file_f_mode: 0,
+    file_f_flags: 0,
     binprm_file: 0,
     unix_sock_path: 0,
     path_mnt: 0,
@@ -407,6 +408,13 @@ impl File {
     #[inline(always)]
     pub fn mode(self) -> Result<u32, ReadError> {
         read(self.0, offset!(file_f_mode))
+    }
+
+    /// `file.f_flags`: the open flags as the kernel took them from the call (its own copy,
+    /// which no thread of the caller can change).
+    #[inline(always)]
+    pub fn flags(self) -> Result<u32, ReadError> {
+        read(self.0, offset!(file_f_flags))
     }
 }
 

@@ -82,7 +82,7 @@ impl Attack {
                 let source = bin.path().join("opener.c");
                 fs::write(&source, OPENER_C).unwrap();
                 let built = Command::new("gcc")
-                    .args(["-O1", "-no-pie", "-o"])
+                    .args(["-O1", "-no-pie", "-pthread", "-o"])
                     .arg(&opener)
                     .arg(&source)
                     .output()
@@ -486,6 +486,53 @@ fn a_32_bit_openat2_is_decided_by_the_flags_the_kernel_uses_not_a_forged_upper_r
         file.display().to_string(),
         "the path the kernel opened, not one from the 64-bit convention's registers"
     );
+    a.h.stop();
+}
+
+#[test]
+fn an_openat2_whose_open_how_another_thread_rewrites_never_yields_a_writable_descriptor() {
+    // Only writes are governed: the unlisted opener may read the file, not write it. It asks
+    // openat2 for O_RDWR while its second thread flips the `open_how` between O_RDWR and
+    // O_RDONLY, so a layer that reads the flags again after the kernel copied them can see
+    // O_RDONLY for an open the kernel makes read-write. The kernel's own copy (the file's
+    // flags and mode) decides too: each try is refused, opened read-only, or — where only the
+    // open's exit can tell (the fanotify layer read a rewritten `open_how`) — the opener is
+    // killed before the call returns. Never does it write.
+    let mut a = Attack::governing(0, "[write]");
+    let file = a.file.clone();
+    let before = fs::read(&file).unwrap();
+    let out = a.open_as_nobody("openat2-racing", &file);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    println!("opener: {:?}, {stderr}", out.status);
+    let killed = out.status.signal() == Some(libc::SIGKILL);
+    assert!(
+        killed || out.status.code() == Some(libc::EPERM),
+        "the racing opener got a writable descriptor (or failed otherwise): {out:?}"
+    );
+    assert_eq!(
+        fs::read(&file).unwrap(),
+        before,
+        "the protected file was written: {stderr}"
+    );
+    if !killed {
+        // It ran to the end of its tries: the race was run (the layer refused some tries).
+        let refused: u64 = stderr
+            .split(" refused")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no tally from the opener: {stderr}"));
+        assert!(refused > 0, "no try was refused: {stderr}");
+    }
+    let opener = a.opener.display().to_string();
+    let path = file.display().to_string();
+    a.h.expect("a deny decision for the racing openat2", |e| {
+        e.decision
+            .as_ref()
+            .is_some_and(|d| d.verdict == v1::Verdict::Deny as i32)
+            && process(e).exe == opener
+            && file_open(e).is_some_and(|f| f.path == path)
+    });
     a.h.stop();
 }
 

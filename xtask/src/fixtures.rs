@@ -41,7 +41,12 @@ const SUBJECT_FIXTURES: &[(&str, &str, &[&str])] = &[
 /// `target/fixtures/opener` when the source is newer, and returns the binary's path.
 pub fn opener() -> anyhow::Result<PathBuf> {
     let dir = cmd::target_dir().join("fixtures");
-    build(&dir, "opener", "opener.c", &["-O1", "-no-pie", "-static"])
+    build(
+        &dir,
+        "opener",
+        "opener.c",
+        &["-O1", "-no-pie", "-static", "-pthread"],
+    )
 }
 
 /// Builds the subject tests' fixtures into `target/fixtures/subjects/` (each when its source is

@@ -125,8 +125,14 @@ fn try_open(file: File, call: OpenCall) -> ProbeResult<i32> {
         call.syscall,
         open_syscall::OPEN | open_syscall::OPENAT | open_syscall::OPENAT2 | open_syscall::CREAT
     );
+    // The call's flags as read from its registers or its `open_how` — which, for `openat2`,
+    // is the caller's memory: another thread may have rewritten it since the kernel copied
+    // it. So the kernel's own copy counts too: the file's `f_flags` (O_TRUNC and O_CREAT
+    // included while this hook runs) and its mode. A forged reading can only add access.
     let requested = if in_open_call {
         requested_access(call.flags)
+            | requested_access(file.flags().unwrap_or(0))
+            | mode_access(file.mode().unwrap_or(0))
     } else {
         mode_access(file.mode().unwrap_or(0))
     };

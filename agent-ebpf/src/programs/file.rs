@@ -262,7 +262,8 @@ fn try_exit(ctx: &TracePointContext, syscall: u32) -> ProbeResult {
 /// (A descriptor another thread closed before this exit reads as a fault.)
 #[inline(always)]
 fn opened(syscall: u32, ret: i64) -> ProbeResult {
-    let dentry = current_file(ret as u32)?.dentry()?;
+    let file = current_file(ret as u32)?;
+    let dentry = file.dentry()?;
     let dev = dentry.dev()?;
     // SAFETY: value not used.
     if unsafe { WATCHED_DEVS.get(dev) }.is_none() {
@@ -270,7 +271,12 @@ fn opened(syscall: u32, ret: i64) -> ProbeResult {
     }
     let found = match_inode(dentry, dev)?;
     let call = OpenCall::read(syscall);
-    let mut decision = decide(found.rule, requested_access(call.flags), layer::SIGNAL);
+    // The flags of an `openat2` are read from the caller's `open_how`, which another thread
+    // may have rewritten since the kernel copied it (and the fanotify layer decided on that
+    // rewritten copy too): the opened file's mode, the kernel's own, counts as well, so a
+    // descriptor opened for writing is decided as a write and its refused opener killed here.
+    let requested = requested_access(call.flags) | mode_access(file.mode().unwrap_or(0));
+    let mut decision = decide(found.rule, requested, layer::SIGNAL);
     if decision.verdict == verdict::DENY {
         decision = enforce_by_signal(decision);
     } else if fanotify_decides() {
