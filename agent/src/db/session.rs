@@ -557,6 +557,7 @@ impl Session {
                 }
             }
             Message::ChangeUser { user, database } => {
+                self.command_after_loss(now_ns, full, out);
                 self.attempt = Some(Attempt {
                     user,
                     database: database.unwrap_or_default(),
@@ -582,6 +583,7 @@ impl Session {
                 }
             }
             Message::Query { text, truncated } => {
+                self.command_after_loss(now_ns, full, out);
                 // A Query is a cycle of its own.
                 let cycle = self.cycles_sent;
                 self.cycles_sent += 1;
@@ -600,20 +602,23 @@ impl Session {
                     out,
                 )
             }
-            Message::Execute { name, text } => self.push(
-                Pending {
-                    cycle: self.cycles_sent,
-                    text: text.unwrap_or_default(),
-                    truncated: false,
-                    name,
-                    prepared: true,
-                    start_ns: now_ns,
-                    copy: None,
-                },
-                now_ns,
-                full,
-                out,
-            ),
+            Message::Execute { name, text } => {
+                self.command_after_loss(now_ns, full, out);
+                self.push(
+                    Pending {
+                        cycle: self.cycles_sent,
+                        text: text.unwrap_or_default(),
+                        truncated: false,
+                        name,
+                        prepared: true,
+                        start_ns: now_ns,
+                        copy: None,
+                    },
+                    now_ns,
+                    full,
+                    out,
+                );
+            }
             Message::Complete { .. } | Message::Error { .. } if self.outcomes_unpaired => {}
             Message::Complete { .. } | Message::Error { .. } if self.orphaned_outcomes > 0 => {
                 self.orphaned_outcomes -= 1;
@@ -683,6 +688,24 @@ impl Session {
             }
             Message::Prepare { .. } => {}
         }
+    }
+
+    /// A MySQL client's command while outcomes are unpaired (records were lost): the server
+    /// answers each command before its client sends the next (the classic protocol does not
+    /// pipeline), so every earlier statement was answered — in the lost records, or while
+    /// answers were not paired. Those still pending are reported without an outcome, and
+    /// outcomes pair again from this command on. (PostgreSQL waits for ReadyForQuery instead;
+    /// a pipelining client there can have several statements in flight.)
+    fn command_after_loss(&mut self, now_ns: u64, full: bool, out: &mut Vec<Body>) {
+        if !self.outcomes_unpaired || self.protocol != Some(Protocol::MySql) {
+            return;
+        }
+        let dialect = Protocol::MySql.dialect();
+        while let Some(p) = self.pending.pop_front() {
+            out.push(self.statement(p, dialect, full, now_ns, |_| {}));
+        }
+        self.outcomes_unpaired = false;
+        self.orphaned_outcomes = 0;
     }
 
     /// Records were lost: the statements waiting for an outcome are reported without one
