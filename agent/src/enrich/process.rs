@@ -144,8 +144,7 @@ impl Enricher {
             process.ppid = p.ppid;
         }
         if h.start_boot_ns == 0 {
-            let (seconds, nanos) = self.clock.to_unix(p.start_boot_ns);
-            process.start_time = Some(pbjson_types::Timestamp { seconds, nanos });
+            process.start_time = Some(self.timestamp(p.start_boot_ns));
         }
         process.binary_sha256 = binary_hash(
             &mut self.binary_hashes,
