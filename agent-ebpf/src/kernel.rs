@@ -331,6 +331,14 @@ impl Task {
         Ok(File(read(fd_array as usize, fd as usize * 8)?))
     }
 
+    /// Whether the task is a kernel thread: it has no memory map (`mm` is NULL), so no
+    /// executable either.
+    #[inline(always)]
+    pub fn is_kernel_thread(self) -> Result<bool, ReadError> {
+        let mm: usize = read(self.0, offset!(task_mm))?;
+        Ok(mm == 0)
+    }
+
     /// The dentry of the process's executable (`mm->exe_file`); an error for kernel threads.
     #[inline(always)]
     pub fn exe_dentry(self) -> Result<Dentry, ReadError> {

@@ -159,3 +159,57 @@ fn every_open_past_a_full_ring_buffer_is_counted_lost_exactly() {
     );
     assert!(faults(&sensors).is_empty(), "no program run faulted");
 }
+
+/// The pids of the kernel threads kthreadd (pid 2) has started and that run now.
+fn kernel_threads() -> std::collections::HashSet<u32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            ppid == Some(2)
+        })
+        .collect()
+}
+
+/// The unbound workqueues' CPU mask, put back as it was when dropped.
+struct WorkqueueCpumask(String);
+
+const WORKQUEUE_CPUMASK: &str = "/sys/devices/virtual/workqueue/cpumask";
+
+impl Drop for WorkqueueCpumask {
+    fn drop(&mut self) {
+        let _ = fs::write(WORKQUEUE_CPUMASK, self.0.trim());
+    }
+}
+
+#[test]
+fn kernel_threads_starting_are_no_fault() {
+    // kthreadd, which starts kernel threads, has no memory map and so no executable: the fork
+    // program skips its children (kernel threads, not subjects) instead of failing to read
+    // it. Narrowing the unbound workqueues to one CPU and widening them again makes the kernel
+    // start new kworkers.
+    let tree = Tree::new();
+    let (sensors, mut ring) = load(&tree.watched);
+    let before = kernel_threads();
+    let restore = WorkqueueCpumask(fs::read_to_string(WORKQUEUE_CPUMASK).unwrap());
+    fs::write(WORKQUEUE_CPUMASK, "1").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(restore);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = kernel_threads().difference(&before).count();
+    assert!(
+        started > 0,
+        "no kernel thread started: the test did not exercise the fork program (2 CPUs or more needed)"
+    );
+    drain_opens(&mut ring, tree.dir.path());
+    assert_eq!(
+        faults(&sensors),
+        vec![],
+        "no program run faulted ({started} kernel threads started)"
+    );
+}

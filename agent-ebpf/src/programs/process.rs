@@ -45,6 +45,12 @@ fn try_fork(ctx: &RawTracePointContext) -> ProbeResult {
     if child_pid != child_tgid {
         return Err(ProbeError::Skip); // a thread
     }
+    if parent.is_kernel_thread()? {
+        // kthreadd starting a kernel thread, or a kworker a user-mode helper: the child runs
+        // kernel code only until an exec, which records its identity. The parent has no
+        // executable to pass on (reading it failed, and counted as a fault, before).
+        return Err(ProbeError::Skip);
+    }
     let child_start = child.start_boot_ns().unwrap_or(0);
     // Before the child can run: it must never be seen without its identity.
     identity::inherit(parent, child, child_tgid)?;
