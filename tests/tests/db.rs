@@ -2394,26 +2394,7 @@ fn postgres_rows_of_a_large_result_never_leave_the_kernel() {
             assert_eq!(got.len(), 4, "{want} statements over {transport}: {got:?}");
         }
     }
-    let stats = h.stop();
-    expect_no_marker(&h, &[ROW_MARKER]);
-    for end in session_ends_of(&h, "tcp")
-        .into_iter()
-        .chain(session_ends_of(&h, "unix"))
-    {
-        assert!(!end.desynchronised && end.lost_records == 0, "{end:?}");
-    }
-    // Each result crossed two sockets (the server's write, the client's read): were rows
-    // carried, the capture would be at least as large as they are.
-    eprintln!(
-        "database capture: {} records, {} bytes for {} bytes of rows shown, each crossing both ends",
-        stats.db_records, stats.db_bytes, row_bytes
-    );
-    assert!(
-        stats.db_bytes * 10 < row_bytes as u64 * 2,
-        "the capture carried {} bytes for {} bytes of rows",
-        stats.db_bytes,
-        row_bytes
-    );
+    assert_rows_stayed_in_the_kernel(&mut h, ROW_MARKER, row_bytes);
 }
 
 #[test]
@@ -2662,26 +2643,7 @@ fn mariadb_rows_of_a_large_result_never_leave_the_kernel() {
             );
         }
     }
-    let stats = h.stop();
-    expect_no_marker(&h, &[ROW_MARKER]);
-    for end in session_ends_of(&h, "tcp")
-        .into_iter()
-        .chain(session_ends_of(&h, "unix"))
-    {
-        assert!(!end.desynchronised && end.lost_records == 0, "{end:?}");
-    }
-    // Each result crossed two sockets (the server's write, the client's read): were rows
-    // carried, the capture would be at least as large as they are.
-    eprintln!(
-        "database capture: {} records, {} bytes for {} bytes of rows shown, each crossing both ends",
-        stats.db_records, stats.db_bytes, row_bytes
-    );
-    assert!(
-        stats.db_bytes * 10 < row_bytes as u64 * 2,
-        "the capture carried {} bytes for {} bytes of rows",
-        stats.db_bytes,
-        row_bytes
-    );
+    assert_rows_stayed_in_the_kernel(&mut h, ROW_MARKER, row_bytes);
 }
 
 #[test]
@@ -2792,5 +2754,31 @@ fn mariadb_records_lost_in_the_kernel_are_counted_on_the_session_which_resynchro
     assert!(
         flood.iter().all(|&n| n < FLOOD),
         "some statements were lost: {flood:?}"
+    );
+}
+
+/// Stops `h` and checks what a large-result test's result rows (`row_bytes` of them shown by
+/// the client, each carrying `marker`) left behind: the marker in no output, no session over
+/// TCP or the unix socket desynchronised or short of records, and a capture under a fifth of
+/// the rows' bytes (each result crossed two sockets: were rows carried, the capture would be at
+/// least as large as they are).
+fn assert_rows_stayed_in_the_kernel(h: &mut Harness, marker: &str, row_bytes: usize) {
+    let stats = h.stop();
+    expect_no_marker(h, &[marker]);
+    for end in session_ends_of(h, "tcp")
+        .into_iter()
+        .chain(session_ends_of(h, "unix"))
+    {
+        assert!(!end.desynchronised && end.lost_records == 0, "{end:?}");
+    }
+    eprintln!(
+        "database capture: {} records, {} bytes for {} bytes of rows shown, each crossing both ends",
+        stats.db_records, stats.db_bytes, row_bytes
+    );
+    assert!(
+        stats.db_bytes * 10 < row_bytes as u64 * 2,
+        "the capture carried {} bytes for {} bytes of rows",
+        stats.db_bytes,
+        row_bytes
     );
 }
