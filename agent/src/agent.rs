@@ -22,7 +22,7 @@ use phiguard_proto::v1::{self, event::Body};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-pub use self::pipeline::RunStats;
+pub use self::pipeline::{DbRecordTap, RunStats};
 use self::{
     pipeline::Pipeline,
     report::{Refusal, Report},
@@ -590,6 +590,11 @@ impl Agent {
                 )
             })
             .collect()
+    }
+
+    /// Shows every database capture record the kernel sends to `tap`, before it is decoded.
+    pub fn tap_db_records(&mut self, tap: DbRecordTap) {
+        self.pipeline.tap_db_records(tap);
     }
 
     /// The layer that decides opens of protected files on this kernel.

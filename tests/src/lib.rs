@@ -9,6 +9,10 @@ pub mod tmpfs;
 
 use std::{
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -137,6 +141,23 @@ impl Harness {
         self.reload
             .try_send(Trigger::Signal)
             .expect("reload request queued");
+    }
+
+    /// Counts the database capture records the kernel sends from now on that hold `needle`
+    /// anywhere in their bytes (call before [`Harness::start_reading`]): what of a session's
+    /// traffic leaves the kernel, not only what reaches an event.
+    pub fn count_db_records_holding(&mut self, needle: &[u8]) -> Arc<AtomicU64> {
+        let count = Arc::new(AtomicU64::new(0));
+        let (seen, needle) = (count.clone(), needle.to_vec());
+        self.agent
+            .as_mut()
+            .expect("count_db_records_holding is called before start_reading")
+            .tap_db_records(Box::new(move |record| {
+                if record.windows(needle.len()).any(|w| w == needle) {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        count
     }
 
     /// Starts the event loop.

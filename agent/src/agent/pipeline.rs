@@ -46,9 +46,14 @@ struct Problems {
     last_sink: Option<String>,
 }
 
+/// Sees every database capture record as the kernel sent it, before it is decoded (a test's
+/// proof of what leaves the kernel).
+pub type DbRecordTap = Box<dyn FnMut(&[u8]) + Send>;
+
 /// Where events go, and what counts them.
 pub struct Pipeline {
     sinks: Vec<Box<dyn Sink>>,
+    db_tap: Option<DbRecordTap>,
     numbering: Numbering,
     /// What went through so far.
     pub stats: RunStats,
@@ -63,6 +68,7 @@ impl Pipeline {
         let last = sinks.iter().filter_map(|s| s.resume_seq()).max();
         Pipeline {
             sinks,
+            db_tap: None,
             numbering: Numbering::after(last.unwrap_or(0)),
             stats: RunStats::default(),
             metrics,
@@ -83,6 +89,11 @@ impl Pipeline {
             .collect()
     }
 
+    /// Shows every database capture record to `tap` from now on.
+    pub fn tap_db_records(&mut self, tap: DbRecordTap) {
+        self.db_tap = Some(tap);
+    }
+
     /// One ring-buffer record: decoded, enriched, written.
     pub fn handle(&mut self, enricher: &mut Enricher, bytes: &[u8]) {
         if let Some(event) = self.decode_counted(bytes) {
@@ -96,6 +107,9 @@ impl Pipeline {
         if bytes.get(..4) == Some(&(Kind::DbData as u32).to_ne_bytes()[..]) {
             self.stats.db_records += 1;
             self.stats.db_bytes += bytes.len() as u64;
+            if let Some(tap) = &mut self.db_tap {
+                tap(bytes);
+            }
         }
         match decode(bytes) {
             Ok(event) => Some(event),
