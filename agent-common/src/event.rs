@@ -66,10 +66,10 @@ pub const FLAG_SOCK_DATABASE_ONLY: u32 = 1 << 5;
 /// gone (`EPIPE`, `ECONNRESET`): the bytes are what the server said, and nobody received them.
 /// `len` is what the call asked to write.
 pub const FLAG_DB_UNDELIVERED: u32 = 1 << 6;
-/// `EventHeader::flags` of a `DbDataEvent`: the kernel walked the call's PostgreSQL framing;
-/// the data is a sequence of [`DbSpan`]s, each followed by its captured bytes, and no row
-/// content is in it. Without it the data is the call's first bytes (MySQL, TLS-direct and
-/// joined sessions).
+/// `EventHeader::flags` of a `DbDataEvent`: the kernel walked the call's PostgreSQL or MySQL
+/// framing ([`FLAG_DB_MYSQL`]); the data is a sequence of [`DbSpan`]s, each followed by its
+/// captured bytes, and no row content is in it. Without it the data is the call's first bytes
+/// (TLS-direct and joined sessions).
 pub const FLAG_DB_FRAMED: u32 = 1 << 7;
 /// `EventHeader::flags` of a framed `DbDataEvent`: the kernel lost this direction's framing
 /// (a length no valid message has, or more messages in one call than its walk bound): from
@@ -78,6 +78,10 @@ pub const FLAG_DB_FRAMING_LOST: u32 = 1 << 8;
 /// `EventHeader::flags` of a framed `DbDataEvent`: a further record of the same call (its
 /// `len` was counted with the first one, and is no end of stream).
 pub const FLAG_DB_CONTINUED: u32 = 1 << 9;
+/// `EventHeader::flags` of a framed `DbDataEvent`: the kernel walked it as MySQL/MariaDB
+/// packets (without it, as PostgreSQL messages): the session's protocol, whatever its first
+/// bytes look like (a client that reads the greeting's header apart gets it alone first).
+pub const FLAG_DB_MYSQL: u32 = 1 << 10;
 /// `EventHeader::flags`: a field was cut to fit its buffer.
 pub const FLAG_TRUNCATED: u32 = 1;
 /// `EventHeader::flags`: the working directory in an [`ExecEvent`] is complete (reached the

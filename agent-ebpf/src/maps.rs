@@ -249,7 +249,8 @@ pub struct DbDirection {
     pub capture: u32,
     /// Records lost since the last one delivered.
     pub lost: u32,
-    /// The protocol's own state of this direction (MySQL: `db_mysql::ST_*`; PostgreSQL: 0).
+    /// The protocol's own state of this direction (MySQL: `db_mysql::ST_*`; PostgreSQL: the
+    /// names of a Bind whose end the capture has not reached yet).
     pub state: u32,
     /// The header bytes seen so far.
     pub hdr: [u8; 8],

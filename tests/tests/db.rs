@@ -159,32 +159,26 @@ impl Cluster {
 
     /// Runs one prepared statement (extended protocol: Parse/Bind/Execute) with pgbench.
     fn prepared(&self, sql: &str) {
+        self.pgbench_script("127.0.0.1", "prepared", sql);
+    }
+
+    /// Runs the pgbench script `sql` once over `host` (an address or the socket directory)
+    /// with the query mode `mode` (`simple`, `extended`: unnamed statements, `prepared`: named
+    /// ones).
+    fn pgbench_script(&self, host: &str, mode: &str, sql: &str) {
         let script = self.dir.path().join("script.sql");
         fs::write(&script, sql).unwrap();
-        let status = Command::new("/usr/bin/pgbench")
-            .args([
-                "-n",
-                "-t",
-                "1",
-                "-M",
-                "prepared",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-            ])
-            .args([
-                "-U",
-                "postgres",
-                "-f",
-                &script.display().to_string(),
-                "postgres",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+        let output = Command::new("/usr/bin/pgbench")
+            .args(["-n", "-t", "1", "-M", mode, "-h", host])
+            .args(["-p", &self.port.to_string(), "-U", "postgres"])
+            .args(["-f", &script.display().to_string(), "postgres"])
+            .output()
             .expect("pgbench");
-        assert!(status.success(), "pgbench failed");
+        assert!(
+            output.status.success(),
+            "pgbench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 
@@ -525,7 +519,7 @@ os.writev(fd, [struct.pack("!i", 4 + len(body)), body])
 until_ready(lambda bufs: os.readv(fd, bufs))
 os.writev(fd, query("SELECT count(*) FROM pg_class WHERE relname = 'pg_class'"))
 until_ready(lambda bufs: os.readv(fd, bufs))
-sock.sendmsg(query("SELECT count(*) FROM pg_namespace WHERE nspname = 'public'"))
+sock.sendmsg(query("SELECT 'PHIM' || 'ARK_VECTORED_ROW' FROM pg_namespace WHERE nspname = 'public'"))
 until_ready(lambda bufs: sock.recvmsg_into(bufs)[0])
 sock.sendmsg([b"X", struct.pack("!i", 4)])
 sock.close()
@@ -534,7 +528,11 @@ sock.close()
 #[test]
 fn vectored_reads_and_writes_are_captured() {
     let cluster = Cluster::start();
-    let mut h = Harness::start_with(&config(&cluster));
+    let mut h = Harness::attach_with(&config(&cluster));
+    // The startup's first iovec is its 4-byte length alone: the session is still recognised
+    // and walked, so the row of the second query stays in the kernel.
+    let row_in_records = h.count_db_records_holding(b"PHIMARK_VECTORED_ROW");
+    h.start_reading();
     let out = Command::new("/usr/bin/python3")
         .args(["-c", VECTORED_CLIENT, &cluster.port.to_string()])
         .output()
@@ -565,7 +563,7 @@ fn vectored_reads_and_writes_are_captured() {
             "writev/readv",
         ),
         (
-            "SELECT count(*) FROM pg_namespace WHERE nspname = ?",
+            "SELECT ? || ? FROM pg_namespace WHERE nspname = ?",
             "sendmsg/recvmsg",
         ),
     ] {
@@ -586,6 +584,12 @@ fn vectored_reads_and_writes_are_captured() {
             && is_client(e)
     });
     h.stop();
+    assert_eq!(
+        row_in_records.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "records holding the result row left the kernel"
+    );
+    expect_no_marker(&h, &["PHIMARK_VECTORED_ROW"]);
 }
 
 /// A MariaDB server in a temporary directory, stopped and removed on drop.
@@ -2397,6 +2401,58 @@ fn postgres_rows_of_a_large_result_never_leave_the_kernel() {
     assert_rows_stayed_in_the_kernel(&mut h, ROW_MARKER, row_bytes);
 }
 
+/// Bind parameter values (PHI in a `WHERE mrn = $1`) never leave the kernel: its walk
+/// captures a Bind's portal and statement names and stops at the second's NUL.
+#[test]
+fn postgres_bind_parameter_values_never_leave_the_kernel() {
+    // Built by the server, so the marker is in no statement text: only in the result row (which
+    // stays in the kernel) and in the Bind that sends it back as a parameter.
+    const VALUE_MARKER: &str = "PHIMARK_BIND_VALUE";
+    let script = "SELECT 'PHIMARK_' || 'BIND_VALUE' AS short, \
+                  'PHIMARK_' || 'BIND_VALUE' || repeat('v', 300) AS long \\gset\n\
+                  SELECT :short::text AS echoed, length(:long::text) AS long_length;\n";
+    let echo = "SELECT $1::text AS echoed, length($2::text) AS long_length;";
+    let cluster = Cluster::start();
+    let mut h = Harness::attach_with(&config(&cluster));
+    let in_records = h.count_db_records_holding(VALUE_MARKER.as_bytes());
+    h.start_reading();
+    let socket_dir = cluster.dir.path().display().to_string();
+    for (host, transport) in [("127.0.0.1", "tcp"), (socket_dir.as_str(), "unix")] {
+        for (run, mode) in ["prepared", "extended"].into_iter().enumerate() {
+            cluster.pgbench_script(host, mode, script);
+            for want in ["client", "server"] {
+                // This run's statement: the (run + 1)th of this end and transport.
+                let matched = std::cell::Cell::new(0);
+                let event = h.expect(&format!("{want} {mode} statement over {transport}"), |e| {
+                    let hit = statement(e).is_some_and(|s| {
+                        s.text == echo
+                            && role(s.session.as_ref()) == want
+                            && s.session.as_ref().is_some_and(|x| x.transport == transport)
+                    });
+                    matched.set(matched.get() + usize::from(hit));
+                    hit && matched.get() == run + 1
+                });
+                let end = statement(&event).unwrap();
+                assert!(end.prepared, "{mode} over {transport}: {end:?}");
+                assert_eq!((end.ok, end.rows), (true, Some(1)), "{end:?}");
+                assert_eq!(
+                    end.statement_name.is_empty(),
+                    mode == "extended",
+                    "{mode}: {end:?}"
+                );
+            }
+        }
+    }
+    h.stop();
+    assert_eq!(statements_per_end(&h, echo), [4, 4], "one per run and end");
+    assert_eq!(
+        in_records.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "records holding a Bind parameter's value left the kernel"
+    );
+    expect_no_marker(&h, &[VALUE_MARKER]);
+}
+
 #[test]
 fn postgres_two_hundred_queries_in_one_write_are_each_audited_on_both_ends() {
     const QUERIES: usize = 200;
@@ -2646,6 +2702,139 @@ fn mariadb_rows_of_a_large_result_never_leave_the_kernel() {
     assert_rows_stayed_in_the_kernel(&mut h, ROW_MARKER, row_bytes);
 }
 
+/// A MySQL client in Python that reads each packet's 4-byte header apart from its body (as
+/// some connectors do), so its first read is the greeting's header alone; it logs in as root
+/// (no password) and runs each statement of its arguments, printing each result's row count.
+const HEADER_APART_CLIENT: &str = r#"
+import socket, sys
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+
+def exactly(n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            sys.exit("server closed")
+        data += chunk
+    return data
+
+def packet():
+    head = exactly(4)
+    size = head[0] | head[1] << 8 | head[2] << 16
+    return head[3], exactly(size) if size else b""
+
+def send(seq, payload):
+    n = len(payload)
+    sock.sendall(bytes([n & 255, n >> 8 & 255, n >> 16, seq]) + payload)
+
+def eof(p):
+    return p[:1] == b"\xfe" and len(p) < 9
+
+_, greeting = packet()
+assert greeting[0] == 10, greeting
+caps = 0x1 | 0x200 | 0x2000 | 0x8000 | 0x80000
+send(1, caps.to_bytes(4, "little") + (1 << 24).to_bytes(4, "little") + bytes([45])
+     + bytes(23) + b"root\0" + b"\0" + b"mysql_native_password\0")
+while True:
+    seq, p = packet()
+    if p[:1] in (b"\xfe", b"\x01"):
+        send(seq + 1, b"")
+        continue
+    assert p[:1] == b"\0", p
+    break
+for sql in sys.argv[2:]:
+    send(0, b"\x03" + sql.encode())
+    _, first = packet()
+    assert first[:1] != b"\xff", first
+    rows = 0
+    if first[:1] != b"\0":
+        while not eof(packet()[1]):
+            pass
+        while True:
+            _, p = packet()
+            if eof(p):
+                break
+            assert p[:1] != b"\xff", p
+            rows += 1
+    print(rows)
+send(0, b"\x01")
+"#;
+
+#[test]
+fn mariadb_client_reading_headers_apart_is_walked_and_its_rows_never_leave_the_kernel() {
+    const ROW_MARKER: &str = "PHIMARK_APART_ROW";
+    let db = MariaDb::start();
+    mariadb_big_table(&db, 300, ROW_MARKER);
+    let mut config = Config::default();
+    config.database.ports = vec![db.port];
+    let mut h = Harness::attach_with(&config);
+    let rows_in_records = h.count_db_records_holding(ROW_MARKER.as_bytes());
+    h.start_reading();
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", HEADER_APART_CLIENT, &db.port.to_string()])
+        .args([
+            "SELECT note FROM ehr.big WHERE id <= 250",
+            "SELECT 4251 AS after_rows",
+        ])
+        .output()
+        .expect("python3 (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "the client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "250\n1\n");
+    std::thread::sleep(Duration::from_secs(2));
+    while h.wait_for(Duration::from_millis(500), |_| false).is_some() {}
+    for e in &h.seen {
+        if matches!(
+            &e.body,
+            Some(
+                Body::DbStatement(_)
+                    | Body::DbSessionStart(_)
+                    | Body::DbSessionEnd(_)
+                    | Body::DbLogin(_)
+            )
+        ) {
+            eprintln!("DBG {:?}", e.body);
+        }
+    }
+    for want in ["client", "server"] {
+        h.expect(&format!("{want} statement after the rows"), |e| {
+            statement(e).is_some_and(|s| {
+                s.text == "SELECT ? AS after_rows" && role(s.session.as_ref()) == want
+            })
+        });
+        let got: Vec<_> = statements_of(&h, "tcp", want)
+            .into_iter()
+            .map(|s| (s.text, s.rows, s.ok, s.lost_records))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "SELECT note FROM ehr.big WHERE id <= ?".into(),
+                    Some(250),
+                    true,
+                    0
+                ),
+                ("SELECT ? AS after_rows".into(), Some(1), true, 0),
+            ],
+            "{want}"
+        );
+    }
+    h.stop();
+    for end in session_ends_of(&h, "tcp") {
+        assert!(!end.desynchronised && end.lost_records == 0, "{end:?}");
+    }
+    assert_eq!(
+        rows_in_records.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "records holding a row left the kernel"
+    );
+    expect_no_marker(&h, &[ROW_MARKER]);
+}
+
 #[test]
 fn mariadb_prepared_statements_report_text_rows_and_outcome_never_the_binary_rows() {
     const ROW_MARKER: &str = "PHIMARK_BINARY_ROW";
@@ -2653,7 +2842,9 @@ fn mariadb_prepared_statements_report_text_rows_and_outcome_never_the_binary_row
     mariadb_big_table(&db, 500, ROW_MARKER);
     let mut config = Config::default();
     config.database.ports = vec![db.port];
-    let mut h = Harness::start_with(&config);
+    let mut h = Harness::attach_with(&config);
+    let rows_in_records = h.count_db_records_holding(ROW_MARKER.as_bytes());
+    h.start_reading();
     let mut c = RawMysql::login(db.port, "root");
     let id = c.prepare("SELECT note FROM ehr.big WHERE id <= ?");
     let rows = c.execute(id, 300);
@@ -2692,6 +2883,11 @@ fn mariadb_prepared_statements_report_text_rows_and_outcome_never_the_binary_row
     }
     h.stop();
     expect_no_marker(&h, &[ROW_MARKER]);
+    assert_eq!(
+        rows_in_records.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "records holding a binary row left the kernel"
+    );
 }
 
 #[test]

@@ -52,7 +52,7 @@ use crate::{
         DB_UNIX_SOCKETS, EVENTS,
     },
     programs::{
-        db_frame::{self, Source},
+        db_frame::{self, FirstBytes, IoVec, Source},
         db_mysql,
     },
     syscall::SyscallArgs,
@@ -306,14 +306,6 @@ capture!(
 const MSG_IOV: u64 = 16;
 const MSG_IOVLEN: u64 = 24;
 
-/// One `struct iovec`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct IoVec {
-    base: u64,
-    len: u64,
-}
-
 /// At exit: when the calling process holds database sockets and `fd` is a tracked one, sends
 /// the call's PostgreSQL or MySQL messages (framed), or the first bytes the call moved (and, for a long
 /// plain-buffer call, its last bytes). The common case, a process without database sockets,
@@ -476,23 +468,41 @@ fn join(file: File, fd: i32, sk: Sock) -> ProbeResult<DbSock> {
     or_fault(unsafe { DB_SOCKS.get(sk.addr() as u64) }.copied())
 }
 
-/// The first 8 bytes of a call of `len` bytes, when its first buffer holds them.
+/// The first bytes of a call of `len` bytes, as many of 8, 5 or 4 as its first buffer holds
+/// (a client that reads a packet's 4-byte header apart from its body reads 4 first).
 #[inline(always)]
-fn first_bytes(source: Source, len: u64) -> Option<[u8; 8]> {
-    if len < 8 {
-        return None;
-    }
-    let base = match source {
-        Source::Flat(ptr) => ptr,
+fn first_bytes(source: Source, len: u64) -> Option<FirstBytes> {
+    let (base, n) = match source {
+        Source::Flat(ptr) => (ptr, len),
         Source::Vector { iov, count } => {
-            let v = read_user::<IoVec>(iov).ok()?;
-            if count == 0 || v.len < 8 {
+            if count == 0 {
                 return None;
             }
-            v.base
+            let v = read_user::<IoVec>(iov).ok()?;
+            (v.base, v.len.min(len))
         }
     };
-    read_user::<[u8; 8]>(base).ok()
+    // Constant sizes the verifier can bound: a whole startup request or greeting header and
+    // its next byte, or the 4-byte header a client reading headers apart reads first.
+    let mut first = FirstBytes {
+        bytes: [0; 8],
+        n: 0,
+    };
+    first.n = match n {
+        8.. => 8,
+        5..=7 => 5,
+        4 => 4,
+        _ => return None,
+    };
+    // SAFETY: at most 8 bytes into an 8-byte array; the helper checks the user address.
+    let rc = unsafe {
+        raw_probe_read_user(
+            first.bytes.as_mut_ptr().cast(),
+            (first.n & 15) as u32,
+            base as *const core::ffi::c_void,
+        )
+    };
+    (rc == 0).then_some(first)
 }
 
 /// Reads a `T` from user memory (a failure, after the call itself succeeded, is a fault).

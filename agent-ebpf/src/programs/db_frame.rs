@@ -30,7 +30,11 @@ use core::{
 };
 
 use aya_ebpf::helpers::{
-    bpf_loop, bpf_probe_read_user, generated::bpf_probe_read_user as raw_probe_read_user,
+    bpf_loop, bpf_probe_read_user,
+    generated::{
+        bpf_probe_read_user as raw_probe_read_user,
+        bpf_probe_read_user_str as raw_probe_read_user_str,
+    },
 };
 use phiguard_common::{
     event::{
@@ -102,14 +106,25 @@ pub(crate) fn text_capture() -> u64 {
     u64::from(n.min(DB_TEXT_CAPTURE_MAX))
 }
 
-/// Whether the 8 bytes a client's first call starts with are a PostgreSQL startup-phase
-/// request.
+/// The first bytes of a socket's first call: `n` of them (8, 5 or 4) read, the rest zero.
+#[derive(Clone, Copy)]
+pub struct FirstBytes {
+    pub bytes: [u8; 8],
+    pub n: u64,
+}
+
+/// Whether a client's first call starts with a PostgreSQL startup-phase request: its length,
+/// and its code when the call holds all 8 bytes (a reader of the length alone gets the code in
+/// its next call, which the walk's split-header state takes).
 #[inline(always)]
-pub fn is_startup_request(first: [u8; 8]) -> bool {
-    let len = u32::from_be_bytes([first[0], first[1], first[2], first[3]]);
-    let code = u32::from_be_bytes([first[4], first[5], first[6], first[7]]);
+pub fn is_startup_request(first: FirstBytes) -> bool {
+    let b = first.bytes;
+    let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let code = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
     (8..=MAX_STARTUP as u32).contains(&len)
-        && (code >> 16 == 3 || matches!(code, SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST))
+        && (first.n < 8
+            || code >> 16 == 3
+            || matches!(code, SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST))
 }
 
 /// Body bytes of a `kind` message (of `rest` body bytes) that leave the kernel.
@@ -118,8 +133,8 @@ fn body_capture(to_server: bool, kind: u8, rest: u64, sasl: bool) -> u64 {
     let limit = if to_server {
         match kind {
             b'Q' | b'P' => text_capture(),
-            // Portal and statement names (at most 63 bytes each); parameter values after
-            // them may be cut into, never read.
+            // Portal and statement names (at most 63 bytes each), up to the second's NUL
+            // ([`capture_names`]): the parameter values after them stay in the kernel.
             b'B' => 128,
             b'E' | b'C' => 72,
             b'p' if sasl => 64,
@@ -152,9 +167,9 @@ pub enum Source {
 /// One `struct iovec`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct IoVec {
-    base: u64,
-    len: u64,
+pub(crate) struct IoVec {
+    pub(crate) base: u64,
+    pub(crate) len: u64,
 }
 
 /// The walk's state, in a per-CPU map value (`DB_WALK`) rather than the stack: the verifier
@@ -197,6 +212,9 @@ pub struct Walk {
     pub(crate) span_flags: u64,
     /// 1: the walk ended at the end of the call (not at its step bound).
     pub(crate) done: u64,
+    /// Names whose NUL the capture of a Bind's body has not reached yet (2 at its start, 0
+    /// for any other message): the capture ends at the second.
+    pub(crate) names_left: u64,
 }
 
 /// Walks one call on the PostgreSQL socket `sock` in direction `dir` (`TO_SERVER` or
@@ -243,6 +261,7 @@ pub fn walk(scratch: &mut DbDataScratch, sock: &mut DbSock, dir: usize, source: 
         span_captured: zero,
         span_flags: zero,
         done: zero,
+        names_left: u64::from(state.state),
     };
     if walk.phase < PHASE_LOST as u64 && len > 0 {
         // SAFETY: the callback is a static function; it finds the walk in `DB_WALK`.
@@ -270,6 +289,7 @@ pub fn walk(scratch: &mut DbDataScratch, sock: &mut DbSock, dir: usize, source: 
     out.rest = walk.rest as u32;
     out.capture = walk.capture as u32;
     out.lost = walk.lost as u32;
+    out.state = walk.names_left as u32;
     out.hdr = walk.hdr;
     if walk.answer_due != 0 {
         sock.framing.dirs[dir ^ 1].phase = PHASE_ANSWER;
@@ -308,7 +328,11 @@ extern "C" fn walk_step(_step: u64, _ctx: *mut c_void) -> c_long {
     if w.rest > 0 {
         let take = w.rest.min(avail);
         if w.capture > 0 {
-            let copied = capture(w, s, take.min(w.capture), false);
+            let copied = if w.names_left > 0 {
+                capture_names(w, s, take.min(w.capture))
+            } else {
+                capture(w, s, take.min(w.capture), false)
+            };
             if copied == 0 {
                 w.phase = PHASE_LOST as u64;
                 return 1;
@@ -449,6 +473,7 @@ fn header_step(w: &mut Walk, s: &mut DbDataScratch, avail: u64) -> c_long {
             w.rest = len - 4;
             let to_server = w.to_server != 0;
             w.capture = body_capture(to_server, h[0], w.rest, w.sasl != 0);
+            w.names_left = if to_server && h[0] == b'B' { 2 } else { 0 };
             if to_server && h[0] == b'p' {
                 w.sasl = 0;
             }
@@ -530,11 +555,12 @@ pub(crate) fn close_span(w: &mut Walk, s: &mut DbDataScratch) {
     }
 }
 
-/// Copies up to `n` bytes at the walk's position into the record (a new span when the open
-/// one has elided bytes or `boundary` is set; a new record when this one is full); returns
-/// how many were copied (0 when they could not be read).
+/// Makes room in the record for up to `n` bytes at the walk's position (a new span when the
+/// open one has elided bytes or `boundary` is set; a new record when this one is full):
+/// where they go in `s.data` and how many fit, 1..=`DB_CAPTURE_LEN` in forms the verifier can
+/// bound; `None` when none do.
 #[inline(always)]
-pub(crate) fn capture(w: &mut Walk, s: &mut DbDataScratch, n: u64, boundary: bool) -> u64 {
+fn reserve(w: &mut Walk, s: &mut DbDataScratch, n: u64, boundary: bool) -> Option<(u64, u64)> {
     if boundary || w.span_open == 0 || w.span_moved > w.span_captured {
         open_span(
             w,
@@ -553,11 +579,26 @@ pub(crate) fn capture(w: &mut Walk, s: &mut DbDataScratch, n: u64, boundary: boo
     let room = CAP - w.used.min(CAP);
     let n = n.min(room);
     if n == 0 {
-        return 0;
+        return None;
     }
-    // 1..=DB_CAPTURE_LEN and 0..DB_CAPTURE_LEN in forms the verifier can bound.
-    let len = ((n - 1) & (CAP - 1)) + 1;
-    let at = fresh(&w.used) & (CAP - 1);
+    Some((fresh(&w.used) & (CAP - 1), ((n - 1) & (CAP - 1)) + 1))
+}
+
+/// `len` bytes copied into the record and walked past.
+#[inline(always)]
+fn commit(w: &mut Walk, len: u64) {
+    w.used += len;
+    w.span_moved += len;
+    w.span_captured += len;
+}
+
+/// Copies up to `n` bytes at the walk's position into the record; returns how many were
+/// copied (0 when they could not be read).
+#[inline(always)]
+pub(crate) fn capture(w: &mut Walk, s: &mut DbDataScratch, n: u64, boundary: bool) -> u64 {
+    let Some((at, len)) = reserve(w, s, n, boundary) else {
+        return 0;
+    };
     // SAFETY: at most `DB_CAPTURE_LEN` bytes at an offset below `DB_CAPTURE_LEN` in a
     // `2 * DB_CAPTURE_LEN` array; the helper checks the user address.
     let rc = unsafe {
@@ -570,10 +611,53 @@ pub(crate) fn capture(w: &mut Walk, s: &mut DbDataScratch, n: u64, boundary: boo
     if rc != 0 {
         return 0;
     }
-    w.used += len;
-    w.span_moved += len;
-    w.span_captured += len;
+    commit(w, len);
     len
+}
+
+/// Like [`capture`], for a Bind's body: copies up to `n` bytes but no further than the end
+/// (the NUL) of the name being read; at the end of the second name (the statement's, after
+/// the portal's) the capture ends, so the parameter formats and values that follow are never
+/// read. A name cut by the end of the buffer goes on in the next step.
+#[inline(always)]
+fn capture_names(w: &mut Walk, s: &mut DbDataScratch, n: u64) -> u64 {
+    let Some((at, len)) = reserve(w, s, n, false) else {
+        return 0;
+    };
+    // SAFETY: as in `capture`; the helper stops after the first NUL and returns the bytes it
+    // copied with it.
+    let rc = unsafe {
+        raw_probe_read_user_str(
+            s.data.as_mut_ptr().add(at as usize).cast(),
+            len as u32,
+            w.seg_ptr as *const core::ffi::c_void,
+        )
+    };
+    if rc <= 0 {
+        return 0;
+    }
+    let got = (rc as u64).min(len);
+    let mut ended = got < len;
+    if !ended {
+        // The helper ends what it copies with a NUL even where it found none: the last byte
+        // as it is decides whether the name ended there.
+        let last = (at + len - 1) & (CAP - 1);
+        // SAFETY: the helper checks the user address.
+        let Ok(byte) = (unsafe { bpf_probe_read_user((w.seg_ptr + len - 1) as *const u8) }) else {
+            return 0;
+        };
+        // SAFETY: `last < DB_CAPTURE_LEN` in a `2 * DB_CAPTURE_LEN` array.
+        unsafe { *s.data.as_mut_ptr().add(last as usize) = byte };
+        ended = byte == 0;
+    }
+    commit(w, got);
+    if ended {
+        w.names_left -= w.names_left.min(1);
+        if w.names_left == 0 {
+            w.capture = 0;
+        }
+    }
+    got
 }
 
 /// `n` bytes at the walk's position stay in the kernel: the open span's end.

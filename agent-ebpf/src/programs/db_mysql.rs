@@ -33,15 +33,15 @@ use aya_ebpf::helpers::{
     bpf_loop, bpf_probe_read_user, generated::bpf_probe_read_kernel as raw_probe_read_kernel,
 };
 use phiguard_common::{
-    event::{DbDataScratch, FLAG_DB_FRAMED, FLAG_DB_FRAMING_LOST},
+    event::{DbDataScratch, FLAG_DB_FRAMED, FLAG_DB_FRAMING_LOST, FLAG_DB_MYSQL},
     limits::{DB_CAPTURE_LEN, DB_WALK_STEPS},
 };
 
 use crate::{
     maps::{DbSock, DB_DATA_SCRATCH, DB_MYSQL_WALK, DB_ZEROS},
     programs::db_frame::{
-        advance, capture, elide, flush, fresh, next_segment, text_capture, Source, Walk,
-        MODE_ENCRYPTED, PHASE_LOST, TO_SERVER,
+        advance, capture, elide, flush, fresh, next_segment, text_capture, FirstBytes, Source,
+        Walk, MODE_ENCRYPTED, PHASE_LOST, TO_SERVER,
     },
 };
 
@@ -148,18 +148,21 @@ pub struct MysqlWalk {
     other: u64,
 }
 
-/// Whether a server's first 8 bytes are a protocol 10 greeting.
+/// Whether a server's first bytes are a protocol 10 greeting's: a greeting's length and
+/// sequence 0, and the protocol version when the call holds it (a client that reads a packet's
+/// 4-byte header apart from its body gets it in its next call, which the walk's state takes).
 #[inline(always)]
-pub fn is_greeting(first: [u8; 8]) -> bool {
-    let len = u32::from_le_bytes([first[0], first[1], first[2], 0]);
-    (20..=1024).contains(&len) && first[3] == 0 && first[4] == 10
+pub fn is_greeting(first: FirstBytes) -> bool {
+    let b = first.bytes;
+    let len = u32::from_le_bytes([b[0], b[1], b[2], 0]);
+    (20..=1024).contains(&len) && b[3] == 0 && (first.n < 5 || b[4] == 10)
 }
 
 /// Walks one call on the MySQL socket `sock` in direction `dir`, `len` bytes from `source`,
 /// sending framed records built in `scratch` (its fixed part already filled).
 #[inline(always)]
 pub fn walk(scratch: &mut DbDataScratch, sock: &mut DbSock, dir: usize, source: Source, len: u64) {
-    scratch.event.header.flags |= FLAG_DB_FRAMED;
+    scratch.event.header.flags |= FLAG_DB_FRAMED | FLAG_DB_MYSQL;
     scratch.event.tail = 0;
     let Some(m) = DB_MYSQL_WALK.get_ptr_mut(0) else {
         return;
@@ -198,6 +201,7 @@ pub fn walk(scratch: &mut DbDataScratch, sock: &mut DbSock, dir: usize, source: 
     w.span_captured = zero;
     w.span_flags = zero;
     w.done = zero;
+    w.names_left = zero;
     m.flags = u64::from(sock.framing.flags);
     m.state = u64::from(state.state);
     m.other = u64::from(sock.framing.dirs[dir ^ 1].state);

@@ -20,8 +20,8 @@ use std::{
 
 use phiguard_common::{
     event::{
-        db_op, db_role, FLAG_DB_CONTINUED, FLAG_DB_FRAMING_LOST, FLAG_DB_JOINED,
-        FLAG_DB_UNDELIVERED, FLAG_TRUNCATED,
+        db_op, db_role, FLAG_DB_CONTINUED, FLAG_DB_FRAMED, FLAG_DB_FRAMING_LOST, FLAG_DB_JOINED,
+        FLAG_DB_MYSQL, FLAG_DB_UNDELIVERED, FLAG_TRUNCATED,
     },
     limits::DB_CAPTURE_LEN,
 };
@@ -347,7 +347,14 @@ impl Sessions {
         let data = chunks.first().map_or(&[][..], |c| c.data);
         if matches!(session.decoder, Decoder::Unknown) && !data.is_empty() {
             let joined = session.info.joined;
-            let protocol = if joined {
+            let protocol = if e.header.flags & FLAG_DB_FRAMED != 0 {
+                // The kernel recognised the session's first bytes and walks its framing.
+                if e.header.flags & FLAG_DB_MYSQL != 0 {
+                    Protocol::MySql
+                } else {
+                    Protocol::Postgres
+                }
+            } else if joined {
                 sniff_joined(direction, data, session.port)
             } else {
                 sniff(direction, data, session.port)
@@ -967,6 +974,39 @@ mod tests {
         );
         assert_eq!(start.application, "psql");
         assert_eq!(info.protocol, "postgresql");
+    }
+
+    /// A framed record says which protocol the kernel walked: a MySQL client that reads the
+    /// greeting's 4-byte header apart from its body is MySQL on any port, though those 4 bytes
+    /// alone could be anything.
+    #[test]
+    fn a_framed_record_names_the_protocol_the_kernel_walked() {
+        use crate::db::frame::Span;
+        for (flags, want) in [
+            (FLAG_DB_FRAMED | FLAG_DB_MYSQL, "mysql"),
+            (FLAG_DB_FRAMED, "postgresql"),
+        ] {
+            let mut s = Sessions::new(false);
+            s.open(&sock(db_role::CLIENT), None, None);
+            let mut e = data(db_role::CLIENT, db_op::READ, 1_000, 4);
+            e.header.flags |= flags;
+            let header = [74, 0, 0, 0];
+            let spans = [Span {
+                moved: 4,
+                start: 0,
+                captured: 4,
+                boundary: true,
+            }];
+            s.record(
+                &e,
+                Capture::Framed {
+                    data: &header,
+                    spans: &spans,
+                    lost: 0,
+                },
+            );
+            assert_eq!(s.sessions[&e.socket_id].info.protocol, want);
+        }
     }
 
     /// Issue 17 item 2: the connection of a server end closes (its client was killed) while a
