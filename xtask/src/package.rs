@@ -400,6 +400,17 @@ pub fn test() -> anyhow::Result<()> {
         cmd::is_root(),
         "the package tier installs with dpkg --root and needs root"
     );
+    // Both release binaries in one cargo invocation: the dependencies they share (tokio,
+    // tonic, rustls…) are built once, with one feature set (as two invocations: 2 min 57 s and
+    // 2 min 49 s in CI). The packagers' own builds then find them done.
+    cmd::run(cmd::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "phiguard-agent",
+        "-p",
+        "phiguard-collector",
+    ]))?;
     let deb = package()?;
     let collector_deb = package_collector::package()?;
     // The same source makes the same bytes (file times, sizes, order).
