@@ -30,22 +30,9 @@ pub enum Program {
     DbSysExitAccept,
     /// `db_sys_exit_accept4`.
     DbSysExitAccept4,
-    /// `db_sys_exit_write`.
-    DbSysExitWrite,
-    /// `db_sys_exit_read`.
-    DbSysExitRead,
-    /// `db_sys_exit_sendto`.
-    DbSysExitSendto,
-    /// `db_sys_exit_recvfrom`.
-    DbSysExitRecvfrom,
-    /// `db_sys_exit_writev`.
-    DbSysExitWritev,
-    /// `db_sys_exit_readv`.
-    DbSysExitReadv,
-    /// `db_sys_exit_sendmsg`.
-    DbSysExitSendmsg,
-    /// `db_sys_exit_recvmsg`.
-    DbSysExitRecvmsg,
+    /// `db_sys_exit_io`: one program at the exits of `read`, `write`, `recvfrom`, `sendto`,
+    /// `readv`, `writev`, `recvmsg` and `sendmsg`.
+    DbSysExitIo,
     /// `enforce_file_open`.
     EnforceFileOpen,
     /// `enforce_bprm_check_security`.
@@ -95,7 +82,7 @@ pub enum Program {
 }
 
 /// Number of programs (entries of the `FAULTS` map).
-pub const PROGRAM_COUNT: u32 = 43;
+pub const PROGRAM_COUNT: u32 = 36;
 
 impl Program {
     /// Every program, in index order.
@@ -112,14 +99,7 @@ impl Program {
         Program::DbSysExitConnect,
         Program::DbSysExitAccept,
         Program::DbSysExitAccept4,
-        Program::DbSysExitWrite,
-        Program::DbSysExitRead,
-        Program::DbSysExitSendto,
-        Program::DbSysExitRecvfrom,
-        Program::DbSysExitWritev,
-        Program::DbSysExitReadv,
-        Program::DbSysExitSendmsg,
-        Program::DbSysExitRecvmsg,
+        Program::DbSysExitIo,
         Program::EnforceFileOpen,
         Program::EnforceBprmCheckSecurity,
         Program::EnforceUnixStreamConnect,
@@ -160,14 +140,7 @@ impl Program {
             Program::DbSysExitConnect => "db_sys_exit_connect",
             Program::DbSysExitAccept => "db_sys_exit_accept",
             Program::DbSysExitAccept4 => "db_sys_exit_accept4",
-            Program::DbSysExitWrite => "db_sys_exit_write",
-            Program::DbSysExitRead => "db_sys_exit_read",
-            Program::DbSysExitSendto => "db_sys_exit_sendto",
-            Program::DbSysExitRecvfrom => "db_sys_exit_recvfrom",
-            Program::DbSysExitWritev => "db_sys_exit_writev",
-            Program::DbSysExitReadv => "db_sys_exit_readv",
-            Program::DbSysExitSendmsg => "db_sys_exit_sendmsg",
-            Program::DbSysExitRecvmsg => "db_sys_exit_recvmsg",
+            Program::DbSysExitIo => "db_sys_exit_io",
             Program::EnforceFileOpen => "enforce_file_open",
             Program::EnforceBprmCheckSecurity => "enforce_bprm_check_security",
             Program::EnforceUnixStreamConnect => "enforce_unix_stream_connect",

@@ -32,6 +32,7 @@ use aya_ebpf::{
     },
     macros::tracepoint,
     programs::TracePointContext,
+    EbpfContext as _,
 };
 use phiguard_common::{
     event::{
@@ -230,77 +231,40 @@ enum Buffer {
     Message,
 }
 
-/// Defines one `sys_exit_*` capture program.
-macro_rules! capture {
-    ($name:ident, $program:ident, $call:literal, $op:ident, $syscall:ident, $buffer:ident) => {
-        #[doc = concat!("`syscalls/sys_exit_", $call, "`: `ret` at 16; `fd` and the buffer from the")]
-        #[doc = "saved registers (5.15)."]
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> i32 {
-            let result = try_exit_io(&ctx, db_op::$op, db_syscall::$syscall, Buffer::$buffer);
-            finish(Program::$program, result);
-            0
-        }
-    };
-}
+// x86_64 system call numbers of the calls [`db_sys_exit_io`] is attached to.
+const NR_READ: u64 = 0;
+const NR_WRITE: u64 = 1;
+const NR_READV: u64 = 19;
+const NR_WRITEV: u64 = 20;
+const NR_SENDTO: u64 = 44;
+const NR_RECVFROM: u64 = 45;
+const NR_SENDMSG: u64 = 46;
+const NR_RECVMSG: u64 = 47;
 
-capture!(
-    db_sys_exit_write,
-    DbSysExitWrite,
-    "write",
-    WRITE,
-    WRITE,
-    Flat
-);
-capture!(db_sys_exit_read, DbSysExitRead, "read", READ, READ, Flat);
-capture!(
-    db_sys_exit_sendto,
-    DbSysExitSendto,
-    "sendto",
-    WRITE,
-    SENDTO,
-    Flat
-);
-capture!(
-    db_sys_exit_recvfrom,
-    DbSysExitRecvfrom,
-    "recvfrom",
-    READ,
-    RECVFROM,
-    Flat
-);
-capture!(
-    db_sys_exit_writev,
-    DbSysExitWritev,
-    "writev",
-    WRITE,
-    WRITEV,
-    Vector
-);
-capture!(
-    db_sys_exit_readv,
-    DbSysExitReadv,
-    "readv",
-    READ,
-    READV,
-    Vector
-);
-capture!(
-    db_sys_exit_sendmsg,
-    DbSysExitSendmsg,
-    "sendmsg",
-    WRITE,
-    SENDMSG,
-    Message
-);
-capture!(
-    db_sys_exit_recvmsg,
-    DbSysExitRecvmsg,
-    "recvmsg",
-    READ,
-    RECVMSG,
-    Message
-);
+/// `syscalls/sys_exit_{read,write,recvfrom,sendto,readv,writev,recvmsg,sendmsg}`, one program
+/// attached at all eight: `__syscall_nr` at 8 says which call, `ret` at 16; `fd` and the
+/// buffer come from the saved registers (5.15). One program instead of eight: the verifier
+/// checks the framing walks once per agent start (about a second each on the host's kernel),
+/// not once per call.
+#[tracepoint]
+pub fn db_sys_exit_io(ctx: TracePointContext) -> i32 {
+    // SAFETY: offset 8 of every sys_exit_* record is `int __syscall_nr`; a tracepoint program
+    // may load its record directly (the verifier checks the bounds).
+    let nr = unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(8) as *const i32) };
+    let (op, syscall, buffer) = match nr as u64 {
+        NR_READ => (db_op::READ, db_syscall::READ, Buffer::Flat),
+        NR_WRITE => (db_op::WRITE, db_syscall::WRITE, Buffer::Flat),
+        NR_RECVFROM => (db_op::READ, db_syscall::RECVFROM, Buffer::Flat),
+        NR_SENDTO => (db_op::WRITE, db_syscall::SENDTO, Buffer::Flat),
+        NR_READV => (db_op::READ, db_syscall::READV, Buffer::Vector),
+        NR_WRITEV => (db_op::WRITE, db_syscall::WRITEV, Buffer::Vector),
+        NR_RECVMSG => (db_op::READ, db_syscall::RECVMSG, Buffer::Message),
+        NR_SENDMSG => (db_op::WRITE, db_syscall::SENDMSG, Buffer::Message),
+        _ => return 0, // attached only at those eight
+    };
+    finish(Program::DbSysExitIo, try_exit_io(&ctx, op, syscall, buffer));
+    0
+}
 
 /// `struct user_msghdr.msg_iov` and `.msg_iovlen`.
 const MSG_IOV: u64 = 16;
