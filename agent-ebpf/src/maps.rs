@@ -281,6 +281,11 @@ pub static DB_JOIN: HashMap<InodeKey, u32> =
 pub static DB_WALK: PerCpuArray<crate::programs::db_frame::Walk> =
     PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU state of a joined session's tiling check (`crate::programs::db_frame::tiles`).
+#[map]
+pub static DB_TILING: PerCpuArray<crate::programs::db_frame::Tiling> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU state of the MySQL framing walk (`crate::programs::db_mysql::MysqlWalk`).
 #[map]
 pub static DB_MYSQL_WALK: PerCpuArray<crate::programs::db_mysql::MysqlWalk> =

@@ -953,7 +953,11 @@ fn sessions_opened_before_the_agent_started_are_joined_on_both_ends() {
     let socket_dir = cluster.dir.path().display().to_string();
     let tcp = Interactive::start(&cluster, "127.0.0.1");
     let unix = Interactive::start(&cluster, &socket_dir);
-    let mut h = Harness::start_with(&config(&cluster));
+    let mut h = Harness::attach_with(&config(&cluster));
+    // The kernel walks a joined session's messages from its first call that is whole
+    // messages: the row of a large result never leaves it.
+    let row_in_records = h.count_db_records_holding(b"PHIMARK_JOINED_ROW");
+    h.start_reading();
     let mut sessions = [("tcp", tcp), ("unix", unix)];
     for (transport, psql) in &mut sessions {
         assert_eq!(
@@ -1010,6 +1014,42 @@ fn sessions_opened_before_the_agent_started_are_joined_on_both_ends() {
             assert_eq!(exe_name(&start), exe);
             assert_eq!(session_start(&start).unwrap().application, "");
         }
+        // One row of 360 KB, in many calls, then a further statement: both audited on both
+        // ends, the row in no record.
+        let row = psql.run("SELECT repeat('PHIM' || 'ARK_JOINED_ROW', 20000);");
+        assert_eq!(row.len(), 18 * 20000);
+        assert_eq!(psql.run("SELECT 4253 AS after_joined_row;"), "4253");
+        for want_role in ["client", "server"] {
+            h.expect(
+                &format!("{want_role} statement after the row of the {transport} session"),
+                |e| {
+                    statement(e).is_some_and(|s| {
+                        s.text.trim_end_matches(';') == "SELECT ? AS after_joined_row"
+                            && s.ok
+                            && role(s.session.as_ref()) == want_role
+                            && s.session
+                                .as_ref()
+                                .is_some_and(|x| x.transport == *transport)
+                    })
+                },
+            );
+            let texts: Vec<_> = statements_of(&h, transport, want_role)
+                .into_iter()
+                .map(|s| (s.text.trim_end_matches(';').to_owned(), s.rows))
+                .collect();
+            assert_eq!(
+                texts,
+                [
+                    (
+                        "SELECT count(*) FROM pg_class WHERE relname = ?".into(),
+                        Some(1)
+                    ),
+                    ("SELECT repeat(? || ?, ?)".into(), Some(1)),
+                    ("SELECT ? AS after_joined_row".into(), Some(1)),
+                ],
+                "{want_role} over {transport}"
+            );
+        }
     }
     for (transport, psql) in sessions {
         psql.finish();
@@ -1019,7 +1059,8 @@ fn sessions_opened_before_the_agent_started_are_joined_on_both_ends() {
                 |e| {
                     session_end(e).is_some_and(|s| {
                         s.reason == "terminate"
-                            && s.statements == 1
+                            && s.statements == 3
+                            && !s.desynchronised
                             && s.session.as_ref().is_some_and(|x| {
                                 x.joined && x.role == want_role && x.transport == transport
                             })
@@ -1030,6 +1071,12 @@ fn sessions_opened_before_the_agent_started_are_joined_on_both_ends() {
     }
     expect_no_literals(&h);
     h.stop();
+    expect_no_marker(&h, &["PHIMARK_JOINED_ROW"]);
+    assert_eq!(
+        row_in_records.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "records holding the row left the kernel"
+    );
 }
 
 #[test]

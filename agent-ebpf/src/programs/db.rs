@@ -53,7 +53,7 @@ use crate::{
         DB_UNIX_SOCKETS, EVENTS,
     },
     programs::{
-        db_frame::{self, FirstBytes, IoVec, Source},
+        db_frame::{self, FirstBytes, Framing, IoVec, Source},
         db_mysql,
     },
     syscall::SyscallArgs,
@@ -184,8 +184,9 @@ fn track(file: File, fd: i32, role: u32, flags: u32) -> ProbeResult {
         framing: DbFraming::default(),
     };
     if flags & FLAG_DB_JOINED != 0 {
-        // Joined mid-session: no startup request to recognise PostgreSQL by.
-        entry.framing.mode = db_frame::MODE_RAW;
+        // Joined mid-session: no startup request to recognise PostgreSQL by; its calls are
+        // tried as whole messages instead.
+        entry.framing.mode = db_frame::MODE_JOINED;
     }
     DB_SOCKS
         .insert(sk.addr() as u64, entry, 0)
@@ -362,6 +363,15 @@ fn try_exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -
                 entry.framing.flags = db_mysql::MY_AUTH;
             }
         }
+        if entry.framing.mode == db_frame::MODE_JOINED {
+            entry.framing.mode = joined_mode(source, ret as u64, to_server);
+            if entry.framing.mode == db_frame::MODE_POSTGRES {
+                // Each direction walks from its first call that is whole messages (this one's
+                // is tried again by the walk).
+                entry.framing.dirs[db_frame::TO_SERVER].phase = db_frame::PHASE_SEEK;
+                entry.framing.dirs[db_frame::TO_CLIENT].phase = db_frame::PHASE_SEEK;
+            }
+        }
         if entry.framing.mode != db_frame::MODE_RAW {
             let dir = if to_server {
                 db_frame::TO_SERVER
@@ -430,6 +440,32 @@ fn join(file: File, fd: i32, sk: Sock) -> ProbeResult<DbSock> {
     }
     // SAFETY: copied out at once.
     or_fault(unsafe { DB_SOCKS.get(sk.addr() as u64) }.copied())
+}
+
+/// What a joined session (opened before the agent started) is, from a call of `len` bytes:
+/// PostgreSQL when the call is whole PostgreSQL messages (walked from there on, each
+/// direction from its first such call); captured by system call as before when it is TLS
+/// (byte counts are all its audit has) or whole MySQL packets (the MySQL walk needs the
+/// command that a packet answers); undecided, with only its byte count sent, otherwise.
+#[inline(always)]
+fn joined_mode(source: Source, len: u64, to_server: bool) -> u32 {
+    if len == 0 {
+        return db_frame::MODE_JOINED;
+    }
+    if let Some(first) = first_bytes(source, len) {
+        let b = first.bytes;
+        // A TLS record: handshake, alert, change cipher spec or data, version 3.x.
+        if first.n >= 5 && (20..=23).contains(&b[0]) && b[1] == 3 && b[2] <= 4 {
+            return db_frame::MODE_RAW;
+        }
+    }
+    if db_frame::tiles(source, len, to_server, Framing::Postgres) {
+        db_frame::MODE_POSTGRES
+    } else if db_frame::tiles(source, len, to_server, Framing::MySql) {
+        db_frame::MODE_RAW
+    } else {
+        db_frame::MODE_JOINED
+    }
 }
 
 /// The first bytes of a call of `len` bytes, as many of 8, 5 or 4 as its first buffer holds

@@ -46,7 +46,7 @@ use phiguard_common::{
 
 use crate::{
     emit::output,
-    maps::{DbSock, DB_DATA_SCRATCH, DB_WALK},
+    maps::{DbSock, DB_DATA_SCRATCH, DB_TILING, DB_WALK},
 };
 
 /// Not decided yet: the socket has moved no bytes.
@@ -59,6 +59,9 @@ pub const MODE_POSTGRES: u32 = 2;
 pub const MODE_ENCRYPTED: u32 = 3;
 /// MySQL/MariaDB, walked packet by packet (`crate::programs::db_mysql`).
 pub const MODE_MYSQL: u32 = 4;
+/// A session joined mid-way (opened before the agent started): each call is tried as whole
+/// messages ([`tiles`]) until one is; until then only byte counts leave the kernel.
+pub const MODE_JOINED: u32 = 5;
 
 /// `DbDirection::phase`: typed messages (a type byte and a 4-byte length).
 pub const PHASE_TYPED: u32 = 0;
@@ -68,6 +71,9 @@ pub const PHASE_UNTYPED: u32 = 1;
 pub const PHASE_ANSWER: u32 = 2;
 /// The framing was lost: only byte counts.
 pub const PHASE_LOST: u32 = 3;
+/// A joined session's direction not at a known message boundary yet: a call that is whole
+/// messages ([`tiles`]) starts its walk; any other sends only its byte count.
+pub const PHASE_SEEK: u32 = 4;
 
 /// `DbFraming::flags`: the server asked for SASL, so the client's next password message is a
 /// SASLInitialResponse, whose mechanism name is captured (a cleartext or MD5 password never
@@ -230,6 +236,12 @@ pub fn walk(scratch: &mut DbDataScratch, sock: &mut DbSock, dir: usize, source: 
     // SAFETY: the per-CPU value is this program's for its run.
     let walk = unsafe { &mut *walk };
     let dir = dir & 1;
+    if sock.framing.dirs[dir].phase == PHASE_SEEK
+        && len > 0
+        && tiles(source, len, dir == TO_SERVER, Framing::Postgres)
+    {
+        sock.framing.dirs[dir].phase = PHASE_TYPED;
+    }
     let state = sock.framing.dirs[dir];
     let zero = 0;
     let (seg_ptr, seg_left, iov, iov_count) = match source {
@@ -692,4 +704,167 @@ pub(crate) fn flush(w: &mut Walk, scratch: &mut DbDataScratch) {
     w.used = 0;
     w.spans = 0;
     scratch.event.header.flags |= FLAG_DB_CONTINUED;
+}
+
+/// The framing a joined session's call is tried as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Typed messages: a type byte and a 4-byte big-endian length.
+    Postgres,
+    /// Packets: a 3-byte little-endian length and consecutive sequence ids.
+    MySql,
+}
+
+/// The state of [`tiles`], in a per-CPU map value for the same reason as [`Walk`]'s.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Tiling {
+    ptr: u64,
+    left: u64,
+    to_server: u64,
+    mysql: u64,
+    /// The sequence id the next MySQL packet must have (256: any, at the first).
+    seq: u64,
+    /// 1: the call ended exactly at the end of a message.
+    whole: u64,
+}
+
+/// Whether a call of `len` bytes is whole messages of `framing` from its first byte to its
+/// last: each header valid for its direction (a type a PostgreSQL frontend or backend sends,
+/// a length no message exceeds; consecutive MySQL sequence ids), each body within the call,
+/// the last ending where the call does. A call that starts or ends inside a message (a joined
+/// session's result in flight) fails, so a joined direction's walk starts only at a known
+/// boundary; a vectored call is tried only when its first iovec holds it all.
+#[inline(always)]
+pub fn tiles(source: Source, len: u64, to_server: bool, framing: Framing) -> bool {
+    let ptr = match source {
+        Source::Flat(ptr) => ptr,
+        Source::Vector { iov, count } => {
+            if count == 0 {
+                return false;
+            }
+            // SAFETY: the helper checks the user address.
+            let Ok(v) = (unsafe { bpf_probe_read_user(iov as *const IoVec) }) else {
+                return false;
+            };
+            if v.len < len {
+                return false;
+            }
+            v.base
+        }
+    };
+    let Some(t) = DB_TILING.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: the per-CPU value is this program's for its run.
+    let t = unsafe { &mut *t };
+    *t = Tiling {
+        ptr,
+        left: len,
+        to_server: u64::from(to_server),
+        mysql: u64::from(framing == Framing::MySql),
+        seq: 256,
+        whole: 0,
+    };
+    // SAFETY: the callback is a static function; it finds its state in `DB_TILING`.
+    unsafe {
+        bpf_loop(
+            TILING_STEPS,
+            tile_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    t.whole != 0
+}
+
+/// Messages [`tiles`] follows in one call; a call of more is not tried.
+const TILING_STEPS: u32 = 1024;
+
+/// One message of [`tiles`]; 1 ends the walk.
+extern "C" fn tile_step(_step: u64, _ctx: *mut c_void) -> c_long {
+    let Some(t) = DB_TILING.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: the per-CPU value is this program's for its run.
+    let t = unsafe { &mut *t };
+    if t.left == 0 {
+        t.whole = 1;
+        return 1;
+    }
+    let mut h = [0u8; 8];
+    // Constant sizes, one per branch, for the verifier.
+    let read = if t.mysql != 0 {
+        t.left >= 4 && read_into(&mut h, t.ptr, 4)
+    } else {
+        t.left >= 5 && read_into(&mut h, t.ptr, 5)
+    };
+    if !read {
+        return 1;
+    }
+    let message = if t.mysql != 0 {
+        let seq = u64::from(h[3]);
+        if t.seq != 256 && seq != t.seq {
+            return 1;
+        }
+        t.seq = (seq + 1) & 0xff;
+        4 + u64::from(u32::from_le_bytes([h[0], h[1], h[2], 0]))
+    } else {
+        let known = if t.to_server != 0 {
+            matches!(
+                h[0],
+                b'B' | b'C'
+                    | b'D'
+                    | b'E'
+                    | b'F'
+                    | b'H'
+                    | b'P'
+                    | b'Q'
+                    | b'S'
+                    | b'X'
+                    | b'c'
+                    | b'd'
+                    | b'f'
+                    | b'p'
+            )
+        } else {
+            matches!(
+                h[0],
+                b'1' | b'2'
+                    | b'3'
+                    | b'A'
+                    | b'C'
+                    | b'D'
+                    | b'E'
+                    | b'G'
+                    | b'H'
+                    | b'I'
+                    | b'K'
+                    | b'N'
+                    | b'R'
+                    | b'S'
+                    | b'T'
+                    | b'V'
+                    | b'W'
+                    | b'Z'
+                    | b'c'
+                    | b'd'
+                    | b'n'
+                    | b's'
+                    | b't'
+                    | b'v'
+            )
+        };
+        let body = u64::from(u32::from_be_bytes([h[1], h[2], h[3], h[4]]));
+        if !known || !(4..=MAX_MESSAGE).contains(&body) {
+            return 1;
+        }
+        1 + body
+    };
+    if message > t.left {
+        return 1;
+    }
+    t.ptr += message;
+    t.left -= message;
+    0
 }
