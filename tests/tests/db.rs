@@ -900,25 +900,54 @@ struct Interactive {
 
 impl Interactive {
     fn start(cluster: &Cluster, host: &str) -> Interactive {
+        let mut psql = Interactive::spawn(
+            Command::new("/usr/bin/stdbuf")
+                .args(["-oL", "/usr/bin/psql", "-X", "-A", "-t", "-h", host])
+                .args(["-p", &cluster.port.to_string()])
+                .args(["-U", "postgres", "-d", "postgres"]),
+        );
+        assert_eq!(psql.run("SELECT 1;"), "1", "psql is connected");
+        psql
+    }
+
+    /// The `mariadb` client, as root over TCP or the unix socket, one result line per row.
+    fn mariadb(db: &MariaDb, socket: bool) -> Interactive {
+        let mut cmd = Command::new("/usr/bin/stdbuf");
+        cmd.args([
+            "-oL",
+            "/usr/bin/mariadb",
+            "--no-defaults",
+            "-uroot",
+            "-N",
+            "-B",
+            "-n",
+        ]);
+        if socket {
+            cmd.arg(format!("--socket={}", db.socket().display()));
+        } else {
+            cmd.args(["-h", "127.0.0.1", "-P", &db.port.to_string()]);
+        }
+        let mut client = Interactive::spawn(&mut cmd);
+        assert_eq!(client.run("SELECT 1;"), "1", "mariadb is connected");
+        client
+    }
+
+    /// Starts `command` with piped input and output.
+    fn spawn(command: &mut Command) -> Interactive {
         // Line-buffered output (stdbuf): each result line is readable as soon as it is printed.
-        let mut child = Command::new("/usr/bin/stdbuf")
-            .args(["-oL", "/usr/bin/psql", "-X", "-A", "-t", "-h", host])
-            .args(["-p", &cluster.port.to_string()])
-            .args(["-U", "postgres", "-d", "postgres"])
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("psql");
+            .expect("an interactive client");
         let stdin = child.stdin.take();
         let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut psql = Interactive {
+        Interactive {
             child,
             stdin,
             stdout,
-        };
-        assert_eq!(psql.run("SELECT 1;"), "1", "psql is connected");
-        psql
+        }
     }
 
     /// Sends one statement and returns its one line of output.
@@ -932,11 +961,11 @@ impl Interactive {
         line.trim_end().to_owned()
     }
 
-    /// Closes its input: psql sends Terminate and exits.
+    /// Closes its input: the client says goodbye (Terminate, COM_QUIT) and exits.
     fn finish(mut self) {
         drop(self.stdin.take());
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "psql exited with {status}");
+        assert!(status.success(), "the client exited with {status}");
     }
 }
 
@@ -1076,6 +1105,87 @@ fn sessions_opened_before_the_agent_started_are_joined_on_both_ends() {
         row_in_records.load(std::sync::atomic::Ordering::Relaxed),
         0,
         "records holding the row left the kernel"
+    );
+}
+
+/// A MariaDB session opened before the agent started is walked in the kernel from the
+/// client's next command (the server's packets from that command's answer): a large result
+/// then a further statement, each audited on both ends, no record holding a row.
+#[test]
+fn mariadb_sessions_opened_before_the_agent_started_are_walked_from_their_next_command() {
+    const ROW_MARKER: &str = "PHIMARK_JOINED_MY_ROW";
+    let db = MariaDb::start();
+    mariadb_big_table(&db, 300, ROW_MARKER);
+    let tcp = Interactive::mariadb(&db, false);
+    let unix = Interactive::mariadb(&db, true);
+    let mut config = Config::default();
+    config.database.ports = vec![db.port];
+    config.database.unix_sockets = vec![db.socket()];
+    let mut h = Harness::attach_with(&config);
+    let rows_in_records = h.count_db_records_holding(ROW_MARKER.as_bytes());
+    h.start_reading();
+    let mut sessions = [("tcp", tcp), ("unix", unix)];
+    for (transport, client) in &mut sessions {
+        assert_eq!(
+            client.run("SELECT COUNT(*) FROM ehr.big WHERE id <= 250;"),
+            "250"
+        );
+        let joined =
+            client.run("SELECT GROUP_CONCAT(note SEPARATOR '') FROM ehr.big WHERE id <= 250;");
+        assert_eq!(joined.matches(ROW_MARKER).count(), 250);
+        assert_eq!(client.run("SELECT 4255 AS after_joined_rows;"), "4255");
+        for want_role in ["client", "server"] {
+            h.expect(
+                &format!("{want_role} statement after the rows of the joined {transport} session"),
+                |e| {
+                    statement(e).is_some_and(|s| {
+                        s.text == "SELECT ? AS after_joined_rows"
+                            && s.ok
+                            && role(s.session.as_ref()) == want_role
+                            && s.session
+                                .as_ref()
+                                .is_some_and(|x| x.transport == *transport && x.joined)
+                    })
+                },
+            );
+            let got: Vec<_> = statements_of(&h, transport, want_role)
+                .into_iter()
+                .map(|s| (s.text, s.rows, s.ok))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (
+                        "SELECT COUNT(*) FROM ehr.big WHERE id <= ?".into(),
+                        Some(1),
+                        true
+                    ),
+                    (
+                        "SELECT GROUP_CONCAT(note SEPARATOR ?) FROM ehr.big WHERE id <= ?".into(),
+                        Some(1),
+                        true
+                    ),
+                    ("SELECT ? AS after_joined_rows".into(), Some(1), true),
+                ],
+                "{want_role} over {transport}"
+            );
+        }
+    }
+    for (_, client) in sessions {
+        client.finish();
+    }
+    h.stop();
+    for end in session_ends_of(&h, "tcp")
+        .into_iter()
+        .chain(session_ends_of(&h, "unix"))
+    {
+        assert!(!end.desynchronised && end.lost_records == 0, "{end:?}");
+    }
+    expect_no_marker(&h, &[ROW_MARKER]);
+    assert_eq!(
+        rows_in_records.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "records holding a row left the kernel"
     );
 }
 

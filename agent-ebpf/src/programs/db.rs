@@ -371,6 +371,12 @@ fn try_exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -
                 entry.framing.dirs[db_frame::TO_SERVER].phase = db_frame::PHASE_SEEK;
                 entry.framing.dirs[db_frame::TO_CLIENT].phase = db_frame::PHASE_SEEK;
             }
+            if entry.framing.mode == db_mysql::MODE_MYSQL {
+                // Past its login; this call is a command, walked now; the server's packets
+                // from the command's answer on (`db_mysql::walk`).
+                entry.framing.flags = db_mysql::MY_GREETED | db_mysql::MY_RESPONDED;
+                entry.framing.dirs[db_frame::TO_CLIENT].phase = db_frame::PHASE_SEEK;
+            }
         }
         if entry.framing.mode != db_frame::MODE_RAW {
             let dir = if to_server {
@@ -444,25 +450,28 @@ fn join(file: File, fd: i32, sk: Sock) -> ProbeResult<DbSock> {
 
 /// What a joined session (opened before the agent started) is, from a call of `len` bytes:
 /// PostgreSQL when the call is whole PostgreSQL messages (walked from there on, each
-/// direction from its first such call); captured by system call as before when it is TLS
-/// (byte counts are all its audit has) or whole MySQL packets (the MySQL walk needs the
-/// command that a packet answers); undecided, with only its byte count sent, otherwise.
+/// direction from its first such call); MySQL when it is a client's whole command (walked
+/// from it, the server's packets from the command's answer); captured by system call as
+/// before when it is TLS (byte counts are all its audit has); undecided, with only its byte
+/// count sent, otherwise.
 #[inline(always)]
 fn joined_mode(source: Source, len: u64, to_server: bool) -> u32 {
     if len == 0 {
         return db_frame::MODE_JOINED;
     }
-    if let Some(first) = first_bytes(source, len) {
-        let b = first.bytes;
-        // A TLS record: handshake, alert, change cipher spec or data, version 3.x.
-        if first.n >= 5 && (20..=23).contains(&b[0]) && b[1] == 3 && b[2] <= 4 {
-            return db_frame::MODE_RAW;
-        }
+    let Some(first) = first_bytes(source, len) else {
+        return db_frame::MODE_JOINED;
+    };
+    let b = first.bytes;
+    // A TLS record: handshake, alert, change cipher spec or data, version 3.x.
+    if first.n >= 5 && (20..=23).contains(&b[0]) && b[1] == 3 && b[2] <= 4 {
+        return db_frame::MODE_RAW;
     }
     if db_frame::tiles(source, len, to_server, Framing::Postgres) {
         db_frame::MODE_POSTGRES
-    } else if db_frame::tiles(source, len, to_server, Framing::MySql) {
-        db_frame::MODE_RAW
+    } else if to_server && b[3] == 0 && db_frame::tiles(source, len, true, Framing::MySql) {
+        // A client's command (sequence 0), whole.
+        db_mysql::MODE_MYSQL
     } else {
         db_frame::MODE_JOINED
     }

@@ -732,9 +732,10 @@ pub struct Tiling {
 /// Whether a call of `len` bytes is whole messages of `framing` from its first byte to its
 /// last: each header valid for its direction (a type a PostgreSQL frontend or backend sends,
 /// a length no message exceeds; consecutive MySQL sequence ids), each body within the call,
-/// the last ending where the call does. A call that starts or ends inside a message (a joined
-/// session's result in flight) fails, so a joined direction's walk starts only at a known
-/// boundary; a vectored call is tried only when its first iovec holds it all.
+/// the last ending where the call does (or, for MySQL, a call that is one packet's header
+/// alone, as a server reading headers apart makes). A call that starts or ends inside a
+/// message (a joined session's result in flight) fails, so a joined direction's walk starts
+/// only at a known boundary; a vectored call is tried only when its first iovec holds it all.
 #[inline(always)]
 pub fn tiles(source: Source, len: u64, to_server: bool, framing: Framing) -> bool {
     let ptr = match source {
@@ -862,6 +863,11 @@ extern "C" fn tile_step(_step: u64, _ctx: *mut c_void) -> c_long {
         1 + body
     };
     if message > t.left {
+        // A MySQL server reads each packet's 4-byte header apart from its body: a call that
+        // is one header alone ends at a boundary too.
+        if t.mysql != 0 && t.left == 4 && message > 4 {
+            t.whole = 1;
+        }
         return 1;
     }
     t.ptr += message;

@@ -41,7 +41,7 @@ use crate::{
     maps::{DbSock, DB_DATA_SCRATCH, DB_MYSQL_WALK, DB_ZEROS},
     programs::db_frame::{
         advance, capture, elide, flush, fresh, next_segment, text_capture, FirstBytes, Source,
-        Walk, MODE_ENCRYPTED, PHASE_LOST, TO_SERVER,
+        Walk, MODE_ENCRYPTED, PHASE_LOST, PHASE_SEEK, PHASE_TYPED, TO_CLIENT, TO_SERVER,
     },
 };
 
@@ -234,6 +234,18 @@ pub fn walk(scratch: &mut DbDataScratch, sock: &mut DbSock, dir: usize, source: 
     out.state = m.state as u32;
     sock.framing.dirs[dir ^ 1].state = m.other as u32;
     sock.framing.flags = m.flags as u32;
+    if dir == TO_SERVER
+        && sock.framing.dirs[TO_CLIENT].phase == PHASE_SEEK
+        && m.other & 0xf != u64::from(SERVER_OPAQUE)
+    {
+        // A joined session's command was walked: the server's next packet answers it, so
+        // the other direction is walked from its next call (the protocol is half duplex).
+        let server = &mut sock.framing.dirs[TO_CLIENT];
+        server.phase = PHASE_TYPED;
+        server.hdr_have = 0;
+        server.rest = 0;
+        server.capture = 0;
+    }
     if m.walk.encrypted != 0 {
         sock.framing.mode = MODE_ENCRYPTED;
     }

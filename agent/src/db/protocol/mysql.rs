@@ -91,6 +91,10 @@ pub struct Decoder {
     server: Stream,
     phase: Phase,
     capabilities: u32,
+    /// The client's handshake response was decoded: `capabilities` are its own, not assumed
+    /// (a session joined mid-way never has it; its `CLIENT_DEPRECATE_EOF` is inferred from
+    /// its first result set).
+    capabilities_seen: bool,
     pending: Pending,
     encrypted: bool,
     statements: Statements,
@@ -119,6 +123,7 @@ impl Decoder {
                 | CLIENT_DEPRECATE_EOF
                 | CLIENT_SECURE_CONNECTION
                 | CLIENT_PLUGIN_AUTH,
+            capabilities_seen: false,
             pending: Pending::None,
             encrypted: false,
             statements: Statements::default(),
@@ -229,6 +234,7 @@ impl Decoder {
                     return Err(DecodeError::Unsupported("compression"));
                 }
                 self.capabilities = caps;
+                self.capabilities_seen = true;
                 self.phase = Phase::Auth;
                 let (startup, plugin) = handshake_response(caps, r, lenient);
                 out.push(startup);
@@ -459,6 +465,14 @@ impl Decoder {
                 } else {
                     Pending::Columns(n - 1)
                 };
+            }
+            Pending::Rows(0) if !self.capabilities_seen && first == 0xfe && payload.len() < 7 => {
+                // An EOF packet right after the definitions: only a client without
+                // CLIENT_DEPRECATE_EOF gets one (an OK that ends a result set is 7 bytes or
+                // more). The rows follow it.
+                self.capabilities &= !CLIENT_DEPRECATE_EOF;
+                self.capabilities_seen = true;
+                self.pending = Pending::Rows(0);
             }
             Pending::Rows(count) => {
                 if first == 0xff {
@@ -808,6 +822,43 @@ pub(crate) mod tests {
                 let got = feed_as_kernel(&session_elements(caps), &mut rng);
                 assert_eq!(got, whole, "caps {caps:#x}");
             }
+        }
+    }
+
+    /// A session joined mid-way never saw the client's capabilities: whether it asked for
+    /// CLIENT_DEPRECATE_EOF is read off its first result set (an EOF packet after the
+    /// definitions), and the rows are counted either way.
+    #[test]
+    fn a_session_joined_mid_way_counts_rows_with_and_without_deprecate_eof() {
+        for caps in [CAPS, CAPS & !CLIENT_DEPRECATE_EOF] {
+            let client = client_session(caps);
+            let server = server_session(caps & CLIENT_DEPRECATE_EOF != 0);
+            let mut packets = Vec::new();
+            let mut rest = &client[..];
+            while rest.len() >= 4 {
+                let Header::Len(n) = header(rest) else {
+                    unreachable!()
+                };
+                packets.push(rest[..n].to_vec());
+                rest = &rest[n..];
+            }
+            // From the first command on: no greeting, handshake response or login OK.
+            let mut d = Decoder::mid_session();
+            let mut out = Vec::new();
+            for (i, p) in packets.iter().enumerate().skip(1) {
+                out.extend(d.feed(Chunk::whole(Direction::ToServer, p)));
+                if let Some(s) = server.get(i + 1) {
+                    out.extend(d.feed(Chunk::whole(Direction::ToClient, s)));
+                }
+            }
+            let rows: Vec<Option<u64>> = out
+                .iter()
+                .filter_map(|m| match m {
+                    Message::Complete { tag, rows } if tag == "SELECT" => Some(*rows),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(rows, [Some(2), Some(1)], "caps {caps:#x}: {out:?}");
         }
     }
 
