@@ -1108,6 +1108,110 @@ fn sessions_opened_before_the_agent_started_are_joined_on_both_ends() {
     );
 }
 
+/// A PostgreSQL client in Python that logs in, waits for a line on its input, then sends each
+/// statement of its arguments as a Query split across two writes (the kernel never sees a
+/// call of whole messages from it), reading each answer whole and printing its row count.
+const SPLITTING_CLIENT: &str = r#"
+import socket, struct, sys, time
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+data = b""
+
+def answer():
+    global data
+    rows = 0
+    while True:
+        while len(data) < 5 or len(data) < 1 + struct.unpack("!i", data[1:5])[0]:
+            chunk = sock.recv(65536)
+            if not chunk:
+                sys.exit("server closed")
+            data += chunk
+        kind, size = data[:1], struct.unpack("!i", data[1:5])[0]
+        data = data[1 + size:]
+        if kind == b"D":
+            rows += 1
+        if kind == b"E":
+            sys.exit("server error")
+        if kind == b"Z":
+            return rows
+
+body = struct.pack("!i", 196608) + b"user\0postgres\0database\0postgres\0\0"
+sock.sendall(struct.pack("!i", 4 + len(body)) + body)
+answer()
+print("ready", flush=True)
+sys.stdin.readline()
+for sql in sys.argv[2:]:
+    message = b"Q" + struct.pack("!i", 5 + len(sql)) + sql.encode() + b"\0"
+    sock.sendall(message[:3])
+    time.sleep(0.005)
+    sock.sendall(message[3:])
+    print(answer(), flush=True)
+sock.sendall(b"X" + struct.pack("!i", 4))
+sock.close()
+"#;
+
+/// A joined session's client that never writes a call of whole messages is still audited
+/// (its writes captured by system call, as before the walk), and the rows it reads stay in
+/// the kernel once its reads (and the server's writes) are walked.
+#[test]
+fn a_joined_client_splitting_its_messages_is_audited_and_its_rows_stay_in_the_kernel() {
+    use std::io::{BufRead as _, Write as _};
+    let cluster = Cluster::start();
+    let mut client = Command::new("/usr/bin/python3")
+        .args(["-c", SPLITTING_CLIENT, &cluster.port.to_string()])
+        .args([
+            "SELECT count(*) FROM pg_class WHERE relname = 'pg_class'",
+            "SELECT 'PHIM' || 'ARK_SPLIT_ROW_' || i || repeat('s', 300) FROM generate_series(1, 2000) i",
+            "SELECT 4257 AS after_split",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 (cargo xtask setup installs it)");
+    let mut lines = std::io::BufReader::new(client.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready", "logged in");
+    let mut h = Harness::attach_with(&config(&cluster));
+    let rows_in_records = h.count_db_records_holding(b"PHIMARK_SPLIT_ROW");
+    h.start_reading();
+    writeln!(client.stdin.as_mut().unwrap()).unwrap();
+    let counts: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(client.wait().unwrap().success());
+    assert_eq!(counts, ["1", "2000", "1"]);
+    for want in ["client", "server"] {
+        h.expect(&format!("{want} statement after the split ones"), |e| {
+            statement(e).is_some_and(|s| {
+                s.text == "SELECT ? AS after_split" && s.ok && role(s.session.as_ref()) == want
+            })
+        });
+        let got: Vec<_> = statements_of(&h, "tcp", want)
+            .into_iter()
+            .map(|s| (s.text, s.rows))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "SELECT count(*) FROM pg_class WHERE relname = ?".into(),
+                    Some(1)
+                ),
+                (
+                    "SELECT ? || ? || i || repeat(?, ?) FROM generate_series(?, ?) i".into(),
+                    Some(2000)
+                ),
+                ("SELECT ? AS after_split".into(), Some(1)),
+            ],
+            "{want}"
+        );
+    }
+    h.stop();
+    expect_no_marker(&h, &["PHIMARK_SPLIT_ROW"]);
+    assert_eq!(
+        rows_in_records.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "records holding a row left the kernel"
+    );
+}
+
 /// A MariaDB session opened before the agent started is walked in the kernel from the
 /// client's next command (the server's packets from that command's answer): a large result
 /// then a further statement, each audited on both ends, no record holding a row.

@@ -367,7 +367,7 @@ fn try_exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -
             entry.framing.mode = joined_mode(source, ret as u64, to_server);
             if entry.framing.mode == db_frame::MODE_POSTGRES {
                 // Each direction walks from its first call that is whole messages (this one's
-                // is tried again by the walk).
+                // is tried again below).
                 entry.framing.dirs[db_frame::TO_SERVER].phase = db_frame::PHASE_SEEK;
                 entry.framing.dirs[db_frame::TO_CLIENT].phase = db_frame::PHASE_SEEK;
             }
@@ -378,12 +378,25 @@ fn try_exit_io(ctx: &TracePointContext, op: u32, syscall: u32, buffer: Buffer) -
                 entry.framing.dirs[db_frame::TO_CLIENT].phase = db_frame::PHASE_SEEK;
             }
         }
-        if entry.framing.mode != db_frame::MODE_RAW {
-            let dir = if to_server {
-                db_frame::TO_SERVER
-            } else {
-                db_frame::TO_CLIENT
-            };
+        let dir = if to_server {
+            db_frame::TO_SERVER
+        } else {
+            db_frame::TO_CLIENT
+        };
+        if entry.framing.mode == db_frame::MODE_POSTGRES
+            && entry.framing.dirs[dir].phase == db_frame::PHASE_SEEK
+            && ret > 0
+            && db_frame::tiles(source, ret as u64, to_server, Framing::Postgres)
+        {
+            // A joined session's direction at a known message boundary: walked from here.
+            entry.framing.dirs[dir].phase = db_frame::PHASE_TYPED;
+        }
+        // A joined session not known yet, or a direction of it not at a known boundary yet
+        // (a client that splits its messages across calls, a server's result in flight):
+        // captured by system call as before the walk existed, so nothing goes unaudited.
+        let seeking = entry.framing.mode == db_frame::MODE_JOINED
+            || entry.framing.dirs[dir].phase == db_frame::PHASE_SEEK;
+        if entry.framing.mode != db_frame::MODE_RAW && !seeking {
             match entry.framing.mode {
                 db_frame::MODE_POSTGRES => {
                     db_frame::walk(scratch, entry, dir, source, ret as u64);
@@ -452,8 +465,8 @@ fn join(file: File, fd: i32, sk: Sock) -> ProbeResult<DbSock> {
 /// PostgreSQL when the call is whole PostgreSQL messages (walked from there on, each
 /// direction from its first such call); MySQL when it is a client's whole command (walked
 /// from it, the server's packets from the command's answer); captured by system call as
-/// before when it is TLS (byte counts are all its audit has); undecided, with only its byte
-/// count sent, otherwise.
+/// before when it is TLS (byte counts are all its audit has); undecided otherwise (this call
+/// captured by system call, the next one tried again).
 #[inline(always)]
 fn joined_mode(source: Source, len: u64, to_server: bool) -> u32 {
     if len == 0 {

@@ -60,7 +60,7 @@ pub const MODE_ENCRYPTED: u32 = 3;
 /// MySQL/MariaDB, walked packet by packet (`crate::programs::db_mysql`).
 pub const MODE_MYSQL: u32 = 4;
 /// A session joined mid-way (opened before the agent started): each call is tried as whole
-/// messages ([`tiles`]) until one is; until then only byte counts leave the kernel.
+/// messages ([`tiles`]) until one is; until then it is captured by system call.
 pub const MODE_JOINED: u32 = 5;
 
 /// `DbDirection::phase`: typed messages (a type byte and a 4-byte length).
@@ -72,7 +72,8 @@ pub const PHASE_ANSWER: u32 = 2;
 /// The framing was lost: only byte counts.
 pub const PHASE_LOST: u32 = 3;
 /// A joined session's direction not at a known message boundary yet: a call that is whole
-/// messages ([`tiles`]) starts its walk; any other sends only its byte count.
+/// messages ([`tiles`]) starts its walk (MySQL: the client's command starts the server's);
+/// any other is captured by system call.
 pub const PHASE_SEEK: u32 = 4;
 
 /// `DbFraming::flags`: the server asked for SASL, so the client's next password message is a
@@ -236,12 +237,6 @@ pub fn walk(scratch: &mut DbDataScratch, sock: &mut DbSock, dir: usize, source: 
     // SAFETY: the per-CPU value is this program's for its run.
     let walk = unsafe { &mut *walk };
     let dir = dir & 1;
-    if sock.framing.dirs[dir].phase == PHASE_SEEK
-        && len > 0
-        && tiles(source, len, dir == TO_SERVER, Framing::Postgres)
-    {
-        sock.framing.dirs[dir].phase = PHASE_TYPED;
-    }
     let state = sock.framing.dirs[dir];
     let zero = 0;
     let (seg_ptr, seg_left, iov, iov_count) = match source {

@@ -119,6 +119,9 @@ struct Session {
     /// Per direction (to server, to client): records were lost and the next span that starts
     /// a message is awaited.
     awaiting_boundary: [bool; 2],
+    /// Per direction: its records are framed by the kernel's walk. A joined session's
+    /// direction is captured by system call until the kernel finds a message boundary.
+    framed: [bool; 2],
     /// Records were lost: outcomes are not paired with statements until the server is idle.
     outcomes_unpaired: bool,
     /// Outcomes still to come of statements already reported without one (the pending
@@ -242,6 +245,7 @@ impl Sessions {
             desync: false,
             lost_records: 0,
             awaiting_boundary: [false; 2],
+            framed: [false; 2],
             outcomes_unpaired: false,
             orphaned_outcomes: 0,
             cycles_sent: 0,
@@ -319,6 +323,16 @@ impl Sessions {
             }
             Capture::Framed { data, spans, lost } => {
                 let dir = usize::from(direction == Direction::ToClient);
+                if !session.framed[dir] {
+                    // The kernel's walk of this direction starts at a message: what the
+                    // system-call captures before it left half-read is dropped.
+                    session.framed[dir] = true;
+                    match &mut session.decoder {
+                        Decoder::Postgres(d) => d.restart_stream(direction),
+                        Decoder::MySql(d) => d.restart_stream(direction),
+                        Decoder::Unknown => {}
+                    }
+                }
                 if lost > 0 {
                     session.lost_records += u64::from(lost);
                     session.awaiting_boundary[dir] = true;
@@ -345,15 +359,23 @@ impl Sessions {
             }
         };
         let data = chunks.first().map_or(&[][..], |c| c.data);
+        let walked_as = (e.header.flags & FLAG_DB_FRAMED != 0).then_some(
+            if e.header.flags & FLAG_DB_MYSQL != 0 {
+                Protocol::MySql
+            } else {
+                Protocol::Postgres
+            },
+        );
+        if walked_as.is_some_and(|p| session.protocol.is_some_and(|q| q != p)) && !data.is_empty() {
+            // A joined session's protocol was guessed from its first system-call captures;
+            // the kernel's walk knows it.
+            session.decoder = Decoder::Unknown;
+        }
         if matches!(session.decoder, Decoder::Unknown) && !data.is_empty() {
             let joined = session.info.joined;
-            let protocol = if e.header.flags & FLAG_DB_FRAMED != 0 {
-                // The kernel recognised the session's first bytes and walks its framing.
-                if e.header.flags & FLAG_DB_MYSQL != 0 {
-                    Protocol::MySql
-                } else {
-                    Protocol::Postgres
-                }
+            let protocol = if let Some(protocol) = walked_as {
+                // The kernel recognised the session and walks its framing.
+                protocol
             } else if joined {
                 sniff_joined(direction, data, session.port)
             } else {
@@ -367,7 +389,7 @@ impl Sessions {
                 (Protocol::MySql, false) => Decoder::MySql(mysql::Decoder::new()),
                 (Protocol::MySql, true) => Decoder::MySql(mysql::Decoder::mid_session()),
             };
-            if joined {
+            if joined && !session.started {
                 if is_tls_record(data) {
                     session.encrypted = Some(Encryption::Tls);
                 }

@@ -111,6 +111,16 @@ impl Decoder {
         }
     }
 
+    /// The next chunk of `direction` starts a message (the kernel's walk of a joined
+    /// session's direction begins there): a message half-read from earlier captures is
+    /// dropped, and nothing else is forgotten.
+    pub fn restart_stream(&mut self, direction: Direction) {
+        match direction {
+            Direction::ToServer => self.client.restart(),
+            Direction::ToClient => self.server.restart(),
+        }
+    }
+
     /// Decodes one captured read or write.
     pub fn feed(&mut self, chunk: Chunk<'_>) -> Vec<Message> {
         let mut out = Vec::new();
