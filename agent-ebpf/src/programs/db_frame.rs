@@ -606,20 +606,29 @@ pub(crate) fn capture(w: &mut Walk, s: &mut DbDataScratch, n: u64, boundary: boo
     let Some((at, len)) = reserve(w, s, n, boundary) else {
         return 0;
     };
-    // SAFETY: at most `DB_CAPTURE_LEN` bytes at an offset below `DB_CAPTURE_LEN` in a
-    // `2 * DB_CAPTURE_LEN` array; the helper checks the user address.
-    let rc = unsafe {
-        raw_probe_read_user(
-            s.data.as_mut_ptr().add(at as usize).cast(),
-            len as u32,
-            w.seg_ptr as *const core::ffi::c_void,
-        )
-    };
-    if rc != 0 {
+    if read_user_into(s, at, len, w.seg_ptr, false) != 0 {
         return 0;
     }
     commit(w, len);
     len
+}
+
+/// Reads `len` bytes (1..=`DB_CAPTURE_LEN`) at user address `src` into the record at `at`
+/// (below `DB_CAPTURE_LEN`), as a string when `string` (up to and with its first NUL; the
+/// bytes copied are returned); otherwise 0 on success.
+#[inline(always)]
+fn read_user_into(s: &mut DbDataScratch, at: u64, len: u64, src: u64, string: bool) -> c_long {
+    // SAFETY: at most `DB_CAPTURE_LEN` bytes at an offset below `DB_CAPTURE_LEN` in a
+    // `2 * DB_CAPTURE_LEN` array; the helpers check the user address.
+    unsafe {
+        let dst = s.data.as_mut_ptr().add(at as usize).cast();
+        let src = src as *const core::ffi::c_void;
+        if string {
+            raw_probe_read_user_str(dst, len as u32, src)
+        } else {
+            raw_probe_read_user(dst, len as u32, src)
+        }
+    }
 }
 
 /// Like [`capture`], for a Bind's body: copies up to `n` bytes but no further than the end
@@ -631,15 +640,7 @@ fn capture_names(w: &mut Walk, s: &mut DbDataScratch, n: u64) -> u64 {
     let Some((at, len)) = reserve(w, s, n, false) else {
         return 0;
     };
-    // SAFETY: as in `capture`; the helper stops after the first NUL and returns the bytes it
-    // copied with it.
-    let rc = unsafe {
-        raw_probe_read_user_str(
-            s.data.as_mut_ptr().add(at as usize).cast(),
-            len as u32,
-            w.seg_ptr as *const core::ffi::c_void,
-        )
-    };
+    let rc = read_user_into(s, at, len, w.seg_ptr, true);
     if rc <= 0 {
         return 0;
     }
