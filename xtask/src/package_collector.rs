@@ -101,7 +101,7 @@ fi
 
 /// Builds the collector's release binary and package; returns the `.deb`'s path.
 pub fn package() -> anyhow::Result<PathBuf> {
-    cmd::run(cmd::cargo().args(["build", "--release", "-p", "phiguard-collector"]))?;
+    crate::package::build_release_binaries()?;
     let root = cmd::workspace_root();
     let binary = cmd::target_dir().join("release/phiguard-collector");
     let out_dir = cmd::target_dir().join("package");
